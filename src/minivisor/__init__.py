@@ -1,0 +1,1 @@
+"""minivisor: a single-node hosted hypervisor for VMware-style specfiles."""

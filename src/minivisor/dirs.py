@@ -1,0 +1,34 @@
+"""Where minivisor keeps things on the host outside a datastore."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["cache_dir", "runtime_root"]
+
+
+def cache_dir() -> Path:
+    """The per-user cache (built images, the accelerator probe result).
+
+    ``MINIVISOR_CACHE`` overrides it; otherwise ``$XDG_CACHE_HOME/minivisor``.
+    """
+    if override := os.environ.get("MINIVISOR_CACHE"):
+        return Path(override)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "minivisor"
+
+
+def runtime_root() -> Path:
+    """Where VMM control sockets live: short paths, owner-only.
+
+    UNIX socket paths are limited to 107 bytes, so sockets cannot live under a
+    deep datastore path; they go to ``/run/minivisor`` (root) or the user's
+    runtime directory.
+    """
+    if override := os.environ.get("MINIVISOR_RUNTIME_DIR"):
+        return Path(override)
+    if os.geteuid() == 0:
+        return Path("/run/minivisor")
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/minivisor-{os.getuid()}"
+    return Path(base) / "minivisor"

@@ -1,0 +1,124 @@
+"""The one hierarchy of errors minivisor raises to its users.
+
+Every error carries a user-facing ``message`` (what is wrong), a ``hint`` (how to
+fix it), a stable kebab-case ``code`` for scripts and the REST API, and an
+``exit_code`` the CLI uses. Interfaces map errors in exactly one place each.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "HvError",
+    "SpecError",
+    "PathError",
+    "NotFoundError",
+    "ConflictError",
+    "StateError",
+    "LockError",
+    "DiskError",
+    "HostError",
+    "VmmError",
+    "QmpError",
+    "GuestError",
+    "ImageBuildError",
+]
+
+
+class HvError(Exception):
+    """Root of every error minivisor reports to a user."""
+
+    code = "hv-error"
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} ({self.hint})"
+
+    def one_line(self) -> str:
+        """The message and hint on a single line, as the CLI prints them."""
+        return " ".join(str(self).split())
+
+
+class SpecError(HvError):
+    """The specfile is malformed or asks for hardware that cannot be built."""
+
+    code = "spec-invalid"
+    exit_code = 65
+
+
+class PathError(SpecError):
+    """A path leaves the datastore or names something that may not be used."""
+
+    code = "path-unsafe"
+
+
+class NotFoundError(HvError):
+    """A VM, disk or image that was named does not exist."""
+
+    code = "not-found"
+    exit_code = 3
+
+
+class ConflictError(HvError):
+    """The request clashes with something that already exists."""
+
+    code = "conflict"
+    exit_code = 4
+
+
+class StateError(HvError):
+    """The VM is not in a state where the operation is legal."""
+
+    code = "invalid-state"
+    exit_code = 4
+
+
+class LockError(StateError):
+    """Another process holds the VM (it is running or being changed)."""
+
+    code = "locked"
+
+
+class DiskError(HvError):
+    """A virtual disk is missing, unreadable or not what the specfile says."""
+
+    code = "disk-error"
+    exit_code = 66
+
+
+class HostError(HvError):
+    """The host lacks something minivisor needs (a program, memory, a device)."""
+
+    code = "host-error"
+    exit_code = 69
+
+
+class VmmError(HvError):
+    """The VMM process (QEMU) failed to start or died."""
+
+    code = "vmm-failed"
+    exit_code = 70
+
+
+class QmpError(VmmError):
+    """The VMM's control socket (QMP) failed or answered with an error."""
+
+    code = "qmp-error"
+
+
+class GuestError(HvError):
+    """The guest did not answer as expected (not ready, command timed out)."""
+
+    code = "guest-error"
+    exit_code = 75
+
+
+class ImageBuildError(HvError):
+    """Building a guest image failed."""
+
+    code = "image-build-failed"
+    exit_code = 73
