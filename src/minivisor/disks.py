@@ -1,0 +1,245 @@
+"""Virtual disks as files: formats, headers, backing chains, qemu-img.
+
+A disk's format comes from its file name (``.qcow2``, ``.vmdk``, ``.raw``,
+``.img``, ``.iso``), never from its contents: a guest can write any bytes to a
+raw disk, and letting QEMU guess the format from them would let the guest
+name a host file as its backing file. Backing chains are read from the image
+headers by this module and handed to QEMU explicitly, layer by layer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DiskError, HostError
+
+__all__ = [
+    "ImageLayer",
+    "format_for",
+    "read_layer",
+    "resolve_chain",
+    "parse_size",
+    "create_disk",
+    "convert_disk",
+    "human_size",
+]
+
+FORMATS_BY_SUFFIX = {".qcow2": "qcow2", ".vmdk": "vmdk", ".raw": "raw", ".img": "raw", ".iso": "raw",
+                     ".flp": "raw", ".bin": "raw"}
+MAX_CHAIN = 64
+
+# qcow2 header fields (docs/interop/qcow2.txt)
+QCOW2_MAGIC = b"QFI\xfb"
+QCOW2_EXT_BACKING_FORMAT = 0xE2792ACA
+QCOW2_EXT_DATA_FILE = 0x44415441
+QCOW2_INCOMPAT_DATA_FILE = 1 << 2
+# VMware's sparse extent header (VMDK technote, "KDMV")
+VMDK_MAGIC = b"KDMV"
+
+
+@dataclass(frozen=True)
+class ImageLayer:
+    """One image file of a disk's chain, top (the file the VM writes) first."""
+
+    path: Path
+    format: str
+    virtual_size: int
+    backing_name: str | None = None  # as recorded in the header
+    backing_format: str | None = None
+    extent_files: tuple[str, ...] = ()  # files a VMDK descriptor names
+
+
+def format_for(path: Path | str) -> str:
+    """The image format a file name declares."""
+    suffix = Path(path).suffix.lower()
+    try:
+        return FORMATS_BY_SUFFIX[suffix]
+    except KeyError:
+        raise DiskError(f"cannot tell the format of {Path(path).name!r} from its name",
+                        hint="name disks .qcow2, .vmdk or .raw (.img and .iso are raw)") from None
+
+
+def read_layer(path: Path, fmt: str) -> ImageLayer:
+    """Read one image's header: its size and the backing file it names."""
+    try:
+        with open(path, "rb") as image:
+            if fmt == "qcow2":
+                return _read_qcow2(path, image)
+            if fmt == "vmdk":
+                return _read_vmdk(path, image)
+            return ImageLayer(path, "raw", os.fstat(image.fileno()).st_size)
+    except FileNotFoundError:
+        raise DiskError(f"disk {path} does not exist",
+                        hint="create it (minivisor disk create) or fix the fileName in the specfile") from None
+    except IsADirectoryError:
+        raise DiskError(f"disk {path} is a folder, not an image file", hint="fix the fileName in the specfile") from None
+    except PermissionError as exc:
+        raise DiskError(f"disk {path} cannot be read: {exc.strerror}", hint="fix its permissions") from exc
+
+
+def _read_qcow2(path: Path, image) -> ImageLayer:
+    header = image.read(104)
+    if len(header) < 72 or header[:4] != QCOW2_MAGIC:
+        raise DiskError(f"{path.name} is named .qcow2 but has no qcow2 header",
+                        hint="rename it to match its real format (.raw, .vmdk)")
+    version, backing_offset, backing_size = struct.unpack(">IQI", header[4:20])
+    size = struct.unpack(">Q", header[24:32])[0]
+    header_length, incompatible = 72, 0
+    if version >= 3:
+        incompatible = struct.unpack(">Q", header[72:80])[0]
+        header_length = struct.unpack(">I", header[100:104])[0]
+    if incompatible & QCOW2_INCOMPAT_DATA_FILE:
+        raise DiskError(f"{path.name} keeps its data in an external data file",
+                        hint="convert it to a self-contained image: qemu-img convert -f qcow2 -O qcow2")
+    backing = backing_format = None
+    if backing_offset:
+        image.seek(backing_offset)
+        backing = image.read(backing_size).decode("utf-8", "surrogateescape")
+        backing_format = _qcow2_extension(image, header_length, QCOW2_EXT_BACKING_FORMAT)
+    return ImageLayer(path, "qcow2", size, backing, backing_format)
+
+
+def _qcow2_extension(image, offset: int, wanted: int) -> str | None:
+    image.seek(offset)
+    for _ in range(64):
+        raw = image.read(8)
+        if len(raw) < 8:
+            return None
+        kind, length = struct.unpack(">II", raw)
+        if kind == 0:
+            return None
+        data = image.read((length + 7) & ~7)[:length]
+        if kind == wanted:
+            return data.decode("ascii", "replace")
+    return None
+
+
+def _read_vmdk(path: Path, image) -> ImageLayer:
+    head = image.read(512)
+    if head[:4] == VMDK_MAGIC:
+        capacity, _grain, desc_offset, desc_size = struct.unpack("<QQQQ", head[12:44])
+        descriptor = b""
+        if desc_offset:
+            image.seek(desc_offset * 512)
+            descriptor = image.read(desc_size * 512).rstrip(b"\0")
+        fields, _ = _parse_descriptor(descriptor)
+        return _vmdk_layer(path, capacity * 512, fields, [])
+    image.seek(0)
+    text = image.read(64 * 1024)
+    if b"disk descriptorfile" not in text[:4096].lower() and b"createtype" not in text.lower():
+        raise DiskError(f"{path.name} is named .vmdk but is neither a VMware sparse disk nor a descriptor",
+                        hint="rename it to match its real format (.raw, .qcow2)")
+    fields, extents = _parse_descriptor(text)
+    size = sum(sectors for sectors, _ in extents) * 512
+    return _vmdk_layer(path, size, fields, [name for _, name in extents if name])
+
+
+def _vmdk_layer(path: Path, size: int, fields: dict[str, str], extent_files: list[str]) -> ImageLayer:
+    parent = fields.get("parentfilenamehint") or None
+    return ImageLayer(path, "vmdk", size, parent, "vmdk" if parent else None, tuple(extent_files))
+
+
+_EXTENT = re.compile(r'^(RW|RDONLY|NOACCESS)\s+(\d+)\s+(\w+)(?:\s+"([^"]*)")?', re.IGNORECASE)
+
+
+def _parse_descriptor(text: bytes) -> tuple[dict[str, str], list[tuple[int, str | None]]]:
+    """Header fields (lower-cased keys) and extents (sectors, file) of a descriptor."""
+    fields: dict[str, str] = {}
+    extents: list[tuple[int, str | None]] = []
+    for raw_line in text.decode("utf-8", "surrogateescape").splitlines():
+        line = raw_line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _EXTENT.match(line)
+        if match:
+            extents.append((int(match.group(2)), match.group(4)))
+        elif "=" in line:
+            key, _, value = line.partition("=")
+            fields[key.strip().lower()] = value.strip().strip('"')
+    return fields, extents
+
+
+def resolve_chain(top: Path, fmt: str, resolve: Callable[[Path, str], Path]) -> tuple[ImageLayer, ...]:
+    """The disk's layers, top first, each with an explicit format.
+
+    ``resolve(base_dir, name)`` applies the datastore's path policy to every
+    backing file and extent the headers name (raising PathError).
+    """
+    layers: list[ImageLayer] = []
+    seen: set[str] = set()
+    path, layer_format = top, fmt
+    while True:
+        layer = read_layer(path, layer_format)
+        for extent in layer.extent_files:
+            resolve(path.parent, extent)
+        layers.append(layer)
+        seen.add(os.path.realpath(path))
+        if not layer.backing_name:
+            return tuple(layers)
+        if not layer.backing_format:
+            raise DiskError(f"{path.name} names its backing file {layer.backing_name!r} without its format",
+                            hint=f"record it: qemu-img rebase -u -f {layer_format} -F <format> "
+                                 f"-b {layer.backing_name} {path}")
+        path, layer_format = resolve(path.parent, layer.backing_name), layer.backing_format
+        if os.path.realpath(path) in seen or len(layers) >= MAX_CHAIN:
+            raise DiskError(f"the backing chain of {top.name} loops or is deeper than {MAX_CHAIN}",
+                            hint="rebuild the disk with qemu-img convert")
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``100G``, ``512M``, ``1TiB`` or a byte count -> bytes (powers of 1024)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise DiskError(f"{text!r} is not a size", hint="write sizes like 512M, 20G or 1T")
+    number, unit = float(match.group(1)), match.group(2).upper()
+    size = int(number * 1024 ** " KMGTP".index(unit or " "))
+    if size < 512:
+        raise DiskError(f"size {text!r} is smaller than one sector", hint="use at least 1M")
+    return size
+
+
+def _qemu_img(*args: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(["qemu-img", *args], capture_output=True, text=True, check=True)
+    except FileNotFoundError as exc:
+        raise HostError("qemu-img not found", hint="apt-get install qemu-utils") from exc
+    except subprocess.CalledProcessError as exc:
+        detail = (exc.stderr or exc.stdout or "").strip().splitlines()
+        raise DiskError(f"qemu-img {args[0]} failed: {detail[-1] if detail else exc.returncode}",
+                        hint="see the message above; check free space and the file's format") from exc
+
+
+def create_disk(path: Path, size: int, fmt: str | None = None, *, thick: bool = False) -> None:
+    """Create an empty disk: thin (sparse, grows on write) unless ``thick``."""
+    fmt = fmt or format_for(path)
+    options = {"qcow2": "preallocation=falloc" if thick else "lazy_refcounts=on",
+               "raw": "preallocation=falloc" if thick else "preallocation=off",
+               "vmdk": "subformat=monolithicFlat" if thick else "subformat=monolithicSparse"}[fmt]
+    _qemu_img("create", "-q", "-f", fmt, "-o", options, str(path), str(size))
+
+
+def convert_disk(source: Path, source_format: str, target: Path, target_format: str | None = None) -> None:
+    """Copy a disk into a new file, converting its format (sparse output)."""
+    _qemu_img("convert", "-q", "-f", source_format, "-O", target_format or format_for(target),
+              str(source), str(target))
+
+
+def human_size(size: int) -> str:
+    """``1073741824`` -> ``1 GiB``; ``1610612736`` -> ``1.5 GiB``."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "PiB":
+            break
+        value /= 1024
+    else:
+        unit = "PiB"
+    return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"

@@ -1,0 +1,459 @@
+"""The typed view of a specfile: the virtual hardware a `.vmx` asks for.
+
+``VmSpec.from_vmx(doc)`` turns a parsed :class:`~minivisor.vmx.VmxDocument`
+into frozen dataclasses and reports semantic problems (unknown device types,
+impossible sizes) as :class:`~minivisor.errors.SpecError` naming the line.
+It does no I/O: checks against the host and the datastore happen in
+:mod:`minivisor.validate`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from .errors import SpecError
+from .vmx import VmxDocument
+
+__all__ = [
+    "Bus",
+    "DiskController",
+    "Disk",
+    "Nic",
+    "SerialPort",
+    "Floppy",
+    "Display",
+    "VmSpec",
+    "parse_bool",
+    "normalize_mac",
+]
+
+Bus = Literal["scsi", "sata", "ide", "nvme"]
+BUSES: tuple[Bus, ...] = ("scsi", "sata", "nvme", "ide")
+
+# How many controllers and units each bus has (VMware's documented maxima).
+CONTROLLER_COUNT = {"scsi": 4, "sata": 4, "nvme": 4, "ide": 2}
+UNIT_COUNT = {"scsi": 16, "sata": 30, "nvme": 15, "ide": 2}
+
+SCSI_MODELS = {"lsilogic", "lsisas1068", "pvscsi", "buslogic", "virtio-scsi"}
+NIC_MODELS = {"vmxnet3", "e1000", "e1000e", "vlance", "vmxnet", "vmxnet2", "virtio"}
+CONNECTION_TYPES = {"bridged", "nat", "hostonly", "custom", "pvn", "none"}
+HARD_DISK_TYPES = {"disk", "scsi-harddisk", "ata-harddisk", "plaindisk"}
+CDROM_TYPES = {"cdrom-image", "cdrom-raw", "atapi-cdrom"}
+# Values VMware uses for "no backing": an empty drive.
+EMPTY_BACKINGS = {"", "auto detect", "emptybackingstring", "cd/dvd drive 0", "floppy 0"}
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_DEVICE_KEY = re.compile(r"^(scsi|sata|nvme|ide)(\d+):(\d+)\.", re.IGNORECASE)
+
+
+def parse_bool(value: str | None, default: bool = False) -> bool:
+    """VMware booleans: TRUE/FALSE in any case, or 1/0."""
+    if value is None or value.strip() == "":
+        return default
+    return value.strip().lower() in {"true", "1", "yes", "on"}
+
+
+def normalize_mac(value: str) -> str | None:
+    """A MAC in lower-case colon form, or None if it is not one."""
+    mac = value.strip().lower().replace("-", ":")
+    return mac if _MAC.match(mac) else None
+
+
+@dataclass(frozen=True)
+class DiskController:
+    """A storage controller: ``scsi0``, ``sata1``, ``nvme0``, ``ide0``."""
+
+    bus: Bus
+    index: int
+    model: str  # lsilogic, lsisas1068, pvscsi, buslogic, virtio-scsi, ahci, nvme, piix4
+
+    @property
+    def name(self) -> str:
+        return f"{self.bus}{self.index}"
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A device on a controller: a hard disk or a CD-ROM."""
+
+    bus: Bus
+    controller_index: int
+    unit: int
+    kind: Literal["disk", "cdrom"]
+    file_name: str | None  # as written in the specfile; None means an empty drive
+    read_only: bool = False
+    mode: str = "persistent"
+
+    @property
+    def node(self) -> str:
+        """VMware's device name, e.g. ``scsi0:0``."""
+        return f"{self.bus}{self.controller_index}:{self.unit}"
+
+    @property
+    def controller(self) -> str:
+        return f"{self.bus}{self.controller_index}"
+
+
+@dataclass(frozen=True)
+class Nic:
+    """An ``ethernetN`` adapter."""
+
+    index: int
+    model: str
+    mac: str | None  # None: not set in the specfile yet
+    connection_type: str
+    network_name: str | None
+    start_connected: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"ethernet{self.index}"
+
+    @property
+    def network(self) -> str:
+        """The network the NIC asks for, as a user would name it."""
+        return self.network_name or self.connection_type
+
+
+@dataclass(frozen=True)
+class SerialPort:
+    """A ``serialN`` port backed by a file, a pipe (UNIX socket) or a host device."""
+
+    index: int
+    file_type: str
+    file_name: str | None
+    pipe_server: bool = True
+
+
+@dataclass(frozen=True)
+class Floppy:
+    """A ``floppyN`` drive backed by an image file."""
+
+    index: int
+    file_name: str | None
+
+
+@dataclass(frozen=True)
+class Display:
+    """The virtual graphics adapter (VMware SVGA II)."""
+
+    present: bool = True
+    vram_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """The virtual hardware a specfile describes."""
+
+    display_name: str
+    guest_os: str
+    memory_mib: int
+    num_cpus: int
+    cores_per_socket: int
+    firmware: Literal["bios", "efi"]
+    nvram: str | None
+    uuid_bios: str | None
+    controllers: tuple[DiskController, ...]
+    disks: tuple[Disk, ...]
+    nics: tuple[Nic, ...]
+    serial_ports: tuple[SerialPort, ...]
+    floppies: tuple[Floppy, ...]
+    display: Display
+    boot_order: tuple[str, ...]  # device nodes from bios.hddOrder, first boots first
+    ready_line: str
+    unused_keys: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def sockets(self) -> int:
+        return self.num_cpus // self.cores_per_socket
+
+    @property
+    def boot_disk(self) -> Disk | None:
+        """The hard disk SeaBIOS boots from: ``bios.hddOrder`` first, else the
+        first hard disk on the first controller (scsi, sata, nvme, ide)."""
+        hard_disks = [d for d in self.disks if d.kind == "disk" and d.file_name]
+        by_node = {d.node: d for d in hard_disks}
+        for node in self.boot_order:
+            if node in by_node:
+                return by_node[node]
+        return hard_disks[0] if hard_disks else None
+
+    @classmethod
+    def from_vmx(cls, doc: VmxDocument) -> VmSpec:
+        """Read the hardware from a parsed specfile; raise SpecError on the first problem."""
+        doc.raise_for_errors()
+        return _SpecReader(doc).read()
+
+
+DEFAULT_READY_LINE = "minivisor-guest: ready"
+
+
+class _SpecReader:
+    """Reads one document, remembering which keys it understood."""
+
+    def __init__(self, doc: VmxDocument) -> None:
+        self.doc = doc
+        self.used: set[str] = set()
+        self.warnings: list[str] = []
+
+    # -- key access ----------------------------------------------------
+    def get(self, key: str, default: str | None = None) -> str | None:
+        self.used.add(key.lower())
+        return self.doc.get(key, default)
+
+    def use_prefix(self, prefix: str) -> None:
+        """Mark every key under ``prefix`` as handled (even if it is ignored)."""
+        for key in self.doc.keys_with_prefix(prefix):
+            self.used.add(key.lower())
+
+    def fail(self, key: str, problem: str, hint: str) -> SpecError:
+        line = self.doc.line_of(key)
+        where = f"{self.doc.source}:{line}" if line else self.doc.source
+        return SpecError(f"{where}: {problem}", hint=hint)
+
+    def integer(self, key: str, default: int, *, low: int, high: int, unit: str = "") -> int:
+        raw = self.get(key)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            value = int(raw.strip(), 0)
+        except ValueError:
+            raise self.fail(key, f"{key} = {raw!r} is not a whole number",
+                            f"write a number, e.g. {key} = \"{default}\"") from None
+        if not low <= value <= high:
+            raise self.fail(key, f"{key} = {value}{unit} is out of range",
+                            f"use a value from {low} to {high}{unit}")
+        return value
+
+    # -- the whole spec ------------------------------------------------
+    def read(self) -> VmSpec:
+        memory = self.integer("memSize", 32, low=4, high=16 * 1024 * 1024, unit=" MiB")
+        cpus = self.integer("numvcpus", 1, low=1, high=255)
+        cores = self.integer("cpuid.coresPerSocket", 1, low=1, high=255)
+        if cpus % cores:
+            raise self.fail("cpuid.coresPerSocket",
+                            f"numvcpus = {cpus} is not a multiple of cpuid.coresPerSocket = {cores}",
+                            "make numvcpus a multiple of cpuid.coresPerSocket")
+        controllers, disks = self.storage()
+        spec = VmSpec(
+            display_name=self.get("displayName") or "",
+            guest_os=(self.get("guestOS") or "other").lower(),
+            memory_mib=memory,
+            num_cpus=cpus,
+            cores_per_socket=cores,
+            firmware=self.firmware(),
+            nvram=self.get("nvram") or None,
+            uuid_bios=self.get("uuid.bios") or None,
+            controllers=controllers,
+            disks=disks,
+            nics=self.nics(),
+            serial_ports=self.serial_ports(),
+            floppies=self.floppies(),
+            display=self.display(),
+            boot_order=self.boot_order(),
+            ready_line=self.get("minivisor.readyLine") or DEFAULT_READY_LINE,
+        )
+        self.mark_ignored()
+        unused = tuple(k for k, _ in self.doc.items() if k.lower() not in self.used)
+        return replace(spec, unused_keys=unused, warnings=tuple(self.warnings))
+
+    def mark_ignored(self) -> None:
+        """Keys that are bookkeeping, not hardware: understood, nothing to build."""
+        for key in (".encoding", "config.version", "virtualHW.version", "guestOSAltName",
+                    "annotation", "uuid.location", "uuid.action", "extendedConfigFile"):
+            self.get(key)
+
+    def firmware(self) -> Literal["bios", "efi"]:
+        value = (self.get("firmware") or "bios").strip().lower()
+        if value not in {"bios", "efi"}:
+            raise self.fail("firmware", f"firmware = {value!r} is not bios or efi",
+                            'write firmware = "bios" or firmware = "efi"')
+        return value  # type: ignore[return-value]
+
+    # -- storage -------------------------------------------------------
+    def storage(self) -> tuple[tuple[DiskController, ...], tuple[Disk, ...]]:
+        controllers = []
+        for bus in BUSES:
+            for index in range(CONTROLLER_COUNT[bus]):
+                controller = self.controller(bus, index)
+                if controller:
+                    controllers.append(controller)
+        present = {c.name for c in controllers}
+        disks = []
+        for key in self.device_keys():
+            bus, index, unit = key
+            if f"{bus}{index}" not in present:
+                self.use_prefix(f"{bus}{index}:{unit}.")
+                continue
+            disk = self.disk(bus, index, unit)
+            if disk:
+                disks.append(disk)
+        return tuple(controllers), tuple(disks)
+
+    def device_keys(self) -> list[tuple[Bus, int, int]]:
+        """Every (bus, controller, unit) mentioned, in file order, once."""
+        seen: dict[tuple[Bus, int, int], None] = {}
+        for key, _ in self.doc.items():
+            match = _DEVICE_KEY.match(key)
+            if match:
+                bus = match.group(1).lower()
+                seen[(bus, int(match.group(2)), int(match.group(3)))] = None  # type: ignore[index]
+        return list(seen)
+
+    def controller(self, bus: Bus, index: int) -> DiskController | None:
+        name = f"{bus}{index}"
+        # IDE controllers are built in: they exist without a .present key.
+        if not parse_bool(self.get(f"{name}.present"), default=(bus == "ide")):
+            self.use_prefix(f"{name}.")
+            return None
+        if bus != "scsi":
+            self.get(f"{name}.virtualDev")
+            return DiskController(bus, index, {"sata": "ahci", "nvme": "nvme", "ide": "piix4"}[bus])
+        key = f"{name}.virtualDev"
+        model = (self.get(key) or "lsilogic").strip().lower()
+        if model not in SCSI_MODELS:
+            raise self.fail(key, f"{key} = {model!r} is not a SCSI controller minivisor knows",
+                            f"use one of {', '.join(sorted(SCSI_MODELS))}")
+        if model == "buslogic":
+            self.warnings.append(f"{name}: QEMU has no BusLogic controller; "
+                                 "an LSI 53C895A is used instead (guests need the sym53c8xx driver)")
+        self.use_prefix(f"{name}.")
+        return DiskController(bus, index, model)
+
+    def disk(self, bus: Bus, index: int, unit: int) -> Disk | None:
+        node = f"{bus}{index}:{unit}"
+        if unit >= UNIT_COUNT[bus] or (bus == "scsi" and unit == 7):
+            raise self.fail(f"{node}.present", f"{node} is not a valid device slot",
+                            f"{bus} units go from 0 to {UNIT_COUNT[bus] - 1}"
+                            + (" (7 is the SCSI controller itself)" if bus == "scsi" else ""))
+        file_name = self.get(f"{node}.fileName")
+        device_type = self.get(f"{node}.deviceType")
+        # The seed (like many hand-written files) describes its disk without a
+        # .present key: a device with a file or a type is there unless switched off.
+        present = parse_bool(self.get(f"{node}.present"), default=bool(file_name or device_type))
+        mode = (self.get(f"{node}.mode") or "persistent").strip().lower()
+        self.use_prefix(f"{node}.")
+        if not present:
+            return None
+        kind = self.device_kind(node, device_type, file_name)
+        if file_name is not None and file_name.strip().lower() in EMPTY_BACKINGS:
+            file_name = None
+        if kind == "disk" and not file_name:
+            raise self.fail(f"{node}.fileName", f"hard disk {node} has no fileName",
+                            f'name its disk file, e.g. {node}.fileName = "disk.vmdk"')
+        return Disk(bus, index, unit, kind, file_name, read_only=(kind == "cdrom"), mode=mode)
+
+    def device_kind(self, node: str, device_type: str | None, file_name: str | None) -> Literal["disk", "cdrom"]:
+        if device_type is None or device_type.strip() == "":
+            # VMware omits deviceType for most disks; an .iso is a CD.
+            return "cdrom" if (file_name or "").lower().endswith(".iso") else "disk"
+        value = device_type.strip().lower()
+        if value in HARD_DISK_TYPES:
+            return "disk"
+        if value in CDROM_TYPES:
+            if value != "cdrom-image" and (file_name or "").strip().lower() not in EMPTY_BACKINGS:
+                raise self.fail(f"{node}.deviceType",
+                                f"{node} passes the host CD drive {file_name!r} through",
+                                f'use an ISO image: {node}.deviceType = "cdrom-image"')
+            return "cdrom"
+        raise self.fail(f"{node}.deviceType", f"{node}.deviceType = {device_type!r} is not a device type minivisor knows",
+                        "use disk, scsi-hardDisk, ata-hardDisk or cdrom-image")
+
+    def boot_order(self) -> tuple[str, ...]:
+        order = self.get("bios.hddOrder") or ""
+        self.get("bios.bootOrder")
+        return tuple(part.strip().lower() for part in order.split(",") if part.strip())
+
+    # -- network -------------------------------------------------------
+    def nics(self) -> tuple[Nic, ...]:
+        nics = []
+        for index in range(10):
+            prefix = f"ethernet{index}"
+            present = parse_bool(self.get(f"{prefix}.present"), default=False)
+            if not present and not self.doc.keys_with_prefix(f"{prefix}."):
+                continue
+            # The seed (and many ESXi exports) omit .present on NICs that exist.
+            if self.get(f"{prefix}.present") is None:
+                present = True
+            nic = self.nic(index) if present else None
+            self.use_prefix(f"{prefix}.")
+            if nic:
+                nics.append(nic)
+        return tuple(nics)
+
+    def nic(self, index: int) -> Nic:
+        prefix = f"ethernet{index}"
+        model = (self.get(f"{prefix}.virtualDev") or "e1000").strip().lower()
+        if model not in NIC_MODELS:
+            raise self.fail(f"{prefix}.virtualDev", f"{prefix}.virtualDev = {model!r} is not a NIC minivisor knows",
+                            f"use one of {', '.join(sorted(NIC_MODELS))}")
+        if model in {"vmxnet", "vmxnet2"}:
+            self.warnings.append(f"{prefix}: QEMU has no {model}; an AMD PCnet (vlance) is used instead")
+        connection = (self.get(f"{prefix}.connectionType") or "bridged").strip().lower()
+        if connection not in CONNECTION_TYPES:
+            raise self.fail(f"{prefix}.connectionType",
+                            f"{prefix}.connectionType = {connection!r} is not a connection type minivisor knows",
+                            f"use one of {', '.join(sorted(CONNECTION_TYPES))}")
+        return Nic(index, model, self.mac(prefix), connection,
+                   (self.get(f"{prefix}.networkName") or "").strip() or None,
+                   parse_bool(self.get(f"{prefix}.startConnected"), default=True))
+
+    def mac(self, prefix: str) -> str | None:
+        address_type = (self.get(f"{prefix}.addressType") or "generated").strip().lower()
+        key = f"{prefix}.address" if address_type == "static" else f"{prefix}.generatedAddress"
+        raw = self.get(key) or (self.get(f"{prefix}.address") if address_type != "static" else None)
+        if not raw:
+            return None
+        mac = normalize_mac(raw)
+        if mac is None or int(mac[:2], 16) & 1:
+            raise self.fail(key, f"{key} = {raw!r} is not a unicast MAC address",
+                            'write it as six hex pairs, e.g. "00:50:56:aa:bb:cc"')
+        return mac
+
+    # -- other devices -------------------------------------------------
+    def serial_ports(self) -> tuple[SerialPort, ...]:
+        ports = []
+        for index in range(4):
+            prefix = f"serial{index}"
+            present = parse_bool(self.get(f"{prefix}.present"))
+            file_type = (self.get(f"{prefix}.fileType") or "").strip().lower()
+            file_name = self.get(f"{prefix}.fileName") or None
+            end_point = (self.get(f"{prefix}.pipe.endPoint") or "server").strip().lower()
+            self.use_prefix(f"{prefix}.")
+            if not present:
+                continue
+            if file_type not in {"file", "pipe"}:
+                raise self.fail(f"{prefix}.fileType",
+                                f"{prefix}.fileType = {file_type!r} cannot be virtualized here",
+                                f'use {prefix}.fileType = "file" or "pipe", or set {prefix}.present = "FALSE"')
+            ports.append(SerialPort(index, file_type, file_name, end_point != "client"))
+        return tuple(ports)
+
+    def floppies(self) -> tuple[Floppy, ...]:
+        drives = []
+        for index in range(2):
+            prefix = f"floppy{index}"
+            # VMware creates floppy0 unless told otherwise; without a file it is an empty drive.
+            present = parse_bool(self.get(f"{prefix}.present"), default=False)
+            file_type = (self.get(f"{prefix}.fileType") or "file").strip().lower()
+            file_name = self.get(f"{prefix}.fileName") or None
+            self.use_prefix(f"{prefix}.")
+            if not present:
+                continue
+            if file_type != "file" and (file_name or "").lower() not in EMPTY_BACKINGS:
+                raise self.fail(f"{prefix}.fileType", f"{prefix} passes a host floppy drive through",
+                                f'use an image file: {prefix}.fileType = "file"')
+            if file_name and file_name.strip().lower() in EMPTY_BACKINGS:
+                file_name = None
+            drives.append(Floppy(index, file_name))
+        return tuple(drives)
+
+    def display(self) -> Display:
+        present = parse_bool(self.get("svga.present"), default=True)
+        vram = self.integer("svga.vramSize", 4 * 1024 * 1024, low=1024 * 1024, high=256 * 1024 * 1024)
+        self.use_prefix("svga.")
+        return Display(present, vram)
+

@@ -1,0 +1,137 @@
+"""Spec -> QEMU command line: golden argv, device mapping, no option injection."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from minivisor.disks import ImageLayer
+from minivisor.launcher import LaunchEnv, VmPaths, build_qemu_argv, virtual_hardware
+from minivisor.spec import VmSpec
+from minivisor.vmx import VmxDocument
+
+HERE = Path(__file__).parent
+SEED = HERE.parents[1] / "src/minivisor/guest/CentOS7-Minimal64-1708.vmx"
+GOLDEN = HERE / "golden/seed_argv.json"
+VM_DIR = Path("/ds/CentOS7")
+PATHS = VmPaths(VM_DIR, Path("/run/minivisor/abc"))
+
+
+def seed_spec() -> VmSpec:
+    return VmSpec.from_vmx(VmxDocument.parse(SEED.read_bytes(), source="seed.vmx"))
+
+
+def env_for(spec: VmSpec, paths: VmPaths = PATHS, **overrides) -> LaunchEnv:
+    chains = {d.node: (ImageLayer(paths.vm_dir / d.file_name, "vmdk", 64 << 20),)
+              for d in spec.disks if d.kind == "disk"}
+    fields = dict(name="CentOS7", uuid="564d8c48-1de9-5312-9e23-96ef90e27a17", qemu="qemu-system-x86_64",
+                  accel="tcg", paths=paths, disk_chains=chains,
+                  macs={n.index: n.mac or "00:0c:29:00:00:01" for n in spec.nics},
+                  networks={n.index: "unconnected" for n in spec.nics})
+    fields.update(overrides)
+    return LaunchEnv(**fields)
+
+
+def option_values(argv: list[str], option: str) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == option]
+
+
+def json_options(argv: list[str], option: str) -> list[dict]:
+    return [json.loads(value) for value in option_values(argv, option) if value.startswith("{")]
+
+
+def test_seed_argv_matches_golden():
+    argv = build_qemu_argv(seed_spec(), env_for(seed_spec()))
+    if os.environ.get("MINIVISOR_UPDATE_GOLDEN"):
+        GOLDEN.write_text(json.dumps(argv, indent=1) + "\n")
+    assert argv == json.loads(GOLDEN.read_text())
+
+
+def test_seed_hardware_mapping():
+    argv = build_qemu_argv(seed_spec(), env_for(seed_spec()))
+    assert option_values(argv, "-m") == ["1024M"]
+    assert option_values(argv, "-smp") == ["cpus=1,sockets=1,cores=1,threads=1"]
+    assert option_values(argv, "-accel") == ["tcg"]
+    assert option_values(argv, "-sandbox")[0].startswith("on,")
+    devices = {d["driver"]: d for d in json_options(argv, "-device")}
+    assert devices["lsi53c895a"]["id"] == "scsi0"
+    assert devices["scsi-hd"] == {"driver": "scsi-hd", "id": "scsi0-0", "drive": "fmt-scsi0-0-0",
+                                  "bus": "scsi0.0", "scsi-id": 0, "bootindex": 0}
+    assert devices["vmxnet3"]["mac"] == "00:50:56:aa:aa:aa"
+    assert devices["vmware-svga"]["vgamem_mb"] == 8
+    (netdev,) = json_options(argv, "-netdev")
+    assert netdev["type"] == "hubport"  # network PAULO is unknown: isolated, link down
+
+
+def test_every_image_is_opened_with_an_explicit_format_and_backing():
+    spec = seed_spec()
+    chain = (ImageLayer(VM_DIR / "top.qcow2", "qcow2", 1 << 30, "base.qcow2", "qcow2"),
+             ImageLayer(VM_DIR / "base.qcow2", "qcow2", 1 << 30))
+    argv = build_qemu_argv(spec, env_for(spec, disk_chains={"scsi0:0": chain}))
+    nodes = {n["node-name"]: n for n in json_options(argv, "-blockdev")}
+    assert nodes["fmt-scsi0-0-0"]["backing"] == "fmt-scsi0-0-1"
+    assert nodes["fmt-scsi0-0-1"]["backing"] is None  # never follow (or probe) the header's own reference
+    assert nodes["fmt-scsi0-0-1"]["read-only"] is True
+    assert all(n["driver"] in ("file", "qcow2") for n in nodes.values())
+    # bottom layer is defined before the layer that refers to it
+    order = [n["node-name"] for n in json_options(argv, "-blockdev")]
+    assert order.index("fmt-scsi0-0-1") < order.index("fmt-scsi0-0-0")
+
+
+def test_comma_in_a_file_name_cannot_inject_options():
+    spec = VmSpec.from_vmx(VmxDocument.parse(
+        b'scsi0.present = "TRUE"\nscsi0:0.present = "TRUE"\nscsi0:0.fileName = "a,file=/etc/passwd.qcow2"\n'))
+    argv = build_qemu_argv(spec, env_for(spec))
+    files = [n for n in json_options(argv, "-blockdev") if n["driver"] == "file"]
+    assert [n["filename"] for n in files] == [str(VM_DIR / "a,file=/etc/passwd.qcow2")]
+    # outside JSON, no argument carries the injected option
+    assert not any("file=/etc/passwd" in arg for arg in argv if not arg.startswith("{"))
+
+
+def test_comma_in_the_datastore_path_is_escaped_in_chardev_options():
+    paths = VmPaths(Path("/data,server=on/vm"), Path("/run/minivisor/abc"))
+    argv = build_qemu_argv(seed_spec(), env_for(seed_spec(), paths=paths))
+    chardevs = option_values(argv, "-chardev")
+    assert "file,id=bioslog,path=/data,,server=on/vm/bios.log" in chardevs
+    assert any("logfile=/data,,server=on/vm/serial.log" in c for c in chardevs)
+
+
+@pytest.mark.parametrize("bus_keys, controller_driver, disk_driver, address", [
+    ('scsi0.present = "TRUE"\nscsi0.virtualDev = "pvscsi"\n', "pvscsi", "scsi-hd", {"bus": "scsi0.0"}),
+    ('scsi0.present = "TRUE"\nscsi0.virtualDev = "lsisas1068"\n', "mptsas1068", "scsi-hd", {"bus": "scsi0.0"}),
+    ('sata0.present = "TRUE"\n', "ich9-ahci", "ide-hd", {"bus": "sata0.0"}),
+    ('nvme0.present = "TRUE"\n', "nvme", "nvme-ns", {"bus": "nvme0", "nsid": 1}),
+    ("", None, "ide-hd", {"bus": "ide.0", "unit": 0}),
+])
+def test_controllers_map_to_qemu_devices(bus_keys, controller_driver, disk_driver, address):
+    bus = bus_keys.split("0.", 1)[0] if bus_keys else "ide"
+    text = f'{bus_keys}{bus}0:0.present = "TRUE"\n{bus}0:0.fileName = "d.qcow2"\n'
+    spec = VmSpec.from_vmx(VmxDocument.parse(text.encode()))
+    argv = build_qemu_argv(spec, env_for(spec))
+    devices = json_options(argv, "-device")
+    drivers = [d["driver"] for d in devices]
+    if controller_driver:
+        assert controller_driver in drivers
+    (disk,) = [d for d in devices if d["driver"] == disk_driver]
+    assert address.items() <= disk.items() and disk["bootindex"] == 0
+
+
+@pytest.mark.parametrize("model, driver", [("vmxnet3", "vmxnet3"), ("e1000", "e1000"), ("e1000e", "e1000e"),
+                                           ("vlance", "pcnet"), ("vmxnet", "pcnet"), ("virtio", "virtio-net-pci")])
+def test_nic_models(model, driver):
+    spec = VmSpec.from_vmx(VmxDocument.parse(f'ethernet0.present = "TRUE"\nethernet0.virtualDev = "{model}"\n'
+                                             'ethernet0.connectionType = "nat"\n'.encode()))
+    argv = build_qemu_argv(spec, env_for(spec, networks={0: "user"}))
+    assert [d["driver"] for d in json_options(argv, "-device") if "netdev" in d] == [driver]
+    assert json_options(argv, "-netdev")[0]["type"] == "user"
+
+
+def test_explain_lists_every_device_it_builds():
+    hardware = virtual_hardware(seed_spec(), env_for(seed_spec()))
+    names = [d.name for d in hardware]
+    assert names[:4] == ["machine", "cpus", "memory", "firmware"]
+    assert {"scsi0", "scsi0:0", "ethernet0", "serial0", "svga", "qmp"} <= set(names)
+    assert all(d.description for d in hardware)
