@@ -1,0 +1,144 @@
+"""The catalog: which VMs a datastore holds, in SQLite inside the datastore.
+
+The catalog owns identity only (name, UUID, where the specfile is, autostart).
+The hardware lives in each VM's specfile; power state lives with the VMM.
+Every write is one transaction (``BEGIN IMMEDIATE``), so a crash leaves either
+the old catalog or the new one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConflictError, HostError, NotFoundError
+
+__all__ = ["Catalog", "VmEntry"]
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS vms (
+    name      TEXT PRIMARY KEY COLLATE NOCASE,
+    uuid      TEXT NOT NULL UNIQUE,
+    vmx       TEXT NOT NULL UNIQUE,   -- path of the specfile, relative to the datastore
+    created   REAL NOT NULL,
+    autostart INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS allowed_paths (
+    path TEXT PRIMARY KEY               -- host folders specfiles may name outside the datastore
+);
+"""
+
+
+@dataclass(frozen=True)
+class VmEntry:
+    """One VM as the catalog knows it."""
+
+    name: str
+    uuid: str
+    vmx: str
+    created: float
+    autostart: bool = False
+
+
+class Catalog:
+    """A SQLite catalog file; one connection per instance."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise HostError(f"cannot open the catalog {path}: {exc}",
+                            hint="check that the datastore folder is writable and not corrupt") from exc
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise HostError(f"the catalog {self.path} was written by a newer minivisor (schema {version})",
+                            hint="upgrade minivisor")
+        if version < SCHEMA_VERSION:
+            with self.transaction() as db:
+                db.executescript(SCHEMA)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write: commits on success, rolls back on any exception."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- VMs -------------------------------------------------------------
+    def add(self, db: sqlite3.Connection, name: str, uuid: str, vmx: str) -> VmEntry:
+        """Insert a VM inside an open transaction; a clash raises ConflictError."""
+        entry = VmEntry(name, uuid, vmx, time.time())
+        try:
+            db.execute("INSERT INTO vms (name, uuid, vmx, created) VALUES (?, ?, ?, ?)",
+                       (entry.name, entry.uuid, entry.vmx, entry.created))
+        except sqlite3.IntegrityError as exc:
+            raise self._clash(name, uuid, vmx) from exc
+        return entry
+
+    def _clash(self, name: str, uuid: str, vmx: str) -> ConflictError:
+        if self.find(name):
+            return ConflictError(f"a VM named {name!r} already exists", hint="choose another name")
+        row = self._db.execute("SELECT name FROM vms WHERE vmx = ?", (vmx,)).fetchone()
+        if row:
+            return ConflictError(f"{vmx} is already registered as {row[0]!r}",
+                                 hint=f"use that VM, or unregister it first: minivisor vm unregister {row[0]}")
+        return ConflictError(f"a VM with UUID {uuid} already exists", hint="give the copy a new uuid.bios")
+
+    def remove(self, db: sqlite3.Connection, name: str) -> None:
+        db.execute("DELETE FROM vms WHERE name = ?", (name,))
+
+    def set_autostart(self, name: str, enabled: bool) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE vms SET autostart = ? WHERE name = ?", (int(enabled), name))
+
+    def find(self, name: str) -> VmEntry | None:
+        row = self._db.execute("SELECT name, uuid, vmx, created, autostart FROM vms WHERE name = ?",
+                               (name,)).fetchone()
+        return _entry(row) if row else None
+
+    def get(self, name: str) -> VmEntry:
+        entry = self.find(name)
+        if entry is None:
+            raise NotFoundError(f"no VM named {name!r} in this datastore",
+                                hint="see the VMs with: minivisor vm list")
+        return entry
+
+    def list(self) -> list[VmEntry]:
+        rows = self._db.execute("SELECT name, uuid, vmx, created, autostart FROM vms ORDER BY name")
+        return [_entry(row) for row in rows]
+
+    # -- allowed host paths ----------------------------------------------
+    def allowed_paths(self) -> list[str]:
+        return [row[0] for row in self._db.execute("SELECT path FROM allowed_paths ORDER BY path")]
+
+    def allow_path(self, path: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO allowed_paths (path) VALUES (?)", (path,))
+
+    def disallow_path(self, path: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM allowed_paths WHERE path = ?", (path,))
+
+
+def _entry(row: tuple) -> VmEntry:
+    name, uuid, vmx, created, autostart = row
+    return VmEntry(name, uuid, vmx, created, bool(autostart))

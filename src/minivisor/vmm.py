@@ -1,0 +1,331 @@
+"""One VMM process (QEMU) per VM: launch, observe, control, stop.
+
+Each running VM has a *runtime record* (``runtime.json`` in its folder: pid,
+start time, argv, sockets) so any later minivisor process can find it again,
+and holds the VM's *lock* (``<name>.vmx.lck``): the launching process takes an
+exclusive ``flock`` and hands the descriptor to QEMU, so the lock lives exactly
+as long as the VMM does and a crashed VMM never leaves a stale lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import select
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import LockError, QmpError, VmmError
+from .launcher import VmPaths
+from .state import VmState
+from .vmx import write_atomic
+
+__all__ = ["VmLock", "RuntimeRecord", "Vmm", "qmp_execute"]
+
+START_TIMEOUT = 15.0
+QMP_TIMEOUT = 10.0
+
+
+class VmLock:
+    """The exclusive lock on a VM: held by whoever launches or changes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    def acquire(self, name: str) -> VmLock:
+        if not self.try_acquire():
+            raise LockError(f"VM {name!r} is in use: it is running or another operation holds it",
+                            hint=f"see its state with: minivisor vm show {name}")
+        return self
+
+    def is_held_elsewhere(self) -> bool:
+        """True if another process (or a VMM) holds the lock right now."""
+        if not self.path.exists():
+            return False
+        if self.try_acquire():
+            self.release()
+            return False
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> VmLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@dataclass
+class RuntimeRecord:
+    """What a later process needs to find and verify a running VMM."""
+
+    pid: int
+    start_ticks: int  # /proc/<pid>/stat field 22: tells a reused pid apart
+    argv: list[str]
+    qmp_socket: str
+    console_socket: str | None
+    runtime_dir: str
+    accel: str
+    started_at: float = field(default_factory=time.time)
+    paused: bool = False
+
+    @classmethod
+    def load(cls, path: Path) -> RuntimeRecord | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def save(self, path: Path) -> None:
+        write_atomic(path, json.dumps(asdict(self), indent=1).encode())
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks, or None if it is gone (or a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def _is_our_vmm(record: RuntimeRecord) -> bool:
+    """The pid is alive and is still the QEMU we started (not a reused pid)."""
+    if process_start_ticks(record.pid) != record.start_ticks:
+        return False
+    try:
+        cmdline = Path(f"/proc/{record.pid}/cmdline").read_bytes().split(b"\0")[:-1]
+    except OSError:
+        return False
+    return [arg.decode(errors="surrogateescape") for arg in cmdline] == record.argv
+
+
+class Vmm:
+    """The VMM of one VM, found through its folder and runtime record."""
+
+    _children: dict[int, subprocess.Popen] = {}  # QEMUs this process started, to reap
+
+    def __init__(self, name: str, paths: VmPaths, lock_path: Path) -> None:
+        self.name = name
+        self.paths = paths
+        self.lock = VmLock(lock_path)
+        self.record_path = paths.vm_dir / "runtime.json"
+
+    # -- observing -------------------------------------------------------
+    def record(self) -> RuntimeRecord | None:
+        """The runtime record of a live VMM; clears a stale one."""
+        record = RuntimeRecord.load(self.record_path)
+        if record is None:
+            return None
+        self._reap(record.pid)
+        if _is_our_vmm(record):
+            return record
+        if not self.lock.is_held_elsewhere():
+            self._cleanup(record)
+        return None
+
+    def state(self) -> VmState:
+        record = self.record()
+        if record is not None:
+            return VmState.PAUSED if record.paused else VmState.RUNNING
+        return VmState.STARTING if self.lock.is_held_elsewhere() else VmState.POWERED_OFF
+
+    # -- launching -------------------------------------------------------
+    def launch(self, argv: list[str], accel: str, links_down: list[str]) -> RuntimeRecord:
+        """Start QEMU paused, check it came up, take links down, then run it.
+
+        The caller must hold ``self.lock``.
+        """
+        assert self.lock.fd is not None, "launch() needs the VM lock"
+        self._prepare_runtime_dir()
+        process = self._spawn(argv)
+        try:
+            self._wait_for_qmp(process)
+            record = RuntimeRecord(process.pid, process_start_ticks(process.pid) or 0, argv,
+                                   str(self.paths.qmp_socket), str(self.paths.console_socket),
+                                   str(self.paths.runtime_dir), accel)
+            record.save(self.record_path)
+            commands = [("set_link", {"name": nic, "up": False}) for nic in links_down]
+            qmp_execute(self.paths.qmp_socket, *commands, ("cont", None))
+        except BaseException:
+            process.kill()
+            process.wait()
+            self.record_path.unlink(missing_ok=True)
+            raise
+        Vmm._children[process.pid] = process
+        return record
+
+    def _prepare_runtime_dir(self) -> None:
+        runtime = self.paths.runtime_dir
+        runtime.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(runtime, 0o700)
+        for stale in runtime.iterdir():
+            stale.unlink()
+
+    def _spawn(self, argv: list[str]) -> subprocess.Popen:
+        log = open(self.paths.vmm_log, "ab")
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} power on: {' '.join(argv)}\n".encode())
+        log.flush()
+        try:
+            # Own session: the VM outlives this process and the terminal's signals.
+            # umask 077: QEMU creates its sockets and logs owner-only.
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, pass_fds=(self.lock.fd,), umask=0o077)
+        except OSError as exc:
+            raise VmmError(f"cannot start {argv[0]}: {exc.strerror}",
+                           hint="install QEMU: apt-get install qemu-system-x86") from exc
+        finally:
+            log.close()
+
+    def _wait_for_qmp(self, process: subprocess.Popen) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.paths.qmp_socket.exists():
+            if process.poll() is not None:
+                raise VmmError(f"the VMM of {self.name!r} failed to start: {self.last_vmm_error()}",
+                               hint=f"see {self.paths.vmm_log}")
+            if time.monotonic() > deadline:
+                raise VmmError(f"the VMM of {self.name!r} did not open its control socket in {START_TIMEOUT:.0f} s",
+                               hint=f"see {self.paths.vmm_log}")
+            time.sleep(0.002)
+
+    def last_vmm_error(self) -> str:
+        """The last error QEMU wrote to the VMM log, without its program prefix."""
+        try:
+            lines = self.paths.vmm_log.read_text(errors="replace").splitlines()
+        except OSError:
+            return "no VMM log"
+        for line in reversed(lines):
+            if "qemu-system" in line and ":" in line:
+                return line.split(": ", 2)[-1].strip()
+        return lines[-1].strip() if lines else "no output"
+
+    # -- control ---------------------------------------------------------
+    def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        record = self._require_record()
+        return qmp_execute(Path(record.qmp_socket), (command, arguments))[0]
+
+    def set_paused(self, paused: bool) -> None:
+        record = self._require_record()
+        qmp_execute(Path(record.qmp_socket), ("stop" if paused else "cont", None))
+        record.paused = paused
+        record.save(self.record_path)
+
+    def stop(self, *, hard: bool, timeout: float) -> str:
+        """Power off: ACPI first (unless hard), then quit, then SIGKILL. Returns how it ended."""
+        record = self._require_record()
+        try:
+            how = "hard"
+            if not hard and self._try(record, "system_powerdown") and self._wait_exit(record.pid, timeout):
+                how = "soft"
+            elif not (self._try(record, "quit") and self._wait_exit(record.pid, 3.0)):
+                os.kill(record.pid, signal.SIGKILL)
+                self._wait_exit(record.pid, 5.0)
+                how = "killed"
+            return how
+        finally:
+            self._cleanup(record)
+
+    def _try(self, record: RuntimeRecord, command: str) -> bool:
+        try:
+            if record.paused and command == "system_powerdown":
+                qmp_execute(Path(record.qmp_socket), ("cont", None))
+            qmp_execute(Path(record.qmp_socket), (command, None))
+            return True
+        except QmpError:
+            return False
+
+    def _wait_exit(self, pid: int, timeout: float) -> bool:
+        self._reap(pid)
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return True
+        try:
+            deadline = time.monotonic() + timeout
+            while process_start_ticks(pid) is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                select.select([fd], [], [], min(remaining, 0.05))
+                self._reap(pid)
+            return True
+        finally:
+            os.close(fd)
+
+    def _require_record(self) -> RuntimeRecord:
+        record = self.record()
+        if record is None:
+            raise VmmError(f"VM {self.name!r} is not running", hint=f"start it: minivisor vm start {self.name}")
+        return record
+
+    def _reap(self, pid: int) -> None:
+        child = Vmm._children.get(pid)
+        if child is not None and child.poll() is not None:
+            del Vmm._children[pid]
+
+    def _cleanup(self, record: RuntimeRecord) -> None:
+        self.record_path.unlink(missing_ok=True)
+        runtime = Path(record.runtime_dir)
+        for path in (runtime / "qmp.sock", runtime / "console.sock"):
+            path.unlink(missing_ok=True)
+        try:
+            runtime.rmdir()
+        except OSError:
+            pass
+
+
+# -- QMP ---------------------------------------------------------------------
+def qmp_execute(socket: Path, *commands: tuple[str, dict[str, Any] | None],
+                timeout: float = QMP_TIMEOUT) -> list[Any]:
+    """Run QMP commands over one connection and return their results."""
+    return asyncio.run(_qmp_session(socket, commands, timeout))
+
+
+async def _qmp_session(socket: Path, commands: tuple, timeout: float) -> list[Any]:
+    from qemu.qmp import ConnectError, ExecuteError, QMPClient
+
+    client = QMPClient("minivisor")
+    command = "connect"
+    try:
+        await asyncio.wait_for(client.connect(str(socket)), timeout)
+        results = []
+        for command, arguments in commands:
+            results.append(await asyncio.wait_for(client.execute(command, arguments), timeout))
+        return results
+    except ExecuteError as exc:
+        raise QmpError(f"the VMM refused {command}: {exc.error.desc}", hint="see the VM's vmm.log") from exc
+    except (ConnectError, OSError, EOFError, asyncio.TimeoutError) as exc:
+        if command in ("quit", "system_reset") and isinstance(exc, EOFError):
+            return []
+        raise QmpError(f"cannot talk to the VMM over {socket} ({command}): {exc or type(exc).__name__}",
+                       hint="the VM may have just powered off; check: minivisor vm show") from exc
+    finally:
+        try:
+            await client.disconnect()
+        except Exception:  # the VMM may already be gone (quit); nothing to close
+            pass
