@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Set up minivisor on a Debian 12 host (as root), then run the demo or the tests.
+#   ./setup.sh demo    the main job: boot the lecture's specfile and look inside the guest
+#   ./setup.sh test    the test suite
+set -euo pipefail
+cd "$(dirname "$0")"
+
+job=${1:-demo}
+packages=(qemu-system-x86 qemu-utils syslinux syslinux-common mtools dosfstools python3-venv python3-pip iproute2)
+
+install_host_packages() {
+    local missing=()
+    for p in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    # The appliance is built from .debs fetched with apt-get download: the lists must be fresh.
+    if [ ${#missing[@]} -gt 0 ] || [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ]; then
+        echo "setup: installing ${missing[*]:-nothing, refreshing package lists}" >&2
+        apt-get update -qq
+    fi
+    if [ ${#missing[@]} -gt 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+install_python_env() {
+    if [ ! -x .venv/bin/python ]; then
+        python3 -m venv .venv
+    fi
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+}
+
+install_host_packages
+install_python_env
+
+case "$job" in
+    demo)
+        exec .venv/bin/minivisor demo
+        ;;
+    test)
+        shift || true
+        set +e
+        .venv/bin/python -m pytest "$@"
+        status=$?
+        # pytest's 5 means "no tests collected" (e.g. a -k that matches nothing): not a failure.
+        if [ $status -eq 5 ]; then echo "setup: pytest collected no tests" >&2; status=0; fi
+        exit $status
+        ;;
+    *)
+        echo "usage: $0 demo|test [pytest args]" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,405 @@
+"""The core Python API: every interface (CLI, REST, web) is a thin layer over it.
+
+    from minivisor import Hypervisor
+    hv = Hypervisor("./datastore")
+    hv.create_vm("web", memory_mib=512, boot_disk="appliance.img")
+    hv.start_vm("web", wait_ready=True)
+    print(hv.exec_in_vm("web", ["uname", "-r"]).output)
+    hv.stop_vm("web")
+
+Errors are :class:`~minivisor.errors.HvError` subclasses with a message and a hint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import dirs, host
+from .console import ExecResult, console_lock, run_command, wait_for_line
+from .datastore import Datastore, check_vm_name
+from .disks import convert_disk, create_disk, format_for, human_size, parse_size, read_layer
+from .errors import ConflictError, PathError, SpecError
+from .launcher import LaunchEnv, VirtualDevice, VmPaths, build_qemu_argv, virtual_hardware
+from .spec import VmSpec
+from .state import Action, VmState, require
+from .validate import check_host_fit, generated_mac, resolve_resources
+from .vmm import Vmm
+from .vmx import VmxDocument
+
+__all__ = ["Hypervisor", "VmInfo", "StartResult", "Explanation", "ExecResult"]
+
+Progress = Callable[[str], None]
+
+NIC_MODELS_FOR_CREATE = ("vmxnet3", "e1000", "e1000e", "vlance", "virtio")
+SCSI_MODELS_FOR_CREATE = ("lsilogic", "lsisas1068", "pvscsi")
+
+
+@dataclass(frozen=True)
+class VmInfo:
+    """A VM: its identity, its state and the hardware its specfile asks for."""
+
+    name: str
+    uuid: str
+    vmx: Path
+    state: VmState
+    display_name: str
+    guest_os: str
+    memory_mib: int
+    cpus: int
+    disks: tuple[dict[str, Any], ...]
+    nics: tuple[dict[str, Any], ...]
+    autostart: bool = False
+    pid: int | None = None
+    accel: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "uuid": self.uuid, "vmx": str(self.vmx), "state": self.state.value,
+                "display_name": self.display_name, "guest_os": self.guest_os,
+                "memory_mib": self.memory_mib, "cpus": self.cpus, "disks": list(self.disks),
+                "nics": list(self.nics), "autostart": self.autostart, "pid": self.pid, "accel": self.accel}
+
+
+@dataclass(frozen=True)
+class StartResult:
+    """A powered-on VM, with the warnings the user should see."""
+
+    vm: VmInfo
+    warnings: tuple[str, ...] = ()
+    ready_line: str | None = None
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """How a specfile becomes a VMM: the spec, the devices, what is left out, the argv."""
+
+    spec: VmSpec
+    hardware: tuple[VirtualDevice, ...]
+    argv: tuple[str, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+
+class Hypervisor:
+    """A datastore and the VMs in it."""
+
+    def __init__(self, datastore: Datastore | Path | str | None = None) -> None:
+        self.datastore = datastore if isinstance(datastore, Datastore) else Datastore.open(datastore)
+
+    # -- reading ---------------------------------------------------------
+    def list_vms(self) -> list[VmInfo]:
+        """Every VM in the catalog with its current state."""
+        return [self._info(entry.name) for entry in self.datastore.catalog.list()]
+
+    def get_vm(self, name: str) -> VmInfo:
+        """One VM, or NotFoundError."""
+        return self._info(name)
+
+    def explain_vm(self, name: str) -> Explanation:
+        """The spec, the virtual hardware built from it and the exact VMM command line."""
+        spec, env, warnings = self._launch_plan(name)
+        hardware = tuple(virtual_hardware(spec, env))
+        return Explanation(spec, hardware, tuple(build_qemu_argv(spec, env)), warnings)
+
+    def host_info(self) -> host.HostInfo:
+        """Facts about this host, including which accelerator VMs get and why."""
+        return host.host_info(dirs.cache_dir())
+
+    # -- creating and removing -------------------------------------------
+    def create_vm(self, name: str, *, memory_mib: int = 512, cpus: int = 1, disk_size: str | None = None,
+                  boot_disk: Path | str | None = None, network: str = "nat", nic_model: str = "vmxnet3",
+                  scsi_model: str = "lsilogic", guest_os: str = "other-64",
+                  progress: Progress | None = None) -> VmInfo:
+        """Create a VM folder with a specfile and a disk, and add it to the catalog.
+
+        ``boot_disk`` is copied into the VM's folder (converted to qcow2);
+        otherwise ``disk_size`` makes an empty thin disk. ``network`` is
+        ``nat``, ``none`` or a network name.
+        """
+        check_vm_name(name)
+        self._check_new_name(name)
+        _check_choice("NIC model", nic_model, NIC_MODELS_FOR_CREATE)
+        _check_choice("SCSI controller", scsi_model, SCSI_MODELS_FOR_CREATE)
+        vm_uuid = str(uuidlib.uuid4())
+        disk_name = f"{name}.qcow2" if boot_disk is not None or disk_size is not None else None
+        doc = _new_specfile(name, vm_uuid, memory_mib, cpus, guest_os, disk_name, network, nic_model, scsi_model)
+        check_host_fit(VmSpec.from_vmx(doc), host_memory_mib=host.host_memory_mib(), host_cpus=host.host_cpus())
+        staging = self.datastore.staging_dir(name)
+        try:
+            if disk_name:
+                self._make_disk(staging / disk_name, disk_size, boot_disk, progress)
+            doc.save(staging / f"{name}.vmx")
+            self._publish(staging, name, vm_uuid)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return self._info(name)
+
+    def _check_new_name(self, name: str) -> None:
+        if self.datastore.catalog.find(name) or self.datastore.vm_dir(name).exists():
+            raise ConflictError(f"a VM or folder named {name!r} already exists in the datastore",
+                                hint="choose another name")
+
+    def _make_disk(self, target: Path, size: str | None, boot_disk: Path | str | None,
+                   progress: Progress | None) -> None:
+        """Copy ``boot_disk`` into ``target`` (as qcow2), or create an empty thin disk of ``size``."""
+        if boot_disk is None:
+            create_disk(target, parse_size(size or "8G"), "qcow2")
+            return
+        source = Path(boot_disk)
+        layer = read_layer(source, format_for(source))
+        if progress:
+            progress(f"copying {source.name} ({human_size(layer.virtual_size)}) into the VM folder")
+        convert_disk(source, layer.format, target, "qcow2")
+
+    def _publish(self, staging: Path, name: str, vm_uuid: str) -> None:
+        """Move an assembled VM into place and into the catalog, atomically together."""
+        home = self.datastore.vm_dir(name)
+        with self.datastore.catalog.transaction() as db:
+            self.datastore.catalog.add(db, name, vm_uuid, f"{name}/{name}.vmx")
+            staging.rename(home)
+
+    def register_vm(self, vmx_path: Path | str, name: str | None = None) -> VmInfo:
+        """Add an existing specfile (in its own folder inside the datastore) to the catalog.
+
+        Like VMware at first power-on, a missing ``uuid.bios`` or NIC address
+        is generated and written into the specfile; nothing else changes.
+        """
+        path = Path(os.path.realpath(vmx_path))
+        if not path.is_file():
+            raise PathError(f"{vmx_path} is not a file", hint="name the VM's .vmx file")
+        if not self.datastore.contains(str(path)) or path.parent == Path(os.path.realpath(self.datastore.root)):
+            raise PathError(f"{path} is not in its own folder inside the datastore {self.datastore.root}",
+                            hint="move the VM's folder into the datastore, then register the .vmx there")
+        doc = _read_vmx(path)
+        spec = VmSpec.from_vmx(doc)
+        name = check_vm_name(name or _name_from(spec.display_name or path.stem))
+        if self.datastore.catalog.find(name):
+            raise ConflictError(f"a VM named {name!r} already exists", hint="pass another name with --name")
+        vm_uuid = _fill_identity(doc, spec)
+        with self.datastore.catalog.transaction() as db:
+            self.datastore.catalog.add(db, name, vm_uuid, self.datastore.relative(path))
+            if doc.to_bytes() != path.read_bytes():
+                doc.save(path)
+        return self._info(name)
+
+    def unregister_vm(self, name: str) -> None:
+        """Remove a powered-off VM from the catalog, keeping its files."""
+        entry = self.datastore.catalog.get(name)
+        with self._exclusive(name, Action.EDIT):
+            with self.datastore.catalog.transaction() as db:
+                self.datastore.catalog.remove(db, entry.name)
+
+    def delete_vm(self, name: str) -> None:
+        """Remove a powered-off VM and its folder with every file in it."""
+        entry = self.datastore.catalog.get(name)
+        folder = self.datastore.vmx_path(entry).parent
+        with self._exclusive(name, Action.EDIT):
+            trashed = self.datastore.trash(folder, entry.uuid)
+            try:
+                with self.datastore.catalog.transaction() as db:
+                    self.datastore.catalog.remove(db, entry.name)
+            except BaseException:
+                self.datastore.restore(trashed, folder)
+                raise
+        self.datastore.empty_trash(trashed)
+
+    # -- power -------------------------------------------------------------
+    def start_vm(self, name: str, *, wait_ready: bool = False, timeout: float = 120.0) -> StartResult:
+        """Power on: one VMM process boots the VM from the disk its specfile names."""
+        vmm = self._vmm(name)
+        require(name, vmm.state(), Action.START)
+        with vmm.lock.acquire(name):
+            spec, env, warnings = self._launch_plan(name)
+            _rotate(env.paths.serial_log)
+            env.paths.bios_log.unlink(missing_ok=True)
+            links_down = [nic.name for nic in spec.nics if env.networks[nic.index] == "unconnected"]
+            vmm.launch(build_qemu_argv(spec, env), env.accel, links_down)
+        ready = None
+        if wait_ready:
+            ready = self.wait_ready(name, timeout=timeout, spec=spec)
+        return StartResult(self._info(name), warnings, ready)
+
+    def wait_ready(self, name: str, *, timeout: float = 120.0, spec: VmSpec | None = None) -> str:
+        """Wait until the guest prints its readiness line on the console."""
+        vmm = self._vmm(name)
+        spec = spec or VmSpec.from_vmx(_read_vmx(self._vmx(name)))
+        return wait_for_line(vmm.paths.serial_log, spec.ready_line, timeout,
+                             alive=lambda: vmm.record() is not None)
+
+    def stop_vm(self, name: str, *, hard: bool = False, timeout: float = 30.0) -> str:
+        """Power off: ACPI shutdown, then hard after ``timeout`` s. Returns soft, hard or killed."""
+        vmm = self._vmm(name)
+        require(name, vmm.state(), Action.STOP)
+        return vmm.stop(hard=hard, timeout=timeout)
+
+    def reset_vm(self, name: str) -> None:
+        """Hard reset, like pressing the reset button."""
+        vmm = self._vmm(name)
+        require(name, vmm.state(), Action.RESET)
+        vmm.execute("system_reset")
+
+    def pause_vm(self, name: str) -> None:
+        """Freeze the VM's vCPUs; memory and devices stay as they are."""
+        vmm = self._vmm(name)
+        require(name, vmm.state(), Action.PAUSE)
+        vmm.set_paused(True)
+
+    def resume_vm(self, name: str) -> None:
+        """Let a paused VM run again."""
+        vmm = self._vmm(name)
+        require(name, vmm.state(), Action.RESUME)
+        vmm.set_paused(False)
+
+    # -- guest access ----------------------------------------------------
+    def exec_in_vm(self, name: str, command: list[str] | str, *, timeout: float = 60.0) -> ExecResult:
+        """Run a shell command through the guest's serial shell (the appliance has one)."""
+        vmm = self._vmm(name)
+        require(name, vmm.state(), Action.EXEC)
+        self.wait_ready(name, timeout=timeout)
+        text = command if isinstance(command, str) else " ".join(command)
+        if "\n" in text:
+            raise SpecError("the command contains a newline", hint="pass one command line (use ';' between commands)")
+        fd = console_lock(vmm.paths.runtime_dir)
+        try:
+            return run_command(vmm.paths.console_socket, text, timeout)
+        finally:
+            os.close(fd)
+
+    def console_socket(self, name: str) -> tuple[Path, int]:
+        """The console socket of a running VM and a lock held while it is used."""
+        vmm = self._vmm(name)
+        require(name, vmm.state(), Action.CONSOLE)
+        return vmm.paths.console_socket, console_lock(vmm.paths.runtime_dir)
+
+    def vm_paths(self, name: str) -> VmPaths:
+        """Where a VM's logs (vmm.log, serial.log, bios.log) and control sockets are."""
+        return self._vmm(name).paths
+
+    # -- internals ---------------------------------------------------------
+    def _vmx(self, name: str) -> Path:
+        return self.datastore.vmx_path(self.datastore.catalog.get(name))
+
+    def _vmm(self, name: str) -> Vmm:
+        vmx = self._vmx(name)
+        vm_dir = vmx.parent
+        digest = hashlib.sha256(os.path.realpath(vm_dir).encode()).hexdigest()[:16]
+        paths = VmPaths(vm_dir, dirs.runtime_root() / digest)
+        return Vmm(name, paths, vmx.with_name(vmx.name + ".lck"))
+
+    def _exclusive(self, name: str, action: Action):
+        vmm = self._vmm(name)
+        require(name, vmm.state(), action)
+        return vmm.lock.acquire(name)
+
+    def _launch_plan(self, name: str) -> tuple[VmSpec, LaunchEnv, tuple[str, ...]]:
+        entry = self.datastore.catalog.get(name)
+        vmx = self.datastore.vmx_path(entry)
+        spec = VmSpec.from_vmx(_read_vmx(vmx))
+        check_host_fit(spec, host_memory_mib=host.host_memory_mib(), host_cpus=host.host_cpus())
+        resources = resolve_resources(spec, self.datastore, vmx.parent, entry.uuid)
+        qemu = host.find_qemu()
+        accel = host.choose_accel(dirs.cache_dir(), qemu)
+        env = LaunchEnv(name=entry.name, uuid=entry.uuid, qemu=qemu, accel=accel.accel,
+                        paths=self._vmm(name).paths, disk_chains=resources.disk_chains, files=resources.files,
+                        macs=resources.macs, networks=resources.networks, console_index=resources.console_index)
+        warnings = resources.warnings + ((accel.warning,) if accel.warning else ())
+        return spec, env, warnings
+
+    def _info(self, name: str) -> VmInfo:
+        entry = self.datastore.catalog.get(name)
+        vmx = self.datastore.vmx_path(entry)
+        vmm = self._vmm(entry.name)
+        record = vmm.record()
+        state = vmm.state() if record is None else (VmState.PAUSED if record.paused else VmState.RUNNING)
+        try:
+            spec = VmSpec.from_vmx(_read_vmx(vmx))
+        except (SpecError, PathError) as exc:
+            spec = None
+            problem = exc.one_line()
+        disks = tuple({"node": d.node, "kind": d.kind, "file": d.file_name} for d in spec.disks) if spec else ()
+        nics = tuple({"name": n.name, "model": n.model, "mac": n.mac or generated_mac(entry.uuid, n.index),
+                      "network": n.network} for n in spec.nics) if spec else ()
+        return VmInfo(entry.name, entry.uuid, vmx, state,
+                      spec.display_name if spec else f"(specfile unreadable: {problem})",
+                      spec.guest_os if spec else "", spec.memory_mib if spec else 0, spec.num_cpus if spec else 0,
+                      disks, nics, entry.autostart, record.pid if record else None,
+                      record.accel if record else None)
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise SpecError(f"{what} {value!r} is not one minivisor can create", hint=f"use one of {', '.join(choices)}")
+
+
+def _read_vmx(path: Path) -> VmxDocument:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PathError(f"the specfile {path} is missing",
+                        hint="restore it, or remove the VM from the catalog: minivisor vm unregister") from None
+    except OSError as exc:
+        raise PathError(f"cannot read the specfile {path}: {exc.strerror}", hint="check its permissions") from exc
+    return VmxDocument.parse(data, source=str(path))
+
+
+def _name_from(text: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:63]
+    return name or "vm"
+
+
+def _fill_identity(doc: VmxDocument, spec: VmSpec) -> str:
+    """Make sure the specfile has a BIOS UUID and NIC addresses; return the UUID."""
+    vm_uuid = _uuid_from_vmx(spec.uuid_bios) if spec.uuid_bios else None
+    if vm_uuid is None:
+        vm_uuid = str(uuidlib.uuid4())
+        doc.set("uuid.bios", _uuid_to_vmx(vm_uuid))
+    for nic in spec.nics:
+        if nic.mac is None:
+            doc.set(f"{nic.name}.addressType", "generated")
+            doc.set(f"{nic.name}.generatedAddress", generated_mac(vm_uuid, nic.index))
+    return vm_uuid
+
+
+def _uuid_to_vmx(value: str) -> str:
+    """``550e8400-...`` -> VMware's ``55 0e 84 00 ... -..`` form."""
+    raw = uuidlib.UUID(value).hex
+    pairs = [raw[i:i + 2] for i in range(0, 32, 2)]
+    return " ".join(pairs[:8]) + "-" + " ".join(pairs[8:])
+
+
+def _uuid_from_vmx(value: str) -> str | None:
+    digits = re.sub(r"[^0-9a-fA-F]", "", value)
+    return str(uuidlib.UUID(digits)) if len(digits) == 32 else None
+
+
+def _rotate(log: Path) -> None:
+    """Keep the previous boot's console log as ``serial.log.1``."""
+    if log.exists():
+        log.replace(log.with_name(log.name + ".1"))
+
+
+def _new_specfile(name: str, vm_uuid: str, memory_mib: int, cpus: int, guest_os: str, disk: str | None,
+                  network: str, nic_model: str, scsi_model: str) -> VmxDocument:
+    """A specfile as VMware Workstation would write it for these choices."""
+    doc = VmxDocument.parse(b'.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "14"\n')
+    entries = {"displayName": name, "guestOS": guest_os, "firmware": "bios", "uuid.bios": _uuid_to_vmx(vm_uuid),
+               "memSize": str(memory_mib), "numvcpus": str(cpus), "cpuid.coresPerSocket": "1",
+               "svga.present": "TRUE", "floppy0.present": "FALSE"}
+    if disk:
+        entries |= {"scsi0.present": "TRUE", "scsi0.virtualDev": scsi_model, "scsi0:0.present": "TRUE",
+                    "scsi0:0.deviceType": "scsi-hardDisk", "scsi0:0.fileName": disk}
+    if network != "none":
+        connection = {"connectionType": "nat"} if network == "nat" else {"connectionType": "custom",
+                                                                         "networkName": network}
+        entries |= {"ethernet0.present": "TRUE", "ethernet0.virtualDev": nic_model,
+                    **{f"ethernet0.{k}": v for k, v in connection.items()},
+                    "ethernet0.addressType": "generated", "ethernet0.generatedAddress": generated_mac(vm_uuid, 0)}
+    for key, value in entries.items():
+        doc.set(key, value)
+    return doc
