@@ -272,6 +272,13 @@ class VmxDocument:
         lines = self._index.get(key.lower())
         return lines[-1].raw.decode(self.encoding, "surrogateescape") if lines else default
 
+    def line_of(self, key: str) -> int | None:
+        """The 1-based line number of the effective (last) line of ``key``."""
+        lines = self._index.get(key.lower())
+        if not lines:
+            return None
+        return next(n for n, line in enumerate(self._lines, 1) if line is lines[-1])
+
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and key.lower() in self._index
 
