@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS vms (
     autostart INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS allowed_paths (
-    path TEXT PRIMARY KEY               -- host folders specfiles may name outside the datastore
+    path TEXT PRIMARY KEY               -- host folders specfiles may name outside it
 );
 """
 
@@ -66,7 +66,8 @@ class Catalog:
                             hint="upgrade minivisor")
         if version < SCHEMA_VERSION:
             with self.transaction() as db:
-                db.executescript(SCHEMA)
+                for statement in filter(str.strip, SCHEMA.split(";")):
+                    db.execute(statement)  # executescript() would commit behind our back
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
