@@ -1,0 +1,79 @@
+"""The accelerator probe against real QEMU: the guest is correct, hangs are killed.
+
+The probe guest must succeed under TCG on every host: that is what lets a
+failure under KVM be blamed on KVM. Which accelerator this host ends up with is
+deliberately not asserted (CI machines differ), only that the answer is
+definite, timely and self-consistent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from minivisor import host
+
+QEMU = shutil.which("qemu-system-x86_64")
+pytestmark = [
+    pytest.mark.qemu,
+    pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed"),
+]
+
+
+def _sector(code: bytes) -> bytes:
+    """A boot sector holding ``code`` at 0x7c00."""
+    return code.ljust(510, b"\0") + b"\x55\xaa"
+
+
+JMP_SELF = _sector(b"\xeb\xfe")  # jmp $: spins in real mode forever
+EXIT_WRONG_RESULT = _sector(b"\xb0\x34\xe6\xf4")  # mov al,0x34; out 0xf4,al
+# xor ax,ax; mov ds,ax; lidt [0x7c10] (limit 0); int3 -> #GP -> double -> triple fault
+TRIPLE_FAULT = _sector(b"\x31\xc0\x8e\xd8\x0f\x01\x1e\x10\x7c\xcc\xeb\xfe")
+
+
+def test_probe_guest_reaches_long_mode_under_tcg() -> None:
+    run = host.run_probe(str(QEMU), "tcg")
+    assert run.ok, run.failure
+    assert (run.returncode, run.serial) == (99, b"RPLMCLM64OK\r\n")
+    assert run.failure is None
+
+
+def test_probe_kvm_gives_a_definite_answer_within_the_timeout() -> None:
+    start = time.monotonic()
+    choice = host.probe_kvm(str(QEMU), timeout=3.0)
+    assert time.monotonic() - start < 3.0 + 1.0
+    assert choice.probed and choice.reason.strip()
+    if choice.accel == "kvm":
+        assert choice.warning is None and choice.reason.startswith("KVM probe: a 64-bit guest booted")
+    else:
+        assert choice.accel == "tcg" and choice.warning and "using TCG" in choice.reason
+
+
+def test_a_hanging_guest_is_killed_at_the_timeout() -> None:
+    start = time.monotonic()
+    run = host.run_probe(str(QEMU), "tcg", timeout=1.0, image=JMP_SELF)
+    assert time.monotonic() - start < 1.0 + 1.0
+    assert run.timed_out and not run.ok
+    assert run.failure == "a 64-bit guest did not reach its boot sector within 1 s"
+    assert not os.path.exists(f"/proc/{run.pid}"), "QEMU must be killed and reaped"
+
+
+def test_guest_failures_are_reported_not_hung() -> None:
+    wrong = host.run_probe(str(QEMU), "tcg", image=EXIT_WRONG_RESULT)
+    assert (wrong.returncode, wrong.failure) == (105, "the probe guest computed a wrong 64-bit result")
+    crash = host.run_probe(str(QEMU), "tcg", image=TRIPLE_FAULT)
+    assert crash.returncode == 0 and "triple fault" in (crash.failure or "")
+
+
+def test_choose_accel_probes_once_then_hits_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MINIVISOR_ACCEL", raising=False)
+    first = host.choose_accel(tmp_path, str(QEMU))
+    second = host.choose_accel(tmp_path, str(QEMU))
+    assert first.probed and not second.probed
+    assert (second.accel, second.reason) == (first.accel, first.reason)

@@ -1,0 +1,318 @@
+"""Unit tests for minivisor.host: probe image, accelerator cache, env handling, host facts.
+
+QEMU is never mocked. Where a test must count probes it uses a wrapper script
+that logs each call and execs the real QEMU, swapping ``-accel kvm`` for
+``-accel tcg`` so the probe succeeds in ~0.1 s on any host (with or without a
+working KVM). ``/dev/kvm`` and the boot id are redirected to temp files the
+test controls via the module's path constants.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from minivisor import host
+from minivisor.errors import HostError
+
+SOURCE = Path(host.__file__).parent / "guest" / "kvmprobe.S"
+REAL_QEMU = shutil.which("qemu-system-x86_64")
+needs_qemu = pytest.mark.skipif(REAL_QEMU is None, reason="qemu-system-x86_64 is not installed")
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MINIVISOR_ACCEL", "MINIVISOR_QEMU", "MINIVISOR_QEMU_IMG"):
+        monkeypatch.delenv(name, raising=False)
+
+
+class CountingQemu:
+    """A qemu-system-x86_64 wrapper that records calls and runs the real one under TCG."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.path = tmp / "qemu-wrapper"
+        self.log = tmp / "qemu-calls.log"
+        self.path.write_text(
+            "#!/bin/bash\n"
+            f'echo "$*" >> "{self.log}"\n'
+            "args=()\n"
+            'for a in "$@"; do [ "$a" = kvm ] && a=tcg; args+=("$a"); done\n'
+            f'exec "{REAL_QEMU}" "${{args[@]}}"\n'
+        )
+        self.path.chmod(0o755)
+
+    @property
+    def calls(self) -> int:
+        return len(self.log.read_text().splitlines()) if self.log.exists() else 0
+
+
+@pytest.fixture
+def fake_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the module at a boot id file and a read-write '/dev/kvm' stand-in."""
+    boot_id = tmp_path / "boot_id"
+    boot_id.write_text(f"{uuid.uuid4()}\n")
+    kvm = tmp_path / "kvm"
+    kvm.write_bytes(b"")
+    monkeypatch.setattr(host, "_BOOT_ID", str(boot_id))
+    monkeypatch.setattr(host, "_KVM_DEVICE", str(kvm))
+    return tmp_path
+
+
+@pytest.fixture
+def qemu(tmp_path: Path) -> CountingQemu:
+    if REAL_QEMU is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    return CountingQemu(tmp_path)
+
+
+# --- the probe image ---------------------------------------------------------
+
+
+def test_probe_image_is_a_boot_sector() -> None:
+    assert len(host.PROBE_IMAGE) == 512
+    assert host.PROBE_IMAGE[-2:] == b"\x55\xaa"
+
+
+def test_probe_image_matches_its_source(tmp_path: Path) -> None:
+    if shutil.which("as") is None or shutil.which("ld") is None:
+        pytest.skip("binutils (as, ld) not installed: cannot reassemble guest/kvmprobe.S")
+    obj, binary = tmp_path / "kvmprobe.o", tmp_path / "kvmprobe.bin"
+    subprocess.run(["as", "--32", "-o", obj, SOURCE], check=True, capture_output=True)
+    subprocess.run(
+        ["ld", "-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o", binary, obj],
+        check=True,
+        capture_output=True,
+    )
+    assert binary.read_bytes() == host.PROBE_IMAGE, "re-embed the assembled kvmprobe.S in host.py"
+
+
+# --- AccelChoice and ProbeRun ------------------------------------------------
+
+
+def test_warning_is_none_for_kvm_and_one_line_for_tcg() -> None:
+    assert host.AccelChoice("kvm", "KVM probe: fine").warning is None
+    warning = host.AccelChoice("tcg", "broken\nbadly; using TCG").warning
+    assert warning is not None and "\n" not in warning and "broken badly; using TCG" in warning
+
+
+def _run(returncode: int | None, serial: bytes = b"", stderr: str = "") -> host.ProbeRun:
+    return host.ProbeRun("kvm", 3.0, returncode, serial, stderr, 1.0, 1)
+
+
+@pytest.mark.parametrize(
+    ("serial", "words"),
+    [
+        (b"", "did not reach its boot sector"),
+        (b"RP", "did not reach long mode"),
+        (b"RPLM", "reached long mode but did not finish"),
+    ],
+)
+def test_timeout_failure_names_the_stage_reached(serial: bytes, words: str) -> None:
+    run = _run(None, serial)
+    assert run.timed_out and not run.ok
+    assert run.failure.startswith(f"a 64-bit guest {words}") and run.failure.endswith("within 3 s")
+
+
+def test_exit_statuses_are_explained() -> None:
+    assert _run(99, b"RPLMCLM64OK\r\n").failure is None
+    assert not _run(99, b"RPLMC").ok  # success code without the marker is not success
+    assert "wrong 64-bit result" in (_run(105).failure or "")
+    assert "triple fault" in (_run(0).failure or "")
+    failure = _run(1, stderr="warning: x\nqemu: Could not access KVM kernel module\n").failure
+    assert failure == "QEMU exited with status 1: qemu: Could not access KVM kernel module"
+
+
+# --- probe_kvm without a usable device ---------------------------------------
+
+
+def test_missing_kvm_device_means_tcg_without_running_qemu(
+    fake_host: Path, qemu: CountingQemu, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(host, "_KVM_DEVICE", str(fake_host / "no-such-kvm"))
+    choice = host.probe_kvm(str(qemu.path))
+    assert choice.accel == "tcg" and "does not exist" in choice.reason and "using TCG" in choice.reason
+    assert qemu.calls == 0
+
+
+def test_unopenable_kvm_device_means_tcg(fake_host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(host, "_KVM_DEVICE", str(fake_host))  # a directory: EISDIR, even for root
+    choice = host.probe_kvm("/nonexistent/qemu")
+    assert choice.accel == "tcg" and "cannot be opened" in choice.reason
+
+
+# --- choose_accel: cache ------------------------------------------------------
+
+
+@needs_qemu
+def test_cache_hit_does_not_run_qemu(fake_host: Path, qemu: CountingQemu) -> None:
+    cache = fake_host / "cache"
+    first = host.choose_accel(cache, str(qemu.path))
+    assert (first.accel, first.probed, qemu.calls) == ("kvm", True, 1)
+    second = host.choose_accel(cache, str(qemu.path))
+    assert (second.accel, second.reason, second.probed) == (first.accel, first.reason, False)
+    assert qemu.calls == 1
+
+
+@needs_qemu
+def test_new_boot_id_reprobes(fake_host: Path, qemu: CountingQemu) -> None:
+    host.choose_accel(fake_host / "cache", str(qemu.path))
+    (fake_host / "boot_id").write_text(f"{uuid.uuid4()}\n")
+    assert host.choose_accel(fake_host / "cache", str(qemu.path)).probed
+    assert qemu.calls == 2
+
+
+@needs_qemu
+def test_changed_qemu_binary_reprobes(fake_host: Path, qemu: CountingQemu) -> None:
+    host.choose_accel(fake_host / "cache", str(qemu.path))
+    st = qemu.path.stat()
+    os.utime(qemu.path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert host.choose_accel(fake_host / "cache", str(qemu.path)).probed
+    assert qemu.calls == 2
+
+
+@needs_qemu
+def test_recreated_or_vanished_kvm_device_reprobes(fake_host: Path, qemu: CountingQemu) -> None:
+    cache, kvm = fake_host / "cache", fake_host / "kvm"
+    host.choose_accel(cache, str(qemu.path))
+    kvm.unlink()
+    gone = host.choose_accel(cache, str(qemu.path))
+    assert gone.probed and gone.accel == "tcg" and qemu.calls == 1  # no device: no QEMU run
+    kvm.write_bytes(b"")  # a new node, as after a module reload
+    back = host.choose_accel(cache, str(qemu.path))
+    assert back.probed and back.accel == "kvm" and qemu.calls == 2
+
+
+@needs_qemu
+@pytest.mark.parametrize("junk", [b"", b"{not json", b"[1, 2]", b'{"key": 1}', b"\xff\xfe", b'"x"'])
+def test_corrupt_cache_is_ignored_and_rewritten(fake_host: Path, qemu: CountingQemu, junk: bytes) -> None:
+    cache = fake_host / "cache"
+    cache.mkdir()
+    (cache / "accel.json").write_bytes(junk)
+    assert host.choose_accel(cache, str(qemu.path)).probed
+    data = json.loads((cache / "accel.json").read_text())
+    assert data["accel"] == "kvm" and data["key"]["boot_id"]
+    assert host.choose_accel(cache, str(qemu.path)).probed is False
+    assert qemu.calls == 1
+
+
+@needs_qemu
+def test_cache_write_leaves_no_temp_files(fake_host: Path, qemu: CountingQemu) -> None:
+    host.choose_accel(fake_host / "deep" / "cache", str(qemu.path))
+    assert [p.name for p in (fake_host / "deep" / "cache").iterdir()] == ["accel.json"]
+
+
+@needs_qemu
+def test_unwritable_cache_dir_still_answers(fake_host: Path, qemu: CountingQemu) -> None:
+    blocker = fake_host / "file"
+    blocker.write_text("not a directory")
+    assert host.choose_accel(blocker / "cache", str(qemu.path)).accel == "kvm"
+
+
+# --- choose_accel: MINIVISOR_ACCEL ------------------------------------------
+
+
+def test_forced_tcg_skips_the_probe(fake_host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINIVISOR_ACCEL", "tcg")
+    choice = host.choose_accel(fake_host / "cache", "/nonexistent/qemu")
+    assert (choice.accel, choice.probed) == ("tcg", False)
+    assert "MINIVISOR_ACCEL=tcg" in choice.reason and choice.warning
+    assert not (fake_host / "cache").exists()
+
+
+def test_unknown_accel_value_is_an_error(fake_host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINIVISOR_ACCEL", "hvf")
+    with pytest.raises(HostError, match="MINIVISOR_ACCEL"):
+        host.choose_accel(fake_host / "cache", "/nonexistent/qemu")
+
+
+@needs_qemu
+def test_auto_and_empty_mean_probe(fake_host: Path, qemu: CountingQemu, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINIVISOR_ACCEL", " AUTO ")
+    assert host.choose_accel(fake_host / "cache", str(qemu.path)).accel == "kvm"
+    monkeypatch.setenv("MINIVISOR_ACCEL", "")
+    assert host.choose_accel(fake_host / "cache", str(qemu.path)).accel == "kvm"
+    assert qemu.calls == 1
+
+
+@needs_qemu
+def test_forced_kvm_fails_loudly_when_kvm_is_unusable(
+    fake_host: Path, qemu: CountingQemu, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MINIVISOR_ACCEL", "kvm")
+    monkeypatch.setattr(host, "_KVM_DEVICE", str(fake_host / "no-such-kvm"))
+    with pytest.raises(HostError) as info:
+        host.choose_accel(fake_host / "cache", str(qemu.path))
+    assert "does not exist" in info.value.message and "using TCG" not in info.value.message
+    assert info.value.hint and "MINIVISOR_ACCEL=auto" in info.value.hint
+
+
+@needs_qemu
+def test_forced_kvm_reprobes_a_cached_failure(
+    fake_host: Path, qemu: CountingQemu, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = fake_host / "cache"
+    key = host._cache_key(str(qemu.path))
+    host._write_cache(cache / "accel.json", key, host.AccelChoice("tcg", "stale failure"))
+    assert host.choose_accel(cache, str(qemu.path)).reason == "stale failure"  # auto trusts it
+    monkeypatch.setenv("MINIVISOR_ACCEL", "kvm")
+    choice = host.choose_accel(cache, str(qemu.path))
+    assert (choice.accel, choice.probed, qemu.calls) == ("kvm", True, 1)
+
+
+# --- host facts ----------------------------------------------------------------
+
+
+def test_find_qemu_honours_env_and_reports_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    program = tmp_path / "my-qemu"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    monkeypatch.setenv("MINIVISOR_QEMU", str(program))
+    assert host.find_qemu() == str(program)
+    monkeypatch.setenv("MINIVISOR_QEMU", str(tmp_path / "missing"))
+    with pytest.raises(HostError, match="MINIVISOR_QEMU"):
+        host.find_qemu()
+    monkeypatch.delenv("MINIVISOR_QEMU")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(HostError, match="qemu-system-x86_64 not found") as info:
+        host.find_qemu()
+    assert info.value.hint == "apt-get install qemu-system-x86"
+    with pytest.raises(HostError, match="qemu-img not found") as info:
+        host.find_qemu_img()
+    assert info.value.hint == "apt-get install qemu-utils"
+
+
+def test_memory_comes_from_meminfo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:        2097152 kB\nMemFree: 1 kB\nMemAvailable:    1048576 kB\n")
+    monkeypatch.setattr(host, "_MEMINFO", str(meminfo))
+    assert (host.host_memory_mib(), host.available_memory_mib()) == (2048, 1024)
+    meminfo.write_text("MemTotal: 1 kB\n")
+    with pytest.raises(HostError, match="MemAvailable"):
+        host.available_memory_mib()
+
+
+def test_real_host_facts_are_sane() -> None:
+    assert 0 < host.available_memory_mib() <= host.host_memory_mib()
+    assert host.host_cpus() == len(os.sched_getaffinity(0)) >= 1
+
+
+@needs_qemu
+def test_qemu_version_and_host_info(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert host.qemu_version(str(REAL_QEMU))[0].isdigit()
+    with pytest.raises(HostError):
+        host.qemu_version(str(tmp_path / "missing"))
+    if shutil.which("qemu-img") is None:
+        pytest.skip("qemu-img is not installed")
+    monkeypatch.setenv("MINIVISOR_ACCEL", "tcg")  # host_info's probe is covered elsewhere
+    data = host.host_info(tmp_path / "cache").to_dict()
+    json.dumps(data)
+    assert data["accel"]["accel"] == "tcg" and data["accel"]["warning"]
+    assert data["kernel"] == os.uname().release and data["cpus"] >= 1
