@@ -1,1 +1,38 @@
-"""minivisor: a single-node hosted hypervisor for VMware-style specfiles."""
+"""minivisor: a single-node hosted hypervisor for VMware-style specfiles.
+
+The public Python API::
+
+    from minivisor import Hypervisor
+    hv = Hypervisor("./datastore")
+    hv.start_vm("web", wait_ready=True)
+
+Names are imported lazily so ``import minivisor`` (and the CLI) stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "Hypervisor", "VmInfo", "StartResult", "Explanation", "ExecResult", "VmState",
+    "HvError", "SpecError", "PathError", "NotFoundError", "ConflictError", "StateError", "LockError",
+    "DiskError", "HostError", "VmmError", "QmpError", "GuestError", "ImageBuildError",
+]
+__version__ = "0.1.0"
+
+_HOMES = {"Hypervisor": "api", "VmInfo": "api", "StartResult": "api", "Explanation": "api",
+          "ExecResult": "console", "VmState": "state"}
+
+if TYPE_CHECKING:
+    from .api import Explanation, Hypervisor, StartResult, VmInfo
+    from .console import ExecResult
+    from .state import VmState
+
+
+def __getattr__(name: str) -> Any:
+    from importlib import import_module
+
+    module = _HOMES.get(name, "errors" if name in __all__ else None)
+    if module is None:
+        raise AttributeError(f"module 'minivisor' has no attribute {name!r}")
+    return getattr(import_module(f".{module}", __name__), name)

@@ -191,7 +191,7 @@ class Hypervisor:
     def unregister_vm(self, name: str) -> None:
         """Remove a powered-off VM from the catalog, keeping its files."""
         entry = self.datastore.catalog.get(name)
-        with self._exclusive(name, Action.EDIT):
+        with self._exclusive(name, Action.UNREGISTER):
             with self.datastore.catalog.transaction() as db:
                 self.datastore.catalog.remove(db, entry.name)
 
@@ -199,7 +199,7 @@ class Hypervisor:
         """Remove a powered-off VM and its folder with every file in it."""
         entry = self.datastore.catalog.get(name)
         folder = self.datastore.vmx_path(entry).parent
-        with self._exclusive(name, Action.EDIT):
+        with self._exclusive(name, Action.DELETE):
             trashed = self.datastore.trash(folder, entry.uuid)
             try:
                 with self.datastore.catalog.transaction() as db:

@@ -76,7 +76,7 @@ def read_layer(path: Path, fmt: str) -> ImageLayer:
             return ImageLayer(path, "raw", os.fstat(image.fileno()).st_size)
     except FileNotFoundError:
         raise DiskError(f"disk {path} does not exist",
-                        hint="create it (minivisor disk create) or fix the fileName in the specfile") from None
+                        hint="fix the fileName in the specfile, or restore the disk file") from None
     except IsADirectoryError:
         raise DiskError(f"disk {path} is a folder, not an image file", hint="fix the fileName in the specfile") from None
     except PermissionError as exc:

@@ -36,7 +36,7 @@ class HvError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        return self.message if not self.hint else f"{self.message} ({self.hint})"
+        return self.message if not self.hint else f"{self.message}; {self.hint}"
 
     def one_line(self) -> str:
         """The message and hint on a single line, as the CLI prints them."""

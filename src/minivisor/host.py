@@ -80,7 +80,7 @@ class AccelChoice:
         """A one-line warning for the user when guests will run without KVM."""
         if self.accel == "kvm":
             return None
-        return "warning: " + " ".join(self.reason.split())
+        return " ".join(self.reason.split())
 
 
 @dataclass(frozen=True)

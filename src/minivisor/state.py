@@ -31,7 +31,8 @@ class Action(str, Enum):
     RESUME = "resume"
     CONSOLE = "console"
     EXEC = "exec"
-    EDIT = "edit"  # unregister, delete, change the specfile's hardware
+    UNREGISTER = "unregister"
+    DELETE = "delete"
 
 
 LEGAL: dict[Action, frozenset[VmState]] = {
@@ -42,15 +43,17 @@ LEGAL: dict[Action, frozenset[VmState]] = {
     Action.RESUME: frozenset({VmState.PAUSED}),
     Action.CONSOLE: frozenset({VmState.RUNNING, VmState.PAUSED}),
     Action.EXEC: frozenset({VmState.RUNNING}),
-    Action.EDIT: frozenset({VmState.POWERED_OFF}),
+    Action.UNREGISTER: frozenset({VmState.POWERED_OFF}),
+    Action.DELETE: frozenset({VmState.POWERED_OFF}),
 }
 
 HINTS: dict[Action, str] = {
-    Action.START: "it is already powered on; stop it first (minivisor vm stop {name})",
+    Action.START: "stop it first: minivisor vm stop {name}",
     Action.PAUSE: "only a running VM can be paused",
     Action.RESUME: "only a paused VM can be resumed",
-    Action.EXEC: "start it (minivisor vm start {name}) or resume it first",
-    Action.EDIT: "power it off first (minivisor vm stop {name})",
+    Action.EXEC: "start or resume it first: minivisor vm start {name}",
+    Action.UNREGISTER: "power it off first: minivisor vm stop {name}",
+    Action.DELETE: "power it off first: minivisor vm stop {name}",
 }
 
 
@@ -58,7 +61,7 @@ def require(name: str, state: VmState, action: Action) -> None:
     """Raise StateError unless ``action`` is legal for a VM in ``state``."""
     if state in LEGAL[action]:
         return
-    hint = HINTS.get(action, "power it on first (minivisor vm start {name})").format(name=name)
+    hint = HINTS.get(action, "power it on first: minivisor vm start {name}").format(name=name)
     if state is VmState.STARTING:
         hint = "another operation on it is in progress; retry when it has finished"
     error = StateError(f"cannot {action.value} VM {name!r}: it is {state.value}", hint=hint)

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Power-on -> guest-ready: minivisor against a bare qemu-system-x86_64 with the same devices.
+
+Both boot the same appliance disk with the same command line (minivisor's
+own, from ``vm explain``), interleaved A B A B ... in one run, so machine noise
+hits both alike. Prints both medians and their ratio (target: <= 1.10), then
+the time of ``minivisor --help`` and ``minivisor vm list`` (target: < 0.3 s).
+
+    python bench/boot.py [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+READY = b"minivisor-guest: ready"
+
+
+def minivisor(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "minivisor", *args], env=env, check=True,
+                          capture_output=True, text=True)
+
+
+def time_minivisor_boot(env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    minivisor("vm", "start", "bench", "--wait-ready", env=env)
+    elapsed = time.perf_counter() - start
+    minivisor("vm", "stop", "bench", "--hard", env=env)
+    return elapsed
+
+
+def time_bare_boot(argv: list[str], serial_log: Path) -> float:
+    """Start QEMU directly (not paused) and poll its serial log as minivisor does."""
+    serial_log.unlink(missing_ok=True)
+    bare = [arg for arg in argv if arg != "-S"]
+    start = time.perf_counter()
+    process = subprocess.Popen(bare, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            if serial_log.exists() and READY in serial_log.read_bytes():
+                return time.perf_counter() - start
+            if process.poll() is not None:
+                raise RuntimeError("bare QEMU exited before the guest was ready")
+            time.sleep(0.01)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def time_command(args: list[str], env: dict[str, str], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(args, env=env, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    options = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="minivisor-bench-"))
+    env = {**os.environ, "MINIVISOR_DATASTORE": str(workdir / "ds")}
+    try:
+        image = minivisor("image", "build", "appliance", env=env).stdout.strip()
+        minivisor("vm", "create", "bench", "--memory", "256", "--boot-disk", image, "--network", "none", env=env)
+        argv = json.loads(minivisor("vm", "explain", "bench", "--json", env=env).stdout)["argv"]
+        serial_log = workdir / "ds" / "bench" / "serial.log"
+        ours, bare = [], []
+        for run in range(options.runs):
+            ours.append(time_minivisor_boot(env))
+            bare.append(time_bare_boot(argv, serial_log))
+            print(f"run {run + 1}: minivisor {ours[-1]:.3f} s   bare QEMU {bare[-1]:.3f} s", flush=True)
+        ratio = statistics.median(o / b for o, b in zip(ours, bare))
+        print(f"\npower-on -> guest ready, median of {options.runs}:")
+        print(f"  minivisor  {statistics.median(ours):.3f} s")
+        print(f"  bare QEMU  {statistics.median(bare):.3f} s")
+        print(f"  ratio      {ratio:.3f}x   (target <= 1.10x)")
+        entry = shutil.which("minivisor") or ""
+        command = [entry] if entry else [sys.executable, "-m", "minivisor"]
+        print("\nCLI latency, median of 10:")
+        print(f"  minivisor --help    {time_command([*command, '--help'], env, 10):.3f} s   (target < 0.3 s)")
+        print(f"  minivisor vm list   {time_command([*command, 'vm', 'list'], env, 10):.3f} s   (target < 0.3 s)")
+    finally:
+        subprocess.run([sys.executable, "-m", "minivisor", "vm", "stop", "bench", "--hard"], env=env,
+                       capture_output=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
