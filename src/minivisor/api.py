@@ -214,8 +214,8 @@ class Hypervisor:
         """Power on: one VMM process boots the VM from the disk its specfile names."""
         vmm = self._vmm(name)
         require(name, vmm.state(), Action.START)
+        spec, env, warnings = self._launch_plan(name)  # every check before anything is touched
         with vmm.lock.acquire(name):
-            spec, env, warnings = self._launch_plan(name)
             _rotate(env.paths.serial_log)
             env.paths.bios_log.unlink(missing_ok=True)
             links_down = [nic.name for nic in spec.nics if env.networks[nic.index] == "unconnected"]

@@ -1,0 +1,188 @@
+"""End to end: a real guest boots through SeaBIOS from the disk its specfile names,
+and we look at the hardware from inside it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from minivisor import Hypervisor
+from minivisor.disks import convert_disk
+from minivisor.errors import HvError, StateError, VmmError
+from minivisor.state import VmState
+from minivisor.vmm import qmp_execute
+
+pytestmark = pytest.mark.qemu
+
+SEED = Path(__file__).resolve().parents[2] / "src/minivisor/guest/CentOS7-Minimal64-1708.vmx"
+
+
+def inventory(hv: Hypervisor, name: str) -> dict:
+    """The JSON the appliance printed about the hardware it sees (this boot)."""
+    for line in hv.vm_paths(name).serial_log.read_text(errors="replace").splitlines():
+        if "minivisor-guest: inventory " in line:
+            return json.loads(line.split("minivisor-guest: inventory ", 1)[1])
+    raise AssertionError("the guest printed no inventory")
+
+
+@pytest.fixture
+def hv(tmp_path):
+    hypervisor = Hypervisor(tmp_path / "datastore")
+    yield hypervisor
+    for vm in hypervisor.list_vms():
+        if vm.state in (VmState.RUNNING, VmState.PAUSED):
+            hypervisor.stop_vm(vm.name, hard=True)
+
+
+@pytest.fixture
+def small_vm(hv, appliance_image):
+    hv.create_vm("small", memory_mib=256, cpus=2, boot_disk=appliance_image, network="none")
+    return "small"
+
+
+def test_guest_boots_from_its_disk_and_sees_the_specfile_hardware(hv, appliance_image):
+    hv.create_vm("web", memory_mib=256, cpus=2, boot_disk=appliance_image, network="nat", nic_model="e1000")
+    result = hv.start_vm("web", wait_ready=True, timeout=60)
+    assert result.vm.state is VmState.RUNNING and result.ready_line.endswith("ready")
+    bios = hv.vm_paths("web").bios_log.read_text(errors="replace")
+    assert "Booting from Hard Disk" in bios  # BIOS -> disk, not a direct kernel boot
+    seen = inventory(hv, "web")
+    vm = hv.get_vm("web")
+    assert seen["memory_mib"] == 256
+    assert seen["cpus"] == 2
+    (disk,) = [d for d in seen["disks"] if d["driver"] == "sd"]
+    assert disk["controller"] == "sym53c8xx"  # lsilogic -> LSI 53C895A
+    (nic,) = seen["nics"]
+    assert nic["mac"] == vm.nics[0]["mac"] and nic["driver"] == "e1000"
+    assert nic["carrier"] == 1  # NAT is connected
+    # the VMM process runs sandboxed and its control sockets are private
+    status = Path(f"/proc/{vm.pid}/status").read_text()
+    assert "\nSeccomp:\t2" in status
+    runtime = hv.vm_paths("web").runtime_dir
+    assert stat.S_IMODE(runtime.stat().st_mode) == 0o700
+    for sock in (hv.vm_paths("web").qmp_socket, hv.vm_paths("web").console_socket):
+        assert stat.S_IMODE(sock.stat().st_mode) & 0o077 == 0
+    assert hv.stop_vm("web", timeout=30) == "soft"  # ACPI power button honoured by the guest
+    assert hv.get_vm("web").state is VmState.POWERED_OFF
+    assert not runtime.exists()
+
+
+def test_the_lectures_specfile_boots_with_a_disk_at_its_file_name(hv, appliance_image):
+    folder = hv.datastore.root / "centos"
+    folder.mkdir(parents=True)
+    shutil.copy(SEED, folder / SEED.name)
+    convert_disk(appliance_image, "raw", folder / "CentOS7-Minimal64-1708-000002.vmdk", "vmdk")
+    vm = hv.register_vm(folder / SEED.name)
+    assert vm.name == "CentOS7-Minimal64-1708" and vm.memory_mib == 1024
+    result = hv.start_vm(vm.name, wait_ready=True, timeout=60)
+    assert any("PAULO" in w and "disconnected" in w for w in result.warnings)
+    seen = inventory(hv, vm.name)
+    assert seen["memory_mib"] == 1024 and seen["cpus"] == 1
+    (nic,) = seen["nics"]
+    assert (nic["mac"], nic["driver"], nic["carrier"]) == ("00:50:56:aa:aa:aa", "vmxnet3", 0)
+    # registering kept every line of the user's file (only identity keys were added)
+    original = SEED.read_text().splitlines()
+    now = (folder / SEED.name).read_text().splitlines()
+    assert now[:len(original)] == original
+
+
+def test_power_transitions(hv, small_vm):
+    hv.start_vm(small_vm, wait_ready=True, timeout=60)
+    hv.pause_vm(small_vm)
+    assert hv.get_vm(small_vm).state is VmState.PAUSED
+    socket = hv.vm_paths(small_vm).qmp_socket
+    assert qmp_execute(socket, ("query-status", None))[0]["status"] == "paused"
+    with pytest.raises(StateError):
+        hv.pause_vm(small_vm)
+    with pytest.raises(StateError):
+        hv.start_vm(small_vm)
+    hv.resume_vm(small_vm)
+    assert qmp_execute(socket, ("query-status", None))[0]["status"] == "running"
+    hv.reset_vm(small_vm)
+    # after the reset the guest boots again and says so a second time
+    log = hv.vm_paths(small_vm).serial_log
+    from minivisor.console import wait_for_line
+
+    wait_for_line(log, "minivisor-guest: ready", 60)
+    import time
+
+    deadline = time.monotonic() + 60
+    while log.read_text(errors="replace").count("minivisor-guest: ready") < 2:
+        assert time.monotonic() < deadline, "the guest did not boot again after reset"
+        time.sleep(0.1)
+    assert hv.stop_vm(small_vm, hard=True) in ("hard", "killed")
+    with pytest.raises(StateError):
+        hv.resume_vm(small_vm)
+
+
+def test_exec_returns_output_and_exit_code(hv, small_vm):
+    hv.start_vm(small_vm, wait_ready=True, timeout=60)
+    result = hv.exec_in_vm(small_vm, ["grep", "-c", "^processor", "/proc/cpuinfo"])
+    assert (result.output.strip(), result.exit_code) == ("2", 0)
+    failing = hv.exec_in_vm(small_vm, "echo 'to stderr' >&2; exit 7")
+    assert (failing.output.strip(), failing.exit_code) == ("to stderr", 7)
+    # a file written through one exec is there for the next one
+    hv.exec_in_vm(small_vm, "echo persisted > /tmp/x")
+    assert hv.exec_in_vm(small_vm, ["cat", "/tmp/x"]).output.strip() == "persisted"
+
+
+def test_a_vm_cannot_be_powered_on_twice_even_concurrently(hv, small_vm):
+    outcomes: list[object] = []
+
+    def start() -> None:
+        try:
+            outcomes.append(hv.__class__(hv.datastore.root).start_vm(small_vm))
+        except HvError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    started = [o for o in outcomes if not isinstance(o, HvError)]
+    refused = [o for o in outcomes if isinstance(o, HvError)]
+    assert len(started) == 1 and len(refused) == 3
+    assert all(isinstance(e, StateError) for e in refused)
+    qemus = [p for p in os.listdir("/proc") if p.isdigit() and _is_vmm_of(p, hv.get_vm(small_vm).uuid)]
+    assert len(qemus) == 1
+
+
+def _is_vmm_of(pid: str, uuid: str) -> bool:
+    try:
+        return uuid in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def test_a_file_name_with_a_comma_is_one_literal_block_node(hv, appliance_image):
+    hv.create_vm("comma", memory_mib=128, boot_disk=appliance_image, network="none")
+    folder = hv.datastore.root / "comma"
+    tricky = "a,file=etc-passwd.qcow2"
+    (folder / "comma.qcow2").rename(folder / tricky)
+    vmx = folder / "comma.vmx"
+    vmx.write_text(vmx.read_text().replace('"comma.qcow2"', f'"{tricky}"'))
+    hv.start_vm("comma")
+    blocks = qmp_execute(hv.vm_paths("comma").qmp_socket, ("query-named-block-nodes", {"flat": True}))[0]
+    files = [b["file"] for b in blocks if b["drv"] == "file"]
+    assert files == [str(folder / tricky)]
+
+
+def test_a_vmm_that_fails_to_start_leaves_nothing_behind(hv, small_vm):
+    disk = hv.datastore.root / small_vm / f"{small_vm}.qcow2"
+    with open(disk, "r+b") as image:  # keep the qcow2 magic, break the rest of the header
+        image.seek(20)
+        image.write(b"\xff" * 8)
+    before = hv.vm_paths(small_vm).vm_dir.joinpath(f"{small_vm}.vmx").read_bytes()
+    with pytest.raises(VmmError) as caught:
+        hv.start_vm(small_vm)
+    assert "failed to start" in caught.value.message and caught.value.hint
+    assert hv.get_vm(small_vm).state is VmState.POWERED_OFF
+    assert not (hv.vm_paths(small_vm).vm_dir / "runtime.json").exists()
+    assert hv.vm_paths(small_vm).vm_dir.joinpath(f"{small_vm}.vmx").read_bytes() == before

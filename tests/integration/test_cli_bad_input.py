@@ -1,0 +1,128 @@
+"""Bad input through the real CLI: one clear line, a non-zero exit, nothing changed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from minivisor.api import Hypervisor
+
+
+def run(datastore: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MINIVISOR_DATASTORE": str(datastore)}
+    env.pop("MINIVISOR_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "minivisor", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under the datastore with a hash of its content; the catalog by its rows
+    (SQLite may rewrite its file's bytes on a checkpoint without changing any row)."""
+    files = {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted(folder.rglob("*")) if p.is_file() and ".minivisor" not in p.parts}
+    with sqlite3.connect(folder / ".minivisor" / "catalog.sqlite") as db:
+        files["catalog rows"] = "\n".join(db.iterdump())
+    return files
+
+
+def assert_one_clear_line(result: subprocess.CompletedProcess, exit_code: int, *words: str) -> None:
+    assert result.returncode == exit_code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in result.stderr
+    assert "; " in lines[0], "the line says how to fix it"
+    for word in words:
+        assert word in lines[0]
+
+
+@pytest.fixture
+def datastore(tmp_path):
+    store = tmp_path / "ds"
+    hv = Hypervisor(store)
+    hv.create_vm("good", memory_mib=64, disk_size="16M", network="none")
+    return store
+
+
+def write_vm(datastore: Path, name: str, text: str, disk: bool = True) -> Path:
+    folder = datastore / name
+    folder.mkdir()
+    if disk:
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(folder / "d.qcow2"), "16M"], check=True)
+    (folder / f"{name}.vmx").write_text(text)
+    return folder / f"{name}.vmx"
+
+
+def test_malformed_specfile_names_the_line(datastore):
+    vmx = write_vm(datastore, "broken", 'displayName = "broken"\nmemSize = "64\n')
+    before = snapshot(datastore)
+    result = run(datastore, "vm", "register", str(vmx))
+    assert_one_clear_line(result, 65, "broken.vmx:2", "quote")
+    assert snapshot(datastore) == before
+
+
+def test_unknown_device_type(datastore):
+    vmx = write_vm(datastore, "odd", 'memSize = "64"\nscsi0.present = "TRUE"\nscsi0:0.fileName = "d.qcow2"\n'
+                                      'scsi0:0.deviceType = "tape-drive"\n')
+    assert_one_clear_line(run(datastore, "vm", "register", str(vmx)), 65, "odd.vmx:4", "tape-drive")
+
+
+def test_missing_disk_fails_power_on_cleanly(datastore):
+    vmx = write_vm(datastore, "nodisk", 'memSize = "64"\nscsi0.present = "TRUE"\nscsi0:0.fileName = "gone.qcow2"\n',
+                   disk=False)
+    assert run(datastore, "vm", "register", str(vmx)).returncode == 0
+    before = snapshot(datastore)
+    assert_one_clear_line(run(datastore, "vm", "start", "nodisk"), 66, "gone.qcow2", "does not exist")
+    assert snapshot(datastore) == before
+
+
+def test_disk_outside_the_datastore_is_refused(datastore):
+    vmx = write_vm(datastore, "escape", 'memSize = "64"\nscsi0.present = "TRUE"\n'
+                                         'scsi0:0.fileName = "../../../../etc/shadow.raw"\n')
+    run(datastore, "vm", "register", str(vmx))
+    assert_one_clear_line(run(datastore, "vm", "start", "escape"), 65, "outside the datastore")
+
+
+def test_memory_beyond_the_host(datastore):
+    vmx = write_vm(datastore, "huge", 'memSize = "16000000"\nscsi0.present = "TRUE"\nscsi0:0.fileName = "d.qcow2"\n')
+    run(datastore, "vm", "register", str(vmx))
+    before = snapshot(datastore)
+    assert_one_clear_line(run(datastore, "vm", "start", "huge"), 65, "memSize", "host")
+    assert_one_clear_line(run(datastore, "vm", "create", "huge2", "--memory", "16000000"), 65, "memSize")
+    assert snapshot(datastore) == before
+
+
+@pytest.mark.parametrize("name", ["bad/name", ".hidden", "x" * 80])
+def test_invalid_vm_names(datastore, name):
+    before = snapshot(datastore)
+    assert_one_clear_line(run(datastore, "vm", "create", name), 65, "not a valid VM name")
+    assert snapshot(datastore) == before
+
+
+def test_duplicate_vm_name(datastore):
+    before = snapshot(datastore)
+    assert_one_clear_line(run(datastore, "vm", "create", "GOOD"), 4, "already exists")
+    assert snapshot(datastore) == before
+
+
+def test_unknown_vm(datastore):
+    for command in (["vm", "show", "ghost"], ["vm", "start", "ghost"], ["vm", "delete", "ghost"]):
+        assert_one_clear_line(run(datastore, *command), 3, "ghost")
+
+
+def test_stopping_a_powered_off_vm(datastore):
+    assert_one_clear_line(run(datastore, "vm", "stop", "good"), 4, "poweredOff")
+
+
+def test_json_output_is_machine_readable(datastore):
+    import json
+
+    listed = json.loads(run(datastore, "vm", "list", "--json").stdout)
+    assert [vm["name"] for vm in listed] == ["good"]
+    assert json.loads(run(datastore, "vm", "show", "good", "--json").stdout)["memory_mib"] == 64
+    assert json.loads(run(datastore, "host", "info", "--json").stdout)["accel"]["accel"] in ("kvm", "tcg")
