@@ -9,7 +9,6 @@ as long as the VMM does and a crashed VMM never leaves a stale lock.
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import json
 import os
@@ -303,10 +302,14 @@ class Vmm:
 def qmp_execute(socket: Path, *commands: tuple[str, dict[str, Any] | None],
                 timeout: float = QMP_TIMEOUT) -> list[Any]:
     """Run QMP commands over one connection and return their results."""
+    import asyncio  # only commands that talk to a VMM pay for asyncio
+
     return asyncio.run(_qmp_session(socket, commands, timeout))
 
 
 async def _qmp_session(socket: Path, commands: tuple, timeout: float) -> list[Any]:
+    import asyncio
+
     from qemu.qmp import ConnectError, ExecuteError, QMPClient
 
     client = QMPClient("minivisor")
