@@ -92,9 +92,11 @@ def _connect(path: Path) -> socket.socket:
 def run_command(console: Path, command: str, timeout: float) -> ExecResult:
     """Run ``command`` in the guest's serial shell and collect its result."""
     tag = secrets.token_hex(4)
-    # The markers are printed with printf so the echo of the typed line never matches them.
-    script = (f"stty -echo 2>/dev/null; printf '%s_%s\\n' __MVB {tag}; ( {command}\n) 2>&1; "
-              f"printf '%s_%s_%d\\n' __MVE {tag} $?\n")
+    quoted = "'" + command.replace("'", "'\\''") + "'"
+    # One line (a continuation prompt would add terminal noise); markers printed with
+    # printf so the echo of the typed line never matches them; echo restored after.
+    script = (f"stty -echo 2>/dev/null; printf '%s_%s\\n' __MVB {tag}; ( eval {quoted} ) 2>&1; "
+              f"printf '%s_%s_%d\\n' __MVE {tag} $?; stty echo 2>/dev/null\n")
     end = re.compile(rb"__MVE_" + tag.encode() + rb"_(\d+)")
     with _connect(console) as sock:
         sock.sendall(b"\n" + script.encode())

@@ -119,7 +119,7 @@ def _compare(spec: VmSpec, nics: tuple[dict, ...], inventory: dict) -> None:
     controller = next(c for c in spec.controllers if c.name == spec.boot_disk.controller)
     boot = inventory["disks"][0] if inventory["disks"] else {}
     row(f"{controller.name} controller", controller.model, boot.get("controller"), GUEST_DRIVERS.get(controller.model))
-    for nic, seen in zip(nics, inventory["nics"]):
+    for nic, seen in zip(nics, inventory["nics"], strict=False):
         row(f"{nic['name']} MAC", nic["mac"], seen["mac"])
         row(f"{nic['name']} model", nic["model"], seen["driver"], GUEST_DRIVERS.get(nic["model"]))
         row(f"{nic['name']} link", f"network {nic['network']!r} unknown", "carrier" if seen.get("carrier") else

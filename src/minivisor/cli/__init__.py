@@ -1,0 +1,86 @@
+"""The ``minivisor`` command: a thin layer over :class:`minivisor.api.Hypervisor`.
+
+One module per command group (``vm``, ``system``...), all sharing :data:`app`
+and the helpers here.
+
+Every error is an :class:`~minivisor.errors.HvError` turned, in :func:`main`
+only, into one line on stderr and the error's exit code. Set MINIVISOR_DEBUG=1
+to see tracebacks of unexpected failures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import HvError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="minivisor: run VMware-style VMs (.vmx) on QEMU/KVM.")
+
+_state: dict[str, object] = {}
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+Name = Annotated[str, typer.Argument(help="The VM's name.")]
+
+
+@app.callback()
+def _options(datastore: Annotated[Optional[Path], typer.Option(
+        "--datastore", "-d", envvar="MINIVISOR_DATASTORE",
+        help="The datastore folder [default: ./datastore].")] = None) -> None:
+    _state["datastore"] = datastore
+
+
+def group(name: str, help: str) -> typer.Typer:
+    """A command group (``minivisor NAME ...``) registered on the main app."""
+    sub = typer.Typer(no_args_is_help=True, help=help)
+    app.add_typer(sub, name=name)
+    return sub
+
+
+def hv():
+    from ..api import Hypervisor
+
+    if "hv" not in _state:
+        _state["hv"] = Hypervisor(_state.get("datastore"))  # type: ignore[arg-type]
+    return _state["hv"]
+
+
+def print_json(data: object) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def warn(lines) -> None:
+    for line in lines:
+        sys.stderr.write(f"warning: {line}\n")
+
+
+def progress(line: str) -> None:
+    sys.stderr.write(f"  {line}\n")
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning errors into one line and an exit code.
+
+    Usage errors and exits are handled by typer (standalone mode); everything
+    minivisor raises arrives here.
+    """
+    try:
+        app()
+    except HvError as exc:
+        sys.stderr.write(f"error: {exc.one_line()}\n")
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: users never see a traceback
+        if os.environ.get("MINIVISOR_DEBUG"):
+            raise
+        sys.stderr.write(f"internal error: {type(exc).__name__}: {exc} (set MINIVISOR_DEBUG=1 for details)\n")
+        sys.exit(1)
+
+
+# Command groups register themselves on import (order = order in --help).
+from . import vm, system  # noqa: E402,F401

@@ -1,0 +1,67 @@
+"""``minivisor host|image|datastore ...`` and the demo."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import JsonFlag, app, group, hv, print_json, progress
+
+host_app = group("host", "Facts about this host.")
+image_app = group("image", "Build guest images.")
+datastore_app = group("datastore", "The datastore folder and its policy.")
+
+
+@host_app.command("info")
+def host_info(as_json: JsonFlag = False) -> None:
+    """CPUs, memory, QEMU, and which accelerator VMs get (and why)."""
+    info = hv().host_info()
+    if as_json:
+        return print_json(info.to_dict())
+    from .. import output
+
+    output.host_info(info)
+
+
+@image_app.command("build")
+def image_build(kind: Annotated[str, typer.Argument(help="What to build: appliance.")],
+                force: Annotated[bool, typer.Option(help="Rebuild even if cached.")] = False) -> None:
+    """Build a guest image from Debian packages (cached); prints its path."""
+    from .. import dirs
+    from ..appliance import build_appliance
+    from ..errors import NotFoundError
+
+    if kind != "appliance":
+        raise NotFoundError(f"no image kind {kind!r}", hint="the buildable image is: appliance")
+    print(build_appliance(dirs.cache_dir(), force=force, progress=progress))
+
+
+@datastore_app.command("info")
+def datastore_info(as_json: JsonFlag = False) -> None:
+    """Where the datastore is and which host folders specfiles may name."""
+    store = hv().datastore
+    data = {"root": str(store.root), "catalog": str(store.catalog.path),
+            "vms": len(store.catalog.list()), "allowed_paths": store.catalog.allowed_paths()}
+    if as_json:
+        return print_json(data)
+    for key, value in data.items():
+        print(f"{key:14} {value}")
+
+
+@datastore_app.command("allow-path")
+def datastore_allow(path: Annotated[Path, typer.Argument(help="A host folder.")]) -> None:
+    """Let specfiles name files in a host folder outside the datastore."""
+    hv().datastore.catalog.allow_path(os.path.realpath(path))
+
+
+@app.command("demo")
+def demo() -> None:
+    """Build the appliance, boot a VM from a specfile and show what the guest sees."""
+    from ..demo import run_demo
+
+    run_demo(hv())
+
+

@@ -1,0 +1,160 @@
+"""``minivisor vm ...``: create, run and inspect VMs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import JsonFlag, Name, group, hv, print_json, progress, warn
+
+vm_app = group("vm", "Create, run and inspect VMs.")
+
+
+@vm_app.command("create")
+def vm_create(
+    name: Name,
+    memory: Annotated[int, typer.Option("--memory", "-m", help="Memory in MiB (memSize).")] = 512,
+    cpus: Annotated[int, typer.Option("--cpus", "-c", help="Virtual CPUs (numvcpus).")] = 1,
+    disk_size: Annotated[Optional[str], typer.Option(help="New empty thin disk, e.g. 20G.")] = None,
+    boot_disk: Annotated[Optional[Path], typer.Option(help="Copy this disk image in as the boot disk.")] = None,
+    network: Annotated[str, typer.Option(help="nat, none, or a network name.")] = "nat",
+    nic: Annotated[str, typer.Option(help="NIC model: vmxnet3, e1000, e1000e, vlance, virtio.")] = "vmxnet3",
+    scsi: Annotated[str, typer.Option(help="SCSI controller: lsilogic, lsisas1068, pvscsi.")] = "lsilogic",
+    guest_os: Annotated[str, typer.Option(help="guestOS value, e.g. debian12-64.")] = "other-64",
+) -> None:
+    """Create a VM folder with a specfile and a disk in the datastore."""
+    if disk_size and boot_disk:
+        from ..errors import SpecError
+
+        raise SpecError("--disk-size and --boot-disk exclude each other", hint="give one of them")
+    vm = hv().create_vm(name, memory_mib=memory, cpus=cpus, disk_size=disk_size, boot_disk=boot_disk,
+                         network=network, nic_model=nic, scsi_model=scsi, guest_os=guest_os, progress=progress)
+    print(f"created {vm.name}: {vm.vmx}")
+
+
+@vm_app.command("register")
+def vm_register(vmx: Annotated[Path, typer.Argument(help="The .vmx file, in its folder in the datastore.")],
+                name: Annotated[Optional[str], typer.Option(help="Name in the catalog [default: displayName].")] = None
+                ) -> None:
+    """Add an existing specfile to the catalog."""
+    vm = hv().register_vm(vmx, name)
+    print(f"registered {vm.name}: {vm.vmx}")
+
+
+@vm_app.command("unregister")
+def vm_unregister(name: Name) -> None:
+    """Remove a VM from the catalog; its files stay."""
+    hv().unregister_vm(name)
+    print(f"unregistered {name} (files kept)")
+
+
+@vm_app.command("delete")
+def vm_delete(name: Name) -> None:
+    """Delete a powered-off VM and every file in its folder."""
+    hv().delete_vm(name)
+    print(f"deleted {name}")
+
+
+@vm_app.command("list")
+def vm_list(as_json: JsonFlag = False) -> None:
+    """The VMs in the datastore and their states."""
+    vms = hv().list_vms()
+    if as_json:
+        return print_json([vm.to_dict() for vm in vms])
+    from .. import output
+
+    output.vm_table(vms)
+
+
+@vm_app.command("show")
+def vm_show(name: Name, as_json: JsonFlag = False) -> None:
+    """One VM: state, hardware, files."""
+    vm = hv().get_vm(name)
+    if as_json:
+        return print_json(vm.to_dict())
+    from .. import output
+
+    output.vm_details(vm)
+
+
+@vm_app.command("explain")
+def vm_explain(name: Name, as_json: JsonFlag = False) -> None:
+    """The spec, the virtual hardware built from it, what is not virtualized, and the VMM command line."""
+    explanation = hv().explain_vm(name)
+    if as_json:
+        from .. import output
+
+        return print_json(output.explanation_dict(explanation))
+    from .. import output
+
+    output.explanation(explanation)
+
+
+@vm_app.command("start")
+def vm_start(name: Name,
+             wait_ready: Annotated[bool, typer.Option(help="Return once the guest says it is ready.")] = False,
+             timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 120.0) -> None:
+    """Power on: start the VM's VMM, which boots it from its disk."""
+    result = hv().start_vm(name, wait_ready=wait_ready, timeout=timeout)
+    warn(result.warnings)
+    print(f"{name} is powered on (pid {result.vm.pid}, {result.vm.accel})")
+    if result.ready_line:
+        print(f"{name} is ready: {result.ready_line}")
+
+
+@vm_app.command("stop")
+def vm_stop(name: Name,
+            hard: Annotated[bool, typer.Option(help="Pull the plug instead of an ACPI shutdown.")] = False,
+            timeout: Annotated[float, typer.Option(help="Seconds to wait for the guest before a hard stop.")] = 30.0
+            ) -> None:
+    """Power off (ACPI shutdown, hard after --timeout)."""
+    how = hv().stop_vm(name, hard=hard, timeout=timeout)
+    print(f"{name} is powered off ({how})")
+
+
+@vm_app.command("reset")
+def vm_reset(name: Name) -> None:
+    """Reset the VM (like its reset button)."""
+    hv().reset_vm(name)
+    print(f"{name} was reset")
+
+
+@vm_app.command("pause")
+def vm_pause(name: Name) -> None:
+    """Freeze the VM's virtual CPUs."""
+    hv().pause_vm(name)
+    print(f"{name} is paused")
+
+
+@vm_app.command("resume")
+def vm_resume(name: Name) -> None:
+    """Let a paused VM run again."""
+    hv().resume_vm(name)
+    print(f"{name} is running")
+
+
+@vm_app.command("console")
+def vm_console(name: Name) -> None:
+    """Attach this terminal to the VM's serial console (Ctrl-] detaches)."""
+    from ..console import attach
+
+    socket_path, lock = hv().console_socket(name)
+    try:
+        attach(socket_path, name)
+    finally:
+        os.close(lock)
+
+
+@vm_app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def vm_exec(name: Name, command: Annotated[list[str], typer.Argument(help="The command (after --).")],
+            timeout: Annotated[float, typer.Option(help="Seconds to wait for the command.")] = 60.0) -> None:
+    """Run a command in the guest through its serial shell; exits with its exit code."""
+    result = hv().exec_in_vm(name, command, timeout=timeout)
+    sys.stdout.write(result.output)
+    raise typer.Exit(result.exit_code)
+
+
