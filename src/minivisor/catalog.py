@@ -19,7 +19,7 @@ from .errors import ConflictError, HostError, NotFoundError
 
 __all__ = ["Catalog", "VmEntry"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vms (
     name      TEXT PRIMARY KEY COLLATE NOCASE,
@@ -32,6 +32,17 @@ CREATE TABLE IF NOT EXISTS allowed_paths (
     path TEXT PRIMARY KEY               -- host folders specfiles may name outside it
 );
 """
+# Schema changes after version 1, applied in order by _migrate (each in the same transaction).
+MIGRATIONS = {
+    2: """
+CREATE TABLE IF NOT EXISTS clone_links (
+    clone_uuid   TEXT PRIMARY KEY,      -- a linked clone ...
+    source_uuid  TEXT NOT NULL,         -- ... whose disks are overlays on this VM's ...
+    snapshot_uid INTEGER NOT NULL       -- ... snapshot (uid in its .vmsd): read-only while linked
+);
+CREATE INDEX IF NOT EXISTS clone_links_source ON clone_links (source_uuid, snapshot_uid);
+""",
+}
 
 
 @dataclass(frozen=True)
@@ -66,8 +77,10 @@ class Catalog:
                             hint="upgrade minivisor")
         if version < SCHEMA_VERSION:
             with self.transaction() as db:
-                for statement in filter(str.strip, SCHEMA.split(";")):
-                    db.execute(statement)  # executescript() would commit behind our back
+                scripts = ([SCHEMA] if version == 0 else []) + [MIGRATIONS[v] for v in sorted(MIGRATIONS) if v > version]
+                for script in scripts:
+                    for statement in filter(str.strip, script.split(";")):
+                        db.execute(statement)  # executescript() would commit behind our back
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -126,6 +139,23 @@ class Catalog:
     def list(self) -> list[VmEntry]:
         rows = self._db.execute("SELECT name, uuid, vmx, created, autostart FROM vms ORDER BY name")
         return [_entry(row) for row in rows]
+
+    # -- linked clones (schema 2) ----------------------------------------
+    def add_clone_link(self, db: sqlite3.Connection, clone_uuid: str, source_uuid: str, snapshot_uid: int) -> None:
+        db.execute("INSERT OR REPLACE INTO clone_links (clone_uuid, source_uuid, snapshot_uid) VALUES (?, ?, ?)",
+                   (clone_uuid, source_uuid, snapshot_uid))
+
+    def clones_of(self, source_uuid: str, snapshot_uid: int | None = None) -> list[tuple[str, int]]:
+        """(clone name, snapshot uid) of the registered linked clones of a VM (or one snapshot)."""
+        query = ("SELECT vms.name, l.snapshot_uid FROM clone_links l JOIN vms ON vms.uuid = l.clone_uuid "
+                 "WHERE l.source_uuid = ?")
+        args: tuple = (source_uuid,)
+        if snapshot_uid is not None:
+            query, args = query + " AND l.snapshot_uid = ?", (source_uuid, snapshot_uid)
+        return [(row[0], row[1]) for row in self._db.execute(query + " ORDER BY vms.name", args)]
+
+    def remove_clone_link(self, db: sqlite3.Connection, clone_uuid: str) -> None:
+        db.execute("DELETE FROM clone_links WHERE clone_uuid = ?", (clone_uuid,))
 
     # -- allowed host paths ----------------------------------------------
     def allowed_paths(self) -> list[str]:

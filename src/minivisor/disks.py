@@ -27,6 +27,13 @@ __all__ = [
     "parse_size",
     "create_disk",
     "convert_disk",
+    "create_overlay",
+    "disk_info",
+    "resize_disk",
+    "check_disk",
+    "allocated_bytes",
+    "layer_files",
+    "qemu_img",
     "human_size",
 ]
 
@@ -41,6 +48,9 @@ QCOW2_EXT_DATA_FILE = 0x44415441
 QCOW2_INCOMPAT_DATA_FILE = 1 << 2
 # VMware's sparse extent header (VMDK technote, "KDMV")
 VMDK_MAGIC = b"KDMV"
+# createTypes QEMU opens as they are (block/vmdk.c compares them case-sensitively)
+VMDK_CREATE_TYPES = ("monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat",
+                     "streamOptimized", "vmfs", "vmfsSparse")
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,9 @@ class ImageLayer:
     backing_name: str | None = None  # as recorded in the header
     backing_format: str | None = None
     extent_files: tuple[str, ...] = ()  # files a VMDK descriptor names
+    create_type: str | None = None  # VMDK createType
+    cid: str | None = None  # VMDK content ID (lower-case hex)
+    parent_cid: str | None = None
 
 
 def format_for(path: Path | str) -> str:
@@ -129,6 +142,7 @@ def _read_vmdk(path: Path, image) -> ImageLayer:
             image.seek(desc_offset * 512)
             descriptor = image.read(desc_size * 512).rstrip(b"\0")
         fields, _ = _parse_descriptor(descriptor)
+        fields.setdefault("createtype", "monolithicSparse")
         return _vmdk_layer(path, capacity * 512, fields, [])
     image.seek(0)
     text = image.read(64 * 1024)
@@ -142,7 +156,15 @@ def _read_vmdk(path: Path, image) -> ImageLayer:
 
 def _vmdk_layer(path: Path, size: int, fields: dict[str, str], extent_files: list[str]) -> ImageLayer:
     parent = fields.get("parentfilenamehint") or None
-    return ImageLayer(path, "vmdk", size, parent, "vmdk" if parent else None, tuple(extent_files))
+    create_type = fields.get("createtype")
+    if create_type is not None and create_type not in VMDK_CREATE_TYPES:
+        raise DiskError(f"{path.name} is a VMDK of type {create_type!r}, which minivisor does not run",
+                        hint="convert it on the VMware side to monolithicSparse, monolithicFlat or "
+                             "twoGbMaxExtentSparse")
+    cid = fields.get("cid", "").lower() or None
+    parent_cid = fields.get("parentcid", "").lower() or None
+    return ImageLayer(path, "vmdk", size, parent, "vmdk" if parent else None, tuple(extent_files),
+                      create_type, cid, parent_cid)
 
 
 _EXTENT = re.compile(r'^(RW|RDONLY|NOACCESS)\s+(\d+)\s+(\w+)(?:\s+"([^"]*)")?', re.IGNORECASE)
@@ -187,6 +209,12 @@ def resolve_chain(top: Path, fmt: str, resolve: Callable[[Path, str], Path]) -> 
                             hint=f"record it: qemu-img rebase -u -f {layer_format} -F <format> "
                                  f"-b {layer.backing_name} {path}")
         path, layer_format = resolve(path.parent, layer.backing_name), layer.backing_format
+        if layer.parent_cid and layer.parent_cid != "ffffffff":
+            parent = read_layer(path, layer_format)
+            if parent.cid and parent.cid != layer.parent_cid:
+                raise DiskError(f"the parent {path.name} of {layer.path.name} was modified after the child was "
+                                f"created (its CID is {parent.cid}, the child expects {layer.parent_cid})",
+                                hint="restore the original parent disk; the chain would read corrupt data")
         if os.path.realpath(path) in seen or len(layers) >= MAX_CHAIN:
             raise DiskError(f"the backing chain of {top.name} loops or is deeper than {MAX_CHAIN}",
                             hint="rebuild the disk with qemu-img convert")
@@ -207,9 +235,9 @@ def parse_size(text: str) -> int:
     return size
 
 
-def _qemu_img(*args: str) -> subprocess.CompletedProcess:
+def _qemu_img(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(["qemu-img", *args], capture_output=True, text=True, check=True)
+        return subprocess.run(["qemu-img", *args], capture_output=True, text=True, check=True, cwd=cwd)
     except FileNotFoundError as exc:
         raise HostError("qemu-img not found", hint="apt-get install qemu-utils") from exc
     except subprocess.CalledProcessError as exc:
@@ -218,19 +246,127 @@ def _qemu_img(*args: str) -> subprocess.CompletedProcess:
                         hint="see the message above; check free space and the file's format") from exc
 
 
+def qemu_img(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run qemu-img; every caller passes the formats (-f/-F) explicitly."""
+    return _qemu_img(*args, cwd=cwd)
+
+
 def create_disk(path: Path, size: int, fmt: str | None = None, *, thick: bool = False) -> None:
-    """Create an empty disk: thin (sparse, grows on write) unless ``thick``."""
+    """Create an empty disk: thin (sparse, grows on write) unless ``thick`` (fully allocated)."""
     fmt = fmt or format_for(path)
     options = {"qcow2": "preallocation=falloc" if thick else "lazy_refcounts=on",
                "raw": "preallocation=falloc" if thick else "preallocation=off",
                "vmdk": "subformat=monolithicFlat" if thick else "subformat=monolithicSparse"}[fmt]
     _qemu_img("create", "-q", "-f", fmt, "-o", options, str(path), str(size))
+    if thick and fmt == "vmdk":  # qemu-img does not preallocate flat extents: do it here
+        for extent in read_layer(path, "vmdk").extent_files:
+            with open(path.parent / extent, "r+b") as handle:
+                os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size or size)
 
 
-def convert_disk(source: Path, source_format: str, target: Path, target_format: str | None = None) -> None:
-    """Copy a disk into a new file, converting its format (sparse output)."""
-    _qemu_img("convert", "-q", "-f", source_format, "-O", target_format or format_for(target),
-              str(source), str(target))
+def create_overlay(path: Path, backing: ImageLayer, *, relative_to: Path | None = None) -> None:
+    """A new qcow2 file whose backing file is ``backing``, its format recorded in the header.
+
+    The backing file is named relative to the overlay's folder, so the datastore can move.
+    ``-u``: the backing is not opened (a running VMM may hold it), its size is known.
+    """
+    name = os.path.relpath(backing.path, relative_to or path.parent)
+    _qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", name, "-F", backing.format,
+              "-o", "lazy_refcounts=on", str(path), str(backing.virtual_size))
+
+
+def layer_files(layer: ImageLayer) -> list[Path]:
+    """The image file and every extent file a VMDK descriptor names."""
+    return [layer.path, *(layer.path.parent / name for name in layer.extent_files)]
+
+
+def allocated_bytes(layer: ImageLayer) -> int:
+    """Bytes the host really stores for this layer (its files' allocated blocks)."""
+    total = 0
+    for path in layer_files(layer):
+        try:
+            total += os.stat(path).st_blocks * 512
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def disk_info(chain: tuple[ImageLayer, ...]) -> dict:
+    """What ``disk info`` shows: sizes, format and the chain of parents (top first)."""
+    top = chain[0]
+    layers = [{"file": str(layer.path), "format": layer.format, "virtual_size": layer.virtual_size,
+               "allocated": allocated_bytes(layer), "backing_file": layer.backing_name,
+               "backing_format": layer.backing_format,
+               **({"create_type": layer.create_type} if layer.create_type else {})} for layer in chain]
+    return {"file": str(top.path), "format": top.format, "virtual_size": top.virtual_size,
+            "allocated": layers[0]["allocated"], "chain_allocated": sum(x["allocated"] for x in layers),
+            "thin": layers[0]["allocated"] < top.virtual_size, "chain": layers}
+
+
+def resize_disk(layer: ImageLayer, size: int) -> None:
+    """Grow a disk (shrinking would cut off the guest's data and is refused)."""
+    if size < layer.virtual_size:
+        raise DiskError(f"{layer.path.name} is {human_size(layer.virtual_size)}; shrinking it to "
+                        f"{human_size(size)} would cut off data", hint="give a size at least as large")
+    if layer.format == "vmdk":
+        raise DiskError(f"{layer.path.name} is a VMDK, which QEMU cannot resize",
+                        hint=f"convert it to qcow2 first: minivisor disk convert {layer.path} --format qcow2")
+    if size == layer.virtual_size:
+        return
+    _qemu_img("resize", "-q", "-f", layer.format, str(layer.path), str(size))
+
+
+def check_disk(layer: ImageLayer) -> tuple[int, str]:
+    """``qemu-img check``: (exit code, output). 0 clean, 3 leaked clusters only, 2 corrupt."""
+    if layer.format not in ("qcow2", "vmdk"):
+        return 0, "raw images have no metadata to check"
+    argv = ["qemu-img", "check", "-f", layer.format, str(layer.path)]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    return done.returncode, (done.stdout + done.stderr).strip()
+
+
+_PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+
+
+def convert_disk(source: Path, source_format: str, target: Path, target_format: str | None = None, *,
+                 progress: Callable[[float], None] | None = None, thick: bool = False,
+                 subformat: str | None = None, image_opts: str | None = None) -> None:
+    """Copy a disk (its whole chain, flattened) into a new file, converting its format.
+
+    Thin output is sparse; ``thick`` preallocates. ``progress`` gets 0..100.
+    ``image_opts`` replaces ``source``/``source_format`` with an explicit
+    ``--image-opts`` node description (e.g. a VMDK chain given layer by layer).
+    """
+    target_format = target_format or format_for(target)
+    options = []
+    if target_format == "vmdk":
+        options.append(f"subformat={subformat or ('monolithicFlat' if thick else 'monolithicSparse')}")
+    elif thick:
+        options.append("preallocation=falloc" if target_format == "qcow2" else "preallocation=full")
+    argv = ["qemu-img", "convert", "-p", "-W", "-m", "8"]
+    argv += ["--image-opts", image_opts] if image_opts else ["-f", source_format, str(source)]
+    argv += ["-O", target_format] + (["-o", ",".join(options)] if options else [])
+    argv += (["-S", "0"] if thick else []) + [str(target)]
+    try:
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except FileNotFoundError as exc:
+        raise HostError("qemu-img not found", hint="apt-get install qemu-utils") from exc
+    buffer = b""
+    assert process.stdout is not None
+    while chunk := process.stdout.read1(4096):
+        buffer = (buffer + chunk)[-256:]
+        for match in _PROGRESS.finditer(buffer):
+            if progress:
+                progress(float(match.group(1)))
+        buffer = buffer[buffer.rfind(b")") + 1:] if b")" in buffer else buffer
+    error = process.stderr.read().decode(errors="replace").strip() if process.stderr else ""
+    if process.wait() != 0:
+        raise DiskError(f"qemu-img convert failed: {error.splitlines()[-1] if error else process.returncode}",
+                        hint="check free space and that the source is intact: minivisor disk info")
+    if thick and target_format == "vmdk":
+        for extent in read_layer(target, "vmdk").extent_files:
+            with open(target.parent / extent, "r+b") as handle:
+                os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
 
 
 def human_size(size: int) -> str:
