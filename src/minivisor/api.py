@@ -26,7 +26,7 @@ from . import dirs, host
 from .console import ExecResult, console_lock, run_command, wait_for_line
 from .datastore import Datastore, check_vm_name
 from .disks import convert_disk, create_disk, format_for, human_size, parse_size, read_layer
-from .errors import ConflictError, PathError, SpecError
+from .errors import ConflictError, HvError, PathError, SpecError
 from .launcher import LaunchEnv, VirtualDevice, VmPaths, build_qemu_argv, virtual_hardware
 from .spec import VmSpec
 from .state import Action, VmState, require
@@ -89,8 +89,12 @@ class Explanation:
 class Hypervisor:
     """A datastore and the VMs in it."""
 
-    def __init__(self, datastore: Datastore | Path | str | None = None) -> None:
+    def __init__(self, datastore: Datastore | Path | str | None = None, *,
+                 on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.datastore = datastore if isinstance(datastore, Datastore) else Datastore.open(datastore)
+        # Called with every event after it is written to the VM's event log (the service
+        # publishes them as server-sent events). Errors in it never fail an operation.
+        self.on_event = on_event
 
     # -- reading ---------------------------------------------------------
     def list_vms(self) -> list[VmInfo]:
@@ -106,6 +110,12 @@ class Hypervisor:
         spec, env, warnings = self._launch_plan(name)
         hardware = tuple(virtual_hardware(spec, env))
         return Explanation(spec, hardware, tuple(build_qemu_argv(spec, env)), warnings)
+
+    def vm_events(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The last ``limit`` events of a VM from its event log, oldest first."""
+        from .events import read_log
+
+        return read_log(self._vmx(name).parent, limit)
 
     def host_info(self) -> host.HostInfo:
         """Facts about this host, including which accelerator VMs get and why."""
@@ -138,6 +148,7 @@ class Hypervisor:
             self._publish(staging, name, vm_uuid)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        self._emit("created", name)
         return self._info(name)
 
     def _check_new_name(self, name: str) -> None:
@@ -186,6 +197,7 @@ class Hypervisor:
             self.datastore.catalog.add(db, name, vm_uuid, self.datastore.relative(path))
             if doc.to_bytes() != path.read_bytes():
                 doc.save(path)
+        self._emit("registered", name)
         return self._info(name)
 
     def unregister_vm(self, name: str) -> None:
@@ -194,6 +206,7 @@ class Hypervisor:
         with self._exclusive(name, Action.UNREGISTER):
             with self.datastore.catalog.transaction() as db:
                 self.datastore.catalog.remove(db, entry.name)
+        self._emit("unregistered", entry.name, log=False)
 
     def delete_vm(self, name: str) -> None:
         """Remove a powered-off VM and its folder with every file in it."""
@@ -208,6 +221,14 @@ class Hypervisor:
                 self.datastore.restore(trashed, folder)
                 raise
         self.datastore.empty_trash(trashed)
+        self._emit("deleted", entry.name, log=False)
+
+    def set_autostart(self, name: str, enabled: bool) -> VmInfo:
+        """Power this VM on whenever the service starts (or stop doing so)."""
+        entry = self.datastore.catalog.get(name)
+        self.datastore.catalog.set_autostart(entry.name, enabled)
+        self._emit("autostartChanged", entry.name, enabled=enabled)
+        return self._info(entry.name)
 
     # -- power -------------------------------------------------------------
     def start_vm(self, name: str, *, wait_ready: bool = False, timeout: float = 120.0) -> StartResult:
@@ -219,7 +240,8 @@ class Hypervisor:
             _rotate(env.paths.serial_log)
             env.paths.bios_log.unlink(missing_ok=True)
             links_down = [nic.name for nic in spec.nics if env.networks[nic.index] == "unconnected"]
-            vmm.launch(build_qemu_argv(spec, env), env.accel, links_down)
+            record = vmm.launch(build_qemu_argv(spec, env), env.accel, links_down)
+        self._emit("poweredOn", name, pid=record.pid, accel=record.accel)
         ready = None
         if wait_ready:
             ready = self.wait_ready(name, timeout=timeout, spec=spec)
@@ -229,32 +251,41 @@ class Hypervisor:
         """Wait until the guest prints its readiness line on the console."""
         vmm = self._vmm(name)
         spec = spec or VmSpec.from_vmx(_read_vmx(self._vmx(name)))
-        return wait_for_line(vmm.paths.serial_log, spec.ready_line, timeout,
+        line = wait_for_line(vmm.paths.serial_log, spec.ready_line, timeout,
                              alive=lambda: vmm.record() is not None)
+        self._emit("guestReady", name, line=line)
+        return line
 
     def stop_vm(self, name: str, *, hard: bool = False, timeout: float = 30.0) -> str:
         """Power off: ACPI shutdown, then hard after ``timeout`` s. Returns soft, hard or killed."""
         vmm = self._vmm(name)
         require(name, vmm.state(), Action.STOP)
-        return vmm.stop(hard=hard, timeout=timeout)
+        record = vmm.record()
+        pid = record.pid if record else None
+        how = vmm.stop(hard=hard, timeout=timeout)
+        self._emit("poweredOff", name, pid=pid, reason=f"stopped ({how})")
+        return how
 
     def reset_vm(self, name: str) -> None:
         """Hard reset, like pressing the reset button."""
         vmm = self._vmm(name)
         require(name, vmm.state(), Action.RESET)
         vmm.execute("system_reset")
+        self._emit("reset", name)
 
     def pause_vm(self, name: str) -> None:
         """Freeze the VM's vCPUs; memory and devices stay as they are."""
         vmm = self._vmm(name)
         require(name, vmm.state(), Action.PAUSE)
         vmm.set_paused(True)
+        self._emit("paused", name)
 
     def resume_vm(self, name: str) -> None:
         """Let a paused VM run again."""
         vmm = self._vmm(name)
         require(name, vmm.state(), Action.RESUME)
         vmm.set_paused(False)
+        self._emit("resumed", name)
 
     # -- guest access ----------------------------------------------------
     def exec_in_vm(self, name: str, command: list[str] | str, *, timeout: float = 60.0) -> ExecResult:
@@ -282,6 +313,22 @@ class Hypervisor:
         return self._vmm(name).paths
 
     # -- internals ---------------------------------------------------------
+    def _emit(self, kind: str, name: str, *, log: bool = True, **data: Any) -> None:
+        """Report a state change: into the VM's event log, then to ``on_event``."""
+        from .events import append_log, make_event
+
+        event = make_event(kind, name, **data)
+        if log:
+            try:
+                append_log(self._vmx(name).parent, event)
+            except (OSError, HvError):
+                pass  # the event log is a record, never a reason for an operation to fail
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:  # noqa: BLE001 - a listener's bug must not fail the operation
+                pass
+
     def _vmx(self, name: str) -> Path:
         return self.datastore.vmx_path(self.datastore.catalog.get(name))
 

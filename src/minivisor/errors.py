@@ -21,6 +21,8 @@ __all__ = [
     "QmpError",
     "GuestError",
     "ImageBuildError",
+    "RequestError",
+    "AuthError",
 ]
 
 
@@ -122,3 +124,17 @@ class ImageBuildError(HvError):
 
     code = "image-build-failed"
     exit_code = 73
+
+
+class RequestError(HvError):
+    """A REST request is malformed: bad JSON, unknown fields, too large."""
+
+    code = "bad-request"
+    exit_code = 64
+
+
+class AuthError(HvError):
+    """A REST request without a valid token."""
+
+    code = "unauthorized"
+    exit_code = 77

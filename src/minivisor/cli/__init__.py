@@ -43,7 +43,29 @@ def group(name: str, help: str) -> typer.Typer:
     return sub
 
 
-def hv():
+def datastore_root() -> Path:
+    from ..datastore import default_root
+
+    return Path(_state.get("datastore") or default_root())  # type: ignore[arg-type]
+
+
+def hv(*, direct: bool = False):
+    """The core API: the running service's client when there is one, else the datastore itself.
+
+    Both give the same results, errors and exit codes. MINIVISOR_DIRECT=1 (or
+    ``direct``) bypasses the service; the VM locks keep the two from racing.
+    """
+    if not direct and not os.environ.get("MINIVISOR_DIRECT"):
+        if "client" not in _state:
+            root = datastore_root()
+            client = None
+            if (root / ".minivisor" / "service.json").exists():  # import http.client only then
+                from ..client import connect
+
+                client = connect(root)
+            _state["client"] = client
+        if _state["client"] is not None:
+            return _state["client"]
     from ..api import Hypervisor
 
     if "hv" not in _state:
@@ -84,3 +106,4 @@ def main() -> None:
 
 # Command groups register themselves on import (order = order in --help).
 from . import vm, system  # noqa: E402,F401
+from . import service  # noqa: E402,F401

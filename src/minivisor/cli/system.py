@@ -42,7 +42,7 @@ def image_build(kind: Annotated[str, typer.Argument(help="What to build: applian
 @datastore_app.command("info")
 def datastore_info(as_json: JsonFlag = False) -> None:
     """Where the datastore is and which host folders specfiles may name."""
-    store = hv().datastore
+    store = hv(direct=True).datastore
     data = {"root": str(store.root), "catalog": str(store.catalog.path),
             "vms": len(store.catalog.list()), "allowed_paths": store.catalog.allowed_paths()}
     if as_json:
@@ -54,7 +54,7 @@ def datastore_info(as_json: JsonFlag = False) -> None:
 @datastore_app.command("allow-path")
 def datastore_allow(path: Annotated[Path, typer.Argument(help="A host folder.")]) -> None:
     """Let specfiles name files in a host folder outside the datastore."""
-    hv().datastore.catalog.allow_path(os.path.realpath(path))
+    hv(direct=True).datastore.catalog.allow_path(os.path.realpath(path))
 
 
 @app.command("demo")
@@ -62,6 +62,6 @@ def demo() -> None:
     """Build the appliance, boot a VM from a specfile and show what the guest sees."""
     from ..demo import run_demo
 
-    run_demo(hv())
+    run_demo(hv(direct=True))
 
 

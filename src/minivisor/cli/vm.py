@@ -142,7 +142,7 @@ def vm_console(name: Name) -> None:
     """Attach this terminal to the VM's serial console (Ctrl-] detaches)."""
     from ..console import attach
 
-    socket_path, lock = hv().console_socket(name)
+    socket_path, lock = hv(direct=True).console_socket(name)  # a local socket: never through the service
     try:
         attach(socket_path, name)
     finally:
@@ -158,3 +158,26 @@ def vm_exec(name: Name, command: Annotated[list[str], typer.Argument(help="The c
     raise typer.Exit(result.exit_code)
 
 
+@vm_app.command("autostart")
+def vm_autostart(name: Name, setting: Annotated[str, typer.Argument(help="on or off.")]) -> None:
+    """Power the VM on whenever the service starts (on), or not (off)."""
+    if setting not in ("on", "off"):
+        from ..errors import SpecError
+
+        raise SpecError(f"autostart must be on or off, not {setting!r}", hint=f"minivisor vm autostart {name} on")
+    vm = hv().set_autostart(name, setting == "on")
+    print(f"{vm.name}: autostart {setting}")
+
+
+@vm_app.command("events")
+def vm_events(name: Name, limit: Annotated[int, typer.Option(help="How many of the last events.")] = 20,
+              as_json: JsonFlag = False) -> None:
+    """What happened to the VM: power-ons, power-offs with their reasons, crashes..."""
+    events = hv().vm_events(name, limit)
+    if as_json:
+        return print_json(events)
+    import time
+
+    for event in events:
+        extra = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("type", "vm", "time", "id"))
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(event['time']))}  {event['type']:<14} {extra}")
