@@ -1,0 +1,132 @@
+"""A real `minivisor serve` process on loopback over a temporary datastore."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from minivisor import Hypervisor
+from minivisor.client import Client, connect
+from minivisor.state import VmState
+
+
+class Running:
+    """A service process and the ways a test talks to it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.proc: subprocess.Popen | None = None
+        self.client: Client | None = None
+
+    def start(self, *extra: str) -> Running:
+        (self.root / ".minivisor" / "service.json").unlink(missing_ok=True)
+        self.log = open(self.root.parent / "service.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "minivisor", "-d", str(self.root), "serve",
+                                      "--listen", "127.0.0.1:0", *extra], stdout=self.log, stderr=self.log,
+                                     start_new_session=True)
+        deadline = time.monotonic() + 20
+        while (client := connect(self.root)) is None:
+            assert self.proc.poll() is None, (self.root.parent / "service.log").read_text()
+            assert time.monotonic() < deadline, "the service did not come up"
+            time.sleep(0.05)
+        self.client = client
+        return self
+
+    @property
+    def url(self) -> str:
+        return self.client.url
+
+    @property
+    def token(self) -> str:
+        return self.client.token
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=20)
+        self.proc = None
+
+    def cli(self, *args: str, direct: bool = False, check: bool = False) -> subprocess.CompletedProcess:
+        env = {**os.environ, "MINIVISOR_DATASTORE": str(self.root)}
+        env.pop("MINIVISOR_DIRECT", None)
+        if direct:
+            env["MINIVISOR_DIRECT"] = "1"
+        result = subprocess.run([sys.executable, "-m", "minivisor", *args], env=env, capture_output=True,
+                                text=True, timeout=120)
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+
+@pytest.fixture
+def datastore(tmp_path) -> Path:
+    root = tmp_path / "datastore"
+    Hypervisor(root)
+    return root
+
+
+@pytest.fixture
+def service(datastore):
+    running = Running(datastore)
+    yield running.start()
+    running.stop()
+    hv = Hypervisor(datastore)
+    for vm in hv.list_vms():
+        if vm.state in (VmState.RUNNING, VmState.PAUSED):
+            hv.stop_vm(vm.name, hard=True)
+
+
+def small_vm(hv, name: str) -> str:
+    """A VM with an empty 16 MiB disk: QEMU runs (SeaBIOS finds nothing to boot), cheap."""
+    hv.create_vm(name, disk_size="16M", memory_mib=64, network="none")
+    return name
+
+
+class EventWatcher:
+    """Subscribed to /v1/events before the test acts, so no event is missed."""
+
+    def __init__(self, client: Client, vm: str | None = None) -> None:
+        import http.client
+        import queue
+        import threading
+
+        self.events: queue.Queue = queue.Queue()
+        self.conn = http.client.HTTPConnection(client.host, client.port, timeout=60)
+        self.conn.request("GET", "/v1/events" + (f"?vm={vm}" if vm else ""),
+                          headers={"Authorization": f"Bearer {client.token}"})
+        self.response = self.conn.getresponse()
+        assert self.response.status == 200
+        assert self.response.fp.readline().startswith(b":")  # subscribed
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            while line := self.response.fp.readline():
+                if line.startswith(b"data: "):
+                    self.events.put(json.loads(line[6:]))
+        except (OSError, ValueError):
+            pass
+
+    def wait_for(self, predicate, timeout: float = 10.0) -> dict:
+        import queue
+
+        seen = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                event = self.events.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no matching event within {timeout} s; saw {seen}") from None
+            seen.append(event)
+            if predicate(event):
+                return event
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,159 @@
+"""The REST API over a real service process: auth, limits, errors, OpenAPI, CLI parity."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import stat
+
+import pytest
+
+from minivisor import Hypervisor
+from minivisor.errors import NotFoundError, StateError
+from minivisor.routes import OPERATIONS
+from minivisor.service import MAX_BODY
+
+from .conftest import small_vm
+
+
+def raw(service, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    conn = http.client.HTTPConnection(service.client.host, service.client.port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        data = response.read()
+        return response.status, (json.loads(data) if data and data[:1] in b"{[" else data)
+    finally:
+        conn.close()
+
+
+def auth(service) -> dict:
+    return {"Authorization": f"Bearer {service.token}", "Content-Type": "application/json"}
+
+
+def test_token_is_private_and_the_service_listens_on_loopback(service):
+    token = service.root / ".minivisor" / "token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert stat.S_IMODE((service.root / ".minivisor" / "service.json").stat().st_mode) == 0o600
+    assert service.client.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic x"},
+                                     {"Authorization": "Bearer "}])
+def test_requests_without_the_right_token_get_401_and_change_nothing(service, headers):
+    hv = Hypervisor(service.root)
+    small_vm(hv, "vm1")
+    before = [vm.to_dict() for vm in hv.list_vms()]
+    for method, path, body in (("POST", "/v1/vms/vm1/start", b"{}"), ("DELETE", "/v1/vms/vm1", None),
+                               ("POST", "/v1/vms", b'{"name": "new", "disk_size": "16M"}'),
+                               ("GET", "/v1/vms", None), ("GET", "/v1/events", None), ("GET", "/metrics", None),
+                               ("GET", "/openapi.json", None), ("GET", "/v1/nothing-here", None)):
+        status, data = raw(service, method, path, body, headers)
+        assert status == 401, (method, path, status)
+        assert data["error"]["code"] == "unauthorized"
+    assert [vm.to_dict() for vm in hv.list_vms()] == before
+
+
+def test_oversized_bodies_get_413(service):
+    small_vm(Hypervisor(service.root), "vm1")
+    body = json.dumps({"hard": True, "pad": "x" * MAX_BODY}).encode()
+    status, data = raw(service, "POST", "/v1/vms/vm1/stop", body, auth(service))
+    assert status == 413 and data["error"]["code"] == "too-large"
+
+
+@pytest.mark.parametrize("path, body, status, code", [
+    ("/v1/vms/vm1/start", b'{"wait_ready": false, "evil": 1}', 400, "bad-request"),  # unknown field
+    ("/v1/vms/vm1/start", b'{"timeout": "soon"}', 400, "bad-request"),  # wrong type
+    ("/v1/vms/vm1/start", b"[1, 2]", 400, "bad-request"),  # not an object
+    ("/v1/vms/vm1/start", b"{not json", 400, "bad-request"),
+    ("/v1/vms", b'{"name": "../etc", "disk_size": "16M"}', 422, "spec-invalid"),  # name charset
+    ("/v1/vms", b'{"name": "' + b"a" * 64 + b'", "disk_size": "16M"}', 422, "spec-invalid"),  # name length
+    ("/v1/vms/bad%2Cname/start", b"{}", 422, "spec-invalid"),
+    ("/v1/vms/nope/start", b"{}", 404, "not-found"),
+    ("/v1/vms/vm1/fly", b"{}", 404, "route-not-found"),
+])
+def test_bad_requests_are_rejected_and_change_nothing(service, path, body, status, code):
+    hv = Hypervisor(service.root)
+    small_vm(hv, "vm1")
+    got, data = raw(service, "POST", path, body, auth(service))
+    assert (got, data["error"]["code"]) == (status, code), data
+    assert data["error"]["message"] and "\n" not in data["error"]["message"]
+    assert [vm.name for vm in hv.list_vms()] == ["vm1"]
+    assert hv.get_vm("vm1").state.value == "poweredOff"
+
+
+def test_every_invalid_state_action_pair_gets_409_with_a_stable_code(service):
+    client = service.client
+    small_vm(Hypervisor(service.root), "vm1")
+    for action in ("stop", "reset", "pause", "resume"):
+        status, data = raw(service, "POST", f"/v1/vms/vm1/{action}", b"{}", auth(service))
+        assert (status, data["error"]["code"]) == (409, f"invalid-state-{action}")
+    client.start_vm("vm1")
+    for method, path, action in (("POST", "/v1/vms/vm1/start", "start"), ("POST", "/v1/vms/vm1/resume", "resume"),
+                                 ("DELETE", "/v1/vms/vm1", "delete"), ("POST", "/v1/vms/vm1/unregister", "unregister")):
+        status, data = raw(service, method, path, b"{}" if method == "POST" else None, auth(service))
+        assert (status, data["error"]["code"]) == (409, f"invalid-state-{action}")
+    assert client.get_vm("vm1").state.value == "running"
+
+
+def test_openapi_documents_every_route(service):
+    status, doc = raw(service, "GET", "/openapi.json", None, auth(service))
+    assert status == 200 and doc["openapi"].startswith("3.")
+    for op in OPERATIONS:
+        assert doc["paths"][op.path][op.method.lower()]["operationId"] == op.name
+    start = doc["paths"]["/v1/vms/{name}/start"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert start["additionalProperties"] is False and start["properties"]["wait_ready"] == {"type": "boolean"}
+
+
+def test_the_route_table_matches_the_core_api():
+    import inspect
+
+    from minivisor.api import Hypervisor as Core
+
+    for op in OPERATIONS:
+        params = list(inspect.signature(getattr(Core, op.name)).parameters)[1:]
+        assert params[:len(op.args)] == list(op.args), op.name
+
+
+def test_client_returns_the_core_types_and_errors(service):
+    client = service.client
+    vm = client.create_vm("vm1", disk_size="16M", memory_mib=64, network="none")
+    direct = Hypervisor(service.root).get_vm("vm1")
+    assert vm == direct
+    assert client.list_vms() == [direct]
+    assert client.explain_vm("vm1") == Hypervisor(service.root).explain_vm("vm1")
+    with pytest.raises(NotFoundError) as caught:
+        client.get_vm("nope")
+    assert caught.value.code == "not-found" and caught.value.hint
+    result = client.start_vm("vm1")
+    assert result.vm.state.value == "running" and result.vm.pid
+    with pytest.raises(StateError):
+        client.start_vm("vm1")
+    assert client.stop_vm("vm1", hard=True) in ("hard", "killed")
+    client.delete_vm("vm1")
+    assert client.list_vms() == []
+
+
+@pytest.mark.parametrize("args", [["vm", "list"], ["vm", "show", "vm1"], ["vm", "show", "nope"],
+                                  ["vm", "show", "vm1", "--json"], ["vm", "start", "nope"],
+                                  ["vm", "resume", "vm1"], ["vm", "create", "a,b", "--disk-size", "16M"],
+                                  ["vm", "explain", "vm1", "--json"], ["vm", "autostart", "vm1", "maybe"],
+                                  ["vm", "delete", "nope"]])
+def test_the_cli_gives_the_same_output_and_exit_code_through_the_service(service, args):
+    small_vm(Hypervisor(service.root), "vm1")
+    via_service = service.cli(*args)
+    direct = service.cli(*args, direct=True)
+    assert (via_service.returncode, via_service.stdout, via_service.stderr) == \
+        (direct.returncode, direct.stdout, direct.stderr)
+
+
+def test_cli_power_cycle_through_the_service_is_seen_by_the_service(service):
+    small_vm(Hypervisor(service.root), "vm1")
+    started = service.cli("vm", "start", "vm1", check=True)
+    assert "vm1 is powered on" in started.stdout
+    assert service.client.get_vm("vm1").state.value == "running"
+    again = service.cli("vm", "start", "vm1")
+    assert again.returncode == 4 and again.stderr.startswith("error: cannot start VM 'vm1': it is running")
+    assert "vm1 is powered off" in service.cli("vm", "stop", "vm1", "--hard", check=True).stdout
+    types = [e["type"] for e in service.client.vm_events("vm1")]
+    assert types[-2:] == ["poweredOn", "poweredOff"]
