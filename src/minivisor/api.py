@@ -237,6 +237,8 @@ class Hypervisor:
         require(name, vmm.state(), Action.START)
         spec, env, warnings = self._launch_plan(name)  # every check before anything is touched
         with vmm.lock.acquire(name):
+            if self._disk_ops().finish_interrupted(name):  # a snapshot/clone cut short: finish or undo it
+                spec, env, warnings = self._launch_plan(name)
             _rotate(env.paths.serial_log)
             env.paths.bios_log.unlink(missing_ok=True)
             links_down = [nic.name for nic in spec.nics if env.networks[nic.index] == "unconnected"]
@@ -311,6 +313,75 @@ class Hypervisor:
     def vm_paths(self, name: str) -> VmPaths:
         """Where a VM's logs (vmm.log, serial.log, bios.log) and control sockets are."""
         return self._vmm(name).paths
+
+    # -- disks, snapshots, clones -----------------------------------------
+    # Thin delegations; the work is in disks.py, snapshots.py, storage.py, clones.py, vmware.py.
+    def disk_create(self, path: Path | str, size: str, *, fmt: str | None = None, thick: bool = False) -> dict:
+        """A new empty disk at ``path`` (inside the datastore): thin unless ``thick``."""
+        return self._disk_ops().create(path, size, fmt=fmt, thick=thick)
+
+    def disk_info(self, path: Path | str) -> dict:
+        """Virtual size, bytes allocated, format and chain of parents of a disk file."""
+        return self._disk_ops().info(path)
+
+    def disk_resize(self, path: Path | str, size: str) -> dict:
+        """Grow a disk file that no running VM uses."""
+        return self._disk_ops().resize(path, size)
+
+    def disk_convert(self, source: Path | str, target: Path | str, *, fmt: str | None = None, thick: bool = False,
+                     progress: Callable[[float], None] | None = None) -> dict:
+        """Copy a disk (its chain flattened) into a new file of another format."""
+        return self._disk_ops().convert(source, target, fmt=fmt, thick=thick, progress=progress)
+
+    def vm_disks(self, name: str) -> list[dict]:
+        """Each hard disk of a VM: node, file, format, sizes, chain."""
+        return self._disk_ops().vm_disks(name)
+
+    def vm_disk_resize(self, name: str, node: str, size: str) -> dict:
+        """Grow a powered-off VM's disk (its top layer)."""
+        return self._disk_ops().vm_disk_resize(name, node, size)
+
+    def snapshot_take(self, name: str, snapshot: str, *, description: str = "", memory: bool | None = None):
+        """Freeze a VM's disks (and, running, by default its memory and devices) as a named snapshot."""
+        snap = self._disk_ops().take(name, snapshot, description=description, memory=memory)
+        self._emit("snapshotTaken", name, snapshot=snap.name, memory=snap.memory_file is not None)
+        return snap
+
+    def snapshot_list(self, name: str) -> list[dict]:
+        """The snapshot tree, depth first, with ``current`` marking where the VM is."""
+        return self._disk_ops().snapshot_tree(name).to_list()
+
+    def snapshot_revert(self, name: str, snapshot: str):
+        """Go back to a snapshot; a memory snapshot resumes the guest where it was. Returns (snapshot, running)."""
+        snap, running = self._disk_ops().revert(name, snapshot)
+        self._emit("snapshotReverted", name, snapshot=snap.name, running=running)
+        return snap, running
+
+    def snapshot_delete(self, name: str, snapshot: str):
+        """Remove a snapshot, merging its data into what depends on it."""
+        snap = self._disk_ops().delete(name, snapshot)
+        self._emit("snapshotDeleted", name, snapshot=snap.name)
+        return snap
+
+    def clone_vm(self, source: str, target: str, *, linked: bool = False, snapshot: str | None = None,
+                 progress: Callable[[float], None] | None = None) -> VmInfo:
+        """A new VM (new name, UUID, MACs) with copied disks, or overlays on a snapshot (``linked``)."""
+        from .clones import clone_vm
+
+        clone_vm(self, source, target, linked=linked, snapshot=snapshot, progress=progress)
+        return self._info(target)
+
+    def import_vm(self, folder: Path | str, name: str | None = None, *,
+                  progress: Callable[[str, float], None] | None = None) -> VmInfo:
+        """Bring a VMware VM folder (specfile + disks) into the datastore, checking every image."""
+        from .vmware import import_vm
+
+        return self._info(import_vm(self, Path(folder), name, progress=progress))
+
+    def _disk_ops(self):
+        from .storage import DiskOperations
+
+        return DiskOperations(self)
 
     # -- internals ---------------------------------------------------------
     def _emit(self, kind: str, name: str, *, log: bool = True, **data: Any) -> None:

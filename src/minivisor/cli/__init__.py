@@ -105,5 +105,5 @@ def main() -> None:
 
 
 # Command groups register themselves on import (order = order in --help).
-from . import vm, system  # noqa: E402,F401
+from . import vm, system, disk, snapshot  # noqa: E402,F401
 from . import service  # noqa: E402,F401

@@ -1,0 +1,375 @@
+"""Snapshots as VMware keeps them: delta disks and a ``.vmsd`` tree in the VM folder.
+
+Taking a snapshot freezes each hard disk's current top file and gives the VM a
+new qcow2 delta on top of it (``web.qcow2`` -> ``web-000001.qcow2``); the
+specfile's ``fileName`` then names the delta. The tree (names, parents, the
+frozen files, the memory state file, "you are here") is the ``.vmsd`` next to
+the specfile, in VMware's keys (``snapshotN.uid``, ``.parent``,
+``.diskM.fileName``...), read and written with :class:`~minivisor.vmx.VmxDocument`.
+
+A snapshot's files never change while it exists: reverting makes a new delta
+on them, deleting merges the snapshot's data into the layers that depend on it
+(``qemu-img commit`` into the snapshot's file when it has one dependent,
+otherwise a safe ``qemu-img rebase`` of each dependent), so no other snapshot
+or linked clone loses data. Every change goes through the VM's intent journal
+(:mod:`minivisor.journal`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .disks import ImageLayer, create_overlay, format_for, read_layer
+from .errors import ConflictError, DiskError, NotFoundError, StateError
+from .journal import Journal, crashpoint, write_step
+from .spec import VmSpec
+from .vmx import VmxDocument
+
+__all__ = ["Snapshot", "SnapshotTree", "snapshot_disks", "delta_name", "vmsd_path"]
+
+_DELTA_SUFFIX = re.compile(r"-\d{6}$")
+
+
+@dataclass
+class Snapshot:
+    """One node of the tree."""
+
+    uid: int
+    name: str
+    parent: int | None
+    disks: dict[str, str]  # node (scsi0:0) -> frozen file name, as the specfile named it
+    description: str = ""
+    created_us: int = 0  # microseconds since the epoch, as VMware stores it
+    memory_file: str | None = None  # the .vmsn with memory and device state (powered-on snapshots)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"uid": self.uid, "name": self.name, "parent": self.parent, "description": self.description,
+                "created": self.created_us / 1e6, "memory": self.memory_file is not None,
+                "memory_file": self.memory_file, "disks": dict(self.disks)}
+
+
+@dataclass
+class SnapshotTree:
+    """The ``.vmsd`` contents."""
+
+    snapshots: dict[int, Snapshot] = field(default_factory=dict)
+    current: int | None = None
+    last_uid: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> SnapshotTree:
+        try:
+            doc = VmxDocument.load(path)
+        except FileNotFoundError:
+            return cls()
+        tree = cls(last_uid=_int(doc.get("snapshot.lastUID")) or 0, current=_int(doc.get("snapshot.current")))
+        slots = sorted({int(m.group(1)) for key in doc.keys_with_prefix("snapshot")
+                        if (m := re.match(r"snapshot(\d+)\.uid$", key, re.IGNORECASE))})
+        for slot in slots:
+            p = f"snapshot{slot}."
+            uid = _int(doc.get(p + "uid"))
+            if uid is None:
+                continue
+            disks = {}
+            for m in range(_int(doc.get(p + "numDisks")) or 0):
+                node, name = doc.get(f"{p}disk{m}.node"), doc.get(f"{p}disk{m}.fileName")
+                if node and name:
+                    disks[node.lower()] = name
+            high, low = _int(doc.get(p + "createTimeHigh")) or 0, _int(doc.get(p + "createTimeLow")) or 0
+            tree.snapshots[uid] = Snapshot(uid, doc.get(p + "displayName") or f"snapshot {uid}",
+                                           _int(doc.get(p + "parent")), disks, doc.get(p + "description") or "",
+                                           (high << 32) | (low & 0xFFFFFFFF), doc.get(p + "filename") or None)
+            tree.last_uid = max(tree.last_uid, uid)
+        if tree.current not in tree.snapshots:
+            tree.current = None
+        return tree
+
+    def to_bytes(self) -> bytes:
+        doc = VmxDocument.parse(b'.encoding = "UTF-8"\n')
+        doc.set("snapshot.lastUID", str(self.last_uid))
+        if self.current is not None:
+            doc.set("snapshot.current", str(self.current))
+        doc.set("snapshot.numSnapshots", str(len(self.snapshots)))
+        for slot, snap in enumerate(self.snapshots.values()):
+            p = f"snapshot{slot}."
+            doc.set(p + "uid", str(snap.uid))
+            if snap.parent is not None:
+                doc.set(p + "parent", str(snap.parent))
+            if snap.memory_file:
+                doc.set(p + "filename", snap.memory_file)
+            doc.set(p + "displayName", snap.name)
+            if snap.description:
+                doc.set(p + "description", snap.description)
+            doc.set(p + "type", "1" if snap.memory_file else "0")
+            high, low = snap.created_us >> 32, snap.created_us & 0xFFFFFFFF
+            doc.set(p + "createTimeHigh", str(high))
+            doc.set(p + "createTimeLow", str(low - (1 << 32) if low >= 1 << 31 else low))  # signed, like VMware
+            doc.set(p + "numDisks", str(len(snap.disks)))
+            for m, (node, name) in enumerate(snap.disks.items()):
+                doc.set(f"{p}disk{m}.fileName", name)
+                doc.set(f"{p}disk{m}.node", node)
+        return doc.to_bytes()
+
+    # -- queries -----------------------------------------------------------
+    def find(self, name: str, vm: str) -> Snapshot:
+        """A snapshot by name (or uid), or NotFoundError."""
+        matches = [s for s in self.snapshots.values() if s.name == name]
+        if not matches and name.isdigit() and int(name) in self.snapshots:
+            matches = [self.snapshots[int(name)]]
+        if not matches:
+            names = ", ".join(s.name for s in self.snapshots.values()) or "none"
+            raise NotFoundError(f"VM {vm!r} has no snapshot named {name!r}",
+                                hint=f"its snapshots: {names} (see: minivisor snapshot list {vm})")
+        if len(matches) > 1:
+            raise ConflictError(f"VM {vm!r} has {len(matches)} snapshots named {name!r}",
+                                hint="name it by its uid instead: minivisor snapshot list " + vm)
+        return matches[0]
+
+    def children(self, uid: int | None) -> list[Snapshot]:
+        return [s for s in self.snapshots.values() if s.parent == uid]
+
+    def ancestors(self, uid: int | None) -> list[int]:
+        """uid, its parent, ... up to the root."""
+        chain = []
+        while uid is not None and uid in self.snapshots and uid not in chain:
+            chain.append(uid)
+            uid = self.snapshots[uid].parent
+        return chain
+
+    def files(self) -> set[str]:
+        return {name for snap in self.snapshots.values() for name in snap.disks.values()}
+
+    def to_list(self) -> list[dict[str, Any]]:
+        """Depth-first, each with its depth and whether it is the current position."""
+        out: list[dict[str, Any]] = []
+
+        def visit(snap: Snapshot, depth: int) -> None:
+            out.append({**snap.to_dict(), "depth": depth, "current": snap.uid == self.current})
+            for child in self.children(snap.uid):
+                visit(child, depth + 1)
+
+        for root in [s for s in self.snapshots.values() if s.parent not in self.snapshots]:
+            visit(root, 0)
+        return out
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def vmsd_path(vmx: Path) -> Path:
+    return vmx.with_suffix(".vmsd")
+
+
+def snapshot_disks(spec: VmSpec) -> list[tuple[str, str]]:
+    """(node, fileName) of the hard disks snapshots cover (independent disks are skipped, like VMware)."""
+    return [(d.node, d.file_name) for d in spec.disks
+            if d.kind == "disk" and d.file_name and not d.mode.lower().startswith("independent")]
+
+
+def delta_name(vm_dir: Path, file_name: str, taken: set[str]) -> str:
+    """The next free VMware-style delta name: ``web.qcow2`` -> ``web-000001.qcow2``."""
+    stem = _DELTA_SUFFIX.sub("", Path(file_name).stem)
+    existing = [int(m.group(1)) for p in vm_dir.iterdir() if (m := re.match(re.escape(stem) + r"-(\d{6})\.", p.name))]
+    existing += [int(m.group(1)) for t in taken if (m := re.match(re.escape(stem) + r"-(\d{6})\.", t))]
+    return f"{stem}-{max(existing, default=0) + 1:06d}.qcow2"
+
+
+# -- the operations on a VM's files (the caller holds the locks) ------------------
+class VmFiles:
+    """A VM's folder, specfile and snapshot tree, as one operation sees them."""
+
+    def __init__(self, datastore, vmx: Path) -> None:
+        self.datastore = datastore
+        self.vmx = vmx
+        self.vm_dir = vmx.parent
+        self.vmsd = vmsd_path(vmx)
+        self.doc = VmxDocument.load(vmx)
+        self.spec = VmSpec.from_vmx(self.doc)
+        self.tree = SnapshotTree.load(self.vmsd)
+
+    def path(self, file_name: str) -> Path:
+        return self.datastore.resolve(self.vm_dir, file_name, what="disk")
+
+    def layer(self, file_name: str) -> ImageLayer:
+        path = self.path(file_name)
+        return read_layer(path, format_for(path))
+
+    def chain_files(self, file_name: str) -> list[Path]:
+        """Real paths of a disk's whole backing chain (top first)."""
+        from .disks import resolve_chain
+
+        path = self.path(file_name)
+        chain = resolve_chain(path, format_for(path), lambda base, name: self.datastore.resolve(base, name))
+        return [Path(os.path.realpath(layer.path)) for layer in chain]
+
+    def name_in_folder(self, path: Path) -> str:
+        return os.path.relpath(path, self.vm_dir)
+
+    def vmx_with(self, tops: dict[str, str]) -> bytes:
+        doc = VmxDocument.parse(self.doc.to_bytes(), source=str(self.vmx))
+        for node, name in tops.items():
+            doc.set(f"{node}.fileName", name)
+        return doc.to_bytes()
+
+
+def plan_take(files: VmFiles, name: str, description: str, memory_file: str | None) -> tuple[Snapshot, dict[str, str]]:
+    """The new snapshot (freezing the current tops) and the new delta name per disk."""
+    if any(s.name == name for s in files.tree.snapshots.values()):
+        raise ConflictError(f"VM already has a snapshot named {name!r}", hint="choose another name")
+    if not name.strip() or "\n" in name:
+        raise ConflictError(f"{name!r} cannot name a snapshot", hint="use a short name on one line")
+    disks = dict(snapshot_disks(files.spec))
+    if not disks:
+        raise DiskError("the VM has no hard disk to snapshot", hint="add a disk to its specfile first")
+    uid = files.tree.last_uid + 1
+    snap = Snapshot(uid, name, files.tree.current, disks, description, int(time.time() * 1e6), memory_file)
+    taken: set[str] = set()
+    deltas = {}
+    for node in disks:
+        deltas[node] = delta_name(files.vm_dir, disks[node], taken)
+        taken.add(deltas[node])
+    return snap, deltas
+
+
+def new_tree_with(tree: SnapshotTree, snap: Snapshot) -> SnapshotTree:
+    snapshots = dict(tree.snapshots)
+    snapshots[snap.uid] = snap
+    return SnapshotTree(snapshots, snap.uid, max(tree.last_uid, snap.uid))
+
+
+def take_offline(files: VmFiles, name: str, description: str) -> Snapshot:
+    """Freeze the disks of a powered-off VM (the caller holds the VM lock)."""
+    snap, deltas = plan_take(files, name, description, None)
+    journal = Journal(files.vm_dir, "take")
+    journal.begin([files.vm_dir / d for d in deltas.values()])
+    for node, delta in deltas.items():
+        create_overlay(files.vm_dir / delta, files.layer(snap.disks[node]))
+    crashpoint("take:prepared")
+    tree = new_tree_with(files.tree, snap)
+    journal.commit([write_step(files.vmsd.name, tree.to_bytes()),
+                    write_step(files.vmx.name, files.vmx_with(deltas))])
+    journal.run()
+    return snap
+
+
+def plan_revert(files: VmFiles, snap: Snapshot, clone_files: set[str]) -> tuple[Journal, dict[str, str]]:
+    """Prepare new deltas on the snapshot's frozen files; the old tops become obsolete."""
+    taken: set[str] = set()
+    deltas: dict[str, str] = {}
+    for node in snap.disks:
+        deltas[node] = delta_name(files.vm_dir, snap.disks[node], taken)
+        taken.add(deltas[node])
+    journal = Journal(files.vm_dir, "revert")
+    journal.begin([files.vm_dir / d for d in deltas.values()])
+    for node, delta in deltas.items():
+        create_overlay(files.vm_dir / delta, files.layer(snap.disks[node]))
+    crashpoint("revert:prepared")
+    keep = files.tree.files() | clone_files
+    obsolete = []
+    current_tops = dict(snapshot_disks(files.spec))
+    for node, top in current_tops.items():
+        if node in deltas and top not in keep and top not in deltas.values() and files.layer(top).backing_name:
+            obsolete.append(["unlink", top])
+    tree = SnapshotTree(dict(files.tree.snapshots), snap.uid, files.tree.last_uid)
+    journal.commit([write_step(files.vmsd.name, tree.to_bytes()),
+                    write_step(files.vmx.name, files.vmx_with(deltas)), *obsolete])
+    return journal, deltas
+
+
+def plan_delete(files: VmFiles, snap: Snapshot, clones: dict[int, list[str]],
+                busy: set[Path]) -> list[list[Any]]:
+    """The journal steps that remove ``snap`` and merge its data into what depends on it.
+
+    ``clones``: snapshot uid -> names of linked clones on it. ``busy``: real
+    paths a running VMM has open (those layers cannot be merged offline).
+    """
+    tree = files.tree
+    if clones.get(snap.uid):
+        names = ", ".join(clones[snap.uid])
+        raise StateError(f"snapshot {snap.name!r} is read-only: linked clones depend on it ({names})",
+                         hint="delete those clones first, or make them full clones")
+    tops = dict(snapshot_disks(files.spec))
+    children = tree.children(snap.uid)
+    steps: list[list[Any]] = []
+    new_disks: dict[int, dict[str, str]] = {c.uid: dict(c.disks) for c in children}
+    new_tops: dict[str, str] = {}
+    unlinks: list[str] = []
+    for node, frozen in snap.disks.items():
+        # the layers that sit directly on the frozen file
+        dependents: list[tuple[str, int | None]] = [(c.disks[node], c.uid) for c in children if node in c.disks]
+        if tree.current == snap.uid and node in tops:
+            dependents.append((tops[node], None))
+        frozen_path = files.path(frozen)
+        if any(Path(os.path.realpath(files.path(d))) in busy for d, _ in dependents) or (
+                dependents and Path(os.path.realpath(frozen_path)) in busy):
+            raise StateError(f"cannot delete snapshot {snap.name!r} while the VM runs: its disk layers are in use",
+                             hint="power the VM off first, then delete the snapshot")
+        if not dependents:
+            if frozen not in _other_files(tree, snap.uid) and frozen not in tops.values():
+                unlinks.append(frozen)
+            continue
+        frozen_layer = files.layer(frozen)
+        single = len(dependents) == 1
+        dep_name, dep_uid = dependents[0]
+        grandchildren = _dependents_of(tree, dep_uid, node, tops) if single else []
+        if single and not (dep_uid is not None and clones.get(dep_uid)) and files.layer(dep_name).format == "qcow2":
+            # one dependent: fold it into the frozen file (its view never changes), then it takes its place
+            steps.append(["qemu-img", "commit", "-q", "-d", "-f", "qcow2", dep_name])
+            for grandchild in grandchildren:
+                steps.append(["qemu-img", "rebase", "-q", "-u", "-f", "qcow2", "-F", frozen_layer.format,
+                              "-b", os.path.relpath(frozen_path, files.path(grandchild).parent), grandchild])
+            if dep_uid is None:
+                new_tops[node] = frozen
+            else:
+                new_disks[dep_uid][node] = frozen
+            unlinks.append(dep_name)
+        else:
+            # several dependents: each gets the frozen file's data copied in, and the frozen file's backing
+            for dep, _ in dependents:
+                if files.layer(dep).format != "qcow2":
+                    raise DiskError(f"cannot merge into {dep}: only qcow2 layers can be rebased",
+                                    hint="convert the VM's disks to qcow2 first")
+                if frozen_layer.backing_name:
+                    backing_path = files.datastore.resolve(frozen_path.parent, frozen_layer.backing_name)
+                    backing = ["-b", os.path.relpath(backing_path, files.path(dep).parent),
+                               "-F", frozen_layer.backing_format or "raw"]
+                else:
+                    backing = ["-b", ""]
+                steps.append(["qemu-img", "rebase", "-q", "-f", "qcow2", *backing, dep])
+            unlinks.append(frozen)
+    snapshots = {uid: s for uid, s in tree.snapshots.items() if uid != snap.uid}
+    for child in children:
+        snapshots[child.uid] = Snapshot(child.uid, child.name, snap.parent, new_disks[child.uid], child.description,
+                                        child.created_us, child.memory_file)
+    current = snap.parent if tree.current == snap.uid else tree.current
+    new_tree = SnapshotTree(snapshots, current, tree.last_uid)
+    steps.append(write_step(files.vmsd.name, new_tree.to_bytes()))
+    if new_tops:
+        steps.append(write_step(files.vmx.name, files.vmx_with(new_tops)))
+    steps += [["unlink", name] for name in dict.fromkeys(unlinks)]
+    if snap.memory_file:
+        steps.append(["unlink", snap.memory_file])
+    return steps
+
+
+def _other_files(tree: SnapshotTree, uid: int) -> set[str]:
+    return {name for s in tree.snapshots.values() if s.uid != uid for name in s.disks.values()}
+
+
+def _dependents_of(tree: SnapshotTree, uid: int | None, node: str, tops: dict[str, str]) -> list[str]:
+    """Files that sit directly on snapshot ``uid``'s frozen file of ``node`` (None: the current top has none)."""
+    if uid is None:
+        return []
+    out = [c.disks[node] for c in tree.children(uid) if node in c.disks]
+    if tree.current == uid and node in tops:
+        out.append(tops[node])
+    return out

@@ -1,0 +1,449 @@
+"""Disk operations on a VM, powered off or running: locking, recovery, and the VMM's side.
+
+Two operations on one VM's disks never run at once: each takes the VM's
+*operation lock* (``.minivisor-ops.lck`` in its folder) and, when the VM is
+powered off, the VM lock too (so it cannot be started meanwhile). A running
+VM's VMM holds the VM lock; its disks are then changed only through QMP.
+Before anything else, each operation finishes or undoes what an interrupted
+one left in the VM's journal (:mod:`minivisor.journal`).
+
+Online snapshot: pause, ``blockdev-add`` the new qcow2 overlays (created
+beforehand with an explicit backing format and opened with ``backing: null``),
+``blockdev-snapshot`` them in one ``transaction``, then (``--memory``)
+``migrate`` the memory and device state to a file descriptor passed with
+``getfd`` (QEMU's sandbox forbids ``exec:``), and continue. Reverting to it
+starts a fresh VMM with ``-incoming defer`` on new overlays and feeds the
+state file back with ``migrate-incoming``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConflictError, DiskError, LockError, NotFoundError, QmpError, StateError
+from .journal import Journal, crashpoint, write_step
+from .snapshots import (Snapshot, SnapshotTree, VmFiles, new_tree_with, plan_delete, plan_revert, plan_take,
+                        snapshot_disks, take_offline)
+from .state import VmState
+from .vmm import Vmm
+
+__all__ = ["DiskOperations"]
+
+OPS_LOCK = ".minivisor-ops.lck"
+MIGRATE_TIMEOUT = 300.0
+
+
+@dataclass
+class OpContext:
+    name: str
+    uuid: str
+    vmx: Path
+    vmm: Vmm
+    running: bool
+
+    @property
+    def vm_dir(self) -> Path:
+        return self.vmx.parent
+
+
+class DiskOperations:
+    """Snapshot take/list/revert/delete and the locking and recovery every disk operation shares."""
+
+    def __init__(self, hv) -> None:
+        self.hv = hv
+        self.datastore = hv.datastore
+
+    # -- locking and recovery ----------------------------------------------
+    @contextmanager
+    def operation(self, name: str, *, online: bool, what: str) -> Iterator[OpContext]:
+        entry = self.datastore.catalog.get(name)
+        vmx = self.datastore.vmx_path(entry)
+        ops_fd = os.open(vmx.parent / OPS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(ops_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LockError(f"another disk operation on VM {entry.name!r} is in progress",
+                                hint="wait for it to finish, then retry") from None
+            vmm = self.hv._vmm(entry.name)
+            state = vmm.state()
+            if state is VmState.POWERED_OFF:
+                vmm.lock.acquire(entry.name)
+            elif state in (VmState.RUNNING, VmState.PAUSED):
+                if not online:
+                    raise StateError(f"cannot {what} VM {entry.name!r}: it is {state.value}",
+                                     hint=f"power it off first: minivisor vm stop {entry.name}")
+            else:
+                raise StateError(f"cannot {what} VM {entry.name!r}: it is {state.value}",
+                                 hint="another operation on it is in progress; retry when it has finished")
+            ctx = OpContext(entry.name, entry.uuid, vmx, vmm, vmm.lock.fd is None)
+            try:
+                self.recover(ctx)
+                yield ctx
+            finally:
+                vmm.lock.release()
+        finally:
+            os.close(ops_fd)
+
+    def recover_before_start(self, name: str) -> None:
+        """Finish or undo an interrupted operation before a VM powers on (caller holds the VM lock)."""
+        entry = self.datastore.catalog.get(name)
+        vmx = self.datastore.vmx_path(entry)
+        if Journal.load(vmx.parent) is not None:
+            self.recover(OpContext(entry.name, entry.uuid, vmx, self.hv._vmm(entry.name), False))
+
+    def recover(self, ctx: OpContext) -> None:
+        journal = Journal.load(ctx.vm_dir)
+        if journal is None:
+            return
+        handlers = {"publish-clone": self._publish_clone}
+        if journal.op == "take-online":
+            in_use = ctx.running and self._nodes_in_use(ctx, journal.data.get("overlays", []))
+            if journal.phase == "prepare" or (ctx.running and not in_use):
+                journal.rollback()
+            else:
+                memory = journal.data.get("memory")
+                if memory and not (ctx.vm_dir / memory).exists():
+                    journal.steps[0] = journal.data["vmsd_without_memory"]
+                journal.run()
+            if ctx.running and journal.data.get("resume"):
+                status = self._qmp(ctx, [("query-status", None)])[0]["status"]
+                if status in ("paused", "postmigrate"):
+                    self._qmp(ctx, [("cont", None)])
+            return
+        if journal.phase == "prepare":
+            journal.rollback()
+        else:
+            journal.run(handlers)
+
+    def _publish_clone(self, *args: Any) -> None:
+        from .clones import publish_clone
+
+        publish_clone(self.datastore, *args)
+
+    def finish_interrupted(self, name: str) -> bool:
+        """Before a power-on (the caller holds the VM lock): finish or undo a cut-short operation."""
+        entry = self.datastore.catalog.get(name)
+        vmx = self.datastore.vmx_path(entry)
+        if Journal.load(vmx.parent) is None:
+            return False
+        self.recover(OpContext(entry.name, entry.uuid, vmx, self.hv._vmm(entry.name), False))
+        return True
+
+    # -- disk files --------------------------------------------------------
+    def _path(self, path: Path | str, what: str = "disk") -> Path:
+        """A disk path given by a user: relative to the current folder, and inside the datastore."""
+        return self.datastore.resolve(Path.cwd(), str(path), what=what)
+
+    def _chain(self, path: Path):
+        from .disks import format_for, resolve_chain
+
+        return resolve_chain(path, format_for(path), lambda base, n: self.datastore.resolve(base, n))
+
+    def create(self, path: Path | str, size: str, *, fmt: str | None, thick: bool) -> dict:
+        from .disks import create_disk, format_for, parse_size
+
+        target = self._path(path)
+        fmt = fmt or format_for(target)
+        if fmt not in ("qcow2", "raw", "vmdk"):
+            raise DiskError(f"format {fmt!r} is not one minivisor creates", hint="use qcow2, vmdk or raw")
+        if format_for(target) != fmt:
+            raise DiskError(f"{target.name} is named like a {format_for(target)} disk, not {fmt}",
+                             hint=f"name it with the .{fmt} suffix: formats come from file names")
+        if target.exists():
+            raise ConflictError(f"{target} already exists", hint="choose another file name")
+        size_bytes = parse_size(size)
+        partial = target.with_name(f".{target.stem}.partial-{os.getpid()}{target.suffix}")
+        try:
+            create_disk(partial if fmt != "vmdk" else target, size_bytes, fmt, thick=thick)
+            if fmt != "vmdk":
+                os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        return self.info(target)
+
+    def info(self, path: Path | str) -> dict:
+        from .disks import disk_info
+
+        return disk_info(self._chain(self._path(path)))
+
+    def resize(self, path: Path | str, size: str) -> dict:
+        from .disks import parse_size, resize_disk
+
+        target = self._path(path)
+        resize_disk(self._chain(target)[0], parse_size(size))
+        return self.info(target)
+
+    def convert(self, source: Path | str, target: Path | str, *, fmt: str | None, thick: bool,
+                progress=None) -> dict:
+        """Write the flattened copy next to the target, then rename it into place (no half-written disk)."""
+        import shutil
+
+        from .disks import convert_disk, format_for
+
+        src, dst = self._path(source), self._path(target)
+        fmt = fmt or format_for(dst)
+        if format_for(dst) != fmt:
+            raise DiskError(f"{dst.name} is named like a {format_for(dst)} disk, not {fmt}",
+                             hint=f"name it with the .{fmt} suffix: formats come from file names")
+        if dst.exists():
+            raise ConflictError(f"{dst} already exists", hint="choose another file name, or delete it first")
+        chain = self._chain(src)
+        work = dst.parent / f".{dst.name}.converting"
+        shutil.rmtree(work, ignore_errors=True)  # what an interrupted convert left
+        work.mkdir()
+        try:
+            convert_disk(src, chain[0].format, work / dst.name, fmt, progress=progress, thick=thick)
+            crashpoint("convert:written")
+            for extra in sorted(work.iterdir()):  # VMDK extents first, the descriptor last
+                if extra.name != dst.name:
+                    os.replace(extra, dst.parent / extra.name)
+            os.replace(work / dst.name, dst)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return self.info(dst)
+
+    def vm_disks(self, name: str) -> list[dict]:
+        from .disks import disk_info
+
+        entry = self.datastore.catalog.get(name)
+        files = VmFiles(self.datastore, self.datastore.vmx_path(entry))
+        out = []
+        for disk in files.spec.disks:
+            if disk.kind != "disk" or not disk.file_name:
+                continue
+            info = disk_info(self._chain(files.path(disk.file_name)))
+            out.append({"node": disk.node, "fileName": disk.file_name, "mode": disk.mode, **info})
+        return out
+
+    def vm_disk_resize(self, name: str, node: str, size: str) -> dict:
+        from .disks import parse_size, resize_disk
+
+        with self.operation(name, online=False, what="resize a disk of") as ctx:
+            files = VmFiles(self.datastore, ctx.vmx)
+            disks = {d.node: d for d in files.spec.disks if d.kind == "disk" and d.file_name}
+            if node.lower() not in disks:
+                raise NotFoundError(f"VM {name!r} has no hard disk {node!r}",
+                                    hint=f"its disks: {', '.join(disks) or 'none'}")
+            top = files.path(disks[node.lower()].file_name)
+            resize_disk(self._chain(top)[0], parse_size(size))
+        return next(d for d in self.vm_disks(name) if d["node"] == node.lower())
+
+    # -- snapshots ---------------------------------------------------------
+    def snapshot_tree(self, name: str) -> SnapshotTree:
+        entry = self.datastore.catalog.get(name)
+        return SnapshotTree.load(self.datastore.vmx_path(entry).with_suffix(".vmsd"))
+
+    def take(self, name: str, snapshot: str, *, description: str = "", memory: bool | None = None) -> Snapshot:
+        with self.operation(name, online=True, what="snapshot") as ctx:
+            files = VmFiles(self.datastore, ctx.vmx)
+            if not ctx.running:
+                if memory:
+                    raise StateError(f"VM {name!r} is powered off: there is no memory state to save",
+                                     hint="take the snapshot without --memory, or start the VM first")
+                return take_offline(files, snapshot, description)
+            return self._take_online(ctx, files, snapshot, description, memory is not False)
+
+    def _take_online(self, ctx: OpContext, files: VmFiles, name: str, description: str,
+                     memory: bool) -> Snapshot:
+        memory_file = f"{ctx.vmx.stem}-Snapshot{files.tree.last_uid + 1}.vmsn" if memory else None
+        snap, deltas = plan_take(files, name, description, memory_file)
+        from .disks import create_overlay
+
+        journal = Journal(ctx.vm_dir, "take-online")
+        partial = f"{memory_file}.part" if memory_file else None
+        journal.begin([ctx.vm_dir / d for d in deltas.values()]
+                      + ([ctx.vm_dir / memory_file, ctx.vm_dir / partial] if memory_file else []))
+        for node, delta in deltas.items():
+            create_overlay(ctx.vm_dir / delta, files.layer(snap.disks[node]))
+        without = Snapshot(**{**snap.__dict__, "memory_file": None})
+        journal.data = {"overlays": [str(ctx.vm_dir / d) for d in deltas.values()], "memory": memory_file,
+                        "vmsd_without_memory": write_step(files.vmsd.name, new_tree_with(files.tree, without).to_bytes())}
+        steps = [write_step(files.vmsd.name, new_tree_with(files.tree, snap).to_bytes()),
+                 write_step(files.vmx.name, files.vmx_with(deltas))]
+        status = self._qmp(ctx, [("query-status", None)])[0]["status"]
+        journal.data["resume"] = status == "running"
+        self._run_async(ctx, _online_take(ctx, journal, steps, deltas, snap.uid, partial, memory_file,
+                                          resume=status == "running"))
+        journal.run()
+        return snap
+
+    def revert(self, name: str, snapshot: str) -> tuple[Snapshot, bool]:
+        """Go back to a snapshot; returns it and whether the VM now runs (memory snapshots resume)."""
+        with self.operation(name, online=True, what="revert") as ctx:
+            files = VmFiles(self.datastore, ctx.vmx)
+            snap = files.tree.find(snapshot, name)
+            if snap.memory_file and not (ctx.vm_dir / snap.memory_file).exists():
+                raise StateError(f"the memory state {snap.memory_file} of snapshot {snap.name!r} is missing",
+                                 hint="restore the file, or delete the snapshot")
+            if ctx.running:
+                ctx.vmm.stop(hard=True, timeout=0)  # the current state is discarded, like VMware's revert
+                ctx.vmm.lock.acquire(name)
+                ctx.running = False
+            journal, _ = plan_revert(files, snap, set())
+            journal.run()
+            if snap.memory_file:
+                self._restore_memory(ctx, ctx.vm_dir / snap.memory_file)
+                return snap, True
+            return snap, False
+
+    def delete(self, name: str, snapshot: str) -> Snapshot:
+        with self.operation(name, online=True, what="delete a snapshot of") as ctx:
+            files = VmFiles(self.datastore, ctx.vmx)
+            snap = files.tree.find(snapshot, name)
+            clones: dict[int, list[str]] = {}
+            for clone, uid in self.datastore.catalog.clones_of(ctx.uuid):
+                clones.setdefault(uid, []).append(clone)
+            busy: set[Path] = set()
+            if ctx.running:
+                for _, top in snapshot_disks(files.spec):
+                    busy.update(files.chain_files(top))
+            steps = plan_delete(files, snap, clones, busy)
+            journal = Journal(ctx.vm_dir, "delete")
+            journal.commit(steps)
+            crashpoint("delete:committed")
+            journal.run()
+            return snap
+
+    # -- the VMM's side ----------------------------------------------------
+    def _restore_memory(self, ctx: OpContext, state_file: Path) -> None:
+        from .launcher import build_qemu_argv
+
+        spec, env, _ = self.hv._launch_plan(ctx.name)
+        argv = build_qemu_argv(spec, env) + ["-incoming", "defer"]
+        links_down = [nic.name for nic in spec.nics if env.networks[nic.index] == "unconnected"]
+        ctx.vmm.launch(argv, env.accel, links_down)  # its "cont" only arms autostart while incoming
+        ctx.running = True
+        try:
+            self._run_async(ctx, _incoming(ctx, state_file))
+        except BaseException:
+            ctx.vmm.stop(hard=True, timeout=0)
+            raise
+
+    def _nodes_in_use(self, ctx: OpContext, overlays: list[str]) -> bool:
+        nodes = self._qmp(ctx, [("query-named-block-nodes", {"flat": True})])[0]
+        files = {node.get("file") for node in nodes}
+        return bool(overlays) and all(path in files for path in overlays)
+
+    def _qmp(self, ctx: OpContext, commands: list[tuple[str, dict | None]]) -> list[Any]:
+        from .vmm import qmp_execute
+
+        return qmp_execute(ctx.vmm.paths.qmp_socket, *commands)
+
+    def _run_async(self, ctx: OpContext, coroutine) -> Any:
+        import asyncio
+
+        return asyncio.run(coroutine)
+
+
+# -- QMP sessions (asyncio, qemu.qmp) ------------------------------------------------
+async def _client(ctx: OpContext):
+    from qemu.qmp import QMPClient
+
+    client = QMPClient(f"minivisor-{ctx.name}")
+    await client.connect(str(ctx.vmm.paths.qmp_socket))
+    return client
+
+
+async def _execute(client, command: str, arguments: dict | None = None) -> Any:
+    from qemu.qmp import ExecuteError
+
+    try:
+        return await client.execute(command, arguments)
+    except ExecuteError as exc:
+        raise QmpError(f"the VMM refused {command}: {exc.error.desc}", hint="see the VM's vmm.log") from exc
+
+
+async def _online_take(ctx: OpContext, journal: Journal, steps: list, deltas: dict[str, str], uid: int,
+                       partial: str | None, memory_file: str | None, *, resume: bool) -> None:
+    client = await _client(ctx)
+    try:
+        if resume:
+            await _execute(client, "stop")
+        blocks = await _execute(client, "query-block")
+        tops = {b.get("qdev"): b["inserted"]["node-name"] for b in blocks if b.get("inserted")}
+        actions = []
+        for node, delta in deltas.items():
+            device = node.replace(":", "-")
+            if device not in tops:
+                raise QmpError(f"the running VMM has no disk {node}", hint="restart the VM, then retry")
+            overlay = f"snap{uid}-{device}"
+            await _execute(client, "blockdev-add", {
+                "driver": "qcow2", "node-name": overlay, "backing": None,
+                "file": {"driver": "file", "filename": str(ctx.vm_dir / delta)}})
+            actions.append({"type": "blockdev-snapshot", "data": {"node": tops[device], "overlay": overlay}})
+        journal.commit(steps)  # from here on the overlays may be in use: recovery rolls forward
+        crashpoint("take-online:committed")
+        await _execute(client, "transaction", {"actions": actions})
+        crashpoint("take-online:switched")
+        if memory_file and partial:
+            await _save_memory(client, ctx.vm_dir / partial, ctx.vm_dir / memory_file)
+        crashpoint("take-online:saved")
+    finally:
+        if resume:
+            try:
+                await _execute(client, "cont")
+            finally:
+                await client.disconnect()
+        else:
+            await client.disconnect()
+
+
+async def _save_memory(client, partial: Path, final: Path) -> None:
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        await _execute(client, "migrate-set-parameters", {"max-bandwidth": 1 << 40})
+        client.send_fd_scm(fd)
+        await _execute(client, "getfd", {"fdname": "minivisor-state"})
+        await _execute(client, "migrate", {"uri": "fd:minivisor-state"})
+        await _wait_migration(client, "save the memory state")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(partial, final)
+    dir_fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+async def _incoming(ctx: OpContext, state_file: Path) -> None:
+    client = await _client(ctx)
+    fd = os.open(state_file, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        client.send_fd_scm(fd)
+        await _execute(client, "getfd", {"fdname": "minivisor-state"})
+        await _execute(client, "migrate-incoming", {"uri": "fd:minivisor-state"})
+        await _wait_migration(client, "load the memory state")
+        status = (await _execute(client, "query-status"))["status"]
+        if status != "running":
+            await _execute(client, "cont")
+    finally:
+        os.close(fd)
+        await client.disconnect()
+
+
+async def _wait_migration(client, what: str) -> None:
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + MIGRATE_TIMEOUT
+    while True:
+        info = await _execute(client, "query-migrate")
+        status = info.get("status")
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled"):
+            raise QmpError(f"the VMM could not {what}: {info.get('error-desc', status)}",
+                           hint="see the VM's vmm.log")
+        if time.monotonic() > deadline:
+            raise QmpError(f"the VMM did not {what} within {MIGRATE_TIMEOUT:.0f} s", hint="see the VM's vmm.log")
+        await asyncio.sleep(0.05)
