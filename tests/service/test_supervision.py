@@ -1,0 +1,211 @@
+"""Supervision: VMMs that die, stop, outlive the service, or were left half-started."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from minivisor import Hypervisor
+from minivisor.state import VmState
+from minivisor.vmm import RuntimeRecord, process_start_ticks
+
+from .conftest import EventWatcher, Running, small_vm
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while process_start_ticks(pid) is not None:
+        assert time.monotonic() < deadline, f"pid {pid} is still alive"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("sig, reason", [(signal.SIGKILL, "killed by SIGKILL"), (signal.SIGSEGV, "killed by SIGSEGV")])
+def test_a_vmm_killed_by_a_signal_is_noticed_marked_off_and_reported(service, sig, reason):
+    small_vm(Hypervisor(service.root), "vm1")
+    pid = service.client.start_vm("vm1").vm.pid
+    watcher = EventWatcher(service.client, vm="vm1")
+    os.kill(pid, sig)
+    event = watcher.wait_for(lambda e: e["type"] in ("crashed", "poweredOff"))
+    assert (event["type"], event["reason"], event["pid"]) == ("crashed", reason, pid)
+    assert service.client.get_vm("vm1").state is VmState.POWERED_OFF
+    assert not (service.root / "vm1" / "runtime.json").exists()
+    logged = service.client.vm_events("vm1")[-1]
+    assert (logged["type"], logged["reason"]) == ("crashed", reason)
+    service.client.start_vm("vm1")  # and it can be powered on again
+
+
+def test_a_stopped_vmm_is_not_powered_off(service):
+    small_vm(Hypervisor(service.root), "vm1")
+    pid = service.client.start_vm("vm1").vm.pid
+    watcher = EventWatcher(service.client, vm="vm1")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(AssertionError, match="no matching event"):
+            watcher.wait_for(lambda e: e["type"] in ("crashed", "poweredOff"), timeout=1.5)
+        assert service.client.get_vm("vm1").state is VmState.RUNNING
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert service.client.get_vm("vm1").pid == pid
+
+
+def test_a_guest_power_off_is_reported_as_powered_off_not_a_crash(service):
+    small_vm(Hypervisor(service.root), "vm1")
+    client = service.client
+    client.start_vm("vm1")
+    watcher = EventWatcher(client, vm="vm1")
+    from minivisor.vmm import qmp_execute
+
+    qmp_execute(Hypervisor(service.root).vm_paths("vm1").qmp_socket, ("quit", None))  # as if the guest left
+    event = watcher.wait_for(lambda e: e["type"] in ("crashed", "poweredOff"))
+    assert event["type"] == "poweredOff" and "normally" in event["reason"]
+
+
+def test_vms_outlive_a_killed_service_and_are_reattached(datastore):
+    hv = Hypervisor(datastore)
+    small_vm(hv, "vm1")
+    small_vm(hv, "vm2")
+    first = Running(datastore).start()
+    try:
+        pids = {name: first.client.start_vm(name).vm.pid for name in ("vm1", "vm2")}
+        vmx_before = {name: (datastore / name / f"{name}.vmx").read_bytes() for name in pids}
+        first.stop(signal.SIGKILL)
+        for name, pid in pids.items():  # still running, same processes
+            assert process_start_ticks(pid) is not None
+            assert hv.get_vm(name).pid == pid
+        second = Running(datastore).start()
+        client = second.client
+        for name, pid in pids.items():
+            vm = client.get_vm(name)
+            assert (vm.state, vm.pid) == (VmState.RUNNING, pid)
+            assert client.vm_events(name)[-1]["type"] == "reattached"
+            assert (datastore / name / f"{name}.vmx").read_bytes() == vmx_before[name]
+        # the adopted VMMs are watched: a death is still noticed
+        watcher = EventWatcher(client, vm="vm1")
+        os.kill(pids["vm1"], signal.SIGKILL)
+        event = watcher.wait_for(lambda e: e["type"] in ("crashed", "poweredOff"))
+        assert event["pid"] == pids["vm1"]
+        assert client.get_vm("vm1").state is VmState.POWERED_OFF
+        assert client.stop_vm("vm2", hard=True) in ("hard", "killed")
+        second.stop()
+    finally:
+        first.stop(signal.SIGKILL)
+        for vm in hv.list_vms():
+            if vm.state is VmState.RUNNING:
+                hv.stop_vm(vm.name, hard=True)
+
+
+def test_a_reused_pid_is_neither_adopted_nor_killed(datastore):
+    hv = Hypervisor(datastore)
+    small_vm(hv, "vm1")
+    impostor = subprocess.Popen(["sleep", "300"])
+    try:
+        # a runtime record left behind by a VMM that died; its pid now belongs to `sleep`
+        record = RuntimeRecord(impostor.pid, process_start_ticks(impostor.pid), ["qemu-system-x86_64", "-name", "vm1"],
+                               "/nonexistent/qmp.sock", None, "/nonexistent", "tcg")
+        record.save(datastore / "vm1" / "runtime.json")
+        service = Running(datastore).start()
+        try:
+            assert service.client.get_vm("vm1").state is VmState.POWERED_OFF
+            assert "vm1" not in service.client.metrics()["vms"]
+            time.sleep(0.5)  # let the supervisor look at it a few times
+            assert impostor.poll() is None  # not killed
+        finally:
+            service.stop()
+        assert not (datastore / "vm1" / "runtime.json").exists()
+    finally:
+        impostor.kill()
+        impostor.wait()
+
+
+HALF_START = """
+import os, sys
+from minivisor import Hypervisor, vmm
+point = sys.argv[2]
+if point == "before-record":
+    original = vmm.Vmm._wait_for_qmp
+    def crash(self, process):
+        original(self, process)
+        os._exit(9)  # QEMU is up (paused, holding the lock) but nothing recorded it
+    vmm.Vmm._wait_for_qmp = crash
+else:
+    original_qmp = vmm.qmp_execute
+    def crash_qmp(socket, *commands, **kw):
+        if any(c[0] == "cont" for c in commands):
+            os._exit(9)  # recorded, but the guest never started running
+        return original_qmp(socket, *commands, **kw)
+    vmm.qmp_execute = crash_qmp
+Hypervisor(sys.argv[1]).start_vm("vm1")
+"""
+
+
+@pytest.mark.parametrize("point", ["before-record", "before-cont"])
+def test_a_power_on_cut_short_by_a_crash_is_cleaned_up_when_the_service_starts(datastore, point):
+    hv = Hypervisor(datastore)
+    small_vm(hv, "vm1")
+    crashed = subprocess.run([sys.executable, "-c", HALF_START, str(datastore), point], capture_output=True)
+    assert crashed.returncode == 9, crashed.stderr
+    uuid = hv.get_vm("vm1").uuid
+    (orphan,) = [int(p) for p in os.listdir("/proc") if p.isdigit() and _cmdline_has(p, uuid)]
+    assert hv.get_vm("vm1").state in (VmState.STARTING, VmState.RUNNING)  # half-done
+    service = Running(datastore).start()
+    try:
+        wait_gone(orphan)
+        vm = service.client.get_vm("vm1")
+        assert vm.state is VmState.POWERED_OFF
+        assert service.client.vm_events("vm1")[-1]["type"] == "failed"
+        assert not (datastore / "vm1" / "runtime.json").exists()
+        service.client.start_vm("vm1")  # nothing left in the way
+        service.client.stop_vm("vm1", hard=True)
+    finally:
+        service.stop()
+
+
+def _cmdline_has(pid: str, text: str) -> bool:
+    try:
+        return text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def test_autostart_vms_power_on_when_the_service_starts(datastore):
+    hv = Hypervisor(datastore)
+    small_vm(hv, "auto")
+    small_vm(hv, "manual")
+    marked = Running(datastore).start()
+    try:
+        assert marked.cli("vm", "autostart", "auto", "on", check=True).stdout == "auto: autostart on\n"
+        assert marked.client.get_vm("auto").autostart is True
+    finally:
+        marked.stop()
+    service = Running(datastore).start()
+    try:
+        deadline = time.monotonic() + 20
+        while service.client.get_vm("auto").state is not VmState.RUNNING:
+            assert time.monotonic() < deadline, service.client.vm_events("auto")
+            time.sleep(0.05)
+        assert service.client.get_vm("manual").state is VmState.POWERED_OFF
+    finally:
+        service.stop()
+        hv.stop_vm("auto", hard=True)
+
+
+def test_a_vm_started_by_the_cli_directly_is_watched_too(service):
+    small_vm(Hypervisor(service.root), "vm1")
+    watcher = EventWatcher(service.client, vm="vm1")
+    service.cli("vm", "start", "vm1", direct=True, check=True)
+    pid = Hypervisor(service.root).get_vm("vm1").pid
+    deadline = time.monotonic() + 10
+    while "vm1" not in service.client.metrics()["vms"]:  # the supervisor picked it up
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    event = watcher.wait_for(lambda e: e["type"] in ("crashed", "poweredOff") and e.get("pid") == pid)
+    assert event["vm"] == "vm1"
+    assert service.client.get_vm("vm1").state is VmState.POWERED_OFF
