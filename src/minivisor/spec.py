@@ -24,6 +24,7 @@ __all__ = [
     "SerialPort",
     "Floppy",
     "Display",
+    "Sched",
     "VmSpec",
     "parse_bool",
     "normalize_mac",
@@ -143,6 +144,21 @@ class Display:
     vram_bytes: int = 4 * 1024 * 1024
 
 
+# VMware's share levels: CPU shares per vCPU, memory shares per MiB of memSize.
+CPU_SHARE_LEVELS = {"low": 500, "normal": 1000, "high": 2000}
+MEM_SHARE_LEVELS = {"low": 5, "normal": 10, "high": 20}
+
+
+@dataclass(frozen=True)
+class Sched:
+    """Resource controls (``sched.*``): CPU affinity, CPU and memory shares, memory reservation."""
+
+    cpu_affinity: tuple[int, ...] | None = None  # host CPUs the VMM may run on; None: all
+    cpu_shares: int | None = None  # total shares (levels scaled by numvcpus); None: not set (normal)
+    mem_shares: int | None = None  # total shares (levels scaled by memSize); None: not set (normal)
+    mem_min_mib: int = 0  # memory reserved for the VM (sched.mem.min)
+
+
 @dataclass(frozen=True)
 class VmSpec:
     """The virtual hardware a specfile describes."""
@@ -163,6 +179,7 @@ class VmSpec:
     display: Display
     boot_order: tuple[str, ...]  # device nodes from bios.hddOrder, first boots first
     ready_line: str
+    sched: Sched = Sched()
     unused_keys: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default=())
 
@@ -255,10 +272,38 @@ class _SpecReader:
             display=self.display(),
             boot_order=self.boot_order(),
             ready_line=self.get("minivisor.readyLine") or DEFAULT_READY_LINE,
+            sched=self.sched(cpus, memory),
         )
         self.mark_ignored()
         unused = tuple(k for k, _ in self.doc.items() if k.lower() not in self.used)
         return replace(spec, unused_keys=unused, warnings=tuple(self.warnings))
+
+    def sched(self, cpus: int, memory: int) -> Sched:
+        affinity_raw = (self.get("sched.cpu.affinity") or "all").strip().lower()
+        affinity = None
+        if affinity_raw not in ("all", ""):
+            cpus_set: set[int] = set()
+            for part in affinity_raw.split(","):
+                low, _, high = part.strip().partition("-")
+                if not low.isdigit() or (high and not high.isdigit()):
+                    raise self.fail("sched.cpu.affinity", f"sched.cpu.affinity = {affinity_raw!r} is not a CPU list",
+                                    'write "all" or host CPU numbers, e.g. sched.cpu.affinity = "0,1"')
+                cpus_set.update(range(int(low), int(high or low) + 1))
+            affinity = tuple(sorted(cpus_set))
+        mem_min = self.integer("sched.mem.min", 0, low=0, high=memory, unit=" MiB")
+        return Sched(affinity, self.shares("sched.cpu.shares", CPU_SHARE_LEVELS, cpus),
+                     self.shares("sched.mem.shares", MEM_SHARE_LEVELS, memory), mem_min)
+
+    def shares(self, key: str, levels: dict[str, int], scale: int) -> int | None:
+        raw = (self.get(key) or "").strip().lower()
+        if raw == "":
+            return None
+        if raw in levels:
+            return levels[raw] * scale
+        if raw.isdigit() and 0 < int(raw) <= 1_000_000:
+            return int(raw)
+        raise self.fail(key, f"{key} = {raw!r} is not low, normal, high or a number of shares",
+                        f'write e.g. {key} = "normal"')
 
     def mark_ignored(self) -> None:
         """Keys that are bookkeeping, not hardware: understood, nothing to build."""

@@ -32,7 +32,8 @@ def test_seed_reads_cleanly():
     assert spec.floppies == ()
     assert spec.display.present and spec.display.vram_bytes == 8388608
     # Keys with no virtual hardware behind them are reported, not lost.
-    assert "sched.cpu.shares" in spec.unused_keys
+    assert "sched.cpu.units" in spec.unused_keys
+    assert "sched.cpu.shares" not in spec.unused_keys  # resource controls are read (spec.sched)
     assert "pciBridge4.virtualDev" in spec.unused_keys
     assert "memSize" not in spec.unused_keys
 
