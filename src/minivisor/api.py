@@ -213,10 +213,14 @@ class Hypervisor:
         entry = self.datastore.catalog.get(name)
         folder = self.datastore.vmx_path(entry).parent
         with self._exclusive(name, Action.DELETE):
+            if clones := self.datastore.catalog.clones_of(entry.uuid):  # their disks sit on this VM's snapshots
+                raise ConflictError(f"cannot delete VM {entry.name!r}: linked clones depend on it "
+                                    f"({', '.join(c for c, _ in clones)})", hint="delete those clones first")
             trashed = self.datastore.trash(folder, entry.uuid)
             try:
                 with self.datastore.catalog.transaction() as db:
                     self.datastore.catalog.remove(db, entry.name)
+                    self.datastore.catalog.remove_clone_link(db, entry.uuid)
             except BaseException:
                 self.datastore.restore(trashed, folder)
                 raise

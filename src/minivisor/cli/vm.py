@@ -181,3 +181,81 @@ def vm_events(name: Name, limit: Annotated[int, typer.Option(help="How many of t
     for event in events:
         extra = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("type", "vm", "time", "id"))
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(event['time']))}  {event['type']:<14} {extra}")
+
+
+# -- disks, snapshots, clones ----------------------------------------------------
+@vm_app.command("clone")
+def vm_clone(source: Name, target: Annotated[str, typer.Argument(help="The new VM's name.")],
+             full: Annotated[bool, typer.Option("--full/--linked",
+                                                help="Copy the disks, or overlay the source's snapshot.")] = True,
+             snapshot: Annotated[Optional[str], typer.Option(
+                 help="Clone this snapshot [default: the current state; a running or linked source gets a "
+                      "new snapshot].")] = None) -> None:
+    """A new VM (new name, UUID and MACs) from SOURCE: --full copies, --linked shares its snapshot."""
+    from .disk import progress_bar
+
+    if full:
+        with progress_bar(f"cloning {source}") as update:
+            vm = hv().clone_vm(source, target, linked=False, snapshot=snapshot, progress=update)
+    else:
+        vm = hv().clone_vm(source, target, linked=True, snapshot=snapshot)
+    print(f"created {'full' if full else 'linked'} clone {vm.name}: {vm.vmx}")
+
+
+@vm_app.command("import")
+def vm_import(folder: Annotated[Path, typer.Argument(help="A VMware VM folder (.vmx and its disks).")],
+              name: Annotated[Optional[str], typer.Option(help="Name in the catalog [default: displayName].")] = None
+              ) -> None:
+    """Copy a VMware VM into the datastore (disks checked, chains flattened to qcow2), ready to start."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()) as bar:
+        tasks: dict[str, object] = {}
+
+        def update(disk: str, percent: float) -> None:
+            if disk not in tasks:
+                tasks[disk] = bar.add_task(f"importing {disk}", total=100)
+            bar.update(tasks[disk], completed=percent)  # type: ignore[arg-type]
+
+        vm = hv().import_vm(folder, name, progress=update)
+    print(f"imported {vm.name}: {vm.vmx}")
+
+
+@vm_app.command("disk")
+def vm_disk(name: Name,
+            action: Annotated[str, typer.Argument(help="list, info or resize.")] = "list",
+            node: Annotated[Optional[str], typer.Argument(help="The disk, e.g. scsi0:0 (info, resize).")] = None,
+            size: Annotated[Optional[str], typer.Argument(help="New size for resize, e.g. 20G.")] = None,
+            as_json: JsonFlag = False) -> None:
+    """A VM's hard disks: list them, show one (sizes, chain), or grow one (powered off)."""
+    from ..errors import SpecError
+
+    if action == "resize":
+        if not node or not size:
+            raise SpecError("resize needs the disk and the new size", hint=f"minivisor vm disk {name} resize scsi0:0 20G")
+        disks = [hv().vm_disk_resize(name, node, size)]
+    elif action in ("list", "info"):
+        disks = [d for d in hv().vm_disks(name) if node is None or d["node"] == node.lower()]
+        if node and not disks:
+            raise SpecError(f"VM {name!r} has no hard disk {node!r}", hint=f"see: minivisor vm disk {name} list")
+    else:
+        raise SpecError(f"unknown action {action!r}", hint="use list, info or resize")
+    if as_json:
+        return print_json(disks)
+    from ..disks import human_size
+    from .disk import show_disk
+
+    if action == "list":
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(box=None, header_style="bold")
+        for column in ("DISK", "FILE", "FORMAT", "SIZE", "ALLOCATED", "LAYERS"):
+            table.add_column(column)
+        for d in disks:
+            table.add_row(d["node"], d["fileName"], d["format"], human_size(d["virtual_size"]),
+                          human_size(d["chain_allocated"]), str(len(d["chain"])))
+        Console(highlight=False).print(table)
+    else:
+        for d in disks:
+            show_disk(d)

@@ -1,0 +1,118 @@
+"""Full and linked clones of a VM.
+
+A *full* clone copies each hard disk, flattening its chain, into one new qcow2
+(with a progress bar). A *linked* clone's disks are new qcow2 overlays whose
+backing files are the source's snapshot layers (backing format recorded), so
+it costs almost no space; the catalog records the link and the source's
+snapshot stays read-only (not deletable) while the clone exists. Either way
+the clone gets a new name, a new ``uuid.bios`` and new MAC addresses.
+
+The clone is assembled in ``<datastore>/.minivisor/clones/<name>`` and
+published (folder renamed into place, catalog rows added) by one journal step
+on the source VM, so a crash leaves either no clone or a complete one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid as uuidlib
+from pathlib import Path
+from typing import Callable
+
+from .datastore import Datastore, check_vm_name
+from .disks import convert_disk, create_overlay
+from .errors import StateError
+from .journal import Journal, crashpoint
+from .snapshots import Snapshot, VmFiles, snapshot_disks, take_offline
+from .validate import generated_mac
+from .vmx import VmxDocument
+
+__all__ = ["clone_vm", "publish_clone", "new_identity"]
+
+
+def clone_vm(hv, source: str, target: str, *, linked: bool, snapshot: str | None,
+             progress: Callable[[float], None] | None = None) -> None:
+    check_vm_name(target)
+    hv._check_new_name(target)
+    ops = hv._disk_ops()
+    with ops.operation(source, online=True, what="clone") as ctx:
+        files = VmFiles(hv.datastore, ctx.vmx)
+        snap: Snapshot | None = None
+        if snapshot is not None:
+            snap = files.tree.find(snapshot, source)
+        elif linked or ctx.running:
+            # A linked clone needs frozen layers; a running VM's disks change under a copy: freeze them first.
+            name = f"clone-{target}"
+            snap = (ops._take_online(ctx, files, name, f"taken to clone {target}", False) if ctx.running
+                    else take_offline(files, name, f"taken to clone {target}"))
+            files = VmFiles(hv.datastore, ctx.vmx)
+        sources = dict(snap.disks) if snap else dict(snapshot_disks(files.spec))
+        if not sources:
+            raise StateError(f"VM {source!r} has no hard disk to clone", hint="add a disk to its specfile")
+        home = hv.datastore.root / target
+        staging = hv.datastore.meta / "clones" / target
+        staging.parent.mkdir(exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        journal = Journal(ctx.vm_dir, "clone")
+        journal.begin([staging])
+        staging.mkdir()
+        new_uuid = str(uuidlib.uuid4())
+        names = {node: (f"{target}.qcow2" if i == 0 else f"{target}_{node.replace(':', '-')}.qcow2")
+                 for i, node in enumerate(sources)}
+        for i, (node, file_name) in enumerate(sources.items()):
+            layer = files.layer(file_name)
+            if linked:
+                create_overlay(staging / names[node], layer, relative_to=home)
+            else:
+                def step(percent: float, i: int = i) -> None:
+                    if progress:
+                        progress((i * 100 + percent) / len(sources))
+                convert_disk(layer.path, layer.format, staging / names[node], "qcow2", progress=step)
+        doc = clone_specfile(files, target, new_uuid, names, home)
+        doc.save(staging / f"{target}.vmx")
+        crashpoint("clone:prepared")
+        journal.commit([["publish-clone", str(staging), target, new_uuid, ctx.uuid,
+                         snap.uid if (linked and snap) else None]])
+        journal.run({"publish-clone": lambda *args: publish_clone(hv.datastore, *args)})
+
+
+def clone_specfile(files: VmFiles, target: str, new_uuid: str, disks: dict[str, str], home: Path) -> VmxDocument:
+    """The source's specfile with a new identity, the clone's disks, and other files named from the new folder."""
+    doc = VmxDocument.parse(files.doc.to_bytes(), source=f"{target}.vmx")
+    new_identity(doc, target, new_uuid, files.spec)
+    for disk in files.spec.disks:
+        if disk.node in disks:
+            doc.set(f"{disk.node}.fileName", disks[disk.node])
+        elif disk.file_name and not os.path.isabs(disk.file_name):
+            # independent disks and CD images stay where they are: name them from the clone's folder
+            doc.set(f"{disk.node}.fileName", os.path.relpath(files.path(disk.file_name), home))
+    for key in ("checkpoint.vmState", "uuid.location", "vc.uuid", "nvram"):
+        doc.delete(key)
+    return doc
+
+
+def new_identity(doc: VmxDocument, name: str, new_uuid: str, spec) -> None:
+    """A new display name, ``uuid.bios`` and generated MAC for every NIC."""
+    from .api import _uuid_to_vmx
+
+    doc.set("displayName", name)
+    doc.set("uuid.bios", _uuid_to_vmx(new_uuid))
+    for nic in spec.nics:
+        doc.delete(f"{nic.name}.address")
+        doc.delete(f"{nic.name}.generatedAddressOffset")
+        doc.set(f"{nic.name}.addressType", "generated")
+        doc.set(f"{nic.name}.generatedAddress", generated_mac(new_uuid, nic.index))
+
+
+def publish_clone(datastore: Datastore, staging: str, name: str, new_uuid: str, source_uuid: str,
+                  snapshot_uid: int | None) -> None:
+    """Move the assembled clone into place and into the catalog (idempotent: a re-run finishes it)."""
+    home = datastore.root / name
+    if Path(staging).exists() and not home.exists():
+        os.rename(staging, home)
+    with datastore.catalog.transaction() as db:
+        if datastore.catalog.find(name) is None:
+            datastore.catalog.add(db, name, new_uuid, f"{name}/{name}.vmx")
+        if snapshot_uid is not None:
+            datastore.catalog.add_clone_link(db, new_uuid, source_uuid, snapshot_uid)
