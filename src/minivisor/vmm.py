@@ -266,7 +266,9 @@ class Vmm:
             return True
         try:
             deadline = time.monotonic() + timeout
-            while process_start_ticks(pid) is not None:
+            # A zombie leader can outlive its threads' teardown (and their open fds, the VM lock):
+            # the pidfd turns readable only once the whole process has exited.
+            while process_start_ticks(pid) is not None or not select.select([fd], [], [], 0)[0]:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
