@@ -1,0 +1,186 @@
+"""End to end: snapshots seen from inside the guest.
+
+The appliance's root is an initramfs in RAM, so disk data lives on a second
+virtual disk (/dev/sdb) that the guest writes and reads with dd.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from minivisor import Hypervisor
+from minivisor.disks import check_disk, format_for, read_layer
+from minivisor.errors import ConflictError, NotFoundError, StateError
+from minivisor.snapshots import SnapshotTree
+from minivisor.state import VmState
+
+pytestmark = pytest.mark.qemu
+
+
+@pytest.fixture
+def hv(tmp_path):
+    hypervisor = Hypervisor(tmp_path / "datastore")
+    yield hypervisor
+    for vm in hypervisor.list_vms():
+        if vm.state in (VmState.RUNNING, VmState.PAUSED):
+            hypervisor.stop_vm(vm.name, hard=True)
+
+
+def make_vm(hv: Hypervisor, name: str, appliance_image: Path) -> str:
+    """The appliance on scsi0:0 and an empty 16 MiB data disk on scsi0:1."""
+    hv.create_vm(name, memory_mib=160, boot_disk=appliance_image, network="none")
+    folder = hv.datastore.root / name
+    hv.disk_create(folder / "data.qcow2", "16M")
+    vmx = folder / f"{name}.vmx"
+    vmx.write_text(vmx.read_text() + 'scsi0:1.present = "TRUE"\nscsi0:1.fileName = "data.qcow2"\n')
+    return name
+
+
+def write_mark(hv: Hypervisor, name: str, mark: str) -> None:
+    result = hv.exec_in_vm(name, f"printf '{mark}' > /tmp/m; dd if=/tmp/m of=/dev/sdb bs=512 count=1 conv=sync,fsync"
+                                 " 2>/dev/null; sync; echo written")
+    assert result.output.strip().endswith("written"), result.output
+
+
+def read_mark(hv: Hypervisor, name: str) -> str:
+    result = hv.exec_in_vm(name, "dd if=/dev/sdb bs=512 count=1 2>/dev/null | tr -d '\\000'")
+    assert result.exit_code == 0
+    return result.output.strip()
+
+
+def boot_and_read(hv: Hypervisor, name: str) -> str:
+    hv.start_vm(name, wait_ready=True, timeout=90)
+    return read_mark(hv, name)
+
+
+def disk_mark(path: Path, tmp_path: Path) -> str:
+    """The first sector of a disk file (through its chain), read on the host with qemu-img."""
+    out = tmp_path / "sector.raw"
+    out.unlink(missing_ok=True)
+    subprocess.run(["qemu-img", "dd", "-f", format_for(path), "-O", "raw", f"if={path}", f"of={out}", "bs=512",
+                    "count=1"], check=True, capture_output=True)
+    return out.read_bytes().rstrip(b"\0").decode()
+
+
+def assert_all_disks_clean(folder: Path) -> None:
+    for image in folder.glob("*.qcow2"):
+        code, output = check_disk(read_layer(image, "qcow2"))
+        assert code == 0, output
+
+
+def test_write_snapshot_change_revert_reads_the_original(hv, appliance_image):
+    vm = make_vm(hv, "snap", appliance_image)
+    hv.start_vm(vm, wait_ready=True, timeout=90)
+    write_mark(hv, vm, "original")
+    hv.stop_vm(vm, hard=True)
+    snap = hv.snapshot_take(vm, "before", description="the original data")
+    folder = hv.datastore.root / vm
+    vmx = (folder / f"{vm}.vmx").read_text()
+    # like VMware: the specfile now names new deltas, whose recorded backing format is explicit
+    assert 'scsi0:0.fileName = "snap-000001.qcow2"' in vmx and 'scsi0:1.fileName = "data-000001.qcow2"' in vmx
+    delta = read_layer(folder / "data-000001.qcow2", "qcow2")
+    assert (delta.backing_name, delta.backing_format) == ("data.qcow2", "qcow2")
+    assert snap.disks == {"scsi0:0": "snap.qcow2", "scsi0:1": "data.qcow2"}
+
+    assert boot_and_read(hv, vm) == "original"
+    write_mark(hv, vm, "changed")
+    assert read_mark(hv, vm) == "changed"
+    with pytest.raises(ConflictError):  # names are unique within a VM
+        hv.snapshot_take(vm, "before")
+    snap_back, running = hv.snapshot_revert(vm, "before")
+    assert not running and hv.get_vm(vm).state is VmState.POWERED_OFF  # disk-only snapshot: powered off
+    assert boot_and_read(hv, vm) == "original"
+    hv.stop_vm(vm, hard=True)
+    assert_all_disks_clean(folder)
+    # the discarded delta is gone; only the frozen files and the new tops are left
+    assert sorted(p.name for p in folder.glob("*.qcow2")) == [
+        "data-000002.qcow2", "data.qcow2", "snap-000002.qcow2", "snap.qcow2"]
+
+
+def test_a_tree_of_snapshots_with_reverts_between_branches_and_deletes_that_keep_every_snapshot(
+        hv, appliance_image, tmp_path):
+    vm = make_vm(hv, "tree", appliance_image)
+    folder = hv.datastore.root / vm
+    # s1 (A) -> s2 (B) -> s3 (C), and s1 -> s4 (D): written from the guest, snapshots taken while it runs
+    hv.start_vm(vm, wait_ready=True, timeout=90)
+    for mark, snap in (("A", "s1"), ("B", "s2"), ("C", "s3")):
+        write_mark(hv, vm, mark)
+        hv.snapshot_take(vm, snap, memory=False)
+    hv.snapshot_revert(vm, "s1")  # disk-only: the VM is powered off on s1's disks
+    assert boot_and_read(hv, vm) == "A"
+    write_mark(hv, vm, "D")
+    hv.snapshot_take(vm, "s4", memory=False)
+    hv.stop_vm(vm, hard=True)
+
+    tree = hv.snapshot_list(vm)
+    assert [(s["name"], s["depth"], s["current"]) for s in tree] == [
+        ("s1", 0, False), ("s2", 1, False), ("s3", 2, False), ("s4", 1, True)]
+    hv.snapshot_revert(vm, "s3")
+    assert boot_and_read(hv, vm) == "C"
+    hv.snapshot_revert(vm, "s2")  # reverting a running VM stops it first
+    assert boot_and_read(hv, vm) == "B"
+    hv.stop_vm(vm, hard=True)
+
+    def frozen(name: str) -> Path:
+        snaps = SnapshotTree.load(folder / f"{vm}.vmsd")
+        return folder / snaps.find(name, vm).disks["scsi0:1"]
+
+    hv.snapshot_delete(vm, "s2")  # a middle snapshot: its data folds into s3's layer
+    assert {s["name"] for s in hv.snapshot_list(vm)} == {"s1", "s3", "s4"}
+    assert [disk_mark(frozen(n), tmp_path) for n in ("s1", "s3", "s4")] == ["A", "C", "D"]
+    hv.snapshot_delete(vm, "s1")  # the root, two dependents: each gets its data
+    assert [(s["name"], s["parent"]) for s in hv.snapshot_list(vm)] == [("s3", None), ("s4", None)]
+    assert [disk_mark(frozen(n), tmp_path) for n in ("s3", "s4")] == ["C", "D"]
+    assert_all_disks_clean(folder)
+    hv.snapshot_revert(vm, "s3")
+    assert boot_and_read(hv, vm) == "C"
+    hv.snapshot_revert(vm, "s4")
+    assert boot_and_read(hv, vm) == "D"
+    with pytest.raises(NotFoundError) as missing:
+        hv.snapshot_delete(vm, "s2")
+    assert "s3" in missing.value.hint
+
+
+def test_a_memory_snapshot_resumes_the_running_guest_where_it_was(hv, appliance_image):
+    vm = make_vm(hv, "mem", appliance_image)
+    hv.start_vm(vm, wait_ready=True, timeout=90)
+    # a counter in guest memory, ticking in the background
+    hv.exec_in_vm(vm, "(i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done) >/dev/null 2>&1 &")
+    hv.exec_in_vm(vm, "while [ ! -s /tmp/count ]; do sleep 0.05; done")
+    hv.pause_vm(vm)  # freeze the counter so we know its value at the snapshot
+    snap = hv.snapshot_take(vm, "hot", description="counter running")
+    assert snap.memory_file and (hv.datastore.root / vm / snap.memory_file).stat().st_size > 0
+    assert hv.get_vm(vm).state is VmState.PAUSED  # a paused VM stays paused
+    hv.resume_vm(vm)
+    at_snapshot = int(hv.exec_in_vm(vm, "cat /tmp/count").output)
+    hv.exec_in_vm(vm, f"while [ $(cat /tmp/count) -lt {at_snapshot + 40} ]; do sleep 0.05; done")
+    later = int(hv.exec_in_vm(vm, "cat /tmp/count").output)
+    assert later >= at_snapshot + 40
+
+    snap, running = hv.snapshot_revert(vm, "hot")
+    assert running and hv.get_vm(vm).state is VmState.RUNNING
+    resumed = int(hv.exec_in_vm(vm, "cat /tmp/count").output)
+    assert at_snapshot <= resumed < later  # back where it was, not rebooted (a reboot would lose /tmp)
+    hv.exec_in_vm(vm, f"while [ $(cat /tmp/count) -le {resumed} ]; do sleep 0.05; done")  # and still counting
+    assert [s["current"] for s in hv.snapshot_list(vm)] == [True]
+    hv.stop_vm(vm, hard=True)
+    assert_all_disks_clean(hv.datastore.root / vm)
+
+
+def test_bad_requests_change_nothing(hv, appliance_image):
+    vm = make_vm(hv, "bad", appliance_image)
+    folder = hv.datastore.root / vm
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.suffix != ".lck"}
+    with pytest.raises(StateError):
+        hv.snapshot_take(vm, "x", memory=True)  # powered off: no memory to save
+    with pytest.raises(NotFoundError):
+        hv.snapshot_revert(vm, "nothing")
+    hv.snapshot_take(vm, "one")
+    with pytest.raises(ConflictError):
+        hv.snapshot_take(vm, "one")
+    after = sorted(p.name for p in folder.glob("*.qcow2"))
+    assert after == ["bad-000001.qcow2", "bad.qcow2", "data-000001.qcow2", "data.qcow2"]
+    assert (folder / "bad.qcow2").read_bytes() == before["bad.qcow2"]
