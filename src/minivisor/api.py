@@ -99,7 +99,9 @@ class Hypervisor:
     # -- reading ---------------------------------------------------------
     def list_vms(self) -> list[VmInfo]:
         """Every VM in the catalog with its current state."""
-        return [self._info(entry.name) for entry in self.datastore.catalog.list()]
+        entries = self.datastore.catalog.list()
+        summaries = self._summaries(entries)
+        return [self._info_of(entry, summaries[entry.name]) for entry in entries]
 
     def get_vm(self, name: str) -> VmInfo:
         """One VM, or NotFoundError."""
@@ -246,7 +248,11 @@ class Hypervisor:
             _rotate(env.paths.serial_log)
             env.paths.bios_log.unlink(missing_ok=True)
             links_down = [nic.name for nic in spec.nics if env.networks[nic.index] == "unconnected"]
+            self._admit(name, spec)  # under the lock: concurrent power-ons count each other
             record = vmm.launch(build_qemu_argv(spec, env), env.accel, links_down)
+        from .resources import place
+
+        warnings += place(record.pid, spec, name)
         self._emit("poweredOn", name, pid=record.pid, accel=record.accel)
         ready = None
         if wait_ready:
@@ -268,6 +274,7 @@ class Hypervisor:
         require(name, vmm.state(), Action.STOP)
         record = vmm.record()
         pid = record.pid if record else None
+        self._emit("poweringOff", name, pid=pid, hard=hard)
         how = vmm.stop(hard=hard, timeout=timeout)
         self._emit("poweredOff", name, pid=pid, reason=f"stopped ({how})")
         return how
@@ -408,7 +415,11 @@ class Hypervisor:
         return self.datastore.vmx_path(self.datastore.catalog.get(name))
 
     def _vmm(self, name: str) -> Vmm:
-        vmx = self._vmx(name)
+        return self._vmm_of(self.datastore.catalog.get(name))
+
+    def _vmm_of(self, entry) -> Vmm:
+        vmx = self.datastore.vmx_path(entry)
+        name = entry.name
         vm_dir = vmx.parent
         digest = hashlib.sha256(os.path.realpath(vm_dir).encode()).hexdigest()[:16]
         paths = VmPaths(vm_dir, dirs.runtime_root() / digest)
@@ -424,34 +435,93 @@ class Hypervisor:
         vmx = self.datastore.vmx_path(entry)
         spec = VmSpec.from_vmx(_read_vmx(vmx))
         check_host_fit(spec, host_memory_mib=host.host_memory_mib(), host_cpus=host.host_cpus())
+        from .resources import check_affinity, notes
+
+        check_affinity(spec.sched)
         resources = resolve_resources(spec, self.datastore, vmx.parent, entry.uuid)
         qemu = host.find_qemu()
         accel = host.choose_accel(dirs.cache_dir(), qemu)
         env = LaunchEnv(name=entry.name, uuid=entry.uuid, qemu=qemu, accel=accel.accel,
                         paths=self._vmm(name).paths, disk_chains=resources.disk_chains, files=resources.files,
                         macs=resources.macs, networks=resources.networks, console_index=resources.console_index)
-        warnings = resources.warnings + ((accel.warning,) if accel.warning else ())
+        warnings = resources.warnings + ((accel.warning,) if accel.warning else ()) + notes(spec)
         return spec, env, warnings
+
+    def _admit(self, name: str, spec: VmSpec) -> None:
+        """Refuse the power-on if the host cannot hold it next to the VMs holding their locks."""
+        from .resources import admit
+        from .vmm import RuntimeRecord, VmLock
+
+        others = []
+        entries = [e for e in self.datastore.catalog.list() if e.name.lower() != name.lower()]
+        held = [e for e in entries if VmLock(self._lock_path(e)).is_held_elsewhere()]
+        summaries = self._summaries(held)
+        for entry in held:
+            record = RuntimeRecord.load(self.datastore.vmx_path(entry).parent / "runtime.json")
+            summary = summaries[entry.name]
+            others.append((entry.name, summary.get("memory_mib", 0), summary.get("mem_min_mib", 0),
+                           record.pid if record else None))
+        admit(spec, name, others, total_mib=host.host_memory_mib(), available_mib=host.available_memory_mib())
+
+    def _lock_path(self, entry) -> Path:
+        vmx = self.datastore.vmx_path(entry)
+        return vmx.with_name(vmx.name + ".lck")
+
+    def _summaries(self, entries: list) -> dict[str, dict[str, Any]]:
+        """What list/show need from each specfile, from the catalog's cache while the file is unchanged."""
+        import json
+
+        cached = self.datastore.catalog.summaries()
+        found: dict[str, dict[str, Any]] = {}
+        fresh = []
+        for entry in entries:
+            vmx = self.datastore.vmx_path(entry)
+            try:
+                st = os.stat(vmx)
+                stamp = f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
+            except OSError:
+                stamp = None
+            hit = cached.get(entry.vmx)
+            if stamp and hit and hit[0] == entry.uuid and hit[1] == stamp:
+                found[entry.name] = json.loads(hit[2])
+                continue
+            found[entry.name] = summary = _summary(vmx, entry.uuid)
+            if stamp and "problem" not in summary:
+                fresh.append((entry.vmx, entry.uuid, stamp, json.dumps(summary)))
+        if fresh:
+            self.datastore.catalog.store_summaries(fresh)
+        return found
 
     def _info(self, name: str) -> VmInfo:
         entry = self.datastore.catalog.get(name)
-        vmx = self.datastore.vmx_path(entry)
-        vmm = self._vmm(entry.name)
+        return self._info_of(entry, self._summaries([entry])[entry.name])
+
+    def _info_of(self, entry, summary: dict[str, Any]) -> VmInfo:
+        vmm = self._vmm_of(entry)
         record = vmm.record()
-        state = vmm.state() if record is None else (VmState.PAUSED if record.paused else VmState.RUNNING)
-        try:
-            spec = VmSpec.from_vmx(_read_vmx(vmx))
-        except (SpecError, PathError) as exc:
-            spec = None
-            problem = exc.one_line()
-        disks = tuple({"node": d.node, "kind": d.kind, "file": d.file_name} for d in spec.disks) if spec else ()
-        nics = tuple({"name": n.name, "model": n.model, "mac": n.mac or generated_mac(entry.uuid, n.index),
-                      "network": n.network} for n in spec.nics) if spec else ()
-        return VmInfo(entry.name, entry.uuid, vmx, state,
-                      spec.display_name if spec else f"(specfile unreadable: {problem})",
-                      spec.guest_os if spec else "", spec.memory_mib if spec else 0, spec.num_cpus if spec else 0,
-                      disks, nics, entry.autostart, record.pid if record else None,
-                      record.accel if record else None)
+        if record is not None:
+            state = VmState.PAUSED if record.paused else VmState.RUNNING
+        else:
+            state = VmState.STARTING if vmm.lock.is_held_elsewhere() else VmState.POWERED_OFF
+        problem = summary.get("problem")
+        return VmInfo(entry.name, entry.uuid, self.datastore.vmx_path(entry), state,
+                      f"(specfile unreadable: {problem})" if problem else summary["display_name"],
+                      summary.get("guest_os", ""), summary.get("memory_mib", 0), summary.get("cpus", 0),
+                      tuple(summary.get("disks", ())), tuple(summary.get("nics", ())), entry.autostart,
+                      record.pid if record else None, record.accel if record else None)
+
+
+def _summary(vmx: Path, vm_uuid: str) -> dict[str, Any]:
+    """The parts of a specfile `vm list` and `vm show` report (or the problem reading it)."""
+    try:
+        spec = VmSpec.from_vmx(_read_vmx(vmx))
+    except (SpecError, PathError) as exc:
+        return {"problem": exc.one_line()}
+    return {"display_name": spec.display_name, "guest_os": spec.guest_os, "memory_mib": spec.memory_mib,
+            "cpus": spec.num_cpus, "mem_min_mib": spec.sched.mem_min_mib,
+            "disks": [{"node": d.node, "kind": d.kind, "file": d.file_name} for d in spec.disks],
+            "nics": [{"name": n.name, "model": n.model, "mac": n.mac or generated_mac(vm_uuid, n.index),
+                      "network": n.network} for n in spec.nics]}
 
 
 def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:

@@ -19,7 +19,7 @@ from .errors import ConflictError, HostError, NotFoundError
 
 __all__ = ["Catalog", "VmEntry"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vms (
     name      TEXT PRIMARY KEY COLLATE NOCASE,
@@ -41,6 +41,14 @@ CREATE TABLE IF NOT EXISTS clone_links (
     snapshot_uid INTEGER NOT NULL       -- ... snapshot (uid in its .vmsd): read-only while linked
 );
 CREATE INDEX IF NOT EXISTS clone_links_source ON clone_links (source_uuid, snapshot_uid);
+""",
+    3: """
+CREATE TABLE IF NOT EXISTS spec_cache ( -- a cache only: the specfile stays the truth
+    vmx      TEXT PRIMARY KEY,
+    uuid     TEXT NOT NULL,
+    stamp    TEXT NOT NULL,             -- the specfile's mtime_ns, size and inode when summarised
+    summary  TEXT NOT NULL              -- JSON: what `vm list` shows about the hardware
+);
 """,
 }
 
@@ -119,6 +127,7 @@ class Catalog:
         return ConflictError(f"a VM with UUID {uuid} already exists", hint="give the copy a new uuid.bios")
 
     def remove(self, db: sqlite3.Connection, name: str) -> None:
+        db.execute("DELETE FROM spec_cache WHERE vmx = (SELECT vmx FROM vms WHERE name = ?)", (name,))
         db.execute("DELETE FROM vms WHERE name = ?", (name,))
 
     def set_autostart(self, name: str, enabled: bool) -> None:
@@ -157,6 +166,21 @@ class Catalog:
 
     def remove_clone_link(self, db: sqlite3.Connection, clone_uuid: str) -> None:
         db.execute("DELETE FROM clone_links WHERE clone_uuid = ?", (clone_uuid,))
+
+    # -- specfile summaries (a cache keyed by the file's stamp) ----------
+    def summaries(self) -> dict[str, tuple[str, str, str]]:
+        """vmx -> (uuid, stamp, summary JSON) of every cached specfile summary."""
+        rows = self._db.execute("SELECT vmx, uuid, stamp, summary FROM spec_cache")
+        return {vmx: (uuid, stamp, summary) for vmx, uuid, stamp, summary in rows}
+
+    def store_summaries(self, rows: list[tuple[str, str, str, str]]) -> None:
+        """Cache (vmx, uuid, stamp, summary JSON) rows; skipped if the catalog is busy."""
+        try:
+            with self.transaction() as db:
+                db.executemany("INSERT OR REPLACE INTO spec_cache (vmx, uuid, stamp, summary) VALUES (?, ?, ?, ?)",
+                               rows)
+        except sqlite3.OperationalError:
+            pass  # a cache: the next reader stores it
 
     # -- allowed host paths ----------------------------------------------
     def allowed_paths(self) -> list[str]:

@@ -86,7 +86,7 @@ class Supervisor:
     def __init__(self, service: Service) -> None:
         self.service = service
         self._watches: dict[int, _Watch] = {}  # pid -> watch
-        self._reported: set[int] = set()  # pids whose power-off the core already reported
+        self._reported: set[int] = set()  # pids whose power-off the core reports itself
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -171,7 +171,7 @@ class Supervisor:
             with self.service.hypervisor() as hv:
                 vm_dir = hv._vmm(event["vm"]).paths.vm_dir
             self.watch(event["vm"], pid, vm_dir)
-        elif event["type"] == "poweredOff":
+        elif event["type"] == "poweringOff":  # its exit is expected; the core reports it
             with self._lock:
                 self._reported.add(pid)
 
@@ -179,9 +179,10 @@ class Supervisor:
         from .vmm import Vmm
 
         with self._lock:
+            child = Vmm._children.get(pid)  # set if this process launched it: then we get its exit status
             if pid in self._watches:
+                self._watches[pid].child = self._watches[pid].child or child
                 return
-            child = Vmm._children.get(pid)
             try:
                 fd = os.pidfd_open(pid)
             except ProcessLookupError:

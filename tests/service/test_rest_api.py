@@ -156,4 +156,4 @@ def test_cli_power_cycle_through_the_service_is_seen_by_the_service(service):
     assert again.returncode == 4 and again.stderr.startswith("error: cannot start VM 'vm1': it is running")
     assert "vm1 is powered off" in service.cli("vm", "stop", "vm1", "--hard", check=True).stdout
     types = [e["type"] for e in service.client.vm_events("vm1")]
-    assert types[-2:] == ["poweredOn", "poweredOff"]
+    assert types[-3:] == ["poweredOn", "poweringOff", "poweredOff"]

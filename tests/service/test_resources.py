@@ -1,0 +1,140 @@
+"""Resources: memory admission, CPU affinity, shares the host cannot honour (core API, CLI and REST)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from minivisor import Hypervisor, host
+from minivisor.errors import HostError, HvError, SpecError
+from minivisor.resources import admit, cpu_weight, host_reserve_mib
+from minivisor.spec import VmSpec
+from minivisor.state import VmState
+from minivisor.vmx import VmxDocument
+
+from .conftest import small_vm
+
+
+def add_keys(hv: Hypervisor, name: str, text: str) -> None:
+    vmx = hv.datastore.root / name / f"{name}.vmx"
+    vmx.write_text(vmx.read_text() + text)
+
+
+def big_vms(hv: Hypervisor, count: int) -> tuple[list[str], int]:
+    """VMs that fit one at a time but not two together (QEMU allocates guest RAM lazily)."""
+    total = host.host_memory_mib()
+    each = (total - host_reserve_mib(total)) // 2 + 64
+    names = [f"big{i}" for i in range(count)]
+    for name in names:
+        hv.create_vm(name, disk_size="16M", memory_mib=each, network="none")
+    return names, each
+
+
+@pytest.fixture
+def hv(tmp_path):
+    hypervisor = Hypervisor(tmp_path / "datastore")
+    yield hypervisor
+    for vm in hypervisor.list_vms():
+        if vm.state in (VmState.RUNNING, VmState.PAUSED):
+            hypervisor.stop_vm(vm.name, hard=True)
+
+
+def test_power_on_is_refused_when_running_vms_hold_the_hosts_memory(hv):
+    (first, second), each = big_vms(hv, 2)
+    hv.start_vm(first)
+    with pytest.raises(HostError) as caught:
+        hv.start_vm(second)
+    assert caught.value.code == "insufficient-memory"
+    assert f"needs {each} MiB" in caught.value.message and caught.value.hint
+    assert hv.get_vm(second).state is VmState.POWERED_OFF
+    assert not (hv.datastore.root / second / "runtime.json").exists()
+    hv.stop_vm(first, hard=True)
+    hv.start_vm(second)  # room again
+
+
+def test_concurrent_power_ons_count_each_other(hv):
+    names, _ = big_vms(hv, 3)
+    outcomes: list[object] = []
+
+    def start(name: str) -> None:
+        try:
+            outcomes.append(Hypervisor(hv.datastore.root).start_vm(name))
+        except HvError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=start, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    refused = [o for o in outcomes if isinstance(o, HvError)]
+    assert len(outcomes) - len(refused) == 1
+    assert {e.code for e in refused} == {"insufficient-memory"}
+
+
+def test_the_refusal_is_the_same_through_the_cli_and_the_rest_api(service):
+    hv = Hypervisor(service.root)
+    (first, second), _ = big_vms(hv, 2)
+    service.client.start_vm(first)
+    via_service = service.cli("vm", "start", second)
+    direct = service.cli("vm", "start", second, direct=True)
+    assert via_service.returncode == direct.returncode == HostError.exit_code
+    assert via_service.stderr == direct.stderr and via_service.stderr.count("\n") == 1
+    assert "cannot power on 'big1'" in direct.stderr
+    with pytest.raises(HostError):
+        service.client.start_vm(second)
+
+
+def test_memory_reservations_of_running_vms_are_set_aside():
+    spec = VmSpec.from_vmx(VmxDocument.parse(b'memSize = "1024"\nsched.mem.min = "1024"\n'))
+    admit(spec, "new", [("a", 2048, 2048, None)], total_mib=8192, available_mib=4000)  # 4000-2048 >= 1024
+    with pytest.raises(HostError, match="sched.mem.min = 1024 MiB"):
+        admit(spec, "new", [("a", 2048, 3000, None)], total_mib=8192, available_mib=4000)
+    with pytest.raises(HostError, match="needs 1024 MiB"):
+        admit(spec, "new", [("a", 6400, 0, None)], total_mib=8192, available_mib=8000)
+
+
+def test_sched_keys_are_read_not_reported_unused():
+    spec = VmSpec.from_vmx(VmxDocument.parse(
+        b'numvcpus = "2"\nmemSize = "512"\nsched.cpu.affinity = "0,2-3"\nsched.cpu.shares = "high"\n'
+        b'sched.mem.shares = "low"\nsched.mem.min = "128"\n'))
+    assert (spec.sched.cpu_affinity, spec.sched.cpu_shares, spec.sched.mem_shares, spec.sched.mem_min_mib) == \
+        ((0, 2, 3), 4000, 2560, 128)
+    assert not [k for k in spec.unused_keys if k.startswith("sched.")]
+    assert cpu_weight(1000) == 100 and cpu_weight(4000) == 400 and cpu_weight(10**9) == 10000
+    for bad in (b'sched.cpu.affinity = "one"\n', b'sched.cpu.shares = "lots"\n', b'memSize = "64"\nsched.mem.min = "65"\n'):
+        with pytest.raises(SpecError, match=":[0-9]+: sched"):
+            VmSpec.from_vmx(VmxDocument.parse(bad, source="x.vmx"))
+
+
+def test_cpu_affinity_pins_every_vmm_thread(hv):
+    cpu = max(os.sched_getaffinity(0))
+    small_vm(hv, "pinned")
+    add_keys(hv, "pinned", f'sched.cpu.affinity = "{cpu}"\n')
+    pid = hv.start_vm("pinned").vm.pid
+    tasks = os.listdir(f"/proc/{pid}/task")
+    assert len(tasks) > 1  # QEMU has a vCPU thread besides its main loop
+    assert {frozenset(os.sched_getaffinity(int(t))) for t in tasks} == {frozenset({cpu})}
+
+
+def test_an_affinity_outside_the_host_is_refused_before_anything_starts(hv):
+    small_vm(hv, "vm1")
+    add_keys(hv, "vm1", f'sched.cpu.affinity = "{os.cpu_count() + 7}"\n')
+    with pytest.raises(SpecError, match="sched.cpu.affinity"):
+        hv.start_vm("vm1")
+    assert hv.get_vm("vm1").state is VmState.POWERED_OFF
+
+
+def test_explain_says_which_shares_cannot_be_honoured(hv, monkeypatch, tmp_path):
+    small_vm(hv, "vm1")
+    add_keys(hv, "vm1", 'sched.cpu.shares = "high"\nsched.mem.shares = "normal"\n')
+    import minivisor.resources as resources
+
+    monkeypatch.setattr(resources, "CGROUP_MOUNT", tmp_path / "no-cgroup2")  # a host without cgroup v2
+    warnings = hv.explain_vm("vm1").warnings
+    assert any(w.startswith("sched.cpu.shares cannot be honoured: the host has no cgroup v2") for w in warnings)
+    assert any(w.startswith("sched.mem.shares cannot be honoured") for w in warnings)
+    started = hv.start_vm("vm1")  # honoured or not, the VM runs; the warnings say so
+    assert set(warnings) <= set(started.warnings)
