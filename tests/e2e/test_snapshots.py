@@ -29,9 +29,9 @@ def hv(tmp_path):
             hypervisor.stop_vm(vm.name, hard=True)
 
 
-def make_vm(hv: Hypervisor, name: str, appliance_image: Path) -> str:
+def make_vm(hv: Hypervisor, name: str, appliance_image: Path, network: str = "none") -> str:
     """The appliance on scsi0:0 and an empty 16 MiB data disk on scsi0:1."""
-    hv.create_vm(name, memory_mib=160, boot_disk=appliance_image, network="none")
+    hv.create_vm(name, memory_mib=160, boot_disk=appliance_image, network=network)
     folder = hv.datastore.root / name
     hv.disk_create(folder / "data.qcow2", "16M")
     vmx = folder / f"{name}.vmx"
