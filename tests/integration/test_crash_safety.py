@@ -1,0 +1,182 @@
+"""kill -9 in the middle of every disk operation: afterwards every disk passes
+``qemu-img check``, the specfile, the .vmsd and the catalog agree, and the
+operation is either complete or has left no trace.
+
+The CLI runs as a real process and SIGKILLs itself at a named point of the
+operation (``MINIVISOR_TEST_CRASH_AT``), so each phase is hit deterministically.
+The next operation on the VM (here: ``snapshot list``) replays or rolls back
+its journal.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from minivisor import Hypervisor
+from minivisor.disks import check_disk, format_for, read_layer, resolve_chain
+from minivisor.journal import CRASH_ENV, JOURNAL_NAME
+from minivisor.snapshots import SnapshotTree
+
+
+def cli(root: Path, *args: str, crash_at: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MINIVISOR_DATASTORE": str(root)}
+    env.pop(CRASH_ENV, None)
+    if crash_at:
+        env[CRASH_ENV] = crash_at
+    return subprocess.run(["minivisor", *args], capture_output=True, text=True, env=env)
+
+
+def write(path: Path, index: int) -> None:
+    """Pattern 0x41+index at offset index*64k of a disk (through its chain)."""
+    subprocess.run(["qemu-io", "-f", format_for(path), "-c", f"write -P {0x41 + index} {index * 65536} 64k",
+                    str(path)], check=True, capture_output=True)
+
+
+def holds(path: Path, count: int) -> bool:
+    """The disk shows patterns 0..count-1 and nothing after them."""
+    commands = [f"read -P {0x41 + i} {i * 65536} 64k" for i in range(count)]
+    commands.append(f"read -P 0 {count * 65536} 64k")
+    args = ["qemu-io", "-r", "-f", format_for(path)]
+    for command in commands:
+        args += ["-c", command]
+    out = subprocess.run(args + [str(path)], capture_output=True, text=True)
+    return out.returncode == 0 and "Pattern verification failed" not in out.stdout + out.stderr
+
+
+@pytest.fixture
+def vm(tmp_path) -> tuple[Hypervisor, Path]:
+    hv = Hypervisor(tmp_path / "ds")
+    hv.create_vm("w", memory_mib=64, disk_size="4M", network="none")
+    return hv, hv.datastore.root / "w"
+
+
+def top(folder: Path) -> Path:
+    line = next(l for l in (folder / "w.vmx").read_text().splitlines() if l.startswith("scsi0:0.fileName"))
+    return folder / line.split('"')[1]
+
+
+def take(root: Path, folder: Path, name: str, index: int) -> None:
+    write(top(folder), index)
+    assert cli(root, "snapshot", "take", "w", name).returncode == 0
+
+
+def assert_consistent(hv: Hypervisor, folder: Path) -> SnapshotTree:
+    result = cli(hv.datastore.root, "snapshot", "list", "w", "--json")  # the next operation: recovers
+    assert result.returncode == 0, result.stderr
+    assert not (folder / JOURNAL_NAME).exists()
+    tree = SnapshotTree.load(folder / "w.vmsd")
+    used: set[Path] = set()
+    tops = [top(folder)] + [folder / f for s in tree.snapshots.values() for f in s.disks.values()]
+    for path in tops:
+        chain = resolve_chain(path, format_for(path), lambda base, name: hv.datastore.resolve(base, name))
+        used.update(Path(os.path.realpath(layer.path)) for layer in chain)
+    on_disk = {Path(os.path.realpath(p)) for p in folder.iterdir() if p.suffix in (".qcow2", ".vmdk")}
+    assert on_disk == used, f"orphaned or missing layers: {on_disk ^ used}"
+    for image in on_disk:
+        code, output = check_disk(read_layer(image, format_for(image)))
+        assert code == 0, output
+    assert [vm.name for vm in Hypervisor(hv.datastore.root).list_vms()] == sorted(
+        p.name for p in hv.datastore.root.iterdir() if not p.name.startswith("."))
+    return tree
+
+
+@pytest.mark.parametrize("crash_at, completes", [
+    ("take:prepared", False), ("take:step0", True), ("take:step1", True)])
+def test_kill_during_take(vm, crash_at, completes):
+    hv, folder = vm
+    take(hv.datastore.root, folder, "s0", 0)
+    write(top(folder), 1)
+    result = cli(hv.datastore.root, "snapshot", "take", "w", "s1", crash_at=crash_at)
+    assert result.returncode == -signal.SIGKILL
+    tree = assert_consistent(hv, folder)
+    names = [s.name for s in tree.snapshots.values()]
+    assert names == (["s0", "s1"] if completes else ["s0"])
+    assert holds(top(folder), 2)
+    if not completes:  # a re-run does it
+        assert cli(hv.datastore.root, "snapshot", "take", "w", "s1").returncode == 0
+        assert [s.name for s in assert_consistent(hv, folder).snapshots.values()] == ["s0", "s1"]
+
+
+@pytest.mark.parametrize("crash_at, completes", [
+    ("revert:prepared", False), ("revert:step0", True), ("revert:step1", True), ("revert:step2", True)])
+def test_kill_during_revert(vm, crash_at, completes):
+    hv, folder = vm
+    take(hv.datastore.root, folder, "s0", 0)
+    take(hv.datastore.root, folder, "s1", 1)
+    write(top(folder), 2)
+    result = cli(hv.datastore.root, "snapshot", "revert", "w", "s0", crash_at=crash_at)
+    assert result.returncode == -signal.SIGKILL
+    tree = assert_consistent(hv, folder)
+    assert tree.snapshots[tree.current].name == ("s0" if completes else "s1")
+    assert holds(top(folder), 1 if completes else 3)
+    assert holds(folder / tree.find("s1", "w").disks["scsi0:0"], 2)
+
+
+@pytest.mark.parametrize("crash_at", ["delete:committed", "delete:step0", "delete:step1", "delete:step2"])
+def test_kill_while_deleting_a_middle_snapshot(vm, crash_at):
+    hv, folder = vm
+    for i, name in enumerate(("s0", "s1", "s2")):
+        take(hv.datastore.root, folder, name, i)
+    write(top(folder), 3)
+    result = cli(hv.datastore.root, "snapshot", "delete", "w", "s1", crash_at=crash_at)
+    assert result.returncode == -signal.SIGKILL
+    tree = assert_consistent(hv, folder)  # deleting rolls forward once it has begun
+    assert [s.name for s in tree.snapshots.values()] == ["s0", "s2"]
+    assert holds(folder / tree.find("s0", "w").disks["scsi0:0"], 1)
+    assert holds(folder / tree.find("s2", "w").disks["scsi0:0"], 3)
+    assert holds(top(folder), 4)
+
+
+@pytest.mark.parametrize("crash_at", ["delete:step0", "delete:step1", "delete:step2"])
+def test_kill_while_deleting_a_root_with_two_branches(vm, crash_at):
+    hv, folder = vm
+    root = hv.datastore.root
+    take(root, folder, "s0", 0)
+    take(root, folder, "s1", 1)
+    assert cli(root, "snapshot", "revert", "w", "s0").returncode == 0
+    take(root, folder, "s2", 2)
+    result = cli(root, "snapshot", "delete", "w", "s0", crash_at=crash_at)
+    assert result.returncode == -signal.SIGKILL
+    tree = assert_consistent(hv, folder)
+    assert sorted(s.name for s in tree.snapshots.values()) == ["s1", "s2"]
+    assert holds(folder / tree.find("s1", "w").disks["scsi0:0"], 2)
+    s2 = folder / tree.find("s2", "w").disks["scsi0:0"]
+    assert subprocess.run(["qemu-io", "-r", "-f", "qcow2", "-c", f"read -P {0x41} 0 64k", "-c",
+                           f"read -P 0 65536 64k", "-c", f"read -P {0x43} 131072 64k", str(s2)],
+                          capture_output=True, text=True).stdout.count("read 65536/65536") == 3
+
+
+@pytest.mark.parametrize("crash_at, completes", [("clone:prepared", False), ("clone:step0", True)])
+def test_kill_during_a_linked_clone(vm, crash_at, completes):
+    hv, folder = vm
+    root = hv.datastore.root
+    take(root, folder, "s0", 0)
+    result = cli(root, "vm", "clone", "w", "c", "--linked", "--snapshot", "s0", crash_at=crash_at)
+    assert result.returncode == -signal.SIGKILL
+    assert_consistent(hv, folder)
+    listed = [vm.name for vm in Hypervisor(root).list_vms()]
+    assert listed == (["c", "w"] if completes else ["w"])
+    assert not any((root / ".minivisor" / "clones").iterdir())
+    if completes:
+        assert holds(root / "c" / "c.qcow2", 1)
+        assert Hypervisor(root).datastore.catalog.clones_of(hv.get_vm("w").uuid) == [("c", 1)]
+    else:
+        assert cli(root, "vm", "clone", "w", "c", "--linked", "--snapshot", "s0").returncode == 0
+
+
+def test_kill_during_a_convert_leaves_no_file(vm):
+    hv, folder = vm
+    write(top(folder), 0)
+    result = cli(hv.datastore.root, "disk", "convert", str(folder / "w.qcow2"), str(folder / "copy.vmdk"),
+                 "--json", crash_at="convert:written")
+    assert result.returncode == -signal.SIGKILL
+    Hypervisor(hv.datastore.root)  # opening the datastore clears dead processes' staging folders
+    assert not list(folder.glob("copy*")) and not any((hv.datastore.meta / "staging").iterdir())
+    assert cli(hv.datastore.root, "disk", "convert", str(folder / "w.qcow2"), str(folder / "copy.vmdk"),
+               "--json").returncode == 0
+    assert holds(folder / "copy.vmdk", 1)
