@@ -143,8 +143,7 @@ class Vmm:
         self._reap(record.pid)
         if _is_our_vmm(record):
             return record
-        if not self.lock.is_held_elsewhere():
-            self._cleanup(record)
+        self._cleanup_if_unused(record)
         return None
 
     def state(self) -> VmState:
@@ -247,7 +246,7 @@ class Vmm:
                 how = "killed"
             return how
         finally:
-            self._cleanup(record)
+            self._cleanup_if_unused(record)
 
     def _try(self, record: RuntimeRecord, command: str) -> bool:
         try:
@@ -289,6 +288,21 @@ class Vmm:
         if child is not None and child.poll() is not None:
             del Vmm._children[pid]
 
+    def _cleanup_if_unused(self, record: RuntimeRecord) -> None:
+        """Clear a dead VMM's record and sockets, holding the VM lock while doing so.
+
+        Without the lock, a reader could clear the files of a power-on that began
+        after it looked (the runtime folder is the same for every power-on).
+        """
+        probe = VmLock(self.lock.path)
+        if not probe.try_acquire():
+            return  # a VMM or a power-on holds the VM: the files are theirs
+        try:
+            if RuntimeRecord.load(self.record_path) in (None, record):
+                self._cleanup(record)
+        finally:
+            probe.release()
+
     def _cleanup(self, record: RuntimeRecord) -> None:
         self.record_path.unlink(missing_ok=True)
         runtime = Path(record.runtime_dir)
@@ -323,7 +337,7 @@ async def _qmp_session(socket: Path, commands: tuple, timeout: float) -> list[An
             results.append(await asyncio.wait_for(client.execute(command, arguments), timeout))
         return results
     except ExecuteError as exc:
-        raise QmpError(f"the VMM refused {command}: {exc.error.desc}", hint="see the VM's vmm.log") from exc
+        raise QmpError(f"the VMM refused {command}: {exc.error.error.desc}", hint="see the VM's vmm.log") from exc
     except (ConnectError, OSError, EOFError, asyncio.TimeoutError) as exc:
         if command in ("quit", "system_reset") and isinstance(exc, EOFError):
             return []
