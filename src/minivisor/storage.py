@@ -104,8 +104,10 @@ class DiskOperations:
             return
         handlers = {"publish-clone": self._publish_clone}
         if journal.op == "take-online":
-            in_use = ctx.running and self._nodes_in_use(ctx, journal.data.get("overlays", []))
+            in_use = ctx.running and self._nodes_in_use(ctx, journal.data.get("nodes", []))
             if journal.phase == "prepare" or (ctx.running and not in_use):
+                if ctx.running:
+                    self._drop_nodes(ctx, journal.data.get("nodes", []))
                 journal.rollback()
             else:
                 memory = journal.data.get("memory")
@@ -159,15 +161,25 @@ class DiskOperations:
         if target.exists():
             raise ConflictError(f"{target} already exists", hint="choose another file name")
         size_bytes = parse_size(size)
-        partial = target.with_name(f".{target.stem}.partial-{os.getpid()}{target.suffix}")
-        try:
-            create_disk(partial if fmt != "vmdk" else target, size_bytes, fmt, thick=thick)
-            if fmt != "vmdk":
-                os.replace(partial, target)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
+        self._build_then_move(target, lambda work: create_disk(work, size_bytes, fmt, thick=thick))
         return self.info(target)
+
+    def _build_then_move(self, target: Path, build) -> None:
+        """Make a disk in a private staging folder (cleared if we die), then move its files into place.
+
+        A VMDK's extent files move first and its descriptor last, so the disk appears whole or not at all.
+        """
+        import shutil
+
+        work = self.datastore.staging_dir(f"disk-{target.name}")
+        try:
+            build(work / target.name)
+            for extra in sorted(work.iterdir()):
+                if extra.name != target.name:
+                    os.replace(extra, target.parent / extra.name)
+            os.replace(work / target.name, target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     def info(self, path: Path | str) -> dict:
         from .disks import disk_info
@@ -196,18 +208,12 @@ class DiskOperations:
         if dst.exists():
             raise ConflictError(f"{dst} already exists", hint="choose another file name, or delete it first")
         chain = self._chain(src)
-        work = dst.parent / f".{dst.name}.converting"
-        shutil.rmtree(work, ignore_errors=True)  # what an interrupted convert left
-        work.mkdir()
-        try:
-            convert_disk(src, chain[0].format, work / dst.name, fmt, progress=progress, thick=thick)
+
+        def build(work: Path) -> None:
+            convert_disk(src, chain[0].format, work, fmt, progress=progress, thick=thick)
             crashpoint("convert:written")
-            for extra in sorted(work.iterdir()):  # VMDK extents first, the descriptor last
-                if extra.name != dst.name:
-                    os.replace(extra, dst.parent / extra.name)
-            os.replace(work / dst.name, dst)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+
+        self._build_then_move(dst, build)
         return self.info(dst)
 
     def vm_disks(self, name: str) -> list[dict]:
@@ -239,7 +245,14 @@ class DiskOperations:
     # -- snapshots ---------------------------------------------------------
     def snapshot_tree(self, name: str) -> SnapshotTree:
         entry = self.datastore.catalog.get(name)
-        return SnapshotTree.load(self.datastore.vmx_path(entry).with_suffix(".vmsd"))
+        vmx = self.datastore.vmx_path(entry)
+        if Journal.load(vmx.parent) is not None:  # show the tree as the interrupted operation leaves it
+            try:
+                with self.operation(entry.name, online=True, what="list the snapshots of"):
+                    pass
+            except StateError:  # another operation holds the VM; it finishes the journal itself
+                pass
+        return SnapshotTree.load(vmx.with_suffix(".vmsd"))
 
     def take(self, name: str, snapshot: str, *, description: str = "", memory: bool | None = None) -> Snapshot:
         with self.operation(name, online=True, what="snapshot") as ctx:
@@ -264,13 +277,19 @@ class DiskOperations:
         for node, delta in deltas.items():
             create_overlay(ctx.vm_dir / delta, files.layer(snap.disks[node]))
         without = Snapshot(**{**snap.__dict__, "memory_file": None})
+        import secrets
+
+        tag = secrets.token_hex(3)
+        nodes = {node: f"snap{snap.uid}-{node.replace(':', '-')}-{tag}" for node in deltas}
         journal.data = {"overlays": [str(ctx.vm_dir / d) for d in deltas.values()], "memory": memory_file,
+                        "nodes": list(nodes.values()),
                         "vmsd_without_memory": write_step(files.vmsd.name, new_tree_with(files.tree, without).to_bytes())}
         steps = [write_step(files.vmsd.name, new_tree_with(files.tree, snap).to_bytes()),
                  write_step(files.vmx.name, files.vmx_with(deltas))]
         status = self._qmp(ctx, [("query-status", None)])[0]["status"]
         journal.data["resume"] = status == "running"
-        self._run_async(ctx, _online_take(ctx, journal, steps, deltas, snap.uid, partial, memory_file,
+        journal.save()
+        self._run_async(ctx, _online_take(ctx, journal, steps, deltas, nodes, partial, memory_file,
                                           resume=status == "running"))
         journal.run()
         return snap
@@ -327,10 +346,22 @@ class DiskOperations:
             ctx.vmm.stop(hard=True, timeout=0)
             raise
 
-    def _nodes_in_use(self, ctx: OpContext, overlays: list[str]) -> bool:
-        nodes = self._qmp(ctx, [("query-named-block-nodes", {"flat": True})])[0]
-        files = {node.get("file") for node in nodes}
-        return bool(overlays) and all(path in files for path in overlays)
+    def _nodes_in_use(self, ctx: OpContext, nodes: list[str]) -> bool:
+        """True if the overlay nodes are the running disks' tops (the snapshot switched), not just opened."""
+        blocks = self._qmp(ctx, [("query-block", None)])[0]
+        tops = {b["inserted"]["node-name"] for b in blocks if b.get("inserted")}
+        if any(node in tops for node in nodes) and not all(node in tops for node in nodes):
+            raise StateError(f"VM {ctx.name!r} switched only some disks to a snapshot's overlays",
+                             hint="stop the VM, then run any snapshot command to finish the snapshot")
+        return bool(nodes) and all(node in tops for node in nodes)
+
+    def _drop_nodes(self, ctx: OpContext, nodes: list[str]) -> None:
+        """Close overlay nodes an interrupted online snapshot opened but never used."""
+        for node in nodes:
+            try:
+                self._qmp(ctx, [("blockdev-del", {"node-name": node})])
+            except QmpError:
+                pass  # never added, or already gone
 
     def _qmp(self, ctx: OpContext, commands: list[tuple[str, dict | None]]) -> list[Any]:
         from .vmm import qmp_execute
@@ -358,10 +389,10 @@ async def _execute(client, command: str, arguments: dict | None = None) -> Any:
     try:
         return await client.execute(command, arguments)
     except ExecuteError as exc:
-        raise QmpError(f"the VMM refused {command}: {exc.error.desc}", hint="see the VM's vmm.log") from exc
+        raise QmpError(f"the VMM refused {command}: {exc.error.error.desc}", hint="see the VM's vmm.log") from exc
 
 
-async def _online_take(ctx: OpContext, journal: Journal, steps: list, deltas: dict[str, str], uid: int,
+async def _online_take(ctx: OpContext, journal: Journal, steps: list, deltas: dict[str, str], nodes: dict[str, str],
                        partial: str | None, memory_file: str | None, *, resume: bool) -> None:
     client = await _client(ctx)
     try:
@@ -374,7 +405,7 @@ async def _online_take(ctx: OpContext, journal: Journal, steps: list, deltas: di
             device = node.replace(":", "-")
             if device not in tops:
                 raise QmpError(f"the running VMM has no disk {node}", hint="restart the VM, then retry")
-            overlay = f"snap{uid}-{device}"
+            overlay = nodes[node]
             await _execute(client, "blockdev-add", {
                 "driver": "qcow2", "node-name": overlay, "backing": None,
                 "file": {"driver": "file", "filename": str(ctx.vm_dir / delta)}})

@@ -180,3 +180,35 @@ def test_kill_during_a_convert_leaves_no_file(vm):
     assert cli(hv.datastore.root, "disk", "convert", str(folder / "w.qcow2"), str(folder / "copy.vmdk"),
                "--json").returncode == 0
     assert holds(folder / "copy.vmdk", 1)
+
+
+@pytest.mark.qemu
+def test_kill_during_online_snapshots_of_a_running_vm(tmp_path, appliance_image):
+    hv = Hypervisor(tmp_path / "ds")
+    hv.create_vm("w", memory_mib=128, boot_disk=appliance_image, network="none")
+    folder = hv.datastore.root / "w"
+    root = hv.datastore.root
+    hv.start_vm("w", wait_ready=True, timeout=90)
+    try:
+        expected: list[str] = []
+        for crash_at, completes, memory in (("take-online:committed", False, False),
+                                            ("take-online:switched", True, False),
+                                            ("take-online:saved", True, True),
+                                            ("take-online:step0", True, True)):
+            name = crash_at.split(":")[1]
+            result = cli(root, "snapshot", "take", "w", name, crash_at=crash_at)
+            assert result.returncode == -signal.SIGKILL
+            listed = cli(root, "snapshot", "list", "w", "--json")  # recovers, and resumes the paused guest
+            assert listed.returncode == 0 and not (folder / JOURNAL_NAME).exists()
+            expected += [name] if completes else []
+            tree = SnapshotTree.load(folder / "w.vmsd")
+            assert [s.name for s in tree.snapshots.values()] == expected
+            if completes:
+                assert (tree.find(name, "w").memory_file is not None) == memory
+            assert hv.exec_in_vm("w", "echo alive", timeout=30).output.strip() == "alive"
+    finally:
+        hv.stop_vm("w", hard=True)
+    assert_consistent(hv, folder)
+    hv.snapshot_revert("w", "saved")  # the memory snapshot that survived its writer's death works
+    assert hv.exec_in_vm("w", "echo back", timeout=30).output.strip() == "back"
+    hv.stop_vm("w", hard=True)
