@@ -1,7 +1,7 @@
 """End to end: snapshots seen from inside the guest.
 
 The appliance's root is an initramfs in RAM, so disk data lives on a second
-virtual disk (/dev/sdb) that the guest writes and reads with dd.
+virtual disk (the 16 MiB one) that the guest writes and reads with dd.
 """
 
 from __future__ import annotations
@@ -39,14 +39,18 @@ def make_vm(hv: Hypervisor, name: str, appliance_image: Path, network: str = "no
     return name
 
 
+# The 16 MiB data disk (Linux names SCSI disks in probe order, so sda/sdb is not stable).
+DATA_DISK = """$(awk '$3 == 16384 {print "/dev/" $4}' /proc/partitions)"""
+
+
 def write_mark(hv: Hypervisor, name: str, mark: str) -> None:
-    result = hv.exec_in_vm(name, f"printf '{mark}' > /tmp/m; dd if=/tmp/m of=/dev/sdb bs=512 count=1 conv=sync,fsync"
-                                 " 2>/dev/null; sync; echo written")
+    result = hv.exec_in_vm(name, f"printf '{mark}' > /tmp/m; dd if=/tmp/m of={DATA_DISK} bs=512 count=1 "
+                                 "conv=sync,fsync 2>/dev/null; sync; echo written")
     assert result.output.strip().endswith("written"), result.output
 
 
 def read_mark(hv: Hypervisor, name: str) -> str:
-    result = hv.exec_in_vm(name, "dd if=/dev/sdb bs=512 count=1 2>/dev/null | tr -d '\\000'")
+    result = hv.exec_in_vm(name, f"dd if={DATA_DISK} bs=512 count=1 2>/dev/null | tr -d '\\000'")
     assert result.exit_code == 0
     return result.output.strip()
 
