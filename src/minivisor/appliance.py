@@ -1,0 +1,575 @@
+"""The test guest ("appliance"): a small BIOS-bootable raw disk built from Debian packages.
+
+The image is a whole-disk FAT filesystem ("superfloppy") carrying SYSLINUX, the
+Debian kernel and an initramfs written here: busybox, the guest init
+(``guest/init``) and the kernel modules for every disk controller and NIC that
+minivisor can give a VM. The guest prints one inventory line and one ready
+line on the serial console (see ``INVENTORY_PREFIX`` and ``READY_LINE``), then
+serves a root shell there; the ACPI power button powers it off.
+
+Nothing is mounted and no loop device is used: the filesystem is made with
+``mkfs.fat`` and filled with mtools, so the build needs no privileges beyond
+downloading packages (``apt-get download``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.resources
+import lzma
+import os
+import re
+import shutil
+import stat
+import struct
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from minivisor.errors import ImageBuildError
+
+__all__ = [
+    "IMAGE_SIZE",
+    "INVENTORY_PREFIX",
+    "READY_LINE",
+    "build_appliance",
+]
+
+INVENTORY_PREFIX = "minivisor-guest: inventory "
+"""Start of the console line whose remainder is the guest's JSON inventory."""
+
+READY_LINE = "minivisor-guest: ready"
+"""Console line printed once the guest's serial shell is about to start."""
+
+IMAGE_SIZE = 64 * 1024 * 1024
+"""Size in bytes of the raw appliance image (the guest sees a disk this big)."""
+
+_KERNEL_METAPACKAGE = "linux-image-amd64"
+_BUSYBOX_PACKAGE = "busybox-static"
+
+# Drivers for every controller and NIC minivisor emulates, and for the ACPI
+# power button. Dependencies are added from the modules' own metadata.
+_MODULES = (
+    "sym53c8xx",  # lsi53c895a = VMware lsilogic
+    "mptsas",  # mptsas1068 = VMware lsisas1068
+    "vmw_pvscsi",
+    "ahci",
+    "ata_piix",
+    "nvme",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "virtio_net",
+    "sd_mod",
+    "sr_mod",
+    "vmxnet3",
+    "e1000",
+    "e1000e",
+    "pcnet32",
+    "button",
+    "evdev",
+)
+
+# Every option below is there for boot time under TCG (each was measured),
+# except panic=-1, which turns a panic into a reset that QEMU's -no-reboot
+# turns into exit, and ipv6.disable=1, which also keeps the guest silent on
+# the network when its NICs come up (no router solicitations, no DAD).
+_KERNEL_CMDLINE = " ".join(
+    (
+        "console=ttyS0,115200",
+        # Serial output is slow under TCG, and kernel messages must not land
+        # inside the guest's console lines: only emergencies get through.
+        "quiet loglevel=1",
+        "panic=-1",
+        "ipv6.disable=1",
+        # Skip the crypto self-tests and initcalls that cost 30-180 ms each
+        # for features the guest never uses (a KDF self-test, encrypted keys,
+        # kprobe and block tracing).
+        "cryptomgr.notests",
+        "initcall_blacklist=crypto_kdf108_init,init_encrypted,init_kprobe_trace,init_blk_tracer",
+        # Skip W+X page-table checks, mitigation patching, probing unused
+        # UARTs and the delay-loop calibration of each CPU (udelay uses the
+        # TSC; lpj is only its fallback).
+        "rodata=off mitigations=off 8250.nr_uarts=1 lpj=10000000",
+        # sym53c8xx (lsi53c895a) waits 3 s after its bus reset by default.
+        "sym53c8xx.settle=0",
+    )
+)
+
+_SYSLINUX_CFG = f"""\
+SERIAL 0 115200
+DEFAULT appliance
+PROMPT 0
+TIMEOUT 0
+LABEL appliance
+  KERNEL /vmlinuz
+  INITRD /initrd.gz
+  APPEND {_KERNEL_CMDLINE}
+"""
+
+# The host programs the build runs, and the Debian package providing each.
+_HOST_TOOLS = {
+    "apt-get": "apt",
+    "apt-cache": "apt",
+    "dpkg-deb": "dpkg",
+    "mkfs.fat": "dosfstools",
+    "mcopy": "mtools",
+    "syslinux": "syslinux",
+}
+
+Progress = Callable[[str], None]
+
+
+def build_appliance(cache_dir: Path, *, force: bool = False, progress: Progress | None = None) -> Path:
+    """Build the appliance image, or reuse the cached one; return its path.
+
+    The image lives in ``cache_dir/images/`` under a name carrying a hash of
+    the build inputs, so changing them (e.g. the guest init) builds a new one.
+    Downloaded packages are kept in ``cache_dir/debs/``. The image is written
+    to a temporary file and renamed into place, so a killed build never
+    leaves a partial image under the final name. ``force`` rebuilds even when
+    the image exists. ``progress`` receives one short line per build step.
+
+    Raises ImageBuildError, with a hint how to fix it, when any step fails.
+    """
+    say = progress or (lambda _line: None)
+    cache_dir = Path(cache_dir)
+    images = cache_dir / "images"
+    target = images / f"appliance-{_inputs_digest()[:16]}.img"
+    if target.exists() and not force:
+        return target
+    tools = _host_tools()
+    images.mkdir(parents=True, exist_ok=True)
+    # The kernel package unpacks to ~400 MB: work beside the cache rather
+    # than in a /tmp that may be a small tmpfs.
+    with tempfile.TemporaryDirectory(prefix=".build-", dir=cache_dir) as work:
+        kernel, initrd = _build_boot_files(cache_dir / "debs", Path(work), tools, say)
+        say("writing the disk image")
+        fd, partial = tempfile.mkstemp(prefix=".appliance-", suffix=".partial", dir=images)
+        os.close(fd)
+        try:
+            _write_disk(Path(partial), kernel, initrd, tools)
+            os.chmod(partial, 0o644)  # mkstemp made it private
+            os.replace(partial, target)
+        finally:
+            Path(partial).unlink(missing_ok=True)
+    say(f"appliance image ready: {target}")
+    return target
+
+
+def _inputs_digest() -> str:
+    """A hash of the build inputs that live in this package.
+
+    That is this module (the recipe: packages, modules, kernel command line,
+    disk layout) and the guest init. The Debian packages are pinned by the
+    copies kept in ``debs/``.
+    """
+    h = hashlib.sha256()
+    h.update(Path(__file__).read_bytes())
+    h.update(_guest_init())
+    return h.hexdigest()
+
+
+def _guest_init() -> bytes:
+    """The guest's init script, shipped as package data."""
+    return importlib.resources.files("minivisor").joinpath("guest/init").read_bytes()
+
+
+def _host_tools() -> dict[str, str]:
+    """The absolute path of every host program the build needs."""
+    # mkfs.fat lives in /usr/sbin, which is not on a normal user's PATH.
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    found = {}
+    for tool, package in _HOST_TOOLS.items():
+        path = shutil.which(tool, path=search)
+        if path is None:
+            raise ImageBuildError(
+                f"cannot build the appliance image: host program {tool} is missing",
+                hint=f"install the Debian package {package} (apt-get install {package})",
+            )
+        found[tool] = path
+    return found
+
+
+def _build_boot_files(debs: Path, work: Path, tools: dict[str, str], say: Progress) -> tuple[Path, Path]:
+    """Fetch the packages; return the kernel and an initramfs made in ``work``."""
+    apt = _Apt(tools, say)
+    kernel_package = apt.kernel_package()
+    kernel_deb = apt.download(kernel_package, debs)
+    busybox_deb = apt.download(_BUSYBOX_PACKAGE, debs)
+    say(f"extracting {kernel_deb.name}")
+    root = work / "root"
+    for deb in (kernel_deb, busybox_deb):
+        _run([tools["dpkg-deb"], "-x", str(deb), str(root)], hint=f"delete {deb} and build again")
+    release, vmlinuz = _kernel_release(root)
+    say(f"writing the initramfs for kernel {release}")
+    initrd = work / "initrd.gz"
+    initrd.write_bytes(_initramfs(root, release))
+    return vmlinuz, initrd
+
+
+class _Apt:
+    """Package lookups and downloads that refresh apt's lists once on failure.
+
+    A fresh Debian host (or a container) often has stale or no package lists;
+    as root the build runs ``apt-get update`` once and retries, otherwise the
+    error says to run it.
+    """
+
+    def __init__(self, tools: dict[str, str], say: Progress) -> None:
+        self._tools = tools
+        self._say = say
+        self._updated = False
+
+    def kernel_package(self) -> str:
+        """The versioned kernel package the metapackage currently depends on."""
+        self._say(f"resolving {_KERNEL_METAPACKAGE}")
+        out = self._run_apt([self._tools["apt-cache"], "depends", _KERNEL_METAPACKAGE])
+        match = re.search(r"Depends:\s*(linux-image-\d\S*)", out)
+        if match is None:
+            raise ImageBuildError(
+                f"apt-cache lists no versioned kernel package for {_KERNEL_METAPACKAGE}",
+                hint="check that the Debian main archive is in the apt sources",
+            )
+        return match.group(1)
+
+    def download(self, package: str, debs: Path) -> Path:
+        """The package's .deb in ``debs``, downloaded unless already there."""
+        cached = sorted(debs.glob(f"{package}_*.deb"), key=lambda p: p.stat().st_mtime)
+        if cached:
+            return cached[-1]
+        self._say(f"downloading {package}")
+        debs.mkdir(parents=True, exist_ok=True)
+        # Download beside the cache and move the file in, so an interrupted
+        # download never looks like a cached package.
+        with tempfile.TemporaryDirectory(prefix=".download-", dir=debs) as tmp:
+            self._run_apt([self._tools["apt-get"], "download", package], cwd=Path(tmp))
+            fetched = list(Path(tmp).glob(f"{package}_*.deb"))
+            if len(fetched) != 1:
+                raise ImageBuildError(f"apt-get download {package} produced no package file")
+            final = debs / fetched[0].name
+            os.replace(fetched[0], final)
+        return final
+
+    def _run_apt(self, argv: list[str], cwd: Path | None = None) -> str:
+        """Run an apt program, after one ``apt-get update`` if it fails as root."""
+        try:
+            return _run_raw(argv, cwd)
+        except _CommandFailed as err:
+            failure = f"{Path(argv[0]).name} {' '.join(argv[1:])} failed: {err.detail}"
+        if os.geteuid() != 0:
+            raise ImageBuildError(failure, hint="run `apt-get update` as root, then build again")
+        if self._updated:
+            raise ImageBuildError(failure, hint=_APT_SOURCES_HINT)
+        self._say("refreshing the package lists (apt-get update)")
+        self._updated = True
+        _run([self._tools["apt-get"], "update"], hint=_APT_SOURCES_HINT)
+        return self._run_apt(argv, cwd)
+
+
+_APT_SOURCES_HINT = "check that /etc/apt/sources.list names a reachable Debian archive"
+
+
+def _kernel_release(root: Path) -> tuple[str, Path]:
+    """The release (``uname -r``) of the kernel extracted under root, and its image."""
+    images = sorted((root / "boot").glob("vmlinuz-*"))
+    if len(images) != 1:
+        raise ImageBuildError("the kernel package holds no single /boot/vmlinuz-*")
+    release = images[0].name.removeprefix("vmlinuz-")
+    return release, images[0]
+
+
+def _initramfs(root: Path, release: str) -> bytes:
+    """The gzip-compressed cpio initramfs: busybox, the init and the modules."""
+    cpio = _Cpio()
+    for name in ("dev", "proc", "sys", "tmp", "root", "etc"):
+        cpio.directory(name)
+    # The kernel opens /dev/console for init before devtmpfs can be mounted.
+    cpio.char_device("dev/console", 5, 1)
+    cpio.file("init", _guest_init(), mode=0o755)
+    _add_busybox(cpio, root / "bin" / "busybox")
+    _add_modules(cpio, root / "lib" / "modules" / release)
+    # Level 6 is as small as 9 within a few percent and much faster to write.
+    return gzip.compress(cpio.finish(), compresslevel=6, mtime=0)
+
+
+def _add_busybox(cpio: _Cpio, busybox: Path) -> None:
+    """Add busybox and a symlink for each of its applets."""
+    if not busybox.is_file():
+        raise ImageBuildError(f"{_BUSYBOX_PACKAGE} holds no /bin/busybox")
+    cpio.file("bin/busybox", busybox.read_bytes(), mode=0o755)
+    # busybox-static runs on any x86-64 Linux host, so it can list itself.
+    applets = _run([str(busybox), "--list-full"], hint=f"is {busybox.name} an x86-64 binary?")
+    for applet in sorted(set(applets.split())):
+        if applet != "bin/busybox":
+            cpio.symlink(applet, "/bin/busybox")
+
+
+# Module files as Debian may ship them, and how to read each.
+_MODULE_SUFFIXES: dict[str, Callable[[bytes], bytes]] = {
+    ".ko": lambda data: data,
+    ".ko.xz": lzma.decompress,
+    ".ko.gz": gzip.decompress,
+}
+
+
+def _add_modules(cpio: _Cpio, moddir: Path) -> None:
+    """Add the wanted modules, their dependencies, and the indexes to load them.
+
+    Debian's kernel package ships no modules.dep (its postinst runs depmod),
+    so dependencies and aliases come from each module's .modinfo section.
+    Modules go in uncompressed: the initramfs as a whole is compressed.
+    """
+    available = _module_files(moddir)
+    builtin = _builtin_modules(moddir)
+    modules = _with_dependencies(_MODULES, available, builtin)
+    base = f"lib/modules/{moddir.name}"
+    dep_lines, aliases = [], []
+    for name, info in modules.items():
+        path = f"kernel/{name}.ko"
+        cpio.file(f"{base}/{path}", info.data)
+        # busybox modprobe loads a line's dependencies right to left.
+        deps = " ".join(f"kernel/{dep}.ko" for dep in _load_order(name, modules)[-2::-1])
+        dep_lines.append(f"{path}: {deps}".rstrip())
+        aliases.extend((alias, name) for alias in info.aliases)
+    cpio.file(f"{base}/modules.dep", _lines(dep_lines))
+    cpio.file(f"{base}/modules.alias", _lines(f"alias {alias} {name}" for alias, name in aliases))
+    cpio.file("etc/drivers.sh", _has_driver_function(alias for alias, _ in aliases))
+
+
+def _lines(lines: Iterable[str]) -> bytes:
+    """Text lines as the bytes of a file."""
+    return "".join(f"{line}\n" for line in lines).encode()
+
+
+def _has_driver_function(patterns: Iterable[str]) -> bytes:
+    """Shell code defining ``has_driver MODALIAS``: does any module claim it?
+
+    The guest init uses it to start modprobe only for devices that have a
+    driver here; forking one modprobe per device costs ~5 ms each under TCG.
+    Alias patterns are shell globs already, so they become case patterns;
+    only characters with a meaning to the shell parser need escaping.
+    """
+    unsafe = re.compile(r"([^A-Za-z0-9_*?\[\]!:.,+=/-])")
+    escaped = (unsafe.sub(r"\\\1", pattern) for pattern in sorted(set(patterns)))
+    return _lines(
+        (
+            "# Generated by minivisor.appliance from the modules' aliases.",
+            "has_driver() {",
+            "    case $1 in",
+            "    " + " | ".join(escaped) + ") return 0 ;;",
+            "    esac",
+            "    return 1",
+            "}",
+        )
+    )
+
+
+class _Module:
+    """A kernel module's code and the metadata the build needs from it."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        info = _modinfo(data)
+        self.depends = [
+            _module_name(dep) for value in info.get("depends", []) for dep in value.split(",") if dep
+        ]
+        self.aliases = info.get("alias", [])
+
+
+def _module_name(name: str) -> str:
+    """The kernel's canonical module name (it treats - and _ alike)."""
+    return name.replace("-", "_")
+
+
+def _module_files(moddir: Path) -> dict[str, Path]:
+    """Every module file under moddir, by canonical module name."""
+    files = {}
+    for path in (moddir / "kernel").rglob("*.ko*"):
+        for suffix in _MODULE_SUFFIXES:
+            if path.name.endswith(suffix):
+                files[_module_name(path.name.removesuffix(suffix))] = path
+    return files
+
+
+def _builtin_modules(moddir: Path) -> set[str]:
+    """Names of the modules compiled into the kernel (modules.builtin)."""
+    builtin = moddir / "modules.builtin"
+    if not builtin.exists():
+        return set()
+    return {_module_name(Path(entry).name.removesuffix(".ko")) for entry in builtin.read_text().split()}
+
+
+def _with_dependencies(
+    wanted: Iterable[str], files: dict[str, Path], builtin: set[str]
+) -> dict[str, _Module]:
+    """The wanted modules and everything they depend on, skipping built-ins."""
+    modules: dict[str, _Module] = {}
+    pending = [_module_name(n) for n in wanted]
+    while pending:
+        name = pending.pop()
+        if name in modules or name in builtin:
+            continue
+        if name not in files:
+            raise ImageBuildError(
+                f"the kernel package has no module {name}",
+                hint="the appliance needs Debian's full linux-image-*-amd64 kernel",
+            )
+        path = files[name]
+        suffix = next(s for s in _MODULE_SUFFIXES if path.name.endswith(s))
+        modules[name] = _Module(_MODULE_SUFFIXES[suffix](path.read_bytes()))
+        pending.extend(modules[name].depends)
+    return modules
+
+
+def _load_order(name: str, modules: dict[str, _Module]) -> list[str]:
+    """``name`` and its (in-image) dependencies, each after all it depends on."""
+    order: list[str] = []
+
+    def visit(module: str) -> None:
+        if module in order or module not in modules:
+            return
+        for dep in modules[module].depends:
+            visit(dep)
+        order.append(module)
+
+    visit(name)
+    return order
+
+
+def _modinfo(elf: bytes) -> dict[str, list[str]]:
+    """The key=value strings of a module's .modinfo ELF section, grouped by key."""
+    if elf[:5] != b"\x7fELF\x02":
+        raise ImageBuildError(
+            "a kernel module in the kernel package is not a 64-bit ELF file",
+            hint="delete the cached packages (debs/ in the cache directory) and build again",
+        )
+    (shoff,) = struct.unpack_from("<Q", elf, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x3A)
+
+    def section(index: int) -> tuple[int, int, int]:
+        """The name offset, file offset and size of section ``index``."""
+        name, _type, _flags, _addr, offset, size = struct.unpack_from(
+            "<IIQQQQ", elf, shoff + index * shentsize
+        )
+        return name, offset, size
+
+    _, names, _ = section(shstrndx)
+    info: dict[str, list[str]] = {}
+    for index in range(shnum):
+        name, offset, size = section(index)
+        if elf[names + name : elf.index(b"\0", names + name)] == b".modinfo":
+            for entry in elf[offset : offset + size].decode(errors="replace").split("\0"):
+                key, sep, value = entry.partition("=")
+                if sep:
+                    info.setdefault(key, []).append(value)
+    return info
+
+
+class _Cpio:
+    """An in-memory cpio archive in the "newc" format the kernel unpacks.
+
+    Entries are owned by root with mtime 0, so equal inputs give equal bytes.
+    Parent directories are added automatically (the kernel needs them first).
+    """
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._inode = 0
+        self._dirs: set[str] = set()
+
+    def directory(self, name: str) -> None:
+        """Add a directory (and its parents) unless already present."""
+        if name in self._dirs:
+            return
+        parent = os.path.dirname(name)
+        if parent:
+            self.directory(parent)
+        self._dirs.add(name)
+        self._entry(name, stat.S_IFDIR | 0o755, nlink=2)
+
+    def file(self, name: str, data: bytes, *, mode: int = 0o644) -> None:
+        """Add a regular file."""
+        self._parent(name)
+        self._entry(name, stat.S_IFREG | mode, data)
+
+    def symlink(self, name: str, target: str) -> None:
+        """Add a symbolic link pointing at target."""
+        self._parent(name)
+        self._entry(name, stat.S_IFLNK | 0o777, target.encode())
+
+    def char_device(self, name: str, major: int, minor: int) -> None:
+        """Add a character device node."""
+        self._parent(name)
+        self._entry(name, stat.S_IFCHR | 0o600, rdev=(major, minor))
+
+    def finish(self) -> bytes:
+        """Close the archive and return its bytes."""
+        self._entry("TRAILER!!!", 0)
+        return b"".join(self._chunks)
+
+    def _parent(self, name: str) -> None:
+        parent = os.path.dirname(name)
+        if parent:
+            self.directory(parent)
+
+    def _entry(
+        self, name: str, mode: int, data: bytes = b"", *, nlink: int = 1, rdev: tuple[int, int] = (0, 0)
+    ) -> None:
+        self._inode += 1
+        encoded = name.encode() + b"\0"
+        fields = (self._inode, mode, 0, 0, nlink, 0, len(data), 0, 0, *rdev, len(encoded), 0)
+        self._write(b"070701" + b"".join(b"%08X" % f for f in fields) + encoded)
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        # Every header, name and body starts on a 4-byte boundary.
+        self._chunks.append(data + b"\0" * (-len(data) % 4))
+
+
+def _write_disk(image: Path, kernel: Path, initrd: Path, tools: dict[str, str]) -> None:
+    """Make ``image`` a bootable superfloppy: FAT over the whole disk plus SYSLINUX.
+
+    SeaBIOS boots the FAT boot sector SYSLINUX installs from every controller
+    it supports, and Linux recognises the sector as FAT, not a partition table.
+    """
+    with image.open("wb") as f:
+        f.truncate(IMAGE_SIZE)
+    hint = f"check free space and permissions in {image.parent}"
+    _run([tools["mkfs.fat"], "-n", "MINIVISOR", "-i", "4d565347", str(image)], hint=hint)
+    cfg = image.with_suffix(".cfg")
+    cfg.write_text(_SYSLINUX_CFG)
+    try:
+        for source, name in ((kernel, "vmlinuz"), (initrd, "initrd.gz"), (cfg, "syslinux.cfg")):
+            _run([tools["mcopy"], "-i", str(image), str(source), f"::{name}"], hint=hint)
+    finally:
+        cfg.unlink()
+    _run([tools["syslinux"], "--install", str(image)], hint=hint)
+
+
+class _CommandFailed(Exception):
+    """A host program exited non-zero; ``detail`` is its last line of output."""
+
+    def __init__(self, argv: list[str], detail: str) -> None:
+        super().__init__(f"{argv[0]} failed: {detail}")
+        self.detail = detail
+
+
+def _run_raw(argv: list[str], cwd: Path | None = None) -> str:
+    """Run a host program and return its stdout; raise _CommandFailed on error."""
+    env = dict(os.environ, MTOOLS_SKIP_CHECK="1", LC_ALL="C")
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
+        raise _CommandFailed(argv, lines[-1].strip() if lines else f"exit status {proc.returncode}")
+    return proc.stdout
+
+
+def _run(argv: list[str], *, hint: str) -> str:
+    """Run a host program; a failure becomes an ImageBuildError with ``hint``."""
+    try:
+        return _run_raw(argv)
+    except _CommandFailed as err:
+        raise ImageBuildError(f"{Path(argv[0]).name} failed: {err.detail}", hint=hint) from None
