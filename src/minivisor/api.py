@@ -18,6 +18,7 @@ import re
 import shutil
 import uuid as uuidlib
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from . import dirs, host
 from .console import ExecResult, console_lock, run_command, wait_for_line
 from .datastore import Datastore, check_vm_name
 from .disks import convert_disk, create_disk, format_for, human_size, parse_size, read_layer
-from .errors import ConflictError, HvError, PathError, SpecError
+from .errors import ConflictError, HvError, LockError, PathError, SpecError
 from .launcher import LaunchEnv, VirtualDevice, VmPaths, build_qemu_argv, virtual_hardware
 from .spec import VmSpec
 from .state import Action, VmState, require
@@ -239,21 +240,22 @@ class Hypervisor:
     # -- power -------------------------------------------------------------
     def start_vm(self, name: str, *, wait_ready: bool = False, timeout: float = 120.0) -> StartResult:
         """Power on: one VMM process boots the VM from the disk its specfile names."""
-        vmm = self._vmm(name)
-        require(name, vmm.state(), Action.START)
-        spec, env, warnings = self._launch_plan(name)  # every check before anything is touched
-        with vmm.lock.acquire(name):
-            if self._disk_ops().finish_interrupted(name):  # a snapshot/clone cut short: finish or undo it
-                spec, env, warnings = self._launch_plan(name)
-            _rotate(env.paths.serial_log)
-            env.paths.bios_log.unlink(missing_ok=True)
-            links_down = [nic.name for nic in spec.nics if env.networks[nic.index] == "unconnected"]
-            self._admit(name, spec)  # under the lock: concurrent power-ons count each other
-            record = vmm.launch(build_qemu_argv(spec, env), env.accel, links_down)
-        from .resources import place
+        with self._operation(name):
+            vmm = self._vmm(name)
+            require(name, vmm.state(), Action.START)
+            spec, env, warnings = self._launch_plan(name)  # every check before anything is touched
+            with vmm.lock.acquire(name):
+                if self._disk_ops().finish_interrupted(name):  # a snapshot/clone cut short: finish or undo it
+                    spec, env, warnings = self._launch_plan(name)
+                _rotate(env.paths.serial_log)
+                env.paths.bios_log.unlink(missing_ok=True)
+                links_down = [nic.name for nic in spec.nics if env.networks[nic.index] == "unconnected"]
+                self._admit(name, spec)  # under the lock: concurrent power-ons count each other
+                record = vmm.launch(build_qemu_argv(spec, env), env.accel, links_down)
+            from .resources import place
 
-        warnings += place(record.pid, spec, name)
-        self._emit("poweredOn", name, pid=record.pid, accel=record.accel)
+            warnings += place(record.pid, spec, name)
+            self._emit("poweredOn", name, pid=record.pid, accel=record.accel)
         ready = None
         if wait_ready:
             ready = self.wait_ready(name, timeout=timeout, spec=spec)
@@ -270,35 +272,39 @@ class Hypervisor:
 
     def stop_vm(self, name: str, *, hard: bool = False, timeout: float = 30.0) -> str:
         """Power off: ACPI shutdown, then hard after ``timeout`` s. Returns soft, hard or killed."""
-        vmm = self._vmm(name)
-        require(name, vmm.state(), Action.STOP)
-        record = vmm.record()
-        pid = record.pid if record else None
-        self._emit("poweringOff", name, pid=pid, hard=hard)
-        how = vmm.stop(hard=hard, timeout=timeout)
-        self._emit("poweredOff", name, pid=pid, reason=f"stopped ({how})")
-        return how
+        with self._operation(name):
+            vmm = self._vmm(name)
+            require(name, vmm.state(), Action.STOP)
+            record = vmm.record()
+            pid = record.pid if record else None
+            self._emit("poweringOff", name, pid=pid, hard=hard)
+            how = vmm.stop(hard=hard, timeout=timeout)
+            self._emit("poweredOff", name, pid=pid, reason=f"stopped ({how})")
+            return how
 
     def reset_vm(self, name: str) -> None:
         """Hard reset, like pressing the reset button."""
-        vmm = self._vmm(name)
-        require(name, vmm.state(), Action.RESET)
-        vmm.execute("system_reset")
-        self._emit("reset", name)
+        with self._operation(name):
+            vmm = self._vmm(name)
+            require(name, vmm.state(), Action.RESET)
+            vmm.execute("system_reset")
+            self._emit("reset", name)
 
     def pause_vm(self, name: str) -> None:
         """Freeze the VM's vCPUs; memory and devices stay as they are."""
-        vmm = self._vmm(name)
-        require(name, vmm.state(), Action.PAUSE)
-        vmm.set_paused(True)
-        self._emit("paused", name)
+        with self._operation(name):
+            vmm = self._vmm(name)
+            require(name, vmm.state(), Action.PAUSE)
+            vmm.set_paused(True)
+            self._emit("paused", name)
 
     def resume_vm(self, name: str) -> None:
         """Let a paused VM run again."""
-        vmm = self._vmm(name)
-        require(name, vmm.state(), Action.RESUME)
-        vmm.set_paused(False)
-        self._emit("resumed", name)
+        with self._operation(name):
+            vmm = self._vmm(name)
+            require(name, vmm.state(), Action.RESUME)
+            vmm.set_paused(False)
+            self._emit("resumed", name)
 
     # -- guest access ----------------------------------------------------
     def exec_in_vm(self, name: str, command: list[str] | str, *, timeout: float = 60.0) -> ExecResult:
@@ -410,6 +416,34 @@ class Hypervisor:
                 self.on_event(event)
             except Exception:  # noqa: BLE001 - a listener's bug must not fail the operation
                 pass
+
+    @contextmanager
+    def _operation(self, name: str, wait: float = 120.0):
+        """One power operation on a VM at a time, across processes (the CLI and the service).
+
+        The VM lock cannot do this: the VMM holds it while it runs. Without this
+        lock, two stops could both see the VM running, and the second could send
+        its QMP ``quit`` to a VMM a third process had just started on the same socket.
+        """
+        import fcntl
+        import time
+
+        path = self._vmx(name).with_name(".operation.lck")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise LockError(f"VM {name!r} is busy with another operation",
+                                        hint="retry when it has finished") from None
+                    time.sleep(0.01)
+            yield
+        finally:
+            os.close(fd)
 
     def _vmx(self, name: str) -> Path:
         return self.datastore.vmx_path(self.datastore.catalog.get(name))

@@ -306,7 +306,7 @@ class Vmm:
     def _cleanup(self, record: RuntimeRecord) -> None:
         self.record_path.unlink(missing_ok=True)
         runtime = Path(record.runtime_dir)
-        for path in (runtime / "qmp.sock", runtime / "console.sock"):
+        for path in (runtime / "qmp.sock", runtime / "console.sock", runtime / "qmp.lock"):
             path.unlink(missing_ok=True)
         try:
             runtime.rmdir()
@@ -317,10 +317,37 @@ class Vmm:
 # -- QMP ---------------------------------------------------------------------
 def qmp_execute(socket: Path, *commands: tuple[str, dict[str, Any] | None],
                 timeout: float = QMP_TIMEOUT) -> list[Any]:
-    """Run QMP commands over one connection and return their results."""
+    """Run QMP commands over one connection and return their results.
+
+    QEMU serves one QMP client at a time, so callers (the CLI, the service's
+    requests, its metrics) take turns through a lock beside the socket.
+    """
     import asyncio  # only commands that talk to a VMM pay for asyncio
 
-    return asyncio.run(_qmp_session(socket, commands, timeout))
+    fd = _qmp_turn(socket, timeout)
+    try:
+        return asyncio.run(_qmp_session(socket, commands, timeout))
+    finally:
+        os.close(fd)
+
+
+def _qmp_turn(socket: Path, timeout: float) -> int:
+    try:
+        fd = os.open(socket.with_name("qmp.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise QmpError(f"cannot talk to the VMM over {socket}: {exc.strerror}",
+                       hint="the VM may have just powered off; check: minivisor vm show") from exc
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise QmpError(f"the VMM's control socket {socket} stayed busy for {timeout:.0f} s",
+                               hint="another command is talking to this VM; retry") from None
+            time.sleep(0.005)
 
 
 async def _qmp_session(socket: Path, commands: tuple, timeout: float) -> list[Any]:
