@@ -1,0 +1,90 @@
+"""The snapshot tree in VMware's .vmsd keys, delta names, and the journal's phases (no QEMU)."""
+
+from __future__ import annotations
+
+import pytest
+
+from minivisor.errors import ConflictError, NotFoundError
+from minivisor.journal import JOURNAL_NAME, Journal, write_step
+from minivisor.snapshots import Snapshot, SnapshotTree, delta_name
+
+# A .vmsd as VMware Workstation writes it (CRLF, slots past 9, a negative createTimeLow).
+WORKSTATION_VMSD = (
+    b'.encoding = "UTF-8"\r\nsnapshot.lastUID = "12"\r\nsnapshot.current = "12"\r\n'
+    b'snapshot10.uid = "11"\r\nsnapshot10.filename = "vm-Snapshot11.vmsn"\r\nsnapshot10.displayName = "base"\r\n'
+    b'snapshot10.description = "line one|0Aline two"\r\nsnapshot10.createTimeHigh = "378434"\r\n'
+    b'snapshot10.createTimeLow = "-1183654966"\r\nsnapshot10.numDisks = "1"\r\n'
+    b'snapshot10.disk0.fileName = "vm.vmdk"\r\nsnapshot10.disk0.node = "scsi0:0"\r\n'
+    b'snapshot.numSnapshots = "2"\r\n'
+    b'snapshot11.uid = "12"\r\nsnapshot11.parent = "11"\r\nsnapshot11.displayName = "after"\r\n'
+    b'snapshot11.numDisks = "1"\r\nsnapshot11.disk0.fileName = "vm-000001.vmdk"\r\n'
+    b'snapshot11.disk0.node = "scsi0:0"\r\n'
+)
+
+
+def test_a_workstation_vmsd_is_read(tmp_path):
+    path = tmp_path / "vm.vmsd"
+    path.write_bytes(WORKSTATION_VMSD)
+    tree = SnapshotTree.load(path)
+    assert tree.current == 12 and tree.last_uid == 12
+    base, after = tree.snapshots[11], tree.snapshots[12]
+    assert (base.name, base.parent, base.memory_file) == ("base", None, "vm-Snapshot11.vmsn")
+    assert base.description == "line one\nline two"
+    assert base.created_us == (378434 << 32) | (-1183654966 & 0xFFFFFFFF)
+    assert (after.parent, after.disks) == (11, {"scsi0:0": "vm-000001.vmdk"})
+
+
+def test_the_tree_round_trips_through_vmware_keys(tmp_path):
+    tree = SnapshotTree({1: Snapshot(1, "a", None, {"scsi0:0": "w.qcow2"}, "x\ny", (1 << 50) + (1 << 31)),
+                         2: Snapshot(2, 'b "quoted"', 1, {"scsi0:0": "w-000001.qcow2", "sata0:1": "d.qcow2"},
+                                     memory_file="w-Snapshot2.vmsn")}, 2, 2)
+    data = tree.to_bytes()
+    assert b'snapshot0.createTimeLow = "-2147483648"' in data  # signed, as VMware stores it
+    assert b'|22quoted|22' in data and b'x|0Ay' in data
+    (tmp_path / "w.vmsd").write_bytes(data)
+    again = SnapshotTree.load(tmp_path / "w.vmsd")
+    assert again == tree
+
+
+def test_list_is_depth_first_with_the_current_position_marked():
+    tree = SnapshotTree({1: Snapshot(1, "root", None, {}), 2: Snapshot(2, "left", 1, {}),
+                         3: Snapshot(3, "leaf", 2, {}), 4: Snapshot(4, "right", 1, {})}, 4, 4)
+    listed = [(s["name"], s["depth"], s["current"]) for s in tree.to_list()]
+    assert listed == [("root", 0, False), ("left", 1, False), ("leaf", 2, False), ("right", 1, True)]
+    assert tree.ancestors(3) == [3, 2, 1]
+
+
+def test_find_by_name_or_uid_and_clear_errors():
+    tree = SnapshotTree({1: Snapshot(1, "a", None, {}), 2: Snapshot(2, "a", 1, {}), 3: Snapshot(3, "c", 1, {})},
+                        3, 3)
+    assert tree.find("c", "vm").uid == 3 and tree.find("3", "vm").uid == 3
+    with pytest.raises(ConflictError):
+        tree.find("a", "vm")
+    with pytest.raises(NotFoundError) as missing:
+        tree.find("zzz", "vm")
+    assert "a, a, c" in missing.value.hint
+
+
+def test_delta_names_follow_vmware_and_skip_taken_ones(tmp_path):
+    (tmp_path / "w-000001.qcow2").touch()
+    (tmp_path / "w-000007.qcow2").touch()
+    assert delta_name(tmp_path, "w.qcow2", set()) == "w-000008.qcow2"
+    assert delta_name(tmp_path, "w-000007.qcow2", {"w-000008.qcow2"}) == "w-000009.qcow2"
+    assert delta_name(tmp_path, "CentOS-000002.vmdk", set()) == "CentOS-000001.qcow2"
+
+
+def test_the_journal_rolls_back_a_prepare_and_rolls_forward_a_commit(tmp_path):
+    made = tmp_path / "new.qcow2"
+    journal = Journal(tmp_path, "take")
+    journal.begin([made])
+    made.write_bytes(b"half")
+    Journal.load(tmp_path).rollback()  # what the next process does after a crash here
+    assert not made.exists() and not (tmp_path / JOURNAL_NAME).exists()
+
+    (tmp_path / "old").write_bytes(b"old")
+    journal = Journal(tmp_path, "take")
+    journal.commit([write_step("spec.vmx", b"new contents"), ["unlink", "old"]])
+    (tmp_path / "spec.vmx").write_bytes(b"new contents")  # crashed after doing step 0, before recording it
+    Journal.load(tmp_path).run()
+    assert (tmp_path / "spec.vmx").read_bytes() == b"new contents" and not (tmp_path / "old").exists()
+    assert not (tmp_path / JOURNAL_NAME).exists()
