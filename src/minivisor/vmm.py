@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import time
@@ -112,6 +113,14 @@ def process_start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
+def _exits_within(process: subprocess.Popen, seconds: float) -> bool:
+    try:
+        process.wait(timeout=seconds)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
 def _is_our_vmm(record: RuntimeRecord) -> bool:
     """The pid is alive and is still the QEMU we started (not a reused pid)."""
     if process_start_ticks(record.pid) != record.start_ticks:
@@ -169,10 +178,14 @@ class Vmm:
             record.save(self.record_path)
             commands = [("set_link", {"name": nic, "up": False}) for nic in links_down]
             qmp_execute(self.paths.qmp_socket, *commands, ("cont", None))
-        except BaseException:
+        except BaseException as exc:
+            exited = _exits_within(process, 1.0) if isinstance(exc, QmpError) else False
             process.kill()
             process.wait()
             self.record_path.unlink(missing_ok=True)
+            if exited and isinstance(exc, QmpError):  # QEMU opened its socket, then gave up
+                raise VmmError(f"the VMM of {self.name!r} failed to start: {self.last_vmm_error()}",
+                               hint=f"see {self.paths.vmm_log}") from exc
             raise
         Vmm._children[process.pid] = process
         return record
@@ -305,13 +318,8 @@ class Vmm:
 
     def _cleanup(self, record: RuntimeRecord) -> None:
         self.record_path.unlink(missing_ok=True)
-        runtime = Path(record.runtime_dir)
-        for path in (runtime / "qmp.sock", runtime / "console.sock", runtime / "qmp.lock"):
-            path.unlink(missing_ok=True)
-        try:
-            runtime.rmdir()
-        except OSError:
-            pass
+        # The folder holds only this VM's sockets and locks (qmp.sock, console.sock, *.lock).
+        shutil.rmtree(record.runtime_dir, ignore_errors=True)
 
 
 # -- QMP ---------------------------------------------------------------------
