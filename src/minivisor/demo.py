@@ -30,7 +30,7 @@ __all__ = ["run_demo", "SEED_VMX"]
 
 SEED_VMX = "CentOS7-Minimal64-1708.vmx"
 DEMO_NAME = "CentOS7-Minimal64-1708"
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)
 
 
 def run_demo(hv: Hypervisor) -> None:
