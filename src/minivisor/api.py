@@ -96,13 +96,16 @@ class Hypervisor:
         # Called with every event after it is written to the VM's event log (the service
         # publishes them as server-sent events). Errors in it never fail an operation.
         self.on_event = on_event
+        self._paths_memo: dict[tuple[str, str], tuple[Path, VmPaths, str]] = {}  # (name, vmx) -> vmx, paths, lock
+        self._summary_memo: dict[str, tuple[str, str, dict[str, Any]]] = {}  # vmx -> (uuid, stamp, summary)
 
     # -- reading ---------------------------------------------------------
     def list_vms(self) -> list[VmInfo]:
         """Every VM in the catalog with its current state."""
         entries = self.datastore.catalog.list()
         summaries = self._summaries(entries)
-        return [self._info_of(entry, summaries[entry.name]) for entry in entries]
+        locked = _flocked_files()  # one read of /proc/locks instead of a lock probe per VM
+        return [self._info_of(entry, summaries[entry.name], locked) for entry in entries]
 
     def get_vm(self, name: str) -> VmInfo:
         """One VM, or NotFoundError."""
@@ -250,8 +253,11 @@ class Hypervisor:
                 _rotate(env.paths.serial_log)
                 env.paths.bios_log.unlink(missing_ok=True)
                 links_down = [nic.name for nic in spec.nics if env.networks[nic.index] == "unconnected"]
-                self._admit(name, spec)  # under the lock: concurrent power-ons count each other
-                record = vmm.launch(build_qemu_argv(spec, env), env.accel, links_down)
+                claim = self._admit(name, spec)  # under the VM lock: the claim is ours while we launch
+                try:
+                    record = vmm.launch(build_qemu_argv(spec, env), env.accel, links_down)
+                finally:
+                    claim.unlink(missing_ok=True)
             from .resources import place
 
             warnings += place(record.pid, spec, name)
@@ -452,12 +458,17 @@ class Hypervisor:
         return self._vmm_of(self.datastore.catalog.get(name))
 
     def _vmm_of(self, entry) -> Vmm:
-        vmx = self.datastore.vmx_path(entry)
-        name = entry.name
-        vm_dir = vmx.parent
-        digest = hashlib.sha256(os.path.realpath(vm_dir).encode()).hexdigest()[:16]
-        paths = VmPaths(vm_dir, dirs.runtime_root() / digest)
-        return Vmm(name, paths, vmx.with_name(vmx.name + ".lck"))
+        _, paths, lock = self._paths_of(entry)
+        return Vmm(entry.name, paths, Path(lock))
+
+    def _paths_of(self, entry) -> tuple[Path, VmPaths, str]:
+        """The specfile, the VM's paths and its lock file (memoized: `vm list` does this 1,000 times)."""
+        key = (entry.name, entry.vmx)
+        if key not in self._paths_memo:
+            vmx = self.datastore.vmx_path(entry)
+            digest = hashlib.sha256(os.path.realpath(vmx.parent).encode()).hexdigest()[:16]
+            self._paths_memo[key] = (vmx, VmPaths(vmx.parent, dirs.runtime_root() / digest), str(vmx) + ".lck")
+        return self._paths_memo[key]
 
     def _exclusive(self, name: str, action: Action):
         vmm = self._vmm(name)
@@ -481,21 +492,43 @@ class Hypervisor:
         warnings = resources.warnings + ((accel.warning,) if accel.warning else ()) + notes(spec)
         return spec, env, warnings
 
-    def _admit(self, name: str, spec: VmSpec) -> None:
-        """Refuse the power-on if the host cannot hold it next to the VMs holding their locks."""
+    def _admit(self, name: str, spec: VmSpec) -> Path:
+        """Refuse the power-on if the host cannot hold it next to the VMs already committed.
+
+        Committed: VMs holding their lock with a runtime record (running) or an
+        admission claim (powering on). The decision and the claim happen under one
+        datastore-wide lock, so concurrent power-ons count each other exactly once.
+        Returns the claim, which the caller removes once the VMM runs (or failed).
+        """
         from .resources import admit
         from .vmm import RuntimeRecord, VmLock
 
-        others = []
-        entries = [e for e in self.datastore.catalog.list() if e.name.lower() != name.lower()]
-        held = [e for e in entries if VmLock(self._lock_path(e)).is_held_elsewhere()]
-        summaries = self._summaries(held)
-        for entry in held:
-            record = RuntimeRecord.load(self.datastore.vmx_path(entry).parent / "runtime.json")
-            summary = summaries[entry.name]
-            others.append((entry.name, summary.get("memory_mib", 0), summary.get("mem_min_mib", 0),
-                           record.pid if record else None))
-        admit(spec, name, others, total_mib=host.host_memory_mib(), available_mib=host.available_memory_mib())
+        guard = os.open(self.datastore.meta / "admission.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            import fcntl
+
+            fcntl.flock(guard, fcntl.LOCK_EX)  # held for milliseconds: no launch happens under it
+            entries = [e for e in self.datastore.catalog.list() if e.name.lower() != name.lower()]
+            locked = _flocked_files()
+            if locked is not None:  # one read of /proc/locks instead of a lock probe per VM
+                held = [e for e in entries if _file_id(self._paths_of(e)[2]) in locked]
+            else:
+                held = [e for e in entries if VmLock(self._lock_path(e)).is_held_elsewhere()]
+            others = []
+            committed = [e for e in held if any(os.path.exists(self._paths_of(e)[1].vm_dir / f)
+                                                for f in ("runtime.json", ".admitted"))]
+            summaries = self._summaries(committed)
+            for entry in committed:
+                record = RuntimeRecord.load(self._paths_of(entry)[1].vm_dir / "runtime.json")
+                summary = summaries[entry.name]
+                others.append((entry.name, summary.get("memory_mib", 0), summary.get("mem_min_mib", 0),
+                               record.pid if record else None))
+            admit(spec, name, others, total_mib=host.host_memory_mib(), available_mib=host.available_memory_mib())
+            claim = self._vmm(name).paths.vm_dir / ".admitted"
+            claim.write_text(f"{os.getpid()}\n")
+            return claim
+        finally:
+            os.close(guard)
 
     def _lock_path(self, entry) -> Path:
         vmx = self.datastore.vmx_path(entry)
@@ -505,23 +538,33 @@ class Hypervisor:
         """What list/show need from each specfile, from the catalog's cache while the file is unchanged."""
         import json
 
-        cached = self.datastore.catalog.summaries()
         found: dict[str, dict[str, Any]] = {}
-        fresh = []
+        stamps: dict[str, str | None] = {}
+        root = str(self.datastore.root)
         for entry in entries:
-            vmx = self.datastore.vmx_path(entry)
             try:
-                st = os.stat(vmx)
-                stamp = f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
+                st = os.stat(f"{root}/{entry.vmx}")
+                stamps[entry.name] = stamp = f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
             except OSError:
-                stamp = None
+                stamps[entry.name] = stamp = None
+            memo = self._summary_memo.get(entry.vmx)
+            if stamp and memo and memo[:2] == (entry.uuid, stamp):
+                found[entry.name] = memo[2]
+        missing = [e for e in entries if e.name not in found]
+        cached = self.datastore.catalog.summaries([e.vmx for e in missing]) if missing else {}
+        fresh = []
+        for entry in missing:
+            stamp = stamps[entry.name]
             hit = cached.get(entry.vmx)
             if stamp and hit and hit[0] == entry.uuid and hit[1] == stamp:
-                found[entry.name] = json.loads(hit[2])
-                continue
-            found[entry.name] = summary = _summary(vmx, entry.uuid)
+                summary = json.loads(hit[2])
+            else:
+                summary = _summary(self.datastore.vmx_path(entry), entry.uuid)
+                if stamp and "problem" not in summary:
+                    fresh.append((entry.vmx, entry.uuid, stamp, json.dumps(summary)))
+            found[entry.name] = summary
             if stamp and "problem" not in summary:
-                fresh.append((entry.vmx, entry.uuid, stamp, json.dumps(summary)))
+                self._summary_memo[entry.vmx] = (entry.uuid, stamp, summary)
         if fresh:
             self.datastore.catalog.store_summaries(fresh)
         return found
@@ -530,19 +573,45 @@ class Hypervisor:
         entry = self.datastore.catalog.get(name)
         return self._info_of(entry, self._summaries([entry])[entry.name])
 
-    def _info_of(self, entry, summary: dict[str, Any]) -> VmInfo:
-        vmm = self._vmm_of(entry)
-        record = vmm.record()
-        if record is not None:
+    def _info_of(self, entry, summary: dict[str, Any], locked: set[tuple[int, int]] | None = None) -> VmInfo:
+        vmx, _, lock = self._paths_of(entry)
+        if locked is not None and _file_id(lock) not in locked:
+            record = None  # a live VMM, or a power-on, holds the VM lock: neither is there
+            state = VmState.POWERED_OFF
+        elif (record := (vmm := self._vmm_of(entry)).record()) is not None:
             state = VmState.PAUSED if record.paused else VmState.RUNNING
         else:
             state = VmState.STARTING if vmm.lock.is_held_elsewhere() else VmState.POWERED_OFF
         problem = summary.get("problem")
-        return VmInfo(entry.name, entry.uuid, self.datastore.vmx_path(entry), state,
+        return VmInfo(entry.name, entry.uuid, vmx, state,
                       f"(specfile unreadable: {problem})" if problem else summary["display_name"],
                       summary.get("guest_os", ""), summary.get("memory_mib", 0), summary.get("cpus", 0),
                       tuple(summary.get("disks", ())), tuple(summary.get("nics", ())), entry.autostart,
                       record.pid if record else None, record.accel if record else None)
+
+
+def _flocked_files() -> set[tuple[int, int]] | None:
+    """(device, inode) of every file with an flock held right now, or None if the kernel will not say."""
+    try:
+        with open("/proc/locks") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    found = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK":
+            major, minor, inode = fields[5].split(":")
+            found.add((os.makedev(int(major, 16), int(minor, 16)), int(inode)))
+    return found
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _summary(vmx: Path, vm_uuid: str) -> dict[str, Any]:

@@ -168,10 +168,15 @@ class Catalog:
         db.execute("DELETE FROM clone_links WHERE clone_uuid = ?", (clone_uuid,))
 
     # -- specfile summaries (a cache keyed by the file's stamp) ----------
-    def summaries(self) -> dict[str, tuple[str, str, str]]:
-        """vmx -> (uuid, stamp, summary JSON) of every cached specfile summary."""
-        rows = self._db.execute("SELECT vmx, uuid, stamp, summary FROM spec_cache")
-        return {vmx: (uuid, stamp, summary) for vmx, uuid, stamp, summary in rows}
+    def summaries(self, vmxs: list[str]) -> dict[str, tuple[str, str, str]]:
+        """vmx -> (uuid, stamp, summary JSON) of the cached specfile summaries of these specfiles."""
+        found = {}
+        for start in range(0, len(vmxs), 500):
+            chunk = vmxs[start:start + 500]
+            rows = self._db.execute(f"SELECT vmx, uuid, stamp, summary FROM spec_cache WHERE vmx IN "
+                                    f"({','.join('?' * len(chunk))})", chunk)
+            found.update({vmx: (uuid, stamp, summary) for vmx, uuid, stamp, summary in rows})
+        return found
 
     def store_summaries(self, rows: list[tuple[str, str, str, str]]) -> None:
         """Cache (vmx, uuid, stamp, summary JSON) rows; skipped if the catalog is busy."""
