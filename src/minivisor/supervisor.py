@@ -51,10 +51,10 @@ class _Watch:
 
 def exit_reason(returncode: int | None, vmm_log: Path | None = None) -> tuple[str, bool]:
     """How a VMM ended, and whether that was a crash (a signal or a failure status)."""
+    logged = _logged_signal(vmm_log) if vmm_log else None
+    if logged and (returncode is None or returncode >= 0):
+        return logged, True  # QEMU catches SIGTERM, SIGINT and SIGHUP, says so, and exits 0
     if returncode is None:
-        hint = _logged_signal(vmm_log) if vmm_log else None
-        if hint:
-            return hint, True
         return "the VMM exited (exit status unknown: the service did not launch it)", False
     if returncode < 0:
         try:

@@ -26,18 +26,19 @@ def wait_gone(pid: int, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("sig, reason", [(signal.SIGKILL, "killed by SIGKILL"), (signal.SIGSEGV, "killed by SIGSEGV")])
+@pytest.mark.parametrize("sig, reason", [(signal.SIGKILL, "killed by SIGKILL"), (signal.SIGSEGV, "killed by SIGSEGV"),
+                                         (signal.SIGTERM, "terminating on signal 15 from pid ")])
 def test_a_vmm_killed_by_a_signal_is_noticed_marked_off_and_reported(service, sig, reason):
     small_vm(Hypervisor(service.root), "vm1")
     pid = service.client.start_vm("vm1").vm.pid
     watcher = EventWatcher(service.client, vm="vm1")
     os.kill(pid, sig)
     event = watcher.wait_for(lambda e: e["type"] in ("crashed", "poweredOff"))
-    assert (event["type"], event["reason"], event["pid"]) == ("crashed", reason, pid)
+    assert (event["type"], event["reason"][:len(reason)], event["pid"]) == ("crashed", reason, pid)
     assert service.client.get_vm("vm1").state is VmState.POWERED_OFF
     assert not (service.root / "vm1" / "runtime.json").exists()
     logged = service.client.vm_events("vm1")[-1]
-    assert (logged["type"], logged["reason"]) == ("crashed", reason)
+    assert (logged["type"], logged["reason"]) == ("crashed", event["reason"])
     service.client.start_vm("vm1")  # and it can be powered on again
 
 
