@@ -1,7 +1,8 @@
 """Full and linked clones of a VM.
 
-A *full* clone copies each hard disk, flattening its chain, into one new qcow2
-(with a progress bar). A *linked* clone's disks are new qcow2 overlays whose
+A *full* clone copies each hard disk's layers (data extents only, in the
+kernel) into its own folder and relinks them there, so it shares nothing with
+the source (with a progress bar); VMDK chains are flattened into one qcow2. A *linked* clone's disks are new qcow2 overlays whose
 backing files are the source's snapshot layers (backing format recorded), so
 it costs almost no space; the catalog records the link and the source's
 snapshot stays read-only (not deletable) while the clone exists. Either way
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 from .datastore import Datastore, check_vm_name
-from .disks import convert_disk, create_overlay
+from .disks import (ImageLayer, allocated_bytes, convert_disk, copy_sparse, create_overlay, format_for,
+                    qemu_img, resolve_chain)
 from .errors import StateError
 from .journal import Journal, crashpoint
 from .snapshots import Snapshot, VmFiles, snapshot_disks, take_offline
@@ -58,23 +60,65 @@ def clone_vm(hv, source: str, target: str, *, linked: bool, snapshot: str | None
         journal.begin([staging])
         staging.mkdir()
         new_uuid = str(uuidlib.uuid4())
-        names = {node: (f"{target}.qcow2" if i == 0 else f"{target}_{node.replace(':', '-')}.qcow2")
-                 for i, node in enumerate(sources)}
-        for i, (node, file_name) in enumerate(sources.items()):
-            layer = files.layer(file_name)
-            if linked:
-                create_overlay(staging / names[node], layer, relative_to=home)
-            else:
-                def step(percent: float, i: int = i) -> None:
-                    if progress:
-                        progress((i * 100 + percent) / len(sources))
-                convert_disk(layer.path, layer.format, staging / names[node], "qcow2", progress=step)
+        stems = {node: (target if i == 0 else f"{target}_{node.replace(':', '-')}") for i, node in enumerate(sources)}
+        names: dict[str, str] = {}
+        if linked:
+            for node, file_name in sources.items():
+                names[node] = f"{stems[node]}.qcow2"
+                create_overlay(staging / names[node], files.layer(file_name), relative_to=home)
+        else:
+            chains = {node: _chain(files, name) for node, name in sources.items()}
+            meter = _Meter(sum(allocated_bytes(layer) for chain in chains.values() for layer in chain), progress)
+            for node, chain in chains.items():
+                names[node] = _copy_chain(chain, staging, stems[node], meter)
+            if progress:
+                progress(100.0)
         doc = clone_specfile(files, target, new_uuid, names, home)
         doc.save(staging / f"{target}.vmx")
         crashpoint("clone:prepared")
         journal.commit([["publish-clone", str(staging), target, new_uuid, ctx.uuid,
                          snap.uid if (linked and snap) else None]])
         journal.run({"publish-clone": lambda *args: publish_clone(hv.datastore, *args)})
+
+
+def _chain(files: VmFiles, file_name: str) -> tuple[ImageLayer, ...]:
+    path = files.path(file_name)
+    return resolve_chain(path, format_for(path), lambda base, name: files.datastore.resolve(base, name))
+
+
+class _Meter:
+    """Bytes copied -> percent for the progress callback."""
+
+    def __init__(self, total: int, progress: Callable[[float], None] | None) -> None:
+        self.total, self.done, self.progress = max(total, 1), 0, progress
+
+    def add(self, count: int) -> None:
+        self.done += count
+        if self.progress:
+            self.progress(min(100.0, 100.0 * self.done / self.total))
+
+
+def _copy_chain(chain: tuple[ImageLayer, ...], staging: Path, stem: str, meter: _Meter) -> str:
+    """Copy a disk's layers into the clone (data extents only, in the kernel) and relink them there.
+
+    The copies form the same chain, but every backing file is the clone's own
+    (``stem.qcow2`` at the bottom, ``stem-00000N.qcow2`` above, formats recorded).
+    A chain with VMDK layers is flattened with qemu-img convert instead.
+    """
+    if any(layer.format == "vmdk" for layer in chain):
+        name = f"{stem}.qcow2"
+        convert_disk(chain[0].path, chain[0].format, staging / name, "qcow2",
+                     progress=lambda p: meter.progress and meter.progress(p))
+        return name
+    bottom_first = list(reversed(chain))
+    names = [f"{stem}.{'raw' if bottom_first[0].format == 'raw' else 'qcow2'}"]
+    names += [f"{stem}-{depth:06d}.qcow2" for depth in range(1, len(bottom_first))]
+    for layer, name in zip(bottom_first, names):
+        copy_sparse(layer.path, staging / name, meter.add)
+    for depth in range(1, len(bottom_first)):
+        qemu_img("rebase", "-q", "-u", "-f", "qcow2", "-F", bottom_first[depth - 1].format, "-b", names[depth - 1],
+                 str(staging / names[depth]))
+    return names[-1]
 
 
 def clone_specfile(files: VmFiles, target: str, new_uuid: str, disks: dict[str, str], home: Path) -> VmxDocument:

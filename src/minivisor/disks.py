@@ -34,6 +34,7 @@ __all__ = [
     "allocated_bytes",
     "layer_files",
     "qemu_img",
+    "copy_sparse",
     "human_size",
 ]
 
@@ -367,6 +368,30 @@ def convert_disk(source: Path, source_format: str, target: Path, target_format: 
         for extent in read_layer(target, "vmdk").extent_files:
             with open(target.parent / extent, "r+b") as handle:
                 os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+
+
+def copy_sparse(source: Path, target: Path, progress: Callable[[int], None] | None = None) -> None:
+    """Copy a file's data extents only (holes stay holes), in the kernel (copy_file_range)."""
+    with open(source, "rb") as src, open(target, "xb") as dst:
+        size = os.fstat(src.fileno()).st_size
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(src.fileno(), offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            end = os.lseek(src.fileno(), start, os.SEEK_HOLE)
+            position = start
+            while position < end:
+                copied = os.copy_file_range(src.fileno(), dst.fileno(), end - position, position, position)
+                if copied == 0:
+                    break
+                position += copied
+                if progress:
+                    progress(copied)
+            offset = end
+        os.ftruncate(dst.fileno(), size)
+        os.fsync(dst.fileno())
 
 
 def human_size(size: int) -> str:
