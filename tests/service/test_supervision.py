@@ -210,3 +210,30 @@ def test_a_vm_started_by_the_cli_directly_is_watched_too(service):
     event = watcher.wait_for(lambda e: e["type"] in ("crashed", "poweredOff") and e.get("pid") == pid)
     assert event["vm"] == "vm1"
     assert service.client.get_vm("vm1").state is VmState.POWERED_OFF
+
+
+@pytest.mark.qemu
+def test_a_booted_guest_keeps_running_through_a_service_restart(datastore, appliance_image):
+    hv = Hypervisor(datastore)
+    hv.create_vm("guest", memory_mib=256, boot_disk=appliance_image, network="none")
+    first = Running(datastore).start()
+    try:
+        first.client.start_vm("guest", wait_ready=True, timeout=90)
+        before = float(first.client.exec_in_vm("guest", "cut -d' ' -f1 /proc/uptime").output)
+        first.client.exec_in_vm("guest", "echo kept > /tmp/state")
+        vmx = (datastore / "guest" / "guest.vmx").read_bytes()
+        pid = first.client.get_vm("guest").pid
+        first.stop(signal.SIGKILL)
+        second = Running(datastore).start()
+        result = second.client.exec_in_vm("guest", "cat /tmp/state; cut -d' ' -f1 /proc/uptime")
+        state, uptime = result.output.split()
+        assert (state, result.exit_code) == ("kept", 0)  # same guest, same memory: no reboot
+        assert float(uptime) > before
+        assert second.client.get_vm("guest").pid == pid
+        assert (datastore / "guest" / "guest.vmx").read_bytes() == vmx
+        assert second.client.stop_vm("guest", timeout=30) == "soft"
+        second.stop()
+    finally:
+        first.stop(signal.SIGKILL)
+        if hv.get_vm("guest").state is VmState.RUNNING:
+            hv.stop_vm("guest", hard=True)
