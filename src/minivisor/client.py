@@ -200,8 +200,12 @@ def _decode(kind: str, data: Any) -> Any:
         return None
     if kind == "text":
         return data["result"]
-    if kind == "events":
+    if kind in ("events", "json"):
         return data
+    if kind == "snapshot":
+        return _snapshot(data)
+    if kind == "snapshot_revert":
+        return _snapshot(data[0]), data[1]
     from .api import Explanation, StartResult, VmInfo
     from .console import ExecResult
     from .host import HostInfo
@@ -211,6 +215,14 @@ def _decode(kind: str, data: Any) -> Any:
     if kind == "vms":
         return [rebuild(VmInfo, item) for item in data]
     return rebuild(types_by_kind[kind], data)
+
+
+def _snapshot(data: dict[str, Any]) -> Any:
+    from .snapshots import Snapshot
+
+    return Snapshot(uid=data["uid"], name=data["name"], parent=data["parent"], disks=data["disks"],
+                    description=data["description"], created_us=round(data["created"] * 1e6),
+                    memory_file=data["memory_file"])
 
 
 def rebuild(tp: Any, data: Any) -> Any:

@@ -56,6 +56,19 @@ OPERATIONS: tuple[Op, ...] = (
     Op("exec_in_vm", "POST", "/v1/vms/{name}/exec", "exec", args=("name", "command"), mutates=False),
     Op("set_autostart", "PUT", "/v1/vms/{name}/autostart", "vm", args=("name", "enabled")),
     Op("host_info", "GET", "/v1/host", "host", args=(), mutates=False),
+    # disks, snapshots, clones (storage.py, snapshots.py, clones.py, vmware.py)
+    Op("vm_disks", "GET", "/v1/vms/{name}/disks", "json", mutates=False),
+    Op("vm_disk_resize", "POST", "/v1/vms/{name}/disks/resize", "json", args=("name", "node", "size")),
+    Op("snapshot_list", "GET", "/v1/vms/{name}/snapshots", "json", mutates=False),
+    Op("snapshot_take", "POST", "/v1/vms/{name}/snapshots", "snapshot", args=("name", "snapshot"), status=201),
+    Op("snapshot_revert", "POST", "/v1/vms/{name}/snapshots/revert", "snapshot_revert", args=("name", "snapshot")),
+    Op("snapshot_delete", "POST", "/v1/vms/{name}/snapshots/delete", "snapshot", args=("name", "snapshot")),
+    Op("clone_vm", "POST", "/v1/vms/{source}/clone", "vm", args=("source", "target"), status=201),
+    Op("import_vm", "POST", "/v1/vms/import", "vm", args=("folder", "name"), status=201),
+    Op("disk_create", "POST", "/v1/disks", "json", args=("path", "size"), status=201),
+    Op("disk_info", "GET", "/v1/disks/info", "json", args=("path",), mutates=False),
+    Op("disk_resize", "POST", "/v1/disks/resize", "json", args=("path", "size")),
+    Op("disk_convert", "POST", "/v1/disks/convert", "json", args=("source", "target"), status=201),
 )
 
 _BY_NAME = {op.name: op for op in OPERATIONS}

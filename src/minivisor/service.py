@@ -79,7 +79,7 @@ def encode(result: Any) -> Any:
         return {}
     if isinstance(result, str):
         return {"result": result}
-    if isinstance(result, list):
+    if isinstance(result, (list, tuple)):
         return [encode(item) for item in result]
     if hasattr(result, "to_dict"):
         return result.to_dict()
@@ -341,7 +341,7 @@ class Service:
                 raise RequestError(f"field {name!r} has the wrong type ({type(body[name]).__name__})",
                                    hint=f"expected {_describe(spec.annotation) or spec.annotation}")
         kwargs = {**path_params, **body}
-        target = path_params.get("name") or body.get("name")
+        target = path_params.get("name") or path_params.get("source") or body.get("name")
         lock = self.op_lock(target) if op.mutates and isinstance(target, str) else None
         if lock is not None and not lock.acquire(timeout=OP_LOCK_TIMEOUT):
             raise LockError(f"VM {target!r} is busy with another operation", hint="retry when it has finished")
