@@ -162,10 +162,17 @@ def _vmdk_layer(path: Path, size: int, fields: dict[str, str], extent_files: lis
         raise DiskError(f"{path.name} is a VMDK of type {create_type!r}, which minivisor does not run",
                         hint="convert it on the VMware side to monolithicSparse, monolithicFlat or "
                              "twoGbMaxExtentSparse")
-    cid = fields.get("cid", "").lower() or None
-    parent_cid = fields.get("parentcid", "").lower() or None
+    cid, parent_cid = _cid(fields.get("cid")), _cid(fields.get("parentcid"))
     return ImageLayer(path, "vmdk", size, parent, "vmdk" if parent else None, tuple(extent_files),
                       create_type, cid, parent_cid)
+
+
+def _cid(value: str | None) -> str | None:
+    """A content ID as 8 lower-case hex digits (QEMU writes them without leading zeros)."""
+    try:
+        return f"{int(value, 16):08x}" if value else None
+    except ValueError:
+        return value.lower()
 
 
 _EXTENT = re.compile(r'^(RW|RDONLY|NOACCESS)\s+(\d+)\s+(\w+)(?:\s+"([^"]*)")?', re.IGNORECASE)

@@ -17,13 +17,27 @@ DiskPath = Annotated[Path, typer.Argument(help="The disk file (inside the datast
 
 @contextmanager
 def progress_bar(what: str):
-    """A rich progress bar fed with percentages (0..100)."""
+    """A rich progress bar fed with percentages (0..100), drawn from the first update on.
+
+    Starting it lazily keeps bad input to one error line, with no half-drawn bar before it.
+    """
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn(),
-                  transient=False) as bar:
-        task = bar.add_task(what, total=100)
-        yield lambda percent: bar.update(task, completed=percent)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn())
+    task = None
+
+    def update(percent: float) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task(what, total=100)
+        bar.update(task, completed=percent)
+
+    try:
+        yield update
+    finally:
+        if task is not None:
+            bar.stop()
 
 
 def show_disk(info: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -207,15 +208,14 @@ def vm_import(folder: Annotated[Path, typer.Argument(help="A VMware VM folder (.
               name: Annotated[Optional[str], typer.Option(help="Name in the catalog [default: displayName].")] = None
               ) -> None:
     """Copy a VMware VM into the datastore (disks checked, chains flattened to qcow2), ready to start."""
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+    from .disk import progress_bar
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()) as bar:
-        tasks: dict[str, object] = {}
-
+    bars: dict[str, object] = {}
+    with contextlib.ExitStack() as stack:
         def update(disk: str, percent: float) -> None:
-            if disk not in tasks:
-                tasks[disk] = bar.add_task(f"importing {disk}", total=100)
-            bar.update(tasks[disk], completed=percent)  # type: ignore[arg-type]
+            if disk not in bars:
+                bars[disk] = stack.enter_context(progress_bar(f"importing {disk}"))
+            bars[disk](percent)  # type: ignore[operator]
 
         vm = hv().import_vm(folder, name, progress=update)
     print(f"imported {vm.name}: {vm.vmx}")
