@@ -111,8 +111,9 @@ class DiskOperations:
                 journal.rollback()
             else:
                 memory = journal.data.get("memory")
-                if memory and not (ctx.vm_dir / memory).exists():
+                if memory and not (ctx.vm_dir / memory).exists():  # died before the state was complete
                     journal.steps[0] = journal.data["vmsd_without_memory"]
+                    (ctx.vm_dir / f"{memory}.part").unlink(missing_ok=True)
                 journal.run()
             if ctx.running and journal.data.get("resume"):
                 status = self._qmp(ctx, [("query-status", None)])[0]["status"]

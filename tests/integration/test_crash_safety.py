@@ -212,3 +212,24 @@ def test_kill_during_online_snapshots_of_a_running_vm(tmp_path, appliance_image)
     hv.snapshot_revert("w", "saved")  # the memory snapshot that survived its writer's death works
     assert hv.exec_in_vm("w", "echo back", timeout=30).output.strip() == "back"
     hv.stop_vm("w", hard=True)
+
+
+@pytest.mark.qemu
+def test_kill_minivisor_and_the_vmm_during_an_online_snapshot(tmp_path, appliance_image):
+    """Both die after the disks switched, before the memory state is written: a disks-only snapshot."""
+    hv = Hypervisor(tmp_path / "ds")
+    hv.create_vm("w", memory_mib=128, boot_disk=appliance_image, network="none")
+    folder = hv.datastore.root / "w"
+    hv.start_vm("w", wait_ready=True, timeout=90)
+    vmm_pid = hv.get_vm("w").pid
+    result = cli(hv.datastore.root, "snapshot", "take", "w", "hot", "--memory", crash_at="take-online:switched")
+    assert result.returncode == -signal.SIGKILL
+    os.kill(vmm_pid, signal.SIGKILL)
+    tree = assert_consistent(hv, folder)  # the VM is off now: recovery rolls forward without QMP
+    assert hv.get_vm("w").state.value == "poweredOff"
+    (snap,) = tree.snapshots.values()
+    assert snap.name == "hot" and snap.memory_file is None and not list(folder.glob("*.vmsn*"))
+    hv.start_vm("w", wait_ready=True, timeout=90)  # boots from the new delta on the frozen disk
+    hv.stop_vm("w", hard=True)
+    hv.snapshot_revert("w", "hot")
+    assert_consistent(hv, folder)
