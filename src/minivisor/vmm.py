@@ -29,6 +29,7 @@ from .vmx import write_atomic
 __all__ = ["VmLock", "RuntimeRecord", "Vmm", "qmp_execute"]
 
 START_TIMEOUT = 15.0
+PROBE_TRIES = 5  # is_held_elsewhere: ~10 ms before a taken lock counts as held
 QMP_TIMEOUT = 10.0
 
 
@@ -56,12 +57,19 @@ class VmLock:
         return self
 
     def is_held_elsewhere(self) -> bool:
-        """True if another process (or a VMM) holds the lock right now."""
+        """True if another process (or a VMM) holds the lock right now.
+
+        A probe takes the lock for an instant, so two probes (or a probe and a
+        cleanup of a dead VMM's files) can catch each other: a lock that stays
+        taken for a few milliseconds is held, one that frees at once was probed.
+        """
         if not self.path.exists():
             return False
-        if self.try_acquire():
-            self.release()
-            return False
+        for _ in range(PROBE_TRIES):
+            if self.try_acquire():
+                self.release()
+                return False
+            time.sleep(0.002)
         return True
 
     def release(self) -> None:
@@ -215,7 +223,7 @@ class Vmm:
 
     def _wait_for_qmp(self, process: subprocess.Popen) -> None:
         deadline = time.monotonic() + START_TIMEOUT
-        while not self.paths.qmp_socket.exists():
+        while not self._qmp_listening():
             if process.poll() is not None:
                 raise VmmError(f"the VMM of {self.name!r} failed to start: {self.last_vmm_error()}",
                                hint=f"see {self.paths.vmm_log}")
@@ -223,6 +231,21 @@ class Vmm:
                 raise VmmError(f"the VMM of {self.name!r} did not open its control socket in {START_TIMEOUT:.0f} s",
                                hint=f"see {self.paths.vmm_log}")
             time.sleep(0.002)
+
+    def _qmp_listening(self) -> bool:
+        """The QMP socket accepts connections (QEMU binds it, which creates the file, before listening)."""
+        if not self.paths.qmp_socket.exists():
+            return False
+        import socket
+
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(self.paths.qmp_socket))
+            return True
+        except OSError:
+            return False  # ECONNREFUSED between bind() and listen()
+        finally:
+            probe.close()
 
     def last_vmm_error(self) -> str:
         """The last error QEMU wrote to the VMM log, without its program prefix."""
