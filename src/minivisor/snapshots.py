@@ -290,7 +290,8 @@ def plan_delete(files: VmFiles, snap: Snapshot, clones: dict[int, list[str]],
     """The journal steps that remove ``snap`` and merge its data into what depends on it.
 
     ``clones``: snapshot uid -> names of linked clones on it. ``busy``: real
-    paths a running VMM has open (those layers cannot be merged offline).
+    paths a running VMM has open: those layers are merged by the VMM (an
+    ``online-commit`` step: block-commit), or the delete is refused.
     """
     tree = files.tree
     if clones.get(snap.uid):
@@ -309,10 +310,11 @@ def plan_delete(files: VmFiles, snap: Snapshot, clones: dict[int, list[str]],
         if tree.current == snap.uid and node in tops:
             dependents.append((tops[node], None))
         frozen_path = files.path(frozen)
-        if any(Path(os.path.realpath(files.path(d))) in busy for d, _ in dependents) or (
-                dependents and Path(os.path.realpath(frozen_path)) in busy):
-            raise StateError(f"cannot delete snapshot {snap.name!r} while the VM runs: its disk layers are in use",
-                             hint="power the VM off first, then delete the snapshot")
+
+        def is_busy(name: str) -> bool:
+            return Path(os.path.realpath(files.path(name))) in busy
+
+        running_dep = [d for d, _ in dependents if is_busy(d)]
         if not dependents:
             if frozen not in _other_files(tree, snap.uid) and frozen not in tops.values():
                 unlinks.append(frozen)
@@ -321,10 +323,21 @@ def plan_delete(files: VmFiles, snap: Snapshot, clones: dict[int, list[str]],
         single = len(dependents) == 1
         dep_name, dep_uid = dependents[0]
         grandchildren = _dependents_of(tree, dep_uid, node, tops) if single else []
-        if single and not (dep_uid is not None and clones.get(dep_uid)) and files.layer(dep_name).format == "qcow2":
+        commit = single and not (dep_uid is not None and clones.get(dep_uid)) and files.layer(dep_name).format == "qcow2"
+        if running_dep and not commit:
+            raise StateError(f"cannot delete snapshot {snap.name!r} while the VM runs: several layers depend on it "
+                             "and one of them is in use", hint="power the VM off first, then delete the snapshot")
+        if commit:
             # one dependent: fold it into the frozen file (its view never changes), then it takes its place
-            steps.append(["qemu-img", "commit", "-q", "-d", "-f", "qcow2", dep_name])
+            above = [g for g in grandchildren if is_busy(g)]
+            if running_dep:  # the running VMM does it (block-commit); offline recovery falls back to qemu-img
+                steps.append(["online-commit", node, dep_name, frozen, frozen_layer.format,
+                              above[0] if above else None])
+            else:
+                steps.append(["qemu-img", "commit", "-q", "-d", "-f", "qcow2", dep_name])
             for grandchild in grandchildren:
+                if running_dep and grandchild in above:
+                    continue
                 steps.append(["qemu-img", "rebase", "-q", "-u", "-f", "qcow2", "-F", frozen_layer.format,
                               "-b", os.path.relpath(frozen_path, files.path(grandchild).parent), grandchild])
             if dep_uid is None:

@@ -102,7 +102,8 @@ class DiskOperations:
         journal = Journal.load(ctx.vm_dir)
         if journal is None:
             return
-        handlers = {"publish-clone": self._publish_clone}
+        handlers = {"publish-clone": self._publish_clone,
+                    "online-commit": lambda *args: self._online_commit(ctx, *args)}
         if journal.op == "take-online":
             in_use = ctx.running and self._nodes_in_use(ctx, journal.data.get("nodes", []))
             if journal.phase == "prepare" or (ctx.running and not in_use):
@@ -329,8 +330,25 @@ class DiskOperations:
             journal = Journal(ctx.vm_dir, "delete")
             journal.commit(steps)
             crashpoint("delete:committed")
-            journal.run()
+            journal.run({"online-commit": lambda *args: self._online_commit(ctx, *args)})
             return snap
+
+    def _online_commit(self, ctx: OpContext, node: str, dependent: str, frozen: str, frozen_format: str,
+                       above: str | None) -> None:
+        """Fold ``dependent`` into ``frozen``: block-commit in the running VMM, else qemu-img (idempotent)."""
+        from .disks import qemu_img
+
+        dep_path = self.datastore.resolve(ctx.vm_dir, dependent)
+        frozen_path = self.datastore.resolve(ctx.vm_dir, frozen)
+        above_path = self.datastore.resolve(ctx.vm_dir, above) if above else None
+        if ctx.vmm.record() is None:
+            qemu_img("commit", "-q", "-d", "-f", "qcow2", str(dep_path))
+            if above_path is not None:
+                qemu_img("rebase", "-q", "-u", "-f", "qcow2", "-F", frozen_format,
+                         "-b", os.path.relpath(frozen_path, above_path.parent), str(above_path))
+            return
+        backing = os.path.relpath(frozen_path, above_path.parent) if above_path else None
+        self._run_async(ctx, _block_commit(ctx, node.replace(":", "-"), str(dep_path), str(frozen_path), backing))
 
     # -- the VMM's side ----------------------------------------------------
     def _restore_memory(self, ctx: OpContext, state_file: Path) -> None:
@@ -478,4 +496,88 @@ async def _wait_migration(client, what: str) -> None:
                            hint="see the VM's vmm.log")
         if time.monotonic() > deadline:
             raise QmpError(f"the VMM did not {what} within {MIGRATE_TIMEOUT:.0f} s", hint="see the VM's vmm.log")
+        await asyncio.sleep(0.05)
+
+
+def _real_file(name: str) -> str:
+    """The host file behind a node's filename (QEMU shows ``json:{...}`` once a backing was given)."""
+    import json
+
+    if name.startswith("json:"):
+        child = json.loads(name[5:]).get("file")
+        name = child.get("filename", "") if isinstance(child, dict) else str(child)
+    return os.path.realpath(name)
+
+
+async def _block_commit(ctx: OpContext, device: str, top: str, base: str, backing: str | None) -> None:
+    import asyncio
+    import secrets
+    import time
+
+    client = await _client(ctx)
+    try:
+        await _finish_jobs(client)  # one a killed minivisor left behind
+        blocks = await _execute(client, "query-block")
+        root = next((b["inserted"]["node-name"] for b in blocks if b.get("qdev") == device and b.get("inserted")),
+                    None)
+        chain = await _device_chain(client, root) if root else {}
+        if top not in chain:
+            return  # already folded and dropped from the device's chain
+        if base not in chain:
+            raise QmpError(f"the running VMM's disk {device} has no layer {base}",
+                           hint="power the VM off, then run any snapshot command to finish the delete")
+        by_path = chain
+        arguments: dict[str, Any] = {"job-id": f"minivisor-commit-{secrets.token_hex(3)}", "device": root,
+                                     "top-node": by_path[top], "base-node": by_path[base], "auto-dismiss": False}
+        if backing:
+            arguments["backing-file"] = backing
+        await _execute(client, "block-commit", arguments)
+        crashpoint("delete:online-commit-started")
+        await _finish_jobs(client)
+        try:  # an overlay added by an online snapshot is also held by the monitor: let it go
+            await _execute(client, "blockdev-del", {"node-name": by_path[top]})
+        except QmpError:
+            pass
+    finally:
+        await client.disconnect()
+
+
+async def _device_chain(client, root: str) -> dict[str, str]:
+    """Real path -> node name of each format layer of a device's chain, top first (from the block graph)."""
+    graph = await _execute(client, "x-debug-query-block-graph")
+    names = {node["id"]: node["name"] for node in graph["nodes"]}
+    ids = {name: node_id for node_id, name in names.items()}
+    backing = {edge["parent"]: edge["child"] for edge in graph["edges"] if edge["name"] == "backing"}
+    infos = {info["node-name"]: info for info in await _execute(client, "query-named-block-nodes", {"flat": True})}
+    chain: dict[str, str] = {}
+    node_id = ids.get(root)
+    while node_id is not None and names.get(node_id) in infos:
+        name = names[node_id]
+        chain.setdefault(_real_file(infos[name]["image"]["filename"]), name)
+        node_id = backing.get(node_id)
+    return chain
+
+
+async def _finish_jobs(client) -> None:
+    """Drive minivisor's block jobs to the end: complete ready ones, dismiss concluded ones."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + MIGRATE_TIMEOUT
+    completed: set[str] = set()
+    while True:
+        jobs = [j for j in await _execute(client, "query-jobs") if j["id"].startswith("minivisor-")]
+        if not jobs:
+            return
+        for job in jobs:
+            if job["status"] == "ready" and job["id"] not in completed:
+                completed.add(job["id"])
+                await _execute(client, "job-complete", {"id": job["id"]})
+            elif job["status"] == "concluded":
+                await _execute(client, "job-dismiss", {"id": job["id"]})
+                if job.get("error"):
+                    raise QmpError(f"the VMM could not merge the snapshot: {job['error']}",
+                                   hint="see the VM's vmm.log; the snapshot is kept")
+        if time.monotonic() > deadline:
+            raise QmpError("the VMM did not finish merging the snapshot in time", hint="retry the delete")
         await asyncio.sleep(0.05)

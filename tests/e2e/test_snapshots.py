@@ -188,3 +188,24 @@ def test_bad_requests_change_nothing(hv, appliance_image):
     after = sorted(p.name for p in folder.glob("*.qcow2"))
     assert after == ["bad-000001.qcow2", "bad.qcow2", "data-000001.qcow2", "data.qcow2"]
     assert (folder / "bad.qcow2").read_bytes() == before["bad.qcow2"]
+
+
+def test_deleting_snapshots_of_a_running_vm_merges_them_in_the_vmm(hv, appliance_image):
+    vm = make_vm(hv, "live", appliance_image)
+    folder = hv.datastore.root / vm
+    hv.start_vm(vm, wait_ready=True, timeout=90)
+    write_mark(hv, vm, "A")
+    hv.snapshot_take(vm, "s1", memory=False)
+    write_mark(hv, vm, "B")
+    hv.snapshot_take(vm, "s2", memory=False)
+    write_mark(hv, vm, "C")
+    hv.snapshot_delete(vm, "s1")  # a layer under the running disk: block-commit, the overlay relinked
+    assert read_mark(hv, vm) == "C"
+    hv.snapshot_delete(vm, "s2")  # the running disk's own parent: active commit, the VMM pivots
+    assert read_mark(hv, vm) == "C" and hv.snapshot_list(vm) == []
+    assert 'scsi0:1.fileName = "data.qcow2"' in (folder / "live.vmx").read_text()
+    write_mark(hv, vm, "D")
+    hv.stop_vm(vm, hard=True)
+    assert sorted(p.name for p in folder.glob("*.qcow2")) == ["data.qcow2", "live.qcow2"]
+    assert_all_disks_clean(folder)
+    assert boot_and_read(hv, vm) == "D"

@@ -233,3 +233,26 @@ def test_kill_minivisor_and_the_vmm_during_an_online_snapshot(tmp_path, applianc
     hv.stop_vm("w", hard=True)
     hv.snapshot_revert("w", "hot")
     assert_consistent(hv, folder)
+
+
+@pytest.mark.qemu
+def test_kill_while_the_vmm_merges_a_snapshot(tmp_path, appliance_image):
+    """minivisor dies with the VMM's block-commit job started; the next operation completes it."""
+    hv = Hypervisor(tmp_path / "ds")
+    hv.create_vm("w", memory_mib=128, boot_disk=appliance_image, network="none")
+    folder = hv.datastore.root / "w"
+    hv.start_vm("w", wait_ready=True, timeout=90)
+    try:
+        hv.snapshot_take("w", "s1", memory=False)
+        hv.exec_in_vm("w", "echo keep > /tmp/k")
+        for name in ("s1",):
+            result = cli(hv.datastore.root, "snapshot", "delete", "w", name, crash_at="delete:online-commit-started")
+            assert result.returncode == -signal.SIGKILL
+        listed = cli(hv.datastore.root, "snapshot", "list", "w", "--json")
+        assert listed.returncode == 0 and listed.stdout.strip() == "[]"
+        assert not (folder / JOURNAL_NAME).exists()
+        assert hv.exec_in_vm("w", "cat /tmp/k").output.strip() == "keep"  # the guest ran on, undisturbed
+        assert 'scsi0:0.fileName = "w.qcow2"' in (folder / "w.vmx").read_text()
+    finally:
+        hv.stop_vm("w", hard=True)
+    assert_consistent(hv, folder)
