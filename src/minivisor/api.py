@@ -434,8 +434,10 @@ class Hypervisor:
         import fcntl
         import time
 
-        path = self._vmx(name).with_name(".operation.lck")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        folder = self.datastore.meta / "locks"  # not in the VM's folder: a refused request leaves no trace
+        folder.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(folder / f"{self.datastore.catalog.get(name).uuid}.lck", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                     0o600)
         try:
             deadline = time.monotonic() + wait
             while True:

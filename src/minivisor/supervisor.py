@@ -37,7 +37,8 @@ __all__ = ["Supervisor", "exit_reason"]
 
 log = logging.getLogger("minivisor.supervisor")
 
-POLL = 0.2  # seconds between looks at new VMs started outside the service (CLI direct)
+POLL = 0.2  # seconds the watcher sleeps at most
+SCAN = 0.5  # seconds between looks for VMMs started outside the service (the CLI working directly)
 
 
 @dataclass
@@ -210,10 +211,13 @@ class Supervisor:
         while not self._stop.is_set():
             with self._lock:
                 by_fd = {w.fd: w for w in self._watches.values()}
+            poller = select.poll()  # not select(): more than 1,024 VMMs must work too
+            for fd in (self._wake_r, *by_fd):
+                poller.register(fd, select.POLLIN)
             try:
-                ready, _, _ = select.select([self._wake_r, *by_fd], [], [], POLL)
-            except (OSError, ValueError):
-                continue  # a descriptor closed under us; look again
+                ready = [fd for fd, _ in poller.poll(POLL * 1000)]
+            except OSError:
+                continue
             if self._wake_r in ready:
                 try:
                     os.read(self._wake_r, 4096)
@@ -226,7 +230,7 @@ class Supervisor:
                         self._watches.pop(watch.pid, None)
                     os.close(watch.fd)
                     self._safely(self._exited, watch)
-            if time.monotonic() - last_scan >= POLL:
+            if time.monotonic() - last_scan >= SCAN:
                 last_scan = time.monotonic()
                 self._safely(self._scan_outside)
 
