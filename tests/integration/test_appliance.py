@@ -32,14 +32,13 @@ POWERDOWN_TIMEOUT = 5.0  # the guest itself takes well under a second
 
 @dataclass(frozen=True)
 class Case:
-    """One VM shape: QEMU device options and what the guest should report for them."""
+    """One VM shape: QEMU options, and what the guest should report for them."""
 
     name: str
-    disk: tuple[str, ...]
-    controller: str  # PCI driver of the disk's controller, as the guest reports it
-    disk_driver: str
-    nic_model: str | None = None
-    nic_driver: str | None = None
+    disk: tuple[str, ...]  # QEMU options attaching drive d0
+    controller: str  # PCI driver of the disk's controller, as the guest names it
+    disk_driver: str  # block driver, as the guest names it
+    nic: tuple[str, str] | None = None  # QEMU model, guest driver
     memory_mib: int = 256
     cpus: int = 1
 
@@ -49,38 +48,31 @@ def scsi(hba: str, *disk_options: str) -> tuple[str, ...]:
     return ("-device", f"{hba},id=hba", "-device", ",".join(("scsi-hd,drive=d0,bus=hba.0", *disk_options)))
 
 
+AHCI = ("-device", "ich9-ahci,id=sata", "-device", "ide-hd,drive=d0,bus=sata.0")
+# Linux's mptsas ignores SAS targets whose address (QEMU: the disk's wwn) is 0.
+MPTSAS = scsi("mptsas1068", "wwn=0x5000c29000000001")
+
 CASES = [
-    Case("lsi53c895a+vmxnet3", scsi("lsi53c895a"), "sym53c8xx", "sd", "vmxnet3", "vmxnet3", 256, 2),
-    Case(
-        "ahci+e1000",
-        ("-device", "ich9-ahci,id=sata", "-device", "ide-hd,drive=d0,bus=sata.0"),
-        "ahci",
-        "sd",
-        "e1000",
-        "e1000",
-        1024,
-    ),
+    Case("lsi53c895a+vmxnet3", scsi("lsi53c895a"), "sym53c8xx", "sd", ("vmxnet3", "vmxnet3"), cpus=2),
+    Case("ahci+e1000", AHCI, "ahci", "sd", ("e1000", "e1000"), memory_mib=1024),
     Case(
         "virtio-blk+virtio-net",
         ("-device", "virtio-blk-pci,drive=d0"),
         "virtio-pci",
         "virtio_blk",
-        "virtio-net-pci",
-        "virtio_net",
-        384,
-        2,
+        ("virtio-net-pci", "virtio_net"),
+        memory_mib=384,
+        cpus=2,
     ),
-    Case("nvme+e1000e", ("-device", "nvme,drive=d0,serial=mv0"), "nvme", "nvme", "e1000e", "e1000e", 512),
-    # Linux's mptsas ignores SAS targets whose address (QEMU: the disk's wwn) is 0.
     Case(
-        "mptsas1068+pcnet",
-        scsi("mptsas1068", "wwn=0x5000c29000000001"),
-        "mptsas",
-        "sd",
-        "pcnet",
-        "pcnet32",
-        200,
+        "nvme+e1000e",
+        ("-device", "nvme,drive=d0,serial=mv0"),
+        "nvme",
+        "nvme",
+        ("e1000e", "e1000e"),
+        memory_mib=512,
     ),
+    Case("mptsas1068+pcnet", MPTSAS, "mptsas", "sd", ("pcnet", "pcnet32"), memory_mib=200),
     Case("ide", ("-device", "ide-hd,drive=d0,bus=ide.0"), "ata_piix", "sd", memory_mib=192, cpus=2),
 ]
 
@@ -93,8 +85,8 @@ class Qemu:
         self.stderr_path = workdir / "stderr.log"
         self.console = b""
         nic = ()
-        if case.nic_model:
-            nic = ("-netdev", "hubport,id=n0,hubid=0", "-device", f"{case.nic_model},netdev=n0,mac={MAC}")
+        if case.nic:
+            nic = ("-netdev", "hubport,id=n0,hubid=0", "-device", f"{case.nic[0]},netdev=n0,mac={MAC}")
         self.argv = [
             "qemu-system-x86_64", "-accel", "tcg", "-machine", "pc", "-nodefaults", "-display", "none",
             "-no-reboot", "-m", str(case.memory_mib), "-smp", str(case.cpus), "-serial", "stdio",
@@ -178,8 +170,8 @@ def test_guest_reports_its_hardware_and_powers_off_on_acpi_button(
         assert boot_disk[0]["controller"] == case.controller
         assert boot_disk[0]["driver"] == case.disk_driver
         assert boot_disk[0]["removable"] is False
-        if case.nic_driver:
-            assert [(nic["mac"], nic["driver"]) for nic in inventory["nics"]] == [(MAC, case.nic_driver)]
+        if case.nic:
+            assert [(nic["mac"], nic["driver"]) for nic in inventory["nics"]] == [(MAC, case.nic[1])]
         else:
             assert inventory["nics"] == []
 
