@@ -41,6 +41,7 @@ def clone_vm(hv, source: str, target: str, *, linked: bool, snapshot: str | None
     with ops.operation(source, online=True, what="clone") as ctx:
         files = VmFiles(hv.datastore, ctx.vmx)
         snap: Snapshot | None = None
+        temporary = False
         if snapshot is not None:
             snap = files.tree.find(snapshot, source)
         elif linked or ctx.running:
@@ -49,6 +50,7 @@ def clone_vm(hv, source: str, target: str, *, linked: bool, snapshot: str | None
             snap = (ops._take_online(ctx, files, name, f"taken to clone {target}", False) if ctx.running
                     else take_offline(files, name, f"taken to clone {target}"))
             files = VmFiles(hv.datastore, ctx.vmx)
+            temporary = not linked  # a full clone needs it only while copying, like VMware's
         sources = dict(snap.disks) if snap else dict(snapshot_disks(files.spec))
         if not sources:
             raise StateError(f"VM {source!r} has no hard disk to clone", hint="add a disk to its specfile")
@@ -79,6 +81,8 @@ def clone_vm(hv, source: str, target: str, *, linked: bool, snapshot: str | None
         journal.commit([["publish-clone", str(staging), target, new_uuid, ctx.uuid,
                          snap.uid if (linked and snap) else None]])
         journal.run({"publish-clone": lambda *args: publish_clone(hv.datastore, *args)})
+        if temporary and snap is not None:
+            ops.delete_in(ctx, str(snap.uid))
 
 
 def _chain(files: VmFiles, file_name: str) -> tuple[ImageLayer, ...]:

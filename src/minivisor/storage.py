@@ -317,21 +317,25 @@ class DiskOperations:
 
     def delete(self, name: str, snapshot: str) -> Snapshot:
         with self.operation(name, online=True, what="delete a snapshot of") as ctx:
-            files = VmFiles(self.datastore, ctx.vmx)
-            snap = files.tree.find(snapshot, name)
-            clones: dict[int, list[str]] = {}
-            for clone, uid in self.datastore.catalog.clones_of(ctx.uuid):
-                clones.setdefault(uid, []).append(clone)
-            busy: set[Path] = set()
-            if ctx.running:
-                for _, top in snapshot_disks(files.spec):
-                    busy.update(files.chain_files(top))
-            steps = plan_delete(files, snap, clones, busy)
-            journal = Journal(ctx.vm_dir, "delete")
-            journal.commit(steps)
-            crashpoint("delete:committed")
-            journal.run({"online-commit": lambda *args: self._online_commit(ctx, *args)})
-            return snap
+            return self.delete_in(ctx, snapshot)
+
+    def delete_in(self, ctx: OpContext, snapshot: str) -> Snapshot:
+        """Delete a snapshot inside an operation that already holds the VM."""
+        files = VmFiles(self.datastore, ctx.vmx)
+        snap = files.tree.find(snapshot, ctx.name)
+        clones: dict[int, list[str]] = {}
+        for clone, uid in self.datastore.catalog.clones_of(ctx.uuid):
+            clones.setdefault(uid, []).append(clone)
+        busy: set[Path] = set()
+        if ctx.running:
+            for _, top in snapshot_disks(files.spec):
+                busy.update(files.chain_files(top))
+        steps = plan_delete(files, snap, clones, busy)
+        journal = Journal(ctx.vm_dir, "delete")
+        journal.commit(steps)
+        crashpoint("delete:committed")
+        journal.run({"online-commit": lambda *args: self._online_commit(ctx, *args)})
+        return snap
 
     def _online_commit(self, ctx: OpContext, node: str, dependent: str, frozen: str, frozen_format: str,
                        above: str | None) -> None:

@@ -70,7 +70,7 @@ def test_a_full_clone_of_a_running_vm_is_independent_and_boots(hv, appliance_ima
     seen: list[float] = []
     hv.clone_vm(source, "copy", linked=False, progress=seen.append)  # running: from a new snapshot
     assert seen and seen[-1] == 100.0 and seen == sorted(seen)
-    assert [s["name"] for s in hv.snapshot_list(source)] == ["clone-copy"]
+    assert hv.snapshot_list(source) == []  # the snapshot it copied from was merged back
     copy_dir = hv.datastore.root / "copy"
     for image in copy_dir.glob("*.qcow2"):
         layer = read_layer(image, "qcow2")
