@@ -313,15 +313,20 @@ def disk_info(chain: tuple[ImageLayer, ...]) -> dict:
 
 def resize_disk(layer: ImageLayer, size: int) -> None:
     """Grow a disk (shrinking would cut off the guest's data and is refused)."""
+    check_resize(layer, size)
+    if size == layer.virtual_size:
+        return
+    _qemu_img("resize", "-q", "-f", layer.format, str(layer.path), str(size))
+
+
+def check_resize(layer: ImageLayer, size: int) -> None:
+    """Refuse a shrink, and formats QEMU cannot grow."""
     if size < layer.virtual_size:
         raise DiskError(f"{layer.path.name} is {human_size(layer.virtual_size)}; shrinking it to "
                         f"{human_size(size)} would cut off data", hint="give a size at least as large")
     if layer.format == "vmdk":
         raise DiskError(f"{layer.path.name} is a VMDK, which QEMU cannot resize",
                         hint=f"convert it to qcow2 first: minivisor disk convert {layer.path} --format qcow2")
-    if size == layer.virtual_size:
-        return
-    _qemu_img("resize", "-q", "-f", layer.format, str(layer.path), str(size))
 
 
 def check_disk(layer: ImageLayer) -> tuple[int, str]:

@@ -232,16 +232,25 @@ class DiskOperations:
         return out
 
     def vm_disk_resize(self, name: str, node: str, size: str) -> dict:
-        from .disks import parse_size, resize_disk
+        """Grow a VM's disk (its top layer); a running VM's VMM does it (block_resize), the guest sees it."""
+        from .disks import check_resize, parse_size, resize_disk
 
-        with self.operation(name, online=False, what="resize a disk of") as ctx:
+        with self.operation(name, online=True, what="resize a disk of") as ctx:
             files = VmFiles(self.datastore, ctx.vmx)
             disks = {d.node: d for d in files.spec.disks if d.kind == "disk" and d.file_name}
             if node.lower() not in disks:
                 raise NotFoundError(f"VM {name!r} has no hard disk {node!r}",
                                     hint=f"its disks: {', '.join(disks) or 'none'}")
-            top = files.path(disks[node.lower()].file_name)
-            resize_disk(self._chain(top)[0], parse_size(size))
+            top = self._chain(files.path(disks[node.lower()].file_name))[0]
+            wanted = parse_size(size)
+            if not ctx.running:
+                resize_disk(top, wanted)
+            else:
+                check_resize(top, wanted)
+                blocks = self._qmp(ctx, [("query-block", None)])[0]
+                device = node.lower().replace(":", "-")
+                root = next(b["inserted"]["node-name"] for b in blocks if b.get("qdev") == device)
+                self._qmp(ctx, [("block_resize", {"node-name": root, "size": wanted})])
         return next(d for d in self.vm_disks(name) if d["node"] == node.lower())
 
     # -- snapshots ---------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 
 from minivisor import Hypervisor
 from minivisor.disks import check_disk, format_for, read_layer
-from minivisor.errors import ConflictError, NotFoundError, StateError
+from minivisor.errors import ConflictError, DiskError, NotFoundError, StateError
 from minivisor.snapshots import SnapshotTree
 from minivisor.state import VmState
 
@@ -205,7 +205,15 @@ def test_deleting_snapshots_of_a_running_vm_merges_them_in_the_vmm(hv, appliance
     assert read_mark(hv, vm) == "C" and hv.snapshot_list(vm) == []
     assert 'scsi0:1.fileName = "data.qcow2"' in (folder / "live.vmx").read_text()
     write_mark(hv, vm, "D")
+    # and a running VM's disk grows: the VMM resizes it and the guest sees the new size
+    device = hv.exec_in_vm(vm, f"basename {DATA_DISK}").output.strip()
+    assert hv.vm_disk_resize(vm, "scsi0:1", "32M")["virtual_size"] == 32 * 1024 * 1024
+    seen = hv.exec_in_vm(vm, f"echo 1 > /sys/class/block/{device}/device/rescan; cat /sys/class/block/{device}/size")
+    assert int(seen.output.strip()) * 512 == 32 * 1024 * 1024
+    with pytest.raises(DiskError):
+        hv.vm_disk_resize(vm, "scsi0:1", "16M")  # never shrinks
     hv.stop_vm(vm, hard=True)
     assert sorted(p.name for p in folder.glob("*.qcow2")) == ["data.qcow2", "live.qcow2"]
     assert_all_disks_clean(folder)
-    assert boot_and_read(hv, vm) == "D"
+    hv.start_vm(vm, wait_ready=True, timeout=90)
+    assert hv.exec_in_vm(vm, "grep -c ' 32768 ' /proc/partitions").output.strip() == "1"
