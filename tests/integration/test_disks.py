@@ -159,3 +159,22 @@ def test_a_vms_disks_are_listed_and_grown_through_the_vm(hv):
     assert hv.vm_disk_resize("v", "scsi0:0", "2G")["virtual_size"] == 2 * 1024 ** 3
     listed = cli(hv, "vm", "disk", "v", "list")
     assert listed.returncode == 0 and "scsi0:0" in listed.stdout and "2 GiB" in listed.stdout
+
+
+def test_two_operations_on_one_vms_disks_never_run_at_once(hv):
+    import fcntl
+
+    hv.create_vm("v", memory_mib=64, disk_size="16M", network="none")
+    folder = hv.datastore.root / "v"
+    fd = os.open(folder / ".minivisor-ops.lck", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another process is in the middle of an operation on v
+        before = sorted(os.listdir(folder))
+        for args in (["snapshot", "take", "v", "s"], ["vm", "clone", "v", "w", "--linked"],
+                     ["vm", "disk", "v", "resize", "scsi0:0", "32M"]):
+            result = cli(hv, *args)
+            assert result.returncode == 4 and "in progress" in result.stderr, result.stderr
+        assert sorted(os.listdir(folder)) == before and [vm.name for vm in hv.list_vms()] == ["v"]
+    finally:
+        os.close(fd)
+    assert cli(hv, "snapshot", "take", "v", "s").returncode == 0
