@@ -136,6 +136,14 @@ class Supervisor:
             for pid in _vmm_pids(str(vmm.paths.qmp_socket)):
                 if _orphaned(pid, vmm.lock.path):
                     self._kill_half_started(hv, name, vmm, pid, "its launcher died during power-on")
+        from .journal import Journal
+
+        if Journal.load(vmm.paths.vm_dir) is not None and vmm.lock.try_acquire():
+            try:  # a snapshot or clone cut short (the service was killed): finish or undo it now
+                hv._disk_ops().finish_interrupted(name)
+            finally:
+                vmm.lock.release()
+            hv._emit("recovered", name, reason="an interrupted snapshot or clone was finished or undone")
 
     def _kill_half_started(self, hv: Any, name: str, vmm: Any, pid: int, why: str) -> None:
         try:

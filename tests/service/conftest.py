@@ -25,12 +25,12 @@ class Running:
         self.proc: subprocess.Popen | None = None
         self.client: Client | None = None
 
-    def start(self, *extra: str) -> Running:
+    def start(self, *extra: str, env: dict[str, str] | None = None) -> Running:
         (self.root / ".minivisor" / "service.json").unlink(missing_ok=True)
         self.log = open(self.root.parent / "service.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "minivisor", "-d", str(self.root), "serve",
                                       "--listen", "127.0.0.1:0", *extra], stdout=self.log, stderr=self.log,
-                                     start_new_session=True)
+                                     start_new_session=True, env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 20
         while (client := connect(self.root)) is None:
             assert self.proc.poll() is None, (self.root.parent / "service.log").read_text()

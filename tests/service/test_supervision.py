@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from minivisor import Hypervisor
+from minivisor.journal import JOURNAL_NAME
 from minivisor.state import VmState
 from minivisor.vmm import RuntimeRecord, process_start_ticks
 
@@ -237,3 +238,31 @@ def test_a_booted_guest_keeps_running_through_a_service_restart(datastore, appli
         first.stop(signal.SIGKILL)
         if hv.get_vm("guest").state is VmState.RUNNING:
             hv.stop_vm("guest", hard=True)
+
+
+def test_a_snapshot_cut_short_by_a_killed_service_is_finished_or_undone_at_restart(datastore):
+    hv = Hypervisor(datastore)
+    small_vm(hv, "vm1")
+    vmx_before = (datastore / "vm1" / "vm1.vmx").read_bytes()
+    doomed = Running(datastore).start(env={"MINIVISOR_TEST_CRASH_AT": "take:prepared"})
+    try:
+        from minivisor.errors import HostError
+
+        with pytest.raises(HostError):  # the service died under the request
+            doomed.client.snapshot_take("vm1", "s1")
+        doomed.proc.wait(timeout=10)
+        assert (datastore / "vm1" / JOURNAL_NAME).exists()  # half-done
+    finally:
+        doomed.stop(signal.SIGKILL)
+    service = Running(datastore).start()
+    try:
+        assert service.client.vm_events("vm1")[-1]["type"] == "recovered"
+        assert not (datastore / "vm1" / JOURNAL_NAME).exists()
+        snapshots = service.client.snapshot_list("vm1")
+        vmx_after = (datastore / "vm1" / "vm1.vmx").read_bytes()
+        # all or nothing: either the snapshot exists and the disk points at an overlay, or neither
+        assert (len(snapshots) == 1) == (vmx_after != vmx_before)
+        service.client.start_vm("vm1")
+        service.client.stop_vm("vm1", hard=True)
+    finally:
+        service.stop()
