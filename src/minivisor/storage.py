@@ -314,7 +314,11 @@ class DiskOperations:
                 raise StateError(f"the memory state {snap.memory_file} of snapshot {snap.name!r} is missing",
                                  hint="restore the file, or delete the snapshot")
             if ctx.running:
-                ctx.vmm.stop(hard=True, timeout=0)  # the current state is discarded, like VMware's revert
+                record = ctx.vmm.record()
+                pid = record.pid if record else None
+                self.hv._emit("poweringOff", ctx.name, pid=pid, hard=True)  # expected, not a crash
+                how = ctx.vmm.stop(hard=True, timeout=0)  # the current state is discarded, like VMware's revert
+                self.hv._emit("poweredOff", ctx.name, pid=pid, reason=f"reverted to a snapshot ({how})")
                 ctx.vmm.lock.acquire(name)
                 ctx.running = False
             journal, _ = plan_revert(files, snap, set())
@@ -370,8 +374,16 @@ class DiskOperations:
         spec, env, _ = self.hv._launch_plan(ctx.name)
         argv = build_qemu_argv(spec, env) + ["-incoming", "defer"]
         links_down = [nic.name for nic in spec.nics if env.networks[nic.index] == "unconnected"]
-        ctx.vmm.launch(argv, env.accel, links_down)  # its "cont" only arms autostart while incoming
+        claim = self.hv._admit(ctx.name, spec)  # the same memory admission as a power-on
+        try:
+            record = ctx.vmm.launch(argv, env.accel, links_down)  # its "cont" only arms autostart while incoming
+        finally:
+            claim.unlink(missing_ok=True)
         ctx.running = True
+        from .resources import place
+
+        place(record.pid, spec, ctx.name)
+        self.hv._emit("poweredOn", ctx.name, pid=record.pid, accel=record.accel)
         try:
             self._run_async(ctx, _incoming(ctx, state_file))
         except BaseException:
