@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -42,6 +43,9 @@ def time_bare_boot(argv: list[str], serial_log: Path) -> float:
     """Start QEMU directly (not paused) and poll its serial log as minivisor does."""
     serial_log.unlink(missing_ok=True)
     bare = [arg for arg in argv if arg != "-S"]
+    for arg in bare:  # the socket folder minivisor makes (and removes) for each power-on
+        for match in re.finditer(r"path=([^,]+)", arg):
+            Path(match.group(1)).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     start = time.perf_counter()
     process = subprocess.Popen(bare, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
