@@ -253,11 +253,12 @@ class Hypervisor:
                 _rotate(env.paths.serial_log)
                 env.paths.bios_log.unlink(missing_ok=True)
                 links_down = [nic.name for nic in spec.nics if env.networks[nic.index] == "unconnected"]
-                claim = self._admit(name, spec)  # under the VM lock: the claim is ours while we launch
+                claim = self._admit(name, spec)  # under the VM lock, which keeps the claim valid
                 try:
                     record = vmm.launch(build_qemu_argv(spec, env), env.accel, links_down)
-                finally:
+                except BaseException:
                     claim.unlink(missing_ok=True)
+                    raise
             from .resources import place
 
             warnings += place(record.pid, spec, name)
@@ -497,36 +498,46 @@ class Hypervisor:
     def _admit(self, name: str, spec: VmSpec) -> Path:
         """Refuse the power-on if the host cannot hold it next to the VMs already committed.
 
-        Committed: VMs holding their lock with a runtime record (running) or an
-        admission claim (powering on). The decision and the claim happen under one
-        datastore-wide lock, so concurrent power-ons count each other exactly once.
-        Returns the claim, which the caller removes once the VMM runs (or failed).
+        Each admitted power-on leaves a commitment, ``.minivisor/committed/<uuid>``,
+        which counts for as long as that VM's lock is held (its VMM runs, or its
+        power-on is under way) and is pruned once it is not. The decision and the
+        commitment happen under one datastore-wide lock, so concurrent power-ons
+        count each other exactly once, and the check costs one look per running VM,
+        not per registered VM. Returns the commitment; the caller removes it if
+        the launch fails.
         """
+        import fcntl
+
         from .resources import admit
         from .vmm import RuntimeRecord, VmLock
 
+        committed = self.datastore.meta / "committed"
+        committed.mkdir(mode=0o700, exist_ok=True)
         guard = os.open(self.datastore.meta / "admission.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            import fcntl
-
             fcntl.flock(guard, fcntl.LOCK_EX)  # held for milliseconds: no launch happens under it
-            entries = [e for e in self.datastore.catalog.list() if e.name.lower() != name.lower()]
+            by_uuid = {e.uuid: e for e in self.datastore.catalog.list()}
+            me = self.datastore.catalog.get(name)
             locked = _flocked_files()
-            if locked is not None:  # one read of /proc/locks instead of a lock probe per VM
-                held = [e for e in entries if _file_id(self._paths_of(e)[2]) in locked]
-            else:
-                held = [e for e in entries if VmLock(self._lock_path(e)).is_held_elsewhere()]
+            held = []
+            for uuid in os.listdir(committed):
+                entry = by_uuid.get(uuid)
+                if entry is None or entry.uuid == me.uuid:
+                    continue
+                lock = self._paths_of(entry)[2]
+                if (_file_id(lock) in locked) if locked is not None else VmLock(Path(lock)).is_held_elsewhere():
+                    held.append(entry)
+                else:
+                    (committed / uuid).unlink(missing_ok=True)  # that VMM is gone
+            summaries = self._summaries(held)
             others = []
-            committed = [e for e in held if any(os.path.exists(self._paths_of(e)[1].vm_dir / f)
-                                                for f in ("runtime.json", ".admitted"))]
-            summaries = self._summaries(committed)
-            for entry in committed:
+            for entry in held:
                 record = RuntimeRecord.load(self._paths_of(entry)[1].vm_dir / "runtime.json")
                 summary = summaries[entry.name]
                 others.append((entry.name, summary.get("memory_mib", 0), summary.get("mem_min_mib", 0),
                                record.pid if record else None))
             admit(spec, name, others, total_mib=host.host_memory_mib(), available_mib=host.available_memory_mib())
-            claim = self._vmm(name).paths.vm_dir / ".admitted"
+            claim = committed / me.uuid
             claim.write_text(f"{os.getpid()}\n")
             return claim
         finally:

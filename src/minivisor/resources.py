@@ -4,11 +4,11 @@ Called by the core API's power-on path, so the CLI working directly on the
 datastore and the service behave the same:
 
 - :func:`admit` refuses a power-on when the memory (``memSize``) of the VMs
-  that hold their lock (running or starting) plus the new one exceeds what the
-  host can give (its memory minus a reserve for itself), or when the new VM's
-  ``sched.mem.min`` reservation is more than the host has free once the
-  reservations of running VMs are set aside. The caller holds the new VM's
-  lock, so two power-ons at once each count the other.
+  already committed (running, or admitted and powering on: see
+  ``Hypervisor._admit``) plus the new one exceeds what the host can give (its
+  memory minus a reserve for itself), or when the new VM's ``sched.mem.min``
+  reservation is more than the host has free once the reservations of running
+  VMs are set aside.
 - :func:`place` pins every thread of the VMM to ``sched.cpu.affinity`` and, on
   a cgroup v2 host that lets us write, moves the VMM into
   ``minivisor.slice/<vm>`` with ``cpu.weight`` from ``sched.cpu.shares`` and
