@@ -522,7 +522,10 @@ class Hypervisor:
             held = []
             for uuid in os.listdir(committed):
                 entry = by_uuid.get(uuid)
-                if entry is None or entry.uuid == me.uuid:
+                if entry is None:
+                    (committed / uuid).unlink(missing_ok=True)  # that VM was deleted or unregistered
+                    continue
+                if entry.uuid == me.uuid:
                     continue
                 lock = self._paths_of(entry)[2]
                 if (_file_id(lock) in locked) if locked is not None else VmLock(Path(lock)).is_held_elsewhere():
