@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import ipaddress
-import signal
 import sys
-import threading
 from typing import Annotated
 
 import typer
@@ -18,6 +15,10 @@ def serve(listen: Annotated[str, typer.Option(help="HOST:PORT to listen on (loop
           = "127.0.0.1:8700",
           autostart: Annotated[bool, typer.Option(help="Power on the VMs marked autostart.")] = True) -> None:
     """Run the service for the datastore: REST API, web UI, events, metrics, VMM supervision."""
+    import ipaddress
+    import signal
+    import threading
+
     from ..service import Service, token_file
 
     service = Service(datastore_root(), listen, autostart=autostart)
