@@ -243,7 +243,7 @@ class Service:
         self._op_locks_guard = threading.Lock()
         self._specs = {op.name: _param_specs(op) for op in routes.OPERATIONS}
         host, _, port = listen.rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not port.isdigit() or int(port) > 65535:
             raise RequestError(f"--listen {listen!r} is not HOST:PORT", hint="e.g. --listen 127.0.0.1:8700")
         try:
             self.httpd = _Server((host.strip("[]"), int(port)), _Handler)

@@ -157,3 +157,13 @@ def test_cli_power_cycle_through_the_service_is_seen_by_the_service(service):
     assert "vm1 is powered off" in service.cli("vm", "stop", "vm1", "--hard", check=True).stdout
     types = [e["type"] for e in service.client.vm_events("vm1")]
     assert types[-3:] == ["poweredOn", "poweringOff", "poweredOff"]
+
+
+@pytest.mark.parametrize("listen, code, words", [("127.0.0.1:0", 4, "already runs"), ("nonsense", 64, "HOST:PORT"),
+                                                 ("127.0.0.1:99999", 64, "HOST:PORT")])
+def test_serve_refuses_a_second_service_or_a_bad_address_in_one_line(service, listen, code, words):
+    if code == 64:
+        service.stop()  # the datastore is free: only the address is wrong
+    result = service.cli("serve", "--listen", listen)
+    assert result.returncode == code and words in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
