@@ -377,8 +377,9 @@ class DiskOperations:
         claim = self.hv._admit(ctx.name, spec)  # the same memory admission as a power-on
         try:
             record = ctx.vmm.launch(argv, env.accel, links_down)  # its "cont" only arms autostart while incoming
-        finally:
-            claim.unlink(missing_ok=True)
+        except BaseException:
+            claim.unlink(missing_ok=True)  # the commitment stays while the VMM runs (see Hypervisor._admit)
+            raise
         ctx.running = True
         from .resources import place
 
