@@ -2,9 +2,10 @@
 
 Sources: ``/proc/<pid>/stat`` (CPU time), ``/proc/<pid>/status`` (RSS),
 ``/proc/<pid>/io`` (the VMM's own I/O syscalls), QMP ``query-blockstats``
-(the guest's disk I/O per device). QEMU has no QMP counter for user-mode (NAT)
-network traffic, so network bytes are reported only where a tap device has
-them (``/sys/class/net/<tap>/statistics``); otherwise they are absent, not 0.
+(the guest's disk I/O per device). Network bytes are not reported: QEMU has
+no QMP counter for user-mode (NAT) networking, the only backend minivisor has
+so far; with tap devices they would come from ``/sys/class/net/<tap>/statistics``.
+Absent, not 0.
 """
 
 from __future__ import annotations
