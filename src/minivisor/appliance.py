@@ -136,18 +136,30 @@ def build_appliance(cache_dir: Path, *, force: bool = False, progress: Progress 
     """
     say = progress or (lambda _line: None)
     cache_dir = Path(cache_dir)
-    images = cache_dir / "images"
-    target = images / f"appliance-{_inputs_digest()[:16]}.img"
+    target = cache_dir / "images" / f"appliance-{_inputs_digest()[:16]}.img"
     if target.exists() and not force:
         return target
     tools = _host_tools()
-    images.mkdir(parents=True, exist_ok=True)
+    try:
+        _build(cache_dir, target, tools, say)
+    except OSError as err:
+        raise ImageBuildError(
+            f"cannot build the appliance image: {err}",
+            hint=f"check free space and permissions in {cache_dir}",
+        ) from err
+    say(f"appliance image ready: {target}")
+    return target
+
+
+def _build(cache_dir: Path, target: Path, tools: dict[str, str], say: Progress) -> None:
+    """Build the image into a temporary file beside ``target``, then rename it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     # The kernel package unpacks to ~400 MB: work beside the cache rather
     # than in a /tmp that may be a small tmpfs.
     with tempfile.TemporaryDirectory(prefix=".build-", dir=cache_dir) as work:
         kernel, initrd = _build_boot_files(cache_dir / "debs", Path(work), tools, say)
         say("writing the disk image")
-        fd, partial = tempfile.mkstemp(prefix=".appliance-", suffix=".partial", dir=images)
+        fd, partial = tempfile.mkstemp(prefix=".appliance-", suffix=".partial", dir=target.parent)
         os.close(fd)
         try:
             _write_disk(Path(partial), kernel, initrd, tools)
@@ -155,8 +167,6 @@ def build_appliance(cache_dir: Path, *, force: bool = False, progress: Progress 
             os.replace(partial, target)
         finally:
             Path(partial).unlink(missing_ok=True)
-    say(f"appliance image ready: {target}")
-    return target
 
 
 def _inputs_digest() -> str:
