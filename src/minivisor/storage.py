@@ -63,6 +63,12 @@ class DiskOperations:
     @contextmanager
     def operation(self, name: str, *, online: bool, what: str) -> Iterator[OpContext]:
         entry = self.datastore.catalog.get(name)
+        with self.hv._operation(entry.name):  # power operations (start, stop) wait for us, and we for them
+            with self._disk_operation(entry, what, online=online) as ctx:
+                yield ctx
+
+    @contextmanager
+    def _disk_operation(self, entry, what: str, *, online: bool) -> Iterator[OpContext]:
         vmx = self.datastore.vmx_path(entry)
         ops_fd = os.open(vmx.parent / OPS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
