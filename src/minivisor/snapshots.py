@@ -290,8 +290,8 @@ def plan_delete(files: VmFiles, snap: Snapshot, clones: dict[int, list[str]],
     """The journal steps that remove ``snap`` and merge its data into what depends on it.
 
     ``clones``: snapshot uid -> names of linked clones on it. ``busy``: real
-    paths a running VMM has open: those layers are merged by the VMM (an
-    ``online-commit`` step: block-commit), or the delete is refused.
+    paths a running VMM has open: those layers are merged by the VMM
+    (``online-commit``: block-commit; ``online-stream``: block-stream).
     """
     tree = files.tree
     if clones.get(snap.uid):
@@ -324,9 +324,6 @@ def plan_delete(files: VmFiles, snap: Snapshot, clones: dict[int, list[str]],
         dep_name, dep_uid = dependents[0]
         grandchildren = _dependents_of(tree, dep_uid, node, tops) if single else []
         commit = single and not (dep_uid is not None and clones.get(dep_uid)) and files.layer(dep_name).format == "qcow2"
-        if running_dep and not commit:
-            raise StateError(f"cannot delete snapshot {snap.name!r} while the VM runs: several layers depend on it "
-                             "and one of them is in use", hint="power the VM off first, then delete the snapshot")
         if commit:
             # one dependent: fold it into the frozen file (its view never changes), then it takes its place
             above = [g for g in grandchildren if is_busy(g)]
@@ -357,7 +354,10 @@ def plan_delete(files: VmFiles, snap: Snapshot, clones: dict[int, list[str]],
                                "-F", frozen_layer.backing_format or "raw"]
                 else:
                     backing = ["-b", ""]
-                steps.append(["qemu-img", "rebase", "-q", "-f", "qcow2", *backing, dep])
+                if is_busy(dep):  # the running VMM streams the data in (block-stream); offline: the same rebase
+                    steps.append(["online-stream", node, dep, frozen, backing[1], backing[3] if len(backing) > 2 else None])
+                else:
+                    steps.append(["qemu-img", "rebase", "-q", "-f", "qcow2", *backing, dep])
             unlinks.append(frozen)
     snapshots = {uid: s for uid, s in tree.snapshots.items() if uid != snap.uid}
     for child in children:

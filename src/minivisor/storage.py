@@ -109,7 +109,8 @@ class DiskOperations:
         if journal is None:
             return
         handlers = {"publish-clone": self._publish_clone,
-                    "online-commit": lambda *args: self._online_commit(ctx, *args)}
+                    "online-commit": lambda *args: self._online_commit(ctx, *args),
+                    "online-stream": lambda *args: self._online_stream(ctx, *args)}
         if journal.op == "take-online":
             in_use = ctx.running and self._nodes_in_use(ctx, journal.data.get("nodes", []))
             if journal.phase == "prepare" or (ctx.running and not in_use):
@@ -353,8 +354,24 @@ class DiskOperations:
         journal = Journal(ctx.vm_dir, "delete")
         journal.commit(steps)
         crashpoint("delete:committed")
-        journal.run({"online-commit": lambda *args: self._online_commit(ctx, *args)})
+        journal.run({"online-commit": lambda *args: self._online_commit(ctx, *args),
+                     "online-stream": lambda *args: self._online_stream(ctx, *args)})
         return snap
+
+    def _online_stream(self, ctx: OpContext, node: str, dependent: str, frozen: str, backing: str,
+                       backing_format: str | None = None) -> None:
+        """Copy ``frozen``'s data into ``dependent`` and drop it from the chain (block-stream, else a safe rebase)."""
+        from .disks import qemu_img
+
+        dep_path = self.datastore.resolve(ctx.vm_dir, dependent)
+        frozen_path = self.datastore.resolve(ctx.vm_dir, frozen)
+        if ctx.vmm.record() is None:
+            qemu_img("rebase", "-q", "-f", "qcow2", "-b", backing,
+                     *(["-F", backing_format] if backing else []), str(dep_path))
+            return
+        base = str(self.datastore.resolve(dep_path.parent, backing)) if backing else None
+        self._run_async(ctx, _block_stream(ctx, node.replace(":", "-"), str(dep_path), str(frozen_path), base,
+                                           backing or None))
 
     def _online_commit(self, ctx: OpContext, node: str, dependent: str, frozen: str, frozen_format: str,
                        above: str | None) -> None:
@@ -570,6 +587,34 @@ async def _block_commit(ctx: OpContext, device: str, top: str, base: str, backin
             await _execute(client, "blockdev-del", {"node-name": by_path[top]})
         except QmpError:
             pass
+    finally:
+        await client.disconnect()
+
+
+async def _block_stream(ctx: OpContext, device: str, top: str, frozen: str, base: str | None,
+                        backing: str | None) -> None:
+    import secrets
+
+    client = await _client(ctx)
+    try:
+        await _finish_jobs(client)
+        blocks = await _execute(client, "query-block")
+        root = next((b["inserted"]["node-name"] for b in blocks if b.get("qdev") == device and b.get("inserted")),
+                    None)
+        chain = await _device_chain(client, root) if root else {}
+        if frozen not in chain:
+            return  # already streamed: the frozen layer left the chain
+        if top not in chain:
+            raise QmpError(f"the running VMM's disk {device} has no layer {top}",
+                           hint="power the VM off, then run any snapshot command to finish the delete")
+        arguments: dict[str, Any] = {"job-id": f"minivisor-stream-{secrets.token_hex(3)}", "device": chain[top],
+                                     "auto-dismiss": False}
+        if base is not None:
+            arguments["base-node"] = chain[base]
+            arguments["backing-file"] = backing
+        await _execute(client, "block-stream", arguments)
+        crashpoint("delete:online-stream-started")
+        await _finish_jobs(client)
     finally:
         await client.disconnect()
 

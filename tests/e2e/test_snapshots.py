@@ -217,3 +217,28 @@ def test_deleting_snapshots_of_a_running_vm_merges_them_in_the_vmm(hv, appliance
     assert_all_disks_clean(folder)
     hv.start_vm(vm, wait_ready=True, timeout=90)
     assert hv.exec_in_vm(vm, "grep -c ' 32768 ' /proc/partitions").output.strip() == "1"
+
+
+def test_deleting_a_snapshot_with_two_branches_while_one_runs_streams_into_the_running_layer(
+        hv, appliance_image, tmp_path):
+    vm = make_vm(hv, "branches", appliance_image)
+    folder = hv.datastore.root / vm
+    hv.start_vm(vm, wait_ready=True, timeout=90)
+    write_mark(hv, vm, "A")
+    hv.snapshot_take(vm, "s1", memory=False)
+    write_mark(hv, vm, "B")
+    hv.snapshot_take(vm, "s2", memory=False)
+    hv.snapshot_revert(vm, "s1")
+    assert boot_and_read(hv, vm) == "A"
+    write_mark(hv, vm, "C")
+    hv.snapshot_take(vm, "s3", memory=False)  # s1 now has two children, s3's layer is under the running disk
+    hv.snapshot_delete(vm, "s1")  # s2's layer is rebased offline, the running one gets block-stream
+    assert read_mark(hv, vm) == "C"
+    assert sorted((s["name"], s["parent"]) for s in hv.snapshot_list(vm)) == [("s2", None), ("s3", None)]
+    hv.stop_vm(vm, hard=True)
+    tree = SnapshotTree.load(folder / f"{vm}.vmsd")
+    assert disk_mark(folder / tree.find("s2", vm).disks["scsi0:1"], tmp_path) == "B"
+    assert disk_mark(folder / tree.find("s3", vm).disks["scsi0:1"], tmp_path) == "C"
+    assert not (folder / "data.qcow2").exists() and not (folder / "branches.qcow2").exists()
+    assert_all_disks_clean(folder)
+    assert boot_and_read(hv, vm) == "C"
