@@ -46,6 +46,7 @@ class Snapshot:
     description: str = ""
     created_us: int = 0  # microseconds since the epoch, as VMware stores it
     memory_file: str | None = None  # the .vmsn with memory and device state (powered-on snapshots)
+    config: str | None = None  # the specfile when it was taken (restored on revert, like VMware's .vmsn)
 
     def to_dict(self) -> dict[str, Any]:
         return {"uid": self.uid, "name": self.name, "parent": self.parent, "description": self.description,
@@ -83,7 +84,8 @@ class SnapshotTree:
             high, low = _int(doc.get(p + "createTimeHigh")) or 0, _int(doc.get(p + "createTimeLow")) or 0
             tree.snapshots[uid] = Snapshot(uid, doc.get(p + "displayName") or f"snapshot {uid}",
                                            _int(doc.get(p + "parent")), disks, doc.get(p + "description") or "",
-                                           (high << 32) | (low & 0xFFFFFFFF), doc.get(p + "filename") or None)
+                                           (high << 32) | (low & 0xFFFFFFFF), doc.get(p + "filename") or None,
+                                           doc.get(p + "minivisor.config") or None)
             tree.last_uid = max(tree.last_uid, uid)
         if tree.current not in tree.snapshots:
             tree.current = None
@@ -113,6 +115,8 @@ class SnapshotTree:
             for m, (node, name) in enumerate(snap.disks.items()):
                 doc.set(f"{p}disk{m}.fileName", name)
                 doc.set(f"{p}disk{m}.node", node)
+            if snap.config:
+                doc.set(p + "minivisor.config", snap.config)  # escaped onto one line (|0A)
         return doc.to_bytes()
 
     # -- queries -----------------------------------------------------------
@@ -214,8 +218,10 @@ class VmFiles:
     def name_in_folder(self, path: Path) -> str:
         return os.path.relpath(path, self.vm_dir)
 
-    def vmx_with(self, tops: dict[str, str]) -> bytes:
-        doc = VmxDocument.parse(self.doc.to_bytes(), source=str(self.vmx))
+    def vmx_with(self, tops: dict[str, str], config: str | None = None) -> bytes:
+        """The specfile (or a snapshot's saved one) with these disk files."""
+        base = config.encode("utf-8", "surrogateescape") if config else self.doc.to_bytes()
+        doc = VmxDocument.parse(base, source=str(self.vmx))
         for node, name in tops.items():
             doc.set(f"{node}.fileName", name)
         return doc.to_bytes()
@@ -231,7 +237,8 @@ def plan_take(files: VmFiles, name: str, description: str, memory_file: str | No
     if not disks:
         raise DiskError("the VM has no hard disk to snapshot", hint="add a disk to its specfile first")
     uid = files.tree.last_uid + 1
-    snap = Snapshot(uid, name, files.tree.current, disks, description, int(time.time() * 1e6), memory_file)
+    snap = Snapshot(uid, name, files.tree.current, disks, description, int(time.time() * 1e6), memory_file,
+                    files.doc.to_bytes().decode("utf-8", "surrogateescape"))
     taken: set[str] = set()
     deltas = {}
     for node in disks:
@@ -281,7 +288,7 @@ def plan_revert(files: VmFiles, snap: Snapshot, clone_files: set[str]) -> tuple[
             obsolete.append(["unlink", top])
     tree = SnapshotTree(dict(files.tree.snapshots), snap.uid, files.tree.last_uid)
     journal.commit([write_step(files.vmsd.name, tree.to_bytes()),
-                    write_step(files.vmx.name, files.vmx_with(deltas)), *obsolete])
+                    write_step(files.vmx.name, files.vmx_with(deltas, snap.config)), *obsolete])
     return journal, deltas
 
 
@@ -362,7 +369,7 @@ def plan_delete(files: VmFiles, snap: Snapshot, clones: dict[int, list[str]],
     snapshots = {uid: s for uid, s in tree.snapshots.items() if uid != snap.uid}
     for child in children:
         snapshots[child.uid] = Snapshot(child.uid, child.name, snap.parent, new_disks[child.uid], child.description,
-                                        child.created_us, child.memory_file)
+                                        child.created_us, child.memory_file, child.config)
     current = snap.parent if tree.current == snap.uid else tree.current
     new_tree = SnapshotTree(snapshots, current, tree.last_uid)
     steps.append(write_step(files.vmsd.name, new_tree.to_bytes()))

@@ -164,8 +164,12 @@ def test_a_memory_snapshot_resumes_the_running_guest_where_it_was(hv, appliance_
     later = int(hv.exec_in_vm(vm, "cat /tmp/count").output)
     assert later >= at_snapshot + 40
 
-    snap, running = hv.snapshot_revert(vm, "hot")
+    hv.stop_vm(vm, hard=True)
+    vmx = hv.datastore.root / vm / f"{vm}.vmx"
+    vmx.write_text(vmx.read_text().replace('memSize = "160"', 'memSize = "192"'))  # edited after the snapshot
+    snap, running = hv.snapshot_revert(vm, "hot")  # powered off: a memory snapshot powers it on, as it was
     assert running and hv.get_vm(vm).state is VmState.RUNNING
+    assert hv.get_vm(vm).memory_mib == 160  # the snapshot's own hardware came back with it
     resumed = int(hv.exec_in_vm(vm, "cat /tmp/count").output)
     assert at_snapshot <= resumed < later  # back where it was, not rebooted (a reboot would lose /tmp)
     hv.exec_in_vm(vm, f"while [ $(cat /tmp/count) -le {resumed} ]; do sleep 0.05; done")  # and still counting

@@ -35,7 +35,9 @@ def test_a_workstation_vmsd_is_read(tmp_path):
 
 
 def test_the_tree_round_trips_through_vmware_keys(tmp_path):
-    tree = SnapshotTree({1: Snapshot(1, "a", None, {"scsi0:0": "w.qcow2"}, "x\ny", (1 << 50) + (1 << 31)),
+    config = '.encoding = "UTF-8"\nmemSize = "512"\ndisplayName = "a|b"\n'
+    tree = SnapshotTree({1: Snapshot(1, "a", None, {"scsi0:0": "w.qcow2"}, "x\ny", (1 << 50) + (1 << 31),
+                                     config=config),
                          2: Snapshot(2, 'b "quoted"', 1, {"scsi0:0": "w-000001.qcow2", "sata0:1": "d.qcow2"},
                                      memory_file="w-Snapshot2.vmsn")}, 2, 2)
     data = tree.to_bytes()
