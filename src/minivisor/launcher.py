@@ -13,6 +13,7 @@ expects (``,`` doubled).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -206,7 +207,7 @@ def _disk(disk: Disk, controller: DiskController, env: LaunchEnv, *, boot_disk: 
     else:
         what = "CD-ROM, empty"
     device: dict[str, object] = {"driver": _disk_driver(disk), "id": disk.node.replace(":", "-"),
-                                 "drive": drive, **_disk_address(disk, controller)}
+                                 "drive": drive, **_disk_address(disk, controller, env.uuid)}
     if boot_disk:
         device["bootindex"] = 0
     args += ["-device", _json(**device)]
@@ -246,7 +247,10 @@ def _disk_driver(disk: Disk) -> str:
     return "ide-hd" if disk.kind == "disk" else "ide-cd"
 
 
-def _disk_address(disk: Disk, controller: DiskController) -> dict[str, object]:
+def _disk_address(disk: Disk, controller: DiskController, vm_uuid: str) -> dict[str, object]:
+    if disk.bus == "scsi" and controller.model == "lsisas1068":
+        # Linux's mptsas ignores a SAS disk whose address (QEMU: the wwn) is 0.
+        return {"bus": f"{controller.name}.0", "scsi-id": disk.unit, "wwn": _wwn(vm_uuid, disk.node)}
     if disk.bus == "scsi":
         return {"bus": f"{controller.name}.0", "scsi-id": disk.unit}
     if disk.bus == "sata":
@@ -254,6 +258,12 @@ def _disk_address(disk: Disk, controller: DiskController) -> dict[str, object]:
     if disk.bus == "nvme":
         return {"bus": controller.name, "nsid": disk.unit + 1}
     return {"bus": f"ide.{disk.controller_index}", "unit": disk.unit}
+
+
+def _wwn(vm_uuid: str, node: str) -> int:
+    """A stable NAA-5 world wide name for one disk of one VM."""
+    digest = int.from_bytes(hashlib.sha256(f"{vm_uuid}/{node}".encode()).digest()[:8], "big")
+    return (0x5 << 60) | (digest & ((1 << 60) - 1))
 
 
 # -- network ------------------------------------------------------------------

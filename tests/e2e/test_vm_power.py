@@ -189,3 +189,10 @@ def test_a_vmm_that_fails_to_start_leaves_nothing_behind(hv, small_vm):
     assert hv.get_vm(small_vm).state is VmState.POWERED_OFF
     assert not (hv.vm_paths(small_vm).vm_dir / "runtime.json").exists()
     assert hv.vm_paths(small_vm).vm_dir.joinpath(f"{small_vm}.vmx").read_bytes() == before
+
+
+def test_a_sas_disk_behind_lsisas1068_is_seen_by_the_guest(hv, appliance_image):
+    hv.create_vm("sas", memory_mib=192, boot_disk=appliance_image, network="none", scsi_model="lsisas1068")
+    hv.start_vm("sas", wait_ready=True, timeout=60)
+    disks = [d for d in inventory(hv, "sas")["disks"] if d["driver"] == "sd"]
+    assert [d["controller"] for d in disks] == ["mptsas"]
