@@ -205,7 +205,6 @@ class DiskOperations:
     def convert(self, source: Path | str, target: Path | str, *, fmt: str | None, thick: bool,
                 progress=None) -> dict:
         """Write the flattened copy next to the target, then rename it into place (no half-written disk)."""
-        import shutil
 
         from .disks import convert_disk, format_for
 
@@ -559,9 +558,7 @@ def _real_file(name: str) -> str:
 
 
 async def _block_commit(ctx: OpContext, device: str, top: str, base: str, backing: str | None) -> None:
-    import asyncio
     import secrets
-    import time
 
     client = await _client(ctx)
     try:

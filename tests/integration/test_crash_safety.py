@@ -147,7 +147,7 @@ def test_kill_while_deleting_a_root_with_two_branches(vm, crash_at):
     assert holds(folder / tree.find("s1", "w").disks["scsi0:0"], 2)
     s2 = folder / tree.find("s2", "w").disks["scsi0:0"]
     assert subprocess.run(["qemu-io", "-r", "-f", "qcow2", "-c", f"read -P {0x41} 0 64k", "-c",
-                           f"read -P 0 65536 64k", "-c", f"read -P {0x43} 131072 64k", str(s2)],
+                           "read -P 0 65536 64k", "-c", f"read -P {0x43} 131072 64k", str(s2)],
                           capture_output=True, text=True).stdout.count("read 65536/65536") == 3
 
 
