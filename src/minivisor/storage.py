@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConflictError, DiskError, LockError, NotFoundError, QmpError, StateError
+from .errors import ConflictError, DiskError, HvError, LockError, NotFoundError, QmpError, StateError
 from .journal import Journal, crashpoint, write_step
 from .snapshots import (Snapshot, SnapshotTree, VmFiles, new_tree_with, plan_delete, plan_revert, plan_take,
                         snapshot_disks, take_offline)
@@ -306,8 +306,16 @@ class DiskOperations:
         status = self._qmp(ctx, [("query-status", None)])[0]["status"]
         journal.data["resume"] = status == "running"
         journal.save()
-        self._run_async(ctx, _online_take(ctx, journal, steps, deltas, nodes, partial, memory_file,
-                                          resume=status == "running"))
+        try:
+            self._run_async(ctx, _online_take(ctx, journal, steps, deltas, nodes, partial, memory_file,
+                                              resume=status == "running"))
+        except BaseException:
+            if ctx.vmm.record() is not None:  # settle it now, by what the VMM uses: undo, or keep disks-only
+                try:
+                    self.recover(ctx)
+                except HvError:
+                    pass  # the journal stays; the next operation settles it
+            raise
         journal.run()
         return snap
 
