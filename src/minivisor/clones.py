@@ -75,7 +75,7 @@ def clone_vm(hv, source: str, target: str, *, linked: bool, snapshot: str | None
                 names[node] = _copy_chain(chain, staging, stems[node], meter)
             if progress:
                 progress(100.0)
-        doc = clone_specfile(files, target, new_uuid, names, home)
+        doc = clone_specfile(files, target, new_uuid, names, home, snap.config if snap else None)
         doc.save(staging / f"{target}.vmx")
         crashpoint("clone:prepared")
         journal.commit([["publish-clone", str(staging), target, new_uuid, ctx.uuid,
@@ -125,11 +125,17 @@ def _copy_chain(chain: tuple[ImageLayer, ...], staging: Path, stem: str, meter: 
     return names[-1]
 
 
-def clone_specfile(files: VmFiles, target: str, new_uuid: str, disks: dict[str, str], home: Path) -> VmxDocument:
-    """The source's specfile with a new identity, the clone's disks, and other files named from the new folder."""
-    doc = VmxDocument.parse(files.doc.to_bytes(), source=f"{target}.vmx")
-    new_identity(doc, target, new_uuid, files.spec)
-    for disk in files.spec.disks:
+def clone_specfile(files: VmFiles, target: str, new_uuid: str, disks: dict[str, str], home: Path,
+                   config: str | None = None) -> VmxDocument:
+    """The source's specfile (or the snapshot's, when cloning one) with a new identity, the clone's
+    disks, and other files named from the new folder."""
+    from .spec import VmSpec
+
+    raw = config.encode("utf-8", "surrogateescape") if config else files.doc.to_bytes()
+    doc = VmxDocument.parse(raw, source=f"{target}.vmx")
+    spec = VmSpec.from_vmx(doc) if config else files.spec
+    new_identity(doc, target, new_uuid, spec)
+    for disk in spec.disks:
         if disk.node in disks:
             doc.set(f"{disk.node}.fileName", disks[disk.node])
         elif disk.file_name and not os.path.isabs(disk.file_name):

@@ -30,8 +30,11 @@ def test_a_linked_clone_and_its_source_run_together_and_diverge(hv, appliance_im
     hv.start_vm(source, wait_ready=True, timeout=90)
     write_mark(hv, source, "shared")
     hv.snapshot_take(source, "golden", memory=False)  # taken while running
+    vmx = hv.datastore.root / source / "src.vmx"
+    vmx.write_text(vmx.read_text().replace('memSize = "160"', 'memSize = "192"'))  # edited after the snapshot
 
     hv.clone_vm(source, "kid", linked=True, snapshot="golden")  # from a running VM's snapshot
+    assert hv.get_vm("kid").memory_mib == 160  # the snapshot's hardware, as VMware clones a snapshot
     kid_dir = hv.datastore.root / "kid"
     overlay = read_layer(kid_dir / "kid.qcow2", "qcow2")
     assert (overlay.backing_name, overlay.backing_format) == ("../src/src.qcow2", "qcow2")
