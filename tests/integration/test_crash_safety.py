@@ -10,6 +10,7 @@ its journal.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -256,3 +257,27 @@ def test_kill_while_the_vmm_merges_a_snapshot(tmp_path, appliance_image):
     finally:
         hv.stop_vm("w", hard=True)
     assert_consistent(hv, folder)
+
+
+@pytest.mark.qemu
+def test_kill_while_the_vmm_streams_a_snapshot_into_the_running_layer(tmp_path, appliance_image):
+    hv = Hypervisor(tmp_path / "ds")
+    hv.create_vm("w", memory_mib=128, boot_disk=appliance_image, network="none")
+    folder = hv.datastore.root / "w"
+    hv.snapshot_take("w", "s1")
+    hv.snapshot_take("w", "s2")
+    hv.snapshot_revert("w", "s1")  # s1 now has two branches: s2's layer and the current one
+    hv.start_vm("w", wait_ready=True, timeout=90)
+    try:
+        hv.exec_in_vm("w", "echo keep > /tmp/k")
+        result = cli(hv.datastore.root, "snapshot", "delete", "w", "s1", crash_at="delete:online-stream-started")
+        assert result.returncode == -signal.SIGKILL
+        listed = cli(hv.datastore.root, "snapshot", "list", "w", "--json")
+        assert listed.returncode == 0 and [s["name"] for s in json.loads(listed.stdout)] == ["s2"]
+        assert hv.exec_in_vm("w", "cat /tmp/k").output.strip() == "keep"
+    finally:
+        hv.stop_vm("w", hard=True)
+    assert_consistent(hv, folder)
+    assert not (folder / "w.qcow2").exists()  # s1's layer is gone; both branches hold its data now
+    hv.start_vm("w", wait_ready=True, timeout=90)  # the streamed layer boots on its own
+    hv.stop_vm("w", hard=True)
