@@ -296,8 +296,8 @@ class _SpecReader:
 
     def shares(self, key: str, levels: dict[str, int], scale: int) -> int | None:
         raw = (self.get(key) or "").strip().lower()
-        if raw == "":
-            return None
+        if raw in ("", "normal"):
+            return None  # the default: nothing to ask of the host (and nothing to warn about)
         if raw in levels:
             return levels[raw] * scale
         if raw.isdigit() and 0 < int(raw) <= 1_000_000:

@@ -129,7 +129,7 @@ def test_an_affinity_outside_the_host_is_refused_before_anything_starts(hv):
 
 def test_explain_says_which_shares_cannot_be_honoured(hv, monkeypatch, tmp_path):
     small_vm(hv, "vm1")
-    add_keys(hv, "vm1", 'sched.cpu.shares = "high"\nsched.mem.shares = "normal"\n')
+    add_keys(hv, "vm1", 'sched.cpu.shares = "high"\nsched.mem.shares = "low"\n')
     import minivisor.resources as resources
 
     monkeypatch.setattr(resources, "CGROUP_MOUNT", tmp_path / "no-cgroup2")  # a host without cgroup v2
@@ -138,3 +138,12 @@ def test_explain_says_which_shares_cannot_be_honoured(hv, monkeypatch, tmp_path)
     assert any(w.startswith("sched.mem.shares cannot be honoured") for w in warnings)
     started = hv.start_vm("vm1")  # honoured or not, the VM runs; the warnings say so
     assert set(warnings) <= set(started.warnings)
+
+
+def test_default_shares_need_nothing_from_the_host(hv, monkeypatch, tmp_path):
+    small_vm(hv, "vm1")
+    add_keys(hv, "vm1", 'sched.cpu.shares = "normal"\nsched.mem.shares = "normal"\n')
+    import minivisor.resources as resources
+
+    monkeypatch.setattr(resources, "CGROUP_MOUNT", tmp_path / "no-cgroup2")
+    assert not [w for w in hv.explain_vm("vm1").warnings if w.startswith("sched.")]
