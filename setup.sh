@@ -27,7 +27,12 @@ install_python_env() {
     if [ ! -x .venv/bin/python ]; then
         python3 -m venv .venv
     fi
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+    # pip's chatter goes to a log; on failure the log's end says why.
+    if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' >.venv/pip.log 2>&1; then
+        tail -20 .venv/pip.log >&2
+        echo "setup: installing minivisor's Python dependencies failed (log: .venv/pip.log)" >&2
+        exit 1
+    fi
 }
 
 install_host_packages
