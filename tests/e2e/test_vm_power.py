@@ -32,15 +32,6 @@ def inventory(hv: Hypervisor, name: str) -> dict:
 
 
 @pytest.fixture
-def hv(tmp_path):
-    hypervisor = Hypervisor(tmp_path / "datastore")
-    yield hypervisor
-    for vm in hypervisor.list_vms():
-        if vm.state in (VmState.RUNNING, VmState.PAUSED):
-            hypervisor.stop_vm(vm.name, hard=True)
-
-
-@pytest.fixture
 def small_vm(hv, appliance_image):
     hv.create_vm("small", memory_mib=256, cpus=2, boot_disk=appliance_image, network="none")
     return "small"

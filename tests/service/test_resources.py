@@ -32,15 +32,6 @@ def big_vms(hv: Hypervisor, count: int) -> tuple[list[str], int]:
     return names, each
 
 
-@pytest.fixture
-def hv(tmp_path):
-    hypervisor = Hypervisor(tmp_path / "datastore")
-    yield hypervisor
-    for vm in hypervisor.list_vms():
-        if vm.state in (VmState.RUNNING, VmState.PAUSED):
-            hypervisor.stop_vm(vm.name, hard=True)
-
-
 def test_power_on_is_refused_when_running_vms_hold_the_hosts_memory(hv):
     (first, second), each = big_vms(hv, 2)
     hv.start_vm(first)
