@@ -12,9 +12,7 @@ Errors are :class:`~minivisor.errors.HvError` subclasses with a message and a hi
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import shutil
 import uuid as uuidlib
 from collections.abc import Callable
@@ -26,14 +24,29 @@ from typing import Any
 from . import dirs, host
 from .console import ExecResult, console_lock, run_command, wait_for_line
 from .datastore import Datastore, check_vm_name
-from .disks import convert_disk, create_disk, format_for, human_size, parse_size, read_layer
+from .disks import (
+    convert_disk,
+    create_disk,
+    format_for,
+    human_size,
+    parse_size,
+    read_layer,
+)
 from .errors import ConflictError, HvError, LockError, PathError, SpecError
-from .launcher import LaunchEnv, VirtualDevice, VmPaths, build_qemu_argv, virtual_hardware
+from .identity import fill_identity, name_from, new_specfile
+from .resources import commit_memory
+from .inventory import Inventory, file_id, flocked_files, read_vmx
+from .launcher import (
+    LaunchEnv,
+    VirtualDevice,
+    VmPaths,
+    build_qemu_argv,
+    virtual_hardware,
+)
 from .spec import VmSpec
 from .state import Action, VmState, require
-from .validate import check_host_fit, generated_mac, resolve_resources
+from .validate import check_host_fit, resolve_resources
 from .vmm import Vmm
-from .vmx import VmxDocument
 
 __all__ = ["Hypervisor", "VmInfo", "StartResult", "Explanation", "ExecResult"]
 
@@ -96,15 +109,14 @@ class Hypervisor:
         # Called with every event after it is written to the VM's event log (the service
         # publishes them as server-sent events). Errors in it never fail an operation.
         self.on_event = on_event
-        self._paths_memo: dict[tuple[str, str], tuple[Path, VmPaths, str]] = {}  # (name, vmx) -> vmx, paths, lock
-        self._summary_memo: dict[str, tuple[str, str, dict[str, Any]]] = {}  # vmx -> (uuid, stamp, summary)
+        self.inventory = Inventory(self.datastore)
 
     # -- reading ---------------------------------------------------------
     def list_vms(self) -> list[VmInfo]:
         """Every VM in the catalog with its current state."""
         entries = self.datastore.catalog.list()
-        summaries = self._summaries(entries)
-        locked = _flocked_files()  # one read of /proc/locks instead of a lock probe per VM
+        summaries = self.inventory.summaries(entries)
+        locked = flocked_files()  # one read of /proc/locks instead of a lock probe per VM
         return [self._info_of(entry, summaries[entry.name], locked) for entry in entries]
 
     def get_vm(self, name: str) -> VmInfo:
@@ -144,7 +156,7 @@ class Hypervisor:
         _check_choice("SCSI controller", scsi_model, SCSI_MODELS_FOR_CREATE)
         vm_uuid = str(uuidlib.uuid4())
         disk_name = f"{name}.qcow2" if boot_disk is not None or disk_size is not None else None
-        doc = _new_specfile(name, vm_uuid, memory_mib, cpus, guest_os, disk_name, network, nic_model, scsi_model)
+        doc = new_specfile(name, vm_uuid, memory_mib, cpus, guest_os, disk_name, network, nic_model, scsi_model)
         check_host_fit(VmSpec.from_vmx(doc), host_memory_mib=host.host_memory_mib(), host_cpus=host.host_cpus())
         staging = self.datastore.staging_dir(name)
         try:
@@ -193,12 +205,12 @@ class Hypervisor:
         if not self.datastore.contains(str(path)) or path.parent == Path(os.path.realpath(self.datastore.root)):
             raise PathError(f"{path} is not in its own folder inside the datastore {self.datastore.root}",
                             hint="move the VM's folder into the datastore, then register the .vmx there")
-        doc = _read_vmx(path)
+        doc = read_vmx(path)
         spec = VmSpec.from_vmx(doc)
-        name = check_vm_name(name or _name_from(spec.display_name or path.stem))
+        name = check_vm_name(name or name_from(spec.display_name or path.stem))
         if self.datastore.catalog.find(name):
             raise ConflictError(f"a VM named {name!r} already exists", hint="pass another name with --name")
-        vm_uuid = _fill_identity(doc, spec)
+        vm_uuid = fill_identity(doc, spec)
         with self.datastore.catalog.transaction() as db:
             self.datastore.catalog.add(db, name, vm_uuid, self.datastore.relative(path))
             if doc.to_bytes() != path.read_bytes():
@@ -253,7 +265,7 @@ class Hypervisor:
                 _rotate(env.paths.serial_log)
                 env.paths.bios_log.unlink(missing_ok=True)
                 links_down = [nic.name for nic in spec.nics if env.networks[nic.index] == "unconnected"]
-                claim = self._admit(name, spec)  # under the VM lock, which keeps the claim valid
+                claim = commit_memory(self.datastore, self.inventory, name, spec)  # under the VM lock, which keeps the claim valid
                 try:
                     record = vmm.launch(build_qemu_argv(spec, env), env.accel, links_down)
                 except BaseException:
@@ -271,7 +283,7 @@ class Hypervisor:
     def wait_ready(self, name: str, *, timeout: float = 120.0, spec: VmSpec | None = None) -> str:
         """Wait until the guest prints its readiness line on the console."""
         vmm = self._vmm(name)
-        spec = spec or VmSpec.from_vmx(_read_vmx(self._vmx(name)))
+        spec = spec or VmSpec.from_vmx(read_vmx(self._vmx(name)))
         line = wait_for_line(vmm.paths.serial_log, spec.ready_line, timeout,
                              alive=lambda: vmm.record() is not None)
         self._emit("guestReady", name, line=line)
@@ -461,17 +473,8 @@ class Hypervisor:
         return self._vmm_of(self.datastore.catalog.get(name))
 
     def _vmm_of(self, entry) -> Vmm:
-        _, paths, lock = self._paths_of(entry)
+        _, paths, lock = self.inventory.paths_of(entry)
         return Vmm(entry.name, paths, Path(lock))
-
-    def _paths_of(self, entry) -> tuple[Path, VmPaths, str]:
-        """The specfile, the VM's paths and its lock file (memoized: `vm list` does this 1,000 times)."""
-        key = (entry.name, entry.vmx)
-        if key not in self._paths_memo:
-            vmx = self.datastore.vmx_path(entry)
-            digest = hashlib.sha256(os.path.realpath(vmx.parent).encode()).hexdigest()[:16]
-            self._paths_memo[key] = (vmx, VmPaths(vmx.parent, dirs.runtime_root() / digest), str(vmx) + ".lck")
-        return self._paths_memo[key]
 
     def _exclusive(self, name: str, action: Action):
         vmm = self._vmm(name)
@@ -481,7 +484,7 @@ class Hypervisor:
     def _launch_plan(self, name: str) -> tuple[VmSpec, LaunchEnv, tuple[str, ...]]:
         entry = self.datastore.catalog.get(name)
         vmx = self.datastore.vmx_path(entry)
-        spec = VmSpec.from_vmx(_read_vmx(vmx))
+        spec = VmSpec.from_vmx(read_vmx(vmx))
         check_host_fit(spec, host_memory_mib=host.host_memory_mib(), host_cpus=host.host_cpus())
         from .resources import check_affinity, notes
 
@@ -495,103 +498,13 @@ class Hypervisor:
         warnings = resources.warnings + ((accel.warning,) if accel.warning else ()) + notes(spec)
         return spec, env, warnings
 
-    def _admit(self, name: str, spec: VmSpec) -> Path:
-        """Refuse the power-on if the host cannot hold it next to the VMs already committed.
-
-        Each admitted power-on leaves a commitment, ``.minivisor/committed/<uuid>``,
-        which counts for as long as that VM's lock is held (its VMM runs, or its
-        power-on is under way) and is pruned once it is not. The decision and the
-        commitment happen under one datastore-wide lock, so concurrent power-ons
-        count each other exactly once, and the check costs one look per running VM,
-        not per registered VM. Returns the commitment; the caller removes it if
-        the launch fails.
-        """
-        import fcntl
-
-        from .resources import admit
-        from .vmm import RuntimeRecord, VmLock
-
-        committed = self.datastore.meta / "committed"
-        committed.mkdir(mode=0o700, exist_ok=True)
-        guard = os.open(self.datastore.meta / "admission.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(guard, fcntl.LOCK_EX)  # held for milliseconds: no launch happens under it
-            by_uuid = {e.uuid: e for e in self.datastore.catalog.list()}
-            me = self.datastore.catalog.get(name)
-            locked = _flocked_files()
-            held = []
-            for uuid in os.listdir(committed):
-                entry = by_uuid.get(uuid)
-                if entry is None:
-                    (committed / uuid).unlink(missing_ok=True)  # that VM was deleted or unregistered
-                    continue
-                if entry.uuid == me.uuid:
-                    continue
-                lock = self._paths_of(entry)[2]
-                if (_file_id(lock) in locked) if locked is not None else VmLock(Path(lock)).is_held_elsewhere():
-                    held.append(entry)
-                else:
-                    (committed / uuid).unlink(missing_ok=True)  # that VMM is gone
-            summaries = self._summaries(held)
-            others = []
-            for entry in held:
-                record = RuntimeRecord.load(self._paths_of(entry)[1].vm_dir / "runtime.json")
-                summary = summaries[entry.name]
-                others.append((entry.name, summary.get("memory_mib", 0), summary.get("mem_min_mib", 0),
-                               record.pid if record else None))
-            admit(spec, name, others, total_mib=host.host_memory_mib(), available_mib=host.available_memory_mib())
-            claim = committed / me.uuid
-            claim.write_text(f"{os.getpid()}\n")
-            return claim
-        finally:
-            os.close(guard)
-
-    def _lock_path(self, entry) -> Path:
-        vmx = self.datastore.vmx_path(entry)
-        return vmx.with_name(vmx.name + ".lck")
-
-    def _summaries(self, entries: list) -> dict[str, dict[str, Any]]:
-        """What list/show need from each specfile, from the catalog's cache while the file is unchanged."""
-        import json
-
-        found: dict[str, dict[str, Any]] = {}
-        stamps: dict[str, str | None] = {}
-        root = str(self.datastore.root)
-        for entry in entries:
-            try:
-                st = os.stat(f"{root}/{entry.vmx}")
-                stamps[entry.name] = stamp = f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
-            except OSError:
-                stamps[entry.name] = stamp = None
-            memo = self._summary_memo.get(entry.vmx)
-            if stamp and memo and memo[:2] == (entry.uuid, stamp):
-                found[entry.name] = memo[2]
-        missing = [e for e in entries if e.name not in found]
-        cached = self.datastore.catalog.summaries([e.vmx for e in missing]) if missing else {}
-        fresh = []
-        for entry in missing:
-            stamp = stamps[entry.name]
-            hit = cached.get(entry.vmx)
-            if stamp and hit and hit[0] == entry.uuid and hit[1] == stamp:
-                summary = json.loads(hit[2])
-            else:
-                summary = _summary(self.datastore.vmx_path(entry), entry.uuid)
-                if stamp and "problem" not in summary:
-                    fresh.append((entry.vmx, entry.uuid, stamp, json.dumps(summary)))
-            found[entry.name] = summary
-            if stamp and "problem" not in summary:
-                self._summary_memo[entry.vmx] = (entry.uuid, stamp, summary)
-        if fresh:
-            self.datastore.catalog.store_summaries(fresh)
-        return found
-
     def _info(self, name: str) -> VmInfo:
         entry = self.datastore.catalog.get(name)
-        return self._info_of(entry, self._summaries([entry])[entry.name])
+        return self._info_of(entry, self.inventory.summaries([entry])[entry.name])
 
     def _info_of(self, entry, summary: dict[str, Any], locked: set[tuple[int, int]] | None = None) -> VmInfo:
-        vmx, _, lock = self._paths_of(entry)
-        if locked is not None and _file_id(lock) not in locked:
+        vmx, _, lock = self.inventory.paths_of(entry)
+        if locked is not None and file_id(lock) not in locked:
             record = None  # a live VMM, or a power-on, holds the VM lock: neither is there
             state = VmState.POWERED_OFF
         elif (record := (vmm := self._vmm_of(entry)).record()) is not None:
@@ -606,111 +519,12 @@ class Hypervisor:
                       record.pid if record else None, record.accel if record else None)
 
 
-def _flocked_files() -> set[tuple[int, int]] | None:
-    """(device, inode) of every file with an flock held right now, or None if the kernel will not say."""
-    try:
-        with open("/proc/locks") as handle:
-            lines = handle.read().splitlines()
-    except OSError:
-        return None
-    found = set()
-    for line in lines:
-        fields = line.split()
-        if len(fields) > 5 and fields[1] == "FLOCK":
-            major, minor, inode = fields[5].split(":")
-            found.add((os.makedev(int(major, 16), int(minor, 16)), int(inode)))
-    return found
-
-
-def _file_id(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _summary(vmx: Path, vm_uuid: str) -> dict[str, Any]:
-    """The parts of a specfile `vm list` and `vm show` report (or the problem reading it)."""
-    try:
-        spec = VmSpec.from_vmx(_read_vmx(vmx))
-    except (SpecError, PathError) as exc:
-        return {"problem": exc.one_line()}
-    return {"display_name": spec.display_name, "guest_os": spec.guest_os, "memory_mib": spec.memory_mib,
-            "cpus": spec.num_cpus, "mem_min_mib": spec.sched.mem_min_mib,
-            "disks": [{"node": d.node, "kind": d.kind, "file": d.file_name} for d in spec.disks],
-            "nics": [{"name": n.name, "model": n.model, "mac": n.mac or generated_mac(vm_uuid, n.index),
-                      "network": n.network} for n in spec.nics]}
-
-
 def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise SpecError(f"{what} {value!r} is not one minivisor can create", hint=f"use one of {', '.join(choices)}")
-
-
-def _read_vmx(path: Path) -> VmxDocument:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise PathError(f"the specfile {path} is missing",
-                        hint="restore it, or remove the VM from the catalog: minivisor vm unregister") from None
-    except OSError as exc:
-        raise PathError(f"cannot read the specfile {path}: {exc.strerror}", hint="check its permissions") from exc
-    return VmxDocument.parse(data, source=str(path))
-
-
-def _name_from(text: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:63]
-    return name or "vm"
-
-
-def _fill_identity(doc: VmxDocument, spec: VmSpec) -> str:
-    """Make sure the specfile has a BIOS UUID and NIC addresses; return the UUID."""
-    vm_uuid = _uuid_from_vmx(spec.uuid_bios) if spec.uuid_bios else None
-    if vm_uuid is None:
-        vm_uuid = str(uuidlib.uuid4())
-        doc.set("uuid.bios", _uuid_to_vmx(vm_uuid))
-    for nic in spec.nics:
-        if nic.mac is None:
-            doc.set(f"{nic.name}.addressType", "generated")
-            doc.set(f"{nic.name}.generatedAddress", generated_mac(vm_uuid, nic.index))
-    return vm_uuid
-
-
-def _uuid_to_vmx(value: str) -> str:
-    """``550e8400-...`` -> VMware's ``55 0e 84 00 ... -..`` form."""
-    raw = uuidlib.UUID(value).hex
-    pairs = [raw[i:i + 2] for i in range(0, 32, 2)]
-    return " ".join(pairs[:8]) + "-" + " ".join(pairs[8:])
-
-
-def _uuid_from_vmx(value: str) -> str | None:
-    digits = re.sub(r"[^0-9a-fA-F]", "", value)
-    return str(uuidlib.UUID(digits)) if len(digits) == 32 else None
 
 
 def _rotate(log: Path) -> None:
     """Keep the previous boot's console log as ``serial.log.1``."""
     if log.exists():
         log.replace(log.with_name(log.name + ".1"))
-
-
-def _new_specfile(name: str, vm_uuid: str, memory_mib: int, cpus: int, guest_os: str, disk: str | None,
-                  network: str, nic_model: str, scsi_model: str) -> VmxDocument:
-    """A specfile as VMware Workstation would write it for these choices."""
-    doc = VmxDocument.parse(b'.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "14"\n')
-    entries = {"displayName": name, "guestOS": guest_os, "firmware": "bios", "uuid.bios": _uuid_to_vmx(vm_uuid),
-               "memSize": str(memory_mib), "numvcpus": str(cpus), "cpuid.coresPerSocket": "1",
-               "svga.present": "TRUE", "floppy0.present": "FALSE"}
-    if disk:
-        entries |= {"scsi0.present": "TRUE", "scsi0.virtualDev": scsi_model, "scsi0:0.present": "TRUE",
-                    "scsi0:0.deviceType": "scsi-hardDisk", "scsi0:0.fileName": disk}
-    if network != "none":
-        connection = {"connectionType": "nat"} if network == "nat" else {"connectionType": "custom",
-                                                                         "networkName": network}
-        entries |= {"ethernet0.present": "TRUE", "ethernet0.virtualDev": nic_model,
-                    **{f"ethernet0.{k}": v for k, v in connection.items()},
-                    "ethernet0.addressType": "generated", "ethernet0.generatedAddress": generated_mac(vm_uuid, 0)}
-    for key, value in entries.items():
-        doc.set(key, value)
-    return doc

@@ -22,8 +22,16 @@ from pathlib import Path
 from typing import Callable
 
 from .datastore import Datastore, check_vm_name
-from .disks import (ImageLayer, allocated_bytes, convert_disk, copy_sparse, create_overlay, format_for,
-                    qemu_img, resolve_chain)
+from .disks import (
+    ImageLayer,
+    allocated_bytes,
+    convert_disk,
+    copy_sparse,
+    create_overlay,
+    format_for,
+    qemu_img,
+    resolve_chain,
+)
 from .errors import StateError
 from .journal import Journal, crashpoint
 from .snapshots import Snapshot, VmFiles, snapshot_disks, take_offline
@@ -148,10 +156,10 @@ def clone_specfile(files: VmFiles, target: str, new_uuid: str, disks: dict[str, 
 
 def new_identity(doc: VmxDocument, name: str, new_uuid: str, spec) -> None:
     """A new display name, ``uuid.bios`` and generated MAC for every NIC."""
-    from .api import _uuid_to_vmx
+    from .identity import uuid_to_vmx
 
     doc.set("displayName", name)
-    doc.set("uuid.bios", _uuid_to_vmx(new_uuid))
+    doc.set("uuid.bios", uuid_to_vmx(new_uuid))
     for nic in spec.nics:
         doc.delete(f"{nic.name}.address")
         doc.delete(f"{nic.name}.generatedAddressOffset")

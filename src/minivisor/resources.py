@@ -5,7 +5,7 @@ datastore and the service behave the same:
 
 - :func:`admit` refuses a power-on when the memory (``memSize``) of the VMs
   already committed (running, or admitted and powering on: see
-  ``Hypervisor._admit``) plus the new one exceeds what the host can give (its
+  ``commit_memory``) plus the new one exceeds what the host can give (its
   memory minus a reserve for itself), or when the new VM's ``sched.mem.min``
   reservation is more than the host has free once the reservations of running
   VMs are set aside.
@@ -23,8 +23,14 @@ import os
 import re
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from .errors import HostError, SpecError
 from .spec import Sched, VmSpec
+
+if TYPE_CHECKING:
+    from .datastore import Datastore
+    from .inventory import Inventory
 
 __all__ = ["admit", "place", "notes", "check_affinity", "cgroup_root", "host_reserve_mib", "cpu_weight"]
 
@@ -61,6 +67,59 @@ def admit(spec: VmSpec, name: str, others: list[tuple[str, int, int, int | None]
                               hint="lower sched.mem.min or power off a VM")
             error.code = "insufficient-memory"
             raise error
+
+
+def commit_memory(datastore: Datastore, inventory: Inventory, name: str, spec: VmSpec) -> Path:
+    """Refuse the power-on if the host cannot hold it next to the VMs already committed.
+
+    Each admitted power-on leaves a commitment, ``.minivisor/committed/<uuid>``,
+    which counts for as long as that VM's lock is held (its VMM runs, or its
+    power-on is under way) and is pruned once it is not. The decision and the
+    commitment happen under one datastore-wide lock, so concurrent power-ons
+    count each other exactly once, and the check costs one look per running VM,
+    not per registered VM. Returns the commitment; the caller removes it if
+    the launch fails.
+    """
+    import fcntl
+
+    from . import host
+    from .inventory import file_id, flocked_files
+    from .vmm import RuntimeRecord, VmLock
+
+    committed = datastore.meta / "committed"
+    committed.mkdir(mode=0o700, exist_ok=True)
+    guard = os.open(datastore.meta / "admission.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX)  # held for milliseconds: no launch happens under it
+        by_uuid = {e.uuid: e for e in datastore.catalog.list()}
+        me = datastore.catalog.get(name)
+        locked = flocked_files()
+        held = []
+        for uuid in os.listdir(committed):
+            entry = by_uuid.get(uuid)
+            if entry is None:
+                (committed / uuid).unlink(missing_ok=True)  # that VM was deleted or unregistered
+                continue
+            if entry.uuid == me.uuid:
+                continue
+            lock = inventory.paths_of(entry)[2]
+            if (file_id(lock) in locked) if locked is not None else VmLock(Path(lock)).is_held_elsewhere():
+                held.append(entry)
+            else:
+                (committed / uuid).unlink(missing_ok=True)  # that VMM is gone
+        summaries = inventory.summaries(held)
+        others = []
+        for entry in held:
+            record = RuntimeRecord.load(inventory.paths_of(entry)[1].vm_dir / "runtime.json")
+            summary = summaries[entry.name]
+            others.append((entry.name, summary.get("memory_mib", 0), summary.get("mem_min_mib", 0),
+                           record.pid if record else None))
+        admit(spec, name, others, total_mib=host.host_memory_mib(), available_mib=host.available_memory_mib())
+        claim = committed / me.uuid
+        claim.write_text(f"{os.getpid()}\n")
+        return claim
+    finally:
+        os.close(guard)
 
 
 def _rss_mib(pid: int | None) -> int:

@@ -26,10 +26,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConflictError, DiskError, HvError, LockError, NotFoundError, QmpError, StateError
+from .errors import (
+    ConflictError,
+    DiskError,
+    HvError,
+    LockError,
+    NotFoundError,
+    QmpError,
+    StateError,
+)
 from .journal import Journal, crashpoint, write_step
-from .snapshots import (Snapshot, SnapshotTree, VmFiles, new_tree_with, plan_delete, plan_revert, plan_take,
-                        snapshot_disks, take_offline)
+from .snapshots import (
+    Snapshot,
+    SnapshotTree,
+    VmFiles,
+    new_tree_with,
+    plan_delete,
+    plan_revert,
+    plan_take,
+    snapshot_disks,
+    take_offline,
+)
+from .resources import commit_memory
 from .state import VmState
 from .vmm import Vmm
 
@@ -404,11 +422,11 @@ class DiskOperations:
         spec, env, _ = self.hv._launch_plan(ctx.name)
         argv = build_qemu_argv(spec, env) + ["-incoming", "defer"]
         links_down = [nic.name for nic in spec.nics if env.networks[nic.index] == "unconnected"]
-        claim = self.hv._admit(ctx.name, spec)  # the same memory admission as a power-on
+        claim = commit_memory(self.hv.datastore, self.hv.inventory, ctx.name, spec)  # the same memory admission as a power-on
         try:
             record = ctx.vmm.launch(argv, env.accel, links_down)  # its "cont" only arms autostart while incoming
         except BaseException:
-            claim.unlink(missing_ok=True)  # the commitment stays while the VMM runs (see Hypervisor._admit)
+            claim.unlink(missing_ok=True)  # the commitment stays while the VMM runs (see resources.commit_memory)
             raise
         ctx.running = True
         from .resources import place

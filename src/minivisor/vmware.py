@@ -18,8 +18,15 @@ from pathlib import Path
 from typing import Callable
 
 from .datastore import check_vm_name
-from .disks import (QCOW2_MAGIC, VMDK_MAGIC, ImageLayer, convert_disk, format_for, human_size,
-                    resolve_chain)
+from .disks import (
+    QCOW2_MAGIC,
+    VMDK_MAGIC,
+    ImageLayer,
+    convert_disk,
+    format_for,
+    human_size,
+    resolve_chain,
+)
 from .errors import DiskError, PathError, SpecError, StateError
 from .spec import VmSpec
 from .vmx import VmxDocument
@@ -89,10 +96,10 @@ def _check_layer(layer: ImageLayer) -> None:
 def import_vm(hv, folder: Path, name: str | None = None, *,
               progress: Callable[[str, float], None] | None = None) -> str:
     """Copy a VMware VM in; returns its name in the catalog."""
-    from .api import _fill_identity, _name_from, _uuid_to_vmx
+    from .identity import fill_identity, name_from, uuid_to_vmx
 
     vmx, doc, spec, chains = inspect_folder(folder)
-    name = check_vm_name(name or _name_from(spec.display_name or vmx.stem))
+    name = check_vm_name(name or name_from(spec.display_name or vmx.stem))
     hv._check_new_name(name)
     staging = hv.datastore.staging_dir(name)
     try:
@@ -115,13 +122,13 @@ def import_vm(hv, folder: Path, name: str | None = None, *,
                     doc.set(f"{disk.node}.fileName", "")
         for key in ("nvram", "checkpoint.vmState", "extendedConfigFile"):
             doc.delete(key)
-        vm_uuid = _fill_identity(doc, spec)
+        vm_uuid = fill_identity(doc, spec)
         if any(vm.uuid == vm_uuid for vm in hv.datastore.catalog.list()):
             vm_uuid = str(uuidlib.uuid4())  # imported twice: the copy gets its own identity
             from .clones import new_identity
 
             new_identity(doc, spec.display_name or name, vm_uuid, spec)
-            doc.set("uuid.bios", _uuid_to_vmx(vm_uuid))
+            doc.set("uuid.bios", uuid_to_vmx(vm_uuid))
         doc.save(staging / f"{name}.vmx")
         hv._publish(staging, name, vm_uuid)
     finally:
