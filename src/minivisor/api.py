@@ -163,7 +163,7 @@ class Hypervisor:
             if disk_name:
                 self._make_disk(staging / disk_name, disk_size, boot_disk, progress)
             doc.save(staging / f"{name}.vmx")
-            self._publish(staging, name, vm_uuid)
+            self.datastore.publish(staging, name, vm_uuid)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self._emit("created", name)
@@ -185,13 +185,6 @@ class Hypervisor:
         if progress:
             progress(f"copying {source.name} ({human_size(layer.virtual_size)}) into the VM folder")
         convert_disk(source, layer.format, target, "qcow2")
-
-    def _publish(self, staging: Path, name: str, vm_uuid: str) -> None:
-        """Move an assembled VM into place and into the catalog, atomically together."""
-        home = self.datastore.vm_dir(name)
-        with self.datastore.catalog.transaction() as db:
-            self.datastore.catalog.add(db, name, vm_uuid, f"{name}/{name}.vmx")
-            staging.rename(home)
 
     def register_vm(self, vmx_path: Path | str, name: str | None = None) -> VmInfo:
         """Add an existing specfile (in its own folder inside the datastore) to the catalog.

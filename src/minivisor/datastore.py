@@ -49,6 +49,7 @@ class Datastore:
         self.catalog = Catalog(self.meta / "catalog.sqlite")
         self._real_root = os.path.realpath(self.root)
         self._recover_trash()
+        self._recover_publishing()
         self._clear_stale_staging()
 
     @classmethod
@@ -74,6 +75,24 @@ class Datastore:
             shutil.rmtree(path)
         path.mkdir(parents=True)
         return path
+
+    def publish(self, staging: Path, name: str, uuid: str) -> None:
+        """Move an assembled VM folder into place and add it to the catalog, as one step.
+
+        The rename happens inside the catalog transaction; a marker names the
+        folder meanwhile, so if this process dies between the rename and the
+        commit, the next open removes the folder: the VM never existed.
+        """
+        markers = self.meta / "publishing"
+        markers.mkdir(mode=0o700, exist_ok=True)
+        marker = markers / uuid
+        marker.write_text(f"{os.getpid()} {name}\n")
+        try:
+            with self.catalog.transaction() as db:
+                self.catalog.add(db, name, uuid, f"{name}/{name}.vmx")
+                staging.rename(self.vm_dir(name))
+        finally:
+            marker.unlink(missing_ok=True)
 
     # -- path policy -------------------------------------------------------
     def resolve(self, base_dir: Path, file_name: str, *, what: str = "file") -> Path:
@@ -135,6 +154,20 @@ class Datastore:
             else:
                 shutil.rmtree(trashed, ignore_errors=True)
 
+
+    def _recover_publishing(self) -> None:
+        """Undo a publish whose process died between moving the folder and committing."""
+        markers = self.meta / "publishing"
+        if not markers.is_dir():
+            return
+        known = {e.uuid for e in self.catalog.list()}
+        for marker in markers.iterdir():
+            pid, _, name = marker.read_text().strip().partition(" ")
+            if pid.isdigit() and os.path.exists(f"/proc/{pid}"):
+                continue  # still publishing
+            if marker.name not in known and _NAME.match(name) and (self.root / name).is_dir():
+                shutil.rmtree(self.root / name, ignore_errors=True)
+            marker.unlink(missing_ok=True)
 
     def _clear_stale_staging(self) -> None:
         """Remove half-assembled VMs whose creating process is gone."""

@@ -130,7 +130,7 @@ def import_vm(hv, folder: Path, name: str | None = None, *,
             new_identity(doc, spec.display_name or name, vm_uuid, spec)
             doc.set("uuid.bios", uuid_to_vmx(vm_uuid))
         doc.save(staging / f"{name}.vmx")
-        hv._publish(staging, name, vm_uuid)
+        hv.datastore.publish(staging, name, vm_uuid)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return name

@@ -109,3 +109,29 @@ def test_interrupted_delete_is_finished_when_the_catalog_row_is_gone(store, vm_d
     Datastore.open(store.root)
     assert not vm_dir.exists()
     assert not (store.meta / "trash" / "uuid-gone").exists()
+
+
+def test_a_publish_cut_short_between_move_and_commit_leaves_no_vm(store, tmp_path):
+    # What a process killed right after the rename leaves: the folder in place,
+    # no catalog row, and its marker naming a dead pid.
+    (store.root / "half").mkdir()
+    (store.root / "half" / "half.vmx").write_text('memSize = "64"\n')
+    markers = store.meta / "publishing"
+    markers.mkdir()
+    (markers / "uuid-half").write_text("999999999 half\n")
+    Datastore.open(store.root)
+    assert not (store.root / "half").exists()
+    assert not (markers / "uuid-half").exists()
+
+
+def test_publish_moves_the_folder_and_adds_the_row_together(store):
+    staging = store.staging_dir("web")
+    (staging / "web.vmx").write_text('memSize = "64"\n')
+    store.publish(staging, "web", "uuid-web")
+    assert (store.root / "web" / "web.vmx").exists()
+    assert store.catalog.get("web").uuid == "uuid-web"
+    assert list((store.meta / "publishing").iterdir()) == []
+    clash = store.staging_dir("web")
+    with pytest.raises(ConflictError):
+        store.publish(clash, "web", "uuid-other")
+    assert clash.exists() and store.catalog.get("web").uuid == "uuid-web"
