@@ -342,6 +342,7 @@ class DiskOperations:
         with self.operation(name, online=True, what="revert") as ctx:
             files = VmFiles(self.datastore, ctx.vmx)
             snap = files.tree.find(snapshot, name)
+            self._refuse_revert_past_clones(ctx, files, snap)
             if snap.memory_file and not (ctx.vm_dir / snap.memory_file).exists():
                 raise StateError(f"the memory state {snap.memory_file} of snapshot {snap.name!r} is missing",
                                  hint="restore the file, or delete the snapshot")
@@ -359,6 +360,15 @@ class DiskOperations:
                 self._restore_memory(ctx, ctx.vm_dir / snap.memory_file)
                 return snap, True
             return snap, False
+
+    def _refuse_revert_past_clones(self, ctx: OpContext, files: VmFiles, target: Snapshot) -> None:
+        """Linked clones pin their snapshot: going back to a point before it is refused."""
+        for clone, uid in self.datastore.catalog.clones_of(ctx.uuid):
+            if uid != target.uid and uid in files.tree.snapshots and target.uid in files.tree.ancestors(uid):
+                pinned = files.tree.snapshots[uid].name
+                raise StateError(f"cannot revert {ctx.name!r} to {target.name!r}: the linked clone {clone!r} "
+                                 f"depends on the later snapshot {pinned!r}",
+                                 hint=f"delete or fully clone {clone!r} first (minivisor vm delete {clone})")
 
     def delete(self, name: str, snapshot: str) -> Snapshot:
         with self.operation(name, online=True, what="delete a snapshot of") as ctx:
