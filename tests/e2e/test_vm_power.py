@@ -187,3 +187,28 @@ def test_a_sas_disk_behind_lsisas1068_is_seen_by_the_guest(hv, appliance_image):
     hv.start_vm("sas", wait_ready=True, timeout=60)
     disks = [d for d in inventory(hv, "sas")["disks"] if d["driver"] == "sd"]
     assert [d["controller"] for d in disks] == ["mptsas"]
+
+
+def test_console_attaches_types_into_the_guest_and_detaches(hv, small_vm):
+    import select
+    import subprocess
+    import sys
+    import time
+
+    hv.start_vm(small_vm, wait_ready=True, timeout=60)
+    env = {**os.environ, "MINIVISOR_DATASTORE": str(hv.datastore.root)}
+    console = subprocess.Popen([sys.executable, "-m", "minivisor", "vm", "console", small_vm],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    console.stdin.write(b"\necho console-$((6*7))\n")  # the echoed line shows the $((...)), the output 42
+    console.stdin.flush()
+    seen, deadline = b"", time.monotonic() + 30
+    while b"console-42" not in seen:
+        assert time.monotonic() < deadline, f"no answer through the console: {seen[-300:]!r}"
+        if select.select([console.stdout], [], [], 0.5)[0]:
+            seen += os.read(console.stdout.fileno(), 4096)
+    console.stdin.write(b"\x1d")  # Ctrl-] detaches
+    console.stdin.flush()
+    assert console.wait(timeout=10) == 0
+    assert b"Detached" in console.stderr.read()
+    # the console is free again, and the guest still runs
+    assert hv.exec_in_vm(small_vm, "echo again").output.strip() == "again"
