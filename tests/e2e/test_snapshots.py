@@ -20,15 +20,6 @@ from minivisor.state import VmState
 pytestmark = pytest.mark.qemu
 
 
-@pytest.fixture
-def hv(tmp_path):
-    hypervisor = Hypervisor(tmp_path / "datastore")
-    yield hypervisor
-    for vm in hypervisor.list_vms():
-        if vm.state in (VmState.RUNNING, VmState.PAUSED):
-            hypervisor.stop_vm(vm.name, hard=True)
-
-
 def make_vm(hv: Hypervisor, name: str, appliance_image: Path, network: str = "none") -> str:
     """The appliance on scsi0:0 and an empty 16 MiB data disk on scsi0:1."""
     hv.create_vm(name, memory_mib=160, boot_disk=appliance_image, network=network)

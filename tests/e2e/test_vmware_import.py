@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from minivisor import Hypervisor
 from minivisor.disks import read_layer
 from minivisor.errors import DiskError, HvError, PathError
-from minivisor.state import VmState
 
 from test_snapshots import DATA_DISK, read_mark  # noqa: E402
 
@@ -98,15 +96,6 @@ def vmware_folder(where: Path, appliance_image: Path, boot_subformat: str) -> Pa
                    check=True, capture_output=True)
     (folder / "Workstation VM.vmx").write_text(SPECFILE.format(boot="boot-000001.vmdk"))
     return folder
-
-
-@pytest.fixture
-def hv(tmp_path):
-    hypervisor = Hypervisor(tmp_path / "datastore")
-    yield hypervisor
-    for vm in hypervisor.list_vms():
-        if vm.state in (VmState.RUNNING, VmState.PAUSED):
-            hypervisor.stop_vm(vm.name, hard=True)
 
 
 @pytest.mark.parametrize("subformat", ["twoGbMaxExtentSparse", "monolithicSparse"])
