@@ -39,6 +39,10 @@ class Resources:
 
 def check_host_fit(spec: VmSpec, *, host_memory_mib: int, host_cpus: int) -> None:
     """Refuse hardware this host cannot give."""
+    if spec.firmware == "efi":
+        # Booting an EFI guest on SeaBIOS would fail later and less clearly.
+        raise SpecError('firmware = "efi" is not supported yet: minivisor boots VMs with SeaBIOS',
+                        hint='set firmware = "bios" if the guest can boot from BIOS')
     if spec.memory_mib > host_memory_mib:
         raise SpecError(f"memSize = {spec.memory_mib} MiB is more than this host's memory ({host_memory_mib} MiB)",
                         hint=f"lower memSize to at most {host_memory_mib}")

@@ -126,3 +126,10 @@ def test_json_output_is_machine_readable(datastore):
     assert [vm["name"] for vm in listed] == ["good"]
     assert json.loads(run(datastore, "vm", "show", "good", "--json").stdout)["memory_mib"] == 64
     assert json.loads(run(datastore, "host", "info", "--json").stdout)["accel"]["accel"] in ("kvm", "tcg")
+
+
+def test_efi_firmware_is_refused_not_booted_on_bios(datastore):
+    vmx = write_vm(datastore, "uefi", 'memSize = "64"\nfirmware = "efi"\nscsi0.present = "TRUE"\n'
+                                       'scsi0:0.fileName = "d.qcow2"\n')
+    run(datastore, "vm", "register", str(vmx))
+    assert_one_clear_line(run(datastore, "vm", "start", "uefi"), 65, "efi", "bios")
