@@ -36,6 +36,7 @@ from .errors import ConflictError, HvError, LockError, PathError, SpecError
 from .identity import fill_identity, name_from, new_specfile
 from .resources import commit_memory
 from .inventory import Inventory, file_id, flocked_files, read_vmx
+from .locks import wait_lock
 from .launcher import (
     LaunchEnv,
     VirtualDevice,
@@ -437,24 +438,12 @@ class Hypervisor:
         lock, two stops could both see the VM running, and the second could send
         its QMP ``quit`` to a VMM a third process had just started on the same socket.
         """
-        import fcntl
-        import time
-
         folder = self.datastore.meta / "locks"  # not in the VM's folder: a refused request leaves no trace
         folder.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(folder / f"{self.datastore.catalog.get(name).uuid}.lck", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                     0o600)
+        fd = wait_lock(folder / f"{self.datastore.catalog.get(name).uuid}.lck", wait, poll=0.01)
+        if fd is None:
+            raise LockError(f"VM {name!r} is busy with another operation", hint="retry when it has finished")
         try:
-            deadline = time.monotonic() + wait
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise LockError(f"VM {name!r} is busy with another operation",
-                                        hint="retry when it has finished") from None
-                    time.sleep(0.01)
             yield
         finally:
             os.close(fd)

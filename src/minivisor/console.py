@@ -8,7 +8,6 @@ status, so it works with any guest that gives a POSIX shell on its console.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import secrets
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import GuestError, LockError
+from .locks import try_lock
 
 __all__ = ["ExecResult", "wait_for_line", "run_command", "attach", "console_lock"]
 
@@ -68,13 +68,10 @@ def wait_for_line(log: Path, needle: str, timeout: float, *, alive=lambda: True)
 
 def console_lock(runtime_dir: Path) -> int:
     """Take the console (one user at a time); returns the lock's descriptor."""
-    fd = os.open(runtime_dir / "console.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+    fd = try_lock(runtime_dir / "console.lock")
+    if fd is None:
         raise LockError("the VM's console is in use by another session",
-                        hint="detach the other session (Ctrl-]) or wait for its command to finish") from None
+                        hint="detach the other session (Ctrl-]) or wait for its command to finish")
     return fd
 
 

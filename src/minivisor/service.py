@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import fcntl
 import hmac
 import inspect
 import json
@@ -40,6 +39,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from . import routes
+from .locks import try_lock
 from .errors import (AuthError, ConflictError, DiskError, GuestError, HostError, HvError, LockError, NotFoundError,
                      QmpError, RequestError, SpecError, StateError, VmmError)
 
@@ -260,13 +260,10 @@ class Service:
 
     def _take_service_lock(self) -> int:
         path = self.root / ".minivisor" / "service.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = try_lock(path)
+        if fd is None:
             raise ConflictError(f"a minivisor service already runs for the datastore {self.root}",
-                                hint=f"see {service_file(self.root)}, or stop that service first") from None
+                                hint=f"see {service_file(self.root)}, or stop that service first")
         return fd
 
     # -- life cycle ---------------------------------------------------------

@@ -18,7 +18,6 @@ state file back with ``migrate-incoming``.
 
 from __future__ import annotations
 
-import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +46,7 @@ from .snapshots import (
     snapshot_disks,
     take_offline,
 )
+from .locks import try_lock
 from .resources import commit_memory
 from .state import VmState
 from .vmm import Vmm
@@ -88,13 +88,11 @@ class DiskOperations:
     @contextmanager
     def _disk_operation(self, entry, what: str, *, online: bool) -> Iterator[OpContext]:
         vmx = self.datastore.vmx_path(entry)
-        ops_fd = os.open(vmx.parent / OPS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        ops_fd = try_lock(vmx.parent / OPS_LOCK)
+        if ops_fd is None:
+            raise LockError(f"another disk operation on VM {entry.name!r} is in progress",
+                            hint="wait for it to finish, then retry")
         try:
-            try:
-                fcntl.flock(ops_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise LockError(f"another disk operation on VM {entry.name!r} is in progress",
-                                hint="wait for it to finish, then retry") from None
             vmm = self.hv._vmm(entry.name)
             state = vmm.state()
             if state is VmState.POWERED_OFF:

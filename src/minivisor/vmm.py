@@ -9,7 +9,6 @@ as long as the VMM does and a crashed VMM never leaves a stale lock.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import select
@@ -23,6 +22,7 @@ from typing import Any
 
 from .errors import LockError, QmpError, VmmError
 from .launcher import VmPaths
+from .locks import try_lock, wait_lock
 from .state import VmState
 from .vmx import write_atomic
 
@@ -41,11 +41,8 @@ class VmLock:
         self.fd: int | None = None
 
     def try_acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = try_lock(self.path)
+        if fd is None:
             return False
         self.fd = fd
         return True
@@ -364,21 +361,14 @@ def qmp_execute(socket: Path, *commands: tuple[str, dict[str, Any] | None],
 
 def _qmp_turn(socket: Path, timeout: float) -> int:
     try:
-        fd = os.open(socket.with_name("qmp.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = wait_lock(socket.with_name("qmp.lock"), timeout)
     except OSError as exc:
         raise QmpError(f"cannot talk to the VMM over {socket}: {exc.strerror}",
                        hint="the VM may have just powered off; check: minivisor vm show") from exc
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                raise QmpError(f"the VMM's control socket {socket} stayed busy for {timeout:.0f} s",
-                               hint="another command is talking to this VM; retry") from None
-            time.sleep(0.005)
+    if fd is None:
+        raise QmpError(f"the VMM's control socket {socket} stayed busy for {timeout:.0f} s",
+                       hint="another command is talking to this VM; retry")
+    return fd
 
 
 async def _qmp_session(socket: Path, commands: tuple, timeout: float) -> list[Any]:
