@@ -11,11 +11,10 @@ from minivisor.disks import allocated_bytes, check_disk, read_layer
 from minivisor.errors import ConflictError, StateError
 from minivisor.state import VmState
 
-from test_snapshots import hv, make_vm, read_mark, write_mark  # noqa: F401,F811 (hv is a fixture)
+from test_snapshots import make_vm, read_mark, write_mark
 
 pytestmark = pytest.mark.qemu
 
-# ruff: noqa: F811 (the hv fixture is imported from test_snapshots)
 
 
 def inventory_mac(hv, name: str) -> str:
