@@ -136,6 +136,16 @@ class Hypervisor:
 
         return read_log(self._vmx(name).parent, limit)
 
+    def datastore_info(self) -> dict[str, Any]:
+        """Where the datastore and its catalog are, how many VMs, which host folders are allowed."""
+        catalog = self.datastore.catalog
+        return {"root": str(self.datastore.root), "catalog": str(catalog.path), "vms": len(catalog.list()),
+                "allowed_paths": catalog.allowed_paths()}
+
+    def allow_path(self, folder: Path | str) -> None:
+        """Let specfiles name files in a host folder outside the datastore."""
+        self.datastore.catalog.allow_path(os.path.realpath(folder))
+
     def host_info(self) -> host.HostInfo:
         """Facts about this host, including which accelerator VMs get and why."""
         return host.host_info(dirs.cache_dir())
@@ -152,6 +162,9 @@ class Hypervisor:
         ``nat``, ``none`` or a network name.
         """
         check_vm_name(name)
+        if disk_size is not None and boot_disk is not None:
+            raise SpecError("a new VM gets either an empty disk of disk_size or a copy of boot_disk, not both",
+                            hint="give --disk-size or --boot-disk, not both")
         self._check_new_name(name)
         _check_choice("NIC model", nic_model, NIC_MODELS_FOR_CREATE)
         _check_choice("SCSI controller", scsi_model, SCSI_MODELS_FOR_CREATE)

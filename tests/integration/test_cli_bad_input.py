@@ -133,3 +133,20 @@ def test_efi_firmware_is_refused_not_booted_on_bios(datastore):
                                        'scsi0:0.fileName = "d.qcow2"\n')
     run(datastore, "vm", "register", str(vmx))
     assert_one_clear_line(run(datastore, "vm", "start", "uefi"), 65, "efi", "bios")
+
+
+def test_disk_size_and_boot_disk_exclude_each_other(datastore, tmp_path):
+    image = tmp_path / "boot.raw"
+    image.write_bytes(b"\0" * 1024 * 1024)
+    before = snapshot(datastore)
+    result = run(datastore, "vm", "create", "both", "--disk-size", "1G", "--boot-disk", str(image))
+    assert_one_clear_line(result, 65, "disk-size", "boot-disk")
+    assert snapshot(datastore) == before
+
+
+def test_datastore_info_and_allow_path(datastore, tmp_path):
+    import json
+
+    assert run(datastore, "datastore", "allow-path", str(tmp_path)).returncode == 0
+    info = json.loads(run(datastore, "datastore", "info", "--json").stdout)
+    assert info["vms"] == 1 and info["allowed_paths"] == [os.path.realpath(tmp_path)]

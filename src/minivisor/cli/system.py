@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -42,9 +41,7 @@ def image_build(kind: Annotated[str, typer.Argument(help="What to build: applian
 @datastore_app.command("info")
 def datastore_info(as_json: JsonFlag = False) -> None:
     """Where the datastore is and which host folders specfiles may name."""
-    store = hv(direct=True).datastore
-    data = {"root": str(store.root), "catalog": str(store.catalog.path),
-            "vms": len(store.catalog.list()), "allowed_paths": store.catalog.allowed_paths()}
+    data = hv(direct=True).datastore_info()
     if as_json:
         return print_json(data)
     for key, value in data.items():
@@ -54,7 +51,7 @@ def datastore_info(as_json: JsonFlag = False) -> None:
 @datastore_app.command("allow-path")
 def datastore_allow(path: Annotated[Path, typer.Argument(help="A host folder.")]) -> None:
     """Let specfiles name files in a host folder outside the datastore."""
-    hv(direct=True).datastore.catalog.allow_path(os.path.realpath(path))
+    hv(direct=True).allow_path(path)
 
 
 @app.command("demo")

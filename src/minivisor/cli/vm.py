@@ -28,10 +28,6 @@ def vm_create(
     guest_os: Annotated[str, typer.Option(help="guestOS value, e.g. debian12-64.")] = "other-64",
 ) -> None:
     """Create a VM folder with a specfile and a disk in the datastore."""
-    if disk_size and boot_disk:
-        from ..errors import SpecError
-
-        raise SpecError("--disk-size and --boot-disk exclude each other", hint="give one of them")
     vm = hv().create_vm(name, memory_mib=memory, cpus=cpus, disk_size=disk_size, boot_disk=boot_disk,
                          network=network, nic_model=nic, scsi_model=scsi, guest_os=guest_os, progress=progress)
     print(f"created {vm.name}: {vm.vmx}")
