@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
+from cli_runner import run_cli
 
 from minivisor.disks import allocated_bytes, check_disk, read_layer
 from minivisor.errors import ConflictError, StateError
@@ -90,8 +90,7 @@ def test_clone_refuses_a_taken_name_and_leaves_nothing(hv, appliance_image, tmp_
     make_vm(hv, "one", appliance_image)
     make_vm(hv, "two", appliance_image)
     before = sorted(p.name for p in hv.datastore.root.iterdir())
-    result = subprocess.run(["minivisor", "--datastore", str(hv.datastore.root), "vm", "clone", "one", "two",
-                             "--linked"], capture_output=True, text=True)
+    result = run_cli("vm", "clone", "one", "two", "--linked", datastore=hv.datastore.root)
     assert result.returncode == ConflictError.exit_code
     assert result.stderr.count("\n") == 1 and "already exists" in result.stderr
     assert sorted(p.name for p in hv.datastore.root.iterdir()) == before

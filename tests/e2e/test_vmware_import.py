@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 
 from minivisor.disks import read_layer
 from minivisor.errors import DiskError, HvError, PathError
@@ -183,8 +184,7 @@ def _flat_extent_outside(folder: Path) -> None:
 ])
 def test_untrusted_images_are_rejected_and_leave_nothing(hv, tmp_path, disk_name, make, error, words):
     folder = untrusted(tmp_path, disk_name, make)
-    result = subprocess.run(["minivisor", "--datastore", str(hv.datastore.root), "vm", "import", str(folder)],
-                            capture_output=True, text=True)
+    result = run_cli("vm", "import", str(folder), datastore=hv.datastore.root)
     assert result.returncode == error.exit_code, result.stderr
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and words in result.stderr
     assert hv.list_vms() == []

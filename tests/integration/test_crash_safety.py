@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 
 from minivisor import Hypervisor
 from minivisor.disks import check_disk, format_for, read_layer, resolve_chain
@@ -29,7 +30,7 @@ def cli(root: Path, *args: str, crash_at: str | None = None) -> subprocess.Compl
     env.pop(CRASH_ENV, None)
     if crash_at:
         env[CRASH_ENV] = crash_at
-    return subprocess.run(["minivisor", *args], capture_output=True, text=True, env=env)
+    return run_cli(*args, env=env)
 
 
 def write(path: Path, index: int) -> None:

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 
 from minivisor import Hypervisor
 from minivisor.disks import allocated_bytes, check_disk, read_layer, resolve_chain
@@ -22,8 +23,7 @@ def hv(tmp_path) -> Hypervisor:
 
 
 def cli(hv: Hypervisor, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["minivisor", "--datastore", str(hv.datastore.root), *args], capture_output=True,
-                          text=True, cwd=hv.datastore.root)
+    return run_cli(*args, datastore=hv.datastore.root, cwd=hv.datastore.root)
 
 
 def qemu_img_info(path: Path, fmt: str) -> dict:
