@@ -23,6 +23,8 @@ __all__ = [
     "ImageBuildError",
     "RequestError",
     "AuthError",
+    "ArgumentError",
+    "NoSpaceError",
 ]
 
 
@@ -138,3 +140,16 @@ class AuthError(HvError):
 
     code = "unauthorized"
     exit_code = 77
+
+
+class ArgumentError(HvError):
+    """An argument is out of range or not a usable value (a NaN timeout, a negative count)."""
+
+    code = "invalid-argument"
+    exit_code = 2
+
+
+class NoSpaceError(HostError):
+    """The datastore's file system is full; the operation was undone."""
+
+    code = "no-space"

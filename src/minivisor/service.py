@@ -40,8 +40,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from . import routes
 from .locks import try_lock
-from .errors import (AuthError, ConflictError, DiskError, GuestError, HostError, HvError, LockError, NotFoundError,
-                     QmpError, RequestError, SpecError, StateError, VmmError)
+from .errors import (ArgumentError, AuthError, ConflictError, DiskError, GuestError, HostError, HvError, LockError,
+                     NoSpaceError, NotFoundError, QmpError, RequestError, SpecError, StateError, VmmError)
 
 __all__ = ["Service", "http_status", "encode", "MAX_BODY", "read_token", "service_file"]
 
@@ -59,7 +59,8 @@ def http_status(exc: HvError) -> int:
     by_code = {"too-large": 413, "method-not-allowed": 405, "route-not-found": 404}
     if exc.code in by_code:
         return by_code[exc.code]
-    for cls, status in ((AuthError, 401), (RequestError, 400), (NotFoundError, 404), (LockError, 409),
+    for cls, status in ((AuthError, 401), (RequestError, 400), (ArgumentError, 400), (NotFoundError, 404),
+                        (NoSpaceError, 507), (LockError, 409),
                         (StateError, 409), (ConflictError, 409), (SpecError, 422), (DiskError, 422),
                         (HostError, 503), (QmpError, 502), (VmmError, 502), (GuestError, 504)):
         if isinstance(exc, cls):
