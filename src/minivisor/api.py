@@ -2,7 +2,8 @@
 
     from minivisor import Hypervisor
     hv = Hypervisor("./datastore")
-    hv.create_vm("web", memory_mib=512, boot_disk="appliance.img")
+    hv.allow_path("images")  # boot disks are copied in from folders the user allowed
+    hv.create_vm("web", memory_mib=512, boot_disk="images/appliance.img")
     hv.start_vm("web", wait_ready=True)
     print(hv.exec_in_vm("web", ["uname", "-r"]).output)
     hv.stop_vm("web")
@@ -24,14 +25,7 @@ from typing import Any
 from . import dirs, host
 from .console import ExecResult, console_lock, run_command, wait_for_line
 from .datastore import Datastore, check_vm_name
-from .disks import (
-    convert_disk,
-    create_disk,
-    format_for,
-    human_size,
-    parse_size,
-    read_layer,
-)
+from .disks import ImageLayer, convert_disk, create_disk, human_size, parse_size
 from .errors import ConflictError, HvError, LockError, PathError, SpecError
 from .identity import fill_identity, name_from, new_specfile
 from .resources import commit_memory
@@ -46,7 +40,7 @@ from .launcher import (
 )
 from .spec import VmSpec
 from .state import Action, VmState, require
-from .validate import check_host_fit, resolve_resources
+from .validate import check_host_fit, resolve_files, resolve_resources
 from .vmm import Vmm
 
 __all__ = ["Hypervisor", "VmInfo", "StartResult", "Explanation", "ExecResult"]
@@ -143,8 +137,14 @@ class Hypervisor:
                 "allowed_paths": catalog.allowed_paths()}
 
     def allow_path(self, folder: Path | str) -> None:
-        """Let specfiles name files in a host folder outside the datastore."""
-        self.datastore.catalog.allow_path(os.path.realpath(folder))
+        """Let specfiles name files in a host folder outside the datastore (shared ISOs, templates, boot images)."""
+        real = os.path.realpath(folder)
+        if not os.path.isdir(real):
+            raise PathError(f"{folder} is not a folder", hint="allow the folder that holds the files")
+        if self.datastore.contains(real):
+            raise PathError(f"{real} is inside the datastore, whose folders belong to their VMs",
+                            hint="allow a host folder outside the datastore")
+        self.datastore.catalog.allow_path(real)
 
     def host_info(self) -> host.HostInfo:
         """Facts about this host, including which accelerator VMs get and why."""
@@ -157,7 +157,8 @@ class Hypervisor:
                   progress: Progress | None = None) -> VmInfo:
         """Create a VM folder with a specfile and a disk, and add it to the catalog.
 
-        ``boot_disk`` is copied into the VM's folder (converted to qcow2);
+        ``boot_disk`` (in a folder allowed with :meth:`allow_path`, its backing
+        chain checked) is copied into the VM's folder, flattened to qcow2;
         otherwise ``disk_size`` makes an empty thin disk. ``network`` is
         ``nat``, ``none`` or a network name.
         """
@@ -172,10 +173,11 @@ class Hypervisor:
         disk_name = f"{name}.qcow2" if boot_disk is not None or disk_size is not None else None
         doc = new_specfile(name, vm_uuid, memory_mib, cpus, guest_os, disk_name, network, nic_model, scsi_model)
         check_host_fit(VmSpec.from_vmx(doc), host_memory_mib=host.host_memory_mib(), host_cpus=host.host_cpus())
+        boot_chain = self.datastore.image_chain(boot_disk, "boot disk") if boot_disk is not None else None
         staging = self.datastore.staging_dir(name)
         try:
             if disk_name:
-                self._make_disk(staging / disk_name, disk_size, boot_disk, progress)
+                self._make_disk(staging / disk_name, disk_size, boot_chain, progress)
             doc.save(staging / f"{name}.vmx")
             self.datastore.publish(staging, name, vm_uuid)
         finally:
@@ -188,32 +190,32 @@ class Hypervisor:
             raise ConflictError(f"a VM or folder named {name!r} already exists in the datastore",
                                 hint="choose another name")
 
-    def _make_disk(self, target: Path, size: str | None, boot_disk: Path | str | None,
+    def _make_disk(self, target: Path, size: str | None, boot_chain: tuple[ImageLayer, ...] | None,
                    progress: Progress | None) -> None:
-        """Copy ``boot_disk`` into ``target`` (as qcow2), or create an empty thin disk of ``size``."""
-        if boot_disk is None:
+        """Copy a checked boot disk chain into ``target`` (as qcow2), or create an empty thin disk of ``size``."""
+        if boot_chain is None:
             create_disk(target, parse_size(size or "8G"), "qcow2")
             return
-        source = Path(boot_disk)
-        layer = read_layer(source, format_for(source))
+        top = boot_chain[0]
         if progress:
-            progress(f"copying {source.name} ({human_size(layer.virtual_size)}) into the VM folder")
-        convert_disk(source, layer.format, target, "qcow2")
+            progress(f"copying {top.path.name} ({human_size(top.virtual_size)}) into the VM folder")
+        convert_disk(boot_chain, target, "qcow2")
 
     def register_vm(self, vmx_path: Path | str, name: str | None = None) -> VmInfo:
-        """Add an existing specfile (in its own folder inside the datastore) to the catalog.
+        """Add an existing specfile (in its own top-level folder of the datastore) to the catalog.
 
-        Like VMware at first power-on, a missing ``uuid.bios`` or NIC address
-        is generated and written into the specfile; nothing else changes.
+        Every file it names must pass the VM's path policy (files that do not
+        exist yet are checked at power-on). Like VMware at first power-on, a
+        missing ``uuid.bios`` or NIC address is generated and written into the
+        specfile; nothing else changes.
         """
         path = Path(os.path.realpath(vmx_path))
         if not path.is_file():
             raise PathError(f"{vmx_path} is not a file", hint="name the VM's .vmx file")
-        if not self.datastore.contains(str(path)) or path.parent == Path(os.path.realpath(self.datastore.root)):
-            raise PathError(f"{path} is not in its own folder inside the datastore {self.datastore.root}",
-                            hint="move the VM's folder into the datastore, then register the .vmx there")
+        scope = self.datastore.new_vm_scope(path)
         doc = read_vmx(path)
         spec = VmSpec.from_vmx(doc)
+        resolve_files(spec, scope, path, missing_ok=True)
         name = check_vm_name(name or name_from(spec.display_name or path.stem))
         if self.datastore.catalog.find(name):
             raise ConflictError(f"a VM named {name!r} already exists", hint="pass another name with --name")
@@ -484,7 +486,7 @@ class Hypervisor:
         from .resources import check_affinity, notes
 
         check_affinity(spec.sched)
-        resources = resolve_resources(spec, self.datastore, vmx.parent, entry.uuid)
+        resources = resolve_resources(spec, self.datastore.vm_scope(entry), vmx, entry.uuid)
         qemu = host.find_qemu()
         accel = host.choose_accel(dirs.cache_dir(), qemu)
         env = LaunchEnv(name=entry.name, uuid=entry.uuid, qemu=qemu, accel=accel.accel,

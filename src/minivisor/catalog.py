@@ -150,6 +150,12 @@ class Catalog:
         rows = self._db.execute("SELECT name, uuid, vmx, created, autostart FROM vms ORDER BY name")
         return [_entry(row) for row in rows]
 
+    def in_folder(self, folder: str) -> list[VmEntry]:
+        """The VMs whose specfile is anywhere under ``folder`` (a path relative to the datastore)."""
+        rows = self._db.execute("SELECT name, uuid, vmx, created, autostart FROM vms "
+                                "WHERE substr(vmx, 1, length(?) + 1) = ? || '/' ORDER BY name", (folder, folder))
+        return [_entry(row) for row in rows]
+
     # -- linked clones (schema 2) ----------------------------------------
     def add_clone_link(self, db: sqlite3.Connection, clone_uuid: str, source_uuid: str, snapshot_uid: int) -> None:
         db.execute("INSERT OR REPLACE INTO clone_links (clone_uuid, source_uuid, snapshot_uid) VALUES (?, ?, ?)",
@@ -163,6 +169,13 @@ class Catalog:
         if snapshot_uid is not None:
             query, args = query + " AND l.snapshot_uid = ?", (source_uuid, snapshot_uid)
         return [(row[0], row[1]) for row in self._db.execute(query + " ORDER BY vms.name", args)]
+
+    def clone_source(self, clone_uuid: str) -> tuple[VmEntry, int] | None:
+        """(source VM, snapshot uid) a linked clone's disks are overlays on, or None."""
+        row = self._db.execute("SELECT vms.name, vms.uuid, vms.vmx, vms.created, vms.autostart, l.snapshot_uid "
+                               "FROM clone_links l JOIN vms ON vms.uuid = l.source_uuid WHERE l.clone_uuid = ?",
+                               (clone_uuid,)).fetchone()
+        return (_entry(row[:5]), row[5]) if row else None
 
     def remove_clone_link(self, db: sqlite3.Connection, clone_uuid: str) -> None:
         db.execute("DELETE FROM clone_links WHERE clone_uuid = ?", (clone_uuid,))

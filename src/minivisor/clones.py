@@ -5,8 +5,12 @@ kernel) into its own folder and relinks them there, so it shares nothing with
 the source (with a progress bar); VMDK chains are flattened into one qcow2. A *linked* clone's disks are new qcow2 overlays whose
 backing files are the source's snapshot layers (backing format recorded), so
 it costs almost no space; the catalog records the link and the source's
-snapshot stays read-only (not deletable) while the clone exists. Either way
-the clone gets a new name, a new ``uuid.bios`` and new MAC addresses.
+snapshot stays read-only (not deletable) while the clone exists: those frozen
+layers are the only files of another VM the datastore's path policy lets a VM
+open, read-only, as backing layers. Either way the clone gets a new name, a
+new ``uuid.bios``, new MAC addresses, and its own copies of the other files
+its devices name in the source's folder (independent disks, CD-ROM and floppy
+images); files in allowed host folders are shared.
 
 The clone is assembled in ``<datastore>/.minivisor/clones/<name>`` and
 published (folder renamed into place, catalog rows added) by one journal step
@@ -22,16 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from .datastore import Datastore, check_vm_name
-from .disks import (
-    ImageLayer,
-    allocated_bytes,
-    convert_disk,
-    copy_sparse,
-    create_overlay,
-    format_for,
-    qemu_img,
-    resolve_chain,
-)
+from .disks import ImageLayer, allocated_bytes, convert_disk, copy_sparse, create_overlay, set_backing
 from .errors import StateError
 from .journal import Journal, crashpoint
 from .snapshots import Snapshot, VmFiles, snapshot_disks, take_offline
@@ -64,11 +59,11 @@ def clone_vm(hv, source: str, target: str, *, linked: bool, snapshot: str | None
             raise StateError(f"VM {source!r} has no hard disk to clone", hint="add a disk to its specfile")
         home = hv.datastore.root / target
         staging = hv.datastore.meta / "clones" / target
-        staging.parent.mkdir(exist_ok=True)
+        staging.parent.mkdir(mode=0o700, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
         journal = Journal(ctx.vm_dir, "clone")
         journal.begin([staging])
-        staging.mkdir()
+        staging.mkdir(mode=0o700)  # it becomes the clone's folder: owner only
         new_uuid = str(uuidlib.uuid4())
         stems = {node: (target if i == 0 else f"{target}_{node.replace(':', '-')}") for i, node in enumerate(sources)}
         names: dict[str, str] = {}
@@ -77,13 +72,13 @@ def clone_vm(hv, source: str, target: str, *, linked: bool, snapshot: str | None
                 names[node] = f"{stems[node]}.qcow2"
                 create_overlay(staging / names[node], files.layer(file_name), relative_to=home)
         else:
-            chains = {node: _chain(files, name) for node, name in sources.items()}
+            chains = {node: files.chain(name) for node, name in sources.items()}
             meter = _Meter(sum(allocated_bytes(layer) for chain in chains.values() for layer in chain), progress)
             for node, chain in chains.items():
                 names[node] = _copy_chain(chain, staging, stems[node], meter)
             if progress:
                 progress(100.0)
-        doc = clone_specfile(files, target, new_uuid, names, home, snap.config if snap else None)
+        doc = clone_specfile(files, target, new_uuid, names, staging, snap.config if snap else None)
         doc.save(staging / f"{target}.vmx")
         crashpoint("clone:prepared")
         journal.commit([["publish-clone", str(staging), target, new_uuid, ctx.uuid,
@@ -91,11 +86,6 @@ def clone_vm(hv, source: str, target: str, *, linked: bool, snapshot: str | None
         journal.run({"publish-clone": lambda *args: publish_clone(hv.datastore, *args)})
         if temporary and snap is not None:
             ops.delete_in(ctx, str(snap.uid))
-
-
-def _chain(files: VmFiles, file_name: str) -> tuple[ImageLayer, ...]:
-    path = files.path(file_name)
-    return resolve_chain(path, format_for(path), lambda base, name: files.datastore.resolve(base, name))
 
 
 class _Meter:
@@ -119,8 +109,7 @@ def _copy_chain(chain: tuple[ImageLayer, ...], staging: Path, stem: str, meter: 
     """
     if any(layer.format == "vmdk" for layer in chain):
         name = f"{stem}.qcow2"
-        convert_disk(chain[0].path, chain[0].format, staging / name, "qcow2",
-                     progress=lambda p: meter.progress and meter.progress(p))
+        convert_disk(chain, staging / name, "qcow2", progress=lambda p: meter.progress and meter.progress(p))
         return name
     bottom_first = list(reversed(chain))
     names = [f"{stem}.{'raw' if bottom_first[0].format == 'raw' else 'qcow2'}"]
@@ -128,30 +117,55 @@ def _copy_chain(chain: tuple[ImageLayer, ...], staging: Path, stem: str, meter: 
     for layer, name in zip(bottom_first, names):
         copy_sparse(layer.path, staging / name, meter.add)
     for depth in range(1, len(bottom_first)):
-        qemu_img("rebase", "-q", "-u", "-f", "qcow2", "-F", bottom_first[depth - 1].format, "-b", names[depth - 1],
-                 str(staging / names[depth]))
+        set_backing(staging / names[depth], names[depth - 1], bottom_first[depth - 1].format)
     return names[-1]
 
 
-def clone_specfile(files: VmFiles, target: str, new_uuid: str, disks: dict[str, str], home: Path,
+def clone_specfile(files: VmFiles, target: str, new_uuid: str, disks: dict[str, str], staging: Path,
                    config: str | None = None) -> VmxDocument:
     """The source's specfile (or the snapshot's, when cloning one) with a new identity, the clone's
-    disks, and other files named from the new folder."""
+    disks, and copies in ``staging`` of the other files its devices name in the source's folder."""
     from .spec import VmSpec
 
     raw = config.encode("utf-8", "surrogateescape") if config else files.doc.to_bytes()
     doc = VmxDocument.parse(raw, source=f"{target}.vmx")
     spec = VmSpec.from_vmx(doc) if config else files.spec
     new_identity(doc, target, new_uuid, spec)
-    for disk in spec.disks:
-        if disk.node in disks:
-            doc.set(f"{disk.node}.fileName", disks[disk.node])
-        elif disk.file_name and not os.path.isabs(disk.file_name):
-            # independent disks and CD images stay where they are: name them from the clone's folder
-            doc.set(f"{disk.node}.fileName", os.path.relpath(files.path(disk.file_name), home))
+    for node, name in disks.items():
+        doc.set(f"{node}.fileName", name)
+    _carry_files(files, spec, doc, staging, set(disks))
     for key in ("checkpoint.vmState", "uuid.location", "vc.uuid", "nvram"):
         doc.delete(key)
     return doc
+
+
+def _carry_files(files: VmFiles, spec, doc: VmxDocument, staging: Path, cloned: set[str]) -> None:
+    """Give the clone its own copy of each file its other devices name in the source's folder.
+
+    A VM may open only files in its own folder (and allowed host folders, whose
+    names are kept): independent disks are copied with their chains, CD-ROM
+    and floppy images as they are; serial port files are only renamed, the
+    guest writes new ones. A file that does not exist keeps its name.
+    """
+    devices = [(d.node, d.file_name, d.kind) for d in spec.disks if d.file_name and d.node not in cloned]
+    devices += [(f"floppy{f.index}", f.file_name, "floppy") for f in spec.floppies if f.file_name]
+    devices += [(f"serial{p.index}", p.file_name, "serial") for p in spec.serial_ports if p.file_name]
+    home = files.scope.home or ""
+    for key, name, kind in devices:
+        real = files.scope.path(files.vm_dir, name, f"{key}.fileName")
+        if not files.datastore.contains(str(real)):
+            doc.set(f"{key}.fileName", str(real))  # an allowed host folder: shared, by its full name
+            continue
+        relative = os.path.relpath(real, home)
+        doc.set(f"{key}.fileName", relative)
+        if kind == "serial" or not real.exists():
+            continue
+        if kind == "disk":  # an independent disk: snapshots (and so linked clones) leave it out
+            stem = f"{staging.name}_{key.replace(':', '-')}"  # staging is named after the clone
+            doc.set(f"{key}.fileName", _copy_chain(files.chain(name), staging, stem, _Meter(1, None)))
+        else:
+            (staging / relative).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            copy_sparse(real, staging / relative)
 
 
 def new_identity(doc: VmxDocument, name: str, new_uuid: str, spec) -> None:

@@ -1,6 +1,7 @@
 """The demo: the lecture's specfile, powered on and seen from inside the guest.
 
-It builds the appliance, copies the seed's CentOS7 specfile into the
+It builds the appliance, allows its folder (images are copied in only from
+folders the user allowed), copies the seed's CentOS7 specfile into the
 datastore with the appliance as its disk (named exactly as the specfile says),
 registers it, powers it on, follows it from BIOS to boot to guest ready,
 compares the hardware the guest sees with what the specfile asked for, and
@@ -90,11 +91,13 @@ def _place_seed(hv: Hypervisor, image: Path) -> Path:
     folder = hv.datastore.root / DEMO_NAME
     if folder.exists():
         shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    folder.mkdir(mode=0o700, parents=True)  # a VM folder is its owner's only
     vmx = folder / SEED_VMX
-    vmx.write_bytes(resources.files("minivisor.guest").joinpath(SEED_VMX).read_bytes())
-    spec = VmSpec.from_vmx(VmxDocument.parse(vmx.read_bytes(), source=str(vmx)))
-    convert_disk(image, "raw", folder / spec.boot_disk.file_name, "vmdk")
+    doc = VmxDocument.parse(resources.files("minivisor.guest").joinpath(SEED_VMX).read_bytes(), source=str(vmx))
+    doc.save(vmx)
+    spec = VmSpec.from_vmx(doc)
+    hv.allow_path(image.parent)
+    convert_disk(hv.datastore.image_chain(image, "the appliance"), folder / spec.boot_disk.file_name, "vmdk")
     hv.register_vm(vmx, DEMO_NAME)
     return vmx
 

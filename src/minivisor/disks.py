@@ -4,11 +4,15 @@ A disk's format comes from its file name (``.qcow2``, ``.vmdk``, ``.raw``,
 ``.img``, ``.iso``), never from its contents: a guest can write any bytes to a
 raw disk, and letting QEMU guess the format from them would let the guest
 name a host file as its backing file. Backing chains are read from the image
-headers by this module and handed to QEMU explicitly, layer by layer.
+headers by this module, every name checked by the caller's path policy, and
+handed to QEMU and qemu-img explicitly, layer by layer (:func:`image_spec`):
+a name in a header that QEMU would parse itself (``json:{...}``, ``nbd:``...)
+is refused. qemu-img runs with umask 077: what it creates is owner-only.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import struct
@@ -17,13 +21,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DiskError, HostError
+from .errors import DiskError, HostError, PathError
 
 __all__ = [
     "ImageLayer",
     "format_for",
     "read_layer",
     "resolve_chain",
+    "check_file_name",
+    "image_spec",
     "parse_size",
     "create_disk",
     "convert_disk",
@@ -33,7 +39,9 @@ __all__ = [
     "check_disk",
     "allocated_bytes",
     "layer_files",
-    "qemu_img",
+    "commit_layer",
+    "rebase_disk",
+    "set_backing",
     "copy_sparse",
     "human_size",
 ]
@@ -41,6 +49,7 @@ __all__ = [
 FORMATS_BY_SUFFIX = {".qcow2": "qcow2", ".vmdk": "vmdk", ".raw": "raw", ".img": "raw", ".iso": "raw",
                      ".flp": "raw", ".bin": "raw"}
 MAX_CHAIN = 64
+PRIVATE_UMASK = 0o077
 
 # qcow2 header fields (docs/interop/qcow2.txt)
 QCOW2_MAGIC = b"QFI\xfb"
@@ -207,6 +216,7 @@ def resolve_chain(top: Path, fmt: str, resolve: Callable[[Path, str], Path]) -> 
     while True:
         layer = read_layer(path, layer_format)
         for extent in layer.extent_files:
+            check_file_name(extent, f"an extent of {path.name}")
             resolve(path.parent, extent)
         layers.append(layer)
         seen.add(os.path.realpath(path))
@@ -216,6 +226,7 @@ def resolve_chain(top: Path, fmt: str, resolve: Callable[[Path, str], Path]) -> 
             raise DiskError(f"{path.name} names its backing file {layer.backing_name!r} without its format",
                             hint=f"record it: qemu-img rebase -u -f {layer_format} -F <format> "
                                  f"-b {layer.backing_name} {path}")
+        check_file_name(layer.backing_name, f"the backing file of {path.name}")
         path, layer_format = resolve(path.parent, layer.backing_name), layer.backing_format
         if layer.parent_cid and layer.parent_cid != "ffffffff":
             parent = read_layer(path, layer_format)
@@ -226,6 +237,35 @@ def resolve_chain(top: Path, fmt: str, resolve: Callable[[Path, str], Path]) -> 
         if os.path.realpath(path) in seen or len(layers) >= MAX_CHAIN:
             raise DiskError(f"the backing chain of {top.name} loops or is deeper than {MAX_CHAIN}",
                             hint="rebuild the disk with qemu-img convert")
+
+
+def check_file_name(name: str, what: str) -> None:
+    """Refuse a name QEMU would not open as a plain file: ``json:{...}`` or any ``<protocol>:`` prefix.
+
+    QEMU takes a name as a protocol when a ``:`` comes before the first ``/``
+    (block.c, path_has_protocol); ``json:`` then describes any node, host files included.
+    """
+    if ":" in name.split("/", 1)[0]:
+        shown = name if len(name) <= 60 else name[:57] + "..."
+        raise PathError(f"{what} is {shown!r}, which QEMU would read as a protocol or option string, not a file",
+                        hint="only plain file names are allowed; flatten the disk where it came from "
+                             "(qemu-img convert -O qcow2)")
+
+
+def image_spec(chain: tuple[ImageLayer, ...] | list[ImageLayer]) -> str:
+    """A checked chain as one QEMU node description (``json:``) for qemu-img.
+
+    Every layer's driver and file are spelled out, each layer's ``backing`` is
+    the next one and the bottom's is ``null``: qemu-img follows no name from a
+    header and probes no format.
+    """
+    node: dict | None = None
+    for layer in reversed(chain):
+        spec: dict = {"driver": layer.format, "file": {"driver": "file", "filename": os.path.abspath(layer.path)}}
+        if layer.format != "raw":
+            spec["backing"] = node
+        node = spec
+    return "json:" + json.dumps(node, separators=(",", ":"))
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?B)?\s*$", re.IGNORECASE)
@@ -243,20 +283,16 @@ def parse_size(text: str) -> int:
     return size
 
 
-def _qemu_img(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def _qemu_img(*args: str) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(["qemu-img", *args], capture_output=True, text=True, check=True, cwd=cwd)
+        return subprocess.run(["qemu-img", *args], capture_output=True, text=True, check=True,
+                              umask=PRIVATE_UMASK)
     except FileNotFoundError as exc:
         raise HostError("qemu-img not found", hint="apt-get install qemu-utils") from exc
     except subprocess.CalledProcessError as exc:
         detail = (exc.stderr or exc.stdout or "").strip().splitlines()
         raise DiskError(f"qemu-img {args[0]} failed: {detail[-1] if detail else exc.returncode}",
                         hint="see the message above; check free space and the file's format") from exc
-
-
-def qemu_img(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run qemu-img; every caller passes the formats (-f/-F) explicitly."""
-    return _qemu_img(*args, cwd=cwd)
 
 
 def create_disk(path: Path, size: int, fmt: str | None = None, *, thick: bool = False) -> None:
@@ -281,6 +317,28 @@ def create_overlay(path: Path, backing: ImageLayer, *, relative_to: Path | None 
     name = os.path.relpath(backing.path, relative_to or path.parent)
     _qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", name, "-F", backing.format,
               "-o", "lazy_refcounts=on", str(path), str(backing.virtual_size))
+
+
+def set_backing(path: Path, backing_name: str, backing_format: str) -> None:
+    """Rewrite a qcow2 header's backing file name and format (``rebase -u``: nothing is opened)."""
+    _qemu_img("rebase", "-q", "-u", "-f", "qcow2", "-F", backing_format, "-b", backing_name, str(path))
+
+
+def commit_layer(chain: tuple[ImageLayer, ...]) -> None:
+    """Copy the top layer's data into its backing file (``commit -d``: the top is kept), chain given explicitly."""
+    _qemu_img("commit", "-q", "-d", image_spec(chain))
+
+
+def rebase_disk(chain: tuple[ImageLayer, ...], backing: tuple[ImageLayer, ...]) -> None:
+    """Make ``backing`` (a chain, or empty for none) the qcow2 top's backing without changing what the disk reads.
+
+    qemu-img's safe rebase opens the old chain and the new one by the names in
+    their headers (it cannot take them as node descriptions): both chains must
+    have been checked by the caller, and each header records its backing format.
+    """
+    top = chain[0].path
+    target = ["-b", os.path.relpath(backing[0].path, top.parent), "-F", backing[0].format] if backing else ["-b", ""]
+    _qemu_img("rebase", "-q", "-f", "qcow2", *target, str(top))
 
 
 def layer_files(layer: ImageLayer) -> list[Path]:
@@ -316,7 +374,7 @@ def resize_disk(layer: ImageLayer, size: int) -> None:
     check_resize(layer, size)
     if size == layer.virtual_size:
         return
-    _qemu_img("resize", "-q", "-f", layer.format, str(layer.path), str(size))
+    _qemu_img("resize", "-q", image_spec((layer,)), str(size))  # its backing is not needed: null
 
 
 def check_resize(layer: ImageLayer, size: int) -> None:
@@ -333,22 +391,21 @@ def check_disk(layer: ImageLayer) -> tuple[int, str]:
     """``qemu-img check``: (exit code, output). 0 clean, 3 leaked clusters only, 2 corrupt."""
     if layer.format not in ("qcow2", "vmdk"):
         return 0, "raw images have no metadata to check"
-    argv = ["qemu-img", "check", "-f", layer.format, str(layer.path)]
-    done = subprocess.run(argv, capture_output=True, text=True)
+    argv = ["qemu-img", "check", image_spec((layer,))]
+    done = subprocess.run(argv, capture_output=True, text=True, umask=PRIVATE_UMASK)
     return done.returncode, (done.stdout + done.stderr).strip()
 
 
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
-def convert_disk(source: Path, source_format: str, target: Path, target_format: str | None = None, *,
+def convert_disk(chain: tuple[ImageLayer, ...], target: Path, target_format: str | None = None, *,
                  progress: Callable[[float], None] | None = None, thick: bool = False,
-                 subformat: str | None = None, image_opts: str | None = None) -> None:
-    """Copy a disk (its whole chain, flattened) into a new file, converting its format.
+                 subformat: str | None = None) -> None:
+    """Copy a checked disk chain, flattened, into a new file, converting its format.
 
+    The chain reaches qemu-img as one explicit node description (:func:`image_spec`).
     Thin output is sparse; ``thick`` preallocates. ``progress`` gets 0..100.
-    ``image_opts`` replaces ``source``/``source_format`` with an explicit
-    ``--image-opts`` node description (e.g. a VMDK chain given layer by layer).
     """
     target_format = target_format or format_for(target)
     options = []
@@ -357,11 +414,10 @@ def convert_disk(source: Path, source_format: str, target: Path, target_format: 
     elif thick:
         options.append("preallocation=falloc" if target_format == "qcow2" else "preallocation=full")
     argv = ["qemu-img", "convert", "-p", "-W", "-m", "8"]
-    argv += ["--image-opts", image_opts] if image_opts else ["-f", source_format, str(source)]
-    argv += ["-O", target_format] + (["-o", ",".join(options)] if options else [])
+    argv += [image_spec(chain), "-O", target_format] + (["-o", ",".join(options)] if options else [])
     argv += (["-S", "0"] if thick else []) + [str(target)]
     try:
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, umask=PRIVATE_UMASK)
     except FileNotFoundError as exc:
         raise HostError("qemu-img not found", hint="apt-get install qemu-utils") from exc
     buffer = b""
@@ -384,7 +440,7 @@ def convert_disk(source: Path, source_format: str, target: Path, target_format: 
 
 def copy_sparse(source: Path, target: Path, progress: Callable[[int], None] | None = None) -> None:
     """Copy a file's data extents only (holes stay holes), in the kernel (copy_file_range)."""
-    with open(source, "rb") as src, open(target, "xb") as dst:
+    with open(source, "rb") as src, _private_file(target) as dst:
         size = os.fstat(src.fileno()).st_size
         offset = 0
         while offset < size:
@@ -404,6 +460,11 @@ def copy_sparse(source: Path, target: Path, progress: Callable[[int], None] | No
             offset = end
         os.ftruncate(dst.fileno(), size)
         os.fsync(dst.fileno())
+
+
+def _private_file(path: Path):
+    """A new file only its owner can read: a VM's data."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb")
 
 
 def human_size(size: int) -> str:

@@ -8,7 +8,8 @@ anything, in two phases:
   Nothing the VM uses has changed; a crash here is *rolled back* by deleting
   the files listed in ``undo``.
 * ``commit``: the point of no return. ``steps`` are idempotent actions (write a
-  file atomically, run an idempotent qemu-img command, delete a file, publish a
+  file atomically, delete a file; and, run by handlers the caller passes
+  because they need the VM's path policy, merge disk layers or publish a
   clone); ``done`` counts the finished ones. A crash here is *rolled forward*:
   the next operation on the VM runs the remaining steps.
 
@@ -25,7 +26,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .disks import qemu_img
 from .errors import DiskError
 from .vmx import write_atomic
 
@@ -74,7 +74,7 @@ class Journal:
     def save(self) -> None:
         record = asdict(self)
         record.pop("vm_dir")
-        write_atomic(self.path, json.dumps(record, indent=1).encode())
+        write_atomic(self.path, json.dumps(record, indent=1).encode(), mode=0o600)
 
     # -- phases ----------------------------------------------------------
     def begin(self, undo: list[Path]) -> None:
@@ -120,7 +120,7 @@ def write_step(name: str, data: bytes) -> list[Any]:
 
 
 def _write(vm_dir: Path, name: str, data: str) -> None:
-    write_atomic(vm_dir / name, base64.b64decode(data))
+    write_atomic(vm_dir / name, base64.b64decode(data), mode=0o600)
 
 
 def _unlink(vm_dir: Path, name: str) -> None:
@@ -131,10 +131,6 @@ def _unlink(vm_dir: Path, name: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
-
-
-def _qemu_img(vm_dir: Path, *args: str) -> None:
-    qemu_img(*args, cwd=vm_dir)  # steps hold paths relative to the VM folder
 
 
 def _rename(vm_dir: Path, source: str, target: str) -> None:
@@ -150,5 +146,4 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-_STEPS: dict[str, Callable[..., None]] = {"write": _write, "unlink": _unlink, "qemu-img": _qemu_img,
-                                          "rename": _rename}
+_STEPS: dict[str, Callable[..., None]] = {"write": _write, "unlink": _unlink, "rename": _rename}

@@ -12,7 +12,9 @@ on them, deleting merges the snapshot's data into the layers that depend on it
 (``qemu-img commit`` into the snapshot's file when it has one dependent,
 otherwise a safe ``qemu-img rebase`` of each dependent), so no other snapshot
 or linked clone loses data. Every change goes through the VM's intent journal
-(:mod:`minivisor.journal`).
+(:mod:`minivisor.journal`), whose disk steps (``commit``, ``relink``,
+``rebase``) name files only: storage.py runs them after checking the chains
+under the VM's path policy.
 """
 
 from __future__ import annotations
@@ -195,25 +197,26 @@ class VmFiles:
         self.datastore = datastore
         self.vmx = vmx
         self.vm_dir = vmx.parent
+        self.scope = datastore.folder_scope(self.vm_dir)  # the VM's path policy
         self.vmsd = vmsd_path(vmx)
         self.doc = VmxDocument.load(vmx)
         self.spec = VmSpec.from_vmx(self.doc)
         self.tree = SnapshotTree.load(self.vmsd)
 
     def path(self, file_name: str) -> Path:
-        return self.datastore.resolve(self.vm_dir, file_name, what="disk")
+        return self.scope.path(self.vm_dir, file_name, "disk")
 
     def layer(self, file_name: str) -> ImageLayer:
         path = self.path(file_name)
         return read_layer(path, format_for(path))
 
+    def chain(self, file_name: str) -> tuple[ImageLayer, ...]:
+        """A disk's whole backing chain (top first), checked under the VM's path policy."""
+        return self.scope.chain(self.scope.image(self.vm_dir, file_name, "disk"))
+
     def chain_files(self, file_name: str) -> list[Path]:
         """Real paths of a disk's whole backing chain (top first)."""
-        from .disks import resolve_chain
-
-        path = self.path(file_name)
-        chain = resolve_chain(path, format_for(path), lambda base, name: self.datastore.resolve(base, name))
-        return [Path(os.path.realpath(layer.path)) for layer in chain]
+        return [Path(os.path.realpath(layer.path)) for layer in self.chain(file_name)]
 
     def name_in_folder(self, path: Path) -> str:
         return os.path.relpath(path, self.vm_dir)
@@ -316,7 +319,8 @@ def plan_delete(files: VmFiles, snap: Snapshot, clones: dict[int, list[str]],
         dependents: list[tuple[str, int | None]] = [(c.disks[node], c.uid) for c in children if node in c.disks]
         if tree.current == snap.uid and node in tops:
             dependents.append((tops[node], None))
-        frozen_path = files.path(frozen)
+        for dep, _ in dependents:
+            files.chain(dep)  # every chain a step opens passes the path policy before the journal commits
 
         def is_busy(name: str) -> bool:
             return Path(os.path.realpath(files.path(name))) in busy
@@ -338,12 +342,11 @@ def plan_delete(files: VmFiles, snap: Snapshot, clones: dict[int, list[str]],
                 steps.append(["online-commit", node, dep_name, frozen, frozen_layer.format,
                               above[0] if above else None])
             else:
-                steps.append(["qemu-img", "commit", "-q", "-d", "-f", "qcow2", dep_name])
+                steps.append(["commit", dep_name])
             for grandchild in grandchildren:
                 if running_dep and grandchild in above:
                     continue
-                steps.append(["qemu-img", "rebase", "-q", "-u", "-f", "qcow2", "-F", frozen_layer.format,
-                              "-b", os.path.relpath(frozen_path, files.path(grandchild).parent), grandchild])
+                steps.append(["relink", grandchild, frozen, frozen_layer.format])
             if dep_uid is None:
                 new_tops[node] = frozen
             else:
@@ -351,20 +354,17 @@ def plan_delete(files: VmFiles, snap: Snapshot, clones: dict[int, list[str]],
             unlinks.append(dep_name)
         else:
             # several dependents: each gets the frozen file's data copied in, and the frozen file's backing
+            below = files.chain(frozen)[1:2]
             for dep, _ in dependents:
                 if files.layer(dep).format != "qcow2":
                     raise DiskError(f"cannot merge into {dep}: only qcow2 layers can be rebased",
                                     hint="convert the VM's disks to qcow2 first")
-                if frozen_layer.backing_name:
-                    backing_path = files.datastore.resolve(frozen_path.parent, frozen_layer.backing_name)
-                    backing = ["-b", os.path.relpath(backing_path, files.path(dep).parent),
-                               "-F", frozen_layer.backing_format or "raw"]
-                else:
-                    backing = ["-b", ""]
                 if is_busy(dep):  # the running VMM streams the data in (block-stream); offline: the same rebase
-                    steps.append(["online-stream", node, dep, frozen, backing[1], backing[3] if len(backing) > 2 else None])
+                    steps.append(["online-stream", node, dep, frozen,
+                                  os.path.relpath(below[0].path, files.path(dep).parent) if below else "",
+                                  below[0].format if below else None])
                 else:
-                    steps.append(["qemu-img", "rebase", "-q", "-f", "qcow2", *backing, dep])
+                    steps.append(["rebase", dep, frozen])
             unlinks.append(frozen)
     snapshots = {uid: s for uid, s in tree.snapshots.items() if uid != snap.uid}
     for child in children:
@@ -375,8 +375,11 @@ def plan_delete(files: VmFiles, snap: Snapshot, clones: dict[int, list[str]],
     steps.append(write_step(files.vmsd.name, new_tree.to_bytes()))
     if new_tops:
         steps.append(write_step(files.vmx.name, files.vmx_with(new_tops)))
-    steps += [["unlink", name] for name in dict.fromkeys(unlinks)]
+    for name in dict.fromkeys(unlinks):  # names from the .vmsd: only the VM's own files may be deleted
+        files.path(name)
+        steps.append(["unlink", name])
     if snap.memory_file:
+        files.scope.state_file(files.vm_dir, snap.memory_file, f"the memory state of {snap.name!r}")
         steps.append(["unlink", snap.memory_file])
     return steps
 

@@ -124,9 +124,6 @@ class DiskOperations:
         journal = Journal.load(ctx.vm_dir)
         if journal is None:
             return
-        handlers = {"publish-clone": self._publish_clone,
-                    "online-commit": lambda *args: self._online_commit(ctx, *args),
-                    "online-stream": lambda *args: self._online_stream(ctx, *args)}
         if journal.op == "take-online":
             in_use = ctx.running and self._nodes_in_use(ctx, journal.data.get("nodes", []))
             if journal.phase == "prepare" or (ctx.running and not in_use):
@@ -147,12 +144,39 @@ class DiskOperations:
         if journal.phase == "prepare":
             journal.rollback()
         else:
-            journal.run(handlers)
+            journal.run(self._step_handlers(ctx))
 
-    def _publish_clone(self, *args: Any) -> None:
+    def _step_handlers(self, ctx: OpContext) -> dict[str, Any]:
+        """The journal steps that need the datastore: each checks the chains it opens under the VM's path policy."""
         from .clones import publish_clone
 
-        publish_clone(self.datastore, *args)
+        return {"publish-clone": lambda *args: publish_clone(self.datastore, *args),
+                "commit": lambda dependent: self._commit(ctx, dependent),
+                "relink": lambda image, backing, fmt: self._relink(ctx, image, backing, fmt),
+                "rebase": lambda dependent, frozen: self._rebase(ctx, dependent, frozen),
+                "online-commit": lambda *args: self._online_commit(ctx, *args),
+                "online-stream": lambda *args: self._online_stream(ctx, *args)}
+
+    def _commit(self, ctx: OpContext, dependent: str) -> None:
+        """Fold a layer into its backing file (idempotent: the layer stays)."""
+        from .disks import commit_layer
+
+        commit_layer(VmFiles(self.datastore, ctx.vmx).chain(dependent))
+
+    def _relink(self, ctx: OpContext, image: str, backing: str, backing_format: str) -> None:
+        """Point a layer's header at another backing file (its name relative to the layer)."""
+        from .disks import set_backing
+
+        files = VmFiles(self.datastore, ctx.vmx)
+        path = files.path(image)
+        set_backing(path, os.path.relpath(files.path(backing), path.parent), backing_format)
+
+    def _rebase(self, ctx: OpContext, dependent: str, frozen: str) -> None:
+        """Copy ``frozen``'s data into ``dependent`` and give it ``frozen``'s backing file (idempotent)."""
+        from .disks import rebase_disk
+
+        files = VmFiles(self.datastore, ctx.vmx)
+        rebase_disk(files.chain(dependent), files.chain(frozen)[1:])
 
     def finish_interrupted(self, name: str) -> bool:
         """Before a power-on (the caller holds the VM lock): finish or undo a cut-short operation."""
@@ -169,9 +193,9 @@ class DiskOperations:
         return self.datastore.resolve(Path.cwd(), str(path), what=what)
 
     def _chain(self, path: Path):
-        from .disks import format_for, resolve_chain
-
-        return resolve_chain(path, format_for(path), lambda base, n: self.datastore.resolve(base, n))
+        """A disk a user named, and its backing chain, under the rules of the folder it is in."""
+        scope = self.datastore.folder_scope(path.parent)
+        return scope.chain(scope.image(path.parent, path.name, "disk"))
 
     def create(self, path: Path | str, size: str, *, fmt: str | None, thick: bool) -> dict:
         from .disks import create_disk, format_for, parse_size
@@ -234,7 +258,7 @@ class DiskOperations:
         chain = self._chain(src)
 
         def build(work: Path) -> None:
-            convert_disk(src, chain[0].format, work, fmt, progress=progress, thick=thick)
+            convert_disk(chain, work, fmt, progress=progress, thick=thick)
             crashpoint("convert:written")
 
         self._build_then_move(dst, build)
@@ -249,7 +273,7 @@ class DiskOperations:
         for disk in files.spec.disks:
             if disk.kind != "disk" or not disk.file_name:
                 continue
-            info = disk_info(self._chain(files.path(disk.file_name)))
+            info = disk_info(files.chain(disk.file_name))
             out.append({"node": disk.node, "fileName": disk.file_name, "mode": disk.mode, **info})
         return out
 
@@ -263,7 +287,7 @@ class DiskOperations:
             if node.lower() not in disks:
                 raise NotFoundError(f"VM {name!r} has no hard disk {node!r}",
                                     hint=f"its disks: {', '.join(disks) or 'none'}")
-            top = self._chain(files.path(disks[node.lower()].file_name))[0]
+            top = files.chain(disks[node.lower()].file_name)[0]
             wanted = parse_size(size)
             if not ctx.running:
                 resize_disk(top, wanted)
@@ -341,7 +365,9 @@ class DiskOperations:
             files = VmFiles(self.datastore, ctx.vmx)
             snap = files.tree.find(snapshot, name)
             self._refuse_revert_past_clones(ctx, files, snap)
-            if snap.memory_file and not (ctx.vm_dir / snap.memory_file).exists():
+            memory = (files.scope.state_file(ctx.vm_dir, snap.memory_file, f"the memory state of {snap.name!r}")
+                      if snap.memory_file else None)
+            if memory is not None and not memory.exists():
                 raise StateError(f"the memory state {snap.memory_file} of snapshot {snap.name!r} is missing",
                                  hint="restore the file, or delete the snapshot")
             if ctx.running:
@@ -354,8 +380,8 @@ class DiskOperations:
                 ctx.running = False
             journal, _ = plan_revert(files, snap, set())
             journal.run()
-            if snap.memory_file:
-                self._restore_memory(ctx, ctx.vm_dir / snap.memory_file)
+            if memory is not None:
+                self._restore_memory(ctx, memory)
                 return snap, True
             return snap, False
 
@@ -387,39 +413,32 @@ class DiskOperations:
         journal = Journal(ctx.vm_dir, "delete")
         journal.commit(steps)
         crashpoint("delete:committed")
-        journal.run({"online-commit": lambda *args: self._online_commit(ctx, *args),
-                     "online-stream": lambda *args: self._online_stream(ctx, *args)})
+        journal.run(self._step_handlers(ctx))
         return snap
 
     def _online_stream(self, ctx: OpContext, node: str, dependent: str, frozen: str, backing: str,
                        backing_format: str | None = None) -> None:
         """Copy ``frozen``'s data into ``dependent`` and drop it from the chain (block-stream, else a safe rebase)."""
-        from .disks import qemu_img
-
-        dep_path = self.datastore.resolve(ctx.vm_dir, dependent)
-        frozen_path = self.datastore.resolve(ctx.vm_dir, frozen)
         if ctx.vmm.record() is None:
-            qemu_img("rebase", "-q", "-f", "qcow2", "-b", backing,
-                     *(["-F", backing_format] if backing else []), str(dep_path))
+            self._rebase(ctx, dependent, frozen)
             return
-        base = str(self.datastore.resolve(dep_path.parent, backing)) if backing else None
+        files = VmFiles(self.datastore, ctx.vmx)
+        dep_path, frozen_path = files.path(dependent), files.path(frozen)
+        base = str(files.chain(frozen)[1].path) if backing else None
         self._run_async(ctx, _block_stream(ctx, node.replace(":", "-"), str(dep_path), str(frozen_path), base,
                                            backing or None))
 
     def _online_commit(self, ctx: OpContext, node: str, dependent: str, frozen: str, frozen_format: str,
                        above: str | None) -> None:
         """Fold ``dependent`` into ``frozen``: block-commit in the running VMM, else qemu-img (idempotent)."""
-        from .disks import qemu_img
-
-        dep_path = self.datastore.resolve(ctx.vm_dir, dependent)
-        frozen_path = self.datastore.resolve(ctx.vm_dir, frozen)
-        above_path = self.datastore.resolve(ctx.vm_dir, above) if above else None
         if ctx.vmm.record() is None:
-            qemu_img("commit", "-q", "-d", "-f", "qcow2", str(dep_path))
-            if above_path is not None:
-                qemu_img("rebase", "-q", "-u", "-f", "qcow2", "-F", frozen_format,
-                         "-b", os.path.relpath(frozen_path, above_path.parent), str(above_path))
+            self._commit(ctx, dependent)
+            if above is not None:
+                self._relink(ctx, above, frozen, frozen_format)
             return
+        files = VmFiles(self.datastore, ctx.vmx)
+        dep_path, frozen_path = files.path(dependent), files.path(frozen)
+        above_path = files.path(above) if above else None
         backing = os.path.relpath(frozen_path, above_path.parent) if above_path else None
         self._run_async(ctx, _block_commit(ctx, node.replace(":", "-"), str(dep_path), str(frozen_path), backing))
 

@@ -1,8 +1,9 @@
 """Check a VmSpec against the host and the datastore, and resolve what it names.
 
 :func:`resolve_resources` does the I/O the pure launcher must not: it applies
-the datastore's path policy to every file the specfile names, reads disk
-headers (backing chains), fills in MAC addresses and picks network backends.
+the VM's path policy (:class:`~minivisor.datastore.Scope`) to every file the
+specfile names and every backing file and extent the disk headers name, keeps
+device files off the VM's disks, fills in MAC addresses and picks network backends.
 Every problem is a user-facing error naming what is wrong and how to fix it.
 """
 
@@ -13,13 +14,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .datastore import Datastore
-from .disks import ImageLayer, format_for, resolve_chain
-from .errors import DiskError, SpecError
+from .datastore import Scope
+from .disks import ImageLayer, layer_files
+from .errors import SpecError
 from .launcher import NetBackend
 from .spec import Nic, VmSpec
 
-__all__ = ["Resources", "check_host_fit", "resolve_resources", "generated_mac"]
+__all__ = ["Resources", "check_host_fit", "resolve_resources", "resolve_files", "generated_mac"]
 
 # VMware's prefix for MACs it generates on hosted products.
 VMWARE_GENERATED_OUI = "00:0c:29"
@@ -57,32 +58,10 @@ def generated_mac(uuid: str, index: int) -> str:
     return VMWARE_GENERATED_OUI + "".join(f":{b:02x}" for b in digest[:3])
 
 
-def resolve_resources(spec: VmSpec, datastore: Datastore, vm_dir: Path, uuid: str) -> Resources:
+def resolve_resources(spec: VmSpec, scope: Scope, vmx: Path, uuid: str) -> Resources:
     """Resolve every file, address and network the spec names."""
     warnings: list[str] = list(spec.warnings)
-
-    def resolve(base: Path, name: str, what: str = "file") -> Path:
-        return datastore.resolve(base, name, what=what)
-
-    chains: dict[str, tuple[ImageLayer, ...]] = {}
-    files: dict[str, Path] = {}
-    for disk in spec.disks:
-        if disk.file_name is None:
-            continue
-        path = resolve(vm_dir, disk.file_name, f"{disk.node}.fileName")
-        if disk.kind == "cdrom":
-            files[disk.node] = _existing(path, f"{disk.node}.fileName")
-        else:
-            chains[disk.node] = resolve_chain(path, format_for(path), lambda base, name: resolve(base, name))
-    for port in spec.serial_ports:
-        if not port.file_name:
-            raise SpecError(f"serial{port.index} has no fileName",
-                            hint=f'name a file in the VM folder, e.g. serial{port.index}.fileName = "serial{port.index}.log"')
-        files[f"serial{port.index}"] = resolve(vm_dir, port.file_name, f"serial{port.index}.fileName")
-    for drive in spec.floppies:
-        if drive.file_name:
-            key = f"floppy{drive.index}"
-            files[key] = _existing(resolve(vm_dir, drive.file_name, f"{key}.fileName"), f"{key}.fileName")
+    chains, files = resolve_files(spec, scope, vmx)
     macs = {nic.index: nic.mac or generated_mac(uuid, nic.index) for nic in spec.nics}
     _check_unique_macs(macs)
     networks = {nic.index: _network(nic, warnings) for nic in spec.nics}
@@ -93,10 +72,71 @@ def resolve_resources(spec: VmSpec, datastore: Datastore, vm_dir: Path, uuid: st
     return Resources(chains, files, macs, networks, console, tuple(warnings))
 
 
-def _existing(path: Path, what: str) -> Path:
-    if not os.path.isfile(path):
-        raise DiskError(f"{what} names {path}, which does not exist", hint="fix the fileName or create the file")
-    return path
+def resolve_files(spec: VmSpec, scope: Scope, vmx: Path, *, missing_ok: bool = False
+                  ) -> tuple[dict[str, tuple[ImageLayer, ...]], dict[str, Path]]:
+    """Every file the VMM would open, under the VM's path policy: disk chains by node, and the
+    CD-ROM, floppy and serial files. ``missing_ok`` (at register): an absent image is skipped."""
+    vm_dir = vmx.parent
+    chains: dict[str, tuple[ImageLayer, ...]] = {}
+    files: dict[str, Path] = {}
+
+    def image(name: str, what: str) -> Path | None:
+        path = scope.path(vm_dir, name, what)
+        return None if missing_ok and not os.path.lexists(path) else scope.image(vm_dir, name, what)
+
+    for disk in spec.disks:
+        if disk.file_name is None or (path := image(disk.file_name, f"{disk.node}.fileName")) is None:
+            continue
+        if disk.kind == "cdrom":
+            files[disk.node] = path
+        else:
+            chains[disk.node] = scope.chain(path)
+    for port in spec.serial_ports:
+        if not port.file_name:
+            raise SpecError(f"serial{port.index} has no fileName",
+                            hint=f'name a file in the VM folder, e.g. serial{port.index}.fileName = "serial{port.index}.log"')
+        files[f"serial{port.index}"] = scope.output(vm_dir, port.file_name, f"serial{port.index}.fileName",
+                                                    socket=port.file_type == "pipe")
+    for drive in spec.floppies:
+        key = f"floppy{drive.index}"
+        if drive.file_name and (path := image(drive.file_name, f"{key}.fileName")) is not None:
+            files[key] = path
+    if spec.nvram:
+        scope.path(vm_dir, spec.nvram, "nvram")
+    _check_devices_own_their_files(files, chains, _snapshot_files(vmx))
+    return chains, files
+
+
+def _snapshot_files(vmx: Path) -> set[str]:
+    """Real paths of the files the VM's snapshots froze."""
+    from .snapshots import SnapshotTree, vmsd_path
+
+    tree = SnapshotTree.load(vmsd_path(vmx))
+    return {os.path.realpath(vmx.parent / name) for name in tree.files()}
+
+
+def _check_devices_own_their_files(files: dict[str, Path], chains: dict[str, tuple[ImageLayer, ...]],
+                                   snapshot_files: set[str]) -> None:
+    """No device file is a disk layer or a snapshot's file, and none that is written is shared with another device.
+
+    A serial port's file is truncated and written by the guest, a floppy is
+    written raw: either on a disk layer would hand the guest its qcow2 headers.
+    """
+    disks = {os.path.realpath(path) for chain in chains.values() for layer in chain
+             for path in layer_files(layer)} | snapshot_files
+    owners: dict[str, str] = {}
+    for key, path in files.items():
+        real = os.path.realpath(path)
+        if real in disks:
+            raise SpecError(f"{key} names {path}, a disk of this VM", hint=f"give {key} a file of its own")
+        other = owners.setdefault(real, key)
+        if other != key and (_written(key) or _written(other)):  # two CD-ROMs may share an image
+            raise SpecError(f"{key} and {other} name the same file {path}", hint=f"give {key} a file of its own")
+
+
+def _written(device: str) -> bool:
+    """Serial ports and floppies write their files; CD-ROMs (named by their node, e.g. ide1:0) do not."""
+    return device.startswith(("serial", "floppy"))
 
 
 def _check_unique_macs(macs: dict[int, str]) -> None:

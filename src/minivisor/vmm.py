@@ -103,7 +103,7 @@ class RuntimeRecord:
             return None
 
     def save(self, path: Path) -> None:
-        write_atomic(path, json.dumps(asdict(self), indent=1).encode())
+        write_atomic(path, json.dumps(asdict(self), indent=1).encode(), mode=0o600)
 
 
 def process_start_ticks(pid: int) -> int | None:
@@ -204,7 +204,7 @@ class Vmm:
             stale.unlink()
 
     def _spawn(self, argv: list[str]) -> subprocess.Popen:
-        log = open(self.paths.vmm_log, "ab")
+        log = os.fdopen(os.open(self.paths.vmm_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600), "ab")
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} power on: {' '.join(argv)}\n".encode())
         log.flush()
         try:

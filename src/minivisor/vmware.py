@@ -1,12 +1,16 @@
 """Import a VMware VM folder (specfile + disks) into the datastore.
 
 The folder is untrusted. Every file the specfile and the disk headers name
-must lie inside it (after symlinks); each disk's format comes from its name
-and must match its header; VMDK createTypes are limited to what QEMU opens;
-qcow2 images may not keep data in an external file; delta disks must point
-at an unmodified parent (``parentCID``); virtual sizes are capped. Only then
-is each disk's chain flattened into one qcow2 in a private staging folder
-(with progress), and the VM appears in the datastore and catalog at once.
+must lie inside it (after symlinks: the datastore's import scope), with no
+name QEMU would parse itself (``json:``, ``nbd:``...); each disk's format
+comes from its name and must match its header; VMDK createTypes are limited
+to what QEMU opens; qcow2 images may not keep data in an external file; delta
+disks must point at an unmodified parent (``parentCID``); virtual sizes are
+capped; serial port files must stay in the folder. Only then is each disk's
+chain, spelled out layer by layer, flattened into one qcow2 in a private
+staging folder (with progress), CD-ROM and floppy images in the folder are
+copied (others are left empty), and the VM appears in the datastore and
+catalog at once.
 """
 
 from __future__ import annotations
@@ -17,17 +21,9 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import Callable
 
-from .datastore import check_vm_name
-from .disks import (
-    QCOW2_MAGIC,
-    VMDK_MAGIC,
-    ImageLayer,
-    convert_disk,
-    format_for,
-    human_size,
-    resolve_chain,
-)
-from .errors import DiskError, PathError, SpecError, StateError
+from .datastore import Scope, check_vm_name
+from .disks import QCOW2_MAGIC, VMDK_MAGIC, ImageLayer, convert_disk, copy_sparse, human_size
+from .errors import DiskError, HvError, PathError, SpecError, StateError
 from .spec import VmSpec
 from .vmx import VmxDocument
 
@@ -36,8 +32,8 @@ __all__ = ["import_vm", "inspect_folder", "MAX_VIRTUAL_SIZE"]
 MAX_VIRTUAL_SIZE = 64 * 1024 ** 4  # 64 TiB: bigger is refused as an attack on the host's space
 
 
-def inspect_folder(folder: Path) -> tuple[Path, VmxDocument, VmSpec, dict[str, tuple[ImageLayer, ...]]]:
-    """The specfile and every disk chain of a VMware folder, each checked; raises on anything unsafe."""
+def inspect_folder(folder: Path, scope: Scope) -> tuple[Path, VmxDocument, VmSpec, dict[str, tuple[ImageLayer, ...]]]:
+    """The specfile and every disk chain of a VMware folder, each checked under ``scope``; raises on anything unsafe."""
     folder = Path(os.path.realpath(folder))
     if not folder.is_dir():
         raise PathError(f"{folder} is not a folder", hint="give the VMware VM's folder (with its .vmx)")
@@ -54,27 +50,38 @@ def inspect_folder(folder: Path) -> tuple[Path, VmxDocument, VmSpec, dict[str, t
         raise StateError(f"the VM in {folder} is suspended ({state})",
                          hint="resume it in VMware and power it off, or discard its suspended state")
     spec = VmSpec.from_vmx(doc)
-
-    def inside(base: Path, name: str) -> Path:
-        real = Path(os.path.realpath(base / name))
-        if real != folder and folder not in real.parents:
-            raise PathError(f"{name!r} (named in {base.name if base != folder else vmx.name}) resolves to {real}, "
-                            f"outside the VM folder {folder}", hint="only files inside the VM's folder are imported")
-        return real
-
     chains: dict[str, tuple[ImageLayer, ...]] = {}
     for disk in spec.disks:
         if disk.kind != "disk" or not disk.file_name:
             continue
-        if "\\" in disk.file_name or ":" in disk.file_name[:3]:
-            raise PathError(f"{disk.node}.fileName {disk.file_name!r} is a Windows path",
-                            hint="edit it to name the disk relative to the .vmx")
-        top = inside(folder, disk.file_name)
-        chain = resolve_chain(top, format_for(top), inside)
+        chain = scope.chain(scope.image(folder, disk.file_name, f"{disk.node}.fileName"))
         for layer in chain:
             _check_layer(layer)
         chains[disk.node] = chain
+    for port in spec.serial_ports:  # the guest writes these: they may not leave the new folder
+        if port.file_name:
+            real = scope.output(folder, port.file_name, f"serial{port.index}.fileName", socket=port.file_type == "pipe")
+            doc.set(f"serial{port.index}.fileName", os.path.relpath(real, folder))
     return vmx, doc, spec, chains
+
+
+def _copy_media(spec: VmSpec, doc: VmxDocument, scope: Scope, folder: Path, staging: Path, taken: set[str]) -> None:
+    """CD-ROM and floppy images inside the folder come along (``taken``: names already used in the new
+    folder); any other is left empty, like unplugged media."""
+    media = [(d.node, d.file_name) for d in spec.disks if d.kind == "cdrom" and d.file_name]
+    media += [(f"floppy{f.index}", f.file_name) for f in spec.floppies if f.file_name]
+    copies: dict[Path, str] = {}  # source -> its copy's name
+    for key, name in media:
+        try:
+            source = scope.image(folder, name, f"{key}.fileName")
+        except HvError:  # outside the folder, missing, or not a plain file
+            doc.set(f"{key}.fileName", "")
+            continue
+        if source not in copies:
+            copies[source] = source.name if source.name not in taken else f"{key.replace(':', '-')}-{source.name}"
+            taken.add(copies[source])
+            copy_sparse(source, staging / copies[source])
+        doc.set(f"{key}.fileName", copies[source])
 
 
 def _check_layer(layer: ImageLayer) -> None:
@@ -98,7 +105,8 @@ def import_vm(hv, folder: Path, name: str | None = None, *,
     """Copy a VMware VM in; returns its name in the catalog."""
     from .identity import fill_identity, name_from, uuid_to_vmx
 
-    vmx, doc, spec, chains = inspect_folder(folder)
+    scope = hv.datastore.import_scope(folder)
+    vmx, doc, spec, chains = inspect_folder(folder, scope)
     name = check_vm_name(name or name_from(spec.display_name or vmx.stem))
     hv._check_new_name(name)
     staging = hv.datastore.staging_dir(name)
@@ -109,17 +117,10 @@ def import_vm(hv, folder: Path, name: str | None = None, *,
             if target in taken:
                 target = f"{Path(chain[-1].path).stem}-{node.replace(':', '-')}.qcow2"
             taken.add(target)
-            convert_disk(chain[0].path, chain[0].format, staging / target, "qcow2",
+            convert_disk(chain, staging / target, "qcow2",
                          progress=(lambda p, t=target: progress(t, p)) if progress else None)
             doc.set(f"{node}.fileName", target)
-        for disk in spec.disks:  # CD images inside the folder come along; others are left empty
-            if disk.kind == "cdrom" and disk.file_name and disk.file_name.lower().endswith(".iso"):
-                source = Path(os.path.realpath(vmx.parent / disk.file_name))
-                if vmx.parent in source.parents and source.is_file():
-                    shutil.copyfile(source, staging / source.name)
-                    doc.set(f"{disk.node}.fileName", source.name)
-                else:
-                    doc.set(f"{disk.node}.fileName", "")
+        _copy_media(spec, doc, scope, vmx.parent, staging, taken)
         for key in ("nvram", "checkpoint.vmState", "extendedConfigFile"):
             doc.delete(key)
         vm_uuid = fill_identity(doc, spec)

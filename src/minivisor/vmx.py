@@ -347,22 +347,22 @@ class VmxDocument:
         return self._bom + b"".join([part for line in self._lines for part in (line.text, line.end)])
 
     def save(self, path: Path) -> None:
-        """Write the document to ``path`` atomically (see ``write_atomic``)."""
-        write_atomic(Path(path), self.to_bytes())
+        """Write the document to ``path`` atomically (see ``write_atomic``); a new specfile is owner-only."""
+        write_atomic(Path(path), self.to_bytes(), mode=0o600)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:
     """Replace ``path`` with ``data`` so readers see the old or the new file, never a mix.
 
     Writes a temp file in the same directory, fsyncs it, renames it over the
     target and fsyncs the directory. An existing target keeps its mode; a new
-    one gets 0666 minus the umask. Raises ``OSError``.
+    one gets ``mode``, or 0666 minus the umask. Raises ``OSError``.
     """
     path = Path(path)
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
-        mode = 0o666 & ~_umask()
+        mode = mode if mode is not None else 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
