@@ -77,6 +77,7 @@ def main() -> None:
     env = {**os.environ, "MINIVISOR_DATASTORE": str(workdir / "ds")}
     try:
         image = minivisor("image", "build", "appliance", env=env).stdout.strip()
+        minivisor("datastore", "allow-path", str(Path(image).parent), env=env)  # boot disks come from allowed folders
         minivisor("vm", "create", "bench", "--memory", "256", "--boot-disk", image, "--network", "none", env=env)
         argv = json.loads(minivisor("vm", "explain", "bench", "--json", env=env).stdout)["argv"]
         serial_log = workdir / "ds" / "bench" / "serial.log"

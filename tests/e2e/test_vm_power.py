@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from minivisor import Hypervisor
-from minivisor.disks import convert_disk
+from minivisor.disks import convert_disk, read_layer
 from minivisor.errors import HvError, StateError, VmmError
 from minivisor.state import VmState
 from minivisor.vmm import qmp_execute
@@ -33,11 +33,13 @@ def inventory(hv: Hypervisor, name: str) -> dict:
 
 @pytest.fixture
 def small_vm(hv, appliance_image):
+    hv.allow_path(appliance_image.parent)
     hv.create_vm("small", memory_mib=256, cpus=2, boot_disk=appliance_image, network="none")
     return "small"
 
 
 def test_guest_boots_from_its_disk_and_sees_the_specfile_hardware(hv, appliance_image):
+    hv.allow_path(appliance_image.parent)
     hv.create_vm("web", memory_mib=256, cpus=2, boot_disk=appliance_image, network="nat", nic_model="e1000")
     result = hv.start_vm("web", wait_ready=True, timeout=60)
     assert result.vm.state is VmState.RUNNING and result.ready_line.endswith("ready")
@@ -71,7 +73,7 @@ def test_the_lectures_specfile_boots_with_a_disk_at_its_file_name(hv, appliance_
     folder = hv.datastore.root / "centos"
     folder.mkdir(parents=True)
     shutil.copy(SEED, folder / SEED.name)
-    convert_disk(appliance_image, "raw", folder / "CentOS7-Minimal64-1708-000002.vmdk", "vmdk")
+    convert_disk((read_layer(appliance_image, "raw"),), folder / "CentOS7-Minimal64-1708-000002.vmdk", "vmdk")
     vm = hv.register_vm(folder / SEED.name)
     assert vm.name == "CentOS7-Minimal64-1708" and vm.memory_mib == 1024
     result = hv.start_vm(vm.name, wait_ready=True, timeout=60)
@@ -156,6 +158,7 @@ def _is_vmm_of(pid: str, uuid: str) -> bool:
 
 
 def test_a_file_name_with_a_comma_is_one_literal_block_node(hv, appliance_image):
+    hv.allow_path(appliance_image.parent)
     hv.create_vm("comma", memory_mib=128, boot_disk=appliance_image, network="none")
     folder = hv.datastore.root / "comma"
     tricky = "a,file=etc-passwd.qcow2"
@@ -183,6 +186,7 @@ def test_a_vmm_that_fails_to_start_leaves_nothing_behind(hv, small_vm):
 
 
 def test_a_sas_disk_behind_lsisas1068_is_seen_by_the_guest(hv, appliance_image):
+    hv.allow_path(appliance_image.parent)
     hv.create_vm("sas", memory_mib=192, boot_disk=appliance_image, network="none", scsi_model="lsisas1068")
     hv.start_vm("sas", wait_ready=True, timeout=60)
     disks = [d for d in inventory(hv, "sas")["disks"] if d["driver"] == "sd"]

@@ -84,8 +84,9 @@ def test_missing_disk_fails_power_on_cleanly(datastore):
 def test_disk_outside_the_datastore_is_refused(datastore):
     vmx = write_vm(datastore, "escape", 'memSize = "64"\nscsi0.present = "TRUE"\n'
                                          'scsi0:0.fileName = "../../../../etc/shadow.raw"\n')
-    run(datastore, "vm", "register", str(vmx))
-    assert_one_clear_line(run(datastore, "vm", "start", "escape"), 65, "outside the datastore")
+    before = snapshot(datastore)
+    assert_one_clear_line(run(datastore, "vm", "register", str(vmx)), 65, "outside the datastore")
+    assert snapshot(datastore) == before
 
 
 def test_memory_beyond_the_host(datastore):

@@ -215,6 +215,7 @@ def test_a_vm_started_by_the_cli_directly_is_watched_too(service):
 @pytest.mark.qemu
 def test_a_booted_guest_keeps_running_through_a_service_restart(datastore, appliance_image):
     hv = Hypervisor(datastore)
+    hv.allow_path(appliance_image.parent)
     hv.create_vm("guest", memory_mib=256, boot_disk=appliance_image, network="none")
     first = Running(datastore).start()
     try:
