@@ -1,0 +1,223 @@
+"""Disk images that name host files: refused at import, convert, create --boot-disk and power-on.
+
+Each attack plants a secret outside the datastore and an image whose header
+(or VMDK descriptor) points at it, the way an attacker ships a VM folder or
+drops a disk into one. The refusal is one line with the right exit code, and
+afterwards nothing under the datastore holds the secret and nothing changed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from cli_runner import run_cli
+from path_attacks import (
+    add_keys,
+    assert_no_leak,
+    assert_no_vmm_started,
+    assert_one_line,
+    datastore_state,
+    json_backing,
+    make_name_exist,
+    plant_secret,
+    qcow2_backed_by,
+    qemu_img,
+    with_token,
+)
+
+from minivisor.disks import read_layer
+from minivisor.errors import HvError, PathError
+
+SPECFILE = ('.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "14"\nmemSize = "64"\n'
+            'scsi0.present = "TRUE"\nscsi0:0.present = "TRUE"\nscsi0:0.fileName = "{disk}"\n')
+
+
+def vmware_folder(tmp_path: Path, disk: str) -> Path:
+    """A downloaded VM folder (outside the datastore) whose specfile boots ``disk``."""
+    folder = tmp_path / "downloads" / "vm"
+    folder.mkdir(parents=True)
+    (folder / "vm.vmx").write_text(SPECFILE.format(disk=disk))
+    return folder
+
+
+def _json_backing(folder: Path, secret) -> str:
+    """The json: name, made to exist as a relative path too (so "does the backing file exist here?" says yes)."""
+    name = json_backing(secret)
+    make_name_exist(folder, name)
+    qcow2_backed_by(folder / "d.qcow2", name)
+    return "d.qcow2"
+
+
+def _absolute_backing(folder: Path, secret) -> str:
+    qcow2_backed_by(folder / "d.qcow2", str(secret.path))
+    return "d.qcow2"
+
+
+def _relative_backing(folder: Path, secret) -> str:
+    qcow2_backed_by(folder / "d.qcow2", os.path.relpath(secret.path, folder))
+    return "d.qcow2"
+
+
+def _symlinked_backing(folder: Path, secret) -> str:
+    os.symlink(secret.path, folder / "base.raw")
+    qcow2_backed_by(folder / "d.qcow2", "base.raw")
+    return "d.qcow2"
+
+
+def _vmdk_parent_json(folder: Path, secret) -> str:
+    (folder / "d-s001.vmdk").write_bytes(b"")
+    qemu_img("create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat", str(folder / "d.vmdk"), "1M")
+    text = (folder / "d.vmdk").read_text()
+    (folder / "d.vmdk").write_text(text.replace('createType="monolithicFlat"', 'createType="monolithicFlat"\n'
+                                                f'parentFileNameHint="{json_backing(secret)}"\nparentCID=fffffffe'))
+    return "d.vmdk"
+
+
+def _vmdk_extent_protocol(folder: Path, secret) -> str:
+    (folder / "d.vmdk").write_text('# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n'
+                                   f'createType="monolithicFlat"\nRW 2048 FLAT "json:{{\\"driver\\":\\"file\\",'
+                                   f'\\"filename\\":\\"{secret.path}\\"}}" 0\n')
+    return "d.vmdk"
+
+
+ATTACKS = [(_json_backing, PathError, "protocol"), (_absolute_backing, PathError, "outside the VM folder"),
+           (_relative_backing, PathError, "outside the VM folder"), (_symlinked_backing, PathError, "outside the VM folder"),
+           (_vmdk_parent_json, PathError, "protocol"), (_vmdk_extent_protocol, PathError, "protocol")]
+
+
+@pytest.mark.parametrize("plant, error, words", ATTACKS, ids=[a[0].__name__.strip("_") for a in ATTACKS])
+def test_vm_import_refuses_an_image_that_names_a_host_file(hv, tmp_path, plant, error, words):
+    secret = plant_secret(tmp_path / "host")
+    folder = vmware_folder(tmp_path, "placeholder")
+    disk = plant(folder, secret)
+    (folder / "vm.vmx").write_text(SPECFILE.format(disk=disk))
+    with_token(hv)
+    before = datastore_state(hv)
+    result = run_cli("vm", "import", str(folder), datastore=hv.datastore.root)
+    assert_one_line(result, error.exit_code, words)
+    with pytest.raises(error):
+        hv.import_vm(folder)
+    assert datastore_state(hv) == before and hv.list_vms() == []
+    assert_no_leak(hv, secret)
+
+
+def test_disk_convert_and_info_refuse_a_json_backing_inside_the_datastore(hv, tmp_path):
+    secret = plant_secret(tmp_path / "host")
+    hv.create_vm("web", memory_mib=64, disk_size="16M", network="none")
+    _json_backing(hv.datastore.root / "web", secret)
+    with_token(hv)
+    before = datastore_state(hv)
+    for command in (["disk", "convert", "web/d.qcow2", "web/copy.qcow2"], ["disk", "info", "web/d.qcow2"]):
+        result = run_cli(*command, datastore=hv.datastore.root, cwd=hv.datastore.root)
+        assert_one_line(result, PathError.exit_code, "protocol")
+    assert datastore_state(hv) == before
+    assert_no_leak(hv, secret)
+
+
+@pytest.mark.parametrize("plant", [_json_backing, _absolute_backing, _symlinked_backing],
+                         ids=["json", "absolute", "symlink"])
+def test_power_on_refuses_a_disk_chained_to_a_host_file_before_qemu_starts(hv, tmp_path, plant):
+    secret = plant_secret(tmp_path / "host")
+    hv.create_vm("web", memory_mib=64, disk_size="16M", network="none")
+    folder = hv.datastore.root / "web"
+    disk = plant(folder, secret)
+    add_keys(folder / "web.vmx", f'scsi0:1.present = "TRUE"\nscsi0:1.fileName = "{disk}"\n')
+    with_token(hv)
+    before = datastore_state(hv)
+    for command in ("start", "explain"):
+        result = run_cli("vm", command, "web", datastore=hv.datastore.root)
+        assert_one_line(result, PathError.exit_code, disk, "protocol" if plant is _json_backing else "outside")
+    assert_no_vmm_started(hv, "web")
+    assert datastore_state(hv) == before
+    assert_no_leak(hv, secret)
+
+
+def boot_image_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    return folder
+
+
+def _plain(images: Path, secret) -> Path:
+    return secret.path  # the secret itself, named as a raw boot image (not in an allowed folder)
+
+
+def _qcow2_on_secret(images: Path, secret) -> Path:
+    return qcow2_backed_by(images / "boot.qcow2", str(secret.path))
+
+
+def _qcow2_on_json(images: Path, secret) -> Path:
+    name = json_backing(secret)
+    make_name_exist(images, name)
+    return qcow2_backed_by(images / "boot.qcow2", name)
+
+
+def _symlink_to_secret(images: Path, secret) -> Path:
+    os.symlink(secret.path, images / "boot.raw")
+    return images / "boot.raw"
+
+
+def _inside_the_datastore(images: Path, secret) -> Path:
+    return images.parent / "datastore" / "other" / "other.qcow2"  # another VM's disk (made by the test)
+
+
+BOOT_ATTACKS = [(_plain, "allow-path"), (_qcow2_on_secret, "allow-path"), (_qcow2_on_json, "protocol"),
+                (_symlink_to_secret, "allow-path"), (_inside_the_datastore, "inside the datastore")]
+
+
+@pytest.mark.parametrize("interface", ["cli", "api"])
+@pytest.mark.parametrize("plant, words", BOOT_ATTACKS, ids=[a[0].__name__.strip("_") for a in BOOT_ATTACKS])
+def test_create_refuses_a_boot_disk_outside_the_allowed_folders(hv, tmp_path, plant, words, interface):
+    secret = plant_secret(tmp_path / "host", "secret.img")
+    hv.create_vm("other", memory_mib=64, disk_size="16M", network="none")
+    images = boot_image_folder(tmp_path)
+    hv.allow_path(images)  # the attacker's image sits in a folder the user allowed; what it names does not
+    image = plant(images, secret)
+    with_token(hv)
+    before = datastore_state(hv)
+    if interface == "cli":
+        result = run_cli("vm", "create", "v", "--memory", "64", "--network", "none", "--boot-disk", str(image),
+                         datastore=hv.datastore.root)
+        assert_one_line(result, PathError.exit_code, words)
+    else:
+        with pytest.raises(PathError) as refused:
+            hv.create_vm("v", memory_mib=64, network="none", boot_disk=image)
+        assert words in str(refused.value) + refused.value.hint
+    assert datastore_state(hv) == before and [vm.name for vm in hv.list_vms()] == ["other"]
+    assert_no_leak(hv, secret)
+
+
+def test_the_refusal_says_how_to_allow_the_images_folder_and_that_works(hv, tmp_path):
+    images = boot_image_folder(tmp_path)
+    qemu_img("create", "-q", "-f", "qcow2", str(images / "base.qcow2"), "8M")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x61 0 64k", str(images / "base.qcow2")],
+                   check=True, capture_output=True)
+    qcow2_backed_by(images / "boot.qcow2", "base.qcow2", "qcow2")
+    refused = run_cli("vm", "create", "v", "--memory", "64", "--network", "none",
+                      "--boot-disk", str(images / "boot.qcow2"), datastore=hv.datastore.root)
+    hinted = f"minivisor datastore allow-path {images}"
+    assert_one_line(refused, PathError.exit_code, hinted)
+    assert run_cli(*hinted.split()[1:], datastore=hv.datastore.root).returncode == 0
+    created = run_cli("vm", "create", "v", "--memory", "64", "--network", "none",
+                      "--boot-disk", str(images / "boot.qcow2"), datastore=hv.datastore.root)
+    assert created.returncode == 0, created.stderr
+    copy = read_layer(hv.datastore.root / "v" / "v.qcow2", "qcow2")
+    assert copy.backing_name is None  # flattened: the VM owns all of its data
+    out = tmp_path / "first.raw"
+    qemu_img("dd", "-f", "qcow2", "-O", "raw", f"if={copy.path}", f"of={out}", "bs=65536", "count=1")
+    assert out.read_bytes() == b"a" * 65536
+
+
+def test_allow_path_refuses_a_folder_inside_the_datastore(hv):
+    hv.create_vm("other", memory_mib=64, disk_size="16M", network="none")
+    with_token(hv)
+    before = datastore_state(hv)
+    for folder in (hv.datastore.root / "other", hv.datastore.meta, hv.datastore.root):
+        result = run_cli("datastore", "allow-path", str(folder), datastore=hv.datastore.root)
+        assert_one_line(result, PathError.exit_code, "inside the datastore")
+    with pytest.raises(HvError):
+        hv.allow_path(hv.datastore.root / "other")
+    assert datastore_state(hv) == before and hv.datastore_info()["allowed_paths"] == []
