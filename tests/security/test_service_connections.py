@@ -16,21 +16,24 @@ import pytest
 from service.conftest import datastore, service, small_vm  # noqa: F401 - the fixtures of tests/service
 
 from minivisor import Hypervisor
-from minivisor.service import KEEP_ALIVE, REQUEST_TIMEOUT
+from minivisor.service import KEEP_ALIVE, MAX_CONNECTIONS, REQUEST_TIMEOUT
 
 IDLE = 2000
 BOUND = 2 * max(REQUEST_TIMEOUT, KEEP_ALIVE) + 10  # seconds: a connection still open after this is held for ever
 
 
 @pytest.fixture
-def many_descriptors():
-    """Room in this process for IDLE sockets (and the rest of the test)."""
+def descriptors():
+    """``descriptors(n)``: room in this process for n sockets (and the rest of the test)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = IDLE + 512
-    if hard != resource.RLIM_INFINITY and hard < wanted:
-        pytest.skip(f"the hard limit of open files ({hard}) is below {wanted}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
-    yield
+
+    def room(count: int) -> None:
+        wanted = count + 512
+        if hard != resource.RLIM_INFINITY and hard < wanted:
+            pytest.skip(f"the hard limit of open files ({hard}) is below {wanted}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+
+    yield room
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
@@ -74,7 +77,8 @@ def no_tracebacks(service) -> None:
     assert "Traceback" not in log and "Exception in" not in log, log[-3000:]
 
 
-def test_idle_connections_are_closed_and_the_service_answers_meanwhile(service, many_descriptors):
+def test_idle_connections_are_closed_and_the_service_answers_meanwhile(service, descriptors):
+    descriptors(IDLE)
     small_vm(Hypervisor(service.root), "vm1")
     silent = [socket.create_connection(address(service)) for _ in range(IDLE)]
     kept_alive = []  # made one request, then went quiet
@@ -133,3 +137,55 @@ def trickle(sock: socket.socket, piece: bytes) -> bool:
     except (BrokenPipeError, ConnectionResetError):
         return False
     return True
+
+
+def test_connections_beyond_the_cap_are_refused_at_once_not_held(service, descriptors):
+    descriptors(MAX_CONNECTIONS + 64)  # the service caps at MAX_CONNECTIONS, or fewer if it has fewer descriptors
+    opened = [socket.create_connection(address(service)) for _ in range(MAX_CONNECTIONS + 16)]
+    try:
+        poller = select.poll()
+        by_fd = {sock.fileno(): sock for sock in opened}
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
+        answers = []
+        deadline = time.monotonic() + BOUND
+        while len(answers) < 16 and time.monotonic() < deadline:
+            for fd, _ in poller.poll(500):
+                poller.unregister(fd)
+                try:
+                    answer = by_fd[fd].recv(65536)
+                except ConnectionResetError:
+                    continue
+                if answer:  # (b"": a silent connection the service closed in time, which is fine too)
+                    answers.append(answer)
+        assert len(answers) >= 16, "connections beyond the cap were held open"
+        for answer in answers:
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503 ") and b"connection: close" in head.lower()
+            assert json.loads(body)["error"]["code"] == "host-error"
+    finally:
+        for sock in opened:
+            reset(sock)
+    assert service.client.list_vms() == []  # room again once they are gone
+    no_tracebacks(service)
+
+
+def test_clients_that_go_away_mid_request_leave_no_traceback(service):
+    small_vm(Hypervisor(service.root), "vm1")
+    host, port = address(service)
+    head = f"Host: {host}:{port}\r\nAuthorization: Bearer {service.token}\r\n"
+    requests = [f"GET /v1/events HTTP/1.1\r\n{head}\r\n",  # an event stream, then gone
+                f"POST /v1/vms/vm1/start HTTP/1.1\r\n{head}Content-Length: 2\r\n\r\n{{}}",  # gone before the answer
+                f"POST /v1/vms HTTP/1.1\r\n{head}Content-Length: 100\r\n\r\n{{\"na",  # gone mid-body
+                "GET /v1/vms HTTP/1.1\r\nHo"]  # gone mid-head
+    for text in requests:
+        sock = socket.create_connection((host, port))
+        sock.sendall(text.encode())
+        time.sleep(0.2)
+        reset(sock)
+    deadline = time.monotonic() + 30
+    while service.client.get_vm("vm1").state.value != "running":  # the power-on went on without its client
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert [vm.name for vm in service.client.list_vms()] == ["vm1"]
+    no_tracebacks(service)
