@@ -14,7 +14,7 @@ import pytest
 from service.conftest import datastore, service, small_vm  # noqa: F401 - the fixtures of tests/service
 
 from minivisor import Hypervisor
-from minivisor.service import MAX_BODY
+from minivisor.service import MAX_BODY, HostCheck
 
 SECRET = "secretvm"
 
@@ -86,6 +86,26 @@ def test_the_loopback_names_of_the_service_are_answered(service, host):
     small_vm(Hypervisor(service.root), SECRET)
     status, data, _ = request(service, "GET", "/v1/vms", host=host.format(port=service.client.port))
     assert status == 200 and [vm["name"] for vm in json.loads(data)] == [SECRET]
+
+
+@pytest.mark.parametrize("listen, host, answered", [
+    ("0.0.0.0", "192.0.2.7:8700", True),  # every address: any IP address, it cannot be rebound
+    ("0.0.0.0", "[2001:db8::1]:8700", True),
+    ("0.0.0.0", "localhost:8700", True),
+    ("0.0.0.0", "evil.example:8700", False),
+    ("0.0.0.0", "192.0.2.7:8701", False),
+    ("::", "evil.example:8700", False),
+    ("192.0.2.5", "192.0.2.5:8700", True),  # one address: that one only
+    ("192.0.2.5", "127.0.0.1:8700", False),
+    ("192.0.2.5", "localhost:8700", False),
+    ("myhost.example", "MyHost.example:8700", True),  # a name given to --listen is the name to use
+    ("myhost.example", "evil.example:8700", False),
+    ("::1", "[::1]:8700", True),
+    ("::1", "localhost:8700", True),
+    ("127.0.0.1", "127.0.0.1", False),  # no port: 80
+])
+def test_which_hosts_a_service_answers_for(listen, host, answered):
+    assert HostCheck(listen, 8700).allows(host) is answered
 
 
 # -- 401 -----------------------------------------------------------------------------
