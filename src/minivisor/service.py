@@ -76,7 +76,8 @@ from .errors import (ArgumentError, AuthError, ConflictError, DiskError, GuestEr
                      NoSpaceError, NotFoundError, QmpError, RequestError, SpecError, StateError, VmmError)
 from .locks import try_lock
 
-__all__ = ["Service", "http_status", "encode", "MAX_BODY", "read_token", "service_file"]
+__all__ = ["Service", "HostCheck", "GuardedH11Protocol", "build_app", "check_arguments", "connection_cap",
+           "http_status", "encode", "MAX_BODY", "read_token", "service_file"]
 
 log = logging.getLogger("minivisor.service")
 
