@@ -19,7 +19,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import select
 import threading
+import time
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +35,7 @@ __all__ = ["Client", "connect"]
 
 SERVICE_FILE = Path(".minivisor") / "service.json"
 TOKEN_FILE = Path(".minivisor") / "token"
+REUSE_IDLE = 10.0  # seconds a kept-alive connection is reused after; the service closes it after 15 (KEEP_ALIVE)
 
 
 def connect(root: Path | str) -> Client | None:
@@ -81,6 +84,9 @@ class Client:
     # -- transport ------------------------------------------------------------
     def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
+        if conn is not None and (time.monotonic() - self._local.used > REUSE_IDLE or _closed_by_peer(conn)):
+            conn.close()  # the service closes idle connections: a request sent on one would be lost
+            conn = None
         if conn is None:
             conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
             self._local.conn = conn
@@ -102,6 +108,7 @@ class Client:
                 conn.request(method, path, body=payload, headers=headers)
                 response = conn.getresponse()
                 raw = response.read()
+                self._local.used = time.monotonic()
                 break
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 conn.close()
@@ -168,7 +175,7 @@ class Client:
                 raise _error(response.status, json.loads(response.read() or b"{}"))
             data = b""
             while True:
-                line = response.fp.readline()
+                line = response.readline()  # the stream is chunked: read through http.client, not its socket
                 if not line:
                     return
                 if line.startswith(b"data: "):
@@ -178,6 +185,15 @@ class Client:
                     data = b""
         finally:
             conn.close()
+
+
+def _closed_by_peer(conn: http.client.HTTPConnection) -> bool:
+    """An idle kept-alive connection with something to read: the service closed it (EOF)."""
+    if conn.sock is None:
+        return False
+    poller = select.poll()
+    poller.register(conn.sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _error(status: int, data: Any) -> HvError:

@@ -113,13 +113,15 @@ def _read_until(sock: socket.socket, end: re.Pattern[bytes], timeout: float, com
         if remaining <= 0:
             raise GuestError(f"the command {command!r} did not finish within {timeout:.0f} s",
                              hint="raise --timeout, or check the guest with: minivisor vm console")
-        ready, _, _ = select.select([sock], [], [], remaining)
-        if ready:
+        sock.settimeout(remaining)  # not select(): in the service, descriptors go past 1,023
+        try:
             chunk = sock.recv(65536)
-            if not chunk:
-                raise GuestError("the VM closed its console while the command ran",
-                                 hint="the guest may have powered off; see minivisor vm show")
-            data += chunk
+        except TimeoutError:
+            continue
+        if not chunk:
+            raise GuestError("the VM closed its console while the command ran",
+                             hint="the guest may have powered off; see minivisor vm show")
+        data += chunk
     return data
 
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio  # the bus lives in the service; the CLI does not pay for asyncio
 
 __all__ = ["Event", "EventBus", "LOG_CAP", "append_log", "read_log", "make_event"]
 
@@ -73,55 +75,63 @@ def read_log(vm_dir: Path, limit: int = 100) -> list[Event]:
 
 
 class EventBus:
-    """Fan-out of events to subscribers (SSE clients), each with a bounded queue.
+    """Fan-out of events to subscribers (SSE clients on the service's event loop).
 
-    A subscriber that falls :data:`QUEUE_CAP` events behind is dropped (its
-    stream ends) rather than making the service hold unbounded memory.
+    Events are published from any thread (the core's operations run in worker
+    threads, the supervisor in its own); each subscriber is an asyncio queue fed
+    on the loop that subscribed it, in publishing order. A subscriber that falls
+    :data:`QUEUE_CAP` events behind is dropped (its stream ends) rather than
+    making the service hold unbounded memory.
     """
 
     QUEUE_CAP = 1000
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._subscribers: list[queue.Queue[Event | None]] = []
+        self._subscribers: dict[asyncio.Queue[Event | None], asyncio.AbstractEventLoop] = {}
         self._seq = 0
 
     def publish(self, event: Event) -> Event:
-        with self._lock:
+        with self._lock:  # held while queueing, so every subscriber sees the ids in order
             self._seq += 1
             event = {"id": self._seq, **event}
-            for q in list(self._subscribers):
-                try:
-                    q.put_nowait(event)
-                except queue.Full:
-                    self._subscribers.remove(q)
-                    _close(q)
+            for q, loop in list(self._subscribers.items()):
+                self._on_loop(q, loop, self._deliver, q, event)
         return event
 
-    def subscribe(self) -> queue.Queue[Event | None]:
-        q: queue.Queue[Event | None] = queue.Queue(self.QUEUE_CAP)
+    def subscribe(self) -> asyncio.Queue[Event | None]:
+        """A queue of the events from now on; None ends it. Call it on the event loop."""
+        import asyncio
+
+        q: asyncio.Queue[Event | None] = asyncio.Queue()
         with self._lock:
-            self._subscribers.append(q)
+            self._subscribers[q] = asyncio.get_running_loop()
         return q
 
-    def unsubscribe(self, q: queue.Queue[Event | None]) -> None:
+    def unsubscribe(self, q: asyncio.Queue[Event | None]) -> None:
         with self._lock:
-            if q in self._subscribers:
-                self._subscribers.remove(q)
+            self._subscribers.pop(q, None)
 
     def close(self) -> None:
+        """End every subscriber's stream (the service is stopping)."""
         with self._lock:
-            for q in self._subscribers:
-                _close(q)
+            for q, loop in list(self._subscribers.items()):
+                self._on_loop(q, loop, q.put_nowait, None)
             self._subscribers.clear()
 
+    def _deliver(self, q: asyncio.Queue[Event | None], event: Event) -> None:
+        if q.qsize() < self.QUEUE_CAP:
+            q.put_nowait(event)
+        elif self._drop(q):
+            q.put_nowait(None)  # it has fallen too far behind: its stream ends after what it has
 
-def _close(q: queue.Queue[Event | None]) -> None:
-    try:
-        q.put_nowait(None)
-    except queue.Full:
+    def _drop(self, q: asyncio.Queue[Event | None]) -> bool:
+        with self._lock:
+            return self._subscribers.pop(q, None) is not None
+
+    def _on_loop(self, q: asyncio.Queue[Event | None], loop: asyncio.AbstractEventLoop, func, *args: Any) -> None:
+        """Run ``func`` on the subscriber's loop; a subscriber whose loop has closed is forgotten (lock held)."""
         try:
-            q.get_nowait()
-            q.put_nowait(None)
-        except (queue.Empty, queue.Full):
-            pass
+            loop.call_soon_threadsafe(func, *args)
+        except RuntimeError:  # the loop is closed (the service stopped while an operation ran)
+            self._subscribers.pop(q, None)

@@ -24,12 +24,15 @@ from .disks import ImageLayer, human_size
 from .spec import Disk, DiskController, Nic, VmSpec
 
 __all__ = ["VmPaths", "LaunchEnv", "VirtualDevice", "virtual_hardware", "build_qemu_argv",
-           "SANDBOX", "qemu_opts"]
+           "SANDBOX", "SHUTDOWN_TRACE", "qemu_opts"]
 
 NetBackend = Literal["user", "unconnected"]
 
 # QEMU's seccomp filter: no spawning, no privilege changes, no obsolete syscalls.
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+# QEMU logs every shutdown request (guest power-off, QMP quit...) with its cause into vmm.log, so a
+# supervisor that did not launch the VMM (no exit status) can tell a power-off from a kill.
+SHUTDOWN_TRACE = "qemu_system_shutdown_request"
 
 SCSI_MODELS = {
     "lsilogic": ("lsi53c895a", "LSI 53C895A SCSI controller (stands in for VMware's LSI Logic)"),
@@ -138,7 +141,7 @@ def _machine(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
             "-machine", qemu_opts(("type", "pc"), ("usb", "off"), ("vmport", "off")),
             "-accel", env.accel, "-cpu", cpu,
             "-nodefaults", "-no-user-config", "-display", "none",
-            "-sandbox", SANDBOX, "-msg", "timestamp=on", "-S")
+            "-sandbox", SANDBOX, "-msg", "timestamp=on", "-trace", SHUTDOWN_TRACE, "-S")
     accel = "KVM hardware virtualization" if env.accel == "kvm" else "TCG software emulation"
     return VirtualDevice("machine", f"PC (i440FX + PIIX3) with SeaBIOS, {accel}", args)
 

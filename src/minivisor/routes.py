@@ -1,7 +1,8 @@
 """The REST API's one mapping: which core API method answers which HTTP route.
 
-Both sides read this table: the service (:mod:`minivisor.service`) dispatches
-requests to ``Hypervisor.<method>`` and builds its OpenAPI schema from it, and
+Both sides read this table: the service (:mod:`minivisor.service`) makes one
+route per row (Starlette's ``{name}`` matches one path segment, as here),
+dispatches it to ``Hypervisor.<method>`` and builds its OpenAPI schema from it, and
 the client (:mod:`minivisor.client`) turns a method call back into a request.
 Exposing a new core method is one row here. Stdlib only, so the CLI can import
 it cheaply.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Op", "OPERATIONS", "by_name", "match"]
+__all__ = ["Op", "OPERATIONS", "by_name"]
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,6 @@ class Op:
     args: tuple[str, ...] = ("name",)
     status: int = 200
     mutates: bool = True  # serialised per VM inside the service
-
-    @property
-    def pattern(self) -> re.Pattern[str]:
-        return re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.path) + "$")
 
     @property
     def path_params(self) -> tuple[str, ...]:
@@ -76,15 +73,3 @@ _BY_NAME = {op.name: op for op in OPERATIONS}
 
 def by_name(name: str) -> Op | None:
     return _BY_NAME.get(name)
-
-
-def match(method: str, path: str) -> tuple[Op | None, dict[str, str], bool]:
-    """The operation for a request, its path parameters, and whether the path exists at all."""
-    path_known = False
-    for op in OPERATIONS:
-        found = op.pattern.match(path)
-        if found:
-            path_known = True
-            if op.method == method:
-                return op, found.groupdict(), True
-    return None, {}, path_known

@@ -4,7 +4,9 @@
   (``os.pidfd_open`` works for processes that are not our children, so VMs the
   service adopted after a restart are watched too). When one exits, the runtime
   record is cleared and an event says why: the exit status or signal when the
-  service launched it, what QEMU logged otherwise. A stopped process
+  service launched it, what QEMU logged otherwise: it names the signals it
+  catches and traces every shutdown request, so an adopted VMM that ended
+  without either was killed (``crashed``), not powered off. A stopped process
   (SIGSTOP) is not an exit: the VM stays running.
 - **Reattach.** On start the service finds running VMs by their runtime
   records; :meth:`minivisor.vmm.Vmm.record` checks pid, start time and argv, so
@@ -12,7 +14,8 @@
 - **Nothing half-done.** A VMM whose launcher died before the power-on finished
   (no runtime record yet, or QEMU still in ``prelaunch``) is killed and the
   VM left powered off, with a ``failed`` event.
-- **Autostart.** VMs marked autostart power on when the service starts.
+- **Autostart.** VMs marked autostart power on when the service starts
+  serving, through the same dispatch (and per-VM serialisation) as requests.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import HvError
+from .launcher import SHUTDOWN_TRACE
 
 if TYPE_CHECKING:
     from .service import Service
@@ -50,37 +54,80 @@ class _Watch:
     vm_dir: Path
 
 
+# QEMU's ShutdownCause (qapi/run-state.json), as its shutdown trace prints it: what it means, and
+# whether it is a failure. Resets go through another path and never appear here.
+SHUTDOWN_CAUSES = {1: ("a host error", True), 2: ("quit over QMP", False), 5: ("closed from its UI", False),
+                   6: ("the guest powered off", False), 8: ("the guest panicked", True)}
+LOG_TAIL = 64 * 1024  # bytes of vmm.log read to find the last power-on and how it ended
+
+
 def exit_reason(returncode: int | None, vmm_log: Path | None = None) -> tuple[str, bool]:
-    """How a VMM ended, and whether that was a crash (a signal or a failure status)."""
-    logged = _logged_signal(vmm_log) if vmm_log else None
-    if logged and (returncode is None or returncode >= 0):
-        return logged, True  # QEMU catches SIGTERM, SIGINT and SIGHUP, says so, and exits 0
-    if returncode is None:
-        return "the VMM exited (exit status unknown: the service did not launch it)", False
-    if returncode < 0:
+    """How a VMM ended, and whether that was a crash (a signal, a failure status, a kill).
+
+    ``returncode`` is None for a VMM this process did not launch (adopted after a
+    restart, or started by the CLI directly): then QEMU's own log tells. It names
+    the signals it catches, and traces every shutdown request (see
+    :data:`~minivisor.launcher.SHUTDOWN_TRACE`), so a VMM that logged neither was killed.
+    """
+    run = _LastRun.read(vmm_log) if vmm_log else _LastRun("", [])
+    caught = run.caught_signal()
+    if caught and (returncode is None or returncode >= 0):
+        return caught, True  # QEMU catches SIGTERM, SIGINT and SIGHUP, says so, and exits 0
+    if returncode is not None and returncode < 0:
         try:
             name = signal.Signals(-returncode).name
         except ValueError:
             name = f"signal {-returncode}"
         return f"killed by {name}", True
+    if returncode:
+        return f"the VMM exited with status {returncode}", True
+    cause = run.shutdown_cause()
+    if cause is not None:
+        what, failed = cause
+        return (f"the VMM shut down: {what}", True) if failed else (f"the VMM exited normally ({what})", False)
     if returncode == 0:
         return "the VMM exited normally (the guest powered off)", False
-    return f"the VMM exited with status {returncode}", True
+    if run.traces_shutdowns:
+        return "killed: the VMM ended without a shutdown request (SIGKILL, or it crashed)", True
+    return "the VMM exited (exit status unknown: the service did not launch it)", False
 
 
-def _logged_signal(vmm_log: Path) -> str | None:
-    try:
-        with open(vmm_log, "rb") as handle:
-            handle.seek(max(0, os.path.getsize(vmm_log) - 2048))
-            tail = handle.read().decode(errors="replace").splitlines()
-    except OSError:
+@dataclass
+class _LastRun:
+    """The VMM log of the last power-on: its header line (with the argv) and what QEMU wrote after it."""
+
+    header: str
+    lines: list[str]
+
+    @classmethod
+    def read(cls, vmm_log: Path) -> _LastRun:
+        try:
+            with open(vmm_log, "rb") as handle:
+                handle.seek(max(0, os.path.getsize(vmm_log) - LOG_TAIL))
+                tail = handle.read().decode(errors="replace").splitlines()
+        except OSError:
+            return cls("", [])
+        starts = [i for i, line in enumerate(tail) if line.startswith("---")]
+        if not starts:
+            return cls("", tail)
+        return cls(tail[starts[-1]], tail[starts[-1] + 1:])
+
+    @property
+    def traces_shutdowns(self) -> bool:
+        return f"-trace {SHUTDOWN_TRACE}" in self.header
+
+    def caught_signal(self) -> str | None:
+        for line in reversed(self.lines):
+            if "terminating on signal" in line:
+                return line.split(": ", 1)[-1].strip()
         return None
-    for line in reversed(tail):
-        if line.startswith("---"):
-            return None
-        if "terminating on signal" in line:
-            return line.split(": ", 1)[-1].strip()
-    return None
+
+    def shutdown_cause(self) -> tuple[str, bool] | None:
+        for line in reversed(self.lines):
+            _, found, cause = line.partition(f":{SHUTDOWN_TRACE} reason=")
+            if found and cause.strip().isdigit():
+                return SHUTDOWN_CAUSES.get(int(cause), (f"shutdown cause {cause.strip()}", False))
+        return None
 
 
 class Supervisor:
@@ -94,11 +141,10 @@ class Supervisor:
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
 
     # -- life cycle ---------------------------------------------------------
-    def start(self, *, autostart: bool = True) -> None:
+    def start(self) -> None:
+        """Reconcile with what runs, then watch (autostart comes once the service serves)."""
         self.reconcile()
         self._thread.start()
-        if autostart:
-            threading.Thread(target=self._autostart, name="autostart", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -155,20 +201,24 @@ class Supervisor:
         vmm.record_path.unlink(missing_ok=True)
         hv._emit("failed", name, pid=pid, reason=f"{why}; the half-started VMM was killed")
 
-    def _autostart(self) -> None:
+    async def autostart(self) -> None:
+        """Power on the VMs marked autostart, one after another, as requests would."""
         from . import routes
 
-        with self.service.hypervisor() as hv:
-            names = [e.name for e in hv.datastore.catalog.list() if e.autostart]
+        names = await self.service.run_blocking(self._autostart_names)
         op = routes.by_name("start_vm")
         assert op is not None
         for name in names:
             try:
-                self.service.call(op, {"name": name}, {})
+                await self.service.dispatch(op, {"name": name}, {})
             except HvError as exc:
                 if exc.code == "invalid-state-start":
                     continue  # already running
-                self.service.emit("autostartFailed", name, reason=exc.one_line())
+                await self.service.run_blocking(self.service.emit, "autostartFailed", name, reason=exc.one_line())
+
+    def _autostart_names(self) -> list[str]:
+        with self.service.hypervisor() as hv:
+            return [e.name for e in hv.datastore.catalog.list() if e.autostart]
 
     # -- watching -------------------------------------------------------------
     def notice(self, event: dict[str, Any]) -> None:

@@ -300,11 +300,11 @@ class Vmm:
             deadline = time.monotonic() + timeout
             # A zombie leader can outlive its threads' teardown (and their open fds, the VM lock):
             # the pidfd turns readable only once the whole process has exited.
-            while process_start_ticks(pid) is not None or not select.select([fd], [], [], 0)[0]:
+            while process_start_ticks(pid) is not None or not _readable(fd, 0):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                select.select([fd], [], [], min(remaining, 0.05))
+                _readable(fd, min(remaining, 0.05))
                 self._reap(pid)
             return True
         finally:
@@ -340,6 +340,13 @@ class Vmm:
         self.record_path.unlink(missing_ok=True)
         # The folder holds only this VM's sockets and locks (qmp.sock, console.sock, *.lock).
         shutil.rmtree(record.runtime_dir, ignore_errors=True)
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """poll(), not select(): in a service holding many connections, descriptors go past 1,023."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
 
 
 # -- QMP ---------------------------------------------------------------------

@@ -103,12 +103,12 @@ class EventWatcher:
                           headers={"Authorization": f"Bearer {client.token}"})
         self.response = self.conn.getresponse()
         assert self.response.status == 200
-        assert self.response.fp.readline().startswith(b":")  # subscribed
+        assert self.response.readline().startswith(b":")  # subscribed
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         try:
-            while line := self.response.fp.readline():
+            while line := self.response.readline():  # chunked: through http.client
                 if line.startswith(b"data: "):
                     self.events.put(json.loads(line[6:]))
         except (OSError, ValueError):

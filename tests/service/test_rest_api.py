@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import select
 import stat
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from minivisor import Hypervisor
 from minivisor.errors import NotFoundError, StateError
 from minivisor.routes import OPERATIONS
-from minivisor.service import MAX_BODY
+from minivisor.service import KEEP_ALIVE, MAX_BODY
 
 from .conftest import small_vm
 
@@ -167,3 +168,16 @@ def test_serve_refuses_a_second_service_or_a_bad_address_in_one_line(service, li
     result = service.cli("serve", "--listen", listen)
     assert result.returncode == code and words in result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+
+
+def test_the_client_does_not_send_on_a_connection_the_service_closed_as_idle(service):
+    client = service.client
+    small_vm(Hypervisor(service.root), "vm1")
+    assert client.get_vm("vm1").state.value == "poweredOff"  # leaves a kept-alive connection behind
+    poller = select.poll()
+    poller.register(client._local.conn.sock, select.POLLIN)
+    assert poller.poll((KEEP_ALIVE + 15) * 1000), "the service kept an idle connection open"
+    assert client._local.conn.sock.recv(1) == b""  # closed by the service
+    # a POST is not retried by the client (it may have happened): it must go out on a live connection
+    assert client.start_vm("vm1").vm.state.value == "running"
+    assert client.stop_vm("vm1", hard=True) in ("hard", "killed")

@@ -91,7 +91,7 @@ def test_vms_outlive_a_killed_service_and_are_reattached(datastore):
         watcher = EventWatcher(client, vm="vm1")
         os.kill(pids["vm1"], signal.SIGKILL)
         event = watcher.wait_for(lambda e: e["type"] in ("crashed", "poweredOff"))
-        assert event["pid"] == pids["vm1"]
+        assert (event["type"], event["pid"]) == ("crashed", pids["vm1"])
         assert client.get_vm("vm1").state is VmState.POWERED_OFF
         assert client.stop_vm("vm2", hard=True) in ("hard", "killed")
         second.stop()
@@ -236,6 +236,40 @@ def test_a_booted_guest_keeps_running_through_a_service_restart(datastore, appli
         second.stop()
     finally:
         first.stop(signal.SIGKILL)
+        if hv.get_vm("guest").state is VmState.RUNNING:
+            hv.stop_vm("guest", hard=True)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("ending, kind, reason", [
+    ("kill -9", "crashed", "killed: the VMM ended without a shutdown request"),
+    ("guest poweroff", "poweredOff", "the VMM exited normally (the guest powered off)")])
+def test_an_adopted_vmm_killed_is_a_crash_and_a_guest_power_off_is_not(datastore, appliance_image, ending, kind,
+                                                                       reason):
+    """After a restart the service did not launch the VMM (no exit status): QEMU's log tells the two apart."""
+    hv = Hypervisor(datastore)
+    hv.create_vm("guest", memory_mib=256, boot_disk=appliance_image, network="none")
+    first = Running(datastore).start()
+    second = Running(datastore)
+    try:
+        pid = first.client.start_vm("guest", wait_ready=True, timeout=90).vm.pid
+        first.stop(signal.SIGKILL)
+        second.start()
+        reattached = second.client.vm_events("guest")[-1]
+        assert (reattached["type"], reattached["pid"]) == ("reattached", pid)
+        watcher = EventWatcher(second.client, vm="guest")
+        if ending == "kill -9":
+            os.kill(pid, signal.SIGKILL)
+        else:  # from inside the guest, once the command has answered
+            second.client.exec_in_vm("guest", "(sleep 1; poweroff -f) >/dev/null 2>&1 &")
+        event = watcher.wait_for(lambda e: e["type"] in ("crashed", "poweredOff"), timeout=60)
+        assert (event["type"], event["pid"], event["reason"][:len(reason)]) == (kind, pid, reason)
+        assert second.client.get_vm("guest").state is VmState.POWERED_OFF
+        logged = second.client.vm_events("guest")[-1]
+        assert (logged["type"], logged["reason"]) == (kind, event["reason"])
+    finally:
+        first.stop(signal.SIGKILL)
+        second.stop()
         if hv.get_vm("guest").state is VmState.RUNNING:
             hv.stop_vm("guest", hard=True)
 

@@ -16,11 +16,12 @@ def serve(listen: Annotated[str, typer.Option(help="HOST:PORT to listen on (loop
           autostart: Annotated[bool, typer.Option(help="Power on the VMs marked autostart.")] = True) -> None:
     """Run the service for the datastore: REST API, web UI, events, metrics, VMM supervision."""
     import ipaddress
-    import signal
-    import threading
+    import logging
 
-    from ..service import Service, token_file
+    from ..service import Service, token_file  # Starlette and uvicorn: only this command loads them
 
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = Service(datastore_root(), listen, autostart=autostart)
     host = listen.rpartition(":")[0].strip("[]")
     try:
@@ -30,12 +31,6 @@ def serve(listen: Annotated[str, typer.Option(help="HOST:PORT to listen on (loop
     if not loopback:
         sys.stderr.write(f"warning: listening on {host}, not on loopback: anyone who can reach it and has "
                          "the token controls these VMs\n")
-
-    def shutdown(signum: int, frame: object) -> None:
-        threading.Thread(target=service.httpd.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
     sys.stderr.write(f"minivisor service for {service.root} at {service.url} "
                      f"(token in {token_file(service.root)}); running VMs keep running when it stops\n")
     sys.stderr.flush()
