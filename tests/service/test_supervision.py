@@ -248,6 +248,7 @@ def test_an_adopted_vmm_killed_is_a_crash_and_a_guest_power_off_is_not(datastore
                                                                        reason):
     """After a restart the service did not launch the VMM (no exit status): QEMU's log tells the two apart."""
     hv = Hypervisor(datastore)
+    hv.allow_path(appliance_image.parent)
     hv.create_vm("guest", memory_mib=256, boot_disk=appliance_image, network="none")
     first = Running(datastore).start()
     second = Running(datastore)
