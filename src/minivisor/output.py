@@ -34,7 +34,7 @@ def vm_table(vms: list[VmInfo]) -> None:
     console.print(table)
     for vm in vms:
         if vm.state_hint:
-            console.print(f"[yellow]{vm.name}:[/] {vm.state_hint}")
+            console.print(f"[yellow]{vm.name}:[/] {vm.state_hint}", soft_wrap=True)
 
 
 def vm_details(vm: VmInfo) -> None:
@@ -48,7 +48,7 @@ def vm_details(vm: VmInfo) -> None:
     rows += [(n["name"], f"{n['model']} {n['mac']} on {n['network']}") for n in vm.nics]
     _key_values(rows)
     if vm.state_hint:
-        console.print(f"[yellow]hint:[/] {vm.state_hint}")
+        console.print(f"[yellow]hint:[/] {vm.state_hint}", soft_wrap=True)
 
 
 def host_info(info: HostInfo) -> None:

@@ -33,7 +33,7 @@ import socket
 import sys
 import time
 
-LOG_CAP = 4 * 1024 * 1024  # bytes of serial.log; serial.log.1 keeps the previous generation
+LOG_CAP = 1024 * 1024  # bytes of serial.log (boot logs are tens of KiB); serial.log.1 keeps the previous generation
 CLIENT_BACKLOG = 1024 * 1024  # output queued for a slow console client before the oldest is dropped
 INPUT_BACKLOG = 64 * 1024  # typed input queued for a guest that does not read its serial port
 LINE_MAX = 4096  # the longest line scanned for the ready text
