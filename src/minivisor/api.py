@@ -366,8 +366,8 @@ class Hypervisor:
         with self._operation(name):
             vmm = self._vmm(name)
             require(name, vmm.state(), Action.RESET)
-            vmm.paths.ready_file.unlink(missing_ok=True)  # the guest boots again: ready once it says so again
             vmm.execute("system_reset")
+            vmm.paths.ready_file.unlink(missing_ok=True)  # the guest boots again: ready once it says so again
             self._emit("reset", name)
 
     @_no_space_is_one_error

@@ -123,7 +123,14 @@ class DiskOperations:
             os.close(ops_fd)
 
     def _settle(self, ctx: OpContext) -> None:
-        """After a failure: undo (or finish) what the operation left in the journal now, not at the next one."""
+        """After a failure: undo what the operation prepared now, not at the next operation.
+
+        A committed journal is left to the next operation to roll forward (at once, the step that
+        failed would fail again), except an online snapshot's: recovery asks the VMM what it uses.
+        """
+        journal = Journal.load(ctx.vm_dir)
+        if journal is None or (journal.phase != "prepare" and journal.op != "take-online"):
+            return
         try:
             self.recover(ctx)
         except (HvError, OSError):

@@ -251,14 +251,17 @@ class Vmm:
         the relay holds QEMU's sockets and serves the console.
         """
         paths = self.paths
-        argv = [sys.executable, "-m", "minivisor.relay", "--events", str(paths.events_socket),
+        # This very minivisor, whatever the current folder holds (-P: it is not on the path).
+        package_parent = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (package_parent, os.environ.get("PYTHONPATH"))))}
+        argv = [sys.executable, "-P", "-m", "minivisor.relay", "--events", str(paths.events_socket),
                 "--status", str(paths.status_file), "--console", str(paths.console_socket),
                 "--log", str(paths.serial_log), "--ready", str(paths.ready_file), "--ready-text", ready_text]
         if console:
             argv += ["--serial", str(paths.serial_socket)]
         try:
             done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  start_new_session=True, umask=0o077, timeout=RELAY_TIMEOUT)
+                                  env=env, start_new_session=True, umask=0o077, timeout=RELAY_TIMEOUT)
         except subprocess.TimeoutExpired as exc:
             raise VmmError(f"the console relay of {self.name!r} did not attach in {RELAY_TIMEOUT:.0f} s",
                            hint=f"see {paths.vmm_log}") from exc
