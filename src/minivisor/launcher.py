@@ -230,9 +230,10 @@ def _disk(disk: Disk, controller: DiskController, env: LaunchEnv, *, boot_disk: 
     device: dict[str, object] = {"driver": _disk_driver(disk), "id": disk.node.replace(":", "-"),
                                  "drive": drive, **_disk_address(disk, controller, env.uuid)}
     if disk.kind == "disk" and disk.bus != "nvme":
-        # With -blockdev, a write error is reported to the guest unless the device says otherwise: a full
-        # datastore would turn into guest I/O errors (a corrupt file system). enospc pauses the VM instead
-        # (QEMU's io-error state) until space is freed and it is resumed. nvme-ns has no such property.
+        # A write that finds the datastore full pauses the VM (QEMU's io-error state) until space is freed
+        # and it is resumed, instead of failing in the guest (a file system gone read-only or corrupt).
+        # The device's default (auto) takes the block backend's, which QEMU 7.2 sets to enospc for
+        # -blockdev nodes too: said here so no QEMU default decides it. nvme-ns has no such property.
         device["werror"] = "enospc"
     if boot_disk:
         device["bootindex"] = 0
