@@ -102,7 +102,7 @@ class Relay:
         self.runtime = os.open(os.path.dirname(options.status), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.status_name, self.ready_name = os.path.basename(options.status), os.path.basename(options.ready)
         self.ready_text = options.ready_text.encode()
-        self.log = CappedLog(options.log, options.log_cap)
+        self.log = CappedLog(options.log, LOG_CAP)
         self.selector = selectors.DefaultSelector()
         self.clients: dict[socket.socket, Outbox] = {}
         self.line = b""  # the console's unfinished last line, for the ready scan
@@ -307,7 +307,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--serial", help="QEMU's console socket; absent: the VM has no minivisor console")
     parser.add_argument("--console", required=True, help="the console socket to serve")
     parser.add_argument("--log", required=True, help="serial.log in the VM's folder")
-    parser.add_argument("--log-cap", type=int, default=LOG_CAP)
     parser.add_argument("--ready", required=True, help="where the ready line goes (beside --status)")
     parser.add_argument("--ready-text", required=True, help="the text of the guest's ready line")
     options = parser.parse_args(argv)
