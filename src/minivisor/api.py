@@ -13,20 +13,30 @@ Errors are :class:`~minivisor.errors.HvError` subclasses with a message and a hi
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import uuid as uuidlib
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import dirs, host
-from .console import ExecResult, console_lock, run_command, wait_for_line
+from .console import ExecResult, console_lock, run_command, wait_for_ready
 from .datastore import Datastore, check_vm_name
 from .disks import ImageLayer, convert_disk, create_disk, human_size, parse_size
-from .errors import ConflictError, HvError, LockError, PathError, SpecError
+from .errors import (
+    ConflictError,
+    HvError,
+    LockError,
+    NoSpaceError,
+    NotFoundError,
+    PathError,
+    SpecError,
+    is_out_of_space,
+)
 from .identity import fill_identity, name_from, new_specfile
 from .resources import commit_memory
 from .inventory import Inventory, file_id, flocked_files, read_vmx
@@ -39,9 +49,9 @@ from .launcher import (
     virtual_hardware,
 )
 from .spec import VmSpec
-from .state import Action, VmState, require
+from .state import FAULTS, Action, VmState, require
 from .validate import check_host_fit, resolve_files, resolve_resources
-from .vmm import Vmm
+from .vmm import SHORT_HOLD, Vmm
 
 __all__ = ["Hypervisor", "VmInfo", "StartResult", "Explanation", "ExecResult"]
 
@@ -68,9 +78,21 @@ class VmInfo:
     autostart: bool = False
     pid: int | None = None
     accel: str | None = None
+    state_reason: str | None = None  # why QEMU paused it by itself (io-error: the datastore is full)
+
+    @property
+    def state_label(self) -> str:
+        """The state as users read it: ``paused (io-error)`` for a VM QEMU paused on a fault."""
+        return f"{self.state.value} ({self.state_reason})" if self.state_reason else self.state.value
+
+    @property
+    def state_hint(self) -> str | None:
+        """What to do about a fault, or None."""
+        return FAULTS[self.state_reason].format(name=self.name) if self.state_reason in FAULTS else None
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "uuid": self.uuid, "vmx": str(self.vmx), "state": self.state.value,
+                "state_reason": self.state_reason, "state_hint": self.state_hint,
                 "display_name": self.display_name, "guest_os": self.guest_os,
                 "memory_mib": self.memory_mib, "cpus": self.cpus, "disks": list(self.disks),
                 "nics": list(self.nics), "autostart": self.autostart, "pid": self.pid, "accel": self.accel}
@@ -93,6 +115,23 @@ class Explanation:
     hardware: tuple[VirtualDevice, ...]
     argv: tuple[str, ...]
     warnings: tuple[str, ...] = field(default=())
+
+
+def _no_space_is_one_error(method):
+    """Running out of space, wherever it is noticed (a write, SQLite, qemu-img, QEMU saving memory), raises
+    one NoSpaceError. The operation has already undone what it began (staging folders, journals)."""
+    @functools.wraps(method)
+    def checked(self: Hypervisor, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except NoSpaceError:
+            raise
+        except (OSError, HvError) as exc:
+            if not is_out_of_space(exc):
+                raise
+            raise NoSpaceError(f"no space left in the datastore {self.datastore.root}",
+                               hint="free space on its file system, then retry") from exc
+    return checked
 
 
 class Hypervisor:
@@ -136,6 +175,7 @@ class Hypervisor:
         return {"root": str(self.datastore.root), "catalog": str(catalog.path), "vms": len(catalog.list()),
                 "allowed_paths": catalog.allowed_paths()}
 
+    @_no_space_is_one_error
     def allow_path(self, folder: Path | str) -> None:
         """Let specfiles name files in a host folder outside the datastore (shared ISOs, templates, boot images)."""
         real = os.path.realpath(folder)
@@ -151,6 +191,7 @@ class Hypervisor:
         return host.host_info(dirs.cache_dir())
 
     # -- creating and removing -------------------------------------------
+    @_no_space_is_one_error
     def create_vm(self, name: str, *, memory_mib: int = 512, cpus: int = 1, disk_size: str | None = None,
                   boot_disk: Path | str | None = None, network: str = "nat", nic_model: str = "vmxnet3",
                   scsi_model: str = "lsilogic", guest_os: str = "other-64",
@@ -201,6 +242,7 @@ class Hypervisor:
             progress(f"copying {top.path.name} ({human_size(top.virtual_size)}) into the VM folder")
         convert_disk(boot_chain, target, "qcow2")
 
+    @_no_space_is_one_error
     def register_vm(self, vmx_path: Path | str, name: str | None = None) -> VmInfo:
         """Add an existing specfile (in its own top-level folder of the datastore) to the catalog.
 
@@ -227,6 +269,7 @@ class Hypervisor:
         self._emit("registered", name)
         return self._info(name)
 
+    @_no_space_is_one_error
     def unregister_vm(self, name: str) -> None:
         """Remove a powered-off VM from the catalog, keeping its files."""
         entry = self.datastore.catalog.get(name)
@@ -235,10 +278,14 @@ class Hypervisor:
                 self.datastore.catalog.remove(db, entry.name)
         self._emit("unregistered", entry.name, log=False)
 
+    @_no_space_is_one_error
     def delete_vm(self, name: str) -> None:
         """Remove a powered-off VM and its folder with every file in it."""
         entry = self.datastore.catalog.get(name)
         folder = self.datastore.vmx_path(entry).parent
+        if not folder.is_dir():
+            raise NotFoundError(f"the folder of VM {entry.name!r} ({folder}) is gone: there is nothing to delete",
+                                hint=f"remove the VM from the catalog: minivisor vm unregister {entry.name}")
         with self._exclusive(name, Action.DELETE):
             if clones := self.datastore.catalog.clones_of(entry.uuid):  # their disks sit on this VM's snapshots
                 raise ConflictError(f"cannot delete VM {entry.name!r}: linked clones depend on it "
@@ -254,6 +301,7 @@ class Hypervisor:
         self.datastore.empty_trash(trashed)
         self._emit("deleted", entry.name, log=False)
 
+    @_no_space_is_one_error
     def set_autostart(self, name: str, enabled: bool) -> VmInfo:
         """Power this VM on whenever the service starts (or stop doing so)."""
         entry = self.datastore.catalog.get(name)
@@ -262,13 +310,14 @@ class Hypervisor:
         return self._info(entry.name)
 
     # -- power -------------------------------------------------------------
+    @_no_space_is_one_error
     def start_vm(self, name: str, *, wait_ready: bool = False, timeout: float = 120.0) -> StartResult:
         """Power on: one VMM process boots the VM from the disk its specfile names."""
         with self._operation(name):
             vmm = self._vmm(name)
             require(name, vmm.state(), Action.START)
             spec, env, warnings = self._launch_plan(name)  # every check before anything is touched
-            with vmm.lock.acquire(name):
+            with vmm.lock.acquire(name, wait=SHORT_HOLD):
                 if self._disk_ops().finish_interrupted(name):  # a snapshot/clone cut short: finish or undo it
                     spec, env, warnings = self._launch_plan(name)
                 _rotate(env.paths.serial_log)
@@ -276,7 +325,8 @@ class Hypervisor:
                 links_down = [nic.name for nic in spec.nics if env.networks[nic.index] == "unconnected"]
                 claim = commit_memory(self.datastore, self.inventory, name, spec)  # under the VM lock, which keeps the claim valid
                 try:
-                    record = vmm.launch(build_qemu_argv(spec, env), env.accel, links_down)
+                    record = vmm.launch(build_qemu_argv(spec, env), env.accel, links_down,
+                                        ready_text=spec.ready_line, console=env.console_index is not None)
                 except BaseException:
                     claim.unlink(missing_ok=True)
                     raise
@@ -291,12 +341,15 @@ class Hypervisor:
 
     def wait_ready(self, name: str, *, timeout: float = 120.0, spec: VmSpec | None = None) -> str:
         """Wait until the guest prints its readiness line on the console."""
-        vmm = self._vmm(name)
-        spec = spec or VmSpec.from_vmx(read_vmx(self._vmx(name)))
-        line = wait_for_line(vmm.paths.serial_log, spec.ready_line, timeout,
-                             alive=lambda: vmm.record() is not None)
+        line = self._await_ready(name, timeout, spec)
         self._emit("guestReady", name, line=line)
         return line
+
+    def _await_ready(self, name: str, timeout: float, spec: VmSpec | None = None) -> str:
+        """The guest's ready line, once its console relay has seen it (at once if it has)."""
+        vmm = self._vmm(name)
+        spec = spec or VmSpec.from_vmx(read_vmx(self._vmx(name)))
+        return wait_for_ready(vmm.ready_line, spec.ready_line, timeout, alive=lambda: vmm.record() is not None)
 
     def stop_vm(self, name: str, *, hard: bool = False, timeout: float = 30.0) -> str:
         """Power off: ACPI shutdown, then hard after ``timeout`` s. Returns soft, hard or killed."""
@@ -316,8 +369,10 @@ class Hypervisor:
             vmm = self._vmm(name)
             require(name, vmm.state(), Action.RESET)
             vmm.execute("system_reset")
+            vmm.paths.ready_file.unlink(missing_ok=True)  # the guest boots again: ready once it says so again
             self._emit("reset", name)
 
+    @_no_space_is_one_error
     def pause_vm(self, name: str) -> None:
         """Freeze the VM's vCPUs; memory and devices stay as they are."""
         with self._operation(name):
@@ -326,6 +381,7 @@ class Hypervisor:
             vmm.set_paused(True)
             self._emit("paused", name)
 
+    @_no_space_is_one_error
     def resume_vm(self, name: str) -> None:
         """Let a paused VM run again."""
         with self._operation(name):
@@ -339,7 +395,7 @@ class Hypervisor:
         """Run a shell command through the guest's serial shell (the appliance has one)."""
         vmm = self._vmm(name)
         require(name, vmm.state(), Action.EXEC)
-        self.wait_ready(name, timeout=timeout)
+        self._await_ready(name, timeout)
         text = command if isinstance(command, str) else " ".join(command)
         if "\n" in text:
             raise SpecError("the command contains a newline", hint="pass one command line (use ';' between commands)")
@@ -361,6 +417,7 @@ class Hypervisor:
 
     # -- disks, snapshots, clones -----------------------------------------
     # Thin delegations; the work is in disks.py, snapshots.py, storage.py, clones.py, vmware.py.
+    @_no_space_is_one_error
     def disk_create(self, path: Path | str, size: str, *, fmt: str | None = None, thick: bool = False) -> dict:
         """A new empty disk at ``path`` (inside the datastore): thin unless ``thick``."""
         return self._disk_ops().create(path, size, fmt=fmt, thick=thick)
@@ -369,10 +426,12 @@ class Hypervisor:
         """Virtual size, bytes allocated, format and chain of parents of a disk file."""
         return self._disk_ops().info(path)
 
+    @_no_space_is_one_error
     def disk_resize(self, path: Path | str, size: str) -> dict:
         """Grow a disk file that no running VM uses."""
         return self._disk_ops().resize(path, size)
 
+    @_no_space_is_one_error
     def disk_convert(self, source: Path | str, target: Path | str, *, fmt: str | None = None, thick: bool = False,
                      progress: Callable[[float], None] | None = None) -> dict:
         """Copy a disk (its chain flattened) into a new file of another format."""
@@ -382,10 +441,12 @@ class Hypervisor:
         """Each hard disk of a VM: node, file, format, sizes, chain."""
         return self._disk_ops().vm_disks(name)
 
+    @_no_space_is_one_error
     def vm_disk_resize(self, name: str, node: str, size: str) -> dict:
         """Grow a powered-off VM's disk (its top layer)."""
         return self._disk_ops().vm_disk_resize(name, node, size)
 
+    @_no_space_is_one_error
     def snapshot_take(self, name: str, snapshot: str, *, description: str = "", memory: bool | None = None):
         """Freeze a VM's disks (and, running, by default its memory and devices) as a named snapshot."""
         snap = self._disk_ops().take(name, snapshot, description=description, memory=memory)
@@ -396,18 +457,21 @@ class Hypervisor:
         """The snapshot tree, depth first, with ``current`` marking where the VM is."""
         return self._disk_ops().snapshot_tree(name).to_list()
 
+    @_no_space_is_one_error
     def snapshot_revert(self, name: str, snapshot: str):
         """Go back to a snapshot; a memory snapshot resumes the guest where it was. Returns (snapshot, running)."""
         snap, running = self._disk_ops().revert(name, snapshot)
         self._emit("snapshotReverted", name, snapshot=snap.name, running=running)
         return snap, running
 
+    @_no_space_is_one_error
     def snapshot_delete(self, name: str, snapshot: str):
         """Remove a snapshot, merging its data into what depends on it."""
         snap = self._disk_ops().delete(name, snapshot)
         self._emit("snapshotDeleted", name, snapshot=snap.name)
         return snap
 
+    @_no_space_is_one_error
     def clone_vm(self, source: str, target: str, *, linked: bool = False, snapshot: str | None = None,
                  progress: Callable[[float], None] | None = None) -> VmInfo:
         """A new VM (new name, UUID, MACs) with copied disks, or overlays on a snapshot (``linked``)."""
@@ -416,6 +480,7 @@ class Hypervisor:
         clone_vm(self, source, target, linked=linked, snapshot=snapshot, progress=progress)
         return self._info(target)
 
+    @_no_space_is_one_error
     def import_vm(self, folder: Path | str, name: str | None = None, *,
                   progress: Callable[[str, float], None] | None = None) -> VmInfo:
         """Bring a VMware VM folder (specfile + disks) into the datastore, checking every image."""
@@ -475,6 +540,8 @@ class Hypervisor:
 
     def _exclusive(self, name: str, action: Action):
         vmm = self._vmm(name)
+        if not vmm.paths.vm_dir.is_dir():
+            return nullcontext()  # its folder is gone: nothing is left to run it from, nor to lock
         require(name, vmm.state(), action)
         return vmm.lock.acquire(name)
 
@@ -501,11 +568,12 @@ class Hypervisor:
 
     def _info_of(self, entry, summary: dict[str, Any], locked: set[tuple[int, int]] | None = None) -> VmInfo:
         vmx, _, lock = self.inventory.paths_of(entry)
+        fault = None
         if locked is not None and file_id(lock) not in locked:
             record = None  # a live VMM, or a power-on, holds the VM lock: neither is there
             state = VmState.POWERED_OFF
         elif (record := (vmm := self._vmm_of(entry)).record()) is not None:
-            state = VmState.PAUSED if record.paused else VmState.RUNNING
+            state, fault = vmm.run_state(record)
         else:
             state = VmState.STARTING if vmm.lock.is_held_elsewhere() else VmState.POWERED_OFF
         problem = summary.get("problem")
@@ -513,7 +581,7 @@ class Hypervisor:
                       f"(specfile unreadable: {problem})" if problem else summary["display_name"],
                       summary.get("guest_os", ""), summary.get("memory_mib", 0), summary.get("cpus", 0),
                       tuple(summary.get("disks", ())), tuple(summary.get("nics", ())), entry.autostart,
-                      record.pid if record else None, record.accel if record else None)
+                      record.pid if record else None, record.accel if record else None, fault)
 
 
 def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:

@@ -4,6 +4,11 @@ The catalog owns identity only (name, UUID, where the specfile is, autostart).
 The hardware lives in each VM's specfile; power state lives with the VMM.
 Every write is one transaction (``BEGIN IMMEDIATE``), so a crash leaves either
 the old catalog or the new one.
+
+The catalog keeps a rollback journal, not a write-ahead log: a WAL reader must
+create and grow the ``-shm`` index file, so on a full datastore even
+``vm list`` and ``vm stop`` failed ("disk I/O error"). With a rollback journal
+reading writes nothing; only writes need space, and they fail as NoSpaceError.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConflictError, HostError, NotFoundError
+from .errors import ConflictError, HostError, NoSpaceError, NotFoundError
 
 __all__ = ["Catalog", "VmEntry"]
 
@@ -72,7 +77,7 @@ class Catalog:
         try:
             # check_same_thread off: the service hands each instance to one thread at a time.
             self._db = sqlite3.connect(path, isolation_level=None, timeout=10.0, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._leave_wal()
             self._db.execute("PRAGMA synchronous=FULL")
             self._migrate()
         except sqlite3.Error as exc:
@@ -92,19 +97,46 @@ class Catalog:
                         db.execute(statement)  # executescript() would commit behind our back
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
+    def _leave_wal(self) -> None:
+        """Switch a catalog that earlier versions kept in WAL mode to a rollback journal, when nobody else has it open.
+
+        Changing the mode needs the catalog to itself: while another process holds it (a service), this
+        does not wait and the catalog stays in WAL mode until a later open.
+        """
+        (mode,) = self._db.execute("PRAGMA journal_mode").fetchone()
+        if mode.lower() != "wal":
+            return
+        self._db.execute("PRAGMA busy_timeout=0")
+        try:
+            self._db.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.OperationalError:
+            pass  # busy: another connection is open
+        finally:
+            self._db.execute("PRAGMA busy_timeout=10000")
+
     def close(self) -> None:
         self._db.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic write: commits on success, rolls back on any exception."""
-        self._db.execute("BEGIN IMMEDIATE")
+        """One atomic write: commits on success, rolls back on any exception.
+
+        A write that finds the datastore full raises NoSpaceError (SQLite has rolled it back).
+        """
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:  # SQLite ends a transaction itself when the disk is full
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                raise
+            raise NoSpaceError(f"the catalog {self.path} cannot grow: its file system is full",
+                               hint="free space in the datastore, then retry") from exc
 
     # -- VMs -------------------------------------------------------------
     def add(self, db: sqlite3.Connection, name: str, uuid: str, vmx: str) -> VmEntry:
@@ -197,8 +229,8 @@ class Catalog:
             with self.transaction() as db:
                 db.executemany("INSERT OR REPLACE INTO spec_cache (vmx, uuid, stamp, summary) VALUES (?, ?, ?, ?)",
                                rows)
-        except sqlite3.OperationalError:
-            pass  # a cache: the next reader stores it
+        except (sqlite3.OperationalError, NoSpaceError):
+            pass  # a cache (busy or on a full datastore): the next reader stores it
 
     # -- allowed host paths ----------------------------------------------
     def allowed_paths(self) -> list[str]:

@@ -27,7 +27,7 @@ from typing import Callable
 
 from .datastore import Datastore, check_vm_name
 from .disks import ImageLayer, allocated_bytes, convert_disk, copy_sparse, create_overlay, set_backing
-from .errors import StateError
+from .errors import HvError, StateError
 from .journal import Journal, crashpoint
 from .snapshots import Snapshot, VmFiles, snapshot_disks, take_offline
 from .validate import generated_mac
@@ -44,7 +44,7 @@ def clone_vm(hv, source: str, target: str, *, linked: bool, snapshot: str | None
     with ops.operation(source, online=True, what="clone") as ctx:
         files = VmFiles(hv.datastore, ctx.vmx)
         snap: Snapshot | None = None
-        temporary = False
+        made = False  # a snapshot taken for this clone
         if snapshot is not None:
             snap = files.tree.find(snapshot, source)
         elif linked or ctx.running:
@@ -53,39 +53,65 @@ def clone_vm(hv, source: str, target: str, *, linked: bool, snapshot: str | None
             snap = (ops._take_online(ctx, files, name, f"taken to clone {target}", False) if ctx.running
                     else take_offline(files, name, f"taken to clone {target}"))
             files = VmFiles(hv.datastore, ctx.vmx)
-            temporary = not linked  # a full clone needs it only while copying, like VMware's
-        sources = dict(snap.disks) if snap else dict(snapshot_disks(files.spec))
-        if not sources:
-            raise StateError(f"VM {source!r} has no hard disk to clone", hint="add a disk to its specfile")
-        home = hv.datastore.root / target
-        staging = hv.datastore.meta / "clones" / target
-        staging.parent.mkdir(mode=0o700, exist_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
-        journal = Journal(ctx.vm_dir, "clone")
-        journal.begin([staging])
-        staging.mkdir(mode=0o700)  # it becomes the clone's folder: owner only
-        new_uuid = str(uuidlib.uuid4())
-        stems = {node: (target if i == 0 else f"{target}_{node.replace(':', '-')}") for i, node in enumerate(sources)}
-        names: dict[str, str] = {}
-        if linked:
-            for node, file_name in sources.items():
-                names[node] = f"{stems[node]}.qcow2"
-                create_overlay(staging / names[node], files.layer(file_name), relative_to=home)
-        else:
-            chains = {node: files.chain(name) for node, name in sources.items()}
-            meter = _Meter(sum(allocated_bytes(layer) for chain in chains.values() for layer in chain), progress)
-            for node, chain in chains.items():
-                names[node] = _copy_chain(chain, staging, stems[node], meter)
-            if progress:
-                progress(100.0)
-        doc = clone_specfile(files, target, new_uuid, names, staging, snap.config if snap else None)
-        doc.save(staging / f"{target}.vmx")
-        crashpoint("clone:prepared")
-        journal.commit([["publish-clone", str(staging), target, new_uuid, ctx.uuid,
-                         snap.uid if (linked and snap) else None]])
-        journal.run({"publish-clone": lambda *args: publish_clone(hv.datastore, *args)})
-        if temporary and snap is not None:
+            made = True
+        try:
+            _assemble_and_publish(hv, ctx, files, target, snap, linked, progress)
+        except BaseException:
+            _undo(hv, ops, ctx, target, snap if made else None)
+            raise
+        if made and not linked and snap is not None:  # a full clone needs it only while copying, like VMware's
             ops.delete_in(ctx, str(snap.uid))
+
+
+def _assemble_and_publish(hv, ctx, files: VmFiles, target: str, snap: Snapshot | None, linked: bool,
+                          progress: Callable[[float], None] | None) -> None:
+    """Build the clone in a staging folder (recorded in the source's journal), then publish it."""
+    sources = dict(snap.disks) if snap else dict(snapshot_disks(files.spec))
+    if not sources:
+        raise StateError(f"VM {ctx.name!r} has no hard disk to clone", hint="add a disk to its specfile")
+    home = hv.datastore.root / target
+    staging = hv.datastore.meta / "clones" / target
+    staging.parent.mkdir(mode=0o700, exist_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    journal = Journal(ctx.vm_dir, "clone")
+    journal.begin([staging])
+    staging.mkdir(mode=0o700)  # it becomes the clone's folder: owner only
+    new_uuid = str(uuidlib.uuid4())
+    stems = {node: (target if i == 0 else f"{target}_{node.replace(':', '-')}") for i, node in enumerate(sources)}
+    names: dict[str, str] = {}
+    if linked:
+        for node, file_name in sources.items():
+            names[node] = f"{stems[node]}.qcow2"
+            create_overlay(staging / names[node], files.layer(file_name), relative_to=home)
+    else:
+        chains = {node: files.chain(name) for node, name in sources.items()}
+        meter = _Meter(sum(allocated_bytes(layer) for chain in chains.values() for layer in chain), progress)
+        for node, chain in chains.items():
+            names[node] = _copy_chain(chain, staging, stems[node], meter)
+        if progress:
+            progress(100.0)
+    doc = clone_specfile(files, target, new_uuid, names, staging, snap.config if snap else None)
+    doc.save(staging / f"{target}.vmx")
+    crashpoint("clone:prepared")
+    journal.commit([["publish-clone", str(staging), target, new_uuid, ctx.uuid,
+                     snap.uid if (linked and snap) else None]])
+    journal.run({"publish-clone": lambda *args: publish_clone(hv.datastore, *args)})
+
+
+def _undo(hv, ops, ctx, target: str, made: Snapshot | None) -> None:
+    """After a failed clone (no space, a bad disk): remove the staging folder and the snapshot made for it.
+
+    A clone that is not in the catalog was not published (publishing is one step), so its journal can be
+    rolled back even past its commit.
+    """
+    journal = Journal.load(ctx.vm_dir)
+    if journal is not None and journal.op == "clone" and hv.datastore.catalog.find(target) is None:
+        journal.rollback()
+    if made is not None and Journal.load(ctx.vm_dir) is None:
+        try:
+            ops.delete_in(ctx, str(made.uid))
+        except (HvError, OSError):
+            pass  # its delete is journaled: the next operation on the source finishes it
 
 
 class _Meter:
@@ -183,12 +209,21 @@ def new_identity(doc: VmxDocument, name: str, new_uuid: str, spec) -> None:
 
 def publish_clone(datastore: Datastore, staging: str, name: str, new_uuid: str, source_uuid: str,
                   snapshot_uid: int | None) -> None:
-    """Move the assembled clone into place and into the catalog (idempotent: a re-run finishes it)."""
+    """Move the assembled clone into place and into the catalog (idempotent: a re-run finishes it).
+
+    If the catalog refuses (a full datastore), the folder goes back: nothing is published.
+    """
     home = datastore.root / name
-    if Path(staging).exists() and not home.exists():
+    moved = Path(staging).exists() and not home.exists()
+    if moved:
         os.rename(staging, home)
-    with datastore.catalog.transaction() as db:
-        if datastore.catalog.find(name) is None:
-            datastore.catalog.add(db, name, new_uuid, f"{name}/{name}.vmx")
-        if snapshot_uid is not None:
-            datastore.catalog.add_clone_link(db, new_uuid, source_uuid, snapshot_uid)
+    try:
+        with datastore.catalog.transaction() as db:
+            if datastore.catalog.find(name) is None:
+                datastore.catalog.add(db, name, new_uuid, f"{name}/{name}.vmx")
+            if snapshot_uid is not None:
+                datastore.catalog.add_clone_link(db, new_uuid, source_uuid, snapshot_uid)
+    except BaseException:
+        if moved:
+            os.rename(home, staging)
+        raise

@@ -1,9 +1,12 @@
 """The guest's serial console: wait for readiness, attach a terminal, run commands.
 
-The console is COM1, a UNIX socket the VMM serves (one client at a time) and
-logs to ``serial.log``. ``run_command`` drives the guest's serial shell: it
-sends the command between two markers and reads back its output and exit
-status, so it works with any guest that gives a POSIX shell on its console.
+The console is COM1. The VM's console relay (:mod:`minivisor.relay`) is the
+VMM's one client for it: it logs it to ``serial.log`` (capped), notes the
+guest's ready line in the runtime folder, and serves ``console.sock``, where
+a client sees what the guest prints from the moment it connects.
+``run_command`` drives the guest's serial shell: it sends the command between
+two markers and reads back its output and exit status, so it works with any
+guest that gives a POSIX shell on its console.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import sys
 import termios
 import time
 import tty
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import GuestError, LockError
 from .locks import try_lock
 
-__all__ = ["ExecResult", "wait_for_line", "run_command", "attach", "console_lock"]
+__all__ = ["ExecResult", "wait_for_line", "wait_for_ready", "run_command", "attach", "console_lock"]
 
 DETACH_KEY = b"\x1d"  # Ctrl-], as telnet and virsh console use
 
@@ -66,6 +70,24 @@ def wait_for_line(log: Path, needle: str, timeout: float, *, alive=lambda: True)
         time.sleep(0.01)
 
 
+def wait_for_ready(ready_line: Callable[[], str | None], needle: str, timeout: float, *,
+                   alive: Callable[[], bool] = lambda: True) -> str:
+    """Wait until ``ready_line()`` gives the guest's ready line (the console relay notes it); return it.
+
+    The relay remembers the line, so this never scans the log, however much the guest printed.
+    """
+    deadline = time.monotonic() + timeout
+    while (line := ready_line()) is None:
+        if not alive():
+            raise GuestError(f"the VM powered off before its guest said {needle!r}",
+                             hint="see its serial.log and vmm.log")
+        if time.monotonic() > deadline:
+            raise GuestError(f"the guest did not say {needle!r} within {timeout:.0f} s",
+                             hint="see what it printed in its serial.log")
+        time.sleep(0.01)
+    return line
+
+
 def console_lock(runtime_dir: Path) -> int:
     """Take the console (one user at a time); returns the lock's descriptor."""
     fd = try_lock(runtime_dir / "console.lock")
@@ -94,21 +116,25 @@ def run_command(console: Path, command: str, timeout: float) -> ExecResult:
     # printf so the echo of the typed line never matches them; echo restored after.
     script = (f"stty -echo 2>/dev/null; printf '%s_%s\\n' __MVB {tag}; ( eval {quoted} ) 2>&1; "
               f"printf '%s_%s_%d\\n' __MVE {tag} $?; stty echo 2>/dev/null\n")
-    end = re.compile(rb"__MVE_" + tag.encode() + rb"_(\d+)")
     with _connect(console) as sock:
         sock.sendall(b"\n" + script.encode())
-        data = _read_until(sock, end, timeout, command)
-    text = data.replace(b"\r\n", b"\n").replace(b"\r", b"")
-    begin = text.index(b"__MVB_" + tag.encode() + b"\n") + len(tag) + 7
-    match = end.search(text)
-    assert match is not None
-    return ExecResult(text[begin:match.start()].decode(errors="replace"), int(match.group(1)))
+        output, status = _read_output(sock, tag.encode(), timeout, command)
+    text = output.replace(b"\r\n", b"\n").replace(b"\r", b"")
+    return ExecResult(text.decode(errors="replace"), status)
 
 
-def _read_until(sock: socket.socket, end: re.Pattern[bytes], timeout: float, command: str) -> bytes:
+def _read_output(sock: socket.socket, tag: bytes, timeout: float, command: str) -> tuple[bytes, int]:
+    """What the command printed between its markers, and its exit status.
+
+    Whatever else the console carries (a guest printing on and on) is dropped as it
+    arrives, and each chunk is searched once, so a flood costs neither memory nor time.
+    """
+    begin = re.compile(rb"__MVB_" + tag + rb"\r?\n")
+    end = re.compile(rb"__MVE_" + tag + rb"_(\d+)\r?\n")
+    overlap = len(tag) + 32  # a marker split between two chunks is found in the next search
+    data, begun, searched = bytearray(), False, 0
     deadline = time.monotonic() + timeout
-    data = b""
-    while not end.search(data):
+    while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise GuestError(f"the command {command!r} did not finish within {timeout:.0f} s",
@@ -122,7 +148,17 @@ def _read_until(sock: socket.socket, end: re.Pattern[bytes], timeout: float, com
             raise GuestError("the VM closed its console while the command ran",
                              hint="the guest may have powered off; see minivisor vm show")
         data += chunk
-    return data
+        if not begun:
+            found = begin.search(data)
+            if found is None:
+                del data[:max(0, len(data) - overlap)]  # output from before the command: not ours
+                continue
+            del data[:found.end()]
+            begun = True
+        match = end.search(data, max(0, searched - overlap))
+        if match:
+            return bytes(data[:match.start()]), int(match.group(1))
+        searched = len(data)
 
 
 def attach(console: Path, name: str) -> None:

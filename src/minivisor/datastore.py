@@ -62,7 +62,11 @@ class Datastore:
     def __init__(self, root: Path) -> None:
         self.root = root.absolute()
         self.meta = self.root / META
-        self.meta.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        try:
+            self.meta.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        except OSError as exc:  # the root (or a folder above it) is a file, or may not be written
+            raise PathError(f"cannot use {self.root} as a datastore: {exc.strerror} ({exc.filename})",
+                            hint="name a folder (or a path that can become one) with --datastore") from exc
         self.catalog = Catalog(self.meta / "catalog.sqlite")
         self._real_root = os.path.realpath(self.root)
         self._recover_trash()
@@ -109,6 +113,10 @@ class Datastore:
             with self.catalog.transaction() as db:
                 self.catalog.add(db, name, uuid, f"{name}/{name}.vmx")
                 staging.rename(self.vm_dir(name))
+        except BaseException:
+            if not staging.exists():  # moved, then the commit failed (a full datastore): move it back
+                self.vm_dir(name).rename(staging)
+            raise
         finally:
             marker.unlink(missing_ok=True)
 

@@ -7,6 +7,9 @@ fix it), a stable kebab-case ``code`` for scripts and the REST API, and an
 
 from __future__ import annotations
 
+import errno
+import os
+
 __all__ = [
     "HvError",
     "SpecError",
@@ -25,6 +28,7 @@ __all__ = [
     "AuthError",
     "ArgumentError",
     "NoSpaceError",
+    "is_out_of_space",
 ]
 
 
@@ -153,3 +157,21 @@ class NoSpaceError(HostError):
     """The datastore's file system is full; the operation was undone."""
 
     code = "no-space"
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """True if ``exc`` (or what caused it) says a file system is full: an OSError, or the text
+    of one in what a program reported (qemu-img, QEMU: "No space left on device")."""
+    error: BaseException | None = exc
+    while error is not None:
+        if isinstance(error, NoSpaceError):
+            return True
+        if isinstance(error, OSError) and error.errno in _NO_SPACE:
+            return True
+        if isinstance(error, HvError) and any(os.strerror(code) in error.message for code in _NO_SPACE):
+            return True
+        error = error.__cause__
+    return False

@@ -65,7 +65,28 @@ class VmPaths:
 
     @property
     def console_socket(self) -> Path:
+        """The console as users reach it, served by the VM's console relay (:mod:`minivisor.relay`)."""
         return self.runtime_dir / "console.sock"
+
+    @property
+    def serial_socket(self) -> Path:
+        """QEMU's end of the console: only the console relay connects to it."""
+        return self.runtime_dir / "serial.sock"
+
+    @property
+    def events_socket(self) -> Path:
+        """A second QMP monitor, where the console relay listens to QEMU's events."""
+        return self.runtime_dir / "events.sock"
+
+    @property
+    def status_file(self) -> Path:
+        """QEMU's run state (running, paused, io-error...) as the relay last saw it."""
+        return self.runtime_dir / "status"
+
+    @property
+    def ready_file(self) -> Path:
+        """The guest's ready line, once the relay has seen it on the console."""
+        return self.runtime_dir / "ready"
 
     @property
     def vmm_log(self) -> Path:
@@ -211,6 +232,12 @@ def _disk(disk: Disk, controller: DiskController, env: LaunchEnv, *, boot_disk: 
         what = "CD-ROM, empty"
     device: dict[str, object] = {"driver": _disk_driver(disk), "id": disk.node.replace(":", "-"),
                                  "drive": drive, **_disk_address(disk, controller, env.uuid)}
+    if disk.kind == "disk" and disk.bus != "nvme":
+        # A write that finds the datastore full pauses the VM (QEMU's io-error state) until space is freed
+        # and it is resumed, instead of failing in the guest (a file system gone read-only or corrupt).
+        # The device's default (auto) takes the block backend's, which QEMU 7.2 sets to enospc for
+        # -blockdev nodes too: said here so no QEMU default decides it. nvme-ns has no such property.
+        device["werror"] = "enospc"
     if boot_disk:
         device["bootindex"] = 0
     args += ["-device", _json(**device)]
@@ -291,8 +318,9 @@ def _nic(nic: Nic, env: LaunchEnv) -> VirtualDevice:
 def _serial_ports(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
     devices = []
     if env.console_index is not None:
-        chardev = qemu_opts(("id", "console"), ("path", env.paths.console_socket), ("server", "on"),
-                            ("wait", "off"), ("logfile", env.paths.serial_log), ("logappend", "on"))
+        # The console relay is this socket's one client; it writes serial.log (capped) and serves console.sock.
+        chardev = qemu_opts(("id", "console"), ("path", env.paths.serial_socket), ("server", "on"),
+                            ("wait", "off"))
         devices.append(VirtualDevice(
             f"serial{env.console_index}", "16550A serial port: minivisor console (serial.log)",
             ("-chardev", f"socket,{chardev}",
@@ -336,6 +364,8 @@ def _display(spec: VmSpec) -> VirtualDevice:
 
 def _control(env: LaunchEnv) -> VirtualDevice:
     qmp = qemu_opts(("id", "qmp"), ("path", env.paths.qmp_socket), ("server", "on"), ("wait", "off"))
-    return VirtualDevice("qmp", "QMP control socket (owner-only)",
-                         ("-chardev", f"socket,{qmp}", "-mon", "chardev=qmp,mode=control"))
+    events = qemu_opts(("id", "events"), ("path", env.paths.events_socket), ("server", "on"), ("wait", "off"))
+    return VirtualDevice("qmp", "QMP control sockets (owner-only): commands, and events for the console relay",
+                         ("-chardev", f"socket,{qmp}", "-mon", "chardev=qmp,mode=control",
+                          "-chardev", f"socket,{events}", "-mon", "chardev=events,mode=control"))
 

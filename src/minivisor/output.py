@@ -25,18 +25,21 @@ def vm_table(vms: list[VmInfo]) -> None:
     for column in ("NAME", "STATE", "CPUS", "MEMORY", "DISKS", "NICS", "PID"):
         table.add_column(column)
     for vm in vms:
-        style = STATE_STYLE.get(vm.state.value, "")
-        table.add_row(vm.name, f"[{style}]{vm.state.value}[/]" if style else vm.state.value, str(vm.cpus),
+        style = "red" if vm.state_reason else STATE_STYLE.get(vm.state.value, "")
+        table.add_row(vm.name, f"[{style}]{vm.state_label}[/]" if style else vm.state_label, str(vm.cpus),
                       f"{vm.memory_mib} MiB", str(len(vm.disks)), str(len(vm.nics)), str(vm.pid or "-"))
     if not vms:
         console.print("no VMs in this datastore (create one: minivisor vm create NAME --disk-size 8G)")
         return
     console.print(table)
+    for vm in vms:
+        if vm.state_hint:
+            console.print(f"[yellow]{vm.name}:[/] {vm.state_hint}", soft_wrap=True)
 
 
 def vm_details(vm: VmInfo) -> None:
     rows: list[tuple[str, Any]] = [
-        ("name", vm.name), ("state", vm.state.value), ("uuid", vm.uuid), ("specfile", vm.vmx),
+        ("name", vm.name), ("state", vm.state_label), ("uuid", vm.uuid), ("specfile", vm.vmx),
         ("display name", vm.display_name), ("guest OS", vm.guest_os), ("cpus", vm.cpus),
         ("memory", f"{vm.memory_mib} MiB"), ("pid", vm.pid or "-"), ("accelerator", vm.accel or "-"),
         ("autostart", "yes" if vm.autostart else "no"),
@@ -44,6 +47,8 @@ def vm_details(vm: VmInfo) -> None:
     rows += [(f"disk {d['node']}", f"{d['kind']}: {d['file'] or 'empty'}") for d in vm.disks]
     rows += [(n["name"], f"{n['model']} {n['mac']} on {n['network']}") for n in vm.nics]
     _key_values(rows)
+    if vm.state_hint:
+        console.print(f"[yellow]hint:[/] {vm.state_hint}", soft_wrap=True)
 
 
 def host_info(info: HostInfo) -> None:

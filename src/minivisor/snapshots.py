@@ -49,6 +49,7 @@ class Snapshot:
     created_us: int = 0  # microseconds since the epoch, as VMware stores it
     memory_file: str | None = None  # the .vmsn with memory and device state (powered-on snapshots)
     config: str | None = None  # the specfile when it was taken (restored on revert, like VMware's .vmsn)
+    ready_line: str | None = None  # a memory snapshot of a guest that had said it was ready: what it said
 
     def to_dict(self) -> dict[str, Any]:
         return {"uid": self.uid, "name": self.name, "parent": self.parent, "description": self.description,
@@ -87,7 +88,8 @@ class SnapshotTree:
             tree.snapshots[uid] = Snapshot(uid, doc.get(p + "displayName") or f"snapshot {uid}",
                                            _int(doc.get(p + "parent")), disks, doc.get(p + "description") or "",
                                            (high << 32) | (low & 0xFFFFFFFF), doc.get(p + "filename") or None,
-                                           doc.get(p + "minivisor.config") or None)
+                                           doc.get(p + "minivisor.config") or None,
+                                           doc.get(p + "minivisor.readyLine") or None)
             tree.last_uid = max(tree.last_uid, uid)
         if tree.current not in tree.snapshots:
             tree.current = None
@@ -119,6 +121,8 @@ class SnapshotTree:
                 doc.set(f"{p}disk{m}.node", node)
             if snap.config:
                 doc.set(p + "minivisor.config", snap.config)  # escaped onto one line (|0A)
+            if snap.ready_line:
+                doc.set(p + "minivisor.readyLine", snap.ready_line)
         return doc.to_bytes()
 
     # -- queries -----------------------------------------------------------
@@ -369,7 +373,7 @@ def plan_delete(files: VmFiles, snap: Snapshot, clones: dict[int, list[str]],
     snapshots = {uid: s for uid, s in tree.snapshots.items() if uid != snap.uid}
     for child in children:
         snapshots[child.uid] = Snapshot(child.uid, child.name, snap.parent, new_disks[child.uid], child.description,
-                                        child.created_us, child.memory_file, child.config)
+                                        child.created_us, child.memory_file, child.config, child.ready_line)
     current = snap.parent if tree.current == snap.uid else tree.current
     new_tree = SnapshotTree(snapshots, current, tree.last_uid)
     steps.append(write_step(files.vmsd.name, new_tree.to_bytes()))

@@ -11,7 +11,7 @@ from enum import Enum
 
 from .errors import StateError
 
-__all__ = ["VmState", "Action", "require"]
+__all__ = ["VmState", "Action", "require", "FAULTS"]
 
 
 class VmState(str, Enum):
@@ -21,6 +21,14 @@ class VmState(str, Enum):
     STARTING = "starting"  # locked by a power-on (or another operation) in progress
     RUNNING = "running"
     PAUSED = "paused"
+
+
+# QEMU run states in which QEMU paused the guest by itself: the VM shows as paused (with the
+# state as its reason) and may be resumed or powered off. The hint says what to do.
+FAULTS: dict[str, str] = {
+    "io-error": "a disk write found the datastore full; free space there, then resume it (minivisor vm resume "
+                "{name}), or power it off (minivisor vm stop {name} --hard)",
+}
 
 
 class Action(str, Enum):

@@ -9,11 +9,13 @@ one left in the VM's journal (:mod:`minivisor.journal`).
 
 Online snapshot: pause, ``blockdev-add`` the new qcow2 overlays (created
 beforehand with an explicit backing format and opened with ``backing: null``),
-``blockdev-snapshot`` them in one ``transaction``, then (``--memory``)
-``migrate`` the memory and device state to a file descriptor passed with
-``getfd`` (QEMU's sandbox forbids ``exec:``), and continue. Reverting to it
-starts a fresh VMM with ``-incoming defer`` on new overlays and feeds the
-state file back with ``migrate-incoming``.
+(``--memory``) ``migrate`` the memory and device state to a file descriptor
+passed with ``getfd`` (QEMU's sandbox forbids ``exec:``), then
+``blockdev-snapshot`` the overlays in one ``transaction``, and continue. The
+memory goes first: while the VM is paused either order gives the same state,
+and a memory save that fails (a full datastore) then leaves nothing to undo in
+the VMM. Reverting to it starts a fresh VMM with ``-incoming defer`` on new
+overlays and feeds the state file back with ``migrate-incoming``.
 """
 
 from __future__ import annotations
@@ -49,12 +51,16 @@ from .snapshots import (
 from .locks import try_lock
 from .resources import commit_memory
 from .state import VmState
-from .vmm import Vmm
+from .vmm import SHORT_HOLD, Vmm
 
 __all__ = ["DiskOperations"]
 
 OPS_LOCK = ".minivisor-ops.lck"
 MIGRATE_TIMEOUT = 300.0
+# QEMU block drivers that refuse to let a VM's state be saved while one of their images is open: each
+# adds a migration blocker when it opens an image (QEMU's vmdk driver: "does not support live migration"),
+# and a memory snapshot is a migration to a file. Of the formats minivisor runs, only VMDK.
+MIGRATION_BLOCKING_DRIVERS = ("vmdk",)
 
 
 @dataclass
@@ -96,7 +102,7 @@ class DiskOperations:
             vmm = self.hv._vmm(entry.name)
             state = vmm.state()
             if state is VmState.POWERED_OFF:
-                vmm.lock.acquire(entry.name)
+                vmm.lock.acquire(entry.name, wait=SHORT_HOLD)
             elif state in (VmState.RUNNING, VmState.PAUSED):
                 if not online:
                     raise StateError(f"cannot {what} VM {entry.name!r}: it is {state.value}",
@@ -108,10 +114,27 @@ class DiskOperations:
             try:
                 self.recover(ctx)
                 yield ctx
+            except BaseException:
+                self._settle(ctx)
+                raise
             finally:
                 vmm.lock.release()
         finally:
             os.close(ops_fd)
+
+    def _settle(self, ctx: OpContext) -> None:
+        """After a failure: undo what the operation prepared now, not at the next operation.
+
+        A committed journal is left to the next operation to roll forward (at once, the step that
+        failed would fail again), except an online snapshot's: recovery asks the VMM what it uses.
+        """
+        journal = Journal.load(ctx.vm_dir)
+        if journal is None or (journal.phase != "prepare" and journal.op != "take-online"):
+            return
+        try:
+            self.recover(ctx)
+        except (HvError, OSError):
+            pass  # the journal stays; the next operation settles it
 
     def recover_before_start(self, name: str) -> None:
         """Finish or undo an interrupted operation before a VM powers on (caller holds the VM lock)."""
@@ -131,11 +154,7 @@ class DiskOperations:
                     self._drop_nodes(ctx, journal.data.get("nodes", []))
                 journal.rollback()
             else:
-                memory = journal.data.get("memory")
-                if memory and not (ctx.vm_dir / memory).exists():  # died before the state was complete
-                    journal.steps[0] = journal.data["vmsd_without_memory"]
-                    (ctx.vm_dir / f"{memory}.part").unlink(missing_ok=True)
-                journal.run()
+                journal.run()  # the memory state, if any, was complete before the commit
             if ctx.running and journal.data.get("resume"):
                 status = self._qmp(ctx, [("query-status", None)])[0]["status"]
                 if status in ("paused", "postmigrate"):
@@ -323,8 +342,12 @@ class DiskOperations:
 
     def _take_online(self, ctx: OpContext, files: VmFiles, name: str, description: str,
                      memory: bool) -> Snapshot:
+        if memory:
+            self._check_state_saveable(ctx)
         memory_file = f"{ctx.vmx.stem}-Snapshot{files.tree.last_uid + 1}.vmsn" if memory else None
         snap, deltas = plan_take(files, name, description, memory_file)
+        if memory:
+            snap.ready_line = ctx.vmm.ready_line()  # a revert restores a guest that has said it already
         from .disks import create_overlay
 
         journal = Journal(ctx.vm_dir, "take-online")
@@ -333,31 +356,30 @@ class DiskOperations:
                       + ([ctx.vm_dir / memory_file, ctx.vm_dir / partial] if memory_file else []))
         for node, delta in deltas.items():
             create_overlay(ctx.vm_dir / delta, files.layer(snap.disks[node]))
-        without = Snapshot(**{**snap.__dict__, "memory_file": None})
         import secrets
 
         tag = secrets.token_hex(3)
         nodes = {node: f"snap{snap.uid}-{node.replace(':', '-')}-{tag}" for node in deltas}
-        journal.data = {"overlays": [str(ctx.vm_dir / d) for d in deltas.values()], "memory": memory_file,
-                        "nodes": list(nodes.values()),
-                        "vmsd_without_memory": write_step(files.vmsd.name, new_tree_with(files.tree, without).to_bytes())}
+        journal.data = {"overlays": [str(ctx.vm_dir / d) for d in deltas.values()], "nodes": list(nodes.values())}
         steps = [write_step(files.vmsd.name, new_tree_with(files.tree, snap).to_bytes()),
                  write_step(files.vmx.name, files.vmx_with(deltas))]
         status = self._qmp(ctx, [("query-status", None)])[0]["status"]
         journal.data["resume"] = status == "running"
         journal.save()
-        try:
-            self._run_async(ctx, _online_take(ctx, journal, steps, deltas, nodes, partial, memory_file,
-                                              resume=status == "running"))
-        except BaseException:
-            if ctx.vmm.record() is not None:  # settle it now, by what the VMM uses: undo, or keep disks-only
-                try:
-                    self.recover(ctx)
-                except HvError:
-                    pass  # the journal stays; the next operation settles it
-            raise
+        self._run_async(ctx, _online_take(ctx, journal, steps, deltas, nodes, partial, memory_file,
+                                          resume=status == "running"))
         journal.run()
         return snap
+
+    def _check_state_saveable(self, ctx: OpContext) -> None:
+        """Refuse a memory snapshot the VMM would refuse, before the VM is paused or anything is made."""
+        nodes = self._qmp(ctx, [("query-named-block-nodes", {"flat": True})])[0]
+        blocking = sorted({Path(_real_file(n["file"])).name for n in nodes if n["drv"] in MIGRATION_BLOCKING_DRIVERS})
+        if blocking:
+            raise DiskError(f"cannot save the memory of VM {ctx.name!r}: QEMU cannot save a VM's state while a "
+                            f"VMDK disk is open ({', '.join(blocking)})",
+                            hint="take the snapshot without it (--no-memory), or convert the disk to qcow2 "
+                                 "(minivisor disk convert) and name the copy in the specfile")
 
     def revert(self, name: str, snapshot: str) -> tuple[Snapshot, bool]:
         """Go back to a snapshot; returns it and whether the VM now runs (memory snapshots resume)."""
@@ -376,12 +398,12 @@ class DiskOperations:
                 self.hv._emit("poweringOff", ctx.name, pid=pid, hard=True)  # expected, not a crash
                 how = ctx.vmm.stop(hard=True, timeout=0)  # the current state is discarded, like VMware's revert
                 self.hv._emit("poweredOff", ctx.name, pid=pid, reason=f"reverted to a snapshot ({how})")
-                ctx.vmm.lock.acquire(name)
+                ctx.vmm.lock.acquire(name, wait=SHORT_HOLD)  # the exit handling of others may probe it a moment
                 ctx.running = False
             journal, _ = plan_revert(files, snap, set())
             journal.run()
             if memory is not None:
-                self._restore_memory(ctx, memory)
+                self._restore_memory(ctx, snap, memory)
                 return snap, True
             return snap, False
 
@@ -443,7 +465,8 @@ class DiskOperations:
         self._run_async(ctx, _block_commit(ctx, node.replace(":", "-"), str(dep_path), str(frozen_path), backing))
 
     # -- the VMM's side ----------------------------------------------------
-    def _restore_memory(self, ctx: OpContext, state_file: Path) -> None:
+    def _restore_memory(self, ctx: OpContext, snap: Snapshot, state_file: Path) -> None:
+        """Power the VM on from ``snap``'s memory state (``state_file``, checked by the caller)."""
         from .launcher import build_qemu_argv
 
         spec, env, _ = self.hv._launch_plan(ctx.name)
@@ -451,7 +474,9 @@ class DiskOperations:
         links_down = [nic.name for nic in spec.nics if env.networks[nic.index] == "unconnected"]
         claim = commit_memory(self.hv.datastore, self.hv.inventory, ctx.name, spec)  # the same memory admission as a power-on
         try:
-            record = ctx.vmm.launch(argv, env.accel, links_down)  # its "cont" only arms autostart while incoming
+            # its "cont" only arms autostart while incoming
+            record = ctx.vmm.launch(argv, env.accel, links_down, ready_text=spec.ready_line,
+                                    console=env.console_index is not None)
         except BaseException:
             claim.unlink(missing_ok=True)  # the commitment stays while the VMM runs (see resources.commit_memory)
             raise
@@ -465,6 +490,8 @@ class DiskOperations:
         except BaseException:
             ctx.vmm.stop(hard=True, timeout=0)
             raise
+        if snap.ready_line:
+            ctx.vmm.remember_ready(snap.ready_line)
 
     def _nodes_in_use(self, ctx: OpContext, nodes: list[str]) -> bool:
         """True if the overlay nodes are the running disks' tops (the snapshot switched), not just opened."""
@@ -530,13 +557,13 @@ async def _online_take(ctx: OpContext, journal: Journal, steps: list, deltas: di
                 "driver": "qcow2", "node-name": overlay, "backing": None,
                 "file": {"driver": "file", "filename": str(ctx.vm_dir / delta)}})
             actions.append({"type": "blockdev-snapshot", "data": {"node": tops[device], "overlay": overlay}})
+        if memory_file and partial:  # first: if it fails, nothing in the VMM has changed yet
+            await _save_memory(client, ctx.vm_dir / partial, ctx.vm_dir / memory_file)
+        crashpoint("take-online:saved")
         journal.commit(steps)  # from here on the overlays may be in use: recovery rolls forward
         crashpoint("take-online:committed")
         await _execute(client, "transaction", {"actions": actions})
         crashpoint("take-online:switched")
-        if memory_file and partial:
-            await _save_memory(client, ctx.vm_dir / partial, ctx.vm_dir / memory_file)
-        crashpoint("take-online:saved")
     finally:
         if resume:
             try:

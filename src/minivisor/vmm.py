@@ -15,6 +15,7 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,13 +24,15 @@ from typing import Any
 from .errors import LockError, QmpError, VmmError
 from .launcher import VmPaths
 from .locks import try_lock, wait_lock
-from .state import VmState
+from .state import FAULTS, VmState
 from .vmx import write_atomic
 
 __all__ = ["VmLock", "RuntimeRecord", "Vmm", "qmp_execute"]
 
 START_TIMEOUT = 15.0
+RELAY_TIMEOUT = 15.0
 PROBE_TRIES = 5  # is_held_elsewhere: ~10 ms before a taken lock counts as held
+SHORT_HOLD = 5.0  # seconds a state probe or a dead VMM's cleanup may hold the VM lock, at the very most
 QMP_TIMEOUT = 10.0
 
 
@@ -47,10 +50,15 @@ class VmLock:
         self.fd = fd
         return True
 
-    def acquire(self, name: str) -> VmLock:
-        if not self.try_acquire():
+    def acquire(self, name: str, *, wait: float = 0.0) -> VmLock:
+        """Take the lock, or LockError. ``wait``: for callers that know only a short holder can be in
+        the way (they hold the VM's operation lock, so no power-on can be): a state probe of another
+        process, or its cleanup of the VMM that just exited."""
+        fd = wait_lock(self.path, wait) if wait else try_lock(self.path)
+        if fd is None:
             raise LockError(f"VM {name!r} is in use: it is running or another operation holds it",
                             hint=f"see its state with: minivisor vm show {name}")
+        self.fd = fd
         return self
 
     def is_held_elsewhere(self) -> bool:
@@ -163,20 +171,53 @@ class Vmm:
     def state(self) -> VmState:
         record = self.record()
         if record is not None:
-            return VmState.PAUSED if record.paused else VmState.RUNNING
+            return self.run_state(record)[0]
         return VmState.STARTING if self.lock.is_held_elsewhere() else VmState.POWERED_OFF
 
-    # -- launching -------------------------------------------------------
-    def launch(self, argv: list[str], accel: str, links_down: list[str]) -> RuntimeRecord:
-        """Start QEMU paused, check it came up, take links down, then run it.
+    def run_state(self, record: RuntimeRecord) -> tuple[VmState, str | None]:
+        """Running or paused, and why when QEMU paused it by itself (a key of :data:`~minivisor.state.FAULTS`)."""
+        fault = self.fault()
+        return (VmState.PAUSED if record.paused or fault else VmState.RUNNING), fault
 
-        The caller must hold ``self.lock``.
+    def fault(self) -> str | None:
+        """The fault QEMU paused the VM for (``io-error``: a disk write found the datastore full), or None.
+
+        Read from the run state the console relay writes after every stop and resume (QEMU's own
+        ``query-status``, on its event monitor): one small file in the runtime folder, so ``vm list``
+        stays cheap with hundreds of VMs instead of asking each VMM over QMP, whose one client at a
+        time it would also keep from the CLI and the service.
+        """
+        try:
+            status = self.paths.status_file.read_text().strip()
+        except OSError:
+            return None
+        return status if status in FAULTS else None
+
+    def ready_line(self) -> str | None:
+        """The ready line the guest said on its console this power-on, if it has."""
+        try:
+            return self.paths.ready_file.read_text(errors="replace").strip()
+        except OSError:
+            return None
+
+    def remember_ready(self, line: str) -> None:
+        """Mark the guest ready without its saying so: restored from a memory snapshot, it said it long ago."""
+        write_atomic(self.paths.ready_file, (line + "\n").encode())
+
+    # -- launching -------------------------------------------------------
+    def launch(self, argv: list[str], accel: str, links_down: list[str], *, ready_text: str,
+               console: bool) -> RuntimeRecord:
+        """Start QEMU paused, attach the console relay, take links down, then run it.
+
+        ``ready_text``: the guest's ready line, which the relay watches the console for; ``console``:
+        whether ``argv`` gives the VM a minivisor console. The caller must hold ``self.lock``.
         """
         assert self.lock.fd is not None, "launch() needs the VM lock"
         self._prepare_runtime_dir()
         process = self._spawn(argv)
         try:
             self._wait_for_qmp(process)
+            self._start_relay(ready_text, console)  # the guest has not run yet: the relay misses nothing
             record = RuntimeRecord(process.pid, process_start_ticks(process.pid) or 0, argv,
                                    str(self.paths.qmp_socket), str(self.paths.console_socket),
                                    str(self.paths.runtime_dir), accel)
@@ -184,11 +225,11 @@ class Vmm:
             commands = [("set_link", {"name": nic, "up": False}) for nic in links_down]
             qmp_execute(self.paths.qmp_socket, *commands, ("cont", None))
         except BaseException as exc:
-            exited = _exits_within(process, 1.0) if isinstance(exc, QmpError) else False
+            exited = _exits_within(process, 1.0) if isinstance(exc, VmmError) else False
             process.kill()
             process.wait()
             self.record_path.unlink(missing_ok=True)
-            if exited and isinstance(exc, QmpError):  # QEMU opened its socket, then gave up
+            if exited:  # QEMU opened its sockets, then gave up (its relay or QMP lost it): say why
                 raise VmmError(f"the VMM of {self.name!r} failed to start: {self.last_vmm_error()}",
                                hint=f"see {self.paths.vmm_log}") from exc
             raise
@@ -202,6 +243,32 @@ class Vmm:
         os.chmod(runtime, 0o700)
         for stale in runtime.iterdir():
             stale.unlink()
+
+    def _start_relay(self, ready_text: str, console: bool) -> None:
+        """Start the VM's console relay (:mod:`minivisor.relay`); returns once it is attached.
+
+        The relay detaches itself: what this waits for is its first process, which exits 0 once
+        the relay holds QEMU's sockets and serves the console.
+        """
+        paths = self.paths
+        # This very minivisor, whatever the current folder holds (-P: it is not on the path).
+        package_parent = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (package_parent, os.environ.get("PYTHONPATH"))))}
+        argv = [sys.executable, "-P", "-m", "minivisor.relay", "--events", str(paths.events_socket),
+                "--status", str(paths.status_file), "--console", str(paths.console_socket),
+                "--log", str(paths.serial_log), "--ready", str(paths.ready_file), "--ready-text", ready_text]
+        if console:
+            argv += ["--serial", str(paths.serial_socket)]
+        try:
+            done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  env=env, start_new_session=True, umask=0o077, timeout=RELAY_TIMEOUT)
+        except subprocess.TimeoutExpired as exc:
+            raise VmmError(f"the console relay of {self.name!r} did not attach in {RELAY_TIMEOUT:.0f} s",
+                           hint=f"see {paths.vmm_log}") from exc
+        if done.returncode != 0:
+            lines = done.stderr.decode(errors="replace").strip().splitlines()
+            raise VmmError(f"the console relay of {self.name!r} failed: {lines[-1] if lines else done.returncode}",
+                           hint=f"see {paths.vmm_log}")
 
     def _spawn(self, argv: list[str]) -> subprocess.Popen:
         log = os.fdopen(os.open(self.paths.vmm_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600), "ab")
@@ -263,15 +330,21 @@ class Vmm:
     def set_paused(self, paused: bool) -> None:
         record = self._require_record()
         qmp_execute(Path(record.qmp_socket), ("stop" if paused else "cont", None))
-        record.paused = paused
-        record.save(self.record_path)
+        if not paused:
+            # cont also retries the writes a fault stopped on; if they fail again, the relay sees the new stop
+            self.paths.status_file.unlink(missing_ok=True)
+        if record.paused != paused:  # no write otherwise: resuming from io-error must not need space
+            record.paused = paused
+            record.save(self.record_path)
 
     def stop(self, *, hard: bool, timeout: float) -> str:
         """Power off: ACPI first (unless hard), then quit, then SIGKILL. Returns how it ended."""
         record = self._require_record()
         try:
             how = "hard"
-            if not hard and self._try(record, "system_powerdown") and self._wait_exit(record.pid, timeout):
+            # a VM that QEMU paused on a fault cannot run to handle the power button: quit at once
+            soft = not hard and self.fault() is None
+            if soft and self._try(record, "system_powerdown") and self._wait_exit(record.pid, timeout):
                 how = "soft"
             elif not (self._try(record, "quit") and self._wait_exit(record.pid, 3.0)):
                 os.kill(record.pid, signal.SIGKILL)

@@ -194,9 +194,10 @@ def test_kill_during_online_snapshots_of_a_running_vm(tmp_path, appliance_image)
     hv.start_vm("w", wait_ready=True, timeout=90)
     try:
         expected: list[str] = []
-        for crash_at, completes, memory in (("take-online:committed", False, False),
-                                            ("take-online:switched", True, False),
-                                            ("take-online:saved", True, True),
+        # the memory state is saved before the commit, so every snapshot that survives has it
+        for crash_at, completes, memory in (("take-online:saved", False, True),
+                                            ("take-online:committed", False, False),
+                                            ("take-online:switched", True, True),
                                             ("take-online:step0", True, True)):
             name = crash_at.split(":")[1]
             result = cli(root, "snapshot", "take", "w", name, crash_at=crash_at)
@@ -212,14 +213,14 @@ def test_kill_during_online_snapshots_of_a_running_vm(tmp_path, appliance_image)
     finally:
         hv.stop_vm("w", hard=True)
     assert_consistent(hv, folder)
-    hv.snapshot_revert("w", "saved")  # the memory snapshot that survived its writer's death works
+    hv.snapshot_revert("w", "switched")  # the memory snapshot that survived its writer's death works
     assert hv.exec_in_vm("w", "echo back", timeout=30).output.strip() == "back"
     hv.stop_vm("w", hard=True)
 
 
 @pytest.mark.qemu
 def test_kill_minivisor_and_the_vmm_during_an_online_snapshot(tmp_path, appliance_image):
-    """Both die after the disks switched, before the memory state is written: a disks-only snapshot."""
+    """Both die after the disks switched; the memory state was written before: a whole snapshot."""
     hv = Hypervisor(tmp_path / "ds")
     hv.allow_path(appliance_image.parent)  # boot disks are copied in from allowed folders only
     hv.create_vm("w", memory_mib=128, boot_disk=appliance_image, network="none")
@@ -232,10 +233,14 @@ def test_kill_minivisor_and_the_vmm_during_an_online_snapshot(tmp_path, applianc
     tree = assert_consistent(hv, folder)  # the VM is off now: recovery rolls forward without QMP
     assert hv.get_vm("w").state.value == "poweredOff"
     (snap,) = tree.snapshots.values()
-    assert snap.name == "hot" and snap.memory_file is None and not list(folder.glob("*.vmsn*"))
+    assert snap.name == "hot" and [p.name for p in folder.glob("*.vmsn*")] == [snap.memory_file]
     hv.start_vm("w", wait_ready=True, timeout=90)  # boots from the new delta on the frozen disk
     hv.stop_vm("w", hard=True)
-    hv.snapshot_revert("w", "hot")
+    hv.snapshot_revert("w", "hot")  # and the memory state brings the guest back running
+    try:
+        assert hv.exec_in_vm("w", "echo back", timeout=30).output.strip() == "back"
+    finally:
+        hv.stop_vm("w", hard=True)
     assert_consistent(hv, folder)
 
 

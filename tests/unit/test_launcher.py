@@ -59,7 +59,7 @@ def test_seed_hardware_mapping():
     devices = {d["driver"]: d for d in json_options(argv, "-device")}
     assert devices["lsi53c895a"]["id"] == "scsi0"
     assert devices["scsi-hd"] == {"driver": "scsi-hd", "id": "scsi0-0", "drive": "fmt-scsi0-0-0",
-                                  "bus": "scsi0.0", "scsi-id": 0, "bootindex": 0}
+                                  "bus": "scsi0.0", "scsi-id": 0, "werror": "enospc", "bootindex": 0}
     assert devices["vmxnet3"]["mac"] == "00:50:56:aa:aa:aa"
     assert devices["vmware-svga"]["vgamem_mb"] == 8
     (netdev,) = json_options(argv, "-netdev")
@@ -91,12 +91,13 @@ def test_comma_in_a_file_name_cannot_inject_options():
     assert not any("file=/etc/passwd" in arg for arg in argv if not arg.startswith("{"))
 
 
-def test_comma_in_the_datastore_path_is_escaped_in_chardev_options():
-    paths = VmPaths(Path("/data,server=on/vm"), Path("/run/minivisor/abc"))
+def test_comma_in_the_datastore_or_runtime_path_is_escaped_in_chardev_options():
+    paths = VmPaths(Path("/data,server=on/vm"), Path("/run/a,logfile=x/abc"))
     argv = build_qemu_argv(seed_spec(), env_for(seed_spec(), paths=paths))
     chardevs = option_values(argv, "-chardev")
     assert "file,id=bioslog,path=/data,,server=on/vm/bios.log" in chardevs
-    assert any("logfile=/data,,server=on/vm/serial.log" in c for c in chardevs)
+    assert "socket,id=console,path=/run/a,,logfile=x/abc/serial.sock,server=on,wait=off" in chardevs
+    assert not any("logfile=" in c.replace(",,logfile=", "") for c in chardevs)
 
 
 @pytest.mark.parametrize("bus_keys, controller_driver, disk_driver, address", [
@@ -117,6 +118,8 @@ def test_controllers_map_to_qemu_devices(bus_keys, controller_driver, disk_drive
         assert controller_driver in drivers
     (disk,) = [d for d in devices if d["driver"] == disk_driver]
     assert address.items() <= disk.items() and disk["bootindex"] == 0
+    # a full datastore pauses the VM (io-error) instead of failing the guest's writes; nvme-ns cannot
+    assert disk.get("werror") == (None if disk_driver == "nvme-ns" else "enospc")
 
 
 @pytest.mark.parametrize("model, driver", [("vmxnet3", "vmxnet3"), ("e1000", "e1000"), ("e1000e", "e1000e"),
