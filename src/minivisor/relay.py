@@ -73,6 +73,10 @@ class CappedLog:
         self.path, self.cap = path, cap
         self.fd: int | None = None
         self.size = 0
+        try:
+            self._open()  # at power-on, as a terminal would show it: `tail -f serial.log` works before any output
+        except OSError:
+            pass  # a full datastore: the first write tries again
 
     def write(self, data: bytes) -> None:
         try:

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from guests import create_guest
 
 from minivisor import Hypervisor
 from minivisor.disks import check_disk, format_for, read_layer
@@ -22,8 +23,7 @@ pytestmark = pytest.mark.qemu
 
 def make_vm(hv: Hypervisor, name: str, appliance_image: Path, network: str = "none") -> str:
     """The appliance on scsi0:0 and an empty 16 MiB data disk on scsi0:1."""
-    hv.allow_path(appliance_image.parent)  # boot disks are copied in from allowed folders only
-    hv.create_vm(name, memory_mib=160, boot_disk=appliance_image, network=network)
+    create_guest(hv, name, appliance_image, memory_mib=160, network=network)
     folder = hv.datastore.root / name
     hv.disk_create(folder / "data.qcow2", "16M")
     vmx = folder / f"{name}.vmx"

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from guests import create_guest
 
 from minivisor import Hypervisor
 from minivisor.disks import convert_disk, read_layer
@@ -33,14 +34,12 @@ def inventory(hv: Hypervisor, name: str) -> dict:
 
 @pytest.fixture
 def small_vm(hv, appliance_image):
-    hv.allow_path(appliance_image.parent)
-    hv.create_vm("small", memory_mib=256, cpus=2, boot_disk=appliance_image, network="none")
+    create_guest(hv, "small", appliance_image, memory_mib=256, cpus=2, network="none")
     return "small"
 
 
 def test_guest_boots_from_its_disk_and_sees_the_specfile_hardware(hv, appliance_image):
-    hv.allow_path(appliance_image.parent)
-    hv.create_vm("web", memory_mib=256, cpus=2, boot_disk=appliance_image, network="nat", nic_model="e1000")
+    create_guest(hv, "web", appliance_image, memory_mib=256, cpus=2, network="nat", nic_model="e1000")
     result = hv.start_vm("web", wait_ready=True, timeout=60)
     assert result.vm.state is VmState.RUNNING and result.ready_line.endswith("ready")
     bios = hv.vm_paths("web").bios_log.read_text(errors="replace")
@@ -158,8 +157,7 @@ def _is_vmm_of(pid: str, uuid: str) -> bool:
 
 
 def test_a_file_name_with_a_comma_is_one_literal_block_node(hv, appliance_image):
-    hv.allow_path(appliance_image.parent)
-    hv.create_vm("comma", memory_mib=128, boot_disk=appliance_image, network="none")
+    create_guest(hv, "comma", appliance_image, memory_mib=128, network="none")
     folder = hv.datastore.root / "comma"
     tricky = "a,file=etc-passwd.qcow2"
     (folder / "comma.qcow2").rename(folder / tricky)
@@ -186,8 +184,7 @@ def test_a_vmm_that_fails_to_start_leaves_nothing_behind(hv, small_vm):
 
 
 def test_a_sas_disk_behind_lsisas1068_is_seen_by_the_guest(hv, appliance_image):
-    hv.allow_path(appliance_image.parent)
-    hv.create_vm("sas", memory_mib=192, boot_disk=appliance_image, network="none", scsi_model="lsisas1068")
+    create_guest(hv, "sas", appliance_image, memory_mib=192, network="none", scsi_model="lsisas1068")
     hv.start_vm("sas", wait_ready=True, timeout=60)
     disks = [d for d in inventory(hv, "sas")["disks"] if d["driver"] == "sd"]
     assert [d["controller"] for d in disks] == ["mptsas"]

@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from guests import create_guest
 from cli_runner import run_cli
 
 from minivisor import Hypervisor
@@ -187,8 +188,7 @@ def test_kill_during_a_convert_leaves_no_file(vm):
 @pytest.mark.qemu
 def test_kill_during_online_snapshots_of_a_running_vm(tmp_path, appliance_image):
     hv = Hypervisor(tmp_path / "ds")
-    hv.allow_path(appliance_image.parent)  # boot disks are copied in from allowed folders only
-    hv.create_vm("w", memory_mib=128, boot_disk=appliance_image, network="none")
+    create_guest(hv, "w", appliance_image, memory_mib=128, network="none")
     folder = hv.datastore.root / "w"
     root = hv.datastore.root
     hv.start_vm("w", wait_ready=True, timeout=90)
@@ -222,8 +222,7 @@ def test_kill_during_online_snapshots_of_a_running_vm(tmp_path, appliance_image)
 def test_kill_minivisor_and_the_vmm_during_an_online_snapshot(tmp_path, appliance_image):
     """Both die after the disks switched; the memory state was written before: a whole snapshot."""
     hv = Hypervisor(tmp_path / "ds")
-    hv.allow_path(appliance_image.parent)  # boot disks are copied in from allowed folders only
-    hv.create_vm("w", memory_mib=128, boot_disk=appliance_image, network="none")
+    create_guest(hv, "w", appliance_image, memory_mib=128, network="none")
     folder = hv.datastore.root / "w"
     hv.start_vm("w", wait_ready=True, timeout=90)
     vmm_pid = hv.get_vm("w").pid
@@ -248,8 +247,7 @@ def test_kill_minivisor_and_the_vmm_during_an_online_snapshot(tmp_path, applianc
 def test_kill_while_the_vmm_merges_a_snapshot(tmp_path, appliance_image):
     """minivisor dies with the VMM's block-commit job started; the next operation completes it."""
     hv = Hypervisor(tmp_path / "ds")
-    hv.allow_path(appliance_image.parent)  # boot disks are copied in from allowed folders only
-    hv.create_vm("w", memory_mib=128, boot_disk=appliance_image, network="none")
+    create_guest(hv, "w", appliance_image, memory_mib=128, network="none")
     folder = hv.datastore.root / "w"
     hv.start_vm("w", wait_ready=True, timeout=90)
     try:
@@ -270,8 +268,7 @@ def test_kill_while_the_vmm_merges_a_snapshot(tmp_path, appliance_image):
 @pytest.mark.qemu
 def test_kill_while_the_vmm_streams_a_snapshot_into_the_running_layer(tmp_path, appliance_image):
     hv = Hypervisor(tmp_path / "ds")
-    hv.allow_path(appliance_image.parent)  # boot disks are copied in from allowed folders only
-    hv.create_vm("w", memory_mib=128, boot_disk=appliance_image, network="none")
+    create_guest(hv, "w", appliance_image, memory_mib=128, network="none")
     folder = hv.datastore.root / "w"
     hv.snapshot_take("w", "s1")
     hv.snapshot_take("w", "s2")

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from guests import create_guest
 
 from minivisor.relay import LOG_CAP
 
@@ -35,7 +36,7 @@ def rss_kib(pid: int) -> int:
 
 
 def test_a_flooded_console_keeps_its_log_capped_and_exec_answering(hv, appliance_image):
-    hv.create_vm("noisy", memory_mib=128, boot_disk=appliance_image, network="none")
+    create_guest(hv, "noisy", appliance_image, memory_mib=128, network="none")
     hv.start_vm("noisy", wait_ready=True, timeout=90)
     paths = hv.vm_paths("noisy")
     relay = relay_pid(paths.console_socket)

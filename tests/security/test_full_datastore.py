@@ -16,10 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from guests import create_guest
 from cli_runner import run_cli
 
 from minivisor import Hypervisor
-from minivisor.disks import convert_disk
+from minivisor.disks import convert_disk, read_layer
 from minivisor.errors import NoSpaceError
 from minivisor.journal import JOURNAL_NAME
 from minivisor.state import VmState
@@ -110,7 +111,7 @@ def guest_writes(hv: Hypervisor, name: str, mib: int, seek_mib: int, done: str) 
 @pytest.mark.parametrize("small_datastore", [40], indirect=True)
 def test_a_guest_filling_the_datastore_is_paused_listed_resumed_and_powered_off(small_datastore, appliance_image):
     hv = small_datastore
-    hv.create_vm("filler", memory_mib=128, boot_disk=appliance_image, network="none")
+    create_guest(hv, "filler", appliance_image, memory_mib=128, network="none")
     folder = hv.datastore.root / "filler"
     hv.disk_create(folder / "data.qcow2", f"{DATA_MIB}M")
     vmx = folder / "filler.vmx"
@@ -151,12 +152,12 @@ def test_operations_that_run_out_of_space_fail_in_one_line_and_leave_nothing(sma
                                                                              tmp_path):
     hv = small_datastore
     root = hv.datastore.root
-    hv.create_vm("src", memory_mib=128, boot_disk=appliance_image, network="none")  # ~11 MiB of 20
+    create_guest(hv, "src", appliance_image, memory_mib=128, network="none")  # ~11 MiB of 20
     hv.snapshot_take("src", "base")
     folder = root / "src"
     vmware = tmp_path / "vmware"  # a VMware VM to import (outside the datastore)
     vmware.mkdir()
-    convert_disk(appliance_image, "raw", vmware / "big.vmdk", "vmdk")
+    convert_disk((read_layer(appliance_image, "raw"),), vmware / "big.vmdk", "vmdk")
     (vmware / "big.vmx").write_text('config.version = "8"\nvirtualHW.version = "14"\nmemSize = "128"\n'
                                     'scsi0.present = "TRUE"\nscsi0:0.present = "TRUE"\nscsi0:0.fileName = "big.vmdk"\n')
     specfiles = {p.name: p.read_bytes() for p in folder.glob("src.vm[xs]*")}

@@ -4,11 +4,12 @@ VM through the service never leaves it powered off and unreverted."""
 from __future__ import annotations
 
 import pytest
+from guests import create_guest
 from cli_runner import run_cli
 from service.conftest import datastore, service  # noqa: F401 - fixtures: a real `minivisor serve`
 
 from minivisor import Hypervisor
-from minivisor.disks import convert_disk
+from minivisor.disks import convert_disk, read_layer
 from minivisor.errors import DiskError
 from minivisor.state import VmState
 
@@ -19,7 +20,7 @@ def test_a_memory_snapshot_of_a_running_vmdk_vm_is_refused_and_changes_nothing(h
     hv.create_vm("legacy", memory_mib=128, disk_size="1M", network="none")
     folder = hv.datastore.root / "legacy"
     (folder / "legacy.qcow2").unlink()
-    convert_disk(appliance_image, "raw", folder / "legacy.vmdk", "vmdk")  # a disk as VMware left it
+    convert_disk((read_layer(appliance_image, "raw"),), folder / "legacy.vmdk", "vmdk")  # a disk as VMware left it
     vmx = folder / "legacy.vmx"
     vmx.write_text(vmx.read_text().replace('"legacy.qcow2"', '"legacy.vmdk"'))
     hv.snapshot_take("legacy", "base")  # powered off, disks only: the .vmsd exists, the VMDK is its base
@@ -46,7 +47,7 @@ def test_a_memory_snapshot_of_a_running_vmdk_vm_is_refused_and_changes_nothing(h
 
 def test_reverting_a_running_vm_through_the_service_always_leaves_it_running_on_the_snapshot(
         service, appliance_image):  # noqa: F811 - the fixture imported above
-    Hypervisor(service.root).create_vm("rev", memory_mib=128, boot_disk=appliance_image, network="none")
+    create_guest(Hypervisor(service.root), "rev", appliance_image, memory_mib=128, network="none")
     client = service.client
     client.start_vm("rev", wait_ready=True, timeout=90)
     client.exec_in_vm("rev", "echo kept > /tmp/before")

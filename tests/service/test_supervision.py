@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from guests import create_guest
 
 from minivisor import Hypervisor
 from minivisor.journal import JOURNAL_NAME
@@ -215,8 +216,7 @@ def test_a_vm_started_by_the_cli_directly_is_watched_too(service):
 @pytest.mark.qemu
 def test_a_booted_guest_keeps_running_through_a_service_restart(datastore, appliance_image):
     hv = Hypervisor(datastore)
-    hv.allow_path(appliance_image.parent)
-    hv.create_vm("guest", memory_mib=256, boot_disk=appliance_image, network="none")
+    create_guest(hv, "guest", appliance_image, memory_mib=256, network="none")
     first = Running(datastore).start()
     try:
         first.client.start_vm("guest", wait_ready=True, timeout=90)
@@ -248,8 +248,7 @@ def test_an_adopted_vmm_killed_is_a_crash_and_a_guest_power_off_is_not(datastore
                                                                        reason):
     """After a restart the service did not launch the VMM (no exit status): QEMU's log tells the two apart."""
     hv = Hypervisor(datastore)
-    hv.allow_path(appliance_image.parent)
-    hv.create_vm("guest", memory_mib=256, boot_disk=appliance_image, network="none")
+    create_guest(hv, "guest", appliance_image, memory_mib=256, network="none")
     first = Running(datastore).start()
     second = Running(datastore)
     try:
