@@ -20,10 +20,11 @@ from pathlib import Path
 
 from .catalog import Catalog, VmEntry
 from .errors import ConflictError, PathError, SpecError
+from .text import excerpt
 
 __all__ = ["Datastore", "default_root", "check_vm_name"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")  # \Z: "$" would let a final newline in
 
 
 def default_root() -> Path:
@@ -34,7 +35,7 @@ def default_root() -> Path:
 def check_vm_name(name: str) -> str:
     """Return the name if it can name a VM (and its folder), else raise SpecError."""
     if not _NAME.match(name) or name.endswith((".tmp", ".vmx")):
-        raise SpecError(f"{name!r} is not a valid VM name",
+        raise SpecError(f"{excerpt(name)} is not a valid VM name",
                         hint="use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
     return name
 
