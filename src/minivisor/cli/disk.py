@@ -42,7 +42,7 @@ def progress_bar(what: str):
 
 def show_disk(info: dict) -> None:
     from ..disks import human_size
-    from ..output import _key_values
+    from ..output import key_values
 
     rows = [("file", info["file"]), ("format", info["format"]),
             ("virtual size", f"{human_size(info['virtual_size'])} ({info['virtual_size']} bytes)"),
@@ -50,7 +50,7 @@ def show_disk(info: dict) -> None:
     for depth, layer in enumerate(info["chain"][1:], 1):
         rows.append((f"parent {depth}", f"{layer['file']} ({layer['format']}, {human_size(layer['allocated'])} "
                                         "allocated)"))
-    _key_values(rows)
+    key_values(rows)
 
 
 @disk_app.command("create")
