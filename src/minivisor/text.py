@@ -18,9 +18,15 @@ ELLIPSIS = "..."
 
 
 def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
-    """``value`` quoted like ``repr`` (control characters escaped), cut to ``limit`` characters + "..."."""
+    """``value`` quoted like ``repr`` (control characters escaped) in at most ``limit`` characters
+    between the quotes, followed by "..." when that is not all of it."""
     text = value if isinstance(value, str) else str(value)
-    return repr(text[:limit]) + (ELLIPSIS if len(text) > limit else "")
+    # escapes make the quoted form longer than the text: keep as many characters as fit
+    low, high = 0, min(len(text), limit)
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if len(repr(text[:middle])) <= limit + 2 else (low, middle - 1)
+    return repr(text[:low]) + (ELLIPSIS if low < len(text) else "")
 
 
 def clip(text: str, limit: int = MESSAGE_CHARS) -> str:
@@ -34,17 +40,10 @@ def printable(value: object) -> str:
     Escaped are the characters Python does not call printable: C0 and C1
     controls (ESC, CR, BEL...), DEL, line and paragraph separators, format
     characters such as the bidi overrides, surrogates (undecodable bytes) and
-    unassigned code points. They become ``\\x1b``, ``\\u202e``... as in ``repr``.
-    Backslashes are kept as they are, so Windows paths stay readable.
+    unassigned code points. Each becomes its ``repr`` escape (``\\x1b``, ``\\r``, ``\\u202e``), as in
+    the excerpts error messages quote. Backslashes are kept as they are, so Windows paths stay readable.
     """
     text = value if isinstance(value, str) else str(value)
     if text.isprintable():  # the common case, one C-level scan
         return text
-    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
-
-
-def _escape(ch: str) -> str:
-    code = ord(ch)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
