@@ -23,14 +23,18 @@ def progress_bar(what: str):
     """
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn())
+    from ..text import printable
+
+    # the description names a user's file: shown escaped, never read as markup
+    bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), TaskProgressColumn(),
+                   TimeRemainingColumn())
     task = None
 
     def update(percent: float) -> None:
         nonlocal task
         if task is None:
             bar.start()
-            task = bar.add_task(what, total=100)
+            task = bar.add_task(printable(what), total=100)
         bar.update(task, completed=percent)
 
     try:
