@@ -320,8 +320,8 @@ class _SpecReader:
             if match and parse_bool(value):
                 kind, count = match[1].lower(), DEVICE_COUNT[match[1].lower()]
                 if len(match[2]) > 3 or int(match[2]) >= count:
-                    raise self.fail(key, f"{excerpt(key)} asks for more than the {count} {kind} devices a VM can have",
-                                    f"number them {kind}0 to {kind}{count - 1}, or set {excerpt(key)} = \"FALSE\"")
+                    raise self.fail(key, f"{excerpt(key)} names a device past the last a VM can have, {kind}{count - 1}",
+                                    f'number them {kind}0 to {kind}{count - 1}, or set that key to "FALSE"')
 
     def ready_line(self) -> str:
         line = self.get("minivisor.readyLine") or DEFAULT_READY_LINE
