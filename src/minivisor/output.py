@@ -35,6 +35,7 @@ def cell(value: object, style: str = "") -> Text:
 def warning(line: str) -> None:
     console.print(Text.assemble(("warning:", "yellow"), " ", cell(line)))
 
+
 STATE_STYLE = {"running": "green", "paused": "yellow", "starting": "cyan", "poweredOff": "dim"}
 
 
@@ -76,9 +77,9 @@ def explanation(exp: Explanation) -> None:
     spec = exp.spec
     console.print("[bold]Specfile asks for[/]")
     key_values([("displayName", spec.display_name), ("guestOS", spec.guest_os),
-                 ("memSize", f"{spec.memory_mib} MiB"), ("numvcpus", spec.num_cpus),
-                 ("cpuid.coresPerSocket", spec.cores_per_socket), ("firmware", spec.firmware),
-                 ("boot disk", spec.boot_disk.node if spec.boot_disk else "none")])
+                ("memSize", f"{spec.memory_mib} MiB"), ("numvcpus", spec.num_cpus),
+                ("cpuid.coresPerSocket", spec.cores_per_socket), ("firmware", spec.firmware),
+                ("boot disk", spec.boot_disk.node if spec.boot_disk else "none")])
     console.print("\n[bold]Virtual hardware the VMM builds[/]")
     table = Table(box=None, header_style="bold")
     table.add_column("DEVICE")

@@ -189,7 +189,7 @@ def _int(value: str | None) -> int | None:
 def _disk_count(doc: VmxDocument, prefix: str, path: Path) -> int:
     count = _int(doc.get(prefix + "numDisks")) or 0
     if not 0 <= count <= MAX_DISKS:
-        raise SpecError(f"{path}: {prefix}numDisks = {count} is more disks than a VM can have ({MAX_DISKS})",
+        raise SpecError(f"{path}: {prefix}numDisks = {count} is not a number of disks a VM can have (0 to {MAX_DISKS})",
                         hint="this is not a tree minivisor wrote: restore the VM's .vmsd from a backup")
     return count
 

@@ -318,10 +318,11 @@ class _SpecReader:
         for key, value in self.doc.items():
             match = _PRESENT_KEY.match(key)
             if match and parse_bool(value):
-                kind, count = match[1].lower(), DEVICE_COUNT[match[1].lower()]
-                if len(match[2]) > 3 or int(match[2]) >= count:
-                    raise self.fail(key, f"{excerpt(key)} names a device past the last a VM can have, {kind}{count - 1}",
-                                    f'number them {kind}0 to {kind}{count - 1}, or set that key to "FALSE"')
+                kind = match[1].lower()
+                last = f"{kind}{DEVICE_COUNT[kind] - 1}"
+                if len(match[2]) > 3 or int(match[2]) >= DEVICE_COUNT[kind]:
+                    raise self.fail(key, f"{excerpt(key)} names a device past the last a VM can have, {last}",
+                                    f'number them {kind}0 to {last}, or set that key to "FALSE"')
 
     def ready_line(self) -> str:
         line = self.get("minivisor.readyLine") or DEFAULT_READY_LINE
