@@ -5,9 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+from vmm_guard import end_qemus_under, power_off_all
 
 from minivisor import dirs
 from minivisor.appliance import build_appliance
+
+# Property tests prove what they prove by their examples, not by their speed: on a loaded
+# 2-core machine a slow example must be neither a failure (deadline) nor a reason to give up
+# (too_slow health checks). max_examples stays as each test sets it.
+settings.register_profile("minivisor", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("minivisor")
 
 
 @pytest.fixture(scope="session")
@@ -18,12 +26,32 @@ def appliance_image() -> Path:
 
 @pytest.fixture
 def hv(tmp_path):
-    """A Hypervisor on a fresh datastore; VMs still running at the end are powered off."""
+    """A Hypervisor on a fresh datastore; VMs still running at the end are powered off, pass or fail."""
     from minivisor import Hypervisor
-    from minivisor.state import VmState
 
     hypervisor = Hypervisor(tmp_path / "datastore")
     yield hypervisor
-    for vm in hypervisor.list_vms():
-        if vm.state in (VmState.RUNNING, VmState.PAUSED):
-            hypervisor.stop_vm(vm.name, hard=True)
+    trouble = power_off_all(hypervisor.datastore.root)
+    if trouble:
+        pytest.fail("VMs left running that would not stop (killed): " + "; ".join(trouble))
+
+
+@pytest.fixture(autouse=True)
+def _qemus_end_with_their_test(request):
+    """Fail (loudly) a test that leaves a QEMU running on its temporary folder, and kill that QEMU.
+
+    Fixtures power VMs off first (they are torn down before this one); anything still
+    running here escaped them, so it is a leak to fix, not to hide.
+    """
+    folder = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if folder is not None and (leaked := end_qemus_under(folder)):
+        pytest.fail(f"{len(leaked)} QEMU process(es) outlived the test (killed now): " + "; ".join(leaked))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_qemu_outlives_the_session(tmp_path_factory):
+    """The same net for QEMUs started on folders of module- and session-scoped fixtures."""
+    yield
+    if leaked := end_qemus_under(tmp_path_factory.getbasetemp()):
+        pytest.fail(f"{len(leaked)} QEMU process(es) outlived the test session (killed now): " + "; ".join(leaked))

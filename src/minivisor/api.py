@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import dirs, host
+from .bounds import check_args
 from .console import ExecResult, console_lock, run_command, wait_for_ready
 from .datastore import Datastore, check_vm_name
 from .disks import ImageLayer, convert_disk, create_disk, human_size, parse_size
@@ -164,7 +165,8 @@ class Hypervisor:
         return Explanation(spec, hardware, tuple(build_qemu_argv(spec, env)), warnings)
 
     def vm_events(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
-        """The last ``limit`` events of a VM from its event log, oldest first."""
+        """The last ``limit`` events of a VM from its event log, oldest first (0: all of them)."""
+        check_args(limit=limit)
         from .events import read_log
 
         return read_log(self._vmx(name).parent, limit)
@@ -203,6 +205,7 @@ class Hypervisor:
         otherwise ``disk_size`` makes an empty thin disk. ``network`` is
         ``nat``, ``none`` or a network name.
         """
+        check_args(memory_mib=memory_mib, cpus=cpus, disk_size=disk_size)
         check_vm_name(name)
         if disk_size is not None and boot_disk is not None:
             raise SpecError("a new VM gets either an empty disk of disk_size or a copy of boot_disk, not both",
@@ -313,6 +316,7 @@ class Hypervisor:
     @_no_space_is_one_error
     def start_vm(self, name: str, *, wait_ready: bool = False, timeout: float = 120.0) -> StartResult:
         """Power on: one VMM process boots the VM from the disk its specfile names."""
+        check_args(timeout=timeout)
         with self._operation(name):
             vmm = self._vmm(name)
             require(name, vmm.state(), Action.START)
@@ -341,6 +345,7 @@ class Hypervisor:
 
     def wait_ready(self, name: str, *, timeout: float = 120.0, spec: VmSpec | None = None) -> str:
         """Wait until the guest prints its readiness line on the console."""
+        check_args(timeout=timeout)
         line = self._await_ready(name, timeout, spec)
         self._emit("guestReady", name, line=line)
         return line
@@ -353,6 +358,7 @@ class Hypervisor:
 
     def stop_vm(self, name: str, *, hard: bool = False, timeout: float = 30.0) -> str:
         """Power off: ACPI shutdown, then hard after ``timeout`` s. Returns soft, hard or killed."""
+        check_args(timeout=timeout)
         with self._operation(name):
             vmm = self._vmm(name)
             require(name, vmm.state(), Action.STOP)
@@ -393,6 +399,7 @@ class Hypervisor:
     # -- guest access ----------------------------------------------------
     def exec_in_vm(self, name: str, command: list[str] | str, *, timeout: float = 60.0) -> ExecResult:
         """Run a shell command through the guest's serial shell (the appliance has one)."""
+        check_args(timeout=timeout, command=command)
         vmm = self._vmm(name)
         require(name, vmm.state(), Action.EXEC)
         self._await_ready(name, timeout)
@@ -420,6 +427,7 @@ class Hypervisor:
     @_no_space_is_one_error
     def disk_create(self, path: Path | str, size: str, *, fmt: str | None = None, thick: bool = False) -> dict:
         """A new empty disk at ``path`` (inside the datastore): thin unless ``thick``."""
+        check_args(size=size)
         return self._disk_ops().create(path, size, fmt=fmt, thick=thick)
 
     def disk_info(self, path: Path | str) -> dict:
@@ -429,6 +437,7 @@ class Hypervisor:
     @_no_space_is_one_error
     def disk_resize(self, path: Path | str, size: str) -> dict:
         """Grow a disk file that no running VM uses."""
+        check_args(size=size)
         return self._disk_ops().resize(path, size)
 
     @_no_space_is_one_error
@@ -444,11 +453,13 @@ class Hypervisor:
     @_no_space_is_one_error
     def vm_disk_resize(self, name: str, node: str, size: str) -> dict:
         """Grow a powered-off VM's disk (its top layer)."""
+        check_args(size=size)
         return self._disk_ops().vm_disk_resize(name, node, size)
 
     @_no_space_is_one_error
     def snapshot_take(self, name: str, snapshot: str, *, description: str = "", memory: bool | None = None):
         """Freeze a VM's disks (and, running, by default its memory and devices) as a named snapshot."""
+        check_args(snapshot=snapshot, description=description)
         snap = self._disk_ops().take(name, snapshot, description=description, memory=memory)
         self._emit("snapshotTaken", name, snapshot=snap.name, memory=snap.memory_file is not None)
         return snap

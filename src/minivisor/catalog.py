@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConflictError, HostError, NoSpaceError, NotFoundError
+from .text import excerpt
 
 __all__ = ["Catalog", "VmEntry"]
 
@@ -151,7 +152,7 @@ class Catalog:
 
     def _clash(self, name: str, uuid: str, vmx: str) -> ConflictError:
         if self.find(name):
-            return ConflictError(f"a VM named {name!r} already exists", hint="choose another name")
+            return ConflictError(f"a VM named {excerpt(name)} already exists", hint="choose another name")
         row = self._db.execute("SELECT name FROM vms WHERE vmx = ?", (vmx,)).fetchone()
         if row:
             return ConflictError(f"{vmx} is already registered as {row[0]!r}",
@@ -174,7 +175,7 @@ class Catalog:
     def get(self, name: str) -> VmEntry:
         entry = self.find(name)
         if entry is None:
-            raise NotFoundError(f"no VM named {name!r} in this datastore",
+            raise NotFoundError(f"no VM named {excerpt(name)} in this datastore",
                                 hint="see the VMs with: minivisor vm list")
         return entry
 

@@ -30,10 +30,11 @@ from pathlib import Path
 from .catalog import Catalog, VmEntry
 from .disks import ImageLayer, check_file_name, format_for, layer_files, resolve_chain
 from .errors import ConflictError, DiskError, PathError, SpecError
+from .text import excerpt
 
 __all__ = ["Datastore", "Scope", "default_root", "check_vm_name", "is_vm_metadata"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")  # \Z: "$" would let a final newline in
 META = ".minivisor"
 PRIVATE_DIR = 0o700
 # What minivisor writes into a VM folder for itself (launcher.VmPaths, events.LOG_NAME, vmm's runtime record,
@@ -51,7 +52,7 @@ def default_root() -> Path:
 def check_vm_name(name: str) -> str:
     """Return the name if it can name a VM (and its folder), else raise SpecError."""
     if not _NAME.match(name) or name.endswith((".tmp", ".vmx")):
-        raise SpecError(f"{name!r} is not a valid VM name",
+        raise SpecError(f"{excerpt(name)} is not a valid VM name",
                         hint="use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
     return name
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 import os
 
+from .text import clip
+
 __all__ = [
     "HvError",
     "SpecError",
@@ -39,9 +41,11 @@ class HvError(Exception):
     exit_code = 1
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
+        # Echoed values go through text.excerpt(); clipping here bounds any echo that did not.
+        message = clip(message)
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = clip(hint) if hint else hint
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}; {self.hint}"

@@ -61,6 +61,10 @@ _STALLED_AT = {
 }
 _USING_TCG = "; using TCG (software emulation, slower)"
 
+# Seconds the probe guest gets under KVM: a working KVM needs milliseconds.
+# Module-level (like the paths below) so tests on a loaded machine can give it more.
+PROBE_TIMEOUT = 3.0
+
 # Module-level so tests can point them at files they control.
 _KVM_DEVICE = "/dev/kvm"
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -180,11 +184,14 @@ def _tcg(why: str, *, probed: bool) -> AccelChoice:
     return AccelChoice("tcg", why + _USING_TCG, probed)
 
 
-def probe_kvm(qemu_binary: str, timeout: float = 3.0) -> AccelChoice:
-    """Decide KVM or TCG by booting the probe guest under KVM (never trusts /dev/kvm)."""
+def probe_kvm(qemu_binary: str, timeout: float | None = None) -> AccelChoice:
+    """Decide KVM or TCG by booting the probe guest under KVM (never trusts /dev/kvm).
+
+    ``timeout`` defaults to :data:`PROBE_TIMEOUT`.
+    """
     if problem := _kvm_device_problem():
         return _tcg(problem, probed=True)
-    run = run_probe(qemu_binary, "kvm", timeout)
+    run = run_probe(qemu_binary, "kvm", PROBE_TIMEOUT if timeout is None else timeout)
     if run.ok:
         return AccelChoice("kvm", f"KVM probe: a 64-bit guest booted and ran in {run.elapsed:.2f} s")
     return _tcg(f"KVM probe: {run.failure} ({_KVM_DEVICE} is present but unusable)", probed=True)

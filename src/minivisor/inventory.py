@@ -115,11 +115,11 @@ def summary_of(vmx: Path, vm_uuid: str) -> dict[str, Any]:
 
 
 def read_vmx(path: Path) -> VmxDocument:
+    """The parsed specfile; PathError if it cannot be read, SpecError if it is larger than a specfile may be."""
     try:
-        data = path.read_bytes()
+        return VmxDocument.load(path)
     except FileNotFoundError:
         raise PathError(f"the specfile {path} is missing",
                         hint="restore it, or remove the VM from the catalog: minivisor vm unregister") from None
     except OSError as exc:
         raise PathError(f"cannot read the specfile {path}: {exc.strerror}", hint="check its permissions") from exc
-    return VmxDocument.parse(data, source=str(path))

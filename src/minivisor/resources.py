@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import HostError, SpecError
-from .spec import Sched, VmSpec
+from .spec import Sched, VmSpec, format_cpu_list
 
 if TYPE_CHECKING:
     from .datastore import Datastore
@@ -139,10 +139,10 @@ def check_affinity(sched: Sched) -> None:
     if sched.cpu_affinity is None:
         return
     allowed = os.sched_getaffinity(0)
-    outside = sorted(set(sched.cpu_affinity) - allowed)
+    outside = set(sched.cpu_affinity) - allowed
     if outside or not sched.cpu_affinity:
-        raise SpecError(f"sched.cpu.affinity names CPU(s) {outside} this host does not let VMs use",
-                        hint=f"use some of {sorted(allowed)} or \"all\"")
+        raise SpecError(f"sched.cpu.affinity names CPU(s) {format_cpu_list(outside)} this host does not let VMs use",
+                        hint=f"use some of {format_cpu_list(allowed)} or \"all\"")
 
 
 def cpu_weight(shares: int) -> int:

@@ -7,6 +7,11 @@ frozen files, the memory state file, "you are here") is the ``.vmsd`` next to
 the specfile, in VMware's keys (``snapshotN.uid``, ``.parent``,
 ``.diskM.fileName``...), read and written with :class:`~minivisor.vmx.VmxDocument`.
 
+A ``.vmsd`` is input like a specfile: its size, its number of snapshots and
+each snapshot's number of disks are bounded (:data:`VMSD_LIMITS`,
+:data:`MAX_SNAPSHOTS`), and taking a snapshot never writes a tree those
+bounds would refuse to read back.
+
 A snapshot's files never change while it exists: reverting makes a new delta
 on them, deleting merges the snapshot's data into the layers that depend on it
 (``qemu-img commit`` into the snapshot's file when it has one dependent,
@@ -27,14 +32,21 @@ from pathlib import Path
 from typing import Any
 
 from .disks import ImageLayer, create_overlay, format_for, read_layer
-from .errors import ConflictError, DiskError, NotFoundError, StateError
+from .errors import ConflictError, DiskError, NotFoundError, SpecError, StateError
 from .journal import Journal, crashpoint, write_step
-from .spec import VmSpec
-from .vmx import VmxDocument
+from .spec import CONTROLLER_COUNT, UNIT_COUNT, VmSpec
+from .text import excerpt
+from .vmx import VMX_LIMITS, Limits, VmxDocument
 
-__all__ = ["Snapshot", "SnapshotTree", "snapshot_disks", "delta_name", "vmsd_path"]
+__all__ = ["Snapshot", "SnapshotTree", "snapshot_disks", "delta_name", "vmsd_path", "MAX_SNAPSHOTS", "VMSD_LIMITS"]
 
 _DELTA_SUFFIX = re.compile(r"-\d{6}$")
+_SLOT_UID = re.compile(r"snapshot(\d{1,9})\.uid$", re.IGNORECASE)
+MAX_SNAPSHOTS = 100  # per VM; VMware supports 32 in a chain
+MAX_DISKS = sum(CONTROLLER_COUNT[bus] * UNIT_COUNT[bus] for bus in CONTROLLER_COUNT)  # device slots of a VM
+# Each snapshot keeps its specfile on one line, |XX-escaped: up to 3 bytes for each of the specfile's.
+VMSD_LIMITS = Limits(file_bytes=32 * 1024 * 1024, lines=MAX_SNAPSHOTS * (12 + 2 * MAX_DISKS),
+                     line_bytes=3 * VMX_LIMITS.file_bytes + 1024)
 
 
 @dataclass
@@ -68,19 +80,22 @@ class SnapshotTree:
     @classmethod
     def load(cls, path: Path) -> SnapshotTree:
         try:
-            doc = VmxDocument.load(path)
+            doc = VmxDocument.load(path, VMSD_LIMITS)
         except FileNotFoundError:
             return cls()
+        doc.raise_for_errors()
         tree = cls(last_uid=_int(doc.get("snapshot.lastUID")) or 0, current=_int(doc.get("snapshot.current")))
-        slots = sorted({int(m.group(1)) for key in doc.keys_with_prefix("snapshot")
-                        if (m := re.match(r"snapshot(\d+)\.uid$", key, re.IGNORECASE))})
+        slots = sorted({int(m.group(1)) for key in doc.keys_with_prefix("snapshot") if (m := _SLOT_UID.match(key))})
+        if len(slots) > MAX_SNAPSHOTS:
+            raise SpecError(f"{path} lists {len(slots)} snapshots, more than the {MAX_SNAPSHOTS} minivisor keeps",
+                            hint="this is not a tree minivisor wrote: restore the VM's .vmsd from a backup")
         for slot in slots:
             p = f"snapshot{slot}."
             uid = _int(doc.get(p + "uid"))
             if uid is None:
                 continue
             disks = {}
-            for m in range(_int(doc.get(p + "numDisks")) or 0):
+            for m in range(_disk_count(doc, p, path)):
                 node, name = doc.get(f"{p}disk{m}.node"), doc.get(f"{p}disk{m}.fileName")
                 if node and name:
                     disks[node.lower()] = name
@@ -96,7 +111,7 @@ class SnapshotTree:
         return tree
 
     def to_bytes(self) -> bytes:
-        doc = VmxDocument.parse(b'.encoding = "UTF-8"\n')
+        doc = VmxDocument.parse(b'.encoding = "UTF-8"\n', limits=VMSD_LIMITS)
         doc.set("snapshot.lastUID", str(self.last_uid))
         if self.current is not None:
             doc.set("snapshot.current", str(self.current))
@@ -133,10 +148,10 @@ class SnapshotTree:
             matches = [self.snapshots[int(name)]]
         if not matches:
             names = ", ".join(s.name for s in self.snapshots.values()) or "none"
-            raise NotFoundError(f"VM {vm!r} has no snapshot named {name!r}",
+            raise NotFoundError(f"VM {vm!r} has no snapshot named {excerpt(name)}",
                                 hint=f"its snapshots: {names} (see: minivisor snapshot list {vm})")
         if len(matches) > 1:
-            raise ConflictError(f"VM {vm!r} has {len(matches)} snapshots named {name!r}",
+            raise ConflictError(f"VM {vm!r} has {len(matches)} snapshots named {excerpt(name)}",
                                 hint="name it by its uid instead: minivisor snapshot list " + vm)
         return matches[0]
 
@@ -169,10 +184,20 @@ class SnapshotTree:
 
 
 def _int(value: str | None) -> int | None:
+    """A number as VMware writes them in a .vmsd (32 bits, signed or not), else None."""
     try:
-        return int(value) if value not in (None, "") else None
+        number = int(value) if value and len(value) <= 12 else None
     except ValueError:
         return None
+    return number if number is not None and -(1 << 31) <= number < 1 << 32 else None
+
+
+def _disk_count(doc: VmxDocument, prefix: str, path: Path) -> int:
+    count = _int(doc.get(prefix + "numDisks")) or 0
+    if not 0 <= count <= MAX_DISKS:
+        raise SpecError(f"{path}: {prefix}numDisks = {count} is not a number of disks a VM can have (0 to {MAX_DISKS})",
+                        hint="this is not a tree minivisor wrote: restore the VM's .vmsd from a backup")
+    return count
 
 
 def vmsd_path(vmx: Path) -> Path:
@@ -237,15 +262,21 @@ class VmFiles:
 def plan_take(files: VmFiles, name: str, description: str, memory_file: str | None) -> tuple[Snapshot, dict[str, str]]:
     """The new snapshot (freezing the current tops) and the new delta name per disk."""
     if any(s.name == name for s in files.tree.snapshots.values()):
-        raise ConflictError(f"VM already has a snapshot named {name!r}", hint="choose another name")
+        raise ConflictError(f"VM already has a snapshot named {excerpt(name)}", hint="choose another name")
     if not name.strip() or "\n" in name:
-        raise ConflictError(f"{name!r} cannot name a snapshot", hint="use a short name on one line")
+        raise ConflictError(f"{excerpt(name)} cannot name a snapshot", hint="use a short name on one line")
+    if len(files.tree.snapshots) >= MAX_SNAPSHOTS:
+        raise ConflictError(f"the VM already has {len(files.tree.snapshots)} snapshots, as many as minivisor keeps",
+                            hint="delete a snapshot first")
     disks = dict(snapshot_disks(files.spec))
     if not disks:
         raise DiskError("the VM has no hard disk to snapshot", hint="add a disk to its specfile first")
     uid = files.tree.last_uid + 1
     snap = Snapshot(uid, name, files.tree.current, disks, description, int(time.time() * 1e6), memory_file,
                     files.doc.to_bytes().decode("utf-8", "surrogateescape"))
+    if len(new_tree_with(files.tree, snap).to_bytes()) > VMSD_LIMITS.file_bytes:
+        raise ConflictError(f"the snapshot tree would be larger than the {VMSD_LIMITS.file_bytes >> 20} MiB "
+                            "minivisor reads back", hint="delete a snapshot first")
     taken: set[str] = set()
     deltas = {}
     for node in disks:

@@ -5,6 +5,10 @@ into frozen dataclasses and reports semantic problems (unknown device types,
 impossible sizes) as :class:`~minivisor.errors.SpecError` naming the line.
 It does no I/O: checks against the host and the datastore happen in
 :mod:`minivisor.validate`.
+
+Every count and range a specfile states is checked against its bound before
+anything is built from it, and a value echoed in an error is cut to a short
+excerpt: a specfile is input from outside.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from .errors import SpecError
+from .text import clip, excerpt
 from .vmx import VmxDocument
 
 __all__ = [
@@ -28,6 +33,7 @@ __all__ = [
     "VmSpec",
     "parse_bool",
     "normalize_mac",
+    "format_cpu_list",
 ]
 
 Bus = Literal["scsi", "sata", "ide", "nvme"]
@@ -36,6 +42,13 @@ BUSES: tuple[Bus, ...] = ("scsi", "sata", "nvme", "ide")
 # How many controllers and units each bus has (VMware's documented maxima).
 CONTROLLER_COUNT = {"scsi": 4, "sata": 4, "nvme": 4, "ide": 2}
 UNIT_COUNT = {"scsi": 16, "sata": 30, "nvme": 15, "ide": 2}
+# Every numbered device a VM can have: scsi0-scsi3 ... ethernet0-ethernet9, serial0-serial3, floppy0-floppy1.
+DEVICE_COUNT = {**CONTROLLER_COUNT, "ethernet": 10, "serial": 4, "floppy": 2}
+MEMORY_MIB = (4, 16 * 1024 * 1024)  # memSize: VMware's smallest and largest, in MiB
+VCPUS = (1, 255)  # numvcpus
+MAX_HOST_CPUS = 8192  # Linux's largest NR_CPUS: no host CPU has a higher number
+MAX_NETWORK_NAME = 128  # characters of ethernetN.networkName
+MAX_READY_LINE = 200  # characters of minivisor.readyLine (a line the guest prints)
 
 SCSI_MODELS = {"lsilogic", "lsisas1068", "pvscsi", "buslogic", "virtio-scsi"}
 NIC_MODELS = {"vmxnet3", "e1000", "e1000e", "vlance", "vmxnet", "vmxnet2", "virtio"}
@@ -47,6 +60,9 @@ EMPTY_BACKINGS = {"", "auto detect", "emptybackingstring", "cd/dvd drive 0", "fl
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _DEVICE_KEY = re.compile(r"^(scsi|sata|nvme|ide)(\d+):(\d+)\.", re.IGNORECASE)
+_PRESENT_KEY = re.compile(r"^(scsi|sata|nvme|ide|ethernet|serial|floppy)(\d+)\.present$", re.IGNORECASE)
+_CPU_RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?\Z")
+_SHARES = re.compile(r"[0-9]{1,7}\Z")
 
 
 def parse_bool(value: str | None, default: bool = False) -> bool:
@@ -54,6 +70,18 @@ def parse_bool(value: str | None, default: bool = False) -> bool:
     if value is None or value.strip() == "":
         return default
     return value.strip().lower() in {"true", "1", "yes", "on"}
+
+
+def format_cpu_list(cpus: set[int] | tuple[int, ...], limit: int = 60) -> str:
+    """CPU numbers as a short list of ranges (``0-3,8``), as sched.cpu.affinity writes them."""
+    ranges: list[str] = []
+    numbers = sorted(cpus)
+    start = 0
+    for i, cpu in enumerate(numbers):
+        if i + 1 == len(numbers) or numbers[i + 1] != cpu + 1:
+            ranges.append(f"{numbers[start]}-{cpu}" if cpu != numbers[start] else str(cpu))
+            start = i + 1
+    return clip(",".join(ranges), limit) or "none"
 
 
 def normalize_mac(value: str) -> str | None:
@@ -214,6 +242,7 @@ class _SpecReader:
     def __init__(self, doc: VmxDocument) -> None:
         self.doc = doc
         self.used: set[str] = set()
+        self.used_prefixes: set[str] = set()
         self.warnings: list[str] = []
 
     # -- key access ----------------------------------------------------
@@ -222,9 +251,14 @@ class _SpecReader:
         return self.doc.get(key, default)
 
     def use_prefix(self, prefix: str) -> None:
-        """Mark every key under ``prefix`` as handled (even if it is ignored)."""
-        for key in self.doc.keys_with_prefix(prefix):
-            self.used.add(key.lower())
+        """Mark every key under ``prefix`` (a device: ``scsi0:1.``, ``ethernet0.``) as handled, even if ignored."""
+        # Kept as a set looked up once per key in is_used: marking each key here would cost
+        # keys x devices, which a specfile with thousands of device keys turns into minutes.
+        self.used_prefixes.add(prefix.lower())
+
+    def is_used(self, key: str) -> bool:
+        lower = key.lower()
+        return lower in self.used or lower.partition(".")[0] + "." in self.used_prefixes
 
     def fail(self, key: str, problem: str, hint: str) -> SpecError:
         line = self.doc.line_of(key)
@@ -238,7 +272,7 @@ class _SpecReader:
         try:
             value = int(raw.strip(), 0)
         except ValueError:
-            raise self.fail(key, f"{key} = {raw!r} is not a whole number",
+            raise self.fail(key, f"{key} = {excerpt(raw)} is not a whole number",
                             f"write a number, e.g. {key} = \"{default}\"") from None
         if not low <= value <= high:
             raise self.fail(key, f"{key} = {value}{unit} is out of range",
@@ -247,8 +281,9 @@ class _SpecReader:
 
     # -- the whole spec ------------------------------------------------
     def read(self) -> VmSpec:
-        memory = self.integer("memSize", 32, low=4, high=16 * 1024 * 1024, unit=" MiB")
-        cpus = self.integer("numvcpus", 1, low=1, high=255)
+        self.check_device_counts()
+        memory = self.integer("memSize", 32, low=MEMORY_MIB[0], high=MEMORY_MIB[1], unit=" MiB")
+        cpus = self.integer("numvcpus", 1, low=VCPUS[0], high=VCPUS[1])
         cores = self.integer("cpuid.coresPerSocket", 1, low=1, high=255)
         if cpus % cores:
             raise self.fail("cpuid.coresPerSocket",
@@ -271,28 +306,56 @@ class _SpecReader:
             floppies=self.floppies(),
             display=self.display(),
             boot_order=self.boot_order(),
-            ready_line=self.get("minivisor.readyLine") or DEFAULT_READY_LINE,
+            ready_line=self.ready_line(),
             sched=self.sched(cpus, memory),
         )
         self.mark_ignored()
-        unused = tuple(k for k, _ in self.doc.items() if k.lower() not in self.used)
+        unused = tuple(k for k, _ in self.doc.items() if not self.is_used(k))
         return replace(spec, unused_keys=unused, warnings=tuple(self.warnings))
 
+    def check_device_counts(self) -> None:
+        """Refuse a device numbered past what a VM can have, instead of leaving it out unsaid."""
+        for key, value in self.doc.items():
+            match = _PRESENT_KEY.match(key)
+            if match and parse_bool(value):
+                kind = match[1].lower()
+                last = f"{kind}{DEVICE_COUNT[kind] - 1}"
+                if len(match[2]) > 3 or int(match[2]) >= DEVICE_COUNT[kind]:
+                    raise self.fail(key, f"{excerpt(key)} names a device past the last a VM can have, {last}",
+                                    f'number them {kind}0 to {last}, or set that key to "FALSE"')
+
+    def ready_line(self) -> str:
+        line = self.get("minivisor.readyLine") or DEFAULT_READY_LINE
+        if len(line) > MAX_READY_LINE:
+            raise self.fail("minivisor.readyLine", f"minivisor.readyLine is {len(line)} characters long",
+                            f"use a line of at most {MAX_READY_LINE} characters that the guest prints when ready")
+        return line
+
     def sched(self, cpus: int, memory: int) -> Sched:
-        affinity_raw = (self.get("sched.cpu.affinity") or "all").strip().lower()
-        affinity = None
-        if affinity_raw not in ("all", ""):
-            cpus_set: set[int] = set()
-            for part in affinity_raw.split(","):
-                low, _, high = part.strip().partition("-")
-                if not low.isdigit() or (high and not high.isdigit()):
-                    raise self.fail("sched.cpu.affinity", f"sched.cpu.affinity = {affinity_raw!r} is not a CPU list",
-                                    'write "all" or host CPU numbers, e.g. sched.cpu.affinity = "0,1"')
-                cpus_set.update(range(int(low), int(high or low) + 1))
-            affinity = tuple(sorted(cpus_set))
         mem_min = self.integer("sched.mem.min", 0, low=0, high=memory, unit=" MiB")
-        return Sched(affinity, self.shares("sched.cpu.shares", CPU_SHARE_LEVELS, cpus),
+        return Sched(self.cpu_affinity(), self.shares("sched.cpu.shares", CPU_SHARE_LEVELS, cpus),
                      self.shares("sched.mem.shares", MEM_SHARE_LEVELS, memory), mem_min)
+
+    def cpu_affinity(self) -> tuple[int, ...] | None:
+        """The host CPUs of ``sched.cpu.affinity`` (``0,2-3``), or None for all."""
+        key = "sched.cpu.affinity"
+        raw = (self.get(key) or "all").strip().lower()
+        if raw in ("all", ""):
+            return None
+        cpus: set[int] = set()
+        for part in raw.split(","):
+            match = _CPU_RANGE.match(part.strip())
+            if match is None:
+                raise self.fail(key, f"{key} = {excerpt(raw)} is not a CPU list",
+                                f'write "all" or host CPU numbers, e.g. {key} = "0,1" or "0-3"')
+            low, high = match[1], match[2] or match[1]
+            # Checked arithmetically before the range is expanded: "0-20000000" never becomes 20 million
+            # numbers (and more digits than a host CPU number has never reach int()).
+            if max(len(low), len(high)) > len(str(MAX_HOST_CPUS)) or not int(low) <= int(high) < MAX_HOST_CPUS:
+                raise self.fail(key, f"{key} = {excerpt(raw)}: {excerpt(part.strip(), 12)} is not a range of host CPUs",
+                                f"host CPUs are numbered 0 to {MAX_HOST_CPUS - 1}; write a range low-high")
+            cpus.update(range(int(low), int(high) + 1))
+        return tuple(sorted(cpus))
 
     def shares(self, key: str, levels: dict[str, int], scale: int) -> int | None:
         raw = (self.get(key) or "").strip().lower()
@@ -300,9 +363,9 @@ class _SpecReader:
             return None  # the default: nothing to ask of the host (and nothing to warn about)
         if raw in levels:
             return levels[raw] * scale
-        if raw.isdigit() and 0 < int(raw) <= 1_000_000:
+        if _SHARES.match(raw) and 0 < int(raw) <= 1_000_000:
             return int(raw)
-        raise self.fail(key, f"{key} = {raw!r} is not low, normal, high or a number of shares",
+        raise self.fail(key, f"{key} = {excerpt(raw)} is not low, normal, high or a number of shares",
                         f'write e.g. {key} = "normal"')
 
     def mark_ignored(self) -> None:
@@ -314,7 +377,7 @@ class _SpecReader:
     def firmware(self) -> Literal["bios", "efi"]:
         value = (self.get("firmware") or "bios").strip().lower()
         if value not in {"bios", "efi"}:
-            raise self.fail("firmware", f"firmware = {value!r} is not bios or efi",
+            raise self.fail("firmware", f"firmware = {excerpt(value)} is not bios or efi",
                             'write firmware = "bios" or firmware = "efi"')
         return value  # type: ignore[return-value]
 
@@ -344,6 +407,9 @@ class _SpecReader:
         for key, _ in self.doc.items():
             match = _DEVICE_KEY.match(key)
             if match:
+                if len(match[2]) > 3 or len(match[3]) > 3:  # never a slot; and int() of 5,000 digits raises
+                    raise self.fail(key, f"{excerpt(key)} names no device slot a VM can have",
+                                    "number controllers and units as VMware does, e.g. scsi0:1")
                 bus = match.group(1).lower()
                 seen[(bus, int(match.group(2)), int(match.group(3)))] = None  # type: ignore[index]
         return list(seen)
@@ -360,7 +426,7 @@ class _SpecReader:
         key = f"{name}.virtualDev"
         model = (self.get(key) or "lsilogic").strip().lower()
         if model not in SCSI_MODELS:
-            raise self.fail(key, f"{key} = {model!r} is not a SCSI controller minivisor knows",
+            raise self.fail(key, f"{key} = {excerpt(model)} is not a SCSI controller minivisor knows",
                             f"use one of {', '.join(sorted(SCSI_MODELS))}")
         if model == "buslogic":
             self.warnings.append(f"{name}: QEMU has no BusLogic controller; "
@@ -401,10 +467,11 @@ class _SpecReader:
         if value in CDROM_TYPES:
             if value != "cdrom-image" and (file_name or "").strip().lower() not in EMPTY_BACKINGS:
                 raise self.fail(f"{node}.deviceType",
-                                f"{node} passes the host CD drive {file_name!r} through",
+                                f"{node} passes the host CD drive {excerpt(file_name)} through",
                                 f'use an ISO image: {node}.deviceType = "cdrom-image"')
             return "cdrom"
-        raise self.fail(f"{node}.deviceType", f"{node}.deviceType = {device_type!r} is not a device type minivisor knows",
+        raise self.fail(f"{node}.deviceType",
+                        f"{node}.deviceType = {excerpt(device_type)} is not a device type minivisor knows",
                         "use disk, scsi-hardDisk, ata-hardDisk or cdrom-image")
 
     def boot_order(self) -> tuple[str, ...]:
@@ -415,7 +482,7 @@ class _SpecReader:
     # -- network -------------------------------------------------------
     def nics(self) -> tuple[Nic, ...]:
         nics = []
-        for index in range(10):
+        for index in range(DEVICE_COUNT["ethernet"]):
             prefix = f"ethernet{index}"
             present = parse_bool(self.get(f"{prefix}.present"), default=False)
             if not present and not self.doc.keys_with_prefix(f"{prefix}."):
@@ -433,17 +500,21 @@ class _SpecReader:
         prefix = f"ethernet{index}"
         model = (self.get(f"{prefix}.virtualDev") or "e1000").strip().lower()
         if model not in NIC_MODELS:
-            raise self.fail(f"{prefix}.virtualDev", f"{prefix}.virtualDev = {model!r} is not a NIC minivisor knows",
+            raise self.fail(f"{prefix}.virtualDev",
+                            f"{prefix}.virtualDev = {excerpt(model)} is not a NIC minivisor knows",
                             f"use one of {', '.join(sorted(NIC_MODELS))}")
         if model in {"vmxnet", "vmxnet2"}:
             self.warnings.append(f"{prefix}: QEMU has no {model}; an AMD PCnet (vlance) is used instead")
         connection = (self.get(f"{prefix}.connectionType") or "bridged").strip().lower()
         if connection not in CONNECTION_TYPES:
             raise self.fail(f"{prefix}.connectionType",
-                            f"{prefix}.connectionType = {connection!r} is not a connection type minivisor knows",
+                            f"{prefix}.connectionType = {excerpt(connection)} is not a connection type minivisor knows",
                             f"use one of {', '.join(sorted(CONNECTION_TYPES))}")
-        return Nic(index, model, self.mac(prefix), connection,
-                   (self.get(f"{prefix}.networkName") or "").strip() or None,
+        network = (self.get(f"{prefix}.networkName") or "").strip() or None
+        if network and len(network) > MAX_NETWORK_NAME:
+            raise self.fail(f"{prefix}.networkName", f"{prefix}.networkName is {len(network)} characters long",
+                            f"name a network in at most {MAX_NETWORK_NAME} characters")
+        return Nic(index, model, self.mac(prefix), connection, network,
                    parse_bool(self.get(f"{prefix}.startConnected"), default=True))
 
     def mac(self, prefix: str) -> str | None:
@@ -454,14 +525,14 @@ class _SpecReader:
             return None
         mac = normalize_mac(raw)
         if mac is None or int(mac[:2], 16) & 1:
-            raise self.fail(key, f"{key} = {raw!r} is not a unicast MAC address",
+            raise self.fail(key, f"{key} = {excerpt(raw)} is not a unicast MAC address",
                             'write it as six hex pairs, e.g. "00:50:56:aa:bb:cc"')
         return mac
 
     # -- other devices -------------------------------------------------
     def serial_ports(self) -> tuple[SerialPort, ...]:
         ports = []
-        for index in range(4):
+        for index in range(DEVICE_COUNT["serial"]):
             prefix = f"serial{index}"
             present = parse_bool(self.get(f"{prefix}.present"))
             file_type = (self.get(f"{prefix}.fileType") or "").strip().lower()
@@ -472,14 +543,14 @@ class _SpecReader:
                 continue
             if file_type not in {"file", "pipe"}:
                 raise self.fail(f"{prefix}.fileType",
-                                f"{prefix}.fileType = {file_type!r} cannot be virtualized here",
+                                f"{prefix}.fileType = {excerpt(file_type)} cannot be virtualized here",
                                 f'use {prefix}.fileType = "file" or "pipe", or set {prefix}.present = "FALSE"')
             ports.append(SerialPort(index, file_type, file_name, end_point != "client"))
         return tuple(ports)
 
     def floppies(self) -> tuple[Floppy, ...]:
         drives = []
-        for index in range(2):
+        for index in range(DEVICE_COUNT["floppy"]):
             prefix = f"floppy{index}"
             # VMware creates floppy0 unless told otherwise; without a file it is an empty drive.
             present = parse_bool(self.get(f"{prefix}.present"), default=False)

@@ -10,7 +10,9 @@ hardware. The grammar is VMware's own (open-vm-tools ``lib/dict/dictll.c``)::
 A document keeps every line as the bytes it was read from, so an unchanged
 document writes back byte for byte, and an edit touches only the lines of the
 key it changes. Parsing never raises: lines that do not fit the grammar are
-kept verbatim and reported in ``problems``.
+kept verbatim and reported in ``problems``, and so is whatever goes past the
+document's :class:`Limits` (file size, line count, line length), which is
+checked before the work it bounds.
 """
 
 from __future__ import annotations
@@ -25,8 +27,23 @@ from pathlib import Path
 from typing import Literal
 
 from minivisor.errors import SpecError
+from minivisor.text import excerpt
 
-__all__ = ["VmxDocument", "VmxProblem", "lookup_charset", "write_atomic"]
+__all__ = ["Limits", "VMX_LIMITS", "VmxDocument", "VmxProblem", "lookup_charset", "read_bounded", "write_atomic"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How much of a dictionary file minivisor reads; anything larger is refused, not parsed."""
+
+    file_bytes: int
+    lines: int  # also bounds the number of keys
+    line_bytes: int
+
+
+# VMware's own .vmx files are a few KB: a few hundred lines, values under the
+# 64 KB a guest may set (guestinfo), which |XX escaping can make longer.
+VMX_LIMITS = Limits(file_bytes=256 * 1024, lines=10_000, line_bytes=128 * 1024)
 
 _BOM = b"\xef\xbb\xbf"
 # VMware's reader accepts LF, CRLF and a lone CR on every platform (vmstdio.c).
@@ -49,6 +66,7 @@ _HEX_BYTE = {f"{a}{b}".encode(): bytes([int(a + b, 16)]) for a in "0123456789abc
 # DictLL_MarshalLine's table: control bytes but TAB, '"', '|' and 0x7F.
 _TO_ESCAPE = re.compile(rb'[\x00-\x08\x0a-\x1f"|\x7f]')
 
+_TOO_BIG_HINT = "this is not a file VMware writes: remove what does not belong in it"
 _EDIT_HINT = 'edit line {n} so it reads key = "value", or start it with # to make it a comment'
 
 
@@ -82,8 +100,21 @@ def lookup_charset(name: str) -> str | None:
 
 def _show(raw: bytes) -> str:
     """A short, printable, quoted rendering of raw bytes for messages."""
-    text = raw[:60].decode("utf-8", "backslashreplace")
-    return repr(text + ("..." if len(raw) > 60 else ""))
+    # 4 bytes per character at most: enough bytes to fill the excerpt and to tell it was cut
+    return excerpt(raw[:4 * 64].decode("utf-8", "backslashreplace"))
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of ``path`` if it holds at most ``limit``; reads no more than ``limit`` + 1.
+
+    Raises ``OSError`` if it cannot be read, ``SpecError`` if it is larger.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise SpecError(f"{excerpt(str(path), 200)} is larger than the {limit // 1024} KiB minivisor reads",
+                        hint=_TOO_BIG_HINT)
+    return data
 
 
 def _unescape(raw: bytes) -> tuple[bytes, bool]:
@@ -173,30 +204,38 @@ class VmxDocument:
     holds what ``parse`` found; it is not updated by later edits.
     """
 
-    def __init__(self, *, source: str = "<vmx>") -> None:
+    def __init__(self, *, source: str = "<vmx>", limits: Limits = VMX_LIMITS) -> None:
         """An empty document; ``source`` names it in messages."""
         self.source = source
+        self.limits = limits
         self.problems: list[VmxProblem] = []
         self._bom = b""
         self._lines: list[_Line] = []
         self._index: dict[str, list[_Line]] = {}  # lower-cased key -> its lines
 
     @classmethod
-    def parse(cls, data: bytes, *, source: str = "<vmx>") -> VmxDocument:
+    def parse(cls, data: bytes, *, source: str = "<vmx>", limits: Limits = VMX_LIMITS) -> VmxDocument:
         """Parse the bytes of a file. Never raises; see ``problems``."""
-        doc = cls(source=source)
+        doc = cls(source=source, limits=limits)
         doc._load(bytes(data))
         return doc
 
     @classmethod
-    def load(cls, path: Path) -> VmxDocument:
-        """Read and parse a file (``OSError`` if it cannot be read)."""
-        return cls.parse(Path(path).read_bytes(), source=str(path))
+    def load(cls, path: Path, limits: Limits = VMX_LIMITS) -> VmxDocument:
+        """Read and parse a file (``OSError`` if it cannot be read, ``SpecError`` if it is too large)."""
+        return cls.parse(read_bounded(Path(path), limits.file_bytes), source=str(path), limits=limits)
 
     def _load(self, data: bytes) -> None:
-        if data.startswith(_BOM):
-            self._bom, data = _BOM, data[len(_BOM):]
-        parts = _LINE_END.split(data)
+        if len(data) > self.limits.file_bytes:
+            self._refuse(data, f"the file is {len(data)} bytes, more than the {self.limits.file_bytes} minivisor reads")
+            return
+        bom = _BOM if data.startswith(_BOM) else b""
+        parts = _LINE_END.split(data[len(bom):])  # text, end, text, end, ..., text after the last end
+        lines = len(parts) // 2 + bool(parts[-1])
+        if lines > self.limits.lines:
+            self._refuse(data, f"the file has {lines} lines, more than the {self.limits.lines} minivisor reads")
+            return
+        self._bom = bom
         entries: list[tuple[int, _Line, bytes]] = []
         for i in range(0, len(parts), 2):
             text, end = parts[i], (parts[i + 1] if i + 1 < len(parts) else b"")
@@ -210,8 +249,18 @@ class VmxDocument:
         self._index_entries(entries, self._charset_codec(entries))
         self.problems.sort(key=lambda p: p.line)
 
+    def _refuse(self, data: bytes, why: str) -> None:
+        """Keep ``data`` as one verbatim line, unparsed, with an error saying why."""
+        self._lines.append(_Line(data, b""))
+        self._report(1, "error", why, _TOO_BIG_HINT)
+
     def _tokenise(self, line: _Line, n: int) -> bytes | None:
         """Fill in the value of a key line and return its key bytes; report bad lines."""
+        if len(line.text) > self.limits.line_bytes:
+            self._report(n, "error", f"line is {len(line.text)} bytes long, more than the "
+                                     f"{self.limits.line_bytes} minivisor reads",
+                         f"shorten line {n} (VMware's own values are at most a few KB)")
+            return None
         # A NUL would end the line early for VMware's C reader: never valid.
         match = _ENTRY.match(line.text) if b"\x00" not in line.text else None
         if match is None:
@@ -305,22 +354,34 @@ class VmxDocument:
             raise TypeError(f"value must be str, not {type(value).__name__}")
         lkey = key.lower()
         if lkey == ".encoding" and lookup_charset(value) is None:
-            raise SpecError(f"unknown encoding {value!r}", hint='use a charset such as "UTF-8"')
+            raise SpecError(f"unknown encoding {excerpt(value)}", hint='use a charset such as "UTF-8"')
         codec = self.encoding
-        raw = _encode(value, codec, f"the value of {key!r}")
+        raw = _encode(value, codec, f"the value of {excerpt(key)}")
         quoted = b'"' + _escape(raw) + b'"'
         if lines := self._index.get(lkey):
             line = lines[-1]
             match = _ENTRY.match(line.text)
             assert match is not None  # key lines always match
-            line.text = match["indent"] + match["key"] + b" = " + quoted + match["tail"]
-            line.raw = raw
+            text = match["indent"] + match["key"] + b" = " + quoted + match["tail"]
+            self._check_room(key, len(text), new=False)
+            line.text, line.raw = text, raw
             return
-        name = _encode(key, codec, f"the key {key!r}")
+        name = _encode(key, codec, f"the key {excerpt(key)}")
         if not _VALID_KEY.match(name):
-            raise SpecError(f"invalid key {key!r}",
+            raise SpecError(f"invalid key {excerpt(key)}",
                             hint="a key must be non-empty, without whitespace, '=', '#' or NUL")
-        self._add(_Line(name + b" = " + quoted, b"", key, raw), first=lkey == ".encoding")
+        text = name + b" = " + quoted
+        self._check_room(key, len(text), new=True)
+        self._add(_Line(text, b"", key, raw), first=lkey == ".encoding")
+
+    def _check_room(self, key: str, line_bytes: int, *, new: bool) -> None:
+        """Refuse an edit that would make a file this document's limits refuse to read."""
+        if line_bytes > self.limits.line_bytes:
+            raise SpecError(f"the value of {excerpt(key)} is too long: its line would be {line_bytes} bytes",
+                            hint=f"a line may be at most {self.limits.line_bytes} bytes")
+        if new and len(self._lines) >= self.limits.lines:
+            raise SpecError(f"cannot add {excerpt(key)}: the file already has {len(self._lines)} lines",
+                            hint=f"a file may have at most {self.limits.lines} lines")
 
     def _add(self, line: _Line, *, first: bool) -> None:
         # Keep the file's own line ending; a missing final one is added.

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from refusals import assert_one_clear_line
+from refusals import datastore_state as snapshot
 
 from minivisor.api import Hypervisor
 
@@ -19,26 +19,6 @@ def run(datastore: Path, *args: str) -> subprocess.CompletedProcess:
     env.pop("MINIVISOR_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "minivisor", *args], env=env, capture_output=True, text=True,
                           timeout=120)
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file under the datastore with a hash of its content; the catalog by its rows
-    (SQLite may rewrite its file's bytes on a checkpoint without changing any row)."""
-    files = {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-             for p in sorted(folder.rglob("*")) if p.is_file() and ".minivisor" not in p.parts}
-    with sqlite3.connect(folder / ".minivisor" / "catalog.sqlite") as db:
-        files["catalog rows"] = "\n".join(db.iterdump())
-    return files
-
-
-def assert_one_clear_line(result: subprocess.CompletedProcess, exit_code: int, *words: str) -> None:
-    assert result.returncode == exit_code, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ") and "Traceback" not in result.stderr
-    assert "; " in lines[0], "the line says how to fix it"
-    for word in words:
-        assert word in lines[0]
 
 
 @pytest.fixture

@@ -186,8 +186,7 @@ def test_kill_during_a_convert_leaves_no_file(vm):
 
 
 @pytest.mark.qemu
-def test_kill_during_online_snapshots_of_a_running_vm(tmp_path, appliance_image):
-    hv = Hypervisor(tmp_path / "ds")
+def test_kill_during_online_snapshots_of_a_running_vm(hv, appliance_image):
     create_guest(hv, "w", appliance_image, memory_mib=128, network="none")
     folder = hv.datastore.root / "w"
     root = hv.datastore.root
@@ -219,9 +218,8 @@ def test_kill_during_online_snapshots_of_a_running_vm(tmp_path, appliance_image)
 
 
 @pytest.mark.qemu
-def test_kill_minivisor_and_the_vmm_during_an_online_snapshot(tmp_path, appliance_image):
+def test_kill_minivisor_and_the_vmm_during_an_online_snapshot(hv, appliance_image):
     """Both die after the disks switched; the memory state was written before: a whole snapshot."""
-    hv = Hypervisor(tmp_path / "ds")
     create_guest(hv, "w", appliance_image, memory_mib=128, network="none")
     folder = hv.datastore.root / "w"
     hv.start_vm("w", wait_ready=True, timeout=90)
@@ -244,9 +242,8 @@ def test_kill_minivisor_and_the_vmm_during_an_online_snapshot(tmp_path, applianc
 
 
 @pytest.mark.qemu
-def test_kill_while_the_vmm_merges_a_snapshot(tmp_path, appliance_image):
+def test_kill_while_the_vmm_merges_a_snapshot(hv, appliance_image):
     """minivisor dies with the VMM's block-commit job started; the next operation completes it."""
-    hv = Hypervisor(tmp_path / "ds")
     create_guest(hv, "w", appliance_image, memory_mib=128, network="none")
     folder = hv.datastore.root / "w"
     hv.start_vm("w", wait_ready=True, timeout=90)
@@ -266,8 +263,7 @@ def test_kill_while_the_vmm_merges_a_snapshot(tmp_path, appliance_image):
 
 
 @pytest.mark.qemu
-def test_kill_while_the_vmm_streams_a_snapshot_into_the_running_layer(tmp_path, appliance_image):
-    hv = Hypervisor(tmp_path / "ds")
+def test_kill_while_the_vmm_streams_a_snapshot_into_the_running_layer(hv, appliance_image):
     create_guest(hv, "w", appliance_image, memory_mib=128, network="none")
     folder = hv.datastore.root / "w"
     hv.snapshot_take("w", "s1")

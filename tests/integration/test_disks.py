@@ -12,7 +12,7 @@ from cli_runner import run_cli
 
 from minivisor import Hypervisor
 from minivisor.disks import allocated_bytes, check_disk, read_layer, resolve_chain
-from minivisor.errors import DiskError, PathError
+from minivisor.errors import ArgumentError, DiskError, PathError
 
 TIB = 1024 ** 4
 
@@ -136,7 +136,7 @@ def test_a_guest_written_qcow2_header_does_not_turn_a_raw_disk_into_qcow2(hv):
 
 @pytest.mark.parametrize("args, code, words", [
     (["disk", "create", "/etc/minivisor-test.qcow2", "--size", "1G"], PathError.exit_code, "outside the datastore"),
-    (["disk", "create", "x.qcow2", "--size", "lots"], DiskError.exit_code, "not a size"),
+    (["disk", "create", "x.qcow2", "--size", "lots"], ArgumentError.exit_code, "not a size"),
     (["disk", "create", "x.qcow2", "--size", "1G", "--format", "raw"], DiskError.exit_code, "named like"),
     (["disk", "info", "missing.qcow2"], DiskError.exit_code, "does not exist"),
     (["disk", "resize", "/etc/hostname", "1G"], PathError.exit_code, "outside the datastore"),

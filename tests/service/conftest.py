@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from vmm_guard import power_off_all
 
 from minivisor import Hypervisor
 from minivisor.client import Client, connect
-from minivisor.state import VmState
 
 
 class Running:
@@ -66,21 +66,23 @@ class Running:
 
 
 @pytest.fixture
-def datastore(tmp_path) -> Path:
+def datastore(tmp_path):
+    """A fresh datastore; its VMs are powered off at the end, pass or fail (a service leaves them running)."""
     root = tmp_path / "datastore"
     Hypervisor(root)
-    return root
+    yield root
+    trouble = power_off_all(root)
+    if trouble:
+        pytest.fail("VMs left running that would not stop (killed): " + "; ".join(trouble))
 
 
 @pytest.fixture
 def service(datastore):
     running = Running(datastore)
-    yield running.start()
-    running.stop()
-    hv = Hypervisor(datastore)
-    for vm in hv.list_vms():
-        if vm.state in (VmState.RUNNING, VmState.PAUSED):
-            hv.stop_vm(vm.name, hard=True)
+    try:
+        yield running.start()
+    finally:
+        running.stop()  # the datastore fixture powers the VMs off after this
 
 
 def small_vm(hv, name: str) -> str:

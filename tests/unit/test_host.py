@@ -52,6 +52,11 @@ class CountingQemu:
         return len(self.log.read_text().splitlines()) if self.log.exists() else 0
 
 
+# The wrapped probe takes ~0.1 s; a loaded 2-core machine can take seconds to start QEMU at all.
+# These tests count probes and read the cache: a probe that merely ran slowly must not turn into "tcg".
+LOADED_MACHINE_PROBE_TIMEOUT = 120.0
+
+
 @pytest.fixture
 def fake_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point the module at a boot id file and a read-write '/dev/kvm' stand-in."""
@@ -61,6 +66,7 @@ def fake_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     kvm.write_bytes(b"")
     monkeypatch.setattr(host, "_BOOT_ID", str(boot_id))
     monkeypatch.setattr(host, "_KVM_DEVICE", str(kvm))
+    monkeypatch.setattr(host, "PROBE_TIMEOUT", LOADED_MACHINE_PROBE_TIMEOUT)
     return tmp_path
 
 

@@ -375,16 +375,70 @@ def test_delete_removes_every_line_of_a_key() -> None:
     assert doc.to_bytes() == b'a = "1"\n# c\nd = "5"\n'
 
 
-def test_one_megabyte_values() -> None:
-    big = "x" * (1 << 20)
+def test_values_up_to_the_line_limit_round_trip() -> None:
+    limit = vmx.VMX_LIMITS.line_bytes
+    big = "x" * (limit - len('a = ""'))
     data = b'a = "' + big.encode() + b'"\nb = ' + big.encode() + b"\n"
     doc = parse(data)
+    assert doc.problems == []
     assert doc.get("a") == big and doc.get("b") == big
     assert doc.to_bytes() == data
-    doc.set("c", big + "|\n")
-    assert parse(doc.to_bytes()).get("c") == big + "|\n"
-    garbage = parse(b"a = " + b"x " * (1 << 19) + b"\n")
-    assert [n for n, _ in errors(garbage)] == [1]
+    edited = parse(b"")
+    edited.set("c", big[:-3] + "\n")  # the newline is written as |0A: exactly the limit
+    assert parse(edited.to_bytes()).get("c") == big[:-3] + "\n"
+
+
+def test_a_line_over_the_limit_is_kept_verbatim_and_reported() -> None:
+    long_line = b'displayName = "' + b"x" * vmx.VMX_LIMITS.line_bytes + b'"'
+    data = b'a = "1"\n' + long_line + b'\nb = "2"\n'
+    doc = parse(data)
+    assert [(n, "more than the" in m) for n, m in errors(doc)] == [(2, True)]
+    assert "displayName" not in doc and doc.get("a") == "1" and doc.get("b") == "2"
+    assert doc.to_bytes() == data
+    with pytest.raises(SpecError) as caught:
+        doc.raise_for_errors()
+    assert len(caught.value.one_line()) < 300  # the value itself is never echoed
+
+
+def test_set_refuses_a_line_over_the_limit_and_leaves_the_document_alone() -> None:
+    doc = parse(b'a = "1"\n')
+    with pytest.raises(SpecError, match="too long"):
+        doc.set("a", "x" * (1 << 20))
+    with pytest.raises(SpecError, match="too long"):
+        doc.set("b", "x" * vmx.VMX_LIMITS.line_bytes)
+    assert doc.to_bytes() == b'a = "1"\n'
+
+
+def test_a_file_over_its_size_or_line_limit_is_not_parsed() -> None:
+    small = vmx.Limits(file_bytes=100, lines=3, line_bytes=50)
+    for data, words in ((b'a = "' + b"x" * 100 + b'"\n', "107 bytes, more than the 100"),
+                        (b'a = "1"\nb = "2"\nc = "3"\nd = "4"', "4 lines, more than the 3"),
+                        (b"\xef\xbb\xbf\n\n\n\n", "4 lines")):
+        doc = VmxDocument.parse(data, source="t.vmx", limits=small)
+        assert [(p.line, words in p.message) for p in doc.problems] == [(1, True)]
+        assert doc.items() == [] and doc.to_bytes() == data
+    assert VmxDocument.parse(b'a = "1"\nb = "2"\nc = "3"\n', limits=small).problems == []
+
+
+def test_set_refuses_a_line_past_the_line_limit() -> None:
+    doc = VmxDocument.parse(b'a = "1"\nb = "2"\n', limits=vmx.Limits(file_bytes=100, lines=2, line_bytes=50))
+    doc.set("a", "3")  # rewriting a line adds none
+    with pytest.raises(SpecError, match="already has 2 lines"):
+        doc.set("c", "3")
+    assert doc.to_bytes() == b'a = "3"\nb = "2"\n'
+
+
+def test_load_reads_no_more_than_the_size_limit(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.vmx"
+    with open(huge, "wb") as handle:
+        handle.write(b'a = "1"\n')
+        handle.truncate(16 << 30)  # sparse: 16 GiB that reading whole would exhaust memory
+    with pytest.raises(SpecError, match="larger than the 256 KiB") as caught:
+        VmxDocument.load(huge)
+    assert len(caught.value.one_line()) < 300
+    fits = tmp_path / "fits.vmx"
+    fits.write_bytes(b'a = "1"\n'.ljust(vmx.VMX_LIMITS.file_bytes - 1, b" ") + b"\n")
+    assert VmxDocument.load(fits).get("a") == "1"
 
 
 # -- properties ----------------------------------------------------------------
@@ -540,7 +594,8 @@ def test_save_and_load(tmp_path: Path) -> None:
 
 
 def test_public_surface() -> None:
-    assert sorted(vmx.__all__) == ["VmxDocument", "VmxProblem", "lookup_charset", "write_atomic"]
+    assert sorted(vmx.__all__) == ["Limits", "VMX_LIMITS", "VmxDocument", "VmxProblem", "lookup_charset",
+                                   "read_bounded", "write_atomic"]
     for name in vmx.__all__:
         assert getattr(vmx, name).__module__ == "minivisor.vmx"
 

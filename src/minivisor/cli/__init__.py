@@ -6,6 +6,10 @@ and the helpers here.
 Every error is an :class:`~minivisor.errors.HvError` turned, in :func:`main`
 only, into one line on stderr and the error's exit code. Set MINIVISOR_DEBUG=1
 to see tracebacks of unexpected failures.
+
+Every human-readable line goes through :func:`say`, :func:`warn`,
+:func:`progress`, :func:`main` or :mod:`minivisor.output`, which escape control
+characters: names and values from specfiles and guests never drive the terminal.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import HvError
+from ..text import clip, printable
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="minivisor: run VMware-style VMs (.vmx) on QEMU/KVM.")
@@ -77,13 +82,18 @@ def print_json(data: object) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+def say(line: str) -> None:
+    """One line of human-readable output on stdout."""
+    sys.stdout.write(printable(line) + "\n")
+
+
 def warn(lines) -> None:
     for line in lines:
-        sys.stderr.write(f"warning: {line}\n")
+        sys.stderr.write(f"warning: {printable(line)}\n")
 
 
 def progress(line: str) -> None:
-    sys.stderr.write(f"  {line}\n")
+    sys.stderr.write(f"  {printable(line)}\n")
 
 
 def main() -> None:
@@ -95,12 +105,13 @@ def main() -> None:
     try:
         app()
     except HvError as exc:
-        sys.stderr.write(f"error: {exc.one_line()}\n")
+        sys.stderr.write(f"error: {printable(exc.one_line())}\n")
         sys.exit(exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: users never see a traceback
         if os.environ.get("MINIVISOR_DEBUG"):
             raise
-        sys.stderr.write(f"internal error: {type(exc).__name__}: {exc} (set MINIVISOR_DEBUG=1 for details)\n")
+        detail = printable(" ".join(clip(str(exc)).split()))
+        sys.stderr.write(f"internal error: {type(exc).__name__}: {detail} (set MINIVISOR_DEBUG=1 for details)\n")
         sys.exit(1)
 
 

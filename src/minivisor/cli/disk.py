@@ -23,14 +23,18 @@ def progress_bar(what: str):
     """
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn())
+    from ..text import printable
+
+    # the description names a user's file: shown escaped, never read as markup
+    bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), TaskProgressColumn(),
+                   TimeRemainingColumn())
     task = None
 
     def update(percent: float) -> None:
         nonlocal task
         if task is None:
             bar.start()
-            task = bar.add_task(what, total=100)
+            task = bar.add_task(printable(what), total=100)
         bar.update(task, completed=percent)
 
     try:
@@ -42,7 +46,7 @@ def progress_bar(what: str):
 
 def show_disk(info: dict) -> None:
     from ..disks import human_size
-    from ..output import _key_values
+    from ..output import key_values
 
     rows = [("file", info["file"]), ("format", info["format"]),
             ("virtual size", f"{human_size(info['virtual_size'])} ({info['virtual_size']} bytes)"),
@@ -50,7 +54,7 @@ def show_disk(info: dict) -> None:
     for depth, layer in enumerate(info["chain"][1:], 1):
         rows.append((f"parent {depth}", f"{layer['file']} ({layer['format']}, {human_size(layer['allocated'])} "
                                         "allocated)"))
-    _key_values(rows)
+    key_values(rows)
 
 
 @disk_app.command("create")

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import JsonFlag, Name, group, hv, print_json
+from . import JsonFlag, Name, group, hv, print_json, say
 
 snapshot_app = group("snapshot", "Snapshots of a VM (a tree, kept in its .vmsd).")
 
@@ -21,7 +21,7 @@ def snapshot_take(name: Name, snapshot: SnapName,
     """Freeze the VM's disks (and its memory when running) as a named snapshot."""
     snap = hv().snapshot_take(name, snapshot, description=description, memory=memory)
     kind = "disks and memory" if snap.memory_file else "disks"
-    print(f"took snapshot {snap.name!r} of {name} ({kind}, uid {snap.uid})")
+    say(f"took snapshot {snap.name!r} of {name} ({kind}, uid {snap.uid})")
 
 
 @snapshot_app.command("list")
@@ -31,35 +31,22 @@ def snapshot_list(name: Name, as_json: JsonFlag = False) -> None:
     if as_json:
         return print_json(snaps)
     if not snaps:
-        print(f"{name} has no snapshots (take one: minivisor snapshot take {name} NAME)")
+        say(f"{name} has no snapshots (take one: minivisor snapshot take {name} NAME)")
         return
-    import time
+    from .. import output
 
-    from rich.console import Console
-    from rich.tree import Tree
-
-    root = Tree(f"[bold]{name}[/]")
-    nodes = {}
-    for snap in snaps:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap["created"]))
-        label = f"{snap['name']} [dim](uid {snap['uid']}, {when}{', memory' if snap['memory'] else ''})[/]"
-        if snap["description"]:
-            label += f" [dim]- {snap['description']}[/]"
-        if snap["current"]:
-            label += " [bold green]<- you are here[/]"
-        nodes[snap["uid"]] = (nodes[snap["parent"]] if snap["parent"] in nodes else root).add(label)
-    Console(highlight=False).print(root)
+    output.snapshot_tree(name, snaps)
 
 
 @snapshot_app.command("revert")
 def snapshot_revert(name: Name, snapshot: SnapName) -> None:
     """Go back to a snapshot (the current state is discarded); memory snapshots resume running."""
     snap, running = hv().snapshot_revert(name, snapshot)
-    print(f"{name} reverted to {snap.name!r}" + (" and running where it was" if running else " (powered off)"))
+    say(f"{name} reverted to {snap.name!r}" + (" and running where it was" if running else " (powered off)"))
 
 
 @snapshot_app.command("delete")
 def snapshot_delete(name: Name, snapshot: SnapName) -> None:
     """Delete a snapshot; its data is merged into what depends on it."""
     snap = hv().snapshot_delete(name, snapshot)
-    print(f"deleted snapshot {snap.name!r} of {name}")
+    say(f"deleted snapshot {snap.name!r} of {name}")

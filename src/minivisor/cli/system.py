@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import JsonFlag, app, group, hv, print_json, progress
+from . import JsonFlag, app, group, hv, print_json, progress, say
 
 host_app = group("host", "Facts about this host.")
 image_app = group("image", "Build guest images.")
@@ -32,10 +32,11 @@ def image_build(kind: Annotated[str, typer.Argument(help="What to build: applian
     from .. import dirs
     from ..appliance import build_appliance
     from ..errors import NotFoundError
+    from ..text import excerpt
 
     if kind != "appliance":
-        raise NotFoundError(f"no image kind {kind!r}", hint="the buildable image is: appliance")
-    print(build_appliance(dirs.cache_dir(), force=force, progress=progress))
+        raise NotFoundError(f"no image kind {excerpt(kind)}", hint="the buildable image is: appliance")
+    say(build_appliance(dirs.cache_dir(), force=force, progress=progress))
 
 
 @datastore_app.command("info")
@@ -45,7 +46,7 @@ def datastore_info(as_json: JsonFlag = False) -> None:
     if as_json:
         return print_json(data)
     for key, value in data.items():
-        print(f"{key:14} {value}")
+        say(f"{key:14} {value}")
 
 
 @datastore_app.command("allow-path")

@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import JsonFlag, Name, group, hv, print_json, progress, warn
+from ..text import excerpt
+from . import JsonFlag, Name, group, hv, print_json, progress, say, warn
 
 vm_app = group("vm", "Create, run and inspect VMs.")
 
@@ -30,7 +31,7 @@ def vm_create(
     """Create a VM folder with a specfile and a disk in the datastore."""
     vm = hv().create_vm(name, memory_mib=memory, cpus=cpus, disk_size=disk_size, boot_disk=boot_disk,
                          network=network, nic_model=nic, scsi_model=scsi, guest_os=guest_os, progress=progress)
-    print(f"created {vm.name}: {vm.vmx}")
+    say(f"created {vm.name}: {vm.vmx}")
 
 
 @vm_app.command("register")
@@ -39,21 +40,21 @@ def vm_register(vmx: Annotated[Path, typer.Argument(help="The .vmx file, in its 
                 ) -> None:
     """Add an existing specfile to the catalog."""
     vm = hv().register_vm(vmx, name)
-    print(f"registered {vm.name}: {vm.vmx}")
+    say(f"registered {vm.name}: {vm.vmx}")
 
 
 @vm_app.command("unregister")
 def vm_unregister(name: Name) -> None:
     """Remove a VM from the catalog; its files stay."""
     hv().unregister_vm(name)
-    print(f"unregistered {name} (files kept)")
+    say(f"unregistered {name} (files kept)")
 
 
 @vm_app.command("delete")
 def vm_delete(name: Name) -> None:
     """Delete a powered-off VM and every file in its folder."""
     hv().delete_vm(name)
-    print(f"deleted {name}")
+    say(f"deleted {name}")
 
 
 @vm_app.command("list")
@@ -98,9 +99,9 @@ def vm_start(name: Name,
     """Power on: start the VM's VMM, which boots it from its disk."""
     result = hv().start_vm(name, wait_ready=wait_ready, timeout=timeout)
     warn(result.warnings)
-    print(f"{name} is powered on (pid {result.vm.pid}, {result.vm.accel})")
+    say(f"{name} is powered on (pid {result.vm.pid}, {result.vm.accel})")
     if result.ready_line:
-        print(f"{name} is ready: {result.ready_line}")
+        say(f"{name} is ready: {result.ready_line}")
 
 
 @vm_app.command("stop")
@@ -110,28 +111,28 @@ def vm_stop(name: Name,
             ) -> None:
     """Power off (ACPI shutdown, hard after --timeout)."""
     how = hv().stop_vm(name, hard=hard, timeout=timeout)
-    print(f"{name} is powered off ({how})")
+    say(f"{name} is powered off ({how})")
 
 
 @vm_app.command("reset")
 def vm_reset(name: Name) -> None:
     """Reset the VM (like its reset button)."""
     hv().reset_vm(name)
-    print(f"{name} was reset")
+    say(f"{name} was reset")
 
 
 @vm_app.command("pause")
 def vm_pause(name: Name) -> None:
     """Freeze the VM's virtual CPUs."""
     hv().pause_vm(name)
-    print(f"{name} is paused")
+    say(f"{name} is paused")
 
 
 @vm_app.command("resume")
 def vm_resume(name: Name) -> None:
     """Let a paused VM run again."""
     hv().resume_vm(name)
-    print(f"{name} is running")
+    say(f"{name} is running")
 
 
 @vm_app.command("console")
@@ -161,9 +162,9 @@ def vm_autostart(name: Name, setting: Annotated[str, typer.Argument(help="on or 
     if setting not in ("on", "off"):
         from ..errors import SpecError
 
-        raise SpecError(f"autostart must be on or off, not {setting!r}", hint=f"minivisor vm autostart {name} on")
+        raise SpecError(f"autostart must be on or off, not {excerpt(setting)}", hint=f"minivisor vm autostart {name} on")
     vm = hv().set_autostart(name, setting == "on")
-    print(f"{vm.name}: autostart {setting}")
+    say(f"{vm.name}: autostart {setting}")
 
 
 @vm_app.command("events")
@@ -177,7 +178,7 @@ def vm_events(name: Name, limit: Annotated[int, typer.Option(help="How many of t
 
     for event in events:
         extra = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("type", "vm", "time", "id"))
-        print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(event['time']))}  {event['type']:<14} {extra}")
+        say(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(event['time']))}  {event['type']:<14} {extra}")
 
 
 # -- disks, snapshots, clones ----------------------------------------------------
@@ -196,7 +197,7 @@ def vm_clone(source: Name, target: Annotated[str, typer.Argument(help="The new V
             vm = hv().clone_vm(source, target, linked=False, snapshot=snapshot, progress=update)
     else:
         vm = hv().clone_vm(source, target, linked=True, snapshot=snapshot)
-    print(f"created {'full' if full else 'linked'} clone {vm.name}: {vm.vmx}")
+    say(f"created {'full' if full else 'linked'} clone {vm.name}: {vm.vmx}")
 
 
 @vm_app.command("import")
@@ -214,7 +215,7 @@ def vm_import(folder: Annotated[Path, typer.Argument(help="A VMware VM folder (.
             bars[disk](percent)  # type: ignore[operator]
 
         vm = hv().import_vm(folder, name, progress=update)
-    print(f"imported {vm.name}: {vm.vmx}")
+    say(f"imported {vm.name}: {vm.vmx}")
 
 
 @vm_app.command("disk")
@@ -233,25 +234,17 @@ def vm_disk(name: Name,
     elif action in ("list", "info"):
         disks = [d for d in hv().vm_disks(name) if node is None or d["node"] == node.lower()]
         if node and not disks:
-            raise SpecError(f"VM {name!r} has no hard disk {node!r}", hint=f"see: minivisor vm disk {name} list")
+            raise SpecError(f"VM {name!r} has no hard disk {excerpt(node)}", hint=f"see: minivisor vm disk {name} list")
     else:
-        raise SpecError(f"unknown action {action!r}", hint="use list, info or resize")
+        raise SpecError(f"unknown action {excerpt(action)}", hint="use list, info or resize")
     if as_json:
         return print_json(disks)
-    from ..disks import human_size
     from .disk import show_disk
 
     if action == "list":
-        from rich.console import Console
-        from rich.table import Table
+        from .. import output
 
-        table = Table(box=None, header_style="bold")
-        for column in ("DISK", "FILE", "FORMAT", "SIZE", "ALLOCATED", "LAYERS"):
-            table.add_column(column)
-        for d in disks:
-            table.add_row(d["node"], d["fileName"], d["format"], human_size(d["virtual_size"]),
-                          human_size(d["chain_allocated"]), str(len(d["chain"])))
-        Console(highlight=False).print(table)
+        output.disk_table(disks)
     else:
         for d in disks:
             show_disk(d)

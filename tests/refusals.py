@@ -1,0 +1,37 @@
+"""What a refused request must leave behind: one clear line, a non-zero exit, nothing changed."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import subprocess
+from pathlib import Path
+
+
+def datastore_state(folder: Path, *, contents: bool = True) -> dict[str, str]:
+    """Every file under the datastore with a hash of its content; the catalog by its rows
+    (SQLite may rewrite its file's bytes on a checkpoint without changing any row).
+
+    ``contents=False`` takes each file's size and modification time instead of reading it
+    (for a test whose attack is a file too large to read)."""
+    def fingerprint(path: Path) -> str:
+        if not contents:
+            return f"{path.stat().st_size}:{path.stat().st_mtime_ns}"
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    files = {str(p.relative_to(folder)): fingerprint(p)
+             for p in sorted(folder.rglob("*")) if p.is_file() and ".minivisor" not in p.parts}
+    with sqlite3.connect(folder / ".minivisor" / "catalog.sqlite") as db:
+        files["catalog rows"] = "\n".join(db.iterdump())
+    return files
+
+
+def assert_one_clear_line(result: subprocess.CompletedProcess, exit_code: int, *words: str) -> None:
+    """The CLI exited with ``exit_code`` and said what is wrong and how to fix it on one stderr line."""
+    assert result.returncode == exit_code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in result.stderr
+    assert "; " in lines[0], "the line says how to fix it"
+    for word in words:
+        assert word in lines[0]
