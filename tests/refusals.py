@@ -9,20 +9,24 @@ from pathlib import Path
 
 
 def datastore_state(folder: Path, *, contents: bool = True) -> dict[str, str]:
-    """Every file under the datastore with a hash of its content; the catalog by its rows
-    (SQLite may rewrite its file's bytes on a checkpoint without changing any row).
+    """Every file under the datastore, its metadata included, with a hash of its content.
 
+    The catalog counts by its rows (SQLite may rewrite its file's bytes on a checkpoint
+    without changing any row), its spec_cache left out (a cache: reading a VM may refill
+    it); lock files, created on demand by any operation, are left out.
     ``contents=False`` takes each file's size and modification time instead of reading it
-    (for a test whose attack is a file too large to read)."""
+    (for a test whose attack is a file too large to read).
+    """
     def fingerprint(path: Path) -> str:
         if not contents:
             return f"{path.stat().st_size}:{path.stat().st_mtime_ns}"
         return hashlib.sha256(path.read_bytes()).hexdigest()
 
-    files = {str(p.relative_to(folder)): fingerprint(p)
-             for p in sorted(folder.rglob("*")) if p.is_file() and ".minivisor" not in p.parts}
+    files = {str(p.relative_to(folder)): fingerprint(p) for p in sorted(folder.rglob("*"))
+             if p.is_file() and not p.name.startswith("catalog.sqlite") and "locks" not in p.relative_to(folder).parts
+             and not p.name.endswith(".lck")}
     with sqlite3.connect(folder / ".minivisor" / "catalog.sqlite") as db:
-        files["catalog rows"] = "\n".join(db.iterdump())
+        files["catalog rows"] = "\n".join(row for row in db.iterdump() if '"spec_cache"' not in row)
     return files
 
 

@@ -12,6 +12,7 @@ is refused. qemu-img runs with umask 077: what it creates is owner-only.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -50,6 +51,9 @@ FORMATS_BY_SUFFIX = {".qcow2": "qcow2", ".vmdk": "vmdk", ".raw": "raw", ".img": 
                      ".flp": "raw", ".bin": "raw"}
 MAX_CHAIN = 64
 PRIVATE_UMASK = 0o077
+# Free bytes below which a failed qemu-img write is put down to a full file system: qemu-img does not
+# always say ENOSPC (a full tmpfs gives "Invalid argument", or an assertion failure in its error path).
+FULL_MARGIN = 16 * 1024 * 1024
 
 # qcow2 header fields (docs/interop/qcow2.txt)
 QCOW2_MAGIC = b"QFI\xfb"
@@ -430,12 +434,24 @@ def convert_disk(chain: tuple[ImageLayer, ...], target: Path, target_format: str
         buffer = buffer[buffer.rfind(b")") + 1:] if b")" in buffer else buffer
     error = process.stderr.read().decode(errors="replace").strip() if process.stderr else ""
     if process.wait() != 0:
-        raise DiskError(f"qemu-img convert failed: {error.splitlines()[-1] if error else process.returncode}",
+        detail = error.splitlines()[-1] if error else str(process.returncode)
+        if _free_bytes(target.parent) < FULL_MARGIN:
+            detail += f" ({os.strerror(errno.ENOSPC)})"  # the file system is full, whatever qemu-img said
+        raise DiskError(f"qemu-img convert failed: {detail}",
                         hint="check free space and that the source is intact: minivisor disk info")
     if thick and target_format == "vmdk":
         for extent in read_layer(target, "vmdk").extent_files:
             with open(target.parent / extent, "r+b") as handle:
                 os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+
+
+def _free_bytes(folder: Path) -> int:
+    """Bytes an unprivileged writer may still use on ``folder``'s file system."""
+    try:
+        info = os.statvfs(folder)
+    except OSError:
+        return FULL_MARGIN  # unknown: do not claim the file system is full
+    return info.f_bavail * info.f_frsize
 
 
 def copy_sparse(source: Path, target: Path, progress: Callable[[int], None] | None = None) -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 from cli_runner import run_cli
-from path_attacks import add_keys, assert_no_vmm_started, assert_one_line, datastore_state, qcow2_backed_by, qemu_img
+from refusals import assert_one_clear_line, datastore_state
+from attacks import add_keys, assert_no_vmm_started, qcow2_backed_by, qemu_img
 
 from minivisor.errors import ConflictError, PathError
 
@@ -83,11 +84,11 @@ def test_power_on_refuses_a_disk_of_another_vm(victim, alias, words):
     name = alias(b)
     vmx = b / "b.vmx"
     vmx.write_text(vmx.read_text().replace('"b.qcow2"', f'"{name}"'))
-    before, a_files = datastore_state(hv), files_of(hv.datastore.root / "a")
+    before, a_files = datastore_state(hv.datastore.root), files_of(hv.datastore.root / "a")
     for command in ("start", "explain"):
-        assert_one_line(run_cli("vm", command, "b", datastore=hv.datastore.root), PathError.exit_code, words)
+        assert_one_clear_line(run_cli("vm", command, "b", datastore=hv.datastore.root), PathError.exit_code, words)
     assert_no_vmm_started(hv, "b")
-    assert datastore_state(hv) == before and files_of(hv.datastore.root / "a") == a_files
+    assert datastore_state(hv.datastore.root) == before and files_of(hv.datastore.root / "a") == a_files
 
 
 @pytest.mark.parametrize("alias, words", ALIASES, ids=IDS)
@@ -98,10 +99,10 @@ def test_register_refuses_a_disk_of_another_vm(victim, alias, words):
     name = alias(c)
     (c / "c.vmx").write_text(f'memSize = "64"\nscsi0.present = "TRUE"\nscsi0:0.fileName = "{name}"\n'
                              .replace("../b/", "../c/"))
-    before = datastore_state(hv)
-    assert_one_line(run_cli("vm", "register", str(c / "c.vmx"), datastore=hv.datastore.root),
+    before = datastore_state(hv.datastore.root)
+    assert_one_clear_line(run_cli("vm", "register", str(c / "c.vmx"), datastore=hv.datastore.root),
                     PathError.exit_code, words)
-    assert datastore_state(hv) == before and {vm.name for vm in hv.list_vms()} == {"a", "b"}
+    assert datastore_state(hv.datastore.root) == before and {vm.name for vm in hv.list_vms()} == {"a", "b"}
 
 
 def test_a_second_specfile_in_a_vms_folder_is_refused(victim):
@@ -109,11 +110,11 @@ def test_a_second_specfile_in_a_vms_folder_is_refused(victim):
     second = hv.datastore.root / "a" / "second.vmx"
     second.write_text('memSize = "64"\nscsi0.present = "TRUE"\nscsi0:0.fileName = "a-000001.qcow2"\n')
     os.symlink("a", hv.datastore.root / "alias")  # the same folder under another name
-    before = datastore_state(hv)
+    before = datastore_state(hv.datastore.root)
     for vmx in (second, hv.datastore.root / "alias" / "second.vmx"):
         result = run_cli("vm", "register", str(vmx), datastore=hv.datastore.root)
-        assert_one_line(result, ConflictError.exit_code, "share the folder")
-    assert datastore_state(hv) == before and {vm.name for vm in hv.list_vms()} == {"a", "b"}
+        assert_one_clear_line(result, ConflictError.exit_code, "share the folder")
+    assert datastore_state(hv.datastore.root) == before and {vm.name for vm in hv.list_vms()} == {"a", "b"}
 
 
 def test_power_on_refuses_vms_that_share_a_folder_or_live_behind_a_symlink(victim):
@@ -125,14 +126,14 @@ def test_power_on_refuses_vms_that_share_a_folder_or_live_behind_a_symlink(victi
     with hv.datastore.catalog.transaction() as db:
         hv.datastore.catalog.add(db, "second", str(uuid.uuid4()), "a/second.vmx")
         hv.datastore.catalog.add(db, "aliased", str(uuid.uuid4()), "b-alias/b.vmx")
-    before = datastore_state(hv)
+    before = datastore_state(hv.datastore.root)
     for name in ("a", "second"):
-        assert_one_line(run_cli("vm", "start", name, datastore=hv.datastore.root), ConflictError.exit_code,
+        assert_one_clear_line(run_cli("vm", "start", name, datastore=hv.datastore.root), ConflictError.exit_code,
                         "share the folder")
-    assert_one_line(run_cli("vm", "start", "aliased", datastore=hv.datastore.root), PathError.exit_code, "symlink")
+    assert_one_clear_line(run_cli("vm", "start", "aliased", datastore=hv.datastore.root), PathError.exit_code, "symlink")
     for name in ("a", "second", "b"):
         assert_no_vmm_started(hv, name)
-    assert datastore_state(hv) == before
+    assert datastore_state(hv.datastore.root) == before
 
 
 def test_a_linked_clone_may_read_its_source_snapshot_and_nothing_else_of_it(victim):
@@ -151,17 +152,17 @@ def test_a_linked_clone_may_read_its_source_snapshot_and_nothing_else_of_it(vict
     }
     for what, attack in attacks.items():
         attack()
-        before, a_files = datastore_state(hv), files_of(hv.datastore.root / "a")
+        before, a_files = datastore_state(hv.datastore.root), files_of(hv.datastore.root / "a")
         result = run_cli("vm", "start", "kid", datastore=hv.datastore.root)
-        assert_one_line(result, PathError.exit_code, "outside the VM folder")
+        assert_one_clear_line(result, PathError.exit_code, "outside the VM folder")
         assert_no_vmm_started(hv, "kid")
-        assert datastore_state(hv) == before and files_of(hv.datastore.root / "a") == a_files, what
+        assert datastore_state(hv.datastore.root) == before and files_of(hv.datastore.root / "a") == a_files, what
         vmx.write_text(good)
         qemu_img("rebase", "-q", "-u", "-f", "qcow2", "-F", "qcow2", "-b", "../a/a.qcow2", str(kid / "kid.qcow2"))
     # another VM gets no share of the exception
     b = hv.datastore.root / "b"
     qcow2_backed_by(b / "top.qcow2", "../a/a.qcow2", "qcow2")
     (b / "b.vmx").write_text((b / "b.vmx").read_text().replace('"b.qcow2"', '"top.qcow2"'))
-    assert_one_line(run_cli("vm", "start", "b", datastore=hv.datastore.root), PathError.exit_code,
+    assert_one_clear_line(run_cli("vm", "start", "b", datastore=hv.datastore.root), PathError.exit_code,
                     "outside the VM folder")
     assert hv.explain_vm("kid").argv

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from cli_runner import run_cli
-from path_attacks import qemu_img
+from attacks import qemu_img
 
 from minivisor.state import VmState
 

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 from cli_runner import run_cli
-from path_attacks import (
+from refusals import assert_one_clear_line, datastore_state
+from attacks import (
     add_keys,
     assert_no_leak,
     assert_no_vmm_started,
-    assert_one_line,
-    datastore_state,
     json_backing,
     make_name_exist,
     plant_secret,
@@ -95,12 +94,12 @@ def test_vm_import_refuses_an_image_that_names_a_host_file(hv, tmp_path, plant, 
     disk = plant(folder, secret)
     (folder / "vm.vmx").write_text(SPECFILE.format(disk=disk))
     with_token(hv)
-    before = datastore_state(hv)
+    before = datastore_state(hv.datastore.root)
     result = run_cli("vm", "import", str(folder), datastore=hv.datastore.root)
-    assert_one_line(result, error.exit_code, words)
+    assert_one_clear_line(result, error.exit_code, words)
     with pytest.raises(error):
         hv.import_vm(folder)
-    assert datastore_state(hv) == before and hv.list_vms() == []
+    assert datastore_state(hv.datastore.root) == before and hv.list_vms() == []
     assert_no_leak(hv, secret)
 
 
@@ -109,11 +108,11 @@ def test_disk_convert_and_info_refuse_a_json_backing_inside_the_datastore(hv, tm
     hv.create_vm("web", memory_mib=64, disk_size="16M", network="none")
     _json_backing(hv.datastore.root / "web", secret)
     with_token(hv)
-    before = datastore_state(hv)
+    before = datastore_state(hv.datastore.root)
     for command in (["disk", "convert", "web/d.qcow2", "web/copy.qcow2"], ["disk", "info", "web/d.qcow2"]):
         result = run_cli(*command, datastore=hv.datastore.root, cwd=hv.datastore.root)
-        assert_one_line(result, PathError.exit_code, "protocol")
-    assert datastore_state(hv) == before
+        assert_one_clear_line(result, PathError.exit_code, "protocol")
+    assert datastore_state(hv.datastore.root) == before
     assert_no_leak(hv, secret)
 
 
@@ -126,12 +125,12 @@ def test_power_on_refuses_a_disk_chained_to_a_host_file_before_qemu_starts(hv, t
     disk = plant(folder, secret)
     add_keys(folder / "web.vmx", f'scsi0:1.present = "TRUE"\nscsi0:1.fileName = "{disk}"\n')
     with_token(hv)
-    before = datastore_state(hv)
+    before = datastore_state(hv.datastore.root)
     for command in ("start", "explain"):
         result = run_cli("vm", command, "web", datastore=hv.datastore.root)
-        assert_one_line(result, PathError.exit_code, disk, "protocol" if plant is _json_backing else "outside")
+        assert_one_clear_line(result, PathError.exit_code, disk, "protocol" if plant is _json_backing else "outside")
     assert_no_vmm_started(hv, "web")
-    assert datastore_state(hv) == before
+    assert datastore_state(hv.datastore.root) == before
     assert_no_leak(hv, secret)
 
 
@@ -177,16 +176,16 @@ def test_create_refuses_a_boot_disk_outside_the_allowed_folders(hv, tmp_path, pl
     hv.allow_path(images)  # the attacker's image sits in a folder the user allowed; what it names does not
     image = plant(images, secret)
     with_token(hv)
-    before = datastore_state(hv)
+    before = datastore_state(hv.datastore.root)
     if interface == "cli":
         result = run_cli("vm", "create", "v", "--memory", "64", "--network", "none", "--boot-disk", str(image),
                          datastore=hv.datastore.root)
-        assert_one_line(result, PathError.exit_code, words)
+        assert_one_clear_line(result, PathError.exit_code, words)
     else:
         with pytest.raises(PathError) as refused:
             hv.create_vm("v", memory_mib=64, network="none", boot_disk=image)
         assert words in str(refused.value) + refused.value.hint
-    assert datastore_state(hv) == before and [vm.name for vm in hv.list_vms()] == ["other"]
+    assert datastore_state(hv.datastore.root) == before and [vm.name for vm in hv.list_vms()] == ["other"]
     assert_no_leak(hv, secret)
 
 
@@ -199,7 +198,7 @@ def test_the_refusal_says_how_to_allow_the_images_folder_and_that_works(hv, tmp_
     refused = run_cli("vm", "create", "v", "--memory", "64", "--network", "none",
                       "--boot-disk", str(images / "boot.qcow2"), datastore=hv.datastore.root)
     hinted = f"minivisor datastore allow-path {images}"
-    assert_one_line(refused, PathError.exit_code, hinted)
+    assert_one_clear_line(refused, PathError.exit_code, hinted)
     assert run_cli(*hinted.split()[1:], datastore=hv.datastore.root).returncode == 0
     created = run_cli("vm", "create", "v", "--memory", "64", "--network", "none",
                       "--boot-disk", str(images / "boot.qcow2"), datastore=hv.datastore.root)
@@ -214,10 +213,10 @@ def test_the_refusal_says_how_to_allow_the_images_folder_and_that_works(hv, tmp_
 def test_allow_path_refuses_a_folder_inside_the_datastore(hv):
     hv.create_vm("other", memory_mib=64, disk_size="16M", network="none")
     with_token(hv)
-    before = datastore_state(hv)
+    before = datastore_state(hv.datastore.root)
     for folder in (hv.datastore.root / "other", hv.datastore.meta, hv.datastore.root):
         result = run_cli("datastore", "allow-path", str(folder), datastore=hv.datastore.root)
-        assert_one_line(result, PathError.exit_code, "inside the datastore")
+        assert_one_clear_line(result, PathError.exit_code, "inside the datastore")
     with pytest.raises(HvError):
         hv.allow_path(hv.datastore.root / "other")
-    assert datastore_state(hv) == before and hv.datastore_info()["allowed_paths"] == []
+    assert datastore_state(hv.datastore.root) == before and hv.datastore_info()["allowed_paths"] == []

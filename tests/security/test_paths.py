@@ -14,12 +14,11 @@ import subprocess
 
 import pytest
 from cli_runner import run_cli
-from path_attacks import (
+from refusals import assert_one_clear_line, datastore_state
+from attacks import (
     add_keys,
     assert_no_leak,
     assert_no_vmm_started,
-    assert_one_line,
-    datastore_state,
     plant_secret,
     with_token,
 )
@@ -67,12 +66,12 @@ def device_line(device: str, target: str, hv) -> str:
 def test_power_on_refuses_a_device_file_that_is_not_the_vms_own(two_vms, device, target):
     hv = two_vms
     add_keys(hv.datastore.root / "web" / "web.vmx", device_line(device, target, hv))
-    before = datastore_state(hv)
+    before = datastore_state(hv.datastore.root)
     for command in ("start", "explain"):
         result = run_cli("vm", command, "web", datastore=hv.datastore.root)
-        assert_one_line(result, SpecError.exit_code, TARGETS[target])
+        assert_one_clear_line(result, SpecError.exit_code, TARGETS[target])
     assert_no_vmm_started(hv, "web")
-    assert datastore_state(hv) == before
+    assert datastore_state(hv.datastore.root) == before
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -81,10 +80,10 @@ def test_register_refuses_a_specfile_whose_device_names_the_token(two_vms, devic
     folder = hv.datastore.root / "fresh"
     folder.mkdir(mode=0o700)
     (folder / "fresh.vmx").write_text('memSize = "64"\n' + device_line(device, "../.minivisor/token", hv))
-    before = datastore_state(hv)
+    before = datastore_state(hv.datastore.root)
     result = run_cli("vm", "register", str(folder / "fresh.vmx"), datastore=hv.datastore.root)
-    assert_one_line(result, PathError.exit_code, "own metadata")
-    assert datastore_state(hv) == before and {vm.name for vm in hv.list_vms()} == {"web", "other"}
+    assert_one_clear_line(result, PathError.exit_code, "own metadata")
+    assert datastore_state(hv.datastore.root) == before and {vm.name for vm in hv.list_vms()} == {"web", "other"}
 
 
 def test_a_serial_port_may_not_leave_its_folder_even_for_a_file_that_does_not_exist_yet(two_vms, tmp_path):
@@ -94,7 +93,7 @@ def test_a_serial_port_may_not_leave_its_folder_even_for_a_file_that_does_not_ex
     for target in ("../other/new.log", str(outside), "../new-at-the-root.log"):
         add_keys(hv.datastore.root / "web" / "web.vmx", device_line("serial", target, hv))
         result = run_cli("vm", "start", "web", datastore=hv.datastore.root)
-        assert_one_line(result, PathError.exit_code, "serial1.fileName")
+        assert_one_clear_line(result, PathError.exit_code, "serial1.fileName")
         assert_no_vmm_started(hv, "web")
     assert not outside.exists() and not (hv.datastore.root / "new-at-the-root.log").exists()
     assert not (hv.datastore.root / "other" / "new.log").exists()
@@ -113,10 +112,10 @@ def import_folder(tmp_path, extra: str):
 def test_import_refuses_a_serial_port_whose_file_leaves_the_folder(two_vms, tmp_path, target):
     hv = two_vms
     folder = import_folder(tmp_path, device_line("serial", target, hv))
-    before = datastore_state(hv)
+    before = datastore_state(hv.datastore.root)
     result = run_cli("vm", "import", str(folder), datastore=hv.datastore.root)
-    assert_one_line(result, PathError.exit_code, "serial1.fileName", "outside the VM folder")
-    assert datastore_state(hv) == before
+    assert_one_clear_line(result, PathError.exit_code, "serial1.fileName", "outside the VM folder")
+    assert datastore_state(hv.datastore.root) == before
 
 
 def test_import_empties_cd_and_floppy_names_that_leave_the_folder_and_copies_the_ones_inside(two_vms, tmp_path):

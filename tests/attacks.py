@@ -8,9 +8,7 @@ no VMM was started.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import sqlite3
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -46,31 +44,11 @@ def with_token(hv: Hypervisor) -> Path:
     return token
 
 
-def datastore_state(hv: Hypervisor) -> dict[str, str]:
-    """Every file under the datastore (metadata included; the catalog by its rows) with a content hash."""
-    root = hv.datastore.root
-    state = {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-             for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith("catalog.sqlite")
-             and "locks" not in p.relative_to(root).parts}  # power-operation lock files are created on demand
-    with sqlite3.connect(hv.datastore.catalog.path) as db:  # spec_cache is a cache: reading a VM may refill it
-        state["catalog rows"] = "\n".join(row for row in db.iterdump() if '"spec_cache"' not in row)
-    return state
-
-
 def assert_no_leak(hv: Hypervisor, secret: Secret) -> None:
     """No file the project wrote under the datastore holds the secret's marker."""
     for path in hv.datastore.root.rglob("*"):
         if path.is_file() and not path.is_symlink():
             assert secret.marker not in path.read_bytes(), f"{path} holds the host file's content"
-
-
-def assert_one_line(result: subprocess.CompletedProcess, exit_code: int, *words: str) -> None:
-    """Refused by the CLI: this exit code, one ``error: what; how to fix`` line naming ``words``."""
-    assert result.returncode == exit_code, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "; " in lines[0], result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def assert_no_vmm_started(hv: Hypervisor, name: str) -> None:
