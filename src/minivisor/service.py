@@ -441,8 +441,8 @@ class Service:
         from .vmx import write_atomic
 
         record = {"url": self.url, "pid": os.getpid(), "start_ticks": process_start_ticks(os.getpid())}
-        write_atomic(service_file(self.root), json.dumps(record).encode())
-        os.chmod(service_file(self.root), 0o600)
+        service_file(self.root).unlink(missing_ok=True)  # a stale one would keep its mode
+        write_atomic(service_file(self.root), json.dumps(record).encode(), mode=0o600)
 
     def close(self) -> None:
         try:
