@@ -152,18 +152,19 @@ _KERNEL_CMDLINE = " ".join(
         "quiet loglevel=1",
         "panic=-1",
         "ipv6.disable=1",
-        # Skip the crypto self-tests and initcalls that cost 30-180 ms each
+        # Skip the crypto self-tests and initcalls that cost 20-180 ms each
         # for features the guest never uses: a KDF self-test, encrypted keys,
         # kprobe and block tracing, two tracing set-ups that look up a symbol
-        # for each of the kernel's ~38,000 traceable functions, and the BPF
+        # for each of the kernel's ~38,000 traceable functions, the BPF
         # functions of TCP and others, whose registration parses the kernel's
-        # BTF (modules' BTF is hidden for the same reason: _without_btf).
-        # Without cubic, TCP uses reno; the guest sends no traffic anyway.
+        # BTF (modules' BTF is hidden for the same reason: _without_btf), and
+        # the PS/2 keyboard (the console is serial). Without cubic, TCP uses
+        # reno; the guest sends no traffic anyway.
         "cryptomgr.notests",
         "initcall_blacklist=crypto_kdf108_init,init_encrypted,init_kprobe_trace,init_blk_tracer,"
         "trace_eval_init,ftrace_check_for_weak_functions,cubictcp_register,tcp_congestion_default,"
         "bpf_tcp_ca_kfunc_init,bpf_prog_test_run_init,bpf_key_sig_kfuncs_init,bpf_rstat_kfunc_init,"
-        "kfunc_init",
+        "kfunc_init,i8042_init",
         # Skip W+X page-table checks, mitigation patching, probing unused
         # UARTs and the delay-loop calibration of each CPU (udelay uses the
         # TSC; lpj is only its fallback).
@@ -171,6 +172,10 @@ _KERNEL_CMDLINE = " ".join(
         # With one CPU the kernel would rewrite each of its lock prefixes into
         # a no-op at boot (~0.2 s under TCG); a lock prefix costs TCG nothing.
         "noreplace-smp",
+        # Skip asking the BIOS about each disk (EDD, ~50 ms; the boot code
+        # reads edd=off, the kernel then calls it unknown), and the local
+        # APIC timer, whose calibration spins for 100 ms: the HPET ticks.
+        "edd=off noapictimer",
         # sym53c8xx (lsi53c895a) waits 3 s after its bus reset by default.
         "sym53c8xx.settle=0",
     )
