@@ -615,11 +615,17 @@ def _shell_pattern(glob: str) -> str:
 
 
 def _with_companions(name: str, modules: dict[str, _Module]) -> list[str]:
-    """``name``, what it depends on, and the companions of all those, in load order."""
-    order = _load_order(name, modules)
-    for module in list(order):
-        for companion in _COMPANIONS.get(module, ()):
-            order += [m for m in _load_order(companion, modules) if m not in order]
+    """``name``, what it depends on, and the companions of all those, in load order.
+
+    A companion comes right after the module that calls for it, so that it
+    is there before the driver finds devices (sd_mod before the SCSI scan).
+    """
+    order: list[str] = []
+    for module in _load_order(name, modules):
+        companions = [m for companion in _COMPANIONS.get(module, ()) for m in _load_order(companion, modules)]
+        for each in (module, *companions):
+            if each not in order:
+                order.append(each)
     return order
 
 
