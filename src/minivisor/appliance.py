@@ -84,6 +84,7 @@ _MODULES = (
     "evdev",
 )
 
+
 @dataclass(frozen=True)
 class _Driver:
     """Kernel modules the cloud kernel lacks, built from one folder of Debian's kernel source."""
