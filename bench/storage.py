@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from minivisor import Hypervisor  # noqa: E402
-from minivisor.disks import allocated_bytes, human_size, parse_size, read_layer  # noqa: E402
+from minivisor.storage.images import allocated_bytes, human_size, parse_size, read_layer  # noqa: E402
 
 MIB = 1024 * 1024
 

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, settings
 from vmm_guard import end_qemus_under, power_off_all
 
 from minivisor import dirs
-from minivisor.appliance import build_appliance
+from minivisor_appliance.build import build_appliance
 
 # Property tests prove what they prove by their examples, not by their speed: on a loaded
 # 2-core machine a slow example must be neither a failure (deadline) nor a reason to give up

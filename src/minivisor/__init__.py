@@ -16,17 +16,18 @@ from typing import TYPE_CHECKING, Any
 __all__ = [
     "Hypervisor", "VmInfo", "StartResult", "Explanation", "ExecResult", "VmState",
     "HvError", "SpecError", "PathError", "NotFoundError", "ConflictError", "StateError", "LockError",
-    "DiskError", "HostError", "VmmError", "QmpError", "GuestError", "ImageBuildError",
+    "DiskError", "HostError", "VmmError", "QmpError", "GuestError", "ImageBuildError", "RequestError",
+    "AuthError", "ArgumentError", "NoSpaceError",
 ]
 __version__ = "0.1.0"
 
-_HOMES = {"Hypervisor": "api", "VmInfo": "api", "StartResult": "api", "Explanation": "api",
-          "ExecResult": "console", "VmState": "state"}
+_HOMES = {"Hypervisor": "core.hypervisor", "VmInfo": "core.hypervisor", "StartResult": "core.hypervisor",
+          "Explanation": "core.hypervisor", "ExecResult": "vmm.console", "VmState": "vmm.states"}
 
 if TYPE_CHECKING:
-    from .api import Explanation, Hypervisor, StartResult, VmInfo
-    from .console import ExecResult
-    from .state import VmState
+    from .core.hypervisor import Explanation, Hypervisor, StartResult, VmInfo
+    from .vmm.console import ExecResult
+    from .vmm.states import VmState
 
 
 def __getattr__(name: str) -> Any:

@@ -6,7 +6,7 @@
     for event in hv.events():
         print(event["type"], event["vm"])
 
-Every method of :data:`minivisor.routes.OPERATIONS` is available under the core
+Every method of :data:`minivisor.service.routes.OPERATIONS` is available under the core
 API's name and signature and returns the same types (``VmInfo``,
 ``StartResult``...); errors arrive as the same :class:`~minivisor.errors.HvError`
 subclasses with the same codes, so the CLI prints the same lines and exits
@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from . import errors, routes
+from . import errors
+from .service import routes
 from .errors import HostError, HvError
 
 __all__ = ["Client", "connect"]
@@ -222,9 +223,9 @@ def _decode(kind: str, data: Any) -> Any:
         return _snapshot(data)
     if kind == "snapshot_revert":
         return _snapshot(data[0]), data[1]
-    from .api import Explanation, StartResult, VmInfo
-    from .console import ExecResult
-    from .host import HostInfo
+    from .core.hypervisor import Explanation, StartResult, VmInfo
+    from .vmm.console import ExecResult
+    from .host.facts import HostInfo
 
     types_by_kind = {"vm": VmInfo, "start": StartResult, "explanation": Explanation, "exec": ExecResult,
                      "host": HostInfo}
@@ -234,7 +235,7 @@ def _decode(kind: str, data: Any) -> Any:
 
 
 def _snapshot(data: dict[str, Any]) -> Any:
-    from .snapshots import Snapshot
+    from .storage.snapshots import Snapshot
 
     return Snapshot(uid=data["uid"], name=data["name"], parent=data["parent"], disks=data["disks"],
                     description=data["description"], created_us=round(data["created"] * 1e6),

@@ -7,9 +7,9 @@ import json
 import pytest
 from cli_runner import run_cli
 
-from minivisor.disks import allocated_bytes, check_disk, read_layer
+from minivisor.storage.images import allocated_bytes, check_disk, read_layer
 from minivisor.errors import ConflictError, StateError
-from minivisor.state import VmState
+from minivisor.vmm.states import VmState
 
 from test_snapshots import make_vm, read_mark, write_mark
 

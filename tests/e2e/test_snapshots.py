@@ -13,10 +13,10 @@ import pytest
 from guests import create_guest
 
 from minivisor import Hypervisor
-from minivisor.disks import check_disk, format_for, read_layer
+from minivisor.storage.images import check_disk, format_for, read_layer
 from minivisor.errors import ConflictError, DiskError, NotFoundError, StateError
-from minivisor.snapshots import SnapshotTree
-from minivisor.state import VmState
+from minivisor.storage.snapshots import SnapshotTree
+from minivisor.vmm.states import VmState
 
 pytestmark = pytest.mark.qemu
 

@@ -14,10 +14,10 @@ import pytest
 from guests import create_guest
 
 from minivisor import Hypervisor
-from minivisor.disks import convert_disk, read_layer
+from minivisor.storage.images import convert_disk, read_layer
 from minivisor.errors import HvError, StateError, VmmError
-from minivisor.state import VmState
-from minivisor.vmm import qmp_execute
+from minivisor.vmm.states import VmState
+from minivisor.vmm.process import qmp_execute
 
 pytestmark = pytest.mark.qemu
 
@@ -102,7 +102,7 @@ def test_power_transitions(hv, small_vm):
     hv.reset_vm(small_vm)
     # after the reset the guest boots again and says so a second time
     log = hv.vm_paths(small_vm).serial_log
-    from minivisor.console import wait_for_line
+    from minivisor.vmm.console import wait_for_line
 
     wait_for_line(log, "minivisor-guest: ready", 60)
     import time

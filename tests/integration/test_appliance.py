@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from minivisor.appliance import INVENTORY_PREFIX, READY_LINE, build_appliance
+from minivisor_appliance.build import INVENTORY_PREFIX, READY_LINE, build_appliance
 
 pytestmark = pytest.mark.qemu
 

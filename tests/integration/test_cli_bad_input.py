@@ -11,7 +11,7 @@ import pytest
 from refusals import assert_one_clear_line
 from refusals import datastore_state as snapshot
 
-from minivisor.api import Hypervisor
+from minivisor.core.hypervisor import Hypervisor
 
 
 def run(datastore: Path, *args: str) -> subprocess.CompletedProcess:

@@ -21,9 +21,9 @@ from guests import create_guest
 from cli_runner import run_cli
 
 from minivisor import Hypervisor
-from minivisor.disks import check_disk, format_for, read_layer, resolve_chain
-from minivisor.journal import CRASH_ENV, JOURNAL_NAME
-from minivisor.snapshots import SnapshotTree
+from minivisor.storage.images import check_disk, format_for, read_layer, resolve_chain
+from minivisor.storage.journal import CRASH_ENV, JOURNAL_NAME
+from minivisor.storage.snapshots import SnapshotTree
 
 
 def cli(root: Path, *args: str, crash_at: str | None = None) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ import pytest
 from cli_runner import run_cli
 
 from minivisor import Hypervisor
-from minivisor.disks import allocated_bytes, check_disk, read_layer, resolve_chain
+from minivisor.storage.images import allocated_bytes, check_disk, read_layer, resolve_chain
 from minivisor.errors import ArgumentError, DiskError, PathError
 
 TIB = 1024 ** 4

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from minivisor import host
+from minivisor.host import facts as host
 
 QEMU = shutil.which("qemu-system-x86_64")
 pytestmark = [

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from guests import create_guest
 
-from minivisor.relay import LOG_CAP
+from minivisor.vmm.relay import LOG_CAP
 
 pytestmark = pytest.mark.qemu
 
@@ -25,7 +25,7 @@ def relay_pid(console_socket: Path) -> int:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"minivisor.relay" in cmdline and str(console_socket).encode() in cmdline:
+        if b"minivisor.vmm.relay" in cmdline and str(console_socket).encode() in cmdline:
             return int(pid)
     raise AssertionError(f"no console relay serves {console_socket}")
 

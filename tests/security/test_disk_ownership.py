@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from cli_runner import run_cli
 from refusals import assert_one_clear_line, datastore_state
-from attacks import add_keys, assert_no_vmm_started, qcow2_backed_by, qemu_img
+from attacks import assert_no_vmm_started, qcow2_backed_by, qemu_img
 
 from minivisor.errors import ConflictError, PathError
 

@@ -14,7 +14,7 @@ import pytest
 from cli_runner import run_cli
 from attacks import qemu_img
 
-from minivisor.state import VmState
+from minivisor.vmm.states import VmState
 
 
 @pytest.fixture(autouse=True)

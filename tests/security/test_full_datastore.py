@@ -20,11 +20,11 @@ from guests import create_guest
 from cli_runner import run_cli
 
 from minivisor import Hypervisor
-from minivisor.disks import convert_disk, read_layer
+from minivisor.storage.images import convert_disk, read_layer
 from minivisor.errors import NoSpaceError
-from minivisor.journal import JOURNAL_NAME
-from minivisor.state import VmState
-from minivisor.vmm import process_start_ticks
+from minivisor.storage.journal import JOURNAL_NAME
+from minivisor.vmm.states import VmState
+from minivisor.vmm.process import process_start_ticks
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs datastore needs root")
 
@@ -35,11 +35,14 @@ DATA_DISK = f"""$(awk '$3 == {DATA_MIB * 1024} {{print "/dev/" $4}}' /proc/parti
 
 @pytest.fixture
 def small_datastore(tmp_path, request) -> Iterator[Hypervisor]:
-    """A datastore on a tmpfs of ``request.param`` MiB; its VMs are powered off and it is unmounted after."""
+    """A datastore on a tmpfs with room for a copy of the test guest and ``request.param`` MiB more
+    (a negative param: a tmpfs of that many MiB, no room for a guest); its VMs are powered off and it
+    is unmounted after."""
+    spare = request.param
+    size = -spare if spare < 0 else guest_copy_mib(request.getfixturevalue("appliance_image")) + spare
     mount = tmp_path / "tmpfs"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={request.param}m,mode=0700", "tmpfs", str(mount)],
-                   check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}m,mode=0700", "tmpfs", str(mount)], check=True)
     hv = None
     try:
         hv = Hypervisor(mount / "ds")
@@ -51,6 +54,11 @@ def small_datastore(tmp_path, request) -> Iterator[Hypervisor]:
                     hv.stop_vm(vm.name, hard=True)
             hv.datastore.catalog.close()
         _unmount(mount)
+
+
+def guest_copy_mib(image: Path) -> int:
+    """MiB a qcow2 copy of the (raw, sparse) test guest takes: its data, plus 1 MiB of metadata and slack."""
+    return -(-image.stat().st_blocks * 512 // (1024 * 1024)) + 1
 
 
 def _unmount(mount: Path) -> None:
@@ -108,7 +116,7 @@ def guest_writes(hv: Hypervisor, name: str, mib: int, seek_mib: int, done: str) 
 
 @pytest.mark.qemu
 @needs_root
-@pytest.mark.parametrize("small_datastore", [40], indirect=True)
+@pytest.mark.parametrize("small_datastore", [29], indirect=True)
 def test_a_guest_filling_the_datastore_is_paused_listed_resumed_and_powered_off(small_datastore, appliance_image):
     hv = small_datastore
     create_guest(hv, "filler", appliance_image, memory_mib=128, network="none")
@@ -147,12 +155,12 @@ def test_a_guest_filling_the_datastore_is_paused_listed_resumed_and_powered_off(
 
 @pytest.mark.qemu
 @needs_root
-@pytest.mark.parametrize("small_datastore", [20], indirect=True)
+@pytest.mark.parametrize("small_datastore", [9], indirect=True)
 def test_operations_that_run_out_of_space_fail_in_one_line_and_leave_nothing(small_datastore, appliance_image,
                                                                              tmp_path):
     hv = small_datastore
     root = hv.datastore.root
-    create_guest(hv, "src", appliance_image, memory_mib=128, network="none")  # ~11 MiB of 20
+    create_guest(hv, "src", appliance_image, memory_mib=128, network="none")  # all but 9 MiB
     hv.snapshot_take("src", "base")
     folder = root / "src"
     vmware = tmp_path / "vmware"  # a VMware VM to import (outside the datastore)
@@ -203,7 +211,7 @@ def test_operations_that_run_out_of_space_fail_in_one_line_and_leave_nothing(sma
 
 
 @needs_root
-@pytest.mark.parametrize("small_datastore", [24], indirect=True)
+@pytest.mark.parametrize("small_datastore", [-24], indirect=True)
 def test_a_full_datastore_lists_shows_and_refuses_a_power_on_in_one_line(small_datastore):
     hv = small_datastore
     hv.create_vm("vm1", memory_mib=64, disk_size="16M", network="none")

@@ -23,12 +23,12 @@ from attacks import (
     with_token,
 )
 
-from minivisor.datastore import VM_FILES
+from minivisor.datastore.store import VM_FILES
 from minivisor.errors import PathError, SpecError
-from minivisor.events import LOG_NAME
-from minivisor.journal import JOURNAL_NAME
-from minivisor.launcher import VmPaths
-from minivisor.vmx import VmxDocument
+from minivisor.core.events import LOG_NAME
+from minivisor.storage.journal import JOURNAL_NAME
+from minivisor.vmm.argv import VmPaths
+from minivisor.spec.vmx import VmxDocument
 
 DEVICES = {
     "serial": 'serial1.present = "TRUE"\nserial1.fileType = "file"\nserial1.fileName = "{}"\n',

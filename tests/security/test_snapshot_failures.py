@@ -9,9 +9,9 @@ from cli_runner import run_cli
 from service.conftest import datastore, service  # noqa: F401 - fixtures: a real `minivisor serve`
 
 from minivisor import Hypervisor
-from minivisor.disks import convert_disk, read_layer
+from minivisor.storage.images import convert_disk, read_layer
 from minivisor.errors import DiskError
-from minivisor.state import VmState
+from minivisor.vmm.states import VmState
 
 pytestmark = pytest.mark.qemu
 

@@ -16,7 +16,7 @@ import pytest
 from cli_runner import run_cli
 
 from minivisor import Hypervisor
-from minivisor.vmx import VmxDocument
+from minivisor.spec.vmx import VmxDocument
 
 # OSC retitle + BEL, CSI clear screen, SGR red, a C1 CSI, a backspace, a carriage return, a bidi override,
 # rich markup; no "/", so it can be part of a file name too

@@ -7,12 +7,13 @@ import threading
 
 import pytest
 
-from minivisor import Hypervisor, host
+from minivisor import Hypervisor
+from minivisor.host import facts as host
 from minivisor.errors import HostError, HvError, SpecError
-from minivisor.resources import admit, cpu_weight, host_reserve_mib
-from minivisor.spec import VmSpec
-from minivisor.state import VmState
-from minivisor.vmx import VmxDocument
+from minivisor.host.admission import admit, cpu_weight, host_reserve_mib
+from minivisor.spec.vmspec import VmSpec
+from minivisor.vmm.states import VmState
+from minivisor.spec.vmx import VmxDocument
 
 from .conftest import small_vm
 
@@ -121,7 +122,7 @@ def test_an_affinity_outside_the_host_is_refused_before_anything_starts(hv):
 def test_explain_says_which_shares_cannot_be_honoured(hv, monkeypatch, tmp_path):
     small_vm(hv, "vm1")
     add_keys(hv, "vm1", 'sched.cpu.shares = "high"\nsched.mem.shares = "low"\n')
-    import minivisor.resources as resources
+    from minivisor.host import admission as resources
 
     monkeypatch.setattr(resources, "CGROUP_MOUNT", tmp_path / "no-cgroup2")  # a host without cgroup v2
     warnings = hv.explain_vm("vm1").warnings
@@ -134,7 +135,7 @@ def test_explain_says_which_shares_cannot_be_honoured(hv, monkeypatch, tmp_path)
 def test_default_shares_need_nothing_from_the_host(hv, monkeypatch, tmp_path):
     small_vm(hv, "vm1")
     add_keys(hv, "vm1", 'sched.cpu.shares = "normal"\nsched.mem.shares = "normal"\n')
-    import minivisor.resources as resources
+    from minivisor.host import admission as resources
 
     monkeypatch.setattr(resources, "CGROUP_MOUNT", tmp_path / "no-cgroup2")
     assert not [w for w in hv.explain_vm("vm1").warnings if w.startswith("sched.")]

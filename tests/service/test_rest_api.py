@@ -11,8 +11,8 @@ import pytest
 
 from minivisor import Hypervisor
 from minivisor.errors import NotFoundError, StateError
-from minivisor.routes import OPERATIONS
-from minivisor.service import KEEP_ALIVE, MAX_BODY
+from minivisor.service.routes import OPERATIONS
+from minivisor.service.app import KEEP_ALIVE, MAX_BODY
 
 from .conftest import small_vm
 
@@ -109,7 +109,7 @@ def test_openapi_documents_every_route(service):
 def test_the_route_table_matches_the_core_api():
     import inspect
 
-    from minivisor.api import Hypervisor as Core
+    from minivisor.core.hypervisor import Hypervisor as Core
 
     for op in OPERATIONS:
         params = list(inspect.signature(getattr(Core, op.name)).parameters)[1:]

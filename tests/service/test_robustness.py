@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from minivisor import Hypervisor
-from minivisor.events import LOG_CAP, LOG_NAME
-from minivisor.state import VmState
+from minivisor.core.events import LOG_CAP, LOG_NAME
+from minivisor.vmm.states import VmState
 
 from .conftest import small_vm
 

@@ -13,9 +13,9 @@ import pytest
 from guests import create_guest
 
 from minivisor import Hypervisor
-from minivisor.journal import JOURNAL_NAME
-from minivisor.state import VmState
-from minivisor.vmm import RuntimeRecord, process_start_ticks
+from minivisor.storage.journal import JOURNAL_NAME
+from minivisor.vmm.states import VmState
+from minivisor.vmm.process import RuntimeRecord, process_start_ticks
 
 from .conftest import EventWatcher, Running, small_vm
 
@@ -62,7 +62,7 @@ def test_a_guest_power_off_is_reported_as_powered_off_not_a_crash(service):
     client = service.client
     client.start_vm("vm1")
     watcher = EventWatcher(client, vm="vm1")
-    from minivisor.vmm import qmp_execute
+    from minivisor.vmm.process import qmp_execute
 
     qmp_execute(Hypervisor(service.root).vm_paths("vm1").qmp_socket, ("quit", None))  # as if the guest left
     event = watcher.wait_for(lambda e: e["type"] in ("crashed", "poweredOff"))
@@ -128,7 +128,8 @@ def test_a_reused_pid_is_neither_adopted_nor_killed(datastore):
 
 HALF_START = """
 import os, sys
-from minivisor import Hypervisor, vmm
+from minivisor import Hypervisor
+from minivisor.vmm import process as vmm
 point = sys.argv[2]
 if point == "before-record":
     original = vmm.Vmm._wait_for_qmp

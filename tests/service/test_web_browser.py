@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from minivisor import Hypervisor
-from minivisor.state import VmState
+from minivisor.vmm.states import VmState
 
 from .conftest import small_vm
 

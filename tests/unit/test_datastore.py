@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from minivisor.datastore import Datastore, check_vm_name
+from minivisor.datastore.store import Datastore, check_vm_name
 from minivisor.errors import ConflictError, NotFoundError, PathError, SpecError
 
 

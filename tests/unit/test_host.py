@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from minivisor import host
+from minivisor.host import facts as host
 from minivisor.errors import HostError
 
-SOURCE = Path(host.__file__).parent / "guest" / "kvmprobe.S"
+SOURCE = Path(host.__file__).parent / "kvmprobe.S"
 REAL_QEMU = shutil.which("qemu-system-x86_64")
 needs_qemu = pytest.mark.skipif(REAL_QEMU is None, reason="qemu-system-x86_64 is not installed")
 

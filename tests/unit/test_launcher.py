@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from minivisor.disks import ImageLayer
-from minivisor.launcher import LaunchEnv, VmPaths, build_qemu_argv, virtual_hardware
-from minivisor.spec import VmSpec
-from minivisor.vmx import VmxDocument
+from minivisor.storage.images import ImageLayer
+from minivisor.vmm.argv import LaunchEnv, VmPaths, build_qemu_argv, virtual_hardware
+from minivisor.spec.vmspec import VmSpec
+from minivisor.spec.vmx import VmxDocument
 
 HERE = Path(__file__).parent
-SEED = HERE.parents[1] / "src/minivisor/guest/CentOS7-Minimal64-1708.vmx"
+SEED = HERE.parents[1] / "src/minivisor/cli/seed/CentOS7-Minimal64-1708.vmx"
 GOLDEN = HERE / "golden/seed_argv.json"
 VM_DIR = Path("/ds/CentOS7")
 PATHS = VmPaths(VM_DIR, Path("/run/minivisor/abc"))

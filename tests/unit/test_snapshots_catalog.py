@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from minivisor.catalog import SCHEMA_VERSION, Catalog
+from minivisor.datastore.catalog import SCHEMA_VERSION, Catalog
 
 SCHEMA_1 = """
 CREATE TABLE vms (name TEXT PRIMARY KEY COLLATE NOCASE, uuid TEXT NOT NULL UNIQUE, vmx TEXT NOT NULL UNIQUE,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from minivisor.errors import ConflictError, NotFoundError
-from minivisor.journal import JOURNAL_NAME, Journal, write_step
-from minivisor.snapshots import Snapshot, SnapshotTree, delta_name
+from minivisor.storage.journal import JOURNAL_NAME, Journal, write_step
+from minivisor.storage.snapshots import Snapshot, SnapshotTree, delta_name
 
 # A .vmsd as VMware Workstation writes it (CRLF, slots past 9, a negative createTimeLow).
 WORKSTATION_VMSD = (

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from minivisor.errors import SpecError
-from minivisor.spec import VmSpec
-from minivisor.vmx import VmxDocument
+from minivisor.spec.vmspec import VmSpec
+from minivisor.spec.vmx import VmxDocument
 
-SEED = Path(__file__).resolve().parents[2] / "src/minivisor/guest/CentOS7-Minimal64-1708.vmx"
+SEED = Path(__file__).resolve().parents[2] / "src/minivisor/cli/seed/CentOS7-Minimal64-1708.vmx"
 
 
 def spec_of(text: str) -> VmSpec:

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import minivisor.vmx as vmx
+from minivisor.spec import vmx as vmx
 from minivisor.errors import SpecError
-from minivisor.vmx import VmxDocument, VmxProblem, lookup_charset, write_atomic
+from minivisor.spec.vmx import VmxDocument, VmxProblem, lookup_charset, write_atomic
 
 SEED = Path("/work/shared/seed/CentOS7-Minimal64-1708.vmx")
 
@@ -597,7 +597,7 @@ def test_public_surface() -> None:
     assert sorted(vmx.__all__) == ["Limits", "VMX_LIMITS", "VmxDocument", "VmxProblem", "lookup_charset",
                                    "read_bounded", "write_atomic"]
     for name in vmx.__all__:
-        assert getattr(vmx, name).__module__ == "minivisor.vmx"
+        assert getattr(vmx, name).__module__ == "minivisor.spec.vmx"
 
 
 def test_line_of_names_the_effective_line() -> None:

@@ -1,4 +1,4 @@
-"""The ``minivisor`` command: a thin layer over :class:`minivisor.api.Hypervisor`.
+"""The ``minivisor`` command: a thin layer over :class:`minivisor.core.hypervisor.Hypervisor`.
 
 One module per command group (``vm``, ``system``...), all sharing :data:`app`
 and the helpers here.
@@ -8,7 +8,7 @@ only, into one line on stderr and the error's exit code. Set MINIVISOR_DEBUG=1
 to see tracebacks of unexpected failures.
 
 Every human-readable line goes through :func:`say`, :func:`warn`,
-:func:`progress`, :func:`main` or :mod:`minivisor.output`, which escape control
+:func:`progress`, :func:`main` or :mod:`minivisor.cli.output`, which escape control
 characters: names and values from specfiles and guests never drive the terminal.
 """
 
@@ -49,7 +49,7 @@ def group(name: str, help: str) -> typer.Typer:
 
 
 def datastore_root() -> Path:
-    from ..datastore import default_root
+    from ..datastore.store import default_root
 
     return Path(_state.get("datastore") or default_root())  # type: ignore[arg-type]
 
@@ -71,7 +71,7 @@ def hv(*, direct: bool = False):
             _state["client"] = client
         if _state["client"] is not None:
             return _state["client"]
-    from ..api import Hypervisor
+    from ..core.hypervisor import Hypervisor
 
     if "hv" not in _state:
         _state["hv"] = Hypervisor(_state.get("datastore"))  # type: ignore[arg-type]
@@ -116,5 +116,4 @@ def main() -> None:
 
 
 # Command groups register themselves on import (order = order in --help).
-from . import vm, system, disk, snapshot  # noqa: E402,F401
-from . import service  # noqa: E402,F401
+from . import vm, system, disk, snapshot, service  # noqa: E402,F401

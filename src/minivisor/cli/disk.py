@@ -45,8 +45,8 @@ def progress_bar(what: str):
 
 
 def show_disk(info: dict) -> None:
-    from ..disks import human_size
-    from ..output import key_values
+    from ..storage.images import human_size
+    from .output import key_values
 
     rows = [("file", info["file"]), ("format", info["format"]),
             ("virtual size", f"{human_size(info['virtual_size'])} ({info['virtual_size']} bytes)"),

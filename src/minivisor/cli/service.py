@@ -18,7 +18,7 @@ def serve(listen: Annotated[str, typer.Option(help="HOST:PORT to listen on (loop
     import ipaddress
     import logging
 
-    from ..service import Service, token_file  # Starlette and uvicorn: only this command loads them
+    from ..service.app import Service, token_file  # Starlette and uvicorn: only this command loads them
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

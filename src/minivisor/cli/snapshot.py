@@ -33,7 +33,7 @@ def snapshot_list(name: Name, as_json: JsonFlag = False) -> None:
     if not snaps:
         say(f"{name} has no snapshots (take one: minivisor snapshot take {name} NAME)")
         return
-    from .. import output
+    from . import output
 
     output.snapshot_tree(name, snaps)
 

@@ -20,7 +20,7 @@ def host_info(as_json: JsonFlag = False) -> None:
     info = hv().host_info()
     if as_json:
         return print_json(info.to_dict())
-    from .. import output
+    from . import output
 
     output.host_info(info)
 
@@ -30,7 +30,7 @@ def image_build(kind: Annotated[str, typer.Argument(help="What to build: applian
                 force: Annotated[bool, typer.Option(help="Rebuild even if cached.")] = False) -> None:
     """Build a guest image from Debian packages (cached); prints its path."""
     from .. import dirs
-    from ..appliance import build_appliance
+    from minivisor_appliance.build import build_appliance
     from ..errors import NotFoundError
     from ..text import excerpt
 
@@ -58,7 +58,7 @@ def datastore_allow(path: Annotated[Path, typer.Argument(help="A host folder.")]
 @app.command("demo")
 def demo() -> None:
     """Build the appliance, boot a VM from a specfile and show what the guest sees."""
-    from ..demo import run_demo
+    from .demo import run_demo
 
     run_demo(hv(direct=True))
 

@@ -63,7 +63,7 @@ def vm_list(as_json: JsonFlag = False) -> None:
     vms = hv().list_vms()
     if as_json:
         return print_json([vm.to_dict() for vm in vms])
-    from .. import output
+    from . import output
 
     output.vm_table(vms)
 
@@ -74,7 +74,7 @@ def vm_show(name: Name, as_json: JsonFlag = False) -> None:
     vm = hv().get_vm(name)
     if as_json:
         return print_json(vm.to_dict())
-    from .. import output
+    from . import output
 
     output.vm_details(vm)
 
@@ -84,10 +84,10 @@ def vm_explain(name: Name, as_json: JsonFlag = False) -> None:
     """The spec, the virtual hardware built from it, what is not virtualized, and the VMM command line."""
     explanation = hv().explain_vm(name)
     if as_json:
-        from .. import output
+        from . import output
 
         return print_json(output.explanation_dict(explanation))
-    from .. import output
+    from . import output
 
     output.explanation(explanation)
 
@@ -138,7 +138,7 @@ def vm_resume(name: Name) -> None:
 @vm_app.command("console")
 def vm_console(name: Name) -> None:
     """Attach this terminal to the VM's serial console (Ctrl-] detaches)."""
-    from ..console import attach
+    from ..vmm.console import attach
 
     socket_path, lock = hv(direct=True).console_socket(name)  # a local socket: never through the service
     try:
@@ -242,7 +242,7 @@ def vm_disk(name: Name,
     from .disk import show_disk
 
     if action == "list":
-        from .. import output
+        from . import output
 
         output.disk_table(disks)
     else:

@@ -1,0 +1,251 @@
+"""The catalog: which VMs a datastore holds, in SQLite inside the datastore.
+
+The catalog owns identity only (name, UUID, where the specfile is, autostart).
+The hardware lives in each VM's specfile; power state lives with the VMM.
+Every write is one transaction (``BEGIN IMMEDIATE``), so a crash leaves either
+the old catalog or the new one.
+
+The catalog keeps a rollback journal, not a write-ahead log: a WAL reader must
+create and grow the ``-shm`` index file, so on a full datastore even
+``vm list`` and ``vm stop`` failed ("disk I/O error"). With a rollback journal
+reading writes nothing; only writes need space, and they fail as NoSpaceError.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConflictError, HostError, NoSpaceError, NotFoundError
+from ..text import excerpt
+
+__all__ = ["Catalog", "VmEntry"]
+
+SCHEMA_VERSION = 3
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS vms (
+    name      TEXT PRIMARY KEY COLLATE NOCASE,
+    uuid      TEXT NOT NULL UNIQUE,
+    vmx       TEXT NOT NULL UNIQUE,   -- path of the specfile, relative to the datastore
+    created   REAL NOT NULL,
+    autostart INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS allowed_paths (
+    path TEXT PRIMARY KEY               -- host folders specfiles may name outside it
+);
+"""
+# Schema changes after version 1, applied in order by _migrate (each in the same transaction).
+MIGRATIONS = {
+    2: """
+CREATE TABLE IF NOT EXISTS clone_links (
+    clone_uuid   TEXT PRIMARY KEY,      -- a linked clone ...
+    source_uuid  TEXT NOT NULL,         -- ... whose disks are overlays on this VM's ...
+    snapshot_uid INTEGER NOT NULL       -- ... snapshot (uid in its .vmsd): read-only while linked
+);
+CREATE INDEX IF NOT EXISTS clone_links_source ON clone_links (source_uuid, snapshot_uid);
+""",
+    3: """
+CREATE TABLE IF NOT EXISTS spec_cache ( -- a cache only: the specfile stays the truth
+    vmx      TEXT PRIMARY KEY,
+    uuid     TEXT NOT NULL,
+    stamp    TEXT NOT NULL,             -- the specfile's mtime_ns, size and inode when summarised
+    summary  TEXT NOT NULL              -- JSON: what `vm list` shows about the hardware
+);
+""",
+}
+
+
+@dataclass(frozen=True)
+class VmEntry:
+    """One VM as the catalog knows it."""
+
+    name: str
+    uuid: str
+    vmx: str
+    created: float
+    autostart: bool = False
+
+
+class Catalog:
+    """A SQLite catalog file; one connection per instance."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            # check_same_thread off: the service hands each instance to one thread at a time.
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=10.0, check_same_thread=False)
+            self._leave_wal()
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise HostError(f"cannot open the catalog {path}: {exc}",
+                            hint="check that the datastore folder is writable and not corrupt") from exc
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise HostError(f"the catalog {self.path} was written by a newer minivisor (schema {version})",
+                            hint="upgrade minivisor")
+        if version < SCHEMA_VERSION:
+            with self.transaction() as db:
+                scripts = ([SCHEMA] if version == 0 else []) + [MIGRATIONS[v] for v in sorted(MIGRATIONS) if v > version]
+                for script in scripts:
+                    for statement in filter(str.strip, script.split(";")):
+                        db.execute(statement)  # executescript() would commit behind our back
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _leave_wal(self) -> None:
+        """Switch a catalog that earlier versions kept in WAL mode to a rollback journal, when nobody else has it open.
+
+        Changing the mode needs the catalog to itself: while another process holds it (a service), this
+        does not wait and the catalog stays in WAL mode until a later open.
+        """
+        (mode,) = self._db.execute("PRAGMA journal_mode").fetchone()
+        if mode.lower() != "wal":
+            return
+        self._db.execute("PRAGMA busy_timeout=0")
+        try:
+            self._db.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.OperationalError:
+            pass  # busy: another connection is open
+        finally:
+            self._db.execute("PRAGMA busy_timeout=10000")
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write: commits on success, rolls back on any exception.
+
+        A write that finds the datastore full raises NoSpaceError (SQLite has rolled it back).
+        """
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:  # SQLite ends a transaction itself when the disk is full
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                raise
+            raise NoSpaceError(f"the catalog {self.path} cannot grow: its file system is full",
+                               hint="free space in the datastore, then retry") from exc
+
+    # -- VMs -------------------------------------------------------------
+    def add(self, db: sqlite3.Connection, name: str, uuid: str, vmx: str) -> VmEntry:
+        """Insert a VM inside an open transaction; a clash raises ConflictError."""
+        entry = VmEntry(name, uuid, vmx, time.time())
+        try:
+            db.execute("INSERT INTO vms (name, uuid, vmx, created) VALUES (?, ?, ?, ?)",
+                       (entry.name, entry.uuid, entry.vmx, entry.created))
+        except sqlite3.IntegrityError as exc:
+            raise self._clash(name, uuid, vmx) from exc
+        return entry
+
+    def _clash(self, name: str, uuid: str, vmx: str) -> ConflictError:
+        if self.find(name):
+            return ConflictError(f"a VM named {excerpt(name)} already exists", hint="choose another name")
+        row = self._db.execute("SELECT name FROM vms WHERE vmx = ?", (vmx,)).fetchone()
+        if row:
+            return ConflictError(f"{vmx} is already registered as {row[0]!r}",
+                                 hint=f"use that VM, or unregister it first: minivisor vm unregister {row[0]}")
+        return ConflictError(f"a VM with UUID {uuid} already exists", hint="give the copy a new uuid.bios")
+
+    def remove(self, db: sqlite3.Connection, name: str) -> None:
+        db.execute("DELETE FROM spec_cache WHERE vmx = (SELECT vmx FROM vms WHERE name = ?)", (name,))
+        db.execute("DELETE FROM vms WHERE name = ?", (name,))
+
+    def set_autostart(self, name: str, enabled: bool) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE vms SET autostart = ? WHERE name = ?", (int(enabled), name))
+
+    def find(self, name: str) -> VmEntry | None:
+        row = self._db.execute("SELECT name, uuid, vmx, created, autostart FROM vms WHERE name = ?",
+                               (name,)).fetchone()
+        return _entry(row) if row else None
+
+    def get(self, name: str) -> VmEntry:
+        entry = self.find(name)
+        if entry is None:
+            raise NotFoundError(f"no VM named {excerpt(name)} in this datastore",
+                                hint="see the VMs with: minivisor vm list")
+        return entry
+
+    def list(self) -> list[VmEntry]:
+        rows = self._db.execute("SELECT name, uuid, vmx, created, autostart FROM vms ORDER BY name")
+        return [_entry(row) for row in rows]
+
+    def in_folder(self, folder: str) -> list[VmEntry]:
+        """The VMs whose specfile is anywhere under ``folder`` (a path relative to the datastore)."""
+        rows = self._db.execute("SELECT name, uuid, vmx, created, autostart FROM vms "
+                                "WHERE substr(vmx, 1, length(?) + 1) = ? || '/' ORDER BY name", (folder, folder))
+        return [_entry(row) for row in rows]
+
+    # -- linked clones (schema 2) ----------------------------------------
+    def add_clone_link(self, db: sqlite3.Connection, clone_uuid: str, source_uuid: str, snapshot_uid: int) -> None:
+        db.execute("INSERT OR REPLACE INTO clone_links (clone_uuid, source_uuid, snapshot_uid) VALUES (?, ?, ?)",
+                   (clone_uuid, source_uuid, snapshot_uid))
+
+    def clones_of(self, source_uuid: str, snapshot_uid: int | None = None) -> list[tuple[str, int]]:
+        """(clone name, snapshot uid) of the registered linked clones of a VM (or one snapshot)."""
+        query = ("SELECT vms.name, l.snapshot_uid FROM clone_links l JOIN vms ON vms.uuid = l.clone_uuid "
+                 "WHERE l.source_uuid = ?")
+        args: tuple = (source_uuid,)
+        if snapshot_uid is not None:
+            query, args = query + " AND l.snapshot_uid = ?", (source_uuid, snapshot_uid)
+        return [(row[0], row[1]) for row in self._db.execute(query + " ORDER BY vms.name", args)]
+
+    def clone_source(self, clone_uuid: str) -> tuple[VmEntry, int] | None:
+        """(source VM, snapshot uid) a linked clone's disks are overlays on, or None."""
+        row = self._db.execute("SELECT vms.name, vms.uuid, vms.vmx, vms.created, vms.autostart, l.snapshot_uid "
+                               "FROM clone_links l JOIN vms ON vms.uuid = l.source_uuid WHERE l.clone_uuid = ?",
+                               (clone_uuid,)).fetchone()
+        return (_entry(row[:5]), row[5]) if row else None
+
+    def remove_clone_link(self, db: sqlite3.Connection, clone_uuid: str) -> None:
+        db.execute("DELETE FROM clone_links WHERE clone_uuid = ?", (clone_uuid,))
+
+    # -- specfile summaries (a cache keyed by the file's stamp) ----------
+    def summaries(self, vmxs: list[str]) -> dict[str, tuple[str, str, str]]:
+        """vmx -> (uuid, stamp, summary JSON) of the cached specfile summaries of these specfiles."""
+        found = {}
+        for start in range(0, len(vmxs), 500):
+            chunk = vmxs[start:start + 500]
+            rows = self._db.execute(f"SELECT vmx, uuid, stamp, summary FROM spec_cache WHERE vmx IN "
+                                    f"({','.join('?' * len(chunk))})", chunk)
+            found.update({vmx: (uuid, stamp, summary) for vmx, uuid, stamp, summary in rows})
+        return found
+
+    def store_summaries(self, rows: list[tuple[str, str, str, str]]) -> None:
+        """Cache (vmx, uuid, stamp, summary JSON) rows; skipped if the catalog is busy."""
+        try:
+            with self.transaction() as db:
+                db.executemany("INSERT OR REPLACE INTO spec_cache (vmx, uuid, stamp, summary) VALUES (?, ?, ?, ?)",
+                               rows)
+        except (sqlite3.OperationalError, NoSpaceError):
+            pass  # a cache (busy or on a full datastore): the next reader stores it
+
+    # -- allowed host paths ----------------------------------------------
+    def allowed_paths(self) -> list[str]:
+        return [row[0] for row in self._db.execute("SELECT path FROM allowed_paths ORDER BY path")]
+
+    def allow_path(self, path: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO allowed_paths (path) VALUES (?)", (path,))
+
+    def disallow_path(self, path: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM allowed_paths WHERE path = ?", (path,))
+
+
+def _entry(row: tuple) -> VmEntry:
+    name, uuid, vmx, created, autostart = row
+    return VmEntry(name, uuid, vmx, created, bool(autostart))

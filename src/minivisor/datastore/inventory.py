@@ -1,0 +1,125 @@
+"""What `vm list` and `vm show` need, fast: VM paths, specfile summaries, held locks.
+
+Listing 1,000 VMs must not parse 1,000 specfiles per request: a summary of
+each specfile is cached (in memory and in the catalog) keyed by the file's
+mtime, size and inode, so the specfile stays the source of truth. Which VMs
+run is read once from ``/proc/locks`` instead of probing each VM's lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .. import dirs
+from .catalog import VmEntry
+from .store import Datastore
+from ..errors import PathError, SpecError
+from ..vmm.argv import VmPaths
+from ..spec.vmspec import VmSpec
+from ..vmm.plan import generated_mac
+from ..spec.vmx import VmxDocument
+
+__all__ = ["Inventory", "flocked_files", "file_id", "summary_of", "read_vmx"]
+
+
+class Inventory:
+    """Memoized paths and specfile summaries of a datastore's VMs."""
+
+    def __init__(self, datastore: Datastore) -> None:
+        self.datastore = datastore
+        self._paths: dict[tuple[str, str], tuple[Path, VmPaths, str]] = {}  # (name, vmx) -> vmx, paths, lock
+        self._memo: dict[str, tuple[str, str, dict[str, Any]]] = {}  # vmx -> (uuid, stamp, summary)
+
+    def paths_of(self, entry: VmEntry) -> tuple[Path, VmPaths, str]:
+        """The specfile, the VM's paths and its lock file (memoized: `vm list` does this 1,000 times)."""
+        key = (entry.name, entry.vmx)
+        if key not in self._paths:
+            vmx = self.datastore.vmx_path(entry)
+            digest = hashlib.sha256(os.path.realpath(vmx.parent).encode()).hexdigest()[:16]
+            self._paths[key] = (vmx, VmPaths(vmx.parent, dirs.runtime_root() / digest), str(vmx) + ".lck")
+        return self._paths[key]
+
+    def summaries(self, entries: list[VmEntry]) -> dict[str, dict[str, Any]]:
+        """What list/show need from each specfile, from the catalog's cache while the file is unchanged."""
+        found: dict[str, dict[str, Any]] = {}
+        stamps: dict[str, str | None] = {}
+        root = str(self.datastore.root)
+        for entry in entries:
+            try:
+                st = os.stat(f"{root}/{entry.vmx}")
+                stamps[entry.name] = stamp = f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
+            except OSError:
+                stamps[entry.name] = stamp = None
+            memo = self._memo.get(entry.vmx)
+            if stamp and memo and memo[:2] == (entry.uuid, stamp):
+                found[entry.name] = memo[2]
+        missing = [e for e in entries if e.name not in found]
+        cached = self.datastore.catalog.summaries([e.vmx for e in missing]) if missing else {}
+        fresh = []
+        for entry in missing:
+            stamp = stamps[entry.name]
+            hit = cached.get(entry.vmx)
+            if stamp and hit and hit[0] == entry.uuid and hit[1] == stamp:
+                summary = json.loads(hit[2])
+            else:
+                summary = summary_of(self.datastore.vmx_path(entry), entry.uuid)
+                if stamp and "problem" not in summary:
+                    fresh.append((entry.vmx, entry.uuid, stamp, json.dumps(summary)))
+            found[entry.name] = summary
+            if stamp and "problem" not in summary:
+                self._memo[entry.vmx] = (entry.uuid, stamp, summary)
+        if fresh:
+            self.datastore.catalog.store_summaries(fresh)
+        return found
+
+
+def flocked_files() -> set[tuple[int, int]] | None:
+    """(device, inode) of every file with an flock held right now, or None if the kernel will not say."""
+    try:
+        with open("/proc/locks") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    found = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK":
+            major, minor, inode = fields[5].split(":")
+            found.add((os.makedev(int(major, 16), int(minor, 16)), int(inode)))
+    return found
+
+
+def file_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def summary_of(vmx: Path, vm_uuid: str) -> dict[str, Any]:
+    """The parts of a specfile `vm list` and `vm show` report (or the problem reading it)."""
+    try:
+        spec = VmSpec.from_vmx(read_vmx(vmx))
+    except (SpecError, PathError) as exc:
+        return {"problem": exc.one_line()}
+    return {"display_name": spec.display_name, "guest_os": spec.guest_os, "memory_mib": spec.memory_mib,
+            "cpus": spec.num_cpus, "mem_min_mib": spec.sched.mem_min_mib,
+            "disks": [{"node": d.node, "kind": d.kind, "file": d.file_name} for d in spec.disks],
+            "nics": [{"name": n.name, "model": n.model, "mac": n.mac or generated_mac(vm_uuid, n.index),
+                      "network": n.network} for n in spec.nics]}
+
+
+def read_vmx(path: Path) -> VmxDocument:
+    """The parsed specfile; PathError if it cannot be read, SpecError if it is larger than a specfile may be."""
+    try:
+        return VmxDocument.load(path)
+    except FileNotFoundError:
+        raise PathError(f"the specfile {path} is missing",
+                        hint="restore it, or remove the VM from the catalog: minivisor vm unregister") from None
+    except OSError as exc:
+        raise PathError(f"cannot read the specfile {path}: {exc.strerror}", hint="check its permissions") from exc

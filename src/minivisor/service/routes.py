@@ -1,0 +1,75 @@
+"""The REST API's one mapping: which core API method answers which HTTP route.
+
+Both sides read this table: the service (:mod:`minivisor.service.app`) makes one
+route per row (Starlette's ``{name}`` matches one path segment, as here),
+dispatches it to ``Hypervisor.<method>`` and builds its OpenAPI schema from it, and
+the client (:mod:`minivisor.client`) turns a method call back into a request.
+Exposing a new core method is one row here. Stdlib only, so the CLI can import
+it cheaply.
+
+Path parameters are written ``{name}``; every other parameter travels in the
+JSON body (POST/PUT) or the query string (GET). ``args`` lists the method's
+parameters in the order the core API takes them positionally.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["Op", "OPERATIONS", "by_name"]
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str  # the Hypervisor method
+    method: str
+    path: str
+    returns: str  # how the result is encoded: vm, vms, start, explanation, exec, host, events, text, none
+    args: tuple[str, ...] = ("name",)
+    status: int = 200
+    mutates: bool = True  # serialised per VM inside the service
+
+    @property
+    def path_params(self) -> tuple[str, ...]:
+        return tuple(re.findall(r"\{(\w+)\}", self.path))
+
+
+OPERATIONS: tuple[Op, ...] = (
+    Op("list_vms", "GET", "/v1/vms", "vms", args=(), mutates=False),
+    Op("create_vm", "POST", "/v1/vms", "vm", status=201),
+    Op("register_vm", "POST", "/v1/vms/register", "vm", args=("vmx_path", "name"), status=201),
+    Op("get_vm", "GET", "/v1/vms/{name}", "vm", mutates=False),
+    Op("delete_vm", "DELETE", "/v1/vms/{name}", "none"),
+    Op("unregister_vm", "POST", "/v1/vms/{name}/unregister", "none"),
+    Op("explain_vm", "GET", "/v1/vms/{name}/explain", "explanation", mutates=False),
+    Op("vm_events", "GET", "/v1/vms/{name}/events", "events", args=("name", "limit"), mutates=False),
+    Op("start_vm", "POST", "/v1/vms/{name}/start", "start"),
+    Op("stop_vm", "POST", "/v1/vms/{name}/stop", "text"),
+    Op("reset_vm", "POST", "/v1/vms/{name}/reset", "none"),
+    Op("pause_vm", "POST", "/v1/vms/{name}/pause", "none"),
+    Op("resume_vm", "POST", "/v1/vms/{name}/resume", "none"),
+    Op("wait_ready", "POST", "/v1/vms/{name}/wait-ready", "text", mutates=False),
+    Op("exec_in_vm", "POST", "/v1/vms/{name}/exec", "exec", args=("name", "command"), mutates=False),
+    Op("set_autostart", "PUT", "/v1/vms/{name}/autostart", "vm", args=("name", "enabled")),
+    Op("host_info", "GET", "/v1/host", "host", args=(), mutates=False),
+    # disks, snapshots, clones (storage.py, snapshots.py, clones.py, vmware.py)
+    Op("vm_disks", "GET", "/v1/vms/{name}/disks", "json", mutates=False),
+    Op("vm_disk_resize", "POST", "/v1/vms/{name}/disks/resize", "json", args=("name", "node", "size")),
+    Op("snapshot_list", "GET", "/v1/vms/{name}/snapshots", "json", mutates=False),
+    Op("snapshot_take", "POST", "/v1/vms/{name}/snapshots", "snapshot", args=("name", "snapshot"), status=201),
+    Op("snapshot_revert", "POST", "/v1/vms/{name}/snapshots/revert", "snapshot_revert", args=("name", "snapshot")),
+    Op("snapshot_delete", "POST", "/v1/vms/{name}/snapshots/delete", "snapshot", args=("name", "snapshot")),
+    Op("clone_vm", "POST", "/v1/vms/{source}/clone", "vm", args=("source", "target"), status=201),
+    Op("import_vm", "POST", "/v1/vms/import", "vm", args=("folder", "name"), status=201),
+    Op("disk_create", "POST", "/v1/disks", "json", args=("path", "size"), status=201),
+    Op("disk_info", "GET", "/v1/disks/info", "json", args=("path",), mutates=False),
+    Op("disk_resize", "POST", "/v1/disks/resize", "json", args=("path", "size")),
+    Op("disk_convert", "POST", "/v1/disks/convert", "json", args=("source", "target"), status=201),
+)
+
+_BY_NAME = {op.name: op for op in OPERATIONS}
+
+
+def by_name(name: str) -> Op | None:
+    return _BY_NAME.get(name)

@@ -1,0 +1,393 @@
+"""Supervision of VMM processes inside the service.
+
+- **Death within a second.** Every running VMM is watched through a pidfd
+  (``os.pidfd_open`` works for processes that are not our children, so VMs the
+  service adopted after a restart are watched too). When one exits, the runtime
+  record is cleared and an event says why: the exit status or signal when the
+  service launched it, what QEMU logged otherwise: it names the signals it
+  catches and traces every shutdown request, so an adopted VMM that ended
+  without either was killed (``crashed``), not powered off. A stopped process
+  (SIGSTOP) is not an exit: the VM stays running.
+- **Reattach.** On start the service finds running VMs by their runtime
+  records; :meth:`minivisor.vmm.process.Vmm.record` checks pid, start time and argv, so
+  a reused pid is neither adopted nor killed.
+- **Nothing half-done.** A VMM whose launcher died before the power-on finished
+  (no runtime record yet, or QEMU still in ``prelaunch``) is killed and the
+  VM left powered off, with a ``failed`` event.
+- **Autostart.** VMs marked autostart power on when the service starts
+  serving, through the same dispatch (and per-VM serialisation) as requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import HvError
+from ..vmm.argv import SHUTDOWN_TRACE
+
+if TYPE_CHECKING:
+    from .app import Service
+
+__all__ = ["Supervisor", "exit_reason"]
+
+log = logging.getLogger("minivisor.supervisor")
+
+POLL = 0.2  # seconds the watcher sleeps at most
+SCAN = 0.5  # seconds between looks for VMMs started outside the service (the CLI working directly)
+
+
+@dataclass
+class _Watch:
+    name: str
+    pid: int
+    fd: int
+    child: subprocess.Popen | None
+    vm_dir: Path
+
+
+# QEMU's ShutdownCause (qapi/run-state.json), as its shutdown trace prints it: what it means, and
+# whether it is a failure. Resets go through another path and never appear here.
+SHUTDOWN_CAUSES = {1: ("a host error", True), 2: ("quit over QMP", False), 5: ("closed from its UI", False),
+                   6: ("the guest powered off", False), 8: ("the guest panicked", True)}
+LOG_TAIL = 64 * 1024  # bytes of vmm.log read to find the last power-on and how it ended
+
+
+def exit_reason(returncode: int | None, vmm_log: Path | None = None) -> tuple[str, bool]:
+    """How a VMM ended, and whether that was a crash (a signal, a failure status, a kill).
+
+    ``returncode`` is None for a VMM this process did not launch (adopted after a
+    restart, or started by the CLI directly): then QEMU's own log tells. It names
+    the signals it catches, and traces every shutdown request (see
+    :data:`~minivisor.vmm.argv.SHUTDOWN_TRACE`), so a VMM that logged neither was killed.
+    """
+    run = _LastRun.read(vmm_log) if vmm_log else _LastRun("", [])
+    caught = run.caught_signal()
+    if caught and (returncode is None or returncode >= 0):
+        return caught, True  # QEMU catches SIGTERM, SIGINT and SIGHUP, says so, and exits 0
+    if returncode is not None and returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}", True
+    if returncode:
+        return f"the VMM exited with status {returncode}", True
+    cause = run.shutdown_cause()
+    if cause is not None:
+        what, failed = cause
+        return (f"the VMM shut down: {what}", True) if failed else (f"the VMM exited normally ({what})", False)
+    if returncode == 0:
+        return "the VMM exited normally (the guest powered off)", False
+    if run.traces_shutdowns:
+        return "killed: the VMM ended without a shutdown request (SIGKILL, or it crashed)", True
+    return "the VMM exited (exit status unknown: the service did not launch it)", False
+
+
+@dataclass
+class _LastRun:
+    """The VMM log of the last power-on: its header line (with the argv) and what QEMU wrote after it."""
+
+    header: str
+    lines: list[str]
+
+    @classmethod
+    def read(cls, vmm_log: Path) -> _LastRun:
+        try:
+            with open(vmm_log, "rb") as handle:
+                handle.seek(max(0, os.path.getsize(vmm_log) - LOG_TAIL))
+                tail = handle.read().decode(errors="replace").splitlines()
+        except OSError:
+            return cls("", [])
+        starts = [i for i, line in enumerate(tail) if line.startswith("---")]
+        if not starts:
+            return cls("", tail)
+        return cls(tail[starts[-1]], tail[starts[-1] + 1:])
+
+    @property
+    def traces_shutdowns(self) -> bool:
+        return f"-trace {SHUTDOWN_TRACE}" in self.header
+
+    def caught_signal(self) -> str | None:
+        for line in reversed(self.lines):
+            if "terminating on signal" in line:
+                return line.split(": ", 1)[-1].strip()
+        return None
+
+    def shutdown_cause(self) -> tuple[str, bool] | None:
+        for line in reversed(self.lines):
+            _, found, cause = line.partition(f":{SHUTDOWN_TRACE} reason=")
+            if found and cause.strip().isdigit():
+                return SHUTDOWN_CAUSES.get(int(cause), (f"shutdown cause {cause.strip()}", False))
+        return None
+
+
+class Supervisor:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self._watches: dict[int, _Watch] = {}  # pid -> watch
+        self._reported: set[int] = set()  # pids whose power-off the core reports itself
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+
+    # -- life cycle ---------------------------------------------------------
+    def start(self) -> None:
+        """Reconcile with what runs, then watch (autostart comes once the service serves)."""
+        self.reconcile()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+        with self._lock:
+            for watch in self._watches.values():
+                os.close(watch.fd)
+            self._watches.clear()
+
+    def reconcile(self) -> None:
+        """Adopt live VMMs, kill half-started ones, clear stale records."""
+        with self.service.hypervisor() as hv:
+            entries = hv.datastore.catalog.list()
+            for entry in entries:
+                try:
+                    vmm = hv._vmm(entry.name)
+                    self._reconcile_one(hv, entry.name, vmm)
+                except HvError as exc:
+                    log.warning("cannot reconcile %s: %s", entry.name, exc.one_line())
+
+    def _reconcile_one(self, hv: Any, name: str, vmm: Any) -> None:
+        from ..vmm.process import VmState
+
+        record = vmm.record()  # checks pid, start time and argv; clears a stale record
+        if record is not None:
+            if _orphaned(record.pid, vmm.lock.path) and _qmp_status(record.qmp_socket) == "prelaunch":
+                self._kill_half_started(hv, name, vmm, record.pid, "its power-on never finished")
+                return
+            self.watch(name, record.pid, vmm.paths.vm_dir)
+            hv._emit("reattached", name, pid=record.pid)
+            return
+        if vmm.state() is VmState.STARTING:
+            for pid in _vmm_pids(str(vmm.paths.qmp_socket)):
+                if _orphaned(pid, vmm.lock.path):
+                    self._kill_half_started(hv, name, vmm, pid, "its launcher died during power-on")
+        from ..storage.journal import Journal
+
+        if Journal.load(vmm.paths.vm_dir) is not None and vmm.lock.try_acquire():
+            try:  # a snapshot or clone cut short (the service was killed): finish or undo it now
+                hv._disk_ops().finish_interrupted(name)
+            finally:
+                vmm.lock.release()
+            hv._emit("recovered", name, reason="an interrupted snapshot or clone was finished or undone")
+
+    def _kill_half_started(self, hv: Any, name: str, vmm: Any, pid: int, why: str) -> None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _wait_gone(pid, 5.0)
+        vmm.record()  # clears the record now that the pid is gone
+        vmm.record_path.unlink(missing_ok=True)
+        hv._emit("failed", name, pid=pid, reason=f"{why}; the half-started VMM was killed")
+
+    async def autostart(self) -> None:
+        """Power on the VMs marked autostart, one after another, as requests would."""
+        from . import routes
+
+        names = await self.service.run_blocking(self._autostart_names)
+        op = routes.by_name("start_vm")
+        assert op is not None
+        for name in names:
+            try:
+                await self.service.dispatch(op, {"name": name}, {})
+            except HvError as exc:
+                if exc.code == "invalid-state-start":
+                    continue  # already running
+                await self.service.run_blocking(self.service.emit, "autostartFailed", name, reason=exc.one_line())
+
+    def _autostart_names(self) -> list[str]:
+        with self.service.hypervisor() as hv:
+            return [e.name for e in hv.datastore.catalog.list() if e.autostart]
+
+    # -- watching -------------------------------------------------------------
+    def notice(self, event: dict[str, Any]) -> None:
+        """Events from the core: watch what powered on, remember what was stopped."""
+        pid = event.get("pid")
+        if not isinstance(pid, int):
+            return
+        if event["type"] == "poweredOn":
+            with self.service.hypervisor() as hv:
+                vm_dir = hv._vmm(event["vm"]).paths.vm_dir
+            self.watch(event["vm"], pid, vm_dir)
+        elif event["type"] == "poweringOff":  # its exit is expected; the core reports it
+            with self._lock:
+                self._reported.add(pid)
+
+    def watch(self, name: str, pid: int, vm_dir: Path) -> None:
+        from ..vmm.process import Vmm
+
+        with self._lock:
+            child = Vmm._children.get(pid)  # set if this process launched it: then we get its exit status
+            if pid in self._watches:
+                self._watches[pid].child = self._watches[pid].child or child
+                return
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                fd = -1
+            if fd >= 0:
+                self._watches[pid] = _Watch(name, pid, fd, child, vm_dir)
+        if fd < 0:
+            self._exited(_Watch(name, pid, -1, child, vm_dir))
+        else:
+            self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # already awake
+
+    def watched(self) -> dict[str, int]:
+        """VM name -> pid of every VMM being watched."""
+        with self._lock:
+            return {w.name: w.pid for w in self._watches.values()}
+
+    def _run(self) -> None:
+        last_scan = 0.0
+        while not self._stop.is_set():
+            with self._lock:
+                by_fd = {w.fd: w for w in self._watches.values()}
+            poller = select.poll()  # not select(): more than 1,024 VMMs must work too
+            for fd in (self._wake_r, *by_fd):
+                poller.register(fd, select.POLLIN)
+            try:
+                ready = [fd for fd, _ in poller.poll(POLL * 1000)]
+            except OSError:
+                continue
+            if self._wake_r in ready:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            for fd in ready:
+                watch = by_fd.get(fd)
+                if watch is not None:
+                    with self._lock:
+                        self._watches.pop(watch.pid, None)
+                    os.close(watch.fd)
+                    self._safely(self._exited, watch)
+            if time.monotonic() - last_scan >= SCAN:
+                last_scan = time.monotonic()
+                self._safely(self._scan_outside)
+
+    def _safely(self, func: Any, *args: Any) -> None:
+        try:
+            func(*args)
+        except Exception:  # noqa: BLE001 - the watcher must survive anything one VM does
+            log.exception("supervisor: %s failed", getattr(func, "__name__", func))
+
+    def _scan_outside(self) -> None:
+        """Watch VMMs started without the service (the CLI working directly on the datastore)."""
+        with self._lock:
+            watched = {w.vm_dir for w in self._watches.values()}
+        from ..vmm.process import RuntimeRecord, _is_our_vmm
+
+        root = self.service.root
+        with self.service.hypervisor() as hv:
+            entries = hv.datastore.catalog.list()
+        for entry in entries:
+            vm_dir = (root / entry.vmx).parent
+            if vm_dir in watched or not os.path.exists(vm_dir / "runtime.json"):
+                continue
+            record = RuntimeRecord.load(vm_dir / "runtime.json")
+            if record is not None and _is_our_vmm(record):
+                self.watch(entry.name, record.pid, vm_dir)
+
+    def _exited(self, watch: _Watch) -> None:
+        returncode = None
+        if watch.child is not None:
+            try:
+                returncode = watch.child.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                returncode = None
+        reason, crashed = exit_reason(returncode, watch.vm_dir / "vmm.log")
+        with self.service.hypervisor() as hv:
+            try:
+                hv._vmm(watch.name).record()  # clears the stale runtime record and sockets
+            except HvError:
+                pass  # the VM was deleted or unregistered meanwhile
+        with self._lock:
+            reported = watch.pid in self._reported
+            self._reported.discard(watch.pid)
+        if reported:
+            return
+        self.service.emit("crashed" if crashed else "poweredOff", watch.name, pid=watch.pid, reason=reason,
+                          exit_status=returncode)
+
+
+def _qmp_status(socket: str) -> str | None:
+    from ..vmm.process import qmp_execute
+
+    try:
+        return qmp_execute(Path(socket), ("query-status", None), timeout=3.0)[0].get("status")
+    except HvError:
+        return None
+
+
+def _vmm_pids(marker: str) -> list[int]:
+    """Pids of processes whose command line mentions ``marker`` (a VM's QMP socket path)."""
+    found = []
+    needle = marker.encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def _orphaned(pid: int, lock_path: Path) -> bool:
+    """True if the process that launched ``pid`` no longer holds the VM's lock (it died)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+    except (OSError, ValueError):
+        return False
+    if ppid == os.getpid():
+        return False
+    target = os.path.realpath(lock_path)
+    try:
+        fds = os.listdir(f"/proc/{ppid}/fd")
+    except OSError:
+        return True
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{ppid}/fd/{fd}") == target:
+                return False
+        except OSError:
+            continue
+    return True
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    from ..vmm.process import process_start_ticks
+
+    deadline = time.monotonic() + timeout
+    while process_start_ticks(pid) is not None and time.monotonic() < deadline:
+        time.sleep(0.02)

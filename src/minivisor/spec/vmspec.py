@@ -1,0 +1,575 @@
+"""The typed view of a specfile: the virtual hardware a `.vmx` asks for.
+
+``VmSpec.from_vmx(doc)`` turns a parsed :class:`~minivisor.spec.vmx.VmxDocument`
+into frozen dataclasses and reports semantic problems (unknown device types,
+impossible sizes) as :class:`~minivisor.errors.SpecError` naming the line.
+It does no I/O: checks against the host and the datastore happen in
+:mod:`minivisor.vmm.plan`.
+
+Every count and range a specfile states is checked against its bound before
+anything is built from it, and a value echoed in an error is cut to a short
+excerpt: a specfile is input from outside.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from ..errors import SpecError
+from ..text import clip, excerpt
+from .vmx import VmxDocument
+
+__all__ = [
+    "Bus",
+    "DiskController",
+    "Disk",
+    "Nic",
+    "SerialPort",
+    "Floppy",
+    "Display",
+    "Sched",
+    "VmSpec",
+    "parse_bool",
+    "normalize_mac",
+    "format_cpu_list",
+]
+
+Bus = Literal["scsi", "sata", "ide", "nvme"]
+BUSES: tuple[Bus, ...] = ("scsi", "sata", "nvme", "ide")
+
+# How many controllers and units each bus has (VMware's documented maxima).
+CONTROLLER_COUNT = {"scsi": 4, "sata": 4, "nvme": 4, "ide": 2}
+UNIT_COUNT = {"scsi": 16, "sata": 30, "nvme": 15, "ide": 2}
+# Every numbered device a VM can have: scsi0-scsi3 ... ethernet0-ethernet9, serial0-serial3, floppy0-floppy1.
+DEVICE_COUNT = {**CONTROLLER_COUNT, "ethernet": 10, "serial": 4, "floppy": 2}
+MEMORY_MIB = (4, 16 * 1024 * 1024)  # memSize: VMware's smallest and largest, in MiB
+VCPUS = (1, 255)  # numvcpus
+MAX_HOST_CPUS = 8192  # Linux's largest NR_CPUS: no host CPU has a higher number
+MAX_NETWORK_NAME = 128  # characters of ethernetN.networkName
+MAX_READY_LINE = 200  # characters of minivisor.readyLine (a line the guest prints)
+
+SCSI_MODELS = {"lsilogic", "lsisas1068", "pvscsi", "buslogic", "virtio-scsi"}
+NIC_MODELS = {"vmxnet3", "e1000", "e1000e", "vlance", "vmxnet", "vmxnet2", "virtio"}
+CONNECTION_TYPES = {"bridged", "nat", "hostonly", "custom", "pvn", "none"}
+HARD_DISK_TYPES = {"disk", "scsi-harddisk", "ata-harddisk", "plaindisk"}
+CDROM_TYPES = {"cdrom-image", "cdrom-raw", "atapi-cdrom"}
+# Values VMware uses for "no backing": an empty drive.
+EMPTY_BACKINGS = {"", "auto detect", "emptybackingstring", "cd/dvd drive 0", "floppy 0"}
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_DEVICE_KEY = re.compile(r"^(scsi|sata|nvme|ide)(\d+):(\d+)\.", re.IGNORECASE)
+_PRESENT_KEY = re.compile(r"^(scsi|sata|nvme|ide|ethernet|serial|floppy)(\d+)\.present$", re.IGNORECASE)
+_CPU_RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?\Z")
+_SHARES = re.compile(r"[0-9]{1,7}\Z")
+
+
+def parse_bool(value: str | None, default: bool = False) -> bool:
+    """VMware booleans: TRUE/FALSE in any case, or 1/0."""
+    if value is None or value.strip() == "":
+        return default
+    return value.strip().lower() in {"true", "1", "yes", "on"}
+
+
+def format_cpu_list(cpus: set[int] | tuple[int, ...], limit: int = 60) -> str:
+    """CPU numbers as a short list of ranges (``0-3,8``), as sched.cpu.affinity writes them."""
+    ranges: list[str] = []
+    numbers = sorted(cpus)
+    start = 0
+    for i, cpu in enumerate(numbers):
+        if i + 1 == len(numbers) or numbers[i + 1] != cpu + 1:
+            ranges.append(f"{numbers[start]}-{cpu}" if cpu != numbers[start] else str(cpu))
+            start = i + 1
+    return clip(",".join(ranges), limit) or "none"
+
+
+def normalize_mac(value: str) -> str | None:
+    """A MAC in lower-case colon form, or None if it is not one."""
+    mac = value.strip().lower().replace("-", ":")
+    return mac if _MAC.match(mac) else None
+
+
+@dataclass(frozen=True)
+class DiskController:
+    """A storage controller: ``scsi0``, ``sata1``, ``nvme0``, ``ide0``."""
+
+    bus: Bus
+    index: int
+    model: str  # lsilogic, lsisas1068, pvscsi, buslogic, virtio-scsi, ahci, nvme, piix4
+
+    @property
+    def name(self) -> str:
+        return f"{self.bus}{self.index}"
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A device on a controller: a hard disk or a CD-ROM."""
+
+    bus: Bus
+    controller_index: int
+    unit: int
+    kind: Literal["disk", "cdrom"]
+    file_name: str | None  # as written in the specfile; None means an empty drive
+    read_only: bool = False
+    mode: str = "persistent"
+
+    @property
+    def node(self) -> str:
+        """VMware's device name, e.g. ``scsi0:0``."""
+        return f"{self.bus}{self.controller_index}:{self.unit}"
+
+    @property
+    def controller(self) -> str:
+        return f"{self.bus}{self.controller_index}"
+
+
+@dataclass(frozen=True)
+class Nic:
+    """An ``ethernetN`` adapter."""
+
+    index: int
+    model: str
+    mac: str | None  # None: not set in the specfile yet
+    connection_type: str
+    network_name: str | None
+    start_connected: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"ethernet{self.index}"
+
+    @property
+    def network(self) -> str:
+        """The network the NIC asks for, as a user would name it."""
+        return self.network_name or self.connection_type
+
+
+@dataclass(frozen=True)
+class SerialPort:
+    """A ``serialN`` port backed by a file, a pipe (UNIX socket) or a host device."""
+
+    index: int
+    file_type: str
+    file_name: str | None
+    pipe_server: bool = True
+
+
+@dataclass(frozen=True)
+class Floppy:
+    """A ``floppyN`` drive backed by an image file."""
+
+    index: int
+    file_name: str | None
+
+
+@dataclass(frozen=True)
+class Display:
+    """The virtual graphics adapter (VMware SVGA II)."""
+
+    present: bool = True
+    vram_bytes: int = 4 * 1024 * 1024
+
+
+# VMware's share levels: CPU shares per vCPU, memory shares per MiB of memSize.
+CPU_SHARE_LEVELS = {"low": 500, "normal": 1000, "high": 2000}
+MEM_SHARE_LEVELS = {"low": 5, "normal": 10, "high": 20}
+
+
+@dataclass(frozen=True)
+class Sched:
+    """Resource controls (``sched.*``): CPU affinity, CPU and memory shares, memory reservation."""
+
+    cpu_affinity: tuple[int, ...] | None = None  # host CPUs the VMM may run on; None: all
+    cpu_shares: int | None = None  # total shares (levels scaled by numvcpus); None: not set (normal)
+    mem_shares: int | None = None  # total shares (levels scaled by memSize); None: not set (normal)
+    mem_min_mib: int = 0  # memory reserved for the VM (sched.mem.min)
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """The virtual hardware a specfile describes."""
+
+    display_name: str
+    guest_os: str
+    memory_mib: int
+    num_cpus: int
+    cores_per_socket: int
+    firmware: Literal["bios", "efi"]
+    nvram: str | None
+    uuid_bios: str | None
+    controllers: tuple[DiskController, ...]
+    disks: tuple[Disk, ...]
+    nics: tuple[Nic, ...]
+    serial_ports: tuple[SerialPort, ...]
+    floppies: tuple[Floppy, ...]
+    display: Display
+    boot_order: tuple[str, ...]  # device nodes from bios.hddOrder, first boots first
+    ready_line: str
+    sched: Sched = Sched()
+    unused_keys: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def sockets(self) -> int:
+        return self.num_cpus // self.cores_per_socket
+
+    @property
+    def boot_disk(self) -> Disk | None:
+        """The hard disk SeaBIOS boots from: ``bios.hddOrder`` first, else the
+        first hard disk on the first controller (scsi, sata, nvme, ide)."""
+        hard_disks = [d for d in self.disks if d.kind == "disk" and d.file_name]
+        by_node = {d.node: d for d in hard_disks}
+        for node in self.boot_order:
+            if node in by_node:
+                return by_node[node]
+        return hard_disks[0] if hard_disks else None
+
+    @classmethod
+    def from_vmx(cls, doc: VmxDocument) -> VmSpec:
+        """Read the hardware from a parsed specfile; raise SpecError on the first problem."""
+        doc.raise_for_errors()
+        return _SpecReader(doc).read()
+
+
+DEFAULT_READY_LINE = "minivisor-guest: ready"
+
+
+class _SpecReader:
+    """Reads one document, remembering which keys it understood."""
+
+    def __init__(self, doc: VmxDocument) -> None:
+        self.doc = doc
+        self.used: set[str] = set()
+        self.used_prefixes: set[str] = set()
+        self.warnings: list[str] = []
+
+    # -- key access ----------------------------------------------------
+    def get(self, key: str, default: str | None = None) -> str | None:
+        self.used.add(key.lower())
+        return self.doc.get(key, default)
+
+    def use_prefix(self, prefix: str) -> None:
+        """Mark every key under ``prefix`` (a device: ``scsi0:1.``, ``ethernet0.``) as handled, even if ignored."""
+        # Kept as a set looked up once per key in is_used: marking each key here would cost
+        # keys x devices, which a specfile with thousands of device keys turns into minutes.
+        self.used_prefixes.add(prefix.lower())
+
+    def is_used(self, key: str) -> bool:
+        lower = key.lower()
+        return lower in self.used or lower.partition(".")[0] + "." in self.used_prefixes
+
+    def fail(self, key: str, problem: str, hint: str) -> SpecError:
+        line = self.doc.line_of(key)
+        where = f"{self.doc.source}:{line}" if line else self.doc.source
+        return SpecError(f"{where}: {problem}", hint=hint)
+
+    def integer(self, key: str, default: int, *, low: int, high: int, unit: str = "") -> int:
+        raw = self.get(key)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            value = int(raw.strip(), 0)
+        except ValueError:
+            raise self.fail(key, f"{key} = {excerpt(raw)} is not a whole number",
+                            f"write a number, e.g. {key} = \"{default}\"") from None
+        if not low <= value <= high:
+            raise self.fail(key, f"{key} = {value}{unit} is out of range",
+                            f"use a value from {low} to {high}{unit}")
+        return value
+
+    # -- the whole spec ------------------------------------------------
+    def read(self) -> VmSpec:
+        self.check_device_counts()
+        memory = self.integer("memSize", 32, low=MEMORY_MIB[0], high=MEMORY_MIB[1], unit=" MiB")
+        cpus = self.integer("numvcpus", 1, low=VCPUS[0], high=VCPUS[1])
+        cores = self.integer("cpuid.coresPerSocket", 1, low=1, high=255)
+        if cpus % cores:
+            raise self.fail("cpuid.coresPerSocket",
+                            f"numvcpus = {cpus} is not a multiple of cpuid.coresPerSocket = {cores}",
+                            "make numvcpus a multiple of cpuid.coresPerSocket")
+        controllers, disks = self.storage()
+        spec = VmSpec(
+            display_name=self.get("displayName") or "",
+            guest_os=(self.get("guestOS") or "other").lower(),
+            memory_mib=memory,
+            num_cpus=cpus,
+            cores_per_socket=cores,
+            firmware=self.firmware(),
+            nvram=self.get("nvram") or None,
+            uuid_bios=self.get("uuid.bios") or None,
+            controllers=controllers,
+            disks=disks,
+            nics=self.nics(),
+            serial_ports=self.serial_ports(),
+            floppies=self.floppies(),
+            display=self.display(),
+            boot_order=self.boot_order(),
+            ready_line=self.ready_line(),
+            sched=self.sched(cpus, memory),
+        )
+        self.mark_ignored()
+        unused = tuple(k for k, _ in self.doc.items() if not self.is_used(k))
+        return replace(spec, unused_keys=unused, warnings=tuple(self.warnings))
+
+    def check_device_counts(self) -> None:
+        """Refuse a device numbered past what a VM can have, instead of leaving it out unsaid."""
+        for key, value in self.doc.items():
+            match = _PRESENT_KEY.match(key)
+            if match and parse_bool(value):
+                kind = match[1].lower()
+                last = f"{kind}{DEVICE_COUNT[kind] - 1}"
+                if len(match[2]) > 3 or int(match[2]) >= DEVICE_COUNT[kind]:
+                    raise self.fail(key, f"{excerpt(key)} names a device past the last a VM can have, {last}",
+                                    f'number them {kind}0 to {last}, or set that key to "FALSE"')
+
+    def ready_line(self) -> str:
+        line = self.get("minivisor.readyLine") or DEFAULT_READY_LINE
+        if len(line) > MAX_READY_LINE:
+            raise self.fail("minivisor.readyLine", f"minivisor.readyLine is {len(line)} characters long",
+                            f"use a line of at most {MAX_READY_LINE} characters that the guest prints when ready")
+        return line
+
+    def sched(self, cpus: int, memory: int) -> Sched:
+        mem_min = self.integer("sched.mem.min", 0, low=0, high=memory, unit=" MiB")
+        return Sched(self.cpu_affinity(), self.shares("sched.cpu.shares", CPU_SHARE_LEVELS, cpus),
+                     self.shares("sched.mem.shares", MEM_SHARE_LEVELS, memory), mem_min)
+
+    def cpu_affinity(self) -> tuple[int, ...] | None:
+        """The host CPUs of ``sched.cpu.affinity`` (``0,2-3``), or None for all."""
+        key = "sched.cpu.affinity"
+        raw = (self.get(key) or "all").strip().lower()
+        if raw in ("all", ""):
+            return None
+        cpus: set[int] = set()
+        for part in raw.split(","):
+            match = _CPU_RANGE.match(part.strip())
+            if match is None:
+                raise self.fail(key, f"{key} = {excerpt(raw)} is not a CPU list",
+                                f'write "all" or host CPU numbers, e.g. {key} = "0,1" or "0-3"')
+            low, high = match[1], match[2] or match[1]
+            # Checked arithmetically before the range is expanded: "0-20000000" never becomes 20 million
+            # numbers (and more digits than a host CPU number has never reach int()).
+            if max(len(low), len(high)) > len(str(MAX_HOST_CPUS)) or not int(low) <= int(high) < MAX_HOST_CPUS:
+                raise self.fail(key, f"{key} = {excerpt(raw)}: {excerpt(part.strip(), 12)} is not a range of host CPUs",
+                                f"host CPUs are numbered 0 to {MAX_HOST_CPUS - 1}; write a range low-high")
+            cpus.update(range(int(low), int(high) + 1))
+        return tuple(sorted(cpus))
+
+    def shares(self, key: str, levels: dict[str, int], scale: int) -> int | None:
+        raw = (self.get(key) or "").strip().lower()
+        if raw in ("", "normal"):
+            return None  # the default: nothing to ask of the host (and nothing to warn about)
+        if raw in levels:
+            return levels[raw] * scale
+        if _SHARES.match(raw) and 0 < int(raw) <= 1_000_000:
+            return int(raw)
+        raise self.fail(key, f"{key} = {excerpt(raw)} is not low, normal, high or a number of shares",
+                        f'write e.g. {key} = "normal"')
+
+    def mark_ignored(self) -> None:
+        """Keys that are bookkeeping, not hardware: understood, nothing to build."""
+        for key in (".encoding", "config.version", "virtualHW.version", "guestOSAltName",
+                    "annotation", "uuid.location", "uuid.action", "extendedConfigFile"):
+            self.get(key)
+
+    def firmware(self) -> Literal["bios", "efi"]:
+        value = (self.get("firmware") or "bios").strip().lower()
+        if value not in {"bios", "efi"}:
+            raise self.fail("firmware", f"firmware = {excerpt(value)} is not bios or efi",
+                            'write firmware = "bios" or firmware = "efi"')
+        return value  # type: ignore[return-value]
+
+    # -- storage -------------------------------------------------------
+    def storage(self) -> tuple[tuple[DiskController, ...], tuple[Disk, ...]]:
+        controllers = []
+        for bus in BUSES:
+            for index in range(CONTROLLER_COUNT[bus]):
+                controller = self.controller(bus, index)
+                if controller:
+                    controllers.append(controller)
+        present = {c.name for c in controllers}
+        disks = []
+        for key in self.device_keys():
+            bus, index, unit = key
+            if f"{bus}{index}" not in present:
+                self.use_prefix(f"{bus}{index}:{unit}.")
+                continue
+            disk = self.disk(bus, index, unit)
+            if disk:
+                disks.append(disk)
+        return tuple(controllers), tuple(disks)
+
+    def device_keys(self) -> list[tuple[Bus, int, int]]:
+        """Every (bus, controller, unit) mentioned, in file order, once."""
+        seen: dict[tuple[Bus, int, int], None] = {}
+        for key, _ in self.doc.items():
+            match = _DEVICE_KEY.match(key)
+            if match:
+                if len(match[2]) > 3 or len(match[3]) > 3:  # never a slot; and int() of 5,000 digits raises
+                    raise self.fail(key, f"{excerpt(key)} names no device slot a VM can have",
+                                    "number controllers and units as VMware does, e.g. scsi0:1")
+                bus = match.group(1).lower()
+                seen[(bus, int(match.group(2)), int(match.group(3)))] = None  # type: ignore[index]
+        return list(seen)
+
+    def controller(self, bus: Bus, index: int) -> DiskController | None:
+        name = f"{bus}{index}"
+        # IDE controllers are built in: they exist without a .present key.
+        if not parse_bool(self.get(f"{name}.present"), default=(bus == "ide")):
+            self.use_prefix(f"{name}.")
+            return None
+        if bus != "scsi":
+            self.get(f"{name}.virtualDev")
+            return DiskController(bus, index, {"sata": "ahci", "nvme": "nvme", "ide": "piix4"}[bus])
+        key = f"{name}.virtualDev"
+        model = (self.get(key) or "lsilogic").strip().lower()
+        if model not in SCSI_MODELS:
+            raise self.fail(key, f"{key} = {excerpt(model)} is not a SCSI controller minivisor knows",
+                            f"use one of {', '.join(sorted(SCSI_MODELS))}")
+        if model == "buslogic":
+            self.warnings.append(f"{name}: QEMU has no BusLogic controller; "
+                                 "an LSI 53C895A is used instead (guests need the sym53c8xx driver)")
+        self.use_prefix(f"{name}.")
+        return DiskController(bus, index, model)
+
+    def disk(self, bus: Bus, index: int, unit: int) -> Disk | None:
+        node = f"{bus}{index}:{unit}"
+        if unit >= UNIT_COUNT[bus] or (bus == "scsi" and unit == 7):
+            raise self.fail(f"{node}.present", f"{node} is not a valid device slot",
+                            f"{bus} units go from 0 to {UNIT_COUNT[bus] - 1}"
+                            + (" (7 is the SCSI controller itself)" if bus == "scsi" else ""))
+        file_name = self.get(f"{node}.fileName")
+        device_type = self.get(f"{node}.deviceType")
+        # The seed (like many hand-written files) describes its disk without a
+        # .present key: a device with a file or a type is there unless switched off.
+        present = parse_bool(self.get(f"{node}.present"), default=bool(file_name or device_type))
+        mode = (self.get(f"{node}.mode") or "persistent").strip().lower()
+        self.use_prefix(f"{node}.")
+        if not present:
+            return None
+        kind = self.device_kind(node, device_type, file_name)
+        if file_name is not None and file_name.strip().lower() in EMPTY_BACKINGS:
+            file_name = None
+        if kind == "disk" and not file_name:
+            raise self.fail(f"{node}.fileName", f"hard disk {node} has no fileName",
+                            f'name its disk file, e.g. {node}.fileName = "disk.vmdk"')
+        return Disk(bus, index, unit, kind, file_name, read_only=(kind == "cdrom"), mode=mode)
+
+    def device_kind(self, node: str, device_type: str | None, file_name: str | None) -> Literal["disk", "cdrom"]:
+        if device_type is None or device_type.strip() == "":
+            # VMware omits deviceType for most disks; an .iso is a CD.
+            return "cdrom" if (file_name or "").lower().endswith(".iso") else "disk"
+        value = device_type.strip().lower()
+        if value in HARD_DISK_TYPES:
+            return "disk"
+        if value in CDROM_TYPES:
+            if value != "cdrom-image" and (file_name or "").strip().lower() not in EMPTY_BACKINGS:
+                raise self.fail(f"{node}.deviceType",
+                                f"{node} passes the host CD drive {excerpt(file_name)} through",
+                                f'use an ISO image: {node}.deviceType = "cdrom-image"')
+            return "cdrom"
+        raise self.fail(f"{node}.deviceType",
+                        f"{node}.deviceType = {excerpt(device_type)} is not a device type minivisor knows",
+                        "use disk, scsi-hardDisk, ata-hardDisk or cdrom-image")
+
+    def boot_order(self) -> tuple[str, ...]:
+        order = self.get("bios.hddOrder") or ""
+        self.get("bios.bootOrder")
+        return tuple(part.strip().lower() for part in order.split(",") if part.strip())
+
+    # -- network -------------------------------------------------------
+    def nics(self) -> tuple[Nic, ...]:
+        nics = []
+        for index in range(DEVICE_COUNT["ethernet"]):
+            prefix = f"ethernet{index}"
+            present = parse_bool(self.get(f"{prefix}.present"), default=False)
+            if not present and not self.doc.keys_with_prefix(f"{prefix}."):
+                continue
+            # The seed (and many ESXi exports) omit .present on NICs that exist.
+            if self.get(f"{prefix}.present") is None:
+                present = True
+            nic = self.nic(index) if present else None
+            self.use_prefix(f"{prefix}.")
+            if nic:
+                nics.append(nic)
+        return tuple(nics)
+
+    def nic(self, index: int) -> Nic:
+        prefix = f"ethernet{index}"
+        model = (self.get(f"{prefix}.virtualDev") or "e1000").strip().lower()
+        if model not in NIC_MODELS:
+            raise self.fail(f"{prefix}.virtualDev",
+                            f"{prefix}.virtualDev = {excerpt(model)} is not a NIC minivisor knows",
+                            f"use one of {', '.join(sorted(NIC_MODELS))}")
+        if model in {"vmxnet", "vmxnet2"}:
+            self.warnings.append(f"{prefix}: QEMU has no {model}; an AMD PCnet (vlance) is used instead")
+        connection = (self.get(f"{prefix}.connectionType") or "bridged").strip().lower()
+        if connection not in CONNECTION_TYPES:
+            raise self.fail(f"{prefix}.connectionType",
+                            f"{prefix}.connectionType = {excerpt(connection)} is not a connection type minivisor knows",
+                            f"use one of {', '.join(sorted(CONNECTION_TYPES))}")
+        network = (self.get(f"{prefix}.networkName") or "").strip() or None
+        if network and len(network) > MAX_NETWORK_NAME:
+            raise self.fail(f"{prefix}.networkName", f"{prefix}.networkName is {len(network)} characters long",
+                            f"name a network in at most {MAX_NETWORK_NAME} characters")
+        return Nic(index, model, self.mac(prefix), connection, network,
+                   parse_bool(self.get(f"{prefix}.startConnected"), default=True))
+
+    def mac(self, prefix: str) -> str | None:
+        address_type = (self.get(f"{prefix}.addressType") or "generated").strip().lower()
+        key = f"{prefix}.address" if address_type == "static" else f"{prefix}.generatedAddress"
+        raw = self.get(key) or (self.get(f"{prefix}.address") if address_type != "static" else None)
+        if not raw:
+            return None
+        mac = normalize_mac(raw)
+        if mac is None or int(mac[:2], 16) & 1:
+            raise self.fail(key, f"{key} = {excerpt(raw)} is not a unicast MAC address",
+                            'write it as six hex pairs, e.g. "00:50:56:aa:bb:cc"')
+        return mac
+
+    # -- other devices -------------------------------------------------
+    def serial_ports(self) -> tuple[SerialPort, ...]:
+        ports = []
+        for index in range(DEVICE_COUNT["serial"]):
+            prefix = f"serial{index}"
+            present = parse_bool(self.get(f"{prefix}.present"))
+            file_type = (self.get(f"{prefix}.fileType") or "").strip().lower()
+            file_name = self.get(f"{prefix}.fileName") or None
+            end_point = (self.get(f"{prefix}.pipe.endPoint") or "server").strip().lower()
+            self.use_prefix(f"{prefix}.")
+            if not present:
+                continue
+            if file_type not in {"file", "pipe"}:
+                raise self.fail(f"{prefix}.fileType",
+                                f"{prefix}.fileType = {excerpt(file_type)} cannot be virtualized here",
+                                f'use {prefix}.fileType = "file" or "pipe", or set {prefix}.present = "FALSE"')
+            ports.append(SerialPort(index, file_type, file_name, end_point != "client"))
+        return tuple(ports)
+
+    def floppies(self) -> tuple[Floppy, ...]:
+        drives = []
+        for index in range(DEVICE_COUNT["floppy"]):
+            prefix = f"floppy{index}"
+            # VMware creates floppy0 unless told otherwise; without a file it is an empty drive.
+            present = parse_bool(self.get(f"{prefix}.present"), default=False)
+            file_type = (self.get(f"{prefix}.fileType") or "file").strip().lower()
+            file_name = self.get(f"{prefix}.fileName") or None
+            self.use_prefix(f"{prefix}.")
+            if not present:
+                continue
+            if file_type != "file" and (file_name or "").lower() not in EMPTY_BACKINGS:
+                raise self.fail(f"{prefix}.fileType", f"{prefix} passes a host floppy drive through",
+                                f'use an image file: {prefix}.fileType = "file"')
+            if file_name and file_name.strip().lower() in EMPTY_BACKINGS:
+                file_name = None
+            drives.append(Floppy(index, file_name))
+        return tuple(drives)
+
+    def display(self) -> Display:
+        present = parse_bool(self.get("svga.present"), default=True)
+        vram = self.integer("svga.vramSize", 4 * 1024 * 1024, low=1024 * 1024, high=256 * 1024 * 1024)
+        self.use_prefix("svga.")
+        return Display(present, vram)
+

@@ -1,0 +1,149 @@
+"""An intent journal per VM: disk operations survive ``kill -9`` at any point.
+
+Every operation that changes a VM's disks, specfile or snapshot tree writes its
+plan to ``<vm folder>/.minivisor-journal.json`` (atomically) before it touches
+anything, in two phases:
+
+* ``prepare``: new files are being made (overlays, copies, memory state).
+  Nothing the VM uses has changed; a crash here is *rolled back* by deleting
+  the files listed in ``undo``.
+* ``commit``: the point of no return. ``steps`` are idempotent actions (write a
+  file atomically, delete a file; and, run by handlers the caller passes
+  because they need the VM's path policy, merge disk layers or publish a
+  clone); ``done`` counts the finished ones. A crash here is *rolled forward*:
+  the next operation on the VM runs the remaining steps.
+
+So after a crash the operation is either complete or has left no trace.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import DiskError
+from ..spec.vmx import write_atomic
+
+__all__ = ["Journal", "JOURNAL_NAME", "crashpoint"]
+
+JOURNAL_NAME = ".minivisor-journal.json"
+CRASH_ENV = "MINIVISOR_TEST_CRASH_AT"
+
+
+def crashpoint(name: str) -> None:
+    """Fault injection for the crash-safety tests: SIGKILL ourselves at a named point.
+
+    Set ``MINIVISOR_TEST_CRASH_AT=<name>``; never set in production.
+    """
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class Journal:
+    """The plan of one operation on one VM (see the module docstring)."""
+
+    vm_dir: Path
+    op: str
+    phase: str = "prepare"
+    undo: list[str] = field(default_factory=list)  # files (relative to vm_dir) to delete on rollback
+    steps: list[list[Any]] = field(default_factory=list)
+    done: int = 0
+    data: dict[str, Any] = field(default_factory=dict)  # op-specific facts for recovery
+
+    @property
+    def path(self) -> Path:
+        return self.vm_dir / JOURNAL_NAME
+
+    @classmethod
+    def load(cls, vm_dir: Path) -> Journal | None:
+        try:
+            raw = json.loads((vm_dir / JOURNAL_NAME).read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError:  # written atomically, so never torn; treat garbage as absent
+            return None
+        raw.pop("vm_dir", None)
+        return cls(vm_dir=vm_dir, **raw)
+
+    def save(self) -> None:
+        record = asdict(self)
+        record.pop("vm_dir")
+        write_atomic(self.path, json.dumps(record, indent=1).encode(), mode=0o600)
+
+    # -- phases ----------------------------------------------------------
+    def begin(self, undo: list[Path]) -> None:
+        """Record the files about to be created, before creating them."""
+        self.undo = [os.path.relpath(p, self.vm_dir) for p in undo]
+        self.save()
+
+    def commit(self, steps: list[list[Any]]) -> None:
+        """The point of no return: from here a crash is rolled forward."""
+        self.steps, self.phase, self.done = steps, "commit", 0
+        self.save()
+
+    def run(self, handlers: dict[str, Callable[..., None]] | None = None) -> None:
+        """Run the remaining steps, recording progress after each; then remove the journal."""
+        while self.done < len(self.steps):
+            kind, *args = self.steps[self.done]
+            if kind in _STEPS:
+                _STEPS[kind](self.vm_dir, *args)
+            elif handlers and kind in handlers:
+                handlers[kind](*args)
+            else:
+                raise DiskError(f"the journal in {self.vm_dir} has an unknown step {kind!r}",
+                                hint=f"it was written by another minivisor version; remove {self.path} "
+                                     "after checking the VM's disks")
+            crashpoint(f"{self.op}:step{self.done}")
+            self.done += 1
+            self.save()
+        self.finish()
+
+    def rollback(self) -> None:
+        """Undo a prepare phase: delete what it made, then the journal."""
+        for name in self.undo:
+            _unlink(self.vm_dir, name)
+        self.finish()
+
+    def finish(self) -> None:
+        self.path.unlink(missing_ok=True)
+        _fsync_dir(self.vm_dir)
+
+
+def write_step(name: str, data: bytes) -> list[Any]:
+    return ["write", name, base64.b64encode(data).decode()]
+
+
+def _write(vm_dir: Path, name: str, data: str) -> None:
+    write_atomic(vm_dir / name, base64.b64decode(data), mode=0o600)
+
+
+def _unlink(vm_dir: Path, name: str) -> None:
+    path = vm_dir / name
+    if path.is_dir() and not path.is_symlink():
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _rename(vm_dir: Path, source: str, target: str) -> None:
+    if (vm_dir / source).exists():
+        os.replace(vm_dir / source, vm_dir / target)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_STEPS: dict[str, Callable[..., None]] = {"write": _write, "unlink": _unlink, "rename": _rename}

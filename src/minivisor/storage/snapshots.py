@@ -1,0 +1,433 @@
+"""Snapshots as VMware keeps them: delta disks and a ``.vmsd`` tree in the VM folder.
+
+Taking a snapshot freezes each hard disk's current top file and gives the VM a
+new qcow2 delta on top of it (``web.qcow2`` -> ``web-000001.qcow2``); the
+specfile's ``fileName`` then names the delta. The tree (names, parents, the
+frozen files, the memory state file, "you are here") is the ``.vmsd`` next to
+the specfile, in VMware's keys (``snapshotN.uid``, ``.parent``,
+``.diskM.fileName``...), read and written with :class:`~minivisor.spec.vmx.VmxDocument`.
+
+A ``.vmsd`` is input like a specfile: its size, its number of snapshots and
+each snapshot's number of disks are bounded (:data:`VMSD_LIMITS`,
+:data:`MAX_SNAPSHOTS`), and taking a snapshot never writes a tree those
+bounds would refuse to read back.
+
+A snapshot's files never change while it exists: reverting makes a new delta
+on them, deleting merges the snapshot's data into the layers that depend on it
+(``qemu-img commit`` into the snapshot's file when it has one dependent,
+otherwise a safe ``qemu-img rebase`` of each dependent), so no other snapshot
+or linked clone loses data. Every change goes through the VM's intent journal
+(:mod:`minivisor.storage.journal`), whose disk steps (``commit``, ``relink``,
+``rebase``) name files only: storage.py runs them after checking the chains
+under the VM's path policy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .images import ImageLayer, create_overlay, format_for, read_layer
+from ..errors import ConflictError, DiskError, NotFoundError, SpecError, StateError
+from .journal import Journal, crashpoint, write_step
+from ..spec.vmspec import CONTROLLER_COUNT, UNIT_COUNT, VmSpec
+from ..text import excerpt
+from ..spec.vmx import VMX_LIMITS, Limits, VmxDocument
+
+__all__ = ["Snapshot", "SnapshotTree", "snapshot_disks", "delta_name", "vmsd_path", "MAX_SNAPSHOTS", "VMSD_LIMITS"]
+
+_DELTA_SUFFIX = re.compile(r"-\d{6}$")
+_SLOT_UID = re.compile(r"snapshot(\d{1,9})\.uid$", re.IGNORECASE)
+MAX_SNAPSHOTS = 100  # per VM; VMware supports 32 in a chain
+MAX_DISKS = sum(CONTROLLER_COUNT[bus] * UNIT_COUNT[bus] for bus in CONTROLLER_COUNT)  # device slots of a VM
+# Each snapshot keeps its specfile on one line, |XX-escaped: up to 3 bytes for each of the specfile's.
+VMSD_LIMITS = Limits(file_bytes=32 * 1024 * 1024, lines=MAX_SNAPSHOTS * (12 + 2 * MAX_DISKS),
+                     line_bytes=3 * VMX_LIMITS.file_bytes + 1024)
+
+
+@dataclass
+class Snapshot:
+    """One node of the tree."""
+
+    uid: int
+    name: str
+    parent: int | None
+    disks: dict[str, str]  # node (scsi0:0) -> frozen file name, as the specfile named it
+    description: str = ""
+    created_us: int = 0  # microseconds since the epoch, as VMware stores it
+    memory_file: str | None = None  # the .vmsn with memory and device state (powered-on snapshots)
+    config: str | None = None  # the specfile when it was taken (restored on revert, like VMware's .vmsn)
+    ready_line: str | None = None  # a memory snapshot of a guest that had said it was ready: what it said
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"uid": self.uid, "name": self.name, "parent": self.parent, "description": self.description,
+                "created": self.created_us / 1e6, "memory": self.memory_file is not None,
+                "memory_file": self.memory_file, "disks": dict(self.disks)}
+
+
+@dataclass
+class SnapshotTree:
+    """The ``.vmsd`` contents."""
+
+    snapshots: dict[int, Snapshot] = field(default_factory=dict)
+    current: int | None = None
+    last_uid: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> SnapshotTree:
+        try:
+            doc = VmxDocument.load(path, VMSD_LIMITS)
+        except FileNotFoundError:
+            return cls()
+        doc.raise_for_errors()
+        tree = cls(last_uid=_int(doc.get("snapshot.lastUID")) or 0, current=_int(doc.get("snapshot.current")))
+        slots = sorted({int(m.group(1)) for key in doc.keys_with_prefix("snapshot") if (m := _SLOT_UID.match(key))})
+        if len(slots) > MAX_SNAPSHOTS:
+            raise SpecError(f"{path} lists {len(slots)} snapshots, more than the {MAX_SNAPSHOTS} minivisor keeps",
+                            hint="this is not a tree minivisor wrote: restore the VM's .vmsd from a backup")
+        for slot in slots:
+            p = f"snapshot{slot}."
+            uid = _int(doc.get(p + "uid"))
+            if uid is None:
+                continue
+            disks = {}
+            for m in range(_disk_count(doc, p, path)):
+                node, name = doc.get(f"{p}disk{m}.node"), doc.get(f"{p}disk{m}.fileName")
+                if node and name:
+                    disks[node.lower()] = name
+            high, low = _int(doc.get(p + "createTimeHigh")) or 0, _int(doc.get(p + "createTimeLow")) or 0
+            tree.snapshots[uid] = Snapshot(uid, doc.get(p + "displayName") or f"snapshot {uid}",
+                                           _int(doc.get(p + "parent")), disks, doc.get(p + "description") or "",
+                                           (high << 32) | (low & 0xFFFFFFFF), doc.get(p + "filename") or None,
+                                           doc.get(p + "minivisor.config") or None,
+                                           doc.get(p + "minivisor.readyLine") or None)
+            tree.last_uid = max(tree.last_uid, uid)
+        if tree.current not in tree.snapshots:
+            tree.current = None
+        return tree
+
+    def to_bytes(self) -> bytes:
+        doc = VmxDocument.parse(b'.encoding = "UTF-8"\n', limits=VMSD_LIMITS)
+        doc.set("snapshot.lastUID", str(self.last_uid))
+        if self.current is not None:
+            doc.set("snapshot.current", str(self.current))
+        doc.set("snapshot.numSnapshots", str(len(self.snapshots)))
+        for slot, snap in enumerate(self.snapshots.values()):
+            p = f"snapshot{slot}."
+            doc.set(p + "uid", str(snap.uid))
+            if snap.parent is not None:
+                doc.set(p + "parent", str(snap.parent))
+            if snap.memory_file:
+                doc.set(p + "filename", snap.memory_file)
+            doc.set(p + "displayName", snap.name)
+            if snap.description:
+                doc.set(p + "description", snap.description)
+            doc.set(p + "type", "1" if snap.memory_file else "0")
+            high, low = snap.created_us >> 32, snap.created_us & 0xFFFFFFFF
+            doc.set(p + "createTimeHigh", str(high))
+            doc.set(p + "createTimeLow", str(low - (1 << 32) if low >= 1 << 31 else low))  # signed, like VMware
+            doc.set(p + "numDisks", str(len(snap.disks)))
+            for m, (node, name) in enumerate(snap.disks.items()):
+                doc.set(f"{p}disk{m}.fileName", name)
+                doc.set(f"{p}disk{m}.node", node)
+            if snap.config:
+                doc.set(p + "minivisor.config", snap.config)  # escaped onto one line (|0A)
+            if snap.ready_line:
+                doc.set(p + "minivisor.readyLine", snap.ready_line)
+        return doc.to_bytes()
+
+    # -- queries -----------------------------------------------------------
+    def find(self, name: str, vm: str) -> Snapshot:
+        """A snapshot by name (or uid), or NotFoundError."""
+        matches = [s for s in self.snapshots.values() if s.name == name]
+        if not matches and name.isdigit() and int(name) in self.snapshots:
+            matches = [self.snapshots[int(name)]]
+        if not matches:
+            names = ", ".join(s.name for s in self.snapshots.values()) or "none"
+            raise NotFoundError(f"VM {vm!r} has no snapshot named {excerpt(name)}",
+                                hint=f"its snapshots: {names} (see: minivisor snapshot list {vm})")
+        if len(matches) > 1:
+            raise ConflictError(f"VM {vm!r} has {len(matches)} snapshots named {excerpt(name)}",
+                                hint="name it by its uid instead: minivisor snapshot list " + vm)
+        return matches[0]
+
+    def children(self, uid: int | None) -> list[Snapshot]:
+        return [s for s in self.snapshots.values() if s.parent == uid]
+
+    def ancestors(self, uid: int | None) -> list[int]:
+        """uid, its parent, ... up to the root."""
+        chain = []
+        while uid is not None and uid in self.snapshots and uid not in chain:
+            chain.append(uid)
+            uid = self.snapshots[uid].parent
+        return chain
+
+    def files(self) -> set[str]:
+        return {name for snap in self.snapshots.values() for name in snap.disks.values()}
+
+    def to_list(self) -> list[dict[str, Any]]:
+        """Depth-first, each with its depth and whether it is the current position."""
+        out: list[dict[str, Any]] = []
+
+        def visit(snap: Snapshot, depth: int) -> None:
+            out.append({**snap.to_dict(), "depth": depth, "current": snap.uid == self.current})
+            for child in self.children(snap.uid):
+                visit(child, depth + 1)
+
+        for root in [s for s in self.snapshots.values() if s.parent not in self.snapshots]:
+            visit(root, 0)
+        return out
+
+
+def _int(value: str | None) -> int | None:
+    """A number as VMware writes them in a .vmsd (32 bits, signed or not), else None."""
+    try:
+        number = int(value) if value and len(value) <= 12 else None
+    except ValueError:
+        return None
+    return number if number is not None and -(1 << 31) <= number < 1 << 32 else None
+
+
+def _disk_count(doc: VmxDocument, prefix: str, path: Path) -> int:
+    count = _int(doc.get(prefix + "numDisks")) or 0
+    if not 0 <= count <= MAX_DISKS:
+        raise SpecError(f"{path}: {prefix}numDisks = {count} is not a number of disks a VM can have (0 to {MAX_DISKS})",
+                        hint="this is not a tree minivisor wrote: restore the VM's .vmsd from a backup")
+    return count
+
+
+def vmsd_path(vmx: Path) -> Path:
+    return vmx.with_suffix(".vmsd")
+
+
+def snapshot_disks(spec: VmSpec) -> list[tuple[str, str]]:
+    """(node, fileName) of the hard disks snapshots cover (independent disks are skipped, like VMware)."""
+    return [(d.node, d.file_name) for d in spec.disks
+            if d.kind == "disk" and d.file_name and not d.mode.lower().startswith("independent")]
+
+
+def delta_name(vm_dir: Path, file_name: str, taken: set[str]) -> str:
+    """The next free VMware-style delta name: ``web.qcow2`` -> ``web-000001.qcow2``."""
+    stem = _DELTA_SUFFIX.sub("", Path(file_name).stem)
+    existing = [int(m.group(1)) for p in vm_dir.iterdir() if (m := re.match(re.escape(stem) + r"-(\d{6})\.", p.name))]
+    existing += [int(m.group(1)) for t in taken if (m := re.match(re.escape(stem) + r"-(\d{6})\.", t))]
+    return f"{stem}-{max(existing, default=0) + 1:06d}.qcow2"
+
+
+# -- the operations on a VM's files (the caller holds the locks) ------------------
+class VmFiles:
+    """A VM's folder, specfile and snapshot tree, as one operation sees them."""
+
+    def __init__(self, datastore, vmx: Path) -> None:
+        self.datastore = datastore
+        self.vmx = vmx
+        self.vm_dir = vmx.parent
+        self.scope = datastore.folder_scope(self.vm_dir)  # the VM's path policy
+        self.vmsd = vmsd_path(vmx)
+        self.doc = VmxDocument.load(vmx)
+        self.spec = VmSpec.from_vmx(self.doc)
+        self.tree = SnapshotTree.load(self.vmsd)
+
+    def path(self, file_name: str) -> Path:
+        return self.scope.path(self.vm_dir, file_name, "disk")
+
+    def layer(self, file_name: str) -> ImageLayer:
+        path = self.path(file_name)
+        return read_layer(path, format_for(path))
+
+    def chain(self, file_name: str) -> tuple[ImageLayer, ...]:
+        """A disk's whole backing chain (top first), checked under the VM's path policy."""
+        return self.scope.chain(self.scope.image(self.vm_dir, file_name, "disk"))
+
+    def chain_files(self, file_name: str) -> list[Path]:
+        """Real paths of a disk's whole backing chain (top first)."""
+        return [Path(os.path.realpath(layer.path)) for layer in self.chain(file_name)]
+
+    def name_in_folder(self, path: Path) -> str:
+        return os.path.relpath(path, self.vm_dir)
+
+    def vmx_with(self, tops: dict[str, str], config: str | None = None) -> bytes:
+        """The specfile (or a snapshot's saved one) with these disk files."""
+        base = config.encode("utf-8", "surrogateescape") if config else self.doc.to_bytes()
+        doc = VmxDocument.parse(base, source=str(self.vmx))
+        for node, name in tops.items():
+            doc.set(f"{node}.fileName", name)
+        return doc.to_bytes()
+
+
+def plan_take(files: VmFiles, name: str, description: str, memory_file: str | None) -> tuple[Snapshot, dict[str, str]]:
+    """The new snapshot (freezing the current tops) and the new delta name per disk."""
+    if any(s.name == name for s in files.tree.snapshots.values()):
+        raise ConflictError(f"VM already has a snapshot named {excerpt(name)}", hint="choose another name")
+    if not name.strip() or "\n" in name:
+        raise ConflictError(f"{excerpt(name)} cannot name a snapshot", hint="use a short name on one line")
+    if len(files.tree.snapshots) >= MAX_SNAPSHOTS:
+        raise ConflictError(f"the VM already has {len(files.tree.snapshots)} snapshots, as many as minivisor keeps",
+                            hint="delete a snapshot first")
+    disks = dict(snapshot_disks(files.spec))
+    if not disks:
+        raise DiskError("the VM has no hard disk to snapshot", hint="add a disk to its specfile first")
+    uid = files.tree.last_uid + 1
+    snap = Snapshot(uid, name, files.tree.current, disks, description, int(time.time() * 1e6), memory_file,
+                    files.doc.to_bytes().decode("utf-8", "surrogateescape"))
+    if len(new_tree_with(files.tree, snap).to_bytes()) > VMSD_LIMITS.file_bytes:
+        raise ConflictError(f"the snapshot tree would be larger than the {VMSD_LIMITS.file_bytes >> 20} MiB "
+                            "minivisor reads back", hint="delete a snapshot first")
+    taken: set[str] = set()
+    deltas = {}
+    for node in disks:
+        deltas[node] = delta_name(files.vm_dir, disks[node], taken)
+        taken.add(deltas[node])
+    return snap, deltas
+
+
+def new_tree_with(tree: SnapshotTree, snap: Snapshot) -> SnapshotTree:
+    snapshots = dict(tree.snapshots)
+    snapshots[snap.uid] = snap
+    return SnapshotTree(snapshots, snap.uid, max(tree.last_uid, snap.uid))
+
+
+def take_offline(files: VmFiles, name: str, description: str) -> Snapshot:
+    """Freeze the disks of a powered-off VM (the caller holds the VM lock)."""
+    snap, deltas = plan_take(files, name, description, None)
+    journal = Journal(files.vm_dir, "take")
+    journal.begin([files.vm_dir / d for d in deltas.values()])
+    for node, delta in deltas.items():
+        create_overlay(files.vm_dir / delta, files.layer(snap.disks[node]))
+    crashpoint("take:prepared")
+    tree = new_tree_with(files.tree, snap)
+    journal.commit([write_step(files.vmsd.name, tree.to_bytes()),
+                    write_step(files.vmx.name, files.vmx_with(deltas))])
+    journal.run()
+    return snap
+
+
+def plan_revert(files: VmFiles, snap: Snapshot, clone_files: set[str]) -> tuple[Journal, dict[str, str]]:
+    """Prepare new deltas on the snapshot's frozen files; the old tops become obsolete."""
+    taken: set[str] = set()
+    deltas: dict[str, str] = {}
+    for node in snap.disks:
+        deltas[node] = delta_name(files.vm_dir, snap.disks[node], taken)
+        taken.add(deltas[node])
+    journal = Journal(files.vm_dir, "revert")
+    journal.begin([files.vm_dir / d for d in deltas.values()])
+    for node, delta in deltas.items():
+        create_overlay(files.vm_dir / delta, files.layer(snap.disks[node]))
+    crashpoint("revert:prepared")
+    keep = files.tree.files() | clone_files
+    obsolete = []
+    current_tops = dict(snapshot_disks(files.spec))
+    for node, top in current_tops.items():
+        if node in deltas and top not in keep and top not in deltas.values() and files.layer(top).backing_name:
+            obsolete.append(["unlink", top])
+    tree = SnapshotTree(dict(files.tree.snapshots), snap.uid, files.tree.last_uid)
+    journal.commit([write_step(files.vmsd.name, tree.to_bytes()),
+                    write_step(files.vmx.name, files.vmx_with(deltas, snap.config)), *obsolete])
+    return journal, deltas
+
+
+def plan_delete(files: VmFiles, snap: Snapshot, clones: dict[int, list[str]],
+                busy: set[Path]) -> list[list[Any]]:
+    """The journal steps that remove ``snap`` and merge its data into what depends on it.
+
+    ``clones``: snapshot uid -> names of linked clones on it. ``busy``: real
+    paths a running VMM has open: those layers are merged by the VMM
+    (``online-commit``: block-commit; ``online-stream``: block-stream).
+    """
+    tree = files.tree
+    if clones.get(snap.uid):
+        names = ", ".join(clones[snap.uid])
+        raise StateError(f"snapshot {snap.name!r} is read-only: linked clones depend on it ({names})",
+                         hint="delete those clones first, or make them full clones")
+    tops = dict(snapshot_disks(files.spec))
+    children = tree.children(snap.uid)
+    steps: list[list[Any]] = []
+    new_disks: dict[int, dict[str, str]] = {c.uid: dict(c.disks) for c in children}
+    new_tops: dict[str, str] = {}
+    unlinks: list[str] = []
+    for node, frozen in snap.disks.items():
+        # the layers that sit directly on the frozen file
+        dependents: list[tuple[str, int | None]] = [(c.disks[node], c.uid) for c in children if node in c.disks]
+        if tree.current == snap.uid and node in tops:
+            dependents.append((tops[node], None))
+        for dep, _ in dependents:
+            files.chain(dep)  # every chain a step opens passes the path policy before the journal commits
+
+        def is_busy(name: str) -> bool:
+            return Path(os.path.realpath(files.path(name))) in busy
+
+        running_dep = [d for d, _ in dependents if is_busy(d)]
+        if not dependents:
+            if frozen not in _other_files(tree, snap.uid) and frozen not in tops.values():
+                unlinks.append(frozen)
+            continue
+        frozen_layer = files.layer(frozen)
+        single = len(dependents) == 1
+        dep_name, dep_uid = dependents[0]
+        grandchildren = _dependents_of(tree, dep_uid, node, tops) if single else []
+        commit = single and not (dep_uid is not None and clones.get(dep_uid)) and files.layer(dep_name).format == "qcow2"
+        if commit:
+            # one dependent: fold it into the frozen file (its view never changes), then it takes its place
+            above = [g for g in grandchildren if is_busy(g)]
+            if running_dep:  # the running VMM does it (block-commit); offline recovery falls back to qemu-img
+                steps.append(["online-commit", node, dep_name, frozen, frozen_layer.format,
+                              above[0] if above else None])
+            else:
+                steps.append(["commit", dep_name])
+            for grandchild in grandchildren:
+                if running_dep and grandchild in above:
+                    continue
+                steps.append(["relink", grandchild, frozen, frozen_layer.format])
+            if dep_uid is None:
+                new_tops[node] = frozen
+            else:
+                new_disks[dep_uid][node] = frozen
+            unlinks.append(dep_name)
+        else:
+            # several dependents: each gets the frozen file's data copied in, and the frozen file's backing
+            below = files.chain(frozen)[1:2]
+            for dep, _ in dependents:
+                if files.layer(dep).format != "qcow2":
+                    raise DiskError(f"cannot merge into {dep}: only qcow2 layers can be rebased",
+                                    hint="convert the VM's disks to qcow2 first")
+                if is_busy(dep):  # the running VMM streams the data in (block-stream); offline: the same rebase
+                    steps.append(["online-stream", node, dep, frozen,
+                                  os.path.relpath(below[0].path, files.path(dep).parent) if below else "",
+                                  below[0].format if below else None])
+                else:
+                    steps.append(["rebase", dep, frozen])
+            unlinks.append(frozen)
+    snapshots = {uid: s for uid, s in tree.snapshots.items() if uid != snap.uid}
+    for child in children:
+        snapshots[child.uid] = Snapshot(child.uid, child.name, snap.parent, new_disks[child.uid], child.description,
+                                        child.created_us, child.memory_file, child.config, child.ready_line)
+    current = snap.parent if tree.current == snap.uid else tree.current
+    new_tree = SnapshotTree(snapshots, current, tree.last_uid)
+    steps.append(write_step(files.vmsd.name, new_tree.to_bytes()))
+    if new_tops:
+        steps.append(write_step(files.vmx.name, files.vmx_with(new_tops)))
+    for name in dict.fromkeys(unlinks):  # names from the .vmsd: only the VM's own files may be deleted
+        files.path(name)
+        steps.append(["unlink", name])
+    if snap.memory_file:
+        files.scope.state_file(files.vm_dir, snap.memory_file, f"the memory state of {snap.name!r}")
+        steps.append(["unlink", snap.memory_file])
+    return steps
+
+
+def _other_files(tree: SnapshotTree, uid: int) -> set[str]:
+    return {name for s in tree.snapshots.values() if s.uid != uid for name in s.disks.values()}
+
+
+def _dependents_of(tree: SnapshotTree, uid: int | None, node: str, tops: dict[str, str]) -> list[str]:
+    """Files that sit directly on snapshot ``uid``'s frozen file of ``node`` (None: the current top has none)."""
+    if uid is None:
+        return []
+    out = [c.disks[node] for c in tree.children(uid) if node in c.disks]
+    if tree.current == uid and node in tops:
+        out.append(tops[node])
+    return out

@@ -1,0 +1,371 @@
+"""The VMM launcher: the only place that turns a VmSpec into a QEMU command line.
+
+``virtual_hardware(spec, env)`` maps each piece of the specfile to QEMU
+devices; ``build_qemu_argv(spec, env)`` flattens that into argv. Both are
+pure (no I/O), so the translation is golden-tested.
+
+Injection safety: block nodes, devices and netdevs are passed as JSON, so a
+file name may contain commas, ``=`` or quotes. The few options QEMU does not
+accept as JSON (``-chardev``) only carry paths minivisor chose or that the
+datastore resolved, and their values are escaped the way QEMU's option parser
+expects (``,`` doubled).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..storage.images import ImageLayer, human_size
+from ..spec.vmspec import Disk, DiskController, Nic, VmSpec
+
+__all__ = ["VmPaths", "LaunchEnv", "VirtualDevice", "virtual_hardware", "build_qemu_argv",
+           "SANDBOX", "SHUTDOWN_TRACE", "qemu_opts"]
+
+NetBackend = Literal["user", "unconnected"]
+
+# QEMU's seccomp filter: no spawning, no privilege changes, no obsolete syscalls.
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+# QEMU logs every shutdown request (guest power-off, QMP quit...) with its cause into vmm.log, so a
+# supervisor that did not launch the VMM (no exit status) can tell a power-off from a kill.
+SHUTDOWN_TRACE = "qemu_system_shutdown_request"
+
+SCSI_MODELS = {
+    "lsilogic": ("lsi53c895a", "LSI 53C895A SCSI controller (stands in for VMware's LSI Logic)"),
+    "buslogic": ("lsi53c895a", "LSI 53C895A SCSI controller (stands in for BusLogic)"),
+    "lsisas1068": ("mptsas1068", "LSI SAS1068 SCSI controller"),
+    "pvscsi": ("pvscsi", "VMware paravirtual SCSI controller"),
+    "virtio-scsi": ("virtio-scsi-pci", "virtio SCSI controller"),
+}
+NIC_MODELS = {
+    "vmxnet3": ("vmxnet3", "VMware VMXNET3"),
+    "e1000": ("e1000", "Intel PRO/1000 (82540EM)"),
+    "e1000e": ("e1000e", "Intel 82574L"),
+    "vlance": ("pcnet", "AMD PCnet (Am79C970A)"),
+    "vmxnet": ("pcnet", "AMD PCnet (stands in for vmxnet)"),
+    "vmxnet2": ("pcnet", "AMD PCnet (stands in for vmxnet2)"),
+    "virtio": ("virtio-net-pci", "virtio network adapter"),
+}
+
+
+@dataclass(frozen=True)
+class VmPaths:
+    """Where one running VM's files and control sockets are."""
+
+    vm_dir: Path
+    runtime_dir: Path  # 0700, short path: UNIX sockets live here
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.runtime_dir / "qmp.sock"
+
+    @property
+    def console_socket(self) -> Path:
+        """The console as users reach it, served by the VM's console relay (:mod:`minivisor.vmm.relay`)."""
+        return self.runtime_dir / "console.sock"
+
+    @property
+    def serial_socket(self) -> Path:
+        """QEMU's end of the console: only the console relay connects to it."""
+        return self.runtime_dir / "serial.sock"
+
+    @property
+    def events_socket(self) -> Path:
+        """A second QMP monitor, where the console relay listens to QEMU's events."""
+        return self.runtime_dir / "events.sock"
+
+    @property
+    def status_file(self) -> Path:
+        """QEMU's run state (running, paused, io-error...) as the relay last saw it."""
+        return self.runtime_dir / "status"
+
+    @property
+    def ready_file(self) -> Path:
+        """The guest's ready line, once the relay has seen it on the console."""
+        return self.runtime_dir / "ready"
+
+    @property
+    def vmm_log(self) -> Path:
+        return self.vm_dir / "vmm.log"
+
+    @property
+    def serial_log(self) -> Path:
+        return self.vm_dir / "serial.log"
+
+    @property
+    def bios_log(self) -> Path:
+        return self.vm_dir / "bios.log"
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    """Everything beyond the spec that the command line needs, already resolved."""
+
+    name: str
+    uuid: str
+    qemu: str
+    accel: Literal["kvm", "tcg"]
+    paths: VmPaths
+    disk_chains: Mapping[str, tuple[ImageLayer, ...]] = field(default_factory=dict)  # by node
+    files: Mapping[str, Path] = field(default_factory=dict)  # cdrom nodes, serialN, floppyN
+    macs: Mapping[int, str] = field(default_factory=dict)  # NIC index -> MAC
+    networks: Mapping[int, NetBackend] = field(default_factory=dict)  # NIC index -> backend
+    console_index: int | None = 0  # COM port of the minivisor console; None if the spec uses it
+
+
+@dataclass(frozen=True)
+class VirtualDevice:
+    """One piece of virtual hardware: what the guest sees and how QEMU builds it."""
+
+    name: str
+    description: str
+    args: tuple[str, ...]
+
+
+def qemu_opts(*pairs: tuple[str, str | int]) -> str:
+    """``key=value,...`` in QEMU's option syntax, escaping commas in values."""
+    return ",".join(f"{key}={str(value).replace(',', ',,')}" for key, value in pairs)
+
+
+def _json(**fields: object) -> str:
+    return json.dumps({k: v for k, v in fields.items() if v is not None}, separators=(",", ":"))
+
+
+def build_qemu_argv(spec: VmSpec, env: LaunchEnv) -> list[str]:
+    """The complete QEMU command line for ``spec`` (starts paused: ``-S``)."""
+    argv = [env.qemu]
+    for device in virtual_hardware(spec, env):
+        argv.extend(device.args)
+    return argv
+
+
+def virtual_hardware(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
+    """The VMM's devices in command-line order."""
+    devices = [_machine(spec, env), _processors(spec), _memory(spec), _firmware(spec, env)]
+    devices += _storage(spec, env)
+    devices += [_nic(nic, env) for nic in spec.nics]
+    devices += _serial_ports(spec, env)
+    devices += [_floppy(spec, env)] if spec.floppies else []
+    devices.append(_display(spec))
+    devices.append(_control(env))
+    return devices
+
+
+def _machine(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
+    cpu = "host" if env.accel == "kvm" else "qemu64"
+    args = ("-name", qemu_opts(("guest", env.name), ("debug-threads", "on")),
+            "-uuid", env.uuid,
+            "-machine", qemu_opts(("type", "pc"), ("usb", "off"), ("vmport", "off")),
+            "-accel", env.accel, "-cpu", cpu,
+            "-nodefaults", "-no-user-config", "-display", "none",
+            "-sandbox", SANDBOX, "-msg", "timestamp=on", "-trace", SHUTDOWN_TRACE, "-S")
+    accel = "KVM hardware virtualization" if env.accel == "kvm" else "TCG software emulation"
+    return VirtualDevice("machine", f"PC (i440FX + PIIX3) with SeaBIOS, {accel}", args)
+
+
+def _processors(spec: VmSpec) -> VirtualDevice:
+    smp = qemu_opts(("cpus", spec.num_cpus), ("sockets", spec.sockets),
+                    ("cores", spec.cores_per_socket), ("threads", 1))
+    return VirtualDevice("cpus", f"{spec.num_cpus} vCPU ({spec.sockets} socket(s) x "
+                         f"{spec.cores_per_socket} core(s))", ("-smp", smp))
+
+
+def _memory(spec: VmSpec) -> VirtualDevice:
+    return VirtualDevice("memory", f"{spec.memory_mib} MiB RAM", ("-m", f"{spec.memory_mib}M"))
+
+
+def _firmware(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
+    # SeaBIOS writes its progress to the debug port 0x402: kept as the VM's bios.log.
+    chardev = qemu_opts(("id", "bioslog"), ("path", env.paths.bios_log))
+    return VirtualDevice("firmware", "SeaBIOS (BIOS), log in bios.log",
+                         ("-chardev", f"file,{chardev}",
+                          "-device", _json(driver="isa-debugcon", iobase=0x402, chardev="bioslog")))
+
+
+# -- storage ------------------------------------------------------------------
+def _storage(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
+    devices = [_controller(c) for c in spec.controllers if c.bus in ("scsi", "sata", "nvme")]
+    boot = spec.boot_disk
+    for disk in spec.disks:
+        controller = next(c for c in spec.controllers if c.name == disk.controller)
+        devices.append(_disk(disk, controller, env, boot_disk=(disk == boot)))
+    return devices
+
+
+def _controller(controller: DiskController) -> VirtualDevice:
+    if controller.bus == "scsi":
+        driver, description = SCSI_MODELS[controller.model]
+    elif controller.bus == "sata":
+        driver, description = "ich9-ahci", "Intel ICH9 AHCI SATA controller"
+    else:
+        driver, description = "nvme", "NVMe controller"
+    fields: dict[str, object] = {"driver": driver, "id": controller.name}
+    if driver == "nvme":
+        fields["serial"] = f"MVNVME{controller.index:02d}"
+    return VirtualDevice(controller.name, description, ("-device", _json(**fields)))
+
+
+def _node_id(disk: Disk, layer: int = 0) -> str:
+    return f"{disk.bus}{disk.controller_index}-{disk.unit}-{layer}"
+
+
+def _disk(disk: Disk, controller: DiskController, env: LaunchEnv, *, boot_disk: bool) -> VirtualDevice:
+    args: list[str] = []
+    drive = None
+    if disk.kind == "disk":
+        chain = env.disk_chains[disk.node]
+        args += _blockdev_chain(disk, chain)
+        drive = f"fmt-{_node_id(disk)}"
+        size = chain[0].virtual_size
+        what = f"hard disk, {chain[0].path.name} ({chain[0].format}, {human_size(size)}"
+        what += f", {len(chain) - 1} backing layer(s))" if len(chain) > 1 else ")"
+    elif disk.node in env.files:
+        path = env.files[disk.node]
+        args += _blockdev(f"file-{_node_id(disk)}", f"fmt-{_node_id(disk)}", path, "raw", read_only=True)
+        drive = f"fmt-{_node_id(disk)}"
+        what = f"CD-ROM, {path.name}"
+    else:
+        what = "CD-ROM, empty"
+    device: dict[str, object] = {"driver": _disk_driver(disk), "id": disk.node.replace(":", "-"),
+                                 "drive": drive, **_disk_address(disk, controller, env.uuid)}
+    if disk.kind == "disk" and disk.bus != "nvme":
+        # A write that finds the datastore full pauses the VM (QEMU's io-error state) until space is freed
+        # and it is resumed, instead of failing in the guest (a file system gone read-only or corrupt).
+        # The device's default (auto) takes the block backend's, which QEMU 7.2 sets to enospc for
+        # -blockdev nodes too: said here so no QEMU default decides it. nvme-ns has no such property.
+        device["werror"] = "enospc"
+    if boot_disk:
+        device["bootindex"] = 0
+    args += ["-device", _json(**device)]
+    suffix = ", boot disk" if boot_disk else ""
+    return VirtualDevice(disk.node, f"{what} on {controller.name}{suffix}", tuple(args))
+
+
+def _blockdev_chain(disk: Disk, chain: tuple[ImageLayer, ...]) -> list[str]:
+    """Block nodes for each layer, bottom first, each naming its backing explicitly."""
+    args: list[str] = []
+    for depth in reversed(range(len(chain))):
+        layer = chain[depth]
+        backing = f"fmt-{_node_id(disk, depth + 1)}" if depth + 1 < len(chain) else None
+        args += _blockdev(f"file-{_node_id(disk, depth)}", f"fmt-{_node_id(disk, depth)}",
+                          layer.path, layer.format,
+                          read_only=depth > 0 or disk.read_only, backing=backing)
+    return args
+
+
+def _blockdev(file_node: str, format_node: str, path: Path, fmt: str, *,
+              read_only: bool, backing: str | None = None) -> list[str]:
+    file_spec = _json(**{"driver": "file", "node-name": file_node, "filename": str(path),
+                         "read-only": read_only})
+    fields: dict[str, object] = {"driver": fmt, "node-name": format_node, "file": file_node,
+                                 "read-only": read_only}
+    if fmt != "raw":
+        # null: the image's own backing reference is never followed (or probed).
+        fields["backing"] = backing
+    return ["-blockdev", file_spec, "-blockdev", json.dumps(fields, separators=(",", ":"))]
+
+
+def _disk_driver(disk: Disk) -> str:
+    if disk.bus == "scsi":
+        return "scsi-hd" if disk.kind == "disk" else "scsi-cd"
+    if disk.bus == "nvme":
+        return "nvme-ns"
+    return "ide-hd" if disk.kind == "disk" else "ide-cd"
+
+
+def _disk_address(disk: Disk, controller: DiskController, vm_uuid: str) -> dict[str, object]:
+    if disk.bus == "scsi" and controller.model == "lsisas1068":
+        # Linux's mptsas ignores a SAS disk whose address (QEMU: the wwn) is 0.
+        return {"bus": f"{controller.name}.0", "scsi-id": disk.unit, "wwn": _wwn(vm_uuid, disk.node)}
+    if disk.bus == "scsi":
+        return {"bus": f"{controller.name}.0", "scsi-id": disk.unit}
+    if disk.bus == "sata":
+        return {"bus": f"{controller.name}.{disk.unit}"}
+    if disk.bus == "nvme":
+        return {"bus": controller.name, "nsid": disk.unit + 1}
+    return {"bus": f"ide.{disk.controller_index}", "unit": disk.unit}
+
+
+def _wwn(vm_uuid: str, node: str) -> int:
+    """A stable NAA-5 world wide name for one disk of one VM."""
+    digest = int.from_bytes(hashlib.sha256(f"{vm_uuid}/{node}".encode()).digest()[:8], "big")
+    return (0x5 << 60) | (digest & ((1 << 60) - 1))
+
+
+# -- network ------------------------------------------------------------------
+def _nic(nic: Nic, env: LaunchEnv) -> VirtualDevice:
+    driver, model = NIC_MODELS[nic.model]
+    netdev = f"net{nic.index}"
+    backend = env.networks.get(nic.index, "unconnected")
+    if backend == "user":
+        netdev_spec = _json(type="user", id=netdev)
+        where = "NAT (user-mode networking)"
+    else:
+        # An isolated hub port: the NIC exists but nothing is on the other end.
+        netdev_spec = _json(type="hubport", id=netdev, hubid=100 + nic.index)
+        where = f"network {nic.network!r} (link disconnected)"
+    mac = env.macs[nic.index]
+    device = _json(driver=driver, id=nic.name, netdev=netdev, mac=mac)
+    return VirtualDevice(nic.name, f"{model} NIC, MAC {mac}, {where}",
+                         ("-netdev", netdev_spec, "-device", device))
+
+
+# -- serial, floppy, display, control -----------------------------------------
+def _serial_ports(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
+    devices = []
+    if env.console_index is not None:
+        # The console relay is this socket's one client; it writes serial.log (capped) and serves console.sock.
+        chardev = qemu_opts(("id", "console"), ("path", env.paths.serial_socket), ("server", "on"),
+                            ("wait", "off"))
+        devices.append(VirtualDevice(
+            f"serial{env.console_index}", "16550A serial port: minivisor console (serial.log)",
+            ("-chardev", f"socket,{chardev}",
+             "-device", _json(driver="isa-serial", chardev="console", index=env.console_index))))
+    for port in spec.serial_ports:
+        path = env.files[f"serial{port.index}"]
+        chardev_id = f"serial{port.index}"
+        if port.file_type == "file":
+            chardev = f"file,{qemu_opts(('id', chardev_id), ('path', path))}"
+            what = f"16550A serial port to file {path.name}"
+        else:
+            chardev = f"socket,{qemu_opts(('id', chardev_id), ('path', path), ('server', 'on' if port.pipe_server else 'off'), ('wait', 'off'))}"
+            what = f"16550A serial port on UNIX socket {path.name}"
+        devices.append(VirtualDevice(chardev_id, what, (
+            "-chardev", chardev, "-device", _json(driver="isa-serial", chardev=chardev_id, index=port.index))))
+    return devices
+
+
+def _floppy(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
+    args: list[str] = []
+    names = []
+    for drive in spec.floppies:
+        key = f"floppy{drive.index}"
+        if key in env.files:
+            args += _blockdev(f"file-{key}", f"fmt-{key}", env.files[key], "raw", read_only=False)
+            args += ["-device", _json(driver="floppy", unit=drive.index, drive=f"fmt-{key}")]
+            names.append(env.files[key].name)
+        else:
+            args += ["-device", _json(driver="floppy", unit=drive.index)]
+            names.append("empty")
+    return VirtualDevice("floppy", f"floppy drive(s): {', '.join(names)}", tuple(args))
+
+
+def _display(spec: VmSpec) -> VirtualDevice:
+    if not spec.display.present:
+        return VirtualDevice("svga", "no display adapter", ("-vga", "none"))
+    vram_mb = max(1, spec.display.vram_bytes // (1024 * 1024))
+    return VirtualDevice("svga", f"VMware SVGA II display, {vram_mb} MiB VRAM (headless)",
+                         ("-vga", "none", "-device", _json(driver="vmware-svga", id="svga", vgamem_mb=vram_mb)))
+
+
+def _control(env: LaunchEnv) -> VirtualDevice:
+    qmp = qemu_opts(("id", "qmp"), ("path", env.paths.qmp_socket), ("server", "on"), ("wait", "off"))
+    events = qemu_opts(("id", "events"), ("path", env.paths.events_socket), ("server", "on"), ("wait", "off"))
+    return VirtualDevice("qmp", "QMP control sockets (owner-only): commands, and events for the console relay",
+                         ("-chardev", f"socket,{qmp}", "-mon", "chardev=qmp,mode=control",
+                          "-chardev", f"socket,{events}", "-mon", "chardev=events,mode=control"))
+

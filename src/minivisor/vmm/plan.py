@@ -1,0 +1,163 @@
+"""Check a VmSpec against the host and the datastore, and resolve what it names.
+
+:func:`resolve_resources` does the I/O the pure launcher must not: it applies
+the VM's path policy (:class:`~minivisor.datastore.store.Scope`) to every file the
+specfile names and every backing file and extent the disk headers name, keeps
+device files off the VM's disks, fills in MAC addresses and picks network backends.
+Every problem is a user-facing error naming what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..datastore.store import Scope
+from ..storage.images import ImageLayer, layer_files
+from ..errors import SpecError
+from .argv import NetBackend
+from ..spec.vmspec import Nic, VmSpec
+
+__all__ = ["Resources", "check_host_fit", "resolve_resources", "resolve_files", "generated_mac"]
+
+# VMware's prefix for MACs it generates on hosted products.
+VMWARE_GENERATED_OUI = "00:0c:29"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Files, addresses and networks a spec resolves to on this host."""
+
+    disk_chains: dict[str, tuple[ImageLayer, ...]]
+    files: dict[str, Path]
+    macs: dict[int, str]
+    networks: dict[int, NetBackend]
+    console_index: int | None
+    warnings: tuple[str, ...]
+
+
+def check_host_fit(spec: VmSpec, *, host_memory_mib: int, host_cpus: int) -> None:
+    """Refuse hardware this host cannot give."""
+    if spec.firmware == "efi":
+        # Booting an EFI guest on SeaBIOS would fail later and less clearly.
+        raise SpecError('firmware = "efi" is not supported yet: minivisor boots VMs with SeaBIOS',
+                        hint='set firmware = "bios" if the guest can boot from BIOS')
+    if spec.memory_mib > host_memory_mib:
+        raise SpecError(f"memSize = {spec.memory_mib} MiB is more than this host's memory ({host_memory_mib} MiB)",
+                        hint=f"lower memSize to at most {host_memory_mib}")
+    if spec.num_cpus > host_cpus:
+        raise SpecError(f"numvcpus = {spec.num_cpus} is more than this host's {host_cpus} CPU(s)",
+                        hint=f"lower numvcpus to at most {host_cpus}")
+
+
+def generated_mac(uuid: str, index: int) -> str:
+    """A stable MAC for NIC ``index`` of the VM with this UUID (VMware's 00:0c:29 prefix)."""
+    digest = hashlib.sha256(f"{uuid}/{index}".encode()).digest()
+    return VMWARE_GENERATED_OUI + "".join(f":{b:02x}" for b in digest[:3])
+
+
+def resolve_resources(spec: VmSpec, scope: Scope, vmx: Path, uuid: str) -> Resources:
+    """Resolve every file, address and network the spec names."""
+    warnings: list[str] = list(spec.warnings)
+    chains, files = resolve_files(spec, scope, vmx)
+    macs = {nic.index: nic.mac or generated_mac(uuid, nic.index) for nic in spec.nics}
+    _check_unique_macs(macs)
+    networks = {nic.index: _network(nic, warnings) for nic in spec.nics}
+    used_ports = {port.index for port in spec.serial_ports}
+    console = 0 if 0 not in used_ports else None
+    if console is None:
+        warnings.append("serial0 is taken by the specfile, so minivisor's console (vm console, vm exec) is off")
+    return Resources(chains, files, macs, networks, console, tuple(warnings))
+
+
+def resolve_files(spec: VmSpec, scope: Scope, vmx: Path, *, missing_ok: bool = False
+                  ) -> tuple[dict[str, tuple[ImageLayer, ...]], dict[str, Path]]:
+    """Every file the VMM would open, under the VM's path policy: disk chains by node, and the
+    CD-ROM, floppy and serial files. ``missing_ok`` (at register): an absent image is skipped."""
+    vm_dir = vmx.parent
+    chains: dict[str, tuple[ImageLayer, ...]] = {}
+    files: dict[str, Path] = {}
+
+    def image(name: str, what: str) -> Path | None:
+        path = scope.path(vm_dir, name, what)
+        return None if missing_ok and not os.path.lexists(path) else scope.image(vm_dir, name, what)
+
+    for disk in spec.disks:
+        if disk.file_name is None or (path := image(disk.file_name, f"{disk.node}.fileName")) is None:
+            continue
+        if disk.kind == "cdrom":
+            files[disk.node] = path
+        else:
+            chains[disk.node] = scope.chain(path)
+    for port in spec.serial_ports:
+        if not port.file_name:
+            raise SpecError(f"serial{port.index} has no fileName",
+                            hint=f'name a file in the VM folder, e.g. serial{port.index}.fileName = "serial{port.index}.log"')
+        files[f"serial{port.index}"] = scope.output(vm_dir, port.file_name, f"serial{port.index}.fileName",
+                                                    socket=port.file_type == "pipe")
+    for drive in spec.floppies:
+        key = f"floppy{drive.index}"
+        if drive.file_name and (path := image(drive.file_name, f"{key}.fileName")) is not None:
+            files[key] = path
+    if spec.nvram:
+        scope.path(vm_dir, spec.nvram, "nvram")
+    _check_devices_own_their_files(files, chains, _snapshot_files(vmx))
+    return chains, files
+
+
+def _snapshot_files(vmx: Path) -> set[str]:
+    """Real paths of the files the VM's snapshots froze."""
+    from ..storage.snapshots import SnapshotTree, vmsd_path
+
+    tree = SnapshotTree.load(vmsd_path(vmx))
+    return {os.path.realpath(vmx.parent / name) for name in tree.files()}
+
+
+def _check_devices_own_their_files(files: dict[str, Path], chains: dict[str, tuple[ImageLayer, ...]],
+                                   snapshot_files: set[str]) -> None:
+    """No device file is a disk layer or a snapshot's file, and none that is written is shared with another device.
+
+    A serial port's file is truncated and written by the guest, a floppy is
+    written raw: either on a disk layer would hand the guest its qcow2 headers.
+    """
+    disks = {os.path.realpath(path) for chain in chains.values() for layer in chain
+             for path in layer_files(layer)} | snapshot_files
+    owners: dict[str, str] = {}
+    for key, path in files.items():
+        real = os.path.realpath(path)
+        if real in disks:
+            raise SpecError(f"{key} names {path}, a disk of this VM", hint=f"give {key} a file of its own")
+        other = owners.setdefault(real, key)
+        if other != key and (_written(key) or _written(other)):  # two CD-ROMs may share an image
+            raise SpecError(f"{key} and {other} name the same file {path}", hint=f"give {key} a file of its own")
+
+
+def _written(device: str) -> bool:
+    """Serial ports and floppies write their files; CD-ROMs (named by their node, e.g. ide1:0) do not."""
+    return device.startswith(("serial", "floppy"))
+
+
+def _check_unique_macs(macs: dict[int, str]) -> None:
+    seen: dict[str, int] = {}
+    for index, mac in macs.items():
+        if mac in seen:
+            raise SpecError(f"ethernet{seen[mac]} and ethernet{index} have the same MAC {mac}",
+                            hint=f"give ethernet{index} another address")
+        seen[mac] = index
+
+
+def _network(nic: Nic, warnings: list[str]) -> NetBackend:
+    """NAT is built in; named networks arrive later, so those NICs start unplugged."""
+    if nic.connection_type == "nat" and not nic.network_name:
+        return "user" if nic.start_connected else _unplugged(nic, warnings, "startConnected is FALSE")
+    if nic.connection_type == "none":
+        return "unconnected"
+    return _unplugged(nic, warnings, f"network {nic.network!r} is not known to this host")
+
+
+def _unplugged(nic: Nic, warnings: list[str], why: str) -> NetBackend:
+    warnings.append(f"{nic.name}: {why}; the NIC is present with its link disconnected")
+    return "unconnected"
+

@@ -1,0 +1,478 @@
+"""One VMM process (QEMU) per VM: launch, observe, control, stop.
+
+Each running VM has a *runtime record* (``runtime.json`` in its folder: pid,
+start time, argv, sockets) so any later minivisor process can find it again,
+and holds the VM's *lock* (``<name>.vmx.lck``): the launching process takes an
+exclusive ``flock`` and hands the descriptor to QEMU, so the lock lives exactly
+as long as the VMM does and a crashed VMM never leaves a stale lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import LockError, QmpError, VmmError
+from .argv import VmPaths
+from ..locks import try_lock, wait_lock
+from .states import FAULTS, VmState
+from ..spec.vmx import write_atomic
+
+__all__ = ["VmLock", "RuntimeRecord", "Vmm", "qmp_execute"]
+
+START_TIMEOUT = 15.0
+RELAY_TIMEOUT = 15.0
+PROBE_TRIES = 5  # is_held_elsewhere: ~10 ms before a taken lock counts as held
+SHORT_HOLD = 5.0  # seconds a state probe or a dead VMM's cleanup may hold the VM lock, at the very most
+QMP_TIMEOUT = 10.0
+
+
+class VmLock:
+    """The exclusive lock on a VM: held by whoever launches or changes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        fd = try_lock(self.path)
+        if fd is None:
+            return False
+        self.fd = fd
+        return True
+
+    def acquire(self, name: str, *, wait: float = 0.0) -> VmLock:
+        """Take the lock, or LockError. ``wait``: for callers that know only a short holder can be in
+        the way (they hold the VM's operation lock, so no power-on can be): a state probe of another
+        process, or its cleanup of the VMM that just exited."""
+        fd = wait_lock(self.path, wait) if wait else try_lock(self.path)
+        if fd is None:
+            raise LockError(f"VM {name!r} is in use: it is running or another operation holds it",
+                            hint=f"see its state with: minivisor vm show {name}")
+        self.fd = fd
+        return self
+
+    def is_held_elsewhere(self) -> bool:
+        """True if another process (or a VMM) holds the lock right now.
+
+        A probe takes the lock for an instant, so two probes (or a probe and a
+        cleanup of a dead VMM's files) can catch each other: a lock that stays
+        taken for a few milliseconds is held, one that frees at once was probed.
+        """
+        if not self.path.exists():
+            return False
+        for _ in range(PROBE_TRIES):
+            if self.try_acquire():
+                self.release()
+                return False
+            time.sleep(0.002)
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> VmLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@dataclass
+class RuntimeRecord:
+    """What a later process needs to find and verify a running VMM."""
+
+    pid: int
+    start_ticks: int  # /proc/<pid>/stat field 22: tells a reused pid apart
+    argv: list[str]
+    qmp_socket: str
+    console_socket: str | None
+    runtime_dir: str
+    accel: str
+    started_at: float = field(default_factory=time.time)
+    paused: bool = False
+
+    @classmethod
+    def load(cls, path: Path) -> RuntimeRecord | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def save(self, path: Path) -> None:
+        write_atomic(path, json.dumps(asdict(self), indent=1).encode(), mode=0o600)
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks, or None if it is gone (or a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def _exits_within(process: subprocess.Popen, seconds: float) -> bool:
+    try:
+        process.wait(timeout=seconds)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _is_our_vmm(record: RuntimeRecord) -> bool:
+    """The pid is alive and is still the QEMU we started (not a reused pid)."""
+    if process_start_ticks(record.pid) != record.start_ticks:
+        return False
+    try:
+        cmdline = Path(f"/proc/{record.pid}/cmdline").read_bytes().split(b"\0")[:-1]
+    except OSError:
+        return False
+    return [arg.decode(errors="surrogateescape") for arg in cmdline] == record.argv
+
+
+class Vmm:
+    """The VMM of one VM, found through its folder and runtime record."""
+
+    _children: dict[int, subprocess.Popen] = {}  # QEMUs this process started, to reap
+
+    def __init__(self, name: str, paths: VmPaths, lock_path: Path) -> None:
+        self.name = name
+        self.paths = paths
+        self.lock = VmLock(lock_path)
+        self.record_path = paths.vm_dir / "runtime.json"
+
+    # -- observing -------------------------------------------------------
+    def record(self) -> RuntimeRecord | None:
+        """The runtime record of a live VMM; clears a stale one."""
+        record = RuntimeRecord.load(self.record_path)
+        if record is None:
+            return None
+        self._reap(record.pid)
+        if _is_our_vmm(record):
+            return record
+        self._cleanup_if_unused(record)
+        return None
+
+    def state(self) -> VmState:
+        record = self.record()
+        if record is not None:
+            return self.run_state(record)[0]
+        return VmState.STARTING if self.lock.is_held_elsewhere() else VmState.POWERED_OFF
+
+    def run_state(self, record: RuntimeRecord) -> tuple[VmState, str | None]:
+        """Running or paused, and why when QEMU paused it by itself (a key of :data:`~minivisor.vmm.states.FAULTS`)."""
+        fault = self.fault()
+        return (VmState.PAUSED if record.paused or fault else VmState.RUNNING), fault
+
+    def fault(self) -> str | None:
+        """The fault QEMU paused the VM for (``io-error``: a disk write found the datastore full), or None.
+
+        Read from the run state the console relay writes after every stop and resume (QEMU's own
+        ``query-status``, on its event monitor): one small file in the runtime folder, so ``vm list``
+        stays cheap with hundreds of VMs instead of asking each VMM over QMP, whose one client at a
+        time it would also keep from the CLI and the service.
+        """
+        try:
+            status = self.paths.status_file.read_text().strip()
+        except OSError:
+            return None
+        return status if status in FAULTS else None
+
+    def ready_line(self) -> str | None:
+        """The ready line the guest said on its console this power-on, if it has."""
+        try:
+            return self.paths.ready_file.read_text(errors="replace").strip()
+        except OSError:
+            return None
+
+    def remember_ready(self, line: str) -> None:
+        """Mark the guest ready without its saying so: restored from a memory snapshot, it said it long ago."""
+        write_atomic(self.paths.ready_file, (line + "\n").encode())
+
+    # -- launching -------------------------------------------------------
+    def launch(self, argv: list[str], accel: str, links_down: list[str], *, ready_text: str,
+               console: bool) -> RuntimeRecord:
+        """Start QEMU paused, attach the console relay, take links down, then run it.
+
+        ``ready_text``: the guest's ready line, which the relay watches the console for; ``console``:
+        whether ``argv`` gives the VM a minivisor console. The caller must hold ``self.lock``.
+        """
+        assert self.lock.fd is not None, "launch() needs the VM lock"
+        self._prepare_runtime_dir()
+        process = self._spawn(argv)
+        try:
+            self._wait_for_qmp(process)
+            self._start_relay(ready_text, console)  # the guest has not run yet: the relay misses nothing
+            record = RuntimeRecord(process.pid, process_start_ticks(process.pid) or 0, argv,
+                                   str(self.paths.qmp_socket), str(self.paths.console_socket),
+                                   str(self.paths.runtime_dir), accel)
+            record.save(self.record_path)
+            commands = [("set_link", {"name": nic, "up": False}) for nic in links_down]
+            qmp_execute(self.paths.qmp_socket, *commands, ("cont", None))
+        except BaseException as exc:
+            exited = _exits_within(process, 1.0) if isinstance(exc, VmmError) else False
+            process.kill()
+            process.wait()
+            self.record_path.unlink(missing_ok=True)
+            if exited:  # QEMU opened its sockets, then gave up (its relay or QMP lost it): say why
+                raise VmmError(f"the VMM of {self.name!r} failed to start: {self.last_vmm_error()}",
+                               hint=f"see {self.paths.vmm_log}") from exc
+            raise
+        Vmm._children[process.pid] = process
+        return record
+
+    def _prepare_runtime_dir(self) -> None:
+        runtime = self.paths.runtime_dir
+        runtime.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(runtime, 0o700)
+        for stale in runtime.iterdir():
+            stale.unlink()
+
+    def _start_relay(self, ready_text: str, console: bool) -> None:
+        """Start the VM's console relay (:mod:`minivisor.vmm.relay`); returns once it is attached.
+
+        The relay detaches itself: what this waits for is its first process, which exits 0 once
+        the relay holds QEMU's sockets and serves the console.
+        """
+        paths = self.paths
+        # This very minivisor, whatever the current folder holds (-P: it is not on the path).
+        package_parent = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (package_parent, os.environ.get("PYTHONPATH"))))}
+        argv = [sys.executable, "-P", "-m", "minivisor.vmm.relay", "--events", str(paths.events_socket),
+                "--status", str(paths.status_file), "--console", str(paths.console_socket),
+                "--log", str(paths.serial_log), "--ready", str(paths.ready_file), "--ready-text", ready_text]
+        if console:
+            argv += ["--serial", str(paths.serial_socket)]
+        try:
+            done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  env=env, start_new_session=True, umask=0o077, timeout=RELAY_TIMEOUT)
+        except subprocess.TimeoutExpired as exc:
+            raise VmmError(f"the console relay of {self.name!r} did not attach in {RELAY_TIMEOUT:.0f} s",
+                           hint=f"see {paths.vmm_log}") from exc
+        if done.returncode != 0:
+            lines = done.stderr.decode(errors="replace").strip().splitlines()
+            raise VmmError(f"the console relay of {self.name!r} failed: {lines[-1] if lines else done.returncode}",
+                           hint=f"see {paths.vmm_log}")
+
+    def _spawn(self, argv: list[str]) -> subprocess.Popen:
+        log = os.fdopen(os.open(self.paths.vmm_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600), "ab")
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} power on: {' '.join(argv)}\n".encode())
+        log.flush()
+        try:
+            # Own session: the VM outlives this process and the terminal's signals.
+            # umask 077: QEMU creates its sockets and logs owner-only.
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, pass_fds=(self.lock.fd,), umask=0o077)
+        except OSError as exc:
+            raise VmmError(f"cannot start {argv[0]}: {exc.strerror}",
+                           hint="install QEMU: apt-get install qemu-system-x86") from exc
+        finally:
+            log.close()
+
+    def _wait_for_qmp(self, process: subprocess.Popen) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._qmp_listening():
+            if process.poll() is not None:
+                raise VmmError(f"the VMM of {self.name!r} failed to start: {self.last_vmm_error()}",
+                               hint=f"see {self.paths.vmm_log}")
+            if time.monotonic() > deadline:
+                raise VmmError(f"the VMM of {self.name!r} did not open its control socket in {START_TIMEOUT:.0f} s",
+                               hint=f"see {self.paths.vmm_log}")
+            time.sleep(0.002)
+
+    def _qmp_listening(self) -> bool:
+        """The QMP socket accepts connections (QEMU binds it, which creates the file, before listening)."""
+        if not self.paths.qmp_socket.exists():
+            return False
+        import socket
+
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(self.paths.qmp_socket))
+            return True
+        except OSError:
+            return False  # ECONNREFUSED between bind() and listen()
+        finally:
+            probe.close()
+
+    def last_vmm_error(self) -> str:
+        """The last error QEMU wrote to the VMM log, without its program prefix."""
+        try:
+            lines = self.paths.vmm_log.read_text(errors="replace").splitlines()
+        except OSError:
+            return "no VMM log"
+        for line in reversed(lines):
+            if "qemu-system" in line and ":" in line:
+                return line.split(": ", 2)[-1].strip()
+        return lines[-1].strip() if lines else "no output"
+
+    # -- control ---------------------------------------------------------
+    def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        record = self._require_record()
+        return qmp_execute(Path(record.qmp_socket), (command, arguments))[0]
+
+    def set_paused(self, paused: bool) -> None:
+        record = self._require_record()
+        qmp_execute(Path(record.qmp_socket), ("stop" if paused else "cont", None))
+        if not paused:
+            # cont also retries the writes a fault stopped on; if they fail again, the relay sees the new stop
+            self.paths.status_file.unlink(missing_ok=True)
+        if record.paused != paused:  # no write otherwise: resuming from io-error must not need space
+            record.paused = paused
+            record.save(self.record_path)
+
+    def stop(self, *, hard: bool, timeout: float) -> str:
+        """Power off: ACPI first (unless hard), then quit, then SIGKILL. Returns how it ended."""
+        record = self._require_record()
+        try:
+            how = "hard"
+            # a VM that QEMU paused on a fault cannot run to handle the power button: quit at once
+            soft = not hard and self.fault() is None
+            if soft and self._try(record, "system_powerdown") and self._wait_exit(record.pid, timeout):
+                how = "soft"
+            elif not (self._try(record, "quit") and self._wait_exit(record.pid, 3.0)):
+                os.kill(record.pid, signal.SIGKILL)
+                self._wait_exit(record.pid, 5.0)
+                how = "killed"
+            return how
+        finally:
+            self._cleanup_if_unused(record)
+
+    def _try(self, record: RuntimeRecord, command: str) -> bool:
+        try:
+            if record.paused and command == "system_powerdown":
+                qmp_execute(Path(record.qmp_socket), ("cont", None))
+            qmp_execute(Path(record.qmp_socket), (command, None))
+            return True
+        except QmpError:
+            return False
+
+    def _wait_exit(self, pid: int, timeout: float) -> bool:
+        self._reap(pid)
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return True
+        try:
+            deadline = time.monotonic() + timeout
+            # A zombie leader can outlive its threads' teardown (and their open fds, the VM lock):
+            # the pidfd turns readable only once the whole process has exited.
+            while process_start_ticks(pid) is not None or not _readable(fd, 0):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                _readable(fd, min(remaining, 0.05))
+                self._reap(pid)
+            return True
+        finally:
+            os.close(fd)
+
+    def _require_record(self) -> RuntimeRecord:
+        record = self.record()
+        if record is None:
+            raise VmmError(f"VM {self.name!r} is not running", hint=f"start it: minivisor vm start {self.name}")
+        return record
+
+    def _reap(self, pid: int) -> None:
+        child = Vmm._children.get(pid)
+        if child is not None and child.poll() is not None:
+            del Vmm._children[pid]
+
+    def _cleanup_if_unused(self, record: RuntimeRecord) -> None:
+        """Clear a dead VMM's record and sockets, holding the VM lock while doing so.
+
+        Without the lock, a reader could clear the files of a power-on that began
+        after it looked (the runtime folder is the same for every power-on).
+        """
+        probe = VmLock(self.lock.path)
+        if not probe.try_acquire():
+            return  # a VMM or a power-on holds the VM: the files are theirs
+        try:
+            if RuntimeRecord.load(self.record_path) in (None, record):
+                self._cleanup(record)
+        finally:
+            probe.release()
+
+    def _cleanup(self, record: RuntimeRecord) -> None:
+        self.record_path.unlink(missing_ok=True)
+        # The folder holds only this VM's sockets and locks (qmp.sock, console.sock, *.lock).
+        shutil.rmtree(record.runtime_dir, ignore_errors=True)
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """poll(), not select(): in a service holding many connections, descriptors go past 1,023."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
+# -- QMP ---------------------------------------------------------------------
+def qmp_execute(socket: Path, *commands: tuple[str, dict[str, Any] | None],
+                timeout: float = QMP_TIMEOUT) -> list[Any]:
+    """Run QMP commands over one connection and return their results.
+
+    QEMU serves one QMP client at a time, so callers (the CLI, the service's
+    requests, its metrics) take turns through a lock beside the socket.
+    """
+    import asyncio  # only commands that talk to a VMM pay for asyncio
+
+    fd = _qmp_turn(socket, timeout)
+    try:
+        return asyncio.run(_qmp_session(socket, commands, timeout))
+    finally:
+        os.close(fd)
+
+
+def _qmp_turn(socket: Path, timeout: float) -> int:
+    try:
+        fd = wait_lock(socket.with_name("qmp.lock"), timeout)
+    except OSError as exc:
+        raise QmpError(f"cannot talk to the VMM over {socket}: {exc.strerror}",
+                       hint="the VM may have just powered off; check: minivisor vm show") from exc
+    if fd is None:
+        raise QmpError(f"the VMM's control socket {socket} stayed busy for {timeout:.0f} s",
+                       hint="another command is talking to this VM; retry")
+    return fd
+
+
+async def _qmp_session(socket: Path, commands: tuple, timeout: float) -> list[Any]:
+    import asyncio
+
+    from qemu.qmp import ConnectError, ExecuteError, QMPClient
+
+    client = QMPClient("minivisor")
+    command = "connect"
+    try:
+        await asyncio.wait_for(client.connect(str(socket)), timeout)
+        results = []
+        for command, arguments in commands:
+            results.append(await asyncio.wait_for(client.execute(command, arguments), timeout))
+        return results
+    except ExecuteError as exc:
+        raise QmpError(f"the VMM refused {command}: {exc.error.error.desc}", hint="see the VM's vmm.log") from exc
+    except (ConnectError, OSError, EOFError, asyncio.TimeoutError) as exc:
+        if command in ("quit", "system_reset") and isinstance(exc, EOFError):
+            return []
+        raise QmpError(f"cannot talk to the VMM over {socket} ({command}): {exc or type(exc).__name__}",
+                       hint="the VM may have just powered off; check: minivisor vm show") from exc
+    finally:
+        try:
+            await client.disconnect()
+        except Exception:  # the VMM may already be gone (quit); nothing to close
+            pass

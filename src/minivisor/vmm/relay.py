@@ -1,0 +1,327 @@
+"""The console relay: one small process per running VM, between its VMM and everyone else.
+
+QEMU serves the VM's serial console (COM1) on a private socket (``serial.sock``)
+and the relay is its only client, attached before the guest runs (QEMU starts
+with ``-S``), so nothing the guest prints is lost. The relay
+
+- writes the console output to ``serial.log``, capped at :data:`LOG_CAP` bytes
+  with one previous generation (``serial.log.1``): a guest flooding its console
+  cannot fill the datastore, and a full datastore costs log lines, never the console;
+- serves ``console.sock`` to ``vm console`` and ``vm exec``: each client gets the
+  output from the moment it connects, never the history;
+- remembers readiness: the line with the guest's ready text goes to ``ready`` in
+  the runtime folder, so ``exec`` never scans the log;
+- watches QEMU's events on a second QMP monitor (``events.sock``) and writes
+  QEMU's run state to ``status`` after every stop and resume, so ``vm list`` sees
+  a VM that QEMU paused by itself (``io-error``: a disk write found the
+  datastore full) by reading one small file instead of asking every VMM.
+
+It exits when the VMM closes the console (the VMM exited). It is started by
+:meth:`minivisor.vmm.process.Vmm.launch` and detaches (a double fork) once attached:
+it outlives the CLI that started it and is never left a zombie of the service.
+
+Only the standard library is imported: this runs once per power-on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import socket
+import sys
+import time
+
+LOG_CAP = 1024 * 1024  # bytes of serial.log (boot logs are tens of KiB); serial.log.1 keeps the previous generation
+CLIENT_BACKLOG = 1024 * 1024  # output queued for a slow console client before the oldest is dropped
+INPUT_BACKLOG = 64 * 1024  # typed input queued for a guest that does not read its serial port
+LINE_MAX = 4096  # the longest line scanned for the ready text
+MAX_CLIENTS = 8
+CONNECT_TIMEOUT = 10.0
+CHUNK = 65536
+
+
+class Outbox:
+    """A non-blocking socket and the bytes waiting to be sent on it (bounded: the oldest are dropped)."""
+
+    def __init__(self, sock: socket.socket, limit: int) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.limit = limit
+        self.pending = bytearray()
+
+    def queue(self, data: bytes) -> None:
+        self.pending += data
+        if len(self.pending) > self.limit:
+            del self.pending[:len(self.pending) - self.limit]
+
+    def flush(self) -> None:
+        """Send what the socket takes now; raises OSError if the peer is gone."""
+        while self.pending:
+            try:
+                sent = self.sock.send(self.pending)
+            except BlockingIOError:
+                return
+            del self.pending[:sent]
+
+
+class CappedLog:
+    """``serial.log``, rotated to ``serial.log.1`` when it would pass ``cap`` bytes."""
+
+    def __init__(self, path: str, cap: int) -> None:
+        self.path, self.cap = path, cap
+        self.fd: int | None = None
+        self.size = 0
+        try:
+            self._open()  # at power-on, as a terminal would show it: `tail -f serial.log` works before any output
+        except OSError:
+            pass  # a full datastore: the first write tries again
+
+    def write(self, data: bytes) -> None:
+        try:
+            if self.fd is None:
+                self._open()
+            elif self.size + len(data) > self.cap:
+                os.replace(self.path, self.path + ".1")
+                os.close(self.fd)
+                self.fd = None
+                self._open()
+            assert self.fd is not None
+            self.size += os.write(self.fd, data[-self.cap:])
+        except OSError:
+            pass  # a full or broken datastore costs these log lines; the console keeps working
+
+    def _open(self) -> None:
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.size = os.fstat(self.fd).st_size
+
+
+class Relay:
+    """The attached relay: the VMM's console and event sockets, the log, the clients."""
+
+    def __init__(self, options: argparse.Namespace) -> None:
+        # Files go into the runtime folder through a descriptor of it: if the VM powers off and a new
+        # power-on recreates the folder, this relay's late writes land in the old, deleted one.
+        self.runtime = os.open(os.path.dirname(options.status), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.status_name, self.ready_name = os.path.basename(options.status), os.path.basename(options.ready)
+        self.ready_text = options.ready_text.encode()
+        self.log = CappedLog(options.log, LOG_CAP)
+        self.selector = selectors.DefaultSelector()
+        self.clients: dict[socket.socket, Outbox] = {}
+        self.line = b""  # the console's unfinished last line, for the ready scan
+        self.events = _connect(options.events)
+        self.events_buffer = _qmp_handshake(self.events)
+        self.selector.register(self.events, selectors.EVENT_READ, self._on_event_data)
+        self.vmm: Outbox | None = None
+        self.listener: socket.socket | None = None
+        if options.serial:  # the VM has a minivisor console
+            self.vmm = Outbox(_connect(options.serial), INPUT_BACKLOG)
+            self.selector.register(self.vmm.sock, selectors.EVENT_READ, self._on_console_output)
+            self.listener = _listen(options.console)
+            self.selector.register(self.listener, selectors.EVENT_READ, self._on_client_connect)
+        self.running = True
+
+    def serve(self) -> None:
+        while self.running:
+            for key, mask in self.selector.select():
+                key.data(key.fileobj, mask)
+
+    # -- the VMM's side ---------------------------------------------------------
+    def _on_console_output(self, sock: socket.socket, mask: int) -> None:
+        assert self.vmm is not None
+        if mask & selectors.EVENT_WRITE:
+            self._flush(self.vmm)
+        if not mask & selectors.EVENT_READ:
+            return
+        try:
+            data = sock.recv(CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.running = False  # the VMM closed the console: it exited
+            return
+        self.log.write(data)  # before the ready scan: once `ready` exists, what came before it is logged
+        self._scan_for_ready(data)
+        for client, box in list(self.clients.items()):
+            box.queue(data)
+            self._flush(box, client)
+
+    def _scan_for_ready(self, data: bytes) -> None:
+        text = self.line + data
+        end = text.rfind(b"\n")
+        self.line = text[end + 1:][-LINE_MAX:] if end >= 0 else text[-LINE_MAX:]
+        found = text.find(self.ready_text, 0, max(end, 0))
+        if found < 0:
+            return
+        start = text.rfind(b"\n", 0, found) + 1
+        stop = text.find(b"\n", found)
+        self._publish(self.ready_name, text[start:stop].decode(errors="replace").strip())
+
+    def _on_event_data(self, sock: socket.socket, mask: int) -> None:
+        try:
+            data = sock.recv(CHUNK)
+        except OSError:
+            data = b""
+        if not data:
+            self.running = False
+            return
+        self.events_buffer += data
+        *lines, self.events_buffer = self.events_buffer.split(b"\n")
+        for line in lines:
+            self._on_qmp_message(line)
+
+    def _on_qmp_message(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return
+        if not isinstance(message, dict):
+            return
+        if message.get("event") in ("STOP", "RESUME"):
+            # The event does not say why the VM stopped; QEMU's run state does (io-error, paused...).
+            self.events.sendall(b'{"execute": "query-status"}\n')
+        elif isinstance(message.get("return"), dict) and "status" in message["return"]:
+            self._publish(self.status_name, message["return"]["status"])
+
+    def _publish(self, name: str, text: str) -> None:
+        """Replace a small file in the runtime folder (a reader sees the old or the new text)."""
+        try:
+            fd = os.open(f".{name}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600,
+                         dir_fd=self.runtime)
+            try:
+                os.write(fd, text.encode() + b"\n")
+            finally:
+                os.close(fd)
+            os.replace(f".{name}.tmp", name, src_dir_fd=self.runtime, dst_dir_fd=self.runtime)
+        except OSError:
+            pass  # the VM powered off and its runtime folder is gone
+
+    # -- console clients --------------------------------------------------------
+    def _on_client_connect(self, listener: socket.socket, mask: int) -> None:
+        try:
+            client, _ = listener.accept()
+        except OSError:
+            return
+        if len(self.clients) >= MAX_CLIENTS:
+            client.close()
+            return
+        self.clients[client] = Outbox(client, CLIENT_BACKLOG)
+        self.selector.register(client, selectors.EVENT_READ, self._on_client_data)
+
+    def _on_client_data(self, client: socket.socket, mask: int) -> None:
+        box = self.clients.get(client)
+        if box is None:
+            return
+        if mask & selectors.EVENT_WRITE:
+            self._flush(box, client)
+        if not mask & selectors.EVENT_READ or client not in self.clients:
+            return
+        try:
+            data = client.recv(CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(client)
+            return
+        assert self.vmm is not None
+        self.vmm.queue(data)
+        self._flush(self.vmm)
+
+    def _flush(self, box: Outbox, client: socket.socket | None = None) -> None:
+        """Send what ``box`` holds; watch for writability while some is left."""
+        try:
+            box.flush()
+        except OSError:
+            if client is not None:
+                self._drop(client)
+                return
+            self.running = False  # the VMM's console is gone
+            return
+        wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if box.pending else 0)
+        if self.selector.get_key(box.sock).events != wanted:
+            self.selector.modify(box.sock, wanted, self.selector.get_key(box.sock).data)
+
+    def _drop(self, client: socket.socket) -> None:
+        self.clients.pop(client, None)
+        self.selector.unregister(client)
+        client.close()
+
+
+def _connect(path: str) -> socket.socket:
+    """Connect to a socket QEMU serves, waiting for it to listen."""
+    deadline = time.monotonic() + CONNECT_TIMEOUT
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(path)
+            return sock
+        except OSError as exc:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise OSError(exc.errno, f"cannot connect to {path}: {exc.strerror}") from exc
+            time.sleep(0.005)
+
+
+def _qmp_handshake(sock: socket.socket) -> bytes:
+    """Read QEMU's greeting and enter command mode; events flow from then on. Returns what came after."""
+    sock.settimeout(CONNECT_TIMEOUT)
+    received = b""
+    for request in (b"", b'{"execute": "qmp_capabilities"}\n'):
+        sock.sendall(request)
+        while b"\n" not in received:
+            chunk = sock.recv(CHUNK)
+            if not chunk:
+                raise OSError("the VMM closed its event monitor")
+            received += chunk
+        _, received = received.split(b"\n", 1)  # the greeting, then the (empty) answer to qmp_capabilities
+    sock.settimeout(None)
+    return received
+
+
+def _listen(path: str) -> socket.socket:
+    if os.path.exists(path):
+        os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    listener.bind(path)
+    os.chmod(path, 0o600)
+    listener.listen(MAX_CLIENTS)
+    listener.setblocking(False)
+    return listener
+
+
+def _detach() -> None:
+    """Keep running in a grandchild that nobody waits for; the caller's child exits 0 (attached)."""
+    if os.fork():
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m minivisor.vmm.relay", description=__doc__.splitlines()[0])
+    parser.add_argument("--events", required=True, help="QEMU's event monitor socket")
+    parser.add_argument("--status", required=True, help="where QEMU's run state goes (in the runtime folder)")
+    parser.add_argument("--serial", help="QEMU's console socket; absent: the VM has no minivisor console")
+    parser.add_argument("--console", required=True, help="the console socket to serve")
+    parser.add_argument("--log", required=True, help="serial.log in the VM's folder")
+    parser.add_argument("--ready", required=True, help="where the ready line goes (beside --status)")
+    parser.add_argument("--ready-text", required=True, help="the text of the guest's ready line")
+    options = parser.parse_args(argv)
+    try:
+        relay = Relay(options)
+    except OSError as exc:
+        sys.stderr.write(f"{exc.strerror or exc}\n")
+        sys.exit(1)
+    _detach()
+    relay.serve()
+
+
+if __name__ == "__main__":
+    main()
