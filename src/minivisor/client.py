@@ -225,7 +225,7 @@ def _decode(kind: str, data: Any) -> Any:
         return _snapshot(data[0]), data[1]
     from .core.hypervisor import Explanation, StartResult, VmInfo
     from .vmm.console import ExecResult
-    from .host.facts import HostInfo
+    from .host.info import HostInfo
 
     types_by_kind = {"vm": VmInfo, "start": StartResult, "explanation": Explanation, "exec": ExecResult,
                      "host": HostInfo}

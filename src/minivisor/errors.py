@@ -17,13 +17,17 @@ __all__ = [
     "SpecError",
     "PathError",
     "NotFoundError",
+    "NoSuchDiskError",
     "ConflictError",
     "StateError",
     "LockError",
     "DiskError",
+    "NoHardDiskError",
     "HostError",
+    "InsufficientMemoryError",
     "VmmError",
     "QmpError",
+    "QmpCommandError",
     "GuestError",
     "ImageBuildError",
     "RequestError",
@@ -75,6 +79,12 @@ class NotFoundError(HvError):
     exit_code = 3
 
 
+class NoSuchDiskError(NotFoundError):
+    """A VM has no hard disk by the name given (``scsi0:1``)."""
+
+    code = "no-such-disk"
+
+
 class ConflictError(HvError):
     """The request clashes with something that already exists."""
 
@@ -83,10 +93,19 @@ class ConflictError(HvError):
 
 
 class StateError(HvError):
-    """The VM is not in a state where the operation is legal."""
+    """The VM is not in a state where the operation is legal.
+
+    Refused by the state table, it names the VM, its ``state``, the ``action`` asked
+    for and the actions ``legal`` in that state.
+    """
 
     code = "invalid-state"
     exit_code = 4
+
+    def __init__(self, message: str, *, hint: str | None = None, vm: str | None = None, state: str | None = None,
+                 action: str | None = None, legal: tuple[str, ...] = ()) -> None:
+        super().__init__(message, hint=hint)
+        self.vm, self.state, self.action, self.legal = vm, state, action, legal
 
 
 class LockError(StateError):
@@ -102,11 +121,23 @@ class DiskError(HvError):
     exit_code = 66
 
 
+class NoHardDiskError(DiskError):
+    """The VM has no hard disk to snapshot or clone."""
+
+    code = "no-hard-disk"
+
+
 class HostError(HvError):
     """The host lacks something minivisor needs (a program, memory, a device)."""
 
     code = "host-error"
     exit_code = 69
+
+
+class InsufficientMemoryError(HostError):
+    """The host cannot hold another VM of this size next to the ones it runs (memory admission)."""
+
+    code = "insufficient-memory"
 
 
 class VmmError(HvError):
@@ -117,9 +148,20 @@ class VmmError(HvError):
 
 
 class QmpError(VmmError):
-    """The VMM's control socket (QMP) failed or answered with an error."""
+    """No conversation with the VMM's control socket (QMP): gone, hung, or speaking nonsense."""
 
     code = "qmp-error"
+
+
+class QmpCommandError(QmpError):
+    """The VMM refused a QMP command; ``command``, ``error_class`` and ``desc`` say which and why."""
+
+    code = "qmp-refused"
+
+    def __init__(self, message: str, *, hint: str | None = None, command: str = "", error_class: str = "",
+                 desc: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.command, self.error_class, self.desc = command, error_class, desc
 
 
 class GuestError(HvError):

@@ -17,11 +17,11 @@ from minivisor import Hypervisor
 from minivisor.storage.images import convert_disk, read_layer
 from minivisor.errors import HvError, StateError, VmmError
 from minivisor.vmm.states import VmState
-from minivisor.vmm.process import qmp_execute
+from minivisor.vmm import qmp
 
 pytestmark = pytest.mark.qemu
 
-SEED = Path(__file__).resolve().parents[2] / "src/minivisor/guest/CentOS7-Minimal64-1708.vmx"
+SEED = Path(__file__).resolve().parents[2] / "src/minivisor/cli/seed/CentOS7-Minimal64-1708.vmx"
 
 
 def inventory(hv: Hypervisor, name: str) -> dict:
@@ -92,13 +92,13 @@ def test_power_transitions(hv, small_vm):
     hv.pause_vm(small_vm)
     assert hv.get_vm(small_vm).state is VmState.PAUSED
     socket = hv.vm_paths(small_vm).qmp_socket
-    assert qmp_execute(socket, ("query-status", None))[0]["status"] == "paused"
+    assert qmp.execute(socket, "query-status")["status"] == "paused"
     with pytest.raises(StateError):
         hv.pause_vm(small_vm)
     with pytest.raises(StateError):
         hv.start_vm(small_vm)
     hv.resume_vm(small_vm)
-    assert qmp_execute(socket, ("query-status", None))[0]["status"] == "running"
+    assert qmp.execute(socket, "query-status")["status"] == "running"
     hv.reset_vm(small_vm)
     # after the reset the guest boots again and says so a second time
     log = hv.vm_paths(small_vm).serial_log
@@ -164,7 +164,7 @@ def test_a_file_name_with_a_comma_is_one_literal_block_node(hv, appliance_image)
     vmx = folder / "comma.vmx"
     vmx.write_text(vmx.read_text().replace('"comma.qcow2"', f'"{tricky}"'))
     hv.start_vm("comma")
-    blocks = qmp_execute(hv.vm_paths("comma").qmp_socket, ("query-named-block-nodes", {"flat": True}))[0]
+    blocks = qmp.execute(hv.vm_paths("comma").qmp_socket, "query-named-block-nodes", {"flat": True})
     files = [b["file"] for b in blocks if b["drv"] == "file"]
     assert files == [str(folder / tricky)]
 

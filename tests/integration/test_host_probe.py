@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from minivisor.host import facts as host
+from minivisor.host import accel
 
 QEMU = shutil.which("qemu-system-x86_64")
 pytestmark = [
@@ -43,7 +43,7 @@ SLACK = 30.0  # above a timeout: QEMU started, killed and reaped on a loaded mac
 
 
 def test_probe_guest_reaches_long_mode_under_tcg() -> None:
-    run = host.run_probe(str(QEMU), "tcg", timeout=FINISHES)
+    run = accel.run_probe(str(QEMU), "tcg", timeout=FINISHES)
     assert run.ok, run.failure
     assert (run.returncode, run.serial) == (99, b"RPLMCLM64OK\r\n")
     assert run.failure is None
@@ -51,7 +51,7 @@ def test_probe_guest_reaches_long_mode_under_tcg() -> None:
 
 def test_probe_kvm_gives_a_definite_answer_within_the_timeout() -> None:
     start = time.monotonic()
-    choice = host.probe_kvm(str(QEMU), timeout=3.0)
+    choice = accel.probe_kvm(str(QEMU), timeout=3.0)
     assert time.monotonic() - start < 3.0 + SLACK
     assert choice.probed and choice.reason.strip()
     if choice.accel == "kvm":
@@ -62,7 +62,7 @@ def test_probe_kvm_gives_a_definite_answer_within_the_timeout() -> None:
 
 def test_a_hanging_guest_is_killed_at_the_timeout() -> None:
     start = time.monotonic()
-    run = host.run_probe(str(QEMU), "tcg", timeout=1.0, image=JMP_SELF)
+    run = accel.run_probe(str(QEMU), "tcg", timeout=1.0, image=JMP_SELF)
     assert 1.0 <= time.monotonic() - start < 1.0 + SLACK
     assert run.timed_out and not run.ok
     assert run.failure == "a 64-bit guest did not reach its boot sector within 1 s"
@@ -70,9 +70,9 @@ def test_a_hanging_guest_is_killed_at_the_timeout() -> None:
 
 
 def test_guest_failures_are_reported_not_hung() -> None:
-    wrong = host.run_probe(str(QEMU), "tcg", timeout=FINISHES, image=EXIT_WRONG_RESULT)
+    wrong = accel.run_probe(str(QEMU), "tcg", timeout=FINISHES, image=EXIT_WRONG_RESULT)
     assert (wrong.returncode, wrong.failure) == (105, "the probe guest computed a wrong 64-bit result")
-    crash = host.run_probe(str(QEMU), "tcg", timeout=FINISHES, image=TRIPLE_FAULT)
+    crash = accel.run_probe(str(QEMU), "tcg", timeout=FINISHES, image=TRIPLE_FAULT)
     assert crash.returncode == 0 and "triple fault" in (crash.failure or "")
 
 
@@ -80,7 +80,7 @@ def test_choose_accel_probes_once_then_hits_the_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("MINIVISOR_ACCEL", raising=False)
-    first = host.choose_accel(tmp_path, str(QEMU))
-    second = host.choose_accel(tmp_path, str(QEMU))
+    first = accel.choose_accel(tmp_path, str(QEMU))
+    second = accel.choose_accel(tmp_path, str(QEMU))
     assert first.probed and not second.probed
     assert (second.accel, second.reason) == (first.accel, first.reason)

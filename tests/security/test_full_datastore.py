@@ -24,7 +24,7 @@ from minivisor.storage.images import convert_disk, read_layer
 from minivisor.errors import NoSpaceError
 from minivisor.storage.journal import JOURNAL_NAME
 from minivisor.vmm.states import VmState
-from minivisor.vmm.process import process_start_ticks
+from minivisor.procfs import start_ticks as process_start_ticks
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs datastore needs root")
 

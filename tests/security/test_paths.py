@@ -27,7 +27,7 @@ from minivisor.datastore.store import VM_FILES
 from minivisor.errors import PathError, SpecError
 from minivisor.core.events import LOG_NAME
 from minivisor.storage.journal import JOURNAL_NAME
-from minivisor.vmm.argv import VmPaths
+from minivisor.datastore.layout import VmPaths
 from minivisor.spec.vmx import VmxDocument
 
 DEVICES = {
@@ -136,7 +136,7 @@ def test_import_empties_cd_and_floppy_names_that_leave_the_folder_and_copies_the
 
 
 def test_the_reserved_names_are_the_files_minivisor_writes_into_a_vm_folder(tmp_path):
-    paths = VmPaths(tmp_path, tmp_path)
+    paths = VmPaths(tmp_path / "vm.vmx", tmp_path)
     written = {paths.vmm_log.name, paths.serial_log.name, paths.bios_log.name, LOG_NAME, "runtime.json"}
     assert written == set(VM_FILES)
     assert os.path.basename(JOURNAL_NAME).startswith(".minivisor")

@@ -8,9 +8,10 @@ import threading
 import pytest
 
 from minivisor import Hypervisor
-from minivisor.host import facts as host
+from minivisor.host import facts
 from minivisor.errors import HostError, HvError, SpecError
-from minivisor.host.admission import admit, cpu_weight, host_reserve_mib
+from minivisor.host.admission import Commitment, admit, host_reserve_mib
+from minivisor.host.placement import cpu_weight
 from minivisor.spec.vmspec import VmSpec
 from minivisor.vmm.states import VmState
 from minivisor.spec.vmx import VmxDocument
@@ -25,7 +26,7 @@ def add_keys(hv: Hypervisor, name: str, text: str) -> None:
 
 def big_vms(hv: Hypervisor, count: int) -> tuple[list[str], int]:
     """VMs that fit one at a time but not two together (QEMU allocates guest RAM lazily)."""
-    total = host.host_memory_mib()
+    total = facts.host_memory_mib()
     each = (total - host_reserve_mib(total)) // 2 + 64
     names = [f"big{i}" for i in range(count)]
     for name in names:
@@ -81,11 +82,11 @@ def test_the_refusal_is_the_same_through_the_cli_and_the_rest_api(service):
 
 def test_memory_reservations_of_running_vms_are_set_aside():
     spec = VmSpec.from_vmx(VmxDocument.parse(b'memSize = "1024"\nsched.mem.min = "1024"\n'))
-    admit(spec, "new", [("a", 2048, 2048, None)], total_mib=8192, available_mib=4000)  # 4000-2048 >= 1024
+    admit(spec, "new", [Commitment("a", 2048, 2048, None)], total_mib=8192, available_mib=4000)  # 4000-2048 >= 1024
     with pytest.raises(HostError, match="sched.mem.min = 1024 MiB"):
-        admit(spec, "new", [("a", 2048, 3000, None)], total_mib=8192, available_mib=4000)
+        admit(spec, "new", [Commitment("a", 2048, 3000, None)], total_mib=8192, available_mib=4000)
     with pytest.raises(HostError, match="needs 1024 MiB"):
-        admit(spec, "new", [("a", 6400, 0, None)], total_mib=8192, available_mib=8000)
+        admit(spec, "new", [Commitment("a", 6400, 0, None)], total_mib=8192, available_mib=8000)
 
 
 def test_sched_keys_are_read_not_reported_unused():
@@ -122,9 +123,9 @@ def test_an_affinity_outside_the_host_is_refused_before_anything_starts(hv):
 def test_explain_says_which_shares_cannot_be_honoured(hv, monkeypatch, tmp_path):
     small_vm(hv, "vm1")
     add_keys(hv, "vm1", 'sched.cpu.shares = "high"\nsched.mem.shares = "low"\n')
-    from minivisor.host import admission as resources
+    from minivisor.host import placement
 
-    monkeypatch.setattr(resources, "CGROUP_MOUNT", tmp_path / "no-cgroup2")  # a host without cgroup v2
+    monkeypatch.setattr(placement, "CGROUP_MOUNT", tmp_path / "no-cgroup2")  # a host without cgroup v2
     warnings = hv.explain_vm("vm1").warnings
     assert any(w.startswith("sched.cpu.shares cannot be honoured: the host has no cgroup v2") for w in warnings)
     assert any(w.startswith("sched.mem.shares cannot be honoured") for w in warnings)
@@ -135,7 +136,7 @@ def test_explain_says_which_shares_cannot_be_honoured(hv, monkeypatch, tmp_path)
 def test_default_shares_need_nothing_from_the_host(hv, monkeypatch, tmp_path):
     small_vm(hv, "vm1")
     add_keys(hv, "vm1", 'sched.cpu.shares = "normal"\nsched.mem.shares = "normal"\n')
-    from minivisor.host import admission as resources
+    from minivisor.host import placement
 
-    monkeypatch.setattr(resources, "CGROUP_MOUNT", tmp_path / "no-cgroup2")
+    monkeypatch.setattr(placement, "CGROUP_MOUNT", tmp_path / "no-cgroup2")
     assert not [w for w in hv.explain_vm("vm1").warnings if w.startswith("sched.")]

@@ -196,7 +196,7 @@ def test_event_log_flooding_is_capped_and_the_service_stays_responsive(service):
     try:
         flood = Hypervisor(service.root)
         for i in range(4000):
-            flood._emit("guestSays", "vm1", line="spam " * 20 + str(i))
+            flood.vms.emit("vm1", "guestSays", line="spam " * 20 + str(i))
     finally:
         stop.set()
         thread.join()

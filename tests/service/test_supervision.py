@@ -15,7 +15,8 @@ from guests import create_guest
 from minivisor import Hypervisor
 from minivisor.storage.journal import JOURNAL_NAME
 from minivisor.vmm.states import VmState
-from minivisor.vmm.process import RuntimeRecord, process_start_ticks
+from minivisor.procfs import start_ticks as process_start_ticks
+from minivisor.vmm.process import RuntimeRecord
 
 from .conftest import EventWatcher, Running, small_vm
 
@@ -62,9 +63,9 @@ def test_a_guest_power_off_is_reported_as_powered_off_not_a_crash(service):
     client = service.client
     client.start_vm("vm1")
     watcher = EventWatcher(client, vm="vm1")
-    from minivisor.vmm.process import qmp_execute
+    from minivisor.vmm import qmp
 
-    qmp_execute(Hypervisor(service.root).vm_paths("vm1").qmp_socket, ("quit", None))  # as if the guest left
+    qmp.execute(Hypervisor(service.root).vm_paths("vm1").qmp_socket, "quit")  # as if the guest left
     event = watcher.wait_for(lambda e: e["type"] in ("crashed", "poweredOff"))
     assert event["type"] == "poweredOff" and "normally" in event["reason"]
 
@@ -138,12 +139,13 @@ if point == "before-record":
         os._exit(9)  # QEMU is up (paused, holding the lock) but nothing recorded it
     vmm.Vmm._wait_for_qmp = crash
 else:
-    original_qmp = vmm.qmp_execute
-    def crash_qmp(socket, *commands, **kw):
-        if any(c[0] == "cont" for c in commands):
+    from minivisor.vmm import qmp
+    original_execute = qmp.QmpSession.execute
+    def crash_on_cont(self, command, *args, **kw):
+        if command == "cont":
             os._exit(9)  # recorded, but the guest never started running
-        return original_qmp(socket, *commands, **kw)
-    vmm.qmp_execute = crash_qmp
+        return original_execute(self, command, *args, **kw)
+    qmp.QmpSession.execute = crash_on_cont
 Hypervisor(sys.argv[1]).start_vm("vm1")
 """
 

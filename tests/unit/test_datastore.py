@@ -94,10 +94,16 @@ def test_unknown_vm_is_a_clear_error(store):
         store.catalog.get("ghost")
 
 
+def _crashed_mid_delete(store, vm_dir, uuid):
+    """What a delete killed between moving the folder to the trash and removing the catalog row leaves."""
+    (store.meta / "trash").mkdir(exist_ok=True)
+    vm_dir.rename(store.meta / "trash" / uuid)
+
+
 def test_interrupted_delete_is_undone_when_the_catalog_still_has_the_vm(store, vm_dir):
     with store.catalog.transaction() as db:
         store.catalog.add(db, "vm1", "uuid-1", "vm1/vm1.vmx")
-    store.trash(vm_dir, "uuid-1")  # crash here: folder moved, catalog row still there
+    _crashed_mid_delete(store, vm_dir, "uuid-1")  # folder moved, catalog row still there
     assert not vm_dir.exists()
     reopened = Datastore.open(store.root)
     assert (reopened.root / "vm1" / "disk.qcow2").exists()
@@ -105,7 +111,7 @@ def test_interrupted_delete_is_undone_when_the_catalog_still_has_the_vm(store, v
 
 
 def test_interrupted_delete_is_finished_when_the_catalog_row_is_gone(store, vm_dir):
-    store.trash(vm_dir, "uuid-gone")
+    _crashed_mid_delete(store, vm_dir, "uuid-gone")
     Datastore.open(store.root)
     assert not vm_dir.exists()
     assert not (store.meta / "trash" / "uuid-gone").exists()

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from minivisor.host import facts as host
+from minivisor.host import accel, facts, info
 from minivisor.errors import HostError
 
-SOURCE = Path(host.__file__).parent / "kvmprobe.S"
+SOURCE = Path(accel.__file__).parent / "kvmprobe.S"
 REAL_QEMU = shutil.which("qemu-system-x86_64")
 needs_qemu = pytest.mark.skipif(REAL_QEMU is None, reason="qemu-system-x86_64 is not installed")
 
@@ -64,9 +64,9 @@ def fake_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     boot_id.write_text(f"{uuid.uuid4()}\n")
     kvm = tmp_path / "kvm"
     kvm.write_bytes(b"")
-    monkeypatch.setattr(host, "_BOOT_ID", str(boot_id))
-    monkeypatch.setattr(host, "_KVM_DEVICE", str(kvm))
-    monkeypatch.setattr(host, "PROBE_TIMEOUT", LOADED_MACHINE_PROBE_TIMEOUT)
+    monkeypatch.setattr(accel, "_BOOT_ID", str(boot_id))
+    monkeypatch.setattr(accel, "_KVM_DEVICE", str(kvm))
+    monkeypatch.setattr(accel, "PROBE_TIMEOUT", LOADED_MACHINE_PROBE_TIMEOUT)
     return tmp_path
 
 
@@ -81,8 +81,8 @@ def qemu(tmp_path: Path) -> CountingQemu:
 
 
 def test_probe_image_is_a_boot_sector() -> None:
-    assert len(host.PROBE_IMAGE) == 512
-    assert host.PROBE_IMAGE[-2:] == b"\x55\xaa"
+    assert len(accel.PROBE_IMAGE) == 512
+    assert accel.PROBE_IMAGE[-2:] == b"\x55\xaa"
 
 
 def test_probe_image_matches_its_source(tmp_path: Path) -> None:
@@ -95,20 +95,20 @@ def test_probe_image_matches_its_source(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
-    assert binary.read_bytes() == host.PROBE_IMAGE, "re-embed the assembled kvmprobe.S in host.py"
+    assert binary.read_bytes() == accel.PROBE_IMAGE, "re-embed the assembled kvmprobe.S in host/accel.py"
 
 
 # --- AccelChoice and ProbeRun ------------------------------------------------
 
 
 def test_warning_is_none_for_kvm_and_one_line_for_tcg() -> None:
-    assert host.AccelChoice("kvm", "KVM probe: fine").warning is None
-    warning = host.AccelChoice("tcg", "broken\nbadly; using TCG").warning
+    assert accel.AccelChoice("kvm", "KVM probe: fine").warning is None
+    warning = accel.AccelChoice("tcg", "broken\nbadly; using TCG").warning
     assert warning is not None and "\n" not in warning and "broken badly; using TCG" in warning
 
 
-def _run(returncode: int | None, serial: bytes = b"", stderr: str = "") -> host.ProbeRun:
-    return host.ProbeRun("kvm", 3.0, returncode, serial, stderr, 1.0, 1)
+def _run(returncode: int | None, serial: bytes = b"", stderr: str = "") -> accel.ProbeRun:
+    return accel.ProbeRun("kvm", 3.0, returncode, serial, stderr, 1.0, 1)
 
 
 @pytest.mark.parametrize(
@@ -140,15 +140,15 @@ def test_exit_statuses_are_explained() -> None:
 def test_missing_kvm_device_means_tcg_without_running_qemu(
     fake_host: Path, qemu: CountingQemu, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(host, "_KVM_DEVICE", str(fake_host / "no-such-kvm"))
-    choice = host.probe_kvm(str(qemu.path))
+    monkeypatch.setattr(accel, "_KVM_DEVICE", str(fake_host / "no-such-kvm"))
+    choice = accel.probe_kvm(str(qemu.path))
     assert choice.accel == "tcg" and "does not exist" in choice.reason and "using TCG" in choice.reason
     assert qemu.calls == 0
 
 
 def test_unopenable_kvm_device_means_tcg(fake_host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(host, "_KVM_DEVICE", str(fake_host))  # a directory: EISDIR, even for root
-    choice = host.probe_kvm("/nonexistent/qemu")
+    monkeypatch.setattr(accel, "_KVM_DEVICE", str(fake_host))  # a directory: EISDIR, even for root
+    choice = accel.probe_kvm("/nonexistent/qemu")
     assert choice.accel == "tcg" and "cannot be opened" in choice.reason
 
 
@@ -158,39 +158,39 @@ def test_unopenable_kvm_device_means_tcg(fake_host: Path, monkeypatch: pytest.Mo
 @needs_qemu
 def test_cache_hit_does_not_run_qemu(fake_host: Path, qemu: CountingQemu) -> None:
     cache = fake_host / "cache"
-    first = host.choose_accel(cache, str(qemu.path))
+    first = accel.choose_accel(cache, str(qemu.path))
     assert (first.accel, first.probed, qemu.calls) == ("kvm", True, 1)
-    second = host.choose_accel(cache, str(qemu.path))
+    second = accel.choose_accel(cache, str(qemu.path))
     assert (second.accel, second.reason, second.probed) == (first.accel, first.reason, False)
     assert qemu.calls == 1
 
 
 @needs_qemu
 def test_new_boot_id_reprobes(fake_host: Path, qemu: CountingQemu) -> None:
-    host.choose_accel(fake_host / "cache", str(qemu.path))
+    accel.choose_accel(fake_host / "cache", str(qemu.path))
     (fake_host / "boot_id").write_text(f"{uuid.uuid4()}\n")
-    assert host.choose_accel(fake_host / "cache", str(qemu.path)).probed
+    assert accel.choose_accel(fake_host / "cache", str(qemu.path)).probed
     assert qemu.calls == 2
 
 
 @needs_qemu
 def test_changed_qemu_binary_reprobes(fake_host: Path, qemu: CountingQemu) -> None:
-    host.choose_accel(fake_host / "cache", str(qemu.path))
+    accel.choose_accel(fake_host / "cache", str(qemu.path))
     st = qemu.path.stat()
     os.utime(qemu.path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    assert host.choose_accel(fake_host / "cache", str(qemu.path)).probed
+    assert accel.choose_accel(fake_host / "cache", str(qemu.path)).probed
     assert qemu.calls == 2
 
 
 @needs_qemu
 def test_recreated_or_vanished_kvm_device_reprobes(fake_host: Path, qemu: CountingQemu) -> None:
     cache, kvm = fake_host / "cache", fake_host / "kvm"
-    host.choose_accel(cache, str(qemu.path))
+    accel.choose_accel(cache, str(qemu.path))
     kvm.unlink()
-    gone = host.choose_accel(cache, str(qemu.path))
+    gone = accel.choose_accel(cache, str(qemu.path))
     assert gone.probed and gone.accel == "tcg" and qemu.calls == 1  # no device: no QEMU run
     kvm.write_bytes(b"")  # a new node, as after a module reload
-    back = host.choose_accel(cache, str(qemu.path))
+    back = accel.choose_accel(cache, str(qemu.path))
     assert back.probed and back.accel == "kvm" and qemu.calls == 2
 
 
@@ -200,16 +200,16 @@ def test_corrupt_cache_is_ignored_and_rewritten(fake_host: Path, qemu: CountingQ
     cache = fake_host / "cache"
     cache.mkdir()
     (cache / "accel.json").write_bytes(junk)
-    assert host.choose_accel(cache, str(qemu.path)).probed
+    assert accel.choose_accel(cache, str(qemu.path)).probed
     data = json.loads((cache / "accel.json").read_text())
     assert data["accel"] == "kvm" and data["key"]["boot_id"]
-    assert host.choose_accel(cache, str(qemu.path)).probed is False
+    assert accel.choose_accel(cache, str(qemu.path)).probed is False
     assert qemu.calls == 1
 
 
 @needs_qemu
 def test_cache_write_leaves_no_temp_files(fake_host: Path, qemu: CountingQemu) -> None:
-    host.choose_accel(fake_host / "deep" / "cache", str(qemu.path))
+    accel.choose_accel(fake_host / "deep" / "cache", str(qemu.path))
     assert [p.name for p in (fake_host / "deep" / "cache").iterdir()] == ["accel.json"]
 
 
@@ -217,7 +217,7 @@ def test_cache_write_leaves_no_temp_files(fake_host: Path, qemu: CountingQemu) -
 def test_unwritable_cache_dir_still_answers(fake_host: Path, qemu: CountingQemu) -> None:
     blocker = fake_host / "file"
     blocker.write_text("not a directory")
-    assert host.choose_accel(blocker / "cache", str(qemu.path)).accel == "kvm"
+    assert accel.choose_accel(blocker / "cache", str(qemu.path)).accel == "kvm"
 
 
 # --- choose_accel: MINIVISOR_ACCEL ------------------------------------------
@@ -225,7 +225,7 @@ def test_unwritable_cache_dir_still_answers(fake_host: Path, qemu: CountingQemu)
 
 def test_forced_tcg_skips_the_probe(fake_host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MINIVISOR_ACCEL", "tcg")
-    choice = host.choose_accel(fake_host / "cache", "/nonexistent/qemu")
+    choice = accel.choose_accel(fake_host / "cache", "/nonexistent/qemu")
     assert (choice.accel, choice.probed) == ("tcg", False)
     assert "MINIVISOR_ACCEL=tcg" in choice.reason and choice.warning
     assert not (fake_host / "cache").exists()
@@ -234,15 +234,15 @@ def test_forced_tcg_skips_the_probe(fake_host: Path, monkeypatch: pytest.MonkeyP
 def test_unknown_accel_value_is_an_error(fake_host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MINIVISOR_ACCEL", "hvf")
     with pytest.raises(HostError, match="MINIVISOR_ACCEL"):
-        host.choose_accel(fake_host / "cache", "/nonexistent/qemu")
+        accel.choose_accel(fake_host / "cache", "/nonexistent/qemu")
 
 
 @needs_qemu
 def test_auto_and_empty_mean_probe(fake_host: Path, qemu: CountingQemu, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MINIVISOR_ACCEL", " AUTO ")
-    assert host.choose_accel(fake_host / "cache", str(qemu.path)).accel == "kvm"
+    assert accel.choose_accel(fake_host / "cache", str(qemu.path)).accel == "kvm"
     monkeypatch.setenv("MINIVISOR_ACCEL", "")
-    assert host.choose_accel(fake_host / "cache", str(qemu.path)).accel == "kvm"
+    assert accel.choose_accel(fake_host / "cache", str(qemu.path)).accel == "kvm"
     assert qemu.calls == 1
 
 
@@ -251,9 +251,9 @@ def test_forced_kvm_fails_loudly_when_kvm_is_unusable(
     fake_host: Path, qemu: CountingQemu, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MINIVISOR_ACCEL", "kvm")
-    monkeypatch.setattr(host, "_KVM_DEVICE", str(fake_host / "no-such-kvm"))
+    monkeypatch.setattr(accel, "_KVM_DEVICE", str(fake_host / "no-such-kvm"))
     with pytest.raises(HostError) as info:
-        host.choose_accel(fake_host / "cache", str(qemu.path))
+        accel.choose_accel(fake_host / "cache", str(qemu.path))
     assert "does not exist" in info.value.message and "using TCG" not in info.value.message
     assert info.value.hint and "MINIVISOR_ACCEL=auto" in info.value.hint
 
@@ -263,11 +263,11 @@ def test_forced_kvm_reprobes_a_cached_failure(
     fake_host: Path, qemu: CountingQemu, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache = fake_host / "cache"
-    key = host._cache_key(str(qemu.path))
-    host._write_cache(cache / "accel.json", key, host.AccelChoice("tcg", "stale failure"))
-    assert host.choose_accel(cache, str(qemu.path)).reason == "stale failure"  # auto trusts it
+    key = accel._cache_key(str(qemu.path))
+    accel._write_cache(cache / "accel.json", key, accel.AccelChoice("tcg", "stale failure"))
+    assert accel.choose_accel(cache, str(qemu.path)).reason == "stale failure"  # auto trusts it
     monkeypatch.setenv("MINIVISOR_ACCEL", "kvm")
-    choice = host.choose_accel(cache, str(qemu.path))
+    choice = accel.choose_accel(cache, str(qemu.path))
     assert (choice.accel, choice.probed, qemu.calls) == ("kvm", True, 1)
 
 
@@ -281,44 +281,44 @@ def test_find_qemu_honours_env_and_reports_missing(
     program.write_text("#!/bin/sh\n")
     program.chmod(0o755)
     monkeypatch.setenv("MINIVISOR_QEMU", str(program))
-    assert host.find_qemu() == str(program)
+    assert facts.find_qemu() == str(program)
     monkeypatch.setenv("MINIVISOR_QEMU", str(tmp_path / "missing"))
     with pytest.raises(HostError, match="MINIVISOR_QEMU"):
-        host.find_qemu()
+        facts.find_qemu()
     monkeypatch.delenv("MINIVISOR_QEMU")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(HostError, match="qemu-system-x86_64 not found") as info:
-        host.find_qemu()
+        facts.find_qemu()
     assert info.value.hint == "apt-get install qemu-system-x86"
     with pytest.raises(HostError, match="qemu-img not found") as info:
-        host.find_qemu_img()
+        facts.find_qemu_img()
     assert info.value.hint == "apt-get install qemu-utils"
 
 
 def test_memory_comes_from_meminfo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:        2097152 kB\nMemFree: 1 kB\nMemAvailable:    1048576 kB\n")
-    monkeypatch.setattr(host, "_MEMINFO", str(meminfo))
-    assert (host.host_memory_mib(), host.available_memory_mib()) == (2048, 1024)
+    monkeypatch.setattr(facts, "_MEMINFO", str(meminfo))
+    assert (facts.host_memory_mib(), facts.available_memory_mib()) == (2048, 1024)
     meminfo.write_text("MemTotal: 1 kB\n")
     with pytest.raises(HostError, match="MemAvailable"):
-        host.available_memory_mib()
+        facts.available_memory_mib()
 
 
 def test_real_host_facts_are_sane() -> None:
-    assert 0 < host.available_memory_mib() <= host.host_memory_mib()
-    assert host.host_cpus() == len(os.sched_getaffinity(0)) >= 1
+    assert 0 < facts.available_memory_mib() <= facts.host_memory_mib()
+    assert facts.host_cpus() == len(os.sched_getaffinity(0)) >= 1
 
 
 @needs_qemu
 def test_qemu_version_and_host_info(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert host.qemu_version(str(REAL_QEMU))[0].isdigit()
+    assert facts.qemu_version(str(REAL_QEMU))[0].isdigit()
     with pytest.raises(HostError):
-        host.qemu_version(str(tmp_path / "missing"))
+        facts.qemu_version(str(tmp_path / "missing"))
     if shutil.which("qemu-img") is None:
         pytest.skip("qemu-img is not installed")
     monkeypatch.setenv("MINIVISOR_ACCEL", "tcg")  # host_info's probe is covered elsewhere
-    data = host.host_info(tmp_path / "cache").to_dict()
+    data = info.host_info(tmp_path / "cache").to_dict()
     json.dumps(data)
     assert data["accel"]["accel"] == "tcg" and data["accel"]["warning"]
     assert data["kernel"] == os.uname().release and data["cpus"] >= 1

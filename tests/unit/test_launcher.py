@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from minivisor.storage.images import ImageLayer
-from minivisor.vmm.argv import LaunchEnv, VmPaths, build_qemu_argv, virtual_hardware
+from minivisor.datastore.layout import VmPaths
+from minivisor.vmm.argv import LaunchEnv, build_qemu_argv, virtual_hardware
 from minivisor.spec.vmspec import VmSpec
 from minivisor.spec.vmx import VmxDocument
 
@@ -17,7 +18,7 @@ HERE = Path(__file__).parent
 SEED = HERE.parents[1] / "src/minivisor/cli/seed/CentOS7-Minimal64-1708.vmx"
 GOLDEN = HERE / "golden/seed_argv.json"
 VM_DIR = Path("/ds/CentOS7")
-PATHS = VmPaths(VM_DIR, Path("/run/minivisor/abc"))
+PATHS = VmPaths(VM_DIR / "CentOS7-Minimal64-1708.vmx", Path("/run/minivisor/abc"))
 
 
 def seed_spec() -> VmSpec:
@@ -92,7 +93,7 @@ def test_comma_in_a_file_name_cannot_inject_options():
 
 
 def test_comma_in_the_datastore_or_runtime_path_is_escaped_in_chardev_options():
-    paths = VmPaths(Path("/data,server=on/vm"), Path("/run/a,logfile=x/abc"))
+    paths = VmPaths(Path("/data,server=on/vm/vm.vmx"), Path("/run/a,logfile=x/abc"))
     argv = build_qemu_argv(seed_spec(), env_for(seed_spec(), paths=paths))
     chardevs = option_values(argv, "-chardev")
     assert "file,id=bioslog,path=/data,,server=on/vm/bios.log" in chardevs

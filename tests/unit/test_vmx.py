@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from minivisor.spec import vmx as vmx
 from minivisor.errors import SpecError
-from minivisor.spec.vmx import VmxDocument, VmxProblem, lookup_charset, write_atomic
+from minivisor.files import write_atomic
+from minivisor.spec.vmx import VmxDocument, VmxProblem, lookup_charset
 
 SEED = Path("/work/shared/seed/CentOS7-Minimal64-1708.vmx")
 
@@ -595,7 +596,7 @@ def test_save_and_load(tmp_path: Path) -> None:
 
 def test_public_surface() -> None:
     assert sorted(vmx.__all__) == ["Limits", "VMX_LIMITS", "VmxDocument", "VmxProblem", "lookup_charset",
-                                   "read_bounded", "write_atomic"]
+                                   "read_bounded"]
     for name in vmx.__all__:
         assert getattr(vmx, name).__module__ == "minivisor.spec.vmx"
 

@@ -21,7 +21,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from ..core.hypervisor import Explanation, VmInfo
-from ..host.facts import HostInfo
+from ..host.info import HostInfo
 from ..text import printable
 
 console = Console(highlight=False)

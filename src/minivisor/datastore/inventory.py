@@ -8,20 +8,18 @@ run is read once from ``/proc/locks`` instead of probing each VM's lock.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from .. import dirs
-from .catalog import VmEntry
-from .store import Datastore
 from ..errors import PathError, SpecError
-from ..vmm.argv import VmPaths
+from ..spec.identity import generated_mac
 from ..spec.vmspec import VmSpec
-from ..vmm.plan import generated_mac
 from ..spec.vmx import VmxDocument
+from .catalog import VmEntry
+from .layout import VmPaths, vm_paths
+from .store import Datastore
 
 __all__ = ["Inventory", "flocked_files", "file_id", "summary_of", "read_vmx"]
 
@@ -31,16 +29,14 @@ class Inventory:
 
     def __init__(self, datastore: Datastore) -> None:
         self.datastore = datastore
-        self._paths: dict[tuple[str, str], tuple[Path, VmPaths, str]] = {}  # (name, vmx) -> vmx, paths, lock
+        self._paths: dict[tuple[str, str], VmPaths] = {}  # (name, vmx) -> paths
         self._memo: dict[str, tuple[str, str, dict[str, Any]]] = {}  # vmx -> (uuid, stamp, summary)
 
-    def paths_of(self, entry: VmEntry) -> tuple[Path, VmPaths, str]:
-        """The specfile, the VM's paths and its lock file (memoized: `vm list` does this 1,000 times)."""
+    def paths_of(self, entry: VmEntry) -> VmPaths:
+        """The VM's paths (memoized: `vm list` asks for them 1,000 times)."""
         key = (entry.name, entry.vmx)
         if key not in self._paths:
-            vmx = self.datastore.vmx_path(entry)
-            digest = hashlib.sha256(os.path.realpath(vmx.parent).encode()).hexdigest()[:16]
-            self._paths[key] = (vmx, VmPaths(vmx.parent, dirs.runtime_root() / digest), str(vmx) + ".lck")
+            self._paths[key] = vm_paths(self.datastore.vmx_path(entry))
         return self._paths[key]
 
     def summaries(self, entries: list[VmEntry]) -> dict[str, dict[str, Any]]:

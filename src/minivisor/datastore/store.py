@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .catalog import Catalog, VmEntry
+from .layout import VM_FILES
 from ..storage.images import ImageLayer, check_file_name, format_for, layer_files, resolve_chain
 from ..errors import ConflictError, DiskError, PathError, SpecError
 from ..text import excerpt
@@ -37,9 +38,8 @@ __all__ = ["Datastore", "Scope", "default_root", "check_vm_name", "is_vm_metadat
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")  # \Z: "$" would let a final newline in
 META = ".minivisor"
 PRIVATE_DIR = 0o700
-# What minivisor writes into a VM folder for itself (launcher.VmPaths, events.LOG_NAME, vmm's runtime record,
-# journal, locks, write_atomic's temp files, snapshot memory states): no device and no disk may be one of them.
-VM_FILES = frozenset({"vmm.log", "serial.log", "bios.log", "events.jsonl", "runtime.json"})
+# What minivisor writes into a VM folder for itself (layout.VM_FILES; and by suffix: the specfile, snapshot
+# tree and memory states, locks, partial and temporary files): no device and no disk may be one of them.
 VM_FILE_SUFFIXES = (".vmx", ".vmsd", ".vmsn", ".vmxf", ".lck", ".part", ".tmp")
 CLONE_DEPTH = 16  # linked clones of linked clones...: deeper is refused as a loop
 
@@ -82,6 +82,13 @@ class Datastore:
     # -- layout ------------------------------------------------------------
     def vm_dir(self, name: str) -> Path:
         return self.root / check_vm_name(name)
+
+    def check_new_name(self, name: str) -> None:
+        """Refuse a name a new VM cannot take: invalid, in the catalog, or a folder already there."""
+        check_vm_name(name)
+        if self.catalog.find(name) or self.vm_dir(name).exists():
+            raise ConflictError(f"a VM or folder named {name!r} already exists in the datastore",
+                                hint="choose another name")
 
     def vmx_path(self, entry: VmEntry) -> Path:
         return self.root / entry.vmx
@@ -207,25 +214,30 @@ class Datastore:
             layers.update(os.path.realpath(path) for layer in chain for path in layer_files(layer))
         return frozenset(layers)
 
-    # -- deletion with crash recovery ------------------------------------
-    def trash(self, folder: Path, uuid: str) -> Path:
-        """Move a VM folder out of sight; deleted for good by :meth:`empty_trash`.
+    # -- deletion, with crash recovery -----------------------------------
+    def delete_vm(self, entry: VmEntry, folder: Path) -> None:
+        """Remove a VM from the catalog and its folder from the datastore, as one step.
 
-        The trash entry is named by the VM's UUID: if we crash before the
-        catalog row is gone, recovery moves the folder back.
+        The folder first moves to the trash under the VM's UUID: if we crash
+        before the catalog row is gone, the next open moves it back; after, the
+        next open empties the trash. Refused while linked clones sit on its snapshots.
         """
+        if clones := self.catalog.clones_of(entry.uuid):
+            raise ConflictError(f"cannot delete VM {entry.name!r}: linked clones depend on it "
+                                f"({', '.join(c for c, _ in clones)})", hint="delete those clones first")
         bin_dir = self.meta / "trash"
         bin_dir.mkdir(exist_ok=True)
-        target = bin_dir / uuid
-        if target.exists():
-            raise ConflictError(f"a deletion of {uuid} is already in progress", hint="retry in a moment")
-        folder.rename(target)
-        return target
-
-    def restore(self, trashed: Path, folder: Path) -> None:
-        trashed.rename(folder)
-
-    def empty_trash(self, trashed: Path) -> None:
+        trashed = bin_dir / entry.uuid
+        if trashed.exists():
+            raise ConflictError(f"a deletion of {entry.uuid} is already in progress", hint="retry in a moment")
+        folder.rename(trashed)
+        try:
+            with self.catalog.transaction() as db:
+                self.catalog.remove(db, entry.name)
+                self.catalog.remove_clone_link(db, entry.uuid)
+        except BaseException:
+            trashed.rename(folder)
+            raise
         shutil.rmtree(trashed, ignore_errors=True)
 
     def _recover_trash(self) -> None:

@@ -437,10 +437,10 @@ class Service:
     def start(self) -> None:
         """Reattach to running VMMs and write the service file (autostart follows once it serves)."""
         self.supervisor.start()
-        from ..vmm.process import process_start_ticks
-        from ..spec.vmx import write_atomic
+        from ..procfs import start_ticks
+        from ..files import write_atomic
 
-        record = {"url": self.url, "pid": os.getpid(), "start_ticks": process_start_ticks(os.getpid())}
+        record = {"url": self.url, "pid": os.getpid(), "start_ticks": start_ticks(os.getpid())}
         service_file(self.root).unlink(missing_ok=True)  # a stale one would keep its mode
         write_atomic(service_file(self.root), json.dumps(record).encode(), mode=0o600)
 
@@ -470,7 +470,7 @@ class Service:
     def emit(self, kind: str, name: str, **data: Any) -> None:
         """An event the service itself observed (crash, reattach): logged and published."""
         with self.hypervisor() as hv:
-            hv._emit(kind, name, **data)
+            hv.vms.emit(name, kind, **data)
 
     def authenticate(self, header: str | None) -> None:
         scheme, _, token = (header or "").partition(" ")

@@ -43,10 +43,10 @@ def vm_metrics(pid: int, qmp_socket: str | None) -> dict[str, Any]:
     except (OSError, ValueError):
         pass
     if qmp_socket:
-        from ..vmm.process import qmp_execute
+        from ..vmm import qmp
 
         try:
-            (stats,) = qmp_execute(Path(qmp_socket), ("query-blockstats", {"query-nodes": False}), timeout=2.0)
+            stats = qmp.execute(qmp_socket, "query-blockstats", {"query-nodes": False}, timeout=2.0)
             data["disks"] = {(s.get("qdev") or s.get("device") or s.get("node-name") or "?"):
                              {"read_bytes": s["stats"]["rd_bytes"], "write_bytes": s["stats"]["wr_bytes"],
                               "read_ops": s["stats"]["rd_operations"], "write_ops": s["stats"]["wr_operations"]}

@@ -162,13 +162,13 @@ class Supervisor:
             entries = hv.datastore.catalog.list()
             for entry in entries:
                 try:
-                    vmm = hv._vmm(entry.name)
+                    vmm = hv.vms.context(entry.name).vmm
                     self._reconcile_one(hv, entry.name, vmm)
                 except HvError as exc:
                     log.warning("cannot reconcile %s: %s", entry.name, exc.one_line())
 
     def _reconcile_one(self, hv: Any, name: str, vmm: Any) -> None:
-        from ..vmm.process import VmState
+        from ..vmm.states import VmState
 
         record = vmm.record()  # checks pid, start time and argv; clears a stale record
         if record is not None:
@@ -176,20 +176,14 @@ class Supervisor:
                 self._kill_half_started(hv, name, vmm, record.pid, "its power-on never finished")
                 return
             self.watch(name, record.pid, vmm.paths.vm_dir)
-            hv._emit("reattached", name, pid=record.pid)
+            hv.vms.emit(name, "reattached", pid=record.pid)
             return
         if vmm.state() is VmState.STARTING:
             for pid in _vmm_pids(str(vmm.paths.qmp_socket)):
                 if _orphaned(pid, vmm.lock.path):
                     self._kill_half_started(hv, name, vmm, pid, "its launcher died during power-on")
-        from ..storage.journal import Journal
-
-        if Journal.load(vmm.paths.vm_dir) is not None and vmm.lock.try_acquire():
-            try:  # a snapshot or clone cut short (the service was killed): finish or undo it now
-                hv._disk_ops().finish_interrupted(name)
-            finally:
-                vmm.lock.release()
-            hv._emit("recovered", name, reason="an interrupted snapshot or clone was finished or undone")
+        if vmm.state() is not VmState.STARTING:
+            hv.recover_interrupted(name)  # a snapshot or clone cut short (the service was killed): settle it now
 
     def _kill_half_started(self, hv: Any, name: str, vmm: Any, pid: int, why: str) -> None:
         try:
@@ -198,8 +192,8 @@ class Supervisor:
             pass
         _wait_gone(pid, 5.0)
         vmm.record()  # clears the record now that the pid is gone
-        vmm.record_path.unlink(missing_ok=True)
-        hv._emit("failed", name, pid=pid, reason=f"{why}; the half-started VMM was killed")
+        vmm.paths.runtime_record.unlink(missing_ok=True)
+        hv.vms.emit(name, "failed", pid=pid, reason=f"{why}; the half-started VMM was killed")
 
     async def autostart(self) -> None:
         """Power on the VMs marked autostart, one after another, as requests would."""
@@ -228,17 +222,17 @@ class Supervisor:
             return
         if event["type"] == "poweredOn":
             with self.service.hypervisor() as hv:
-                vm_dir = hv._vmm(event["vm"]).paths.vm_dir
+                vm_dir = hv.vm_paths(event["vm"]).vm_dir
             self.watch(event["vm"], pid, vm_dir)
         elif event["type"] == "poweringOff":  # its exit is expected; the core reports it
             with self._lock:
                 self._reported.add(pid)
 
     def watch(self, name: str, pid: int, vm_dir: Path) -> None:
-        from ..vmm.process import Vmm
+        from ..vmm.process import launched_process
 
         with self._lock:
-            child = Vmm._children.get(pid)  # set if this process launched it: then we get its exit status
+            child = launched_process(pid)  # set if this process launched it: then we get its exit status
             if pid in self._watches:
                 self._watches[pid].child = self._watches[pid].child or child
                 return
@@ -302,7 +296,7 @@ class Supervisor:
         """Watch VMMs started without the service (the CLI working directly on the datastore)."""
         with self._lock:
             watched = {w.vm_dir for w in self._watches.values()}
-        from ..vmm.process import RuntimeRecord, _is_our_vmm
+        from ..vmm.process import RuntimeRecord, is_our_vmm
 
         root = self.service.root
         with self.service.hypervisor() as hv:
@@ -312,7 +306,7 @@ class Supervisor:
             if vm_dir in watched or not os.path.exists(vm_dir / "runtime.json"):
                 continue
             record = RuntimeRecord.load(vm_dir / "runtime.json")
-            if record is not None and _is_our_vmm(record):
+            if record is not None and is_our_vmm(record):
                 self.watch(entry.name, record.pid, vm_dir)
 
     def _exited(self, watch: _Watch) -> None:
@@ -325,7 +319,7 @@ class Supervisor:
         reason, crashed = exit_reason(returncode, watch.vm_dir / "vmm.log")
         with self.service.hypervisor() as hv:
             try:
-                hv._vmm(watch.name).record()  # clears the stale runtime record and sockets
+                hv.vms.context(watch.name).vmm.record()  # clears the stale runtime record and sockets
             except HvError:
                 pass  # the VM was deleted or unregistered meanwhile
         with self._lock:
@@ -338,10 +332,10 @@ class Supervisor:
 
 
 def _qmp_status(socket: str) -> str | None:
-    from ..vmm.process import qmp_execute
+    from ..vmm import qmp
 
     try:
-        return qmp_execute(Path(socket), ("query-status", None), timeout=3.0)[0].get("status")
+        return qmp.execute(socket, "query-status", timeout=3.0).get("status")
     except HvError:
         return None
 
@@ -386,8 +380,8 @@ def _orphaned(pid: int, lock_path: Path) -> bool:
 
 
 def _wait_gone(pid: int, timeout: float) -> None:
-    from ..vmm.process import process_start_ticks
+    from ..procfs import start_ticks
 
     deadline = time.monotonic() + timeout
-    while process_start_ticks(pid) is not None and time.monotonic() < deadline:
+    while start_ticks(pid) is not None and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid as uuidlib
 
 from .vmspec import VmSpec
-from ..vmm.plan import generated_mac
 from .vmx import VmxDocument
 
-__all__ = ["new_specfile", "fill_identity", "uuid_to_vmx", "uuid_from_vmx", "name_from"]
+__all__ = ["new_specfile", "fill_identity", "new_identity", "generated_mac", "uuid_to_vmx", "uuid_from_vmx", "name_from"]
+
+# VMware's prefix for MACs it generates on hosted products.
+VMWARE_GENERATED_OUI = "00:0c:29"
+
+
+def generated_mac(uuid: str, index: int) -> str:
+    """A stable MAC for NIC ``index`` of the VM with this UUID (VMware's 00:0c:29 prefix)."""
+    digest = hashlib.sha256(f"{uuid}/{index}".encode()).digest()
+    return VMWARE_GENERATED_OUI + "".join(f":{b:02x}" for b in digest[:3])
 
 
 def name_from(text: str) -> str:
@@ -62,3 +71,14 @@ def new_specfile(name: str, vm_uuid: str, memory_mib: int, cpus: int, guest_os: 
     for key, value in entries.items():
         doc.set(key, value)
     return doc
+
+
+def new_identity(doc: VmxDocument, name: str, new_uuid: str, spec: VmSpec) -> None:
+    """A new display name, ``uuid.bios`` and generated MAC for every NIC."""
+    doc.set("displayName", name)
+    doc.set("uuid.bios", uuid_to_vmx(new_uuid))
+    for nic in spec.nics:
+        doc.delete(f"{nic.name}.address")
+        doc.delete(f"{nic.name}.generatedAddressOffset")
+        doc.set(f"{nic.name}.addressType", "generated")
+        doc.set(f"{nic.name}.generatedAddress", generated_mac(new_uuid, nic.index))

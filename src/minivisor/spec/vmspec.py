@@ -19,6 +19,7 @@ from typing import Literal
 
 from ..errors import SpecError
 from ..text import clip, excerpt
+from .devices import NIC_MODELS, SCSI_MODELS
 from .vmx import VmxDocument
 
 __all__ = [
@@ -50,8 +51,6 @@ MAX_HOST_CPUS = 8192  # Linux's largest NR_CPUS: no host CPU has a higher number
 MAX_NETWORK_NAME = 128  # characters of ethernetN.networkName
 MAX_READY_LINE = 200  # characters of minivisor.readyLine (a line the guest prints)
 
-SCSI_MODELS = {"lsilogic", "lsisas1068", "pvscsi", "buslogic", "virtio-scsi"}
-NIC_MODELS = {"vmxnet3", "e1000", "e1000e", "vlance", "vmxnet", "vmxnet2", "virtio"}
 CONNECTION_TYPES = {"bridged", "nat", "hostonly", "custom", "pvn", "none"}
 HARD_DISK_TYPES = {"disk", "scsi-harddisk", "ata-harddisk", "plaindisk"}
 CDROM_TYPES = {"cdrom-image", "cdrom-raw", "atapi-cdrom"}

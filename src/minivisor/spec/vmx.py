@@ -17,19 +17,16 @@ checked before the work it bounds.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from minivisor.errors import SpecError
-from minivisor.text import excerpt
+from ..errors import SpecError
+from ..files import write_atomic
+from ..text import excerpt
 
-__all__ = ["Limits", "VMX_LIMITS", "VmxDocument", "VmxProblem", "lookup_charset", "read_bounded", "write_atomic"]
+__all__ = ["Limits", "VMX_LIMITS", "VmxDocument", "VmxProblem", "lookup_charset", "read_bounded"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,44 +407,3 @@ class VmxDocument:
     def save(self, path: Path) -> None:
         """Write the document to ``path`` atomically (see ``write_atomic``); a new specfile is owner-only."""
         write_atomic(Path(path), self.to_bytes(), mode=0o600)
-
-
-def write_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:
-    """Replace ``path`` with ``data`` so readers see the old or the new file, never a mix.
-
-    Writes a temp file in the same directory, fsyncs it, renames it over the
-    target and fsyncs the directory. An existing target keeps its mode; a new
-    one gets ``mode``, or 0666 minus the umask. Raises ``OSError``.
-    """
-    path = Path(path)
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
-        mode = mode if mode is not None else 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    # The rename itself is only durable once the directory entry is on disk.
-    dir_fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (os.umask is not thread-safe)."""
-    try:
-        status = Path("/proc/self/status").read_text(encoding="ascii", errors="replace")
-        return int(re.search(r"^Umask:\s*([0-7]+)", status, re.M)[1], 8)  # type: ignore[index]
-    except (OSError, TypeError):  # no /proc, or a kernel without the field
-        return 0o077  # unknown: err on the private side

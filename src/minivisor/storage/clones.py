@@ -25,55 +25,34 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import Callable
 
-from ..datastore.store import Datastore, check_vm_name
-from .images import ImageLayer, allocated_bytes, convert_disk, copy_sparse, create_overlay, set_backing
-from ..errors import HvError, StateError
-from .journal import Journal, crashpoint
-from .snapshots import Snapshot, VmFiles, snapshot_disks, take_offline
-from ..vmm.plan import generated_mac
+from ..datastore.store import Datastore
+from ..errors import NoHardDiskError
+from ..spec.identity import new_identity
+from ..spec.vmspec import VmSpec
 from ..spec.vmx import VmxDocument
+from .images import ImageLayer, allocated_bytes, convert_disk, copy_sparse, create_overlay, set_backing
+from .journal import Journal, crashpoint
+from .snapshots import Snapshot, VmFiles, snapshot_disks
 
-__all__ = ["clone_vm", "publish_clone", "new_identity"]
-
-
-def clone_vm(hv, source: str, target: str, *, linked: bool, snapshot: str | None,
-             progress: Callable[[float], None] | None = None) -> None:
-    check_vm_name(target)
-    hv._check_new_name(target)
-    ops = hv._disk_ops()
-    with ops.operation(source, online=True, what="clone") as ctx:
-        files = VmFiles(hv.datastore, ctx.vmx)
-        snap: Snapshot | None = None
-        made = False  # a snapshot taken for this clone
-        if snapshot is not None:
-            snap = files.tree.find(snapshot, source)
-        elif linked or ctx.running:
-            # A linked clone needs frozen layers; a running VM's disks change under a copy: freeze them first.
-            name = f"clone-{target}"
-            snap = (ops._take_online(ctx, files, name, f"taken to clone {target}", False) if ctx.running
-                    else take_offline(files, name, f"taken to clone {target}"))
-            files = VmFiles(hv.datastore, ctx.vmx)
-            made = True
-        try:
-            _assemble_and_publish(hv, ctx, files, target, snap, linked, progress)
-        except BaseException:
-            _undo(hv, ops, ctx, target, snap if made else None)
-            raise
-        if made and not linked and snap is not None:  # a full clone needs it only while copying, like VMware's
-            ops.delete_in(ctx, str(snap.uid))
+__all__ = ["build_clone", "abandon_clone", "publish_clone", "clone_specfile"]
 
 
-def _assemble_and_publish(hv, ctx, files: VmFiles, target: str, snap: Snapshot | None, linked: bool,
-                          progress: Callable[[float], None] | None) -> None:
-    """Build the clone in a staging folder (recorded in the source's journal), then publish it."""
+def build_clone(files: VmFiles, source_uuid: str, target: str, snap: Snapshot | None, *, linked: bool,
+                progress: Callable[[float], None] | None = None) -> None:
+    """Assemble the clone of the VM in ``files`` (of ``snap``, else of its current disks), then publish it.
+
+    The staging folder is recorded in the source's journal first, so a crash leaves nothing behind;
+    publishing is the journal's one committed step. ``linked`` clones sit on ``snap``'s frozen layers.
+    """
     sources = dict(snap.disks) if snap else dict(snapshot_disks(files.spec))
     if not sources:
-        raise StateError(f"VM {ctx.name!r} has no hard disk to clone", hint="add a disk to its specfile")
-    home = hv.datastore.root / target
-    staging = hv.datastore.meta / "clones" / target
+        raise NoHardDiskError(f"VM {files.vm_dir.name!r} has no hard disk to clone", hint="add a disk to its specfile")
+    datastore = files.datastore
+    home = datastore.root / target
+    staging = datastore.meta / "clones" / target
     staging.parent.mkdir(mode=0o700, exist_ok=True)
     shutil.rmtree(staging, ignore_errors=True)
-    journal = Journal(ctx.vm_dir, "clone")
+    journal = Journal(files.vm_dir, "clone")
     journal.begin([staging])
     staging.mkdir(mode=0o700)  # it becomes the clone's folder: owner only
     new_uuid = str(uuidlib.uuid4())
@@ -93,25 +72,20 @@ def _assemble_and_publish(hv, ctx, files: VmFiles, target: str, snap: Snapshot |
     doc = clone_specfile(files, target, new_uuid, names, staging, snap.config if snap else None)
     doc.save(staging / f"{target}.vmx")
     crashpoint("clone:prepared")
-    journal.commit([["publish-clone", str(staging), target, new_uuid, ctx.uuid,
+    journal.commit([["publish-clone", str(staging), target, new_uuid, source_uuid,
                      snap.uid if (linked and snap) else None]])
-    journal.run({"publish-clone": lambda *args: publish_clone(hv.datastore, *args)})
+    journal.run({"publish-clone": lambda *args: publish_clone(datastore, *args)})
 
 
-def _undo(hv, ops, ctx, target: str, made: Snapshot | None) -> None:
-    """After a failed clone (no space, a bad disk): remove the staging folder and the snapshot made for it.
+def abandon_clone(files: VmFiles, target: str) -> None:
+    """After a failed clone (no space, a bad disk): remove its staging folder.
 
     A clone that is not in the catalog was not published (publishing is one step), so its journal can be
     rolled back even past its commit.
     """
-    journal = Journal.load(ctx.vm_dir)
-    if journal is not None and journal.op == "clone" and hv.datastore.catalog.find(target) is None:
+    journal = Journal.load(files.vm_dir)
+    if journal is not None and journal.op == "clone" and files.datastore.catalog.find(target) is None:
         journal.rollback()
-    if made is not None and Journal.load(ctx.vm_dir) is None:
-        try:
-            ops.delete_in(ctx, str(made.uid))
-        except (HvError, OSError):
-            pass  # its delete is journaled: the next operation on the source finishes it
 
 
 class _Meter:
@@ -151,8 +125,6 @@ def clone_specfile(files: VmFiles, target: str, new_uuid: str, disks: dict[str, 
                    config: str | None = None) -> VmxDocument:
     """The source's specfile (or the snapshot's, when cloning one) with a new identity, the clone's
     disks, and copies in ``staging`` of the other files its devices name in the source's folder."""
-    from ..spec.vmspec import VmSpec
-
     raw = config.encode("utf-8", "surrogateescape") if config else files.doc.to_bytes()
     doc = VmxDocument.parse(raw, source=f"{target}.vmx")
     spec = VmSpec.from_vmx(doc) if config else files.spec
@@ -165,7 +137,7 @@ def clone_specfile(files: VmFiles, target: str, new_uuid: str, disks: dict[str, 
     return doc
 
 
-def _carry_files(files: VmFiles, spec, doc: VmxDocument, staging: Path, cloned: set[str]) -> None:
+def _carry_files(files: VmFiles, spec: VmSpec, doc: VmxDocument, staging: Path, cloned: set[str]) -> None:
     """Give the clone its own copy of each file its other devices name in the source's folder.
 
     A VM may open only files in its own folder (and allowed host folders, whose
@@ -192,19 +164,6 @@ def _carry_files(files: VmFiles, spec, doc: VmxDocument, staging: Path, cloned: 
         else:
             (staging / relative).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             copy_sparse(real, staging / relative)
-
-
-def new_identity(doc: VmxDocument, name: str, new_uuid: str, spec) -> None:
-    """A new display name, ``uuid.bios`` and generated MAC for every NIC."""
-    from ..spec.identity import uuid_to_vmx
-
-    doc.set("displayName", name)
-    doc.set("uuid.bios", uuid_to_vmx(new_uuid))
-    for nic in spec.nics:
-        doc.delete(f"{nic.name}.address")
-        doc.delete(f"{nic.name}.generatedAddressOffset")
-        doc.set(f"{nic.name}.addressType", "generated")
-        doc.set(f"{nic.name}.generatedAddress", generated_mac(new_uuid, nic.index))
 
 
 def publish_clone(datastore: Datastore, staging: str, name: str, new_uuid: str, source_uuid: str,

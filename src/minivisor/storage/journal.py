@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import DiskError
-from ..spec.vmx import write_atomic
+from ..files import fsync_dir, write_atomic
 
 __all__ = ["Journal", "JOURNAL_NAME", "crashpoint"]
 
@@ -112,7 +112,7 @@ class Journal:
 
     def finish(self) -> None:
         self.path.unlink(missing_ok=True)
-        _fsync_dir(self.vm_dir)
+        fsync_dir(self.vm_dir)
 
 
 def write_step(name: str, data: bytes) -> list[Any]:
@@ -136,14 +136,6 @@ def _unlink(vm_dir: Path, name: str) -> None:
 def _rename(vm_dir: Path, source: str, target: str) -> None:
     if (vm_dir / source).exists():
         os.replace(vm_dir / source, vm_dir / target)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _STEPS: dict[str, Callable[..., None]] = {"write": _write, "unlink": _unlink, "rename": _rename}

@@ -21,11 +21,12 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import Callable
 
-from ..datastore.store import Scope, check_vm_name
-from .images import QCOW2_MAGIC, VMDK_MAGIC, ImageLayer, convert_disk, copy_sparse, human_size
+from ..datastore.store import Datastore, Scope, check_vm_name
 from ..errors import DiskError, HvError, PathError, SpecError, StateError
+from ..spec.identity import fill_identity, name_from, new_identity, uuid_to_vmx
 from ..spec.vmspec import VmSpec
 from ..spec.vmx import VmxDocument
+from .images import QCOW2_MAGIC, VMDK_MAGIC, ImageLayer, convert_disk, copy_sparse, human_size
 
 __all__ = ["import_vm", "inspect_folder", "MAX_VIRTUAL_SIZE"]
 
@@ -100,16 +101,14 @@ def _check_layer(layer: ImageLayer) -> None:
                         hint="flatten the disk before importing it")
 
 
-def import_vm(hv, folder: Path, name: str | None = None, *,
+def import_vm(datastore: Datastore, folder: Path, name: str | None = None, *,
               progress: Callable[[str, float], None] | None = None) -> str:
     """Copy a VMware VM in; returns its name in the catalog."""
-    from ..spec.identity import fill_identity, name_from, uuid_to_vmx
-
-    scope = hv.datastore.import_scope(folder)
+    scope = datastore.import_scope(folder)
     vmx, doc, spec, chains = inspect_folder(folder, scope)
     name = check_vm_name(name or name_from(spec.display_name or vmx.stem))
-    hv._check_new_name(name)
-    staging = hv.datastore.staging_dir(name)
+    datastore.check_new_name(name)
+    staging = datastore.staging_dir(name)
     try:
         taken: set[str] = set()
         for node, chain in chains.items():
@@ -124,14 +123,12 @@ def import_vm(hv, folder: Path, name: str | None = None, *,
         for key in ("nvram", "checkpoint.vmState", "extendedConfigFile"):
             doc.delete(key)
         vm_uuid = fill_identity(doc, spec)
-        if any(vm.uuid == vm_uuid for vm in hv.datastore.catalog.list()):
+        if any(vm.uuid == vm_uuid for vm in datastore.catalog.list()):
             vm_uuid = str(uuidlib.uuid4())  # imported twice: the copy gets its own identity
-            from .clones import new_identity
-
             new_identity(doc, spec.display_name or name, vm_uuid, spec)
             doc.set("uuid.bios", uuid_to_vmx(vm_uuid))
         doc.save(staging / f"{name}.vmx")
-        hv.datastore.publish(staging, name, vm_uuid)
+        datastore.publish(staging, name, vm_uuid)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return name

@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..storage.images import ImageLayer, human_size
+from ..datastore.layout import VmPaths
+from ..spec.devices import NIC_MODELS, SCSI_MODELS
 from ..spec.vmspec import Disk, DiskController, Nic, VmSpec
+from ..storage.images import ImageLayer, human_size
 
-__all__ = ["VmPaths", "LaunchEnv", "VirtualDevice", "virtual_hardware", "build_qemu_argv",
+__all__ = ["LaunchEnv", "device_id", "VirtualDevice", "virtual_hardware", "build_qemu_argv",
            "SANDBOX", "SHUTDOWN_TRACE", "qemu_opts"]
 
 NetBackend = Literal["user", "unconnected"]
@@ -33,73 +35,6 @@ SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=de
 # QEMU logs every shutdown request (guest power-off, QMP quit...) with its cause into vmm.log, so a
 # supervisor that did not launch the VMM (no exit status) can tell a power-off from a kill.
 SHUTDOWN_TRACE = "qemu_system_shutdown_request"
-
-SCSI_MODELS = {
-    "lsilogic": ("lsi53c895a", "LSI 53C895A SCSI controller (stands in for VMware's LSI Logic)"),
-    "buslogic": ("lsi53c895a", "LSI 53C895A SCSI controller (stands in for BusLogic)"),
-    "lsisas1068": ("mptsas1068", "LSI SAS1068 SCSI controller"),
-    "pvscsi": ("pvscsi", "VMware paravirtual SCSI controller"),
-    "virtio-scsi": ("virtio-scsi-pci", "virtio SCSI controller"),
-}
-NIC_MODELS = {
-    "vmxnet3": ("vmxnet3", "VMware VMXNET3"),
-    "e1000": ("e1000", "Intel PRO/1000 (82540EM)"),
-    "e1000e": ("e1000e", "Intel 82574L"),
-    "vlance": ("pcnet", "AMD PCnet (Am79C970A)"),
-    "vmxnet": ("pcnet", "AMD PCnet (stands in for vmxnet)"),
-    "vmxnet2": ("pcnet", "AMD PCnet (stands in for vmxnet2)"),
-    "virtio": ("virtio-net-pci", "virtio network adapter"),
-}
-
-
-@dataclass(frozen=True)
-class VmPaths:
-    """Where one running VM's files and control sockets are."""
-
-    vm_dir: Path
-    runtime_dir: Path  # 0700, short path: UNIX sockets live here
-
-    @property
-    def qmp_socket(self) -> Path:
-        return self.runtime_dir / "qmp.sock"
-
-    @property
-    def console_socket(self) -> Path:
-        """The console as users reach it, served by the VM's console relay (:mod:`minivisor.vmm.relay`)."""
-        return self.runtime_dir / "console.sock"
-
-    @property
-    def serial_socket(self) -> Path:
-        """QEMU's end of the console: only the console relay connects to it."""
-        return self.runtime_dir / "serial.sock"
-
-    @property
-    def events_socket(self) -> Path:
-        """A second QMP monitor, where the console relay listens to QEMU's events."""
-        return self.runtime_dir / "events.sock"
-
-    @property
-    def status_file(self) -> Path:
-        """QEMU's run state (running, paused, io-error...) as the relay last saw it."""
-        return self.runtime_dir / "status"
-
-    @property
-    def ready_file(self) -> Path:
-        """The guest's ready line, once the relay has seen it on the console."""
-        return self.runtime_dir / "ready"
-
-    @property
-    def vmm_log(self) -> Path:
-        return self.vm_dir / "vmm.log"
-
-    @property
-    def serial_log(self) -> Path:
-        return self.vm_dir / "serial.log"
-
-    @property
-    def bios_log(self) -> Path:
-        return self.vm_dir / "bios.log"
-
 
 @dataclass(frozen=True)
 class LaunchEnv:
@@ -115,6 +50,7 @@ class LaunchEnv:
     macs: Mapping[int, str] = field(default_factory=dict)  # NIC index -> MAC
     networks: Mapping[int, NetBackend] = field(default_factory=dict)  # NIC index -> backend
     console_index: int | None = 0  # COM port of the minivisor console; None if the spec uses it
+    incoming: bool = False  # the VMM waits for a saved state (a memory snapshot's) instead of booting
 
 
 @dataclass(frozen=True)
@@ -135,6 +71,11 @@ def _json(**fields: object) -> str:
     return json.dumps({k: v for k, v in fields.items() if v is not None}, separators=(",", ":"))
 
 
+def device_id(node: str) -> str:
+    """The VMM's device id of a disk node (``scsi0:0`` -> ``scsi0-0``): QMP names disks by it."""
+    return node.replace(":", "-")
+
+
 def build_qemu_argv(spec: VmSpec, env: LaunchEnv) -> list[str]:
     """The complete QEMU command line for ``spec`` (starts paused: ``-S``)."""
     argv = [env.qemu]
@@ -152,6 +93,8 @@ def virtual_hardware(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
     devices += [_floppy(spec, env)] if spec.floppies else []
     devices.append(_display(spec))
     devices.append(_control(env))
+    if env.incoming:
+        devices.append(_incoming())
     return devices
 
 
@@ -198,7 +141,8 @@ def _storage(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
 
 def _controller(controller: DiskController) -> VirtualDevice:
     if controller.bus == "scsi":
-        driver, description = SCSI_MODELS[controller.model]
+        model = SCSI_MODELS[controller.model]
+        driver, description = model.driver, model.description
     elif controller.bus == "sata":
         driver, description = "ich9-ahci", "Intel ICH9 AHCI SATA controller"
     else:
@@ -230,7 +174,7 @@ def _disk(disk: Disk, controller: DiskController, env: LaunchEnv, *, boot_disk: 
         what = f"CD-ROM, {path.name}"
     else:
         what = "CD-ROM, empty"
-    device: dict[str, object] = {"driver": _disk_driver(disk), "id": disk.node.replace(":", "-"),
+    device: dict[str, object] = {"driver": _disk_driver(disk), "id": device_id(disk.node),
                                  "drive": drive, **_disk_address(disk, controller, env.uuid)}
     if disk.kind == "disk" and disk.bus != "nvme":
         # A write that finds the datastore full pauses the VM (QEMU's io-error state) until space is freed
@@ -298,7 +242,7 @@ def _wwn(vm_uuid: str, node: str) -> int:
 
 # -- network ------------------------------------------------------------------
 def _nic(nic: Nic, env: LaunchEnv) -> VirtualDevice:
-    driver, model = NIC_MODELS[nic.model]
+    driver, model = NIC_MODELS[nic.model].driver, NIC_MODELS[nic.model].description
     netdev = f"net{nic.index}"
     backend = env.networks.get(nic.index, "unconnected")
     if backend == "user":
@@ -369,3 +313,8 @@ def _control(env: LaunchEnv) -> VirtualDevice:
                          ("-chardev", f"socket,{qmp}", "-mon", "chardev=qmp,mode=control",
                           "-chardev", f"socket,{events}", "-mon", "chardev=events,mode=control"))
 
+
+def _incoming() -> VirtualDevice:
+    # "defer": the state arrives later, over QMP (migrate-incoming with a descriptor passed by getfd).
+    return VirtualDevice("incoming", "waits for a saved memory and device state instead of booting",
+                         ("-incoming", "defer"))

@@ -1,6 +1,8 @@
-"""Check a VmSpec against the host and the datastore, and resolve what it names.
+"""The launch plan: a spec checked against the host and the datastore, and everything it names resolved.
 
-:func:`resolve_resources` does the I/O the pure launcher must not: it applies
+:func:`make_plan` is every check a power-on makes before anything is touched;
+``vm explain`` shows the plan it returns. :func:`resolve_resources` does the I/O
+the pure launcher (:mod:`minivisor.vmm.argv`) must not: it applies
 the VM's path policy (:class:`~minivisor.datastore.store.Scope`) to every file the
 specfile names and every backing file and extent the disk headers name, keeps
 device files off the VM's disks, fills in MAC addresses and picks network backends.
@@ -9,21 +11,56 @@ Every problem is a user-facing error naming what is wrong and how to fix it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import dirs
+from ..datastore.inventory import read_vmx
+from ..datastore.layout import VmPaths
 from ..datastore.store import Scope
-from ..storage.images import ImageLayer, layer_files
 from ..errors import SpecError
-from .argv import NetBackend
+from ..host import facts
+from ..host.accel import choose_accel
+from ..host.placement import check_affinity, notes
+from ..spec.identity import generated_mac
 from ..spec.vmspec import Nic, VmSpec
+from ..storage.images import ImageLayer, layer_files
+from .argv import LaunchEnv, NetBackend, build_qemu_argv
 
-__all__ = ["Resources", "check_host_fit", "resolve_resources", "resolve_files", "generated_mac"]
+__all__ = ["LaunchPlan", "make_plan", "Resources", "check_host_fit", "resolve_resources", "resolve_files"]
 
-# VMware's prefix for MACs it generates on hosted products.
-VMWARE_GENERATED_OUI = "00:0c:29"
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What a power-on builds: the spec, the environment resolved for it, and what the user should know."""
+
+    spec: VmSpec
+    env: LaunchEnv
+    warnings: tuple[str, ...]
+
+    @property
+    def argv(self) -> list[str]:
+        return build_qemu_argv(self.spec, self.env)
+
+    @property
+    def links_down(self) -> list[str]:
+        """NICs whose link starts disconnected (no network behind them)."""
+        return [nic.name for nic in self.spec.nics if self.env.networks[nic.index] == "unconnected"]
+
+
+def make_plan(name: str, uuid: str, paths: VmPaths, scope: Scope, *, incoming: bool = False) -> LaunchPlan:
+    """Read the specfile and check it against the host and the datastore; raises what is wrong."""
+    spec = VmSpec.from_vmx(read_vmx(paths.vmx))
+    check_host_fit(spec, host_memory_mib=facts.host_memory_mib(), host_cpus=facts.host_cpus())
+    check_affinity(spec.sched)
+    resources = resolve_resources(spec, scope, paths.vmx, uuid)
+    qemu = facts.find_qemu()
+    accel = choose_accel(dirs.cache_dir(), qemu)
+    env = LaunchEnv(name=name, uuid=uuid, qemu=qemu, accel=accel.accel, paths=paths,
+                    disk_chains=resources.disk_chains, files=resources.files, macs=resources.macs,
+                    networks=resources.networks, console_index=resources.console_index, incoming=incoming)
+    warnings = resources.warnings + ((accel.warning,) if accel.warning else ()) + notes(spec)
+    return LaunchPlan(spec, env, warnings)
 
 
 @dataclass(frozen=True)
@@ -50,12 +87,6 @@ def check_host_fit(spec: VmSpec, *, host_memory_mib: int, host_cpus: int) -> Non
     if spec.num_cpus > host_cpus:
         raise SpecError(f"numvcpus = {spec.num_cpus} is more than this host's {host_cpus} CPU(s)",
                         hint=f"lower numvcpus to at most {host_cpus}")
-
-
-def generated_mac(uuid: str, index: int) -> str:
-    """A stable MAC for NIC ``index`` of the VM with this UUID (VMware's 00:0c:29 prefix)."""
-    digest = hashlib.sha256(f"{uuid}/{index}".encode()).digest()
-    return VMWARE_GENERATED_OUI + "".join(f":{b:02x}" for b in digest[:3])
 
 
 def resolve_resources(spec: VmSpec, scope: Scope, vmx: Path, uuid: str) -> Resources:

@@ -5,6 +5,11 @@ start time, argv, sockets) so any later minivisor process can find it again,
 and holds the VM's *lock* (``<name>.vmx.lck``): the launching process takes an
 exclusive ``flock`` and hands the descriptor to QEMU, so the lock lives exactly
 as long as the VMM does and a crashed VMM never leaves a stale lock.
+
+The power state is observed, never stored: a VM runs if its runtime record
+names a live pid with the start time and command line we launched, and it is
+paused if QEMU's run state (which the console relay writes to a file in the
+runtime folder after every stop and resume) says so.
 """
 
 from __future__ import annotations
@@ -21,19 +26,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import procfs
+from ..datastore.layout import VmPaths
 from ..errors import LockError, QmpError, VmmError
-from .argv import VmPaths
+from ..files import write_atomic
 from ..locks import try_lock, wait_lock
+from .qmp import QmpSession
 from .states import FAULTS, VmState
-from ..spec.vmx import write_atomic
 
-__all__ = ["VmLock", "RuntimeRecord", "Vmm", "qmp_execute"]
+__all__ = ["VmLock", "RuntimeRecord", "Observed", "Vmm", "is_our_vmm", "launched_process", "SHORT_HOLD"]
 
 START_TIMEOUT = 15.0
 RELAY_TIMEOUT = 15.0
+STATUS_WAIT = 2.0  # seconds a pause or resume waits for the relay to see QEMU's new run state
 PROBE_TRIES = 5  # is_held_elsewhere: ~10 ms before a taken lock counts as held
 SHORT_HOLD = 5.0  # seconds a state probe or a dead VMM's cleanup may hold the VM lock, at the very most
-QMP_TIMEOUT = 10.0
+
+# QEMUs this process launched: their exit status is ours to collect (and they must be reaped).
+_launched: dict[int, subprocess.Popen] = {}
 
 
 class VmLock:
@@ -101,7 +111,6 @@ class RuntimeRecord:
     runtime_dir: str
     accel: str
     started_at: float = field(default_factory=time.time)
-    paused: bool = False
 
     @classmethod
     def load(cls, path: Path) -> RuntimeRecord | None:
@@ -114,83 +123,74 @@ class RuntimeRecord:
         write_atomic(path, json.dumps(asdict(self), indent=1).encode(), mode=0o600)
 
 
-def process_start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks, or None if it is gone (or a zombie)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
+@dataclass(frozen=True)
+class Observed:
+    """A VM's power state as observed now; ``fault`` says why QEMU paused it by itself (a key of FAULTS)."""
+
+    state: VmState
+    record: RuntimeRecord | None = None
+    fault: str | None = None
 
 
-def _exits_within(process: subprocess.Popen, seconds: float) -> bool:
-    try:
-        process.wait(timeout=seconds)
-        return True
-    except subprocess.TimeoutExpired:
-        return False
-
-
-def _is_our_vmm(record: RuntimeRecord) -> bool:
+def is_our_vmm(record: RuntimeRecord) -> bool:
     """The pid is alive and is still the QEMU we started (not a reused pid)."""
-    if process_start_ticks(record.pid) != record.start_ticks:
-        return False
-    try:
-        cmdline = Path(f"/proc/{record.pid}/cmdline").read_bytes().split(b"\0")[:-1]
-    except OSError:
-        return False
-    return [arg.decode(errors="surrogateescape") for arg in cmdline] == record.argv
+    return procfs.start_ticks(record.pid) == record.start_ticks and procfs.cmdline(record.pid) == record.argv
+
+
+def launched_process(pid: int) -> subprocess.Popen | None:
+    """The VMM process this process launched with ``pid`` (whose exit status it can collect), or None."""
+    return _launched.get(pid)
 
 
 class Vmm:
-    """The VMM of one VM, found through its folder and runtime record."""
+    """The VMM of one VM, found through its paths and runtime record."""
 
-    _children: dict[int, subprocess.Popen] = {}  # QEMUs this process started, to reap
-
-    def __init__(self, name: str, paths: VmPaths, lock_path: Path) -> None:
+    def __init__(self, name: str, paths: VmPaths) -> None:
         self.name = name
         self.paths = paths
-        self.lock = VmLock(lock_path)
-        self.record_path = paths.vm_dir / "runtime.json"
+        self.lock = VmLock(paths.lock)
 
     # -- observing -------------------------------------------------------
     def record(self) -> RuntimeRecord | None:
         """The runtime record of a live VMM; clears a stale one."""
-        record = RuntimeRecord.load(self.record_path)
+        record = RuntimeRecord.load(self.paths.runtime_record)
         if record is None:
             return None
-        self._reap(record.pid)
-        if _is_our_vmm(record):
+        _reap(record.pid)
+        if is_our_vmm(record):
             return record
         self._cleanup_if_unused(record)
         return None
 
-    def state(self) -> VmState:
+    def observe(self, lock_held: bool | None = None) -> Observed:
+        """The VM's state now. ``lock_held=False`` (read from ``/proc/locks`` for many VMs at once) skips
+        the record: nothing, neither a VMM nor a power-on, holds the VM."""
+        if lock_held is False:
+            return Observed(VmState.POWERED_OFF)
         record = self.record()
-        if record is not None:
-            return self.run_state(record)[0]
-        return VmState.STARTING if self.lock.is_held_elsewhere() else VmState.POWERED_OFF
+        if record is None:
+            return Observed(VmState.STARTING if self.lock.is_held_elsewhere() else VmState.POWERED_OFF)
+        status = self._run_status()
+        fault = status if status in FAULTS else None
+        return Observed(VmState.PAUSED if status == "paused" or fault else VmState.RUNNING, record, fault)
 
-    def run_state(self, record: RuntimeRecord) -> tuple[VmState, str | None]:
-        """Running or paused, and why when QEMU paused it by itself (a key of :data:`~minivisor.vmm.states.FAULTS`)."""
-        fault = self.fault()
-        return (VmState.PAUSED if record.paused or fault else VmState.RUNNING), fault
+    def state(self) -> VmState:
+        return self.observe().state
 
-    def fault(self) -> str | None:
-        """The fault QEMU paused the VM for (``io-error``: a disk write found the datastore full), or None.
+    def _run_status(self) -> str | None:
+        """QEMU's run state as the console relay last saw it (``running``, ``paused``, ``io-error``...).
 
-        Read from the run state the console relay writes after every stop and resume (QEMU's own
-        ``query-status``, on its event monitor): one small file in the runtime folder, so ``vm list``
-        stays cheap with hundreds of VMs instead of asking each VMM over QMP, whose one client at a
-        time it would also keep from the CLI and the service.
+        One small file in the runtime folder: ``vm list`` stays cheap with hundreds of VMs instead of
+        asking each VMM over QMP, whose one client at a time it would also keep from the CLI and the service.
         """
         try:
-            status = self.paths.status_file.read_text().strip()
+            return self.paths.status_file.read_text().strip()
         except OSError:
             return None
+
+    def fault(self) -> str | None:
+        """The fault QEMU paused the VM for (``io-error``: a disk write found the datastore full), or None."""
+        status = self._run_status()
         return status if status in FAULTS else None
 
     def ready_line(self) -> str | None:
@@ -204,13 +204,18 @@ class Vmm:
         """Mark the guest ready without its saying so: restored from a memory snapshot, it said it long ago."""
         write_atomic(self.paths.ready_file, (line + "\n").encode())
 
+    def forget_ready(self) -> None:
+        """The guest boots again (a reset): it is ready once it says so again."""
+        self.paths.ready_file.unlink(missing_ok=True)
+
     # -- launching -------------------------------------------------------
     def launch(self, argv: list[str], accel: str, links_down: list[str], *, ready_text: str,
                console: bool) -> RuntimeRecord:
         """Start QEMU paused, attach the console relay, take links down, then run it.
 
         ``ready_text``: the guest's ready line, which the relay watches the console for; ``console``:
-        whether ``argv`` gives the VM a minivisor console. The caller must hold ``self.lock``.
+        whether ``argv`` gives the VM a minivisor console. A VMM started with ``-incoming defer`` waits
+        for a saved state: its ``cont`` only arms the run. The caller must hold ``self.lock``.
         """
         assert self.lock.fd is not None, "launch() needs the VM lock"
         self._prepare_runtime_dir()
@@ -218,22 +223,24 @@ class Vmm:
         try:
             self._wait_for_qmp(process)
             self._start_relay(ready_text, console)  # the guest has not run yet: the relay misses nothing
-            record = RuntimeRecord(process.pid, process_start_ticks(process.pid) or 0, argv,
+            record = RuntimeRecord(process.pid, procfs.start_ticks(process.pid) or 0, argv,
                                    str(self.paths.qmp_socket), str(self.paths.console_socket),
                                    str(self.paths.runtime_dir), accel)
-            record.save(self.record_path)
-            commands = [("set_link", {"name": nic, "up": False}) for nic in links_down]
-            qmp_execute(self.paths.qmp_socket, *commands, ("cont", None))
+            record.save(self.paths.runtime_record)
+            with QmpSession(self.paths.qmp_socket) as qmp:
+                for nic in links_down:
+                    qmp.execute("set_link", {"name": nic, "up": False})
+                qmp.execute("cont")
         except BaseException as exc:
             exited = _exits_within(process, 1.0) if isinstance(exc, VmmError) else False
             process.kill()
             process.wait()
-            self.record_path.unlink(missing_ok=True)
+            self.paths.runtime_record.unlink(missing_ok=True)
             if exited:  # QEMU opened its sockets, then gave up (its relay or QMP lost it): say why
                 raise VmmError(f"the VMM of {self.name!r} failed to start: {self.last_vmm_error()}",
                                hint=f"see {self.paths.vmm_log}") from exc
             raise
-        Vmm._children[process.pid] = process
+        _launched[process.pid] = process
         return record
 
     def _prepare_runtime_dir(self) -> None:
@@ -323,19 +330,24 @@ class Vmm:
         return lines[-1].strip() if lines else "no output"
 
     # -- control ---------------------------------------------------------
+    def session(self) -> QmpSession:
+        """A QMP session with this running VMM (a context manager)."""
+        return QmpSession(Path(self._require_record().qmp_socket))
+
     def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
-        record = self._require_record()
-        return qmp_execute(Path(record.qmp_socket), (command, arguments))[0]
+        """Run one QMP command in a session of its own."""
+        with self.session() as qmp:
+            return qmp.execute(command, arguments)
 
     def set_paused(self, paused: bool) -> None:
-        record = self._require_record()
-        qmp_execute(Path(record.qmp_socket), ("stop" if paused else "cont", None))
-        if not paused:
-            # cont also retries the writes a fault stopped on; if they fail again, the relay sees the new stop
-            self.paths.status_file.unlink(missing_ok=True)
-        if record.paused != paused:  # no write otherwise: resuming from io-error must not need space
-            record.paused = paused
-            record.save(self.record_path)
+        """Pause or resume the vCPUs; returns once the console relay has seen QEMU's new run state.
+
+        Resuming also retries the disk writes a fault stopped on; if they fail again, QEMU stops anew.
+        """
+        self.execute("stop" if paused else "cont")
+        deadline = time.monotonic() + STATUS_WAIT
+        while (self._run_status() == "running") == paused and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def stop(self, *, hard: bool, timeout: float) -> str:
         """Power off: ACPI first (unless hard), then quit, then SIGKILL. Returns how it ended."""
@@ -344,9 +356,9 @@ class Vmm:
             how = "hard"
             # a VM that QEMU paused on a fault cannot run to handle the power button: quit at once
             soft = not hard and self.fault() is None
-            if soft and self._try(record, "system_powerdown") and self._wait_exit(record.pid, timeout):
+            if soft and self._try("cont", "system_powerdown") and self._wait_exit(record.pid, timeout):
                 how = "soft"
-            elif not (self._try(record, "quit") and self._wait_exit(record.pid, 3.0)):
+            elif not (self._try("quit") and self._wait_exit(record.pid, 3.0)):
                 os.kill(record.pid, signal.SIGKILL)
                 self._wait_exit(record.pid, 5.0)
                 how = "killed"
@@ -354,17 +366,17 @@ class Vmm:
         finally:
             self._cleanup_if_unused(record)
 
-    def _try(self, record: RuntimeRecord, command: str) -> bool:
+    def _try(self, *commands: str) -> bool:
         try:
-            if record.paused and command == "system_powerdown":
-                qmp_execute(Path(record.qmp_socket), ("cont", None))
-            qmp_execute(Path(record.qmp_socket), (command, None))
+            with QmpSession(self.paths.qmp_socket) as qmp:
+                for command in commands:
+                    qmp.execute(command)
             return True
         except QmpError:
             return False
 
     def _wait_exit(self, pid: int, timeout: float) -> bool:
-        self._reap(pid)
+        _reap(pid)
         try:
             fd = os.pidfd_open(pid)
         except ProcessLookupError:
@@ -373,12 +385,12 @@ class Vmm:
             deadline = time.monotonic() + timeout
             # A zombie leader can outlive its threads' teardown (and their open fds, the VM lock):
             # the pidfd turns readable only once the whole process has exited.
-            while process_start_ticks(pid) is not None or not _readable(fd, 0):
+            while procfs.start_ticks(pid) is not None or not _readable(fd, 0):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 _readable(fd, min(remaining, 0.05))
-                self._reap(pid)
+                _reap(pid)
             return True
         finally:
             os.close(fd)
@@ -388,11 +400,6 @@ class Vmm:
         if record is None:
             raise VmmError(f"VM {self.name!r} is not running", hint=f"start it: minivisor vm start {self.name}")
         return record
-
-    def _reap(self, pid: int) -> None:
-        child = Vmm._children.get(pid)
-        if child is not None and child.poll() is not None:
-            del Vmm._children[pid]
 
     def _cleanup_if_unused(self, record: RuntimeRecord) -> None:
         """Clear a dead VMM's record and sockets, holding the VM lock while doing so.
@@ -404,15 +411,26 @@ class Vmm:
         if not probe.try_acquire():
             return  # a VMM or a power-on holds the VM: the files are theirs
         try:
-            if RuntimeRecord.load(self.record_path) in (None, record):
-                self._cleanup(record)
+            if RuntimeRecord.load(self.paths.runtime_record) in (None, record):
+                self.paths.runtime_record.unlink(missing_ok=True)
+                # The folder holds only this VM's sockets, locks and the relay's notes.
+                shutil.rmtree(record.runtime_dir, ignore_errors=True)
         finally:
             probe.release()
 
-    def _cleanup(self, record: RuntimeRecord) -> None:
-        self.record_path.unlink(missing_ok=True)
-        # The folder holds only this VM's sockets and locks (qmp.sock, console.sock, *.lock).
-        shutil.rmtree(record.runtime_dir, ignore_errors=True)
+
+def _reap(pid: int) -> None:
+    child = _launched.get(pid)
+    if child is not None and child.poll() is not None:
+        del _launched[pid]
+
+
+def _exits_within(process: subprocess.Popen, seconds: float) -> bool:
+    try:
+        process.wait(timeout=seconds)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def _readable(fd: int, timeout: float) -> bool:
@@ -420,59 +438,3 @@ def _readable(fd: int, timeout: float) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     return bool(poller.poll(timeout * 1000))
-
-
-# -- QMP ---------------------------------------------------------------------
-def qmp_execute(socket: Path, *commands: tuple[str, dict[str, Any] | None],
-                timeout: float = QMP_TIMEOUT) -> list[Any]:
-    """Run QMP commands over one connection and return their results.
-
-    QEMU serves one QMP client at a time, so callers (the CLI, the service's
-    requests, its metrics) take turns through a lock beside the socket.
-    """
-    import asyncio  # only commands that talk to a VMM pay for asyncio
-
-    fd = _qmp_turn(socket, timeout)
-    try:
-        return asyncio.run(_qmp_session(socket, commands, timeout))
-    finally:
-        os.close(fd)
-
-
-def _qmp_turn(socket: Path, timeout: float) -> int:
-    try:
-        fd = wait_lock(socket.with_name("qmp.lock"), timeout)
-    except OSError as exc:
-        raise QmpError(f"cannot talk to the VMM over {socket}: {exc.strerror}",
-                       hint="the VM may have just powered off; check: minivisor vm show") from exc
-    if fd is None:
-        raise QmpError(f"the VMM's control socket {socket} stayed busy for {timeout:.0f} s",
-                       hint="another command is talking to this VM; retry")
-    return fd
-
-
-async def _qmp_session(socket: Path, commands: tuple, timeout: float) -> list[Any]:
-    import asyncio
-
-    from qemu.qmp import ConnectError, ExecuteError, QMPClient
-
-    client = QMPClient("minivisor")
-    command = "connect"
-    try:
-        await asyncio.wait_for(client.connect(str(socket)), timeout)
-        results = []
-        for command, arguments in commands:
-            results.append(await asyncio.wait_for(client.execute(command, arguments), timeout))
-        return results
-    except ExecuteError as exc:
-        raise QmpError(f"the VMM refused {command}: {exc.error.error.desc}", hint="see the VM's vmm.log") from exc
-    except (ConnectError, OSError, EOFError, asyncio.TimeoutError) as exc:
-        if command in ("quit", "system_reset") and isinstance(exc, EOFError):
-            return []
-        raise QmpError(f"cannot talk to the VMM over {socket} ({command}): {exc or type(exc).__name__}",
-                       hint="the VM may have just powered off; check: minivisor vm show") from exc
-    finally:
-        try:
-            await client.disconnect()
-        except Exception:  # the VMM may already be gone (quit); nothing to close
-            pass

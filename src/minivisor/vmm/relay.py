@@ -20,18 +20,20 @@ It exits when the VMM closes the console (the VMM exited). It is started by
 :meth:`minivisor.vmm.process.Vmm.launch` and detaches (a double fork) once attached:
 it outlives the CLI that started it and is never left a zombie of the service.
 
-Only the standard library is imported: this runs once per power-on.
+Only the standard library and minivisor's QMP framing are imported: this runs once per power-on.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import selectors
 import socket
 import sys
 import time
+
+from ..errors import QmpError
+from .qmp import negotiate
 
 LOG_CAP = 1024 * 1024  # bytes of serial.log (boot logs are tens of KiB); serial.log.1 keeps the previous generation
 CLIENT_BACKLOG = 1024 * 1024  # output queued for a slow console client before the oldest is dropped
@@ -110,9 +112,8 @@ class Relay:
         self.selector = selectors.DefaultSelector()
         self.clients: dict[socket.socket, Outbox] = {}
         self.line = b""  # the console's unfinished last line, for the ready scan
-        self.events = _connect(options.events)
-        self.events_buffer = _qmp_handshake(self.events)
-        self.selector.register(self.events, selectors.EVENT_READ, self._on_event_data)
+        self.events = negotiate(_connect(options.events), options.events, CONNECT_TIMEOUT)
+        self.selector.register(self.events.sock, selectors.EVENT_READ, self._on_event_data)
         self.vmm: Outbox | None = None
         self.listener: socket.socket | None = None
         if options.serial:  # the VM has a minivisor console
@@ -123,6 +124,8 @@ class Relay:
         self.running = True
 
     def serve(self) -> None:
+        for message in self.events.drain():  # what came with the handshake
+            self._on_qmp_message(message)
         while self.running:
             for key, mask in self.selector.select():
                 key.data(key.fileobj, mask)
@@ -168,21 +171,21 @@ class Relay:
         if not data:
             self.running = False
             return
-        self.events_buffer += data
-        *lines, self.events_buffer = self.events_buffer.split(b"\n")
-        for line in lines:
-            self._on_qmp_message(line)
-
-    def _on_qmp_message(self, line: bytes) -> None:
         try:
-            message = json.loads(line)
-        except ValueError:
+            messages = self.events.feed(data)
+        except QmpError:
+            self.running = False  # the monitor speaks nonsense: nothing more to learn from it
             return
-        if not isinstance(message, dict):
-            return
+        for message in messages:
+            self._on_qmp_message(message)
+
+    def _on_qmp_message(self, message: dict) -> None:
         if message.get("event") in ("STOP", "RESUME"):
             # The event does not say why the VM stopped; QEMU's run state does (io-error, paused...).
-            self.events.sendall(b'{"execute": "query-status"}\n')
+            try:
+                self.events.send({"execute": "query-status"})
+            except QmpError:
+                self.running = False  # the VMM closed its monitor: it is going away
         elif isinstance(message.get("return"), dict) and "status" in message["return"]:
             self._publish(self.status_name, message["return"]["status"])
 
@@ -265,22 +268,6 @@ def _connect(path: str) -> socket.socket:
             if time.monotonic() > deadline:
                 raise OSError(exc.errno, f"cannot connect to {path}: {exc.strerror}") from exc
             time.sleep(0.005)
-
-
-def _qmp_handshake(sock: socket.socket) -> bytes:
-    """Read QEMU's greeting and enter command mode; events flow from then on. Returns what came after."""
-    sock.settimeout(CONNECT_TIMEOUT)
-    received = b""
-    for request in (b"", b'{"execute": "qmp_capabilities"}\n'):
-        sock.sendall(request)
-        while b"\n" not in received:
-            chunk = sock.recv(CHUNK)
-            if not chunk:
-                raise OSError("the VMM closed its event monitor")
-            received += chunk
-        _, received = received.split(b"\n", 1)  # the greeting, then the (empty) answer to qmp_capabilities
-    sock.settimeout(None)
-    return received
 
 
 def _listen(path: str) -> socket.socket:

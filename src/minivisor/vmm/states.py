@@ -1,8 +1,10 @@
-"""The VM state machine: which power operations are legal in which state.
+"""The VM state machine: every action minivisor takes on a VM, and the states it is legal in.
 
-The state itself is observed, never stored on its own: the VMM process and its
-runtime record own it (see :mod:`minivisor.vmm.process`). This module only says what
-may happen next, so every interface rejects an illegal request the same way.
+The state itself is observed, never stored on its own: the VMM process, its
+runtime record and QEMU's run state (as the console relay last saw it) own it
+(see :mod:`minivisor.vmm.process`). This module only says what may happen
+next, in one table, so every interface refuses an illegal request the same way:
+a :class:`~minivisor.errors.StateError` naming the state and the actions legal in it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from enum import Enum
 
 from ..errors import StateError
 
-__all__ = ["VmState", "Action", "require", "FAULTS"]
+__all__ = ["VmState", "Action", "LEGAL", "FAULTS", "require", "legal_actions"]
 
 
 class VmState(str, Enum):
@@ -32,6 +34,8 @@ FAULTS: dict[str, str] = {
 
 
 class Action(str, Enum):
+    """What minivisor can do to a VM (reading it is legal in every state and is not listed)."""
+
     START = "start"
     STOP = "stop"
     RESET = "reset"
@@ -41,37 +45,59 @@ class Action(str, Enum):
     EXEC = "exec"
     UNREGISTER = "unregister"
     DELETE = "delete"
+    SNAPSHOT = "snapshot"
+    REVERT = "revert"
+    DELETE_SNAPSHOT = "delete a snapshot of"
+    CLONE = "clone"
+    RESIZE_DISK = "resize a disk of"
+    RECOVER = "recover an interrupted operation on"
 
+
+_OFF = frozenset({VmState.POWERED_OFF})
+_ON = frozenset({VmState.RUNNING, VmState.PAUSED})
+_ANY_SETTLED = _OFF | _ON  # STARTING is never legal: another operation holds the VM
 
 LEGAL: dict[Action, frozenset[VmState]] = {
-    Action.START: frozenset({VmState.POWERED_OFF}),
-    Action.STOP: frozenset({VmState.RUNNING, VmState.PAUSED}),
-    Action.RESET: frozenset({VmState.RUNNING, VmState.PAUSED}),
+    Action.START: _OFF,
+    Action.STOP: _ON,
+    Action.RESET: _ON,
     Action.PAUSE: frozenset({VmState.RUNNING}),
     Action.RESUME: frozenset({VmState.PAUSED}),
-    Action.CONSOLE: frozenset({VmState.RUNNING, VmState.PAUSED}),
+    Action.CONSOLE: _ON,
     Action.EXEC: frozenset({VmState.RUNNING}),
-    Action.UNREGISTER: frozenset({VmState.POWERED_OFF}),
-    Action.DELETE: frozenset({VmState.POWERED_OFF}),
+    Action.UNREGISTER: _OFF,
+    Action.DELETE: _OFF,
+    Action.SNAPSHOT: _ANY_SETTLED,  # powered off: disks only; running or paused: memory too
+    Action.REVERT: _ANY_SETTLED,  # a running VM's current state is discarded, like VMware's revert
+    Action.DELETE_SNAPSHOT: _ANY_SETTLED,  # a running VMM merges the layers it has open itself
+    Action.CLONE: _ANY_SETTLED,  # a running VM is cloned from a snapshot taken for the purpose
+    Action.RESIZE_DISK: _ANY_SETTLED,  # a running VMM grows the disk and the guest sees it
+    Action.RECOVER: _ANY_SETTLED,  # finish or undo what a killed process left in the VM's journal
 }
 
-HINTS: dict[Action, str] = {
-    Action.START: "stop it first: minivisor vm stop {name}",
-    Action.PAUSE: "only a running VM can be paused",
-    Action.RESUME: "only a paused VM can be resumed",
-    Action.EXEC: "start or resume it first: minivisor vm start {name}",
-    Action.UNREGISTER: "power it off first: minivisor vm stop {name}",
-    Action.DELETE: "power it off first: minivisor vm stop {name}",
-}
+def legal_actions(state: VmState) -> tuple[Action, ...]:
+    """The actions legal in ``state``, in the table's order."""
+    return tuple(action for action, states in LEGAL.items() if state in states)
 
 
 def require(name: str, state: VmState, action: Action) -> None:
     """Raise StateError unless ``action`` is legal for a VM in ``state``."""
     if state in LEGAL[action]:
         return
-    hint = HINTS.get(action, "power it on first: minivisor vm start {name}").format(name=name)
+    legal = legal_actions(state)
+    now = ", ".join(a.value for a in legal) if legal else "nothing until it has finished"
+    raise StateError(f"cannot {action.value} VM {name!r}: it is {state.value} (possible now: {now})",
+                     hint=_hint(action, state, name), vm=name, state=state.value, action=action.value,
+                     legal=tuple(a.value for a in legal))
+
+
+def _hint(action: Action, state: VmState, name: str) -> str:
     if state is VmState.STARTING:
-        hint = "another operation on it is in progress; retry when it has finished"
-    error = StateError(f"cannot {action.value} VM {name!r}: it is {state.value}", hint=hint)
-    error.code = f"invalid-state-{action.value}"
-    raise error
+        return "another operation on it is in progress; retry when it has finished"
+    if state is VmState.POWERED_OFF:
+        return f"power it on first: minivisor vm start {name}"
+    if LEGAL[action] == _OFF:
+        return f"power it off first: minivisor vm stop {name}"
+    if action in (Action.PAUSE, Action.RESUME):
+        return f"it is {state.value} already"
+    return f"resume it first: minivisor vm resume {name}"

@@ -1,0 +1,99 @@
+"""Power-on: one path for every way a VMM starts (start, a memory snapshot's revert, an incoming migration).
+
+The caller holds the VM's turn and its VM lock and has a launch plan (every check
+made). :func:`power_on` then keeps the previous boot's console log, admits the VM's
+memory next to the VMs the host already holds, launches the VMM the plan describes,
+places it on the host's CPUs and cgroups, and reports ``poweredOn``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from ..datastore.inventory import file_id, flocked_files
+from ..host import facts
+from ..host.admission import Commitment, admit
+from ..host.placement import place
+from ..spec.vmspec import VmSpec
+from ..vmm.plan import LaunchPlan
+from ..vmm.process import RuntimeRecord, VmLock
+from .context import VmContext
+
+__all__ = ["power_on", "admit_memory"]
+
+
+def power_on(ctx: VmContext, plan: LaunchPlan) -> tuple[RuntimeRecord, tuple[str, ...]]:
+    """Launch the VMM ``plan`` describes; returns its record and what could not be applied (placement)."""
+    _rotate(ctx.paths.serial_log)
+    ctx.paths.bios_log.unlink(missing_ok=True)
+    claim = admit_memory(ctx, plan.spec)  # under the VM lock, which keeps the claim valid
+    try:
+        record = ctx.vmm.launch(plan.argv, plan.env.accel, plan.links_down, ready_text=plan.spec.ready_line,
+                                console=plan.env.console_index is not None)
+    except BaseException:
+        claim.unlink(missing_ok=True)
+        raise
+    ctx.running = True
+    warnings = place(record.pid, plan.spec, ctx.name)
+    ctx.emit("poweredOn", pid=record.pid, accel=record.accel)
+    return record, warnings
+
+
+def admit_memory(ctx: VmContext, spec: VmSpec) -> Path:
+    """Refuse the power-on if the host cannot hold it next to the VMs already committed; returns the claim.
+
+    Each admitted power-on leaves a commitment, ``.minivisor/committed/<uuid>``,
+    which counts for as long as that VM's lock is held (its VMM runs, or its
+    power-on is under way) and is pruned once it is not. The decision and the
+    commitment happen under one datastore-wide lock, so concurrent power-ons
+    count each other exactly once, and the check costs one look per running VM,
+    not per registered VM. The caller removes the claim if the launch fails;
+    otherwise it stays while the VMM runs.
+    """
+    committed = ctx.datastore.meta / "committed"
+    committed.mkdir(mode=0o700, exist_ok=True)
+    guard = os.open(ctx.datastore.meta / "admission.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX)  # held for milliseconds: no launch happens under it
+        admit(spec, ctx.name, _commitments(ctx, committed), total_mib=facts.host_memory_mib(),
+              available_mib=facts.available_memory_mib())
+        claim = committed / ctx.uuid
+        claim.write_text(f"{os.getpid()}\n")
+        return claim
+    finally:
+        os.close(guard)
+
+
+def _commitments(ctx: VmContext, committed: Path) -> list[Commitment]:
+    """The other VMs the host holds now; stale commitments are pruned on the way."""
+    by_uuid = {entry.uuid: entry for entry in ctx.datastore.catalog.list()}
+    locked = flocked_files()
+    held = []
+    for uuid in os.listdir(committed):
+        entry = by_uuid.get(uuid)
+        if entry is None:
+            (committed / uuid).unlink(missing_ok=True)  # that VM was deleted or unregistered
+            continue
+        if entry.uuid == ctx.uuid:
+            continue
+        lock = ctx.inventory.paths_of(entry).lock
+        if (file_id(str(lock)) in locked) if locked is not None else VmLock(lock).is_held_elsewhere():
+            held.append(entry)
+        else:
+            (committed / uuid).unlink(missing_ok=True)  # that VMM is gone
+    summaries = ctx.inventory.summaries(held)
+    others = []
+    for entry in held:
+        record = RuntimeRecord.load(ctx.inventory.paths_of(entry).runtime_record)
+        summary = summaries[entry.name]
+        others.append(Commitment(entry.name, summary.get("memory_mib", 0), summary.get("mem_min_mib", 0),
+                                 record.pid if record else None))
+    return others
+
+
+def _rotate(log: Path) -> None:
+    """Keep the previous boot's console log as ``serial.log.1``."""
+    if log.exists():
+        log.replace(log.with_name(log.name + ".1"))

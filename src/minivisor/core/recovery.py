@@ -1,0 +1,151 @@
+"""Disk operations on a VM take turns, and finish what an interrupted one left in its journal.
+
+A disk operation (snapshot, revert, delete, clone, resize) gets its turn on the VM
+through :func:`disk_operation`: the VM's operation turn and the state table
+(:meth:`~minivisor.core.context.Vms.operate`), plus, when the VM is powered off,
+the VM lock (no power-on can begin meanwhile). A running VM's VMM holds the VM
+lock; its disks then change only through it (QMP). Before anything else, the
+operation finishes or undoes what an interrupted one left in the VM's intent
+journal (:mod:`minivisor.storage.journal`); so does a power-on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Callable
+
+from ..errors import HvError
+from ..storage.images import commit_layer, rebase_disk, set_backing
+from ..storage.journal import Journal
+from ..storage.snapshots import VmFiles
+from ..vmm import jobs
+from ..vmm.argv import device_id
+from ..vmm.states import Action
+from .context import VmContext, Vms
+
+__all__ = ["disk_operation", "recover", "step_handlers"]
+
+
+@contextmanager
+def disk_operation(vms: Vms, name: str, action: Action) -> Iterator[VmContext]:
+    """The VM for one disk operation: its turn, legal now, held if powered off, its journal settled.
+
+    If the operation fails, what it prepared is undone at once (not at the next operation); a
+    committed journal is left to the next operation to roll forward (at once, the step that failed
+    would fail again), except an online snapshot's, whose recovery asks the VMM what it uses.
+    """
+    with vms.operate(name, action) as ctx, ExitStack() as held:
+        if not ctx.running:
+            held.enter_context(vms.hold(ctx))
+        recover(ctx)
+        try:
+            yield ctx
+        except BaseException:
+            journal = Journal.load(ctx.vm_dir)
+            if journal is not None and (journal.phase == "prepare" or journal.op == "take-online"):
+                try:
+                    recover(ctx)
+                except (HvError, OSError):
+                    pass  # the journal stays; the next operation settles it
+            raise
+
+
+def recover(ctx: VmContext) -> bool:
+    """Finish or undo what an interrupted operation left in the VM's journal; False if there was none.
+
+    The caller has the VM's turn, and its VM lock if the VM is powered off.
+    """
+    journal = Journal.load(ctx.vm_dir)
+    if journal is None:
+        return False
+    if journal.op == "take-online":
+        _recover_online_snapshot(ctx, journal)
+    elif journal.phase == "prepare":
+        journal.rollback()
+    else:
+        journal.run(step_handlers(ctx))
+    return True
+
+
+def _recover_online_snapshot(ctx: VmContext, journal: Journal) -> None:
+    """By what the VMM uses: overlays only opened are dropped and the snapshot undone; switched, it is kept."""
+    nodes = journal.data.get("nodes", [])
+    if not ctx.running:
+        if journal.phase == "prepare":
+            journal.rollback()
+        else:
+            journal.run()  # the memory state, if any, was complete before the commit
+        return
+    with ctx.vmm.session() as qmp:
+        if journal.phase == "prepare" or not jobs.overlays_in_use(qmp, nodes):
+            jobs.drop_nodes(qmp, nodes)
+            journal.rollback()
+        else:
+            journal.run()
+        if journal.data.get("resume"):
+            jobs.resume_if_paused(qmp)
+
+
+def step_handlers(ctx: VmContext) -> dict[str, Callable[..., None]]:
+    """The journal steps that need the datastore: each checks the chains it opens under the VM's path policy."""
+    from ..storage.clones import publish_clone
+
+    return {"publish-clone": lambda *args: publish_clone(ctx.datastore, *args),
+            "commit": lambda dependent: _commit(ctx, dependent),
+            "relink": lambda image, backing, fmt: _relink(ctx, image, backing, fmt),
+            "rebase": lambda dependent, frozen: _rebase(ctx, dependent, frozen),
+            "online-commit": lambda *args: _online_commit(ctx, *args),
+            "online-stream": lambda *args: _online_stream(ctx, *args)}
+
+
+def _files(ctx: VmContext) -> VmFiles:
+    return VmFiles(ctx.datastore, ctx.vmx)
+
+
+def _commit(ctx: VmContext, dependent: str) -> None:
+    """Fold a layer into its backing file (idempotent: the layer stays)."""
+    commit_layer(_files(ctx).chain(dependent))
+
+
+def _relink(ctx: VmContext, image: str, backing: str, backing_format: str) -> None:
+    """Point a layer's header at another backing file (its name relative to the layer)."""
+    files = _files(ctx)
+    path = files.path(image)
+    set_backing(path, os.path.relpath(files.path(backing), path.parent), backing_format)
+
+
+def _rebase(ctx: VmContext, dependent: str, frozen: str) -> None:
+    """Copy ``frozen``'s data into ``dependent`` and give it ``frozen``'s backing file (idempotent)."""
+    files = _files(ctx)
+    rebase_disk(files.chain(dependent), files.chain(frozen)[1:])
+
+
+def _online_stream(ctx: VmContext, node: str, dependent: str, frozen: str, backing: str,
+                   backing_format: str | None = None) -> None:
+    """Copy ``frozen``'s data into ``dependent`` and drop it from the chain (block-stream, else a safe rebase)."""
+    if ctx.vmm.record() is None:
+        _rebase(ctx, dependent, frozen)
+        return
+    files = _files(ctx)
+    base = str(files.chain(frozen)[1].path) if backing else None
+    with ctx.vmm.session() as qmp:
+        jobs.stream_layer(qmp, device_id(node), str(files.path(dependent)), str(files.path(frozen)), base,
+                          backing or None)
+
+
+def _online_commit(ctx: VmContext, node: str, dependent: str, frozen: str, frozen_format: str,
+                   above: str | None) -> None:
+    """Fold ``dependent`` into ``frozen``: block-commit in the running VMM, else qemu-img (idempotent)."""
+    if ctx.vmm.record() is None:
+        _commit(ctx, dependent)
+        if above is not None:
+            _relink(ctx, above, frozen, frozen_format)
+        return
+    files = _files(ctx)
+    frozen_path = files.path(frozen)
+    backing = os.path.relpath(frozen_path, files.path(above).parent) if above else None
+    with ctx.vmm.session() as qmp:
+        jobs.commit_layer(qmp, device_id(node), str(files.path(dependent)), str(frozen_path), backing)
+

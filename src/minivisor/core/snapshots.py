@@ -1,0 +1,174 @@
+"""Snapshots of a VM, powered off or running: take, revert, delete, list.
+
+The files and the tree are :mod:`minivisor.storage.snapshots`' (plans, run
+through the VM's journal); the running VMM's side is :mod:`minivisor.vmm.jobs`'.
+This module decides which applies, in the VM's turn (:func:`~minivisor.core.recovery.disk_operation`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from contextlib import nullcontext
+from pathlib import Path
+
+from ..errors import StateError
+from ..storage.images import create_overlay
+from ..storage.journal import Journal, crashpoint, write_step
+from ..storage.snapshots import (
+    Snapshot,
+    SnapshotTree,
+    VmFiles,
+    new_tree_with,
+    plan_delete,
+    plan_revert,
+    plan_take,
+    snapshot_disks,
+    take_offline,
+    vmsd_path,
+)
+from ..vmm import jobs
+from ..vmm.argv import device_id
+from ..vmm.states import Action
+from .context import VmContext, Vms
+from .power import power_on
+from .recovery import disk_operation, step_handlers
+
+__all__ = ["take", "take_in", "revert", "delete", "delete_in", "tree"]
+
+
+def tree(vms: Vms, name: str) -> SnapshotTree:
+    """The snapshot tree as it stands (an interrupted operation's journal settled first, if it can be)."""
+    ctx = vms.context(name)
+    if Journal.load(ctx.vm_dir) is not None:
+        try:
+            with disk_operation(vms, name, Action.SNAPSHOT):
+                pass
+        except StateError:  # another operation holds the VM; it finishes the journal itself
+            pass
+    return SnapshotTree.load(vmsd_path(ctx.vmx))
+
+
+def take(vms: Vms, name: str, snapshot: str, *, description: str = "", memory: bool | None = None) -> Snapshot:
+    """Freeze the VM's disks (and, running, by default its memory and devices) as a named snapshot."""
+    with disk_operation(vms, name, Action.SNAPSHOT) as ctx:
+        return take_in(ctx, snapshot, description=description, memory=memory)
+
+
+def take_in(ctx: VmContext, snapshot: str, *, description: str = "", memory: bool | None = None) -> Snapshot:
+    """Take a snapshot within an operation that already has the VM's turn."""
+    files = VmFiles(ctx.datastore, ctx.vmx)
+    if not ctx.running:
+        if memory:
+            raise StateError(f"VM {ctx.name!r} is powered off: there is no memory state to save",
+                             hint="take the snapshot without --memory, or start the VM first")
+        return take_offline(files, snapshot, description)
+    return _take_online(ctx, files, snapshot, description, memory is not False)
+
+
+def _take_online(ctx: VmContext, files: VmFiles, name: str, description: str, memory: bool) -> Snapshot:
+    with ctx.vmm.session() as qmp:
+        if memory:
+            jobs.check_state_saveable(qmp, ctx.name)
+        memory_file = f"{ctx.vmx.stem}-Snapshot{files.tree.last_uid + 1}.vmsn" if memory else None
+        snap, deltas = plan_take(files, name, description, memory_file)
+        if memory:
+            snap.ready_line = ctx.vmm.ready_line()  # a revert restores a guest that has said it already
+        state_file = ctx.vm_dir / memory_file if memory_file else None
+        journal = Journal(ctx.vm_dir, "take-online")
+        journal.begin([ctx.vm_dir / d for d in deltas.values()]
+                      + ([state_file, state_file.with_name(state_file.name + ".part")] if state_file else []))
+        for node, delta in deltas.items():
+            create_overlay(ctx.vm_dir / delta, files.layer(snap.disks[node]))
+        tag = secrets.token_hex(3)
+        overlays = [jobs.Overlay(device_id(node), ctx.vm_dir / delta, f"snap{snap.uid}-{device_id(node)}-{tag}")
+                    for node, delta in deltas.items()]
+        running = qmp.execute("query-status")["status"] == "running"
+        journal.data = {"overlays": [str(o.path) for o in overlays], "nodes": [o.node for o in overlays],
+                        "resume": running}
+        journal.save()
+        steps = [write_step(files.vmsd.name, new_tree_with(files.tree, snap).to_bytes()),
+                 write_step(files.vmx.name, files.vmx_with(deltas))]
+        jobs.take_snapshot(qmp, overlays, state_file=state_file, before_switch=lambda: journal.commit(steps),
+                           pause=running)
+    journal.run()
+    return snap
+
+
+def revert(vms: Vms, name: str, snapshot: str) -> tuple[Snapshot, bool]:
+    """Go back to a snapshot; returns it and whether the VM now runs (memory snapshots resume)."""
+    with disk_operation(vms, name, Action.REVERT) as ctx:
+        files = VmFiles(ctx.datastore, ctx.vmx)
+        snap = files.tree.find(snapshot, name)
+        _refuse_revert_past_clones(ctx, files, snap)
+        memory = (files.scope.state_file(ctx.vm_dir, snap.memory_file, f"the memory state of {snap.name!r}")
+                  if snap.memory_file else None)
+        if memory is not None and not memory.exists():
+            raise StateError(f"the memory state {snap.memory_file} of snapshot {snap.name!r} is missing",
+                             hint="restore the file, or delete the snapshot")
+        if ctx.running:
+            _discard_running_state(ctx)
+        with vms.hold(ctx) if ctx.vmm.lock.fd is None else nullcontext(ctx):
+            journal, _ = plan_revert(files, snap, set())
+            journal.run()
+            if memory is None:
+                return snap, False
+            _resume_from(ctx, snap, memory)
+            return snap, True
+
+
+def _discard_running_state(ctx: VmContext) -> None:
+    """Power the VM off at once: its current state is discarded, like VMware's revert."""
+    record = ctx.vmm.record()
+    pid = record.pid if record else None
+    ctx.emit("poweringOff", pid=pid, hard=True)  # expected, not a crash
+    how = ctx.vmm.stop(hard=True, timeout=0)
+    ctx.emit("poweredOff", pid=pid, reason=f"reverted to a snapshot ({how})")
+    ctx.running = False
+
+
+def _resume_from(ctx: VmContext, snap: Snapshot, state_file: Path) -> None:
+    """Power the VM on from a memory snapshot: a VMM waiting for a state, fed ``state_file``."""
+    power_on(ctx, ctx.plan(incoming=True))
+    try:
+        with ctx.vmm.session() as qmp:
+            jobs.load_state(qmp, state_file)
+    except BaseException:
+        ctx.vmm.stop(hard=True, timeout=0)
+        raise
+    if snap.ready_line:
+        ctx.vmm.remember_ready(snap.ready_line)
+
+
+def _refuse_revert_past_clones(ctx: VmContext, files: VmFiles, target: Snapshot) -> None:
+    """Linked clones pin their snapshot: going back to a point before it is refused."""
+    for clone, uid in ctx.datastore.catalog.clones_of(ctx.uuid):
+        if uid != target.uid and uid in files.tree.snapshots and target.uid in files.tree.ancestors(uid):
+            pinned = files.tree.snapshots[uid].name
+            raise StateError(f"cannot revert {ctx.name!r} to {target.name!r}: the linked clone {clone!r} "
+                             f"depends on the later snapshot {pinned!r}",
+                             hint=f"delete or fully clone {clone!r} first (minivisor vm delete {clone})")
+
+
+def delete(vms: Vms, name: str, snapshot: str) -> Snapshot:
+    """Remove a snapshot, merging its data into what depends on it."""
+    with disk_operation(vms, name, Action.DELETE_SNAPSHOT) as ctx:
+        return delete_in(ctx, snapshot)
+
+
+def delete_in(ctx: VmContext, snapshot: str) -> Snapshot:
+    """Delete a snapshot within an operation that already has the VM's turn."""
+    files = VmFiles(ctx.datastore, ctx.vmx)
+    snap = files.tree.find(snapshot, ctx.name)
+    clones: dict[int, list[str]] = {}
+    for clone, uid in ctx.datastore.catalog.clones_of(ctx.uuid):
+        clones.setdefault(uid, []).append(clone)
+    busy: set[Path] = set()
+    if ctx.running:
+        for _, top in snapshot_disks(files.spec):
+            busy.update(files.chain_files(top))
+    steps = plan_delete(files, snap, clones, busy)
+    journal = Journal(ctx.vm_dir, "delete")
+    journal.commit(steps)
+    crashpoint("delete:committed")
+    journal.run(step_handlers(ctx))
+    return snap

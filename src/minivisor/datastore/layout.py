@@ -1,0 +1,104 @@
+"""Where one VM's files are: its folder in the datastore, and a short runtime folder for its sockets.
+
+::
+
+    <datastore>/<vm>/<vm>.vmx          the specfile (its name is the VM's, whatever the folder is)
+    <datastore>/<vm>/<vm>.vmx.lck      the VM lock (held by the running VMM)
+    <datastore>/<vm>/runtime.json      pid, start time, argv, sockets of the running VMM
+    <datastore>/<vm>/vmm.log           QEMU's own messages, one header per power-on
+    <datastore>/<vm>/serial.log        the console (capped; serial.log.1 the generation before)
+    <datastore>/<vm>/bios.log          SeaBIOS's debug port
+    <datastore>/<vm>/events.jsonl      what happened to the VM (capped; events.jsonl.1 before)
+    <runtime>/<hash>/                  qmp.sock, events.sock, serial.sock, console.sock, status, ready
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import dirs
+
+__all__ = ["VmPaths", "vm_paths", "VM_FILES", "VMM_LOG", "SERIAL_LOG", "BIOS_LOG", "EVENT_LOG", "RUNTIME_RECORD"]
+
+VMM_LOG = "vmm.log"
+SERIAL_LOG = "serial.log"
+BIOS_LOG = "bios.log"
+EVENT_LOG = "events.jsonl"
+RUNTIME_RECORD = "runtime.json"
+# What minivisor writes into a VM's folder for itself besides the specfile: no device may name one.
+VM_FILES = frozenset({VMM_LOG, SERIAL_LOG, BIOS_LOG, EVENT_LOG, RUNTIME_RECORD})
+
+
+@dataclass(frozen=True)
+class VmPaths:
+    """The files and control sockets of one VM."""
+
+    vmx: Path
+    runtime_dir: Path  # 0700, short path: UNIX sockets live here
+
+    @property
+    def vm_dir(self) -> Path:
+        return self.vmx.parent
+
+    @property
+    def lock(self) -> Path:
+        """The VM lock: whoever launches or changes the VM holds it; a running VMM holds it for its life."""
+        return self.vmx.with_name(self.vmx.name + ".lck")
+
+    @property
+    def runtime_record(self) -> Path:
+        return self.vm_dir / RUNTIME_RECORD
+
+    @property
+    def event_log(self) -> Path:
+        return self.vm_dir / EVENT_LOG
+
+    @property
+    def vmm_log(self) -> Path:
+        return self.vm_dir / VMM_LOG
+
+    @property
+    def serial_log(self) -> Path:
+        return self.vm_dir / SERIAL_LOG
+
+    @property
+    def bios_log(self) -> Path:
+        return self.vm_dir / BIOS_LOG
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.runtime_dir / "qmp.sock"
+
+    @property
+    def console_socket(self) -> Path:
+        """The console as users reach it, served by the VM's console relay (:mod:`minivisor.vmm.relay`)."""
+        return self.runtime_dir / "console.sock"
+
+    @property
+    def serial_socket(self) -> Path:
+        """QEMU's end of the console: only the console relay connects to it."""
+        return self.runtime_dir / "serial.sock"
+
+    @property
+    def events_socket(self) -> Path:
+        """A second QMP monitor, where the console relay listens to QEMU's events."""
+        return self.runtime_dir / "events.sock"
+
+    @property
+    def status_file(self) -> Path:
+        """QEMU's run state (running, paused, io-error...) as the relay last saw it."""
+        return self.runtime_dir / "status"
+
+    @property
+    def ready_file(self) -> Path:
+        """The guest's ready line, once the relay has seen it on the console."""
+        return self.runtime_dir / "ready"
+
+
+def vm_paths(vmx: Path) -> VmPaths:
+    """The paths of the VM whose specfile is ``vmx``; its runtime folder is named by a hash of its folder."""
+    digest = hashlib.sha256(os.path.realpath(vmx.parent).encode()).hexdigest()[:16]
+    return VmPaths(vmx, dirs.runtime_root() / digest)

@@ -1,0 +1,41 @@
+"""The virtual devices a specfile may name, and what QEMU builds for each: one table per kind.
+
+The spec (:mod:`minivisor.spec.vmspec`) accepts exactly these names, the
+launcher (:mod:`minivisor.vmm.argv`) turns them into QEMU devices, and
+``vm create`` offers those VMware itself offers for a new VM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["DeviceModel", "SCSI_MODELS", "NIC_MODELS", "CREATABLE_SCSI", "CREATABLE_NICS"]
+
+
+@dataclass(frozen=True)
+class DeviceModel:
+    """A ``virtualDev`` value: the QEMU driver that stands in for it, and what the guest sees."""
+
+    driver: str
+    description: str
+
+
+SCSI_MODELS: dict[str, DeviceModel] = {
+    "lsilogic": DeviceModel("lsi53c895a", "LSI 53C895A SCSI controller (stands in for VMware's LSI Logic)"),
+    "buslogic": DeviceModel("lsi53c895a", "LSI 53C895A SCSI controller (stands in for BusLogic)"),
+    "lsisas1068": DeviceModel("mptsas1068", "LSI SAS1068 SCSI controller"),
+    "pvscsi": DeviceModel("pvscsi", "VMware paravirtual SCSI controller"),
+    "virtio-scsi": DeviceModel("virtio-scsi-pci", "virtio SCSI controller"),
+}
+NIC_MODELS: dict[str, DeviceModel] = {
+    "vmxnet3": DeviceModel("vmxnet3", "VMware VMXNET3"),
+    "e1000": DeviceModel("e1000", "Intel PRO/1000 (82540EM)"),
+    "e1000e": DeviceModel("e1000e", "Intel 82574L"),
+    "vlance": DeviceModel("pcnet", "AMD PCnet (Am79C970A)"),
+    "vmxnet": DeviceModel("pcnet", "AMD PCnet (stands in for vmxnet)"),
+    "vmxnet2": DeviceModel("pcnet", "AMD PCnet (stands in for vmxnet2)"),
+    "virtio": DeviceModel("virtio-net-pci", "virtio network adapter"),
+}
+# What `vm create` offers (the models a new VM gets on VMware, plus virtio).
+CREATABLE_SCSI = ("lsilogic", "lsisas1068", "pvscsi")
+CREATABLE_NICS = ("vmxnet3", "e1000", "e1000e", "vlance", "virtio")

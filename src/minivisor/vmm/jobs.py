@@ -1,0 +1,270 @@
+"""Work a running VMM does on its VM's disks and memory, over one QMP session.
+
+- **Online snapshot**: pause, ``blockdev-add`` the new qcow2 overlays (made
+  beforehand with an explicit backing format and opened with ``backing: null``),
+  save the memory and device state to a file (``migrate`` to a descriptor passed
+  with ``getfd``: QEMU's sandbox forbids ``exec:``), then ``blockdev-snapshot``
+  the overlays in one ``transaction``, and continue. The memory goes first: while
+  the VM is paused either order gives the same state, and a save that fails (a
+  full datastore) leaves nothing to undo in the VMM.
+- **Restoring memory**: a VMM started with ``-incoming defer`` reads a state file
+  back (``migrate-incoming``).
+- **Merging layers**: ``block-commit`` folds a layer into the one below it,
+  ``block-stream`` copies a lower layer's data up; nodes are found in the device's
+  block graph, and a job a killed minivisor left behind is finished first.
+
+Every function takes an open :class:`~minivisor.vmm.qmp.QmpSession`; the caller
+decides what the work means for the VM's files (journal, specfile, tree).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import DiskError, QmpCommandError, QmpError
+from ..files import fsync_dir
+from ..storage.journal import crashpoint
+from .qmp import QmpSession
+
+__all__ = ["Overlay", "take_snapshot", "load_state", "check_state_saveable", "resize_disk", "overlays_in_use",
+           "drop_nodes", "commit_layer", "stream_layer", "real_file", "resume_if_paused", "JOB_TIMEOUT"]
+
+JOB_TIMEOUT = 300.0  # seconds a migration or block job may take
+POLL = 0.05
+STATE_FD = "minivisor-state"
+# QEMU block drivers that refuse to let a VM's state be saved while one of their images is open: each
+# adds a migration blocker when it opens an image (QEMU's vmdk driver: "does not support live migration"),
+# and a memory snapshot is a migration to a file. Of the formats minivisor runs, only VMDK.
+MIGRATION_BLOCKING_DRIVERS = ("vmdk",)
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """A new top layer for one disk: the device (``scsi0-0``), the qcow2 file, and its node name."""
+
+    device: str
+    path: Path
+    node: str
+
+
+def take_snapshot(qmp: QmpSession, overlays: list[Overlay], *, state_file: Path | None,
+                  before_switch: Callable[[], None], pause: bool) -> None:
+    """Switch every disk to its overlay at one instant, with the memory saved first (``state_file``).
+
+    ``before_switch`` runs once everything is ready and nothing has changed yet (the caller commits its
+    journal there). ``pause``: the VM runs now; it is paused for the snapshot and continued after.
+    """
+    if pause:
+        qmp.execute("stop")
+    try:
+        tops = _device_tops(qmp)
+        actions = []
+        for overlay in overlays:
+            if overlay.device not in tops:
+                raise QmpError(f"the running VMM has no disk {overlay.device}", hint="restart the VM, then retry")
+            qmp.execute("blockdev-add", {"driver": "qcow2", "node-name": overlay.node, "backing": None,
+                                         "file": {"driver": "file", "filename": str(overlay.path)}})
+            actions.append({"type": "blockdev-snapshot", "data": {"node": tops[overlay.device], "overlay": overlay.node}})
+        if state_file is not None:
+            _save_state(qmp, state_file)
+        crashpoint("take-online:saved")
+        before_switch()  # from here on the overlays may be in use
+        crashpoint("take-online:committed")
+        qmp.execute("transaction", {"actions": actions})
+        crashpoint("take-online:switched")
+    finally:
+        if pause:
+            qmp.execute("cont")
+
+
+def _save_state(qmp: QmpSession, final: Path) -> None:
+    """The VM's memory and device state into ``final`` (written as ``final.part``, renamed once whole)."""
+    partial = final.with_name(final.name + ".part")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        qmp.execute("migrate-set-parameters", {"max-bandwidth": 1 << 40})
+        qmp.pass_fd(fd, STATE_FD)
+        qmp.execute("migrate", {"uri": f"fd:{STATE_FD}"})
+        _wait_migration(qmp, "save the memory state")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(partial, final)
+    fsync_dir(final.parent)
+
+
+def load_state(qmp: QmpSession, state_file: Path) -> None:
+    """Feed a saved state into a VMM started with ``-incoming defer``, and let the VM run."""
+    fd = os.open(state_file, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        qmp.pass_fd(fd, STATE_FD)
+        qmp.execute("migrate-incoming", {"uri": f"fd:{STATE_FD}"})
+        _wait_migration(qmp, "load the memory state")
+    finally:
+        os.close(fd)
+    if qmp.execute("query-status")["status"] != "running":
+        qmp.execute("cont")
+
+
+def _wait_migration(qmp: QmpSession, what: str) -> None:
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while True:
+        info = qmp.execute("query-migrate")
+        status = info.get("status")
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled"):
+            raise QmpError(f"the VMM could not {what}: {info.get('error-desc', status)}",
+                           hint="see the VM's vmm.log")
+        if time.monotonic() > deadline:
+            raise QmpError(f"the VMM did not {what} within {JOB_TIMEOUT:.0f} s", hint="see the VM's vmm.log")
+        time.sleep(POLL)
+
+
+def check_state_saveable(qmp: QmpSession, vm: str) -> None:
+    """Refuse a memory snapshot the VMM would refuse, before the VM is paused or anything is made."""
+    nodes = qmp.execute("query-named-block-nodes", {"flat": True})
+    blocking = sorted({Path(real_file(n["file"])).name for n in nodes if n["drv"] in MIGRATION_BLOCKING_DRIVERS})
+    if blocking:
+        raise DiskError(f"cannot save the memory of VM {vm!r}: QEMU cannot save a VM's state while a "
+                        f"VMDK disk is open ({', '.join(blocking)})",
+                        hint="take the snapshot without it (--no-memory), or convert the disk to qcow2 "
+                             "(minivisor disk convert) and name the copy in the specfile")
+
+
+def resume_if_paused(qmp: QmpSession) -> None:
+    """Continue a VM an interrupted snapshot left paused (or stopped after saving its state)."""
+    if qmp.execute("query-status")["status"] in ("paused", "postmigrate"):
+        qmp.execute("cont")
+
+
+def resize_disk(qmp: QmpSession, device: str, size: int) -> None:
+    """Grow a running VM's disk; the guest sees the new size."""
+    qmp.execute("block_resize", {"node-name": _device_tops(qmp)[device], "size": size})
+
+
+def overlays_in_use(qmp: QmpSession, nodes: list[str]) -> bool:
+    """True if the overlay nodes are the running disks' tops (a snapshot switched), not just opened."""
+    tops = set(_device_tops(qmp).values())
+    if any(node in tops for node in nodes) and not all(node in tops for node in nodes):
+        raise QmpError("the VM switched only some disks to a snapshot's overlays",
+                       hint="stop the VM, then run any snapshot command to finish the snapshot")
+    return bool(nodes) and all(node in tops for node in nodes)
+
+
+def drop_nodes(qmp: QmpSession, nodes: list[str]) -> None:
+    """Close overlay nodes an interrupted online snapshot opened but never used."""
+    for node in nodes:
+        try:
+            qmp.execute("blockdev-del", {"node-name": node})
+        except QmpCommandError:
+            pass  # never added, or already gone
+
+
+def commit_layer(qmp: QmpSession, device: str, top: str, base: str, backing: str | None) -> None:
+    """Fold layer ``top`` (a real path) into ``base`` in the running VMM (idempotent).
+
+    ``backing``: the name the layer above ``top`` records for ``base`` once ``top`` is gone.
+    """
+    _finish_jobs(qmp)  # one a killed minivisor left behind
+    root = _device_tops(qmp).get(device)
+    chain = _device_chain(qmp, root) if root else {}
+    if top not in chain:
+        return  # already folded and dropped from the device's chain
+    if base not in chain:
+        raise QmpError(f"the running VMM's disk {device} has no layer {base}",
+                       hint="power the VM off, then run any snapshot command to finish the delete")
+    arguments: dict[str, Any] = {"job-id": _job_id("commit"), "device": root, "top-node": chain[top],
+                                 "base-node": chain[base], "auto-dismiss": False}
+    if backing:
+        arguments["backing-file"] = backing
+    qmp.execute("block-commit", arguments)
+    crashpoint("delete:online-commit-started")
+    _finish_jobs(qmp)
+    try:  # an overlay added by an online snapshot is also held by the monitor: let it go
+        qmp.execute("blockdev-del", {"node-name": chain[top]})
+    except QmpCommandError:
+        pass
+
+
+def stream_layer(qmp: QmpSession, device: str, top: str, frozen: str, base: str | None,
+                 backing: str | None) -> None:
+    """Copy ``frozen``'s data into layer ``top`` (real paths) and drop it from the chain (idempotent)."""
+    _finish_jobs(qmp)
+    root = _device_tops(qmp).get(device)
+    chain = _device_chain(qmp, root) if root else {}
+    if frozen not in chain:
+        return  # already streamed: the frozen layer left the chain
+    if top not in chain:
+        raise QmpError(f"the running VMM's disk {device} has no layer {top}",
+                       hint="power the VM off, then run any snapshot command to finish the delete")
+    arguments: dict[str, Any] = {"job-id": _job_id("stream"), "device": chain[top], "auto-dismiss": False}
+    if base is not None:
+        arguments["base-node"] = chain[base]
+        arguments["backing-file"] = backing
+    qmp.execute("block-stream", arguments)
+    crashpoint("delete:online-stream-started")
+    _finish_jobs(qmp)
+
+
+def real_file(name: str) -> str:
+    """The host file behind a node's filename (QEMU shows ``json:{...}`` once a backing was given)."""
+    if name.startswith("json:"):
+        child = json.loads(name[5:]).get("file")
+        name = child.get("filename", "") if isinstance(child, dict) else str(child)
+    return os.path.realpath(name)
+
+
+def _job_id(kind: str) -> str:
+    return f"minivisor-{kind}-{secrets.token_hex(3)}"
+
+
+def _device_tops(qmp: QmpSession) -> dict[str, str]:
+    """Device (``scsi0-0``) -> the node name of its top layer."""
+    return {b["qdev"]: b["inserted"]["node-name"] for b in qmp.execute("query-block")
+            if b.get("qdev") and b.get("inserted")}
+
+
+def _device_chain(qmp: QmpSession, root: str) -> dict[str, str]:
+    """Real path -> node name of each format layer of a device's chain, top first (from the block graph)."""
+    graph = qmp.execute("x-debug-query-block-graph")
+    names = {node["id"]: node["name"] for node in graph["nodes"]}
+    ids = {name: node_id for node_id, name in names.items()}
+    backing = {edge["parent"]: edge["child"] for edge in graph["edges"] if edge["name"] == "backing"}
+    infos = {info["node-name"]: info for info in qmp.execute("query-named-block-nodes", {"flat": True})}
+    chain: dict[str, str] = {}
+    node_id = ids.get(root)
+    while node_id is not None and names.get(node_id) in infos:
+        name = names[node_id]
+        chain.setdefault(real_file(infos[name]["image"]["filename"]), name)
+        node_id = backing.get(node_id)
+    return chain
+
+
+def _finish_jobs(qmp: QmpSession) -> None:
+    """Drive minivisor's block jobs to the end: complete ready ones, dismiss concluded ones."""
+    deadline = time.monotonic() + JOB_TIMEOUT
+    completed: set[str] = set()
+    while True:
+        jobs = [j for j in qmp.execute("query-jobs") if j["id"].startswith("minivisor-")]
+        if not jobs:
+            return
+        for job in jobs:
+            if job["status"] == "ready" and job["id"] not in completed:
+                completed.add(job["id"])
+                qmp.execute("job-complete", {"id": job["id"]})
+            elif job["status"] == "concluded":
+                qmp.execute("job-dismiss", {"id": job["id"]})
+                if job.get("error"):
+                    raise QmpError(f"the VMM could not merge the snapshot: {job['error']}",
+                                   hint="see the VM's vmm.log; the snapshot is kept")
+        if time.monotonic() > deadline:
+            raise QmpError("the VMM did not finish merging the snapshot in time", hint="retry the delete")
+        time.sleep(POLL)
