@@ -179,3 +179,43 @@ def is_out_of_space(exc: BaseException) -> bool:
             return True
         error = error.__cause__
     return False
+
+
+# -- The service's own refusals: conditions of an HTTP request, not of the core API. Their HTTP statuses
+# are chosen, by class, in minivisor.service.responses.http_status.
+class PayloadTooLargeError(RequestError):
+    """A REST request's body is larger than the service reads (64 KiB); it was not read."""
+
+    code = "too-large"
+    exit_code = 64
+
+
+class MethodNotAllowedError(RequestError):
+    """A REST request uses an HTTP method its path does not take (the answer's Allow header lists those it does)."""
+
+    code = "method-not-allowed"
+    exit_code = 64
+
+
+class RouteNotFoundError(RequestError):
+    """A REST request's path is not a route of the API (/openapi.json lists them)."""
+
+    code = "route-not-found"
+    exit_code = 64
+
+
+class WrongHostError(RequestError):
+    """A REST request's Host header names another server: refused unanswered, against DNS rebinding."""
+
+    code = "wrong-host"
+    exit_code = 64
+
+
+class InternalError(HvError):
+    """A bug: minivisor met something it did not expect. The service logs the traceback; the user gets one line."""
+
+    code = "internal-error"
+    exit_code = 1
+
+
+__all__ += ["PayloadTooLargeError", "MethodNotAllowedError", "RouteNotFoundError", "WrongHostError", "InternalError"]
