@@ -386,7 +386,7 @@ class Service:
 
     def __init__(self, root: Path | str, listen: str = "127.0.0.1:8700", *, autostart: bool = True) -> None:
         from ..core.hypervisor import Hypervisor
-        from ..core.events import EventBus
+        from .bus import EventBus
 
         self.root = Path(root).absolute()
         self._first = Hypervisor(self.root)  # opens (creates) the datastore
