@@ -29,13 +29,12 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from . import errors
-from .service import routes
 from .errors import HostError, HvError
+from .service import routes
+from .service.discovery import SERVICE_FILE, TOKEN_FILE
 
 __all__ = ["Client", "connect"]
 
-SERVICE_FILE = Path(".minivisor") / "service.json"
-TOKEN_FILE = Path(".minivisor") / "token"
 REUSE_IDLE = 10.0  # seconds a kept-alive connection is reused after; the service closes it after 15 (KEEP_ALIVE)
 
 
@@ -201,14 +200,17 @@ def _error(status: int, data: Any) -> HvError:
     detail = data.get("error") if isinstance(data, dict) else None
     if not isinstance(detail, dict):
         return HostError(f"the service answered {status}: {str(data)[:200]}")
-    cls = getattr(errors, str(detail.get("type")), None)
-    if not (isinstance(cls, type) and issubclass(cls, HvError)):
-        cls = HvError
-    error = cls(detail.get("message") or f"HTTP {status}", hint=detail.get("hint"))
+    error = error_class(detail.get("type"))(detail.get("message") or f"HTTP {status}", hint=detail.get("hint"))
     error.code = detail.get("code") or error.code
     if isinstance(detail.get("exit_code"), int):
         error.exit_code = detail["exit_code"]
     return error
+
+
+def error_class(name: Any) -> type[HvError]:
+    """The error class the service named in an error body's ``type`` (HvError for a name it does not know)."""
+    cls = getattr(errors, name, None) if name in errors.__all__ else None
+    return cls if isinstance(cls, type) and issubclass(cls, HvError) else HvError
 
 
 # -- JSON -> the core API's types ------------------------------------------

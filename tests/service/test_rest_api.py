@@ -12,7 +12,8 @@ import pytest
 from minivisor import Hypervisor
 from minivisor.errors import NotFoundError, StateError
 from minivisor.service.routes import OPERATIONS
-from minivisor.service.app import KEEP_ALIVE, MAX_BODY
+from minivisor.service.app import MAX_BODY
+from minivisor.service.connections import KEEP_ALIVE
 
 from .conftest import small_vm
 
