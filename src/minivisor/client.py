@@ -137,9 +137,14 @@ class Client:
         for key, value in list(kwargs.items()):
             if isinstance(value, os.PathLike):
                 kwargs[key] = os.path.abspath(value)  # the service resolves paths from its own folder
+        from .datastore.store import check_vm_name
+
         path = op.path
         for param in op.path_params:
-            path = path.replace("{" + param + "}", quote(str(kwargs.pop(param)), safe=""))
+            # the service refuses a name that is none as well, but a "/" in it, sent, would be two
+            # path segments (the server decodes %2F) and reach another route: "x/disks" would list x's disks
+            value = check_vm_name(str(kwargs.pop(param)))
+            path = path.replace("{" + param + "}", quote(value, safe=""))
         body: dict[str, Any] | None = None
         if op.method == "GET":
             if kwargs:
