@@ -205,14 +205,14 @@ def _error(status: int, data: Any) -> HvError:
     detail = data.get("error") if isinstance(data, dict) else None
     if not isinstance(detail, dict):
         return HostError(f"the service answered {status}: {str(data)[:200]}")
-    error = error_class(detail.get("type"))(detail.get("message") or f"HTTP {status}", hint=detail.get("hint"))
+    error = _error_class(detail.get("type"))(detail.get("message") or f"HTTP {status}", hint=detail.get("hint"))
     error.code = detail.get("code") or error.code
     if isinstance(detail.get("exit_code"), int):
         error.exit_code = detail["exit_code"]
     return error
 
 
-def error_class(name: Any) -> type[HvError]:
+def _error_class(name: Any) -> type[HvError]:
     """The error class the service named in an error body's ``type`` (HvError for a name it does not know)."""
     cls = getattr(errors, name, None) if name in errors.__all__ else None
     return cls if isinstance(cls, type) and issubclass(cls, HvError) else HvError

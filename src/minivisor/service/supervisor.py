@@ -333,7 +333,7 @@ class Supervisor:
         if reported:
             return
         self.calls.emit("crashed" if crashed else "poweredOff", watch.name, pid=watch.pid, reason=reason,
-                          exit_status=returncode)
+                        exit_status=returncode)
 
 
 def _autostart_names(hv: Any) -> list[str]:
