@@ -29,13 +29,12 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from . import errors
-from .service import routes
 from .errors import HostError, HvError
+from .service import routes
+from .service.discovery import SERVICE_FILE, TOKEN_FILE
 
 __all__ = ["Client", "connect"]
 
-SERVICE_FILE = Path(".minivisor") / "service.json"
-TOKEN_FILE = Path(".minivisor") / "token"
 REUSE_IDLE = 10.0  # seconds a kept-alive connection is reused after; the service closes it after 15 (KEEP_ALIVE)
 
 
@@ -138,9 +137,14 @@ class Client:
         for key, value in list(kwargs.items()):
             if isinstance(value, os.PathLike):
                 kwargs[key] = os.path.abspath(value)  # the service resolves paths from its own folder
+        from .datastore.store import check_vm_name
+
         path = op.path
         for param in op.path_params:
-            path = path.replace("{" + param + "}", quote(str(kwargs.pop(param)), safe=""))
+            # the service refuses a name that is none as well, but a "/" in it, sent, would be two
+            # path segments (the server decodes %2F) and reach another route: "x/disks" would list x's disks
+            value = check_vm_name(str(kwargs.pop(param)))
+            path = path.replace("{" + param + "}", quote(value, safe=""))
         body: dict[str, Any] | None = None
         if op.method == "GET":
             if kwargs:
@@ -201,14 +205,22 @@ def _error(status: int, data: Any) -> HvError:
     detail = data.get("error") if isinstance(data, dict) else None
     if not isinstance(detail, dict):
         return HostError(f"the service answered {status}: {str(data)[:200]}")
-    cls = getattr(errors, str(detail.get("type")), None)
-    if not (isinstance(cls, type) and issubclass(cls, HvError)):
-        cls = HvError
-    error = cls(detail.get("message") or f"HTTP {status}", hint=detail.get("hint"))
+    cls = _error_class(detail.get("type"))
+    details = detail.get("details") if isinstance(detail.get("details"), dict) else {}
+    try:
+        error = cls(detail.get("message") or f"HTTP {status}", hint=detail.get("hint"), **details)
+    except TypeError:  # details this minivisor's class does not take (another version's service)
+        error = cls(detail.get("message") or f"HTTP {status}", hint=detail.get("hint"))
     error.code = detail.get("code") or error.code
     if isinstance(detail.get("exit_code"), int):
         error.exit_code = detail["exit_code"]
     return error
+
+
+def _error_class(name: Any) -> type[HvError]:
+    """The error class the service named in an error body's ``type`` (HvError for a name it does not know)."""
+    cls = getattr(errors, name, None) if name in errors.__all__ else None
+    return cls if isinstance(cls, type) and issubclass(cls, HvError) else HvError
 
 
 # -- JSON -> the core API's types ------------------------------------------

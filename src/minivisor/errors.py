@@ -58,6 +58,10 @@ class HvError(Exception):
         """The message and hint on a single line, as the CLI prints them."""
         return " ".join(str(self).split())
 
+    def details(self) -> dict[str, object]:
+        """What a script may want beyond the message, as keyword arguments of the class (JSON-able)."""
+        return {}
+
 
 class SpecError(HvError):
     """The specfile is malformed or asks for hardware that cannot be built."""
@@ -105,7 +109,12 @@ class StateError(HvError):
     def __init__(self, message: str, *, hint: str | None = None, vm: str | None = None, state: str | None = None,
                  action: str | None = None, legal: tuple[str, ...] = ()) -> None:
         super().__init__(message, hint=hint)
-        self.vm, self.state, self.action, self.legal = vm, state, action, legal
+        self.vm, self.state, self.action, self.legal = vm, state, action, tuple(legal)
+
+    def details(self) -> dict[str, object]:
+        if self.action is None:
+            return {}
+        return {"vm": self.vm, "state": self.state, "action": self.action, "legal": list(self.legal)}
 
 
 class LockError(StateError):
@@ -162,6 +171,9 @@ class QmpCommandError(QmpError):
                  desc: str = "") -> None:
         super().__init__(message, hint=hint)
         self.command, self.error_class, self.desc = command, error_class, desc
+
+    def details(self) -> dict[str, object]:
+        return {"command": self.command, "error_class": self.error_class, "desc": self.desc}
 
 
 class GuestError(HvError):
@@ -221,3 +233,43 @@ def is_out_of_space(exc: BaseException) -> bool:
             return True
         error = error.__cause__
     return False
+
+
+# -- The service's own refusals: conditions of an HTTP request, not of the core API. Their HTTP statuses
+# are chosen, by class, in minivisor.service.responses.http_status.
+class PayloadTooLargeError(RequestError):
+    """A REST request's body is larger than the service reads (64 KiB); it was not read."""
+
+    code = "too-large"
+    exit_code = 64
+
+
+class MethodNotAllowedError(RequestError):
+    """A REST request uses an HTTP method its path does not take (the answer's Allow header lists those it does)."""
+
+    code = "method-not-allowed"
+    exit_code = 64
+
+
+class RouteNotFoundError(RequestError):
+    """A REST request's path is not a route of the API (/openapi.json lists them)."""
+
+    code = "route-not-found"
+    exit_code = 64
+
+
+class WrongHostError(RequestError):
+    """A REST request's Host header names another server: refused unanswered, against DNS rebinding."""
+
+    code = "wrong-host"
+    exit_code = 64
+
+
+class InternalError(HvError):
+    """A bug: minivisor met something it did not expect. The service logs the traceback; the user gets one line."""
+
+    code = "internal-error"
+    exit_code = 1
+
+
+__all__ += ["PayloadTooLargeError", "MethodNotAllowedError", "RouteNotFoundError", "WrongHostError", "InternalError"]

@@ -19,7 +19,7 @@ from refusals import assert_one_clear_line, datastore_state
 
 from minivisor import Hypervisor
 from minivisor.errors import ArgumentError, ConflictError, SpecError, StateError
-from minivisor.service.app import http_status
+from minivisor.service.responses import http_status
 from minivisor.storage.snapshots import Snapshot, SnapshotTree
 from minivisor.vmm.states import VmState
 

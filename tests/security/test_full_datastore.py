@@ -24,7 +24,7 @@ from minivisor.storage.images import convert_disk, read_layer
 from minivisor.errors import NoSpaceError
 from minivisor.storage.journal import JOURNAL_NAME
 from minivisor.vmm.states import VmState
-from minivisor.procfs import start_ticks as process_start_ticks
+from minivisor.procfs import start_ticks
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs datastore needs root")
 
@@ -149,7 +149,7 @@ def test_a_guest_filling_the_datastore_is_paused_listed_resumed_and_powered_off(
     stopped = cli(hv, "vm", "stop", "filler", "--hard")
     assert stopped.returncode == 0, stopped.stderr
     assert listed(hv)["filler"]["state"] == "poweredOff"
-    assert process_start_ticks(pid) is None
+    assert start_ticks(pid) is None
     assert not (folder / "runtime.json").exists()
 
 

@@ -16,7 +16,7 @@ import pytest
 from service.conftest import datastore, service, small_vm  # noqa: F401 - the fixtures of tests/service
 
 from minivisor import Hypervisor
-from minivisor.service.app import KEEP_ALIVE, MAX_CONNECTIONS, REQUEST_TIMEOUT
+from minivisor.service.connections import KEEP_ALIVE, MAX_CONNECTIONS, REQUEST_TIMEOUT
 
 IDLE = 2000
 BOUND = 2 * max(REQUEST_TIMEOUT, KEEP_ALIVE) + 10  # seconds: a connection still open after this is held for ever

@@ -14,7 +14,8 @@ import pytest
 from service.conftest import datastore, service, small_vm  # noqa: F401 - the fixtures of tests/service
 
 from minivisor import Hypervisor
-from minivisor.service.app import MAX_BODY, HostCheck
+from minivisor.service.app import MAX_BODY
+from minivisor.service.auth import HostCheck
 
 SECRET = "secretvm"
 

@@ -12,7 +12,8 @@ import pytest
 from minivisor import Hypervisor
 from minivisor.errors import NotFoundError, StateError
 from minivisor.service.routes import OPERATIONS
-from minivisor.service.app import KEEP_ALIVE, MAX_BODY
+from minivisor.service.app import MAX_BODY
+from minivisor.service.connections import KEEP_ALIVE
 
 from .conftest import small_vm
 
@@ -88,12 +89,17 @@ def test_every_invalid_state_action_pair_gets_409_with_a_stable_code(service):
     small_vm(Hypervisor(service.root), "vm1")
     for action in ("stop", "reset", "pause", "resume"):
         status, data = raw(service, "POST", f"/v1/vms/vm1/{action}", b"{}", auth(service))
-        assert (status, data["error"]["code"]) == (409, f"invalid-state-{action}")
+        assert (status, data["error"]["code"]) == (409, "invalid-state")
+        assert data["error"]["details"] == {"vm": "vm1", "state": "poweredOff", "action": action,
+                                            "legal": ["start", "unregister", "delete", "snapshot", "revert",
+                                                      "delete a snapshot of", "clone", "resize a disk of",
+                                                      "recover an interrupted operation on"]}
     client.start_vm("vm1")
     for method, path, action in (("POST", "/v1/vms/vm1/start", "start"), ("POST", "/v1/vms/vm1/resume", "resume"),
                                  ("DELETE", "/v1/vms/vm1", "delete"), ("POST", "/v1/vms/vm1/unregister", "unregister")):
         status, data = raw(service, method, path, b"{}" if method == "POST" else None, auth(service))
-        assert (status, data["error"]["code"]) == (409, f"invalid-state-{action}")
+        assert (status, data["error"]["code"], data["error"]["details"]["action"]) == (409, "invalid-state", action)
+        assert data["error"]["details"]["state"] == "running"
     assert client.get_vm("vm1").state.value == "running"
 
 

@@ -15,7 +15,7 @@ from guests import create_guest
 from minivisor import Hypervisor
 from minivisor.storage.journal import JOURNAL_NAME
 from minivisor.vmm.states import VmState
-from minivisor.procfs import start_ticks as process_start_ticks
+from minivisor.procfs import start_ticks
 from minivisor.vmm.process import RuntimeRecord
 
 from .conftest import EventWatcher, Running, small_vm
@@ -23,7 +23,7 @@ from .conftest import EventWatcher, Running, small_vm
 
 def wait_gone(pid: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    while process_start_ticks(pid) is not None:
+    while start_ticks(pid) is not None:
         assert time.monotonic() < deadline, f"pid {pid} is still alive"
         time.sleep(0.02)
 
@@ -80,7 +80,7 @@ def test_vms_outlive_a_killed_service_and_are_reattached(datastore):
         vmx_before = {name: (datastore / name / f"{name}.vmx").read_bytes() for name in pids}
         first.stop(signal.SIGKILL)
         for name, pid in pids.items():  # still running, same processes
-            assert process_start_ticks(pid) is not None
+            assert start_ticks(pid) is not None
             assert hv.get_vm(name).pid == pid
         second = Running(datastore).start()
         client = second.client
@@ -110,7 +110,7 @@ def test_a_reused_pid_is_neither_adopted_nor_killed(datastore):
     impostor = subprocess.Popen(["sleep", "300"])
     try:
         # a runtime record left behind by a VMM that died; its pid now belongs to `sleep`
-        record = RuntimeRecord(impostor.pid, process_start_ticks(impostor.pid), ["qemu-system-x86_64", "-name", "vm1"],
+        record = RuntimeRecord(impostor.pid, start_ticks(impostor.pid), ["qemu-system-x86_64", "-name", "vm1"],
                                "/nonexistent/qmp.sock", None, "/nonexistent", "tcg")
         record.save(datastore / "vm1" / "runtime.json")
         service = Running(datastore).start()

@@ -64,7 +64,9 @@ def hv(*, direct: bool = False):
         if "client" not in _state:
             root = datastore_root()
             client = None
-            if (root / ".minivisor" / "service.json").exists():  # import http.client only then
+            from ..service.discovery import SERVICE_FILE
+
+            if (root / SERVICE_FILE).exists():  # import http.client only then
                 from ..client import connect
 
                 client = connect(root)

@@ -18,7 +18,8 @@ def serve(listen: Annotated[str, typer.Option(help="HOST:PORT to listen on (loop
     import ipaddress
     import logging
 
-    from ..service.app import Service, token_file  # Starlette and uvicorn: only this command loads them
+    from ..service.discovery import TOKEN_FILE
+    from ..service.server import Service  # Starlette and uvicorn: only this command loads them
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -32,6 +33,6 @@ def serve(listen: Annotated[str, typer.Option(help="HOST:PORT to listen on (loop
         sys.stderr.write(f"warning: listening on {host}, not on loopback: anyone who can reach it and has "
                          "the token controls these VMs\n")
     sys.stderr.write(f"minivisor service for {service.root} at {service.url} "
-                     f"(token in {token_file(service.root)}); running VMs keep running when it stops\n")
+                     f"(token in {service.root / TOKEN_FILE}); running VMs keep running when it stops\n")
     sys.stderr.flush()
     service.serve_forever()

@@ -1,10 +1,10 @@
 """Events: what happened to a VM (powered on, guest ready, powered off, crashed...).
 
-The core API reports each state change to :func:`record` (through
-``Hypervisor._emit``): the event lands in the VM's own event log
-(``events.jsonl`` in its folder, JSON lines, capped at :data:`LOG_CAP` bytes
-with one previous generation kept) and, inside the service, on the
-:class:`EventBus` that feeds ``/v1/events`` (server-sent events).
+The core API reports each state change through ``Hypervisor._emit``: the
+event (:func:`make_event`) lands in the VM's own event log (``events.jsonl``
+in its folder, JSON lines, capped at :data:`LOG_CAP` bytes with one previous
+generation kept), then goes to the ``on_event`` hook, through which the service
+publishes it on its bus (:mod:`minivisor.service.bus`, behind ``/v1/events``).
 """
 
 from __future__ import annotations
@@ -12,15 +12,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import asyncio  # the bus lives in the service; the CLI does not pay for asyncio
-
-__all__ = ["Event", "EventBus", "LOG_CAP", "append_log", "read_log", "make_event"]
+__all__ = ["Event", "LOG_CAP", "append_log", "read_log", "make_event"]
 
 LOG_NAME = "events.jsonl"
 LOG_CAP = 256 * 1024  # bytes per generation; events.jsonl.1 keeps the previous one
@@ -72,66 +68,3 @@ def read_log(vm_dir: Path, limit: int = 100) -> list[Event]:
             except ValueError:
                 continue  # a torn line from a crash: skip it
     return events[-limit:] if limit else events
-
-
-class EventBus:
-    """Fan-out of events to subscribers (SSE clients on the service's event loop).
-
-    Events are published from any thread (the core's operations run in worker
-    threads, the supervisor in its own); each subscriber is an asyncio queue fed
-    on the loop that subscribed it, in publishing order. A subscriber that falls
-    :data:`QUEUE_CAP` events behind is dropped (its stream ends) rather than
-    making the service hold unbounded memory.
-    """
-
-    QUEUE_CAP = 1000
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._subscribers: dict[asyncio.Queue[Event | None], asyncio.AbstractEventLoop] = {}
-        self._seq = 0
-
-    def publish(self, event: Event) -> Event:
-        with self._lock:  # held while queueing, so every subscriber sees the ids in order
-            self._seq += 1
-            event = {"id": self._seq, **event}
-            for q, loop in list(self._subscribers.items()):
-                self._on_loop(q, loop, self._deliver, q, event)
-        return event
-
-    def subscribe(self) -> asyncio.Queue[Event | None]:
-        """A queue of the events from now on; None ends it. Call it on the event loop."""
-        import asyncio
-
-        q: asyncio.Queue[Event | None] = asyncio.Queue()
-        with self._lock:
-            self._subscribers[q] = asyncio.get_running_loop()
-        return q
-
-    def unsubscribe(self, q: asyncio.Queue[Event | None]) -> None:
-        with self._lock:
-            self._subscribers.pop(q, None)
-
-    def close(self) -> None:
-        """End every subscriber's stream (the service is stopping)."""
-        with self._lock:
-            for q, loop in list(self._subscribers.items()):
-                self._on_loop(q, loop, q.put_nowait, None)
-            self._subscribers.clear()
-
-    def _deliver(self, q: asyncio.Queue[Event | None], event: Event) -> None:
-        if q.qsize() < self.QUEUE_CAP:
-            q.put_nowait(event)
-        elif self._drop(q):
-            q.put_nowait(None)  # it has fallen too far behind: its stream ends after what it has
-
-    def _drop(self, q: asyncio.Queue[Event | None]) -> bool:
-        with self._lock:
-            return self._subscribers.pop(q, None) is not None
-
-    def _on_loop(self, q: asyncio.Queue[Event | None], loop: asyncio.AbstractEventLoop, func, *args: Any) -> None:
-        """Run ``func`` on the subscriber's loop; a subscriber whose loop has closed is forgotten (lock held)."""
-        try:
-            loop.call_soon_threadsafe(func, *args)
-        except RuntimeError:  # the loop is closed (the service stopped while an operation ran)
-            self._subscribers.pop(q, None)

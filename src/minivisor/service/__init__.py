@@ -1,0 +1,32 @@
+"""The hypervisor service (``minivisor serve``): a REST API, server-sent events and metrics over the core API.
+
+A thin layer: every route is a row of :data:`routes.OPERATIONS` dispatched to
+the same :class:`~minivisor.core.hypervisor.Hypervisor` method the CLI calls,
+and every error is an :class:`~minivisor.errors.HvError` whose HTTP status
+:func:`responses.http_status` alone chooses. It is a Starlette application on
+uvicorn (HTTP/1.1 through h11). A request passes, in order: the connection
+guard (:mod:`connections`), the Host check and the token (:mod:`auth`), the
+route (:mod:`app`), the values (:mod:`params`), then the core call
+(:mod:`dispatch`).
+
+The modules, each one concept:
+
+- :mod:`routes`: the REST mapping, one row per core method (stdlib; the client reads it too);
+- :mod:`discovery`: the files by which clients find a running service (stdlib; the client reads them);
+- :mod:`server`: the service process (:class:`server.Service`): lock, token, socket, ``service.json``,
+  uvicorn, start and stop;
+- :mod:`connections`: the limits uvicorn lacks (a deadline per request, a cap on connections);
+- :mod:`auth`: the Host check against DNS rebinding and the bearer token;
+- :mod:`app`: the Starlette application: routes, request bodies, event streams, the web page;
+- :mod:`params`: a request's values checked against the core method's signature;
+- :mod:`dispatch`: core calls on worker threads, a pool of Hypervisors, one mutation per VM at a time;
+- :mod:`responses`: results as JSON, errors as an HTTP status and a JSON body;
+- :mod:`openapi`: the OpenAPI document, from the route table;
+- :mod:`bus`: the event bus behind ``/v1/events``;
+- :mod:`supervisor`: a pidfd per VMM, reattach after a restart, half-started VMMs killed, autostart;
+- :mod:`metrics`: per-VM and host metrics, as JSON and Prometheus text.
+
+Only ``minivisor serve`` imports the modules that load Starlette, uvicorn or
+asyncio: the CLI talks to the service through :mod:`minivisor.client`, which
+needs only :mod:`routes` and :mod:`discovery`.
+"""

@@ -13,9 +13,12 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import HvError
+
+if TYPE_CHECKING:
+    from ..core.hypervisor import Hypervisor
 
 __all__ = ["collect", "vm_metrics", "host_metrics", "prometheus"]
 
@@ -76,16 +79,15 @@ def host_metrics() -> dict[str, Any]:
     return data
 
 
-def collect(service: Any) -> dict[str, Any]:
-    """Metrics of every running VM the service watches, and of the host."""
+def collect(hv: Hypervisor, running: dict[str, int]) -> dict[str, Any]:
+    """Metrics of the host and of each running VM (``running``: VM name -> VMM pid, as the supervisor watches them)."""
     vms: dict[str, Any] = {}
-    with service.hypervisor() as hv:
-        for name, pid in sorted(service.supervisor.watched().items()):
-            try:
-                paths = hv.vm_paths(name)
-            except HvError:
-                continue
-            vms[name] = vm_metrics(pid, str(paths.qmp_socket))
+    for name, pid in sorted(running.items()):
+        try:
+            paths = hv.vm_paths(name)
+        except HvError:
+            continue
+        vms[name] = vm_metrics(pid, str(paths.qmp_socket))
     host = host_metrics()
     host["vms_running"] = len(vms)
     host["vm_memory_rss_bytes"] = sum(v.get("memory_rss_bytes", 0) for v in vms.values())

@@ -1,9 +1,11 @@
 """The REST API's one mapping: which core API method answers which HTTP route.
 
-Both sides read this table: the service (:mod:`minivisor.service.app`) makes one
-route per row (Starlette's ``{name}`` matches one path segment, as here),
-dispatches it to ``Hypervisor.<method>`` and builds its OpenAPI schema from it, and
-the client (:mod:`minivisor.client`) turns a method call back into a request.
+Both sides read this table: the service makes one route per row
+(:mod:`minivisor.service.app`; Starlette's ``{name}`` matches one path segment, as
+here), dispatches it to ``Hypervisor.<method>`` (:mod:`minivisor.service.dispatch`)
+and builds its OpenAPI document from it (:mod:`minivisor.service.openapi`), and the
+client (:mod:`minivisor.client`) turns a method call back into a request and the
+answer back into the method's return type, as ``returns`` says.
 Exposing a new core method is one row here. Stdlib only, so the CLI can import
 it cheaply.
 
@@ -25,7 +27,8 @@ class Op:
     name: str  # the Hypervisor method
     method: str
     path: str
-    returns: str  # how the result is encoded: vm, vms, start, explanation, exec, host, events, text, none
+    returns: str  # the result's type, for the client: vm, vms, start, explanation, exec, host, snapshot,
+    #               snapshot_revert, events, json (as is), text (a string), none
     args: tuple[str, ...] = ("name",)
     status: int = 200
     mutates: bool = True  # serialised per VM inside the service

@@ -29,13 +29,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..errors import HvError
+from ..errors import HvError, StateError
+from ..procfs import start_ticks
+from ..vmm import qmp
 from ..vmm.argv import SHUTDOWN_TRACE
-
-if TYPE_CHECKING:
-    from .app import Service
+from ..vmm.process import RuntimeRecord, is_our_vmm, launched_process
+from ..vmm.states import Action, VmState
+from . import routes
+from .dispatch import Dispatcher
 
 __all__ = ["Supervisor", "exit_reason"]
 
@@ -131,8 +134,14 @@ class _LastRun:
 
 
 class Supervisor:
-    def __init__(self, service: Service) -> None:
-        self.service = service
+    """Watches every VMM of a datastore, reconciles with what runs on start, and powers on autostart VMs.
+
+    It reaches the core through ``calls`` (Hypervisors, worker threads, the
+    request path for autostart), and reports what it sees as events there.
+    """
+
+    def __init__(self, calls: Dispatcher) -> None:
+        self.calls = calls
         self._watches: dict[int, _Watch] = {}  # pid -> watch
         self._reported: set[int] = set()  # pids whose power-off the core reports itself
         self._lock = threading.Lock()
@@ -158,7 +167,7 @@ class Supervisor:
 
     def reconcile(self) -> None:
         """Adopt live VMMs, kill half-started ones, clear stale records."""
-        with self.service.hypervisor() as hv:
+        with self.calls.hypervisor() as hv:
             entries = hv.datastore.catalog.list()
             for entry in entries:
                 try:
@@ -168,8 +177,6 @@ class Supervisor:
                     log.warning("cannot reconcile %s: %s", entry.name, exc.one_line())
 
     def _reconcile_one(self, hv: Any, name: str, vmm: Any) -> None:
-        from ..vmm.states import VmState
-
         record = vmm.record()  # checks pid, start time and argv; clears a stale record
         if record is not None:
             if _orphaned(record.pid, vmm.lock.path) and _qmp_status(record.qmp_socket) == "prelaunch":
@@ -197,22 +204,16 @@ class Supervisor:
 
     async def autostart(self) -> None:
         """Power on the VMs marked autostart, one after another, as requests would."""
-        from . import routes
-
-        names = await self.service.run_blocking(self._autostart_names)
+        names = await self.calls.call(_autostart_names)
         op = routes.by_name("start_vm")
         assert op is not None
         for name in names:
             try:
-                await self.service.dispatch(op, {"name": name}, {})
+                await self.calls.dispatch(op, {"name": name}, {})
             except HvError as exc:
-                if exc.code == "invalid-state-start":
+                if isinstance(exc, StateError) and exc.action == Action.START.value:
                     continue  # already running
-                await self.service.run_blocking(self.service.emit, "autostartFailed", name, reason=exc.one_line())
-
-    def _autostart_names(self) -> list[str]:
-        with self.service.hypervisor() as hv:
-            return [e.name for e in hv.datastore.catalog.list() if e.autostart]
+                await self.calls.run_blocking(self.calls.emit, "autostartFailed", name, reason=exc.one_line())
 
     # -- watching -------------------------------------------------------------
     def notice(self, event: dict[str, Any]) -> None:
@@ -221,7 +222,7 @@ class Supervisor:
         if not isinstance(pid, int):
             return
         if event["type"] == "poweredOn":
-            with self.service.hypervisor() as hv:
+            with self.calls.hypervisor() as hv:
                 vm_dir = hv.vm_paths(event["vm"]).vm_dir
             self.watch(event["vm"], pid, vm_dir)
         elif event["type"] == "poweringOff":  # its exit is expected; the core reports it
@@ -229,8 +230,6 @@ class Supervisor:
                 self._reported.add(pid)
 
     def watch(self, name: str, pid: int, vm_dir: Path) -> None:
-        from ..vmm.process import launched_process
-
         with self._lock:
             child = launched_process(pid)  # set if this process launched it: then we get its exit status
             if pid in self._watches:
@@ -296,10 +295,8 @@ class Supervisor:
         """Watch VMMs started without the service (the CLI working directly on the datastore)."""
         with self._lock:
             watched = {w.vm_dir for w in self._watches.values()}
-        from ..vmm.process import RuntimeRecord, is_our_vmm
-
-        root = self.service.root
-        with self.service.hypervisor() as hv:
+        root = self.calls.root
+        with self.calls.hypervisor() as hv:
             entries = hv.datastore.catalog.list()
         for entry in entries:
             vm_dir = (root / entry.vmx).parent
@@ -317,7 +314,7 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 returncode = None
         reason, crashed = exit_reason(returncode, watch.vm_dir / "vmm.log")
-        with self.service.hypervisor() as hv:
+        with self.calls.hypervisor() as hv:
             try:
                 hv.vms.context(watch.name).vmm.record()  # clears the stale runtime record and sockets
             except HvError:
@@ -327,13 +324,15 @@ class Supervisor:
             self._reported.discard(watch.pid)
         if reported:
             return
-        self.service.emit("crashed" if crashed else "poweredOff", watch.name, pid=watch.pid, reason=reason,
-                          exit_status=returncode)
+        self.calls.emit("crashed" if crashed else "poweredOff", watch.name, pid=watch.pid, reason=reason,
+                        exit_status=returncode)
+
+
+def _autostart_names(hv: Any) -> list[str]:
+    return [e.name for e in hv.datastore.catalog.list() if e.autostart]
 
 
 def _qmp_status(socket: str) -> str | None:
-    from ..vmm import qmp
-
     try:
         return qmp.execute(socket, "query-status", timeout=3.0).get("status")
     except HvError:
@@ -380,8 +379,6 @@ def _orphaned(pid: int, lock_path: Path) -> bool:
 
 
 def _wait_gone(pid: int, timeout: float) -> None:
-    from ..procfs import start_ticks
-
     deadline = time.monotonic() + timeout
     while start_ticks(pid) is not None and time.monotonic() < deadline:
         time.sleep(0.02)

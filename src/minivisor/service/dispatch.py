@@ -1,0 +1,141 @@
+"""Core API calls made from the event loop: worker threads, a pool of Hypervisors, one mutation per VM at a time.
+
+The core blocks (a power-on with ``wait_ready`` waits for minutes), so each
+call runs on a worker thread (:meth:`Dispatcher.run_blocking`, at most
+:data:`WORKERS` at once) with a :class:`~minivisor.core.hypervisor.Hypervisor`
+of its own from a pool. :meth:`Dispatcher.dispatch` turns a request into a call:
+its values checked first (:mod:`minivisor.service.params`), then, for a
+mutating route, the VM's in-process lock taken, so requests queue instead of
+polling the core's cross-process locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..core.events import Event
+from ..core.hypervisor import Hypervisor
+from ..datastore.store import check_vm_name
+from ..errors import LockError
+from .params import check_arguments, param_specs
+from .routes import OPERATIONS, Op
+
+__all__ = ["Dispatcher", "WORKERS", "OP_LOCK_TIMEOUT"]
+
+WORKERS = 64  # blocking core calls at once: long ones (power-on + wait_ready) must not queue behind each other
+OP_LOCK_TIMEOUT = 120.0  # seconds a request waits for another operation on the same VM
+
+
+class Dispatcher:
+    """The core API of one datastore, called from the service's event loop.
+
+    Every Hypervisor it makes reports its events to ``on_event``. Creating the
+    dispatcher opens (creates) the datastore.
+    """
+
+    def __init__(self, root: Path, on_event: Callable[[Event], None]) -> None:
+        self.root = root
+        self._on_event = on_event
+        self._pool: queue.LifoQueue[Hypervisor] = queue.LifoQueue()
+        self._pool.put(Hypervisor(root, on_event=on_event))
+        self._vm_locks: dict[str, asyncio.Lock] = {}
+        self._workers = asyncio.Semaphore(WORKERS)
+        self._specs = {op.name: param_specs(op) for op in OPERATIONS}
+
+    def hypervisor(self) -> _Lease:
+        """A Hypervisor for this thread's use: ``with dispatcher.hypervisor() as hv:`` (back to the pool after)."""
+        try:
+            hv = self._pool.get_nowait()
+        except queue.Empty:
+            hv = Hypervisor(self.root, on_event=self._on_event)
+        return _Lease(self._pool, hv)
+
+    def emit(self, kind: str, name: str, **data: Any) -> None:
+        """An event the service itself observed (crash, reattach): logged and published like the core's own."""
+        with self.hypervisor() as hv:
+            hv.vms.emit(name, kind, **data)
+
+    async def dispatch(self, op: Op, path_params: dict[str, str], body: dict[str, Any]) -> Any:
+        """Check a request's values against the core method, then run it (mutations one at a time per VM)."""
+        kwargs = check_arguments(op, self._specs[op.name], path_params, body)
+        target = path_params.get("name") or path_params.get("source") or body.get("name")
+        if not (op.mutates and isinstance(target, str)):
+            return await self.call(_invoke, op.name, kwargs)
+        lock = self._vm_lock(target)
+        try:
+            await asyncio.wait_for(lock.acquire(), OP_LOCK_TIMEOUT)
+        except TimeoutError:
+            raise LockError(f"VM {target!r} is busy with another operation",
+                            hint="retry when it has finished") from None
+        try:
+            return await self.call(_invoke, op.name, kwargs)
+        finally:
+            lock.release()
+
+    async def call(self, func: Callable[..., Any], /, *args: Any) -> Any:
+        """``func(hv, *args)`` on a worker thread, ``hv`` a Hypervisor from the pool."""
+        return await self.run_blocking(self._leased, func, *args)
+
+    def _vm_lock(self, name: str) -> asyncio.Lock:
+        check_vm_name(name)  # the core refuses such a name anyway; checked first so junk never becomes a key
+        return self._vm_locks.setdefault(name.lower(), asyncio.Lock())
+
+    def _leased(self, func: Callable[..., Any], *args: Any) -> Any:
+        with self.hypervisor() as hv:
+            return func(hv, *args)
+
+    async def run_blocking(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """``func(*args, **kwargs)`` on a worker thread, at most :data:`WORKERS` at once.
+
+        One daemon thread per call rather than a pool that interpreter exit
+        waits for: a power-on with ``wait_ready`` blocks for minutes, and a
+        stopping service must not wait for it (the core is crash-safe, and
+        the next start finishes or undoes what was cut short).
+        """
+        loop = asyncio.get_running_loop()
+        async with self._workers:
+            done: asyncio.Future[Any] = loop.create_future()
+
+            def work() -> None:
+                try:
+                    outcome = (func(*args, **kwargs), None)
+                except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request
+                    outcome = (None, exc)
+                try:
+                    loop.call_soon_threadsafe(_settle, done, *outcome)
+                except RuntimeError:
+                    pass  # the loop has closed: the service stopped while this call ran
+
+            threading.Thread(target=work, name=f"core {getattr(func, '__name__', 'call')}", daemon=True).start()
+            return await done
+
+
+def _invoke(hv: Hypervisor, method: str, kwargs: dict[str, Any]) -> Any:
+    return getattr(hv, method)(**kwargs)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.cancelled():
+        return  # the request was cancelled (the service is stopping); the call finished anyway
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+class _Lease:
+    """A Hypervisor borrowed from the pool for one ``with`` block."""
+
+    def __init__(self, pool: queue.LifoQueue[Hypervisor], hv: Hypervisor) -> None:
+        self.pool, self.hv = pool, hv
+
+    def __enter__(self) -> Hypervisor:
+        return self.hv
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.put(self.hv)

@@ -1,0 +1,50 @@
+"""The OpenAPI 3 document of the REST API, built from the route table and the core methods' signatures."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from .. import __version__
+from ..core.hypervisor import Hypervisor
+from .params import param_specs, schema
+from .routes import OPERATIONS, Op
+
+__all__ = ["openapi"]
+
+VM_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"}  # what check_vm_name accepts
+ERROR = {"description": "an error: {error: {type, code, message, hint, exit_code}}"}
+# Routes that are not core methods (the web page at / is not part of the API).
+EXTRA = (("/v1/events", "Server-sent events of VM state changes"),
+         ("/v1/metrics", "Per-VM and host metrics (JSON)"),
+         ("/metrics", "Metrics in Prometheus text format"))
+
+
+def openapi() -> dict[str, Any]:
+    """The OpenAPI 3 document: one operation per row of the route table, plus events and metrics."""
+    paths: dict[str, Any] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)
+    for path, summary in EXTRA:
+        paths[path] = {"get": {"summary": summary, "responses": {"200": {"description": summary}}}}
+    return {"openapi": "3.0.3", "info": {"title": "minivisor", "version": __version__},
+            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+            "security": [{"bearer": []}], "paths": paths}
+
+
+def _operation(op: Op) -> dict[str, Any]:
+    """One operation: its summary (the core method's first doc line), parameters, body and answers."""
+    summary = (inspect.getdoc(getattr(Hypervisor, op.name)) or "").split("\n")[0]
+    entry: dict[str, Any] = {"operationId": op.name, "summary": summary,
+                             "parameters": [{"name": p, "in": "path", "required": True, "schema": VM_NAME}
+                                            for p in op.path_params],
+                             "responses": {str(op.status): {"description": op.returns}, "default": ERROR}}
+    fields = {n: p for n, p in param_specs(op).items() if n not in op.path_params}
+    if fields and op.method in ("POST", "PUT"):
+        entry["requestBody"] = {"content": {"application/json": {"schema": {
+            "type": "object", "additionalProperties": False,
+            "properties": {n: schema(p.annotation) for n, p in fields.items()},
+            "required": [n for n, p in fields.items() if p.default is inspect.Parameter.empty]}}}}
+    elif fields:
+        entry["parameters"] += [{"name": n, "in": "query", "schema": schema(p.annotation)} for n, p in fields.items()]
+    return entry

@@ -1,0 +1,135 @@
+"""The service process: what it holds while it serves a datastore, and how it starts and stops.
+
+:class:`Service` takes the datastore's service lock, makes the token, binds the
+listening socket, supervises the VMMs and writes ``service.json``
+(:mod:`minivisor.service.discovery`); :meth:`Service.serve_forever` runs the
+application (:mod:`minivisor.service.app`) on uvicorn with the guarded
+connection protocol (:mod:`minivisor.service.connections`) until SIGTERM or
+SIGINT. Running VMs keep running when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+from pathlib import Path
+
+import uvicorn
+
+from ..core.events import Event
+from ..errors import ConflictError, HostError, RequestError
+from ..locks import try_lock
+from ..spec.vmx import write_atomic
+from ..procfs import start_ticks
+from .app import build_app
+from .auth import Access, HostCheck, ensure_token
+from .bus import EventBus
+from .connections import KEEP_ALIVE, GuardedH11Protocol, connection_cap
+from .discovery import LOCK_FILE, SERVICE_FILE
+from .dispatch import Dispatcher
+from .supervisor import Supervisor
+
+__all__ = ["Service"]
+
+GRACE = 5.0  # seconds a stopping service gives requests in flight to finish
+BACKLOG = 1024  # connections the kernel queues before the service accepts them
+
+
+class Service:
+    """One datastore served over HTTP, with its VMMs supervised."""
+
+    def __init__(self, root: Path | str, listen: str = "127.0.0.1:8700", *, autostart: bool = True) -> None:
+        self.root = Path(root).absolute()
+        self.calls = Dispatcher(self.root, on_event=self._on_event)  # opens (creates) the datastore
+        self._lock_fd = _take_service_lock(self.root)
+        token = ensure_token(self.root)
+        self.bus = EventBus()
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise RequestError(f"--listen {listen!r} is not HOST:PORT", hint="e.g. --listen 127.0.0.1:8700")
+        self.sock = _listen(listen, host.strip("[]"), int(port))
+        bound = self.sock.getsockname()[1]
+        self.url = f"http://{host}:{bound}"
+        self.access = Access(token, HostCheck(host.strip("[]"), bound), self.url)
+        self.supervisor = Supervisor(self.calls)
+        self.autostart = autostart
+
+    def serve_forever(self) -> None:
+        """Serve until SIGTERM or SIGINT, then stop (running VMs keep running)."""
+        self.start()
+        try:
+            app = build_app(self.calls, self.bus, self.access, self.supervisor, autostart=self.autostart)
+            server = _Server(app, self.bus)
+            # uvicorn handles SIGTERM and SIGINT while it serves, then raises the signal again
+            # under the handlers it found: these, which let the service finish stopping.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: None)
+            asyncio.run(server.serve(sockets=[self.sock]))
+        finally:
+            self.close()
+
+    def start(self) -> None:
+        """Reattach to running VMMs and write the service file (autostart follows once it serves)."""
+        self.supervisor.start()
+        record = {"url": self.url, "pid": os.getpid(), "start_ticks": start_ticks(os.getpid())}
+        path = self.root / SERVICE_FILE
+        path.unlink(missing_ok=True)  # a stale one would keep its mode
+        write_atomic(path, json.dumps(record).encode(), mode=0o600)
+
+    def close(self) -> None:
+        try:
+            (self.root / SERVICE_FILE).unlink(missing_ok=True)
+        finally:
+            self.supervisor.stop()
+            self.bus.close()
+            self.sock.close()
+            os.close(self._lock_fd)
+
+    def _on_event(self, event: Event) -> None:
+        """Every event of every Hypervisor the service uses: the supervisor watches, the bus publishes."""
+        self.supervisor.notice(event)
+        self.bus.publish(event)
+
+
+def _take_service_lock(root: Path) -> int:
+    fd = try_lock(root / LOCK_FILE)
+    if fd is None:
+        raise ConflictError(f"a minivisor service already runs for the datastore {root}",
+                            hint=f"see {root / SERVICE_FILE}, or stop that service first")
+    return fd
+
+
+def _listen(listen: str, host: str, port: int) -> socket.socket:
+    """The listening socket, bound now so a busy port is one clear error before anything starts."""
+    # IPPROTO_TCP named, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say they are
+    # TCP, and uvicorn writes a response's head and body apart: with Nagle and the client's delayed
+    # ACK, each response on a kept-alive connection would wait 40 ms.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)  # connections made before uvicorn runs wait in the backlog
+    except OSError as exc:
+        sock.close()
+        raise HostError(f"cannot listen on {listen}: {exc.strerror}",
+                        hint="choose another port with --listen HOST:PORT") from exc
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn for the service's app: the guarded protocol, its limits and timeouts."""
+
+    def __init__(self, app, bus: EventBus) -> None:
+        super().__init__(uvicorn.Config(
+            app, http=GuardedH11Protocol, ws="none", lifespan="on", loop="asyncio",
+            log_config=None, log_level="warning", access_log=False, proxy_headers=False, server_header=False,
+            timeout_keep_alive=int(KEEP_ALIVE), timeout_graceful_shutdown=int(GRACE),
+            limit_concurrency=connection_cap(), backlog=BACKLOG))
+        self.bus = bus
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.bus.close()  # event streams end, so their connections close instead of holding the stop
+        await super().shutdown(sockets)
