@@ -27,7 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from minivisor import Hypervisor  # noqa: E402
-from minivisor.storage.images import allocated_bytes, human_size, parse_size, read_layer  # noqa: E402
+from minivisor.images.layers import allocated_bytes, read_layer
+from minivisor.units import human_size, parse_size
 
 MIB = 1024 * 1024
 

@@ -247,7 +247,7 @@ def _decode(kind: str, data: Any) -> Any:
 
 
 def _snapshot(data: dict[str, Any]) -> Any:
-    from .storage.snapshots import Snapshot
+    from .spec.vmsd import Snapshot
 
     return Snapshot(uid=data["uid"], name=data["name"], parent=data["parent"], disks=data["disks"],
                     description=data["description"], created_us=round(data["created"] * 1e6),

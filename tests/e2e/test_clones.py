@@ -7,7 +7,8 @@ import json
 import pytest
 from cli_runner import run_cli
 
-from minivisor.storage.images import allocated_bytes, check_disk, read_layer
+from minivisor.images.layers import allocated_bytes, read_layer
+from minivisor.images.qemu_img import check_disk
 from minivisor.errors import ConflictError, StateError
 from minivisor.vmm.states import VmState
 

@@ -13,9 +13,10 @@ import pytest
 from guests import create_guest
 
 from minivisor import Hypervisor
-from minivisor.storage.images import check_disk, format_for, read_layer
+from minivisor.images.layers import format_for, read_layer
+from minivisor.images.qemu_img import check_disk
 from minivisor.errors import ConflictError, DiskError, NotFoundError, StateError
-from minivisor.storage.snapshots import SnapshotTree
+from minivisor.spec.vmsd import SnapshotTree
 from minivisor.vmm.states import VmState
 
 pytestmark = pytest.mark.qemu

@@ -14,7 +14,8 @@ import pytest
 from guests import create_guest
 
 from minivisor import Hypervisor
-from minivisor.storage.images import convert_disk, read_layer
+from minivisor.images.layers import read_layer
+from minivisor.images.qemu_img import convert_disk
 from minivisor.errors import HvError, StateError, VmmError
 from minivisor.vmm.states import VmState
 from minivisor.vmm import qmp

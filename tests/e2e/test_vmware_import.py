@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from cli_runner import run_cli
 
-from minivisor.storage.images import read_layer
+from minivisor.images.layers import read_layer
 from minivisor.errors import DiskError, HvError, PathError
 
 from test_snapshots import DATA_DISK, read_mark  # noqa: E402

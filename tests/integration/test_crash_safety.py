@@ -21,9 +21,10 @@ from guests import create_guest
 from cli_runner import run_cli
 
 from minivisor import Hypervisor
-from minivisor.storage.images import check_disk, format_for, read_layer, resolve_chain
+from minivisor.images.layers import format_for, read_layer, resolve_chain
+from minivisor.images.qemu_img import check_disk
 from minivisor.storage.journal import CRASH_ENV, JOURNAL_NAME
-from minivisor.storage.snapshots import SnapshotTree
+from minivisor.spec.vmsd import SnapshotTree
 
 
 def cli(root: Path, *args: str, crash_at: str | None = None) -> subprocess.CompletedProcess:

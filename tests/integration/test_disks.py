@@ -12,7 +12,8 @@ import pytest
 from cli_runner import run_cli
 
 from minivisor import Hypervisor
-from minivisor.storage.images import allocated_bytes, check_disk, read_layer, resolve_chain
+from minivisor.images.layers import allocated_bytes, read_layer, resolve_chain
+from minivisor.images.qemu_img import check_disk
 from minivisor.errors import ArgumentError, DiskError, PathError
 
 TIB = 1024 ** 4

@@ -20,7 +20,7 @@ from refusals import assert_one_clear_line, datastore_state
 from minivisor import Hypervisor
 from minivisor.errors import ArgumentError, ConflictError, SpecError, StateError
 from minivisor.service.responses import http_status
-from minivisor.storage.snapshots import Snapshot, SnapshotTree
+from minivisor.spec.vmsd import Snapshot, SnapshotTree
 from minivisor.vmm.states import VmState
 
 SHORT = 300  # characters: an error line that echoes an attacker's value must stay about this short

@@ -20,7 +20,8 @@ from guests import create_guest
 from cli_runner import run_cli
 
 from minivisor import Hypervisor
-from minivisor.storage.images import convert_disk, read_layer
+from minivisor.images.layers import read_layer
+from minivisor.images.qemu_img import convert_disk
 from minivisor.errors import NoSpaceError
 from minivisor.storage.journal import JOURNAL_NAME
 from minivisor.vmm.states import VmState

@@ -27,7 +27,7 @@ from attacks import (
     with_token,
 )
 
-from minivisor.storage.images import read_layer
+from minivisor.images.layers import read_layer
 from minivisor.errors import HvError, PathError
 
 SPECFILE = ('.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "14"\nmemSize = "64"\n'

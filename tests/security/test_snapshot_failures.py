@@ -9,7 +9,8 @@ from cli_runner import run_cli
 from service.conftest import datastore, service  # noqa: F401 - fixtures: a real `minivisor serve`
 
 from minivisor import Hypervisor
-from minivisor.storage.images import convert_disk, read_layer
+from minivisor.images.layers import read_layer
+from minivisor.images.qemu_img import convert_disk
 from minivisor.errors import DiskError
 from minivisor.vmm.states import VmState
 

@@ -23,8 +23,8 @@ from minivisor.service.responses import dumps, encode
 from minivisor.service.routes import OPERATIONS
 from minivisor.spec.vmspec import VmSpec
 from minivisor.spec.vmx import VmxDocument
-from minivisor.storage.images import ImageLayer
-from minivisor.storage.snapshots import Snapshot
+from minivisor.images.layers import ImageLayer
+from minivisor.spec.vmsd import Snapshot
 from minivisor.vmm.argv import LaunchEnv, VmPaths, build_qemu_argv, virtual_hardware
 from minivisor.vmm.console import ExecResult
 from minivisor.vmm.states import VmState

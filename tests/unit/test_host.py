@@ -28,7 +28,7 @@ needs_qemu = pytest.mark.skipif(REAL_QEMU is None, reason="qemu-system-x86_64 is
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("MINIVISOR_ACCEL", "MINIVISOR_QEMU", "MINIVISOR_QEMU_IMG"):
+    for name in ("MINIVISOR_ACCEL", "MINIVISOR_QEMU"):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from minivisor.storage.images import ImageLayer
+from minivisor.images.layers import ImageLayer
 from minivisor.datastore.layout import VmPaths
 from minivisor.vmm.argv import LaunchEnv, build_qemu_argv, virtual_hardware
 from minivisor.spec.vmspec import VmSpec

@@ -6,7 +6,8 @@ import pytest
 
 from minivisor.errors import ConflictError, NotFoundError
 from minivisor.storage.journal import JOURNAL_NAME, Journal, write_step
-from minivisor.storage.snapshots import Snapshot, SnapshotTree, delta_name
+from minivisor.spec.vmsd import Snapshot, SnapshotTree
+from minivisor.storage.snapshots import delta_name
 
 # A .vmsd as VMware Workstation writes it (CRLF, slots past 9, a negative createTimeLow).
 WORKSTATION_VMSD = (

@@ -23,7 +23,7 @@ from .. import dirs
 from ..core.hypervisor import Hypervisor
 from minivisor_appliance.build import build_appliance
 from ..vmm.console import wait_for_line
-from ..storage.images import convert_disk
+from ..images.qemu_img import convert_disk
 from ..spec.vmspec import VmSpec
 from ..spec.vmx import VmxDocument
 

@@ -45,7 +45,7 @@ def progress_bar(what: str):
 
 
 def show_disk(info: dict) -> None:
-    from ..storage.images import human_size
+    from ..units import human_size
     from .output import key_values
 
     rows = [("file", info["file"]), ("format", info["format"]),

@@ -112,7 +112,7 @@ def explanation_dict(exp: Explanation) -> dict[str, Any]:
 
 def disk_table(disks: list[dict]) -> None:
     """A VM's hard disks, one row each (``vm disk list``)."""
-    from ..storage.images import human_size
+    from ..units import human_size
 
     table = Table(box=None, header_style="bold")
     for column in ("DISK", "FILE", "FORMAT", "SIZE", "ALLOCATED", "LAYERS"):

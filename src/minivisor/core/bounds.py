@@ -68,7 +68,7 @@ def _shown(value: Any) -> str:
 
 def _size(name: str, value: Any) -> None:
     """A size such as ``20G``: well-formed, and no larger than a disk minivisor creates or imports."""
-    from ..storage.images import parse_size
+    from ..units import parse_size
     from ..storage.vmware import MAX_VIRTUAL_SIZE
 
     if value is None:

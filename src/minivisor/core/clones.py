@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 from ..errors import HvError
 from ..storage.clones import abandon_clone, build_clone
-from ..storage.snapshots import Snapshot, VmFiles
+from ..spec.vmsd import Snapshot
+from ..storage.snapshots import VmFiles
 from ..vmm.states import Action
 from .context import Vms
 from .recovery import disk_operation

@@ -15,16 +15,9 @@ from pathlib import Path
 
 from ..datastore.store import Datastore
 from ..errors import ConflictError, DiskError, NoSuchDiskError
-from ..storage.images import (
-    ImageLayer,
-    check_resize,
-    convert_disk,
-    create_disk,
-    disk_info,
-    format_for,
-    parse_size,
-    resize_disk,
-)
+from ..images.layers import ImageLayer, disk_info, format_for
+from ..images.qemu_img import check_resize, convert_disk, create_disk, resize_disk
+from ..units import parse_size
 from ..storage.journal import crashpoint
 from ..storage.snapshots import VmFiles
 from ..vmm import jobs
@@ -112,7 +105,7 @@ def _user_path(datastore: Datastore, path: Path | str) -> Path:
 def _chain(datastore: Datastore, path: Path) -> tuple[ImageLayer, ...]:
     """A disk a user named, and its backing chain, under the rules of the folder it is in."""
     scope = datastore.folder_scope(path.parent)
-    return scope.chain(scope.image(path.parent, path.name, "disk"))
+    return scope.disk_chain(path.parent, path.name, "disk")
 
 
 def _format(target: Path, fmt: str | None, *, creating: bool = True) -> str:

@@ -35,9 +35,11 @@ from ..spec.devices import CREATABLE_NICS, CREATABLE_SCSI
 from ..spec.identity import fill_identity, name_from, new_specfile
 from ..spec.vmspec import VmSpec
 from ..storage import vmware
-from ..storage.images import ImageLayer, convert_disk, create_disk, human_size, parse_size
+from ..images.layers import ImageLayer
+from ..images.qemu_img import convert_disk, create_disk
+from ..units import human_size, parse_size
 from ..storage.journal import Journal
-from ..storage.snapshots import Snapshot
+from ..spec.vmsd import Snapshot
 from ..vmm.argv import VirtualDevice, virtual_hardware
 from ..vmm.console import ExecResult, console_lock, run_command, wait_for_ready
 from ..vmm.plan import check_host_fit, resolve_files

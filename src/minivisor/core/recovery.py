@@ -17,7 +17,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Callable
 
 from ..errors import HvError
-from ..storage.images import commit_layer, rebase_disk, set_backing
+from ..images.qemu_img import commit_layer, rebase_disk, set_backing
 from ..storage.journal import Journal
 from ..storage.snapshots import VmFiles
 from ..vmm import jobs

@@ -12,20 +12,10 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from ..errors import StateError
-from ..storage.images import create_overlay
+from ..images.qemu_img import create_overlay
 from ..storage.journal import Journal, crashpoint, write_step
-from ..storage.snapshots import (
-    Snapshot,
-    SnapshotTree,
-    VmFiles,
-    new_tree_with,
-    plan_delete,
-    plan_revert,
-    plan_take,
-    snapshot_disks,
-    take_offline,
-    vmsd_path,
-)
+from ..spec.vmsd import Snapshot, SnapshotTree, vmsd_path
+from ..storage.snapshots import VmFiles, new_tree_with, plan_delete, plan_revert, plan_take, snapshot_disks, take_offline
 from ..vmm import jobs
 from ..vmm.argv import device_id
 from ..vmm.states import Action

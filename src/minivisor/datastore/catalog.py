@@ -241,10 +241,6 @@ class Catalog:
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO allowed_paths (path) VALUES (?)", (path,))
 
-    def disallow_path(self, path: str) -> None:
-        with self.transaction() as db:
-            db.execute("DELETE FROM allowed_paths WHERE path = ?", (path,))
-
 
 def _entry(row: tuple) -> VmEntry:
     name, uuid, vmx, created, autostart = row

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .catalog import Catalog, VmEntry
 from .layout import VM_FILES
-from ..storage.images import ImageLayer, check_file_name, format_for, layer_files, resolve_chain
+from ..images.layers import ImageLayer, check_file_name, format_for, layer_files, resolve_chain
 from ..errors import ConflictError, DiskError, PathError, SpecError
 from ..text import excerpt
 
@@ -165,7 +165,7 @@ class Datastore:
     def image_chain(self, path: Path | str, what: str) -> tuple[ImageLayer, ...]:
         """The checked chain of a host image to copy in (a boot disk): it must be in an allowed folder."""
         scope = self._scope(None)
-        return scope.chain(scope.image(Path.cwd(), str(path), what))
+        return scope.disk_chain(Path.cwd(), str(path), what)
 
     def allowed(self) -> tuple[str, ...]:
         """Real paths of the host folders the user allowed."""
@@ -202,7 +202,7 @@ class Datastore:
         if depth >= CLONE_DEPTH:
             raise ConflictError(f"the linked clones behind {entry.name!r} form a loop or are deeper than "
                                 f"{CLONE_DEPTH}", hint="make a full clone: minivisor vm clone")
-        from ..storage.snapshots import SnapshotTree, vmsd_path
+        from ..spec.vmsd import SnapshotTree, vmsd_path
 
         source, uid = link
         scope = self.vm_scope(source, depth + 1)
@@ -210,7 +210,7 @@ class Datastore:
         folder = Path(scope.home or "")
         layers = set()
         for node, name in (snap.disks.items() if snap else ()):
-            chain = scope.chain(scope.image(folder, name, f"{source.name}'s snapshot disk {node}"))
+            chain = scope.disk_chain(folder, name, f"{source.name}'s snapshot disk {node}")
             layers.update(os.path.realpath(path) for layer in chain for path in layer_files(layer))
         return frozenset(layers)
 
@@ -353,6 +353,10 @@ class Scope:
             raise PathError(f"{what} {name!r} resolves to {real}, {self._outside_home()}",
                             hint="a VM's snapshot files stay in its own folder: restore them there")
         return Path(real)
+
+    def disk_chain(self, base: Path, name: str, what: str) -> tuple[ImageLayer, ...]:
+        """The checked chain of the disk ``name`` (relative to ``base``): the image and every layer below it."""
+        return self.chain(self.image(base, name, what))
 
     def chain(self, top: Path) -> tuple[ImageLayer, ...]:
         """A checked disk's layers, top first: every backing file and extent under these rules."""

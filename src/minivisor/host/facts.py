@@ -14,25 +14,23 @@ __all__ = ["available_memory_mib", "find_qemu", "find_qemu_img", "host_cpus", "h
 _MEMINFO = "/proc/meminfo"
 
 
-def _find_program(env: str, name: str, package: str) -> str:
-    """``$env`` if set (a name or path), else ``name`` on PATH; HostError if missing."""
-    if override := os.environ.get(env):
+def find_qemu() -> str:
+    """The qemu-system-x86_64 to run: ``MINIVISOR_QEMU`` (a name or a path) if set, else the one on PATH."""
+    if override := os.environ.get("MINIVISOR_QEMU"):
         if found := shutil.which(override):
             return found
-        raise HostError(f"{env}={override} is not an executable program", hint=f"point it at {name} or unset it")
-    if found := shutil.which(name):
+        raise HostError(f"MINIVISOR_QEMU={override} is not an executable program",
+                        hint="point it at qemu-system-x86_64 or unset it")
+    if found := shutil.which("qemu-system-x86_64"):
         return found
-    raise HostError(f"{name} not found", hint=f"apt-get install {package}")
-
-
-def find_qemu() -> str:
-    """The qemu-system-x86_64 to run (``MINIVISOR_QEMU`` overrides PATH)."""
-    return _find_program("MINIVISOR_QEMU", "qemu-system-x86_64", "qemu-system-x86")
+    raise HostError("qemu-system-x86_64 not found", hint="apt-get install qemu-system-x86")
 
 
 def find_qemu_img() -> str:
-    """The qemu-img to run (``MINIVISOR_QEMU_IMG`` overrides PATH)."""
-    return _find_program("MINIVISOR_QEMU_IMG", "qemu-img", "qemu-utils")
+    """The qemu-img on PATH, which every disk operation runs (HostError if there is none)."""
+    if found := shutil.which("qemu-img"):
+        return found
+    raise HostError("qemu-img not found", hint="apt-get install qemu-utils")
 
 
 def _meminfo_mib(field: str) -> int:

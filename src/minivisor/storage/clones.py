@@ -30,9 +30,11 @@ from ..errors import NoHardDiskError
 from ..spec.identity import new_identity
 from ..spec.vmspec import VmSpec
 from ..spec.vmx import VmxDocument
-from .images import ImageLayer, allocated_bytes, convert_disk, copy_sparse, create_overlay, set_backing
+from ..images.layers import ImageLayer, allocated_bytes
+from ..images.qemu_img import convert_disk, copy_sparse, create_overlay, set_backing
 from .journal import Journal, crashpoint
-from .snapshots import Snapshot, VmFiles, snapshot_disks
+from ..spec.vmsd import Snapshot
+from .snapshots import VmFiles, snapshot_disks
 
 __all__ = ["build_clone", "abandon_clone", "publish_clone", "clone_specfile"]
 

@@ -26,7 +26,9 @@ from ..errors import DiskError, HvError, PathError, SpecError, StateError
 from ..spec.identity import fill_identity, name_from, new_identity, uuid_to_vmx
 from ..spec.vmspec import VmSpec
 from ..spec.vmx import VmxDocument
-from .images import QCOW2_MAGIC, VMDK_MAGIC, ImageLayer, convert_disk, copy_sparse, human_size
+from ..images.layers import ImageLayer, QCOW2_MAGIC, VMDK_MAGIC
+from ..images.qemu_img import convert_disk, copy_sparse
+from ..units import human_size
 
 __all__ = ["import_vm", "inspect_folder", "MAX_VIRTUAL_SIZE"]
 
@@ -55,7 +57,7 @@ def inspect_folder(folder: Path, scope: Scope) -> tuple[Path, VmxDocument, VmSpe
     for disk in spec.disks:
         if disk.kind != "disk" or not disk.file_name:
             continue
-        chain = scope.chain(scope.image(folder, disk.file_name, f"{disk.node}.fileName"))
+        chain = scope.disk_chain(folder, disk.file_name, f"{disk.node}.fileName")
         for layer in chain:
             _check_layer(layer)
         chains[disk.node] = chain

@@ -23,7 +23,8 @@ from typing import Literal
 from ..datastore.layout import VmPaths
 from ..spec.devices import NIC_MODELS, SCSI_MODELS
 from ..spec.vmspec import Disk, DiskController, Nic, VmSpec
-from ..storage.images import ImageLayer, human_size
+from ..images.layers import ImageLayer
+from ..units import human_size
 
 __all__ = ["LaunchEnv", "device_id", "VirtualDevice", "virtual_hardware", "build_qemu_argv",
            "SANDBOX", "SHUTDOWN_TRACE", "qemu_opts"]

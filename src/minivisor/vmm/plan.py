@@ -25,7 +25,7 @@ from ..host.accel import choose_accel
 from ..host.placement import check_affinity, notes
 from ..spec.identity import generated_mac
 from ..spec.vmspec import Nic, VmSpec
-from ..storage.images import ImageLayer, layer_files
+from ..images.layers import ImageLayer, layer_files
 from .argv import LaunchEnv, NetBackend, build_qemu_argv
 
 __all__ = ["LaunchPlan", "make_plan", "Resources", "check_host_fit", "resolve_resources", "resolve_files"]
@@ -140,7 +140,7 @@ def resolve_files(spec: VmSpec, scope: Scope, vmx: Path, *, missing_ok: bool = F
 
 def _snapshot_files(vmx: Path) -> set[str]:
     """Real paths of the files the VM's snapshots froze."""
-    from ..storage.snapshots import SnapshotTree, vmsd_path
+    from ..spec.vmsd import SnapshotTree, vmsd_path
 
     tree = SnapshotTree.load(vmsd_path(vmx))
     return {os.path.realpath(vmx.parent / name) for name in tree.files()}

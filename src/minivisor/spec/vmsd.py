@@ -1,0 +1,185 @@
+"""The snapshot tree of a VM as VMware keeps it: the ``.vmsd`` next to its specfile.
+
+VMware's keys (``snapshot.lastUID``, ``snapshotN.uid``, ``.parent``,
+``.displayName``, ``.diskM.node``/``.fileName``, ``.filename`` for the memory
+state...) read and written with :class:`~minivisor.spec.vmx.VmxDocument`, so
+an unchanged tree round-trips. A ``.vmsd`` is input like a specfile: its size,
+its number of snapshots and each snapshot's number of disks are bounded
+(:data:`VMSD_LIMITS`, :data:`MAX_SNAPSHOTS`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConflictError, NotFoundError, SpecError
+from ..text import excerpt
+from .vmspec import CONTROLLER_COUNT, UNIT_COUNT
+from .vmx import VMX_LIMITS, Limits, VmxDocument
+
+__all__ = ["Snapshot", "SnapshotTree", "vmsd_path", "MAX_SNAPSHOTS", "VMSD_LIMITS"]
+
+_SLOT_UID = re.compile(r"snapshot(\d{1,9})\.uid$", re.IGNORECASE)
+MAX_SNAPSHOTS = 100  # per VM; VMware supports 32 in a chain
+MAX_DISKS = sum(CONTROLLER_COUNT[bus] * UNIT_COUNT[bus] for bus in CONTROLLER_COUNT)  # device slots of a VM
+# Each snapshot keeps its specfile on one line, |XX-escaped: up to 3 bytes for each of the specfile's.
+VMSD_LIMITS = Limits(file_bytes=32 * 1024 * 1024, lines=MAX_SNAPSHOTS * (12 + 2 * MAX_DISKS),
+                     line_bytes=3 * VMX_LIMITS.file_bytes + 1024)
+
+
+@dataclass
+class Snapshot:
+    """One node of the tree."""
+
+    uid: int
+    name: str
+    parent: int | None
+    disks: dict[str, str]  # node (scsi0:0) -> frozen file name, as the specfile named it
+    description: str = ""
+    created_us: int = 0  # microseconds since the epoch, as VMware stores it
+    memory_file: str | None = None  # the .vmsn with memory and device state (powered-on snapshots)
+    config: str | None = None  # the specfile when it was taken (restored on revert, like VMware's .vmsn)
+    ready_line: str | None = None  # a memory snapshot of a guest that had said it was ready: what it said
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"uid": self.uid, "name": self.name, "parent": self.parent, "description": self.description,
+                "created": self.created_us / 1e6, "memory": self.memory_file is not None,
+                "memory_file": self.memory_file, "disks": dict(self.disks)}
+
+
+@dataclass
+class SnapshotTree:
+    """The ``.vmsd`` contents."""
+
+    snapshots: dict[int, Snapshot] = field(default_factory=dict)
+    current: int | None = None
+    last_uid: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> SnapshotTree:
+        try:
+            doc = VmxDocument.load(path, VMSD_LIMITS)
+        except FileNotFoundError:
+            return cls()
+        doc.raise_for_errors()
+        tree = cls(last_uid=_int(doc.get("snapshot.lastUID")) or 0, current=_int(doc.get("snapshot.current")))
+        slots = sorted({int(m.group(1)) for key in doc.keys_with_prefix("snapshot") if (m := _SLOT_UID.match(key))})
+        if len(slots) > MAX_SNAPSHOTS:
+            raise SpecError(f"{path} lists {len(slots)} snapshots, more than the {MAX_SNAPSHOTS} minivisor keeps",
+                            hint="this is not a tree minivisor wrote: restore the VM's .vmsd from a backup")
+        for slot in slots:
+            p = f"snapshot{slot}."
+            uid = _int(doc.get(p + "uid"))
+            if uid is None:
+                continue
+            disks = {}
+            for m in range(_disk_count(doc, p, path)):
+                node, name = doc.get(f"{p}disk{m}.node"), doc.get(f"{p}disk{m}.fileName")
+                if node and name:
+                    disks[node.lower()] = name
+            high, low = _int(doc.get(p + "createTimeHigh")) or 0, _int(doc.get(p + "createTimeLow")) or 0
+            tree.snapshots[uid] = Snapshot(uid, doc.get(p + "displayName") or f"snapshot {uid}",
+                                           _int(doc.get(p + "parent")), disks, doc.get(p + "description") or "",
+                                           (high << 32) | (low & 0xFFFFFFFF), doc.get(p + "filename") or None,
+                                           doc.get(p + "minivisor.config") or None,
+                                           doc.get(p + "minivisor.readyLine") or None)
+            tree.last_uid = max(tree.last_uid, uid)
+        if tree.current not in tree.snapshots:
+            tree.current = None
+        return tree
+
+    def to_bytes(self) -> bytes:
+        doc = VmxDocument.parse(b'.encoding = "UTF-8"\n', limits=VMSD_LIMITS)
+        doc.set("snapshot.lastUID", str(self.last_uid))
+        if self.current is not None:
+            doc.set("snapshot.current", str(self.current))
+        doc.set("snapshot.numSnapshots", str(len(self.snapshots)))
+        for slot, snap in enumerate(self.snapshots.values()):
+            p = f"snapshot{slot}."
+            doc.set(p + "uid", str(snap.uid))
+            if snap.parent is not None:
+                doc.set(p + "parent", str(snap.parent))
+            if snap.memory_file:
+                doc.set(p + "filename", snap.memory_file)
+            doc.set(p + "displayName", snap.name)
+            if snap.description:
+                doc.set(p + "description", snap.description)
+            doc.set(p + "type", "1" if snap.memory_file else "0")
+            high, low = snap.created_us >> 32, snap.created_us & 0xFFFFFFFF
+            doc.set(p + "createTimeHigh", str(high))
+            doc.set(p + "createTimeLow", str(low - (1 << 32) if low >= 1 << 31 else low))  # signed, like VMware
+            doc.set(p + "numDisks", str(len(snap.disks)))
+            for m, (node, name) in enumerate(snap.disks.items()):
+                doc.set(f"{p}disk{m}.fileName", name)
+                doc.set(f"{p}disk{m}.node", node)
+            if snap.config:
+                doc.set(p + "minivisor.config", snap.config)  # escaped onto one line (|0A)
+            if snap.ready_line:
+                doc.set(p + "minivisor.readyLine", snap.ready_line)
+        return doc.to_bytes()
+
+    # -- queries -----------------------------------------------------------
+    def find(self, name: str, vm: str) -> Snapshot:
+        """A snapshot by name (or uid), or NotFoundError."""
+        matches = [s for s in self.snapshots.values() if s.name == name]
+        if not matches and name.isdigit() and int(name) in self.snapshots:
+            matches = [self.snapshots[int(name)]]
+        if not matches:
+            names = ", ".join(s.name for s in self.snapshots.values()) or "none"
+            raise NotFoundError(f"VM {vm!r} has no snapshot named {excerpt(name)}",
+                                hint=f"its snapshots: {names} (see: minivisor snapshot list {vm})")
+        if len(matches) > 1:
+            raise ConflictError(f"VM {vm!r} has {len(matches)} snapshots named {excerpt(name)}",
+                                hint="name it by its uid instead: minivisor snapshot list " + vm)
+        return matches[0]
+
+    def children(self, uid: int | None) -> list[Snapshot]:
+        return [s for s in self.snapshots.values() if s.parent == uid]
+
+    def ancestors(self, uid: int | None) -> list[int]:
+        """uid, its parent, ... up to the root."""
+        chain = []
+        while uid is not None and uid in self.snapshots and uid not in chain:
+            chain.append(uid)
+            uid = self.snapshots[uid].parent
+        return chain
+
+    def files(self) -> set[str]:
+        return {name for snap in self.snapshots.values() for name in snap.disks.values()}
+
+    def to_list(self) -> list[dict[str, Any]]:
+        """Depth-first, each with its depth and whether it is the current position."""
+        out: list[dict[str, Any]] = []
+
+        def visit(snap: Snapshot, depth: int) -> None:
+            out.append({**snap.to_dict(), "depth": depth, "current": snap.uid == self.current})
+            for child in self.children(snap.uid):
+                visit(child, depth + 1)
+
+        for root in [s for s in self.snapshots.values() if s.parent not in self.snapshots]:
+            visit(root, 0)
+        return out
+
+
+def _int(value: str | None) -> int | None:
+    """A number as VMware writes them in a .vmsd (32 bits, signed or not), else None."""
+    try:
+        number = int(value) if value and len(value) <= 12 else None
+    except ValueError:
+        return None
+    return number if number is not None and -(1 << 31) <= number < 1 << 32 else None
+
+
+def _disk_count(doc: VmxDocument, prefix: str, path: Path) -> int:
+    count = _int(doc.get(prefix + "numDisks")) or 0
+    if not 0 <= count <= MAX_DISKS:
+        raise SpecError(f"{path}: {prefix}numDisks = {count} is not a number of disks a VM can have (0 to {MAX_DISKS})",
+                        hint="this is not a tree minivisor wrote: restore the VM's .vmsd from a backup")
+    return count
+
+
+def vmsd_path(vmx: Path) -> Path:
+    return vmx.with_suffix(".vmsd")
