@@ -17,11 +17,14 @@ Stdlib only (``http.client``): importing it costs the CLI almost nothing.
 from __future__ import annotations
 
 import http.client
+import dataclasses
+import enum
 import json
 import os
 import select
 import threading
 import time
+import types
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,7 +140,7 @@ class Client:
         for key, value in list(kwargs.items()):
             if isinstance(value, os.PathLike):
                 kwargs[key] = os.path.abspath(value)  # the service resolves paths from its own folder
-        from .datastore.store import check_vm_name
+        from .datastore.store import check_vm_name  # here, not at the top: importing the client stays cheap
 
         path = op.path
         for param in op.path_params:
@@ -235,6 +238,7 @@ def _decode(kind: str, data: Any) -> Any:
         return _snapshot(data)
     if kind == "snapshot_revert":
         return _snapshot(data[0]), data[1]
+    # The core's types, only when a result needs them: a CLI that talks to the service stays light.
     from .core.hypervisor import Explanation, StartResult, VmInfo
     from .vmm.console import ExecResult
     from .host.info import HostInfo
@@ -256,10 +260,6 @@ def _snapshot(data: dict[str, Any]) -> Any:
 
 def rebuild(tp: Any, data: Any) -> Any:
     """Turn JSON data back into ``tp`` (dataclasses, enums, paths, tuples, optionals)."""
-    import dataclasses
-    import enum
-    import types
-
     if data is None:
         return None
     origin = typing.get_origin(tp)

@@ -14,7 +14,9 @@ from typing import Any
 
 from ..errors import ArgumentError, DiskError
 from ..spec.vmspec import MEMORY_MIB, VCPUS
+from ..storage.vmware import MAX_VIRTUAL_SIZE
 from ..text import excerpt
+from ..units import parse_size
 
 __all__ = ["check_args", "MAX_TIMEOUT", "MAX_EVENTS", "MAX_COMMAND", "MAX_SIZE_TEXT", "MAX_SNAPSHOT_NAME",
            "MAX_DESCRIPTION"]
@@ -68,9 +70,6 @@ def _shown(value: Any) -> str:
 
 def _size(name: str, value: Any) -> None:
     """A size such as ``20G``: well-formed, and no larger than a disk minivisor creates or imports."""
-    from ..units import parse_size
-    from ..storage.vmware import MAX_VIRTUAL_SIZE
-
     if value is None:
         return
     _text(MAX_SIZE_TEXT)(name, value)

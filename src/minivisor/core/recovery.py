@@ -19,6 +19,7 @@ from typing import Callable
 from ..errors import HvError
 from ..images.qemu_img import commit_layer, rebase_disk, set_backing
 from ..storage.journal import Journal
+from ..storage.clones import publish_clone
 from ..storage.snapshots import VmFiles
 from ..vmm import jobs
 from ..vmm.argv import device_id
@@ -90,8 +91,6 @@ def _recover_online_snapshot(ctx: VmContext, journal: Journal) -> None:
 
 def step_handlers(ctx: VmContext) -> dict[str, Callable[..., None]]:
     """The journal steps that need the datastore: each checks the chains it opens under the VM's path policy."""
-    from ..storage.clones import publish_clone
-
     return {"publish-clone": lambda *args: publish_clone(ctx.datastore, *args),
             "commit": lambda dependent: _commit(ctx, dependent),
             "relink": lambda image, backing, fmt: _relink(ctx, image, backing, fmt),

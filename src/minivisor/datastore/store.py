@@ -30,6 +30,7 @@ from pathlib import Path
 from .catalog import Catalog, VmEntry
 from .layout import VM_FILES
 from ..images.layers import ImageLayer, check_file_name, format_for, layer_files, resolve_chain
+from ..spec.vmsd import SnapshotTree, vmsd_path
 from ..errors import ConflictError, DiskError, PathError, SpecError
 from ..text import excerpt
 
@@ -202,8 +203,6 @@ class Datastore:
         if depth >= CLONE_DEPTH:
             raise ConflictError(f"the linked clones behind {entry.name!r} form a loop or are deeper than "
                                 f"{CLONE_DEPTH}", hint="make a full clone: minivisor vm clone")
-        from ..spec.vmsd import SnapshotTree, vmsd_path
-
         source, uid = link
         scope = self.vm_scope(source, depth + 1)
         snap = SnapshotTree.load(vmsd_path(self.vmx_path(source))).snapshots.get(uid)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HvError
+from ..vmm import qmp
 
 if TYPE_CHECKING:
     from ..core.hypervisor import Hypervisor
@@ -46,8 +47,6 @@ def vm_metrics(pid: int, qmp_socket: str | None) -> dict[str, Any]:
     except (OSError, ValueError):
         pass
     if qmp_socket:
-        from ..vmm import qmp
-
         try:
             stats = qmp.execute(qmp_socket, "query-blockstats", {"query-nodes": False}, timeout=2.0)
             data["disks"] = {(s.get("qdev") or s.get("device") or s.get("node-name") or "?"):

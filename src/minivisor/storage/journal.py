@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -126,8 +127,6 @@ def _write(vm_dir: Path, name: str, data: str) -> None:
 def _unlink(vm_dir: Path, name: str) -> None:
     path = vm_dir / name
     if path.is_dir() and not path.is_symlink():
-        import shutil
-
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)

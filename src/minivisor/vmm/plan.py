@@ -24,6 +24,7 @@ from ..host import facts
 from ..host.accel import choose_accel
 from ..host.placement import check_affinity, notes
 from ..spec.identity import generated_mac
+from ..spec.vmsd import SnapshotTree, vmsd_path
 from ..spec.vmspec import Nic, VmSpec
 from ..images.layers import ImageLayer, layer_files
 from .argv import LaunchEnv, NetBackend, build_qemu_argv
@@ -140,8 +141,6 @@ def resolve_files(spec: VmSpec, scope: Scope, vmx: Path, *, missing_ok: bool = F
 
 def _snapshot_files(vmx: Path) -> set[str]:
     """Real paths of the files the VM's snapshots froze."""
-    from ..spec.vmsd import SnapshotTree, vmsd_path
-
     tree = SnapshotTree.load(vmsd_path(vmx))
     return {os.path.realpath(vmx.parent / name) for name in tree.files()}
 
