@@ -17,6 +17,7 @@ from minivisor.spec.vmx import VmxDocument
 HERE = Path(__file__).parent
 SEED = HERE.parents[1] / "src/minivisor/cli/seed/CentOS7-Minimal64-1708.vmx"
 GOLDEN = HERE / "golden/seed_argv.json"
+GOLDEN_INCOMING = HERE / "golden/seed_argv_incoming.json"
 VM_DIR = Path("/ds/CentOS7")
 PATHS = VmPaths(VM_DIR / "CentOS7-Minimal64-1708.vmx", Path("/run/minivisor/abc"))
 
@@ -44,11 +45,22 @@ def json_options(argv: list[str], option: str) -> list[dict]:
     return [json.loads(value) for value in option_values(argv, option) if value.startswith("{")]
 
 
-def test_seed_argv_matches_golden():
-    argv = build_qemu_argv(seed_spec(), env_for(seed_spec()))
+@pytest.mark.parametrize("golden, incoming", [(GOLDEN, False), (GOLDEN_INCOMING, True)],
+                         ids=["power-on", "incoming"])
+def test_seed_argv_matches_golden(golden, incoming):
+    argv = build_qemu_argv(seed_spec(), env_for(seed_spec(), incoming=incoming))
     if os.environ.get("MINIVISOR_UPDATE_GOLDEN"):
-        GOLDEN.write_text(json.dumps(argv, indent=1) + "\n")
-    assert argv == json.loads(GOLDEN.read_text())
+        golden.write_text(json.dumps(argv, indent=1) + "\n")
+    assert argv == json.loads(golden.read_text())
+
+
+def test_a_vmm_that_waits_for_a_saved_state_is_the_same_machine_plus_incoming():
+    """A memory snapshot is restored into exactly the hardware it was taken on (migration needs that)."""
+    spec = seed_spec()
+    booting, incoming = build_qemu_argv(spec, env_for(spec)), build_qemu_argv(spec, env_for(spec, incoming=True))
+    assert incoming == booting + ["-incoming", "defer"]
+    names = [device.name for device in virtual_hardware(spec, env_for(spec, incoming=True))]
+    assert names[-1] == "incoming"  # vm explain shows it
 
 
 def test_seed_hardware_mapping():
