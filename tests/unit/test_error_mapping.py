@@ -84,8 +84,6 @@ def test_the_status_follows_the_class_not_the_code():
     assert http_status(error) == 404
 
 
-@pytest.mark.xfail(strict=True, reason="README's exit-code table lacks 1, 64 and 77: the lead adds those rows "
-                                       "(then remove this marker)")
 def test_readme_lists_every_exit_code():
     assert {cls.exit_code for cls in CLASSES} <= exit_codes_in_readme()
 
