@@ -19,6 +19,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -307,8 +308,6 @@ class Vmm:
         """The QMP socket accepts connections (QEMU binds it, which creates the file, before listening)."""
         if not self.paths.qmp_socket.exists():
             return False
-        import socket
-
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(str(self.paths.qmp_socket))
