@@ -21,7 +21,7 @@ from minivisor.vmm.process import qmp_execute
 
 pytestmark = pytest.mark.qemu
 
-SEED = Path(__file__).resolve().parents[2] / "src/minivisor/guest/CentOS7-Minimal64-1708.vmx"
+SEED = Path(__file__).resolve().parents[2] / "src/minivisor/cli/seed/CentOS7-Minimal64-1708.vmx"
 
 
 def inventory(hv: Hypervisor, name: str) -> dict:

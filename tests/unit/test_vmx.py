@@ -14,7 +14,7 @@ from minivisor.spec import vmx as vmx
 from minivisor.errors import SpecError
 from minivisor.spec.vmx import VmxDocument, VmxProblem, lookup_charset, write_atomic
 
-SEED = Path("/work/shared/seed/CentOS7-Minimal64-1708.vmx")
+SEED = Path(__file__).resolve().parents[2] / "src/minivisor/cli/seed/CentOS7-Minimal64-1708.vmx"
 
 
 def parse(data: bytes) -> VmxDocument:
