@@ -6,6 +6,7 @@ import http.client
 import json
 import select
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -32,11 +33,23 @@ def auth(service) -> dict:
     return {"Authorization": f"Bearer {service.token}", "Content-Type": "application/json"}
 
 
-def test_token_is_private_and_the_service_listens_on_loopback(service):
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses (hex, as the kernel lists them) of the sockets listening on ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def test_token_is_private_and_the_service_binds_loopback_only(service):
     token = service.root / ".minivisor" / "token"
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
     assert stat.S_IMODE((service.root / ".minivisor" / "service.json").stat().st_mode) == 0o600
-    assert service.client.host == "127.0.0.1"
+    assert listening_addresses(service.client.port) == {"0100007F"}  # 127.0.0.1, and no other address
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic x"},
