@@ -106,6 +106,8 @@ def test_sched_keys_are_read_not_reported_unused():
 
 @pytest.mark.qemu
 def test_cpu_affinity_pins_every_vmm_thread(hv):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: an unpinned VMM would run on it too")
     cpu = max(os.sched_getaffinity(0))
     small_vm(hv, "pinned")
     add_keys(hv, "pinned", f'sched.cpu.affinity = "{cpu}"\n')
