@@ -66,6 +66,7 @@ def _qemu_stand_in(tmp_path_factory) -> Path:
     program.write_text(f'#!/bin/sh\necho "$*" >> "{folder / "calls"}"\n'
                        'echo "qemu-system-x86_64 ran in a test not marked qemu" >&2\nexit 1\n')
     program.chmod(0o755)
+    (folder / "no-cache").write_text("a file, so no cache can be made below it\n")
     return folder
 
 
@@ -74,8 +75,8 @@ def _no_qemu_unless_marked(request, monkeypatch):
     """A test not marked ``qemu`` fails if it runs qemu-system-x86_64 (a VMM, the KVM probe, ``--version``).
 
     It finds the stand-in first on PATH, with no MINIVISOR_QEMU or MINIVISOR_ACCEL to go round it, and
-    a cache of its own (a probe of the stand-in must not replace the user's cached answer). This is
-    what keeps ``pytest -m "not qemu"`` honest: the fast part runs where QEMU is not installed.
+    a cache folder that cannot be made: every KVM probe runs (and is caught), none replaces the user's
+    cached answer. This keeps ``pytest -m "not qemu"`` honest: the fast part runs where QEMU is not installed.
     """
     if request.node.get_closest_marker("qemu"):
         yield
@@ -84,10 +85,10 @@ def _no_qemu_unless_marked(request, monkeypatch):
     calls = folder / "calls"
     calls.unlink(missing_ok=True)
     monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ.get('PATH', '')}")
-    monkeypatch.setenv("MINIVISOR_CACHE", str(folder / "cache"))
+    monkeypatch.setenv("MINIVISOR_CACHE", str(folder / "no-cache" / "minivisor"))
     for name in ("MINIVISOR_QEMU", "MINIVISOR_ACCEL"):
         monkeypatch.delenv(name, raising=False)
     yield
     if calls.exists():
-        pytest.fail("this test ran qemu-system-x86_64 (" + "; ".join(calls.read_text().splitlines()[:3])
-                    + "): mark it qemu (pytest.mark.qemu)")
+        ran = "; ".join(line[:100] for line in calls.read_text().splitlines()[:3])
+        pytest.fail(f"this test ran qemu-system-x86_64 ({ran}): mark it qemu (pytest.mark.qemu)")
