@@ -125,7 +125,7 @@ def test_an_affinity_outside_the_host_is_refused_before_anything_starts(hv):
     assert hv.get_vm("vm1").state is VmState.POWERED_OFF
 
 
-@pytest.mark.qemu
+@pytest.mark.qemu  # explaining a VM runs the KVM probe
 def test_explain_says_which_shares_cannot_be_honoured(hv, monkeypatch, tmp_path):
     small_vm(hv, "vm1")
     add_keys(hv, "vm1", 'sched.cpu.shares = "high"\nsched.mem.shares = "low"\n')
@@ -139,7 +139,7 @@ def test_explain_says_which_shares_cannot_be_honoured(hv, monkeypatch, tmp_path)
     assert set(warnings) <= set(started.warnings)
 
 
-@pytest.mark.qemu
+@pytest.mark.qemu  # explaining a VM runs the KVM probe
 def test_default_shares_need_nothing_from_the_host(hv, monkeypatch, tmp_path):
     small_vm(hv, "vm1")
     add_keys(hv, "vm1", 'sched.cpu.shares = "normal"\nsched.mem.shares = "normal"\n')

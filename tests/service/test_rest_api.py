@@ -153,7 +153,8 @@ def test_client_returns_the_core_types_and_errors(service):
 @pytest.mark.parametrize("args", [["vm", "list"], ["vm", "show", "vm1"], ["vm", "show", "nope"],
                                   ["vm", "show", "vm1", "--json"], ["vm", "start", "nope"],
                                   ["vm", "resume", "vm1"], ["vm", "create", "a,b", "--disk-size", "16M"],
-                                  pytest.param(["vm", "explain", "vm1", "--json"], marks=pytest.mark.qemu),
+                                  pytest.param(["vm", "explain", "vm1", "--json"],  # the KVM probe
+                                               marks=pytest.mark.qemu),
                                   ["vm", "autostart", "vm1", "maybe"],
                                   ["vm", "delete", "nope"]])
 def test_the_cli_gives_the_same_output_and_exit_code_through_the_service(service, args):
