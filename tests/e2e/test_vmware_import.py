@@ -79,7 +79,7 @@ def handwritten_delta(folder: Path, name: str, parent: str, size: int) -> Path:
 
 
 def vmware_folder(where: Path, boot_image: Path, boot_subformat: str) -> Path:
-    """A Workstation VM folder whose boot disk holds ``boot_image`` (raw), with a snapshot on each disk."""
+    """A Workstation VM folder whose boot disk holds ``boot_image`` (raw); each disk has a delta on its base."""
     folder = where / "Workstation VM"
     folder.mkdir(parents=True)
     # boot disk: the image as a VMware base disk plus an (empty) handwritten delta on it
