@@ -39,7 +39,7 @@ class Vm:
         self.vmx.write_text('scsi0.present = "TRUE"\nscsi0:0.present = "TRUE"\nscsi0:0.fileName = "w.qcow2"\n')
 
     def files(self) -> VmFiles:
-        return VmFiles(self.datastore, self.vmx)
+        return VmFiles(self.datastore, self.vmx, self.datastore.folder_scope(self.folder))
 
     def take(self, *names: str) -> None:
         for name in names:

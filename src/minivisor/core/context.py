@@ -24,6 +24,7 @@ from ..datastore.store import Datastore, Scope
 from ..errors import HvError, LockError, NotFoundError
 from ..locks import wait_lock
 from ..spec.vmspec import VmSpec
+from ..storage.snapshots import VmFiles
 from ..vmm.plan import LaunchPlan, make_plan
 from ..vmm.process import SHORT_HOLD, Vmm
 from ..vmm.states import Action, VmState, require
@@ -67,6 +68,10 @@ class VmContext:
     def scope(self) -> Scope:
         """The VM's path policy: which files its devices may open."""
         return self.datastore.vm_scope(self.entry)
+
+    def files(self) -> VmFiles:
+        """Its folder, specfile and snapshot tree as they are now, under its path policy."""
+        return VmFiles(self.datastore, self.vmx, self.scope)
 
     def read_spec(self) -> VmSpec:
         """The virtual hardware its specfile asks for now."""
