@@ -143,7 +143,8 @@ def build_appliance(cache_dir: Path, *, force: bool = False, progress: Progress 
     to a temporary file and renamed into place, so a killed build never
     leaves a partial image under the final name. ``force`` rebuilds the image
     even when it exists (the cached kernel still serves).
-    ``progress`` receives one short line per build step.
+    ``progress`` receives one short line per build step, and one per hundred
+    files while the kernel compiles.
 
     Raises ImageBuildError, with a hint how to fix it, when any step fails.
     """
@@ -167,7 +168,7 @@ def build_appliance(cache_dir: Path, *, force: bool = False, progress: Progress 
 def _build(cache_dir: Path, target: Path, tools: dict[str, str], say: Progress) -> None:
     """Build the image into a temporary file beside ``target``, then rename it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    # The kernel's source unpacks to 1.5 GB: work beside the cache rather
+    # The kernel's source unpacks to 1.3 GB: work beside the cache rather
     # than in a /tmp that may be a small tmpfs.
     with tempfile.TemporaryDirectory(prefix=".build-", dir=cache_dir) as work:
         apt = _Apt(tools, cache_dir / "debs", say)
