@@ -26,7 +26,7 @@ from minivisor_appliance.build import INVENTORY_PREFIX, READY_LINE, build_applia
 pytestmark = pytest.mark.qemu
 
 MAC = "00:50:56:aa:aa:aa"
-BOOT_TIMEOUT = 90.0  # TCG on a busy 2-core host; an idle one needs ~3 s
+BOOT_TIMEOUT = 90.0  # TCG on a busy 2-core host; an idle one needs ~1.5 s
 POWERDOWN_TIMEOUT = 5.0  # the guest itself takes well under a second
 
 
