@@ -113,9 +113,9 @@ JSON = arg("--json", dest="as_json", action="store_true", help="Print JSON for s
 
 # -- what commands share ---------------------------------------------------------
 def datastore_root() -> Path:
-    from ..datastore.store import default_root
+    from ..dirs import default_datastore
 
-    return Path(_state.get("datastore") or default_root())  # type: ignore[arg-type]
+    return Path(_state.get("datastore") or default_datastore())  # type: ignore[arg-type]
 
 
 def hv(*, direct: bool = False):

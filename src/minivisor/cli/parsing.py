@@ -8,6 +8,8 @@ with the command's help to read as the hint.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from ..errors import ArgumentError
 from ..text import clip, excerpt
@@ -23,11 +25,21 @@ class _Parser(argparse.ArgumentParser):
         raise ArgumentError(clip(" ".join(message.split()), USAGE_CHARS), hint=f"see: {self.prog} --help")
 
 
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    """argparse's help layout, as wide as the terminal. (argparse builds one for every argument it adds, and
+    finds the width with shutil, whose import alone would cost a command more than its parsing.)"""
+    try:
+        width = int(os.environ.get("COLUMNS") or os.get_terminal_size(sys.stdout.fileno()).columns)
+    except (OSError, ValueError):
+        width = 80
+    return argparse.HelpFormatter(prog, width=width - 2)
+
+
 def parse(path: str, args: list[str]):
     """The function declared for ``minivisor PATH`` and the values ARGS give its parameters."""
     function, declared = DECLARED[path]
     parser = _Parser(prog=f"minivisor {path}", description=COMMANDS[path], allow_abbrev=False,
-                     epilog=function.__doc__ and " ".join(function.__doc__.split()))
+                     formatter_class=_formatter, epilog=function.__doc__ and " ".join(function.__doc__.split()))
     for names, options in declared:
         parser.add_argument(*names, **_with_choices(options))
     return function, vars(parser.parse_args(args))
