@@ -250,7 +250,7 @@ def _commands_of(group: str) -> list[str]:
 def _unknown(word: str, what: str, known: list[str], help_command: str) -> ArgumentError:
     from difflib import get_close_matches
 
-    close = get_close_matches(word, known, n=1)
+    close = get_close_matches(word, known, n=1) if len(word) <= 64 else []
     guess = f"did you mean {close[0]!r}? " if close else ""
     return ArgumentError(f"{excerpt(word)} is not {what}", hint=f"{guess}see: {help_command}")
 

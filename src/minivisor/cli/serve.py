@@ -11,7 +11,7 @@ from . import arg, command, datastore_root
 @command("serve", arg("--listen", default="127.0.0.1:8700", metavar="HOST:PORT",
                       help="Where to listen (loopback unless you say otherwise) [default: 127.0.0.1:8700]."),
          arg("--autostart", action=argparse.BooleanOptionalAction, default=True,
-             help="Power on the VMs marked autostart."))
+             help="Power on the VMs marked autostart [default: yes]."))
 def serve(listen: str, autostart: bool) -> None:
     import ipaddress
     import logging
