@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,39 @@ def _no_qemu_outlives_the_session(tmp_path_factory):
     yield
     if leaked := end_qemus_under(tmp_path_factory.getbasetemp()):
         pytest.fail(f"{len(leaked)} QEMU process(es) outlived the test session (killed now): " + "; ".join(leaked))
+
+
+@pytest.fixture(scope="session")
+def _qemu_stand_in(tmp_path_factory) -> Path:
+    """A qemu-system-x86_64 that records that it ran (in ``calls``) and fails, for tests not marked ``qemu``."""
+    folder = tmp_path_factory.mktemp("qemu-stand-in")
+    program = folder / "qemu-system-x86_64"
+    program.write_text(f'#!/bin/sh\necho "$*" >> "{folder / "calls"}"\n'
+                       'echo "qemu-system-x86_64 ran in a test not marked qemu" >&2\nexit 1\n')
+    program.chmod(0o755)
+    (folder / "no-cache").write_text("a file, so no cache can be made below it\n")
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _no_qemu_unless_marked(request, monkeypatch):
+    """A test not marked ``qemu`` fails if it runs qemu-system-x86_64 (a VMM, the KVM probe, ``--version``).
+
+    It finds the stand-in first on PATH, with no MINIVISOR_QEMU or MINIVISOR_ACCEL to go round it, and
+    a cache folder that cannot be made: every KVM probe runs (and is caught), none replaces the user's
+    cached answer. This keeps ``pytest -m "not qemu"`` honest: the fast part runs where QEMU is not installed.
+    """
+    if request.node.get_closest_marker("qemu"):
+        yield
+        return
+    folder = request.getfixturevalue("_qemu_stand_in")
+    calls = folder / "calls"
+    calls.unlink(missing_ok=True)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("MINIVISOR_CACHE", str(folder / "no-cache" / "minivisor"))
+    for name in ("MINIVISOR_QEMU", "MINIVISOR_ACCEL"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+    if calls.exists():
+        ran = "; ".join(line[:100] for line in calls.read_text().splitlines()[:3])
+        pytest.fail(f"this test ran qemu-system-x86_64 ({ran}): mark it qemu (pytest.mark.qemu)")

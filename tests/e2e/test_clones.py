@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from cli_runner import run_cli
 
 from minivisor.images.layers import allocated_bytes, read_layer
 from minivisor.images.qemu_img import check_disk
@@ -15,7 +14,6 @@ from minivisor.vmm.states import VmState
 from test_snapshots import make_vm, read_mark, write_mark
 
 pytestmark = pytest.mark.qemu
-
 
 
 def inventory_mac(hv, name: str) -> str:
@@ -85,14 +83,3 @@ def test_a_full_clone_of_a_running_vm_is_independent_and_boots(hv, appliance_ima
     hv.start_vm("copy", wait_ready=True, timeout=90)
     assert read_mark(hv, "copy") == "copied"
     assert hv.get_vm("copy").state is VmState.RUNNING
-
-
-def test_clone_refuses_a_taken_name_and_leaves_nothing(hv, appliance_image, tmp_path):
-    make_vm(hv, "one", appliance_image)
-    make_vm(hv, "two", appliance_image)
-    before = sorted(p.name for p in hv.datastore.root.iterdir())
-    result = run_cli("vm", "clone", "one", "two", "--linked", datastore=hv.datastore.root)
-    assert result.returncode == ConflictError.exit_code
-    assert result.stderr.count("\n") == 1 and "already exists" in result.stderr
-    assert sorted(p.name for p in hv.datastore.root.iterdir()) == before
-    assert hv.snapshot_list("one") == []

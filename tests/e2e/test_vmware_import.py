@@ -20,8 +20,6 @@ from minivisor.errors import DiskError, HvError, PathError
 
 from test_snapshots import DATA_DISK, read_mark  # noqa: E402
 
-pytestmark = pytest.mark.qemu
-
 SPECFILE = """.encoding = "UTF-8"
 config.version = "8"
 virtualHW.version = "14"
@@ -80,11 +78,12 @@ def handwritten_delta(folder: Path, name: str, parent: str, size: int) -> Path:
     return folder / name
 
 
-def vmware_folder(where: Path, appliance_image: Path, boot_subformat: str) -> Path:
+def vmware_folder(where: Path, boot_image: Path, boot_subformat: str) -> Path:
+    """A Workstation VM folder whose boot disk holds ``boot_image`` (raw); each disk has a delta on its base."""
     folder = where / "Workstation VM"
     folder.mkdir(parents=True)
-    # boot disk: the appliance as a VMware base disk plus an (empty) handwritten delta on it
-    qemu_img("convert", "-f", "raw", "-O", "vmdk", "-o", f"subformat={boot_subformat}", str(appliance_image),
+    # boot disk: the image as a VMware base disk plus an (empty) handwritten delta on it
+    qemu_img("convert", "-f", "raw", "-O", "vmdk", "-o", f"subformat={boot_subformat}", str(boot_image),
              str(folder / "boot.vmdk"))
     size = read_layer(folder / "boot.vmdk", "vmdk").virtual_size
     handwritten_delta(folder, "boot-000001.vmdk", "boot.vmdk", size)
@@ -99,6 +98,7 @@ def vmware_folder(where: Path, appliance_image: Path, boot_subformat: str) -> Pa
     return folder
 
 
+@pytest.mark.qemu
 @pytest.mark.parametrize("subformat", ["twoGbMaxExtentSparse", "monolithicSparse"])
 def test_a_vmware_folder_runs_as_it_is_and_imports(hv, appliance_image, tmp_path, subformat):
     source = vmware_folder(tmp_path / "vmware", appliance_image, subformat)
@@ -123,8 +123,9 @@ def test_a_vmware_folder_runs_as_it_is_and_imports(hv, appliance_image, tmp_path
     assert result.output == "bbbb"  # the parent's data under the delta
 
 
-def test_a_changed_parent_is_refused_before_anything_runs(hv, appliance_image, tmp_path):
-    source = vmware_folder(tmp_path / "vmware", appliance_image, "twoGbMaxExtentSparse")
+def test_a_changed_parent_is_refused_before_anything_runs(hv, tmp_path):
+    qemu_img("create", "-q", "-f", "raw", str(tmp_path / "boot.raw"), "1M")
+    source = vmware_folder(tmp_path / "vmware", tmp_path / "boot.raw", "twoGbMaxExtentSparse")
     boot = source / "boot.vmdk"
     boot.write_text(boot.read_text().replace("CID=", "CID=1", 1))  # VMware's "parent was modified"
     with pytest.raises(DiskError) as refused:

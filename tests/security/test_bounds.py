@@ -152,6 +152,7 @@ def test_nul_bytes_are_one_line(hv):
     refused_everywhere(hv, SpecError.exit_code, "NUL byte", "more malformed lines")
 
 
+@pytest.mark.qemu  # explaining a VM runs the KVM probe
 def test_thousands_of_device_keys_still_read_and_list_what_is_ignored(hv):
     # scsi3 is absent: its devices are ignored, once each (this used to cost keys x devices)
     add_lines(hv, b"".join(b'scsi3:%d.fileName = "x"\nguestinfo.k%d = "v"\n' % (i % 900, i) for i in range(4000)))

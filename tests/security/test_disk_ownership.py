@@ -136,6 +136,7 @@ def test_power_on_refuses_vms_that_share_a_folder_or_live_behind_a_symlink(victi
     assert datastore_state(hv.datastore.root) == before
 
 
+@pytest.mark.qemu  # explaining a VM runs the KVM probe
 def test_a_linked_clone_may_read_its_source_snapshot_and_nothing_else_of_it(victim):
     hv = victim
     hv.clone_vm("a", "kid", linked=True, snapshot="base")

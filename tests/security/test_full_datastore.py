@@ -211,6 +211,7 @@ def test_operations_that_run_out_of_space_fail_in_one_line_and_leave_nothing(sma
     nothing_left()
 
 
+@pytest.mark.qemu  # the power-on runs the KVM probe before it finds no room for its records
 @needs_root
 @pytest.mark.parametrize("small_datastore", [-24], indirect=True)
 def test_a_full_datastore_lists_shows_and_refuses_a_power_on_in_one_line(small_datastore):

@@ -118,6 +118,7 @@ def test_import_refuses_a_serial_port_whose_file_leaves_the_folder(two_vms, tmp_
     assert datastore_state(hv.datastore.root) == before
 
 
+@pytest.mark.qemu  # explaining a VM runs the KVM probe
 def test_import_empties_cd_and_floppy_names_that_leave_the_folder_and_copies_the_ones_inside(two_vms, tmp_path):
     hv = two_vms
     secret = plant_secret(tmp_path / "host", "secret.iso")

@@ -170,6 +170,7 @@ def test_connections_beyond_the_cap_are_refused_at_once_not_held(service, descri
     no_tracebacks(service)
 
 
+@pytest.mark.qemu
 def test_clients_that_go_away_mid_request_leave_no_traceback(service):
     small_vm(Hypervisor(service.root), "vm1")
     host, port = address(service)

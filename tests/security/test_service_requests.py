@@ -149,6 +149,7 @@ def test_non_finite_or_negative_query_values_are_a_400(service, query):
     assert (status, json.loads(data)["error"]["code"]) in ((400, "invalid-argument"), (400, "bad-request"))
 
 
+@pytest.mark.qemu
 @pytest.mark.parametrize("body", [b'{"timeout": NaN}', b'{"hard": true, "timeout": -1}'])
 def test_a_running_vm_is_not_touched_by_a_stop_with_a_bad_timeout(service, body):
     small_vm(Hypervisor(service.root), "vm1")

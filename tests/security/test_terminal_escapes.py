@@ -84,6 +84,7 @@ def test_vm_list_escapes_a_name_in_the_catalog(hv):
     assert "evil" + SHOWN in cli(hv, "vm", "show", evil).stdout
 
 
+@pytest.mark.qemu  # explaining a VM runs the KVM probe
 def test_vm_explain_escapes_names_keys_warnings_and_the_command_line(hv):
     unknown_network(hv, f"net{PAYLOAD}{MARKUP}")
     set_keys(hv, displayName=PAYLOAD, **{"scsi0:1.present": "TRUE", "scsi0:1.deviceType": "cdrom-image",
@@ -110,6 +111,7 @@ def test_error_lines_escape_what_they_echo(hv):
         assert "\\x1b" in result.stderr, result.stderr  # shown, escaped
 
 
+@pytest.mark.qemu
 def test_warnings_at_power_on_are_escaped(hv):
     unknown_network(hv, f"net{PAYLOAD}")
     started = cli(hv, "vm", "start", "good")

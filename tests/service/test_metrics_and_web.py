@@ -7,9 +7,13 @@ import json
 import re
 import time
 
+import pytest
+
 from minivisor import Hypervisor
 
 from .conftest import small_vm
+
+pytestmark = pytest.mark.qemu  # each test powers a VM on (SeaBIOS, nothing to boot)
 
 
 def get(service, path: str, token: str | None = None):

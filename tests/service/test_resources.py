@@ -34,6 +34,7 @@ def big_vms(hv: Hypervisor, count: int) -> tuple[list[str], int]:
     return names, each
 
 
+@pytest.mark.qemu
 def test_power_on_is_refused_when_running_vms_hold_the_hosts_memory(hv):
     (first, second), each = big_vms(hv, 2)
     hv.start_vm(first)
@@ -47,6 +48,7 @@ def test_power_on_is_refused_when_running_vms_hold_the_hosts_memory(hv):
     hv.start_vm(second)  # room again
 
 
+@pytest.mark.qemu
 def test_concurrent_power_ons_count_each_other(hv):
     names, _ = big_vms(hv, 3)
     outcomes: list[object] = []
@@ -67,6 +69,7 @@ def test_concurrent_power_ons_count_each_other(hv):
     assert {e.code for e in refused} == {"insufficient-memory"}
 
 
+@pytest.mark.qemu
 def test_the_refusal_is_the_same_through_the_cli_and_the_rest_api(service):
     hv = Hypervisor(service.root)
     (first, second), _ = big_vms(hv, 2)
@@ -102,7 +105,10 @@ def test_sched_keys_are_read_not_reported_unused():
             VmSpec.from_vmx(VmxDocument.parse(bad, source="x.vmx"))
 
 
+@pytest.mark.qemu
 def test_cpu_affinity_pins_every_vmm_thread(hv):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: an unpinned VMM would run on it too")
     cpu = max(os.sched_getaffinity(0))
     small_vm(hv, "pinned")
     add_keys(hv, "pinned", f'sched.cpu.affinity = "{cpu}"\n')
@@ -120,6 +126,7 @@ def test_an_affinity_outside_the_host_is_refused_before_anything_starts(hv):
     assert hv.get_vm("vm1").state is VmState.POWERED_OFF
 
 
+@pytest.mark.qemu  # explaining a VM runs the KVM probe
 def test_explain_says_which_shares_cannot_be_honoured(hv, monkeypatch, tmp_path):
     small_vm(hv, "vm1")
     add_keys(hv, "vm1", 'sched.cpu.shares = "high"\nsched.mem.shares = "low"\n')
@@ -133,6 +140,7 @@ def test_explain_says_which_shares_cannot_be_honoured(hv, monkeypatch, tmp_path)
     assert set(warnings) <= set(started.warnings)
 
 
+@pytest.mark.qemu  # explaining a VM runs the KVM probe
 def test_default_shares_need_nothing_from_the_host(hv, monkeypatch, tmp_path):
     small_vm(hv, "vm1")
     add_keys(hv, "vm1", 'sched.cpu.shares = "normal"\nsched.mem.shares = "normal"\n')

@@ -46,6 +46,7 @@ def power_sequence_is_sane(events: list[dict]) -> None:
             running = False
 
 
+@pytest.mark.qemu
 def test_200_concurrent_requests_mixing_reads_and_power_operations(service):
     hv = Hypervisor(service.root)
     names = [small_vm(hv, f"vm{i}") for i in range(4)]
@@ -98,6 +99,7 @@ def test_200_concurrent_requests_mixing_reads_and_power_operations(service):
 CLI_LOOP = 6
 
 
+@pytest.mark.qemu
 def test_the_cli_directly_and_the_api_at_once_on_the_same_vm(service):
     hv = Hypervisor(service.root)
     small_vm(hv, "vm1")
@@ -162,6 +164,7 @@ def fake_qmp(path: Path, behaviour: str) -> threading.Thread:
     return thread
 
 
+@pytest.mark.qemu
 @pytest.mark.parametrize("behaviour", ["drop", "garbage"])
 def test_qmp_faults_give_a_typed_error_and_the_service_stays_up(service, behaviour):
     hv = Hypervisor(service.root)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from minivisor import Hypervisor
 
 from .conftest import EventWatcher, small_vm
@@ -25,6 +27,7 @@ def test_snapshot_commands_give_the_same_results_through_the_service(service):
     assert '"name": "s1"' in listed and '"name": "s2"' not in listed
 
 
+@pytest.mark.qemu
 def test_disk_and_clone_commands_through_the_service(service):
     hv = Hypervisor(service.root)
     small_vm(hv, "vm1")

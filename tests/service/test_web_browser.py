@@ -123,6 +123,7 @@ def browser(tmp_path):
         proc.wait(timeout=10)
 
 
+@pytest.mark.qemu
 def test_power_a_vm_on_and_off_by_clicking_in_the_page(service, browser):
     small_vm(Hypervisor(service.root), "vm1")
     browser.call("Page.navigate", url=service.url + "/")

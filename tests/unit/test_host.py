@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -23,7 +24,11 @@ from minivisor.errors import HostError
 
 SOURCE = Path(accel.__file__).parent / "kvmprobe.S"
 REAL_QEMU = shutil.which("qemu-system-x86_64")
-needs_qemu = pytest.mark.skipif(REAL_QEMU is None, reason="qemu-system-x86_64 is not installed")
+
+
+def needs_qemu(test):
+    """A test that runs the real qemu-system-x86_64 (the probe guest boots): marked ``qemu``, skipped without it."""
+    return pytest.mark.qemu(pytest.mark.skipif(REAL_QEMU is None, reason="qemu-system-x86_64 is not installed")(test))
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +48,7 @@ class CountingQemu:
             f'echo "$*" >> "{self.log}"\n'
             "args=()\n"
             'for a in "$@"; do [ "$a" = kvm ] && a=tcg; args+=("$a"); done\n'
-            f'exec "{REAL_QEMU}" "${{args[@]}}"\n'
+            f'exec "{REAL_QEMU or "qemu-system-x86_64"}" "${{args[@]}}"\n'
         )
         self.path.chmod(0o755)
 
@@ -72,8 +77,7 @@ def fake_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def qemu(tmp_path: Path) -> CountingQemu:
-    if REAL_QEMU is None:
-        pytest.skip("qemu-system-x86_64 is not installed")
+    """The counting wrapper; the tests that let it run QEMU are ``needs_qemu``, the others count no call."""
     return CountingQemu(tmp_path)
 
 
@@ -246,7 +250,6 @@ def test_auto_and_empty_mean_probe(fake_host: Path, qemu: CountingQemu, monkeypa
     assert qemu.calls == 1
 
 
-@needs_qemu
 def test_forced_kvm_fails_loudly_when_kvm_is_unusable(
     fake_host: Path, qemu: CountingQemu, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -256,6 +259,7 @@ def test_forced_kvm_fails_loudly_when_kvm_is_unusable(
         accel.choose_accel(fake_host / "cache", str(qemu.path))
     assert "does not exist" in info.value.message and "using TCG" not in info.value.message
     assert info.value.hint and "MINIVISOR_ACCEL=auto" in info.value.hint
+    assert qemu.calls == 0  # no device: nothing to probe
 
 
 @needs_qemu
@@ -305,9 +309,18 @@ def test_memory_comes_from_meminfo(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         facts.available_memory_mib()
 
 
-def test_real_host_facts_are_sane() -> None:
+def test_real_host_memory_is_read() -> None:
     assert 0 < facts.available_memory_mib() <= facts.host_memory_mib()
-    assert facts.host_cpus() == len(os.sched_getaffinity(0)) >= 1
+
+
+def test_host_cpus_are_the_ones_this_process_may_run_on() -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("one CPU: a count that ignored the affinity would give the same answer")
+    pinned = subprocess.run(["taskset", "-c", str(allowed[-1]), sys.executable, "-c",
+                             "from minivisor.host import facts; print(facts.host_cpus())"],
+                            capture_output=True, text=True, check=True)
+    assert pinned.stdout.strip() == "1"
 
 
 @needs_qemu

@@ -15,7 +15,7 @@ from minivisor.errors import SpecError
 from minivisor.files import write_atomic
 from minivisor.spec.vmx import VmxDocument, VmxProblem, lookup_charset
 
-SEED = Path("/work/shared/seed/CentOS7-Minimal64-1708.vmx")
+SEED = Path(__file__).resolve().parents[2] / "src/minivisor/cli/seed/CentOS7-Minimal64-1708.vmx"
 
 
 def parse(data: bytes) -> VmxDocument:

@@ -13,9 +13,8 @@ from collections.abc import Callable
 from ..errors import HvError
 from ..storage.clones import abandon_clone, build_clone
 from ..spec.vmsd import Snapshot
-from ..storage.snapshots import VmFiles
 from ..vmm.states import Action
-from .context import Vms
+from .context import VmContext, Vms
 from .recovery import disk_operation
 from .snapshots import delete_in, take_in
 
@@ -27,14 +26,14 @@ def clone(vms: Vms, source: str, target: str, *, linked: bool, snapshot: str | N
     """A new VM ``target`` (new name, UUID, MACs) from ``source``."""
     vms.datastore.check_new_name(target)
     with disk_operation(vms, source, Action.CLONE) as ctx:
-        files = VmFiles(ctx.datastore, ctx.vmx)
+        files = ctx.files()
         made: Snapshot | None = None  # a snapshot taken for this clone
         if snapshot is not None:
             snap = files.tree.find(snapshot, source)
         elif linked or ctx.running:
             # A linked clone needs frozen layers; a running VM's disks change under a copy: freeze them first.
             snap = made = take_in(ctx, f"clone-{target}", description=f"taken to clone {target}", memory=False)
-            files = VmFiles(ctx.datastore, ctx.vmx)
+            files = ctx.files()
         else:
             snap = None
         try:
@@ -48,7 +47,7 @@ def clone(vms: Vms, source: str, target: str, *, linked: bool, snapshot: str | N
             delete_in(ctx, str(made.uid))
 
 
-def _drop_snapshot(ctx, snap: Snapshot) -> None:
+def _drop_snapshot(ctx: VmContext, snap: Snapshot) -> None:
     try:
         delete_in(ctx, str(snap.uid))
     except (HvError, OSError):

@@ -29,6 +29,7 @@ from .events import Event, append_log, make_event
 
 if TYPE_CHECKING:  # imported where used: reading the catalog (`vm list`) needs neither
     from ..spec.vmspec import VmSpec
+    from ..storage.snapshots import VmFiles
     from ..vmm.plan import LaunchPlan
 
 __all__ = ["VmContext", "Vms", "EventListener", "OPERATION_WAIT"]
@@ -69,6 +70,12 @@ class VmContext:
     def scope(self) -> Scope:
         """The VM's path policy: which files its devices may open."""
         return self.datastore.vm_scope(self.entry)
+
+    def files(self) -> VmFiles:
+        """Its folder, specfile and snapshot tree as they are now, under its path policy."""
+        from ..storage.snapshots import VmFiles
+
+        return VmFiles(self.datastore, self.vmx, self.scope)
 
     def read_spec(self) -> VmSpec:
         """The virtual hardware its specfile asks for now."""

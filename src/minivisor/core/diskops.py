@@ -19,7 +19,7 @@ from ..images.layers import ImageLayer, disk_info, format_for
 from ..images.qemu_img import check_resize, convert_disk, create_disk, resize_disk
 from ..units import parse_size
 from ..storage.journal import crashpoint
-from ..storage.snapshots import VmFiles
+
 from ..vmm import jobs
 from ..vmm.argv import device_id
 from ..vmm.states import Action
@@ -72,7 +72,7 @@ def convert(datastore: Datastore, source: Path | str, target: Path | str, *, fmt
 def vm_disks(vms: Vms, name: str) -> list[dict]:
     """Each hard disk of a VM: node, file, format, sizes, chain."""
     ctx = vms.context(name)
-    files = VmFiles(ctx.datastore, ctx.vmx)
+    files = ctx.files()
     return [{"node": disk.node, "fileName": disk.file_name, "mode": disk.mode, **disk_info(files.chain(disk.file_name))}
             for disk in files.spec.disks if disk.kind == "disk" and disk.file_name]
 
@@ -81,7 +81,7 @@ def vm_disk_resize(vms: Vms, name: str, node: str, size: str) -> dict:
     """Grow a VM's disk (its top layer); a running VM's VMM does it (block_resize) and the guest sees it."""
     node = node.lower()
     with disk_operation(vms, name, Action.RESIZE_DISK) as ctx:
-        files = VmFiles(ctx.datastore, ctx.vmx)
+        files = ctx.files()
         disks = {d.node: d for d in files.spec.disks if d.kind == "disk" and d.file_name}
         if node not in disks:
             raise NoSuchDiskError(f"VM {ctx.name!r} has no hard disk {node!r}",

@@ -104,8 +104,7 @@ class Hypervisor:
 
     def get_vm(self, name: str) -> VmInfo:
         """One VM, or NotFoundError."""
-        entry = self.datastore.catalog.get(name)
-        return self._info_of(entry, self.inventory.summaries([entry])[entry.name])
+        return self._info(self.vms.context(name))
 
     def explain_vm(self, name: str) -> Explanation:
         """The spec, the virtual hardware built from it and the exact VMM command line."""
@@ -185,8 +184,9 @@ class Hypervisor:
             self.datastore.publish(staging, name, vm_uuid)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        self.vms.context(name).emit("created")
-        return self.get_vm(name)
+        ctx = self.vms.context(name)
+        ctx.emit("created")
+        return self._info(ctx)
 
     @_no_space_is_one_error
     def register_vm(self, vmx_path: Path | str, name: str | None = None) -> VmInfo:
@@ -218,8 +218,9 @@ class Hypervisor:
             self.datastore.catalog.add(db, name, vm_uuid, self.datastore.relative(path))
             if doc.to_bytes() != path.read_bytes():
                 doc.save(path)
-        self.vms.context(name).emit("registered")
-        return self.get_vm(name)
+        ctx = self.vms.context(name)
+        ctx.emit("registered")
+        return self._info(ctx)
 
     @_no_space_is_one_error
     def unregister_vm(self, name: str) -> None:
@@ -246,7 +247,7 @@ class Hypervisor:
         ctx = self.vms.context(name)
         self.datastore.catalog.set_autostart(ctx.name, enabled)
         ctx.emit("autostartChanged", enabled=enabled)
-        return self.get_vm(ctx.name)
+        return self._info(ctx)
 
     # -- power -------------------------------------------------------------
     @_no_space_is_one_error
@@ -263,7 +264,7 @@ class Hypervisor:
                     plan = ctx.plan()
                 _, placed = power_on(ctx, plan)
         ready = self._wait_ready(ctx, timeout, plan.spec) if wait_ready else None
-        return StartResult(self.get_vm(ctx.name), plan.warnings + placed, ready)
+        return StartResult(self._info(ctx), plan.warnings + placed, ready)
 
     def wait_ready(self, name: str, *, timeout: float = 120.0) -> str:
         """Wait until the guest prints its readiness line on the console."""
@@ -398,9 +399,7 @@ class Hypervisor:
         from . import snapshots
 
         check_args(snapshot=snapshot, description=description)
-        snap = snapshots.take(self.vms, name, snapshot, description=description, memory=memory)
-        self.vms.context(name).emit("snapshotTaken", snapshot=snap.name, memory=snap.memory_file is not None)
-        return snap
+        return snapshots.take(self.vms, name, snapshot, description=description, memory=memory)
 
     def snapshot_list(self, name: str) -> list[dict]:
         """The snapshot tree, depth first, with ``current`` marking where the VM is."""
@@ -413,18 +412,14 @@ class Hypervisor:
         """Go back to a snapshot; a memory snapshot resumes the guest where it was. Returns (snapshot, running)."""
         from . import snapshots
 
-        snap, running = snapshots.revert(self.vms, name, snapshot)
-        self.vms.context(name).emit("snapshotReverted", snapshot=snap.name, running=running)
-        return snap, running
+        return snapshots.revert(self.vms, name, snapshot)
 
     @_no_space_is_one_error
     def snapshot_delete(self, name: str, snapshot: str) -> Snapshot:
         """Remove a snapshot, merging its data into what depends on it."""
         from . import snapshots
 
-        snap = snapshots.delete(self.vms, name, snapshot)
-        self.vms.context(name).emit("snapshotDeleted", snapshot=snap.name)
-        return snap
+        return snapshots.delete(self.vms, name, snapshot)
 
     @_no_space_is_one_error
     def clone_vm(self, source: str, target: str, *, linked: bool = False, snapshot: str | None = None,
@@ -456,6 +451,9 @@ class Hypervisor:
         line = _await_ready(ctx, timeout, spec)
         ctx.emit("guestReady", line=line)
         return line
+
+    def _info(self, ctx: VmContext) -> VmInfo:
+        return self._info_of(ctx.entry, self.inventory.summaries([ctx.entry])[ctx.name])
 
     def _info_of(self, entry: VmEntry, summary: dict[str, Any], lock_held: bool | None = None) -> VmInfo:
         paths = self.inventory.paths_of(entry)

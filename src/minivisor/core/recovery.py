@@ -20,7 +20,6 @@ from ..errors import HvError
 from ..images.qemu_img import commit_layer, rebase_disk, set_backing
 from ..storage.journal import Journal
 from ..storage.clones import publish_clone
-from ..storage.snapshots import VmFiles
 from ..vmm import jobs
 from ..vmm.argv import device_id
 from ..vmm.states import Action
@@ -99,25 +98,22 @@ def step_handlers(ctx: VmContext) -> dict[str, Callable[..., None]]:
             "online-stream": lambda *args: _online_stream(ctx, *args)}
 
 
-def _files(ctx: VmContext) -> VmFiles:
-    return VmFiles(ctx.datastore, ctx.vmx)
-
 
 def _commit(ctx: VmContext, dependent: str) -> None:
     """Fold a layer into its backing file (idempotent: the layer stays)."""
-    commit_layer(_files(ctx).chain(dependent))
+    commit_layer(ctx.files().chain(dependent))
 
 
 def _relink(ctx: VmContext, image: str, backing: str, backing_format: str) -> None:
     """Point a layer's header at another backing file (its name relative to the layer)."""
-    files = _files(ctx)
+    files = ctx.files()
     path = files.path(image)
     set_backing(path, os.path.relpath(files.path(backing), path.parent), backing_format)
 
 
 def _rebase(ctx: VmContext, dependent: str, frozen: str) -> None:
     """Copy ``frozen``'s data into ``dependent`` and give it ``frozen``'s backing file (idempotent)."""
-    files = _files(ctx)
+    files = ctx.files()
     rebase_disk(files.chain(dependent), files.chain(frozen)[1:])
 
 
@@ -127,7 +123,7 @@ def _online_stream(ctx: VmContext, node: str, dependent: str, frozen: str, backi
     if ctx.vmm.record() is None:
         _rebase(ctx, dependent, frozen)
         return
-    files = _files(ctx)
+    files = ctx.files()
     base = str(files.chain(frozen)[1].path) if backing else None
     with ctx.vmm.session() as qmp:
         jobs.stream_layer(qmp, device_id(node), str(files.path(dependent)), str(files.path(frozen)), base,
@@ -142,7 +138,7 @@ def _online_commit(ctx: VmContext, node: str, dependent: str, frozen: str, froze
         if above is not None:
             _relink(ctx, above, frozen, frozen_format)
         return
-    files = _files(ctx)
+    files = ctx.files()
     frozen_path = files.path(frozen)
     backing = os.path.relpath(frozen_path, files.path(above).parent) if above else None
     with ctx.vmm.session() as qmp:

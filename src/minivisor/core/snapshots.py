@@ -41,12 +41,14 @@ def tree(vms: Vms, name: str) -> SnapshotTree:
 def take(vms: Vms, name: str, snapshot: str, *, description: str = "", memory: bool | None = None) -> Snapshot:
     """Freeze the VM's disks (and, running, by default its memory and devices) as a named snapshot."""
     with disk_operation(vms, name, Action.SNAPSHOT) as ctx:
-        return take_in(ctx, snapshot, description=description, memory=memory)
+        snap = take_in(ctx, snapshot, description=description, memory=memory)
+        ctx.emit("snapshotTaken", snapshot=snap.name, memory=snap.memory_file is not None)
+        return snap
 
 
 def take_in(ctx: VmContext, snapshot: str, *, description: str = "", memory: bool | None = None) -> Snapshot:
     """Take a snapshot within an operation that already has the VM's turn."""
-    files = VmFiles(ctx.datastore, ctx.vmx)
+    files = ctx.files()
     if not ctx.running:
         if memory:
             raise StateError(f"VM {ctx.name!r} is powered off: there is no memory state to save",
@@ -87,7 +89,7 @@ def _take_online(ctx: VmContext, files: VmFiles, name: str, description: str, me
 def revert(vms: Vms, name: str, snapshot: str) -> tuple[Snapshot, bool]:
     """Go back to a snapshot; returns it and whether the VM now runs (memory snapshots resume)."""
     with disk_operation(vms, name, Action.REVERT) as ctx:
-        files = VmFiles(ctx.datastore, ctx.vmx)
+        files = ctx.files()
         snap = files.tree.find(snapshot, name)
         _refuse_revert_past_clones(ctx, files, snap)
         memory = (files.scope.state_file(ctx.vm_dir, snap.memory_file, f"the memory state of {snap.name!r}")
@@ -100,10 +102,10 @@ def revert(vms: Vms, name: str, snapshot: str) -> tuple[Snapshot, bool]:
         with vms.hold(ctx) if ctx.vmm.lock.fd is None else nullcontext(ctx):
             journal, _ = plan_revert(files, snap, set())
             journal.run()
-            if memory is None:
-                return snap, False
-            _resume_from(ctx, snap, memory)
-            return snap, True
+            if memory is not None:
+                _resume_from(ctx, snap, memory)
+        ctx.emit("snapshotReverted", snapshot=snap.name, running=memory is not None)
+        return snap, memory is not None
 
 
 def _discard_running_state(ctx: VmContext) -> None:
@@ -142,12 +144,14 @@ def _refuse_revert_past_clones(ctx: VmContext, files: VmFiles, target: Snapshot)
 def delete(vms: Vms, name: str, snapshot: str) -> Snapshot:
     """Remove a snapshot, merging its data into what depends on it."""
     with disk_operation(vms, name, Action.DELETE_SNAPSHOT) as ctx:
-        return delete_in(ctx, snapshot)
+        snap = delete_in(ctx, snapshot)
+        ctx.emit("snapshotDeleted", snapshot=snap.name)
+        return snap
 
 
 def delete_in(ctx: VmContext, snapshot: str) -> Snapshot:
     """Delete a snapshot within an operation that already has the VM's turn."""
-    files = VmFiles(ctx.datastore, ctx.vmx)
+    files = ctx.files()
     snap = files.tree.find(snapshot, ctx.name)
     clones: dict[int, list[str]] = {}
     for clone, uid in ctx.datastore.catalog.clones_of(ctx.uuid):

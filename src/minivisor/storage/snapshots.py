@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..datastore.store import Datastore, Scope
 from ..errors import ConflictError, DiskError, StateError
 from ..images.layers import ImageLayer, format_for, read_layer
 from ..images.qemu_img import create_overlay
@@ -58,11 +59,11 @@ def delta_name(vm_dir: Path, file_name: str, taken: set[str]) -> str:
 class VmFiles:
     """A VM's folder, specfile and snapshot tree, as one operation sees them."""
 
-    def __init__(self, datastore, vmx: Path) -> None:
+    def __init__(self, datastore: Datastore, vmx: Path, scope: Scope) -> None:
         self.datastore = datastore
         self.vmx = vmx
         self.vm_dir = vmx.parent
-        self.scope = datastore.folder_scope(self.vm_dir)  # the VM's path policy
+        self.scope = scope  # the VM's path policy
         self.vmsd = vmsd_path(vmx)
         self.doc = VmxDocument.load(vmx)
         self.spec = VmSpec.from_vmx(self.doc)
