@@ -265,7 +265,7 @@ def vm_port_forward(name: str, action: str, forward: str | None, nic: str, as_js
     if action != "list" and not forward:
         raise ArgumentError(f"{action} needs the forward", hint="see: minivisor vm port-forward --help")
     if action == "add":
-        added = hv().port_forward_add(name, forward, nic)
+        added = hv().port_forward_add(name, forward, nic=nic)
         return print_json(added) if as_json else say(f"{name}: {added['host_addr']}:{added['host_port']}/"
                                                      f"{added['protocol']} -> {added['nic']} port {added['guest_port']}")
     if action == "remove":

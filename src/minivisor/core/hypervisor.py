@@ -140,8 +140,11 @@ class Hypervisor:
         """Facts about this host, including which accelerator VMs get and why."""
         from .. import dirs
         from ..host.info import host_info
+        from ..net.host import support
 
-        return host_info(dirs.cache_dir())
+        networking = support()
+        how = "bridges and taps" if networking.available else "user-mode NAT only"
+        return dataclasses.replace(host_info(dirs.cache_dir()), networking=f"{how}: {networking.reason}")
 
     # -- creating and removing -------------------------------------------
     @_no_space_is_one_error
@@ -359,7 +362,7 @@ class Hypervisor:
             ctx.emit("nicChanged", **result)
             return result
 
-    def port_forward_add(self, name: str, forward: str, nic: str = "ethernet0") -> dict:
+    def port_forward_add(self, name: str, forward: str, *, nic: str = "ethernet0") -> dict:
         """Forward ``[ADDR:]HOSTPORT:GUESTPORT[/udp]`` (127.0.0.1 unless ADDR) of the host to the NIC's guest."""
         ctx = self.vms.context(name)
         added = ctx.networks().add_forward(ctx, forward, nic)
