@@ -398,8 +398,10 @@ class Networks:
         return entry
 
     def _network_of(self, nic: Nic) -> NetworkEntry | None:
-        """The network a NIC's specfile keys name, if it exists."""
+        """The network a NIC's specfile keys name, if it exists (a default one is defined now)."""
         wanted = wanted_network(nic)
+        if wanted and wanted.lower() in DEFAULT_NETWORKS and support().available:
+            return self._network(wanted)
         return self.catalog.find_network(wanted) if wanted else None
 
     def _vm_name(self, vm_uuid: str) -> str:
