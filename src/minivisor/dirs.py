@@ -1,11 +1,16 @@
-"""Where minivisor keeps things on the host outside a datastore."""
+"""Where minivisor keeps things on the host: the default datastore, and what lives outside any datastore."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-__all__ = ["cache_dir", "runtime_root"]
+__all__ = ["default_datastore", "cache_dir", "runtime_root"]
+
+
+def default_datastore() -> Path:
+    """The datastore when none is named: ``MINIVISOR_DATASTORE`` or ``./datastore``."""
+    return Path(os.environ.get("MINIVISOR_DATASTORE") or "datastore")
 
 
 def cache_dir() -> Path:
