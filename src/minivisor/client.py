@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from . import errors
+from . import errors, procfs
 from .errors import HostError, HvError
 from .service import routes
 from .service.discovery import SERVICE_FILE, TOKEN_FILE
@@ -54,20 +54,9 @@ def connect(root: Path | str) -> Client | None:
         token = (root / TOKEN_FILE).read_text().strip()
     except (OSError, ValueError):
         return None
-    if not _alive(record.get("pid"), record.get("start_ticks")):
+    if not procfs.is_same_process(record.get("pid"), record.get("start_ticks")):
         return None
     return Client(record["url"], token)
-
-
-def _alive(pid: Any, start_ticks: Any) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    fields = stat[stat.rindex(")") + 2:].split()
-    return fields[0] not in ("Z", "X") and int(fields[19]) == start_ticks
 
 
 class Client:
