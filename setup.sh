@@ -7,6 +7,8 @@ cd "$(dirname "$0")"
 
 job=${1:-demo}
 packages=(qemu-system-x86 qemu-utils syslinux syslinux-common mtools dosfstools python3-venv python3-pip iproute2)
+# Virtual networks: dnsmasq (DHCP per network) and nft (minivisor's one table).
+packages+=(dnsmasq-base nftables)
 # The appliance's build compiles its kernel: Debian 12's kernel compiler and C library headers, and what
 # the kernel's build runs (flex and bison for its configuration, bc, lz4; libelf for objtool).
 packages+=(gcc-12 libc6-dev make flex bison bc lz4 libelf-dev)
@@ -38,6 +40,9 @@ install_python_env() {
         echo "setup: installing minivisor's Python dependencies failed (log: .venv/pip.log)" >&2
         exit 1
     fi
+    # The bytecode of minivisor's own modules (pip compiles the dependencies'): a fresh machine's first
+    # commands answer as fast as later ones, also where PYTHONDONTWRITEBYTECODE is set.
+    .venv/bin/python -m compileall -q src >/dev/null
 }
 
 install_host_packages

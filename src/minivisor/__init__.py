@@ -11,7 +11,7 @@ Names are imported lazily so ``import minivisor`` (and the CLI) stays fast.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing: `minivisor --help` needs nothing of it
 
 __all__ = [
     "Hypervisor", "VmInfo", "StartResult", "Explanation", "ExecResult", "VmState",
@@ -21,11 +21,14 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-_HOMES = {"Hypervisor": "core.hypervisor", "VmInfo": "core.hypervisor", "StartResult": "core.hypervisor",
-          "Explanation": "core.hypervisor", "ExecResult": "vmm.console", "VmState": "vmm.states"}
+_HOMES = {"Hypervisor": "core.hypervisor", "VmInfo": "core.results", "StartResult": "core.results",
+          "Explanation": "core.results", "ExecResult": "vmm.console", "VmState": "vmm.states"}
 
 if TYPE_CHECKING:
-    from .core.hypervisor import Explanation, Hypervisor, StartResult, VmInfo
+    from typing import Any
+
+    from .core.hypervisor import Hypervisor
+    from .core.results import Explanation, StartResult, VmInfo
     from .vmm.console import ExecResult
     from .vmm.states import VmState
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import http.client
 import dataclasses
 import enum
+import functools
 import json
 import os
 import select
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from . import errors
+from . import errors, procfs
 from .errors import HostError, HvError
 from .service import routes
 from .service.discovery import SERVICE_FILE, TOKEN_FILE
@@ -53,20 +54,9 @@ def connect(root: Path | str) -> Client | None:
         token = (root / TOKEN_FILE).read_text().strip()
     except (OSError, ValueError):
         return None
-    if not _alive(record.get("pid"), record.get("start_ticks")):
+    if not procfs.is_same_process(record.get("pid"), record.get("start_ticks")):
         return None
     return Client(record["url"], token)
-
-
-def _alive(pid: Any, start_ticks: Any) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    fields = stat[stat.rindex(")") + 2:].split()
-    return fields[0] not in ("Z", "X") and int(fields[19]) == start_ticks
 
 
 class Client:
@@ -140,10 +130,10 @@ class Client:
         for key, value in list(kwargs.items()):
             if isinstance(value, os.PathLike):
                 kwargs[key] = os.path.abspath(value)  # the service resolves paths from its own folder
-        from .datastore.store import check_vm_name  # here, not at the top: importing the client stays cheap
-
         path = op.path
         for param in op.path_params:
+            from .datastore.store import check_vm_name  # here, not at the top: the client stays cheap to import
+
             # the service refuses a name that is none as well, but a "/" in it, sent, would be two
             # path segments (the server decodes %2F) and reach another route: "x/disks" would list x's disks
             value = check_vm_name(str(kwargs.pop(param)))
@@ -238,16 +228,38 @@ def _decode(kind: str, data: Any) -> Any:
         return _snapshot(data)
     if kind == "snapshot_revert":
         return _snapshot(data[0]), data[1]
-    # The core's types, only when a result needs them: a CLI that talks to the service stays light.
-    from .core.hypervisor import Explanation, StartResult, VmInfo
-    from .vmm.console import ExecResult
-    from .host.info import HostInfo
+    # each type imported when its kind arrives: `vm list` needs only VmInfo, which is light
+    if kind in ("vm", "vms", "start"):
+        from .core.results import StartResult, VmInfo
 
-    types_by_kind = {"vm": VmInfo, "start": StartResult, "explanation": Explanation, "exec": ExecResult,
-                     "host": HostInfo}
-    if kind == "vms":
-        return [rebuild(VmInfo, item) for item in data]
-    return rebuild(types_by_kind[kind], data)
+        if kind == "vms":
+            return [rebuild(VmInfo, item) for item in data]
+        return rebuild(VmInfo if kind == "vm" else StartResult, data)
+    if kind == "explanation":
+        return _explanation(data)
+    if kind == "exec":
+        from .vmm.console import ExecResult
+
+        return rebuild(ExecResult, data)
+    if kind == "host":
+        from .host.info import HostInfo
+
+        return rebuild(HostInfo, data)
+    if kind in ("network", "networks"):
+        from .core.results import NetworkInfo
+
+        return [rebuild(NetworkInfo, item) for item in data] if kind == "networks" else rebuild(NetworkInfo, data)
+    raise ValueError(f"no result type {kind!r}")
+
+
+def _explanation(data: dict[str, Any]) -> Any:
+    """An Explanation, field by field: the names its annotations use are imported only for `vm explain`."""
+    from .core.results import Explanation
+    from .spec.vmspec import VmSpec
+    from .vmm.argv import VirtualDevice
+
+    return Explanation(rebuild(VmSpec, data["spec"]), tuple(rebuild(VirtualDevice, item) for item in data["hardware"]),
+                       tuple(data["argv"]), tuple(data["warnings"]))
 
 
 def _snapshot(data: dict[str, Any]) -> Any:
@@ -273,11 +285,17 @@ def rebuild(tp: Any, data: Any) -> Any:
         (item_type,) = typing.get_args(tp) or (Any,)
         return [rebuild(item_type, item) for item in data]
     if dataclasses.is_dataclass(tp) and isinstance(data, dict):
-        hints = typing.get_type_hints(tp)
-        names = {f.name for f in dataclasses.fields(tp) if f.init}
-        return tp(**{k: rebuild(hints.get(k, Any), v) for k, v in data.items() if k in names})
+        fields = _init_fields(tp)
+        return tp(**{k: rebuild(fields[k], v) for k, v in data.items() if k in fields})
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return tp(data)
     if tp is Path:
         return Path(data)
     return data
+
+
+@functools.cache
+def _init_fields(tp: type) -> dict[str, Any]:
+    """A dataclass's constructor fields and their types (resolved once: `vm list` rebuilds hundreds of VmInfo)."""
+    hints = typing.get_type_hints(tp)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(tp) if f.init}

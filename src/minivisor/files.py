@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 from .procfs import own_umask
@@ -20,6 +19,8 @@ def write_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:
     target and fsyncs the directory. An existing target keeps its mode; a new
     one gets ``mode``, or 0666 minus the umask. Raises ``OSError``.
     """
+    import tempfile  # here: most commands write no file, and importing it costs more than a write
+
     path = Path(path)
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)

@@ -1,4 +1,5 @@
-"""What ``/proc`` says about a process: whether it is still the one we knew, its parent, its memory.
+"""What ``/proc`` says about a process (whether it is still the one we knew, its parent, its memory and
+I/O) and about the host (its memory and CPU time). The one module that parses ``/proc``.
 
 A pid alone names nothing for long (pids are reused), so a process is known by
 its pid *and* its start time (``/proc/<pid>/stat`` field 22, in clock ticks).
@@ -11,9 +12,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ProcStat", "read_stat", "start_ticks", "cmdline", "rss_bytes", "own_umask", "CLOCK_TICKS"]
+__all__ = ["ProcStat", "read_stat", "start_ticks", "is_same_process", "cmdline", "rss_bytes", "io_bytes",
+           "meminfo_bytes", "host_cpu_seconds", "own_umask", "CLOCK_TICKS"]
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+MEMINFO = "/proc/meminfo"  # a module variable, so that tests can point it at a file they write
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,11 @@ def start_ticks(pid: int) -> int | None:
     return stat.start_ticks if stat is not None and stat.alive else None
 
 
+def is_same_process(pid: object, known_start_ticks: object) -> bool:
+    """Whether ``pid`` is alive and is the process that started at ``known_start_ticks`` (not a reuse of its pid)."""
+    return isinstance(pid, int) and pid > 0 and start_ticks(pid) == known_start_ticks
+
+
 def cmdline(pid: int) -> list[str] | None:
     """The process's arguments, or None if it is gone."""
     try:
@@ -65,6 +73,34 @@ def rss_bytes(pid: int) -> int | None:
         return None
     found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
     return int(found[1]) * 1024 if found else 0
+
+
+def io_bytes(pid: int) -> dict[str, int]:
+    """The process's I/O counters (rchar, wchar: its read/write calls; read_bytes, write_bytes: storage), or {}."""
+    try:
+        lines = Path(f"/proc/{pid}/io").read_text().splitlines()
+        counters = dict(line.split(": ", 1) for line in lines)
+        return {key: int(counters[key]) for key in ("rchar", "wchar", "read_bytes", "write_bytes") if key in counters}
+    except (OSError, ValueError):  # gone, or not ours to read
+        return {}
+
+
+def meminfo_bytes(*fields: str) -> dict[str, int]:
+    """Host memory figures from ``/proc/meminfo`` (``MemTotal``, ``MemAvailable``...), in bytes; absent ones left out."""
+    found: dict[str, int] = {}
+    with open(MEMINFO) as meminfo:
+        for line in meminfo:
+            key, _, rest = line.partition(":")
+            if key in fields:
+                found[key] = int(rest.split()[0]) * 1024  # reported in KiB
+    return found
+
+
+def host_cpu_seconds() -> tuple[float, float]:
+    """CPU time of the whole host since boot, all CPUs: (total, idle including I/O wait), in seconds."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    return sum(values) / CLOCK_TICKS, (values[3] + values[4]) / CLOCK_TICKS
 
 
 def own_umask() -> int:

@@ -1,52 +1,99 @@
-"""The CLI never loads the service's stack (Starlette, uvicorn, asyncio): not on its own, not through the client."""
+"""The CLI loads what its command needs and nothing more (issue 13: a CLI that answers like virsh).
+
+A real ``python -m minivisor`` run lists the modules it loaded: the help comes from the
+command table alone; ``vm list`` loads no other command group, no service stack (Starlette, uvicorn,
+asyncio), no QMP, no specfile parsing and no snapshot code, whether it reads the datastore or asks a
+running service, and then not even the core.
+"""
 
 from __future__ import annotations
 
-import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from minivisor import Hypervisor
-from minivisor.service.discovery import SERVICE_FILE, TOKEN_FILE
-from minivisor.procfs import start_ticks
+from minivisor.client import connect
 
-HEAVY = ("starlette", "uvicorn", "asyncio", "h11")
+SERVICE_STACK = ("starlette", "uvicorn", "asyncio", "h11")
+GONE = ("typer", "click", "rich")  # the CLI's libraries before issue 13
+NOT_FOR_LISTING = ("minivisor.vmm.qmp", "minivisor.spec.vmspec", "minivisor.spec.vmx", "minivisor.spec.vmsd",
+                   "minivisor.core.snapshots", "minivisor.core.clones", "minivisor.images.qemu_img")
 
 
-def imported_by_cli(*args: str) -> set[str]:
-    """Every module ``minivisor ARGS`` imports, as ``-X importtime`` reports them (a service is used if one runs)."""
+# `python -m minivisor ARGS`, then the names of every module loaded, on stderr after a marker line
+RUN_AND_LIST = ("import atexit, runpy, sys\n"
+                "atexit.register(lambda: sys.stderr.write('\\nmodules:\\n' + '\\n'.join(sorted(sys.modules))))\n"
+                "sys.argv[0] = 'minivisor'\n"
+                "runpy.run_module('minivisor', run_name='__main__', alter_sys=True)\n")
+
+
+def imported_by_cli(*args: str, direct: bool = True) -> set[str]:
+    """Every module ``minivisor ARGS`` loads (the command must succeed)."""
     env = {name: value for name, value in os.environ.items() if name != "MINIVISOR_DIRECT"}
-    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "minivisor", *args],
-                            capture_output=True, text=True, timeout=60, env=env)
-    lines = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
-    assert lines, result.stderr
-    return {line.rsplit("|", 1)[1].strip() for line in lines}
+    if direct:
+        env["MINIVISOR_DIRECT"] = "1"
+    result = subprocess.run([sys.executable, "-c", RUN_AND_LIST, *args], capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return set(result.stderr.rpartition("\nmodules:\n")[2].split())
 
 
-def heavy(modules: set[str]) -> list[str]:
-    return sorted(m for m in modules if m.split(".")[0] in HEAVY)
+def packages(modules: set[str], names: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules if m.split(".")[0] in names)
 
 
-@pytest.fixture
-def datastore(tmp_path):
-    root = tmp_path / "datastore"
+def command_modules(modules: set[str]) -> set[str]:
+    return {m for m in modules if m.startswith("minivisor.cli.")}
+
+
+@pytest.fixture(scope="module")
+def datastore(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imports") / "datastore"
     Hypervisor(root).create_vm("web", network="none")
     return root
 
 
-def test_vm_list_on_the_datastore_loads_no_service_stack(datastore):
-    modules = imported_by_cli("-d", str(datastore), "vm", "list")
-    assert "minivisor.core.hypervisor" in modules and not heavy(modules)
+@pytest.fixture(scope="module")
+def service(datastore):
+    """A real `minivisor serve` on loopback for the datastore, stopped at the end."""
+    log = open(datastore.parent / "service.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "minivisor", "-d", str(datastore), "serve", "--listen",
+                             "127.0.0.1:0", "--no-autostart"], stdout=log, stderr=log, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while connect(datastore) is None:
+            assert proc.poll() is None and time.monotonic() < deadline, (datastore.parent / "service.log").read_text()
+            time.sleep(0.05)
+        yield datastore
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        log.close()
 
 
-def test_vm_list_through_the_client_loads_no_service_stack(datastore):
-    """A service.json naming a live process (this one) sends the CLI through the client; nothing listens at
-    the port, so the command fails, after its imports."""
-    (datastore / TOKEN_FILE).write_text("token\n")
-    (datastore / SERVICE_FILE).write_text(json.dumps({"url": "http://127.0.0.1:9", "pid": os.getpid(),
-                                                      "start_ticks": start_ticks(os.getpid())}))
+@pytest.mark.parametrize("args", [["--help"], ["vm", "--help"], []])
+def test_help_comes_from_the_command_table(args):
+    modules = imported_by_cli(*args)
+    assert "minivisor.cli" in modules
+    assert not command_modules(modules) and "argparse" not in modules and "minivisor.core.hypervisor" not in modules
+
+
+def test_vm_list_on_the_datastore_loads_the_catalog_only(datastore):
     modules = imported_by_cli("-d", str(datastore), "vm", "list")
-    assert "minivisor.client" in modules and not heavy(modules)
+    assert "minivisor.core.hypervisor" in modules and "minivisor.datastore.catalog" in modules
+    assert command_modules(modules) == {"minivisor.cli.vm", "minivisor.cli.parsing", "minivisor.cli.output"}
+    assert not packages(modules, SERVICE_STACK + GONE)
+    assert not modules & set(NOT_FOR_LISTING)
+
+
+def test_vm_list_through_the_service_loads_only_the_client(service):
+    modules = imported_by_cli("-d", str(service), "vm", "list", "--json", direct=False)
+    assert "minivisor.client" in modules and "minivisor.core.results" in modules
+    assert command_modules(modules) == {"minivisor.cli.vm", "minivisor.cli.parsing"}
+    assert not packages(modules, SERVICE_STACK + GONE)
+    assert not modules & {*NOT_FOR_LISTING, "minivisor.core.hypervisor", "minivisor.datastore.catalog", "sqlite3"}

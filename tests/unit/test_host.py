@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from minivisor import procfs
 from minivisor.host import accel, facts, info
 from minivisor.errors import HostError
 
@@ -302,7 +303,7 @@ def test_find_qemu_honours_env_and_reports_missing(
 def test_memory_comes_from_meminfo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:        2097152 kB\nMemFree: 1 kB\nMemAvailable:    1048576 kB\n")
-    monkeypatch.setattr(facts, "_MEMINFO", str(meminfo))
+    monkeypatch.setattr(procfs, "MEMINFO", str(meminfo))
     assert (facts.host_memory_mib(), facts.available_memory_mib()) == (2048, 1024)
     meminfo.write_text("MemTotal: 1 kB\n")
     with pytest.raises(HostError, match="MemAvailable"):

@@ -16,61 +16,67 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
+from minivisor_appliance.build import build_appliance
 
 from .. import dirs
 from ..core.hypervisor import Hypervisor
-from minivisor_appliance.build import build_appliance
-from ..vmm.console import wait_for_line
-from ..images.qemu_img import convert_disk
 from ..spec.vmspec import VmSpec
 from ..spec.vmx import VmxDocument
+from ..images.qemu_img import convert_disk
+from ..vmm.console import wait_for_line
+from . import command, say
+from .output import table
 
 __all__ = ["run_demo", "SEED_VMX"]
 
 SEED_VMX = "CentOS7-Minimal64-1708.vmx"
 DEMO_NAME = "CentOS7-Minimal64-1708"
-console = Console(highlight=False, soft_wrap=True)
+
+
+@command("demo")
+def demo() -> None:
+    from . import hv
+
+    run_demo(hv(direct=True))
 
 
 def run_demo(hv: Hypervisor) -> None:
     step = _Steps()
     step("Build the test guest from Debian packages (cached after the first run)")
-    image = build_appliance(dirs.cache_dir(), progress=lambda line: console.print(f"    {line}"))
-    console.print(f"    appliance: {image}")
+    image = build_appliance(dirs.cache_dir(), progress=lambda line: say(f"    {line}"))
+    say(f"    appliance: {image}")
 
     step(f"Put the lecture's specfile into the datastore {hv.datastore.root}")
     vmx = _place_seed(hv, image)
     spec = VmSpec.from_vmx(VmxDocument.parse(vmx.read_bytes(), source=str(vmx)))
-    console.print(f"    {vmx}")
-    console.print(f"    boot disk {spec.boot_disk.node} = {spec.boot_disk.file_name} (the appliance, as VMDK)")
+    say(f"    {vmx}")
+    say(f"    boot disk {spec.boot_disk.node} = {spec.boot_disk.file_name} (the appliance, as VMDK)")
 
     step("Power on: one VMM process (QEMU) builds the virtual hardware from the specfile")
     started = time.monotonic()
     result = hv.start_vm(DEMO_NAME)
     for warning in result.warnings:
-        console.print(f"    [yellow]warning:[/] {warning}")
-    console.print(f"    VMM pid {result.vm.pid}, accelerator {result.vm.accel}")
+        say(f"    warning: {warning}")
+    say(f"    VMM pid {result.vm.pid}, accelerator {result.vm.accel}")
     paths = hv.vm_paths(DEMO_NAME)
 
     step("BIOS -> boot from the disk -> guest ready")
     bios = wait_for_line(paths.bios_log, "SeaBIOS", 30)
-    console.print(f"    {time.monotonic() - started:5.2f} s  BIOS:  {bios}")
+    say(f"    {time.monotonic() - started:5.2f} s  BIOS:  {bios}")
     boot = wait_for_line(paths.bios_log, "Booting from", 30)
-    console.print(f"    {time.monotonic() - started:5.2f} s  BIOS:  {boot}")
+    say(f"    {time.monotonic() - started:5.2f} s  BIOS:  {boot}")
     ready = hv.wait_ready(DEMO_NAME, timeout=120)
-    console.print(f"    {time.monotonic() - started:5.2f} s  guest: {ready}")
+    say(f"    {time.monotonic() - started:5.2f} s  guest: {ready}")
 
     step("The virtual hardware as the guest sees it, next to what the specfile asked for")
     inventory = json.loads(wait_for_line(paths.serial_log, "minivisor-guest: inventory", 5).split(" ", 2)[2])
     _compare(spec, hv.get_vm(DEMO_NAME).nics, inventory)
     uname = hv.exec_in_vm(DEMO_NAME, ["uname", "-sr"])
-    console.print(f"    vm exec {DEMO_NAME} -- uname -sr  ->  {uname.output.strip()} (exit {uname.exit_code})")
+    say(f"    vm exec {DEMO_NAME} -- uname -sr  ->  {uname.output.strip()} (exit {uname.exit_code})")
 
     step("Power off (ACPI shutdown)")
     how = hv.stop_vm(DEMO_NAME, timeout=30)
-    console.print(f"    powered off ({how}); state: {hv.get_vm(DEMO_NAME).state.value}")
+    say(f"    powered off ({how}); state: {hv.get_vm(DEMO_NAME).state.value}")
 
 
 class _Steps:
@@ -79,7 +85,8 @@ class _Steps:
 
     def __call__(self, title: str) -> None:
         self.number += 1
-        console.print(f"\n[bold cyan]{self.number}. {title}[/]")
+        say("")
+        say(f"{self.number}. {title}")
 
 
 def _place_seed(hv: Hypervisor, image: Path) -> Path:
@@ -109,13 +116,11 @@ GUEST_DRIVERS = {"lsilogic": "sym53c8xx", "buslogic": "sym53c8xx", "lsisas1068":
 
 
 def _compare(spec: VmSpec, nics: tuple[dict, ...], inventory: dict) -> None:
-    table = Table(box=None, header_style="bold")
-    for column in ("", "SPECFILE", "GUEST SEES", ""):
-        table.add_column(column)
+    rows = []
 
     def row(what: str, asked: object, seen: object, expected: object = None) -> None:
         same = str(expected if expected is not None else asked) == str(seen)
-        table.add_row(what, str(asked), str(seen), "[green]ok[/]" if same else "[red]differs[/]")
+        rows.append((what, asked, seen, "ok" if same else "differs"))
 
     row("memory (MiB)", spec.memory_mib, inventory["memory_mib"])
     row("cpus", spec.num_cpus, inventory["cpus"])
@@ -127,4 +132,4 @@ def _compare(spec: VmSpec, nics: tuple[dict, ...], inventory: dict) -> None:
         row(f"{nic['name']} model", nic["model"], seen["driver"], GUEST_DRIVERS.get(nic["model"]))
         row(f"{nic['name']} link", f"network {nic['network']!r} unknown", "carrier" if seen.get("carrier") else
             "no carrier", "no carrier")
-    console.print(table)
+    table(("", "SPECFILE", "GUEST SEES", ""), rows)

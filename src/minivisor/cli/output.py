@@ -1,59 +1,57 @@
-"""Human-readable output for the CLI: tables and detail views (rich).
-
-Kept apart from :mod:`minivisor.cli` so commands that print JSON or nothing
-never pay for importing rich.
+"""Human-readable output for the CLI: plain aligned tables with a header row (as virsh and docker
+print them), detail views, the snapshot tree and progress bars.
 
 Names and values come from specfiles, disk headers and guests: every one is
-shown through :func:`cell`, which escapes control characters
-(:func:`minivisor.text.printable`) and is never read as rich markup, so a
-``displayName`` can neither drive the terminal nor restyle (or crash) a table.
+shown through :func:`minivisor.text.printable`, which escapes control
+characters, so a ``displayName`` cannot drive the terminal. Nothing is parsed
+as markup and nothing is coloured.
 """
 
 from __future__ import annotations
 
-import shlex
+import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-from rich.tree import Tree
-
-from ..core.hypervisor import Explanation, VmInfo
-from ..host.info import HostInfo
 from ..text import printable
 
-console = Console(highlight=False)
+if TYPE_CHECKING:
+    from ..core.hypervisor import Explanation, VmInfo
+    from ..host.info import HostInfo
+
+__all__ = ["table", "key_values", "vm_table", "vm_details", "host_info", "explanation", "explanation_dict",
+           "disk_table", "disk_details", "snapshot_tree", "ProgressBar"]
+
+GAP = "  "  # between columns
 
 
-def cell(value: object, style: str = "") -> Text:
-    """``value`` as terminal-safe text: control characters escaped, no markup, no emoji codes."""
-    return Text(printable(value), style=style)
+def write(lines: list[str]) -> None:
+    """Lines on stdout, each made terminal-safe."""
+    sys.stdout.write("".join(printable(line) + "\n" for line in lines))
 
 
-def warning(line: str) -> None:
-    console.print(Text.assemble(("warning:", "yellow"), " ", cell(line)))
+def table(headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    """A header row and the rows under it, each column as wide as its widest cell."""
+    cells = [headers, *([printable(value) for value in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    sys.stdout.write("".join(GAP.join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() + "\n"
+                             for row in cells))
 
 
-STATE_STYLE = {"running": "green", "paused": "yellow", "starting": "cyan", "poweredOff": "dim"}
+def key_values(rows: list[tuple[str, Any]], indent: str = "") -> None:
+    """Rows of a name and its value, the values aligned."""
+    width = max((len(key) for key, _ in rows), default=0)
+    write([f"{indent}{key:<{width}}{GAP}{value}" for key, value in rows])
 
 
 def vm_table(vms: list[VmInfo]) -> None:
-    table = Table(box=None, header_style="bold")
-    for column in ("NAME", "STATE", "CPUS", "MEMORY", "DISKS", "NICS", "PID"):
-        table.add_column(column)
-    for vm in vms:
-        style = "red" if vm.state_reason else STATE_STYLE.get(vm.state.value, "")
-        table.add_row(cell(vm.name), cell(vm.state_label, style), cell(vm.cpus),
-                      cell(f"{vm.memory_mib} MiB"), cell(len(vm.disks)), cell(len(vm.nics)), cell(vm.pid or "-"))
     if not vms:
-        console.print("no VMs in this datastore (create one: minivisor vm create NAME --disk-size 8G)")
+        write(["no VMs in this datastore (create one: minivisor vm create NAME --disk-size 8G)"])
         return
-    console.print(table)
-    for vm in vms:
-        if vm.state_hint:
-            console.print(Text.assemble((f"{printable(vm.name)}:", "yellow"), " ", cell(vm.state_hint)), soft_wrap=True)
+    table(("NAME", "STATE", "CPUS", "MEMORY", "DISKS", "NICS", "PID"),
+          [(vm.name, vm.state_label, vm.cpus, f"{vm.memory_mib} MiB", len(vm.disks), len(vm.nics), vm.pid or "-")
+           for vm in vms])
+    write([f"{vm.name}: {vm.state_hint}" for vm in vms if vm.state_hint])
 
 
 def vm_details(vm: VmInfo) -> None:
@@ -64,41 +62,37 @@ def vm_details(vm: VmInfo) -> None:
         ("autostart", "yes" if vm.autostart else "no"),
     ]
     rows += [(f"disk {d['node']}", f"{d['kind']}: {d['file'] or 'empty'}") for d in vm.disks]
-    rows += [(n["name"], f"{n['model']} {n['mac']} on {n['network']}") for n in vm.nics]
+    rows += [(n["name"], f"{n['model']} {n['mac']} on {n['network']}" + (f", {n['address']}" if n.get("address") else ""))
+             for n in vm.nics]
     key_values(rows)
     if vm.state_hint:
-        console.print(Text.assemble(("hint:", "yellow"), " ", cell(vm.state_hint)), soft_wrap=True)
+        write([f"hint: {vm.state_hint}"])
 
 
 def host_info(info: HostInfo) -> None:
     data = info.to_dict()
-    key_values([(key.replace("_", " "), value) for key, value in data.items() if key != "accel"])
-    accel = data.get("accel") or {}
-    key_values([("accelerator", accel.get("accel")), ("why", accel.get("reason"))])
+    accel = data.pop("accel") or {}
+    key_values([(key.replace("_", " "), value) for key, value in data.items()]
+               + [("accelerator", accel.get("accel")), ("why", accel.get("reason"))])
     if accel.get("warning"):
-        warning(accel["warning"])
+        write([f"warning: {accel['warning']}"])
 
 
 def explanation(exp: Explanation) -> None:
+    import shlex
+
     spec = exp.spec
-    console.print("[bold]Specfile asks for[/]")
+    write(["Specfile asks for"])
     key_values([("displayName", spec.display_name), ("guestOS", spec.guest_os),
                 ("memSize", f"{spec.memory_mib} MiB"), ("numvcpus", spec.num_cpus),
                 ("cpuid.coresPerSocket", spec.cores_per_socket), ("firmware", spec.firmware),
-                ("boot disk", spec.boot_disk.node if spec.boot_disk else "none")])
-    console.print("\n[bold]Virtual hardware the VMM builds[/]")
-    table = Table(box=None, header_style="bold")
-    table.add_column("DEVICE")
-    table.add_column("WHAT THE GUEST SEES")
-    for device in exp.hardware:
-        table.add_row(cell(device.name), cell(device.description))
-    console.print(table)
-    console.print("\n[bold]Keys not virtualized[/] (kept in the specfile, no effect here)")
-    console.print(Text("  ").append(cell(", ".join(spec.unused_keys) or "none")), soft_wrap=True)
-    for line in exp.warnings:
-        warning(line)
-    console.print("\n[bold]VMM command line[/]")
-    console.print(cell(shlex.join(exp.argv)), soft_wrap=True)
+                ("boot disk", spec.boot_disk.node if spec.boot_disk else "none")], indent=GAP)
+    write(["", "Virtual hardware the VMM builds"])
+    table(("  DEVICE", "WHAT THE GUEST SEES"), [(f"  {d.name}", d.description) for d in exp.hardware])
+    write(["", "Keys not virtualized (kept in the specfile, no effect here)",
+           GAP + (", ".join(spec.unused_keys) or "none")])
+    write([f"warning: {line}" for line in exp.warnings])
+    write(["", "VMM command line", shlex.join(exp.argv)])
 
 
 def explanation_dict(exp: Explanation) -> dict[str, Any]:
@@ -114,36 +108,90 @@ def disk_table(disks: list[dict]) -> None:
     """A VM's hard disks, one row each (``vm disk list``)."""
     from ..units import human_size
 
-    table = Table(box=None, header_style="bold")
-    for column in ("DISK", "FILE", "FORMAT", "SIZE", "ALLOCATED", "LAYERS"):
-        table.add_column(column)
-    for d in disks:
-        table.add_row(cell(d["node"]), cell(d["fileName"]), cell(d["format"]), cell(human_size(d["virtual_size"])),
-                      cell(human_size(d["chain_allocated"])), cell(len(d["chain"])))
-    console.print(table)
+    table(("DISK", "FILE", "FORMAT", "SIZE", "ALLOCATED", "LAYERS"),
+          [(d["node"], d["fileName"], d["format"], human_size(d["virtual_size"]), human_size(d["chain_allocated"]),
+            len(d["chain"])) for d in disks])
+
+
+def disk_details(info: dict) -> None:
+    """One disk file: sizes, format and the chain of parents under it."""
+    from ..units import human_size
+
+    rows = [("file", info["file"]), ("format", info["format"]),
+            ("virtual size", f"{human_size(info['virtual_size'])} ({info['virtual_size']} bytes)"),
+            ("allocated", f"{human_size(info['allocated'])} ({'thin' if info['thin'] else 'fully allocated'})")]
+    for depth, layer in enumerate(info["chain"][1:], 1):
+        rows.append((f"parent {depth}", f"{layer['file']} ({layer['format']}, {human_size(layer['allocated'])} "
+                                        "allocated)"))
+    key_values(rows)
 
 
 def snapshot_tree(name: str, snaps: list[dict[str, Any]]) -> None:
-    """A VM's snapshot tree, with '<- you are here' at its current position."""
-    root = Tree(cell(name, "bold"))
-    nodes = {}
+    """A VM's snapshot tree (as ``snapshot_list`` gives it: depth first), '<- you are here' at its position."""
+    children: dict[Any, list[dict[str, Any]]] = {}
+    uids = {snap["uid"] for snap in snaps}
     for snap in snaps:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap["created"]))
-        label = cell(snap["name"]).append(cell(f" (uid {snap['uid']}, {when}{', memory' if snap['memory'] else ''})",
-                                                "dim"))
-        if snap["description"]:
-            label.append(cell(f" - {snap['description']}", "dim"))
-        if snap["current"]:
-            label.append(" <- you are here", "bold green")
-        nodes[snap["uid"]] = (nodes[snap["parent"]] if snap["parent"] in nodes else root).add(label)
-    console.print(root)
+        children.setdefault(snap["parent"] if snap["parent"] in uids else None, []).append(snap)
+    lines = [name]
+
+    def branch(parent: Any, prefix: str) -> None:
+        kids = children.get(parent, [])
+        for i, snap in enumerate(kids):
+            last = i == len(kids) - 1
+            lines.append(prefix + ("└── " if last else "├── ") + _snapshot_label(snap))
+            branch(snap["uid"], prefix + ("    " if last else "│   "))
+
+    branch(None, "")
+    write(lines)
 
 
-def key_values(rows: list[tuple[str, Any]]) -> None:
-    """Rows of a name (in bold) and its value."""
-    table = Table(box=None, show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    for key, value in rows:
-        table.add_row(cell(key), cell(value))
-    console.print(table)
+def _snapshot_label(snap: dict[str, Any]) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap["created"]))
+    label = f"{snap['name']} (uid {snap['uid']}, {when}{', memory' if snap['memory'] else ''})"
+    if snap["description"]:
+        label += f" - {snap['description']}"
+    return label + (" <- you are here" if snap["current"] else "")
+
+
+class ProgressBar:
+    """The progress (percentages, 0..100) of one long operation, on stderr.
+
+    On a terminal, one line redrawn in place with a bar and the time left; otherwise (a log), a line at
+    each quarter. Nothing is drawn before the first update, so bad input stays one error line.
+    """
+
+    WIDTH = 30  # characters of the bar
+    LOG_STEP = 25  # percent between lines when stderr is not a terminal
+
+    def __init__(self, what: str) -> None:
+        self.what = printable(what)
+        self.terminal = sys.stderr.isatty()
+        self.started = time.monotonic()
+        self.shown: int | None = None
+        self.closed = False
+
+    def __call__(self, percent: float) -> None:
+        step = int(percent) if self.terminal else int(percent) // self.LOG_STEP * self.LOG_STEP
+        if step == self.shown:
+            return
+        self.shown = step
+        if not self.terminal:
+            sys.stderr.write(f"{self.what}: {step}%\n")
+            return
+        filled = self.WIDTH * step // 100
+        left = (time.monotonic() - self.started) * (100 - percent) / percent if percent > 0 else None
+        eta = f"  {int(left) // 60}:{int(left) % 60:02d} left" if left is not None else ""
+        sys.stderr.write(f"\r{self.what} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {step:3d}%{eta}\033[K")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        """End the bar's line (once)."""
+        if self.terminal and self.shown is not None and not self.closed:
+            sys.stderr.write("\n")
+        self.closed = True
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

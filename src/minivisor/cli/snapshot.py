@@ -2,51 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import argparse
 
-import typer
+from . import JSON, NAME, arg, command, hv, print_json, say
 
-from . import JsonFlag, Name, group, hv, print_json, say
-
-snapshot_app = group("snapshot", "Snapshots of a VM (a tree, kept in its .vmsd).")
-
-SnapName = Annotated[str, typer.Argument(help="The snapshot's name (or uid).")]
+SNAPSHOT = arg("snapshot", metavar="SNAPSHOT", help="The snapshot's name (or uid).")
 
 
-@snapshot_app.command("take")
-def snapshot_take(name: Name, snapshot: SnapName,
-                  memory: Annotated[Optional[bool], typer.Option(
-                      "--memory/--no-memory", help="Save memory and device state [default: yes if running].")] = None,
-                  description: Annotated[str, typer.Option(help="A longer description.")] = "") -> None:
-    """Freeze the VM's disks (and its memory when running) as a named snapshot."""
+@command("snapshot take", NAME, SNAPSHOT,
+         arg("--memory", action=argparse.BooleanOptionalAction,
+             help="Save memory and device state too, or not [default: when the VM is running]."),
+         arg("--description", default="", help="A longer description."), JSON)
+def snapshot_take(name: str, snapshot: str, memory: bool | None, description: str, as_json: bool) -> None:
     snap = hv().snapshot_take(name, snapshot, description=description, memory=memory)
+    if as_json:
+        return print_json(snap)
     kind = "disks and memory" if snap.memory_file else "disks"
     say(f"took snapshot {snap.name!r} of {name} ({kind}, uid {snap.uid})")
 
 
-@snapshot_app.command("list")
-def snapshot_list(name: Name, as_json: JsonFlag = False) -> None:
-    """The snapshot tree; '<- you are here' marks the VM's current position."""
+@command("snapshot list", NAME, JSON)
+def snapshot_list(name: str, as_json: bool) -> None:
     snaps = hv().snapshot_list(name)
     if as_json:
         return print_json(snaps)
     if not snaps:
-        say(f"{name} has no snapshots (take one: minivisor snapshot take {name} NAME)")
-        return
-    from . import output
+        return say(f"{name} has no snapshots (take one: minivisor snapshot take {name} NAME)")
+    from .output import snapshot_tree
 
-    output.snapshot_tree(name, snaps)
+    snapshot_tree(name, snaps)
 
 
-@snapshot_app.command("revert")
-def snapshot_revert(name: Name, snapshot: SnapName) -> None:
-    """Go back to a snapshot (the current state is discarded); memory snapshots resume running."""
+@command("snapshot revert", NAME, SNAPSHOT, JSON)
+def snapshot_revert(name: str, snapshot: str, as_json: bool) -> None:
     snap, running = hv().snapshot_revert(name, snapshot)
+    if as_json:
+        return print_json({"snapshot": snap.to_dict(), "running": running})
     say(f"{name} reverted to {snap.name!r}" + (" and running where it was" if running else " (powered off)"))
 
 
-@snapshot_app.command("delete")
-def snapshot_delete(name: Name, snapshot: SnapName) -> None:
-    """Delete a snapshot; its data is merged into what depends on it."""
+@command("snapshot delete", NAME, SNAPSHOT, JSON)
+def snapshot_delete(name: str, snapshot: str, as_json: bool) -> None:
     snap = hv().snapshot_delete(name, snapshot)
-    say(f"deleted snapshot {snap.name!r} of {name}")
+    print_json(snap) if as_json else say(f"deleted snapshot {snap.name!r} of {name}")

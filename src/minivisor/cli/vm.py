@@ -2,142 +2,121 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
 
-import typer
+from . import JSON, NAME, arg, command, hv, print_json, progress, say, warn
 
-from ..text import excerpt
-from . import JsonFlag, Name, group, hv, print_json, progress, say, warn
-
-vm_app = group("vm", "Create, run and inspect VMs.")
+TIMEOUT = "SECONDS"  # the metavar of every --timeout
 
 
-@vm_app.command("create")
-def vm_create(
-    name: Name,
-    memory: Annotated[int, typer.Option("--memory", "-m", help="Memory in MiB (memSize).")] = 512,
-    cpus: Annotated[int, typer.Option("--cpus", "-c", help="Virtual CPUs (numvcpus).")] = 1,
-    disk_size: Annotated[Optional[str], typer.Option(help="New empty thin disk, e.g. 20G.")] = None,
-    boot_disk: Annotated[Optional[Path], typer.Option(help="Copy this disk image in as the boot disk.")] = None,
-    network: Annotated[str, typer.Option(help="nat, none, or a network name.")] = "nat",
-    nic: Annotated[str, typer.Option(help="NIC model: vmxnet3, e1000, e1000e, vlance, virtio.")] = "vmxnet3",
-    scsi: Annotated[str, typer.Option(help="SCSI controller: lsilogic, lsisas1068, pvscsi.")] = "lsilogic",
-    guest_os: Annotated[str, typer.Option(help="guestOS value, e.g. debian12-64.")] = "other-64",
-) -> None:
-    """Create a VM folder with a specfile and a disk in the datastore."""
+@command("vm create", NAME,
+         arg("--memory", "-m", type=int, default=512, metavar="MIB", help="Memory in MiB (memSize) [default: 512]."),
+         arg("--cpus", "-c", type=int, default=1, metavar="N", help="Virtual CPUs (numvcpus) [default: 1]."),
+         arg("--disk-size", metavar="SIZE", help="A new empty thin disk, e.g. 20G."),
+         arg("--boot-disk", type=Path, metavar="FILE", help="Copy this disk image in as the boot disk (from a folder "
+                                                             "allowed with datastore allow-path)."),
+         arg("--network", default="nat", help="nat, none, or a network name [default: nat]."),
+         arg("--nic", default="vmxnet3", help="NIC model: vmxnet3, e1000, e1000e, vlance, virtio [default: vmxnet3]."),
+         arg("--scsi", default="lsilogic", help="SCSI controller: lsilogic, lsisas1068, pvscsi [default: lsilogic]."),
+         arg("--guest-os", default="other-64", help="guestOS value, e.g. debian12-64 [default: other-64]."),
+         JSON)
+def vm_create(name: str, memory: int, cpus: int, disk_size: str | None, boot_disk: Path | None, network: str,
+              nic: str, scsi: str, guest_os: str, as_json: bool) -> None:
     vm = hv().create_vm(name, memory_mib=memory, cpus=cpus, disk_size=disk_size, boot_disk=boot_disk,
-                         network=network, nic_model=nic, scsi_model=scsi, guest_os=guest_os, progress=progress)
-    say(f"created {vm.name}: {vm.vmx}")
+                        network=network, nic_model=nic, scsi_model=scsi, guest_os=guest_os, progress=progress)
+    print_json(vm) if as_json else say(f"created {vm.name}: {vm.vmx}")
 
 
-@vm_app.command("register")
-def vm_register(vmx: Annotated[Path, typer.Argument(help="The .vmx file, in its folder in the datastore.")],
-                name: Annotated[Optional[str], typer.Option(help="Name in the catalog [default: displayName].")] = None
-                ) -> None:
-    """Add an existing specfile to the catalog."""
+@command("vm register", arg("vmx", type=Path, metavar="VMX", help="The .vmx file, in its folder in the datastore."),
+         arg("--name", help="Name in the catalog [default: from displayName]."), JSON)
+def vm_register(vmx: Path, name: str | None, as_json: bool) -> None:
     vm = hv().register_vm(vmx, name)
-    say(f"registered {vm.name}: {vm.vmx}")
+    print_json(vm) if as_json else say(f"registered {vm.name}: {vm.vmx}")
 
 
-@vm_app.command("unregister")
-def vm_unregister(name: Name) -> None:
-    """Remove a VM from the catalog; its files stay."""
+@command("vm unregister", NAME)
+def vm_unregister(name: str) -> None:
     hv().unregister_vm(name)
     say(f"unregistered {name} (files kept)")
 
 
-@vm_app.command("delete")
-def vm_delete(name: Name) -> None:
-    """Delete a powered-off VM and every file in its folder."""
+@command("vm delete", NAME)
+def vm_delete(name: str) -> None:
     hv().delete_vm(name)
     say(f"deleted {name}")
 
 
-@vm_app.command("list")
-def vm_list(as_json: JsonFlag = False) -> None:
-    """The VMs in the datastore and their states."""
+@command("vm list", JSON)
+def vm_list(as_json: bool) -> None:
     vms = hv().list_vms()
     if as_json:
-        return print_json([vm.to_dict() for vm in vms])
-    from . import output
+        return print_json(vms)
+    from .output import vm_table
 
-    output.vm_table(vms)
+    vm_table(vms)
 
 
-@vm_app.command("show")
-def vm_show(name: Name, as_json: JsonFlag = False) -> None:
-    """One VM: state, hardware, files."""
+@command("vm show", NAME, JSON)
+def vm_show(name: str, as_json: bool) -> None:
     vm = hv().get_vm(name)
     if as_json:
-        return print_json(vm.to_dict())
+        return print_json(vm)
+    from .output import vm_details
+
+    vm_details(vm)
+
+
+@command("vm explain", NAME, JSON)
+def vm_explain(name: str, as_json: bool) -> None:
     from . import output
 
-    output.vm_details(vm)
-
-
-@vm_app.command("explain")
-def vm_explain(name: Name, as_json: JsonFlag = False) -> None:
-    """The spec, the virtual hardware built from it, what is not virtualized, and the VMM command line."""
     explanation = hv().explain_vm(name)
-    if as_json:
-        from . import output
-
-        return print_json(output.explanation_dict(explanation))
-    from . import output
-
-    output.explanation(explanation)
+    print_json(output.explanation_dict(explanation)) if as_json else output.explanation(explanation)
 
 
-@vm_app.command("start")
-def vm_start(name: Name,
-             wait_ready: Annotated[bool, typer.Option(help="Return once the guest says it is ready.")] = False,
-             timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 120.0) -> None:
-    """Power on: start the VM's VMM, which boots it from its disk."""
+@command("vm start", NAME, arg("--wait-ready", action="store_true", help="Return once the guest says it is ready."),
+         arg("--timeout", type=float, default=120.0, metavar=TIMEOUT,
+             help="Seconds to wait for readiness [default: 120]."), JSON)
+def vm_start(name: str, wait_ready: bool, timeout: float, as_json: bool) -> None:
     result = hv().start_vm(name, wait_ready=wait_ready, timeout=timeout)
     warn(result.warnings)
+    if as_json:
+        return print_json(result)
     say(f"{name} is powered on (pid {result.vm.pid}, {result.vm.accel})")
     if result.ready_line:
         say(f"{name} is ready: {result.ready_line}")
 
 
-@vm_app.command("stop")
-def vm_stop(name: Name,
-            hard: Annotated[bool, typer.Option(help="Pull the plug instead of an ACPI shutdown.")] = False,
-            timeout: Annotated[float, typer.Option(help="Seconds to wait for the guest before a hard stop.")] = 30.0
-            ) -> None:
-    """Power off (ACPI shutdown, hard after --timeout)."""
+@command("vm stop", NAME, arg("--hard", action="store_true", help="Pull the plug instead of an ACPI shutdown."),
+         arg("--timeout", type=float, default=30.0, metavar=TIMEOUT,
+             help="Seconds to wait for the guest before a hard stop [default: 30]."))
+def vm_stop(name: str, hard: bool, timeout: float) -> None:
     how = hv().stop_vm(name, hard=hard, timeout=timeout)
     say(f"{name} is powered off ({how})")
 
 
-@vm_app.command("reset")
-def vm_reset(name: Name) -> None:
-    """Reset the VM (like its reset button)."""
+@command("vm reset", NAME)
+def vm_reset(name: str) -> None:
     hv().reset_vm(name)
     say(f"{name} was reset")
 
 
-@vm_app.command("pause")
-def vm_pause(name: Name) -> None:
-    """Freeze the VM's virtual CPUs."""
+@command("vm pause", NAME)
+def vm_pause(name: str) -> None:
     hv().pause_vm(name)
     say(f"{name} is paused")
 
 
-@vm_app.command("resume")
-def vm_resume(name: Name) -> None:
-    """Let a paused VM run again."""
+@command("vm resume", NAME)
+def vm_resume(name: str) -> None:
     hv().resume_vm(name)
     say(f"{name} is running")
 
 
-@vm_app.command("console")
-def vm_console(name: Name) -> None:
-    """Attach this terminal to the VM's serial console (Ctrl-] detaches)."""
+@command("vm console", NAME)
+def vm_console(name: str) -> None:
     from ..vmm.console import attach
 
     socket_path, lock = hv(direct=True).console_socket(name)  # a local socket: never through the service
@@ -147,30 +126,27 @@ def vm_console(name: Name) -> None:
         os.close(lock)
 
 
-@vm_app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def vm_exec(name: Name, command: Annotated[list[str], typer.Argument(help="The command (after --).")],
-            timeout: Annotated[float, typer.Option(help="Seconds to wait for the command.")] = 60.0) -> None:
-    """Run a command in the guest through its serial shell; exits with its exit code."""
+@command("vm exec", NAME, arg("command", nargs="+", metavar="COMMAND",
+                              help="The command and its arguments; after --, options are the command's own."),
+         arg("--timeout", type=float, default=60.0, metavar=TIMEOUT,
+             help="Seconds to wait for the command [default: 60]."), JSON)
+def vm_exec(name: str, command: list[str], timeout: float, as_json: bool) -> int:
+    """Example: minivisor vm exec web -- uname -a"""
     result = hv().exec_in_vm(name, command, timeout=timeout)
-    sys.stdout.write(result.output)
-    raise typer.Exit(result.exit_code)
+    print_json(result) if as_json else sys.stdout.write(result.output)
+    return result.exit_code
 
 
-@vm_app.command("autostart")
-def vm_autostart(name: Name, setting: Annotated[str, typer.Argument(help="on or off.")]) -> None:
-    """Power the VM on whenever the service starts (on), or not (off)."""
-    if setting not in ("on", "off"):
-        from ..errors import SpecError
-
-        raise SpecError(f"autostart must be on or off, not {excerpt(setting)}", hint=f"minivisor vm autostart {name} on")
+@command("vm autostart", NAME, arg("setting", choices=("on", "off"), metavar="on|off", help="on or off."),
+         JSON)
+def vm_autostart(name: str, setting: str, as_json: bool) -> None:
     vm = hv().set_autostart(name, setting == "on")
-    say(f"{vm.name}: autostart {setting}")
+    print_json(vm) if as_json else say(f"{vm.name}: autostart {setting}")
 
 
-@vm_app.command("events")
-def vm_events(name: Name, limit: Annotated[int, typer.Option(help="How many of the last events.")] = 20,
-              as_json: JsonFlag = False) -> None:
-    """What happened to the VM: power-ons, power-offs with their reasons, crashes..."""
+@command("vm events", NAME, arg("--limit", type=int, default=20, metavar="N",
+                                help="How many of the last events (0: all) [default: 20]."), JSON)
+def vm_events(name: str, limit: int, as_json: bool) -> None:
     events = hv().vm_events(name, limit)
     if as_json:
         return print_json(events)
@@ -181,70 +157,124 @@ def vm_events(name: Name, limit: Annotated[int, typer.Option(help="How many of t
         say(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(event['time']))}  {event['type']:<14} {extra}")
 
 
-# -- disks, snapshots, clones ----------------------------------------------------
-@vm_app.command("clone")
-def vm_clone(source: Name, target: Annotated[str, typer.Argument(help="The new VM's name.")],
-             full: Annotated[bool, typer.Option("--full/--linked",
-                                                help="Copy the disks, or overlay the source's snapshot.")] = True,
-             snapshot: Annotated[Optional[str], typer.Option(
-                 help="Clone this snapshot [default: the current state; a running or linked source gets a "
-                      "new snapshot].")] = None) -> None:
-    """A new VM (new name, UUID and MACs) from SOURCE: --full copies, --linked shares its snapshot."""
-    from .disk import progress_bar
-
-    if full:
-        with progress_bar(f"cloning {source}") as update:
-            vm = hv().clone_vm(source, target, linked=False, snapshot=snapshot, progress=update)
-    else:
-        vm = hv().clone_vm(source, target, linked=True, snapshot=snapshot)
-    say(f"created {'full' if full else 'linked'} clone {vm.name}: {vm.vmx}")
-
-
-@vm_app.command("import")
-def vm_import(folder: Annotated[Path, typer.Argument(help="A VMware VM folder (.vmx and its disks).")],
-              name: Annotated[Optional[str], typer.Option(help="Name in the catalog [default: displayName].")] = None
-              ) -> None:
-    """Copy a VMware VM into the datastore (disks checked, chains flattened to qcow2), ready to start."""
-    from .disk import progress_bar
-
-    bars: dict[str, object] = {}
-    with contextlib.ExitStack() as stack:
-        def update(disk: str, percent: float) -> None:
-            if disk not in bars:
-                bars[disk] = stack.enter_context(progress_bar(f"importing {disk}"))
-            bars[disk](percent)  # type: ignore[operator]
-
-        vm = hv().import_vm(folder, name, progress=update)
-    say(f"imported {vm.name}: {vm.vmx}")
-
-
-@vm_app.command("disk")
-def vm_disk(name: Name,
-            action: Annotated[str, typer.Argument(help="list, info or resize.")] = "list",
-            node: Annotated[Optional[str], typer.Argument(help="The disk, e.g. scsi0:0 (info, resize).")] = None,
-            size: Annotated[Optional[str], typer.Argument(help="New size for resize, e.g. 20G.")] = None,
-            as_json: JsonFlag = False) -> None:
-    """A VM's hard disks: list them, show one (sizes, chain), or grow one (powered off)."""
-    from ..errors import SpecError
+# -- disks, clones, imports --------------------------------------------------------
+@command("vm disk", NAME,
+         arg("action", nargs="?", default="list", choices=("list", "info", "resize"), metavar="ACTION",
+             help="list (the default), info, or resize (also while the VM runs: the guest sees the new size)."),
+         arg("disk", nargs="?", metavar="DISK", help="The disk, e.g. scsi0:0 (for info and resize)."),
+         arg("size", nargs="?", metavar="SIZE", help="The new size, for resize, e.g. 20G."), JSON)
+def vm_disk(name: str, action: str, disk: str | None, size: str | None, as_json: bool) -> None:
+    """Example: minivisor vm disk web resize scsi0:0 20G"""
+    from ..errors import ArgumentError, NoSuchDiskError
+    from ..text import excerpt
 
     if action == "resize":
-        if not node or not size:
-            raise SpecError("resize needs the disk and the new size", hint=f"minivisor vm disk {name} resize scsi0:0 20G")
-        disks = [hv().vm_disk_resize(name, node, size)]
-    elif action in ("list", "info"):
-        disks = [d for d in hv().vm_disks(name) if node is None or d["node"] == node.lower()]
-        if node and not disks:
-            raise SpecError(f"VM {name!r} has no hard disk {excerpt(node)}", hint=f"see: minivisor vm disk {name} list")
+        if not disk or not size:
+            raise ArgumentError("resize needs the disk and its new size", hint="see: minivisor vm disk --help")
+        disks = [hv().vm_disk_resize(name, disk, size)]
     else:
-        raise SpecError(f"unknown action {excerpt(action)}", hint="use list, info or resize")
+        disks = [d for d in hv().vm_disks(name) if disk is None or d["node"] == disk.lower()]
+        if disk and not disks:
+            raise NoSuchDiskError(f"VM {name!r} has no hard disk {excerpt(disk)}",
+                                  hint=f"see its disks: minivisor vm disk {name} list")
     if as_json:
         return print_json(disks)
-    from .disk import show_disk
+    from . import output
 
     if action == "list":
-        from . import output
+        return output.disk_table(disks)
+    for info in disks:
+        output.disk_details(info)
 
-        output.disk_table(disks)
-    else:
-        for d in disks:
-            show_disk(d)
+
+@command("vm clone", arg("source", metavar="SOURCE", help="The VM to clone."),
+         arg("target", metavar="TARGET", help="The new VM's name."),
+         arg("--linked", action="store_true", default=False,
+             help="Overlays on the source's snapshot (almost no space) instead of copies of its disks."),
+         arg("--full", dest="linked", action="store_false", default=False, help="Copies of the disks (the default)."),
+         arg("--snapshot", help="Clone this snapshot [default: the current state; a running or linked source gets a "
+                                "new snapshot]."), JSON)
+def vm_clone(source: str, target: str, linked: bool, snapshot: str | None, as_json: bool) -> None:
+    from .output import ProgressBar
+
+    with ProgressBar(f"cloning {source}") as bar:
+        vm = hv().clone_vm(source, target, linked=linked, snapshot=snapshot, progress=None if linked else bar)
+    print_json(vm) if as_json else say(f"created {'linked' if linked else 'full'} clone {vm.name}: {vm.vmx}")
+
+
+@command("vm import", arg("folder", type=Path, metavar="FOLDER", help="A VMware VM folder (.vmx and its disks)."),
+         arg("--name", help="Name in the catalog [default: from displayName]."), JSON)
+def vm_import(folder: Path, name: str | None, as_json: bool) -> None:
+    from .output import ProgressBar
+
+    bars: dict[str, ProgressBar] = {}
+
+    def update(disk: str, percent: float) -> None:
+        if disk not in bars:  # the disks are copied one after another: end the last one's bar
+            for bar in bars.values():
+                bar.close()
+            bars[disk] = ProgressBar(f"importing {disk}")
+        bars[disk](percent)
+
+    try:
+        vm = hv().import_vm(folder, name, progress=update)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    print_json(vm) if as_json else say(f"imported {vm.name}: {vm.vmx}")
+
+
+# -- networks ----------------------------------------------------------------------
+@command("vm ip", NAME, JSON)
+def vm_ip(name: str, as_json: bool) -> None:
+    nics = hv().vm_addresses(name)
+    if as_json:
+        return print_json(nics)
+    from .output import table
+
+    table(("NIC", "MAC", "NETWORK", "ADDRESS", "LEASE"),
+          [(n["nic"], n["mac"], n["network"] or "-", n["address"] or "-", n["lease"] or "-") for n in nics])
+
+
+@command("vm nic", NAME, arg("nic", metavar="NIC", help="The NIC, e.g. ethernet0."),
+         arg("--link", choices=("up", "down"), metavar="up|down",
+             help="Connect or disconnect its link (a running VM at once; otherwise at its next power-on)."),
+         arg("--ip", metavar="ADDRESS", help="Fix its address on its network (DHCP reservation)."), JSON)
+def vm_nic(name: str, nic: str, link: str | None, ip: str | None, as_json: bool) -> None:
+    result = hv().set_nic(name, nic, link=None if link is None else link == "up", address=ip)
+    if as_json:
+        return print_json(result)
+    if "address" in result:
+        say(f"{name} {result['nic']}: address {result['address']} on {result['network']} (the guest gets it at its "
+            "next DHCP renewal)")
+    if "link" in result:
+        say(f"{name} {result['nic']}: link {result['link']}")
+
+
+@command("vm port-forward", NAME,
+         arg("action", nargs="?", default="list", choices=("list", "add", "remove"), metavar="ACTION",
+             help="list (the default), add or remove."),
+         arg("forward", nargs="?", metavar="[ADDR:]HOSTPORT:GUESTPORT[/udp]",
+             help="For add: the host's port (on 127.0.0.1 unless ADDR; 0.0.0.0 for all) and the guest's. "
+                  "For remove: [ADDR:]HOSTPORT[/udp]."),
+         arg("--nic", default="ethernet0", help="The NIC whose guest gets the port [default: ethernet0]."), JSON)
+def vm_port_forward(name: str, action: str, forward: str | None, nic: str, as_json: bool) -> None:
+    """Example: minivisor vm port-forward web add 8080:80"""
+    from ..errors import ArgumentError
+
+    if action != "list" and not forward:
+        raise ArgumentError(f"{action} needs the forward", hint="see: minivisor vm port-forward --help")
+    if action == "add":
+        added = hv().port_forward_add(name, forward, nic=nic)
+        return print_json(added) if as_json else say(f"{name}: {added['host_addr']}:{added['host_port']}/"
+                                                     f"{added['protocol']} -> {added['nic']} port {added['guest_port']}")
+    if action == "remove":
+        hv().port_forward_remove(name, forward)
+        return say(f"{name}: port forward {forward} removed")
+    forwards = hv().port_forward_list(name)
+    if as_json:
+        return print_json(forwards)
+    from .output import table
+
+    table(("HOST", "PROTOCOL", "NIC", "GUEST PORT"),
+          [(f"{f['host_addr']}:{f['host_port']}", f["protocol"], f["nic"], f["guest_port"]) for f in forwards])

@@ -13,8 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ArgumentError, DiskError
-from ..spec.vmspec import MEMORY_MIB, VCPUS
-from ..storage.vmware import MAX_VIRTUAL_SIZE
 from ..text import excerpt
 from ..units import parse_size
 
@@ -48,6 +46,15 @@ def _number(low: float, high: float, unit: str = "", *, whole: bool = False) -> 
     return check
 
 
+def _spec_number(bounds: str, unit: str = "") -> Callable[[str, Any], None]:
+    """A whole number within ``minivisor.spec.vmspec.<bounds>``, imported when first checked (`vm list` never is)."""
+    def check(name: str, value: Any) -> None:
+        from ..spec import vmspec
+
+        _number(*getattr(vmspec, bounds), unit, whole=True)(name, value)
+    return check
+
+
 def _text(limit: int) -> Callable[[str, Any], None]:
     def check(name: str, value: Any) -> None:
         parts = value if isinstance(value, list) else [value]  # a command may come as its words
@@ -70,6 +77,8 @@ def _shown(value: Any) -> str:
 
 def _size(name: str, value: Any) -> None:
     """A size such as ``20G``: well-formed, and no larger than a disk minivisor creates or imports."""
+    from ..storage.vmware import MAX_VIRTUAL_SIZE  # as vmspec above: only a size to check needs it
+
     if value is None:
         return
     _text(MAX_SIZE_TEXT)(name, value)
@@ -85,8 +94,8 @@ def _size(name: str, value: Any) -> None:
 _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "timeout": _number(0, MAX_TIMEOUT, " seconds"),
     "limit": _number(0, MAX_EVENTS, whole=True),
-    "memory_mib": _number(*MEMORY_MIB, " MiB", whole=True),
-    "cpus": _number(*VCPUS, whole=True),
+    "memory_mib": _spec_number("MEMORY_MIB", " MiB"),
+    "cpus": _spec_number("VCPUS"),
     "size": _size,
     "disk_size": _size,
     "command": _text(MAX_COMMAND),

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..datastore.catalog import VmEntry
 from ..datastore.inventory import Inventory, read_vmx
@@ -23,12 +23,15 @@ from ..datastore.layout import VmPaths
 from ..datastore.store import Datastore, Scope
 from ..errors import HvError, LockError, NotFoundError
 from ..locks import wait_lock
-from ..spec.vmspec import VmSpec
-from ..storage.snapshots import VmFiles
-from ..vmm.plan import LaunchPlan, make_plan
 from ..vmm.process import SHORT_HOLD, Vmm
 from ..vmm.states import Action, VmState, require
 from .events import Event, append_log, make_event
+
+if TYPE_CHECKING:  # imported where used: reading the catalog (`vm list`) needs neither
+    from ..spec.vmspec import VmSpec
+    from ..storage.snapshots import VmFiles
+    from ..vmm.plan import LaunchPlan
+    from .networks import Networks
 
 __all__ = ["VmContext", "Vms", "EventListener", "OPERATION_WAIT"]
 
@@ -71,15 +74,28 @@ class VmContext:
 
     def files(self) -> VmFiles:
         """Its folder, specfile and snapshot tree as they are now, under its path policy."""
+        from ..storage.snapshots import VmFiles
+
         return VmFiles(self.datastore, self.vmx, self.scope)
 
     def read_spec(self) -> VmSpec:
         """The virtual hardware its specfile asks for now."""
+        from ..spec.vmspec import VmSpec
+
         return VmSpec.from_vmx(read_vmx(self.vmx))
 
     def plan(self, *, incoming: bool = False) -> LaunchPlan:
         """What a power-on would build now (every check made, nothing touched)."""
-        return make_plan(self.name, self.uuid, self.paths, self.scope, incoming=incoming)
+        from ..vmm.plan import make_plan
+
+        return make_plan(self.name, self.uuid, self.paths, self.scope, incoming=incoming,
+                         networks=self.networks().for_plan())
+
+    def networks(self) -> Networks:
+        """The datastore's virtual networks (which this VM's NICs join)."""
+        from .networks import Networks
+
+        return Networks(self.datastore, self.inventory)
 
     def emit(self, kind: str, **data: Any) -> Event:
         """Report a state change: into the VM's event log, then to the listener (the service's bus)."""

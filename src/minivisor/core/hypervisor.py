@@ -13,104 +13,39 @@ Errors are :class:`~minivisor.errors.HvError` subclasses with a message and a hi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
-import shutil
-import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .. import dirs
+# What reading the catalog needs; a method that needs more (specfiles, disks, QEMU, the host) imports it
+# itself, so `vm list` and `vm show` load a fraction of the core (issue 13: a CLI that answers like virsh).
 from ..datastore.catalog import VmEntry
-from ..datastore.inventory import Inventory, file_id, flocked_files, read_vmx
+from ..datastore.inventory import Inventory, file_id, flocked_files
 from ..datastore.layout import VmPaths
-from ..datastore.store import Datastore, check_vm_name
-from ..errors import ArgumentError, ConflictError, HvError, NoSpaceError, NotFoundError, PathError, SpecError, is_out_of_space
-from ..host import facts
-from ..host.info import HostInfo, host_info
-from ..spec.devices import CREATABLE_NICS, CREATABLE_SCSI
-from ..spec.identity import fill_identity, name_from, new_specfile
-from ..spec.vmspec import VmSpec
-from ..storage import vmware
-from ..images.layers import ImageLayer
-from ..images.qemu_img import convert_disk, create_disk
-from ..units import human_size, parse_size
-from ..storage.journal import Journal
-from ..spec.vmsd import Snapshot
-from ..vmm.argv import VirtualDevice, virtual_hardware
-from ..vmm.console import ExecResult, console_lock, run_command, wait_for_ready
-from ..vmm.plan import check_host_fit, resolve_files
+from ..datastore.store import Datastore
+from ..errors import (ArgumentError, ConflictError, HvError, NoSpaceError, NotFoundError, PathError, SpecError,
+                      is_out_of_space)
 from ..vmm.process import Vmm
-from ..vmm.states import FAULTS, Action, VmState, require
-from . import clones, diskops, snapshots
+from ..vmm.states import Action, require
 from .bounds import check_args
 from .context import EventListener, VmContext, Vms, notify
 from .events import make_event, read_log
-from .power import power_on
-from .recovery import disk_operation, recover
+from .results import Explanation, NetworkInfo, StartResult, VmInfo
 
-__all__ = ["Hypervisor", "VmInfo", "StartResult", "Explanation", "ExecResult"]
+if TYPE_CHECKING:
+    from ..host.info import HostInfo
+    from ..images.layers import ImageLayer
+    from ..spec.vmsd import Snapshot
+    from ..spec.vmspec import VmSpec
+    from ..vmm.console import ExecResult
+
+__all__ = ["Hypervisor", "VmInfo", "StartResult", "Explanation", "NetworkInfo"]
 
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class VmInfo:
-    """A VM: its identity, its state and the hardware its specfile asks for."""
-
-    name: str
-    uuid: str
-    vmx: Path
-    state: VmState
-    display_name: str
-    guest_os: str
-    memory_mib: int
-    cpus: int
-    disks: tuple[dict[str, Any], ...]
-    nics: tuple[dict[str, Any], ...]
-    autostart: bool = False
-    pid: int | None = None
-    accel: str | None = None
-    state_reason: str | None = None  # why QEMU paused it by itself (io-error: the datastore is full)
-
-    @property
-    def state_label(self) -> str:
-        """The state as users read it: ``paused (io-error)`` for a VM QEMU paused on a fault."""
-        return f"{self.state.value} ({self.state_reason})" if self.state_reason else self.state.value
-
-    @property
-    def state_hint(self) -> str | None:
-        """What to do about a fault, or None."""
-        return FAULTS[self.state_reason].format(name=self.name) if self.state_reason in FAULTS else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "uuid": self.uuid, "vmx": str(self.vmx), "state": self.state.value,
-                "state_reason": self.state_reason, "state_hint": self.state_hint,
-                "display_name": self.display_name, "guest_os": self.guest_os,
-                "memory_mib": self.memory_mib, "cpus": self.cpus, "disks": list(self.disks),
-                "nics": list(self.nics), "autostart": self.autostart, "pid": self.pid, "accel": self.accel}
-
-
-@dataclass(frozen=True)
-class StartResult:
-    """A powered-on VM, with the warnings the user should see."""
-
-    vm: VmInfo
-    warnings: tuple[str, ...] = ()
-    ready_line: str | None = None
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """How a specfile becomes a VMM: the spec, the devices, what is left out, the argv."""
-
-    spec: VmSpec
-    hardware: tuple[VirtualDevice, ...]
-    argv: tuple[str, ...]
-    warnings: tuple[str, ...] = field(default=())
 
 
 def _no_space_is_one_error(method):
@@ -156,9 +91,12 @@ class Hypervisor:
     # -- reading ---------------------------------------------------------
     def list_vms(self) -> list[VmInfo]:
         """Every VM in the catalog with its current state."""
+        # Which VMs run: one read of /proc/locks instead of a lock probe per VM. The kernel holds that read
+        # back for an RCU grace period (~10 ms), so it happens on a thread while the catalog is read.
+        held_locks = _in_background(flocked_files)
         entries = self.datastore.catalog.list()
         summaries = self.inventory.summaries(entries)
-        locked = flocked_files()  # one read of /proc/locks instead of a lock probe per VM
+        locked = held_locks()
         infos = []
         for entry in entries:
             held = None if locked is None else file_id(str(self.inventory.paths_of(entry).lock)) in locked
@@ -171,6 +109,8 @@ class Hypervisor:
 
     def explain_vm(self, name: str) -> Explanation:
         """The spec, the virtual hardware built from it and the exact VMM command line."""
+        from ..vmm.argv import virtual_hardware
+
         plan = self.vms.context(name).plan()
         return Explanation(plan.spec, tuple(virtual_hardware(plan.spec, plan.env)), tuple(plan.argv), plan.warnings)
 
@@ -198,7 +138,13 @@ class Hypervisor:
 
     def host_info(self) -> HostInfo:
         """Facts about this host, including which accelerator VMs get and why."""
-        return host_info(dirs.cache_dir())
+        from .. import dirs
+        from ..host.info import host_info
+        from ..net.host import support
+
+        networking = support()
+        how = "bridges and taps" if networking.available else "user-mode NAT only"
+        return dataclasses.replace(host_info(dirs.cache_dir()), networking=f"{how}: {networking.reason}")
 
     # -- creating and removing -------------------------------------------
     @_no_space_is_one_error
@@ -213,6 +159,15 @@ class Hypervisor:
         otherwise ``disk_size`` makes an empty thin disk. ``network`` is
         ``nat``, ``none`` or a network name.
         """
+        import shutil
+        import uuid as uuidlib
+
+        from ..host import facts
+        from ..spec.devices import CREATABLE_NICS, CREATABLE_SCSI
+        from ..spec.identity import new_specfile
+        from ..spec.vmspec import VmSpec
+        from ..vmm.plan import check_host_fit
+
         check_args(memory_mib=memory_mib, cpus=cpus, disk_size=disk_size)
         if disk_size is not None and boot_disk is not None:
             raise ArgumentError("a new VM gets either an empty disk of disk_size or a copy of boot_disk, not both",
@@ -246,6 +201,12 @@ class Hypervisor:
         missing ``uuid.bios`` or NIC address is generated and written into the
         specfile; nothing else changes.
         """
+        from ..datastore.inventory import read_vmx
+        from ..datastore.store import check_vm_name
+        from ..spec.identity import fill_identity, name_from
+        from ..spec.vmspec import VmSpec
+        from ..vmm.plan import resolve_files
+
         path = Path(os.path.realpath(vmx_path))
         if not path.is_file():
             raise PathError(f"{vmx_path} is not a file", hint="name the VM's .vmx file")
@@ -296,8 +257,12 @@ class Hypervisor:
     @_no_space_is_one_error
     def start_vm(self, name: str, *, wait_ready: bool = False, timeout: float = 120.0) -> StartResult:
         """Power on: one VMM process boots the VM from the disk its specfile names."""
+        from .power import power_on
+        from .recovery import recover
+
         check_args(timeout=timeout)
         with self.vms.operate(name, Action.START) as ctx:
+            _write_missing_macs(ctx)
             plan = ctx.plan()  # every check before anything is touched
             with self.vms.hold(ctx):
                 if recover(ctx):  # a snapshot or clone cut short: finished or undone, so plan again
@@ -319,6 +284,7 @@ class Hypervisor:
             pid = record.pid if record else None
             ctx.emit("poweringOff", pid=pid, hard=hard)
             how = ctx.vmm.stop(hard=hard, timeout=timeout)
+            ctx.networks().unplug(ctx)
             ctx.emit("poweredOff", pid=pid, reason=f"stopped ({how})")
             return how
 
@@ -345,6 +311,9 @@ class Hypervisor:
 
     def recover_interrupted(self, name: str) -> bool:
         """Finish or undo a snapshot or clone that a killed process left half-done; False if there was none."""
+        from ..storage.journal import Journal
+        from .recovery import disk_operation
+
         ctx = self.vms.context(name)
         if Journal.load(ctx.vm_dir) is None:
             return False
@@ -353,9 +322,73 @@ class Hypervisor:
         ctx.emit("recovered", reason="an interrupted snapshot or clone was finished or undone")
         return True
 
+    # -- networks ----------------------------------------------------------
+    def create_network(self, name: str, *, mode: str = "nat", subnet: str | None = None, bridge: str | None = None,
+                       dhcp: bool = True) -> NetworkInfo:
+        """A virtual switch on the host: ``nat`` (masqueraded out), ``isolated`` (host-only), or ``bridged`` onto
+        the host interface ``bridge``; DHCP with a fixed address per NIC unless ``dhcp`` is False."""
+        return self._networks().create(name, mode=mode, subnet=subnet, bridge=bridge, dhcp_on=dhcp)
+
+    def list_networks(self) -> list[NetworkInfo]:
+        """Every network, ``nat`` and ``hostonly`` included."""
+        return self._networks().list()
+
+    def get_network(self, name: str) -> NetworkInfo:
+        return self._networks().get(name)
+
+    def delete_network(self, name: str) -> None:
+        """Remove a network and all it made on the host; refused while a running VM is on it."""
+        self._networks().delete(name)
+
+    def clean_up_networks(self) -> None:
+        """Remove the taps and port forwards of VMs that stopped without minivisor (a crash, a guest power-off)."""
+        self._networks().clean_up()
+
+    def vm_addresses(self, name: str) -> list[dict]:
+        """Each NIC of a VM: MAC, network, its fixed address, and whether the guest holds a lease on it."""
+        ctx = self.vms.context(name)
+        return ctx.networks().nic_addresses(ctx)
+
+    def set_nic(self, name: str, nic: str, *, link: bool | None = None, address: str | None = None) -> dict:
+        """Connect or disconnect a NIC's link (a running VM's at once, else ``startConnected``), or fix its address."""
+        if link is None and address is None:
+            raise ArgumentError("say what to change on the NIC", hint="give --link up|down or --ip ADDRESS")
+        with self.vms.operate(name, Action.NIC) as ctx:
+            result: dict = {"nic": nic}
+            if address is not None:
+                result |= ctx.networks().reserve_address(ctx, nic, address)
+            if link is not None:
+                result["link"] = _set_link(ctx, nic, link)
+            ctx.emit("nicChanged", **result)
+            return result
+
+    def port_forward_add(self, name: str, forward: str, *, nic: str = "ethernet0") -> dict:
+        """Forward ``[ADDR:]HOSTPORT:GUESTPORT[/udp]`` (127.0.0.1 unless ADDR) of the host to the NIC's guest."""
+        ctx = self.vms.context(name)
+        added = ctx.networks().add_forward(ctx, forward, nic)
+        ctx.emit("portForwardAdded", forward=added["spec"], nic=added["nic"])
+        return added
+
+    def port_forward_list(self, name: str) -> list[dict]:
+        ctx = self.vms.context(name)
+        return ctx.networks().forwards(ctx)
+
+    def port_forward_remove(self, name: str, forward: str) -> None:
+        """Remove the forward from ``[ADDR:]HOSTPORT[/udp]``."""
+        ctx = self.vms.context(name)
+        ctx.networks().remove_forward(ctx, forward)
+        ctx.emit("portForwardRemoved", forward=forward)
+
+    def _networks(self):
+        from .networks import Networks
+
+        return Networks(self.datastore, self.inventory)
+
     # -- guest access ----------------------------------------------------
     def exec_in_vm(self, name: str, command: list[str] | str, *, timeout: float = 60.0) -> ExecResult:
         """Run a shell command through the guest's serial shell (the appliance has one)."""
+        from ..vmm.console import console_lock, run_command
+
         check_args(timeout=timeout, command=command)
         ctx = self.vms.context(name)
         require(ctx.name, ctx.vmm.state(), Action.EXEC)
@@ -372,6 +405,8 @@ class Hypervisor:
 
     def console_socket(self, name: str) -> tuple[Path, int]:
         """The console socket of a running VM and a lock held while it is used."""
+        from ..vmm.console import console_lock
+
         ctx = self.vms.context(name)
         require(ctx.name, ctx.vmm.state(), Action.CONSOLE)
         return ctx.paths.console_socket, console_lock(ctx.paths.runtime_dir)
@@ -385,59 +420,81 @@ class Hypervisor:
     def disk_create(self, path: Path | str, size: str, *, fmt: str | None = None, thick: bool = False) -> dict:
         """A new empty disk at ``path`` (inside the datastore): thin unless ``thick``."""
         check_args(size=size)
+        from . import diskops
+
         return diskops.create(self.datastore, path, size, fmt=fmt, thick=thick)
 
     def disk_info(self, path: Path | str) -> dict:
         """Virtual size, bytes allocated, format and chain of parents of a disk file."""
+        from . import diskops
+
         return diskops.info(self.datastore, path)
 
     @_no_space_is_one_error
     def disk_resize(self, path: Path | str, size: str) -> dict:
         """Grow a disk file that no running VM uses."""
         check_args(size=size)
+        from . import diskops
+
         return diskops.resize(self.datastore, path, size)
 
     @_no_space_is_one_error
     def disk_convert(self, source: Path | str, target: Path | str, *, fmt: str | None = None, thick: bool = False,
                      progress: Callable[[float], None] | None = None) -> dict:
         """Copy a disk (its chain flattened) into a new file of another format."""
+        from . import diskops
+
         return diskops.convert(self.datastore, source, target, fmt=fmt, thick=thick, progress=progress)
 
     def vm_disks(self, name: str) -> list[dict]:
         """Each hard disk of a VM: node, file, format, sizes, chain."""
+        from . import diskops
+
         return diskops.vm_disks(self.vms, name)
 
     @_no_space_is_one_error
     def vm_disk_resize(self, name: str, node: str, size: str) -> dict:
         """Grow a VM's disk (its top layer); a running VM's guest sees the new size."""
         check_args(size=size)
+        from . import diskops
+
         return diskops.vm_disk_resize(self.vms, name, node, size)
 
     @_no_space_is_one_error
     def snapshot_take(self, name: str, snapshot: str, *, description: str = "",
                       memory: bool | None = None) -> Snapshot:
         """Freeze a VM's disks (and, running, by default its memory and devices) as a named snapshot."""
+        from . import snapshots
+
         check_args(snapshot=snapshot, description=description)
         return snapshots.take(self.vms, name, snapshot, description=description, memory=memory)
 
     def snapshot_list(self, name: str) -> list[dict]:
         """The snapshot tree, depth first, with ``current`` marking where the VM is."""
+        from . import snapshots
+
         return snapshots.tree(self.vms, name).to_list()
 
     @_no_space_is_one_error
     def snapshot_revert(self, name: str, snapshot: str) -> tuple[Snapshot, bool]:
         """Go back to a snapshot; a memory snapshot resumes the guest where it was. Returns (snapshot, running)."""
+        from . import snapshots
+
         return snapshots.revert(self.vms, name, snapshot)
 
     @_no_space_is_one_error
     def snapshot_delete(self, name: str, snapshot: str) -> Snapshot:
         """Remove a snapshot, merging its data into what depends on it."""
+        from . import snapshots
+
         return snapshots.delete(self.vms, name, snapshot)
 
     @_no_space_is_one_error
     def clone_vm(self, source: str, target: str, *, linked: bool = False, snapshot: str | None = None,
                  progress: Callable[[float], None] | None = None) -> VmInfo:
         """A new VM (new name, UUID, MACs) with copied disks, or overlays on a snapshot (``linked``)."""
+        from . import clones
+
         clones.clone(self.vms, source, target, linked=linked, snapshot=snapshot, progress=progress)
         return self.get_vm(target)
 
@@ -445,6 +502,8 @@ class Hypervisor:
     def import_vm(self, folder: Path | str, name: str | None = None, *,
                   progress: Callable[[str, float], None] | None = None) -> VmInfo:
         """Bring a VMware VM folder (specfile + disks) into the datastore, checking every image."""
+        from ..storage import vmware
+
         return self.get_vm(vmware.import_vm(self.datastore, Path(folder), name, progress=progress))
 
     # -- internals ---------------------------------------------------------
@@ -462,7 +521,12 @@ class Hypervisor:
         return line
 
     def _info(self, ctx: VmContext) -> VmInfo:
-        return self._info_of(ctx.entry, self.inventory.summaries([ctx.entry])[ctx.name])
+        """One VM, each NIC with its fixed address (``vm list`` leaves them out: one query per VM)."""
+        info = self._info_of(ctx.entry, self.inventory.summaries([ctx.entry])[ctx.name])
+        addresses = {r.mac: r.address for r in self.datastore.catalog.reservations_of(ctx.uuid)}
+        if not addresses:
+            return info
+        return dataclasses.replace(info, nics=tuple({**nic, "address": addresses.get(nic["mac"])} for nic in info.nics))
 
     def _info_of(self, entry: VmEntry, summary: dict[str, Any], lock_held: bool | None = None) -> VmInfo:
         paths = self.inventory.paths_of(entry)
@@ -476,8 +540,62 @@ class Hypervisor:
                       record.pid if record else None, record.accel if record else None, observed.fault)
 
 
+def _write_missing_macs(ctx: VmContext) -> None:
+    """A NIC added without an address gets its stable generated MAC, written into the specfile (as VMware does)."""
+    from ..datastore.inventory import read_vmx
+    from ..spec.identity import fill_macs
+    from ..spec.vmspec import VmSpec
+
+    doc = read_vmx(ctx.vmx)
+    if fill_macs(doc, VmSpec.from_vmx(doc), ctx.uuid):
+        doc.save(ctx.vmx)
+
+
+def _set_link(ctx: VmContext, nic: str, up: bool) -> str:
+    """A running VM's NIC link at once (QMP set_link); a powered-off VM's at its next power-on (startConnected)."""
+    from ..datastore.inventory import read_vmx
+    from ..spec.vmspec import VmSpec
+
+    doc = read_vmx(ctx.vmx)
+    names = [n.name for n in VmSpec.from_vmx(doc).nics]
+    if nic.strip().lower() not in names:
+        raise NotFoundError(f"VM {ctx.name!r} has no NIC {nic[:40]!r}", hint=f"its NICs: {', '.join(names) or 'none'}")
+    nic = nic.strip().lower()
+    if ctx.running:
+        ctx.vmm.execute("set_link", {"name": nic, "up": up})
+    else:
+        doc.set(f"{nic}.startConnected", "TRUE" if up else "FALSE")
+        doc.save(ctx.vmx)
+    return "up" if up else "down"
+
+
+def _in_background(work: Callable[[], Any]) -> Callable[[], Any]:
+    """Start ``work`` on a thread; the function returned waits for its result (or raises its exception)."""
+    import threading
+
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = work()
+        except BaseException as exc:  # noqa: BLE001 - raised again by wait(), in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def wait() -> Any:
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
+    return wait
+
+
 def _await_ready(ctx: VmContext, timeout: float, spec: VmSpec | None = None) -> str:
     """The guest's ready line, once its console relay has seen it (at once if it has)."""
+    from ..vmm.console import wait_for_ready
+
     spec = spec or ctx.read_spec()
     return wait_for_ready(ctx.vmm.ready_line, spec.ready_line, timeout, alive=lambda: ctx.vmm.record() is not None)
 
@@ -485,6 +603,9 @@ def _await_ready(ctx: VmContext, timeout: float, spec: VmSpec | None = None) -> 
 def _make_disk(target: Path, size: str | None, boot_chain: tuple[ImageLayer, ...] | None,
                progress: Progress | None) -> None:
     """Copy a checked boot disk chain into ``target`` (as qcow2), or create an empty thin disk of ``size``."""
+    from ..images.qemu_img import convert_disk, create_disk
+    from ..units import human_size, parse_size
+
     if boot_chain is None:
         create_disk(target, parse_size(size or "8G"), "qcow2")
         return

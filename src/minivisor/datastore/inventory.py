@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import PathError, SpecError
-from ..spec.identity import generated_mac
-from ..spec.vmspec import VmSpec
-from ..spec.vmx import VmxDocument
 from .catalog import VmEntry
 from .layout import VmPaths, vm_paths
 from .store import Datastore
+
+if TYPE_CHECKING:  # parsing a specfile is for a summary not cached yet: imported then
+    from ..spec.vmx import VmxDocument
 
 __all__ = ["Inventory", "flocked_files", "file_id", "summary_of", "read_vmx"]
 
@@ -99,6 +99,9 @@ def file_id(path: str) -> tuple[int, int] | None:
 
 def summary_of(vmx: Path, vm_uuid: str) -> dict[str, Any]:
     """The parts of a specfile `vm list` and `vm show` report (or the problem reading it)."""
+    from ..spec.identity import generated_mac
+    from ..spec.vmspec import VmSpec
+
     try:
         spec = VmSpec.from_vmx(read_vmx(vmx))
     except (SpecError, PathError) as exc:
@@ -112,6 +115,8 @@ def summary_of(vmx: Path, vm_uuid: str) -> dict[str, Any]:
 
 def read_vmx(path: Path) -> VmxDocument:
     """The parsed specfile; PathError if it cannot be read, SpecError if it is larger than a specfile may be."""
+    from ..spec.vmx import VmxDocument
+
     try:
         return VmxDocument.load(path)
     except FileNotFoundError:

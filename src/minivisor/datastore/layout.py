@@ -14,9 +14,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from .. import dirs
@@ -32,12 +32,25 @@ RUNTIME_RECORD = "runtime.json"
 VM_FILES = frozenset({VMM_LOG, SERIAL_LOG, BIOS_LOG, EVENT_LOG, RUNTIME_RECORD})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class VmPaths:
     """The files and control sockets of one VM."""
 
     vmx: Path
-    runtime_dir: Path  # 0700, short path: UNIX sockets live here
+
+    def __init__(self, vmx: Path, runtime_dir: Path | None = None) -> None:
+        object.__setattr__(self, "vmx", vmx)
+        if runtime_dir is not None:
+            self.__dict__["runtime_dir"] = runtime_dir
+
+    @cached_property
+    def runtime_dir(self) -> Path:
+        """0700, a short path: UNIX sockets live here. Named by a hash of the VM's real folder, which takes
+        resolving its path: done when first asked for (`vm list` asks only for the VMs that run)."""
+        import hashlib
+
+        digest = hashlib.sha256(os.path.realpath(self.vmx.parent).encode()).hexdigest()[:16]
+        return dirs.runtime_root() / digest
 
     @property
     def vm_dir(self) -> Path:
@@ -100,5 +113,4 @@ class VmPaths:
 
 def vm_paths(vmx: Path) -> VmPaths:
     """The paths of the VM whose specfile is ``vmx``; its runtime folder is named by a hash of its folder."""
-    digest = hashlib.sha256(os.path.realpath(vmx.parent).encode()).hexdigest()[:16]
-    return VmPaths(vmx, dirs.runtime_root() / digest)
+    return VmPaths(vmx)

@@ -22,19 +22,18 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from .catalog import Catalog, VmEntry
 from .layout import VM_FILES
+from ..dirs import default_datastore
 from ..images.layers import ImageLayer, check_file_name, format_for, layer_files, resolve_chain
-from ..spec.vmsd import SnapshotTree, vmsd_path
 from ..errors import ConflictError, DiskError, PathError, SpecError
 from ..text import excerpt
 
-__all__ = ["Datastore", "Scope", "default_root", "check_vm_name", "is_vm_metadata"]
+__all__ = ["Datastore", "Scope", "check_vm_name", "is_vm_metadata"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")  # \Z: "$" would let a final newline in
 META = ".minivisor"
@@ -43,11 +42,6 @@ PRIVATE_DIR = 0o700
 # tree and memory states, locks, partial and temporary files): no device and no disk may be one of them.
 VM_FILE_SUFFIXES = (".vmx", ".vmsd", ".vmsn", ".vmxf", ".lck", ".part", ".tmp")
 CLONE_DEPTH = 16  # linked clones of linked clones...: deeper is refused as a loop
-
-
-def default_root() -> Path:
-    """``MINIVISOR_DATASTORE`` or ``./datastore``."""
-    return Path(os.environ.get("MINIVISOR_DATASTORE") or "datastore")
 
 
 def check_vm_name(name: str) -> str:
@@ -78,7 +72,7 @@ class Datastore:
     @classmethod
     def open(cls, root: Path | str | None = None) -> Datastore:
         """Open (creating if needed) the datastore at ``root`` or the default."""
-        return cls(Path(root) if root is not None else default_root())
+        return cls(Path(root) if root is not None else default_datastore())
 
     # -- layout ------------------------------------------------------------
     def vm_dir(self, name: str) -> Path:
@@ -102,7 +96,7 @@ class Datastore:
         """A private folder where a new VM is assembled before it appears."""
         path = self.meta / "staging" / f"{name}.{os.getpid()}"
         if path.exists():
-            shutil.rmtree(path)
+            _rmtree(path)
         path.parent.mkdir(mode=PRIVATE_DIR, exist_ok=True)
         path.mkdir(mode=PRIVATE_DIR)  # it becomes the VM's folder: owner only
         return path
@@ -203,6 +197,8 @@ class Datastore:
         if depth >= CLONE_DEPTH:
             raise ConflictError(f"the linked clones behind {entry.name!r} form a loop or are deeper than "
                                 f"{CLONE_DEPTH}", hint="make a full clone: minivisor vm clone")
+        from ..spec.vmsd import SnapshotTree, vmsd_path  # here: it parses specfiles, which reading the catalog never does
+
         source, uid = link
         scope = self.vm_scope(source, depth + 1)
         snap = SnapshotTree.load(vmsd_path(self.vmx_path(source))).snapshots.get(uid)
@@ -237,46 +233,58 @@ class Datastore:
         except BaseException:
             trashed.rename(folder)
             raise
-        shutil.rmtree(trashed, ignore_errors=True)
+        _rmtree(trashed, ignore_errors=True)
 
     def _recover_trash(self) -> None:
         """Finish or undo deletions interrupted by a crash."""
-        bin_dir = self.meta / "trash"
-        if not bin_dir.is_dir():
+        left = _contents(self.meta / "trash")
+        if not left:  # every open looks: reading the catalog is only for what there is to recover
             return
         entries = {e.uuid: e for e in self.catalog.list()}
-        for trashed in bin_dir.iterdir():
+        for trashed in left:
             entry = entries.get(trashed.name)
             home = (self.root / entry.vmx).parent if entry else None
             if home is not None and not home.exists():
                 trashed.rename(home)
             else:
-                shutil.rmtree(trashed, ignore_errors=True)
+                _rmtree(trashed, ignore_errors=True)
 
 
     def _recover_publishing(self) -> None:
         """Undo a publish whose process died between moving the folder and committing."""
-        markers = self.meta / "publishing"
-        if not markers.is_dir():
+        left = _contents(self.meta / "publishing")
+        if not left:
             return
         known = {e.uuid for e in self.catalog.list()}
-        for marker in markers.iterdir():
+        for marker in left:
             pid, _, name = marker.read_text().strip().partition(" ")
             if pid.isdigit() and os.path.exists(f"/proc/{pid}"):
                 continue  # still publishing
             if marker.name not in known and _NAME.match(name) and (self.root / name).is_dir():
-                shutil.rmtree(self.root / name, ignore_errors=True)
+                _rmtree(self.root / name, ignore_errors=True)
             marker.unlink(missing_ok=True)
 
     def _clear_stale_staging(self) -> None:
         """Remove half-assembled VMs whose creating process is gone."""
-        staging = self.meta / "staging"
-        if not staging.is_dir():
-            return
-        for folder in staging.iterdir():
+        for folder in _contents(self.meta / "staging"):
             pid = folder.suffix.lstrip(".")
             if not (pid.isdigit() and os.path.exists(f"/proc/{pid}")):
-                shutil.rmtree(folder, ignore_errors=True)
+                _rmtree(folder, ignore_errors=True)
+
+
+def _rmtree(path: Path, **options: bool) -> None:
+    """shutil.rmtree, imported when first needed: opening a datastore (every command does) mostly removes nothing."""
+    import shutil
+
+    shutil.rmtree(path, **options)
+
+
+def _contents(folder: Path) -> list[Path]:
+    """What a folder of the datastore's own holds (nothing if it does not exist)."""
+    try:
+        return list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _is_windows_path(name: str) -> bool:

@@ -6,13 +6,10 @@ import os
 import shutil
 import subprocess
 
+from .. import procfs
 from ..errors import HostError
 
 __all__ = ["available_memory_mib", "find_qemu", "find_qemu_img", "host_cpus", "host_memory_mib", "qemu_version"]
-
-# Module-level so tests can point it at a file they control.
-_MEMINFO = "/proc/meminfo"
-
 
 def find_qemu() -> str:
     """The qemu-system-x86_64 to run: ``MINIVISOR_QEMU`` (a name or a path) if set, else the one on PATH."""
@@ -34,12 +31,11 @@ def find_qemu_img() -> str:
 
 
 def _meminfo_mib(field: str) -> int:
-    """One ``/proc/meminfo`` field (reported in KiB) in MiB."""
+    """One ``/proc/meminfo`` field in MiB."""
     try:
-        with open(_MEMINFO) as f:
-            return next(int(line.split()[1]) for line in f if line.startswith(f"{field}:")) // 1024
-    except (OSError, ValueError, IndexError, StopIteration) as exc:
-        raise HostError(f"cannot read {field} from {_MEMINFO}") from exc
+        return procfs.meminfo_bytes(field)[field] // (1024 * 1024)
+    except (OSError, ValueError, IndexError, KeyError) as exc:
+        raise HostError(f"cannot read {field} from /proc/meminfo") from exc
 
 
 def host_memory_mib() -> int:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import procfs
 from ..errors import HvError
 from ..vmm import qmp
 
@@ -23,29 +23,17 @@ if TYPE_CHECKING:
 
 __all__ = ["collect", "vm_metrics", "host_metrics", "prometheus"]
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
 def vm_metrics(pid: int, qmp_socket: str | None) -> dict[str, Any]:
     data: dict[str, Any] = {"pid": pid}
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2:].split()
-        data["cpu_seconds"] = (int(fields[11]) + int(fields[12])) / _TICKS
-        data["threads"] = int(fields[17])
-    except (OSError, ValueError, IndexError):
+    stat = procfs.read_stat(pid)
+    if stat is None:
         return data
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                data["memory_rss_bytes"] = int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    try:
-        io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
-        data["vmm_io"] = {k: int(io[k]) for k in ("rchar", "wchar", "read_bytes", "write_bytes") if k in io}
-    except (OSError, ValueError):
-        pass
+    data["cpu_seconds"] = stat.cpu_ticks / procfs.CLOCK_TICKS
+    data["threads"] = stat.threads
+    if (rss := procfs.rss_bytes(pid)) is not None:
+        data["memory_rss_bytes"] = rss
+    if io := procfs.io_bytes(pid):
+        data["vmm_io"] = io
     if qmp_socket:
         try:
             stats = qmp.execute(qmp_socket, "query-blockstats", {"query-nodes": False}, timeout=2.0)
@@ -61,19 +49,12 @@ def vm_metrics(pid: int, qmp_socket: str | None) -> dict[str, Any]:
 def host_metrics() -> dict[str, Any]:
     data: dict[str, Any] = {"time": time.time(), "cpus": os.cpu_count()}
     try:
-        first = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-        values = [int(v) for v in first]
-        data["cpu_seconds_total"] = sum(values) / _TICKS
-        data["cpu_idle_seconds"] = (values[3] + values[4]) / _TICKS
+        data["cpu_seconds_total"], data["cpu_idle_seconds"] = procfs.host_cpu_seconds()
+        memory = procfs.meminfo_bytes("MemTotal", "MemAvailable")
     except (OSError, ValueError, IndexError):
-        pass
-    try:
-        meminfo = {line.split(":")[0]: int(line.split()[1]) * 1024
-                   for line in Path("/proc/meminfo").read_text().splitlines() if line.split()[1:2]}
-        data["memory_total_bytes"] = meminfo.get("MemTotal")
-        data["memory_available_bytes"] = meminfo.get("MemAvailable")
-    except (OSError, ValueError):
-        pass
+        memory = {}
+    data["memory_total_bytes"] = memory.get("MemTotal")
+    data["memory_available_bytes"] = memory.get("MemAvailable")
     data["load_average"] = list(os.getloadavg())
     return data
 

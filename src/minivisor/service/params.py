@@ -32,9 +32,11 @@ MAX_ITEMS = 256  # values in one list (a command's words)
 
 def param_specs(op: Op) -> dict[str, inspect.Parameter]:
     """The JSON-able parameters of the core method behind ``op`` (callables left out)."""
-    signature = inspect.signature(getattr(Hypervisor, op.name), eval_str=True)
-    return {name: p for name, p in signature.parameters.items()
-            if name != "self" and "Callable" not in repr(p.annotation)}
+    method = inspect.unwrap(getattr(Hypervisor, op.name))
+    # the parameters' annotations only: a return type may name a class the core imports only where it is used
+    parameters = [p.replace(annotation=eval(p.annotation, method.__globals__) if isinstance(p.annotation, str)
+                            else p.annotation) for p in inspect.signature(method).parameters.values()]
+    return {p.name: p for p in parameters if p.name != "self" and "Callable" not in repr(p.annotation)}
 
 
 def check_arguments(op: Op, specs: dict[str, inspect.Parameter], path_params: dict[str, str],

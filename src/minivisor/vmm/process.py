@@ -17,23 +17,25 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import procfs
 from ..datastore.layout import VmPaths
 from ..errors import LockError, QmpError, VmmError
 from ..files import write_atomic
 from ..locks import try_lock, wait_lock
-from .qmp import QmpSession
 from .states import FAULTS, VmState
+
+if TYPE_CHECKING:  # subprocess, shutil, socket and the QMP session are imported where a VMM is started,
+    #                 stopped or spoken to: observing VMs (`vm list`, every few seconds in scripts) needs none
+    import subprocess
+
+    from .qmp import QmpSession
 
 __all__ = ["VmLock", "RuntimeRecord", "Observed", "Vmm", "is_our_vmm", "launched_process", "SHORT_HOLD"]
 
@@ -133,6 +135,13 @@ class Observed:
     fault: str | None = None
 
 
+def _qmp(socket: Path) -> QmpSession:
+    """A QMP session with a VMM (imported on first use: observing VMs, as `vm list` does, speaks no QMP)."""
+    from .qmp import QmpSession
+
+    return QmpSession(socket)
+
+
 def is_our_vmm(record: RuntimeRecord) -> bool:
     """The pid is alive and is still the QEMU we started (not a reused pid)."""
     return procfs.start_ticks(record.pid) == record.start_ticks and procfs.cmdline(record.pid) == record.argv
@@ -228,7 +237,7 @@ class Vmm:
                                    str(self.paths.qmp_socket), str(self.paths.console_socket),
                                    str(self.paths.runtime_dir), accel)
             record.save(self.paths.runtime_record)
-            with QmpSession(self.paths.qmp_socket) as qmp:
+            with _qmp(self.paths.qmp_socket) as qmp:
                 for nic in links_down:
                     qmp.execute("set_link", {"name": nic, "up": False})
                 qmp.execute("cont")
@@ -258,6 +267,8 @@ class Vmm:
         The relay detaches itself: what this waits for is its first process, which exits 0 once
         the relay holds QEMU's sockets and serves the console.
         """
+        import subprocess
+
         paths = self.paths
         # This very minivisor, whatever the current folder holds (-P: it is not on the path).
         package_parent = str(Path(__file__).resolve().parents[2])
@@ -279,6 +290,8 @@ class Vmm:
                            hint=f"see {paths.vmm_log}")
 
     def _spawn(self, argv: list[str]) -> subprocess.Popen:
+        import subprocess
+
         log = os.fdopen(os.open(self.paths.vmm_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600), "ab")
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} power on: {' '.join(argv)}\n".encode())
         log.flush()
@@ -306,6 +319,8 @@ class Vmm:
 
     def _qmp_listening(self) -> bool:
         """The QMP socket accepts connections (QEMU binds it, which creates the file, before listening)."""
+        import socket
+
         if not self.paths.qmp_socket.exists():
             return False
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -331,7 +346,7 @@ class Vmm:
     # -- control ---------------------------------------------------------
     def session(self) -> QmpSession:
         """A QMP session with this running VMM (a context manager)."""
-        return QmpSession(Path(self._require_record().qmp_socket))
+        return _qmp(Path(self._require_record().qmp_socket))
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         """Run one QMP command in a session of its own."""
@@ -367,7 +382,7 @@ class Vmm:
 
     def _try(self, *commands: str) -> bool:
         try:
-            with QmpSession(self.paths.qmp_socket) as qmp:
+            with _qmp(self.paths.qmp_socket) as qmp:
                 for command in commands:
                     qmp.execute(command)
             return True
@@ -413,6 +428,8 @@ class Vmm:
             if RuntimeRecord.load(self.paths.runtime_record) in (None, record):
                 self.paths.runtime_record.unlink(missing_ok=True)
                 # The folder holds only this VM's sockets, locks and the relay's notes.
+                import shutil
+
                 shutil.rmtree(record.runtime_dir, ignore_errors=True)
         finally:
             probe.release()
@@ -425,6 +442,8 @@ def _reap(pid: int) -> None:
 
 
 def _exits_within(process: subprocess.Popen, seconds: float) -> bool:
+    import subprocess
+
     try:
         process.wait(timeout=seconds)
         return True

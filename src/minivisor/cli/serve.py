@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
-from typing import Annotated
 
-import typer
-
-from . import app, datastore_root
+from . import arg, command, datastore_root
 
 
-@app.command("serve")
-def serve(listen: Annotated[str, typer.Option(help="HOST:PORT to listen on (loopback unless you say otherwise).")]
-          = "127.0.0.1:8700",
-          autostart: Annotated[bool, typer.Option(help="Power on the VMs marked autostart.")] = True) -> None:
-    """Run the service for the datastore: REST API, web UI, events, metrics, VMM supervision."""
+@command("serve", arg("--listen", default="127.0.0.1:8700", metavar="HOST:PORT",
+                      help="Where to listen (loopback unless you say otherwise) [default: 127.0.0.1:8700]."),
+         arg("--autostart", action=argparse.BooleanOptionalAction, default=True,
+             help="Power on the VMs marked autostart [default: yes]."))
+def serve(listen: str, autostart: bool) -> None:
     import ipaddress
     import logging
 
