@@ -390,7 +390,9 @@ def _make(tree: Path, args: tuple[str, ...], tools: dict[str, str], log: Path, s
     argv = [tools["make"], "-C", str(tree), jobs, *_KERNEL_MAKE, *args]
     env = {"PATH": os.environ.get("PATH", os.defpath), "LC_ALL": "C"}
     with log.open("w") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        )
         compiled = 0
         for line in proc.stdout:
             out.write(line)
