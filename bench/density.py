@@ -43,14 +43,13 @@ import re
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import BenchError, Minivisor, load_average
+from common import BenchError, Minivisor, load_average, start_service, stop_service
 
 from minivisor import Hypervisor
 
@@ -293,26 +292,6 @@ def report_balloon(mv: Minivisor, name: str) -> None:
         print("\nballoon: the VMM has a balloon device (not exercised by this benchmark)")
     else:
         print("\nballoon: not available: minivisor gives VMs no balloon device (none in the VMM command line)")
-
-
-def start_service(mv: Minivisor, log: Path) -> subprocess.Popen:
-    """``minivisor serve`` on a free loopback port, its messages into ``log``; returns once it serves."""
-    with open(log, "wb") as output:
-        service = subprocess.Popen(mv.argv("serve", "--listen", "127.0.0.1:0", "--no-autostart"), env=mv.env,
-                                   stdin=subprocess.DEVNULL, stdout=output, stderr=output)
-    deadline = time.monotonic() + 60
-    while "minivisor service for" not in log.read_text(errors="replace"):
-        if service.poll() is not None or time.monotonic() > deadline:
-            stop_service(service)
-            raise BenchError(f"minivisor serve did not start: {log.read_text(errors='replace').strip()[-400:]}")
-        time.sleep(0.1)
-    return service
-
-
-def stop_service(service: subprocess.Popen | None) -> None:
-    if service is not None and service.poll() is None:
-        service.terminate()
-        service.wait(30)
 
 
 def measure(mv: Minivisor, options: argparse.Namespace, ksm: Ksm) -> None:

@@ -12,7 +12,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from ..errors import StateError
-from ..images.qemu_img import create_overlay
+from ..images.qcow2 import create_overlay
 from ..storage.journal import Journal, crashpoint, write_step
 from ..spec.vmsd import Snapshot, SnapshotTree, vmsd_path
 from ..storage.snapshots import VmFiles, new_tree_with, plan_delete, plan_revert, plan_take, snapshot_disks, take_offline

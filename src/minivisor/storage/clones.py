@@ -31,7 +31,8 @@ from ..spec.identity import new_identity
 from ..spec.vmspec import VmSpec
 from ..spec.vmx import VmxDocument
 from ..images.layers import ImageLayer, allocated_bytes
-from ..images.qemu_img import convert_disk, copy_sparse, create_overlay, set_backing
+from ..images.qcow2 import create_overlay
+from ..images.qemu_img import convert_disk, copy_sparse, set_backing
 from .journal import Journal, crashpoint
 from ..spec.vmsd import Snapshot
 from .snapshots import VmFiles, snapshot_disks

@@ -28,7 +28,7 @@ from typing import Any
 from ..datastore.store import Datastore, Scope
 from ..errors import ConflictError, DiskError, StateError
 from ..images.layers import ImageLayer, format_for, read_layer
-from ..images.qemu_img import create_overlay
+from ..images.qcow2 import create_overlay
 from ..spec.vmsd import MAX_SNAPSHOTS, VMSD_LIMITS, Snapshot, SnapshotTree, vmsd_path
 from ..spec.vmspec import VmSpec
 from ..spec.vmx import VmxDocument

@@ -123,7 +123,8 @@ class RuntimeRecord:
             return None
 
     def save(self, path: Path) -> None:
-        write_atomic(path, json.dumps(asdict(self), indent=1).encode(), mode=0o600)
+        # Not fsynced: it describes a process, which a power loss ends too (a stale record is cleared).
+        write_atomic(path, json.dumps(asdict(self), indent=1).encode(), mode=0o600, sync="none")
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ class Vmm:
 
     def remember_ready(self, line: str) -> None:
         """Mark the guest ready without its saying so: restored from a memory snapshot, it said it long ago."""
-        write_atomic(self.paths.ready_file, (line + "\n").encode())
+        write_atomic(self.paths.ready_file, (line + "\n").encode(), sync="none")  # in the runtime folder, like the relay's
 
     def forget_ready(self) -> None:
         """The guest boots again (a reset): it is ready once it says so again."""
