@@ -13,9 +13,9 @@ from pathlib import Path
 
 from ..errors import StateError
 from ..images.qcow2 import create_overlay
-from ..storage.journal import Journal, crashpoint, write_step
+from ..storage.journal import Journal, crashpoint
 from ..spec.vmsd import Snapshot, SnapshotTree, vmsd_path
-from ..storage.snapshots import VmFiles, new_tree_with, plan_delete, plan_revert, plan_take, snapshot_disks, take_offline
+from ..storage.snapshots import VmFiles, plan_delete, plan_revert, plan_take, snapshot_disks, take_offline
 from ..vmm import jobs
 from ..vmm.argv import device_id
 from ..vmm.states import Action
@@ -62,9 +62,9 @@ def _take_online(ctx: VmContext, files: VmFiles, name: str, description: str, me
         if memory:
             jobs.check_state_saveable(qmp, ctx.name)
         memory_file = f"{ctx.vmx.stem}-Snapshot{files.tree.last_uid + 1}.vmsn" if memory else None
-        snap, deltas = plan_take(files, name, description, memory_file)
-        if memory:
-            snap.ready_line = ctx.vmm.ready_line()  # a revert restores a guest that has said it already
+        # a revert restores a guest that has said it is ready already: what it said goes with the memory
+        snap, deltas, steps = plan_take(files, name, description, memory_file,
+                                        ctx.vmm.ready_line() if memory else None)
         state_file = ctx.vm_dir / memory_file if memory_file else None
         journal = Journal(ctx.vm_dir, "take-online")
         journal.begin([ctx.vm_dir / d for d in deltas.values()]
@@ -78,8 +78,6 @@ def _take_online(ctx: VmContext, files: VmFiles, name: str, description: str, me
         journal.data = {"overlays": [str(o.path) for o in overlays], "nodes": [o.node for o in overlays],
                         "resume": running}
         journal.save()
-        steps = [write_step(files.vmsd.name, new_tree_with(files.tree, snap).to_bytes()),
-                 write_step(files.vmx.name, files.vmx_with(deltas))]
         jobs.take_snapshot(qmp, overlays, state_file=state_file, before_switch=lambda: journal.commit(steps),
                            pause=running)
     journal.run()

@@ -22,8 +22,9 @@ folder fsynced before anything it describes is touched); a step's written file
 empty); and the folder once before the journal is removed, so every rename a step
 made is durable before the record that it still had to be made is gone. Progress
 (``done``) is recorded, durably, only after a handler's step (a layer merge, a
-clone's publishing), whose inputs a later step may remove; the built-in steps are
-idempotent after any later step, so a crash after them just runs them again.
+clone's publishing) that has steps after it, which may remove its inputs; every
+step is idempotent (the built-in ones even after any later step), so a crash
+after one that is not recorded just runs it again.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class Journal:
                                      "after checking the VM's disks")
             crashpoint(f"{self.op}:step{self.done}")
             self.done += 1
-            if kind not in _STEPS:
+            if kind not in _STEPS and self.done < len(self.steps):
                 self.save()  # its folder's fsync also makes the renames of the steps before it durable
         self.finish()
 
