@@ -99,7 +99,8 @@ def relay_pids(root: Path) -> list[int]:
             argv = cmdline.read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"minivisor.relay" in argv and any(arg.startswith(str(root).encode() + b"/") for arg in argv):
+        if (any(b"minivisor.vmm.relay" in arg for arg in argv)  # python -c "from minivisor.vmm.relay import ..."
+                and any(arg.startswith(str(root).encode() + b"/") for arg in argv)):
             found.append(int(cmdline.parent.name))
     return found
 

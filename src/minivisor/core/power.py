@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..datastore.inventory import file_id, flocked_files
 from ..host import facts
-from ..host.admission import Commitment, admit
+from ..host.admission import Commitment, admit, overhead_mib
 from ..host.placement import place
 from ..spec.vmspec import VmSpec
 from ..vmm.plan import LaunchPlan
@@ -28,7 +28,7 @@ def power_on(ctx: VmContext, plan: LaunchPlan) -> tuple[RuntimeRecord, tuple[str
     """Launch the VMM ``plan`` describes; returns its record and what could not be applied (placement)."""
     _rotate(ctx.paths.serial_log)
     ctx.paths.bios_log.unlink(missing_ok=True)
-    claim = admit_memory(ctx, plan.spec)  # under the VM lock, which keeps the claim valid
+    claim = admit_memory(ctx, plan.spec, plan.env.accel)  # under the VM lock, which keeps the claim valid
     try:
         record = ctx.vmm.launch(plan.argv, plan.env.accel, plan.links_down, ready_text=plan.spec.ready_line,
                                 console=plan.env.console_index is not None)
@@ -41,7 +41,7 @@ def power_on(ctx: VmContext, plan: LaunchPlan) -> tuple[RuntimeRecord, tuple[str
     return record, warnings
 
 
-def admit_memory(ctx: VmContext, spec: VmSpec) -> Path:
+def admit_memory(ctx: VmContext, spec: VmSpec, accel: str | None = None) -> Path:
     """Refuse the power-on if the host cannot hold it next to the VMs already committed; returns the claim.
 
     Each admitted power-on leaves a commitment, ``.minivisor/committed/<uuid>``,
@@ -58,7 +58,7 @@ def admit_memory(ctx: VmContext, spec: VmSpec) -> Path:
     try:
         fcntl.flock(guard, fcntl.LOCK_EX)  # held for milliseconds: no launch happens under it
         admit(spec, ctx.name, _commitments(ctx, committed), total_mib=facts.host_memory_mib(),
-              available_mib=facts.available_memory_mib())
+              available_mib=facts.available_memory_mib(), accel=accel)
         claim = committed / ctx.uuid
         claim.write_text(f"{os.getpid()}\n")
         return claim
@@ -88,8 +88,9 @@ def _commitments(ctx: VmContext, committed: Path) -> list[Commitment]:
     for entry in held:
         record = RuntimeRecord.load(ctx.inventory.paths_of(entry).runtime_record)
         summary = summaries[entry.name]
-        others.append(Commitment(entry.name, summary.get("memory_mib", 0), summary.get("mem_min_mib", 0),
-                                 record.pid if record else None))
+        memory = summary.get("memory_mib", 0)
+        others.append(Commitment(entry.name, memory, summary.get("mem_min_mib", 0), record.pid if record else None,
+                                 overhead_mib(memory, record.accel if record else None)))
     return others
 
 

@@ -213,7 +213,8 @@ class Vmm:
 
     def remember_ready(self, line: str) -> None:
         """Mark the guest ready without its saying so: restored from a memory snapshot, it said it long ago."""
-        write_atomic(self.paths.ready_file, (line + "\n").encode(), sync="none")  # in the runtime folder, like the relay's
+        # In the runtime folder, like the relay's notes: nothing there outlives the VMM, so no fsync.
+        write_atomic(self.paths.ready_file, (line + "\n").encode(), sync="none")
 
     def forget_ready(self) -> None:
         """The guest boots again (a reset): it is ready once it says so again."""
