@@ -3,11 +3,12 @@
 The files and the tree are :mod:`minivisor.storage.snapshots`' (plans, run
 through the VM's journal); the running VMM's side is :mod:`minivisor.vmm.jobs`'.
 This module decides which applies, in the VM's turn (:func:`~minivisor.core.recovery.disk_operation`).
+What only a running VM needs (QMP, the VMM's jobs, power-on) is imported where it is used: an offline
+snapshot loads none of it.
 """
 
 from __future__ import annotations
 
-import secrets
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -16,11 +17,8 @@ from ..images.qcow2 import create_overlay
 from ..storage.journal import Journal, crashpoint
 from ..spec.vmsd import Snapshot, SnapshotTree, vmsd_path
 from ..storage.snapshots import VmFiles, plan_delete, plan_revert, plan_take, snapshot_disks, take_offline
-from ..vmm import jobs
-from ..vmm.argv import device_id
 from ..vmm.states import Action
 from .context import VmContext, Vms
-from .power import power_on
 from .recovery import disk_operation, step_handlers
 
 __all__ = ["take", "take_in", "revert", "delete", "delete_in", "tree"]
@@ -58,6 +56,11 @@ def take_in(ctx: VmContext, snapshot: str, *, description: str = "", memory: boo
 
 
 def _take_online(ctx: VmContext, files: VmFiles, name: str, description: str, memory: bool) -> Snapshot:
+    import secrets
+
+    from ..vmm import jobs
+    from ..vmm.argv import device_id
+
     with ctx.vmm.session() as qmp:
         if memory:
             jobs.check_state_saveable(qmp, ctx.name)
@@ -118,6 +121,9 @@ def _discard_running_state(ctx: VmContext) -> None:
 
 def _resume_from(ctx: VmContext, snap: Snapshot, state_file: Path) -> None:
     """Power the VM on from a memory snapshot: a VMM waiting for a state, fed ``state_file``."""
+    from ..vmm import jobs
+    from .power import power_on
+
     power_on(ctx, ctx.plan(incoming=True))
     try:
         with ctx.vmm.session() as qmp:
