@@ -80,7 +80,9 @@ def _take_online(ctx: VmContext, files: VmFiles, name: str, description: str, me
         running = qmp.execute("query-status")["status"] == "running"
         journal.data = {"overlays": [str(o.path) for o in overlays], "nodes": [o.node for o in overlays],
                         "resume": running}
-        journal.save()
+        # Not fsynced: only a recovery that finds this VMM still running reads these (a power loss ends it
+        # too), and the commit below, which is fsynced, carries them as well.
+        journal.save(durable=False)
         jobs.take_snapshot(qmp, overlays, state_file=state_file, before_switch=lambda: journal.commit(steps),
                            pause=running)
     journal.run()

@@ -83,10 +83,12 @@ class Journal:
         raw.pop("vm_dir", None)
         return cls(vm_dir=vm_dir, **raw)
 
-    def save(self) -> None:
+    def save(self, *, durable: bool = True) -> None:
+        """Write the journal atomically; ``durable``: fsynced too (see the module docstring for when not)."""
         record = asdict(self)
         record.pop("vm_dir")
-        write_atomic(self.path, json.dumps(record, indent=1).encode(), mode=0o600)
+        write_atomic(self.path, json.dumps(record, indent=1).encode(), mode=0o600,
+                     sync="durable" if durable else "none")
 
     # -- phases ----------------------------------------------------------
     def begin(self, undo: list[Path]) -> None:
