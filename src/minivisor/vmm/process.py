@@ -232,10 +232,11 @@ class Vmm:
         assert self.lock.fd is not None, "launch() needs the VM lock"
         self._prepare_runtime_dir()
         process = self._spawn(argv)
-        # The relay's interpreter starts while QEMU does (it connects once QEMU listens); the guest runs
-        # only after both are up (-S, then cont), so the relay misses nothing it prints.
-        relay = self._spawn_relay(ready_text, console)
+        relay: subprocess.Popen | None = None
         try:
+            # The relay's interpreter starts while QEMU does (it connects once QEMU listens); the guest runs
+            # only after both are up (-S, then cont), so the relay misses nothing it prints.
+            relay = self._spawn_relay(ready_text, console)
             self._wait_for_qmp(process)
             self._wait_for_relay(relay)
             record = RuntimeRecord(process.pid, procfs.start_ticks(process.pid) or 0, argv,
@@ -250,8 +251,9 @@ class Vmm:
             exited = _exits_within(process, 1.0) if isinstance(exc, VmmError) else False
             process.kill()
             process.wait()
-            relay.kill()  # if it attached, it has detached already: QEMU's end closes its sockets, and it exits
-            relay.wait()
+            if relay is not None:  # attached, it has detached already: QEMU's end closes its sockets, it exits
+                relay.kill()
+                relay.wait()
             self.paths.runtime_record.unlink(missing_ok=True)
             if exited:  # QEMU opened its sockets, then gave up (its relay or QMP lost it): say why
                 raise VmmError(f"the VMM of {self.name!r} failed to start: {self.last_vmm_error()}",

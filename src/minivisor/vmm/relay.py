@@ -42,7 +42,7 @@ CLIENT_BACKLOG = 1024 * 1024  # output queued for a slow console client before t
 INPUT_BACKLOG = 64 * 1024  # typed input queued for a guest that does not read its serial port
 LINE_MAX = 4096  # the longest line scanned for the ready text
 MAX_CLIENTS = 8
-CONNECT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 30.0  # it starts with QEMU: as long as the launcher waits for QEMU's sockets, and more
 CHUNK = 65536
 
 
