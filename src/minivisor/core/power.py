@@ -29,11 +29,15 @@ def power_on(ctx: VmContext, plan: LaunchPlan) -> tuple[RuntimeRecord, tuple[str
     _rotate(ctx.paths.serial_log)
     ctx.paths.bios_log.unlink(missing_ok=True)
     claim = admit_memory(ctx, plan.spec, plan.env.accel)  # under the VM lock, which keeps the claim valid
+    networks = ctx.networks()
     try:
+        networks.plug(ctx, plan)  # its taps on their networks' bridges: QEMU opens them by name
         record = ctx.vmm.launch(plan.argv, plan.env.accel, plan.links_down, ready_text=plan.spec.ready_line,
                                 console=plan.env.console_index is not None)
     except BaseException:
         claim.unlink(missing_ok=True)
+        if plan.taps:
+            networks.unplug(ctx)
         raise
     ctx.running = True
     warnings = place(record.pid, plan.spec, ctx.name)
