@@ -40,12 +40,16 @@ class Minivisor:
     """minivisor's CLI (``python -m minivisor``) on one datastore, as a user runs it.
 
     Python may write and use its bytecode caches (a user's installation has them), and
-    MINIVISOR_DATASTORE from the caller's shell does not leak in.
+    MINIVISOR_DATASTORE from the caller's shell does not leak in. ``direct``: the commands work on the
+    datastore even when a ``minivisor serve`` runs there (MINIVISOR_DIRECT=1); otherwise they go through it.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, direct: bool = False) -> None:
         self.root = root
-        self.env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "MINIVISOR_DATASTORE")}
+        self.env = {k: v for k, v in os.environ.items()
+                    if k not in ("PYTHONDONTWRITEBYTECODE", "MINIVISOR_DATASTORE", "MINIVISOR_DIRECT")}
+        if direct:
+            self.env["MINIVISOR_DIRECT"] = "1"
 
     def argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "minivisor", "-d", str(self.root), *args]
@@ -71,3 +75,26 @@ class Minivisor:
         for vm in hv.list_vms():
             if vm.pid is not None:
                 hv.stop_vm(vm.name, hard=True)
+
+
+def start_service(mv: Minivisor, log: Path) -> subprocess.Popen:
+    """``minivisor serve`` on a free loopback port, its messages into ``log``; returns once it serves.
+
+    From then on every command of ``mv`` goes through it (the CLI finds it), unless MINIVISOR_DIRECT=1.
+    """
+    with open(log, "wb") as output:
+        service = subprocess.Popen(mv.argv("serve", "--listen", "127.0.0.1:0", "--no-autostart"), env=mv.env,
+                                   stdin=subprocess.DEVNULL, stdout=output, stderr=output)
+    deadline = time.monotonic() + 60
+    while "minivisor service for" not in log.read_text(errors="replace"):
+        if service.poll() is not None or time.monotonic() > deadline:
+            stop_service(service)
+            raise BenchError(f"minivisor serve did not start: {log.read_text(errors='replace').strip()[-400:]}")
+        time.sleep(0.1)
+    return service
+
+
+def stop_service(service: subprocess.Popen | None) -> None:
+    if service is not None and service.poll() is None:
+        service.terminate()
+        service.wait(30)

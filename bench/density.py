@@ -41,19 +41,19 @@ import re
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import BenchError, Minivisor, load_average
+from common import BenchError, Minivisor, load_average, start_service, stop_service
 
 from minivisor import Hypervisor
 from minivisor.vmm import relay
 
-# The module each console relay runs as (python -m), read from the module itself: a move cannot hide them.
+# The module each console relay runs (python -c "from minivisor.vmm.relay import main..."), read from the
+# module itself: a move cannot hide them.
 RELAY_MODULE = relay.__name__.encode()
 
 KSM = Path("/sys/kernel/mm/ksm")
@@ -102,7 +102,8 @@ def relay_pids(root: Path) -> list[int]:
             argv = cmdline.read_bytes().split(b"\0")
         except OSError:
             continue
-        if RELAY_MODULE in argv and any(arg.startswith(str(root).encode() + b"/") for arg in argv):
+        if (any(RELAY_MODULE in arg for arg in argv)  # python -c "from minivisor.vmm.relay import ..."
+                and any(arg.startswith(str(root).encode() + b"/") for arg in argv)):
             found.append(int(cmdline.parent.name))
     return found
 
@@ -295,26 +296,6 @@ def report_balloon(mv: Minivisor, name: str) -> None:
         print("\nballoon: the VMM has a balloon device (not exercised by this benchmark)")
     else:
         print("\nballoon: not available: minivisor gives VMs no balloon device (none in the VMM command line)")
-
-
-def start_service(mv: Minivisor, log: Path) -> subprocess.Popen:
-    """``minivisor serve`` on a free loopback port, its messages into ``log``; returns once it serves."""
-    with open(log, "wb") as output:
-        service = subprocess.Popen(mv.argv("serve", "--listen", "127.0.0.1:0", "--no-autostart"), env=mv.env,
-                                   stdin=subprocess.DEVNULL, stdout=output, stderr=output)
-    deadline = time.monotonic() + 60
-    while "minivisor service for" not in log.read_text(errors="replace"):
-        if service.poll() is not None or time.monotonic() > deadline:
-            stop_service(service)
-            raise BenchError(f"minivisor serve did not start: {log.read_text(errors='replace').strip()[-400:]}")
-        time.sleep(0.1)
-    return service
-
-
-def stop_service(service: subprocess.Popen | None) -> None:
-    if service is not None and service.poll() is None:
-        service.terminate()
-        service.wait(30)
 
 
 def measure(mv: Minivisor, options: argparse.Namespace, ksm: Ksm) -> None:

@@ -3,13 +3,16 @@
 
 Method
   - Both sides run as root on this host, from their command-line tools: minivisor's
-    CLI (``python -m minivisor``, no service running: it works on the datastore
-    directly) and libvirt's ``virsh -c qemu:///system``. Each timed figure is the wall
-    time (``time.monotonic``) of the whole command(s), process start-up included.
+    CLI (``python -m minivisor``, working on the datastore directly) and libvirt's
+    ``virsh -c qemu:///system``. With ``--via-service``, a third side: the same CLI
+    commands through a ``minivisor serve`` the script runs on the same datastore (the
+    CLI finds it and sends its calls there; the direct side sets MINIVISOR_DIRECT=1).
+    Each timed figure is the wall time (``time.monotonic``) of the whole command(s),
+    process start-up included.
   - Every row runs one untimed warm-up round, then ``--rounds`` rounds, interleaved:
-    minivisor then libvirt, the order swapped every round, so machine noise hits both
-    alike. The table shows each side's median (and min..max) and the median of the
-    per-round ratios minivisor/libvirt (< 1: minivisor is faster).
+    one command per side, the order rotated every round, so machine noise hits every
+    side alike. The table shows each side's median (and min..max) and the median of
+    the per-round ratios minivisor/libvirt (< 1: minivisor is faster).
   - libvirt (Debian's ``libvirtd`` with its QEMU driver) is started BY THIS SCRIPT in a
     private mount namespace (``unshare --mount``): tmpfs over /run/libvirt,
     /var/lib/libvirt, /var/cache/libvirt and /var/log/libvirt, a private copy of
@@ -52,7 +55,7 @@ The script makes itself the subreaper of what it starts and reaps exited QEMUs a
 where PID 1 reaps orphans late (this sandbox's, every ~1.6 s), libvirt's destroy would
 wait for that, since it polls until the killed QEMU's pid is gone.
 
-    python bench/peers.py [--rounds 5] [--vms 200]
+    python bench/peers.py [--rounds 5] [--vms 200] [--via-service]
 
 Needs root, QEMU, and libvirt, which setup.sh does not install (the script checks and
 prints the one line to run):
@@ -63,6 +66,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import glob
 import os
 import shutil
@@ -77,11 +81,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import BenchError, Minivisor, load_average, run, timed
+from common import BenchError, Minivisor, load_average, run, start_service, stop_service, timed
 
 from minivisor import Hypervisor
 
 READY = b"minivisor-guest: ready"
+OURS, VIA_SERVICE, THEIRS = "minivisor", "via service", "libvirt"
 MEMORY_MIB = 128
 PR_SET_CHILD_SUBREAPER = 36
 LIBVIRT_PACKAGES = "libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients"
@@ -315,38 +320,42 @@ def make_disk(path: Path) -> None:
 @dataclass
 class Row:
     what: str
-    ours: list[float]
-    theirs: list[float]
+    samples: dict[str, list[float]]  # side -> seconds per round; libvirt's side is THEIRS
 
     def cells(self) -> list[str]:
-        ratio = statistics.median(o / t for o, t in zip(self.ours, self.theirs))
-        return [self.what, _seconds(self.ours), _seconds(self.theirs), f"{ratio:.2f}x"]
+        ours = [side for side in self.samples if side != THEIRS]
+        ratios = [statistics.median(o / t for o, t in zip(self.samples[side], self.samples[THEIRS])) for side in ours]
+        return [self.what, *(_seconds(samples) for samples in self.samples.values()),
+                *(f"{ratio:.2f}x" for ratio in ratios)]
 
 
 def _seconds(samples: list[float]) -> str:
     return f"{statistics.median(samples):7.3f} s ({min(samples):.3f}..{max(samples):.3f})"
 
 
-def compare(what: str, rounds: int, ours: Callable[[int], float], theirs: Callable[[int], float]) -> Row:
-    """Round 0 warms up; then ``rounds`` interleaved rounds, the order swapped each time."""
-    row = Row(what, [], [])
+def compare(what: str, rounds: int, sides: dict[str, Callable[[int], float]]) -> Row:
+    """Round 0 warms up; then ``rounds`` interleaved rounds, the order of the sides rotated each time."""
+    row = Row(what, {side: [] for side in sides})
+    order = list(sides)
     for i in range(rounds + 1):
-        pair = {}
-        for side, action in ((("ours", ours), ("theirs", theirs)) if i % 2 else (("theirs", theirs), ("ours", ours))):
-            pair[side] = action(i)
-        if i:
-            row.ours.append(pair["ours"])
-            row.theirs.append(pair["theirs"])
+        for side in order[i % len(order):] + order[:i % len(order)]:
+            seconds = sides[side](i)
+            if i:
+                row.samples[side].append(seconds)
     print(f"  {what}: done", flush=True)
     return row
 
 
 class Bench:
-    """The same VMs on both sides: ``boot`` (started, snapshotted, reverted), ``golden`` (snapshot ``base``,
-    for linked clones) and ``plain`` (no snapshot, for full clones)."""
+    """The same VMs on every side: ``boot`` (started, snapshotted, reverted), ``golden`` (snapshot ``base``,
+    for linked clones) and ``plain`` (no snapshot, for full clones).
+
+    minivisor's sides are :class:`Minivisor` CLIs on the one datastore (``ours``: direct, and through the
+    service with ``--via-service``); each side's prefix keeps the names it makes apart."""
 
     def __init__(self, mv: Minivisor, lv: PrivateLibvirt, work: Path, image: str) -> None:
         self.mv, self.lv, self.work = mv, lv, work
+        self.ours: dict[str, tuple[Minivisor, str]] = {OURS: (mv, "")}
         self.disks = work / "libvirt-disks"
         self.disks.mkdir()
         golden_disk = self.disks / "appliance.qcow2"  # the same conversion vm create --boot-disk makes
@@ -358,15 +367,21 @@ class Bench:
             self.define(name, self.disks / f"{name}.qcow2", serial)()
         mv("snapshot", "take", "golden", "base")
 
+    def row(self, what: str, rounds: int, ours: Callable[[Minivisor, str, int], float],
+            theirs: Callable[[int], float]) -> Row:
+        sides = {side: functools.partial(ours, mv, prefix) for side, (mv, prefix) in self.ours.items()}
+        return compare(what, rounds, {**sides, THEIRS: theirs})
+
     def define(self, name: str, disk: Path, serial_log: Path | None = None) -> Callable[[], object]:
         xml = self.disks / f"{name}.xml"
         xml.write_text(domain_xml(name, str(uuidlib.uuid4()), disk, serial_log))
         return lambda: self.lv.virsh("define", str(xml))
 
     # define/register
-    def register_ours(self, i: int) -> float:
-        vmx = write_specfile(self.mv.root, f"reg{i}", str(uuidlib.uuid4()))
-        return timed(lambda: self.mv("vm", "register", str(vmx)))
+    @staticmethod
+    def register_ours(mv: Minivisor, prefix: str, i: int) -> float:
+        vmx = write_specfile(mv.root, f"{prefix}reg{i}", str(uuidlib.uuid4()))
+        return timed(lambda: mv("vm", "register", str(vmx)))
 
     def define_theirs(self, i: int) -> float:
         disk = self.disks / f"reg{i}.qcow2"
@@ -400,9 +415,10 @@ class Bench:
             self.lv.virsh("; ".join(f"undefine {name}" for name in theirs[start:start + 50]))
 
     # start -> ready (the VM is powered off again, untimed, after each round)
-    def start_ours(self, i: int) -> float:
-        seconds = timed(lambda: self.mv("vm", "start", "boot", "--wait-ready"))
-        self.mv("vm", "stop", "boot", "--hard")
+    @staticmethod
+    def start_ours(mv: Minivisor, prefix: str, i: int) -> float:
+        seconds = timed(lambda: mv("vm", "start", "boot", "--wait-ready"))
+        mv("vm", "stop", "boot", "--hard")
         return seconds
 
     def start_theirs(self, i: int) -> float:
@@ -423,8 +439,9 @@ class Bench:
         self.lv.virsh("destroy", "boot")
 
     # clones
-    def linked_ours(self, i: int) -> float:
-        return timed(lambda: self.mv("vm", "clone", "golden", f"linked{i}", "--linked", "--snapshot", "base"))
+    @staticmethod
+    def linked_ours(mv: Minivisor, prefix: str, i: int) -> float:
+        return timed(lambda: mv("vm", "clone", "golden", f"{prefix}linked{i}", "--linked", "--snapshot", "base"))
 
     def linked_theirs(self, i: int) -> float:
         disk = self.disks / f"linked{i}.qcow2"
@@ -432,8 +449,9 @@ class Bench:
         return timed(lambda: run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
                                   "-b", str(self.disks / "golden.qcow2"), str(disk)]), define)
 
-    def full_ours(self, i: int) -> float:
-        return timed(lambda: self.mv("vm", "clone", "plain", f"full{i}", "--full"))
+    @staticmethod
+    def full_ours(mv: Minivisor, prefix: str, i: int) -> float:
+        return timed(lambda: mv("vm", "clone", "plain", f"{prefix}full{i}", "--full"))
 
     def full_theirs(self, i: int) -> float:
         disk = self.disks / f"full{i}.qcow2"
@@ -443,33 +461,35 @@ class Bench:
 
 
 def run_rows(bench: Bench, rounds: int, vms: int) -> list[Row]:
-    mv, lv = bench.mv, bench.lv
-    rows = [compare("a no-op: the CLI's floor", rounds, lambda i: timed(lambda: mv("--help")),
-                    lambda i: timed(lambda: lv.virsh("uri"))),
-            compare("define/register", rounds, bench.register_ours, bench.define_theirs)]
+    lv = bench.lv
+    rows = [bench.row("a no-op: the CLI's floor", rounds, lambda mv, _, i: timed(lambda: mv("--help")),
+                      lambda i: timed(lambda: lv.virsh("uri"))),
+            bench.row("define/register", rounds, bench.register_ours, bench.define_theirs)]
     added = bench.fill(vms)
-    rows.append(compare(f"list, {vms} VMs defined", rounds, lambda i: timed(lambda: mv("vm", "list")),
-                        lambda i: timed(lambda: lv.virsh("list", "--all"))))
+    rows.append(bench.row(f"list, {vms} VMs defined", rounds, lambda mv, _, i: timed(lambda: mv("vm", "list")),
+                          lambda i: timed(lambda: lv.virsh("list", "--all"))))
     bench.unfill(*added)
-    rows.append(compare("start -> guest ready", rounds, bench.start_ours, bench.start_theirs))
+    rows.append(bench.row("start -> guest ready", rounds, bench.start_ours, bench.start_theirs))
     bench.boot_both()
-    rows.append(compare(f"live snapshot, {MEMORY_MIB} MiB", rounds,
-                        lambda i: timed(lambda: mv("snapshot", "take", "boot", f"live{i}")),
-                        lambda i: timed(lambda: lv.virsh("snapshot-create-as", "boot", f"live{i}"))))
-    rows.append(compare("revert to it (running)", rounds,
-                        lambda i: timed(lambda: mv("snapshot", "revert", "boot", "live0")),
-                        lambda i: timed(lambda: lv.virsh("snapshot-revert", "boot", "live0"))))
+    rows.append(bench.row(f"live snapshot, {MEMORY_MIB} MiB", rounds,
+                          lambda mv, prefix, i: timed(lambda: mv("snapshot", "take", "boot", f"{prefix}live{i}")),
+                          lambda i: timed(lambda: lv.virsh("snapshot-create-as", "boot", f"live{i}"))))
+    rows.append(bench.row("revert to it (running)", rounds,
+                          lambda mv, _, i: timed(lambda: mv("snapshot", "revert", "boot", "live0")),
+                          lambda i: timed(lambda: lv.virsh("snapshot-revert", "boot", "live0"))))
     bench.stop_both()
-    rows.append(compare("offline snapshot", rounds,
-                        lambda i: timed(lambda: mv("snapshot", "take", "boot", f"off{i}")),
-                        lambda i: timed(lambda: lv.virsh("snapshot-create-as", "boot", f"off{i}"))))
-    rows.append(compare("linked clone", rounds, bench.linked_ours, bench.linked_theirs))
-    rows.append(compare("full clone (20 MiB used)", rounds, bench.full_ours, bench.full_theirs))
+    rows.append(bench.row("offline snapshot", rounds,
+                          lambda mv, prefix, i: timed(lambda: mv("snapshot", "take", "boot", f"{prefix}off{i}")),
+                          lambda i: timed(lambda: lv.virsh("snapshot-create-as", "boot", f"off{i}"))))
+    rows.append(bench.row("linked clone", rounds, bench.linked_ours, bench.linked_theirs))
+    rows.append(bench.row("full clone (20 MiB used)", rounds, bench.full_ours, bench.full_theirs))
     return rows
 
 
 def print_table(rows: list[Row], rounds: int) -> None:
-    header = ["operation", "minivisor median (min..max)", "libvirt median (min..max)", "ratio"]
+    sides = list(rows[0].samples)
+    header = ["operation", *(f"{side} median (min..max)" for side in sides),
+              *(f"ratio{'' if side == OURS else f' ({side})'}" for side in sides if side != THEIRS)]
     table = [header] + [row.cells() for row in rows]
     widths = [max(len(line[col]) for line in table) for col in range(len(header))]
     print(f"\nmedians of {rounds} interleaved rounds; ratio = median of per-round minivisor/libvirt (< 1: faster)")
@@ -494,13 +514,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per row, after one warm-up [5]")
     parser.add_argument("--vms", type=int, default=200, help="VMs defined on each side for the list row [200]")
+    parser.add_argument("--via-service", action="store_true",
+                        help="a third side: minivisor's CLI through a minivisor serve on the same datastore")
     options = parser.parse_args()
     if problem := missing_tools():
         sys.exit(problem)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on a plain kill too
     work = Path(tempfile.mkdtemp(prefix="minivisor-bench-peers-"))
-    mv = Minivisor(work / "datastore")
+    mv = Minivisor(work / "datastore", direct=True)
     print(f"load average at start: {load_average()}", flush=True)
+    service = None
     try:
         reap_orphaned_qemus()
         image = mv.appliance()
@@ -508,8 +531,14 @@ def main() -> None:
         try:
             with lv:
                 try:
-                    rows = run_rows(Bench(mv, lv, work, image), options.rounds, options.vms)
+                    bench = Bench(mv, lv, work, image)
+                    if options.via_service:
+                        through = Minivisor(mv.root)
+                        service = start_service(through, work / "service.log")
+                        bench.ours[VIA_SERVICE] = (through, "s")
+                    rows = run_rows(bench, options.rounds, options.vms)
                 finally:
+                    stop_service(service)
                     mv.power_off_all()
         finally:
             print(lv.verdict())

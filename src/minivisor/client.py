@@ -11,18 +11,21 @@ API's name and signature and returns the same types (``VmInfo``,
 ``StartResult``...); errors arrive as the same :class:`~minivisor.errors.HvError`
 subclasses with the same codes, so the CLI prints the same lines and exits
 with the same codes whether it talks to the service or to the datastore.
-Stdlib only (``http.client``): importing it costs the CLI almost nothing.
+Stdlib only, and light: its requests speak just the HTTP/1.1 the service answers in
+(:class:`_Connection`, on a socket), since ``http.client`` (email parsing, ssl) would
+cost every CLI command that goes through a service more than its own work does;
+only :meth:`Client.events` (a chunked stream) loads ``http.client``.
 """
 
 from __future__ import annotations
 
-import http.client
 import dataclasses
 import enum
 import functools
 import json
 import os
 import select
+import socket
 import threading
 import time
 import types
@@ -40,6 +43,8 @@ from .service.discovery import SERVICE_FILE, TOKEN_FILE
 __all__ = ["Client", "connect"]
 
 REUSE_IDLE = 10.0  # seconds a kept-alive connection is reused after; the service closes it after 15 (KEEP_ALIVE)
+MAX_HEAD = 64 * 1024  # bytes of an answer's status line and headers
+MAX_BODY = 256 * 1024 * 1024  # bytes of an answer's body (`vm list` of thousands of VMs is a few MiB)
 
 
 def connect(root: Path | str) -> Client | None:
@@ -75,48 +80,47 @@ class Client:
         return connect(root)
 
     # -- transport ------------------------------------------------------------
-    def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
+    def _connection(self, timeout: float) -> _Connection:
         conn = getattr(self._local, "conn", None)
         if conn is not None and (time.monotonic() - self._local.used > REUSE_IDLE or _closed_by_peer(conn)):
             conn.close()  # the service closes idle connections: a request sent on one would be lost
             conn = None
         if conn is None:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+            conn = _Connection(self.host, self.port, timeout)
             self._local.conn = conn
-        conn.timeout = timeout
-        if conn.sock is not None:
-            conn.sock.settimeout(timeout)
+        conn.sock.settimeout(timeout)
         return conn
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None, *,
                 timeout: float | None = None) -> tuple[int, Any]:
         """Send one request; returns (status, decoded JSON or text)."""
-        payload = json.dumps(body).encode() if body is not None else None
+        payload = json.dumps(body).encode() if body is not None else b""
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
-        if payload is not None:
+        if body is not None:
             headers["Content-Type"] = "application/json"
         for attempt in (0, 1):
-            conn = self._connection(timeout or self.timeout)
             try:
-                conn.request(method, path, body=payload, headers=headers)
-                response = conn.getresponse()
-                raw = response.read()
+                conn = self._connection(timeout or self.timeout)
+            except OSError as exc:
+                raise HostError(f"cannot reach the service at {self.url}: {exc}",
+                                hint="is `minivisor serve` running? remove a stale .minivisor/service.json") from exc
+            try:
+                status, kind, raw = conn.exchange(method, path, headers, payload)
                 self._local.used = time.monotonic()
                 break
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+            except (_Closed, BrokenPipeError, ConnectionResetError) as exc:
                 conn.close()
                 self._local.conn = None
                 if attempt or method != "GET":
                     raise HostError(f"the service at {self.url} closed the connection ({method} {path})",
                                     hint="see the service's log; the operation may or may not have happened") from exc
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 conn.close()
                 self._local.conn = None
                 raise HostError(f"cannot reach the service at {self.url}: {exc}",
                                 hint="is `minivisor serve` running? remove a stale .minivisor/service.json") from exc
-        kind = response.getheader("Content-Type", "")
         data = json.loads(raw) if kind.startswith("application/json") and raw else raw.decode(errors="replace")
-        return response.status, data
+        return status, data
 
     def call(self, op_name: str, *args: Any, **kwargs: Any) -> Any:
         """Run one core API method on the service."""
@@ -132,7 +136,7 @@ class Client:
                 kwargs[key] = os.path.abspath(value)  # the service resolves paths from its own folder
         path = op.path
         for param in op.path_params:
-            from .datastore.store import check_vm_name  # here, not at the top: the client stays cheap to import
+            from .datastore.layout import check_vm_name  # here, not at the top: the client stays cheap to import
 
             # the service refuses a name that is none as well, but a "/" in it, sent, would be two
             # path segments (the server decodes %2F) and reach another route: "x/disks" would list x's disks
@@ -164,6 +168,8 @@ class Client:
 
     def events(self, vm: str | None = None, *, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Server-sent events as they happen (a generator; close it to disconnect)."""
+        import http.client  # a chunked stream of unknown length: http.client's, loaded only here
+
         conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
             path = "/v1/events" + (f"?vm={quote(vm)}" if vm else "")
@@ -185,10 +191,89 @@ class Client:
             conn.close()
 
 
-def _closed_by_peer(conn: http.client.HTTPConnection) -> bool:
+class _Closed(OSError):
+    """The service closed a kept-alive connection before it answered (a GET may be sent again)."""
+
+
+class _Connection:
+    """One kept-alive HTTP/1.1 connection to the service: a request out, its whole answer back.
+
+    Enough of HTTP for the service's answers (a status line, headers, a body of Content-Length
+    bytes, chunked, or up to the end of the connection), each part bounded.
+    """
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        # The host as bytes: a str would be encoded with the idna codec, one more import for nothing.
+        self.sock = socket.create_connection((host.encode(), port), timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # one request, one send: no delay
+        self.host = host if ":" not in host else f"[{host}]"
+        self.port = port
+        self._reader = self.sock.makefile("rb")
+
+    def exchange(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
+        """(status, Content-Type, body) of the answer to one request."""
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}", f"Content-Length: {len(body)}",
+                 *(f"{name}: {value}" for name, value in headers.items())]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        status_line = self._line()
+        if not status_line:
+            raise _Closed(f"the service closed the connection before answering {method} {path}")
+        version, _, rest = status_line.partition(b" ")
+        if not version.startswith(b"HTTP/1.") or not rest[:3].isdigit():
+            raise ValueError(f"the service answered with no HTTP status line: {status_line[:80]!r}")
+        head: dict[str, str] = {}
+        while line := self._line():
+            name, _, value = line.decode("latin-1").partition(":")
+            head[name.strip().lower()] = value.strip()
+        if "chunked" in head.get("transfer-encoding", "").lower():
+            raw = self._chunked()
+        elif "content-length" in head:
+            raw = self._exactly(int(head["content-length"]))
+        else:
+            raw = self._reader.read(MAX_BODY + 1)
+            head["connection"] = "close"
+        if len(raw) > MAX_BODY:
+            raise ValueError(f"the service's answer is larger than {MAX_BODY} bytes")
+        if head.get("connection", "").lower() == "close":
+            self.close()
+        return int(rest[:3]), head.get("content-type", ""), raw
+
+    def _line(self) -> bytes:
+        """One header line without its CRLF (b"" at the blank line that ends them, or at EOF)."""
+        line = self._reader.readline(MAX_HEAD + 1)
+        if len(line) > MAX_HEAD:
+            raise ValueError(f"the service sent a header line longer than {MAX_HEAD} bytes")
+        return line.rstrip(b"\r\n")
+
+    def _exactly(self, count: int) -> bytes:
+        if not 0 <= count <= MAX_BODY:
+            raise ValueError(f"the service announced a body of {count} bytes")
+        raw = self._reader.read(count)
+        if len(raw) < count:
+            raise _Closed("the service closed the connection in the middle of its answer")
+        return raw
+
+    def _chunked(self) -> bytes:
+        parts, total = [], 0
+        while (size := int(self._line().split(b";")[0] or b"0", 16)) > 0:
+            total += size
+            if total > MAX_BODY:
+                raise ValueError(f"the service's answer is larger than {MAX_BODY} bytes")
+            parts.append(self._exactly(size))
+            self._line()  # the CRLF after each chunk
+        while self._line():  # trailers
+            pass
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self._reader.close()
+        self.sock.close()
+
+
+def _closed_by_peer(conn: _Connection) -> bool:
     """An idle kept-alive connection with something to read: the service closed it (EOF)."""
-    if conn.sock is None:
-        return False
+    if conn.sock.fileno() < 0:
+        return True
     poller = select.poll()
     poller.register(conn.sock, select.POLLIN)
     return bool(poller.poll(0))

@@ -12,12 +12,18 @@ from .procfs import own_umask
 __all__ = ["write_atomic", "fsync_dir"]
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:
+def write_atomic(path: Path, data: bytes, *, mode: int | None = None, sync: str = "durable") -> None:
     """Replace ``path`` with ``data`` so readers see the old or the new file, never a mix.
 
     Writes a temp file in the same directory, fsyncs it, renames it over the
     target and fsyncs the directory. An existing target keeps its mode; a new
     one gets ``mode``, or 0666 minus the umask. Raises ``OSError``.
+
+    ``sync``: ``durable`` (the default) as above; ``data`` leaves the directory's fsync
+    to the caller, who renames several files in one folder and fsyncs it once
+    (:func:`fsync_dir`) before relying on them; ``none`` for files that need not
+    outlive the machine's uptime (a running VM's runtime record: after a power
+    loss the VM is not running either), atomic for readers all the same.
     """
     import tempfile  # here: most commands write no file, and importing it costs more than a write
 
@@ -32,13 +38,15 @@ def write_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:
             f.write(data)
             f.flush()
             os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
+            if sync != "none":
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if sync == "durable":
+        fsync_dir(path.parent)
 
 
 def fsync_dir(folder: Path) -> None:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from pathlib import Path
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:  # the console relay imports this: it starts with every power-on, so it loads no pathlib
+    from pathlib import Path
 
 __all__ = ["try_lock", "wait_lock"]
 
 
-def try_lock(path: Path) -> int | None:
+def try_lock(path: Path | str) -> int | None:
     """Take an exclusive lock on ``path`` (created 0600); its descriptor, or None if held elsewhere."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -27,7 +30,7 @@ def try_lock(path: Path) -> int | None:
     return fd
 
 
-def wait_lock(path: Path, timeout: float, poll: float = 0.005) -> int | None:
+def wait_lock(path: Path | str, timeout: float, poll: float = 0.005) -> int | None:
     """Like :func:`try_lock`, retrying for up to ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while (fd := try_lock(path)) is None:

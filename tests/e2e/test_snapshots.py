@@ -145,7 +145,9 @@ def test_a_memory_snapshot_resumes_the_running_guest_where_it_was(hv, appliance_
     vm = make_vm(hv, "mem", appliance_image)
     hv.start_vm(vm, wait_ready=True, timeout=90)
     # a counter in guest memory, ticking in the background
-    hv.exec_in_vm(vm, "(i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done) >/dev/null 2>&1 &")
+    # (written aside and renamed: a reader never finds the file empty, which would end the wait below early)
+    hv.exec_in_vm(vm, "(i=0; while :; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; "
+                      "sleep 0.05; done) >/dev/null 2>&1 &")
     hv.exec_in_vm(vm, "while [ ! -s /tmp/count ]; do sleep 0.05; done")
     before = int(hv.exec_in_vm(vm, "cat /tmp/count").output)  # the counter at the snapshot is at least this
     hv.pause_vm(vm)  # freeze the counter for the snapshot

@@ -25,7 +25,7 @@ def relay_pid(console_socket: Path) -> int:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"minivisor.vmm.relay" in cmdline and str(console_socket).encode() in cmdline:
+        if any(b"minivisor.vmm.relay" in arg for arg in cmdline) and str(console_socket).encode() in cmdline:
             return int(pid)
     raise AssertionError(f"no console relay serves {console_socket}")
 

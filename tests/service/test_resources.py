@@ -10,7 +10,7 @@ import pytest
 from minivisor import Hypervisor
 from minivisor.host import facts
 from minivisor.errors import HostError, HvError, SpecError
-from minivisor.host.admission import Commitment, admit, host_reserve_mib
+from minivisor.host.admission import Commitment, admit, host_reserve_mib, overhead_mib
 from minivisor.host.placement import cpu_weight
 from minivisor.spec.vmspec import VmSpec
 from minivisor.vmm.states import VmState
@@ -90,6 +90,20 @@ def test_memory_reservations_of_running_vms_are_set_aside():
         admit(spec, "new", [Commitment("a", 2048, 3000, None)], total_mib=8192, available_mib=4000)
     with pytest.raises(HostError, match="needs 1024 MiB"):
         admit(spec, "new", [Commitment("a", 6400, 0, None)], total_mib=8192, available_mib=8000)
+
+
+def test_each_vm_counts_its_vmm_and_console_relay_not_only_its_memory():
+    spec = VmSpec.from_vmx(VmxDocument.parse(b'memSize = "64"\n'))
+    total = 8192
+    capacity = total - host_reserve_mib(total)
+    small = Commitment("small", 64, 0, None, overhead_mib(64, "tcg"))
+    fits = capacity // (64 + overhead_mib(64, "tcg"))
+    admit(spec, "new", [small] * (fits - 1), total_mib=total, available_mib=total, accel="tcg")
+    overhead = overhead_mib(64, "tcg")
+    with pytest.raises(HostError, match=f"needs 64 MiB .and {overhead} MiB for its VMM and console relay"):
+        admit(spec, "new", [small] * fits, total_mib=total, available_mib=total, accel="tcg")
+    assert fits * 64 < capacity // 2  # counting memSize alone would admit more than twice as many
+    assert overhead_mib(64, None) == overhead_mib(64, "tcg") > overhead_mib(64, "kvm")
 
 
 def test_sched_keys_are_read_not_reported_unused():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from minivisor.images.layers import ImageLayer
 from minivisor.datastore.layout import VmPaths
+from minivisor.host.admission import overhead_mib
 from minivisor.vmm.argv import LaunchEnv, build_qemu_argv, virtual_hardware
 from minivisor.spec.vmspec import VmSpec
 from minivisor.spec.vmx import VmxDocument
@@ -67,7 +69,7 @@ def test_seed_hardware_mapping():
     argv = build_qemu_argv(seed_spec(), env_for(seed_spec()))
     assert option_values(argv, "-m") == ["1024M"]
     assert option_values(argv, "-smp") == ["cpus=1,sockets=1,cores=1,threads=1"]
-    assert option_values(argv, "-accel") == ["tcg"]
+    assert option_values(argv, "-accel") == ["tcg,tb-size=512"]
     assert option_values(argv, "-sandbox")[0].startswith("on,")
     devices = {d["driver"]: d for d in json_options(argv, "-device")}
     assert devices["lsi53c895a"]["id"] == "scsi0"
@@ -151,3 +153,11 @@ def test_explain_lists_every_device_it_builds():
     assert names[:4] == ["machine", "cpus", "memory", "firmware"]
     assert {"scsi0", "scsi0:0", "ethernet0", "serial0", "svga", "qmp"} <= set(names)
     assert all(d.description for d in hardware)
+
+
+@pytest.mark.parametrize("memory_mib, cache_mib", [(64, 32), (128, 64), (1024, 512), (16384, 1024)])
+def test_a_tcg_vmm_gets_the_translation_cache_admission_counts_for_it(memory_mib, cache_mib):
+    spec = dataclasses.replace(seed_spec(), memory_mib=memory_mib)
+    assert option_values(build_qemu_argv(spec, env_for(spec)), "-accel") == [f"tcg,tb-size={cache_mib}"]
+    assert option_values(build_qemu_argv(spec, env_for(spec, accel="kvm")), "-accel") == ["kvm"]
+    assert overhead_mib(memory_mib, "tcg") - overhead_mib(memory_mib, "kvm") == cache_mib

@@ -201,7 +201,7 @@ class Hypervisor:
         missing ``uuid.bios`` or NIC address is generated and written into the
         specfile; nothing else changes.
         """
-        from ..datastore.inventory import read_vmx
+        from ..datastore.inventory import read_vmx, summary_row
         from ..datastore.store import check_vm_name
         from ..spec.identity import fill_identity, name_from
         from ..spec.vmspec import VmSpec
@@ -218,10 +218,13 @@ class Hypervisor:
         if self.datastore.catalog.find(name):
             raise ConflictError(f"a VM named {name!r} already exists", hint="pass another name with --name")
         vm_uuid = fill_identity(doc, spec)
+        vmx = self.datastore.relative(path)
         with self.datastore.catalog.transaction() as db:
-            self.datastore.catalog.add(db, name, vm_uuid, self.datastore.relative(path))
+            self.datastore.catalog.add(db, name, vm_uuid, vmx)
             if doc.to_bytes() != path.read_bytes():
                 doc.save(path)
+            if row := summary_row(self.datastore.root, vmx, vm_uuid):  # what `vm show` reads, in the same commit
+                self.datastore.catalog.put_summaries(db, [row])
         ctx = self.vms.context(name)
         ctx.emit("registered")
         return self._info(ctx)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..datastore.inventory import file_id, flocked_files
 from ..host import facts
-from ..host.admission import Commitment, admit
+from ..host.admission import Commitment, admit, overhead_mib
 from ..host.placement import place
 from ..spec.vmspec import VmSpec
 from ..vmm.plan import LaunchPlan
@@ -28,7 +28,7 @@ def power_on(ctx: VmContext, plan: LaunchPlan) -> tuple[RuntimeRecord, tuple[str
     """Launch the VMM ``plan`` describes; returns its record and what could not be applied (placement)."""
     _rotate(ctx.paths.serial_log)
     ctx.paths.bios_log.unlink(missing_ok=True)
-    claim = admit_memory(ctx, plan.spec)  # under the VM lock, which keeps the claim valid
+    claim = admit_memory(ctx, plan.spec, plan.env.accel)  # under the VM lock, which keeps the claim valid
     networks = ctx.networks()
     try:
         networks.plug(ctx, plan)  # its taps on their networks' bridges: QEMU opens them by name
@@ -45,7 +45,7 @@ def power_on(ctx: VmContext, plan: LaunchPlan) -> tuple[RuntimeRecord, tuple[str
     return record, warnings
 
 
-def admit_memory(ctx: VmContext, spec: VmSpec) -> Path:
+def admit_memory(ctx: VmContext, spec: VmSpec, accel: str | None = None) -> Path:
     """Refuse the power-on if the host cannot hold it next to the VMs already committed; returns the claim.
 
     Each admitted power-on leaves a commitment, ``.minivisor/committed/<uuid>``,
@@ -62,7 +62,7 @@ def admit_memory(ctx: VmContext, spec: VmSpec) -> Path:
     try:
         fcntl.flock(guard, fcntl.LOCK_EX)  # held for milliseconds: no launch happens under it
         admit(spec, ctx.name, _commitments(ctx, committed), total_mib=facts.host_memory_mib(),
-              available_mib=facts.available_memory_mib())
+              available_mib=facts.available_memory_mib(), accel=accel)
         claim = committed / ctx.uuid
         claim.write_text(f"{os.getpid()}\n")
         return claim
@@ -72,15 +72,16 @@ def admit_memory(ctx: VmContext, spec: VmSpec) -> Path:
 
 def _commitments(ctx: VmContext, committed: Path) -> list[Commitment]:
     """The other VMs the host holds now; stale commitments are pruned on the way."""
+    claims = [uuid for uuid in os.listdir(committed) if uuid != ctx.uuid]
+    if not claims:  # the first VM to run: no catalog scan, no /proc/locks read (~10 ms: an RCU grace period)
+        return []
     by_uuid = {entry.uuid: entry for entry in ctx.datastore.catalog.list()}
     locked = flocked_files()
     held = []
-    for uuid in os.listdir(committed):
+    for uuid in claims:
         entry = by_uuid.get(uuid)
         if entry is None:
             (committed / uuid).unlink(missing_ok=True)  # that VM was deleted or unregistered
-            continue
-        if entry.uuid == ctx.uuid:
             continue
         lock = ctx.inventory.paths_of(entry).lock
         if (file_id(str(lock)) in locked) if locked is not None else VmLock(lock).is_held_elsewhere():
@@ -92,8 +93,9 @@ def _commitments(ctx: VmContext, committed: Path) -> list[Commitment]:
     for entry in held:
         record = RuntimeRecord.load(ctx.inventory.paths_of(entry).runtime_record)
         summary = summaries[entry.name]
-        others.append(Commitment(entry.name, summary.get("memory_mib", 0), summary.get("mem_min_mib", 0),
-                                 record.pid if record else None))
+        memory = summary.get("memory_mib", 0)
+        others.append(Commitment(entry.name, memory, summary.get("mem_min_mib", 0), record.pid if record else None,
+                                 overhead_mib(memory, record.accel if record else None)))
     return others
 
 

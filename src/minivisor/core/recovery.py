@@ -6,7 +6,8 @@ through :func:`disk_operation`: the VM's operation turn and the state table
 the VM lock (no power-on can begin meanwhile). A running VM's VMM holds the VM
 lock; its disks then change only through it (QMP). Before anything else, the
 operation finishes or undoes what an interrupted one left in the VM's intent
-journal (:mod:`minivisor.storage.journal`); so does a power-on.
+journal (:mod:`minivisor.storage.journal`); so does a power-on. The VMM's jobs are
+imported where a running VM needs them: most disk operations do not.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from ..errors import HvError
 from ..images.qemu_img import commit_layer, rebase_disk, set_backing
 from ..storage.journal import Journal
 from ..storage.clones import publish_clone
-from ..vmm import jobs
-from ..vmm.argv import device_id
 from ..vmm.states import Action
 from .context import VmContext, Vms
 
@@ -71,6 +70,8 @@ def recover(ctx: VmContext) -> bool:
 
 def _recover_online_snapshot(ctx: VmContext, journal: Journal) -> None:
     """By what the VMM uses: overlays only opened are dropped and the snapshot undone; switched, it is kept."""
+    from ..vmm import jobs
+
     nodes = journal.data.get("nodes", [])
     if not ctx.running:
         if journal.phase == "prepare":
@@ -123,6 +124,9 @@ def _online_stream(ctx: VmContext, node: str, dependent: str, frozen: str, backi
     if ctx.vmm.record() is None:
         _rebase(ctx, dependent, frozen)
         return
+    from ..vmm import jobs
+    from ..vmm.argv import device_id
+
     files = ctx.files()
     base = str(files.chain(frozen)[1].path) if backing else None
     with ctx.vmm.session() as qmp:
@@ -138,6 +142,9 @@ def _online_commit(ctx: VmContext, node: str, dependent: str, frozen: str, froze
         if above is not None:
             _relink(ctx, above, frozen, frozen_format)
         return
+    from ..vmm import jobs
+    from ..vmm.argv import device_id
+
     files = ctx.files()
     frozen_path = files.path(frozen)
     backing = os.path.relpath(frozen_path, files.path(above).parent) if above else None

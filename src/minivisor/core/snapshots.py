@@ -3,24 +3,22 @@
 The files and the tree are :mod:`minivisor.storage.snapshots`' (plans, run
 through the VM's journal); the running VMM's side is :mod:`minivisor.vmm.jobs`'.
 This module decides which applies, in the VM's turn (:func:`~minivisor.core.recovery.disk_operation`).
+What only a running VM needs (QMP, the VMM's jobs, power-on) is imported where it is used: an offline
+snapshot loads none of it.
 """
 
 from __future__ import annotations
 
-import secrets
 from contextlib import nullcontext
 from pathlib import Path
 
 from ..errors import StateError
-from ..images.qemu_img import create_overlay
-from ..storage.journal import Journal, crashpoint, write_step
+from ..images.qcow2 import create_overlay
+from ..storage.journal import Journal, crashpoint
 from ..spec.vmsd import Snapshot, SnapshotTree, vmsd_path
-from ..storage.snapshots import VmFiles, new_tree_with, plan_delete, plan_revert, plan_take, snapshot_disks, take_offline
-from ..vmm import jobs
-from ..vmm.argv import device_id
+from ..storage.snapshots import VmFiles, plan_delete, plan_revert, plan_take, snapshot_disks, take_offline
 from ..vmm.states import Action
 from .context import VmContext, Vms
-from .power import power_on
 from .recovery import disk_operation, step_handlers
 
 __all__ = ["take", "take_in", "revert", "delete", "delete_in", "tree"]
@@ -58,13 +56,18 @@ def take_in(ctx: VmContext, snapshot: str, *, description: str = "", memory: boo
 
 
 def _take_online(ctx: VmContext, files: VmFiles, name: str, description: str, memory: bool) -> Snapshot:
+    import secrets
+
+    from ..vmm import jobs
+    from ..vmm.argv import device_id
+
     with ctx.vmm.session() as qmp:
         if memory:
             jobs.check_state_saveable(qmp, ctx.name)
         memory_file = f"{ctx.vmx.stem}-Snapshot{files.tree.last_uid + 1}.vmsn" if memory else None
-        snap, deltas = plan_take(files, name, description, memory_file)
-        if memory:
-            snap.ready_line = ctx.vmm.ready_line()  # a revert restores a guest that has said it already
+        # a revert restores a guest that has said it is ready already: what it said goes with the memory
+        snap, deltas, steps = plan_take(files, name, description, memory_file,
+                                        ctx.vmm.ready_line() if memory else None)
         state_file = ctx.vm_dir / memory_file if memory_file else None
         journal = Journal(ctx.vm_dir, "take-online")
         journal.begin([ctx.vm_dir / d for d in deltas.values()]
@@ -77,9 +80,9 @@ def _take_online(ctx: VmContext, files: VmFiles, name: str, description: str, me
         running = qmp.execute("query-status")["status"] == "running"
         journal.data = {"overlays": [str(o.path) for o in overlays], "nodes": [o.node for o in overlays],
                         "resume": running}
-        journal.save()
-        steps = [write_step(files.vmsd.name, new_tree_with(files.tree, snap).to_bytes()),
-                 write_step(files.vmx.name, files.vmx_with(deltas))]
+        # Not fsynced: only a recovery that finds this VMM still running reads these (a power loss ends it
+        # too), and the commit below, which is fsynced, carries them as well.
+        journal.save(durable=False)
         jobs.take_snapshot(qmp, overlays, state_file=state_file, before_switch=lambda: journal.commit(steps),
                            pause=running)
     journal.run()
@@ -120,6 +123,9 @@ def _discard_running_state(ctx: VmContext) -> None:
 
 def _resume_from(ctx: VmContext, snap: Snapshot, state_file: Path) -> None:
     """Power the VM on from a memory snapshot: a VMM waiting for a state, fed ``state_file``."""
+    from ..vmm import jobs
+    from .power import power_on
+
     power_on(ctx, ctx.plan(incoming=True))
     try:
         with ctx.vmm.session() as qmp:

@@ -296,10 +296,13 @@ class Catalog:
         """Cache (vmx, uuid, stamp, summary JSON) rows; skipped if the catalog is busy."""
         try:
             with self.transaction() as db:
-                db.executemany("INSERT OR REPLACE INTO spec_cache (vmx, uuid, stamp, summary) VALUES (?, ?, ?, ?)",
-                               rows)
+                self.put_summaries(db, rows)
         except (sqlite3.OperationalError, NoSpaceError):
             pass  # a cache (busy or on a full datastore): the next reader stores it
+
+    def put_summaries(self, db: sqlite3.Connection, rows: list[tuple[str, str, str, str]]) -> None:
+        """Cache summary rows inside an open transaction (a VM being added: one commit, one set of fsyncs)."""
+        db.executemany("INSERT OR REPLACE INTO spec_cache (vmx, uuid, stamp, summary) VALUES (?, ?, ?, ?)", rows)
 
     # -- allowed host paths ----------------------------------------------
     def allowed_paths(self) -> list[str]:

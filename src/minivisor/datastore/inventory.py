@@ -21,7 +21,7 @@ from .store import Datastore
 if TYPE_CHECKING:  # parsing a specfile is for a summary not cached yet: imported then
     from ..spec.vmx import VmxDocument
 
-__all__ = ["Inventory", "flocked_files", "file_id", "summary_of", "read_vmx"]
+__all__ = ["Inventory", "flocked_files", "file_id", "file_stamp", "summary_of", "summary_row", "read_vmx"]
 
 
 class Inventory:
@@ -45,11 +45,7 @@ class Inventory:
         stamps: dict[str, str | None] = {}
         root = str(self.datastore.root)
         for entry in entries:
-            try:
-                st = os.stat(f"{root}/{entry.vmx}")
-                stamps[entry.name] = stamp = f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
-            except OSError:
-                stamps[entry.name] = stamp = None
+            stamps[entry.name] = stamp = file_stamp(f"{root}/{entry.vmx}")
             memo = self._memo.get(entry.vmx)
             if stamp and memo and memo[:2] == (entry.uuid, stamp):
                 found[entry.name] = memo[2]
@@ -71,6 +67,23 @@ class Inventory:
         if fresh:
             self.datastore.catalog.store_summaries(fresh)
         return found
+
+
+def file_stamp(path: str) -> str | None:
+    """What tells a specfile's versions apart: its mtime, size and inode (None if it cannot be read)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
+
+
+def summary_row(root: Path, vmx: str, vm_uuid: str) -> tuple[str, str, str, str] | None:
+    """The summary cache's row for a specfile (``vmx`` relative to the datastore ``root``) as it is now,
+    or None if it has no summary to cache: for a VM being added, in the transaction that adds it."""
+    stamp = file_stamp(f"{root}/{vmx}")
+    summary = summary_of(root / vmx, vm_uuid)
+    return (vmx, vm_uuid, stamp, json.dumps(summary)) if stamp and "problem" not in summary else None
 
 
 def flocked_files() -> set[tuple[int, int]] | None:

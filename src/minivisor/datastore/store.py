@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .catalog import Catalog, VmEntry
-from .layout import VM_FILES
+from .layout import VM_FILES, VM_NAME, check_vm_name
 from ..dirs import default_datastore
 from ..images.layers import ImageLayer, check_file_name, format_for, layer_files, resolve_chain
 from ..errors import ConflictError, DiskError, PathError, SpecError
@@ -35,21 +35,12 @@ from ..text import excerpt
 
 __all__ = ["Datastore", "Scope", "check_vm_name", "is_vm_metadata"]
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")  # \Z: "$" would let a final newline in
 META = ".minivisor"
 PRIVATE_DIR = 0o700
 # What minivisor writes into a VM folder for itself (layout.VM_FILES; and by suffix: the specfile, snapshot
 # tree and memory states, locks, partial and temporary files): no device and no disk may be one of them.
 VM_FILE_SUFFIXES = (".vmx", ".vmsd", ".vmsn", ".vmxf", ".lck", ".part", ".tmp")
 CLONE_DEPTH = 16  # linked clones of linked clones...: deeper is refused as a loop
-
-
-def check_vm_name(name: str) -> str:
-    """Return the name if it can name a VM (and its folder), else raise SpecError."""
-    if not _NAME.match(name) or name.endswith((".tmp", ".vmx")):
-        raise SpecError(f"{excerpt(name)} is not a valid VM name",
-                        hint="use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    return name
 
 
 class Datastore:
@@ -260,7 +251,7 @@ class Datastore:
             pid, _, name = marker.read_text().strip().partition(" ")
             if pid.isdigit() and os.path.exists(f"/proc/{pid}"):
                 continue  # still publishing
-            if marker.name not in known and _NAME.match(name) and (self.root / name).is_dir():
+            if marker.name not in known and VM_NAME.match(name) and (self.root / name).is_dir():
                 _rmtree(self.root / name, ignore_errors=True)
             marker.unlink(missing_ok=True)
 

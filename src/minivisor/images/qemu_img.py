@@ -20,7 +20,7 @@ from ..errors import DiskError, HostError
 from ..units import human_size
 from .layers import ImageLayer, format_for, read_layer
 
-__all__ = ["image_spec", "create_disk", "create_overlay", "set_backing", "commit_layer", "rebase_disk",
+__all__ = ["image_spec", "create_disk", "set_backing", "commit_layer", "rebase_disk",
            "resize_disk", "check_resize", "check_disk", "convert_disk", "copy_sparse"]
 
 PRIVATE_UMASK = 0o077
@@ -68,17 +68,6 @@ def create_disk(path: Path, size: int, fmt: str | None = None, *, thick: bool = 
         for extent in read_layer(path, "vmdk").extent_files:
             with open(path.parent / extent, "r+b") as handle:
                 os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size or size)
-
-
-def create_overlay(path: Path, backing: ImageLayer, *, relative_to: Path | None = None) -> None:
-    """A new qcow2 file whose backing file is ``backing``, its format recorded in the header.
-
-    The backing file is named relative to the overlay's folder, so the datastore can move.
-    ``-u``: the backing is not opened (a running VMM may hold it), its size is known.
-    """
-    name = os.path.relpath(backing.path, relative_to or path.parent)
-    _qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", name, "-F", backing.format,
-              "-o", "lazy_refcounts=on", str(path), str(backing.virtual_size))
 
 
 def set_backing(path: Path, backing_name: str, backing_format: str) -> None:

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DeviceModel", "SCSI_MODELS", "NIC_MODELS", "CREATABLE_SCSI", "CREATABLE_NICS"]
+__all__ = ["DeviceModel", "SCSI_MODELS", "NIC_MODELS", "CREATABLE_SCSI", "CREATABLE_NICS", "CONTROLLER_COUNT",
+           "UNIT_COUNT"]
+
+# Controllers per bus, and units (device slots) per controller, as VMware numbers them.
+CONTROLLER_COUNT = {"scsi": 4, "sata": 4, "nvme": 4, "ide": 2}
+UNIT_COUNT = {"scsi": 16, "sata": 30, "nvme": 15, "ide": 2}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import ConflictError, NotFoundError, SpecError
 from ..text import excerpt
-from .vmspec import CONTROLLER_COUNT, UNIT_COUNT
+from .devices import CONTROLLER_COUNT, UNIT_COUNT
 from .vmx import VMX_LIMITS, Limits, VmxDocument
 
 __all__ = ["Snapshot", "SnapshotTree", "vmsd_path", "MAX_SNAPSHOTS", "VMSD_LIMITS"]

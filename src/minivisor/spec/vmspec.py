@@ -19,7 +19,7 @@ from typing import Literal
 
 from ..errors import SpecError
 from ..text import clip, excerpt
-from .devices import NIC_MODELS, SCSI_MODELS
+from .devices import CONTROLLER_COUNT, NIC_MODELS, SCSI_MODELS, UNIT_COUNT
 from .vmx import VmxDocument
 
 __all__ = [
@@ -40,9 +40,6 @@ __all__ = [
 Bus = Literal["scsi", "sata", "ide", "nvme"]
 BUSES: tuple[Bus, ...] = ("scsi", "sata", "nvme", "ide")
 
-# How many controllers and units each bus has (VMware's documented maxima).
-CONTROLLER_COUNT = {"scsi": 4, "sata": 4, "nvme": 4, "ide": 2}
-UNIT_COUNT = {"scsi": 16, "sata": 30, "nvme": 15, "ide": 2}
 # Every numbered device a VM can have: scsi0-scsi3 ... ethernet0-ethernet9, serial0-serial3, floppy0-floppy1.
 DEVICE_COUNT = {**CONTROLLER_COUNT, "ethernet": 10, "serial": 4, "floppy": 2}
 MEMORY_MIB = (4, 16 * 1024 * 1024)  # memSize: VMware's smallest and largest, in MiB

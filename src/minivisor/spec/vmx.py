@@ -135,12 +135,13 @@ def _escape(raw: bytes) -> bytes:
     return _TO_ESCAPE.sub(lambda m: b"|%02X" % m[0][0], raw)
 
 
-def _encode(text: str, codec: str, what: str) -> bytes:
+def _encode(text: str, codec: str, what: str, key: str) -> bytes:
+    """``text`` in the file's encoding; the SpecError if it cannot be says "the {what} {key}" ("value of", "key")."""
     try:
         return text.encode(codec, "surrogateescape")
     except UnicodeEncodeError as exc:
         raise SpecError(
-            f"{what} cannot be written in the file's encoding {codec}",
+            f"the {what} {excerpt(key)} cannot be written in the file's encoding {codec}",
             hint=f"use only characters that {codec} can store, or a file with .encoding = \"UTF-8\"",
         ) from exc
 
@@ -353,7 +354,7 @@ class VmxDocument:
         if lkey == ".encoding" and lookup_charset(value) is None:
             raise SpecError(f"unknown encoding {excerpt(value)}", hint='use a charset such as "UTF-8"')
         codec = self.encoding
-        raw = _encode(value, codec, f"the value of {excerpt(key)}")
+        raw = _encode(value, codec, "value of", key)  # the message is made only if it is needed
         quoted = b'"' + _escape(raw) + b'"'
         if lines := self._index.get(lkey):
             line = lines[-1]
@@ -363,7 +364,7 @@ class VmxDocument:
             self._check_room(key, len(text), new=False)
             line.text, line.raw = text, raw
             return
-        name = _encode(key, codec, f"the key {excerpt(key)}")
+        name = _encode(key, codec, "key", key)
         if not _VALID_KEY.match(name):
             raise SpecError(f"invalid key {excerpt(key)}",
                             hint="a key must be non-empty, without whitespace, '=', '#' or NUL")

@@ -25,13 +25,16 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import Callable
 
+from ..datastore.inventory import summary_row
 from ..datastore.store import Datastore
 from ..errors import NoHardDiskError
+from ..files import fsync_dir
 from ..spec.identity import new_identity
 from ..spec.vmspec import VmSpec
 from ..spec.vmx import VmxDocument
 from ..images.layers import ImageLayer, allocated_bytes
-from ..images.qemu_img import convert_disk, copy_sparse, create_overlay, set_backing
+from ..images.qcow2 import create_overlay
+from ..images.qemu_img import convert_disk, copy_sparse, set_backing
 from .journal import Journal, crashpoint
 from ..spec.vmsd import Snapshot
 from .snapshots import VmFiles, snapshot_disks
@@ -178,10 +181,14 @@ def publish_clone(datastore: Datastore, staging: str, name: str, new_uuid: str, 
     moved = Path(staging).exists() and not home.exists()
     if moved:
         os.rename(staging, home)
+        fsync_dir(datastore.root)  # the folder is where the catalog will say before the journal is gone
     try:
         with datastore.catalog.transaction() as db:
             if datastore.catalog.find(name) is None:
-                datastore.catalog.add(db, name, new_uuid, f"{name}/{name}.vmx")
+                vmx = f"{name}/{name}.vmx"
+                datastore.catalog.add(db, name, new_uuid, vmx)
+                if row := summary_row(datastore.root, vmx, new_uuid):  # what `vm show` reads, in the same commit
+                    datastore.catalog.put_summaries(db, [row])
             if snapshot_uid is not None:
                 datastore.catalog.add_clone_link(db, new_uuid, source_uuid, snapshot_uid)
     except BaseException:

@@ -28,7 +28,7 @@ from typing import Any
 from ..datastore.store import Datastore, Scope
 from ..errors import ConflictError, DiskError, StateError
 from ..images.layers import ImageLayer, format_for, read_layer
-from ..images.qemu_img import create_overlay
+from ..images.qcow2 import create_overlay
 from ..spec.vmsd import MAX_SNAPSHOTS, VMSD_LIMITS, Snapshot, SnapshotTree, vmsd_path
 from ..spec.vmspec import VmSpec
 from ..spec.vmx import VmxDocument
@@ -96,8 +96,10 @@ class VmFiles:
         return doc.to_bytes()
 
 
-def plan_take(files: VmFiles, name: str, description: str, memory_file: str | None) -> tuple[Snapshot, dict[str, str]]:
-    """The new snapshot (freezing the current tops) and the new delta name per disk."""
+def plan_take(files: VmFiles, name: str, description: str, memory_file: str | None,
+              ready_line: str | None = None) -> tuple[Snapshot, dict[str, str], list[list[Any]]]:
+    """The new snapshot (freezing the current tops), the new delta name per disk, and the journal steps
+    that commit it (the new tree, the specfile naming the deltas)."""
     if any(s.name == name for s in files.tree.snapshots.values()):
         raise ConflictError(f"VM already has a snapshot named {excerpt(name)}", hint="choose another name")
     if not name.strip() or "\n" in name:
@@ -110,8 +112,9 @@ def plan_take(files: VmFiles, name: str, description: str, memory_file: str | No
         raise DiskError("the VM has no hard disk to snapshot", hint="add a disk to its specfile first")
     uid = files.tree.last_uid + 1
     snap = Snapshot(uid, name, files.tree.current, disks, description, int(time.time() * 1e6), memory_file,
-                    files.doc.to_bytes().decode("utf-8", "surrogateescape"))
-    if len(new_tree_with(files.tree, snap).to_bytes()) > VMSD_LIMITS.file_bytes:
+                    files.doc.to_bytes().decode("utf-8", "surrogateescape"), ready_line)
+    tree = new_tree_with(files.tree, snap).to_bytes()
+    if len(tree) > VMSD_LIMITS.file_bytes:
         raise ConflictError(f"the snapshot tree would be larger than the {VMSD_LIMITS.file_bytes >> 20} MiB "
                             "minivisor reads back", hint="delete a snapshot first")
     taken: set[str] = set()
@@ -119,7 +122,7 @@ def plan_take(files: VmFiles, name: str, description: str, memory_file: str | No
     for node in disks:
         deltas[node] = delta_name(files.vm_dir, disks[node], taken)
         taken.add(deltas[node])
-    return snap, deltas
+    return snap, deltas, [write_step(files.vmsd.name, tree), write_step(files.vmx.name, files.vmx_with(deltas))]
 
 
 def new_tree_with(tree: SnapshotTree, snap: Snapshot) -> SnapshotTree:
@@ -130,15 +133,13 @@ def new_tree_with(tree: SnapshotTree, snap: Snapshot) -> SnapshotTree:
 
 def take_offline(files: VmFiles, name: str, description: str) -> Snapshot:
     """Freeze the disks of a powered-off VM (the caller holds the VM lock)."""
-    snap, deltas = plan_take(files, name, description, None)
+    snap, deltas, steps = plan_take(files, name, description, None)
     journal = Journal(files.vm_dir, "take")
     journal.begin([files.vm_dir / d for d in deltas.values()])
     for node, delta in deltas.items():
         create_overlay(files.vm_dir / delta, files.layer(snap.disks[node]))
     crashpoint("take:prepared")
-    tree = new_tree_with(files.tree, snap)
-    journal.commit([write_step(files.vmsd.name, tree.to_bytes()),
-                    write_step(files.vmx.name, files.vmx_with(deltas))])
+    journal.commit(steps)
     journal.run()
     return snap
 

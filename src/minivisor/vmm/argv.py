@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal, Union
 
 from ..datastore.layout import VmPaths
+from ..host.admission import tcg_cache_mib
 from ..spec.devices import NIC_MODELS, SCSI_MODELS
 from ..spec.vmspec import Disk, DiskController, Nic, VmSpec
 from ..images.layers import ImageLayer
@@ -109,12 +110,19 @@ def virtual_hardware(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
     return devices
 
 
+def _accel(spec: VmSpec, env: LaunchEnv) -> str:
+    """KVM, or TCG with a translation cache sized to the guest (what admission counts for it)."""
+    if env.accel == "kvm":
+        return "kvm"
+    return f"tcg,tb-size={tcg_cache_mib(spec.memory_mib)}"
+
+
 def _machine(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
     cpu = "host" if env.accel == "kvm" else "qemu64"
     args = ("-name", qemu_opts(("guest", env.name), ("debug-threads", "on")),
             "-uuid", env.uuid,
             "-machine", qemu_opts(("type", "pc"), ("usb", "off"), ("vmport", "off")),
-            "-accel", env.accel, "-cpu", cpu,
+            "-accel", _accel(spec, env), "-cpu", cpu,
             "-nodefaults", "-no-user-config", "-display", "none",
             "-sandbox", SANDBOX, "-msg", "timestamp=on", "-trace", SHUTDOWN_TRACE, "-S")
     accel = "KVM hardware virtualization" if env.accel == "kvm" else "TCG software emulation"

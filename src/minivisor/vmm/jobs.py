@@ -90,6 +90,7 @@ def _save_state(qmp: QmpSession, final: Path) -> None:
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         qmp.execute("migrate-set-parameters", {"max-bandwidth": 1 << 40})
+        _report_migration(qmp)
         qmp.pass_fd(fd, STATE_FD)
         qmp.execute("migrate", {"uri": f"fd:{STATE_FD}"})
         _wait_migration(qmp, "save the memory state")
@@ -104,6 +105,7 @@ def load_state(qmp: QmpSession, state_file: Path) -> None:
     """Feed a saved state into a VMM started with ``-incoming defer``, and let the VM run."""
     fd = os.open(state_file, os.O_RDONLY | os.O_CLOEXEC)
     try:
+        _report_migration(qmp)
         qmp.pass_fd(fd, STATE_FD)
         qmp.execute("migrate-incoming", {"uri": f"fd:{STATE_FD}"})
         _wait_migration(qmp, "load the memory state")
@@ -113,19 +115,30 @@ def load_state(qmp: QmpSession, state_file: Path) -> None:
         qmp.execute("cont")
 
 
+def _report_migration(qmp: QmpSession) -> None:
+    """Have the VMM announce each change of a migration's status (a MIGRATION event) on this session."""
+    qmp.execute("migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]})
+
+
 def _wait_migration(qmp: QmpSession, what: str) -> None:
+    """Until the migration ends: woken by its MIGRATION events (no polling), its outcome read once."""
     deadline = time.monotonic() + JOB_TIMEOUT
     while True:
-        info = qmp.execute("query-migrate")
+        info = qmp.execute("query-migrate")  # also catches one that ended before its last event was taken
         status = info.get("status")
         if status == "completed":
             return
         if status in ("failed", "cancelled"):
             raise QmpError(f"the VMM could not {what}: {info.get('error-desc', status)}",
                            hint="see the VM's vmm.log")
-        if time.monotonic() > deadline:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             raise QmpError(f"the VMM did not {what} within {JOB_TIMEOUT:.0f} s", hint="see the VM's vmm.log")
-        time.sleep(POLL)
+        try:
+            qmp.wait_event({"MIGRATION"}, remaining)
+        except QmpError:
+            if time.monotonic() < deadline:
+                raise  # the monitor went away, not a timeout
 
 
 def check_state_saveable(qmp: QmpSession, vm: str) -> None:

@@ -123,7 +123,8 @@ class RuntimeRecord:
             return None
 
     def save(self, path: Path) -> None:
-        write_atomic(path, json.dumps(asdict(self), indent=1).encode(), mode=0o600)
+        # Not fsynced: it describes a process, which a power loss ends too (a stale record is cleared).
+        write_atomic(path, json.dumps(asdict(self), indent=1).encode(), mode=0o600, sync="none")
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,8 @@ class Vmm:
 
     def remember_ready(self, line: str) -> None:
         """Mark the guest ready without its saying so: restored from a memory snapshot, it said it long ago."""
-        write_atomic(self.paths.ready_file, (line + "\n").encode())
+        # In the runtime folder, like the relay's notes: nothing there outlives the VMM, so no fsync.
+        write_atomic(self.paths.ready_file, (line + "\n").encode(), sync="none")
 
     def forget_ready(self) -> None:
         """The guest boots again (a reset): it is ready once it says so again."""
@@ -230,9 +232,13 @@ class Vmm:
         assert self.lock.fd is not None, "launch() needs the VM lock"
         self._prepare_runtime_dir()
         process = self._spawn(argv)
+        relay: subprocess.Popen | None = None
         try:
+            # The relay's interpreter starts while QEMU does (it connects once QEMU listens); the guest runs
+            # only after both are up (-S, then cont), so the relay misses nothing it prints.
+            relay = self._spawn_relay(ready_text, console)
             self._wait_for_qmp(process)
-            self._start_relay(ready_text, console)  # the guest has not run yet: the relay misses nothing
+            self._wait_for_relay(relay)
             record = RuntimeRecord(process.pid, procfs.start_ticks(process.pid) or 0, argv,
                                    str(self.paths.qmp_socket), str(self.paths.console_socket),
                                    str(self.paths.runtime_dir), accel)
@@ -245,6 +251,9 @@ class Vmm:
             exited = _exits_within(process, 1.0) if isinstance(exc, VmmError) else False
             process.kill()
             process.wait()
+            if relay is not None:  # attached, it has detached already: QEMU's end closes its sockets, it exits
+                relay.kill()
+                relay.wait()
             self.paths.runtime_record.unlink(missing_ok=True)
             if exited:  # QEMU opened its sockets, then gave up (its relay or QMP lost it): say why
                 raise VmmError(f"the VMM of {self.name!r} failed to start: {self.last_vmm_error()}",
@@ -261,33 +270,45 @@ class Vmm:
         for stale in runtime.iterdir():
             stale.unlink()
 
-    def _start_relay(self, ready_text: str, console: bool) -> None:
-        """Start the VM's console relay (:mod:`minivisor.vmm.relay`); returns once it is attached.
+    def _spawn_relay(self, ready_text: str, console: bool) -> subprocess.Popen:
+        """Start the VM's console relay (:mod:`minivisor.vmm.relay`); :meth:`_wait_for_relay` waits for it.
 
-        The relay detaches itself: what this waits for is its first process, which exits 0 once
-        the relay holds QEMU's sockets and serves the console.
+        The relay detaches itself: its first process exits 0 once the relay holds QEMU's sockets and
+        serves the console. Its interpreter starts without ``site`` (-S: the relay needs only the standard
+        library and this minivisor, found through PYTHONPATH), without the current folder (-P), and from
+        ``-c`` rather than ``-m``, which would load runpy and importlib.util first.
         """
         import subprocess
 
         paths = self.paths
-        # This very minivisor, whatever the current folder holds (-P: it is not on the path).
-        package_parent = str(Path(__file__).resolve().parents[2])
+        package_parent = str(Path(__file__).resolve().parents[2])  # this very minivisor
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (package_parent, os.environ.get("PYTHONPATH"))))}
-        argv = [sys.executable, "-P", "-m", "minivisor.vmm.relay", "--events", str(paths.events_socket),
+        argv = [sys.executable, "-S", "-P", "-c", "from minivisor.vmm.relay import main; main()",
+                "--events", str(paths.events_socket),
                 "--status", str(paths.status_file), "--console", str(paths.console_socket),
                 "--log", str(paths.serial_log), "--ready", str(paths.ready_file), "--ready-text", ready_text]
         if console:
             argv += ["--serial", str(paths.serial_socket)]
         try:
-            done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  env=env, start_new_session=True, umask=0o077, timeout=RELAY_TIMEOUT)
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    env=env, start_new_session=True, umask=0o077)
+        except OSError as exc:
+            raise VmmError(f"cannot start the console relay of {self.name!r}: {exc.strerror}",
+                           hint="check the Python installation minivisor runs from") from exc
+
+    def _wait_for_relay(self, relay: subprocess.Popen) -> None:
+        """Return once the relay has attached (its first process exited 0); VmmError if it failed."""
+        import subprocess
+
+        try:
+            _, stderr = relay.communicate(timeout=RELAY_TIMEOUT)
         except subprocess.TimeoutExpired as exc:
             raise VmmError(f"the console relay of {self.name!r} did not attach in {RELAY_TIMEOUT:.0f} s",
-                           hint=f"see {paths.vmm_log}") from exc
-        if done.returncode != 0:
-            lines = done.stderr.decode(errors="replace").strip().splitlines()
-            raise VmmError(f"the console relay of {self.name!r} failed: {lines[-1] if lines else done.returncode}",
-                           hint=f"see {paths.vmm_log}")
+                           hint=f"see {self.paths.vmm_log}") from exc
+        if relay.returncode != 0:
+            lines = stderr.decode(errors="replace").strip().splitlines()
+            raise VmmError(f"the console relay of {self.name!r} failed: {lines[-1] if lines else relay.returncode}",
+                           hint=f"see {self.paths.vmm_log}")
 
     def _spawn(self, argv: list[str]) -> subprocess.Popen:
         import subprocess

@@ -31,11 +31,14 @@ import select
 import socket
 import time
 from collections import deque
-from pathlib import Path
-from typing import Any
 
 from ..errors import QmpCommandError, QmpError
 from ..locks import wait_lock
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:  # the console relay imports this module with every power-on: it loads neither
+    from pathlib import Path
+    from typing import Any
 
 __all__ = ["QmpSession", "QmpStream", "negotiate", "execute", "TIMEOUT", "MAX_MESSAGE"]
 
@@ -119,7 +122,7 @@ class QmpSession:
     """
 
     def __init__(self, path: Path | str, *, timeout: float = TIMEOUT, take_turn: bool = True) -> None:
-        self.path, self.timeout, self.take_turn = Path(path), timeout, take_turn
+        self.path, self.timeout, self.take_turn = os.fspath(path), timeout, take_turn
         self.events: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
         self._turn: int | None = None
@@ -129,7 +132,7 @@ class QmpSession:
         try:
             if self.take_turn:
                 self._turn = _take_turn(self.path, self.timeout)
-            self._stream = negotiate(_connect(self.path), str(self.path), self.timeout)
+            self._stream = negotiate(_connect(self.path), self.path, self.timeout)
         except BaseException:
             self.close()
             raise
@@ -228,9 +231,9 @@ def execute(path: Path | str, command: str, arguments: dict[str, Any] | None = N
         return session.execute(command, arguments)
 
 
-def _take_turn(path: Path, timeout: float) -> int:
+def _take_turn(path: str, timeout: float) -> int:
     try:
-        fd = wait_lock(path.with_name("qmp.lock"), timeout)
+        fd = wait_lock(os.path.join(os.path.dirname(path), "qmp.lock"), timeout)
     except OSError as exc:
         raise QmpError(f"cannot talk to the VMM over {path}: {exc.strerror}", hint=_HINT) from exc
     if fd is None:
@@ -239,10 +242,10 @@ def _take_turn(path: Path, timeout: float) -> int:
     return fd
 
 
-def _connect(path: Path) -> socket.socket:
+def _connect(path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        sock.connect(str(path))
+        sock.connect(path)
     except OSError as exc:
         sock.close()
         raise QmpError(f"cannot talk to the VMM over {path}: {exc.strerror}", hint=_HINT) from exc

@@ -20,17 +20,19 @@ It exits when the VMM closes the console (the VMM exited). It is started by
 :meth:`minivisor.vmm.process.Vmm.launch` and detaches (a double fork) once attached:
 it outlives the CLI that started it and is never left a zombie of the service.
 
-Only the standard library and minivisor's QMP framing are imported: this runs once per power-on.
+Only the standard library and minivisor's QMP framing are imported, and its interpreter starts
+without ``site`` or ``runpy`` (see :meth:`minivisor.vmm.process.Vmm.launch`): this runs once per
+power-on, and lives as long as the VM.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import selectors
 import socket
 import sys
 import time
+from types import SimpleNamespace
 
 from ..errors import QmpError
 from .qmp import negotiate
@@ -40,7 +42,7 @@ CLIENT_BACKLOG = 1024 * 1024  # output queued for a slow console client before t
 INPUT_BACKLOG = 64 * 1024  # typed input queued for a guest that does not read its serial port
 LINE_MAX = 4096  # the longest line scanned for the ready text
 MAX_CLIENTS = 8
-CONNECT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 30.0  # it starts with QEMU: as long as the launcher waits for QEMU's sockets, and more
 CHUNK = 65536
 
 
@@ -102,7 +104,7 @@ class CappedLog:
 class Relay:
     """The attached relay: the VMM's console and event sockets, the log, the clients."""
 
-    def __init__(self, options: argparse.Namespace) -> None:
+    def __init__(self, options: SimpleNamespace) -> None:
         # Files go into the runtime folder through a descriptor of it: if the VM powers off and a new
         # power-on recreates the folder, this relay's late writes land in the old, deleted one.
         self.runtime = os.open(os.path.dirname(options.status), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -291,16 +293,41 @@ def _detach() -> None:
     os.close(devnull)
 
 
+OPTIONS = {  # the relay's command line: --NAME VALUE for each, in any order (only --serial may be left out)
+    "events": "QEMU's event monitor socket",
+    "status": "where QEMU's run state goes (in the runtime folder)",
+    "serial": "QEMU's console socket; absent: the VM has no minivisor console",
+    "console": "the console socket to serve",
+    "log": "serial.log in the VM's folder",
+    "ready": "where the ready line goes (beside --status)",
+    "ready-text": "the text of the guest's ready line",
+}
+
+
+def parse_options(argv: list[str]) -> SimpleNamespace:
+    """The relay's options (``--ready-text`` as ``ready_text``); ValueError names what is wrong.
+
+    Not argparse: minivisor starts the relay with every power-on, and argparse with its imports
+    doubles what the relay loads besides QMP's framing.
+    """
+    if len(argv) % 2:
+        raise ValueError("options come in pairs: --NAME VALUE")
+    values = {"serial": None}
+    for name, value in zip(argv[::2], argv[1::2]):
+        if not name.startswith("--") or name[2:] not in OPTIONS:
+            raise ValueError(f"unknown option {name!r}; the options are " + ", ".join(f"--{o}" for o in OPTIONS))
+        values[name[2:]] = value
+    missing = [f"--{name}" for name in OPTIONS if name not in values]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    return SimpleNamespace(**{name.replace("-", "_"): value for name, value in values.items()})
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m minivisor.vmm.relay", description=__doc__.splitlines()[0])
-    parser.add_argument("--events", required=True, help="QEMU's event monitor socket")
-    parser.add_argument("--status", required=True, help="where QEMU's run state goes (in the runtime folder)")
-    parser.add_argument("--serial", help="QEMU's console socket; absent: the VM has no minivisor console")
-    parser.add_argument("--console", required=True, help="the console socket to serve")
-    parser.add_argument("--log", required=True, help="serial.log in the VM's folder")
-    parser.add_argument("--ready", required=True, help="where the ready line goes (beside --status)")
-    parser.add_argument("--ready-text", required=True, help="the text of the guest's ready line")
-    options = parser.parse_args(argv)
+    try:
+        options = parse_options(sys.argv[1:] if argv is None else argv)
+    except ValueError as exc:
+        sys.exit(f"minivisor console relay: {exc}")
     try:
         relay = Relay(options)
     except OSError as exc:
