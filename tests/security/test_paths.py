@@ -45,6 +45,7 @@ TARGETS = {  # name in the specfile -> words of the refusal
     JOURNAL_NAME: "keeps for the VM itself",
     "runtime.json": "keeps for the VM itself",
     "web.qcow2": "a disk of this VM",
+    "/nowhere/at/all.iso": "outside the datastore",  # missing, but refused before anything looks for it
 }
 
 
@@ -97,6 +98,34 @@ def test_a_serial_port_may_not_leave_its_folder_even_for_a_file_that_does_not_ex
         assert_no_vmm_started(hv, "web")
     assert not outside.exists() and not (hv.datastore.root / "new-at-the-root.log").exists()
     assert not (hv.datastore.root / "other" / "new.log").exists()
+
+
+PIPE = 'serial1.present = "TRUE"\nserial1.fileType = "pipe"\nserial1.fileName = "{}"\n'
+
+
+@pytest.mark.parametrize("target", ["../other/evil.sock", "../.minivisor/evil.sock"])
+def test_a_pipe_named_relative_to_the_vm_folder_may_not_leave_it(two_vms, target):
+    hv = two_vms
+    add_keys(hv.datastore.root / "web" / "web.vmx", PIPE.format(target))
+    before = datastore_state(hv.datastore.root)
+    assert_one_clear_line(run_cli("vm", "start", "web", datastore=hv.datastore.root), PathError.exit_code,
+                          "serial1.fileName")
+    assert_no_vmm_started(hv, "web")
+    assert datastore_state(hv.datastore.root) == before
+
+
+@pytest.mark.qemu  # explaining a VM runs the KVM probe
+@pytest.mark.parametrize("target", ["{root}/.minivisor/evil.sock", "/etc/evil.sock,server=off,path=/etc/x",
+                                    "\\\\.\\pipe\\evil,path=/etc/x"])
+def test_a_pipe_named_elsewhere_becomes_a_socket_minivisor_names_in_the_runtime_folder(two_vms, target):
+    hv = two_vms
+    add_keys(hv.datastore.root / "web" / "web.vmx", PIPE.format(target.format(root=hv.datastore.root)))
+    explained = hv.explain_vm("web")
+    chardevs = [explained.argv[i + 1] for i, arg in enumerate(explained.argv) if arg == "-chardev"]
+    runtime = hv.vm_paths("web").runtime_dir
+    assert f"socket,id=serial1,path={runtime}/serial1.sock,server=on,wait=off" in chardevs
+    assert not any("evil" in arg or "/etc" in arg for arg in explained.argv)
+    assert any(w.startswith("serial1: the pipe") for w in explained.warnings)
 
 
 def import_folder(tmp_path, extra: str):

@@ -50,6 +50,8 @@ COMMANDS = {
     "vm list": "The VMs in the datastore and their states.",
     "vm show": "One VM: state, hardware, files.",
     "vm explain": "The spec, the virtual hardware built from it, what is not virtualized, and the VMM command line.",
+    "vm check": "Read any specfile (no datastore needed): each key virtualized, approximated, disconnected or ignored, "
+                "and why.",
     "vm start": "Power on: start the VM's VMM, which boots it from its disk.",
     "vm stop": "Power off (ACPI shutdown, hard after --timeout).",
     "vm reset": "Reset the VM (like its reset button).",

@@ -76,6 +76,23 @@ def vm_explain(name: str, as_json: bool) -> None:
     print_json(output.explanation_dict(explanation)) if as_json else output.explanation(explanation)
 
 
+@command("vm check", arg("vmx", type=Path, metavar="VMX", help="Any .vmx file; nothing is registered or written."),
+         JSON)
+def vm_check(vmx: Path, as_json: bool) -> int:
+    """Exits 0 if the VM would power on, else with the exit code of a missing disk."""
+    from ..core.check import check_vmx
+    from ..errors import DiskError
+
+    report = check_vmx(vmx)  # the function, not hv(): no datastore is opened (or created)
+    if as_json:
+        print_json(report)
+    else:
+        from .output import check_report
+
+        check_report(report)
+    return 0 if report["powers_on"] else DiskError.exit_code
+
+
 @command("vm start", NAME, arg("--wait-ready", action="store_true", help="Return once the guest says it is ready."),
          arg("--timeout", type=float, default=120.0, metavar=TIMEOUT,
              help="Seconds to wait for readiness [default: 120]."), JSON)

@@ -113,6 +113,14 @@ class Hypervisor:
         plan = self.vms.context(name).plan()
         return Explanation(plan.spec, tuple(virtual_hardware(plan.spec, plan.env)), tuple(plan.argv), plan.warnings)
 
+    @staticmethod
+    def check_vmx(vmx_path: Path | str) -> dict[str, Any]:
+        """What minivisor would make of any specfile, key by key (virtualized, approximated, disconnected,
+        ignored, refused) and why; reads nothing of the datastore (see :func:`minivisor.core.check.check_vmx`)."""
+        from .check import check_vmx
+
+        return check_vmx(vmx_path)
+
     def vm_events(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
         """The last ``limit`` events of a VM from its event log, oldest first (0: all of them)."""
         check_args(limit=limit)
@@ -202,10 +210,12 @@ class Hypervisor:
         from ..spec.identity import fill_identity, name_from
         from ..spec.vmspec import VmSpec
         from ..vmm.plan import resolve_files
+        from .check import refuse_template_file
 
         path = Path(os.path.realpath(vmx_path))
         if not path.is_file():
             raise PathError(f"{vmx_path} is not a file", hint="name the VM's .vmx file")
+        refuse_template_file(path)
         scope = self.datastore.new_vm_scope(path)
         doc = read_vmx(path)
         spec = VmSpec.from_vmx(doc)

@@ -16,6 +16,7 @@ from ..datastore.inventory import file_id, flocked_files
 from ..host import facts
 from ..host.admission import Commitment, admit
 from ..host.placement import place
+from ..images.qemu_img import create_overlay
 from ..spec.vmspec import VmSpec
 from ..vmm.plan import LaunchPlan
 from ..vmm.process import RuntimeRecord, VmLock
@@ -30,11 +31,14 @@ def power_on(ctx: VmContext, plan: LaunchPlan) -> tuple[RuntimeRecord, tuple[str
     ctx.paths.bios_log.unlink(missing_ok=True)
     claim = admit_memory(ctx, plan.spec)  # under the VM lock, which keeps the claim valid
     try:
+        _make_discard_overlays(plan)
         record = ctx.vmm.launch(plan.argv, plan.env.accel, plan.links_down, ready_text=plan.spec.ready_line,
                                 console=plan.env.console_index is not None)
     except BaseException:
         claim.unlink(missing_ok=True)
         raise
+    finally:
+        _drop_discard_names(plan)
     ctx.running = True
     warnings = place(record.pid, plan.spec, ctx.name)
     ctx.emit("poweredOn", pid=record.pid, accel=record.accel)
@@ -91,6 +95,20 @@ def _commitments(ctx: VmContext, committed: Path) -> list[Commitment]:
         others.append(Commitment(entry.name, summary.get("memory_mib", 0), summary.get("mem_min_mib", 0),
                                  record.pid if record else None))
     return others
+
+
+def _make_discard_overlays(plan: LaunchPlan) -> None:
+    """A fresh overlay over each independent-nonpersistent disk: the guest's writes go there."""
+    for overlay, disk in plan.discard_overlays:
+        overlay.path.unlink(missing_ok=True)  # left by a power-on that died before it could drop the name
+        create_overlay(overlay.path, disk)
+
+
+def _drop_discard_names(plan: LaunchPlan) -> None:
+    """Unlink the overlays: a running VMM has them open, so their data lives exactly as long as it does
+    (discarded at power-off, however the VMM ends); a VMM that did not start leaves nothing behind."""
+    for overlay, _ in plan.discard_overlays:
+        overlay.path.unlink(missing_ok=True)
 
 
 def _rotate(log: Path) -> None:

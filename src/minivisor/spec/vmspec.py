@@ -17,9 +17,10 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from ..errors import SpecError
+from ..errors import SpecError, StateError
 from ..text import clip, excerpt
 from .devices import NIC_MODELS, SCSI_MODELS
+from .fidelity import WARNED, KeyNote, Verdict, foreign_path
 from .vmx import VmxDocument
 
 __all__ = [
@@ -54,6 +55,7 @@ MAX_READY_LINE = 200  # characters of minivisor.readyLine (a line the guest prin
 CONNECTION_TYPES = {"bridged", "nat", "hostonly", "custom", "pvn", "none"}
 HARD_DISK_TYPES = {"disk", "scsi-harddisk", "ata-harddisk", "plaindisk"}
 CDROM_TYPES = {"cdrom-image", "cdrom-raw", "atapi-cdrom"}
+HOST_CDROM_TYPES = {"cdrom-raw", "atapi-cdrom"}  # the host's own drive, never passed through
 # Values VMware uses for "no backing": an empty drive.
 EMPTY_BACKINGS = {"", "auto detect", "emptybackingstring", "cd/dvd drive 0", "floppy 0"}
 
@@ -62,6 +64,14 @@ _DEVICE_KEY = re.compile(r"^(scsi|sata|nvme|ide)(\d+):(\d+)\.", re.IGNORECASE)
 _PRESENT_KEY = re.compile(r"^(scsi|sata|nvme|ide|ethernet|serial|floppy)(\d+)\.present$", re.IGNORECASE)
 _CPU_RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?\Z")
 _SHARES = re.compile(r"[0-9]{1,7}\Z")
+_PORT = re.compile(r"[0-9]{1,5}\Z")
+_HOST = re.compile(r"[A-Za-z0-9.\-]{0,253}\Z|\[[0-9A-Fa-f:]{2,39}\]\Z")
+
+
+def quoted(name: str) -> str:
+    """A file or host name from the specfile in a note: in quotes, its backslashes as written (a Windows
+    path stays readable), cut short; every output path escapes control characters."""
+    return f'"{clip(name, 60)}"'
 
 
 def parse_bool(value: str | None, default: bool = False) -> bool:
@@ -147,12 +157,15 @@ class Nic:
 
 @dataclass(frozen=True)
 class SerialPort:
-    """A ``serialN`` port backed by a file, a pipe (UNIX socket) or a host device."""
+    """A ``serialN`` port: to a file, a UNIX socket (``pipe``), a TCP listener on loopback (``network``), or
+    to nothing (``disconnected``: the guest still sees the port)."""
 
     index: int
-    file_type: str
-    file_name: str | None
+    file_type: Literal["file", "pipe", "network", "disconnected"]
+    file_name: str | None  # a pipe without one is a socket in the VM's runtime folder
     pipe_server: bool = True
+    tcp_port: int | None = None  # network: the port it listens on (127.0.0.1 only)
+    telnet: bool = False
 
 
 @dataclass(frozen=True)
@@ -209,6 +222,7 @@ class VmSpec:
     sched: Sched = Sched()
     unused_keys: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default=())
+    notes: tuple[KeyNote, ...] = ()  # what became of each device or key that is not simply virtualized
 
     @property
     def sockets(self) -> int:
@@ -243,6 +257,7 @@ class _SpecReader:
         self.used: set[str] = set()
         self.used_prefixes: set[str] = set()
         self.warnings: list[str] = []
+        self.notes: dict[str, KeyNote] = {}
 
     # -- key access ----------------------------------------------------
     def get(self, key: str, default: str | None = None) -> str | None:
@@ -258,6 +273,10 @@ class _SpecReader:
     def is_used(self, key: str) -> bool:
         lower = key.lower()
         return lower in self.used or lower.partition(".")[0] + "." in self.used_prefixes
+
+    def note(self, subject: str, verdict: Verdict, reason: str) -> None:
+        """Say what became of a device (all its keys) or of one key, and why."""
+        self.notes[subject.lower()] = KeyNote(subject, verdict, reason)
 
     def fail(self, key: str, problem: str, hint: str) -> SpecError:
         line = self.doc.line_of(key)
@@ -280,6 +299,7 @@ class _SpecReader:
 
     # -- the whole spec ------------------------------------------------
     def read(self) -> VmSpec:
+        self.refuse_unrunnable()
         self.check_device_counts()
         memory = self.integer("memSize", 32, low=MEMORY_MIB[0], high=MEMORY_MIB[1], unit=" MiB")
         cpus = self.integer("numvcpus", 1, low=VCPUS[0], high=VCPUS[1])
@@ -310,7 +330,26 @@ class _SpecReader:
         )
         self.mark_ignored()
         unused = tuple(k for k, _ in self.doc.items() if not self.is_used(k))
-        return replace(spec, unused_keys=unused, warnings=tuple(self.warnings))
+        notes = tuple(self.notes.values())
+        warnings = tuple(n.warning for n in notes if n.verdict in WARNED) + tuple(self.warnings)
+        return replace(spec, unused_keys=unused, warnings=warnings, notes=notes)
+
+    def refuse_unrunnable(self) -> None:
+        """Refuse what VMware itself would not power on as it is: encrypted, template and suspended VMs."""
+        for key in ("encryption.keySafe", "encryption.data"):
+            if self.get(key) is not None:
+                raise self.fail(key, f"the VM is encrypted ({key}): its hardware cannot be read without the key",
+                                "remove the encryption in VMware (VM settings, Access Control), then use the VM here")
+        if parse_bool(self.get("templateVM")):
+            raise self.fail("templateVM", "the VM is a template (templateVM = TRUE), which is never powered on",
+                            "clone a VM from it in VMware, or set templateVM = \"FALSE\" in a copy")
+        state = (self.get("checkpoint.vmState") or "").strip()
+        if state:
+            line = self.doc.line_of("checkpoint.vmState")
+            raise StateError(f"{self.doc.source}:{line}: the VM is suspended (checkpoint.vmState = {excerpt(state)}): "
+                             "booting its disks would lose what the suspended guest has not written yet",
+                             hint="resume it in VMware and shut it down, or discard the suspended state: "
+                                  "checkpoint.vmState = \"\"")
 
     def check_device_counts(self) -> None:
         """Refuse a device numbered past what a VM can have, instead of leaving it out unsaid."""
@@ -371,7 +410,8 @@ class _SpecReader:
         """Keys that are bookkeeping, not hardware: understood, nothing to build."""
         for key in (".encoding", "config.version", "virtualHW.version", "guestOSAltName",
                     "annotation", "uuid.location", "uuid.action", "extendedConfigFile"):
-            self.get(key)
+            if self.get(key) is not None:
+                self.note(key, "ignored", "bookkeeping: nothing to build")
 
     def firmware(self) -> Literal["bios", "efi"]:
         value = (self.get("firmware") or "bios").strip().lower()
@@ -394,6 +434,7 @@ class _SpecReader:
             bus, index, unit = key
             if f"{bus}{index}" not in present:
                 self.use_prefix(f"{bus}{index}:{unit}.")
+                self.note(f"{bus}{index}:{unit}", "ignored", f"its controller {bus}{index} is not present")
                 continue
             disk = self.disk(bus, index, unit)
             if disk:
@@ -418,6 +459,7 @@ class _SpecReader:
         # IDE controllers are built in: they exist without a .present key.
         if not parse_bool(self.get(f"{name}.present"), default=(bus == "ide")):
             self.use_prefix(f"{name}.")
+            self.absent(name)
             return None
         if bus != "scsi":
             self.get(f"{name}.virtualDev")
@@ -427,9 +469,8 @@ class _SpecReader:
         if model not in SCSI_MODELS:
             raise self.fail(key, f"{key} = {excerpt(model)} is not a SCSI controller minivisor knows",
                             f"use one of {', '.join(sorted(SCSI_MODELS))}")
-        if model == "buslogic":
-            self.warnings.append(f"{name}: QEMU has no BusLogic controller; "
-                                 "an LSI 53C895A is used instead (guests need the sym53c8xx driver)")
+        if SCSI_MODELS[model].approximated:
+            self.note(name, "approximated", SCSI_MODELS[model].stands_in)
         self.use_prefix(f"{name}.")
         return DiskController(bus, index, model)
 
@@ -447,14 +488,43 @@ class _SpecReader:
         mode = (self.get(f"{node}.mode") or "persistent").strip().lower()
         self.use_prefix(f"{node}.")
         if not present:
+            self.absent(node)
             return None
         kind = self.device_kind(node, device_type, file_name)
-        if file_name is not None and file_name.strip().lower() in EMPTY_BACKINGS:
-            file_name = None
-        if kind == "disk" and not file_name:
+        if kind == "cdrom":
+            host_drive = (device_type or "").strip().lower() in HOST_CDROM_TYPES
+            return Disk(bus, index, unit, kind, self.medium(node, file_name, host_drive=host_drive), read_only=True)
+        if not file_name or file_name.strip().lower() in EMPTY_BACKINGS:
             raise self.fail(f"{node}.fileName", f"hard disk {node} has no fileName",
                             f'name its disk file, e.g. {node}.fileName = "disk.vmdk"')
-        return Disk(bus, index, unit, kind, file_name, read_only=(kind == "cdrom"), mode=mode)
+        if mode == "independent-nonpersistent":
+            self.note(node, "virtualized", "independent-nonpersistent: what the guest writes is discarded at "
+                                           "power-off")
+        return Disk(bus, index, unit, kind, file_name, mode=mode)
+
+    def medium(self, device: str, file_name: str | None, *, host_drive: bool) -> str | None:
+        """The image a CD-ROM or floppy drive starts with; None: empty (disconnected, with a note saying why)."""
+        name = (file_name or "").strip()
+        if not parse_bool(self.get(f"{device}.startConnected"), default=True):
+            return self.disconnect(device, "startConnected is FALSE")
+        if parse_bool(self.get(f"{device}.clientDevice")):
+            return self.disconnect(device, "it is the drive of a remote console (clientDevice)")
+        if host_drive:
+            return self.disconnect(device, f"it is the host's drive {quoted(name or 'auto detect')}, which "
+                                           "minivisor never passes through")
+        if name.lower() in EMPTY_BACKINGS:
+            return None
+        if (where := foreign_path(name)) is not None:
+            return self.disconnect(device, f"its image {quoted(name)} is {where}, not a file on this host")
+        return name
+
+    def disconnect(self, device: str, why: str) -> None:
+        self.note(device, "disconnected", f"{why}; the drive starts empty")
+
+    def absent(self, device: str) -> None:
+        """A device switched off: its keys, if it has any, are leftovers."""
+        if self.doc.keys_with_prefix(f"{device}."):
+            self.note(device, "ignored", "present is FALSE: the VM has no such device")
 
     def device_kind(self, node: str, device_type: str | None, file_name: str | None) -> Literal["disk", "cdrom"]:
         if device_type is None or device_type.strip() == "":
@@ -464,10 +534,6 @@ class _SpecReader:
         if value in HARD_DISK_TYPES:
             return "disk"
         if value in CDROM_TYPES:
-            if value != "cdrom-image" and (file_name or "").strip().lower() not in EMPTY_BACKINGS:
-                raise self.fail(f"{node}.deviceType",
-                                f"{node} passes the host CD drive {excerpt(file_name)} through",
-                                f'use an ISO image: {node}.deviceType = "cdrom-image"')
             return "cdrom"
         raise self.fail(f"{node}.deviceType",
                         f"{node}.deviceType = {excerpt(device_type)} is not a device type minivisor knows",
@@ -534,18 +600,65 @@ class _SpecReader:
         for index in range(DEVICE_COUNT["serial"]):
             prefix = f"serial{index}"
             present = parse_bool(self.get(f"{prefix}.present"))
-            file_type = (self.get(f"{prefix}.fileType") or "").strip().lower()
-            file_name = self.get(f"{prefix}.fileName") or None
-            end_point = (self.get(f"{prefix}.pipe.endPoint") or "server").strip().lower()
+            port = self.serial_port(index) if present else None
             self.use_prefix(f"{prefix}.")
-            if not present:
-                continue
-            if file_type not in {"file", "pipe"}:
-                raise self.fail(f"{prefix}.fileType",
-                                f"{prefix}.fileType = {excerpt(file_type)} cannot be virtualized here",
-                                f'use {prefix}.fileType = "file" or "pipe", or set {prefix}.present = "FALSE"')
-            ports.append(SerialPort(index, file_type, file_name, end_point != "client"))
+            if port:
+                ports.append(port)
+            else:
+                self.absent(prefix)
         return tuple(ports)
+
+    def serial_port(self, index: int) -> SerialPort:
+        """What a present port is connected to; anything minivisor cannot connect leaves it disconnected."""
+        prefix = f"serial{index}"
+        file_type = (self.get(f"{prefix}.fileType") or "").strip().lower()
+        file_name = (self.get(f"{prefix}.fileName") or "").strip() or None
+        if not parse_bool(self.get(f"{prefix}.startConnected"), default=True):
+            return self.serial_unplugged(index, "startConnected is FALSE")
+        if file_type == "file":
+            return (SerialPort(index, "file", file_name) if file_name
+                    else self.serial_unplugged(index, "it names no fileName to write to"))
+        if file_type == "pipe":
+            return self.pipe(index, file_name)
+        if file_type == "network":
+            return self.network_port(index, file_name or "")
+        why = {"thinprint": "ThinPrint (VMware's printer channel) has no counterpart in QEMU",
+               "device": f"it is the host's serial port {quoted(file_name or '')}, which minivisor never passes "
+                         "through"}.get(file_type, f"fileType {quoted(file_type)} is none minivisor knows")
+        return self.serial_unplugged(index, why)
+
+    def serial_unplugged(self, index: int, why: str) -> SerialPort:
+        self.note(f"serial{index}", "disconnected", f"{why}; the port is there, connected to nothing")
+        return SerialPort(index, "disconnected", None)
+
+    def pipe(self, index: int, file_name: str | None) -> SerialPort:
+        """A named pipe is a UNIX socket: the one named in the VM folder, else one in its runtime folder."""
+        prefix = f"serial{index}"
+        server = (self.get(f"{prefix}.pipe.endPoint") or "server").strip().lower() != "client"
+        self.get(f"{prefix}.tryNoRxLoss")
+        if file_name and not file_name.startswith("/") and foreign_path(file_name) is None:
+            return SerialPort(index, "pipe", file_name, server)
+        self.note(prefix, "approximated", f"the pipe {quoted(file_name or '(none)')} is no file name in the VM "
+                                          f"folder: the port is the UNIX socket {prefix}.sock in the VM's runtime "
+                                          "folder (vm explain shows it)")
+        return SerialPort(index, "pipe", None, True)
+
+    def network_port(self, index: int, uri: str) -> SerialPort:
+        """``telnet://:2222``, ``tcp://host:2222``: a TCP listener on 127.0.0.1 only; never a connection out."""
+        prefix = f"serial{index}"
+        scheme, _, rest = uri.rpartition("://")
+        host, _, port = rest.rpartition(":")
+        if scheme.lower() not in ("", "tcp", "telnet") or not _PORT.match(port) or not 0 < int(port) < 65536 \
+                or not _HOST.match(host):
+            return self.serial_unplugged(index, f"{quoted(uri) if uri else 'an empty fileName'} is not a network "
+                                                "address minivisor can listen on (telnet://:PORT)")
+        if (self.get(f"{prefix}.network.endPoint") or "server").strip().lower() == "client":
+            return self.serial_unplugged(index, f"it would connect out to {quoted(rest)}, which minivisor never "
+                                                "lets a specfile do")
+        if host.strip("[]") not in ("127.0.0.1", "localhost", "::1"):
+            self.note(prefix, "approximated", f"it listens on 127.0.0.1:{port} only, not on "
+                                              f"{quoted(host) if host else 'every address'}")
+        return SerialPort(index, "network", None, tcp_port=int(port), telnet=scheme.lower() == "telnet")
 
     def floppies(self) -> tuple[Floppy, ...]:
         drives = []
@@ -557,13 +670,9 @@ class _SpecReader:
             file_name = self.get(f"{prefix}.fileName") or None
             self.use_prefix(f"{prefix}.")
             if not present:
+                self.absent(prefix)
                 continue
-            if file_type != "file" and (file_name or "").lower() not in EMPTY_BACKINGS:
-                raise self.fail(f"{prefix}.fileType", f"{prefix} passes a host floppy drive through",
-                                f'use an image file: {prefix}.fileType = "file"')
-            if file_name and file_name.strip().lower() in EMPTY_BACKINGS:
-                file_name = None
-            drives.append(Floppy(index, file_name))
+            drives.append(Floppy(index, self.medium(prefix, file_name, host_drive=file_type != "file")))
         return tuple(drives)
 
     def display(self) -> Display:

@@ -22,7 +22,7 @@ from typing import Literal
 
 from ..datastore.layout import VmPaths
 from ..spec.devices import NIC_MODELS, SCSI_MODELS
-from ..spec.vmspec import Disk, DiskController, Nic, VmSpec
+from ..spec.vmspec import Disk, DiskController, Nic, SerialPort, VmSpec
 from ..images.layers import ImageLayer
 from ..units import human_size
 
@@ -165,9 +165,11 @@ def _disk(disk: Disk, controller: DiskController, env: LaunchEnv, *, boot_disk: 
         chain = env.disk_chains[disk.node]
         args += _blockdev_chain(disk, chain)
         drive = f"fmt-{_node_id(disk)}"
-        size = chain[0].virtual_size
-        what = f"hard disk, {chain[0].path.name} ({chain[0].format}, {human_size(size)}"
-        what += f", {len(chain) - 1} backing layer(s))" if len(chain) > 1 else ")"
+        shown = chain[1:] if disk.mode == "independent-nonpersistent" else chain  # the overlay is not the disk
+        what = f"hard disk, {shown[0].path.name} ({shown[0].format}, {human_size(shown[0].virtual_size)}"
+        what += f", {len(shown) - 1} backing layer(s))" if len(shown) > 1 else ")"
+        if shown is not chain:
+            what += ", independent-nonpersistent (writes discarded at power-off)"
     elif disk.node in env.files:
         path = env.files[disk.node]
         args += _blockdev(f"file-{_node_id(disk)}", f"fmt-{_node_id(disk)}", path, "raw", read_only=True)
@@ -271,17 +273,29 @@ def _serial_ports(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
             ("-chardev", f"socket,{chardev}",
              "-device", _json(driver="isa-serial", chardev="console", index=env.console_index))))
     for port in spec.serial_ports:
-        path = env.files[f"serial{port.index}"]
         chardev_id = f"serial{port.index}"
-        if port.file_type == "file":
-            chardev = f"file,{qemu_opts(('id', chardev_id), ('path', path))}"
-            what = f"16550A serial port to file {path.name}"
-        else:
-            chardev = f"socket,{qemu_opts(('id', chardev_id), ('path', path), ('server', 'on' if port.pipe_server else 'off'), ('wait', 'off'))}"
-            what = f"16550A serial port on UNIX socket {path.name}"
-        devices.append(VirtualDevice(chardev_id, what, (
+        chardev, what = _serial_backend(port, chardev_id, env)
+        devices.append(VirtualDevice(chardev_id, f"16550A serial port {what}", (
             "-chardev", chardev, "-device", _json(driver="isa-serial", chardev=chardev_id, index=port.index))))
     return devices
+
+
+def _serial_backend(port: SerialPort, chardev_id: str, env: LaunchEnv) -> tuple[str, str]:
+    """The ``-chardev`` of a serial port and what it is connected to. Only paths the datastore resolved or
+    minivisor chose, and numbers, reach the option (escaped): never text from the specfile."""
+    if port.file_type == "file":
+        path = env.files[chardev_id]
+        return f"file,{qemu_opts(('id', chardev_id), ('path', path))}", f"to file {path.name}"
+    if port.file_type == "pipe":
+        path = env.files.get(chardev_id) or env.paths.runtime_dir / f"{chardev_id}.sock"
+        server = "on" if port.pipe_server else "off"
+        opts = qemu_opts(("id", chardev_id), ("path", path), ("server", server), ("wait", "off"))
+        return f"socket,{opts}", f"on UNIX socket {path}"
+    if port.file_type == "network":
+        opts = qemu_opts(("id", chardev_id), ("host", "127.0.0.1"), ("port", int(port.tcp_port or 0)),
+                         ("server", "on"), ("wait", "off"), ("telnet", "on" if port.telnet else "off"))
+        return f"socket,{opts}", f"on TCP 127.0.0.1:{port.tcp_port}{' (telnet)' if port.telnet else ''}"
+    return f"null,{qemu_opts(('id', chardev_id))}", "connected to nothing"
 
 
 def _floppy(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:

@@ -23,13 +23,20 @@ from ..errors import SpecError
 from ..host import facts
 from ..host.accel import choose_accel
 from ..host.placement import check_affinity, notes
+from ..spec.fidelity import WARNED, KeyNote
 from ..spec.identity import generated_mac
 from ..spec.vmsd import SnapshotTree, vmsd_path
 from ..spec.vmspec import Nic, VmSpec
+from ..spec.vmx import VmxDocument
 from ..images.layers import ImageLayer, layer_files
 from .argv import LaunchEnv, NetBackend, build_qemu_argv
 
-__all__ = ["LaunchPlan", "make_plan", "Resources", "check_host_fit", "resolve_resources", "resolve_files"]
+__all__ = ["LaunchPlan", "make_plan", "Resources", "check_host_fit", "resolve_resources", "resolve_files",
+           "DISCARD_PREFIX", "check_specfile"]
+
+# The overlay that takes an independent-nonpersistent disk's writes during one power-on: its name starts like
+# the datastore's own metadata, so no specfile may name it (datastore.store.is_vm_metadata).
+DISCARD_PREFIX = ".minivisor-discard-"
 
 @dataclass(frozen=True)
 class LaunchPlan:
@@ -38,6 +45,7 @@ class LaunchPlan:
     spec: VmSpec
     env: LaunchEnv
     warnings: tuple[str, ...]
+    notes: tuple[KeyNote, ...] = ()  # the spec's and the host's: what became of each device not simply virtualized
 
     @property
     def argv(self) -> list[str]:
@@ -48,11 +56,17 @@ class LaunchPlan:
         """NICs whose link starts disconnected (no network behind them)."""
         return [nic.name for nic in self.spec.nics if self.env.networks[nic.index] == "unconnected"]
 
+    @property
+    def discard_overlays(self) -> list[tuple[ImageLayer, ImageLayer]]:
+        """(overlay, the disk under it) of each independent-nonpersistent disk: made before the VMM starts."""
+        return [(chain[0], chain[1]) for chain in self.env.disk_chains.values()
+                if chain[0].path.name.startswith(DISCARD_PREFIX)]
+
 
 def make_plan(name: str, uuid: str, paths: VmPaths, scope: Scope, *, incoming: bool = False) -> LaunchPlan:
     """Read the specfile and check it against the host and the datastore; raises what is wrong."""
     spec = VmSpec.from_vmx(read_vmx(paths.vmx))
-    check_host_fit(spec, host_memory_mib=facts.host_memory_mib(), host_cpus=facts.host_cpus())
+    fit = check_host_fit(spec, host_memory_mib=facts.host_memory_mib(), host_cpus=facts.host_cpus())
     check_affinity(spec.sched)
     resources = resolve_resources(spec, scope, paths.vmx, uuid)
     qemu = facts.find_qemu()
@@ -60,8 +74,24 @@ def make_plan(name: str, uuid: str, paths: VmPaths, scope: Scope, *, incoming: b
     env = LaunchEnv(name=name, uuid=uuid, qemu=qemu, accel=accel.accel, paths=paths,
                     disk_chains=resources.disk_chains, files=resources.files, macs=resources.macs,
                     networks=resources.networks, console_index=resources.console_index, incoming=incoming)
-    warnings = resources.warnings + ((accel.warning,) if accel.warning else ()) + notes(spec)
-    return LaunchPlan(spec, env, warnings)
+    found = fit + resources.notes
+    warnings = (resources.warnings + tuple(n.warning for n in found if n.verdict in WARNED)
+                + ((accel.warning,) if accel.warning else ()) + notes(spec))
+    return LaunchPlan(spec, env, warnings, spec.notes + found)
+
+
+def check_specfile(vmx: Path) -> tuple[VmxDocument, VmSpec, tuple[KeyNote, ...]]:
+    """What power-on would make of any specfile on this host, with nothing written and every host folder
+    allowed (register applies the datastore's path policy): the same reading, host checks and file
+    resolution as :func:`make_plan`. A hard disk whose file is missing is noted ``refused``."""
+    doc = read_vmx(vmx)
+    spec = VmSpec.from_vmx(doc)
+    fit = check_host_fit(spec, host_memory_mib=facts.host_memory_mib(), host_cpus=facts.host_cpus())
+    folder = os.path.realpath(vmx.parent)
+    chains, _, media = resolve_files(spec, Scope(folder, folder, allowed=("/",)), vmx, missing_ok=True)
+    missing = tuple(KeyNote(d.node, "refused", f"its disk {d.file_name} does not exist: power-on stops here")
+                    for d in spec.disks if d.kind == "disk" and d.node not in chains)
+    return doc, spec, spec.notes + fit + media + missing
 
 
 @dataclass(frozen=True)
@@ -74,10 +104,11 @@ class Resources:
     networks: dict[int, NetBackend]
     console_index: int | None
     warnings: tuple[str, ...]
+    notes: tuple[KeyNote, ...] = ()
 
 
-def check_host_fit(spec: VmSpec, *, host_memory_mib: int, host_cpus: int) -> None:
-    """Refuse hardware this host cannot give."""
+def check_host_fit(spec: VmSpec, *, host_memory_mib: int, host_cpus: int) -> tuple[KeyNote, ...]:
+    """Refuse hardware this host cannot give; returns what it gives only in part."""
     if spec.firmware == "efi":
         # Booting an EFI guest on SeaBIOS would fail later and less clearly.
         raise SpecError('firmware = "efi" is not supported yet: minivisor boots VMs with SeaBIOS',
@@ -85,15 +116,16 @@ def check_host_fit(spec: VmSpec, *, host_memory_mib: int, host_cpus: int) -> Non
     if spec.memory_mib > host_memory_mib:
         raise SpecError(f"memSize = {spec.memory_mib} MiB is more than this host's memory ({host_memory_mib} MiB)",
                         hint=f"lower memSize to at most {host_memory_mib}")
-    if spec.num_cpus > host_cpus:
-        raise SpecError(f"numvcpus = {spec.num_cpus} is more than this host's {host_cpus} CPU(s)",
-                        hint=f"lower numvcpus to at most {host_cpus}")
+    if spec.num_cpus > host_cpus:  # VMware powers it on too: the vCPUs take turns on the host's CPUs
+        return (KeyNote("numvcpus", "approximated", f"{spec.num_cpus} vCPUs share this host's {host_cpus} "
+                                                    "CPU(s), so each runs slower"),)
+    return ()
 
 
 def resolve_resources(spec: VmSpec, scope: Scope, vmx: Path, uuid: str) -> Resources:
     """Resolve every file, address and network the spec names."""
     warnings: list[str] = list(spec.warnings)
-    chains, files = resolve_files(spec, scope, vmx)
+    chains, files, media = resolve_files(spec, scope, vmx)
     macs = {nic.index: nic.mac or generated_mac(uuid, nic.index) for nic in spec.nics}
     _check_unique_macs(macs)
     networks = {nic.index: _network(nic, warnings) for nic in spec.nics}
@@ -101,42 +133,61 @@ def resolve_resources(spec: VmSpec, scope: Scope, vmx: Path, uuid: str) -> Resou
     console = 0 if 0 not in used_ports else None
     if console is None:
         warnings.append("serial0 is taken by the specfile, so minivisor's console (vm console, vm exec) is off")
-    return Resources(chains, files, macs, networks, console, tuple(warnings))
+    return Resources(_with_discard_overlays(spec, chains, vmx.parent), files, macs, networks, console,
+                     tuple(warnings), media)
 
 
 def resolve_files(spec: VmSpec, scope: Scope, vmx: Path, *, missing_ok: bool = False
-                  ) -> tuple[dict[str, tuple[ImageLayer, ...]], dict[str, Path]]:
+                  ) -> tuple[dict[str, tuple[ImageLayer, ...]], dict[str, Path], tuple[KeyNote, ...]]:
     """Every file the VMM would open, under the VM's path policy: disk chains by node, and the
-    CD-ROM, floppy and serial files. ``missing_ok`` (at register): an absent image is skipped."""
+    CD-ROM, floppy and serial files; and the drives left empty because their image is missing.
+    ``missing_ok`` (at register): an absent hard disk is skipped too."""
     vm_dir = vmx.parent
     chains: dict[str, tuple[ImageLayer, ...]] = {}
     files: dict[str, Path] = {}
+    missing: list[KeyNote] = []
 
-    def image(name: str, what: str) -> Path | None:
-        path = scope.path(vm_dir, name, what)
-        return None if missing_ok and not os.path.lexists(path) else scope.image(vm_dir, name, what)
+    def medium(device: str, name: str) -> None:
+        """A CD-ROM's or floppy's image; a missing one leaves the drive empty, as on VMware."""
+        path = scope.path(vm_dir, name, f"{device}.fileName")  # the path policy first: refused, never probed
+        if os.path.lexists(path):
+            files[device] = scope.image(vm_dir, name, f"{device}.fileName")
+        else:
+            missing.append(KeyNote(device, "disconnected", f"its image {path} does not exist; the drive starts "
+                                                           "empty"))
 
     for disk in spec.disks:
-        if disk.file_name is None or (path := image(disk.file_name, f"{disk.node}.fileName")) is None:
+        if disk.file_name is None:
             continue
         if disk.kind == "cdrom":
-            files[disk.node] = path
-        else:
-            chains[disk.node] = scope.chain(path)
+            medium(disk.node, disk.file_name)
+        elif not missing_ok or os.path.lexists(scope.path(vm_dir, disk.file_name, f"{disk.node}.fileName")):
+            chains[disk.node] = scope.disk_chain(vm_dir, disk.file_name, f"{disk.node}.fileName")
     for port in spec.serial_ports:
-        if not port.file_name:
-            raise SpecError(f"serial{port.index} has no fileName",
-                            hint=f'name a file in the VM folder, e.g. serial{port.index}.fileName = "serial{port.index}.log"')
-        files[f"serial{port.index}"] = scope.output(vm_dir, port.file_name, f"serial{port.index}.fileName",
-                                                    socket=port.file_type == "pipe")
+        if port.file_name:  # a pipe without one is a socket in the runtime folder; network and unplugged have none
+            files[f"serial{port.index}"] = scope.output(vm_dir, port.file_name, f"serial{port.index}.fileName",
+                                                        socket=port.file_type == "pipe")
     for drive in spec.floppies:
-        key = f"floppy{drive.index}"
-        if drive.file_name and (path := image(drive.file_name, f"{key}.fileName")) is not None:
-            files[key] = path
+        if drive.file_name:
+            medium(f"floppy{drive.index}", drive.file_name)
     if spec.nvram:
         scope.path(vm_dir, spec.nvram, "nvram")
     _check_devices_own_their_files(files, chains, _snapshot_files(vmx))
-    return chains, files
+    return chains, files, tuple(missing)
+
+
+def _with_discard_overlays(spec: VmSpec, chains: dict[str, tuple[ImageLayer, ...]], vm_dir: Path
+                           ) -> dict[str, tuple[ImageLayer, ...]]:
+    """Each independent-nonpersistent disk's chain under a new overlay, which takes its writes for one
+    power-on (power-on makes it, and removes its name once the VMM has it open: it goes with the VMM)."""
+    result = dict(chains)
+    for disk in spec.disks:
+        if disk.mode == "independent-nonpersistent" and disk.node in chains:
+            chain = chains[disk.node]
+            overlay = ImageLayer(vm_dir / f"{DISCARD_PREFIX}{disk.node.replace(':', '-')}.qcow2", "qcow2",
+                                 chain[0].virtual_size)
+            result[disk.node] = (overlay, *chain)
+    return result
 
 
 def _snapshot_files(vmx: Path) -> set[str]:
