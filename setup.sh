@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 job=${1:-demo}
-packages=(qemu-system-x86 qemu-utils syslinux syslinux-common mtools dosfstools python3-venv python3-pip iproute2)
+packages=(qemu-system-x86 qemu-utils ovmf syslinux syslinux-common mtools dosfstools python3-venv python3-pip iproute2)
 # The appliance's build compiles a few kernel drivers (Debian's kernel compiler, make, and libelf for objtool).
 packages+=(gcc-12 make libelf1)
 # The tests also reassemble the KVM probe (binutils) and click through the web page (chromium).

@@ -167,6 +167,7 @@ def test_import_empties_cd_and_floppy_names_that_leave_the_folder_and_copies_the
 
 def test_the_reserved_names_are_the_files_minivisor_writes_into_a_vm_folder(tmp_path):
     paths = VmPaths(tmp_path / "vm.vmx", tmp_path)
-    written = {paths.vmm_log.name, paths.serial_log.name, paths.bios_log.name, LOG_NAME, "runtime.json"}
+    written = {paths.vmm_log.name, paths.serial_log.name, paths.bios_log.name, LOG_NAME, "runtime.json",
+               paths.efi_vars.name}
     assert written == set(VM_FILES)
     assert os.path.basename(JOURNAL_NAME).startswith(".minivisor")

@@ -59,6 +59,8 @@ COMMANDS = {
     "vm resume": "Let a paused VM run again.",
     "vm console": "Attach this terminal to the VM's serial console (Ctrl-] detaches).",
     "vm exec": "Run a command in the guest through its serial shell; exits with its exit code.",
+    "vm reset-nvram": "Forget a powered-off EFI VM's UEFI variables; the next power-on starts from the firmware's "
+                      "defaults.",
     "vm autostart": "Power the VM on whenever the service starts (on), or not (off).",
     "vm events": "What happened to the VM: power-ons, power-offs with their reasons, crashes...",
     "vm disk": "A VM's hard disks: list them, show one (sizes, chain), or grow one.",

@@ -154,6 +154,12 @@ def vm_exec(name: str, command: list[str], timeout: float, as_json: bool) -> int
     return result.exit_code
 
 
+@command("vm reset-nvram", NAME)
+def vm_reset_nvram(name: str) -> None:
+    existed = hv().reset_nvram(name)
+    say(f"{name}: UEFI variables reset" if existed else f"{name}: no UEFI variables to reset")
+
+
 @command("vm autostart", NAME, arg("setting", choices=("on", "off"), metavar="on|off", help="on or off."),
          JSON)
 def vm_autostart(name: str, setting: str, as_json: bool) -> None:

@@ -313,6 +313,15 @@ class Hypervisor:
             ctx.vmm.set_paused(False)
             ctx.emit("resumed")
 
+    def reset_nvram(self, name: str) -> bool:
+        """Forget a powered-off EFI VM's UEFI variables (boot entries, Secure Boot keys): the next power-on
+        starts from OVMF's template. VMware's own ``.nvram`` file is left alone. False if there were none."""
+        with self._powered_off(name, Action.RESET_NVRAM) as ctx:
+            existed = os.path.lexists(ctx.paths.efi_vars)
+            ctx.paths.efi_vars.unlink(missing_ok=True)
+        ctx.emit("nvramReset", existed=existed)
+        return existed
+
     def recover_interrupted(self, name: str) -> bool:
         """Finish or undo a snapshot or clone that a killed process left half-done; False if there was none."""
         from ..storage.journal import Journal

@@ -16,7 +16,8 @@ from ..datastore.inventory import file_id, flocked_files
 from ..host import facts
 from ..host.admission import Commitment, admit
 from ..host.placement import place
-from ..images.qemu_img import create_overlay
+from ..images.layers import read_layer
+from ..images.qemu_img import convert_disk, create_overlay
 from ..spec.vmspec import VmSpec
 from ..vmm.plan import LaunchPlan
 from ..vmm.process import RuntimeRecord, VmLock
@@ -31,6 +32,7 @@ def power_on(ctx: VmContext, plan: LaunchPlan) -> tuple[RuntimeRecord, tuple[str
     ctx.paths.bios_log.unlink(missing_ok=True)
     claim = admit_memory(ctx, plan.spec)  # under the VM lock, which keeps the claim valid
     try:
+        _make_efi_vars(ctx, plan)
         _make_discard_overlays(plan)
         record = ctx.vmm.launch(plan.argv, plan.env.accel, plan.links_down, ready_text=plan.spec.ready_line,
                                 console=plan.env.console_index is not None)
@@ -95,6 +97,18 @@ def _commitments(ctx: VmContext, committed: Path) -> list[Commitment]:
         others.append(Commitment(entry.name, summary.get("memory_mib", 0), summary.get("mem_min_mib", 0),
                                  record.pid if record else None))
     return others
+
+
+def _make_efi_vars(ctx: VmContext, plan: LaunchPlan) -> None:
+    """An EFI VM's first power-on (and the first after ``vm reset-nvram``) gets its own copy of OVMF's
+    variable template, as qcow2: a raw one would stop QEMU from saving the VM's state."""
+    target = ctx.paths.efi_vars
+    if plan.env.uefi is None or os.path.lexists(target):
+        return
+    partial = target.with_name(target.name + ".part")  # a power-on killed while copying leaves no half store
+    partial.unlink(missing_ok=True)
+    convert_disk((read_layer(plan.env.uefi.vars_template, "raw"),), partial, "qcow2")
+    os.replace(partial, target)
 
 
 def _make_discard_overlays(plan: LaunchPlan) -> None:

@@ -9,6 +9,7 @@
     <datastore>/<vm>/serial.log        the console (capped; serial.log.1 the generation before)
     <datastore>/<vm>/bios.log          SeaBIOS's debug port
     <datastore>/<vm>/events.jsonl      what happened to the VM (capped; events.jsonl.1 before)
+    <datastore>/<vm>/efivars.qcow2     the UEFI variables of a firmware = "efi" VM
     <runtime>/<hash>/                  qmp.sock, events.sock, serial.sock, console.sock, status, ready
 """
 
@@ -21,15 +22,17 @@ from pathlib import Path
 
 from .. import dirs
 
-__all__ = ["VmPaths", "vm_paths", "VM_FILES", "VMM_LOG", "SERIAL_LOG", "BIOS_LOG", "EVENT_LOG", "RUNTIME_RECORD"]
+__all__ = ["VmPaths", "vm_paths", "VM_FILES", "VMM_LOG", "SERIAL_LOG", "BIOS_LOG", "EVENT_LOG", "RUNTIME_RECORD",
+           "EFI_VARS"]
 
 VMM_LOG = "vmm.log"
 SERIAL_LOG = "serial.log"
 BIOS_LOG = "bios.log"
 EVENT_LOG = "events.jsonl"
 RUNTIME_RECORD = "runtime.json"
+EFI_VARS = "efivars.qcow2"  # the VM's UEFI variable store (VMware's own .nvram is never touched)
 # What minivisor writes into a VM's folder for itself besides the specfile: no device may name one.
-VM_FILES = frozenset({VMM_LOG, SERIAL_LOG, BIOS_LOG, EVENT_LOG, RUNTIME_RECORD})
+VM_FILES = frozenset({VMM_LOG, SERIAL_LOG, BIOS_LOG, EVENT_LOG, RUNTIME_RECORD, EFI_VARS})
 
 
 @dataclass(frozen=True, init=False)
@@ -80,6 +83,11 @@ class VmPaths:
     @property
     def bios_log(self) -> Path:
         return self.vm_dir / BIOS_LOG
+
+    @property
+    def efi_vars(self) -> Path:
+        """The UEFI variable store (qcow2, so it can be snapshotted), made from OVMF's template at first power-on."""
+        return self.vm_dir / EFI_VARS
 
     @property
     def qmp_socket(self) -> Path:

@@ -220,6 +220,7 @@ class VmSpec:
     boot_order: tuple[str, ...]  # device nodes from bios.hddOrder, first boots first
     ready_line: str
     sched: Sched = Sched()
+    secure_boot: bool = False  # uefi.secureBoot.enabled (with firmware = "efi")
     unused_keys: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default=())
     notes: tuple[KeyNote, ...] = ()  # what became of each device or key that is not simply virtualized
@@ -327,6 +328,7 @@ class _SpecReader:
             boot_order=self.boot_order(),
             ready_line=self.ready_line(),
             sched=self.sched(cpus, memory),
+            secure_boot=self.secure_boot(),
         )
         self.mark_ignored()
         unused = tuple(k for k, _ in self.doc.items() if not self.is_used(k))
@@ -412,6 +414,14 @@ class _SpecReader:
                     "annotation", "uuid.location", "uuid.action", "extendedConfigFile"):
             if self.get(key) is not None:
                 self.note(key, "ignored", "bookkeeping: nothing to build")
+
+    def secure_boot(self) -> bool:
+        key = "uefi.secureBoot.enabled"
+        enabled = parse_bool(self.get(key))
+        if enabled and (self.get("firmware") or "bios").strip().lower() != "efi":
+            self.note(key, "ignored", 'Secure Boot is a UEFI feature and firmware is not "efi"')
+            return False
+        return enabled
 
     def firmware(self) -> Literal["bios", "efi"]:
         value = (self.get("firmware") or "bios").strip().lower()

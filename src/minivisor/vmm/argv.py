@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..datastore.layout import VmPaths
+from ..host.facts import Ovmf
 from ..spec.devices import NIC_MODELS, SCSI_MODELS
 from ..spec.vmspec import Disk, DiskController, Nic, SerialPort, VmSpec
 from ..images.layers import ImageLayer
@@ -52,6 +53,12 @@ class LaunchEnv:
     networks: Mapping[int, NetBackend] = field(default_factory=dict)  # NIC index -> backend
     console_index: int | None = 0  # COM port of the minivisor console; None if the spec uses it
     incoming: bool = False  # the VMM waits for a saved state (a memory snapshot's) instead of booting
+    uefi: Ovmf | None = None  # firmware = "efi": OVMF, its variables in paths.efi_vars; None: SeaBIOS
+
+    @property
+    def q35(self) -> bool:
+        """Secure Boot needs SMM, which QEMU gives the Q35 chipset only; every other VM is an i440FX PC."""
+        return self.uefi is not None and self.uefi.secure_boot
 
 
 @dataclass(frozen=True)
@@ -101,14 +108,16 @@ def virtual_hardware(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
 
 def _machine(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
     cpu = "host" if env.accel == "kvm" else "qemu64"
+    chipset = (("type", "q35"), ("smm", "on")) if env.q35 else (("type", "pc"),)
     args = ("-name", qemu_opts(("guest", env.name), ("debug-threads", "on")),
             "-uuid", env.uuid,
-            "-machine", qemu_opts(("type", "pc"), ("usb", "off"), ("vmport", "off")),
+            "-machine", qemu_opts(*chipset, ("usb", "off"), ("vmport", "off")),
             "-accel", env.accel, "-cpu", cpu,
             "-nodefaults", "-no-user-config", "-display", "none",
             "-sandbox", SANDBOX, "-msg", "timestamp=on", "-trace", SHUTDOWN_TRACE, "-S")
     accel = "KVM hardware virtualization" if env.accel == "kvm" else "TCG software emulation"
-    return VirtualDevice("machine", f"PC (i440FX + PIIX3) with SeaBIOS, {accel}", args)
+    board = "PC (Q35 + ICH9, SMM)" if env.q35 else "PC (i440FX + PIIX3)"
+    return VirtualDevice("machine", f"{board}, {accel}", args)
 
 
 def _processors(spec: VmSpec) -> VirtualDevice:
@@ -123,11 +132,21 @@ def _memory(spec: VmSpec) -> VirtualDevice:
 
 
 def _firmware(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
-    # SeaBIOS writes its progress to the debug port 0x402: kept as the VM's bios.log.
+    # SeaBIOS (and OVMF's debug builds) write their progress to the debug port 0x402: kept as the VM's bios.log.
     chardev = qemu_opts(("id", "bioslog"), ("path", env.paths.bios_log))
-    return VirtualDevice("firmware", "SeaBIOS (BIOS), log in bios.log",
-                         ("-chardev", f"file,{chardev}",
-                          "-device", _json(driver="isa-debugcon", iobase=0x402, chardev="bioslog")))
+    log = ("-chardev", f"file,{chardev}", "-device", _json(driver="isa-debugcon", iobase=0x402, chardev="bioslog"))
+    if env.uefi is None:
+        return VirtualDevice("firmware", "SeaBIOS (BIOS), log in bios.log", log)
+    # Flash 0 is OVMF's code, read-only; flash 1 the VM's own variables, qcow2 so that they can be snapshotted.
+    args = [*_blockdev("file-uefi-code", "uefi-code", env.uefi.code, "raw", read_only=True),
+            *_blockdev("file-uefi-vars", "uefi-vars", env.paths.efi_vars, "qcow2", read_only=False),
+            "-machine", qemu_opts(("pflash0", "uefi-code"), ("pflash1", "uefi-vars"))]
+    what = f"UEFI (OVMF), variables in {env.paths.efi_vars.name}"
+    if env.uefi.secure_boot:
+        # Only code running in SMM may write the variable store: the guest cannot turn Secure Boot off.
+        args += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+        what += ", Secure Boot on (Microsoft's keys enrolled)"
+    return VirtualDevice("firmware", what, (*args, *log))
 
 
 # -- storage ------------------------------------------------------------------
@@ -177,8 +196,9 @@ def _disk(disk: Disk, controller: DiskController, env: LaunchEnv, *, boot_disk: 
         what = f"CD-ROM, {path.name}"
     else:
         what = "CD-ROM, empty"
-    device: dict[str, object] = {"driver": _disk_driver(disk), "id": device_id(disk.node),
-                                 "drive": drive, **_disk_address(disk, controller, env.uuid)}
+    address = _ide_on_q35(disk) if disk.bus == "ide" and env.q35 else _disk_address(disk, controller, env.uuid)
+    device: dict[str, object] = {"driver": _disk_driver(disk), "id": device_id(disk.node), "drive": drive,
+                                 **address}
     if disk.kind == "disk" and disk.bus != "nvme":
         # A write that finds the datastore full pauses the VM (QEMU's io-error state) until space is freed
         # and it is resumed, instead of failing in the guest (a file system gone read-only or corrupt).
@@ -235,6 +255,11 @@ def _disk_address(disk: Disk, controller: DiskController, vm_uuid: str) -> dict[
     if disk.bus == "nvme":
         return {"bus": controller.name, "nsid": disk.unit + 1}
     return {"bus": f"ide.{disk.controller_index}", "unit": disk.unit}
+
+
+def _ide_on_q35(disk: Disk) -> dict[str, object]:
+    """Q35 has no PIIX IDE: ide0:0 ... ide1:1 sit on the ICH9 AHCI's first four ports, in that order."""
+    return {"bus": f"ide.{disk.controller_index * 2 + disk.unit}"}
 
 
 def _wwn(vm_uuid: str, node: str) -> int:
@@ -299,16 +324,18 @@ def _serial_backend(port: SerialPort, chardev_id: str, env: LaunchEnv) -> tuple[
 
 
 def _floppy(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
-    args: list[str] = []
+    # Q35 has no floppy controller of its own: an ISA one is added, as on VMware's chipset.
+    args: list[str] = ["-device", _json(driver="isa-fdc", id="fdc")] if env.q35 else []
+    bus = "fdc.0" if env.q35 else None
     names = []
     for drive in spec.floppies:
         key = f"floppy{drive.index}"
         if key in env.files:
             args += _blockdev(f"file-{key}", f"fmt-{key}", env.files[key], "raw", read_only=False)
-            args += ["-device", _json(driver="floppy", unit=drive.index, drive=f"fmt-{key}")]
+            args += ["-device", _json(driver="floppy", unit=drive.index, drive=f"fmt-{key}", bus=bus)]
             names.append(env.files[key].name)
         else:
-            args += ["-device", _json(driver="floppy", unit=drive.index)]
+            args += ["-device", _json(driver="floppy", unit=drive.index, bus=bus)]
             names.append("empty")
     return VirtualDevice("floppy", f"floppy drive(s): {', '.join(names)}", tuple(args))
 

@@ -12,6 +12,7 @@ Every problem is a user-facing error naming what is wrong and how to fix it.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +20,9 @@ from .. import dirs
 from ..datastore.inventory import read_vmx
 from ..datastore.layout import VmPaths
 from ..datastore.store import Scope
-from ..errors import SpecError
+from ..errors import PathError, SpecError
 from ..host import facts
+from ..host.facts import Ovmf
 from ..host.accel import choose_accel
 from ..host.placement import check_affinity, notes
 from ..spec.fidelity import WARNED, KeyNote
@@ -66,12 +68,13 @@ class LaunchPlan:
 def make_plan(name: str, uuid: str, paths: VmPaths, scope: Scope, *, incoming: bool = False) -> LaunchPlan:
     """Read the specfile and check it against the host and the datastore; raises what is wrong."""
     spec = VmSpec.from_vmx(read_vmx(paths.vmx))
-    fit = check_host_fit(spec, host_memory_mib=facts.host_memory_mib(), host_cpus=facts.host_cpus())
+    fit = _host_notes(spec)
     check_affinity(spec.sched)
     resources = resolve_resources(spec, scope, paths.vmx, uuid)
     qemu = facts.find_qemu()
+    uefi = _uefi(spec, paths, name)
     accel = choose_accel(dirs.cache_dir(), qemu)
-    env = LaunchEnv(name=name, uuid=uuid, qemu=qemu, accel=accel.accel, paths=paths,
+    env = LaunchEnv(name=name, uuid=uuid, qemu=qemu, accel=accel.accel, paths=paths, uefi=uefi,
                     disk_chains=resources.disk_chains, files=resources.files, macs=resources.macs,
                     networks=resources.networks, console_index=resources.console_index, incoming=incoming)
     found = fit + resources.notes
@@ -86,12 +89,43 @@ def check_specfile(vmx: Path) -> tuple[VmxDocument, VmSpec, tuple[KeyNote, ...]]
     resolution as :func:`make_plan`. A hard disk whose file is missing is noted ``refused``."""
     doc = read_vmx(vmx)
     spec = VmSpec.from_vmx(doc)
-    fit = check_host_fit(spec, host_memory_mib=facts.host_memory_mib(), host_cpus=facts.host_cpus())
+    fit = _host_notes(spec)
     folder = os.path.realpath(vmx.parent)
     chains, _, media = resolve_files(spec, Scope(folder, folder, allowed=("/",)), vmx, missing_ok=True)
     missing = tuple(KeyNote(d.node, "refused", f"its disk {d.file_name} does not exist: power-on stops here")
                     for d in spec.disks if d.kind == "disk" and d.node not in chains)
     return doc, spec, spec.notes + fit + media + missing
+
+
+def _host_notes(spec: VmSpec) -> tuple[KeyNote, ...]:
+    """What this host gives the spec only in part (raises what it cannot give at all)."""
+    fit = check_host_fit(spec, host_memory_mib=facts.host_memory_mib(), host_cpus=facts.host_cpus())
+    return fit + _uefi_boot_notes(spec)
+
+
+def _uefi_boot_notes(spec: VmSpec) -> tuple[KeyNote, ...]:
+    """OVMF boots from SATA, NVMe, IDE and virtio, but has no driver for the SCSI controllers VMware offers."""
+    boot = spec.boot_disk
+    if spec.firmware != "efi" or boot is None or boot.bus != "scsi":
+        return ()
+    return (KeyNote(boot.controller, "approximated", f"the UEFI firmware (OVMF) has no driver for this SCSI "
+                                                     f"controller, so it cannot boot from {boot.node} (a running OS "
+                                                     "uses its own driver); put the boot disk on SATA or NVMe"),)
+
+
+def _uefi(spec: VmSpec, paths: VmPaths, name: str) -> Ovmf | None:
+    """The firmware of an EFI VM; its variable store, if there is one yet, must be a file of its own."""
+    if spec.firmware != "efi":
+        return None
+    ovmf = facts.find_ovmf(spec.secure_boot)
+    try:
+        info = os.lstat(paths.efi_vars)
+    except FileNotFoundError:
+        return ovmf  # power-on makes it from the template
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        raise PathError(f"the UEFI variable store {paths.efi_vars} is not a plain file of this VM's own",
+                        hint=f"reset it (a new one is made at the next power-on): minivisor vm reset-nvram {name}")
+    return ovmf
 
 
 @dataclass(frozen=True)
@@ -109,10 +143,6 @@ class Resources:
 
 def check_host_fit(spec: VmSpec, *, host_memory_mib: int, host_cpus: int) -> tuple[KeyNote, ...]:
     """Refuse hardware this host cannot give; returns what it gives only in part."""
-    if spec.firmware == "efi":
-        # Booting an EFI guest on SeaBIOS would fail later and less clearly.
-        raise SpecError('firmware = "efi" is not supported yet: minivisor boots VMs with SeaBIOS',
-                        hint='set firmware = "bios" if the guest can boot from BIOS')
     if spec.memory_mib > host_memory_mib:
         raise SpecError(f"memSize = {spec.memory_mib} MiB is more than this host's memory ({host_memory_mib} MiB)",
                         hint=f"lower memSize to at most {host_memory_mib}")
