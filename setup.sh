@@ -7,6 +7,8 @@ cd "$(dirname "$0")"
 
 job=${1:-demo}
 packages=(qemu-system-x86 qemu-utils ovmf syslinux syslinux-common mtools dosfstools python3-venv python3-pip iproute2)
+# Virtual networks: dnsmasq (DHCP per network) and nft (minivisor's one table).
+packages+=(dnsmasq-base nftables)
 # The appliance's build compiles a few kernel drivers (Debian's kernel compiler, make, and libelf for objtool).
 packages+=(gcc-12 make libelf1)
 # The tests also reassemble the KVM probe (binutils) and click through the web page (chromium).

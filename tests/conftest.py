@@ -12,6 +12,10 @@ from vmm_guard import end_qemus_under, power_off_all
 from minivisor import dirs
 from minivisor_appliance.build import build_appliance
 
+# Tests build no networks on the host: NAT is QEMU's user-mode networking, other NICs have their links down.
+# Network tests (tests/net) run minivisor inside network namespaces they create, with this set otherwise there.
+os.environ["MINIVISOR_NETWORKING"] = "user"
+
 # Property tests prove what they prove by their examples, not by their speed: on a loaded
 # 2-core machine a slow example must be neither a failure (deadline) nor a reason to give up
 # (too_slow health checks). max_examples stays as each test sets it.

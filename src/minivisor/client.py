@@ -245,6 +245,10 @@ def _decode(kind: str, data: Any) -> Any:
         from .host.info import HostInfo
 
         return rebuild(HostInfo, data)
+    if kind in ("network", "networks"):
+        from .core.results import NetworkInfo
+
+        return [rebuild(NetworkInfo, item) for item in data] if kind == "networks" else rebuild(NetworkInfo, data)
     raise ValueError(f"no result type {kind!r}")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["default_datastore", "cache_dir", "runtime_root"]
+__all__ = ["default_datastore", "cache_dir", "runtime_root", "network_runtime_root"]
 
 
 def default_datastore() -> Path:
@@ -37,3 +37,11 @@ def runtime_root() -> Path:
         return Path("/run/minivisor")
     base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/minivisor-{os.getuid()}"
     return Path(base) / "minivisor"
+
+
+def network_runtime_root() -> Path:
+    """Where each network's dnsmasq keeps its pid file and reads its reservations (root only: networks need it).
+
+    Apart from :func:`runtime_root` (0700): dnsmasq drops to ``nobody`` and re-reads its hosts file after that.
+    """
+    return Path("/run/minivisor-net")

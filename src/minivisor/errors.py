@@ -25,6 +25,7 @@ __all__ = [
     "NoHardDiskError",
     "HostError",
     "InsufficientMemoryError",
+    "NetworkError",
     "VmmError",
     "QmpError",
     "QmpCommandError",
@@ -147,6 +148,12 @@ class InsufficientMemoryError(HostError):
     """The host cannot hold another VM of this size next to the ones it runs (memory admission)."""
 
     code = "insufficient-memory"
+
+
+class NetworkError(HostError):
+    """The host could not build or change a virtual network (a bridge, a tap, dnsmasq, nftables)."""
+
+    code = "network-error"
 
 
 class VmmError(HvError):

@@ -15,7 +15,7 @@ import pytest
 
 from minivisor.client import Client, _decode
 from minivisor.core.events import make_event
-from minivisor.core.hypervisor import Explanation, Hypervisor, StartResult, VmInfo
+from minivisor.core.hypervisor import Explanation, Hypervisor, NetworkInfo, StartResult, VmInfo
 from minivisor.errors import SpecError
 from minivisor.host.accel import AccelChoice
 from minivisor.host.info import HostInfo
@@ -80,7 +80,13 @@ def snapshot(**fields: object) -> Snapshot:
 def host() -> HostInfo:
     return HostInfo(cpus=2, memory_mib=7928, available_mib=5120, kernel="6.1.0-18-amd64",
                     qemu="/usr/bin/qemu-system-x86_64", qemu_version="7.2.9", qemu_img="/usr/bin/qemu-img",
-                    accel=AccelChoice("tcg", "/dev/kvm: the probe guest did not run (KVM_RUN failed)", probed=False))
+                    accel=AccelChoice("tcg", "/dev/kvm: the probe guest did not run (KVM_RUN failed)", probed=False),
+                    networking="bridges and taps: root, /dev/net/tun, ip, nft, dnsmasq")
+
+
+NETWORKS = [NetworkInfo("nat", "nat", "192.168.100.0/24", "192.168.100.1", True, "mvbr0", None, "active", 812,
+                        ("web", "db")),
+            NetworkInfo("lan", "bridged", None, None, False, "mvbr1", "eth1", "inactive")]
 
 
 EVENTS = [{"id": 7, **make_event("poweredOn", "web", pid=4242, accel="tcg")},
@@ -97,7 +103,8 @@ def cases(created: list[VmInfo]) -> list[tuple[str, object]]:
             ("host", host()), ("snapshot", snapshot(memory_file=None)), ("snapshot", snapshot()),
             ("snapshot_revert", (snapshot(), True)), ("snapshot_revert", (snapshot(memory_file=None), False)),
             ("events", EVENTS), ("json", DISKS), ("json", {"path": "/ds/d.qcow2", "format": "qcow2"}),
-            ("text", "stopped (acpi)"), ("none", None)]
+            ("text", "stopped (acpi)"), ("none", None), ("network", NETWORKS[0]), ("networks", NETWORKS),
+            ("networks", [])]
 
 
 def test_every_kind_of_the_route_table_has_a_case(created):

@@ -11,6 +11,7 @@ below it, never one above; siblings share a rank.
     3     datastore    datastore/
     4     storage      storage/      } siblings: neither may import the other
     4     host         host/         }
+    4     net          net/          } (net may import neither, nor they it)
     5     vmm          vmm/
     6     core         core/, and the package itself (``minivisor/__init__.py`` re-exports the core API)
     7     interfaces   service/, client.py, cli/   (they may use each other: `serve`, the client's routes)
@@ -45,13 +46,15 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
-RANKS = {"foundation": 0, "spec": 1, "images": 2, "datastore": 3, "storage": 4, "host": 4, "vmm": 5, "core": 6,
-         "interfaces": 7}
+RANKS = {"foundation": 0, "spec": 1, "images": 2, "datastore": 3, "storage": 4, "host": 4, "net": 4, "vmm": 5,
+         "core": 6, "interfaces": 7}
 PACKAGES = {"spec": "spec", "images": "images", "datastore": "datastore", "storage": "storage", "host": "host",
-            "vmm": "vmm", "core": "core", "service": "interfaces", "cli": "interfaces"}  # minivisor.<package> -> layer
+            "net": "net", "vmm": "vmm", "core": "core", "service": "interfaces",
+            "cli": "interfaces"}  # minivisor.<package> -> layer
 TOP_LEVEL = {"client": "interfaces"}  # minivisor.<module> -> layer; other top-level modules: foundation
 FRONT_DOOR = {"minivisor", "minivisor.__main__"}  # __init__.py and __main__.py: may import anything
-APART = {frozenset({"storage", "host"})}  # same rank, may not import each other
+APART = {frozenset({"storage", "host"}), frozenset({"storage", "net"}),
+         frozenset({"host", "net"})}  # same rank, may not import each other
 APPLIANCE = "minivisor_appliance"  # imports the foundation only; imported by the interfaces only
 NAMEDTUPLE_API = {"_replace", "_asdict", "_fields", "_make", "_field_defaults"}
 

@@ -26,6 +26,7 @@ EXPECTED = {
     Action.CLONE: {OFF, RUNNING, PAUSED},
     Action.RESIZE_DISK: {OFF, RUNNING, PAUSED},
     Action.RECOVER: {OFF, RUNNING, PAUSED},
+    Action.NIC: {OFF, RUNNING, PAUSED},
     Action.RESET_NVRAM: {OFF},
 }
 

@@ -62,7 +62,8 @@ def vm_details(vm: VmInfo) -> None:
         ("autostart", "yes" if vm.autostart else "no"),
     ]
     rows += [(f"disk {d['node']}", f"{d['kind']}: {d['file'] or 'empty'}") for d in vm.disks]
-    rows += [(n["name"], f"{n['model']} {n['mac']} on {n['network']}") for n in vm.nics]
+    rows += [(n["name"], f"{n['model']} {n['mac']} on {n['network']}" + (f", {n['address']}" if n.get("address") else ""))
+             for n in vm.nics]
     key_values(rows)
     if vm.state_hint:
         write([f"hint: {vm.state_hint}"])

@@ -245,3 +245,59 @@ def vm_import(folder: Path, name: str | None, as_json: bool) -> None:
         for bar in bars.values():
             bar.close()
     print_json(vm) if as_json else say(f"imported {vm.name}: {vm.vmx}")
+
+
+# -- networks ----------------------------------------------------------------------
+@command("vm ip", NAME, JSON)
+def vm_ip(name: str, as_json: bool) -> None:
+    nics = hv().vm_addresses(name)
+    if as_json:
+        return print_json(nics)
+    from .output import table
+
+    table(("NIC", "MAC", "NETWORK", "ADDRESS", "LEASE"),
+          [(n["nic"], n["mac"], n["network"] or "-", n["address"] or "-", n["lease"] or "-") for n in nics])
+
+
+@command("vm nic", NAME, arg("nic", metavar="NIC", help="The NIC, e.g. ethernet0."),
+         arg("--link", choices=("up", "down"), metavar="up|down",
+             help="Connect or disconnect its link (a running VM at once; otherwise at its next power-on)."),
+         arg("--ip", metavar="ADDRESS", help="Fix its address on its network (DHCP reservation)."), JSON)
+def vm_nic(name: str, nic: str, link: str | None, ip: str | None, as_json: bool) -> None:
+    result = hv().set_nic(name, nic, link=None if link is None else link == "up", address=ip)
+    if as_json:
+        return print_json(result)
+    if "address" in result:
+        say(f"{name} {result['nic']}: address {result['address']} on {result['network']} (the guest gets it at its "
+            "next DHCP renewal)")
+    if "link" in result:
+        say(f"{name} {result['nic']}: link {result['link']}")
+
+
+@command("vm port-forward", NAME,
+         arg("action", nargs="?", default="list", choices=("list", "add", "remove"), metavar="ACTION",
+             help="list (the default), add or remove."),
+         arg("forward", nargs="?", metavar="[ADDR:]HOSTPORT:GUESTPORT[/udp]",
+             help="For add: the host's port (on 127.0.0.1 unless ADDR; 0.0.0.0 for all) and the guest's. "
+                  "For remove: [ADDR:]HOSTPORT[/udp]."),
+         arg("--nic", default="ethernet0", help="The NIC whose guest gets the port [default: ethernet0]."), JSON)
+def vm_port_forward(name: str, action: str, forward: str | None, nic: str, as_json: bool) -> None:
+    """Example: minivisor vm port-forward web add 8080:80"""
+    from ..errors import ArgumentError
+
+    if action != "list" and not forward:
+        raise ArgumentError(f"{action} needs the forward", hint="see: minivisor vm port-forward --help")
+    if action == "add":
+        added = hv().port_forward_add(name, forward, nic=nic)
+        return print_json(added) if as_json else say(f"{name}: {added['host_addr']}:{added['host_port']}/"
+                                                     f"{added['protocol']} -> {added['nic']} port {added['guest_port']}")
+    if action == "remove":
+        hv().port_forward_remove(name, forward)
+        return say(f"{name}: port forward {forward} removed")
+    forwards = hv().port_forward_list(name)
+    if as_json:
+        return print_json(forwards)
+    from .output import table
+
+    table(("HOST", "PROTOCOL", "NIC", "GUEST PORT"),
+          [(f"{f['host_addr']}:{f['host_port']}", f["protocol"], f["nic"], f["guest_port"]) for f in forwards])

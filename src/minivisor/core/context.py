@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # imported where used: reading the catalog (`vm list`) needs 
     from ..spec.vmspec import VmSpec
     from ..storage.snapshots import VmFiles
     from ..vmm.plan import LaunchPlan
+    from .networks import Networks
 
 __all__ = ["VmContext", "Vms", "EventListener", "OPERATION_WAIT"]
 
@@ -87,7 +88,14 @@ class VmContext:
         """What a power-on would build now (every check made, nothing touched)."""
         from ..vmm.plan import make_plan
 
-        return make_plan(self.name, self.uuid, self.paths, self.scope, incoming=incoming)
+        return make_plan(self.name, self.uuid, self.paths, self.scope, incoming=incoming,
+                         networks=self.networks().for_plan())
+
+    def networks(self) -> Networks:
+        """The datastore's virtual networks (which this VM's NICs join)."""
+        from .networks import Networks
+
+        return Networks(self.datastore, self.inventory)
 
     def emit(self, kind: str, **data: Any) -> Event:
         """Report a state change: into the VM's event log, then to the listener (the service's bus)."""

@@ -13,6 +13,7 @@ Errors are :class:`~minivisor.errors.HvError` subclasses with a message and a hi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Iterator
@@ -33,7 +34,7 @@ from ..vmm.states import Action, require
 from .bounds import check_args
 from .context import EventListener, VmContext, Vms, notify
 from .events import make_event, read_log
-from .results import Explanation, StartResult, VmInfo
+from .results import Explanation, NetworkInfo, StartResult, VmInfo
 
 if TYPE_CHECKING:
     from ..host.info import HostInfo
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from ..spec.vmspec import VmSpec
     from ..vmm.console import ExecResult
 
-__all__ = ["Hypervisor", "VmInfo", "StartResult", "Explanation"]
+__all__ = ["Hypervisor", "VmInfo", "StartResult", "Explanation", "NetworkInfo"]
 
 Progress = Callable[[str], None]
 
@@ -147,8 +148,11 @@ class Hypervisor:
         """Facts about this host, including which accelerator VMs get and why."""
         from .. import dirs
         from ..host.info import host_info
+        from ..net.host import support
 
-        return host_info(dirs.cache_dir())
+        networking = support()
+        how = "bridges and taps" if networking.available else "user-mode NAT only"
+        return dataclasses.replace(host_info(dirs.cache_dir()), networking=f"{how}: {networking.reason}")
 
     # -- creating and removing -------------------------------------------
     @_no_space_is_one_error
@@ -268,6 +272,7 @@ class Hypervisor:
 
         check_args(timeout=timeout)
         with self.vms.operate(name, Action.START) as ctx:
+            _write_missing_macs(ctx)
             plan = ctx.plan()  # every check before anything is touched
             with self.vms.hold(ctx):
                 if recover(ctx):  # a snapshot or clone cut short: finished or undone, so plan again
@@ -289,6 +294,7 @@ class Hypervisor:
             pid = record.pid if record else None
             ctx.emit("poweringOff", pid=pid, hard=hard)
             how = ctx.vmm.stop(hard=hard, timeout=timeout)
+            ctx.networks().unplug(ctx)
             ctx.emit("poweredOff", pid=pid, reason=f"stopped ({how})")
             return how
 
@@ -334,6 +340,68 @@ class Hypervisor:
             pass  # the operation's turn settles the journal first
         ctx.emit("recovered", reason="an interrupted snapshot or clone was finished or undone")
         return True
+
+    # -- networks ----------------------------------------------------------
+    def create_network(self, name: str, *, mode: str = "nat", subnet: str | None = None, bridge: str | None = None,
+                       dhcp: bool = True) -> NetworkInfo:
+        """A virtual switch on the host: ``nat`` (masqueraded out), ``isolated`` (host-only), or ``bridged`` onto
+        the host interface ``bridge``; DHCP with a fixed address per NIC unless ``dhcp`` is False."""
+        return self._networks().create(name, mode=mode, subnet=subnet, bridge=bridge, dhcp_on=dhcp)
+
+    def list_networks(self) -> list[NetworkInfo]:
+        """Every network, ``nat`` and ``hostonly`` included."""
+        return self._networks().list()
+
+    def get_network(self, name: str) -> NetworkInfo:
+        return self._networks().get(name)
+
+    def delete_network(self, name: str) -> None:
+        """Remove a network and all it made on the host; refused while a running VM is on it."""
+        self._networks().delete(name)
+
+    def clean_up_networks(self) -> None:
+        """Remove the taps and port forwards of VMs that stopped without minivisor (a crash, a guest power-off)."""
+        self._networks().clean_up()
+
+    def vm_addresses(self, name: str) -> list[dict]:
+        """Each NIC of a VM: MAC, network, its fixed address, and whether the guest holds a lease on it."""
+        ctx = self.vms.context(name)
+        return ctx.networks().nic_addresses(ctx)
+
+    def set_nic(self, name: str, nic: str, *, link: bool | None = None, address: str | None = None) -> dict:
+        """Connect or disconnect a NIC's link (a running VM's at once, else ``startConnected``), or fix its address."""
+        if link is None and address is None:
+            raise ArgumentError("say what to change on the NIC", hint="give --link up|down or --ip ADDRESS")
+        with self.vms.operate(name, Action.NIC) as ctx:
+            result: dict = {"nic": nic}
+            if address is not None:
+                result |= ctx.networks().reserve_address(ctx, nic, address)
+            if link is not None:
+                result["link"] = _set_link(ctx, nic, link)
+            ctx.emit("nicChanged", **result)
+            return result
+
+    def port_forward_add(self, name: str, forward: str, *, nic: str = "ethernet0") -> dict:
+        """Forward ``[ADDR:]HOSTPORT:GUESTPORT[/udp]`` (127.0.0.1 unless ADDR) of the host to the NIC's guest."""
+        ctx = self.vms.context(name)
+        added = ctx.networks().add_forward(ctx, forward, nic)
+        ctx.emit("portForwardAdded", forward=added["spec"], nic=added["nic"])
+        return added
+
+    def port_forward_list(self, name: str) -> list[dict]:
+        ctx = self.vms.context(name)
+        return ctx.networks().forwards(ctx)
+
+    def port_forward_remove(self, name: str, forward: str) -> None:
+        """Remove the forward from ``[ADDR:]HOSTPORT[/udp]``."""
+        ctx = self.vms.context(name)
+        ctx.networks().remove_forward(ctx, forward)
+        ctx.emit("portForwardRemoved", forward=forward)
+
+    def _networks(self):
+        from .networks import Networks
+
+        return Networks(self.datastore, self.inventory)
 
     # -- guest access ----------------------------------------------------
     def exec_in_vm(self, name: str, command: list[str] | str, *, timeout: float = 60.0) -> ExecResult:
@@ -472,7 +540,12 @@ class Hypervisor:
         return line
 
     def _info(self, ctx: VmContext) -> VmInfo:
-        return self._info_of(ctx.entry, self.inventory.summaries([ctx.entry])[ctx.name])
+        """One VM, each NIC with its fixed address (``vm list`` leaves them out: one query per VM)."""
+        info = self._info_of(ctx.entry, self.inventory.summaries([ctx.entry])[ctx.name])
+        addresses = {r.mac: r.address for r in self.datastore.catalog.reservations_of(ctx.uuid)}
+        if not addresses:
+            return info
+        return dataclasses.replace(info, nics=tuple({**nic, "address": addresses.get(nic["mac"])} for nic in info.nics))
 
     def _info_of(self, entry: VmEntry, summary: dict[str, Any], lock_held: bool | None = None) -> VmInfo:
         paths = self.inventory.paths_of(entry)
@@ -484,6 +557,35 @@ class Hypervisor:
                       summary.get("guest_os", ""), summary.get("memory_mib", 0), summary.get("cpus", 0),
                       tuple(summary.get("disks", ())), tuple(summary.get("nics", ())), entry.autostart,
                       record.pid if record else None, record.accel if record else None, observed.fault)
+
+
+def _write_missing_macs(ctx: VmContext) -> None:
+    """A NIC added without an address gets its stable generated MAC, written into the specfile (as VMware does)."""
+    from ..datastore.inventory import read_vmx
+    from ..spec.identity import fill_macs
+    from ..spec.vmspec import VmSpec
+
+    doc = read_vmx(ctx.vmx)
+    if fill_macs(doc, VmSpec.from_vmx(doc), ctx.uuid):
+        doc.save(ctx.vmx)
+
+
+def _set_link(ctx: VmContext, nic: str, up: bool) -> str:
+    """A running VM's NIC link at once (QMP set_link); a powered-off VM's at its next power-on (startConnected)."""
+    from ..datastore.inventory import read_vmx
+    from ..spec.vmspec import VmSpec
+
+    doc = read_vmx(ctx.vmx)
+    names = [n.name for n in VmSpec.from_vmx(doc).nics]
+    if nic.strip().lower() not in names:
+        raise NotFoundError(f"VM {ctx.name!r} has no NIC {nic[:40]!r}", hint=f"its NICs: {', '.join(names) or 'none'}")
+    nic = nic.strip().lower()
+    if ctx.running:
+        ctx.vmm.execute("set_link", {"name": nic, "up": up})
+    else:
+        doc.set(f"{nic}.startConnected", "TRUE" if up else "FALSE")
+        doc.save(ctx.vmx)
+    return "up" if up else "down"
 
 
 def _in_background(work: Callable[[], Any]) -> Callable[[], Any]:

@@ -31,13 +31,17 @@ def power_on(ctx: VmContext, plan: LaunchPlan) -> tuple[RuntimeRecord, tuple[str
     _rotate(ctx.paths.serial_log)
     ctx.paths.bios_log.unlink(missing_ok=True)
     claim = admit_memory(ctx, plan.spec)  # under the VM lock, which keeps the claim valid
+    networks = ctx.networks()
     try:
         _make_efi_vars(ctx, plan)
         _make_discard_overlays(plan)
+        networks.plug(ctx, plan)  # its taps on their networks' bridges: QEMU opens them by name
         record = ctx.vmm.launch(plan.argv, plan.env.accel, plan.links_down, ready_text=plan.spec.ready_line,
                                 console=plan.env.console_index is not None)
     except BaseException:
         claim.unlink(missing_ok=True)
+        if plan.taps:
+            networks.unplug(ctx)
         raise
     finally:
         _drop_discard_names(plan)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # only `vm explain` needs them (the client imports them when 
     from ..spec.vmspec import VmSpec
     from ..vmm.argv import VirtualDevice
 
-__all__ = ["VmInfo", "StartResult", "Explanation"]
+__all__ = ["VmInfo", "StartResult", "Explanation", "NetworkInfo"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +75,24 @@ class Explanation:
     argv: tuple[str, ...]
     warnings: tuple[str, ...] = field(default=())
 
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    """A virtual network: its definition, and what of it exists on the host now."""
+
+    name: str
+    mode: str  # nat, isolated, bridged
+    subnet: str | None  # 192.168.100.0/24 (None: bridged)
+    gateway: str | None  # the host's address on it
+    dhcp: bool
+    bridge: str | None
+    uplink: str | None  # bridged: the host interface
+    state: str  # active, inactive (made when a VM needs it), user-mode (this host makes no networks)
+    dhcp_pid: int | None = None
+    vms: tuple[str, ...] = ()  # the running VMs with a NIC on it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "mode": self.mode, "subnet": self.subnet, "gateway": self.gateway,
+                "dhcp": self.dhcp, "bridge": self.bridge, "uplink": self.uplink, "state": self.state,
+                "dhcp_pid": self.dhcp_pid, "vms": list(self.vms)}

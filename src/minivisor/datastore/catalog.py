@@ -1,7 +1,10 @@
 """The catalog: which VMs a datastore holds, in SQLite inside the datastore.
 
-The catalog owns identity only (name, UUID, where the specfile is, autostart).
-The hardware lives in each VM's specfile; power state lives with the VMM.
+The catalog owns identity (name, UUID, where the specfile is, autostart) and the
+virtual networks: each network's definition, the DHCP reservations on it, and the
+port forwards of each VM's NICs. The hardware lives in each VM's specfile; power
+state lives with the VMM, and what a network is on the host (bridges, taps,
+dnsmasq, nftables) is built from these rows by :mod:`minivisor.net`.
 Every write is one transaction (``BEGIN IMMEDIATE``), so a crash leaves either
 the old catalog or the new one.
 
@@ -23,9 +26,9 @@ from pathlib import Path
 from ..errors import ConflictError, HostError, NoSpaceError, NotFoundError
 from ..text import excerpt
 
-__all__ = ["Catalog", "VmEntry"]
+__all__ = ["Catalog", "VmEntry", "NetworkEntry", "Reservation", "ForwardEntry"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vms (
     name      TEXT PRIMARY KEY COLLATE NOCASE,
@@ -56,6 +59,34 @@ CREATE TABLE IF NOT EXISTS spec_cache ( -- a cache only: the specfile stays the 
     summary  TEXT NOT NULL              -- JSON: what `vm list` shows about the hardware
 );
 """,
+    4: """
+CREATE TABLE IF NOT EXISTS networks (
+    name    TEXT PRIMARY KEY COLLATE NOCASE,
+    mode    TEXT NOT NULL,              -- nat, isolated, bridged
+    subnet  TEXT,                       -- the host's address on it, CIDR (nat, isolated), NULL when bridged
+    dhcp    INTEGER NOT NULL,
+    bridge  TEXT NOT NULL UNIQUE,       -- the Linux bridge that is the switch
+    uplink  TEXT,                       -- bridged: the host interface on the switch
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    network TEXT NOT NULL COLLATE NOCASE,
+    mac     TEXT NOT NULL,
+    address TEXT NOT NULL,
+    vm_uuid TEXT NOT NULL,              -- the VM whose NIC it is (removed with it)
+    PRIMARY KEY (network, mac),
+    UNIQUE (network, address)
+);
+CREATE TABLE IF NOT EXISTS port_forwards (
+    vm_uuid    TEXT NOT NULL,
+    nic        INTEGER NOT NULL,        -- ethernetN
+    protocol   TEXT NOT NULL,           -- tcp, udp
+    host_addr  TEXT NOT NULL,           -- IPv4 (0.0.0.0: every address of the host)
+    host_port  INTEGER NOT NULL,
+    guest_port INTEGER NOT NULL,
+    PRIMARY KEY (protocol, host_addr, host_port)
+);
+""",
 }
 
 
@@ -68,6 +99,41 @@ class VmEntry:
     vmx: str
     created: float
     autostart: bool = False
+
+
+@dataclass(frozen=True)
+class NetworkEntry:
+    """A virtual network (a switch) as the catalog keeps it."""
+
+    name: str
+    mode: str  # nat, isolated, bridged
+    subnet: str | None  # "192.168.100.1/24": the host's address and the prefix; None when bridged
+    dhcp: bool
+    bridge: str
+    uplink: str | None = None
+    created: float = 0.0
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A fixed DHCP address for one MAC on one network."""
+
+    network: str
+    mac: str
+    address: str
+    vm_uuid: str
+
+
+@dataclass(frozen=True)
+class ForwardEntry:
+    """A port of the host forwarded to a port of one NIC of a VM."""
+
+    vm_uuid: str
+    nic: int
+    protocol: str
+    host_addr: str
+    host_port: int
+    guest_port: int
 
 
 class Catalog:
@@ -161,6 +227,8 @@ class Catalog:
 
     def remove(self, db: sqlite3.Connection, name: str) -> None:
         db.execute("DELETE FROM spec_cache WHERE vmx = (SELECT vmx FROM vms WHERE name = ?)", (name,))
+        for table in ("reservations", "port_forwards"):  # the VM's addresses and ports are free again
+            db.execute(f"DELETE FROM {table} WHERE vm_uuid = (SELECT uuid FROM vms WHERE name = ?)", (name,))
         db.execute("DELETE FROM vms WHERE name = ?", (name,))
 
     def set_autostart(self, name: str, enabled: bool) -> None:
@@ -240,6 +308,88 @@ class Catalog:
     def allow_path(self, path: str) -> None:
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO allowed_paths (path) VALUES (?)", (path,))
+
+
+    # -- networks (schema 4) ---------------------------------------------
+    def add_network(self, network: NetworkEntry) -> None:
+        """A new network; a name or bridge already taken raises ConflictError."""
+        try:
+            with self.transaction() as db:
+                db.execute("INSERT INTO networks (name, mode, subnet, dhcp, bridge, uplink, created) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)", (network.name, network.mode, network.subnet,
+                                                            int(network.dhcp), network.bridge, network.uplink,
+                                                            network.created or time.time()))
+        except sqlite3.IntegrityError as exc:
+            raise ConflictError(f"a network named {excerpt(network.name)} already exists",
+                                hint="choose another name, or see the networks: minivisor net list") from exc
+
+    def remove_network(self, name: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM reservations WHERE network = ?", (name,))
+            db.execute("DELETE FROM networks WHERE name = ?", (name,))
+
+    def find_network(self, name: str) -> NetworkEntry | None:
+        row = self._db.execute(f"SELECT {_NETWORK_COLUMNS} FROM networks WHERE name = ?", (name,)).fetchone()
+        return _network(row) if row else None
+
+    def networks(self) -> list[NetworkEntry]:
+        return [_network(row) for row in self._db.execute(f"SELECT {_NETWORK_COLUMNS} FROM networks ORDER BY name")]
+
+    # -- DHCP reservations -------------------------------------------------
+    def reservations(self, network: str) -> list[Reservation]:
+        rows = self._db.execute("SELECT network, mac, address, vm_uuid FROM reservations WHERE network = ? "
+                                "ORDER BY address", (network,))
+        return [Reservation(*row) for row in rows]
+
+    def reservations_of(self, vm_uuid: str) -> list[Reservation]:
+        rows = self._db.execute("SELECT network, mac, address, vm_uuid FROM reservations WHERE vm_uuid = ?",
+                                (vm_uuid,))
+        return [Reservation(*row) for row in rows]
+
+    def reserve(self, reservation: Reservation) -> None:
+        """Give a MAC its address on a network (replacing its earlier one); an address taken raises ConflictError."""
+        try:
+            with self.transaction() as db:
+                db.execute("DELETE FROM reservations WHERE network = ? AND mac = ?",
+                           (reservation.network, reservation.mac))
+                db.execute("INSERT INTO reservations (network, mac, address, vm_uuid) VALUES (?, ?, ?, ?)",
+                           (reservation.network, reservation.mac, reservation.address, reservation.vm_uuid))
+        except sqlite3.IntegrityError as exc:
+            raise ConflictError(f"{reservation.address} is already reserved on network {reservation.network!r}",
+                                hint="choose another address") from exc
+
+    # -- port forwards -----------------------------------------------------
+    def forwards(self, vm_uuid: str | None = None) -> list[ForwardEntry]:
+        """The port forwards of one VM, or of every VM."""
+        query = f"SELECT {_FORWARD_COLUMNS} FROM port_forwards"
+        rows = (self._db.execute(query + " WHERE vm_uuid = ? ORDER BY host_port", (vm_uuid,)) if vm_uuid
+                else self._db.execute(query + " ORDER BY host_port"))
+        return [ForwardEntry(*row) for row in rows]
+
+    def add_forward(self, forward: ForwardEntry) -> None:
+        with self.transaction() as db:
+            db.execute(f"INSERT INTO port_forwards ({_FORWARD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                       (forward.vm_uuid, forward.nic, forward.protocol, forward.host_addr, forward.host_port,
+                        forward.guest_port))
+
+    def remove_forward(self, forward: ForwardEntry) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM port_forwards WHERE protocol = ? AND host_addr = ? AND host_port = ?",
+                       (forward.protocol, forward.host_addr, forward.host_port))
+
+    def vm_by_uuid(self, uuid: str) -> VmEntry | None:
+        row = self._db.execute("SELECT name, uuid, vmx, created, autostart FROM vms WHERE uuid = ?",
+                               (uuid,)).fetchone()
+        return _entry(row) if row else None
+
+
+_NETWORK_COLUMNS = "name, mode, subnet, dhcp, bridge, uplink, created"
+_FORWARD_COLUMNS = "vm_uuid, nic, protocol, host_addr, host_port, guest_port"
+
+
+def _network(row: tuple) -> NetworkEntry:
+    name, mode, subnet, dhcp, bridge, uplink, created = row
+    return NetworkEntry(name, mode, subnet, bool(dhcp), bridge, uplink, created)
 
 
 def _entry(row: tuple) -> VmEntry:

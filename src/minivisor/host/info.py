@@ -25,6 +25,7 @@ class HostInfo:
     qemu_version: str
     qemu_img: str
     accel: AccelChoice
+    networking: str = ""  # how NICs reach networks here (bridges and taps, or QEMU's user-mode NAT), and why
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json`` (the accel entry includes its warning)."""

@@ -28,7 +28,7 @@ class Op:
     method: str
     path: str
     returns: str  # the result's type, for the client: vm, vms, start, explanation, exec, host, snapshot,
-    #               snapshot_revert, events, json (as is), text (a string), none
+    #               snapshot_revert, network, networks, events, json (as is), text (a string), none
     args: tuple[str, ...] = ("name",)
     status: int = 200
     mutates: bool = True  # serialised per VM inside the service
@@ -70,6 +70,16 @@ OPERATIONS: tuple[Op, ...] = (
     Op("disk_info", "GET", "/v1/disks/info", "json", args=("path",), mutates=False),
     Op("disk_resize", "POST", "/v1/disks/resize", "json", args=("path", "size")),
     Op("disk_convert", "POST", "/v1/disks/convert", "json", args=("source", "target"), status=201),
+    # networks (core/networks.py)
+    Op("list_networks", "GET", "/v1/networks", "networks", args=(), mutates=False),
+    Op("create_network", "POST", "/v1/networks", "network", status=201),
+    Op("get_network", "GET", "/v1/networks/{name}", "network", mutates=False),
+    Op("delete_network", "DELETE", "/v1/networks/{name}", "none"),
+    Op("vm_addresses", "GET", "/v1/vms/{name}/addresses", "json", mutates=False),
+    Op("set_nic", "POST", "/v1/vms/{name}/nics/{nic}", "json", args=("name", "nic")),
+    Op("port_forward_list", "GET", "/v1/vms/{name}/port-forwards", "json", mutates=False),
+    Op("port_forward_add", "POST", "/v1/vms/{name}/port-forwards", "json", args=("name", "forward"), status=201),
+    Op("port_forward_remove", "POST", "/v1/vms/{name}/port-forwards/remove", "none", args=("name", "forward")),
 )
 
 _BY_NAME = {op.name: op for op in OPERATIONS}

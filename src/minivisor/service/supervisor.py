@@ -166,7 +166,7 @@ class Supervisor:
             self._watches.clear()
 
     def reconcile(self) -> None:
-        """Adopt live VMMs, kill half-started ones, clear stale records."""
+        """Adopt live VMMs, kill half-started ones, clear stale records, remove what dead VMMs left on networks."""
         with self.calls.hypervisor() as hv:
             entries = hv.datastore.catalog.list()
             for entry in entries:
@@ -175,6 +175,15 @@ class Supervisor:
                     self._reconcile_one(hv, entry.name, vmm)
                 except HvError as exc:
                     log.warning("cannot reconcile %s: %s", entry.name, exc.one_line())
+            self._clean_up_networks(hv)
+
+    @staticmethod
+    def _clean_up_networks(hv: Any) -> None:
+        """The taps and port forwards of VMMs that are gone (crashed, powered off by their guest) off the host."""
+        try:
+            hv.clean_up_networks()
+        except HvError as exc:
+            log.warning("cannot clean up the networks: %s", exc.one_line())
 
     def _reconcile_one(self, hv: Any, name: str, vmm: Any) -> None:
         record = vmm.record()  # checks pid, start time and argv; clears a stale record
@@ -319,6 +328,7 @@ class Supervisor:
                 hv.vms.context(watch.name).vmm.record()  # clears the stale runtime record and sockets
             except HvError:
                 pass  # the VM was deleted or unregistered meanwhile
+            self._clean_up_networks(hv)
         with self._lock:
             reported = watch.pid in self._reported
             self._reported.discard(watch.pid)

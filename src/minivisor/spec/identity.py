@@ -9,7 +9,7 @@ import uuid as uuidlib
 from .vmspec import VmSpec
 from .vmx import VmxDocument
 
-__all__ = ["new_specfile", "fill_identity", "new_identity", "generated_mac", "uuid_to_vmx", "uuid_from_vmx", "name_from"]
+__all__ = ["new_specfile", "fill_identity", "fill_macs", "new_identity", "generated_mac", "uuid_to_vmx", "uuid_from_vmx", "name_from"]
 
 # VMware's prefix for MACs it generates on hosted products.
 VMWARE_GENERATED_OUI = "00:0c:29"
@@ -32,11 +32,17 @@ def fill_identity(doc: VmxDocument, spec: VmSpec) -> str:
     if vm_uuid is None:
         vm_uuid = str(uuidlib.uuid4())
         doc.set("uuid.bios", uuid_to_vmx(vm_uuid))
-    for nic in spec.nics:
-        if nic.mac is None:
-            doc.set(f"{nic.name}.addressType", "generated")
-            doc.set(f"{nic.name}.generatedAddress", generated_mac(vm_uuid, nic.index))
+    fill_macs(doc, spec, vm_uuid)
     return vm_uuid
+
+
+def fill_macs(doc: VmxDocument, spec: VmSpec, vm_uuid: str) -> bool:
+    """Give every NIC without an address its stable generated one, as VMware does; True if any was missing."""
+    missing = [nic for nic in spec.nics if nic.mac is None]
+    for nic in missing:
+        doc.set(f"{nic.name}.addressType", "generated")
+        doc.set(f"{nic.name}.generatedAddress", generated_mac(vm_uuid, nic.index))
+    return bool(missing)
 
 
 def uuid_to_vmx(value: str) -> str:

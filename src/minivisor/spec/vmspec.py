@@ -144,6 +144,7 @@ class Nic:
     connection_type: str
     network_name: str | None
     start_connected: bool = True
+    vnet: str | None = None  # custom: ``VMnet5`` (or ``/dev/vmnet5``), the host network VMware names
 
     @property
     def name(self) -> str:
@@ -585,12 +586,17 @@ class _SpecReader:
             raise self.fail(f"{prefix}.connectionType",
                             f"{prefix}.connectionType = {excerpt(connection)} is not a connection type minivisor knows",
                             f"use one of {', '.join(sorted(CONNECTION_TYPES))}")
-        network = (self.get(f"{prefix}.networkName") or "").strip() or None
-        if network and len(network) > MAX_NETWORK_NAME:
-            raise self.fail(f"{prefix}.networkName", f"{prefix}.networkName is {len(network)} characters long",
+        return Nic(index, model, self.mac(prefix), connection, self.network_name(f"{prefix}.networkName"),
+                   parse_bool(self.get(f"{prefix}.startConnected"), default=True),
+                   self.network_name(f"{prefix}.vnet"))
+
+    def network_name(self, key: str) -> str | None:
+        """A network a NIC names (``networkName``, ``vnet``): any text, bounded; matched against networks later."""
+        name = (self.get(key) or "").strip() or None
+        if name and len(name) > MAX_NETWORK_NAME:
+            raise self.fail(key, f"{key} is {len(name)} characters long",
                             f"name a network in at most {MAX_NETWORK_NAME} characters")
-        return Nic(index, model, self.mac(prefix), connection, network,
-                   parse_bool(self.get(f"{prefix}.startConnected"), default=True))
+        return name
 
     def mac(self, prefix: str) -> str | None:
         address_type = (self.get(f"{prefix}.addressType") or "generated").strip().lower()

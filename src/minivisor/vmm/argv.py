@@ -18,7 +18,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Union
 
 from ..datastore.layout import VmPaths
 from ..host.facts import Ovmf
@@ -28,9 +28,19 @@ from ..images.layers import ImageLayer
 from ..units import human_size
 
 __all__ = ["LaunchEnv", "device_id", "VirtualDevice", "virtual_hardware", "build_qemu_argv",
-           "SANDBOX", "SHUTDOWN_TRACE", "qemu_opts"]
+           "SANDBOX", "SHUTDOWN_TRACE", "qemu_opts", "Tap", "NetBackend"]
 
-NetBackend = Literal["user", "unconnected"]
+
+@dataclass(frozen=True)
+class Tap:
+    """A tap minivisor makes on a network's bridge before the VMM starts; QEMU opens it by name."""
+
+    ifname: str
+    network: str
+
+
+# What is behind a NIC: QEMU's user-mode NAT, nothing (link down), or a tap on a network's switch.
+NetBackend = Union[Literal["user", "unconnected"], Tap]
 
 # QEMU's seccomp filter: no spawning, no privilege changes, no obsolete syscalls.
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
@@ -273,7 +283,11 @@ def _nic(nic: Nic, env: LaunchEnv) -> VirtualDevice:
     driver, model = NIC_MODELS[nic.model].driver, NIC_MODELS[nic.model].description
     netdev = f"net{nic.index}"
     backend = env.networks.get(nic.index, "unconnected")
-    if backend == "user":
+    if isinstance(backend, Tap):
+        # script=no: QEMU runs nothing (its sandbox forbids it anyway); the tap is on the bridge already.
+        netdev_spec = _json(type="tap", id=netdev, ifname=backend.ifname, script="no", downscript="no")
+        where = f"network {backend.network!r} (tap {backend.ifname})"
+    elif backend == "user":
         netdev_spec = _json(type="user", id=netdev)
         where = "NAT (user-mode networking)"
     else:

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import dirs
+from ..datastore.catalog import NetworkEntry
 from ..datastore.inventory import read_vmx
 from ..datastore.layout import VmPaths
 from ..datastore.store import Scope
@@ -31,14 +33,26 @@ from ..spec.vmsd import SnapshotTree, vmsd_path
 from ..spec.vmspec import Nic, VmSpec
 from ..spec.vmx import VmxDocument
 from ..images.layers import ImageLayer, layer_files
-from .argv import LaunchEnv, NetBackend, build_qemu_argv
+from ..net.names import BRIDGED, NAT, is_network_name, tap_name, wanted_network
+from ..text import excerpt
+from .argv import LaunchEnv, NetBackend, Tap, build_qemu_argv
 
 __all__ = ["LaunchPlan", "make_plan", "Resources", "check_host_fit", "resolve_resources", "resolve_files",
-           "DISCARD_PREFIX", "check_specfile"]
+           "HostNetworks", "DISCARD_PREFIX", "check_specfile"]
 
 # The overlay that takes an independent-nonpersistent disk's writes during one power-on: its name starts like
 # the datastore's own metadata, so no specfile may name it (datastore.store.is_vm_metadata).
 DISCARD_PREFIX = ".minivisor-discard-"
+
+
+@dataclass(frozen=True)
+class HostNetworks:
+    """The networks NICs may join on this host: by lower-case name, or none (``reason`` says why) if the host
+    cannot build them, when NAT is QEMU's user-mode networking."""
+
+    networks: Mapping[str, NetworkEntry] | None
+    reason: str = ""
+
 
 @dataclass(frozen=True)
 class LaunchPlan:
@@ -64,13 +78,19 @@ class LaunchPlan:
         return [(chain[0], chain[1]) for chain in self.env.disk_chains.values()
                 if chain[0].path.name.startswith(DISCARD_PREFIX)]
 
+    @property
+    def taps(self) -> dict[int, Tap]:
+        """NIC index -> the tap it needs on a network's bridge."""
+        return {index: backend for index, backend in self.env.networks.items() if isinstance(backend, Tap)}
 
-def make_plan(name: str, uuid: str, paths: VmPaths, scope: Scope, *, incoming: bool = False) -> LaunchPlan:
+
+def make_plan(name: str, uuid: str, paths: VmPaths, scope: Scope, *, incoming: bool = False,
+              networks: HostNetworks = HostNetworks(None, "no networks given")) -> LaunchPlan:
     """Read the specfile and check it against the host and the datastore; raises what is wrong."""
     spec = VmSpec.from_vmx(read_vmx(paths.vmx))
     fit = _host_notes(spec)
     check_affinity(spec.sched)
-    resources = resolve_resources(spec, scope, paths.vmx, uuid)
+    resources = resolve_resources(spec, scope, paths.vmx, uuid, networks)
     qemu = facts.find_qemu()
     uefi = _uefi(spec, paths, name)
     accel = choose_accel(dirs.cache_dir(), qemu)
@@ -152,18 +172,18 @@ def check_host_fit(spec: VmSpec, *, host_memory_mib: int, host_cpus: int) -> tup
     return ()
 
 
-def resolve_resources(spec: VmSpec, scope: Scope, vmx: Path, uuid: str) -> Resources:
+def resolve_resources(spec: VmSpec, scope: Scope, vmx: Path, uuid: str, networks: HostNetworks) -> Resources:
     """Resolve every file, address and network the spec names."""
     warnings: list[str] = list(spec.warnings)
     chains, files, media = resolve_files(spec, scope, vmx)
     macs = {nic.index: nic.mac or generated_mac(uuid, nic.index) for nic in spec.nics}
     _check_unique_macs(macs)
-    networks = {nic.index: _network(nic, warnings) for nic in spec.nics}
+    backends = {nic.index: _network(nic, uuid, networks, warnings) for nic in spec.nics}
     used_ports = {port.index for port in spec.serial_ports}
     console = 0 if 0 not in used_ports else None
     if console is None:
         warnings.append("serial0 is taken by the specfile, so minivisor's console (vm console, vm exec) is off")
-    return Resources(_with_discard_overlays(spec, chains, vmx.parent), files, macs, networks, console,
+    return Resources(_with_discard_overlays(spec, chains, vmx.parent), files, macs, backends, console,
                      tuple(warnings), media)
 
 
@@ -259,13 +279,33 @@ def _check_unique_macs(macs: dict[int, str]) -> None:
         seen[mac] = index
 
 
-def _network(nic: Nic, warnings: list[str]) -> NetBackend:
-    """NAT is built in; named networks arrive later, so those NICs start unplugged."""
-    if nic.connection_type == "nat" and not nic.network_name:
-        return "user" if nic.start_connected else _unplugged(nic, warnings, "startConnected is FALSE")
+def _network(nic: Nic, uuid: str, host: HostNetworks, warnings: list[str]) -> NetBackend:
+    """What is behind a NIC: a tap on the switch of the network it names, QEMU's user-mode NAT where the host
+    builds no networks, or nothing (its link down, with a warning saying why and what to do)."""
     if nic.connection_type == "none":
         return "unconnected"
-    return _unplugged(nic, warnings, f"network {nic.network!r} is not known to this host")
+    if not nic.start_connected:
+        return _unplugged(nic, warnings, "startConnected is FALSE")
+    wanted = wanted_network(nic)
+    if wanted is None:
+        return _unplugged(nic, warnings, f"connectionType {nic.connection_type!r} names no network minivisor has")
+    if host.networks is None:
+        if wanted == NAT:
+            return "user"
+        return _unplugged(nic, warnings, f"network {excerpt(wanted)} needs bridges and taps, which this host cannot "
+                                         f"make ({host.reason})")
+    entry = host.networks.get(wanted.lower())
+    if entry is None and wanted == BRIDGED:
+        entry = next((n for n in host.networks.values() if n.mode == "bridged"), None)
+    if entry is None:
+        if wanted == BRIDGED:
+            make = "make one with: minivisor net create bridged --bridge HOSTIF"
+        elif is_network_name(wanted):
+            make = f"create it with: minivisor net create {wanted}"
+        else:
+            make = "a network name is 1-32 letters, digits, '.', '_' or '-'"
+        return _unplugged(nic, warnings, f"network {excerpt(wanted)} does not exist ({make})")
+    return Tap(tap_name(uuid, nic.index), entry.name)
 
 
 def _unplugged(nic: Nic, warnings: list[str], why: str) -> NetBackend:

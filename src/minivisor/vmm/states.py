@@ -51,6 +51,7 @@ class Action(str, Enum):
     CLONE = "clone"
     RESIZE_DISK = "resize a disk of"
     RECOVER = "recover an interrupted operation on"
+    NIC = "change a NIC of"
     RESET_NVRAM = "reset the UEFI variables of"
 
 
@@ -74,6 +75,7 @@ LEGAL: dict[Action, frozenset[VmState]] = {
     Action.CLONE: _ANY_SETTLED,  # a running VM is cloned from a snapshot taken for the purpose
     Action.RESIZE_DISK: _ANY_SETTLED,  # a running VMM grows the disk and the guest sees it
     Action.RECOVER: _ANY_SETTLED,  # finish or undo what a killed process left in the VM's journal
+    Action.NIC: _ANY_SETTLED,  # running: its link at once (QMP); off: at its next power-on
     Action.RESET_NVRAM: _OFF,  # the running firmware has its variable store open
 }
 

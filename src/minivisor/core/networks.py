@@ -1,0 +1,434 @@
+"""Virtual networks, the core's side: what should exist on the host, made so from the catalog.
+
+The catalog holds each network's definition, the DHCP reservations and each
+VM's port forwards; :mod:`minivisor.net` builds them on the host. What runs is
+read back from the host itself: a VM is on a network while its tap (whose alias
+names the VM, the NIC, its MAC and the network) is on the bridge and the VM's
+lock is held. So a crash leaves nothing that can disagree: :meth:`Networks.sync`
+deletes the taps of VMs that no longer run and loads the firewall table again
+from what is left. Every change to the host happens under one lock per
+datastore (``.minivisor/net.lock``), so two processes never build one network twice.
+
+``nat`` (VMware's VMnet8) and ``hostonly`` (VMnet1) exist by default: they enter
+the catalog, with a free subnet, the first time they are used.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ..datastore.catalog import ForwardEntry, NetworkEntry, Reservation
+from ..datastore.inventory import Inventory
+from ..datastore.store import Datastore
+from ..errors import ArgumentError, ConflictError, HostError, LockError, NotFoundError
+from ..locks import wait_lock
+from ..net import addressing, dhcp, firewall, switch
+from ..net.forwards import PortSpec, parse_forward, parse_host_side, port_user
+from ..net.host import support
+from ..net.names import DEFAULT_NETWORKS, bridge_name, check_interface_name, check_network_name, wanted_network
+from ..spec.identity import generated_mac
+from ..spec.vmspec import Nic
+from ..text import excerpt
+from ..vmm.plan import HostNetworks, LaunchPlan
+from ..vmm.process import VmLock
+from .context import VmContext
+from .results import NetworkInfo
+
+__all__ = ["Networks", "MODES"]
+
+MODES = ("nat", "isolated", "bridged")
+LOCK_WAIT = 60.0  # seconds a network change waits for the one before it
+
+
+class Networks:
+    """The virtual networks of one datastore."""
+
+    def __init__(self, datastore: Datastore, inventory: Inventory) -> None:
+        self.datastore = datastore
+        self.inventory = inventory
+        self.catalog = datastore.catalog
+
+    # -- definitions -----------------------------------------------------
+    def for_plan(self) -> HostNetworks:
+        """The networks a power-on may plug NICs into (defaults included), or why there are none."""
+        host = support()
+        if not host.available:
+            return HostNetworks(None, host.reason)
+        found = {name: NetworkEntry(name, mode, None, True, "") for name, mode in DEFAULT_NETWORKS.items()}
+        found.update({entry.name.lower(): entry for entry in self.catalog.networks()})
+        return HostNetworks(found)
+
+    def create(self, name: str, *, mode: str = "nat", subnet: str | None = None, bridge: str | None = None,
+               dhcp_on: bool = True) -> NetworkInfo:
+        """A new network, made on the host at once; if any part fails, nothing of it is left."""
+        check_network_name(name)
+        self._require_support()
+        if mode not in MODES:
+            raise ArgumentError(f"{excerpt(mode)} is not a network mode", hint=f"use one of {', '.join(MODES)}")
+        if (mode == "bridged") != (bridge is not None):
+            raise ArgumentError("a bridged network needs the host interface it bridges (--bridge), and only it",
+                                hint="minivisor net create NAME --bridge eth0")
+        if mode == "bridged" and subnet is not None:
+            raise ArgumentError("a bridged network's addresses are the host network's: it takes no --subnet",
+                                hint="leave out --subnet")
+        with self._turn():
+            if self.catalog.find_network(name):
+                raise ConflictError(f"a network named {name!r} already exists", hint="see: minivisor net list")
+            entry = self._define(name, mode, subnet, bridge, dhcp_on)
+            self.catalog.add_network(entry)
+            try:
+                self._activate(entry)
+                self._sync()
+            except BaseException:
+                self._deactivate(entry)
+                self.catalog.remove_network(name)
+                self._sync()
+                raise
+        return self.get(name)
+
+    def list(self) -> list[NetworkInfo]:
+        """Every network, the defaults included."""
+        live = self._live_taps(prune=False) if support().available else []
+        entries = {e.name.lower(): e for e in self._entries_with_defaults()}
+        return [self._info(entry, live) for _, entry in sorted(entries.items())]
+
+    def get(self, name: str) -> NetworkInfo:
+        live = self._live_taps(prune=False) if support().available else []
+        return self._info(self._known(name), live)
+
+    def delete(self, name: str) -> None:
+        """Remove a network and everything it made on the host; refused while a running VM is on it."""
+        self._require_support()
+        with self._turn():
+            entry = self._known(name)
+            users = sorted({self._vm_name(owner.vm_uuid) for owner in self._live_taps()
+                            if owner.network.lower() == entry.name.lower()})
+            if users:
+                raise ConflictError(f"network {entry.name!r} is in use by running VM(s): {', '.join(users)}",
+                                    hint="power them off first, or move their NICs to another network")
+            self._deactivate(entry)
+            if self.catalog.find_network(entry.name):
+                self.catalog.remove_network(entry.name)
+            self._sync()
+
+    # -- VMs on networks ---------------------------------------------------
+    def plug(self, ctx: VmContext, plan: LaunchPlan) -> None:
+        """Before the VMM starts: each network it needs up, a reservation per NIC, a tap per NIC on its bridge."""
+        if not plan.taps:
+            return
+        with self._turn():
+            live = self._live_taps()  # taps of VMs that no longer run are gone after this
+            plugged: list[str] = []
+            try:
+                for index, tap in plan.taps.items():
+                    entry = self._network(tap.network)
+                    mac = plan.env.macs[index]
+                    self._check_mac_free(ctx, entry, mac, live)
+                    self._activate(entry)
+                    if entry.dhcp and entry.subnet:
+                        self._reserve(entry, mac, ctx.uuid)
+                    switch.plug_tap(tap.ifname, entry.bridge, switch.tap_alias(ctx.uuid, index, mac, entry.name))
+                    plugged.append(tap.ifname)
+                self._sync()
+            except BaseException:
+                for name in plugged:
+                    switch.delete_link(name)
+                raise
+
+    def unplug(self, ctx: VmContext) -> None:
+        """After the VMM ended: its taps deleted, its port forwards out of the firewall."""
+        if not support().available:
+            return
+        with self._turn():
+            for link in switch.links().values():
+                owner = switch.TapOwner.of(link)
+                if owner is not None and owner.vm_uuid == ctx.uuid:
+                    switch.delete_link(link.name)
+            self._sync()
+
+    def clean_up(self) -> None:
+        """Delete what VMMs that died left (taps) and load the firewall table again (service start, a VMM's exit)."""
+        if not support().available or not any(self._entries_with_defaults(defaults=False)):
+            return
+        with self._turn():
+            self._sync()
+
+    def nic_addresses(self, ctx: VmContext) -> list[dict]:
+        """Each NIC of a VM: its MAC, network, reserved address and whether the guest holds a lease on it."""
+        found = []
+        reservations = {(r.network.lower(), r.mac): r.address for r in self.catalog.reservations_of(ctx.uuid)}
+        for nic in ctx.read_spec().nics:
+            mac = nic.mac or generated_mac(ctx.uuid, nic.index)
+            entry = self._network_of(nic)
+            address = reservations.get((entry.name.lower(), mac)) if entry else None
+            leased = bool(entry and address and
+                          dhcp.leases(self._dhcp_files(entry.name)).get(mac) == address)
+            found.append({"nic": nic.name, "mac": mac, "network": entry.name if entry else None,
+                          "address": address, "lease": "leased" if leased else ("reserved" if address else None)})
+        return found
+
+    def reserve_address(self, ctx: VmContext, nic_name: str, address: str) -> dict:
+        """Give a NIC a fixed address on its network (the guest gets it at its next DHCP renewal)."""
+        nic = _nic(ctx, nic_name)
+        entry = self._network_of(nic)
+        if entry is None or not entry.subnet:
+            raise ConflictError(f"{nic.name} of {ctx.name!r} is not on a network minivisor gives addresses on",
+                                hint="put it on a nat or isolated network (ethernetN.networkName)")
+        address = addressing.check_reservable(ipaddress.IPv4Network(entry.subnet), address)
+        mac = nic.mac or generated_mac(ctx.uuid, nic.index)
+        with self._turn():
+            self.catalog.reserve(Reservation(entry.name, mac, address, ctx.uuid))
+            self._reload_dhcp(entry)
+        return {"nic": nic.name, "mac": mac, "network": entry.name, "address": address}
+
+    # -- port forwards -------------------------------------------------------
+    def add_forward(self, ctx: VmContext, text: str, nic_name: str) -> dict:
+        """Forward a port of the host to a port of one NIC of the VM; kept with the VM, applied while it runs."""
+        spec = parse_forward(text)
+        nic = _nic(ctx, nic_name)
+        entry = self._network_of(nic)
+        if entry is None or entry.mode == "bridged":
+            raise ConflictError(f"{nic.name} of {ctx.name!r} is not on a nat or isolated network, so no port "
+                                "can be forwarded to it", hint="the guest of a bridged network is reached directly")
+        with self._turn():
+            self._check_port_free(spec)
+            self.catalog.add_forward(ForwardEntry(ctx.uuid, nic.index, spec.protocol, spec.host_addr,
+                                                  spec.host_port, spec.guest_port))
+            self._sync()
+        return _forward_dict(self.catalog.forwards(ctx.uuid)[-1], ctx.name) | {"spec": str(spec)}
+
+    def forwards(self, ctx: VmContext) -> list[dict]:
+        return [_forward_dict(f, ctx.name) for f in self.catalog.forwards(ctx.uuid)]
+
+    def remove_forward(self, ctx: VmContext, text: str) -> None:
+        """Remove the forward from ``[ADDR:]HOSTPORT[/udp]`` (or the whole spec it was added with)."""
+        protocol, host_addr, host_port = parse_host_side(text)
+        match = [f for f in self.catalog.forwards(ctx.uuid)
+                 if (f.protocol, f.host_addr, f.host_port) == (protocol, host_addr, host_port)]
+        if not match:
+            raise NotFoundError(f"VM {ctx.name!r} has no port forward from {host_addr}:{host_port}/{protocol}",
+                                hint=f"see them: minivisor vm port-forward list {ctx.name}")
+        with self._turn():
+            self.catalog.remove_forward(match[0])
+            self._sync()
+
+    # -- the host ----------------------------------------------------------------
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        fd = wait_lock(self.datastore.meta / "net.lock", LOCK_WAIT, poll=0.01)
+        if fd is None:
+            raise LockError("another process is changing this datastore's networks", hint="retry when it is done")
+        try:
+            self._check_owner()
+            yield
+        finally:
+            os.close(fd)
+
+    def _check_owner(self) -> None:
+        """One datastore's networks per host (network namespace): the firewall table is built from its catalog."""
+        owner = firewall.owner()
+        mine = str(self.datastore.root)
+        if owner and owner != mine and os.path.isdir(os.path.join(owner, ".minivisor")):
+            raise ConflictError(f"this host's networks belong to the datastore {owner}",
+                                hint="use that datastore, or delete its networks first (minivisor net delete)")
+
+    def _require_support(self) -> None:
+        host = support()
+        if not host.available:
+            raise HostError(f"this host cannot make networks: {host.reason}",
+                            hint="run minivisor as root on a host with /dev/net/tun, ip, nft and dnsmasq")
+
+    def _define(self, name: str, mode: str, subnet: str | None, uplink: str | None, dhcp_on: bool) -> NetworkEntry:
+        """A new network's definition: its subnet checked against the host's, its bridge named."""
+        host_links = switch.links()
+        taken = {e.bridge for e in self.catalog.networks()} | set(host_links)
+        if mode == "bridged":
+            assert uplink is not None
+            link = host_links.get(check_interface_name(uplink)) or switch.require_link(uplink)
+            if link.ours:
+                raise ConflictError(f"{uplink} is minivisor's own interface", hint="bridge a host interface")
+            if link.kind == "bridge":  # the user's bridge: its ports are the switch (minivisor never deletes it)
+                return NetworkEntry(name, mode, None, False, uplink, uplink, time.time())
+            if link.master:
+                raise ConflictError(f"{uplink} is already on the bridge {link.master}",
+                                    hint=f"bridge that one: minivisor net create {name} --bridge {link.master}")
+            if switch.addresses_of(uplink):
+                raise ConflictError(f"{uplink} has IP addresses: putting it on a bridge would cut the host off them",
+                                    hint="make a bridge holding it and its addresses, then: net create NAME --bridge BR")
+            return NetworkEntry(name, mode, None, False, bridge_name(taken), uplink, time.time())
+        used = [ipaddress.IPv4Network(e.subnet) for e in self.catalog.networks() if e.subnet]
+        used += switch.used_networks()
+        network = addressing.parse_subnet(subnet) if subnet else addressing.free_subnet(used)
+        clash = next((u for u in used if network.overlaps(u)), None)
+        if clash is not None:
+            raise ConflictError(f"subnet {network} overlaps {clash}, which this host already uses",
+                                hint="choose another subnet with --subnet")
+        return NetworkEntry(name, mode, str(network), dhcp_on, bridge_name(taken), None, time.time())
+
+    def _activate(self, entry: NetworkEntry) -> None:
+        """The network's bridge (and uplink, dnsmasq) on the host, made or completed."""
+        if entry.mode == "bridged":
+            if entry.bridge != entry.uplink:
+                switch.make_bridge(entry.bridge, entry.name, None)
+                switch.attach_uplink(entry.uplink or "", entry.bridge)
+            return
+        subnet = ipaddress.IPv4Network(entry.subnet or "")
+        switch.make_bridge(entry.bridge, entry.name, addressing.host_interface(subnet))
+        # Port forwards from 127.0.0.1 leave through the bridge with a loopback source (then masqueraded).
+        switch.set_sysctl(f"net/ipv4/conf/{entry.bridge}/route_localnet", "1")
+        if entry.mode == "nat":
+            switch.set_sysctl("net/ipv4/ip_forward", "1")
+        files = self._dhcp_files(entry.name)
+        if entry.dhcp and dhcp.running_pid(files) is None:
+            dhcp.start(files, dhcp.config_text(files, entry.bridge, subnet, router=entry.mode == "nat"),
+                       self._reservation_lines(entry))
+
+    def _deactivate(self, entry: NetworkEntry) -> None:
+        """Remove what the network made on the host (a user's own bridge stays, without minivisor's taps)."""
+        dhcp.stop(self._dhcp_files(entry.name))
+        if entry.mode == "bridged" and entry.bridge == entry.uplink:
+            return
+        if entry.mode == "bridged":
+            switch.detach_uplink(entry.uplink or "")
+        link = switch.links().get(entry.bridge)
+        if link is not None and link.ours:
+            switch.delete_link(entry.bridge)
+
+    def _sync(self) -> None:
+        """Delete the taps of VMs that no longer run, then load the firewall table for what is left."""
+        live = self._live_taps()
+        host_links = switch.links()
+        switches, bridges = [], {}
+        for entry in self.catalog.networks():
+            bridges[entry.name.lower()] = entry.bridge
+            if entry.bridge in host_links:
+                switches.append(firewall.Switch(entry.bridge, entry.mode,
+                                                ipaddress.IPv4Network(entry.subnet) if entry.subnet else None))
+        forwards = []
+        for owner in live:
+            reservations = {r.mac: r.address for r in self.catalog.reservations(owner.network)}
+            for forward in self.catalog.forwards(owner.vm_uuid):
+                address = reservations.get(owner.mac)
+                if forward.nic == owner.index and address and owner.network.lower() in bridges:
+                    forwards.append(firewall.Forward(forward.protocol, forward.host_addr, forward.host_port,
+                                                     address, forward.guest_port, bridges[owner.network.lower()]))
+        firewall.load(firewall.ruleset(switches, forwards, str(self.datastore.root)))
+
+    def _live_taps(self, *, prune: bool = True) -> list[switch.TapOwner]:
+        """The taps of running VMs; ``prune`` (during a change): those of VMs that are gone (a crash, a guest
+        power-off) are deleted."""
+        live = []
+        for link in switch.links().values():
+            owner = switch.TapOwner.of(link)
+            if owner is None:
+                continue
+            entry = self.catalog.vm_by_uuid(owner.vm_uuid)
+            if entry is not None and VmLock(self.inventory.paths_of(entry).lock).is_held_elsewhere():
+                live.append(owner)
+            elif prune:
+                switch.delete_link(link.name)
+        return live
+
+    def _check_mac_free(self, ctx: VmContext, entry: NetworkEntry, mac: str, live: list[switch.TapOwner]) -> None:
+        for owner in live:
+            if owner.network.lower() == entry.name.lower() and owner.mac == mac and owner.vm_uuid != ctx.uuid:
+                raise ConflictError(f"MAC {mac} is already on network {entry.name!r}: VM "
+                                    f"{self._vm_name(owner.vm_uuid)!r} (ethernet{owner.index}) runs with it",
+                                    hint=f"give {ctx.name}'s NIC another address, or power the other VM off")
+
+    def _check_port_free(self, spec: PortSpec) -> None:
+        for forward in self.catalog.forwards():
+            same_port = (forward.protocol, forward.host_port) == (spec.protocol, spec.host_port)
+            if same_port and (forward.host_addr == spec.host_addr or "0.0.0.0" in (forward.host_addr, spec.host_addr)):
+                raise ConflictError(f"port {spec.host_addr}:{spec.host_port}/{spec.protocol} is already forwarded "
+                                    f"to VM {self._vm_name(forward.vm_uuid)!r} (ethernet{forward.nic} port "
+                                    f"{forward.guest_port})", hint="choose another host port")
+        user = port_user(spec.protocol, spec.host_addr, spec.host_port)
+        if user is not None:
+            raise ConflictError(f"port {spec.host_addr}:{spec.host_port}/{spec.protocol} of this host is taken by "
+                                f"{user}", hint="choose another host port")
+
+    def _reserve(self, entry: NetworkEntry, mac: str, vm_uuid: str) -> None:
+        """A reservation for a NIC that has none on this network, and dnsmasq told."""
+        current = self.catalog.reservations(entry.name)
+        if any(r.mac == mac for r in current):
+            return
+        address = addressing.next_reserved(ipaddress.IPv4Network(entry.subnet or ""), {r.address for r in current})
+        self.catalog.reserve(Reservation(entry.name, mac, address, vm_uuid))
+        self._reload_dhcp(entry)
+
+    def _reload_dhcp(self, entry: NetworkEntry) -> None:
+        dhcp.reload(self._dhcp_files(entry.name), self._reservation_lines(entry))
+
+    def _reservation_lines(self, entry: NetworkEntry) -> list[tuple[str, str]]:
+        return [(r.mac, r.address) for r in self.catalog.reservations(entry.name)]
+
+    def _dhcp_files(self, name: str) -> dhcp.DhcpFiles:
+        return dhcp.dhcp_files(self.datastore.meta, name)
+
+    def _entries_with_defaults(self, *, defaults: bool = True) -> list[NetworkEntry]:
+        entries = self.catalog.networks()
+        if defaults:
+            have = {e.name.lower() for e in entries}
+            entries += [NetworkEntry(name, mode, None, True, "") for name, mode in DEFAULT_NETWORKS.items()
+                        if name not in have]
+        return entries
+
+    def _known(self, name: str) -> NetworkEntry:
+        """A network by name (a default one is defined on first use), or NotFoundError."""
+        entry = self.catalog.find_network(name)
+        if entry is None and name.lower() in DEFAULT_NETWORKS and support().available:
+            return self._network(name.lower())
+        if entry is None:
+            raise NotFoundError(f"no network named {excerpt(name)}", hint="see the networks: minivisor net list")
+        return entry
+
+    def _network(self, name: str) -> NetworkEntry:
+        """The network named (a default one enters the catalog now, with a free subnet)."""
+        entry = self.catalog.find_network(name)
+        if entry is None and name.lower() in DEFAULT_NETWORKS:
+            entry = self._define(name.lower(), DEFAULT_NETWORKS[name.lower()], None, None, True)
+            self.catalog.add_network(entry)
+        if entry is None:
+            raise NotFoundError(f"no network named {excerpt(name)}", hint="see the networks: minivisor net list")
+        return entry
+
+    def _network_of(self, nic: Nic) -> NetworkEntry | None:
+        """The network a NIC's specfile keys name, if it exists (a default one is defined now)."""
+        wanted = wanted_network(nic)
+        if wanted and wanted.lower() in DEFAULT_NETWORKS and support().available:
+            return self._network(wanted)
+        return self.catalog.find_network(wanted) if wanted else None
+
+    def _vm_name(self, vm_uuid: str) -> str:
+        entry = self.catalog.vm_by_uuid(vm_uuid)
+        return entry.name if entry else vm_uuid
+
+    def _info(self, entry: NetworkEntry, live: list[switch.TapOwner]) -> NetworkInfo:
+        host = support()
+        subnet = ipaddress.IPv4Network(entry.subnet) if entry.subnet else None
+        if not host.available:
+            state = "user-mode" if entry.name.lower() == "nat" else "unavailable"
+        else:
+            state = "active" if entry.bridge and entry.bridge in switch.links() else "inactive"
+        pid = dhcp.running_pid(self._dhcp_files(entry.name)) if entry.dhcp and subnet else None
+        vms = tuple(sorted({self._vm_name(o.vm_uuid) for o in live if o.network.lower() == entry.name.lower()}))
+        return NetworkInfo(entry.name, entry.mode, str(subnet) if subnet else None,
+                           str(addressing.host_interface(subnet).ip) if subnet else None, entry.dhcp,
+                           entry.bridge or None, entry.uplink, state, pid, vms)
+
+
+def _nic(ctx: VmContext, name: str) -> Nic:
+    for nic in ctx.read_spec().nics:
+        if nic.name == name.strip().lower():
+            return nic
+    raise NotFoundError(f"VM {ctx.name!r} has no NIC {excerpt(name)}", hint=f"see its NICs: minivisor vm show {ctx.name}")
+
+
+def _forward_dict(forward: ForwardEntry, vm: str) -> dict:
+    return {"vm": vm, "nic": f"ethernet{forward.nic}", "protocol": forward.protocol, "host_addr": forward.host_addr,
+            "host_port": forward.host_port, "guest_port": forward.guest_port}

@@ -1,0 +1,143 @@
+"""DHCP (and DNS) on a network: one dnsmasq per network, bound to its bridge alone.
+
+Reservations (MAC -> address) live in a hosts file that dnsmasq re-reads on
+SIGHUP, so a new reservation never restarts it. dnsmasq drops to ``nobody``
+after start, so its pid file and hosts file live in a folder it can read
+(:func:`minivisor.dirs.network_runtime_root`); its leases stay in the datastore.
+A dnsmasq is minivisor's if its command line names the network's config file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import dirs, procfs
+from ..errors import NetworkError
+from ..files import write_atomic
+from .addressing import dynamic_range, host_interface
+from .host import run
+
+__all__ = ["DhcpFiles", "dhcp_files", "config_text", "hosts_text", "start", "stop", "reload", "running_pid",
+           "leases", "LEASE_TIME"]
+
+LEASE_TIME = "1h"
+
+
+@dataclass(frozen=True)
+class DhcpFiles:
+    """The files of one network's dnsmasq."""
+
+    runtime: Path  # readable by nobody: config, hosts file, pid file
+    leases: Path  # in the datastore, written by dnsmasq
+
+    @property
+    def config(self) -> Path:
+        return self.runtime / "dnsmasq.conf"
+
+    @property
+    def hosts(self) -> Path:
+        return self.runtime / "hosts"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.runtime / "dnsmasq.pid"
+
+
+def dhcp_files(datastore_meta: Path, network: str) -> DhcpFiles:
+    """Where the dnsmasq of ``network`` of this datastore keeps its files (one folder per datastore and network)."""
+    tag = hashlib.sha256(os.path.realpath(datastore_meta).encode()).hexdigest()[:12]
+    return DhcpFiles(dirs.network_runtime_root() / f"{tag}-{network.lower()}",
+                     datastore_meta / "net" / network.lower() / "leases")
+
+
+def config_text(files: DhcpFiles, bridge: str, subnet: ipaddress.IPv4Network, *, router: bool) -> str:
+    """dnsmasq's configuration: DHCP and DNS on ``bridge`` only; a gateway only if the network routes out."""
+    gateway = host_interface(subnet).ip
+    start, end = dynamic_range(subnet)
+    lines = [
+        "# minivisor: written at every start of this network's dnsmasq; changes here are lost",
+        f"interface={bridge}", "bind-interfaces", "except-interface=lo", f"listen-address={gateway}",
+        "strict-order", "domain-needed", "bogus-priv", "user=nobody", "group=nogroup",
+        f"pid-file={files.pid_file}", f"dhcp-leasefile={files.leases}", f"dhcp-hostsfile={files.hosts}",
+        f"dhcp-range={start},{end},{subnet.netmask},{LEASE_TIME}", "dhcp-authoritative", "dhcp-no-override",
+        f"dhcp-option=option:dns-server,{gateway}",
+        f"dhcp-option=option:router,{gateway}" if router else "dhcp-option=option:router",
+    ]
+    if not router:
+        lines.append("no-resolv")  # an isolated network asks no DNS server outside it
+    return "\n".join(lines) + "\n"
+
+
+def hosts_text(reservations: list[tuple[str, str]]) -> str:
+    """The hosts file: one ``MAC,ADDRESS`` line per reservation."""
+    return "".join(f"{mac},{address}\n" for mac, address in reservations)
+
+
+def running_pid(files: DhcpFiles) -> int | None:
+    """The pid of the network's dnsmasq if it runs (its command line names our config), else None."""
+    try:
+        pid = int(files.pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    cmdline = procfs.cmdline(pid) or []
+    return pid if f"--conf-file={files.config}" in cmdline else None
+
+
+def start(files: DhcpFiles, config: str, reservations: list[tuple[str, str]]) -> int:
+    """Start the network's dnsmasq (it daemonizes once it serves); returns its pid."""
+    files.runtime.mkdir(mode=0o755, parents=True, exist_ok=True)
+    os.chmod(files.runtime, 0o755)
+    files.leases.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_atomic(files.config, config.encode(), mode=0o644)
+    write_atomic(files.hosts, hosts_text(reservations).encode(), mode=0o644)
+    run(["dnsmasq", f"--conf-file={files.config}"], "start dnsmasq")
+    pid = running_pid(files)
+    if pid is None:
+        raise NetworkError(f"dnsmasq for {files.config.parent.name} exited as soon as it started",
+                           hint="see the host's log (journalctl -t dnsmasq)")
+    return pid
+
+
+def reload(files: DhcpFiles, reservations: list[tuple[str, str]]) -> None:
+    """Write the reservations and have dnsmasq re-read them (SIGHUP: no restart, leases kept)."""
+    write_atomic(files.hosts, hosts_text(reservations).encode(), mode=0o644)
+    pid = running_pid(files)
+    if pid is not None:
+        os.kill(pid, signal.SIGHUP)
+
+
+def stop(files: DhcpFiles) -> None:
+    """Stop the network's dnsmasq (if it runs) and remove its runtime folder; the leases stay."""
+    pid = running_pid(files)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5.0
+        while procfs.start_ticks(pid) is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for path in (files.config, files.hosts, files.pid_file):
+        path.unlink(missing_ok=True)
+    try:
+        files.runtime.rmdir()
+    except OSError:
+        pass
+
+
+def leases(files: DhcpFiles) -> dict[str, str]:
+    """MAC -> address of the leases dnsmasq has given and that have not expired."""
+    found = {}
+    now = time.time()
+    try:
+        lines = files.leases.read_text(errors="replace").splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 3 and fields[0].isdigit() and (int(fields[0]) == 0 or int(fields[0]) > now):
+            found[fields[1].lower()] = fields[2]
+    return found

@@ -1,0 +1,146 @@
+"""The switch of a network: a Linux bridge, and a tap per NIC plugged into it (``ip``, iproute2).
+
+Every link made here gets an alias (``ip link set NAME alias``) that says it is
+minivisor's and whose it is: ``minivisor:network:NAME`` for a bridge,
+``minivisor:tap:VM-UUID:INDEX:MAC:NETWORK`` for a tap. Clean-ups look at aliases,
+so no interface a user made is ever deleted. Taps are persistent (QEMU opens
+them by name with ``script=no``), so minivisor deletes them when their VM
+powers off, and finds the ones a crash left by their alias.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+
+from ..errors import NotFoundError
+from .host import run
+from .names import ALIAS_PREFIX
+
+__all__ = ["Link", "TapOwner", "links", "used_networks", "make_bridge", "delete_link", "plug_tap", "attach_uplink",
+           "detach_uplink", "set_sysctl", "addresses_of", "bridge_alias", "tap_alias", "require_link"]
+
+
+@dataclass(frozen=True)
+class Link:
+    """A network interface of the host as ``ip -j link`` shows it."""
+
+    name: str
+    alias: str
+    master: str | None
+    kind: str | None  # bridge, tun, veth... (None: a physical NIC)
+
+    @property
+    def ours(self) -> bool:
+        return self.alias.startswith(ALIAS_PREFIX)
+
+
+@dataclass(frozen=True)
+class TapOwner:
+    """Whose a tap is, read back from its alias."""
+
+    vm_uuid: str
+    index: int
+    mac: str
+    network: str
+
+    @classmethod
+    def of(cls, link: Link) -> TapOwner | None:
+        parts = link.alias.split(":", 2)
+        if not link.ours or len(parts) < 3 or parts[1] != "tap":
+            return None
+        fields = parts[2].split("/")
+        if len(fields) != 4 or not fields[1].isdigit():
+            return None
+        return cls(fields[0], int(fields[1]), fields[2], fields[3])
+
+
+def bridge_alias(network: str) -> str:
+    return f"{ALIAS_PREFIX}network:{network}"
+
+
+def tap_alias(vm_uuid: str, index: int, mac: str, network: str) -> str:
+    # "/" between fields: a MAC has colons, a network name has no slash.
+    return f"{ALIAS_PREFIX}tap:{vm_uuid}/{index}/{mac}/{network}"
+
+
+def links() -> dict[str, Link]:
+    """Every interface of the host (of this network namespace), by name."""
+    found = {}
+    for item in json.loads(run(["ip", "-j", "-d", "link", "show"], "list the host's interfaces") or "[]"):
+        kind = (item.get("linkinfo") or {}).get("info_kind")
+        found[item["ifname"]] = Link(item["ifname"], item.get("ifalias", ""), item.get("master"), kind)
+    return found
+
+
+def require_link(name: str) -> Link:
+    """An interface of the host, or NotFoundError."""
+    link = links().get(name)
+    if link is None:
+        raise NotFoundError(f"this host has no network interface {name!r}",
+                            hint="see its interfaces with: ip link")
+    return link
+
+
+def addresses_of(interface: str) -> list[ipaddress.IPv4Interface]:
+    """The IPv4 addresses of one interface."""
+    text = run(["ip", "-j", "-4", "addr", "show", "dev", interface], f"read the addresses of {interface}")
+    return [ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}")
+            for item in json.loads(text or "[]") for a in item.get("addr_info", [])]
+
+
+def used_networks() -> list[ipaddress.IPv4Network]:
+    """Every IPv4 network the host has an address or a route in: a new network must overlap none."""
+    found = []
+    for item in json.loads(run(["ip", "-j", "-4", "addr", "show"], "list the host's addresses") or "[]"):
+        for address in item.get("addr_info", []):
+            found.append(ipaddress.IPv4Interface(f"{address['local']}/{address['prefixlen']}").network)
+    for route in json.loads(run(["ip", "-j", "-4", "route", "show"], "list the host's routes") or "[]"):
+        if route.get("dst") not in (None, "default"):
+            found.append(ipaddress.IPv4Network(route["dst"] if "/" in route["dst"] else f"{route['dst']}/32",
+                                               strict=False))
+    return found
+
+
+def make_bridge(name: str, network: str, address: ipaddress.IPv4Interface | None) -> None:
+    """The network's bridge, up, with the host's address on it (if any): made, or completed if it exists."""
+    existing = links().get(name)
+    if existing is None:
+        run(["ip", "link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0"],
+            f"create the bridge {name}")
+    run(["ip", "link", "set", name, "alias", bridge_alias(network)], f"name the bridge {name}")
+    if address is not None:
+        run(["ip", "addr", "replace", str(address), "dev", name], f"give {name} the address {address}")
+    run(["ip", "link", "set", name, "up"], f"bring {name} up")
+
+
+def delete_link(name: str) -> None:
+    """Delete an interface (a bridge or a tap of minivisor's); gone already is fine."""
+    run(["ip", "link", "del", name], f"delete {name}", check=False)
+
+
+def plug_tap(name: str, bridge: str, alias: str) -> None:
+    """A fresh tap plugged into ``bridge`` and up (one a crash left under that name is replaced)."""
+    if name in links():
+        delete_link(name)
+    run(["ip", "tuntap", "add", "dev", name, "mode", "tap", "vnet_hdr"], f"create the tap {name}")
+    try:
+        run(["ip", "link", "set", name, "alias", alias, "master", bridge, "up"], f"plug {name} into {bridge}")
+    except BaseException:
+        delete_link(name)
+        raise
+
+
+def attach_uplink(uplink: str, bridge: str) -> None:
+    run(["ip", "link", "set", uplink, "master", bridge, "up"], f"put {uplink} on the bridge {bridge}")
+
+
+def detach_uplink(uplink: str) -> None:
+    run(["ip", "link", "set", uplink, "nomaster"], f"take {uplink} off its bridge", check=False)
+
+
+def set_sysctl(key: str, value: str) -> None:
+    """Set a kernel network setting (``net/ipv4/ip_forward``) of this network namespace."""
+    with open(f"/proc/sys/{key}", "w") as handle:
+        handle.write(value)

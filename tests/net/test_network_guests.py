@@ -1,0 +1,190 @@
+"""Virtual networks seen from inside the guests (issue 9), three VMs booted once for the module.
+
+In a network namespace of the module's own (see conftest): network ``A`` (NAT)
+holds ``a1`` (virtio) and ``a2`` (e1000); ``m`` is on VMware's ``nat`` with one NIC
+of every model (its other NICs on ``hostonly``). An httpd in the upstream
+namespace stands for the outside world. The tests run in file order; the last
+one powers everything off and deletes the networks, and checks nothing is left.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+
+import pytest
+from netlab import HOST_ADDR, UP_ADDR, end_lab, make_lab
+
+from minivisor import Hypervisor
+from minivisor.spec.vmx import VmxDocument
+
+pytestmark = pytest.mark.qemu
+
+MODELS = {"ethernet0": ("vmxnet3", "vmxnet3"), "ethernet1": ("e1000", "e1000"), "ethernet2": ("e1000e", "e1000e"),
+          "ethernet3": ("vlance", "pcnet32"), "ethernet4": ("virtio", "virtio_net")}  # NIC -> (virtualDev, driver)
+
+
+@pytest.fixture(scope="module")
+def net_lab(tmp_path_factory, appliance_image):
+    lab = make_lab(tmp_path_factory.mktemp("netlab") / "datastore")
+    try:
+        lab.mv("datastore", "allow-path", str(appliance_image.parent))
+        lab.mv("net", "create", "A", "--subnet", "192.168.61.0/24")
+        for name, model in (("a1", "virtio"), ("a2", "e1000")):
+            lab.mv("vm", "create", name, "--memory", "96", "--boot-disk", str(appliance_image), "--network", "A",
+                   "--nic", model)
+        lab.mv("vm", "create", "m", "--memory", "96", "--boot-disk", str(appliance_image), "--network", "nat",
+               "--nic", "vmxnet3")
+        _add_nics(lab.datastore / "m" / "m.vmx")
+        for name in ("a1", "a2", "m"):
+            lab.mv("vm", "start", name, "--wait-ready")
+        yield lab, Hypervisor(lab.datastore)
+    finally:
+        end_lab(lab)
+
+
+def _add_nics(vmx):
+    """NICs 1-4 of every other model on hostonly, with no MAC: minivisor writes theirs at power-on."""
+    doc = VmxDocument.load(vmx)
+    for nic, (model, _) in MODELS.items():
+        if nic != "ethernet0":
+            for key, value in (("present", "TRUE"), ("virtualDev", model), ("connectionType", "hostonly")):
+                doc.set(f"{nic}.{key}", value)
+    doc.save(vmx)
+
+
+def guest(hv, vm: str, command: str, timeout: float = 30) -> tuple[str, int]:
+    result = hv.exec_in_vm(vm, command, timeout=timeout)
+    return result.output, result.exit_code
+
+
+def guest_address(hv, vm: str, ifname: str = "eth0", timeout: float = 30) -> str:
+    """The IPv4 address the guest's DHCP client put on ``ifname`` (it asks in the background after boot)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        output, _ = guest(hv, vm, f"ip -4 -o addr show dev {ifname}")
+        found = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", output)
+        if found or time.monotonic() > deadline:
+            assert found, f"{vm} has no address on {ifname}: {output!r}"
+            return found.group(1)
+        time.sleep(0.5)
+
+
+def reaches(hv, vm: str, address: str) -> bool:
+    _, status = guest(hv, vm, f"ping -c 1 -W 2 {address} >/dev/null")
+    return status == 0
+
+
+def test_guests_on_a_network_get_the_addresses_reserved_for_them(net_lab):
+    lab, hv = net_lab
+    for vm in ("a1", "a2"):
+        (nic,) = lab.mv_json("vm", "ip", vm)
+        assert nic["network"] == "A" and nic["address"].startswith("192.168.61.")
+        assert guest_address(hv, vm) == nic["address"]
+        assert lab.mv_json("vm", "ip", vm)[0]["lease"] == "leased"
+    assert {n["name"]: n["vms"] for n in lab.mv_json("net", "list")}["A"] == ["a1", "a2"]
+
+
+def test_guests_on_one_network_reach_each_other(net_lab):
+    lab, hv = net_lab
+    assert reaches(hv, "a1", guest_address(hv, "a2"))
+    assert reaches(hv, "a2", guest_address(hv, "a1"))
+
+
+def test_a_guest_on_another_network_cannot_reach_them(net_lab):
+    lab, hv = net_lab
+    own = guest_address(hv, "m")
+    assert reaches(hv, "m", own.rsplit(".", 1)[0] + ".1")  # its own gateway: the check itself works
+    for vm in ("a1", "a2"):
+        assert not reaches(hv, "m", guest_address(hv, vm))
+        assert not reaches(hv, vm, own)
+
+
+def test_a_guest_on_nat_reaches_the_outside_as_the_host(net_lab, tmp_path):
+    lab, hv = net_lab
+    log = tmp_path / "upstream.log"
+    server = subprocess.Popen(["ip", "netns", "exec", lab.up, "python3", "-m", "http.server", "8000", "--bind",
+                               UP_ADDR], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    try:
+        (tmp_path / "hello.txt").write_text("from upstream\n")
+        guest_address(hv, "m")
+        deadline = time.monotonic() + 15
+        while True:
+            output, status = guest(hv, "m", f"wget -q -O - http://{UP_ADDR}:8000/hello.txt")
+            if status == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert output.strip() == "from upstream"
+    finally:
+        server.terminate()
+        server.wait()
+    clients = {line.split()[0] for line in log.read_text().splitlines() if "GET /hello.txt" in line}
+    assert clients == {HOST_ADDR}  # masqueraded: the server sees the host, not the guest
+
+
+def test_a_port_forward_reaches_httpd_in_the_guest_from_the_host(net_lab):
+    lab, hv = net_lab
+    guest(hv, "a1", "mkdir -p /www && echo served-by-a1 >/www/index.html && httpd -p 80 -h /www")
+    lab.mv("vm", "port-forward", "a1", "add", "8080:80")
+    fetched = lab.sh("python3 -c \"import urllib.request as u; "
+                     "print(u.urlopen('http://127.0.0.1:8080/', timeout=10).read().decode())\"")
+    assert fetched.strip() == "served-by-a1"
+    assert lab.mv_json("vm", "port-forward", "a1", "list")[0]["guest_port"] == 80
+    lab.mv("vm", "port-forward", "a1", "remove", "8080")
+    assert lab.sh("nft list chain inet minivisor output").count("dnat") == 0
+
+
+def test_link_down_stops_traffic_and_link_up_restores_it(net_lab):
+    lab, hv = net_lab
+    peer = guest_address(hv, "a2")
+    lab.mv("vm", "nic", "a2", "ethernet0", "--link", "down")
+    deadline = time.monotonic() + 10  # e1000's driver looks at the link every 2 s
+    while guest(hv, "a2", "cat /sys/class/net/eth0/carrier")[0].strip() != "0":
+        assert time.monotonic() < deadline, "a2 still sees its link up"
+        time.sleep(0.5)
+    assert not reaches(hv, "a1", peer)
+    lab.mv("vm", "nic", "a2", "ethernet0", "--link", "up")
+    deadline = time.monotonic() + 15
+    while not reaches(hv, "a1", peer):
+        assert time.monotonic() < deadline, "the link came up but a2 stayed unreachable"
+
+
+def test_each_nic_model_has_the_specfile_mac_and_driver_in_the_guest(net_lab):
+    lab, hv = net_lab
+    spec_macs = {nic["name"]: nic["mac"] for nic in lab.mv_json("vm", "show", "m")["nics"]}
+    text = (lab.datastore / "m" / "m.vmx").read_text()
+    for nic in MODELS:  # the MACs minivisor generated are in the specfile now
+        assert f'{nic}.generatedAddress = "{spec_macs[nic]}"' in text
+    inventory = guest(hv, "m", "for n in /sys/class/net/eth*; do echo $(cat $n/address) "
+                               "$(basename $(readlink $n/device/driver)); done")[0]
+    seen = dict(line.split() for line in inventory.strip().splitlines())
+    assert seen == {spec_macs[nic]: driver for nic, (_, driver) in MODELS.items()}
+
+
+def test_an_address_survives_a_power_cycle(net_lab):
+    lab, hv = net_lab
+    before = guest_address(hv, "a1")
+    lab.mv("vm", "stop", "a1", "--hard")
+    taps = [link for link in lab.links() if link.startswith("mvt")]
+    assert len(taps) == 1 + len(MODELS)  # the tap went with the VM: a2's and m's are left
+    lab.mv("vm", "start", "a1", "--wait-ready")
+    assert guest_address(hv, "a1") == before
+
+
+def test_nothing_of_minivisor_is_left_once_vms_are_off_and_networks_deleted(net_lab):
+    lab, hv = net_lab
+    refused = lab.mv("net", "delete", "A", check=False)
+    assert refused.returncode == 4 and "in use by running VM(s): a1, a2" in refused.stderr
+    for vm in ("a1", "a2"):
+        lab.mv("vm", "stop", vm, "--hard")
+    guest(hv, "m", "poweroff -f &")  # a guest that powers itself off: its taps are found and removed
+    deadline = time.monotonic() + 20
+    while lab.mv_json("vm", "show", "m")["state"] != "poweredOff":
+        assert time.monotonic() < deadline, "m did not power off"
+        time.sleep(0.2)
+    for network in ("A", "nat", "hostonly"):
+        lab.mv("net", "delete", network)
+    assert lab.minivisor_leftovers() == []
+    assert json.loads(lab.mv("net", "list", "--json").stdout)[0]["state"] == "inactive"

@@ -1,0 +1,133 @@
+"""Network tests run minivisor inside network namespaces they create, and nowhere else (tests/net).
+
+A :class:`Lab` is two namespaces: ``host`` (where minivisor's CLI runs, so its
+bridges, taps, dnsmasq, nftables table and QEMUs live there) and ``up`` (the
+outside world: a veth pair joins them, 10.99.0.1 on the host's side, 10.99.0.2
+upstream). No traffic leaves them; both are deleted at the end, pass or fail,
+after every process in them is stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+HOST_ADDR, UP_ADDR = "10.99.0.1", "10.99.0.2"
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "network tests need root (network namespaces, bridges, nftables)"
+    for program in ("ip", "nft", "dnsmasq"):
+        if not (shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")):
+            return f"network tests need {program} (apt-get install iproute2 nftables dnsmasq-base)"
+    return None
+
+
+def _ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
+
+
+@dataclass
+class Lab:
+    """A host namespace running minivisor on ``datastore``, and an upstream namespace beside it."""
+
+    host: str
+    up: str
+    datastore: Path
+
+    def mv(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        """``minivisor ARGS`` (the CLI, directly on the datastore) inside the host namespace."""
+        env = {k: v for k, v in os.environ.items() if k != "MINIVISOR_NETWORKING"} | {"MINIVISOR_DIRECT": "1"}
+        done = subprocess.run(["ip", "netns", "exec", self.host, sys.executable, "-m", "minivisor",
+                               "-d", str(self.datastore), *args], capture_output=True, text=True, env=env,
+                              timeout=timeout)
+        if check and done.returncode != 0:
+            raise AssertionError(f"minivisor {' '.join(args)} failed ({done.returncode}): {done.stderr}")
+        return done
+
+    def mv_json(self, *args: str):
+        return json.loads(self.mv(*args, "--json").stdout)
+
+    def sh(self, command: str, *, ns: str | None = None, check: bool = True) -> str:
+        """A shell command in the host namespace (or ``ns``)."""
+        done = subprocess.run(["ip", "netns", "exec", ns or self.host, "sh", "-c", command], capture_output=True,
+                              text=True, timeout=60)
+        if check and done.returncode != 0:
+            raise AssertionError(f"{command!r} failed ({done.returncode}): {done.stderr}")
+        return done.stdout
+
+    def links(self) -> list[str]:
+        return [item["ifname"] for item in json.loads(self.sh("ip -j link show"))]
+
+    def minivisor_leftovers(self) -> list[str]:
+        """Bridges, taps, the nftables table and dnsmasq processes of minivisor's in the host namespace."""
+        found = [name for name in self.links() if name.startswith(("mvbr", "mvt"))]
+        if "minivisor" in self.sh("nft list tables"):
+            found.append("nft table inet minivisor")
+        found += [f"dnsmasq (pid {pid})" for pid in _pids(self.host) if _comm(pid) == "dnsmasq"]
+        return found
+
+
+def _pids(ns: str) -> list[int]:
+    done = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+    return [int(p) for p in done.stdout.split()]
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _end(ns: str) -> None:
+    """Stop every process in a namespace we created (QEMUs, dnsmasq, servers), then delete it."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = _pids(ns)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while _pids(ns) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def make_lab(datastore: Path) -> Lab:
+    """Two namespaces joined by a veth pair, loopback up in both (nothing is made in the root namespace)."""
+    if why := _missing():
+        pytest.skip(why)
+    tag = secrets.token_hex(3)
+    lab = Lab(f"mvtest-{tag}", f"mvtest-{tag}-up", datastore)
+    _ip("netns", "add", lab.host)
+    _ip("netns", "add", lab.up)
+    _ip("-n", lab.host, "link", "add", "up0", "type", "veth", "peer", "name", "up1", "netns", lab.up)
+    for ns, ifname, address in ((lab.host, "up0", HOST_ADDR), (lab.up, "up1", UP_ADDR)):
+        _ip("-n", ns, "addr", "add", f"{address}/24", "dev", ifname)
+        _ip("-n", ns, "link", "set", ifname, "up")
+        _ip("-n", ns, "link", "set", "lo", "up")
+    return lab
+
+
+def end_lab(lab: Lab) -> None:
+    _end(lab.host)
+    _end(lab.up)
+    # dnsmasq's folders outside the namespaces (a test that failed before deleting its networks leaves them)
+    from minivisor.net.dhcp import dhcp_files
+
+    tag = dhcp_files(lab.datastore / ".minivisor", "x").runtime.name[:-len("-x")]
+    for folder in dhcp_files(lab.datastore / ".minivisor", "x").runtime.parent.glob(f"{tag}-*"):
+        shutil.rmtree(folder, ignore_errors=True)
