@@ -45,7 +45,6 @@ TARGETS = {  # name in the specfile -> words of the refusal
     JOURNAL_NAME: "keeps for the VM itself",
     "runtime.json": "keeps for the VM itself",
     "web.qcow2": "a disk of this VM",
-    "/nowhere/at/all.iso": "outside the datastore",  # missing, but refused before anything looks for it
 }
 
 
@@ -98,6 +97,24 @@ def test_a_serial_port_may_not_leave_its_folder_even_for_a_file_that_does_not_ex
         assert_no_vmm_started(hv, "web")
     assert not outside.exists() and not (hv.datastore.root / "new-at-the-root.log").exists()
     assert not (hv.datastore.root / "other" / "new.log").exists()
+
+
+@pytest.mark.qemu  # explaining a VM runs the KVM probe
+@pytest.mark.parametrize("device", ["cdrom", "floppy"])
+def test_a_drive_whose_image_is_a_host_file_outside_the_allowed_folders_starts_empty_and_never_opens_it(
+        two_vms, device, tmp_path):
+    hv = two_vms
+    secret = plant_secret(tmp_path / "host", "secret.iso")
+    add_keys(hv.datastore.root / "web" / "web.vmx", device_line(device, str(secret.path), hv))
+    explained = hv.explain_vm("web")
+    assert str(secret.path) not in " ".join(explained.argv)
+    key = "ide1:0" if device == "cdrom" else "floppy0"
+    assert any(w.startswith(f"{key}: its image {secret.path} is outside the datastore") for w in explained.warnings)
+    hv.start_vm("web")
+    pid = hv.get_vm("web").pid
+    assert str(secret.path) not in [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    hv.stop_vm("web", hard=True)
+    assert_no_leak(hv, secret)
 
 
 PIPE = 'serial1.present = "TRUE"\nserial1.fileType = "pipe"\nserial1.fileName = "{}"\n'

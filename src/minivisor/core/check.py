@@ -25,7 +25,7 @@ def check_vmx(vmx: Path | str) -> dict[str, Any]:
         raise PathError(f"{vmx} is not a file", hint="name a .vmx file")
     refuse_template_file(path)
     doc, spec, notes = check_specfile(path)
-    keys = key_verdicts(doc.items(), notes, spec.unused_keys)
+    keys = key_verdicts(doc.items(), notes, spec.unused_keys, spec.unread_device_keys)
     counts = {verdict: sum(1 for k in keys if k.verdict == verdict) for verdict in VERDICTS}
     warnings = [n.warning for n in notes if n.verdict in ("approximated", "disconnected")]
     warnings += [w for w in spec.warnings if w not in warnings]  # those no note carries (NIC models)

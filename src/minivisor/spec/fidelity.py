@@ -58,12 +58,14 @@ def subject_of(key: str) -> str:
     return (match[1] if match else key).lower()
 
 
-def key_verdicts(items: Iterable[tuple[str, str]], notes: Iterable[KeyNote],
-                 unused: Iterable[str]) -> list[KeyVerdict]:
-    """Every key, in file order, with the verdict of the note on it or on its device; keys nothing read are
+def key_verdicts(items: Iterable[tuple[str, str]], notes: Iterable[KeyNote], unused: Iterable[str],
+                 unread: Iterable[str] = ()) -> list[KeyVerdict]:
+    """Every key, in file order, with the verdict of the note on it or on its device; keys nothing read
+    (``unused``: no such hardware; ``unread``: a setting of a device that is built without it) are
     ignored, the others virtualized."""
     by_subject = {note.subject.lower(): note for note in notes}
     unused_keys = {key.lower() for key in unused}
+    unread_keys = {key.lower() for key in unread}
     verdicts = []
     for key, value in items:
         note = by_subject.get(key.lower()) or by_subject.get(subject_of(key))
@@ -71,6 +73,8 @@ def key_verdicts(items: Iterable[tuple[str, str]], notes: Iterable[KeyNote],
             verdicts.append(KeyVerdict(key, value, note.verdict, note.reason))
         elif key.lower() in unused_keys:
             verdicts.append(KeyVerdict(key, value, "ignored", "minivisor has no virtual hardware for it"))
+        elif key.lower() in unread_keys:
+            verdicts.append(KeyVerdict(key, value, "ignored", "the device is built without this setting"))
         else:
             verdicts.append(KeyVerdict(key, value, "virtualized", ""))
     return verdicts

@@ -223,6 +223,7 @@ class VmSpec:
     sched: Sched = Sched()
     secure_boot: bool = False  # uefi.secureBoot.enabled (with firmware = "efi")
     unused_keys: tuple[str, ...] = ()
+    unread_device_keys: tuple[str, ...] = ()  # settings of devices it has that nothing reads (pciSlotNumber...)
     warnings: tuple[str, ...] = field(default=())
     notes: tuple[KeyNote, ...] = ()  # what became of each device or key that is not simply virtualized
 
@@ -333,9 +334,10 @@ class _SpecReader:
         )
         self.mark_ignored()
         unused = tuple(k for k, _ in self.doc.items() if not self.is_used(k))
+        unread = tuple(k for k, _ in self.doc.items() if self.is_used(k) and k.lower() not in self.used)
         notes = tuple(self.notes.values())
         warnings = tuple(n.warning for n in notes if n.verdict in WARNED) + tuple(self.warnings)
-        return replace(spec, unused_keys=unused, warnings=warnings, notes=notes)
+        return replace(spec, unused_keys=unused, unread_device_keys=unread, warnings=warnings, notes=notes)
 
     def refuse_unrunnable(self) -> None:
         """Refuse what VMware itself would not power on as it is: encrypted, template and suspended VMs."""
@@ -474,6 +476,7 @@ class _SpecReader:
             return None
         if bus != "scsi":
             self.get(f"{name}.virtualDev")
+            self.use_prefix(f"{name}.")
             return DiskController(bus, index, {"sata": "ahci", "nvme": "nvme", "ide": "piix4"}[bus])
         key = f"{name}.virtualDev"
         model = (self.get(key) or "lsilogic").strip().lower()

@@ -198,10 +198,17 @@ def resolve_files(spec: VmSpec, scope: Scope, vmx: Path, *, missing_ok: bool = F
     missing: list[KeyNote] = []
 
     def medium(device: str, name: str) -> None:
-        """A CD-ROM's or floppy's image; a missing one leaves the drive empty, as on VMware."""
-        path = scope.path(vm_dir, name, f"{device}.fileName")  # the path policy first: refused, never probed
+        """A CD-ROM's or floppy's image; one outside every folder the VM may use (never looked at), or
+        missing, leaves the drive empty, as on VMware. Inside the datastore the path policy refuses."""
+        what = f"{device}.fileName"
+        if scope.outside(vm_dir, name, what):
+            missing.append(KeyNote(device, "disconnected", f"its image {name} is outside the datastore and the "
+                                                           "folders allowed with allow-path (allow its folder to "
+                                                           "connect it); the drive starts empty"))
+            return
+        path = scope.path(vm_dir, name, what)
         if os.path.lexists(path):
-            files[device] = scope.image(vm_dir, name, f"{device}.fileName")
+            files[device] = scope.image(vm_dir, name, what)
         else:
             missing.append(KeyNote(device, "disconnected", f"its image {path} does not exist; the drive starts "
                                                            "empty"))
