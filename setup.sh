@@ -11,8 +11,9 @@ packages=(qemu-system-x86 qemu-utils ovmf syslinux syslinux-common mtools dosfst
 packages+=(dnsmasq-base nftables)
 # The appliance's build compiles a few kernel drivers (Debian's kernel compiler, make, and libelf for objtool).
 packages+=(gcc-12 make libelf1)
-# The tests also reassemble the KVM probe (binutils) and click through the web page (chromium).
-[ "$job" = test ] && packages+=(binutils chromium)
+# The tests also reassemble the KVM probe (binutils), click through the web page (chromium) and make an
+# installer CD (xorriso, isolinux).
+[ "$job" = test ] && packages+=(binutils chromium xorriso isolinux)
 
 install_host_packages() {
     local missing=()

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from efi_disks import shell_boot_disk, unsigned_efi_disk
+from boot_media import shell_boot_disk, unsigned_efi_disk
 from guests import create_guest
 
 from minivisor.errors import StateError

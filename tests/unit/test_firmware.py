@@ -59,8 +59,9 @@ def test_secure_boot_is_a_q35_with_smm_whose_flash_only_smm_may_write():
     assert values(argv, "-machine")[0] == "type=q35,smm=on,usb=off,vmport=off"
     assert values(argv, "-global") == ["driver=cfi.pflash01,property=secure,value=on"]
     found = devices(argv)
-    assert {"driver": "ide-cd", "id": "ide1-0", "bus": "ide.2"} in found  # ide1:0 on the ICH9 AHCI's third port
-    assert {"driver": "isa-fdc", "id": "fdc"} in found and {"driver": "floppy", "unit": 0, "bus": "fdc.0"} in found
+    assert {"driver": "ide-cd", "id": "ide1-0", "bus": "ide.2", "bootindex": 0} in found  # ICH9 AHCI port 3
+    assert {"driver": "isa-fdc", "id": "fdc"} in found
+    assert {"driver": "floppy", "unit": 0, "bus": "fdc.0", "bootindex": 1} in found
     firmware = next(d for d in virtual_hardware(VmSpec.from_vmx(VmxDocument.parse(b'firmware = "efi"\n')),
                                                 LaunchEnv(name="vm", uuid="u", qemu="q", accel="tcg", paths=PATHS,
                                                           uefi=SECURE)) if d.name == "firmware")

@@ -56,6 +56,9 @@ CONNECTION_TYPES = {"bridged", "nat", "hostonly", "custom", "pvn", "none"}
 HARD_DISK_TYPES = {"disk", "scsi-harddisk", "ata-harddisk", "plaindisk"}
 CDROM_TYPES = {"cdrom-image", "cdrom-raw", "atapi-cdrom"}
 HOST_CDROM_TYPES = {"cdrom-raw", "atapi-cdrom"}  # the host's own drive, never passed through
+# What bios.bootOrder may name, and the order VMware's BIOS tries them in when it names none.
+BOOT_KINDS = ("hdd", "cdrom", "floppy")
+DEFAULT_BOOT_CLASSES = ("hdd", "cdrom", "floppy")
 # Values VMware uses for "no backing": an empty drive.
 EMPTY_BACKINGS = {"", "auto detect", "emptybackingstring", "cd/dvd drive 0", "floppy 0"}
 
@@ -222,6 +225,7 @@ class VmSpec:
     ready_line: str
     sched: Sched = Sched()
     secure_boot: bool = False  # uefi.secureBoot.enabled (with firmware = "efi")
+    boot_classes: tuple[str, ...] = DEFAULT_BOOT_CLASSES  # bios.bootOrder: hdd, cdrom, floppy, in the order tried
     unused_keys: tuple[str, ...] = ()
     unread_device_keys: tuple[str, ...] = ()  # settings of devices it has that nothing reads (pciSlotNumber...)
     warnings: tuple[str, ...] = field(default=())
@@ -232,15 +236,26 @@ class VmSpec:
         return self.num_cpus // self.cores_per_socket
 
     @property
-    def boot_disk(self) -> Disk | None:
-        """The hard disk SeaBIOS boots from: ``bios.hddOrder`` first, else the
-        first hard disk on the first controller (scsi, sata, nvme, ide)."""
+    def hard_disks_in_boot_order(self) -> list[Disk]:
+        """The hard disks, ``bios.hddOrder``'s first, the others in controller order (scsi, sata, nvme, ide)."""
         hard_disks = [d for d in self.disks if d.kind == "disk" and d.file_name]
-        by_node = {d.node: d for d in hard_disks}
-        for node in self.boot_order:
-            if node in by_node:
-                return by_node[node]
-        return hard_disks[0] if hard_disks else None
+        ranks = {node: rank for rank, node in enumerate(self.boot_order)}
+        return sorted(hard_disks, key=lambda d: ranks.get(d.node, len(ranks)))  # stable: the rest keep their order
+
+    @property
+    def boot_disk(self) -> Disk | None:
+        """The hard disk the firmware tries first."""
+        disks = self.hard_disks_in_boot_order
+        return disks[0] if disks else None
+
+    def boot_indexes(self) -> dict[str, int]:
+        """Each bootable device (a disk node, ``floppyN``) and its place in the firmware's boot order (QEMU's
+        bootindex): ``bios.bootOrder``'s kinds in turn; a device that has nothing to boot is skipped."""
+        by_kind = {"hdd": [d.node for d in self.hard_disks_in_boot_order],
+                   "cdrom": [d.node for d in self.disks if d.kind == "cdrom"],
+                   "floppy": [f"floppy{f.index}" for f in self.floppies]}
+        order = [device for kind in self.boot_classes for device in by_kind[kind]]
+        return {device: index for index, device in enumerate(order)}
 
     @classmethod
     def from_vmx(cls, doc: VmxDocument) -> VmSpec:
@@ -328,6 +343,7 @@ class _SpecReader:
             floppies=self.floppies(),
             display=self.display(),
             boot_order=self.boot_order(),
+            boot_classes=self.boot_classes(),
             ready_line=self.ready_line(),
             sched=self.sched(cpus, memory),
             secure_boot=self.secure_boot(),
@@ -555,8 +571,19 @@ class _SpecReader:
 
     def boot_order(self) -> tuple[str, ...]:
         order = self.get("bios.hddOrder") or ""
-        self.get("bios.bootOrder")
         return tuple(part.strip().lower() for part in order.split(",") if part.strip())
+
+    def boot_classes(self) -> tuple[str, ...]:
+        """``bios.bootOrder`` (``cdrom,hdd``): the kinds of device the firmware tries, in turn; the kinds
+        it does not name follow in VMware's order."""
+        key = "bios.bootOrder"
+        named = [part.strip().lower() for part in (self.get(key) or "").split(",") if part.strip()]
+        unknown = [kind for kind in named if kind not in BOOT_KINDS]
+        if unknown:
+            self.note(key, "approximated", f"{quoted(','.join(unknown))} is no device the firmware boots from here "
+                                           "(network boot is not offered); the others keep their order")
+        kinds = [kind for kind in dict.fromkeys(named) if kind in BOOT_KINDS]
+        return tuple(kinds + [kind for kind in DEFAULT_BOOT_CLASSES if kind not in kinds])
 
     # -- network -------------------------------------------------------
     def nics(self) -> tuple[Nic, ...]:

@@ -162,10 +162,10 @@ def _firmware(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
 # -- storage ------------------------------------------------------------------
 def _storage(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
     devices = [_controller(c) for c in spec.controllers if c.bus in ("scsi", "sata", "nvme")]
-    boot = spec.boot_disk
+    boot = spec.boot_indexes()
     for disk in spec.disks:
         controller = next(c for c in spec.controllers if c.name == disk.controller)
-        devices.append(_disk(disk, controller, env, boot_disk=(disk == boot)))
+        devices.append(_disk(disk, controller, env, boot.get(disk.node)))
     return devices
 
 
@@ -187,7 +187,7 @@ def _node_id(disk: Disk, layer: int = 0) -> str:
     return f"{disk.bus}{disk.controller_index}-{disk.unit}-{layer}"
 
 
-def _disk(disk: Disk, controller: DiskController, env: LaunchEnv, *, boot_disk: bool) -> VirtualDevice:
+def _disk(disk: Disk, controller: DiskController, env: LaunchEnv, boot_index: int | None) -> VirtualDevice:
     args: list[str] = []
     drive = None
     if disk.kind == "disk":
@@ -215,11 +215,15 @@ def _disk(disk: Disk, controller: DiskController, env: LaunchEnv, *, boot_disk: 
         # The device's default (auto) takes the block backend's, which QEMU 7.2 sets to enospc for
         # -blockdev nodes too: said here so no QEMU default decides it. nvme-ns has no such property.
         device["werror"] = "enospc"
-    if boot_disk:
-        device["bootindex"] = 0
+    if boot_index is not None:
+        device["bootindex"] = boot_index  # the firmware tries the devices in bios.bootOrder's order
     args += ["-device", _json(**device)]
-    suffix = ", boot disk" if boot_disk else ""
+    suffix = f", boots {_ordinal(boot_index)}" if boot_index is not None else ""
     return VirtualDevice(disk.node, f"{what} on {controller.name}{suffix}", tuple(args))
+
+
+def _ordinal(index: int) -> str:
+    return {0: "first", 1: "second", 2: "third"}.get(index, f"{index + 1}th")
 
 
 def _blockdev_chain(disk: Disk, chain: tuple[ImageLayer, ...]) -> list[str]:
@@ -341,15 +345,17 @@ def _floppy(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
     # Q35 has no floppy controller of its own: an ISA one is added, as on VMware's chipset.
     args: list[str] = ["-device", _json(driver="isa-fdc", id="fdc")] if env.q35 else []
     bus = "fdc.0" if env.q35 else None
+    boot = spec.boot_indexes()
     names = []
     for drive in spec.floppies:
         key = f"floppy{drive.index}"
         if key in env.files:
             args += _blockdev(f"file-{key}", f"fmt-{key}", env.files[key], "raw", read_only=False)
-            args += ["-device", _json(driver="floppy", unit=drive.index, drive=f"fmt-{key}", bus=bus)]
+            args += ["-device", _json(driver="floppy", unit=drive.index, drive=f"fmt-{key}", bus=bus,
+                                      bootindex=boot.get(key))]
             names.append(env.files[key].name)
         else:
-            args += ["-device", _json(driver="floppy", unit=drive.index, bus=bus)]
+            args += ["-device", _json(driver="floppy", unit=drive.index, bus=bus, bootindex=boot.get(key))]
             names.append("empty")
     return VirtualDevice("floppy", f"floppy drive(s): {', '.join(names)}", tuple(args))
 

@@ -1,11 +1,13 @@
-"""UEFI boot disks for tests, made from the test guest's own kernel and initramfs (no EFI loader is
-packaged here): a FAT disk where OVMF's shell runs ``startup.nsh``, which starts the kernel's EFI stub
-with the initramfs and the command line SYSLINUX would give it; or a disk whose removable-media boot
-file (``EFI/BOOT/BOOTX64.EFI``) is the kernel with its signature taken off, for Secure Boot to refuse."""
+"""Boot media for tests, made from the test guest's own kernel and initramfs (no EFI loader is packaged
+here): a FAT disk where OVMF's shell runs ``startup.nsh``, which starts the kernel's EFI stub with the
+initramfs and the command line SYSLINUX would give it; or a disk whose removable-media boot
+file (``EFI/BOOT/BOOTX64.EFI``) is the kernel with its signature taken off, for Secure Boot to refuse;
+or an ISOLINUX CD (xorriso, isolinux: Debian packages) booting the same kernel, as an installer CD does."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -58,3 +60,20 @@ def unsigned_efi_disk(appliance: Path, image: Path) -> Path:
     _mtools("mmd", "-i", str(image), "::EFI", "::EFI/BOOT")
     _mtools("mcopy", "-i", str(image), str(unsigned), "::EFI/BOOT/BOOTX64.EFI")
     return image
+
+
+def installer_iso(appliance: Path, iso: Path) -> Path:
+    """A bootable CD (ISOLINUX, El Torito) with the appliance's kernel and initramfs, as an OS installer is."""
+    tree = iso.parent / "iso-tree"
+    (tree / "isolinux").mkdir(parents=True)
+    _, _, append = _appliance_files(appliance, tree)
+    (tree / "syslinux.cfg").unlink()
+    shutil.copy("/usr/lib/ISOLINUX/isolinux.bin", tree / "isolinux")
+    shutil.copy("/usr/lib/syslinux/modules/bios/ldlinux.c32", tree / "isolinux")
+    (tree / "isolinux" / "isolinux.cfg").write_text(
+        f"SERIAL 0 115200\nDEFAULT cd\nPROMPT 0\nTIMEOUT 0\nLABEL cd\n  KERNEL /vmlinuz\n  INITRD /initrd\n"
+        f"  APPEND {append}\n")
+    subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-o", str(iso), "-V", "INSTALLER", "-b",
+                    "isolinux/isolinux.bin", "-c", "isolinux/boot.cat", "-no-emul-boot", "-boot-load-size", "4",
+                    "-boot-info-table", str(tree)], check=True, capture_output=True)
+    return iso
