@@ -28,6 +28,7 @@ EXPECTED = {
     Action.RECOVER: {OFF, RUNNING, PAUSED},
     Action.NIC: {OFF, RUNNING, PAUSED},
     Action.RESET_NVRAM: {OFF},
+    Action.CDROM: {OFF, RUNNING, PAUSED},
 }
 
 

@@ -154,6 +154,21 @@ def vm_exec(name: str, command: list[str], timeout: float, as_json: bool) -> int
     return result.exit_code
 
 
+@command("vm cdrom", NAME, arg("action", choices=("insert", "eject"), metavar="insert|eject", help="insert or eject."),
+         arg("image", nargs="?", type=Path, metavar="ISO", help="The image to insert (in the VM's folder or an "
+                                                                "allowed folder)."),
+         arg("--drive", metavar="NODE", help="The drive, e.g. sata0:1 [default: the first CD-ROM drive]."), JSON)
+def vm_cdrom(name: str, action: str, image: Path | None, drive: str | None, as_json: bool) -> None:
+    """Example: minivisor vm cdrom web insert ~/isos/debian-12.iso"""
+    from ..errors import ArgumentError
+
+    if (action == "insert") != (image is not None):
+        raise ArgumentError("insert takes the ISO to insert, eject none", hint="see: minivisor vm cdrom --help")
+    result = hv().cdrom(name, os.path.abspath(image) if image else None, drive=drive)
+    print_json(result) if as_json else say(f"{name}: {result['drive']} " + (f"holds {result['image']}"
+                                                                             if result["image"] else "is empty"))
+
+
 @command("vm reset-nvram", NAME)
 def vm_reset_nvram(name: str) -> None:
     existed = hv().reset_nvram(name)

@@ -319,6 +319,14 @@ class Hypervisor:
             ctx.vmm.set_paused(False)
             ctx.emit("resumed")
 
+    @_no_space_is_one_error
+    def cdrom(self, name: str, image: Path | str | None = None, *, drive: str | None = None) -> dict:
+        """Insert ``image`` into the VM's CD-ROM drive (default: its first), or eject it (``image`` None);
+        a running guest sees the tray open and close. The specfile keeps the new medium."""
+        from .media import change_cdrom
+
+        return change_cdrom(self.vms, name, drive, image)
+
     def reset_nvram(self, name: str) -> bool:
         """Forget a powered-off EFI VM's UEFI variables (boot entries, Secure Boot keys): the next power-on
         starts from OVMF's template. VMware's own ``.nvram`` file is left alone. False if there were none."""
