@@ -165,3 +165,18 @@ def test_buslogic_and_lsilogic_say_which_chip_stands_in():
                    'scsi2.present = "TRUE"\nscsi2.virtualDev = "pvscsi"\n')
     assert {n.subject: n.verdict for n in spec.notes} == {"scsi0": "approximated", "scsi1": "approximated"}
     assert "53C895A stands in" in note_of(spec, "scsi1").reason
+
+
+def test_devices_the_guest_will_not_get_are_said_at_power_on():
+    spec = spec_of('usb.present = "TRUE"\nsound.present = "TRUE"\nsound.virtualDev = "hdaudio"\n'
+                   'ehci.present = "FALSE"\nRemoteDisplay.vnc.enabled = "TRUE"\nRemoteDisplay.vnc.port = "5901"\n')
+    assert [w.split(":")[0] for w in spec.warnings] == ["RemoteDisplay.vnc.enabled", "usb.present", "sound.present"]
+    assert {n.subject: n.verdict for n in spec.notes} == {"usb.present": "ignored", "sound.present": "ignored",
+                                                         "RemoteDisplay.vnc.enabled": "approximated"}
+
+
+def test_the_screen_socket_path_is_escaped_for_qemus_option_parser():
+    paths = VmPaths(Path("/ds/vm/vm.vmx"), Path("/run/a,password=on/abc"))
+    spec = spec_of('svga.present = "TRUE"\n')
+    argv = build_qemu_argv(spec, LaunchEnv(name="vm", uuid="u", qemu="q", accel="tcg", paths=paths))
+    assert argv[argv.index("-vnc") + 1] == "unix:/run/a,,password=on/abc/vnc.sock"

@@ -61,6 +61,8 @@ COMMANDS = {
     "vm console": "Attach this terminal to the VM's serial console (Ctrl-] detaches).",
     "vm exec": "Run a command in the guest through its serial shell; exits with its exit code.",
     "vm cdrom": "Insert an ISO into the VM's CD-ROM drive, or eject it; a running guest sees the tray move.",
+    "vm screenshot": "Save the running VM's screen as a PNG file.",
+    "vm display": "How to reach the VM's screen (a VNC server on a UNIX socket).",
     "vm reset-nvram": "Forget a powered-off EFI VM's UEFI variables; the next power-on starts from the firmware's "
                       "defaults.",
     "vm autostart": "Power the VM on whenever the service starts (on), or not (off).",

@@ -169,6 +169,27 @@ def vm_cdrom(name: str, action: str, image: Path | None, drive: str | None, as_j
                                                                              if result["image"] else "is empty"))
 
 
+@command("vm screenshot", NAME, arg("output", type=Path, metavar="FILE", help="Where to write the PNG."))
+def vm_screenshot(name: str, output: Path) -> None:
+    from ..files import write_atomic
+
+    write_atomic(output, hv(direct=True).screenshot(name))  # the screen is local: never through the service
+    say(f"{name}: screen saved to {output}")
+
+
+@command("vm display", NAME, JSON)
+def vm_display(name: str, as_json: bool) -> None:
+    info = hv(direct=True).display_info(name)
+    if as_json:
+        return print_json(info)
+    if not info["adapter"]:
+        return say(f"{name} has no display (svga.present = FALSE)")
+    say(f"{name}: {info['adapter']}, VNC on the UNIX socket {info['vnc_socket']} (owner only)"
+        + ("" if info["running"] else "; it is there while the VM runs"))
+    say(f"  connect: vncviewer {info['vnc_socket']}   or, for a TCP viewer on this host only:")
+    say(f"  socat TCP-LISTEN:5901,bind=127.0.0.1,fork UNIX-CONNECT:{info['vnc_socket']}")
+
+
 @command("vm reset-nvram", NAME)
 def vm_reset_nvram(name: str) -> None:
     existed = hv().reset_nvram(name)

@@ -30,7 +30,7 @@ from ..datastore.store import Datastore
 from ..errors import (ArgumentError, ConflictError, HvError, NoSpaceError, NotFoundError, PathError, SpecError,
                       is_out_of_space)
 from ..vmm.process import Vmm
-from ..vmm.states import Action, require
+from ..vmm.states import Action, VmState, require
 from .bounds import check_args
 from .context import EventListener, VmContext, Vms, notify
 from .events import make_event, read_log
@@ -326,6 +326,20 @@ class Hypervisor:
         from .media import change_cdrom
 
         return change_cdrom(self.vms, name, drive, image)
+
+    def screenshot(self, name: str) -> bytes:
+        """The running VM's screen, as PNG."""
+        from .media import screenshot
+
+        return screenshot(self.vms.context(name))
+
+    def display_info(self, name: str) -> dict[str, Any]:
+        """How to reach the VM's screen: its VNC server's UNIX socket (only while it runs)."""
+        ctx = self.vms.context(name)
+        spec = ctx.read_spec()
+        running = ctx.vmm.state() in (VmState.RUNNING, VmState.PAUSED)
+        return {"adapter": "VMware SVGA II" if spec.display.present else None, "running": running,
+                "vnc_socket": str(ctx.paths.vnc_socket) if spec.display.present else None}
 
     def reset_nvram(self, name: str) -> bool:
         """Forget a powered-off EFI VM's UEFI variables (boot entries, Secure Boot keys): the next power-on

@@ -1,4 +1,5 @@
-"""``vm cdrom``: put an ISO in a VM's CD-ROM drive, or take it out, running or not, as VMware does.
+"""``vm cdrom``: put an ISO in a VM's CD-ROM drive, or take it out, running or not, as VMware does;
+``vm screenshot``: what its screen shows.
 
 The image passes the VM's path policy like any file its specfile names. A running VM's drive
 changes at once (its tray opens and closes: the guest sees a new medium); either way the specfile
@@ -11,15 +12,15 @@ import os
 import secrets
 from pathlib import Path
 
-from ..errors import NoSuchDiskError
+from ..errors import NoSuchDiskError, StateError
 from ..spec.vmx import VmxDocument
 from ..text import excerpt
 from ..vmm import jobs
 from ..vmm.argv import device_id
-from ..vmm.states import Action
+from ..vmm.states import Action, require
 from .context import VmContext, Vms
 
-__all__ = ["change_cdrom"]
+__all__ = ["change_cdrom", "screenshot"]
 
 
 def change_cdrom(vms: Vms, name: str, node: str | None, image: Path | str | None) -> dict[str, str | None]:
@@ -37,6 +38,22 @@ def change_cdrom(vms: Vms, name: str, node: str | None, image: Path | str | None
         _record(ctx, drive, path)
         ctx.emit("cdromChanged", drive=drive, image=str(path) if path else None)
     return {"drive": drive, "image": str(path) if path else None}
+
+
+def screenshot(ctx: VmContext) -> bytes:
+    """The running VM's screen as PNG. QEMU writes it in the VM's private runtime folder, never where a
+    caller names: the caller gets the bytes."""
+    require(ctx.name, ctx.vmm.state(), Action.CONSOLE)
+    if not ctx.read_spec().display.present:
+        raise StateError(f"VM {ctx.name!r} has no display (svga.present = FALSE)",
+                         hint='set svga.present = "TRUE" and power it on again')
+    target = ctx.paths.runtime_dir / f"screen-{secrets.token_hex(4)}.png"
+    try:
+        with ctx.vmm.session() as qmp:
+            qmp.execute("screendump", {"filename": str(target), "format": "png"})
+        return target.read_bytes()
+    finally:
+        target.unlink(missing_ok=True)
 
 
 def _drive(ctx: VmContext, node: str | None) -> str:

@@ -10,7 +10,7 @@
     <datastore>/<vm>/bios.log          SeaBIOS's debug port
     <datastore>/<vm>/events.jsonl      what happened to the VM (capped; events.jsonl.1 before)
     <datastore>/<vm>/efivars.qcow2     the UEFI variables of a firmware = "efi" VM
-    <runtime>/<hash>/                  qmp.sock, events.sock, serial.sock, console.sock, status, ready
+    <runtime>/<hash>/                  qmp.sock, events.sock, serial.sock, console.sock, vnc.sock, status, ready
 """
 
 from __future__ import annotations
@@ -107,6 +107,11 @@ class VmPaths:
     def events_socket(self) -> Path:
         """A second QMP monitor, where the console relay listens to QEMU's events."""
         return self.runtime_dir / "events.sock"
+
+    @property
+    def vnc_socket(self) -> Path:
+        """The screen, as a VNC server on a UNIX socket (owner-only, like every socket here; never TCP)."""
+        return self.runtime_dir / "vnc.sock"
 
     @property
     def status_file(self) -> Path:

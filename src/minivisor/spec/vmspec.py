@@ -56,6 +56,10 @@ CONNECTION_TYPES = {"bridged", "nat", "hostonly", "custom", "pvn", "none"}
 HARD_DISK_TYPES = {"disk", "scsi-harddisk", "ata-harddisk", "plaindisk"}
 CDROM_TYPES = {"cdrom-image", "cdrom-raw", "atapi-cdrom"}
 HOST_CDROM_TYPES = {"cdrom-raw", "atapi-cdrom"}  # the host's own drive, never passed through
+# Devices VMware builds when their key is TRUE that minivisor does not (yet): key -> what the guest misses.
+DEVICES_NOT_BUILT = {"usb.present": "USB 1.1 controller", "ehci.present": "USB 2 controller",
+                     "usb_xhci.present": "USB 3 controller", "sound.present": "sound card",
+                     "vtpm.present": "TPM", "parallel0.present": "parallel port", "smc.present": "Apple SMC"}
 # What bios.bootOrder may name, and the order VMware's BIOS tries them in when it names none.
 BOOT_KINDS = ("hdd", "cdrom", "floppy")
 DEFAULT_BOOT_CLASSES = ("hdd", "cdrom", "floppy")
@@ -721,7 +725,19 @@ class _SpecReader:
             drives.append(Floppy(index, self.medium(prefix, file_name, host_drive=file_type != "file")))
         return tuple(drives)
 
+    def devices_not_built(self) -> None:
+        """Devices a specfile turns on that the VM does not get: noted, and a warning at power-on (the guest
+        would find them on VMware)."""
+        for key, what in DEVICES_NOT_BUILT.items():
+            if parse_bool(self.get(key)):
+                self.note(key, "ignored", f"the guest gets no {what} (not offered yet)")
+                self.warnings.append(f"{key}: the guest gets no {what} (not offered yet)")
+        if parse_bool(self.get("RemoteDisplay.vnc.enabled")):
+            self.note("RemoteDisplay.vnc.enabled", "approximated", "the screen is served on a UNIX socket only "
+                                                                   "(vm display), never on a TCP port")
+
     def display(self) -> Display:
+        self.devices_not_built()
         present = parse_bool(self.get("svga.present"), default=True)
         vram = self.integer("svga.vramSize", 4 * 1024 * 1024, low=1024 * 1024, high=256 * 1024 * 1024)
         self.use_prefix("svga.")

@@ -109,7 +109,7 @@ def virtual_hardware(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
     devices += [_nic(nic, env) for nic in spec.nics]
     devices += _serial_ports(spec, env)
     devices += [_floppy(spec, env)] if spec.floppies else []
-    devices.append(_display(spec))
+    devices.append(_display(spec, env))
     devices.append(_control(env))
     if env.incoming:
         devices.append(_incoming())
@@ -360,12 +360,16 @@ def _floppy(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
     return VirtualDevice("floppy", f"floppy drive(s): {', '.join(names)}", tuple(args))
 
 
-def _display(spec: VmSpec) -> VirtualDevice:
+def _display(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
     if not spec.display.present:
         return VirtualDevice("svga", "no display adapter", ("-vga", "none"))
     vram_mb = max(1, spec.display.vram_bytes // (1024 * 1024))
-    return VirtualDevice("svga", f"VMware SVGA II display, {vram_mb} MiB VRAM (headless)",
-                         ("-vga", "none", "-device", _json(driver="vmware-svga", id="svga", vgamem_mb=vram_mb)))
+    # The screen is served on a UNIX socket in the owner-only runtime folder: never on a TCP port.
+    vnc = "unix:" + str(env.paths.vnc_socket).replace(",", ",,")
+    return VirtualDevice("svga", f"VMware SVGA II display, {vram_mb} MiB VRAM; screen on VNC at "
+                                 f"{env.paths.vnc_socket} (vm display)",
+                         ("-vga", "none", "-device", _json(driver="vmware-svga", id="svga", vgamem_mb=vram_mb),
+                          "-vnc", vnc))
 
 
 def _control(env: LaunchEnv) -> VirtualDevice:
