@@ -180,3 +180,10 @@ def test_the_screen_socket_path_is_escaped_for_qemus_option_parser():
     spec = spec_of('svga.present = "TRUE"\n')
     argv = build_qemu_argv(spec, LaunchEnv(name="vm", uuid="u", qemu="q", accel="tcg", paths=paths))
     assert argv[argv.index("-vnc") + 1] == "unix:/run/a,,password=on/abc/vnc.sock"
+
+
+@pytest.mark.parametrize("guest, warned", [("centos7-64", False), ("windows9-64", True)])
+def test_the_lsi_stand_in_is_a_power_on_warning_only_where_the_guest_lacks_its_driver(guest, warned):
+    spec = spec_of(f'guestOS = "{guest}"\nscsi0.present = "TRUE"\nscsi0.virtualDev = "lsilogic"\n')
+    assert note_of(spec, "scsi0").verdict == "approximated"  # vm explain and vm check say it either way
+    assert any(w.startswith("scsi0:") for w in spec.warnings) is warned

@@ -27,7 +27,7 @@ def check_vmx(vmx: Path | str) -> dict[str, Any]:
     doc, spec, notes = check_specfile(path)
     keys = key_verdicts(doc.items(), notes, spec.unused_keys, spec.unread_device_keys)
     counts = {verdict: sum(1 for k in keys if k.verdict == verdict) for verdict in VERDICTS}
-    warnings = [n.warning for n in notes if n.verdict in ("approximated", "disconnected")]
+    warnings = [n.warning for n in notes if n.warns]
     warnings += [w for w in spec.warnings if w not in warnings]  # those no note carries (NIC models)
     return {"vmx": str(path), "powers_on": counts["refused"] == 0, "counts": counts,
             "keys": [k.to_dict() for k in keys], "warnings": warnings,

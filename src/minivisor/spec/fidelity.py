@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Verdict", "VERDICTS", "KeyNote", "KeyVerdict", "key_verdicts", "subject_of", "foreign_path"]
+__all__ = ["Verdict", "VERDICTS", "WARNED", "KeyNote", "KeyVerdict", "key_verdicts", "subject_of", "foreign_path"]
 
 # refused: what stops a power-on (``vm check`` reports it; power-on raises the error instead)
 Verdict = Literal["virtualized", "approximated", "disconnected", "ignored", "refused"]
@@ -33,10 +33,16 @@ class KeyNote:
     subject: str
     verdict: Verdict
     reason: str
+    quiet: bool = False  # shown by vm explain and vm check only, not at every power-on
 
     @property
     def warning(self) -> str:
         return f"{self.subject}: {self.reason}"
+
+    @property
+    def warns(self) -> bool:
+        """Whether power-on says it: what the guest will miss or find different, unless it is quiet."""
+        return self.verdict in WARNED and not self.quiet
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Literal
 from ..errors import SpecError, StateError
 from ..text import clip, excerpt
 from .devices import NIC_MODELS, SCSI_MODELS
-from .fidelity import WARNED, KeyNote, Verdict, foreign_path
+from .fidelity import KeyNote, Verdict, foreign_path
 from .vmx import VmxDocument
 
 __all__ = [
@@ -296,9 +296,9 @@ class _SpecReader:
         lower = key.lower()
         return lower in self.used or lower.partition(".")[0] + "." in self.used_prefixes
 
-    def note(self, subject: str, verdict: Verdict, reason: str) -> None:
-        """Say what became of a device (all its keys) or of one key, and why."""
-        self.notes[subject.lower()] = KeyNote(subject, verdict, reason)
+    def note(self, subject: str, verdict: Verdict, reason: str, *, quiet: bool = False) -> None:
+        """Say what became of a device (all its keys) or of one key, and why (``quiet``: not at power-on)."""
+        self.notes[subject.lower()] = KeyNote(subject, verdict, reason, quiet)
 
     def fail(self, key: str, problem: str, hint: str) -> SpecError:
         line = self.doc.line_of(key)
@@ -356,7 +356,7 @@ class _SpecReader:
         unused = tuple(k for k, _ in self.doc.items() if not self.is_used(k))
         unread = tuple(k for k, _ in self.doc.items() if self.is_used(k) and k.lower() not in self.used)
         notes = tuple(self.notes.values())
-        warnings = tuple(n.warning for n in notes if n.verdict in WARNED) + tuple(self.warnings)
+        warnings = tuple(n.warning for n in notes if n.warns) + tuple(self.warnings)
         return replace(spec, unused_keys=unused, unread_device_keys=unread, warnings=warnings, notes=notes)
 
     def refuse_unrunnable(self) -> None:
@@ -504,7 +504,10 @@ class _SpecReader:
             raise self.fail(key, f"{key} = {excerpt(model)} is not a SCSI controller minivisor knows",
                             f"use one of {', '.join(sorted(SCSI_MODELS))}")
         if SCSI_MODELS[model].approximated:
-            self.note(name, "approximated", SCSI_MODELS[model].stands_in)
+            # Said at every power-on where the guest may lack the driver: BusLogic guests, and Windows, which
+            # has none for the 53C895A. Linux has (sym53c8xx): vm explain and vm check say it.
+            windows = (self.get("guestOS") or "").strip().lower().startswith("win")
+            self.note(name, "approximated", SCSI_MODELS[model].stands_in, quiet=model == "lsilogic" and not windows)
         self.use_prefix(f"{name}.")
         return DiskController(bus, index, model)
 

@@ -342,20 +342,24 @@ def _serial_backend(port: SerialPort, chardev_id: str, env: LaunchEnv) -> tuple[
 
 
 def _floppy(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
-    # Q35 has no floppy controller of its own: an ISA one is added, as on VMware's chipset.
-    args: list[str] = ["-device", _json(driver="isa-fdc", id="fdc")] if env.q35 else []
-    bus = "fdc.0" if env.q35 else None
+    # The boot order of floppy drives is the controller's (bootindexA, bootindexB). Q35 has no floppy
+    # controller of its own: an ISA one is added, as on VMware's chipset; the i440FX's is built in.
     boot = spec.boot_indexes()
+    order = {f"bootindex{'AB'[d.index]}": boot[f"floppy{d.index}"] for d in spec.floppies if f"floppy{d.index}" in boot}
+    if env.q35:
+        args: list[str] = ["-device", _json(driver="isa-fdc", id="fdc", **order)]
+    else:
+        args = [arg for prop, index in order.items() for arg in ("-global", f"isa-fdc.{prop}={index}")]
+    bus = "fdc.0" if env.q35 else None
     names = []
     for drive in spec.floppies:
         key = f"floppy{drive.index}"
         if key in env.files:
             args += _blockdev(f"file-{key}", f"fmt-{key}", env.files[key], "raw", read_only=False)
-            args += ["-device", _json(driver="floppy", unit=drive.index, drive=f"fmt-{key}", bus=bus,
-                                      bootindex=boot.get(key))]
+            args += ["-device", _json(driver="floppy", unit=drive.index, drive=f"fmt-{key}", bus=bus)]
             names.append(env.files[key].name)
         else:
-            args += ["-device", _json(driver="floppy", unit=drive.index, bus=bus, bootindex=boot.get(key))]
+            args += ["-device", _json(driver="floppy", unit=drive.index, bus=bus)]
             names.append("empty")
     return VirtualDevice("floppy", f"floppy drive(s): {', '.join(names)}", tuple(args))
 

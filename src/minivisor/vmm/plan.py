@@ -27,7 +27,7 @@ from ..host import facts
 from ..host.facts import Ovmf
 from ..host.accel import choose_accel
 from ..host.placement import check_affinity, notes
-from ..spec.fidelity import WARNED, KeyNote
+from ..spec.fidelity import KeyNote
 from ..spec.identity import generated_mac
 from ..spec.vmsd import SnapshotTree, vmsd_path
 from ..spec.vmspec import Nic, VmSpec
@@ -98,7 +98,7 @@ def make_plan(name: str, uuid: str, paths: VmPaths, scope: Scope, *, incoming: b
                     disk_chains=resources.disk_chains, files=resources.files, macs=resources.macs,
                     networks=resources.networks, console_index=resources.console_index, incoming=incoming)
     found = fit + resources.notes
-    warnings = (resources.warnings + tuple(n.warning for n in found if n.verdict in WARNED)
+    warnings = (resources.warnings + tuple(n.warning for n in found if n.warns)
                 + ((accel.warning,) if accel.warning else ()) + notes(spec))
     return LaunchPlan(spec, env, warnings, spec.notes + found)
 
