@@ -6,14 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 job=${1:-demo}
-packages=(qemu-system-x86 qemu-utils syslinux syslinux-common mtools dosfstools python3-venv python3-pip iproute2)
+packages=(qemu-system-x86 qemu-utils ovmf syslinux syslinux-common mtools dosfstools python3-venv python3-pip iproute2)
 # Virtual networks: dnsmasq (DHCP per network) and nft (minivisor's one table).
 packages+=(dnsmasq-base nftables)
 # The appliance's build compiles its kernel: Debian 12's kernel compiler and C library headers, and what
 # the kernel's build runs (flex and bison for its configuration, bc, lz4; libelf for objtool).
 packages+=(gcc-12 libc6-dev make flex bison bc lz4 libelf-dev)
-# The tests also reassemble the KVM probe (binutils) and click through the web page (chromium).
-[ "$job" = test ] && packages+=(binutils chromium)
+# The tests also reassemble the KVM probe (binutils), click through the web page (chromium) and make an
+# installer CD (xorriso, isolinux).
+[ "$job" = test ] && packages+=(binutils chromium xorriso isolinux)
 
 install_host_packages() {
     local missing=()

@@ -116,11 +116,22 @@ def test_host_info_names_qemu_and_the_accelerator_in_json(datastore):
     assert info["accel"]["accel"] in ("kvm", "tcg") and info["qemu_version"][0].isdigit()
 
 
-def test_efi_firmware_is_refused_not_booted_on_bios(datastore):
-    vmx = write_vm(datastore, "uefi", 'memSize = "64"\nfirmware = "efi"\nscsi0.present = "TRUE"\n'
-                                       'scsi0:0.fileName = "d.qcow2"\n')
-    run(datastore, "vm", "register", str(vmx))
-    assert_one_clear_line(run(datastore, "vm", "start", "uefi"), 65, "efi", "bios")
+@pytest.mark.parametrize("keys, code, words", [
+    ('encryption.keySafe = "vmware:key/list/(pair/(phrase/abc%3d))"\nencryption.data = "QUJD"\n', 65, "encrypted"),
+    ('templateVM = "TRUE"\n', 65, "template"),
+    ('checkpoint.vmState = "vm-564d.vmss"\n', 4, "suspended"),
+])
+def test_register_refuses_what_vmware_itself_would_not_power_on_and_says_why(datastore, keys, code, words):
+    vmx = write_vm(datastore, "vm", 'memSize = "64"\nscsi0.present = "TRUE"\nscsi0:0.fileName = "d.qcow2"\n' + keys)
+    before = snapshot(datastore)
+    assert_one_clear_line(run(datastore, "vm", "register", str(vmx)), code, words)
+    assert snapshot(datastore) == before and vmx.read_text().startswith('memSize = "64"')
+
+
+def test_an_esxi_template_file_is_refused_at_register(datastore):
+    vmx = write_vm(datastore, "tpl", 'memSize = "64"\n', disk=False)
+    template = vmx.rename(vmx.with_suffix(".vmtx"))
+    assert_one_clear_line(run(datastore, "vm", "register", str(template)), 65, ".vmtx")
 
 
 def test_disk_size_and_boot_disk_exclude_each_other(datastore, tmp_path):

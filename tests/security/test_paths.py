@@ -99,6 +99,52 @@ def test_a_serial_port_may_not_leave_its_folder_even_for_a_file_that_does_not_ex
     assert not (hv.datastore.root / "other" / "new.log").exists()
 
 
+@pytest.mark.qemu  # explaining a VM runs the KVM probe
+@pytest.mark.parametrize("device", ["cdrom", "floppy"])
+def test_a_drive_whose_image_is_a_host_file_outside_the_allowed_folders_starts_empty_and_never_opens_it(
+        two_vms, device, tmp_path):
+    hv = two_vms
+    secret = plant_secret(tmp_path / "host", "secret.iso")
+    add_keys(hv.datastore.root / "web" / "web.vmx", device_line(device, str(secret.path), hv))
+    explained = hv.explain_vm("web")
+    assert str(secret.path) not in " ".join(explained.argv)
+    key = "ide1:0" if device == "cdrom" else "floppy0"
+    assert any(w.startswith(f"{key}: its image {secret.path} is outside the datastore") for w in explained.warnings)
+    hv.start_vm("web")
+    pid = hv.get_vm("web").pid
+    assert str(secret.path) not in [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    hv.stop_vm("web", hard=True)
+    assert_no_leak(hv, secret)
+
+
+PIPE = 'serial1.present = "TRUE"\nserial1.fileType = "pipe"\nserial1.fileName = "{}"\n'
+
+
+@pytest.mark.parametrize("target", ["../other/evil.sock", "../.minivisor/evil.sock"])
+def test_a_pipe_named_relative_to_the_vm_folder_may_not_leave_it(two_vms, target):
+    hv = two_vms
+    add_keys(hv.datastore.root / "web" / "web.vmx", PIPE.format(target))
+    before = datastore_state(hv.datastore.root)
+    assert_one_clear_line(run_cli("vm", "start", "web", datastore=hv.datastore.root), PathError.exit_code,
+                          "serial1.fileName")
+    assert_no_vmm_started(hv, "web")
+    assert datastore_state(hv.datastore.root) == before
+
+
+@pytest.mark.qemu  # explaining a VM runs the KVM probe
+@pytest.mark.parametrize("target", ["{root}/.minivisor/evil.sock", "/etc/evil.sock,server=off,path=/etc/x",
+                                    "\\\\.\\pipe\\evil,path=/etc/x"])
+def test_a_pipe_named_elsewhere_becomes_a_socket_minivisor_names_in_the_runtime_folder(two_vms, target):
+    hv = two_vms
+    add_keys(hv.datastore.root / "web" / "web.vmx", PIPE.format(target.format(root=hv.datastore.root)))
+    explained = hv.explain_vm("web")
+    chardevs = [explained.argv[i + 1] for i, arg in enumerate(explained.argv) if arg == "-chardev"]
+    runtime = hv.vm_paths("web").runtime_dir
+    assert f"socket,id=serial1,path={runtime}/serial1.sock,server=on,wait=off" in chardevs
+    assert not any("evil" in arg or "/etc" in arg for arg in explained.argv)
+    assert any(w.startswith("serial1: the pipe") for w in explained.warnings)
+
+
 def import_folder(tmp_path, extra: str):
     folder = tmp_path / "downloads" / "vm"
     folder.mkdir(parents=True)
@@ -138,6 +184,7 @@ def test_import_empties_cd_and_floppy_names_that_leave_the_folder_and_copies_the
 
 def test_the_reserved_names_are_the_files_minivisor_writes_into_a_vm_folder(tmp_path):
     paths = VmPaths(tmp_path / "vm.vmx", tmp_path)
-    written = {paths.vmm_log.name, paths.serial_log.name, paths.bios_log.name, LOG_NAME, "runtime.json"}
+    written = {paths.vmm_log.name, paths.serial_log.name, paths.bios_log.name, LOG_NAME, "runtime.json",
+               paths.efi_vars.name}
     assert written == set(VM_FILES)
     assert os.path.basename(JOURNAL_NAME).startswith(".minivisor")

@@ -91,6 +91,8 @@ def test_nic_without_present_key_exists_like_in_the_seed():
     assert [n.model for n in spec.nics] == ["e1000"]
 
 
-def test_host_cdrom_passthrough_is_refused():
-    with pytest.raises(SpecError, match="host CD drive"):
-        spec_of('ide1:0.present = "TRUE"\nide1:0.deviceType = "cdrom-raw"\nide1:0.fileName = "/dev/sr0"\n')
+def test_a_host_cdrom_starts_empty_with_a_note_naming_it():
+    spec = spec_of('ide1:0.present = "TRUE"\nide1:0.deviceType = "cdrom-raw"\nide1:0.fileName = "/dev/sr0"\n')
+    (cd,) = spec.disks
+    assert (cd.kind, cd.file_name) == ("cdrom", None)  # never opened
+    assert any(w.startswith("ide1:0: it is the host's drive") for w in spec.warnings)

@@ -27,6 +27,8 @@ EXPECTED = {
     Action.RESIZE_DISK: {OFF, RUNNING, PAUSED},
     Action.RECOVER: {OFF, RUNNING, PAUSED},
     Action.NIC: {OFF, RUNNING, PAUSED},
+    Action.RESET_NVRAM: {OFF},
+    Action.CDROM: {OFF, RUNNING, PAUSED},
 }
 
 

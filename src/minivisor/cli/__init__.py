@@ -51,6 +51,8 @@ COMMANDS = {
     "vm list": "The VMs in the datastore and their states.",
     "vm show": "One VM: state, hardware, files.",
     "vm explain": "The spec, the virtual hardware built from it, what is not virtualized, and the VMM command line.",
+    "vm check": "Read any specfile (no datastore needed): each key virtualized, approximated, disconnected or ignored, "
+                "and why.",
     "vm start": "Power on: start the VM's VMM, which boots it from its disk.",
     "vm stop": "Power off (ACPI shutdown, hard after --timeout).",
     "vm reset": "Reset the VM (like its reset button).",
@@ -58,6 +60,11 @@ COMMANDS = {
     "vm resume": "Let a paused VM run again.",
     "vm console": "Attach this terminal to the VM's serial console (Ctrl-] detaches).",
     "vm exec": "Run a command in the guest through its serial shell; exits with its exit code.",
+    "vm cdrom": "Insert an ISO into the VM's CD-ROM drive, or eject it; a running guest sees the tray move.",
+    "vm screenshot": "Save the running VM's screen as a PNG file.",
+    "vm display": "How to reach the VM's screen (a VNC server on a UNIX socket).",
+    "vm reset-nvram": "Forget a powered-off EFI VM's UEFI variables; the next power-on starts from the firmware's "
+                      "defaults.",
     "vm autostart": "Power the VM on whenever the service starts (on), or not (off).",
     "vm events": "What happened to the VM: power-ons, power-offs with their reasons, crashes...",
     "vm disk": "A VM's hard disks: list them, show one (sizes, chain), or grow one.",

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ..core.hypervisor import Explanation, VmInfo
     from ..host.info import HostInfo
 
-__all__ = ["table", "key_values", "vm_table", "vm_details", "host_info", "explanation", "explanation_dict",
+__all__ = ["table", "key_values", "vm_table", "vm_details", "host_info", "explanation", "explanation_dict", "check_report",
            "disk_table", "disk_details", "snapshot_tree", "ProgressBar"]
 
 GAP = "  "  # between columns
@@ -93,6 +93,19 @@ def explanation(exp: Explanation) -> None:
            GAP + (", ".join(spec.unused_keys) or "none")])
     write([f"warning: {line}" for line in exp.warnings])
     write(["", "VMM command line", shlex.join(exp.argv)])
+
+
+def check_report(report: dict[str, Any]) -> None:
+    """``vm check``: each key with its verdict and why, then the counts and whether it powers on."""
+    from ..text import clip
+
+    table(("KEY", "VALUE", "VERDICT", "WHY"),
+          [(k["key"], clip(k["value"], 40), k["verdict"], k["reason"]) for k in report["keys"]])
+    counts = ", ".join(f"{n} {verdict}" for verdict, n in report["counts"].items() if n)
+    write(["", f"{len(report['keys'])} keys: {counts or 'none'}",
+           *(f"warning: {line}" for line in report["warnings"]),
+           *(f"specfile: {line}" for line in report["problems"]),
+           f"powers on: {'yes' if report['powers_on'] else 'no (see the refused keys)'}"])
 
 
 def explanation_dict(exp: Explanation) -> dict[str, Any]:

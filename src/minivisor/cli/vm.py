@@ -76,6 +76,23 @@ def vm_explain(name: str, as_json: bool) -> None:
     print_json(output.explanation_dict(explanation)) if as_json else output.explanation(explanation)
 
 
+@command("vm check", arg("vmx", type=Path, metavar="VMX", help="Any .vmx file; nothing is registered or written."),
+         JSON)
+def vm_check(vmx: Path, as_json: bool) -> int:
+    """Exits 0 if the VM would power on, else with the exit code of a missing disk."""
+    from ..core.check import check_vmx
+    from ..errors import DiskError
+
+    report = check_vmx(vmx)  # the function, not hv(): no datastore is opened (or created)
+    if as_json:
+        print_json(report)
+    else:
+        from .output import check_report
+
+        check_report(report)
+    return 0 if report["powers_on"] else DiskError.exit_code
+
+
 @command("vm start", NAME, arg("--wait-ready", action="store_true", help="Return once the guest says it is ready."),
          arg("--timeout", type=float, default=120.0, metavar=TIMEOUT,
              help="Seconds to wait for readiness [default: 120]."), JSON)
@@ -135,6 +152,48 @@ def vm_exec(name: str, command: list[str], timeout: float, as_json: bool) -> int
     result = hv().exec_in_vm(name, command, timeout=timeout)
     print_json(result) if as_json else sys.stdout.write(result.output)
     return result.exit_code
+
+
+@command("vm cdrom", NAME, arg("action", choices=("insert", "eject"), metavar="insert|eject", help="insert or eject."),
+         arg("image", nargs="?", type=Path, metavar="ISO", help="The image to insert (in the VM's folder or an "
+                                                                "allowed folder)."),
+         arg("--drive", metavar="NODE", help="The drive, e.g. sata0:1 [default: the first CD-ROM drive]."), JSON)
+def vm_cdrom(name: str, action: str, image: Path | None, drive: str | None, as_json: bool) -> None:
+    """Example: minivisor vm cdrom web insert ~/isos/debian-12.iso"""
+    from ..errors import ArgumentError
+
+    if (action == "insert") != (image is not None):
+        raise ArgumentError("insert takes the ISO to insert, eject none", hint="see: minivisor vm cdrom --help")
+    result = hv().cdrom(name, os.path.abspath(image) if image else None, drive=drive)
+    print_json(result) if as_json else say(f"{name}: {result['drive']} " + (f"holds {result['image']}"
+                                                                             if result["image"] else "is empty"))
+
+
+@command("vm screenshot", NAME, arg("output", type=Path, metavar="FILE", help="Where to write the PNG."))
+def vm_screenshot(name: str, output: Path) -> None:
+    from ..files import write_atomic
+
+    write_atomic(output, hv(direct=True).screenshot(name))  # the screen is local: never through the service
+    say(f"{name}: screen saved to {output}")
+
+
+@command("vm display", NAME, JSON)
+def vm_display(name: str, as_json: bool) -> None:
+    info = hv(direct=True).display_info(name)
+    if as_json:
+        return print_json(info)
+    if not info["adapter"]:
+        return say(f"{name} has no display (svga.present = FALSE)")
+    say(f"{name}: {info['adapter']}, VNC on the UNIX socket {info['vnc_socket']} (owner only)"
+        + ("" if info["running"] else "; it is there while the VM runs"))
+    say(f"  connect: vncviewer {info['vnc_socket']}   or, for a TCP viewer on this host only:")
+    say(f"  socat TCP-LISTEN:5901,bind=127.0.0.1,fork UNIX-CONNECT:{info['vnc_socket']}")
+
+
+@command("vm reset-nvram", NAME)
+def vm_reset_nvram(name: str) -> None:
+    existed = hv().reset_nvram(name)
+    say(f"{name}: UEFI variables reset" if existed else f"{name}: no UEFI variables to reset")
 
 
 @command("vm autostart", NAME, arg("setting", choices=("on", "off"), metavar="on|off", help="on or off."),

@@ -30,7 +30,7 @@ from ..datastore.store import Datastore
 from ..errors import (ArgumentError, ConflictError, HvError, NoSpaceError, NotFoundError, PathError, SpecError,
                       is_out_of_space)
 from ..vmm.process import Vmm
-from ..vmm.states import Action, require
+from ..vmm.states import Action, VmState, require
 from .bounds import check_args
 from .context import EventListener, VmContext, Vms, notify
 from .events import make_event, read_log
@@ -113,6 +113,14 @@ class Hypervisor:
 
         plan = self.vms.context(name).plan()
         return Explanation(plan.spec, tuple(virtual_hardware(plan.spec, plan.env)), tuple(plan.argv), plan.warnings)
+
+    @staticmethod
+    def check_vmx(vmx_path: Path | str) -> dict[str, Any]:
+        """What minivisor would make of any specfile, key by key (virtualized, approximated, disconnected,
+        ignored, refused) and why; reads nothing of the datastore (see :func:`minivisor.core.check.check_vmx`)."""
+        from .check import check_vmx
+
+        return check_vmx(vmx_path)
 
     def vm_events(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
         """The last ``limit`` events of a VM from its event log, oldest first (0: all of them)."""
@@ -206,10 +214,12 @@ class Hypervisor:
         from ..spec.identity import fill_identity, name_from
         from ..spec.vmspec import VmSpec
         from ..vmm.plan import resolve_files
+        from .check import refuse_template_file
 
         path = Path(os.path.realpath(vmx_path))
         if not path.is_file():
             raise PathError(f"{vmx_path} is not a file", hint="name the VM's .vmx file")
+        refuse_template_file(path)
         scope = self.datastore.new_vm_scope(path)
         doc = read_vmx(path)
         spec = VmSpec.from_vmx(doc)
@@ -311,6 +321,37 @@ class Hypervisor:
         with self.vms.operate(name, Action.RESUME) as ctx:
             ctx.vmm.set_paused(False)
             ctx.emit("resumed")
+
+    @_no_space_is_one_error
+    def cdrom(self, name: str, image: Path | str | None = None, *, drive: str | None = None) -> dict:
+        """Insert ``image`` into the VM's CD-ROM drive (default: its first), or eject it (``image`` None);
+        a running guest sees the tray open and close. The specfile keeps the new medium."""
+        from .media import change_cdrom
+
+        return change_cdrom(self.vms, name, drive, image)
+
+    def screenshot(self, name: str) -> bytes:
+        """The running VM's screen, as PNG."""
+        from .media import screenshot
+
+        return screenshot(self.vms.context(name))
+
+    def display_info(self, name: str) -> dict[str, Any]:
+        """How to reach the VM's screen: its VNC server's UNIX socket (only while it runs)."""
+        ctx = self.vms.context(name)
+        spec = ctx.read_spec()
+        running = ctx.vmm.state() in (VmState.RUNNING, VmState.PAUSED)
+        return {"adapter": "VMware SVGA II" if spec.display.present else None, "running": running,
+                "vnc_socket": str(ctx.paths.vnc_socket) if spec.display.present else None}
+
+    def reset_nvram(self, name: str) -> bool:
+        """Forget a powered-off EFI VM's UEFI variables (boot entries, Secure Boot keys): the next power-on
+        starts from OVMF's template. VMware's own ``.nvram`` file is left alone. False if there were none."""
+        with self._powered_off(name, Action.RESET_NVRAM) as ctx:
+            existed = os.path.lexists(ctx.paths.efi_vars)
+            ctx.paths.efi_vars.unlink(missing_ok=True)
+        ctx.emit("nvramReset", existed=existed)
+        return existed
 
     def recover_interrupted(self, name: str) -> bool:
         """Finish or undo a snapshot or clone that a killed process left half-done; False if there was none."""

@@ -16,6 +16,8 @@ from ..datastore.inventory import file_id, flocked_files
 from ..host import facts
 from ..host.admission import Commitment, admit, overhead_mib
 from ..host.placement import place
+from ..images.layers import read_layer
+from ..images.qemu_img import convert_disk, create_overlay
 from ..spec.vmspec import VmSpec
 from ..vmm.plan import LaunchPlan
 from ..vmm.process import RuntimeRecord, VmLock
@@ -31,6 +33,8 @@ def power_on(ctx: VmContext, plan: LaunchPlan) -> tuple[RuntimeRecord, tuple[str
     claim = admit_memory(ctx, plan.spec, plan.env.accel)  # under the VM lock, which keeps the claim valid
     networks = ctx.networks()
     try:
+        _make_efi_vars(ctx, plan)
+        _make_discard_overlays(plan)
         networks.plug(ctx, plan)  # its taps on their networks' bridges: QEMU opens them by name
         record = ctx.vmm.launch(plan.argv, plan.env.accel, plan.links_down, ready_text=plan.spec.ready_line,
                                 console=plan.env.console_index is not None)
@@ -39,6 +43,8 @@ def power_on(ctx: VmContext, plan: LaunchPlan) -> tuple[RuntimeRecord, tuple[str
         if plan.taps:
             networks.unplug(ctx)
         raise
+    finally:
+        _drop_discard_names(plan)
     ctx.running = True
     warnings = place(record.pid, plan.spec, ctx.name)
     ctx.emit("poweredOn", pid=record.pid, accel=record.accel)
@@ -97,6 +103,32 @@ def _commitments(ctx: VmContext, committed: Path) -> list[Commitment]:
         others.append(Commitment(entry.name, memory, summary.get("mem_min_mib", 0), record.pid if record else None,
                                  overhead_mib(memory, record.accel if record else None)))
     return others
+
+
+def _make_efi_vars(ctx: VmContext, plan: LaunchPlan) -> None:
+    """An EFI VM's first power-on (and the first after ``vm reset-nvram``) gets its own copy of OVMF's
+    variable template, as qcow2: a raw one would stop QEMU from saving the VM's state."""
+    target = ctx.paths.efi_vars
+    if plan.env.uefi is None or os.path.lexists(target):
+        return
+    partial = target.with_name(target.name + ".part")  # a power-on killed while copying leaves no half store
+    partial.unlink(missing_ok=True)
+    convert_disk((read_layer(plan.env.uefi.vars_template, "raw"),), partial, "qcow2")
+    os.replace(partial, target)
+
+
+def _make_discard_overlays(plan: LaunchPlan) -> None:
+    """A fresh overlay over each independent-nonpersistent disk: the guest's writes go there."""
+    for overlay, disk in plan.discard_overlays:
+        overlay.path.unlink(missing_ok=True)  # left by a power-on that died before it could drop the name
+        create_overlay(overlay.path, disk)
+
+
+def _drop_discard_names(plan: LaunchPlan) -> None:
+    """Unlink the overlays: a running VMM has them open, so their data lives exactly as long as it does
+    (discarded at power-off, however the VMM ends); a VMM that did not start leaves nothing behind."""
+    for overlay, _ in plan.discard_overlays:
+        overlay.path.unlink(missing_ok=True)
 
 
 def _rotate(log: Path) -> None:

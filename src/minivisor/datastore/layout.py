@@ -9,7 +9,8 @@
     <datastore>/<vm>/serial.log        the console (capped; serial.log.1 the generation before)
     <datastore>/<vm>/bios.log          SeaBIOS's debug port
     <datastore>/<vm>/events.jsonl      what happened to the VM (capped; events.jsonl.1 before)
-    <runtime>/<hash>/                  qmp.sock, events.sock, serial.sock, console.sock, status, ready
+    <datastore>/<vm>/efivars.qcow2     the UEFI variables of a firmware = "efi" VM
+    <runtime>/<hash>/                  qmp.sock, events.sock, serial.sock, console.sock, vnc.sock, status, ready
 """
 
 from __future__ import annotations
@@ -25,15 +26,16 @@ from ..errors import SpecError
 from ..text import excerpt
 
 __all__ = ["VmPaths", "vm_paths", "check_vm_name", "VM_NAME", "VM_FILES", "VMM_LOG", "SERIAL_LOG", "BIOS_LOG",
-           "EVENT_LOG", "RUNTIME_RECORD"]
+           "EVENT_LOG", "RUNTIME_RECORD", "EFI_VARS"]
 
 VMM_LOG = "vmm.log"
 SERIAL_LOG = "serial.log"
 BIOS_LOG = "bios.log"
 EVENT_LOG = "events.jsonl"
 RUNTIME_RECORD = "runtime.json"
+EFI_VARS = "efivars.qcow2"  # the VM's UEFI variable store (VMware's own .nvram is never touched)
 # What minivisor writes into a VM's folder for itself besides the specfile: no device may name one.
-VM_FILES = frozenset({VMM_LOG, SERIAL_LOG, BIOS_LOG, EVENT_LOG, RUNTIME_RECORD})
+VM_FILES = frozenset({VMM_LOG, SERIAL_LOG, BIOS_LOG, EVENT_LOG, RUNTIME_RECORD, EFI_VARS})
 VM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")  # \Z: "$" would let a final newline in
 
 
@@ -99,6 +101,11 @@ class VmPaths:
         return self.vm_dir / BIOS_LOG
 
     @property
+    def efi_vars(self) -> Path:
+        """The UEFI variable store (qcow2, so it can be snapshotted), made from OVMF's template at first power-on."""
+        return self.vm_dir / EFI_VARS
+
+    @property
     def qmp_socket(self) -> Path:
         return self.runtime_dir / "qmp.sock"
 
@@ -116,6 +123,11 @@ class VmPaths:
     def events_socket(self) -> Path:
         """A second QMP monitor, where the console relay listens to QEMU's events."""
         return self.runtime_dir / "events.sock"
+
+    @property
+    def vnc_socket(self) -> Path:
+        """The screen, as a VNC server on a UNIX socket (owner-only, like every socket here; never TCP)."""
+        return self.runtime_dir / "vnc.sock"
 
     @property
     def status_file(self) -> Path:

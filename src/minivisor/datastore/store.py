@@ -324,6 +324,13 @@ class Scope:
         """Resolve ``name`` (relative to ``base``) and apply the rules of place; the file need not exist."""
         return Path(self._place(base, name, what, backing=False))
 
+    def outside(self, base: Path, name: str, what: str) -> bool:
+        """True if ``name`` resolves outside the datastore and every folder the user allowed: nothing the VM
+        may open (a removable drive's image there stays unconnected, unopened)."""
+        _check_name(name, what)
+        real = os.path.realpath(base / name)
+        return not (_inside(real, self.root) or self._is_home(real) or any(_inside(real, f) for f in self.allowed))
+
     def image(self, base: Path, name: str, what: str) -> Path:
         """An existing image file (disk, CD-ROM, floppy) ``name`` names, checked."""
         return self._existing(self._place(base, name, what, backing=False), name, what)

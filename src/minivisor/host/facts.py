@@ -1,15 +1,42 @@
-"""Facts about the host: where QEMU and qemu-img are, its memory and CPUs."""
+"""Facts about the host: where QEMU, qemu-img and the UEFI firmware are, its memory and CPUs."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
+from pathlib import Path
 
 from .. import procfs
 from ..errors import HostError
 
-__all__ = ["available_memory_mib", "find_qemu", "find_qemu_img", "host_cpus", "host_memory_mib", "qemu_version"]
+__all__ = ["available_memory_mib", "find_qemu", "find_qemu_img", "host_cpus", "host_memory_mib", "qemu_version",
+           "Ovmf", "find_ovmf"]
+
+OVMF_DIR = Path("/usr/share/OVMF")  # Debian's ovmf package
+
+
+@dataclass(frozen=True)
+class Ovmf:
+    """The UEFI firmware a VM boots: OVMF's code (read-only) and the template of its variable store."""
+
+    code: Path
+    vars_template: Path
+    secure_boot: bool  # the Secure Boot build (needs SMM), with Microsoft's keys enrolled in the template
+
+
+def find_ovmf(secure_boot: bool) -> Ovmf:
+    """The 4 MiB OVMF build from Debian's ovmf package: plain, or Secure Boot with enrolled keys."""
+    if secure_boot:
+        found = Ovmf(OVMF_DIR / "OVMF_CODE_4M.secboot.fd", OVMF_DIR / "OVMF_VARS_4M.ms.fd", True)
+    else:
+        found = Ovmf(OVMF_DIR / "OVMF_CODE_4M.fd", OVMF_DIR / "OVMF_VARS_4M.fd", False)
+    for path in (found.code, found.vars_template):
+        if not path.is_file():
+            raise HostError(f'firmware = "efi" needs UEFI firmware, and {path} is missing',
+                            hint="apt-get install ovmf")
+    return found
 
 def find_qemu() -> str:
     """The qemu-system-x86_64 to run: ``MINIVISOR_QEMU`` (a name or a path) if set, else the one on PATH."""

@@ -55,6 +55,8 @@ OPERATIONS: tuple[Op, ...] = (
     Op("wait_ready", "POST", "/v1/vms/{name}/wait-ready", "text", mutates=False),
     Op("exec_in_vm", "POST", "/v1/vms/{name}/exec", "exec", args=("name", "command"), mutates=False),
     Op("set_autostart", "PUT", "/v1/vms/{name}/autostart", "vm", args=("name", "enabled")),
+    Op("reset_nvram", "POST", "/v1/vms/{name}/reset-nvram", "json"),
+    Op("cdrom", "POST", "/v1/vms/{name}/cdrom", "json", args=("name", "image")),
     Op("host_info", "GET", "/v1/host", "host", args=(), mutates=False),
     # disks, snapshots, clones (storage.py, snapshots.py, clones.py, vmware.py)
     Op("vm_disks", "GET", "/v1/vms/{name}/disks", "json", mutates=False),

@@ -23,11 +23,20 @@ class DeviceModel:
 
     driver: str
     description: str
+    stands_in: str = ""  # when QEMU's chip is not VMware's: which chip stands in, and what the guest needs
+
+    @property
+    def approximated(self) -> bool:
+        return bool(self.stands_in)
 
 
 SCSI_MODELS: dict[str, DeviceModel] = {
-    "lsilogic": DeviceModel("lsi53c895a", "LSI 53C895A SCSI controller (stands in for VMware's LSI Logic)"),
-    "buslogic": DeviceModel("lsi53c895a", "LSI 53C895A SCSI controller (stands in for BusLogic)"),
+    "lsilogic": DeviceModel("lsi53c895a", "LSI 53C895A SCSI controller (stands in for VMware's LSI Logic)",
+                            "QEMU has no LSI 53C1030 (VMware's LSI Logic); an LSI 53C895A stands in "
+                            "(guests need the sym53c8xx driver)"),
+    "buslogic": DeviceModel("lsi53c895a", "LSI 53C895A SCSI controller (stands in for BusLogic)",
+                            "QEMU has no BusLogic controller; an LSI 53C895A stands in "
+                            "(guests need the sym53c8xx driver)"),
     "lsisas1068": DeviceModel("mptsas1068", "LSI SAS1068 SCSI controller"),
     "pvscsi": DeviceModel("pvscsi", "VMware paravirtual SCSI controller"),
     "virtio-scsi": DeviceModel("virtio-scsi-pci", "virtio SCSI controller"),

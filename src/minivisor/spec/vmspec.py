@@ -17,9 +17,10 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from ..errors import SpecError
+from ..errors import SpecError, StateError
 from ..text import clip, excerpt
 from .devices import CONTROLLER_COUNT, NIC_MODELS, SCSI_MODELS, UNIT_COUNT
+from .fidelity import KeyNote, Verdict, foreign_path
 from .vmx import VmxDocument
 
 __all__ = [
@@ -51,6 +52,14 @@ MAX_READY_LINE = 200  # characters of minivisor.readyLine (a line the guest prin
 CONNECTION_TYPES = {"bridged", "nat", "hostonly", "custom", "pvn", "none"}
 HARD_DISK_TYPES = {"disk", "scsi-harddisk", "ata-harddisk", "plaindisk"}
 CDROM_TYPES = {"cdrom-image", "cdrom-raw", "atapi-cdrom"}
+HOST_CDROM_TYPES = {"cdrom-raw", "atapi-cdrom"}  # the host's own drive, never passed through
+# Devices VMware builds when their key is TRUE that minivisor does not (yet): key -> what the guest misses.
+DEVICES_NOT_BUILT = {"usb.present": "USB 1.1 controller", "ehci.present": "USB 2 controller",
+                     "usb_xhci.present": "USB 3 controller", "sound.present": "sound card",
+                     "vtpm.present": "TPM", "parallel0.present": "parallel port", "smc.present": "Apple SMC"}
+# What bios.bootOrder may name, and the order VMware's BIOS tries them in when it names none.
+BOOT_KINDS = ("hdd", "cdrom", "floppy")
+DEFAULT_BOOT_CLASSES = ("hdd", "cdrom", "floppy")
 # Values VMware uses for "no backing": an empty drive.
 EMPTY_BACKINGS = {"", "auto detect", "emptybackingstring", "cd/dvd drive 0", "floppy 0"}
 
@@ -59,6 +68,14 @@ _DEVICE_KEY = re.compile(r"^(scsi|sata|nvme|ide)(\d+):(\d+)\.", re.IGNORECASE)
 _PRESENT_KEY = re.compile(r"^(scsi|sata|nvme|ide|ethernet|serial|floppy)(\d+)\.present$", re.IGNORECASE)
 _CPU_RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?\Z")
 _SHARES = re.compile(r"[0-9]{1,7}\Z")
+_PORT = re.compile(r"[0-9]{1,5}\Z")
+_HOST = re.compile(r"[A-Za-z0-9.\-]{0,253}\Z|\[[0-9A-Fa-f:]{2,39}\]\Z")
+
+
+def quoted(name: str) -> str:
+    """A file or host name from the specfile in a note: in quotes, its backslashes as written (a Windows
+    path stays readable), cut short; every output path escapes control characters."""
+    return f'"{clip(name, 60)}"'
 
 
 def parse_bool(value: str | None, default: bool = False) -> bool:
@@ -145,12 +162,15 @@ class Nic:
 
 @dataclass(frozen=True)
 class SerialPort:
-    """A ``serialN`` port backed by a file, a pipe (UNIX socket) or a host device."""
+    """A ``serialN`` port: to a file, a UNIX socket (``pipe``), a TCP listener on loopback (``network``), or
+    to nothing (``disconnected``: the guest still sees the port)."""
 
     index: int
-    file_type: str
-    file_name: str | None
+    file_type: Literal["file", "pipe", "network", "disconnected"]
+    file_name: str | None  # a pipe without one is a socket in the VM's runtime folder
     pipe_server: bool = True
+    tcp_port: int | None = None  # network: the port it listens on (127.0.0.1 only)
+    telnet: bool = False
 
 
 @dataclass(frozen=True)
@@ -205,23 +225,38 @@ class VmSpec:
     boot_order: tuple[str, ...]  # device nodes from bios.hddOrder, first boots first
     ready_line: str
     sched: Sched = Sched()
+    secure_boot: bool = False  # uefi.secureBoot.enabled (with firmware = "efi")
+    boot_classes: tuple[str, ...] = DEFAULT_BOOT_CLASSES  # bios.bootOrder: hdd, cdrom, floppy, in the order tried
     unused_keys: tuple[str, ...] = ()
+    unread_device_keys: tuple[str, ...] = ()  # settings of devices it has that nothing reads (pciSlotNumber...)
     warnings: tuple[str, ...] = field(default=())
+    notes: tuple[KeyNote, ...] = ()  # what became of each device or key that is not simply virtualized
 
     @property
     def sockets(self) -> int:
         return self.num_cpus // self.cores_per_socket
 
     @property
-    def boot_disk(self) -> Disk | None:
-        """The hard disk SeaBIOS boots from: ``bios.hddOrder`` first, else the
-        first hard disk on the first controller (scsi, sata, nvme, ide)."""
+    def hard_disks_in_boot_order(self) -> list[Disk]:
+        """The hard disks, ``bios.hddOrder``'s first, the others in controller order (scsi, sata, nvme, ide)."""
         hard_disks = [d for d in self.disks if d.kind == "disk" and d.file_name]
-        by_node = {d.node: d for d in hard_disks}
-        for node in self.boot_order:
-            if node in by_node:
-                return by_node[node]
-        return hard_disks[0] if hard_disks else None
+        ranks = {node: rank for rank, node in enumerate(self.boot_order)}
+        return sorted(hard_disks, key=lambda d: ranks.get(d.node, len(ranks)))  # stable: the rest keep their order
+
+    @property
+    def boot_disk(self) -> Disk | None:
+        """The hard disk the firmware tries first."""
+        disks = self.hard_disks_in_boot_order
+        return disks[0] if disks else None
+
+    def boot_indexes(self) -> dict[str, int]:
+        """Each bootable device (a disk node, ``floppyN``) and its place in the firmware's boot order (QEMU's
+        bootindex): ``bios.bootOrder``'s kinds in turn; a device that has nothing to boot is skipped."""
+        by_kind = {"hdd": [d.node for d in self.hard_disks_in_boot_order],
+                   "cdrom": [d.node for d in self.disks if d.kind == "cdrom"],
+                   "floppy": [f"floppy{f.index}" for f in self.floppies]}
+        order = [device for kind in self.boot_classes for device in by_kind[kind]]
+        return {device: index for index, device in enumerate(order)}
 
     @classmethod
     def from_vmx(cls, doc: VmxDocument) -> VmSpec:
@@ -241,6 +276,7 @@ class _SpecReader:
         self.used: set[str] = set()
         self.used_prefixes: set[str] = set()
         self.warnings: list[str] = []
+        self.notes: dict[str, KeyNote] = {}
 
     # -- key access ----------------------------------------------------
     def get(self, key: str, default: str | None = None) -> str | None:
@@ -256,6 +292,10 @@ class _SpecReader:
     def is_used(self, key: str) -> bool:
         lower = key.lower()
         return lower in self.used or lower.partition(".")[0] + "." in self.used_prefixes
+
+    def note(self, subject: str, verdict: Verdict, reason: str, *, quiet: bool = False) -> None:
+        """Say what became of a device (all its keys) or of one key, and why (``quiet``: not at power-on)."""
+        self.notes[subject.lower()] = KeyNote(subject, verdict, reason, quiet)
 
     def fail(self, key: str, problem: str, hint: str) -> SpecError:
         line = self.doc.line_of(key)
@@ -278,6 +318,7 @@ class _SpecReader:
 
     # -- the whole spec ------------------------------------------------
     def read(self) -> VmSpec:
+        self.refuse_unrunnable()
         self.check_device_counts()
         memory = self.integer("memSize", 32, low=MEMORY_MIB[0], high=MEMORY_MIB[1], unit=" MiB")
         cpus = self.integer("numvcpus", 1, low=VCPUS[0], high=VCPUS[1])
@@ -303,12 +344,34 @@ class _SpecReader:
             floppies=self.floppies(),
             display=self.display(),
             boot_order=self.boot_order(),
+            boot_classes=self.boot_classes(),
             ready_line=self.ready_line(),
             sched=self.sched(cpus, memory),
+            secure_boot=self.secure_boot(),
         )
         self.mark_ignored()
         unused = tuple(k for k, _ in self.doc.items() if not self.is_used(k))
-        return replace(spec, unused_keys=unused, warnings=tuple(self.warnings))
+        unread = tuple(k for k, _ in self.doc.items() if self.is_used(k) and k.lower() not in self.used)
+        notes = tuple(self.notes.values())
+        warnings = tuple(n.warning for n in notes if n.warns) + tuple(self.warnings)
+        return replace(spec, unused_keys=unused, unread_device_keys=unread, warnings=warnings, notes=notes)
+
+    def refuse_unrunnable(self) -> None:
+        """Refuse what VMware itself would not power on as it is: encrypted, template and suspended VMs."""
+        for key in ("encryption.keySafe", "encryption.data"):
+            if self.get(key) is not None:
+                raise self.fail(key, f"the VM is encrypted ({key}): its hardware cannot be read without the key",
+                                "remove the encryption in VMware (VM settings, Access Control), then use the VM here")
+        if parse_bool(self.get("templateVM")):
+            raise self.fail("templateVM", "the VM is a template (templateVM = TRUE), which is never powered on",
+                            "clone a VM from it in VMware, or set templateVM = \"FALSE\" in a copy")
+        state = (self.get("checkpoint.vmState") or "").strip()
+        if state:
+            line = self.doc.line_of("checkpoint.vmState")
+            raise StateError(f"{self.doc.source}:{line}: the VM is suspended (checkpoint.vmState = {excerpt(state)}): "
+                             "booting its disks would lose what the suspended guest has not written yet",
+                             hint="resume it in VMware and shut it down, or discard the suspended state: "
+                                  "checkpoint.vmState = \"\"")
 
     def check_device_counts(self) -> None:
         """Refuse a device numbered past what a VM can have, instead of leaving it out unsaid."""
@@ -369,7 +432,16 @@ class _SpecReader:
         """Keys that are bookkeeping, not hardware: understood, nothing to build."""
         for key in (".encoding", "config.version", "virtualHW.version", "guestOSAltName",
                     "annotation", "uuid.location", "uuid.action", "extendedConfigFile"):
-            self.get(key)
+            if self.get(key) is not None:
+                self.note(key, "ignored", "bookkeeping: nothing to build")
+
+    def secure_boot(self) -> bool:
+        key = "uefi.secureBoot.enabled"
+        enabled = parse_bool(self.get(key))
+        if enabled and (self.get("firmware") or "bios").strip().lower() != "efi":
+            self.note(key, "ignored", 'Secure Boot is a UEFI feature and firmware is not "efi"')
+            return False
+        return enabled
 
     def firmware(self) -> Literal["bios", "efi"]:
         value = (self.get("firmware") or "bios").strip().lower()
@@ -392,6 +464,7 @@ class _SpecReader:
             bus, index, unit = key
             if f"{bus}{index}" not in present:
                 self.use_prefix(f"{bus}{index}:{unit}.")
+                self.note(f"{bus}{index}:{unit}", "ignored", f"its controller {bus}{index} is not present")
                 continue
             disk = self.disk(bus, index, unit)
             if disk:
@@ -416,18 +489,22 @@ class _SpecReader:
         # IDE controllers are built in: they exist without a .present key.
         if not parse_bool(self.get(f"{name}.present"), default=(bus == "ide")):
             self.use_prefix(f"{name}.")
+            self.absent(name)
             return None
         if bus != "scsi":
             self.get(f"{name}.virtualDev")
+            self.use_prefix(f"{name}.")
             return DiskController(bus, index, {"sata": "ahci", "nvme": "nvme", "ide": "piix4"}[bus])
         key = f"{name}.virtualDev"
         model = (self.get(key) or "lsilogic").strip().lower()
         if model not in SCSI_MODELS:
             raise self.fail(key, f"{key} = {excerpt(model)} is not a SCSI controller minivisor knows",
                             f"use one of {', '.join(sorted(SCSI_MODELS))}")
-        if model == "buslogic":
-            self.warnings.append(f"{name}: QEMU has no BusLogic controller; "
-                                 "an LSI 53C895A is used instead (guests need the sym53c8xx driver)")
+        if SCSI_MODELS[model].approximated:
+            # Said at every power-on where the guest may lack the driver: BusLogic guests, and Windows, which
+            # has none for the 53C895A. Linux has (sym53c8xx): vm explain and vm check say it.
+            windows = (self.get("guestOS") or "").strip().lower().startswith("win")
+            self.note(name, "approximated", SCSI_MODELS[model].stands_in, quiet=model == "lsilogic" and not windows)
         self.use_prefix(f"{name}.")
         return DiskController(bus, index, model)
 
@@ -445,14 +522,43 @@ class _SpecReader:
         mode = (self.get(f"{node}.mode") or "persistent").strip().lower()
         self.use_prefix(f"{node}.")
         if not present:
+            self.absent(node)
             return None
         kind = self.device_kind(node, device_type, file_name)
-        if file_name is not None and file_name.strip().lower() in EMPTY_BACKINGS:
-            file_name = None
-        if kind == "disk" and not file_name:
+        if kind == "cdrom":
+            host_drive = (device_type or "").strip().lower() in HOST_CDROM_TYPES
+            return Disk(bus, index, unit, kind, self.medium(node, file_name, host_drive=host_drive), read_only=True)
+        if not file_name or file_name.strip().lower() in EMPTY_BACKINGS:
             raise self.fail(f"{node}.fileName", f"hard disk {node} has no fileName",
                             f'name its disk file, e.g. {node}.fileName = "disk.vmdk"')
-        return Disk(bus, index, unit, kind, file_name, read_only=(kind == "cdrom"), mode=mode)
+        if mode == "independent-nonpersistent":
+            self.note(node, "virtualized", "independent-nonpersistent: what the guest writes is discarded at "
+                                           "power-off")
+        return Disk(bus, index, unit, kind, file_name, mode=mode)
+
+    def medium(self, device: str, file_name: str | None, *, host_drive: bool) -> str | None:
+        """The image a CD-ROM or floppy drive starts with; None: empty (disconnected, with a note saying why)."""
+        name = (file_name or "").strip()
+        if not parse_bool(self.get(f"{device}.startConnected"), default=True):
+            return self.disconnect(device, "startConnected is FALSE")
+        if parse_bool(self.get(f"{device}.clientDevice")):
+            return self.disconnect(device, "it is the drive of a remote console (clientDevice)")
+        if host_drive:
+            return self.disconnect(device, f"it is the host's drive {quoted(name or 'auto detect')}, which "
+                                           "minivisor never passes through")
+        if name.lower() in EMPTY_BACKINGS:
+            return None
+        if (where := foreign_path(name)) is not None:
+            return self.disconnect(device, f"its image {quoted(name)} is {where}, not a file on this host")
+        return name
+
+    def disconnect(self, device: str, why: str) -> None:
+        self.note(device, "disconnected", f"{why}; the drive starts empty")
+
+    def absent(self, device: str) -> None:
+        """A device switched off: its keys, if it has any, are leftovers."""
+        if self.doc.keys_with_prefix(f"{device}."):
+            self.note(device, "ignored", "present is FALSE: the VM has no such device")
 
     def device_kind(self, node: str, device_type: str | None, file_name: str | None) -> Literal["disk", "cdrom"]:
         if device_type is None or device_type.strip() == "":
@@ -462,10 +568,6 @@ class _SpecReader:
         if value in HARD_DISK_TYPES:
             return "disk"
         if value in CDROM_TYPES:
-            if value != "cdrom-image" and (file_name or "").strip().lower() not in EMPTY_BACKINGS:
-                raise self.fail(f"{node}.deviceType",
-                                f"{node} passes the host CD drive {excerpt(file_name)} through",
-                                f'use an ISO image: {node}.deviceType = "cdrom-image"')
             return "cdrom"
         raise self.fail(f"{node}.deviceType",
                         f"{node}.deviceType = {excerpt(device_type)} is not a device type minivisor knows",
@@ -473,8 +575,19 @@ class _SpecReader:
 
     def boot_order(self) -> tuple[str, ...]:
         order = self.get("bios.hddOrder") or ""
-        self.get("bios.bootOrder")
         return tuple(part.strip().lower() for part in order.split(",") if part.strip())
+
+    def boot_classes(self) -> tuple[str, ...]:
+        """``bios.bootOrder`` (``cdrom,hdd``): the kinds of device the firmware tries, in turn; the kinds
+        it does not name follow in VMware's order."""
+        key = "bios.bootOrder"
+        named = [part.strip().lower() for part in (self.get(key) or "").split(",") if part.strip()]
+        unknown = [kind for kind in named if kind not in BOOT_KINDS]
+        if unknown:
+            self.note(key, "approximated", f"{quoted(','.join(unknown))} is no device the firmware boots from here "
+                                           "(network boot is not offered); the others keep their order")
+        kinds = [kind for kind in dict.fromkeys(named) if kind in BOOT_KINDS]
+        return tuple(kinds + [kind for kind in DEFAULT_BOOT_CLASSES if kind not in kinds])
 
     # -- network -------------------------------------------------------
     def nics(self) -> tuple[Nic, ...]:
@@ -537,18 +650,65 @@ class _SpecReader:
         for index in range(DEVICE_COUNT["serial"]):
             prefix = f"serial{index}"
             present = parse_bool(self.get(f"{prefix}.present"))
-            file_type = (self.get(f"{prefix}.fileType") or "").strip().lower()
-            file_name = self.get(f"{prefix}.fileName") or None
-            end_point = (self.get(f"{prefix}.pipe.endPoint") or "server").strip().lower()
+            port = self.serial_port(index) if present else None
             self.use_prefix(f"{prefix}.")
-            if not present:
-                continue
-            if file_type not in {"file", "pipe"}:
-                raise self.fail(f"{prefix}.fileType",
-                                f"{prefix}.fileType = {excerpt(file_type)} cannot be virtualized here",
-                                f'use {prefix}.fileType = "file" or "pipe", or set {prefix}.present = "FALSE"')
-            ports.append(SerialPort(index, file_type, file_name, end_point != "client"))
+            if port:
+                ports.append(port)
+            else:
+                self.absent(prefix)
         return tuple(ports)
+
+    def serial_port(self, index: int) -> SerialPort:
+        """What a present port is connected to; anything minivisor cannot connect leaves it disconnected."""
+        prefix = f"serial{index}"
+        file_type = (self.get(f"{prefix}.fileType") or "").strip().lower()
+        file_name = (self.get(f"{prefix}.fileName") or "").strip() or None
+        if not parse_bool(self.get(f"{prefix}.startConnected"), default=True):
+            return self.serial_unplugged(index, "startConnected is FALSE")
+        if file_type == "file":
+            return (SerialPort(index, "file", file_name) if file_name
+                    else self.serial_unplugged(index, "it names no fileName to write to"))
+        if file_type == "pipe":
+            return self.pipe(index, file_name)
+        if file_type == "network":
+            return self.network_port(index, file_name or "")
+        why = {"thinprint": "ThinPrint (VMware's printer channel) has no counterpart in QEMU",
+               "device": f"it is the host's serial port {quoted(file_name or '')}, which minivisor never passes "
+                         "through"}.get(file_type, f"fileType {quoted(file_type)} is none minivisor knows")
+        return self.serial_unplugged(index, why)
+
+    def serial_unplugged(self, index: int, why: str) -> SerialPort:
+        self.note(f"serial{index}", "disconnected", f"{why}; the port is there, connected to nothing")
+        return SerialPort(index, "disconnected", None)
+
+    def pipe(self, index: int, file_name: str | None) -> SerialPort:
+        """A named pipe is a UNIX socket: the one named in the VM folder, else one in its runtime folder."""
+        prefix = f"serial{index}"
+        server = (self.get(f"{prefix}.pipe.endPoint") or "server").strip().lower() != "client"
+        self.get(f"{prefix}.tryNoRxLoss")
+        if file_name and not file_name.startswith("/") and foreign_path(file_name) is None:
+            return SerialPort(index, "pipe", file_name, server)
+        self.note(prefix, "approximated", f"the pipe {quoted(file_name or '(none)')} is no file name in the VM "
+                                          f"folder: the port is the UNIX socket {prefix}.sock in the VM's runtime "
+                                          "folder (vm explain shows it)")
+        return SerialPort(index, "pipe", None, True)
+
+    def network_port(self, index: int, uri: str) -> SerialPort:
+        """``telnet://:2222``, ``tcp://host:2222``: a TCP listener on 127.0.0.1 only; never a connection out."""
+        prefix = f"serial{index}"
+        scheme, _, rest = uri.rpartition("://")
+        host, _, port = rest.rpartition(":")
+        if scheme.lower() not in ("", "tcp", "telnet") or not _PORT.match(port) or not 0 < int(port) < 65536 \
+                or not _HOST.match(host):
+            return self.serial_unplugged(index, f"{quoted(uri) if uri else 'an empty fileName'} is not a network "
+                                                "address minivisor can listen on (telnet://:PORT)")
+        if (self.get(f"{prefix}.network.endPoint") or "server").strip().lower() == "client":
+            return self.serial_unplugged(index, f"it would connect out to {quoted(rest)}, which minivisor never "
+                                                "lets a specfile do")
+        if host.strip("[]") not in ("127.0.0.1", "localhost", "::1"):
+            self.note(prefix, "approximated", f"it listens on 127.0.0.1:{port} only, not on "
+                                              f"{quoted(host) if host else 'every address'}")
+        return SerialPort(index, "network", None, tcp_port=int(port), telnet=scheme.lower() == "telnet")
 
     def floppies(self) -> tuple[Floppy, ...]:
         drives = []
@@ -560,16 +720,24 @@ class _SpecReader:
             file_name = self.get(f"{prefix}.fileName") or None
             self.use_prefix(f"{prefix}.")
             if not present:
+                self.absent(prefix)
                 continue
-            if file_type != "file" and (file_name or "").lower() not in EMPTY_BACKINGS:
-                raise self.fail(f"{prefix}.fileType", f"{prefix} passes a host floppy drive through",
-                                f'use an image file: {prefix}.fileType = "file"')
-            if file_name and file_name.strip().lower() in EMPTY_BACKINGS:
-                file_name = None
-            drives.append(Floppy(index, file_name))
+            drives.append(Floppy(index, self.medium(prefix, file_name, host_drive=file_type != "file")))
         return tuple(drives)
 
+    def devices_not_built(self) -> None:
+        """Devices a specfile turns on that the VM does not get: noted, and a warning at power-on (the guest
+        would find them on VMware)."""
+        for key, what in DEVICES_NOT_BUILT.items():
+            if parse_bool(self.get(key)):
+                self.note(key, "ignored", f"the guest gets no {what} (not offered yet)")
+                self.warnings.append(f"{key}: the guest gets no {what} (not offered yet)")
+        if parse_bool(self.get("RemoteDisplay.vnc.enabled")):
+            self.note("RemoteDisplay.vnc.enabled", "approximated", "the screen is served on a UNIX socket only "
+                                                                   "(vm display), never on a TCP port")
+
     def display(self) -> Display:
+        self.devices_not_built()
         present = parse_bool(self.get("svga.present"), default=True)
         vram = self.integer("svga.vramSize", 4 * 1024 * 1024, low=1024 * 1024, high=256 * 1024 * 1024)
         self.use_prefix("svga.")

@@ -22,8 +22,9 @@ from typing import Literal, Union
 
 from ..datastore.layout import VmPaths
 from ..host.admission import tcg_cache_mib
+from ..host.facts import Ovmf
 from ..spec.devices import NIC_MODELS, SCSI_MODELS
-from ..spec.vmspec import Disk, DiskController, Nic, VmSpec
+from ..spec.vmspec import Disk, DiskController, Nic, SerialPort, VmSpec
 from ..images.layers import ImageLayer
 from ..units import human_size
 
@@ -63,6 +64,12 @@ class LaunchEnv:
     networks: Mapping[int, NetBackend] = field(default_factory=dict)  # NIC index -> backend
     console_index: int | None = 0  # COM port of the minivisor console; None if the spec uses it
     incoming: bool = False  # the VMM waits for a saved state (a memory snapshot's) instead of booting
+    uefi: Ovmf | None = None  # firmware = "efi": OVMF, its variables in paths.efi_vars; None: SeaBIOS
+
+    @property
+    def q35(self) -> bool:
+        """Secure Boot needs SMM, which QEMU gives the Q35 chipset only; every other VM is an i440FX PC."""
+        return self.uefi is not None and self.uefi.secure_boot
 
 
 @dataclass(frozen=True)
@@ -103,7 +110,7 @@ def virtual_hardware(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
     devices += [_nic(nic, env) for nic in spec.nics]
     devices += _serial_ports(spec, env)
     devices += [_floppy(spec, env)] if spec.floppies else []
-    devices.append(_display(spec))
+    devices.append(_display(spec, env))
     devices.append(_control(env))
     if env.incoming:
         devices.append(_incoming())
@@ -119,14 +126,16 @@ def _accel(spec: VmSpec, env: LaunchEnv) -> str:
 
 def _machine(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
     cpu = "host" if env.accel == "kvm" else "qemu64"
+    chipset = (("type", "q35"), ("smm", "on")) if env.q35 else (("type", "pc"),)
     args = ("-name", qemu_opts(("guest", env.name), ("debug-threads", "on")),
             "-uuid", env.uuid,
-            "-machine", qemu_opts(("type", "pc"), ("usb", "off"), ("vmport", "off")),
+            "-machine", qemu_opts(*chipset, ("usb", "off"), ("vmport", "off")),
             "-accel", _accel(spec, env), "-cpu", cpu,
             "-nodefaults", "-no-user-config", "-display", "none",
             "-sandbox", SANDBOX, "-msg", "timestamp=on", "-trace", SHUTDOWN_TRACE, "-S")
     accel = "KVM hardware virtualization" if env.accel == "kvm" else "TCG software emulation"
-    return VirtualDevice("machine", f"PC (i440FX + PIIX3) with SeaBIOS, {accel}", args)
+    board = "PC (Q35 + ICH9, SMM)" if env.q35 else "PC (i440FX + PIIX3)"
+    return VirtualDevice("machine", f"{board}, {accel}", args)
 
 
 def _processors(spec: VmSpec) -> VirtualDevice:
@@ -141,20 +150,30 @@ def _memory(spec: VmSpec) -> VirtualDevice:
 
 
 def _firmware(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
-    # SeaBIOS writes its progress to the debug port 0x402: kept as the VM's bios.log.
+    # SeaBIOS (and OVMF's debug builds) write their progress to the debug port 0x402: kept as the VM's bios.log.
     chardev = qemu_opts(("id", "bioslog"), ("path", env.paths.bios_log))
-    return VirtualDevice("firmware", "SeaBIOS (BIOS), log in bios.log",
-                         ("-chardev", f"file,{chardev}",
-                          "-device", _json(driver="isa-debugcon", iobase=0x402, chardev="bioslog")))
+    log = ("-chardev", f"file,{chardev}", "-device", _json(driver="isa-debugcon", iobase=0x402, chardev="bioslog"))
+    if env.uefi is None:
+        return VirtualDevice("firmware", "SeaBIOS (BIOS), log in bios.log", log)
+    # Flash 0 is OVMF's code, read-only; flash 1 the VM's own variables, qcow2 so that they can be snapshotted.
+    args = [*_blockdev("file-uefi-code", "uefi-code", env.uefi.code, "raw", read_only=True),
+            *_blockdev("file-uefi-vars", "uefi-vars", env.paths.efi_vars, "qcow2", read_only=False),
+            "-machine", qemu_opts(("pflash0", "uefi-code"), ("pflash1", "uefi-vars"))]
+    what = f"UEFI (OVMF), variables in {env.paths.efi_vars.name}"
+    if env.uefi.secure_boot:
+        # Only code running in SMM may write the variable store: the guest cannot turn Secure Boot off.
+        args += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+        what += ", Secure Boot on (Microsoft's keys enrolled)"
+    return VirtualDevice("firmware", what, (*args, *log))
 
 
 # -- storage ------------------------------------------------------------------
 def _storage(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
     devices = [_controller(c) for c in spec.controllers if c.bus in ("scsi", "sata", "nvme")]
-    boot = spec.boot_disk
+    boot = spec.boot_indexes()
     for disk in spec.disks:
         controller = next(c for c in spec.controllers if c.name == disk.controller)
-        devices.append(_disk(disk, controller, env, boot_disk=(disk == boot)))
+        devices.append(_disk(disk, controller, env, boot.get(disk.node)))
     return devices
 
 
@@ -176,16 +195,18 @@ def _node_id(disk: Disk, layer: int = 0) -> str:
     return f"{disk.bus}{disk.controller_index}-{disk.unit}-{layer}"
 
 
-def _disk(disk: Disk, controller: DiskController, env: LaunchEnv, *, boot_disk: bool) -> VirtualDevice:
+def _disk(disk: Disk, controller: DiskController, env: LaunchEnv, boot_index: int | None) -> VirtualDevice:
     args: list[str] = []
     drive = None
     if disk.kind == "disk":
         chain = env.disk_chains[disk.node]
         args += _blockdev_chain(disk, chain)
         drive = f"fmt-{_node_id(disk)}"
-        size = chain[0].virtual_size
-        what = f"hard disk, {chain[0].path.name} ({chain[0].format}, {human_size(size)}"
-        what += f", {len(chain) - 1} backing layer(s))" if len(chain) > 1 else ")"
+        shown = chain[1:] if disk.mode == "independent-nonpersistent" else chain  # the overlay is not the disk
+        what = f"hard disk, {shown[0].path.name} ({shown[0].format}, {human_size(shown[0].virtual_size)}"
+        what += f", {len(shown) - 1} backing layer(s))" if len(shown) > 1 else ")"
+        if shown is not chain:
+            what += ", independent-nonpersistent (writes discarded at power-off)"
     elif disk.node in env.files:
         path = env.files[disk.node]
         args += _blockdev(f"file-{_node_id(disk)}", f"fmt-{_node_id(disk)}", path, "raw", read_only=True)
@@ -193,19 +214,24 @@ def _disk(disk: Disk, controller: DiskController, env: LaunchEnv, *, boot_disk: 
         what = f"CD-ROM, {path.name}"
     else:
         what = "CD-ROM, empty"
-    device: dict[str, object] = {"driver": _disk_driver(disk), "id": device_id(disk.node),
-                                 "drive": drive, **_disk_address(disk, controller, env.uuid)}
+    address = _ide_on_q35(disk) if disk.bus == "ide" and env.q35 else _disk_address(disk, controller, env.uuid)
+    device: dict[str, object] = {"driver": _disk_driver(disk), "id": device_id(disk.node), "drive": drive,
+                                 **address}
     if disk.kind == "disk" and disk.bus != "nvme":
         # A write that finds the datastore full pauses the VM (QEMU's io-error state) until space is freed
         # and it is resumed, instead of failing in the guest (a file system gone read-only or corrupt).
         # The device's default (auto) takes the block backend's, which QEMU 7.2 sets to enospc for
         # -blockdev nodes too: said here so no QEMU default decides it. nvme-ns has no such property.
         device["werror"] = "enospc"
-    if boot_disk:
-        device["bootindex"] = 0
+    if boot_index is not None:
+        device["bootindex"] = boot_index  # the firmware tries the devices in bios.bootOrder's order
     args += ["-device", _json(**device)]
-    suffix = ", boot disk" if boot_disk else ""
+    suffix = f", boots {_ordinal(boot_index)}" if boot_index is not None else ""
     return VirtualDevice(disk.node, f"{what} on {controller.name}{suffix}", tuple(args))
+
+
+def _ordinal(index: int) -> str:
+    return {0: "first", 1: "second", 2: "third"}.get(index, f"{index + 1}th")
 
 
 def _blockdev_chain(disk: Disk, chain: tuple[ImageLayer, ...]) -> list[str]:
@@ -253,6 +279,11 @@ def _disk_address(disk: Disk, controller: DiskController, vm_uuid: str) -> dict[
     return {"bus": f"ide.{disk.controller_index}", "unit": disk.unit}
 
 
+def _ide_on_q35(disk: Disk) -> dict[str, object]:
+    """Q35 has no PIIX IDE: ide0:0 ... ide1:1 sit on the ICH9 AHCI's first four ports, in that order."""
+    return {"bus": f"ide.{disk.controller_index * 2 + disk.unit}"}
+
+
 def _wwn(vm_uuid: str, node: str) -> int:
     """A stable NAA-5 world wide name for one disk of one VM."""
     digest = int.from_bytes(hashlib.sha256(f"{vm_uuid}/{node}".encode()).digest()[:8], "big")
@@ -293,40 +324,64 @@ def _serial_ports(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
             ("-chardev", f"socket,{chardev}",
              "-device", _json(driver="isa-serial", chardev="console", index=env.console_index))))
     for port in spec.serial_ports:
-        path = env.files[f"serial{port.index}"]
         chardev_id = f"serial{port.index}"
-        if port.file_type == "file":
-            chardev = f"file,{qemu_opts(('id', chardev_id), ('path', path))}"
-            what = f"16550A serial port to file {path.name}"
-        else:
-            chardev = f"socket,{qemu_opts(('id', chardev_id), ('path', path), ('server', 'on' if port.pipe_server else 'off'), ('wait', 'off'))}"
-            what = f"16550A serial port on UNIX socket {path.name}"
-        devices.append(VirtualDevice(chardev_id, what, (
+        chardev, what = _serial_backend(port, chardev_id, env)
+        devices.append(VirtualDevice(chardev_id, f"16550A serial port {what}", (
             "-chardev", chardev, "-device", _json(driver="isa-serial", chardev=chardev_id, index=port.index))))
     return devices
 
 
+def _serial_backend(port: SerialPort, chardev_id: str, env: LaunchEnv) -> tuple[str, str]:
+    """The ``-chardev`` of a serial port and what it is connected to. Only paths the datastore resolved or
+    minivisor chose, and numbers, reach the option (escaped): never text from the specfile."""
+    if port.file_type == "file":
+        path = env.files[chardev_id]
+        return f"file,{qemu_opts(('id', chardev_id), ('path', path))}", f"to file {path.name}"
+    if port.file_type == "pipe":
+        path = env.files.get(chardev_id) or env.paths.runtime_dir / f"{chardev_id}.sock"
+        server = "on" if port.pipe_server else "off"
+        opts = qemu_opts(("id", chardev_id), ("path", path), ("server", server), ("wait", "off"))
+        return f"socket,{opts}", f"on UNIX socket {path}"
+    if port.file_type == "network":
+        opts = qemu_opts(("id", chardev_id), ("host", "127.0.0.1"), ("port", int(port.tcp_port or 0)),
+                         ("server", "on"), ("wait", "off"), ("telnet", "on" if port.telnet else "off"))
+        return f"socket,{opts}", f"on TCP 127.0.0.1:{port.tcp_port}{' (telnet)' if port.telnet else ''}"
+    return f"null,{qemu_opts(('id', chardev_id))}", "connected to nothing"
+
+
 def _floppy(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
-    args: list[str] = []
+    # The boot order of floppy drives is the controller's (bootindexA, bootindexB). Q35 has no floppy
+    # controller of its own: an ISA one is added, as on VMware's chipset; the i440FX's is built in.
+    boot = spec.boot_indexes()
+    order = {f"bootindex{'AB'[d.index]}": boot[f"floppy{d.index}"] for d in spec.floppies if f"floppy{d.index}" in boot}
+    if env.q35:
+        args: list[str] = ["-device", _json(driver="isa-fdc", id="fdc", **order)]
+    else:
+        args = [arg for prop, index in order.items() for arg in ("-global", f"isa-fdc.{prop}={index}")]
+    bus = "fdc.0" if env.q35 else None
     names = []
     for drive in spec.floppies:
         key = f"floppy{drive.index}"
         if key in env.files:
             args += _blockdev(f"file-{key}", f"fmt-{key}", env.files[key], "raw", read_only=False)
-            args += ["-device", _json(driver="floppy", unit=drive.index, drive=f"fmt-{key}")]
+            args += ["-device", _json(driver="floppy", unit=drive.index, drive=f"fmt-{key}", bus=bus)]
             names.append(env.files[key].name)
         else:
-            args += ["-device", _json(driver="floppy", unit=drive.index)]
+            args += ["-device", _json(driver="floppy", unit=drive.index, bus=bus)]
             names.append("empty")
     return VirtualDevice("floppy", f"floppy drive(s): {', '.join(names)}", tuple(args))
 
 
-def _display(spec: VmSpec) -> VirtualDevice:
+def _display(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
     if not spec.display.present:
         return VirtualDevice("svga", "no display adapter", ("-vga", "none"))
     vram_mb = max(1, spec.display.vram_bytes // (1024 * 1024))
-    return VirtualDevice("svga", f"VMware SVGA II display, {vram_mb} MiB VRAM (headless)",
-                         ("-vga", "none", "-device", _json(driver="vmware-svga", id="svga", vgamem_mb=vram_mb)))
+    # The screen is served on a UNIX socket in the owner-only runtime folder: never on a TCP port.
+    vnc = "unix:" + str(env.paths.vnc_socket).replace(",", ",,")
+    return VirtualDevice("svga", f"VMware SVGA II display, {vram_mb} MiB VRAM; screen on VNC at "
+                                 f"{env.paths.vnc_socket} (vm display)",
+                         ("-vga", "none", "-device", _json(driver="vmware-svga", id="svga", vgamem_mb=vram_mb),
+                          "-vnc", vnc))
 
 
 def _control(env: LaunchEnv) -> VirtualDevice:

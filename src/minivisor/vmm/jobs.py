@@ -34,7 +34,8 @@ from ..storage.journal import crashpoint
 from .qmp import QmpSession
 
 __all__ = ["Overlay", "take_snapshot", "load_state", "check_state_saveable", "resize_disk", "overlays_in_use",
-           "drop_nodes", "commit_layer", "stream_layer", "real_file", "resume_if_paused", "JOB_TIMEOUT"]
+           "drop_nodes", "commit_layer", "stream_layer", "real_file", "resume_if_paused", "JOB_TIMEOUT",
+           "insert_medium", "eject_medium"]
 
 JOB_TIMEOUT = 300.0  # seconds a migration or block job may take
 POLL = 0.05
@@ -281,3 +282,28 @@ def _finish_jobs(qmp: QmpSession) -> None:
         if time.monotonic() > deadline:
             raise QmpError("the VMM did not finish merging the snapshot in time", hint="retry the delete")
         time.sleep(POLL)
+
+
+def insert_medium(qmp: QmpSession, device: str, node: str, image: Path) -> None:
+    """Put an image (raw, read-only, opened by its checked path: never a name QEMU parses) in a running CD-ROM
+    drive, with the tray opening and closing as a guest sees it on VMware."""
+    eject_medium(qmp, device, close=False)
+    qmp.execute("blockdev-add", {"driver": "raw", "node-name": node, "read-only": True,
+                                 "file": {"driver": "file", "filename": str(image), "read-only": True}})
+    qmp.execute("blockdev-insert-medium", {"id": device, "node-name": node})
+    qmp.execute("blockdev-close-tray", {"id": device})
+
+
+def eject_medium(qmp: QmpSession, device: str, *, close: bool = True) -> None:
+    """Take the medium out of a running CD-ROM drive (even one the guest locked) and close its nodes."""
+    inserted = next((b.get("inserted") for b in qmp.execute("query-block") if b.get("qdev") == device), None)
+    qmp.execute("blockdev-open-tray", {"id": device, "force": True})
+    qmp.execute("blockdev-remove-medium", {"id": device})
+    if inserted:  # its format node, then the file node a -blockdev made apart from it (gone with it otherwise)
+        for name in (inserted["node-name"], inserted["node-name"].replace("fmt-", "file-", 1)):
+            try:
+                qmp.execute("blockdev-del", {"node-name": name})
+            except QmpCommandError:
+                pass  # an implicit file node went with its format node
+    if close:
+        qmp.execute("blockdev-close-tray", {"id": device})

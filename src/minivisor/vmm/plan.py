@@ -12,6 +12,7 @@ Every problem is a user-facing error naming what is wrong and how to fix it.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,20 +22,27 @@ from ..datastore.catalog import NetworkEntry
 from ..datastore.inventory import read_vmx
 from ..datastore.layout import VmPaths
 from ..datastore.store import Scope
-from ..errors import SpecError
+from ..errors import PathError, SpecError
 from ..host import facts
+from ..host.facts import Ovmf
 from ..host.accel import choose_accel
 from ..host.placement import check_affinity, notes
+from ..spec.fidelity import KeyNote
 from ..spec.identity import generated_mac
 from ..spec.vmsd import SnapshotTree, vmsd_path
 from ..spec.vmspec import Nic, VmSpec
+from ..spec.vmx import VmxDocument
 from ..images.layers import ImageLayer, layer_files
 from ..net.names import BRIDGED, NAT, is_network_name, tap_name, wanted_network
 from ..text import excerpt
 from .argv import LaunchEnv, NetBackend, Tap, build_qemu_argv
 
 __all__ = ["LaunchPlan", "make_plan", "Resources", "check_host_fit", "resolve_resources", "resolve_files",
-           "HostNetworks"]
+           "HostNetworks", "DISCARD_PREFIX", "check_specfile"]
+
+# The overlay that takes an independent-nonpersistent disk's writes during one power-on: its name starts like
+# the datastore's own metadata, so no specfile may name it (datastore.store.is_vm_metadata).
+DISCARD_PREFIX = ".minivisor-discard-"
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ class LaunchPlan:
     spec: VmSpec
     env: LaunchEnv
     warnings: tuple[str, ...]
+    notes: tuple[KeyNote, ...] = ()  # the spec's and the host's: what became of each device not simply virtualized
 
     @property
     def argv(self) -> list[str]:
@@ -64,6 +73,12 @@ class LaunchPlan:
         return [nic.name for nic in self.spec.nics if self.env.networks[nic.index] == "unconnected"]
 
     @property
+    def discard_overlays(self) -> list[tuple[ImageLayer, ImageLayer]]:
+        """(overlay, the disk under it) of each independent-nonpersistent disk: made before the VMM starts."""
+        return [(chain[0], chain[1]) for chain in self.env.disk_chains.values()
+                if chain[0].path.name.startswith(DISCARD_PREFIX)]
+
+    @property
     def taps(self) -> dict[int, Tap]:
         """NIC index -> the tap it needs on a network's bridge."""
         return {index: backend for index, backend in self.env.networks.items() if isinstance(backend, Tap)}
@@ -73,16 +88,64 @@ def make_plan(name: str, uuid: str, paths: VmPaths, scope: Scope, *, incoming: b
               networks: HostNetworks = HostNetworks(None, "no networks given")) -> LaunchPlan:
     """Read the specfile and check it against the host and the datastore; raises what is wrong."""
     spec = VmSpec.from_vmx(read_vmx(paths.vmx))
-    check_host_fit(spec, host_memory_mib=facts.host_memory_mib(), host_cpus=facts.host_cpus())
+    fit = _host_notes(spec)
     check_affinity(spec.sched)
     resources = resolve_resources(spec, scope, paths.vmx, uuid, networks)
     qemu = facts.find_qemu()
+    uefi = _uefi(spec, paths, name)
     accel = choose_accel(dirs.cache_dir(), qemu)
-    env = LaunchEnv(name=name, uuid=uuid, qemu=qemu, accel=accel.accel, paths=paths,
+    env = LaunchEnv(name=name, uuid=uuid, qemu=qemu, accel=accel.accel, paths=paths, uefi=uefi,
                     disk_chains=resources.disk_chains, files=resources.files, macs=resources.macs,
                     networks=resources.networks, console_index=resources.console_index, incoming=incoming)
-    warnings = resources.warnings + ((accel.warning,) if accel.warning else ()) + notes(spec)
-    return LaunchPlan(spec, env, warnings)
+    found = fit + resources.notes
+    warnings = (resources.warnings + tuple(n.warning for n in found if n.warns)
+                + ((accel.warning,) if accel.warning else ()) + notes(spec))
+    return LaunchPlan(spec, env, warnings, spec.notes + found)
+
+
+def check_specfile(vmx: Path) -> tuple[VmxDocument, VmSpec, tuple[KeyNote, ...]]:
+    """What power-on would make of any specfile on this host, with nothing written and every host folder
+    allowed (register applies the datastore's path policy): the same reading, host checks and file
+    resolution as :func:`make_plan`. A hard disk whose file is missing is noted ``refused``."""
+    doc = read_vmx(vmx)
+    spec = VmSpec.from_vmx(doc)
+    fit = _host_notes(spec)
+    folder = os.path.realpath(vmx.parent)
+    chains, _, media = resolve_files(spec, Scope(folder, folder, allowed=("/",)), vmx, missing_ok=True)
+    missing = tuple(KeyNote(d.node, "refused", f"its disk {d.file_name} does not exist: power-on stops here")
+                    for d in spec.disks if d.kind == "disk" and d.node not in chains)
+    return doc, spec, spec.notes + fit + media + missing
+
+
+def _host_notes(spec: VmSpec) -> tuple[KeyNote, ...]:
+    """What this host gives the spec only in part (raises what it cannot give at all)."""
+    fit = check_host_fit(spec, host_memory_mib=facts.host_memory_mib(), host_cpus=facts.host_cpus())
+    return fit + _uefi_boot_notes(spec)
+
+
+def _uefi_boot_notes(spec: VmSpec) -> tuple[KeyNote, ...]:
+    """OVMF boots from SATA, NVMe, IDE and virtio, but has no driver for the SCSI controllers VMware offers."""
+    boot = spec.boot_disk
+    if spec.firmware != "efi" or boot is None or boot.bus != "scsi":
+        return ()
+    return (KeyNote(boot.controller, "approximated", f"the UEFI firmware (OVMF) has no driver for this SCSI "
+                                                     f"controller, so it cannot boot from {boot.node} (a running OS "
+                                                     "uses its own driver); put the boot disk on SATA or NVMe"),)
+
+
+def _uefi(spec: VmSpec, paths: VmPaths, name: str) -> Ovmf | None:
+    """The firmware of an EFI VM; its variable store, if there is one yet, must be a file of its own."""
+    if spec.firmware != "efi":
+        return None
+    ovmf = facts.find_ovmf(spec.secure_boot)
+    try:
+        info = os.lstat(paths.efi_vars)
+    except FileNotFoundError:
+        return ovmf  # power-on makes it from the template
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        raise PathError(f"the UEFI variable store {paths.efi_vars} is not a plain file of this VM's own",
+                        hint=f"reset it (a new one is made at the next power-on): minivisor vm reset-nvram {name}")
+    return ovmf
 
 
 @dataclass(frozen=True)
@@ -95,26 +158,24 @@ class Resources:
     networks: dict[int, NetBackend]
     console_index: int | None
     warnings: tuple[str, ...]
+    notes: tuple[KeyNote, ...] = ()
 
 
-def check_host_fit(spec: VmSpec, *, host_memory_mib: int, host_cpus: int) -> None:
-    """Refuse hardware this host cannot give."""
-    if spec.firmware == "efi":
-        # Booting an EFI guest on SeaBIOS would fail later and less clearly.
-        raise SpecError('firmware = "efi" is not supported yet: minivisor boots VMs with SeaBIOS',
-                        hint='set firmware = "bios" if the guest can boot from BIOS')
+def check_host_fit(spec: VmSpec, *, host_memory_mib: int, host_cpus: int) -> tuple[KeyNote, ...]:
+    """Refuse hardware this host cannot give; returns what it gives only in part."""
     if spec.memory_mib > host_memory_mib:
         raise SpecError(f"memSize = {spec.memory_mib} MiB is more than this host's memory ({host_memory_mib} MiB)",
                         hint=f"lower memSize to at most {host_memory_mib}")
-    if spec.num_cpus > host_cpus:
-        raise SpecError(f"numvcpus = {spec.num_cpus} is more than this host's {host_cpus} CPU(s)",
-                        hint=f"lower numvcpus to at most {host_cpus}")
+    if spec.num_cpus > host_cpus:  # VMware powers it on too: the vCPUs take turns on the host's CPUs
+        return (KeyNote("numvcpus", "approximated", f"{spec.num_cpus} vCPUs share this host's {host_cpus} "
+                                                    "CPU(s), so each runs slower"),)
+    return ()
 
 
 def resolve_resources(spec: VmSpec, scope: Scope, vmx: Path, uuid: str, networks: HostNetworks) -> Resources:
     """Resolve every file, address and network the spec names."""
     warnings: list[str] = list(spec.warnings)
-    chains, files = resolve_files(spec, scope, vmx)
+    chains, files, media = resolve_files(spec, scope, vmx)
     macs = {nic.index: nic.mac or generated_mac(uuid, nic.index) for nic in spec.nics}
     _check_unique_macs(macs)
     backends = {nic.index: _network(nic, uuid, networks, warnings) for nic in spec.nics}
@@ -122,42 +183,68 @@ def resolve_resources(spec: VmSpec, scope: Scope, vmx: Path, uuid: str, networks
     console = 0 if 0 not in used_ports else None
     if console is None:
         warnings.append("serial0 is taken by the specfile, so minivisor's console (vm console, vm exec) is off")
-    return Resources(chains, files, macs, backends, console, tuple(warnings))
+    return Resources(_with_discard_overlays(spec, chains, vmx.parent), files, macs, backends, console,
+                     tuple(warnings), media)
 
 
 def resolve_files(spec: VmSpec, scope: Scope, vmx: Path, *, missing_ok: bool = False
-                  ) -> tuple[dict[str, tuple[ImageLayer, ...]], dict[str, Path]]:
+                  ) -> tuple[dict[str, tuple[ImageLayer, ...]], dict[str, Path], tuple[KeyNote, ...]]:
     """Every file the VMM would open, under the VM's path policy: disk chains by node, and the
-    CD-ROM, floppy and serial files. ``missing_ok`` (at register): an absent image is skipped."""
+    CD-ROM, floppy and serial files; and the drives left empty because their image is missing.
+    ``missing_ok`` (at register): an absent hard disk is skipped too."""
     vm_dir = vmx.parent
     chains: dict[str, tuple[ImageLayer, ...]] = {}
     files: dict[str, Path] = {}
+    missing: list[KeyNote] = []
 
-    def image(name: str, what: str) -> Path | None:
+    def medium(device: str, name: str) -> None:
+        """A CD-ROM's or floppy's image; one outside every folder the VM may use (never looked at), or
+        missing, leaves the drive empty, as on VMware. Inside the datastore the path policy refuses."""
+        what = f"{device}.fileName"
+        if scope.outside(vm_dir, name, what):
+            missing.append(KeyNote(device, "disconnected", f"its image {name} is outside the datastore and the "
+                                                           "folders allowed with allow-path (allow its folder to "
+                                                           "connect it); the drive starts empty"))
+            return
         path = scope.path(vm_dir, name, what)
-        return None if missing_ok and not os.path.lexists(path) else scope.image(vm_dir, name, what)
+        if os.path.lexists(path):
+            files[device] = scope.image(vm_dir, name, what)
+        else:
+            missing.append(KeyNote(device, "disconnected", f"its image {path} does not exist; the drive starts "
+                                                           "empty"))
 
     for disk in spec.disks:
-        if disk.file_name is None or (path := image(disk.file_name, f"{disk.node}.fileName")) is None:
+        if disk.file_name is None:
             continue
         if disk.kind == "cdrom":
-            files[disk.node] = path
-        else:
-            chains[disk.node] = scope.chain(path)
+            medium(disk.node, disk.file_name)
+        elif not missing_ok or os.path.lexists(scope.path(vm_dir, disk.file_name, f"{disk.node}.fileName")):
+            chains[disk.node] = scope.disk_chain(vm_dir, disk.file_name, f"{disk.node}.fileName")
     for port in spec.serial_ports:
-        if not port.file_name:
-            raise SpecError(f"serial{port.index} has no fileName",
-                            hint=f'name a file in the VM folder, e.g. serial{port.index}.fileName = "serial{port.index}.log"')
-        files[f"serial{port.index}"] = scope.output(vm_dir, port.file_name, f"serial{port.index}.fileName",
-                                                    socket=port.file_type == "pipe")
+        if port.file_name:  # a pipe without one is a socket in the runtime folder; network and unplugged have none
+            files[f"serial{port.index}"] = scope.output(vm_dir, port.file_name, f"serial{port.index}.fileName",
+                                                        socket=port.file_type == "pipe")
     for drive in spec.floppies:
-        key = f"floppy{drive.index}"
-        if drive.file_name and (path := image(drive.file_name, f"{key}.fileName")) is not None:
-            files[key] = path
+        if drive.file_name:
+            medium(f"floppy{drive.index}", drive.file_name)
     if spec.nvram:
         scope.path(vm_dir, spec.nvram, "nvram")
     _check_devices_own_their_files(files, chains, _snapshot_files(vmx))
-    return chains, files
+    return chains, files, tuple(missing)
+
+
+def _with_discard_overlays(spec: VmSpec, chains: dict[str, tuple[ImageLayer, ...]], vm_dir: Path
+                           ) -> dict[str, tuple[ImageLayer, ...]]:
+    """Each independent-nonpersistent disk's chain under a new overlay, which takes its writes for one
+    power-on (power-on makes it, and removes its name once the VMM has it open: it goes with the VMM)."""
+    result = dict(chains)
+    for disk in spec.disks:
+        if disk.mode == "independent-nonpersistent" and disk.node in chains:
+            chain = chains[disk.node]
+            overlay = ImageLayer(vm_dir / f"{DISCARD_PREFIX}{disk.node.replace(':', '-')}.qcow2", "qcow2",
+                                 chain[0].virtual_size)
+            result[disk.node] = (overlay, *chain)
+    return result
 
 
 def _snapshot_files(vmx: Path) -> set[str]:

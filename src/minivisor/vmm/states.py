@@ -52,6 +52,8 @@ class Action(str, Enum):
     RESIZE_DISK = "resize a disk of"
     RECOVER = "recover an interrupted operation on"
     NIC = "change a NIC of"
+    RESET_NVRAM = "reset the UEFI variables of"
+    CDROM = "change the CD-ROM medium of"
 
 
 _OFF = frozenset({VmState.POWERED_OFF})
@@ -75,6 +77,8 @@ LEGAL: dict[Action, frozenset[VmState]] = {
     Action.RESIZE_DISK: _ANY_SETTLED,  # a running VMM grows the disk and the guest sees it
     Action.RECOVER: _ANY_SETTLED,  # finish or undo what a killed process left in the VM's journal
     Action.NIC: _ANY_SETTLED,  # running: its link at once (QMP); off: at its next power-on
+    Action.RESET_NVRAM: _OFF,  # the running firmware has its variable store open
+    Action.CDROM: _ANY_SETTLED,  # running: the tray opens and closes (QMP); off: the next power-on's medium
 }
 
 def legal_actions(state: VmState) -> tuple[Action, ...]:
