@@ -17,7 +17,8 @@ from ..host import facts
 from ..host.admission import Commitment, admit, overhead_mib
 from ..host.placement import place
 from ..images.layers import read_layer
-from ..images.qemu_img import convert_disk, create_overlay
+from ..images.qcow2 import create_overlay
+from ..images.qemu_img import convert_disk
 from ..spec.vmspec import VmSpec
 from ..vmm.plan import LaunchPlan
 from ..vmm.process import RuntimeRecord, VmLock
