@@ -9,6 +9,7 @@ after every process in them is stopped.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import secrets
@@ -17,12 +18,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 HOST_ADDR, UP_ADDR = "10.99.0.1", "10.99.0.2"
+CLONE_NEWNET = 0x40000000
 
 
 def _missing() -> str | None:
@@ -76,6 +80,31 @@ class Lab:
         if done.returncode != 0:
             raise AssertionError(f"Hypervisor.{method}{args} failed: {done.stderr}")
         return json.loads(done.stdout)
+
+    def serve(self, log: Path) -> subprocess.Popen:
+        """``minivisor serve`` on the host namespace's loopback (ended with the lab, if not before)."""
+        return subprocess.Popen(["ip", "netns", "exec", self.host, sys.executable, "-m", "minivisor", "-d",
+                                 str(self.datastore), "serve", "--listen", "127.0.0.1:0"], env=self.env,
+                                stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    @contextmanager
+    def inside(self) -> Iterator[None]:
+        """This thread in the host namespace: the sockets it opens meanwhile are the namespace's (a client of a
+        service listening on its loopback). /sys stays the root namespace's: use :meth:`api` for that."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        target = os.open(f"/run/netns/{self.host}", os.O_RDONLY)
+        try:
+            if libc.setns(target, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns into the lab's namespace")
+            try:
+                yield
+            finally:
+                if libc.setns(own, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns back to the test's own namespace")
+        finally:
+            os.close(own)
+            os.close(target)
 
     def sh(self, command: str, *, ns: str | None = None, check: bool = True) -> str:
         """A shell command in the host namespace (or ``ns``)."""
