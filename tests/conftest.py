@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+from netlab import end_lab, make_lab
 from vmm_guard import end_qemus_under, power_off_all
 
 from minivisor import dirs
@@ -27,6 +28,16 @@ settings.load_profile("minivisor")
 def appliance_image() -> Path:
     """The appliance disk image, built into (or taken from) the user's cache once per session."""
     return build_appliance(dirs.cache_dir())
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A pair of network namespaces of the test's own, running minivisor (see tests/netlab.py); removed after."""
+    made = make_lab(tmp_path / "datastore")
+    try:
+        yield made
+    finally:
+        end_lab(made)
 
 
 @pytest.fixture

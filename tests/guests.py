@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,3 +12,15 @@ def create_guest(hv: Any, name: str, image: Path, **options: Any) -> Any:
     """``hv.create_vm(name, boot_disk=image, ...)`` after allowing the image's folder (the path rule asks it)."""
     hv.allow_path(image.parent)
     return hv.create_vm(name, boot_disk=image, **options)
+
+
+def guest_address(hv: Any, vm: str, ifname: str = "eth0", timeout: float = 30) -> str:
+    """The IPv4 address the guest's DHCP client put on ``ifname`` (it asks in the background after boot)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        output = hv.exec_in_vm(vm, f"ip -4 -o addr show dev {ifname}", timeout=30).output
+        found = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", output)
+        if found or time.monotonic() > deadline:
+            assert found, f"{vm} has no address on {ifname}: {output!r}"
+            return found.group(1)
+        time.sleep(0.5)

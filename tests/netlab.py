@@ -9,6 +9,7 @@ after every process in them is stopped.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import secrets
@@ -17,12 +18,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 HOST_ADDR, UP_ADDR = "10.99.0.1", "10.99.0.2"
+CLONE_NEWNET = 0x40000000
 
 
 def _missing() -> str | None:
@@ -45,10 +49,17 @@ class Lab:
     host: str
     up: str
     datastore: Path
+    user_mode: bool = False  # minivisor runs with MINIVISOR_NETWORKING=user: NAT is QEMU's user-mode networking
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment minivisor runs with in the lab."""
+        env = {k: v for k, v in os.environ.items() if k not in ("MINIVISOR_NETWORKING", "MINIVISOR_DIRECT")}
+        return env | ({"MINIVISOR_NETWORKING": "user"} if self.user_mode else {})
 
     def mv(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         """``minivisor ARGS`` (the CLI, directly on the datastore) inside the host namespace."""
-        env = {k: v for k, v in os.environ.items() if k != "MINIVISOR_NETWORKING"} | {"MINIVISOR_DIRECT": "1"}
+        env = self.env | {"MINIVISOR_DIRECT": "1"}
         done = subprocess.run(["ip", "netns", "exec", self.host, sys.executable, "-m", "minivisor",
                                "-d", str(self.datastore), *args], capture_output=True, text=True, env=env,
                               timeout=timeout)
@@ -58,6 +69,42 @@ class Lab:
 
     def mv_json(self, *args: str):
         return json.loads(self.mv(*args, "--json").stdout)
+
+    def api(self, method: str, *args: object):
+        """``Hypervisor(datastore).METHOD(*ARGS)`` run inside the host namespace (where /sys shows its
+        interfaces), its result as JSON."""
+        code = ("import json, sys; from minivisor import Hypervisor; hv = Hypervisor(sys.argv[1]); "
+                "print(json.dumps(getattr(hv, sys.argv[2])(*json.loads(sys.argv[3]))))")
+        done = subprocess.run(["ip", "netns", "exec", self.host, sys.executable, "-c", code, str(self.datastore),
+                               method, json.dumps(args)], capture_output=True, text=True, env=self.env, timeout=60)
+        if done.returncode != 0:
+            raise AssertionError(f"Hypervisor.{method}{args} failed: {done.stderr}")
+        return json.loads(done.stdout)
+
+    def serve(self, log: Path) -> subprocess.Popen:
+        """``minivisor serve`` on the host namespace's loopback (ended with the lab, if not before)."""
+        return subprocess.Popen(["ip", "netns", "exec", self.host, sys.executable, "-m", "minivisor", "-d",
+                                 str(self.datastore), "serve", "--listen", "127.0.0.1:0"], env=self.env,
+                                stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    @contextmanager
+    def inside(self) -> Iterator[None]:
+        """This thread in the host namespace: the sockets it opens meanwhile are the namespace's (a client of a
+        service listening on its loopback). /sys stays the root namespace's: use :meth:`api` for that."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        target = os.open(f"/run/netns/{self.host}", os.O_RDONLY)
+        try:
+            if libc.setns(target, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns into the lab's namespace")
+            try:
+                yield
+            finally:
+                if libc.setns(own, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns back to the test's own namespace")
+        finally:
+            os.close(own)
+            os.close(target)
 
     def sh(self, command: str, *, ns: str | None = None, check: bool = True) -> str:
         """A shell command in the host namespace (or ``ns``)."""
@@ -106,12 +153,12 @@ def _end(ns: str) -> None:
     subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def make_lab(datastore: Path) -> Lab:
+def make_lab(datastore: Path, *, user_mode: bool = False) -> Lab:
     """Two namespaces joined by a veth pair, loopback up in both (nothing is made in the root namespace)."""
     if why := _missing():
         pytest.skip(why)
     tag = secrets.token_hex(3)
-    lab = Lab(f"mvtest-{tag}", f"mvtest-{tag}-up", datastore)
+    lab = Lab(f"mvtest-{tag}", f"mvtest-{tag}-up", datastore, user_mode)
     _ip("netns", "add", lab.host)
     _ip("netns", "add", lab.up)
     _ip("-n", lab.host, "link", "add", "up0", "type", "veth", "peer", "name", "up1", "netns", lab.up)

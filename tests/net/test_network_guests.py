@@ -10,11 +10,11 @@ one powers everything off and deletes the networks, and checks nothing is left.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import time
 
 import pytest
+from guests import guest_address
 from netlab import HOST_ADDR, UP_ADDR, end_lab, make_lab
 
 from minivisor import Hypervisor
@@ -58,18 +58,6 @@ def _add_nics(vmx):
 def guest(hv, vm: str, command: str, timeout: float = 30) -> tuple[str, int]:
     result = hv.exec_in_vm(vm, command, timeout=timeout)
     return result.output, result.exit_code
-
-
-def guest_address(hv, vm: str, ifname: str = "eth0", timeout: float = 30) -> str:
-    """The IPv4 address the guest's DHCP client put on ``ifname`` (it asks in the background after boot)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        output, _ = guest(hv, vm, f"ip -4 -o addr show dev {ifname}")
-        found = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", output)
-        if found or time.monotonic() > deadline:
-            assert found, f"{vm} has no address on {ifname}: {output!r}"
-            return found.group(1)
-        time.sleep(0.5)
 
 
 def reaches(hv, vm: str, address: str) -> bool:

@@ -12,7 +12,8 @@ import pytest
 from minivisor.images.layers import ImageLayer
 from minivisor.datastore.layout import VmPaths
 from minivisor.host.admission import overhead_mib
-from minivisor.vmm.argv import LaunchEnv, build_qemu_argv, virtual_hardware
+from minivisor.vmm.argv import (HostForward, LaunchEnv, Tap, UserNat, build_qemu_argv, nic_device, nic_netdev,
+                                 virtual_hardware)
 from minivisor.spec.vmspec import VmSpec
 from minivisor.spec.vmx import VmxDocument
 
@@ -142,9 +143,29 @@ def test_controllers_map_to_qemu_devices(bus_keys, controller_driver, disk_drive
 def test_nic_models(model, driver):
     spec = VmSpec.from_vmx(VmxDocument.parse(f'ethernet0.present = "TRUE"\nethernet0.virtualDev = "{model}"\n'
                                              'ethernet0.connectionType = "nat"\n'.encode()))
-    argv = build_qemu_argv(spec, env_for(spec, networks={0: "user"}))
+    argv = build_qemu_argv(spec, env_for(spec, networks={0: UserNat()}))
     assert [d["driver"] for d in json_options(argv, "-device") if "netdev" in d] == [driver]
-    assert json_options(argv, "-netdev")[0]["type"] == "user"
+    assert json_options(argv, "-netdev") == [{"type": "user", "id": "net0"}]
+
+
+@pytest.mark.parametrize("backend", [UserNat((HostForward("tcp", "127.0.0.1", 8080, 80),
+                                              HostForward("udp", "0.0.0.0", 5353, 53))),
+                                     Tap("mvt0123456789", "lab"), "unconnected"])
+def test_a_hot_plugged_nic_is_the_one_a_power_on_builds(backend):
+    """QMP's netdev_add and device_add get the very dictionaries -netdev and -device get as JSON."""
+    spec = VmSpec.from_vmx(VmxDocument.parse(b'ethernet3.present = "TRUE"\nethernet3.virtualDev = "e1000e"\n'))
+    env = env_for(spec, networks={3: backend})
+    (nic,) = spec.nics
+    assert json_options(build_qemu_argv(spec, env), "-netdev") == [nic_netdev(nic, env)]
+    assert [d for d in json_options(build_qemu_argv(spec, env), "-device") if d.get("netdev")] == [nic_device(nic, env)]
+    assert nic_device(nic, env) == {"driver": "e1000e", "id": "ethernet3", "netdev": "net3", "mac": "00:0c:29:00:00:01"}
+
+
+def test_user_mode_port_forwards_are_structured_hostfwd_rules():
+    spec = VmSpec.from_vmx(VmxDocument.parse(b'ethernet0.present = "TRUE"\nethernet0.connectionType = "nat"\n'))
+    forwards = (HostForward("tcp", "127.0.0.1", 8080, 80), HostForward("udp", "0.0.0.0", 5353, 53))
+    (netdev,) = json_options(build_qemu_argv(spec, env_for(spec, networks={0: UserNat(forwards)})), "-netdev")
+    assert netdev["hostfwd"] == [{"str": "tcp:127.0.0.1:8080-:80"}, {"str": "udp:0.0.0.0:5353-:53"}]
 
 
 def test_explain_lists_every_device_it_builds():

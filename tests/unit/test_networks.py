@@ -12,9 +12,9 @@ from minivisor.errors import ArgumentError
 from minivisor.net import addressing, dhcp, firewall
 from minivisor.net.forwards import parse_forward, parse_host_side
 from minivisor.net.names import tap_name, wanted_network
-from minivisor.spec.vmspec import VmSpec
+from minivisor.spec.vmspec import Nic, VmSpec
 from minivisor.spec.vmx import VmxDocument
-from minivisor.vmm.argv import Tap
+from minivisor.vmm.argv import HostForward, Tap, UserNat
 from minivisor.vmm.plan import HostNetworks, _network
 
 UUID = "564d8c48-1de9-5312-9e23-96ef90e27a17"
@@ -63,9 +63,17 @@ def test_a_nic_gets_a_tap_on_its_network_or_a_link_down_with_a_warning(keys, bac
 def test_without_host_networks_nat_is_user_mode_and_others_are_disconnected():
     host = HostNetworks(None, "not root")
     warnings: list[str] = []
-    assert _network(nic('ethernet0.connectionType = "nat"\n'), UUID, host, warnings) == "user"
+    assert _network(nic('ethernet0.connectionType = "nat"\n'), UUID, host, warnings) == UserNat()
     assert _network(nic('ethernet0.networkName = "PAULO"\n'), UUID, host, warnings) == "unconnected"
     assert "needs bridges and taps, which this host cannot make (not root)" in warnings[0]
+
+
+def test_user_mode_nat_carries_the_vms_port_forwards_to_that_nic():
+    forward = HostForward("tcp", "127.0.0.1", 8080, 80)
+    host = HostNetworks(None, "not root", {1: (forward,)})
+    assert _network(nic('ethernet0.connectionType = "nat"\n'), UUID, host, []) == UserNat()
+    second = Nic(1, "vmxnet3", None, "nat", None)
+    assert _network(second, UUID, host, []) == UserNat((forward,))
 
 
 def test_taps_are_short_stable_and_distinct_per_nic():

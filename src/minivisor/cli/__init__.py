@@ -71,7 +71,7 @@ COMMANDS = {
     "vm clone": "A new VM (new name, UUID and MACs) from SOURCE: a full copy, or --linked on a snapshot.",
     "vm import": "Copy a VMware VM into the datastore (disks checked, chains flattened to qcow2), ready to start.",
     "vm ip": "Each NIC's MAC, network and address (fixed by DHCP reservation; 'leased' once the guest took it).",
-    "vm nic": "Connect or disconnect a NIC's link (at once if the VM runs), or fix its address (--ip).",
+    "vm nic": "Add or remove a NIC (hot-plugged if the VM runs), connect or disconnect its link, or fix its address.",
     "vm port-forward": "Ports of the host forwarded to a VM's guest: add, list, remove (kept with the VM).",
     "snapshot take": "Freeze the VM's disks (and its memory when running) as a named snapshot.",
     "snapshot list": "The snapshot tree; '<- you are here' marks the VM's current position.",

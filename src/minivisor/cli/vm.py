@@ -296,10 +296,31 @@ def vm_ip(name: str, as_json: bool) -> None:
 
 
 @command("vm nic", NAME, arg("nic", metavar="NIC", help="The NIC, e.g. ethernet0."),
+         arg("--add", action="store_true", help="Add it to the specfile (a running VM gets it at once: hot-plug)."),
+         arg("--remove", action="store_true", help="Remove it from the specfile, with its port forwards (a running "
+                                                   "VM's guest releases it first)."),
+         arg("--model", default="vmxnet3", help="With --add: vmxnet3, e1000, e1000e, vlance, virtio "
+                                                "[default: vmxnet3]."),
+         arg("--network", default="nat", help="With --add: nat, hostonly, bridged, none, or a network name "
+                                              "[default: nat]."),
          arg("--link", choices=("up", "down"), metavar="up|down",
              help="Connect or disconnect its link (a running VM at once; otherwise at its next power-on)."),
          arg("--ip", metavar="ADDRESS", help="Fix its address on its network (DHCP reservation)."), JSON)
-def vm_nic(name: str, nic: str, link: str | None, ip: str | None, as_json: bool) -> None:
+def vm_nic(name: str, nic: str, add: bool, remove: bool, model: str, network: str, link: str | None,
+           ip: str | None, as_json: bool) -> None:
+    """Example: minivisor vm nic web ethernet1 --add --model virtio --network lab"""
+    from ..errors import ArgumentError
+
+    if add + remove + (link is not None or ip is not None) > 1:
+        raise ArgumentError("--add, --remove and --link/--ip are different changes", hint="give one of them")
+    if add or remove:
+        result = hv().add_nic(name, nic, model=model, network=network) if add else hv().remove_nic(name, nic)
+        if as_json:
+            return print_json(result)
+        warn(result.get("warnings", ()))
+        when = " (hot-plugged)" if result["hotplugged"] else ""
+        return say(f"{name} {result['nic']}: added, {result['model']} on {result['network']}, MAC {result['mac']}"
+                   f"{when}" if add else f"{name} {result['nic']}: removed{when}")
     result = hv().set_nic(name, nic, link=None if link is None else link == "up", address=ip)
     if as_json:
         return print_json(result)

@@ -406,12 +406,36 @@ class Hypervisor:
             ctx.emit("nicChanged", **result)
             return result
 
-    def port_forward_add(self, name: str, forward: str, *, nic: str = "ethernet0") -> dict:
-        """Forward ``[ADDR:]HOSTPORT:GUESTPORT[/udp]`` (127.0.0.1 unless ADDR) of the host to the NIC's guest."""
+    @_no_space_is_one_error
+    def add_nic(self, name: str, nic: str, *, model: str = "vmxnet3", network: str = "nat") -> dict:
+        """Add NIC ``nic`` (``ethernetN``) of ``model`` on ``network`` (nat, hostonly, bridged, none or a
+        network's name) to the specfile; a running VM gets it at once (hot-plug)."""
+        from . import nics
+
+        with self.vms.operate(name, Action.NIC) as ctx:
+            return nics.add(ctx, nic, model=model, network=network)
+
+    @_no_space_is_one_error
+    def remove_nic(self, name: str, nic: str) -> dict:
+        """Remove NIC ``nic`` from the specfile, and its port forwards; a running VM's guest releases it first."""
+        from . import nics
+
+        with self.vms.operate(name, Action.NIC) as ctx:
+            return nics.remove(ctx, nic)
+
+    def nic_traffic(self, name: str) -> dict[str, dict[str, int]]:
+        """Bytes and packets each NIC of a running VM sent and received, by NIC; NICs without a tap (QEMU's
+        user-mode NAT, or disconnected) are absent."""
         ctx = self.vms.context(name)
-        added = ctx.networks().add_forward(ctx, forward, nic)
-        ctx.emit("portForwardAdded", forward=added["spec"], nic=added["nic"])
-        return added
+        return ctx.networks().traffic(ctx.uuid)
+
+    def port_forward_add(self, name: str, forward: str, *, nic: str = "ethernet0") -> dict:
+        """Forward ``[ADDR:]HOSTPORT:GUESTPORT[/udp]`` (127.0.0.1 unless ADDR) of the host to the NIC's guest
+        (at once if the VM runs)."""
+        with self.vms.operate(name, Action.NIC) as ctx:
+            added = ctx.networks().add_forward(ctx, forward, nic)
+            ctx.emit("portForwardAdded", forward=added["spec"], nic=added["nic"])
+            return added
 
     def port_forward_list(self, name: str) -> list[dict]:
         ctx = self.vms.context(name)
@@ -419,9 +443,9 @@ class Hypervisor:
 
     def port_forward_remove(self, name: str, forward: str) -> None:
         """Remove the forward from ``[ADDR:]HOSTPORT[/udp]``."""
-        ctx = self.vms.context(name)
-        ctx.networks().remove_forward(ctx, forward)
-        ctx.emit("portForwardRemoved", forward=forward)
+        with self.vms.operate(name, Action.NIC) as ctx:
+            ctx.networks().remove_forward(ctx, forward)
+            ctx.emit("portForwardRemoved", forward=forward)
 
     def _networks(self):
         from .networks import Networks

@@ -29,10 +29,13 @@ from ..locks import wait_lock
 from ..net import addressing, dhcp, firewall, switch
 from ..net.forwards import PortSpec, parse_forward, parse_host_side, port_user
 from ..net.host import support
-from ..net.names import DEFAULT_NETWORKS, bridge_name, check_interface_name, check_network_name, wanted_network
+from ..net.names import (DEFAULT_NETWORKS, NAT, bridge_name, check_interface_name, check_network_name, tap_name,
+                         wanted_network)
 from ..spec.identity import generated_mac
-from ..spec.vmspec import Nic
+from ..spec.vmspec import DEVICE_COUNT, Nic
 from ..text import excerpt
+from ..vmm import hotplug
+from ..vmm.argv import HostForward
 from ..vmm.plan import HostNetworks, LaunchPlan
 from ..vmm.process import VmLock
 from .context import VmContext
@@ -53,11 +56,12 @@ class Networks:
         self.catalog = datastore.catalog
 
     # -- definitions -----------------------------------------------------
-    def for_plan(self) -> HostNetworks:
-        """The networks a power-on may plug NICs into (defaults included), or why there are none."""
+    def for_plan(self, vm_uuid: str) -> HostNetworks:
+        """The networks a power-on may plug NICs into (defaults included), or why there are none (then NAT is
+        QEMU's user-mode networking, which gets the VM's port forwards)."""
         host = support()
         if not host.available:
-            return HostNetworks(None, host.reason)
+            return HostNetworks(None, host.reason, self._user_forwards(vm_uuid))
         found = {name: NetworkEntry(name, mode, None, True, "") for name, mode in DEFAULT_NETWORKS.items()}
         found.update({entry.name.lower(): entry for entry in self.catalog.networks()})
         return HostNetworks(found)
@@ -116,15 +120,17 @@ class Networks:
             self._sync()
 
     # -- VMs on networks ---------------------------------------------------
-    def plug(self, ctx: VmContext, plan: LaunchPlan) -> None:
-        """Before the VMM starts: each network it needs up, a reservation per NIC, a tap per NIC on its bridge."""
-        if not plan.taps:
+    def plug(self, ctx: VmContext, plan: LaunchPlan, only: int | None = None) -> None:
+        """Before the VMM starts (or NIC ``only`` is hot-plugged): each network it needs up, a reservation per
+        NIC, a tap per NIC on its bridge."""
+        taps = {i: tap for i, tap in plan.taps.items() if only is None or i == only}
+        if not taps:
             return
         with self._turn():
             live = self._live_taps()  # taps of VMs that no longer run are gone after this
             plugged: list[str] = []
             try:
-                for index, tap in plan.taps.items():
+                for index, tap in taps.items():
                     entry = self._network(tap.network)
                     mac = plan.env.macs[index]
                     self._check_mac_free(ctx, entry, mac, live)
@@ -139,16 +145,37 @@ class Networks:
                     switch.delete_link(name)
                 raise
 
-    def unplug(self, ctx: VmContext) -> None:
-        """After the VMM ended: its taps deleted, its port forwards out of the firewall."""
+    def unplug(self, ctx: VmContext, only: int | None = None) -> None:
+        """After the VMM ended (or NIC ``only`` was hot-unplugged): its taps deleted, its port forwards out of
+        the firewall."""
         if not support().available:
             return
         with self._turn():
             for link in switch.links().values():
                 owner = switch.TapOwner.of(link)
-                if owner is not None and owner.vm_uuid == ctx.uuid:
+                if owner is not None and owner.vm_uuid == ctx.uuid and only in (None, owner.index):
                     switch.delete_link(link.name)
             self._sync()
+
+    def forget_nic(self, ctx: VmContext, index: int) -> list[dict]:
+        """A NIC left the VM: its port forwards go with it (returned); its address stays reserved for its MAC."""
+        with self._turn(host=support().available):
+            gone = [f for f in self.catalog.forwards(ctx.uuid) if f.nic == index]
+            for forward in gone:
+                self.catalog.remove_forward(forward)
+            if gone and support().available:
+                self._sync()
+        return [_forward_dict(f, ctx.name) for f in gone]
+
+    def traffic(self, vm_uuid: str) -> dict[str, dict[str, int]]:
+        """Bytes and packets each NIC of a running VM sent and received, by NIC, from its tap (a NIC on QEMU's
+        user-mode NAT has no tap, so it is absent: QEMU counts nothing for it)."""
+        found = {}
+        for index in range(DEVICE_COUNT["ethernet"]):
+            counters = switch.tap_counters(tap_name(vm_uuid, index), vm_uuid)
+            if counters is not None:
+                found[f"ethernet{index}"] = counters
+        return found
 
     def clean_up(self) -> None:
         """Delete what VMMs that died left (taps) and load the firewall table again (service start, a VMM's exit)."""
@@ -190,16 +217,24 @@ class Networks:
         """Forward a port of the host to a port of one NIC of the VM; kept with the VM, applied while it runs."""
         spec = parse_forward(text)
         nic = _nic(ctx, nic_name)
-        entry = self._network_of(nic)
-        if entry is None or entry.mode == "bridged":
+        user = _user_mode(nic)
+        entry = None if user else self._network_of(nic)
+        if not user and (entry is None or entry.mode == "bridged"):
             raise ConflictError(f"{nic.name} of {ctx.name!r} is not on a nat or isolated network, so no port "
                                 "can be forwarded to it", hint="the guest of a bridged network is reached directly")
-        with self._turn():
+        forward = ForwardEntry(ctx.uuid, nic.index, spec.protocol, spec.host_addr, spec.host_port, spec.guest_port)
+        with self._turn(host=not user):
             self._check_port_free(spec)
-            self.catalog.add_forward(ForwardEntry(ctx.uuid, nic.index, spec.protocol, spec.host_addr,
-                                                  spec.host_port, spec.guest_port))
-            self._sync()
-        return _forward_dict(self.catalog.forwards(ctx.uuid)[-1], ctx.name) | {"spec": str(spec)}
+            self.catalog.add_forward(forward)
+            try:
+                if not user:
+                    self._sync()
+                elif ctx.running:  # QEMU's user-mode NAT listens for it at once
+                    hotplug.add_host_forward(ctx.vmm, nic, _host_forward(forward))
+            except BaseException:
+                self.catalog.remove_forward(forward)
+                raise
+        return _forward_dict(forward, ctx.name) | {"spec": str(spec)}
 
     def forwards(self, ctx: VmContext) -> list[dict]:
         return [_forward_dict(f, ctx.name) for f in self.catalog.forwards(ctx.uuid)]
@@ -212,18 +247,26 @@ class Networks:
         if not match:
             raise NotFoundError(f"VM {ctx.name!r} has no port forward from {host_addr}:{host_port}/{protocol}",
                                 hint=f"see them: minivisor vm port-forward list {ctx.name}")
-        with self._turn():
-            self.catalog.remove_forward(match[0])
-            self._sync()
+        forward = match[0]
+        nic = next((n for n in ctx.read_spec().nics if n.index == forward.nic), None)
+        user = nic is not None and _user_mode(nic)
+        with self._turn(host=not user):
+            if user and ctx.running:
+                hotplug.remove_host_forward(ctx.vmm, nic, _host_forward(forward))
+            self.catalog.remove_forward(forward)
+            if not user and support().available:
+                self._sync()
 
     # -- the host ----------------------------------------------------------------
     @contextmanager
-    def _turn(self) -> Iterator[None]:
+    def _turn(self, *, host: bool = True) -> Iterator[None]:
+        """This datastore's turn to change networks; ``host``: on the host too (else only the catalog's forwards)."""
         fd = wait_lock(self.datastore.meta / "net.lock", LOCK_WAIT, poll=0.01)
         if fd is None:
             raise LockError("another process is changing this datastore's networks", hint="retry when it is done")
         try:
-            self._check_owner()
+            if host:
+                self._check_owner()
             yield
         finally:
             os.close(fd)
@@ -352,6 +395,13 @@ class Networks:
             raise ConflictError(f"port {spec.host_addr}:{spec.host_port}/{spec.protocol} of this host is taken by "
                                 f"{user}", hint="choose another host port")
 
+    def _user_forwards(self, vm_uuid: str) -> dict[int, tuple[HostForward, ...]]:
+        """The VM's port forwards by NIC index, as QEMU's user-mode NAT takes them."""
+        found: dict[int, tuple[HostForward, ...]] = {}
+        for forward in self.catalog.forwards(vm_uuid):
+            found[forward.nic] = found.get(forward.nic, ()) + (_host_forward(forward),)
+        return found
+
     def _reserve(self, entry: NetworkEntry, mac: str, vm_uuid: str) -> None:
         """A reservation for a NIC that has none on this network, and dnsmasq told."""
         current = self.catalog.reservations(entry.name)
@@ -427,6 +477,17 @@ def _nic(ctx: VmContext, name: str) -> Nic:
         if nic.name == name.strip().lower():
             return nic
     raise NotFoundError(f"VM {ctx.name!r} has no NIC {excerpt(name)}", hint=f"see its NICs: minivisor vm show {ctx.name}")
+
+
+def _user_mode(nic: Nic) -> bool:
+    """Whether the NIC is (or would be, at its power-on) on QEMU's user-mode NAT: on nat where the host builds no
+    networks (the launch plan decides the same way)."""
+    return not support().available and nic.connection_type != "none" and wanted_network(nic) == NAT
+
+
+def _host_forward(forward: ForwardEntry) -> HostForward:
+    protocol = "udp" if forward.protocol == "udp" else "tcp"
+    return HostForward(protocol, forward.host_addr, forward.host_port, forward.guest_port)
 
 
 def _forward_dict(forward: ForwardEntry, vm: str) -> dict:

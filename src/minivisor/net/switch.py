@@ -19,7 +19,7 @@ from .host import run
 from .names import ALIAS_PREFIX
 
 __all__ = ["Link", "TapOwner", "links", "used_networks", "make_bridge", "delete_link", "plug_tap", "attach_uplink",
-           "detach_uplink", "set_sysctl", "addresses_of", "bridge_alias", "tap_alias", "require_link"]
+           "detach_uplink", "set_sysctl", "addresses_of", "bridge_alias", "tap_alias", "require_link", "tap_counters"]
 
 
 @dataclass(frozen=True)
@@ -144,3 +144,22 @@ def set_sysctl(key: str, value: str) -> None:
     """Set a kernel network setting (``net/ipv4/ip_forward``) of this network namespace."""
     with open(f"/proc/sys/{key}", "w") as handle:
         handle.write(value)
+
+
+def tap_counters(name: str, vm_uuid: str) -> dict[str, int] | None:
+    """What the guest sent and received through its tap ``name`` (the kernel's counters), or None if there is no
+    such tap of that VM. The tap is the host's end: what it receives, the guest sent."""
+    folder = f"/sys/class/net/{name}"
+    try:
+        with open(f"{folder}/ifalias") as handle:
+            owner = TapOwner.of(Link(name, handle.read().strip(), None, "tun"))
+        if owner is None or owner.vm_uuid != vm_uuid:
+            return None
+        kernel = {}
+        for counter in ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets"):
+            with open(f"{folder}/statistics/{counter}") as handle:
+                kernel[counter] = int(handle.read())
+    except (OSError, ValueError):
+        return None  # no such tap, or it went with its VM just now
+    return {"received_bytes": kernel["tx_bytes"], "sent_bytes": kernel["rx_bytes"],
+            "received_packets": kernel["tx_packets"], "sent_packets": kernel["rx_packets"]}

@@ -2,10 +2,10 @@
 
 Sources: ``/proc/<pid>/stat`` (CPU time), ``/proc/<pid>/status`` (RSS),
 ``/proc/<pid>/io`` (the VMM's own I/O syscalls), QMP ``query-blockstats``
-(the guest's disk I/O per device). Network bytes are not reported: QEMU has
-no QMP counter for user-mode (NAT) networking, the only backend minivisor has
-so far; with tap devices they would come from ``/sys/class/net/<tap>/statistics``.
-Absent, not 0.
+(the guest's disk I/O per device), and each NIC's tap (``/sys/class/net/<tap>/statistics``,
+through :meth:`~minivisor.core.hypervisor.Hypervisor.nic_traffic`): bytes and packets the
+guest sent and received. A NIC on QEMU's user-mode NAT has no tap, and QEMU has no
+counter for it: its figures are absent, not 0.
 """
 
 from __future__ import annotations
@@ -68,6 +68,11 @@ def collect(hv: Hypervisor, running: dict[str, int]) -> dict[str, Any]:
         except HvError:
             continue
         vms[name] = vm_metrics(pid, str(paths.qmp_socket))
+        try:
+            if nics := hv.nic_traffic(name):
+                vms[name]["nics"] = nics
+        except HvError:
+            pass  # unregistered meanwhile: the rest still counts
     host = host_metrics()
     host["vms_running"] = len(vms)
     host["vm_memory_rss_bytes"] = sum(v.get("memory_rss_bytes", 0) for v in vms.values())
@@ -99,6 +104,9 @@ def prometheus(data: dict[str, Any]) -> str:
     for field, what in (("read_bytes", "read"), ("write_bytes", "written")):
         metric(f"minivisor_vm_disk_{field}_total", "counter", f"Bytes the guest {what} on a virtual disk.",
                [({"vm": n, "disk": d}, s[field]) for n, v in vms.items() for d, s in v.get("disks", {}).items()])
+    for field in ("received_bytes", "sent_bytes", "received_packets", "sent_packets"):
+        metric(f"minivisor_vm_nic_{field}_total", "counter", f"What the guest {field.replace('_', ' ')} on a NIC.",
+               [({"vm": n, "nic": nic}, c[field]) for n, v in vms.items() for nic, c in v.get("nics", {}).items()])
     for field in ("read_bytes", "write_bytes"):
         metric(f"minivisor_vm_vmm_io_{field}_total", "counter", f"Storage I/O of the VMM process ({field}).",
                [({"vm": n}, v["vmm_io"][field]) for n, v in vms.items() if field in v.get("vmm_io", {})])

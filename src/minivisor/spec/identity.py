@@ -9,10 +9,11 @@ import uuid as uuidlib
 from .vmspec import VmSpec
 from .vmx import VmxDocument
 
-__all__ = ["new_specfile", "fill_identity", "fill_macs", "new_identity", "generated_mac", "uuid_to_vmx", "uuid_from_vmx", "name_from"]
+__all__ = ["new_specfile", "nic_entries", "fill_identity", "fill_macs", "new_identity", "generated_mac", "uuid_to_vmx", "uuid_from_vmx", "name_from"]
 
 # VMware's prefix for MACs it generates on hosted products.
 VMWARE_GENERATED_OUI = "00:0c:29"
+_CONNECTION_TYPES = ("nat", "hostonly", "bridged", "none")  # networks a NIC names by connectionType alone
 
 
 def generated_mac(uuid: str, index: int) -> str:
@@ -69,14 +70,20 @@ def new_specfile(name: str, vm_uuid: str, memory_mib: int, cpus: int, guest_os: 
         entries |= {"scsi0.present": "TRUE", "scsi0.virtualDev": scsi_model, "scsi0:0.present": "TRUE",
                     "scsi0:0.deviceType": "scsi-hardDisk", "scsi0:0.fileName": disk}
     if network != "none":
-        connection = {"connectionType": "nat"} if network == "nat" else {"connectionType": "custom",
-                                                                         "networkName": network}
-        entries |= {"ethernet0.present": "TRUE", "ethernet0.virtualDev": nic_model,
-                    **{f"ethernet0.{k}": v for k, v in connection.items()},
-                    "ethernet0.addressType": "generated", "ethernet0.generatedAddress": generated_mac(vm_uuid, 0)}
+        entries |= nic_entries(0, vm_uuid, network, nic_model)
     for key, value in entries.items():
         doc.set(key, value)
     return doc
+
+
+def nic_entries(index: int, vm_uuid: str, network: str, model: str) -> dict[str, str]:
+    """The keys of a new NIC ``ethernetN`` as VMware writes them: its model, its network (VMware's own
+    connection types by name, any other network by ``networkName``) and its stable generated MAC."""
+    connection = ({"connectionType": network} if network in _CONNECTION_TYPES
+                  else {"connectionType": "custom", "networkName": network})
+    entries = {"present": "TRUE", "virtualDev": model, **connection, "addressType": "generated",
+               "generatedAddress": generated_mac(vm_uuid, index)}
+    return {f"ethernet{index}.{key}": value for key, value in entries.items()}
 
 
 def new_identity(doc: VmxDocument, name: str, new_uuid: str, spec: VmSpec) -> None:

@@ -29,7 +29,8 @@ from ..images.layers import ImageLayer
 from ..units import human_size
 
 __all__ = ["LaunchEnv", "device_id", "VirtualDevice", "virtual_hardware", "build_qemu_argv",
-           "SANDBOX", "SHUTDOWN_TRACE", "qemu_opts", "Tap", "NetBackend"]
+           "SANDBOX", "SHUTDOWN_TRACE", "qemu_opts", "Tap", "UserNat", "HostForward", "NetBackend",
+           "netdev_id", "nic_netdev", "nic_device"]
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,30 @@ class Tap:
     network: str
 
 
+@dataclass(frozen=True)
+class HostForward:
+    """A port forward QEMU's user-mode NAT listens for on the host (parts checked by net.forwards)."""
+
+    protocol: Literal["tcp", "udp"]
+    host_addr: str  # an IPv4 address
+    host_port: int
+    guest_port: int
+
+    @property
+    def rule(self) -> str:
+        """QEMU's ``hostfwd`` rule; empty guest address: the address slirp's DHCP gives the guest."""
+        return f"{self.protocol}:{self.host_addr}:{self.host_port}-:{self.guest_port}"
+
+
+@dataclass(frozen=True)
+class UserNat:
+    """QEMU's user-mode NAT (the host builds no networks), with the VM's port forwards to this NIC."""
+
+    forwards: tuple[HostForward, ...] = ()
+
+
 # What is behind a NIC: QEMU's user-mode NAT, nothing (link down), or a tap on a network's switch.
-NetBackend = Union[Literal["user", "unconnected"], Tap]
+NetBackend = Union[Literal["unconnected"], UserNat, Tap]
 
 # QEMU's seccomp filter: no spawning, no privilege changes, no obsolete syscalls.
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
@@ -291,25 +314,43 @@ def _wwn(vm_uuid: str, node: str) -> int:
 
 
 # -- network ------------------------------------------------------------------
-def _nic(nic: Nic, env: LaunchEnv) -> VirtualDevice:
-    driver, model = NIC_MODELS[nic.model].driver, NIC_MODELS[nic.model].description
-    netdev = f"net{nic.index}"
+def netdev_id(nic: Nic) -> str:
+    """The VMM's id of the backend behind a NIC (QMP's ``netdev_add``/``hostfwd_add`` name it)."""
+    return f"net{nic.index}"
+
+
+def nic_netdev(nic: Nic, env: LaunchEnv) -> dict[str, object]:
+    """The backend behind a NIC, as ``-netdev`` JSON and QMP's ``netdev_add`` take it."""
     backend = env.networks.get(nic.index, "unconnected")
     if isinstance(backend, Tap):
         # script=no: QEMU runs nothing (its sandbox forbids it anyway); the tap is on the bridge already.
-        netdev_spec = _json(type="tap", id=netdev, ifname=backend.ifname, script="no", downscript="no")
+        return {"type": "tap", "id": netdev_id(nic), "ifname": backend.ifname, "script": "no", "downscript": "no"}
+    if isinstance(backend, UserNat):
+        netdev: dict[str, object] = {"type": "user", "id": netdev_id(nic)}
+        if backend.forwards:  # QAPI's NetdevUserOptions: hostfwd is a list of {"str": rule}
+            netdev["hostfwd"] = [{"str": forward.rule} for forward in backend.forwards]
+        return netdev
+    # An isolated hub port: the NIC exists but nothing is on the other end.
+    return {"type": "hubport", "id": netdev_id(nic), "hubid": 100 + nic.index}
+
+
+def nic_device(nic: Nic, env: LaunchEnv) -> dict[str, object]:
+    """The NIC itself, as ``-device`` JSON and QMP's ``device_add`` take it (QMP names it by the NIC's name)."""
+    return {"driver": NIC_MODELS[nic.model].driver, "id": nic.name, "netdev": netdev_id(nic),
+            "mac": env.macs[nic.index]}
+
+
+def _nic(nic: Nic, env: LaunchEnv) -> VirtualDevice:
+    backend = env.networks.get(nic.index, "unconnected")
+    if isinstance(backend, Tap):
         where = f"network {backend.network!r} (tap {backend.ifname})"
-    elif backend == "user":
-        netdev_spec = _json(type="user", id=netdev)
-        where = "NAT (user-mode networking)"
+    elif isinstance(backend, UserNat):
+        where = "NAT (user-mode networking)" + "".join(f", {f.rule}" for f in backend.forwards)
     else:
-        # An isolated hub port: the NIC exists but nothing is on the other end.
-        netdev_spec = _json(type="hubport", id=netdev, hubid=100 + nic.index)
         where = f"network {nic.network!r} (link disconnected)"
-    mac = env.macs[nic.index]
-    device = _json(driver=driver, id=nic.name, netdev=netdev, mac=mac)
-    return VirtualDevice(nic.name, f"{model} NIC, MAC {mac}, {where}",
-                         ("-netdev", netdev_spec, "-device", device))
+    description = f"{NIC_MODELS[nic.model].description} NIC, MAC {env.macs[nic.index]}, {where}"
+    return VirtualDevice(nic.name, description, ("-netdev", _json(**nic_netdev(nic, env)),
+                                                 "-device", _json(**nic_device(nic, env))))
 
 
 # -- serial, floppy, display, control -----------------------------------------

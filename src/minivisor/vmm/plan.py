@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import dirs
@@ -35,7 +35,7 @@ from ..spec.vmx import VmxDocument
 from ..images.layers import ImageLayer, layer_files
 from ..net.names import BRIDGED, NAT, is_network_name, tap_name, wanted_network
 from ..text import excerpt
-from .argv import LaunchEnv, NetBackend, Tap, build_qemu_argv
+from .argv import HostForward, LaunchEnv, NetBackend, Tap, UserNat, build_qemu_argv
 
 __all__ = ["LaunchPlan", "make_plan", "Resources", "check_host_fit", "resolve_resources", "resolve_files",
            "HostNetworks", "DISCARD_PREFIX", "check_specfile"]
@@ -48,10 +48,11 @@ DISCARD_PREFIX = ".minivisor-discard-"
 @dataclass(frozen=True)
 class HostNetworks:
     """The networks NICs may join on this host: by lower-case name, or none (``reason`` says why) if the host
-    cannot build them, when NAT is QEMU's user-mode networking."""
+    cannot build them, when NAT is QEMU's user-mode networking and the VM's port forwards (by NIC index) are its."""
 
     networks: Mapping[str, NetworkEntry] | None
     reason: str = ""
+    user_forwards: Mapping[int, tuple[HostForward, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -298,7 +299,7 @@ def _network(nic: Nic, uuid: str, host: HostNetworks, warnings: list[str]) -> Ne
         return _unplugged(nic, warnings, f"connectionType {nic.connection_type!r} names no network minivisor has")
     if host.networks is None:
         if wanted == NAT:
-            return "user"
+            return UserNat(tuple(host.user_forwards.get(nic.index, ())))
         return _unplugged(nic, warnings, f"network {excerpt(wanted)} needs bridges and taps, which this host cannot "
                                          f"make ({host.reason})")
     entry = host.networks.get(wanted.lower())

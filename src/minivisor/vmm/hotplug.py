@@ -1,0 +1,86 @@
+"""NICs plugged into and out of a running VMM, and the port forwards of its user-mode NAT changed, over QMP.
+
+The backend and the device come from the launcher's own functions
+(:func:`~minivisor.vmm.argv.nic_netdev`, :func:`~minivisor.vmm.argv.nic_device`), so a
+hot-plugged NIC is exactly the one a power-on would build: QMP's ``netdev_add`` and
+``device_add`` take the same dictionaries ``-netdev`` and ``-device`` take as JSON.
+A NIC leaves when the guest lets go of it (ACPI PCI hot-plug: QEMU reports
+``DEVICE_DELETED``), then its backend goes.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..errors import GuestError, NetworkError, QmpError
+from ..spec.vmspec import Nic
+from ..text import clip
+from .argv import HostForward, LaunchEnv, nic_device, nic_netdev, netdev_id
+from .process import Vmm
+from .qmp import QmpSession
+
+__all__ = ["plug_nic", "unplug_nic", "add_host_forward", "remove_host_forward", "UNPLUG_TIMEOUT"]
+
+UNPLUG_TIMEOUT = 30.0  # seconds the guest has to release a NIC (a TCG guest answers in about one)
+
+
+def plug_nic(vmm: Vmm, nic: Nic, env: LaunchEnv) -> None:
+    """Add the NIC (its backend, then the device on the PCI bus) to the running VMM; nothing is left if it fails."""
+    netdev = nic_netdev(nic, env)
+    with vmm.session() as qmp:
+        qmp.execute("netdev_add", netdev)
+        try:
+            qmp.execute("device_add", nic_device(nic, env))
+            if env.networks.get(nic.index, "unconnected") == "unconnected":
+                qmp.execute("set_link", {"name": nic.name, "up": False})  # as a power-on leaves it
+        except BaseException:
+            _quietly(qmp, "device_del", {"id": nic.name})
+            _quietly(qmp, "netdev_del", {"id": netdev["id"]})
+            raise
+
+
+def unplug_nic(vmm: Vmm, nic: Nic, *, timeout: float = UNPLUG_TIMEOUT) -> None:
+    """Ask the guest to release the NIC, wait until QEMU has deleted it, then delete its backend."""
+    with vmm.session() as qmp:
+        qmp.execute("device_del", {"id": nic.name})
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                event = qmp.wait_event({"DEVICE_DELETED"}, max(0.0, deadline - time.monotonic()))
+            except QmpError as exc:
+                raise GuestError(f"the guest of {vmm.name!r} did not release {nic.name} within {timeout:.0f} s",
+                                 hint="its kernel needs ACPI PCI hot-plug; or power the VM off and remove the NIC "
+                                      "then") from exc
+            if (event.get("data") or {}).get("device") == nic.name:
+                break
+        qmp.execute("netdev_del", {"id": netdev_id(nic)})
+
+
+def add_host_forward(vmm: Vmm, nic: Nic, forward: HostForward) -> None:
+    """Have the user-mode NAT behind a running NIC listen for a forward (HMP: QMP has no command for it)."""
+    answer = _hmp(vmm, f"hostfwd_add {netdev_id(nic)} {forward.rule}")
+    if answer:
+        raise NetworkError(f"the VMM of {vmm.name!r} could not forward {forward.rule}: {clip(answer)}",
+                           hint="choose another host port")
+
+
+def remove_host_forward(vmm: Vmm, nic: Nic, forward: HostForward) -> None:
+    """Stop the user-mode NAT behind a running NIC from listening for a forward."""
+    host_side = f"{forward.protocol}:{forward.host_addr}:{forward.host_port}"
+    answer = _hmp(vmm, f"hostfwd_remove {netdev_id(nic)} {host_side}")
+    if "removed" not in answer:
+        raise NetworkError(f"the VMM of {vmm.name!r} could not remove the forward {host_side}: {clip(answer)}",
+                           hint="see the VM's vmm.log")
+
+
+def _hmp(vmm: Vmm, command_line: str) -> str:
+    """A human monitor command; its text answer (empty: it said nothing, which for these commands is success).
+    ``command_line`` is built from checked numbers, an IPv4 address and our own netdev id: nothing a user wrote."""
+    return str(vmm.execute("human-monitor-command", {"command-line": command_line})).strip()
+
+
+def _quietly(qmp: QmpSession, command: str, arguments: dict[str, object]) -> None:
+    try:
+        qmp.execute(command, arguments)
+    except QmpError:
+        pass  # undoing what did not happen
