@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from .host import run
 
-__all__ = ["TABLE", "Switch", "Forward", "ruleset", "load", "remove", "owner"]
+__all__ = ["TABLE", "Switch", "Forward", "ruleset", "load", "owner"]
 
 TABLE = "inet minivisor"
 
@@ -113,11 +113,6 @@ def _quote(text: str) -> str:
 def load(text: str) -> None:
     """Replace the table in one transaction."""
     run(["nft", "-f", "-"], "load minivisor's nftables table", stdin=text.encode())
-
-
-def remove() -> None:
-    """Delete the table (if there is one)."""
-    load(f"table {TABLE}\ndelete table {TABLE}\n")
 
 
 def owner() -> str | None:
