@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from lab import Etcd, Host  # noqa: E402 - the lab module sits next to this file
+from lab import Etcd, Host
 
 if shutil.which("etcd") is None:
     pytest.skip("etcd is not installed (Debian: apt-get install etcd-server etcd-client; ./setup.sh test does)",

@@ -1,0 +1,78 @@
+"""One owner per VM: two hosts that power on the same VM at once, real QEMU processes counted."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+from guests import create_guest
+from lab import live_hosts, qemus_under
+
+from minivisor import Hypervisor
+
+pytestmark = pytest.mark.qemu
+
+
+def same_vm_on(hosts, appliance_image):
+    """A VM made on the first host and registered, same folder contents and UUID, on the others (what a
+    datastore shared by the hosts would show each of them)."""
+    first, *others = hosts
+    vm = create_guest(Hypervisor(first.root), "web", appliance_image, memory_mib=64, network="none")
+    for host in others:
+        shutil.copytree(vm.vmx.parent, host.root / vm.vmx.parent.name)
+        assert Hypervisor(host.root).register_vm(host.root / vm.vmx.parent.name / vm.vmx.name).uuid == vm.uuid
+    return vm
+
+
+def cluster_of(etcd, *members):
+    first, *others = members
+    first.ok("cluster", "init", "--etcd", etcd.endpoints, "--name", first.name, "--ttl", "6")
+    for host in others:
+        host.ok("cluster", "join", "--etcd", etcd.endpoints, "--name", host.name)
+    for host in members:
+        host.serve()
+    first.status_when("every host live", lambda s: live_hosts(s) == {h.name for h in members})
+
+
+def test_two_hosts_power_on_the_same_vm_at_once_exactly_one_runs(etcd, hosts, appliance_image):
+    a, b = hosts("a", "b")
+    same_vm_on((a, b), appliance_image)
+    cluster_of(etcd, a, b)
+
+    starts = {host: subprocess.Popen([sys.executable, "-m", "minivisor", "-d", str(host.root), "vm", "start", "web"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for host in (a, b)}
+    results = {host: (proc.wait(timeout=120), *proc.communicate()) for host, proc in starts.items()}
+    winners = [host for host, (code, _, _) in results.items() if code == 0]
+    assert len(winners) == 1, results
+    winner, loser = winners[0], b if winners[0] is a else a
+    code, _, stderr = results[loser]
+    assert code == 4 and stderr == (f"error: VM 'web' runs on host '{winner.name}', which owns it in the cluster; "
+                                    f"stop it on {winner.name} first\n")
+    assert len(qemus_under(winner.root)) == 1 and qemus_under(loser.root) == []
+    winner.status_when("the owner reporting its VM", lambda s: _vms(s) == {winner.name: ["web"], loser.name: []})
+
+    # powered off on its owner, the VM is free: the other host may run it now, and then only there
+    winner.ok("vm", "stop", "web", "--hard")
+    again = loser.cli("vm", "start", "web")
+    assert again.returncode == 0, again.stderr
+    refused = winner.cli("vm", "start", "web")
+    assert refused.returncode == 4 and f"runs on host '{loser.name}'" in refused.stderr
+    assert qemus_under(winner.root) == [] and len(qemus_under(loser.root)) == 1
+    loser.ok("vm", "stop", "web", "--hard")
+
+
+def test_a_power_on_needs_a_live_member(etcd, hosts, appliance_image):
+    """A host in the cluster whose service does not run holds no lease: it powers nothing on."""
+    (a,) = hosts("a")
+    same_vm_on((a,), appliance_image)
+    a.ok("cluster", "init", "--etcd", etcd.endpoints, "--name", "a")
+    result = a.cli("vm", "start", "web")
+    assert result.returncode == 69 and result.stderr.count("\n") == 1
+    assert "host 'a' is not a live member of the cluster" in result.stderr and "minivisor serve" in result.stderr
+    assert qemus_under(a.root) == []
+
+
+def _vms(status: dict) -> dict[str, list[str]]:
+    return {host["name"]: host.get("vms") for host in status["hosts"]}
