@@ -26,9 +26,10 @@ def same_vm_on(hosts, appliance_image):
     return vm
 
 
-def cluster_of(etcd, *members):
+def cluster_of(etcd, *members, ttl: int = 6):
+    """``members`` in a cluster (the first makes it), their services running, every one live."""
     first, *others = members
-    first.ok("cluster", "init", "--etcd", etcd.endpoints, "--name", first.name, "--ttl", "6")
+    first.ok("cluster", "init", "--etcd", etcd.endpoints, "--name", first.name, "--ttl", str(ttl))
     for host in others:
         host.ok("cluster", "join", "--etcd", etcd.endpoints, "--name", host.name)
     for host in members:
