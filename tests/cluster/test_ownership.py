@@ -77,3 +77,25 @@ def test_a_power_on_needs_a_live_member(etcd, hosts, appliance_image):
 
 def _vms(status: dict) -> dict[str, list[str]]:
     return {host["name"]: host.get("vms") for host in status["hosts"]}
+
+
+def test_a_restarted_service_keeps_its_lease_and_its_vms_owned(etcd, hosts, appliance_image):
+    from minivisor.cluster.store import Store
+
+    a, b = hosts("a", "b")
+    same_vm_on((a, b), appliance_image)
+    cluster_of(etcd, a, b, ttl=10)
+    a.ok("vm", "start", "web")
+    running = qemus_under(a.root)
+    store = Store(tuple(etcd.urls))
+    lease = store.get("alive/a").lease
+
+    a.stop_service()  # its VMs keep running; it comes back within the fence delay
+    a.serve()
+    a.status_when("a live again, with its VM", lambda s: _vms(s).get("a") == ["web"] and "a" in live_hosts(s))
+    assert store.get("alive/a").lease == lease and store.get(f"owners/{Hypervisor(a.root).get_vm('web').uuid}").lease \
+        == lease
+    assert qemus_under(a.root) == running
+    refused = b.cli("vm", "start", "web")
+    assert refused.returncode == 4 and "runs on host 'a'" in refused.stderr
+    a.ok("vm", "stop", "web", "--hard")

@@ -12,6 +12,12 @@ Two threads, so that a hung request to etcd never delays a fence:
   etcd can expire the lease and let another host claim them. Then the keeper, once etcd answers
   again, revokes that lease and takes a new one.
 
+A restarted service takes over its predecessor's lease while it is alive, so the claims of the VMs
+that kept running stay valid. Not yet covered: a service stopped for longer than the fence delay
+while VMs run on its host leaves them running with nobody to fence them; once their lease expired,
+another host could claim them. Until a keeper outlives the service, stop a member's VMs (or migrate
+them) before stopping its service for long.
+
 What the member does to VMs goes through a :class:`Host`, which the service makes from the core API.
 """
 
@@ -26,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ClusterError, HvError, OwnedElsewhereError
 from .config import ClusterConfig, fence_after, keepalive_every
-from .records import LiveRecord, alive_key, to_value
+from .records import LiveRecord, alive_key, from_value, to_value
 
 if TYPE_CHECKING:  # etcd's client is loaded once the datastore is in a cluster, not before
     from .store import Store
@@ -113,7 +119,7 @@ class Member:
         with self._guard:
             lease = self._lease
         if lease is None:
-            lease = store.grant(config.ttl)
+            lease = self._previous_lease(store, config) or store.grant(config.ttl)
             with self._guard:
                 self._lease, self._ttl, self._renewed = lease, config.ttl, sent
         elif store.refresh(lease) > 0:
@@ -126,6 +132,14 @@ class Member:
             return
         self._publish(store, config, lease)
         self._reconcile(store, config, lease)
+
+    def _previous_lease(self, store: Store, config: ClusterConfig) -> int | None:
+        """The lease this host's previous service kept, if it is still alive: a service restarted within
+        the fence delay takes it over, so the claims of the VMs that kept running stay valid."""
+        entry = store.get(alive_key(config.host))
+        if entry is None or not entry.lease or from_value(LiveRecord, entry.value, entry.key).id != config.host_id:
+            return None
+        return entry.lease if store.refresh(entry.lease) > 0 else None
 
     def _publish(self, store: Store, config: ClusterConfig, lease: int) -> None:
         facts = self.host.facts()

@@ -71,7 +71,7 @@ Record = TypeVar("Record")
 def check_host_name(name: str) -> str:
     if not isinstance(name, str) or not _HOST_NAME.fullmatch(name):
         raise ArgumentError(f"{excerpt(name)} is not a usable host name",
-                            hint="use 1-63 letters, digits, dots, dashes or underscores, starting with a letter or digit")
+                            hint="use 1-63 letters, digits, dots, dashes or underscores; begin with a letter or digit")
     return name
 
 
