@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 
 import pytest
 from guests import create_guest
-from lab import live_hosts, qemus_under
+from lab import live_hosts, qemus_under, wait_for
 
 from minivisor import Hypervisor
 
@@ -99,3 +101,16 @@ def test_a_restarted_service_keeps_its_lease_and_its_vms_owned(etcd, hosts, appl
     refused = b.cli("vm", "start", "web")
     assert refused.returncode == 4 and "runs on host 'a'" in refused.stderr
     a.ok("vm", "stop", "web", "--hard")
+
+
+def test_a_vm_that_dies_on_its_own_is_released_by_its_member(etcd, hosts, appliance_image):
+    """No `vm stop` to release the claim: the owner's member sees the VM powered off and gives it up."""
+    a, b = hosts("a", "b")
+    same_vm_on((a, b), appliance_image)
+    cluster_of(etcd, a, b)
+    a.ok("vm", "start", "web")
+    (pid,) = qemus_under(a.root)
+    os.kill(pid, signal.SIGKILL)  # a crash: nothing of minivisor's power-off runs
+    wait_for("b to be allowed to run web", lambda: b.cli("vm", "start", "web").returncode == 0, timeout=60, every=1)
+    assert qemus_under(a.root) == [] and len(qemus_under(b.root)) == 1
+    b.ok("vm", "stop", "web", "--hard")
