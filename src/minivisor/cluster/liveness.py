@@ -73,6 +73,7 @@ class Member:
         self._renewed = 0.0  # monotonic time the last acknowledged renewal was sent
         self._fenced: int | None = None  # a lease given up by a fence, to revoke once etcd answers
         self._stores: dict[tuple[str, ...], Store] = {}
+        self._config: ClusterConfig | None = None  # the last one read: a host that left revokes its lease with it
         self._stopping = threading.Event()
         self._threads = [threading.Thread(target=self._keep, name="cluster-keeper", daemon=True),
                          threading.Thread(target=self._watch, name="cluster-watchdog", daemon=True)]
@@ -103,6 +104,7 @@ class Member:
                     interval = IDLE_POLL
                     continue
                 interval = keepalive_every(config.ttl)
+                self._config = config
                 self._beat(config)
                 self._complain("")
             except HvError as exc:
@@ -166,12 +168,13 @@ class Member:
             self.host.release_if_idle(vm_uuid, lambda vm_uuid=vm_uuid: ownership.release(store, config, vm_uuid))
 
     def _forget(self) -> None:
-        """No cluster configuration (never joined, or left): no lease to keep."""
+        """No cluster configuration (never joined, or left): no lease to keep; the last one is revoked."""
         with self._guard:
             lease, self._lease = self._lease, None
         self._fenced = None
-        if lease is not None:
-            log.warning("this host left the cluster; its lease is no longer renewed")
+        if lease is not None and self._config is not None:
+            log.warning("this host left the cluster; its lease is revoked")
+            self._revoke(self._config, lease)
 
     def _revoke(self, config: ClusterConfig, lease: int | None) -> None:
         if lease is not None:

@@ -8,6 +8,7 @@ then cost one ``stat`` and import nothing of the cluster (nor etcd's client).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -67,10 +68,21 @@ def _release(ctx: VmContext) -> None:
 
 
 class ClusterHost:
-    """This host's VMs for its cluster member (:class:`minivisor.cluster.liveness.Host`), over the core API."""
+    """This host's VMs for its cluster member (:class:`minivisor.cluster.liveness.Host`), over the core API.
 
-    def __init__(self, hv: Hypervisor) -> None:
-        self.hv = hv
+    The member calls it from two threads (its keeper and its watchdog), and a Hypervisor serves one
+    thread at a time: each thread gets its own from ``make_hv``.
+    """
+
+    def __init__(self, make_hv: Callable[[], Hypervisor]) -> None:
+        self._make_hv = make_hv
+        self._local = threading.local()
+
+    @property
+    def hv(self) -> Hypervisor:
+        if getattr(self._local, "hv", None) is None:
+            self._local.hv = self._make_hv()
+        return self._local.hv
 
     def running(self) -> dict[str, str]:
         return {vm.uuid: vm.name for vm in self.hv.list_vms() if vm.state in ON_HOST}

@@ -487,7 +487,7 @@ class Hypervisor:
         from ..cluster import membership
         from .clustering import ClusterHost
 
-        return membership.leave(self.datastore.meta, list(ClusterHost(self).running().values()), force=force)
+        return membership.leave(self.datastore.meta, list(ClusterHost(lambda: self).running().values()), force=force)
 
     # -- guest access ----------------------------------------------------
     def exec_in_vm(self, name: str, command: list[str] | str, *, timeout: float = 60.0) -> ExecResult:

@@ -60,8 +60,9 @@ class Service:
         self.access = Access(token, HostCheck(host.strip("[]"), bound), self.url)
         self.supervisor = Supervisor(self.calls)
         # A cluster member once the datastore has a cluster configuration (now, or after `cluster init`/`join`).
-        member_hv = Hypervisor(self.root, on_event=self._on_event)
-        self.member = Member(member_hv.datastore.meta, ClusterHost(member_hv))
+        with self.calls.hypervisor() as hv:
+            meta = hv.datastore.meta
+        self.member = Member(meta, ClusterHost(lambda: Hypervisor(self.root, on_event=self._on_event)))
         self.autostart = autostart
 
     def serve_forever(self) -> None:
