@@ -14,7 +14,8 @@ if shutil.which("etcd") is None:
 
 @pytest.fixture
 def etcd(tmp_path):
-    """Three etcd members on loopback, each with its own data directory; killed at the end, pass or fail."""
+    """Three etcd members on loopback, each with its own data directory; killed and removed at the end, pass or
+    fail."""
     folder = tmp_path / "etcd"
     folder.mkdir()
     members = Etcd(folder)
@@ -22,11 +23,13 @@ def etcd(tmp_path):
         yield members.start()
     finally:
         members.close()
+        shutil.rmtree(folder)
 
 
 @pytest.fixture
 def hosts(tmp_path):
-    """``hosts("a", "b")``: minivisor hosts with datastores of their own; services and VMs ended at the end."""
+    """``hosts("a", "b")``: minivisor hosts with datastores of their own; services and VMs ended, folders removed
+    at the end."""
     made: list[Host] = []
 
     def make(*names: str) -> list[Host]:
@@ -40,5 +43,7 @@ def hosts(tmp_path):
         yield make
     finally:
         trouble = [line for host in made for line in host.close()]
+        for host in made:
+            shutil.rmtree(host.root.parent)
         if trouble:
             pytest.fail("VMs left running that would not stop (killed): " + "; ".join(trouble))

@@ -100,6 +100,9 @@ def test_a_restarted_service_keeps_its_lease_and_its_vms_owned(etcd, hosts, appl
     assert qemus_under(a.root) == running
     refused = b.cli("vm", "start", "web")
     assert refused.returncode == 4 and "runs on host 'a'" in refused.stderr
+    leave = a.cli("cluster", "leave")  # its VM would have no owner
+    assert leave.returncode == 4 and leave.stderr == ("error: host 'a' runs VMs (web), which it owns; stop them first, "
+                                                      "then leave the cluster\n")
     a.ok("vm", "stop", "web", "--hard")
 
 
