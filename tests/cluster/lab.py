@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -41,18 +42,20 @@ def free_ports(count: int) -> list[int]:
 
 
 class Etcd:
-    """Three etcd members (``e0``, ``e1``, ``e2``) forming one cluster on loopback."""
+    """Three etcd members (``e0``, ``e1``, ``e2``) forming one cluster on loopback, or on ``address`` inside the
+    network namespace ``netns``."""
 
-    def __init__(self, folder: Path, members: int = 3) -> None:
+    def __init__(self, folder: Path, members: int = 3, *, netns: str | None = None, address: str = "127.0.0.1") -> None:
         self.folder = folder
+        self.netns, self.address = netns, address
         ports = free_ports(2 * members)
         self.client_ports, self.peer_ports = ports[:members], ports[members:]
         self.procs: dict[int, subprocess.Popen] = {}
-        self.initial = ",".join(f"e{i}=http://127.0.0.1:{port}" for i, port in enumerate(self.peer_ports))
+        self.initial = ",".join(f"e{i}=http://{address}:{port}" for i, port in enumerate(self.peer_ports))
 
     @property
     def urls(self) -> list[str]:
-        return [f"http://127.0.0.1:{port}" for port in self.client_ports]
+        return [f"http://{self.address}:{port}" for port in self.client_ports]
 
     @property
     def endpoints(self) -> str:
@@ -69,18 +72,22 @@ class Etcd:
         return self
 
     def start_member(self, index: int) -> None:
-        client, peer = self.client_ports[index], self.peer_ports[index]
+        client = f"http://{self.address}:{self.client_ports[index]}"
+        peer = f"http://{self.address}:{self.peer_ports[index]}"
         log = open(self.folder / f"e{index}.log", "ab")
         self.procs[index] = subprocess.Popen(
-            [ETCD, "--name", f"e{index}", "--data-dir", str(self.folder / f"e{index}"),
-             "--listen-client-urls", f"http://127.0.0.1:{client}", "--advertise-client-urls",
-             f"http://127.0.0.1:{client}", "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}", "--initial-cluster", self.initial,
+            [*in_netns(self.netns), ETCD, "--name", f"e{index}", "--data-dir", str(self.folder / f"e{index}"),
+             "--listen-client-urls", client, "--advertise-client-urls", client, "--listen-peer-urls", peer,
+             "--initial-advertise-peer-urls", peer, "--initial-cluster", self.initial,
              "--initial-cluster-state", "new", "--initial-cluster-token", f"lab-{self.peer_ports[0]}"],
             stdout=log, stderr=log, start_new_session=True)
         log.close()
 
     def healthy(self, index: int) -> bool:
+        if self.netns is not None:  # not reachable from here: ask from inside
+            done = subprocess.run([*in_netns(self.netns), "etcdctl", "--endpoints", self.urls[index], "endpoint",
+                                   "health"], capture_output=True, timeout=20, env={**os.environ, "ETCDCTL_API": "3"})
+            return done.returncode == 0
         try:
             with urllib.request.urlopen(f"{self.urls[index]}/health", timeout=1) as answer:
                 return json.load(answer).get("health") == "true"
@@ -94,7 +101,7 @@ class Etcd:
 
     def put_raw(self, key: str, value: str) -> None:
         """Write any bytes into etcd with etcdctl (what another program, or an attacker, could do)."""
-        subprocess.run(["etcdctl", "--endpoints", self.endpoints, "put", key, value], check=True,
+        subprocess.run([*in_netns(self.netns), "etcdctl", "--endpoints", self.endpoints, "put", key, value], check=True,
                        capture_output=True, timeout=20, env={**os.environ, "ETCDCTL_API": "3"})
 
     def logs(self) -> str:
@@ -108,8 +115,9 @@ class Etcd:
 class Host:
     """One minivisor host: its datastore folder and, once started, its service on loopback."""
 
-    def __init__(self, name: str, folder: Path) -> None:
+    def __init__(self, name: str, folder: Path, netns: str | None = None) -> None:
         self.name = name
+        self.netns = netns  # its network namespace, where its CLI and service run (None: this one)
         self.root = folder / "datastore"
         self.log_path = folder / "service.log"
         self.proc: subprocess.Popen | None = None
@@ -117,8 +125,8 @@ class Host:
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """``minivisor -d ROOT ARGS`` (through the service when it runs, as a user's CLI would)."""
         env = {name: value for name, value in os.environ.items() if name != "MINIVISOR_DIRECT"}
-        return subprocess.run([sys.executable, "-m", "minivisor", "-d", str(self.root), *args], capture_output=True,
-                              text=True, timeout=timeout, env=env)
+        return subprocess.run([*in_netns(self.netns), sys.executable, "-m", "minivisor", "-d", str(self.root), *args],
+                              capture_output=True, text=True, timeout=timeout, env=env)
 
     def ok(self, *args: str) -> str:
         result = self.cli(*args)
@@ -140,7 +148,8 @@ class Host:
 
     def serve(self) -> Host:
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "minivisor", "-d", str(self.root), "serve", "--listen",
+        self.proc = subprocess.Popen([*in_netns(self.netns), sys.executable, "-m", "minivisor", "-d", str(self.root),
+                                      "serve", "--listen",
                                       "127.0.0.1:0", "--no-autostart"], stdout=log, stderr=log,
                                      start_new_session=True)
         log.close()
@@ -163,6 +172,72 @@ class Host:
         finally:
             trouble = power_off_all(self.root)
         return trouble
+
+
+def in_netns(netns: str | None) -> list[str]:
+    """The command prefix that runs a program in the network namespace ``netns`` (none: here)."""
+    return ["ip", "netns", "exec", netns] if netns else []
+
+
+class Fabric:
+    """Network namespaces of the test's own: ``fabric`` holds a bridge (10.98.0.1/24) and the etcd members;
+    each host gets a namespace joined to the bridge by a veth pair (10.98.0.1N). Cutting a host's link
+    partitions it from etcd. :meth:`close` stops every process in them and deletes them."""
+
+    SUBNET = "10.98.0"
+
+    def __init__(self) -> None:
+        self.tag = secrets.token_hex(3)
+        self.fabric = f"mvcl-{self.tag}"
+        self.namespaces = [self.fabric]
+        _ip("netns", "add", self.fabric)
+        _ip("-n", self.fabric, "link", "set", "lo", "up")
+        _ip("-n", self.fabric, "link", "add", "br0", "type", "bridge")
+        _ip("-n", self.fabric, "addr", "add", f"{self.SUBNET}.1/24", "dev", "br0")
+        _ip("-n", self.fabric, "link", "set", "br0", "up")
+
+    def host_namespace(self, index: int) -> str:
+        """A namespace for the ``index``-th host (1, 2...), on the bridge as 10.98.0.1<index>."""
+        netns = f"mvcl-{self.tag}-{index}"
+        _ip("netns", "add", netns)
+        self.namespaces.append(netns)
+        _ip("-n", netns, "link", "add", "eth0", "type", "veth", "peer", "name", f"port{index}", "netns", self.fabric)
+        _ip("-n", netns, "addr", "add", f"{self.SUBNET}.1{index}/24", "dev", "eth0")
+        for name in ("lo", "eth0"):
+            _ip("-n", netns, "link", "set", name, "up")
+        _ip("-n", self.fabric, "link", "set", f"port{index}", "master", "br0", "up")
+        return netns
+
+    def cut(self, index: int) -> None:
+        """The ``index``-th host's link down: it can reach nothing (etcd, the other hosts)."""
+        _ip("-n", self.fabric, "link", "set", f"port{index}", "down")
+
+    def mend(self, index: int) -> None:
+        _ip("-n", self.fabric, "link", "set", f"port{index}", "up")
+
+    def close(self) -> None:
+        for netns in reversed(self.namespaces):
+            _end_namespace(netns)
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=20)
+
+
+def _end_namespace(netns: str) -> None:
+    """Stop every process in a namespace this lab made, then delete it."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True).stdout.split() \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+    subprocess.run(["ip", "netns", "del", netns], capture_output=True)
 
 
 def wait_for(what: str, check, timeout: float = 60.0, every: float = 0.2):
