@@ -39,31 +39,35 @@ def cluster_of(etcd, *members, ttl: int = 6):
     first.status_when("every host live", lambda s: live_hosts(s) == {h.name for h in members})
 
 
-def test_two_hosts_power_on_the_same_vm_at_once_exactly_one_runs(etcd, hosts, appliance_image):
-    a, b = hosts("a", "b")
-    same_vm_on((a, b), appliance_image)
-    cluster_of(etcd, a, b)
+def test_three_hosts_power_on_the_same_vm_at_once_exactly_one_runs(etcd, hosts, appliance_image):
+    members = hosts("a", "b", "c")
+    same_vm_on(members, appliance_image)
+    cluster_of(etcd, *members)
 
     starts = {host: subprocess.Popen([sys.executable, "-m", "minivisor", "-d", str(host.root), "vm", "start", "web"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for host in (a, b)}
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for host in members}
     results = {host: (proc.wait(timeout=120), *proc.communicate()) for host, proc in starts.items()}
     winners = [host for host, (code, _, _) in results.items() if code == 0]
     assert len(winners) == 1, results
-    winner, loser = winners[0], b if winners[0] is a else a
-    code, _, stderr = results[loser]
-    assert code == 4 and stderr == (f"error: VM 'web' runs on host '{winner.name}', which owns it in the cluster; "
-                                    f"stop it on {winner.name} first\n")
-    assert len(qemus_under(winner.root)) == 1 and qemus_under(loser.root) == []
-    winner.status_when("the owner reporting its VM", lambda s: _vms(s) == {winner.name: ["web"], loser.name: []})
+    winner, losers = winners[0], [host for host in members if host is not winners[0]]
+    for loser in losers:
+        code, _, stderr = results[loser]
+        assert code == 4 and stderr == (f"error: VM 'web' runs on host '{winner.name}', which owns it in the "
+                                        f"cluster; stop it on {winner.name} first\n")
+    assert len(qemus_under(winner.root)) == 1 and all(qemus_under(loser.root) == [] for loser in losers)
+    winner.status_when("the owner reporting its VM",
+                       lambda s: _vms(s) == {host.name: ["web"] if host is winner else [] for host in members})
 
-    # powered off on its owner, the VM is free: the other host may run it now, and then only there
+    # powered off on its owner, the VM is free: another host may run it now, and then only there
     winner.ok("vm", "stop", "web", "--hard")
-    again = loser.cli("vm", "start", "web")
+    other = losers[0]
+    again = other.cli("vm", "start", "web")
     assert again.returncode == 0, again.stderr
-    refused = winner.cli("vm", "start", "web")
-    assert refused.returncode == 4 and f"runs on host '{loser.name}'" in refused.stderr
-    assert qemus_under(winner.root) == [] and len(qemus_under(loser.root)) == 1
-    loser.ok("vm", "stop", "web", "--hard")
+    for host in (winner, losers[1]):
+        refused = host.cli("vm", "start", "web")
+        assert refused.returncode == 4 and f"runs on host '{other.name}'" in refused.stderr
+    assert [len(qemus_under(host.root)) for host in members] == [int(host is other) for host in members]
+    other.ok("vm", "stop", "web", "--hard")
 
 
 def test_a_power_on_needs_a_live_member(etcd, hosts, appliance_image):
