@@ -52,7 +52,8 @@ def test_etcd_unreachable_operations_fail_and_the_host_fences(etcd, hosts, appli
         assert "connection refused" in result.stderr
 
     wait_for("the host to fence its VM", lambda: qemus_under(a.root) == [], timeout=TTL + 30)
-    fenced = [e for e in Hypervisor(a.root).vm_events("web") if e["type"] == "fenced"]
+    fenced = wait_for("the fence's event (written once the VMM is gone)",
+                      lambda: [e for e in Hypervisor(a.root).vm_events("web") if e["type"] == "fenced"], timeout=10)
     assert len(fenced) == 1 and fenced[0]["pid"] == running[0]
     assert f"not renewed for {fence_after(TTL):g} s (TTL {TTL} s)" in fenced[0]["reason"]
     assert qemus_under(a.root) == []  # and db never started

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from lab import live_hosts, qemus_under
+from lab import live_hosts, qemus_under, wait_for
 from test_ownership import cluster_of, same_vm_on
 
 from minivisor import Hypervisor
@@ -37,7 +37,8 @@ def test_a_host_cut_off_fences_and_its_vm_runs_elsewhere_never_on_both(fabric, f
         time.sleep(1)
     assert qemus_under(a.root) == [] and len(qemus_under(b.root)) == 1
     assert len(attempts) > 1  # refused while a's lease lived
-    fenced = [e for e in Hypervisor(a.root).vm_events("web") if e["type"] == "fenced"]
+    fenced = wait_for("the fence's event (written once the VMM is gone)",
+                      lambda: [e for e in Hypervisor(a.root).vm_events("web") if e["type"] == "fenced"], timeout=10)
     assert len(fenced) == 1 and fenced[0]["pid"] == pid
 
     # a back on the network: live again with a new lease, and told that b owns web now

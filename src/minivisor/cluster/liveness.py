@@ -114,8 +114,8 @@ class Member:
 
     def _beat(self, config: ClusterConfig) -> None:
         store = self._store(config)
-        if self._fenced is not None:
-            self._revoke(config, self._fenced)
+        if self._fenced is not None:  # revoked before anything else: never taken over by _previous_lease
+            store.revoke(self._fenced)
             self._fenced = None
         sent = time.monotonic()
         with self._guard:
@@ -199,10 +199,17 @@ class Member:
         if lease is None:
             return
         self._fenced = lease
-        names = list(self.host.running().values())
-        log.warning("fencing: %s; killing %d VM(s)", reason, len(names))
-        if names:
-            self.host.fence(names, f"fenced: {reason}")
+        while True:  # until done: a failure to list the VMs (a busy catalog) is no reason to spare them
+            try:
+                names = list(self.host.running().values())
+                log.warning("fencing: %s; killing %d VM(s)", reason, len(names))
+                if names:
+                    self.host.fence(names, f"fenced: {reason}")
+                return
+            except Exception:  # noqa: BLE001 - see above
+                log.exception("fencing failed; trying again")
+            if self._stopping.wait(WATCH):
+                return
 
     # -- helpers ------------------------------------------------------------------------
     def _store(self, config: ClusterConfig) -> Store:
