@@ -9,8 +9,9 @@ Two threads, so that a hung request to etcd never delays a fence:
   looks, once a second, for one (``cluster init``/``join`` need no restart of the service).
 - the **watchdog** fences: when no renewal has been acknowledged for :func:`~.config.fence_after`
   (0.6 TTL) since it was sent, every VM of the host is killed at once (SIGKILL, no QMP), before
-  etcd can expire the lease and let another host claim them. Then the keeper, once etcd answers
-  again, revokes that lease and takes a new one.
+  etcd can expire the lease and let another host claim them; until the host has a lease again, a
+  VMM that appears (a power-on that claimed its VM just before the fence) is killed too. The keeper,
+  once etcd answers again, revokes the fenced lease and takes a new one.
 
 A restarted service takes over its predecessor's lease while it is alive, so the claims of the VMs
 that kept running stay valid. Not yet covered: a service stopped for longer than the fence delay
@@ -43,6 +44,7 @@ log = logging.getLogger("minivisor.cluster")
 
 IDLE_POLL = 1.0  # seconds between looks for a cluster configuration while there is none
 WATCH = 0.1  # seconds between the watchdog's looks at the last renewal
+SWEEP = 0.5  # seconds between a fenced host's looks for VMs that started after its fence
 
 
 class Host(Protocol):
@@ -185,12 +187,19 @@ class Member:
 
     # -- the watchdog -------------------------------------------------------------------
     def _watch(self) -> None:
+        swept = 0.0
         while not self._stopping.wait(WATCH):
             with self._guard:
                 late = self._lease is not None and time.monotonic() - self._renewed > fence_after(self._ttl)
+                fenced = self._lease is None and self._fenced is not None
             if late:
                 self._give_up(f"its lease on the cluster store was not renewed for {fence_after(self._ttl):g} s "
                               f"(TTL {self._ttl} s)")
+            elif fenced and time.monotonic() - swept > SWEEP:
+                # A power-on that claimed its VM just before the fence may launch its VMM just after it: until
+                # the host has a lease again, nothing runs on it.
+                swept = time.monotonic()
+                self._fence_all("this host has been fenced and has no lease yet")
 
     def _give_up(self, reason: str) -> None:
         """Fence: the lease is given up and every VM of the host killed before it can run elsewhere."""
@@ -199,11 +208,15 @@ class Member:
         if lease is None:
             return
         self._fenced = lease
-        while True:  # until done: a failure to list the VMs (a busy catalog) is no reason to spare them
+        self._fence_all(reason)
+
+    def _fence_all(self, reason: str) -> None:
+        """Kill every VM of the host; a failure to list them (a busy catalog) is no reason to spare them."""
+        while True:
             try:
                 names = list(self.host.running().values())
-                log.warning("fencing: %s; killing %d VM(s)", reason, len(names))
                 if names:
+                    log.warning("fencing: %s; killing %d VM(s)", reason, len(names))
                     self.host.fence(names, f"fenced: {reason}")
                 return
             except Exception:  # noqa: BLE001 - see above
