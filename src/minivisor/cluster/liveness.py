@@ -92,8 +92,15 @@ class Member:
             if thread.is_alive():
                 thread.join(timeout=10)
         config = ClusterConfig.load(self.meta) if self._lease is not None else None
-        if config is not None and not self.host.running():
+        if config is None:
+            return
+        running = self.host.running()
+        if not running:
             self._revoke(config, self._lease)
+        else:
+            log.warning("cluster: this host's lease is no longer renewed while %d VM(s) run here: start the service "
+                        "again within its TTL (%d s) to keep them owned; after that nothing fences them", len(running),
+                        config.ttl)
 
     # -- the keeper ------------------------------------------------------------------
     def _keep(self) -> None:

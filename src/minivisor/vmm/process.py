@@ -410,6 +410,8 @@ class Vmm:
         try:
             os.kill(record.pid, signal.SIGKILL)
             self._wait_exit(record.pid, 5.0)
+        except ProcessLookupError:
+            pass  # it ended meanwhile
         finally:
             self._cleanup_if_unused(record)
         return record.pid
