@@ -14,8 +14,8 @@ Two threads, so that a hung request to etcd never delays a fence:
   once etcd answers again, revokes the fenced lease and takes a new one.
 
 A restarted service takes over its predecessor's lease while it is alive, so the claims of the VMs
-that kept running stay valid. Not yet covered: a service stopped for longer than the fence delay
-while VMs run on its host leaves them running with nobody to fence them; once their lease expired,
+that kept running stay valid. Not yet covered: a service stopped for longer than the TTL while VMs
+run on its host leaves them running with nobody to fence them, and once their lease expired,
 another host could claim them. Until a keeper outlives the service, stop a member's VMs (or migrate
 them) before stopping its service for long.
 
