@@ -121,3 +121,19 @@ def test_a_vm_that_dies_on_its_own_is_released_by_its_member(etcd, hosts, applia
     wait_for("b to be allowed to run web", lambda: b.cli("vm", "start", "web").returncode == 0, timeout=60, every=1)
     assert qemus_under(a.root) == [] and len(qemus_under(b.root)) == 1
     b.ok("vm", "stop", "web", "--hard")
+
+
+def test_a_host_running_a_vm_another_host_owns_may_not_join(etcd, hosts, appliance_image):
+    """Joined, it would have to fence that VM at once: refused instead, and it joins once the VM is stopped."""
+    a, b = hosts("a", "b")
+    same_vm_on((a, b), appliance_image)
+    cluster_of(etcd, a)
+    a.ok("vm", "start", "web")
+    b.ok("vm", "start", "web")  # b is a single host still: no cluster, no claim
+    refused = b.cli("cluster", "join", "--etcd", etcd.endpoints, "--name", "b")
+    assert refused.returncode == 4 and refused.stderr == ("error: VM 'web' runs here, and host 'a' runs it in the "
+                                                          "cluster; stop it here before joining\n")
+    assert not (b.root / ".minivisor" / "cluster.json").exists() and len(qemus_under(b.root)) == 1
+    b.ok("vm", "stop", "web", "--hard")
+    b.ok("cluster", "join", "--etcd", etcd.endpoints, "--name", "b")
+    a.ok("vm", "stop", "web", "--hard")

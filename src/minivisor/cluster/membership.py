@@ -17,6 +17,7 @@ from ..errors import ClusterError, ConflictError, StateError
 from .config import ClusterConfig
 from .records import (ALIVE, CLUSTER_KEY, HOSTS, ClusterRecord, HostRecord, LiveRecord, alive_key, check_host_name,
                       from_value, host_key, to_value)
+from .ownership import owner_of
 from .store import Store
 
 __all__ = ["init", "join", "leave", "status", "current"]
@@ -31,7 +32,7 @@ def current(meta: Path) -> ClusterConfig:
     return config
 
 
-def init(meta: Path, endpoints: tuple[str, ...], host: str, ttl: int) -> dict[str, Any]:
+def init(meta: Path, endpoints: tuple[str, ...], host: str, ttl: int, running: dict[str, str]) -> dict[str, Any]:
     """Make a cluster in the etcd at ``endpoints`` (leases of ``ttl`` s) and join this host as ``host``."""
     _not_a_member(meta)
     check_host_name(host)
@@ -39,11 +40,12 @@ def init(meta: Path, endpoints: tuple[str, ...], host: str, ttl: int) -> dict[st
     if store.create(CLUSTER_KEY, to_value(ClusterRecord(ttl, time.time()))) is not None:
         raise ConflictError(f"the etcd at {','.join(endpoints)} already holds a minivisor cluster",
                             hint="join it: minivisor cluster join --etcd URL")
-    return join(meta, endpoints, host)
+    return join(meta, endpoints, host, running)
 
 
-def join(meta: Path, endpoints: tuple[str, ...], host: str) -> dict[str, Any]:
-    """Register this host as ``host`` in the cluster at ``endpoints``; its service then keeps it alive."""
+def join(meta: Path, endpoints: tuple[str, ...], host: str, running: dict[str, str]) -> dict[str, Any]:
+    """Register this host as ``host`` in the cluster at ``endpoints``; its service then keeps it alive and
+    claims the VMs that already run here (``running``: uuid -> name). Refused if another host owns one."""
     _not_a_member(meta)
     check_host_name(host)
     store = Store(endpoints)
@@ -52,6 +54,11 @@ def join(meta: Path, endpoints: tuple[str, ...], host: str) -> dict[str, Any]:
         raise ClusterError(f"the etcd at {','.join(endpoints)} holds no minivisor cluster",
                            hint="make one first: minivisor cluster init --etcd URL")
     cluster = from_value(ClusterRecord, found.value, found.key)
+    for vm_uuid, name in running.items():
+        owner = owner_of(store, vm_uuid)
+        if owner is not None:  # as a member, this host would have to fence it at once
+            raise ConflictError(f"VM {name!r} runs here, and host {owner.host!r} runs it in the cluster",
+                                hint="stop it here before joining")
     config = ClusterConfig(endpoints, host, str(uuidlib.uuid4()), cluster.ttl)
     taken = store.create(host_key(host), to_value(HostRecord(host, config.host_id, time.time())))
     if taken is not None:

@@ -4,8 +4,8 @@ Small on purpose: JSON objects under one key prefix (:data:`PREFIX`), reads, put
 create-if-absent and compare-and-swap transactions, and leases. Every value read is
 hostile until checked: it must be a JSON object of bounded size (its fields are then
 checked by :mod:`minivisor.cluster.records`). An endpoint that does not answer is
-skipped for the next one; when none answers, the caller gets one
-:class:`~minivisor.errors.ClusterUnreachableError` and nothing was changed by that call.
+skipped for the next one, for a few seconds (a leader election); when none answers, the caller
+gets one :class:`~minivisor.errors.ClusterUnreachableError`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +32,12 @@ __all__ = ["Store", "Entry", "PREFIX", "REQUEST_TIMEOUT"]
 
 PREFIX = "/minivisor/"  # every key minivisor writes is under it
 MAX_VALUE = 64 * 1024  # bytes of one value: a record is a few hundred
-REQUEST_TIMEOUT = 1.5  # seconds one endpoint gets to answer a request (the fence deadline allows for three)
-_UNREACHABLE = (etcd_errors.ConnectionFailedError, etcd_errors.ConnectionTimeoutError)
+REQUEST_TIMEOUT = 1.5  # seconds one endpoint gets to answer a request
+ELECTION_WAIT = 5.0  # seconds a request keeps trying every endpoint: etcd's leader elections take 1-2 s
+RETRY_PAUSE = 0.25  # seconds between two rounds over the endpoints
+# an endpoint that does not answer, or answers that it cannot now (no leader, a timeout inside etcd): try another
+_UNAVAILABLE = (etcd_errors.ConnectionFailedError, etcd_errors.ConnectionTimeoutError,
+                etcd_errors.InternalServerError)
 
 
 @dataclass(frozen=True)
@@ -138,13 +143,29 @@ class Store:
         return self._post("/kv/txn", {"compare": compare, "success": success, "failure": failure})
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """One request, to the first endpoint that answers (a failed one is tried last next time)."""
+        """One request, to the first endpoint that answers (a failed one is tried last next time).
+
+        etcd elects a new leader when one is lost; meanwhile its members time out or answer 5xx. Rounds over
+        every endpoint are retried for :data:`ELECTION_WAIT`, so a member lost is no outage. A request
+        retried after a timeout may have been applied: every caller's writes are conditional or idempotent.
+        """
+        deadline = time.monotonic() + ELECTION_WAIT
+        while True:
+            reply, reason = self._round(path, body)
+            if reply is not None:
+                return reply
+            if time.monotonic() >= deadline:
+                raise self._unreachable(reason)
+            time.sleep(RETRY_PAUSE)
+
+    def _round(self, path: str, body: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+        """The request to each endpoint in turn until one answers: (its answer, "") or (None, the last failure)."""
         reason = ""
         for _ in range(len(self._clients)):
             client = self._clients[0]
             try:
                 reply = client.post(client.get_url(path), json=body)
-            except _UNREACHABLE as exc:
+            except _UNAVAILABLE as exc:
                 reason = f"{client.base_url}: {_reason(exc)}"
                 self._clients.append(self._clients.pop(0))
                 continue
@@ -153,8 +174,8 @@ class Store:
                                    hint="check `minivisor cluster status`") from exc
             if not isinstance(reply, dict):
                 raise ClusterError(f"the cluster store at {client.base_url} answered {path} with no JSON object")
-            return reply
-        raise self._unreachable(reason)
+            return reply, ""
+        return None, reason
 
     def _unreachable(self, reason: str) -> ClusterUnreachableError:
         return ClusterUnreachableError(f"the cluster store at {','.join(self.endpoints)} is unreachable: {reason}",

@@ -22,7 +22,7 @@ from .context import VmContext
 if TYPE_CHECKING:
     from .hypervisor import Hypervisor
 
-__all__ = ["claimed", "disown", "ClusterHost"]
+__all__ = ["claimed", "disown", "running_vms", "ClusterHost"]
 
 log = logging.getLogger("minivisor.cluster")
 ON_HOST = (VmState.RUNNING, VmState.PAUSED, VmState.STARTING)  # a VMM runs or is being started
@@ -67,6 +67,11 @@ def _release(ctx: VmContext) -> None:
         log.warning("VM %s: its ownership stays until the cluster member releases it: %s", ctx.name, exc.one_line())
 
 
+def running_vms(hv: Hypervisor) -> dict[str, str]:
+    """The VMs whose VMM runs or is being started on this host: uuid -> name."""
+    return {vm.uuid: vm.name for vm in hv.list_vms() if vm.state in ON_HOST}
+
+
 class ClusterHost:
     """This host's VMs for its cluster member (:class:`minivisor.cluster.liveness.Host`), over the core API.
 
@@ -85,7 +90,7 @@ class ClusterHost:
         return self._local.hv
 
     def running(self) -> dict[str, str]:
-        return {vm.uuid: vm.name for vm in self.hv.list_vms() if vm.state in ON_HOST}
+        return running_vms(self.hv)
 
     def fence(self, names: list[str], reason: str) -> None:
         for name in names:

@@ -465,7 +465,8 @@ class Hypervisor:
         ttl = DEFAULT_TTL if ttl is None else ttl
         if not isinstance(ttl, int) or isinstance(ttl, bool) or not MIN_TTL <= ttl <= MAX_TTL:
             raise ArgumentError(f"a lease TTL of {ttl!r} s is out of range", hint=f"give {MIN_TTL} to {MAX_TTL} s")
-        return membership.init(self.datastore.meta, parse_endpoints(etcd), name or _host_name(), ttl)
+        return membership.init(self.datastore.meta, parse_endpoints(etcd), name or _host_name(), ttl,
+                               self._running())
 
     def cluster_join(self, etcd: str, *, name: str | None = None) -> dict[str, Any]:
         """Join this host, as ``name`` [default: the host name], to the cluster in the etcd at ``etcd``;
@@ -473,7 +474,7 @@ class Hypervisor:
         from ..cluster import membership
         from ..cluster.config import parse_endpoints
 
-        return membership.join(self.datastore.meta, parse_endpoints(etcd), name or _host_name())
+        return membership.join(self.datastore.meta, parse_endpoints(etcd), name or _host_name(), self._running())
 
     def cluster_status(self) -> dict[str, Any]:
         """Every member of this host's cluster: live or not, free memory, CPUs, running VMs, versions."""
@@ -485,9 +486,13 @@ class Hypervisor:
         """Take this host out of its cluster (refused while VMs run here); ``force`` forgets the cluster
         even when etcd cannot be told."""
         from ..cluster import membership
-        from .clustering import ClusterHost
 
-        return membership.leave(self.datastore.meta, list(ClusterHost(lambda: self).running().values()), force=force)
+        return membership.leave(self.datastore.meta, list(self._running().values()), force=force)
+
+    def _running(self) -> dict[str, str]:
+        from .clustering import running_vms
+
+        return running_vms(self)
 
     # -- guest access ----------------------------------------------------
     def exec_in_vm(self, name: str, command: list[str] | str, *, timeout: float = 60.0) -> ExecResult:
