@@ -86,10 +86,10 @@ OPERATIONS: tuple[Op, ...] = (
     Op("port_forward_add", "POST", "/v1/vms/{name}/port-forwards", "json", args=("name", "forward"), status=201),
     Op("port_forward_remove", "POST", "/v1/vms/{name}/port-forwards/remove", "none", args=("name", "forward")),
     # the cluster (core/hypervisor.py's cluster_*, minivisor.cluster)
-    Op("cluster_status", "GET", "/v1/cluster", "json", args=(), mutates=False),
-    Op("cluster_init", "POST", "/v1/cluster/init", "json", args=("etcd",)),
-    Op("cluster_join", "POST", "/v1/cluster/join", "json", args=("etcd",)),
-    Op("cluster_leave", "POST", "/v1/cluster/leave", "json", args=()),
+    Op("cluster_status", "GET", "/v1/cluster", "json", args=(), mutates=False, vm_param=None),
+    Op("cluster_init", "POST", "/v1/cluster/init", "json", args=("etcd",), vm_param=None),
+    Op("cluster_join", "POST", "/v1/cluster/join", "json", args=("etcd",), vm_param=None),
+    Op("cluster_leave", "POST", "/v1/cluster/leave", "json", args=(), vm_param=None),
 )
 
 _BY_NAME = {op.name: op for op in OPERATIONS}
