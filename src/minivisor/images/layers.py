@@ -125,9 +125,11 @@ def _read_vmdk(path: Path, image) -> ImageLayer:
         if desc_offset:
             image.seek(desc_offset * 512)
             descriptor = image.read(desc_size * 512).rstrip(b"\0")
-        fields, _ = _parse_descriptor(descriptor)
+        fields, extents = _parse_descriptor(descriptor)
         fields.setdefault("createtype", "monolithicSparse")
-        return _vmdk_layer(path, capacity * 512, fields, [])
+        # the size QEMU gives the disk: its descriptor's extent, not the header's capacity (rounded to a grain)
+        sectors = sum(count for count, _ in extents) or capacity
+        return _vmdk_layer(path, sectors * 512, fields, [])
     image.seek(0)
     text = image.read(64 * 1024)
     if b"disk descriptorfile" not in text[:4096].lower() and b"createtype" not in text.lower():

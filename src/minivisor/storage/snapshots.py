@@ -1,7 +1,8 @@
 """Snapshots as VMware keeps them: delta disks in the VM folder, and the tree in its ``.vmsd``.
 
 Taking a snapshot freezes each hard disk's current top file and gives the VM a
-new qcow2 delta on top of it (``web.qcow2`` -> ``web-000001.qcow2``); the
+new delta on top of it (``web.qcow2`` -> ``web-000001.qcow2``; a VMDK's is a VMDK,
+``web.vmdk`` -> ``web-000001.vmdk`` with its ``parentFileNameHint``); the
 specfile's ``fileName`` then names the delta. The tree (names, parents, the
 frozen files, the memory state file, "you are here") is the ``.vmsd`` next to
 the specfile (:mod:`minivisor.spec.vmsd`); taking a snapshot never writes a tree
@@ -28,7 +29,7 @@ from typing import Any
 from ..datastore.store import Datastore, Scope
 from ..errors import ConflictError, DiskError, StateError
 from ..images.layers import ImageLayer, format_for, read_layer
-from ..images.qcow2 import create_overlay
+from ..images.deltas import create_delta, delta_format
 from ..spec.vmsd import MAX_SNAPSHOTS, VMSD_LIMITS, Snapshot, SnapshotTree, vmsd_path
 from ..spec.vmspec import VmSpec
 from ..spec.vmx import VmxDocument
@@ -48,11 +49,12 @@ def snapshot_disks(spec: VmSpec) -> list[tuple[str, str]]:
 
 
 def delta_name(vm_dir: Path, file_name: str, taken: set[str]) -> str:
-    """The next free VMware-style delta name: ``web.qcow2`` -> ``web-000001.qcow2``."""
+    """The next free VMware-style delta name: ``web.qcow2`` -> ``web-000001.qcow2``, ``web.vmdk`` ->
+    ``web-000001.vmdk`` (a VMDK's delta is a VMDK; any other disk's a qcow2)."""
     stem = _DELTA_SUFFIX.sub("", Path(file_name).stem)
     existing = [int(m.group(1)) for p in vm_dir.iterdir() if (m := re.match(re.escape(stem) + r"-(\d{6})\.", p.name))]
     existing += [int(m.group(1)) for t in taken if (m := re.match(re.escape(stem) + r"-(\d{6})\.", t))]
-    return f"{stem}-{max(existing, default=0) + 1:06d}.qcow2"
+    return f"{stem}-{max(existing, default=0) + 1:06d}.{delta_format(format_for(file_name))}"
 
 
 # -- the operations on a VM's files (the caller holds the locks) ------------------
@@ -137,7 +139,7 @@ def take_offline(files: VmFiles, name: str, description: str) -> Snapshot:
     journal = Journal(files.vm_dir, "take")
     journal.begin([files.vm_dir / d for d in deltas.values()])
     for node, delta in deltas.items():
-        create_overlay(files.vm_dir / delta, files.layer(snap.disks[node]))
+        create_delta(files.vm_dir / delta, files.layer(snap.disks[node]))
     crashpoint("take:prepared")
     journal.commit(steps)
     journal.run()
@@ -154,7 +156,7 @@ def plan_revert(files: VmFiles, snap: Snapshot, clone_files: set[str]) -> tuple[
     journal = Journal(files.vm_dir, "revert")
     journal.begin([files.vm_dir / d for d in deltas.values()])
     for node, delta in deltas.items():
-        create_overlay(files.vm_dir / delta, files.layer(snap.disks[node]))
+        create_delta(files.vm_dir / delta, files.layer(snap.disks[node]))
     crashpoint("revert:prepared")
     keep = files.tree.files() | clone_files
     obsolete = []

@@ -28,7 +28,7 @@ from ..spec.vmspec import Disk, DiskController, Nic, SerialPort, VmSpec
 from ..images.layers import ImageLayer
 from ..units import human_size
 
-__all__ = ["LaunchEnv", "device_id", "VirtualDevice", "virtual_hardware", "build_qemu_argv",
+__all__ = ["LaunchEnv", "GATE_PREFIX", "device_id", "VirtualDevice", "virtual_hardware", "build_qemu_argv",
            "SANDBOX", "SHUTDOWN_TRACE", "qemu_opts", "Tap", "UserNat", "HostForward", "NetBackend",
            "netdev_id", "nic_netdev", "nic_device"]
 
@@ -71,6 +71,7 @@ SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=de
 # QEMU logs every shutdown request (guest power-off, QMP quit...) with its cause into vmm.log, so a
 # supervisor that did not launch the VMM (no exit status) can tell a power-off from a kill.
 SHUTDOWN_TRACE = "qemu_system_shutdown_request"
+GATE_PREFIX = "gate-"  # the raw node a disk with VMDK layers is attached through
 
 @dataclass(frozen=True)
 class LaunchEnv:
@@ -225,6 +226,13 @@ def _disk(disk: Disk, controller: DiskController, env: LaunchEnv, boot_index: in
         chain = env.disk_chains[disk.node]
         args += _blockdev_chain(disk, chain)
         drive = f"fmt-{_node_id(disk)}"
+        if any(layer.format == "vmdk" for layer in chain):
+            # QEMU's vmdk driver blocks saving the VM's state while its images are open: a raw node
+            # between the device and the chain lets a memory snapshot close them for the save and
+            # open them again (vmm.jobs), which a device's own root cannot be.
+            args += ["-blockdev", _json(**{"driver": "raw", "node-name": f"{GATE_PREFIX}{_node_id(disk)}",
+                                          "file": drive, "read-only": disk.read_only})]
+            drive = f"{GATE_PREFIX}{_node_id(disk)}"
         shown = chain[1:] if disk.mode == "independent-nonpersistent" else chain  # the overlay is not the disk
         what = f"hard disk, {shown[0].path.name} ({shown[0].format}, {human_size(shown[0].virtual_size)}"
         what += f", {len(shown) - 1} backing layer(s))" if len(shown) > 1 else ")"

@@ -48,11 +48,12 @@ MIGRATION_BLOCKING_DRIVERS = ("vmdk",)
 
 @dataclass(frozen=True)
 class Overlay:
-    """A new top layer for one disk: the device (``scsi0-0``), the qcow2 file, and its node name."""
+    """A new top layer for one disk: the device (``scsi0-0``), the delta file, its node name and format."""
 
     device: str
     path: Path
     node: str
+    format: str = "qcow2"
 
 
 def take_snapshot(qmp: QmpSession, overlays: list[Overlay], *, state_file: Path | None,
@@ -70,7 +71,7 @@ def take_snapshot(qmp: QmpSession, overlays: list[Overlay], *, state_file: Path 
         for overlay in overlays:
             if overlay.device not in tops:
                 raise QmpError(f"the running VMM has no disk {overlay.device}", hint="restart the VM, then retry")
-            qmp.execute("blockdev-add", {"driver": "qcow2", "node-name": overlay.node, "backing": None,
+            qmp.execute("blockdev-add", {"driver": overlay.format, "node-name": overlay.node, "backing": None,
                                          "file": {"driver": "file", "filename": str(overlay.path)}})
             actions.append({"type": "blockdev-snapshot", "data": {"node": tops[overlay.device], "overlay": overlay.node}})
         if state_file is not None:
