@@ -17,7 +17,8 @@ from ..images.deltas import create_delta
 from ..images.layers import format_for
 from ..storage.journal import Journal, crashpoint
 from ..spec.vmsd import Snapshot, SnapshotTree, vmsd_path
-from ..storage.snapshots import VmFiles, plan_delete, plan_revert, plan_take, snapshot_disks, take_offline
+from ..storage.snapshots import (VmFiles, plan_delete, plan_revert, plan_take, refresh_parent_ids, snapshot_disks,
+                                 take_offline)
 from ..vmm.states import Action
 from .context import VmContext, Vms
 from .recovery import disk_operation, step_handlers
@@ -85,8 +86,11 @@ def _take_online(ctx: VmContext, files: VmFiles, name: str, description: str, me
         # Not fsynced: only a recovery that finds this VMM still running reads these (a power loss ends it
         # too), and the commit below, which is fsynced, carries them as well.
         journal.save(durable=False)
-        jobs.take_snapshot(qmp, overlays, state_file=state_file, before_switch=lambda: journal.commit(steps),
-                           pause=running)
+        def before_switch() -> None:  # paused: nothing writes
+            refresh_parent_ids(files, snap, deltas)
+            journal.commit(steps)
+
+        jobs.take_snapshot(qmp, overlays, state_file=state_file, before_switch=before_switch, pause=running)
     journal.run()
     return snap
 

@@ -30,6 +30,7 @@ from ..datastore.store import Datastore, Scope
 from ..errors import ConflictError, DiskError, StateError
 from ..images.layers import ImageLayer, format_for, read_layer
 from ..images.deltas import create_delta, delta_format
+from ..images.vmdk import set_parent
 from ..spec.vmsd import MAX_SNAPSHOTS, VMSD_LIMITS, Snapshot, SnapshotTree, vmsd_path
 from ..spec.vmspec import VmSpec
 from ..spec.vmx import VmxDocument
@@ -37,7 +38,7 @@ from ..text import excerpt
 from .journal import Journal, crashpoint, write_step
 
 __all__ = ["VmFiles", "snapshot_disks", "delta_name", "plan_take", "plan_revert", "plan_delete", "take_offline",
-           "new_tree_with"]
+           "new_tree_with", "refresh_parent_ids"]
 
 _DELTA_SUFFIX = re.compile(r"-\d{6}$")
 
@@ -125,6 +126,22 @@ def plan_take(files: VmFiles, name: str, description: str, memory_file: str | No
         deltas[node] = delta_name(files.vm_dir, disks[node], taken)
         taken.add(deltas[node])
     return snap, deltas, [write_step(files.vmsd.name, tree), write_step(files.vmx.name, files.vmx_with(deltas))]
+
+
+def refresh_parent_ids(files: VmFiles, snap: Snapshot, deltas: dict[str, str]) -> None:
+    """Give each new VMDK delta its parent's content ID as it is now.
+
+    QEMU gives a VMDK a new CID on the first write after opening it: a running VM that had not written
+    its top yet when the delta was made may have since. Called while the VM is paused, before it writes
+    to the deltas.
+    """
+    for node, delta in deltas.items():
+        path = files.vm_dir / delta
+        if format_for(path) != "vmdk":
+            continue
+        parent = files.layer(snap.disks[node])
+        if read_layer(path, "vmdk").parent_cid != parent.cid:
+            set_parent(path, parent, os.path.relpath(parent.path, path.parent))
 
 
 def new_tree_with(tree: SnapshotTree, snap: Snapshot) -> SnapshotTree:
