@@ -18,7 +18,9 @@ from contextlib import ExitStack, contextmanager
 from typing import Callable
 
 from ..errors import HvError
+from ..images.layers import format_for
 from ..images.qemu_img import commit_layer, rebase_disk, set_backing
+from ..images.vmdk import set_cid, set_parent
 from ..storage.journal import Journal
 from ..storage.clones import publish_clone
 from ..vmm.states import Action
@@ -101,15 +103,26 @@ def step_handlers(ctx: VmContext) -> dict[str, Callable[..., None]]:
 
 
 def _commit(ctx: VmContext, dependent: str) -> None:
-    """Fold a layer into its backing file (idempotent: the layer stays)."""
-    commit_layer(ctx.files().chain(dependent))
+    """Fold a layer into its backing file (idempotent: the layer stays).
+
+    A VMDK gets a new content ID when it is written: the merged file keeps the one its dependent
+    recorded, so a re-run still finds an intact chain (what the dependent reads has not changed).
+    """
+    chain = ctx.files().chain(dependent)
+    commit_layer(chain)
+    if chain[1].format == "vmdk" and chain[1].cid:
+        set_cid(chain[1].path, chain[1].cid)
 
 
 def _relink(ctx: VmContext, image: str, backing: str, backing_format: str) -> None:
-    """Point a layer's header at another backing file (its name relative to the layer)."""
+    """Point a layer's header (a VMDK's descriptor) at another backing file (its name relative to the layer)."""
     files = ctx.files()
     path = files.path(image)
-    set_backing(path, os.path.relpath(files.path(backing), path.parent), backing_format)
+    name = os.path.relpath(files.path(backing), path.parent)
+    if format_for(path) == "vmdk":
+        set_parent(path, files.layer(backing), name)
+    else:
+        set_backing(path, name, backing_format)
 
 
 def _rebase(ctx: VmContext, dependent: str, frozen: str) -> None:

@@ -226,10 +226,15 @@ def plan_delete(files: VmFiles, snap: Snapshot, clones: dict[int, list[str]],
         single = len(dependents) == 1
         dep_name, dep_uid = dependents[0]
         grandchildren = _dependents_of(tree, dep_uid, node, tops) if single else []
-        commit = single and not (dep_uid is not None and clones.get(dep_uid)) and files.layer(dep_name).format == "qcow2"
+        dep_format = files.layer(dep_name).format
+        commit = single and not (dep_uid is not None and clones.get(dep_uid)) and dep_format in ("qcow2", "vmdk")
         if commit:
             # one dependent: fold it into the frozen file (its view never changes), then it takes its place
             above = [g for g in grandchildren if is_busy(g)]
+            if above and dep_format == "vmdk":
+                # QEMU cannot rewrite a VMDK's parent link, which a running intermediate commit must
+                raise DiskError(f"cannot delete snapshot {snap.name!r} while the VM runs: a VMDK layer above it "
+                                "would have to be relinked", hint="power the VM off, then delete the snapshot")
             if running_dep:  # the running VMM does it (block-commit); offline recovery falls back to qemu-img
                 steps.append(["online-commit", node, dep_name, frozen, frozen_layer.format,
                               above[0] if above else None])
@@ -249,8 +254,10 @@ def plan_delete(files: VmFiles, snap: Snapshot, clones: dict[int, list[str]],
             below = files.chain(frozen)[1:2]
             for dep, _ in dependents:
                 if files.layer(dep).format != "qcow2":
-                    raise DiskError(f"cannot merge into {dep}: only qcow2 layers can be rebased",
-                                    hint="convert the VM's disks to qcow2 first")
+                    raise DiskError(f"cannot merge snapshot {snap.name!r} into {dep}: several layers depend on it "
+                                    "and only qcow2 layers can be rebased",
+                                    hint="delete the snapshots that depend on it first, or convert the VM's "
+                                         "disks to qcow2")
                 if is_busy(dep):  # the running VMM streams the data in (block-stream); offline: the same rebase
                     steps.append(["online-stream", node, dep, frozen,
                                   os.path.relpath(below[0].path, files.path(dep).parent) if below else "",

@@ -31,7 +31,7 @@ from typing import Any
 from ..errors import DiskError, QmpCommandError, QmpError
 from ..files import fsync_dir
 from ..storage.journal import crashpoint
-from .argv import GATE_PREFIX
+from .argv import GATE_PREFIX, gate_group
 from .qmp import QmpSession
 
 __all__ = ["Overlay", "take_snapshot", "load_state", "check_state_saveable", "resize_disk", "overlays_in_use",
@@ -133,7 +133,7 @@ class _ClosedChain:
 
 
 def _close_gated_chains(qmp: QmpSession) -> list[_ClosedChain]:
-    """Point every gate (the raw node a disk with VMDK layers hangs from) at an empty placeholder of the
+    """Point every gate (the filter node a disk with VMDK layers hangs from) at an empty placeholder of the
     disk's size and close the chain under it. The VM is paused: the guest sees nothing of it."""
     graph = _Graph(qmp)
     closed: list[_ClosedChain] = []
@@ -175,8 +175,8 @@ def _reopen_gated_chains(qmp: QmpSession, closed: list[_ClosedChain]) -> None:
 
 
 def _point_gate(qmp: QmpSession, gate: str, read_only: bool, child: str) -> None:
-    qmp.execute("blockdev-reopen", {"options": [{"driver": "raw", "node-name": gate, "file": child,
-                                                 "read-only": read_only}]})
+    qmp.execute("blockdev-reopen", {"options": [{"driver": "throttle", "node-name": gate, "file": child,
+                                                 "throttle-group": gate_group(gate), "read-only": read_only}]})
 
 
 class _Graph:
@@ -307,12 +307,13 @@ def commit_layer(qmp: QmpSession, device: str, top: str, base: str, backing: str
     _finish_jobs(qmp)  # one a killed minivisor left behind
     root = _device_tops(qmp).get(device)
     chain = _device_chain(qmp, root) if root else {}
+    attached = _device_roots(qmp).get(device)  # block-commit takes the device's own root: a gate, if it has one
     if top not in chain:
         return  # already folded and dropped from the device's chain
     if base not in chain:
         raise QmpError(f"the running VMM's disk {device} has no layer {base}",
                        hint="power the VM off, then run any snapshot command to finish the delete")
-    arguments: dict[str, Any] = {"job-id": _job_id("commit"), "device": root, "top-node": chain[top],
+    arguments: dict[str, Any] = {"job-id": _job_id("commit"), "device": attached, "top-node": chain[top],
                                  "base-node": chain[base], "auto-dismiss": False}
     if backing:
         arguments["backing-file"] = backing
@@ -357,10 +358,15 @@ def _job_id(kind: str) -> str:
     return f"minivisor-{kind}-{secrets.token_hex(3)}"
 
 
+def _device_roots(qmp: QmpSession) -> dict[str, str]:
+    """Device (``scsi0-0``) -> the node it is attached to."""
+    return {b["qdev"]: b["inserted"]["node-name"] for b in qmp.execute("query-block")
+            if b.get("qdev") and b.get("inserted")}
+
+
 def _device_tops(qmp: QmpSession) -> dict[str, str]:
     """Device (``scsi0-0``) -> the node name of its top layer (below its gate, if it has one)."""
-    tops = {b["qdev"]: b["inserted"]["node-name"] for b in qmp.execute("query-block")
-            if b.get("qdev") and b.get("inserted")}
+    tops = _device_roots(qmp)
     if any(node.startswith(GATE_PREFIX) for node in tops.values()):
         graph = _Graph(qmp)
         tops = {device: (graph.child(node, "file") or node) if node.startswith(GATE_PREFIX) else node
