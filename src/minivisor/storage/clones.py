@@ -67,7 +67,7 @@ def build_clone(files: VmFiles, source_uuid: str, target: str, snap: Snapshot | 
     names: dict[str, str] = {}
     if linked:
         for node, file_name in sources.items():
-            backing = files.layer(file_name)
+            backing = files.chain(file_name)[0]  # the clone's whole chain passes the path policy first
             names[node] = f"{stems[node]}.{delta_format(backing.format)}"
             create_delta(staging / names[node], backing, relative_to=home)
     else:

@@ -113,6 +113,8 @@ def plan_take(files: VmFiles, name: str, description: str, memory_file: str | No
     disks = dict(snapshot_disks(files.spec))
     if not disks:
         raise DiskError("the VM has no hard disk to snapshot", hint="add a disk to its specfile first")
+    for top in disks.values():
+        files.chain(top)  # a delta is made only on a chain that passes the path policy, whole
     uid = files.tree.last_uid + 1
     snap = Snapshot(uid, name, files.tree.current, disks, description, int(time.time() * 1e6), memory_file,
                     files.doc.to_bytes().decode("utf-8", "surrogateescape"), ready_line)
@@ -168,6 +170,7 @@ def plan_revert(files: VmFiles, snap: Snapshot, clone_files: set[str]) -> tuple[
     taken: set[str] = set()
     deltas: dict[str, str] = {}
     for node in snap.disks:
+        files.chain(snap.disks[node])  # the .vmsd names the files: checked whole before a delta sits on them
         deltas[node] = delta_name(files.vm_dir, snap.disks[node], taken)
         taken.add(deltas[node])
     journal = Journal(files.vm_dir, "revert")
