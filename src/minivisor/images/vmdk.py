@@ -70,7 +70,7 @@ def delta_bytes(path_name: str, virtual_size: int, parent_name: str, parent_cid:
 
 def _descriptor(name: str, sectors: int, parent_name: str, parent_cid: str, cid: int) -> bytes:
     cylinders = sectors * SECTOR // (63 * 16 * SECTOR)
-    return (f'# Disk DescriptorFile\nversion=1\nCID={cid:08x}\nparentCID={parent_cid}\n'
+    return (f'# Disk DescriptorFile\nversion=1\nCID={cid:x}\nparentCID={_hex(parent_cid)}\n'
             f'createType="monolithicSparse"\nparentFileNameHint="{parent_name}"\n'
             f'# Extent description\nRW {sectors} SPARSE "{name}"\n\n# The Disk Data Base\n#DDB\n\n'
             f'ddb.virtualHWVersion = "4"\nddb.geometry.cylinders = "{cylinders}"\nddb.geometry.heads = "16"\n'
@@ -104,12 +104,21 @@ def set_parent(path: Path, parent: ImageLayer, parent_name: str) -> None:
     """Point a VMDK at another parent: its ``parentFileNameHint`` and ``parentCID`` (idempotent)."""
     check_file_name(parent_name, f"the parent of {path.name}")
     _rewrite(path, {b"parentfilenamehint": f'parentFileNameHint="{parent_name}"'.encode(),
-                    b"parentcid": f"parentCID={parent.cid or 'ffffffff'}".encode()})
+                    b"parentcid": f"parentCID={_hex(parent.cid or 'ffffffff')}".encode()})
 
 
 def set_cid(path: Path, cid: str) -> None:
     """Give a VMDK the content ID its children expect (after data they already see was folded into it)."""
-    _rewrite(path, {b"cid": f"CID={int(cid, 16):08x}".encode()})
+    _rewrite(path, {b"cid": f"CID={_hex(cid)}".encode()})
+
+
+def _hex(cid: str) -> str:
+    """A content ID as QEMU writes it: lower-case hex without leading zeros."""
+    try:
+        return f"{int(cid, 16):x}"
+    except ValueError:
+        raise DiskError(f"the VMDK content ID {cid[:20]!r} is not a hexadecimal number",
+                        hint="fix the CID line of the parent disk's descriptor") from None
 
 
 def _rewrite(path: Path, lines: dict[bytes, bytes]) -> None:
