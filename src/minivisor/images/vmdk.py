@@ -24,7 +24,7 @@ import struct
 from pathlib import Path
 
 from ..errors import DiskError
-from ..files import write_atomic
+from ..files import write_atomic, write_new_sparse
 from .layers import VMDK_MAGIC, ImageLayer, check_file_name, read_layer
 
 __all__ = ["create_delta", "delta_bytes", "set_parent", "set_cid"]
@@ -87,17 +87,7 @@ def create_delta(path: Path, parent: ImageLayer, *, relative_to: Path | None = N
                         hint="snapshots of a qcow2 or raw disk are qcow2")
     name = os.path.relpath(parent.path, relative_to or path.parent)
     pieces, length = delta_bytes(path.name, parent.virtual_size, name, parent.cid or "ffffffff")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        for offset, data in pieces:
-            os.pwrite(fd, data, offset)
-        os.ftruncate(fd, length)
-        os.fsync(fd)
-    except BaseException:
-        os.unlink(path)
-        raise
-    finally:
-        os.close(fd)
+    write_new_sparse(path, pieces, length)
 
 
 def set_parent(path: Path, parent: ImageLayer, parent_name: str) -> None:
