@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Callable
 
 from ..errors import HvError
@@ -82,6 +83,7 @@ def _recover_online_snapshot(ctx: VmContext, journal: Journal) -> None:
             journal.run()  # the memory state, if any, was complete before the commit
         return
     with ctx.vmm.session() as qmp:
+        jobs.reopen_closed_chains(qmp, _reopenable_chains(ctx))
         if journal.phase == "prepare" or not jobs.overlays_in_use(qmp, nodes):
             jobs.drop_nodes(qmp, nodes)
             journal.rollback()
@@ -89,6 +91,20 @@ def _recover_online_snapshot(ctx: VmContext, journal: Journal) -> None:
             journal.run()
         if journal.data.get("resume"):
             jobs.resume_if_paused(qmp)
+
+
+def _reopenable_chains(ctx: VmContext) -> dict[str, list[tuple[Path, str]]]:
+    """Device -> the layers (path, format) of each hard disk whose chain the specfile names whole.
+
+    An independent-nonpersistent disk's discarded writes lived in an overlay of the VMM's run: it is
+    left out, never reopened to write into the disk itself.
+    """
+    from ..vmm.argv import device_id
+
+    files = ctx.files()
+    return {device_id(disk.node): [(layer.path, layer.format) for layer in files.chain(disk.file_name)]
+            for disk in files.spec.disks
+            if disk.kind == "disk" and disk.file_name and disk.mode != "independent-nonpersistent"}
 
 
 def step_handlers(ctx: VmContext) -> dict[str, Callable[..., None]]:

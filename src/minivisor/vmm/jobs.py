@@ -35,6 +35,7 @@ from .argv import GATE_PREFIX, gate_group
 from .qmp import QmpSession
 
 __all__ = ["Overlay", "take_snapshot", "load_state", "check_state_saveable", "resize_disk", "overlays_in_use",
+           "reopen_closed_chains",
            "drop_nodes", "commit_layer", "stream_layer", "real_file", "resume_if_paused", "JOB_TIMEOUT",
            "insert_medium", "eject_medium"]
 
@@ -98,6 +99,7 @@ def _save_state(qmp: QmpSession, final: Path) -> None:
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         closed = _close_gated_chains(qmp)
+        crashpoint("take-online:closed")
         try:
             qmp.execute("migrate-set-parameters", {"max-bandwidth": 1 << 40})
             _report_migration(qmp)
@@ -172,6 +174,27 @@ def _reopen_gated_chains(qmp: QmpSession, closed: list[_ClosedChain]) -> None:
             below = layer.node
         _point_gate(qmp, chain.gate, chain.read_only, chain.layers[0].node)
         qmp.execute("blockdev-del", {"node-name": chain.hole})
+
+
+def reopen_closed_chains(qmp: QmpSession, chains: dict[str, list[tuple[Path, str]]]) -> None:
+    """After a snapshot was killed with disks closed for its save: open each such disk's chain again.
+
+    ``chains``: device -> its layers (path, format), top first, as the specfile names them (unchanged
+    until a snapshot commits). A disk left out stays on its placeholder (:func:`resume_if_paused`
+    then refuses to run the guest).
+    """
+    graph = _Graph(qmp)
+    roots = {node: device for device, node in _device_roots(qmp).items()}
+    tag = secrets.token_hex(3)
+    closed = []
+    for gate in graph.gates():
+        hole, device = graph.child(gate, "file") or "", roots.get(gate)
+        if hole.startswith("hole-") and device in chains:
+            read_only = graph.infos[gate]["ro"]
+            layers = tuple(_Layer(f"fmt-{device}-{depth}-{tag}", fmt, str(path), read_only or depth > 0, None)
+                           for depth, (path, fmt) in enumerate(chains[device]))
+            closed.append(_ClosedChain(gate, read_only, hole, layers))
+    _reopen_gated_chains(qmp, closed)
 
 
 def _point_gate(qmp: QmpSession, gate: str, read_only: bool, child: str) -> None:
