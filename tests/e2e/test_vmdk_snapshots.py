@@ -152,3 +152,21 @@ def test_a_full_clone_of_a_vm_with_three_snapshots_is_one_disk_per_drive(hv, app
         assert read_mark(hv, f"full-{fmt}") == "current"
         hv.stop_vm(f"full-{fmt}", hard=True)
         assert [s["name"] for s in hv.snapshot_list(vm)] == ["s0", "s1", "s2"]  # the copy's own one is gone
+
+
+@pytest.mark.parametrize("fmt", ["vmdk", "qcow2"])
+def test_the_snapshot_a_running_guest_was_reverted_to_can_be_deleted_while_it_runs(hv, appliance_image, fmt):
+    """The VMM a revert starts opens the snapshot's layers read-only: the merge makes its target writable."""
+    vm = f"del-{fmt}"
+    folder = make_vm(hv, vm, appliance_image, fmt)
+    hv.start_vm(vm, wait_ready=True, timeout=90)
+    write_mark(hv, vm, "kept")
+    hv.snapshot_take(vm, "hot", memory=True)
+    hv.snapshot_revert(vm, "hot")
+    write_mark(hv, vm, "after-revert")
+    hv.snapshot_delete(vm, "hot")  # block-commit of the running delta into the snapshot's file
+    assert read_mark(hv, vm) == "after-revert" and hv.snapshot_list(vm) == []
+    hv.stop_vm(vm, hard=True)
+    assert sorted(p.name for p in folder.glob(f"*.{fmt}")) == [f"data.{fmt}", f"{vm}.{fmt}"]
+    hv.start_vm(vm, wait_ready=True, timeout=90)
+    assert read_mark(hv, vm) == "after-revert"

@@ -336,6 +336,7 @@ def commit_layer(qmp: QmpSession, device: str, top: str, base: str, backing: str
     if base not in chain:
         raise QmpError(f"the running VMM's disk {device} has no layer {base}",
                        hint="power the VM off, then run any snapshot command to finish the delete")
+    _let_write(qmp, chain[base])
     arguments: dict[str, Any] = {"job-id": _job_id("commit"), "device": attached, "top-node": chain[top],
                                  "base-node": chain[base], "auto-dismiss": False}
     if backing:
@@ -347,6 +348,18 @@ def commit_layer(qmp: QmpSession, device: str, top: str, base: str, backing: str
         qmp.execute("blockdev-del", {"node-name": chain[top]})
     except QmpCommandError:
         pass
+
+
+def _let_write(qmp: QmpSession, node: str) -> None:
+    """Make a layer's own file node writable (a VMM started on a snapshot opened it read-only, by name).
+
+    block-commit reopens the format node read-write itself, but not a file node made apart from it.
+    """
+    graph = _Graph(qmp)
+    file_node = graph.child(node, "file")
+    if file_node and not file_node.startswith("#") and graph.infos[file_node]["ro"]:
+        qmp.execute("blockdev-reopen", {"options": [{"driver": "file", "node-name": file_node, "read-only": False,
+                                                     "filename": graph.infos[file_node]["file"]}]})
 
 
 def stream_layer(qmp: QmpSession, device: str, top: str, frozen: str, base: str | None,
