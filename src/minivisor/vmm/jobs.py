@@ -46,6 +46,7 @@ STATE_FD = "minivisor-state"
 # adds a migration blocker when it opens an image (QEMU's vmdk driver: "does not support live migration"),
 # and a memory snapshot is a migration to a file. Of the formats minivisor runs, only VMDK.
 MIGRATION_BLOCKING_DRIVERS = ("vmdk",)
+HOLE_PREFIX = "hole-"  # the empty placeholder a gate points at while its chain is closed for a save
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class Overlay:
     device: str
     path: Path
     node: str
-    format: str = "qcow2"
+    format: str
 
 
 def take_snapshot(qmp: QmpSession, overlays: list[Overlay], *, state_file: Path | None,
@@ -142,7 +143,7 @@ def _close_gated_chains(qmp: QmpSession) -> list[_ClosedChain]:
     try:
         for gate in graph.gates():
             layers = graph.layers(graph.child(gate, "file"))
-            hole = f"hole-{gate}"
+            hole = f"{HOLE_PREFIX}{gate}"
             qmp.execute("blockdev-add", {"driver": "null-co", "node-name": hole,
                                          "size": graph.infos[gate]["image"]["virtual-size"]})
             _point_gate(qmp, gate, graph.infos[gate]["ro"], hole)
@@ -160,6 +161,8 @@ def _close_gated_chains(qmp: QmpSession) -> list[_ClosedChain]:
 def _reopen_gated_chains(qmp: QmpSession, closed: list[_ClosedChain]) -> None:
     """Open the chains :func:`_close_gated_chains` closed again, node names kept, and put them back under
     their gates (a layer still open is left as it is)."""
+    if not closed:
+        return
     open_nodes = {info["node-name"] for info in qmp.execute("query-named-block-nodes", {"flat": True})}
     for chain in closed:
         below: str | None = None
@@ -189,7 +192,7 @@ def reopen_closed_chains(qmp: QmpSession, chains: dict[str, list[tuple[Path, str
     closed = []
     for gate in graph.gates():
         hole, device = graph.child(gate, "file") or "", roots.get(gate)
-        if hole.startswith("hole-") and device in chains:
+        if hole.startswith(HOLE_PREFIX) and device in chains:
             read_only = graph.infos[gate]["ro"]
             layers = tuple(_Layer(f"fmt-{device}-{depth}-{tag}", fmt, str(path), read_only or depth > 0, None)
                            for depth, (path, fmt) in enumerate(chains[device]))
@@ -291,7 +294,7 @@ def resume_if_paused(qmp: QmpSession) -> None:
     the guest must not run on it (it would read zeros), so that VM is refused, still paused.
     """
     graph = _Graph(qmp)
-    if any((graph.child(gate, "file") or "").startswith("hole-") for gate in graph.gates()):
+    if any((graph.child(gate, "file") or "").startswith(HOLE_PREFIX) for gate in graph.gates()):
         raise QmpError("a memory snapshot was interrupted while the VM's VMDK disks were closed",
                        hint="power the VM off (minivisor vm stop --hard); its disks are as they were when "
                             "it paused, and it starts again from them")
