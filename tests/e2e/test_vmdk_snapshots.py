@@ -103,6 +103,8 @@ def test_a_memory_snapshot_reverts_the_guest_to_its_instant(hv, appliance_image,
 
 def test_a_vmdk_vm_keeps_vmdk_through_offline_snapshots_and_a_linked_clone(hv, appliance_image):
     folder = make_vm(hv, "vmw", appliance_image, "vmdk")
+    vmx = folder / "vmw.vmx"
+    vmx.write_text("# kept by VMware's tools\n" + vmx.read_text() + 'vendor.unknownKey = "as it was"\n')
     hv.start_vm("vmw", wait_ready=True, timeout=90)
     write_mark(hv, "vmw", "first")
     hv.stop_vm("vmw", hard=True)
@@ -113,6 +115,9 @@ def test_a_vmdk_vm_keeps_vmdk_through_offline_snapshots_and_a_linked_clone(hv, a
     write_mark(hv, "vmw", "third")
     hv.stop_vm("vmw", hard=True)
     assert_vmware_folder(folder)
+    lines = vmx.read_text().splitlines()  # only the disks' fileName lines changed: comments, order, unknown keys kept
+    assert lines[0] == "# kept by VMware's tools" and lines[-1] == 'vendor.unknownKey = "as it was"'
+    assert 'scsi0:0.fileName = "vmw-000002.vmdk"' in lines
     assert sorted(p.name for p in folder.glob("*.vmdk")) == [
         "data-000001.vmdk", "data-000002.vmdk", "data.vmdk", "vmw-000001.vmdk", "vmw-000002.vmdk", "vmw.vmdk"]
 
