@@ -1,12 +1,13 @@
 """Full and linked clones of a VM.
 
 A *full* clone has one consolidated disk per drive, with no backing file and
-nothing shared with the source (with a progress bar): a disk of one layer is
-copied (data extents only, in the kernel), a chain is flattened by ``qemu-img
-convert`` (explicit formats) into the format of its top, so a VMDK stays a VMDK.
-A *linked* clone's disks are new deltas (a VMDK's a VMDK with its
-``parentFileNameHint``, any other's a qcow2) whose backing files are the source's
-snapshot layers (backing format recorded), so it costs almost no space; the catalog records the link and the source's
+nothing shared with the source (with a progress bar): a qcow2 or raw disk of one
+layer is copied (data extents only, in the kernel), a chain or a VMDK is written
+by ``qemu-img convert`` (explicit formats) in the format of its top, so a VMDK
+stays a VMDK (with a descriptor naming its new file). A *linked* clone's disks
+are new deltas (a VMDK's a VMDK with its ``parentFileNameHint``, any other's a
+qcow2) whose backing files are the source's snapshot layers (backing format
+recorded), so it costs almost no space; the catalog records the link and the source's
 snapshot stays read-only (not deletable) while the clone exists: those frozen
 layers are the only files of another VM the datastore's path policy lets a VM
 open, read-only, as backing layers. Either way the clone gets a new name, a
@@ -114,12 +115,12 @@ class _Meter:
 def _copy_chain(chain: tuple[ImageLayer, ...], staging: Path, stem: str, meter: _Meter) -> str:
     """One consolidated disk in the clone (no backing file) with what the chain's top reads.
 
-    A single self-contained layer is copied (data extents only, in the kernel); a chain, or a VMDK
-    whose data lies in extent files, is flattened by qemu-img into the top's format (a VMDK stays a
-    monolithicSparse VMDK, anything else becomes a qcow2).
+    A single qcow2 or raw layer is copied (data extents only, in the kernel); a chain is flattened by
+    qemu-img into the top's format (a VMDK, whose descriptor names its own file and extents, is always
+    written anew: a monolithicSparse VMDK; anything else becomes a qcow2).
     """
     top = chain[0]
-    if len(chain) == 1 and not top.extent_files:
+    if len(chain) == 1 and top.format != "vmdk":
         name = f"{stem}{top.path.suffix.lower()}"
         copy_sparse(top.path, staging / name, meter.add)
         return name
