@@ -27,7 +27,7 @@ SPOT_CHECKS = {  # file -> key -> verdict (besides: every key has one)
                             "scsi0.virtualDev": "virtualized", "memsize": "virtualized"},
     "ws12-centos7.vmx": {"ide1:0.fileName": "disconnected", "scsi0.virtualDev": "approximated",
                          "floppy0.fileName": "ignored", "checkpoint.vmState": "virtualized"},
-    "esxi8-rhel9-pvscsi.vmx": {"sata0:0.fileName": "disconnected", "scsi0.pciSlotNumber": "ignored",
+    "esxi8-rhel9-pvscsi.vmx": {"sata0:0.fileName": "disconnected", "scsi0.pciSlotNumber": "virtualized",
                                "scsi0.virtualDev": "virtualized", "sched.swap.derivedName": "ignored"},
     "esxi67-win2016-efi.vmx": {"sata0:0.fileName": "disconnected", "uefi.secureBoot.enabled": "virtualized",
                                "scsi0.virtualDev": "approximated"},  # OVMF cannot boot from the SAS disk

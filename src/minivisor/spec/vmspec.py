@@ -21,6 +21,7 @@ from ..errors import SpecError, StateError
 from ..text import clip, excerpt
 from .devices import CONTROLLER_COUNT, NIC_MODELS, SCSI_MODELS, UNIT_COUNT
 from .fidelity import KeyNote, Verdict, foreign_path
+from .pci import decode_slot
 from .vmx import VmxDocument
 
 __all__ = [
@@ -110,6 +111,7 @@ class DiskController:
     bus: Bus
     index: int
     model: str  # lsilogic, lsisas1068, pvscsi, buslogic, virtio-scsi, ahci, nvme, piix4
+    pci_slot: int | None = None  # pciSlotNumber, when it names a place the VM can have (spec.pci)
 
     @property
     def name(self) -> str:
@@ -149,6 +151,7 @@ class Nic:
     network_name: str | None
     start_connected: bool = True
     vnet: str | None = None  # custom: ``VMnet5`` (or ``/dev/vmnet5``), the host network VMware names
+    pci_slot: int | None = None  # pciSlotNumber, when it names a place the VM can have (spec.pci)
 
     @property
     def name(self) -> str:
@@ -277,6 +280,7 @@ class _SpecReader:
         self.used_prefixes: set[str] = set()
         self.warnings: list[str] = []
         self.notes: dict[str, KeyNote] = {}
+        self.pci_slots: dict[int, str] = {}  # slot numbers taken, by the device that took each
 
     # -- key access ----------------------------------------------------
     def get(self, key: str, default: str | None = None) -> str | None:
@@ -494,7 +498,8 @@ class _SpecReader:
         if bus != "scsi":
             self.get(f"{name}.virtualDev")
             self.use_prefix(f"{name}.")
-            return DiskController(bus, index, {"sata": "ahci", "nvme": "nvme", "ide": "piix4"}[bus])
+            model = {"sata": "ahci", "nvme": "nvme", "ide": "piix4"}[bus]
+            return DiskController(bus, index, model, None if bus == "ide" else self.pci_slot(name))
         key = f"{name}.virtualDev"
         model = (self.get(key) or "lsilogic").strip().lower()
         if model not in SCSI_MODELS:
@@ -506,7 +511,7 @@ class _SpecReader:
             windows = (self.get("guestOS") or "").strip().lower().startswith("win")
             self.note(name, "approximated", SCSI_MODELS[model].stands_in, quiet=model == "lsilogic" and not windows)
         self.use_prefix(f"{name}.")
-        return DiskController(bus, index, model)
+        return DiskController(bus, index, model, self.pci_slot(name))
 
     def disk(self, bus: Bus, index: int, unit: int) -> Disk | None:
         node = f"{bus}{index}:{unit}"
@@ -622,7 +627,26 @@ class _SpecReader:
                             f"use one of {', '.join(sorted(CONNECTION_TYPES))}")
         return Nic(index, model, self.mac(prefix), connection, self.network_name(f"{prefix}.networkName"),
                    parse_bool(self.get(f"{prefix}.startConnected"), default=True),
-                   self.network_name(f"{prefix}.vnet"))
+                   self.network_name(f"{prefix}.vnet"), self.pci_slot(prefix))
+
+    def pci_slot(self, device: str) -> int | None:
+        """``<device>.pciSlotNumber`` when it names a free place a VM can have; else None (placed after the
+        others, as QEMU would, with a note saying why). ``-1``: VMware has not placed it yet."""
+        key = f"{device}.pciSlotNumber"
+        raw = (self.get(key) or "").strip()
+        if raw in ("", "-1"):
+            return None
+        slot = decode_slot(int(raw)) if raw.isdigit() and len(raw) < 6 else None
+        if slot is None:
+            self.note(key, "approximated", f"{quoted(raw)} names no PCI slot minivisor can place a device at; "
+                                           "the device is placed after the others (vm explain shows where)")
+            return None
+        if slot.number in self.pci_slots:
+            self.note(key, "approximated", f"slot {slot.number} is {self.pci_slots[slot.number]}'s already; "
+                                           "the device is placed after the others (vm explain shows where)")
+            return None
+        self.pci_slots[slot.number] = device
+        return slot.number
 
     def network_name(self, key: str) -> str | None:
         """A network a NIC names (``networkName``, ``vnet``): any text, bounded; matched against networks later."""

@@ -27,6 +27,7 @@ from ..spec.devices import NIC_MODELS, SCSI_MODELS
 from ..spec.vmspec import Disk, DiskController, Nic, SerialPort, VmSpec
 from ..images.layers import ImageLayer
 from ..units import human_size
+from .pci import PciLayout, PciPlace, pci_layout
 
 __all__ = ["LaunchEnv", "device_id", "VirtualDevice", "virtual_hardware", "build_qemu_argv",
            "SANDBOX", "SHUTDOWN_TRACE", "qemu_opts", "Tap", "UserNat", "HostForward", "NetBackend",
@@ -128,16 +129,36 @@ def build_qemu_argv(spec: VmSpec, env: LaunchEnv) -> list[str]:
 
 def virtual_hardware(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
     """The VMM's devices in command-line order."""
+    pci = pci_layout(pci_devices(spec), env.q35)
     devices = [_machine(spec, env), _processors(spec), _memory(spec), _firmware(spec, env)]
-    devices += _storage(spec, env)
-    devices += [_nic(nic, env) for nic in spec.nics]
+    devices += [_bridges(pci, env)] if pci.bridges else []
+    devices += _storage(spec, env, pci.places)
+    devices += [_nic(nic, env, pci.places[nic.name]) for nic in spec.nics]
     devices += _serial_ports(spec, env)
     devices += [_floppy(spec, env)] if spec.floppies else []
-    devices.append(_display(spec, env))
+    devices.append(_display(spec, env, pci.places.get("svga")))
     devices.append(_control(env))
     if env.incoming:
         devices.append(_incoming())
     return devices
+
+
+def pci_devices(spec: VmSpec) -> list[tuple[str, int | None]]:
+    """The VM's PCI devices in command-line order, each with the pciSlotNumber it honours (or None)."""
+    devices: list[tuple[str, int | None]] = [(c.name, c.pci_slot) for c in spec.controllers if c.bus != "ide"]
+    devices += [(nic.name, nic.pci_slot) for nic in spec.nics]
+    devices += [("svga", None)] if spec.display.present else []
+    return devices
+
+
+def _bridges(pci: PciLayout, env: LaunchEnv) -> VirtualDevice:
+    """VMware's bridges the placed devices are behind (chassis numbers: 1, 2... in address order)."""
+    args: list[str] = []
+    for chassis, bridge in enumerate(pci.bridges, start=1):
+        args += ["-device", _json(**bridge.device(env.q35, chassis))]
+    kind = "PCIe root port" if env.q35 else "PCI-to-PCI bridge"
+    names = ", ".join(f"{b.id} at {b.place.describe()}" for b in pci.bridges)
+    return VirtualDevice("pci-bridges", f"{kind}s as VMware places them: {names}", tuple(args))
 
 
 def _accel(spec: VmSpec, env: LaunchEnv) -> str:
@@ -191,8 +212,8 @@ def _firmware(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
 
 
 # -- storage ------------------------------------------------------------------
-def _storage(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
-    devices = [_controller(c) for c in spec.controllers if c.bus in ("scsi", "sata", "nvme")]
+def _storage(spec: VmSpec, env: LaunchEnv, places: Mapping[str, PciPlace]) -> list[VirtualDevice]:
+    devices = [_controller(c, places[c.name]) for c in spec.controllers if c.bus in ("scsi", "sata", "nvme")]
     boot = spec.boot_indexes()
     for disk in spec.disks:
         controller = next(c for c in spec.controllers if c.name == disk.controller)
@@ -200,7 +221,7 @@ def _storage(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
     return devices
 
 
-def _controller(controller: DiskController) -> VirtualDevice:
+def _controller(controller: DiskController, place: PciPlace) -> VirtualDevice:
     if controller.bus == "scsi":
         model = SCSI_MODELS[controller.model]
         driver, description = model.driver, model.description
@@ -208,10 +229,10 @@ def _controller(controller: DiskController) -> VirtualDevice:
         driver, description = "ich9-ahci", "Intel ICH9 AHCI SATA controller"
     else:
         driver, description = "nvme", "NVMe controller"
-    fields: dict[str, object] = {"driver": driver, "id": controller.name}
+    fields: dict[str, object] = {"driver": driver, "id": controller.name, **place.fields()}
     if driver == "nvme":
         fields["serial"] = f"MVNVME{controller.index:02d}"
-    return VirtualDevice(controller.name, description, ("-device", _json(**fields)))
+    return VirtualDevice(controller.name, f"{description} at {place.describe()}", ("-device", _json(**fields)))
 
 
 def _node_id(disk: Disk, layer: int = 0) -> str:
@@ -340,7 +361,7 @@ def nic_device(nic: Nic, env: LaunchEnv) -> dict[str, object]:
             "mac": env.macs[nic.index]}
 
 
-def _nic(nic: Nic, env: LaunchEnv) -> VirtualDevice:
+def _nic(nic: Nic, env: LaunchEnv, place: PciPlace) -> VirtualDevice:
     backend = env.networks.get(nic.index, "unconnected")
     if isinstance(backend, Tap):
         where = f"network {backend.network!r} (tap {backend.ifname})"
@@ -348,9 +369,9 @@ def _nic(nic: Nic, env: LaunchEnv) -> VirtualDevice:
         where = "NAT (user-mode networking)" + "".join(f", {f.rule}" for f in backend.forwards)
     else:
         where = f"network {nic.network!r} (link disconnected)"
-    description = f"{NIC_MODELS[nic.model].description} NIC, MAC {env.macs[nic.index]}, {where}"
+    description = f"{NIC_MODELS[nic.model].description} NIC at {place.describe()}, MAC {env.macs[nic.index]}, {where}"
     return VirtualDevice(nic.name, description, ("-netdev", _json(**nic_netdev(nic, env)),
-                                                 "-device", _json(**nic_device(nic, env))))
+                                                 "-device", _json(**nic_device(nic, env), **place.fields())))
 
 
 # -- serial, floppy, display, control -----------------------------------------
@@ -413,15 +434,16 @@ def _floppy(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
     return VirtualDevice("floppy", f"floppy drive(s): {', '.join(names)}", tuple(args))
 
 
-def _display(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
-    if not spec.display.present:
+def _display(spec: VmSpec, env: LaunchEnv, place: PciPlace | None) -> VirtualDevice:
+    if place is None:
         return VirtualDevice("svga", "no display adapter", ("-vga", "none"))
     vram_mb = max(1, spec.display.vram_bytes // (1024 * 1024))
     # The screen is served on a UNIX socket in the owner-only runtime folder: never on a TCP port.
     vnc = "unix:" + str(env.paths.vnc_socket).replace(",", ",,")
-    return VirtualDevice("svga", f"VMware SVGA II display, {vram_mb} MiB VRAM; screen on VNC at "
+    return VirtualDevice("svga", f"VMware SVGA II display at {place.describe()}, {vram_mb} MiB VRAM; screen on VNC at "
                                  f"{env.paths.vnc_socket} (vm display)",
-                         ("-vga", "none", "-device", _json(driver="vmware-svga", id="svga", vgamem_mb=vram_mb),
+                         ("-vga", "none", "-device", _json(driver="vmware-svga", id="svga", vgamem_mb=vram_mb,
+                                                           **place.fields()),
                           "-vnc", vnc))
 
 
