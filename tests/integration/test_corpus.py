@@ -23,7 +23,7 @@ FILES = sorted(p.name for p in CORPUS.glob("*.vmx"))
 REFUSED = {"ws-suspended.vmx": StateError, "ws-encrypted.vmx": SpecError, "ws-template.vmx": SpecError}
 SPOT_CHECKS = {  # file -> key -> verdict (besides: every key has one)
     "ws16-win10-crlf.vmx": {"sata0:1.fileName": "disconnected", "floppy0.fileName": "disconnected",
-                            "serial0.fileType": "disconnected", "sound.present": "ignored",
+                            "serial0.fileType": "disconnected", "sound.present": "virtualized",
                             "scsi0.virtualDev": "virtualized", "memsize": "virtualized"},
     "ws12-centos7.vmx": {"ide1:0.fileName": "disconnected", "scsi0.virtualDev": "approximated",
                          "floppy0.fileName": "ignored", "checkpoint.vmState": "virtualized"},
@@ -39,7 +39,7 @@ SPOT_CHECKS = {  # file -> key -> verdict (besides: every key has one)
     "ws-independent-disks.vmx": {"scsi0:0.mode": "virtualized", "scsi0:1.mode": "virtualized"},
     "ws-startconnected-false.vmx": {"sata0:1.fileName": "disconnected"},
     "ws-winxp-flexible.vmx": {"ide1:0.fileName": "disconnected", "floppy0.fileName": "disconnected",
-                              "sound.virtualDev": "ignored"},
+                              "sound.virtualDev": "approximated"},
     "ws-present-false-leftovers.vmx": {"scsi1:0.fileName": "ignored", "ide1:0.deviceType": "ignored",
                                        "serial0.fileType": "ignored", "scsi0:0.fileName": "virtualized"},
     "esxi-client-cdrom.vmx": {"ide1:0.clientDevice": "disconnected"},

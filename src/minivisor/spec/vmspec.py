@@ -19,7 +19,7 @@ from typing import Literal
 
 from ..errors import SpecError, StateError
 from ..text import clip, excerpt
-from .devices import CONTROLLER_COUNT, NIC_MODELS, SCSI_MODELS, UNIT_COUNT
+from .devices import CONTROLLER_COUNT, NIC_MODELS, SCSI_MODELS, SOUND_MODELS, UNIT_COUNT, USB_MODELS
 from .fidelity import KeyNote, Verdict, foreign_path
 from .pci import decode_slot
 from .vmx import VmxDocument
@@ -32,6 +32,8 @@ __all__ = [
     "SerialPort",
     "Floppy",
     "Display",
+    "UsbController",
+    "Sound",
     "Sched",
     "VmSpec",
     "parse_bool",
@@ -55,9 +57,7 @@ HARD_DISK_TYPES = {"disk", "scsi-harddisk", "ata-harddisk", "plaindisk"}
 CDROM_TYPES = {"cdrom-image", "cdrom-raw", "atapi-cdrom"}
 HOST_CDROM_TYPES = {"cdrom-raw", "atapi-cdrom"}  # the host's own drive, never passed through
 # Devices VMware builds when their key is TRUE that minivisor does not (yet): key -> what the guest misses.
-DEVICES_NOT_BUILT = {"usb.present": "USB 1.1 controller", "ehci.present": "USB 2 controller",
-                     "usb_xhci.present": "USB 3 controller", "sound.present": "sound card",
-                     "vtpm.present": "TPM", "parallel0.present": "parallel port", "smc.present": "Apple SMC"}
+DEVICES_NOT_BUILT = {"vtpm.present": "TPM", "parallel0.present": "parallel port", "smc.present": "Apple SMC"}
 # What bios.bootOrder may name, and the order VMware's BIOS tries them in when it names none.
 BOOT_KINDS = ("hdd", "cdrom", "floppy")
 DEFAULT_BOOT_CLASSES = ("hdd", "cdrom", "floppy")
@@ -192,6 +192,22 @@ class Display:
     vram_bytes: int = 4 * 1024 * 1024
 
 
+@dataclass(frozen=True)
+class UsbController:
+    """A USB controller, named by the key that turns it on: ``usb`` (UHCI), ``ehci``, ``usb_xhci``."""
+
+    name: Literal["usb", "ehci", "usb_xhci"]
+    pci_slot: int | None = None
+
+
+@dataclass(frozen=True)
+class Sound:
+    """The sound card (``sound.virtualDev``: hdaudio, es1371, sb16); it plays to nothing on the host."""
+
+    model: str
+    pci_slot: int | None = None
+
+
 # VMware's share levels: CPU shares per vCPU, memory shares per MiB of memSize.
 CPU_SHARE_LEVELS = {"low": 500, "normal": 1000, "high": 2000}
 MEM_SHARE_LEVELS = {"low": 5, "normal": 10, "high": 20}
@@ -228,6 +244,8 @@ class VmSpec:
     boot_order: tuple[str, ...]  # device nodes from bios.hddOrder, first boots first
     ready_line: str
     sched: Sched = Sched()
+    usb: tuple[UsbController, ...] = ()  # in VMware's order: UHCI, EHCI, xHCI; the tablet on the last
+    sound: Sound | None = None
     secure_boot: bool = False  # uefi.secureBoot.enabled (with firmware = "efi")
     boot_classes: tuple[str, ...] = DEFAULT_BOOT_CLASSES  # bios.bootOrder: hdd, cdrom, floppy, in the order tried
     unused_keys: tuple[str, ...] = ()
@@ -351,6 +369,8 @@ class _SpecReader:
             boot_classes=self.boot_classes(),
             ready_line=self.ready_line(),
             sched=self.sched(cpus, memory),
+            usb=self.usb(),
+            sound=self.sound(),
             secure_boot=self.secure_boot(),
         )
         self.mark_ignored()
@@ -759,6 +779,30 @@ class _SpecReader:
         if parse_bool(self.get("RemoteDisplay.vnc.enabled")):
             self.note("RemoteDisplay.vnc.enabled", "approximated", "the screen is served on a UNIX socket only "
                                                                    "(vm display), never on a TCP port")
+
+    def usb(self) -> tuple[UsbController, ...]:
+        controllers = []
+        for name, model in USB_MODELS.items():
+            if parse_bool(self.get(f"{name}.present")):
+                self.note(f"{name}.present", "approximated", model.stands_in, quiet=True)
+                controllers.append(UsbController(name, self.pci_slot(name)))  # type: ignore[arg-type]
+        return tuple(controllers)
+
+    def sound(self) -> Sound | None:
+        if not parse_bool(self.get("sound.present")):
+            return None
+        key = "sound.virtualDev"
+        model = (self.get(key) or "hdaudio").strip().lower()
+        if model not in SOUND_MODELS:
+            self.note(key, "approximated", f"{quoted(model)} is no sound card minivisor knows; "
+                                           f"{SOUND_MODELS['hdaudio'].description} stands in")
+            model = "hdaudio"
+        elif SOUND_MODELS[model].approximated:
+            self.note(key, "approximated", SOUND_MODELS[model].stands_in)
+        for setting in ("fileName", "autodetect"):  # the host's audio device: the card plays to nothing
+            if self.get(f"sound.{setting}") is not None:
+                self.note(f"sound.{setting}", "ignored", "the sound card is connected to no host audio device")
+        return Sound(model, None if model == "sb16" else self.pci_slot("sound"))
 
     def display(self) -> Display:
         self.devices_not_built()

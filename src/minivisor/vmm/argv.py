@@ -23,7 +23,7 @@ from typing import Literal, Union
 from ..datastore.layout import VmPaths
 from ..host.admission import tcg_cache_mib
 from ..host.facts import Ovmf
-from ..spec.devices import NIC_MODELS, SCSI_MODELS
+from ..spec.devices import NIC_MODELS, SCSI_MODELS, SOUND_MODELS, USB_MODELS
 from ..spec.vmspec import Disk, DiskController, Nic, SerialPort, VmSpec
 from ..images.layers import ImageLayer
 from ..units import human_size
@@ -137,6 +137,8 @@ def virtual_hardware(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
     devices += _serial_ports(spec, env)
     devices += [_floppy(spec, env)] if spec.floppies else []
     devices.append(_display(spec, env, pci.places.get("svga")))
+    devices += [_usb(spec, pci.places)] if spec.usb else []
+    devices += [_sound(spec, pci.places.get("sound"))] if spec.sound else []
     devices.append(_control(env))
     if env.incoming:
         devices.append(_incoming())
@@ -148,6 +150,8 @@ def pci_devices(spec: VmSpec) -> list[tuple[str, int | None]]:
     devices: list[tuple[str, int | None]] = [(c.name, c.pci_slot) for c in spec.controllers if c.bus != "ide"]
     devices += [(nic.name, nic.pci_slot) for nic in spec.nics]
     devices += [("svga", None)] if spec.display.present else []
+    devices += [(usb.name, usb.pci_slot) for usb in spec.usb]
+    devices += [("sound", spec.sound.pci_slot)] if spec.sound and spec.sound.model != "sb16" else []
     return devices
 
 
@@ -445,6 +449,31 @@ def _display(spec: VmSpec, env: LaunchEnv, place: PciPlace | None) -> VirtualDev
                          ("-vga", "none", "-device", _json(driver="vmware-svga", id="svga", vgamem_mb=vram_mb,
                                                            **place.fields()),
                           "-vnc", vnc))
+
+
+def _usb(spec: VmSpec, places: Mapping[str, PciPlace]) -> VirtualDevice:
+    """The USB controllers, and a tablet on the newest one: the pointer goes where the VNC client points."""
+    args: list[str] = []
+    for usb in spec.usb:
+        args += ["-device", _json(driver=USB_MODELS[usb.name].driver, id=usb.name, **places[usb.name].fields())]
+    args += ["-device", _json(driver="usb-tablet", id="tablet", bus=f"{spec.usb[-1].name}.0")]
+    what = "; ".join(f"{USB_MODELS[u.name].description} at {places[u.name].describe()}" for u in spec.usb)
+    return VirtualDevice("usb", f"{what}; a USB tablet on the {USB_MODELS[spec.usb[-1].name].description}",
+                         tuple(args))
+
+
+def _sound(spec: VmSpec, place: PciPlace | None) -> VirtualDevice:
+    """The sound card, playing to QEMU's null audio backend: the guest has its card, the host hears nothing."""
+    assert spec.sound is not None
+    model = SOUND_MODELS[spec.sound.model]
+    args = ["-audiodev", _json(driver="none", id="audio")]
+    card: dict[str, object] = {"driver": model.driver, "id": "sound", **(place.fields() if place else {})}
+    if model.driver == "intel-hda":
+        args += ["-device", _json(**card), "-device", _json(driver="hda-duplex", bus="sound.0", audiodev="audio")]
+    else:
+        args += ["-device", _json(**card, audiodev="audio")]
+    where = f" at {place.describe()}" if place else ""
+    return VirtualDevice("sound", f"{model.description}{where}, connected to no host audio device", tuple(args))
 
 
 def _control(env: LaunchEnv) -> VirtualDevice:
