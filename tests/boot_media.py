@@ -31,19 +31,22 @@ def _appliance_files(appliance: Path, into: Path) -> tuple[Path, Path, str]:
     return into / "vmlinuz", into / "initrd", append
 
 
-def _fat(image: Path) -> None:
+def _fat(image: Path, size: int = SIZE) -> None:
     with image.open("wb") as f:
-        f.truncate(SIZE)
+        f.truncate(size)
     subprocess.run(["mkfs.fat", "-n", "EFIBOOT", str(image)], check=True, capture_output=True)
 
 
 def shell_boot_disk(appliance: Path, image: Path) -> Path:
     """A FAT disk OVMF boots through its shell: startup.nsh starts the kernel with its initramfs."""
-    work = image.parent
-    kernel, initrd, append = _appliance_files(appliance, work)
-    script = work / "startup.nsh"
+    kernel, initrd, append = _appliance_files(appliance, image.parent)
+    return _shell_fat(kernel, initrd, append, image, SIZE)
+
+
+def _shell_fat(kernel: Path, initrd: Path, append: str, image: Path, size: int) -> Path:
+    script = image.parent / "startup.nsh"
     script.write_bytes(f"fs0:\\vmlinuz initrd=\\initrd {append}\r\n".encode())
-    _fat(image)
+    _fat(image, size)
     _mtools("mcopy", "-i", str(image), str(kernel), str(initrd), str(script), "::")
     return image
 
@@ -67,7 +70,7 @@ def unsigned_efi_disk(appliance: Path, image: Path) -> Path:
 def installer_iso(appliance: Path, iso: Path) -> Path:
     """A bootable CD (ISOLINUX, El Torito) with the appliance's kernel and initramfs, as an OS installer is."""
     tree = iso.parent / "iso-tree"
-    (tree / "isolinux").mkdir(parents=True)
+    tree.mkdir(parents=True)
     _, _, append = _appliance_files(appliance, tree)
     (tree / "syslinux.cfg").unlink()
     return _isolinux_iso(tree, append, iso)
@@ -89,21 +92,35 @@ poweroff -f
 """
 
 
-def system_installer_iso(appliance: Path, iso: Path) -> Path:
+def system_installer_iso(appliance: Path, iso: Path, *, uefi: bool = False) -> Path:
     """An installer CD: it boots the appliance's kernel with an initramfs whose /init (an archive appended to
-    the appliance's: the later file wins) writes the appliance's disk image, stored compressed after the ISO
-    volume, to the VM's first hard disk and powers the VM off."""
+    the appliance's: the later file wins) writes a system image, stored compressed after the ISO volume, to
+    the VM's first hard disk and powers the VM off. BIOS: ISOLINUX, and the appliance's disk as the system;
+    ``uefi``: an El Torito EFI image that OVMF's shell boots (startup.nsh), and a disk it boots the same way."""
     tree = iso.parent / "installer-tree"
-    (tree / "isolinux").mkdir(parents=True)
-    _, initrd, append = _appliance_files(appliance, tree)
+    tree.mkdir(parents=True)
+    kernel, initrd, append = _appliance_files(appliance, tree)
     (tree / "syslinux.cfg").unlink()
     data = initrd.read_bytes()
     initrd.write_bytes(data + bytes(-len(data) % 4) + _newc({"init": INSTALLER.encode()}))
-    _isolinux_iso(tree, append, iso)
+    if uefi:
+        work = iso.parent / "installer-efi"
+        (work / "system").mkdir(parents=True)
+        system = shell_boot_disk(appliance, work / "system" / "system.img")
+        size = kernel.stat().st_size + initrd.stat().st_size + 2 * 1024 * 1024
+        _shell_fat(kernel, initrd, append, work / "efiboot.img", size - size % 65536 + 65536)
+        for name in ("vmlinuz", "initrd"):
+            (tree / name).unlink()
+        shutil.move(str(work / "efiboot.img"), tree / "efiboot.img")
+        subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-o", str(iso), "-V", "INSTALLER", "-e", "efiboot.img",
+                        "-no-emul-boot", str(tree)], check=True, capture_output=True)
+    else:
+        system = appliance
+        _isolinux_iso(tree, append, iso)
     volume = iso.stat().st_size
     assert struct.unpack_from("<I", iso.read_bytes(), 16 * 2048 + 80)[0] * 2048 == volume  # no padding outside it
     with iso.open("ab") as out:
-        out.write(gzip.compress(appliance.read_bytes(), compresslevel=1))
+        out.write(gzip.compress(system.read_bytes(), compresslevel=1))
         out.write(bytes(-out.tell() % 2048))
     return iso
 
@@ -121,6 +138,7 @@ def _newc(files: dict[str, bytes]) -> bytes:
 
 def _isolinux_iso(tree: Path, append: str, iso: Path) -> Path:
     """``tree`` (with /vmlinuz and /initrd) as an ISOLINUX CD booting that kernel with ``append``."""
+    (tree / "isolinux").mkdir()
     shutil.copy("/usr/lib/ISOLINUX/isolinux.bin", tree / "isolinux")
     shutil.copy("/usr/lib/syslinux/modules/bios/ldlinux.c32", tree / "isolinux")
     (tree / "isolinux" / "isolinux.cfg").write_text(

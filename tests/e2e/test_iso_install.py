@@ -39,3 +39,21 @@ def test_an_os_installed_from_an_iso_onto_an_empty_thin_disk_boots_from_the_disk
     assert booted_from(hv, "fresh").startswith("Booting from Hard Disk")
     assert "minivisor-installer" not in hv.vm_paths("fresh").serial_log.read_text(errors="replace")
     assert hv.exec_in_vm("fresh", "head -c 512 /dev/sda | tail -c 2 | od -An -tx1").output.split() == ["55", "aa"]
+
+
+def test_under_uefi_too_an_os_installed_from_an_iso_boots_from_the_disk(hv, appliance_image, tmp_path):
+    """OVMF has no driver for VMware's SCSI: the disk and the CD sit on SATA, the disk first."""
+    iso = system_installer_iso(appliance_image, tmp_path / "installer.iso", uefi=True)
+    hv.create_vm("fresh", memory_mib=256, disk_size="128M", network="none")
+    folder = hv.datastore.root / "fresh"
+    (folder / "installer.iso").write_bytes(iso.read_bytes())
+    vmx = folder / "fresh.vmx"
+    vmx.write_text(vmx.read_text().replace("scsi0:0.", "sata0:0.") + 'sata0.present = "TRUE"\nfirmware = "efi"\n'
+                   + CD.replace("ide1:0", "sata0:1"))
+    hv.start_vm("fresh")
+    wait_powered_off(hv, "fresh", timeout=300)
+    log = hv.vm_paths("fresh").serial_log.read_text(errors="replace")
+    assert "minivisor-installer: installed 262144 sectors" in log, log[-2000:]
+    hv.start_vm("fresh", wait_ready=True, timeout=180)  # the CD is still in: the disk's system starts
+    assert "minivisor-installer" not in hv.vm_paths("fresh").serial_log.read_text(errors="replace")
+    assert "systab" in hv.exec_in_vm("fresh", "ls /sys/firmware/efi").output  # booted by UEFI
