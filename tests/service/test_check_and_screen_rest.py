@@ -39,6 +39,17 @@ def test_check_through_the_service_judges_nics_against_its_networks_and_refuses_
     assert sorted(p.name for p in vmx.parent.iterdir()) == ["vm.vmx"]  # nothing written beside it
 
 
+def test_check_through_the_service_reads_specfiles_only(service, tmp_path):
+    """A check echoes the file's keys and values: through the service, no other file may be read that way."""
+    from minivisor.errors import PathError
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text('password = "hunter2"\n')
+    with pytest.raises(PathError) as refused:
+        service.client.check_vmx(str(secret))
+    assert "hunter2" not in str(refused.value) and "not a specfile" in str(refused.value)
+
+
 def test_check_without_a_datastore_does_not_judge_nics(tmp_path):
     from cli_runner import run_cli
 

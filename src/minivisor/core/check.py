@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import PathError, SpecError
 from ..spec.fidelity import VERDICTS, key_verdicts
+from ..text import excerpt
 from ..vmm.plan import HostNetworks, check_specfile
 
 __all__ = ["check_vmx", "refuse_template_file"]
@@ -22,6 +23,8 @@ def check_vmx(vmx: Path | str, networks: HostNetworks | None = None) -> dict[str
     refused) and why; whether it powers on; the warnings power-on would print. Nothing is written.
     ``networks``: a datastore's, to say which NICs would find no network (else NICs are not judged)."""
     path = Path(vmx)
+    if path.suffix.lower() not in (".vmx", ".vmtx"):  # its keys and values are echoed: never any other file's
+        raise PathError(f"{excerpt(str(vmx))} is not a specfile (.vmx)", hint="name a .vmx file")
     if not path.is_file():
         raise PathError(f"{vmx} is not a file", hint="name a .vmx file")
     refuse_template_file(path)
