@@ -7,6 +7,8 @@ import pytest
 from attacks import add_keys
 from guests import create_guest
 
+from minivisor.spec.pci import bridge_root_device, decode_slot
+
 pytestmark = pytest.mark.qemu
 
 # Four e1000 NICs (one driver: the guest names them in PCI order) at a root slot, behind VMware's PCI-to-PCI
@@ -14,9 +16,6 @@ pytestmark = pytest.mark.qemu
 # pciBridge4's function 0, as ESXi places a first SCSI controller.
 NICS = {"ethernet0": ("192", "00:0c:29:00:00:c0"), "ethernet1": ("1184", "00:0c:29:00:04:a0"),
         "ethernet2": ("33", "00:0c:29:00:00:21"), "ethernet3": ("16", "00:0c:29:00:00:10")}
-# pciSlotNumber -> the guest's path to the device: its bridge on the root bus, then its own device number.
-PATHS = {"192": ("0000:00:16.0", "00.0"), "1184": ("0000:00:15.1", "00.0"), "33": ("0000:00:11.0", "01.0"),
-         "16": (None, "0000:00:10.0"), "160": ("0000:00:15.0", "00.0")}
 INVENTORY = ("for n in /sys/class/net/eth*; do echo $(cat $n/address) $(readlink -f $n/device); done; "
              "readlink -f /sys/block/sda/device; cat /sys/bus/pci/slots/16/address")
 
@@ -32,11 +31,12 @@ def placed_vm(hv, appliance_image) -> None:
 
 def at_slot(path: str, slot: str) -> bool:
     """Whether a /sys device path is where VMware's slot number puts the device."""
-    bridge, device = PATHS[slot]
+    place = decode_slot(int(slot))
     parent, _, own = path.rpartition("/")
-    if bridge is None:
-        return own == device and parent.endswith("/pci0000:00")
-    return parent.endswith(f"/{bridge}") and own.endswith(f":{device}")
+    if place.bridge is None:
+        return own == f"0000:00:{place.device:02x}.0" and parent.endswith("/pci0000:00")
+    bridge = f"0000:00:{bridge_root_device(place.bridge):02x}.{place.function}"
+    return parent.endswith(f"/{bridge}") and own.endswith(f":{place.device:02x}.0")
 
 
 def test_devices_sit_at_their_vmware_slots_in_the_same_order_at_every_power_on(hv, appliance_image):
@@ -59,3 +59,33 @@ def test_devices_sit_at_their_vmware_slots_in_the_same_order_at_every_power_on(h
                                                                        "ethernet0")]
     assert at_slot(disk.split("/host")[0], "160"), disk  # the SCSI controller, its disk under it
     assert root_slot == "0000:00:10"  # the slot a guest names the NIC after (ens16), as on VMware
+
+
+# Every NIC model and disk controller, each at a slot of its own: (key prefix, keys, pciSlotNumber, the PCI
+# vendor:device of the chip QEMU builds for it).
+DEVICES = [
+    ("ethernet0", 'virtualDev = "vmxnet3"', "192", "15ad:07b0"),
+    ("ethernet1", 'virtualDev = "e1000"', "33", "8086:100e"),
+    ("ethernet2", 'virtualDev = "e1000e"', "1184", "8086:10d3"),
+    ("ethernet3", 'virtualDev = "vlance"', "16", "1022:2000"),
+    ("ethernet4", 'virtualDev = "virtio"', "224", "1af4:1000"),
+    ("scsi0", 'virtualDev = "lsilogic"', "160", "1000:0012"),  # the boot disk's: the 53C895A stands in
+    ("scsi1", 'virtualDev = "lsisas1068"', "256", "1000:0054"),
+    ("scsi2", 'virtualDev = "pvscsi"', "34", "15ad:07c0"),
+    ("sata0", 'present = "TRUE"', "35", "8086:2922"),
+    ("nvme0", 'present = "TRUE"', "1216", "1b36:0010"),  # QEMU's own NVMe
+]
+ALL_PCI = "for d in /sys/bus/pci/devices/*; do echo $(readlink -f $d) $(cat $d/vendor):$(cat $d/device); done"
+
+
+def test_each_nic_model_and_controller_is_the_chip_its_specfile_names_at_the_slot_it_names(hv, appliance_image):
+    create_guest(hv, "chips", appliance_image, memory_mib=128, network="none")
+    keys = "".join(f'{name}.present = "TRUE"\n{name}.{setting}\n{name}.pciSlotNumber = "{slot}"\n'
+                   + (f'{name}.connectionType = "none"\n' if name.startswith("ethernet") else "")
+                   for name, setting, slot, _ in DEVICES)
+    add_keys(hv.datastore.root / "chips" / "chips.vmx", keys)
+    hv.start_vm("chips", wait_ready=True, timeout=120)
+    found = [line.replace("0x", "").split() for line in hv.exec_in_vm("chips", ALL_PCI).output.splitlines()]
+    for name, _, slot, chip in DEVICES:
+        at = [ids for path, ids in found if at_slot(path, slot)]
+        assert at == [chip], (name, slot, found)
