@@ -209,3 +209,11 @@ def test_the_lsi_stand_in_is_a_power_on_warning_only_where_the_guest_lacks_its_d
     spec = spec_of(f'guestOS = "{guest}"\nscsi0.present = "TRUE"\nscsi0.virtualDev = "lsilogic"\n')
     assert note_of(spec, "scsi0").verdict == "approximated"  # vm explain and vm check say it either way
     assert any(w.startswith("scsi0:") for w in spec.warnings) is warned
+
+
+@pytest.mark.parametrize("value, verdict", [("virtual", "approximated"), ("physical", "approximated"),
+                                            ("none", None)])
+def test_a_shared_scsi_bus_is_said_to_be_not_shared(value, verdict):
+    spec = spec_of(f'scsi0.present = "TRUE"\nscsi0.virtualDev = "pvscsi"\nscsi0.sharedBus = "{value}"\n')
+    assert [n.verdict for n in spec.notes if n.subject == "scsi0.sharedBus"] == ([verdict] if verdict else [])
+    assert any(w.startswith("scsi0.sharedBus: the bus is not shared") for w in spec.warnings) == bool(verdict)

@@ -530,8 +530,17 @@ class _SpecReader:
             # has none for the 53C895A. Linux has (sym53c8xx): vm explain and vm check say it.
             windows = (self.get("guestOS") or "").strip().lower().startswith("win")
             self.note(name, "approximated", SCSI_MODELS[model].stands_in, quiet=model == "lsilogic" and not windows)
+        self.shared_bus(name)
         self.use_prefix(f"{name}.")
         return DiskController(bus, index, model, self.pci_slot(name))
+
+    def shared_bus(self, controller: str) -> None:
+        """``sharedBus`` (clusters on VMware: its disks open in several VMs at once) is not honoured: said."""
+        key = f"{controller}.sharedBus"
+        value = (self.get(key) or "none").strip().lower()
+        if value != "none":
+            self.note(key, "approximated", f"the bus is not shared ({quoted(value)}): its disks open in this VM "
+                                           "only, and a disk another running VM holds stops the power-on")
 
     def disk(self, bus: Bus, index: int, unit: int) -> Disk | None:
         node = f"{bus}{index}:{unit}"
