@@ -66,6 +66,7 @@ EMPTY_BACKINGS = {"", "auto detect", "emptybackingstring", "cd/dvd drive 0", "fl
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _DEVICE_KEY = re.compile(r"^(scsi|sata|nvme|ide)(\d+):(\d+)\.", re.IGNORECASE)
+_PCI_BRIDGE_KEY = re.compile(r"^pciBridge[0-7]\.(present|virtualDev|functions|pciSlotNumber)$", re.IGNORECASE)
 _PRESENT_KEY = re.compile(r"^(scsi|sata|nvme|ide|ethernet|serial|floppy)(\d+)\.present$", re.IGNORECASE)
 _CPU_RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?\Z")
 _SHARES = re.compile(r"[0-9]{1,7}\Z")
@@ -458,6 +459,11 @@ class _SpecReader:
                     "annotation", "uuid.location", "uuid.action", "extendedConfigFile"):
             if self.get(key) is not None:
                 self.note(key, "ignored", "bookkeeping: nothing to build")
+        for key, _ in self.doc.items():
+            if _PCI_BRIDGE_KEY.match(key):
+                self.get(key)
+                self.note(key, "approximated", "VMware's PCI bridges are rebuilt at their addresses where a "
+                                               "device's pciSlotNumber puts one behind them (vm explain)", quiet=True)
 
     def secure_boot(self) -> bool:
         key = "uefi.secureBoot.enabled"
