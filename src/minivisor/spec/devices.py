@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DeviceModel", "SCSI_MODELS", "NIC_MODELS", "USB_MODELS", "SOUND_MODELS", "CREATABLE_SCSI", "CREATABLE_NICS", "CONTROLLER_COUNT",
-           "UNIT_COUNT"]
+__all__ = ["DeviceModel", "SCSI_MODELS", "NIC_MODELS", "USB_MODELS", "SOUND_MODELS", "CREATABLE_SCSI",
+           "CREATABLE_NICS", "CONTROLLER_COUNT", "UNIT_COUNT"]
 
 # Controllers per bus, and units (device slots) per controller, as VMware numbers them.
 CONTROLLER_COUNT = {"scsi": 4, "sata": 4, "nvme": 4, "ide": 2}
