@@ -30,6 +30,7 @@ __all__ = [
     "QmpError",
     "QmpCommandError",
     "GuestError",
+    "GuestTimeoutError",
     "AgentError",
     "AgentCommandError",
     "ImageBuildError",
@@ -190,6 +191,12 @@ class GuestError(HvError):
 
     code = "guest-error"
     exit_code = 75
+
+
+class GuestTimeoutError(GuestError):
+    """A command run in the guest did not finish in time (it was interrupted, or could not be)."""
+
+    code = "guest-timeout"
 
 
 class AgentError(GuestError):

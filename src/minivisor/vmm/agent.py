@@ -49,7 +49,7 @@ __all__ = ["AgentSession", "ExecStatus", "GuestInterface", "TIMEOUT", "MAX_MESSA
 TIMEOUT = 10.0  # seconds for a turn, the synchronisation, or one command's answer
 MAX_OUTPUT = 16 * 1024 * 1024  # bytes of a command's stdout (and of its stderr) qemu-ga keeps (its own cap)
 MAX_MESSAGE = 2 * (MAX_OUTPUT * 4 // 3) + 64 * 1024  # guest-exec-status with both streams full, in base64
-MAX_CHUNK = 4 * 1024 * 1024  # bytes of one guest-file-read or guest-file-write
+MAX_CHUNK = 1024 * 1024  # bytes of one guest-file-read or guest-file-write (~1 s each under TCG)
 _SMALL = 256 * 1024  # bytes of any answer that carries no data (a ping, a handle, a status)
 _DELIMITER = b"\xff"
 _HINT = "is the QEMU guest agent (qemu-ga) running in the guest? see its logs there"
@@ -79,14 +79,22 @@ class GuestInterface:
 class AgentSession:
     """One conversation with a VM's guest agent (a context manager); ``timeout`` bounds each step."""
 
-    def __init__(self, path: Path | str, *, timeout: float = TIMEOUT) -> None:
+    def __init__(self, path: Path | str, *, timeout: float = TIMEOUT, sync_timeout: float | None = None) -> None:
         self.path, self.timeout = os.fspath(path), timeout
+        self.sync_timeout = timeout if sync_timeout is None else sync_timeout  # for an agent to show it is there
         self._ids = itertools.count(1)
+        self._abandoned: set[str] = set()  # requests whose answers came too late: dropped when they come
         self._sock: socket.socket | None = None
         self._buffer = bytearray()
         self._turn: int | None = None
 
     def __enter__(self) -> AgentSession:
+        return self.open()
+
+    def open(self) -> AgentSession:
+        """Take the channel's turn, connect and synchronise (an open session stays as it is)."""
+        if self._sock is not None:
+            return self
         try:
             self._turn = _take_turn(self.path, self.timeout)
             self._sock = _connect(self.path)
@@ -116,7 +124,13 @@ class AgentSession:
         if arguments is not None:
             message["arguments"] = arguments
         self._send(json.dumps(message, separators=(",", ":")).encode() + b"\n")
-        answer = self._receive(time.monotonic() + (timeout or self.timeout), limit, command)
+        deadline = time.monotonic() + (timeout or self.timeout)
+        try:
+            while (answer := self._receive(deadline, limit, command)).get("id") in self._abandoned:
+                self._abandoned.discard(answer["id"])
+        except AgentError:
+            self._abandoned.add(request_id)
+            raise
         if answer.get("id") != request_id:
             raise AgentError(f"the guest agent answered {command} with a message for another request: "
                              f"{_brief(answer)}", hint=_HINT)
@@ -219,7 +233,7 @@ class AgentSession:
         token = secrets.randbelow(2**31)
         request = {"execute": "guest-sync-delimited", "arguments": {"id": token}}
         self._send(_DELIMITER + json.dumps(request).encode() + b"\n")
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + self.sync_timeout
         while True:
             self._skip_to_delimiter(deadline)
             answer = self._receive(deadline, _SMALL, "guest-sync-delimited")
