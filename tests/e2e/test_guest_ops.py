@@ -107,6 +107,7 @@ def test_copy_refusals_are_one_line_and_leave_nothing(hv, agent_vm, tmp_path):
     with pytest.raises(AgentCommandError, match="guest-file-open"):
         hv.copy_from_guest(agent_vm, "/no/such/file", out / "x")
     assert list(out.iterdir()) == []
+    assert hv.vm_addresses(agent_vm)[0]["guest"] is None  # vm ip: what the host knows, nothing from the guest
     link = out / "link"
     link.symlink_to("/etc/hostname")
     cli = run_cli("vm", "copy-to", agent_vm, str(link), "/tmp/leak", datastore=hv.datastore.root)
@@ -131,3 +132,21 @@ def test_stop_asks_the_agent_when_the_guest_ignores_the_power_button(hv, agent_v
     # QEMU's trace of the shutdown: cause 6 is SHUTDOWN_CAUSE_GUEST_SHUTDOWN (the guest powered itself off)
     assert f"{SHUTDOWN_TRACE} reason=6" in hv.vm_paths(agent_vm).vmm_log.read_text()
 
+
+
+def test_a_guest_whose_agent_speaks_garbage_gets_one_line_errors_and_no_host_file(hv, agent_vm, tmp_path):
+    # the guest's own program on the agent's port, in qemu-ga's place: a delimiter, then garbage
+    hv.exec_in_vm(agent_vm, "killall qemu-ga; while pidof qemu-ga; do sleep 0.1; done", via="serial")
+    port = hv.exec_in_vm(agent_vm, "grep -l org.qemu.guest_agent.0 /sys/class/virtio-ports/*/name", via="serial")
+    device = "/dev/" + port.output.strip().split("/")[-2]
+    hv.exec_in_vm(agent_vm, f"( exec 3<>{device}; while :; do printf '\\377GUEST-GARBAGE\\n' >&3; sleep 0.1; "
+                            "done ) >/dev/null 2>&1 &", via="serial")
+    out = tmp_path / "out"
+    out.mkdir()
+    for args in (["vm", "copy-from", agent_vm, "/etc/passwd", str(out / "passwd")],
+                 ["vm", "exec", "--via", "agent", agent_vm, "--", "true"]):
+        cli = run_cli(*args, datastore=hv.datastore.root)
+        assert cli.returncode != 0 and len(cli.stderr.strip().splitlines()) == 1, (args, cli.stderr)
+        assert "not a message" in cli.stderr and "Traceback" not in cli.stderr
+    assert list(out.iterdir()) == []
+    assert hv.vm_addresses(agent_vm)[0]["guest"] is None  # vm ip: what the host knows, nothing from the guest

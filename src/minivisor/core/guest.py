@@ -108,22 +108,21 @@ def _agent(ctx: VmContext, wait: float, *, required: bool) -> AgentSession | Non
     """A synchronised session with the guest's agent (open: the caller closes it), waiting up to ``wait`` s for one to answer;
     None (or AgentError if ``required``) when none does."""
     deadline = time.monotonic() + wait
-    while True:
-        failure: AgentError | None = None
-        if ctx.vmm.agent_listening():
-            session = AgentSession(ctx.paths.agent_socket,
-                                   sync_timeout=max(0.5, min(wait, deadline - time.monotonic())))
-            try:
-                return session.open()
-            except AgentError as exc:
-                failure = exc
+    while not ctx.vmm.agent_listening():  # no agent yet (a guest still booting) or none at all
         if time.monotonic() >= deadline:
             if not required:
                 return None
-            raise failure or AgentError(f"no guest agent answers in {ctx.name!r}",
-                                        hint="install and start qemu-guest-agent in the guest (its channel, "
-                                             "org.qemu.guest_agent.0, is there), or use --via serial")
+            raise AgentError(f"no guest agent listens in {ctx.name!r}",
+                             hint="install and start qemu-guest-agent in the guest (its channel, "
+                                  "org.qemu.guest_agent.0, is there), or use --via serial")
         time.sleep(0.1)
+    session = AgentSession(ctx.paths.agent_socket, sync_timeout=max(0.5, deadline - time.monotonic()))
+    try:
+        return session.open()
+    except AgentError:
+        if required:
+            raise
+        return None  # it listens but does not answer as an agent: the serial shell, the DHCP lease
 
 
 @contextlib.contextmanager

@@ -311,12 +311,16 @@ def _optional(answer: dict[str, Any], key: str, kind: type, what: str) -> Any:
 
 
 def _base64(text: str, limit: int, what: str) -> bytes:
+    too_much = AgentError(f"the guest agent's {what} carries more than the {limit} bytes it may", hint=_HINT)
     if len(text) > (limit + 2) // 3 * 4:
-        raise AgentError(f"the guest agent's {what} carries more than the {limit} bytes asked for", hint=_HINT)
+        raise too_much  # before decoding: a bound on the work too
     try:
-        return base64.b64decode(text, validate=True)
+        data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise AgentError(f"the guest agent's {what} carries data that is not base64", hint=_HINT) from None
+    if len(data) > limit:
+        raise too_much
+    return data
 
 
 def _short(text: str, what: str) -> str:
