@@ -29,7 +29,7 @@ __all__ = ["VIAS", "shell_line", "exec_command", "copy_to", "copy_from", "guest_
 VIAS = ("auto", "agent", "serial")
 AGENT_ANSWER = 3.0  # seconds a listening agent has to answer before "auto" takes the serial shell instead
 CHUNK = MAX_CHUNK  # bytes per guest-file-read/-write: fewer round trips, each bounded
-POLL_MAX = 0.1  # seconds between two guest-exec-status polls, at most (the first ones come faster)
+POLL_FIRST, POLL_MAX = 0.002, 0.05  # seconds between guest-exec-status polls: short ones first, then longer
 SHELL = "/bin/sh"  # what the agent runs a command line with: the one shell POSIX promises
 
 Progress = Callable[[float], None]  # percent done, as every long operation of the core API reports it
@@ -136,14 +136,14 @@ def _required_agent(ctx: VmContext) -> Iterator[AgentSession]:
 def _exec_by_agent(agent: AgentSession, line: str, timeout: float) -> ExecResult:
     deadline = time.monotonic() + timeout
     pid = agent.exec(SHELL, ["-c", line])
-    pause = 0.002
+    pause = POLL_FIRST
     while not (status := agent.exec_status(pid)).exited:
         if time.monotonic() > deadline:
             _kill(agent, pid)
             raise GuestTimeoutError(f"the command {excerpt(line)} did not finish within {timeout:.0f} s: "
                                     "killed", hint="raise --timeout for a command that takes longer")
         time.sleep(pause)
-        pause = min(pause * 2, POLL_MAX)
+        pause = min(pause * 1.5, POLL_MAX)
     # a command killed by a signal exits as a shell reports it: 128 + the signal's number
     code = status.exit_code if status.exit_code is not None else 128 + (status.signal or 0)
     return ExecResult(status.stdout.decode(errors="replace"), code, status.stderr.decode(errors="replace"),
