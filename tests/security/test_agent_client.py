@@ -27,7 +27,7 @@ class HostileAgent:
     """Serves one client: answers guest-sync-delimited correctly, then each request with ``reply``."""
 
     def __init__(self, folder: Path, reply: Reply) -> None:
-        self.path = folder / "agent.sock"
+        self.path = folder / f"agent-{len(list(folder.glob('agent-*.sock')))}.sock"
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(str(self.path))
         self.server.listen(1)
@@ -163,3 +163,12 @@ def test_a_refusal_carries_the_agents_reason_cut_short(hostile):
     with pytest.raises(AgentCommandError) as caught, hostile(reply) as session:
         session.file_open("/etc/shadow", "rb")
     assert caught.value.command == "guest-file-open" and SECRET not in caught.value.message
+
+
+def test_a_shutdown_the_guest_cannot_do_is_a_refusal_and_silence_is_obedience(hostile):
+    def refuse(request: dict) -> bytes:
+        return json.dumps({"error": {"class": "GenericError", "desc": "child process has failed"}}).encode() + b"\n"
+    with pytest.raises(AgentCommandError, match="refused guest-shutdown"), hostile(refuse) as session:
+        session.shutdown(refusal_within=2)
+    with hostile(lambda request: b"") as session:
+        session.shutdown(refusal_within=0.2)  # qemu-ga answers nothing when it obeys

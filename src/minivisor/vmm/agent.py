@@ -135,11 +135,7 @@ class AgentSession:
             raise AgentError(f"the guest agent answered {command} with a message for another request: "
                              f"{_brief(answer)}", hint=_HINT)
         if "error" in answer:
-            error = answer["error"] if isinstance(answer["error"], dict) else {}
-            desc, error_class = excerpt(error.get("desc", answer["error"])), excerpt(error.get("class", "?"))
-            raise AgentCommandError(f"the guest agent refused {command}: {desc}",
-                                    hint="check the guest path and its permissions", command=command,
-                                    error_class=error_class, desc=desc)
+            raise _refusal(command, answer["error"], "check the guest path and its permissions")
         if "return" not in answer:
             raise AgentError(f"the guest agent answered {command} without a result: {_brief(answer)}", hint=_HINT)
         return answer["return"]
@@ -223,9 +219,16 @@ class AgentSession:
                 addresses=tuple(_address(_object(a, what), what) for a in addresses)))
         return interfaces
 
-    def shutdown(self) -> None:
-        """Ask the guest to power itself off (the agent answers nothing when it obeys)."""
+    def shutdown(self, refusal_within: float = 1.0) -> None:
+        """Ask the guest to power itself off. The agent answers nothing when it obeys, and an error when
+        it cannot (its shutdown program failed): AgentCommandError if one comes within ``refusal_within`` s."""
         self.send_only("guest-shutdown", {"mode": "powerdown"})
+        try:
+            answer = self._receive(time.monotonic() + refusal_within, _SMALL, "guest-shutdown")
+        except AgentError:
+            return  # silence, or the VM already gone: it obeys
+        if "error" in answer:
+            raise _refusal("guest-shutdown", answer["error"], "the guest cannot power itself off: see its logs")
 
     # -- framing -------------------------------------------------------------------
     def _synchronise(self) -> None:
@@ -292,6 +295,14 @@ class AgentSession:
 
 
 # -- checking what the guest sent ----------------------------------------------------
+def _refusal(command: str, error: Any, hint: str) -> AgentCommandError:
+    """The agent's error answer to ``command``, its class and text cut short."""
+    fields = error if isinstance(error, dict) else {}
+    desc = excerpt(fields.get("desc", error))
+    return AgentCommandError(f"the guest agent refused {command}: {desc}", hint=hint, command=command,
+                             error_class=excerpt(fields.get("class", "?")), desc=desc)
+
+
 def _object(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise AgentError(f"the guest agent's {what} is not an object: {_brief(value)}", hint=_HINT)
