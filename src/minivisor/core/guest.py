@@ -27,7 +27,7 @@ from .context import VmContext
 __all__ = ["VIAS", "shell_line", "exec_command", "copy_to", "copy_from", "guest_interfaces"]
 
 VIAS = ("auto", "agent", "serial")
-AGENT_ANSWER = 3.0  # seconds a listening agent has to answer before "auto" takes the serial shell instead
+AGENT_ANSWER = 3.0  # seconds a listening agent has to answer the handshake (else: the serial shell, the lease)
 CHUNK = MAX_CHUNK  # bytes per guest-file-read/-write: fewer round trips, each bounded
 POLL_FIRST, POLL_MAX = 0.002, 0.05  # seconds between guest-exec-status polls: short ones first, then longer
 SHELL = "/bin/sh"  # what the agent runs a command line with: the one shell POSIX promises
@@ -45,7 +45,7 @@ def exec_command(ctx: VmContext, command: list[str] | str, timeout: float, via: 
     when one answers)."""
     line = shell_line(command)
     if via != "serial":
-        agent = _agent(ctx, timeout if via == "agent" else AGENT_ANSWER, required=via == "agent")
+        agent = _agent(ctx, timeout if via == "agent" else 0.0, required=via == "agent")
         if agent is not None:
             with agent:
                 return _exec_by_agent(agent, line, timeout)
@@ -96,7 +96,7 @@ def copy_from(ctx: VmContext, guest_path: str, host_path: Path, progress: Progre
 
 def guest_interfaces(ctx: VmContext) -> list[GuestInterface] | None:
     """The guest's interfaces and addresses as its agent reports them; None without an agent answering."""
-    agent = _agent(ctx, AGENT_ANSWER, required=False)
+    agent = _agent(ctx, 0.0, required=False)
     if agent is None:
         return None
     with agent:
@@ -105,7 +105,8 @@ def guest_interfaces(ctx: VmContext) -> list[GuestInterface] | None:
 
 # -- through the agent ----------------------------------------------------------------
 def _agent(ctx: VmContext, wait: float, *, required: bool) -> AgentSession | None:
-    """A synchronised session with the guest's agent (open: the caller closes it), waiting up to ``wait`` s for one to answer;
+    """A synchronised session with the guest's agent (open: the caller closes it), waiting up to ``wait`` s
+    for one to listen (0: it listens now, or there is none) and AGENT_ANSWER s more for it to answer;
     None (or AgentError if ``required``) when none does."""
     deadline = time.monotonic() + wait
     while not ctx.vmm.agent_listening():  # no agent yet (a guest still booting) or none at all
@@ -116,7 +117,7 @@ def _agent(ctx: VmContext, wait: float, *, required: bool) -> AgentSession | Non
                              hint="install and start qemu-guest-agent in the guest (its channel, "
                                   "org.qemu.guest_agent.0, is there), or use --via serial")
         time.sleep(0.1)
-    session = AgentSession(ctx.paths.agent_socket, sync_timeout=max(0.5, deadline - time.monotonic()))
+    session = AgentSession(ctx.paths.agent_socket, sync_timeout=max(AGENT_ANSWER, deadline - time.monotonic()))
     try:
         return session.open()
     except AgentError:
