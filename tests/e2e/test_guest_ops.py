@@ -27,6 +27,7 @@ LARGE = 1024 * 1024  # bytes of output through the agent
 def agent_vm(hv, appliance_image):
     create_guest(hv, "ga", appliance_image, memory_mib=128, network="nat")
     hv.start_vm("ga", wait_ready=True, timeout=90)
+    hv.exec_in_vm("ga", "true", via="agent")  # the guest starts its agent after its ready line
     return "ga"
 
 
