@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import procfs
 from ..datastore.layout import VmPaths
-from ..errors import LockError, QmpError, VmmError
+from ..errors import AgentError, LockError, QmpError, VmmError
 from ..files import write_atomic
 from ..locks import try_lock, wait_lock
 from .states import FAULTS, VmState
@@ -423,8 +423,7 @@ class Vmm:
 
     def _agent_shutdown(self) -> bool:
         """Ask the guest agent to power the guest off; False when there is none, or it does not answer."""
-        from ..errors import AgentError
-        from .agent import AgentSession
+        from .agent import AgentSession  # imported on first use, as the QMP session is
 
         if not self.agent_listening():
             return False
