@@ -80,6 +80,10 @@ def test_exec_through_a_guest_that_is_only_a_serial_shell(hv, shell_vm):
     lines = 64 * 1024 // 16
     big = hv.exec_in_vm(shell_vm, f"yes 0123456789abcde | head -n {lines}", timeout=120)
     assert big.output == "0123456789abcde\n" * lines
+    # no job control on /dev/console, so no Ctrl-C: the guest-side watchdog ends the command
+    with pytest.raises(GuestTimeoutError, match="did not finish within 3 s: killed"):
+        hv.exec_in_vm(shell_vm, "echo started; sleep 302", timeout=3)
+    assert hv.exec_in_vm(shell_vm, "echo again").output == "again\n"
 
 
 def test_copy_a_binary_file_in_and_out_with_its_checksum_kept(hv, agent_vm, tmp_path):
