@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..errors import AgentError, ArgumentError, GuestTimeoutError, HvError
+from ..errors import AgentError, ArgumentError, GuestError, GuestTimeoutError, HvError
 from ..text import excerpt
-from ..vmm.agent import MAX_CHUNK, AgentSession, GuestInterface
+from ..vmm.agent import MAX_CHUNK, MAX_OUTPUT, AgentSession, GuestInterface
 from ..vmm.console import ExecResult, console_lock, run_command
 from .context import VmContext
 
@@ -145,6 +145,10 @@ def _exec_by_agent(agent: AgentSession, line: str, timeout: float) -> ExecResult
                                     "killed", hint="raise --timeout for a command that takes longer")
         time.sleep(pause)
         pause = min(pause * 1.5, POLL_MAX)
+    if status.truncated:
+        raise GuestError(f"the command {excerpt(line)} printed more than the guest agent keeps "
+                         f"({MAX_OUTPUT // (1024 * 1024)} MiB)",
+                         hint="redirect its output to a file in the guest, and copy it: minivisor vm copy-from")
     # a command killed by a signal exits as a shell reports it: 128 + the signal's number
     code = status.exit_code if status.exit_code is not None else 128 + (status.signal or 0)
     return ExecResult(status.stdout.decode(errors="replace"), code, status.stderr.decode(errors="replace"),

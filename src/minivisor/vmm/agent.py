@@ -151,11 +151,9 @@ class AgentSession:
     def ping(self) -> None:
         self.execute("guest-ping")
 
-    def exec(self, path: str, args: list[str], *, stdin: bytes | None = None) -> int:
+    def exec(self, path: str, args: list[str]) -> int:
         """Start ``path`` with ``args`` (no shell), its output captured; returns the guest's pid."""
-        arguments: dict[str, Any] = {"path": path, "arg": args, "capture-output": True}
-        if stdin is not None:
-            arguments["input-data"] = base64.b64encode(stdin).decode()
+        arguments = {"path": path, "arg": args, "capture-output": True}
         answer = _object(self.execute("guest-exec", arguments), "guest-exec")
         return _field(answer, "pid", int, "guest-exec")
 
