@@ -273,8 +273,8 @@ class AgentSession:
             raise AgentError(f"the guest agent did not answer {command} in time", hint=_HINT)
         try:
             chunk = sock.recv(1024 * 1024)
-        except OSError as exc:
-            raise AgentError(f"the guest agent's channel went away ({exc.strerror})", hint=_HINT) from exc
+        except OSError:
+            chunk = b""  # reset: the VMM went away, as when it closes the channel
         if not chunk:
             raise AgentError(f"the VMM closed the guest agent's channel during {command}",
                              hint="the VM may have just powered off; check: minivisor vm show")
