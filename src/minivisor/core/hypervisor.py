@@ -29,6 +29,7 @@ from ..datastore.layout import VmPaths
 from ..datastore.store import Datastore
 from ..errors import (ArgumentError, ConflictError, HvError, NoSpaceError, NotFoundError, PathError, SpecError,
                       is_out_of_space)
+from ..text import excerpt
 from ..vmm.process import Vmm
 from ..vmm.states import Action, VmState, require
 from .bounds import check_args
@@ -525,23 +526,34 @@ class Hypervisor:
     def copy_to_guest(self, name: str, host_path: Path | str, guest_path: str, *,
                       progress: Callable[[float], None] | None = None) -> dict:
         """Copy a host file into the guest (through its guest agent), as ``vmrun CopyFileFromHostToGuest``;
-        ``progress(percent)`` as it goes."""
+        ``progress(percent)`` as it goes. The host file is in the datastore or a folder allowed with
+        :meth:`allow_path`, as every host path a caller names (a REST client too)."""
         from .guest import copy_to
 
         check_args(guest_path=guest_path)
+        source = self._host_file(host_path)
         ctx = self.vms.context(name)
         require(ctx.name, ctx.vmm.state(), Action.EXEC)
-        return copy_to(ctx, Path(host_path), guest_path, progress)
+        return copy_to(ctx, source, guest_path, progress)
 
     def copy_from_guest(self, name: str, guest_path: str, host_path: Path | str, *,
                         progress: Callable[[float], None] | None = None) -> dict:
-        """Copy a guest file to the host (through its guest agent), written whole or not at all."""
+        """Copy a guest file to the host (through its guest agent), written whole or not at all, in the
+        datastore or a folder allowed with :meth:`allow_path` (never over a file minivisor keeps for a VM)."""
         from .guest import copy_from
 
         check_args(guest_path=guest_path)
+        target = self._host_file(host_path)
         ctx = self.vms.context(name)
         require(ctx.name, ctx.vmm.state(), Action.EXEC)
-        return copy_from(ctx, guest_path, Path(host_path), progress)
+        return copy_from(ctx, guest_path, target, progress)
+
+    def _host_file(self, host_path: Path | str) -> Path:
+        """A host file a copy names, under the rules of the folder it is in; a link is refused, not followed
+        (its target's folder is not where a copy would write)."""
+        if os.path.islink(host_path):
+            raise PathError(f"{excerpt(str(host_path))} is a symbolic link", hint="name the file itself")
+        return self.datastore.resolve(Path.cwd(), str(host_path), what="host file")
 
     def console_socket(self, name: str) -> tuple[Path, int]:
         """The console socket of a running VM and a lock held while it is used."""
