@@ -62,9 +62,7 @@ class Networks:
         host = support()
         if not host.available:
             return HostNetworks(None, host.reason, self._user_forwards(vm_uuid))
-        found = {name: NetworkEntry(name, mode, None, True, "") for name, mode in DEFAULT_NETWORKS.items()}
-        found.update({entry.name.lower(): entry for entry in self.catalog.networks()})
-        return HostNetworks(found)
+        return HostNetworks({entry.name.lower(): entry for entry in self._entries_with_defaults()})
 
     def create(self, name: str, *, mode: str = "nat", subnet: str | None = None, bridge: str | None = None,
                dhcp_on: bool = True) -> NetworkInfo:
@@ -190,7 +188,7 @@ class Networks:
         reservations = {(r.network.lower(), r.mac): r.address for r in self.catalog.reservations_of(ctx.uuid)}
         for nic in ctx.read_spec().nics:
             mac = nic.mac or generated_mac(ctx.uuid, nic.index)
-            entry = self._network_of(nic)
+            entry = self._network_named_by(nic)
             address = reservations.get((entry.name.lower(), mac)) if entry else None
             leased = bool(entry and address and
                           dhcp.leases(self._dhcp_files(entry.name)).get(mac) == address)
@@ -222,7 +220,7 @@ class Networks:
                                      "or an address `ip -4 addr` shows")
         nic = _nic(ctx, nic_name)
         user = _user_mode(nic)
-        entry = None if user else self._network_of(nic)
+        entry = None if user else self._network_named_by(nic)
         if not user and (entry is None or entry.mode == "bridged"):
             raise ConflictError(f"{nic.name} of {ctx.name!r} is not on a nat or isolated network, so no port "
                                 "can be forwarded to it", hint="the guest of a bridged network is reached directly")
@@ -425,38 +423,46 @@ class Networks:
         return dhcp.dhcp_files(self.datastore.meta, name)
 
     def _entries_with_defaults(self, *, defaults: bool = True) -> list[NetworkEntry]:
+        """The catalog's networks and (``defaults``) the default ones it does not hold yet, undefined."""
         entries = self.catalog.networks()
         if defaults:
             have = {e.name.lower() for e in entries}
-            entries += [NetworkEntry(name, mode, None, True, "") for name, mode in DEFAULT_NETWORKS.items()
-                        if name not in have]
+            entries += [_undefined(name) for name in DEFAULT_NETWORKS if name not in have]
         return entries
 
     def _known(self, name: str) -> NetworkEntry:
-        """A network by name (a default one is defined on first use), or NotFoundError."""
-        entry = self.catalog.find_network(name)
-        if entry is None and name.lower() in DEFAULT_NETWORKS and support().available:
-            return self._network(name.lower())
+        """A network by name (a default one not used yet is undefined: no subnet, no bridge), or NotFoundError.
+        Reads only: the catalog changes under the network lock alone (:meth:`_network`)."""
+        entry = self.catalog.find_network(name) or (_undefined(name.lower()) if name.lower() in DEFAULT_NETWORKS
+                                                    else None)
         if entry is None:
             raise NotFoundError(f"no network named {excerpt(name)}", hint="see the networks: minivisor net list")
         return entry
 
     def _network(self, name: str) -> NetworkEntry:
-        """The network named (a default one enters the catalog now, with a free subnet)."""
-        entry = self.catalog.find_network(name)
-        if entry is None and name.lower() in DEFAULT_NETWORKS:
-            entry = self._define(name.lower(), DEFAULT_NETWORKS[name.lower()], None, None, True)
+        """The network named, during :meth:`_turn`: a default one used for the first time enters the catalog now,
+        with a free subnet and bridge (two processes defining it at once would pick the same ones)."""
+        entry = self._known(name)
+        if not entry.bridge:
+            entry = self._define(entry.name, entry.mode, None, None, True)
             self.catalog.add_network(entry)
-        if entry is None:
-            raise NotFoundError(f"no network named {excerpt(name)}", hint="see the networks: minivisor net list")
         return entry
 
     def _network_of(self, nic: Nic) -> NetworkEntry | None:
-        """The network a NIC's specfile keys name, if it exists (a default one is defined now)."""
+        """The network a NIC's specfile keys name, if it exists (a default one is defined now, under the lock)."""
+        entry = self._network_named_by(nic)
+        if entry is not None and not entry.bridge and support().available:
+            with self._turn():
+                return self._network(entry.name)
+        return entry
+
+    def _network_named_by(self, nic: Nic) -> NetworkEntry | None:
+        """The network a NIC's specfile keys name, if it exists (a default one may be undefined); reads only."""
         wanted = wanted_network(nic)
-        if wanted and wanted.lower() in DEFAULT_NETWORKS and support().available:
-            return self._network(wanted)
-        return self.catalog.find_network(wanted) if wanted else None
+        try:
+            return self._known(wanted) if wanted else None
+        except NotFoundError:
+            return None
 
     def _vm_name(self, vm_uuid: str) -> str:
         entry = self.catalog.vm_by_uuid(vm_uuid)
@@ -474,6 +480,11 @@ class Networks:
         return NetworkInfo(entry.name, entry.mode, str(subnet) if subnet else None,
                            str(addressing.host_interface(subnet).ip) if subnet else None, entry.dhcp,
                            entry.bridge or None, entry.uplink, state, pid, vms)
+
+
+def _undefined(name: str) -> NetworkEntry:
+    """A default network before its first use: in no catalog yet, so without subnet and bridge."""
+    return NetworkEntry(name, DEFAULT_NETWORKS[name], None, True, "")
 
 
 def _nic(ctx: VmContext, name: str) -> Nic:
