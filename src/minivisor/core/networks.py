@@ -15,6 +15,7 @@ the catalog, with a free subnet, the first time they are used.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import time
@@ -24,7 +25,7 @@ from contextlib import contextmanager
 from ..datastore.catalog import ForwardEntry, NetworkEntry, Reservation
 from ..datastore.inventory import Inventory
 from ..datastore.store import Datastore
-from ..errors import ArgumentError, ConflictError, HostError, LockError, NotFoundError
+from ..errors import ArgumentError, ConflictError, HostError, HvError, LockError, NotFoundError
 from ..locks import wait_lock
 from ..net import addressing, dhcp, firewall, switch
 from ..net.forwards import PortSpec, parse_forward, parse_host_side, port_user
@@ -86,9 +87,10 @@ class Networks:
                 self._activate(entry)
                 self._sync()
             except BaseException:
-                self._deactivate(entry)
                 self.catalog.remove_network(name)
-                self._sync()
+                with contextlib.suppress(HvError):  # best effort: the error shown is the one that failed the create
+                    self._deactivate(entry)
+                    self._sync()
                 raise
         return self.get(name)
 

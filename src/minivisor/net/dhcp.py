@@ -12,6 +12,7 @@ A dnsmasq is minivisor's if its command line names the network's config file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import os
@@ -140,7 +141,8 @@ def stop(files: DhcpFiles) -> None:
         while procfs.start_ticks(pid) is not None and time.monotonic() < deadline:
             time.sleep(0.01)
     for path in (files.config, files.hosts, files.pid_file, files.leases):
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # no folder of ours: none of our files
+            path.unlink()
     try:
         files.runtime.rmdir()
     except OSError:
