@@ -633,10 +633,10 @@ class Hypervisor:
     def _info(self, ctx: VmContext) -> VmInfo:
         """One VM, each NIC with its fixed address (``vm list`` leaves them out: one query per VM)."""
         info = self._info_of(ctx.entry, self.inventory.summaries([ctx.entry])[ctx.name])
-        addresses = {r.mac: r.address for r in self.datastore.catalog.reservations_of(ctx.uuid)}
-        if not addresses:
+        if not self.datastore.catalog.reservations_of(ctx.uuid):
             return info
-        return dataclasses.replace(info, nics=tuple({**nic, "address": addresses.get(nic["mac"])} for nic in info.nics))
+        addresses = ctx.networks().reserved_addresses(ctx)
+        return dataclasses.replace(info, nics=tuple({**nic, "address": addresses.get(nic["name"])} for nic in info.nics))
 
     def _info_of(self, entry: VmEntry, summary: dict[str, Any], lock_held: bool | None = None) -> VmInfo:
         paths = self.inventory.paths_of(entry)

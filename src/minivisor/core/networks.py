@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 from ..datastore.catalog import ForwardEntry, NetworkEntry, Reservation
 from ..datastore.inventory import Inventory
@@ -30,14 +31,13 @@ from ..locks import wait_lock
 from ..net import addressing, dhcp, firewall, switch
 from ..net.forwards import PortSpec, parse_forward, parse_host_side, port_user
 from ..net.host import support
-from ..net.names import (DEFAULT_NETWORKS, NAT, bridge_name, check_interface_name, check_network_name, tap_name,
-                         wanted_network)
+from ..net.names import DEFAULT_NETWORKS, bridge_name, check_interface_name, check_network_name, tap_name
 from ..spec.identity import generated_mac
 from ..spec.vmspec import DEVICE_COUNT, Nic
 from ..text import excerpt
 from ..vmm import hotplug
 from ..vmm.argv import HostForward
-from ..vmm.plan import HostNetworks, LaunchPlan
+from ..vmm.plan import HostNetworks, LaunchPlan, NicPlacement, place_nic
 from ..vmm.process import VmLock
 from .context import VmContext
 from .results import NetworkInfo
@@ -60,10 +60,8 @@ class Networks:
     def for_plan(self, vm_uuid: str) -> HostNetworks:
         """The networks a power-on may plug NICs into (defaults included), or why there are none (then NAT is
         QEMU's user-mode networking, which gets the VM's port forwards)."""
-        host = support()
-        if not host.available:
-            return HostNetworks(None, host.reason, self._user_forwards(vm_uuid))
-        return HostNetworks({entry.name.lower(): entry for entry in self._entries_with_defaults()})
+        host = self._host_networks()
+        return replace(host, user_forwards=self._user_forwards(vm_uuid)) if host.networks is None else host
 
     def create(self, name: str, *, mode: str = "nat", subnet: str | None = None, bridge: str | None = None,
                dhcp_on: bool = True) -> NetworkInfo:
@@ -187,11 +185,11 @@ class Networks:
     def nic_addresses(self, ctx: VmContext) -> list[dict]:
         """Each NIC of a VM: its MAC, network, reserved address and whether the guest holds a lease on it."""
         found = []
-        reservations = {(r.network.lower(), r.mac): r.address for r in self.catalog.reservations_of(ctx.uuid)}
+        reserved = self.reserved_addresses(ctx)
         for nic in ctx.read_spec().nics:
-            mac = nic.mac or generated_mac(ctx.uuid, nic.index)
+            mac = _mac(ctx, nic)
             entry = self._network_named_by(nic)
-            address = reservations.get((entry.name.lower(), mac)) if entry else None
+            address = reserved.get(nic.name)
             leased = bool(entry and address and
                           dhcp.leases(self._dhcp_files(entry.name)).get(mac) == address)
             found.append({"nic": nic.name, "mac": mac, "network": entry.name if entry else None,
@@ -221,11 +219,12 @@ class Networks:
                                 hint="forward from 127.0.0.1 (the default), 0.0.0.0 (every address of the host) "
                                      "or an address `ip -4 addr` shows")
         nic = _nic(ctx, nic_name)
-        user = _user_mode(nic)
-        entry = None if user else self._network_named_by(nic)
+        placed = self._placement(nic)
+        user, entry = placed.user_nat, placed.entry
         if not user and (entry is None or entry.mode == "bridged"):
-            raise ConflictError(f"{nic.name} of {ctx.name!r} is not on a nat or isolated network, so no port "
-                                "can be forwarded to it", hint="the guest of a bridged network is reached directly")
+            raise ConflictError(f"{nic.name} of {ctx.name!r} is not on a nat or isolated network"
+                                f"{f' ({placed.why})' if placed.why else ''}, so no port can be forwarded to it",
+                                hint="the guest of a bridged network is reached directly")
         forward = ForwardEntry(ctx.uuid, nic.index, spec.protocol, spec.host_addr, spec.host_port, spec.guest_port)
         with self._turn(host=not user):
             self._check_port_free(spec)
@@ -253,7 +252,7 @@ class Networks:
                                 hint=f"see them: minivisor vm port-forward list {ctx.name}")
         forward = match[0]
         nic = next((n for n in ctx.read_spec().nics if n.index == forward.nic), None)
-        user = nic is not None and _user_mode(nic)
+        user = nic is not None and self._placement(nic).user_nat
         with self._turn(host=not user):
             if user and ctx.running:
                 hotplug.remove_host_forward(ctx.vmm, nic, _host_forward(forward))
@@ -459,12 +458,29 @@ class Networks:
         return entry
 
     def _network_named_by(self, nic: Nic) -> NetworkEntry | None:
-        """The network a NIC's specfile keys name, if it exists (a default one may be undefined); reads only."""
-        wanted = wanted_network(nic)
-        try:
-            return self._known(wanted) if wanted else None
-        except NotFoundError:
-            return None
+        """The network a NIC is on at its power-on, if any (a default one may be undefined); reads only."""
+        return self._placement(nic).entry
+
+    def _placement(self, nic: Nic) -> NicPlacement:
+        return place_nic(nic, self._host_networks())
+
+    def _host_networks(self) -> HostNetworks:
+        """The networks NICs may join (the defaults included, maybe undefined), or why the host builds none."""
+        host = support()
+        if not host.available:
+            return HostNetworks(None, host.reason)
+        return HostNetworks({entry.name.lower(): entry for entry in self._entries_with_defaults()})
+
+    def reserved_addresses(self, ctx: VmContext) -> dict[str, str]:
+        """NIC name -> the address reserved for its MAC on the network it is on (NICs without one are absent)."""
+        reservations = {(r.network.lower(), r.mac): r.address for r in self.catalog.reservations_of(ctx.uuid)}
+        found = {}
+        for nic in ctx.read_spec().nics:
+            entry = self._network_named_by(nic)
+            address = reservations.get((entry.name.lower(), _mac(ctx, nic))) if entry else None
+            if address:
+                found[nic.name] = address
+        return found
 
     def _vm_name(self, vm_uuid: str) -> str:
         entry = self.catalog.vm_by_uuid(vm_uuid)
@@ -496,10 +512,8 @@ def _nic(ctx: VmContext, name: str) -> Nic:
     raise NotFoundError(f"VM {ctx.name!r} has no NIC {excerpt(name)}", hint=f"see its NICs: minivisor vm show {ctx.name}")
 
 
-def _user_mode(nic: Nic) -> bool:
-    """Whether the NIC is (or would be, at its power-on) on QEMU's user-mode NAT: on nat where the host builds no
-    networks (the launch plan decides the same way)."""
-    return not support().available and nic.connection_type != "none" and wanted_network(nic) == NAT
+def _mac(ctx: VmContext, nic: Nic) -> str:
+    return nic.mac or generated_mac(ctx.uuid, nic.index)
 
 
 def _host_forward(forward: ForwardEntry) -> HostForward:
