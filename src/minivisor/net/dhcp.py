@@ -140,9 +140,7 @@ def stop(files: DhcpFiles) -> None:
     pid = running_pid(files)
     if pid is not None:
         _signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5.0
-        while procfs.start_ticks(pid) is not None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        procfs.wait_gone(pid, 5.0)
     for path in (files.config, files.hosts, files.pid_file, files.leases):
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # no folder of ours: none of our files
             path.unlink()

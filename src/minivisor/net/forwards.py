@@ -8,10 +8,10 @@ given, 0.0.0.0 for every address) port ``HOSTPORT`` reaches the guest's
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from dataclasses import dataclass
 
+from .. import procfs
 from ..errors import ArgumentError
 from ..text import excerpt
 
@@ -106,17 +106,8 @@ def _overlaps(listening: str, wanted: str) -> bool:
 
 def _process_of(inodes: set[str]) -> str:
     """The first process holding one of these sockets, named; or "another program" if none can be seen."""
-    wanted = {f"socket:[{inode}]" for inode in inodes}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
-                    with open(f"/proc/{pid}/comm") as handle:
-                        return f"{handle.read().strip()} (pid {pid})"
-            except OSError:
-                continue
+    for pid in procfs.holders_of({f"socket:[{inode}]" for inode in inodes}):
+        name = procfs.comm(pid)
+        if name is not None:
+            return f"{name} (pid {pid})"
     return "another program"
