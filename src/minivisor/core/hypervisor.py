@@ -666,11 +666,10 @@ def _set_link(ctx: VmContext, nic: str, up: bool) -> str:
     from ..datastore.inventory import read_vmx
     from ..spec.vmspec import VmSpec
 
+    from .nics import find_nic
+
     doc = read_vmx(ctx.vmx)
-    names = [n.name for n in VmSpec.from_vmx(doc).nics]
-    if nic.strip().lower() not in names:
-        raise NotFoundError(f"VM {ctx.name!r} has no NIC {nic[:40]!r}", hint=f"its NICs: {', '.join(names) or 'none'}")
-    nic = nic.strip().lower()
+    nic = find_nic(VmSpec.from_vmx(doc), nic, ctx.name).name
     if ctx.running:
         ctx.vmm.execute("set_link", {"name": nic, "up": up})
     else:

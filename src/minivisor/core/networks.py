@@ -41,6 +41,7 @@ from ..vmm.argv import HostForward
 from ..vmm.plan import HostNetworks, LaunchPlan, NicPlacement, place_nic
 from ..vmm.process import VmLock
 from .context import VmContext
+from .nics import find_nic
 from .results import NetworkInfo
 
 __all__ = ["Networks", "MODES"]
@@ -213,7 +214,7 @@ class Networks:
 
     def reserve_address(self, ctx: VmContext, nic_name: str, address: str) -> dict:
         """Give a NIC a fixed address on its network (the guest gets it at its next DHCP renewal)."""
-        nic = _nic(ctx, nic_name)
+        nic = find_nic(ctx.read_spec(), nic_name, ctx.name)
         entry = self._network_of(nic)
         if entry is None or not entry.subnet:
             raise ConflictError(f"{nic.name} of {ctx.name!r} is not on a network minivisor gives addresses on",
@@ -233,7 +234,7 @@ class Networks:
             raise ArgumentError(f"{spec.host_addr} is not an address of this host",
                                 hint="forward from 127.0.0.1 (the default), 0.0.0.0 (every address of the host) "
                                      "or an address `ip -4 addr` shows")
-        nic = _nic(ctx, nic_name)
+        nic = find_nic(ctx.read_spec(), nic_name, ctx.name)
         placed = self._placement(nic)
         user, entry = placed.user_nat, placed.entry
         if not user and (entry is None or entry.mode == "bridged"):
@@ -527,13 +528,6 @@ class Networks:
 def _undefined(name: str) -> NetworkEntry:
     """A default network before its first use: in no catalog yet, so without subnet and bridge."""
     return NetworkEntry(name, DEFAULT_NETWORKS[name], None, True, "")
-
-
-def _nic(ctx: VmContext, name: str) -> Nic:
-    for nic in ctx.read_spec().nics:
-        if nic.name == name.strip().lower():
-            return nic
-    raise NotFoundError(f"VM {ctx.name!r} has no NIC {excerpt(name)}", hint=f"see its NICs: minivisor vm show {ctx.name}")
 
 
 def _mac(ctx: VmContext, nic: Nic) -> str:
