@@ -20,3 +20,18 @@ def test_a_nic_that_starts_disconnected_gets_no_port_forward(lab):
     done = lab.mv("vm", "port-forward", "web", "add", "8080:80", check=False)
     assert done.returncode == 4 and "startConnected is FALSE" in done.stderr
     assert lab.mv_json("vm", "port-forward", "web", "list") == []
+
+
+def test_vm_show_gives_a_nics_address_on_the_network_it_is_on_not_one_it_left(lab):
+    lab.mv("vm", "create", "web", "--network", "nat", "--disk-size", "16M")
+    subnet = lab.mv_json("net", "create", "lan", "--subnet", "192.168.78.0/24")["subnet"]
+    assert subnet == "192.168.78.0/24"
+    vmx = next(lab.datastore.glob("web/*.vmx"))
+    vmx.write_text(vmx.read_text().replace('ethernet0.connectionType = "nat"',
+                                           'ethernet0.connectionType = "custom"\nethernet0.networkName = "lan"'))
+    lab.mv("vm", "nic", "web", "ethernet0", "--ip", "192.168.78.20")
+    assert lab.mv_json("vm", "show", "web")["nics"][0]["address"] == "192.168.78.20"
+    vmx.write_text(vmx.read_text().replace('ethernet0.networkName = "lan"', 'ethernet0.networkName = "hostonly"'))
+    assert lab.mv_json("vm", "show", "web")["nics"][0]["address"] is None  # its reservation is lan's
+    assert [nic["address"] for nic in lab.mv_json("vm", "ip", "web")] == [None]
+    lab.mv("net", "delete", "lan")
