@@ -675,10 +675,10 @@ class Hypervisor:
     def _info(self, ctx: VmContext) -> VmInfo:
         """One VM, each NIC with its fixed address (``vm list`` leaves them out: one query per VM)."""
         info = self._info_of(ctx.entry, self.inventory.summaries([ctx.entry])[ctx.name])
-        addresses = {r.mac: r.address for r in self.datastore.catalog.reservations_of(ctx.uuid)}
-        if not addresses:
+        if not self.datastore.catalog.reservations_of(ctx.uuid):
             return info
-        return dataclasses.replace(info, nics=tuple({**nic, "address": addresses.get(nic["mac"])} for nic in info.nics))
+        addresses = ctx.networks().reserved_addresses(ctx)
+        return dataclasses.replace(info, nics=tuple({**nic, "address": addresses.get(nic["name"])} for nic in info.nics))
 
     def _info_of(self, entry: VmEntry, summary: dict[str, Any], lock_held: bool | None = None) -> VmInfo:
         paths = self.inventory.paths_of(entry)
@@ -708,11 +708,10 @@ def _set_link(ctx: VmContext, nic: str, up: bool) -> str:
     from ..datastore.inventory import read_vmx
     from ..spec.vmspec import VmSpec
 
+    from .nics import find_nic
+
     doc = read_vmx(ctx.vmx)
-    names = [n.name for n in VmSpec.from_vmx(doc).nics]
-    if nic.strip().lower() not in names:
-        raise NotFoundError(f"VM {ctx.name!r} has no NIC {nic[:40]!r}", hint=f"its NICs: {', '.join(names) or 'none'}")
-    nic = nic.strip().lower()
+    nic = find_nic(VmSpec.from_vmx(doc), nic, ctx.name).name
     if ctx.running:
         ctx.vmm.execute("set_link", {"name": nic, "up": up})
     else:
