@@ -16,11 +16,12 @@ import time
 
 import pytest
 from guests import guest_address
-from netlab import end_lab, make_lab
 
 from minivisor import Hypervisor
 
 pytestmark = pytest.mark.qemu
+
+SUBNET = "192.168.64.0/24"  # network A
 
 
 def leased_address(lab, vm: str, timeout: float = 60.0) -> str:
@@ -33,23 +34,14 @@ def leased_address(lab, vm: str, timeout: float = 60.0) -> str:
 
 
 @pytest.fixture(scope="module")
-def reuse(tmp_path_factory, appliance_image):
-    lab = make_lab(tmp_path_factory.mktemp("reuse") / "datastore")
-    try:
-        lab.mv("datastore", "allow-path", str(appliance_image.parent))
-        lab.mv("net", "create", "A", "--subnet", "192.168.64.0/24")
-        lab.mv("vm", "create", "old", "--memory", "96", "--boot-disk", str(appliance_image), "--network", "A",
-               "--nic", "virtio")
-        lab.mv("vm", "start", "old", "--wait-ready")
-        old_address = leased_address(lab, "old")
-        lab.mv("vm", "stop", "old", "--hard")
-        lab.mv("vm", "delete", "old")
-        lab.mv("vm", "create", "new", "--memory", "96", "--boot-disk", str(appliance_image), "--network", "A",
-               "--nic", "virtio")
-        lab.mv("vm", "start", "new", "--wait-ready")
-        yield lab, Hypervisor(lab.datastore), old_address
-    finally:
-        end_lab(lab)
+def reuse(appliance_lab, appliance_image):
+    lab = appliance_lab
+    lab.appliance_vm("old", appliance_image, "A", "virtio")
+    old_address = leased_address(lab, "old")
+    lab.mv("vm", "stop", "old", "--hard")
+    lab.mv("vm", "delete", "old")
+    lab.appliance_vm("new", appliance_image, "A", "virtio")
+    return lab, Hypervisor(lab.datastore), old_address
 
 
 def test_a_new_vm_gets_the_address_reserved_for_it_not_one_a_deleted_vm_still_leases(reuse):

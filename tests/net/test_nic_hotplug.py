@@ -10,26 +10,20 @@ import re
 import time
 
 import pytest
-from netlab import end_lab, make_lab
 
 from minivisor import Hypervisor
 from minivisor.net.names import tap_name
 
 pytestmark = pytest.mark.qemu
 
+SUBNET = "192.168.63.0/24"  # network A
+
 
 @pytest.fixture(scope="module")
-def hot(tmp_path_factory, appliance_image):
-    lab = make_lab(tmp_path_factory.mktemp("hotplug") / "datastore")
-    try:
-        lab.mv("datastore", "allow-path", str(appliance_image.parent))
-        lab.mv("net", "create", "A", "--subnet", "192.168.63.0/24")
-        lab.mv("vm", "create", "h", "--memory", "96", "--boot-disk", str(appliance_image), "--network", "A",
-               "--nic", "virtio")
-        lab.mv("vm", "start", "h", "--wait-ready")
-        yield lab, Hypervisor(lab.datastore), (lab.datastore / "h" / "h.vmx").read_bytes()
-    finally:
-        end_lab(lab)
+def hot(appliance_lab, appliance_image):
+    lab = appliance_lab
+    lab.appliance_vm("h", appliance_image, "A", "virtio")
+    return lab, Hypervisor(lab.datastore), (lab.datastore / "h" / "h.vmx").read_bytes()
 
 
 def guest(hv, command: str) -> str:
