@@ -250,8 +250,8 @@ def minivisor_pair(cli: Cli, image: str, model: str) -> Iterator[tuple[Pair, flo
         (g2_nic,) = hv.vm_addresses("g2")
         cli("vm", "port-forward", "g2", "add", f"{FORWARD}:{PORT}")
 
-        def on(vm):
-            return lambda command: hv.exec_in_vm(vm, command, timeout=600).output
+        def on(vm):  # the serial shell, as the hand-made pair is driven (not the guest agent)
+            return lambda command: hv.exec_in_vm(vm, command, timeout=600, via="serial").output
 
         argv = {vm: cli.json("vm", "explain", vm)["argv"] for vm in ("g1", "g2")}
         yield Pair(on("g1"), on("g2"), g2_nic["address"], ("127.0.0.1", FORWARD)), statistics.median(to_lease), argv
