@@ -70,6 +70,14 @@ class Lab:
     def mv_json(self, *args: str):
         return json.loads(self.mv(*args, "--json").stdout)
 
+    def appliance_vm(self, name: str, image: Path, network: str, model: str, *, start: bool = True) -> None:
+        """A 96 MiB VM booting the appliance ``image``, one NIC of ``model`` on ``network``; started, and ready,
+        unless not ``start``."""
+        self.mv("vm", "create", name, "--memory", "96", "--boot-disk", str(image), "--network", network,
+                "--nic", model)
+        if start:
+            self.mv("vm", "start", name, "--wait-ready")
+
     def api(self, method: str, *args: object):
         """``Hypervisor(datastore).METHOD(*ARGS)`` run inside the host namespace (where /sys shows its
         interfaces), its result as JSON."""

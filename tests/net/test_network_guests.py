@@ -15,34 +15,28 @@ import time
 
 import pytest
 from guests import guest_address
-from netlab import HOST_ADDR, UP_ADDR, end_lab, make_lab
+from netlab import HOST_ADDR, UP_ADDR
 
 from minivisor import Hypervisor
 from minivisor.spec.vmx import VmxDocument
 
 pytestmark = pytest.mark.qemu
 
+SUBNET = "192.168.61.0/24"  # network A
+
 MODELS = {"ethernet0": ("vmxnet3", "vmxnet3"), "ethernet1": ("e1000", "e1000"), "ethernet2": ("e1000e", "e1000e"),
           "ethernet3": ("vlance", "pcnet32"), "ethernet4": ("virtio", "virtio_net")}  # NIC -> (virtualDev, driver)
 
 
 @pytest.fixture(scope="module")
-def net_lab(tmp_path_factory, appliance_image):
-    lab = make_lab(tmp_path_factory.mktemp("netlab") / "datastore")
-    try:
-        lab.mv("datastore", "allow-path", str(appliance_image.parent))
-        lab.mv("net", "create", "A", "--subnet", "192.168.61.0/24")
-        for name, model in (("a1", "virtio"), ("a2", "e1000")):
-            lab.mv("vm", "create", name, "--memory", "96", "--boot-disk", str(appliance_image), "--network", "A",
-                   "--nic", model)
-        lab.mv("vm", "create", "m", "--memory", "96", "--boot-disk", str(appliance_image), "--network", "nat",
-               "--nic", "vmxnet3")
-        _add_nics(lab.datastore / "m" / "m.vmx")
-        for name in ("a1", "a2", "m"):
-            lab.mv("vm", "start", name, "--wait-ready")
-        yield lab, Hypervisor(lab.datastore)
-    finally:
-        end_lab(lab)
+def net_lab(appliance_lab, appliance_image):
+    lab = appliance_lab
+    for name, model in (("a1", "virtio"), ("a2", "e1000")):
+        lab.appliance_vm(name, appliance_image, "A", model)
+    lab.appliance_vm("m", appliance_image, "nat", "vmxnet3", start=False)
+    _add_nics(lab.datastore / "m" / "m.vmx")
+    lab.mv("vm", "start", "m", "--wait-ready")
+    return lab, Hypervisor(lab.datastore)
 
 
 def _add_nics(vmx):

@@ -222,6 +222,11 @@ class Networks:
         address = addressing.check_reservable(ipaddress.IPv4Network(entry.subnet), address)
         mac = nic.mac or generated_mac(ctx.uuid, nic.index)
         with self._turn():
+            holder = self._leased_to_others(entry, mac).get(address)
+            if holder is not None:
+                raise ConflictError(f"{address} is leased to {holder} on network {entry.name!r}, so the guest "
+                                    "would not get it", hint=f"choose another address, or wait until that lease "
+                                    f"ends (at most {dhcp.LEASE_TIME} after its VM stopped)")
             self.catalog.reserve(Reservation(entry.name, mac, address, ctx.uuid))
             self._reload_dhcp(entry)
         return {"nic": nic.name, "mac": mac, "network": entry.name, "address": address}
@@ -435,9 +440,17 @@ class Networks:
         current = self.catalog.reservations(entry.name)
         if any(r.mac == mac for r in current):
             return
-        address = addressing.next_reserved(ipaddress.IPv4Network(entry.subnet or ""), {r.address for r in current})
+        taken = {r.address for r in current} | set(self._leased_to_others(entry, mac))
+        address = addressing.next_reserved(ipaddress.IPv4Network(entry.subnet or ""), taken)
         self.catalog.reserve(Reservation(entry.name, mac, address, vm_uuid))
         self._reload_dhcp(entry)
+
+    def _leased_to_others(self, entry: NetworkEntry, mac: str) -> dict[str, str]:
+        """Address -> MAC of the leases dnsmasq holds for other MACs on this network, VMs deleted or stopped
+        included (a hard stop sends no DHCPRELEASE, so their leases last LEASE_TIME). dnsmasq never gives a
+        reserved address that is leased to another MAC: the guest would get one of the dynamic range instead."""
+        return {address: holder for holder, address in dhcp.leases(self._dhcp_files(entry.name)).items()
+                if holder != mac.lower()}
 
     def _reload_dhcp(self, entry: NetworkEntry) -> None:
         dhcp.reload(self._dhcp_files(entry.name), self._reservation_lines(entry))
