@@ -14,13 +14,13 @@ with the same codes whether it talks to the service or to the datastore.
 Stdlib only, and light: its requests speak just the HTTP/1.1 the service answers in
 (:class:`_Connection`, on a socket), since ``http.client`` (email parsing, ssl) would
 cost every CLI command that goes through a service more than its own work does;
-only :meth:`Client.events` (a chunked stream) loads ``http.client``.
+only :meth:`Client.events` (a chunked stream) loads ``http.client``. For the same reason the
+module loads no pathlib, urllib.parse (ipaddress), typing or dataclasses (inspect) until a
+result needs them: a snapshot, a string or plain JSON needs none.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import functools
 import json
 import os
@@ -28,17 +28,17 @@ import select
 import socket
 import threading
 import time
-import types
-import typing
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
 
 from . import errors, procfs
 from .errors import HostError, HvError
 from .service import routes
 from .service.discovery import SERVICE_FILE, TOKEN_FILE
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+    from typing import Any
 
 __all__ = ["Client", "connect"]
 
@@ -53,10 +53,9 @@ def connect(root: Path | str) -> Client | None:
     The service file is trusted only if its pid is alive with the start time it
     recorded (a service killed with SIGKILL leaves a stale file behind).
     """
-    root = Path(root)
     try:
-        record = json.loads((root / SERVICE_FILE).read_text())
-        token = (root / TOKEN_FILE).read_text().strip()
+        record = json.loads(_read(os.path.join(root, SERVICE_FILE)))
+        token = _read(os.path.join(root, TOKEN_FILE)).strip()
     except (OSError, ValueError):
         return None
     if not procfs.is_same_process(record.get("pid"), record.get("start_ticks")):
@@ -64,13 +63,26 @@ def connect(root: Path | str) -> Client | None:
     return Client(record["url"], token)
 
 
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as file:
+        return file.read()
+
+
+def _host_and_port(url: str) -> tuple[str, int]:
+    """The host and port of the ``http://HOST:PORT`` the service records (urllib.parse's urlsplit, for this URL)."""
+    authority = url.partition("://")[2].partition("/")[0]
+    host, colon, port = authority.rpartition(":")
+    if not colon or "]" in port:  # no port (an IPv6 address's last colon is inside its brackets)
+        host, port = authority, "80"
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 class Client:
     """The REST API behind the core API's method names (one keep-alive connection per thread)."""
 
     def __init__(self, url: str, token: str, *, timeout: float = 60.0) -> None:
-        parts = urlsplit(url)
         self.url = url
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.host, self.port = _host_and_port(url)
         self.token = token
         self.timeout = timeout
         self._local = threading.local()
@@ -136,15 +148,17 @@ class Client:
                 kwargs[key] = os.path.abspath(value)  # the service resolves paths from its own folder
         path = op.path
         for param in op.path_params:
-            from .datastore.layout import check_vm_name  # here, not at the top: the client stays cheap to import
+            from .datastore.names import check_vm_name  # here, not at the top: the client stays cheap to import
 
             # the service refuses a name that is none as well, but a "/" in it, sent, would be two
-            # path segments (the server decodes %2F) and reach another route: "x/disks" would list x's disks
-            value = check_vm_name(str(kwargs.pop(param)))
-            path = path.replace("{" + param + "}", quote(value, safe=""))
+            # path segments (the server decodes %2F) and reach another route: "x/disks" would list x's disks.
+            # A checked name is letters, digits and "._-": nothing in it needs quoting.
+            path = path.replace("{" + param + "}", check_vm_name(str(kwargs.pop(param))))
         body: dict[str, Any] | None = None
         if op.method == "GET":
             if kwargs:
+                from urllib.parse import urlencode
+
                 path += "?" + urlencode({k: json.dumps(v) for k, v in kwargs.items()})
         else:
             body = kwargs
@@ -169,6 +183,7 @@ class Client:
     def events(self, vm: str | None = None, *, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Server-sent events as they happen (a generator; close it to disconnect)."""
         import http.client  # a chunked stream of unknown length: http.client's, loaded only here
+        from urllib.parse import quote
 
         conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
@@ -348,7 +363,7 @@ def _explanation(data: dict[str, Any]) -> Any:
 
 
 def _snapshot(data: dict[str, Any]) -> Any:
-    from .spec.vmsd import Snapshot
+    from .spec.snapshot import Snapshot  # the class alone: not the .vmsd reader
 
     return Snapshot(uid=data["uid"], name=data["name"], parent=data["parent"], disks=data["disks"],
                     description=data["description"], created_us=round(data["created"] * 1e6),
@@ -357,6 +372,12 @@ def _snapshot(data: dict[str, Any]) -> Any:
 
 def rebuild(tp: Any, data: Any) -> Any:
     """Turn JSON data back into ``tp`` (dataclasses, enums, paths, tuples, optionals)."""
+    import dataclasses
+    import enum
+    import types
+    import typing
+    from pathlib import Path
+
     if data is None:
         return None
     origin = typing.get_origin(tp)
@@ -367,7 +388,7 @@ def rebuild(tp: Any, data: Any) -> Any:
         args = typing.get_args(tp)
         return tuple(rebuild(args[0], item) for item in data) if args else tuple(data)
     if origin is list:
-        (item_type,) = typing.get_args(tp) or (Any,)
+        (item_type,) = typing.get_args(tp) or (typing.Any,)
         return [rebuild(item_type, item) for item in data]
     if dataclasses.is_dataclass(tp) and isinstance(data, dict):
         fields = _init_fields(tp)
@@ -382,5 +403,8 @@ def rebuild(tp: Any, data: Any) -> Any:
 @functools.cache
 def _init_fields(tp: type) -> dict[str, Any]:
     """A dataclass's constructor fields and their types (resolved once: `vm list` rebuilds hundreds of VmInfo)."""
+    import dataclasses
+    import typing
+
     hints = typing.get_type_hints(tp)
-    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(tp) if f.init}
+    return {f.name: hints.get(f.name, typing.Any) for f in dataclasses.fields(tp) if f.init}
