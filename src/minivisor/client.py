@@ -330,11 +330,11 @@ def _decode(kind: str, data: Any) -> Any:
         return _snapshot(data[0]), data[1]
     # each type imported when its kind arrives: `vm list` needs only VmInfo, which is light
     if kind in ("vm", "vms", "start"):
-        from .core.results import StartResult, VmInfo
+        from .core.vminfo import StartResult, VmInfo
 
         if kind == "vms":
-            return [rebuild(VmInfo, item) for item in data]
-        return rebuild(VmInfo if kind == "vm" else StartResult, data)
+            return [VmInfo.from_dict(item) for item in data]
+        return (VmInfo if kind == "vm" else StartResult).from_dict(data)
     if kind == "explanation":
         return _explanation(data)
     if kind == "exec":

@@ -594,7 +594,7 @@ class Hypervisor:
         addresses = {r.mac: r.address for r in self.datastore.catalog.reservations_of(ctx.uuid)}
         if not addresses:
             return info
-        return dataclasses.replace(info, nics=tuple({**nic, "address": addresses.get(nic["mac"])} for nic in info.nics))
+        return info.replace(nics=tuple({**nic, "address": addresses.get(nic["mac"])} for nic in info.nics))
 
     def _info_of(self, entry: VmEntry, summary: dict[str, Any], lock_held: bool | None = None) -> VmInfo:
         paths = self.inventory.paths_of(entry)
