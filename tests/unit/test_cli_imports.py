@@ -24,7 +24,7 @@ from minivisor.client import connect
 SERVICE_STACK = ("starlette", "uvicorn", "asyncio", "h11")
 GONE = ("typer", "click", "rich")  # the CLI's libraries before issue 13
 # What a command through a service does without (each costs ~1-10 ms of a command that takes ~50)
-NOT_FOR_A_CLIENT = ("dataclasses", "inspect", "pathlib", "ipaddress", "urllib.parse", "typing", "http.client",
+NOT_FOR_A_CLIENT = ("dataclasses", "inspect", "pathlib", "ipaddress", "urllib.parse", "typing", "http.client", "socket",
                     "minivisor.core.results", "minivisor.datastore.layout", "minivisor.dirs")
 # a VmInfo holds its specfile's path, and pathlib loads urllib.parse
 A_VM_ALONE_NEEDS_NONE_OF = set(NOT_FOR_A_CLIENT) - {"pathlib", "urllib.parse", "ipaddress"}
