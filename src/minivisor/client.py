@@ -22,11 +22,11 @@ the C module under ``socket`` (whose enums and wrappers cost a command ~4 ms of 
 
 from __future__ import annotations
 
+import _socket
 import functools
 import json
 import os
 import select
-import _socket
 import threading
 import time
 
