@@ -12,9 +12,9 @@ packages+=(dnsmasq-base nftables)
 # The appliance's build compiles its kernel: Debian 12's kernel compiler and C library headers, and what
 # the kernel's build runs (flex and bison for its configuration, bc, lz4; libelf for objtool).
 packages+=(gcc-12 libc6-dev make flex bison bc lz4 libelf-dev)
-# The tests also reassemble the KVM probe (binutils), click through the web page (chromium) and make an
-# installer CD (xorriso, isolinux).
-[ "$job" = test ] && packages+=(binutils chromium xorriso isolinux)
+# The tests also reassemble the KVM probe (binutils), click through the web page (chromium), make an
+# installer CD (xorriso, isolinux) and run a cluster's etcd members (etcd-server; etcdctl in etcd-client).
+[ "$job" = test ] && packages+=(binutils chromium xorriso isolinux etcd-server etcd-client)
 
 install_host_packages() {
     local missing=()
@@ -36,7 +36,7 @@ install_python_env() {
         python3 -m venv .venv
     fi
     # pip's chatter goes to a log; on failure the log's end says why.
-    if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' >.venv/pip.log 2>&1; then
+    if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,cluster]' >.venv/pip.log 2>&1; then
         tail -20 .venv/pip.log >&2
         echo "setup: installing minivisor's Python dependencies failed (log: .venv/pip.log)" >&2
         exit 1

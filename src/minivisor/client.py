@@ -149,12 +149,9 @@ class Client:
                 kwargs[key] = os.path.abspath(value)  # the service resolves paths from its own folder
         path = op.path
         for param in op.path_params:
-            from .datastore.names import check_vm_name  # here, not at the top: the client stays cheap to import
-
-            # the service refuses a name that is none as well, but a "/" in it, sent, would be two
-            # path segments (the server decodes %2F) and reach another route: "x/disks" would list x's disks.
-            # A checked name is letters, digits and "._-": nothing in it needs quoting.
-            path = path.replace("{" + param + "}", check_vm_name(str(kwargs.pop(param))))
+            # the service refuses these as well, but a "/" in a value, sent, would be two path segments
+            # (the server decodes %2F) and reach another route: "x/disks" would list x's disks
+            path = path.replace("{" + param + "}", _path_value(op, param, str(kwargs.pop(param))))
         body: dict[str, Any] | None = None
         if op.method == "GET":
             if kwargs:
@@ -326,6 +323,21 @@ def _closed_by_peer(conn: _Connection) -> bool:
     return bool(poller.poll(0))
 
 
+def _path_value(op: routes.Op, param: str, value: str) -> str:
+    """A path parameter checked as the service checks it, ready for the path: a VM's name as one, anything else as
+    one segment (quoted)."""
+    if param == op.vm_param:
+        from .datastore.names import check_vm_name  # here, not at the top: the client stays cheap to import
+
+        return check_vm_name(value)  # letters, digits and "._-": nothing in it needs quoting
+    from urllib.parse import quote  # here: only a route of no VM (a network, a NIC) needs it
+
+    try:
+        return quote(routes.check_segment(value), safe="")
+    except ValueError as exc:
+        raise errors.ArgumentError(str(exc), hint="name it as the command's help says") from None
+
+
 def _error(status: int, data: Any) -> HvError:
     detail = data.get("error") if isinstance(data, dict) else None
     if not isinstance(detail, dict):
@@ -354,6 +366,10 @@ def _decode(kind: str, data: Any) -> Any:
         return None
     if kind == "text":
         return data["result"]
+    if kind == "bytes":
+        import base64
+
+        return base64.b64decode(data["base64"], validate=True)
     if kind in ("events", "json"):
         return data
     if kind == "snapshot":

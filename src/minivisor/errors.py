@@ -30,11 +30,17 @@ __all__ = [
     "QmpError",
     "QmpCommandError",
     "GuestError",
+    "GuestTimeoutError",
+    "AgentError",
+    "AgentCommandError",
     "ImageBuildError",
     "RequestError",
     "AuthError",
     "ArgumentError",
     "NoSpaceError",
+    "ClusterError",
+    "ClusterUnreachableError",
+    "OwnedElsewhereError",
     "is_out_of_space",
 ]
 
@@ -190,6 +196,32 @@ class GuestError(HvError):
     exit_code = 75
 
 
+class GuestTimeoutError(GuestError):
+    """A command run in the guest did not finish in time (it was interrupted, or could not be)."""
+
+    code = "guest-timeout"
+
+
+class AgentError(GuestError):
+    """No conversation with the guest agent (qemu-ga): none answering, gone, or speaking nonsense."""
+
+    code = "agent-error"
+
+
+class AgentCommandError(AgentError):
+    """The guest agent refused a command; ``command``, ``error_class`` and ``desc`` say which and why."""
+
+    code = "agent-refused"
+
+    def __init__(self, message: str, *, hint: str | None = None, command: str = "", error_class: str = "",
+                 desc: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.command, self.error_class, self.desc = command, error_class, desc
+
+    def details(self) -> dict[str, object]:
+        return {"command": self.command, "error_class": self.error_class, "desc": self.desc}
+
+
 class ImageBuildError(HvError):
     """Building a guest image failed."""
 
@@ -222,6 +254,25 @@ class NoSpaceError(HostError):
     """The datastore's file system is full; the operation was undone."""
 
     code = "no-space"
+
+
+class ClusterError(HvError):
+    """A cluster operation cannot be done: no cluster configured, a host name taken, data in the store malformed."""
+
+    code = "cluster-error"
+    exit_code = 69
+
+
+class ClusterUnreachableError(ClusterError):
+    """None of the cluster store's (etcd's) endpoints answered: nothing in the cluster was changed."""
+
+    code = "cluster-unreachable"
+
+
+class OwnedElsewhereError(ConflictError):
+    """Another host of the cluster owns the VM (it runs there): it may not be powered on here."""
+
+    code = "owned-elsewhere"
 
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)

@@ -74,8 +74,14 @@ def test_seed_hardware_mapping():
     assert option_values(argv, "-sandbox")[0].startswith("on,")
     devices = {d["driver"]: d for d in json_options(argv, "-device")}
     assert devices["lsi53c895a"]["id"] == "scsi0"
-    assert devices["scsi-hd"] == {"driver": "scsi-hd", "id": "scsi0-0", "drive": "fmt-scsi0-0-0",
+    # the seed's disk is a VMDK: attached through a gate, a filter node with no limits (a memory snapshot
+    # closes the chain under it)
+    assert devices["scsi-hd"] == {"driver": "scsi-hd", "id": "scsi0-0", "drive": "gate-scsi0-0-0",
                                   "bus": "scsi0.0", "scsi-id": 0, "werror": "enospc", "bootindex": 0}
+    gate = next(n for n in json_options(argv, "-blockdev") if n["node-name"] == "gate-scsi0-0-0")
+    assert gate == {"driver": "throttle", "node-name": "gate-scsi0-0-0", "throttle-group": "gate-scsi0-0-0-group",
+                    "file": "fmt-scsi0-0-0", "read-only": False}
+    assert {"qom-type": "throttle-group", "id": "gate-scsi0-0-0-group"} in json_options(argv, "-object")
     assert devices["vmxnet3"]["mac"] == "00:50:56:aa:aa:aa"
     assert devices["vmware-svga"]["vgamem_mb"] == 8
     (netdev,) = json_options(argv, "-netdev")
@@ -152,12 +158,14 @@ def test_nic_models(model, driver):
                                               HostForward("udp", "0.0.0.0", 5353, 53))),
                                      Tap("mvt0123456789", "lab"), "unconnected"])
 def test_a_hot_plugged_nic_is_the_one_a_power_on_builds(backend):
-    """QMP's netdev_add and device_add get the very dictionaries -netdev and -device get as JSON."""
+    """QMP's netdev_add and device_add get the very dictionaries -netdev and -device get as JSON, but for
+    the PCI address: a running VMM's free slot is QEMU's to choose (the next power-on's may be taken)."""
     spec = VmSpec.from_vmx(VmxDocument.parse(b'ethernet3.present = "TRUE"\nethernet3.virtualDev = "e1000e"\n'))
     env = env_for(spec, networks={3: backend})
     (nic,) = spec.nics
     assert json_options(build_qemu_argv(spec, env), "-netdev") == [nic_netdev(nic, env)]
-    assert [d for d in json_options(build_qemu_argv(spec, env), "-device") if d.get("netdev")] == [nic_device(nic, env)]
+    assert [d for d in json_options(build_qemu_argv(spec, env), "-device") if d.get("netdev")] == [
+        {**nic_device(nic, env), "bus": "pci.0", "addr": "0x02.0"}]
     assert nic_device(nic, env) == {"driver": "e1000e", "id": "ethernet3", "netdev": "net3", "mac": "00:0c:29:00:00:01"}
 
 
@@ -182,3 +190,18 @@ def test_a_tcg_vmm_gets_the_translation_cache_admission_counts_for_it(memory_mib
     assert option_values(build_qemu_argv(spec, env_for(spec)), "-accel") == [f"tcg,tb-size={cache_mib}"]
     assert option_values(build_qemu_argv(spec, env_for(spec, accel="kvm")), "-accel") == ["kvm"]
     assert overhead_mib(memory_mib, "tcg") - overhead_mib(memory_mib, "kvm") == cache_mib
+
+
+def test_every_vm_has_a_guest_agent_channel_on_a_socket_in_its_runtime_folder():
+    argv = build_qemu_argv(seed_spec(), env_for(seed_spec()))
+    ports = [d for d in json_options(argv, "-device") if d["driver"] == "virtserialport"]
+    assert ports == [{"driver": "virtserialport", "bus": "agent-serial.0", "chardev": "agent",
+                      "name": "org.qemu.guest_agent.0", "id": "agent-port"}]
+    assert f"socket,id=agent,path={PATHS.agent_socket},server=on,wait=off" in option_values(argv, "-chardev")
+
+
+def test_the_agent_socket_path_cannot_inject_chardev_options():
+    paths = VmPaths(VM_DIR / "x.vmx", Path("/run/a,server=off,path=/etc/passwd"))
+    argv = build_qemu_argv(seed_spec(), env_for(seed_spec(), paths))
+    chardev = next(v for v in option_values(argv, "-chardev") if v.startswith("socket,id=agent,"))
+    assert chardev == "socket,id=agent,path=/run/a,,server=off,,path=/etc/passwd/agent.sock,server=on,wait=off"

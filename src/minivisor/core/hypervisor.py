@@ -114,13 +114,14 @@ class Hypervisor:
         plan = self.vms.context(name).plan()
         return Explanation(plan.spec, tuple(virtual_hardware(plan.spec, plan.env)), tuple(plan.argv), plan.warnings)
 
-    @staticmethod
-    def check_vmx(vmx_path: Path | str) -> dict[str, Any]:
+    def check_vmx(self, vmx_path: Path | str) -> dict[str, Any]:
         """What minivisor would make of any specfile, key by key (virtualized, approximated, disconnected,
-        ignored, refused) and why; reads nothing of the datastore (see :func:`minivisor.core.check.check_vmx`)."""
+        ignored, refused) and why, NICs judged against this datastore's networks; nothing is written (see
+        :func:`minivisor.core.check.check_vmx`)."""
         from .check import check_vmx
+        from .networks import Networks
 
-        return check_vmx(vmx_path)
+        return check_vmx(vmx_path, Networks(self.datastore, self.inventory).for_plan(""))
 
     def vm_events(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
         """The last ``limit`` events of a VM from its event log, oldest first (0: all of them)."""
@@ -298,6 +299,9 @@ class Hypervisor:
             ctx.emit("poweringOff", pid=pid, hard=hard)
             how = ctx.vmm.stop(hard=hard, timeout=timeout)
             ctx.networks().unplug(ctx)
+            from .clustering import disown
+
+            disown(ctx)
             ctx.emit("poweredOff", pid=pid, reason=f"stopped ({how})")
             return how
 
@@ -389,9 +393,19 @@ class Hypervisor:
         self._networks().clean_up()
 
     def vm_addresses(self, name: str) -> list[dict]:
-        """Each NIC of a VM: MAC, network, its fixed address, and whether the guest holds a lease on it."""
+        """Each NIC of a VM: MAC, network, its fixed address, whether the guest holds a lease on it, and
+        (``guest``) the addresses the guest's agent reports on it, when the VM runs one."""
+        from .guest import guest_interfaces
+
         ctx = self.vms.context(name)
-        return ctx.networks().nic_addresses(ctx)
+        nics = ctx.networks().nic_addresses(ctx)
+        interfaces = guest_interfaces(ctx) if ctx.vmm.state() == VmState.RUNNING else None
+        by_mac = {i.mac.lower(): i for i in interfaces or () if i.mac}
+        for nic in nics:
+            found = by_mac.get(nic["mac"].lower())
+            nic["guest"] = list(found.addresses) if found else None
+            nic["interface"] = found.name if found else None
+        return nics
 
     def set_nic(self, name: str, nic: str, *, link: bool | None = None, address: str | None = None) -> dict:
         """Connect or disconnect a NIC's link (a running VM's at once, else ``startConnected``), or fix its address."""
@@ -452,24 +466,82 @@ class Hypervisor:
 
         return Networks(self.datastore, self.inventory)
 
+    # -- the cluster (minivisor.cluster: etcd) --------------------------------------
+    def cluster_init(self, etcd: str, *, name: str | None = None, ttl: int | None = None) -> dict[str, Any]:
+        """Make a cluster in the etcd at ``etcd`` (its client URLs, comma-separated) and join this host to it
+        as ``name`` [default: the host name]; every member's lease lasts ``ttl`` s [default: 10]."""
+        from ..cluster import membership
+        from ..cluster.config import DEFAULT_TTL, MAX_TTL, MIN_TTL, parse_endpoints
+
+        ttl = DEFAULT_TTL if ttl is None else ttl
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or not MIN_TTL <= ttl <= MAX_TTL:
+            raise ArgumentError(f"a lease TTL of {ttl!r} s is out of range", hint=f"give {MIN_TTL} to {MAX_TTL} s")
+        return membership.init(self.datastore.meta, parse_endpoints(etcd), name or _host_name(), ttl,
+                               self._running())
+
+    def cluster_join(self, etcd: str, *, name: str | None = None) -> dict[str, Any]:
+        """Join this host, as ``name`` [default: the host name], to the cluster in the etcd at ``etcd``;
+        its service (``serve``) then keeps it a live member."""
+        from ..cluster import membership
+        from ..cluster.config import parse_endpoints
+
+        return membership.join(self.datastore.meta, parse_endpoints(etcd), name or _host_name(), self._running())
+
+    def cluster_status(self) -> dict[str, Any]:
+        """Every member of this host's cluster: live or not, free memory, CPUs, running VMs, versions."""
+        from ..cluster import membership
+
+        return membership.status(self.datastore.meta)
+
+    def cluster_leave(self, *, force: bool = False) -> dict[str, Any]:
+        """Take this host out of its cluster (refused while VMs run here); ``force`` forgets the cluster
+        even when etcd cannot be told."""
+        from ..cluster import membership
+
+        return membership.leave(self.datastore.meta, list(self._running().values()), force=force)
+
+    def _running(self) -> dict[str, str]:
+        from .clustering import running_vms
+
+        return running_vms(self)
+
     # -- guest access ----------------------------------------------------
-    def exec_in_vm(self, name: str, command: list[str] | str, *, timeout: float = 60.0) -> ExecResult:
-        """Run a shell command through the guest's serial shell (the appliance has one)."""
-        from ..vmm.console import console_lock, run_command
+    def exec_in_vm(self, name: str, command: list[str] | str, *, timeout: float = 60.0,
+                   via: str = "auto") -> ExecResult:
+        """Run a command in the guest: through its guest agent when one answers (stdout and stderr apart),
+        else its serial shell (any POSIX shell on COM1); ``via`` = agent or serial chooses.
+
+        A list is an argv (each argument passed exactly, quoted for the shell); a string is one shell
+        command line. A command past ``timeout`` s is ended (GuestTimeoutError).
+        """
+        from .guest import VIAS, exec_command
 
         check_args(timeout=timeout, command=command)
+        _check_choice("via", via, VIAS)
         ctx = self.vms.context(name)
         require(ctx.name, ctx.vmm.state(), Action.EXEC)
-        text = command if isinstance(command, str) else " ".join(command)
-        if "\n" in text:
-            raise ArgumentError("the command contains a newline",
-                                hint="pass one command line (use ';' between commands)")
-        _await_ready(ctx, timeout)
-        fd = console_lock(ctx.paths.runtime_dir)
-        try:
-            return run_command(ctx.paths.console_socket, text, timeout)
-        finally:
-            os.close(fd)
+        return exec_command(ctx, command, timeout, via)
+
+    def copy_to_guest(self, name: str, host_path: Path | str, guest_path: str, *,
+                      progress: Callable[[float], None] | None = None) -> dict:
+        """Copy a host file into the guest (through its guest agent), as ``vmrun CopyFileFromHostToGuest``;
+        ``progress(percent)`` as it goes."""
+        from .guest import copy_to
+
+        check_args(guest_path=guest_path)
+        ctx = self.vms.context(name)
+        require(ctx.name, ctx.vmm.state(), Action.EXEC)
+        return copy_to(ctx, Path(host_path), guest_path, progress)
+
+    def copy_from_guest(self, name: str, guest_path: str, host_path: Path | str, *,
+                        progress: Callable[[float], None] | None = None) -> dict:
+        """Copy a guest file to the host (through its guest agent), written whole or not at all."""
+        from .guest import copy_from
+
+        check_args(guest_path=guest_path)
+        ctx = self.vms.context(name)
+        require(ctx.name, ctx.vmm.state(), Action.EXEC)
+        return copy_from(ctx, guest_path, Path(host_path), progress)
 
     def console_socket(self, name: str) -> tuple[Path, int]:
         """The console socket of a running VM and a lock held while it is used."""
@@ -681,6 +753,13 @@ def _make_disk(target: Path, size: str | None, boot_chain: tuple[ImageLayer, ...
     if progress:
         progress(f"copying {top.path.name} ({human_size(top.virtual_size)}) into the VM folder")
     convert_disk(boot_chain, target, "qcow2")
+
+
+def _host_name() -> str:
+    """This host's name as a cluster member: the first label of its host name."""
+    import socket
+
+    return socket.gethostname().partition(".")[0]
 
 
 def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:

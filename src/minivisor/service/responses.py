@@ -10,6 +10,7 @@ reverses both: an error body's ``type`` names the error class, and each route's
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import enum
 import json
@@ -18,7 +19,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ..errors import (ArgumentError, AuthError, ConflictError, DiskError, GuestError, HostError, HvError,
+from ..errors import (ArgumentError, AuthError, ClusterError, ConflictError, DiskError, GuestError, HostError, HvError,
                       ImageBuildError, InternalError, MethodNotAllowedError, NoSpaceError, NotFoundError,
                       PayloadTooLargeError, RequestError, RouteNotFoundError, SpecError, StateError, VmmError,
                       WrongHostError)
@@ -35,6 +36,8 @@ HTTP_STATUS: dict[type[HvError], int] = {
     NotFoundError: 404, ConflictError: 409, StateError: 409, SpecError: 422, DiskError: 422,
     # the host, the VMM and the guest
     HostError: 503, ImageBuildError: 503, NoSpaceError: 507, VmmError: 502, GuestError: 504,
+    # the cluster (its store unreachable, its data malformed)
+    ClusterError: 503,
 }
 
 
@@ -71,6 +74,8 @@ def encode(result: Any) -> Any:
         return {}
     if isinstance(result, str):
         return {"result": result}
+    if isinstance(result, bytes):  # a screenshot's PNG
+        return {"base64": base64.b64encode(result).decode()}
     if isinstance(result, (list, tuple)):
         return [encode(item) for item in result]
     if hasattr(result, "to_dict"):

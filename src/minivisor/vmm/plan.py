@@ -90,7 +90,6 @@ def make_plan(name: str, uuid: str, paths: VmPaths, scope: Scope, *, incoming: b
     """Read the specfile and check it against the host and the datastore; raises what is wrong."""
     spec = VmSpec.from_vmx(read_vmx(paths.vmx))
     fit = _host_notes(spec)
-    check_affinity(spec.sched)
     resources = resolve_resources(spec, scope, paths.vmx, uuid, networks)
     qemu = facts.find_qemu()
     uefi = _uefi(spec, paths, name)
@@ -104,10 +103,11 @@ def make_plan(name: str, uuid: str, paths: VmPaths, scope: Scope, *, incoming: b
     return LaunchPlan(spec, env, warnings, spec.notes + found)
 
 
-def check_specfile(vmx: Path) -> tuple[VmxDocument, VmSpec, tuple[KeyNote, ...]]:
+def check_specfile(vmx: Path, networks: HostNetworks | None = None) -> tuple[VmxDocument, VmSpec, tuple[KeyNote, ...]]:
     """What power-on would make of any specfile on this host, with nothing written and every host folder
     allowed (register applies the datastore's path policy): the same reading, host checks and file
-    resolution as :func:`make_plan`. A hard disk whose file is missing is noted ``refused``."""
+    resolution as :func:`make_plan`. A hard disk whose file is missing is noted ``refused``; given a
+    datastore's ``networks``, a NIC whose network is not there ``disconnected`` (power-on leaves its link down)."""
     doc = read_vmx(vmx)
     spec = VmSpec.from_vmx(doc)
     fit = _host_notes(spec)
@@ -115,11 +115,26 @@ def check_specfile(vmx: Path) -> tuple[VmxDocument, VmSpec, tuple[KeyNote, ...]]
     chains, _, media = resolve_files(spec, Scope(folder, folder, allowed=("/",)), vmx, missing_ok=True)
     missing = tuple(KeyNote(d.node, "refused", f"its disk {d.file_name} does not exist: power-on stops here")
                     for d in spec.disks if d.kind == "disk" and d.node not in chains)
-    return doc, spec, spec.notes + fit + media + missing
+    links = _link_notes(spec, networks) if networks is not None else ()
+    return doc, spec, spec.notes + fit + media + missing + links
+
+
+def _link_notes(spec: VmSpec, networks: HostNetworks) -> tuple[KeyNote, ...]:
+    """The NICs power-on would leave with their link down, and why (what :func:`_network` warns)."""
+    notes = []
+    for nic in spec.nics:
+        said: list[str] = []
+        if _network(nic, "0" * 32, networks, said) == "unconnected" and said:
+            notes.append(KeyNote(nic.name, "disconnected", said[0].split(": ", 1)[1]))
+    return tuple(notes)
 
 
 def _host_notes(spec: VmSpec) -> tuple[KeyNote, ...]:
-    """What this host gives the spec only in part (raises what it cannot give at all)."""
+    """What this host gives the spec only in part (raises what it cannot give at all: its memory, the CPUs it is
+    pinned to, its firmware). Power-on and ``vm check`` both ask here, so a check never promises what start refuses."""
+    check_affinity(spec.sched)
+    if spec.firmware == "efi":
+        facts.find_ovmf(spec.secure_boot)  # raises, naming the package, where OVMF is not installed
     fit = check_host_fit(spec, host_memory_mib=facts.host_memory_mib(), host_cpus=facts.host_cpus())
     return fit + _uefi_boot_notes(spec)
 
