@@ -14,31 +14,32 @@ with the same codes whether it talks to the service or to the datastore.
 Stdlib only, and light: its requests speak just the HTTP/1.1 the service answers in
 (:class:`_Connection`, on a socket), since ``http.client`` (email parsing, ssl) would
 cost every CLI command that goes through a service more than its own work does;
-only :meth:`Client.events` (a chunked stream) loads ``http.client``.
+only :meth:`Client.events` (a chunked stream) loads ``http.client``. For the same reason the
+module loads no pathlib, urllib.parse (ipaddress), typing or dataclasses (inspect) until a
+result needs them: a snapshot, a string or plain JSON needs none; and it speaks through ``_socket``,
+the C module under ``socket`` (whose enums and wrappers cost a command ~4 ms of CPU).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
+import _socket
 import functools
 import json
 import os
 import select
-import socket
 import threading
 import time
-import types
-import typing
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
 
 from . import errors, procfs
 from .errors import HostError, HvError
 from .service import routes
 from .service.discovery import SERVICE_FILE, TOKEN_FILE
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+    from typing import Any
 
 __all__ = ["Client", "connect"]
 
@@ -53,10 +54,9 @@ def connect(root: Path | str) -> Client | None:
     The service file is trusted only if its pid is alive with the start time it
     recorded (a service killed with SIGKILL leaves a stale file behind).
     """
-    root = Path(root)
     try:
-        record = json.loads((root / SERVICE_FILE).read_text())
-        token = (root / TOKEN_FILE).read_text().strip()
+        record = json.loads(_read(os.path.join(root, SERVICE_FILE)))
+        token = _read(os.path.join(root, TOKEN_FILE)).strip()
     except (OSError, ValueError):
         return None
     if not procfs.is_same_process(record.get("pid"), record.get("start_ticks")):
@@ -64,13 +64,26 @@ def connect(root: Path | str) -> Client | None:
     return Client(record["url"], token)
 
 
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as file:
+        return file.read()
+
+
+def _host_and_port(url: str) -> tuple[str, int]:
+    """The host and port of the ``http://HOST:PORT`` the service records (urllib.parse's urlsplit, for this URL)."""
+    authority = url.partition("://")[2].partition("/")[0]
+    host, colon, port = authority.rpartition(":")
+    if not colon or "]" in port:  # no port (an IPv6 address's last colon is inside its brackets)
+        host, port = authority, "80"
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 class Client:
     """The REST API behind the core API's method names (one keep-alive connection per thread)."""
 
     def __init__(self, url: str, token: str, *, timeout: float = 60.0) -> None:
-        parts = urlsplit(url)
         self.url = url
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.host, self.port = _host_and_port(url)
         self.token = token
         self.timeout = timeout
         self._local = threading.local()
@@ -138,11 +151,12 @@ class Client:
         for param in op.path_params:
             # the service refuses these as well, but a "/" in a value, sent, would be two path segments
             # (the server decodes %2F) and reach another route: "x/disks" would list x's disks
-            value = _path_value(op, param, str(kwargs.pop(param)))
-            path = path.replace("{" + param + "}", quote(value, safe=""))
+            path = path.replace("{" + param + "}", _path_value(op, param, str(kwargs.pop(param))))
         body: dict[str, Any] | None = None
         if op.method == "GET":
             if kwargs:
+                from urllib.parse import urlencode
+
                 path += "?" + urlencode({k: json.dumps(v) for k, v in kwargs.items()})
         else:
             body = kwargs
@@ -167,6 +181,7 @@ class Client:
     def events(self, vm: str | None = None, *, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Server-sent events as they happen (a generator; close it to disconnect)."""
         import http.client  # a chunked stream of unknown length: http.client's, loaded only here
+        from urllib.parse import quote
 
         conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
@@ -193,6 +208,22 @@ class _Closed(OSError):
     """The service closed a kept-alive connection before it answered (a GET may be sent again)."""
 
 
+def _connect(host: str, port: int, timeout: float) -> _socket.socket:
+    """A TCP connection to the first of the host's addresses that answers (``socket.create_connection``)."""
+    failure: OSError = OSError(f"no address for {host}")
+    # The host as bytes: a str would be encoded with the idna codec, one more import for nothing.
+    for family, kind, proto, _, address in _socket.getaddrinfo(host.encode(), port, 0, _socket.SOCK_STREAM):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            failure = exc
+    raise failure
+
+
 class _Connection:
     """One kept-alive HTTP/1.1 connection to the service: a request out, its whole answer back.
 
@@ -201,12 +232,11 @@ class _Connection:
     """
 
     def __init__(self, host: str, port: int, timeout: float) -> None:
-        # The host as bytes: a str would be encoded with the idna codec, one more import for nothing.
-        self.sock = socket.create_connection((host.encode(), port), timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # one request, one send: no delay
+        self.sock = _connect(host, port, timeout)
+        self.sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)  # one request, one send: no delay
         self.host = host if ":" not in host else f"[{host}]"
         self.port = port
-        self._reader = self.sock.makefile("rb")
+        self._received = bytearray()  # bytes of the answer not read yet
 
     def exchange(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
         """(status, Content-Type, body) of the answer to one request."""
@@ -228,7 +258,9 @@ class _Connection:
         elif "content-length" in head:
             raw = self._exactly(int(head["content-length"]))
         else:
-            raw = self._reader.read(MAX_BODY + 1)
+            while len(self._received) <= MAX_BODY and self._receive():
+                pass
+            raw = self._take(len(self._received))
             head["connection"] = "close"
         if len(raw) > MAX_BODY:
             raise ValueError(f"the service's answer is larger than {MAX_BODY} bytes")
@@ -236,17 +268,32 @@ class _Connection:
             self.close()
         return int(rest[:3]), head.get("content-type", ""), raw
 
+    def _receive(self) -> bool:
+        """More of the answer into the buffer; False at the end of the connection."""
+        chunk = self.sock.recv(64 * 1024)
+        self._received += chunk
+        return bool(chunk)
+
+    def _take(self, count: int) -> bytes:
+        taken = bytes(self._received[:count])
+        del self._received[:count]
+        return taken
+
     def _line(self) -> bytes:
         """One header line without its CRLF (b"" at the blank line that ends them, or at EOF)."""
-        line = self._reader.readline(MAX_HEAD + 1)
-        if len(line) > MAX_HEAD:
-            raise ValueError(f"the service sent a header line longer than {MAX_HEAD} bytes")
-        return line.rstrip(b"\r\n")
+        while (end := self._received.find(b"\n", 0, MAX_HEAD)) < 0:
+            if len(self._received) >= MAX_HEAD:
+                raise ValueError(f"the service sent a header line longer than {MAX_HEAD} bytes")
+            if not self._receive():
+                return self._take(len(self._received)).rstrip(b"\r\n")  # the end of the connection
+        return self._take(end + 1).rstrip(b"\r\n")
 
     def _exactly(self, count: int) -> bytes:
         if not 0 <= count <= MAX_BODY:
             raise ValueError(f"the service announced a body of {count} bytes")
-        raw = self._reader.read(count)
+        while len(self._received) < count and self._receive():
+            pass
+        raw = self._take(count)
         if len(raw) < count:
             raise _Closed("the service closed the connection in the middle of its answer")
         return raw
@@ -264,7 +311,6 @@ class _Connection:
         return b"".join(parts)
 
     def close(self) -> None:
-        self._reader.close()
         self.sock.close()
 
 
@@ -278,13 +324,16 @@ def _closed_by_peer(conn: _Connection) -> bool:
 
 
 def _path_value(op: routes.Op, param: str, value: str) -> str:
-    """A path parameter checked as the service checks it: a VM's name as one, anything else as one segment."""
+    """A path parameter checked as the service checks it, ready for the path: a VM's name as one, anything else as
+    one segment (quoted)."""
     if param == op.vm_param:
-        from .datastore.layout import check_vm_name  # here, not at the top: the client stays cheap to import
+        from .datastore.names import check_vm_name  # here, not at the top: the client stays cheap to import
 
-        return check_vm_name(value)
+        return check_vm_name(value)  # letters, digits and "._-": nothing in it needs quoting
+    from urllib.parse import quote  # here: only a route of no VM (a network, a NIC) needs it
+
     try:
-        return routes.check_segment(value)
+        return quote(routes.check_segment(value), safe="")
     except ValueError as exc:
         raise errors.ArgumentError(str(exc), hint="name it as the command's help says") from None
 
@@ -329,11 +378,11 @@ def _decode(kind: str, data: Any) -> Any:
         return _snapshot(data[0]), data[1]
     # each type imported when its kind arrives: `vm list` needs only VmInfo, which is light
     if kind in ("vm", "vms", "start"):
-        from .core.results import StartResult, VmInfo
+        from .core.vminfo import StartResult, VmInfo
 
         if kind == "vms":
-            return [rebuild(VmInfo, item) for item in data]
-        return rebuild(VmInfo if kind == "vm" else StartResult, data)
+            return [VmInfo.from_dict(item) for item in data]
+        return (VmInfo if kind == "vm" else StartResult).from_dict(data)
     if kind == "explanation":
         return _explanation(data)
     if kind == "exec":
@@ -362,7 +411,7 @@ def _explanation(data: dict[str, Any]) -> Any:
 
 
 def _snapshot(data: dict[str, Any]) -> Any:
-    from .spec.vmsd import Snapshot
+    from .spec.snapshot import Snapshot  # the class alone: not the .vmsd reader
 
     return Snapshot(uid=data["uid"], name=data["name"], parent=data["parent"], disks=data["disks"],
                     description=data["description"], created_us=round(data["created"] * 1e6),
@@ -371,6 +420,12 @@ def _snapshot(data: dict[str, Any]) -> Any:
 
 def rebuild(tp: Any, data: Any) -> Any:
     """Turn JSON data back into ``tp`` (dataclasses, enums, paths, tuples, optionals)."""
+    import dataclasses
+    import enum
+    import types
+    import typing
+    from pathlib import Path
+
     if data is None:
         return None
     origin = typing.get_origin(tp)
@@ -381,7 +436,7 @@ def rebuild(tp: Any, data: Any) -> Any:
         args = typing.get_args(tp)
         return tuple(rebuild(args[0], item) for item in data) if args else tuple(data)
     if origin is list:
-        (item_type,) = typing.get_args(tp) or (Any,)
+        (item_type,) = typing.get_args(tp) or (typing.Any,)
         return [rebuild(item_type, item) for item in data]
     if dataclasses.is_dataclass(tp) and isinstance(data, dict):
         fields = _init_fields(tp)
@@ -396,5 +451,8 @@ def rebuild(tp: Any, data: Any) -> Any:
 @functools.cache
 def _init_fields(tp: type) -> dict[str, Any]:
     """A dataclass's constructor fields and their types (resolved once: `vm list` rebuilds hundreds of VmInfo)."""
+    import dataclasses
+    import typing
+
     hints = typing.get_type_hints(tp)
-    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(tp) if f.init}
+    return {f.name: hints.get(f.name, typing.Any) for f in dataclasses.fields(tp) if f.init}

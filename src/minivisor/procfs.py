@@ -3,6 +3,9 @@ I/O) and about the host (its memory and CPU time). The one module that parses ``
 
 A pid alone names nothing for long (pids are reused), so a process is known by
 its pid *and* its start time (``/proc/<pid>/stat`` field 22, in clock ticks).
+
+Without dataclasses or pathlib (whose imports cost more than the reads): the client checks
+a service's pid here on every CLI command that goes through one.
 """
 
 from __future__ import annotations
@@ -10,9 +13,8 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections import namedtuple
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 __all__ = ["ProcStat", "read_stat", "start_ticks", "is_same_process", "cmdline", "comm", "holders_of", "wait_gone",
            "rss_bytes", "io_bytes", "meminfo_bytes", "host_cpu_seconds", "own_umask", "CLOCK_TICKS"]
@@ -21,15 +23,11 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MEMINFO = "/proc/meminfo"  # a module variable, so that tests can point it at a file they write
 
 
-@dataclass(frozen=True)
-class ProcStat:
-    """The fields of ``/proc/<pid>/stat`` minivisor uses."""
+class ProcStat(namedtuple("ProcStat", "state ppid cpu_ticks threads start_ticks")):
+    """The fields of ``/proc/<pid>/stat`` minivisor uses: state (R, S, D, T stopped, Z zombie, X dead...),
+    ppid, cpu_ticks (user + system time), threads, start_ticks."""
 
-    state: str  # R, S, D, T (stopped), Z (zombie), X (dead)...
-    ppid: int
-    cpu_ticks: int  # user + system time
-    threads: int
-    start_ticks: int
+    __slots__ = ()
 
     @property
     def alive(self) -> bool:
@@ -37,10 +35,15 @@ class ProcStat:
         return self.state not in ("Z", "X")
 
 
+def _read(path: str, mode: str = "r") -> str | bytes:
+    with open(path, mode) as file:
+        return file.read()
+
+
 def read_stat(pid: int) -> ProcStat | None:
     """The process's stat line, or None if there is no such process."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        text = _read(f"/proc/{pid}/stat")
     except OSError:
         return None
     fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
@@ -61,7 +64,7 @@ def is_same_process(pid: object, known_start_ticks: object) -> bool:
 def cmdline(pid: int) -> list[str] | None:
     """The process's arguments, or None if it is gone."""
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        raw = _read(f"/proc/{pid}/cmdline", "rb")
     except OSError:
         return None
     return [arg.decode(errors="surrogateescape") for arg in raw.split(b"\0")[:-1]]
@@ -70,7 +73,7 @@ def cmdline(pid: int) -> list[str] | None:
 def comm(pid: int) -> str | None:
     """The process's command name (its program's, 15 characters at most), or None if it is gone."""
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
+        return _read(f"/proc/{pid}/comm").strip()
     except OSError:
         return None
 
@@ -107,7 +110,7 @@ def wait_gone(pid: int, timeout: float) -> bool:
 def rss_bytes(pid: int) -> int | None:
     """The process's resident memory, or None if it is gone."""
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
+        status = _read(f"/proc/{pid}/status")
     except OSError:
         return None
     found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
@@ -117,7 +120,7 @@ def rss_bytes(pid: int) -> int | None:
 def io_bytes(pid: int) -> dict[str, int]:
     """The process's I/O counters (rchar, wchar: its read/write calls; read_bytes, write_bytes: storage), or {}."""
     try:
-        lines = Path(f"/proc/{pid}/io").read_text().splitlines()
+        lines = _read(f"/proc/{pid}/io").splitlines()
         counters = dict(line.split(": ", 1) for line in lines)
         return {key: int(counters[key]) for key in ("rchar", "wchar", "read_bytes", "write_bytes") if key in counters}
     except (OSError, ValueError):  # gone, or not ours to read
@@ -145,7 +148,7 @@ def host_cpu_seconds() -> tuple[float, float]:
 def own_umask() -> int:
     """This process's umask, read without changing it (os.umask is not thread-safe)."""
     try:
-        status = Path("/proc/self/status").read_text(encoding="ascii", errors="replace")
+        status = _read("/proc/self/status", "rb").decode("ascii", errors="replace")
         return int(re.search(r"^Umask:\s*([0-7]+)", status, re.M)[1], 8)  # type: ignore[index]
     except (OSError, TypeError):  # no /proc, or a kernel without the field
         return 0o077  # unknown: err on the private side

@@ -23,10 +23,13 @@ from __future__ import annotations
 import os
 import sys
 from importlib import import_module
-from pathlib import Path
 
 from ..errors import ArgumentError, HvError
 from ..text import clip, excerpt, printable
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from pathlib import Path
 
 ABOUT = "minivisor: run VMware-style VMs (.vmx) on QEMU/KVM."
 
@@ -136,9 +139,17 @@ JSON = arg("--json", dest="as_json", action="store_true", help="Print JSON for s
 
 # -- what commands share ---------------------------------------------------------
 def datastore_root() -> Path:
+    from pathlib import Path  # here: a command through a service needs only the folder's name
+
+    return Path(_datastore_folder())
+
+
+def _datastore_folder() -> str:
+    if named := _state.get("datastore"):
+        return named  # type: ignore[return-value]
     from ..dirs import default_datastore
 
-    return Path(_state.get("datastore") or default_datastore())  # type: ignore[arg-type]
+    return str(default_datastore())
 
 
 def hv(*, direct: bool = False):
@@ -149,11 +160,11 @@ def hv(*, direct: bool = False):
     """
     if not direct and not os.environ.get("MINIVISOR_DIRECT"):
         if "client" not in _state:
-            root = datastore_root()
+            root = _datastore_folder()
             client = None
             from ..service.discovery import SERVICE_FILE
 
-            if (root / SERVICE_FILE).exists():  # import http.client only then
+            if os.path.exists(os.path.join(root, SERVICE_FILE)):  # import the client only then
                 from ..client import connect
 
                 client = connect(root)

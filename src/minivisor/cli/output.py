@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any
 
 from ..text import printable
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (~3 ms of `vm clone`, `vm list`)
 if TYPE_CHECKING:
+    from typing import Any
+
     from ..core.hypervisor import Explanation, VmInfo
     from ..host.info import HostInfo
 

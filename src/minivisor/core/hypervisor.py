@@ -678,7 +678,7 @@ class Hypervisor:
         if not self.datastore.catalog.reservations_of(ctx.uuid):
             return info
         addresses = ctx.networks().reserved_addresses(ctx)
-        return dataclasses.replace(info, nics=tuple({**nic, "address": addresses.get(nic["name"])} for nic in info.nics))
+        return info.replace(nics=tuple({**nic, "address": addresses.get(nic["name"])} for nic in info.nics))
 
     def _info_of(self, entry: VmEntry, summary: dict[str, Any], lock_held: bool | None = None) -> VmInfo:
         paths = self.inventory.paths_of(entry)

@@ -23,7 +23,6 @@ from ..images.layers import format_for
 from ..images.qemu_img import commit_layer, rebase_disk, set_backing
 from ..images.vmdk import set_cid, set_parent
 from ..storage.journal import Journal
-from ..storage.clones import publish_clone
 from ..vmm.states import Action
 from .context import VmContext, Vms
 
@@ -93,6 +92,14 @@ def _recover_online_snapshot(ctx: VmContext, journal: Journal) -> None:
             jobs.resume_if_paused(qmp)
 
 
+def _publish_clone(ctx: VmContext, *args: object) -> None:
+    # imported here: only a clone's journal has this step, and storage.clones (with uuid and platform)
+    # would cost every power-on, which recovers the VM's journal first, ~3 ms
+    from ..storage.clones import publish_clone
+
+    publish_clone(ctx.datastore, *args)
+
+
 def _reopenable_chains(ctx: VmContext) -> dict[str, list[tuple[Path, str]]]:
     """Device -> the layers (path, format) of each hard disk whose chain the specfile names whole.
 
@@ -109,7 +116,7 @@ def _reopenable_chains(ctx: VmContext) -> dict[str, list[tuple[Path, str]]]:
 
 def step_handlers(ctx: VmContext) -> dict[str, Callable[..., None]]:
     """The journal steps that need the datastore: each checks the chains it opens under the VM's path policy."""
-    return {"publish-clone": lambda *args: publish_clone(ctx.datastore, *args),
+    return {"publish-clone": lambda *args: _publish_clone(ctx, *args),
             "commit": lambda dependent: _commit(ctx, dependent),
             "relink": lambda image, backing, fmt: _relink(ctx, image, backing, fmt),
             "rebase": lambda dependent, frozen: _rebase(ctx, dependent, frozen),

@@ -17,14 +17,12 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from .. import dirs
-from ..errors import SpecError
-from ..text import excerpt
+from .names import VM_NAME, check_vm_name
 
 __all__ = ["VmPaths", "vm_paths", "check_vm_name", "VM_NAME", "VM_FILES", "VMM_LOG", "SERIAL_LOG", "BIOS_LOG",
            "EVENT_LOG", "RUNTIME_RECORD", "EFI_VARS"]
@@ -37,19 +35,6 @@ RUNTIME_RECORD = "runtime.json"
 EFI_VARS = "efivars.qcow2"  # the VM's UEFI variable store (VMware's own .nvram is never touched)
 # What minivisor writes into a VM's folder for itself besides the specfile: no device may name one.
 VM_FILES = frozenset({VMM_LOG, SERIAL_LOG, BIOS_LOG, EVENT_LOG, RUNTIME_RECORD, EFI_VARS})
-VM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")  # \Z: "$" would let a final newline in
-
-
-def check_vm_name(name: str) -> str:
-    """Return the name if it can name a VM (and its folder), else raise SpecError.
-
-    Here, with the folder's layout, and not with the datastore: the client checks names too, and
-    importing this module costs it little.
-    """
-    if not VM_NAME.match(name) or name.endswith((".tmp", ".vmx")):
-        raise SpecError(f"{excerpt(name)} is not a valid VM name",
-                        hint="use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    return name
 
 
 @dataclass(frozen=True, init=False)

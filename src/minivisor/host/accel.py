@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -152,6 +151,8 @@ def _run_killing_at(cmd: list[str], timeout: float) -> tuple[int | None, str, in
 
 def run_probe(qemu_binary: str, accel: str, timeout: float = 3.0, image: bytes = PROBE_IMAGE) -> ProbeRun:
     """Boot ``image`` as a BIOS boot disk under ``-accel accel``; kill it at ``timeout``."""
+    import tempfile  # here: the probe runs once per host (its answer is cached); every power-on imports this module
+
     with tempfile.TemporaryDirectory(prefix="minivisor-probe-") as tmp:
         disk, serial = Path(tmp, "probe.img"), Path(tmp, "serial.log")
         disk.write_bytes(image)

@@ -9,15 +9,14 @@ Files in ``<datastore>/.minivisor/``, owner-only:
   :func:`minivisor.client.connect` only while that pid lives with that start time;
 - :data:`LOCK_FILE`: held while a service runs, so there is one per datastore.
 
-Stdlib only: the CLI looks for these on every command.
+Stdlib only, and relative paths as strings (``root / SERVICE_FILE``), not pathlib: the CLI looks for
+these on every command.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 __all__ = ["SERVICE_FILE", "TOKEN_FILE", "LOCK_FILE"]
 
-SERVICE_FILE = Path(".minivisor") / "service.json"
-TOKEN_FILE = Path(".minivisor") / "token"
-LOCK_FILE = Path(".minivisor") / "service.lock"
+SERVICE_FILE = ".minivisor/service.json"
+TOKEN_FILE = ".minivisor/token"
+LOCK_FILE = ".minivisor/service.lock"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import uuid as uuidlib
 
 from .vmspec import VmSpec
 from .vmx import VmxDocument
@@ -31,6 +30,8 @@ def fill_identity(doc: VmxDocument, spec: VmSpec) -> str:
     """Make sure the specfile has a BIOS UUID and NIC addresses; return the UUID."""
     vm_uuid = uuid_from_vmx(spec.uuid_bios) if spec.uuid_bios else None
     if vm_uuid is None:
+        import uuid as uuidlib  # here: a power-on reads a UUID, and uuid (with platform) costs it ~3 ms
+
         vm_uuid = str(uuidlib.uuid4())
         doc.set("uuid.bios", uuid_to_vmx(vm_uuid))
     fill_macs(doc, spec, vm_uuid)
@@ -48,14 +49,19 @@ def fill_macs(doc: VmxDocument, spec: VmSpec, vm_uuid: str) -> bool:
 
 def uuid_to_vmx(value: str) -> str:
     """``550e8400-...`` -> VMware's ``55 0e 84 00 ... -..`` form."""
+    import uuid as uuidlib
+
     raw = uuidlib.UUID(value).hex
     pairs = [raw[i:i + 2] for i in range(0, 32, 2)]
     return " ".join(pairs[:8]) + "-" + " ".join(pairs[8:])
 
 
 def uuid_from_vmx(value: str) -> str | None:
-    digits = re.sub(r"[^0-9a-fA-F]", "", value)
-    return str(uuidlib.UUID(digits)) if len(digits) == 32 else None
+    """VMware's ``55 0e 84 00 ... -..`` -> ``550e8400-...`` (what str(uuid.UUID(...)) gives), None if not 32 digits."""
+    digits = re.sub(r"[^0-9a-fA-F]", "", value).lower()
+    if len(digits) != 32:
+        return None
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from ..errors import ConflictError, NotFoundError, SpecError
 from ..text import excerpt
 from .devices import CONTROLLER_COUNT, UNIT_COUNT
+from .snapshot import Snapshot
 from .vmx import VMX_LIMITS, Limits, VmxDocument
 
 __all__ = ["Snapshot", "SnapshotTree", "vmsd_path", "MAX_SNAPSHOTS", "VMSD_LIMITS"]
@@ -28,26 +29,6 @@ MAX_DISKS = sum(CONTROLLER_COUNT[bus] * UNIT_COUNT[bus] for bus in CONTROLLER_CO
 # Each snapshot keeps its specfile on one line, |XX-escaped: up to 3 bytes for each of the specfile's.
 VMSD_LIMITS = Limits(file_bytes=32 * 1024 * 1024, lines=MAX_SNAPSHOTS * (12 + 2 * MAX_DISKS),
                      line_bytes=3 * VMX_LIMITS.file_bytes + 1024)
-
-
-@dataclass
-class Snapshot:
-    """One node of the tree."""
-
-    uid: int
-    name: str
-    parent: int | None
-    disks: dict[str, str]  # node (scsi0:0) -> frozen file name, as the specfile named it
-    description: str = ""
-    created_us: int = 0  # microseconds since the epoch, as VMware stores it
-    memory_file: str | None = None  # the .vmsn with memory and device state (powered-on snapshots)
-    config: str | None = None  # the specfile when it was taken (restored on revert, like VMware's .vmsn)
-    ready_line: str | None = None  # a memory snapshot of a guest that had said it was ready: what it said
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"uid": self.uid, "name": self.name, "parent": self.parent, "description": self.description,
-                "created": self.created_us / 1e6, "memory": self.memory_file is not None,
-                "memory_file": self.memory_file, "disks": dict(self.disks)}
 
 
 @dataclass
