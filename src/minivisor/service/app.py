@@ -35,6 +35,7 @@ from .metrics import collect, prometheus
 from .openapi import openapi
 from .responses import dumps, encode, error_response, internal_error, json_response
 from .routes import OPERATIONS, Op
+from .static import StaticFiles
 from .supervisor import Supervisor
 
 __all__ = ["build_app", "operation_routes", "MAX_BODY", "HEARTBEAT"]
@@ -52,6 +53,17 @@ def build_app(calls: Dispatcher, bus: EventBus, access: Access, supervisor: Supe
     """The application: the route table's operations, events, metrics, the OpenAPI document and the page."""
     spec = dumps(openapi())  # the route table does not change while the service runs
     page = _page()
+    static = StaticFiles()
+    if static.missing:
+        log.warning("the web page's libraries %s are not installed: run `npm ci` in the repository (setup.sh does)",
+                    ", ".join(static.missing))
+
+    async def static_file(request: Request) -> Response:
+        asset = static.get(request.url.path)
+        if asset is None:
+            raise RouteNotFoundError(f"{excerpt(request.url.path)} is not a file of the page", hint="see /")
+        return Response(asset.body, 200, {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+                        media_type=asset.media_type)
 
     async def openapi_json(request: Request) -> Response:
         return Response(spec, 200, {"Cache-Control": "no-store"}, media_type="application/json")
@@ -77,6 +89,8 @@ def build_app(calls: Dispatcher, bus: EventBus, access: Access, supervisor: Supe
                 started.cancel()
 
     endpoints = [Route("/", page, methods=["GET"]), Route("/index.html", page, methods=["GET"]),
+                 Route("/ui/{path:path}", _answering(static_file), methods=["GET"]),
+                 Route("/vendor/{path:path}", _answering(static_file), methods=["GET"]),
                  Route("/openapi.json", _answering(openapi_json), methods=["GET"]),
                  Route("/v1/events", _answering(events), methods=["GET"]),
                  Route("/v1/metrics", _answering(metrics_json), methods=["GET"]),

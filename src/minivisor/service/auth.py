@@ -3,8 +3,8 @@
 :class:`Gate` runs both checks on every request before it is routed, in that
 order: a request for another host gets 421 and no data (against DNS
 rebinding), one without the right token 401 (naming no path). The static web
-page (:data:`PUBLIC_PATHS`) holds no data and needs no token: the token is
-typed into it.
+page and its files (:data:`PUBLIC_PATHS`, :data:`~minivisor.service.static.PUBLIC_PREFIXES`) hold no
+data and need no token: the token is typed into the page.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ..errors import AuthError, HostError, HvError, WrongHostError
 from ..text import excerpt
 from .discovery import TOKEN_FILE
 from .responses import error_response
+from .static import PUBLIC_PREFIXES
 
 __all__ = ["Access", "Gate", "HostCheck", "PUBLIC_PATHS", "ensure_token"]
 
@@ -100,7 +101,7 @@ class Access:
         if not self.hosts.allows(host):
             raise WrongHostError(f"this service does not answer for the host {excerpt(host or '')}",
                                  hint=f"connect to {self.url}")
-        if path not in PUBLIC_PATHS:
+        if path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
             self._authenticate(authorization)
 
     def _authenticate(self, header: str | None) -> None:
