@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from ..errors import HvError, MethodNotAllowedError, PayloadTooLargeError, RequestError, RouteNotFoundError
 from ..text import excerpt
-from .auth import Access, Gate
+from .auth import LOGIN_PATH, Access, Gate
 from .bus import EventBus
 from .dispatch import Dispatcher
 from .metrics import collect, prometheus
@@ -44,6 +44,9 @@ log = logging.getLogger("minivisor.service")
 
 MAX_BODY = 64 * 1024  # bytes; larger requests get 413 without being read
 HEARTBEAT = 15.0  # seconds between SSE keep-alive comments
+# The page runs only its own files: no inline script, no eval, nothing from elsewhere, never in a frame.
+PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+               "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -64,6 +67,24 @@ def build_app(calls: Dispatcher, bus: EventBus, access: Access, supervisor: Supe
             raise RouteNotFoundError(f"{excerpt(request.url.path)} is not a file of the page", hint="see /")
         return Response(asset.body, 200, {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
                         media_type=asset.media_type)
+
+    async def login(request: Request) -> Response:
+        token = (await _read_json_body(request)).get("token")
+        if not isinstance(token, str):
+            raise RequestError("log in with the API token", hint='send {"token": "<the datastore\'s token>"}')
+        access.check_token("Bearer " + token)
+        response = json_response(200, {"session": "open"})
+        response.headers["Set-Cookie"] = access.sessions.set_cookie(access.sessions.open())
+        return response
+
+    async def logout(request: Request) -> Response:
+        access.sessions.close(access.sessions.session_of(request.headers.get("cookie")))
+        response = json_response(200, {"session": "closed"})
+        response.headers["Set-Cookie"] = access.sessions.clear_cookie()
+        return response
+
+    async def session(request: Request) -> Response:  # the Gate let it through: the caller is authorized
+        return json_response(200, {"session": "open"})
 
     async def openapi_json(request: Request) -> Response:
         return Response(spec, 200, {"Cache-Control": "no-store"}, media_type="application/json")
@@ -89,6 +110,9 @@ def build_app(calls: Dispatcher, bus: EventBus, access: Access, supervisor: Supe
                 started.cancel()
 
     endpoints = [Route("/", page, methods=["GET"]), Route("/index.html", page, methods=["GET"]),
+                 Route(LOGIN_PATH, _answering(login), methods=["POST"]),
+                 Route(LOGIN_PATH, _answering(logout), methods=["DELETE"]),
+                 Route(LOGIN_PATH, _answering(session), methods=["GET"]),
                  Route("/ui/{path:path}", _answering(static_file), methods=["GET"]),
                  Route("/vendor/{path:path}", _answering(static_file), methods=["GET"]),
                  Route("/openapi.json", _answering(openapi_json), methods=["GET"]),
@@ -185,9 +209,8 @@ def _query_value(text: str) -> Any:
 
 def _page() -> Endpoint:
     html = files("minivisor.service").joinpath("web/index.html").read_bytes()
-    headers = {"Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
-                                          "style-src 'self' 'unsafe-inline'",
-               "X-Frame-Options": "DENY"}
+    headers = {"Content-Security-Policy": PAGE_POLICY, "X-Frame-Options": "DENY",
+               "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
 
     async def page(request: Request) -> Response:
         return Response(html, 200, headers, media_type="text/html; charset=utf-8")
