@@ -30,6 +30,7 @@ from ..errors import HvError, MethodNotAllowedError, PayloadTooLargeError, Reque
 from ..text import excerpt
 from .auth import LOGIN_PATH, Access, Gate
 from .bus import EventBus
+from .consoles import console_routes
 from .dispatch import Dispatcher
 from .metrics import collect, prometheus
 from .openapi import openapi
@@ -119,6 +120,7 @@ def build_app(calls: Dispatcher, bus: EventBus, access: Access, supervisor: Supe
                  Route("/v1/events", _answering(events), methods=["GET"]),
                  Route("/v1/metrics", _answering(metrics_json), methods=["GET"]),
                  Route("/metrics", _answering(metrics_text), methods=["GET"])]
+    endpoints += console_routes(calls, access.sessions, _answering)
     endpoints += operation_routes(lambda op: _answering(_operation(calls, op)))
     app = Starlette(routes=endpoints, middleware=[Middleware(Gate, access=access)],
                     exception_handlers={HTTPException: _no_route}, lifespan=lifespan)

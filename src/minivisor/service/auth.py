@@ -113,8 +113,9 @@ class Access:
             raise WrongHostError(f"this service does not answer for the host {excerpt(host or '')}",
                                  hint=f"connect to {self.url}")
         path, origin = scope["path"], _header(scope, b"origin")
-        if scope["type"] == "websocket":  # a page of another site may open one: only ours may
-            self.sessions.check_origin(origin, self.own_origins(host))
+        if scope["type"] == "websocket":  # browsers always send Origin on one: a page of another site may not
+            if origin is not None:
+                self.sessions.check_origin(origin, self.own_origins(host))
             return
         if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
             return

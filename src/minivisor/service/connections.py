@@ -66,11 +66,19 @@ class GuardedH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if getattr(self, "_upgraded", False):
+            return  # the connection is a websocket's now (a console: open as long as it is used)
         cycle = self.cycle
         if cycle is None or cycle.response_complete or cycle.more_body:
             self._expect_request()  # a head or a body is still on its way
         else:
             self._cancel_deadline()  # the request is in; the handler runs
+
+    def handle_websocket_upgrade(self, event) -> None:  # type: ignore[no-untyped-def]
+        """The request deadline ends here: the websocket protocol takes the connection over."""
+        self._upgraded = True
+        self._cancel_deadline()
+        super().handle_websocket_upgrade(event)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()

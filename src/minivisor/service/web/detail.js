@@ -2,25 +2,24 @@
 
 import {$, el} from "./dom.js";
 
-const TABS = [];  // [label, module path]: each module exports show(vm, box) and, optionally, refresh(vm, box)
-let current = null;  // {vm, tab, module, box}
-
-export function addTab(label, path) { TABS.push([label, path]); }
+// [label, module, its function that shows the tab]; a module may export close() and refresh(vm, box)
+const TABS = [["Serial console", "./consoles.js", "showSerial"], ["Screen", "./consoles.js", "showScreen"]];
+let current = null;  // {vm, module, box}
 
 export async function openDetail(vm, tabIndex = 0) {
   current?.module?.close?.();
   const detail = $("detail");
   const box = el("div", {class: "tab-body"});
   const tabs = el("div", {class: "tabs"}, ...TABS.map(([label], i) =>
-    el("button", {text: label, dataset: {tab: label.toLowerCase()}, "aria-selected": String(i === tabIndex),
+    el("button", {text: label, dataset: {tab: label.split(" ")[0].toLowerCase()}, "aria-selected": String(i === tabIndex),
                   onclick: () => openDetail(vm, i)})));
   detail.replaceChildren(el("h2", {text: vm}), tabs, box);
   detail.dataset.vm = vm;
   detail.hidden = false;
-  if (!TABS.length) return;
-  const module = await import(TABS[tabIndex][1]);
+  const [, path, show] = TABS[tabIndex];
+  const module = await import(path);
   current = {vm, module, box};
-  await module.show(vm, box);
+  await module[show](vm, box);
 }
 
 export function refreshDetail(vm) {

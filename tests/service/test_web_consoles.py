@@ -1,0 +1,112 @@
+"""The consoles of the web page: the serial console in xterm.js and the screen in noVNC, over websockets the
+service bridges to the VM's own UNIX sockets, each opened with a single-use ticket (tried as an attacker too)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import socket
+
+import pytest
+from guests import create_guest
+from playwright.sync_api import expect
+
+from minivisor import Hypervisor
+
+from .conftest import small_vm
+from .test_web_browser import log_in
+from .test_web_security import request, session_cookie
+
+pytestmark = pytest.mark.qemu
+
+
+@pytest.fixture
+def guest(service, appliance_image):
+    """The test guest, booted to its shell, in the service's datastore."""
+    create_guest(Hypervisor(service.root), "guest", appliance_image, memory_mib=128, network="none")
+    service.client.start_vm("guest", wait_ready=True, timeout=120)
+    return "guest"
+
+
+def ticket(service, vm: str, console: str) -> str:
+    status, _, body = request(service, "POST", f"/v1/vms/{vm}/consoles/{console}/ticket",
+                              {"Authorization": f"Bearer {service.token}"})
+    assert status == 201, body
+    return json.loads(body)["ticket"]
+
+
+def open_websocket(service, path: str, origin: str | None = None) -> tuple[int, socket.socket]:
+    """A websocket handshake to ``path``: the HTTP status (101 when accepted) and the connection."""
+    sock = socket.create_connection((service.client.host, service.client.port), timeout=30)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {service.client.host}:{service.client.port}\r\n"
+                  f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  f"Sec-WebSocket-Version: 13\r\n" + (f"Origin: {origin}\r\n" if origin else "") + "\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        head += chunk
+    return int(head.split(b" ")[1]), sock
+
+
+def accepted(service, path: str, origin: str | None = None) -> bool:
+    status, sock = open_websocket(service, path, origin)
+    sock.close()
+    assert status in (101, 403), status
+    return status == 101
+
+
+def test_a_console_websocket_opens_only_with_its_own_fresh_ticket(service, guest):
+    small_vm(Hypervisor(service.root), "other")
+    service.client.start_vm("other")
+    serial = f"/v1/vms/{guest}/consoles/serial"
+    assert not accepted(service, serial)  # no ticket
+    assert not accepted(service, serial + "?ticket=forged")
+    assert not accepted(service, serial + "?ticket=" + service.token)  # the API token is no ticket
+    assert not accepted(service, serial + "?ticket=" + ticket(service, "other", "serial"))  # another VM's
+    assert not accepted(service, serial + "?ticket=" + ticket(service, guest, "vnc"))  # another console's
+    mine = ticket(service, guest, "serial")
+    assert not accepted(service, serial + "?ticket=" + mine, origin="http://evil.example")  # another site's page
+    assert accepted(service, serial + "?ticket=" + mine)
+    assert not accepted(service, serial + "?ticket=" + mine)  # spent
+    screen = ticket(service, guest, "vnc")
+    status, sock = open_websocket(service, f"/v1/vms/{guest}/consoles/vnc?ticket={screen}")
+    with sock:
+        assert status == 101
+        frame = sock.recv(64)  # the VNC server speaks first: one binary frame holding "RFB 003.008\n"
+        assert frame[0] == 0x82 and frame[2:14].startswith(b"RFB 003.")
+
+
+def test_only_an_authorized_page_or_client_gets_a_ticket(service, guest):
+    path = f"/v1/vms/{guest}/consoles/serial/ticket"
+    assert request(service, "POST", path)[0] == 401
+    cookie = session_cookie(service)
+    assert request(service, "POST", path, {"Cookie": cookie, "Origin": "http://evil.example",
+                                           "X-Minivisor-CSRF": "1"})[0] == 403
+    status, _, body = request(service, "POST", path, {"Cookie": cookie, "Origin": service.url,
+                                                      "X-Minivisor-CSRF": "1"})
+    assert status == 201 and len(json.loads(body)["ticket"]) >= 40
+    assert request(service, "POST", f"/v1/vms/{guest}/consoles/telnet/ticket",
+                   {"Authorization": f"Bearer {service.token}"})[0] == 404
+
+
+def test_a_powered_off_vm_has_no_console_to_open(service):
+    small_vm(Hypervisor(service.root), "off")
+    status, _, body = request(service, "POST", "/v1/vms/off/consoles/serial/ticket",
+                              {"Authorization": f"Bearer {service.token}"})
+    assert status == 409 and "poweredOff" in json.loads(body)["error"]["message"]
+
+
+def test_type_uname_into_the_serial_console_and_read_the_answer_on_the_page(service, guest, page):
+    log_in(page, service)
+    page.click(f"button[data-action=open][data-vm={guest}]")
+    expect(page.locator(".console-status")).to_contain_text("Connected")
+    page.locator("#serial").click()
+    page.keyboard.type("uname -a")
+    page.keyboard.press("Enter")
+    # the guest's answer, not the echo of what was typed: the kernel's name, host name and release
+    expect(page.locator("#serial .xterm-rows")).to_contain_text(re.compile(r"Linux \S+ \d+\.\d+\.\d+"))
