@@ -158,8 +158,12 @@ def page(chromium, request):
     context = chromium.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(30_000)
     tab = context.new_page()
+    refused = []  # what the page's Content-Security-Policy blocked: the page must need nothing it forbids
+    tab.on("console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text
+           else None)
     try:
         yield tab
+        assert not refused, refused
     finally:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         try:

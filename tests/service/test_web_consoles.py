@@ -8,6 +8,7 @@ import json
 import os
 import re
 import socket
+import time
 
 import pytest
 from guests import create_guest
@@ -15,7 +16,7 @@ from playwright.sync_api import expect
 
 from minivisor import Hypervisor
 
-from .conftest import small_vm
+from .conftest import SCREENSHOTS, small_vm
 from .test_web_browser import log_in
 from .test_web_security import request, session_cookie
 
@@ -110,3 +111,35 @@ def test_type_uname_into_the_serial_console_and_read_the_answer_on_the_page(serv
     page.keyboard.press("Enter")
     # the guest's answer, not the echo of what was typed: the kernel's name, host name and release
     expect(page.locator("#serial .xterm-rows")).to_contain_text(re.compile(r"Linux \S+ \d+\.\d+\.\d+"))
+
+
+SCREEN_PIXELS = """() => {
+  const canvas = document.querySelector('#screen canvas');
+  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  let lit = 0, hash = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    if (data[i] || data[i + 1] || data[i + 2]) lit++;
+    hash = (hash * 31 + data[i] + 7 * data[i + 1] + 13 * data[i + 2]) | 0;
+  }
+  return {width: canvas.width, height: canvas.height, lit, hash};
+}"""
+
+
+def screen_until(page, predicate, timeout: float = 30.0) -> dict:
+    """The canvas's pixels once ``predicate`` holds for them (the page's policy forbids the evaluated strings
+    of Playwright's wait_for_function)."""
+    deadline = time.monotonic() + timeout
+    while not predicate(pixels := page.evaluate(SCREEN_PIXELS)):
+        assert time.monotonic() < deadline, f"the screen never showed it: {pixels}"
+        page.wait_for_timeout(100)
+    return pixels
+
+
+def test_the_screen_in_novnc_shows_what_the_guest_wrote_on_it(service, guest, page):
+    log_in(page, service)
+    page.click(f"button[data-action=open][data-vm={guest}]")
+    page.click("#detail button[data-tab=screen]")
+    expect(page.locator(".console-status")).to_contain_text("Connected to the screen")
+    pixels = screen_until(page, lambda pixels: pixels["lit"] > 1000)  # the text SeaBIOS and SYSLINUX wrote
+    assert (pixels["width"], pixels["height"]) == (720, 400)  # the guest's VGA text mode, as QEMU draws it
+    assert pixels["lit"] < 720 * 400 // 4  # text on black, not a blank (or white) canvas

@@ -46,8 +46,11 @@ log = logging.getLogger("minivisor.service")
 MAX_BODY = 64 * 1024  # bytes; larger requests get 413 without being read
 HEARTBEAT = 15.0  # seconds between SSE keep-alive comments
 # The page runs only its own files: no inline script, no eval, nothing from elsewhere, never in a frame.
-PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-               "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+# Inline styles are allowed: xterm.js writes its theme and measured cell sizes into a <style> element it makes
+# (styles cannot run code, and no text from the API ever becomes markup: textContent only).
+PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+               "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+               "form-action 'self'; frame-ancestors 'none'")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
