@@ -144,6 +144,7 @@ def chromium():
     if not CHROMIUM.exists():
         pytest.skip("chromium is not installed (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
+    sync_api.expect.set_options(timeout=30_000)  # a loaded 2-core machine: what the page shows may take a while
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         try:
