@@ -96,3 +96,27 @@ def test_a_wrong_token_shows_the_login_again(service, page):
     expect(page.locator("#login-error")).to_contain_text("missing or wrong token")
     assert page.locator("#login").is_visible() and page.locator("#main").is_hidden()
     assert page.context.cookies() == []
+
+
+def test_create_a_vm_from_the_wizard(service, page):
+    log_in(page, service)
+    page.click("#new-vm")
+    page.fill("#new-name", "made-here")
+    page.fill("#new-guest-os", "debian12-64")
+    page.fill("#new-cpus", "2")
+    page.fill("#new-memory", "96")
+    page.fill("#new-disk", "32M")
+    page.select_option("#new-network", "none")
+    page.click("button[data-action=create]")
+    expect(page.locator("tr[data-vm=made-here] td.state")).to_have_attribute("data-state", "poweredOff")
+    assert page.locator("#create").is_hidden()
+    vm = service.client.get_vm("made-here")
+    assert (vm.guest_os, vm.cpus, vm.memory_mib, vm.nics) == ("debian12-64", 2, 96, ())
+    assert (service.root / "made-here" / "made-here.qcow2").is_file()
+    # a name already taken: said next to the Create button, and nothing is made
+    page.click("#new-vm")
+    page.fill("#new-name", "made-here")
+    page.click("button[data-action=create]")
+    expect(page.locator("#create .error")).to_contain_text("Create: ")
+    expect(page.locator("#create .error")).to_contain_text("made-here")
+    assert [vm.name for vm in service.client.list_vms()] == ["made-here"]

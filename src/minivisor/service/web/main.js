@@ -35,7 +35,7 @@ export function actionButton(label, action, vm, call, options = {}) {
     } finally {
       button.disabled = false;
     }
-    await refreshVm(vm);
+    if (vm) await refreshVm(vm);
   });
   return button;
 }
@@ -139,6 +139,8 @@ $("login").addEventListener("submit", async (e) => {
   $("token").value = "";
   await showMain();
 });
+
+$("new-vm").addEventListener("click", async () => (await import("./create.js")).showWizard());
 
 $("logout").addEventListener("click", async () => {
   try { await api("DELETE", "/v1/session"); } finally { rows.clear(); $("vms").replaceChildren(); showLogin(); }
