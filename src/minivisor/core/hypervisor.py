@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -132,6 +132,18 @@ class Hypervisor:
         catalog = self.datastore.catalog
         return {"root": str(self.datastore.root), "catalog": str(catalog.path), "vms": len(catalog.list()),
                 "allowed_paths": catalog.allowed_paths()}
+
+    def datastore_files(self, folder: str = "") -> dict[str, Any]:
+        """The folders and files in a folder of the datastore ("" its root), with the datastore's capacity."""
+        from .files import list_folder
+
+        return list_folder(self.datastore, folder)
+
+    def datastore_upload(self, folder: str, name: str, chunks: Iterable[bytes]) -> dict[str, Any]:
+        """A new file (an ISO or a disk image) ``folder/name`` at the top of the datastore, written from ``chunks``."""
+        from .files import upload
+
+        return upload(self.datastore, folder, name, chunks)
 
     @_no_space_is_one_error
     def allow_path(self, folder: Path | str) -> None:

@@ -15,7 +15,8 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import queue
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from importlib.resources import files
 from typing import Any
 
@@ -43,7 +44,8 @@ __all__ = ["build_app", "operation_routes", "MAX_BODY", "HEARTBEAT"]
 
 log = logging.getLogger("minivisor.service")
 
-MAX_BODY = 64 * 1024  # bytes; larger requests get 413 without being read
+MAX_BODY = 64 * 1024  # bytes; larger requests get 413 without being read (but uploads, streamed)
+UPLOAD_QUEUE = 16  # chunks of an upload between the event loop and the worker thread that writes them
 HEARTBEAT = 15.0  # seconds between SSE keep-alive comments
 # The page runs only its own files: no inline script, no eval, nothing from elsewhere, never in a frame.
 # Inline styles are allowed: xterm.js writes its theme and measured cell sizes into a <style> element it makes
@@ -90,6 +92,10 @@ def build_app(calls: Dispatcher, bus: EventBus, access: Access, supervisor: Supe
     async def session(request: Request) -> Response:  # the Gate let it through: the caller is authorized
         return json_response(200, {"session": "open"})
 
+    async def upload(request: Request) -> Response:
+        entry = await _upload(calls, request.path_params["folder"], request.path_params["name"], request.stream())
+        return json_response(201, entry)
+
     async def openapi_json(request: Request) -> Response:
         return Response(spec, 200, {"Cache-Control": "no-store"}, media_type="application/json")
 
@@ -117,6 +123,7 @@ def build_app(calls: Dispatcher, bus: EventBus, access: Access, supervisor: Supe
                  Route(LOGIN_PATH, _answering(login), methods=["POST"]),
                  Route(LOGIN_PATH, _answering(logout), methods=["DELETE"]),
                  Route(LOGIN_PATH, _answering(session), methods=["GET"]),
+                 Route("/v1/datastore/files/{folder}/{name}", _answering(upload), methods=["PUT"]),
                  Route("/ui/{path:path}", _answering(static_file), methods=["GET"]),
                  Route("/vendor/{path:path}", _answering(static_file), methods=["GET"]),
                  Route("/openapi.json", _answering(openapi_json), methods=["GET"]),
@@ -241,6 +248,41 @@ async def _event_stream(bus: EventBus, only: str | None) -> AsyncIterator[bytes]
             yield f"id: {event['id']}\nevent: {event['type']}\ndata: ".encode() + dumps(event) + b"\n\n"
     finally:
         bus.unsubscribe(subscription)
+
+
+async def _upload(calls: Dispatcher, folder: str, name: str, body: AsyncIterator[bytes]) -> Any:
+    """Stream a request's body into ``Hypervisor.datastore_upload`` on a worker thread, a few chunks ahead at most
+    (the body is larger than any JSON request: it is never held whole)."""
+    chunks: queue.Queue[bytes | None | BaseException] = queue.Queue(maxsize=UPLOAD_QUEUE)
+
+    def receive() -> Iterator[bytes]:
+        while (chunk := chunks.get()) is not None:
+            if isinstance(chunk, BaseException):
+                raise chunk
+            yield chunk
+
+    stored = asyncio.ensure_future(calls.call(lambda hv: hv.datastore_upload(folder, name, receive())))
+    try:
+        async for chunk in body:
+            if chunk and not await _hand_over(chunks, chunk, stored):
+                break  # the core refused it (the answer says why)
+        await _hand_over(chunks, None, stored)
+    except BaseException:  # the client went away (or the service stops): the core drops what it wrote
+        await _hand_over(chunks, RequestError("the upload was cut short", hint="upload the file again"), stored)
+        raise
+    return await stored
+
+
+async def _hand_over(chunks: queue.Queue, item: Any, consumer: asyncio.Future) -> bool:
+    """Queue ``item`` for the worker thread; False if it has finished (and will take no more)."""
+    while True:
+        try:
+            chunks.put_nowait(item)
+            return True
+        except queue.Full:
+            if consumer.done():
+                return False
+            await asyncio.sleep(0.002)
 
 
 async def _autostart(supervisor: Supervisor) -> None:

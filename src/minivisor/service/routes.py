@@ -58,6 +58,8 @@ OPERATIONS: tuple[Op, ...] = (
     Op("reset_nvram", "POST", "/v1/vms/{name}/reset-nvram", "json"),
     Op("cdrom", "POST", "/v1/vms/{name}/cdrom", "json", args=("name", "image")),
     Op("host_info", "GET", "/v1/host", "host", args=(), mutates=False),
+    # the datastore browser (core/files.py; uploads stream through their own route: service/app.py)
+    Op("datastore_files", "GET", "/v1/datastore/files", "json", args=("folder",), mutates=False),
     # disks, snapshots, clones (storage.py, snapshots.py, clones.py, vmware.py)
     Op("vm_disks", "GET", "/v1/vms/{name}/disks", "json", mutates=False),
     Op("vm_disk_resize", "POST", "/v1/vms/{name}/disks/resize", "json", args=("name", "node", "size")),

@@ -3,6 +3,7 @@
 import {api, follow, vmPath, whenLoggedOut} from "./api.js";
 import {$, el} from "./dom.js";
 import {openDetail, refreshDetail} from "./detail.js";
+import {setUp as showDatastore} from "./datastore.js";
 
 const rows = new Map();  // VM name -> its <tr>
 
@@ -124,6 +125,7 @@ async function showMain() {
   $("logout").hidden = false;
   followEvents();  // subscribed before the list is read: no change falls between the two
   await refreshAll();
+  await showDatastore();
 }
 
 whenLoggedOut(() => showLogin("Your session has ended: log in again."));

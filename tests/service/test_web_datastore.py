@@ -1,0 +1,69 @@
+"""The datastore browser: listing folders and files, and uploading an ISO, in the page and as an attacker."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from playwright.sync_api import expect
+
+from minivisor import Hypervisor
+
+from .conftest import small_vm
+from .test_web_browser import log_in
+from .test_web_security import request
+
+
+def upload(service, folder: str, name: str, body: bytes):
+    status, _, answer = request(service, "PUT", f"/v1/datastore/files/{folder}/{name}",
+                                {"Authorization": f"Bearer {service.token}",
+                                 "Content-Type": "application/octet-stream"}, body)
+    return status, json.loads(answer)
+
+
+def test_upload_an_iso_in_the_page_and_see_it_in_the_datastore(service, page, tmp_path):
+    small_vm(Hypervisor(service.root), "vm1")
+    iso = tmp_path / "tiny.iso"
+    iso.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    log_in(page, service)
+    expect(page.locator("#datastore-files tr[data-file=vm1][data-kind=folder]")).to_be_visible()
+    assert page.locator("#datastore-files tr[data-file='.minivisor']").count() == 0  # minivisor's own: hidden
+    page.set_input_files("#upload-file", str(iso))
+    page.click("button[data-action=upload]")
+    row = page.locator("#datastore-files tr[data-file='tiny.iso']")
+    expect(row).to_be_visible()
+    expect(row.locator("td.size")).to_have_text("3.0 MiB")
+    expect(page.locator("#datastore-where")).to_contain_text("/iso")
+    assert (service.root / "iso" / "tiny.iso").read_bytes() == iso.read_bytes()
+    assert page.evaluate("document.getElementById('upload-progress').value") == 1
+    # the same name again: refused next to the button, the first file kept
+    page.set_input_files("#upload-file", str(iso))
+    page.click("button[data-action=upload]")
+    expect(page.locator("#upload-error")).to_contain_text("already exists")
+    assert (service.root / "iso" / "tiny.iso").read_bytes() == iso.read_bytes()
+
+
+def test_uploads_cannot_leave_their_folder_or_overwrite_anything(service):
+    small_vm(Hypervisor(service.root), "vm1")
+    disk = (service.root / "vm1" / "vm1.qcow2").read_bytes()
+    token = (service.root / ".minivisor" / "token").read_bytes()
+    for folder, name in ((".minivisor", "x.iso"), ("vm1", "vm1.qcow2"), ("vm1", "new.iso"), ("iso", "x.sh"),
+                         ("iso", ".hidden.iso"), ("%2e%2e", "x.iso"), ("iso", "%2e%2e%2fx.iso"),
+                         ("..", "x.iso"), ("iso", "token.iso%00.sh")):
+        status, answer = upload(service, folder, name, b"payload")
+        assert status in (404, 422), (folder, name, status, answer)
+    assert (service.root / "vm1" / "vm1.qcow2").read_bytes() == disk
+    assert (service.root / ".minivisor" / "token").read_bytes() == token
+    assert not (service.root.parent / "x.iso").exists()
+    assert not list(service.root.rglob("*payload*")) and not (service.root / "vm1" / "new.iso").exists()
+    assert upload(service, "iso", "ok.iso", b"payload")[0] == 201
+    status, answer = upload(service, "iso", "ok.iso", b"other")
+    assert status == 409 and (service.root / "iso" / "ok.iso").read_bytes() == b"payload"
+
+
+def test_the_listing_stays_inside_the_datastore(service):
+    headers = {"Authorization": f"Bearer {service.token}"}
+    for folder in ("..", "../..", "/etc", ".minivisor", "vm1/../..", "iso/../../"):
+        status, _, body = request(service, "GET", "/v1/datastore/files?folder=" + json.dumps(folder), headers)
+        assert status in (404, 422), (folder, status)
+        assert b"passwd" not in body and b"catalog" not in body
