@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 
 from playwright.sync_api import expect
 
 from minivisor import Hypervisor
+from minivisor.service.connections import REQUEST_TIMEOUT
 
 from .conftest import small_vm
 from .test_web_browser import log_in
@@ -67,3 +70,25 @@ def test_the_listing_stays_inside_the_datastore(service):
         status, _, body = request(service, "GET", "/v1/datastore/files?folder=" + json.dumps(folder), headers)
         assert status in (404, 422), (folder, status)
         assert b"passwd" not in body and b"catalog" not in body
+
+
+def test_an_upload_may_take_longer_than_a_request_but_a_slow_unauthorized_one_may_not(service):
+    sock = socket.create_connection((service.client.host, service.client.port), timeout=60)
+    with sock:
+        sock.sendall((f"PUT /v1/datastore/files/iso/slow.iso HTTP/1.1\r\nHost: {service.client.host}:"
+                      f"{service.client.port}\r\nAuthorization: Bearer {service.token}\r\n"
+                      f"Content-Length: 3\r\n\r\n").encode())
+        for byte in b"abc":  # over more than the whole-request deadline
+            time.sleep(REQUEST_TIMEOUT / 2 + 0.5)
+            sock.sendall(bytes([byte]))
+        assert sock.recv(4096).startswith(b"HTTP/1.1 201 ")
+    assert (service.root / "iso" / "slow.iso").read_bytes() == b"abc"
+    sock = socket.create_connection((service.client.host, service.client.port), timeout=60)
+    with sock:  # without the token, the Gate answers at once and closes
+        sock.sendall((f"PUT /v1/datastore/files/iso/x.iso HTTP/1.1\r\nHost: {service.client.host}:"
+                      f"{service.client.port}\r\nContent-Length: 3000000\r\n\r\n").encode())
+        answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 401 ")
+        while sock.recv(4096):
+            pass  # closed by the service
+    assert not (service.root / "iso" / "x.iso").exists()
