@@ -5,6 +5,8 @@ Each test leaves a screenshot in build/screenshots/ (git-ignored) for a person t
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from playwright.sync_api import expect
 
@@ -120,3 +122,18 @@ def test_create_a_vm_from_the_wizard(service, page):
     expect(page.locator("#create .error")).to_contain_text("Create: ")
     expect(page.locator("#create .error")).to_contain_text("made-here")
     assert [vm.name for vm in service.client.list_vms()] == ["made-here"]
+
+
+@pytest.mark.qemu
+def test_the_graphs_of_a_running_vm_come_from_its_metrics(service, page):
+    small_vm(Hypervisor(service.root), "vm1")
+    service.client.start_vm("vm1")
+    log_in(page, service)
+    page.click("button[data-action=open][data-vm=vm1]")
+    page.click("#detail button[data-tab=graphs]")
+    for graph in ("cpu", "memory", "disk", "network"):
+        expect(page.locator(f"#detail .graph[data-graph={graph}] canvas")).to_be_visible()
+    expect(page.locator("#detail .tab-body")).to_have_attribute("data-samples", re.compile(r"^[3-9]|\d\d"))
+    rss_mib = service.client.metrics()["vms"]["vm1"]["memory_rss_bytes"] / 1048576
+    shown = float(page.locator("#detail .tab-body").get_attribute("data-memory-mib"))
+    assert 0.5 * rss_mib < shown < 2 * rss_mib  # the VMM's memory, as /v1/metrics has it
