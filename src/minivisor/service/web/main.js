@@ -57,7 +57,9 @@ function renderRow(vm) {
     const [method, path, body] = CALLS[action];
     actions.append(actionButton(label, action, vm.name, () => api(method, vmPath(vm.name, path), body), options));
   }
-  actions.append(el("button", {text: "Open", dataset: {action: "open", vm: vm.name}, onclick: () => openDetail(vm.name, vm.state === "poweredOff" ? 2 : 0)}));  // off: its snapshots
+  const firstTab = vm.state === "poweredOff" ? 2 : 0;  // a powered-off VM has no console: its snapshots
+  actions.append(el("button", {text: "Open", dataset: {action: "open", vm: vm.name},
+                               onclick: () => openDetail(vm.name, firstTab)}));
   actions.append(error || el("span", {class: "error", role: "alert"}));
   const state = el("td", {class: "state", dataset: {state: vm.state}, text: vm.state_reason ? vm.state + " (" + vm.state_reason + ")" : vm.state});
   if (vm.state_hint) state.title = vm.state_hint;
