@@ -11,6 +11,8 @@ import socket
 import time
 
 import pytest
+from attacks import add_keys
+from boot_media import READ_VOLUME, installer_iso
 from guests import create_guest
 from playwright.sync_api import expect
 
@@ -143,3 +145,26 @@ def test_the_screen_in_novnc_shows_what_the_guest_wrote_on_it(service, guest, pa
     pixels = screen_until(page, lambda pixels: pixels["lit"] > 1000)  # the text SeaBIOS and SYSLINUX wrote
     assert (pixels["width"], pixels["height"]) == (720, 400)  # the guest's VGA text mode, as QEMU draws it
     assert pixels["lit"] < 720 * 400 // 4  # text on black, not a blank (or white) canvas
+
+
+def test_insert_and_eject_an_uploaded_iso_from_the_screen_view(service, page, appliance_image, tmp_path):
+    hv = Hypervisor(service.root)
+    create_guest(hv, "inst", appliance_image, memory_mib=160, network="none")
+    add_keys(service.root / "inst" / "inst.vmx",
+             'ide1:0.present = "TRUE"\nide1:0.deviceType = "cdrom-image"\nide1:0.fileName = ""\n')
+    iso = installer_iso(appliance_image, tmp_path / "installer.iso")
+    status, _, _ = request(service, "PUT", "/v1/datastore/files/inst/installer.iso",  # into the VM's folder
+                           {"Authorization": f"Bearer {service.token}"}, iso.read_bytes())
+    assert status == 201
+    service.client.start_vm("inst", wait_ready=True, timeout=120)
+    log_in(page, service)
+    page.click("button[data-action=open][data-vm=inst]")
+    page.click("#detail button[data-tab=screen]")
+    expect(page.locator("#cdrom-image option")).to_have_text("installer.iso")
+    page.click("button[data-action=cdrom-insert]")
+    expect(page.locator("#events")).to_contain_text("cdromChanged")
+    assert "INSTALLER" in hv.exec_in_vm("inst", READ_VOLUME).output  # the guest sees the medium
+    page.click("button[data-action=cdrom-eject]")
+    expect(page.locator("#events")).to_contain_text(re.compile(r"cdromChanged[\s\S]*cdromChanged"))
+    assert "No medium found" in hv.exec_in_vm("inst", READ_VOLUME).output
+    assert page.locator("#detail .cdrom .error").inner_text() == ""

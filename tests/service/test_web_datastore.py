@@ -50,7 +50,8 @@ def test_uploads_cannot_leave_their_folder_or_overwrite_anything(service):
     small_vm(Hypervisor(service.root), "vm1")
     disk = (service.root / "vm1" / "vm1.qcow2").read_bytes()
     token = (service.root / ".minivisor" / "token").read_bytes()
-    for folder, name in ((".minivisor", "x.iso"), ("vm1", "vm1.qcow2"), ("vm1", "new.iso"), ("iso", "x.sh"),
+    for folder, name in ((".minivisor", "x.iso"), ("vm1", "vm1.qcow2"), ("vm1", "new.vmdk"), ("vm1", "vm1.vmx"),
+                         ("iso", "x.sh"),
                          ("iso", ".hidden.iso"), ("%2e%2e", "x.iso"), ("iso", "%2e%2e%2fx.iso"),
                          ("..", "x.iso"), ("iso", "token.iso%00.sh")):
         status, answer = upload(service, folder, name, b"payload")
@@ -58,8 +59,9 @@ def test_uploads_cannot_leave_their_folder_or_overwrite_anything(service):
     assert (service.root / "vm1" / "vm1.qcow2").read_bytes() == disk
     assert (service.root / ".minivisor" / "token").read_bytes() == token
     assert not (service.root.parent / "x.iso").exists()
-    assert not list(service.root.rglob("*payload*")) and not (service.root / "vm1" / "new.iso").exists()
+    assert not (service.root / "vm1" / "new.vmdk").exists()
     assert upload(service, "iso", "ok.iso", b"payload")[0] == 201
+    assert upload(service, "vm1", "cd.iso", b"payload")[0] == 201  # a CD-ROM image for the VM itself
     status, answer = upload(service, "iso", "ok.iso", b"other")
     assert status == 409 and (service.root / "iso" / "ok.iso").read_bytes() == b"payload"
 

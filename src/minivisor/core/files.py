@@ -3,10 +3,11 @@
 Every path is relative to the datastore's root and must stay inside it once
 resolved (no ``..``, no symbolic link out). Names that start with a dot are
 minivisor's own (``.minivisor`` holds the catalog and the token): never listed,
-never written. An upload goes into a folder of its own at the top of the
-datastore (``iso``, ``images``...: never a VM's folder), under a name that says
-its format (formats come from names, never from contents), next to no file of
-the same name; it is written in a staging folder and appears whole or not at all.
+never written. An upload goes into a folder at the top of the datastore
+(``iso``, ``images``..., or a VM's own folder for a CD-ROM image, since a VM
+opens only files in its folder), under a name that says its format (formats
+come from names, never from contents), next to no file of the same name; it is
+written in a staging folder and appears whole or not at all.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def list_folder(datastore: Datastore, folder: str = "") -> dict[str, Any]:
                             "modified": stat.st_mtime})
     entries.sort(key=lambda e: (e["kind"] != "folder", e["name"].lower()))
     usage = shutil.disk_usage(datastore.root)
-    return {"folder": datastore.relative(path) if path != datastore.root else "", "entries": entries,
+    return {"folder": datastore.relative(path) if path != datastore.root else "", "path": str(path), "entries": entries,
             "capacity": usage.total, "free": usage.free}
 
 
@@ -58,8 +59,9 @@ def upload(datastore: Datastore, folder: str, name: str, chunks: Iterable[bytes]
     if not _NAME.match(name) or not name.lower().endswith(UPLOAD_SUFFIXES):
         raise PathError(f"{name[:60]!r} is not a name an upload may take",
                         hint=f"letters, digits, . _ + -, ending in {', '.join(UPLOAD_SUFFIXES)}")
-    if datastore.catalog.find(folder) is not None:
-        raise PathError(f"{folder!r} is a VM's folder: uploads go into a folder of their own", hint="e.g. iso")
+    if datastore.catalog.find(folder) is not None and not name.lower().endswith(".iso"):
+        raise PathError(f"{folder!r} is a VM's folder: only a CD-ROM image (.iso) may be uploaded into it",
+                        hint="upload disk images into a folder of their own, e.g. images")
     target_dir = _inside(datastore, folder)
     target_dir.mkdir(exist_ok=True)
     target = _inside(datastore, f"{folder}/{name}")

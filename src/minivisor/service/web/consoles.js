@@ -3,6 +3,7 @@
 
 import {api, vmPath} from "./api.js";
 import {el} from "./dom.js";
+import {actionButton} from "./main.js";
 
 async function consoleSocket(vm, console) {
   const {ticket, path} = await api("POST", vmPath(vm, "/consoles/" + console + "/ticket"));
@@ -43,7 +44,7 @@ export async function showScreen(vm, box) {
   close();
   const {say, fail} = statusLine(box);
   const screen = el("div", {class: "screen-box", id: "screen"});
-  box.append(screen);
+  box.append(await cdromBar(vm), screen);
   let url;
   try { url = await consoleSocket(vm, "vnc"); } catch (e) { fail("Screen: " + e.message); return; }
   const {default: RFB} = await import("/vendor/novnc/core/rfb.js");
@@ -52,4 +53,21 @@ export async function showScreen(vm, box) {
   rfb.addEventListener("connect", () => say("Connected to the screen of " + vm + "."));
   rfb.addEventListener("disconnect", (e) => say(e.detail.clean ? "Disconnected." : "The connection to the screen was lost."));
   closeCurrent = () => rfb.disconnect();
+}
+
+// The CD-ROM from the screen's view: insert an ISO of the VM's own folder (a VM opens only files there: upload
+// one into it in the datastore browser), or eject it (a running guest sees the tray open and close), so an OS
+// installs from an ISO entirely in the browser.
+async function cdromBar(vm) {
+  const choice = el("select", {id: "cdrom-image"});
+  try {
+    const listing = await api("GET", "/v1/datastore/files?folder=" + encodeURIComponent(JSON.stringify(vm)));
+    for (const entry of listing.entries.filter((e) => e.kind === "file" && /\.iso$/i.test(e.name))) {
+      choice.append(el("option", {value: listing.path + "/" + entry.name, text: entry.name}));
+    }
+  } catch { /* no iso folder yet: upload one in the datastore browser */ }
+  const insert = actionButton("Insert CD", "cdrom-insert", vm,
+                              () => api("POST", vmPath(vm, "/cdrom"), {image: choice.value}));
+  const eject = actionButton("Eject CD", "cdrom-eject", vm, () => api("POST", vmPath(vm, "/cdrom"), {}));
+  return el("p", {class: "cdrom"}, "CD-ROM: ", choice, " ", insert, " ", eject, el("span", {class: "error", role: "alert"}));
 }
