@@ -43,6 +43,8 @@ from minivisor import Hypervisor  # noqa: E402
 from minivisor.client import connect  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
+# The VMs have no NICs: the host's networks (perhaps another datastore's) are left alone.
+os.environ.setdefault("MINIVISOR_NETWORKING", "user")
 
 WATCH_STATE = """([vm, state]) => {
   window.benchShown = null;
@@ -173,7 +175,11 @@ def main() -> None:
         hv.create_vm("guest", boot_disk=image, memory_mib=128, network="none")
         service = start_service(mv, Path(tmp) / "service.log")
         try:
-            client = connect(root)
+            deadline = time.monotonic() + 30
+            while (client := connect(root)) is None:  # service.json follows the log line
+                if time.monotonic() > deadline:
+                    raise SystemExit("the service wrote no service.json")
+                time.sleep(0.05)
             client.start_vm("guest", wait_ready=True, timeout=120)
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
