@@ -4,6 +4,7 @@ import {api, follow, vmPath, whenLoggedOut} from "./api.js";
 import {$, el} from "./dom.js";
 import {openDetail, refreshDetail} from "./detail.js";
 import {setUp as showDatastore} from "./datastore.js";
+import {showNetworks} from "./networks.js";
 
 const rows = new Map();  // VM name -> its <tr>
 
@@ -129,6 +130,7 @@ async function showMain() {
   followEvents();  // subscribed before the list is read: no change falls between the two
   await refreshAll();
   await showDatastore();
+  await showNetworks();
 }
 
 whenLoggedOut(() => showLogin("Your session has ended: log in again."));
