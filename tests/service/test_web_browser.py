@@ -61,6 +61,7 @@ def test_a_change_made_elsewhere_appears_on_the_page_from_the_event_stream(servi
     expect(page.locator("tr[data-vm]")).to_have_count(0)
     service.client.create_vm("born", disk_size="16M", memory_mib=64, network="none")
     expect(page.locator("tr[data-vm=born] td.state")).to_have_attribute("data-state", "poweredOff")
+    expect(page.locator("#datastore-files tr[data-file=born][data-kind=folder]")).to_be_visible()
     service.client.delete_vm("born")
     expect(page.locator("tr[data-vm=born]")).to_have_count(0)
 

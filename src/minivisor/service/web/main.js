@@ -3,10 +3,11 @@
 import {api, follow, vmPath, whenLoggedOut} from "./api.js";
 import {$, el} from "./dom.js";
 import {openDetail, refreshDetail} from "./detail.js";
-import {setUp as showDatastore} from "./datastore.js";
+import {setUp as setUpDatastore, showDatastore} from "./datastore.js";
 import {showNetworks} from "./networks.js";
 
 const rows = new Map();  // VM name -> its <tr>
+const FOLDER_EVENTS = new Set(["created", "registered", "deleted", "unregistered"]);
 
 // What each state offers, in order; `confirm` asks first (it cannot be undone or loses the guest's state).
 const ACTIONS = {
@@ -107,6 +108,7 @@ async function followEvents() {
       await follow((event) => {
         logEvent(event);
         if (event.vm) refreshVm(event.vm); else refreshAll();
+        if (FOLDER_EVENTS.has(event.type)) showDatastore();  // a VM's folder came or went
       });
     } catch { /* logged out, or the service went away */ }
     if ($("main").hidden) return;
@@ -129,7 +131,7 @@ async function showMain() {
   $("logout").hidden = false;
   followEvents();  // subscribed before the list is read: no change falls between the two
   await refreshAll();
-  await showDatastore();
+  await setUpDatastore();
   await showNetworks();
 }
 
