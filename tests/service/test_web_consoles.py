@@ -168,3 +168,35 @@ def test_insert_and_eject_an_uploaded_iso_from_the_screen_view(service, page, ap
     expect(page.locator("#events")).to_contain_text(re.compile(r"cdromChanged[\s\S]*cdromChanged"))
     assert "No medium found" in hv.exec_in_vm("inst", READ_VOLUME).output
     assert page.locator("#detail .cdrom .error").inner_text() == ""
+
+
+def test_an_iso_uploaded_inserted_and_booted_in_the_browser_changes_the_screen(service, page, appliance_image,
+                                                                              tmp_path):
+    """A new VM with an empty disk and an empty CD drive: its firmware says there is nothing to boot. The ISO is
+    uploaded, inserted and booted from the page; the screen shows what the firmware and the CD's boot loader
+    wrote instead, and the guest from the CD comes up."""
+    hv = Hypervisor(service.root)
+    hv.create_vm("fresh", memory_mib=192, disk_size="64M", network="none")
+    add_keys(service.root / "fresh" / "fresh.vmx",
+             'ide1:0.present = "TRUE"\nide1:0.deviceType = "cdrom-image"\nide1:0.fileName = ""\n')
+    iso = installer_iso(appliance_image, tmp_path / "installer.iso")
+    log_in(page, service)
+    page.fill("#upload-folder", "fresh")  # a VM opens only files in its own folder
+    page.set_input_files("#upload-file", str(iso))
+    page.click("button[data-action=upload]")
+    expect(page.locator("#datastore-files tr[data-file='installer.iso']")).to_be_visible()
+    page.click("button[data-action=start][data-vm=fresh]")
+    expect(page.locator("tr[data-vm=fresh] td.state")).to_have_attribute("data-state", "running")
+    page.click("button[data-action=open][data-vm=fresh]")
+    page.click("#detail button[data-tab=screen]")
+    expect(page.locator(".console-status")).to_contain_text("Connected to the screen")
+    nothing = screen_until(page, lambda pixels: pixels["lit"] > 1000)  # "No bootable device"
+    page.screenshot(path=str(SCREENSHOTS / "novnc-nothing-to-boot.png"))
+    page.click("button[data-action=cdrom-insert]")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("button[data-action=reset][data-vm=fresh]")
+    # what the firmware and ISOLINUX write (more lines than "no bootable device")
+    screen_until(page, lambda pixels: abs(pixels["lit"] - nothing["lit"]) > 300, timeout=60)
+    page.screenshot(path=str(SCREENSHOTS / "novnc-booting-the-cd.png"))
+    service.client.wait_ready("fresh", timeout=120)
+    assert "INSTALLER" in hv.exec_in_vm("fresh", READ_VOLUME).output  # the guest runs from the CD it reads
