@@ -94,3 +94,17 @@ def test_an_upload_may_take_longer_than_a_request_but_a_slow_unauthorized_one_ma
         while sock.recv(4096):
             pass  # closed by the service
     assert not (service.root / "iso" / "x.iso").exists()
+
+
+def test_register_an_existing_specfile_from_the_datastore_browser(service, page):
+    small_vm(Hypervisor(service.root), "kept")
+    service.client.unregister_vm("kept")  # its folder stays, with its specfile
+    log_in(page, service)
+    page.click("#datastore-files tr[data-file=kept] button")
+    row = page.locator("#datastore-files tr[data-file='kept.vmx']")
+    row.locator("button[data-action=register]").click()
+    expect(page.locator("tr[data-vm=kept] td.state")).to_have_attribute("data-state", "poweredOff")
+    assert service.client.get_vm("kept").name == "kept"
+    row.locator("button[data-action=register]").click()  # once more: it is in the inventory already
+    expect(row.locator(".error")).to_contain_text("Register: ")
+    assert [vm.name for vm in service.client.list_vms()] == ["kept"]

@@ -2,6 +2,7 @@
 
 import {api} from "./api.js";
 import {$, el} from "./dom.js";
+import {actionButton, refreshVm} from "./main.js";
 
 let folder = "";
 
@@ -24,9 +25,10 @@ export async function showDatastore(path = folder) {
         ? el("button", {class: "link", text: entry.name + "/", onclick: () => showDatastore(join(folder, entry.name))})
         : entry.name),
       el("td", {class: "size", text: size(entry.size)}),
-      el("td", {text: new Date(entry.modified * 1000).toLocaleString()})));
+      el("td", {text: new Date(entry.modified * 1000).toLocaleString()}),
+      el("td", {}, ...(/\.vmx$/i.test(entry.name) && entry.kind === "file" ? registerButton(listing.path + "/" + entry.name) : []))));
     const up = folder ? [el("tr", {}, el("td", {}, el("button", {class: "link", text: "../",
-      onclick: () => showDatastore(folder.split("/").slice(0, -1).join("/"))})), el("td"), el("td"))] : [];
+      onclick: () => showDatastore(folder.split("/").slice(0, -1).join("/"))})), el("td"), el("td"), el("td"))] : [];
     box.querySelector("#datastore-where").textContent = "/" + folder + "  (" + size(listing.free) + " free of " +
       size(listing.capacity) + ")";
     box.querySelector("#datastore-files").replaceChildren(...up, ...rows);
@@ -37,6 +39,16 @@ export async function showDatastore(path = folder) {
 }
 
 function join(a, b) { return a ? a + "/" + b : b; }
+
+// "Register existing .vmx": a specfile of the datastore not in the inventory yet becomes a VM.
+function registerButton(vmx) {
+  const button = actionButton("Register", "register", "", async () => {
+    const vm = await api("POST", "/v1/vms/register", {vmx_path: vmx});
+    await refreshVm(vm.name);
+  });
+  button.dataset.vmx = vmx.split("/").pop();
+  return [button, el("span", {class: "error", role: "alert"})];
+}
 
 // XMLHttpRequest, not fetch: only it reports an upload's progress.
 function send(file, target, progress) {
@@ -81,7 +93,7 @@ export function setUp() {
   box.replaceChildren(el("h2", {text: "Datastore"}), el("p", {id: "datastore-where"}),
     el("span", {class: "error", role: "alert", id: "datastore-error"}),
     el("table", {}, el("thead", {}, el("tr", {}, el("th", {text: "Name"}), el("th", {text: "Size"}),
-                                           el("th", {text: "Modified"}))), el("tbody", {id: "datastore-files"})),
+                                           el("th", {text: "Modified"}), el("th"))), el("tbody", {id: "datastore-files"})),
     el("p", {}, "Upload into folder ", target, " ", file, " ", button, " ", progress, error));
   return showDatastore("");
 }
