@@ -43,6 +43,8 @@ def test_power_a_vm_on_and_off_by_clicking_in_the_page(service, page):
     assert page.evaluate("document.cookie") == ""
     page.click("button[data-action=pause][data-vm=vm1]")
     expect(state_of(page, "vm1")).to_have_attribute("data-state", "paused")
+    expect(page.locator("#tasks tr").first).to_have_attribute("data-state", "done")
+    expect(page.locator("#tasks tr").first).to_contain_text("Pause")
     page.click("button[data-action=resume][data-vm=vm1]")
     expect(state_of(page, "vm1")).to_have_attribute("data-state", "running")
     # power off asks first: declined, nothing happens
@@ -78,6 +80,10 @@ def test_a_refused_action_says_why_next_to_the_button(service, page):
     expect(error).to_contain_text("Power on: ")
     expect(error).to_contain_text("broken.qcow2")
     assert page.locator("tr[data-vm=other0] .error").inner_text() == ""
+    # and the task list keeps it, with why
+    failed = page.locator("#tasks tr[data-state=failed]")
+    expect(failed).to_have_count(1)
+    expect(failed.locator(".task-status")).to_contain_text("broken.qcow2")
     assert service.client.get_vm("broken").state is VmState.POWERED_OFF
 
 

@@ -30,17 +30,38 @@ export function actionButton(label, action, vm, call, options = {}) {
     if (error) error.textContent = "";
     if (options.confirm && !window.confirm(options.confirm.replace("{vm}", vm))) return;
     button.disabled = true;
+    const task = startTask(label, vm);
     try {
       await call();
+      endTask(task);
     } catch (e) {
       const where = button.parentElement.querySelector(".error");
       if (where) where.textContent = label + ": " + e.message;
+      endTask(task, e.message);
     } finally {
       button.disabled = false;
     }
     if (vm) await refreshVm(vm);
   });
   return button;
+}
+
+// The task list: what this page asked for, running or done, how long it took and, failed, why (newest first)
+const MAX_TASKS = 50;
+
+function startTask(label, vm) {
+  const status = el("td", {class: "task-status", text: "running…"});
+  const row = el("tr", {dataset: {state: "running"}}, el("td", {text: new Date().toLocaleTimeString()}),
+                 el("td", {text: label}), el("td", {text: vm}), status);
+  $("tasks").prepend(row);
+  while ($("tasks").children.length > MAX_TASKS) $("tasks").lastChild.remove();
+  return {row, status, started: performance.now()};
+}
+
+function endTask(task, error) {
+  const took = ((performance.now() - task.started) / 1000).toFixed(1) + " s";
+  task.row.dataset.state = error ? "failed" : "done";
+  task.status.textContent = error ? "failed after " + took + ": " + error : "done in " + took;
 }
 
 function memory(mib) { return mib >= 1024 && mib % 1024 === 0 ? mib / 1024 + " GiB" : mib + " MiB"; }
