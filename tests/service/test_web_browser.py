@@ -144,3 +144,14 @@ def test_the_graphs_of_a_running_vm_come_from_its_metrics(service, page):
     rss_mib = service.client.metrics()["vms"]["vm1"]["memory_rss_bytes"] / 1048576
     shown = float(page.locator("#detail .tab-body").get_attribute("data-memory-mib"))
     assert 0.5 * rss_mib < shown < 2 * rss_mib  # the VMM's memory, as /v1/metrics has it
+
+
+@pytest.mark.qemu  # explaining asks the KVM probe which accelerator the VM gets
+def test_the_hardware_tab_shows_the_devices_and_the_exact_command_line(service, page):
+    small_vm(Hypervisor(service.root), "vm1")
+    log_in(page, service)
+    page.click("button[data-action=open][data-vm=vm1]")
+    page.click("#detail button[data-tab=hardware]")
+    expect(page.locator("#hardware tr[data-device=machine]")).to_contain_text("i440FX")
+    argv = service.client.explain_vm("vm1").argv
+    expect(page.locator("#argv")).to_have_text(" ".join(argv))
