@@ -122,6 +122,7 @@ def test_create_a_vm_from_the_wizard(service, page):
     vm = service.client.get_vm("made-here")
     assert (vm.guest_os, vm.cpus, vm.memory_mib, vm.nics) == ("debian12-64", 2, 96, ())
     assert (service.root / "made-here" / "made-here.qcow2").is_file()
+    assert service.client.get_vm("made-here").disks[1]["kind"] == "cdrom"  # an empty drive by default
     # a name already taken: said next to the Create button, and nothing is made
     page.click("#new-vm")
     page.fill("#new-name", "made-here")
@@ -155,3 +156,25 @@ def test_the_hardware_tab_shows_the_devices_and_the_exact_command_line(service, 
     expect(page.locator("#hardware tr[data-device=machine]")).to_contain_text("i440FX")
     argv = service.client.explain_vm("vm1").argv
     expect(page.locator("#argv")).to_have_text(" ".join(argv))
+
+
+def test_the_wizard_makes_a_thick_uefi_vm_with_an_installer_in_its_cd_drive(service, page, tmp_path):
+    iso = tmp_path / "installer.iso"
+    iso.write_bytes(b"CD" * 300_000)
+    log_in(page, service)
+    page.click("#new-vm")
+    page.fill("#new-name", "installing")
+    page.fill("#new-memory", "64")
+    page.fill("#new-disk", "16M")
+    page.check("#new-thick")
+    page.select_option("#new-firmware", "efi")
+    page.select_option("#new-network", "none")
+    page.set_input_files("#new-iso", str(iso))
+    page.click("button[data-action=create]")
+    expect(page.locator("#create")).to_be_hidden()
+    expect(page.locator("tr[data-vm=installing] td.disks")).to_contain_text("installer.iso")
+    folder = service.root / "installing"
+    assert (folder / "installer.iso").read_bytes() == iso.read_bytes()
+    assert (folder / "installing.qcow2").stat().st_blocks * 512 >= 16 * 1024 * 1024  # allocated: thick
+    text = (folder / "installing.vmx").read_text()
+    assert 'firmware = "efi"' in text and 'ide1:0.fileName = "installer.iso"' in text

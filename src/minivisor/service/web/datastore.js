@@ -51,7 +51,7 @@ function registerButton(vmx) {
 }
 
 // XMLHttpRequest, not fetch: only it reports an upload's progress.
-function send(file, target, progress) {
+export function send(file, target, progress) {
   return new Promise((resolve, reject) => {
     const request = new XMLHttpRequest();
     request.open("PUT", "/v1/datastore/files/" + encodeURIComponent(target) + "/" + encodeURIComponent(file.name));
