@@ -36,6 +36,8 @@ def test_power_a_vm_on_and_off_by_clicking_in_the_page(service, page):
     expect(state_of(page, "vm1")).to_have_attribute("data-state", "running")
     assert service.client.get_vm("vm1").state is VmState.RUNNING
     expect(page.locator("#events")).to_contain_text("poweredOn")
+    expect(page.locator("#host")).to_have_attribute("data-running", "1")  # the host line counts it
+    expect(page.locator("#host")).to_contain_text(re.compile(r"\d+ CPUs, load [\d.]+ .* free of [\d.]+ GiB"))
     # logged in once: a reload keeps the session (the cookie), and the page never saw the cookie itself
     page.reload()
     expect(page.locator("button[data-action=pause][data-vm=vm1]")).to_be_visible()

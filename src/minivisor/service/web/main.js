@@ -64,6 +64,21 @@ function endTask(task, error) {
   task.status.textContent = error ? "failed after " + took + ": " + error : "done in " + took;
 }
 
+// The host's load and memory, and how many VMs run, from /v1/metrics every few seconds
+const HOST_EVERY = 5000;
+let hostTimer = null;
+
+async function showHost() {
+  try {
+    const {host} = await api("GET", "/v1/metrics");
+    const gib = (bytes) => (bytes / 1073741824).toFixed(1) + " GiB";
+    $("host").textContent = host.cpus + " CPUs, load " + host.load_average.map((l) => l.toFixed(2)).join(" ") +
+      " · memory " + gib(host.memory_available_bytes) + " free of " + gib(host.memory_total_bytes) +
+      " · " + host.vms_running + " VM" + (host.vms_running === 1 ? "" : "s") + " running";
+    $("host").dataset.running = String(host.vms_running);
+  } catch { /* logged out: the login says so */ }
+}
+
 function memory(mib) { return mib >= 1024 && mib % 1024 === 0 ? mib / 1024 + " GiB" : mib + " MiB"; }
 
 function renderRow(vm) {
@@ -154,6 +169,8 @@ async function showMain() {
   await refreshAll();
   await setUpDatastore();
   await showNetworks();
+  await showHost();
+  hostTimer ??= setInterval(() => { if (!$("main").hidden) showHost(); }, HOST_EVERY);
 }
 
 whenLoggedOut(() => showLogin("Your session has ended: log in again."));
