@@ -15,9 +15,9 @@ packages+=(gcc-12 libc6-dev make flex bison bc lz4 libelf-dev)
 # The web page's libraries (xterm.js, noVNC, uPlot) come from npm through package-lock.json: Debian's node
 # and npm, unless a node with its own npm is there already (nodesource's nodejs ships npm and conflicts with it).
 command -v npm >/dev/null || packages+=(nodejs npm)
-# The tests also reassemble the KVM probe (binutils), click through the web page (chromium) and make an
-# installer CD (xorriso, isolinux).
-[ "$job" = test ] && packages+=(binutils chromium xorriso isolinux)
+# The tests also reassemble the KVM probe (binutils), click through the web page (chromium), make an
+# installer CD (xorriso, isolinux) and run a cluster's etcd members (etcd-server; etcdctl in etcd-client).
+[ "$job" = test ] && packages+=(binutils chromium xorriso isolinux etcd-server etcd-client)
 
 install_host_packages() {
     local missing=()
@@ -39,7 +39,7 @@ install_python_env() {
         python3 -m venv .venv
     fi
     # pip's chatter goes to a log; on failure the log's end says why.
-    if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' >.venv/pip.log 2>&1; then
+    if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,cluster]' >.venv/pip.log 2>&1; then
         tail -20 .venv/pip.log >&2
         echo "setup: installing minivisor's Python dependencies failed (log: .venv/pip.log)" >&2
         exit 1

@@ -136,11 +136,9 @@ class Client:
                 kwargs[key] = os.path.abspath(value)  # the service resolves paths from its own folder
         path = op.path
         for param in op.path_params:
-            from .datastore.layout import check_vm_name  # here, not at the top: the client stays cheap to import
-
-            # the service refuses a name that is none as well, but a "/" in it, sent, would be two
-            # path segments (the server decodes %2F) and reach another route: "x/disks" would list x's disks
-            value = check_vm_name(str(kwargs.pop(param)))
+            # the service refuses these as well, but a "/" in a value, sent, would be two path segments
+            # (the server decodes %2F) and reach another route: "x/disks" would list x's disks
+            value = _path_value(op, param, str(kwargs.pop(param)))
             path = path.replace("{" + param + "}", quote(value, safe=""))
         body: dict[str, Any] | None = None
         if op.method == "GET":
@@ -277,6 +275,18 @@ def _closed_by_peer(conn: _Connection) -> bool:
     poller = select.poll()
     poller.register(conn.sock, select.POLLIN)
     return bool(poller.poll(0))
+
+
+def _path_value(op: routes.Op, param: str, value: str) -> str:
+    """A path parameter checked as the service checks it: a VM's name as one, anything else as one segment."""
+    if param == op.vm_param:
+        from .datastore.layout import check_vm_name  # here, not at the top: the client stays cheap to import
+
+        return check_vm_name(value)
+    try:
+        return routes.check_segment(value)
+    except ValueError as exc:
+        raise errors.ArgumentError(str(exc), hint="name it as the command's help says") from None
 
 
 def _error(status: int, data: Any) -> HvError:

@@ -40,7 +40,7 @@ def runtime_root() -> Path:
 
 
 def network_runtime_root() -> Path:
-    """Where each network's dnsmasq keeps its pid file and reads its reservations (root only: networks need it).
+    """Where each network's dnsmasq keeps its pid file and leases and reads its reservations (root only).
 
     Apart from :func:`runtime_root` (0700): dnsmasq drops to ``nobody`` and re-reads its hosts file after that.
     """

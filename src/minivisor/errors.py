@@ -35,6 +35,9 @@ __all__ = [
     "AuthError",
     "ArgumentError",
     "NoSpaceError",
+    "ClusterError",
+    "ClusterUnreachableError",
+    "OwnedElsewhereError",
     "is_out_of_space",
 ]
 
@@ -222,6 +225,25 @@ class NoSpaceError(HostError):
     """The datastore's file system is full; the operation was undone."""
 
     code = "no-space"
+
+
+class ClusterError(HvError):
+    """A cluster operation cannot be done: no cluster configured, a host name taken, data in the store malformed."""
+
+    code = "cluster-error"
+    exit_code = 69
+
+
+class ClusterUnreachableError(ClusterError):
+    """None of the cluster store's (etcd's) endpoints answered: nothing in the cluster was changed."""
+
+    code = "cluster-unreachable"
+
+
+class OwnedElsewhereError(ConflictError):
+    """Another host of the cluster owns the VM (it runs there): it may not be powered on here."""
+
+    code = "owned-elsewhere"
 
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .procfs import own_umask
 
-__all__ = ["write_atomic", "fsync_dir"]
+__all__ = ["write_atomic", "fsync_dir", "write_new_sparse"]
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int | None = None, sync: str = "durable") -> None:
@@ -54,5 +54,25 @@ def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_new_sparse(path: Path, pieces: list[tuple[int, bytes]], length: int) -> None:
+    """A new owner-only file of ``length`` bytes: ``pieces`` (offset, bytes) written, the rest left a hole.
+
+    An existing name (even a symlink) is never replaced; durable when this returns, removed if it fails.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        for offset, data in pieces:
+            written = 0
+            while written < len(data):
+                written += os.pwrite(fd, data[written:], offset + written)
+        os.ftruncate(fd, length)
+        os.fsync(fd)
+    except BaseException:
+        os.unlink(path)
+        raise
     finally:
         os.close(fd)

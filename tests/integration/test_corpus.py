@@ -5,6 +5,7 @@ where VMware itself would refuse it; a few representative ones power on and are 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -111,6 +112,20 @@ def test_vm_check_needs_no_datastore_and_speaks_json(tmp_path):
     assert report["counts"]["disconnected"] >= 3 and not datastore.exists()
     text = run_cli("vm", "check", str(CORPUS / "ws-encrypted.vmx"), datastore=datastore)
     assert text.returncode == 65 and "encrypted" in text.stderr and not datastore.exists()
+
+
+def test_vm_check_refuses_what_power_on_would_refuse_on_this_host(tmp_path):
+    """CPUs the host does not have for a VM pinned to them: start refuses, so check does too (the same line)."""
+    (tmp_path / "ds" / "pinned").mkdir(parents=True)
+    vmx = tmp_path / "ds" / "pinned" / "pinned.vmx"
+    beyond = max(os.sched_getaffinity(0)) + 1
+    vmx.write_text(f'config.version = "8"\nmemSize = "64"\nsched.cpu.affinity = "{beyond}"\n')
+    result = run_cli("vm", "check", str(vmx), datastore=tmp_path / "ds")
+    assert result.returncode != 0 and f"CPU(s) {beyond}" in result.stderr and len(result.stderr.splitlines()) == 1
+    registered = run_cli("vm", "register", str(vmx), "--name", "pinned", datastore=tmp_path / "ds")
+    assert registered.returncode == 0, registered.stderr
+    started = run_cli("vm", "start", "pinned", datastore=tmp_path / "ds")
+    assert started.returncode == result.returncode and started.stderr == result.stderr
 
 
 BOOTED = {  # file -> (the guest's driver of its disk, how many CD-ROM drives it sees)

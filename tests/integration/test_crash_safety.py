@@ -22,7 +22,7 @@ from cli_runner import run_cli
 
 from minivisor import Hypervisor
 from minivisor.images.layers import format_for, read_layer, resolve_chain
-from minivisor.images.qemu_img import check_disk
+from minivisor.images.qemu_img import check_disk, convert_disk
 from minivisor.storage.journal import CRASH_ENV, JOURNAL_NAME
 from minivisor.spec.vmsd import SnapshotTree
 
@@ -216,6 +216,34 @@ def test_kill_during_online_snapshots_of_a_running_vm(hv, appliance_image):
     hv.snapshot_revert("w", "switched")  # the memory snapshot that survived its writer's death works
     assert hv.exec_in_vm("w", "echo back", timeout=30).output.strip() == "back"
     hv.stop_vm("w", hard=True)
+
+
+@pytest.mark.qemu
+def test_kill_while_a_vmdk_vms_disks_are_closed_for_its_memory_save(hv, appliance_image):
+    """The save closes a VMDK disk's chain under its gate: killed then, the next operation opens the
+    chain again from the specfile and resumes the guest, which reads and writes its own disk."""
+    hv.create_vm("w", memory_mib=128, disk_size="1M", network="none")
+    folder = hv.datastore.root / "w"
+    (folder / "w.qcow2").unlink()
+    convert_disk((read_layer(appliance_image, "raw"),), folder / "w.vmdk", "vmdk")
+    (folder / "w.vmx").write_text((folder / "w.vmx").read_text().replace('"w.qcow2"', '"w.vmdk"'))
+    hv.start_vm("w", wait_ready=True, timeout=90)
+    try:
+        for crash_at in ("take-online:closed", "take-online:saved"):
+            result = cli(hv.datastore.root, "snapshot", "take", "w", "hot", "--memory", crash_at=crash_at)
+            assert result.returncode == -signal.SIGKILL
+            listed = cli(hv.datastore.root, "snapshot", "list", "w", "--json")  # recovers: reopens, resumes
+            assert listed.returncode == 0 and listed.stdout.strip() == "[]", listed.stderr
+            assert not (folder / JOURNAL_NAME).exists() and not list(folder.glob("*.vmsn*"))
+            assert hv.get_vm("w").state.value == "running"
+            written = hv.exec_in_vm("w", "dd if=/dev/urandom of=/dev/sda bs=4k count=4 seek=2000 conv=fsync "
+                                         "2>/dev/null && dd if=/dev/sda bs=4k count=1 2>/dev/null | wc -c")
+            assert written.output.split()[-1] == "4096"  # its disk, not the empty placeholder
+        hv.snapshot_take("w", "hot", memory=True)  # and the next save works
+    finally:
+        hv.stop_vm("w", hard=True)
+    assert_consistent(hv, folder)
+    assert sorted(p.name for p in folder.glob("*.vmdk")) == ["w-000001.vmdk", "w.vmdk"]
 
 
 @pytest.mark.qemu

@@ -124,6 +124,40 @@ def test_a_port_forward_reaches_httpd_in_the_guest_from_the_host(net_lab):
     assert lab.sh("nft list chain inet minivisor output").count("dnat") == 0
 
 
+def test_a_guest_cannot_reach_the_hosts_loopback_through_its_gateway(net_lab, tmp_path):
+    """The bridges' route_localnet (for loopback port forwards) must not open 127.0.0.1 to guests (CVE-2020-8558).
+
+    The attacker is a namespace plugged into network A's switch like a guest (the test guest's kernel has no
+    sysctls, and a guest needs ``route_localnet`` on its own side to send to 127.0.0.1): it routes 127.0.0.0/8
+    to its gateway and asks a server of the host's that listens on every address, the REST service's way."""
+    lab, hv = net_lab
+    (tmp_path / "secret.txt").write_text("host-only secret\n")
+    bridge = lab.mv_json("net", "show", "A")["bridge"]
+    attacker = f"{lab.host}-atk"
+    gateway = "192.168.61.1"
+    server = subprocess.Popen(["ip", "netns", "exec", lab.host, "python3", "-m", "http.server", "8799"],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fetch = "python3 -c \"import urllib.request as u; print(u.urlopen('http://{}:8799/secret.txt', timeout=3)" \
+            ".read().decode())\""
+    try:
+        subprocess.run(["ip", "netns", "add", attacker], check=True)
+        lab.sh(f"ip link add atk0 type veth peer name atk1 netns {attacker} && ip link set atk0 master {bridge} up")
+        lab.sh("ip addr add 192.168.61.120/24 dev atk1 && ip link set atk1 up && "
+               "echo 1 >/proc/sys/net/ipv4/conf/atk1/route_localnet && "
+               f"ip route add 127.0.0.0/8 via {gateway} dev atk1", ns=attacker)
+        deadline = time.monotonic() + 15
+        while "host-only secret" not in lab.sh(fetch.format(gateway), ns=attacker, check=False):  # it works
+            assert time.monotonic() < deadline, "the host's server is not reachable on the gateway"
+            time.sleep(0.3)
+        leaked = lab.sh(fetch.format("127.0.0.1") + " 2>&1", ns=attacker, check=False)
+    finally:
+        server.terminate()
+        server.wait()
+        subprocess.run(["ip", "netns", "del", attacker], capture_output=True)
+        subprocess.run(["ip", "netns", "exec", lab.host, "ip", "link", "del", "atk0"], capture_output=True)
+    assert "secret" not in leaked and "timed out" in leaked
+
+
 def test_link_down_stops_traffic_and_link_up_restores_it(net_lab):
     lab, hv = net_lab
     peer = guest_address(hv, "a2")

@@ -83,6 +83,7 @@ def test_host_rules_outside_minivisors_table_are_left_as_they_were(lab):
     ("8080:80,x", "is not a port forward"), ("99999:80", "is not a port (1-65535)"),
     ("1.2.3:80:80", "is not a port forward"), ("300.1.1.1:80:80", "is not an IPv4 address"),
     ("224.0.0.1:80:80", "is not an address of this host"), ("80", "is not a port forward"),
+    ("8.8.8.8:53:53/udp", "is not an address of this host"),  # would divert guests' DNS meant for another host
     ("8080:80/sctp", "is not a port forward"), ("0:80", "is not a port (1-65535)")])
 def test_a_malformed_port_forward_is_refused_and_nothing_is_kept(lab, forward, why):
     lab.mv("vm", "create", "web", "--network", "nat", "--disk-size", "16M")

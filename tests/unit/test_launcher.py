@@ -74,8 +74,14 @@ def test_seed_hardware_mapping():
     assert option_values(argv, "-sandbox")[0].startswith("on,")
     devices = {d["driver"]: d for d in json_options(argv, "-device")}
     assert devices["lsi53c895a"]["id"] == "scsi0"
-    assert devices["scsi-hd"] == {"driver": "scsi-hd", "id": "scsi0-0", "drive": "fmt-scsi0-0-0",
+    # the seed's disk is a VMDK: attached through a gate, a filter node with no limits (a memory snapshot
+    # closes the chain under it)
+    assert devices["scsi-hd"] == {"driver": "scsi-hd", "id": "scsi0-0", "drive": "gate-scsi0-0-0",
                                   "bus": "scsi0.0", "scsi-id": 0, "werror": "enospc", "bootindex": 0}
+    gate = next(n for n in json_options(argv, "-blockdev") if n["node-name"] == "gate-scsi0-0-0")
+    assert gate == {"driver": "throttle", "node-name": "gate-scsi0-0-0", "throttle-group": "gate-scsi0-0-0-group",
+                    "file": "fmt-scsi0-0-0", "read-only": False}
+    assert {"qom-type": "throttle-group", "id": "gate-scsi0-0-0-group"} in json_options(argv, "-object")
     assert devices["vmxnet3"]["mac"] == "00:50:56:aa:aa:aa"
     assert devices["vmware-svga"]["vgamem_mb"] == 8
     (netdev,) = json_options(argv, "-netdev")

@@ -13,6 +13,7 @@ below it, never one above; siblings share a rank.
     4     host         host/         }
     4     net          net/          } (net may import neither, nor they it)
     5     vmm          vmm/
+    5     cluster      cluster/      (etcd: members, leases, VM ownership; core claims ownership through it)
     6     core         core/, and the package itself (``minivisor/__init__.py`` re-exports the core API)
     7     interfaces   service/, client.py, cli/   (they may use each other: `serve`, the client's routes)
 
@@ -47,13 +48,13 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 RANKS = {"foundation": 0, "spec": 1, "images": 2, "datastore": 3, "storage": 4, "host": 4, "net": 4, "vmm": 5,
-         "core": 6, "interfaces": 7}
+         "cluster": 5, "core": 6, "interfaces": 7}
 PACKAGES = {"spec": "spec", "images": "images", "datastore": "datastore", "storage": "storage", "host": "host",
-            "net": "net", "vmm": "vmm", "core": "core", "service": "interfaces",
+            "net": "net", "vmm": "vmm", "cluster": "cluster", "core": "core", "service": "interfaces",
             "cli": "interfaces"}  # minivisor.<package> -> layer
 TOP_LEVEL = {"client": "interfaces"}  # minivisor.<module> -> layer; other top-level modules: foundation
 FRONT_DOOR = {"minivisor", "minivisor.__main__"}  # __init__.py and __main__.py: may import anything
-APART = {frozenset({"storage", "host"}), frozenset({"storage", "net"}),
+APART = {frozenset({"storage", "host"}), frozenset({"storage", "net"}), frozenset({"vmm", "cluster"}),
          frozenset({"host", "net"})}  # same rank, may not import each other
 APPLIANCE = "minivisor_appliance"  # imports the foundation only; imported by the interfaces only
 NAMEDTUPLE_API = {"_replace", "_asdict", "_fields", "_make", "_field_defaults"}

@@ -92,7 +92,10 @@ def test_the_firewall_table_masquerades_nat_isolates_switches_and_forwards_ports
     assert "ip saddr 192.168.61.0/24 ip daddr != 192.168.61.0/24 masquerade" in text
     assert "192.168.62.0/24 ip daddr" not in text  # an isolated network is not masqueraded...
     assert 'iifname "mvbr1" drop' in text and 'oifname "mvbr1" drop' in text  # ...nor routed
-    assert text.count("ip daddr 127.0.0.1 tcp dport 8080 dnat ip to 192.168.61.2:80") == 2  # prerouting, output
+    assert text.count("ip daddr 127.0.0.1 fib daddr type local tcp dport 8080 dnat ip to 192.168.61.2:80") == 2
+    for bridge in ("mvbr0", "mvbr1"):  # route_localnet is for the host's own packets, not the guests'
+        assert f'iifname "{bridge}" ip daddr 127.0.0.0/8 drop' in text
+        assert f'iifname "{bridge}" ip saddr 127.0.0.0/8 drop' in text
     assert 'oifname "mvbr0" ip saddr 127.0.0.0/8 masquerade' in text
 
 
@@ -114,7 +117,7 @@ def test_reservations_and_dynamic_addresses_share_the_subnet_without_overlap():
     assert addressing.next_reserved(subnet, {"192.168.61.2"}) == "192.168.61.3"
     with pytest.raises(ArgumentError):
         addressing.check_reservable(subnet, "192.168.61.1")  # the host's
-    config = dhcp.config_text(dhcp.DhcpFiles(Path("/r"), Path("/l")),
+    config = dhcp.config_text(dhcp.DhcpFiles(Path("/r")),
                               "mvbr0", subnet, router=False)
     assert "interface=mvbr0\nbind-interfaces" in config and "dhcp-option=option:router\n" in config
 

@@ -119,3 +119,31 @@ def test_a_request_reaches_its_operation_with_its_path_parameters(op, name):
 ])
 def test_a_path_that_is_no_operation_reaches_none(method, path, status):
     assert route_to(ROUTER, method, path)[0] == status
+
+
+def test_each_row_names_the_parameter_that_is_a_vm_and_only_vm_routes_have_one():
+    for op in OPERATIONS:
+        if op.vm_param is None:
+            assert not op.path.startswith("/v1/vms/{"), op.name
+        else:
+            assert op.path.startswith("/v1/vms") and op.vm_param in positional(op), op.name
+
+
+@pytest.mark.parametrize("op_name, params, refused", [
+    ("get_network", {"name": "lab.tmp"}, False),  # a network's name is no VM's: ".tmp" is fine for it
+    ("set_nic", {"name": "web", "nic": "ethernet0"}, False),
+    ("get_network", {"name": ".."}, True), ("set_nic", {"name": "web", "nic": "a\x00b"}, True),
+    ("get_vm", {"name": "web.tmp"}, True),  # a VM's name is checked as one
+])
+def test_path_parameters_are_checked_by_what_they_name(op_name, params, refused):
+    from minivisor.errors import HvError
+    from minivisor.service.params import check_arguments, param_specs
+
+    op = by_name(op_name)
+    body = {"link": True} if op_name == "set_nic" else {}
+    try:
+        check_arguments(op, param_specs(op), params, body)
+    except HvError:
+        assert refused
+    else:
+        assert not refused

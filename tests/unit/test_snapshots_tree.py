@@ -73,7 +73,7 @@ def test_delta_names_follow_vmware_and_skip_taken_ones(tmp_path):
     (tmp_path / "w-000007.qcow2").touch()
     assert delta_name(tmp_path, "w.qcow2", set()) == "w-000008.qcow2"
     assert delta_name(tmp_path, "w-000007.qcow2", {"w-000008.qcow2"}) == "w-000009.qcow2"
-    assert delta_name(tmp_path, "CentOS-000002.vmdk", set()) == "CentOS-000001.qcow2"
+    assert delta_name(tmp_path, "CentOS-000002.vmdk", set()) == "CentOS-000001.vmdk"
 
 
 def test_the_journal_rolls_back_a_prepare_and_rolls_forward_a_commit(tmp_path):

@@ -38,6 +38,7 @@ GROUPS = {
     "net": "Virtual networks (switches): NAT, isolated (host-only), bridged; DHCP with fixed addresses.",
     "datastore": "The datastore folder and its policy.",
     "host": "Facts about this host.",
+    "cluster": "This host in a cluster of minivisor hosts (etcd): members, liveness, one owner per VM.",
     "image": "Build guest images.",
 }
 
@@ -88,6 +89,10 @@ COMMANDS = {
     "datastore info": "Where the datastore is and which host folders specfiles may name.",
     "datastore allow-path": "Let specfiles name files in a host folder outside the datastore.",
     "host info": "CPUs, memory, QEMU, and which accelerator VMs get (and why).",
+    "cluster init": "Make a cluster in etcd and join this host to it.",
+    "cluster join": "Join this host to the cluster in etcd; its service then keeps it a live member.",
+    "cluster status": "Every host of the cluster: live or not, free memory, CPUs, running VMs, versions.",
+    "cluster leave": "Take this host out of its cluster (refused while VMs run here).",
     "image build": "Build a guest image from Debian packages (cached); prints its path.",
     "serve": "Run the service for the datastore: REST API, web UI, events, metrics, VMM supervision.",
     "demo": "Build the appliance, boot a VM from a specfile and show what the guest sees.",

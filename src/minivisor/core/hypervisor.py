@@ -313,6 +313,9 @@ class Hypervisor:
             ctx.emit("poweringOff", pid=pid, hard=hard)
             how = ctx.vmm.stop(hard=hard, timeout=timeout)
             ctx.networks().unplug(ctx)
+            from .clustering import disown
+
+            disown(ctx)
             ctx.emit("poweredOff", pid=pid, reason=f"stopped ({how})")
             return how
 
@@ -466,6 +469,45 @@ class Hypervisor:
         from .networks import Networks
 
         return Networks(self.datastore, self.inventory)
+
+    # -- the cluster (minivisor.cluster: etcd) --------------------------------------
+    def cluster_init(self, etcd: str, *, name: str | None = None, ttl: int | None = None) -> dict[str, Any]:
+        """Make a cluster in the etcd at ``etcd`` (its client URLs, comma-separated) and join this host to it
+        as ``name`` [default: the host name]; every member's lease lasts ``ttl`` s [default: 10]."""
+        from ..cluster import membership
+        from ..cluster.config import DEFAULT_TTL, MAX_TTL, MIN_TTL, parse_endpoints
+
+        ttl = DEFAULT_TTL if ttl is None else ttl
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or not MIN_TTL <= ttl <= MAX_TTL:
+            raise ArgumentError(f"a lease TTL of {ttl!r} s is out of range", hint=f"give {MIN_TTL} to {MAX_TTL} s")
+        return membership.init(self.datastore.meta, parse_endpoints(etcd), name or _host_name(), ttl,
+                               self._running())
+
+    def cluster_join(self, etcd: str, *, name: str | None = None) -> dict[str, Any]:
+        """Join this host, as ``name`` [default: the host name], to the cluster in the etcd at ``etcd``;
+        its service (``serve``) then keeps it a live member."""
+        from ..cluster import membership
+        from ..cluster.config import parse_endpoints
+
+        return membership.join(self.datastore.meta, parse_endpoints(etcd), name or _host_name(), self._running())
+
+    def cluster_status(self) -> dict[str, Any]:
+        """Every member of this host's cluster: live or not, free memory, CPUs, running VMs, versions."""
+        from ..cluster import membership
+
+        return membership.status(self.datastore.meta)
+
+    def cluster_leave(self, *, force: bool = False) -> dict[str, Any]:
+        """Take this host out of its cluster (refused while VMs run here); ``force`` forgets the cluster
+        even when etcd cannot be told."""
+        from ..cluster import membership
+
+        return membership.leave(self.datastore.meta, list(self._running().values()), force=force)
+
+    def _running(self) -> dict[str, str]:
+        from .clustering import running_vms
+
+        return running_vms(self)
 
     # -- guest access ----------------------------------------------------
     def exec_in_vm(self, name: str, command: list[str] | str, *, timeout: float = 60.0) -> ExecResult:
@@ -697,6 +739,13 @@ def _make_disk(target: Path, size: str | None, boot_chain: tuple[ImageLayer, ...
     if progress:
         progress(f"copying {top.path.name} ({human_size(top.virtual_size)}) into the VM folder")
     convert_disk(boot_chain, target, "qcow2")
+
+
+def _host_name() -> str:
+    """This host's name as a cluster member: the first label of its host name."""
+    import socket
+
+    return socket.gethostname().partition(".")[0]
 
 
 def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:

@@ -12,8 +12,8 @@ import os
 import secrets
 from pathlib import Path
 
+from ..datastore.inventory import read_vmx
 from ..errors import NoSuchDiskError, StateError
-from ..spec.vmx import VmxDocument
 from ..text import excerpt
 from ..vmm import jobs
 from ..vmm.argv import device_id
@@ -24,11 +24,12 @@ __all__ = ["change_cdrom", "screenshot"]
 
 
 def change_cdrom(vms: Vms, name: str, node: str | None, image: Path | str | None) -> dict[str, str | None]:
-    """Insert ``image`` (a path from the current folder) in the CD-ROM drive ``node`` (default: the first),
+    """Insert ``image`` (absolute, or relative to the VM's folder as in a specfile) in the CD-ROM drive ``node``
+    (default: the first),
     or eject its medium when ``image`` is None. Returns the drive and what is in it now."""
     with vms.operate(name, Action.CDROM) as ctx:
         drive = _drive(ctx, node)
-        path = ctx.scope.image(ctx.vm_dir, os.path.abspath(image), f"the image for {drive}") if image else None
+        path = ctx.scope.image(ctx.vm_dir, os.path.join(ctx.vm_dir, image), f"the image for {drive}") if image else None
         if ctx.running:
             with ctx.vmm.session() as qmp:
                 if path is None:
@@ -69,7 +70,7 @@ def _drive(ctx: VmContext, node: str | None) -> str:
 
 def _record(ctx: VmContext, drive: str, path: Path | None) -> None:
     """The drive's medium in the specfile (relative to the VM folder when it is in it)."""
-    doc = VmxDocument.load(ctx.vmx)
+    doc = read_vmx(ctx.vmx)
     if path is None:
         doc.set(f"{drive}.fileName", "")
     else:

@@ -216,6 +216,10 @@ class Networks:
     def add_forward(self, ctx: VmContext, text: str, nic_name: str) -> dict:
         """Forward a port of the host to a port of one NIC of the VM; kept with the VM, applied while it runs."""
         spec = parse_forward(text)
+        if not switch.is_host_address(spec.host_addr):  # else it would divert traffic meant for another machine
+            raise ArgumentError(f"{spec.host_addr} is not an address of this host",
+                                hint="forward from 127.0.0.1 (the default), 0.0.0.0 (every address of the host) "
+                                     "or an address `ip -4 addr` shows")
         nic = _nic(ctx, nic_name)
         user = _user_mode(nic)
         entry = None if user else self._network_of(nic)

@@ -1,7 +1,8 @@
 """Power-on: one path for every way a VMM starts (start, a memory snapshot's revert, an incoming migration).
 
 The caller holds the VM's turn and its VM lock and has a launch plan (every check
-made). :func:`power_on` then keeps the previous boot's console log, admits the VM's
+made). :func:`power_on` then keeps the previous boot's console log, in a cluster claims
+the VM's ownership (:mod:`minivisor.core.clustering`), admits the VM's
 memory next to the VMs the host already holds, launches the VMM the plan describes,
 places it on the host's CPUs and cgroups, and reports ``poweredOn``.
 """
@@ -22,6 +23,7 @@ from ..images.qemu_img import convert_disk
 from ..spec.vmspec import VmSpec
 from ..vmm.plan import LaunchPlan
 from ..vmm.process import RuntimeRecord, VmLock
+from .clustering import claimed
 from .context import VmContext
 
 __all__ = ["power_on", "admit_memory"]
@@ -31,6 +33,16 @@ def power_on(ctx: VmContext, plan: LaunchPlan) -> tuple[RuntimeRecord, tuple[str
     """Launch the VMM ``plan`` describes; returns its record and what could not be applied (placement)."""
     _rotate(ctx.paths.serial_log)
     ctx.paths.bios_log.unlink(missing_ok=True)
+    with claimed(ctx):  # in a cluster, this host owns the VM before its VMM starts (given up if it does not)
+        record = _launch(ctx, plan)
+    ctx.running = True
+    warnings = place(record.pid, plan.spec, ctx.name)
+    ctx.emit("poweredOn", pid=record.pid, accel=record.accel)
+    return record, warnings
+
+
+def _launch(ctx: VmContext, plan: LaunchPlan) -> RuntimeRecord:
+    """Admit the VM's memory, make what its VMM opens (variables, overlays, taps), and start the VMM."""
     claim = admit_memory(ctx, plan.spec, plan.env.accel)  # under the VM lock, which keeps the claim valid
     networks = ctx.networks()
     try:
@@ -46,10 +58,7 @@ def power_on(ctx: VmContext, plan: LaunchPlan) -> tuple[RuntimeRecord, tuple[str
         raise
     finally:
         _drop_discard_names(plan)
-    ctx.running = True
-    warnings = place(record.pid, plan.spec, ctx.name)
-    ctx.emit("poweredOn", pid=record.pid, accel=record.accel)
-    return record, warnings
+    return record
 
 
 def admit_memory(ctx: VmContext, spec: VmSpec, accel: str | None = None) -> Path:

@@ -15,10 +15,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Callable
 
 from ..errors import HvError
+from ..images.layers import format_for
 from ..images.qemu_img import commit_layer, rebase_disk, set_backing
+from ..images.vmdk import set_cid, set_parent
 from ..storage.journal import Journal
 from ..storage.clones import publish_clone
 from ..vmm.states import Action
@@ -80,6 +83,7 @@ def _recover_online_snapshot(ctx: VmContext, journal: Journal) -> None:
             journal.run()  # the memory state, if any, was complete before the commit
         return
     with ctx.vmm.session() as qmp:
+        jobs.reopen_closed_chains(qmp, _reopenable_chains(ctx))
         if journal.phase == "prepare" or not jobs.overlays_in_use(qmp, nodes):
             jobs.drop_nodes(qmp, nodes)
             journal.rollback()
@@ -87,6 +91,20 @@ def _recover_online_snapshot(ctx: VmContext, journal: Journal) -> None:
             journal.run()
         if journal.data.get("resume"):
             jobs.resume_if_paused(qmp)
+
+
+def _reopenable_chains(ctx: VmContext) -> dict[str, list[tuple[Path, str]]]:
+    """Device -> the layers (path, format) of each hard disk whose chain the specfile names whole.
+
+    An independent-nonpersistent disk's discarded writes lived in an overlay of the VMM's run: it is
+    left out, never reopened to write into the disk itself.
+    """
+    from ..vmm.argv import device_id
+
+    files = ctx.files()
+    return {device_id(disk.node): [(layer.path, layer.format) for layer in files.chain(disk.file_name)]
+            for disk in files.spec.disks
+            if disk.kind == "disk" and disk.file_name and disk.mode != "independent-nonpersistent"}
 
 
 def step_handlers(ctx: VmContext) -> dict[str, Callable[..., None]]:
@@ -101,15 +119,26 @@ def step_handlers(ctx: VmContext) -> dict[str, Callable[..., None]]:
 
 
 def _commit(ctx: VmContext, dependent: str) -> None:
-    """Fold a layer into its backing file (idempotent: the layer stays)."""
-    commit_layer(ctx.files().chain(dependent))
+    """Fold a layer into its backing file (idempotent: the layer stays).
+
+    A VMDK gets a new content ID when it is written: the merged file keeps the one its dependent
+    recorded, so a re-run still finds an intact chain (what the dependent reads has not changed).
+    """
+    chain = ctx.files().chain(dependent)
+    commit_layer(chain)
+    if chain[1].format == "vmdk" and chain[1].cid:
+        set_cid(chain[1].path, chain[1].cid)
 
 
 def _relink(ctx: VmContext, image: str, backing: str, backing_format: str) -> None:
-    """Point a layer's header at another backing file (its name relative to the layer)."""
+    """Point a layer's header (a VMDK's descriptor) at another backing file (its name relative to the layer)."""
     files = ctx.files()
     path = files.path(image)
-    set_backing(path, os.path.relpath(files.path(backing), path.parent), backing_format)
+    name = os.path.relpath(files.path(backing), path.parent)
+    if format_for(path) == "vmdk":
+        set_parent(path, files.layer(backing), name)
+    else:
+        set_backing(path, name, backing_format)
 
 
 def _rebase(ctx: VmContext, dependent: str, frozen: str) -> None:

@@ -13,10 +13,12 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from ..errors import StateError
-from ..images.qcow2 import create_overlay
+from ..images.deltas import create_delta
+from ..images.layers import format_for
 from ..storage.journal import Journal, crashpoint
 from ..spec.vmsd import Snapshot, SnapshotTree, vmsd_path
-from ..storage.snapshots import VmFiles, plan_delete, plan_revert, plan_take, snapshot_disks, take_offline
+from ..storage.snapshots import (VmFiles, plan_delete, plan_revert, plan_take, refresh_parent_ids, snapshot_disks,
+                                 take_offline)
 from ..vmm.states import Action
 from .context import VmContext, Vms
 from .recovery import disk_operation, step_handlers
@@ -73,9 +75,10 @@ def _take_online(ctx: VmContext, files: VmFiles, name: str, description: str, me
         journal.begin([ctx.vm_dir / d for d in deltas.values()]
                       + ([state_file, state_file.with_name(state_file.name + ".part")] if state_file else []))
         for node, delta in deltas.items():
-            create_overlay(ctx.vm_dir / delta, files.layer(snap.disks[node]))
+            create_delta(ctx.vm_dir / delta, files.layer(snap.disks[node]))
         tag = secrets.token_hex(3)
-        overlays = [jobs.Overlay(device_id(node), ctx.vm_dir / delta, f"snap{snap.uid}-{device_id(node)}-{tag}")
+        overlays = [jobs.Overlay(device_id(node), ctx.vm_dir / delta, f"snap{snap.uid}-{device_id(node)}-{tag}",
+                                 format_for(delta))
                     for node, delta in deltas.items()]
         running = qmp.execute("query-status")["status"] == "running"
         journal.data = {"overlays": [str(o.path) for o in overlays], "nodes": [o.node for o in overlays],
@@ -83,8 +86,11 @@ def _take_online(ctx: VmContext, files: VmFiles, name: str, description: str, me
         # Not fsynced: only a recovery that finds this VMM still running reads these (a power loss ends it
         # too), and the commit below, which is fsynced, carries them as well.
         journal.save(durable=False)
-        jobs.take_snapshot(qmp, overlays, state_file=state_file, before_switch=lambda: journal.commit(steps),
-                           pause=running)
+        def before_switch() -> None:  # paused: nothing writes
+            refresh_parent_ids(files, snap, deltas)
+            journal.commit(steps)
+
+        jobs.take_snapshot(qmp, overlays, state_file=state_file, before_switch=before_switch, pause=running)
     journal.run()
     return snap
 

@@ -125,9 +125,11 @@ def _read_vmdk(path: Path, image) -> ImageLayer:
         if desc_offset:
             image.seek(desc_offset * 512)
             descriptor = image.read(desc_size * 512).rstrip(b"\0")
-        fields, _ = _parse_descriptor(descriptor)
+        fields, extents = _parse_descriptor(descriptor)
         fields.setdefault("createtype", "monolithicSparse")
-        return _vmdk_layer(path, capacity * 512, fields, [])
+        # the size QEMU gives the disk: its descriptor's extent, not the header's capacity (rounded to a grain)
+        sectors = sum(count for count, _ in extents) or capacity
+        return _vmdk_layer(path, sectors * 512, fields, [])
     image.seek(0)
     text = image.read(64 * 1024)
     if b"disk descriptorfile" not in text[:4096].lower() and b"createtype" not in text.lower():
@@ -201,7 +203,13 @@ def resolve_chain(top: Path, fmt: str, resolve: Callable[[Path, str], Path]) -> 
                             hint=f"record it: qemu-img rebase -u -f {layer_format} -F <format> "
                                  f"-b {layer.backing_name} {path}")
         check_file_name(layer.backing_name, f"the backing file of {path.name}")
-        path, layer_format = resolve(path.parent, layer.backing_name), layer.backing_format
+        parent = resolve(path.parent, layer.backing_name)
+        if layer.format == "vmdk" and Path(layer.backing_name).suffix.lower() != ".vmdk":
+            # a parent's format comes from its name too: a raw disk's guest-written bytes are never a VMDK
+            raise DiskError(f"{path.name} names {layer.backing_name[:60]!r} as its parent, which is not a .vmdk",
+                            hint="a VMDK's parentFileNameHint must name a .vmdk file; flatten the disk where it "
+                                 "came from (qemu-img convert)")
+        path, layer_format = parent, layer.backing_format
         if layer.parent_cid and layer.parent_cid != "ffffffff":
             parent = read_layer(path, layer_format)
             if parent.cid and parent.cid != layer.parent_cid:

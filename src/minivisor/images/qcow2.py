@@ -21,6 +21,7 @@ import struct
 from pathlib import Path
 
 from ..errors import DiskError
+from ..files import write_new_sparse
 from .layers import QCOW2_EXT_BACKING_FORMAT, QCOW2_MAGIC, ImageLayer, check_file_name
 
 __all__ = ["create_overlay", "overlay_bytes"]
@@ -77,18 +78,7 @@ def create_overlay(path: Path, backing: ImageLayer, *, relative_to: Path | None 
     """
     name = os.path.relpath(backing.path, relative_to or path.parent)
     data, length = overlay_bytes(backing.virtual_size, name, backing.format)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        written = 0
-        while written < len(data):
-            written += os.write(fd, data[written:])
-        os.ftruncate(fd, length)
-        os.fsync(fd)
-    except BaseException:
-        os.unlink(path)
-        raise
-    finally:
-        os.close(fd)
+    write_new_sparse(path, [(0, data)], length)
 
 
 def _padded(length: int) -> int:

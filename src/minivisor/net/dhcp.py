@@ -3,7 +3,10 @@
 Reservations (MAC -> address) live in a hosts file that dnsmasq re-reads on
 SIGHUP, so a new reservation never restarts it. dnsmasq drops to ``nobody``
 after start, so its pid file and hosts file live in a folder it can read
-(:func:`minivisor.dirs.network_runtime_root`); its leases stay in the datastore.
+(:func:`minivisor.dirs.network_runtime_root`). Its leases are there too, not in
+the datastore: dnsmasq opens them as root, and a datastore folder may belong to a
+user who could plant a link there to a file of root's. They last until the
+network is deleted or the host restarts (when every lease has ended anyway).
 A dnsmasq is minivisor's if its command line names the network's config file.
 """
 
@@ -20,8 +23,11 @@ from pathlib import Path
 from .. import dirs, procfs
 from ..errors import NetworkError
 from ..files import write_atomic
+from ..spec.vmspec import normalize_mac
+from ..text import excerpt
 from .addressing import dynamic_range, host_interface
 from .host import run
+from .names import check_interface_name
 
 __all__ = ["DhcpFiles", "dhcp_files", "config_text", "hosts_text", "start", "stop", "reload", "running_pid",
            "leases", "LEASE_TIME"]
@@ -33,8 +39,11 @@ LEASE_TIME = "1h"
 class DhcpFiles:
     """The files of one network's dnsmasq."""
 
-    runtime: Path  # readable by nobody: config, hosts file, pid file
-    leases: Path  # in the datastore, written by dnsmasq
+    runtime: Path  # root's, readable by nobody: config, hosts file, pid file, leases
+
+    @property
+    def leases(self) -> Path:
+        return self.runtime / "leases"
 
     @property
     def config(self) -> Path:
@@ -52,12 +61,15 @@ class DhcpFiles:
 def dhcp_files(datastore_meta: Path, network: str) -> DhcpFiles:
     """Where the dnsmasq of ``network`` of this datastore keeps its files (one folder per datastore and network)."""
     tag = hashlib.sha256(os.path.realpath(datastore_meta).encode()).hexdigest()[:12]
-    return DhcpFiles(dirs.network_runtime_root() / f"{tag}-{network.lower()}",
-                     datastore_meta / "net" / network.lower() / "leases")
+    return DhcpFiles(dirs.network_runtime_root() / f"{tag}-{network.lower()}")
 
 
 def config_text(files: DhcpFiles, bridge: str, subnet: ipaddress.IPv4Network, *, router: bool) -> str:
-    """dnsmasq's configuration: DHCP and DNS on ``bridge`` only; a gateway only if the network routes out."""
+    """dnsmasq's configuration: DHCP and DNS on ``bridge`` only; a gateway only if the network routes out.
+
+    Root's dnsmasq runs what this file says (a ``dhcp-script`` line would run a program): the bridge's name,
+    read from the catalog, must be an interface name, nothing that could end the line."""
+    check_interface_name(bridge)
     gateway = host_interface(subnet).ip
     start, end = dynamic_range(subnet)
     lines = [
@@ -75,8 +87,16 @@ def config_text(files: DhcpFiles, bridge: str, subnet: ipaddress.IPv4Network, *,
 
 
 def hosts_text(reservations: list[tuple[str, str]]) -> str:
-    """The hosts file: one ``MAC,ADDRESS`` line per reservation."""
-    return "".join(f"{mac},{address}\n" for mac, address in reservations)
+    """The hosts file: one ``MAC,ADDRESS`` line per reservation, each checked (they come from the catalog)."""
+    return "".join(f"{_checked_mac(mac)},{ipaddress.IPv4Address(address)}\n" for mac, address in reservations)
+
+
+def _checked_mac(text: str) -> str:
+    mac = normalize_mac(text)
+    if mac is None:
+        raise NetworkError(f"the catalog reserves an address for {excerpt(text)}, which is not a MAC",
+                           hint="remove that NIC's reservation: minivisor vm nic VM NIC --ip ADDRESS sets a new one")
+    return mac
 
 
 def running_pid(files: DhcpFiles) -> int | None:
@@ -93,7 +113,6 @@ def start(files: DhcpFiles, config: str, reservations: list[tuple[str, str]]) ->
     """Start the network's dnsmasq (it daemonizes once it serves); returns its pid."""
     files.runtime.mkdir(mode=0o755, parents=True, exist_ok=True)
     os.chmod(files.runtime, 0o755)
-    files.leases.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_atomic(files.config, config.encode(), mode=0o644)
     write_atomic(files.hosts, hosts_text(reservations).encode(), mode=0o644)
     run(["dnsmasq", f"--conf-file={files.config}"], "start dnsmasq")
@@ -113,14 +132,14 @@ def reload(files: DhcpFiles, reservations: list[tuple[str, str]]) -> None:
 
 
 def stop(files: DhcpFiles) -> None:
-    """Stop the network's dnsmasq (if it runs) and remove its runtime folder; the leases stay."""
+    """Stop the network's dnsmasq (if it runs) and remove its files, leases included: the network is gone."""
     pid = running_pid(files)
     if pid is not None:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 5.0
         while procfs.start_ticks(pid) is not None and time.monotonic() < deadline:
             time.sleep(0.01)
-    for path in (files.config, files.hosts, files.pid_file):
+    for path in (files.config, files.hosts, files.pid_file, files.leases):
         path.unlink(missing_ok=True)
     try:
         files.runtime.rmdir()

@@ -11,9 +11,14 @@ they were. The table's comment names the datastore it belongs to.
 - Isolated networks: nothing is routed in or out (the host itself is reachable, host-only).
 - No network reaches another through the host.
 - Port forwards: DNAT of ``ADDR:PORT`` (``0.0.0.0``: any address of the host) to
-  the guest, for traffic arriving and traffic from the host itself; from
+  the guest, for traffic arriving and traffic from the host itself, and only for
+  addresses of the host (never traffic passing through to another machine); from
   loopback, the source becomes the host's address on the network (the bridge
   has ``route_localnet`` so such packets may leave it).
+- ``route_localnet`` would also let a guest reach the host's loopback services
+  (the REST service, loopback port forwards of other networks) by sending to
+  127.0.0.1 through its gateway (CVE-2020-8558 in Kubernetes): packets from a
+  bridge to or from 127.0.0.0/8 are dropped before routing.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from dataclasses import dataclass
 
 from .host import run
 
-__all__ = ["TABLE", "Switch", "Forward", "ruleset", "load", "remove", "owner"]
+__all__ = ["TABLE", "Switch", "Forward", "ruleset", "load", "owner"]
 
 TABLE = "inet minivisor"
 
@@ -57,6 +62,7 @@ def ruleset(switches: list[Switch], forwards: list[Forward], owner: str) -> str:
         return head
     dnat = [_dnat(f) for f in forwards]
     chains = {
+        "guard": ("type filter hook prerouting priority raw; policy accept;", _loopback_guard(routed)),
         "prerouting": ("type nat hook prerouting priority dstnat; policy accept;", dnat),
         "output": ("type nat hook output priority -100; policy accept;", dnat),
         "postrouting": ("type nat hook postrouting priority srcnat; policy accept;", _source_nat(routed, forwards)),
@@ -68,9 +74,15 @@ def ruleset(switches: list[Switch], forwards: list[Forward], owner: str) -> str:
     return head + "\n".join(body) + "\n}\n"
 
 
+def _loopback_guard(routed: list[Switch]) -> list[str]:
+    """No packet from a guest to or from 127.0.0.0/8: the bridges' ``route_localnet`` is for the host's own."""
+    return [f"iifname {_quote(s.bridge)} ip {side} 127.0.0.0/8 drop" for s in routed for side in ("daddr", "saddr")]
+
+
 def _dnat(forward: Forward) -> str:
-    match = "fib daddr type local" if forward.host_addr == "0.0.0.0" else f"ip daddr {forward.host_addr}"
-    return f"{match} {forward.protocol} dport {forward.host_port} dnat ip to {forward.guest_addr}:{forward.guest_port}"
+    address = "" if forward.host_addr == "0.0.0.0" else f"ip daddr {forward.host_addr} "
+    return (f"{address}fib daddr type local {forward.protocol} dport {forward.host_port} "
+            f"dnat ip to {forward.guest_addr}:{forward.guest_port}")
 
 
 def _source_nat(routed: list[Switch], forwards: list[Forward]) -> list[str]:
@@ -101,11 +113,6 @@ def _quote(text: str) -> str:
 def load(text: str) -> None:
     """Replace the table in one transaction."""
     run(["nft", "-f", "-"], "load minivisor's nftables table", stdin=text.encode())
-
-
-def remove() -> None:
-    """Delete the table (if there is one)."""
-    load(f"table {TABLE}\ndelete table {TABLE}\n")
 
 
 def owner() -> str | None:

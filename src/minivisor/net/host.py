@@ -29,9 +29,6 @@ class Support:
     available: bool
     reason: str
 
-    def to_dict(self) -> dict[str, object]:
-        return {"available": self.available, "reason": self.reason}
-
 
 def support() -> Support:
     """Can minivisor build bridges, taps, dnsmasq and nftables rules here?"""

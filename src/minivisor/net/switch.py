@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from dataclasses import dataclass
 
-from ..errors import NotFoundError
+from ..errors import NetworkError, NotFoundError
+from ..text import excerpt
 from .host import run
 from .names import ALIAS_PREFIX
 
 __all__ = ["Link", "TapOwner", "links", "used_networks", "make_bridge", "delete_link", "plug_tap", "attach_uplink",
-           "detach_uplink", "set_sysctl", "addresses_of", "bridge_alias", "tap_alias", "require_link", "tap_counters"]
+           "detach_uplink", "set_sysctl", "addresses_of", "is_host_address", "bridge_alias", "tap_alias", "require_link", "tap_counters"]
+
+_SYSCTL_KEY = re.compile(r"net/ipv4/(ip_forward|conf/(?!\.\.?/)[A-Za-z0-9_.-]{1,15}/[a-z_]+)\Z")
 
 
 @dataclass(frozen=True)
@@ -83,19 +87,23 @@ def require_link(name: str) -> Link:
     return link
 
 
-def addresses_of(interface: str) -> list[ipaddress.IPv4Interface]:
-    """The IPv4 addresses of one interface."""
-    text = run(["ip", "-j", "-4", "addr", "show", "dev", interface], f"read the addresses of {interface}")
+def addresses_of(interface: str | None = None) -> list[ipaddress.IPv4Interface]:
+    """The IPv4 addresses of one interface, or of every interface of the host."""
+    device = ["dev", interface] if interface else []
+    text = run(["ip", "-j", "-4", "addr", "show", *device], f"read the addresses of {interface or 'the host'}")
     return [ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}")
             for item in json.loads(text or "[]") for a in item.get("addr_info", [])]
 
 
+def is_host_address(address: str) -> bool:
+    """Whether ``address`` is this host's own: 0.0.0.0 (every one), a loopback address or an interface's."""
+    wanted = ipaddress.IPv4Address(address)
+    return wanted.is_unspecified or wanted.is_loopback or any(a.ip == wanted for a in addresses_of())
+
+
 def used_networks() -> list[ipaddress.IPv4Network]:
     """Every IPv4 network the host has an address or a route in: a new network must overlap none."""
-    found = []
-    for item in json.loads(run(["ip", "-j", "-4", "addr", "show"], "list the host's addresses") or "[]"):
-        for address in item.get("addr_info", []):
-            found.append(ipaddress.IPv4Interface(f"{address['local']}/{address['prefixlen']}").network)
+    found = [address.network for address in addresses_of()]
     for route in json.loads(run(["ip", "-j", "-4", "route", "show"], "list the host's routes") or "[]"):
         if route.get("dst") not in (None, "default"):
             found.append(ipaddress.IPv4Network(route["dst"] if "/" in route["dst"] else f"{route['dst']}/32",
@@ -142,8 +150,14 @@ def detach_uplink(uplink: str) -> None:
 
 def set_sysctl(key: str, value: str) -> None:
     """Set a kernel network setting (``net/ipv4/ip_forward``) of this network namespace."""
-    with open(f"/proc/sys/{key}", "w") as handle:
-        handle.write(value)
+    if not _SYSCTL_KEY.match(key):  # an interface name from the catalog is part of some keys
+        raise NetworkError(f"{excerpt(key)} is not a network setting", hint="check the network's bridge name")
+    try:
+        with open(f"/proc/sys/{key}", "w") as handle:
+            handle.write(value)
+    except OSError as exc:
+        raise NetworkError(f"cannot set {key} to {value}: {exc.strerror}",
+                           hint="run minivisor as root, in a network namespace it may change") from exc
 
 
 def tap_counters(name: str, vm_uuid: str) -> dict[str, int] | None:

@@ -63,9 +63,7 @@ class Dispatcher:
     async def dispatch(self, op: Op, path_params: dict[str, str], body: dict[str, Any]) -> Any:
         """Check a request's values against the core method, then run it (mutations one at a time per VM)."""
         kwargs = check_arguments(op, self._specs[op.name], path_params, body)
-        # A body's "name" is a VM's only on VM routes (a network's name is no VM's, nor checked as one).
-        target = path_params.get("name") or path_params.get("source") or (
-            body.get("name") if op.path.startswith("/v1/vms") else None)
+        target = (path_params.get(op.vm_param) or body.get(op.vm_param)) if op.vm_param else None
         if not (op.mutates and isinstance(target, str)):
             return await self.call(_invoke, op.name, kwargs)
         lock = self._vm_lock(target)

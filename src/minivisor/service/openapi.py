@@ -13,6 +13,7 @@ from .routes import OPERATIONS, Op
 __all__ = ["openapi"]
 
 VM_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"}  # what check_vm_name accepts
+SEGMENT = {"type": "string", "pattern": "^[^/\\\\]{1,128}$"}  # what routes.check_segment accepts
 ERROR = {"description": "an error: {error: {type, code, message, hint, exit_code}}"}
 # Routes that are not core methods (the web page at / and its files are not part of the API): method, path, summary.
 EXTRA = (("get", "/v1/events", "Server-sent events of VM state changes"),
@@ -48,7 +49,8 @@ def _operation(op: Op) -> dict[str, Any]:
     """One operation: its summary (the core method's first doc line), parameters, body and answers."""
     summary = (inspect.getdoc(getattr(Hypervisor, op.name)) or "").split("\n")[0]
     entry: dict[str, Any] = {"operationId": op.name, "summary": summary,
-                             "parameters": [{"name": p, "in": "path", "required": True, "schema": VM_NAME}
+                             "parameters": [{"name": p, "in": "path", "required": True,
+                                             "schema": VM_NAME if p == op.vm_param else SEGMENT}
                                             for p in op.path_params],
                              "responses": {str(op.status): {"description": op.returns}, "default": ERROR}}
     fields = {n: p for n, p in param_specs(op).items() if n not in op.path_params}

@@ -22,7 +22,7 @@ from ..core.hypervisor import Hypervisor
 from ..datastore.store import check_vm_name
 from ..errors import ArgumentError, RequestError
 from ..text import excerpt
-from .routes import Op
+from .routes import Op, check_segment
 
 __all__ = ["MAX_STRING", "MAX_ITEMS", "param_specs", "check_arguments", "schema"]
 
@@ -42,8 +42,14 @@ def param_specs(op: Op) -> dict[str, inspect.Parameter]:
 def check_arguments(op: Op, specs: dict[str, inspect.Parameter], path_params: dict[str, str],
                     body: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments for the core method, once every value of the request checks out."""
-    for value in path_params.values():
-        check_vm_name(value)
+    for name, value in path_params.items():
+        if name == op.vm_param:
+            check_vm_name(value)
+        else:
+            try:
+                check_segment(value)
+            except ValueError as exc:
+                raise RequestError(str(exc), hint="see /openapi.json") from None
     fields = set(specs) - set(path_params)
     unknown = sorted(set(body) - fields)
     if unknown:

@@ -18,10 +18,10 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ..errors import (ArgumentError, AuthError, ConflictError, CrossSiteError, DiskError, GuestError, HostError, HvError,
-                      ImageBuildError, InternalError, MethodNotAllowedError, NoSpaceError, NotFoundError,
-                      PayloadTooLargeError, RequestError, RouteNotFoundError, SpecError, StateError, VmmError,
-                      WrongHostError)
+from ..errors import (ArgumentError, AuthError, ClusterError, ConflictError, CrossSiteError, DiskError, GuestError,
+                      HostError, HvError, ImageBuildError, InternalError, MethodNotAllowedError, NoSpaceError,
+                      NotFoundError, PayloadTooLargeError, RequestError, RouteNotFoundError, SpecError, StateError,
+                      VmmError, WrongHostError)
 
 __all__ = ["HTTP_STATUS", "http_status", "error_body", "error_response", "internal_error", "encode", "dumps",
            "json_response"]
@@ -35,6 +35,8 @@ HTTP_STATUS: dict[type[HvError], int] = {
     NotFoundError: 404, ConflictError: 409, StateError: 409, SpecError: 422, DiskError: 422,
     # the host, the VMM and the guest
     HostError: 503, ImageBuildError: 503, NoSpaceError: 507, VmmError: 502, GuestError: 504,
+    # the cluster (its store unreachable, its data malformed)
+    ClusterError: 503,
 }
 
 

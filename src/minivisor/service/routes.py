@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Op", "OPERATIONS", "by_name"]
+__all__ = ["Op", "OPERATIONS", "by_name", "check_segment"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Op:
     args: tuple[str, ...] = ("name",)
     status: int = 200
     mutates: bool = True  # serialised per VM inside the service
+    vm_param: str | None = "name"  # the parameter (path or body) that names the VM, None on routes of no VM
 
     @property
     def path_params(self) -> tuple[str, ...]:
@@ -39,7 +40,7 @@ class Op:
 
 
 OPERATIONS: tuple[Op, ...] = (
-    Op("list_vms", "GET", "/v1/vms", "vms", args=(), mutates=False),
+    Op("list_vms", "GET", "/v1/vms", "vms", args=(), mutates=False, vm_param=None),
     Op("create_vm", "POST", "/v1/vms", "vm", status=201),
     Op("register_vm", "POST", "/v1/vms/register", "vm", args=("vmx_path", "name"), status=201),
     Op("get_vm", "GET", "/v1/vms/{name}", "vm", mutates=False),
@@ -57,9 +58,9 @@ OPERATIONS: tuple[Op, ...] = (
     Op("set_autostart", "PUT", "/v1/vms/{name}/autostart", "vm", args=("name", "enabled")),
     Op("reset_nvram", "POST", "/v1/vms/{name}/reset-nvram", "json"),
     Op("cdrom", "POST", "/v1/vms/{name}/cdrom", "json", args=("name", "image")),
-    Op("host_info", "GET", "/v1/host", "host", args=(), mutates=False),
+    Op("host_info", "GET", "/v1/host", "host", args=(), mutates=False, vm_param=None),
     # the datastore browser (core/files.py; uploads stream through their own route: service/app.py)
-    Op("datastore_files", "GET", "/v1/datastore/files", "json", args=("folder",), mutates=False),
+    Op("datastore_files", "GET", "/v1/datastore/files", "json", args=("folder",), mutates=False, vm_param=None),
     # disks, snapshots, clones (storage.py, snapshots.py, clones.py, vmware.py)
     Op("vm_disks", "GET", "/v1/vms/{name}/disks", "json", mutates=False),
     Op("vm_disk_resize", "POST", "/v1/vms/{name}/disks/resize", "json", args=("name", "node", "size")),
@@ -67,17 +68,17 @@ OPERATIONS: tuple[Op, ...] = (
     Op("snapshot_take", "POST", "/v1/vms/{name}/snapshots", "snapshot", args=("name", "snapshot"), status=201),
     Op("snapshot_revert", "POST", "/v1/vms/{name}/snapshots/revert", "snapshot_revert", args=("name", "snapshot")),
     Op("snapshot_delete", "POST", "/v1/vms/{name}/snapshots/delete", "snapshot", args=("name", "snapshot")),
-    Op("clone_vm", "POST", "/v1/vms/{source}/clone", "vm", args=("source", "target"), status=201),
+    Op("clone_vm", "POST", "/v1/vms/{source}/clone", "vm", args=("source", "target"), status=201, vm_param="source"),
     Op("import_vm", "POST", "/v1/vms/import", "vm", args=("folder", "name"), status=201),
-    Op("disk_create", "POST", "/v1/disks", "json", args=("path", "size"), status=201),
-    Op("disk_info", "GET", "/v1/disks/info", "json", args=("path",), mutates=False),
-    Op("disk_resize", "POST", "/v1/disks/resize", "json", args=("path", "size")),
-    Op("disk_convert", "POST", "/v1/disks/convert", "json", args=("source", "target"), status=201),
+    Op("disk_create", "POST", "/v1/disks", "json", args=("path", "size"), status=201, vm_param=None),
+    Op("disk_info", "GET", "/v1/disks/info", "json", args=("path",), mutates=False, vm_param=None),
+    Op("disk_resize", "POST", "/v1/disks/resize", "json", args=("path", "size"), vm_param=None),
+    Op("disk_convert", "POST", "/v1/disks/convert", "json", args=("source", "target"), status=201, vm_param=None),
     # networks (core/networks.py)
-    Op("list_networks", "GET", "/v1/networks", "networks", args=(), mutates=False),
-    Op("create_network", "POST", "/v1/networks", "network", status=201),
-    Op("get_network", "GET", "/v1/networks/{name}", "network", mutates=False),
-    Op("delete_network", "DELETE", "/v1/networks/{name}", "none"),
+    Op("list_networks", "GET", "/v1/networks", "networks", args=(), mutates=False, vm_param=None),
+    Op("create_network", "POST", "/v1/networks", "network", status=201, vm_param=None),
+    Op("get_network", "GET", "/v1/networks/{name}", "network", mutates=False, vm_param=None),
+    Op("delete_network", "DELETE", "/v1/networks/{name}", "none", vm_param=None),
     Op("vm_addresses", "GET", "/v1/vms/{name}/addresses", "json", mutates=False),
     Op("set_nic", "POST", "/v1/vms/{name}/nics/{nic}", "json", args=("name", "nic")),
     Op("add_nic", "POST", "/v1/vms/{name}/nics", "json", args=("name", "nic"), status=201),
@@ -86,6 +87,11 @@ OPERATIONS: tuple[Op, ...] = (
     Op("port_forward_list", "GET", "/v1/vms/{name}/port-forwards", "json", mutates=False),
     Op("port_forward_add", "POST", "/v1/vms/{name}/port-forwards", "json", args=("name", "forward"), status=201),
     Op("port_forward_remove", "POST", "/v1/vms/{name}/port-forwards/remove", "none", args=("name", "forward")),
+    # the cluster (core/hypervisor.py's cluster_*, minivisor.cluster)
+    Op("cluster_status", "GET", "/v1/cluster", "json", args=(), mutates=False, vm_param=None),
+    Op("cluster_init", "POST", "/v1/cluster/init", "json", args=("etcd",), vm_param=None),
+    Op("cluster_join", "POST", "/v1/cluster/join", "json", args=("etcd",), vm_param=None),
+    Op("cluster_leave", "POST", "/v1/cluster/leave", "json", args=(), vm_param=None),
 )
 
 _BY_NAME = {op.name: op for op in OPERATIONS}
@@ -93,3 +99,16 @@ _BY_NAME = {op.name: op for op in OPERATIONS}
 
 def by_name(name: str) -> Op | None:
     return _BY_NAME.get(name)
+
+
+def check_segment(value: str) -> str:
+    """A path parameter that names no VM (a network, a NIC), if it stays one path segment, else ValueError.
+
+    The service decodes %2F: a "/" sent in a name would be two segments and reach another route. What the
+    value may be beyond that is the core's to say (a network's name rules are the network's)."""
+    if not _SEGMENT.match(value) or value in (".", ".."):
+        raise ValueError(f"{value[:40]!r} cannot be part of a request path")
+    return value
+
+
+_SEGMENT = re.compile(r"[^/\\\x00-\x1f\x7f]{1,128}\Z")

@@ -1,7 +1,8 @@
 """The service process: what it holds while it serves a datastore, and how it starts and stops.
 
 :class:`Service` takes the datastore's service lock, makes the token, binds the
-listening socket, supervises the VMMs and writes ``service.json``
+listening socket, supervises the VMMs, runs the host's cluster member (:mod:`minivisor.cluster.liveness`:
+idle in single-host mode) and writes ``service.json``
 (:mod:`minivisor.service.discovery`); :meth:`Service.serve_forever` runs the
 application (:mod:`minivisor.service.app`) on uvicorn with the guarded
 connection protocol (:mod:`minivisor.service.connections`) until SIGTERM or
@@ -19,7 +20,10 @@ from pathlib import Path
 
 import uvicorn
 
+from ..cluster.liveness import Member
+from ..core.clustering import ClusterHost
 from ..core.events import Event
+from ..core.hypervisor import Hypervisor
 from ..errors import ConflictError, HostError, RequestError
 from ..locks import try_lock
 from ..spec.vmx import write_atomic
@@ -55,6 +59,10 @@ class Service:
         self.url = f"http://{host}:{bound}"
         self.access = Access(token, HostCheck(host.strip("[]"), bound), self.url)
         self.supervisor = Supervisor(self.calls)
+        # A cluster member once the datastore has a cluster configuration (now, or after `cluster init`/`join`).
+        with self.calls.hypervisor() as hv:
+            meta = hv.datastore.meta
+        self.member = Member(meta, ClusterHost(lambda: Hypervisor(self.root, on_event=self._on_event)))
         self.autostart = autostart
 
     def serve_forever(self) -> None:
@@ -74,6 +82,7 @@ class Service:
     def start(self) -> None:
         """Reattach to running VMMs and write the service file (autostart follows once it serves)."""
         self.supervisor.start()
+        self.member.start()
         record = {"url": self.url, "pid": os.getpid(), "start_ticks": start_ticks(os.getpid())}
         path = self.root / SERVICE_FILE
         path.unlink(missing_ok=True)  # a stale one would keep its mode
@@ -82,6 +91,7 @@ class Service:
     def close(self) -> None:
         try:
             (self.root / SERVICE_FILE).unlink(missing_ok=True)
+            self.member.stop()
         finally:
             self.supervisor.stop()
             self.bus.close()

@@ -58,8 +58,7 @@ DEVICES_NOT_BUILT = {"usb.present": "USB 1.1 controller", "ehci.present": "USB 2
                      "usb_xhci.present": "USB 3 controller", "sound.present": "sound card",
                      "vtpm.present": "TPM", "parallel0.present": "parallel port", "smc.present": "Apple SMC"}
 # What bios.bootOrder may name, and the order VMware's BIOS tries them in when it names none.
-BOOT_KINDS = ("hdd", "cdrom", "floppy")
-DEFAULT_BOOT_CLASSES = ("hdd", "cdrom", "floppy")
+BOOT_KINDS = ("hdd", "cdrom", "floppy")  # bios.bootOrder's words, in the order tried when it names none
 # Values VMware uses for "no backing": an empty drive.
 EMPTY_BACKINGS = {"", "auto detect", "emptybackingstring", "cd/dvd drive 0", "floppy 0"}
 
@@ -226,7 +225,7 @@ class VmSpec:
     ready_line: str
     sched: Sched = Sched()
     secure_boot: bool = False  # uefi.secureBoot.enabled (with firmware = "efi")
-    boot_classes: tuple[str, ...] = DEFAULT_BOOT_CLASSES  # bios.bootOrder: hdd, cdrom, floppy, in the order tried
+    boot_classes: tuple[str, ...] = BOOT_KINDS  # bios.bootOrder: hdd, cdrom, floppy, in the order tried
     unused_keys: tuple[str, ...] = ()
     unread_device_keys: tuple[str, ...] = ()  # settings of devices it has that nothing reads (pciSlotNumber...)
     warnings: tuple[str, ...] = field(default=())
@@ -587,7 +586,7 @@ class _SpecReader:
             self.note(key, "approximated", f"{quoted(','.join(unknown))} is no device the firmware boots from here "
                                            "(network boot is not offered); the others keep their order")
         kinds = [kind for kind in dict.fromkeys(named) if kind in BOOT_KINDS]
-        return tuple(kinds + [kind for kind in DEFAULT_BOOT_CLASSES if kind not in kinds])
+        return tuple(kinds + [kind for kind in BOOT_KINDS if kind not in kinds])
 
     # -- network -------------------------------------------------------
     def nics(self) -> tuple[Nic, ...]:

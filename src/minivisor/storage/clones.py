@@ -1,10 +1,13 @@
 """Full and linked clones of a VM.
 
-A *full* clone copies each hard disk's layers (data extents only, in the
-kernel) into its own folder and relinks them there, so it shares nothing with
-the source (with a progress bar); VMDK chains are flattened into one qcow2. A *linked* clone's disks are new qcow2 overlays whose
-backing files are the source's snapshot layers (backing format recorded), so
-it costs almost no space; the catalog records the link and the source's
+A *full* clone has one consolidated disk per drive, with no backing file and
+nothing shared with the source (with a progress bar): a qcow2 or raw disk of one
+layer is copied (data extents only, in the kernel), a chain or a VMDK is written
+by ``qemu-img convert`` (explicit formats) in the format of its top, so a VMDK
+stays a VMDK (with a descriptor naming its new file). A *linked* clone's disks
+are new deltas (a VMDK's a VMDK with its ``parentFileNameHint``, any other's a
+qcow2) whose backing files are the source's snapshot layers (backing format
+recorded), so it costs almost no space; the catalog records the link and the source's
 snapshot stays read-only (not deletable) while the clone exists: those frozen
 layers are the only files of another VM the datastore's path policy lets a VM
 open, read-only, as backing layers. Either way the clone gets a new name, a
@@ -33,8 +36,8 @@ from ..spec.identity import new_identity
 from ..spec.vmspec import VmSpec
 from ..spec.vmx import VmxDocument
 from ..images.layers import ImageLayer, allocated_bytes
-from ..images.qcow2 import create_overlay
-from ..images.qemu_img import convert_disk, copy_sparse, set_backing
+from ..images.deltas import create_delta, delta_format
+from ..images.qemu_img import convert_disk, copy_sparse
 from .journal import Journal, crashpoint
 from ..spec.vmsd import Snapshot
 from .snapshots import VmFiles, snapshot_disks
@@ -65,8 +68,9 @@ def build_clone(files: VmFiles, source_uuid: str, target: str, snap: Snapshot | 
     names: dict[str, str] = {}
     if linked:
         for node, file_name in sources.items():
-            names[node] = f"{stems[node]}.qcow2"
-            create_overlay(staging / names[node], files.layer(file_name), relative_to=home)
+            backing = files.chain(file_name)[0]  # the clone's whole chain passes the path policy first
+            names[node] = f"{stems[node]}.{delta_format(backing.format)}"
+            create_delta(staging / names[node], backing, relative_to=home)
     else:
         chains = {node: files.chain(name) for node, name in sources.items()}
         meter = _Meter(sum(allocated_bytes(layer) for chain in chains.values() for layer in chain), progress)
@@ -100,30 +104,32 @@ class _Meter:
         self.total, self.done, self.progress = max(total, 1), 0, progress
 
     def add(self, count: int) -> None:
-        self.done += count
+        self.reach(self.done + count)
+
+    def reach(self, done: float) -> None:
+        self.done = done
         if self.progress:
             self.progress(min(100.0, 100.0 * self.done / self.total))
 
 
 def _copy_chain(chain: tuple[ImageLayer, ...], staging: Path, stem: str, meter: _Meter) -> str:
-    """Copy a disk's layers into the clone (data extents only, in the kernel) and relink them there.
+    """One consolidated disk in the clone (no backing file) with what the chain's top reads.
 
-    The copies form the same chain, but every backing file is the clone's own
-    (``stem.qcow2`` at the bottom, ``stem-00000N.qcow2`` above, formats recorded).
-    A chain with VMDK layers is flattened with qemu-img convert instead.
+    A single qcow2 or raw layer is copied (data extents only, in the kernel); a chain is flattened by
+    qemu-img into the top's format (a VMDK, whose descriptor names its own file and extents, is always
+    written anew: a monolithicSparse VMDK; anything else becomes a qcow2).
     """
-    if any(layer.format == "vmdk" for layer in chain):
-        name = f"{stem}.qcow2"
-        convert_disk(chain, staging / name, "qcow2", progress=lambda p: meter.progress and meter.progress(p))
+    top = chain[0]
+    if len(chain) == 1 and top.format != "vmdk":
+        name = f"{stem}{top.path.suffix.lower()}"
+        copy_sparse(top.path, staging / name, meter.add)
         return name
-    bottom_first = list(reversed(chain))
-    names = [f"{stem}.{'raw' if bottom_first[0].format == 'raw' else 'qcow2'}"]
-    names += [f"{stem}-{depth:06d}.qcow2" for depth in range(1, len(bottom_first))]
-    for layer, name in zip(bottom_first, names):
-        copy_sparse(layer.path, staging / name, meter.add)
-    for depth in range(1, len(bottom_first)):
-        set_backing(staging / names[depth], names[depth - 1], bottom_first[depth - 1].format)
-    return names[-1]
+    name = f"{stem}.{delta_format(top.format)}"
+    size = sum(allocated_bytes(layer) for layer in chain)
+    start = meter.done
+    convert_disk(chain, staging / name, progress=lambda percent: meter.reach(start + size * percent / 100))
+    meter.reach(start + size)
+    return name
 
 
 def clone_specfile(files: VmFiles, target: str, new_uuid: str, disks: dict[str, str], staging: Path,

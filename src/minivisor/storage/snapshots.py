@@ -1,7 +1,8 @@
 """Snapshots as VMware keeps them: delta disks in the VM folder, and the tree in its ``.vmsd``.
 
 Taking a snapshot freezes each hard disk's current top file and gives the VM a
-new qcow2 delta on top of it (``web.qcow2`` -> ``web-000001.qcow2``); the
+new delta on top of it (``web.qcow2`` -> ``web-000001.qcow2``; a VMDK's is a VMDK,
+``web.vmdk`` -> ``web-000001.vmdk`` with its ``parentFileNameHint``); the
 specfile's ``fileName`` then names the delta. The tree (names, parents, the
 frozen files, the memory state file, "you are here") is the ``.vmsd`` next to
 the specfile (:mod:`minivisor.spec.vmsd`); taking a snapshot never writes a tree
@@ -28,7 +29,8 @@ from typing import Any
 from ..datastore.store import Datastore, Scope
 from ..errors import ConflictError, DiskError, StateError
 from ..images.layers import ImageLayer, format_for, read_layer
-from ..images.qcow2 import create_overlay
+from ..images.deltas import create_delta, delta_format
+from ..images.vmdk import set_parent
 from ..spec.vmsd import MAX_SNAPSHOTS, VMSD_LIMITS, Snapshot, SnapshotTree, vmsd_path
 from ..spec.vmspec import VmSpec
 from ..spec.vmx import VmxDocument
@@ -36,7 +38,7 @@ from ..text import excerpt
 from .journal import Journal, crashpoint, write_step
 
 __all__ = ["VmFiles", "snapshot_disks", "delta_name", "plan_take", "plan_revert", "plan_delete", "take_offline",
-           "new_tree_with"]
+           "new_tree_with", "refresh_parent_ids"]
 
 _DELTA_SUFFIX = re.compile(r"-\d{6}$")
 
@@ -48,11 +50,12 @@ def snapshot_disks(spec: VmSpec) -> list[tuple[str, str]]:
 
 
 def delta_name(vm_dir: Path, file_name: str, taken: set[str]) -> str:
-    """The next free VMware-style delta name: ``web.qcow2`` -> ``web-000001.qcow2``."""
+    """The next free VMware-style delta name: ``web.qcow2`` -> ``web-000001.qcow2``, ``web.vmdk`` ->
+    ``web-000001.vmdk`` (a VMDK's delta is a VMDK; any other disk's a qcow2)."""
     stem = _DELTA_SUFFIX.sub("", Path(file_name).stem)
     existing = [int(m.group(1)) for p in vm_dir.iterdir() if (m := re.match(re.escape(stem) + r"-(\d{6})\.", p.name))]
     existing += [int(m.group(1)) for t in taken if (m := re.match(re.escape(stem) + r"-(\d{6})\.", t))]
-    return f"{stem}-{max(existing, default=0) + 1:06d}.qcow2"
+    return f"{stem}-{max(existing, default=0) + 1:06d}.{delta_format(format_for(file_name))}"
 
 
 # -- the operations on a VM's files (the caller holds the locks) ------------------
@@ -110,6 +113,8 @@ def plan_take(files: VmFiles, name: str, description: str, memory_file: str | No
     disks = dict(snapshot_disks(files.spec))
     if not disks:
         raise DiskError("the VM has no hard disk to snapshot", hint="add a disk to its specfile first")
+    for top in disks.values():
+        files.chain(top)  # a delta is made only on a chain that passes the path policy, whole
     uid = files.tree.last_uid + 1
     snap = Snapshot(uid, name, files.tree.current, disks, description, int(time.time() * 1e6), memory_file,
                     files.doc.to_bytes().decode("utf-8", "surrogateescape"), ready_line)
@@ -125,6 +130,22 @@ def plan_take(files: VmFiles, name: str, description: str, memory_file: str | No
     return snap, deltas, [write_step(files.vmsd.name, tree), write_step(files.vmx.name, files.vmx_with(deltas))]
 
 
+def refresh_parent_ids(files: VmFiles, snap: Snapshot, deltas: dict[str, str]) -> None:
+    """Give each new VMDK delta its parent's content ID as it is now.
+
+    QEMU gives a VMDK a new CID on the first write after opening it: a running VM that had not written
+    its top yet when the delta was made may have since. Called while the VM is paused, before it writes
+    to the deltas.
+    """
+    for node, delta in deltas.items():
+        path = files.vm_dir / delta
+        if format_for(path) != "vmdk":
+            continue
+        parent = files.layer(snap.disks[node])
+        if read_layer(path, "vmdk").parent_cid != parent.cid:
+            set_parent(path, parent, os.path.relpath(parent.path, path.parent))
+
+
 def new_tree_with(tree: SnapshotTree, snap: Snapshot) -> SnapshotTree:
     snapshots = dict(tree.snapshots)
     snapshots[snap.uid] = snap
@@ -137,7 +158,7 @@ def take_offline(files: VmFiles, name: str, description: str) -> Snapshot:
     journal = Journal(files.vm_dir, "take")
     journal.begin([files.vm_dir / d for d in deltas.values()])
     for node, delta in deltas.items():
-        create_overlay(files.vm_dir / delta, files.layer(snap.disks[node]))
+        create_delta(files.vm_dir / delta, files.layer(snap.disks[node]))
     crashpoint("take:prepared")
     journal.commit(steps)
     journal.run()
@@ -149,12 +170,13 @@ def plan_revert(files: VmFiles, snap: Snapshot, clone_files: set[str]) -> tuple[
     taken: set[str] = set()
     deltas: dict[str, str] = {}
     for node in snap.disks:
+        files.chain(snap.disks[node])  # the .vmsd names the files: checked whole before a delta sits on them
         deltas[node] = delta_name(files.vm_dir, snap.disks[node], taken)
         taken.add(deltas[node])
     journal = Journal(files.vm_dir, "revert")
     journal.begin([files.vm_dir / d for d in deltas.values()])
     for node, delta in deltas.items():
-        create_overlay(files.vm_dir / delta, files.layer(snap.disks[node]))
+        create_delta(files.vm_dir / delta, files.layer(snap.disks[node]))
     crashpoint("revert:prepared")
     keep = files.tree.files() | clone_files
     obsolete = []
@@ -207,10 +229,15 @@ def plan_delete(files: VmFiles, snap: Snapshot, clones: dict[int, list[str]],
         single = len(dependents) == 1
         dep_name, dep_uid = dependents[0]
         grandchildren = _dependents_of(tree, dep_uid, node, tops) if single else []
-        commit = single and not (dep_uid is not None and clones.get(dep_uid)) and files.layer(dep_name).format == "qcow2"
+        dep_format = files.layer(dep_name).format
+        commit = single and not (dep_uid is not None and clones.get(dep_uid)) and dep_format in ("qcow2", "vmdk")
         if commit:
             # one dependent: fold it into the frozen file (its view never changes), then it takes its place
             above = [g for g in grandchildren if is_busy(g)]
+            if above and dep_format == "vmdk":
+                # QEMU cannot rewrite a VMDK's parent link, which a running intermediate commit must
+                raise DiskError(f"cannot delete snapshot {snap.name!r} while the VM runs: a VMDK layer above it "
+                                "would have to be relinked", hint="power the VM off, then delete the snapshot")
             if running_dep:  # the running VMM does it (block-commit); offline recovery falls back to qemu-img
                 steps.append(["online-commit", node, dep_name, frozen, frozen_layer.format,
                               above[0] if above else None])
@@ -230,8 +257,10 @@ def plan_delete(files: VmFiles, snap: Snapshot, clones: dict[int, list[str]],
             below = files.chain(frozen)[1:2]
             for dep, _ in dependents:
                 if files.layer(dep).format != "qcow2":
-                    raise DiskError(f"cannot merge into {dep}: only qcow2 layers can be rebased",
-                                    hint="convert the VM's disks to qcow2 first")
+                    raise DiskError(f"cannot merge snapshot {snap.name!r} into {dep}: several layers depend on it "
+                                    "and only qcow2 layers can be rebased",
+                                    hint="delete the snapshots that depend on it first, or convert the VM's "
+                                         "disks to qcow2")
                 if is_busy(dep):  # the running VMM streams the data in (block-stream); offline: the same rebase
                     steps.append(["online-stream", node, dep, frozen,
                                   os.path.relpath(below[0].path, files.path(dep).parent) if below else "",

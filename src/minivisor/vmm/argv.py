@@ -28,7 +28,7 @@ from ..spec.vmspec import Disk, DiskController, Nic, SerialPort, VmSpec
 from ..images.layers import ImageLayer
 from ..units import human_size
 
-__all__ = ["LaunchEnv", "device_id", "VirtualDevice", "virtual_hardware", "build_qemu_argv",
+__all__ = ["LaunchEnv", "GATE_PREFIX", "gate_group", "device_id", "VirtualDevice", "virtual_hardware", "build_qemu_argv",
            "SANDBOX", "SHUTDOWN_TRACE", "qemu_opts", "Tap", "UserNat", "HostForward", "NetBackend",
            "netdev_id", "nic_netdev", "nic_device"]
 
@@ -71,6 +71,7 @@ SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=de
 # QEMU logs every shutdown request (guest power-off, QMP quit...) with its cause into vmm.log, so a
 # supervisor that did not launch the VMM (no exit status) can tell a power-off from a kill.
 SHUTDOWN_TRACE = "qemu_system_shutdown_request"
+GATE_PREFIX = "gate-"  # the filter node a disk with VMDK layers is attached through
 
 @dataclass(frozen=True)
 class LaunchEnv:
@@ -214,6 +215,11 @@ def _controller(controller: DiskController) -> VirtualDevice:
     return VirtualDevice(controller.name, description, ("-device", _json(**fields)))
 
 
+def gate_group(gate: str) -> str:
+    """The throttle group (no limits) of a disk's gate node."""
+    return f"{gate}-group"
+
+
 def _node_id(disk: Disk, layer: int = 0) -> str:
     return f"{disk.bus}{disk.controller_index}-{disk.unit}-{layer}"
 
@@ -225,6 +231,16 @@ def _disk(disk: Disk, controller: DiskController, env: LaunchEnv, boot_index: in
         chain = env.disk_chains[disk.node]
         args += _blockdev_chain(disk, chain)
         drive = f"fmt-{_node_id(disk)}"
+        if any(layer.format == "vmdk" for layer in chain):
+            # QEMU's vmdk driver blocks saving the VM's state while its images are open: a filter node
+            # between the device and the chain lets a memory snapshot close them for the save and open
+            # them again (vmm.jobs), which a device's own root cannot be. A throttle filter with no limit
+            # passes everything through, and block jobs see through filters.
+            gate = f"{GATE_PREFIX}{_node_id(disk)}"
+            args += ["-object", _json(**{"qom-type": "throttle-group", "id": gate_group(gate)}),
+                     "-blockdev", _json(**{"driver": "throttle", "node-name": gate, "throttle-group": gate_group(gate),
+                                          "file": drive, "read-only": disk.read_only})]
+            drive = gate
         shown = chain[1:] if disk.mode == "independent-nonpersistent" else chain  # the overlay is not the disk
         what = f"hard disk, {shown[0].path.name} ({shown[0].format}, {human_size(shown[0].virtual_size)}"
         what += f", {len(shown) - 1} backing layer(s))" if len(shown) > 1 else ")"

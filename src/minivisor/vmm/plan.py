@@ -90,7 +90,6 @@ def make_plan(name: str, uuid: str, paths: VmPaths, scope: Scope, *, incoming: b
     """Read the specfile and check it against the host and the datastore; raises what is wrong."""
     spec = VmSpec.from_vmx(read_vmx(paths.vmx))
     fit = _host_notes(spec)
-    check_affinity(spec.sched)
     resources = resolve_resources(spec, scope, paths.vmx, uuid, networks)
     qemu = facts.find_qemu()
     uefi = _uefi(spec, paths, name)
@@ -119,7 +118,11 @@ def check_specfile(vmx: Path) -> tuple[VmxDocument, VmSpec, tuple[KeyNote, ...]]
 
 
 def _host_notes(spec: VmSpec) -> tuple[KeyNote, ...]:
-    """What this host gives the spec only in part (raises what it cannot give at all)."""
+    """What this host gives the spec only in part (raises what it cannot give at all: its memory, the CPUs it is
+    pinned to, its firmware). Power-on and ``vm check`` both ask here, so a check never promises what start refuses."""
+    check_affinity(spec.sched)
+    if spec.firmware == "efi":
+        facts.find_ovmf(spec.secure_boot)  # raises, naming the package, where OVMF is not installed
     fit = check_host_fit(spec, host_memory_mib=facts.host_memory_mib(), host_cpus=facts.host_cpus())
     return fit + _uefi_boot_notes(spec)
 

@@ -401,6 +401,21 @@ class Vmm:
         finally:
             self._cleanup_if_unused(record)
 
+    def kill(self) -> int | None:
+        """Kill the VMM at once (SIGKILL: no QMP, which a hung VMM or another client could hold up) and wait
+        for it to be gone; returns its pid, or None if none ran. Fencing uses it: a deadline, not a shutdown."""
+        record = self.record()
+        if record is None:
+            return None
+        try:
+            os.kill(record.pid, signal.SIGKILL)
+            self._wait_exit(record.pid, 5.0)
+        except ProcessLookupError:
+            pass  # it ended meanwhile
+        finally:
+            self._cleanup_if_unused(record)
+        return record.pid
+
     def _try(self, *commands: str) -> bool:
         try:
             with _qmp(self.paths.qmp_socket) as qmp:

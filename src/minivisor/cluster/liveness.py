@@ -1,0 +1,246 @@
+"""A member's **liveness and self-fencing**, run by its service (``minivisor serve``).
+
+Two threads, so that a hung request to etcd never delays a fence:
+
+- the **keeper** renews the host's lease every :func:`~.config.keepalive_every` (TTL/5), publishes
+  what the host has (``alive/<host>``, attached to the lease), and keeps ownership and reality
+  equal: a running VM this host does not own is claimed, or fenced if another host owns it; an
+  owned VM that is powered off and idle is released. With no cluster configuration it only
+  looks, once a second, for one (``cluster init``/``join`` need no restart of the service).
+- the **watchdog** fences: when no renewal has been acknowledged for :func:`~.config.fence_after`
+  (0.6 TTL) since it was sent, every VM of the host is killed at once (SIGKILL, no QMP), before
+  etcd can expire the lease and let another host claim them; until the host has a lease again, a
+  VMM that appears (a power-on that claimed its VM just before the fence) is killed too. The keeper,
+  once etcd answers again, revokes the fenced lease and takes a new one.
+
+A restarted service takes over its predecessor's lease while it is alive, so the claims of the VMs
+that kept running stay valid. Not yet covered: a service stopped for longer than the TTL while VMs
+run on its host leaves them running with nobody to fence them, and once their lease expired,
+another host could claim them. Until a keeper outlives the service, stop a member's VMs (or migrate
+them) before stopping its service for long.
+
+What the member does to VMs goes through a :class:`Host`, which the service makes from the core API.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..errors import ClusterError, HvError, OwnedElsewhereError
+from .config import ClusterConfig, fence_after, keepalive_every
+from .records import LiveRecord, alive_key, from_value, to_value
+
+if TYPE_CHECKING:  # etcd's client is loaded once the datastore is in a cluster, not before
+    from .store import Store
+
+__all__ = ["Member", "Host"]
+
+log = logging.getLogger("minivisor.cluster")
+
+IDLE_POLL = 1.0  # seconds between looks for a cluster configuration while there is none
+WATCH = 0.1  # seconds between the watchdog's looks at the last renewal
+SWEEP = 0.5  # seconds between a fenced host's looks for VMs that started after its fence
+
+
+class Host(Protocol):
+    """This host's VMs, as the member needs them (the service implements it over the core API)."""
+
+    def running(self) -> dict[str, str]:
+        """The VMs whose VMM runs or is being started: uuid -> name."""
+
+    def fence(self, names: list[str], reason: str) -> None:
+        """Kill those VMs' VMMs now (no guest shutdown, no waiting for an operation's turn)."""
+
+    def release_if_idle(self, vm_uuid: str, release: Callable[[], Any]) -> None:
+        """Call ``release`` while the VM is powered off and no operation can start it (or if it is unknown)."""
+
+    def facts(self) -> dict[str, Any]:
+        """What the host has now: memory_free_mib, memory_total_mib, cpus, minivisor, qemu."""
+
+
+class Member:
+    """The cluster member a service runs for its datastore (its ``.minivisor`` folder is ``meta``)."""
+
+    def __init__(self, meta: Path, host: Host) -> None:
+        self.meta = meta
+        self.host = host
+        self._guard = threading.Lock()  # the lease and its last renewal, shared by the two threads
+        self._lease: int | None = None
+        self._ttl = 0
+        self._renewed = 0.0  # monotonic time the last acknowledged renewal was sent
+        self._fenced: int | None = None  # a lease given up by a fence, to revoke once etcd answers
+        self._stores: dict[tuple[str, ...], Store] = {}
+        self._config: ClusterConfig | None = None  # the last one read: a host that left revokes its lease with it
+        self._stopping = threading.Event()
+        self._threads = [threading.Thread(target=self._keep, name="cluster-keeper", daemon=True),
+                         threading.Thread(target=self._watch, name="cluster-watchdog", daemon=True)]
+        self._complaint = ""
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """Stop renewing. The lease then expires by itself; with no VM running it is revoked at once."""
+        self._stopping.set()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout=10)
+        config = ClusterConfig.load(self.meta) if self._lease is not None else None
+        if config is None:
+            return
+        running = self.host.running()
+        if not running:
+            self._revoke(config, self._lease)
+        else:
+            log.warning("cluster: this host's lease is no longer renewed while %d VM(s) run here: start the service "
+                        "again within its TTL (%d s) to keep them owned; after that nothing fences them", len(running),
+                        config.ttl)
+
+    # -- the keeper ------------------------------------------------------------------
+    def _keep(self) -> None:
+        interval = IDLE_POLL
+        while not self._stopping.wait(interval):
+            try:
+                config = ClusterConfig.load(self.meta)
+                if config is None:
+                    self._forget()
+                    interval = IDLE_POLL
+                    continue
+                interval = keepalive_every(config.ttl)
+                self._config = config
+                self._beat(config)
+                self._complain("")
+            except HvError as exc:
+                self._complain(exc.one_line())
+            except Exception:  # noqa: BLE001 - the keeper must outlive any bug; the watchdog stays on guard
+                log.exception("cluster keeper")
+
+    def _beat(self, config: ClusterConfig) -> None:
+        store = self._store(config)
+        if self._fenced is not None:  # revoked before anything else: never taken over by _previous_lease
+            store.revoke(self._fenced)
+            self._fenced = None
+        sent = time.monotonic()
+        with self._guard:
+            lease = self._lease
+        if lease is None:
+            lease = self._previous_lease(store, config) or store.grant(config.ttl)
+            with self._guard:
+                self._lease, self._ttl, self._renewed = lease, config.ttl, sent
+        elif store.refresh(lease) > 0:
+            with self._guard:
+                if self._lease != lease:  # fenced while the renewal was on its way
+                    return
+                self._renewed = sent
+        else:  # expired: its claims are gone, so must the VMs be (the watchdog should have been first)
+            self._give_up("its lease on the cluster store expired")
+            return
+        self._publish(store, config, lease)
+        self._reconcile(store, config, lease)
+
+    def _previous_lease(self, store: Store, config: ClusterConfig) -> int | None:
+        """The lease this host's previous service kept, if it is still alive: a service restarted within
+        the fence delay takes it over, so the claims of the VMs that kept running stay valid."""
+        entry = store.get(alive_key(config.host))
+        if entry is None or not entry.lease or from_value(LiveRecord, entry.value, entry.key).id != config.host_id:
+            return None
+        return entry.lease if store.refresh(entry.lease) > 0 else None
+
+    def _publish(self, store: Store, config: ClusterConfig, lease: int) -> None:
+        facts = self.host.facts()
+        record = LiveRecord(id=config.host_id, vms=tuple(sorted(self.host.running().values())), updated=time.time(),
+                            **facts)
+        store.put(alive_key(config.host), to_value(record), lease=lease)
+
+    def _reconcile(self, store: Store, config: ClusterConfig, lease: int) -> None:
+        """Ownership equal to what runs here. The running VMs are read before the owners: a VM that runs
+        was claimed before its VMM started, so it is among the owners read after."""
+        from . import ownership
+
+        running = self.host.running()
+        owned = ownership.owned_by(store, config)
+        for vm_uuid, name in running.items():
+            entry = owned.get(vm_uuid)
+            if entry is not None and entry.lease == lease:
+                continue
+            try:
+                ownership.claim(store, config, vm_uuid, name)
+            except OwnedElsewhereError as exc:
+                self.host.fence([name], exc.message)
+        for vm_uuid in owned.keys() - running.keys():
+            self.host.release_if_idle(vm_uuid, lambda vm_uuid=vm_uuid: ownership.release(store, config, vm_uuid))
+
+    def _forget(self) -> None:
+        """No cluster configuration (never joined, or left): no lease to keep; the last one is revoked."""
+        with self._guard:
+            lease, self._lease = self._lease, None
+        self._fenced = None
+        if lease is not None and self._config is not None:
+            log.warning("this host left the cluster; its lease is revoked")
+            self._revoke(self._config, lease)
+
+    def _revoke(self, config: ClusterConfig, lease: int | None) -> None:
+        if lease is not None:
+            try:
+                self._store(config).revoke(lease)
+            except ClusterError as exc:
+                log.warning("could not revoke lease %x: %s", lease, exc.one_line())
+
+    # -- the watchdog -------------------------------------------------------------------
+    def _watch(self) -> None:
+        swept = 0.0
+        while not self._stopping.wait(WATCH):
+            with self._guard:
+                late = self._lease is not None and time.monotonic() - self._renewed > fence_after(self._ttl)
+                fenced = self._lease is None and self._fenced is not None
+            if late:
+                self._give_up(f"its lease on the cluster store was not renewed for {fence_after(self._ttl):g} s "
+                              f"(TTL {self._ttl} s)")
+            elif fenced and time.monotonic() - swept > SWEEP:
+                # A power-on that claimed its VM just before the fence may launch its VMM just after it: until
+                # the host has a lease again, nothing runs on it.
+                swept = time.monotonic()
+                self._fence_all("this host has been fenced and has no lease yet")
+
+    def _give_up(self, reason: str) -> None:
+        """Fence: the lease is given up and every VM of the host killed before it can run elsewhere."""
+        with self._guard:
+            lease, self._lease = self._lease, None
+        if lease is None:
+            return
+        self._fenced = lease
+        self._fence_all(reason)
+
+    def _fence_all(self, reason: str) -> None:
+        """Kill every VM of the host; a failure to list them (a busy catalog) is no reason to spare them."""
+        while True:
+            try:
+                names = list(self.host.running().values())
+                if names:
+                    log.warning("fencing: %s; killing %d VM(s)", reason, len(names))
+                    self.host.fence(names, f"fenced: {reason}")
+                return
+            except Exception:  # noqa: BLE001 - see above
+                log.exception("fencing failed; trying again")
+            if self._stopping.wait(WATCH):
+                return
+
+    # -- helpers ------------------------------------------------------------------------
+    def _store(self, config: ClusterConfig) -> Store:
+        from .store import Store
+
+        if config.endpoints not in self._stores:
+            self._stores[config.endpoints] = Store(config.endpoints)
+        return self._stores[config.endpoints]
+
+    def _complain(self, line: str) -> None:
+        """Log a failure once, and its end, not every beat."""
+        if line != self._complaint:
+            log.warning("cluster: %s", line) if line else log.warning("cluster: the cluster store answers again")
+            self._complaint = line

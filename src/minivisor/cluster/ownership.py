@@ -1,0 +1,71 @@
+"""**One owner per VM**: the host a VM may run on, claimed in etcd before its power-on.
+
+A claim is one transaction: ``owners/<uuid>`` is created only if no host owns the VM and
+only if this host's liveness key is still the one read (so the claim is attached to the
+lease the host keeps alive now). Two hosts powering the same VM on at once: etcd orders the
+two transactions, exactly one succeeds, the other is told which host owns it. The claim goes
+when the VM is powered off (:func:`release`) or with its host's lease (a dead or fenced host).
+"""
+
+from __future__ import annotations
+
+from ..errors import ClusterError, OwnedElsewhereError
+from .config import ClusterConfig
+from .records import OWNERS, LiveRecord, OwnerRecord, alive_key, from_value, owner_key, to_value
+from .store import Entry, Store
+
+__all__ = ["claim", "release", "owner_of", "owned_by"]
+
+
+def claim(store: Store, config: ClusterConfig, vm_uuid: str, vm_name: str) -> None:
+    """Make this host the VM's owner, or raise OwnedElsewhereError naming the owner.
+
+    Claiming a VM this host already owns under its current lease is a no-op; under a lease that has
+    since been replaced (the service restarted within the TTL), the claim moves to the current one.
+    """
+    alive = _own_liveness(store, config)
+    mine = OwnerRecord(config.host, config.host_id, vm_name)
+    key = owner_key(vm_uuid)
+    found = store.create(key, to_value(mine), lease=alive.lease, unless_gone=(alive.key, alive.create_revision))
+    if found is None:
+        return
+    owner = from_value(OwnerRecord, found.value, found.key)
+    if owner.host_id != config.host_id:
+        raise OwnedElsewhereError(f"VM {vm_name!r} runs on host {owner.host!r}, which owns it in the cluster",
+                                  hint=f"stop it on {owner.host} first")
+    if found.lease != alive.lease and not store.replace(key, to_value(mine), found.mod_revision, lease=alive.lease):
+        raise ClusterError(f"the ownership of VM {vm_name!r} changed in the cluster store meanwhile", hint="retry")
+
+
+def release(store: Store, config: ClusterConfig, vm_uuid: str) -> bool:
+    """Give up the VM's ownership if this host holds it; True if it did."""
+    key = owner_key(vm_uuid)
+    found = store.get(key)
+    if found is None or _owner(found).host_id != config.host_id:
+        return False
+    return store.delete(key, mod_revision=found.mod_revision)
+
+
+def owner_of(store: Store, vm_uuid: str) -> OwnerRecord | None:
+    found = store.get(owner_key(vm_uuid))
+    return _owner(found) if found else None
+
+
+def owned_by(store: Store, config: ClusterConfig) -> dict[str, Entry]:
+    """The VMs this host owns: uuid -> its entry."""
+    return {entry.key[len(OWNERS):]: entry for entry in store.list(OWNERS)
+            if _owner(entry).host_id == config.host_id}
+
+
+def _owner(entry: Entry) -> OwnerRecord:
+    return from_value(OwnerRecord, entry.value, entry.key)
+
+
+def _own_liveness(store: Store, config: ClusterConfig) -> Entry:
+    """This host's liveness entry (it carries the lease claims are attached to), or ClusterError."""
+    entry = store.get(alive_key(config.host))
+    if entry is None or entry.lease == 0 or from_value(LiveRecord, entry.value, entry.key).id != config.host_id:
+        raise ClusterError(f"host {config.host!r} is not a live member of the cluster, so it may not power VMs on",
+                           hint="start `minivisor serve` for this datastore: it keeps the host's lease alive")
+    return entry
+

@@ -1,0 +1,117 @@
+"""The **records** the cluster store holds, their keys, and the checks every value read passes.
+
+Keys (under :data:`minivisor.cluster.store.PREFIX`):
+
+- ``cluster``: the cluster itself (:class:`ClusterRecord`), written once by ``cluster init``;
+- ``hosts/<host>``: a member (:class:`HostRecord`), from ``cluster join`` until ``cluster leave``;
+- ``alive/<host>``: a live member (:class:`LiveRecord`), attached to its lease: it exists while the
+  host's service keeps the lease alive, and says what the host has (memory, CPUs, VMs, versions);
+- ``owners/<vm uuid>``: the one host a VM may run on (:class:`OwnerRecord`), attached to that host's
+  lease, so it goes when the lease does.
+
+Another program can write into etcd: a value is checked field by field before it is believed
+(:func:`from_value`), and a bad one is a ClusterError naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ..errors import ArgumentError, ClusterError
+from ..text import excerpt
+
+__all__ = ["ClusterRecord", "HostRecord", "LiveRecord", "OwnerRecord", "from_value", "to_value", "check_host_name",
+           "host_key", "alive_key", "owner_key", "CLUSTER_KEY", "HOSTS", "ALIVE", "OWNERS"]
+
+CLUSTER_KEY, HOSTS, ALIVE, OWNERS = "cluster", "hosts/", "alive/", "owners/"
+_HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_UUID = re.compile(r"[0-9a-fA-F-]{1,64}")
+MAX_TEXT = 256  # characters of any string field
+MAX_VMS = 4096  # names in a host's list of running VMs
+
+
+@dataclass(frozen=True)
+class ClusterRecord:
+    ttl: int  # seconds of every member's lease
+    created: float
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    name: str
+    id: str  # the member's identity: a second datastore taking the same name is refused
+    joined: float
+
+
+@dataclass(frozen=True)
+class LiveRecord:
+    id: str
+    memory_free_mib: int
+    memory_total_mib: int
+    cpus: int
+    vms: tuple[str, ...]  # the VMs running on the host
+    minivisor: str
+    qemu: str
+    updated: float
+
+
+@dataclass(frozen=True)
+class OwnerRecord:
+    host: str
+    host_id: str
+    vm: str  # the VM's name on its owner, for messages
+
+
+Record = TypeVar("Record")
+
+
+def check_host_name(name: str) -> str:
+    if not isinstance(name, str) or not _HOST_NAME.fullmatch(name):
+        raise ArgumentError(f"{excerpt(name)} is not a usable host name",
+                            hint="use 1-63 letters, digits, dots, dashes or underscores; begin with a letter or digit")
+    return name
+
+
+def host_key(name: str) -> str:
+    return HOSTS + check_host_name(name)
+
+
+def alive_key(name: str) -> str:
+    return ALIVE + check_host_name(name)
+
+
+def owner_key(vm_uuid: str) -> str:
+    if not _UUID.fullmatch(vm_uuid):
+        raise ArgumentError(f"{excerpt(vm_uuid)} is not a VM UUID")
+    return OWNERS + vm_uuid.lower()
+
+
+def to_value(record: Any) -> dict[str, Any]:
+    value = dataclasses.asdict(record)
+    return {key: list(item) if isinstance(item, tuple) else item for key, item in value.items()}
+
+
+def from_value(kind: type[Record], value: dict[str, Any], key: str) -> Record:
+    """``value`` (read at ``key``) as a ``kind`` record once every field has the type it must have."""
+    fields = {}
+    for field in dataclasses.fields(kind):  # type: ignore[arg-type]
+        item = value.get(field.name)
+        fields[field.name] = _checked(field.type, item, field.name, key)
+    return kind(**fields)
+
+
+def _checked(kind: Any, item: Any, name: str, key: str) -> Any:
+    if kind == "str" and isinstance(item, str) and len(item) <= MAX_TEXT:
+        return item
+    if kind == "int" and isinstance(item, int) and not isinstance(item, bool) and 0 <= item < 2 ** 63:
+        return item
+    if kind == "float" and isinstance(item, (int, float)) and not isinstance(item, bool) and 0 <= item < 1e12:
+        return float(item)
+    if kind == "tuple[str, ...]" and isinstance(item, list) and len(item) <= MAX_VMS \
+            and all(isinstance(one, str) and len(one) <= MAX_TEXT for one in item):
+        return tuple(item)
+    raise ClusterError(f"the cluster store holds a malformed {name!r} at {excerpt(key, 80)}",
+                       hint="it was not written by this minivisor: remove it with etcdctl, or rejoin the host")

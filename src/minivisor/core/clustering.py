@@ -1,0 +1,136 @@
+"""The core's side of a **cluster** (:mod:`minivisor.cluster`): ownership around power-on and power-off,
+and this host's VMs as its cluster member (:class:`ClusterHost`) sees and fences them.
+
+A datastore without a cluster configuration is a single host: :func:`claimed` and :func:`disown`
+then cost one ``stat`` and import nothing of the cluster (nor etcd's client).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from ..cluster import config as cluster_config
+from ..errors import ClusterError, HvError, LockError, NotFoundError, StateError
+from ..vmm.states import Action, VmState
+from .context import VmContext
+
+if TYPE_CHECKING:
+    from .hypervisor import Hypervisor
+
+__all__ = ["claimed", "disown", "running_vms", "ClusterHost"]
+
+log = logging.getLogger("minivisor.cluster")
+ON_HOST = (VmState.RUNNING, VmState.PAUSED, VmState.STARTING)  # a VMM runs or is being started
+
+
+@contextmanager
+def claimed(ctx: VmContext) -> Iterator[None]:
+    """This host owns the VM in the cluster for the power-on inside; given up again if the power-on fails."""
+    if not cluster_config.exists(ctx.datastore.meta):
+        yield
+        return
+    from ..cluster import ownership
+    from ..cluster.membership import current
+    from ..cluster.store import Store
+
+    config = current(ctx.datastore.meta)
+    store = Store(config.endpoints)
+    ownership.claim(store, config, ctx.uuid, ctx.name)
+    try:
+        yield
+    except BaseException:
+        _release(ctx)
+        raise
+
+
+def disown(ctx: VmContext) -> None:
+    """After a power-off: the VM's ownership goes. If etcd cannot be told now, the member does it later
+    (it releases what this host owns and does not run); a power-off never fails for it."""
+    if cluster_config.exists(ctx.datastore.meta):
+        _release(ctx)
+
+
+def _release(ctx: VmContext) -> None:
+    from ..cluster import ownership
+    from ..cluster.membership import current
+    from ..cluster.store import Store
+
+    try:
+        config = current(ctx.datastore.meta)
+        ownership.release(Store(config.endpoints), config, ctx.uuid)
+    except ClusterError as exc:
+        log.warning("VM %s: its ownership stays until the cluster member releases it: %s", ctx.name, exc.one_line())
+
+
+def running_vms(hv: Hypervisor) -> dict[str, str]:
+    """The VMs whose VMM runs or is being started on this host: uuid -> name."""
+    return {vm.uuid: vm.name for vm in hv.list_vms() if vm.state in ON_HOST}
+
+
+class ClusterHost:
+    """This host's VMs for its cluster member (:class:`minivisor.cluster.liveness.Host`), over the core API.
+
+    The member calls it from two threads (its keeper and its watchdog), and a Hypervisor serves one
+    thread at a time: each thread gets its own from ``make_hv``.
+    """
+
+    def __init__(self, make_hv: Callable[[], Hypervisor]) -> None:
+        self._make_hv = make_hv
+        self._local = threading.local()
+
+    @property
+    def hv(self) -> Hypervisor:
+        if getattr(self._local, "hv", None) is None:
+            self._local.hv = self._make_hv()
+        return self._local.hv
+
+    def running(self) -> dict[str, str]:
+        return running_vms(self.hv)
+
+    def fence(self, names: list[str], reason: str) -> None:
+        for name in names:
+            try:
+                ctx = self.hv.vms.context(name)
+                pid = ctx.vmm.kill()
+            except NotFoundError:
+                continue
+            except Exception:  # noqa: BLE001 - one VM's failure must not spare the others
+                log.exception("fencing VM %s", name)
+                continue
+            if pid is not None:
+                ctx.emit("fenced", pid=pid, reason=reason)
+
+    def release_if_idle(self, vm_uuid: str, release: Callable[[], Any]) -> None:
+        entry = next((e for e in self.hv.datastore.catalog.list() if e.uuid == vm_uuid), None)
+        if entry is None:  # unregistered or deleted here: nothing of it can run
+            release()
+            return
+        try:
+            # The VM's turn, if a power-on would be legal now: powered off, and no operation can begin
+            # (a power-on's claim) until the release is done.
+            with self.hv.vms.operate(entry.name, Action.START, wait=0):
+                release()
+        except (LockError, StateError):
+            pass  # busy or running: looked at again on the next beat
+
+    def facts(self) -> dict[str, Any]:
+        from .. import __version__
+        from ..host import facts
+
+        return {"memory_free_mib": facts.available_memory_mib(), "memory_total_mib": facts.host_memory_mib(),
+                "cpus": facts.host_cpus(), "minivisor": __version__, "qemu": _qemu_version()}
+
+
+@cache
+def _qemu_version() -> str:
+    from ..host import facts
+
+    try:
+        return facts.qemu_version(facts.find_qemu())
+    except HvError:  # a host without QEMU still reports what it has
+        return "none"

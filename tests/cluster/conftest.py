@@ -1,0 +1,77 @@
+"""Fixtures of the cluster tests: an etcd of three members, and minivisor hosts (see lab.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from lab import Etcd, Fabric, Host
+
+if shutil.which("etcd") is None:
+    pytest.skip("etcd is not installed (Debian: apt-get install etcd-server etcd-client; ./setup.sh test does)",
+                allow_module_level=True)
+
+
+@pytest.fixture
+def etcd(tmp_path):
+    """Three etcd members on loopback, each with its own data directory; killed and removed at the end, pass or
+    fail."""
+    folder = tmp_path / "etcd"
+    folder.mkdir()
+    members = Etcd(folder)
+    try:
+        yield members.start()
+    finally:
+        members.close()
+        shutil.rmtree(folder)
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    """``hosts("a", "b")``: minivisor hosts with datastores of their own; services and VMs ended, folders removed
+    at the end."""
+    made: list[Host] = []
+
+    def make(*names: str, fabric: Fabric | None = None) -> list[Host]:
+        """Hosts named ``names``; on ``fabric``, each in a network namespace of its own."""
+        for name in names:
+            folder = tmp_path / f"host-{name}"
+            folder.mkdir()
+            made.append(Host(name, folder, fabric.host_namespace(len(made) + 1) if fabric else None))
+        return made[-len(names):]
+
+    try:
+        yield make
+    finally:
+        trouble = [line for host in made for line in host.close()]
+        for host in made:
+            shutil.rmtree(host.root.parent)
+        if trouble:
+            pytest.fail("VMs left running that would not stop (killed): " + "; ".join(trouble))
+
+
+@pytest.fixture
+def fabric():
+    """Network namespaces of the test's own, a bridge between them (see lab.Fabric); deleted at the end, with every
+    process in them, pass or fail."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("a partition needs network namespaces: root and iproute2")
+    made = Fabric()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def fabric_etcd(fabric, tmp_path):
+    """Three etcd members inside the fabric's namespace, on its bridge's address."""
+    folder = tmp_path / "etcd"
+    folder.mkdir()
+    members = Etcd(folder, netns=fabric.fabric, address=f"{Fabric.SUBNET}.1")
+    try:
+        yield members.start()
+    finally:
+        members.close()
+        shutil.rmtree(folder)
