@@ -2,10 +2,12 @@
 here): a FAT disk where OVMF's shell runs ``startup.nsh``, which starts the kernel's EFI stub with the
 initramfs and the command line SYSLINUX would give it; or a disk whose removable-media boot
 file (``EFI/BOOT/BOOTX64.EFI``) is the kernel with its signature taken off, for Secure Boot to refuse;
-or an ISOLINUX CD (xorriso, isolinux: Debian packages) booting the same kernel, as an installer CD does."""
+or an ISOLINUX CD (xorriso, isolinux: Debian packages) booting the same kernel, as an installer CD does;
+or such a CD whose initramfs installs the test guest onto the first hard disk and powers off."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import struct
@@ -33,19 +35,22 @@ def _appliance_files(appliance: Path, into: Path) -> tuple[Path, Path, str]:
     return into / "vmlinuz", into / "initrd", append
 
 
-def _fat(image: Path) -> None:
+def _fat(image: Path, size: int = SIZE) -> None:
     with image.open("wb") as f:
-        f.truncate(SIZE)
+        f.truncate(size)
     subprocess.run(["mkfs.fat", "-n", "EFIBOOT", str(image)], check=True, capture_output=True)
 
 
 def shell_boot_disk(appliance: Path, image: Path) -> Path:
     """A FAT disk OVMF boots through its shell: startup.nsh starts the kernel with its initramfs."""
-    work = image.parent
-    kernel, initrd, append = _appliance_files(appliance, work)
-    script = work / "startup.nsh"
+    kernel, initrd, append = _appliance_files(appliance, image.parent)
+    return _shell_fat(kernel, initrd, append, image, SIZE)
+
+
+def _shell_fat(kernel: Path, initrd: Path, append: str, image: Path, size: int) -> Path:
+    script = image.parent / "startup.nsh"
     script.write_bytes(f"fs0:\\vmlinuz initrd=\\initrd {append}\r\n".encode())
-    _fat(image)
+    _fat(image, size)
     _mtools("mcopy", "-i", str(image), str(kernel), str(initrd), str(script), "::")
     return image
 
@@ -69,9 +74,75 @@ def unsigned_efi_disk(appliance: Path, image: Path) -> Path:
 def installer_iso(appliance: Path, iso: Path) -> Path:
     """A bootable CD (ISOLINUX, El Torito) with the appliance's kernel and initramfs, as an OS installer is."""
     tree = iso.parent / "iso-tree"
-    (tree / "isolinux").mkdir(parents=True)
+    tree.mkdir(parents=True)
     _, _, append = _appliance_files(appliance, tree)
     (tree / "syslinux.cfg").unlink()
+    return _isolinux_iso(tree, append, iso)
+
+
+# The installer's PID 1: the system image (gzip) stored after the CD's ISO 9660 volume goes onto the first hard
+# disk, then the VM powers off, as an OS installer ends. The volume's size is in its primary volume descriptor
+# (sector 16, bytes 80-83, little-endian blocks of 2048).
+INSTALLER = """#!/bin/sh
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+echo "minivisor-installer: started"
+while [ ! -b /dev/sr0 ] || [ ! -b /dev/sda ]; do sleep 0.2; done
+blocks=$(dd if=/dev/sr0 bs=1 skip=32848 count=4 2>/dev/null | od -An -tu4 | tr -d ' ')
+dd if=/dev/sr0 bs=2048 skip="$blocks" 2>/dev/null | gunzip 2>/dev/null | dd of=/dev/sda bs=65536 2>/dev/null
+sync
+echo "minivisor-installer: installed $(cat /sys/block/sda/size) sectors from block $blocks"
+poweroff -f
+"""
+
+
+def system_installer_iso(appliance: Path, iso: Path, *, uefi: bool = False) -> Path:
+    """An installer CD: it boots the appliance's kernel with an initramfs whose /init (an archive appended to
+    the appliance's: the later file wins) writes a system image, stored compressed after the ISO volume, to
+    the VM's first hard disk and powers the VM off. BIOS: ISOLINUX, and the appliance's disk as the system;
+    ``uefi``: an El Torito EFI image that OVMF's shell boots (startup.nsh), and a disk it boots the same way."""
+    tree = iso.parent / "installer-tree"
+    tree.mkdir(parents=True)
+    kernel, initrd, append = _appliance_files(appliance, tree)
+    (tree / "syslinux.cfg").unlink()
+    data = initrd.read_bytes()
+    initrd.write_bytes(data + bytes(-len(data) % 4) + _newc({"init": INSTALLER.encode()}))
+    if uefi:
+        work = iso.parent / "installer-efi"
+        (work / "system").mkdir(parents=True)
+        system = shell_boot_disk(appliance, work / "system" / "system.img")
+        size = kernel.stat().st_size + initrd.stat().st_size + 2 * 1024 * 1024
+        _shell_fat(kernel, initrd, append, work / "efiboot.img", size - size % 65536 + 65536)
+        for name in ("vmlinuz", "initrd"):
+            (tree / name).unlink()
+        shutil.move(str(work / "efiboot.img"), tree / "efiboot.img")
+        subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-o", str(iso), "-V", "INSTALLER", "-e", "efiboot.img",
+                        "-no-emul-boot", str(tree)], check=True, capture_output=True)
+    else:
+        system = appliance
+        _isolinux_iso(tree, append, iso)
+    volume = iso.stat().st_size
+    assert struct.unpack_from("<I", iso.read_bytes(), 16 * 2048 + 80)[0] * 2048 == volume  # no padding outside it
+    with iso.open("ab") as out:
+        out.write(gzip.compress(system.read_bytes(), compresslevel=1))
+        out.write(bytes(-out.tell() % 2048))
+    return iso
+
+
+def _newc(files: dict[str, bytes]) -> bytes:
+    """An uncompressed cpio archive (newc, as the kernel's initramfs unpacker reads it) of executable files."""
+    out = b""
+    for number, (name, content) in enumerate([*files.items(), ("TRAILER!!!", b"")], start=1):
+        mode = 0o100755 if content or name != "TRAILER!!!" else 0
+        fields = (number, mode, 0, 0, 1, 0, len(content), 0, 0, 0, 0, len(name) + 1, 0)
+        header = b"070701" + b"".join(b"%08X" % value for value in fields) + name.encode() + b"\0"
+        out += header + bytes(-len(header) % 4) + content + bytes(-len(content) % 4)
+    return out + bytes(-len(out) % 512)
+
+
+def _isolinux_iso(tree: Path, append: str, iso: Path) -> Path:
+    """``tree`` (with /vmlinuz and /initrd) as an ISOLINUX CD booting that kernel with ``append``."""
+    (tree / "isolinux").mkdir()
     shutil.copy("/usr/lib/ISOLINUX/isolinux.bin", tree / "isolinux")
     shutil.copy("/usr/lib/syslinux/modules/bios/ldlinux.c32", tree / "isolinux")
     (tree / "isolinux" / "isolinux.cfg").write_text(

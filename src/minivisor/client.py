@@ -317,6 +317,10 @@ def _decode(kind: str, data: Any) -> Any:
         return None
     if kind == "text":
         return data["result"]
+    if kind == "bytes":
+        import base64
+
+        return base64.b64decode(data["base64"], validate=True)
     if kind in ("events", "json"):
         return data
     if kind == "snapshot":

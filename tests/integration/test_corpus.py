@@ -24,11 +24,11 @@ FILES = sorted(p.name for p in CORPUS.glob("*.vmx"))
 REFUSED = {"ws-suspended.vmx": StateError, "ws-encrypted.vmx": SpecError, "ws-template.vmx": SpecError}
 SPOT_CHECKS = {  # file -> key -> verdict (besides: every key has one)
     "ws16-win10-crlf.vmx": {"sata0:1.fileName": "disconnected", "floppy0.fileName": "disconnected",
-                            "serial0.fileType": "disconnected", "sound.present": "ignored",
+                            "serial0.fileType": "disconnected", "sound.present": "virtualized",
                             "scsi0.virtualDev": "virtualized", "memsize": "virtualized"},
     "ws12-centos7.vmx": {"ide1:0.fileName": "disconnected", "scsi0.virtualDev": "approximated",
                          "floppy0.fileName": "ignored", "checkpoint.vmState": "virtualized"},
-    "esxi8-rhel9-pvscsi.vmx": {"sata0:0.fileName": "disconnected", "scsi0.pciSlotNumber": "ignored",
+    "esxi8-rhel9-pvscsi.vmx": {"sata0:0.fileName": "disconnected", "scsi0.pciSlotNumber": "virtualized",
                                "scsi0.virtualDev": "virtualized", "sched.swap.derivedName": "ignored"},
     "esxi67-win2016-efi.vmx": {"sata0:0.fileName": "disconnected", "uefi.secureBoot.enabled": "virtualized",
                                "scsi0.virtualDev": "approximated"},  # OVMF cannot boot from the SAS disk
@@ -40,7 +40,7 @@ SPOT_CHECKS = {  # file -> key -> verdict (besides: every key has one)
     "ws-independent-disks.vmx": {"scsi0:0.mode": "virtualized", "scsi0:1.mode": "virtualized"},
     "ws-startconnected-false.vmx": {"sata0:1.fileName": "disconnected"},
     "ws-winxp-flexible.vmx": {"ide1:0.fileName": "disconnected", "floppy0.fileName": "disconnected",
-                              "sound.virtualDev": "ignored"},
+                              "sound.virtualDev": "approximated"},
     "ws-present-false-leftovers.vmx": {"scsi1:0.fileName": "ignored", "ide1:0.deviceType": "ignored",
                                        "serial0.fileType": "ignored", "scsi0:0.fileName": "virtualized"},
     "esxi-client-cdrom.vmx": {"ide1:0.clientDevice": "disconnected"},
@@ -48,6 +48,27 @@ SPOT_CHECKS = {  # file -> key -> verdict (besides: every key has one)
     "packer-lowercase.vmx": {"scsi0:0.filename": "virtualized", "sata0:0.filename": "disconnected"},
     "fusion13-macos.vmx": {"smc.present": "ignored", "sata0:1.fileName": "disconnected"},
     "fusion-win11-secureboot.vmx": {"vtpm.present": "ignored", "sata0:1.fileName": "disconnected"},
+    "fusion8-centos7-bad-slots.vmx": {"ethernet0.pciSlotNumber": "virtualized",
+                                      "ethernet1.pciSlotNumber": "approximated",
+                                      "sound.pciSlotNumber": "approximated", "ehci.pciSlotNumber": "approximated",
+                                      "sata0.pciSlotNumber": "approximated", "sound.virtualDev": "approximated"},
+    "ws45-hw4-win98-sb16.vmx": {"sound.virtualDev": "virtualized", "Ethernet0.present": "virtualized",
+                                "annotation": "ignored", "ide1:0.fileName": "disconnected"},
+    "esxi70-hw17-win2019-nvme-secureboot.vmx": {"uefi.secureBoot.enabled": "virtualized",
+                                                "ethernet1.pciSlotNumber": "virtualized",
+                                                "usb_xhci.present": "approximated", "sata0:0.fileName": "disconnected"},
+    "ws16-serial-parallel-clients.vmx": {"serial0.fileName": "approximated", "serial1.fileName": "disconnected",
+                                         "serial2.fileType": "disconnected", "serial3.fileName": "virtualized",
+                                         "parallel0.present": "ignored"},
+    "ws15-win7-nics-mixed-case.vmx": {"Sound.VirtualDev": "virtualized", "USB.Present": "approximated",
+                                      "Ethernet1.PciSlotNumber": "virtualized", "Ethernet1.Address": "virtualized",
+                                      "ide1:0.fileName": "disconnected"},
+    "ws17-win11-tpm-nvme.vmx": {"vtpm.present": "ignored", "usb:0.deviceType": "ignored",
+                                "nvme0.pciSlotNumber": "virtualized", "sound.fileName": "ignored"},
+    "ws6-hw6-winxp-es1371-usb.vmx": {"sound.virtualDev": "approximated", "usb.pciSlotNumber": "virtualized",
+                                     "ide1:0.fileName": "disconnected"},
+    "esxi55-hw10-centos6-lsisas.vmx": {"ide1:0.fileName": "disconnected", "floppy0.clientDevice": "ignored",
+                                       "ehci.pciSlotNumber": "virtualized", "scsi0.virtualDev": "virtualized"},
 }
 
 
@@ -68,7 +89,13 @@ def place(datastore: Path, name: str) -> Path:
 
 
 def test_the_corpus_is_large_and_varied_enough():
-    assert len(FILES) >= 20
+    assert len(FILES) >= 30
+    corpus = b"".join((CORPUS / f).read_bytes().lower() for f in FILES)
+    for key in (b"usb.present", b"usb_xhci.present", b"ehci.present", b"sound.virtualdev = \"sb16\"",
+                b"sound.virtualdev = \"es1371\"", b"sound.virtualdev = \"hdaudio\"", b"pcislotnumber = \"1184\"",
+                b"uefi.secureboot.enabled = \"true\"", b"lsisas1068", b"pvscsi", b"buslogic", b"nvme0.present",
+                b"filetype = \"thinprint\"", b"filetype = \"pipe\"", b"filetype = \"network\""):
+        assert key in corpus, key
     assert set(REFUSED) | set(SPOT_CHECKS) <= set(FILES)
     assert any(b"\r\n" in (CORPUS / f).read_bytes() for f in FILES)  # Windows line ends
     assert any(b"|22" in (CORPUS / f).read_bytes() for f in FILES)
@@ -131,6 +158,7 @@ def test_vm_check_refuses_what_power_on_would_refuse_on_this_host(tmp_path):
 BOOTED = {  # file -> (the guest's driver of its disk, how many CD-ROM drives it sees)
     "ws12-centos7.vmx": ("sym53c8xx", 1),
     "esxi8-rhel9-pvscsi.vmx": ("vmw_pvscsi", 1),
+    "esxi65-hw13-ubuntu-ide.vmx": ("ata_piix", 1),
 }
 
 

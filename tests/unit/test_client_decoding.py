@@ -103,7 +103,8 @@ def cases(created: list[VmInfo]) -> list[tuple[str, object]]:
             ("host", host()), ("snapshot", snapshot(memory_file=None)), ("snapshot", snapshot()),
             ("snapshot_revert", (snapshot(), True)), ("snapshot_revert", (snapshot(memory_file=None), False)),
             ("events", EVENTS), ("json", DISKS), ("json", {"path": "/ds/d.qcow2", "format": "qcow2"}),
-            ("text", "stopped (acpi)"), ("none", None), ("network", NETWORKS[0]), ("networks", NETWORKS),
+            ("text", "stopped (acpi)"), ("bytes", b"\x89PNG\r\n\x1a\n\x00\xff"), ("none", None),
+            ("network", NETWORKS[0]), ("networks", NETWORKS),
             ("networks", [])]
 
 

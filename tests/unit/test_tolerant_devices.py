@@ -144,12 +144,12 @@ def test_an_empty_suspend_state_is_no_suspended_vm():
 
 
 def test_every_key_gets_a_verdict_from_its_device_or_itself():
-    text = ('memSize = "64"\nconfig.version = "8"\nusb.present = "TRUE"\nscsi1.present = "FALSE"\n'
+    text = ('memSize = "64"\nconfig.version = "8"\nvtpm.present = "TRUE"\nscsi1.present = "FALSE"\n'
             'scsi1:0.fileName = "x.vmdk"\n' + CD.format(type="atapi-cdrom", name="auto detect"))
     doc = VmxDocument.parse(text.encode())
     spec = VmSpec.from_vmx(doc)
     verdicts = {v.key: v.verdict for v in key_verdicts(doc.items(), spec.notes, spec.unused_keys)}
-    assert verdicts == {"memSize": "virtualized", "config.version": "ignored", "usb.present": "ignored",
+    assert verdicts == {"memSize": "virtualized", "config.version": "ignored", "vtpm.present": "ignored",
                         "scsi1.present": "ignored", "scsi1:0.fileName": "ignored", "ide1:0.present": "disconnected",
                         "ide1:0.deviceType": "disconnected", "ide1:0.fileName": "disconnected"}
 
@@ -168,11 +168,33 @@ def test_buslogic_and_lsilogic_say_which_chip_stands_in():
 
 
 def test_devices_the_guest_will_not_get_are_said_at_power_on():
-    spec = spec_of('usb.present = "TRUE"\nsound.present = "TRUE"\nsound.virtualDev = "hdaudio"\n'
+    spec = spec_of('vtpm.present = "TRUE"\nparallel0.present = "TRUE"\n'
                    'ehci.present = "FALSE"\nRemoteDisplay.vnc.enabled = "TRUE"\nRemoteDisplay.vnc.port = "5901"\n')
-    assert [w.split(":")[0] for w in spec.warnings] == ["RemoteDisplay.vnc.enabled", "usb.present", "sound.present"]
-    assert {n.subject: n.verdict for n in spec.notes} == {"usb.present": "ignored", "sound.present": "ignored",
+    assert [w.split(":")[0] for w in spec.warnings] == ["RemoteDisplay.vnc.enabled", "vtpm.present",
+                                                        "parallel0.present"]
+    assert {n.subject: n.verdict for n in spec.notes} == {"vtpm.present": "ignored", "parallel0.present": "ignored",
                                                          "RemoteDisplay.vnc.enabled": "approximated"}
+
+
+@pytest.mark.parametrize("card, driver, warns", [("hdaudio", "intel-hda", False), ("es1371", "es1370", True),
+                                                 ("sb16", "sb16", False), ("gravis", "intel-hda", True)])
+def test_each_sound_card_is_the_closest_qemu_has_with_a_warning_where_it_is_another_chip(card, driver, warns):
+    spec = spec_of(f'sound.present = "TRUE"\nsound.virtualDev = "{card}"\n')
+    argv = build_qemu_argv(spec, env_for(spec))
+    cards = [json.loads(v) for i, v in enumerate(argv) if argv[i - 1] == "-device" and '"id":"sound"' in v]
+    assert [c["driver"] for c in cards] == [driver]
+    assert any(w.startswith("sound.virtualDev: ") for w in spec.warnings) == warns
+    assert json.loads(argv[argv.index("-audiodev") + 1]) == {"driver": "none", "id": "audio"}  # plays to nothing
+
+
+def test_usb_controllers_are_quiet_stand_ins_with_a_tablet_on_the_newest():
+    spec = spec_of('usb.present = "TRUE"\nehci.present = "TRUE"\n')
+    assert spec.warnings == () and {n.subject: n.verdict for n in spec.notes} == {
+        "usb.present": "approximated", "ehci.present": "approximated"}
+    argv = build_qemu_argv(spec, env_for(spec))
+    devices = [json.loads(v) for i, v in enumerate(argv) if argv[i - 1] == "-device"]
+    assert [(d["driver"], d.get("bus")) for d in devices if "usb" in d["driver"]] == [
+        ("piix3-usb-uhci", "pci.0"), ("usb-ehci", "pci.0"), ("usb-tablet", "ehci.0")]
 
 
 def test_the_screen_socket_path_is_escaped_for_qemus_option_parser():
@@ -187,3 +209,11 @@ def test_the_lsi_stand_in_is_a_power_on_warning_only_where_the_guest_lacks_its_d
     spec = spec_of(f'guestOS = "{guest}"\nscsi0.present = "TRUE"\nscsi0.virtualDev = "lsilogic"\n')
     assert note_of(spec, "scsi0").verdict == "approximated"  # vm explain and vm check say it either way
     assert any(w.startswith("scsi0:") for w in spec.warnings) is warned
+
+
+@pytest.mark.parametrize("value, verdict", [("virtual", "approximated"), ("physical", "approximated"),
+                                            ("none", None)])
+def test_a_shared_scsi_bus_is_said_to_be_not_shared(value, verdict):
+    spec = spec_of(f'scsi0.present = "TRUE"\nscsi0.virtualDev = "pvscsi"\nscsi0.sharedBus = "{value}"\n')
+    assert [n.verdict for n in spec.notes if n.subject == "scsi0.sharedBus"] == ([verdict] if verdict else [])
+    assert any(w.startswith("scsi0.sharedBus: the bus is not shared") for w in spec.warnings) == bool(verdict)

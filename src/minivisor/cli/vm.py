@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import JSON, NAME, arg, command, hv, print_json, progress, say, warn
+from . import JSON, NAME, arg, command, datastore_root, hv, print_json, progress, say, warn
 
 TIMEOUT = "SECONDS"  # the metavar of every --timeout
 
@@ -85,9 +85,13 @@ def vm_explain(name: str, as_json: bool) -> None:
 def vm_check(vmx: Path, as_json: bool) -> int:
     """Exits 0 if the VM would power on, else with the exit code of a missing disk."""
     from ..core.check import check_vmx
+    from ..datastore.store import META
     from ..errors import DiskError
 
-    report = check_vmx(vmx)  # the function, not hv(): no datastore is opened (or created)
+    if (datastore_root() / META / "catalog.sqlite").exists():  # NICs judged against its networks
+        report = hv().check_vmx(os.path.abspath(vmx))  # absolute: a service has a folder of its own
+    else:
+        report = check_vmx(vmx)  # the function, not hv(): no datastore is opened (or created)
     if as_json:
         print_json(report)
     else:

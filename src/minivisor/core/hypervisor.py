@@ -114,13 +114,14 @@ class Hypervisor:
         plan = self.vms.context(name).plan()
         return Explanation(plan.spec, tuple(virtual_hardware(plan.spec, plan.env)), tuple(plan.argv), plan.warnings)
 
-    @staticmethod
-    def check_vmx(vmx_path: Path | str) -> dict[str, Any]:
+    def check_vmx(self, vmx_path: Path | str) -> dict[str, Any]:
         """What minivisor would make of any specfile, key by key (virtualized, approximated, disconnected,
-        ignored, refused) and why; reads nothing of the datastore (see :func:`minivisor.core.check.check_vmx`)."""
+        ignored, refused) and why, NICs judged against this datastore's networks; nothing is written (see
+        :func:`minivisor.core.check.check_vmx`)."""
         from .check import check_vmx
+        from .networks import Networks
 
-        return check_vmx(vmx_path)
+        return check_vmx(vmx_path, Networks(self.datastore, self.inventory).for_plan(""))
 
     def vm_events(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
         """The last ``limit`` events of a VM from its event log, oldest first (0: all of them)."""

@@ -21,7 +21,8 @@ from ..units import human_size
 from .layers import ImageLayer, format_for, read_layer
 
 __all__ = ["image_spec", "create_disk", "set_backing", "commit_layer", "rebase_disk",
-           "resize_disk", "check_resize", "check_disk", "convert_disk", "copy_sparse"]
+           "resize_disk", "check_resize", "check_disk", "convert_disk", "copy_sparse",
+           "internal_snapshots", "internal_snapshot", "copy_qcow2"]
 
 PRIVATE_UMASK = 0o077
 # Free bytes below which a failed qemu-img write is put down to a full file system: qemu-img does not
@@ -200,3 +201,23 @@ def copy_sparse(source: Path, target: Path, progress: Callable[[int], None] | No
 def _private_file(path: Path):
     """A new file only its owner can read: a VM's data."""
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb")
+
+
+# -- internal snapshots of a small qcow2 file (the UEFI variable store) ------------
+def internal_snapshots(path: Path) -> set[str]:
+    """The names of a qcow2 file's internal snapshots (read even while a VMM has it open)."""
+    info = json.loads(_qemu_img("info", "-U", "-f", "qcow2", "--output=json", str(path)).stdout)
+    return {snapshot["name"] for snapshot in info.get("snapshots", ())}
+
+
+def internal_snapshot(path: Path, action: str, name: str) -> None:
+    """``create``, ``apply`` or ``delete`` the internal snapshot ``name`` of a qcow2 file no VMM has open."""
+    flag = {"create": "-c", "apply": "-a", "delete": "-d"}[action]
+    _qemu_img("snapshot", "-q", flag, name, image_spec((read_layer(path, "qcow2"),)))  # its format said: no probe
+
+
+def copy_qcow2(path: Path, target: Path, snapshot: str | None = None) -> None:
+    """A new qcow2 file with ``path``'s data now (read even while a VMM has it open), or as its internal
+    snapshot ``snapshot`` has it; without internal snapshots of its own."""
+    state = ["-l", f"snapshot.name={snapshot}"] if snapshot is not None else []
+    _qemu_img("convert", "-U", "-f", "qcow2", *state, "-O", "qcow2", str(path), str(target))

@@ -10,6 +10,7 @@ reverses both: an error body's ``type`` names the error class, and each route's
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import enum
 import json
@@ -73,6 +74,8 @@ def encode(result: Any) -> Any:
         return {}
     if isinstance(result, str):
         return {"result": result}
+    if isinstance(result, bytes):  # a screenshot's PNG
+        return {"base64": base64.b64encode(result).decode()}
     if isinstance(result, (list, tuple)):
         return [encode(item) for item in result]
     if hasattr(result, "to_dict"):

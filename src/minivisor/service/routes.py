@@ -28,7 +28,8 @@ class Op:
     method: str
     path: str
     returns: str  # the result's type, for the client: vm, vms, start, explanation, exec, host, snapshot,
-    #               snapshot_revert, network, networks, events, json (as is), text (a string), none
+    #               snapshot_revert, network, networks, events, json (as is), text (a string), bytes
+    #               (base64 in JSON), none
     args: tuple[str, ...] = ("name",)
     status: int = 200
     mutates: bool = True  # serialised per VM inside the service
@@ -58,6 +59,8 @@ OPERATIONS: tuple[Op, ...] = (
     Op("set_autostart", "PUT", "/v1/vms/{name}/autostart", "vm", args=("name", "enabled")),
     Op("reset_nvram", "POST", "/v1/vms/{name}/reset-nvram", "json"),
     Op("cdrom", "POST", "/v1/vms/{name}/cdrom", "json", args=("name", "image")),
+    Op("screenshot", "GET", "/v1/vms/{name}/screenshot", "bytes", mutates=False),
+    Op("check_vmx", "POST", "/v1/check", "json", args=("vmx_path",), mutates=False, vm_param=None),
     Op("host_info", "GET", "/v1/host", "host", args=(), mutates=False, vm_param=None),
     # the datastore browser (core/files.py; uploads stream through their own route: service/app.py)
     Op("datastore_files", "GET", "/v1/datastore/files", "json", args=("folder",), mutates=False, vm_param=None),

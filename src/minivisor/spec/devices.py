@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DeviceModel", "SCSI_MODELS", "NIC_MODELS", "CREATABLE_SCSI", "CREATABLE_NICS", "CONTROLLER_COUNT",
-           "UNIT_COUNT"]
+__all__ = ["DeviceModel", "SCSI_MODELS", "NIC_MODELS", "USB_MODELS", "SOUND_MODELS", "CREATABLE_SCSI",
+           "CREATABLE_NICS", "CONTROLLER_COUNT", "UNIT_COUNT"]
 
 # Controllers per bus, and units (device slots) per controller, as VMware numbers them.
 CONTROLLER_COUNT = {"scsi": 4, "sata": 4, "nvme": 4, "ide": 2}
@@ -49,6 +49,24 @@ NIC_MODELS: dict[str, DeviceModel] = {
     "vmxnet": DeviceModel("pcnet", "AMD PCnet (stands in for vmxnet)"),
     "vmxnet2": DeviceModel("pcnet", "AMD PCnet (stands in for vmxnet2)"),
     "virtio": DeviceModel("virtio-net-pci", "virtio network adapter"),
+}
+# USB controllers by the key that turns each on. QEMU has none of VMware's own (15ad:0774, 0770, 0779): the
+# guest's generic UHCI/EHCI/xHCI drivers bind by PCI class, so these stand-ins are said by vm explain only.
+USB_MODELS: dict[str, DeviceModel] = {
+    "usb": DeviceModel("piix3-usb-uhci", "USB 1.1 UHCI controller (Intel PIIX3)",
+                       "QEMU has no VMware UHCI; Intel's PIIX3 UHCI stands in (guests drive it as any UHCI)"),
+    "ehci": DeviceModel("usb-ehci", "USB 2 EHCI controller (Intel 82801D)",
+                        "QEMU has no VMware EHCI; Intel's 82801D EHCI stands in (guests drive it as any EHCI)"),
+    "usb_xhci": DeviceModel("qemu-xhci", "USB 3 xHCI controller (QEMU xHCI)",
+                            "QEMU has no VMware xHCI; QEMU's own xHCI stands in (guests drive it as any xHCI)"),
+}
+# sound.virtualDev: VMware's HD Audio and Sound Blaster 16 are the chips QEMU has; its ES1371 is not.
+SOUND_MODELS: dict[str, DeviceModel] = {
+    "hdaudio": DeviceModel("intel-hda", "Intel HD Audio controller (ICH6) with a duplex codec"),
+    "es1371": DeviceModel("es1370", "Ensoniq AudioPCI ES1370 (stands in for ES1371)",
+                          "QEMU has no Ensoniq ES1371; an ES1370 stands in (guests need its driver: Linux's "
+                          "snd-ens1370; Windows has none)"),
+    "sb16": DeviceModel("sb16", "Creative Sound Blaster 16 (ISA)"),
 }
 # What `vm create` offers (the models a new VM gets on VMware, plus virtio).
 CREATABLE_SCSI = ("lsilogic", "lsisas1068", "pvscsi")

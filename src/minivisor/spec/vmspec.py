@@ -19,8 +19,9 @@ from typing import Literal
 
 from ..errors import SpecError, StateError
 from ..text import clip, excerpt
-from .devices import CONTROLLER_COUNT, NIC_MODELS, SCSI_MODELS, UNIT_COUNT
+from .devices import CONTROLLER_COUNT, NIC_MODELS, SCSI_MODELS, SOUND_MODELS, UNIT_COUNT, USB_MODELS
 from .fidelity import KeyNote, Verdict, foreign_path
+from .pci import decode_slot
 from .vmx import VmxDocument
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "SerialPort",
     "Floppy",
     "Display",
+    "UsbController",
+    "Sound",
     "Sched",
     "VmSpec",
     "parse_bool",
@@ -54,9 +57,7 @@ HARD_DISK_TYPES = {"disk", "scsi-harddisk", "ata-harddisk", "plaindisk"}
 CDROM_TYPES = {"cdrom-image", "cdrom-raw", "atapi-cdrom"}
 HOST_CDROM_TYPES = {"cdrom-raw", "atapi-cdrom"}  # the host's own drive, never passed through
 # Devices VMware builds when their key is TRUE that minivisor does not (yet): key -> what the guest misses.
-DEVICES_NOT_BUILT = {"usb.present": "USB 1.1 controller", "ehci.present": "USB 2 controller",
-                     "usb_xhci.present": "USB 3 controller", "sound.present": "sound card",
-                     "vtpm.present": "TPM", "parallel0.present": "parallel port", "smc.present": "Apple SMC"}
+DEVICES_NOT_BUILT = {"vtpm.present": "TPM", "parallel0.present": "parallel port", "smc.present": "Apple SMC"}
 # What bios.bootOrder may name, and the order VMware's BIOS tries them in when it names none.
 BOOT_KINDS = ("hdd", "cdrom", "floppy")  # bios.bootOrder's words, in the order tried when it names none
 # Values VMware uses for "no backing": an empty drive.
@@ -64,6 +65,7 @@ EMPTY_BACKINGS = {"", "auto detect", "emptybackingstring", "cd/dvd drive 0", "fl
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _DEVICE_KEY = re.compile(r"^(scsi|sata|nvme|ide)(\d+):(\d+)\.", re.IGNORECASE)
+_PCI_BRIDGE_KEY = re.compile(r"^pciBridge[0-7]\.(present|virtualDev|functions|pciSlotNumber)$", re.IGNORECASE)
 _PRESENT_KEY = re.compile(r"^(scsi|sata|nvme|ide|ethernet|serial|floppy)(\d+)\.present$", re.IGNORECASE)
 _CPU_RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?\Z")
 _SHARES = re.compile(r"[0-9]{1,7}\Z")
@@ -109,6 +111,7 @@ class DiskController:
     bus: Bus
     index: int
     model: str  # lsilogic, lsisas1068, pvscsi, buslogic, virtio-scsi, ahci, nvme, piix4
+    pci_slot: int | None = None  # pciSlotNumber, when it names a place the VM can have (spec.pci)
 
     @property
     def name(self) -> str:
@@ -148,6 +151,7 @@ class Nic:
     network_name: str | None
     start_connected: bool = True
     vnet: str | None = None  # custom: ``VMnet5`` (or ``/dev/vmnet5``), the host network VMware names
+    pci_slot: int | None = None  # pciSlotNumber, when it names a place the VM can have (spec.pci)
 
     @property
     def name(self) -> str:
@@ -188,6 +192,22 @@ class Display:
     vram_bytes: int = 4 * 1024 * 1024
 
 
+@dataclass(frozen=True)
+class UsbController:
+    """A USB controller, named by the key that turns it on: ``usb`` (UHCI), ``ehci``, ``usb_xhci``."""
+
+    name: Literal["usb", "ehci", "usb_xhci"]
+    pci_slot: int | None = None
+
+
+@dataclass(frozen=True)
+class Sound:
+    """The sound card (``sound.virtualDev``: hdaudio, es1371, sb16); it plays to nothing on the host."""
+
+    model: str
+    pci_slot: int | None = None
+
+
 # VMware's share levels: CPU shares per vCPU, memory shares per MiB of memSize.
 CPU_SHARE_LEVELS = {"low": 500, "normal": 1000, "high": 2000}
 MEM_SHARE_LEVELS = {"low": 5, "normal": 10, "high": 20}
@@ -224,6 +244,8 @@ class VmSpec:
     boot_order: tuple[str, ...]  # device nodes from bios.hddOrder, first boots first
     ready_line: str
     sched: Sched = Sched()
+    usb: tuple[UsbController, ...] = ()  # in VMware's order: UHCI, EHCI, xHCI; the tablet on the last
+    sound: Sound | None = None
     secure_boot: bool = False  # uefi.secureBoot.enabled (with firmware = "efi")
     boot_classes: tuple[str, ...] = BOOT_KINDS  # bios.bootOrder: hdd, cdrom, floppy, in the order tried
     unused_keys: tuple[str, ...] = ()
@@ -276,6 +298,7 @@ class _SpecReader:
         self.used_prefixes: set[str] = set()
         self.warnings: list[str] = []
         self.notes: dict[str, KeyNote] = {}
+        self.pci_slots: dict[int, str] = {}  # slot numbers taken, by the device that took each
 
     # -- key access ----------------------------------------------------
     def get(self, key: str, default: str | None = None) -> str | None:
@@ -346,6 +369,8 @@ class _SpecReader:
             boot_classes=self.boot_classes(),
             ready_line=self.ready_line(),
             sched=self.sched(cpus, memory),
+            usb=self.usb(),
+            sound=self.sound(),
             secure_boot=self.secure_boot(),
         )
         self.mark_ignored()
@@ -433,6 +458,11 @@ class _SpecReader:
                     "annotation", "uuid.location", "uuid.action", "extendedConfigFile"):
             if self.get(key) is not None:
                 self.note(key, "ignored", "bookkeeping: nothing to build")
+        for key, _ in self.doc.items():
+            if _PCI_BRIDGE_KEY.match(key):
+                self.get(key)
+                self.note(key, "approximated", "VMware's PCI bridges are rebuilt at their addresses where a "
+                                               "device's pciSlotNumber puts one behind them (vm explain)", quiet=True)
 
     def secure_boot(self) -> bool:
         key = "uefi.secureBoot.enabled"
@@ -493,7 +523,8 @@ class _SpecReader:
         if bus != "scsi":
             self.get(f"{name}.virtualDev")
             self.use_prefix(f"{name}.")
-            return DiskController(bus, index, {"sata": "ahci", "nvme": "nvme", "ide": "piix4"}[bus])
+            model = {"sata": "ahci", "nvme": "nvme", "ide": "piix4"}[bus]
+            return DiskController(bus, index, model, None if bus == "ide" else self.pci_slot(name))
         key = f"{name}.virtualDev"
         model = (self.get(key) or "lsilogic").strip().lower()
         if model not in SCSI_MODELS:
@@ -504,8 +535,17 @@ class _SpecReader:
             # has none for the 53C895A. Linux has (sym53c8xx): vm explain and vm check say it.
             windows = (self.get("guestOS") or "").strip().lower().startswith("win")
             self.note(name, "approximated", SCSI_MODELS[model].stands_in, quiet=model == "lsilogic" and not windows)
+        self.shared_bus(name)
         self.use_prefix(f"{name}.")
-        return DiskController(bus, index, model)
+        return DiskController(bus, index, model, self.pci_slot(name))
+
+    def shared_bus(self, controller: str) -> None:
+        """``sharedBus`` (clusters on VMware: its disks open in several VMs at once) is not honoured: said."""
+        key = f"{controller}.sharedBus"
+        value = (self.get(key) or "none").strip().lower()
+        if value != "none":
+            self.note(key, "approximated", f"the bus is not shared ({quoted(value)}): its disks open in this VM "
+                                           "only, and a disk another running VM holds stops the power-on")
 
     def disk(self, bus: Bus, index: int, unit: int) -> Disk | None:
         node = f"{bus}{index}:{unit}"
@@ -621,7 +661,26 @@ class _SpecReader:
                             f"use one of {', '.join(sorted(CONNECTION_TYPES))}")
         return Nic(index, model, self.mac(prefix), connection, self.network_name(f"{prefix}.networkName"),
                    parse_bool(self.get(f"{prefix}.startConnected"), default=True),
-                   self.network_name(f"{prefix}.vnet"))
+                   self.network_name(f"{prefix}.vnet"), self.pci_slot(prefix))
+
+    def pci_slot(self, device: str) -> int | None:
+        """``<device>.pciSlotNumber`` when it names a free place a VM can have; else None (placed after the
+        others, as QEMU would, with a note saying why). ``-1``: VMware has not placed it yet."""
+        key = f"{device}.pciSlotNumber"
+        raw = (self.get(key) or "").strip()
+        if raw in ("", "-1"):
+            return None
+        slot = decode_slot(int(raw)) if raw.isdigit() and len(raw) < 6 else None
+        if slot is None:
+            self.note(key, "approximated", f"{quoted(raw)} names no PCI slot minivisor can place a device at; "
+                                           "the device is placed after the others (vm explain shows where)")
+            return None
+        if slot.number in self.pci_slots:
+            self.note(key, "approximated", f"slot {slot.number} is {self.pci_slots[slot.number]}'s already; "
+                                           "the device is placed after the others (vm explain shows where)")
+            return None
+        self.pci_slots[slot.number] = device
+        return slot.number
 
     def network_name(self, key: str) -> str | None:
         """A network a NIC names (``networkName``, ``vnet``): any text, bounded; matched against networks later."""
@@ -734,6 +793,30 @@ class _SpecReader:
         if parse_bool(self.get("RemoteDisplay.vnc.enabled")):
             self.note("RemoteDisplay.vnc.enabled", "approximated", "the screen is served on a UNIX socket only "
                                                                    "(vm display), never on a TCP port")
+
+    def usb(self) -> tuple[UsbController, ...]:
+        controllers = []
+        for name, model in USB_MODELS.items():
+            if parse_bool(self.get(f"{name}.present")):
+                self.note(f"{name}.present", "approximated", model.stands_in, quiet=True)
+                controllers.append(UsbController(name, self.pci_slot(name)))  # type: ignore[arg-type]
+        return tuple(controllers)
+
+    def sound(self) -> Sound | None:
+        if not parse_bool(self.get("sound.present")):
+            return None
+        key = "sound.virtualDev"
+        model = (self.get(key) or "hdaudio").strip().lower()
+        if model not in SOUND_MODELS:
+            self.note(key, "approximated", f"{quoted(model)} is no sound card minivisor knows; "
+                                           f"{SOUND_MODELS['hdaudio'].description} stands in")
+            model = "hdaudio"
+        elif SOUND_MODELS[model].approximated:
+            self.note(key, "approximated", SOUND_MODELS[model].stands_in)
+        for setting in ("fileName", "autodetect"):  # the host's audio device: the card plays to nothing
+            if self.get(f"sound.{setting}") is not None:
+                self.note(f"sound.{setting}", "ignored", "the sound card is connected to no host audio device")
+        return Sound(model, None if model == "sb16" else self.pci_slot("sound"))
 
     def display(self) -> Display:
         self.devices_not_built()

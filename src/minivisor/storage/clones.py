@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..datastore.inventory import summary_row
+from ..datastore.layout import EFI_VARS
 from ..datastore.store import Datastore
 from ..errors import NoHardDiskError
 from ..files import fsync_dir
@@ -40,6 +41,7 @@ from ..images.deltas import create_delta, delta_format
 from ..images.qemu_img import convert_disk, copy_sparse
 from .journal import Journal, crashpoint
 from ..spec.vmsd import Snapshot
+from .nvram import copy_for_clone
 from .snapshots import VmFiles, snapshot_disks
 
 __all__ = ["build_clone", "abandon_clone", "publish_clone", "clone_specfile"]
@@ -78,6 +80,7 @@ def build_clone(files: VmFiles, source_uuid: str, target: str, snap: Snapshot | 
             names[node] = _copy_chain(chain, staging, stems[node], meter)
         if progress:
             progress(100.0)
+    copy_for_clone(files.vm_dir / EFI_VARS, snap.uid if snap else None, staging / EFI_VARS)
     doc = clone_specfile(files, target, new_uuid, names, staging, snap.config if snap else None)
     doc.save(staging / f"{target}.vmx")
     crashpoint("clone:prepared")

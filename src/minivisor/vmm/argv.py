@@ -23,10 +23,11 @@ from typing import Literal, Union
 from ..datastore.layout import VmPaths
 from ..host.admission import tcg_cache_mib
 from ..host.facts import Ovmf
-from ..spec.devices import NIC_MODELS, SCSI_MODELS
+from ..spec.devices import NIC_MODELS, SCSI_MODELS, SOUND_MODELS, USB_MODELS
 from ..spec.vmspec import Disk, DiskController, Nic, SerialPort, VmSpec
 from ..images.layers import ImageLayer
 from ..units import human_size
+from .pci import PciLayout, PciPlace, pci_layout
 
 __all__ = ["LaunchEnv", "GATE_PREFIX", "gate_group", "device_id", "VirtualDevice", "virtual_hardware", "build_qemu_argv",
            "SANDBOX", "SHUTDOWN_TRACE", "qemu_opts", "Tap", "UserNat", "HostForward", "NetBackend",
@@ -129,16 +130,40 @@ def build_qemu_argv(spec: VmSpec, env: LaunchEnv) -> list[str]:
 
 def virtual_hardware(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
     """The VMM's devices in command-line order."""
+    pci = pci_layout(pci_devices(spec), env.q35)
     devices = [_machine(spec, env), _processors(spec), _memory(spec), _firmware(spec, env)]
-    devices += _storage(spec, env)
-    devices += [_nic(nic, env) for nic in spec.nics]
+    devices += [_bridges(pci, env)] if pci.bridges else []
+    devices += _storage(spec, env, pci.places)
+    devices += [_nic(nic, env, pci.places[nic.name]) for nic in spec.nics]
     devices += _serial_ports(spec, env)
     devices += [_floppy(spec, env)] if spec.floppies else []
-    devices.append(_display(spec, env))
+    devices.append(_display(spec, env, pci.places.get("svga")))
+    devices += [_usb(spec, pci.places)] if spec.usb else []
+    devices += [_sound(spec, pci.places.get("sound"))] if spec.sound else []
     devices.append(_control(env))
     if env.incoming:
         devices.append(_incoming())
     return devices
+
+
+def pci_devices(spec: VmSpec) -> list[tuple[str, int | None]]:
+    """The VM's PCI devices in command-line order, each with the pciSlotNumber it honours (or None)."""
+    devices: list[tuple[str, int | None]] = [(c.name, c.pci_slot) for c in spec.controllers if c.bus != "ide"]
+    devices += [(nic.name, nic.pci_slot) for nic in spec.nics]
+    devices += [("svga", None)] if spec.display.present else []
+    devices += [(usb.name, usb.pci_slot) for usb in spec.usb]
+    devices += [("sound", spec.sound.pci_slot)] if spec.sound and spec.sound.model != "sb16" else []
+    return devices
+
+
+def _bridges(pci: PciLayout, env: LaunchEnv) -> VirtualDevice:
+    """VMware's bridges the placed devices are behind (chassis numbers: 1, 2... in address order)."""
+    args: list[str] = []
+    for chassis, bridge in enumerate(pci.bridges, start=1):
+        args += ["-device", _json(**bridge.device(env.q35, chassis))]
+    kind = "PCIe root port" if env.q35 else "PCI-to-PCI bridge"
+    names = ", ".join(f"{b.id} at {b.place.describe()}" for b in pci.bridges)
+    return VirtualDevice("pci-bridges", f"{kind}s as VMware places them: {names}", tuple(args))
 
 
 def _accel(spec: VmSpec, env: LaunchEnv) -> str:
@@ -192,8 +217,8 @@ def _firmware(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
 
 
 # -- storage ------------------------------------------------------------------
-def _storage(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
-    devices = [_controller(c) for c in spec.controllers if c.bus in ("scsi", "sata", "nvme")]
+def _storage(spec: VmSpec, env: LaunchEnv, places: Mapping[str, PciPlace]) -> list[VirtualDevice]:
+    devices = [_controller(c, places[c.name]) for c in spec.controllers if c.bus in ("scsi", "sata", "nvme")]
     boot = spec.boot_indexes()
     for disk in spec.disks:
         controller = next(c for c in spec.controllers if c.name == disk.controller)
@@ -201,7 +226,7 @@ def _storage(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
     return devices
 
 
-def _controller(controller: DiskController) -> VirtualDevice:
+def _controller(controller: DiskController, place: PciPlace) -> VirtualDevice:
     if controller.bus == "scsi":
         model = SCSI_MODELS[controller.model]
         driver, description = model.driver, model.description
@@ -209,10 +234,10 @@ def _controller(controller: DiskController) -> VirtualDevice:
         driver, description = "ich9-ahci", "Intel ICH9 AHCI SATA controller"
     else:
         driver, description = "nvme", "NVMe controller"
-    fields: dict[str, object] = {"driver": driver, "id": controller.name}
+    fields: dict[str, object] = {"driver": driver, "id": controller.name, **place.fields()}
     if driver == "nvme":
         fields["serial"] = f"MVNVME{controller.index:02d}"
-    return VirtualDevice(controller.name, description, ("-device", _json(**fields)))
+    return VirtualDevice(controller.name, f"{description} at {place.describe()}", ("-device", _json(**fields)))
 
 
 def gate_group(gate: str) -> str:
@@ -356,7 +381,7 @@ def nic_device(nic: Nic, env: LaunchEnv) -> dict[str, object]:
             "mac": env.macs[nic.index]}
 
 
-def _nic(nic: Nic, env: LaunchEnv) -> VirtualDevice:
+def _nic(nic: Nic, env: LaunchEnv, place: PciPlace) -> VirtualDevice:
     backend = env.networks.get(nic.index, "unconnected")
     if isinstance(backend, Tap):
         where = f"network {backend.network!r} (tap {backend.ifname})"
@@ -364,9 +389,9 @@ def _nic(nic: Nic, env: LaunchEnv) -> VirtualDevice:
         where = "NAT (user-mode networking)" + "".join(f", {f.rule}" for f in backend.forwards)
     else:
         where = f"network {nic.network!r} (link disconnected)"
-    description = f"{NIC_MODELS[nic.model].description} NIC, MAC {env.macs[nic.index]}, {where}"
+    description = f"{NIC_MODELS[nic.model].description} NIC at {place.describe()}, MAC {env.macs[nic.index]}, {where}"
     return VirtualDevice(nic.name, description, ("-netdev", _json(**nic_netdev(nic, env)),
-                                                 "-device", _json(**nic_device(nic, env))))
+                                                 "-device", _json(**nic_device(nic, env), **place.fields())))
 
 
 # -- serial, floppy, display, control -----------------------------------------
@@ -429,16 +454,42 @@ def _floppy(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
     return VirtualDevice("floppy", f"floppy drive(s): {', '.join(names)}", tuple(args))
 
 
-def _display(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
-    if not spec.display.present:
+def _display(spec: VmSpec, env: LaunchEnv, place: PciPlace | None) -> VirtualDevice:
+    if place is None:
         return VirtualDevice("svga", "no display adapter", ("-vga", "none"))
     vram_mb = max(1, spec.display.vram_bytes // (1024 * 1024))
     # The screen is served on a UNIX socket in the owner-only runtime folder: never on a TCP port.
     vnc = "unix:" + str(env.paths.vnc_socket).replace(",", ",,")
-    return VirtualDevice("svga", f"VMware SVGA II display, {vram_mb} MiB VRAM; screen on VNC at "
+    return VirtualDevice("svga", f"VMware SVGA II display at {place.describe()}, {vram_mb} MiB VRAM; screen on VNC at "
                                  f"{env.paths.vnc_socket} (vm display)",
-                         ("-vga", "none", "-device", _json(driver="vmware-svga", id="svga", vgamem_mb=vram_mb),
+                         ("-vga", "none", "-device", _json(driver="vmware-svga", id="svga", vgamem_mb=vram_mb,
+                                                           **place.fields()),
                           "-vnc", vnc))
+
+
+def _usb(spec: VmSpec, places: Mapping[str, PciPlace]) -> VirtualDevice:
+    """The USB controllers, and a tablet on the newest one: the pointer goes where the VNC client points."""
+    args: list[str] = []
+    for usb in spec.usb:
+        args += ["-device", _json(driver=USB_MODELS[usb.name].driver, id=usb.name, **places[usb.name].fields())]
+    args += ["-device", _json(driver="usb-tablet", id="tablet", bus=f"{spec.usb[-1].name}.0")]
+    what = "; ".join(f"{USB_MODELS[u.name].description} at {places[u.name].describe()}" for u in spec.usb)
+    return VirtualDevice("usb", f"{what}; a USB tablet on the {USB_MODELS[spec.usb[-1].name].description}",
+                         tuple(args))
+
+
+def _sound(spec: VmSpec, place: PciPlace | None) -> VirtualDevice:
+    """The sound card, playing to QEMU's null audio backend: the guest has its card, the host hears nothing."""
+    assert spec.sound is not None
+    model = SOUND_MODELS[spec.sound.model]
+    args = ["-audiodev", _json(driver="none", id="audio")]
+    card: dict[str, object] = {"driver": model.driver, "id": "sound", **(place.fields() if place else {})}
+    if model.driver == "intel-hda":
+        args += ["-device", _json(**card), "-device", _json(driver="hda-duplex", bus="sound.0", audiodev="audio")]
+    else:
+        args += ["-device", _json(**card, audiodev="audio")]
+    where = f" at {place.describe()}" if place else ""
+    return VirtualDevice("sound", f"{model.description}{where}, connected to no host audio device", tuple(args))
 
 
 def _control(env: LaunchEnv) -> VirtualDevice:

@@ -103,10 +103,11 @@ def make_plan(name: str, uuid: str, paths: VmPaths, scope: Scope, *, incoming: b
     return LaunchPlan(spec, env, warnings, spec.notes + found)
 
 
-def check_specfile(vmx: Path) -> tuple[VmxDocument, VmSpec, tuple[KeyNote, ...]]:
+def check_specfile(vmx: Path, networks: HostNetworks | None = None) -> tuple[VmxDocument, VmSpec, tuple[KeyNote, ...]]:
     """What power-on would make of any specfile on this host, with nothing written and every host folder
     allowed (register applies the datastore's path policy): the same reading, host checks and file
-    resolution as :func:`make_plan`. A hard disk whose file is missing is noted ``refused``."""
+    resolution as :func:`make_plan`. A hard disk whose file is missing is noted ``refused``; given a
+    datastore's ``networks``, a NIC whose network is not there ``disconnected`` (power-on leaves its link down)."""
     doc = read_vmx(vmx)
     spec = VmSpec.from_vmx(doc)
     fit = _host_notes(spec)
@@ -114,7 +115,18 @@ def check_specfile(vmx: Path) -> tuple[VmxDocument, VmSpec, tuple[KeyNote, ...]]
     chains, _, media = resolve_files(spec, Scope(folder, folder, allowed=("/",)), vmx, missing_ok=True)
     missing = tuple(KeyNote(d.node, "refused", f"its disk {d.file_name} does not exist: power-on stops here")
                     for d in spec.disks if d.kind == "disk" and d.node not in chains)
-    return doc, spec, spec.notes + fit + media + missing
+    links = _link_notes(spec, networks) if networks is not None else ()
+    return doc, spec, spec.notes + fit + media + missing + links
+
+
+def _link_notes(spec: VmSpec, networks: HostNetworks) -> tuple[KeyNote, ...]:
+    """The NICs power-on would leave with their link down, and why (what :func:`_network` warns)."""
+    notes = []
+    for nic in spec.nics:
+        said: list[str] = []
+        if _network(nic, "0" * 32, networks, said) == "unconnected" and said:
+            notes.append(KeyNote(nic.name, "disconnected", said[0].split(": ", 1)[1]))
+    return tuple(notes)
 
 
 def _host_notes(spec: VmSpec) -> tuple[KeyNote, ...]:

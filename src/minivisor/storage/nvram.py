@@ -1,0 +1,49 @@
+"""The UEFI variable store (``efivars.qcow2``) across snapshots and clones.
+
+A snapshot keeps the store as it was in an internal snapshot of the store itself (qcow2 has them; the store
+stays one file, which a running VMM keeps open), named after the snapshot's uid: a revert applies it, a
+delete drops it. A clone gets a store of its own, a copy of the state it is cloned from. A VM without a
+store (BIOS, or never powered on) has nothing to keep; a snapshot that kept none restores nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..images.qemu_img import copy_qcow2, internal_snapshot, internal_snapshots
+
+__all__ = ["snapshot_tag", "keep", "restore", "forget", "copy_for_clone"]
+
+
+def snapshot_tag(uid: int) -> str:
+    """The store's internal snapshot that belongs to the VM's snapshot ``uid``."""
+    return f"minivisor-snapshot-{uid}"
+
+
+def _kept(store: Path, uid: int) -> bool:
+    return store.exists() and snapshot_tag(uid) in internal_snapshots(store)
+
+
+def keep(store: Path, uid: int) -> None:
+    """Keep the store of a powered-off VM as snapshot ``uid`` has it."""
+    if store.exists():
+        internal_snapshot(store, "create", snapshot_tag(uid))
+
+
+def restore(store: Path, uid: int) -> None:
+    """Bring the store of a powered-off VM back to snapshot ``uid``'s, if it kept one."""
+    if _kept(store, uid):
+        internal_snapshot(store, "apply", snapshot_tag(uid))
+
+
+def forget(store: Path, uid: int) -> None:
+    """Drop what snapshot ``uid`` kept of the store of a powered-off VM."""
+    if _kept(store, uid):
+        internal_snapshot(store, "delete", snapshot_tag(uid))
+
+
+def copy_for_clone(store: Path, uid: int | None, target: Path) -> None:
+    """A clone's own store: the source's as snapshot ``uid`` kept it, else as it is (a running source is
+    cloned from a snapshot, which kept it)."""
+    if store.exists():
+        copy_qcow2(store, target, snapshot_tag(uid) if uid is not None and _kept(store, uid) else None)

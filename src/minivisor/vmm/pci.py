@@ -1,0 +1,119 @@
+"""Where each PCI device sits in the VMM: the place its ``pciSlotNumber`` names in VMware's virtual
+hardware (:mod:`minivisor.spec.pci`), so a guest moved from VMware finds its devices in the same order
+and at the same slots; the others on the root bus after them, in command-line order.
+
+VMware's bridges are rebuilt where a device needs one: ``pciBridge0``-``3`` as PCI-to-PCI bridges at root
+devices 17-20; ``pciBridge4``-``7`` at root devices 21-24, one bridge per function in use (function 0
+always, or the guest would not look at the others). On Q35 those are PCIe root ports whose physical slot
+number is VMware's slot number, so a guest that names NICs by slot finds ``ens192`` again; the i440FX has
+no PCIe: PCI-to-PCI bridges stand at the same addresses. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ..errors import SpecError
+from ..spec.pci import VmwareSlot, bridge_root_device, decode_slot
+
+__all__ = ["PciPlace", "PciBridge", "PciLayout", "pci_layout"]
+
+
+@dataclass(frozen=True)
+class PciPlace:
+    """A device's place: a slot and function on a bus (``pci.0``/``pcie.0``, or a bridge's id)."""
+
+    bus: str
+    slot: int
+    function: int = 0
+    vmware_slot: int | None = None  # the pciSlotNumber it honours
+
+    @property
+    def addr(self) -> str:
+        return f"0x{self.slot:02x}.{self.function}"
+
+    def fields(self) -> dict[str, object]:
+        """The ``bus`` and ``addr`` properties of a ``-device``."""
+        return {"bus": self.bus, "addr": self.addr}
+
+    def describe(self) -> str:
+        """``PCI 00:10.0``, or ``PCI device 00.0 behind pciBridge5``; with the pciSlotNumber it honours."""
+        on_root = self.bus in ("pci.0", "pcie.0")
+        where = f"PCI {'00:' if on_root else 'device '}{self.slot:02x}.{self.function}"
+        where += "" if on_root else f" behind {self.bus}"
+        return f"{where} (pciSlotNumber {self.vmware_slot})" if self.vmware_slot is not None else where
+
+
+@dataclass(frozen=True)
+class PciBridge:
+    """A bridge rebuilt from VMware's hardware: ``pciBridge5``, or ``pciBridge5-3`` for its function 3."""
+
+    id: str
+    bridge: int
+    function: int
+    place: PciPlace
+    multifunction: bool
+
+    def device(self, q35: bool, chassis: int) -> dict[str, object]:
+        """The bridge's ``-device``; ``chassis``: unique per bridge (QEMU refuses two alike)."""
+        fields: dict[str, object] = {"id": self.id, **self.place.fields()}
+        if self.multifunction:
+            fields["multifunction"] = True
+        if q35 and self.bridge >= 4:
+            number = ((self.bridge + 1) << 5) | (self.function << 10)
+            return {"driver": "pcie-root-port", **fields, "chassis": chassis, "slot": number}
+        return {"driver": "pci-bridge", **fields, "chassis_nr": chassis}
+
+
+@dataclass(frozen=True)
+class PciLayout:
+    """Every placed device by name (``scsi0``, ``ethernet1``, ``svga``), and the bridges they need."""
+
+    places: dict[str, PciPlace]
+    bridges: tuple[PciBridge, ...]
+
+
+def pci_layout(devices: list[tuple[str, int | None]], q35: bool) -> PciLayout:
+    """Places for ``devices`` (name and honoured pciSlotNumber, in command-line order). Devices without a
+    slot take the lowest free root slots in turn, as QEMU's own placement would: a VM whose specfile names
+    no slots keeps the addresses it always had."""
+    root = "pcie.0" if q35 else "pci.0"
+    slots = {name: decode_slot(number) for name, number in devices if number is not None}
+    bridges = _bridges([slot for slot in slots.values() if slot is not None and slot.bridge is not None], root)
+    taken = {0, 31} if q35 else {0, 1}  # the chipset's own devices
+    taken |= {b.place.slot for b in bridges} | {s.device for s in slots.values() if s and s.bridge is None}
+    places: dict[str, PciPlace] = {}
+    free = iter([slot for slot in range(32) if slot not in taken])
+    for name, _ in devices:
+        slot = slots.get(name)
+        if slot is None:
+            places[name] = PciPlace(root, _next_free(free, name))
+        elif slot.bridge is None:
+            places[name] = PciPlace(root, slot.device, vmware_slot=slot.number)
+        else:
+            bus = _bridge_id(slot.bridge, slot.function)
+            places[name] = PciPlace(bus, slot.device, vmware_slot=slot.number)
+    return PciLayout(places, bridges)
+
+
+def _next_free(free: Iterator[int], name: str) -> int:
+    for slot in free:
+        return slot
+    raise SpecError(f"{name}: no PCI slot is left on the root bus for it",
+                    hint="remove devices (controllers, NICs), or give some a pciSlotNumber behind a bridge")
+
+
+def _bridge_id(bridge: int, function: int) -> str:
+    return f"pciBridge{bridge}" + (f"-{function}" if function else "")
+
+
+def _bridges(slots: list[VmwareSlot], root: str) -> tuple[PciBridge, ...]:
+    """The bridges (and functions of root ports) the slots are behind, by root address."""
+    functions: dict[int, set[int]] = {}
+    for slot in slots:
+        functions.setdefault(slot.bridge, {0}).add(slot.function)  # type: ignore[arg-type]
+    return tuple(PciBridge(_bridge_id(bridge, function), bridge, function,
+                           PciPlace(root, bridge_root_device(bridge), function),
+                           multifunction=function == 0 and len(used) > 1)
+                 for bridge, used in sorted(functions.items()) for function in sorted(used))
