@@ -152,3 +152,16 @@ def _isolinux_iso(tree: Path, append: str, iso: Path) -> Path:
                     "isolinux/isolinux.bin", "-c", "isolinux/boot.cat", "-no-emul-boot", "-boot-load-size", "4",
                     "-boot-info-table", str(tree)], check=True, capture_output=True)
     return iso
+
+
+def shell_only_disk(appliance: Path, image: Path) -> Path:
+    """The appliance's disk with the kernel told to run busybox ``sh`` as init (``rdinit=/bin/sh``): a guest
+    that is only a POSIX shell on its serial console (no ready line, no guest agent, nothing mounted)."""
+    shutil.copyfile(appliance, image)
+    cfg = image.parent / "syslinux.cfg"
+    _mtools("mcopy", "-o", "-i", str(image), "::syslinux.cfg", str(cfg))
+    lines = [line + " rdinit=/bin/sh" if line.strip().startswith("APPEND") else line
+             for line in cfg.read_text().splitlines()]
+    cfg.write_text("\n".join(lines) + "\n")
+    _mtools("mcopy", "-o", "-i", str(image), str(cfg), "::syslinux.cfg")
+    return image

@@ -30,6 +30,9 @@ __all__ = [
     "QmpError",
     "QmpCommandError",
     "GuestError",
+    "GuestTimeoutError",
+    "AgentError",
+    "AgentCommandError",
     "ImageBuildError",
     "RequestError",
     "AuthError",
@@ -191,6 +194,32 @@ class GuestError(HvError):
 
     code = "guest-error"
     exit_code = 75
+
+
+class GuestTimeoutError(GuestError):
+    """A command run in the guest did not finish in time (it was interrupted, or could not be)."""
+
+    code = "guest-timeout"
+
+
+class AgentError(GuestError):
+    """No conversation with the guest agent (qemu-ga): none answering, gone, or speaking nonsense."""
+
+    code = "agent-error"
+
+
+class AgentCommandError(AgentError):
+    """The guest agent refused a command; ``command``, ``error_class`` and ``desc`` say which and why."""
+
+    code = "agent-refused"
+
+    def __init__(self, message: str, *, hint: str | None = None, command: str = "", error_class: str = "",
+                 desc: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.command, self.error_class, self.desc = command, error_class, desc
+
+    def details(self) -> dict[str, object]:
+        return {"command": self.command, "error_class": self.error_class, "desc": self.desc}
 
 
 class ImageBuildError(HvError):

@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import stat
+import struct
 import subprocess
 import tarfile
 import tempfile
@@ -54,6 +55,13 @@ IMAGE_SIZE = 64 * 1024 * 1024
 
 _KERNEL_SOURCE = "linux-source-6.1"
 _BUSYBOX_PACKAGE = "busybox-static"
+# The QEMU guest agent, from Debian's package, with the shared libraries it needs (found by reading
+# the NEEDED entries of each ELF file, in the packages its Depends name, breadth first).
+_AGENT_PACKAGE = "qemu-guest-agent"
+_AGENT_BINARY = "usr/sbin/qemu-ga"
+_LIBRARY_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
+# qemu-ga's guest-shutdown runs `/sbin/shutdown -h -P +0 MESSAGE`; busybox has no shutdown applet.
+_SHUTDOWN_SCRIPT = b"#!/bin/sh\n# qemu-ga's guest-shutdown: power off through PID 1, as busybox poweroff does.\nexec poweroff\n"
 
 # How the kernel is built from its unpacked source: make's variables, and the
 # arguments of its two steps. With the source's version, the compiler's and
@@ -175,8 +183,9 @@ def _build(cache_dir: Path, target: Path, tools: dict[str, str], say: Progress) 
         kernel = _kernel(cache_dir / "kernels", apt, Path(work), tools, say)
         say("writing the initramfs")
         _extract_deb(apt.download(_BUSYBOX_PACKAGE), Path(work) / "busybox", tools)
+        agent = _agent_files(_Packages(apt, Path(work) / "agent", tools))
         initrd = Path(work) / "initrd"
-        initrd.write_bytes(_initramfs(Path(work) / "busybox" / "bin" / "busybox"))
+        initrd.write_bytes(_initramfs(Path(work) / "busybox" / "bin" / "busybox", agent))
         say("writing the disk image")
         _publish(target, lambda partial: _write_disk(partial, kernel, initrd, tools))
 
@@ -435,8 +444,8 @@ def _check_config(config: Path, fragment: str) -> None:
         )
 
 
-def _initramfs(busybox: Path) -> bytes:
-    """The cpio initramfs: busybox and the guest init.
+def _initramfs(busybox: Path, agent: dict[str, bytes]) -> bytes:
+    """The cpio initramfs: busybox, the guest init, and the guest agent (``agent``: files by path).
 
     It is not compressed: under TCG the kernel takes longer to inflate it
     than SYSLINUX takes to read it whole through the BIOS.
@@ -448,7 +457,107 @@ def _initramfs(busybox: Path) -> bytes:
     cpio.char_device("dev/console", 5, 1)
     cpio.file("init", _guest_init(), mode=0o755)
     _add_busybox(cpio, busybox)
+    for name, data in sorted(agent.items()):
+        cpio.file(name, data, mode=0o755)
+    cpio.file("sbin/shutdown", _SHUTDOWN_SCRIPT, mode=0o755)
     return cpio.finish()
+
+
+def _agent_files(packages: _Packages) -> dict[str, bytes]:
+    """qemu-ga, its ELF interpreter and every shared library it loads, by path in the guest."""
+    packages.add(_AGENT_PACKAGE)
+    binary = packages.file(_AGENT_BINARY)
+    if binary is None:
+        raise ImageBuildError(f"{_AGENT_PACKAGE} holds no /{_AGENT_BINARY}")
+    files = {_AGENT_BINARY: binary}
+    interpreter, needed = _elf_dependencies(binary, _AGENT_BINARY)
+    files[interpreter.lstrip("/")] = packages.require(interpreter.lstrip("/"))
+    while needed:
+        soname = needed.pop()
+        path = f"{_LIBRARY_DIRS[0]}/{soname}"
+        # libc names the interpreter too: the dynamic loader finds it loaded already.
+        if path not in files and soname != os.path.basename(interpreter):
+            files[path] = packages.library(soname)
+            needed += _elf_dependencies(files[path], soname)[1]
+    return files
+
+
+class _Packages:
+    """Debian packages unpacked into one tree, fetched on demand: first one named, then, breadth
+    first, the library packages (``lib*``) their Depends name, until a wanted file turns up."""
+
+    def __init__(self, apt: _Apt, root: Path, tools: dict[str, str]) -> None:
+        self._apt, self._tools, self.root = apt, tools, root
+        self._queue: list[str] = []
+        self._seen: set[str] = set()
+
+    def add(self, package: str) -> None:
+        deb = self._apt.download(package)
+        _extract_deb(deb, self.root, self._tools)
+        depends = _run([self._tools["dpkg-deb"], "-f", str(deb), "Depends"], hint=f"delete {deb} and build again")
+        for alternatives in depends.split(","):
+            name = alternatives.split("|")[0].split("(")[0].split(":")[0].strip()
+            if name.startswith("lib") and name not in self._seen:
+                self._seen.add(name)
+                self._queue.append(name)
+
+    def file(self, path: str) -> bytes | None:
+        """The bytes of ``path`` in the tree (its symbolic links followed inside the tree), or None."""
+        for _ in range(16):
+            where = self.root / path
+            if where.is_symlink():
+                target = os.readlink(where)
+                path = target.lstrip("/") if target.startswith("/") else os.path.normpath(
+                    os.path.join(os.path.dirname(path), target))
+                if path.startswith(".."):
+                    return None  # a link out of the tree: not a file of these packages
+                continue
+            return where.read_bytes() if where.is_file() else None
+        return None
+
+    def require(self, path: str) -> bytes:
+        """The bytes of ``path``, adding packages from the queue until one holds it."""
+        while (data := self.file(path)) is None:
+            if not self._queue:
+                raise ImageBuildError(f"no package {_AGENT_PACKAGE} depends on holds /{path}",
+                                      hint="check the package's dependencies: apt-cache depends " + _AGENT_PACKAGE)
+            self.add(self._queue.pop(0))
+        return data
+
+    def library(self, soname: str) -> bytes:
+        """A shared library by its soname, from the library folders of the tree."""
+        while True:
+            for folder in _LIBRARY_DIRS:
+                if (data := self.file(f"{folder}/{soname}")) is not None:
+                    return data
+            if not self._queue:
+                raise ImageBuildError(f"no package {_AGENT_PACKAGE} depends on holds {soname}",
+                                      hint="check the package's dependencies: apt-cache depends " + _AGENT_PACKAGE)
+            self.add(self._queue.pop(0))
+
+
+def _elf_dependencies(data: bytes, name: str) -> tuple[str, list[str]]:
+    """An x86-64 ELF file's interpreter (PT_INTERP, "" if none) and NEEDED sonames (its dynamic section)."""
+    if data[:5] != b"\x7fELF\x02" or data[5] != 1:
+        raise ImageBuildError(f"{name} is not a 64-bit little-endian ELF file")
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    headers = [struct.unpack_from("<IIQQQQQQ", data, phoff + i * phentsize) for i in range(phnum)]
+    loads = [(h[3], h[2], h[5]) for h in headers if h[0] == 1]  # PT_LOAD: vaddr, offset, filesz
+
+    def offset_of(vaddr: int) -> int:
+        return next(off + vaddr - start for start, off, size in loads if start <= vaddr < start + size)
+
+    def string(at: int) -> str:
+        return data[at:data.index(b"\0", at)].decode()
+
+    interpreter = next((string(h[2]) for h in headers if h[0] == 3), "")  # PT_INTERP
+    dynamic = next((h for h in headers if h[0] == 2), None)  # PT_DYNAMIC
+    if dynamic is None:
+        return interpreter, []
+    entries = [struct.unpack_from("<qQ", data, dynamic[2] + i * 16) for i in range(dynamic[5] // 16)]
+    strtab = offset_of(next(value for tag, value in entries if tag == 5))  # DT_STRTAB
+    return interpreter, [string(strtab + value) for tag, value in entries if tag == 1]  # DT_NEEDED
 
 
 def _add_busybox(cpio: _Cpio, busybox: Path) -> None:

@@ -47,7 +47,7 @@ def test_drives_vmware_tolerates_are_disconnected_with_a_warning_and_the_guest_s
     explained = run_cli("vm", "explain", "web", datastore=hv.datastore.root)
     assert "warning: ide1:0: its image" in explained.stdout
     # the guest has both CD-ROM drives, with no medium in them, and the vCPUs the specfile asks for
-    drives = hv.exec_in_vm("web", "for b in /sys/block/sr*; do dd if=/dev/${b##*/} of=/dev/null count=1; done; nproc")
+    drives = hv.exec_in_vm("web", "for b in /sys/block/sr*; do dd if=/dev/${b##*/} of=/dev/null count=1 2>&1; done; nproc")
     assert drives.output.splitlines() == ["dd: can't open '/dev/sr0': No medium found",
                                           "dd: can't open '/dev/sr1': No medium found", str(os.cpu_count() + 1)]
 

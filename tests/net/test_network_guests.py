@@ -201,7 +201,9 @@ def test_nothing_of_minivisor_is_left_once_vms_are_off_and_networks_deleted(net_
     assert refused.returncode == 4 and "in use by running VM(s): a1, a2" in refused.stderr
     for vm in ("a1", "a2"):
         lab.mv("vm", "stop", vm, "--hard")
-    guest(hv, "m", "poweroff -f &")  # a guest that powers itself off: its taps are found and removed
+    # a guest that powers itself off: its taps are found and removed. Its output elsewhere, a moment
+    # later: the guest agent reports a command once it ended and its output pipes closed
+    guest(hv, "m", "(sleep 1; poweroff -f) >/dev/null 2>&1 &")
     deadline = time.monotonic() + 20
     while lab.mv_json("vm", "show", "m")["state"] != "poweredOff":
         assert time.monotonic() < deadline, "m did not power off"

@@ -190,3 +190,18 @@ def test_a_tcg_vmm_gets_the_translation_cache_admission_counts_for_it(memory_mib
     assert option_values(build_qemu_argv(spec, env_for(spec)), "-accel") == [f"tcg,tb-size={cache_mib}"]
     assert option_values(build_qemu_argv(spec, env_for(spec, accel="kvm")), "-accel") == ["kvm"]
     assert overhead_mib(memory_mib, "tcg") - overhead_mib(memory_mib, "kvm") == cache_mib
+
+
+def test_every_vm_has_a_guest_agent_channel_on_a_socket_in_its_runtime_folder():
+    argv = build_qemu_argv(seed_spec(), env_for(seed_spec()))
+    ports = [d for d in json_options(argv, "-device") if d["driver"] == "virtserialport"]
+    assert ports == [{"driver": "virtserialport", "bus": "agent-serial.0", "chardev": "agent",
+                      "name": "org.qemu.guest_agent.0", "id": "agent-port"}]
+    assert f"socket,id=agent,path={PATHS.agent_socket},server=on,wait=off" in option_values(argv, "-chardev")
+
+
+def test_the_agent_socket_path_cannot_inject_chardev_options():
+    paths = VmPaths(VM_DIR / "x.vmx", Path("/run/a,server=off,path=/etc/passwd"))
+    argv = build_qemu_argv(seed_spec(), env_for(seed_spec(), paths))
+    chardev = next(v for v in option_values(argv, "-chardev") if v.startswith("socket,id=agent,"))
+    assert chardev == "socket,id=agent,path=/run/a,,server=off,,path=/etc/passwd/agent.sock,server=on,wait=off"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import JSON, NAME, arg, command, datastore_root, hv, print_json, progress, say, warn
@@ -154,12 +155,57 @@ def vm_console(name: str) -> None:
 @command("vm exec", NAME, arg("command", nargs="+", metavar="COMMAND",
                               help="The command and its arguments; after --, options are the command's own."),
          arg("--timeout", type=float, default=60.0, metavar=TIMEOUT,
-             help="Seconds to wait for the command [default: 60]."), JSON)
-def vm_exec(name: str, command: list[str], timeout: float, as_json: bool) -> int:
-    """Example: minivisor vm exec web -- uname -a"""
-    result = hv().exec_in_vm(name, command, timeout=timeout)
-    print_json(result) if as_json else sys.stdout.write(result.output)
+             help="Seconds to wait for the command [default: 60]."),
+         arg("--via", choices=("auto", "agent", "serial"), default="auto", metavar="auto|agent|serial",
+             help="The guest agent, the serial shell, or the agent when one answers [default: auto]."), JSON)
+def vm_exec(name: str, command: list[str], timeout: float, via: str, as_json: bool) -> int:
+    """Each argument reaches the guest exactly as given (quoted for its shell); one argument holding
+    spaces is one shell command line.  Example: minivisor vm exec web -- sh -c 'cd /tmp; ls'"""
+    result = hv().exec_in_vm(name, command[0] if len(command) == 1 and " " in command[0] else command,
+                             timeout=timeout, via=via)
+    if as_json:
+        print_json(result)
+    else:
+        sys.stdout.write(result.output)
+        sys.stderr.write(result.stderr)
     return result.exit_code
+
+
+@command("vm copy-to", NAME, arg("host_file", type=Path, metavar="HOSTFILE", help="The host file to copy."),
+         arg("guest_path", metavar="GUESTPATH", help="The file to write in the guest (its full path)."), JSON)
+def vm_copy_to(name: str, host_file: Path, guest_path: str, as_json: bool) -> None:
+    """Example: minivisor vm copy-to web ./app.tar /tmp/app.tar"""
+    with _copy_progress(f"copying {host_file.name} to {name}") as update:
+        result = hv(direct=True).copy_to_guest(name, host_file, guest_path, progress=update)
+    print_json(result) if as_json else say(f"copied {result['bytes']} bytes to {name}:{guest_path}")
+
+
+@command("vm copy-from", NAME, arg("guest_path", metavar="GUESTPATH", help="The guest file to copy (its full path)."),
+         arg("host_file", type=Path, metavar="HOSTFILE", help="The host file to write (replaced whole)."), JSON)
+def vm_copy_from(name: str, guest_path: str, host_file: Path, as_json: bool) -> None:
+    """Example: minivisor vm copy-from web /var/log/syslog ./syslog"""
+    with _copy_progress(f"copying {guest_path} from {name}") as update:
+        result = hv(direct=True).copy_from_guest(name, guest_path, host_file, progress=update)
+    print_json(result) if as_json else say(f"copied {result['bytes']} bytes to {host_file}")
+
+
+@contextmanager
+def _copy_progress(what: str):
+    """A progress bar for a copy that lasts (none for one done within a second): the host files are this
+    process's, so copies run here, not in a service."""
+    import time
+
+    from .output import ProgressBar
+
+    bar, started = ProgressBar(what), time.monotonic()
+
+    def update(percent: float) -> None:
+        if time.monotonic() - started > 1.0:
+            bar(percent)
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 @command("vm cdrom", NAME, arg("action", choices=("insert", "eject"), metavar="insert|eject", help="insert or eject."),
@@ -299,8 +345,9 @@ def vm_ip(name: str, as_json: bool) -> None:
         return print_json(nics)
     from .output import table
 
-    table(("NIC", "MAC", "NETWORK", "ADDRESS", "LEASE"),
-          [(n["nic"], n["mac"], n["network"] or "-", n["address"] or "-", n["lease"] or "-") for n in nics])
+    table(("NIC", "MAC", "NETWORK", "ADDRESS", "LEASE", "GUEST (AGENT)"),
+          [(n["nic"], n["mac"], n["network"] or "-", n["address"] or "-", n["lease"] or "-",
+            " ".join(n["guest"]) if n.get("guest") else "-") for n in nics])
 
 
 @command("vm nic", NAME, arg("nic", metavar="NIC", help="The NIC, e.g. ethernet0."),

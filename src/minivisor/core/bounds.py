@@ -21,6 +21,7 @@ __all__ = ["check_args", "MAX_TIMEOUT", "MAX_EVENTS", "MAX_COMMAND", "MAX_SIZE_T
 
 MAX_TIMEOUT = 24 * 3600.0  # seconds: longer than any boot, shutdown or command minivisor waits for
 MAX_EVENTS = 100_000  # events.jsonl holds far fewer (LOG_CAP bytes per generation); 0 means all
+MAX_GUEST_PATH = 4095  # characters of a path in the guest (Linux's PATH_MAX, less its NUL)
 MAX_COMMAND = 4096  # characters of a guest command line (the serial console's line is 4095 bytes)
 MAX_SIZE_TEXT = 32  # characters of a size such as "20G"
 MAX_SNAPSHOT_NAME = 128  # characters
@@ -99,6 +100,7 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "size": _size,
     "disk_size": _size,
     "command": _text(MAX_COMMAND),
+    "guest_path": _text(MAX_GUEST_PATH),
     "snapshot": _text(MAX_SNAPSHOT_NAME),
     "description": _text(MAX_DESCRIPTION),
 }

@@ -408,9 +408,19 @@ class Hypervisor:
         self._networks().clean_up()
 
     def vm_addresses(self, name: str) -> list[dict]:
-        """Each NIC of a VM: MAC, network, its fixed address, and whether the guest holds a lease on it."""
+        """Each NIC of a VM: MAC, network, its fixed address, whether the guest holds a lease on it, and
+        (``guest``) the addresses the guest's agent reports on it, when the VM runs one."""
+        from .guest import guest_interfaces
+
         ctx = self.vms.context(name)
-        return ctx.networks().nic_addresses(ctx)
+        nics = ctx.networks().nic_addresses(ctx)
+        interfaces = guest_interfaces(ctx) if ctx.vmm.state() == VmState.RUNNING else None
+        by_mac = {i.mac.lower(): i for i in interfaces or () if i.mac}
+        for nic in nics:
+            found = by_mac.get(nic["mac"].lower())
+            nic["guest"] = list(found.addresses) if found else None
+            nic["interface"] = found.name if found else None
+        return nics
 
     def set_nic(self, name: str, nic: str, *, link: bool | None = None, address: str | None = None) -> dict:
         """Connect or disconnect a NIC's link (a running VM's at once, else ``startConnected``), or fix its address."""
@@ -511,23 +521,42 @@ class Hypervisor:
         return running_vms(self)
 
     # -- guest access ----------------------------------------------------
-    def exec_in_vm(self, name: str, command: list[str] | str, *, timeout: float = 60.0) -> ExecResult:
-        """Run a shell command through the guest's serial shell (the appliance has one)."""
-        from ..vmm.console import console_lock, run_command
+    def exec_in_vm(self, name: str, command: list[str] | str, *, timeout: float = 60.0,
+                   via: str = "auto") -> ExecResult:
+        """Run a command in the guest: through its guest agent when one answers (stdout and stderr apart),
+        else its serial shell (any POSIX shell on COM1); ``via`` = agent or serial chooses.
+
+        A list is an argv (each argument passed exactly, quoted for the shell); a string is one shell
+        command line. A command past ``timeout`` s is ended (GuestTimeoutError).
+        """
+        from .guest import VIAS, exec_command
 
         check_args(timeout=timeout, command=command)
+        _check_choice("via", via, VIAS)
         ctx = self.vms.context(name)
         require(ctx.name, ctx.vmm.state(), Action.EXEC)
-        text = command if isinstance(command, str) else " ".join(command)
-        if "\n" in text:
-            raise ArgumentError("the command contains a newline",
-                                hint="pass one command line (use ';' between commands)")
-        _await_ready(ctx, timeout)
-        fd = console_lock(ctx.paths.runtime_dir)
-        try:
-            return run_command(ctx.paths.console_socket, text, timeout)
-        finally:
-            os.close(fd)
+        return exec_command(ctx, command, timeout, via)
+
+    def copy_to_guest(self, name: str, host_path: Path | str, guest_path: str, *,
+                      progress: Callable[[float], None] | None = None) -> dict:
+        """Copy a host file into the guest (through its guest agent), as ``vmrun CopyFileFromHostToGuest``;
+        ``progress(percent)`` as it goes."""
+        from .guest import copy_to
+
+        check_args(guest_path=guest_path)
+        ctx = self.vms.context(name)
+        require(ctx.name, ctx.vmm.state(), Action.EXEC)
+        return copy_to(ctx, Path(host_path), guest_path, progress)
+
+    def copy_from_guest(self, name: str, guest_path: str, host_path: Path | str, *,
+                        progress: Callable[[float], None] | None = None) -> dict:
+        """Copy a guest file to the host (through its guest agent), written whole or not at all."""
+        from .guest import copy_from
+
+        check_args(guest_path=guest_path)
+        ctx = self.vms.context(name)
+        require(ctx.name, ctx.vmm.state(), Action.EXEC)
+        return copy_from(ctx, guest_path, Path(host_path), progress)
 
     def console_socket(self, name: str) -> tuple[Path, int]:
         """The console socket of a running VM and a lock held while it is used."""

@@ -10,7 +10,8 @@
     <datastore>/<vm>/bios.log          SeaBIOS's debug port
     <datastore>/<vm>/events.jsonl      what happened to the VM (capped; events.jsonl.1 before)
     <datastore>/<vm>/efivars.qcow2     the UEFI variables of a firmware = "efi" VM
-    <runtime>/<hash>/                  qmp.sock, events.sock, serial.sock, console.sock, vnc.sock, status, ready
+    <runtime>/<hash>/                  qmp.sock, events.sock, serial.sock, console.sock, agent.sock, vnc.sock,
+                                       status, ready
 """
 
 from __future__ import annotations
@@ -123,6 +124,11 @@ class VmPaths:
     def events_socket(self) -> Path:
         """A second QMP monitor, where the console relay listens to QEMU's events."""
         return self.runtime_dir / "events.sock"
+
+    @property
+    def agent_socket(self) -> Path:
+        """The QEMU guest agent's channel (virtio-serial ``org.qemu.guest_agent.0``): :mod:`minivisor.vmm.agent`."""
+        return self.runtime_dir / "agent.sock"
 
     @property
     def vnc_socket(self) -> Path:

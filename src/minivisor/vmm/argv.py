@@ -31,7 +31,7 @@ from .pci import PciLayout, PciPlace, pci_layout
 
 __all__ = ["LaunchEnv", "GATE_PREFIX", "gate_group", "device_id", "VirtualDevice", "virtual_hardware", "build_qemu_argv",
            "SANDBOX", "SHUTDOWN_TRACE", "qemu_opts", "Tap", "UserNat", "HostForward", "NetBackend",
-           "netdev_id", "nic_netdev", "nic_device"]
+           "netdev_id", "nic_netdev", "nic_device", "AGENT_CHANNEL"]
 
 
 @dataclass(frozen=True)
@@ -140,6 +140,7 @@ def virtual_hardware(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
     devices.append(_display(spec, env, pci.places.get("svga")))
     devices += [_usb(spec, pci.places)] if spec.usb else []
     devices += [_sound(spec, pci.places.get("sound"))] if spec.sound else []
+    devices.append(_guest_agent(env))
     devices.append(_control(env))
     if env.incoming:
         devices.append(_incoming())
@@ -490,6 +491,24 @@ def _sound(spec: VmSpec, place: PciPlace | None) -> VirtualDevice:
         args += ["-device", _json(**card, audiodev="audio")]
     where = f" at {place.describe()}" if place else ""
     return VirtualDevice("sound", f"{model.description}{where}, connected to no host audio device", tuple(args))
+
+
+AGENT_CHANNEL = "org.qemu.guest_agent.0"  # the port name qemu-ga (and every distribution's udev rule) looks for
+
+
+def _guest_agent(env: LaunchEnv) -> VirtualDevice:
+    """A virtio-serial port for the QEMU guest agent, on a UNIX socket minivisor connects to.
+
+    Added last among the PCI devices, so the slots of every other device stay where they were.
+    QEMU 7.2 takes ``-chardev`` only in its option syntax: the path is minivisor's own, escaped.
+    """
+    chardev = qemu_opts(("id", "agent"), ("path", env.paths.agent_socket), ("server", "on"), ("wait", "off"))
+    return VirtualDevice("agent", f"virtio-serial channel {AGENT_CHANNEL} for the QEMU guest agent "
+                                  f"(socket {env.paths.agent_socket.name})",
+                         ("-chardev", f"socket,{chardev}",
+                          "-device", _json(driver="virtio-serial-pci", id="agent-serial"),
+                          "-device", _json(driver="virtserialport", bus="agent-serial.0", chardev="agent",
+                                           name=AGENT_CHANNEL, id="agent-port")))
 
 
 def _control(env: LaunchEnv) -> VirtualDevice:

@@ -4,17 +4,20 @@ The console is COM1. The VM's console relay (:mod:`minivisor.vmm.relay`) is the
 VMM's one client for it: it logs it to ``serial.log`` (capped), notes the
 guest's ready line in the runtime folder, and serves ``console.sock``, where
 a client sees what the guest prints from the moment it connects.
-``run_command`` drives the guest's serial shell: it sends the command between
-two markers and reads back its output and exit status, so it works with any
-guest that gives a POSIX shell on its console.
+``run_command`` drives the guest's serial shell: it finds the shell by a probe
+(a random marker it must print), sends the command between two markers and
+reads back its output and exit status, so it works with any guest that gives a
+POSIX shell on its console.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import math
 import secrets
 import select
+import signal
 import socket
 import sys
 import termios
@@ -24,7 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import GuestError, LockError
+from ..errors import GuestError, GuestTimeoutError, LockError
+from ..text import excerpt
 from ..locks import try_lock
 
 __all__ = ["ExecResult", "wait_for_line", "wait_for_ready", "run_command", "attach", "console_lock"]
@@ -34,10 +38,16 @@ DETACH_KEY = b"\x1d"  # Ctrl-], as telnet and virsh console use
 
 @dataclass(frozen=True)
 class ExecResult:
-    """What a command run in the guest printed (stdout and stderr, merged) and returned."""
+    """What a command run in the guest printed and returned.
+
+    Through the guest agent, ``output`` is its stdout and ``stderr`` its stderr; through the serial
+    shell (``via``), ``output`` holds both, merged, and ``stderr`` is empty.
+    """
 
     output: str
     exit_code: int
+    stderr: str = ""
+    via: str = "serial"
 
 
 def wait_for_line(log: Path, needle: str, timeout: float, *, alive=lambda: True) -> str:
@@ -109,22 +119,77 @@ def _connect(path: Path) -> socket.socket:
 
 
 def run_command(console: Path, command: str, timeout: float) -> ExecResult:
-    """Run ``command`` in the guest's serial shell and collect its result."""
-    tag = secrets.token_hex(4)
-    quoted = "'" + command.replace("'", "'\\''") + "'"
-    # One line (a continuation prompt would add terminal noise); markers printed with
-    # printf so the echo of the typed line never matches them; echo restored after.
-    script = (f"stty -echo 2>/dev/null; printf '%s_%s\\n' __MVB {tag}; ( eval {quoted} ) 2>&1; "
-              f"printf '%s_%s_%d\\n' __MVE {tag} $?; stty echo 2>/dev/null\n")
+    """Run ``command`` (one shell command line) in the guest's serial shell and collect its result.
+
+    The shell is found first, by a probe it must answer (any POSIX shell does), never by a
+    guest's own ready line. The command runs in the background of that shell with a watchdog
+    beside it (POSIX sh only: ``sleep`` and ``kill``) that kills it once ``timeout`` is over, so
+    the shell answers again whatever the command does, even where Ctrl-C reaches nothing (a
+    shell on /dev/console, or one started with SIGINT ignored).
+    """
+    started = time.monotonic()
+    limit = max(1, math.ceil(timeout))
     with _connect(console) as sock:
-        sock.sendall(b"\n" + script.encode())
-        output, status = _read_output(sock, tag.encode(), timeout, command)
+        _find_shell(sock, started + timeout, f"the guest's serial shell did not answer within {timeout:.0f} s")
+        tag = secrets.token_hex(4)
+        quoted = "'" + command.replace("'", "'\\''") + "'"
+        # One line (a continuation prompt would add terminal noise); markers printed with printf so
+        # the echo of the typed line never matches them; echo restored after. The watchdog's sleep
+        # is ended with it, so no sleeping process outlives a command that finished in time.
+        script = (f"stty -echo 2>/dev/null; printf '%s_%s\\n' __MVB {tag}; ( eval {quoted} ) 2>&1 & mvp=$!; "
+                  f"( trap 'kill $mvs 2>/dev/null; exit' TERM; sleep {limit} & mvs=$!; wait $mvs; "
+                  f"kill -KILL $mvp 2>/dev/null ) & mvw=$!; wait $mvp; mvx=$?; kill $mvw 2>/dev/null; "
+                  f"printf '%s_%s_%d\\n' __MVE {tag} $mvx; stty echo 2>/dev/null\n")
+        sock.sendall(script.encode())
+        try:
+            output, status = _read_output(sock, tag.encode(), started + limit + KILL_GRACE)
+        except TimeoutError:
+            raise GuestTimeoutError(f"the command {excerpt(command)} did not finish within {timeout:.0f} s, "
+                                    "nor could it be killed: the serial shell stays busy until it ends",
+                                    hint="look at the guest with: minivisor vm console") from None
+    if status == 128 + signal.SIGKILL and time.monotonic() - started >= limit:
+        raise GuestTimeoutError(f"the command {excerpt(command)} did not finish within {timeout:.0f} s: killed",
+                                hint="raise --timeout for a command that takes longer")
     text = output.replace(b"\r\n", b"\n").replace(b"\r", b"")
     return ExecResult(text.decode(errors="replace"), status)
 
 
-def _read_output(sock: socket.socket, tag: bytes, timeout: float, command: str) -> tuple[bytes, int]:
-    """What the command printed between its markers, and its exit status.
+PROBE_EVERY = 0.5  # seconds between probes while a guest's shell is not answering yet (it may be booting)
+KILL_GRACE = 10.0  # seconds, past the timeout, for the guest's watchdog to kill a command and say so
+MAX_OUTPUT = 16 * 1024 * 1024  # bytes of a command's output kept (as the QEMU guest agent keeps)
+
+
+def _find_shell(sock: socket.socket, deadline: float, failure: str) -> None:
+    """Wait until a shell on the console runs a probe: ``printf`` of a random marker, sent again and again.
+
+    The echo of the typed probe shows the marker's two halves apart, so only its run matches.
+    """
+    tag = secrets.token_hex(4)
+    probe = f"\nprintf '%s_%s\\n' __MVR {tag}\n".encode()
+    answer = re.compile(rb"__MVR_" + tag.encode() + rb"\r?\n")
+    seen = bytearray()
+    while True:
+        sock.sendall(probe)
+        until = min(deadline, time.monotonic() + PROBE_EVERY)
+        while (remaining := until - time.monotonic()) > 0:
+            sock.settimeout(remaining)  # not select(): in the service, descriptors go past 1,023
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                raise GuestError("the VM closed its console", hint="the guest may have powered off; see minivisor vm show")
+            seen += chunk
+            if answer.search(seen):
+                return
+            del seen[:max(0, len(seen) - 64)]  # what came before the answer is not ours
+        if time.monotonic() >= deadline:
+            raise GuestError(failure, hint="does the guest give a POSIX shell on its serial console (COM1)? "
+                                           "see minivisor vm console")
+
+
+def _read_output(sock: socket.socket, tag: bytes, deadline: float) -> tuple[bytes, int]:
+    """What the command printed between its markers, and its exit status (TimeoutError past ``deadline``).
 
     Whatever else the console carries (a guest printing on and on) is dropped as it
     arrives, and each chunk is searched once, so a flood costs neither memory nor time.
@@ -133,12 +198,10 @@ def _read_output(sock: socket.socket, tag: bytes, timeout: float, command: str) 
     end = re.compile(rb"__MVE_" + tag + rb"_(\d+)\r?\n")
     overlap = len(tag) + 32  # a marker split between two chunks is found in the next search
     data, begun, searched = bytearray(), False, 0
-    deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise GuestError(f"the command {command!r} did not finish within {timeout:.0f} s",
-                             hint="raise --timeout, or check the guest with: minivisor vm console")
+            raise TimeoutError
         sock.settimeout(remaining)  # not select(): in the service, descriptors go past 1,023
         try:
             chunk = sock.recv(65536)
@@ -158,6 +221,9 @@ def _read_output(sock: socket.socket, tag: bytes, timeout: float, command: str) 
         match = end.search(data, max(0, searched - overlap))
         if match:
             return bytes(data[:match.start()]), int(match.group(1))
+        if len(data) > MAX_OUTPUT:
+            raise GuestError(f"the command printed more than {MAX_OUTPUT // (1024 * 1024)} MiB on the console",
+                             hint="redirect its output to a file in the guest, and copy it: minivisor vm copy-from")
         searched = len(data)
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import procfs
 from ..datastore.layout import VmPaths
-from ..errors import LockError, QmpError, VmmError
+from ..errors import AgentError, LockError, QmpError, VmmError
 from ..files import write_atomic
 from ..locks import try_lock, wait_lock
 from .states import FAULTS, VmState
@@ -134,6 +134,9 @@ class Observed:
     state: VmState
     record: RuntimeRecord | None = None
     fault: str | None = None
+
+
+AGENT_ANSWER = 3.0  # seconds a listening guest agent has to answer before a shutdown falls back to ACPI
 
 
 def _qmp(socket: Path) -> QmpSession:
@@ -385,13 +388,20 @@ class Vmm:
             time.sleep(0.005)
 
     def stop(self, *, hard: bool, timeout: float) -> str:
-        """Power off: ACPI first (unless hard), then quit, then SIGKILL. Returns how it ended."""
+        """Power off: a soft shutdown (unless hard), then quit, then SIGKILL. Returns how it ended.
+
+        The soft shutdown asks the guest agent when the guest has it listening, as libvirt (agent
+        first when one is connected), VMware (a soft power-off goes through VMware Tools) and
+        Proxmox do: a guest that ignores the power button obeys it. Without an agent, or if it
+        refuses, the ACPI power button.
+        """
         record = self._require_record()
         try:
             how = "hard"
             # a VM that QEMU paused on a fault cannot run to handle the power button: quit at once
             soft = not hard and self.fault() is None
-            if soft and self._try("cont", "system_powerdown") and self._wait_exit(record.pid, timeout):
+            if soft and (self._agent_shutdown() or self._try("cont", "system_powerdown")) \
+                    and self._wait_exit(record.pid, timeout):
                 how = "soft"
             elif not (self._try("quit") and self._wait_exit(record.pid, 3.0)):
                 os.kill(record.pid, signal.SIGKILL)
@@ -415,6 +425,29 @@ class Vmm:
         finally:
             self._cleanup_if_unused(record)
         return record.pid
+
+    def agent_listening(self) -> bool:
+        """Whether the guest holds its end of the agent's channel open (QEMU's ``frontend-open``): a
+        guest agent runs there. Asks nothing of the guest, so it answers at once either way."""
+        try:
+            chardevs = self.execute("query-chardev")
+        except QmpError:
+            return False
+        return any(isinstance(c, dict) and c.get("label") == "agent" and c.get("frontend-open") is True
+                   for c in (chardevs if isinstance(chardevs, list) else ()))
+
+    def _agent_shutdown(self) -> bool:
+        """Ask the guest agent to power the guest off; False when there is none, or it does not answer."""
+        from .agent import AgentSession  # imported on first use, as the QMP session is
+
+        if not self.agent_listening():
+            return False
+        try:
+            with AgentSession(self.paths.agent_socket, timeout=AGENT_ANSWER) as agent:
+                agent.shutdown()
+            return True
+        except AgentError:
+            return False
 
     def _try(self, *commands: str) -> bool:
         try:

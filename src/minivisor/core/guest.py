@@ -1,0 +1,226 @@
+"""Guest operations: run a command, copy a file in or out, read the guest's addresses.
+
+Through the QEMU guest agent when the guest runs one (:mod:`minivisor.vmm.agent`:
+exit code, stdout and stderr apart, files, addresses), else through the guest's
+serial shell (:mod:`minivisor.vmm.console`: any guest with a POSIX shell on COM1).
+Whether an agent runs is QEMU's to say (the guest holds its channel open), so a
+guest without one costs no wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shlex
+import stat
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ..errors import AgentError, ArgumentError, GuestError, GuestTimeoutError, HvError
+from ..text import excerpt
+from ..vmm.agent import MAX_CHUNK, MAX_OUTPUT, AgentSession, GuestInterface
+from ..vmm.console import ExecResult, console_lock, run_command
+from .context import VmContext
+
+__all__ = ["VIAS", "shell_line", "exec_command", "copy_to", "copy_from", "guest_interfaces"]
+
+VIAS = ("auto", "agent", "serial")
+AGENT_ANSWER = 3.0  # seconds a listening agent has to answer the handshake (else: the serial shell, the lease)
+CHUNK = MAX_CHUNK  # bytes per guest-file-read/-write: fewer round trips, each bounded
+POLL_FIRST, POLL_MAX = 0.002, 0.05  # seconds between guest-exec-status polls: short ones first, then longer
+SHELL = "/bin/sh"  # what the agent runs a command line with: the one shell POSIX promises
+
+Progress = Callable[[float], None]  # percent done, as every long operation of the core API reports it
+
+
+def shell_line(command: list[str] | str) -> str:
+    """One shell command line: a list is an argv, each argument quoted; a string is taken as it is."""
+    return command if isinstance(command, str) else shlex.join(command)
+
+
+def exec_command(ctx: VmContext, command: list[str] | str, timeout: float, via: str) -> ExecResult:
+    """Run ``command`` in the guest, through the agent or the serial shell as ``via`` says (auto: the agent
+    when one answers)."""
+    line = shell_line(command)
+    if via != "serial":
+        agent = _agent(ctx, timeout if via == "agent" else 0.0, required=via == "agent")
+        if agent is not None:
+            with agent:
+                return _exec_by_agent(agent, line, timeout)
+    if "\n" in line:
+        raise ArgumentError("the command contains a newline, which the serial shell cannot take",
+                            hint="pass one command line (use ';' between commands), or use a guest with the agent")
+    fd = console_lock(ctx.paths.runtime_dir)
+    try:
+        return run_command(ctx.paths.console_socket, line, timeout)
+    finally:
+        os.close(fd)
+
+
+def copy_to(ctx: VmContext, host_path: Path, guest_path: str, progress: Progress | None) -> dict:
+    """Copy the host's regular file ``host_path`` (its last component never a link) to ``guest_path``."""
+    fd = _open_host_source(host_path)
+    with os.fdopen(fd, "rb") as source, _required_agent(ctx) as agent:
+        size, done = os.fstat(source.fileno()).st_size, 0
+        handle = agent.file_open(guest_path, "wb")
+        try:
+            while chunk := source.read(CHUNK):
+                agent.file_write(handle, chunk)
+                done += len(chunk)
+                _report(progress, done, size)
+        finally:
+            agent.file_close(handle)
+    return {"host_path": str(host_path), "guest_path": guest_path, "bytes": done}
+
+
+def copy_from(ctx: VmContext, guest_path: str, host_path: Path, progress: Progress | None) -> dict:
+    """Copy the guest's ``guest_path`` to ``host_path``, written whole or not at all (temp + rename, in the
+    folder the user named; a link at ``host_path`` is replaced, never followed)."""
+    with _required_agent(ctx) as agent:
+        size = _guest_size(agent, guest_path)
+        handle = agent.file_open(guest_path, "rb")
+        try:
+            with _host_target(host_path) as target:
+                done, eof = 0, False
+                while not eof:
+                    chunk, eof = agent.file_read(handle, CHUNK)
+                    target.write(chunk)
+                    done += len(chunk)
+                    _report(progress, done, max(size, done))
+        finally:
+            agent.file_close(handle)
+    return {"host_path": str(host_path), "guest_path": guest_path, "bytes": done}
+
+
+def guest_interfaces(ctx: VmContext) -> list[GuestInterface] | None:
+    """The guest's interfaces and addresses as its agent reports them; None without an agent answering."""
+    agent = _agent(ctx, 0.0, required=False)
+    if agent is None:
+        return None
+    with agent:
+        return agent.network_interfaces()
+
+
+# -- through the agent ----------------------------------------------------------------
+def _agent(ctx: VmContext, wait: float, *, required: bool) -> AgentSession | None:
+    """A synchronised session with the guest's agent (open: the caller closes it), waiting up to ``wait`` s
+    for one to listen (0: it listens now, or there is none) and AGENT_ANSWER s more for it to answer;
+    None (or AgentError if ``required``) when none does."""
+    deadline = time.monotonic() + wait
+    while not ctx.vmm.agent_listening():  # no agent yet (a guest still booting) or none at all
+        if time.monotonic() >= deadline:
+            if not required:
+                return None
+            raise AgentError(f"no guest agent listens in {ctx.name!r}",
+                             hint="install and start qemu-guest-agent in the guest (its channel, "
+                                  "org.qemu.guest_agent.0, is there), or use --via serial")
+        time.sleep(0.1)
+    session = AgentSession(ctx.paths.agent_socket, sync_timeout=max(AGENT_ANSWER, deadline - time.monotonic()))
+    try:
+        return session.open()
+    except AgentError:
+        if required:
+            raise
+        return None  # it listens but does not answer as an agent: the serial shell, the DHCP lease
+
+
+@contextlib.contextmanager
+def _required_agent(ctx: VmContext) -> Iterator[AgentSession]:
+    agent = _agent(ctx, AGENT_ANSWER, required=True)
+    assert agent is not None
+    with agent:
+        yield agent
+
+
+def _exec_by_agent(agent: AgentSession, line: str, timeout: float) -> ExecResult:
+    deadline = time.monotonic() + timeout
+    pid = agent.exec(SHELL, ["-c", line])
+    pause = POLL_FIRST
+    while not (status := agent.exec_status(pid)).exited:
+        if time.monotonic() > deadline:
+            _kill(agent, pid)
+            raise GuestTimeoutError(f"the command {excerpt(line)} did not finish within {timeout:.0f} s: "
+                                    "killed", hint="raise --timeout for a command that takes longer")
+        time.sleep(pause)
+        pause = min(pause * 1.5, POLL_MAX)
+    if status.truncated:
+        raise GuestError(f"the command {excerpt(line)} printed more than the guest agent keeps "
+                         f"({MAX_OUTPUT // (1024 * 1024)} MiB)",
+                         hint="redirect its output to a file in the guest, and copy it: minivisor vm copy-from")
+    # a command killed by a signal exits as a shell reports it: 128 + the signal's number
+    code = status.exit_code if status.exit_code is not None else 128 + (status.signal or 0)
+    return ExecResult(status.stdout.decode(errors="replace"), code, status.stderr.decode(errors="replace"),
+                      via="agent")
+
+
+def _kill(agent: AgentSession, pid: int) -> None:
+    """End a command past its timeout (the shell the agent started, and what runs in its place)."""
+    with contextlib.suppress(HvError):
+        agent.exec(SHELL, ["-c", f"kill -KILL {pid}"])
+        agent.exec_status(pid)  # the agent forgets a process once its end is read
+
+
+def _guest_size(agent: AgentSession, guest_path: str) -> int:
+    """The size of a guest file, for progress (0 if the guest cannot say: the copy goes on)."""
+    try:
+        result = _exec_by_agent(agent, shlex.join(["wc", "-c", guest_path]), 10.0)
+        return int(result.output.split()[0]) if result.exit_code == 0 else 0
+    except (HvError, ValueError, IndexError):
+        return 0
+
+
+def _report(progress: Progress | None, done: int, size: int) -> None:
+    if progress is not None:
+        progress(100.0 * done / size if size else 100.0)
+
+
+# -- the host's side ----------------------------------------------------------------------
+def _open_host_source(path: Path) -> int:
+    """A descriptor on the regular file ``path``; its last component must not be a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ArgumentError(f"cannot read {excerpt(str(path), 200)}: {exc.strerror}",
+                            hint="give a regular file of the host (not a link to one)") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ArgumentError(f"{excerpt(str(path), 200)} is not a regular file", hint="give a file, not a folder")
+    return fd
+
+
+@contextlib.contextmanager
+def _host_target(path: Path) -> Iterator:
+    """A file to write, which becomes ``path`` only once whole: a temp file in ``path``'s folder, renamed over
+    it (a link there is replaced, not followed); removed if the copy fails."""
+    path = Path(path)
+    try:
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ArgumentError(f"cannot write into {excerpt(str(path.parent), 200)}: {exc.strerror}",
+                            hint="give a file's path in an existing folder") from None
+    temp = f".{path.name}.{secrets.token_hex(4)}.partial"
+    try:
+        _refuse_folder(folder, path)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666,
+                     dir_fd=folder)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                yield out
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, path.name, src_dir_fd=folder, dst_dir_fd=folder)
+            os.fsync(folder)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp, dir_fd=folder)
+            raise
+    finally:
+        os.close(folder)
+
+
+def _refuse_folder(folder: int, path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISDIR(os.stat(path.name, dir_fd=folder, follow_symlinks=False).st_mode):
+            raise ArgumentError(f"{excerpt(str(path), 200)} is a folder", hint="give the path of the file to write")

@@ -1,0 +1,174 @@
+"""A hostile guest agent: garbage, huge lines, wrong types, answers for other requests. The client
+(minivisor.vmm.agent) stays bounded in memory and time and fails with one clear AgentError; nothing
+the guest sent is echoed beyond a short excerpt, and no host file is written from a broken copy.
+
+The guest's end of the channel is played by a thread on a UNIX socket: it answers the handshake
+as qemu-ga does, then what each test makes it say."""
+
+from __future__ import annotations
+
+import base64
+import json
+import resource
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from minivisor.errors import AgentCommandError, AgentError
+from minivisor.vmm.agent import MAX_CHUNK, MAX_MESSAGE, MAX_OUTPUT, AgentSession
+
+Reply = Callable[[dict], bytes]  # what the hostile agent sends for one request
+
+
+class HostileAgent:
+    """Serves one client: answers guest-sync-delimited correctly, then each request with ``reply``."""
+
+    def __init__(self, folder: Path, reply: Reply) -> None:
+        self.path = folder / f"agent-{len(list(folder.glob('agent-*.sock')))}.sock"
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(self.path))
+        self.server.listen(1)
+        self.reply = reply
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.server.accept()
+        with conn, conn.makefile("rb") as lines:
+            try:
+                for line in lines:
+                    request = json.loads(line.lstrip(b"\xff"))
+                    if request["execute"] == "guest-sync-delimited":
+                        answer = b"\xff" + json.dumps({"return": request["arguments"]["id"]}).encode() + b"\n"
+                    else:
+                        answer = self.reply(request)
+                    conn.sendall(answer)
+            except OSError:
+                pass  # the client hung up, as it should after a bad answer
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    made: list[HostileAgent] = []
+
+    def make(reply: Reply) -> AgentSession:
+        made.append(HostileAgent(tmp_path, reply))
+        return AgentSession(made[-1].path, timeout=5)
+    yield make
+    for agent in made:
+        agent.close()
+
+
+def answer(request: dict, value: object) -> bytes:
+    return json.dumps({"return": value, "id": request.get("id")}).encode() + b"\n"
+
+
+def fails_cleanly(session: AgentSession, call: Callable[[AgentSession], object], *expected: str) -> str:
+    with pytest.raises(AgentError) as caught:
+        with session:
+            call(session)
+    message = caught.value.one_line()
+    assert len(message) < 600 and "\n" not in message
+    assert all(text in message for text in expected), message
+    return message
+
+
+SECRET = "GUEST-SECRET-" + "x" * 200
+
+
+@pytest.mark.parametrize("garbage", [b"this is not json\n", b"[1, 2, 3]\n", b'"' + SECRET.encode() + b'"\n',
+                                     b"\x00\x01\x02\xfe\n"])
+def test_garbage_is_one_clear_error_with_a_short_excerpt(hostile, garbage):
+    message = fails_cleanly(hostile(lambda request: garbage), AgentSession.ping, "not a message")
+    assert SECRET not in message
+
+
+def test_a_huge_line_is_cut_off_at_the_bound_not_read_whole(hostile):
+    # MAX_MESSAGE bytes plus a chunk, no newline: a ping's answer may be 256 KiB at most
+    flood = b"{" + b"a" * (8 * 1024 * 1024)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fails_cleanly(hostile(lambda request: flood), AgentSession.ping, "over 262144 bytes")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 * 1024  # KiB: no 8 MiB copies kept
+
+
+def test_an_exec_status_over_the_protocols_bound_is_refused(hostile):
+    def reply(request: dict) -> bytes:
+        if request["execute"] == "guest-exec":
+            return answer(request, {"pid": 1})
+        return b'{"return": {"exited": true, "out-data": "' + b"A" * (MAX_MESSAGE + 10) + b'"}}\n'
+    fails_cleanly(hostile(reply), lambda s: s.exec_status(s.exec("/bin/true", [])), "over")
+
+
+@pytest.mark.parametrize("status, expected", [
+    ({"exited": "yes"}, "no bool 'exited'"),
+    ({"exited": True, "exitcode": True}, "exitcode"),  # a bool is no exit code
+    ({"exited": True, "exitcode": "0"}, "exitcode"),
+    ({"exited": True, "exitcode": 0, "out-data": "not base64!"}, "not base64"),
+    ({"exited": True, "exitcode": 0, "out-data": 5}, "out-data"),
+    ({"exited": True, "exitcode": 0, "out-data": "QUFB" * (MAX_OUTPUT // 3 + 1)}, "more than"),
+    ([], "not an object"),
+])
+def test_wrong_types_in_an_exec_status_are_refused(hostile, status, expected):
+    def reply(request: dict) -> bytes:
+        return answer(request, {"pid": 7} if request["execute"] == "guest-exec" else status)
+    fails_cleanly(hostile(reply), lambda s: s.exec_status(s.exec("/bin/true", [])), expected)
+
+
+@pytest.mark.parametrize("read, expected", [
+    ({"count": 5, "buf-b64": base64.b64encode(b"1234").decode(), "eof": False}, "counted 5 bytes but sent 4"),
+    ({"count": 9, "buf-b64": base64.b64encode(b"x" * (MAX_CHUNK + 1)).decode(), "eof": True}, "more than"),
+    ({"count": 4, "buf-b64": base64.b64encode(b"1234").decode(), "eof": "no"}, "eof"),
+])
+def test_a_file_read_that_lies_about_its_size_is_refused(hostile, read, expected):
+    fails_cleanly(hostile(lambda request: answer(request, read)), lambda s: s.file_read(1, MAX_CHUNK), expected)
+
+
+@pytest.mark.parametrize("interfaces, expected", [
+    ({"name": "eth0"}, "not a list"),
+    ([{"name": "e" * 100000}], "100000 characters"),
+    ([{"name": "eth0", "ip-addresses": [{"ip-address": "10.0.0.1; rm -rf /", "prefix": 24}]}], "address"),
+    ([{"name": "eth0", "ip-addresses": [{"ip-address": "10.0.0.1", "prefix": 99}]}], "prefix length 99"),
+    ([{"name": 5}], "name"),
+])
+def test_hostile_network_interfaces_are_refused(hostile, interfaces, expected):
+    fails_cleanly(hostile(lambda request: answer(request, interfaces)), AgentSession.network_interfaces, expected)
+
+
+def test_an_answer_for_a_request_never_made_is_refused(hostile):
+    fails_cleanly(hostile(lambda request: answer({"id": "someone-else"}, {})), AgentSession.ping,
+                  "another request")
+
+
+def test_a_silent_agent_times_out(tmp_path):
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(tmp_path / "agent.sock"))
+    server.listen(1)  # accepts (the kernel does), never answers: a guest without qemu-ga
+    try:
+        with pytest.raises(AgentError, match="did not answer guest-sync-delimited in time"):
+            AgentSession(tmp_path / "agent.sock", timeout=0.5).open()
+    finally:
+        server.close()
+
+
+def test_a_refusal_carries_the_agents_reason_cut_short(hostile):
+    def reply(request: dict) -> bytes:
+        error = {"class": "GenericError", "desc": "failed to open: " + SECRET}
+        return json.dumps({"error": error, "id": request["id"]}).encode() + b"\n"
+    with pytest.raises(AgentCommandError) as caught, hostile(reply) as session:
+        session.file_open("/etc/shadow", "rb")
+    assert caught.value.command == "guest-file-open" and SECRET not in caught.value.message
+
+
+def test_a_shutdown_the_guest_cannot_do_is_a_refusal_and_silence_is_obedience(hostile):
+    def refuse(request: dict) -> bytes:
+        return json.dumps({"error": {"class": "GenericError", "desc": "child process has failed"}}).encode() + b"\n"
+    with pytest.raises(AgentCommandError, match="refused guest-shutdown"), hostile(refuse) as session:
+        session.shutdown(refusal_within=2)
+    with hostile(lambda request: b"") as session:
+        session.shutdown(refusal_within=0.2)  # qemu-ga answers nothing when it obeys
