@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import re
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ProcStat", "read_stat", "start_ticks", "is_same_process", "cmdline", "rss_bytes", "io_bytes",
-           "meminfo_bytes", "host_cpu_seconds", "own_umask", "CLOCK_TICKS"]
+__all__ = ["ProcStat", "read_stat", "start_ticks", "is_same_process", "cmdline", "comm", "holders_of", "wait_gone",
+           "rss_bytes", "io_bytes", "meminfo_bytes", "host_cpu_seconds", "own_umask", "CLOCK_TICKS"]
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MEMINFO = "/proc/meminfo"  # a module variable, so that tests can point it at a file they write
@@ -63,6 +65,43 @@ def cmdline(pid: int) -> list[str] | None:
     except OSError:
         return None
     return [arg.decode(errors="surrogateescape") for arg in raw.split(b"\0")[:-1]]
+
+
+def comm(pid: int) -> str | None:
+    """The process's command name (its program's, 15 characters at most), or None if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+
+
+def holders_of(targets: set[str], pids: Iterable[int] | None = None) -> Iterator[int]:
+    """The processes (of ``pids``, else of every one this process may look at) with a file descriptor open on one
+    of ``targets``, as ``/proc/PID/fd`` links name them: a real path, or ``socket:[INODE]``."""
+    if pids is None:
+        pids = (int(name) for name in os.listdir("/proc") if name.isdigit())
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue  # gone, or not ours to look at
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in targets:
+                    yield pid
+                    break
+            except OSError:
+                continue
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    """Wait until the process has ended (or is a zombie), at most ``timeout`` seconds; whether it has."""
+    deadline = time.monotonic() + timeout
+    while start_ticks(pid) is not None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def rss_bytes(pid: int) -> int | None:

@@ -24,7 +24,8 @@ LARGE = 1024 * 1024  # bytes of output through the agent
 
 
 @pytest.fixture
-def agent_vm(hv, appliance_image):
+def agent_vm(hv, appliance_image, tmp_path):
+    hv.allow_path(tmp_path)  # the tests' host files: copies name files in the datastore or allowed folders only
     create_guest(hv, "ga", appliance_image, memory_mib=128, network="nat")
     hv.start_vm("ga", wait_ready=True, timeout=90)
     hv.exec_in_vm("ga", "true", via="agent")  # the guest starts its agent after its ready line
@@ -94,15 +95,17 @@ def test_copy_a_binary_file_in_and_out_with_its_checksum_kept(hv, agent_vm, tmp_
     hv.copy_to_guest(agent_vm, source, "/tmp/in.bin")
     assert hv.exec_in_vm(agent_vm, "sha256sum /tmp/in.bin").output.split()[0] == digest
     hv.exec_in_vm(agent_vm, "cp /tmp/in.bin /tmp/out.bin")
-    # the host file named is a link to another file: it is replaced, the file it points to untouched
+    # the host file named is a link to another file: refused, the file it points to untouched
     elsewhere = tmp_path / "elsewhere"
     elsewhere.write_bytes(b"keep me")
     target = tmp_path / "out.bin"
     target.symlink_to(elsewhere)
+    cli = run_cli("vm", "copy-from", agent_vm, "/tmp/out.bin", str(target), datastore=hv.datastore.root)
+    assert cli.returncode != 0 and "is a symbolic link" in cli.stderr and elsewhere.read_bytes() == b"keep me"
+    target.unlink()
     cli = run_cli("vm", "copy-from", agent_vm, "/tmp/out.bin", str(target), "--json", datastore=hv.datastore.root)
     assert cli.returncode == 0, cli.stderr
-    assert not target.is_symlink() and hashlib.sha256(target.read_bytes()).hexdigest() == digest
-    assert elsewhere.read_bytes() == b"keep me"
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == digest
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")) == []
 
 
@@ -117,6 +120,23 @@ def test_copy_refusals_are_one_line_and_leave_nothing(hv, agent_vm, tmp_path):
     cli = run_cli("vm", "copy-to", agent_vm, str(link), "/tmp/leak", datastore=hv.datastore.root)
     assert cli.returncode != 0 and len(cli.stderr.strip().splitlines()) == 1
     assert hv.exec_in_vm(agent_vm, "test -e /tmp/leak").exit_code == 1
+
+
+def test_copies_name_host_files_only_where_the_datastore_allows(hv, agent_vm, tmp_path):
+    """A caller (a REST client too) cannot read a host file into the guest, nor write a guest's file over the
+    host's or a VM's own files: host paths follow the datastore's folder rules, as disks do."""
+    hv.exec_in_vm(agent_vm, "echo 'evil = \"1\"' >/tmp/evil")
+    vmx = hv.vm_paths(agent_vm).vmx
+    before = vmx.read_bytes()
+    for args in (["vm", "copy-to", agent_vm, "/etc/shadow", "/tmp/shadow"],
+                 ["vm", "copy-from", agent_vm, "/tmp/evil", "/etc/minivisor-planted"],
+                 ["vm", "copy-from", agent_vm, "/tmp/evil", str(vmx)],
+                 ["vm", "copy-from", agent_vm, "/tmp/evil", str(hv.datastore.root / ".minivisor" / "planted")]):
+        cli = run_cli(*args, datastore=hv.datastore.root)
+        assert cli.returncode != 0 and len(cli.stderr.strip().splitlines()) == 1, (args, cli.stderr)
+    assert hv.exec_in_vm(agent_vm, "test -e /tmp/shadow").exit_code == 1
+    assert not os.path.exists("/etc/minivisor-planted") and vmx.read_bytes() == before
+    assert not (hv.datastore.root / ".minivisor" / "planted").exists()
 
 
 def test_vm_ip_is_what_the_guest_reports(hv, agent_vm):

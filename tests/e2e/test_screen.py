@@ -51,6 +51,10 @@ def test_the_screen_is_a_vnc_socket_and_a_screenshot_shows_what_the_firmware_wro
     width, height, rows = png_pixels(shot.read_bytes())
     assert (width, height) == (720, 400)  # VGA text mode: SeaBIOS and SYSLINUX wrote on it
     assert any(rows)  # not an empty black screen
+    nowhere = run_cli("vm", "screenshot", "web", str(tmp_path / "no-such-folder" / "screen.png"),
+                      datastore=hv.datastore.root)
+    assert nowhere.returncode != 0 and nowhere.stderr.startswith("error: cannot write the screenshot to")
+    assert len(nowhere.stderr.strip().splitlines()) == 1
     shown = run_cli("vm", "display", "web", datastore=hv.datastore.root)
     assert str(vnc) in shown.stdout and "vncviewer" in shown.stdout
     assert not list(hv.vm_paths("web").runtime_dir.glob("screen-*.png"))  # QEMU's file is gone

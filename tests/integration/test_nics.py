@@ -65,7 +65,7 @@ def test_removing_a_nic_removes_its_port_forwards(datastore):
     (("ethernet1", "--add", "--model", "rtl8139"), 65, ("not one minivisor can create",)),
     (("ethernet1", "--add", "--network", "a,b=c"), 2, ("is not a valid network name",)),
     (("ethernet1", "--add", "--network", 'x"\nethernet1.virtualDev = "e1000'), 2, ("is not a valid network name",)),
-    (("ethernet1", "--remove"), 3, ("has no ethernet1",)),
+    (("ethernet1", "--remove"), 3, ("has no NIC 'ethernet1'", "its NICs: ethernet0")),
     (("ethernet0", "--add", "--remove"), 2, ("different changes",)),
     (("ethernet0", "--remove", "--link", "down"), 2, ("different changes",)),
 ])

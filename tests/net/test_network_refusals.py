@@ -116,3 +116,17 @@ def test_a_port_another_vm_forwards_is_refused_naming_that_vm(lab):
     lab.mv("vm", "port-forward", "web", "remove", "0.0.0.0:8080")
     lab.mv("vm", "port-forward", "db", "add", "8080:5432")
     assert [f["host_port"] for f in lab.mv_json("vm", "port-forward", "db", "list")] == [8080]
+
+
+def test_a_network_whose_dnsmasq_cannot_be_set_up_is_not_kept(lab):
+    from minivisor.net.dhcp import dhcp_files
+    runtime = dhcp_files(lab.datastore / ".minivisor", "lan").runtime
+    runtime.parent.mkdir(mode=0o755, exist_ok=True)
+    runtime.write_text("not a folder: dnsmasq's files cannot go here\n")  # as a stale or hostile leftover would
+    try:
+        before = state(lab)
+        line = refused(lab, "net", "create", "lan", "--subnet", "192.168.77.0/24", code=69)
+        assert "dnsmasq" in line and "internal error" not in line
+        assert state(lab) == before  # no row in the catalog, no bridge on the host
+    finally:
+        runtime.unlink()

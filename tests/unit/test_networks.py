@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from minivisor.datastore.catalog import NetworkEntry
-from minivisor.errors import ArgumentError
+from minivisor.datastore.catalog import Catalog, NetworkEntry
+from minivisor.errors import ArgumentError, ConflictError
 from minivisor.net import addressing, dhcp, firewall
 from minivisor.net.forwards import parse_forward, parse_host_side
 from minivisor.net.names import tap_name, wanted_network
@@ -134,3 +134,15 @@ def test_port_forwards_as_users_write_them(text, parsed):
                                         ("5353/udp", ("udp", "127.0.0.1", 5353)), ("8080:80", ("tcp", "127.0.0.1", 8080))])
 def test_a_forward_is_removed_by_its_host_side(text, side):
     assert parse_host_side(text) == side
+
+
+def test_a_bridge_another_network_has_is_refused_as_such_not_as_a_name_taken(tmp_path):
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    try:
+        catalog.add_network(NetworkEntry("nat", "nat", "192.168.100.1/24", True, "mvbr0"))
+        with pytest.raises(ConflictError, match="the bridge 'mvbr0' is already another network's switch"):
+            catalog.add_network(NetworkEntry("other", "nat", "192.168.101.1/24", True, "mvbr0"))
+        with pytest.raises(ConflictError, match="a network named 'NAT' already exists"):
+            catalog.add_network(NetworkEntry("NAT", "nat", "192.168.102.1/24", True, "mvbr1"))
+    finally:
+        catalog.close()

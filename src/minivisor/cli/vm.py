@@ -225,9 +225,15 @@ def vm_cdrom(name: str, action: str, image: Path | None, drive: str | None, as_j
 
 @command("vm screenshot", NAME, arg("output", type=Path, metavar="FILE", help="Where to write the PNG."))
 def vm_screenshot(name: str, output: Path) -> None:
+    from ..errors import PathError
     from ..files import write_atomic
 
-    write_atomic(output, hv(direct=True).screenshot(name))  # the screen is local: never through the service
+    png = hv(direct=True).screenshot(name)  # the screen is local: never through the service
+    try:
+        write_atomic(output, png)
+    except OSError as exc:
+        raise PathError(f"cannot write the screenshot to {output}: {exc.strerror}",
+                        hint="name a file in a folder that exists and you may write") from exc
     say(f"{name}: screen saved to {output}")
 
 

@@ -29,6 +29,7 @@ from ..datastore.layout import VmPaths
 from ..datastore.store import Datastore
 from ..errors import (ArgumentError, ConflictError, HvError, NoSpaceError, NotFoundError, PathError, SpecError,
                       is_out_of_space)
+from ..text import excerpt
 from ..vmm.process import Vmm
 from ..vmm.states import Action, VmState, require
 from .bounds import check_args
@@ -540,23 +541,34 @@ class Hypervisor:
     def copy_to_guest(self, name: str, host_path: Path | str, guest_path: str, *,
                       progress: Callable[[float], None] | None = None) -> dict:
         """Copy a host file into the guest (through its guest agent), as ``vmrun CopyFileFromHostToGuest``;
-        ``progress(percent)`` as it goes."""
+        ``progress(percent)`` as it goes. The host file is in the datastore or a folder allowed with
+        :meth:`allow_path`, as every host path a caller names (a REST client too)."""
         from .guest import copy_to
 
         check_args(guest_path=guest_path)
+        source = self._host_file(host_path)
         ctx = self.vms.context(name)
         require(ctx.name, ctx.vmm.state(), Action.EXEC)
-        return copy_to(ctx, Path(host_path), guest_path, progress)
+        return copy_to(ctx, source, guest_path, progress)
 
     def copy_from_guest(self, name: str, guest_path: str, host_path: Path | str, *,
                         progress: Callable[[float], None] | None = None) -> dict:
-        """Copy a guest file to the host (through its guest agent), written whole or not at all."""
+        """Copy a guest file to the host (through its guest agent), written whole or not at all, in the
+        datastore or a folder allowed with :meth:`allow_path` (never over a file minivisor keeps for a VM)."""
         from .guest import copy_from
 
         check_args(guest_path=guest_path)
+        target = self._host_file(host_path)
         ctx = self.vms.context(name)
         require(ctx.name, ctx.vmm.state(), Action.EXEC)
-        return copy_from(ctx, guest_path, Path(host_path), progress)
+        return copy_from(ctx, guest_path, target, progress)
+
+    def _host_file(self, host_path: Path | str) -> Path:
+        """A host file a copy names, under the rules of the folder it is in; a link is refused, not followed
+        (its target's folder is not where a copy would write)."""
+        if os.path.islink(host_path):
+            raise PathError(f"{excerpt(str(host_path))} is a symbolic link", hint="name the file itself")
+        return self.datastore.resolve(Path.cwd(), str(host_path), what="host file")
 
     def console_socket(self, name: str) -> tuple[Path, int]:
         """The console socket of a running VM and a lock held while it is used."""
@@ -678,10 +690,10 @@ class Hypervisor:
     def _info(self, ctx: VmContext) -> VmInfo:
         """One VM, each NIC with its fixed address (``vm list`` leaves them out: one query per VM)."""
         info = self._info_of(ctx.entry, self.inventory.summaries([ctx.entry])[ctx.name])
-        addresses = {r.mac: r.address for r in self.datastore.catalog.reservations_of(ctx.uuid)}
-        if not addresses:
+        if not self.datastore.catalog.reservations_of(ctx.uuid):
             return info
-        return dataclasses.replace(info, nics=tuple({**nic, "address": addresses.get(nic["mac"])} for nic in info.nics))
+        addresses = ctx.networks().reserved_addresses(ctx)
+        return dataclasses.replace(info, nics=tuple({**nic, "address": addresses.get(nic["name"])} for nic in info.nics))
 
     def _info_of(self, entry: VmEntry, summary: dict[str, Any], lock_held: bool | None = None) -> VmInfo:
         paths = self.inventory.paths_of(entry)
@@ -711,11 +723,10 @@ def _set_link(ctx: VmContext, nic: str, up: bool) -> str:
     from ..datastore.inventory import read_vmx
     from ..spec.vmspec import VmSpec
 
+    from .nics import find_nic
+
     doc = read_vmx(ctx.vmx)
-    names = [n.name for n in VmSpec.from_vmx(doc).nics]
-    if nic.strip().lower() not in names:
-        raise NotFoundError(f"VM {ctx.name!r} has no NIC {nic[:40]!r}", hint=f"its NICs: {', '.join(names) or 'none'}")
-    nic = nic.strip().lower()
+    nic = find_nic(VmSpec.from_vmx(doc), nic, ctx.name).name
     if ctx.running:
         ctx.vmm.execute("set_link", {"name": nic, "up": up})
     else:

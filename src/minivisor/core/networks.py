@@ -15,30 +15,33 @@ the catalog, with a free subnet, the first time they are used.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
+from functools import cached_property
 
 from ..datastore.catalog import ForwardEntry, NetworkEntry, Reservation
-from ..datastore.inventory import Inventory
+from ..datastore.inventory import Inventory, file_id, flocked_files
 from ..datastore.store import Datastore
-from ..errors import ArgumentError, ConflictError, HostError, LockError, NotFoundError
+from ..errors import ArgumentError, ConflictError, HostError, HvError, LockError, NotFoundError
 from ..locks import wait_lock
 from ..net import addressing, dhcp, firewall, switch
 from ..net.forwards import PortSpec, parse_forward, parse_host_side, port_user
-from ..net.host import support
-from ..net.names import (DEFAULT_NETWORKS, NAT, bridge_name, check_interface_name, check_network_name, tap_name,
-                         wanted_network)
+from ..net.host import Support, support
+from ..net.names import DEFAULT_NETWORKS, bridge_name, check_interface_name, check_network_name, tap_name
 from ..spec.identity import generated_mac
 from ..spec.vmspec import DEVICE_COUNT, Nic
 from ..text import excerpt
 from ..vmm import hotplug
 from ..vmm.argv import HostForward
-from ..vmm.plan import HostNetworks, LaunchPlan
+from ..vmm.plan import HostNetworks, LaunchPlan, NicPlacement, place_nic
 from ..vmm.process import VmLock
 from .context import VmContext
+from .nics import find_nic
 from .results import NetworkInfo
 
 __all__ = ["Networks", "MODES"]
@@ -55,16 +58,17 @@ class Networks:
         self.inventory = inventory
         self.catalog = datastore.catalog
 
+    @cached_property
+    def _support(self) -> Support:
+        """Whether this host builds networks: asked once per operation (it stats files and searches PATH)."""
+        return support()
+
     # -- definitions -----------------------------------------------------
     def for_plan(self, vm_uuid: str) -> HostNetworks:
         """The networks a power-on may plug NICs into (defaults included), or why there are none (then NAT is
         QEMU's user-mode networking, which gets the VM's port forwards)."""
-        host = support()
-        if not host.available:
-            return HostNetworks(None, host.reason, self._user_forwards(vm_uuid))
-        found = {name: NetworkEntry(name, mode, None, True, "") for name, mode in DEFAULT_NETWORKS.items()}
-        found.update({entry.name.lower(): entry for entry in self.catalog.networks()})
-        return HostNetworks(found)
+        host = self._host_networks()
+        return replace(host, user_forwards=self._user_forwards(vm_uuid)) if host.networks is None else host
 
     def create(self, name: str, *, mode: str = "nat", subnet: str | None = None, bridge: str | None = None,
                dhcp_on: bool = True) -> NetworkInfo:
@@ -85,31 +89,33 @@ class Networks:
             entry = self._define(name, mode, subnet, bridge, dhcp_on)
             self.catalog.add_network(entry)
             try:
-                self._activate(entry)
+                self._activate(entry, switch.links())
                 self._sync()
             except BaseException:
-                self._deactivate(entry)
                 self.catalog.remove_network(name)
-                self._sync()
+                with contextlib.suppress(HvError):  # best effort: the error shown is the one that failed the create
+                    self._deactivate(entry)
+                    self._sync()
                 raise
         return self.get(name)
 
     def list(self) -> list[NetworkInfo]:
         """Every network, the defaults included."""
-        live = self._live_taps(prune=False) if support().available else []
+        host_links = switch.links() if self._support.available else {}
+        live = self._live_taps(host_links, prune=False)
         entries = {e.name.lower(): e for e in self._entries_with_defaults()}
-        return [self._info(entry, live) for _, entry in sorted(entries.items())]
+        return [self._info(entry, live, host_links) for _, entry in sorted(entries.items())]
 
     def get(self, name: str) -> NetworkInfo:
-        live = self._live_taps(prune=False) if support().available else []
-        return self._info(self._known(name), live)
+        host_links = switch.links() if self._support.available else {}
+        return self._info(self._known(name), self._live_taps(host_links, prune=False), host_links)
 
     def delete(self, name: str) -> None:
         """Remove a network and everything it made on the host; refused while a running VM is on it."""
         self._require_support()
         with self._turn():
             entry = self._known(name)
-            users = sorted({self._vm_name(owner.vm_uuid) for owner in self._live_taps()
+            users = sorted({self._vm_name(owner.vm_uuid) for owner in self._live_taps(switch.links())
                             if owner.network.lower() == entry.name.lower()})
             if users:
                 raise ConflictError(f"network {entry.name!r} is in use by running VM(s): {', '.join(users)}",
@@ -127,17 +133,22 @@ class Networks:
         if not taps:
             return
         with self._turn():
-            live = self._live_taps()  # taps of VMs that no longer run are gone after this
+            host_links = switch.links()  # one look at the host: what plugging changes is known without another
+            live = self._live_taps(host_links)  # taps of VMs that no longer run are gone after this
             plugged: list[str] = []
+            up: set[str] = set()
             try:
                 for index, tap in taps.items():
                     entry = self._network(tap.network)
                     mac = plan.env.macs[index]
                     self._check_mac_free(ctx, entry, mac, live)
-                    self._activate(entry)
+                    if entry.name not in up:
+                        self._activate(entry, host_links)
+                        up.add(entry.name)
                     if entry.dhcp and entry.subnet:
                         self._reserve(entry, mac, ctx.uuid)
-                    switch.plug_tap(tap.ifname, entry.bridge, switch.tap_alias(ctx.uuid, index, mac, entry.name))
+                    switch.plug_tap(tap.ifname, entry.bridge, switch.tap_alias(ctx.uuid, index, mac, entry.name),
+                                    stale=tap.ifname in host_links)
                     plugged.append(tap.ifname)
                 self._sync()
             except BaseException:
@@ -148,22 +159,25 @@ class Networks:
     def unplug(self, ctx: VmContext, only: int | None = None) -> None:
         """After the VMM ended (or NIC ``only`` was hot-unplugged): its taps deleted, its port forwards out of
         the firewall."""
-        if not support().available:
+        if not self._support.available:
             return
         with self._turn():
+            deleted = False
             for link in switch.links().values():
                 owner = switch.TapOwner.of(link)
                 if owner is not None and owner.vm_uuid == ctx.uuid and only in (None, owner.index):
                     switch.delete_link(link.name)
-            self._sync()
+                    deleted = True
+            if deleted:  # else the firewall table has nothing of this VM's to lose
+                self._sync()
 
     def forget_nic(self, ctx: VmContext, index: int) -> list[dict]:
         """A NIC left the VM: its port forwards go with it (returned); its address stays reserved for its MAC."""
-        with self._turn(host=support().available):
+        with self._turn(host=self._support.available):
             gone = [f for f in self.catalog.forwards(ctx.uuid) if f.nic == index]
             for forward in gone:
                 self.catalog.remove_forward(forward)
-            if gone and support().available:
+            if gone and self._support.available:
                 self._sync()
         return [_forward_dict(f, ctx.name) for f in gone]
 
@@ -179,7 +193,7 @@ class Networks:
 
     def clean_up(self) -> None:
         """Delete what VMMs that died left (taps) and load the firewall table again (service start, a VMM's exit)."""
-        if not support().available or not any(self._entries_with_defaults(defaults=False)):
+        if not self._support.available or not any(self._entries_with_defaults(defaults=False)):
             return
         with self._turn():
             self._sync()
@@ -187,11 +201,11 @@ class Networks:
     def nic_addresses(self, ctx: VmContext) -> list[dict]:
         """Each NIC of a VM: its MAC, network, reserved address and whether the guest holds a lease on it."""
         found = []
-        reservations = {(r.network.lower(), r.mac): r.address for r in self.catalog.reservations_of(ctx.uuid)}
+        reserved = self.reserved_addresses(ctx)
         for nic in ctx.read_spec().nics:
-            mac = nic.mac or generated_mac(ctx.uuid, nic.index)
-            entry = self._network_of(nic)
-            address = reservations.get((entry.name.lower(), mac)) if entry else None
+            mac = _mac(ctx, nic)
+            entry = self._network_named_by(nic)
+            address = reserved.get(nic.name)
             leased = bool(entry and address and
                           dhcp.leases(self._dhcp_files(entry.name)).get(mac) == address)
             found.append({"nic": nic.name, "mac": mac, "network": entry.name if entry else None,
@@ -200,7 +214,7 @@ class Networks:
 
     def reserve_address(self, ctx: VmContext, nic_name: str, address: str) -> dict:
         """Give a NIC a fixed address on its network (the guest gets it at its next DHCP renewal)."""
-        nic = _nic(ctx, nic_name)
+        nic = find_nic(ctx.read_spec(), nic_name, ctx.name)
         entry = self._network_of(nic)
         if entry is None or not entry.subnet:
             raise ConflictError(f"{nic.name} of {ctx.name!r} is not on a network minivisor gives addresses on",
@@ -220,12 +234,13 @@ class Networks:
             raise ArgumentError(f"{spec.host_addr} is not an address of this host",
                                 hint="forward from 127.0.0.1 (the default), 0.0.0.0 (every address of the host) "
                                      "or an address `ip -4 addr` shows")
-        nic = _nic(ctx, nic_name)
-        user = _user_mode(nic)
-        entry = None if user else self._network_of(nic)
+        nic = find_nic(ctx.read_spec(), nic_name, ctx.name)
+        placed = self._placement(nic)
+        user, entry = placed.user_nat, placed.entry
         if not user and (entry is None or entry.mode == "bridged"):
-            raise ConflictError(f"{nic.name} of {ctx.name!r} is not on a nat or isolated network, so no port "
-                                "can be forwarded to it", hint="the guest of a bridged network is reached directly")
+            raise ConflictError(f"{nic.name} of {ctx.name!r} is not on a nat or isolated network"
+                                f"{f' ({placed.why})' if placed.why else ''}, so no port can be forwarded to it",
+                                hint="the guest of a bridged network is reached directly")
         forward = ForwardEntry(ctx.uuid, nic.index, spec.protocol, spec.host_addr, spec.host_port, spec.guest_port)
         with self._turn(host=not user):
             self._check_port_free(spec)
@@ -253,12 +268,12 @@ class Networks:
                                 hint=f"see them: minivisor vm port-forward list {ctx.name}")
         forward = match[0]
         nic = next((n for n in ctx.read_spec().nics if n.index == forward.nic), None)
-        user = nic is not None and _user_mode(nic)
+        user = nic is not None and self._placement(nic).user_nat
         with self._turn(host=not user):
             if user and ctx.running:
                 hotplug.remove_host_forward(ctx.vmm, nic, _host_forward(forward))
             self.catalog.remove_forward(forward)
-            if not user and support().available:
+            if not user and self._support.available:
                 self._sync()
 
     # -- the host ----------------------------------------------------------------
@@ -284,7 +299,7 @@ class Networks:
                                 hint="use that datastore, or delete its networks first (minivisor net delete)")
 
     def _require_support(self) -> None:
-        host = support()
+        host = self._support
         if not host.available:
             raise HostError(f"this host cannot make networks: {host.reason}",
                             hint="run minivisor as root on a host with /dev/net/tun, ip, nft and dnsmasq")
@@ -316,20 +331,25 @@ class Networks:
                                 hint="choose another subnet with --subnet")
         return NetworkEntry(name, mode, str(network), dhcp_on, bridge_name(taken), None, time.time())
 
-    def _activate(self, entry: NetworkEntry) -> None:
-        """The network's bridge (and uplink, dnsmasq) on the host, made or completed."""
+    def _activate(self, entry: NetworkEntry, host_links: dict[str, switch.Link]) -> None:
+        """The network's bridge (and uplink, dnsmasq) on the host, made or completed; one up already (an earlier
+        power-on made it) is left as it is."""
+        bridge = host_links.get(entry.bridge)
         if entry.mode == "bridged":
-            if entry.bridge != entry.uplink:
-                switch.make_bridge(entry.bridge, entry.name, None)
+            uplink = host_links.get(entry.uplink or "")
+            if entry.bridge != entry.uplink and not (bridge and uplink and uplink.master == entry.bridge):
+                switch.make_bridge(entry.bridge, entry.name, None, exists=bridge is not None)
                 switch.attach_uplink(entry.uplink or "", entry.bridge)
             return
+        files = self._dhcp_files(entry.name)
+        if bridge is not None and not (entry.dhcp and dhcp.running_pid(files) is None):
+            return
         subnet = ipaddress.IPv4Network(entry.subnet or "")
-        switch.make_bridge(entry.bridge, entry.name, addressing.host_interface(subnet))
+        switch.make_bridge(entry.bridge, entry.name, addressing.host_interface(subnet), exists=bridge is not None)
         # Port forwards from 127.0.0.1 leave through the bridge with a loopback source (then masqueraded).
         switch.set_sysctl(f"net/ipv4/conf/{entry.bridge}/route_localnet", "1")
         if entry.mode == "nat":
             switch.set_sysctl("net/ipv4/ip_forward", "1")
-        files = self._dhcp_files(entry.name)
         if entry.dhcp and dhcp.running_pid(files) is None:
             dhcp.start(files, dhcp.config_text(files, entry.bridge, subnet, router=entry.mode == "nat"),
                        self._reservation_lines(entry))
@@ -347,8 +367,8 @@ class Networks:
 
     def _sync(self) -> None:
         """Delete the taps of VMs that no longer run, then load the firewall table for what is left."""
-        live = self._live_taps()
         host_links = switch.links()
+        live = self._live_taps(host_links)
         switches, bridges = [], {}
         for entry in self.catalog.networks():
             bridges[entry.name.lower()] = entry.bridge
@@ -365,20 +385,24 @@ class Networks:
                                                      address, forward.guest_port, bridges[owner.network.lower()]))
         firewall.load(firewall.ruleset(switches, forwards, str(self.datastore.root)))
 
-    def _live_taps(self, *, prune: bool = True) -> list[switch.TapOwner]:
-        """The taps of running VMs; ``prune`` (during a change): those of VMs that are gone (a crash, a guest
-        power-off) are deleted."""
+    def _live_taps(self, host_links: dict[str, switch.Link], *, prune: bool = True) -> list[switch.TapOwner]:
+        """The taps among ``host_links`` of running VMs (whose lock is held); ``prune`` (during a change): those
+        of VMs that are gone (a crash, a guest power-off) are deleted."""
         live = []
-        for link in switch.links().values():
-            owner = switch.TapOwner.of(link)
-            if owner is None:
-                continue
+        owners = [(name, owner) for name, link in host_links.items() if (owner := switch.TapOwner.of(link))]
+        locked = flocked_files() if owners else set()
+        for name, owner in owners:
             entry = self.catalog.vm_by_uuid(owner.vm_uuid)
-            if entry is not None and VmLock(self.inventory.paths_of(entry).lock).is_held_elsewhere():
+            if entry is not None and self._runs(str(self.inventory.paths_of(entry).lock), locked):
                 live.append(owner)
             elif prune:
-                switch.delete_link(link.name)
+                switch.delete_link(name)
         return live
+
+    @staticmethod
+    def _runs(lock: str, locked: set[tuple[int, int]] | None) -> bool:
+        """Whether a VM's lock is held: from one read of the kernel's locks, or by trying it if that is hidden."""
+        return file_id(lock) in locked if locked is not None else VmLock(lock).is_held_elsewhere()
 
     def _check_mac_free(self, ctx: VmContext, entry: NetworkEntry, mac: str, live: list[switch.TapOwner]) -> None:
         for owner in live:
@@ -425,50 +449,75 @@ class Networks:
         return dhcp.dhcp_files(self.datastore.meta, name)
 
     def _entries_with_defaults(self, *, defaults: bool = True) -> list[NetworkEntry]:
+        """The catalog's networks and (``defaults``) the default ones it does not hold yet, undefined."""
         entries = self.catalog.networks()
         if defaults:
             have = {e.name.lower() for e in entries}
-            entries += [NetworkEntry(name, mode, None, True, "") for name, mode in DEFAULT_NETWORKS.items()
-                        if name not in have]
+            entries += [_undefined(name) for name in DEFAULT_NETWORKS if name not in have]
         return entries
 
     def _known(self, name: str) -> NetworkEntry:
-        """A network by name (a default one is defined on first use), or NotFoundError."""
-        entry = self.catalog.find_network(name)
-        if entry is None and name.lower() in DEFAULT_NETWORKS and support().available:
-            return self._network(name.lower())
+        """A network by name (a default one not used yet is undefined: no subnet, no bridge), or NotFoundError.
+        Reads only: the catalog changes under the network lock alone (:meth:`_network`)."""
+        entry = self.catalog.find_network(name) or (_undefined(name.lower()) if name.lower() in DEFAULT_NETWORKS
+                                                    else None)
         if entry is None:
             raise NotFoundError(f"no network named {excerpt(name)}", hint="see the networks: minivisor net list")
         return entry
 
     def _network(self, name: str) -> NetworkEntry:
-        """The network named (a default one enters the catalog now, with a free subnet)."""
-        entry = self.catalog.find_network(name)
-        if entry is None and name.lower() in DEFAULT_NETWORKS:
-            entry = self._define(name.lower(), DEFAULT_NETWORKS[name.lower()], None, None, True)
+        """The network named, during :meth:`_turn`: a default one used for the first time enters the catalog now,
+        with a free subnet and bridge (two processes defining it at once would pick the same ones)."""
+        entry = self._known(name)
+        if not entry.bridge:
+            entry = self._define(entry.name, entry.mode, None, None, True)
             self.catalog.add_network(entry)
-        if entry is None:
-            raise NotFoundError(f"no network named {excerpt(name)}", hint="see the networks: minivisor net list")
         return entry
 
     def _network_of(self, nic: Nic) -> NetworkEntry | None:
-        """The network a NIC's specfile keys name, if it exists (a default one is defined now)."""
-        wanted = wanted_network(nic)
-        if wanted and wanted.lower() in DEFAULT_NETWORKS and support().available:
-            return self._network(wanted)
-        return self.catalog.find_network(wanted) if wanted else None
+        """The network a NIC's specfile keys name, if it exists (a default one is defined now, under the lock)."""
+        entry = self._network_named_by(nic)
+        if entry is not None and not entry.bridge and self._support.available:
+            with self._turn():
+                return self._network(entry.name)
+        return entry
+
+    def _network_named_by(self, nic: Nic) -> NetworkEntry | None:
+        """The network a NIC is on at its power-on, if any (a default one may be undefined); reads only."""
+        return self._placement(nic).entry
+
+    def _placement(self, nic: Nic) -> NicPlacement:
+        return place_nic(nic, self._host_networks())
+
+    def _host_networks(self) -> HostNetworks:
+        """The networks NICs may join (the defaults included, maybe undefined), or why the host builds none."""
+        host = self._support
+        if not host.available:
+            return HostNetworks(None, host.reason)
+        return HostNetworks({entry.name.lower(): entry for entry in self._entries_with_defaults()})
+
+    def reserved_addresses(self, ctx: VmContext) -> dict[str, str]:
+        """NIC name -> the address reserved for its MAC on the network it is on (NICs without one are absent)."""
+        reservations = {(r.network.lower(), r.mac): r.address for r in self.catalog.reservations_of(ctx.uuid)}
+        found = {}
+        for nic in ctx.read_spec().nics:
+            entry = self._network_named_by(nic)
+            address = reservations.get((entry.name.lower(), _mac(ctx, nic))) if entry else None
+            if address:
+                found[nic.name] = address
+        return found
 
     def _vm_name(self, vm_uuid: str) -> str:
         entry = self.catalog.vm_by_uuid(vm_uuid)
         return entry.name if entry else vm_uuid
 
-    def _info(self, entry: NetworkEntry, live: list[switch.TapOwner]) -> NetworkInfo:
-        host = support()
+    def _info(self, entry: NetworkEntry, live: list[switch.TapOwner], host_links: dict[str, switch.Link]
+              ) -> NetworkInfo:
         subnet = ipaddress.IPv4Network(entry.subnet) if entry.subnet else None
-        if not host.available:
+        if not self._support.available:
             state = "user-mode" if entry.name.lower() == "nat" else "unavailable"
         else:
-            state = "active" if entry.bridge and entry.bridge in switch.links() else "inactive"
+            state = "active" if entry.bridge and entry.bridge in host_links else "inactive"
         pid = dhcp.running_pid(self._dhcp_files(entry.name)) if entry.dhcp and subnet else None
         vms = tuple(sorted({self._vm_name(o.vm_uuid) for o in live if o.network.lower() == entry.name.lower()}))
         return NetworkInfo(entry.name, entry.mode, str(subnet) if subnet else None,
@@ -476,17 +525,13 @@ class Networks:
                            entry.bridge or None, entry.uplink, state, pid, vms)
 
 
-def _nic(ctx: VmContext, name: str) -> Nic:
-    for nic in ctx.read_spec().nics:
-        if nic.name == name.strip().lower():
-            return nic
-    raise NotFoundError(f"VM {ctx.name!r} has no NIC {excerpt(name)}", hint=f"see its NICs: minivisor vm show {ctx.name}")
+def _undefined(name: str) -> NetworkEntry:
+    """A default network before its first use: in no catalog yet, so without subnet and bridge."""
+    return NetworkEntry(name, DEFAULT_NETWORKS[name], None, True, "")
 
 
-def _user_mode(nic: Nic) -> bool:
-    """Whether the NIC is (or would be, at its power-on) on QEMU's user-mode NAT: on nat where the host builds no
-    networks (the launch plan decides the same way)."""
-    return not support().available and nic.connection_type != "none" and wanted_network(nic) == NAT
+def _mac(ctx: VmContext, nic: Nic) -> str:
+    return nic.mac or generated_mac(ctx.uuid, nic.index)
 
 
 def _host_forward(forward: ForwardEntry) -> HostForward:

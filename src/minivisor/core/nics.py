@@ -25,7 +25,7 @@ from ..vmm import hotplug
 from ..vmm.states import VmState
 from .context import VmContext
 
-__all__ = ["add", "remove"]
+__all__ = ["add", "remove", "find_nic"]
 
 _NIC_NAME = re.compile(r"ethernet(\d)\Z")
 
@@ -45,7 +45,7 @@ def add(ctx: VmContext, name: str, *, model: str, network: str) -> dict:
     _delete_keys(doc, f"ethernet{index}.")  # what a NIC marked absent (present = "FALSE") left behind
     for key, value in nic_entries(index, ctx.uuid, network, model).items():
         doc.set(key, value)
-    nic = _find(VmSpec.from_vmx(doc), index, ctx.name)  # the edited specfile reads, before it is written
+    nic = find_nic(VmSpec.from_vmx(doc), name, ctx.name)  # the edited specfile reads, before it is written
     doc.save(ctx.vmx)
     warnings: tuple[str, ...] = ()
     try:
@@ -64,7 +64,7 @@ def remove(ctx: VmContext, name: str) -> dict:
     """Remove NIC ``name``; a running VM's guest releases it first. Its port forwards are removed too."""
     index = _index(name)
     doc = read_vmx(ctx.vmx)
-    nic = _find(VmSpec.from_vmx(doc), index, ctx.name)
+    nic = find_nic(VmSpec.from_vmx(doc), name, ctx.name)
     if ctx.running:
         if ctx.vmm.state() is VmState.PAUSED:
             raise ConflictError(f"VM {ctx.name!r} is paused, so its guest cannot release {nic.name}",
@@ -82,7 +82,7 @@ def _hot_plug(ctx: VmContext, index: int) -> tuple[str, ...]:
     """Plan the NIC as a power-on would, put its tap on its switch, hot-plug it; returns the plan's warnings
     about it (a network that does not exist: its link is down)."""
     plan = ctx.plan()
-    nic = _find(plan.spec, index, ctx.name)
+    nic = find_nic(plan.spec, f"ethernet{index}", ctx.name)
     networks = ctx.networks()
     networks.plug(ctx, plan, only=index)
     try:
@@ -101,11 +101,14 @@ def _index(name: str) -> int:
     return int(found[1])
 
 
-def _find(spec: VmSpec, index: int, vm: str) -> Nic:
+def find_nic(spec: VmSpec, name: str, vm: str) -> Nic:
+    """The NIC named ``name`` (``ethernetN``, any case) of VM ``vm``'s spec, or NotFoundError naming its NICs."""
+    wanted = name.strip().lower()
     for nic in spec.nics:
-        if nic.index == index:
+        if nic.name == wanted:
             return nic
-    raise NotFoundError(f"VM {vm!r} has no ethernet{index}", hint=f"see its NICs: minivisor vm show {vm}")
+    raise NotFoundError(f"VM {vm!r} has no NIC {excerpt(name)}",
+                        hint=f"its NICs: {', '.join(n.name for n in spec.nics) or 'none'}")
 
 
 def _delete_keys(doc: VmxDocument, prefix: str) -> None:

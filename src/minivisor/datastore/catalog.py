@@ -323,6 +323,9 @@ class Catalog:
                                                             int(network.dhcp), network.bridge, network.uplink,
                                                             network.created or time.time()))
         except sqlite3.IntegrityError as exc:
+            if "networks.bridge" in str(exc):
+                raise ConflictError(f"the bridge {excerpt(network.bridge)} is already another network's switch",
+                                    hint="choose another bridge, or see the networks: minivisor net list") from exc
             raise ConflictError(f"a network named {excerpt(network.name)} already exists",
                                 hint="choose another name, or see the networks: minivisor net list") from exc
 

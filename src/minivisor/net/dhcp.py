@@ -12,6 +12,7 @@ A dnsmasq is minivisor's if its command line names the network's config file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import os
@@ -111,10 +112,13 @@ def running_pid(files: DhcpFiles) -> int | None:
 
 def start(files: DhcpFiles, config: str, reservations: list[tuple[str, str]]) -> int:
     """Start the network's dnsmasq (it daemonizes once it serves); returns its pid."""
-    files.runtime.mkdir(mode=0o755, parents=True, exist_ok=True)
-    os.chmod(files.runtime, 0o755)
-    write_atomic(files.config, config.encode(), mode=0o644)
-    write_atomic(files.hosts, hosts_text(reservations).encode(), mode=0o644)
+    try:
+        files.runtime.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.chmod(files.runtime, 0o755)
+        write_atomic(files.config, config.encode(), mode=0o644)
+    except OSError as exc:
+        raise _files_error(files, exc) from exc
+    _write_hosts(files, reservations)
     run(["dnsmasq", f"--conf-file={files.config}"], "start dnsmasq")
     pid = running_pid(files)
     if pid is None:
@@ -125,26 +129,43 @@ def start(files: DhcpFiles, config: str, reservations: list[tuple[str, str]]) ->
 
 def reload(files: DhcpFiles, reservations: list[tuple[str, str]]) -> None:
     """Write the reservations and have dnsmasq re-read them (SIGHUP: no restart, leases kept)."""
-    write_atomic(files.hosts, hosts_text(reservations).encode(), mode=0o644)
+    _write_hosts(files, reservations)
     pid = running_pid(files)
     if pid is not None:
-        os.kill(pid, signal.SIGHUP)
+        _signal(pid, signal.SIGHUP)
 
 
 def stop(files: DhcpFiles) -> None:
     """Stop the network's dnsmasq (if it runs) and remove its files, leases included: the network is gone."""
     pid = running_pid(files)
     if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5.0
-        while procfs.start_ticks(pid) is not None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _signal(pid, signal.SIGTERM)
+        procfs.wait_gone(pid, 5.0)
     for path in (files.config, files.hosts, files.pid_file, files.leases):
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # no folder of ours: none of our files
+            path.unlink()
     try:
         files.runtime.rmdir()
     except OSError:
         pass
+
+
+def _write_hosts(files: DhcpFiles, reservations: list[tuple[str, str]]) -> None:
+    try:
+        write_atomic(files.hosts, hosts_text(reservations).encode(), mode=0o644)
+    except OSError as exc:
+        raise _files_error(files, exc) from exc
+
+
+def _files_error(files: DhcpFiles, exc: OSError) -> NetworkError:
+    return NetworkError(f"cannot write the files of dnsmasq in {files.runtime}: {exc.strerror}",
+                        hint=f"run minivisor as root; if {files.runtime} is not a folder of root's, remove it")
+
+
+def _signal(pid: int, signum: int) -> None:
+    """Signal the network's dnsmasq; one that exited since it was found needs nothing more."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
 
 
 def leases(files: DhcpFiles) -> dict[str, str]:

@@ -8,17 +8,19 @@ given, 0.0.0.0 for every address) port ``HOSTPORT`` reaches the guest's
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from dataclasses import dataclass
 
+from .. import procfs
 from ..errors import ArgumentError
 from ..text import excerpt
 
 __all__ = ["PortSpec", "parse_forward", "parse_host_side", "port_user", "DEFAULT_ADDR"]
 
 DEFAULT_ADDR = "127.0.0.1"
-_SPEC = re.compile(r"(?:(?P<addr>[0-9.]{7,15}):)?(?P<host>\d{1,5}):(?P<guest>\d{1,5})(?:/(?P<proto>tcp|udp))?\Z")
+_SPEC = re.compile(r"(?:(?P<addr>[0-9.]{7,15}):)?(?P<host>\d{1,5})(?::(?P<guest>\d{1,5}))?(?:/(?P<proto>tcp|udp))?\Z")
+_FORWARD_HINT = "write [ADDR:]HOSTPORT:GUESTPORT[/udp], e.g. 8080:80 or 0.0.0.0:2222:22 or 5353:53/udp"
+_HOST_SIDE_HINT = "write [ADDR:]HOSTPORT[/udp] (or the whole forward), e.g. 8080 or 0.0.0.0:2222 or 5353/udp"
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 _UNCONNECTED = "07"  # TCP_CLOSE: how a bound UDP socket shows in /proc/net/udp
 
@@ -36,15 +38,38 @@ class PortSpec:
         return f"{self.host_addr}:{self.host_port}:{self.guest_port}/{self.protocol}"
 
 
+@dataclass(frozen=True)
+class _Parsed:
+    """What :data:`_SPEC` read and checked: a forward, or only its host side (no guest port)."""
+
+    protocol: str
+    host_addr: str
+    host_port: int
+    guest_port: int | None
+
+
 def parse_forward(text: str) -> PortSpec:
     """A port forward from ``[ADDR:]HOSTPORT:GUESTPORT[/udp]``, or ArgumentError saying how to write it."""
+    spec = _parse(text, _FORWARD_HINT)
+    if spec.guest_port is None:
+        raise ArgumentError(f"{excerpt(text)} is not a port forward", hint=_FORWARD_HINT)
+    return PortSpec(spec.protocol, spec.host_addr, spec.host_port, spec.guest_port)
+
+
+def parse_host_side(text: str) -> tuple[str, str, int]:
+    """(protocol, address, port) of a forward's host side, from ``[ADDR:]HOSTPORT[/udp]`` or a whole forward."""
+    spec = _parse(text, _HOST_SIDE_HINT)
+    return spec.protocol, spec.host_addr, spec.host_port
+
+
+def _parse(text: str, hint: str) -> _Parsed:
+    """``[ADDR:]HOSTPORT[:GUESTPORT][/udp]`` checked, or ArgumentError with ``hint``."""
     found = _SPEC.match(text.strip())
-    hint = "write [ADDR:]HOSTPORT:GUESTPORT[/udp], e.g. 8080:80 or 0.0.0.0:2222:22 or 5353:53/udp"
     if not found:
         raise ArgumentError(f"{excerpt(text)} is not a port forward", hint=hint)
-    host_port, guest_port = int(found["host"]), int(found["guest"])
+    host_port, guest_port = int(found["host"]), (int(found["guest"]) if found["guest"] else None)
     for port in (host_port, guest_port):
-        if not 1 <= port <= 65535:
+        if port is not None and not 1 <= port <= 65535:
             raise ArgumentError(f"port {port} in {excerpt(text)} is not a port (1-65535)", hint=hint)
     addr = found["addr"] or DEFAULT_ADDR
     try:
@@ -53,18 +78,7 @@ def parse_forward(text: str) -> PortSpec:
         raise ArgumentError(f"{excerpt(addr)} in {excerpt(text)} is not an IPv4 address", hint=hint) from None
     if address.is_multicast or address.is_reserved:
         raise ArgumentError(f"{address} is not an address of this host", hint=hint)
-    return PortSpec(found["proto"] or "tcp", str(address), host_port, guest_port)
-
-
-def parse_host_side(text: str) -> tuple[str, str, int]:
-    """(protocol, address, port) of a forward's host side, from ``[ADDR:]HOSTPORT[/udp]`` or a whole forward."""
-    body, _, protocol = text.strip().partition("/")
-    parts = body.split(":")
-    if len(parts) == 3 or (len(parts) == 2 and "." not in parts[0]):  # a whole forward: ADDR:H:G or H:G
-        spec = parse_forward(text)
-        return spec.protocol, spec.host_addr, spec.host_port
-    spec = parse_forward(f"{body}:1/{protocol}" if protocol else f"{body}:1")
-    return spec.protocol, spec.host_addr, spec.host_port
+    return _Parsed(found["proto"] or "tcp", str(address), host_port, guest_port)
 
 
 def port_user(protocol: str, host_addr: str, port: int) -> str | None:
@@ -106,17 +120,8 @@ def _overlaps(listening: str, wanted: str) -> bool:
 
 def _process_of(inodes: set[str]) -> str:
     """The first process holding one of these sockets, named; or "another program" if none can be seen."""
-    wanted = {f"socket:[{inode}]" for inode in inodes}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
-                    with open(f"/proc/{pid}/comm") as handle:
-                        return f"{handle.read().strip()} (pid {pid})"
-            except OSError:
-                continue
+    for pid in procfs.holders_of({f"socket:[{inode}]" for inode in inodes}):
+        name = procfs.comm(pid)
+        if name is not None:
+            return f"{name} (pid {pid})"
     return "another program"

@@ -111,10 +111,9 @@ def used_networks() -> list[ipaddress.IPv4Network]:
     return found
 
 
-def make_bridge(name: str, network: str, address: ipaddress.IPv4Interface | None) -> None:
-    """The network's bridge, up, with the host's address on it (if any): made, or completed if it exists."""
-    existing = links().get(name)
-    if existing is None:
+def make_bridge(name: str, network: str, address: ipaddress.IPv4Interface | None, *, exists: bool) -> None:
+    """The network's bridge, up, with the host's address on it (if any): made, or completed if it ``exists``."""
+    if not exists:
         run(["ip", "link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0"],
             f"create the bridge {name}")
     run(["ip", "link", "set", name, "alias", bridge_alias(network)], f"name the bridge {name}")
@@ -128,9 +127,9 @@ def delete_link(name: str) -> None:
     run(["ip", "link", "del", name], f"delete {name}", check=False)
 
 
-def plug_tap(name: str, bridge: str, alias: str) -> None:
-    """A fresh tap plugged into ``bridge`` and up (one a crash left under that name is replaced)."""
-    if name in links():
+def plug_tap(name: str, bridge: str, alias: str, *, stale: bool) -> None:
+    """A fresh tap plugged into ``bridge`` and up (a ``stale`` one, a crash's leftover of that name, is replaced)."""
+    if stale:
         delete_link(name)
     run(["ip", "tuntap", "add", "dev", name, "mode", "tap", "vnet_hdr"], f"create the tap {name}")
     try:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HvError, StateError
-from ..procfs import start_ticks
+from ..procfs import holders_of, read_stat, wait_gone
 from ..vmm import qmp
 from ..vmm.argv import SHUTDOWN_TRACE
 from ..vmm.process import RuntimeRecord, is_our_vmm, launched_process
@@ -206,7 +206,7 @@ class Supervisor:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        _wait_gone(pid, 5.0)
+        wait_gone(pid, 5.0)
         vmm.record()  # clears the record now that the pid is gone
         vmm.paths.runtime_record.unlink(missing_ok=True)
         hv.vms.emit(name, "failed", pid=pid, reason=f"{why}; the half-started VMM was killed")
@@ -367,28 +367,7 @@ def _vmm_pids(marker: str) -> list[int]:
 
 def _orphaned(pid: int, lock_path: Path) -> bool:
     """True if the process that launched ``pid`` no longer holds the VM's lock (it died)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-    except (OSError, ValueError):
+    stat = read_stat(pid)
+    if stat is None or stat.ppid == os.getpid():
         return False
-    if ppid == os.getpid():
-        return False
-    target = os.path.realpath(lock_path)
-    try:
-        fds = os.listdir(f"/proc/{ppid}/fd")
-    except OSError:
-        return True
-    for fd in fds:
-        try:
-            if os.readlink(f"/proc/{ppid}/fd/{fd}") == target:
-                return False
-        except OSError:
-            continue
-    return True
-
-
-def _wait_gone(pid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while start_ticks(pid) is not None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    return not any(holders_of({os.path.realpath(lock_path)}, [stat.ppid]))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from ..errors import GuestError, NetworkError, QmpError
+from ..errors import GuestError, NetworkError, QmpCommandError, QmpError
 from ..spec.vmspec import Nic
 from ..text import clip
 from .argv import HostForward, LaunchEnv, nic_device, nic_netdev, netdev_id
@@ -40,9 +40,16 @@ def plug_nic(vmm: Vmm, nic: Nic, env: LaunchEnv) -> None:
 
 
 def unplug_nic(vmm: Vmm, nic: Nic, *, timeout: float = UNPLUG_TIMEOUT) -> None:
-    """Ask the guest to release the NIC, wait until QEMU has deleted it, then delete its backend."""
+    """Ask the guest to release the NIC, wait until QEMU has deleted it, then delete its backend. A NIC QEMU no
+    longer has was released after an earlier removal gave up waiting: only its backend is left to delete."""
     with vmm.session() as qmp:
-        qmp.execute("device_del", {"id": nic.name})
+        try:
+            qmp.execute("device_del", {"id": nic.name})
+        except QmpCommandError as exc:
+            if exc.error_class != "DeviceNotFound":
+                raise
+            _quietly(qmp, "netdev_del", {"id": netdev_id(nic)})  # gone with the VMM's own clean-up is fine too
+            return
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -38,7 +38,7 @@ from ..text import excerpt
 from .argv import HostForward, LaunchEnv, NetBackend, Tap, UserNat, build_qemu_argv
 
 __all__ = ["LaunchPlan", "make_plan", "Resources", "check_host_fit", "resolve_resources", "resolve_files",
-           "HostNetworks", "DISCARD_PREFIX", "check_specfile"]
+           "HostNetworks", "DISCARD_PREFIX", "check_specfile", "NicPlacement", "place_nic"]
 
 # The overlay that takes an independent-nonpersistent disk's writes during one power-on: its name starts like
 # the datastore's own metadata, so no specfile may name it (datastore.store.is_vm_metadata).
@@ -302,21 +302,30 @@ def _check_unique_macs(macs: dict[int, str]) -> None:
         seen[mac] = index
 
 
-def _network(nic: Nic, uuid: str, host: HostNetworks, warnings: list[str]) -> NetBackend:
-    """What is behind a NIC: a tap on the switch of the network it names, QEMU's user-mode NAT where the host
-    builds no networks, or nothing (its link down, with a warning saying why and what to do)."""
+@dataclass(frozen=True)
+class NicPlacement:
+    """Where a NIC is at its power-on: on a network's switch (``entry``), on QEMU's user-mode NAT, or on nothing
+    (its link down; ``why`` says why, empty for ``connectionType = none``, which asks for no network)."""
+
+    entry: NetworkEntry | None = None
+    user_nat: bool = False
+    why: str = ""
+
+
+def place_nic(nic: Nic, host: HostNetworks) -> NicPlacement:
+    """The one decision of which network a NIC is on (power-on, hot-plug, ``vm ip``, port forwards)."""
     if nic.connection_type == "none":
-        return "unconnected"
+        return NicPlacement()
     if not nic.start_connected:
-        return _unplugged(nic, warnings, "startConnected is FALSE")
+        return NicPlacement(why="startConnected is FALSE")
     wanted = wanted_network(nic)
     if wanted is None:
-        return _unplugged(nic, warnings, f"connectionType {nic.connection_type!r} names no network minivisor has")
+        return NicPlacement(why=f"connectionType {nic.connection_type!r} names no network minivisor has")
     if host.networks is None:
         if wanted == NAT:
-            return UserNat(tuple(host.user_forwards.get(nic.index, ())))
-        return _unplugged(nic, warnings, f"network {excerpt(wanted)} needs bridges and taps, which this host cannot "
-                                         f"make ({host.reason})")
+            return NicPlacement(user_nat=True)
+        return NicPlacement(why=f"network {excerpt(wanted)} needs bridges and taps, which this host cannot make "
+                                f"({host.reason})")
     entry = host.networks.get(wanted.lower())
     if entry is None and wanted == BRIDGED:
         entry = next((n for n in host.networks.values() if n.mode == "bridged"), None)
@@ -327,8 +336,19 @@ def _network(nic: Nic, uuid: str, host: HostNetworks, warnings: list[str]) -> Ne
             make = f"create it with: minivisor net create {wanted}"
         else:
             make = "a network name is 1-32 letters, digits, '.', '_' or '-'"
-        return _unplugged(nic, warnings, f"network {excerpt(wanted)} does not exist ({make})")
-    return Tap(tap_name(uuid, nic.index), entry.name)
+        return NicPlacement(why=f"network {excerpt(wanted)} does not exist ({make})")
+    return NicPlacement(entry)
+
+
+def _network(nic: Nic, uuid: str, host: HostNetworks, warnings: list[str]) -> NetBackend:
+    """What is behind a NIC: a tap on the switch of its network, QEMU's user-mode NAT where the host builds no
+    networks, or nothing (its link down, with a warning saying why and what to do)."""
+    placed = place_nic(nic, host)
+    if placed.entry is not None:
+        return Tap(tap_name(uuid, nic.index), placed.entry.name)
+    if placed.user_nat:
+        return UserNat(tuple(host.user_forwards.get(nic.index, ())))
+    return _unplugged(nic, warnings, placed.why) if placed.why else "unconnected"
 
 
 def _unplugged(nic: Nic, warnings: list[str], why: str) -> NetBackend:
