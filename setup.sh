@@ -12,6 +12,9 @@ packages+=(dnsmasq-base nftables)
 # The appliance's build compiles its kernel: Debian 12's kernel compiler and C library headers, and what
 # the kernel's build runs (flex and bison for its configuration, bc, lz4; libelf for objtool).
 packages+=(gcc-12 libc6-dev make flex bison bc lz4 libelf-dev)
+# The web page's libraries (xterm.js, noVNC, uPlot) come from npm through package-lock.json: Debian's node
+# and npm, unless a node with its own npm is there already (nodesource's nodejs ships npm and conflicts with it).
+command -v npm >/dev/null || packages+=(nodejs npm)
 # The tests also reassemble the KVM probe (binutils), click through the web page (chromium), make an
 # installer CD (xorriso, isolinux) and run a cluster's etcd members (etcd-server; etcdctl in etcd-client).
 [ "$job" = test ] && packages+=(binutils chromium xorriso isolinux etcd-server etcd-client)
@@ -46,8 +49,18 @@ install_python_env() {
     .venv/bin/python -m compileall -q src >/dev/null
 }
 
+install_web_libraries() {
+    # Exactly what package-lock.json names, into node_modules (git-ignored); `minivisor serve` serves them.
+    if ! npm ci --no-audit --no-fund --loglevel=error >.venv/npm.log 2>&1; then
+        tail -20 .venv/npm.log >&2
+        echo "setup: installing the web page's libraries failed (log: .venv/npm.log)" >&2
+        exit 1
+    fi
+}
+
 install_host_packages
 install_python_env
+install_web_libraries
 
 case "$job" in
     demo)

@@ -323,6 +323,13 @@ class WrongHostError(RequestError):
     exit_code = 64
 
 
+class CrossSiteError(RequestError):
+    """A change authorized by the web session's cookie alone that does not come from the service's own page."""
+
+    code = "cross-site"
+    exit_code = 77
+
+
 class InternalError(HvError):
     """A bug: minivisor met something it did not expect. The service logs the traceback; the user gets one line."""
 
@@ -330,4 +337,5 @@ class InternalError(HvError):
     exit_code = 1
 
 
-__all__ += ["PayloadTooLargeError", "MethodNotAllowedError", "RouteNotFoundError", "WrongHostError", "InternalError"]
+__all__ += ["PayloadTooLargeError", "MethodNotAllowedError", "RouteNotFoundError", "WrongHostError", "CrossSiteError",
+            "InternalError"]

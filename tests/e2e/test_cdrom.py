@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from attacks import add_keys, plant_secret
-from boot_media import installer_iso
+from boot_media import READ_VOLUME, installer_iso
 from cli_runner import run_cli
 from guests import create_guest
 from refusals import assert_one_clear_line
@@ -14,10 +14,6 @@ from minivisor.errors import PathError
 from minivisor.spec.vmx import VmxDocument
 
 pytestmark = pytest.mark.qemu
-
-# The first read after a medium change fails (the drive reports the change, as a real one does): read again.
-READ_VOLUME = ("for i in 1 2 3 4 5; do dd if=/dev/sr0 bs=2048 skip=16 count=1 2>/tmp/err >/tmp/vd && break; "
-               "sleep 0.3; done; cat /tmp/err; head -c 56 /tmp/vd")
 
 
 def test_an_iso_goes_in_and_out_of_a_running_vm_and_the_specfile_keeps_it(hv, appliance_image, tmp_path):

@@ -132,3 +132,42 @@ class EventWatcher:
 
     def close(self) -> None:
         self.conn.close()
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright drives it (no `playwright install`)
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"  # git-ignored, for a person to look at
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Headless Chromium driven by Playwright, one per test module."""
+    if not CHROMIUM.exists():
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
+    sync_api.expect.set_options(timeout=30_000)  # a loaded 2-core machine: what the page shows may take a while
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(chromium, request):
+    """A fresh browser profile (no cookies) and its page; a screenshot of it is saved when the test ends."""
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(30_000)
+    tab = context.new_page()
+    refused = []  # what the page's Content-Security-Policy blocked: the page must need nothing it forbids
+    tab.on("console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text
+           else None)
+    try:
+        yield tab
+        assert not refused, refused
+    finally:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        try:
+            tab.screenshot(path=str(SCREENSHOTS / f"{request.node.name}.png"), full_page=True)
+        finally:
+            context.close()

@@ -123,6 +123,9 @@ def test_openapi_documents_every_route(service):
     assert status == 200 and doc["openapi"].startswith("3.")
     for op in OPERATIONS:
         assert doc["paths"][op.path][op.method.lower()]["operationId"] == op.name
+    for method, path in (("post", "/v1/session"), ("post", "/v1/vms/{name}/consoles/{console}/ticket"),
+                         ("put", "/v1/datastore/files/{folder}/{name}"), ("get", "/v1/events")):
+        assert doc["paths"][path][method]["summary"]
     start = doc["paths"]["/v1/vms/{name}/start"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert start["additionalProperties"] is False and start["properties"]["wait_ready"] == {"type": "boolean"}
 

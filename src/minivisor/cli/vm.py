@@ -22,11 +22,15 @@ TIMEOUT = "SECONDS"  # the metavar of every --timeout
          arg("--nic", default="vmxnet3", help="NIC model: vmxnet3, e1000, e1000e, vlance, virtio [default: vmxnet3]."),
          arg("--scsi", default="lsilogic", help="SCSI controller: lsilogic, lsisas1068, pvscsi [default: lsilogic]."),
          arg("--guest-os", default="other-64", help="guestOS value, e.g. debian12-64 [default: other-64]."),
+         arg("--firmware", default="bios", help="bios or efi [default: bios]."),
+         arg("--thick", action="store_true", help="Allocate the empty disk now (default: thin)."),
+         arg("--cdrom", action="store_true", help="Add an empty CD-ROM drive (then: vm cdrom NAME insert ISO)."),
          JSON)
 def vm_create(name: str, memory: int, cpus: int, disk_size: str | None, boot_disk: Path | None, network: str,
-              nic: str, scsi: str, guest_os: str, as_json: bool) -> None:
+              nic: str, scsi: str, guest_os: str, firmware: str, thick: bool, cdrom: bool, as_json: bool) -> None:
     vm = hv().create_vm(name, memory_mib=memory, cpus=cpus, disk_size=disk_size, boot_disk=boot_disk,
-                        network=network, nic_model=nic, scsi_model=scsi, guest_os=guest_os, progress=progress)
+                        network=network, nic_model=nic, scsi_model=scsi, guest_os=guest_os, firmware=firmware,
+                        thick=thick, cdrom=cdrom, progress=progress)
     print_json(vm) if as_json else say(f"created {vm.name}: {vm.vmx}")
 
 

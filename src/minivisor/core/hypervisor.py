@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -135,6 +135,18 @@ class Hypervisor:
         return {"root": str(self.datastore.root), "catalog": str(catalog.path), "vms": len(catalog.list()),
                 "allowed_paths": catalog.allowed_paths()}
 
+    def datastore_files(self, folder: str = "") -> dict[str, Any]:
+        """The folders and files in a folder of the datastore ("" its root), with the datastore's capacity."""
+        from .files import list_folder
+
+        return list_folder(self.datastore, folder)
+
+    def datastore_upload(self, folder: str, name: str, chunks: Iterable[bytes]) -> dict[str, Any]:
+        """A new file (an ISO or a disk image) ``folder/name`` at the top of the datastore, written from ``chunks``."""
+        from .files import upload
+
+        return upload(self.datastore, folder, name, chunks)
+
     @_no_space_is_one_error
     def allow_path(self, folder: Path | str) -> None:
         """Let specfiles name files in a host folder outside the datastore (shared ISOs, templates, boot images)."""
@@ -160,14 +172,15 @@ class Hypervisor:
     @_no_space_is_one_error
     def create_vm(self, name: str, *, memory_mib: int = 512, cpus: int = 1, disk_size: str | None = None,
                   boot_disk: Path | str | None = None, network: str = "nat", nic_model: str = "vmxnet3",
-                  scsi_model: str = "lsilogic", guest_os: str = "other-64",
-                  progress: Progress | None = None) -> VmInfo:
+                  scsi_model: str = "lsilogic", guest_os: str = "other-64", firmware: str = "bios",
+                  thick: bool = False, cdrom: bool = False, progress: Progress | None = None) -> VmInfo:
         """Create a VM folder with a specfile and a disk, and add it to the catalog.
 
         ``boot_disk`` (in a folder allowed with :meth:`allow_path`, its backing
         chain checked) is copied into the VM's folder, flattened to qcow2;
-        otherwise ``disk_size`` makes an empty thin disk. ``network`` is
-        ``nat``, ``none`` or a network name.
+        otherwise ``disk_size`` makes an empty disk, thin unless ``thick``. ``network`` is
+        ``nat``, ``none`` or a network name; ``firmware`` ``bios`` or ``efi``; ``cdrom`` adds an
+        empty CD-ROM drive (ide1:0) to insert an installer into (:meth:`cdrom`).
         """
         import shutil
         import uuid as uuidlib
@@ -185,15 +198,17 @@ class Hypervisor:
         self.datastore.check_new_name(name)
         _check_choice("NIC model", nic_model, CREATABLE_NICS)
         _check_choice("SCSI controller", scsi_model, CREATABLE_SCSI)
+        _check_choice("firmware", firmware, ("bios", "efi"))
         vm_uuid = str(uuidlib.uuid4())
         disk_name = f"{name}.qcow2" if boot_disk is not None or disk_size is not None else None
-        doc = new_specfile(name, vm_uuid, memory_mib, cpus, guest_os, disk_name, network, nic_model, scsi_model)
+        doc = new_specfile(name, vm_uuid, memory_mib, cpus, guest_os, disk_name, network, nic_model, scsi_model,
+                           firmware=firmware, cdrom=cdrom)
         check_host_fit(VmSpec.from_vmx(doc), host_memory_mib=facts.host_memory_mib(), host_cpus=facts.host_cpus())
         boot_chain = self.datastore.image_chain(boot_disk, "boot disk") if boot_disk is not None else None
         staging = self.datastore.staging_dir(name)
         try:
             if disk_name:
-                _make_disk(staging / disk_name, disk_size, boot_chain, progress)
+                _make_disk(staging / disk_name, disk_size, boot_chain, progress, thick=thick)
             doc.save(staging / f"{name}.vmx")
             self.datastore.publish(staging, name, vm_uuid)
         finally:
@@ -752,13 +767,14 @@ def _await_ready(ctx: VmContext, timeout: float, spec: VmSpec | None = None) -> 
 
 
 def _make_disk(target: Path, size: str | None, boot_chain: tuple[ImageLayer, ...] | None,
-               progress: Progress | None) -> None:
-    """Copy a checked boot disk chain into ``target`` (as qcow2), or create an empty thin disk of ``size``."""
+               progress: Progress | None, *, thick: bool = False) -> None:
+    """Copy a checked boot disk chain into ``target`` (as qcow2), or create an empty disk of ``size`` (thin
+    unless ``thick``)."""
     from ..images.qemu_img import convert_disk, create_disk
     from ..units import human_size, parse_size
 
     if boot_chain is None:
-        create_disk(target, parse_size(size or "8G"), "qcow2")
+        create_disk(target, parse_size(size or "8G"), "qcow2", thick=thick)
         return
     top = boot_chain[0]
     if progress:

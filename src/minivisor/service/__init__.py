@@ -16,8 +16,11 @@ The modules, each one concept:
 - :mod:`server`: the service process (:class:`server.Service`): lock, token, socket, ``service.json``,
   uvicorn, start and stop;
 - :mod:`connections`: the limits uvicorn lacks (a deadline per request, a cap on connections);
-- :mod:`auth`: the Host check against DNS rebinding and the bearer token;
-- :mod:`app`: the Starlette application: routes, request bodies, event streams, the web page;
+- :mod:`auth`: the Host check against DNS rebinding, the bearer token, the web session and its CSRF check;
+- :mod:`sessions`: the web page's sessions and the single-use tickets of console websockets;
+- :mod:`consoles`: the console websockets, bridged to a VM's serial console and VNC UNIX sockets;
+- :mod:`static`: the web page's files and its npm libraries, served from a table made at start-up;
+- :mod:`app`: the Starlette application: routes, request bodies, event streams, uploads, the web page;
 - :mod:`params`: a request's values checked against the core method's signature;
 - :mod:`dispatch`: core calls on worker threads, a pool of Hypervisors, one mutation per VM at a time;
 - :mod:`responses`: results as JSON, errors as an HTTP status and a JSON body;

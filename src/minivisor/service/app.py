@@ -15,7 +15,8 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import queue
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from importlib.resources import files
 from typing import Any
 
@@ -28,21 +29,30 @@ from starlette.routing import Route
 
 from ..errors import HvError, MethodNotAllowedError, PayloadTooLargeError, RequestError, RouteNotFoundError
 from ..text import excerpt
-from .auth import Access, Gate
+from .auth import LOGIN_PATH, Access, Gate
 from .bus import EventBus
+from .consoles import console_routes
 from .dispatch import Dispatcher
 from .metrics import collect, prometheus
 from .openapi import openapi
 from .responses import dumps, encode, error_response, internal_error, json_response
 from .routes import OPERATIONS, Op
+from .static import StaticFiles
 from .supervisor import Supervisor
 
 __all__ = ["build_app", "operation_routes", "MAX_BODY", "HEARTBEAT"]
 
 log = logging.getLogger("minivisor.service")
 
-MAX_BODY = 64 * 1024  # bytes; larger requests get 413 without being read
+MAX_BODY = 64 * 1024  # bytes; larger requests get 413 without being read (but uploads, streamed)
+UPLOAD_QUEUE = 16  # chunks of an upload between the event loop and the worker thread that writes them
 HEARTBEAT = 15.0  # seconds between SSE keep-alive comments
+# The page runs only its own files: no inline script, no eval, nothing from elsewhere, never in a frame.
+# Inline styles are allowed: xterm.js writes its theme and measured cell sizes into a <style> element it makes
+# (styles cannot run code, and no text from the API ever becomes markup: textContent only).
+PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+               "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+               "form-action 'self'; frame-ancestors 'none'")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -52,6 +62,39 @@ def build_app(calls: Dispatcher, bus: EventBus, access: Access, supervisor: Supe
     """The application: the route table's operations, events, metrics, the OpenAPI document and the page."""
     spec = dumps(openapi())  # the route table does not change while the service runs
     page = _page()
+    static = StaticFiles()
+    if static.missing:
+        log.warning("the web page's libraries %s are not installed: run `npm ci` in the repository (setup.sh does)",
+                    ", ".join(static.missing))
+
+    async def static_file(request: Request) -> Response:
+        asset = static.get(request.url.path)
+        if asset is None:
+            raise RouteNotFoundError(f"{excerpt(request.url.path)} is not a file of the page", hint="see /")
+        return Response(asset.body, 200, {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+                        media_type=asset.media_type)
+
+    async def login(request: Request) -> Response:
+        token = (await _read_json_body(request)).get("token")
+        if not isinstance(token, str):
+            raise RequestError("log in with the API token", hint='send {"token": "<the datastore\'s token>"}')
+        access.check_token("Bearer " + token)
+        response = json_response(200, {"session": "open"})
+        response.headers["Set-Cookie"] = access.sessions.set_cookie(access.sessions.open())
+        return response
+
+    async def logout(request: Request) -> Response:
+        access.sessions.close(access.sessions.session_of(request.headers.get("cookie")))
+        response = json_response(200, {"session": "closed"})
+        response.headers["Set-Cookie"] = access.sessions.clear_cookie()
+        return response
+
+    async def session(request: Request) -> Response:  # the Gate let it through: the caller is authorized
+        return json_response(200, {"session": "open"})
+
+    async def upload(request: Request) -> Response:
+        entry = await _upload(calls, request.path_params["folder"], request.path_params["name"], request.stream())
+        return json_response(201, entry)
 
     async def openapi_json(request: Request) -> Response:
         return Response(spec, 200, {"Cache-Control": "no-store"}, media_type="application/json")
@@ -77,10 +120,17 @@ def build_app(calls: Dispatcher, bus: EventBus, access: Access, supervisor: Supe
                 started.cancel()
 
     endpoints = [Route("/", page, methods=["GET"]), Route("/index.html", page, methods=["GET"]),
+                 Route(LOGIN_PATH, _answering(login), methods=["POST"]),
+                 Route(LOGIN_PATH, _answering(logout), methods=["DELETE"]),
+                 Route(LOGIN_PATH, _answering(session), methods=["GET"]),
+                 Route("/v1/datastore/files/{folder}/{name}", _answering(upload), methods=["PUT"]),
+                 Route("/ui/{path:path}", _answering(static_file), methods=["GET"]),
+                 Route("/vendor/{path:path}", _answering(static_file), methods=["GET"]),
                  Route("/openapi.json", _answering(openapi_json), methods=["GET"]),
                  Route("/v1/events", _answering(events), methods=["GET"]),
                  Route("/v1/metrics", _answering(metrics_json), methods=["GET"]),
                  Route("/metrics", _answering(metrics_text), methods=["GET"])]
+    endpoints += console_routes(calls, access.sessions, _answering)
     endpoints += operation_routes(lambda op: _answering(_operation(calls, op)))
     app = Starlette(routes=endpoints, middleware=[Middleware(Gate, access=access)],
                     exception_handlers={HTTPException: _no_route}, lifespan=lifespan)
@@ -171,9 +221,8 @@ def _query_value(text: str) -> Any:
 
 def _page() -> Endpoint:
     html = files("minivisor.service").joinpath("web/index.html").read_bytes()
-    headers = {"Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
-                                          "style-src 'self' 'unsafe-inline'",
-               "X-Frame-Options": "DENY"}
+    headers = {"Content-Security-Policy": PAGE_POLICY, "X-Frame-Options": "DENY",
+               "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
 
     async def page(request: Request) -> Response:
         return Response(html, 200, headers, media_type="text/html; charset=utf-8")
@@ -199,6 +248,41 @@ async def _event_stream(bus: EventBus, only: str | None) -> AsyncIterator[bytes]
             yield f"id: {event['id']}\nevent: {event['type']}\ndata: ".encode() + dumps(event) + b"\n\n"
     finally:
         bus.unsubscribe(subscription)
+
+
+async def _upload(calls: Dispatcher, folder: str, name: str, body: AsyncIterator[bytes]) -> Any:
+    """Stream a request's body into ``Hypervisor.datastore_upload`` on a worker thread, a few chunks ahead at most
+    (the body is larger than any JSON request: it is never held whole)."""
+    chunks: queue.Queue[bytes | None | BaseException] = queue.Queue(maxsize=UPLOAD_QUEUE)
+
+    def receive() -> Iterator[bytes]:
+        while (chunk := chunks.get()) is not None:
+            if isinstance(chunk, BaseException):
+                raise chunk
+            yield chunk
+
+    stored = asyncio.ensure_future(calls.call(lambda hv: hv.datastore_upload(folder, name, receive())))
+    try:
+        async for chunk in body:
+            if chunk and not await _hand_over(chunks, chunk, stored):
+                break  # the core refused it (the answer says why)
+        await _hand_over(chunks, None, stored)
+    except BaseException:  # the client went away (or the service stops): the core drops what it wrote
+        await _hand_over(chunks, RequestError("the upload was cut short", hint="upload the file again"), stored)
+        raise
+    return await stored
+
+
+async def _hand_over(chunks: queue.Queue, item: Any, consumer: asyncio.Future) -> bool:
+    """Queue ``item`` for the worker thread; False if it has finished (and will take no more)."""
+    while True:
+        try:
+            chunks.put_nowait(item)
+            return True
+        except queue.Full:
+            if consumer.done():
+                return False
+            await asyncio.sleep(0.002)
 
 
 async def _autostart(supervisor: Supervisor) -> None:

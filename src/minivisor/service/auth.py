@@ -1,10 +1,11 @@
-"""Who may ask: a request must name this service in its ``Host`` header, then carry the datastore's token.
+"""Who may ask: a request must name this service in its ``Host`` header, then carry the token or a session.
 
 :class:`Gate` runs both checks on every request before it is routed, in that
 order: a request for another host gets 421 and no data (against DNS
-rebinding), one without the right token 401 (naming no path). The static web
-page (:data:`PUBLIC_PATHS`) holds no data and needs no token: the token is
-typed into it.
+rebinding), one without the right token or web session 401 (naming no path),
+a change on a session's cookie from another site's page 403. The static web
+page and its files (:data:`PUBLIC_PATHS`, :data:`~minivisor.service.static.PUBLIC_PREFIXES`) hold no
+data and need no token: the token is typed into the page once (``POST /v1/session``).
 """
 
 from __future__ import annotations
@@ -22,10 +23,14 @@ from ..errors import AuthError, HostError, HvError, WrongHostError
 from ..text import excerpt
 from .discovery import TOKEN_FILE
 from .responses import error_response
+from .sessions import CSRF_HEADER, Sessions
+from .static import PUBLIC_PREFIXES
 
-__all__ = ["Access", "Gate", "HostCheck", "PUBLIC_PATHS", "ensure_token"]
+__all__ = ["Access", "Gate", "HostCheck", "PUBLIC_PATHS", "LOGIN_PATH", "ensure_token"]
 
 PUBLIC_PATHS = frozenset({"/", "/index.html"})
+LOGIN_PATH = "/v1/session"  # POST: the token in the body, a session cookie back
+SAFE_METHODS = frozenset({"GET", "HEAD"})  # they change nothing: the cookie alone authorizes them
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _HOST_HEADER = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
 
@@ -90,38 +95,72 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 class Access:
-    """The two checks of a request, in order: its Host names this service, then (but for the page) its token is right."""
+    """The checks of a request, in order: its Host names this service, then (but for the page) it is authorized.
+
+    Authorized is the API token in an ``Authorization`` header (the CLI, scripts), or the web page's session
+    cookie (:mod:`minivisor.service.sessions`), which must also come from the page itself to change anything.
+    A websocket is authorized by its console ticket, checked where it is opened; here only its Host and Origin.
+    """
 
     def __init__(self, token: str, hosts: HostCheck, url: str) -> None:
         self.token, self.hosts, self.url = token, hosts, url
+        self.sessions = Sessions(hosts.port)
 
-    def check(self, path: str, host: str | None, authorization: str | None) -> None:
-        """Raise WrongHostError or AuthError unless the request may be answered."""
+    def check(self, scope: Scope) -> None:
+        """Raise WrongHostError, AuthError or CrossSiteError unless the request may be answered."""
+        host = _header(scope, b"host")
         if not self.hosts.allows(host):
             raise WrongHostError(f"this service does not answer for the host {excerpt(host or '')}",
                                  hint=f"connect to {self.url}")
-        if path not in PUBLIC_PATHS:
-            self._authenticate(authorization)
+        path, origin = scope["path"], _header(scope, b"origin")
+        if scope["type"] == "websocket":  # browsers always send Origin on one: a page of another site may not
+            if origin is not None:
+                self.sessions.check_origin(origin, self.own_origins(host))
+            return
+        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+            return
+        if path == LOGIN_PATH and scope["method"] == "POST":  # the token is in the body (checked by login)
+            if origin is not None:
+                self.sessions.check_origin(origin, self.own_origins(host))
+            return
+        authorization = _header(scope, b"authorization")
+        if authorization is not None:
+            self.check_token(authorization)
+            return
+        if not self.sessions.valid(self.sessions.session_of(_header(scope, b"cookie"))):
+            raise AuthError("missing or wrong token", hint=f"send 'Authorization: Bearer <token>'; the token is in the "
+                                                           f"datastore's {TOKEN_FILE} (or log in to the web page)")
+        if scope["method"] not in SAFE_METHODS:
+            self.sessions.check_same_origin(origin, self.own_origins(host), _header(scope, CSRF_HEADER.encode()))
 
-    def _authenticate(self, header: str | None) -> None:
-        scheme, _, token = (header or "").partition(" ")
+    def check_token(self, header: str) -> None:
+        """AuthError unless ``header`` is ``Bearer <the token>``."""
+        scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.token.encode()):
             raise AuthError("missing or wrong token",
                             hint=f"send 'Authorization: Bearer <token>'; the token is in the datastore's {TOKEN_FILE}")
 
+    @staticmethod
+    def own_origins(host: str | None) -> frozenset[str]:
+        """The Origin of a page this service served under the (checked) Host header ``host``."""
+        return frozenset({f"http://{host}"})
+
 
 class Gate:
-    """ASGI middleware: every request passes :meth:`Access.check` before it reaches a route."""
+    """ASGI middleware: every request and websocket passes :meth:`Access.check` before it reaches a route."""
 
     def __init__(self, app: ASGIApp, access: Access) -> None:
         self.app, self.access = app, access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] in ("http", "websocket"):
             try:
-                self.access.check(scope["path"], _header(scope, b"host"), _header(scope, b"authorization"))
+                self.access.check(scope)
             except HvError as exc:
-                await error_response(exc)(scope, receive, send)
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})  # refused before it is accepted: 403
+                else:
+                    await error_response(exc)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

@@ -4,7 +4,7 @@ uvicorn closes a connection that stays idle *between* two requests after
 :data:`KEEP_ALIVE`, and nothing else: one that never sends a request, or sends
 its head a byte at a time (slowloris), would be kept for ever at the cost of a
 descriptor. :class:`GuardedH11Protocol` closes it unless the whole request
-arrives within :data:`REQUEST_TIMEOUT`, and answers a connection beyond
+arrives within :data:`REQUEST_TIMEOUT` (an upload's head only), and answers a connection beyond
 :func:`connection_cap` with 503 at once.
 """
 
@@ -23,6 +23,7 @@ __all__ = ["GuardedH11Protocol", "connection_cap", "REQUEST_TIMEOUT", "KEEP_ALIV
 
 REQUEST_TIMEOUT = 10.0  # seconds for a whole request (head and body) to arrive, from its first byte
 KEEP_ALIVE = 15.0  # seconds an idle connection stays open between two requests (client.py reuses it for less)
+UPLOAD_PREFIX = "/v1/datastore/files/"  # PUT: a streamed upload (service.app)
 MAX_CONNECTIONS = 4096  # open connections at most (and at most half the descriptors the process may open)
 
 
@@ -66,11 +67,22 @@ class GuardedH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if getattr(self, "_upgraded", False):
+            return  # the connection is a websocket's now (a console: open as long as it is used)
         cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and _is_upload(cycle.scope):
+            self._cancel_deadline()  # its head is in (and the Gate has checked it): its body takes what it takes
+            return
         if cycle is None or cycle.response_complete or cycle.more_body:
             self._expect_request()  # a head or a body is still on its way
         else:
             self._cancel_deadline()  # the request is in; the handler runs
+
+    def handle_websocket_upgrade(self, event) -> None:  # type: ignore[no-untyped-def]
+        """The request deadline ends here: the websocket protocol takes the connection over."""
+        self._upgraded = True
+        self._cancel_deadline()
+        super().handle_websocket_upgrade(event)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
@@ -89,6 +101,11 @@ class GuardedH11Protocol(H11Protocol):
         """No whole request in time: close (a handler waiting for the body sees the client gone)."""
         self._deadline = None
         self.transport.close()
+
+
+def _is_upload(scope) -> bool:  # type: ignore[no-untyped-def]
+    """An upload into the datastore (an ISO of gigabytes): the one request whose body may take minutes."""
+    return scope["method"] == "PUT" and scope["path"].startswith(UPLOAD_PREFIX)
 
 
 def _canned(exc: HvError) -> bytes:

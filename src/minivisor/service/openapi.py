@@ -15,19 +15,31 @@ __all__ = ["openapi"]
 VM_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"}  # what check_vm_name accepts
 SEGMENT = {"type": "string", "pattern": "^[^/\\\\]{1,128}$"}  # what routes.check_segment accepts
 ERROR = {"description": "an error: {error: {type, code, message, hint, exit_code}}"}
-# Routes that are not core methods (the web page at / is not part of the API).
-EXTRA = (("/v1/events", "Server-sent events of VM state changes"),
-         ("/v1/metrics", "Per-VM and host metrics (JSON)"),
-         ("/metrics", "Metrics in Prometheus text format"))
+# Routes that are not core methods (the web page at / and its files are not part of the API): method, path, summary.
+EXTRA = (("get", "/v1/events", "Server-sent events of VM state changes"),
+         ("get", "/v1/metrics", "Per-VM and host metrics (JSON)"),
+         ("get", "/metrics", "Metrics in Prometheus text format"),
+         ("post", "/v1/session", "Log in with the token (body {token}): a session cookie (HttpOnly, SameSite=Strict); "
+                                 "changes made with it alone must send X-Minivisor-CSRF from the service's own page"),
+         ("get", "/v1/session", "Whether the caller is authorized (the token or a session)"),
+         ("delete", "/v1/session", "Log out: the session ends"),
+         ("post", "/v1/vms/{name}/consoles/{console}/ticket",
+          "A single-use ticket (30 s) for one console websocket of the VM: serial or vnc"),
+         ("get", "/v1/vms/{name}/consoles/{console}",
+          "The console websocket (?ticket=...), bridged to the VM's own UNIX socket (binary frames)"),
+         ("put", "/v1/datastore/files/{folder}/{name}",
+          "Upload the request's body as a new file (.iso, .img, .vmdk, .qcow2) into a folder of the datastore"))
 
 
 def openapi() -> dict[str, Any]:
-    """The OpenAPI 3 document: one operation per row of the route table, plus events and metrics."""
+    """The OpenAPI 3 document: one operation per row of the route table, plus events, metrics, sessions,
+    console tickets and websockets, and uploads."""
     paths: dict[str, Any] = {}
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)
-    for path, summary in EXTRA:
-        paths[path] = {"get": {"summary": summary, "responses": {"200": {"description": summary}}}}
+    for method, path, summary in EXTRA:
+        paths.setdefault(path, {})[method] = {"summary": summary, "responses": {"200": {"description": summary},
+                                                                             "default": ERROR}}
     return {"openapi": "3.0.3", "info": {"title": "minivisor", "version": __version__},
             "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
             "security": [{"bearer": []}], "paths": paths}

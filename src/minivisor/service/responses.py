@@ -19,10 +19,10 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ..errors import (ArgumentError, AuthError, ClusterError, ConflictError, DiskError, GuestError, HostError, HvError,
-                      ImageBuildError, InternalError, MethodNotAllowedError, NoSpaceError, NotFoundError,
-                      PayloadTooLargeError, RequestError, RouteNotFoundError, SpecError, StateError, VmmError,
-                      WrongHostError)
+from ..errors import (ArgumentError, AuthError, ClusterError, ConflictError, CrossSiteError, DiskError, GuestError,
+                      HostError, HvError, ImageBuildError, InternalError, MethodNotAllowedError, NoSpaceError,
+                      NotFoundError, PayloadTooLargeError, RequestError, RouteNotFoundError, SpecError, StateError,
+                      VmmError, WrongHostError)
 
 __all__ = ["HTTP_STATUS", "http_status", "error_body", "error_response", "internal_error", "encode", "dumps",
            "json_response"]
@@ -31,7 +31,7 @@ HTTP_STATUS: dict[type[HvError], int] = {
     HvError: 500, InternalError: 500,  # a bug: every condition a user can meet has a class of its own below
     # the request
     RequestError: 400, ArgumentError: 400, AuthError: 401, RouteNotFoundError: 404, MethodNotAllowedError: 405,
-    PayloadTooLargeError: 413, WrongHostError: 421,
+    PayloadTooLargeError: 413, WrongHostError: 421, CrossSiteError: 403,
     # the datastore and its VMs
     NotFoundError: 404, ConflictError: 409, StateError: 409, SpecError: 422, DiskError: 422,
     # the host, the VMM and the guest

@@ -64,6 +64,8 @@ OPERATIONS: tuple[Op, ...] = (
     Op("screenshot", "GET", "/v1/vms/{name}/screenshot", "bytes", mutates=False),
     Op("check_vmx", "POST", "/v1/check", "json", args=("vmx_path",), mutates=False, vm_param=None),
     Op("host_info", "GET", "/v1/host", "host", args=(), mutates=False, vm_param=None),
+    # the datastore browser (core/files.py; uploads stream through their own route: service/app.py)
+    Op("datastore_files", "GET", "/v1/datastore/files", "json", args=("folder",), mutates=False, vm_param=None),
     # disks, snapshots, clones (storage.py, snapshots.py, clones.py, vmware.py)
     Op("vm_disks", "GET", "/v1/vms/{name}/disks", "json", mutates=False),
     Op("vm_disk_resize", "POST", "/v1/vms/{name}/disks/resize", "json", args=("name", "node", "size")),

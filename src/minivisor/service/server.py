@@ -134,7 +134,7 @@ class _Server(uvicorn.Server):
 
     def __init__(self, app, bus: EventBus) -> None:
         super().__init__(uvicorn.Config(
-            app, http=GuardedH11Protocol, ws="none", lifespan="on", loop="asyncio",
+            app, http=GuardedH11Protocol, ws="wsproto", lifespan="on", loop="asyncio",
             log_config=None, log_level="warning", access_log=False, proxy_headers=False, server_header=False,
             timeout_keep_alive=int(KEEP_ALIVE), timeout_graceful_shutdown=int(GRACE),
             limit_concurrency=connection_cap(), backlog=BACKLOG))

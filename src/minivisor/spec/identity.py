@@ -66,15 +66,19 @@ def uuid_from_vmx(value: str) -> str | None:
 
 
 def new_specfile(name: str, vm_uuid: str, memory_mib: int, cpus: int, guest_os: str, disk: str | None,
-                  network: str, nic_model: str, scsi_model: str) -> VmxDocument:
-    """A specfile as VMware Workstation would write it for these choices."""
+                  network: str, nic_model: str, scsi_model: str, *, firmware: str = "bios",
+                  cdrom: bool = False) -> VmxDocument:
+    """A specfile as VMware Workstation would write it for these choices (``cdrom``: an empty IDE CD-ROM drive)."""
     doc = VmxDocument.parse(b'.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "14"\n')
-    entries = {"displayName": name, "guestOS": guest_os, "firmware": "bios", "uuid.bios": uuid_to_vmx(vm_uuid),
+    entries = {"displayName": name, "guestOS": guest_os, "firmware": firmware, "uuid.bios": uuid_to_vmx(vm_uuid),
                "memSize": str(memory_mib), "numvcpus": str(cpus), "cpuid.coresPerSocket": "1",
                "svga.present": "TRUE", "floppy0.present": "FALSE"}
     if disk:
         entries |= {"scsi0.present": "TRUE", "scsi0.virtualDev": scsi_model, "scsi0:0.present": "TRUE",
                     "scsi0:0.deviceType": "scsi-hardDisk", "scsi0:0.fileName": disk}
+    if cdrom:
+        entries |= {"ide1:0.present": "TRUE", "ide1:0.deviceType": "cdrom-image", "ide1:0.fileName": "",
+                    "ide1:0.startConnected": "TRUE"}
     if network != "none":
         entries |= nic_entries(0, vm_uuid, network, nic_model)
     for key, value in entries.items():

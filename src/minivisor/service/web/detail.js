@@ -1,0 +1,29 @@
+// One VM's page under the inventory: its consoles and snapshots, in tabs.
+
+import {$, el} from "./dom.js";
+
+// [label, module, its function that shows the tab]; a module may export close() and refresh(vm, box)
+const TABS = [["Serial console", "./consoles.js", "showSerial"], ["Screen", "./consoles.js", "showScreen"],
+              ["Snapshots", "./snapshots.js", "show"], ["Graphs", "./graphs.js", "show"],
+              ["Network", "./networks.js", "show"], ["Hardware", "./hardware.js", "show"]];
+let current = null;  // {vm, module, box}
+
+export async function openDetail(vm, tabIndex = 0) {
+  current?.module?.close?.();
+  const detail = $("detail");
+  const box = el("div", {class: "tab-body"});
+  const tabs = el("div", {class: "tabs"}, ...TABS.map(([label], i) =>
+    el("button", {text: label, dataset: {tab: label.split(" ")[0].toLowerCase()}, "aria-selected": String(i === tabIndex),
+                  onclick: () => openDetail(vm, i)})));
+  detail.replaceChildren(el("h2", {text: vm}), tabs, box);
+  detail.dataset.vm = vm;
+  detail.hidden = false;
+  const [, path, show] = TABS[tabIndex];
+  const module = await import(path);
+  current = {vm, module, box};
+  await module[show](vm, box);
+}
+
+export function refreshDetail(vm) {
+  if (current && current.vm === vm) current.module.refresh?.(vm, current.box);
+}

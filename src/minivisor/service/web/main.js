@@ -1,0 +1,201 @@
+// The page: log in once, then the inventory of every VM, kept current from the event stream, with its actions.
+
+import {api, follow, vmPath, whenLoggedOut} from "./api.js";
+import {$, el} from "./dom.js";
+import {openDetail, refreshDetail} from "./detail.js";
+import {setUp as setUpDatastore, showDatastore} from "./datastore.js";
+import {showNetworks} from "./networks.js";
+
+const rows = new Map();  // VM name -> its <tr>
+const FOLDER_EVENTS = new Set(["created", "registered", "deleted", "unregistered"]);
+
+// What each state offers, in order; `confirm` asks first (it cannot be undone or loses the guest's state).
+const ACTIONS = {
+  poweredOff: [["Power on", "start"], ["Delete", "delete", {confirm: "Delete VM {vm} and every file in its folder?"}]],
+  running: [["Shut down", "shutdown"], ["Power off", "poweroff", {confirm: "Power off {vm}? The guest loses what it has not written."}],
+            ["Reset", "reset", {confirm: "Reset {vm}? The guest restarts at once."}], ["Pause", "pause"]],
+  paused: [["Resume", "resume"], ["Power off", "poweroff", {confirm: "Power off {vm}? The guest loses what it has not written."}]],
+};
+const CALLS = {  // action -> [method, path after /v1/vms/<name>, body]
+  start: ["POST", "/start", {}], shutdown: ["POST", "/stop", {hard: false}], poweroff: ["POST", "/stop", {hard: true}],
+  reset: ["POST", "/reset", {}], pause: ["POST", "/pause", {}], resume: ["POST", "/resume", {}],
+  delete: ["DELETE", "", undefined],
+};
+
+// A button that runs one API call; what goes wrong is said next to it, in the VM's row.
+export function actionButton(label, action, vm, call, options = {}) {
+  const button = el("button", {text: label, dataset: {action, vm}});
+  button.addEventListener("click", async () => {
+    const error = button.parentElement.querySelector(".error");
+    if (error) error.textContent = "";
+    if (options.confirm && !window.confirm(options.confirm.replace("{vm}", vm))) return;
+    button.disabled = true;
+    const task = startTask(label, vm);
+    try {
+      await call();
+      endTask(task);
+    } catch (e) {
+      const where = button.parentElement.querySelector(".error");
+      if (where) where.textContent = label + ": " + e.message;
+      endTask(task, e.message);
+    } finally {
+      button.disabled = false;
+    }
+    if (vm) await refreshVm(vm);
+  });
+  return button;
+}
+
+// The task list: what this page asked for, running or done, how long it took and, failed, why (newest first)
+const MAX_TASKS = 50;
+
+function startTask(label, vm) {
+  const status = el("td", {class: "task-status", text: "running…"});
+  const row = el("tr", {dataset: {state: "running"}}, el("td", {text: new Date().toLocaleTimeString()}),
+                 el("td", {text: label}), el("td", {text: vm}), status);
+  $("tasks").prepend(row);
+  while ($("tasks").children.length > MAX_TASKS) $("tasks").lastChild.remove();
+  return {row, status, started: performance.now()};
+}
+
+function endTask(task, error) {
+  const took = ((performance.now() - task.started) / 1000).toFixed(1) + " s";
+  task.row.dataset.state = error ? "failed" : "done";
+  task.status.textContent = error ? "failed after " + took + ": " + error : "done in " + took;
+}
+
+// The host's load and memory, and how many VMs run, from /v1/metrics every few seconds
+const HOST_EVERY = 5000;
+let hostTimer = null;
+
+async function showHost() {
+  try {
+    const {host} = await api("GET", "/v1/metrics");
+    const gib = (bytes) => (bytes / 1073741824).toFixed(1) + " GiB";
+    $("host").textContent = host.cpus + " CPUs, load " + host.load_average.map((l) => l.toFixed(2)).join(" ") +
+      " · memory " + gib(host.memory_available_bytes) + " free of " + gib(host.memory_total_bytes) +
+      " · " + host.vms_running + " VM" + (host.vms_running === 1 ? "" : "s") + " running";
+    $("host").dataset.running = String(host.vms_running);
+  } catch { /* logged out: the login says so */ }
+}
+
+function memory(mib) { return mib >= 1024 && mib % 1024 === 0 ? mib / 1024 + " GiB" : mib + " MiB"; }
+
+function renderRow(vm) {
+  let row = rows.get(vm.name);
+  if (!row) {
+    row = el("tr", {dataset: {vm: vm.name}});
+    rows.set(vm.name, row);
+    const after = [...rows.keys()].sort().find((name) => name > vm.name);
+    $("vms").insertBefore(row, after ? rows.get(after) : null);
+  }
+  const error = row.querySelector(".error");  // an error stays on screen until the next click
+  const actions = el("td", {class: "actions"});
+  for (const [label, action, options] of ACTIONS[vm.state] || []) {
+    const [method, path, body] = CALLS[action];
+    actions.append(actionButton(label, action, vm.name, () => api(method, vmPath(vm.name, path), body), options));
+  }
+  const firstTab = vm.state === "poweredOff" ? 2 : 0;  // a powered-off VM has no console: its snapshots
+  actions.append(el("button", {text: "Open", dataset: {action: "open", vm: vm.name},
+                               onclick: () => openDetail(vm.name, firstTab)}));
+  actions.append(error || el("span", {class: "error", role: "alert"}));
+  const state = el("td", {class: "state", dataset: {state: vm.state}, text: vm.state_reason ? vm.state + " (" + vm.state_reason + ")" : vm.state});
+  if (vm.state_hint) state.title = vm.state_hint;
+  row.replaceChildren(
+    el("td", {class: "name", text: vm.name, title: vm.display_name}), state, el("td", {text: vm.guest_os}),
+    el("td", {text: vm.cpus}), el("td", {text: memory(vm.memory_mib)}),
+    el("td", {class: "disks", text: vm.disks.map((d) => d.node + " " + (d.file || d.kind)).join("\n")}),
+    el("td", {class: "nics", text: vm.nics.map((n) => n.name + " → " + n.network + (n.address ? " " + n.address : "")).join("\n")}),
+    actions);
+}
+
+function removeRow(name) {
+  rows.get(name)?.remove();
+  rows.delete(name);
+}
+
+export async function refreshVm(name) {
+  try {
+    renderRow(await api("GET", vmPath(name)));
+  } catch (e) {
+    if (e.status === 404) removeRow(name);
+  }
+  refreshDetail(name);
+}
+
+async function refreshAll() {
+  const vms = await api("GET", "/v1/vms");
+  const names = new Set(vms.map((vm) => vm.name));
+  for (const name of [...rows.keys()]) if (!names.has(name)) removeRow(name);
+  for (const vm of vms) renderRow(vm);
+  document.body.dataset.loaded = "yes";
+  requestAnimationFrame(() => performance.mark("inventory-painted"));  // bench/web.py reads it
+}
+
+function logEvent(event) {
+  const line = new Date(event.time * 1000).toLocaleTimeString() + "  " + (event.vm || "") + "  " + event.type +
+    (event.reason ? "  (" + event.reason + ")" : "");
+  $("events").textContent = line + "\n" + $("events").textContent.slice(0, 20000);
+}
+
+async function followEvents() {
+  for (;;) {
+    try {
+      await follow((event) => {
+        logEvent(event);
+        if (event.vm) refreshVm(event.vm); else refreshAll();
+        if (FOLDER_EVENTS.has(event.type)) showDatastore();  // a VM's folder came or went
+      });
+    } catch { /* logged out, or the service went away */ }
+    if ($("main").hidden) return;
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    try { await refreshAll(); } catch { return; }  // the stream missed events meanwhile
+  }
+}
+
+function showLogin(message = "") {
+  $("main").hidden = true;
+  $("logout").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message;
+  $("token").focus();
+}
+
+async function showMain() {
+  $("login").hidden = true;
+  $("main").hidden = false;
+  $("logout").hidden = false;
+  followEvents();  // subscribed before the list is read: no change falls between the two
+  await refreshAll();
+  await setUpDatastore();
+  await showNetworks();
+  await showHost();
+  hostTimer ??= setInterval(() => { if (!$("main").hidden) showHost(); }, HOST_EVERY);
+}
+
+whenLoggedOut(() => showLogin("Your session has ended: log in again."));
+
+$("login").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  try {
+    await api("POST", "/v1/session", {token: $("token").value.trim()});
+  } catch (error) {
+    showLogin(error.message);
+    return;
+  }
+  $("token").value = "";
+  await showMain();
+});
+
+$("new-vm").addEventListener("click", async () => (await import("./create.js")).showWizard());
+
+$("logout").addEventListener("click", async () => {
+  try { await api("DELETE", "/v1/session"); } finally { rows.clear(); $("vms").replaceChildren(); showLogin(); }
+});
+
+try {
+  await api("GET", "/v1/session");
+  await showMain();
+} catch {
+  showLogin();
+}
