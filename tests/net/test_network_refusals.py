@@ -5,6 +5,7 @@ Each runs minivisor inside a network namespace of its own (no VM boots).
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 
 import pytest
@@ -130,3 +131,17 @@ def test_a_network_whose_dnsmasq_cannot_be_set_up_is_not_kept(lab):
         assert state(lab) == before  # no row in the catalog, no bridge on the host
     finally:
         runtime.unlink()
+
+
+@pytest.mark.qemu
+def test_a_vm_without_taps_stops_while_another_datastores_networks_own_the_host(lab, tmp_path):
+    """One datastore's networks per host: another datastore's VM with no NIC on them still powers off."""
+    lab.mv("net", "create", "A", "--subnet", "192.168.71.0/24")
+    before = state(lab)
+    other = dataclasses.replace(lab, datastore=tmp_path / "other")
+    other.mv("vm", "create", "plain", "--memory", "64", "--disk-size", "16M", "--network", "none")
+    other.mv("vm", "start", "plain")
+    stopped = other.mv("vm", "stop", "plain", "--hard", check=False)
+    assert stopped.returncode == 0, stopped.stderr
+    assert other.mv_json("vm", "show", "plain")["state"] == "poweredOff"
+    assert state(lab) == before  # the owner's network is as it was

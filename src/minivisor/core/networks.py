@@ -161,7 +161,8 @@ class Networks:
         the firewall."""
         if not self._support.available:
             return
-        with self._turn():
+        # Not a turn on the host yet: a VM without taps stops even while another datastore owns the host's networks.
+        with self._turn(host=False):
             deleted = False
             for link in switch.links().values():
                 owner = switch.TapOwner.of(link)
@@ -169,6 +170,7 @@ class Networks:
                     switch.delete_link(link.name)
                     deleted = True
             if deleted:  # else the firewall table has nothing of this VM's to lose
+                self._check_owner()
                 self._sync()
 
     def forget_nic(self, ctx: VmContext, index: int) -> list[dict]:
