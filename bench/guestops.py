@@ -8,10 +8,13 @@
     64 MiB), its sha256 checked inside the guest and on the host
   - boot: power-on -> ready line of the test guest, with --baseline-image (e.g. the image main
     builds, without the agent) beside it, interleaved, to show what the agent costs at boot
+  - snapshots: memory snapshot and revert of a running guest on qcow2 vs VMDK disks (the table of
+    bench/snapshots.py, which also runs alone)
 
 Sections are functions in SECTIONS (name -> function(bench) -> lines): add one there.
 
     python bench/guestops.py [--only exec,copy] [--rounds 20] [--size 64M] [--baseline-image IMG]
+                             [--snapshot-rounds 5]
 """
 
 from __future__ import annotations
@@ -146,10 +149,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def snapshots_section(bench: Bench) -> list[str]:
+    import snapshots  # bench/snapshots.py
+
+    return snapshots.table(bench.hv, bench.image, bench.options.snapshot_rounds)
+
+
 SECTIONS: dict[str, Callable[[Bench], list[str]]] = {
     "exec": exec_section,
     "copy": copy_section,
     "boot": boot_section,
+    "snapshots": snapshots_section,
 }
 
 
@@ -160,6 +170,7 @@ def main() -> None:
     parser.add_argument("--size", default="64M")
     parser.add_argument("--boots", type=int, default=5)
     parser.add_argument("--baseline-image", help="An older appliance image to boot beside this one.")
+    parser.add_argument("--snapshot-rounds", type=int, default=5)
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="minivisor-bench-guestops-") as work:
         bench = Bench(Path(work) / "ds", options)

@@ -66,21 +66,26 @@ def measure(hv: Hypervisor, name: str, rounds: int) -> tuple[list[float], list[f
     return takes, reverts, state_bytes
 
 
+def table(hv: Hypervisor, image: Path, rounds: int) -> list[str]:
+    """The table's lines: take, revert and state file size for qcow2 and VMDK disks."""
+    hv.allow_path(image.parent)
+    lines = [f"memory snapshots of a running test guest (160 MiB), median of {rounds} rounds",
+             f"{'disks':<8}{'take':>10}{'revert':>10}{'state file':>14}"]
+    for fmt in ("qcow2", "vmdk"):
+        guest(hv, f"bench-{fmt}", image, fmt)
+        takes, reverts, state_bytes = measure(hv, f"bench-{fmt}", rounds)
+        lines.append(f"{fmt:<8}{statistics.median(takes) * 1000:>8.0f}ms{statistics.median(reverts) * 1000:>8.0f}ms"
+                     f"{state_bytes / 2 ** 20:>11.1f}MiB")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     image = build_appliance(dirs.cache_dir())
     with tempfile.TemporaryDirectory(prefix="minivisor-bench-snapshots-") as tmp:
-        hv = Hypervisor(Path(tmp) / "ds")
-        hv.allow_path(image.parent)
-        print(f"memory snapshots of a running test guest (160 MiB), median of {args.rounds} rounds")
-        print(f"{'disks':<8}{'take':>10}{'revert':>10}{'state file':>14}")
-        for fmt in ("qcow2", "vmdk"):
-            guest(hv, f"bench-{fmt}", image, fmt)
-            takes, reverts, state_bytes = measure(hv, f"bench-{fmt}", args.rounds)
-            print(f"{fmt:<8}{statistics.median(takes) * 1000:>8.0f}ms{statistics.median(reverts) * 1000:>8.0f}ms"
-                  f"{state_bytes / 2 ** 20:>11.1f}MiB")
+        print("\n".join(table(Hypervisor(Path(tmp) / "ds"), image, args.rounds)))
 
 
 if __name__ == "__main__":
