@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AgentCommandError, AgentError
-from ..locks import wait_lock
 from ..text import excerpt
+from .channels import Channel
 
 __all__ = ["AgentSession", "ExecStatus", "GuestInterface", "TIMEOUT", "MAX_MESSAGE", "MAX_OUTPUT",
            "MAX_CHUNK"]
@@ -96,8 +96,8 @@ class AgentSession:
         if self._sock is not None:
             return self
         try:
-            self._turn = _take_turn(self.path, self.timeout)
-            self._sock = _connect(self.path)
+            self._turn = _CHANNEL.take_turn(self.path, self.timeout)
+            self._sock = _CHANNEL.connect(self.path)
             self._synchronise()
         except BaseException:
             self.close()
@@ -361,27 +361,8 @@ def _brief(message: Any) -> str:
 
 
 # -- the socket ------------------------------------------------------------------------
-def _take_turn(path: str, timeout: float) -> int:
-    try:
-        fd = wait_lock(os.path.join(os.path.dirname(path), "agent.lock"), timeout)
-    except OSError as exc:
-        raise AgentError(f"cannot talk to the guest agent over {path}: {exc.strerror}",
-                         hint="is the VM running? minivisor vm show") from exc
-    if fd is None:
-        raise AgentError(f"the guest agent's channel {path} stayed busy for {timeout:.0f} s",
-                         hint="another command is talking to this VM's guest agent; retry")
-    return fd
-
-
-def _connect(path: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.connect(path)
-    except OSError as exc:
-        sock.close()
-        raise AgentError(f"cannot talk to the guest agent over {path}: {exc.strerror}",
-                         hint="is the VM running? minivisor vm show") from exc
-    return sock
+_CHANNEL = Channel("agent.lock", "the guest agent", "the guest agent's channel",
+                   "is the VM running? minivisor vm show", AgentError)
 
 
 def _readable(sock: socket.socket, timeout: float) -> bool:

@@ -33,7 +33,7 @@ import time
 from collections import deque
 
 from ..errors import QmpCommandError, QmpError
-from ..locks import wait_lock
+from .channels import Channel
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:  # the console relay imports this module with every power-on: it loads neither
@@ -131,8 +131,8 @@ class QmpSession:
     def __enter__(self) -> QmpSession:
         try:
             if self.take_turn:
-                self._turn = _take_turn(self.path, self.timeout)
-            self._stream = negotiate(_connect(self.path), self.path, self.timeout)
+                self._turn = _CHANNEL.take_turn(self.path, self.timeout)
+            self._stream = negotiate(_CHANNEL.connect(self.path), self.path, self.timeout)
         except BaseException:
             self.close()
             raise
@@ -231,25 +231,7 @@ def execute(path: Path | str, command: str, arguments: dict[str, Any] | None = N
         return session.execute(command, arguments)
 
 
-def _take_turn(path: str, timeout: float) -> int:
-    try:
-        fd = wait_lock(os.path.join(os.path.dirname(path), "qmp.lock"), timeout)
-    except OSError as exc:
-        raise QmpError(f"cannot talk to the VMM over {path}: {exc.strerror}", hint=_HINT) from exc
-    if fd is None:
-        raise QmpError(f"the VMM's monitor {path} stayed busy for {timeout:.0f} s",
-                       hint="another command is talking to this VM; retry")
-    return fd
-
-
-def _connect(path: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.connect(path)
-    except OSError as exc:
-        sock.close()
-        raise QmpError(f"cannot talk to the VMM over {path}: {exc.strerror}", hint=_HINT) from exc
-    return sock
+_CHANNEL = Channel("qmp.lock", "the VMM", "the VMM's monitor", _HINT, QmpError)
 
 
 def _readable(sock: socket.socket, timeout: float) -> bool:
