@@ -103,7 +103,7 @@ function renderRow(vm) {
   if (vm.state_hint) state.title = vm.state_hint;
   row.replaceChildren(
     el("td", {class: "name", text: vm.name, title: vm.display_name}), state, el("td", {text: vm.guest_os}),
-    el("td", {text: vm.cpus}), el("td", {text: memory(vm.memory_mib)}),
+    el("td", {text: vm.cpus}), el("td", {class: "memory", text: memory(vm.memory_mib)}),
     el("td", {class: "disks", text: vm.disks.map((d) => d.node + " " + (d.file || d.kind)).join("\n")}),
     el("td", {class: "nics", text: vm.nics.map((n) => n.name + " → " + n.network + (n.address ? " " + n.address : "")).join("\n")}),
     actions);
