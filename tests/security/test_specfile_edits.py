@@ -117,3 +117,31 @@ def test_a_running_vms_specfile_is_not_edited(web):
         assert error.state == "running" and "power it off" in error.hint
     finally:
         web.stop_vm("web", hard=True)
+
+
+def test_a_lone_surrogate_or_a_character_the_charset_lacks_is_refused_on_its_line(web):
+    text = web.get_specfile("web")["text"]
+    line = text.splitlines().index('memSize = "64"') + 1
+    error = refused(web, SpecError, edited(text, 'memSize = "64"', 'memSize = "64"\nannotation = "\udcff"'))
+    assert error.line == line + 1
+    latin = edited(text, '.encoding = "UTF-8"', '.encoding = "ISO-8859-1"')
+    error = refused(web, SpecError, edited(latin, 'memSize = "64"', 'memSize = "64"\nannotation = "\u4e2d"'))
+    assert error.line == line + 1 and "ISO-8859-1".lower().replace("-", "") in error.message.replace("_", "")
+
+
+def test_a_specfile_in_another_charset_is_shown_and_saved_in_it(web):
+    vmx = web.datastore.root / "web" / "web.vmx"
+    vmx.write_bytes(vmx.read_bytes().replace(b'.encoding = "UTF-8"', b'.encoding = "windows-1252"')
+                    + b'annotation = "caf\xe9"\n')
+    read = web.get_specfile("web")
+    assert 'annotation = "café"' in read["text"]
+    web.put_specfile("web", read["text"].replace("café", "cafés"), read["stamp"])
+    assert vmx.read_bytes().endswith(b'annotation = "caf\xe9s"\n')
+
+
+def test_a_specfile_that_is_not_text_in_its_charset_is_not_shown(web):
+    vmx = web.datastore.root / "web" / "web.vmx"
+    vmx.write_bytes(vmx.read_bytes() + b'annotation = "\xff\xfe"\n')
+    with pytest.raises(SpecError) as caught:
+        web.get_specfile("web")
+    assert caught.value.line == vmx.read_bytes().count(b"\n")

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import ArgumentError, ConflictError, SpecError
 from ..files import write_atomic
+from ..spec.fidelity import KeyNote
 from ..spec.vmx import VMX_LIMITS, VmxDocument, read_bounded
 from ..vmm.plan import check_document
 from .context import VmContext
@@ -33,7 +34,14 @@ def read(ctx: VmContext) -> dict[str, Any]:
     """The specfile's text (in the charset its ``.encoding`` names) and its stamp."""
     data = read_bounded(ctx.vmx, VMX_LIMITS.file_bytes)
     codec = VmxDocument.parse(data, source=str(ctx.vmx)).encoding
-    return {"text": data.decode(codec, "surrogateescape"), "stamp": stamp_of(data)}
+    try:
+        text = data.decode(codec)
+    except UnicodeDecodeError as exc:  # shown as it is not, it would be saved as it was not
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise SpecError(f"line {line} of the specfile of VM {ctx.name!r} is not valid {codec}, so it cannot be "
+                        "edited as text", hint="fix that line on the host, or name the file's charset in .encoding",
+                        line=line) from None
+    return {"text": text, "stamp": stamp_of(data)}
 
 
 def replace(ctx: VmContext, text: str, stamp: str) -> dict[str, Any]:
@@ -61,15 +69,13 @@ def _encoded(text: str) -> bytes:
     """``text`` as the bytes of a specfile, in the charset its ``.encoding`` line names (the line is ASCII)."""
     if len(text) > VMX_LIMITS.file_bytes:  # before encoding it: a character takes a byte at least
         raise _too_big(len(text))
-    data = text.encode("utf-8", "surrogateescape")
-    codec = VmxDocument.parse(data[:VMX_LIMITS.file_bytes]).encoding
-    if codec != "utf-8":
-        try:
-            data = text.encode(codec, "surrogateescape")
-        except UnicodeEncodeError as exc:
-            line = text.count("\n", 0, exc.start) + 1
-            raise SpecError(f"line {line} has a character the file's encoding {codec} cannot store",
-                            hint='remove it, or set .encoding = "UTF-8"', line=line) from None
+    codec = VmxDocument.parse(text.encode("utf-8", "replace")[:VMX_LIMITS.file_bytes]).encoding
+    try:
+        data = text.encode(codec)
+    except UnicodeEncodeError as exc:  # JSON can carry a lone surrogate; a charset may lack a character
+        line = text.count("\n", 0, exc.start) + 1
+        raise SpecError(f"line {line} has a character the file's encoding {codec} cannot store",
+                        hint='remove it, or set .encoding = "UTF-8"', line=line) from None
     if len(data) > VMX_LIMITS.file_bytes:
         raise _too_big(len(data))
     return data
@@ -80,7 +86,7 @@ def _too_big(size: int) -> ArgumentError:
                          hint="a specfile is a few KB: remove what does not belong in it")
 
 
-def _checked(ctx: VmContext, doc: VmxDocument) -> tuple:
+def _checked(ctx: VmContext, doc: VmxDocument) -> tuple[KeyNote, ...]:
     """What power-on would make of ``doc`` in the VM's folder under its path policy; a refusal gets its line."""
     try:
         _, notes = check_document(doc, ctx.vmx, ctx.scope, ctx.networks().for_plan(ctx.uuid))
@@ -92,8 +98,8 @@ def _checked(ctx: VmContext, doc: VmxDocument) -> tuple:
 
 
 def _line_named(doc: VmxDocument, message: str) -> int | None:
-    """The line of the key a message names (the path policy and the host checks name keys, not lines):
-    the longest key found in it as a whole word, so ``scsi0:0.fileName`` wins over ``scsi0:0.present``."""
+    """The line of the key a message names (the path policy and the host checks name keys, not lines): the
+    longest key found in it as a whole word (a message naming ``scsi0:0.fileName`` may also name ``scsi0:0``)."""
     lowered = message.lower()
     named = [key for key, _ in doc.items()
              if re.search(r"(?<![\w.:])" + re.escape(key.lower()) + r"(?![\w.:])", lowered)]
