@@ -4,7 +4,7 @@ Each route's parameters are those of its :class:`~minivisor.core.hypervisor.Hype
 method (:func:`param_specs`, read from the signature; callables such as
 ``progress`` are left out). :func:`check_arguments` refuses unknown and missing
 fields, values of the wrong JSON type, numbers that are not finite or are
-negative, and strings and lists beyond :data:`MAX_STRING` and :data:`MAX_ITEMS`;
+negative, and strings and lists beyond :data:`MAX_STRING` (:data:`LONG_STRINGS` for a file's text) and :data:`MAX_ITEMS`;
 the core then checks each argument's own range. :func:`schema` describes a
 parameter for the OpenAPI document.
 """
