@@ -71,10 +71,18 @@ class HvError(Exception):
 
 
 class SpecError(HvError):
-    """The specfile is malformed or asks for hardware that cannot be built."""
+    """The specfile is malformed or asks for hardware that cannot be built; ``line``: the specfile's line (1-based)
+    that says so, when the reader knows it (an editor shows the error there)."""
 
     code = "spec-invalid"
     exit_code = 65
+
+    def __init__(self, message: str, *, hint: str | None = None, line: int | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.line = line
+
+    def details(self) -> dict[str, object]:
+        return {"line": self.line} if self.line else {}
 
 
 class PathError(SpecError):

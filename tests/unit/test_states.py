@@ -29,6 +29,7 @@ EXPECTED = {
     Action.NIC: {OFF, RUNNING, PAUSED},
     Action.RESET_NVRAM: {OFF},
     Action.CDROM: {OFF, RUNNING, PAUSED},
+    Action.EDIT_SPECFILE: {OFF},
 }
 
 

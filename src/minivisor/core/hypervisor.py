@@ -124,6 +124,21 @@ class Hypervisor:
 
         return check_vmx(vmx_path, Networks(self.datastore, self.inventory).for_plan(""))
 
+    def get_specfile(self, name: str) -> dict[str, Any]:
+        """The VM's specfile as text, with the stamp a :meth:`put_specfile` must give back."""
+        from . import specfile
+
+        return specfile.read(self.vms.context(name))
+
+    @_no_space_is_one_error
+    def put_specfile(self, name: str, text: str, stamp: str) -> dict[str, Any]:
+        """Replace a powered-off VM's specfile with ``text``, exactly as given, if it is still as read at ``stamp``
+        and power-on would accept it (its errors name their ``line``); nothing is written otherwise."""
+        from . import specfile
+
+        with self._powered_off(name, Action.EDIT_SPECFILE) as ctx:
+            return specfile.replace(ctx, text, stamp)
+
     def vm_events(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
         """The last ``limit`` events of a VM from its event log, oldest first (0: all of them)."""
         check_args(limit=limit)

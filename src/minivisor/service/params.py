@@ -4,7 +4,7 @@ Each route's parameters are those of its :class:`~minivisor.core.hypervisor.Hype
 method (:func:`param_specs`, read from the signature; callables such as
 ``progress`` are left out). :func:`check_arguments` refuses unknown and missing
 fields, values of the wrong JSON type, numbers that are not finite or are
-negative, and strings and lists beyond :data:`MAX_STRING` and :data:`MAX_ITEMS`;
+negative, and strings and lists beyond :data:`MAX_STRING` (:data:`LONG_STRINGS` for a file's text) and :data:`MAX_ITEMS`;
 the core then checks each argument's own range. :func:`schema` describes a
 parameter for the OpenAPI document.
 """
@@ -24,10 +24,11 @@ from ..errors import ArgumentError, RequestError
 from ..text import excerpt
 from .routes import Op, check_segment
 
-__all__ = ["MAX_STRING", "MAX_ITEMS", "param_specs", "check_arguments", "schema"]
+__all__ = ["MAX_STRING", "MAX_ITEMS", "LONG_STRINGS", "param_specs", "check_arguments", "schema"]
 
 MAX_STRING = 4096  # characters in one string value (a path: PATH_MAX)
 MAX_ITEMS = 256  # values in one list (a command's words)
+LONG_STRINGS = {"text": 64 * 1024}  # characters in the fields that carry a file's text (a specfile: put_specfile)
 
 
 def param_specs(op: Op) -> dict[str, inspect.Parameter]:
@@ -102,8 +103,8 @@ def _check_bounds(field: str, value: Any) -> None:
                                 hint="send fewer items")
         for item in value:
             _check_bounds(field, item)
-    elif isinstance(value, str) and len(value) > MAX_STRING:
-        raise ArgumentError(f"field {field!r} is {len(value)} characters long, more than {MAX_STRING}",
+    elif isinstance(value, str) and len(value) > (limit := LONG_STRINGS.get(field, MAX_STRING)):
+        raise ArgumentError(f"field {field!r} is {len(value)} characters long, more than {limit}",
                             hint="send a shorter value")
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value) or value < 0:  # Python's json reads NaN and Infinity; JSON has neither

@@ -46,6 +46,8 @@ OPERATIONS: tuple[Op, ...] = (
     Op("delete_vm", "DELETE", "/v1/vms/{name}", "none"),
     Op("unregister_vm", "POST", "/v1/vms/{name}/unregister", "none"),
     Op("explain_vm", "GET", "/v1/vms/{name}/explain", "explanation", mutates=False),
+    Op("get_specfile", "GET", "/v1/vms/{name}/specfile", "json", mutates=False),
+    Op("put_specfile", "PUT", "/v1/vms/{name}/specfile", "json", args=("name", "text", "stamp")),
     Op("vm_events", "GET", "/v1/vms/{name}/events", "events", args=("name", "limit"), mutates=False),
     Op("start_vm", "POST", "/v1/vms/{name}/start", "start"),
     Op("stop_vm", "POST", "/v1/vms/{name}/stop", "text"),

@@ -322,7 +322,7 @@ class _SpecReader:
     def fail(self, key: str, problem: str, hint: str) -> SpecError:
         line = self.doc.line_of(key)
         where = f"{self.doc.source}:{line}" if line else self.doc.source
-        return SpecError(f"{where}: {problem}", hint=hint)
+        return SpecError(f"{where}: {problem}", hint=hint, line=line)
 
     def integer(self, key: str, default: int, *, low: int, high: int, unit: str = "") -> int:
         raw = self.get(key)

@@ -306,7 +306,7 @@ class VmxDocument:
         errors = [p for p in self.problems if p.severity == "error"]
         if errors:
             more = f" (and {len(errors) - 1} more malformed lines)" if len(errors) > 1 else ""
-            raise SpecError(f"{errors[0]}{more}", hint=errors[0].hint)
+            raise SpecError(f"{errors[0]}{more}", hint=errors[0].hint, line=errors[0].line)
 
     @property
     def encoding(self) -> str:

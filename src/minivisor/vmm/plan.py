@@ -38,7 +38,7 @@ from ..text import excerpt
 from .argv import HostForward, LaunchEnv, NetBackend, Tap, UserNat, build_qemu_argv
 
 __all__ = ["LaunchPlan", "make_plan", "Resources", "check_host_fit", "resolve_resources", "resolve_files",
-           "HostNetworks", "DISCARD_PREFIX", "check_specfile", "NicPlacement", "place_nic"]
+           "HostNetworks", "DISCARD_PREFIX", "check_specfile", "check_document", "NicPlacement", "place_nic"]
 
 # The overlay that takes an independent-nonpersistent disk's writes during one power-on: its name starts like
 # the datastore's own metadata, so no specfile may name it (datastore.store.is_vm_metadata).
@@ -109,14 +109,22 @@ def check_specfile(vmx: Path, networks: HostNetworks | None = None) -> tuple[Vmx
     resolution as :func:`make_plan`. A hard disk whose file is missing is noted ``refused``; given a
     datastore's ``networks``, a NIC whose network is not there ``disconnected`` (power-on leaves its link down)."""
     doc = read_vmx(vmx)
+    folder = os.path.realpath(vmx.parent)
+    spec, notes = check_document(doc, vmx, Scope(folder, folder, allowed=("/",)), networks)
+    return doc, spec, notes
+
+
+def check_document(doc: VmxDocument, vmx: Path, scope: Scope, networks: HostNetworks | None = None
+                   ) -> tuple[VmSpec, tuple[KeyNote, ...]]:
+    """:func:`check_specfile` of a document not written yet (an edit of ``vmx``), under ``scope``'s path policy:
+    raises what power-on would refuse at once, notes the rest."""
     spec = VmSpec.from_vmx(doc)
     fit = _host_notes(spec)
-    folder = os.path.realpath(vmx.parent)
-    chains, _, media = resolve_files(spec, Scope(folder, folder, allowed=("/",)), vmx, missing_ok=True)
+    chains, _, media = resolve_files(spec, scope, vmx, missing_ok=True)
     missing = tuple(KeyNote(d.node, "refused", f"its disk {d.file_name} does not exist: power-on stops here")
                     for d in spec.disks if d.kind == "disk" and d.node not in chains)
     links = _link_notes(spec, networks) if networks is not None else ()
-    return doc, spec, spec.notes + fit + media + missing + links
+    return spec, spec.notes + fit + media + missing + links
 
 
 def _link_notes(spec: VmSpec, networks: HostNetworks) -> tuple[KeyNote, ...]:

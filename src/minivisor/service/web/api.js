@@ -6,6 +6,7 @@ export class ApiError extends Error {
     super(error.message + (error.hint ? " (" + error.hint + ")" : ""));
     this.status = status;
     this.type = error.type;
+    this.details = error.details || {};  // what the error says beyond words: a specfile error's line
   }
 }
 

@@ -5,7 +5,8 @@ import {$, el} from "./dom.js";
 // [label, module, its function that shows the tab]; a module may export close() and refresh(vm, box)
 const TABS = [["Serial console", "./consoles.js", "showSerial"], ["Screen", "./consoles.js", "showScreen"],
               ["Snapshots", "./snapshots.js", "show"], ["Graphs", "./graphs.js", "show"],
-              ["Network", "./networks.js", "show"], ["Hardware", "./hardware.js", "show"]];
+              ["Network", "./networks.js", "show"], ["Hardware", "./hardware.js", "show"],
+              ["Specfile", "./specfile.js", "show"]];
 let current = null;  // {vm, module, box}
 
 export async function openDetail(vm, tabIndex = 0) {

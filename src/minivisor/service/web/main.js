@@ -101,12 +101,48 @@ function renderRow(vm) {
   actions.append(error || el("span", {class: "error", role: "alert"}));
   const state = el("td", {class: "state", dataset: {state: vm.state}, text: vm.state_reason ? vm.state + " (" + vm.state_reason + ")" : vm.state});
   if (vm.state_hint) state.title = vm.state_hint;
+  const disks = el("td", {class: "disks", text: diskLines(vm, []).join("\n")});
+  const nics = el("td", {class: "nics", text: nicLines(vm, []).join("\n")});
   row.replaceChildren(
     el("td", {class: "name", text: vm.name, title: vm.display_name}), state, el("td", {text: vm.guest_os}),
-    el("td", {text: vm.cpus}), el("td", {text: memory(vm.memory_mib)}),
-    el("td", {class: "disks", text: vm.disks.map((d) => d.node + " " + (d.file || d.kind)).join("\n")}),
-    el("td", {class: "nics", text: vm.nics.map((n) => n.name + " → " + n.network + (n.address ? " " + n.address : "")).join("\n")}),
-    actions);
+    el("td", {text: vm.cpus}), el("td", {class: "memory", text: memory(vm.memory_mib)}), disks, nics, actions);
+  fillUsage(vm, disks, nics);
+}
+
+// What the specfile says is shown at once; what the disks hold and the addresses the NICs have follow, from
+// GET .../disks (used / provisioned, the whole chain of layers) and GET .../addresses (reserved, leased, the
+// guest's own): a VM whose disks cannot be read keeps the lines it has.
+async function fillUsage(vm, disksCell, nicsCell) {
+  const [disks, addresses] = await Promise.all([api("GET", vmPath(vm.name, "/disks")).catch(() => null),
+                                                api("GET", vmPath(vm.name, "/addresses")).catch(() => null)]);
+  if (disks) disksCell.textContent = diskLines(vm, disks).join("\n");
+  if (addresses) nicsCell.textContent = nicLines(vm, addresses).join("\n");
+  disksCell.dataset.filled = String(Boolean(disks));
+  nicsCell.dataset.filled = String(Boolean(addresses));
+}
+
+function bytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  const i = Math.min(units.length - 1, Math.floor(Math.log2(Math.max(n, 1)) / 10));
+  return (n / 1024 ** i).toFixed(i && n % 1024 ** i ? 1 : 0) + " " + units[i];
+}
+
+function diskLines(vm, used) {
+  return vm.disks.map((d) => {
+    const found = used.find((u) => u.node === d.node);
+    const usage = found ? " " + bytes(found.chain_allocated) + " / " + bytes(found.virtual_size) : "";
+    return d.node + " " + (d.file || d.kind) + usage;
+  });
+}
+
+function nicLines(vm, addresses) {
+  return vm.nics.map((n) => {
+    const found = addresses.find((a) => a.nic === n.name) || {};
+    const address = found.address || n.address;
+    const held = address ? " " + address + (found.lease ? " (" + found.lease + ")" : "") : "";
+    const guest = found.guest?.length ? " · guest: " + found.guest.join(", ") : "";
+    return n.name + " → " + n.network + held + guest;
+  });
 }
 
 function removeRow(name) {

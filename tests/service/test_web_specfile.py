@@ -1,0 +1,89 @@
+"""The Specfile tab: a powered-off VM's specfile edited in the page, saved through PUT /v1/vms/{name}/specfile;
+what the service refuses is shown next to the editor with its line, and nothing is written. The REST route's
+own refusals (a stale stamp, a body too large) are here too."""
+
+from __future__ import annotations
+
+import json
+
+from playwright.sync_api import expect
+
+from minivisor import Hypervisor
+from minivisor.service.app import MAX_BODY
+
+from .conftest import small_vm
+from .test_rest_api import auth, raw
+from .test_web_browser import log_in
+
+
+def open_specfile(page, service, vm: str) -> None:
+    log_in(page, service)
+    page.click(f"button[data-action=open][data-vm={vm}]")
+    page.click("#detail button[data-tab=specfile]")
+    expect(page.locator("#specfile-text")).to_have_value((service.root / vm / f"{vm}.vmx").read_text())
+
+
+def test_edit_the_memory_of_a_powered_off_vm_and_see_it_in_the_inventory(service, page):
+    small_vm(Hypervisor(service.root), "vm1")
+    open_specfile(page, service, "vm1")
+    expect(page.locator("tr[data-vm=vm1] td.memory")).to_have_text("64 MiB")
+    text = page.locator("#specfile-text").input_value()
+    edited = text.replace('memSize = "64"', 'memSize = "96"  # edited in the page')
+    page.fill("#specfile-text", edited)
+    page.click("button[data-action=save-specfile]")
+    expect(page.locator("#specfile-status")).to_contain_text("Saved.")
+    expect(page.locator("tr[data-vm=vm1] td.memory")).to_have_text("96 MiB")  # from the event stream
+    assert (service.root / "vm1" / "vm1.vmx").read_text() == edited
+    assert service.client.get_vm("vm1").memory_mib == 96
+    expect(page.locator("#specfile-status")).to_contain_text("Saved.")  # its own save does not reload the editor
+    # saved elsewhere (the CLI, another page): the untouched editor shows the new file
+    read = service.client.get_specfile("vm1")
+    service.client.put_specfile("vm1", read["text"].replace('"96"', '"112"'), read["stamp"])
+    expect(page.locator("#specfile-text")).to_have_value(read["text"].replace('"96"', '"112"'))
+    expect(page.locator("tr[data-vm=vm1] td.memory")).to_have_text("112 MiB")
+
+
+def test_a_bad_line_is_shown_with_its_number_and_nothing_is_written(service, page):
+    small_vm(Hypervisor(service.root), "vm1")
+    vmx = service.root / "vm1" / "vm1.vmx"
+    before = vmx.read_bytes()
+    open_specfile(page, service, "vm1")
+    lines = page.locator("#specfile-text").input_value().split("\n")
+    line = lines.index('memSize = "64"') + 1
+    lines[line - 1] = 'memSize = "64" -m 99999"'
+    page.fill("#specfile-text", "\n".join(lines))
+    page.click("button[data-action=save-specfile]")
+    error = page.locator("#specfile-error")
+    expect(error).to_contain_text(f"Line {line}: ")
+    expect(error).to_have_attribute("data-line", str(line))
+    expect(page.locator("#specfile-lines .error-line")).to_have_text(str(line))
+    assert vmx.read_bytes() == before
+    # fixed, it saves
+    lines[line - 1] = 'memSize = "80"'
+    page.fill("#specfile-text", "\n".join(lines))
+    page.click("button[data-action=save-specfile]")
+    expect(page.locator("#specfile-status")).to_contain_text("Saved.")
+    expect(error).to_be_empty()
+    assert 'memSize = "80"' in vmx.read_text()
+
+
+def test_the_rest_route_refuses_a_stale_stamp_a_disk_outside_and_a_huge_body(service):
+    small_vm(Hypervisor(service.root), "vm1")
+    vmx = service.root / "vm1" / "vm1.vmx"
+    read = service.client.get_specfile("vm1")
+    service.client.put_specfile("vm1", read["text"].replace('memSize = "64"', 'memSize = "72"'), read["stamp"])
+    after = vmx.read_bytes()
+
+    def put(body: bytes) -> tuple[int, dict]:
+        return raw(service, "PUT", "/v1/vms/vm1/specfile", body, auth(service))
+
+    status, data = put(json.dumps({"text": read["text"], "stamp": read["stamp"]}).encode())
+    assert (status, data["error"]["code"]) == (409, "conflict")
+    fresh = service.client.get_specfile("vm1")
+    shadow = fresh["text"].replace('scsi0:0.fileName = "vm1.qcow2"', 'scsi0:0.fileName = "/etc/shadow"')
+    status, data = put(json.dumps({"text": shadow, "stamp": fresh["stamp"]}).encode())
+    assert (status, data["error"]["code"]) == (422, "path-unsafe")
+    assert data["error"]["details"]["line"] == fresh["text"].splitlines().index('scsi0:0.fileName = "vm1.qcow2"') + 1
+    status, data = put(json.dumps({"text": fresh["text"] + "#" * MAX_BODY, "stamp": fresh["stamp"]}).encode())
+    assert (status, data["error"]["code"]) == (413, "too-large")
+    assert vmx.read_bytes() == after
