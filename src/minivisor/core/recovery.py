@@ -140,7 +140,7 @@ def _nvram(ctx: VmContext, kind: str, uid: int) -> None:
     through_vmm = (kind != nvram.RESTORE and store.exists() and ctx.vmm.record() is not None
                    and ctx.files().spec.firmware == "efi")
     if not through_vmm:
-        {nvram.KEEP: nvram.keep, nvram.RESTORE: nvram.restore, nvram.FORGET: nvram.forget}[kind](store, uid)
+        nvram.handlers(store)[kind](uid)
     elif (kind == nvram.KEEP) != nvram.kept(store, uid):
         command = "blockdev-snapshot-internal-sync" if kind == nvram.KEEP else \
             "blockdev-snapshot-delete-internal-sync"

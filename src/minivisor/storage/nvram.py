@@ -15,11 +15,12 @@ idempotent (a store kept once is not kept again, a restore applies the same stat
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from ..images.qemu_img import copy_qcow2, internal_snapshot, internal_snapshots
 
 __all__ = ["snapshot_tag", "kept", "keep", "restore", "forget", "copy_for_clone", "KEEP", "RESTORE", "FORGET",
-           "step"]
+           "step", "handlers"]
 
 KEEP, RESTORE, FORGET = "nvram-keep", "nvram-restore", "nvram-forget"  # the journal's step kinds
 
@@ -27,6 +28,12 @@ KEEP, RESTORE, FORGET = "nvram-keep", "nvram-restore", "nvram-forget"  # the jou
 def step(kind: str, uid: int) -> list[object]:
     """The journal step that keeps, restores or forgets (``kind``) snapshot ``uid``'s store."""
     return [kind, uid]
+
+
+def handlers(store: Path) -> dict[str, Callable[[int], None]]:
+    """The journal's handlers of those steps for a VM no VMM runs (qemu-img on ``store``)."""
+    return {KEEP: lambda uid: keep(store, uid), RESTORE: lambda uid: restore(store, uid),
+            FORGET: lambda uid: forget(store, uid)}
 
 
 def snapshot_tag(uid: int) -> str:
