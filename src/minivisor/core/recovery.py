@@ -88,11 +88,12 @@ def _recover_online_snapshot(ctx: VmContext, journal: Journal) -> None:
         if not switched:
             jobs.drop_nodes(qmp, nodes)
             journal.rollback()
+        if journal.data.get("resume"):
+            # before the steps: a memory state saved left the VMM's images inactive until it continues, and
+            # keeping the variable store is a write to one
+            jobs.resume_if_paused(qmp)
     if switched:  # out of the session: a step may open its own (the VMM serves one at a time)
         journal.run(step_handlers(ctx))
-    if journal.data.get("resume"):
-        with ctx.vmm.session() as qmp:
-            jobs.resume_if_paused(qmp)
 
 
 def _publish_clone(ctx: VmContext, *args: object) -> None:
