@@ -5,14 +5,18 @@ brings the snapshot's back, a clone gets a copy of its own (of the snapshot's, f
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 from boot_media import shell_boot_disk
+from cli_runner import run_cli
 from test_uefi import efi_vm
 
 from minivisor.images.qemu_img import internal_snapshots
+from minivisor.storage.journal import CRASH_ENV, JOURNAL_NAME
 
 pytestmark = pytest.mark.qemu
 
@@ -25,6 +29,15 @@ def variables(store: Path) -> str:
         return hashlib.sha256(raw.read_bytes()).hexdigest()
     finally:
         raw.unlink()
+
+
+def killed_at(hv, crash_at: str, *args: str) -> None:
+    """``minivisor ARGS`` SIGKILLs itself at ``crash_at``; then the next operation (a listing) recovers."""
+    env = {**os.environ, CRASH_ENV: crash_at}
+    assert run_cli(*args, datastore=hv.datastore.root, env=env).returncode == -signal.SIGKILL
+    listed = run_cli("snapshot", "list", args[2], datastore=hv.datastore.root)
+    assert listed.returncode == 0, listed.stderr
+    assert not (hv.datastore.root / args[2] / JOURNAL_NAME).exists()
 
 
 def boot(hv, name: str) -> None:
@@ -62,3 +75,34 @@ def test_a_running_vms_snapshot_keeps_its_efi_variables_through_the_vmm(hv, appl
     hv.snapshot_delete("uefi", "running")  # while it runs: the VMM drops it
     assert internal_snapshots(store) == set()
     hv.stop_vm("uefi", hard=True)
+
+
+def test_a_revert_killed_between_the_disks_and_the_efi_variables_is_completed_by_recovery(hv, appliance_image,
+                                                                                         tmp_path):
+    """Killed with the disks reverted (tree, specfile, the newer top gone) but not the store: the next operation
+    restores the snapshot's variables."""
+    vmx = efi_vm(hv, "uefi", shell_boot_disk(appliance_image, tmp_path / "efi.img"))
+    store = vmx.parent / "efivars.qcow2"
+    boot(hv, "uefi")
+    at_snapshot = variables(store)
+    hv.snapshot_take("uefi", "booted-once")
+    boot(hv, "uefi")
+    assert variables(store) != at_snapshot
+    killed_at(hv, "revert:step2", "snapshot", "revert", "uefi", "booted-once")
+    assert variables(store) == at_snapshot and internal_snapshots(store) == {"minivisor-snapshot-1"}
+    boot(hv, "uefi")  # and the firmware boots on the restored store
+
+
+def test_an_online_snapshot_killed_before_keeping_the_efi_variables_keeps_them_through_the_vmm(hv, appliance_image,
+                                                                                              tmp_path):
+    """Killed once the disks switched: the running VMM has the store open, so recovery has it keep the store's
+    state (QMP), then resumes the guest."""
+    vmx = efi_vm(hv, "uefi", shell_boot_disk(appliance_image, tmp_path / "efi.img"))
+    store = vmx.parent / "efivars.qcow2"
+    hv.start_vm("uefi", wait_ready=True, timeout=120)
+    try:
+        killed_at(hv, "take-online:switched", "snapshot", "take", "uefi", "hot")
+        assert internal_snapshots(store) == {"minivisor-snapshot-1"}
+        assert hv.get_vm("uefi").state.value == "running"
+    finally:
+        hv.stop_vm("uefi", hard=True)

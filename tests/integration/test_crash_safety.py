@@ -21,8 +21,10 @@ from guests import create_guest
 from cli_runner import run_cli
 
 from minivisor import Hypervisor
+from minivisor.datastore.layout import EFI_VARS
 from minivisor.images.layers import format_for, read_layer, resolve_chain
-from minivisor.images.qemu_img import check_disk, convert_disk
+from minivisor.images.qemu_img import check_disk, convert_disk, internal_snapshots
+from minivisor.storage.nvram import snapshot_tag
 from minivisor.storage.journal import CRASH_ENV, JOURNAL_NAME
 from minivisor.spec.vmsd import SnapshotTree
 
@@ -79,9 +81,10 @@ def assert_consistent(hv: Hypervisor, folder: Path) -> SnapshotTree:
     for path in tops:
         chain = resolve_chain(path, format_for(path), lambda base, name: hv.datastore.resolve(base, name))
         used.update(Path(os.path.realpath(layer.path)) for layer in chain)
-    on_disk = {Path(os.path.realpath(p)) for p in folder.iterdir() if p.suffix in (".qcow2", ".vmdk")}
+    on_disk = {Path(os.path.realpath(p)) for p in folder.iterdir()
+               if p.suffix in (".qcow2", ".vmdk") and p.name != EFI_VARS}
     assert on_disk == used, f"orphaned or missing layers: {on_disk ^ used}"
-    for image in on_disk:
+    for image in on_disk | ({folder / EFI_VARS} if (folder / EFI_VARS).exists() else set()):
         code, output = check_disk(read_layer(image, format_for(image)))
         assert code == 0, output
     assert [vm.name for vm in Hypervisor(hv.datastore.root).list_vms()] == sorted(
@@ -171,6 +174,77 @@ def test_kill_during_a_linked_clone(vm, crash_at, completes):
         assert Hypervisor(root).datastore.catalog.clones_of(hv.get_vm("w").uuid) == [("c", 1)]
     else:
         assert cli(root, "vm", "clone", "w", "c", "--linked", "--snapshot", "s0").returncode == 0
+
+
+@pytest.fixture
+def efi_vm(vm) -> tuple[Hypervisor, Path]:
+    """An EFI VM with its UEFI variable store; the firmware's writes to it stand in as patterns (``write``)."""
+    hv, folder = vm
+    with open(folder / "w.vmx", "a") as vmx:
+        vmx.write('firmware = "efi"\n')
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(folder / EFI_VARS), "1M"], check=True)
+    return hv, folder
+
+
+def take_with_variables(root: Path, folder: Path, name: str, index: int) -> None:
+    """The disk and the variables both change, then a snapshot keeps them."""
+    write(folder / EFI_VARS, index)
+    take(root, folder, name, index)
+
+
+def kept_variables(folder: Path, tree: SnapshotTree) -> set[str]:
+    """The store's internal snapshots (``qemu-img info``), asserted to be exactly one per snapshot of the tree."""
+    kept = internal_snapshots(folder / EFI_VARS)
+    assert kept == {snapshot_tag(uid) for uid in tree.snapshots}
+    return kept
+
+
+@pytest.mark.parametrize("crash_at", ["take:step1", "take:step2"])  # step1: the disks switched, the store not kept
+def test_kill_before_a_snapshot_keeps_the_efi_variables(efi_vm, crash_at):
+    hv, folder = efi_vm
+    root = hv.datastore.root
+    write(folder / EFI_VARS, 0)
+    result = cli(root, "snapshot", "take", "w", "s0", crash_at=crash_at)
+    assert result.returncode == -signal.SIGKILL
+    tree = assert_consistent(hv, folder)  # recovery keeps the store
+    assert [s.name for s in tree.snapshots.values()] == ["s0"] and kept_variables(folder, tree)
+    write(folder / EFI_VARS, 1)  # the firmware writes on; a revert brings the kept variables back
+    assert cli(root, "snapshot", "revert", "w", "s0").returncode == 0
+    assert holds(folder / EFI_VARS, 1)
+
+
+@pytest.mark.parametrize("crash_at", ["revert:step1", "revert:step2", "revert:step3"])
+def test_kill_between_reverting_the_disks_and_the_efi_variables(efi_vm, crash_at):
+    """step2: the disks are the snapshot's (its tree, specfile and delta; the old top gone), the store is not."""
+    hv, folder = efi_vm
+    root = hv.datastore.root
+    take_with_variables(root, folder, "s0", 0)
+    take_with_variables(root, folder, "s1", 1)
+    write(folder / EFI_VARS, 2)
+    write(top(folder), 2)
+    result = cli(root, "snapshot", "revert", "w", "s0", crash_at=crash_at)
+    assert result.returncode == -signal.SIGKILL
+    tree = assert_consistent(hv, folder)  # recovery restores the store
+    assert tree.snapshots[tree.current].name == "s0" and holds(top(folder), 1)
+    assert holds(folder / EFI_VARS, 1)  # s0's variables, not the newer ones
+    assert len(kept_variables(folder, tree)) == 2
+    assert cli(root, "snapshot", "revert", "w", "s1").returncode == 0
+    assert holds(folder / EFI_VARS, 2) and holds(top(folder), 2)
+
+
+@pytest.mark.parametrize("crash_at", [f"delete:step{i}" for i in range(5)])  # step3: merged, the store's not dropped
+def test_kill_while_deleting_a_snapshot_forgets_its_efi_variables(efi_vm, crash_at):
+    hv, folder = efi_vm
+    root = hv.datastore.root
+    take_with_variables(root, folder, "s0", 0)
+    take_with_variables(root, folder, "s1", 1)
+    write(folder / EFI_VARS, 2)
+    result = cli(root, "snapshot", "delete", "w", "s1", crash_at=crash_at)
+    assert result.returncode == -signal.SIGKILL
+    tree = assert_consistent(hv, folder)
+    assert [s.name for s in tree.snapshots.values()] == ["s0"]
+    assert kept_variables(folder, tree) == {snapshot_tag(1)}
+    assert holds(folder / EFI_VARS, 3)  # deleting a snapshot leaves the variables as they are
 
 
 def test_kill_during_a_convert_leaves_no_file(vm):

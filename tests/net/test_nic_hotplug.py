@@ -10,9 +10,12 @@ import re
 import time
 
 import pytest
+from guests import create_guest
 
 from minivisor import Hypervisor
 from minivisor.net.names import tap_name
+from minivisor.spec.identity import nic_entries
+from minivisor.vmm.hotplug import plug_nic
 from minivisor.vmm.process import Vmm
 
 pytestmark = pytest.mark.qemu
@@ -104,3 +107,48 @@ def test_a_removal_the_guest_completed_after_minivisor_gave_up_waiting_can_be_re
     assert (lab.datastore / "h" / "h.vmx").read_bytes() == before
     lab.mv("vm", "nic", "h", "ethernet2", "--add", "--model", "virtio", "--network", "A")  # its backend is gone
     lab.mv("vm", "nic", "h", "ethernet2", "--remove")
+
+
+def test_a_hot_plugged_nic_sits_where_the_next_power_on_puts_it(hot):
+    """The guest finds it at the same PCI device path before and after a power cycle: it is hot-plugged into
+    the slot a power-on gives it (the free one its new pciSlotNumber names), and nothing else moves."""
+    lab, hv, _ = hot
+    added = lab.mv_json("vm", "nic", "h", "ethernet3", "--add", "--model", "e1000", "--network", "A")
+    assert added["warnings"] == []
+    slot = int(re.search(r'ethernet3\.pciSlotNumber = "(\d+)"', (lab.datastore / "h" / "h.vmx").read_text())[1])
+
+    def device_paths() -> dict[str, str]:
+        """MAC -> the PCI device path of each NIC the guest has."""
+        listing = guest(hv, "for n in /sys/class/net/eth*; do echo $(cat $n/address) $(readlink -f $n/device); done")
+        return dict(line.split() for line in listing.splitlines() if line.strip())
+
+    hot_plugged = wait_for("the guest has no NIC with the added MAC", lambda: added["mac"] in device_paths() and
+                           device_paths())
+    assert hot_plugged[added["mac"]].endswith(f"/0000:00:{slot:02x}.0")
+    lab.mv("vm", "stop", "h", "--hard")
+    lab.mv("vm", "start", "h", "--wait-ready")
+    assert wait_for("the NICs came back", lambda: len(device_paths()) == len(hot_plugged) and device_paths()) \
+        == hot_plugged
+    lab.mv("vm", "nic", "h", "ethernet3", "--remove")
+
+
+@pytest.mark.parametrize("slot, why", [("192", "behind a bridge the running VM does not have"),
+                                       ("3", "taken in the running VM")])  # the display's slot while it runs
+def test_a_nic_whose_place_the_running_vm_cannot_give_is_placed_by_qemu_with_a_warning(hv, appliance_image,
+                                                                                       slot, why):
+    create_guest(hv, "p", appliance_image, memory_mib=96, network="none")
+    hv.start_vm("p", wait_ready=True, timeout=90)
+    vmm = Vmm("p", hv.vm_paths("p"))
+    assert any(d["slot"] == 3 and d["qdev_id"] == "svga" for d in vmm.execute("query-pci")[0]["devices"])
+    ctx = hv.vms.context("p")
+    keys = {**nic_entries(1, ctx.uuid, "nowhere", "e1000"), "ethernet1.pciSlotNumber": slot}
+    with ctx.vmx.open("a") as vmx:  # a specfile that pins the NIC, as VMware writes them
+        vmx.write("".join(f'{key} = "{value}"\n' for key, value in keys.items()))
+    plan = ctx.plan()
+    nic = plan.spec.nics[-1]
+    (warning,) = plug_nic(vmm, nic, plan.spec, plan.env)
+    assert warning.startswith("ethernet1: its place PCI ") and why in warning and "next power-on moves it" in warning
+    placed = [d for d in vmm.execute("query-pci")[0]["devices"] if d["qdev_id"] == "ethernet1"]
+    assert len(placed) == 1 and placed[0]["slot"] != 3  # QEMU's choice, on the root bus
+    wait_for("the guest has no NIC with its MAC", lambda: plan.env.macs[1] in hv.exec_in_vm(
+        "p", "cat /sys/class/net/*/address", timeout=30).output)

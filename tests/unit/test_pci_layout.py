@@ -13,6 +13,7 @@ from minivisor.spec.pci import decode_slot
 from minivisor.spec.vmspec import VmSpec
 from minivisor.spec.vmx import VmxDocument
 from minivisor.vmm.argv import build_qemu_argv, virtual_hardware
+from minivisor.vmm.pci import free_root_slot
 
 
 @pytest.mark.parametrize("number, bridge, device, function", [
@@ -98,3 +99,10 @@ def test_an_honoured_slot_is_virtualized_and_unplaced_minus_one_is_no_slot():
     verdicts = {v.key: v.verdict for v in key_verdicts(doc.items(), spec.notes, spec.unused_keys,
                                                        spec.unread_device_keys)}
     assert verdicts["ethernet1.pciSlotNumber"] == "virtualized"
+
+
+@pytest.mark.parametrize("q35, taken, free", [(False, {0, 1, 2, 3}, 4), (False, set(range(17)), 25),
+                                              (True, set(range(17)) | set(range(25, 31)), None)])
+def test_a_hot_plugged_device_gets_the_lowest_free_root_slot_a_pci_slot_number_can_name(q35, taken, free):
+    """Never the chipset's slots nor those of VMware's bridges (17-24), which a power-on may rebuild."""
+    assert free_root_slot({"pcie.0" if q35 else "pci.0": taken}, q35) == free

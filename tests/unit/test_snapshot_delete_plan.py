@@ -20,10 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from minivisor.datastore.layout import EFI_VARS
 from minivisor.datastore.store import Datastore
 from minivisor.errors import StateError
 from minivisor.spec.vmx import VmxDocument
 from minivisor.spec.vmsd import SnapshotTree
+from minivisor.storage import nvram
 from minivisor.storage.snapshots import VmFiles, plan_delete, plan_revert, snapshot_disks, take_offline
 
 
@@ -43,12 +45,12 @@ class Vm:
 
     def take(self, *names: str) -> None:
         for name in names:
-            take_offline(self.files(), name, "")
+            take_offline(self.files(), name, "", nvram.handlers(self.folder / EFI_VARS))
 
     def revert(self, name: str) -> None:
         files = self.files()
         journal, _ = plan_revert(files, files.tree.find(name, "w"), set())
-        journal.run()
+        journal.run(nvram.handlers(self.folder / EFI_VARS))
 
     def uid(self, name: str) -> int:
         return self.files().tree.find(name, "w").uid
@@ -59,13 +61,15 @@ class Vm:
         return {path for _, top in snapshot_disks(files.spec) for path in files.chain_files(top)}
 
     def plan(self, name: str, *, clones: dict[str, list[str]] | None = None, running: bool = False) -> list:
-        """The steps that delete snapshot ``name``; the folder must be unchanged by planning."""
+        """The steps that delete snapshot ``name``, but the last, checked here: it forgets what the snapshot kept of
+        the UEFI variable store. The folder must be unchanged by planning."""
         before = self.state()
         files = self.files()
         pinned = {files.tree.find(snap, "w").uid: kids for snap, kids in (clones or {}).items()}
         steps = plan_delete(files, files.tree.find(name, "w"), pinned, self.busy() if running else set())
         assert self.state() == before, "planning changed a file"
-        return steps
+        assert steps[-1] == nvram.step(nvram.FORGET, files.tree.find(name, "w").uid)
+        return steps[:-1]
 
     def state(self) -> dict[str, str]:
         return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(self.folder.iterdir())}

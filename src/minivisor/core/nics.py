@@ -3,7 +3,10 @@
 A NIC added to a running VM is planned exactly as a power-on would plan it (the
 launch plan of the edited specfile: its MAC, its network, its tap), plugged into
 its network's switch, then hot-plugged (:mod:`minivisor.vmm.hotplug`); if any step
-fails, the specfile is put back as it was and nothing is left on the host. A NIC
+fails, the specfile is put back as it was and nothing is left on the host. Such a NIC gets a
+``pciSlotNumber`` first, as VMware writes one: the lowest root slot the running VM has free. A power-on
+places it there too, and moves no other device (each device placed in turn sits in a slot taken now), so
+the guest finds the NIC at the same device path after a power cycle. A NIC
 removed from a running VM is released by the guest first (ACPI PCI hot-plug),
 then its tap goes; its port forwards go with it.
 """
@@ -79,18 +82,24 @@ def remove(ctx: VmContext, name: str) -> dict:
 
 
 def _hot_plug(ctx: VmContext, index: int) -> tuple[str, ...]:
-    """Plan the NIC as a power-on would, put its tap on its switch, hot-plug it; returns the plan's warnings
-    about it (a network that does not exist: its link is down)."""
+    """Give the NIC a free slot, plan it as a power-on would, put its tap on its switch, hot-plug it; returns
+    the warnings about it (a network that does not exist: its link is down; a place QEMU had to choose)."""
     plan = ctx.plan()
     nic = find_nic(plan.spec, f"ethernet{index}", ctx.name)
+    if nic.pci_slot is None and (slot := hotplug.free_nic_slot(ctx.vmm, plan.env.q35)) is not None:
+        doc = read_vmx(ctx.vmx)
+        doc.set(f"{nic.name}.pciSlotNumber", str(slot))
+        doc.save(ctx.vmx)
+        plan = ctx.plan()
+        nic = find_nic(plan.spec, nic.name, ctx.name)
     networks = ctx.networks()
     networks.plug(ctx, plan, only=index)
     try:
-        hotplug.plug_nic(ctx.vmm, nic, plan.env)
+        placed = hotplug.plug_nic(ctx.vmm, nic, plan.spec, plan.env)
     except BaseException:
         networks.unplug(ctx, only=index)
         raise
-    return tuple(w for w in plan.warnings if w.startswith(f"{nic.name}:"))
+    return tuple(w for w in plan.warnings if w.startswith(f"{nic.name}:")) + placed
 
 
 def _index(name: str) -> int:

@@ -22,6 +22,7 @@ from ..errors import HvError
 from ..images.layers import format_for
 from ..images.qemu_img import commit_layer, rebase_disk, set_backing
 from ..images.vmdk import set_cid, set_parent
+from ..storage import nvram
 from ..storage.journal import Journal
 from ..vmm.states import Action
 from .context import VmContext, Vms
@@ -79,17 +80,20 @@ def _recover_online_snapshot(ctx: VmContext, journal: Journal) -> None:
         if journal.phase == "prepare":
             journal.rollback()
         else:
-            journal.run()  # the memory state, if any, was complete before the commit
+            journal.run(step_handlers(ctx))  # the memory state, if any, was complete before the commit
         return
     with ctx.vmm.session() as qmp:
         jobs.reopen_closed_chains(qmp, _reopenable_chains(ctx))
-        if journal.phase == "prepare" or not jobs.overlays_in_use(qmp, nodes):
+        switched = journal.phase == "commit" and jobs.overlays_in_use(qmp, nodes)
+        if not switched:
             jobs.drop_nodes(qmp, nodes)
             journal.rollback()
-        else:
-            journal.run()
         if journal.data.get("resume"):
+            # before the steps: a memory state saved left the VMM's images inactive until it continues, and
+            # keeping the variable store is a write to one
             jobs.resume_if_paused(qmp)
+    if switched:  # out of the session: a step may open its own (the VMM serves one at a time)
+        journal.run(step_handlers(ctx))
 
 
 def _publish_clone(ctx: VmContext, *args: object) -> None:
@@ -121,8 +125,27 @@ def step_handlers(ctx: VmContext) -> dict[str, Callable[..., None]]:
             "relink": lambda image, backing, fmt: _relink(ctx, image, backing, fmt),
             "rebase": lambda dependent, frozen: _rebase(ctx, dependent, frozen),
             "online-commit": lambda *args: _online_commit(ctx, *args),
-            "online-stream": lambda *args: _online_stream(ctx, *args)}
+            "online-stream": lambda *args: _online_stream(ctx, *args),
+            nvram.KEEP: lambda uid: _nvram(ctx, nvram.KEEP, uid),
+            nvram.RESTORE: lambda uid: _nvram(ctx, nvram.RESTORE, uid),
+            nvram.FORGET: lambda uid: _nvram(ctx, nvram.FORGET, uid)}
 
+
+def _nvram(ctx: VmContext, kind: str, uid: int) -> None:
+    """Keep, restore or forget snapshot ``uid``'s UEFI variable store (idempotent).
+
+    An EFI VM's running VMM has the store open (and locked): it keeps and forgets the store's internal
+    snapshots itself. A restore is a revert's, which powers the VM off first: always qemu-img.
+    """
+    store = ctx.paths.efi_vars
+    through_vmm = (kind != nvram.RESTORE and store.exists() and ctx.vmm.record() is not None
+                   and ctx.files().spec.firmware == "efi")
+    if not through_vmm:
+        nvram.handlers(store)[kind](uid)
+    elif (kind == nvram.KEEP) != nvram.kept(store, uid):
+        command = "blockdev-snapshot-internal-sync" if kind == nvram.KEEP else \
+            "blockdev-snapshot-delete-internal-sync"
+        ctx.vmm.execute(command, {"device": "uefi-vars", "name": nvram.snapshot_tag(uid)})
 
 
 def _commit(ctx: VmContext, dependent: str) -> None:

@@ -17,7 +17,6 @@ from ..images.deltas import create_delta
 from ..images.layers import format_for
 from ..storage.journal import Journal, crashpoint
 from ..spec.vmsd import Snapshot, SnapshotTree, vmsd_path
-from ..storage import nvram
 from ..storage.snapshots import (VmFiles, plan_delete, plan_revert, plan_take, refresh_parent_ids, snapshot_disks,
                                  take_offline)
 from ..vmm.states import Action
@@ -54,9 +53,7 @@ def take_in(ctx: VmContext, snapshot: str, *, description: str = "", memory: boo
         if memory:
             raise StateError(f"VM {ctx.name!r} is powered off: there is no memory state to save",
                              hint="take the snapshot without --memory, or start the VM first")
-        snap = take_offline(files, snapshot, description)
-        nvram.keep(ctx.paths.efi_vars, snap.uid)
-        return snap
+        return take_offline(files, snapshot, description, step_handlers(ctx))
     return _take_online(ctx, files, snapshot, description, memory is not False)
 
 
@@ -94,10 +91,7 @@ def _take_online(ctx: VmContext, files: VmFiles, name: str, description: str, me
             journal.commit(steps)
 
         jobs.take_snapshot(qmp, overlays, state_file=state_file, before_switch=before_switch, pause=running)
-        if ctx.paths.efi_vars.exists() and files.spec.firmware == "efi":  # the VMM has the store open
-            qmp.execute("blockdev-snapshot-internal-sync",
-                        {"device": "uefi-vars", "name": nvram.snapshot_tag(snap.uid)})
-    journal.run()
+    journal.run(step_handlers(ctx))  # out of the session: keeping the variable store opens its own
     return snap
 
 
@@ -116,8 +110,7 @@ def revert(vms: Vms, name: str, snapshot: str) -> tuple[Snapshot, bool]:
             _discard_running_state(ctx)
         with vms.hold(ctx) if ctx.vmm.lock.fd is None else nullcontext(ctx):
             journal, _ = plan_revert(files, snap, set())
-            journal.run()
-            nvram.restore(ctx.paths.efi_vars, snap.uid)
+            journal.run(step_handlers(ctx))
             if memory is not None:
                 _resume_from(ctx, snap, memory)
         ctx.emit("snapshotReverted", snapshot=snap.name, running=memory is not None)
@@ -184,17 +177,4 @@ def delete_in(ctx: VmContext, snapshot: str) -> Snapshot:
     journal.commit(steps)
     crashpoint("delete:committed")
     journal.run(step_handlers(ctx))
-    _forget_efi_vars(ctx, snap.uid)
     return snap
-
-
-def _forget_efi_vars(ctx: VmContext, uid: int) -> None:
-    """Drop what the snapshot kept of the UEFI variable store (through the VMM that has it open, if one does)."""
-    from ..images.qemu_img import internal_snapshots
-
-    if not ctx.running:
-        nvram.forget(ctx.paths.efi_vars, uid)
-    elif ctx.paths.efi_vars.exists() and nvram.snapshot_tag(uid) in internal_snapshots(ctx.paths.efi_vars):
-        with ctx.vmm.session() as qmp:
-            qmp.execute("blockdev-snapshot-delete-internal-sync",
-                        {"device": "uefi-vars", "name": nvram.snapshot_tag(uid)})

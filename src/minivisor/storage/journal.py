@@ -9,8 +9,9 @@ anything, in two phases:
   the files listed in ``undo``.
 * ``commit``: the point of no return. ``steps`` are idempotent actions (write a
   file atomically, delete a file; and, run by handlers the caller passes
-  because they need the VM's path policy, merge disk layers or publish a
-  clone); ``done`` counts the finished ones. A crash here is *rolled forward*:
+  because they need the VM's path policy or its VMM, merge disk layers, publish
+  a clone, keep, restore or drop a snapshot's UEFI variable store); ``done``
+  counts the finished ones. A crash here is *rolled forward*:
   the next operation on the VM runs the remaining steps.
 
 So after a crash the operation is either complete or has left no trace.

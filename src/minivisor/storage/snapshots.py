@@ -15,7 +15,8 @@ otherwise a safe ``qemu-img rebase`` of each dependent), so no other snapshot
 or linked clone loses data. Every change goes through the VM's intent journal
 (:mod:`minivisor.storage.journal`), whose disk steps (``commit``, ``relink``,
 ``rebase``) name files only: storage.py runs them after checking the chains
-under the VM's path policy.
+under the VM's path policy; its last step keeps, restores or forgets what the snapshot keeps of the UEFI
+variable store (:mod:`minivisor.storage.nvram`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..datastore.store import Datastore, Scope
 from ..errors import ConflictError, DiskError, StateError
@@ -35,6 +36,7 @@ from ..spec.vmsd import MAX_SNAPSHOTS, VMSD_LIMITS, Snapshot, SnapshotTree, vmsd
 from ..spec.vmspec import VmSpec
 from ..spec.vmx import VmxDocument
 from ..text import excerpt
+from . import nvram
 from .journal import Journal, crashpoint, write_step
 
 __all__ = ["VmFiles", "snapshot_disks", "delta_name", "plan_take", "plan_revert", "plan_delete", "take_offline",
@@ -102,7 +104,7 @@ class VmFiles:
 def plan_take(files: VmFiles, name: str, description: str, memory_file: str | None,
               ready_line: str | None = None) -> tuple[Snapshot, dict[str, str], list[list[Any]]]:
     """The new snapshot (freezing the current tops), the new delta name per disk, and the journal steps
-    that commit it (the new tree, the specfile naming the deltas)."""
+    that commit it (the new tree, the specfile naming the deltas, the variable store kept)."""
     if any(s.name == name for s in files.tree.snapshots.values()):
         raise ConflictError(f"VM already has a snapshot named {excerpt(name)}", hint="choose another name")
     if not name.strip() or "\n" in name:
@@ -127,7 +129,8 @@ def plan_take(files: VmFiles, name: str, description: str, memory_file: str | No
     for node in disks:
         deltas[node] = delta_name(files.vm_dir, disks[node], taken)
         taken.add(deltas[node])
-    return snap, deltas, [write_step(files.vmsd.name, tree), write_step(files.vmx.name, files.vmx_with(deltas))]
+    return snap, deltas, [write_step(files.vmsd.name, tree), write_step(files.vmx.name, files.vmx_with(deltas)),
+                          nvram.step(nvram.KEEP, uid)]
 
 
 def refresh_parent_ids(files: VmFiles, snap: Snapshot, deltas: dict[str, str]) -> None:
@@ -152,8 +155,10 @@ def new_tree_with(tree: SnapshotTree, snap: Snapshot) -> SnapshotTree:
     return SnapshotTree(snapshots, snap.uid, max(tree.last_uid, snap.uid))
 
 
-def take_offline(files: VmFiles, name: str, description: str) -> Snapshot:
-    """Freeze the disks of a powered-off VM (the caller holds the VM lock)."""
+def take_offline(files: VmFiles, name: str, description: str,
+                 handlers: dict[str, Callable[..., None]]) -> Snapshot:
+    """Freeze the disks of a powered-off VM (the caller holds the VM lock; ``handlers`` run the steps that
+    need the datastore or the VMM: :func:`minivisor.core.recovery.step_handlers`)."""
     snap, deltas, steps = plan_take(files, name, description, None)
     journal = Journal(files.vm_dir, "take")
     journal.begin([files.vm_dir / d for d in deltas.values()])
@@ -161,12 +166,13 @@ def take_offline(files: VmFiles, name: str, description: str) -> Snapshot:
         create_delta(files.vm_dir / delta, files.layer(snap.disks[node]))
     crashpoint("take:prepared")
     journal.commit(steps)
-    journal.run()
+    journal.run(handlers)
     return snap
 
 
 def plan_revert(files: VmFiles, snap: Snapshot, clone_files: set[str]) -> tuple[Journal, dict[str, str]]:
-    """Prepare new deltas on the snapshot's frozen files; the old tops become obsolete."""
+    """Prepare new deltas on the snapshot's frozen files and commit the journal that switches to them (the old
+    tops become obsolete) and then restores the variable store the snapshot kept."""
     taken: set[str] = set()
     deltas: dict[str, str] = {}
     for node in snap.disks:
@@ -186,7 +192,8 @@ def plan_revert(files: VmFiles, snap: Snapshot, clone_files: set[str]) -> tuple[
             obsolete.append(["unlink", top])
     tree = SnapshotTree(dict(files.tree.snapshots), snap.uid, files.tree.last_uid)
     journal.commit([write_step(files.vmsd.name, tree.to_bytes()),
-                    write_step(files.vmx.name, files.vmx_with(deltas, snap.config)), *obsolete])
+                    write_step(files.vmx.name, files.vmx_with(deltas, snap.config)), *obsolete,
+                    nvram.step(nvram.RESTORE, snap.uid)])
     return journal, deltas
 
 
@@ -283,6 +290,7 @@ def plan_delete(files: VmFiles, snap: Snapshot, clones: dict[int, list[str]],
     if snap.memory_file:
         files.scope.state_file(files.vm_dir, snap.memory_file, f"the memory state of {snap.name!r}")
         steps.append(["unlink", snap.memory_file])
+    steps.append(nvram.step(nvram.FORGET, snap.uid))
     return steps
 
 

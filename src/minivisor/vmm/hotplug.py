@@ -3,7 +3,10 @@
 The backend and the device come from the launcher's own functions
 (:func:`~minivisor.vmm.argv.nic_netdev`, :func:`~minivisor.vmm.argv.nic_device`), so a
 hot-plugged NIC is exactly the one a power-on would build: QMP's ``netdev_add`` and
-``device_add`` take the same dictionaries ``-netdev`` and ``-device`` take as JSON.
+``device_add`` take the same dictionaries ``-netdev`` and ``-device`` take as JSON. Its place on the PCI
+bus is the one the launcher's placement (:func:`~minivisor.vmm.pci.pci_layout`) gives it at the next power-on,
+so the guest finds it at the same device path after a power cycle; where the running VMM has that slot taken,
+or lacks the bridge it is behind, QEMU places it and a warning says that the next power-on moves it.
 A NIC leaves when the guest lets go of it (ACPI PCI hot-plug: QEMU reports
 ``DEVICE_DELETED``), then its backend goes.
 """
@@ -13,30 +16,52 @@ from __future__ import annotations
 import time
 
 from ..errors import GuestError, NetworkError, QmpCommandError, QmpError
-from ..spec.vmspec import Nic
+from ..spec.vmspec import Nic, VmSpec
 from ..text import clip
-from .argv import HostForward, LaunchEnv, nic_device, nic_netdev, netdev_id
+from .argv import HostForward, LaunchEnv, nic_device, nic_netdev, netdev_id, pci_devices
+from .pci import PciPlace, free_root_slot, pci_layout, slots_in_use
 from .process import Vmm
 from .qmp import QmpSession
 
-__all__ = ["plug_nic", "unplug_nic", "add_host_forward", "remove_host_forward", "UNPLUG_TIMEOUT"]
+__all__ = ["plug_nic", "unplug_nic", "free_nic_slot", "add_host_forward", "remove_host_forward", "UNPLUG_TIMEOUT"]
 
 UNPLUG_TIMEOUT = 30.0  # seconds the guest has to release a NIC (a TCG guest answers in about one)
 
 
-def plug_nic(vmm: Vmm, nic: Nic, env: LaunchEnv) -> None:
-    """Add the NIC (its backend, then the device on the PCI bus) to the running VMM; nothing is left if it fails."""
+def free_nic_slot(vmm: Vmm, q35: bool) -> int | None:
+    """The lowest root-bus slot free in the running VMM, as a ``pciSlotNumber`` (None if there is none)."""
+    return free_root_slot(slots_in_use(vmm.execute("query-pci"), q35), q35)
+
+
+def plug_nic(vmm: Vmm, nic: Nic, spec: VmSpec, env: LaunchEnv) -> tuple[str, ...]:
+    """Add the NIC of ``spec`` (its backend, then the device on the PCI bus, at the place a power-on gives it)
+    to the running VMM; nothing is left if it fails. Returns a warning if QEMU had to place it instead."""
     netdev = nic_netdev(nic, env)
+    place = pci_layout(pci_devices(spec), env.q35).places[nic.name]
     with vmm.session() as qmp:
+        taken_because = _place_taken(place, slots_in_use(qmp.execute("query-pci"), env.q35))
         qmp.execute("netdev_add", netdev)
         try:
-            qmp.execute("device_add", nic_device(nic, env))
+            qmp.execute("device_add", {**nic_device(nic, env), **({} if taken_because else place.fields())})
             if env.networks.get(nic.index, "unconnected") == "unconnected":
                 qmp.execute("set_link", {"name": nic.name, "up": False})  # as a power-on leaves it
         except BaseException:
             _quietly(qmp, "device_del", {"id": nic.name})
             _quietly(qmp, "netdev_del", {"id": netdev["id"]})
             raise
+    if taken_because:
+        return (f"{nic.name}: {taken_because}, so QEMU placed it; the next power-on moves it to "
+                f"{place.describe()}, where the guest may name it differently",)
+    return ()
+
+
+def _place_taken(place: PciPlace, used: dict[str, set[int]]) -> str | None:
+    """Why a running VMM cannot have a device at ``place`` (its bus missing, its slot taken), or None."""
+    if place.bus not in used:
+        return f"its place {place.describe()} is behind a bridge the running VM does not have"
+    if place.slot in used[place.bus]:
+        return f"its place {place.describe()} is taken in the running VM"
+    return None
 
 
 def unplug_nic(vmm: Vmm, nic: Nic, *, timeout: float = UNPLUG_TIMEOUT) -> None:

@@ -6,18 +6,23 @@ VMware's bridges are rebuilt where a device needs one: ``pciBridge0``-``3`` as P
 devices 17-20; ``pciBridge4``-``7`` at root devices 21-24, one bridge per function in use (function 0
 always, or the guest would not look at the others). On Q35 those are PCIe root ports whose physical slot
 number is VMware's slot number, so a guest that names NICs by slot finds ``ens192`` again; the i440FX has
-no PCIe: PCI-to-PCI bridges stand at the same addresses. Pure: no I/O.
+no PCIe: PCI-to-PCI bridges stand at the same addresses.
+
+A running VMM's buses (QMP's ``query-pci``) say whether a device hot-plugged there can have the place a
+power-on would give it (:func:`slots_in_use`), and which root slot is free for one that has none yet
+(:func:`free_root_slot`). Pure: no I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import SpecError
 from ..spec.pci import VmwareSlot, bridge_root_device, decode_slot
 
-__all__ = ["PciPlace", "PciBridge", "PciLayout", "pci_layout"]
+__all__ = ["PciPlace", "PciBridge", "PciLayout", "pci_layout", "root_bus", "slots_in_use", "free_root_slot"]
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,7 @@ def pci_layout(devices: list[tuple[str, int | None]], q35: bool) -> PciLayout:
     """Places for ``devices`` (name and honoured pciSlotNumber, in command-line order). Devices without a
     slot take the lowest free root slots in turn, as QEMU's own placement would: a VM whose specfile names
     no slots keeps the addresses it always had."""
-    root = "pcie.0" if q35 else "pci.0"
+    root = root_bus(q35)
     slots = {name: decode_slot(number) for name, number in devices if number is not None}
     bridges = _bridges([slot for slot in slots.values() if slot is not None and slot.bridge is not None], root)
     taken = {0, 31} if q35 else {0, 1}  # the chipset's own devices
@@ -95,6 +100,38 @@ def pci_layout(devices: list[tuple[str, int | None]], q35: bool) -> PciLayout:
             bus = _bridge_id(slot.bridge, slot.function)
             places[name] = PciPlace(bus, slot.device, vmware_slot=slot.number)
     return PciLayout(places, bridges)
+
+
+def root_bus(q35: bool) -> str:
+    """The id of the chipset's own bus."""
+    return "pcie.0" if q35 else "pci.0"
+
+
+def slots_in_use(buses: list[dict[str, Any]], q35: bool) -> dict[str, set[int]]:
+    """The device numbers taken on each bus of a running VMM, from QMP's ``query-pci``: the root bus by its
+    id, a bridge's bus by the bridge's id (``pciBridge5``); a bus with nothing on it is there, empty."""
+    used: dict[str, set[int]] = {}
+
+    def visit(bus: str, devices: list[dict[str, Any]]) -> None:
+        taken = used.setdefault(bus, set())
+        for device in devices:
+            taken.add(device["slot"])
+            bridge = device.get("pci_bridge")
+            if bridge is not None and device.get("qdev_id"):
+                visit(device["qdev_id"], bridge.get("devices", []))
+
+    for bus in buses:
+        if bus.get("bus") == 0:
+            visit(root_bus(q35), bus.get("devices", []))
+    return used
+
+
+def free_root_slot(used: dict[str, set[int]], q35: bool) -> int | None:
+    """The lowest root-bus slot free in a running VMM that a ``pciSlotNumber`` can name, as that number
+    (on the root bus, the device number); None if none is."""
+    taken = used.get(root_bus(q35), set())
+    return next((number for number in range(32)
+                 if number not in taken and decode_slot(number) is not None), None)
 
 
 def _next_free(free: Iterator[int], name: str) -> int:
