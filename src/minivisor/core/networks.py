@@ -23,10 +23,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from functools import cached_property
+from pathlib import Path
 
 from ..datastore.catalog import ForwardEntry, NetworkEntry, Reservation
 from ..datastore.inventory import Inventory, file_id, flocked_files
-from ..datastore.store import Datastore
+from ..datastore.store import META, Datastore
 from ..errors import ArgumentError, ConflictError, HostError, HvError, LockError, NotFoundError
 from ..locks import wait_lock
 from ..net import addressing, dhcp, firewall, switch
@@ -298,12 +299,25 @@ class Networks:
             os.close(fd)
 
     def _check_owner(self) -> None:
-        """One datastore's networks per host (network namespace): the firewall table is built from its catalog."""
+        """One datastore's networks per host (network namespace): the firewall table is built from its catalog.
+        The networks of a datastore deleted by hand are removed from the host before this one's are made."""
         owner = firewall.owner()
-        mine = str(self.datastore.root)
-        if owner and owner != mine and os.path.isdir(os.path.join(owner, ".minivisor")):
+        if not owner or owner == str(self.datastore.root):
+            return
+        if os.path.isdir(os.path.join(owner, META)):
             raise ConflictError(f"this host's networks belong to the datastore {owner}",
                                 hint="use that datastore, or delete its networks first (minivisor net delete)")
+        self._clear_abandoned(owner)
+
+    def _clear_abandoned(self, owner: str) -> None:
+        """Stop the dnsmasqs and delete the bridges a deleted datastore left (its taps go in ``_sync``, with every
+        tap of a VM that no longer runs; its table is replaced there)."""
+        for files in dhcp.datastore_dhcp_files(Path(owner, META)):
+            dhcp.stop(files)
+        kept = {entry.bridge for entry in self.catalog.networks()}
+        for name, link in switch.links().items():
+            if link.ours and link.kind == "bridge" and name not in kept:
+                switch.delete_link(name)
 
     def _require_support(self) -> None:
         host = self._support
