@@ -38,7 +38,7 @@ from ..spec.identity import generated_mac
 from ..spec.vmspec import DEVICE_COUNT, Nic
 from ..text import excerpt
 from ..vmm import hotplug
-from ..vmm.argv import HostForward
+from ..vmm.argv import HostForward, UserNat
 from ..vmm.plan import HostNetworks, LaunchPlan, NicPlacement, place_nic
 from ..vmm.process import VmLock
 from .context import VmContext
@@ -130,6 +130,7 @@ class Networks:
     def plug(self, ctx: VmContext, plan: LaunchPlan, only: int | None = None) -> None:
         """Before the VMM starts (or NIC ``only`` is hot-plugged): each network it needs up, a reservation per
         NIC, a tap per NIC on its bridge."""
+        self._check_user_forwards_free(ctx, plan, only)
         taps = {i: tap for i, tap in plan.taps.items() if only is None or i == only}
         if not taps:
             return
@@ -443,6 +444,21 @@ class Networks:
         if user is not None:
             raise ConflictError(f"port {spec.host_addr}:{spec.host_port}/{spec.protocol} of this host is taken by "
                                 f"{user}", hint="choose another host port")
+
+    def _check_user_forwards_free(self, ctx: VmContext, plan: LaunchPlan, only: int | None) -> None:
+        """QEMU's user-mode NAT listens for the VM's forwards itself: a port something else took after the forward
+        was added is refused here, in words, instead of by QEMU failing to start."""
+        for index, backend in plan.env.networks.items():
+            if not isinstance(backend, UserNat) or only not in (None, index):
+                continue
+            for forward in backend.forwards:
+                user = port_user(forward.protocol, forward.host_addr, forward.host_port)
+                if user is not None:
+                    where = f"{forward.host_addr}:{forward.host_port}/{forward.protocol}"
+                    raise ConflictError(f"port {where} of this host, forwarded to {ctx.name}'s ethernet{index} port "
+                                        f"{forward.guest_port}, is taken by {user}",
+                                        hint=f"stop {user}, or move the forward: minivisor vm port-forward {ctx.name} "
+                                             f"remove {forward.host_port}, then add another port")
 
     def _user_forwards(self, vm_uuid: str) -> dict[int, tuple[HostForward, ...]]:
         """The VM's port forwards by NIC index, as QEMU's user-mode NAT takes them."""
