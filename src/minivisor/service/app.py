@@ -39,6 +39,7 @@ from .responses import dumps, encode, error_response, internal_error, json_respo
 from .routes import OPERATIONS, Op
 from .static import StaticFiles
 from .supervisor import Supervisor
+from .tasks import Tasks, is_task, reports_progress
 
 __all__ = ["build_app", "operation_routes", "MAX_BODY", "HEARTBEAT"]
 
@@ -61,6 +62,7 @@ def build_app(calls: Dispatcher, bus: EventBus, access: Access, supervisor: Supe
               autostart: bool) -> Starlette:
     """The application: the route table's operations, events, metrics, the OpenAPI document and the page."""
     spec = dumps(openapi())  # the route table does not change while the service runs
+    tasks = Tasks(bus.publish)
     page = _page()
     static = StaticFiles()
     if static.missing:
@@ -106,6 +108,9 @@ def build_app(calls: Dispatcher, bus: EventBus, access: Access, supervisor: Supe
         text = prometheus(await calls.call(collect, supervisor.watched()))
         return Response(text, 200, {"Cache-Control": "no-store"}, media_type="text/plain; version=0.0.4")
 
+    async def task_list(request: Request) -> Response:
+        return json_response(200, tasks.list())
+
     async def events(request: Request) -> Response:
         return StreamingResponse(_event_stream(bus, request.query_params.get("vm")),
                                  headers={"Cache-Control": "no-store"}, media_type="text/event-stream")
@@ -128,10 +133,11 @@ def build_app(calls: Dispatcher, bus: EventBus, access: Access, supervisor: Supe
                  Route("/vendor/{path:path}", _answering(static_file), methods=["GET"]),
                  Route("/openapi.json", _answering(openapi_json), methods=["GET"]),
                  Route("/v1/events", _answering(events), methods=["GET"]),
+                 Route("/v1/tasks", _answering(task_list), methods=["GET"]),
                  Route("/v1/metrics", _answering(metrics_json), methods=["GET"]),
                  Route("/metrics", _answering(metrics_text), methods=["GET"])]
     endpoints += console_routes(calls, access.sessions, _answering)
-    endpoints += operation_routes(lambda op: _answering(_operation(calls, op)))
+    endpoints += operation_routes(lambda op: _answering(_operation(calls, op, tasks if is_task(op) else None)))
     app = Starlette(routes=endpoints, middleware=[Middleware(Gate, access=access)],
                     exception_handlers={HTTPException: _no_route}, lifespan=lifespan)
     app.router.redirect_slashes = False  # "/v1/vms/" is not a route: 404, like any other
@@ -143,15 +149,28 @@ def operation_routes(endpoint_for: Callable[[Op], Endpoint]) -> list[Route]:
     return [Route(op.path, endpoint_for(op), methods=[op.method], name=op.name) for op in OPERATIONS]
 
 
-def _operation(calls: Dispatcher, op: Op) -> Endpoint:
-    """The endpoint of one core API method."""
+def _operation(calls: Dispatcher, op: Op, tasks: Tasks | None) -> Endpoint:
+    """The endpoint of one core API method; with ``tasks``, each request is a task of that list."""
+    measured = tasks is not None and reports_progress(op)
 
     async def endpoint(request: Request) -> Response:
         if op.method == "GET":
             body = {key: _query_value(value) for key, value in request.query_params.multi_items()}
         else:
             body = await _read_json_body(request)
-        result = await calls.dispatch(op, dict(request.path_params), body)
+        if tasks is None:
+            return answer(await calls.dispatch(op, dict(request.path_params), body))
+        task = tasks.begin(op, {**body, **request.path_params})
+        try:
+            result = await calls.dispatch(op, dict(request.path_params), body,
+                                          progress=tasks.reporter(task) if measured else None)
+        except BaseException as exc:
+            tasks.end(task, exc)
+            raise
+        tasks.end(task, result=result)
+        return answer(result)
+
+    def answer(result: Any) -> Response:
         return json_response(op.status, encode(result))
 
     return endpoint
