@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import time
 
 from playwright.sync_api import expect
@@ -108,3 +109,45 @@ def test_register_an_existing_specfile_from_the_datastore_browser(service, page)
     row.locator("button[data-action=register]").click()  # once more: it is in the inventory already
     expect(row.locator(".error")).to_contain_text("Register: ")
     assert [vm.name for vm in service.client.list_vms()] == ["kept"]
+
+
+VMWARE_SPECFILE = ('.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "14"\ndisplayName = "Web server"\n'
+                   'guestOS = "debian12-64"\nmemSize = "64"\nnumvcpus = "2"\nscsi0.present = "TRUE"\n'
+                   'scsi0.virtualDev = "lsilogic"\nscsi0:0.present = "TRUE"\nscsi0:0.fileName = "web.vmdk"\n')
+
+
+def test_import_a_vmware_folder_from_the_datastore_browser(service, page):
+    folder = service.root / "incoming" / "web"  # copied into the datastore as it came (scp, a share)
+    folder.mkdir(parents=True)
+    (folder / "web.vmx").write_text(VMWARE_SPECFILE)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", str(folder / "web.vmdk"), "16M"], check=True)
+    subprocess.run(["qemu-io", "-f", "vmdk", "-c", "write -P 0x77 1M 64k", str(folder / "web.vmdk")], check=True,
+                   capture_output=True)
+    log_in(page, service)
+    page.click("#datastore-files tr[data-file=incoming] button")
+    page.click("#datastore-files tr[data-file=web] button")
+    row = page.locator("#datastore-files tr[data-file='web.vmx']")
+    page.once("dialog", lambda dialog: dialog.accept("imported"))
+    row.locator("button[data-action=import]").click()
+    expect(page.locator("tr[data-vm=imported] td.state")).to_have_attribute("data-state", "poweredOff")
+    vm = service.client.get_vm("imported")
+    assert (vm.cpus, vm.memory_mib, vm.guest_os) == (2, 64, "debian12-64")
+    disk = service.root / "imported" / "web.qcow2"  # converted, the original left as it was
+    assert subprocess.run(["qemu-io", "-r", "-f", "qcow2", "-c", "read -P 0x77 1M 64k", str(disk)],
+                          capture_output=True, text=True).stdout.count("read 65536/65536") == 1
+    assert (folder / "web.vmdk").is_file() and (folder / "web.vmx").read_text() == VMWARE_SPECFILE
+    task = page.locator("#tasks tr[data-operation=import_vm]")
+    expect(task).to_have_attribute("data-state", "done")
+    expect(task.locator("td").nth(2)).to_have_text("imported")
+    # the same name again: refused next to the button, in words, and the task list says why
+    page.once("dialog", lambda dialog: dialog.accept("imported"))
+    row.locator("button[data-action=import]").click()
+    expect(row.locator(".error")).to_contain_text("Import…: ")
+    expect(row.locator(".error")).to_contain_text("imported")
+    expect(page.locator("#tasks tr[data-operation=import_vm][data-state=failed]")).to_have_count(1)
+    # declined: nothing is asked of the service
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    row.locator("button[data-action=import]").click()
+    page.wait_for_timeout(300)  # not a timing assertion: a call would have had time to be sent
+    expect(page.locator("#tasks tr[data-operation=import_vm]")).to_have_count(2)
+    assert [vm.name for vm in service.client.list_vms()] == ["imported"]

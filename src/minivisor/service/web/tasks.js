@@ -35,7 +35,8 @@ export async function showTasks(anew = false) {
 export function showTask(task) {
   const row = el("tr", {dataset: {task: String(task.id), state: task.state, operation: task.operation}},
     el("td", {text: new Date(task.started * 1000).toLocaleTimeString()}),
-    el("td", {text: (LABELS[task.operation] || task.operation) + (task.subject ? " " + task.subject : "")}),
+    el("td", {text: (LABELS[task.operation] || task.operation) + (task.subject ? " " + task.subject.split("/").pop() : ""),
+              title: task.subject || ""}),  // a path (an import's folder) by its last name; the whole on hover
     el("td", {text: task.vm || ""}), status(task));
   const old = rows.get(task.id);
   if (old) old.replaceWith(row); else $("tasks").prepend(row);
