@@ -71,6 +71,8 @@ OPERATIONS: tuple[Op, ...] = (
     # disks, snapshots, clones (storage.py, snapshots.py, clones.py, vmware.py)
     Op("vm_disks", "GET", "/v1/vms/{name}/disks", "json", mutates=False),
     Op("vm_disk_resize", "POST", "/v1/vms/{name}/disks/resize", "json", args=("name", "node", "size")),
+    Op("add_disk", "POST", "/v1/vms/{name}/disks", "json", args=("name", "size"), status=201),
+    Op("set_resources", "POST", "/v1/vms/{name}/resources", "json"),
     Op("snapshot_list", "GET", "/v1/vms/{name}/snapshots", "json", mutates=False),
     Op("snapshot_take", "POST", "/v1/vms/{name}/snapshots", "snapshot", args=("name", "snapshot"), status=201),
     Op("snapshot_revert", "POST", "/v1/vms/{name}/snapshots/revert", "snapshot_revert", args=("name", "snapshot")),
