@@ -151,3 +151,84 @@ def test_import_a_vmware_folder_from_the_datastore_browser(service, page):
     page.wait_for_timeout(300)  # not a timing assertion: a call would have had time to be sent
     expect(page.locator("#tasks tr[data-operation=import_vm]")).to_have_count(2)
     assert [vm.name for vm in service.client.list_vms()] == ["imported"]
+
+
+def delete_file(service, folder: str, name: str):
+    status, _, answer = request(service, "POST", "/v1/datastore/files/delete",
+                                {"Authorization": f"Bearer {service.token}", "Content-Type": "application/json"},
+                                json.dumps({"folder": folder, "name": name}).encode())
+    return status, json.loads(answer)
+
+
+def test_delete_a_file_in_the_datastore_browser_but_not_one_a_vm_uses(service, page):
+    hv = Hypervisor(service.root)
+    small_vm(hv, "vm1")
+    (service.root / "iso").mkdir()
+    (service.root / "iso" / "old.iso").write_bytes(b"iso")
+    log_in(page, service)
+    page.click("#datastore-files tr[data-file=iso] button")
+    row = page.locator("#datastore-files tr[data-file='old.iso']")
+    page.once("dialog", lambda dialog: dialog.dismiss())  # asked first: declined, kept
+    row.locator("button[data-action=delete-file]").click()
+    page.wait_for_timeout(300)  # not a timing assertion: a call would have had time to be sent
+    assert (service.root / "iso" / "old.iso").exists()
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.locator("button[data-action=delete-file]").click()
+    expect(row).to_have_count(0)
+    assert not (service.root / "iso" / "old.iso").exists()
+    # the VM's disk: refused next to its button, with the reason, and kept
+    page.click("#datastore-files button.link >> text=../")
+    page.click("#datastore-files tr[data-file=vm1] button")
+    disk = page.locator("#datastore-files tr[data-file='vm1.qcow2']")
+    page.once("dialog", lambda dialog: dialog.accept())
+    disk.locator("button[data-action=delete-file]").click()
+    expect(disk.locator(".error")).to_contain_text("Delete: ")
+    expect(disk.locator(".error")).to_contain_text("folder of VM 'vm1'")
+    assert (service.root / "vm1" / "vm1.qcow2").is_file()
+    expect(page.locator("#tasks tr[data-operation=datastore_delete][data-state=failed]")).to_have_count(1)
+
+
+def test_a_file_a_vm_uses_is_refused_and_one_it_does_not_is_deleted(service):
+    hv = Hypervisor(service.root)
+    hv.create_vm("vm1", disk_size="16M", memory_mib=64, network="none", cdrom=True)
+    for name in ("setup.iso", "spare.iso"):
+        (service.root / "vm1" / name).write_bytes(b"cd")
+    service.client.cdrom("vm1", "setup.iso")
+    hv.create_vm("vm2", disk_size="16M", memory_mib=64, network="none")
+    service.client.snapshot_take("vm2", "s1")
+    for folder, name, words in (("vm1", "setup.iso", "VM 'vm1' uses"), ("vm1", "vm1.vmx", "folder of VM 'vm1'"),
+                                ("vm2", "vm2.qcow2", "folder of VM 'vm2'"), ("vm2", "vm2.vmsd", "folder of VM")):
+        status, answer = delete_file(service, folder, name)
+        assert status == 409 and words in answer["error"]["message"], (name, answer)
+        assert (service.root / folder / name).is_file()
+    assert delete_file(service, "vm1", "spare.iso")[0] == 200
+    assert not (service.root / "vm1" / "spare.iso").exists()
+    assert delete_file(service, "vm1", "spare.iso")[0] == 404
+
+
+def test_deleting_cannot_reach_outside_the_datastore_nor_its_own_files(service, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret.iso"
+    secret.write_bytes(b"host file")
+    token = service.root / ".minivisor" / "token"
+    (service.root / "iso").mkdir()
+    (service.root / "iso" / "away").symlink_to(outside)  # a folder link out
+    (service.root / "iso" / "meta").symlink_to(service.root / ".minivisor")  # a folder link to minivisor's own
+    (service.root / "iso" / "link.iso").symlink_to(secret)  # a file link out
+    (service.root / "iso" / "sub").mkdir()
+    attempts = [("..", "secret.iso"), ("../outside", "secret.iso"), (str(outside), "secret.iso"),
+                ("iso", "../../outside/secret.iso"), ("iso/../..", "outside"), ("", "..", ), ("iso", "."),
+                (".minivisor", "token"), ("iso/../.minivisor", "token"), ("iso/meta", "token"),
+                ("iso/away", "secret.iso"), ("iso", "link.iso"), ("iso", "sub"), ("", "iso"),
+                ("iso", "x\x00.iso"), ("iso", "/etc/passwd"), ("iso", "")]
+    for folder, name in attempts:
+        status, answer = delete_file(service, folder, name)
+        assert status in (400, 404, 422), (folder, name, status, answer)
+    assert secret.read_bytes() == b"host file"
+    assert token.is_file() and (service.root / ".minivisor").is_dir()
+    assert (service.root / "iso" / "link.iso").is_symlink() and (service.root / "iso" / "sub").is_dir()
+    # the listing cannot follow a link into minivisor's own folder either
+    status, _, body = request(service, "GET", "/v1/datastore/files?folder=" + json.dumps("iso/meta"),
+                              {"Authorization": f"Bearer {service.token}"})
+    assert status in (404, 422) and b"token" not in body and b"catalog" not in body

@@ -162,6 +162,12 @@ class Hypervisor:
 
         return upload(self.datastore, folder, name, chunks)
 
+    def datastore_delete(self, folder: str, name: str) -> dict[str, Any]:
+        """Delete the plain file ``folder/name`` of the datastore ("" its root), unless a registered VM uses it."""
+        from .files import delete
+
+        return delete(self.vms, folder, name)
+
     @_no_space_is_one_error
     def allow_path(self, folder: Path | str) -> None:
         """Let specfiles name files in a host folder outside the datastore (shared ISOs, templates, boot images)."""

@@ -68,6 +68,7 @@ OPERATIONS: tuple[Op, ...] = (
     Op("host_info", "GET", "/v1/host", "host", args=(), mutates=False, vm_param=None),
     # the datastore browser (core/files.py; uploads stream through their own route: service/app.py)
     Op("datastore_files", "GET", "/v1/datastore/files", "json", args=("folder",), mutates=False, vm_param=None),
+    Op("datastore_delete", "POST", "/v1/datastore/files/delete", "json", args=("folder", "name"), vm_param=None),
     # disks, snapshots, clones (storage.py, snapshots.py, clones.py, vmware.py)
     Op("vm_disks", "GET", "/v1/vms/{name}/disks", "json", mutates=False),
     Op("vm_disk_resize", "POST", "/v1/vms/{name}/disks/resize", "json", args=("name", "node", "size")),
