@@ -45,6 +45,13 @@ def test_upload_an_iso_in_the_page_and_see_it_in_the_datastore(service, page, tm
     page.click("button[data-action=upload]")
     expect(page.locator("#upload-error")).to_contain_text("already exists")
     assert (service.root / "iso" / "tiny.iso").read_bytes() == iso.read_bytes()
+    # both are tasks of the service: the first done, the second failed and why
+    uploads = page.locator("#tasks tr[data-operation=upload]")
+    expect(uploads).to_have_count(2)
+    expect(uploads.nth(1)).to_have_attribute("data-state", "done")
+    expect(uploads.nth(1)).to_contain_text("Upload tiny.iso")
+    expect(uploads.nth(0)).to_have_attribute("data-state", "failed")
+    expect(uploads.nth(0).locator(".task-status")).to_contain_text("already exists")
 
 
 def test_uploads_cannot_leave_their_folder_or_overwrite_anything(service):

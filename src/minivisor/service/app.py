@@ -95,7 +95,16 @@ def build_app(calls: Dispatcher, bus: EventBus, access: Access, supervisor: Supe
         return json_response(200, {"session": "open"})
 
     async def upload(request: Request) -> Response:
-        entry = await _upload(calls, request.path_params["folder"], request.path_params["name"], request.stream())
+        folder, name = request.path_params["folder"], request.path_params["name"]
+        declared = request.headers.get("content-length", "")
+        task = tasks.start("upload", None, f"{folder}/{name}", measured=declared.isdigit())
+        report = tasks.reporter(task)
+        try:
+            entry = await _upload(calls, folder, name, _counted(request.stream(), int(declared or 0), report))
+        except BaseException as exc:
+            tasks.end(task, exc)
+            raise
+        tasks.end(task)
         return json_response(201, entry)
 
     async def openapi_json(request: Request) -> Response:
@@ -267,6 +276,16 @@ async def _event_stream(bus: EventBus, only: str | None) -> AsyncIterator[bytes]
             yield f"id: {event['id']}\nevent: {event['type']}\ndata: ".encode() + dumps(event) + b"\n\n"
     finally:
         bus.unsubscribe(subscription)
+
+
+async def _counted(body: AsyncIterator[bytes], size: int, progress: Callable[[float], None]) -> AsyncIterator[bytes]:
+    """``body`` as it arrives, its progress reported against the ``size`` it declared (0: none declared)."""
+    received = 0
+    async for chunk in body:
+        received += len(chunk)
+        if size:
+            progress(100.0 * min(received, size) / size)
+        yield chunk
 
 
 async def _upload(calls: Dispatcher, folder: str, name: str, body: AsyncIterator[bytes]) -> Any:

@@ -1,7 +1,8 @@
 """The task list: the operations the service is running and has run lately, with their progress and errors.
 
 Every change a request asks of the core (a mutating route, or one whose core
-method reports progress: a clone, an import, a conversion, a copy) is a task
+method reports progress: a clone, an import, a conversion, a copy), and every
+upload into the datastore, is a task
 from the moment the request arrives until its answer: running, then done or
 failed (with the error's words). The core's ``progress`` callbacks feed the
 running task's percentage. Each change of a task is published on the event
@@ -79,8 +80,13 @@ class Tasks:
         vm = values.get(op.vm_param) if op.vm_param else None
         others = (values.get(arg) for arg in op.args if arg != op.vm_param)
         subject = next((value for value in others if isinstance(value, str)), None)
+        return self.start(op.name, vm, subject, measured=reports_progress(op))
+
+    def start(self, operation: str, vm: Any, subject: Any, *, measured: bool) -> Task:
+        """A running task of ``operation`` (a core method's name, or the service's own: ``upload``); ``measured``:
+        it will report its progress."""
         with self._lock:
-            task = Task(next(self._ids), op.name, _shown(vm), _shown(subject), reports_progress(op))
+            task = Task(next(self._ids), operation, _shown(vm), _shown(subject), measured)
             self._running[task.id] = task
         self._changed(task)
         return task

@@ -15,7 +15,8 @@ const LABELS = {
   disk_resize: "Resize disk", vm_disk_resize: "Resize disk", snapshot_take: "Take snapshot",
   snapshot_revert: "Revert to snapshot", snapshot_delete: "Delete snapshot", put_specfile: "Save specfile",
   cdrom: "CD-ROM", add_nic: "Add NIC", remove_nic: "Remove NIC", set_nic: "Change NIC",
-  set_resources: "CPUs and memory", add_disk: "Add disk", datastore_delete: "Delete file in", copy_to_guest: "Copy to guest", copy_from_guest: "Copy from guest", set_autostart: "Autostart",
+  set_resources: "CPUs and memory", add_disk: "Add disk", upload: "Upload", datastore_delete: "Delete file in",
+  copy_to_guest: "Copy to guest", copy_from_guest: "Copy from guest", set_autostart: "Autostart",
 };
 
 // The list as the service has it. While the event stream runs, a task it has shown ended stays so (the list
