@@ -26,6 +26,7 @@ The modules, each one concept:
 - :mod:`responses`: results as JSON, errors as an HTTP status and a JSON body;
 - :mod:`openapi`: the OpenAPI document, from the route table;
 - :mod:`bus`: the event bus behind ``/v1/events``;
+- :mod:`tasks`: the task list (``/v1/tasks``): running and recent operations, their progress and errors;
 - :mod:`supervisor`: a pidfd per VMM, reattach after a restart, half-started VMMs killed, autostart;
 - :mod:`metrics`: per-VM and host metrics, as JSON and Prometheus text.
 

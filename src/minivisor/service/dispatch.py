@@ -60,9 +60,13 @@ class Dispatcher:
         with self.hypervisor() as hv:
             hv.vms.emit(name, kind, **data)
 
-    async def dispatch(self, op: Op, path_params: dict[str, str], body: dict[str, Any]) -> Any:
-        """Check a request's values against the core method, then run it (mutations one at a time per VM)."""
+    async def dispatch(self, op: Op, path_params: dict[str, str], body: dict[str, Any], *,
+                       progress: Callable[..., None] | None = None) -> Any:
+        """Check a request's values against the core method, then run it (mutations one at a time per VM);
+        ``progress``, if given, goes to the method's own ``progress`` parameter (the service's task list)."""
         kwargs = check_arguments(op, self._specs[op.name], path_params, body)
+        if progress is not None:
+            kwargs["progress"] = progress
         target = (path_params.get(op.vm_param) or body.get(op.vm_param)) if op.vm_param else None
         if not (op.mutates and isinstance(target, str)):
             return await self.call(_invoke, op.name, kwargs)

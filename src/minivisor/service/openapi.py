@@ -17,6 +17,9 @@ SEGMENT = {"type": "string", "pattern": "^[^/\\\\]{1,128}$"}  # what routes.chec
 ERROR = {"description": "an error: {error: {type, code, message, hint, exit_code}}"}
 # Routes that are not core methods (the web page at / and its files are not part of the API): method, path, summary.
 EXTRA = (("get", "/v1/events", "Server-sent events of VM state changes"),
+         ("get", "/v1/tasks", "The running and recent operations (newest first): id, operation, vm, subject, started, "
+                              "ended, state (running, done, failed), progress (0-100, null if unmeasured), note, "
+                              "error; each change is also a `task` event"),
          ("get", "/v1/metrics", "Per-VM and host metrics (JSON)"),
          ("get", "/metrics", "Metrics in Prometheus text format"),
          ("post", "/v1/session", "Log in with the token (body {token}): a session cookie (HttpOnly, SameSite=Strict); "
