@@ -6,6 +6,7 @@ import json
 import subprocess
 
 import pytest
+from cli_runner import run_cli
 
 from minivisor.errors import ArgumentError, SpecError
 
@@ -70,3 +71,17 @@ def test_a_vm_without_a_disk_controller_gets_one_and_a_refused_disk_leaves_no_fi
         hv.add_disk("bare", "16M")  # power-on's checks refuse the specfile: the new disk's file goes too
     assert vmx.read_bytes() == before
     assert sorted(p.name for p in vmx.parent.glob("*.qcow2")) == ["bare_scsi0-0.qcow2"]
+
+
+def test_the_cli_sets_cpus_and_memory_and_adds_a_disk(hv):
+    hv.create_vm("web", disk_size="16M", memory_mib=64, network="none")
+    done = run_cli("vm", "set", "web", "--cpus", "2", "--memory", "96", datastore=hv.datastore.root)
+    assert done.returncode == 0 and done.stdout.strip() == "web: 2 vCPUs, 96 MiB", done.stderr
+    added = json.loads(run_cli("vm", "disk", "web", "add", "8M", "--json", datastore=hv.datastore.root).stdout)
+    assert [d["node"] for d in hv.vm_disks("web")] == ["scsi0:0", added["node"]]
+    assert layer_info(hv.datastore.root / "web" / added["file"])["virtual-size"] == 8 * 1024 ** 2
+    for args in (("vm", "disk", "web", "add"), ("vm", "set", "web")):  # no size; nothing to set
+        refused = run_cli(*args, datastore=hv.datastore.root)
+        lines = refused.stderr.strip().splitlines()
+        assert refused.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), refused.stderr
+    assert [d["node"] for d in hv.vm_disks("web")] == ["scsi0:0", added["node"]]

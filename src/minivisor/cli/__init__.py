@@ -69,11 +69,12 @@ COMMANDS = {
     "vm cdrom": "Insert an ISO into the VM's CD-ROM drive, or eject it; a running guest sees the tray move.",
     "vm screenshot": "Save the running VM's screen as a PNG file.",
     "vm display": "How to reach the VM's screen (a VNC server on a UNIX socket).",
+    "vm set": "Change a powered-off VM's vCPUs and memory (in its specfile, comments and order kept).",
     "vm reset-nvram": "Forget a powered-off EFI VM's UEFI variables; the next power-on starts from the firmware's "
                       "defaults.",
     "vm autostart": "Power the VM on whenever the service starts (on), or not (off).",
     "vm events": "What happened to the VM: power-ons, power-offs with their reasons, crashes...",
-    "vm disk": "A VM's hard disks: list them, show one (sizes, chain), or grow one.",
+    "vm disk": "A VM's hard disks: list them, show one (sizes, chain), grow one, or add a new one.",
     "vm clone": "A new VM (new name, UUID and MACs) from SOURCE: a full copy, or --linked on a snapshot.",
     "vm import": "Copy a VMware VM into the datastore (disks checked, chains flattened to qcow2), ready to start.",
     "vm ip": "Each NIC's MAC, network and address (fixed by DHCP reservation; 'leased' once the guest took it), "
