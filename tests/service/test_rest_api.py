@@ -12,6 +12,7 @@ import pytest
 
 from minivisor import Hypervisor
 from minivisor.errors import NotFoundError, StateError
+from minivisor.service.models import REQUESTS
 from minivisor.service.routes import OPERATIONS
 from minivisor.service.app import MAX_BODY
 from minivisor.service.connections import KEEP_ALIVE
@@ -120,15 +121,43 @@ def test_every_invalid_state_action_pair_gets_409_with_a_stable_code(service):
 
 
 def test_openapi_documents_every_route(service):
+    from openapi_spec_validator import validate
+
     status, doc = raw(service, "GET", "/openapi.json", None, auth(service))
-    assert status == 200 and doc["openapi"].startswith("3.")
+    assert status == 200 and doc["openapi"].startswith("3.1")
+    validate(doc)  # OpenAPI 3.1's own schema, every $ref resolved, every path parameter declared
+    schemas = doc["components"]["schemas"]
+
+    def resolved(schema: dict) -> dict:
+        return schemas[schema["$ref"].rpartition("/")[2]] if "$ref" in schema else schema
+
     for op in OPERATIONS:
-        assert doc["paths"][op.path][op.method.lower()]["operationId"] == op.name
+        entry = doc["paths"][op.path][op.method.lower()]
+        assert entry["operationId"] == op.name and entry["summary"]
+        assert resolved(entry["responses"][str(op.status)]["content"]["application/json"]["schema"]), op.name
+        error = resolved(entry["responses"]["default"]["content"]["application/json"]["schema"])
+        assert set(schemas[error["properties"]["error"]["$ref"].rpartition("/")[2]]["required"]) \
+            == {"type", "code", "message", "hint", "exit_code"}
+        fields = set(REQUESTS[op.name].model_fields)
+        if op.method == "GET":
+            assert {p["name"] for p in entry["parameters"] if p["in"] == "query"} == fields, op.name
+        elif fields:
+            body = resolved(entry["requestBody"]["content"]["application/json"]["schema"])
+            assert body["additionalProperties"] is False and set(body["properties"]) == fields, op.name
+        else:
+            assert "requestBody" not in entry, op.name
+        assert {p["name"] for p in entry["parameters"] if p["in"] == "path"} == set(op.path_params)
     for method, path in (("post", "/v1/session"), ("post", "/v1/vms/{name}/consoles/{console}/ticket"),
                          ("put", "/v1/datastore/files/{folder}/{name}"), ("get", "/v1/events")):
         assert doc["paths"][path][method]["summary"]
-    start = doc["paths"]["/v1/vms/{name}/start"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert start["additionalProperties"] is False and start["properties"]["wait_ready"] == {"type": "boolean"}
+    start = resolved(doc["paths"]["/v1/vms/{name}/start"]["post"]["requestBody"]["content"]["application/json"]
+                     ["schema"])
+    assert start["properties"]["wait_ready"]["type"] == "boolean"
+    assert start["properties"]["timeout"] | {"minimum": 0, "type": "number"} == start["properties"]["timeout"]
+    vm = resolved(doc["paths"]["/v1/vms/{name}"]["get"]["responses"]["200"]["content"]["application/json"]["schema"])
+    assert {"name", "uuid", "state", "memory_mib", "disks", "nics"} <= set(vm["required"])
+    name = doc["paths"]["/v1/vms/{name}"]["get"]["parameters"][0]["schema"]
+    assert name["pattern"] == "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
 
 def test_the_route_table_matches_the_core_api():

@@ -137,12 +137,11 @@ def test_each_row_names_the_parameter_that_is_a_vm_and_only_vm_routes_have_one()
 ])
 def test_path_parameters_are_checked_by_what_they_name(op_name, params, refused):
     from minivisor.errors import HvError
-    from minivisor.service.params import check_arguments, param_specs
+    from minivisor.service.models import arguments
 
-    op = by_name(op_name)
     body = {"link": True} if op_name == "set_nic" else {}
     try:
-        check_arguments(op, param_specs(op), params, body)
+        arguments(by_name(op_name), params, body)
     except HvError:
         assert refused
     else:
