@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel, TypeAdapter, ValidationError, WithJsonSchema
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, RootModel, TypeAdapter, ValidationError,
+                      WithJsonSchema)
 
 from ..cluster.config import MAX_TTL, MIN_TTL
 from ..core.bounds import (MAX_COMMAND, MAX_DESCRIPTION, MAX_EVENTS, MAX_GUEST_PATH, MAX_SIZE_TEXT,
@@ -37,8 +38,8 @@ from ..text import excerpt
 from ..vmm.states import VmState
 from .routes import Op, check_segment
 
-__all__ = ["arguments", "answer", "Request", "REQUESTS", "ANSWERS", "ANSWERS_BY_OP", "ErrorAnswer", "VmName", "Segment",
-           "MAX_STRING", "MAX_ITEMS", "MAX_TEXT"]
+__all__ = ["arguments", "answer", "Request", "REQUESTS", "ANSWERS", "ANSWERS_BY_OP", "ErrorAnswer", "VmName",
+           "Segment", "MAX_STRING", "MAX_ITEMS", "MAX_TEXT"]
 
 MAX_STRING = 4096  # characters in a string without a bound of its own (a path: PATH_MAX)
 MAX_ITEMS = 256  # words in a command given as a list
@@ -87,12 +88,9 @@ HostPath = Annotated[str, Field(min_length=1, max_length=MAX_STRING, pattern=_NO
 Folder = Annotated[str, Field(max_length=MAX_STRING, pattern=_NO_CONTROLS,
                               description="a folder of the datastore, relative to its top ('' the top); no '..'"),
                    AfterValidator(_no_parent_steps)]
-Line = Annotated[str, Field(max_length=MAX_STRING, pattern=_NO_CONTROLS)]
 SnapshotName = Annotated[str, Field(min_length=1, max_length=MAX_SNAPSHOT_NAME, pattern=_NO_CONTROLS,
                                     description="a snapshot's name (one line)")]
-Word = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
-Network = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-                               description="nat, hostonly, bridged, none or a network's name")]
+Network = _checked(check_network_name, maxLength=32, description="nat, hostonly, bridged, none or a network's name")
 Nic = Annotated[str, Field(pattern=r"^ethernet[0-9]$", description="a NIC: ethernet0 to ethernet9")]
 Drive = Annotated[str, Field(max_length=16, pattern=r"^[a-z]+[0-9]+:[0-9]+$",
                              description="a drive's node, e.g. scsi0:0, ide1:0, sata0:1")]
@@ -216,27 +214,28 @@ class ImportVm(Request):
     name: VmName | None = None
 
 
-class DiskCreate(Request):
-    path: HostPath
-    size: Size
-    fmt: Literal[FORMATS] | None = None  # type: ignore[valid-type]
-    thick: bool = False
-
-
 class DiskPath(Request):
     path: HostPath
 
 
-class DiskResize(Request):
-    path: HostPath
+class DiskResize(DiskPath):
     size: Size
 
 
-class DiskConvert(Request):
-    source: HostPath
-    target: HostPath
+class NewDiskFormat(Request):
+    """How a new disk file is made: its format (by default its name's), thin unless thick."""
+
     fmt: Literal[FORMATS] | None = None  # type: ignore[valid-type]
     thick: bool = False
+
+
+class DiskCreate(DiskResize, NewDiskFormat):
+    pass
+
+
+class DiskConvert(NewDiskFormat):
+    source: HostPath
+    target: HostPath
 
 
 class CreateNetwork(Request):

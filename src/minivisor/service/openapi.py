@@ -54,7 +54,8 @@ def openapi() -> dict[str, Any]:
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, schemas)
     for method, path, summary in EXTRA:
-        paths.setdefault(path, {})[method] = {"summary": summary, "parameters": _path_parameters(path, "name"),
+        vm_param = "name" if path.startswith("/v1/vms/{name}") else None
+        paths.setdefault(path, {})[method] = {"summary": summary, "parameters": _path_parameters(path, vm_param),
                                               "responses": {"200": {"description": summary}, "default": ERROR}}
     return {"openapi": "3.1.0", "info": {"title": "minivisor", "version": __version__},
             "components": {"schemas": schemas,
@@ -82,8 +83,8 @@ def _operation(op: Op, schemas: dict[str, Any]) -> dict[str, Any]:
 
 def _path_parameters(path: str, vm_param: str | None) -> list[dict[str, Any]]:
     """A path's ``{parameters}``: the one that names a VM is a VM's name, any other one path segment."""
-    return [{"name": p, "in": "path", "required": True, "schema": VM_NAME if p == vm_param and path.startswith("/v1/vms/")
-             else SEGMENT} for p in re.findall(r"\{(\w+)\}", path)]
+    return [{"name": p, "in": "path", "required": True, "schema": VM_NAME if p == vm_param else SEGMENT}
+            for p in re.findall(r"\{(\w+)\}", path)]
 
 
 def _answer(op: Op) -> dict[str, Any]:
