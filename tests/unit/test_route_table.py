@@ -173,3 +173,24 @@ def test_every_request_model_is_some_routes():
     from minivisor.service.models import REQUESTS
 
     assert set(REQUESTS) == {op.name for op in OPERATIONS}
+
+
+@pytest.mark.parametrize("op_name, values, code, said", [
+    ("create_vm", {"name": "a", "cpus": True}, "bad-request", ("'cpus'", "wrong type (boolean)", "integer")),
+    ("create_vm", {"name": "a", "memory_mib": 2**80}, "invalid-argument", ("'memory_mib'", "4 to 16777216")),
+    ("start_vm", {"timeout": float("nan")}, "invalid-argument", ("'timeout'", "finite", "0 to 86400")),
+    ("start_vm", {"wait": True}, "bad-request", ("unknown field 'wait'", "wait_ready, timeout")),
+    ("snapshot_take", {}, "bad-request", ("missing field 'snapshot'",)),
+    ("port_forward_add", {"forward": "80:22,x"}, "invalid-argument", ("not well-formed: '80:22,x'", "HOSTPORT")),
+    ("disk_info", {"path": "a/../../b"}, "path-unsafe", ("'a/../../b'", "..")),
+])
+def test_a_refused_value_is_said_in_one_line_naming_the_field_and_what_it_may_be(op_name, values, code, said):
+    from minivisor.errors import HvError
+    from minivisor.service.models import arguments
+
+    op = by_name(op_name)
+    with pytest.raises(HvError) as refused:
+        arguments(op, {param: "web" for param in op.path_params}, values)
+    error = refused.value
+    line = f"{error.message} | {error.hint}"
+    assert error.code == code and "\n" not in line and all(words in line for words in said), line

@@ -96,7 +96,7 @@ Drive = Annotated[str, Field(max_length=16, pattern=r"^[a-z]+[0-9]+:[0-9]+$",
                              description="a drive's node, e.g. scsi0:0, ide1:0, sata0:1")]
 Forward = Annotated[str, Field(max_length=40, pattern=r"^[0-9A-Za-z.:/]+$",
                                description="[ADDR:]HOSTPORT[:GUESTPORT][/tcp|/udp], e.g. 8080:80")]
-Seconds = Annotated[float, Field(ge=0, le=MAX_TIMEOUT, description="seconds")]
+Seconds = Annotated[float, Field(ge=0, le=MAX_TIMEOUT, description=f"seconds, 0 to {MAX_TIMEOUT:.0f}")]
 
 
 class Request(BaseModel):
@@ -115,8 +115,9 @@ class NoFields(Request):
 # -- requests, in the route table's order ---------------------------------------------
 class CreateVm(Request):
     name: VmName
-    memory_mib: Annotated[int, Field(ge=MEMORY_MIB[0], le=MEMORY_MIB[1])] = 512
-    cpus: Annotated[int, Field(ge=VCPUS[0], le=VCPUS[1])] = 1
+    memory_mib: Annotated[int, Field(ge=MEMORY_MIB[0], le=MEMORY_MIB[1],
+                                     description=f"MiB of guest memory, {MEMORY_MIB[0]} to {MEMORY_MIB[1]}")] = 512
+    cpus: Annotated[int, Field(ge=VCPUS[0], le=VCPUS[1], description=f"virtual CPUs, {VCPUS[0]} to {VCPUS[1]}")] = 1
     disk_size: Size | None = None
     boot_disk: HostPath | None = None
     network: Network = "nat"
@@ -517,7 +518,7 @@ def _refusal(op: Op, model: type[Request], exc: ValidationError) -> HvError:
         return RequestError(f"missing field {field!r} for {op.name}", hint="see /openapi.json")
     if kind.endswith("_type"):  # JSON of another type: "5" for 5, null for a string
         return RequestError(f"field {field!r} of {op.name} has the wrong type ({_json_type(error['input'])})",
-                            hint=error["msg"])
+                            hint=f"send {field} as {error['msg'].removeprefix('Input should be ')}")
     described = model.model_fields[field].description if field in model.model_fields else None
     if kind == "string_pattern_mismatch":  # pydantic's message would quote the pattern
         message = f"field {field!r} of {op.name} is not well-formed: {excerpt(error['input'])}"
