@@ -81,7 +81,7 @@ def test_a_refused_hardware_edit_says_why_by_its_form_and_changes_nothing(servic
     before = vmx.read_bytes()
     page.fill("#hw-cpus", "0")
     page.click("button[data-action=set-resources]")
-    expect(form_of(page, "set-resources").locator(".error")).to_contain_text("Apply: cpus")
+    expect(form_of(page, "set-resources").locator(".error")).to_contain_text("Apply: field 'cpus'")
     page.fill("#hw-cpus", "1")
     page.fill("#hw-memory", str(1024 * 1024))  # 1 TiB: a size VMware allows, more than this host has
     page.click("button[data-action=set-resources]")

@@ -21,7 +21,7 @@ import pytest
 from minivisor import Hypervisor
 from minivisor.client import connect
 
-SERVICE_STACK = ("starlette", "uvicorn", "asyncio", "h11")
+SERVICE_STACK = ("starlette", "uvicorn", "asyncio", "h11", "pydantic", "pydantic_core")
 GONE = ("typer", "click", "rich")  # the CLI's libraries before issue 13
 # What a command through a service does without (each costs ~1-10 ms of a command that takes ~50)
 NOT_FOR_A_CLIENT = ("dataclasses", "inspect", "pathlib", "ipaddress", "urllib.parse", "typing", "http.client", "socket",

@@ -5,9 +5,11 @@ Both sides read this table: the service makes one route per row
 here), dispatches it to ``Hypervisor.<method>`` (:mod:`minivisor.service.dispatch`)
 and builds its OpenAPI document from it (:mod:`minivisor.service.openapi`), and the
 client (:mod:`minivisor.client`) turns a method call back into a request and the
-answer back into the method's return type, as ``returns`` says.
-Exposing a new core method is one row here. Stdlib only, so the CLI can import
-it cheaply.
+answer back into the method's return type, as ``returns`` says. The service checks
+a row's values with its typed request model (:data:`minivisor.service.models.REQUESTS`,
+by ``name``) and documents its answer by ``returns``.
+Exposing a new core method is one row here and its request model there. Stdlib only,
+so the CLI can import it cheaply.
 
 Path parameters are written ``{name}``; every other parameter travels in the
 JSON body (POST/PUT) or the query string (GET). ``args`` lists the method's
