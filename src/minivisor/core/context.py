@@ -89,7 +89,7 @@ class VmContext:
         from ..vmm.plan import make_plan
 
         return make_plan(self.name, self.uuid, self.paths, self.scope, incoming=incoming,
-                         networks=self.networks().for_plan(self.uuid))
+                         networks=lambda: self.networks().for_plan(self.uuid))
 
     def networks(self) -> Networks:
         """The datastore's virtual networks (which this VM's NICs join)."""

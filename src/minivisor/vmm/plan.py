@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,11 +86,15 @@ class LaunchPlan:
 
 
 def make_plan(name: str, uuid: str, paths: VmPaths, scope: Scope, *, incoming: bool = False,
-              networks: HostNetworks = HostNetworks(None, "no networks given")) -> LaunchPlan:
-    """Read the specfile and check it against the host and the datastore; raises what is wrong."""
+              networks: Callable[[], HostNetworks] | None = None) -> LaunchPlan:
+    """Read the specfile and check it against the host and the datastore; raises what is wrong.
+
+    ``networks`` gives the networks NICs may join; it is asked only if the spec has NICs (it loads the
+    network modules and reads the catalog: a VM without NICs powers on without them)."""
     spec = VmSpec.from_vmx(read_vmx(paths.vmx))
     fit = _host_notes(spec)
-    resources = resolve_resources(spec, scope, paths.vmx, uuid, networks)
+    host = networks() if networks is not None and spec.nics else HostNetworks(None, "no networks given")
+    resources = resolve_resources(spec, scope, paths.vmx, uuid, host)
     qemu = facts.find_qemu()
     uefi = _uefi(spec, paths, name)
     accel = choose_accel(dirs.cache_dir(), qemu)
