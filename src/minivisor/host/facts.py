@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 from .. import procfs
 from ..errors import HostError
+from ..records import Record
 
 __all__ = ["available_memory_mib", "find_qemu", "find_qemu_img", "host_cpus", "host_memory_mib", "qemu_version",
            "Ovmf", "find_ovmf"]
@@ -17,8 +17,7 @@ __all__ = ["available_memory_mib", "find_qemu", "find_qemu_img", "host_cpus", "h
 OVMF_DIR = Path("/usr/share/OVMF")  # Debian's ovmf package
 
 
-@dataclass(frozen=True)
-class Ovmf:
+class Ovmf(Record, frozen=True):
     """The UEFI firmware a VM boots: OVMF's code (read-only) and the template of its variable store."""
 
     code: Path
