@@ -180,7 +180,8 @@ def hv(*, direct: bool = False):
 
 
 def print_json(data: object) -> None:
-    """A core API result (anything with ``to_dict``, dataclasses, lists of them, plain data) as JSON on stdout."""
+    """A core API result (anything with ``to_dict``, records, dataclasses, lists of them, plain data) as JSON on
+    stdout."""
     import json
 
     sys.stdout.write(json.dumps(_plain(data), indent=2, default=str) + "\n")
@@ -191,6 +192,10 @@ def _plain(value: object) -> object:
         return value.to_dict()
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
+    from ..records import Record
+
+    if isinstance(value, Record):
+        return {name: _plain(getattr(value, name)) for name in value._fields}
     import dataclasses
 
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

@@ -13,7 +13,6 @@ Errors are :class:`~minivisor.errors.HvError` subclasses with a message and a hi
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -187,7 +186,7 @@ class Hypervisor:
 
         networking = support()
         how = "bridges and taps" if networking.available else "user-mode NAT only"
-        return dataclasses.replace(host_info(dirs.cache_dir()), networking=f"{how}: {networking.reason}")
+        return host_info(dirs.cache_dir()).replace(networking=f"{how}: {networking.reason}")
 
     # -- a powered-off VM's hardware ------------------------------------------
     @_no_space_is_one_error

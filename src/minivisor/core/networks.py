@@ -21,7 +21,6 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
@@ -69,7 +68,7 @@ class Networks:
         """The networks a power-on may plug NICs into (defaults included), or why there are none (then NAT is
         QEMU's user-mode networking, which gets the VM's port forwards)."""
         host = self._host_networks()
-        return replace(host, user_forwards=self._user_forwards(vm_uuid)) if host.networks is None else host
+        return host.replace(user_forwards=self._user_forwards(vm_uuid)) if host.networks is None else host
 
     def create(self, name: str, *, mode: str = "nat", subnet: str | None = None, bridge: str | None = None,
                dhcp_on: bool = True) -> NetworkInfo:

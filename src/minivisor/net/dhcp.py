@@ -18,12 +18,12 @@ import ipaddress
 import os
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from .. import dirs, procfs
 from ..errors import NetworkError
 from ..files import write_atomic
+from ..records import Record
 from ..spec.vmspec import normalize_mac
 from ..text import excerpt
 from .addressing import dynamic_range, host_interface
@@ -36,8 +36,7 @@ __all__ = ["DhcpFiles", "dhcp_files", "config_text", "hosts_text", "start", "sto
 LEASE_TIME = "1h"
 
 
-@dataclass(frozen=True)
-class DhcpFiles:
+class DhcpFiles(Record, frozen=True):
     """The files of one network's dnsmasq."""
 
     runtime: Path  # root's, readable by nobody: config, hosts file, pid file, leases
