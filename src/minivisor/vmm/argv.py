@@ -93,8 +93,9 @@ class LaunchEnv:
 
     @property
     def q35(self) -> bool:
-        """Secure Boot needs SMM, which QEMU gives the Q35 chipset only; every other VM is an i440FX PC."""
-        return self.uefi is not None and self.uefi.secure_boot
+        """An EFI VM is a Q35 PC (PCIe, as VMware's EFI hardware is, and virt-v2v's choice for UEFI guests;
+        Secure Boot needs its SMM); a BIOS VM an i440FX PC, as it always was."""
+        return self.uefi is not None
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,8 @@ def _accel(spec: VmSpec, env: LaunchEnv) -> str:
 
 def _machine(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
     cpu = "host" if env.accel == "kvm" else "qemu64"
-    chipset = (("type", "q35"), ("smm", "on")) if env.q35 else (("type", "pc"),)
+    secure = env.uefi is not None and env.uefi.secure_boot
+    chipset = (("type", "q35"), ("smm", "on" if secure else "off")) if env.q35 else (("type", "pc"),)
     args = ("-name", qemu_opts(("guest", env.name), ("debug-threads", "on")),
             "-uuid", env.uuid,
             "-machine", qemu_opts(*chipset, ("usb", "off"), ("vmport", "off")),
@@ -184,7 +186,9 @@ def _machine(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
             "-nodefaults", "-no-user-config", "-display", "none",
             "-sandbox", SANDBOX, "-msg", "timestamp=on", "-trace", SHUTDOWN_TRACE, "-S")
     accel = "KVM hardware virtualization" if env.accel == "kvm" else "TCG software emulation"
-    board = "PC (Q35 + ICH9, SMM)" if env.q35 else "PC (i440FX + PIIX3)"
+    board = "PC (i440FX + PIIX3)"
+    if env.q35:
+        board = "PC (Q35 + ICH9, PCIe" + (", SMM for Secure Boot)" if secure else ")")
     return VirtualDevice("machine", f"{board}, {accel}", args)
 
 
