@@ -13,7 +13,7 @@ from minivisor.spec.pci import decode_slot
 from minivisor.spec.vmspec import VmSpec
 from minivisor.spec.vmx import VmxDocument
 from minivisor.vmm.argv import build_qemu_argv, virtual_hardware
-from minivisor.vmm.pci import free_root_slot
+from minivisor.vmm.pci import SPARE_ROOT_PORTS, free_slot
 
 
 @pytest.mark.parametrize("number, bridge, device, function", [
@@ -101,8 +101,54 @@ def test_an_honoured_slot_is_virtualized_and_unplaced_minus_one_is_no_slot():
     assert verdicts["ethernet1.pciSlotNumber"] == "virtualized"
 
 
-@pytest.mark.parametrize("q35, taken, free", [(False, {0, 1, 2, 3}, 4), (False, set(range(17)), 25),
-                                              (True, set(range(17)) | set(range(25, 31)), None)])
-def test_a_hot_plugged_device_gets_the_lowest_free_root_slot_a_pci_slot_number_can_name(q35, taken, free):
+@pytest.mark.parametrize("taken, free", [({0, 1, 2, 3}, 4), (set(range(17)), 25), (set(range(17)) | set(range(25, 32)), None)])
+def test_on_the_i440fx_a_hot_plugged_device_gets_the_lowest_free_root_slot_a_pci_slot_number_can_name(taken, free):
     """Never the chipset's slots nor those of VMware's bridges (17-24), which a power-on may rebuild."""
-    assert free_root_slot({"pcie.0" if q35 else "pci.0": taken}, q35) == free
+    assert free_slot({"pci.0": taken}, q35=False) == free
+
+
+@pytest.mark.parametrize("ports, free", [
+    ({"pciBridge4": {0}, "pciBridge5": set(), "pciBridge6": set()}, 192),  # the first empty one, in VMware's order
+    ({"pciBridge4": set(), "pciBridge4-1": set()}, 160),
+    ({"pciBridge4": {0}, "pciBridge4-1": set(), "pciBridge7": {0}}, 1184),
+    ({"pciBridge4": {0}, "pciBridge0": set()}, None)])  # a PCI-to-PCI bridge is no root port
+def test_on_q35_a_hot_plugged_device_gets_the_first_empty_root_port_never_the_root_bus(ports, free):
+    assert free_slot({"pcie.0": {1, 2, 3}, **ports}, q35=True) == free
+
+
+def root_ports(text: str) -> dict[str, dict]:
+    spec = spec_of(text + 'firmware = "efi"\n')
+    env = env_for(spec, uefi=Ovmf(Path("/ovmf/code.fd"), Path("/ovmf/vars.fd"), secure_boot=False))
+    return {id: d for id, d in devices_by_id(build_qemu_argv(spec, env)).items() if d["driver"] == "pcie-root-port"}
+
+
+def test_a_q35_vm_gets_empty_root_ports_at_the_places_vmware_gives_new_devices_next():
+    assert {id: (d["addr"], d["slot"]) for id, d in root_ports("").items()} == {
+        "pciBridge4": ("0x15.0", 160), "pciBridge5": ("0x16.0", 192), "pciBridge6": ("0x17.0", 224),
+        "pciBridge7": ("0x18.0", 256)}
+    # slots 160, 192 and 1184 taken: the spares are 224, 256, then function 1 of pciBridge5 and 6
+    ports = root_ports(PLACED)
+    assert {id: d["slot"] for id, d in ports.items()} == {
+        "pciBridge4": 160, "pciBridge4-1": 1184, "pciBridge5": 192, "pciBridge5-1": 1216, "pciBridge6": 224,
+        "pciBridge6-1": 1248, "pciBridge7": 256}
+    assert len(ports) == 3 + SPARE_ROOT_PORTS
+    assert [id for id, d in ports.items() if d.get("multifunction")] == ["pciBridge4", "pciBridge5", "pciBridge6"]
+    chassis = [(d["chassis"], d["slot"]) for d in ports.values()]
+    assert len(set(chassis)) == len(chassis)  # QEMU refuses two ports alike
+
+
+def test_a_spare_root_port_used_by_a_hot_plugged_nic_is_at_the_same_place_at_the_next_power_on():
+    before = root_ports("")
+    after = root_ports('ethernet0.present = "TRUE"\nethernet0.pciSlotNumber = "160"\n')
+    # the NIC's port unchanged, but that it has a second function now
+    assert {**after["pciBridge4"], "multifunction": False} == {**before["pciBridge4"], "multifunction": False}
+    assert after.keys() - before.keys() == {"pciBridge4-1"}  # a new spare: 1184, after the NIC's port
+
+
+def test_vm_explain_tells_the_spare_root_ports_from_those_vmware_places():
+    spec = spec_of(PLACED + 'firmware = "efi"\n')
+    env = env_for(spec, uefi=Ovmf(Path("/ovmf/code.fd"), Path("/ovmf/vars.fd"), secure_boot=False))
+    described = {d.name: d.description for d in virtual_hardware(spec, env)}["pci-bridges"]
+    placed, spares = described.split("; empty PCIe root ports")
+    assert "pciBridge4-1 at PCI 00:15.1" in placed and "pciBridge6" not in placed
+    assert "pciBridge6 at PCI 00:17.0" in spares and "pciBridge4 " not in spares

@@ -164,8 +164,13 @@ def _bridges(pci: PciLayout, env: LaunchEnv) -> VirtualDevice:
     for chassis, bridge in enumerate(pci.bridges, start=1):
         args += ["-device", _json(**bridge.device(env.q35, chassis))]
     kind = "PCIe root port" if env.q35 else "PCI-to-PCI bridge"
-    names = ", ".join(f"{b.id} at {b.place.describe()}" for b in pci.bridges)
-    return VirtualDevice("pci-bridges", f"{kind}s as VMware places them: {names}", tuple(args))
+    names = ", ".join(f"{b.id} at {b.place.describe()}" for b in pci.bridges if not b.spare)
+    spares = ", ".join(f"{b.id} at {b.place.describe()}" for b in pci.bridges if b.spare)
+    what = f"{kind}s as VMware places them: {names}" if names else ""
+    if env.q35:
+        what += (f"{'; ' if names else ''}empty PCIe root ports for NICs plugged in while it runs (the guest's own "
+                 f"PCIe hot-plug; each port's slot number is VMware's, as guests name NICs: ens160): {spares}")
+    return VirtualDevice("pci-bridges", what, tuple(args))
 
 
 def _accel(spec: VmSpec, env: LaunchEnv) -> str:
@@ -185,6 +190,10 @@ def _machine(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
             "-accel", _accel(spec, env), "-cpu", cpu,
             "-nodefaults", "-no-user-config", "-display", "none",
             "-sandbox", SANDBOX, "-msg", "timestamp=on", "-trace", SHUTDOWN_TRACE, "-S")
+    if env.q35:
+        # QEMU's ACPI hot-plug would keep the root ports from the guest's PCIe hot-plug driver (its _OSC grants no
+        # native hot-plug), and name their slots by ACPI _SUN: the guest would not find VMware's slot numbers.
+        args += ("-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off")
     accel = "KVM hardware virtualization" if env.accel == "kvm" else "TCG software emulation"
     board = "PC (i440FX + PIIX3)"
     if env.q35:

@@ -19,7 +19,7 @@ from ..errors import GuestError, NetworkError, QmpCommandError, QmpError
 from ..spec.vmspec import Nic, VmSpec
 from ..text import clip
 from .argv import HostForward, LaunchEnv, nic_device, nic_netdev, netdev_id, pci_devices
-from .pci import PciPlace, free_root_slot, pci_layout, slots_in_use
+from .pci import PciPlace, free_slot, pci_layout, slots_in_use
 from .process import Vmm
 from .qmp import QmpSession
 
@@ -29,8 +29,9 @@ UNPLUG_TIMEOUT = 30.0  # seconds the guest has to release a NIC (a TCG guest ans
 
 
 def free_nic_slot(vmm: Vmm, q35: bool) -> int | None:
-    """The lowest root-bus slot free in the running VMM, as a ``pciSlotNumber`` (None if there is none)."""
-    return free_root_slot(slots_in_use(vmm.execute("query-pci"), q35), q35)
+    """The place free in the running VMM for a NIC (:func:`~minivisor.vmm.pci.free_slot`: a root slot, or on Q35
+    an empty root port), as a ``pciSlotNumber`` (None if there is none)."""
+    return free_slot(slots_in_use(vmm.execute("query-pci"), q35), q35)
 
 
 def plug_nic(vmm: Vmm, nic: Nic, spec: VmSpec, env: LaunchEnv) -> tuple[str, ...]:

@@ -8,9 +8,13 @@ always, or the guest would not look at the others). On Q35 those are PCIe root p
 number is VMware's slot number, so a guest that names NICs by slot finds ``ens192`` again; the i440FX has
 no PCIe: PCI-to-PCI bridges stand at the same addresses.
 
+Q35's root bus takes no hot-plug (QEMU's ACPI hot-plug is off there, so the guest's own PCIe hot-plug driver
+has the root ports): a Q35 VM also gets ``SPARE_ROOT_PORTS`` empty root ports, at the next places VMware would
+give new devices (:data:`~minivisor.spec.pci.ROOT_PORT_SLOTS`), for the NICs hot-plugged while it runs.
+
 A running VMM's buses (QMP's ``query-pci``) say whether a device hot-plugged there can have the place a
-power-on would give it (:func:`slots_in_use`), and which root slot is free for one that has none yet
-(:func:`free_root_slot`). Pure: no I/O.
+power-on would give it (:func:`slots_in_use`), and which place is free for one that has none yet
+(:func:`free_slot`). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -20,9 +24,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import SpecError
-from ..spec.pci import VmwareSlot, bridge_root_device, decode_slot
+from ..spec.pci import ROOT_PORT_SLOTS, VmwareSlot, bridge_root_device, decode_slot, root_port_slot
 
-__all__ = ["PciPlace", "PciBridge", "PciLayout", "pci_layout", "root_bus", "slots_in_use", "free_root_slot"]
+__all__ = ["PciPlace", "PciBridge", "PciLayout", "pci_layout", "root_bus", "slots_in_use", "free_slot",
+           "SPARE_ROOT_PORTS"]
+
+# Empty root ports a Q35 VM gets for hot-plug (libvirt's tools add some too): one per VMware root-port bridge,
+# so the ports a guest has numbered its buses after stay in the same order when the next power-on adds one.
+SPARE_ROOT_PORTS = 4
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,7 @@ class PciBridge:
     function: int
     place: PciPlace
     multifunction: bool
+    spare: bool = False  # an empty root port for hot-plug: no device of the spec is behind it
 
     def device(self, q35: bool, chassis: int) -> dict[str, object]:
         """The bridge's ``-device``; ``chassis``: unique per bridge (QEMU refuses two alike)."""
@@ -66,8 +76,13 @@ class PciBridge:
         if self.multifunction:
             fields["multifunction"] = True
         if q35 and self.bridge >= 4:
-            number = ((self.bridge + 1) << 5) | (self.function << 10)
-            return {"driver": "pcie-root-port", **fields, "chassis": chassis, "slot": number}
+            # QEMU's root ports take hot-plug (its default): Linux's pciehp then registers the port's slot.
+            return {"driver": "pcie-root-port", **fields, "chassis": chassis,
+                    "slot": root_port_slot(self.bridge, self.function)}
+        if q35:
+            # Without ACPI hot-plug (a Q35's is off) a bridge's hot-plug is its SHPC's, which takes no device 0,
+            # where VMware puts one (pciSlotNumber 32): no hot-plug behind it, as behind no PCI bridge of a Q35.
+            fields["shpc"] = False
         return {"driver": "pci-bridge", **fields, "chassis_nr": chassis}
 
 
@@ -85,7 +100,8 @@ def pci_layout(devices: list[tuple[str, int | None]], q35: bool) -> PciLayout:
     no slots keeps the addresses it always had."""
     root = root_bus(q35)
     slots = {name: decode_slot(number) for name, number in devices if number is not None}
-    bridges = _bridges([slot for slot in slots.values() if slot is not None and slot.bridge is not None], root)
+    behind = [slot for slot in slots.values() if slot is not None and slot.bridge is not None]
+    bridges = _bridges(behind, _spare_ports(behind) if q35 else [], root)
     taken = {0, 31} if q35 else {0, 1}  # the chipset's own devices
     taken |= {b.place.slot for b in bridges} | {s.device for s in slots.values() if s and s.bridge is None}
     places: dict[str, PciPlace] = {}
@@ -126,12 +142,22 @@ def slots_in_use(buses: list[dict[str, Any]], q35: bool) -> dict[str, set[int]]:
     return used
 
 
-def free_root_slot(used: dict[str, set[int]], q35: bool) -> int | None:
-    """The lowest root-bus slot free in a running VMM that a ``pciSlotNumber`` can name, as that number
-    (on the root bus, the device number); None if none is."""
+def free_slot(used: dict[str, set[int]], q35: bool) -> int | None:
+    """The place free in a running VMM (``used``: :func:`slots_in_use`) for a device hot-plugged there, as the
+    ``pciSlotNumber`` that names it; None if none is. On the i440FX the lowest root-bus slot a number can name
+    (there, the device number); on Q35, whose root bus takes no hot-plug, the first empty root port in the order
+    VMware gives them out."""
+    if q35:
+        return next((number for number in ROOT_PORT_SLOTS if used.get(_port_id(number)) == set()), None)
     taken = used.get(root_bus(q35), set())
     return next((number for number in range(32)
                  if number not in taken and decode_slot(number) is not None), None)
+
+
+def _port_id(number: int) -> str:
+    slot = decode_slot(number)
+    assert slot is not None and slot.bridge is not None
+    return _bridge_id(slot.bridge, slot.function)
 
 
 def _next_free(free: Iterator[int], name: str) -> int:
@@ -145,12 +171,20 @@ def _bridge_id(bridge: int, function: int) -> str:
     return f"pciBridge{bridge}" + (f"-{function}" if function else "")
 
 
-def _bridges(slots: list[VmwareSlot], root: str) -> tuple[PciBridge, ...]:
-    """The bridges (and functions of root ports) the slots are behind, by root address."""
+def _spare_ports(behind: list[VmwareSlot]) -> list[VmwareSlot]:
+    """The places of a Q35's spare root ports: the first root ports in VMware's order with no device."""
+    taken = {slot.number for slot in behind}
+    free = [slot for number in ROOT_PORT_SLOTS if number not in taken and (slot := decode_slot(number))]
+    return free[:SPARE_ROOT_PORTS]
+
+
+def _bridges(slots: list[VmwareSlot], spares: list[VmwareSlot], root: str) -> tuple[PciBridge, ...]:
+    """The bridges (and functions of root ports) the slots are behind, and the spare ports, by root address."""
     functions: dict[int, set[int]] = {}
-    for slot in slots:
+    for slot in slots + spares:
         functions.setdefault(slot.bridge, {0}).add(slot.function)  # type: ignore[arg-type]
+    in_use = {(slot.bridge, slot.function) for slot in slots}
     return tuple(PciBridge(_bridge_id(bridge, function), bridge, function,
                            PciPlace(root, bridge_root_device(bridge), function),
-                           multifunction=function == 0 and len(used) > 1)
+                           multifunction=function == 0 and len(used) > 1, spare=(bridge, function) not in in_use)
                  for bridge, used in sorted(functions.items()) for function in sorted(used))
