@@ -62,6 +62,8 @@ def test_every_efi_vm_is_a_q35_its_ide_drives_on_the_ich9_ahci_its_floppy_on_an_
         secure_boot, uefi, machine):
     argv = argv_for(f'firmware = "efi"\nuefi.secureBoot.enabled = "{secure_boot}"\n' + DEVICES, uefi)
     assert values(argv, "-machine")[0] == machine
+    # the root ports' hot-plug is the guest's own (pciehp, naming slots by VMware's numbers), not ACPI's
+    assert "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off" in values(argv, "-global")
     found = devices(argv)
     assert {"driver": "ide-cd", "id": "ide1-0", "bus": "ide.2", "bootindex": 0} in found  # ICH9 AHCI port 3
     assert {"driver": "isa-fdc", "id": "fdc", "bootindexA": 1} in found

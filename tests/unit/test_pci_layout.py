@@ -68,6 +68,7 @@ def test_on_q35_the_root_ports_are_pcie_root_ports_whose_physical_slot_is_vmware
     devices = devices_by_id(build_qemu_argv(spec, env))
     assert devices["pciBridge5"]["driver"] == "pcie-root-port" and devices["pciBridge5"]["slot"] == 192
     assert devices["pciBridge4-1"]["slot"] == 1184 and devices["pciBridge0"]["driver"] == "pci-bridge"
+    assert devices["pciBridge0"]["shpc"] is False  # SHPC takes no device 0, where VMware puts one (slot 32)
     assert devices["ethernet3"]["bus"] == "pcie.0" and devices["sata0"]["addr"] == "0x01.0"  # 00:1f is ICH9's
 
 
