@@ -7,8 +7,8 @@ hot-plugged NIC is exactly the one a power-on would build: QMP's ``netdev_add`` 
 bus is the one the launcher's placement (:func:`~minivisor.vmm.pci.pci_layout`) gives it at the next power-on,
 so the guest finds it at the same device path after a power cycle; where the running VMM has that slot taken,
 or lacks the bridge it is behind, QEMU places it and a warning says that the next power-on moves it.
-A NIC leaves when the guest lets go of it (ACPI PCI hot-plug: QEMU reports
-``DEVICE_DELETED``), then its backend goes.
+A NIC leaves when the guest lets go of it (ACPI PCI hot-plug on the i440FX, its PCIe hot-plug on a Q35's root
+ports: QEMU reports ``DEVICE_DELETED``), then its backend goes.
 """
 
 from __future__ import annotations
@@ -82,8 +82,8 @@ def unplug_nic(vmm: Vmm, nic: Nic, *, timeout: float = UNPLUG_TIMEOUT) -> None:
                 event = qmp.wait_event({"DEVICE_DELETED"}, max(0.0, deadline - time.monotonic()))
             except QmpError as exc:
                 raise GuestError(f"the guest of {vmm.name!r} did not release {nic.name} within {timeout:.0f} s",
-                                 hint="its kernel needs ACPI PCI hot-plug; or power the VM off and remove the NIC "
-                                      "then") from exc
+                                 hint="its kernel needs ACPI PCI hot-plug (PCIe hot-plug on an EFI VM's Q35); or "
+                                      "power the VM off and remove the NIC then") from exc
             if (event.get("data") or {}).get("device") == nic.name:
                 break
         qmp.execute("netdev_del", {"id": netdev_id(nic)})
