@@ -26,7 +26,6 @@ from ..spec.vmspec import DEVICE_COUNT, Nic, VmSpec
 from ..spec.vmx import VmxDocument
 from ..text import excerpt
 from ..vmm import hotplug
-from ..vmm.pci import SPARE_ROOT_PORTS
 from ..vmm.states import VmState
 from .context import VmContext
 
@@ -92,8 +91,7 @@ def _hot_plug(ctx: VmContext, index: int) -> tuple[str, ...]:
         slot = hotplug.free_nic_slot(ctx.vmm, plan.env.q35)
         if slot is None and plan.env.q35:  # QEMU could place it nowhere: Q35's root bus takes no hot-plug
             raise ConflictError(f"VM {ctx.name!r} has no empty PCIe root port left for {nic.name} while it runs",
-                                hint=f"power it off and add the NIC then (each power-on adds {SPARE_ROOT_PORTS} "
-                                     "empty ports)")
+                                hint="power it off and add the NIC then")
         if slot is not None:
             doc = read_vmx(ctx.vmx)
             doc.set(f"{nic.name}.pciSlotNumber", str(slot))

@@ -163,14 +163,14 @@ def _bridges(pci: PciLayout, env: LaunchEnv) -> VirtualDevice:
     args: list[str] = []
     for chassis, bridge in enumerate(pci.bridges, start=1):
         args += ["-device", _json(**bridge.device(env.q35, chassis))]
-    kind = "PCIe root port" if env.q35 else "PCI-to-PCI bridge"
-    names = ", ".join(f"{b.id} at {b.place.describe()}" for b in pci.bridges if not b.spare)
-    spares = ", ".join(f"{b.id} at {b.place.describe()}" for b in pci.bridges if b.spare)
-    what = f"{kind}s as VMware places them: {names}" if names else ""
-    if env.q35:
-        what += (f"{'; ' if names else ''}empty PCIe root ports for NICs plugged in while it runs (the guest's own "
-                 f"PCIe hot-plug; each port's slot number is VMware's, as guests name NICs: ens160): {spares}")
-    return VirtualDevice("pci-bridges", what, tuple(args))
+    names = ", ".join(f"{b.id} at {b.place.describe()}" for b in pci.bridges if not b.empty)
+    if not env.q35:
+        return VirtualDevice("pci-bridges", f"PCI-to-PCI bridges as VMware places them: {names}", tuple(args))
+    empty = sum(1 for b in pci.bridges if b.empty)
+    what = (f"PCIe root ports as VMware's: pciBridge4-7 at PCI 00:15-00:18, 8 functions each, each port's physical "
+            f"slot the number VMware gives the device behind it (as guests name NICs: ens160); ")
+    what += f"devices behind {names}; " if names else ""
+    return VirtualDevice("pci-bridges", f"{what}{empty} empty for NICs plugged in while it runs", tuple(args))
 
 
 def _accel(spec: VmSpec, env: LaunchEnv) -> str:

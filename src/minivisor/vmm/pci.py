@@ -9,8 +9,9 @@ number is VMware's slot number, so a guest that names NICs by slot finds ``ens19
 no PCIe: PCI-to-PCI bridges stand at the same addresses.
 
 Q35's root bus takes no hot-plug (QEMU's ACPI hot-plug is off there, so the guest's own PCIe hot-plug driver
-has the root ports): a Q35 VM also gets ``SPARE_ROOT_PORTS`` empty root ports, at the next places VMware would
-give new devices (:data:`~minivisor.spec.pci.ROOT_PORT_SLOTS`), for the NICs hot-plugged while it runs.
+has the root ports): a Q35 VM has every root port VMware's EFI hardware has (``pciBridge4``-``7``, 8 functions
+each), and the empty ones take the NICs hot-plugged while it runs. A hot-plug so changes no bridge: the power-on
+after it, and the restore of a memory snapshot taken after it, build the very buses the guest ran on.
 
 A running VMM's buses (QMP's ``query-pci``) say whether a device hot-plugged there can have the place a
 power-on would give it (:func:`slots_in_use`), and which place is free for one that has none yet
@@ -26,12 +27,7 @@ from typing import Any
 from ..errors import SpecError
 from ..spec.pci import ROOT_PORT_SLOTS, VmwareSlot, bridge_root_device, decode_slot, root_port_slot
 
-__all__ = ["PciPlace", "PciBridge", "PciLayout", "pci_layout", "root_bus", "slots_in_use", "free_slot",
-           "SPARE_ROOT_PORTS"]
-
-# Empty root ports a Q35 VM gets for hot-plug (libvirt's tools add some too): one per VMware root-port bridge,
-# so the ports a guest has numbered its buses after stay in the same order when the next power-on adds one.
-SPARE_ROOT_PORTS = 4
+__all__ = ["PciPlace", "PciBridge", "PciLayout", "pci_layout", "root_bus", "slots_in_use", "free_slot"]
 
 
 @dataclass(frozen=True)
@@ -68,17 +64,21 @@ class PciBridge:
     function: int
     place: PciPlace
     multifunction: bool
-    spare: bool = False  # an empty root port for hot-plug: no device of the spec is behind it
+    empty: bool = False  # a Q35's root port with no device of the spec behind it: for hot-plug
 
     def device(self, q35: bool, chassis: int) -> dict[str, object]:
-        """The bridge's ``-device``; ``chassis``: unique per bridge (QEMU refuses two alike)."""
+        """The bridge's ``-device``; ``chassis``: unique per PCI bridge (QEMU refuses two alike). A root port's
+        is one of its own, the same whichever devices the VM has (QEMU tells ports apart by chassis and the low
+        byte of their slot number, which VMware's numbers share across a bridge's functions)."""
         fields: dict[str, object] = {"id": self.id, **self.place.fields()}
         if self.multifunction:
             fields["multifunction"] = True
         if q35 and self.bridge >= 4:
             # QEMU's root ports take hot-plug (its default): Linux's pciehp then registers the port's slot.
-            return {"driver": "pcie-root-port", **fields, "chassis": chassis,
-                    "slot": root_port_slot(self.bridge, self.function)}
+            # No I/O space kept for hot-plug: 32 ports' 4 KiB windows would take all of it, leaving none for the
+            # devices behind them that have I/O ports (the firmware gives those the windows they need).
+            return {"driver": "pcie-root-port", **fields, "chassis": self.bridge * 8 + self.function,
+                    "slot": root_port_slot(self.bridge, self.function), "io-reserve": 0}
         if q35:
             # Without ACPI hot-plug (a Q35's is off) a bridge's hot-plug is its SHPC's, which takes no device 0,
             # where VMware puts one (pciSlotNumber 32): no hot-plug behind it, as behind no PCI bridge of a Q35.
@@ -101,7 +101,8 @@ def pci_layout(devices: list[tuple[str, int | None]], q35: bool) -> PciLayout:
     root = root_bus(q35)
     slots = {name: decode_slot(number) for name, number in devices if number is not None}
     behind = [slot for slot in slots.values() if slot is not None and slot.bridge is not None]
-    bridges = _bridges(behind, _spare_ports(behind) if q35 else [], root)
+    every_port = [slot for number in ROOT_PORT_SLOTS if (slot := decode_slot(number))] if q35 else []
+    bridges = _bridges(behind, every_port, root)
     taken = {0, 31} if q35 else {0, 1}  # the chipset's own devices
     taken |= {b.place.slot for b in bridges} | {s.device for s in slots.values() if s and s.bridge is None}
     places: dict[str, PciPlace] = {}
@@ -171,20 +172,14 @@ def _bridge_id(bridge: int, function: int) -> str:
     return f"pciBridge{bridge}" + (f"-{function}" if function else "")
 
 
-def _spare_ports(behind: list[VmwareSlot]) -> list[VmwareSlot]:
-    """The places of a Q35's spare root ports: the first root ports in VMware's order with no device."""
-    taken = {slot.number for slot in behind}
-    free = [slot for number in ROOT_PORT_SLOTS if number not in taken and (slot := decode_slot(number))]
-    return free[:SPARE_ROOT_PORTS]
-
-
-def _bridges(slots: list[VmwareSlot], spares: list[VmwareSlot], root: str) -> tuple[PciBridge, ...]:
-    """The bridges (and functions of root ports) the slots are behind, and the spare ports, by root address."""
+def _bridges(slots: list[VmwareSlot], ports: list[VmwareSlot], root: str) -> tuple[PciBridge, ...]:
+    """The bridges (and functions of root ports) the slots are behind, and the root ports a Q35 has anyway,
+    by root address."""
     functions: dict[int, set[int]] = {}
-    for slot in slots + spares:
+    for slot in slots + ports:
         functions.setdefault(slot.bridge, {0}).add(slot.function)  # type: ignore[arg-type]
     in_use = {(slot.bridge, slot.function) for slot in slots}
     return tuple(PciBridge(_bridge_id(bridge, function), bridge, function,
                            PciPlace(root, bridge_root_device(bridge), function),
-                           multifunction=function == 0 and len(used) > 1, spare=(bridge, function) not in in_use)
+                           multifunction=function == 0 and len(used) > 1, empty=(bridge, function) not in in_use)
                  for bridge, used in sorted(functions.items()) for function in sorted(used))
