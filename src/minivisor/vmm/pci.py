@@ -5,8 +5,8 @@ and at the same slots; the others on the root bus after them, in command-line or
 VMware's bridges are rebuilt where a device needs one: ``pciBridge0``-``3`` as PCI-to-PCI bridges at root
 devices 17-20; ``pciBridge4``-``7`` at root devices 21-24, one bridge per function in use (function 0
 always, or the guest would not look at the others). On Q35 those are PCIe root ports whose physical slot
-number is VMware's slot number, so a guest that names NICs by slot finds ``ens192`` again; the i440FX has
-no PCIe: PCI-to-PCI bridges stand at the same addresses.
+number is VMware's slot number, so a guest that names NICs by slot finds ``ens192`` again (and all 32 are
+there, below); the i440FX has no PCIe: PCI-to-PCI bridges stand at the same addresses.
 
 Q35's root bus takes no hot-plug (QEMU's ACPI hot-plug is off there, so the guest's own PCIe hot-plug driver
 has the root ports): a Q35 VM has every root port VMware's EFI hardware has (``pciBridge4``-``7``, 8 functions
