@@ -13,6 +13,8 @@ from boot_media import shell_boot_disk
 from guests import wait_for
 from test_uefi import efi_vm
 
+from minivisor.errors import ConflictError
+
 pytestmark = pytest.mark.qemu
 
 # As ESXi writes an EFI VM: the PCIe root ports pciBridge4-7 with their 8 functions each, and NICs whose
@@ -59,6 +61,10 @@ def test_a_nic_hot_plugged_into_a_running_q35_vm_takes_an_empty_root_port_and_ke
                                                                                         tmp_path):
     vmx = efi_vm(hv, "hot", shell_boot_disk(appliance_image, tmp_path / "efi.img"))
     hv.start_vm("hot", wait_ready=True, timeout=180)
+    before = vmx.read_bytes()
+    with pytest.raises(ConflictError, match="e1000 NIC needs I/O ports"):  # its driver would not start in the guest
+        hv.add_nic("hot", "ethernet1", model="e1000", network="nat")
+    assert vmx.read_bytes() == before
     added = hv.add_nic("hot", "ethernet1", model="vmxnet3", network="nat")
     assert added["hotplugged"] and added["warnings"] == []
     assert 'ethernet1.pciSlotNumber = "160"' in vmx.read_text()  # the first empty root port, as VMware's first

@@ -32,6 +32,9 @@ from .context import VmContext
 __all__ = ["add", "remove", "find_nic"]
 
 _NIC_NAME = re.compile(r"ethernet(\d)\Z")
+# NIC models whose guest drivers need an I/O port window: the root ports of a Q35 VM reserve none (32 ports
+# reserving 4 KiB each would use all of PC I/O space), so only the firmware's power-on assignment gives them one.
+_NEEDS_IO_PORTS = frozenset({"e1000", "vlance"})
 
 
 def add(ctx: VmContext, name: str, *, model: str, network: str) -> dict:
@@ -87,6 +90,10 @@ def _hot_plug(ctx: VmContext, index: int) -> tuple[str, ...]:
     the warnings about it (a network that does not exist: its link is down; a place QEMU had to choose)."""
     plan = ctx.plan()
     nic = find_nic(plan.spec, f"ethernet{index}", ctx.name)
+    if plan.env.q35 and nic.model in _NEEDS_IO_PORTS:
+        raise ConflictError(f"a {nic.model} NIC needs I/O ports, which a root port hot-plugged into a running Q35 "
+                            f"(EFI) VM cannot give it: the guest's driver would not start",
+                            hint="add it while the VM is powered off, or hot-plug an e1000e, vmxnet3 or virtio NIC")
     if nic.pci_slot is None:
         slot = hotplug.free_nic_slot(ctx.vmm, plan.env.q35)
         if slot is None and plan.env.q35:  # QEMU could place it nowhere: Q35's root bus takes no hot-plug
