@@ -40,6 +40,7 @@ __all__ = [
     "NoSpaceError",
     "ClusterError",
     "ClusterUnreachableError",
+    "MigrationError",
     "OwnedElsewhereError",
     "is_out_of_space",
 ]
@@ -275,6 +276,12 @@ class ClusterUnreachableError(ClusterError):
     """None of the cluster store's (etcd's) endpoints answered: nothing in the cluster was changed."""
 
     code = "cluster-unreachable"
+
+
+class MigrationError(ClusterError):
+    """A live migration did not happen: the VM runs where it ran (or, after its handover, is left paused here)."""
+
+    code = "migration-failed"
 
 
 class OwnedElsewhereError(ConflictError):

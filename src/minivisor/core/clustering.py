@@ -20,6 +20,7 @@ from ..vmm.states import Action, VmState
 from .context import VmContext
 
 if TYPE_CHECKING:
+    from ..cluster.migration import Destination
     from .hypervisor import Hypervisor
 
 __all__ = ["claimed", "disown", "running_vms", "ClusterHost"]
@@ -117,6 +118,11 @@ class ClusterHost:
                 release()
         except (LockError, StateError):
             pass  # busy or running: looked at again on the next beat
+
+    def receive_migration(self, destination: Destination) -> None:
+        from .migration import receive
+
+        receive(self.hv, destination)
 
     def facts(self) -> dict[str, Any]:
         from .. import __version__

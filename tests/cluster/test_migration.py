@@ -1,0 +1,128 @@
+"""Live migration with local disks between two hosts, each in a network namespace of the test's own, etcd in
+another: the guest keeps running (a counter in it goes on, no reboot), what it wrote is on the destination's disk,
+and a migration whose destination VMM dies leaves the VM running on the source with nothing left on the
+destination."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from guests import create_guest
+from lab import in_netns, qemus_under, wait_for
+from test_ownership import cluster_of
+
+from minivisor import Hypervisor
+
+pytestmark = pytest.mark.qemu
+
+DISK = "/dev/sda"  # the boot disk (lsilogic SCSI)
+BASE = 32768  # the guest writes record i at sector BASE + i of its disk (16 MiB in: past what it boots from)
+# A counter and a writer in the guest: record i (its number, 8 digits) written and synced, then counted.
+WRITER = (f"(i=0; while :; do i=$((i+1)); printf '%08d' $i | dd of={DISK} bs=512 seek=$(({BASE}+i)) "
+          "conv=notrunc,fsync 2>/dev/null; echo $i > /tmp/count; sleep 0.05; done) >/dev/null 2>&1 & "
+          "echo $! > /tmp/writer.pid")
+
+
+def _guest(hv: Hypervisor, command: str) -> str:
+    result = hv.exec_in_vm("web", command, timeout=30)
+    assert result.exit_code == 0, result
+    return result.output.strip()
+
+
+def _progress(hv: Hypervisor) -> tuple[float, int]:
+    """The guest's uptime and its counter."""
+    uptime, count = _guest(hv, "cut -d' ' -f1 /proc/uptime; cat /tmp/count").split()
+    return float(uptime), int(count)
+
+
+def _owner(etcd, vm_uuid: str) -> dict | None:
+    done = subprocess.run([*in_netns(etcd.netns), "etcdctl", "--endpoints", etcd.endpoints, "get",
+                           f"/minivisor/owners/{vm_uuid}", "--print-value-only"], capture_output=True, text=True,
+                          timeout=20, env={**os.environ, "ETCDCTL_API": "3"}, check=True)
+    return json.loads(done.stdout) if done.stdout.strip() else None
+
+
+def _running_guest(fabric, fabric_etcd, hosts, appliance_image):
+    a, b = hosts("a", "b", fabric=fabric)
+    vm = create_guest(Hypervisor(a.root), "web", appliance_image, memory_mib=64, network="none")
+    cluster_of(fabric_etcd, a, b)
+    a.ok("vm", "start", "web", "--wait-ready")
+    _guest(Hypervisor(a.root), WRITER)
+    return a, b, vm
+
+
+def test_a_running_guest_moves_with_its_disk_and_keeps_running(fabric, fabric_etcd, hosts, appliance_image, tmp_path):
+    a, b, vm = _running_guest(fabric, fabric_etcd, hosts, appliance_image)
+    on_a = Hypervisor(a.root)
+    wait_for("the guest's counter", lambda: _progress(on_a)[1] > 5)
+    uptime, count = _progress(on_a)
+
+    moved = a.cli("vm", "migrate", "web", "b", "--json", timeout=600)
+    assert moved.returncode == 0, moved.stderr
+    report = json.loads(moved.stdout)
+    assert report["source"] == "a" and report["destination"] == "b"
+    assert report["disk_bytes"] >= 64 << 20 and report["memory_bytes"] > 0  # writes during the copy: more
+    assert 0 <= report["downtime_ms"] and 0 < report["total_seconds"]
+
+    # the source: no VMM, no VM; the destination runs it and owns it
+    assert qemus_under(a.root) == [] and len(qemus_under(b.root)) == 1
+    assert [v.name for v in on_a.list_vms()] == [] and not (a.root / "web").exists()
+    owner = _owner(fabric_etcd, vm.uuid)
+    assert owner["host"] == "b"
+    on_b = Hypervisor(b.root)
+    assert on_b.get_vm("web").uuid == vm.uuid
+
+    # the same boot goes on: uptime and counter kept growing, and the writer still runs
+    later_uptime, later_count = _progress(on_b)
+    assert later_uptime > uptime and later_count > count
+    wait_for("the counter to go on at the destination", lambda: _progress(on_b)[1] > later_count)
+    _guest(on_b, "kill $(cat /tmp/writer.pid)")
+    written = int(_guest(on_b, "sleep 0.2; cat /tmp/count"))
+    b.ok("vm", "stop", "web", "--hard")
+    assert _owner(fabric_etcd, vm.uuid) is None
+
+    # every record the guest wrote, before, during and after the move, is in the destination's disk file
+    raw = tmp_path / "web.raw"
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(b.root / "web" / "web.qcow2"), str(raw)],
+                   check=True, timeout=120)
+    data = raw.read_bytes()
+    bad = [i for i in range(1, written + 1) if data[(BASE + i) * 512:(BASE + i) * 512 + 8] != b"%08d" % i]
+    assert written > later_count and bad == []
+
+
+def test_a_migration_whose_destination_vmm_dies_leaves_the_vm_running_on_the_source(fabric, fabric_etcd, hosts,
+                                                                                     appliance_image):
+    a, b, vm = _running_guest(fabric, fabric_etcd, hosts, appliance_image)
+    on_a = Hypervisor(a.root)
+    (pid,) = qemus_under(a.root)
+    _, count = _progress(on_a)
+
+    env = {name: value for name, value in os.environ.items() if name != "MINIVISOR_DIRECT"}
+    migration = subprocess.Popen([*in_netns(a.netns), sys.executable, "-m", "minivisor", "-d", str(a.root), "vm",
+                                  "migrate", "web", "b"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=env)
+    try:
+        (incoming,) = wait_for("the destination's VMM", lambda: qemus_under(b.root), timeout=120, every=0.02)
+        os.kill(incoming, 9)
+        _, stderr = migration.communicate(timeout=300)
+    finally:
+        if migration.poll() is None:
+            migration.kill()
+            migration.wait()
+    assert migration.returncode == 69, stderr
+    assert stderr.count("\n") == 1 and "host 'b'" in stderr, stderr
+
+    # the VM runs on at the source, the same VMM, owned there; nothing of it is left on the destination
+    assert qemus_under(a.root) == [pid] and on_a.get_vm("web").state == "running"
+    assert _owner(fabric_etcd, vm.uuid)["host"] == "a"
+    wait_for("the destination to remove what it made",
+             lambda: not (b.root / "web").exists() and Hypervisor(b.root).list_vms() == [], timeout=30)
+    assert qemus_under(b.root) == []
+    time.sleep(0.5)
+    assert _progress(on_a)[1] > count
+    a.ok("vm", "stop", "web", "--hard")
