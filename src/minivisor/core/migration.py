@@ -70,6 +70,9 @@ def migrate(vms: Vms, name: str, dest: str, progress: Callable[[str], None] | No
         except BaseException as exc:
             _undo(ctx, source)
             ctx.emit("migrationFailed", to=dest, reason=exc.one_line() if isinstance(exc, HvError) else repr(exc))
+            if isinstance(exc, HvError) and not isinstance(exc, ClusterError):  # its VMM's: say what it means
+                raise MigrationError(f"VM {ctx.name!r} did not move to host {dest!r}: {exc.message}",
+                                     hint=f"it runs on here; {exc.hint}" if exc.hint else "it runs on here") from exc
             raise
         try:
             source.wait("running", PREPARE_TIMEOUT)
