@@ -133,3 +133,42 @@ def test_a_migration_whose_destination_vmm_dies_leaves_the_vm_running_on_the_sou
     time.sleep(0.5)
     assert _progress(on_a)[1] > count
     a.ok("vm", "stop", "web", "--hard")
+
+
+SPECFILE = ('.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "19"\ndisplayName = "evil"\n'
+            'guestOS = "other-64"\nmemSize = "64"\nscsi0.present = "TRUE"\nscsi0.virtualDev = "lsilogic"\n'
+            'scsi0:0.present = "TRUE"\nscsi0:0.fileName = "{name}"\n')
+
+
+def _request(name: str, specfile_disk: str, disk: str, size: int = 1 << 20) -> dict:
+    return {"id": "ab" * 16, "vm": name, "uuid": "0123abcd-0000-4000-8000-000000000001", "source": "elsewhere",
+            "source_id": "x", "specfile": SPECFILE.format(name=specfile_disk),
+            "disks": [{"file": disk, "format": "qcow2", "size": size}]}
+
+
+@pytest.mark.parametrize(("request_value", "answered"), [
+    (_request("evil", "/etc/passwd", "evil.qcow2"), "names other disks"),  # the disk the specfile opens is not made
+    (_request("evil", "..", ".."), "no disk file of a VM's folder"),
+    (_request("evil", "evil.vmx", "evil.vmx"), "no disk file of a VM's folder"),
+    (_request("evil", "json:{}", "json:{}"), "QEMU would read as a protocol"),
+    (_request("../evil", "evil.qcow2", "evil.qcow2"), "not a valid VM name"),
+    (_request("evil", "evil.qcow2", "evil.qcow2", size=1 << 60), None),  # out of bounds: not even answered
+    (_request("evil", "evil.qcow2", "../evil.qcow2"), None),
+], ids=["disk-elsewhere", "dot-dot", "specfile-as-disk", "protocol", "name", "huge", "slash"])
+def test_a_hostile_migration_request_is_refused_and_nothing_is_made(etcd, hosts, request_value, answered):
+    from minivisor.cluster.store import Store
+
+    (b,) = hosts("b")
+    cluster_of(etcd, b)
+    store = Store(tuple(etcd.urls))
+    key = "migrations/b/" + request_value["id"]
+    store.put(key, request_value)
+    if answered is None:  # malformed: dropped, with no answer
+        wait_for("the request to be dropped", lambda: store.get(key) is None, timeout=30)
+        assert store.get("answers/" + request_value["id"]) is None
+    else:
+        answer = wait_for("the answer", lambda: store.get("answers/" + request_value["id"]), timeout=30).value
+        assert answer["state"] == "failed" and answered in answer["error"], answer
+    assert Hypervisor(b.root).list_vms() == [] and qemus_under(b.root) == []
+    assert sorted(path.name for path in b.root.iterdir()) == [".minivisor"]
+    assert not list((b.root / ".minivisor").glob("staging/*"))

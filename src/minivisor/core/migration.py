@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ClusterError, ConflictError, HvError, MigrationError, PathError
-from ..text import clip
+from ..text import clip, excerpt
 from ..units import human_size
 from ..vmm.states import Action
 
@@ -235,6 +235,7 @@ def receive(hv: Hypervisor, destination: Destination) -> None:
 
 def _make_vm(hv: Hypervisor, request: Any) -> None:
     """The VM's folder, published: its specfile as sent, empty disks of the sizes and formats asked."""
+    from ..datastore.store import is_vm_metadata
     from ..images.layers import check_file_name
     from ..images.qemu_img import create_disk
     from ..spec.vmspec import VmSpec
@@ -247,10 +248,13 @@ def _make_vm(hv: Hypervisor, request: Any) -> None:
     doc = VmxDocument.parse(request.specfile.encode(), source=f"the specfile of {request.vm} from {request.source}")
     spec = VmSpec.from_vmx(doc)
     _check_disks(spec, request.disks)
+    for disk in request.disks:
+        check_file_name(disk.file, "disk")
+        if disk.file in (".", "..") or is_vm_metadata(disk.file) or disk.file.lower().endswith(".vmx"):
+            raise PathError(f"the disk {excerpt(disk.file)} of the request is no disk file of a VM's folder")
     staging = datastore.staging_dir(request.vm)
     try:
         for disk in request.disks:
-            check_file_name(disk.file, "disk")
             create_disk(staging / disk.file, disk.size, disk.format)
         doc.save(staging / f"{request.vm}.vmx")
         datastore.publish(staging, request.vm, request.uuid)
