@@ -143,7 +143,7 @@ SPECFILE = ('.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "19"
 def _request(name: str, specfile_disk: str, disk: str, size: int = 1 << 20) -> dict:
     return {"id": "ab" * 16, "vm": name, "uuid": "0123abcd-0000-4000-8000-000000000001", "source": "elsewhere",
             "source_id": "x", "specfile": SPECFILE.format(name=specfile_disk),
-            "disks": [{"file": disk, "format": "qcow2", "size": size}]}
+            "disks": [{"file": disk, "format": "qcow2", "size": size}], "key": "cd" * 32}
 
 
 @pytest.mark.parametrize(("request_value", "answered"), [
@@ -154,7 +154,8 @@ def _request(name: str, specfile_disk: str, disk: str, size: int = 1 << 20) -> d
     (_request("../evil", "evil.qcow2", "evil.qcow2"), "not a valid VM name"),
     (_request("evil", "evil.qcow2", "evil.qcow2", size=1 << 60), None),  # out of bounds: not even answered
     (_request("evil", "evil.qcow2", "../evil.qcow2"), None),
-], ids=["disk-elsewhere", "dot-dot", "specfile-as-disk", "protocol", "name", "huge", "slash"])
+    ({**_request("evil", "evil.qcow2", "evil.qcow2"), "key": "'; rm -rf /"}, None),
+], ids=["disk-elsewhere", "dot-dot", "specfile-as-disk", "protocol", "name", "huge", "slash", "key"])
 def test_a_hostile_migration_request_is_refused_and_nothing_is_made(etcd, hosts, request_value, answered):
     from minivisor.cluster.store import Store
 
@@ -172,3 +173,42 @@ def test_a_hostile_migration_request_is_refused_and_nothing_is_made(etcd, hosts,
     assert Hypervisor(b.root).list_vms() == [] and qemus_under(b.root) == []
     assert sorted(path.name for path in b.root.iterdir()) == [".minivisor"]
     assert not list((b.root / ".minivisor").glob("staging/*"))
+
+
+def test_the_destination_serves_the_disks_only_to_the_key_holder_and_removes_all_once_withdrawn(etcd, hosts,
+                                                                                                tmp_path):
+    """While the destination waits, its NBD server answers only a client with the request's key (TLS-PSK); the
+    source withdrawing its request makes it kill its VMM and remove the VM."""
+    from minivisor.cluster.store import Store
+
+    (b,) = hosts("b")
+    cluster_of(etcd, b)
+    store = Store(tuple(etcd.urls))
+    request = _request("web", "web.qcow2", "web.qcow2")
+    store.put("migrations/b/" + request["id"], request)
+    answer = wait_for("the answer", lambda: store.get("answers/" + request["id"]), timeout=60).value
+    assert answer["state"] == "ready", answer
+    assert len(qemus_under(b.root)) == 1 and Hypervisor(b.root).get_vm("web").uuid == request["uuid"]
+
+    def nbd_info(key: str | None) -> subprocess.CompletedProcess:
+        target = f"driver=nbd,host={answer['address']},port={answer['nbd_port']},export=scsi0-0"
+        tls = []
+        if key is not None:
+            folder = tmp_path / key[:8]
+            folder.mkdir(mode=0o700)
+            (folder / "keys.psk").write_text(f"minivisor:{key}\n")
+            tls = ["--object", f"tls-creds-psk,id=tls0,endpoint=client,dir={folder},username=minivisor"]
+            target += ",tls-creds=tls0"
+        return subprocess.run(["qemu-img", "info", *tls, "--image-opts", target], capture_output=True, text=True,
+                              timeout=30)
+
+    assert nbd_info(None).returncode != 0  # no TLS: refused
+    assert nbd_info("ef" * 32).returncode != 0  # another key: refused
+    served = nbd_info(request["key"])
+    assert served.returncode == 0 and "virtual size: 1 MiB" in served.stdout, served.stderr
+
+    store.delete("migrations/b/" + request["id"])  # the source withdraws (or dies, and its lease takes it)
+    wait_for("the destination to remove what it made",
+             lambda: qemus_under(b.root) == [] and Hypervisor(b.root).list_vms() == [], timeout=30)
+    assert sorted(path.name for path in b.root.iterdir()) == [".minivisor"]
+    assert store.get("answers/" + request["id"]) is None

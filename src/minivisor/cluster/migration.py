@@ -3,7 +3,8 @@
 The source asks, the destination answers, and the VM's ownership is the switch:
 
 - ``migrations/<dest>/<id>`` (:class:`Request`), written by the source and attached to the source's
-  lease: the VM's specfile text and its disks (file name, format, virtual size). A source that dies
+  lease: the VM's specfile text, its disks (file name, format, virtual size), and a one-time key for the
+  TLS between the two VMMs. A source that dies
   takes its request with it; the destination then drops what it made.
 - ``answers/<id>`` (:class:`Answer`), written by the destination and attached to its lease: ``ready``
   (where its NBD server and its incoming VMM listen), ``failed`` (why), or ``running``.
@@ -40,6 +41,7 @@ MAX_DISK_BYTES = 64 << 40  # 64 TiB: the largest virtual disk a request may ask 
 FORMATS = ("qcow2", "raw")  # what the destination creates (a VMDK blocks QEMU's migration)
 POLL = 0.1  # seconds between two looks at a key that another host will write
 _ID = re.compile(r"[0-9a-f]{32}")
+_KEY = re.compile(r"[0-9a-f]{64}")
 _UUID = re.compile(r"[0-9a-fA-F-]{1,64}")
 _FILE = re.compile(r"[^/\x00]{1,255}")
 
@@ -60,6 +62,7 @@ class Request:
     source_id: str
     specfile: str
     disks: tuple[Disk, ...]
+    key: str  # the one-time pre-shared key (hex) of the TLS between the two VMMs
 
 
 @dataclass(frozen=True)
@@ -90,12 +93,13 @@ def read_request(entry: Entry) -> Request:
     try:
         disks = tuple(_disk(item) for item in value["disks"]) if isinstance(value["disks"], list) else None
         request = Request(value["id"], value["vm"], value["uuid"], value["source"], value["source_id"],
-                          value["specfile"], disks or ())
+                          value["specfile"], disks or (), value["key"])
         fine = (isinstance(request.id, str) and _ID.fullmatch(request.id) and entry.key.endswith("/" + request.id)
                 and all(isinstance(text, str) for text in (request.vm, request.source, request.source_id,
                                                            request.specfile))
                 and isinstance(request.uuid, str) and _UUID.fullmatch(request.uuid) and len(request.vm) <= 64
                 and len(request.source_id) <= 64 and len(request.specfile) <= MAX_SPECFILE
+                and isinstance(request.key, str) and _KEY.fullmatch(request.key)
                 and 0 < len(request.disks) <= MAX_DISKS and len({d.file for d in request.disks}) == len(request.disks))
         if fine:
             check_host_name(request.source)
@@ -138,6 +142,7 @@ class Source:
     def __init__(self, store: Store, config: ClusterConfig, dest: str, vm: str, vm_uuid: str) -> None:
         self.store, self.config, self.dest, self.vm, self.uuid = store, config, check_host_name(dest), vm, vm_uuid
         self.id = secrets.token_hex(16)
+        self.key = secrets.token_hex(32)
         self._answer: Entry | None = None
 
     def ask(self, specfile: str, disks: list[Disk]) -> None:
@@ -153,7 +158,8 @@ class Source:
                                hint="start `minivisor serve` for this datastore")
         if len(specfile) > MAX_SPECFILE:
             raise ClusterError(f"the specfile of {self.vm!r} is too long to send ({len(specfile)} characters)")
-        request = Request(self.id, self.vm, self.uuid, self.config.host, self.config.host_id, specfile, tuple(disks))
+        request = Request(self.id, self.vm, self.uuid, self.config.host, self.config.host_id, specfile, tuple(disks),
+                          self.key)
         value = asdict(request)
         self.store.put(request_key(self.dest, self.id), value, lease=own.lease)
 

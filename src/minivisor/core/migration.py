@@ -20,8 +20,10 @@ from __future__ import annotations
 import logging
 import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ClusterError, ConflictError, HvError, MigrationError, PathError
@@ -65,7 +67,7 @@ def migrate(vms: Vms, name: str, dest: str, progress: Callable[[str], None] | No
             report(f"asked host {dest} to make {ctx.name} ({len(disks)} disk(s), "
                    f"{human_size(sum(d.size for d in disks))})")
             ready = source.wait("ready", PREPARE_TIMEOUT)
-            copied = _copy(ctx, ready, report)
+            copied = _copy(ctx, ready, source.key, report)
             source.hand_over()
         except BaseException as exc:
             _undo(ctx, source)
@@ -134,11 +136,12 @@ def _refusal(name: str) -> Callable[[str, str], None]:
     return refuse
 
 
-def _copy(ctx: VmContext, ready: Answer, report: Callable[[str], None]) -> dict[str, Any]:
+def _copy(ctx: VmContext, ready: Answer, key: str, report: Callable[[str], None]) -> dict[str, Any]:
     """Mirror the disks until in sync, send the memory, end the mirrors; the counts and times of it."""
     from ..vmm import migration as vmm_migration
 
-    with ctx.vmm.session() as qmp:
+    with tempfile.TemporaryDirectory(prefix="minivisor-tls-") as tls, ctx.vmm.session() as qmp:
+        vmm_migration.add_psk(qmp, "client", Path(tls), key)
         vmm_migration.mirror(qmp, ready.address, ready.nbd_port)
         deadline, last = time.monotonic() + COPY_TIMEOUT, 0.0
         while not (mirrored := vmm_migration.mirror_progress(qmp)).ready:
@@ -214,8 +217,10 @@ def receive(hv: Hypervisor, destination: Destination) -> None:
         _make_vm(hv, request)
         made = True
         ctx = _start_incoming(hv, request.vm)
-        destination.answer(_listen(ctx, destination))
-        if not _handed_over(ctx, destination):
+        with tempfile.TemporaryDirectory(prefix="minivisor-tls-") as tls:  # read at each TLS handshake
+            destination.answer(_listen(ctx, destination, Path(tls)))
+            handed_over = _handed_over(ctx, destination)
+        if not handed_over:
             raise MigrationError(f"the migration of VM {request.vm!r} from host {request.source!r} was given up")
         _resume(ctx)
         made = False  # it is this host's VM now
@@ -284,14 +289,16 @@ def _start_incoming(hv: Hypervisor, name: str) -> VmContext:
     return ctx
 
 
-def _listen(ctx: VmContext, destination: Destination) -> Answer:
-    """Serve the disks over NBD and wait for the memory, on this host's cluster address."""
+def _listen(ctx: VmContext, destination: Destination, tls: Path) -> Answer:
+    """Serve the disks over NBD and wait for the memory, on this host's cluster address, both over TLS with
+    the request's one-time key (kept in ``tls`` meanwhile)."""
     from ..cluster.migration import Answer
     from ..vmm import migration as vmm_migration
 
     address = cluster_address(destination.config.endpoints)
     nbd_port, migrate_port = _free_ports(address, 2)
     with ctx.vmm.session() as qmp:
+        vmm_migration.add_psk(qmp, "server", tls, destination.request.key)
         vmm_migration.serve_disks(qmp, address, nbd_port)
         vmm_migration.listen(qmp, address, migrate_port)
     return Answer("ready", address, nbd_port, migrate_port)

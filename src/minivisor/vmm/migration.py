@@ -11,6 +11,10 @@
   the source's guest is stopped for good, the mirrors are cancelled (a READY mirror cancelled leaves a
   consistent target) and their target nodes dropped (:func:`end_mirrors`).
 
+Both streams are TLS with a one-time pre-shared key that only the two hosts know (:func:`add_psk`: QEMU's
+``tls-creds-psk``, named by the NBD server and client and by the migration's ``tls-creds``): nothing else on
+the cluster network can read or write the disks while they are served, nor feed the destination a state.
+
 Every function takes an open :class:`~minivisor.vmm.qmp.QmpSession` of the VMM it works on.
 """
 
@@ -18,18 +22,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import QmpCommandError, QmpError
 from .jobs import JOB_TIMEOUT, device_tops
 from .qmp import QmpSession
 
-__all__ = ["serve_disks", "stop_serving", "listen", "incoming_done", "mirror", "mirror_progress", "start_migration",
+__all__ = ["add_psk", "drop_psk", "serve_disks", "stop_serving", "listen", "incoming_done", "mirror", "mirror_progress", "start_migration",
            "migration_status", "end_mirrors", "abort", "MirrorProgress"]
 
 JOB_PREFIX = "migrate-"  # minivisor's mirror jobs of a migration
 TARGET_PREFIX = "migrate-target-"  # the NBD client nodes the mirrors write to
 POLL = 0.05
+TLS_ID = "migrate-tls"  # the VMM's TLS credentials object of a migration
+PSK_IDENTITY = "minivisor"
 
 
 def _inet(address: str, port: int) -> dict[str, str]:
@@ -40,12 +47,33 @@ def _uri(address: str, port: int) -> str:
     return f"tcp:[{address}]:{port}" if ":" in address else f"tcp:{address}:{port}"
 
 
+# -- both --------------------------------------------------------------------------------
+def add_psk(qmp: QmpSession, endpoint: str, folder: Path, key: str) -> None:
+    """TLS credentials (``endpoint``: server or client) from the pre-shared ``key`` (hex), written into the
+    owner-only ``folder`` that must stay until the connections are made (a server reads it at each handshake);
+    the migration's stream uses them from now on."""
+    psk = folder / "keys.psk"
+    psk.write_text(f"{PSK_IDENTITY}:{key}\n")
+    psk.chmod(0o600)
+    creds: dict[str, Any] = {"qom-type": "tls-creds-psk", "id": TLS_ID, "endpoint": endpoint, "dir": str(folder)}
+    if endpoint == "client":
+        creds["username"] = PSK_IDENTITY
+    qmp.execute("object-add", creds)
+    qmp.execute("migrate-set-parameters", {"tls-creds": TLS_ID})
+
+
+def drop_psk(qmp: QmpSession) -> None:
+    """The migration's TLS credentials gone from the VMM (once nothing uses them)."""
+    _try(qmp, "migrate-set-parameters", {"tls-creds": ""})
+    _try(qmp, "object-del", {"id": TLS_ID})
+
+
 # -- the destination -------------------------------------------------------------------
 def serve_disks(qmp: QmpSession, address: str, port: int) -> list[str]:
-    """Start the VMM's NBD server on ``address:port`` and export each disk's top node, writable, under its
-    device id (``scsi0-0``); returns the exports."""
+    """Start the VMM's NBD server on ``address:port`` (TLS: :func:`add_psk` first) and export each disk's top
+    node, writable, under its device id (``scsi0-0``); returns the exports."""
     tops = device_tops(qmp)
-    qmp.execute("nbd-server-start", {"addr": {"type": "inet", "data": _inet(address, port)}})
+    qmp.execute("nbd-server-start", {"addr": {"type": "inet", "data": _inet(address, port)}, "tls-creds": TLS_ID})
     for device, node in sorted(tops.items()):
         qmp.execute("block-export-add", {"type": "nbd", "id": f"export-{device}", "node-name": node,
                                          "name": device, "writable": True})
@@ -55,6 +83,7 @@ def serve_disks(qmp: QmpSession, address: str, port: int) -> list[str]:
 def stop_serving(qmp: QmpSession) -> None:
     """Stop the NBD server and its exports (before the guest runs: nobody else writes its disks then)."""
     qmp.execute("nbd-server-stop")
+    drop_psk(qmp)
 
 
 def listen(qmp: QmpSession, address: str, port: int) -> None:
@@ -81,11 +110,12 @@ class MirrorProgress:
 
 def mirror(qmp: QmpSession, address: str, port: int) -> None:
     """Mirror each disk into the destination's export of the same device id (the same specfile gives the
-    destination the same devices)."""
+    destination the same devices), over TLS (:func:`add_psk` first)."""
     tops = device_tops(qmp)
     for device in sorted(tops):
         qmp.execute("blockdev-add", {"driver": "nbd", "node-name": TARGET_PREFIX + device,
-                                     "server": {"type": "inet", **_inet(address, port)}, "export": device})
+                                     "server": {"type": "inet", **_inet(address, port)}, "export": device,
+                                     "tls-creds": TLS_ID})
         qmp.execute("blockdev-mirror", {"job-id": JOB_PREFIX + device, "device": tops[device],
                                         "target": TARGET_PREFIX + device, "sync": "full",
                                         "copy-mode": "write-blocking", "auto-dismiss": False})
@@ -150,6 +180,7 @@ def abort(qmp: QmpSession) -> None:
                 and time.monotonic() < deadline:
             time.sleep(POLL)
     end_mirrors(qmp, force=True)
+    drop_psk(qmp)
     if qmp.execute("query-status")["status"] == "postmigrate":
         qmp.execute("cont")
 
