@@ -76,6 +76,7 @@ def test_a_running_guest_moves_with_its_disk_and_keeps_running(fabric, fabric_et
     assert owner["host"] == "b"
     on_b = Hypervisor(b.root)
     assert on_b.get_vm("web").uuid == vm.uuid
+    assert on_b.wait_ready("web", timeout=1)  # the same boot: ready already
 
     # the same boot goes on: uptime and counter kept growing, and the writer still runs
     later_uptime, later_count = _progress(on_b)
@@ -143,7 +144,7 @@ SPECFILE = ('.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "19"
 def _request(name: str, specfile_disk: str, disk: str, size: int = 1 << 20) -> dict:
     return {"id": "ab" * 16, "vm": name, "uuid": "0123abcd-0000-4000-8000-000000000001", "source": "elsewhere",
             "source_id": "x", "specfile": SPECFILE.format(name=specfile_disk),
-            "disks": [{"file": disk, "format": "qcow2", "size": size}], "key": "cd" * 32}
+            "disks": [{"file": disk, "format": "qcow2", "size": size}], "key": "cd" * 32, "ready": ""}
 
 
 @pytest.mark.parametrize(("request_value", "answered"), [

@@ -63,6 +63,7 @@ class Request:
     specfile: str
     disks: tuple[Disk, ...]
     key: str  # the one-time pre-shared key (hex) of the TLS between the two VMMs
+    ready: str  # the ready line the guest said on its console this boot ("" if none yet)
 
 
 @dataclass(frozen=True)
@@ -93,13 +94,14 @@ def read_request(entry: Entry) -> Request:
     try:
         disks = tuple(_disk(item) for item in value["disks"]) if isinstance(value["disks"], list) else None
         request = Request(value["id"], value["vm"], value["uuid"], value["source"], value["source_id"],
-                          value["specfile"], disks or (), value["key"])
+                          value["specfile"], disks or (), value["key"], value["ready"])
         fine = (isinstance(request.id, str) and _ID.fullmatch(request.id) and entry.key.endswith("/" + request.id)
                 and all(isinstance(text, str) for text in (request.vm, request.source, request.source_id,
                                                            request.specfile))
                 and isinstance(request.uuid, str) and _UUID.fullmatch(request.uuid) and len(request.vm) <= 64
                 and len(request.source_id) <= 64 and len(request.specfile) <= MAX_SPECFILE
                 and isinstance(request.key, str) and _KEY.fullmatch(request.key)
+                and isinstance(request.ready, str) and len(request.ready) <= 512
                 and 0 < len(request.disks) <= MAX_DISKS and len({d.file for d in request.disks}) == len(request.disks))
         if fine:
             check_host_name(request.source)
@@ -145,7 +147,7 @@ class Source:
         self.key = secrets.token_hex(32)
         self._answer: Entry | None = None
 
-    def ask(self, specfile: str, disks: list[Disk]) -> None:
+    def ask(self, specfile: str, disks: list[Disk], ready: str) -> None:
         """Post the request to a live destination (ClusterError if it is not, or this host is not live)."""
         if self.dest == self.config.host:
             raise ClusterError(f"VM {self.vm!r} already runs on host {self.dest!r}", hint="name another host")
@@ -159,7 +161,7 @@ class Source:
         if len(specfile) > MAX_SPECFILE:
             raise ClusterError(f"the specfile of {self.vm!r} is too long to send ({len(specfile)} characters)")
         request = Request(self.id, self.vm, self.uuid, self.config.host, self.config.host_id, specfile, tuple(disks),
-                          self.key)
+                          self.key, ready)
         value = asdict(request)
         self.store.put(request_key(self.dest, self.id), value, lease=own.lease)
 

@@ -61,7 +61,7 @@ def migrate(vms: Vms, name: str, dest: str, progress: Callable[[str], None] | No
         specfile, disks = _what_moves(ctx)
         source = Source(Store(config.endpoints), config, dest, ctx.name, ctx.uuid)
         started = time.monotonic()
-        source.ask(specfile, disks)
+        source.ask(specfile, disks, ctx.vmm.ready_line() or "")
         ctx.emit("migrating", to=dest)
         try:
             report(f"asked host {dest} to make {ctx.name} ({len(disks)} disk(s), "
@@ -224,6 +224,8 @@ def receive(hv: Hypervisor, destination: Destination) -> None:
             raise MigrationError(f"the migration of VM {request.vm!r} from host {request.source!r} was given up")
         _resume(ctx)
         made = False  # it is this host's VM now
+        if request.ready:  # the same boot goes on: the guest was ready at the source
+            ctx.vmm.remember_ready(request.ready)
         ctx.emit("migratedIn", source=request.source)
         destination.answer(Answer("running"))
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, the source must hear it and nothing stay here
