@@ -22,9 +22,11 @@ pytestmark = pytest.mark.qemu
 
 DISK = "/dev/sda"  # the boot disk (lsilogic SCSI)
 BASE = 32768  # the guest writes record i at sector BASE + i of its disk (16 MiB in: past what it boots from)
-# A counter and a writer in the guest: record i (its number, 8 digits) written and synced, then counted.
+# A counter and a writer in the guest: record i (its number, 8 digits) written and synced, then counted (the
+# count replaced by a rename: never seen half-written).
 WRITER = (f"(i=0; while :; do i=$((i+1)); printf '%08d' $i | dd of={DISK} bs=512 seek=$(({BASE}+i)) "
-          "conv=notrunc,fsync 2>/dev/null; echo $i > /tmp/count; sleep 0.05; done) >/dev/null 2>&1 & "
+          "conv=notrunc,fsync 2>/dev/null; echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.05; done) "
+          ">/dev/null 2>&1 & "
           "echo $! > /tmp/writer.pid")
 
 
@@ -45,6 +47,11 @@ def _owner(etcd, vm_uuid: str) -> dict | None:
                            f"/minivisor/owners/{vm_uuid}", "--print-value-only"], capture_output=True, text=True,
                           timeout=20, env={**os.environ, "ETCDCTL_API": "3"}, check=True)
     return json.loads(done.stdout) if done.stdout.strip() else None
+
+
+def _pids_in(netns: str) -> list[int]:
+    listed = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True, check=True, timeout=20)
+    return [int(pid) for pid in listed.stdout.split()]
 
 
 def _running_guest(fabric, fabric_etcd, hosts, appliance_image):
@@ -96,8 +103,11 @@ def test_a_running_guest_moves_with_its_disk_and_keeps_running(fabric, fabric_et
     assert written > later_count and bad == []
 
 
-def test_a_migration_whose_destination_vmm_dies_leaves_the_vm_running_on_the_source(fabric, fabric_etcd, hosts,
-                                                                                     appliance_image):
+@pytest.mark.parametrize("killed", ["vmm", "host"])
+def test_a_migration_whose_destination_dies_leaves_the_vm_running_on_the_source(fabric, fabric_etcd, hosts,
+                                                                                appliance_image, killed):
+    """``vmm``: the destination's VMM is killed; ``host``: every process of the destination's namespace (its
+    service and the VMM), and its service started again finds and removes what the first one made."""
     a, b, vm = _running_guest(fabric, fabric_etcd, hosts, appliance_image)
     on_a = Hypervisor(a.root)
     (pid,) = qemus_under(a.root)
@@ -115,7 +125,8 @@ def test_a_migration_whose_destination_vmm_dies_leaves_the_vm_running_on_the_sou
             if line.startswith("  disks"):
                 break
         (incoming,) = qemus_under(b.root)
-        os.kill(incoming, 9)
+        for victim in _pids_in(b.netns) if killed == "host" else [incoming]:
+            os.kill(victim, 9)
         _, rest = migration.communicate(timeout=300)
     finally:
         if migration.poll() is None:
@@ -128,6 +139,8 @@ def test_a_migration_whose_destination_vmm_dies_leaves_the_vm_running_on_the_sou
     # the VM runs on at the source, the same VMM, owned there; nothing of it is left on the destination
     assert qemus_under(a.root) == [pid] and on_a.get_vm("web").state == "running"
     assert _owner(fabric_etcd, vm.uuid)["host"] == "a"
+    if killed == "host":
+        b.serve()
     wait_for("the destination to remove what it made",
              lambda: not (b.root / "web").exists() and Hypervisor(b.root).list_vms() == [], timeout=30)
     assert qemus_under(b.root) == []

@@ -70,6 +70,9 @@ class Host(Protocol):
     def receive_migration(self, destination: Destination) -> None:
         """Take in the VM ``destination.request`` migrates here, or answer why not (never raises)."""
 
+    def abandon_incoming(self, owned_here: Callable[[str], bool]) -> None:
+        """Remove the VMs a previous service was taking in when it ended, unless ``owned_here(uuid)``."""
+
 
 class Member:
     """The cluster member a service runs for its datastore (its ``.minivisor`` folder is ``meta``)."""
@@ -246,16 +249,28 @@ class Member:
 
     # -- the receiver -------------------------------------------------------------------
     def _receive(self) -> None:
+        abandoned = False
         while not self._stopping.wait(RECEIVE_POLL):
             config = self._config
             if config is None or self._lease is None:
                 continue
             try:
-                self._take_requests(self._store(config), config)
+                store = self._store(config)
+                if not abandoned:  # before any new request: what a previous service left half-made
+                    self.host.abandon_incoming(lambda vm_uuid: self._owns(store, config, vm_uuid))
+                    abandoned = True
+                self._take_requests(store, config)
             except HvError as exc:
                 self._complain(exc.one_line())
             except Exception:  # noqa: BLE001 - the receiver must outlive any bug
                 log.exception("cluster receiver")
+
+    @staticmethod
+    def _owns(store: Store, config: ClusterConfig, vm_uuid: str) -> bool:
+        from .ownership import owner_of
+
+        owner = owner_of(store, vm_uuid)
+        return owner is not None and owner.host_id == config.host_id
 
     def _take_requests(self, store: Store, config: ClusterConfig) -> None:
         from .migration import Destination, read_request, requests_for

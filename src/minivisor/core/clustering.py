@@ -124,6 +124,11 @@ class ClusterHost:
 
         receive(self.hv, destination)
 
+    def abandon_incoming(self, owned_here: Callable[[str], bool]) -> None:
+        from .migration import abandon_incoming
+
+        abandon_incoming(self.hv, owned_here)
+
     def facts(self) -> dict[str, Any]:
         from .. import __version__
         from ..host import facts

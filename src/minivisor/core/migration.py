@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .context import VmContext, Vms
     from .hypervisor import Hypervisor
 
-__all__ = ["migrate", "receive"]
+__all__ = ["migrate", "receive", "abandon_incoming"]
 
 log = logging.getLogger("minivisor.cluster")
 
@@ -46,6 +46,7 @@ COPY_TIMEOUT = 3600.0  # seconds the disks' mirrors, then the memory, may take
 HANDOVER_TIMEOUT = COPY_TIMEOUT + 2 * PREPARE_TIMEOUT  # seconds a destination waits for the handover
 REPORT_EVERY = 1.0  # seconds between two progress lines
 POLL = 0.1
+INCOMING = "incoming"  # in the datastore's .minivisor folder: a marker per VM being taken in
 
 
 # -- the source ----------------------------------------------------------------------------
@@ -213,10 +214,9 @@ def receive(hv: Hypervisor, destination: Destination) -> None:
     from ..cluster.migration import Answer
 
     request = destination.request
-    made = False
+    made: Path | None = None  # the marker of the VM made here, while it is not this host's
     try:
-        _make_vm(hv, request)
-        made = True
+        made = _make_vm(hv, request)
         ctx = _start_incoming(hv, request.vm)
         with tempfile.TemporaryDirectory(prefix="minivisor-tls-") as tls:  # read at each TLS handshake
             destination.answer(_listen(ctx, destination, Path(tls)))
@@ -224,7 +224,8 @@ def receive(hv: Hypervisor, destination: Destination) -> None:
         if not handed_over:
             raise MigrationError(f"the migration of VM {request.vm!r} from host {request.source!r} was given up")
         _resume(ctx)
-        made = False  # it is this host's VM now
+        made.unlink()  # it is this host's VM now
+        made = None
         if request.ready:  # the same boot goes on: the guest was ready at the source
             ctx.vmm.remember_ready(request.ready)
         ctx.emit("migratedIn", source=request.source)
@@ -232,8 +233,8 @@ def receive(hv: Hypervisor, destination: Destination) -> None:
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, the source must hear it and nothing stay here
         reason = exc.one_line() if isinstance(exc, HvError) else f"internal error: {exc!r}"
         log.warning("migration of VM %s from host %s: %s", request.vm, request.source, reason)
-        if made:
-            _remove(hv, request.vm)
+        if made is not None and _remove(hv, request.vm):
+            made.unlink()  # kept otherwise: the next service tries again
         try:
             if destination.wanted():
                 destination.answer(Answer("failed", error=clip(reason, 500)))
@@ -241,8 +242,35 @@ def receive(hv: Hypervisor, destination: Destination) -> None:
             pass  # the source sees the destination give no answer, and gives up itself
 
 
-def _make_vm(hv: Hypervisor, request: Any) -> None:
-    """The VM's folder, published: its specfile as sent, empty disks of the sizes and formats asked."""
+def _mark_incoming(hv: Hypervisor, name: str, vm_uuid: str) -> Path:
+    """``.minivisor/incoming/<uuid>``, naming the VM, while it is taken in: a service that dies meanwhile
+    leaves it, and the next one removes the half-made VM (:func:`abandon_incoming`)."""
+    folder = hv.datastore.meta / INCOMING
+    folder.mkdir(mode=0o700, exist_ok=True)
+    marker = folder / vm_uuid.lower()
+    marker.write_text(name + "\n")
+    return marker
+
+
+def abandon_incoming(hv: Hypervisor, owned_here: Callable[[str], bool]) -> None:
+    """The VMs a previous service was taking in when it ended: their VMM killed, the VM removed (unless the
+    handover came first: then this host owns it, and it is left, paused, to its user)."""
+    from ..datastore.names import VM_NAME
+
+    folder = hv.datastore.meta / INCOMING
+    for marker in sorted(folder.iterdir()) if folder.is_dir() else ():
+        name = marker.read_text(errors="replace").strip()
+        entry = hv.datastore.catalog.find(name) if VM_NAME.match(name) else None
+        if entry is not None and entry.uuid.lower() == marker.name and not owned_here(entry.uuid):
+            log.warning("VM %s: its migration here was cut short when this host's service ended; removing it", name)
+            if not _remove(hv, name):
+                continue
+        marker.unlink(missing_ok=True)
+
+
+def _make_vm(hv: Hypervisor, request: Any) -> Path:
+    """The VM's folder, published: its specfile as sent, empty disks of the sizes and formats asked; returns
+    its marker (:func:`_mark_incoming`), made once the name and UUID are known to be free here."""
     from ..datastore.store import is_vm_metadata
     from ..images.layers import check_file_name
     from ..images.qemu_img import create_disk
@@ -260,14 +288,19 @@ def _make_vm(hv: Hypervisor, request: Any) -> None:
         check_file_name(disk.file, "disk")
         if disk.file in (".", "..") or is_vm_metadata(disk.file) or disk.file.lower().endswith(".vmx"):
             raise PathError(f"the disk {excerpt(disk.file)} of the request is no disk file of a VM's folder")
+    marker = _mark_incoming(hv, request.vm, request.uuid)
     staging = datastore.staging_dir(request.vm)
     try:
         for disk in request.disks:
             create_disk(staging / disk.file, disk.size, disk.format)
         doc.save(staging / f"{request.vm}.vmx")
         datastore.publish(staging, request.vm, request.uuid)
+    except BaseException:
+        marker.unlink()
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return marker
 
 
 def _check_disks(spec: VmSpec, disks: tuple[Disk, ...]) -> None:
@@ -331,8 +364,8 @@ def _resume(ctx: VmContext) -> None:
         qmp.execute("cont")
 
 
-def _remove(hv: Hypervisor, name: str) -> None:
-    """Kill the incoming VMM and delete the VM it was made for."""
+def _remove(hv: Hypervisor, name: str) -> bool:
+    """Kill the incoming VMM and delete the VM it was made for; False if that failed (logged)."""
     try:
         ctx = hv.vms.context(name)
         ctx.vmm.kill()
@@ -340,6 +373,8 @@ def _remove(hv: Hypervisor, name: str) -> None:
         hv.delete_vm(name)
     except HvError as exc:
         log.warning("VM %s: removing what its failed migration made: %s", name, exc.one_line())
+        return False
+    return True
 
 
 def cluster_address(endpoints: tuple[str, ...]) -> str:
