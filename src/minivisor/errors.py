@@ -41,6 +41,7 @@ __all__ = [
     "ClusterError",
     "ClusterUnreachableError",
     "MigrationError",
+    "HandoverUncertainError",
     "OwnedElsewhereError",
     "is_out_of_space",
 ]
@@ -282,6 +283,13 @@ class MigrationError(ClusterError):
     """A live migration did not happen: the VM runs where it ran (or, after its handover, is left paused here)."""
 
     code = "migration-failed"
+
+
+class HandoverUncertainError(MigrationError):
+    """etcd did not say whether a migration's handover happened: the VM is left stopped at the source, neither
+    resumed there (it may run on the destination) nor removed."""
+
+    code = "handover-uncertain"
 
 
 class OwnedElsewhereError(ConflictError):

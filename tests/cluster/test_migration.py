@@ -69,6 +69,10 @@ def test_a_running_guest_moves_with_its_disk_and_keeps_running(fabric, fabric_et
     wait_for("the guest's counter", lambda: _progress(on_a)[1] > 5)
     uptime, count = _progress(on_a)
 
+    for host, why in (("c", "host 'c' is not a live member of the cluster"), ("a", "already runs on host 'a'")):
+        refused = a.cli("vm", "migrate", "web", host)
+        assert refused.returncode == 69 and refused.stderr.count("\n") == 1 and why in refused.stderr, refused.stderr
+
     moved = a.cli("vm", "migrate", "web", "b", "--json", timeout=600)
     assert moved.returncode == 0, moved.stderr
     report = json.loads(moved.stdout)

@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import ClusterError, HvError
+from ..errors import ClusterError, HandoverUncertainError, HvError
 from ..text import excerpt
 from .config import ClusterConfig
 from .records import LiveRecord, OwnerRecord, alive_key, check_host_name, from_value, owner_key, to_value
@@ -40,6 +40,7 @@ MAX_DISKS = 16
 MAX_DISK_BYTES = 64 << 40  # 64 TiB: the largest virtual disk a request may ask the destination for
 FORMATS = ("qcow2", "raw")  # what the destination creates (a VMDK blocks QEMU's migration)
 POLL = 0.1  # seconds between two looks at a key that another host will write
+UNCERTAIN_WAIT = 60.0  # seconds a source asks etcd whether a handover whose answer was lost happened
 _ID = re.compile(r"[0-9a-f]{32}")
 _KEY = re.compile(r"[0-9a-f]{64}")
 _UUID = re.compile(r"[0-9a-fA-F-]{1,64}")
@@ -196,9 +197,29 @@ class Source:
             raise ClusterError(f"the ownership of VM {self.vm!r} changed in the cluster store meanwhile")
         dest_id = from_value(LiveRecord, dest.value, dest.key).id
         mine = OwnerRecord(self.dest, dest_id, self.vm)
-        if not self.store.replace(owner.key, to_value(mine), owner.mod_revision, lease=dest.lease,
-                                  unless_changed=(self._answer.key, self._answer.mod_revision)):
+        try:
+            done = self.store.replace(owner.key, to_value(mine), owner.mod_revision, lease=dest.lease,
+                                      unless_changed=(self._answer.key, self._answer.mod_revision))
+        except ClusterError as exc:  # the transaction may have happened without its answer reaching us
+            done = self._handed_over(dest_id, exc)
+        if not done:
             raise ClusterError(f"host {self.dest!r} gave up the migration of {self.vm!r} before the handover")
+
+    def _handed_over(self, dest_id: str, failure: ClusterError) -> bool:
+        """Whether the destination owns the VM, asked until etcd answers; HandoverUncertainError if it does not
+        within :data:`UNCERTAIN_WAIT` (then the source must neither resume the VM nor remove it)."""
+        deadline = time.monotonic() + UNCERTAIN_WAIT
+        while True:
+            try:
+                owner = self.store.get(owner_key(self.uuid))
+                return owner is not None and from_value(OwnerRecord, owner.value, owner.key).host_id == dest_id
+            except ClusterError:
+                if time.monotonic() > deadline:
+                    raise HandoverUncertainError(
+                        f"cannot tell whether VM {self.vm!r} was handed over to host {self.dest!r}: "
+                        f"{failure.message}", hint="it is left stopped here, neither resumed nor removed; see "
+                                                   "which host owns it with `minivisor cluster status`") from failure
+                time.sleep(POLL * 10)
 
     def withdraw(self) -> None:
         """Remove the request and the answer: the destination drops what it made (if it has not taken over)."""

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ClusterError, ConflictError, HvError, MigrationError, PathError
+from ..errors import ClusterError, ConflictError, HandoverUncertainError, HvError, MigrationError, PathError
 from ..text import clip, excerpt
 from ..units import human_size
 from ..vmm.states import Action
@@ -70,6 +70,8 @@ def migrate(vms: Vms, name: str, dest: str, progress: Callable[[str], None] | No
             ready = source.wait("ready", PREPARE_TIMEOUT)
             copied = _copy(ctx, ready, source.key, report)
             source.hand_over()
+        except HandoverUncertainError:
+            raise  # nothing undone: the guest may run on the destination
         except BaseException as exc:
             _undo(ctx, source)
             ctx.emit("migrationFailed", to=dest, reason=exc.one_line() if isinstance(exc, HvError) else repr(exc))
@@ -101,12 +103,11 @@ def _what_moves(ctx: VmContext) -> tuple[str, list[Disk]]:
 
     spec = VmSpec.from_vmx(read_vmx(ctx.vmx))
     chains, files, _ = resolve_files(spec, ctx.scope, ctx.vmx)
-    refuse = _refusal(ctx.name)
     if spec.firmware == "efi":
-        refuse("it boots with UEFI, whose variable store is not copied yet", "")
+        raise _cannot(ctx.name, "it boots with UEFI, whose variable store is not copied yet", "")
     if files:
-        refuse(f"it uses files besides its disks ({', '.join(sorted(files))})",
-               "eject its CD-ROM and remove serial or floppy files first")
+        raise _cannot(ctx.name, f"it uses files besides its disks ({', '.join(sorted(files))})",
+                      "eject its CD-ROM and remove serial or floppy files first")
     disks = []
     for disk in spec.disks:
         chain = chains.get(disk.node)
@@ -114,27 +115,25 @@ def _what_moves(ctx: VmContext) -> tuple[str, list[Disk]]:
             continue
         top = chain[0]
         if len(chain) > 1:
-            refuse(f"its disk {disk.node} has {len(chain) - 1} backing layer(s)",
-                   f"delete its snapshots (or fully clone it) first: minivisor snapshot list {ctx.name}")
+            raise _cannot(ctx.name, f"its disk {disk.node} has {len(chain) - 1} backing layer(s)",
+                          f"delete its snapshots (or fully clone it) first: minivisor snapshot list {ctx.name}")
         if top.format not in FORMATS or disk.mode == "independent-nonpersistent":
-            refuse(f"its disk {disk.node} is {top.format} ({disk.mode})",
-                   "convert it to qcow2 (minivisor disk convert) while the VM is off")
+            raise _cannot(ctx.name, f"its disk {disk.node} is {top.format} ({disk.mode})",
+                          "convert it to qcow2 (minivisor disk convert) while the VM is off")
         if disk.file_name != top.path.name or top.path.parent.resolve() != ctx.vm_dir.resolve():
-            refuse(f"its disk {disk.node} is not a file of its own folder", "copy it into the VM's folder first")
+            raise _cannot(ctx.name, f"its disk {disk.node} is not a file of its own folder",
+                          "copy it into the VM's folder first")
         disks.append(Disk(top.path.name, top.format, top.virtual_size))
     if not disks:
-        refuse("it has no hard disk", "")
+        raise _cannot(ctx.name, "it has no hard disk", "")
     try:
         return ctx.vmx.read_bytes().decode("utf-8"), disks
     except UnicodeDecodeError:
-        refuse("its specfile is not UTF-8", "")
-    raise AssertionError  # refuse raised
+        raise _cannot(ctx.name, "its specfile is not UTF-8", "") from None
 
 
-def _refusal(name: str) -> Callable[[str, str], None]:
-    def refuse(why: str, hint: str) -> None:
-        raise MigrationError(f"cannot migrate VM {name!r}: {why}", hint=hint)
-    return refuse
+def _cannot(name: str, why: str, hint: str) -> MigrationError:
+    return MigrationError(f"cannot migrate VM {name!r}: {why}", hint=hint or None)
 
 
 def _copy(ctx: VmContext, ready: Answer, key: str, report: Callable[[str], None]) -> dict[str, Any]:
@@ -344,11 +343,16 @@ def _handed_over(ctx: VmContext, destination: Destination) -> bool:
     """Wait until this host owns the VM (True), or until there is no point: the request withdrawn, the VMM
     gone, too long (then the answer is withdrawn first, so the handover cannot happen after: False)."""
     deadline = time.monotonic() + HANDOVER_TIMEOUT
-    while not destination.owned_here():
-        if not destination.wanted() or ctx.vmm.record() is None or time.monotonic() > deadline:
-            return not destination.give_up()
+    while True:
+        try:
+            if destination.owned_here():
+                return True
+            if not destination.wanted() or ctx.vmm.record() is None or time.monotonic() > deadline:
+                return not destination.give_up()
+        except ClusterError as exc:  # etcd busy or out of reach: the handover may come, or not; ask again
+            log.warning("VM %s: waiting for its handover: %s", ctx.name, exc.one_line())
+            time.sleep(1)
         time.sleep(POLL)
-    return True
 
 
 def _resume(ctx: VmContext) -> None:
