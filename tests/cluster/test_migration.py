@@ -107,11 +107,12 @@ def test_a_running_guest_moves_with_its_disk_and_keeps_running(fabric, fabric_et
     assert written > later_count and bad == []
 
 
-@pytest.mark.parametrize("killed", ["vmm", "host"])
-def test_a_migration_whose_destination_dies_leaves_the_vm_running_on_the_source(fabric, fabric_etcd, hosts,
-                                                                                appliance_image, killed):
+@pytest.mark.parametrize("killed", ["vmm", "host", "migration"])
+def test_a_migration_killed_halfway_leaves_the_vm_running_on_the_source(fabric, fabric_etcd, hosts,
+                                                                        appliance_image, killed):
     """``vmm``: the destination's VMM is killed; ``host``: every process of the destination's namespace (its
-    service and the VMM), and its service started again finds and removes what the first one made."""
+    service and the VMM), and its service started again finds and removes what the first one made;
+    ``migration``: the source's ``vm migrate`` process, whose VMM its host's service then sets back."""
     a, b, vm = _running_guest(fabric, fabric_etcd, hosts, appliance_image)
     on_a = Hypervisor(a.root)
     (pid,) = qemus_under(a.root)
@@ -129,7 +130,8 @@ def test_a_migration_whose_destination_dies_leaves_the_vm_running_on_the_source(
             if line.startswith("  disks"):
                 break
         (incoming,) = qemus_under(b.root)
-        for victim in _pids_in(b.netns) if killed == "host" else [incoming]:
+        victims = {"vmm": [incoming], "host": _pids_in(b.netns), "migration": [migration.pid]}[killed]
+        for victim in victims:
             os.kill(victim, 9)
         _, rest = migration.communicate(timeout=300)
     finally:
@@ -137,10 +139,16 @@ def test_a_migration_whose_destination_dies_leaves_the_vm_running_on_the_source(
             migration.kill()
             migration.wait()
     errors = [line for line in (*progress, *rest.splitlines()) if line and not line.startswith("  ")]
-    assert migration.returncode == 69 and len(errors) == 1, errors
-    assert errors[0].startswith("error: ") and "host 'b'" in errors[0], errors
+    if killed == "migration":
+        assert migration.returncode == -9 and errors == []
+    else:
+        assert migration.returncode == 69 and len(errors) == 1, errors
+        assert errors[0].startswith("error: ") and "host 'b'" in errors[0], errors
 
     # the VM runs on at the source, the same VMM, owned there; nothing of it is left on the destination
+    if killed == "migration":
+        wait_for("the source's service to withdraw the request",
+                 lambda: not list((a.root / ".minivisor" / "outgoing").iterdir()), timeout=30)
     assert qemus_under(a.root) == [pid] and on_a.get_vm("web").state == "running"
     assert _owner(fabric_etcd, vm.uuid)["host"] == "a"
     if killed == "host":

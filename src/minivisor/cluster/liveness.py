@@ -14,7 +14,9 @@ Two threads, so that a hung request to etcd never delays a fence:
   once etcd answers again, revokes the fenced lease and takes a new one.
 - the **receiver** looks for migration requests addressed to this host (:mod:`.migration`) and hands
   each new one to :meth:`Host.receive_migration` on a thread of its own; until that returns, the VM it
-  brings in is left alone by the keeper (it runs here before this host owns it, by design).
+  brings in is left alone by the keeper (it runs here before this host owns it, by design). It also
+  cleans up after processes that died: VMs a previous service was taking in, and migrations out of this
+  host whose process (``vm migrate``) ended before it finished.
 
 A restarted service takes over its predecessor's lease while it is alive, so the claims of the VMs
 that kept running stay valid. Not yet covered: a service stopped for longer than the TTL while VMs
@@ -27,6 +29,7 @@ What the member does to VMs goes through a :class:`Host`, which the service make
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -72,6 +75,10 @@ class Host(Protocol):
 
     def abandon_incoming(self, owned_here: Callable[[str], bool]) -> None:
         """Remove the VMs a previous service was taking in when it ended, unless ``owned_here(uuid)``."""
+
+    def abandon_outgoing(self, owned_here: Callable[[str], bool], withdraw: Callable[[str, str], None]) -> None:
+        """Undo the migrations whose process died (unless the VM is no longer ``owned_here``), and
+        ``withdraw(dest, request id)`` their requests."""
 
 
 class Member:
@@ -249,6 +256,8 @@ class Member:
 
     # -- the receiver -------------------------------------------------------------------
     def _receive(self) -> None:
+        from .migration import withdraw
+
         abandoned = False
         while not self._stopping.wait(RECEIVE_POLL):
             config = self._config
@@ -256,9 +265,11 @@ class Member:
                 continue
             try:
                 store = self._store(config)
+                owns = functools.partial(self._owns, store, config)
                 if not abandoned:  # before any new request: what a previous service left half-made
-                    self.host.abandon_incoming(lambda vm_uuid: self._owns(store, config, vm_uuid))
+                    self.host.abandon_incoming(owns)
                     abandoned = True
+                self.host.abandon_outgoing(owns, functools.partial(withdraw, store))
                 self._take_requests(store, config)
             except HvError as exc:
                 self._complain(exc.one_line())

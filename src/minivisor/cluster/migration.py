@@ -31,7 +31,7 @@ from .config import ClusterConfig
 from .records import LiveRecord, OwnerRecord, alive_key, check_host_name, from_value, owner_key, to_value
 from .store import Entry, Store
 
-__all__ = ["Request", "Disk", "Answer", "Source", "Destination", "requests_for", "read_request", "MIGRATIONS",
+__all__ = ["Request", "Disk", "Answer", "Source", "Destination", "requests_for", "read_request", "withdraw", "MIGRATIONS",
            "ANSWERS", "MAX_SPECFILE", "MAX_DISK_BYTES", "MAX_DISKS"]
 
 MIGRATIONS, ANSWERS = "migrations/", "answers/"
@@ -223,8 +223,13 @@ class Source:
 
     def withdraw(self) -> None:
         """Remove the request and the answer: the destination drops what it made (if it has not taken over)."""
-        self.store.delete(request_key(self.dest, self.id))
-        self.store.delete(answer_key(self.id))
+        withdraw(self.store, self.dest, self.id)
+
+
+def withdraw(store: Store, dest: str, request_id: str) -> None:
+    """Remove a request and its answer (also for a source process that died: its service does it)."""
+    store.delete(request_key(dest, request_id))
+    store.delete(answer_key(request_id))
 
 
 class Destination:

@@ -129,6 +129,11 @@ class ClusterHost:
 
         abandon_incoming(self.hv, owned_here)
 
+    def abandon_outgoing(self, owned_here: Callable[[str], bool], withdraw: Callable[[str, str], None]) -> None:
+        from .migration import abandon_outgoing
+
+        abandon_outgoing(self.hv, owned_here, withdraw)
+
     def facts(self) -> dict[str, Any]:
         from .. import __version__
         from ..host import facts

@@ -17,27 +17,33 @@ The two hosts talk through etcd only (:mod:`minivisor.cluster.migration`); their
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ClusterError, ConflictError, HandoverUncertainError, HvError, MigrationError, PathError
+from .. import procfs
+from ..errors import (ClusterError, ConflictError, HandoverUncertainError, HvError, LockError, MigrationError,
+                      NotFoundError, PathError, StateError)
+from ..files import write_atomic
 from ..text import clip, excerpt
 from ..units import human_size
 from ..vmm.states import Action
 
 if TYPE_CHECKING:
-    from ..cluster.migration import Answer, Destination, Disk
+    from ..cluster.migration import Answer, Destination, Disk, Source
     from ..spec.vmspec import VmSpec
     from .context import VmContext, Vms
     from .hypervisor import Hypervisor
 
-__all__ = ["migrate", "receive", "abandon_incoming"]
+__all__ = ["migrate", "receive", "abandon_incoming", "abandon_outgoing"]
 
 log = logging.getLogger("minivisor.cluster")
 
@@ -47,6 +53,7 @@ HANDOVER_TIMEOUT = COPY_TIMEOUT + 2 * PREPARE_TIMEOUT  # seconds a destination w
 REPORT_EVERY = 1.0  # seconds between two progress lines
 POLL = 0.1
 INCOMING = "incoming"  # in the datastore's .minivisor folder: a marker per VM being taken in
+OUTGOING = "outgoing"  # and one per migration this host's processes are running
 
 
 # -- the source ----------------------------------------------------------------------------
@@ -62,36 +69,89 @@ def migrate(vms: Vms, name: str, dest: str, progress: Callable[[str], None] | No
         specfile, disks = _what_moves(ctx)
         source = Source(Store(config.endpoints), config, dest, ctx.name, ctx.uuid)
         started = time.monotonic()
-        source.ask(specfile, disks, ctx.vmm.ready_line() or "")
-        ctx.emit("migrating", to=dest)
-        try:
-            report(f"asked host {dest} to make {ctx.name} ({len(disks)} disk(s), "
-                   f"{human_size(sum(d.size for d in disks))})")
-            ready = source.wait("ready", PREPARE_TIMEOUT)
-            copied = _copy(ctx, ready, source.key, report)
-            source.hand_over()
-        except HandoverUncertainError:
-            raise  # nothing undone: the guest may run on the destination
-        except BaseException as exc:
-            _undo(ctx, source)
-            ctx.emit("migrationFailed", to=dest, reason=exc.one_line() if isinstance(exc, HvError) else repr(exc))
-            if isinstance(exc, HvError) and not isinstance(exc, ClusterError):  # its VMM's: say what it means
-                raise MigrationError(f"VM {ctx.name!r} did not move to host {dest!r}: {exc.message}",
-                                     hint=f"it runs on here; {exc.hint}" if exc.hint else "it runs on here") from exc
-            raise
-        try:
-            source.wait("running", PREPARE_TIMEOUT)
-        except ClusterError as exc:
-            raise MigrationError(f"VM {ctx.name!r} was handed over to host {dest!r}, which did not say it runs it: "
-                                 f"{exc.message}", hint=f"see `minivisor vm show {ctx.name}` on {dest}; its VMM "
-                                                        "here is left paused") from exc
-        resumed = time.monotonic()
-        _leave(vms, ctx, dest)
-        source.withdraw()
+        with _outgoing(vms.datastore.meta, source):
+            return _move(vms, ctx, source, specfile, disks, started, report)
+
+
+def _move(vms: Vms, ctx: VmContext, source: Source, specfile: str, disks: list[Disk], started: float,
+          report: Callable[[str], None]) -> dict[str, Any]:
+    """:func:`migrate` once the VM's turn is held and its outgoing marker written."""
+    dest = source.dest
+    source.ask(specfile, disks, ctx.vmm.ready_line() or "")
+    ctx.emit("migrating", to=dest)
+    try:
+        report(f"asked host {dest} to make {ctx.name} ({len(disks)} disk(s), "
+               f"{human_size(sum(d.size for d in disks))})")
+        ready = source.wait("ready", PREPARE_TIMEOUT)
+        copied = _copy(ctx, ready, source.key, report)
+        source.hand_over()
+    except HandoverUncertainError:
+        raise  # nothing undone: the guest may run on the destination
+    except BaseException as exc:
+        _undo(ctx, source)
+        ctx.emit("migrationFailed", to=dest, reason=exc.one_line() if isinstance(exc, HvError) else repr(exc))
+        if isinstance(exc, HvError) and not isinstance(exc, ClusterError):  # its VMM's: say what it means
+            raise MigrationError(f"VM {ctx.name!r} did not move to host {dest!r}: {exc.message}",
+                                 hint=f"it runs on here; {exc.hint}" if exc.hint else "it runs on here") from exc
+        raise
+    try:
+        source.wait("running", PREPARE_TIMEOUT)
+    except ClusterError as exc:
+        raise MigrationError(f"VM {ctx.name!r} was handed over to host {dest!r}, which did not say it runs it: "
+                             f"{exc.message}", hint=f"see `minivisor vm show {ctx.name}` on {dest}; its VMM "
+                                                    "here is left paused") from exc
+    resumed = time.monotonic()
+    _leave(vms, ctx, dest)
+    source.withdraw()
     handover_ms = round((resumed - copied.pop("completed_at")) * 1000)
-    return {"vm": ctx.name, "source": config.host, "destination": dest, **copied,
+    return {"vm": ctx.name, "source": source.config.host, "destination": dest, **copied,
             "handover_ms": handover_ms, "downtime_ms": copied["qemu_downtime_ms"] + handover_ms,
             "total_seconds": round(resumed - started, 3)}
+
+
+@contextmanager
+def _outgoing(meta: Path, source: Source) -> Iterator[None]:
+    """``.minivisor/outgoing/<id>`` while this process moves a VM: if it dies, the host's service finds the
+    marker of a process that is gone and undoes the migration (:func:`abandon_outgoing`)."""
+    folder = meta / OUTGOING
+    folder.mkdir(mode=0o700, exist_ok=True)
+    marker = folder / source.id
+    pid = os.getpid()
+    write_atomic(marker, json.dumps({"pid": pid, "start": procfs.start_ticks(pid), "vm": source.vm,
+                                     "dest": source.dest}).encode(), sync="none")
+    try:
+        yield
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def abandon_outgoing(hv: Hypervisor, owned_here: Callable[[str], bool],
+                     withdraw: Callable[[str, str], None]) -> None:
+    """The migrations whose process died: before the handover, the VM's VMM is told to forget the migration
+    (the guest runs on); after it, nothing here is touched (the guest runs on the destination). Either way the
+    request is withdrawn, so the destination drops what it made or keeps what it owns."""
+    folder = hv.datastore.meta / OUTGOING
+    for marker in sorted(folder.iterdir()) if folder.is_dir() else ():
+        try:
+            found = json.loads(marker.read_bytes())
+            pid, start, name, dest = found["pid"], found["start"], found["vm"], found["dest"]
+        except (OSError, ValueError, KeyError, TypeError):
+            marker.unlink(missing_ok=True)  # not ours to read: nothing to undo from it
+            continue
+        if procfs.is_same_process(pid, start):
+            continue  # still moving it
+        try:
+            with hv.vms.operate(name, Action.MIGRATE, wait=0) as ctx:
+                if owned_here(ctx.uuid):
+                    log.warning("VM %s: the process migrating it to host %s ended; undoing the migration", name,
+                                dest)
+                    _undo(ctx, None)
+        except LockError:
+            continue  # another operation has its turn (not the dead process's): looked at again later
+        except (NotFoundError, StateError):
+            pass  # gone, or no VMM: nothing to undo in it
+        withdraw(dest, marker.name)
+        marker.unlink(missing_ok=True)
 
 
 def _what_moves(ctx: VmContext) -> tuple[str, list[Disk]]:
@@ -177,7 +237,7 @@ def _check(deadline: float, what: str) -> None:
         raise MigrationError(f"the migration did not {what} within {COPY_TIMEOUT:.0f} s")
 
 
-def _undo(ctx: VmContext, source: Any) -> None:
+def _undo(ctx: VmContext, source: Source | None) -> None:
     """Before the handover: the VM runs on here, nothing of the migration is left in its VMM, the request goes."""
     from ..vmm import migration as vmm_migration
 
@@ -189,7 +249,8 @@ def _undo(ctx: VmContext, source: Any) -> None:
         log.warning("VM %s: undoing its migration: %s", ctx.name, exc.one_line())
     finally:
         try:
-            source.withdraw()
+            if source is not None:
+                source.withdraw()
         except ClusterError as exc:
             log.warning("VM %s: its migration request stays until this host's lease ends: %s", ctx.name,
                         exc.one_line())
