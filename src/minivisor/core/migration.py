@@ -131,7 +131,7 @@ def abandon_outgoing(hv: Hypervisor, owned_here: Callable[[str], bool],
     (the guest runs on); after it, nothing here is touched (the guest runs on the destination). Either way the
     request is withdrawn, so the destination drops what it made or keeps what it owns."""
     folder = hv.datastore.meta / OUTGOING
-    for marker in sorted(folder.iterdir()) if folder.is_dir() else ():
+    for marker in sorted(folder.glob("[!.]*")) if folder.is_dir() else ():  # not a marker's temp file
         try:
             found = json.loads(marker.read_bytes())
             pid, start, name, dest = found["pid"], found["start"], found["vm"], found["dest"]
