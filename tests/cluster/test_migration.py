@@ -59,7 +59,7 @@ def _running_guest(fabric, fabric_etcd, hosts, appliance_image):
     vm = create_guest(Hypervisor(a.root), "web", appliance_image, memory_mib=64, network="none")
     cluster_of(fabric_etcd, a, b)
     a.ok("vm", "start", "web", "--wait-ready")
-    _guest(Hypervisor(a.root), WRITER)
+    _guest(Hypervisor(a.root), WRITER + "; while [ ! -e /tmp/count ]; do sleep 0.05; done")
     return a, b, vm
 
 
@@ -88,6 +88,7 @@ def test_a_running_guest_moves_with_its_disk_and_keeps_running(fabric, fabric_et
     on_b = Hypervisor(b.root)
     assert on_b.get_vm("web").uuid == vm.uuid
     assert on_b.wait_ready("web", timeout=1)  # the same boot: ready already
+    assert not (on_b.vm_paths("web").runtime_dir / "keys.psk").exists()  # the one-time key is gone
 
     # the same boot goes on: uptime and counter kept growing, and the writer still runs
     later_uptime, later_count = _progress(on_b)
@@ -153,8 +154,11 @@ def test_a_migration_killed_halfway_leaves_the_vm_running_on_the_source(fabric, 
     assert _owner(fabric_etcd, vm.uuid)["host"] == "a"
     if killed == "host":
         b.serve()
-    wait_for("the destination to remove what it made",
-             lambda: not (b.root / "web").exists() and Hypervisor(b.root).list_vms() == [], timeout=30)
+    try:
+        wait_for("the destination to remove what it made",
+                 lambda: not (b.root / "web").exists() and Hypervisor(b.root).list_vms() == [], timeout=60)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; b's service log ends with:\n{b.log_path.read_text()[-3000:]}") from None
     assert qemus_under(b.root) == []
     time.sleep(0.5)
     assert _progress(on_a)[1] > count

@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -200,8 +199,8 @@ def _copy(ctx: VmContext, ready: Answer, key: str, report: Callable[[str], None]
     """Mirror the disks until in sync, send the memory, end the mirrors; the counts and times of it."""
     from ..vmm import migration as vmm_migration
 
-    with tempfile.TemporaryDirectory(prefix="minivisor-tls-") as tls, ctx.vmm.session() as qmp:
-        vmm_migration.add_psk(qmp, "client", Path(tls), key)
+    with ctx.vmm.session() as qmp:
+        vmm_migration.add_psk(qmp, "client", ctx.paths.runtime_dir, key)
         vmm_migration.mirror(qmp, ready.address, ready.nbd_port)
         deadline, last = time.monotonic() + COPY_TIMEOUT, 0.0
         while not (mirrored := vmm_migration.mirror_progress(qmp)).ready:
@@ -272,15 +271,18 @@ def _leave(vms: Vms, ctx: VmContext, dest: str) -> None:
 def receive(hv: Hypervisor, destination: Destination) -> None:
     """Take in the VM of ``destination.request``, or answer why not and leave nothing of it here."""
     from ..cluster.migration import Answer
+    from ..vmm import migration as vmm_migration
 
     request = destination.request
     made: Path | None = None  # the marker of the VM made here, while it is not this host's
     try:
         made = _make_vm(hv, request)
         ctx = _start_incoming(hv, request.vm)
-        with tempfile.TemporaryDirectory(prefix="minivisor-tls-") as tls:  # read at each TLS handshake
-            destination.answer(_listen(ctx, destination, Path(tls)))
+        try:
+            destination.answer(_listen(ctx, destination))
             handed_over = _handed_over(ctx, destination)
+        finally:  # no TLS handshake is to come
+            vmm_migration.remove_psk_file(ctx.paths.runtime_dir)
         if not handed_over:
             raise MigrationError(f"the migration of VM {request.vm!r} from host {request.source!r} was given up")
         _resume(ctx)
@@ -385,16 +387,16 @@ def _start_incoming(hv: Hypervisor, name: str) -> VmContext:
     return ctx
 
 
-def _listen(ctx: VmContext, destination: Destination, tls: Path) -> Answer:
+def _listen(ctx: VmContext, destination: Destination) -> Answer:
     """Serve the disks over NBD and wait for the memory, on this host's cluster address, both over TLS with
-    the request's one-time key (kept in ``tls`` meanwhile)."""
+    the request's one-time key."""
     from ..cluster.migration import Answer
     from ..vmm import migration as vmm_migration
 
     address = cluster_address(destination.config.endpoints)
     nbd_port, migrate_port = _free_ports(address, 2)
     with ctx.vmm.session() as qmp:
-        vmm_migration.add_psk(qmp, "server", tls, destination.request.key)
+        vmm_migration.add_psk(qmp, "server", ctx.paths.runtime_dir, destination.request.key)
         vmm_migration.serve_disks(qmp, address, nbd_port)
         vmm_migration.listen(qmp, address, migrate_port)
     return Answer("ready", address, nbd_port, migrate_port)

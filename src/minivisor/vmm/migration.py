@@ -20,6 +20,7 @@ Every function takes an open :class:`~minivisor.vmm.qmp.QmpSession` of the VMM i
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from ..errors import QmpCommandError, QmpError
 from .jobs import JOB_TIMEOUT, device_tops
 from .qmp import QmpSession
 
-__all__ = ["add_psk", "drop_psk", "serve_disks", "stop_serving", "listen", "incoming_done", "mirror",
+__all__ = ["add_psk", "remove_psk_file", "drop_psk", "serve_disks", "stop_serving", "listen", "incoming_done", "mirror",
            "mirror_progress", "start_migration", "migration_status", "end_mirrors", "abort", "MirrorProgress"]
 
 JOB_PREFIX = "migrate-"  # minivisor's mirror jobs of a migration
@@ -37,6 +38,7 @@ TARGET_PREFIX = "migrate-target-"  # the NBD client nodes the mirrors write to
 POLL = 0.05
 TLS_ID = "migrate-tls"  # the VMM's TLS credentials object of a migration
 PSK_IDENTITY = "minivisor"
+PSK_FILE = "keys.psk"  # QEMU's name for it, in the folder its tls-creds-psk object is given
 
 
 def _inet(address: str, port: int) -> dict[str, str]:
@@ -49,17 +51,28 @@ def _uri(address: str, port: int) -> str:
 
 # -- both --------------------------------------------------------------------------------
 def add_psk(qmp: QmpSession, endpoint: str, folder: Path, key: str) -> None:
-    """TLS credentials (``endpoint``: server or client) from the pre-shared ``key`` (hex), written into the
-    owner-only ``folder`` that must stay until the connections are made (a server reads it at each handshake);
-    the migration's stream uses them from now on."""
-    psk = folder / "keys.psk"
-    psk.write_text(f"{PSK_IDENTITY}:{key}\n")
-    psk.chmod(0o600)
+    """TLS credentials (``endpoint``: server or client) from the pre-shared ``key`` (hex); the migration's stream
+    uses them from now on. The key goes through a file in the VMM's owner-only runtime ``folder``: a client reads
+    it at once, and it is removed here; a server reads it at each handshake, so it stays until
+    :func:`remove_psk_file` (or the VMM's end, which removes the folder)."""
+    psk = folder / PSK_FILE
+    fd = os.open(psk, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(f"{PSK_IDENTITY}:{key}\n")
     creds: dict[str, Any] = {"qom-type": "tls-creds-psk", "id": TLS_ID, "endpoint": endpoint, "dir": str(folder)}
     if endpoint == "client":
         creds["username"] = PSK_IDENTITY
-    qmp.execute("object-add", creds)
+    try:
+        qmp.execute("object-add", creds)
+    finally:
+        if endpoint == "client":
+            psk.unlink(missing_ok=True)
     qmp.execute("migrate-set-parameters", {"tls-creds": TLS_ID})
+
+
+def remove_psk_file(folder: Path) -> None:
+    """The server's key file gone, once no handshake is to come."""
+    (folder / PSK_FILE).unlink(missing_ok=True)
 
 
 def drop_psk(qmp: QmpSession) -> None:
