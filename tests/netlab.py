@@ -181,8 +181,7 @@ def end_lab(lab: Lab) -> None:
     _end(lab.host)
     _end(lab.up)
     # dnsmasq's folders outside the namespaces (a test that failed before deleting its networks leaves them)
-    from minivisor.net.dhcp import dhcp_files
+    from minivisor.net.dhcp import datastore_dhcp_files
 
-    tag = dhcp_files(lab.datastore / ".minivisor", "x").runtime.name[:-len("-x")]
-    for folder in dhcp_files(lab.datastore / ".minivisor", "x").runtime.parent.glob(f"{tag}-*"):
-        shutil.rmtree(folder, ignore_errors=True)
+    for files in datastore_dhcp_files(lab.datastore / ".minivisor"):
+        shutil.rmtree(files.runtime, ignore_errors=True)

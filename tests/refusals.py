@@ -8,14 +8,15 @@ import subprocess
 from pathlib import Path
 
 
-def datastore_state(folder: Path, *, contents: bool = True) -> dict[str, str]:
+def datastore_state(folder: Path, *, contents: bool = True, running: bool = False) -> dict[str, str]:
     """Every file under the datastore, its metadata included, with a hash of its content.
 
     The catalog counts by its rows (SQLite may rewrite its file's bytes on a checkpoint
     without changing any row), its spec_cache left out (a cache: reading a VM may refill
     it); lock files, created on demand by any operation, are left out.
     ``contents=False`` takes each file's size and modification time instead of reading it
-    (for a test whose attack is a file too large to read).
+    (for a test whose attack is a file too large to read). ``running``: a VM runs, so the logs its VMM
+    writes (``*.log``) are left out.
     """
     def fingerprint(path: Path) -> str:
         if not contents:
@@ -24,7 +25,7 @@ def datastore_state(folder: Path, *, contents: bool = True) -> dict[str, str]:
 
     files = {str(p.relative_to(folder)): fingerprint(p) for p in sorted(folder.rglob("*"))
              if p.is_file() and not p.name.startswith("catalog.sqlite") and "locks" not in p.relative_to(folder).parts
-             and not p.name.endswith(".lck")}
+             and not p.name.endswith(".lck") and not (running and p.suffix == ".log")}
     with sqlite3.connect(folder / ".minivisor" / "catalog.sqlite") as db:
         files["catalog rows"] = "\n".join(row for row in db.iterdump() if '"spec_cache"' not in row)
     return files

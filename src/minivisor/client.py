@@ -32,6 +32,7 @@ import time
 
 from . import errors, procfs
 from .errors import HostError, HvError
+from .records import Record
 from .service import routes
 from .service.discovery import SERVICE_FILE, TOKEN_FILE
 
@@ -419,7 +420,7 @@ def _snapshot(data: dict[str, Any]) -> Any:
 
 
 def rebuild(tp: Any, data: Any) -> Any:
-    """Turn JSON data back into ``tp`` (dataclasses, enums, paths, tuples, optionals)."""
+    """Turn JSON data back into ``tp`` (records, dataclasses, enums, paths, tuples, optionals)."""
     import dataclasses
     import enum
     import types
@@ -438,7 +439,7 @@ def rebuild(tp: Any, data: Any) -> Any:
     if origin is list:
         (item_type,) = typing.get_args(tp) or (typing.Any,)
         return [rebuild(item_type, item) for item in data]
-    if dataclasses.is_dataclass(tp) and isinstance(data, dict):
+    if (dataclasses.is_dataclass(tp) or (isinstance(tp, type) and issubclass(tp, Record))) and isinstance(data, dict):
         fields = _init_fields(tp)
         return tp(**{k: rebuild(fields[k], v) for k, v in data.items() if k in fields})
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
@@ -450,9 +451,11 @@ def rebuild(tp: Any, data: Any) -> Any:
 
 @functools.cache
 def _init_fields(tp: type) -> dict[str, Any]:
-    """A dataclass's constructor fields and their types (resolved once: `vm list` rebuilds hundreds of VmInfo)."""
+    """A record's or dataclass's constructor fields and their types (resolved once: `vm list` rebuilds hundreds of
+    VmInfo)."""
     import dataclasses
     import typing
 
     hints = typing.get_type_hints(tp)
-    return {f.name: hints.get(f.name, typing.Any) for f in dataclasses.fields(tp) if f.init}
+    names = tp._fields if issubclass(tp, Record) else [f.name for f in dataclasses.fields(tp) if f.init]
+    return {name: hints.get(name, typing.Any) for name in names}

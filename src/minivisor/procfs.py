@@ -16,7 +16,7 @@ import time
 from collections import namedtuple
 from collections.abc import Iterable, Iterator
 
-__all__ = ["ProcStat", "read_stat", "start_ticks", "is_same_process", "cmdline", "comm", "holders_of", "wait_gone",
+__all__ = ["ProcStat", "read_stat", "start_ticks", "is_same_process", "cmdline", "comm", "all_pids", "mentioning", "holders_of", "wait_gone",
            "rss_bytes", "io_bytes", "meminfo_bytes", "host_cpu_seconds", "own_umask", "CLOCK_TICKS"]
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -78,12 +78,21 @@ def comm(pid: int) -> str | None:
         return None
 
 
+def all_pids() -> Iterator[int]:
+    """Every process this one may look at."""
+    return (int(name) for name in os.listdir("/proc") if name.isdigit())
+
+
+def mentioning(marker: str) -> list[int]:
+    """The other processes whose arguments contain ``marker`` (a VM's QMP socket path names its VMM)."""
+    own = os.getpid()
+    return [pid for pid in all_pids() if pid != own and any(marker in arg for arg in cmdline(pid) or ())]
+
+
 def holders_of(targets: set[str], pids: Iterable[int] | None = None) -> Iterator[int]:
     """The processes (of ``pids``, else of every one this process may look at) with a file descriptor open on one
     of ``targets``, as ``/proc/PID/fd`` links name them: a real path, or ``socket:[INODE]``."""
-    if pids is None:
-        pids = (int(name) for name in os.listdir("/proc") if name.isdigit())
-    for pid in pids:
+    for pid in all_pids() if pids is None else pids:
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:

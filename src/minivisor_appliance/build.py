@@ -32,10 +32,12 @@ import struct
 import subprocess
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from minivisor.errors import ImageBuildError
+from minivisor.locks import try_lock
 
 __all__ = [
     "IMAGE_SIZE",
@@ -81,6 +83,11 @@ _KERNEL_MAKE = (
 _KERNEL_CONFIGURE = ("KCONFIG_ALLCONFIG=minivisor.config", "allnoconfig")
 _KERNEL_COMPILE = ("bzImage",)
 _KERNEL_IMAGE = "arch/x86/boot/bzImage"
+# A build works in cache_dir/.build-XXXX, holding the lock file in it for as long as it runs.
+_WORK_PREFIX = ".build-"
+_WORK_LOCK = ".lock"
+_UNLOCKED_WORK_AGE = 24 * 3600  # seconds: a work folder without a lock is from a build older than the locks
+
 # The compile step says how far it is every this many files compiled (of ~1,100).
 _COMPILE_PROGRESS_EVERY = 100
 
@@ -176,18 +183,44 @@ def build_appliance(cache_dir: Path, *, force: bool = False, progress: Progress 
 def _build(cache_dir: Path, target: Path, tools: dict[str, str], say: Progress) -> None:
     """Build the image into a temporary file beside ``target``, then rename it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_builds(cache_dir)
     # The kernel's source unpacks to 1.3 GB: work beside the cache rather
     # than in a /tmp that may be a small tmpfs.
-    with tempfile.TemporaryDirectory(prefix=".build-", dir=cache_dir) as work:
-        apt = _Apt(tools, cache_dir / "debs", say)
-        kernel = _kernel(cache_dir / "kernels", apt, Path(work), tools, say)
-        say("writing the initramfs")
-        _extract_deb(apt.download(_BUSYBOX_PACKAGE), Path(work) / "busybox", tools)
-        agent = _agent_files(_Packages(apt, Path(work) / "agent", tools))
-        initrd = Path(work) / "initrd"
-        initrd.write_bytes(_initramfs(Path(work) / "busybox" / "bin" / "busybox", agent))
-        say("writing the disk image")
-        _publish(target, lambda partial: _write_disk(partial, kernel, initrd, tools))
+    with tempfile.TemporaryDirectory(prefix=_WORK_PREFIX, dir=cache_dir) as work:
+        lock = try_lock(Path(work, _WORK_LOCK))  # held while this build runs: see remove_abandoned_builds
+        assert lock is not None, "a new folder's lock is free"
+        try:
+            _build_in(cache_dir, Path(work), target, tools, say)
+        finally:
+            os.close(lock)
+
+
+def remove_abandoned_builds(cache_dir: Path) -> None:
+    """Remove the work folders of builds that were killed (a kernel's is 1.3 GB): those whose lock nobody holds,
+    and those made before builds took one (a day old or more). A build that runs is never touched."""
+    for work in Path(cache_dir).glob(f"{_WORK_PREFIX}*"):
+        lock = work / _WORK_LOCK
+        if lock.exists():
+            fd = try_lock(lock)
+            if fd is None:
+                continue
+            os.close(fd)
+        elif time.time() - work.stat().st_mtime < _UNLOCKED_WORK_AGE:
+            continue
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _build_in(cache_dir: Path, work: Path, target: Path, tools: dict[str, str], say: Progress) -> None:
+    """The build's steps in its work folder: the kernel (or the cached one), the initramfs, the disk image."""
+    apt = _Apt(tools, cache_dir / "debs", say)
+    kernel = _kernel(cache_dir / "kernels", apt, work, tools, say)
+    say("writing the initramfs")
+    _extract_deb(apt.download(_BUSYBOX_PACKAGE), work / "busybox", tools)
+    agent = _agent_files(_Packages(apt, work / "agent", tools))
+    initrd = work / "initrd"
+    initrd.write_bytes(_initramfs(work / "busybox" / "bin" / "busybox", agent))
+    say("writing the disk image")
+    _publish(target, lambda partial: _write_disk(partial, kernel, initrd, tools))
 
 
 def _publish(target: Path, write: Callable[[Path], object]) -> None:

@@ -15,7 +15,8 @@ from guests import create_guest
 from minivisor import Hypervisor
 from minivisor.net.names import tap_name
 from minivisor.spec.identity import nic_entries
-from minivisor.vmm.hotplug import plug_nic
+from minivisor.errors import GuestError
+from minivisor.vmm.hotplug import plug_nic, unplug_nic
 from minivisor.vmm.process import Vmm
 
 pytestmark = pytest.mark.qemu
@@ -107,6 +108,26 @@ def test_a_removal_the_guest_completed_after_minivisor_gave_up_waiting_can_be_re
     assert (lab.datastore / "h" / "h.vmx").read_bytes() == before
     lab.mv("vm", "nic", "h", "ethernet2", "--add", "--model", "virtio", "--network", "A")  # its backend is gone
     lab.mv("vm", "nic", "h", "ethernet2", "--remove")
+
+
+def test_a_removal_retried_before_the_guest_released_the_nic_waits_for_it_as_the_first_did(hot):
+    lab, hv, before = hot
+    lab.mv("vm", "nic", "h", "ethernet2", "--add", "--model", "virtio", "--network", "A")
+    wait_for("the guest has no eth1", lambda: "eth1" in guest(hv, "ls /sys/class/net"))
+    vmm = Vmm("h", hv.vm_paths("h"))
+    nic = next(n for n in hv.vms.context("h").read_spec().nics if n.name == "ethernet2")
+    vmm.execute("stop")  # a guest that cannot answer yet
+    try:
+        vmm.execute("device_del", {"id": "ethernet2"})  # what an earlier removal that gave up waiting left pending
+        with pytest.raises(GuestError, match="did not release ethernet2 within 1 s"):  # not QEMU's raw refusal
+            unplug_nic(vmm, nic, timeout=1)
+    finally:
+        vmm.execute("cont")
+    unplug_nic(vmm, nic)  # pending or released by now: either way it ends with the backend deleted
+    assert "ethernet2" not in {d["qdev_id"] for d in vmm.execute("query-pci")[0]["devices"]}
+    wait_for("the guest kept eth1", lambda: "eth1" not in guest(hv, "ls /sys/class/net"))
+    lab.mv("vm", "nic", "h", "ethernet2", "--remove")  # the specfile's entry and the tap follow
+    assert (lab.datastore / "h" / "h.vmx").read_bytes() == before
 
 
 def test_a_hot_plugged_nic_sits_where_the_next_power_on_puts_it(hot):

@@ -8,6 +8,7 @@ on its loopback, and the server is a busybox httpd in the guest.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
@@ -19,6 +20,9 @@ pytestmark = pytest.mark.qemu
 
 FETCH = ("python3 -c \"import sys, urllib.request as u; "
          "print(u.urlopen('http://127.0.0.1:' + sys.argv[1] + '/', timeout=5).read().decode())\" {port}")
+# Something of the user's own that listens on a port (on the lab's loopback), and says so.
+SQUAT = ("import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); "
+         "print('listening', flush=True); time.sleep(120)")
 
 
 @pytest.fixture
@@ -69,4 +73,25 @@ def test_forwards_reach_httpd_in_a_user_mode_guest_from_power_on_and_at_once_on_
     lab.mv("vm", "start", "u", "--wait-ready")  # the forward is kept with the VM
     hv.exec_in_vm("u", "mkdir -p /www && echo again >/www/index.html && httpd -p 80 -h /www")
     assert fetch(lab, 18081) == "again"
+    lab.mv("vm", "stop", "u", "--hard")
+
+
+def test_a_forwarded_port_taken_after_it_was_added_refuses_the_power_on_in_words(user_lab):
+    lab, image = user_lab
+    lab.mv("vm", "create", "u", "--memory", "96", "--boot-disk", str(image), "--network", "nat")
+    lab.mv("vm", "port-forward", "u", "add", "18090:80")
+    squatter = subprocess.Popen(["ip", "netns", "exec", lab.host, "python3", "-c", SQUAT, "18090"],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert squatter.stdout.readline().strip() == "listening"
+        done = lab.mv("vm", "start", "u", check=False)
+        assert done.returncode == 4, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith("error: port 127.0.0.1:18090/tcp of this host, forwarded to u's ethernet0 port 80, "
+                               f"is taken by python3 (pid {squatter.pid})"), line
+        assert lab.mv_json("vm", "show", "u")["state"] == "poweredOff"
+    finally:
+        squatter.kill()
+        squatter.wait()
+    lab.mv("vm", "start", "u")  # the port free again: the forward works as added
     lab.mv("vm", "stop", "u", "--hard")

@@ -43,11 +43,17 @@ def request(service, method: str, path: str, body: bytes | None = None, *, host:
 
 
 def snapshot_of(service) -> tuple:
-    """What a refused request must leave as it was: the VMs, their state and their event logs."""
+    """What a refused request must leave as it was: the VMs, their state, their event logs and specfiles, the
+    files of their folders and of the datastore's top, and the names in the folder above the datastore (where
+    the service's log grows)."""
     hv = Hypervisor(service.root)
     vms = [vm.to_dict() for vm in hv.list_vms()]
     logs = {vm["name"]: (service.root / vm["name"] / "events.jsonl").read_bytes() for vm in vms}
-    return vms, logs
+    specfiles = {vm["name"]: (service.root / vm["name"] / f"{vm['name']}.vmx").read_bytes() for vm in vms}
+    files = {str(path.relative_to(service.root)): path.stat().st_size
+             for folder in (service.root, *(service.root / vm["name"] for vm in vms))
+             for path in folder.iterdir() if path.is_file()}
+    return vms, logs, specfiles, files, sorted(path.name for path in service.root.parent.iterdir())
 
 
 # -- Host: DNS rebinding ---------------------------------------------------------
@@ -205,3 +211,77 @@ def test_long_values_are_refused_and_not_echoed_whole(service, path, body, statu
     for long_value in ("x" * 1001, "n" * 1001, "p" * 1001, "q" * 1001):
         assert long_value not in data.decode()
     assert snapshot_of(service) == before
+
+
+# -- the request models: each value of its type, shape and size, before anything runs -------------------------------
+HOSTILE = [
+    # fields the route does not have, among them the path's own parameter sent again in the body
+    ("POST", "/v1/vms", {"name": "vm2", "disk_size": "16M", "qemu_args": ["-monitor", "stdio"]}, "bad-request"),
+    ("POST", "/v1/vms/vm1/start", {"name": "vm2"}, "bad-request"),
+    ("POST", "/v1/vms/vm1/snapshots", {"snapshot": "s", "__class__": {}}, "bad-request"),
+    ("GET", "/v1/vms/vm1/events?limit=2&verbose=1", None, "bad-request"),
+    # JSON of another type: no coercion ("64" is not 64, 1 is not true)
+    ("POST", "/v1/vms", {"name": "vm2", "disk_size": "16M", "memory_mib": "64"}, "bad-request"),
+    ("POST", "/v1/vms", {"name": "vm2", "disk_size": "16M", "cpus": True}, "bad-request"),
+    ("POST", "/v1/vms", {"name": ["vm2"], "disk_size": "16M"}, "bad-request"),
+    ("POST", "/v1/vms", {"name": "vm2", "disk_size": 16777216}, "bad-request"),
+    ("PUT", "/v1/vms/vm1/autostart", {"enabled": 1}, "bad-request"),
+    ("POST", "/v1/vms/vm1/snapshots", {"snapshot": None}, "bad-request"),
+    ("POST", "/v1/vms/vm1/exec", {"command": {"argv": ["id"]}}, "bad-request"),
+    ("POST", "/v1/vms/vm1/exec", {"command": ["id", 0]}, "bad-request"),
+    ("GET", "/v1/vms/vm1/events?limit=%22all%22", None, "bad-request"),
+    # out of the core's bounds, or longer than the field may be
+    ("POST", "/v1/vms", {"name": "vm2", "disk_size": "16M", "cpus": 256}, "invalid-argument"),
+    ("POST", "/v1/vms", {"name": "vm2", "disk_size": "16M", "memory_mib": 2**80}, "invalid-argument"),
+    ("POST", "/v1/vms", {"name": "vm2", "disk_size": "9" * 33}, "invalid-argument"),
+    ("POST", "/v1/vms", {"name": "vm2", "disk_size": "1P"}, "invalid-argument"),  # larger than minivisor creates
+    ("POST", "/v1/vms/vm1/snapshots", {"snapshot": "s" * 129}, "invalid-argument"),
+    ("POST", "/v1/vms/vm1/snapshots", {"snapshot": "s", "description": "d" * 4097}, "invalid-argument"),
+    ("POST", "/v1/vms/vm1/copy-to", {"host_path": "vm1/vm1.vmx", "guest_path": "/" + "g" * 4095}, "invalid-argument"),
+    ("PUT", "/v1/vms/vm1/specfile", {"text": "x", "stamp": "s" * 129}, "invalid-argument"),
+    ("POST", "/v1/vms/vm1/start", {"timeout": 86401}, "invalid-argument"),
+    # paths that climb out of the datastore (the host's files are beside it), and control characters in them
+    ("POST", "/v1/disks", {"path": "../evil.qcow2", "size": "1M"}, "path-unsafe"),
+    ("POST", "/v1/disks/convert", {"source": "vm1/vm1.qcow2", "target": "vm1/../../evil.qcow2"}, "path-unsafe"),
+    ("GET", "/v1/disks/info?path=%22../host-secret%22", None, "path-unsafe"),
+    ("GET", "/v1/datastore/files?folder=..", None, "path-unsafe"),
+    ("POST", "/v1/vms/vm1/cdrom", {"image": "../host-secret"}, "path-unsafe"),
+    ("POST", "/v1/vms/register", {"vmx_path": "vm1/../../host-secret"}, "path-unsafe"),
+    ("POST", "/v1/vms/vm1/copy-from", {"guest_path": "/etc/passwd", "host_path": "../stolen"}, "path-unsafe"),
+    ("POST", "/v1/vms/import", {"folder": "..", "name": "vm2"}, "path-unsafe"),
+    ("POST", "/v1/disks", {"path": "vm1/new\n.qcow2", "size": "1M"}, "invalid-argument"),
+    # commas, quotes and newlines where they could reach QEMU's options or a specfile's lines
+    ("POST", "/v1/vms/vm1/port-forwards", {"forward": "8080:22,hostfwd=tcp::2222-:22"}, "invalid-argument"),
+    ("POST", "/v1/vms/vm1/port-forwards", {"forward": "8080:22", "nic": "ethernet0,id=x"}, "invalid-argument"),
+    ("POST", "/v1/vms/vm1/nics", {"nic": "ethernet1\nethernet1.present = \"TRUE\""}, "invalid-argument"),
+    ("POST", "/v1/vms/vm1/nics", {"nic": "ethernet1", "network": "nat,script=/tmp/x"}, "invalid-argument"),
+    ("POST", "/v1/vms/vm1/nics", {"nic": "ethernet1", "model": "e1000,romfile=/etc/passwd"}, "invalid-argument"),
+    ("POST", "/v1/vms", {"name": "vm2", "disk_size": "16M", "guest_os": 'x"\nmonitor.virtual_exec = "y'},
+     "invalid-argument"),
+    ("POST", "/v1/vms", {"name": "vm2", "disk_size": "16M", "firmware": "efi,readonly=off"}, "invalid-argument"),
+    ("POST", "/v1/vms/vm1/cdrom", {"image": None, "drive": "ide1:0,file=/etc/passwd"}, "invalid-argument"),
+    ("POST", "/v1/vms/vm1/disks/resize", {"node": "scsi0:0\n", "size": "32M"}, "invalid-argument"),
+    ("POST", "/v1/vms/vm1/snapshots", {"snapshot": "s\nsnapshot0.disk0.fileName = \"/etc/passwd\""},
+     "invalid-argument"),
+    ("POST", "/v1/networks", {"name": "lab", "mode": "bridged", "bridge": "eth0,x"}, "invalid-argument"),
+    ("POST", "/v1/networks", {"name": "lab", "subnet": "10.0.0.0/24\n"}, "invalid-argument"),
+    ("POST", "/v1/vms/vm1/nics/ethernet0", {"address": "10.0.0.5,x"}, "invalid-argument"),
+    ("POST", "/v1/vms/vm1/clone", {"target": "vm2,evil"}, "spec-invalid"),  # a VM's name, by the core's check
+    ("POST", "/v1/vms/vm1/clone", {"target": "vm2\n"}, "spec-invalid"),
+]
+
+
+@pytest.mark.parametrize("method, path, body, code", HOSTILE,
+                         ids=[f"{i}-{m} {p.split('?')[0]}" for i, (m, p, _, _) in enumerate(HOSTILE)])
+def test_a_value_its_model_refuses_is_one_line_and_changes_nothing(service, method, path, body, code):
+    small_vm(Hypervisor(service.root), "vm1")
+    (service.root.parent / "host-secret").write_text("the host's secret\n")
+    before = snapshot_of(service)
+    status, data, _ = request(service, method, path, None if body is None else json.dumps(body).encode())
+    error = json.loads(data)["error"]
+    assert error["code"] == code and status in (400, 422), (status, error)
+    for line in (error["message"], error["hint"] or ""):
+        assert "\n" not in line and len(line) <= 1000 and "Traceback" not in line and "pydantic" not in line
+    assert "the host's secret" not in data.decode()
+    assert snapshot_of(service) == before
+    assert not (service.root.parent / "evil.qcow2").exists() and not (service.root.parent / "stolen").exists()

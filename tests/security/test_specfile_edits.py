@@ -38,12 +38,13 @@ def test_an_edit_is_written_byte_for_byte_and_the_inventory_sees_it(web):
     assert seen[-1]["type"] == "specfileChanged" and seen[-1]["stamp"] == result["stamp"]
 
 
-def refused(hv, error: type, text: str, stamp: str | None = None):
-    """The put's error, with the datastore (the specfile first) exactly as before it."""
-    before = datastore_state(hv.datastore.root)
+def refused(hv, error: type, text: str, stamp: str | None = None, *, running: bool = False):
+    """The put's error, with the datastore (the specfile first) exactly as before it (but for the logs of a
+    ``running`` VM)."""
+    before = datastore_state(hv.datastore.root, running=running)
     with pytest.raises(error) as caught:
         hv.put_specfile("web", text, stamp or hv.get_specfile("web")["stamp"])
-    assert datastore_state(hv.datastore.root) == before
+    assert datastore_state(hv.datastore.root, running=running) == before
     return caught.value
 
 
@@ -113,7 +114,8 @@ def test_a_running_vms_specfile_is_not_edited(web):
     read = web.get_specfile("web")
     web.start_vm("web")
     try:
-        error = refused(web, StateError, edited(read["text"], 'memSize = "64"', 'memSize = "80"'), read["stamp"])
+        error = refused(web, StateError, edited(read["text"], 'memSize = "64"', 'memSize = "80"'), read["stamp"],
+                        running=True)
         assert error.state == "running" and "power it off" in error.hint
     finally:
         web.stop_vm("web", hard=True)

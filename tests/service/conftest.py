@@ -113,7 +113,7 @@ class EventWatcher:
             while line := self.response.readline():  # chunked: through http.client
                 if line.startswith(b"data: "):
                     self.events.put(json.loads(line[6:]))
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):  # AttributeError: http.client's, once close() ran
             pass
 
     def wait_for(self, predicate, timeout: float = 10.0) -> dict:

@@ -12,7 +12,8 @@ import pytest
 
 from minivisor import Hypervisor
 from minivisor.errors import NotFoundError, StateError
-from minivisor.service.routes import OPERATIONS
+from minivisor.service.models import REQUESTS, ErrorAnswer, answer
+from minivisor.service.routes import OPERATIONS, by_name
 from minivisor.service.app import MAX_BODY
 from minivisor.service.connections import KEEP_ALIVE
 
@@ -120,15 +121,92 @@ def test_every_invalid_state_action_pair_gets_409_with_a_stable_code(service):
 
 
 def test_openapi_documents_every_route(service):
+    from openapi_spec_validator import validate
+
     status, doc = raw(service, "GET", "/openapi.json", None, auth(service))
-    assert status == 200 and doc["openapi"].startswith("3.")
+    assert status == 200 and doc["openapi"].startswith("3.1")
+    validate(doc)  # OpenAPI 3.1's own schema, every $ref resolved, every path parameter declared
+    schemas = doc["components"]["schemas"]
+
+    def resolved(schema: dict) -> dict:
+        return schemas[schema["$ref"].rpartition("/")[2]] if "$ref" in schema else schema
+
     for op in OPERATIONS:
-        assert doc["paths"][op.path][op.method.lower()]["operationId"] == op.name
+        entry = doc["paths"][op.path][op.method.lower()]
+        assert entry["operationId"] == op.name and entry["summary"]
+        assert resolved(entry["responses"][str(op.status)]["content"]["application/json"]["schema"]), op.name
+        error = resolved(entry["responses"]["default"]["content"]["application/json"]["schema"])
+        assert set(schemas[error["properties"]["error"]["$ref"].rpartition("/")[2]]["required"]) \
+            == {"type", "code", "message", "hint", "exit_code"}
+        fields = set(REQUESTS[op.name].model_fields)
+        if op.method == "GET":
+            assert {p["name"] for p in entry["parameters"] if p["in"] == "query"} == fields, op.name
+        elif fields:
+            body = resolved(entry["requestBody"]["content"]["application/json"]["schema"])
+            assert body["additionalProperties"] is False and set(body["properties"]) == fields, op.name
+        else:
+            assert "requestBody" not in entry, op.name
+        assert {p["name"] for p in entry["parameters"] if p["in"] == "path"} == set(op.path_params)
     for method, path in (("post", "/v1/session"), ("post", "/v1/vms/{name}/consoles/{console}/ticket"),
                          ("put", "/v1/datastore/files/{folder}/{name}"), ("get", "/v1/events")):
         assert doc["paths"][path][method]["summary"]
-    start = doc["paths"]["/v1/vms/{name}/start"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert start["additionalProperties"] is False and start["properties"]["wait_ready"] == {"type": "boolean"}
+    start = resolved(doc["paths"]["/v1/vms/{name}/start"]["post"]["requestBody"]["content"]["application/json"]
+                     ["schema"])
+    assert start["properties"]["wait_ready"]["type"] == "boolean"
+    assert start["properties"]["timeout"] | {"minimum": 0, "type": "number"} == start["properties"]["timeout"]
+    vm = resolved(doc["paths"]["/v1/vms/{name}"]["get"]["responses"]["200"]["content"]["application/json"]["schema"])
+    assert {"name", "uuid", "state", "memory_mib", "disks", "nics"} <= set(vm["required"])
+    name = doc["paths"]["/v1/vms/{name}"]["get"]["parameters"][0]["schema"]
+    assert name["pattern"] == "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+
+
+def answered(service, op_name: str, path: str, body: dict | None = None):
+    """One route's answer (which must be its success), held to the route's answer model."""
+    op = by_name(op_name)
+    status, data = raw(service, op.method, path, None if body is None else json.dumps(body).encode(), auth(service))
+    assert status == op.status, (op_name, data)
+    return answer(op).model_validate(data)  # extra="forbid": a field the document does not name fails too
+
+
+def test_real_answers_are_what_the_document_says(service):
+    """Each answer, as a real service sends it, fits its model (the document's schema), errors included."""
+    answered(service, "create_vm", "/v1/vms", {"name": "vm1", "disk_size": "16M", "memory_mib": 64,
+                                               "network": "nat", "cdrom": True})
+    assert answered(service, "list_vms", "/v1/vms").root[0].disks[1].kind == "cdrom"
+    assert answered(service, "get_vm", "/v1/vms/vm1").nics[0].network == "nat"
+    answered(service, "set_autostart", "/v1/vms/vm1/autostart", {"enabled": True})
+    stamp = answered(service, "get_specfile", "/v1/vms/vm1/specfile").stamp
+    assert len(stamp) == 64
+    answered(service, "snapshot_take", "/v1/vms/vm1/snapshots", {"snapshot": "s1", "description": "first"})
+    answered(service, "snapshot_take", "/v1/vms/vm1/snapshots", {"snapshot": "s2"})
+    tree = answered(service, "snapshot_list", "/v1/vms/vm1/snapshots").root
+    assert [(s.name, s.depth, s.current) for s in tree] == [("s1", 0, False), ("s2", 1, True)]
+    snapshot, running = answered(service, "snapshot_revert", "/v1/vms/vm1/snapshots/revert", {"snapshot": "s1"}).root
+    assert (snapshot.name, running) == ("s1", False)
+    answered(service, "snapshot_delete", "/v1/vms/vm1/snapshots/delete", {"snapshot": "s2"})
+    assert answered(service, "clone_vm", "/v1/vms/vm1/clone", {"target": "vm2", "linked": True,
+                                                               "snapshot": "s1"}).name == "vm2"
+    events = answered(service, "vm_events", "/v1/vms/vm1/events?limit=0").root
+    assert {"autostartChanged", "snapshotTaken", "snapshotReverted"} <= {event.type for event in events}
+    assert {n.name for n in answered(service, "list_networks", "/v1/networks").root} >= {"nat", "hostonly"}
+    answered(service, "get_network", "/v1/networks/nat")
+    answered(service, "unregister_vm", "/v1/vms/vm2/unregister")
+    status, data = raw(service, "GET", "/v1/vms/vm2", None, auth(service))
+    assert status == 404 and ErrorAnswer.model_validate(data).error.code == "not-found"
+    status, data = raw(service, "POST", "/v1/vms", b'{"name": "x", "extra": 1}', auth(service))
+    assert status == 400 and ErrorAnswer.model_validate(data).error.code == "bad-request"
+
+
+@pytest.mark.qemu
+def test_real_answers_of_a_running_vm_are_what_the_document_says(service):
+    small_vm(Hypervisor(service.root), "vm1")
+    assert answered(service, "host_info", "/v1/host").accel.accel in ("kvm", "tcg")
+    started = answered(service, "start_vm", "/v1/vms/vm1/start", {})
+    assert (started.vm.state, started.vm.pid is not None) == ("running", True)
+    answered(service, "pause_vm", "/v1/vms/vm1/pause", {})
+    assert answered(service, "get_vm", "/v1/vms/vm1").state == "paused"
+    answered(service, "resume_vm", "/v1/vms/vm1/resume", {})
+    answered(service, "stop_vm", "/v1/vms/vm1/stop", {"hard": True})
 
 
 def test_the_route_table_matches_the_core_api():

@@ -87,3 +87,22 @@ def test_the_rest_route_refuses_a_stale_stamp_a_disk_outside_and_a_huge_body(ser
     status, data = put(json.dumps({"text": fresh["text"] + "#" * MAX_BODY, "stamp": fresh["stamp"]}).encode())
     assert (status, data["error"]["code"]) == (413, "too-large")
     assert vmx.read_bytes() == after
+
+
+def test_a_crlf_specfile_keeps_its_line_breaks_through_the_editor(service, page):
+    small_vm(Hypervisor(service.root), "vm1")
+    vmx = service.root / "vm1" / "vm1.vmx"
+    crlf = vmx.read_bytes().replace(b"\n", b"\r\n")  # as VMware writes it on Windows
+    vmx.write_bytes(crlf)
+    log_in(page, service)
+    page.click("button[data-action=open][data-vm=vm1]")
+    page.click("#detail button[data-tab=specfile]")
+    expect(page.locator("#specfile-text")).to_have_value(crlf.decode().replace("\r\n", "\n"))  # the browser's
+    page.click("button[data-action=save-specfile]")  # saved as read: byte for byte
+    expect(page.locator("#specfile-status")).to_contain_text("Saved.")
+    assert vmx.read_bytes() == crlf
+    text = page.locator("#specfile-text").input_value()
+    page.fill("#specfile-text", text.replace('memSize = "64"', 'memSize = "80"') + 'annotation = "new line"\n')
+    page.click("button[data-action=save-specfile]")
+    expect(page.locator("tr[data-vm=vm1] td.memory")).to_have_text("80 MiB")
+    assert vmx.read_bytes() == crlf.replace(b'memSize = "64"', b'memSize = "80"') + b'annotation = "new line"\r\n'

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -186,7 +185,7 @@ def test_explain_lists_every_device_it_builds():
 
 @pytest.mark.parametrize("memory_mib, cache_mib", [(64, 32), (128, 64), (1024, 512), (16384, 1024)])
 def test_a_tcg_vmm_gets_the_translation_cache_admission_counts_for_it(memory_mib, cache_mib):
-    spec = dataclasses.replace(seed_spec(), memory_mib=memory_mib)
+    spec = seed_spec().replace(memory_mib=memory_mib)
     assert option_values(build_qemu_argv(spec, env_for(spec)), "-accel") == [f"tcg,tb-size={cache_mib}"]
     assert option_values(build_qemu_argv(spec, env_for(spec, accel="kvm")), "-accel") == ["kvm"]
     assert overhead_mib(memory_mib, "tcg") - overhead_mib(memory_mib, "kvm") == cache_mib

@@ -1,5 +1,6 @@
 """Records (:mod:`minivisor.records`) behave as the dataclasses they replaced: equal by value, a repr
-naming every field, ``replace`` leaving the original as it was, and not hashable (they can change)."""
+naming every field, ``replace`` leaving the original as it was, and not hashable (they can change) unless
+frozen."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from minivisor.core.vminfo import StartResult, VmInfo
+from minivisor.records import Record, as_dict, default_factory
 from minivisor.spec.snapshot import Snapshot
 from minivisor.vmm.states import VmState
 
@@ -44,3 +46,49 @@ def test_a_vm_survives_its_dict():
     assert VmInfo.from_dict(running.to_dict()) == running
     start = StartResult(running, ("a warning",), "minivisor-guest: ready")
     assert StartResult.from_dict(start.to_dict()) == start
+
+
+# Records declared by annotations (the launch plan's data): what dataclass(frozen=True) gave them
+
+
+class Part(Record, frozen=True):
+    name: str
+    size: int = 1
+
+
+class Box(Record):
+    label: str
+    parts: tuple[Part, ...] = ()
+    notes: list[str] = default_factory(list)
+
+
+def test_an_annotated_record_takes_its_fields_by_position_or_name_with_defaults():
+    assert Part("a") == Part(name="a", size=1) != Part("a", 2)
+    assert repr(Part("a", 2)) == "Part(name='a', size=2)"
+    for bad in (lambda: Part(), lambda: Part("a", 1, 2), lambda: Part("a", name="b"), lambda: Part("a", colour=1)):
+        with pytest.raises(TypeError):
+            bad()
+
+
+def test_a_default_factory_makes_a_new_value_for_each_record():
+    first, second = Box("x"), Box("y")
+    first.notes.append("mine")
+    assert second.notes == [] and first.notes == ["mine"]
+
+
+def test_a_frozen_record_refuses_changes_and_hashes_by_value():
+    part = Part("a")
+    with pytest.raises(AttributeError):
+        part.size = 3
+    with pytest.raises(AttributeError):
+        del part.name
+    assert part.size == 1 and {Part("a"), Part("a"), Part("b")} == {Part("a"), Part("b")}
+    assert part.replace(size=3) == Part("a", 3) and part == Part("a")
+    with pytest.raises(TypeError):
+        hash(Box("x"))  # not frozen: it may change, so it has no hash
+
+
+def test_as_dict_converts_nested_records_and_keeps_the_rest():
+    box = Box("x", (Part("a"), Part("b", 2)), ["n"])
+    assert as_dict(box) == {"label": "x", "parts": ({"name": "a", "size": 1}, {"name": "b", "size": 2}), "notes": ["n"]}
+    assert as_dict(box)["notes"] is not box.notes

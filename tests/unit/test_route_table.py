@@ -137,13 +137,60 @@ def test_each_row_names_the_parameter_that_is_a_vm_and_only_vm_routes_have_one()
 ])
 def test_path_parameters_are_checked_by_what_they_name(op_name, params, refused):
     from minivisor.errors import HvError
-    from minivisor.service.params import check_arguments, param_specs
+    from minivisor.service.models import arguments
 
-    op = by_name(op_name)
     body = {"link": True} if op_name == "set_nic" else {}
     try:
-        check_arguments(op, param_specs(op), params, body)
+        arguments(by_name(op_name), params, body)
     except HvError:
         assert refused
     else:
         assert not refused
+
+
+@pytest.mark.parametrize("op", OPERATIONS, ids=lambda op: op.name)
+def test_each_route_has_a_request_model_with_the_core_methods_parameters_and_defaults(op):
+    """A request model's fields are its core method's parameters (but the path's, and ``progress``: a
+    callback stays on the service's side), required where the method requires them, with its defaults."""
+    from pydantic_core import PydanticUndefined
+
+    from minivisor.service.models import REQUESTS, answer
+
+    model = REQUESTS.get(op.name)
+    assert model is not None, f"service/models.py: REQUESTS has no model for {op.name}"
+    parameters = {name: p for name, p in inspect.signature(getattr(Hypervisor, op.name)).parameters.items()
+                  if name not in ("self", "progress", *op.path_params)}
+    assert set(model.model_fields) == set(parameters), op.name
+    for name, field in model.model_fields.items():
+        default = parameters[name].default
+        assert (field.default is PydanticUndefined) == (default is inspect.Parameter.empty), (op.name, name)
+        if default is not inspect.Parameter.empty:
+            assert field.default == default, (op.name, name)
+    assert answer(op) is not None
+
+
+def test_every_request_model_is_some_routes():
+    from minivisor.service.models import REQUESTS
+
+    assert set(REQUESTS) == {op.name for op in OPERATIONS}
+
+
+@pytest.mark.parametrize("op_name, values, code, said", [
+    ("create_vm", {"name": "a", "cpus": True}, "bad-request", ("'cpus'", "wrong type (boolean)", "integer")),
+    ("create_vm", {"name": "a", "memory_mib": 2**80}, "invalid-argument", ("'memory_mib'", "4 to 16777216")),
+    ("start_vm", {"timeout": float("nan")}, "invalid-argument", ("'timeout'", "finite", "0 to 86400")),
+    ("start_vm", {"wait": True}, "bad-request", ("unknown field 'wait'", "wait_ready, timeout")),
+    ("snapshot_take", {}, "bad-request", ("missing field 'snapshot'",)),
+    ("port_forward_add", {"forward": "80:22,x"}, "invalid-argument", ("not well-formed: '80:22,x'", "HOSTPORT")),
+    ("disk_info", {"path": "a/../../b"}, "path-unsafe", ("'a/../../b'", "..")),
+])
+def test_a_refused_value_is_said_in_one_line_naming_the_field_and_what_it_may_be(op_name, values, code, said):
+    from minivisor.errors import HvError
+    from minivisor.service.models import arguments
+
+    op = by_name(op_name)
+    with pytest.raises(HvError) as refused:
+        arguments(op, {param: "web" for param in op.path_params}, values)
+    error = refused.value
+    line = f"{error.message} | {error.hint}"
+    assert error.code == code and "\n" not in line and all(words in line for words in said), line

@@ -70,11 +70,12 @@ COMMANDS = {
     "vm cdrom": "Insert an ISO into the VM's CD-ROM drive, or eject it; a running guest sees the tray move.",
     "vm screenshot": "Save the running VM's screen as a PNG file.",
     "vm display": "How to reach the VM's screen (a VNC server on a UNIX socket).",
+    "vm set": "Change a powered-off VM's vCPUs and memory (in its specfile, comments and order kept).",
     "vm reset-nvram": "Forget a powered-off EFI VM's UEFI variables; the next power-on starts from the firmware's "
                       "defaults.",
     "vm autostart": "Power the VM on whenever the service starts (on), or not (off).",
     "vm events": "What happened to the VM: power-ons, power-offs with their reasons, crashes...",
-    "vm disk": "A VM's hard disks: list them, show one (sizes, chain), or grow one.",
+    "vm disk": "A VM's hard disks: list them, show one (sizes, chain), grow one, or add a new one.",
     "vm clone": "A new VM (new name, UUID and MACs) from SOURCE: a full copy, or --linked on a snapshot.",
     "vm import": "Copy a VMware VM into the datastore (disks checked, chains flattened to qcow2), ready to start.",
     "vm ip": "Each NIC's MAC, network and address (fixed by DHCP reservation; 'leased' once the guest took it), "
@@ -180,7 +181,8 @@ def hv(*, direct: bool = False):
 
 
 def print_json(data: object) -> None:
-    """A core API result (anything with ``to_dict``, dataclasses, lists of them, plain data) as JSON on stdout."""
+    """A core API result (anything with ``to_dict``, records, dataclasses, lists of them, plain data) as JSON on
+    stdout."""
     import json
 
     sys.stdout.write(json.dumps(_plain(data), indent=2, default=str) + "\n")
@@ -191,6 +193,10 @@ def _plain(value: object) -> object:
         return value.to_dict()
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
+    from ..records import Record
+
+    if isinstance(value, Record):
+        return {name: _plain(getattr(value, name)) for name in value._fields}
     import dataclasses
 
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

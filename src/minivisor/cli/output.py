@@ -111,9 +111,9 @@ def check_report(report: dict[str, Any]) -> None:
 
 
 def explanation_dict(exp: Explanation) -> dict[str, Any]:
-    from dataclasses import asdict
+    from ..records import as_dict
 
-    return {"spec": asdict(exp.spec),
+    return {"spec": as_dict(exp.spec),
             "hardware": [{"name": d.name, "description": d.description, "args": list(d.args)}
                          for d in exp.hardware],
             "unused_keys": list(exp.spec.unused_keys), "warnings": list(exp.warnings), "argv": list(exp.argv)}

@@ -262,6 +262,15 @@ def vm_display(name: str, as_json: bool) -> None:
     say(f"  socat TCP-LISTEN:5901,bind=127.0.0.1,fork UNIX-CONNECT:{info['vnc_socket']}")
 
 
+@command("vm set", NAME,
+         arg("--cpus", "-c", type=int, metavar="N", help="Virtual CPUs (numvcpus)."),
+         arg("--memory", "-m", type=int, metavar="MIB", help="Memory in MiB (memSize)."), JSON)
+def vm_set(name: str, cpus: int | None, memory: int | None, as_json: bool) -> None:
+    """Example: minivisor vm set web --cpus 2 --memory 1024"""
+    result = hv().set_resources(name, cpus=cpus, memory_mib=memory)
+    print_json(result) if as_json else say(f"{name}: {result['cpus']} vCPUs, {result['memory_mib']} MiB")
+
+
 @command("vm reset-nvram", NAME)
 def vm_reset_nvram(name: str) -> None:
     existed = hv().reset_nvram(name)
@@ -290,15 +299,23 @@ def vm_events(name: str, limit: int, as_json: bool) -> None:
 
 # -- disks, clones, imports --------------------------------------------------------
 @command("vm disk", NAME,
-         arg("action", nargs="?", default="list", choices=("list", "info", "resize"), metavar="ACTION",
-             help="list (the default), info, or resize (also while the VM runs: the guest sees the new size)."),
-         arg("disk", nargs="?", metavar="DISK", help="The disk, e.g. scsi0:0 (for info and resize)."),
-         arg("size", nargs="?", metavar="SIZE", help="The new size, for resize, e.g. 20G."), JSON)
-def vm_disk(name: str, action: str, disk: str | None, size: str | None, as_json: bool) -> None:
-    """Example: minivisor vm disk web resize scsi0:0 20G"""
+         arg("action", nargs="?", default="list", choices=("list", "info", "resize", "add"), metavar="ACTION",
+             help="list (the default), info, resize (also while the VM runs: the guest sees the new size), or add "
+                  "(a new empty disk, to a powered-off VM)."),
+         arg("disk", nargs="?", metavar="DISK", help="The disk, e.g. scsi0:0 (for info and resize); the size for add."),
+         arg("size", nargs="?", metavar="SIZE", help="The new size, for resize, e.g. 20G."),
+         arg("--thick", action="store_true", help="add: allocate the new disk now (default: thin)."), JSON)
+def vm_disk(name: str, action: str, disk: str | None, size: str | None, thick: bool, as_json: bool) -> None:
+    """Examples: minivisor vm disk web resize scsi0:0 20G; minivisor vm disk web add 8G"""
     from ..errors import ArgumentError, NoSuchDiskError
     from ..text import excerpt
 
+    if action == "add":
+        if not disk or size:
+            raise ArgumentError("add takes the new disk's size alone", hint="e.g. minivisor vm disk web add 8G")
+        added = hv().add_disk(name, disk, thick=thick)
+        return print_json(added) if as_json else say(f"{name}: new {'thick' if thick else 'thin'} disk "
+                                                     f"{added['node']} ({added['file']})")
     if action == "resize":
         if not disk or not size:
             raise ArgumentError("resize needs the disk and its new size", hint="see: minivisor vm disk --help")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import ArgumentError, ClusterError, HvError
 from ..files import write_atomic
+from ..records import Record
 from ..text import excerpt
 
 __all__ = ["ClusterConfig", "parse_endpoints", "host_and_port", "exists", "CONFIG_FILE", "DEFAULT_TTL", "MIN_TTL",
@@ -63,8 +63,7 @@ def host_and_port(url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
-@dataclass(frozen=True)
-class ClusterConfig:
+class ClusterConfig(Record, frozen=True):
     endpoints: tuple[str, ...]
     host: str
     host_id: str

@@ -7,7 +7,6 @@ then cost one ``stat`` and import nothing of the cluster (nor etcd's client).
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,13 +19,20 @@ from ..vmm.states import Action, VmState
 from .context import VmContext
 
 if TYPE_CHECKING:
+    import logging
+
     from ..cluster.migration import Destination
     from .hypervisor import Hypervisor
 
 __all__ = ["claimed", "disown", "running_vms", "ClusterHost"]
 
-log = logging.getLogger("minivisor.cluster")
 ON_HOST = (VmState.RUNNING, VmState.PAUSED, VmState.STARTING)  # a VMM runs or is being started
+
+
+def _log() -> logging.Logger:
+    import logging  # here: only a cluster's failures are logged, and logging (with traceback) costs a power-on ~4 ms
+
+    return logging.getLogger("minivisor.cluster")
 
 
 @contextmanager
@@ -65,7 +71,7 @@ def _release(ctx: VmContext) -> None:
         config = current(ctx.datastore.meta)
         ownership.release(Store(config.endpoints), config, ctx.uuid)
     except ClusterError as exc:
-        log.warning("VM %s: its ownership stays until the cluster member releases it: %s", ctx.name, exc.one_line())
+        _log().warning("VM %s: its ownership stays until the cluster member releases it: %s", ctx.name, exc.one_line())
 
 
 def running_vms(hv: Hypervisor) -> dict[str, str]:
@@ -101,7 +107,7 @@ class ClusterHost:
             except NotFoundError:
                 continue
             except Exception:  # noqa: BLE001 - one VM's failure must not spare the others
-                log.exception("fencing VM %s", name)
+                _log().exception("fencing VM %s", name)
                 continue
             if pid is not None:
                 ctx.emit("fenced", pid=pid, reason=reason)

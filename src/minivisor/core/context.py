@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ from ..datastore.layout import VmPaths
 from ..datastore.store import Datastore, Scope
 from ..errors import HvError, LockError, NotFoundError
 from ..locks import wait_lock
+from ..records import Record
 from ..vmm.process import SHORT_HOLD, Vmm
 from ..vmm.states import Action, VmState, require
 from .events import Event, append_log, make_event
@@ -39,8 +39,7 @@ EventListener = Callable[[Event], None]
 OPERATION_WAIT = 120.0  # seconds an operation waits for the one before it on the same VM
 
 
-@dataclass
-class VmContext:
+class VmContext(Record):
     """A VM for the length of one operation."""
 
     entry: VmEntry
@@ -89,7 +88,7 @@ class VmContext:
         from ..vmm.plan import make_plan
 
         return make_plan(self.name, self.uuid, self.paths, self.scope, incoming=incoming,
-                         networks=self.networks().for_plan(self.uuid))
+                         networks=lambda: self.networks().for_plan(self.uuid))
 
     def networks(self) -> Networks:
         """The datastore's virtual networks (which this VM's NICs join)."""
@@ -118,14 +117,12 @@ def notify(listener: EventListener | None, event: Event) -> None:
         pass
 
 
-@dataclass
-class Vms:
+class Vms(Record):
     """The VMs of one datastore, as contexts, and the turns operations on each take."""
 
     datastore: Datastore
     inventory: Inventory
     listener: EventListener | None = None
-    _locks: Path = field(init=False)
 
     def __post_init__(self) -> None:
         # Not in the VM's folder: a refused request leaves no trace there.

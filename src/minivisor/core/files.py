@@ -8,6 +8,12 @@ never written. An upload goes into a folder at the top of the datastore
 opens only files in its folder), under a name that says its format (formats
 come from names, never from contents), next to no file of the same name; it is
 written in a staging folder and appears whole or not at all.
+
+A file is deleted only if it is a plain file (not a folder, not a link) that no
+registered VM uses: not its specfile or snapshot tree, nothing its specfile names
+(a disk's whole chain, a CD-ROM or floppy image, its UEFI variables), and in a VM's
+own folder nothing but a removable medium (``.iso``, ``.img``, ``.flp``) it does
+not name (its disks, snapshots and state live there: they go with the VM).
 """
 
 from __future__ import annotations
@@ -16,16 +22,21 @@ import errno
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..datastore.store import Datastore
-from ..errors import ConflictError, NoSpaceError, NotFoundError, PathError
+from ..errors import ConflictError, HvError, NoSpaceError, NotFoundError, PathError
+from ..images.layers import layer_files
+from ..spec.vmsd import vmsd_path
+from .context import VmContext, Vms
 
-__all__ = ["list_folder", "upload", "UPLOAD_SUFFIXES"]
+__all__ = ["list_folder", "upload", "delete", "UPLOAD_SUFFIXES", "MEDIA_SUFFIXES"]
 
 UPLOAD_SUFFIXES = (".iso", ".img", ".vmdk", ".qcow2")
+MEDIA_SUFFIXES = (".iso", ".img", ".flp")  # what may be deleted from a VM's folder, if the VM does not name it
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,126}$")
 
 
@@ -89,6 +100,68 @@ def upload(datastore: Datastore, folder: str, name: str, chunks: Iterable[bytes]
     return next(e for e in list_folder(datastore, folder)["entries"] if e["name"] == name)
 
 
+def delete(vms: Vms, folder: str, name: str) -> dict[str, Any]:
+    """Delete the plain file ``folder/name`` of the datastore, unless a registered VM uses it (ConflictError: which
+    VM, and how). The folder is opened once, resolved, and the file removed relative to it: a link swapped in
+    meanwhile cannot lead the removal elsewhere."""
+    if not name or "/" in name or "\x00" in name or name.startswith(".") or len(name) > 255:
+        raise PathError(f"{name[:60]!r} is not the name of a file in a folder",
+                        hint="give the folder and the file's own name, as the datastore's listing shows them")
+    real_dir = os.path.realpath(_inside(vms.datastore, folder))
+    shown = f"{folder}/{name}" if folder else name
+    try:
+        handle = os.open(real_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:  # gone, not a folder, or a link put in its place since it was resolved
+        raise NotFoundError(f"the datastore has no folder {folder[:100]!r}", hint="list its root first") from None
+    try:
+        if os.readlink(f"/proc/self/fd/{handle}") != real_dir:  # a folder on the way became a link meanwhile
+            raise PathError(f"{folder[:100]!r} changed while it was opened", hint="list it again")
+        try:
+            info = os.stat(name, dir_fd=handle, follow_symlinks=False)
+        except FileNotFoundError:
+            raise NotFoundError(f"the datastore has no file {shown[:100]!r}", hint="list its folder again") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise PathError(f"{shown[:100]!r} is not a plain file (a folder or a link): only files are deleted here",
+                            hint="a VM's folder goes with the VM (delete the VM); other folders and links stay as they are")
+        _refuse_used(vms, os.path.join(real_dir, name), shown)
+        os.unlink(name, dir_fd=handle)
+    finally:
+        os.close(handle)
+    return {"folder": folder, "name": name, "deleted": True}
+
+
+def _refuse_used(vms: Vms, path: str, shown: str) -> None:
+    """ConflictError naming the VM that uses the file at ``path`` (real) and how; nothing if none does."""
+    for entry in vms.datastore.catalog.list():
+        ctx = vms.context(entry.name)
+        vm_dir = os.path.realpath(ctx.vm_dir)
+        if os.path.dirname(path) == vm_dir and not path.lower().endswith(MEDIA_SUFFIXES):
+            raise ConflictError(f"{shown[:100]!r} is in the folder of VM {entry.name!r}, which keeps its disks, "
+                                "snapshots and state there", hint="delete the VM to delete its files")
+        if path in _files_used(ctx):
+            raise ConflictError(f"VM {entry.name!r} uses {shown[:100]!r}",
+                                hint="take it out of the VM first (its hardware or specfile), then delete it")
+
+
+def _files_used(ctx: VmContext) -> set[str]:
+    """The real paths of the files a VM's specfile and snapshot tree name (disk chains layer by layer)."""
+    used = {os.path.realpath(ctx.vmx), os.path.realpath(vmsd_path(ctx.vmx))}
+    try:
+        spec = ctx.read_spec()
+    except HvError:  # unreadable: its own folder is protected anyway, and nothing outside it can be known
+        return used
+    named = [d.file_name for d in spec.disks if d.file_name] + [f.file_name for f in spec.floppies if f.file_name]
+    used |= {os.path.realpath(ctx.vm_dir / file_name) for file_name in named + ([spec.nvram] if spec.nvram else [])}
+    for disk in spec.disks:
+        if disk.kind == "disk" and disk.file_name:
+            try:
+                chain = ctx.scope.disk_chain(ctx.vm_dir, disk.file_name, disk.node)
+            except HvError:  # missing or refused: power-on would not open it either
+                continue
+            used |= {os.path.realpath(f) for layer in chain for f in layer_files(layer)}
+    return used
+
+
 def _inside(datastore: Datastore, relative: str) -> Path:
     """``relative`` resolved inside the datastore, or PathError (it escapes it, or names a hidden file)."""
     parts = [p for p in Path(relative).parts if p not in ("", ".")]
@@ -96,6 +169,10 @@ def _inside(datastore: Datastore, relative: str) -> Path:
         raise PathError(f"{relative[:100]!r} is not a folder or file of the datastore",
                         hint="name it relative to the datastore's root, without .. or hidden names")
     path = datastore.root.joinpath(*parts)
-    if not datastore.contains(os.path.realpath(path)):
+    real = os.path.realpath(path)
+    if not datastore.contains(real):
         raise PathError(f"{relative[:100]!r} leads out of the datastore", hint="name a path inside it")
+    inner = os.path.relpath(real, os.path.realpath(datastore.root))
+    if inner != "." and any(part.startswith(".") for part in Path(inner).parts):  # a link to .minivisor
+        raise PathError(f"{relative[:100]!r} leads into a hidden folder of the datastore", hint="name a path inside it")
     return path

@@ -13,7 +13,6 @@ Errors are :class:`~minivisor.errors.HvError` subclasses with a message and a hi
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -162,6 +161,12 @@ class Hypervisor:
 
         return upload(self.datastore, folder, name, chunks)
 
+    def datastore_delete(self, folder: str, name: str) -> dict[str, Any]:
+        """Delete the plain file ``folder/name`` of the datastore ("" its root), unless a registered VM uses it."""
+        from .files import delete
+
+        return delete(self.vms, folder, name)
+
     @_no_space_is_one_error
     def allow_path(self, folder: Path | str) -> None:
         """Let specfiles name files in a host folder outside the datastore (shared ISOs, templates, boot images)."""
@@ -181,7 +186,28 @@ class Hypervisor:
 
         networking = support()
         how = "bridges and taps" if networking.available else "user-mode NAT only"
-        return dataclasses.replace(host_info(dirs.cache_dir()), networking=f"{how}: {networking.reason}")
+        return host_info(dirs.cache_dir()).replace(networking=f"{how}: {networking.reason}")
+
+    # -- a powered-off VM's hardware ------------------------------------------
+    @_no_space_is_one_error
+    def set_resources(self, name: str, *, cpus: int | None = None, memory_mib: int | None = None) -> dict:
+        """Set a powered-off VM's vCPUs and memory in its specfile (comments and order kept), if the host can
+        run it so."""
+        from . import hardware
+
+        check_args(**{k: v for k, v in (("cpus", cpus), ("memory_mib", memory_mib)) if v is not None})
+        with self._powered_off(name, Action.EDIT_SPECFILE) as ctx:
+            return hardware.set_resources(ctx, cpus=cpus, memory_mib=memory_mib)
+
+    @_no_space_is_one_error
+    def add_disk(self, name: str, size: str, *, thick: bool = False) -> dict:
+        """Add a new empty disk of ``size`` (thin unless ``thick``) to a powered-off VM: its file in the VM's
+        folder, its lines in the specfile, on the first free unit of the first hard disk's controller."""
+        from . import hardware
+
+        check_args(size=size)
+        with self._powered_off(name, Action.EDIT_SPECFILE) as ctx:
+            return hardware.add_disk(ctx, size, thick=thick)
 
     # -- creating and removing -------------------------------------------
     @_no_space_is_one_error

@@ -21,12 +21,12 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from functools import cached_property
+from pathlib import Path
 
 from ..datastore.catalog import ForwardEntry, NetworkEntry, Reservation
 from ..datastore.inventory import Inventory, file_id, flocked_files
-from ..datastore.store import Datastore
+from ..datastore.store import META, Datastore
 from ..errors import ArgumentError, ConflictError, HostError, HvError, LockError, NotFoundError
 from ..locks import wait_lock
 from ..net import addressing, dhcp, firewall, switch
@@ -37,7 +37,7 @@ from ..spec.identity import generated_mac
 from ..spec.vmspec import DEVICE_COUNT, Nic
 from ..text import excerpt
 from ..vmm import hotplug
-from ..vmm.argv import HostForward
+from ..vmm.argv import HostForward, UserNat
 from ..vmm.plan import HostNetworks, LaunchPlan, NicPlacement, place_nic
 from ..vmm.process import VmLock
 from .context import VmContext
@@ -68,7 +68,7 @@ class Networks:
         """The networks a power-on may plug NICs into (defaults included), or why there are none (then NAT is
         QEMU's user-mode networking, which gets the VM's port forwards)."""
         host = self._host_networks()
-        return replace(host, user_forwards=self._user_forwards(vm_uuid)) if host.networks is None else host
+        return host.replace(user_forwards=self._user_forwards(vm_uuid)) if host.networks is None else host
 
     def create(self, name: str, *, mode: str = "nat", subnet: str | None = None, bridge: str | None = None,
                dhcp_on: bool = True) -> NetworkInfo:
@@ -129,6 +129,7 @@ class Networks:
     def plug(self, ctx: VmContext, plan: LaunchPlan, only: int | None = None) -> None:
         """Before the VMM starts (or NIC ``only`` is hot-plugged): each network it needs up, a reservation per
         NIC, a tap per NIC on its bridge."""
+        self._check_user_forwards_free(ctx, plan, only)
         taps = {i: tap for i, tap in plan.taps.items() if only is None or i == only}
         if not taps:
             return
@@ -298,12 +299,25 @@ class Networks:
             os.close(fd)
 
     def _check_owner(self) -> None:
-        """One datastore's networks per host (network namespace): the firewall table is built from its catalog."""
+        """One datastore's networks per host (network namespace): the firewall table is built from its catalog.
+        The networks of a datastore deleted by hand are removed from the host before this one's are made."""
         owner = firewall.owner()
-        mine = str(self.datastore.root)
-        if owner and owner != mine and os.path.isdir(os.path.join(owner, ".minivisor")):
+        if not owner or owner == str(self.datastore.root):
+            return
+        if os.path.isdir(os.path.join(owner, META)):
             raise ConflictError(f"this host's networks belong to the datastore {owner}",
                                 hint="use that datastore, or delete its networks first (minivisor net delete)")
+        self._clear_abandoned(owner)
+
+    def _clear_abandoned(self, owner: str) -> None:
+        """Stop the dnsmasqs and delete the bridges a deleted datastore left (its taps go in ``_sync``, with every
+        tap of a VM that no longer runs; its table is replaced there)."""
+        for files in dhcp.datastore_dhcp_files(Path(owner, META)):
+            dhcp.stop(files)
+        kept = {entry.bridge for entry in self.catalog.networks()}
+        for name, link in switch.links().items():
+            if link.ours and link.kind == "bridge" and name not in kept:
+                switch.delete_link(name)
 
     def _require_support(self) -> None:
         host = self._support
@@ -429,6 +443,21 @@ class Networks:
         if user is not None:
             raise ConflictError(f"port {spec.host_addr}:{spec.host_port}/{spec.protocol} of this host is taken by "
                                 f"{user}", hint="choose another host port")
+
+    def _check_user_forwards_free(self, ctx: VmContext, plan: LaunchPlan, only: int | None) -> None:
+        """QEMU's user-mode NAT listens for the VM's forwards itself: a port something else took after the forward
+        was added is refused here, in words, instead of by QEMU failing to start."""
+        for index, backend in plan.env.networks.items():
+            if not isinstance(backend, UserNat) or only not in (None, index):
+                continue
+            for forward in backend.forwards:
+                user = port_user(forward.protocol, forward.host_addr, forward.host_port)
+                if user is not None:
+                    where = f"{forward.host_addr}:{forward.host_port}/{forward.protocol}"
+                    raise ConflictError(f"port {where} of this host, forwarded to {ctx.name}'s ethernet{index} port "
+                                        f"{forward.guest_port}, is taken by {user}",
+                                        hint=f"stop {user}, or move the forward: minivisor vm port-forward {ctx.name} "
+                                             f"remove {forward.host_port}, then add another port")
 
     def _user_forwards(self, vm_uuid: str) -> dict[int, tuple[HostForward, ...]]:
         """The VM's port forwards by NIC index, as QEMU's user-mode NAT takes them."""

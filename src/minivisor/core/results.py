@@ -8,9 +8,9 @@ importing the core. The results of the commands that must answer fastest, :class
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..records import Record
 from .vminfo import StartResult, VmInfo
 
 if TYPE_CHECKING:  # only `vm explain` needs them (the client imports them when it rebuilds an Explanation)
@@ -20,18 +20,16 @@ if TYPE_CHECKING:  # only `vm explain` needs them (the client imports them when 
 __all__ = ["VmInfo", "StartResult", "Explanation", "NetworkInfo"]
 
 
-@dataclass(frozen=True)
-class Explanation:
+class Explanation(Record, frozen=True):
     """How a specfile becomes a VMM: the spec, the devices, what is left out, the argv."""
 
     spec: VmSpec
     hardware: tuple[VirtualDevice, ...]
     argv: tuple[str, ...]
-    warnings: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class NetworkInfo:
+class NetworkInfo(Record, frozen=True):
     """A virtual network: its definition, and what of it exists on the host now."""
 
     name: str

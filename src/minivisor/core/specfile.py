@@ -22,7 +22,7 @@ from ..spec.vmx import VMX_LIMITS, VmxDocument, read_bounded
 from ..vmm.plan import check_document
 from .context import VmContext
 
-__all__ = ["read", "replace", "stamp_of"]
+__all__ = ["read", "replace", "save_edit", "stamp_of"]
 
 
 def stamp_of(data: bytes) -> str:
@@ -54,12 +54,23 @@ def replace(ctx: VmContext, text: str, stamp: str) -> dict[str, Any]:
     if stamp != stamp_of(current):
         raise ConflictError(f"the specfile of VM {ctx.name!r} has changed since it was read",
                             hint="reload it, make your change again and save")
-    doc = VmxDocument.parse(data, source=ctx.vmx.name)
+    return _write_checked(ctx, VmxDocument.parse(data, source=ctx.vmx.name), data, "specfileChanged")
+
+
+def save_edit(ctx: VmContext, doc: VmxDocument, event: str, **details: Any) -> dict[str, Any]:
+    """Write ``doc``, the (powered-off) VM's specfile as read and then changed by the core (a structured edit:
+    CPUs, memory, a disk), if power-on's checks pass, as :func:`replace` writes a user's text; ``event`` (with
+    ``details``) says what changed. Returns what :func:`replace` returns."""
+    return _write_checked(ctx, doc, doc.to_bytes(), event, **details)
+
+
+def _write_checked(ctx: VmContext, doc: VmxDocument, data: bytes, event: str, **details: Any) -> dict[str, Any]:
+    """``data`` (the bytes of ``doc``) as the VM's specfile once ``doc`` checks out; nothing written otherwise."""
     notes = _checked(ctx, doc)
     write_atomic(ctx.vmx, data, mode=0o600)
     ctx.inventory.summaries([ctx.entry])  # the cached summary (vm list, the inventory) is the new file's
     new_stamp = stamp_of(data)
-    ctx.emit("specfileChanged", stamp=new_stamp)
+    ctx.emit(event, stamp=new_stamp, **details)
     refused = [note.warning for note in notes if note.verdict == "refused"]
     return {"stamp": new_stamp, "powers_on": not refused,
             "warnings": refused + [note.warning for note in notes if note.warns]}

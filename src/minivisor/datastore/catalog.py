@@ -20,10 +20,10 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConflictError, HostError, NoSpaceError, NotFoundError
+from ..records import Record
 from ..text import excerpt
 
 __all__ = ["Catalog", "VmEntry", "NetworkEntry", "Reservation", "ForwardEntry"]
@@ -90,8 +90,7 @@ CREATE TABLE IF NOT EXISTS port_forwards (
 }
 
 
-@dataclass(frozen=True)
-class VmEntry:
+class VmEntry(Record, frozen=True):
     """One VM as the catalog knows it."""
 
     name: str
@@ -101,8 +100,7 @@ class VmEntry:
     autostart: bool = False
 
 
-@dataclass(frozen=True)
-class NetworkEntry:
+class NetworkEntry(Record, frozen=True):
     """A virtual network (a switch) as the catalog keeps it."""
 
     name: str
@@ -114,8 +112,7 @@ class NetworkEntry:
     created: float = 0.0
 
 
-@dataclass(frozen=True)
-class Reservation:
+class Reservation(Record, frozen=True):
     """A fixed DHCP address for one MAC on one network."""
 
     network: str
@@ -124,8 +121,7 @@ class Reservation:
     vm_uuid: str
 
 
-@dataclass(frozen=True)
-class ForwardEntry:
+class ForwardEntry(Record, frozen=True):
     """A port of the host forwarded to a port of one NIC of a VM."""
 
     vm_uuid: str

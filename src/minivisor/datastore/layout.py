@@ -17,11 +17,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from .. import dirs
+from ..records import Record
 from .names import VM_NAME, check_vm_name
 
 __all__ = ["VmPaths", "vm_paths", "check_vm_name", "VM_NAME", "VM_FILES", "VMM_LOG", "SERIAL_LOG", "BIOS_LOG",
@@ -37,8 +37,7 @@ EFI_VARS = "efivars.qcow2"  # the VM's UEFI variable store (VMware's own .nvram 
 VM_FILES = frozenset({VMM_LOG, SERIAL_LOG, BIOS_LOG, EVENT_LOG, RUNTIME_RECORD, EFI_VARS})
 
 
-@dataclass(frozen=True, init=False)
-class VmPaths:
+class VmPaths(Record, frozen=True):
     """The files and control sockets of one VM."""
 
     vmx: Path

@@ -23,9 +23,9 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
+from ..records import Record
 from .catalog import Catalog, VmEntry
 from .layout import VM_FILES, VM_NAME, check_vm_name
 from ..dirs import default_datastore
@@ -302,8 +302,7 @@ def _inside(real_path: str, folder: str) -> bool:
     return real_path == folder or real_path.startswith(folder.rstrip("/") + "/")
 
 
-@dataclass(frozen=True)
-class Scope:
+class Scope(Record, frozen=True):
     """The path policy for one VM (or one folder): where the files it may open are.
 
     ``home``: the real path of its own folder (None: it has none, only allowed

@@ -13,12 +13,12 @@ import os
 import subprocess
 import time
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import HostError
 from ..files import write_atomic
+from ..records import Record
 from .facts import find_qemu
 
 __all__ = ["PROBE_IMAGE", "PROBE_TIMEOUT", "AccelChoice", "ProbeRun", "choose_accel", "probe_kvm", "run_probe"]
@@ -66,8 +66,7 @@ _KVM_DEVICE = "/dev/kvm"
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
-@dataclass(frozen=True)
-class AccelChoice:
+class AccelChoice(Record, frozen=True):
     """Which accelerator VMs get, why, and whether a probe ran just now."""
 
     accel: Literal["kvm", "tcg"]
@@ -82,8 +81,7 @@ class AccelChoice:
         return " ".join(self.reason.split())
 
 
-@dataclass(frozen=True)
-class ProbeRun:
+class ProbeRun(Record, frozen=True):
     """The outcome of booting one probe image under one accelerator."""
 
     accel: str

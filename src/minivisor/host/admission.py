@@ -17,10 +17,10 @@ admitted far past its memory: a 64 MiB guest's QEMU holds ~130 MiB under TCG.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from ..errors import InsufficientMemoryError
 from ..procfs import rss_bytes
+from ..records import Record
 from ..spec.vmspec import VmSpec
 
 __all__ = ["Commitment", "admit", "host_reserve_mib", "overhead_mib", "tcg_cache_mib"]
@@ -30,8 +30,7 @@ RELAY_MIB = 8  # the console relay's resident memory (measured: 8 MiB; 5 MiB pro
 TCG_CACHE_MIB = (32, 1024)  # the translation cache's bounds: QEMU's own default is the upper one
 
 
-@dataclass(frozen=True)
-class Commitment:
+class Commitment(Record, frozen=True):
     """A VM the host already holds: its memSize and sched.mem.min (MiB), its VMM's pid once it runs, and what
     its VMM and console relay hold besides its memory (:func:`overhead_mib`)."""
 

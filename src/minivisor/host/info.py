@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..records import Record, as_dict
 from .accel import AccelChoice, choose_accel
 from .facts import available_memory_mib, find_qemu, find_qemu_img, host_cpus, host_memory_mib, qemu_version
 
 __all__ = ["HostInfo", "host_info"]
 
 
-@dataclass(frozen=True)
-class HostInfo:
+class HostInfo(Record, frozen=True):
     """Everything ``minivisor host info`` shows."""
 
     cpus: int
@@ -29,7 +28,7 @@ class HostInfo:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json`` (the accel entry includes its warning)."""
-        data = asdict(self)
+        data = as_dict(self)
         data["accel"]["warning"] = self.accel.warning
         return data
 

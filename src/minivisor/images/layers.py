@@ -15,10 +15,10 @@ import os
 import re
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DiskError, PathError
+from ..records import Record
 
 __all__ = ["ImageLayer", "format_for", "read_layer", "resolve_chain", "check_file_name", "layer_files",
            "allocated_bytes", "disk_info", "QCOW2_MAGIC", "VMDK_MAGIC"]
@@ -37,8 +37,7 @@ VMDK_CREATE_TYPES = ("monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse
                      "streamOptimized", "vmfs", "vmfsSparse")
 
 
-@dataclass(frozen=True)
-class ImageLayer:
+class ImageLayer(Record, frozen=True):
     """One image file of a disk's chain, top (the file the VM writes) first."""
 
     path: Path

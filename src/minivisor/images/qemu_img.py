@@ -174,8 +174,12 @@ def _free_bytes(folder: Path) -> int:
     return info.f_bavail * info.f_frsize
 
 
+COPY_STEP = 8 * 1024 * 1024  # bytes one copy_file_range call is asked for: the progress moves at least this often
+
+
 def copy_sparse(source: Path, target: Path, progress: Callable[[int], None] | None = None) -> None:
-    """Copy a file's data extents only (holes stay holes), in the kernel (copy_file_range)."""
+    """Copy a file's data extents only (holes stay holes), in the kernel (copy_file_range); ``progress`` gets the
+    bytes of each step."""
     with open(source, "rb") as src, _private_file(target) as dst:
         size = os.fstat(src.fileno()).st_size
         offset = 0
@@ -187,7 +191,8 @@ def copy_sparse(source: Path, target: Path, progress: Callable[[int], None] | No
             end = os.lseek(src.fileno(), start, os.SEEK_HOLE)
             position = start
             while position < end:
-                copied = os.copy_file_range(src.fileno(), dst.fileno(), end - position, position, position)
+                copied = os.copy_file_range(src.fileno(), dst.fileno(), min(end - position, COPY_STEP), position,
+                                             position)
                 if copied == 0:
                     break
                 position += copied

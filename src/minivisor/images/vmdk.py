@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import struct
 from pathlib import Path
 
@@ -58,7 +57,7 @@ def delta_bytes(path_name: str, virtual_size: int, parent_name: str, parent_cid:
     header = _HEADER.pack(VMDK_MAGIC, 1, FLAGS, sectors, GRANULARITY, DESCRIPTOR_OFFSET, DESCRIPTOR_SECTORS,
                           GTES_PER_GT, rgd_offset, gd_offset, grain_offset, CHECK_BYTES, 0)
     descriptor = _descriptor(path_name, sectors, parent_name, parent_cid,
-                             secrets.randbits(32) if cid is None else cid)
+                             _random_cid() if cid is None else cid)
     if len(descriptor) > DESCRIPTOR_SECTORS * SECTOR:
         raise DiskError("a VMDK delta's descriptor would not fit in its header", hint="use shorter file names")
     pieces = [(0, header), (DESCRIPTOR_OFFSET * SECTOR, descriptor)]
@@ -66,6 +65,12 @@ def delta_bytes(path_name: str, virtual_size: int, parent_name: str, parent_cid:
         tables = range(directory + gd_sectors, directory + gd_sectors + gt_count * gt_sectors, gt_sectors)
         pieces.append((directory * SECTOR, struct.pack(f"<{gt_count}I", *tables)))
     return pieces, grain_offset * SECTOR
+
+
+def _random_cid() -> int:
+    """A new content ID (VMware's CID: random 32 bits), from os.urandom as secrets.randbits would take it
+    (secrets imports hmac and random: ~3 ms of every power-on, which loads this module for recovery)."""
+    return int.from_bytes(os.urandom(4), "little")
 
 
 def _descriptor(name: str, sectors: int, parent_name: str, parent_cid: str, cid: int) -> bytes:

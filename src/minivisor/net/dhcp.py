@@ -18,12 +18,12 @@ import ipaddress
 import os
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from .. import dirs, procfs
 from ..errors import NetworkError
 from ..files import write_atomic
+from ..records import Record
 from ..spec.vmspec import normalize_mac
 from ..text import excerpt
 from .addressing import dynamic_range, host_interface
@@ -36,8 +36,7 @@ __all__ = ["DhcpFiles", "dhcp_files", "config_text", "hosts_text", "start", "sto
 LEASE_TIME = "1h"
 
 
-@dataclass(frozen=True)
-class DhcpFiles:
+class DhcpFiles(Record, frozen=True):
     """The files of one network's dnsmasq."""
 
     runtime: Path  # root's, readable by nobody: config, hosts file, pid file, leases
@@ -61,8 +60,16 @@ class DhcpFiles:
 
 def dhcp_files(datastore_meta: Path, network: str) -> DhcpFiles:
     """Where the dnsmasq of ``network`` of this datastore keeps its files (one folder per datastore and network)."""
-    tag = hashlib.sha256(os.path.realpath(datastore_meta).encode()).hexdigest()[:12]
-    return DhcpFiles(dirs.network_runtime_root() / f"{tag}-{network.lower()}")
+    return DhcpFiles(dirs.network_runtime_root() / f"{_datastore_tag(datastore_meta)}-{network.lower()}")
+
+
+def datastore_dhcp_files(datastore_meta: Path) -> list[DhcpFiles]:
+    """The files of every network's dnsmasq of this datastore found on the host (also of one deleted by hand)."""
+    return [DhcpFiles(folder) for folder in dirs.network_runtime_root().glob(f"{_datastore_tag(datastore_meta)}-*")]
+
+
+def _datastore_tag(datastore_meta: Path) -> str:
+    return hashlib.sha256(os.path.realpath(datastore_meta).encode()).hexdigest()[:12]
 
 
 def config_text(files: DhcpFiles, bridge: str, subnet: ipaddress.IPv4Network, *, router: bool) -> str:

@@ -24,8 +24,8 @@ they were. The table's comment names the datastore it belongs to.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 
+from ..records import Record
 from .host import run
 
 __all__ = ["TABLE", "Switch", "Forward", "ruleset", "load", "owner"]
@@ -33,8 +33,7 @@ __all__ = ["TABLE", "Switch", "Forward", "ruleset", "load", "owner"]
 TABLE = "inet minivisor"
 
 
-@dataclass(frozen=True)
-class Switch:
+class Switch(Record, frozen=True):
     """A network as the firewall sees it."""
 
     bridge: str
@@ -42,8 +41,7 @@ class Switch:
     subnet: ipaddress.IPv4Network | None
 
 
-@dataclass(frozen=True)
-class Forward:
+class Forward(Record, frozen=True):
     """A port forward to an address on a switch."""
 
     protocol: str  # tcp, udp

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
 
 from .. import procfs
 from ..errors import ArgumentError
+from ..records import Record
 from ..text import excerpt
 
 __all__ = ["PortSpec", "parse_forward", "parse_host_side", "port_user", "DEFAULT_ADDR"]
@@ -25,8 +25,7 @@ _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 _UNCONNECTED = "07"  # TCP_CLOSE: how a bound UDP socket shows in /proc/net/udp
 
 
-@dataclass(frozen=True)
-class PortSpec:
+class PortSpec(Record, frozen=True):
     """A forward's host side and guest port."""
 
     protocol: str
@@ -38,8 +37,7 @@ class PortSpec:
         return f"{self.host_addr}:{self.host_port}:{self.guest_port}/{self.protocol}"
 
 
-@dataclass(frozen=True)
-class _Parsed:
+class _Parsed(Record, frozen=True):
     """What :data:`_SPEC` read and checked: a forward, or only its host side (no guest port)."""
 
     protocol: str

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
 
 from ..errors import NetworkError
+from ..records import Record
 from ..text import clip
 
 __all__ = ["Support", "support", "run", "PROGRAMS"]
@@ -22,8 +22,7 @@ PROGRAMS = {"ip": "iproute2", "nft": "nftables", "dnsmasq": "dnsmasq-base"}  # p
 TIMEOUT = 30.0
 
 
-@dataclass(frozen=True)
-class Support:
+class Support(Record, frozen=True):
     """Whether networks are built on the host, and why not when they are not."""
 
     available: bool

@@ -13,9 +13,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from dataclasses import dataclass
 
 from ..errors import NetworkError, NotFoundError
+from ..records import Record
 from ..text import excerpt
 from .host import run
 from .names import ALIAS_PREFIX
@@ -26,8 +26,7 @@ __all__ = ["Link", "TapOwner", "links", "used_networks", "make_bridge", "delete_
 _SYSCTL_KEY = re.compile(r"net/ipv4/(ip_forward|conf/(?!\.\.?/)[A-Za-z0-9_.-]{1,15}/[a-z_]+)\Z")
 
 
-@dataclass(frozen=True)
-class Link:
+class Link(Record, frozen=True):
     """A network interface of the host as ``ip -j link`` shows it."""
 
     name: str
@@ -40,8 +39,7 @@ class Link:
         return self.alias.startswith(ALIAS_PREFIX)
 
 
-@dataclass(frozen=True)
-class TapOwner:
+class TapOwner(Record, frozen=True):
     """Whose a tap is, read back from its alias."""
 
     vm_uuid: str

@@ -6,8 +6,8 @@ and every error is an :class:`~minivisor.errors.HvError` whose HTTP status
 :func:`responses.http_status` alone chooses. It is a Starlette application on
 uvicorn (HTTP/1.1 through h11). A request passes, in order: the connection
 guard (:mod:`connections`), the Host check and the token (:mod:`auth`), the
-route (:mod:`app`), the values (:mod:`params`), then the core call
-(:mod:`dispatch`).
+route (:mod:`app`), the values (their request model, :mod:`models`), then the
+core call (:mod:`dispatch`).
 
 The modules, each one concept:
 
@@ -21,15 +21,16 @@ The modules, each one concept:
 - :mod:`consoles`: the console websockets, bridged to a VM's serial console and VNC UNIX sockets;
 - :mod:`static`: the web page's files and its npm libraries, served from a table made at start-up;
 - :mod:`app`: the Starlette application: routes, request bodies, event streams, uploads, the web page;
-- :mod:`params`: a request's values checked against the core method's signature;
+- :mod:`models`: the typed request and answer models (pydantic), and a request's values checked by its model;
 - :mod:`dispatch`: core calls on worker threads, a pool of Hypervisors, one mutation per VM at a time;
 - :mod:`responses`: results as JSON, errors as an HTTP status and a JSON body;
-- :mod:`openapi`: the OpenAPI document, from the route table;
+- :mod:`openapi`: the OpenAPI document, from the route table and the models;
 - :mod:`bus`: the event bus behind ``/v1/events``;
+- :mod:`tasks`: the task list (``/v1/tasks``): running and recent operations, their progress and errors;
 - :mod:`supervisor`: a pidfd per VMM, reattach after a restart, half-started VMMs killed, autostart;
 - :mod:`metrics`: per-VM and host metrics, as JSON and Prometheus text.
 
-Only ``minivisor serve`` imports the modules that load Starlette, uvicorn or
-asyncio: the CLI talks to the service through :mod:`minivisor.client`, which
+Only ``minivisor serve`` imports the modules that load Starlette, uvicorn, pydantic
+or asyncio: the CLI talks to the service through :mod:`minivisor.client`, which
 needs only :mod:`routes` and :mod:`discovery`.
 """

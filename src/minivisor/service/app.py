@@ -39,6 +39,7 @@ from .responses import dumps, encode, error_response, internal_error, json_respo
 from .routes import OPERATIONS, Op
 from .static import StaticFiles
 from .supervisor import Supervisor
+from .tasks import Tasks, is_task, reports_progress
 
 __all__ = ["build_app", "operation_routes", "MAX_BODY", "HEARTBEAT"]
 
@@ -61,6 +62,7 @@ def build_app(calls: Dispatcher, bus: EventBus, access: Access, supervisor: Supe
               autostart: bool) -> Starlette:
     """The application: the route table's operations, events, metrics, the OpenAPI document and the page."""
     spec = dumps(openapi())  # the route table does not change while the service runs
+    tasks = Tasks(bus.publish)
     page = _page()
     static = StaticFiles()
     if static.missing:
@@ -93,7 +95,16 @@ def build_app(calls: Dispatcher, bus: EventBus, access: Access, supervisor: Supe
         return json_response(200, {"session": "open"})
 
     async def upload(request: Request) -> Response:
-        entry = await _upload(calls, request.path_params["folder"], request.path_params["name"], request.stream())
+        folder, name = request.path_params["folder"], request.path_params["name"]
+        declared = request.headers.get("content-length", "")
+        task = tasks.start("upload", None, f"{folder}/{name}", measured=declared.isdigit())
+        report = tasks.reporter(task)
+        try:
+            entry = await _upload(calls, folder, name, _counted(request.stream(), int(declared or 0), report))
+        except BaseException as exc:
+            tasks.end(task, exc)
+            raise
+        tasks.end(task)
         return json_response(201, entry)
 
     async def openapi_json(request: Request) -> Response:
@@ -105,6 +116,9 @@ def build_app(calls: Dispatcher, bus: EventBus, access: Access, supervisor: Supe
     async def metrics_text(request: Request) -> Response:
         text = prometheus(await calls.call(collect, supervisor.watched()))
         return Response(text, 200, {"Cache-Control": "no-store"}, media_type="text/plain; version=0.0.4")
+
+    async def task_list(request: Request) -> Response:
+        return json_response(200, tasks.list())
 
     async def events(request: Request) -> Response:
         return StreamingResponse(_event_stream(bus, request.query_params.get("vm")),
@@ -128,10 +142,11 @@ def build_app(calls: Dispatcher, bus: EventBus, access: Access, supervisor: Supe
                  Route("/vendor/{path:path}", _answering(static_file), methods=["GET"]),
                  Route("/openapi.json", _answering(openapi_json), methods=["GET"]),
                  Route("/v1/events", _answering(events), methods=["GET"]),
+                 Route("/v1/tasks", _answering(task_list), methods=["GET"]),
                  Route("/v1/metrics", _answering(metrics_json), methods=["GET"]),
                  Route("/metrics", _answering(metrics_text), methods=["GET"])]
     endpoints += console_routes(calls, access.sessions, _answering)
-    endpoints += operation_routes(lambda op: _answering(_operation(calls, op)))
+    endpoints += operation_routes(lambda op: _answering(_operation(calls, op, tasks if is_task(op) else None)))
     app = Starlette(routes=endpoints, middleware=[Middleware(Gate, access=access)],
                     exception_handlers={HTTPException: _no_route}, lifespan=lifespan)
     app.router.redirect_slashes = False  # "/v1/vms/" is not a route: 404, like any other
@@ -143,15 +158,28 @@ def operation_routes(endpoint_for: Callable[[Op], Endpoint]) -> list[Route]:
     return [Route(op.path, endpoint_for(op), methods=[op.method], name=op.name) for op in OPERATIONS]
 
 
-def _operation(calls: Dispatcher, op: Op) -> Endpoint:
-    """The endpoint of one core API method."""
+def _operation(calls: Dispatcher, op: Op, tasks: Tasks | None) -> Endpoint:
+    """The endpoint of one core API method; with ``tasks``, each request is a task of that list."""
+    measured = tasks is not None and reports_progress(op)
 
     async def endpoint(request: Request) -> Response:
         if op.method == "GET":
             body = {key: _query_value(value) for key, value in request.query_params.multi_items()}
         else:
             body = await _read_json_body(request)
-        result = await calls.dispatch(op, dict(request.path_params), body)
+        if tasks is None:
+            return answer(await calls.dispatch(op, dict(request.path_params), body))
+        task = tasks.begin(op, {**body, **request.path_params})
+        try:
+            result = await calls.dispatch(op, dict(request.path_params), body,
+                                          progress=tasks.reporter(task) if measured else None)
+        except BaseException as exc:
+            tasks.end(task, exc)
+            raise
+        tasks.end(task, result=result)
+        return answer(result)
+
+    def answer(result: Any) -> Response:
         return json_response(op.status, encode(result))
 
     return endpoint
@@ -248,6 +276,16 @@ async def _event_stream(bus: EventBus, only: str | None) -> AsyncIterator[bytes]
             yield f"id: {event['id']}\nevent: {event['type']}\ndata: ".encode() + dumps(event) + b"\n\n"
     finally:
         bus.unsubscribe(subscription)
+
+
+async def _counted(body: AsyncIterator[bytes], size: int, progress: Callable[[float], None]) -> AsyncIterator[bytes]:
+    """``body`` as it arrives, its progress reported against the ``size`` it declared (0: none declared)."""
+    received = 0
+    async for chunk in body:
+        received += len(chunk)
+        if size:
+            progress(100.0 * min(received, size) / size)
+        yield chunk
 
 
 async def _upload(calls: Dispatcher, folder: str, name: str, body: AsyncIterator[bytes]) -> Any:

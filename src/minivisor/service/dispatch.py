@@ -4,7 +4,7 @@ The core blocks (a power-on with ``wait_ready`` waits for minutes), so each
 call runs on a worker thread (:meth:`Dispatcher.run_blocking`, at most
 :data:`WORKERS` at once) with a :class:`~minivisor.core.hypervisor.Hypervisor`
 of its own from a pool. :meth:`Dispatcher.dispatch` turns a request into a call:
-its values checked first (:mod:`minivisor.service.params`), then, for a
+its values checked first (by its request model: :func:`minivisor.service.models.arguments`), then, for a
 mutating route, the VM's in-process lock taken, so requests queue instead of
 polling the core's cross-process locks.
 """
@@ -22,8 +22,8 @@ from ..core.events import Event
 from ..core.hypervisor import Hypervisor
 from ..datastore.store import check_vm_name
 from ..errors import LockError
-from .params import check_arguments, param_specs
-from .routes import OPERATIONS, Op
+from .models import arguments
+from .routes import Op
 
 __all__ = ["Dispatcher", "WORKERS", "OP_LOCK_TIMEOUT"]
 
@@ -45,7 +45,6 @@ class Dispatcher:
         self._pool.put(Hypervisor(root, on_event=on_event))
         self._vm_locks: dict[str, asyncio.Lock] = {}
         self._workers = asyncio.Semaphore(WORKERS)
-        self._specs = {op.name: param_specs(op) for op in OPERATIONS}
 
     def hypervisor(self) -> _Lease:
         """A Hypervisor for this thread's use: ``with dispatcher.hypervisor() as hv:`` (back to the pool after)."""
@@ -60,10 +59,14 @@ class Dispatcher:
         with self.hypervisor() as hv:
             hv.vms.emit(name, kind, **data)
 
-    async def dispatch(self, op: Op, path_params: dict[str, str], body: dict[str, Any]) -> Any:
-        """Check a request's values against the core method, then run it (mutations one at a time per VM)."""
-        kwargs = check_arguments(op, self._specs[op.name], path_params, body)
-        target = (path_params.get(op.vm_param) or body.get(op.vm_param)) if op.vm_param else None
+    async def dispatch(self, op: Op, path_params: dict[str, str], body: dict[str, Any], *,
+                       progress: Callable[..., None] | None = None) -> Any:
+        """Check a request's values with its model, then run the core method (mutations one at a time per VM);
+        ``progress``, if given, goes to the method's own ``progress`` parameter (the service's task list)."""
+        kwargs = arguments(op, path_params, body)
+        if progress is not None:
+            kwargs["progress"] = progress
+        target = kwargs.get(op.vm_param) if op.vm_param else None
         if not (op.mutates and isinstance(target, str)):
             return await self.call(_invoke, op.name, kwargs)
         lock = self._vm_lock(target)

@@ -23,6 +23,7 @@ from ..errors import (ArgumentError, AuthError, ClusterError, ConflictError, Cro
                       HostError, HvError, ImageBuildError, InternalError, MethodNotAllowedError, NoSpaceError,
                       NotFoundError, PayloadTooLargeError, RequestError, RouteNotFoundError, SpecError, StateError,
                       VmmError, WrongHostError)
+from ..records import Record, as_dict
 
 __all__ = ["HTTP_STATUS", "http_status", "error_body", "error_response", "internal_error", "encode", "dumps",
            "json_response"]
@@ -80,6 +81,8 @@ def encode(result: Any) -> Any:
         return [encode(item) for item in result]
     if hasattr(result, "to_dict"):
         return result.to_dict()
+    if isinstance(result, Record):
+        return as_dict(result)
     if dataclasses.is_dataclass(result):
         return dataclasses.asdict(result)
     return result

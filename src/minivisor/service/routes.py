@@ -5,9 +5,11 @@ Both sides read this table: the service makes one route per row
 here), dispatches it to ``Hypervisor.<method>`` (:mod:`minivisor.service.dispatch`)
 and builds its OpenAPI document from it (:mod:`minivisor.service.openapi`), and the
 client (:mod:`minivisor.client`) turns a method call back into a request and the
-answer back into the method's return type, as ``returns`` says.
-Exposing a new core method is one row here. Stdlib only, so the CLI can import
-it cheaply.
+answer back into the method's return type, as ``returns`` says. The service checks
+a row's values with its typed request model (:data:`minivisor.service.models.REQUESTS`,
+by ``name``) and documents its answer by ``returns``.
+Exposing a new core method is one row here and its request model there. Stdlib only,
+so the CLI can import it cheaply.
 
 Path parameters are written ``{name}``; every other parameter travels in the
 JSON body (POST/PUT) or the query string (GET). ``args`` lists the method's
@@ -68,9 +70,12 @@ OPERATIONS: tuple[Op, ...] = (
     Op("host_info", "GET", "/v1/host", "host", args=(), mutates=False, vm_param=None),
     # the datastore browser (core/files.py; uploads stream through their own route: service/app.py)
     Op("datastore_files", "GET", "/v1/datastore/files", "json", args=("folder",), mutates=False, vm_param=None),
+    Op("datastore_delete", "POST", "/v1/datastore/files/delete", "json", args=("folder", "name"), vm_param=None),
     # disks, snapshots, clones (storage.py, snapshots.py, clones.py, vmware.py)
     Op("vm_disks", "GET", "/v1/vms/{name}/disks", "json", mutates=False),
     Op("vm_disk_resize", "POST", "/v1/vms/{name}/disks/resize", "json", args=("name", "node", "size")),
+    Op("add_disk", "POST", "/v1/vms/{name}/disks", "json", args=("name", "size"), status=201),
+    Op("set_resources", "POST", "/v1/vms/{name}/resources", "json"),
     Op("snapshot_list", "GET", "/v1/vms/{name}/snapshots", "json", mutates=False),
     Op("snapshot_take", "POST", "/v1/vms/{name}/snapshots", "snapshot", args=("name", "snapshot"), status=201),
     Op("snapshot_revert", "POST", "/v1/vms/{name}/snapshots/revert", "snapshot_revert", args=("name", "snapshot")),

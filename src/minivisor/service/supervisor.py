@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HvError, StateError
-from ..procfs import holders_of, read_stat, wait_gone
+from ..procfs import holders_of, mentioning, read_stat, wait_gone
 from ..vmm import qmp
 from ..vmm.argv import SHUTDOWN_TRACE
 from ..vmm.process import RuntimeRecord, is_our_vmm, launched_process
@@ -195,7 +195,7 @@ class Supervisor:
             hv.vms.emit(name, "reattached", pid=record.pid)
             return
         if vmm.state() is VmState.STARTING:
-            for pid in _vmm_pids(str(vmm.paths.qmp_socket)):
+            for pid in mentioning(str(vmm.paths.qmp_socket)):
                 if _orphaned(pid, vmm.lock.path):
                     self._kill_half_started(hv, name, vmm, pid, "its launcher died during power-on")
         if vmm.state() is not VmState.STARTING:
@@ -347,22 +347,6 @@ def _qmp_status(socket: str) -> str | None:
         return qmp.execute(socket, "query-status", timeout=3.0).get("status")
     except HvError:
         return None
-
-
-def _vmm_pids(marker: str) -> list[int]:
-    """Pids of processes whose command line mentions ``marker`` (a VM's QMP socket path)."""
-    found = []
-    needle = marker.encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if needle in cmdline:
-            found.append(int(entry))
-    return found
 
 
 def _orphaned(pid: int, lock_path: Path) -> bool:

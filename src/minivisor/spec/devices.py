@@ -7,7 +7,6 @@ launcher (:mod:`minivisor.vmm.argv`) turns them into QEMU devices, and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 __all__ = ["DeviceModel", "SCSI_MODELS", "NIC_MODELS", "USB_MODELS", "SOUND_MODELS", "CREATABLE_SCSI",
            "CREATABLE_NICS", "CONTROLLER_COUNT", "UNIT_COUNT"]
@@ -16,9 +15,9 @@ __all__ = ["DeviceModel", "SCSI_MODELS", "NIC_MODELS", "USB_MODELS", "SOUND_MODE
 CONTROLLER_COUNT = {"scsi": 4, "sata": 4, "nvme": 4, "ide": 2}
 UNIT_COUNT = {"scsi": 16, "sata": 30, "nvme": 15, "ide": 2}
 
+from ..records import Record
 
-@dataclass(frozen=True)
-class DeviceModel:
+class DeviceModel(Record, frozen=True):
     """A ``virtualDev`` value: the QEMU driver that stands in for it, and what the guest sees."""
 
     driver: str

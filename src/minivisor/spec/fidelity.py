@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Literal
 
 __all__ = ["Verdict", "VERDICTS", "WARNED", "KeyNote", "KeyVerdict", "key_verdicts", "subject_of", "foreign_path"]
 
+from ..records import Record
 # refused: what stops a power-on (``vm check`` reports it; power-on raises the error instead)
 Verdict = Literal["virtualized", "approximated", "disconnected", "ignored", "refused"]
 VERDICTS: tuple[Verdict, ...] = ("virtualized", "approximated", "disconnected", "ignored", "refused")
@@ -26,8 +26,7 @@ _DEVICE = re.compile(r"^((?:scsi|sata|nvme|ide)\d+:\d+|(?:scsi|sata|nvme|ide|eth
 _WINDOWS = re.compile(r"^(?:[A-Za-z]:|\\\\)")
 
 
-@dataclass(frozen=True)
-class KeyNote:
+class KeyNote(Record, frozen=True):
     """What was done with a device (``ide1:0``, ``serial1``: all its keys) or with one key (``numvcpus``)."""
 
     subject: str
@@ -45,8 +44,7 @@ class KeyNote:
         return self.verdict in WARNED and not self.quiet
 
 
-@dataclass(frozen=True)
-class KeyVerdict:
+class KeyVerdict(Record, frozen=True):
     """One key of a specfile and what becomes of it."""
 
     key: str

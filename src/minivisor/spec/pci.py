@@ -11,11 +11,11 @@ chipset keeps device 0 and 1 (and Q35 device 31).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 __all__ = ["VmwareSlot", "decode_slot", "CONVENTIONAL_BRIDGES", "ROOT_PORT_BRIDGES", "bridge_root_device"]
 
 CONVENTIONAL_BRIDGES = range(0, 4)  # pciBridge0-3: PCI-to-PCI bridges
+from ..records import Record
 ROOT_PORT_BRIDGES = range(4, 8)  # pciBridge4-7: PCIe root ports, 8 functions each
 _ROOT_DEVICES = range(2, 31)  # root-bus devices a slot may name: not the chipset's (0, 1, 31)...
 _BRIDGE_DEVICES = range(17, 25)  # ...nor the bridges'
@@ -26,8 +26,7 @@ def bridge_root_device(bridge: int) -> int:
     return 17 + bridge
 
 
-@dataclass(frozen=True)
-class VmwareSlot:
+class VmwareSlot(Record, frozen=True):
     """A decoded slot number: on the root bus (``bridge`` None) or behind ``pciBridge<bridge>``."""
 
     number: int

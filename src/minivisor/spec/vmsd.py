@@ -11,11 +11,11 @@ its number of snapshots and each snapshot's number of disks are bounded
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConflictError, NotFoundError, SpecError
+from ..records import Record, default_factory
 from ..text import excerpt
 from .devices import CONTROLLER_COUNT, UNIT_COUNT
 from .snapshot import Snapshot
@@ -31,11 +31,10 @@ VMSD_LIMITS = Limits(file_bytes=32 * 1024 * 1024, lines=MAX_SNAPSHOTS * (12 + 2 
                      line_bytes=3 * VMX_LIMITS.file_bytes + 1024)
 
 
-@dataclass
-class SnapshotTree:
+class SnapshotTree(Record):
     """The ``.vmsd`` contents."""
 
-    snapshots: dict[int, Snapshot] = field(default_factory=dict)
+    snapshots: dict[int, Snapshot] = default_factory(dict)
     current: int | None = None
     last_uid: int = 0
 

@@ -1,7 +1,7 @@
 """The typed view of a specfile: the virtual hardware a `.vmx` asks for.
 
 ``VmSpec.from_vmx(doc)`` turns a parsed :class:`~minivisor.spec.vmx.VmxDocument`
-into frozen dataclasses and reports semantic problems (unknown device types,
+into frozen records and reports semantic problems (unknown device types,
 impossible sizes) as :class:`~minivisor.errors.SpecError` naming the line.
 It does no I/O: checks against the host and the datastore happen in
 :mod:`minivisor.vmm.plan`.
@@ -14,10 +14,10 @@ excerpt: a specfile is input from outside.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ..errors import SpecError, StateError
+from ..records import Record
 from ..text import clip, excerpt
 from .devices import CONTROLLER_COUNT, NIC_MODELS, SCSI_MODELS, SOUND_MODELS, UNIT_COUNT, USB_MODELS
 from .fidelity import KeyNote, Verdict, foreign_path
@@ -104,8 +104,7 @@ def normalize_mac(value: str) -> str | None:
     return mac if _MAC.match(mac) else None
 
 
-@dataclass(frozen=True)
-class DiskController:
+class DiskController(Record, frozen=True):
     """A storage controller: ``scsi0``, ``sata1``, ``nvme0``, ``ide0``."""
 
     bus: Bus
@@ -118,8 +117,7 @@ class DiskController:
         return f"{self.bus}{self.index}"
 
 
-@dataclass(frozen=True)
-class Disk:
+class Disk(Record, frozen=True):
     """A device on a controller: a hard disk or a CD-ROM."""
 
     bus: Bus
@@ -140,8 +138,7 @@ class Disk:
         return f"{self.bus}{self.controller_index}"
 
 
-@dataclass(frozen=True)
-class Nic:
+class Nic(Record, frozen=True):
     """An ``ethernetN`` adapter."""
 
     index: int
@@ -163,8 +160,7 @@ class Nic:
         return self.network_name or self.connection_type
 
 
-@dataclass(frozen=True)
-class SerialPort:
+class SerialPort(Record, frozen=True):
     """A ``serialN`` port: to a file, a UNIX socket (``pipe``), a TCP listener on loopback (``network``), or
     to nothing (``disconnected``: the guest still sees the port)."""
 
@@ -176,32 +172,28 @@ class SerialPort:
     telnet: bool = False
 
 
-@dataclass(frozen=True)
-class Floppy:
+class Floppy(Record, frozen=True):
     """A ``floppyN`` drive backed by an image file."""
 
     index: int
     file_name: str | None
 
 
-@dataclass(frozen=True)
-class Display:
+class Display(Record, frozen=True):
     """The virtual graphics adapter (VMware SVGA II)."""
 
     present: bool = True
     vram_bytes: int = 4 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class UsbController:
+class UsbController(Record, frozen=True):
     """A USB controller, named by the key that turns it on: ``usb`` (UHCI), ``ehci``, ``usb_xhci``."""
 
     name: Literal["usb", "ehci", "usb_xhci"]
     pci_slot: int | None = None
 
 
-@dataclass(frozen=True)
-class Sound:
+class Sound(Record, frozen=True):
     """The sound card (``sound.virtualDev``: hdaudio, es1371, sb16); it plays to nothing on the host."""
 
     model: str
@@ -213,8 +205,7 @@ CPU_SHARE_LEVELS = {"low": 500, "normal": 1000, "high": 2000}
 MEM_SHARE_LEVELS = {"low": 5, "normal": 10, "high": 20}
 
 
-@dataclass(frozen=True)
-class Sched:
+class Sched(Record, frozen=True):
     """Resource controls (``sched.*``): CPU affinity, CPU and memory shares, memory reservation."""
 
     cpu_affinity: tuple[int, ...] | None = None  # host CPUs the VMM may run on; None: all
@@ -223,8 +214,7 @@ class Sched:
     mem_min_mib: int = 0  # memory reserved for the VM (sched.mem.min)
 
 
-@dataclass(frozen=True)
-class VmSpec:
+class VmSpec(Record, frozen=True):
     """The virtual hardware a specfile describes."""
 
     display_name: str
@@ -250,7 +240,7 @@ class VmSpec:
     boot_classes: tuple[str, ...] = BOOT_KINDS  # bios.bootOrder: hdd, cdrom, floppy, in the order tried
     unused_keys: tuple[str, ...] = ()
     unread_device_keys: tuple[str, ...] = ()  # settings of devices it has that nothing reads (pciSlotNumber...)
-    warnings: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = ()
     notes: tuple[KeyNote, ...] = ()  # what became of each device or key that is not simply virtualized
 
     @property
@@ -378,7 +368,7 @@ class _SpecReader:
         unread = tuple(k for k, _ in self.doc.items() if self.is_used(k) and k.lower() not in self.used)
         notes = tuple(self.notes.values())
         warnings = tuple(n.warning for n in notes if n.warns) + tuple(self.warnings)
-        return replace(spec, unused_keys=unused, unread_device_keys=unread, warnings=warnings, notes=notes)
+        return spec.replace(unused_keys=unused, unread_device_keys=unread, warnings=warnings, notes=notes)
 
     def refuse_unrunnable(self) -> None:
         """Refuse what VMware itself would not power on as it is: encrypted, template and suspended VMs."""

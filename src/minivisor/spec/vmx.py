@@ -18,19 +18,18 @@ checked before the work it bounds.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from ..errors import SpecError
 from ..files import write_atomic
+from ..records import Record
 from ..text import excerpt
 
 __all__ = ["Limits", "VMX_LIMITS", "VmxDocument", "VmxProblem", "lookup_charset", "read_bounded"]
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
+class Limits(Record, frozen=True):
     """How much of a dictionary file minivisor reads; anything larger is refused, not parsed."""
 
     file_bytes: int
@@ -169,8 +168,7 @@ def _diagnose(text: bytes) -> tuple[str, str]:
             "edit line {n} so it reads key = \"value\"; write a '\"' inside a value as |22")
 
 
-@dataclass(frozen=True, slots=True)
-class VmxProblem:
+class VmxProblem(Record, frozen=True):
     """Something found while parsing: ``error`` for a line that does not fit the
     grammar (it is kept verbatim), ``warning`` for something suspicious."""
 

@@ -33,14 +33,13 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import signal
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import DiskError
 from ..files import fsync_dir, write_atomic
+from ..records import Record, as_dict, default_factory
 
 __all__ = ["Journal", "JOURNAL_NAME", "crashpoint"]
 
@@ -57,17 +56,16 @@ def crashpoint(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-@dataclass
-class Journal:
+class Journal(Record):
     """The plan of one operation on one VM (see the module docstring)."""
 
     vm_dir: Path
     op: str
     phase: str = "prepare"
-    undo: list[str] = field(default_factory=list)  # files (relative to vm_dir) to delete on rollback
-    steps: list[list[Any]] = field(default_factory=list)
+    undo: list[str] = default_factory(list)  # files (relative to vm_dir) to delete on rollback
+    steps: list[list[Any]] = default_factory(list)
     done: int = 0
-    data: dict[str, Any] = field(default_factory=dict)  # op-specific facts for recovery
+    data: dict[str, Any] = default_factory(dict)  # op-specific facts for recovery
 
     @property
     def path(self) -> Path:
@@ -86,7 +84,7 @@ class Journal:
 
     def save(self, *, durable: bool = True) -> None:
         """Write the journal atomically; ``durable``: fsynced too (see the module docstring for when not)."""
-        record = asdict(self)
+        record = as_dict(self)
         record.pop("vm_dir")
         write_atomic(self.path, json.dumps(record, indent=1).encode(), mode=0o600,
                      sync="durable" if durable else "none")
@@ -143,6 +141,8 @@ def _write(vm_dir: Path, name: str, data: str) -> None:
 def _unlink(vm_dir: Path, name: str) -> None:
     path = vm_dir / name
     if path.is_dir() and not path.is_symlink():
+        import shutil  # here: a journal that removes a folder is rare, and shutil (with bz2, lzma) costs ~3 ms
+
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)

@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union
 
 from ..datastore.layout import VmPaths
 from ..host.admission import tcg_cache_mib
 from ..host.facts import Ovmf
+from ..records import Record, default_factory
 from ..spec.devices import NIC_MODELS, SCSI_MODELS, SOUND_MODELS, USB_MODELS
 from ..spec.vmspec import Disk, DiskController, Nic, SerialPort, VmSpec
 from ..images.layers import ImageLayer
@@ -34,16 +34,14 @@ __all__ = ["LaunchEnv", "GATE_PREFIX", "gate_group", "device_id", "VirtualDevice
            "netdev_id", "nic_netdev", "nic_device", "AGENT_CHANNEL"]
 
 
-@dataclass(frozen=True)
-class Tap:
+class Tap(Record, frozen=True):
     """A tap minivisor makes on a network's bridge before the VMM starts; QEMU opens it by name."""
 
     ifname: str
     network: str
 
 
-@dataclass(frozen=True)
-class HostForward:
+class HostForward(Record, frozen=True):
     """A port forward QEMU's user-mode NAT listens for on the host (parts checked by net.forwards)."""
 
     protocol: Literal["tcp", "udp"]
@@ -57,8 +55,7 @@ class HostForward:
         return f"{self.protocol}:{self.host_addr}:{self.host_port}-:{self.guest_port}"
 
 
-@dataclass(frozen=True)
-class UserNat:
+class UserNat(Record, frozen=True):
     """QEMU's user-mode NAT (the host builds no networks), with the VM's port forwards to this NIC."""
 
     forwards: tuple[HostForward, ...] = ()
@@ -74,8 +71,7 @@ SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=de
 SHUTDOWN_TRACE = "qemu_system_shutdown_request"
 GATE_PREFIX = "gate-"  # the filter node a disk with VMDK layers is attached through
 
-@dataclass(frozen=True)
-class LaunchEnv:
+class LaunchEnv(Record, frozen=True):
     """Everything beyond the spec that the command line needs, already resolved."""
 
     name: str
@@ -83,10 +79,10 @@ class LaunchEnv:
     qemu: str
     accel: Literal["kvm", "tcg"]
     paths: VmPaths
-    disk_chains: Mapping[str, tuple[ImageLayer, ...]] = field(default_factory=dict)  # by node
-    files: Mapping[str, Path] = field(default_factory=dict)  # cdrom nodes, serialN, floppyN
-    macs: Mapping[int, str] = field(default_factory=dict)  # NIC index -> MAC
-    networks: Mapping[int, NetBackend] = field(default_factory=dict)  # NIC index -> backend
+    disk_chains: Mapping[str, tuple[ImageLayer, ...]] = default_factory(dict)  # by node
+    files: Mapping[str, Path] = default_factory(dict)  # cdrom nodes, serialN, floppyN
+    macs: Mapping[int, str] = default_factory(dict)  # NIC index -> MAC
+    networks: Mapping[int, NetBackend] = default_factory(dict)  # NIC index -> backend
     console_index: int | None = 0  # COM port of the minivisor console; None if the spec uses it
     incoming: bool = False  # the VMM waits for a saved state (a memory snapshot's) instead of booting
     uefi: Ovmf | None = None  # firmware = "efi": OVMF, its variables in paths.efi_vars; None: SeaBIOS
@@ -97,8 +93,7 @@ class LaunchEnv:
         return self.uefi is not None and self.uefi.secure_boot
 
 
-@dataclass(frozen=True)
-class VirtualDevice:
+class VirtualDevice(Record, frozen=True):
     """One piece of virtual hardware: what the guest sees and how QEMU builds it."""
 
     name: str

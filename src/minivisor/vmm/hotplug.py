@@ -66,15 +66,17 @@ def _place_taken(place: PciPlace, used: dict[str, set[int]]) -> str | None:
 
 def unplug_nic(vmm: Vmm, nic: Nic, *, timeout: float = UNPLUG_TIMEOUT) -> None:
     """Ask the guest to release the NIC, wait until QEMU has deleted it, then delete its backend. A NIC QEMU no
-    longer has was released after an earlier removal gave up waiting: only its backend is left to delete."""
+    longer has was released after an earlier removal gave up waiting: only its backend is left to delete; one
+    the guest has not released yet is waited for as if asked now."""
     with vmm.session() as qmp:
         try:
             qmp.execute("device_del", {"id": nic.name})
         except QmpCommandError as exc:
-            if exc.error_class != "DeviceNotFound":
+            if exc.error_class == "DeviceNotFound":
+                _quietly(qmp, "netdev_del", {"id": netdev_id(nic)})  # gone with the VMM's own clean-up is fine too
+                return
+            if "in the process of unplug" not in exc.desc:  # QEMU's words for a request still pending
                 raise
-            _quietly(qmp, "netdev_del", {"id": netdev_id(nic)})  # gone with the VMM's own clean-up is fine too
-            return
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -16,17 +16,16 @@ power-on would give it (:func:`slots_in_use`), and which root slot is free for o
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import SpecError
+from ..records import Record
 from ..spec.pci import VmwareSlot, bridge_root_device, decode_slot
 
 __all__ = ["PciPlace", "PciBridge", "PciLayout", "pci_layout", "root_bus", "slots_in_use", "free_root_slot"]
 
 
-@dataclass(frozen=True)
-class PciPlace:
+class PciPlace(Record, frozen=True):
     """A device's place: a slot and function on a bus (``pci.0``/``pcie.0``, or a bridge's id)."""
 
     bus: str
@@ -50,8 +49,7 @@ class PciPlace:
         return f"{where} (pciSlotNumber {self.vmware_slot})" if self.vmware_slot is not None else where
 
 
-@dataclass(frozen=True)
-class PciBridge:
+class PciBridge(Record, frozen=True):
     """A bridge rebuilt from VMware's hardware: ``pciBridge5``, or ``pciBridge5-3`` for its function 3."""
 
     id: str
@@ -71,8 +69,7 @@ class PciBridge:
         return {"driver": "pci-bridge", **fields, "chassis_nr": chassis}
 
 
-@dataclass(frozen=True)
-class PciLayout:
+class PciLayout(Record, frozen=True):
     """Every placed device by name (``scsi0``, ``ethernet1``, ``svga``), and the bridges they need."""
 
     places: dict[str, PciPlace]

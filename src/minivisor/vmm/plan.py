@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from .. import dirs
@@ -27,6 +26,7 @@ from ..host import facts
 from ..host.facts import Ovmf
 from ..host.accel import choose_accel
 from ..host.placement import check_affinity, notes
+from ..records import Record, default_factory
 from ..spec.fidelity import KeyNote
 from ..spec.identity import generated_mac
 from ..spec.vmsd import SnapshotTree, vmsd_path
@@ -45,18 +45,16 @@ __all__ = ["LaunchPlan", "make_plan", "Resources", "check_host_fit", "resolve_re
 DISCARD_PREFIX = ".minivisor-discard-"
 
 
-@dataclass(frozen=True)
-class HostNetworks:
+class HostNetworks(Record, frozen=True):
     """The networks NICs may join on this host: by lower-case name, or none (``reason`` says why) if the host
     cannot build them, when NAT is QEMU's user-mode networking and the VM's port forwards (by NIC index) are its."""
 
     networks: Mapping[str, NetworkEntry] | None
     reason: str = ""
-    user_forwards: Mapping[int, tuple[HostForward, ...]] = field(default_factory=dict)
+    user_forwards: Mapping[int, tuple[HostForward, ...]] = default_factory(dict)
 
 
-@dataclass(frozen=True)
-class LaunchPlan:
+class LaunchPlan(Record, frozen=True):
     """What a power-on builds: the spec, the environment resolved for it, and what the user should know."""
 
     spec: VmSpec
@@ -86,11 +84,15 @@ class LaunchPlan:
 
 
 def make_plan(name: str, uuid: str, paths: VmPaths, scope: Scope, *, incoming: bool = False,
-              networks: HostNetworks = HostNetworks(None, "no networks given")) -> LaunchPlan:
-    """Read the specfile and check it against the host and the datastore; raises what is wrong."""
+              networks: Callable[[], HostNetworks] | None = None) -> LaunchPlan:
+    """Read the specfile and check it against the host and the datastore; raises what is wrong.
+
+    ``networks`` gives the networks NICs may join; it is asked only if the spec has NICs (it loads the
+    network modules and reads the catalog: a VM without NICs powers on without them)."""
     spec = VmSpec.from_vmx(read_vmx(paths.vmx))
     fit = _host_notes(spec)
-    resources = resolve_resources(spec, scope, paths.vmx, uuid, networks)
+    host = networks() if networks is not None and spec.nics else HostNetworks(None, "no networks given")
+    resources = resolve_resources(spec, scope, paths.vmx, uuid, host)
     qemu = facts.find_qemu()
     uefi = _uefi(spec, paths, name)
     accel = choose_accel(dirs.cache_dir(), qemu)
@@ -172,8 +174,7 @@ def _uefi(spec: VmSpec, paths: VmPaths, name: str) -> Ovmf | None:
     return ovmf
 
 
-@dataclass(frozen=True)
-class Resources:
+class Resources(Record, frozen=True):
     """Files, addresses and networks a spec resolves to on this host."""
 
     disk_chains: dict[str, tuple[ImageLayer, ...]]
@@ -310,8 +311,7 @@ def _check_unique_macs(macs: dict[int, str]) -> None:
         seen[mac] = index
 
 
-@dataclass(frozen=True)
-class NicPlacement:
+class NicPlacement(Record, frozen=True):
     """Where a NIC is at its power-on: on a network's switch (``entry``), on QEMU's user-mode NAT, or on nothing
     (its link down; ``why`` says why, empty for ``connectionType = none``, which asks for no network)."""
 

@@ -20,7 +20,6 @@ import select
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +28,7 @@ from ..datastore.layout import VmPaths
 from ..errors import AgentError, LockError, QmpError, VmmError
 from ..files import write_atomic
 from ..locks import try_lock, wait_lock
+from ..records import Record, as_dict, default_factory
 from .states import FAULTS, VmState
 
 if TYPE_CHECKING:  # subprocess, shutil, socket and the QMP session are imported where a VMM is started,
@@ -102,8 +102,7 @@ class VmLock:
         self.release()
 
 
-@dataclass
-class RuntimeRecord:
+class RuntimeRecord(Record):
     """What a later process needs to find and verify a running VMM."""
 
     pid: int
@@ -113,7 +112,7 @@ class RuntimeRecord:
     console_socket: str | None
     runtime_dir: str
     accel: str
-    started_at: float = field(default_factory=time.time)
+    started_at: float = default_factory(time.time)
 
     @classmethod
     def load(cls, path: Path) -> RuntimeRecord | None:
@@ -124,11 +123,10 @@ class RuntimeRecord:
 
     def save(self, path: Path) -> None:
         # Not fsynced: it describes a process, which a power loss ends too (a stale record is cleared).
-        write_atomic(path, json.dumps(asdict(self), indent=1).encode(), mode=0o600, sync="none")
+        write_atomic(path, json.dumps(as_dict(self), indent=1).encode(), mode=0o600, sync="none")
 
 
-@dataclass(frozen=True)
-class Observed:
+class Observed(Record, frozen=True):
     """A VM's power state as observed now; ``fault`` says why QEMU paused it by itself (a key of FAULTS)."""
 
     state: VmState

@@ -58,7 +58,7 @@ export async function showScreen(vm, box) {
 // The CD-ROM from the screen's view: insert an ISO of the VM's own folder (a VM opens only files there: upload
 // one into it in the datastore browser), or eject it (a running guest sees the tray open and close), so an OS
 // installs from an ISO entirely in the browser.
-async function cdromBar(vm) {
+export async function cdromBar(vm) {
   const choice = el("select", {id: "cdrom-image"});
   try {
     const listing = await api("GET", "/v1/datastore/files?folder=" + encodeURIComponent(JSON.stringify(vm)));

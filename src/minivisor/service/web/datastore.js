@@ -1,4 +1,6 @@
-// The datastore browser: folders and files with their sizes, and uploads (ISOs, disk images) with progress.
+// The datastore browser: folders and files with their sizes, uploads (ISOs, disk images) with progress, a
+// folder with a specfile registered as it is or imported (a VMware VM's folder: copied in, its disks converted),
+// and files deleted (what a VM uses is refused, with the reason).
 
 import {api} from "./api.js";
 import {$, el} from "./dom.js";
@@ -26,7 +28,7 @@ export async function showDatastore(path = folder) {
         : entry.name),
       el("td", {class: "size", text: size(entry.size)}),
       el("td", {text: new Date(entry.modified * 1000).toLocaleString()}),
-      el("td", {}, ...(/\.vmx$/i.test(entry.name) && entry.kind === "file" ? registerButton(listing.path + "/" + entry.name) : []))));
+      el("td", {}, ...(entry.kind === "file" ? fileButtons(listing, entry.name) : []))));
     const up = folder ? [el("tr", {}, el("td", {}, el("button", {class: "link", text: "../",
       onclick: () => showDatastore(folder.split("/").slice(0, -1).join("/"))})), el("td"), el("td"), el("td"))] : [];
     box.querySelector("#datastore-where").textContent = "/" + folder + "  (" + size(listing.free) + " free of " +
@@ -40,14 +42,34 @@ export async function showDatastore(path = folder) {
 
 function join(a, b) { return a ? a + "/" + b : b; }
 
-// "Register existing .vmx": a specfile of the datastore not in the inventory yet becomes a VM.
-function registerButton(vmx) {
-  const button = actionButton("Register", "register", "", async () => {
-    const vm = await api("POST", "/v1/vms/register", {vmx_path: vmx});
+// A file's actions: a specfile's (below), and Delete (asked first; refused for what a VM uses, and why).
+function fileButtons(listing, name) {
+  const where = listing.folder;
+  const remove = actionButton("Delete", "delete-file", "", async () => {
+    await api("POST", "/v1/datastore/files/delete", {folder: where, name});
+    await showDatastore(where);
+  }, {confirm: "Delete " + (where ? where + "/" : "") + name + " from the datastore? It cannot be undone."});
+  remove.dataset.file = name;
+  const buttons = /\.vmx$/i.test(name) ? specfileButtons(listing.path, name) : [];
+  return [...buttons, " ", remove, el("span", {class: "error", role: "alert"})];
+}
+
+// A specfile of the datastore: "Register existing .vmx" (a VM not in the inventory yet, its files where they
+// are) or "Import" (its folder copied in as a new VM under the name asked, each disk checked and converted).
+function specfileButtons(where, vmx) {
+  const register = actionButton("Register", "register", "", async () => {
+    const vm = await api("POST", "/v1/vms/register", {vmx_path: where + "/" + vmx});
     await refreshVm(vm.name);
   });
-  button.dataset.vmx = vmx.split("/").pop();
-  return [button, el("span", {class: "error", role: "alert"})];
+  const importing = actionButton("Import…", "import", "", async () => {
+    const name = window.prompt("Import the VM in folder " + where.split("/").pop() + " as:", vmx.replace(/\.vmx$/i, ""));
+    if (!name) return;
+    const vm = await api("POST", "/v1/vms/import", {folder: where, name: name.trim()});
+    await refreshVm(vm.name);
+    await showDatastore();
+  });
+  for (const button of [register, importing]) button.dataset.vmx = vmx;
+  return [register, " ", importing];
 }
 
 // XMLHttpRequest, not fetch: only it reports an upload's progress.

@@ -25,6 +25,12 @@ export async function openDetail(vm, tabIndex = 0) {
   await module[show](vm, box);
 }
 
+// Refreshes run one after another: two at once (a click's and an event's) could paint the older answers last.
+let refreshing = Promise.resolve();
+
 export function refreshDetail(vm) {
-  if (current && current.vm === vm) current.module.refresh?.(vm, current.box);
+  if (!(current && current.vm === vm && current.module.refresh)) return refreshing;
+  const {module, box} = current;
+  refreshing = refreshing.then(() => module.refresh(vm, box)).catch(() => {});  // each tab shows its own errors
+  return refreshing;
 }

@@ -5,9 +5,11 @@ import {$, el} from "./dom.js";
 import {openDetail, refreshDetail} from "./detail.js";
 import {setUp as setUpDatastore, showDatastore} from "./datastore.js";
 import {showNetworks} from "./networks.js";
+import {showTask, showTasks} from "./tasks.js";
 
 const rows = new Map();  // VM name -> its <tr>
 const FOLDER_EVENTS = new Set(["created", "registered", "deleted", "unregistered"]);
+const FOLDER_TASKS = new Set(["clone_vm", "import_vm"]);  // they make a VM and its folder, and say so only as tasks
 
 // What each state offers, in order; `confirm` asks first (it cannot be undone or loses the guest's state).
 const ACTIONS = {
@@ -30,38 +32,17 @@ export function actionButton(label, action, vm, call, options = {}) {
     if (error) error.textContent = "";
     if (options.confirm && !window.confirm(options.confirm.replace("{vm}", vm))) return;
     button.disabled = true;
-    const task = startTask(label, vm);
     try {
       await call();
-      endTask(task);
     } catch (e) {
       const where = button.parentElement.querySelector(".error");
       if (where) where.textContent = label + ": " + e.message;
-      endTask(task, e.message);
     } finally {
       button.disabled = false;
     }
     if (vm) await refreshVm(vm);
   });
   return button;
-}
-
-// The task list: what this page asked for, running or done, how long it took and, failed, why (newest first)
-const MAX_TASKS = 50;
-
-function startTask(label, vm) {
-  const status = el("td", {class: "task-status", text: "running…"});
-  const row = el("tr", {dataset: {state: "running"}}, el("td", {text: new Date().toLocaleTimeString()}),
-                 el("td", {text: label}), el("td", {text: vm}), status);
-  $("tasks").prepend(row);
-  while ($("tasks").children.length > MAX_TASKS) $("tasks").lastChild.remove();
-  return {row, status, started: performance.now()};
-}
-
-function endTask(task, error) {
-  const took = ((performance.now() - task.started) / 1000).toFixed(1) + " s";
-  task.row.dataset.state = error ? "failed" : "done";
-  task.status.textContent = error ? "failed after " + took + ": " + error : "done in " + took;
 }
 
 // The host's load and memory, and how many VMs run, from /v1/metrics every few seconds
@@ -178,6 +159,11 @@ async function followEvents() {
   for (;;) {
     try {
       await follow((event) => {
+        if (event.type === "task") {  // the VM's own events follow, if it has any
+          showTask(event.task);
+          if (event.task.state === "done" && FOLDER_TASKS.has(event.task.operation)) { refreshAll(); showDatastore(); }
+          return;
+        }
         logEvent(event);
         if (event.vm) refreshVm(event.vm); else refreshAll();
         if (FOLDER_EVENTS.has(event.type)) showDatastore();  // a VM's folder came or went
@@ -185,7 +171,7 @@ async function followEvents() {
     } catch { /* logged out, or the service went away */ }
     if ($("main").hidden) return;
     await new Promise((resolve) => setTimeout(resolve, 2000));
-    try { await refreshAll(); } catch { return; }  // the stream missed events meanwhile
+    try { await refreshAll(); await showTasks(true); } catch { return; }  // the stream missed events meanwhile
   }
 }
 
@@ -203,6 +189,7 @@ async function showMain() {
   $("logout").hidden = false;
   followEvents();  // subscribed before the list is read: no change falls between the two
   await refreshAll();
+  await showTasks();
   await setUpDatastore();
   await showNetworks();
   await showHost();

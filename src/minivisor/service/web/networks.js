@@ -36,30 +36,34 @@ export async function showNetworks() {
 }
 
 // -- a VM's Network tab: its NICs and addresses, and its port forwards ---------------------------------------------
+// The add form is made once: a refresh (after any action or event) redraws the lists, not what the user typed or
+// the error of the last add.
 export async function show(vm, box) {
-  box.replaceChildren(el("div", {id: "vm-nics"}), el("div", {id: "vm-forwards"}));
+  const spec = el("input", {id: "forward-spec", placeholder: "[ADDR:]HOSTPORT:GUESTPORT[/udp]", size: "28"});
+  const add = actionButton("Add port forward", "add-forward", vm,
+                           () => api("POST", vmPath(vm, "/port-forwards"), {forward: spec.value.trim()}));
+  box.replaceChildren(el("div", {id: "vm-nics"}),
+    el("div", {id: "vm-forwards"}, el("h3", {text: "Port forwards"}), el("ul", {id: "forward-list"}),
+       el("p", {}, spec, " ", add, el("span", {class: "error", role: "alert"}))));
   await refresh(vm, box);
 }
 
 export async function refresh(vm, box) {
   const nics = box.querySelector("#vm-nics");
-  const forwards = box.querySelector("#vm-forwards");
-  if (!nics || !forwards) return;
+  const list = box.querySelector("#forward-list");
+  if (!nics || !list) return;
   try {
     const addresses = await api("GET", vmPath(vm, "/addresses"));
     nics.replaceChildren(el("h3", {text: "NICs"}), el("ul", {}, ...addresses.map((nic) =>
       el("li", {text: Object.entries(nic).filter(([, v]) => v !== null && v !== "").map(([k, v]) => k + ": " + v).join(", ")}))));
-    const list = await api("GET", vmPath(vm, "/port-forwards"));
-    const spec = el("input", {id: "forward-spec", placeholder: "[ADDR:]HOSTPORT:GUESTPORT[/udp]", size: "28"});
-    const add = actionButton("Add port forward", "add-forward", vm,
-                             () => api("POST", vmPath(vm, "/port-forwards"), {forward: spec.value.trim()}));
-    forwards.replaceChildren(el("h3", {text: "Port forwards"}), el("ul", {id: "forward-list"}, ...list.map((f) => {
+    const forwards = await api("GET", vmPath(vm, "/port-forwards"));
+    list.replaceChildren(...forwards.map((f) => {
       const text = (f.host_addr ? f.host_addr + ":" : "") + f.host_port + (f.protocol === "udp" ? "/udp" : "");
       return el("li", {dataset: {forward: text}}, el("span", {text: text + " → " + f.nic + " port " + f.guest_port + " "}),
         actionButton("Remove", "remove-forward", vm, () => api("POST", vmPath(vm, "/port-forwards/remove"), {forward: text})),
         el("span", {class: "error", role: "alert"}));
-    })), el("p", {}, spec, " ", add, el("span", {class: "error", role: "alert"})));
+    }));
   } catch (e) {
-    forwards.replaceChildren(el("span", {class: "error", role: "alert", text: "Network: " + e.message}));
+    nics.replaceChildren(el("span", {class: "error", role: "alert", text: "Network: " + e.message}));
   }
 }

@@ -15,11 +15,11 @@ export async function show(vm, box) {
     return;
   }
   const text = el("textarea", {id: "specfile-text", spellcheck: "false", wrap: "off", "aria-label": "specfile"});
-  text.value = read.text;
+  text.value = read.text;  // a textarea's value has "\n" line breaks whatever the text had
   const gutter = el("pre", {id: "specfile-lines", "aria-hidden": "true"});
   const status = el("span", {id: "specfile-status", role: "status"});
   const error = el("span", {id: "specfile-error", class: "error", role: "alert"});
-  editor = {vm, stamp: read.stamp, loaded: read.text, text, gutter, status, error};
+  editor = {vm, stamp: read.stamp, loaded: text.value, newline: lineBreak(read.text), text, gutter, status, error};
   text.addEventListener("input", () => number(null));
   text.addEventListener("scroll", () => { gutter.scrollTop = text.scrollTop; });
   const save = el("button", {text: "Save", dataset: {action: "save-specfile", vm}, onclick: () => saveFrom(editor, save)});
@@ -32,6 +32,12 @@ export async function refresh(vm, box) {
   if (!editor || editor.vm !== vm || editor.text.value !== editor.loaded) return;
   const read = await api("GET", vmPath(vm, "/specfile")).catch(() => null);
   if (read && read.stamp !== editor.stamp && editor.text.value === editor.loaded) await show(vm, box);
+}
+
+// The line break a file uses (its first one; VMware writes "\r\n" on Windows), which a save writes back.
+function lineBreak(text) {
+  const first = text.indexOf("\n");
+  return first > 0 && text[first - 1] === "\r" ? "\r\n" : "\n";
 }
 
 // Line numbers beside the text; the line an error is about is marked.
@@ -48,7 +54,8 @@ async function saveFrom(state, button) {
   state.status.textContent = "";
   button.disabled = true;
   try {
-    const saved = await api("PUT", vmPath(state.vm, "/specfile"), {text: state.text.value, stamp: state.stamp});
+    const text = state.text.value.replace(/\r?\n/g, state.newline);  // the file's own line breaks, as it had them
+    const saved = await api("PUT", vmPath(state.vm, "/specfile"), {text, stamp: state.stamp});
     state.stamp = saved.stamp;
     state.loaded = state.text.value;
     state.status.textContent = "Saved." + (saved.warnings.length ? " Power-on will say: " + saved.warnings.join("; ") : "");

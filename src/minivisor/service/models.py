@@ -1,0 +1,551 @@
+"""The REST API's typed models: one request model per route, the answers' models, the error envelope.
+
+A route's request model (:data:`REQUESTS`, by the route's core method) holds the
+values of its JSON body (POST/PUT/DELETE) or query string (GET); its path
+parameters are :data:`VmName` (the one that names the VM) or :data:`Segment`.
+Every model refuses fields it does not have, values of another JSON type (strict:
+``"5"`` is no number), numbers that are not finite or out of the core's bounds,
+and strings beyond their length or with characters their meaning cannot have (a
+newline in a NIC's name, a comma in a port forward). Where the core has a check
+of its own (a VM's name, a size, a network's name) the model calls it, so both
+refuse alike. The core API still checks each argument's range and meaning: these
+models are the shape, checked before anything runs.
+
+An answer's model goes by the route's ``returns`` column (:data:`ANSWERS`), or by
+its core method where ``returns`` is plain JSON (:data:`ANSWERS_BY_OP`). The
+OpenAPI document (:mod:`minivisor.service.openapi`) is made from these models.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, RootModel, TypeAdapter, ValidationError,
+                      WithJsonSchema)
+
+from ..cluster.config import MAX_TTL, MIN_TTL
+from ..core.bounds import (MAX_COMMAND, MAX_DESCRIPTION, MAX_EVENTS, MAX_GUEST_PATH, MAX_SIZE_TEXT,
+                           MAX_SNAPSHOT_NAME, MAX_TIMEOUT, check_args)
+from ..core.diskops import FORMATS
+from ..core.guest import VIAS
+from ..core.networks import MODES
+from ..datastore.names import VM_NAME, check_vm_name
+from ..errors import ArgumentError, HvError, PathError, RequestError
+from ..net.names import check_interface_name, check_network_name
+from ..spec.devices import CREATABLE_NICS, CREATABLE_SCSI
+from ..spec.vmspec import MEMORY_MIB, VCPUS
+from ..text import excerpt
+from ..vmm.states import VmState
+from .routes import Op, check_segment
+
+__all__ = ["arguments", "answer", "Request", "REQUESTS", "ANSWERS", "ANSWERS_BY_OP", "ErrorAnswer", "VmName",
+           "Segment", "MAX_STRING", "MAX_ITEMS", "MAX_TEXT"]
+
+MAX_STRING = 4096  # characters in a string without a bound of its own (a path: PATH_MAX)
+MAX_ITEMS = 256  # words in a command given as a list
+MAX_TEXT = 64 * 1024  # characters of a file's text (a specfile: put_specfile)
+
+_NO_CONTROLS = r"^[^\x00-\x1f\x7f]*$"  # one line: no newline, no NUL, no escape sequence
+
+
+def _checked(check: Any, **schema: Any) -> Any:
+    """A string the core's own ``check`` accepts (it raises the core's error), documented as ``schema``."""
+    return Annotated[str, AfterValidator(check), WithJsonSchema({"type": "string", **schema})]
+
+
+def _no_parent_steps(path: str) -> str:
+    """A path without ``..``: the core resolves paths under its path policy, and no client needs to climb."""
+    if ".." in path.split("/"):
+        raise PathError(f"{excerpt(path)} steps up a folder (..)", hint="name the file by a path without ..")
+    return path
+
+
+def _size(value: str) -> str:
+    check_args(size=value)
+    return value
+
+
+def _segment(value: str) -> str:
+    try:
+        return check_segment(value)
+    except ValueError as exc:  # the path as sent cannot name one thing
+        raise PathError(str(exc), hint="see /openapi.json") from None
+
+
+VmName = _checked(check_vm_name, pattern="^" + VM_NAME.pattern.removesuffix(r"\Z") + "$", maxLength=63,
+                  description="a VM's name: 1-63 letters, digits, '.', '_' or '-', first a letter or digit")
+Segment = _checked(_segment, minLength=1, maxLength=128, pattern=r"^[^/\\\x00-\x1f\x7f]+$",
+                   description="one path segment: no '/', no '\\', no control character, not '.' or '..'")
+NetworkName = _checked(check_network_name, maxLength=32,
+                       description="a network's name: 1-32 letters, digits, '.', '_' or '-'")
+Interface = _checked(check_interface_name, maxLength=15, description="a host network interface, e.g. eth0")
+Size = Annotated[str, Field(max_length=MAX_SIZE_TEXT, description="a size such as 512M, 20G or 1T (powers of 1024)",
+                            examples=["20G"]), AfterValidator(_size)]
+HostPath = Annotated[str, Field(min_length=1, max_length=MAX_STRING, pattern=_NO_CONTROLS,
+                                description="a file on the host: in the datastore (relative to it, or absolute) "
+                                            "or in a folder allowed for specfiles; no '..'"),
+                     AfterValidator(_no_parent_steps)]
+Folder = Annotated[str, Field(max_length=MAX_STRING, pattern=_NO_CONTROLS,
+                              description="a folder of the datastore, relative to its top ('' the top); no '..'"),
+                   AfterValidator(_no_parent_steps)]
+SnapshotName = Annotated[str, Field(min_length=1, max_length=MAX_SNAPSHOT_NAME, pattern=_NO_CONTROLS,
+                                    description="a snapshot's name (one line)")]
+Network = _checked(check_network_name, maxLength=32, description="nat, hostonly, bridged, none or a network's name")
+Nic = Annotated[str, Field(pattern=r"^ethernet[0-9]$", description="a NIC: ethernet0 to ethernet9")]
+Drive = Annotated[str, Field(max_length=16, pattern=r"^[a-z]+[0-9]+:[0-9]+$",
+                             description="a drive's node, e.g. scsi0:0, ide1:0, sata0:1")]
+Forward = Annotated[str, Field(max_length=40, pattern=r"^[0-9A-Za-z.:/]+$",
+                               description="[ADDR:]HOSTPORT[:GUESTPORT][/tcp|/udp], e.g. 8080:80")]
+Seconds = Annotated[float, Field(ge=0, le=MAX_TIMEOUT, description=f"seconds, 0 to {MAX_TIMEOUT:.0f}")]
+
+
+class Request(BaseModel):
+    """A request's values: no field beyond the model's, each value of its exact JSON type, numbers finite.
+
+    A default here is the core method's own (a test holds them equal); only the fields a
+    request sends are passed on, so the core applies the rest itself."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+class NoFields(Request):
+    """A route whose only values are in its path."""
+
+
+# -- requests, in the route table's order ---------------------------------------------
+class CreateVm(Request):
+    name: VmName
+    memory_mib: Annotated[int, Field(ge=MEMORY_MIB[0], le=MEMORY_MIB[1],
+                                     description=f"MiB of guest memory, {MEMORY_MIB[0]} to {MEMORY_MIB[1]}")] = 512
+    cpus: Annotated[int, Field(ge=VCPUS[0], le=VCPUS[1], description=f"virtual CPUs, {VCPUS[0]} to {VCPUS[1]}")] = 1
+    disk_size: Size | None = None
+    boot_disk: HostPath | None = None
+    network: Network = "nat"
+    nic_model: Literal[CREATABLE_NICS] = "vmxnet3"  # type: ignore[valid-type] - the core's own table
+    scsi_model: Literal[CREATABLE_SCSI] = "lsilogic"  # type: ignore[valid-type]
+    guest_os: Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                                   description="VMware's guestOS, e.g. other-64, ubuntu-64")] = "other-64"
+    firmware: Literal["bios", "efi"] = "bios"
+    thick: bool = False
+    cdrom: bool = False
+
+
+class RegisterVm(Request):
+    vmx_path: HostPath
+    name: VmName | None = None
+
+
+class PutSpecfile(Request):
+    text: Annotated[str, Field(max_length=MAX_TEXT, description="the specfile's whole text")]
+    stamp: Annotated[str, Field(max_length=128, pattern=r"^[A-Za-z0-9:._-]*$",
+                                description="the stamp GET .../specfile gave with the text it edits")]
+
+
+class Events(Request):
+    limit: Annotated[int, Field(ge=0, le=MAX_EVENTS, description="the last N events; 0: all")] = 100
+
+
+class StartVm(Request):
+    wait_ready: bool = False
+    timeout: Seconds = 120.0
+
+
+class StopVm(Request):
+    hard: bool = False
+    timeout: Seconds = 30.0
+
+
+class WaitReady(Request):
+    timeout: Seconds = 120.0
+
+
+class ExecInVm(Request):
+    command: (Annotated[list[Annotated[str, Field(max_length=MAX_COMMAND)]], Field(max_length=MAX_ITEMS)]
+              | Annotated[str, Field(max_length=MAX_COMMAND)]) = Field(
+        description="an argv (each word passed exactly) or one shell command line")
+    timeout: Seconds = 60.0
+    via: Literal[VIAS] = "auto"  # type: ignore[valid-type]
+
+
+class CopyFile(Request):
+    host_path: HostPath
+    guest_path: Annotated[str, Field(min_length=1, max_length=MAX_GUEST_PATH, pattern=_NO_CONTROLS)]
+
+
+class Autostart(Request):
+    enabled: bool
+
+
+class Cdrom(Request):
+    image: HostPath | None = Field(None, description="the ISO to insert; null ejects")
+    drive: Drive | None = None
+
+
+class CheckVmx(Request):
+    vmx_path: HostPath
+
+
+class DatastoreFiles(Request):
+    folder: Folder = ""
+
+
+class DatastoreDelete(Request):
+    folder: Folder
+    name: Segment
+
+
+class VmDiskResize(Request):
+    node: Drive
+    size: Size
+
+
+class AddDisk(Request):
+    size: Size
+    thick: bool = False
+
+
+class SetResources(Request):
+    cpus: Annotated[int, Field(ge=VCPUS[0], le=VCPUS[1], description=f"virtual CPUs, {VCPUS[0]} to {VCPUS[1]}")] \
+        | None = None
+    memory_mib: Annotated[int, Field(ge=MEMORY_MIB[0], le=MEMORY_MIB[1],
+                                     description=f"MiB of guest memory, {MEMORY_MIB[0]} to {MEMORY_MIB[1]}")] \
+        | None = None
+
+
+class SnapshotTake(Request):
+    snapshot: SnapshotName
+    description: Annotated[str, Field(max_length=MAX_DESCRIPTION)] = ""
+    memory: bool | None = Field(None, description="with memory and device state; null: if the VM runs")
+
+
+class SnapshotNamed(Request):
+    snapshot: SnapshotName
+
+
+class CloneVm(Request):
+    target: VmName
+    linked: bool = False
+    snapshot: SnapshotName | None = None
+
+
+class ImportVm(Request):
+    folder: HostPath
+    name: VmName | None = None
+
+
+class DiskPath(Request):
+    path: HostPath
+
+
+class DiskResize(DiskPath):
+    size: Size
+
+
+class NewDiskFormat(Request):
+    """How a new disk file is made: its format (by default its name's), thin unless thick."""
+
+    fmt: Literal[FORMATS] | None = None  # type: ignore[valid-type]
+    thick: bool = False
+
+
+class DiskCreate(DiskResize, NewDiskFormat):
+    pass
+
+
+class DiskConvert(NewDiskFormat):
+    source: HostPath
+    target: HostPath
+
+
+class CreateNetwork(Request):
+    name: NetworkName
+    mode: Literal[MODES] = "nat"  # type: ignore[valid-type]
+    subnet: Annotated[str, Field(max_length=18, pattern=r"^[0-9./]+$", description="e.g. 192.168.100.0/24")] | None \
+        = None
+    bridge: Interface | None = None
+    dhcp: bool = True
+
+
+class SetNic(Request):
+    link: bool | None = None
+    address: Annotated[str, Field(max_length=15, pattern=r"^[0-9.]+$", description="an IPv4 address")] | None = None
+
+
+class AddNic(Request):
+    nic: Nic
+    model: Literal[CREATABLE_NICS] = "vmxnet3"  # type: ignore[valid-type]
+    network: Network = "nat"
+
+
+class PortForwardAdd(Request):
+    forward: Forward
+    nic: Nic = "ethernet0"
+
+
+class PortForwardRemove(Request):
+    forward: Forward
+
+
+_ETCD = Annotated[str, Field(max_length=2048, pattern=r"^[A-Za-z0-9.:/\[\],_-]+$",
+                             description="etcd's client URLs, comma-separated")]
+_HOST = Annotated[str, Field(max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+class ClusterInit(Request):
+    etcd: _ETCD
+    name: _HOST | None = None
+    ttl: Annotated[int, Field(ge=MIN_TTL, le=MAX_TTL)] | None = None
+
+
+class ClusterJoin(Request):
+    etcd: _ETCD
+    name: _HOST | None = None
+
+
+class ClusterLeave(Request):
+    force: bool = False
+
+
+REQUESTS: dict[str, type[Request]] = {
+    "list_vms": NoFields, "create_vm": CreateVm, "register_vm": RegisterVm, "get_vm": NoFields,
+    "delete_vm": NoFields, "unregister_vm": NoFields, "explain_vm": NoFields, "get_specfile": NoFields,
+    "put_specfile": PutSpecfile, "vm_events": Events, "start_vm": StartVm, "stop_vm": StopVm, "reset_vm": NoFields,
+    "pause_vm": NoFields, "resume_vm": NoFields, "wait_ready": WaitReady, "exec_in_vm": ExecInVm,
+    "copy_to_guest": CopyFile, "copy_from_guest": CopyFile, "set_autostart": Autostart, "reset_nvram": NoFields,
+    "cdrom": Cdrom, "screenshot": NoFields, "check_vmx": CheckVmx, "host_info": NoFields,
+    "datastore_files": DatastoreFiles, "datastore_delete": DatastoreDelete, "vm_disks": NoFields,
+    "vm_disk_resize": VmDiskResize, "add_disk": AddDisk, "set_resources": SetResources,
+    "snapshot_list": NoFields, "snapshot_take": SnapshotTake, "snapshot_revert": SnapshotNamed,
+    "snapshot_delete": SnapshotNamed, "clone_vm": CloneVm, "import_vm": ImportVm, "disk_create": DiskCreate,
+    "disk_info": DiskPath, "disk_resize": DiskResize, "disk_convert": DiskConvert, "list_networks": NoFields,
+    "create_network": CreateNetwork, "get_network": NoFields, "delete_network": NoFields, "vm_addresses": NoFields,
+    "set_nic": SetNic, "add_nic": AddNic, "remove_nic": NoFields, "nic_traffic": NoFields,
+    "port_forward_list": NoFields, "port_forward_add": PortForwardAdd, "port_forward_remove": PortForwardRemove,
+    "cluster_status": NoFields, "cluster_init": ClusterInit, "cluster_join": ClusterJoin,
+    "cluster_leave": ClusterLeave,
+}
+"""Each route's request model, by its core method (the route table's ``name``)."""
+
+
+# -- answers ------------------------------------------------------------------------------
+class Answer(BaseModel):
+    """An answer's shape, for the document and for the tests that hold real answers to it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Disk(Answer):
+    node: str
+    kind: str = Field(description="disk or cdrom")
+    file: str | None
+
+
+class VmNic(Answer):
+    name: str
+    model: str
+    mac: str | None
+    network: str | None
+
+
+class Vm(Answer):
+    name: str
+    uuid: str
+    vmx: str = Field(description="the specfile's path")
+    state: Literal[tuple(state.value for state in VmState)]  # type: ignore[valid-type]
+    state_reason: str | None = Field(description="why QEMU paused the VM by itself (io-error: the datastore is full)")
+    state_hint: str | None
+    display_name: str
+    guest_os: str
+    memory_mib: int
+    cpus: int
+    disks: list[Disk]
+    nics: list[VmNic]
+    autostart: bool
+    pid: int | None
+    accel: Literal["kvm", "tcg"] | None
+
+
+class VmList(RootModel[list[Vm]]):
+    pass
+
+
+class StartResult(Answer):
+    vm: Vm
+    warnings: list[str]
+    ready_line: str | None = Field(description="the line by which the guest said it was ready (wait_ready)")
+
+
+class Snapshot(Answer):
+    uid: int
+    name: str
+    parent: int | None
+    description: str
+    created: float = Field(description="seconds since the epoch")
+    memory: bool
+    memory_file: str | None
+    disks: dict[str, str] = Field(description="node -> the file frozen in the snapshot")
+
+
+class SnapshotInTree(Snapshot):
+    depth: int
+    current: bool = Field(description="the VM is here: its disks grow from this snapshot")
+
+
+class SnapshotList(RootModel[list[SnapshotInTree]]):
+    """The snapshot tree, depth first."""
+
+
+class SnapshotRevert(RootModel[tuple[Snapshot, bool]]):
+    """The snapshot gone back to, and whether the VM runs (a memory snapshot resumes it)."""
+
+
+class NetworkAnswer(Answer):
+    name: str
+    mode: Literal[MODES]  # type: ignore[valid-type]
+    subnet: str | None
+    gateway: str | None
+    dhcp: bool
+    bridge: str | None
+    uplink: str | None
+    state: str = Field(description="active, inactive or user-mode")
+    dhcp_pid: int | None
+    vms: list[str] = Field(description="the running VMs with a NIC on it")
+
+
+class NetworkList(RootModel[list[NetworkAnswer]]):
+    pass
+
+
+class Accel(Answer):
+    accel: Literal["kvm", "tcg"]
+    reason: str
+    probed: bool
+    warning: str | None
+
+
+class HostInfo(Answer):
+    cpus: int
+    memory_mib: int
+    available_mib: int
+    kernel: str
+    qemu: str
+    qemu_version: str
+    qemu_img: str
+    accel: Accel
+    networking: str
+
+
+class ExecResult(Answer):
+    output: str
+    exit_code: int
+    stderr: str
+    via: str
+
+
+class Event(BaseModel):
+    """One event: its type, VM and time, and what its type carries."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    vm: str
+    time: float
+
+
+class EventList(RootModel[list[Event]]):
+    pass
+
+
+class Specfile(Answer):
+    text: str
+    stamp: str
+
+
+class TextAnswer(Answer):
+    result: str
+
+
+class Png(Answer):
+    base64: str = Field(description="a PNG image, base64")
+
+
+class Empty(Answer):
+    pass
+
+
+class Free(RootModel[Any]):
+    """JSON as the core method returns it (see its summary)."""
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: str = Field(description="the error's class (the client raises the same)")
+    code: str
+    message: str = Field(description="one line: what is wrong")
+    hint: str | None = Field(description="one line: how to fix it")
+    exit_code: int = Field(description="the CLI's exit status for it")
+    details: dict[str, Any] | None = None
+
+
+class ErrorAnswer(BaseModel):
+    """Every error answer: {error: {type, code, message, hint, exit_code}}."""
+
+    model_config = ConfigDict(extra="forbid")
+    error: ErrorDetail
+
+
+ANSWERS: dict[str, type[BaseModel]] = {
+    "vm": Vm, "vms": VmList, "start": StartResult, "snapshot": Snapshot, "snapshot_revert": SnapshotRevert,
+    "network": NetworkAnswer, "networks": NetworkList, "host": HostInfo, "exec": ExecResult, "events": EventList,
+    "text": TextAnswer, "bytes": Png, "none": Empty, "explanation": Free, "json": Free,
+}
+"""An answer's model, by the route table's ``returns``."""
+
+ANSWERS_BY_OP: dict[str, type[BaseModel]] = {"snapshot_list": SnapshotList, "get_specfile": Specfile}
+"""The answers of routes whose ``returns`` is plain JSON but whose shape is known."""
+
+
+def answer(op: Op) -> type[BaseModel]:
+    """The model of ``op``'s answer on success."""
+    return ANSWERS_BY_OP.get(op.name) or ANSWERS[op.returns]
+
+
+# -- checking a request -------------------------------------------------------------------
+_PATH_VALUES = {"vm": TypeAdapter(VmName), "segment": TypeAdapter(Segment)}
+
+
+def arguments(op: Op, path_params: dict[str, str], values: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments for ``op``'s core method: its path parameters and the values its request model
+    accepts (only those sent: the core applies its own defaults), or the first fault as one HvError."""
+    for param, value in path_params.items():
+        _PATH_VALUES["vm" if param == op.vm_param else "segment"].validate_python(value, strict=True)
+    model = REQUESTS[op.name]
+    try:
+        checked = model.model_validate(values)
+    except ValidationError as exc:
+        raise _refusal(op, model, exc) from None
+    return {**path_params, **checked.model_dump(exclude_unset=True)}
+
+
+def _refusal(op: Op, model: type[Request], exc: ValidationError) -> HvError:
+    """The first fault of a request's values, in one line: what is wrong with which field, and how to fix it."""
+    error = exc.errors(include_url=False)[0]
+    field, kind = str(error["loc"][0]) if error["loc"] else "the request", error["type"]
+    if kind == "extra_forbidden":
+        return RequestError(f"unknown field {excerpt(field)} for {op.name}",
+                            hint=f"the fields are: {', '.join(model.model_fields) or 'none'}")
+    if kind == "missing":
+        return RequestError(f"missing field {field!r} for {op.name}", hint="see /openapi.json")
+    if kind.endswith("_type"):  # JSON of another type: "5" for 5, null for a string
+        return RequestError(f"field {field!r} of {op.name} has the wrong type ({_json_type(error['input'])})",
+                            hint=f"send {field} as {error['msg'].removeprefix('Input should be ')}")
+    described = model.model_fields[field].description if field in model.model_fields else None
+    if kind == "string_pattern_mismatch":  # pydantic's message would quote the pattern
+        message = f"field {field!r} of {op.name} is not well-formed: {excerpt(error['input'])}"
+    else:  # a bound: "field 'timeout' of start_vm: input should be a finite number"
+        message = f"field {field!r} of {op.name}: {error['msg'][:1].lower()}{error['msg'][1:]}"
+    return ArgumentError(message, hint=f"{field}: {described}" if described else "see /openapi.json")
+
+
+def _json_type(value: Any) -> str:
+    return {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object",
+            type(None): "null"}.get(type(value), type(value).__name__)
