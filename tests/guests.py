@@ -24,3 +24,12 @@ def guest_address(hv: Any, vm: str, ifname: str = "eth0", timeout: float = 30) -
             assert found, f"{vm} has no address on {ifname}: {output!r}"
             return found.group(1)
         time.sleep(0.5)
+
+
+def wait_for(what: str, check: Any, timeout: float = 30.0) -> Any:
+    """What ``check()`` returns once it is true; fails saying ``what`` if it is not within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.5)
+    return found

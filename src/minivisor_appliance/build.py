@@ -57,10 +57,11 @@ IMAGE_SIZE = 64 * 1024 * 1024
 
 _KERNEL_SOURCE = "linux-source-6.1"
 _BUSYBOX_PACKAGE = "busybox-static"
-# The QEMU guest agent, from Debian's package, with the shared libraries it needs (found by reading
-# the NEEDED entries of each ELF file, in the packages its Depends name, breadth first).
-_AGENT_PACKAGE = "qemu-guest-agent"
-_AGENT_BINARY = "usr/sbin/qemu-ga"
+# Debian's programs the guest carries (package: the program's path), each with the shared libraries it
+# loads (found by reading the NEEDED entries of each ELF file, in the packages its Depends name, breadth
+# first): the QEMU guest agent, and udevadm, whose net_id builtin says the names udev gives a NIC
+# (`udevadm test-builtin net_id /sys/class/net/eth0`: ID_NET_NAME_SLOT=ens160).
+_GUEST_PROGRAMS = {"qemu-guest-agent": "usr/sbin/qemu-ga", "udev": "bin/udevadm"}
 _LIBRARY_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
 # qemu-ga's guest-shutdown runs `/sbin/shutdown -h -P +0 MESSAGE`; busybox has no shutdown applet.
 _SHUTDOWN_SCRIPT = b"#!/bin/sh\n# qemu-ga's guest-shutdown: power off through PID 1, as busybox poweroff does.\nexec poweroff\n"
@@ -216,9 +217,11 @@ def _build_in(cache_dir: Path, work: Path, target: Path, tools: dict[str, str], 
     kernel = _kernel(cache_dir / "kernels", apt, work, tools, say)
     say("writing the initramfs")
     _extract_deb(apt.download(_BUSYBOX_PACKAGE), work / "busybox", tools)
-    agent = _agent_files(_Packages(apt, work / "agent", tools))
+    programs: dict[str, bytes] = {}
+    for package, program in _GUEST_PROGRAMS.items():
+        programs.update(_program_files(_Packages(apt, work / package, tools, package), program))
     initrd = work / "initrd"
-    initrd.write_bytes(_initramfs(work / "busybox" / "bin" / "busybox", agent))
+    initrd.write_bytes(_initramfs(work / "busybox" / "bin" / "busybox", programs))
     say("writing the disk image")
     _publish(target, lambda partial: _write_disk(partial, kernel, initrd, tools))
 
@@ -477,8 +480,8 @@ def _check_config(config: Path, fragment: str) -> None:
         )
 
 
-def _initramfs(busybox: Path, agent: dict[str, bytes]) -> bytes:
-    """The cpio initramfs: busybox, the guest init, and the guest agent (``agent``: files by path).
+def _initramfs(busybox: Path, programs: dict[str, bytes]) -> bytes:
+    """The cpio initramfs: busybox, the guest init, and Debian's programs (``programs``: files by path).
 
     It is not compressed: under TCG the kernel takes longer to inflate it
     than SYSLINUX takes to read it whole through the BIOS.
@@ -490,20 +493,20 @@ def _initramfs(busybox: Path, agent: dict[str, bytes]) -> bytes:
     cpio.char_device("dev/console", 5, 1)
     cpio.file("init", _guest_init(), mode=0o755)
     _add_busybox(cpio, busybox)
-    for name, data in sorted(agent.items()):
+    for name, data in sorted(programs.items()):
         cpio.file(name, data, mode=0o755)
     cpio.file("sbin/shutdown", _SHUTDOWN_SCRIPT, mode=0o755)
     return cpio.finish()
 
 
-def _agent_files(packages: _Packages) -> dict[str, bytes]:
-    """qemu-ga, its ELF interpreter and every shared library it loads, by path in the guest."""
-    packages.add(_AGENT_PACKAGE)
-    binary = packages.file(_AGENT_BINARY)
+def _program_files(packages: _Packages, program: str) -> dict[str, bytes]:
+    """``program`` of the package, its ELF interpreter and every shared library it loads, by path in the guest."""
+    packages.add(packages.package)
+    binary = packages.file(program)
     if binary is None:
-        raise ImageBuildError(f"{_AGENT_PACKAGE} holds no /{_AGENT_BINARY}")
-    files = {_AGENT_BINARY: binary}
-    interpreter, needed = _elf_dependencies(binary, _AGENT_BINARY)
+        raise ImageBuildError(f"{packages.package} holds no /{program}")
+    files = {program: binary}
+    interpreter, needed = _elf_dependencies(binary, program)
     files[interpreter.lstrip("/")] = packages.require(interpreter.lstrip("/"))
     while needed:
         soname = needed.pop()
@@ -516,11 +519,11 @@ def _agent_files(packages: _Packages) -> dict[str, bytes]:
 
 
 class _Packages:
-    """Debian packages unpacked into one tree, fetched on demand: first one named, then, breadth
+    """Debian packages unpacked into one tree, fetched on demand: ``package`` first, then, breadth
     first, the library packages (``lib*``) their Depends name, until a wanted file turns up."""
 
-    def __init__(self, apt: _Apt, root: Path, tools: dict[str, str]) -> None:
-        self._apt, self._tools, self.root = apt, tools, root
+    def __init__(self, apt: _Apt, root: Path, tools: dict[str, str], package: str) -> None:
+        self._apt, self._tools, self.root, self.package = apt, tools, root, package
         self._queue: list[str] = []
         self._seen: set[str] = set()
 
@@ -552,8 +555,8 @@ class _Packages:
         """The bytes of ``path``, adding packages from the queue until one holds it."""
         while (data := self.file(path)) is None:
             if not self._queue:
-                raise ImageBuildError(f"no package {_AGENT_PACKAGE} depends on holds /{path}",
-                                      hint="check the package's dependencies: apt-cache depends " + _AGENT_PACKAGE)
+                raise ImageBuildError(f"no package {self.package} depends on holds /{path}",
+                                      hint="check the package's dependencies: apt-cache depends " + self.package)
             self.add(self._queue.pop(0))
         return data
 
@@ -564,8 +567,8 @@ class _Packages:
                 if (data := self.file(f"{folder}/{soname}")) is not None:
                     return data
             if not self._queue:
-                raise ImageBuildError(f"no package {_AGENT_PACKAGE} depends on holds {soname}",
-                                      hint="check the package's dependencies: apt-cache depends " + _AGENT_PACKAGE)
+                raise ImageBuildError(f"no package {self.package} depends on holds {soname}",
+                                      hint="check the package's dependencies: apt-cache depends " + self.package)
             self.add(self._queue.pop(0))
 
 

@@ -16,8 +16,10 @@ from cli_runner import run_cli
 from minivisor.core.check import check_vmx
 from minivisor.errors import SpecError, StateError
 from minivisor.images.layers import format_for
+from minivisor.spec.pci import decode_slot
 from minivisor.spec.vmspec import VmSpec
 from minivisor.spec.vmx import VmxDocument
+from minivisor.vmm.process import Vmm
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 FILES = sorted(p.name for p in CORPUS.glob("*.vmx"))
@@ -179,3 +181,34 @@ def test_representative_specfiles_power_on_as_written(name, hv, appliance_image)
     assert [d["controller"] for d in inventory["disks"] if d["driver"] == "sd"] == [driver]
     assert len([d for d in inventory["disks"] if d["driver"] == "sr"]) == cdroms
     assert inventory["cpus"] == VmSpec.from_vmx(VmxDocument.load(vmx)).num_cpus
+
+
+EFI = [name for name in FILES if name not in REFUSED and b'firmware = "efi"' in (CORPUS / name).read_bytes().lower()]
+Q35_HOST_BRIDGE = (0x8086, 0x29C0)  # what QEMU's Q35 puts at 00:00.0 (the i440FX's is 8086:1237)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("name", EFI)
+def test_each_efi_specfile_powers_on_as_a_q35_pc_its_devices_behind_vmwares_root_ports_and_slot_numbers(name, hv):
+    """Its disks empty (the firmware finds nothing to boot): QEMU takes the whole Q35 command line and runs it."""
+    vmx = place(hv.datastore.root, name)
+    provide_disks(vmx)
+    vm = hv.register_vm(vmx)
+    hv.start_vm(vm.name)
+    (root,) = Vmm(vm.name, hv.vm_paths(vm.name)).execute("query-pci")
+    host_bridge = next(d for d in root["devices"] if d["slot"] == 0)
+    assert (host_bridge["id"]["vendor"], host_bridge["id"]["device"]) == Q35_HOST_BRIDGE
+    ports = [d["qdev_id"] for d in root["devices"] if d.get("pci_bridge")]
+    placed = [n for n in VmSpec.from_vmx(VmxDocument.load(vmx)).nics
+              if n.pci_slot and decode_slot(n.pci_slot).on_root_port]
+    for nic in placed:  # (query-pci shows no device behind a port before the firmware numbered its bus)
+        slot = decode_slot(nic.pci_slot)
+        port = f"pciBridge{slot.bridge}" + (f"-{slot.function}" if slot.function else "")
+        assert qom(hv, vm.name, nic.name, "parent_bus").startswith(f"/machine/peripheral/{port}/")
+        assert qom(hv, vm.name, port, "slot") == nic.pci_slot  # the Physical Slot Number the guest names it by
+    assert len([p for p in ports if qom(hv, vm.name, p, "type") == "pcie-root-port"]) == 32  # as VMware's
+    hv.stop_vm(vm.name, hard=True)
+
+
+def qom(hv, vm: str, device: str, prop: str):
+    return Vmm(vm, hv.vm_paths(vm)).execute("qom-get", {"path": f"/machine/peripheral/{device}", "property": prop})

@@ -7,10 +7,9 @@ ethernet0). ethernet1 is added while it runs, used, counted and removed again.
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
-from guests import create_guest
+from guests import create_guest, wait_for
 
 from minivisor import Hypervisor
 from minivisor.net.names import tap_name
@@ -35,14 +34,6 @@ def guest(hv, command: str) -> str:
     result = hv.exec_in_vm("h", command, timeout=30)
     assert result.exit_code == 0, (command, result.output)
     return result.output
-
-
-def wait_for(what: str, check, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while not (found := check()):
-        assert time.monotonic() < deadline, what
-        time.sleep(0.5)
-    return found
 
 
 def counters(hv, ifname: str) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""firmware = "efi": OVMF's code and the VM's own variable store as pflash, Secure Boot on Q35 with SMM."""
+"""firmware = "efi": a Q35 PC, OVMF's code and the VM's own variable store as pflash, Secure Boot with SMM."""
 
 from __future__ import annotations
 
@@ -55,14 +55,32 @@ def test_ovmf_code_is_read_only_and_the_variables_are_the_vms_own_qcow2(uefi, co
     assert "pflash0=uefi-code,pflash1=uefi-vars" in values(argv, "-machine")
 
 
-def test_secure_boot_is_a_q35_with_smm_whose_flash_only_smm_may_write():
-    argv = argv_for('firmware = "efi"\nuefi.secureBoot.enabled = "TRUE"\n' + DEVICES, SECURE)
-    assert values(argv, "-machine")[0] == "type=q35,smm=on,usb=off,vmport=off"
-    assert values(argv, "-global") == ["driver=cfi.pflash01,property=secure,value=on"]
+@pytest.mark.parametrize("secure_boot, uefi, machine", [
+    ("FALSE", PLAIN, "type=q35,smm=off,usb=off,vmport=off"),  # OVMF_CODE_4M.fd has no SMM code: none is built
+    ("TRUE", SECURE, "type=q35,smm=on,usb=off,vmport=off")])
+def test_every_efi_vm_is_a_q35_its_ide_drives_on_the_ich9_ahci_its_floppy_on_an_isa_controller(
+        secure_boot, uefi, machine):
+    argv = argv_for(f'firmware = "efi"\nuefi.secureBoot.enabled = "{secure_boot}"\n' + DEVICES, uefi)
+    assert values(argv, "-machine")[0] == machine
+    # the root ports' hot-plug is the guest's own (pciehp, naming slots by VMware's numbers), not ACPI's
+    assert "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off" in values(argv, "-global")
     found = devices(argv)
     assert {"driver": "ide-cd", "id": "ide1-0", "bus": "ide.2", "bootindex": 0} in found  # ICH9 AHCI port 3
     assert {"driver": "isa-fdc", "id": "fdc", "bootindexA": 1} in found
     assert {"driver": "floppy", "unit": 0, "bus": "fdc.0"} in found
+    hardware = {d.name: d.description for d in virtual_hardware(
+        VmSpec.from_vmx(VmxDocument.parse(f'firmware = "efi"\nuefi.secureBoot.enabled = "{secure_boot}"\n'.encode())),
+        LaunchEnv(name="vm", uuid="u", qemu="q", accel="tcg", paths=PATHS, uefi=uefi))}
+    assert hardware["machine"].startswith("PC (Q35 + ICH9, PCIe" + (", SMM for Secure Boot)" if uefi.secure_boot
+                                                                     else ")"))
+
+
+def test_secure_boot_is_a_q35_with_smm_whose_flash_only_smm_may_write():
+    argv = argv_for('firmware = "efi"\nuefi.secureBoot.enabled = "TRUE"\n' + DEVICES, SECURE)
+    assert values(argv, "-machine")[0] == "type=q35,smm=on,usb=off,vmport=off"
+    assert "driver=cfi.pflash01,property=secure,value=on" in values(argv, "-global")
+    assert "driver=cfi.pflash01,property=secure,value=on" not in values(argv_for('firmware = "efi"\n', PLAIN),
+                                                                         "-global")
     firmware = next(d for d in virtual_hardware(VmSpec.from_vmx(VmxDocument.parse(b'firmware = "efi"\n')),
                                                 LaunchEnv(name="vm", uuid="u", qemu="q", accel="tcg", paths=PATHS,
                                                           uefi=SECURE)) if d.name == "firmware")

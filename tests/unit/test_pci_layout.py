@@ -9,11 +9,11 @@ from test_launcher import env_for, json_options
 
 from minivisor.host.facts import Ovmf
 from minivisor.spec.fidelity import key_verdicts
-from minivisor.spec.pci import decode_slot
+from minivisor.spec.pci import ROOT_PORT_SLOTS, decode_slot
 from minivisor.spec.vmspec import VmSpec
 from minivisor.spec.vmx import VmxDocument
 from minivisor.vmm.argv import build_qemu_argv, virtual_hardware
-from minivisor.vmm.pci import free_root_slot
+from minivisor.vmm.pci import free_slot
 
 
 @pytest.mark.parametrize("number, bridge, device, function", [
@@ -68,6 +68,7 @@ def test_on_q35_the_root_ports_are_pcie_root_ports_whose_physical_slot_is_vmware
     devices = devices_by_id(build_qemu_argv(spec, env))
     assert devices["pciBridge5"]["driver"] == "pcie-root-port" and devices["pciBridge5"]["slot"] == 192
     assert devices["pciBridge4-1"]["slot"] == 1184 and devices["pciBridge0"]["driver"] == "pci-bridge"
+    assert devices["pciBridge0"]["shpc"] is False  # SHPC takes no device 0, where VMware puts one (slot 32)
     assert devices["ethernet3"]["bus"] == "pcie.0" and devices["sata0"]["addr"] == "0x01.0"  # 00:1f is ICH9's
 
 
@@ -101,8 +102,47 @@ def test_an_honoured_slot_is_virtualized_and_unplaced_minus_one_is_no_slot():
     assert verdicts["ethernet1.pciSlotNumber"] == "virtualized"
 
 
-@pytest.mark.parametrize("q35, taken, free", [(False, {0, 1, 2, 3}, 4), (False, set(range(17)), 25),
-                                              (True, set(range(17)) | set(range(25, 31)), None)])
-def test_a_hot_plugged_device_gets_the_lowest_free_root_slot_a_pci_slot_number_can_name(q35, taken, free):
+@pytest.mark.parametrize("taken, free", [({0, 1, 2, 3}, 4), (set(range(17)), 25), (set(range(17)) | set(range(25, 32)), None)])
+def test_on_the_i440fx_a_hot_plugged_device_gets_the_lowest_free_root_slot_a_pci_slot_number_can_name(taken, free):
     """Never the chipset's slots nor those of VMware's bridges (17-24), which a power-on may rebuild."""
-    assert free_root_slot({"pcie.0" if q35 else "pci.0": taken}, q35) == free
+    assert free_slot({"pci.0": taken}, q35=False) == free
+
+
+@pytest.mark.parametrize("ports, free", [
+    ({"pciBridge4": {0}, "pciBridge5": set(), "pciBridge6": set()}, 192),  # the first empty one, in VMware's order
+    ({"pciBridge4": set(), "pciBridge4-1": set()}, 160),
+    ({"pciBridge4": {0}, "pciBridge4-1": set(), "pciBridge7": {0}}, 1184),
+    ({"pciBridge4": {0}, "pciBridge0": set()}, None)])  # a PCI-to-PCI bridge is no root port
+def test_on_q35_a_hot_plugged_device_gets_the_first_empty_root_port_never_the_root_bus(ports, free):
+    assert free_slot({"pcie.0": {1, 2, 3}, **ports}, q35=True) == free
+
+
+def root_ports(text: str) -> dict[str, dict]:
+    spec = spec_of(text + 'firmware = "efi"\n')
+    env = env_for(spec, uefi=Ovmf(Path("/ovmf/code.fd"), Path("/ovmf/vars.fd"), secure_boot=False))
+    return {id: d for id, d in devices_by_id(build_qemu_argv(spec, env)).items() if d["driver"] == "pcie-root-port"}
+
+
+def test_a_q35_vm_has_every_root_port_vmwares_efi_hardware_has_the_empty_ones_for_hot_plug():
+    ports = root_ports("")
+    assert len(ports) == 32 and {d["slot"] for d in ports.values()} == set(ROOT_PORT_SLOTS)
+    assert ports["pciBridge4"] == {"driver": "pcie-root-port", "id": "pciBridge4", "bus": "pcie.0", "addr": "0x15.0",
+                                   "multifunction": True, "chassis": 32, "slot": 160, "io-reserve": 0}
+    assert (ports["pciBridge7-7"]["addr"], ports["pciBridge7-7"]["slot"]) == ("0x18.7", 7424)
+    assert [id for id, d in ports.items() if d.get("multifunction")] == [f"pciBridge{n}" for n in range(4, 8)]
+    assert len({d["chassis"] for d in ports.values()}) == 32  # QEMU refuses two ports alike
+
+
+def test_a_nic_hot_plugged_into_a_root_port_changes_no_bridge_at_the_next_power_on():
+    """So the guest finds its buses numbered as they were, and a memory snapshot taken after the hot-plug
+    restores into the very same device tree."""
+    assert root_ports('ethernet0.present = "TRUE"\nethernet0.pciSlotNumber = "160"\n') == root_ports("")
+    assert root_ports(PLACED) == root_ports("")
+
+
+def test_vm_explain_names_the_root_ports_with_devices_behind_and_counts_the_empty_ones():
+    spec = spec_of(PLACED + 'firmware = "efi"\n')
+    env = env_for(spec, uefi=Ovmf(Path("/ovmf/code.fd"), Path("/ovmf/vars.fd"), secure_boot=False))
+    described = {d.name: d.description for d in virtual_hardware(spec, env)}["pci-bridges"]
+    assert ("devices behind pciBridge0 at PCI 00:11.0, pciBridge4 at PCI 00:15.0, pciBridge4-1 at PCI 00:15.1, "
+            "pciBridge5 at PCI 00:16.0; 29 empty for NICs plugged in while it runs") in described

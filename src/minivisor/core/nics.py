@@ -4,7 +4,8 @@ A NIC added to a running VM is planned exactly as a power-on would plan it (the
 launch plan of the edited specfile: its MAC, its network, its tap), plugged into
 its network's switch, then hot-plugged (:mod:`minivisor.vmm.hotplug`); if any step
 fails, the specfile is put back as it was and nothing is left on the host. Such a NIC gets a
-``pciSlotNumber`` first, as VMware writes one: the lowest root slot the running VM has free. A power-on
+``pciSlotNumber`` first, as VMware writes one: the lowest root slot the running VM has free (on Q35, whose root
+bus takes no hot-plug, its first empty PCIe root port). A power-on
 places it there too, and moves no other device (each device placed in turn sits in a slot taken now), so
 the guest finds the NIC at the same device path after a power cycle. A NIC
 removed from a running VM is released by the guest first (ACPI PCI hot-plug),
@@ -86,12 +87,17 @@ def _hot_plug(ctx: VmContext, index: int) -> tuple[str, ...]:
     the warnings about it (a network that does not exist: its link is down; a place QEMU had to choose)."""
     plan = ctx.plan()
     nic = find_nic(plan.spec, f"ethernet{index}", ctx.name)
-    if nic.pci_slot is None and (slot := hotplug.free_nic_slot(ctx.vmm, plan.env.q35)) is not None:
-        doc = read_vmx(ctx.vmx)
-        doc.set(f"{nic.name}.pciSlotNumber", str(slot))
-        doc.save(ctx.vmx)
-        plan = ctx.plan()
-        nic = find_nic(plan.spec, nic.name, ctx.name)
+    if nic.pci_slot is None:
+        slot = hotplug.free_nic_slot(ctx.vmm, plan.env.q35)
+        if slot is None and plan.env.q35:  # QEMU could place it nowhere: Q35's root bus takes no hot-plug
+            raise ConflictError(f"VM {ctx.name!r} has no empty PCIe root port left for {nic.name} while it runs",
+                                hint="power it off and add the NIC then")
+        if slot is not None:
+            doc = read_vmx(ctx.vmx)
+            doc.set(f"{nic.name}.pciSlotNumber", str(slot))
+            doc.save(ctx.vmx)
+            plan = ctx.plan()
+            nic = find_nic(plan.spec, nic.name, ctx.name)
     networks = ctx.networks()
     networks.plug(ctx, plan, only=index)
     try:

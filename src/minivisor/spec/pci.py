@@ -11,11 +11,12 @@ chipset keeps device 0 and 1 (and Q35 device 31).
 
 from __future__ import annotations
 
+from ..records import Record
 
-__all__ = ["VmwareSlot", "decode_slot", "CONVENTIONAL_BRIDGES", "ROOT_PORT_BRIDGES", "bridge_root_device"]
+__all__ = ["VmwareSlot", "decode_slot", "CONVENTIONAL_BRIDGES", "ROOT_PORT_BRIDGES", "ROOT_PORT_SLOTS",
+           "bridge_root_device", "root_port_slot"]
 
 CONVENTIONAL_BRIDGES = range(0, 4)  # pciBridge0-3: PCI-to-PCI bridges
-from ..records import Record
 ROOT_PORT_BRIDGES = range(4, 8)  # pciBridge4-7: PCIe root ports, 8 functions each
 _ROOT_DEVICES = range(2, 31)  # root-bus devices a slot may name: not the chipset's (0, 1, 31)...
 _BRIDGE_DEVICES = range(17, 25)  # ...nor the bridges'
@@ -24,6 +25,16 @@ _BRIDGE_DEVICES = range(17, 25)  # ...nor the bridges'
 def bridge_root_device(bridge: int) -> int:
     """The root-bus device number of ``pciBridge<bridge>`` (VMware's: 17 to 24)."""
     return 17 + bridge
+
+
+def root_port_slot(bridge: int, function: int) -> int:
+    """The slot number of the device behind function ``function`` of root port ``pciBridge<bridge>``."""
+    return ((bridge + 1) << 5) | (function << 10)
+
+
+# The root ports' slot numbers in the order VMware gives them to new devices: function 0 of each bridge
+# (160, 192, 224, 256), then function 1 (1184, 1216...): the order of ESXi's ens160, ens192, ens224...
+ROOT_PORT_SLOTS = tuple(root_port_slot(bridge, function) for function in range(8) for bridge in ROOT_PORT_BRIDGES)
 
 
 class VmwareSlot(Record, frozen=True):

@@ -452,7 +452,9 @@ class _SpecReader:
             if _PCI_BRIDGE_KEY.match(key):
                 self.get(key)
                 self.note(key, "approximated", "VMware's PCI bridges are rebuilt at their addresses where a "
-                                               "device's pciSlotNumber puts one behind them (vm explain)", quiet=True)
+                                               "device's pciSlotNumber puts one behind them: on an EFI VM (a Q35) "
+                                               "pciBridge4-7 as PCIe root ports of VMware's slot numbers, on a "
+                                               "BIOS VM as PCI-to-PCI bridges (vm explain)", quiet=True)
 
     def secure_boot(self) -> bool:
         key = "uefi.secureBoot.enabled"

@@ -89,8 +89,9 @@ class LaunchEnv(Record, frozen=True):
 
     @property
     def q35(self) -> bool:
-        """Secure Boot needs SMM, which QEMU gives the Q35 chipset only; every other VM is an i440FX PC."""
-        return self.uefi is not None and self.uefi.secure_boot
+        """An EFI VM is a Q35 PC (PCIe, as VMware's EFI hardware is, and virt-v2v's choice for UEFI guests;
+        Secure Boot needs its SMM); a BIOS VM an i440FX PC, as it always was."""
+        return self.uefi is not None
 
 
 class VirtualDevice(Record, frozen=True):
@@ -157,9 +158,14 @@ def _bridges(pci: PciLayout, env: LaunchEnv) -> VirtualDevice:
     args: list[str] = []
     for chassis, bridge in enumerate(pci.bridges, start=1):
         args += ["-device", _json(**bridge.device(env.q35, chassis))]
-    kind = "PCIe root port" if env.q35 else "PCI-to-PCI bridge"
-    names = ", ".join(f"{b.id} at {b.place.describe()}" for b in pci.bridges)
-    return VirtualDevice("pci-bridges", f"{kind}s as VMware places them: {names}", tuple(args))
+    names = ", ".join(f"{b.id} at {b.place.describe()}" for b in pci.bridges if not b.empty)
+    if not env.q35:
+        return VirtualDevice("pci-bridges", f"PCI-to-PCI bridges as VMware places them: {names}", tuple(args))
+    empty = sum(1 for b in pci.bridges if b.empty)
+    what = (f"PCIe root ports as VMware's: pciBridge4-7 at PCI 00:15-00:18, 8 functions each, each port's physical "
+            f"slot the number VMware gives the device behind it (as guests name NICs: ens160); ")
+    what += f"devices behind {names}; " if names else ""
+    return VirtualDevice("pci-bridges", f"{what}{empty} empty for NICs plugged in while it runs", tuple(args))
 
 
 def _accel(spec: VmSpec, env: LaunchEnv) -> str:
@@ -171,15 +177,22 @@ def _accel(spec: VmSpec, env: LaunchEnv) -> str:
 
 def _machine(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
     cpu = "host" if env.accel == "kvm" else "qemu64"
-    chipset = (("type", "q35"), ("smm", "on")) if env.q35 else (("type", "pc"),)
+    secure = env.uefi is not None and env.uefi.secure_boot
+    chipset = (("type", "q35"), ("smm", "on" if secure else "off")) if env.q35 else (("type", "pc"),)
     args = ("-name", qemu_opts(("guest", env.name), ("debug-threads", "on")),
             "-uuid", env.uuid,
             "-machine", qemu_opts(*chipset, ("usb", "off"), ("vmport", "off")),
             "-accel", _accel(spec, env), "-cpu", cpu,
             "-nodefaults", "-no-user-config", "-display", "none",
             "-sandbox", SANDBOX, "-msg", "timestamp=on", "-trace", SHUTDOWN_TRACE, "-S")
+    if env.q35:
+        # QEMU's ACPI hot-plug would keep the root ports from the guest's PCIe hot-plug driver (its _OSC grants no
+        # native hot-plug), and name their slots by ACPI _SUN: the guest would not find VMware's slot numbers.
+        args += ("-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off")
     accel = "KVM hardware virtualization" if env.accel == "kvm" else "TCG software emulation"
-    board = "PC (Q35 + ICH9, SMM)" if env.q35 else "PC (i440FX + PIIX3)"
+    board = "PC (i440FX + PIIX3)"
+    if env.q35:
+        board = "PC (Q35 + ICH9, PCIe" + (", SMM for Secure Boot)" if secure else ")")
     return VirtualDevice("machine", f"{board}, {accel}", args)
 
 

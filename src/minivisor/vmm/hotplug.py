@@ -7,8 +7,8 @@ hot-plugged NIC is exactly the one a power-on would build: QMP's ``netdev_add`` 
 bus is the one the launcher's placement (:func:`~minivisor.vmm.pci.pci_layout`) gives it at the next power-on,
 so the guest finds it at the same device path after a power cycle; where the running VMM has that slot taken,
 or lacks the bridge it is behind, QEMU places it and a warning says that the next power-on moves it.
-A NIC leaves when the guest lets go of it (ACPI PCI hot-plug: QEMU reports
-``DEVICE_DELETED``), then its backend goes.
+A NIC leaves when the guest lets go of it (ACPI PCI hot-plug on the i440FX, its PCIe hot-plug on a Q35's root
+ports: QEMU reports ``DEVICE_DELETED``), then its backend goes.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ..errors import GuestError, NetworkError, QmpCommandError, QmpError
 from ..spec.vmspec import Nic, VmSpec
 from ..text import clip
 from .argv import HostForward, LaunchEnv, nic_device, nic_netdev, netdev_id, pci_devices
-from .pci import PciPlace, free_root_slot, pci_layout, slots_in_use
+from .pci import PciPlace, free_slot, pci_layout, slots_in_use
 from .process import Vmm
 from .qmp import QmpSession
 
@@ -29,8 +29,9 @@ UNPLUG_TIMEOUT = 30.0  # seconds the guest has to release a NIC (a TCG guest ans
 
 
 def free_nic_slot(vmm: Vmm, q35: bool) -> int | None:
-    """The lowest root-bus slot free in the running VMM, as a ``pciSlotNumber`` (None if there is none)."""
-    return free_root_slot(slots_in_use(vmm.execute("query-pci"), q35), q35)
+    """The place free in the running VMM for a NIC (:func:`~minivisor.vmm.pci.free_slot`: a root slot, or on Q35
+    an empty root port), as a ``pciSlotNumber`` (None if there is none)."""
+    return free_slot(slots_in_use(vmm.execute("query-pci"), q35), q35)
 
 
 def plug_nic(vmm: Vmm, nic: Nic, spec: VmSpec, env: LaunchEnv) -> tuple[str, ...]:
@@ -83,8 +84,8 @@ def unplug_nic(vmm: Vmm, nic: Nic, *, timeout: float = UNPLUG_TIMEOUT) -> None:
                 event = qmp.wait_event({"DEVICE_DELETED"}, max(0.0, deadline - time.monotonic()))
             except QmpError as exc:
                 raise GuestError(f"the guest of {vmm.name!r} did not release {nic.name} within {timeout:.0f} s",
-                                 hint="its kernel needs ACPI PCI hot-plug; or power the VM off and remove the NIC "
-                                      "then") from exc
+                                 hint="its kernel needs ACPI PCI hot-plug (PCIe hot-plug on an EFI VM's Q35); or "
+                                      "power the VM off and remove the NIC then") from exc
             if (event.get("data") or {}).get("device") == nic.name:
                 break
         qmp.execute("netdev_del", {"id": netdev_id(nic)})

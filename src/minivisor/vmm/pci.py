@@ -5,12 +5,17 @@ and at the same slots; the others on the root bus after them, in command-line or
 VMware's bridges are rebuilt where a device needs one: ``pciBridge0``-``3`` as PCI-to-PCI bridges at root
 devices 17-20; ``pciBridge4``-``7`` at root devices 21-24, one bridge per function in use (function 0
 always, or the guest would not look at the others). On Q35 those are PCIe root ports whose physical slot
-number is VMware's slot number, so a guest that names NICs by slot finds ``ens192`` again; the i440FX has
-no PCIe: PCI-to-PCI bridges stand at the same addresses.
+number is VMware's slot number, so a guest that names NICs by slot finds ``ens192`` again (and all 32 are
+there, below); the i440FX has no PCIe: PCI-to-PCI bridges stand at the same addresses.
+
+Q35's root bus takes no hot-plug (QEMU's ACPI hot-plug is off there, so the guest's own PCIe hot-plug driver
+has the root ports): a Q35 VM has every root port VMware's EFI hardware has (``pciBridge4``-``7``, 8 functions
+each), and the empty ones take the NICs hot-plugged while it runs. A hot-plug so changes no bridge: the power-on
+after it, and the restore of a memory snapshot taken after it, build the very buses the guest ran on.
 
 A running VMM's buses (QMP's ``query-pci``) say whether a device hot-plugged there can have the place a
-power-on would give it (:func:`slots_in_use`), and which root slot is free for one that has none yet
-(:func:`free_root_slot`). Pure: no I/O.
+power-on would give it (:func:`slots_in_use`), and which place is free for one that has none yet
+(:func:`free_slot`). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ from typing import Any
 
 from ..errors import SpecError
 from ..records import Record
-from ..spec.pci import VmwareSlot, bridge_root_device, decode_slot
+from ..spec.pci import ROOT_PORT_SLOTS, VmwareSlot, bridge_root_device, decode_slot, root_port_slot
 
-__all__ = ["PciPlace", "PciBridge", "PciLayout", "pci_layout", "root_bus", "slots_in_use", "free_root_slot"]
+__all__ = ["PciPlace", "PciBridge", "PciLayout", "pci_layout", "root_bus", "slots_in_use", "free_slot"]
 
 
 class PciPlace(Record, frozen=True):
@@ -57,15 +62,25 @@ class PciBridge(Record, frozen=True):
     function: int
     place: PciPlace
     multifunction: bool
+    empty: bool = False  # a Q35's root port with no device of the spec behind it: for hot-plug
 
     def device(self, q35: bool, chassis: int) -> dict[str, object]:
-        """The bridge's ``-device``; ``chassis``: unique per bridge (QEMU refuses two alike)."""
+        """The bridge's ``-device``; ``chassis``: unique per PCI bridge (QEMU refuses two alike). A root port's
+        is one of its own, the same whichever devices the VM has (QEMU tells ports apart by chassis and the low
+        byte of their slot number, which VMware's numbers share across a bridge's functions)."""
         fields: dict[str, object] = {"id": self.id, **self.place.fields()}
         if self.multifunction:
             fields["multifunction"] = True
         if q35 and self.bridge >= 4:
-            number = ((self.bridge + 1) << 5) | (self.function << 10)
-            return {"driver": "pcie-root-port", **fields, "chassis": chassis, "slot": number}
+            # QEMU's root ports take hot-plug (its default): Linux's pciehp then registers the port's slot.
+            # No I/O space kept for hot-plug: 32 ports' 4 KiB windows would take all of it, leaving none for the
+            # devices behind them that have I/O ports (the firmware gives those the windows they need).
+            return {"driver": "pcie-root-port", **fields, "chassis": self.bridge * 8 + self.function,
+                    "slot": root_port_slot(self.bridge, self.function), "io-reserve": 0}
+        if q35:
+            # Without ACPI hot-plug (a Q35's is off) a bridge's hot-plug is its SHPC's, which takes no device 0,
+            # where VMware puts one (pciSlotNumber 32): no hot-plug behind it, as behind no PCI bridge of a Q35.
+            fields["shpc"] = False
         return {"driver": "pci-bridge", **fields, "chassis_nr": chassis}
 
 
@@ -82,7 +97,9 @@ def pci_layout(devices: list[tuple[str, int | None]], q35: bool) -> PciLayout:
     no slots keeps the addresses it always had."""
     root = root_bus(q35)
     slots = {name: decode_slot(number) for name, number in devices if number is not None}
-    bridges = _bridges([slot for slot in slots.values() if slot is not None and slot.bridge is not None], root)
+    behind = [slot for slot in slots.values() if slot is not None and slot.bridge is not None]
+    every_port = [slot for number in ROOT_PORT_SLOTS if (slot := decode_slot(number))] if q35 else []
+    bridges = _bridges(behind, every_port, root)
     taken = {0, 31} if q35 else {0, 1}  # the chipset's own devices
     taken |= {b.place.slot for b in bridges} | {s.device for s in slots.values() if s and s.bridge is None}
     places: dict[str, PciPlace] = {}
@@ -123,12 +140,22 @@ def slots_in_use(buses: list[dict[str, Any]], q35: bool) -> dict[str, set[int]]:
     return used
 
 
-def free_root_slot(used: dict[str, set[int]], q35: bool) -> int | None:
-    """The lowest root-bus slot free in a running VMM that a ``pciSlotNumber`` can name, as that number
-    (on the root bus, the device number); None if none is."""
+def free_slot(used: dict[str, set[int]], q35: bool) -> int | None:
+    """The place free in a running VMM (``used``: :func:`slots_in_use`) for a device hot-plugged there, as the
+    ``pciSlotNumber`` that names it; None if none is. On the i440FX the lowest root-bus slot a number can name
+    (there, the device number); on Q35, whose root bus takes no hot-plug, the first empty root port in the order
+    VMware gives them out."""
+    if q35:
+        return next((number for number in ROOT_PORT_SLOTS if used.get(_port_id(number)) == set()), None)
     taken = used.get(root_bus(q35), set())
     return next((number for number in range(32)
                  if number not in taken and decode_slot(number) is not None), None)
+
+
+def _port_id(number: int) -> str:
+    slot = decode_slot(number)
+    assert slot is not None and slot.bridge is not None
+    return _bridge_id(slot.bridge, slot.function)
 
 
 def _next_free(free: Iterator[int], name: str) -> int:
@@ -142,12 +169,14 @@ def _bridge_id(bridge: int, function: int) -> str:
     return f"pciBridge{bridge}" + (f"-{function}" if function else "")
 
 
-def _bridges(slots: list[VmwareSlot], root: str) -> tuple[PciBridge, ...]:
-    """The bridges (and functions of root ports) the slots are behind, by root address."""
+def _bridges(slots: list[VmwareSlot], ports: list[VmwareSlot], root: str) -> tuple[PciBridge, ...]:
+    """The bridges (and functions of root ports) the slots are behind, and the root ports a Q35 has anyway,
+    by root address."""
     functions: dict[int, set[int]] = {}
-    for slot in slots:
+    for slot in slots + ports:
         functions.setdefault(slot.bridge, {0}).add(slot.function)  # type: ignore[arg-type]
+    in_use = {(slot.bridge, slot.function) for slot in slots}
     return tuple(PciBridge(_bridge_id(bridge, function), bridge, function,
                            PciPlace(root, bridge_root_device(bridge), function),
-                           multifunction=function == 0 and len(used) > 1)
+                           multifunction=function == 0 and len(used) > 1, empty=(bridge, function) not in in_use)
                  for bridge, used in sorted(functions.items()) for function in sorted(used))
