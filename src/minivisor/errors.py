@@ -40,6 +40,8 @@ __all__ = [
     "NoSpaceError",
     "ClusterError",
     "ClusterUnreachableError",
+    "MigrationError",
+    "HandoverUncertainError",
     "OwnedElsewhereError",
     "is_out_of_space",
 ]
@@ -275,6 +277,19 @@ class ClusterUnreachableError(ClusterError):
     """None of the cluster store's (etcd's) endpoints answered: nothing in the cluster was changed."""
 
     code = "cluster-unreachable"
+
+
+class MigrationError(ClusterError):
+    """A live migration did not happen: the VM runs where it ran (or, after its handover, is left paused here)."""
+
+    code = "migration-failed"
+
+
+class HandoverUncertainError(MigrationError):
+    """etcd did not say whether a migration's handover happened: the VM is left stopped at the source, neither
+    resumed there (it may run on the destination) nor removed."""
+
+    code = "handover-uncertain"
 
 
 class OwnedElsewhereError(ConflictError):

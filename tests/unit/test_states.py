@@ -30,6 +30,7 @@ EXPECTED = {
     Action.RESET_NVRAM: {OFF},
     Action.CDROM: {OFF, RUNNING, PAUSED},
     Action.EDIT_SPECFILE: {OFF},
+    Action.MIGRATE: {RUNNING, PAUSED},
 }
 
 

@@ -64,6 +64,7 @@ COMMANDS = {
     "vm resume": "Let a paused VM run again.",
     "vm console": "Attach this terminal to the VM's serial console (Ctrl-] detaches).",
     "vm exec": "Run a command in the guest (its guest agent, else its serial shell); exits with its exit code.",
+    "vm migrate": "Move the running VM to another host of the cluster, with its local disks; the guest runs on.",
     "vm copy-to": "Copy a host file into the running guest (through its guest agent).",
     "vm copy-from": "Copy a file of the running guest to the host (through its guest agent), written whole or not at all.",
     "vm cdrom": "Insert an ISO into the VM's CD-ROM drive, or eject it; a running guest sees the tray move.",

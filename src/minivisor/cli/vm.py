@@ -171,6 +171,18 @@ def vm_exec(name: str, command: list[str], timeout: float, via: str, as_json: bo
     return result.exit_code
 
 
+@command("vm migrate", NAME, arg("host", metavar="HOST", help="The host of the cluster to move it to."), JSON)
+def vm_migrate(name: str, host: str, as_json: bool) -> None:
+    """Example: minivisor vm migrate web host2 (run on the VM's host; it is removed here once it runs there)"""
+    from ..units import human_size
+
+    moved = hv(direct=True).migrate_vm(name, host, progress=None if as_json else progress)
+    if as_json:
+        return print_json(moved)
+    say(f"migrated {name} to {host} in {moved['total_seconds']:.1f} s: {human_size(moved['disk_bytes'])} of disks, "
+        f"{human_size(moved['memory_bytes'])} of memory; the guest was paused for {moved['downtime_ms']} ms")
+
+
 @command("vm copy-to", NAME, arg("host_file", type=Path, metavar="HOSTFILE", help="The host file to copy."),
          arg("guest_path", metavar="GUESTPATH", help="The file to write in the guest (its full path)."), JSON)
 def vm_copy_to(name: str, host_file: Path, guest_path: str, as_json: bool) -> None:

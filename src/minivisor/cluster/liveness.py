@@ -12,6 +12,11 @@ Two threads, so that a hung request to etcd never delays a fence:
   etcd can expire the lease and let another host claim them; until the host has a lease again, a
   VMM that appears (a power-on that claimed its VM just before the fence) is killed too. The keeper,
   once etcd answers again, revokes the fenced lease and takes a new one.
+- the **receiver** looks for migration requests addressed to this host (:mod:`.migration`) and hands
+  each new one to :meth:`Host.receive_migration` on a thread of its own; until that returns, the VM it
+  brings in is left alone by the keeper (it runs here before this host owns it, by design). It also
+  cleans up after processes that died: VMs a previous service was taking in, and migrations out of this
+  host whose process (``vm migrate``) ended before it finished.
 
 A restarted service takes over its predecessor's lease while it is alive, so the claims of the VMs
 that kept running stay valid. Not yet covered: a service stopped for longer than the TTL while VMs
@@ -24,6 +29,7 @@ What the member does to VMs goes through a :class:`Host`, which the service make
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -36,6 +42,7 @@ from .config import ClusterConfig, fence_after, keepalive_every
 from .records import LiveRecord, alive_key, from_value, to_value
 
 if TYPE_CHECKING:  # etcd's client is loaded once the datastore is in a cluster, not before
+    from .migration import Destination
     from .store import Store
 
 __all__ = ["Member", "Host"]
@@ -45,6 +52,7 @@ log = logging.getLogger("minivisor.cluster")
 IDLE_POLL = 1.0  # seconds between looks for a cluster configuration while there is none
 WATCH = 0.1  # seconds between the watchdog's looks at the last renewal
 SWEEP = 0.5  # seconds between a fenced host's looks for VMs that started after its fence
+RECEIVE_POLL = 0.5  # seconds between the receiver's looks for migration requests
 
 
 class Host(Protocol):
@@ -62,6 +70,16 @@ class Host(Protocol):
     def facts(self) -> dict[str, Any]:
         """What the host has now: memory_free_mib, memory_total_mib, cpus, minivisor, qemu."""
 
+    def receive_migration(self, destination: Destination) -> None:
+        """Take in the VM ``destination.request`` migrates here, or answer why not (never raises)."""
+
+    def abandon_incoming(self, owned_here: Callable[[str], bool]) -> None:
+        """Remove the VMs a previous service was taking in when it ended, unless ``owned_here(uuid)``."""
+
+    def abandon_outgoing(self, owned_here: Callable[[str], bool], withdraw: Callable[[str, str], None]) -> None:
+        """Undo the migrations whose process died (unless the VM is no longer ``owned_here``), and
+        ``withdraw(dest, request id)`` their requests."""
+
 
 class Member:
     """The cluster member a service runs for its datastore (its ``.minivisor`` folder is ``meta``)."""
@@ -77,8 +95,11 @@ class Member:
         self._stores: dict[tuple[str, ...], Store] = {}
         self._config: ClusterConfig | None = None  # the last one read: a host that left revokes its lease with it
         self._stopping = threading.Event()
+        self._receiving: dict[str, threading.Thread] = {}  # request id -> its thread
+        self._incoming: set[str] = set()  # uuids of the VMs migrating in: not yet owned here, and not fenced for it
         self._threads = [threading.Thread(target=self._keep, name="cluster-keeper", daemon=True),
-                         threading.Thread(target=self._watch, name="cluster-watchdog", daemon=True)]
+                         threading.Thread(target=self._watch, name="cluster-watchdog", daemon=True),
+                         threading.Thread(target=self._receive, name="cluster-receiver", daemon=True)]
         self._complaint = ""
 
     def start(self) -> None:
@@ -167,6 +188,8 @@ class Member:
         owned = ownership.owned_by(store, config)
         for vm_uuid, name in running.items():
             entry = owned.get(vm_uuid)
+            if vm_uuid in self._incoming:
+                continue  # migrating in: this host owns it from the handover on
             if entry is not None and entry.lease == lease:
                 continue
             try:
@@ -230,6 +253,65 @@ class Member:
                 log.exception("fencing failed; trying again")
             if self._stopping.wait(WATCH):
                 return
+
+    # -- the receiver -------------------------------------------------------------------
+    def _receive(self) -> None:
+        from .migration import withdraw
+
+        abandoned = False
+        while not self._stopping.wait(RECEIVE_POLL):
+            config = self._config
+            if config is None or self._lease is None:
+                continue
+            try:
+                store = self._store(config)
+                owns = functools.partial(self._owns, store, config)
+                if not abandoned:  # before any new request: what a previous service left half-made
+                    self.host.abandon_incoming(owns)
+                    abandoned = True
+                self.host.abandon_outgoing(owns, functools.partial(withdraw, store))
+                self._take_requests(store, config)
+            except HvError as exc:
+                self._complain(exc.one_line())
+            except Exception:  # noqa: BLE001 - the receiver must outlive any bug
+                log.exception("cluster receiver")
+
+    @staticmethod
+    def _owns(store: Store, config: ClusterConfig, vm_uuid: str) -> bool:
+        from .ownership import owner_of
+
+        owner = owner_of(store, vm_uuid)
+        return owner is not None and owner.host_id == config.host_id
+
+    def _take_requests(self, store: Store, config: ClusterConfig) -> None:
+        from .migration import Destination, read_request, requests_for
+
+        for entry in requests_for(store, config):
+            request_id = entry.key.rsplit("/", 1)[-1]
+            if request_id in self._receiving:
+                continue
+            try:
+                request = read_request(entry)
+            except ClusterError as exc:
+                log.warning("cluster: %s", exc.one_line())
+                store.delete(entry.key)  # hostile or broken: nobody waits for an answer to it
+                continue
+            destination = Destination(store, config, request)
+            thread = threading.Thread(target=self._take_in, args=(destination,), name=f"migration-{request.vm}",
+                                      daemon=True)
+            self._receiving[request_id] = thread
+            thread.start()
+        for request_id, thread in list(self._receiving.items()):
+            if not thread.is_alive() and not any(e.key.endswith("/" + request_id) for e in requests_for(store, config)):
+                del self._receiving[request_id]
+
+    def _take_in(self, destination: Destination) -> None:
+        vm_uuid = destination.request.uuid
+        self._incoming.add(vm_uuid)
+        try:
+            self.host.receive_migration(destination)
+        finally:
+            self._incoming.discard(vm_uuid)
 
     # -- helpers ------------------------------------------------------------------------
     def _store(self, config: ClusterConfig) -> Store:

@@ -95,9 +95,17 @@ class Store:
                                hint="retry")
         return self._entry(found[0])
 
-    def replace(self, key: str, value: dict[str, Any], mod_revision: int, *, lease: int = 0) -> bool:
-        """Write ``key`` only if it is still at ``mod_revision`` (compare-and-swap); True if written."""
+    def replace(self, key: str, value: dict[str, Any], mod_revision: int, *, lease: int = 0,
+                unless_changed: tuple[str, int] | None = None) -> bool:
+        """Write ``key`` only if it is still at ``mod_revision`` (compare-and-swap); True if written.
+
+        ``unless_changed`` (another key and its mod revision) makes the write conditional on that key too:
+        a migration's handover names the destination's answer, which a destination that gives up deletes.
+        """
         compare = [{"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}]
+        if unless_changed is not None:
+            compare.append({"key": _b64(unless_changed[0]), "target": "MOD", "result": "EQUAL",
+                            "mod_revision": str(unless_changed[1])})
         return bool(self._txn(compare, [{"request_put": _put(key, value, lease)}], []).get("succeeded"))
 
     def delete(self, key: str, *, mod_revision: int | None = None) -> bool:

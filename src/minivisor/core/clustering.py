@@ -21,6 +21,7 @@ from .context import VmContext
 if TYPE_CHECKING:
     import logging
 
+    from ..cluster.migration import Destination
     from .hypervisor import Hypervisor
 
 __all__ = ["claimed", "disown", "running_vms", "ClusterHost"]
@@ -123,6 +124,21 @@ class ClusterHost:
                 release()
         except (LockError, StateError):
             pass  # busy or running: looked at again on the next beat
+
+    def receive_migration(self, destination: Destination) -> None:
+        from .migration import receive
+
+        receive(self.hv, destination)
+
+    def abandon_incoming(self, owned_here: Callable[[str], bool]) -> None:
+        from .migration import abandon_incoming
+
+        abandon_incoming(self.hv, owned_here)
+
+    def abandon_outgoing(self, owned_here: Callable[[str], bool], withdraw: Callable[[str, str], None]) -> None:
+        from .migration import abandon_outgoing
+
+        abandon_outgoing(self.hv, owned_here, withdraw)
 
     def facts(self) -> dict[str, Any]:
         from .. import __version__

@@ -550,6 +550,16 @@ class Hypervisor:
 
         return membership.status(self.datastore.meta)
 
+    def migrate_vm(self, name: str, host: str, *, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Move the running VM to another host of the cluster with its local disks (live: the guest runs on).
+
+        Returns the bytes copied (``disk_bytes``, ``memory_bytes``), ``total_seconds`` and ``downtime_ms``
+        (QEMU's stop-and-copy plus the handover). A migration that fails leaves the VM running here.
+        """
+        from .migration import migrate
+
+        return migrate(self.vms, name, host, progress)
+
     def cluster_leave(self, *, force: bool = False) -> dict[str, Any]:
         """Take this host out of its cluster (refused while VMs run here); ``force`` forgets the cluster
         even when etcd cannot be told."""

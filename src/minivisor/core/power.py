@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 from ..datastore.inventory import file_id, flocked_files
@@ -29,19 +30,24 @@ from .context import VmContext
 __all__ = ["power_on", "admit_memory"]
 
 
-def power_on(ctx: VmContext, plan: LaunchPlan) -> tuple[RuntimeRecord, tuple[str, ...]]:
-    """Launch the VMM ``plan`` describes; returns its record and what could not be applied (placement)."""
+def power_on(ctx: VmContext, plan: LaunchPlan, *, migrating_in: bool = False
+             ) -> tuple[RuntimeRecord, tuple[str, ...]]:
+    """Launch the VMM ``plan`` describes; returns its record and what could not be applied (placement).
+
+    ``migrating_in``: the destination of a live migration (``plan`` is incoming). Its VMM stays paused and
+    the VM is not claimed: the source owns it until the handover (:mod:`minivisor.core.migration`).
+    """
     _rotate(ctx.paths.serial_log)
     ctx.paths.bios_log.unlink(missing_ok=True)
-    with claimed(ctx):  # in a cluster, this host owns the VM before its VMM starts (given up if it does not)
-        record = _launch(ctx, plan)
+    with nullcontext() if migrating_in else claimed(ctx):  # in a cluster, this host owns the VM before its
+        record = _launch(ctx, plan, run=not migrating_in)  # VMM starts (given up if it does not start)
     ctx.running = True
     warnings = place(record.pid, plan.spec, ctx.name)
     ctx.emit("poweredOn", pid=record.pid, accel=record.accel)
     return record, warnings
 
 
-def _launch(ctx: VmContext, plan: LaunchPlan) -> RuntimeRecord:
+def _launch(ctx: VmContext, plan: LaunchPlan, *, run: bool) -> RuntimeRecord:
     """Admit the VM's memory, make what its VMM opens (variables, overlays, taps), and start the VMM."""
     claim = admit_memory(ctx, plan.spec, plan.env.accel)  # under the VM lock, which keeps the claim valid
     # the network modules only for a VM with a NIC on a host network (~10 % of the CLI's work before QEMU starts)
@@ -52,7 +58,7 @@ def _launch(ctx: VmContext, plan: LaunchPlan) -> RuntimeRecord:
         if networks is not None:
             networks.plug(ctx, plan)  # its taps on their networks' bridges: QEMU opens them by name
         record = ctx.vmm.launch(plan.argv, plan.env.accel, plan.links_down, ready_text=plan.spec.ready_line,
-                                console=plan.env.console_index is not None)
+                                console=plan.env.console_index is not None, run=run)
     except BaseException:
         claim.unlink(missing_ok=True)
         if networks is not None:

@@ -69,7 +69,7 @@ def take_snapshot(qmp: QmpSession, overlays: list[Overlay], *, state_file: Path 
     if pause:
         qmp.execute("stop")
     try:
-        tops = _device_tops(qmp)
+        tops = device_tops(qmp)
         missing = [overlay.device for overlay in overlays if overlay.device not in tops]
         if missing:
             raise QmpError(f"the running VMM has no disk {missing[0]}", hint="restart the VM, then retry")
@@ -304,12 +304,12 @@ def resume_if_paused(qmp: QmpSession) -> None:
 
 def resize_disk(qmp: QmpSession, device: str, size: int) -> None:
     """Grow a running VM's disk; the guest sees the new size."""
-    qmp.execute("block_resize", {"node-name": _device_tops(qmp)[device], "size": size})
+    qmp.execute("block_resize", {"node-name": device_tops(qmp)[device], "size": size})
 
 
 def overlays_in_use(qmp: QmpSession, nodes: list[str]) -> bool:
     """True if the overlay nodes are the running disks' tops (a snapshot switched), not just opened."""
-    tops = set(_device_tops(qmp).values())
+    tops = set(device_tops(qmp).values())
     if any(node in tops for node in nodes) and not all(node in tops for node in nodes):
         raise QmpError("the VM switched only some disks to a snapshot's overlays",
                        hint="stop the VM, then run any snapshot command to finish the snapshot")
@@ -331,7 +331,7 @@ def commit_layer(qmp: QmpSession, device: str, top: str, base: str, backing: str
     ``backing``: the name the layer above ``top`` records for ``base`` once ``top`` is gone.
     """
     _finish_jobs(qmp)  # one a killed minivisor left behind
-    root = _device_tops(qmp).get(device)
+    root = device_tops(qmp).get(device)
     chain = _device_chain(qmp, root) if root else {}
     attached = _device_roots(qmp).get(device)  # block-commit takes the device's own root: a gate, if it has one
     if top not in chain:
@@ -369,7 +369,7 @@ def stream_layer(qmp: QmpSession, device: str, top: str, frozen: str, base: str 
                  backing: str | None) -> None:
     """Copy ``frozen``'s data into layer ``top`` (real paths) and drop it from the chain (idempotent)."""
     _finish_jobs(qmp)
-    root = _device_tops(qmp).get(device)
+    root = device_tops(qmp).get(device)
     chain = _device_chain(qmp, root) if root else {}
     if frozen not in chain:
         return  # already streamed: the frozen layer left the chain
@@ -403,7 +403,7 @@ def _device_roots(qmp: QmpSession) -> dict[str, str]:
             if b.get("qdev") and b.get("inserted")}
 
 
-def _device_tops(qmp: QmpSession) -> dict[str, str]:
+def device_tops(qmp: QmpSession) -> dict[str, str]:
     """Device (``scsi0-0``) -> the node name of its top layer (below its gate, if it has one)."""
     tops = _device_roots(qmp)
     if any(node.startswith(GATE_PREFIX) for node in tops.values()):

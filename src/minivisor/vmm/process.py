@@ -223,12 +223,13 @@ class Vmm:
 
     # -- launching -------------------------------------------------------
     def launch(self, argv: list[str], accel: str, links_down: list[str], *, ready_text: str,
-               console: bool) -> RuntimeRecord:
-        """Start QEMU paused, attach the console relay, take links down, then run it.
+               console: bool, run: bool = True) -> RuntimeRecord:
+        """Start QEMU paused, attach the console relay, take links down, then run it (unless not ``run``).
 
         ``ready_text``: the guest's ready line, which the relay watches the console for; ``console``:
         whether ``argv`` gives the VM a minivisor console. A VMM started with ``-incoming defer`` waits
-        for a saved state: its ``cont`` only arms the run. The caller must hold ``self.lock``.
+        for a saved state: its ``cont`` only arms the run. A live migration's destination is not run: it
+        stays paused after the state arrived, until its host owns the VM. The caller must hold ``self.lock``.
         """
         assert self.lock.fd is not None, "launch() needs the VM lock"
         self._prepare_runtime_dir()
@@ -247,7 +248,8 @@ class Vmm:
             with _qmp(self.paths.qmp_socket) as qmp:
                 for nic in links_down:
                     qmp.execute("set_link", {"name": nic, "up": False})
-                qmp.execute("cont")
+                if run:
+                    qmp.execute("cont")
         except BaseException as exc:
             exited = _exits_within(process, 1.0) if isinstance(exc, VmmError) else False
             process.kill()

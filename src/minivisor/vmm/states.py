@@ -55,6 +55,7 @@ class Action(str, Enum):
     RESET_NVRAM = "reset the UEFI variables of"
     CDROM = "change the CD-ROM medium of"
     EDIT_SPECFILE = "edit the specfile of"
+    MIGRATE = "migrate"
 
 
 _OFF = frozenset({VmState.POWERED_OFF})
@@ -80,6 +81,7 @@ LEGAL: dict[Action, frozenset[VmState]] = {
     Action.NIC: _ANY_SETTLED,  # running: its link at once (QMP); off: at its next power-on
     Action.RESET_NVRAM: _OFF,  # the running firmware has its variable store open
     Action.CDROM: _ANY_SETTLED,  # running: the tray opens and closes (QMP); off: the next power-on's medium
+    Action.MIGRATE: _ON,  # its memory and disks move while it runs (or stays paused)
     Action.EDIT_SPECFILE: _OFF,  # as on VMware: a running VMM was built from the file and would not follow it
 }
 

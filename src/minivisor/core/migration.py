@@ -1,0 +1,469 @@
+"""**Live migration** of a running VM, with its local disks, to another host of its cluster.
+
+The two hosts talk through etcd only (:mod:`minivisor.cluster.migration`); their VMMs copy the disks
+(NBD) and the memory between the hosts' cluster addresses (:mod:`minivisor.vmm.migration`).
+
+- :func:`migrate` runs on the source (``vm migrate VM HOST``, in the CLI's process): it asks the
+  destination, mirrors the disks, sends the memory, hands the VM's ownership over, waits for the
+  destination to run the guest, then ends its VMM and **removes the VM here**: from the moment the
+  guest runs there, the disks here are an old copy, and powering it on here later (once the destination
+  powered it off) would fork its data — Proxmox removes the source's VM for the same reason.
+- :func:`receive` runs on the destination, in its service's cluster member: it checks the request as
+  hostile input, makes the VM's folder with empty disks of the same sizes and formats, starts a VMM
+  waiting for the state (``-incoming defer``, never run before the handover), serves its disks, answers,
+  and once it owns the VM, resumes it. A request withdrawn (or whose source died), a VMM that died,
+  a refusal: its VMM is killed and everything it made removed, and the VM runs on at the source.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import procfs
+from ..errors import (ClusterError, ConflictError, HandoverUncertainError, HvError, LockError, MigrationError,
+                      NotFoundError, PathError, StateError)
+from ..files import write_atomic
+from ..text import clip, excerpt
+from ..units import human_size
+from ..vmm.states import Action
+
+if TYPE_CHECKING:
+    from ..cluster.migration import Answer, Destination, Disk, Source
+    from ..spec.vmspec import VmSpec
+    from .context import VmContext, Vms
+    from .hypervisor import Hypervisor
+
+__all__ = ["migrate", "receive", "abandon_incoming", "abandon_outgoing"]
+
+log = logging.getLogger("minivisor.cluster")
+
+PREPARE_TIMEOUT = 120.0  # seconds the destination may take to make the VM and start its VMM, or to resume it
+COPY_TIMEOUT = 3600.0  # seconds the disks' mirrors, then the memory, may take
+HANDOVER_TIMEOUT = COPY_TIMEOUT + 2 * PREPARE_TIMEOUT  # seconds a destination waits for the handover
+REPORT_EVERY = 1.0  # seconds between two progress lines
+POLL = 0.1
+INCOMING = "incoming"  # in the datastore's .minivisor folder: a marker per VM being taken in
+OUTGOING = "outgoing"  # and one per migration this host's processes are running
+
+
+# -- the source ----------------------------------------------------------------------------
+def migrate(vms: Vms, name: str, dest: str, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Move the running VM ``name`` to host ``dest``; returns what was copied and how long it took."""
+    from ..cluster.membership import current
+    from ..cluster.migration import Source
+    from ..cluster.store import Store
+
+    config = current(vms.datastore.meta)
+    report = progress or (lambda line: None)
+    with vms.operate(name, Action.MIGRATE) as ctx:
+        specfile, disks = _what_moves(ctx)
+        source = Source(Store(config.endpoints), config, dest, ctx.name, ctx.uuid)
+        started = time.monotonic()
+        with _outgoing(vms.datastore.meta, source):
+            return _move(vms, ctx, source, specfile, disks, started, report)
+
+
+def _move(vms: Vms, ctx: VmContext, source: Source, specfile: str, disks: list[Disk], started: float,
+          report: Callable[[str], None]) -> dict[str, Any]:
+    """:func:`migrate` once the VM's turn is held and its outgoing marker written."""
+    dest = source.dest
+    source.ask(specfile, disks, ctx.vmm.ready_line() or "")
+    ctx.emit("migrating", to=dest)
+    try:
+        report(f"asked host {dest} to make {ctx.name} ({len(disks)} disk(s), "
+               f"{human_size(sum(d.size for d in disks))})")
+        ready = source.wait("ready", PREPARE_TIMEOUT)
+        copied = _copy(ctx, ready, source.key, report)
+        source.hand_over()
+    except HandoverUncertainError:
+        raise  # nothing undone: the guest may run on the destination
+    except BaseException as exc:
+        _undo(ctx, source)
+        ctx.emit("migrationFailed", to=dest, reason=exc.one_line() if isinstance(exc, HvError) else repr(exc))
+        if isinstance(exc, HvError) and not isinstance(exc, ClusterError):  # its VMM's: say what it means
+            raise MigrationError(f"VM {ctx.name!r} did not move to host {dest!r}: {exc.message}",
+                                 hint=f"it runs on here; {exc.hint}" if exc.hint else "it runs on here") from exc
+        raise
+    try:
+        source.wait("running", PREPARE_TIMEOUT)
+    except ClusterError as exc:
+        raise MigrationError(f"VM {ctx.name!r} was handed over to host {dest!r}, which did not say it runs it: "
+                             f"{exc.message}", hint=f"see `minivisor vm show {ctx.name}` on {dest}; its VMM "
+                                                    "here is left paused") from exc
+    resumed = time.monotonic()
+    _leave(vms, ctx, dest)
+    source.withdraw()
+    handover_ms = round((resumed - copied.pop("completed_at")) * 1000)
+    return {"vm": ctx.name, "source": source.config.host, "destination": dest, **copied,
+            "handover_ms": handover_ms, "downtime_ms": copied["qemu_downtime_ms"] + handover_ms,
+            "total_seconds": round(resumed - started, 3)}
+
+
+@contextmanager
+def _outgoing(meta: Path, source: Source) -> Iterator[None]:
+    """``.minivisor/outgoing/<id>`` while this process moves a VM: if it dies, the host's service finds the
+    marker of a process that is gone and undoes the migration (:func:`abandon_outgoing`)."""
+    folder = meta / OUTGOING
+    folder.mkdir(mode=0o700, exist_ok=True)
+    marker = folder / source.id
+    pid = os.getpid()
+    write_atomic(marker, json.dumps({"pid": pid, "start": procfs.start_ticks(pid), "vm": source.vm,
+                                     "dest": source.dest}).encode(), sync="none")
+    try:
+        yield
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def abandon_outgoing(hv: Hypervisor, owned_here: Callable[[str], bool],
+                     withdraw: Callable[[str, str], None]) -> None:
+    """The migrations whose process died: before the handover, the VM's VMM is told to forget the migration
+    (the guest runs on); after it, nothing here is touched (the guest runs on the destination). Either way the
+    request is withdrawn, so the destination drops what it made or keeps what it owns."""
+    folder = hv.datastore.meta / OUTGOING
+    for marker in sorted(folder.glob("[!.]*")) if folder.is_dir() else ():  # not a marker's temp file
+        try:
+            found = json.loads(marker.read_bytes())
+            pid, start, name, dest = found["pid"], found["start"], found["vm"], found["dest"]
+        except (OSError, ValueError, KeyError, TypeError):
+            marker.unlink(missing_ok=True)  # not ours to read: nothing to undo from it
+            continue
+        if procfs.is_same_process(pid, start):
+            continue  # still moving it
+        try:
+            with hv.vms.operate(name, Action.MIGRATE, wait=0) as ctx:
+                if owned_here(ctx.uuid):
+                    log.warning("VM %s: the process migrating it to host %s ended; undoing the migration", name,
+                                dest)
+                    _undo(ctx, None)
+        except LockError:
+            continue  # another operation has its turn (not the dead process's): looked at again later
+        except (NotFoundError, StateError):
+            pass  # gone, or no VMM: nothing to undo in it
+        withdraw(dest, marker.name)
+        marker.unlink(missing_ok=True)
+
+
+def _what_moves(ctx: VmContext) -> tuple[str, list[Disk]]:
+    """The specfile's text and the disks to copy; refuses a VM whose files are not all plain disks in its folder."""
+    from ..cluster.migration import FORMATS, Disk
+    from ..datastore.inventory import read_vmx
+    from ..spec.vmspec import VmSpec
+    from ..vmm.plan import resolve_files
+
+    spec = VmSpec.from_vmx(read_vmx(ctx.vmx))
+    chains, files, _ = resolve_files(spec, ctx.scope, ctx.vmx)
+    if spec.firmware == "efi":
+        raise _cannot(ctx.name, "it boots with UEFI, whose variable store is not copied yet", "")
+    if files:
+        raise _cannot(ctx.name, f"it uses files besides its disks ({', '.join(sorted(files))})",
+                      "eject its CD-ROM and remove serial or floppy files first")
+    disks = []
+    for disk in spec.disks:
+        chain = chains.get(disk.node)
+        if chain is None:
+            continue
+        top = chain[0]
+        if len(chain) > 1:
+            raise _cannot(ctx.name, f"its disk {disk.node} has {len(chain) - 1} backing layer(s)",
+                          f"delete its snapshots (or fully clone it) first: minivisor snapshot list {ctx.name}")
+        if top.format not in FORMATS or disk.mode == "independent-nonpersistent":
+            raise _cannot(ctx.name, f"its disk {disk.node} is {top.format} ({disk.mode})",
+                          "convert it to qcow2 (minivisor disk convert) while the VM is off")
+        if disk.file_name != top.path.name or top.path.parent.resolve() != ctx.vm_dir.resolve():
+            raise _cannot(ctx.name, f"its disk {disk.node} is not a file of its own folder",
+                          "copy it into the VM's folder first")
+        disks.append(Disk(top.path.name, top.format, top.virtual_size))
+    if not disks:
+        raise _cannot(ctx.name, "it has no hard disk", "")
+    try:
+        return ctx.vmx.read_bytes().decode("utf-8"), disks
+    except UnicodeDecodeError:
+        raise _cannot(ctx.name, "its specfile is not UTF-8", "") from None
+
+
+def _cannot(name: str, why: str, hint: str) -> MigrationError:
+    return MigrationError(f"cannot migrate VM {name!r}: {why}", hint=hint or None)
+
+
+def _copy(ctx: VmContext, ready: Answer, key: str, report: Callable[[str], None]) -> dict[str, Any]:
+    """Mirror the disks until in sync, send the memory, end the mirrors; the counts and times of it."""
+    from ..vmm import migration as vmm_migration
+
+    with ctx.vmm.session() as qmp:
+        vmm_migration.add_psk(qmp, "client", ctx.paths.runtime_dir, key)
+        vmm_migration.mirror(qmp, ready.address, ready.nbd_port)
+        deadline, last = time.monotonic() + COPY_TIMEOUT, 0.0
+        while not (mirrored := vmm_migration.mirror_progress(qmp)).ready:
+            last = _report(report, last, f"disks: {human_size(mirrored.copied)} of {human_size(mirrored.total)} "
+                                         "mirrored")
+            _check(deadline, "mirror its disks")
+            time.sleep(POLL)
+        report(f"disks in sync ({human_size(mirrored.total)}); sending the memory")
+        vmm_migration.start_migration(qmp, ready.address, ready.migrate_port)
+        while (info := vmm_migration.migration_status(qmp)).get("status") != "completed":
+            ram = info.get("ram", {})
+            last = _report(report, last, f"memory: {human_size(ram.get('transferred', 0))} sent, "
+                                         f"{human_size(ram.get('remaining', 0))} to go")
+            _check(deadline, "send its memory")
+            time.sleep(POLL)
+        completed_at = time.monotonic()
+        vmm_migration.end_mirrors(qmp)
+    ram = info.get("ram", {})
+    report(f"memory sent ({human_size(ram.get('transferred', 0))}); handing {ctx.name} over")
+    return {"disk_bytes": mirrored.total, "memory_bytes": ram.get("transferred", 0),
+            "qemu_downtime_ms": info.get("downtime", 0), "completed_at": completed_at}
+
+
+def _report(report: Callable[[str], None], last: float, line: str) -> float:
+    if time.monotonic() - last < REPORT_EVERY:
+        return last
+    report(line)
+    return time.monotonic()
+
+
+def _check(deadline: float, what: str) -> None:
+    if time.monotonic() > deadline:
+        raise MigrationError(f"the migration did not {what} within {COPY_TIMEOUT:.0f} s")
+
+
+def _undo(ctx: VmContext, source: Source | None) -> None:
+    """Before the handover: the VM runs on here, nothing of the migration is left in its VMM, the request goes."""
+    from ..vmm import migration as vmm_migration
+
+    try:
+        if ctx.vmm.record() is not None:
+            with ctx.vmm.session() as qmp:
+                vmm_migration.abort(qmp)
+    except HvError as exc:
+        log.warning("VM %s: undoing its migration: %s", ctx.name, exc.one_line())
+    finally:
+        try:
+            if source is not None:
+                source.withdraw()
+        except ClusterError as exc:
+            log.warning("VM %s: its migration request stays until this host's lease ends: %s", ctx.name,
+                        exc.one_line())
+
+
+def _leave(vms: Vms, ctx: VmContext, dest: str) -> None:
+    """The guest runs on ``dest``: end the VMM here and remove the VM. The VMM's guest was stopped for good
+    and its images flushed when its state was sent, so it is killed (this host's cluster member may have
+    fenced it already: it runs a VM this host no longer owns)."""
+    pid = ctx.vmm.kill()
+    ctx.networks().unplug(ctx)
+    ctx.running = False
+    ctx.emit("migrated", to=dest, pid=pid)
+    with vms.hold(ctx):
+        vms.datastore.delete_vm(ctx.entry, ctx.vm_dir)
+
+
+# -- the destination -----------------------------------------------------------------------
+def receive(hv: Hypervisor, destination: Destination) -> None:
+    """Take in the VM of ``destination.request``, or answer why not and leave nothing of it here."""
+    from ..cluster.migration import Answer
+    from ..vmm import migration as vmm_migration
+
+    request = destination.request
+    made: Path | None = None  # the marker of the VM made here, while it is not this host's
+    try:
+        made = _make_vm(hv, request)
+        ctx = _start_incoming(hv, request.vm)
+        try:
+            destination.answer(_listen(ctx, destination))
+            handed_over = _handed_over(ctx, destination)
+        finally:  # no TLS handshake is to come
+            vmm_migration.remove_psk_file(ctx.paths.runtime_dir)
+        if not handed_over:
+            raise MigrationError(f"the migration of VM {request.vm!r} from host {request.source!r} was given up")
+        _resume(ctx)
+        made.unlink()  # it is this host's VM now
+        made = None
+        if request.ready:  # the same boot goes on: the guest was ready at the source
+            ctx.vmm.remember_ready(request.ready)
+        ctx.emit("migratedIn", source=request.source)
+        destination.answer(Answer("running"))
+    except Exception as exc:  # noqa: BLE001 - whatever went wrong, the source must hear it and nothing stay here
+        reason = exc.one_line() if isinstance(exc, HvError) else f"internal error: {exc!r}"
+        log.warning("migration of VM %s from host %s: %s", request.vm, request.source, reason)
+        if made is not None and _remove(hv, request.vm):
+            made.unlink()  # kept otherwise: the next service tries again
+        try:
+            if destination.wanted():
+                destination.answer(Answer("failed", error=clip(reason, 500)))
+        except HvError:
+            pass  # the source sees the destination give no answer, and gives up itself
+
+
+def _mark_incoming(hv: Hypervisor, name: str, vm_uuid: str) -> Path:
+    """``.minivisor/incoming/<uuid>``, naming the VM, while it is taken in: a service that dies meanwhile
+    leaves it, and the next one removes the half-made VM (:func:`abandon_incoming`)."""
+    folder = hv.datastore.meta / INCOMING
+    folder.mkdir(mode=0o700, exist_ok=True)
+    marker = folder / vm_uuid.lower()
+    marker.write_text(name + "\n")
+    return marker
+
+
+def abandon_incoming(hv: Hypervisor, owned_here: Callable[[str], bool]) -> None:
+    """The VMs a previous service was taking in when it ended: their VMM killed, the VM removed (unless the
+    handover came first: then this host owns it, and it is left, paused, to its user)."""
+    from ..datastore.names import VM_NAME
+
+    folder = hv.datastore.meta / INCOMING
+    for marker in sorted(folder.iterdir()) if folder.is_dir() else ():
+        name = marker.read_text(errors="replace").strip()
+        entry = hv.datastore.catalog.find(name) if VM_NAME.match(name) else None
+        if entry is not None and entry.uuid.lower() == marker.name and not owned_here(entry.uuid):
+            log.warning("VM %s: its migration here was cut short when this host's service ended; removing it", name)
+            if not _remove(hv, name):
+                continue
+        marker.unlink(missing_ok=True)
+
+
+def _make_vm(hv: Hypervisor, request: Any) -> Path:
+    """The VM's folder, published: its specfile as sent, empty disks of the sizes and formats asked; returns
+    its marker (:func:`_mark_incoming`), made once the name and UUID are known to be free here."""
+    from ..datastore.store import is_vm_metadata
+    from ..images.layers import check_file_name
+    from ..images.qemu_img import create_disk
+    from ..spec.vmspec import VmSpec
+    from ..spec.vmx import VmxDocument
+
+    datastore = hv.datastore
+    datastore.check_new_name(request.vm)
+    if any(entry.uuid.lower() == request.uuid.lower() for entry in datastore.catalog.list()):
+        raise ConflictError(f"a VM with the UUID of {request.vm!r} ({request.uuid}) is registered here already")
+    doc = VmxDocument.parse(request.specfile.encode(), source=f"the specfile of {request.vm} from {request.source}")
+    spec = VmSpec.from_vmx(doc)
+    _check_disks(spec, request.disks)
+    for disk in request.disks:
+        check_file_name(disk.file, "disk")
+        if disk.file in (".", "..") or is_vm_metadata(disk.file) or disk.file.lower().endswith(".vmx"):
+            raise PathError(f"the disk {excerpt(disk.file)} of the request is no disk file of a VM's folder")
+    marker = _mark_incoming(hv, request.vm, request.uuid)
+    staging = datastore.staging_dir(request.vm)
+    try:
+        for disk in request.disks:
+            create_disk(staging / disk.file, disk.size, disk.format)
+        doc.save(staging / f"{request.vm}.vmx")
+        datastore.publish(staging, request.vm, request.uuid)
+    except BaseException:
+        marker.unlink()
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return marker
+
+
+def _check_disks(spec: VmSpec, disks: tuple[Disk, ...]) -> None:
+    """The specfile's drives name exactly the disks asked for, each a plain file of the VM's folder."""
+    named = [disk.file_name for disk in spec.disks if disk.kind == "disk" and disk.file_name]
+    media = [disk.node for disk in spec.disks if disk.kind == "cdrom" and disk.file_name]
+    if media:
+        raise PathError(f"the specfile sent has media in {', '.join(media)}: a migration copies hard disks only")
+    if sorted(named) != sorted(disk.file for disk in disks):
+        raise PathError("the specfile sent names other disks than the request's",
+                        hint="it was not written by a minivisor source")
+
+
+def _start_incoming(hv: Hypervisor, name: str) -> VmContext:
+    """A VMM for the VM that waits for its state, paused, every power-on check made."""
+    from .power import power_on
+
+    with hv.vms.operate(name, Action.START) as ctx:
+        plan = ctx.plan(incoming=True)
+        with hv.vms.hold(ctx):
+            power_on(ctx, plan, migrating_in=True)
+    return ctx
+
+
+def _listen(ctx: VmContext, destination: Destination) -> Answer:
+    """Serve the disks over NBD and wait for the memory, on this host's cluster address, both over TLS with
+    the request's one-time key."""
+    from ..cluster.migration import Answer
+    from ..vmm import migration as vmm_migration
+
+    address = cluster_address(destination.config.endpoints)
+    nbd_port, migrate_port = _free_ports(address, 2)
+    with ctx.vmm.session() as qmp:
+        vmm_migration.add_psk(qmp, "server", ctx.paths.runtime_dir, destination.request.key)
+        vmm_migration.serve_disks(qmp, address, nbd_port)
+        vmm_migration.listen(qmp, address, migrate_port)
+    return Answer("ready", address, nbd_port, migrate_port)
+
+
+def _handed_over(ctx: VmContext, destination: Destination) -> bool:
+    """Wait until this host owns the VM (True), or until there is no point: the request withdrawn, the VMM
+    gone, too long (then the answer is withdrawn first, so the handover cannot happen after: False)."""
+    deadline = time.monotonic() + HANDOVER_TIMEOUT
+    while True:
+        try:
+            if destination.owned_here():
+                return True
+            if not destination.wanted() or ctx.vmm.record() is None or time.monotonic() > deadline:
+                return not destination.give_up()
+        except ClusterError as exc:  # etcd busy or out of reach: the handover may come, or not; ask again
+            log.warning("VM %s: waiting for its handover: %s", ctx.name, exc.one_line())
+            time.sleep(1)
+        time.sleep(POLL)
+
+
+def _resume(ctx: VmContext) -> None:
+    """The whole state is here and the VM is this host's: stop serving its disks, run it."""
+    from ..vmm import migration as vmm_migration
+
+    deadline = time.monotonic() + PREPARE_TIMEOUT
+    with ctx.vmm.session() as qmp:
+        while not vmm_migration.incoming_done(qmp):
+            _check(deadline, "arrive whole")
+            time.sleep(POLL)
+        vmm_migration.stop_serving(qmp)
+        qmp.execute("cont")
+
+
+def _remove(hv: Hypervisor, name: str) -> bool:
+    """Kill the incoming VMM and delete the VM it was made for; False if that failed (logged)."""
+    try:
+        ctx = hv.vms.context(name)
+        ctx.vmm.kill()
+        ctx.networks().unplug(ctx)
+        hv.delete_vm(name)
+    except HvError as exc:
+        log.warning("VM %s: removing what its failed migration made: %s", name, exc.one_line())
+        return False
+    return True
+
+
+def cluster_address(endpoints: tuple[str, ...]) -> str:
+    """The address this host reaches the cluster store from: the one the other hosts reach it at (a UDP
+    socket's route lookup; nothing is sent)."""
+    from ..cluster.config import host_and_port
+
+    host, port = host_and_port(endpoints[0])
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((host, port))
+        return probe.getsockname()[0]
+
+
+def _free_ports(address: str, count: int) -> list[int]:
+    """``count`` TCP ports free on ``address`` now (the VMM binds them right after)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    socks = [socket.socket(family, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind((address, 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()

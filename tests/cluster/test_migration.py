@@ -1,0 +1,244 @@
+"""Live migration with local disks between two hosts, each in a network namespace of the test's own, etcd in
+another: the guest keeps running (a counter in it goes on, no reboot), what it wrote is on the destination's disk,
+and a migration whose destination VMM dies leaves the VM running on the source with nothing left on the
+destination."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from guests import create_guest
+from lab import in_netns, qemus_under, wait_for
+from test_ownership import cluster_of
+
+from minivisor import Hypervisor
+
+pytestmark = pytest.mark.qemu
+
+DISK = "/dev/sda"  # the boot disk (lsilogic SCSI)
+BASE = 32768  # the guest writes record i at sector BASE + i of its disk (16 MiB in: past what it boots from)
+# A counter and a writer in the guest: record i (its number, 8 digits) written and synced, then counted (the
+# count replaced by a rename: never seen half-written).
+WRITER = (f"(i=0; while :; do i=$((i+1)); printf '%08d' $i | dd of={DISK} bs=512 seek=$(({BASE}+i)) "
+          "conv=notrunc,fsync 2>/dev/null; echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.05; done) "
+          ">/dev/null 2>&1 & "
+          "echo $! > /tmp/writer.pid")
+
+
+def _guest(hv: Hypervisor, command: str) -> str:
+    result = hv.exec_in_vm("web", command, timeout=30)
+    assert result.exit_code == 0, result
+    return result.output.strip()
+
+
+def _progress(hv: Hypervisor) -> tuple[float, int]:
+    """The guest's uptime and its counter."""
+    uptime, count = _guest(hv, "cut -d' ' -f1 /proc/uptime; cat /tmp/count").split()
+    return float(uptime), int(count)
+
+
+def _owner(etcd, vm_uuid: str) -> dict | None:
+    done = subprocess.run([*in_netns(etcd.netns), "etcdctl", "--endpoints", etcd.endpoints, "get",
+                           f"/minivisor/owners/{vm_uuid}", "--print-value-only"], capture_output=True, text=True,
+                          timeout=20, env={**os.environ, "ETCDCTL_API": "3"}, check=True)
+    return json.loads(done.stdout) if done.stdout.strip() else None
+
+
+def _pids_in(netns: str) -> list[int]:
+    listed = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True, check=True, timeout=20)
+    return [int(pid) for pid in listed.stdout.split()]
+
+
+def _running_guest(fabric, fabric_etcd, hosts, appliance_image):
+    a, b = hosts("a", "b", fabric=fabric)
+    vm = create_guest(Hypervisor(a.root), "web", appliance_image, memory_mib=64, network="none")
+    cluster_of(fabric_etcd, a, b)
+    a.ok("vm", "start", "web", "--wait-ready")
+    _guest(Hypervisor(a.root), WRITER + "; while [ ! -e /tmp/count ]; do sleep 0.05; done")
+    return a, b, vm
+
+
+def test_a_running_guest_moves_with_its_disk_and_keeps_running(fabric, fabric_etcd, hosts, appliance_image, tmp_path):
+    a, b, vm = _running_guest(fabric, fabric_etcd, hosts, appliance_image)
+    on_a = Hypervisor(a.root)
+    wait_for("the guest's counter", lambda: _progress(on_a)[1] > 5)
+    uptime, count = _progress(on_a)
+
+    for host, why in (("c", "host 'c' is not a live member of the cluster"), ("a", "already runs on host 'a'")):
+        refused = a.cli("vm", "migrate", "web", host)
+        assert refused.returncode == 69 and refused.stderr.count("\n") == 1 and why in refused.stderr, refused.stderr
+
+    moved = a.cli("vm", "migrate", "web", "b", "--json", timeout=600)
+    assert moved.returncode == 0, moved.stderr
+    report = json.loads(moved.stdout)
+    assert report["source"] == "a" and report["destination"] == "b"
+    assert report["disk_bytes"] >= 64 << 20 and report["memory_bytes"] > 0  # writes during the copy: more
+    assert 0 <= report["downtime_ms"] and 0 < report["total_seconds"]
+
+    # the source: no VMM, no VM; the destination runs it and owns it
+    assert qemus_under(a.root) == [] and len(qemus_under(b.root)) == 1
+    assert [v.name for v in on_a.list_vms()] == [] and not (a.root / "web").exists()
+    owner = _owner(fabric_etcd, vm.uuid)
+    assert owner["host"] == "b"
+    on_b = Hypervisor(b.root)
+    assert on_b.get_vm("web").uuid == vm.uuid
+    assert on_b.wait_ready("web", timeout=1)  # the same boot: ready already
+    assert not (on_b.vm_paths("web").runtime_dir / "keys.psk").exists()  # the one-time key is gone
+
+    # the same boot goes on: uptime and counter kept growing, and the writer still runs
+    later_uptime, later_count = _progress(on_b)
+    assert later_uptime > uptime and later_count > count
+    wait_for("the counter to go on at the destination", lambda: _progress(on_b)[1] > later_count)
+    _guest(on_b, "kill $(cat /tmp/writer.pid)")
+    written = int(_guest(on_b, "sleep 0.2; cat /tmp/count"))
+    b.ok("vm", "stop", "web", "--hard")
+    assert _owner(fabric_etcd, vm.uuid) is None
+
+    # every record the guest wrote, before, during and after the move, is in the destination's disk file
+    raw = tmp_path / "web.raw"
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(b.root / "web" / "web.qcow2"), str(raw)],
+                   check=True, timeout=120)
+    data = raw.read_bytes()
+    bad = [i for i in range(1, written + 1) if data[(BASE + i) * 512:(BASE + i) * 512 + 8] != b"%08d" % i]
+    assert written > later_count and bad == []
+
+
+@pytest.mark.parametrize("killed", ["vmm", "host", "migration"])
+def test_a_migration_killed_halfway_leaves_the_vm_running_on_the_source(fabric, fabric_etcd, hosts,
+                                                                        appliance_image, killed):
+    """``vmm``: the destination's VMM is killed; ``host``: every process of the destination's namespace (its
+    service and the VMM), and its service started again finds and removes what the first one made;
+    ``migration``: the source's ``vm migrate`` process, whose VMM its host's service then sets back."""
+    a, b, vm = _running_guest(fabric, fabric_etcd, hosts, appliance_image)
+    on_a = Hypervisor(a.root)
+    (pid,) = qemus_under(a.root)
+    _, count = _progress(on_a)
+
+    env = {name: value for name, value in os.environ.items() if name != "MINIVISOR_DIRECT"}
+    migration = subprocess.Popen([*in_netns(a.netns), sys.executable, "-m", "minivisor", "-d", str(a.root), "vm",
+                                  "migrate", "web", "b"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=env)
+    try:
+        # halfway: once the source reports its disks' copy under way, the destination's VMM is killed
+        progress = []
+        for line in iter(migration.stderr.readline, ""):
+            progress.append(line)
+            if line.startswith("  disks"):
+                break
+        (incoming,) = qemus_under(b.root)
+        victims = {"vmm": [incoming], "host": _pids_in(b.netns), "migration": [migration.pid]}[killed]
+        for victim in victims:
+            os.kill(victim, 9)
+        _, rest = migration.communicate(timeout=300)
+    finally:
+        if migration.poll() is None:
+            migration.kill()
+            migration.wait()
+    errors = [line for line in (*progress, *rest.splitlines()) if line and not line.startswith("  ")]
+    if killed == "migration":
+        assert migration.returncode == -9 and errors == []
+    else:
+        assert migration.returncode == 69 and len(errors) == 1, errors
+        assert errors[0].startswith("error: ") and "host 'b'" in errors[0], errors
+
+    # the VM runs on at the source, the same VMM, owned there; nothing of it is left on the destination
+    if killed == "migration":
+        wait_for("the source's service to withdraw the request",
+                 lambda: not list((a.root / ".minivisor" / "outgoing").iterdir()), timeout=30)
+    assert qemus_under(a.root) == [pid] and on_a.get_vm("web").state == "running"
+    assert _owner(fabric_etcd, vm.uuid)["host"] == "a"
+    if killed == "host":
+        b.serve()
+    try:
+        wait_for("the destination to remove what it made",
+                 lambda: not (b.root / "web").exists() and Hypervisor(b.root).list_vms() == [], timeout=60)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; b's service log ends with:\n{b.log_path.read_text()[-3000:]}") from None
+    assert qemus_under(b.root) == []
+    time.sleep(0.5)
+    assert _progress(on_a)[1] > count
+    a.ok("vm", "stop", "web", "--hard")
+
+
+SPECFILE = ('.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "19"\ndisplayName = "evil"\n'
+            'guestOS = "other-64"\nmemSize = "64"\nscsi0.present = "TRUE"\nscsi0.virtualDev = "lsilogic"\n'
+            'scsi0:0.present = "TRUE"\nscsi0:0.fileName = "{name}"\n')
+
+
+def _request(name: str, specfile_disk: str, disk: str, size: int = 1 << 20) -> dict:
+    return {"id": "ab" * 16, "vm": name, "uuid": "0123abcd-0000-4000-8000-000000000001", "source": "elsewhere",
+            "source_id": "x", "specfile": SPECFILE.format(name=specfile_disk),
+            "disks": [{"file": disk, "format": "qcow2", "size": size}], "key": "cd" * 32, "ready": ""}
+
+
+@pytest.mark.parametrize(("request_value", "answered"), [
+    (_request("evil", "/etc/passwd", "evil.qcow2"), "names other disks"),  # the disk the specfile opens is not made
+    (_request("evil", "..", ".."), "no disk file of a VM's folder"),
+    (_request("evil", "evil.vmx", "evil.vmx"), "no disk file of a VM's folder"),
+    (_request("evil", "json:{}", "json:{}"), "QEMU would read as a protocol"),
+    (_request("../evil", "evil.qcow2", "evil.qcow2"), "not a valid VM name"),
+    (_request("evil", "evil.qcow2", "evil.qcow2", size=1 << 60), None),  # out of bounds: not even answered
+    (_request("evil", "evil.qcow2", "../evil.qcow2"), None),
+    ({**_request("evil", "evil.qcow2", "evil.qcow2"), "key": "'; rm -rf /"}, None),
+], ids=["disk-elsewhere", "dot-dot", "specfile-as-disk", "protocol", "name", "huge", "slash", "key"])
+def test_a_hostile_migration_request_is_refused_and_nothing_is_made(etcd, hosts, request_value, answered):
+    from minivisor.cluster.store import Store
+
+    (b,) = hosts("b")
+    cluster_of(etcd, b)
+    store = Store(tuple(etcd.urls))
+    key = "migrations/b/" + request_value["id"]
+    store.put(key, request_value)
+    if answered is None:  # malformed: dropped, with no answer
+        wait_for("the request to be dropped", lambda: store.get(key) is None, timeout=30)
+        assert store.get("answers/" + request_value["id"]) is None
+    else:
+        answer = wait_for("the answer", lambda: store.get("answers/" + request_value["id"]), timeout=30).value
+        assert answer["state"] == "failed" and answered in answer["error"], answer
+    assert Hypervisor(b.root).list_vms() == [] and qemus_under(b.root) == []
+    assert sorted(path.name for path in b.root.iterdir()) == [".minivisor"]
+    assert not list((b.root / ".minivisor").glob("staging/*"))
+
+
+def test_the_destination_serves_the_disks_only_to_the_key_holder_and_removes_all_once_withdrawn(etcd, hosts,
+                                                                                                tmp_path):
+    """While the destination waits, its NBD server answers only a client with the request's key (TLS-PSK); the
+    source withdrawing its request makes it kill its VMM and remove the VM."""
+    from minivisor.cluster.store import Store
+
+    (b,) = hosts("b")
+    cluster_of(etcd, b)
+    store = Store(tuple(etcd.urls))
+    request = _request("web", "web.qcow2", "web.qcow2")
+    store.put("migrations/b/" + request["id"], request)
+    answer = wait_for("the answer", lambda: store.get("answers/" + request["id"]), timeout=60).value
+    assert answer["state"] == "ready", answer
+    assert len(qemus_under(b.root)) == 1 and Hypervisor(b.root).get_vm("web").uuid == request["uuid"]
+
+    def nbd_info(key: str | None) -> subprocess.CompletedProcess:
+        target = f"driver=nbd,host={answer['address']},port={answer['nbd_port']},export=scsi0-0"
+        tls = []
+        if key is not None:
+            folder = tmp_path / key[:8]
+            folder.mkdir(mode=0o700)
+            (folder / "keys.psk").write_text(f"minivisor:{key}\n")
+            tls = ["--object", f"tls-creds-psk,id=tls0,endpoint=client,dir={folder},username=minivisor"]
+            target += ",tls-creds=tls0"
+        return subprocess.run(["qemu-img", "info", *tls, "--image-opts", target], capture_output=True, text=True,
+                              timeout=30)
+
+    assert nbd_info(None).returncode != 0  # no TLS: refused
+    assert nbd_info("ef" * 32).returncode != 0  # another key: refused
+    served = nbd_info(request["key"])
+    assert served.returncode == 0 and "virtual size: 1 MiB" in served.stdout, served.stderr
+
+    store.delete("migrations/b/" + request["id"])  # the source withdraws (or dies, and its lease takes it)
+    wait_for("the destination to remove what it made",
+             lambda: qemus_under(b.root) == [] and Hypervisor(b.root).list_vms() == [], timeout=30)
+    assert sorted(path.name for path in b.root.iterdir()) == [".minivisor"]
+    assert store.get("answers/" + request["id"]) is None
