@@ -7,6 +7,7 @@ import json
 import select
 import stat
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -173,7 +174,22 @@ def test_real_answers_are_what_the_document_says(service):
     answered(service, "create_vm", "/v1/vms", {"name": "vm1", "disk_size": "16M", "memory_mib": 64,
                                                "network": "nat", "cdrom": True})
     assert answered(service, "list_vms", "/v1/vms").root[0].disks[1].kind == "cdrom"
-    assert answered(service, "get_vm", "/v1/vms/vm1").nics[0].network == "nat"
+    vm = answered(service, "get_vm", "/v1/vms/vm1")
+    assert vm.nics[0].network == "nat"
+    disk = answered(service, "vm_disks", "/v1/vms/vm1/disks").root[0]
+    assert (disk.node, disk.fileName, disk.format, disk.virtual_size) == ("scsi0:0", "vm1.qcow2", "qcow2", 16 << 20)
+    info = answered(service, "disk_info", f"/v1/disks/info?path={quote(disk.file)}")
+    assert (info.file, info.chain[0].backing_file) == (disk.file, None)
+    assert answered(service, "vm_addresses", "/v1/vms/vm1/addresses").root[0].mac == vm.nics[0].mac
+    added = answered(service, "port_forward_add", "/v1/vms/vm1/port-forwards", {"forward": "8080:80"})
+    assert (added.host_port, added.guest_port, added.protocol) == (8080, 80, "tcp")
+    assert answered(service, "port_forward_list", "/v1/vms/vm1/port-forwards").root[0].host_port == 8080
+    files = answered(service, "datastore_files", "/v1/datastore/files?folder=vm1")
+    assert {(e.name, e.kind) for e in files.entries} >= {("vm1.qcow2", "file"), ("vm1.vmx", "file")}
+    assert answered(service, "datastore_files", "/v1/datastore/files").entries[0].kind == "folder"
+    assert answered(service, "cdrom", "/v1/vms/vm1/cdrom", {"image": None}).image is None
+    check = answered(service, "check_vmx", "/v1/check", {"vmx_path": vm.vmx})
+    assert check.powers_on and check.counts["refused"] == 0 and check.keys
     answered(service, "set_autostart", "/v1/vms/vm1/autostart", {"enabled": True})
     stamp = answered(service, "get_specfile", "/v1/vms/vm1/specfile").stamp
     assert len(stamp) == 64
@@ -201,6 +217,8 @@ def test_real_answers_are_what_the_document_says(service):
 def test_real_answers_of_a_running_vm_are_what_the_document_says(service):
     small_vm(Hypervisor(service.root), "vm1")
     assert answered(service, "host_info", "/v1/host").accel.accel in ("kvm", "tcg")
+    explained = answered(service, "explain_vm", "/v1/vms/vm1/explain")
+    assert explained.spec["display_name"] == "vm1" and "-m" in explained.argv and explained.hardware
     started = answered(service, "start_vm", "/v1/vms/vm1/start", {})
     assert (started.vm.state, started.vm.pid is not None) == ("running", True)
     answered(service, "pause_vm", "/v1/vms/vm1/pause", {})

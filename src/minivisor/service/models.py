@@ -476,6 +476,138 @@ class Free(RootModel[Any]):
     """JSON as the core method returns it (see its summary)."""
 
 
+class ChainLink(Answer):
+    file: str
+    format: str
+    virtual_size: int = Field(description="bytes the guest sees")
+    allocated: int = Field(description="bytes the file takes on the host")
+    backing_file: str | None
+    backing_format: str | None
+
+
+class DiskInfo(Answer):
+    file: str
+    format: str
+    virtual_size: int = Field(description="bytes the guest sees")
+    allocated: int = Field(description="bytes the file takes on the host")
+    chain_allocated: int = Field(description="bytes the file and its backing files take")
+    thin: bool
+    chain: list[ChainLink] = Field(description="the file, then each backing file")
+
+
+class VmDisk(DiskInfo):
+    node: str = Field(description="e.g. scsi0:0")
+    fileName: str = Field(description="the file as the specfile names it")
+    mode: str = Field(description="persistent, independent-persistent or independent-nonpersistent")
+
+
+class VmDiskList(RootModel[list[VmDisk]]):
+    pass
+
+
+class NicAddress(Answer):
+    nic: str
+    mac: str
+    network: str | None
+    address: str | None = Field(description="the NIC's fixed address on its network")
+    lease: Literal["leased", "reserved"] | None
+    guest: list[str] | None = Field(description="the addresses the guest's agent reports on it (VM running)")
+    interface: str | None = Field(description="the guest's name for it (VM running)")
+
+
+class NicAddressList(RootModel[list[NicAddress]]):
+    pass
+
+
+class PortForward(Answer):
+    vm: str
+    nic: str
+    protocol: Literal["tcp", "udp"]
+    host_addr: str
+    host_port: int
+    guest_port: int
+
+
+class PortForwardList(RootModel[list[PortForward]]):
+    pass
+
+
+class PortForwardAdded(PortForward):
+    spec: str = Field(description="the forward as ADDR:HOSTPORT:GUESTPORT/PROTOCOL")
+
+
+class FolderEntry(Answer):
+    name: str
+    kind: Literal["folder", "file"]
+    size: int | None = Field(description="bytes (null: a folder)")
+    allocated: int | None
+    modified: float = Field(description="seconds since the epoch")
+
+
+class DatastoreFolder(Answer):
+    folder: str
+    path: str
+    entries: list[FolderEntry]
+    capacity: int = Field(description="bytes of the datastore's file system")
+    free: int
+
+
+class CdromMedium(Answer):
+    drive: str
+    image: str | None = Field(description="the ISO in the drive; null: empty")
+
+
+class KeyVerdict(Answer):
+    key: str
+    value: str
+    verdict: Literal["virtualized", "approximated", "disconnected", "ignored", "refused"]
+    reason: str
+
+
+class VmxCheck(Answer):
+    vmx: str
+    powers_on: bool
+    counts: dict[Literal["virtualized", "approximated", "disconnected", "ignored", "refused"], int]
+    keys: list[KeyVerdict]
+    warnings: list[str]
+    problems: list[str] = Field(description="why it would not power on")
+
+
+class VirtualPart(Answer):
+    name: str
+    description: str
+    args: list[str] = Field(description="its part of the VMM's command line")
+
+
+class ExplanationAnswer(Answer):
+    spec: dict[str, Any] = Field(description="the VM's spec as parsed from its specfile")
+    hardware: list[VirtualPart]
+    argv: list[str] = Field(description="the exact VMM command line")
+    warnings: list[str]
+
+
+class ClusterHost(Answer):
+    name: str
+    this: bool = Field(description="this datastore's host")
+    live: bool
+    joined: float
+    memory_free_mib: int | None = None
+    memory_total_mib: int | None = None
+    cpus: int | None = None
+    vms: list[str] | None = None
+    minivisor: str | None = None
+    qemu: str | None = None
+    updated: float | None = None
+
+
+class ClusterStatus(Answer):
+    host: str
+    endpoints: list[str]
+    ttl: int
+    etcd: str
+    hosts: list[ClusterHost]
+
+
 class ErrorDetail(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: str = Field(description="the error's class (the client raises the same)")
@@ -496,11 +628,16 @@ class ErrorAnswer(BaseModel):
 ANSWERS: dict[str, type[BaseModel]] = {
     "vm": Vm, "vms": VmList, "start": StartResult, "snapshot": Snapshot, "snapshot_revert": SnapshotRevert,
     "network": NetworkAnswer, "networks": NetworkList, "host": HostInfo, "exec": ExecResult, "events": EventList,
-    "text": TextAnswer, "bytes": Png, "none": Empty, "explanation": Free, "json": Free,
+    "text": TextAnswer, "bytes": Png, "none": Empty, "explanation": ExplanationAnswer, "json": Free,
 }
 """An answer's model, by the route table's ``returns``."""
 
-ANSWERS_BY_OP: dict[str, type[BaseModel]] = {"snapshot_list": SnapshotList, "get_specfile": Specfile}
+ANSWERS_BY_OP: dict[str, type[BaseModel]] = {
+    "snapshot_list": SnapshotList, "get_specfile": Specfile, "vm_disks": VmDiskList, "disk_info": DiskInfo,
+    "vm_addresses": NicAddressList, "port_forward_list": PortForwardList, "port_forward_add": PortForwardAdded,
+    "datastore_files": DatastoreFolder, "cdrom": CdromMedium, "check_vmx": VmxCheck,
+    "cluster_status": ClusterStatus,
+}
 """The answers of routes whose ``returns`` is plain JSON but whose shape is known."""
 
 
