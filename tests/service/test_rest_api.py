@@ -190,9 +190,30 @@ def test_real_answers_are_what_the_document_says(service):
     assert answered(service, "cdrom", "/v1/vms/vm1/cdrom", {"image": None}).image is None
     check = answered(service, "check_vmx", "/v1/check", {"vmx_path": vm.vmx})
     assert check.powers_on and check.counts["refused"] == 0 and check.keys
+    spare = str(Path(service.root) / "spare.qcow2")
+    assert answered(service, "disk_create", "/v1/disks", {"path": spare, "size": "8M"}).virtual_size == 8 << 20
+    assert answered(service, "disk_resize", "/v1/disks/resize", {"path": spare, "size": "16M"}).thin
+    copy = answered(service, "disk_convert", "/v1/disks/convert", {"source": spare, "target": spare + ".raw"})
+    assert copy.format == "raw"
+    assert answered(service, "datastore_delete", "/v1/datastore/files/delete",
+                    {"folder": "", "name": "spare.qcow2.raw"}).deleted
+    resized = answered(service, "vm_disk_resize", "/v1/vms/vm1/disks/resize", {"node": "scsi0:0", "size": "32M"})
+    assert resized.virtual_size == 32 << 20
+    assert answered(service, "add_disk", "/v1/vms/vm1/disks", {"size": "8M"}).node == "scsi0:1"
+    assert answered(service, "set_resources", "/v1/vms/vm1/resources", {"cpus": 2}).cpus == 2
+    assert answered(service, "set_nic", "/v1/vms/vm1/nics/ethernet0", {"link": False}).link == "down"
+    assert answered(service, "add_nic", "/v1/vms/vm1/nics", {"nic": "ethernet1"}).nic == "ethernet1"
+    answered(service, "port_forward_add", "/v1/vms/vm1/port-forwards", {"forward": "8081:22", "nic": "ethernet1"})
+    removed = answered(service, "remove_nic", "/v1/vms/vm1/nics/ethernet1")
+    assert [f.host_port for f in removed.forwards_removed] == [8081]
     answered(service, "set_autostart", "/v1/vms/vm1/autostart", {"enabled": True})
-    stamp = answered(service, "get_specfile", "/v1/vms/vm1/specfile").stamp
-    assert len(stamp) == 64
+    specfile = answered(service, "get_specfile", "/v1/vms/vm1/specfile")
+    assert len(specfile.stamp) == 64
+    edited = answered(service, "put_specfile", "/v1/vms/vm1/specfile",
+                      {"text": specfile.text + 'annotation = "edited"\n', "stamp": specfile.stamp})
+    assert edited.powers_on and edited.stamp != specfile.stamp
+    assert answered(service, "reset_nvram", "/v1/vms/vm1/reset-nvram", {}).root is False  # BIOS: no NVRAM
+    assert answered(service, "nic_traffic", "/v1/vms/vm1/traffic").root == {}  # powered off: no tap
     answered(service, "snapshot_take", "/v1/vms/vm1/snapshots", {"snapshot": "s1", "description": "first"})
     answered(service, "snapshot_take", "/v1/vms/vm1/snapshots", {"snapshot": "s2"})
     tree = answered(service, "snapshot_list", "/v1/vms/vm1/snapshots").root
