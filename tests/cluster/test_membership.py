@@ -9,6 +9,7 @@ import pytest
 from lab import live_hosts
 
 from minivisor.cluster.store import PREFIX
+from minivisor.service.models import ClusterLeft, ClusterMembership, ClusterStatus
 
 
 @pytest.mark.qemu  # a live member reports its QEMU's version
@@ -16,12 +17,14 @@ def test_init_join_status_leave(etcd, hosts):
     a, b = hosts("a", "b")
     made = json.loads(a.ok("cluster", "init", "--etcd", etcd.endpoints, "--name", "a", "--ttl", "5", "--json"))
     assert made == {"host": "a", "endpoints": etcd.urls, "ttl": 5}
+    ClusterMembership.model_validate(made)  # the service's answer model (the OpenAPI document's schema)
     assert "joined it as host b" not in b.ok("cluster", "join", "--etcd", etcd.endpoints, "--name", "b")
 
     # members, not yet live: no service keeps a lease for them
     status = a.status()
     assert [h["name"] for h in status["hosts"]] == ["a", "b"] and not live_hosts(status)
     assert status["ttl"] == 5 and status["etcd"].startswith("3.4")
+    ClusterStatus.model_validate(status)
 
     a.serve()
     b.serve()  # through the service from now on: the CLI's calls go over REST
@@ -30,6 +33,7 @@ def test_init_join_status_leave(etcd, hosts):
     assert row["cpus"] >= 1 and 0 < row["memory_free_mib"] <= row["memory_total_mib"]
     assert row["vms"] == [] and row["minivisor"] and row["qemu"] and not row["this"]
     assert next(h for h in status["hosts"] if h["name"] == "a")["this"]
+    ClusterStatus.model_validate(status)  # live hosts' facts included, as REST sends them
 
     table = b.ok("cluster", "status").splitlines()
     assert table[0].startswith("cluster on etcd 3.4") and etcd.urls[0] in table[0]
@@ -42,8 +46,10 @@ def test_init_join_status_leave(etcd, hosts):
     result = b.cli("cluster", "status")
     assert result.returncode == 69 and result.stderr.startswith("error: this datastore's host is not in a cluster")
     # and b can join again, under the same name
-    b.ok("cluster", "join", "--etcd", etcd.endpoints, "--name", "b")
+    joined = json.loads(b.ok("cluster", "join", "--etcd", etcd.endpoints, "--name", "b", "--json"))
+    assert ClusterMembership.model_validate(joined).host == "b"
     a.status_when("b live again", lambda s: live_hosts(s) == {"a", "b"})
+    assert ClusterLeft.model_validate(json.loads(a.ok("cluster", "leave", "--force", "--json"))).left
 
 
 def test_refusals_are_one_line(etcd, hosts):

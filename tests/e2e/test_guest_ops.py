@@ -14,6 +14,7 @@ from cli_runner import run_cli
 from guests import create_guest, guest_address
 
 from minivisor.errors import AgentCommandError, GuestTimeoutError
+from minivisor.service.models import Copied
 from minivisor.vmm.argv import SHUTDOWN_TRACE
 
 pytestmark = pytest.mark.qemu
@@ -92,7 +93,8 @@ def test_copy_a_binary_file_in_and_out_with_its_checksum_kept(hv, agent_vm, tmp_
     source = tmp_path / "random.bin"
     source.write_bytes(data)
     digest = hashlib.sha256(data).hexdigest()
-    hv.copy_to_guest(agent_vm, source, "/tmp/in.bin")
+    copied = hv.copy_to_guest(agent_vm, source, "/tmp/in.bin")
+    assert Copied.model_validate(copied).bytes == len(data)  # the REST answer's model (the OpenAPI document's)
     assert hv.exec_in_vm(agent_vm, "sha256sum /tmp/in.bin").output.split()[0] == digest
     hv.exec_in_vm(agent_vm, "cp /tmp/in.bin /tmp/out.bin")
     # the host file named is a link to another file: refused, the file it points to untouched
@@ -105,6 +107,7 @@ def test_copy_a_binary_file_in_and_out_with_its_checksum_kept(hv, agent_vm, tmp_
     target.unlink()
     cli = run_cli("vm", "copy-from", agent_vm, "/tmp/out.bin", str(target), "--json", datastore=hv.datastore.root)
     assert cli.returncode == 0, cli.stderr
+    assert Copied.model_validate_json(cli.stdout).bytes == len(data)
     assert hashlib.sha256(target.read_bytes()).hexdigest() == digest
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")) == []
 

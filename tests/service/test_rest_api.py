@@ -7,6 +7,7 @@ import json
 import select
 import stat
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -173,10 +174,46 @@ def test_real_answers_are_what_the_document_says(service):
     answered(service, "create_vm", "/v1/vms", {"name": "vm1", "disk_size": "16M", "memory_mib": 64,
                                                "network": "nat", "cdrom": True})
     assert answered(service, "list_vms", "/v1/vms").root[0].disks[1].kind == "cdrom"
-    assert answered(service, "get_vm", "/v1/vms/vm1").nics[0].network == "nat"
+    vm = answered(service, "get_vm", "/v1/vms/vm1")
+    assert vm.nics[0].network == "nat"
+    disk = answered(service, "vm_disks", "/v1/vms/vm1/disks").root[0]
+    assert (disk.node, disk.fileName, disk.format, disk.virtual_size) == ("scsi0:0", "vm1.qcow2", "qcow2", 16 << 20)
+    info = answered(service, "disk_info", f"/v1/disks/info?path={quote(disk.file)}")
+    assert (info.file, info.chain[0].backing_file) == (disk.file, None)
+    assert answered(service, "vm_addresses", "/v1/vms/vm1/addresses").root[0].mac == vm.nics[0].mac
+    added = answered(service, "port_forward_add", "/v1/vms/vm1/port-forwards", {"forward": "8080:80"})
+    assert (added.host_port, added.guest_port, added.protocol) == (8080, 80, "tcp")
+    assert answered(service, "port_forward_list", "/v1/vms/vm1/port-forwards").root[0].host_port == 8080
+    files = answered(service, "datastore_files", "/v1/datastore/files?folder=vm1")
+    assert {(e.name, e.kind) for e in files.entries} >= {("vm1.qcow2", "file"), ("vm1.vmx", "file")}
+    assert answered(service, "datastore_files", "/v1/datastore/files").entries[0].kind == "folder"
+    assert answered(service, "cdrom", "/v1/vms/vm1/cdrom", {"image": None}).image is None
+    check = answered(service, "check_vmx", "/v1/check", {"vmx_path": vm.vmx})
+    assert check.powers_on and check.counts["refused"] == 0 and check.keys
+    spare = str(Path(service.root) / "spare.qcow2")
+    assert answered(service, "disk_create", "/v1/disks", {"path": spare, "size": "8M"}).virtual_size == 8 << 20
+    assert answered(service, "disk_resize", "/v1/disks/resize", {"path": spare, "size": "16M"}).thin
+    copy = answered(service, "disk_convert", "/v1/disks/convert", {"source": spare, "target": spare + ".raw"})
+    assert copy.format == "raw"
+    assert answered(service, "datastore_delete", "/v1/datastore/files/delete",
+                    {"folder": "", "name": "spare.qcow2.raw"}).deleted
+    resized = answered(service, "vm_disk_resize", "/v1/vms/vm1/disks/resize", {"node": "scsi0:0", "size": "32M"})
+    assert resized.virtual_size == 32 << 20
+    assert answered(service, "add_disk", "/v1/vms/vm1/disks", {"size": "8M"}).node == "scsi0:1"
+    assert answered(service, "set_resources", "/v1/vms/vm1/resources", {"cpus": 2}).cpus == 2
+    assert answered(service, "set_nic", "/v1/vms/vm1/nics/ethernet0", {"link": False}).link == "down"
+    assert answered(service, "add_nic", "/v1/vms/vm1/nics", {"nic": "ethernet1"}).nic == "ethernet1"
+    answered(service, "port_forward_add", "/v1/vms/vm1/port-forwards", {"forward": "8081:22", "nic": "ethernet1"})
+    removed = answered(service, "remove_nic", "/v1/vms/vm1/nics/ethernet1")
+    assert [f.host_port for f in removed.forwards_removed] == [8081]
     answered(service, "set_autostart", "/v1/vms/vm1/autostart", {"enabled": True})
-    stamp = answered(service, "get_specfile", "/v1/vms/vm1/specfile").stamp
-    assert len(stamp) == 64
+    specfile = answered(service, "get_specfile", "/v1/vms/vm1/specfile")
+    assert len(specfile.stamp) == 64
+    edited = answered(service, "put_specfile", "/v1/vms/vm1/specfile",
+                      {"text": specfile.text + 'annotation = "edited"\n', "stamp": specfile.stamp})
+    assert edited.powers_on and edited.stamp != specfile.stamp
+    assert answered(service, "reset_nvram", "/v1/vms/vm1/reset-nvram", {}).root is False  # BIOS: no NVRAM
+    assert answered(service, "nic_traffic", "/v1/vms/vm1/traffic").root == {}  # powered off: no tap
     answered(service, "snapshot_take", "/v1/vms/vm1/snapshots", {"snapshot": "s1", "description": "first"})
     answered(service, "snapshot_take", "/v1/vms/vm1/snapshots", {"snapshot": "s2"})
     tree = answered(service, "snapshot_list", "/v1/vms/vm1/snapshots").root
@@ -201,6 +238,8 @@ def test_real_answers_are_what_the_document_says(service):
 def test_real_answers_of_a_running_vm_are_what_the_document_says(service):
     small_vm(Hypervisor(service.root), "vm1")
     assert answered(service, "host_info", "/v1/host").accel.accel in ("kvm", "tcg")
+    explained = answered(service, "explain_vm", "/v1/vms/vm1/explain")
+    assert explained.spec["display_name"] == "vm1" and "-m" in explained.argv and explained.hardware
     started = answered(service, "start_vm", "/v1/vms/vm1/start", {})
     assert (started.vm.state, started.vm.pid is not None) == ("running", True)
     answered(service, "pause_vm", "/v1/vms/vm1/pause", {})

@@ -154,7 +154,7 @@ def test_each_route_has_a_request_model_with_the_core_methods_parameters_and_def
     callback stays on the service's side), required where the method requires them, with its defaults."""
     from pydantic_core import PydanticUndefined
 
-    from minivisor.service.models import REQUESTS, answer
+    from minivisor.service.models import ANSWERS_BY_OP, REQUESTS, answer
 
     model = REQUESTS.get(op.name)
     assert model is not None, f"service/models.py: REQUESTS has no model for {op.name}"
@@ -166,6 +166,7 @@ def test_each_route_has_a_request_model_with_the_core_methods_parameters_and_def
         assert (field.default is PydanticUndefined) == (default is inspect.Parameter.empty), (op.name, name)
         if default is not inspect.Parameter.empty:
             assert field.default == default, (op.name, name)
+    assert op.returns != "json" or op.name in ANSWERS_BY_OP, f"service/models.py: no answer model for {op.name}"
     assert answer(op) is not None
 
 

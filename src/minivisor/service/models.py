@@ -12,7 +12,7 @@ refuse alike. The core API still checks each argument's range and meaning: these
 models are the shape, checked before anything runs.
 
 An answer's model goes by the route's ``returns`` column (:data:`ANSWERS`), or by
-its core method where ``returns`` is plain JSON (:data:`ANSWERS_BY_OP`). The
+its core method where ``returns`` is plain JSON (:data:`ANSWERS_BY_OP`, which has every such route). The
 OpenAPI document (:mod:`minivisor.service.openapi`) is made from these models.
 """
 
@@ -472,8 +472,212 @@ class Empty(Answer):
     pass
 
 
-class Free(RootModel[Any]):
-    """JSON as the core method returns it (see its summary)."""
+class ChainLink(Answer):
+    file: str
+    format: str
+    virtual_size: int = Field(description="bytes the guest sees")
+    allocated: int = Field(description="bytes the file takes on the host")
+    backing_file: str | None
+    backing_format: str | None
+
+
+class DiskInfo(Answer):
+    file: str
+    format: str
+    virtual_size: int = Field(description="bytes the guest sees")
+    allocated: int = Field(description="bytes the file takes on the host")
+    chain_allocated: int = Field(description="bytes the file and its backing files take")
+    thin: bool
+    chain: list[ChainLink] = Field(description="the file, then each backing file")
+
+
+class VmDisk(DiskInfo):
+    node: str = Field(description="e.g. scsi0:0")
+    fileName: str = Field(description="the file as the specfile names it")
+    mode: str = Field(description="persistent, independent-persistent or independent-nonpersistent")
+
+
+class VmDiskList(RootModel[list[VmDisk]]):
+    pass
+
+
+class NicAddress(Answer):
+    nic: str
+    mac: str
+    network: str | None
+    address: str | None = Field(description="the NIC's fixed address on its network")
+    lease: Literal["leased", "reserved"] | None
+    guest: list[str] | None = Field(description="the addresses the guest's agent reports on it (VM running)")
+    interface: str | None = Field(description="the guest's name for it (VM running)")
+
+
+class NicAddressList(RootModel[list[NicAddress]]):
+    pass
+
+
+class PortForward(Answer):
+    vm: str
+    nic: str
+    protocol: Literal["tcp", "udp"]
+    host_addr: str
+    host_port: int
+    guest_port: int
+
+
+class PortForwardList(RootModel[list[PortForward]]):
+    pass
+
+
+class PortForwardAdded(PortForward):
+    spec: str = Field(description="the forward as ADDR:HOSTPORT:GUESTPORT/PROTOCOL")
+
+
+class FolderEntry(Answer):
+    name: str
+    kind: Literal["folder", "file"]
+    size: int | None = Field(description="bytes (null: a folder)")
+    allocated: int | None
+    modified: float = Field(description="seconds since the epoch")
+
+
+class DatastoreFolder(Answer):
+    folder: str
+    path: str
+    entries: list[FolderEntry]
+    capacity: int = Field(description="bytes of the datastore's file system")
+    free: int
+
+
+class CdromMedium(Answer):
+    drive: str
+    image: str | None = Field(description="the ISO in the drive; null: empty")
+
+
+class KeyVerdict(Answer):
+    key: str
+    value: str
+    verdict: Literal["virtualized", "approximated", "disconnected", "ignored", "refused"]
+    reason: str
+
+
+class VmxCheck(Answer):
+    vmx: str
+    powers_on: bool
+    counts: dict[Literal["virtualized", "approximated", "disconnected", "ignored", "refused"], int]
+    keys: list[KeyVerdict]
+    warnings: list[str]
+    problems: list[str] = Field(description="why it would not power on")
+
+
+class VirtualPart(Answer):
+    name: str
+    description: str
+    args: list[str] = Field(description="its part of the VMM's command line")
+
+
+class ExplanationAnswer(Answer):
+    spec: dict[str, Any] = Field(description="the VM's spec as parsed from its specfile")
+    hardware: list[VirtualPart]
+    argv: list[str] = Field(description="the exact VMM command line")
+    warnings: list[str]
+
+
+class SpecfileChange(Answer):
+    """A change written to a powered-off VM's specfile: its new stamp, whether it still powers on."""
+
+    stamp: str = Field(description="the specfile's new stamp")
+    powers_on: bool
+    warnings: list[str]
+
+
+class DiskAdded(SpecfileChange):
+    node: str
+    file: str = Field(description="the new disk's file, as the specfile names it")
+    size: int = Field(description="bytes")
+    thick: bool
+
+
+class Resources(SpecfileChange):
+    cpus: int
+    memory_mib: int
+
+
+class NvramReset(RootModel[bool]):
+    """Whether there was an NVRAM file to delete (a BIOS VM has none)."""
+
+
+class NicTraffic(RootModel[dict[str, dict[str, int]]]):
+    """By NIC (ethernet0...), the counters of its tap (a NIC on user-mode NAT has none, so it is absent)."""
+
+
+class Copied(Answer):
+    """A file copied into or out of the guest."""
+
+    host_path: str
+    guest_path: str
+    bytes: int
+
+
+class FileDeleted(Answer):
+    folder: str
+    name: str
+    deleted: bool
+
+
+class NicChanged(Answer):
+    nic: str
+    link: Literal["up", "down"] | None = None
+    mac: str | None = None
+    network: str | None = None
+    address: str | None = None
+
+
+class NicAdded(Answer):
+    nic: str
+    model: str
+    mac: str
+    network: str | None
+    hotplugged: bool = Field(description="plugged into the running VM at once")
+    warnings: list[str]
+
+
+class NicRemoved(Answer):
+    nic: str
+    mac: str | None
+    hotplugged: bool
+    forwards_removed: list[PortForward] = Field(description="the port forwards that went with it")
+
+
+class ClusterHost(Answer):
+    name: str
+    this: bool = Field(description="this datastore's host")
+    live: bool
+    joined: float
+    memory_free_mib: int | None = None
+    memory_total_mib: int | None = None
+    cpus: int | None = None
+    vms: list[str] | None = None
+    minivisor: str | None = None
+    qemu: str | None = None
+    updated: float | None = None
+
+
+class ClusterMembership(Answer):
+    """This datastore's host as a member of the cluster (init, join)."""
+
+    host: str
+    endpoints: list[str] = Field(description="etcd's client URLs")
+    ttl: int = Field(description="seconds a host stays live without its service's heartbeat")
+
+
+class ClusterStatus(ClusterMembership):
+    etcd: str = Field(description="etcd's version")
+    hosts: list[ClusterHost]
+
+
+class ClusterLeft(Answer):
+    host: str
+    left: bool
 
 
 class ErrorDetail(BaseModel):
@@ -496,17 +700,27 @@ class ErrorAnswer(BaseModel):
 ANSWERS: dict[str, type[BaseModel]] = {
     "vm": Vm, "vms": VmList, "start": StartResult, "snapshot": Snapshot, "snapshot_revert": SnapshotRevert,
     "network": NetworkAnswer, "networks": NetworkList, "host": HostInfo, "exec": ExecResult, "events": EventList,
-    "text": TextAnswer, "bytes": Png, "none": Empty, "explanation": Free, "json": Free,
+    "text": TextAnswer, "bytes": Png, "none": Empty, "explanation": ExplanationAnswer,
 }
 """An answer's model, by the route table's ``returns``."""
 
-ANSWERS_BY_OP: dict[str, type[BaseModel]] = {"snapshot_list": SnapshotList, "get_specfile": Specfile}
-"""The answers of routes whose ``returns`` is plain JSON but whose shape is known."""
+ANSWERS_BY_OP: dict[str, type[BaseModel]] = {
+    "snapshot_list": SnapshotList, "get_specfile": Specfile, "vm_disks": VmDiskList, "disk_info": DiskInfo,
+    "vm_addresses": NicAddressList, "port_forward_list": PortForwardList, "port_forward_add": PortForwardAdded,
+    "datastore_files": DatastoreFolder, "cdrom": CdromMedium, "check_vmx": VmxCheck,
+    "cluster_status": ClusterStatus, "disk_create": DiskInfo, "disk_resize": DiskInfo, "disk_convert": DiskInfo,
+    "vm_disk_resize": VmDisk, "add_disk": DiskAdded, "set_resources": Resources, "datastore_delete": FileDeleted,
+    "set_nic": NicChanged, "add_nic": NicAdded, "remove_nic": NicRemoved, "put_specfile": SpecfileChange,
+    "reset_nvram": NvramReset, "nic_traffic": NicTraffic, "cluster_init": ClusterMembership,
+    "cluster_join": ClusterMembership, "cluster_leave": ClusterLeft, "copy_to_guest": Copied,
+    "copy_from_guest": Copied,
+}
+"""The answers of routes whose ``returns`` is plain JSON, each of its own shape (every one has a model)."""
 
 
 def answer(op: Op) -> type[BaseModel]:
-    """The model of ``op``'s answer on success."""
-    return ANSWERS_BY_OP.get(op.name) or ANSWERS[op.returns]
+    """The model of ``op``'s answer on success (KeyError: a route of plain JSON not in :data:`ANSWERS_BY_OP`)."""
+    return ANSWERS_BY_OP[op.name] if op.returns == "json" else ANSWERS[op.returns]
 
 
 # -- checking a request -------------------------------------------------------------------
