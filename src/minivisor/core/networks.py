@@ -37,7 +37,7 @@ from ..spec.identity import generated_mac
 from ..spec.vmspec import DEVICE_COUNT, Nic
 from ..text import excerpt
 from ..vmm import hotplug
-from ..vmm.argv import HostForward, UserNat
+from ..vmm.argv import HostForward
 from ..vmm.plan import HostNetworks, LaunchPlan, NicPlacement, place_nic
 from ..vmm.process import VmLock
 from .context import VmContext
@@ -447,10 +447,10 @@ class Networks:
     def _check_user_forwards_free(self, ctx: VmContext, plan: LaunchPlan, only: int | None) -> None:
         """QEMU's user-mode NAT listens for the VM's forwards itself: a port something else took after the forward
         was added is refused here, in words, instead of by QEMU failing to start."""
-        for index, backend in plan.env.networks.items():
-            if not isinstance(backend, UserNat) or only not in (None, index):
+        for index, forwards in plan.user_forwards.items():
+            if only not in (None, index):
                 continue
-            for forward in backend.forwards:
+            for forward in forwards:
                 user = port_user(forward.protocol, forward.host_addr, forward.host_port)
                 if user is not None:
                     where = f"{forward.host_addr}:{forward.host_port}/{forward.protocol}"

@@ -50,8 +50,9 @@ def power_on(ctx: VmContext, plan: LaunchPlan, *, migrating_in: bool = False
 def _launch(ctx: VmContext, plan: LaunchPlan, *, run: bool) -> RuntimeRecord:
     """Admit the VM's memory, make what its VMM opens (variables, overlays, taps), and start the VMM."""
     claim = admit_memory(ctx, plan.spec, plan.env.accel)  # under the VM lock, which keeps the claim valid
-    # the network modules only for a VM with a NIC on a host network (~10 % of the CLI's work before QEMU starts)
-    networks = ctx.networks() if plan.taps else None
+    # the network modules only for a VM with a NIC on a host network, or with port forwards of QEMU's user-mode
+    # NAT whose host ports must still be free (~10 % of the CLI's work before QEMU starts)
+    networks = ctx.networks() if plan.taps or plan.user_forwards else None
     try:
         _make_efi_vars(ctx, plan)
         _make_discard_overlays(plan)
@@ -61,7 +62,7 @@ def _launch(ctx: VmContext, plan: LaunchPlan, *, run: bool) -> RuntimeRecord:
                                 console=plan.env.console_index is not None, run=run)
     except BaseException:
         claim.unlink(missing_ok=True)
-        if networks is not None:
+        if networks is not None and plan.taps:
             networks.unplug(ctx)
         raise
     finally:

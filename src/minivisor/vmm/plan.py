@@ -82,6 +82,12 @@ class LaunchPlan(Record, frozen=True):
         """NIC index -> the tap it needs on a network's bridge."""
         return {index: backend for index, backend in self.env.networks.items() if isinstance(backend, Tap)}
 
+    @property
+    def user_forwards(self) -> dict[int, tuple[HostForward, ...]]:
+        """NIC index -> the host ports QEMU's user-mode NAT behind it listens on (NICs without any left out)."""
+        return {index: backend.forwards for index, backend in self.env.networks.items()
+                if isinstance(backend, UserNat) and backend.forwards}
+
 
 def make_plan(name: str, uuid: str, paths: VmPaths, scope: Scope, *, incoming: bool = False,
               networks: Callable[[], HostNetworks] | None = None) -> LaunchPlan:
