@@ -15,6 +15,7 @@ the last :data:`KEEP` that ended.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import itertools
 import threading
@@ -33,6 +34,7 @@ __all__ = ["Task", "Tasks", "KEEP", "is_task", "reports_progress"]
 KEEP = 100  # ended tasks kept in the list
 
 
+@functools.cache  # asked at every request that is a task: the signature is read once per route
 def reports_progress(op: Op) -> bool:
     """Whether the core method behind ``op`` takes a ``progress`` callback."""
     return "progress" in inspect.signature(getattr(Hypervisor, op.name)).parameters
