@@ -81,7 +81,9 @@ def main() -> None:
                         help="a third side: the same vm start through a minivisor serve on the datastore")
     options = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="minivisor-bench-"))
-    env = {**os.environ, "MINIVISOR_DATASTORE": str(workdir / "ds"), "MINIVISOR_DIRECT": "1"}
+    # As a user runs it: with the bytecode caches Python writes (a test shell may turn them off).
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+           "MINIVISOR_DATASTORE": str(workdir / "ds"), "MINIVISOR_DIRECT": "1"}
     service = None
     try:
         image = minivisor("image", "build", "appliance", env=env).stdout.strip()
