@@ -34,6 +34,7 @@ def _sector(code: bytes) -> bytes:
 
 
 JMP_SELF = _sector(b"\xeb\xfe")  # jmp $: spins in real mode forever
+PRINTS_THEN_HANGS = _sector(b"\xba\xf8\x03\xb0\x52\xee\xeb\xfe")  # mov dx,0x3f8; mov al,'R'; out dx,al; jmp $
 EXIT_WRONG_RESULT = _sector(b"\xb0\x34\xe6\xf4")  # mov al,0x34; out 0xf4,al
 # xor ax,ax; mov ds,ax; lidt [0x7c10] (limit 0); int3 -> #GP -> double -> triple fault
 TRIPLE_FAULT = _sector(b"\x31\xc0\x8e\xd8\x0f\x01\x1e\x10\x7c\xcc\xeb\xfe")
@@ -65,7 +66,18 @@ def test_a_hanging_guest_is_killed_at_the_timeout() -> None:
     run = accel.run_probe(str(QEMU), "tcg", timeout=1.0, image=JMP_SELF)
     assert 1.0 <= time.monotonic() - start < 1.0 + SLACK
     assert run.timed_out and not run.ok
-    assert run.failure == "a 64-bit guest did not reach its boot sector within 1 s"
+    assert run.failure == "a 64-bit guest gave no sign of life within 1 s"
+    assert not os.path.exists(f"/proc/{run.pid}"), "QEMU must be killed and reaped"
+
+
+def test_a_guest_that_stops_making_progress_is_killed_after_the_stall_not_the_whole_timeout() -> None:
+    """A broken KVM hangs in a stage after the first: the probe ends ``stall`` s after the last byte, however
+    long ``timeout`` (the time QEMU gets to start) is."""
+    start = time.monotonic()
+    run = accel.run_probe(str(QEMU), "tcg", timeout=FINISHES, image=PRINTS_THEN_HANGS, stall=1.0)
+    assert time.monotonic() - start < FINISHES
+    assert run.timed_out and run.serial == b"R"
+    assert run.failure == "a 64-bit guest did not leave real mode (no progress for 1 s)"
     assert not os.path.exists(f"/proc/{run.pid}"), "QEMU must be killed and reaped"
 
 

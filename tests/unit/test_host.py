@@ -73,6 +73,7 @@ def fake_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(accel, "_BOOT_ID", str(boot_id))
     monkeypatch.setattr(accel, "_KVM_DEVICE", str(kvm))
     monkeypatch.setattr(accel, "PROBE_TIMEOUT", LOADED_MACHINE_PROBE_TIMEOUT)
+    monkeypatch.setattr(accel, "PROBE_STALL", LOADED_MACHINE_PROBE_TIMEOUT)
     return tmp_path
 
 
@@ -90,17 +91,27 @@ def test_probe_image_is_a_boot_sector() -> None:
     assert accel.PROBE_IMAGE[-2:] == b"\x55\xaa"
 
 
-def test_probe_image_matches_its_source(tmp_path: Path) -> None:
+def _assembled(source: Path, origin: str, tmp_path: Path) -> bytes:
     if shutil.which("as") is None or shutil.which("ld") is None:
-        pytest.skip("binutils (as, ld) not installed: cannot reassemble guest/kvmprobe.S")
-    obj, binary = tmp_path / "kvmprobe.o", tmp_path / "kvmprobe.bin"
-    subprocess.run(["as", "--32", "-o", obj, SOURCE], check=True, capture_output=True)
-    subprocess.run(
-        ["ld", "-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o", binary, obj],
-        check=True,
-        capture_output=True,
-    )
-    assert binary.read_bytes() == accel.PROBE_IMAGE, "re-embed the assembled kvmprobe.S in host/accel.py"
+        pytest.skip(f"binutils (as, ld) not installed: cannot reassemble {source.name}")
+    obj, binary = tmp_path / "probe.o", tmp_path / "probe.bin"
+    subprocess.run(["as", "--32", "-o", obj, source], check=True, capture_output=True)
+    subprocess.run(["ld", "-m", "elf_i386", "-Ttext", origin, "--oformat", "binary", "-o", binary, obj],
+                   check=True, capture_output=True)
+    return binary.read_bytes()
+
+
+def test_probe_image_matches_its_source(tmp_path: Path) -> None:
+    assert _assembled(SOURCE, "0x7c00", tmp_path) == accel.PROBE_IMAGE, \
+        "re-embed the assembled kvmprobe.S in host/accel.py"
+
+
+def test_probe_firmware_ends_with_its_assembled_reset_stub(tmp_path: Path) -> None:
+    stub = _assembled(SOURCE.with_name("kvmprobe_reset.S"), "0xff00", tmp_path)
+    firmware = accel.probe_firmware()
+    assert len(stub) == 0x100 and len(firmware) == 0x10000
+    assert firmware[-0x100:] == stub, "re-embed the assembled kvmprobe_reset.S in host/accel.py"
+    assert firmware[:512] == accel.PROBE_IMAGE and firmware[512:-0x100] == bytes(len(firmware) - 512 - 0x100)
 
 
 # --- AccelChoice and ProbeRun ------------------------------------------------
@@ -119,15 +130,15 @@ def _run(returncode: int | None, serial: bytes = b"", stderr: str = "") -> accel
 @pytest.mark.parametrize(
     ("serial", "words"),
     [
-        (b"", "did not reach its boot sector"),
-        (b"RP", "did not reach long mode"),
-        (b"RPLM", "reached long mode but did not finish"),
+        (b"", "gave no sign of life within 3 s"),
+        (b"RP", "did not reach long mode (no progress for 1 s)"),
+        (b"RPLM", "reached long mode but did not finish a few milliseconds of 64-bit work (no progress for 1 s)"),
     ],
 )
-def test_timeout_failure_names_the_stage_reached(serial: bytes, words: str) -> None:
+def test_a_killed_probe_names_the_stage_reached(serial: bytes, words: str) -> None:
     run = _run(None, serial)
     assert run.timed_out and not run.ok
-    assert run.failure.startswith(f"a 64-bit guest {words}") and run.failure.endswith("within 3 s")
+    assert run.failure == f"a 64-bit guest {words}"
 
 
 def test_exit_statuses_are_explained() -> None:

@@ -1,9 +1,12 @@
 """Which accelerator VMs get: KVM only after a real probe, else TCG, and why.
 
-KVM is chosen only after a real probe: a tiny guest (``kvmprobe.S``) must
-reach long mode and finish a short 64-bit workload under ``-accel kvm`` within
-a timeout. A ``/dev/kvm`` that exists but cannot run 64-bit guests at speed
-falls back to TCG, and the reason says so. The answer is cached per boot.
+KVM is chosen only after a real probe: a tiny guest (``kvmprobe.S``), run as
+the VM's firmware (``kvmprobe_reset.S``: no SeaBIOS), must reach long mode and
+finish a short 64-bit workload under ``-accel kvm``. It prints a byte at each
+stage, so the probe waits :data:`PROBE_TIMEOUT` for the first one (QEMU's start
+on a loaded host) and then only :data:`PROBE_STALL` between two of them. A
+``/dev/kvm`` that exists but cannot run 64-bit guests at speed falls back to
+TCG, and the reason says so. The answer is cached per boot.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from ..files import write_atomic
 from ..records import Record
 from .facts import find_qemu
 
-__all__ = ["PROBE_IMAGE", "PROBE_TIMEOUT", "AccelChoice", "ProbeRun", "choose_accel", "probe_kvm", "run_probe"]
+__all__ = ["PROBE_IMAGE", "PROBE_STALL", "PROBE_TIMEOUT", "AccelChoice", "ProbeRun", "choose_accel", "probe_kvm", "run_probe"]
 
 # kvmprobe.S assembled (see its header); zero padding and the 55 aa
 # signature are added below. tests/unit/test_host.py checks they match.
@@ -37,6 +40,16 @@ _PROBE_CODE = bytes.fromhex(
     "ffff00000092cf00ffff0000009aaf001f00707d"
 )
 PROBE_IMAGE = _PROBE_CODE.ljust(510, b"\0") + b"\x55\xaa"
+# kvmprobe_reset.S assembled: copies the probe from the firmware image to 0x7c00 and jumps there;
+# the CPU's reset vector (F000:FFF0) jumps to it. tests/unit/test_host.py checks they match.
+_RESET_STUB = (bytes.fromhex("fafc31c08ec0bf007cb800f08ed831f6b90001f3a5ea007c").ljust(0xF0, b"\0")
+               + bytes.fromhex("ea00ff00f0").ljust(0x10, b"\0"))
+_FIRMWARE_SIZE = 0x10000  # QEMU maps a 64 KiB -bios image at 0xF0000-0xFFFFF (and below 4 GiB)
+
+
+def probe_firmware(image: bytes = PROBE_IMAGE) -> bytes:
+    """A 64 KiB firmware image that runs the 512-byte boot sector ``image`` at 0x7c00."""
+    return image.ljust(_FIRMWARE_SIZE - len(_RESET_STUB), b"\0") + _RESET_STUB
 
 _PROBE_MARKER = b"LM64OK"
 _PROBE_EXIT_OK = (0x31 << 1) | 1  # isa-debug-exit turns code c into status (c<<1)|1
@@ -48,7 +61,7 @@ _EXIT_MEANINGS = {
 }
 # Last progress byte the guest printed -> where it stalled (see kvmprobe.S).
 _STALLED_AT = {
-    "": "did not reach its boot sector",
+    "": "gave no sign of life",
     "R": "did not leave real mode",
     "P": "did not reach long mode",
     "L": "reached long mode but did not finish its memory check",
@@ -57,9 +70,11 @@ _STALLED_AT = {
 }
 _USING_TCG = "; using TCG (software emulation, slower)"
 
-# Seconds the probe guest gets under KVM: a working KVM needs milliseconds.
-# Module-level (like the paths below) so tests on a loaded machine can give it more.
+# Seconds the probe guest gets under KVM to print its first byte (QEMU's start, on a
+# loaded host), then between two bytes: a working KVM needs milliseconds for any stage.
+# Module-level (like the paths below) so tests on a loaded machine can give them more.
 PROBE_TIMEOUT = 3.0
+PROBE_STALL = 1.0
 
 # Module-level so tests can point them at files they control.
 _KVM_DEVICE = "/dev/kvm"
@@ -86,11 +101,12 @@ class ProbeRun(Record, frozen=True):
 
     accel: str
     timeout: float
-    returncode: int | None  # None when QEMU was killed at the timeout
+    returncode: int | None  # None when QEMU was killed: no first byte within timeout, or a stall
     serial: bytes
     stderr: str
     elapsed: float
     pid: int
+    stall: float = PROBE_STALL
 
     @property
     def timed_out(self) -> bool:
@@ -110,55 +126,65 @@ class ProbeRun(Record, frozen=True):
         if self.timed_out:
             progress = self.serial.partition(_PROBE_MARKER)[0].decode("latin-1")
             stage = next((c for c in reversed(progress) if c in _STALLED_AT), "")
-            return f"a 64-bit guest {_STALLED_AT[stage]} within {self.timeout:g} s"
+            if not stage:
+                return f"a 64-bit guest {_STALLED_AT[stage]} within {self.timeout:g} s"
+            return f"a 64-bit guest {_STALLED_AT[stage]} (no progress for {self.stall:g} s)"
         if self.returncode in _EXIT_MEANINGS:
             return _EXIT_MEANINGS[self.returncode]
         detail = self.stderr.strip().splitlines()[-1:] or ["no error message"]
         return f"QEMU exited with status {self.returncode}: {detail[0]}"
 
 
-def _probe_command(qemu_binary: str, accel: str, disk: Path, serial: Path) -> list[str]:
-    """The QEMU command line that boots ``disk`` with COM1 going to ``serial``."""
+def _probe_command(qemu_binary: str, accel: str, firmware: Path, serial: Path) -> list[str]:
+    """The QEMU command line that runs ``firmware`` with COM1 going to ``serial``."""
     return [
         qemu_binary, "-accel", accel, "-machine", "pc", "-nodefaults", "-no-user-config",
         "-display", "none", "-no-reboot", "-m", "16", "-name", "minivisor-accel-probe",
         "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-serial", f"file:{serial}",
-        # IDE, not floppy: SeaBIOS boots it 15 ms (TCG) to 1 s (slow KVM) sooner.
-        "-drive", f"file={str(disk).replace(',', ',,')},format=raw,if=ide",
+        "-bios", str(firmware),
     ]  # fmt: skip
 
 
-def _run_killing_at(cmd: list[str], timeout: float) -> tuple[int | None, str, int]:
-    """Run ``cmd``; return (status or None if killed at ``timeout``, stderr, pid)."""
+def _run_while_progressing(cmd: list[str], serial: Path, timeout: float, stall: float) -> tuple[int | None, str, int]:
+    """Run ``cmd``; return (its status, or None if killed, stderr, pid). It is killed when ``serial`` has no
+    byte ``timeout`` s after the start, or gains none for ``stall`` s after that."""
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True, errors="replace")
     except OSError as exc:
         raise HostError(f"cannot run {cmd[0]}: {exc.strerror}") from exc
     try:
-        err = proc.communicate(timeout=timeout)[1]
-        return proc.returncode, err, proc.pid
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return None, proc.communicate()[1], proc.pid
+        seen, deadline = 0, time.monotonic() + timeout
+        while proc.poll() is None:
+            size = serial.stat().st_size if serial.exists() else 0
+            if size > seen:
+                seen, deadline = size, time.monotonic() + stall
+            elif time.monotonic() > deadline:
+                proc.kill()
+                return None, proc.communicate()[1], proc.pid
+            time.sleep(0.005)
+        return proc.returncode, proc.communicate()[1], proc.pid
     finally:
         if proc.poll() is None:  # interrupted (e.g. Ctrl-C): leave no QEMU behind
             proc.kill()
             proc.wait()
 
 
-def run_probe(qemu_binary: str, accel: str, timeout: float = 3.0, image: bytes = PROBE_IMAGE) -> ProbeRun:
-    """Boot ``image`` as a BIOS boot disk under ``-accel accel``; kill it at ``timeout``."""
+def run_probe(qemu_binary: str, accel: str, timeout: float = PROBE_TIMEOUT, image: bytes = PROBE_IMAGE,
+              stall: float = PROBE_STALL) -> ProbeRun:
+    """Run the boot sector ``image`` as firmware under ``-accel accel``; kill it if it prints nothing within
+    ``timeout`` s, or nothing more for ``stall`` s."""
     import tempfile  # here: the probe runs once per host (its answer is cached); every power-on imports this module
 
     with tempfile.TemporaryDirectory(prefix="minivisor-probe-") as tmp:
-        disk, serial = Path(tmp, "probe.img"), Path(tmp, "serial.log")
-        disk.write_bytes(image)
+        firmware, serial = Path(tmp, "probe.bin"), Path(tmp, "serial.log")
+        firmware.write_bytes(probe_firmware(image))
         start = time.monotonic()
-        status, err, pid = _run_killing_at(_probe_command(qemu_binary, accel, disk, serial), timeout)
+        status, err, pid = _run_while_progressing(_probe_command(qemu_binary, accel, firmware, serial), serial,
+                                                  timeout, stall)
         elapsed = time.monotonic() - start
         output = serial.read_bytes() if serial.exists() else b""
-    return ProbeRun(accel, timeout, status, output, err, elapsed, pid)
+    return ProbeRun(accel, timeout, status, output, err, elapsed, pid, stall)
 
 
 def _kvm_device_problem() -> str | None:
@@ -186,7 +212,7 @@ def probe_kvm(qemu_binary: str, timeout: float | None = None) -> AccelChoice:
     """
     if problem := _kvm_device_problem():
         return _tcg(problem, probed=True)
-    run = run_probe(qemu_binary, "kvm", PROBE_TIMEOUT if timeout is None else timeout)
+    run = run_probe(qemu_binary, "kvm", PROBE_TIMEOUT if timeout is None else timeout, stall=PROBE_STALL)
     if run.ok:
         return AccelChoice("kvm", f"KVM probe: a 64-bit guest booted and ran in {run.elapsed:.2f} s")
     return _tcg(f"KVM probe: {run.failure} ({_KVM_DEVICE} is present but unusable)", probed=True)
@@ -209,7 +235,7 @@ def _cache_key(qemu_binary: str) -> dict[str, Any]:
         kvm = [k.st_rdev, k.st_ino, k.st_ctime_ns, os.access(_KVM_DEVICE, os.R_OK | os.W_OK)]
     except OSError:
         kvm = None
-    probe = zlib.crc32(PROBE_IMAGE)  # a new probe guest must not trust old answers
+    probe = zlib.crc32(probe_firmware())  # a new probe guest must not trust old answers
     return {"boot_id": boot_id, "qemu": qemu, "kvm": kvm, "probe": probe}
 
 

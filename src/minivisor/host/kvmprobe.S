@@ -1,6 +1,8 @@
 # kvmprobe.S: the accelerator probe guest (one 512-byte BIOS boot sector).
 #
 # minivisor boots this under `-accel kvm` to find out whether KVM really works.
+# It runs as the VM's firmware: kvmprobe_reset.S copies it to 0x7c00 and jumps
+# here, with no SeaBIOS before it (a broken KVM can hang inside SeaBIOS, silently).
 # /dev/kvm can exist and open fine while 64-bit guests are unusable, so the
 # only trustworthy test is a guest that gets into long mode AND does real work
 # there at hardware speed.  On one host we met, KVM entered long mode but then
@@ -11,10 +13,11 @@
 # catches it.  The same image must succeed under `-accel tcg`: that is how we
 # know a failure under KVM is KVM's fault and not the probe's.
 #
-# Contract with src/minivisor/host.py (keep the two in step):
+# Contract with src/minivisor/host/accel.py (keep the two in step):
 #   * progress bytes on COM1 (0x3f8): 'R' real mode, 'P' protected mode,
 #     'L' long mode (EFER.LMA checked), 'M' memory check passed,
 #     'C' compute workload done and correct; then the marker "LM64OK\r\n".
+#     accel.py kills the probe when a stage brings no byte within PROBE_STALL.
 #   * isa-debug-exit (iobase 0xf4) code -> QEMU exit status (code<<1)|1:
 #       0x31 -> 99  success
 #       0x32 -> 101 in 64-bit code but EFER.LMA is clear
@@ -51,8 +54,8 @@
         .code16
         .globl  _start
 _start:
-        # --- Real mode.  The BIOS jumps here with CS:IP = 0000:7c00 or
-        # 07c0:0000; interrupts would land in BIOS handlers we no longer want.
+        # --- Real mode.  The firmware stub jumps here with CS:IP = 0000:7c00
+        # (a BIOS might use 07c0:0000); no interrupt handler is set up.
         cli
         xorw    %ax, %ax
         movw    %ax, %ds
