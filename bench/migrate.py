@@ -39,6 +39,7 @@ from lab import Etcd, Host, free_ports, live_hosts  # noqa: E402
 
 from minivisor import Hypervisor  # noqa: E402
 from minivisor.vmm import migration as qemu_migration  # noqa: E402
+from minivisor.vmm.jobs import device_tops  # noqa: E402
 from minivisor.vmm.qmp import QmpSession  # noqa: E402
 
 READY = b"minivisor-guest: ready"
@@ -153,11 +154,13 @@ def by_hand(a: Host, image: Path, memory: int, load: str, work: Path) -> dict:
         key = secrets.token_hex(32)
         nbd_port, migrate_port = free_ports(2)
         qemu_migration.add_psk(destination.qmp, "server", destination.folder, key)
-        qemu_migration.serve_disks(destination.qmp, ADDRESS, nbd_port)
+        devices = sorted(device_tops(source.qmp))
+        qemu_migration.serve_disks(destination.qmp, ADDRESS, nbd_port, devices)
         qemu_migration.listen(destination.qmp, ADDRESS, migrate_port)
         qemu_migration.add_psk(source.qmp, "client", source.folder, key)
-        qemu_migration.mirror(source.qmp, ADDRESS, nbd_port)
-        mirrored = wait_until("the mirrors' sync", lambda: (p := qemu_migration.mirror_progress(source.qmp)).ready and p)
+        qemu_migration.mirror(source.qmp, ADDRESS, nbd_port, devices)
+        mirrored = wait_until("the mirrors' sync",
+                              lambda: (p := qemu_migration.mirror_progress(source.qmp, devices)).ready and p)
         qemu_migration.start_migration(source.qmp, ADDRESS, migrate_port)
         info = wait_until("the memory's transfer", lambda: (i := qemu_migration.migration_status(source.qmp))
                           .get("status") == "completed" and i)

@@ -108,6 +108,57 @@ def test_a_running_guest_moves_with_its_disk_and_keeps_running(fabric, fabric_et
     assert written > later_count and bad == []
 
 
+def test_a_guest_on_shared_storage_moves_without_its_disk_being_copied(fabric, fabric_etcd, hosts, appliance_image,
+                                                                       tmp_path):
+    """A disk on storage both hosts mount (a folder allowed on both, named by its absolute path) is not copied:
+    the destination opens the very file, the guest's writes before, during and after the move are all in it, and
+    nothing of the migration is left next to it. A destination that does not allow that folder refuses."""
+    a, b = hosts("a", "b", fabric=fabric)
+    on_a, on_b = Hypervisor(a.root), Hypervisor(b.root)
+    vm = create_guest(on_a, "web", appliance_image, memory_mib=64, network="none")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    disk = shared / "web.qcow2"
+    (vm.vmx.parent / "web.qcow2").rename(disk)
+    vm.vmx.write_text(vm.vmx.read_text().replace('fileName = "web.qcow2"', f'fileName = "{disk}"'))
+    on_a.allow_path(shared)
+    cluster_of(fabric_etcd, a, b)
+    a.ok("vm", "start", "web", "--wait-ready")
+    _guest(on_a, WRITER + "; while [ ! -e /tmp/count ]; do sleep 0.05; done")
+
+    refused = a.cli("vm", "migrate", "web", "b")  # b does not allow the folder
+    progress, error = refused.stderr.splitlines()
+    assert progress == "  asked host b to make web (1 disk(s) on shared storage, not copied)"
+    assert refused.returncode == 69 and error.startswith("error: host 'b' could not take VM 'web': ") \
+        and "outside the datastore" in error, refused.stderr
+    assert on_a.get_vm("web").state == "running" and on_b.list_vms() == [] and qemus_under(b.root) == []
+
+    on_b.allow_path(shared)
+    wait_for("the guest's counter", lambda: _progress(on_a)[1] > 5)
+    uptime, count = _progress(on_a)
+    moved = a.cli("vm", "migrate", "web", "b", "--json", timeout=600)
+    assert moved.returncode == 0, moved.stderr
+    report = json.loads(moved.stdout)
+    assert report["disk_bytes"] == 0 and report["memory_bytes"] > 0  # the memory only
+    assert qemus_under(a.root) == [] and not (a.root / "web").exists() and disk.is_file()
+    assert sorted(path.name for path in shared.iterdir()) == ["web.qcow2"]  # no proof note left
+    assert _owner(fabric_etcd, vm.uuid)["host"] == "b"
+    assert not (b.root / "web" / "web.qcow2").exists()  # nothing was made for it at the destination
+
+    later_uptime, later_count = _progress(on_b)
+    assert later_uptime > uptime and later_count > count
+    wait_for("the counter to go on at the destination", lambda: _progress(on_b)[1] > later_count)
+    _guest(on_b, "kill $(cat /tmp/writer.pid)")
+    written = int(_guest(on_b, "sleep 0.2; cat /tmp/count"))
+    b.ok("vm", "stop", "web", "--hard")
+
+    raw = tmp_path / "web.raw"
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(disk), str(raw)], check=True, timeout=120)
+    data = raw.read_bytes()
+    bad = [i for i in range(1, written + 1) if data[(BASE + i) * 512:(BASE + i) * 512 + 8] != b"%08d" % i]
+    assert written > later_count and bad == []
+
+
 @pytest.mark.parametrize("killed", ["vmm", "host", "migration"])
 def test_a_migration_killed_halfway_leaves_the_vm_running_on_the_source(fabric, fabric_etcd, hosts,
                                                                         appliance_image, killed):
@@ -173,7 +224,40 @@ SPECFILE = ('.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "19"
 def _request(name: str, specfile_disk: str, disk: str, size: int = 1 << 20) -> dict:
     return {"id": "ab" * 16, "vm": name, "uuid": "0123abcd-0000-4000-8000-000000000001", "source": "elsewhere",
             "source_id": "x", "specfile": SPECFILE.format(name=specfile_disk),
-            "disks": [{"file": disk, "format": "qcow2", "size": size}], "key": "cd" * 32, "ready": ""}
+            "disks": [{"file": disk, "format": "qcow2", "size": size, "shared": False}], "key": "cd" * 32,
+            "ready": "", "proof": ""}
+
+
+def _shared_request(path: str, name: str = "evil") -> dict:
+    request = _request(name, path, path)
+    request["disks"][0]["shared"] = True
+    return {**request, "proof": "ef" * 16}
+
+
+def test_a_shared_disk_the_destination_sees_without_the_sources_note_is_refused(etcd, hosts, tmp_path):
+    """A request naming a disk on 'shared' storage that the destination allows, but whose note from the source is
+    not next to it (another file at that path, or a forged request), is refused: nothing is made, the file is
+    untouched."""
+    from minivisor.cluster.store import Store
+
+    (b,) = hosts("b")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    disk = shared / "web.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "1M"], check=True)
+    before = disk.read_bytes()
+    Hypervisor(b.root).allow_path(shared)
+    cluster_of(etcd, b)
+    store = Store(tuple(etcd.urls))
+    for note in (None, "00" * 16):
+        request = {**_shared_request(str(disk), "web"), "id": (note or "ab")[:2] * 16}
+        if note:
+            (shared / f".minivisor-migration-{request['id']}").write_text(note)
+        store.put("migrations/b/" + request["id"], request)
+        answer = wait_for("the answer", lambda: store.get("answers/" + request["id"]), timeout=30).value
+        assert answer["state"] == "failed" and "does not see the disk" in answer["error"], answer
+        store.delete("migrations/b/" + request["id"])
+    assert Hypervisor(b.root).list_vms() == [] and qemus_under(b.root) == [] and disk.read_bytes() == before
 
 
 @pytest.mark.parametrize(("request_value", "answered"), [
@@ -185,7 +269,12 @@ def _request(name: str, specfile_disk: str, disk: str, size: int = 1 << 20) -> d
     (_request("evil", "evil.qcow2", "evil.qcow2", size=1 << 60), None),  # out of bounds: not even answered
     (_request("evil", "evil.qcow2", "../evil.qcow2"), None),
     ({**_request("evil", "evil.qcow2", "evil.qcow2"), "key": "'; rm -rf /"}, None),
-], ids=["disk-elsewhere", "dot-dot", "specfile-as-disk", "protocol", "name", "huge", "slash", "key"])
+    (_shared_request("/etc/passwd"), "outside the datastore"),  # a host file as a "shared" disk
+    (_shared_request("/etc/../etc/passwd"), None),
+    ({**_shared_request("/etc/passwd"), "proof": ""}, None),
+    ({**_request("evil", "evil.qcow2", "evil.qcow2"), "proof": "ef" * 16}, None),  # a proof without shared disks
+], ids=["disk-elsewhere", "dot-dot", "specfile-as-disk", "protocol", "name", "huge", "slash", "key", "shared-host-file",
+        "shared-dot-dot", "shared-no-proof", "proof-unshared"])
 def test_a_hostile_migration_request_is_refused_and_nothing_is_made(etcd, hosts, request_value, answered):
     from minivisor.cluster.store import Store
 

@@ -3,8 +3,9 @@
 The source asks, the destination answers, and the VM's ownership is the switch:
 
 - ``migrations/<dest>/<id>`` (:class:`Request`), written by the source and attached to the source's
-  lease: the VM's specfile text, its disks (file name, format, virtual size), and a one-time key for the
-  TLS between the two VMMs. A source that dies
+  lease: the VM's specfile text, its disks (file name, format, virtual size; or, for a disk on storage both
+  hosts mount, its absolute path and a proof that the destination sees the same file), and a one-time key
+  for the TLS between the two VMMs. A source that dies
   takes its request with it; the destination then drops what it made.
 - ``answers/<id>`` (:class:`Answer`), written by the destination and attached to its lease: ``ready``
   (where its NBD server and its incoming VMM listen), ``failed`` (why), or ``running``.
@@ -19,6 +20,7 @@ bound (the specfile's meaning, names and paths are checked by the core, like any
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import time
@@ -45,13 +47,15 @@ _ID = re.compile(r"[0-9a-f]{32}")
 _KEY = re.compile(r"[0-9a-f]{64}")
 _UUID = re.compile(r"[0-9a-fA-F-]{1,64}")
 _FILE = re.compile(r"[^/\x00]{1,255}")
+MAX_PATH = 4096
 
 
 @dataclass(frozen=True)
 class Disk:
-    file: str  # its file name in the VM's folder, as the specfile names it
+    file: str  # as the specfile names it: a file name in the VM's folder, or (shared) an absolute path
     format: str
     size: int  # virtual size in bytes
+    shared: bool = False  # on storage both hosts mount at the same path: not copied, opened there as it is
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class Request:
     disks: tuple[Disk, ...]
     key: str  # the one-time pre-shared key (hex) of the TLS between the two VMMs
     ready: str  # the ready line the guest said on its console this boot ("" if none yet)
+    proof: str = ""  # with shared disks: what the source wrote next to each (see core.migration), else ""
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,7 @@ def read_request(entry: Entry) -> Request:
     try:
         disks = tuple(_disk(item) for item in value["disks"]) if isinstance(value["disks"], list) else None
         request = Request(value["id"], value["vm"], value["uuid"], value["source"], value["source_id"],
-                          value["specfile"], disks or (), value["key"], value["ready"])
+                          value["specfile"], disks or (), value["key"], value["ready"], value["proof"])
         fine = (isinstance(request.id, str) and _ID.fullmatch(request.id) and entry.key.endswith("/" + request.id)
                 and all(isinstance(text, str) for text in (request.vm, request.source, request.source_id,
                                                            request.specfile))
@@ -103,7 +108,9 @@ def read_request(entry: Entry) -> Request:
                 and len(request.source_id) <= 64 and len(request.specfile) <= MAX_SPECFILE
                 and isinstance(request.key, str) and _KEY.fullmatch(request.key)
                 and isinstance(request.ready, str) and len(request.ready) <= 512
-                and 0 < len(request.disks) <= MAX_DISKS and len({d.file for d in request.disks}) == len(request.disks))
+                and 0 < len(request.disks) <= MAX_DISKS and len({d.file for d in request.disks}) == len(request.disks)
+                and isinstance(request.proof, str)
+                and (_ID.fullmatch(request.proof) if any(d.shared for d in request.disks) else request.proof == ""))
         if fine:
             check_host_name(request.source)
             return request
@@ -114,11 +121,19 @@ def read_request(entry: Entry) -> Request:
 
 
 def _disk(item: Any) -> Disk:
-    disk = Disk(item["file"], item["format"], item["size"])
-    if not (isinstance(disk.file, str) and _FILE.fullmatch(disk.file) and disk.format in FORMATS
+    disk = Disk(item["file"], item["format"], item["size"], item["shared"])
+    if not (isinstance(disk.file, str) and (_shared_path(disk.file) if disk.shared is True else
+                                            disk.shared is False and _FILE.fullmatch(disk.file))
+            and disk.format in FORMATS
             and isinstance(disk.size, int) and not isinstance(disk.size, bool) and 0 < disk.size <= MAX_DISK_BYTES):
         raise ValueError(disk.file)
     return disk
+
+
+def _shared_path(path: str) -> bool:
+    """An absolute path with nothing to resolve (no ``.``, ``..``, doubled or trailing slash, NUL)."""
+    return (0 < len(path) <= MAX_PATH and path.startswith("/") and "\x00" not in path
+            and os.path.normpath(path) == path and not path.startswith("//") and path != "/")
 
 
 def _answer(entry: Entry) -> Answer:
@@ -148,7 +163,7 @@ class Source:
         self.key = secrets.token_hex(32)
         self._answer: Entry | None = None
 
-    def ask(self, specfile: str, disks: list[Disk], ready: str) -> None:
+    def ask(self, specfile: str, disks: list[Disk], ready: str, proof: str = "") -> None:
         """Post the request to a live destination (ClusterError if it is not, or this host is not live)."""
         if self.dest == self.config.host:
             raise ClusterError(f"VM {self.vm!r} already runs on host {self.dest!r}", hint="name another host")
@@ -162,7 +177,7 @@ class Source:
         if len(specfile) > MAX_SPECFILE:
             raise ClusterError(f"the specfile of {self.vm!r} is too long to send ({len(specfile)} characters)")
         request = Request(self.id, self.vm, self.uuid, self.config.host, self.config.host_id, specfile, tuple(disks),
-                          self.key, ready)
+                          self.key, ready, proof)
         value = asdict(request)
         self.store.put(request_key(self.dest, self.id), value, lease=own.lease)
 

@@ -1,5 +1,11 @@
 """**Live migration** of a running VM, with its local disks, to another host of its cluster.
 
+A disk that is not in the VM's folder but on storage both hosts mount at the same path (a folder allowed on
+both, named by its absolute path in the specfile) is not copied: the destination's VMM opens the same file,
+and QEMU hands the image over with the memory (the source lets go of it when the state is sent, the
+destination takes it when it runs). The source proves that the destination sees that very file by writing a
+one-time note next to it (:func:`_proofs`), which the destination must read back.
+
 The two hosts talk through etcd only (:mod:`minivisor.cluster.migration`); their VMMs copy the disks
 (NBD) and the memory between the hosts' cluster addresses (:mod:`minivisor.vmm.migration`).
 
@@ -52,6 +58,7 @@ HANDOVER_TIMEOUT = COPY_TIMEOUT + 2 * PREPARE_TIMEOUT  # seconds a destination w
 REPORT_EVERY = 1.0  # seconds between two progress lines
 POLL = 0.1
 INCOMING = "incoming"  # in the datastore's .minivisor folder: a marker per VM being taken in
+PROOF_PREFIX = ".minivisor-migration-"  # + the request's id: the note next to a shared disk
 OUTGOING = "outgoing"  # and one per migration this host's processes are running
 
 
@@ -65,24 +72,25 @@ def migrate(vms: Vms, name: str, dest: str, progress: Callable[[str], None] | No
     config = current(vms.datastore.meta)
     report = progress or (lambda line: None)
     with vms.operate(name, Action.MIGRATE) as ctx:
-        specfile, disks = _what_moves(ctx)
+        specfile, disks, devices = _what_moves(ctx, vms.datastore.root)
         source = Source(Store(config.endpoints), config, dest, ctx.name, ctx.uuid)
         started = time.monotonic()
-        with _outgoing(vms.datastore.meta, source):
-            return _move(vms, ctx, source, specfile, disks, started, report)
+        with _outgoing(vms.datastore.meta, source), _proofs(source.id, disks) as proof:
+            return _move(vms, ctx, source, (specfile, disks, devices, proof), started, report)
 
 
-def _move(vms: Vms, ctx: VmContext, source: Source, specfile: str, disks: list[Disk], started: float,
+def _move(vms: Vms, ctx: VmContext, source: Source, what: tuple[str, list[Disk], list[str], str], started: float,
           report: Callable[[str], None]) -> dict[str, Any]:
-    """:func:`migrate` once the VM's turn is held and its outgoing marker written."""
+    """:func:`migrate` once the VM's turn is held and its outgoing marker written; ``what``: the specfile, the
+    disks, the devices whose disks are copied, and the proof next to the shared ones."""
     dest = source.dest
-    source.ask(specfile, disks, ctx.vmm.ready_line() or "")
+    specfile, disks, devices, proof = what
+    source.ask(specfile, disks, ctx.vmm.ready_line() or "", proof)
     ctx.emit("migrating", to=dest)
     try:
-        report(f"asked host {dest} to make {ctx.name} ({len(disks)} disk(s), "
-               f"{human_size(sum(d.size for d in disks))})")
+        report(f"asked host {dest} to make {ctx.name} ({_what_is_copied(disks)})")
         ready = source.wait("ready", PREPARE_TIMEOUT)
-        copied = _copy(ctx, ready, source.key, report)
+        copied = _copy(ctx, ready, source.key, devices, report)
         source.hand_over()
     except HandoverUncertainError:
         raise  # nothing undone: the guest may run on the destination
@@ -106,6 +114,12 @@ def _move(vms: Vms, ctx: VmContext, source: Source, specfile: str, disks: list[D
     return {"vm": ctx.name, "source": source.config.host, "destination": dest, **copied,
             "handover_ms": handover_ms, "downtime_ms": copied["qemu_downtime_ms"] + handover_ms,
             "total_seconds": round(resumed - started, 3)}
+
+
+def _what_is_copied(disks: list[Disk]) -> str:
+    copied, shared = [d for d in disks if not d.shared], len([d for d in disks if d.shared])
+    words = [f"{len(copied)} disk(s), {human_size(sum(d.size for d in copied))}"] if copied else []
+    return "; ".join(words + ([f"{shared} disk(s) on shared storage, not copied"] if shared else []))
 
 
 @contextmanager
@@ -153,11 +167,33 @@ def abandon_outgoing(hv: Hypervisor, owned_here: Callable[[str], bool],
         marker.unlink(missing_ok=True)
 
 
-def _what_moves(ctx: VmContext) -> tuple[str, list[Disk]]:
-    """The specfile's text and the disks to copy; refuses a VM whose files are not all plain disks in its folder."""
+@contextmanager
+def _proofs(request_id: str, disks: list[Disk]) -> Iterator[str]:
+    """A one-time note (``.minivisor-migration-<id>``, random) in the folder of each shared disk while the
+    migration lasts: the destination reads it back to know it opens the same files, not copies of them."""
+    import secrets
+
+    folders = sorted({os.path.dirname(disk.file) for disk in disks if disk.shared})
+    proof = secrets.token_hex(16) if folders else ""
+    written: list[Path] = []
+    try:
+        for folder in folders:
+            note = Path(folder) / (PROOF_PREFIX + request_id)
+            write_atomic(note, proof.encode(), sync="file")
+            written.append(note)
+        yield proof
+    finally:
+        for note in written:
+            note.unlink(missing_ok=True)
+
+
+def _what_moves(ctx: VmContext, datastore_root: Path) -> tuple[str, list[Disk], list[str]]:
+    """The specfile's text, the disks, and the devices whose disks are copied; refuses a VM whose files are not
+    all plain disks in its folder or on shared storage (outside the datastore, named by an absolute path)."""
     from ..cluster.migration import FORMATS, Disk
     from ..datastore.inventory import read_vmx
     from ..spec.vmspec import VmSpec
+    from ..vmm.argv import device_id
     from ..vmm.plan import resolve_files
 
     spec = VmSpec.from_vmx(read_vmx(ctx.vmx))
@@ -167,7 +203,7 @@ def _what_moves(ctx: VmContext) -> tuple[str, list[Disk]]:
     if files:
         raise _cannot(ctx.name, f"it uses files besides its disks ({', '.join(sorted(files))})",
                       "eject its CD-ROM and remove serial or floppy files first")
-    disks = []
+    disks, devices = [], []
     for disk in spec.disks:
         chain = chains.get(disk.node)
         if chain is None:
@@ -179,31 +215,43 @@ def _what_moves(ctx: VmContext) -> tuple[str, list[Disk]]:
         if top.format not in FORMATS or disk.mode == "independent-nonpersistent":
             raise _cannot(ctx.name, f"its disk {disk.node} is {top.format} ({disk.mode})",
                           "convert it to qcow2 (minivisor disk convert) while the VM is off")
-        if disk.file_name != top.path.name or top.path.parent.resolve() != ctx.vm_dir.resolve():
-            raise _cannot(ctx.name, f"its disk {disk.node} is not a file of its own folder",
-                          "copy it into the VM's folder first")
-        disks.append(Disk(top.path.name, top.format, top.virtual_size))
+        if disk.file_name == top.path.name and top.path.parent.resolve() == ctx.vm_dir.resolve():
+            disks.append(Disk(top.path.name, top.format, top.virtual_size))
+            devices.append(device_id(disk.node))
+        elif _on_shared_storage(disk.file_name, datastore_root):
+            disks.append(Disk(disk.file_name, top.format, top.virtual_size, shared=True))
+        else:
+            raise _cannot(ctx.name, f"its disk {disk.node} is neither a file of its own folder nor named by its "
+                                    "absolute path outside the datastore",
+                          "copy it into the VM's folder, or put it on storage both hosts mount at the same path")
     if not disks:
         raise _cannot(ctx.name, "it has no hard disk", "")
     try:
-        return ctx.vmx.read_bytes().decode("utf-8"), disks
+        return ctx.vmx.read_bytes().decode("utf-8"), disks, devices
     except UnicodeDecodeError:
         raise _cannot(ctx.name, "its specfile is not UTF-8", "") from None
+
+
+def _on_shared_storage(file_name: str | None, datastore_root: Path) -> bool:
+    """Whether a disk's name is what a shared disk's must be: its real absolute path, outside the datastore (the
+    other host's datastore is elsewhere; what the specfile names there must be this very file)."""
+    return (file_name is not None and os.path.isabs(file_name) and os.path.realpath(file_name) == file_name
+            and os.path.commonpath([file_name, os.path.realpath(datastore_root)]) != os.path.realpath(datastore_root))
 
 
 def _cannot(name: str, why: str, hint: str) -> MigrationError:
     return MigrationError(f"cannot migrate VM {name!r}: {why}", hint=hint or None)
 
 
-def _copy(ctx: VmContext, ready: Answer, key: str, report: Callable[[str], None]) -> dict[str, Any]:
-    """Mirror the disks until in sync, send the memory, end the mirrors; the counts and times of it."""
+def _copy(ctx: VmContext, ready: Answer, key: str, devices: list[str], report: Callable[[str], None]) -> dict[str, Any]:
+    """Mirror the ``devices``' disks until in sync, send the memory, end the mirrors; the counts and times of it."""
     from ..vmm import migration as vmm_migration
 
     with ctx.vmm.session() as qmp:
         vmm_migration.add_psk(qmp, "client", ctx.paths.runtime_dir, key)
-        vmm_migration.mirror(qmp, ready.address, ready.nbd_port)
+        vmm_migration.mirror(qmp, ready.address, ready.nbd_port, devices)
         deadline, last = time.monotonic() + COPY_TIMEOUT, 0.0
-        while not (mirrored := vmm_migration.mirror_progress(qmp)).ready:
+        while not (mirrored := vmm_migration.mirror_progress(qmp, devices)).ready:
             last = _report(report, last, f"disks: {human_size(mirrored.copied)} of {human_size(mirrored.total)} "
                                          "mirrored")
             _check(deadline, "mirror its disks")
@@ -276,10 +324,10 @@ def receive(hv: Hypervisor, destination: Destination) -> None:
     request = destination.request
     made: Path | None = None  # the marker of the VM made here, while it is not this host's
     try:
-        made = _make_vm(hv, request)
+        made, devices = _make_vm(hv, request)
         ctx = _start_incoming(hv, request.vm)
         try:
-            destination.answer(_listen(ctx, destination))
+            destination.answer(_listen(ctx, destination, devices))
             handed_over = _handed_over(ctx, destination)
         finally:  # no TLS handshake is to come
             vmm_migration.remove_psk_file(ctx.paths.runtime_dir)
@@ -330,14 +378,16 @@ def abandon_incoming(hv: Hypervisor, owned_here: Callable[[str], bool]) -> None:
         marker.unlink(missing_ok=True)
 
 
-def _make_vm(hv: Hypervisor, request: Any) -> Path:
-    """The VM's folder, published: its specfile as sent, empty disks of the sizes and formats asked; returns
-    its marker (:func:`_mark_incoming`), made once the name and UUID are known to be free here."""
+def _make_vm(hv: Hypervisor, request: Any) -> tuple[Path, list[str]]:
+    """The VM's folder, published: its specfile as sent, empty disks of the sizes and formats asked (a shared
+    disk: the very file the source uses, checked); returns its marker (:func:`_mark_incoming`), made once the
+    name and UUID are known to be free here, and the devices whose disks are copied in."""
     from ..datastore.store import is_vm_metadata
     from ..images.layers import check_file_name
     from ..images.qemu_img import create_disk
     from ..spec.vmspec import VmSpec
     from ..spec.vmx import VmxDocument
+    from ..vmm.argv import device_id
 
     datastore = hv.datastore
     datastore.check_new_name(request.vm)
@@ -347,14 +397,20 @@ def _make_vm(hv: Hypervisor, request: Any) -> Path:
     spec = VmSpec.from_vmx(doc)
     _check_disks(spec, request.disks)
     for disk in request.disks:
+        if disk.shared:
+            _check_shared(hv, disk, request)
+            continue
         check_file_name(disk.file, "disk")
         if disk.file in (".", "..") or is_vm_metadata(disk.file) or disk.file.lower().endswith(".vmx"):
             raise PathError(f"the disk {excerpt(disk.file)} of the request is no disk file of a VM's folder")
+    copied = {disk.file for disk in request.disks if not disk.shared}
+    devices = [device_id(disk.node) for disk in spec.disks if disk.kind == "disk" and disk.file_name in copied]
     marker = _mark_incoming(hv, request.vm, request.uuid)
     staging = datastore.staging_dir(request.vm)
     try:
         for disk in request.disks:
-            create_disk(staging / disk.file, disk.size, disk.format)
+            if not disk.shared:
+                create_disk(staging / disk.file, disk.size, disk.format)
         doc.save(staging / f"{request.vm}.vmx")
         datastore.publish(staging, request.vm, request.uuid)
     except BaseException:
@@ -362,7 +418,27 @@ def _make_vm(hv: Hypervisor, request: Any) -> Path:
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return marker
+    return marker, devices
+
+
+def _check_shared(hv: Hypervisor, disk: Disk, request: Any) -> None:
+    """A shared disk of a request: in a folder this host allows, outside its datastore, with the source's note
+    next to it (else it is another file at the same path: running on it would lose the guest's writes)."""
+    if not _on_shared_storage(disk.file, hv.datastore.root):
+        raise PathError(f"the shared disk {excerpt(disk.file)} of the request is in this host's datastore, or "
+                        "behind a link")
+    hv.datastore.folder_scope(os.path.dirname(disk.file)).image(Path("/"), disk.file, "disk")  # allowed here?
+    note = os.path.join(os.path.dirname(disk.file), PROOF_PREFIX + request.id)
+    try:
+        fd = os.open(note, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as file:
+            seen = file.read(64)
+    except OSError:
+        seen = b""
+    if seen != request.proof.encode():
+        raise PathError(f"this host does not see the disk {excerpt(disk.file)} that host {request.source!r} uses: "
+                        "another file is at that path here, or none",
+                        hint="mount the storage that holds it at the same path on both hosts")
 
 
 def _check_disks(spec: VmSpec, disks: tuple[Disk, ...]) -> None:
@@ -387,9 +463,9 @@ def _start_incoming(hv: Hypervisor, name: str) -> VmContext:
     return ctx
 
 
-def _listen(ctx: VmContext, destination: Destination) -> Answer:
-    """Serve the disks over NBD and wait for the memory, on this host's cluster address, both over TLS with
-    the request's one-time key."""
+def _listen(ctx: VmContext, destination: Destination, devices: list[str]) -> Answer:
+    """Serve the ``devices``' disks over NBD and wait for the memory, on this host's cluster address, both over
+    TLS with the request's one-time key."""
     from ..cluster.migration import Answer
     from ..vmm import migration as vmm_migration
 
@@ -397,7 +473,7 @@ def _listen(ctx: VmContext, destination: Destination) -> Answer:
     nbd_port, migrate_port = _free_ports(address, 2)
     with ctx.vmm.session() as qmp:
         vmm_migration.add_psk(qmp, "server", ctx.paths.runtime_dir, destination.request.key)
-        vmm_migration.serve_disks(qmp, address, nbd_port)
+        vmm_migration.serve_disks(qmp, address, nbd_port, devices)
         vmm_migration.listen(qmp, address, migrate_port)
     return Answer("ready", address, nbd_port, migrate_port)
 

@@ -82,20 +82,22 @@ def drop_psk(qmp: QmpSession) -> None:
 
 
 # -- the destination -------------------------------------------------------------------
-def serve_disks(qmp: QmpSession, address: str, port: int) -> list[str]:
-    """Start the VMM's NBD server on ``address:port`` (TLS: :func:`add_psk` first) and export each disk's top
-    node, writable, under its device id (``scsi0-0``); returns the exports."""
+def serve_disks(qmp: QmpSession, address: str, port: int, devices: list[str]) -> None:
+    """Start the VMM's NBD server on ``address:port`` (TLS: :func:`add_psk` first) and export the top node of
+    each of the ``devices``' disks (``scsi0-0``), writable, under the device's id; none: no server."""
+    if not devices:
+        return
     tops = device_tops(qmp)
     qmp.execute("nbd-server-start", {"addr": {"type": "inet", "data": _inet(address, port)}, "tls-creds": TLS_ID})
-    for device, node in sorted(tops.items()):
-        qmp.execute("block-export-add", {"type": "nbd", "id": f"export-{device}", "node-name": node,
+    for device in sorted(devices):
+        qmp.execute("block-export-add", {"type": "nbd", "id": f"export-{device}", "node-name": tops[device],
                                          "name": device, "writable": True})
-    return sorted(tops)
 
 
 def stop_serving(qmp: QmpSession) -> None:
-    """Stop the NBD server and its exports (before the guest runs: nobody else writes its disks then)."""
-    qmp.execute("nbd-server-stop")
+    """Stop the NBD server and its exports, if any (before the guest runs: nobody else writes its disks then)."""
+    if any(export["type"] == "nbd" for export in qmp.execute("query-block-exports")):
+        qmp.execute("nbd-server-stop")
     drop_psk(qmp)
 
 
@@ -121,11 +123,11 @@ class MirrorProgress:
     ready: bool  # every mirror is in sync (writes now reach both sides)
 
 
-def mirror(qmp: QmpSession, address: str, port: int) -> None:
-    """Mirror each disk into the destination's export of the same device id (the same specfile gives the
-    destination the same devices), over TLS (:func:`add_psk` first)."""
+def mirror(qmp: QmpSession, address: str, port: int, devices: list[str]) -> None:
+    """Mirror the ``devices``' disks into the destination's exports of the same device ids (the same specfile
+    gives the destination the same devices), over TLS (:func:`add_psk` first)."""
     tops = device_tops(qmp)
-    for device in sorted(tops):
+    for device in sorted(devices):
         qmp.execute("blockdev-add", {"driver": "nbd", "node-name": TARGET_PREFIX + device,
                                      "server": {"type": "inet", **_inet(address, port)}, "export": device,
                                      "tls-creds": TLS_ID})
@@ -134,8 +136,10 @@ def mirror(qmp: QmpSession, address: str, port: int) -> None:
                                         "copy-mode": "write-blocking", "auto-dismiss": False})
 
 
-def mirror_progress(qmp: QmpSession) -> MirrorProgress:
-    """How far the mirrors are; QmpError if one of them failed."""
+def mirror_progress(qmp: QmpSession, devices: list[str]) -> MirrorProgress:
+    """How far the mirrors of the ``devices`` are (none: in sync at once); QmpError if one of them failed."""
+    if not devices:
+        return MirrorProgress(0, 0, True)
     jobs = [job for job in qmp.execute("query-block-jobs") if job["device"].startswith(JOB_PREFIX)]
     for job in jobs:
         if job.get("status") == "concluded" or job.get("error"):
