@@ -6,12 +6,13 @@ Both sides move the test guest between two hosts of this machine, on loopback: t
 hand, two QEMU processes started with minivisor's own command line for the VM (``vm explain``), driven over QMP
 with the same commands in the same order (a TLS pre-shared key, NBD exports of empty disks on the destination,
 ``blockdev-mirror`` until in sync, ``migrate``, the mirrors cancelled, the destination told to run) and nothing
-else: no etcd, no checks, no VM records. For each memory size (``--sizes``, MiB) and load (``idle``; ``writing``:
-the guest rewrites a quarter of its memory with random bytes in a loop), one migration each side; prints the total
-time, the guest's downtime (QEMU's stop-and-copy; for minivisor plus the handover until the destination runs) and
-the bytes sent, with the ratio of the total times. Shared datastores: not supported by ``vm migrate`` yet.
+else: no etcd, no checks, no VM records. For each memory size (``--sizes``, MiB), load (``idle``; ``writing``:
+the guest rewrites a quarter of its memory with random bytes in a loop) and storage (``local``: the disk in the
+VM's folder, mirrored; ``shared``: the disk in a folder both hosts allow, named by its absolute path, not copied),
+one migration each side; prints the total time, the guest's downtime (QEMU's stop-and-copy; for minivisor plus
+the handover until the destination runs) and the bytes sent, with the ratio of the total times.
 
-    python bench/migrate.py [--sizes 128,512,1024] [--loads idle,writing]
+    python bench/migrate.py [--sizes 128,512,1024] [--loads idle,writing] [--storage local,shared]
 
 One run, no warm-up: a migration of 1 GiB under TCG takes tens of seconds. Everything it starts is stopped at
 the end, pass or fail.
@@ -55,9 +56,19 @@ def load_command(memory_mib: int) -> str:
 
 
 # -- minivisor ------------------------------------------------------------------------
-def through_minivisor(a: Host, b: Host, image: Path, memory: int, load: str) -> dict:
-    name = f"mv{memory}{load}"
-    Hypervisor(a.root).create_vm(name, boot_disk=image, memory_mib=memory, network="none")
+def make_vm(a: Host, name: str, image: Path, memory: int, shared: Path | None) -> Path:
+    """The VM on host a; with ``shared``, its disk moved there and named by its absolute path. Its specfile."""
+    vmx = Hypervisor(a.root).create_vm(name, boot_disk=image, memory_mib=memory, network="none").vmx
+    if shared is not None:
+        disk = next(vmx.parent.glob("*.qcow2"))
+        disk.rename(shared / disk.name)
+        vmx.write_text(vmx.read_text().replace(f'fileName = "{disk.name}"', f'fileName = "{shared / disk.name}"'))
+    return vmx
+
+
+def through_minivisor(a: Host, b: Host, image: Path, memory: int, load: str, shared: Path | None) -> dict:
+    name = f"mv{memory}{load}{'s' if shared else ''}"
+    make_vm(a, name, image, memory, shared)
     a.ok("vm", "start", name, "--wait-ready")
     try:
         if load == "writing":
@@ -132,29 +143,33 @@ def boot_by_hand(source: HandVmm, memory: int, load: str) -> None:
     console.close()
 
 
-def by_hand(a: Host, image: Path, memory: int, load: str, work: Path) -> dict:
-    name = f"qh{memory}{load}"
-    vm = Hypervisor(a.root).create_vm(name, boot_disk=image, memory_mib=memory, network="none")
+def by_hand(a: Host, image: Path, memory: int, load: str, work: Path, shared: Path | None) -> dict:
+    """With ``shared``, both QEMUs open the one disk there (the destination's inactive until it runs), nothing
+    mirrored; else the source a copy of the VM's disk, mirrored into an empty one of the destination's."""
+    name = f"qh{memory}{load}{'s' if shared else ''}"
+    vmx = make_vm(a, name, image, memory, shared)
     argv = json.loads(a.ok("vm", "explain", name, "--json"))["argv"]
     runtime_dir = str(Path(next(arg for arg in argv if "qmp.sock" in arg).split("path=")[1].split(",")[0]).parent)
-    vm_dir, disk = vm.vmx.parent, next(vm.vmx.parent.glob("*.qcow2"))
+    vm_dir, disk = vmx.parent, next((shared or vmx.parent).glob(f"{name}*.qcow2"))
     (work / f"{name}-src").mkdir()
-    shutil.copy(disk, work / f"{name}-src")
+    if shared is None:
+        shutil.copy(disk, work / f"{name}-src")
     source = HandVmm(argv, vm_dir, runtime_dir, work / f"{name}-src", incoming=False)
     destination = None
     try:
         boot_by_hand(source, memory, load)
         started = time.monotonic()
         (work / f"{name}-dst").mkdir()
-        size = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-f", "qcow2", str(disk)],
-                                         capture_output=True, check=True).stdout)["virtual-size"]
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(work / f"{name}-dst" / disk.name), str(size)],
-                       check=True)
+        if shared is None:
+            size = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-f", "qcow2", str(disk)],
+                                             capture_output=True, check=True).stdout)["virtual-size"]
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(work / f"{name}-dst" / disk.name),
+                            str(size)], check=True)
         destination = HandVmm(argv, vm_dir, runtime_dir, work / f"{name}-dst", incoming=True)
         key = secrets.token_hex(32)
         nbd_port, migrate_port = free_ports(2)
         qemu_migration.add_psk(destination.qmp, "server", destination.folder, key)
-        devices = sorted(device_tops(source.qmp))
+        devices = [] if shared else sorted(device_tops(source.qmp))
         qemu_migration.serve_disks(destination.qmp, ADDRESS, nbd_port, devices)
         qemu_migration.listen(destination.qmp, ADDRESS, migrate_port)
         qemu_migration.add_psk(source.qmp, "client", source.folder, key)
@@ -179,13 +194,13 @@ def by_hand(a: Host, image: Path, memory: int, load: str, work: Path) -> dict:
                 vmm.close()
 
 
-def print_table(rows: list[tuple[int, str, dict, dict]]) -> None:
-    print(f"\n{'guest':<16}{'side':<11}{'total':>9}{'downtime':>10}{'(QEMU)':>9}{'memory sent':>13}{'disks':>9}"
+def print_table(rows: list[tuple[str, dict, dict]]) -> None:
+    print(f"\n{'guest':<24}{'side':<11}{'total':>9}{'downtime':>10}{'(QEMU)':>9}{'memory sent':>13}{'disks':>9}"
           f"{'ratio':>8}")
-    for memory, load, ours, hand in rows:
+    for guest, ours, hand in rows:
         for side, result in (("minivisor", ours), ("by hand", hand)):
             ratio = f"{ours['total'] / hand['total']:.2f}x" if side == "minivisor" else ""
-            print(f"{f'{memory} MiB {load}':<16}{side:<11}{result['total']:>8.2f}s{result['downtime_ms']:>8} ms"
+            print(f"{guest:<24}{side:<11}{result['total']:>8.2f}s{result['downtime_ms']:>8} ms"
                   f"{result['qemu_downtime_ms']:>6} ms{result['memory_bytes'] / 2**20:>9.1f} MiB"
                   f"{result['disk_bytes'] / 2**20:>5.0f} MiB{ratio:>8}")
 
@@ -194,6 +209,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="128,512,1024", help="guest memory sizes, MiB [128,512,1024]")
     parser.add_argument("--loads", default="idle,writing", help="idle, writing or both [idle,writing]")
+    parser.add_argument("--storage", default="local,shared", help="local, shared or both [local,shared]")
     options = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="minivisor-bench-migrate-"))
     etcd, hosts = None, []
@@ -212,14 +228,19 @@ def main() -> None:
         a.status_when("both hosts live", lambda status: live_hosts(status) == {"a", "b"})
         image = Path(a.ok("image", "build", "appliance").strip())
         a.ok("datastore", "allow-path", str(image.parent))
+        (work / "shared").mkdir()
+        for host in hosts:
+            host.ok("datastore", "allow-path", str(work / "shared"))
         rows = []
-        for memory in (int(size) for size in options.sizes.split(",")):
-            for load in options.loads.split(","):
-                ours = through_minivisor(a, b, image, memory, load)
-                hand = by_hand(a, image, memory, load, work)
-                rows.append((memory, load, ours, hand))
-                print(f"  {memory} MiB {load}: minivisor {ours['total']:.2f} s, by hand {hand['total']:.2f} s",
-                      flush=True)
+        for storage in options.storage.split(","):
+            shared = work / "shared" if storage == "shared" else None
+            for memory in (int(size) for size in options.sizes.split(",")):
+                for load in options.loads.split(","):
+                    ours = through_minivisor(a, b, image, memory, load, shared)
+                    hand = by_hand(a, image, memory, load, work, shared)
+                    rows.append((f"{memory} MiB {load} {storage}", ours, hand))
+                    print(f"  {rows[-1][0]}: minivisor {ours['total']:.2f} s, by hand {hand['total']:.2f} s",
+                          flush=True)
         print_table(rows)
     finally:
         for host in hosts:
