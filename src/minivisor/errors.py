@@ -279,6 +279,12 @@ class ClusterUnreachableError(ClusterError):
     code = "cluster-unreachable"
 
 
+class NoHostFitsError(ClusterError):
+    """No live host of the cluster may power the VM on (placement): each one's reason is in the message."""
+
+    code = "no-host-fits"
+
+
 class MigrationError(ClusterError):
     """A live migration did not happen: the VM runs where it ran (or, after its handover, is left paused here)."""
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from ..cluster.migration import Destination
     from .hypervisor import Hypervisor
+    from .vminfo import VmInfo
 
 __all__ = ["claimed", "disown", "running_vms", "ClusterHost"]
 
@@ -141,11 +142,26 @@ class ClusterHost:
         abandon_outgoing(self.hv, owned_here, withdraw)
 
     def facts(self) -> dict[str, Any]:
+        import os
+
         from .. import __version__
         from ..host import facts
 
-        return {"memory_free_mib": facts.available_memory_mib(), "memory_total_mib": facts.host_memory_mib(),
-                "cpus": facts.host_cpus(), "minivisor": __version__, "qemu": _qemu_version()}
+        vms = self.hv.list_vms()
+        total = facts.host_memory_mib()
+        return {"memory_free_mib": facts.available_memory_mib(), "memory_total_mib": total,
+                "cpus": facts.host_cpus(), "minivisor": __version__, "qemu": _qemu_version(),
+                "registered": tuple(vm.uuid for vm in vms), "memory_room_mib": memory_room_mib(vms, total),
+                "load": round(os.getloadavg()[0], 2)}
+
+
+def memory_room_mib(vms: list[VmInfo], total_mib: int) -> int:
+    """What memory admission would still give VMs on this host (placement): its memory less its own reserve
+    and what the VMs on it hold (memSize, VMM and relay), as :func:`minivisor.host.admission.admit` counts."""
+    from ..host.admission import host_reserve_mib, overhead_mib
+
+    held = sum(vm.memory_mib + overhead_mib(vm.memory_mib, vm.accel) for vm in vms if vm.state in ON_HOST)
+    return max(0, total_mib - host_reserve_mib(total_mib) - held)
 
 
 @cache
