@@ -43,6 +43,7 @@ __all__ = [
     "MigrationError",
     "HandoverUncertainError",
     "OwnedElsewhereError",
+    "NoHostFitsError",
     "is_out_of_space",
 ]
 

@@ -14,7 +14,7 @@ from .config import ClusterConfig
 from .records import OWNERS, LiveRecord, OwnerRecord, alive_key, from_value, owner_key, to_value
 from .store import Entry, Store
 
-__all__ = ["claim", "release", "owner_of", "owned_by"]
+__all__ = ["claim", "release", "owner_of", "owned_by", "owned_elsewhere", "running_where"]
 
 
 def claim(store: Store, config: ClusterConfig, vm_uuid: str, vm_name: str) -> None:
@@ -31,10 +31,14 @@ def claim(store: Store, config: ClusterConfig, vm_uuid: str, vm_name: str) -> No
         return
     owner = from_value(OwnerRecord, found.value, found.key)
     if owner.host_id != config.host_id:
-        raise OwnedElsewhereError(f"VM {vm_name!r} runs on host {owner.host!r}, which owns it in the cluster",
-                                  hint=f"stop it on {owner.host} first")
+        raise owned_elsewhere(vm_name, owner)
     if found.lease != alive.lease and not store.replace(key, to_value(mine), found.mod_revision, lease=alive.lease):
         raise ClusterError(f"the ownership of VM {vm_name!r} changed in the cluster store meanwhile", hint="retry")
+
+
+def owned_elsewhere(vm_name: str, owner: OwnerRecord) -> OwnedElsewhereError:
+    return OwnedElsewhereError(f"VM {vm_name!r} runs on host {owner.host!r}, which owns it in the cluster",
+                               hint=f"stop it on {owner.host} first")
 
 
 def release(store: Store, config: ClusterConfig, vm_uuid: str) -> bool:
@@ -55,6 +59,16 @@ def owned_by(store: Store, config: ClusterConfig) -> dict[str, Entry]:
     """The VMs this host owns: uuid -> its entry."""
     return {entry.key[len(OWNERS):]: entry for entry in store.list(OWNERS)
             if _owner(entry).host_id == config.host_id}
+
+
+def running_where(store: Store) -> dict[str, set[str]]:
+    """What the owners say runs where (claimed before each power-on: sooner than the hosts' published lists):
+    host -> the names of the VMs it owns."""
+    where: dict[str, set[str]] = {}
+    for entry in store.list(OWNERS):
+        owner = _owner(entry)
+        where.setdefault(owner.host, set()).add(owner.vm)
+    return where
 
 
 def _owner(entry: Entry) -> OwnerRecord:

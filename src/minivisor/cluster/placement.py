@@ -19,7 +19,7 @@ admission checks it again), then the one with the most memory left after the VM,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from ..errors import NoHostFitsError
 from ..host.admission import overhead_mib
@@ -43,15 +43,18 @@ def needed_mib(memory_mib: int) -> int:
 
 
 def choose(vm: Wanted, hosts: Mapping[str, LiveRecord], rules: Iterable[RuleRecord], *, here: str,
-           only: str | None = None) -> str:
+           running: Mapping[str, Collection[str]] | None = None, only: str | None = None) -> str:
     """The host (a key of ``hosts``, the live ones) that powers ``vm`` on; ``only``: that host or none.
 
-    ``here`` is the host asking. NoHostFitsError names why each host was left out.
+    ``here`` is the host asking; ``running`` (host -> VM names) what runs where, for the rules [default: what
+    the hosts published, which lags behind the VMs' claims]. NoHostFitsError names why each host was left out.
     """
     if only is not None and only not in hosts:
         raise NoHostFitsError(f"host {only!r} is not a live member of the cluster: {vm.name!r} cannot start there",
                               hint="see `minivisor cluster status` (its service, minivisor serve, must run)")
-    left_out = refusals(vm, hosts, list(rules))
+    if running is None:
+        running = {name: record.vms for name, record in hosts.items()}
+    left_out = refusals(vm, hosts, list(rules), running)
     if only is not None:  # the other hosts' VMs still count for the rules
         left_out = {name: why for name, why in left_out.items() if name == only}
     fitting = [name for name in ([only] if only is not None else hosts) if name not in left_out]
@@ -64,9 +67,10 @@ def choose(vm: Wanted, hosts: Mapping[str, LiveRecord], rules: Iterable[RuleReco
                                           hosts[name].load / max(hosts[name].cpus, 1), name))
 
 
-def refusals(vm: Wanted, hosts: Mapping[str, LiveRecord], rules: list[RuleRecord]) -> dict[str, str]:
+def refusals(vm: Wanted, hosts: Mapping[str, LiveRecord], rules: list[RuleRecord],
+             running: Mapping[str, Collection[str]]) -> dict[str, str]:
     """Why each host that cannot power ``vm`` on is left out: host -> reason (hosts that fit are absent)."""
-    running_on = {name: set(record.vms) for name, record in hosts.items()}
+    running_on = {name: set(running.get(name, ())) for name in hosts}
     left_out = {}
     for name, record in hosts.items():
         why = _unregistered(vm, record) or _no_room(vm, record) or _ruled_out(vm, name, running_on, rules)

@@ -22,10 +22,11 @@ if TYPE_CHECKING:
     import logging
 
     from ..cluster.migration import Destination
+    from ..cluster.starting import Starter
     from .hypervisor import Hypervisor
     from .vminfo import VmInfo
 
-__all__ = ["claimed", "disown", "running_vms", "ClusterHost"]
+__all__ = ["claimed", "disown", "running_vms", "memory_room_mib", "ClusterHost"]
 
 ON_HOST = (VmState.RUNNING, VmState.PAUSED, VmState.STARTING)  # a VMM runs or is being started
 
@@ -130,6 +131,11 @@ class ClusterHost:
         from .migration import receive
 
         receive(self.hv, destination)
+
+    def receive_start(self, starter: Starter) -> None:
+        from .placing import receive_start
+
+        receive_start(self.hv, starter)
 
     def abandon_incoming(self, owned_here: Callable[[str], bool]) -> None:
         from .migration import abandon_incoming
