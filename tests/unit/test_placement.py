@@ -28,8 +28,8 @@ def test_this_host_first_when_it_fits_else_the_one_with_most_room():
     hosts = {"a": live(room=1000), "b": live(room=4000), "c": live(room=6000)}
     assert choose(WEB, hosts, (), here="a") == "a"
     assert choose(WEB, hosts, (), here="z") == "c"
-    # room is what admission would give, within what is free
-    assert choose(WEB, {"b": live(room=4000), "c": live(room=6000, free=2000)}, (), here="z") == "b"
+    # room is what admission would give: free memory (what the VMs use now) is not the measure
+    assert choose(WEB, {"b": live(room=4000), "c": live(room=6000, free=200)}, (), here="z") == "c"
 
 
 def test_the_least_loaded_per_cpu_among_equal_rooms_then_the_name():
@@ -43,7 +43,7 @@ def test_a_host_without_room_is_left_out_and_the_refusal_says_why():
     assert need > 256  # the VMM's own memory counts
     hosts = {"a": live(room=need - 1), "b": live(room=need)}
     assert choose(WEB, hosts, (), here="a") == "b"
-    assert refusal(WEB, {"a": live(room=need - 1), "b": live(free=100)}, here="a") == (
+    assert refusal(WEB, {"a": live(room=need - 1), "b": live(room=100)}, here="a") == (
         f"no host can power 'web1' on: a has room for {need - 1} MiB of VMs, and 'web1' needs {need} MiB; "
         f"b has room for 100 MiB of VMs, and 'web1' needs {need} MiB")
 

@@ -7,8 +7,8 @@ one line why each host was left out. A host is left out when:
 
 - the VM is not registered there (its UUID: a datastore shared by the hosts shows it to each);
 - it cannot hold the VM: its memSize and its VMM's and relay's own memory (counted as under TCG, the
-  larger: :func:`~minivisor.host.admission.overhead_mib`) are more than the host's admission would still
-  give (its memory less its reserve and what its running VMs hold), or than its free memory;
+  larger: :func:`~minivisor.host.admission.overhead_mib`) are more than the host's memory admission would
+  still give (its memory less its reserve and what its running VMs hold);
 - a rule forbids it: an ``apart`` rule's other VM runs there, or a ``together`` rule's other VM runs on
   another host.
 
@@ -84,8 +84,9 @@ def _unregistered(vm: Wanted, record: LiveRecord) -> str:
 
 
 def _room(record: LiveRecord) -> int:
-    """The memory (MiB) a new VM may take on the host: what admission would give, within what is free."""
-    return min(record.memory_room_mib, record.memory_free_mib)
+    """The memory (MiB) a new VM may take on the host: what its admission would give (which counts what VMs
+    were promised, not what they use now: the host's free memory is not the measure)."""
+    return record.memory_room_mib
 
 
 def _no_room(vm: Wanted, record: LiveRecord) -> str:

@@ -16,6 +16,7 @@ from .results import StartResult, VmInfo
 
 if TYPE_CHECKING:
     from ..cluster.config import ClusterConfig
+    from ..cluster.records import LiveRecord
     from ..cluster.starting import Starter
     from ..cluster.store import Store
     from .hypervisor import Hypervisor
@@ -58,9 +59,24 @@ def place(hv: Hypervisor, name: str, host: str | None) -> Placed:
         raise ownership.owned_elsewhere(vm.name, owner)
     hosts = {entry.key[len(ALIVE):]: from_value(LiveRecord, entry.value, entry.key)
              for entry in store.list(ALIVE) if entry.lease}
+    if config.host in hosts:
+        hosts[config.host] = _as_now(hv, hosts[config.host])
     chosen = choose(Wanted(vm.name, vm.uuid, vm.memory_mib), hosts, rules.listed(store), here=config.host,
                     running=ownership.running_where(store), only=host)
     return Placed(chosen, config.host, vm, config, store)
+
+
+def _as_now(hv: Hypervisor, record: LiveRecord) -> LiveRecord:
+    """This host's record with what it has now (it was published up to a beat ago): the VMs registered and
+    the memory admission would give."""
+    from dataclasses import replace
+
+    from ..host.facts import host_memory_mib
+    from .clustering import memory_room_mib
+
+    vms = hv.list_vms()
+    return replace(record, registered=tuple(vm.uuid for vm in vms),
+                   memory_room_mib=memory_room_mib(vms, host_memory_mib()))
 
 
 def start_elsewhere(placed: Placed, *, wait_ready: bool, timeout: float) -> StartResult:
