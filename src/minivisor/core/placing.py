@@ -59,7 +59,9 @@ def place(hv: Hypervisor, name: str, host: str | None) -> Placed:
         raise ownership.owned_elsewhere(vm.name, owner)
     hosts = {entry.key[len(ALIVE):]: from_value(LiveRecord, entry.value, entry.key)
              for entry in store.list(ALIVE) if entry.lease}
-    if config.host in hosts:
+    if config.host not in hosts:
+        ownership.own_liveness(store, config)  # a host without a lease powers nothing on, here or elsewhere
+    else:
         hosts[config.host] = _as_now(hv, hosts[config.host])
     chosen = choose(Wanted(vm.name, vm.uuid, vm.memory_mib), hosts, rules.listed(store), here=config.host,
                     running=ownership.running_where(store), only=host)
