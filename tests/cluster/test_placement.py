@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 from guests import create_guest
-from lab import Etcd, Host, live_hosts, qemus_under
+from lab import Etcd, Host, live_hosts, qemus_under, wait_for
 
 from minivisor import Hypervisor
 from minivisor.host.admission import overhead_mib
@@ -44,7 +44,7 @@ def lab(tmp_path_factory, appliance_image):
         for host in made:
             host.serve()
         a.status_when("both hosts live", lambda s: live_hosts(s) == {"a", "b"})
-        yield a, b
+        yield a, b, etcd
     finally:
         trouble = [line for host in made for line in host.close()]
         etcd.close()
@@ -70,7 +70,7 @@ def refused(host: Host, *args: str) -> str:
 
 
 def test_vm_start_runs_here_on_the_host_named_or_where_there_is_room(lab):
-    a, b = lab
+    a, b, _ = lab
     assert start(a, "web1") == "a" and running(a, b) == {"a": ["web1"], "b": []}
     a.ok("vm", "stop", "web1", "--hard")
 
@@ -108,7 +108,7 @@ def test_vm_start_runs_here_on_the_host_named_or_where_there_is_room(lab):
 
 
 def test_rules_keep_vms_apart_or_together(lab):
-    a, b = lab
+    a, b, _ = lab
     added = json.loads(a.ok("vm", "rule", "add", "web1", "web2", "--apart", "--json"))
     assert json.loads(b.ok("vm", "rule", "list", "--json")) == [added] and added["kind"] == "apart"
     assert start(a, "web1") == "a" and start(a, "web2") == "b"
@@ -141,6 +141,36 @@ def test_rules_keep_vms_apart_or_together(lab):
     assert running(a, b) == {"a": [], "b": []} and qemus_under(b.root) == []
     b.serve()
     a.status_when("b live again", lambda s: live_hosts(s) == {"a", "b"})
+
+
+def test_hostile_start_requests_start_nothing(lab):
+    """Anyone who can write etcd can ask b: a malformed request is deleted unanswered, one naming a VM b does not
+    have (or has under another UUID) is answered failed; nothing is started."""
+    from minivisor.cluster.store import Store
+
+    a, b, etcd = lab
+    store = Store(tuple(etcd.urls))
+    web1 = Hypervisor(b.root).get_vm("web1")
+    good = {"vm": "web1", "uuid": web1.uuid, "source": "a", "wait_ready": False, "timeout": 10}
+    malformed = [{"id": "1" * 32}, {**good, "vm": "../web1"}, {**good, "vm": ["web1"]}, {**good, "uuid": "x;y"},
+                 {**good, "timeout": 1e9}, {**good, "wait_ready": "yes"}, {**good, "source": "a/../b"}]
+    for index, value in enumerate(malformed):
+        request_id = f"{index:032x}"
+        store.put(f"starts/b/{request_id}", {"id": request_id, **value} if "vm" in value else value)
+    wait_for("b to drop the malformed requests", lambda: store.list("starts/b/") == [], timeout=30)
+    assert store.list("started/") == []
+
+    errors = []
+    for index, (name, uuid) in enumerate((("web1", "564d0000-0000-0000-0000-000000000000"), ("nope", web1.uuid))):
+        request_id = f"a{index:031x}"
+        store.put(f"starts/b/{request_id}", {**good, "id": request_id, "vm": name, "uuid": uuid})
+        answer = wait_for("b's answer", lambda: store.get(f"started/{request_id}"), timeout=30).value
+        assert answer["state"] == "failed" and answer["pid"] == 0, answer
+        errors.append(answer["error"])
+        store.delete(f"starts/b/{request_id}")
+        store.delete(f"started/{request_id}")
+    assert f"its VM 'web1' is another VM (UUID {web1.uuid})" in errors[0] and "'nope'" in errors[1], errors
+    assert running(a, b) == {"a": [], "b": []} and qemus_under(b.root) == []
 
 
 def _row(status: dict, host: str) -> dict:
