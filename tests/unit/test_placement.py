@@ -93,3 +93,13 @@ def test_a_record_from_an_older_member_reads_without_the_placement_fields():
     old = from_value(LiveRecord, value, "alive/a")
     assert (old.registered, old.memory_room_mib, old.load) == ((), 0, 0.0)
     assert "a has no 'web1' registered" in refusal(WEB, {"a": old}, here="a")
+
+
+def test_rules_read_what_runs_where_from_the_owners_when_given():
+    """The owners are claimed before each power-on; the published lists lag by a beat."""
+    rule = RuleRecord(1, "apart", ("web1", "web2"))
+    hosts = {"a": live(), "b": live()}  # nothing published as running yet
+    assert choose(WEB, hosts, [rule], here="a") == "a"
+    assert choose(WEB, hosts, [rule], here="a", running={"a": {"web2"}}) == "b"
+    # an owner on a host that is not live (its lease going) rules out no live host
+    assert choose(WEB, hosts, [rule], here="a", running={"c": {"web2"}}) == "a"

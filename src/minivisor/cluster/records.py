@@ -26,9 +26,9 @@ from typing import Any, TypeVar
 from ..errors import ArgumentError, ClusterError
 from ..text import excerpt
 
-__all__ = ["ClusterRecord", "HostRecord", "LiveRecord", "OwnerRecord", "RuleRecord", "from_value", "to_value", "check_host_name",
-           "host_key", "alive_key", "owner_key", "rule_key", "CLUSTER_KEY", "HOSTS", "ALIVE", "OWNERS", "RULES",
-           "RULE_KINDS"]
+__all__ = ["ClusterRecord", "HostRecord", "LiveRecord", "OwnerRecord", "RuleRecord", "from_value", "to_value",
+           "check_host_name", "host_key", "alive_key", "owner_key", "rule_key", "CLUSTER_KEY", "HOSTS", "ALIVE", "OWNERS",
+           "RULES", "RULE_KINDS"]
 
 CLUSTER_KEY, HOSTS, ALIVE, OWNERS, RULES = "cluster", "hosts/", "alive/", "owners/", "rules/"
 RULE_KINDS = ("apart", "together")

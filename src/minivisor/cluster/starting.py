@@ -131,7 +131,8 @@ def _answer(entry: Entry) -> StartAnswer:
         warnings = value["warnings"]
         answer = StartAnswer(value["state"], value["error"], value["pid"], value["accel"],
                              tuple(warnings) if isinstance(warnings, list) else (), value["ready_line"])
-        fine = (isinstance(warnings, list) and answer.state in ("running", "failed") and isinstance(answer.pid, int) and 0 <= answer.pid < 2 ** 32
+        fine = (isinstance(warnings, list) and answer.state in ("running", "failed")
+                and isinstance(answer.pid, int) and 0 <= answer.pid < 2 ** 32
                 and len(answer.warnings) <= 64
                 and all(isinstance(text, str) and len(text) <= MAX_TEXT
                         for text in (answer.error, answer.accel, answer.ready_line, *answer.warnings)))
