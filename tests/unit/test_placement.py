@@ -82,6 +82,13 @@ def test_only_names_one_live_host():
         "no host can power 'web1' on: b has room for 10 MiB")
 
 
+def test_a_refusal_names_eight_hosts_at_most():
+    hosts = {f"h{index:02d}": live(room=0) for index in range(12)}
+    line = refusal(WEB, hosts, here="h00")
+    assert line.count("has room for 0 MiB") == 8 and line.endswith("h07 has room for 0 MiB of VMs, and 'web1' needs "
+                                                                   f"{needed_mib(256)} MiB; and 4 more hosts")
+
+
 def test_no_live_host():
     assert refusal(WEB, {}, here="a") == "no host can power 'web1' on: the cluster has no live host"
 

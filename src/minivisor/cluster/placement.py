@@ -1,8 +1,8 @@
 """**Placement**: which live host of the cluster powers a VM on, from what each host has published.
 
 :func:`choose` is pure: it reads the hosts' liveness records (``alive/<host>``: the VMs registered
-and running there, the memory admission would still give, free memory, load) and the placement rules
-(``rules/<id>``), and returns the host, or raises :class:`~minivisor.errors.NoHostFitsError` saying in
+there, the memory admission would still give, load), what runs where (the VMs' owners) and the placement
+rules (``rules/<id>``), and returns the host, or raises :class:`~minivisor.errors.NoHostFitsError` saying in
 one line why each host was left out. A host is left out when:
 
 - the VM is not registered there (its UUID: a datastore shared by the hosts shows it to each);
@@ -26,8 +26,9 @@ from ..host.admission import overhead_mib
 from ..records import Record
 from .records import LiveRecord, RuleRecord
 
-__all__ = ["Wanted", "choose", "needed_mib", "refusals"]
+__all__ = ["Wanted", "choose", "needed_mib", "refusals", "MAX_SAID"]
 
+MAX_SAID = 8  # hosts whose reasons a refusal names
 
 class Wanted(Record, frozen=True):
     """The VM to place: its name (what rules and running lists name), UUID and memSize (MiB)."""
@@ -59,11 +60,13 @@ def choose(vm: Wanted, hosts: Mapping[str, LiveRecord], rules: Iterable[RuleReco
         left_out = {name: why for name, why in left_out.items() if name == only}
     fitting = [name for name in ([only] if only is not None else hosts) if name not in left_out]
     if not fitting:
-        reasons = "; ".join(f"{name} {why}" for name, why in sorted(left_out.items())) or "the cluster has no live host"
+        said = [f"{name} {why}" for name, why in sorted(left_out.items())]
+        if len(said) > MAX_SAID:  # one line still
+            said[MAX_SAID:] = [f"and {len(said) - MAX_SAID} more hosts"]
+        reasons = "; ".join(said) or "the cluster has no live host"
         raise NoHostFitsError(f"no host can power {vm.name!r} on: {reasons}",
                               hint="free memory on a host, register the VM there, or change the rules (vm rule list)")
-    need = needed_mib(vm.memory_mib)
-    return min(fitting, key=lambda name: (name != here, -(_room(hosts[name]) - need),
+    return min(fitting, key=lambda name: (name != here, -_room(hosts[name]),
                                           hosts[name].load / max(hosts[name].cpus, 1), name))
 
 

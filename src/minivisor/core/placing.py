@@ -25,7 +25,7 @@ __all__ = ["Placed", "place", "start_elsewhere", "receive_start", "cluster_store
 
 
 class Placed(Record, frozen=True):
-    """Placement's choice for one power-on: the host, and this host's name."""
+    """Placement's choice for one power-on: the host, this host's name, and what asking the host takes."""
 
     host: str
     here: str
