@@ -110,3 +110,15 @@ def test_rules_read_what_runs_where_from_the_owners_when_given():
     assert choose(WEB, hosts, [rule], here="a", running={"a": {"web2"}}) == "b"
     # an owner on a host that is not live (its lease going) rules out no live host
     assert choose(WEB, hosts, [rule], here="a", running={"c": {"web2"}}) == "a"
+
+
+def test_a_single_host_asked_for_a_host_or_rules_says_it_is_in_no_cluster(tmp_path):
+    import subprocess
+    import sys
+
+    for args in (("vm", "start", "web", "--host", "b"), ("vm", "rule", "list")):
+        done = subprocess.run([sys.executable, "-m", "minivisor", "-d", str(tmp_path), *args], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 69 and done.stderr == (
+            "error: this datastore's host is not in a cluster; make one with `minivisor cluster init --etcd URL`, "
+            "or join one with `cluster join`\n"), args
