@@ -89,6 +89,8 @@ def test_vm_start_runs_here_on_the_host_named_or_where_there_is_room(lab):
     a.ok("vm", "create", "big", "--memory", str(big), "--network", "none")
     a.ok("vm", "start", "big", "--host", "a")
     a.status_when("a full", lambda s: _row(s, "a")["memory_room_mib"] < 200)
+    again = a.cli("vm", "start", "big")  # it runs here: said so, not that no host has room for it
+    assert again.returncode == 4 and "no host" not in again.stderr and "running" in again.stderr, again.stderr
     assert start(a, "web1") == "b" and running(a, b) == {"a": ["big"], "b": ["web1"]}
     line = refused(a, "web2", "--host", "a")
     assert line.startswith("error: no host can power 'web2' on: a has room for ") and "'web2' needs 136 MiB" in line

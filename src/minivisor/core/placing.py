@@ -57,6 +57,8 @@ def place(hv: Hypervisor, name: str, host: str | None) -> Placed:
     owner = ownership.owner_of(store, vm.uuid)
     if owner is not None and owner.host_id != config.host_id:
         raise ownership.owned_elsewhere(vm.name, owner)
+    if owner is not None:  # this host's: it runs here (its power-on says so), or is about to be released
+        return Placed(config.host, config.host, vm, config, store)
     hosts = {entry.key[len(ALIVE):]: from_value(LiveRecord, entry.value, entry.key)
              for entry in store.list(ALIVE) if entry.lease}
     if config.host not in hosts:
