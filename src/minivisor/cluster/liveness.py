@@ -13,11 +13,11 @@ Two threads, so that a hung request to etcd never delays a fence:
   VMM that appears (a power-on that claimed its VM just before the fence) is killed too. The keeper,
   once etcd answers again, revokes the fenced lease and takes a new one.
 - the **receiver** looks for migration requests addressed to this host (:mod:`.migration`) and hands
-  each new one to :meth:`Host.receive_migration` on a thread of its own; until that returns, the VM it
+  each new one to :meth:`Host.receive_migration` on a thread of its own (and each power-on placement asked of
+  this host, :mod:`.starting`, to :meth:`Host.receive_start`); until that returns, the VM it
   brings in is left alone by the keeper (it runs here before this host owns it, by design). It also
   cleans up after processes that died: VMs a previous service was taking in, and migrations out of this
   host whose process (``vm migrate``) ended before it finished.
-  Power-ons that placement asked of this host (:mod:`.starting`) go to :meth:`Host.receive_start` the same way.
 
 A restarted service takes over its predecessor's lease while it is alive, so the claims of the VMs
 that kept running stay valid. Not yet covered: a service stopped for longer than the TTL while VMs

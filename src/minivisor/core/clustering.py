@@ -24,9 +24,8 @@ if TYPE_CHECKING:
     from ..cluster.migration import Destination
     from ..cluster.starting import Starter
     from .hypervisor import Hypervisor
-    from .vminfo import VmInfo
 
-__all__ = ["claimed", "disown", "running_vms", "memory_room_mib", "ClusterHost"]
+__all__ = ["claimed", "disown", "running_vms", "ClusterHost"]
 
 ON_HOST = (VmState.RUNNING, VmState.PAUSED, VmState.STARTING)  # a VMM runs or is being started
 
@@ -152,6 +151,7 @@ class ClusterHost:
 
         from .. import __version__
         from ..host import facts
+        from .placing import memory_room_mib
 
         vms = self.hv.list_vms()
         total = facts.host_memory_mib()
@@ -159,15 +159,6 @@ class ClusterHost:
                 "cpus": facts.host_cpus(), "minivisor": __version__, "qemu": _qemu_version(),
                 "registered": tuple(vm.uuid for vm in vms), "memory_room_mib": memory_room_mib(vms, total),
                 "load": round(os.getloadavg()[0], 2)}
-
-
-def memory_room_mib(vms: list[VmInfo], total_mib: int) -> int:
-    """What memory admission would still give VMs on this host (placement): its memory less its own reserve
-    and what the VMs on it hold (memSize, VMM and relay), as :func:`minivisor.host.admission.admit` counts."""
-    from ..host.admission import host_reserve_mib, overhead_mib
-
-    held = sum(vm.memory_mib + overhead_mib(vm.memory_mib, vm.accel) for vm in vms if vm.state in ON_HOST)
-    return max(0, total_mib - host_reserve_mib(total_mib) - held)
 
 
 @cache

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ..cluster.store import Store
     from .hypervisor import Hypervisor
 
-__all__ = ["Placed", "place", "start_elsewhere", "receive_start", "cluster_store"]
+__all__ = ["Placed", "place", "start_elsewhere", "receive_start", "cluster_store", "memory_room_mib"]
 
 
 class Placed(Record, frozen=True):
@@ -76,7 +76,6 @@ def _as_now(hv: Hypervisor, record: LiveRecord) -> LiveRecord:
     from dataclasses import replace
 
     from ..host.facts import host_memory_mib
-    from .clustering import memory_room_mib
 
     vms = hv.list_vms()
     return replace(record, registered=tuple(vm.uuid for vm in vms),
@@ -128,3 +127,13 @@ def _log():
 
 def _log_internal(vm: str) -> None:
     _log().exception("power-on of %s asked by another host", vm)
+
+
+def memory_room_mib(vms: list[VmInfo], total_mib: int) -> int:
+    """What memory admission would still give VMs on this host (published for placement): its memory less its
+    own reserve and what its VMs hold (memSize, VMM and relay), as :func:`minivisor.host.admission.admit` counts."""
+    from ..host.admission import host_reserve_mib, overhead_mib
+    from .clustering import ON_HOST
+
+    held = sum(vm.memory_mib + overhead_mib(vm.memory_mib, vm.accel) for vm in vms if vm.state in ON_HOST)
+    return max(0, total_mib - host_reserve_mib(total_mib) - held)
