@@ -43,6 +43,7 @@ __all__ = [
     "MigrationError",
     "HandoverUncertainError",
     "OwnedElsewhereError",
+    "NoHostFitsError",
     "is_out_of_space",
 ]
 
@@ -277,6 +278,12 @@ class ClusterUnreachableError(ClusterError):
     """None of the cluster store's (etcd's) endpoints answered: nothing in the cluster was changed."""
 
     code = "cluster-unreachable"
+
+
+class NoHostFitsError(ClusterError):
+    """No live host of the cluster may power the VM on (placement): each one's reason is in the message."""
+
+    code = "no-host-fits"
 
 
 class MigrationError(ClusterError):

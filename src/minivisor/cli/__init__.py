@@ -57,7 +57,8 @@ COMMANDS = {
     "vm explain": "The spec, the virtual hardware built from it, what is not virtualized, and the VMM command line.",
     "vm check": "Read any specfile (no datastore needed): each key virtualized, approximated, disconnected or ignored, "
                 "and why.",
-    "vm start": "Power on: start the VM's VMM, which boots it from its disk.",
+    "vm start": "Power on: start the VM's VMM, which boots it from its disk (in a cluster: on the host placement "
+                "chooses, or --host).",
     "vm stop": "Power off (the guest agent's shutdown, else ACPI; hard after --timeout).",
     "vm reset": "Reset the VM (like its reset button).",
     "vm pause": "Freeze the VM's virtual CPUs.",
@@ -82,6 +83,7 @@ COMMANDS = {
              "and the addresses the guest's agent reports.",
     "vm nic": "Add or remove a NIC (hot-plugged if the VM runs), connect or disconnect its link, or fix its address.",
     "vm port-forward": "Ports of the host forwarded to a VM's guest: add, list, remove (kept with the VM).",
+    "vm rule": "Placement rules of the cluster: VMs kept on different hosts (--apart) or on one (--together).",
     "snapshot take": "Freeze the VM's disks (and its memory when running) as a named snapshot.",
     "snapshot list": "The snapshot tree; '<- you are here' marks the VM's current position.",
     "snapshot revert": "Go back to a snapshot (the current state is discarded); memory snapshots resume running.",

@@ -104,13 +104,16 @@ def vm_check(vmx: Path, as_json: bool) -> int:
 
 @command("vm start", NAME, arg("--wait-ready", action="store_true", help="Return once the guest says it is ready."),
          arg("--timeout", type=float, default=120.0, metavar=TIMEOUT,
-             help="Seconds to wait for readiness [default: 120]."), JSON)
-def vm_start(name: str, wait_ready: bool, timeout: float, as_json: bool) -> None:
-    result = hv().start_vm(name, wait_ready=wait_ready, timeout=timeout)
+             help="Seconds to wait for readiness [default: 120]."),
+         arg("--host", metavar="HOST", help="In a cluster: power it on on this host (default: the one placement "
+                                            "chooses)."), JSON)
+def vm_start(name: str, wait_ready: bool, timeout: float, host: str | None, as_json: bool) -> None:
+    result = hv().start_vm(name, wait_ready=wait_ready, timeout=timeout, host=host)
     warn(result.warnings)
     if as_json:
         return print_json(result)
-    say(f"{name} is powered on (pid {result.vm.pid}, {result.vm.accel})")
+    where = f" on host {result.host}" if result.host else ""
+    say(f"{name} is powered on{where} (pid {result.vm.pid}, {result.vm.accel})")
     if result.ready_line:
         say(f"{name} is ready: {result.ready_line}")
 
@@ -448,3 +451,32 @@ def vm_port_forward(name: str, action: str, forward: str | None, nic: str, as_js
 
     table(("HOST", "PROTOCOL", "NIC", "GUEST PORT"),
           [(f"{f['host_addr']}:{f['host_port']}", f["protocol"], f["nic"], f["guest_port"]) for f in forwards])
+
+
+@command("vm rule", arg("action", choices=("list", "add", "remove"), metavar="ACTION",
+                        help="list, add VM VM [VM...] --apart|--together, or remove ID."),
+         arg("items", nargs="*", metavar="VM|ID", help="For add: the VMs; for remove: the rule's id."),
+         arg("--apart", action="store_true", help="For add: keep the VMs on different hosts."),
+         arg("--together", action="store_true", help="For add: keep the VMs on one host."), JSON)
+def vm_rule(action: str, items: list[str], apart: bool, together: bool, as_json: bool) -> None:
+    """Example: minivisor vm rule add web1 web2 --apart (kept in the cluster: any host's vm start obeys it)"""
+    from ..errors import ArgumentError
+
+    if action == "add":
+        if apart == together:
+            raise ArgumentError("say how the VMs are kept: --apart or --together", hint="see: minivisor vm rule --help")
+        rule = hv(direct=True).rule_add(items, "apart" if apart else "together")
+        return print_json(rule) if as_json else say(f"rule {rule['id']}: {', '.join(rule['vms'])} {rule['kind']}")
+    if action == "remove":
+        if len(items) != 1 or not items[0].isdigit():
+            raise ArgumentError("remove takes one rule id", hint="see the ids: minivisor vm rule list")
+        rule = hv(direct=True).rule_remove(int(items[0]))
+        return print_json(rule) if as_json else say(f"rule {rule['id']} removed")
+    if items:
+        raise ArgumentError("list takes no VM or id", hint="minivisor vm rule list")
+    rules = hv(direct=True).rule_list()
+    if as_json:
+        return print_json(rules)
+    from .output import table
+
+    table(("ID", "KIND", "VMS"), [(rule["id"], rule["kind"], ", ".join(rule["vms"])) for rule in rules])

@@ -13,7 +13,8 @@ Two threads, so that a hung request to etcd never delays a fence:
   VMM that appears (a power-on that claimed its VM just before the fence) is killed too. The keeper,
   once etcd answers again, revokes the fenced lease and takes a new one.
 - the **receiver** looks for migration requests addressed to this host (:mod:`.migration`) and hands
-  each new one to :meth:`Host.receive_migration` on a thread of its own; until that returns, the VM it
+  each new one to :meth:`Host.receive_migration` on a thread of its own (and each power-on placement asked of
+  this host, :mod:`.starting`, to :meth:`Host.receive_start`); until that returns, the VM it
   brings in is left alone by the keeper (it runs here before this host owns it, by design). It also
   cleans up after processes that died: VMs a previous service was taking in, and migrations out of this
   host whose process (``vm migrate``) ended before it finished.
@@ -43,6 +44,7 @@ from .records import LiveRecord, alive_key, from_value, to_value
 
 if TYPE_CHECKING:  # etcd's client is loaded once the datastore is in a cluster, not before
     from .migration import Destination
+    from .starting import Starter
     from .store import Store
 
 __all__ = ["Member", "Host"]
@@ -73,6 +75,9 @@ class Host(Protocol):
     def receive_migration(self, destination: Destination) -> None:
         """Take in the VM ``destination.request`` migrates here, or answer why not (never raises)."""
 
+    def receive_start(self, starter: Starter) -> None:
+        """Power on the VM ``starter.request`` names, and answer whether it runs (never raises)."""
+
     def abandon_incoming(self, owned_here: Callable[[str], bool]) -> None:
         """Remove the VMs a previous service was taking in when it ended, unless ``owned_here(uuid)``."""
 
@@ -96,6 +101,7 @@ class Member:
         self._config: ClusterConfig | None = None  # the last one read: a host that left revokes its lease with it
         self._stopping = threading.Event()
         self._receiving: dict[str, threading.Thread] = {}  # request id -> its thread
+        self._starting: dict[str, threading.Thread] = {}  # start request id -> its thread
         self._incoming: set[str] = set()  # uuids of the VMs migrating in: not yet owned here, and not fenced for it
         self._threads = [threading.Thread(target=self._keep, name="cluster-keeper", daemon=True),
                          threading.Thread(target=self._watch, name="cluster-watchdog", daemon=True),
@@ -271,6 +277,7 @@ class Member:
                     abandoned = True
                 self.host.abandon_outgoing(owns, functools.partial(withdraw, store))
                 self._take_requests(store, config)
+                self._take_starts(store, config)
             except HvError as exc:
                 self._complain(exc.one_line())
             except Exception:  # noqa: BLE001 - the receiver must outlive any bug
@@ -304,6 +311,29 @@ class Member:
         for request_id, thread in list(self._receiving.items()):
             if not thread.is_alive() and not any(e.key.endswith("/" + request_id) for e in requests_for(store, config)):
                 del self._receiving[request_id]
+
+    def _take_starts(self, store: Store, config: ClusterConfig) -> None:
+        """Each new power-on asked of this host on a thread of its own; a malformed request is dropped."""
+        from .starting import Starter, read_request, requests_for
+
+        asked = requests_for(store, config)
+        for entry in asked:
+            request_id = entry.key.rsplit("/", 1)[-1]
+            if request_id in self._starting:
+                continue
+            try:
+                starter = Starter(store, config, read_request(entry))
+            except ClusterError as exc:
+                log.warning("cluster: %s", exc.one_line())
+                store.delete(entry.key)
+                continue
+            self._starting[request_id] = threading.Thread(target=self.host.receive_start, args=(starter,),
+                                                          name=f"start-{starter.request.vm}", daemon=True)
+            self._starting[request_id].start()
+        pending = {entry.key.rsplit("/", 1)[-1] for entry in asked}
+        for request_id, thread in list(self._starting.items()):
+            if not thread.is_alive() and request_id not in pending:
+                del self._starting[request_id]
 
     def _take_in(self, destination: Destination) -> None:
         vm_uuid = destination.request.uuid

@@ -110,7 +110,7 @@ def _host_status(member: HostRecord, alive: Any, config: ClusterConfig) -> dict[
     if live is None or live.id != member.id:
         return row
     row.update(to_value(live), live=True)
-    del row["id"]
+    del row["id"], row["registered"]  # placement's: UUIDs, not for people
     return row
 
 

@@ -14,7 +14,7 @@ from .config import ClusterConfig
 from .records import OWNERS, LiveRecord, OwnerRecord, alive_key, from_value, owner_key, to_value
 from .store import Entry, Store
 
-__all__ = ["claim", "release", "owner_of", "owned_by"]
+__all__ = ["claim", "release", "owner_of", "owned_by", "owned_elsewhere", "running_where", "own_liveness"]
 
 
 def claim(store: Store, config: ClusterConfig, vm_uuid: str, vm_name: str) -> None:
@@ -23,7 +23,7 @@ def claim(store: Store, config: ClusterConfig, vm_uuid: str, vm_name: str) -> No
     Claiming a VM this host already owns under its current lease is a no-op; under a lease that has
     since been replaced (the service restarted within the TTL), the claim moves to the current one.
     """
-    alive = _own_liveness(store, config)
+    alive = own_liveness(store, config)
     mine = OwnerRecord(config.host, config.host_id, vm_name)
     key = owner_key(vm_uuid)
     found = store.create(key, to_value(mine), lease=alive.lease, unless_gone=(alive.key, alive.create_revision))
@@ -31,10 +31,14 @@ def claim(store: Store, config: ClusterConfig, vm_uuid: str, vm_name: str) -> No
         return
     owner = from_value(OwnerRecord, found.value, found.key)
     if owner.host_id != config.host_id:
-        raise OwnedElsewhereError(f"VM {vm_name!r} runs on host {owner.host!r}, which owns it in the cluster",
-                                  hint=f"stop it on {owner.host} first")
+        raise owned_elsewhere(vm_name, owner)
     if found.lease != alive.lease and not store.replace(key, to_value(mine), found.mod_revision, lease=alive.lease):
         raise ClusterError(f"the ownership of VM {vm_name!r} changed in the cluster store meanwhile", hint="retry")
+
+
+def owned_elsewhere(vm_name: str, owner: OwnerRecord) -> OwnedElsewhereError:
+    return OwnedElsewhereError(f"VM {vm_name!r} runs on host {owner.host!r}, which owns it in the cluster",
+                               hint=f"stop it on {owner.host} first")
 
 
 def release(store: Store, config: ClusterConfig, vm_uuid: str) -> bool:
@@ -57,11 +61,21 @@ def owned_by(store: Store, config: ClusterConfig) -> dict[str, Entry]:
             if _owner(entry).host_id == config.host_id}
 
 
+def running_where(store: Store) -> dict[str, set[str]]:
+    """What the owners say runs where (claimed before each power-on: sooner than the hosts' published lists):
+    host -> the names of the VMs it owns."""
+    where: dict[str, set[str]] = {}
+    for entry in store.list(OWNERS):
+        owner = _owner(entry)
+        where.setdefault(owner.host, set()).add(owner.vm)
+    return where
+
+
 def _owner(entry: Entry) -> OwnerRecord:
     return from_value(OwnerRecord, entry.value, entry.key)
 
 
-def _own_liveness(store: Store, config: ClusterConfig) -> Entry:
+def own_liveness(store: Store, config: ClusterConfig) -> Entry:
     """This host's liveness entry (it carries the lease claims are attached to), or ClusterError."""
     entry = store.get(alive_key(config.host))
     if entry is None or entry.lease == 0 or from_value(LiveRecord, entry.value, entry.key).id != config.host_id:

@@ -7,7 +7,10 @@ Keys (under :data:`minivisor.cluster.store.PREFIX`):
 - ``alive/<host>``: a live member (:class:`LiveRecord`), attached to its lease: it exists while the
   host's service keeps the lease alive, and says what the host has (memory, CPUs, VMs, versions);
 - ``owners/<vm uuid>``: the one host a VM may run on (:class:`OwnerRecord`), attached to that host's
-  lease, so it goes when the lease does.
+  lease, so it goes when the lease does;
+- ``rules/<id>``: a placement rule (:class:`RuleRecord`): VMs kept on different hosts, or on one.
+
+A field added to a record later has a default: a record written by an older member still reads.
 
 Another program can write into etcd: a value is checked field by field before it is believed
 (:func:`from_value`), and a bad one is a ClusterError naming the key.
@@ -23,10 +26,12 @@ from typing import Any, TypeVar
 from ..errors import ArgumentError, ClusterError
 from ..text import excerpt
 
-__all__ = ["ClusterRecord", "HostRecord", "LiveRecord", "OwnerRecord", "from_value", "to_value", "check_host_name",
-           "host_key", "alive_key", "owner_key", "CLUSTER_KEY", "HOSTS", "ALIVE", "OWNERS"]
+__all__ = ["ClusterRecord", "HostRecord", "LiveRecord", "OwnerRecord", "RuleRecord", "from_value", "to_value",
+           "check_host_name", "host_key", "alive_key", "owner_key", "rule_key", "CLUSTER_KEY", "HOSTS", "ALIVE", "OWNERS",
+           "RULES", "RULE_KINDS"]
 
-CLUSTER_KEY, HOSTS, ALIVE, OWNERS = "cluster", "hosts/", "alive/", "owners/"
+CLUSTER_KEY, HOSTS, ALIVE, OWNERS, RULES = "cluster", "hosts/", "alive/", "owners/", "rules/"
+RULE_KINDS = ("apart", "together")
 _HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _UUID = re.compile(r"[0-9a-fA-F-]{1,64}")
 MAX_TEXT = 256  # characters of any string field
@@ -56,6 +61,9 @@ class LiveRecord:
     minivisor: str
     qemu: str
     updated: float
+    registered: tuple[str, ...] = ()  # the UUIDs of the VMs registered on the host (placement)
+    memory_room_mib: int = 0  # what memory admission would still give VMs (its memory less reserve and VMs)
+    load: float = 0.0  # the 1-minute load average
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,13 @@ class OwnerRecord:
     host: str
     host_id: str
     vm: str  # the VM's name on its owner, for messages
+
+
+@dataclass(frozen=True)
+class RuleRecord:
+    id: int
+    kind: str  # apart: on different hosts; together: on one host
+    vms: tuple[str, ...]  # VM names
 
 
 Record = TypeVar("Record")
@@ -89,6 +104,10 @@ def owner_key(vm_uuid: str) -> str:
     return OWNERS + vm_uuid.lower()
 
 
+def rule_key(rule_id: int) -> str:
+    return f"{RULES}{rule_id:06d}"  # zero-padded: etcd lists keys in byte order
+
+
 def to_value(record: Any) -> dict[str, Any]:
     value = dataclasses.asdict(record)
     return {key: list(item) if isinstance(item, tuple) else item for key, item in value.items()}
@@ -98,6 +117,9 @@ def from_value(kind: type[Record], value: dict[str, Any], key: str) -> Record:
     """``value`` (read at ``key``) as a ``kind`` record once every field has the type it must have."""
     fields = {}
     for field in dataclasses.fields(kind):  # type: ignore[arg-type]
+        if field.name not in value and field.default is not dataclasses.MISSING:
+            fields[field.name] = field.default
+            continue
         item = value.get(field.name)
         fields[field.name] = _checked(field.type, item, field.name, key)
     return kind(**fields)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import logging
 
     from ..cluster.migration import Destination
+    from ..cluster.starting import Starter
     from .hypervisor import Hypervisor
 
 __all__ = ["claimed", "disown", "running_vms", "ClusterHost"]
@@ -130,6 +131,11 @@ class ClusterHost:
 
         receive(self.hv, destination)
 
+    def receive_start(self, starter: Starter) -> None:
+        from .placing import receive_start
+
+        receive_start(self.hv, starter)
+
     def abandon_incoming(self, owned_here: Callable[[str], bool]) -> None:
         from .migration import abandon_incoming
 
@@ -141,11 +147,18 @@ class ClusterHost:
         abandon_outgoing(self.hv, owned_here, withdraw)
 
     def facts(self) -> dict[str, Any]:
+        import os
+
         from .. import __version__
         from ..host import facts
+        from .placing import memory_room_mib
 
-        return {"memory_free_mib": facts.available_memory_mib(), "memory_total_mib": facts.host_memory_mib(),
-                "cpus": facts.host_cpus(), "minivisor": __version__, "qemu": _qemu_version()}
+        vms = self.hv.list_vms()
+        total = facts.host_memory_mib()
+        return {"memory_free_mib": facts.available_memory_mib(), "memory_total_mib": total,
+                "cpus": facts.host_cpus(), "minivisor": __version__, "qemu": _qemu_version(),
+                "registered": tuple(vm.uuid for vm in vms), "memory_room_mib": memory_room_mib(vms, total),
+                "load": round(os.getloadavg()[0], 2)}
 
 
 @cache

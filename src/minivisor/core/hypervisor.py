@@ -326,21 +326,31 @@ class Hypervisor:
 
     # -- power -------------------------------------------------------------
     @_no_space_is_one_error
-    def start_vm(self, name: str, *, wait_ready: bool = False, timeout: float = 120.0) -> StartResult:
-        """Power on: one VMM process boots the VM from the disk its specfile names."""
+    def start_vm(self, name: str, *, wait_ready: bool = False, timeout: float = 120.0,
+                 host: str | None = None) -> StartResult:
+        """Power on: one VMM process boots the VM from the disk its specfile names. In a cluster, on the host
+        placement chooses (or ``host``), asked through etcd when it is not this one; the result names it."""
+        from ..cluster import config as cluster_config
         from .power import power_on
         from .recovery import recover
 
         check_args(timeout=timeout)
+        placed = None
+        if host is not None or cluster_config.exists(self.datastore.meta):
+            from .placing import place, start_elsewhere
+
+            placed = place(self, name, host)
+            if placed.host != placed.here:
+                return start_elsewhere(placed, wait_ready=wait_ready, timeout=timeout)
         with self.vms.operate(name, Action.START) as ctx:
             _write_missing_macs(ctx)
             plan = ctx.plan()  # every check before anything is touched
             with self.vms.hold(ctx):
                 if recover(ctx):  # a snapshot or clone cut short: finished or undone, so plan again
                     plan = ctx.plan()
-                _, placed = power_on(ctx, plan)
+                _, pinned = power_on(ctx, plan)
         ready = self._wait_ready(ctx, timeout, plan.spec) if wait_ready else None
-        return StartResult(self._info(ctx), plan.warnings + placed, ready)
+        return StartResult(self._info(ctx), plan.warnings + pinned, ready, placed.host if placed else None)
 
     def wait_ready(self, name: str, *, timeout: float = 120.0) -> str:
         """Wait until the guest prints its readiness line on the console."""
@@ -559,6 +569,31 @@ class Hypervisor:
         from .migration import migrate
 
         return migrate(self.vms, name, host, progress)
+
+    def rule_add(self, vms: list[str], kind: str) -> dict[str, Any]:
+        """A placement rule of the cluster: keep ``vms`` on different hosts (``kind`` apart) or on one
+        (together) when they power on. Returns it with its id."""
+        from ..cluster import rules
+        from ..cluster.records import to_value
+        from .placing import cluster_store
+
+        return to_value(rules.add(cluster_store(self)[1], kind, list(vms)))
+
+    def rule_list(self) -> list[dict[str, Any]]:
+        """The cluster's placement rules, by id."""
+        from ..cluster import rules
+        from ..cluster.records import to_value
+        from .placing import cluster_store
+
+        return [to_value(rule) for rule in rules.listed(cluster_store(self)[1])]
+
+    def rule_remove(self, rule_id: int) -> dict[str, Any]:
+        """Delete the placement rule ``rule_id``; returns it."""
+        from ..cluster import rules
+        from ..cluster.records import to_value
+        from .placing import cluster_store
+
+        return to_value(rules.remove(cluster_store(self)[1], rule_id))
 
     def cluster_leave(self, *, force: bool = False) -> dict[str, Any]:
         """Take this host out of its cluster (refused while VMs run here); ``force`` forgets the cluster

@@ -63,16 +63,19 @@ class VmInfo(Record):
 
 
 class StartResult(Record):
-    """A powered-on VM, with the warnings the user should see."""
+    """A powered-on VM, with the warnings the user should see; ``host``: the cluster's host it runs on (None on a
+    single host)."""
 
-    __slots__ = ("vm", "warnings", "ready_line")
+    __slots__ = ("vm", "warnings", "ready_line", "host")
 
-    def __init__(self, vm: VmInfo, warnings: tuple[str, ...] = (), ready_line: str | None = None) -> None:
-        self.vm, self.warnings, self.ready_line = vm, warnings, ready_line
+    def __init__(self, vm: VmInfo, warnings: tuple[str, ...] = (), ready_line: str | None = None,
+                 host: str | None = None) -> None:
+        self.vm, self.warnings, self.ready_line, self.host = vm, warnings, ready_line, host
 
     def to_dict(self) -> dict[str, Any]:
-        return {"vm": self.vm.to_dict(), "warnings": list(self.warnings), "ready_line": self.ready_line}
+        return {"vm": self.vm.to_dict(), "warnings": list(self.warnings), "ready_line": self.ready_line,
+                "host": self.host}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StartResult:
-        return cls(VmInfo.from_dict(data["vm"]), tuple(data["warnings"]), data["ready_line"])
+        return cls(VmInfo.from_dict(data["vm"]), tuple(data["warnings"]), data["ready_line"], data.get("host"))

@@ -97,6 +97,7 @@ Drive = Annotated[str, Field(max_length=16, pattern=r"^[a-z]+[0-9]+:[0-9]+$",
 Forward = Annotated[str, Field(max_length=40, pattern=r"^[0-9A-Za-z.:/]+$",
                                description="[ADDR:]HOSTPORT[:GUESTPORT][/tcp|/udp], e.g. 8080:80")]
 Seconds = Annotated[float, Field(ge=0, le=MAX_TIMEOUT, description=f"seconds, 0 to {MAX_TIMEOUT:.0f}")]
+_HOST = Annotated[str, Field(max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 
 
 class Request(BaseModel):
@@ -148,6 +149,7 @@ class Events(Request):
 class StartVm(Request):
     wait_ready: bool = False
     timeout: Seconds = 120.0
+    host: _HOST | None = None
 
 
 class StopVm(Request):
@@ -288,7 +290,6 @@ class PortForwardRemove(Request):
 
 _ETCD = Annotated[str, Field(max_length=2048, pattern=r"^[A-Za-z0-9.:/\[\],_-]+$",
                              description="etcd's client URLs, comma-separated")]
-_HOST = Annotated[str, Field(max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 
 
 class ClusterInit(Request):
@@ -373,6 +374,7 @@ class StartResult(Answer):
     vm: Vm
     warnings: list[str]
     ready_line: str | None = Field(description="the line by which the guest said it was ready (wait_ready)")
+    host: str | None = Field(default=None, description="the cluster's host it runs on (none: a single host)")
 
 
 class Snapshot(Answer):
@@ -657,6 +659,8 @@ class ClusterHost(Answer):
     memory_total_mib: int | None = None
     cpus: int | None = None
     vms: list[str] | None = None
+    memory_room_mib: int | None = Field(default=None, description="what memory admission would still give VMs")
+    load: float | None = Field(default=None, description="the 1-minute load average")
     minivisor: str | None = None
     qemu: str | None = None
     updated: float | None = None
