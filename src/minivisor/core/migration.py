@@ -258,11 +258,13 @@ def _undo(ctx: VmContext, source: Source | None) -> None:
 def _leave(vms: Vms, ctx: VmContext, dest: str) -> None:
     """The guest runs on ``dest``: end the VMM here and remove the VM. The VMM's guest was stopped for good
     and its images flushed when its state was sent, so it is killed (this host's cluster member may have
-    fenced it already: it runs a VM this host no longer owns)."""
-    pid = ctx.vmm.kill()
+    fenced it already: it runs a VM this host no longer owns). Said before the kill, as a power-off's
+    ``poweringOff`` is: the service's supervisor then expects the VMM's end and reports no crash."""
+    record = ctx.vmm.record()
+    ctx.emit("migrated", to=dest, pid=record.pid if record else None)
+    ctx.vmm.kill()
     ctx.networks().unplug(ctx)
     ctx.running = False
-    ctx.emit("migrated", to=dest, pid=pid)
     with vms.hold(ctx):
         vms.datastore.delete_vm(ctx.entry, ctx.vm_dir)
 
