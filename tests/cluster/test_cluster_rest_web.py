@@ -5,17 +5,20 @@ request refuses (and that nothing moved), and the page's Cluster view and Migrat
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
+import subprocess
+import threading
 
 import pytest
-from playwright.sync_api import expect
 from guests import create_guest
 from lab import Etcd, Host, in_netns, qemus_under, wait_for
 from service.conftest import EventWatcher, chromium, page  # noqa: F401 - the browser's fixtures
 from service.test_web_browser import log_in
 from test_migration import WRITER, _guest, _owner, _progress
 from test_ownership import cluster_of
+
+from playwright.sync_api import expect
 
 from minivisor import Hypervisor
 from minivisor.client import connect
@@ -59,9 +62,6 @@ def _running_here(host: Host) -> None:
 
 def _migrations_in(etcd) -> str:
     """Every migration request and answer in etcd (keys only)."""
-    import os
-    import subprocess
-
     listed = subprocess.run([*in_netns(etcd.netns), "etcdctl", "--endpoints", etcd.endpoints, "get", "--prefix",
                              "--keys-only", "/minivisor/"], capture_output=True, text=True, timeout=20, check=True,
                             env={**os.environ, "ETCDCTL_API": "3"})
@@ -71,6 +71,12 @@ def _migrations_in(etcd) -> str:
 def _published(client, host: str) -> list[str]:
     """The running VMs ``host`` published in the cluster, as GET /v1/cluster lists them."""
     return next(h.get("vms") or [] for h in client.cluster_status()["hosts"] if h["name"] == host)
+
+
+def _running_migration(client) -> dict | None:
+    """The migrate_vm task while it runs and has said how far it is, from GET /v1/tasks."""
+    status, tasks = client.request("GET", "/v1/tasks")
+    return next((t for t in tasks if t["operation"] == "migrate_vm" and t["state"] == "running" and t["note"]), None)
 
 
 def _events_of_migration(watcher: EventWatcher) -> list[dict]:
@@ -142,12 +148,24 @@ def test_a_migration_through_rest_is_a_task_and_the_guest_runs_on_at_the_destina
     vm_uuid = on_a.get_vm("web").uuid
     client = connect(a.root)
     watcher = EventWatcher(client)
+    answered: list[tuple[int, dict]] = []
+    mover = threading.Thread(target=lambda: answered.append(client.request("POST", "/v1/vms/web/migrate",
+                                                                           {"host": "b"}, timeout=600)))
+    mover.start()
     try:
-        status, moved = client.request("POST", "/v1/vms/web/migrate", {"host": "b"}, timeout=600)
-        assert status == 200, moved
-        events = _events_of_migration(watcher)
+        # while it moves, the service answers the rest: the VM and the cluster are read, not held up by its turn
+        wait_for("the migration's first progress line", lambda: _running_migration(client), timeout=60)
+        status, vm = client.request("GET", "/v1/vms/web")
+        assert status == 200 and vm["state"] == "running" and vm["host"] == "a"
+        assert client.request("GET", "/v1/cluster")[0] == 200 and _running_migration(client)
     finally:
-        watcher.close()
+        mover.join(timeout=600)
+        try:
+            events = _events_of_migration(watcher)
+        finally:
+            watcher.close()
+    ((status, moved),) = answered
+    assert status == 200, moved
     seen = [event["task"] for event in events if event["type"] == "task" and event["task"]["operation"] == "migrate_vm"]
     # the VMM the migration ended at the source is no crash (unless this host's member fenced it first, after the
     # handover: see docs/cluster.md)

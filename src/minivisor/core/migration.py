@@ -3,9 +3,10 @@
 The two hosts talk through etcd only (:mod:`minivisor.cluster.migration`); their VMMs copy the disks
 (NBD) and the memory between the hosts' cluster addresses (:mod:`minivisor.vmm.migration`).
 
-- :func:`migrate` runs on the source (``vm migrate VM HOST``, in the CLI's process): it asks the
-  destination, mirrors the disks, sends the memory, hands the VM's ownership over, waits for the
-  destination to run the guest, then ends its VMM and **removes the VM here**: from the moment the
+- :func:`migrate` runs on the source (``vm migrate VM HOST`` in the CLI's process, or the service's
+  ``POST /v1/vms/{name}/migrate`` in its own): it asks the destination, mirrors the disks, sends the
+  memory, hands the VM's ownership over, waits for the destination to run the guest, then ends its VMM
+  and **removes the VM here**: from the moment the
   guest runs there, the disks here are an old copy, and powering it on here later (once the destination
   powered it off) would fork its data — Proxmox removes the source's VM for the same reason.
 - :func:`receive` runs on the destination, in its service's cluster member: it checks the request as
