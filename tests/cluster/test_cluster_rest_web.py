@@ -6,6 +6,7 @@ request refuses (and that nothing moved), and the page's Cluster view and Migrat
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -191,6 +192,7 @@ def test_a_migration_through_rest_is_a_task_and_the_guest_runs_on_at_the_destina
     assert _owner(etcd, vm_uuid)["host"] == "b"
     status, there = connect(b.root).request("GET", "/v1/vms/web")
     assert status == 200 and there["host"] == "b" and there["state"] == "running" and there["uuid"] == vm_uuid
+    assert re.search(r"^host +b$", b.ok("vm", "show", "web"), re.M)  # the CLI's `vm show` says it too
     # the same boot goes on there: uptime and counter kept growing
     later_uptime, later_count = _progress(on_b)
     assert later_uptime > uptime and later_count > count

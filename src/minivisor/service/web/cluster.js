@@ -9,7 +9,7 @@ import {actionButton} from "./main.js";
 let status = null;  // the cluster as last read; null on a single host
 
 // The hosts a running VM may move to: the live ones but this.
-export function migrationTargets() {
+function migrationTargets() {
   return status ? status.hosts.filter((host) => host.live && !host.this).map((host) => host.name) : [];
 }
 
