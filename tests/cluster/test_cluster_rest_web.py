@@ -200,7 +200,8 @@ def test_a_migration_through_rest_is_a_task_and_the_guest_runs_on_at_the_destina
 
 
 def test_the_page_shows_the_cluster_and_its_migrate_action_moves_a_running_vm(cluster, page):
-    """Logged in to the host that runs ``web`` (b, after the migration above; a otherwise)."""
+    """Logged in to the host that runs ``web`` (b, after the migration above; a otherwise). Last: it stops the
+    other host's service."""
     etcd, a, b = cluster
     _running_here(b if Hypervisor(b.root).list_vms() else a)
     here, there = (b, a) if Hypervisor(b.root).list_vms() else (a, b)
@@ -236,3 +237,9 @@ def test_the_page_shows_the_cluster_and_its_migrate_action_moves_a_running_vm(cl
     assert on_there.get_vm("web").state.value == "running" and qemus_under(here.root) == []
     _, count = _progress(on_there)
     wait_for("the counter to go on after the move", lambda: _progress(on_there)[1] > count)
+
+    # a host whose service stops is shown so once its lease has expired: not live, no facts
+    there.stop_service()
+    gone = page.locator(f"#cluster-hosts tr[data-host={there.name}]")
+    expect(gone.locator("td.live")).to_have_text("no")
+    expect(gone.locator("td.memory")).to_have_text("")
