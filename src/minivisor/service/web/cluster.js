@@ -54,7 +54,8 @@ export function migrateControls(vm) {
   if (!targets.length) return [];
   const choice = el("select", {class: "migrate-host", dataset: {vm}, "aria-label": "host to migrate " + vm + " to"},
                     ...targets.map((name) => el("option", {value: name, text: name})));
+  const confirm = "Move {vm} to another host, with its disks? It is removed here once it runs there.";
   const go = actionButton("Migrate", "migrate", vm, () => api("POST", vmPath(vm, "/migrate"), {host: choice.value}),
-                          {confirm: "Move {vm} to another host, with its disks? It is removed here once it runs there."});
+                          {confirm});
   return [choice, go];
 }

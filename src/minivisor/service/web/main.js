@@ -165,7 +165,10 @@ async function followEvents() {
         if (event.type === "task") {  // the VM's own events follow, if it has any
           showTask(event.task);
           if (event.task.state === "done" && FOLDER_TASKS.has(event.task.operation)) { refreshAll(); showDatastore(); }
-          if (event.task.state !== "running" && event.task.operation === "migrate_vm") { showCluster(); showDatastore(); }
+          if (event.task.state !== "running" && event.task.operation === "migrate_vm") {  // the VM left, or not
+            showCluster();
+            showDatastore();
+          }
           return;
         }
         logEvent(event);
