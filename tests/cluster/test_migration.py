@@ -17,6 +17,7 @@ from lab import in_netns, qemus_under, wait_for
 from test_ownership import cluster_of
 
 from minivisor import Hypervisor
+from minivisor.service.models import Migrated
 
 pytestmark = pytest.mark.qemu
 
@@ -76,6 +77,7 @@ def test_a_running_guest_moves_with_its_disk_and_keeps_running(fabric, fabric_et
     moved = a.cli("vm", "migrate", "web", "b", "--json", timeout=600)
     assert moved.returncode == 0, moved.stderr
     report = json.loads(moved.stdout)
+    Migrated.model_validate(report)  # the fields POST /v1/vms/{name}/migrate answers (its model, in /openapi.json)
     assert report["source"] == "a" and report["destination"] == "b"
     assert report["disk_bytes"] >= 64 << 20 and report["memory_bytes"] > 0  # writes during the copy: more
     assert 0 <= report["downtime_ms"] and 0 < report["total_seconds"]

@@ -38,6 +38,10 @@ def test_power_a_vm_on_and_off_by_clicking_in_the_page(service, page):
     expect(page.locator("#events")).to_contain_text("poweredOn")
     expect(page.locator("#host")).to_have_attribute("data-running", "1")  # the host line counts it
     expect(page.locator("#host")).to_contain_text(re.compile(r"\d+ CPUs, load [\d.]+ .* free of [\d.]+ GiB"))
+    # a single host: no Cluster section, no Host column, no Migrate action (GET /v1/cluster said so)
+    expect(page.locator("#inventory th.cluster-only")).to_be_hidden()
+    expect(page.locator("tr[data-vm=vm1] td.host")).to_be_hidden()
+    assert page.locator("#cluster").inner_html() == "" and page.locator("select.migrate-host").count() == 0
     # logged in once: a reload keeps the session (the cookie), and the page never saw the cookie itself
     page.reload()
     expect(page.locator("button[data-action=pause][data-vm=vm1]")).to_be_visible()

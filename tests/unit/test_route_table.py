@@ -184,6 +184,9 @@ def test_every_request_model_is_some_routes():
     ("snapshot_take", {}, "bad-request", ("missing field 'snapshot'",)),
     ("port_forward_add", {"forward": "80:22,x"}, "invalid-argument", ("not well-formed: '80:22,x'", "HOSTPORT")),
     ("disk_info", {"path": "a/../../b"}, "path-unsafe", ("'a/../../b'", "..")),
+    ("migrate_vm", {"host": "../b"}, "invalid-argument", ("'host'", "not well-formed: '../b'", "live host")),
+    ("migrate_vm", {"host": "b" * 64}, "invalid-argument", ("'host'", "at most 63 characters")),
+    ("migrate_vm", {"host": 5}, "bad-request", ("'host'", "wrong type (number)")),
 ])
 def test_a_refused_value_is_said_in_one_line_naming_the_field_and_what_it_may_be(op_name, values, code, said):
     from minivisor.errors import HvError

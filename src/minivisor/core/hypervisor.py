@@ -97,10 +97,11 @@ class Hypervisor:
         entries = self.datastore.catalog.list()
         summaries = self.inventory.summaries(entries)
         locked = held_locks()
+        host = self._cluster_host()
         infos = []
         for entry in entries:
             held = None if locked is None else file_id(str(self.inventory.paths_of(entry).lock)) in locked
-            infos.append(self._info_of(entry, summaries[entry.name], held))
+            infos.append(self._info_of(entry, summaries[entry.name], host, held))
         return infos
 
     def get_vm(self, name: str) -> VmInfo:
@@ -775,13 +776,27 @@ class Hypervisor:
 
     def _info(self, ctx: VmContext) -> VmInfo:
         """One VM, each NIC with its fixed address (``vm list`` leaves them out: one query per VM)."""
-        info = self._info_of(ctx.entry, self.inventory.summaries([ctx.entry])[ctx.name])
+        info = self._info_of(ctx.entry, self.inventory.summaries([ctx.entry])[ctx.name], self._cluster_host())
         if not self.datastore.catalog.reservations_of(ctx.uuid):
             return info
         addresses = ctx.networks().reserved_addresses(ctx)
         return info.replace(nics=tuple({**nic, "address": addresses.get(nic["name"])} for nic in info.nics))
 
-    def _info_of(self, entry: VmEntry, summary: dict[str, Any], lock_held: bool | None = None) -> VmInfo:
+    def _cluster_host(self) -> str | None:
+        """This datastore's host name in its cluster, the host its VMs run on; None on a single host (one
+        ``stat``), or when the configuration is unreadable (``cluster status`` says why; a list still works)."""
+        from ..cluster import config
+
+        if not config.exists(self.datastore.meta):
+            return None
+        try:
+            found = config.ClusterConfig.load(self.datastore.meta)
+        except HvError:
+            return None
+        return found.host if found else None
+
+    def _info_of(self, entry: VmEntry, summary: dict[str, Any], host: str | None,
+                 lock_held: bool | None = None) -> VmInfo:
         paths = self.inventory.paths_of(entry)
         observed = Vmm(entry.name, paths).observe(lock_held)
         problem = summary.get("problem")
@@ -790,7 +805,7 @@ class Hypervisor:
                       f"(specfile unreadable: {problem})" if problem else summary["display_name"],
                       summary.get("guest_os", ""), summary.get("memory_mib", 0), summary.get("cpus", 0),
                       tuple(summary.get("disks", ())), tuple(summary.get("nics", ())), entry.autostart,
-                      record.pid if record else None, record.accel if record else None, observed.fault)
+                      record.pid if record else None, record.accel if record else None, observed.fault, host)
 
 
 def _write_missing_macs(ctx: VmContext) -> None:

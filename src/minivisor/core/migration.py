@@ -9,9 +9,10 @@ one-time note next to it (:func:`_proofs`), which the destination must read back
 The two hosts talk through etcd only (:mod:`minivisor.cluster.migration`); their VMMs copy the disks
 (NBD) and the memory between the hosts' cluster addresses (:mod:`minivisor.vmm.migration`).
 
-- :func:`migrate` runs on the source (``vm migrate VM HOST``, in the CLI's process): it asks the
-  destination, mirrors the disks, sends the memory, hands the VM's ownership over, waits for the
-  destination to run the guest, then ends its VMM and **removes the VM here**: from the moment the
+- :func:`migrate` runs on the source (``vm migrate VM HOST`` in the CLI's process, or the service's
+  ``POST /v1/vms/{name}/migrate`` in its own): it asks the destination, mirrors the disks, sends the
+  memory, hands the VM's ownership over, waits for the destination to run the guest, then ends its VMM
+  and **removes the VM here**: from the moment the
   guest runs there, the disks here are an old copy, and powering it on here later (once the destination
   powered it off) would fork its data — Proxmox removes the source's VM for the same reason.
 - :func:`receive` runs on the destination, in its service's cluster member: it checks the request as
@@ -306,11 +307,13 @@ def _undo(ctx: VmContext, source: Source | None) -> None:
 def _leave(vms: Vms, ctx: VmContext, dest: str) -> None:
     """The guest runs on ``dest``: end the VMM here and remove the VM. The VMM's guest was stopped for good
     and its images flushed when its state was sent, so it is killed (this host's cluster member may have
-    fenced it already: it runs a VM this host no longer owns)."""
-    pid = ctx.vmm.kill()
+    fenced it already: it runs a VM this host no longer owns). Said before the kill, as a power-off's
+    ``poweringOff`` is: the service's supervisor then expects the VMM's end and reports no crash."""
+    record = ctx.vmm.record()
+    ctx.emit("migrated", to=dest, pid=record.pid if record else None)
+    ctx.vmm.kill()
     ctx.networks().unplug(ctx)
     ctx.running = False
-    ctx.emit("migrated", to=dest, pid=pid)
     with vms.hold(ctx):
         vms.datastore.delete_vm(ctx.entry, ctx.vm_dir)
 

@@ -307,6 +307,10 @@ class ClusterLeave(Request):
     force: bool = False
 
 
+class MigrateVm(Request):
+    host: Annotated[_HOST, Field(description="the live host of the cluster to move the running VM to")]
+
+
 REQUESTS: dict[str, type[Request]] = {
     "list_vms": NoFields, "create_vm": CreateVm, "register_vm": RegisterVm, "get_vm": NoFields,
     "delete_vm": NoFields, "unregister_vm": NoFields, "explain_vm": NoFields, "get_specfile": NoFields,
@@ -323,7 +327,7 @@ REQUESTS: dict[str, type[Request]] = {
     "set_nic": SetNic, "add_nic": AddNic, "remove_nic": NoFields, "nic_traffic": NoFields,
     "port_forward_list": NoFields, "port_forward_add": PortForwardAdd, "port_forward_remove": PortForwardRemove,
     "cluster_status": NoFields, "cluster_init": ClusterInit, "cluster_join": ClusterJoin,
-    "cluster_leave": ClusterLeave,
+    "cluster_leave": ClusterLeave, "migrate_vm": MigrateVm,
 }
 """Each route's request model, by its core method (the route table's ``name``)."""
 
@@ -364,6 +368,8 @@ class Vm(Answer):
     autostart: bool
     pid: int | None
     accel: Literal["kvm", "tcg"] | None
+    host: str | None = Field(description="in a cluster, the host whose datastore holds the VM, the only one it "
+                                         "runs on (null: a single host)")
 
 
 class VmList(RootModel[list[Vm]]):
@@ -684,6 +690,20 @@ class ClusterLeft(Answer):
     left: bool
 
 
+class Migrated(Answer):
+    """A live migration done: the VM runs on ``destination`` and is no longer here (``vm migrate --json``)."""
+
+    vm: str
+    source: str = Field(description="this host")
+    destination: str
+    disk_bytes: int = Field(description="bytes of disks mirrored (more than their size when the guest wrote meanwhile)")
+    memory_bytes: int = Field(description="bytes of memory sent")
+    qemu_downtime_ms: int = Field(description="QEMU's own stop-and-copy downtime")
+    handover_ms: int = Field(description="from the memory sent to the destination running the guest")
+    downtime_ms: int = Field(description="how long the guest was paused at most: QEMU's downtime plus the handover")
+    total_seconds: float
+
+
 class ErrorDetail(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: str = Field(description="the error's class (the client raises the same)")
@@ -717,7 +737,7 @@ ANSWERS_BY_OP: dict[str, type[BaseModel]] = {
     "set_nic": NicChanged, "add_nic": NicAdded, "remove_nic": NicRemoved, "put_specfile": SpecfileChange,
     "reset_nvram": NvramReset, "nic_traffic": NicTraffic, "cluster_init": ClusterMembership,
     "cluster_join": ClusterMembership, "cluster_leave": ClusterLeft, "copy_to_guest": Copied,
-    "copy_from_guest": Copied,
+    "copy_from_guest": Copied, "migrate_vm": Migrated,
 }
 """The answers of routes whose ``returns`` is plain JSON, each of its own shape (every one has a model)."""
 

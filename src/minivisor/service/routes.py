@@ -104,6 +104,7 @@ OPERATIONS: tuple[Op, ...] = (
     Op("cluster_init", "POST", "/v1/cluster/init", "json", args=("etcd",), vm_param=None),
     Op("cluster_join", "POST", "/v1/cluster/join", "json", args=("etcd",), vm_param=None),
     Op("cluster_leave", "POST", "/v1/cluster/leave", "json", args=(), vm_param=None),
+    Op("migrate_vm", "POST", "/v1/vms/{name}/migrate", "json", args=("name", "host")),
 )
 
 _BY_NAME = {op.name: op for op in OPERATIONS}

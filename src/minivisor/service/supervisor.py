@@ -234,7 +234,7 @@ class Supervisor:
             with self.calls.hypervisor() as hv:
                 vm_dir = hv.vm_paths(event["vm"]).vm_dir
             self.watch(event["vm"], pid, vm_dir)
-        elif event["type"] == "poweringOff":  # its exit is expected; the core reports it
+        elif event["type"] in ("poweringOff", "migrated"):  # its exit is expected; the core reports it
             with self._lock:
                 self._reported.add(pid)
 

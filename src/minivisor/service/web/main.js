@@ -1,6 +1,7 @@
 // The page: log in once, then the inventory of every VM, kept current from the event stream, with its actions.
 
 import {api, follow, vmPath, whenLoggedOut} from "./api.js";
+import {migrateControls, showCluster} from "./cluster.js";
 import {$, el} from "./dom.js";
 import {openDetail, refreshDetail} from "./detail.js";
 import {setUp as setUpDatastore, showDatastore} from "./datastore.js";
@@ -8,7 +9,7 @@ import {showNetworks} from "./networks.js";
 import {showTask, showTasks} from "./tasks.js";
 
 const rows = new Map();  // VM name -> its <tr>
-const FOLDER_EVENTS = new Set(["created", "registered", "deleted", "unregistered"]);
+const FOLDER_EVENTS = new Set(["created", "registered", "deleted", "unregistered", "migratedIn"]);
 const FOLDER_TASKS = new Set(["clone_vm", "import_vm"]);  // they make a VM and its folder, and say so only as tasks
 
 // What each state offers, in order; `confirm` asks first (it cannot be undone or loses the guest's state).
@@ -76,6 +77,7 @@ function renderRow(vm) {
     const [method, path, body] = CALLS[action];
     actions.append(actionButton(label, action, vm.name, () => api(method, vmPath(vm.name, path), body), options));
   }
+  if (vm.state === "running") actions.append(...migrateControls(vm.name));
   const firstTab = vm.state === "poweredOff" ? 2 : 0;  // a powered-off VM has no console: its snapshots
   actions.append(el("button", {text: "Open", dataset: {action: "open", vm: vm.name},
                                onclick: () => openDetail(vm.name, firstTab)}));
@@ -86,7 +88,8 @@ function renderRow(vm) {
   const nics = el("td", {class: "nics", text: nicLines(vm, []).join("\n")});
   row.replaceChildren(
     el("td", {class: "name", text: vm.name, title: vm.display_name}), state, el("td", {text: vm.guest_os}),
-    el("td", {text: vm.cpus}), el("td", {class: "memory", text: memory(vm.memory_mib)}), disks, nics, actions);
+    el("td", {text: vm.cpus}), el("td", {class: "memory", text: memory(vm.memory_mib)}), disks, nics,
+    el("td", {class: "host cluster-only", text: vm.host || ""}), actions);
   fillUsage(vm, disks, nics);
 }
 
@@ -162,6 +165,10 @@ async function followEvents() {
         if (event.type === "task") {  // the VM's own events follow, if it has any
           showTask(event.task);
           if (event.task.state === "done" && FOLDER_TASKS.has(event.task.operation)) { refreshAll(); showDatastore(); }
+          if (event.task.state !== "running" && event.task.operation === "migrate_vm") {  // the VM left, or not
+            showCluster();
+            showDatastore();
+          }
           return;
         }
         logEvent(event);
@@ -188,12 +195,17 @@ async function showMain() {
   $("main").hidden = false;
   $("logout").hidden = false;
   followEvents();  // subscribed before the list is read: no change falls between the two
+  await showCluster();  // first: a running VM's row offers the hosts it may move to
   await refreshAll();
   await showTasks();
   await setUpDatastore();
   await showNetworks();
   await showHost();
-  hostTimer ??= setInterval(() => { if (!$("main").hidden) showHost(); }, HOST_EVERY);
+  hostTimer ??= setInterval(async () => {
+    if ($("main").hidden) return;
+    showHost();
+    if (await showCluster()) await refreshAll();  // a host came or went: the Migrate choices change
+  }, HOST_EVERY);
 }
 
 whenLoggedOut(() => showLogin("Your session has ended: log in again."));

@@ -17,6 +17,7 @@ const LABELS = {
   cdrom: "CD-ROM", add_nic: "Add NIC", remove_nic: "Remove NIC", set_nic: "Change NIC",
   set_resources: "CPUs and memory", add_disk: "Add disk", upload: "Upload", datastore_delete: "Delete file in",
   copy_to_guest: "Copy to guest", copy_from_guest: "Copy from guest", set_autostart: "Autostart",
+  migrate_vm: "Migrate to",
 };
 
 // The list as the service has it. While the event stream runs, a task it has shown ended stays so (the list

@@ -1,0 +1,61 @@
+// The cluster this host is in (GET /v1/cluster): every host, live or not, with its free memory, CPUs, running VMs
+// and versions; and a running VM's Migrate action to a live other host (POST /v1/vms/<name>/migrate: a task of the
+// service, its progress in the task list). On a single host none of it shows (the body has no data-cluster).
+
+import {api, vmPath} from "./api.js";
+import {$, el} from "./dom.js";
+import {actionButton} from "./main.js";
+
+let status = null;  // the cluster as last read; null on a single host
+
+// The hosts a running VM may move to: the live ones but this.
+function migrationTargets() {
+  return status ? status.hosts.filter((host) => host.live && !host.this).map((host) => host.name) : [];
+}
+
+// Read the cluster and show it; returns whether the hosts a VM may move to changed (the rows' actions then do).
+export async function showCluster() {
+  const before = migrationTargets().join(" ");
+  const box = $("cluster");
+  try {
+    status = await api("GET", "/v1/cluster");
+  } catch (e) {
+    status = null;
+    if (e.type === "ClusterError") {  // a single host: no cluster to show
+      delete document.body.dataset.cluster;
+      box.replaceChildren();
+    } else {  // a member that cannot read the cluster now (etcd out of reach): say so
+      document.body.dataset.cluster = "yes";
+      box.replaceChildren(el("h2", {text: "Cluster"}), el("span", {class: "error", role: "alert", text: e.message}));
+    }
+    return before !== "";
+  }
+  document.body.dataset.cluster = "yes";
+  const mib = (n) => (n >= 1024 ? (n / 1024).toFixed(1) + " GiB" : n + " MiB");
+  const rows = status.hosts.map((host) => el("tr", {dataset: {host: host.name, live: String(host.live)}},
+    el("td", {class: "name", text: host.name + (host.this ? " (this host)" : "")}),
+    el("td", {class: "live", text: host.live ? "yes" : "no"}),
+    el("td", {class: "memory", text: host.live ? mib(host.memory_free_mib) + " of " + mib(host.memory_total_mib) : ""}),
+    el("td", {class: "cpus", text: host.live ? String(host.cpus) : ""}),
+    el("td", {class: "vms", text: (host.vms || []).join(", ")}),
+    el("td", {class: "versions", text: host.live ? "minivisor " + host.minivisor + ", QEMU " + host.qemu : ""})));
+  box.replaceChildren(el("h2", {text: "Cluster"}),
+    el("p", {text: "etcd " + status.etcd + " at " + status.endpoints.join(", ") + " · lease " + status.ttl + " s"}),
+    el("table", {id: "cluster-hosts"},
+       el("thead", {}, el("tr", {}, ...["Host", "Live", "Free memory", "CPUs", "Running VMs", "Versions"]
+         .map((h) => el("th", {text: h})))),
+       el("tbody", {}, ...rows)));
+  return migrationTargets().join(" ") !== before;
+}
+
+// A running VM's Migrate action: the live other hosts to choose from, and the button; nothing without one.
+export function migrateControls(vm) {
+  const targets = migrationTargets();
+  if (!targets.length) return [];
+  const choice = el("select", {class: "migrate-host", dataset: {vm}, "aria-label": "host to migrate " + vm + " to"},
+                    ...targets.map((name) => el("option", {value: name, text: name})));
+  const confirm = "Move {vm} to another host, with its disks? It is removed here once it runs there.";
+  const go = actionButton("Migrate", "migrate", vm, () => api("POST", vmPath(vm, "/migrate"), {host: choice.value}),
+                          {confirm});
+  return [choice, go];
+}
