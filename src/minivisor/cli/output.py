@@ -63,6 +63,8 @@ def vm_details(vm: VmInfo) -> None:
         ("memory", f"{vm.memory_mib} MiB"), ("pid", vm.pid or "-"), ("accelerator", vm.accel or "-"),
         ("autostart", "yes" if vm.autostart else "no"),
     ]
+    if vm.ha is not None:  # in a cluster
+        rows.append(("HA", "yes" if vm.ha else "no"))
     rows += [(f"disk {d['node']}", f"{d['kind']}: {d['file'] or 'empty'}") for d in vm.disks]
     rows += [(n["name"], f"{n['model']} {n['mac']} on {n['network']}" + (f", {n['address']}" if n.get("address") else ""))
              for n in vm.nics]

@@ -17,6 +17,8 @@ Two threads, so that a hung request to etcd never delays a fence:
   brings in is left alone by the keeper (it runs here before this host owns it, by design). It also
   cleans up after processes that died: VMs a previous service was taking in, and migrations out of this
   host whose process (``vm migrate``) ended before it finished.
+- the **restarter** powers on here the HA VMs whose host died (:mod:`.ha`), once a second while this host
+  has a lease.
 
 A restarted service takes over its predecessor's lease while it is alive, so the claims of the VMs
 that kept running stay valid. Not yet covered: a service stopped for longer than the TTL while VMs
@@ -53,6 +55,7 @@ IDLE_POLL = 1.0  # seconds between looks for a cluster configuration while there
 WATCH = 0.1  # seconds between the watchdog's looks at the last renewal
 SWEEP = 0.5  # seconds between a fenced host's looks for VMs that started after its fence
 RECEIVE_POLL = 0.5  # seconds between the receiver's looks for migration requests
+HA_POLL = 1.0  # seconds between the restarter's looks at the HA VMs' owners
 
 
 class Host(Protocol):
@@ -80,6 +83,12 @@ class Host(Protocol):
         """Undo the migrations whose process died (unless the VM is no longer ``owned_here``), and
         ``withdraw(dest, request id)`` their requests."""
 
+    def registered(self) -> dict[str, str]:
+        """The VMs in this host's catalog: uuid -> name (the HA VMs among them may be restarted here)."""
+
+    def restart(self, name: str, reason: str) -> None:
+        """Power an HA VM on here (claimed first); OwnedElsewhereError if another host was first."""
+
 
 class Member:
     """The cluster member a service runs for its datastore (its ``.minivisor`` folder is ``meta``)."""
@@ -99,7 +108,8 @@ class Member:
         self._incoming: set[str] = set()  # uuids of the VMs migrating in: not yet owned here, and not fenced for it
         self._threads = [threading.Thread(target=self._keep, name="cluster-keeper", daemon=True),
                          threading.Thread(target=self._watch, name="cluster-watchdog", daemon=True),
-                         threading.Thread(target=self._receive, name="cluster-receiver", daemon=True)]
+                         threading.Thread(target=self._receive, name="cluster-receiver", daemon=True),
+                         threading.Thread(target=self._restart_ha, name="cluster-ha", daemon=True)]
         self._complaint = ""
 
     def start(self) -> None:
@@ -312,6 +322,24 @@ class Member:
             self.host.receive_migration(destination)
         finally:
             self._incoming.discard(vm_uuid)
+
+    # -- the restarter ------------------------------------------------------------------
+    def _restart_ha(self) -> None:
+        restarter = None
+        while not self._stopping.wait(HA_POLL):
+            config = self._config
+            if config is None or self._lease is None:  # not a live member (or fenced): no HA action
+                continue
+            try:
+                if restarter is None:
+                    from .ha import Restarter
+
+                    restarter = Restarter(self.host)
+                restarter.poll(self._store(config), config)
+            except HvError as exc:
+                self._complain(exc.one_line())
+            except Exception:  # noqa: BLE001 - the restarter must outlive any bug
+                log.exception("cluster HA")
 
     # -- helpers ------------------------------------------------------------------------
     def _store(self, config: ClusterConfig) -> Store:
