@@ -10,4 +10,5 @@ here is loaded in single-host mode: a datastore joins a cluster with ``cluster i
 - :mod:`.membership`: init, join, leave, status;
 - :mod:`.ownership`: one owner per VM, claimed with a transaction before power-on;
 - :mod:`.liveness`: the member a service runs: the lease renewed, ownership reconciled, self-fencing.
+- :mod:`.ha`: HA restart: VMs marked HA are powered on by another member when their host dies.
 """
