@@ -1,17 +1,18 @@
 """HA restart (`vm ha VM on`): a VM marked HA runs again on another host that has it registered (a datastore the
-hosts share, modelled as in test_partition.py) when its host dies, cut off from etcd (it fences its VMs first) or
-dead (its service and VMMs killed); never on two hosts at once. A VM without HA, or one its user powered off, is
-not restarted. Hosts in network namespaces of the test's own (named mvha-...), etcd in another."""
+hosts share, modelled as in test_partition.py) when its host dies: cut off from etcd (it fences its VMs first), or
+its service killed (its watchdog process fences them); never on two hosts at once. A VM without HA, or one its
+user powered off, is not restarted. Hosts in network namespaces of the test's own (named mvha-...), etcd in
+another."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import time
+from pathlib import Path
 
 import pytest
-from lab import live_hosts, qemus_under
+from lab import live_hosts, qemus_under, wait_for
 from test_ownership import cluster_of, same_vm_on
 
 from minivisor import Hypervisor
@@ -26,6 +27,20 @@ NETNS_PREFIX = "mvha"  # the fabric fixture's namespaces
 def where(members, name: str) -> list[str]:
     """The hosts on which a VMM of the VM ``name`` runs now."""
     return [host.name for host in members if qemus_under(host.root / name)]
+
+
+def watchdogs(host) -> list[int]:
+    """The pids of the watchdog processes guarding ``host``'s datastore."""
+    root = os.path.realpath(host.root)
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue  # gone already
+        if argv[1:3] == ["-m", "minivisor.core.watchdog"] and os.path.realpath(argv[3]) == root:
+            found.append(int(entry))
+    return found
 
 
 def ha_events(host, name: str) -> list[dict]:
@@ -59,6 +74,7 @@ def test_an_ha_vm_runs_again_elsewhere_when_its_host_is_cut_off_or_dies(fabric, 
     for name in ("web", "db", "idle"):  # HA and running; running, not HA; HA, and powered off by its user
         same_vm_on(members, appliance_image, name)
     cluster_of(fabric_etcd, *members, ttl=TTL)
+    assert all(len(watchdogs(host)) == 1 for host in members)
     for name in ("web", "idle"):
         assert a.ok("vm", "ha", name, "on").startswith(f"{name}: HA on")  # through a's service
     assert Vm.model_validate(json.loads(b.ok("vm", "show", "web", "--json"))).ha is True  # the mark is the cluster's
@@ -94,17 +110,29 @@ def test_an_ha_vm_runs_again_elsewhere_when_its_host_is_cut_off_or_dies(fabric, 
     assert refused.returncode == 4 and f"runs on host '{winner.name}'" in refused.stderr
     assert [vm["owner"] for vm in winner.status()["ha"]] == [None, winner.name]
 
-    # the winner dies (its service and VMMs killed, as by a power loss): web runs again on one of the others
+    # the winner's service killed (SIGKILL): nothing renews its lease, and its watchdog process, which outlives the
+    # service, fences web before the lease can expire; web then runs again on one of the others
     time.sleep(2 * HA_POLL)  # a's member, live again, has seen web's new owner too
+    (pid,) = qemus_under(winner.root / "web")
     winner.proc.kill()
     winner.proc.wait(timeout=10)
     winner.proc = None
-    for vmm in qemus_under(winner.root):
-        os.kill(vmm, signal.SIGKILL)
     second = web_restarted(members, winner.name)
     assert second is not winner and len(ha_events(second, "web")) == 1
-    assert f"its host {winner.name!r} is gone" in ha_events(second, "web")[-1]["reason"]
+    (restarted,) = ha_events(second, "web")
+    assert f"its host {winner.name!r} is gone" in restarted["reason"]
+    (fenced,) = [e for e in Hypervisor(winner.root).vm_events("web") if e["type"] == "fenced"]
+    assert fenced["pid"] == pid and fenced["reason"].startswith("fenced by the watchdog: the lease was last renewed")
+    assert restarted["time"] > fenced["time"]
     second.ok("vm", "stop", "web", "--hard")
+
+    # a service stopped with no VM running ends its watchdog; the killed one's guards on until a service is back
+    others = [host for host in members if host is not winner]
+    for host in others:
+        host.stop_service()
+    wait_for("the stopped services' watchdogs to end", lambda: not any(watchdogs(host) for host in others),
+             timeout=10)
+    assert len(watchdogs(winner)) == 1
 
 
 def test_vm_ha_needs_a_cluster_a_known_vm_and_etcd(etcd, hosts):

@@ -1,6 +1,6 @@
 """A member's **liveness and self-fencing**, run by its service (``minivisor serve``).
 
-Two threads, so that a hung request to etcd never delays a fence:
+Threads of their own, so that a hung request to etcd never delays a fence:
 
 - the **keeper** renews the host's lease every :func:`~.config.keepalive_every` (TTL/5), publishes
   what the host has (``alive/<host>``, attached to the lease), and keeps ownership and reality
@@ -21,10 +21,9 @@ Two threads, so that a hung request to etcd never delays a fence:
   has a lease.
 
 A restarted service takes over its predecessor's lease while it is alive, so the claims of the VMs
-that kept running stay valid. Not yet covered: a service stopped for longer than the TTL while VMs
-run on its host leaves them running with nobody to fence them, and once their lease expired,
-another host could claim them. Until a keeper outlives the service, stop a member's VMs (or migrate
-them) before stopping its service for long.
+that kept running stay valid. A service that stops (or is killed) while VMs run on its host leaves the
+host's **watchdog process** (:mod:`minivisor.core.watchdog`, started by the keeper, fed a heartbeat after each
+renewal: :mod:`.heartbeat`) to fence them at 0.7 TTL, unless a new service renews the lease before that.
 
 What the member does to VMs goes through a :class:`Host`, which the service makes from the core API.
 """
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ClusterError, HvError, OwnedElsewhereError
+from . import heartbeat
 from .config import ClusterConfig, fence_after, keepalive_every
 from .records import LiveRecord, alive_key, from_value, to_value
 
@@ -82,6 +82,9 @@ class Host(Protocol):
     def abandon_outgoing(self, owned_here: Callable[[str], bool], withdraw: Callable[[str, str], None]) -> None:
         """Undo the migrations whose process died (unless the VM is no longer ``owned_here``), and
         ``withdraw(dest, request id)`` their requests."""
+
+    def guard(self) -> None:
+        """Start the host's watchdog process unless it runs (:mod:`minivisor.core.watchdog`)."""
 
     def registered(self) -> dict[str, str]:
         """The VMs in this host's catalog: uuid -> name (the HA VMs among them may be restarted here)."""
@@ -127,11 +130,12 @@ class Member:
             return
         running = self.host.running()
         if not running:
+            heartbeat.clear(self.meta)  # nothing to guard: the watchdog process ends
             self._revoke(config, self._lease)
         else:
             log.warning("cluster: this host's lease is no longer renewed while %d VM(s) run here: start the service "
-                        "again within its TTL (%d s) to keep them owned; after that nothing fences them", len(running),
-                        config.ttl)
+                        "again within %g s to keep them; after that the watchdog process fences them", len(running),
+                        heartbeat.fence_after(config.ttl))
 
     # -- the keeper ------------------------------------------------------------------
     def _keep(self) -> None:
@@ -172,8 +176,18 @@ class Member:
         else:  # expired: its claims are gone, so must the VMs be (the watchdog should have been first)
             self._give_up("its lease on the cluster store expired")
             return
+        self._heartbeat(config, sent)
         self._publish(store, config, lease)
         self._reconcile(store, config, lease)
+
+    def _heartbeat(self, config: ClusterConfig, renewed: float) -> None:
+        """Tell the host's watchdog process that the lease was renewed (and start it if it does not run): it fences
+        the host's VMMs when this service renews no more, whatever becomes of the service."""
+        try:
+            heartbeat.write(self.meta, renewed, config.ttl)
+        except OSError as exc:  # the watchdog fences at 0.7 TTL: a warning each beat is not too many
+            log.warning("cluster: cannot write the heartbeat for the watchdog process: %s", exc.strerror)
+        self.host.guard()
 
     def _previous_lease(self, store: Store, config: ClusterConfig) -> int | None:
         """The lease this host's previous service kept, if it is still alive: a service restarted within
@@ -214,6 +228,8 @@ class Member:
         with self._guard:
             lease, self._lease = self._lease, None
         self._fenced = None
+        if lease is not None:
+            heartbeat.clear(self.meta)
         if lease is not None and self._config is not None:
             log.warning("this host left the cluster; its lease is revoked")
             self._revoke(self._config, lease)

@@ -166,6 +166,11 @@ class ClusterHost:
         except (LockError, StateError):
             pass  # busy or running: looked at again on the next beat
 
+    def guard(self) -> None:
+        from .watchdog import ensure_running
+
+        ensure_running(self.hv.datastore.root, self.hv.datastore.meta)
+
     def registered(self) -> dict[str, str]:
         return {entry.uuid.lower(): entry.name for entry in self.hv.datastore.catalog.list()}
 
