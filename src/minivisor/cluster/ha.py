@@ -9,8 +9,9 @@ VM, same UUID, to each of them); each member's :class:`Restarter` (a thread of i
   host and its lease;
 - when the owner is gone while that lease lives (``alive/<host>`` still carries it), the VM was released:
   powered off by its user, or by its guest, or it crashed; it is not restarted (VMware's HA does not restart
-  those either). A member that did not look for longer than :func:`stale_after` (etcd unreachable, its host
-  fenced) forgets what it saw: a release followed by its host's death would look like a death alone;
+  those either). A member that did not look for longer than :func:`stale_after` (etcd unreachable), or whose
+  host has another lease since (it was fenced), forgets what it saw: a release followed by its host's death would
+  look like a death alone;
 - when the owner is gone with its lease (the host died, or was cut off and fenced: its lease expired or was
   revoked), the member waits :func:`restart_after` more, so that the dead host, which fences at 0.6 TTL after
   its last renewal, has certainly killed its VMMs; then it powers the VM on here. The power-on claims the VM
@@ -129,9 +130,11 @@ class Restarter:
         self._orphaned: dict[str, float] = {}  # uuid -> monotonic time its owner's lease was first seen gone
         self._retry: dict[str, float] = {}  # uuid -> monotonic time before which a failed power-on is not retried
         self._looked = -float("inf")  # monotonic time the last look that etcd answered began
+        self._lease = 0  # this host's lease at that look
 
-    def poll(self, store: Store, config: ClusterConfig) -> None:
-        """One look at the HA VMs registered here; powers on those whose host died (ClusterError: etcd failed)."""
+    def poll(self, store: Store, config: ClusterConfig, lease: int) -> None:
+        """One look at the HA VMs registered here (this host holding ``lease``); powers on those whose host died
+        (ClusterError: etcd failed)."""
         started = time.monotonic()
         ha = marked(store)
         registered = self.host.registered()
@@ -139,12 +142,13 @@ class Restarter:
         owners = _owners(store)
         live = {entry.key[len(ALIVE):]: entry.lease for entry in store.list(ALIVE)}
         now = time.monotonic()
-        if now - self._looked > stale_after(config.ttl):
-            # Out of touch (etcd unreachable, this host fenced): an owner seen before may have released its VM and
-            # died since, so that neither the release nor the lease shows now. What it saw is no evidence any more.
+        if now - self._looked > stale_after(config.ttl) or lease != self._lease:
+            # Out of touch (etcd unreachable; this host fenced, with a new lease since): an owner seen before may
+            # have released its VM and died since, so that neither the release nor the lease shows now. What this
+            # member saw is no evidence any more.
             self._seen.clear()
             self._orphaned.clear()
-        self._looked = started
+        self._looked, self._lease = started, lease
         for vm_uuid in watched:
             if vm_uuid in owners:
                 self._seen[vm_uuid] = owners[vm_uuid]

@@ -343,15 +343,15 @@ class Member:
     def _restart_ha(self) -> None:
         restarter = None
         while not self._stopping.wait(HA_POLL):
-            config = self._config
-            if config is None or self._lease is None:  # not a live member (or fenced): no HA action
+            config, lease = self._config, self._lease
+            if config is None or lease is None:  # not a live member (or fenced): no HA action
                 continue
             try:
                 if restarter is None:
                     from .ha import Restarter
 
                     restarter = Restarter(self.host)
-                restarter.poll(self._store(config), config)
+                restarter.poll(self._store(config), config, lease)
             except HvError as exc:
                 self._complain(exc.one_line())
             except Exception:  # noqa: BLE001 - the restarter must outlive any bug
