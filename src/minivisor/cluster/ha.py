@@ -145,9 +145,8 @@ class Restarter:
         if now - self._looked > stale_after(config.ttl) or lease != self._lease:
             # Out of touch (etcd unreachable; this host fenced, with a new lease since): an owner seen before may
             # have released its VM and died since, so that neither the release nor the lease shows now. What this
-            # member saw is no evidence any more.
-            self._seen.clear()
-            self._orphaned.clear()
+            # member saw is no evidence any more, but for the VMs already seen orphaned: a lease does not come back.
+            self._seen = {vm_uuid: owned for vm_uuid, owned in self._seen.items() if vm_uuid in self._orphaned}
         self._looked, self._lease = started, lease
         for vm_uuid in watched:
             if vm_uuid in owners:
