@@ -37,9 +37,16 @@ class Recording:
 
 @pytest.fixture
 def cluster(etcd):
+    """The VM marked HA and running on x; a restarter (this host's lease: 1) that has seen it: (store, config,
+    the restarter, its host, x's lease)."""
     store = Store(tuple(etcd.urls))
     store.put(ha_key(VM), {"vm": "web", "set_by": "x", "updated": 1.0})
-    return store, ClusterConfig(tuple(etcd.urls), "me", "id-me", TTL)
+    config = ClusterConfig(tuple(etcd.urls), "me", "id-me", TTL)
+    host = Recording()
+    restarter = Restarter(host)
+    lease = running_on_x(store)
+    restarter.poll(store, config, 1)
+    return store, config, restarter, host, lease
 
 
 def running_on_x(store: Store) -> int:
@@ -51,11 +58,7 @@ def running_on_x(store: Store) -> int:
 
 
 def test_a_death_is_restarted_after_the_fencing_delay_a_release_is_not(cluster):
-    store, config = cluster
-    host = Recording()
-    restarter = Restarter(host)
-    lease = running_on_x(store)
-    restarter.poll(store, config, 1)
+    store, config, restarter, host, lease = cluster
     store.revoke(lease)  # x dead: its lease, its liveness and its claim gone together
     restarter.poll(store, config, 1)
     assert host.restarts == []  # not before the fencing delay
@@ -78,11 +81,7 @@ def test_a_death_is_restarted_after_the_fencing_delay_a_release_is_not(cluster):
 def test_a_member_out_of_touch_forgets_what_it_saw(cluster, out_of_touch):
     """A release followed by a death, unseen: it looks like a death alone. A member that did not look for half a
     TTL, or whose host was fenced (a new lease) since, does not judge on what it saw before."""
-    store, config = cluster
-    host = Recording()
-    restarter = Restarter(host)
-    lease = running_on_x(store)
-    restarter.poll(store, config, 1)
+    store, config, restarter, host, lease = cluster
     store.delete(owner_key(VM))
     store.revoke(lease)
     if out_of_touch == "stale":
@@ -94,11 +93,7 @@ def test_a_member_out_of_touch_forgets_what_it_saw(cluster, out_of_touch):
 
 
 def test_a_vm_seen_orphaned_stays_so_and_one_another_host_restarted_is_forgotten(cluster):
-    store, config = cluster
-    host = Recording()
-    restarter = Restarter(host)
-    lease = running_on_x(store)
-    restarter.poll(store, config, 1)
+    store, config, restarter, host, lease = cluster
     store.revoke(lease)
     restarter.poll(store, config, 1)  # seen orphaned: a lease does not come back, out of touch or not
     time.sleep(max(stale_after(TTL), restart_after(TTL)) + 0.1)
