@@ -52,12 +52,12 @@ def hosts(tmp_path):
 
 
 @pytest.fixture
-def fabric():
+def fabric(request):
     """Network namespaces of the test's own, a bridge between them (see lab.Fabric); deleted at the end, with every
-    process in them, pass or fail."""
+    process in them, pass or fail. Their names begin with the test module's ``NETNS_PREFIX`` [default: mvcl]."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("a partition needs network namespaces: root and iproute2")
-    made = Fabric()
+    made = Fabric(getattr(request.module, "NETNS_PREFIX", "mvcl"))
     try:
         yield made
     finally:

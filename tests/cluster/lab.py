@@ -182,13 +182,14 @@ def in_netns(netns: str | None) -> list[str]:
 class Fabric:
     """Network namespaces of the test's own: ``fabric`` holds a bridge (10.98.0.1/24) and the etcd members;
     each host gets a namespace joined to the bridge by a veth pair (10.98.0.1N). Cutting a host's link
-    partitions it from etcd. :meth:`close` stops every process in them and deletes them."""
+    partitions it from etcd. :meth:`close` stops every process in them and deletes them. Their names begin with
+    ``prefix``."""
 
     SUBNET = "10.98.0"
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "mvcl") -> None:
         self.tag = secrets.token_hex(3)
-        self.fabric = f"mvcl-{self.tag}"
+        self.fabric = f"{prefix}-{self.tag}"
         self.namespaces = [self.fabric]
         _ip("netns", "add", self.fabric)
         _ip("-n", self.fabric, "link", "set", "lo", "up")
@@ -198,7 +199,7 @@ class Fabric:
 
     def host_namespace(self, index: int) -> str:
         """A namespace for the ``index``-th host (1, 2...), on the bridge as 10.98.0.1<index>."""
-        netns = f"mvcl-{self.tag}-{index}"
+        netns = f"{self.fabric}-{index}"
         _ip("netns", "add", netns)
         self.namespaces.append(netns)
         _ip("-n", netns, "link", "add", "eth0", "type", "veth", "peer", "name", f"port{index}", "netns", self.fabric)

@@ -17,11 +17,11 @@ from minivisor import Hypervisor
 pytestmark = pytest.mark.qemu
 
 
-def same_vm_on(hosts, appliance_image):
+def same_vm_on(hosts, appliance_image, name: str = "web"):
     """A VM made on the first host and registered, same folder contents and UUID, on the others (what a
     datastore shared by the hosts would show each of them)."""
     first, *others = hosts
-    vm = create_guest(Hypervisor(first.root), "web", appliance_image, memory_mib=64, network="none")
+    vm = create_guest(Hypervisor(first.root), name, appliance_image, memory_mib=64, network="none")
     for host in others:
         shutil.copytree(vm.vmx.parent, host.root / vm.vmx.parent.name)
         assert Hypervisor(host.root).register_vm(host.root / vm.vmx.parent.name / vm.vmx.name).uuid == vm.uuid

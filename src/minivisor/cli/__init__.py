@@ -75,6 +75,7 @@ COMMANDS = {
     "vm reset-nvram": "Forget a powered-off EFI VM's UEFI variables; the next power-on starts from the firmware's "
                       "defaults.",
     "vm autostart": "Power the VM on whenever the service starts (on), or not (off).",
+    "vm ha": "Restart the VM on another host of the cluster when its host dies (on), or not (off).",
     "vm events": "What happened to the VM: power-ons, power-offs with their reasons, crashes...",
     "vm disk": "A VM's hard disks: list them, show one (sizes, chain), grow one, or add a new one.",
     "vm clone": "A new VM (new name, UUID and MACs) from SOURCE: a full copy, or --linked on a snapshot.",

@@ -41,6 +41,9 @@ def cluster_status(as_json: bool) -> None:
             human_size(host["memory_free_mib"] << 20) + " of " + human_size(host["memory_total_mib"] << 20)
             if host["live"] else "-", host.get("cpus", "-"), ", ".join(host.get("vms", ())) or "-",
             host.get("minivisor", "-"), host.get("qemu", "-")) for host in status["hosts"]])
+    if status["ha"]:
+        say("HA (restarted elsewhere when their host dies): " + ", ".join(
+            f"{vm['vm']} ({'on ' + vm['owner'] if vm['owner'] else 'not running'})" for vm in status["ha"]))
 
 
 @command("cluster leave", arg("--force", action="store_true",

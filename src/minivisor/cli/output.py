@@ -65,6 +65,8 @@ def vm_details(vm: VmInfo) -> None:
     ]
     if vm.host:  # a cluster's member: the host it runs on
         rows.append(("host", vm.host))
+    if vm.ha is not None:  # in a cluster
+        rows.append(("HA", "yes" if vm.ha else "no"))
     rows += [(f"disk {d['node']}", f"{d['kind']}: {d['file'] or 'empty'}") for d in vm.disks]
     rows += [(n["name"], f"{n['model']} {n['mac']} on {n['network']}" + (f", {n['address']}" if n.get("address") else ""))
              for n in vm.nics]

@@ -287,6 +287,15 @@ def vm_autostart(name: str, setting: str, as_json: bool) -> None:
     print_json(vm) if as_json else say(f"{vm.name}: autostart {setting}")
 
 
+@command("vm ha", NAME, arg("setting", choices=("on", "off"), metavar="on|off", help="on or off."), JSON)
+def vm_ha(name: str, setting: str, as_json: bool) -> None:
+    """Example: minivisor vm ha web on (the hosts that have web registered, on a datastore they share, can run it)"""
+    vm = hv().set_ha(name, setting == "on")
+    print_json(vm) if as_json else say(f"{vm.name}: HA {setting}" + (
+        ": powered on by another host of the cluster that has it registered when its host dies"
+        if setting == "on" else ""))
+
+
 @command("vm events", NAME, arg("--limit", type=int, default=20, metavar="N",
                                 help="How many of the last events (0: all) [default: 20]."), JSON)
 def vm_events(name: str, limit: int, as_json: bool) -> None:

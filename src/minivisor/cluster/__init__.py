@@ -9,5 +9,7 @@ here is loaded in single-host mode: a datastore joins a cluster with ``cluster i
 - :mod:`.records`: the keys and records in etcd, checked when read;
 - :mod:`.membership`: init, join, leave, status;
 - :mod:`.ownership`: one owner per VM, claimed with a transaction before power-on;
-- :mod:`.liveness`: the member a service runs: the lease renewed, ownership reconciled, self-fencing.
+- :mod:`.liveness`: the member a service runs: the lease renewed, ownership reconciled, self-fencing;
+- :mod:`.heartbeat`: what the service tells the host's watchdog process after each renewal;
+- :mod:`.ha`: HA restart: VMs marked HA are powered on by another member when their host dies.
 """

@@ -1,6 +1,6 @@
 """A member's **liveness and self-fencing**, run by its service (``minivisor serve``).
 
-Two threads, so that a hung request to etcd never delays a fence:
+Threads of their own, so that a hung request to etcd never delays a fence:
 
 - the **keeper** renews the host's lease every :func:`~.config.keepalive_every` (TTL/5), publishes
   what the host has (``alive/<host>``, attached to the lease), and keeps ownership and reality
@@ -18,12 +18,13 @@ Two threads, so that a hung request to etcd never delays a fence:
   brings in is left alone by the keeper (it runs here before this host owns it, by design). It also
   cleans up after processes that died: VMs a previous service was taking in, and migrations out of this
   host whose process (``vm migrate``) ended before it finished.
+- the **restarter** powers on here the HA VMs whose host died (:mod:`.ha`), once a second while this host
+  has a lease.
 
 A restarted service takes over its predecessor's lease while it is alive, so the claims of the VMs
-that kept running stay valid. Not yet covered: a service stopped for longer than the TTL while VMs
-run on its host leaves them running with nobody to fence them, and once their lease expired,
-another host could claim them. Until a keeper outlives the service, stop a member's VMs (or migrate
-them) before stopping its service for long.
+that kept running stay valid. A service that stops (or is killed) while VMs run on its host leaves the
+host's **watchdog process** (:mod:`minivisor.core.watchdog`, started by the keeper, fed a heartbeat after each
+renewal: :mod:`.heartbeat`) to fence them at 0.7 TTL, unless a new service renews the lease before that.
 
 What the member does to VMs goes through a :class:`Host`, which the service makes from the core API.
 """
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ClusterError, HvError, OwnedElsewhereError
+from . import heartbeat
 from .config import ClusterConfig, fence_after, keepalive_every
 from .records import LiveRecord, alive_key, from_value, to_value
 
@@ -55,6 +57,7 @@ IDLE_POLL = 1.0  # seconds between looks for a cluster configuration while there
 WATCH = 0.1  # seconds between the watchdog's looks at the last renewal
 SWEEP = 0.5  # seconds between a fenced host's looks for VMs that started after its fence
 RECEIVE_POLL = 0.5  # seconds between the receiver's looks for migration requests
+HA_POLL = 1.0  # seconds between the restarter's looks at the HA VMs' owners
 
 
 class Host(Protocol):
@@ -85,6 +88,15 @@ class Host(Protocol):
         """Undo the migrations whose process died (unless the VM is no longer ``owned_here``), and
         ``withdraw(dest, request id)`` their requests."""
 
+    def guard(self) -> None:
+        """Start the host's watchdog process unless it runs (:mod:`minivisor.core.watchdog`)."""
+
+    def registered(self) -> dict[str, str]:
+        """The VMs in this host's catalog: uuid -> name (the HA VMs among them may be restarted here)."""
+
+    def restart(self, name: str, reason: str) -> None:
+        """Power an HA VM on here (claimed first); OwnedElsewhereError if another host was first."""
+
 
 class Member:
     """The cluster member a service runs for its datastore (its ``.minivisor`` folder is ``meta``)."""
@@ -105,7 +117,8 @@ class Member:
         self._incoming: set[str] = set()  # uuids of the VMs migrating in: not yet owned here, and not fenced for it
         self._threads = [threading.Thread(target=self._keep, name="cluster-keeper", daemon=True),
                          threading.Thread(target=self._watch, name="cluster-watchdog", daemon=True),
-                         threading.Thread(target=self._receive, name="cluster-receiver", daemon=True)]
+                         threading.Thread(target=self._receive, name="cluster-receiver", daemon=True),
+                         threading.Thread(target=self._restart_ha, name="cluster-ha", daemon=True)]
         self._complaint = ""
 
     def start(self) -> None:
@@ -123,11 +136,12 @@ class Member:
             return
         running = self.host.running()
         if not running:
+            heartbeat.clear(self.meta)  # nothing to guard: the watchdog process ends
             self._revoke(config, self._lease)
         else:
             log.warning("cluster: this host's lease is no longer renewed while %d VM(s) run here: start the service "
-                        "again within its TTL (%d s) to keep them owned; after that nothing fences them", len(running),
-                        config.ttl)
+                        "again within %g s to keep them; after that the watchdog process fences them", len(running),
+                        heartbeat.fence_after(config.ttl))
 
     # -- the keeper ------------------------------------------------------------------
     def _keep(self) -> None:
@@ -168,8 +182,18 @@ class Member:
         else:  # expired: its claims are gone, so must the VMs be (the watchdog should have been first)
             self._give_up("its lease on the cluster store expired")
             return
+        self._heartbeat(config, sent)
         self._publish(store, config, lease)
         self._reconcile(store, config, lease)
+
+    def _heartbeat(self, config: ClusterConfig, renewed: float) -> None:
+        """Tell the host's watchdog process that the lease was renewed (and start it if it does not run): it fences
+        the host's VMMs when this service renews no more, whatever becomes of the service."""
+        try:
+            heartbeat.write(self.meta, renewed, config.ttl)
+        except OSError as exc:  # the watchdog fences at 0.7 TTL: a warning each beat is not too many
+            log.warning("cluster: cannot write the heartbeat for the watchdog process: %s", exc.strerror)
+        self.host.guard()
 
     def _previous_lease(self, store: Store, config: ClusterConfig) -> int | None:
         """The lease this host's previous service kept, if it is still alive: a service restarted within
@@ -210,6 +234,8 @@ class Member:
         with self._guard:
             lease, self._lease = self._lease, None
         self._fenced = None
+        if lease is not None:
+            heartbeat.clear(self.meta)
         if lease is not None and self._config is not None:
             log.warning("this host left the cluster; its lease is revoked")
             self._revoke(self._config, lease)
@@ -342,6 +368,24 @@ class Member:
             self.host.receive_migration(destination)
         finally:
             self._incoming.discard(vm_uuid)
+
+    # -- the restarter ------------------------------------------------------------------
+    def _restart_ha(self) -> None:
+        restarter = None
+        while not self._stopping.wait(HA_POLL):
+            config, lease = self._config, self._lease
+            if config is None or lease is None:  # not a live member (or fenced): no HA action
+                continue
+            try:
+                if restarter is None:
+                    from .ha import Restarter
+
+                    restarter = Restarter(self.host)
+                restarter.poll(self._store(config), config, lease)
+            except HvError as exc:
+                self._complain(exc.one_line())
+            except Exception:  # noqa: BLE001 - the restarter must outlive any bug
+                log.exception("cluster HA")
 
     # -- helpers ------------------------------------------------------------------------
     def _store(self, config: ClusterConfig) -> Store:

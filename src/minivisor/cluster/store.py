@@ -54,8 +54,11 @@ class Entry:
 class Store:
     """The cluster store at ``endpoints``: typed calls, one error when it is unreachable."""
 
-    def __init__(self, endpoints: tuple[str, ...], *, timeout: float = REQUEST_TIMEOUT) -> None:
+    def __init__(self, endpoints: tuple[str, ...], *, timeout: float = REQUEST_TIMEOUT,
+                 patience: float = ELECTION_WAIT) -> None:
+        """``patience``: seconds a request keeps trying every endpoint (0: one round, for a look that may fail)."""
         self.endpoints = endpoints
+        self.patience = patience
         self._clients = [Etcd3Client(*host_and_port(url), timeout=timeout, api_path="/v3/") for url in endpoints]
 
     # -- keys and values ---------------------------------------------------------
@@ -154,10 +157,10 @@ class Store:
         """One request, to the first endpoint that answers (a failed one is tried last next time).
 
         etcd elects a new leader when one is lost; meanwhile its members time out or answer 5xx. Rounds over
-        every endpoint are retried for :data:`ELECTION_WAIT`, so a member lost is no outage. A request
-        retried after a timeout may have been applied: every caller's writes are conditional or idempotent.
+        every endpoint are retried for :attr:`patience` (:data:`ELECTION_WAIT`), so a member lost is no outage.
+        A request retried after a timeout may have been applied: every caller's writes are conditional or idempotent.
         """
-        deadline = time.monotonic() + ELECTION_WAIT
+        deadline = time.monotonic() + self.patience
         while True:
             reply, reason = self._round(path, body)
             if reply is not None:

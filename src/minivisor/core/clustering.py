@@ -20,13 +20,17 @@ from .context import VmContext
 
 if TYPE_CHECKING:
     import logging
+    from pathlib import Path
 
+    from ..cluster.config import ClusterConfig
     from ..cluster.migration import Destination
     from ..cluster.starting import Starter
+    from ..cluster.store import Store
     from .hypervisor import Hypervisor
 
-__all__ = ["claimed", "disown", "running_vms", "ClusterHost"]
+__all__ = ["claimed", "disown", "running_vms", "set_ha", "ha_of", "ha_vms", "ClusterHost"]
 
+QUICK_LOOK = 0.5  # seconds each etcd endpoint gets to say whether a VM shown is HA
 ON_HOST = (VmState.RUNNING, VmState.PAUSED, VmState.STARTING)  # a VMM runs or is being started
 
 
@@ -73,6 +77,43 @@ def _release(ctx: VmContext) -> None:
         ownership.release(Store(config.endpoints), config, ctx.uuid)
     except ClusterError as exc:
         _log().warning("VM %s: its ownership stays until the cluster member releases it: %s", ctx.name, exc.one_line())
+
+
+def set_ha(ctx: VmContext, enabled: bool) -> None:
+    """Mark the VM HA in the cluster, or not (ClusterError on a single host, or when etcd does not answer)."""
+    from ..cluster import ha
+
+    config, store = _cluster(ctx.datastore.meta)
+    ha.mark(store, config, ctx.uuid, ctx.name, enabled)
+
+
+def ha_of(ctx: VmContext) -> bool | None:
+    """Whether the VM is marked HA; None on a single host, or when etcd does not answer at once (a VM shown
+    while the host is cut off from the cluster is not held up for it)."""
+    if not cluster_config.exists(ctx.datastore.meta):
+        return None
+    from ..cluster import ha
+
+    try:
+        return ha.is_marked(_cluster(ctx.datastore.meta, timeout=QUICK_LOOK, patience=0)[1], ctx.uuid)
+    except ClusterError:
+        return None
+
+
+def ha_vms(meta: Path) -> list[dict[str, str | None]]:
+    """The VMs marked HA in the cluster, each with the host that runs it now (None: none)."""
+    from ..cluster import ha
+
+    return ha.listing(_cluster(meta)[1])
+
+
+def _cluster(meta: Path, **store_options: float) -> tuple[ClusterConfig, Store]:
+    """The datastore's cluster configuration (ClusterError on a single host) and its etcd."""
+    from ..cluster.membership import current
+    from ..cluster.store import Store
+
+    config = current(meta)
+    return config, Store(config.endpoints, **store_options)
 
 
 def running_vms(hv: Hypervisor) -> dict[str, str]:
@@ -125,6 +166,19 @@ class ClusterHost:
                 release()
         except (LockError, StateError):
             pass  # busy or running: looked at again on the next beat
+
+    def guard(self) -> None:
+        from .watchdog import ensure_running
+
+        ensure_running(self.hv.datastore.root, self.hv.datastore.meta)
+
+    def registered(self) -> dict[str, str]:
+        return {entry.uuid.lower(): entry.name for entry in self.hv.datastore.catalog.list()}
+
+    def restart(self, name: str, reason: str) -> None:
+        """Power on an HA VM whose host died (the power-on claims it, as any other does)."""
+        started = self.hv.start_vm(name)
+        self.hv.vms.emit(name, "haRestarted", pid=started.vm.pid, reason=reason)
 
     def receive_migration(self, destination: Destination) -> None:
         from .migration import receive

@@ -105,8 +105,11 @@ class Hypervisor:
         return infos
 
     def get_vm(self, name: str) -> VmInfo:
-        """One VM, or NotFoundError."""
-        return self._info(self.vms.context(name))
+        """One VM, or NotFoundError; in a cluster, with whether it is HA (``ha``)."""
+        from .clustering import ha_of
+
+        ctx = self.vms.context(name)
+        return self._info(ctx).replace(ha=ha_of(ctx))
 
     def explain_vm(self, name: str) -> Explanation:
         """The spec, the virtual hardware built from it and the exact VMM command line."""
@@ -324,6 +327,16 @@ class Hypervisor:
         self.datastore.catalog.set_autostart(ctx.name, enabled)
         ctx.emit("autostartChanged", enabled=enabled)
         return self._info(ctx)
+
+    def set_ha(self, name: str, enabled: bool) -> VmInfo:
+        """Mark the VM HA in this host's cluster: when its host dies, another member that has it registered
+        (a datastore the hosts share) powers it on, after the dead host's lease and the fencing delay; or not."""
+        from .clustering import set_ha
+
+        ctx = self.vms.context(name)
+        set_ha(ctx, enabled)
+        ctx.emit("haChanged", enabled=enabled)
+        return self._info(ctx).replace(ha=enabled)
 
     # -- power -------------------------------------------------------------
     @_no_space_is_one_error
@@ -556,10 +569,13 @@ class Hypervisor:
         return membership.join(self.datastore.meta, parse_endpoints(etcd), name or _host_name(), self._running())
 
     def cluster_status(self) -> dict[str, Any]:
-        """Every member of this host's cluster: live or not, free memory, CPUs, running VMs, versions."""
+        """Every member of this host's cluster: live or not, free memory, CPUs, running VMs, versions; and the
+        VMs marked HA (``ha``), each with the host that runs it."""
         from ..cluster import membership
+        from .clustering import ha_vms
 
-        return membership.status(self.datastore.meta)
+        status = membership.status(self.datastore.meta)
+        return {**status, "ha": ha_vms(self.datastore.meta)}
 
     def migrate_vm(self, name: str, host: str, *, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
         """Move the running VM to another host of the cluster with its local disks (live: the guest runs on).

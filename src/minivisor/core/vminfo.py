@@ -23,20 +23,21 @@ class VmInfo(Record):
     """A VM: its identity, its state and the hardware its specfile asks for (read-only by convention).
 
     ``state_reason``: why QEMU paused it by itself (io-error: the datastore is full). ``host``: in a cluster,
-    the host whose datastore holds it, the only one it runs on (None: a single host).
+    the host whose datastore holds it, the only one it runs on (None: a single host). ``ha``: whether it is
+    restarted elsewhere when its host dies (None: not in a cluster, or not known; only ``vm show`` asks).
     """
 
     __slots__ = ("name", "uuid", "vmx", "state", "display_name", "guest_os", "memory_mib", "cpus", "disks", "nics",
-                 "autostart", "pid", "accel", "state_reason", "host")
+                 "autostart", "pid", "accel", "state_reason", "host", "ha")
 
     def __init__(self, name: str, uuid: str, vmx: Path, state: VmState, display_name: str, guest_os: str,
                  memory_mib: int, cpus: int, disks: tuple[dict[str, Any], ...], nics: tuple[dict[str, Any], ...],
                  autostart: bool = False, pid: int | None = None, accel: str | None = None,
-                 state_reason: str | None = None, host: str | None = None) -> None:
+                 state_reason: str | None = None, host: str | None = None, ha: bool | None = None) -> None:
         self.name, self.uuid, self.vmx, self.state = name, uuid, vmx, state
         self.display_name, self.guest_os, self.memory_mib, self.cpus = display_name, guest_os, memory_mib, cpus
         self.disks, self.nics, self.autostart, self.pid = disks, nics, autostart, pid
-        self.accel, self.state_reason, self.host = accel, state_reason, host
+        self.accel, self.state_reason, self.host, self.ha = accel, state_reason, host, ha
 
     @property
     def state_label(self) -> str:
@@ -54,14 +55,14 @@ class VmInfo(Record):
                 "display_name": self.display_name, "guest_os": self.guest_os,
                 "memory_mib": self.memory_mib, "cpus": self.cpus, "disks": list(self.disks),
                 "nics": list(self.nics), "autostart": self.autostart, "pid": self.pid, "accel": self.accel,
-                "host": self.host}
+                "host": self.host, "ha": self.ha}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VmInfo:
         """The VmInfo whose :meth:`to_dict` gave ``data``."""
         return cls(data["name"], data["uuid"], Path(data["vmx"]), VmState(data["state"]), data["display_name"],
                    data["guest_os"], data["memory_mib"], data["cpus"], tuple(data["disks"]), tuple(data["nics"]),
-                   data["autostart"], data["pid"], data["accel"], data["state_reason"], data["host"])
+                   data["autostart"], data["pid"], data["accel"], data["state_reason"], data["host"], data.get("ha"))
 
 
 class StartResult(Record):

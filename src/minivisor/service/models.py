@@ -178,6 +178,10 @@ class Autostart(Request):
     enabled: bool
 
 
+class HaSetting(Request):
+    enabled: bool = Field(description="restarted on another host of the cluster when its host dies")
+
+
 class Cdrom(Request):
     image: HostPath | None = Field(None, description="the ISO to insert; null ejects")
     drive: Drive | None = None
@@ -316,8 +320,8 @@ REQUESTS: dict[str, type[Request]] = {
     "delete_vm": NoFields, "unregister_vm": NoFields, "explain_vm": NoFields, "get_specfile": NoFields,
     "put_specfile": PutSpecfile, "vm_events": Events, "start_vm": StartVm, "stop_vm": StopVm, "reset_vm": NoFields,
     "pause_vm": NoFields, "resume_vm": NoFields, "wait_ready": WaitReady, "exec_in_vm": ExecInVm,
-    "copy_to_guest": CopyFile, "copy_from_guest": CopyFile, "set_autostart": Autostart, "reset_nvram": NoFields,
-    "cdrom": Cdrom, "screenshot": NoFields, "check_vmx": CheckVmx, "host_info": NoFields,
+    "copy_to_guest": CopyFile, "copy_from_guest": CopyFile, "set_autostart": Autostart, "set_ha": HaSetting,
+    "reset_nvram": NoFields, "cdrom": Cdrom, "screenshot": NoFields, "check_vmx": CheckVmx, "host_info": NoFields,
     "datastore_files": DatastoreFiles, "datastore_delete": DatastoreDelete, "vm_disks": NoFields,
     "vm_disk_resize": VmDiskResize, "add_disk": AddDisk, "set_resources": SetResources,
     "snapshot_list": NoFields, "snapshot_take": SnapshotTake, "snapshot_revert": SnapshotNamed,
@@ -370,6 +374,8 @@ class Vm(Answer):
     accel: Literal["kvm", "tcg"] | None
     host: str | None = Field(description="in a cluster, the host whose datastore holds the VM, the only one it "
                                          "runs on (null: a single host)")
+    ha: bool | None = Field(None, description="restarted on another host of the cluster when its host dies (vm show "
+                                              "only; null: not in a cluster, or the cluster store did not answer)")
 
 
 class VmList(RootModel[list[Vm]]):
@@ -680,9 +686,16 @@ class ClusterMembership(Answer):
     ttl: int = Field(description="seconds a host stays live without its service's heartbeat")
 
 
+class HaVm(Answer):
+    vm: str = Field(description="its name where it was marked HA")
+    uuid: str
+    owner: str | None = Field(description="the host that runs it now (null: none)")
+
+
 class ClusterStatus(ClusterMembership):
     etcd: str = Field(description="etcd's version")
     hosts: list[ClusterHost]
+    ha: list[HaVm] = Field(description="the VMs marked HA (vm ha VM on)")
 
 
 class ClusterLeft(Answer):

@@ -63,6 +63,7 @@ OPERATIONS: tuple[Op, ...] = (
     Op("copy_from_guest", "POST", "/v1/vms/{name}/copy-from", "json", args=("name", "guest_path", "host_path"),
        mutates=False),
     Op("set_autostart", "PUT", "/v1/vms/{name}/autostart", "vm", args=("name", "enabled")),
+    Op("set_ha", "PUT", "/v1/vms/{name}/ha", "vm", args=("name", "enabled")),
     Op("reset_nvram", "POST", "/v1/vms/{name}/reset-nvram", "json"),
     Op("cdrom", "POST", "/v1/vms/{name}/cdrom", "json", args=("name", "image")),
     Op("screenshot", "GET", "/v1/vms/{name}/screenshot", "bytes", mutates=False),
