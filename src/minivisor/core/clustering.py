@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ..cluster.store import Store
     from .hypervisor import Hypervisor
 
-__all__ = ["claimed", "disown", "running_vms", "set_ha", "ha_of", "ha_vms", "ClusterHost"]
+__all__ = ["claimed", "disown", "running_vms", "set_ha", "ha_of", "ha_vms", "cluster_of", "ClusterHost"]
 
 QUICK_LOOK = 0.5  # seconds each etcd endpoint gets to say whether a VM shown is HA
 ON_HOST = (VmState.RUNNING, VmState.PAUSED, VmState.STARTING)  # a VMM runs or is being started
@@ -83,7 +83,7 @@ def set_ha(ctx: VmContext, enabled: bool) -> None:
     """Mark the VM HA in the cluster, or not (ClusterError on a single host, or when etcd does not answer)."""
     from ..cluster import ha
 
-    config, store = _cluster(ctx.datastore.meta)
+    config, store = cluster_of(ctx.datastore.meta)
     ha.mark(store, config, ctx.uuid, ctx.name, enabled)
 
 
@@ -95,7 +95,7 @@ def ha_of(ctx: VmContext) -> bool | None:
     from ..cluster import ha
 
     try:
-        return ha.is_marked(_cluster(ctx.datastore.meta, timeout=QUICK_LOOK, patience=0)[1], ctx.uuid)
+        return ha.is_marked(cluster_of(ctx.datastore.meta, timeout=QUICK_LOOK, patience=0)[1], ctx.uuid)
     except ClusterError:
         return None
 
@@ -104,10 +104,10 @@ def ha_vms(meta: Path) -> list[dict[str, str | None]]:
     """The VMs marked HA in the cluster, each with the host that runs it now (None: none)."""
     from ..cluster import ha
 
-    return ha.listing(_cluster(meta)[1])
+    return ha.listing(cluster_of(meta)[1])
 
 
-def _cluster(meta: Path, **store_options: float) -> tuple[ClusterConfig, Store]:
+def cluster_of(meta: Path, **store_options: float) -> tuple[ClusterConfig, Store]:
     """The datastore's cluster configuration (ClusterError on a single host) and its etcd."""
     from ..cluster.membership import current
     from ..cluster.store import Store
@@ -176,8 +176,11 @@ class ClusterHost:
         return {entry.uuid.lower(): entry.name for entry in self.hv.datastore.catalog.list()}
 
     def restart(self, name: str, reason: str) -> None:
-        """Power on an HA VM whose host died (the power-on claims it, as any other does)."""
-        started = self.hv.start_vm(name)
+        """Power on here an HA VM whose host died (the power-on claims it, as any other does; placement's rules
+        and room hold for this host: if they refuse, another member may restart it)."""
+        from ..cluster.membership import current
+
+        started = self.hv.start_vm(name, host=current(self.hv.datastore.meta).host)
         self.hv.vms.emit(name, "haRestarted", pid=started.vm.pid, reason=reason)
 
     def receive_migration(self, destination: Destination) -> None:

@@ -36,11 +36,9 @@ class Placed(Record, frozen=True):
 
 def cluster_store(hv: Hypervisor) -> tuple[ClusterConfig, Store]:
     """This host's cluster configuration and its store; ClusterError if it is a single host."""
-    from ..cluster.membership import current
-    from ..cluster.store import Store
+    from .clustering import cluster_of
 
-    config = current(hv.datastore.meta)
-    return config, Store(config.endpoints)
+    return cluster_of(hv.datastore.meta)
 
 
 def place(hv: Hypervisor, name: str, host: str | None) -> Placed:
