@@ -183,7 +183,9 @@ def test_a_migration_killed_halfway_leaves_the_vm_running_on_the_source(fabric, 
             progress.append(line)
             if line.startswith("  disks"):
                 break
-        (incoming,) = qemus_under(b.root)
+        incoming = qemus_under(b.root)
+        assert len(incoming) == 1, (progress, migration.poll(), b.log_path.read_text()[-3000:])
+        incoming = incoming[0]
         victims = {"vmm": [incoming], "host": _pids_in(b.netns), "migration": [migration.pid]}[killed]
         for victim in victims:
             os.kill(victim, 9)
