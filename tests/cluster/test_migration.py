@@ -220,6 +220,35 @@ def test_a_migration_killed_halfway_leaves_the_vm_running_on_the_source(fabric, 
     a.ok("vm", "stop", "web", "--hard")
 
 
+def test_a_migration_whose_process_died_after_the_handover_leaves_no_old_copy_at_the_source(etcd, hosts,
+                                                                                              appliance_image):
+    """A ``vm migrate`` killed between the handover and removing the VM at the source: the source's service finds
+    its marker, sees the destination owning the VM, and removes the VM there (its disks are an old copy, which
+    must never be powered on again); a marker whose VM this host still owns undoes the migration instead."""
+    from minivisor import procfs
+    from minivisor.cluster.records import LiveRecord, OwnerRecord, from_value, to_value
+    from minivisor.cluster.store import Store
+
+    a, b = hosts("a", "b")
+    vm = create_guest(Hypervisor(a.root), "web", appliance_image, memory_mib=64, network="none")
+    cluster_of(etcd, a, b)
+    a.ok("vm", "start", "web")
+    store = Store(tuple(etcd.urls))
+    gone = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)  # a process that ended
+    dead_pid = int(gone.stdout)
+    alive_b = store.get("alive/b")
+    b_id = from_value(LiveRecord, alive_b.value, alive_b.key).id
+    assert store.replace(f"owners/{vm.uuid}", to_value(OwnerRecord("b", b_id, "web")),
+                         store.get(f"owners/{vm.uuid}").mod_revision, lease=alive_b.lease)  # the handover happened
+    marker = a.root / ".minivisor" / "outgoing" / ("ab" * 16)
+    marker.parent.mkdir(mode=0o700, exist_ok=True)
+    marker.write_text(json.dumps({"pid": dead_pid, "start": procfs.start_ticks(os.getpid()), "vm": "web",
+                                  "dest": "b"}))
+    wait_for("the source's service to remove its old copy", lambda: not marker.exists(), timeout=60)
+    assert Hypervisor(a.root).list_vms() == [] and not (a.root / "web").exists() and qemus_under(a.root) == []
+    assert _owner(etcd, vm.uuid)["host"] == "b"  # untouched: b's to release
+
+
 SPECFILE = ('.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "19"\ndisplayName = "evil"\n'
             'guestOS = "other-64"\nmemSize = "64"\nscsi0.present = "TRUE"\nscsi0.virtualDev = "lsilogic"\n'
             'scsi0:0.present = "TRUE"\nscsi0:0.fileName = "{name}"\n')

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..errors import ClusterError, HvError, OwnedElsewhereError
 from . import heartbeat
 from .config import ClusterConfig, fence_after, keepalive_every
-from .records import LiveRecord, alive_key, from_value, to_value
+from .records import LiveRecord, OwnerRecord, alive_key, from_value, to_value
 
 if TYPE_CHECKING:  # etcd's client is loaded once the datastore is in a cluster, not before
     from .migration import Destination
@@ -84,9 +84,11 @@ class Host(Protocol):
     def abandon_incoming(self, owned_here: Callable[[str], bool]) -> None:
         """Remove the VMs a previous service was taking in when it ended, unless ``owned_here(uuid)``."""
 
-    def abandon_outgoing(self, owned_here: Callable[[str], bool], withdraw: Callable[[str, str], None]) -> None:
-        """Undo the migrations whose process died (unless the VM is no longer ``owned_here``), and
-        ``withdraw(dest, request id)`` their requests."""
+    def abandon_outgoing(self, owner_of: Callable[[str], OwnerRecord | None],
+                         withdraw: Callable[[str, str], None]) -> None:
+        """Undo the migrations whose process died while this host owns the VM, remove the VM here if
+        ``owner_of(uuid)`` is the destination (the handover happened), and ``withdraw(dest, request id)`` their
+        requests."""
 
     def guard(self) -> None:
         """Start the host's watchdog process unless it runs (:mod:`minivisor.core.watchdog`)."""
@@ -289,6 +291,7 @@ class Member:
     # -- the receiver -------------------------------------------------------------------
     def _receive(self) -> None:
         from .migration import withdraw
+        from .ownership import owner_of
 
         abandoned = False
         while not self._stopping.wait(RECEIVE_POLL):
@@ -301,7 +304,7 @@ class Member:
                 if not abandoned:  # before any new request: what a previous service left half-made
                     self.host.abandon_incoming(owns)
                     abandoned = True
-                self.host.abandon_outgoing(owns, functools.partial(withdraw, store))
+                self.host.abandon_outgoing(functools.partial(owner_of, store), functools.partial(withdraw, store))
                 self._take_requests(store, config)
                 self._take_starts(store, config)
             except HvError as exc:

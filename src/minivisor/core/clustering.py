@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from ..cluster.config import ClusterConfig
     from ..cluster.migration import Destination
+    from ..cluster.records import OwnerRecord
     from ..cluster.starting import Starter
     from ..cluster.store import Store
     from .hypervisor import Hypervisor
@@ -198,10 +199,11 @@ class ClusterHost:
 
         abandon_incoming(self.hv, owned_here)
 
-    def abandon_outgoing(self, owned_here: Callable[[str], bool], withdraw: Callable[[str, str], None]) -> None:
+    def abandon_outgoing(self, owner_of: Callable[[str], OwnerRecord | None],
+                         withdraw: Callable[[str, str], None]) -> None:
         from .migration import abandon_outgoing
 
-        abandon_outgoing(self.hv, owned_here, withdraw)
+        abandon_outgoing(self.hv, owner_of, withdraw)
 
     def facts(self) -> dict[str, Any]:
         import os

@@ -45,6 +45,7 @@ from ..vmm.states import Action
 
 if TYPE_CHECKING:
     from ..cluster.migration import Answer, Destination, Disk, Source
+    from ..cluster.records import OwnerRecord
     from ..spec.vmspec import VmSpec
     from .context import VmContext, Vms
     from .hypervisor import Hypervisor
@@ -139,11 +140,15 @@ def _outgoing(meta: Path, source: Source) -> Iterator[None]:
         marker.unlink(missing_ok=True)
 
 
-def abandon_outgoing(hv: Hypervisor, owned_here: Callable[[str], bool],
+def abandon_outgoing(hv: Hypervisor, owner_of: Callable[[str], OwnerRecord | None],
                      withdraw: Callable[[str, str], None]) -> None:
-    """The migrations whose process died: before the handover, the VM's VMM is told to forget the migration
-    (the guest runs on); after it, nothing here is touched (the guest runs on the destination). Either way the
-    request is withdrawn, so the destination drops what it made or keeps what it owns."""
+    """The migrations whose process died: before the handover (this host owns the VM), the VM's VMM is told to
+    forget the migration (the guest runs on); after it (the destination owns it), the VM is removed here, as the
+    process would have done: its disks here are an old copy, which must never run again. Either way the request
+    is withdrawn, so the destination drops what it made or keeps what it owns."""
+    from ..cluster.membership import current
+
+    here = current(hv.datastore.meta).host_id
     folder = hv.datastore.meta / OUTGOING
     for marker in sorted(folder.glob("[!.]*")) if folder.is_dir() else ():  # not a marker's temp file
         try:
@@ -154,16 +159,23 @@ def abandon_outgoing(hv: Hypervisor, owned_here: Callable[[str], bool],
             continue
         if procfs.is_same_process(pid, start):
             continue  # still moving it
-        try:
-            with hv.vms.operate(name, Action.MIGRATE, wait=0) as ctx:
-                if owned_here(ctx.uuid):
+        entry = hv.datastore.catalog.find(name)
+        owner = owner_of(entry.uuid) if entry is not None else None
+        if owner is not None and owner.host_id == here:
+            try:
+                with hv.vms.operate(name, Action.MIGRATE, wait=0) as ctx:
                     log.warning("VM %s: the process migrating it to host %s ended; undoing the migration", name,
                                 dest)
                     _undo(ctx, None)
-        except LockError:
-            continue  # another operation has its turn (not the dead process's): looked at again later
-        except (NotFoundError, StateError):
-            pass  # gone, or no VMM: nothing to undo in it
+            except LockError:
+                continue  # another operation has its turn (not the dead process's): looked at again later
+            except (NotFoundError, StateError):
+                pass  # gone, or no VMM: nothing to undo in it
+        elif owner is not None and owner.host == dest:
+            log.warning("VM %s: the process migrating it to host %s ended after the handover; removing it here", name,
+                        dest)
+            if not _remove(hv, name):
+                continue  # looked at again later
         withdraw(dest, marker.name)
         marker.unlink(missing_ok=True)
 
