@@ -5,6 +5,8 @@ request refuses (and that nothing moved), and the page's Cluster view and Migrat
 
 from __future__ import annotations
 
+import json
+
 import os
 import re
 import shutil
@@ -223,6 +225,19 @@ def test_the_page_shows_the_cluster_and_its_migrate_action_moves_a_running_vm(cl
     expect(page.locator("tr[data-vm=web] td.host")).to_have_text(here.name)
     expect(page.locator("select.migrate-host[data-vm=web] option")).to_have_text([there.name])
     assert page.locator("select.migrate-host").count() == 1
+
+    # HA: the switch marks the VM in the cluster (what the CLI's vm ha reads back), and unmarks it
+    ha = page.locator("button[data-action=ha][data-vm=web]")
+    expect(page.locator("#cluster-ha")).to_have_text("HA (restarted on another host when theirs dies): none")
+    expect(ha).to_have_text("HA on")
+    ha.click()
+    expect(page.locator("#cluster-ha")).to_have_text(f"HA (restarted on another host when theirs dies): web (on {here.name})")
+    expect(ha).to_have_text("HA off")
+    assert [vm["vm"] for vm in json.loads(here.ok("cluster", "status", "--json"))["ha"]] == ["web"]
+    ha.click()
+    expect(page.locator("#cluster-ha")).to_have_text("HA (restarted on another host when theirs dies): none")
+    expect(ha).to_have_text("HA on")
+    assert json.loads(here.ok("cluster", "status", "--json"))["ha"] == []
 
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("button[data-action=migrate][data-vm=web]")

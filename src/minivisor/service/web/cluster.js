@@ -1,6 +1,7 @@
 // The cluster this host is in (GET /v1/cluster): every host, live or not, with its free memory, CPUs, running VMs
-// and versions; and a running VM's Migrate action to a live other host (POST /v1/vms/<name>/migrate: a task of the
-// service, its progress in the task list). On a single host none of it shows (the body has no data-cluster).
+// and versions, and the VMs marked HA; a running VM's Migrate action to a live other host (POST
+// /v1/vms/<name>/migrate: a task of the service, its progress in the task list); every VM's HA switch (PUT
+// /v1/vms/<name>/ha). On a single host none of it shows (the body has no data-cluster).
 
 import {api, vmPath} from "./api.js";
 import {$, el} from "./dom.js";
@@ -39,13 +40,26 @@ export async function showCluster() {
     el("td", {class: "cpus", text: host.live ? String(host.cpus) : ""}),
     el("td", {class: "vms", text: (host.vms || []).join(", ")}),
     el("td", {class: "versions", text: host.live ? "minivisor " + host.minivisor + ", QEMU " + host.qemu : ""})));
+  const ha = status.ha.map((vm) => vm.vm + " (" + (vm.owner ? "on " + vm.owner : "not running") + ")");
   box.replaceChildren(el("h2", {text: "Cluster"}),
     el("p", {text: "etcd " + status.etcd + " at " + status.endpoints.join(", ") + " · lease " + status.ttl + " s"}),
+    el("p", {id: "cluster-ha", text: "HA (restarted on another host when theirs dies): " + (ha.join(", ") || "none")}),
     el("table", {id: "cluster-hosts"},
        el("thead", {}, el("tr", {}, ...["Host", "Live", "Free memory", "CPUs", "Running VMs", "Versions"]
          .map((h) => el("th", {text: h})))),
        el("tbody", {}, ...rows)));
   return migrationTargets().join(" ") !== before;
+}
+
+// A VM's HA switch in a cluster: "HA on" marks it (another host that has it registered powers it on when its
+// host dies), "HA off" unmarks it; nothing on a single host.
+export function haControls(vm) {
+  if (!status) return [];
+  const marked = status.ha.some((entry) => entry.uuid === vm.uuid);
+  return [actionButton(marked ? "HA off" : "HA on", "ha", vm.name, async () => {
+    await api("PUT", vmPath(vm.name, "/ha"), {enabled: !marked});
+    await showCluster();  // the HA list, which the row's switch reads
+  })];
 }
 
 // A running VM's Migrate action: the live other hosts to choose from, and the button; nothing without one.

@@ -16,7 +16,7 @@ const LABELS = {
   snapshot_revert: "Revert to snapshot", snapshot_delete: "Delete snapshot", put_specfile: "Save specfile",
   cdrom: "CD-ROM", add_nic: "Add NIC", remove_nic: "Remove NIC", set_nic: "Change NIC",
   set_resources: "CPUs and memory", add_disk: "Add disk", upload: "Upload", datastore_delete: "Delete file in",
-  copy_to_guest: "Copy to guest", copy_from_guest: "Copy from guest", set_autostart: "Autostart",
+  copy_to_guest: "Copy to guest", copy_from_guest: "Copy from guest", set_autostart: "Autostart", set_ha: "HA",
   migrate_vm: "Migrate to",
 };
 
