@@ -5,7 +5,8 @@ command table alone; ``vm list`` loads no other command group, no service stack 
 asyncio), no QMP, no specfile parsing and no snapshot code, whether it reads the datastore or asks a
 running service, and then not even the core. A snapshot taken through a running service loads
 only the client: no dataclasses (inspect), pathlib, urllib.parse (ipaddress), typing, json or threading (the client
-speaks through their C modules), nor the specfile or ``.vmsd`` reader. A direct ``vm start`` of a VM without NICs loads, up to QEMU's spawn, neither
+speaks through their C modules), nor argparse (plain words are read without it), nor the specfile or ``.vmsd``
+reader. A direct ``vm start`` of a VM without NICs loads, up to QEMU's spawn, neither
 dataclasses nor logging, shutil or secrets, nor the network modules or QMP.
 """
 
@@ -26,7 +27,8 @@ SERVICE_STACK = ("starlette", "uvicorn", "asyncio", "h11", "pydantic", "pydantic
 GONE = ("typer", "click", "rich")  # the CLI's libraries before issue 13
 # What a command through a service does without (each costs ~1-10 ms of a command that takes ~50)
 NOT_FOR_A_CLIENT = ("dataclasses", "inspect", "pathlib", "ipaddress", "urllib.parse", "typing", "http.client", "socket",
-                    "json", "threading", "minivisor.core.results", "minivisor.datastore.layout", "minivisor.dirs")
+                    "json", "threading", "argparse", "gettext", "locale", "minivisor.cli.argparser",
+                    "minivisor.core.results", "minivisor.datastore.layout", "minivisor.dirs")
 # a VmInfo holds its specfile's path, and pathlib loads urllib.parse
 A_VM_ALONE_NEEDS_NONE_OF = set(NOT_FOR_A_CLIENT) - {"pathlib", "urllib.parse", "ipaddress"}
 NOT_FOR_LISTING = ("minivisor.vmm.qmp", "minivisor.spec.vmspec", "minivisor.spec.vmx", "minivisor.spec.vmsd",
