@@ -16,18 +16,20 @@ Stdlib only, and light: its requests speak just the HTTP/1.1 the service answers
 cost every CLI command that goes through a service more than its own work does;
 only :meth:`Client.events` (a chunked stream) loads ``http.client``. For the same reason the
 module loads no pathlib, urllib.parse (ipaddress), typing or dataclasses (inspect) until a
-result needs them: a snapshot, a string or plain JSON needs none; and it speaks through ``_socket``,
-the C module under ``socket`` (whose enums and wrappers cost a command ~4 ms of CPU).
+result needs them: a snapshot, a string or plain JSON needs none; and it speaks through the C modules
+under the standard library's: ``_socket`` under ``socket`` (whose enums and wrappers cost a command ~4 ms
+of CPU), ``_json`` under ``json`` (json's decoder, scanner and encoder modules, with their regexes: ~1.5 ms)
+and ``_thread`` under ``threading`` (~1 ms).
 """
 
 from __future__ import annotations
 
+import _json
 import _socket
+import _thread
 import functools
-import json
 import os
 import select
-import threading
 import time
 
 from . import errors, procfs
@@ -56,7 +58,7 @@ def connect(root: Path | str) -> Client | None:
     recorded (a service killed with SIGKILL leaves a stale file behind).
     """
     try:
-        record = json.loads(_read(os.path.join(root, SERVICE_FILE)))
+        record = _loads(_read(os.path.join(root, SERVICE_FILE)))
         token = _read(os.path.join(root, TOKEN_FILE)).strip()
     except (OSError, ValueError):
         return None
@@ -87,7 +89,7 @@ class Client:
         self.host, self.port = _host_and_port(url)
         self.token = token
         self.timeout = timeout
-        self._local = threading.local()
+        self._local = _thread._local()  # threading.local, without threading
 
     @classmethod
     def for_datastore(cls, root: Path | str) -> Client | None:
@@ -108,7 +110,7 @@ class Client:
     def request(self, method: str, path: str, body: dict[str, Any] | None = None, *,
                 timeout: float | None = None) -> tuple[int, Any]:
         """Send one request; returns (status, decoded JSON or text)."""
-        payload = json.dumps(body).encode() if body is not None else b""
+        payload = _dumps(body).encode() if body is not None else b""
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -133,7 +135,7 @@ class Client:
                 self._local.conn = None
                 raise HostError(f"cannot reach the service at {self.url}: {exc}",
                                 hint="is `minivisor serve` running? remove a stale .minivisor/service.json") from exc
-        data = json.loads(raw) if kind.startswith("application/json") and raw else raw.decode(errors="replace")
+        data = _loads(raw) if kind.startswith("application/json") and raw else raw.decode(errors="replace")
         return status, data
 
     def call(self, op_name: str, *args: Any, **kwargs: Any) -> Any:
@@ -158,7 +160,7 @@ class Client:
             if kwargs:
                 from urllib.parse import urlencode
 
-                path += "?" + urlencode({k: json.dumps(v) for k, v in kwargs.items()})
+                path += "?" + urlencode({k: _dumps(v) for k, v in kwargs.items()})
         else:
             body = kwargs
         timeout = float(kwargs.get("timeout") or 0) + 120.0
@@ -190,7 +192,7 @@ class Client:
             conn.request("GET", path, headers={"Authorization": f"Bearer {self.token}"})
             response = conn.getresponse()
             if response.status >= 400:
-                raise _error(response.status, json.loads(response.read() or b"{}"))
+                raise _error(response.status, _loads(response.read() or b"{}"))
             data = b""
             while True:
                 line = response.readline()  # the stream is chunked: read through http.client, not its socket
@@ -199,7 +201,7 @@ class Client:
                 if line.startswith(b"data: "):
                     data += line[6:]
                 elif line in (b"\n", b"\r\n") and data:
-                    yield json.loads(data)
+                    yield _loads(data)
                     data = b""
         finally:
             conn.close()
@@ -359,6 +361,45 @@ def _error_class(name: Any) -> type[HvError]:
     """The error class the service named in an error body's ``type`` (HvError for a name it does not know)."""
     cls = getattr(errors, name, None) if name in errors.__all__ else None
     return cls if isinstance(cls, type) and issubclass(cls, HvError) else HvError
+
+
+# -- JSON, through json's C module ----------------------------------------
+class _JsonDefaults:
+    """What ``_json``'s scanner reads from its decoder: ``json.loads``'s defaults (NaN and infinities accepted, as
+    Python's encoder writes them)."""
+
+    strict = True
+    object_hook = object_pairs_hook = None
+    parse_float, parse_int = float, int
+    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}.__getitem__
+
+
+_scan = _json.make_scanner(_JsonDefaults())
+_JSON_SPACE = " \t\n\r"
+
+
+def _loads(text: str | bytes) -> Any:
+    """``json.loads`` of one JSON document (bytes in UTF-8); ValueError if it is not one."""
+    if isinstance(text, (bytes, bytearray)):
+        text = text.decode()
+    start = len(text) - len(text.lstrip(_JSON_SPACE))
+    try:
+        value, end = _scan(text, start)
+    except StopIteration as exc:
+        raise ValueError(f"not JSON: nothing to read at character {exc.value}") from None
+    if text[end:].strip(_JSON_SPACE):
+        raise ValueError(f"not JSON: more after character {end}")
+    return value
+
+
+def _dumps(value: Any) -> str:
+    """``json.dumps(value)``: ASCII, ``", "`` and ``": "`` between items, NaN as NaN, a cycle refused."""
+    encode = _json.make_encoder({}, _not_json, _json.encode_basestring_ascii, None, ": ", ", ", False, False, True)
+    return "".join(encode(value, 0))
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 # -- JSON -> the core API's types ------------------------------------------

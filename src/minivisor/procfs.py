@@ -11,7 +11,6 @@ a service's pid here on every CLI command that goes through one.
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections import namedtuple
 from collections.abc import Iterable, Iterator
@@ -122,6 +121,8 @@ def rss_bytes(pid: int) -> int | None:
         status = _read(f"/proc/{pid}/status")
     except OSError:
         return None
+    import re  # here: the client reads this module, and re (with enum) would cost each command ~3 ms
+
     found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
     return int(found[1]) * 1024 if found else 0
 
@@ -156,6 +157,8 @@ def host_cpu_seconds() -> tuple[float, float]:
 
 def own_umask() -> int:
     """This process's umask, read without changing it (os.umask is not thread-safe)."""
+    import re  # here, as in rss_bytes
+
     try:
         status = _read("/proc/self/status", "rb").decode("ascii", errors="replace")
         return int(re.search(r"^Umask:\s*([0-7]+)", status, re.M)[1], 8)  # type: ignore[index]

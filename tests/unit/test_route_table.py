@@ -198,3 +198,13 @@ def test_a_refused_value_is_said_in_one_line_naming_the_field_and_what_it_may_be
     error = refused.value
     line = f"{error.message} | {error.hint}"
     assert error.code == code and "\n" not in line and all(words in line for words in said), line
+
+
+def test_path_parameters_are_the_braced_names_of_each_path():
+    """Read without re (the client's path): the same names a regex finds, and Starlette's own."""
+    import re
+
+    for op in OPERATIONS:
+        assert op.path_params == tuple(re.findall(r"\{(\w+)\}", op.path)), op.path
+        assert set(op.path_params) == set(Router(routes=operation_routes(lambda op: None)).routes[
+            OPERATIONS.index(op)].param_convertors), op.path

@@ -304,6 +304,19 @@ def test_new_encoding_key_goes_first() -> None:
     assert doc.to_bytes() == b'#!/usr/bin/vmware\n.encoding = "UTF-8"\na = "1"\n'
 
 
+def test_values_are_read_with_the_encoding_as_it_is_now() -> None:
+    """The codec is looked up once, and again after every change of .encoding (set, replaced, deleted)."""
+    doc = parse(b'displayName = "Caf\xc3\xa9"\n')
+    assert (doc.encoding, doc.get("displayName")) == ("utf-8", "Caf\u00e9")
+    doc.set(".encoding", "windows-1252")  # reinterprets the bytes, as documented
+    assert (doc.encoding, doc.get("displayName")) == ("cp1252", "Caf\u00c3\u00a9")
+    doc.set(".encoding", "UTF-8")
+    assert (doc.encoding, doc.get("displayName")) == ("utf-8", "Caf\u00e9")
+    doc.set(".encoding", "latin1")
+    assert doc.delete(".encoding")
+    assert (doc.encoding, doc.get("displayName")) == ("utf-8", "Caf\u00e9")
+
+
 # -- keys and duplicates ---------------------------------------------------------
 
 

@@ -6,7 +6,8 @@ It answers like virsh, so start-up does only what the command asks for:
   and ``minivisor GROUP --help`` are printed from them, importing no command module;
 - the commands of ``minivisor X ...`` are declared in ``minivisor.cli.X`` with :func:`command`
   (arguments as data, and one short function over the core API), imported only when one of them runs;
-- :mod:`minivisor.cli.parsing` builds argparse for that one command;
+- :mod:`minivisor.cli.parsing` reads that one command's words (plain words without argparse; anything else,
+  help and mistakes included, through argparse built for that command: :mod:`minivisor.cli.argparser`);
 - each command imports the part of the core it calls, and output (:mod:`minivisor.cli.output`) is plain text.
 
 Every error is an :class:`~minivisor.errors.HvError` turned, in :func:`main` only, into one line

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from . import arg, command, datastore_root
@@ -10,7 +9,7 @@ from . import arg, command, datastore_root
 
 @command("serve", arg("--listen", default="127.0.0.1:8700", metavar="HOST:PORT",
                       help="Where to listen (loopback unless you say otherwise) [default: 127.0.0.1:8700]."),
-         arg("--autostart", action=argparse.BooleanOptionalAction, default=True,
+         arg("--autostart", action="boolean_optional", default=True,
              help="Power on the VMs marked autostart [default: yes]."))
 def serve(listen: str, autostart: bool) -> None:
     import ipaddress

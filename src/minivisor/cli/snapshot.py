@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
-
 from . import JSON, NAME, arg, command, hv, print_json, say
 
 SNAPSHOT = arg("snapshot", metavar="SNAPSHOT", help="The snapshot's name (or uid).")
 
 
 @command("snapshot take", NAME, SNAPSHOT,
-         arg("--memory", action=argparse.BooleanOptionalAction,
+         arg("--memory", action="boolean_optional",
              help="Save memory and device state too, or not [default: when the VM is running]."),
          arg("--description", default="", help="A longer description."), JSON)
 def snapshot_take(name: str, snapshot: str, memory: bool | None, description: str, as_json: bool) -> None:

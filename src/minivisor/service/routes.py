@@ -18,7 +18,7 @@ parameters in the order the core API takes them positionally.
 
 from __future__ import annotations
 
-import re
+import functools
 from collections import namedtuple
 
 __all__ = ["Op", "OPERATIONS", "by_name", "check_segment"]
@@ -37,7 +37,7 @@ class Op(namedtuple("Op", "name method path returns args status mutates vm_param
 
     @property
     def path_params(self) -> tuple[str, ...]:
-        return tuple(re.findall(r"\{(\w+)\}", self.path))
+        return tuple(part.partition("}")[0] for part in self.path.split("{")[1:])  # without re (~3 ms a command)
 
 
 OPERATIONS: tuple[Op, ...] = (
@@ -120,9 +120,15 @@ def check_segment(value: str) -> str:
 
     The service decodes %2F: a "/" sent in a name would be two segments and reach another route. What the
     value may be beyond that is the core's to say (a network's name rules are the network's)."""
-    if not _SEGMENT.match(value) or value in (".", ".."):
+    if not _segment().match(value) or value in (".", ".."):
         raise ValueError(f"{value[:40]!r} cannot be part of a request path")
     return value
 
 
-_SEGMENT = re.compile(r"[^/\\\x00-\x1f\x7f]{1,128}\Z")
+@functools.cache
+def _segment():
+    """One path segment (compiled when first needed: only routes of no VM have such a parameter; re with enum costs
+    ~3 ms a command)."""
+    import re
+
+    return re.compile(r"[^/\\\x00-\x1f\x7f]{1,128}\Z")

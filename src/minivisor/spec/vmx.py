@@ -208,6 +208,7 @@ class VmxDocument:
         self._bom = b""
         self._lines: list[_Line] = []
         self._index: dict[str, list[_Line]] = {}  # lower-cased key -> its lines
+        self._codec: str | None = None  # ``encoding``, once asked for (every get and set asks); None after a change
 
     @classmethod
     def parse(cls, data: bytes, *, source: str = "<vmx>", limits: Limits = VMX_LIMITS) -> VmxDocument:
@@ -309,8 +310,10 @@ class VmxDocument:
     @property
     def encoding(self) -> str:
         """The Python codec for values: from ``.encoding``, else UTF-8."""
-        lines = self._index.get(".encoding")
-        return (lines and lookup_charset(lines[-1].raw.decode("latin-1"))) or "utf-8"
+        if self._codec is None:
+            lines = self._index.get(".encoding")
+            self._codec = (lines and lookup_charset(lines[-1].raw.decode("latin-1"))) or "utf-8"
+        return self._codec
 
     def get(self, key: str, default: str | None = None) -> str | None:
         """The effective (last) value of ``key``, any case, or ``default``."""
@@ -361,6 +364,7 @@ class VmxDocument:
             text = match["indent"] + match["key"] + b" = " + quoted + match["tail"]
             self._check_room(key, len(text), new=False)
             line.text, line.raw = text, raw
+            self._codec = None if lkey == ".encoding" else self._codec
             return
         name = _encode(key, codec, "key", key)
         if not _VALID_KEY.match(name):
@@ -369,6 +373,7 @@ class VmxDocument:
         text = name + b" = " + quoted
         self._check_room(key, len(text), new=True)
         self._add(_Line(text, b"", key, raw), first=lkey == ".encoding")
+        self._codec = None if lkey == ".encoding" else self._codec
 
     def _check_room(self, key: str, line_bytes: int, *, new: bool) -> None:
         """Refuse an edit that would make a file this document's limits refuse to read."""
@@ -395,6 +400,7 @@ class VmxDocument:
         lines = self._index.pop(key.lower(), None)
         if not lines:
             return False
+        self._codec = None if key.lower() == ".encoding" else self._codec
         doomed = {id(line) for line in lines}
         self._lines = [line for line in self._lines if id(line) not in doomed]
         return True
