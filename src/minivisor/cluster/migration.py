@@ -30,7 +30,7 @@ from typing import Any
 from ..errors import ClusterError, HandoverUncertainError, HvError
 from ..text import excerpt
 from .config import ClusterConfig
-from .records import LiveRecord, OwnerRecord, alive_key, check_host_name, from_value, owner_key, to_value
+from .records import LiveRecord, Mailbox, OwnerRecord, alive_key, check_host_name, from_value, owner_key, to_value
 from .store import Entry, Store
 
 __all__ = ["Request", "Disk", "Answer", "Source", "Destination", "requests_for", "read_request", "withdraw", "MIGRATIONS",
@@ -81,17 +81,13 @@ class Answer:
     error: str = ""
 
 
-def request_key(dest: str, request_id: str) -> str:
-    return f"{MIGRATIONS}{check_host_name(dest)}/{request_id}"
-
-
-def answer_key(request_id: str) -> str:
-    return ANSWERS + request_id
+MAILBOX = Mailbox(MIGRATIONS, ANSWERS)
+request_key, answer_key = MAILBOX.request_key, MAILBOX.answer_key
 
 
 def requests_for(store: Store, config: ClusterConfig) -> list[Entry]:
     """The migration requests addressed to this host."""
-    return store.list(f"{MIGRATIONS}{config.host}/")
+    return MAILBOX.addressed_to(store, config.host)
 
 
 def read_request(entry: Entry) -> Request:

@@ -21,12 +21,15 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ..errors import ArgumentError, ClusterError
 from ..text import excerpt
 
-__all__ = ["ClusterRecord", "HostRecord", "LiveRecord", "OwnerRecord", "RuleRecord", "from_value", "to_value",
+if TYPE_CHECKING:
+    from .store import Entry, Store
+
+__all__ = ["Mailbox", "ClusterRecord", "HostRecord", "LiveRecord", "OwnerRecord", "RuleRecord", "from_value", "to_value",
            "check_host_name", "host_key", "alive_key", "owner_key", "rule_key", "CLUSTER_KEY", "HOSTS", "ALIVE", "OWNERS",
            "RULES", "RULE_KINDS"]
 
@@ -137,3 +140,21 @@ def _checked(kind: Any, item: Any, name: str, key: str) -> Any:
         return tuple(item)
     raise ClusterError(f"the cluster store holds a malformed {name!r} at {excerpt(key, 80)}",
                        hint="it was not written by this minivisor: remove it with etcdctl, or rejoin the host")
+
+
+class Mailbox(NamedTuple):
+    """Requests addressed to one host and their answers: ``<requests><host>/<id>``, written by the host that
+    asks, and ``<answers><id>``, by the host asked (a migration's, placement's power-ons)."""
+
+    requests: str
+    answers: str
+
+    def request_key(self, host: str, request_id: str) -> str:
+        return f"{self.requests}{check_host_name(host)}/{request_id}"
+
+    def answer_key(self, request_id: str) -> str:
+        return self.answers + request_id
+
+    def addressed_to(self, store: Store, host: str) -> list[Entry]:
+        """The requests to ``host``."""
+        return store.list(f"{self.requests}{host}/")

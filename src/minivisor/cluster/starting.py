@@ -22,7 +22,7 @@ from ..datastore.names import check_vm_name
 from ..errors import ClusterError, HvError
 from ..text import excerpt
 from .config import ClusterConfig
-from .records import alive_key, check_host_name
+from .records import Mailbox, alive_key, check_host_name
 from .store import Entry, Store
 
 __all__ = ["StartRequest", "StartAnswer", "ask", "read_request", "requests_for", "Starter", "STARTS", "STARTED",
@@ -57,17 +57,13 @@ class StartAnswer:
     ready_line: str = ""
 
 
-def request_key(host: str, request_id: str) -> str:
-    return f"{STARTS}{check_host_name(host)}/{request_id}"
-
-
-def answer_key(request_id: str) -> str:
-    return STARTED + request_id
+MAILBOX = Mailbox(STARTS, STARTED)
+request_key, answer_key = MAILBOX.request_key, MAILBOX.answer_key
 
 
 def requests_for(store: Store, config: ClusterConfig) -> list[Entry]:
     """The power-ons asked of this host."""
-    return store.list(f"{STARTS}{config.host}/")
+    return MAILBOX.addressed_to(store, config.host)
 
 
 def ask(store: Store, config: ClusterConfig, host: str, vm: str, vm_uuid: str, *, wait_ready: bool,
