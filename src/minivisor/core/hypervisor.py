@@ -811,10 +811,12 @@ def _in_background(work: Callable[[], Any]) -> Callable[[], Any]:
 
 def _await_ready(ctx: VmContext, timeout: float, spec: VmSpec | None = None) -> str:
     """The guest's ready line, once its console relay has seen it (at once if it has)."""
-    from ..vmm.console import wait_for_ready
+    from ..vmm.readiness import wait_for_ready
 
     spec = spec or ctx.read_spec()
-    return wait_for_ready(ctx.vmm.ready_line, spec.ready_line, timeout, alive=lambda: ctx.vmm.record() is not None)
+    record = ctx.vmm.record()
+    return wait_for_ready(ctx.vmm.ready_line, spec.ready_line, timeout, alive=lambda: ctx.vmm.record() is not None,
+                          runtime_dir=ctx.paths.runtime_dir, vmm_pid=record.pid if record else None)
 
 
 def _make_disk(target: Path, size: str | None, boot_chain: tuple[ImageLayer, ...] | None,
