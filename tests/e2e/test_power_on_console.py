@@ -13,18 +13,10 @@ from pathlib import Path
 import pytest
 from guests import create_guest
 
-from minivisor import Hypervisor
 from minivisor.vmm.states import VmState
+from minivisor_appliance.first_line import LINE as FIRST_LINE, first_line_disk
 
 pytestmark = pytest.mark.qemu
-
-FIRST_LINE = b"minivisor-first-line\r\n"
-# A boot sector whose first instructions print FIRST_LINE on COM1, then power the machine off (ACPI S5
-# through PIIX4's PM1a control register, where SeaBIOS puts it, port 0x604):
-#   xor ax,ax; mov ds,ax; cld; mov si,0x7c1d; mov dx,0x3f8
-#   next: lodsb; test al,al; jz off; out dx,al; jmp next
-#   off: mov dx,0x604; mov ax,0x2000; out dx,ax; hlt; jmp $-1
-PRINT_AND_POWER_OFF = bytes.fromhex("31c08ed8fcbe1d7cbaf803ac84c07403eeebf8ba0406b80020eff4ebfd")
 
 # A power-on whose console relay starts only once QEMU has exited (its guest printed and powered off with
 # nobody reading): QEMU is left unreaped, as a VMM the launch has not looked at again yet.
@@ -39,13 +31,6 @@ def late(self, vmm_pid, listeners, ready_text):
 process.Vmm._spawn_relay = late
 Hypervisor(sys.argv[1]).start_vm(sys.argv[2])
 """
-
-
-def boot_sector_disk(folder: Path) -> Path:
-    sector = (PRINT_AND_POWER_OFF + FIRST_LINE + b"\0").ljust(510, b"\0") + b"\x55\xaa"
-    disk = folder / "first-line.img"
-    disk.write_bytes(sector.ljust(1 << 20, b"\0"))
-    return disk
 
 
 def relays_logging_to(log: Path) -> list[int]:
@@ -63,7 +48,7 @@ def relays_logging_to(log: Path) -> list[int]:
 
 @pytest.mark.parametrize("relay", ["at-once", "after-the-vmm-exited"])
 def test_a_guest_that_prints_at_its_first_instant_then_powers_off_is_logged_and_seen_off(hv, tmp_path, relay):
-    create_guest(hv, "first", boot_sector_disk(tmp_path), memory_mib=16, network="none")
+    create_guest(hv, "first", first_line_disk(tmp_path / "first-line.img"), memory_mib=16, network="none")
     log = hv.vm_paths("first").serial_log
     if relay == "at-once":
         hv.start_vm("first")
