@@ -339,8 +339,9 @@ class Hypervisor:
                 if recover(ctx):  # a snapshot or clone cut short: finished or undone, so plan again
                     plan = ctx.plan()
                 _, placed = power_on(ctx, plan)
+        info = self._info(ctx)  # while the guest boots, not after it is ready
         ready = self._wait_ready(ctx, timeout, plan.spec) if wait_ready else None
-        return StartResult(self._info(ctx), plan.warnings + placed, ready)
+        return StartResult(info, plan.warnings + placed, ready)
 
     def wait_ready(self, name: str, *, timeout: float = 120.0) -> str:
         """Wait until the guest prints its readiness line on the console."""
