@@ -239,9 +239,10 @@ class Vmm:
         self._prepare_runtime_dir()
         # QEMU connects to these at its start (its console and event monitor): made first, handed to the relay,
         # whose interpreter starts while QEMU does. What the guest prints until the relay reads waits in them.
-        listeners = [self._listen(self.paths.events_socket)]
-        listeners += [self._listen(self.paths.serial_socket)] if console else []
+        listeners: list[socket.socket] = []
         try:
+            for path in (self.paths.events_socket, *([self.paths.serial_socket] if console else [])):
+                listeners.append(self._listen(path))
             process = self._spawn(argv)
             try:
                 relay = self._spawn_relay(process.pid, listeners, ready_text)
