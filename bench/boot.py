@@ -44,10 +44,11 @@ def time_minivisor_boot(env: dict[str, str]) -> float:
 
 
 def time_bare_boot(argv: list[str], serial_log: Path) -> float:
-    """Start QEMU directly (not paused, its console written straight to the serial log: no relay) and poll the log."""
+    """Start QEMU directly (not paused, its console written straight to the serial log, its event monitor a
+    socket it serves: no relay) and poll the log."""
     serial_log.unlink(missing_ok=True)
-    bare = [f"file,id=console,path={serial_log}" if arg.startswith("socket,id=console,") else arg
-            for arg in argv if arg != "-S"]
+    bare = [f"file,id=console,path={serial_log}" if arg.startswith("socket,id=console,")
+            else arg.replace(",server=off", ",server=on,wait=off") for arg in argv if arg != "-S"]
     for arg in bare:  # the socket folder minivisor makes (and removes) for each power-on
         for match in re.finditer(r"path=([^,]+)", arg):
             Path(match.group(1)).parent.mkdir(mode=0o700, parents=True, exist_ok=True)

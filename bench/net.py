@@ -321,7 +321,7 @@ def by_hand_pair(ns: Namespace, workdir: Path, image: str, argv: dict[str, list[
 
 def _by_hand(argv: list[str], tap: str, disk: Path, own: Path) -> list[str]:
     """minivisor's argv, running at once (no -S), its tap and disk replaced, and every file it names (sockets:
-    console, QMP, events, VNC; the BIOS log) one of its own in the folder ``own``: minivisor's VM runs meanwhile,
+    console, QMP, events, VNC, served by QEMU itself; the BIOS log) one of its own in the folder ``own``: minivisor's VM runs meanwhile,
     and two QEMUs binding one socket path would leave minivisor talking to the wrong one."""
     out = []
     for arg in argv:
@@ -333,6 +333,7 @@ def _by_hand(argv: list[str], tap: str, disk: Path, own: Path) -> list[str]:
             arg = json.dumps({**json.loads(arg), "filename": str(disk)}, separators=(",", ":"))
         else:
             arg = re.sub(r"(path=|^unix:)(/[^,]+)", lambda m: f"{m[1]}{own / Path(m[2]).name}", arg)
+            arg = arg.replace(",server=off", ",server=on,wait=off")  # no relay: QEMU serves its console and events
         out.append(arg)
     return out
 

@@ -137,11 +137,11 @@ from minivisor import Hypervisor
 from minivisor.vmm import process as vmm
 point = sys.argv[2]
 if point == "before-record":
-    original = vmm.Vmm._wait_for_qmp
-    def crash(self, process):
-        original(self, process)
-        os._exit(9)  # QEMU is up (paused, holding the lock) but nothing recorded it
-    vmm.Vmm._wait_for_qmp = crash
+    original = vmm.Vmm._wait_for_relay
+    def crash(self, relay):
+        original(self, relay)
+        os._exit(9)  # QEMU is up (running, holding the lock) but nothing recorded it
+    vmm.Vmm._wait_for_relay = crash
 else:
     from minivisor.vmm import qmp
     original_execute = qmp.QmpSession.execute
@@ -159,6 +159,9 @@ Hypervisor(sys.argv[1]).start_vm("vm1")
 def test_a_power_on_cut_short_by_a_crash_is_cleaned_up_when_the_service_starts(datastore, point):
     hv = Hypervisor(datastore)
     small_vm(hv, "vm1")
+    if point == "before-cont":  # a NIC whose link must go down before the guest runs: QEMU starts paused
+        with open(hv.get_vm("vm1").vmx, "a") as vmx:
+            vmx.write('ethernet0.present = "TRUE"\nethernet0.virtualDev = "e1000"\nethernet0.startConnected = "FALSE"\n')
     crashed = subprocess.run([sys.executable, "-c", HALF_START, str(datastore), point], capture_output=True)
     assert crashed.returncode == 9, crashed.stderr
     uuid = hv.get_vm("vm1").uuid

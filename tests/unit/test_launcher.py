@@ -65,6 +65,27 @@ def test_a_vmm_that_waits_for_a_saved_state_is_the_same_machine_plus_incoming():
     assert names[-1] == "incoming"  # vm explain shows it
 
 
+@pytest.mark.parametrize("networks, incoming, paused", [
+    ("unconnected", False, True),  # its links go down before the guest runs
+    (UserNat(), True, True),  # waits for a saved state
+    (UserNat(), False, False),  # nothing to do first: the guest runs at once, as under bare QEMU
+], ids=["link-down", "incoming", "plain"])
+def test_a_vmm_starts_paused_only_when_something_must_happen_before_its_guest_runs(networks, incoming, paused):
+    spec = seed_spec()
+    env = env_for(spec, incoming=incoming, networks={n.index: networks for n in spec.nics})
+    assert env.starts_paused is paused
+    assert ("-S" in build_qemu_argv(spec, env)) is paused
+
+
+def test_the_console_and_event_monitor_connect_to_the_relay_and_qmp_listens():
+    """QEMU is the client of the relay's sockets (made before QEMU starts: no output is lost while the
+    guest runs before the relay reads), and the server of the QMP socket minivisor's commands connect to."""
+    chardevs = option_values(build_qemu_argv(seed_spec(), env_for(seed_spec())), "-chardev")
+    assert f"socket,id=console,path={PATHS.serial_socket},server=off" in chardevs
+    assert f"socket,id=events,path={PATHS.events_socket},server=off" in chardevs
+    assert f"socket,id=qmp,path={PATHS.qmp_socket},server=on,wait=off" in chardevs
+
+
 def test_seed_hardware_mapping():
     argv = build_qemu_argv(seed_spec(), env_for(seed_spec()))
     assert option_values(argv, "-m") == ["1024M"]
@@ -117,7 +138,7 @@ def test_comma_in_the_datastore_or_runtime_path_is_escaped_in_chardev_options():
     argv = build_qemu_argv(seed_spec(), env_for(seed_spec(), paths=paths))
     chardevs = option_values(argv, "-chardev")
     assert "file,id=bioslog,path=/data,,server=on/vm/bios.log" in chardevs
-    assert "socket,id=console,path=/run/a,,logfile=x/abc/serial.sock,server=on,wait=off" in chardevs
+    assert "socket,id=console,path=/run/a,,logfile=x/abc/serial.sock,server=off" in chardevs
     assert not any("logfile=" in c.replace(",,logfile=", "") for c in chardevs)
 
 

@@ -363,8 +363,9 @@ class Hypervisor:
                 if recover(ctx):  # a snapshot or clone cut short: finished or undone, so plan again
                     plan = ctx.plan()
                 _, pinned = power_on(ctx, plan)
+        info = self._info(ctx)  # while the guest boots, not after it is ready
         ready = self._wait_ready(ctx, timeout, plan.spec) if wait_ready else None
-        return StartResult(self._info(ctx), plan.warnings + pinned, ready, placed.host if placed else None)
+        return StartResult(info, plan.warnings + pinned, ready, placed.host if placed else None)
 
     def wait_ready(self, name: str, *, timeout: float = 120.0) -> str:
         """Wait until the guest prints its readiness line on the console."""
@@ -877,10 +878,12 @@ def _in_background(work: Callable[[], Any]) -> Callable[[], Any]:
 
 def _await_ready(ctx: VmContext, timeout: float, spec: VmSpec | None = None) -> str:
     """The guest's ready line, once its console relay has seen it (at once if it has)."""
-    from ..vmm.console import wait_for_ready
+    from ..vmm.readiness import wait_for_ready
 
     spec = spec or ctx.read_spec()
-    return wait_for_ready(ctx.vmm.ready_line, spec.ready_line, timeout, alive=lambda: ctx.vmm.record() is not None)
+    record = ctx.vmm.record()
+    return wait_for_ready(ctx.vmm.ready_line, spec.ready_line, timeout, alive=lambda: ctx.vmm.record() is not None,
+                          runtime_dir=ctx.paths.runtime_dir, vmm_pid=record.pid if record else None)
 
 
 def _make_disk(target: Path, size: str | None, boot_chain: tuple[ImageLayer, ...] | None,

@@ -59,7 +59,7 @@ def _launch(ctx: VmContext, plan: LaunchPlan, *, run: bool) -> RuntimeRecord:
         if networks is not None:
             networks.plug(ctx, plan)  # its taps on their networks' bridges: QEMU opens them by name
         record = ctx.vmm.launch(plan.argv, plan.env.accel, plan.links_down, ready_text=plan.spec.ready_line,
-                                console=plan.env.console_index is not None, run=run)
+                                console=plan.env.console_index is not None, paused=plan.env.starts_paused, run=run)
     except BaseException:
         claim.unlink(missing_ok=True)
         if networks is not None and plan.taps:

@@ -101,12 +101,12 @@ class VmPaths(Record, frozen=True):
 
     @property
     def serial_socket(self) -> Path:
-        """QEMU's end of the console: only the console relay connects to it."""
+        """Where QEMU's console connects at its start: the console relay listens there (made by the launch)."""
         return self.runtime_dir / "serial.sock"
 
     @property
     def events_socket(self) -> Path:
-        """A second QMP monitor, where the console relay listens to QEMU's events."""
+        """A second QMP monitor, QEMU's events for the console relay: QEMU connects to it, as to the console."""
         return self.runtime_dir / "events.sock"
 
     @property

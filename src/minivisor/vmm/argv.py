@@ -88,6 +88,13 @@ class LaunchEnv(Record, frozen=True):
     uefi: Ovmf | None = None  # firmware = "efi": OVMF, its variables in paths.efi_vars; None: SeaBIOS
 
     @property
+    def starts_paused(self) -> bool:
+        """QEMU starts with its vCPUs stopped (``-S``) only when something must happen before the guest runs:
+        a saved state to wait for, or a NIC whose link must go down first. Otherwise the guest runs at once,
+        as under bare QEMU: its console waits in the relay's socket, which QEMU connects to at its start."""
+        return self.incoming or "unconnected" in self.networks.values()
+
+    @property
     def q35(self) -> bool:
         """An EFI VM is a Q35 PC (PCIe, as VMware's EFI hardware is, and virt-v2v's choice for UEFI guests;
         Secure Boot needs its SMM); a BIOS VM an i440FX PC, as it always was."""
@@ -117,7 +124,7 @@ def device_id(node: str) -> str:
 
 
 def build_qemu_argv(spec: VmSpec, env: LaunchEnv) -> list[str]:
-    """The complete QEMU command line for ``spec`` (starts paused: ``-S``)."""
+    """The complete QEMU command line for ``spec`` (paused, ``-S``, if :attr:`LaunchEnv.starts_paused`)."""
     argv = [env.qemu]
     for device in virtual_hardware(spec, env):
         argv.extend(device.args)
@@ -184,7 +191,8 @@ def _machine(spec: VmSpec, env: LaunchEnv) -> VirtualDevice:
             "-machine", qemu_opts(*chipset, ("usb", "off"), ("vmport", "off")),
             "-accel", _accel(spec, env), "-cpu", cpu,
             "-nodefaults", "-no-user-config", "-display", "none",
-            "-sandbox", SANDBOX, "-msg", "timestamp=on", "-trace", SHUTDOWN_TRACE, "-S")
+            "-sandbox", SANDBOX, "-msg", "timestamp=on", "-trace", SHUTDOWN_TRACE)
+    args += ("-S",) if env.starts_paused else ()
     if env.q35:
         # QEMU's ACPI hot-plug would keep the root ports from the guest's PCIe hot-plug driver (its _OSC grants no
         # native hot-plug), and name their slots by ACPI _SUN: the guest would not find VMware's slot numbers.
@@ -407,9 +415,9 @@ def _nic(nic: Nic, env: LaunchEnv, place: PciPlace) -> VirtualDevice:
 def _serial_ports(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
     devices = []
     if env.console_index is not None:
-        # The console relay is this socket's one client; it writes serial.log (capped) and serves console.sock.
-        chardev = qemu_opts(("id", "console"), ("path", env.paths.serial_socket), ("server", "on"),
-                            ("wait", "off"))
+        # QEMU connects at its start to the socket the console relay listens on (made before QEMU starts): what
+        # the guest prints waits there until the relay reads it, which writes serial.log (capped) and serves console.sock.
+        chardev = qemu_opts(("id", "console"), ("path", env.paths.serial_socket), ("server", "off"))
         devices.append(VirtualDevice(
             f"serial{env.console_index}", "16550A serial port: minivisor console (serial.log)",
             ("-chardev", f"socket,{chardev}",
@@ -521,7 +529,8 @@ def _guest_agent(env: LaunchEnv) -> VirtualDevice:
 
 def _control(env: LaunchEnv) -> VirtualDevice:
     qmp = qemu_opts(("id", "qmp"), ("path", env.paths.qmp_socket), ("server", "on"), ("wait", "off"))
-    events = qemu_opts(("id", "events"), ("path", env.paths.events_socket), ("server", "on"), ("wait", "off"))
+    # QEMU connects to the relay's socket, as its console does: the relay's monitor exists before the guest runs
+    events = qemu_opts(("id", "events"), ("path", env.paths.events_socket), ("server", "off"))
     return VirtualDevice("qmp", "QMP control sockets (owner-only): commands, and events for the console relay",
                          ("-chardev", f"socket,{qmp}", "-mon", "chardev=qmp,mode=control",
                           "-chardev", f"socket,{events}", "-mon", "chardev=events,mode=control"))

@@ -1,9 +1,9 @@
-"""The guest's serial console: wait for readiness, attach a terminal, run commands.
+"""The guest's serial console: wait for a line in a log, attach a terminal, run commands.
 
 The console is COM1. The VM's console relay (:mod:`minivisor.vmm.relay`) is the
 VMM's one client for it: it logs it to ``serial.log`` (capped), notes the
-guest's ready line in the runtime folder, and serves ``console.sock``, where
-a client sees what the guest prints from the moment it connects.
+guest's ready line in the runtime folder (:mod:`minivisor.vmm.readiness` waits for it),
+and serves ``console.sock``, where a client sees what the guest prints from the moment it connects.
 ``run_command`` drives the guest's serial shell: it finds the shell by a probe
 (a random marker it must print), sends the command between two markers and
 reads back its output and exit status, so it works with any guest that gives a
@@ -23,7 +23,6 @@ import sys
 import termios
 import time
 import tty
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from ..errors import GuestError, GuestTimeoutError, LockError
 from ..text import excerpt
 from ..locks import try_lock
 
-__all__ = ["ExecResult", "wait_for_line", "wait_for_ready", "run_command", "attach", "console_lock"]
+__all__ = ["ExecResult", "wait_for_line", "run_command", "attach", "console_lock"]
 
 DETACH_KEY = b"\x1d"  # Ctrl-], as telnet and virsh console use
 
@@ -78,24 +77,6 @@ def wait_for_line(log: Path, needle: str, timeout: float, *, alive=lambda: True)
             raise GuestError(f"the guest did not say {needle!r} within {timeout:.0f} s",
                              hint=f"see what it printed in {log}")
         time.sleep(0.01)
-
-
-def wait_for_ready(ready_line: Callable[[], str | None], needle: str, timeout: float, *,
-                   alive: Callable[[], bool] = lambda: True) -> str:
-    """Wait until ``ready_line()`` gives the guest's ready line (the console relay notes it); return it.
-
-    The relay remembers the line, so this never scans the log, however much the guest printed.
-    """
-    deadline = time.monotonic() + timeout
-    while (line := ready_line()) is None:
-        if not alive():
-            raise GuestError(f"the VM powered off before its guest said {needle!r}",
-                             hint="see its serial.log and vmm.log")
-        if time.monotonic() > deadline:
-            raise GuestError(f"the guest did not say {needle!r} within {timeout:.0f} s",
-                             hint="see what it printed in its serial.log")
-        time.sleep(0.01)
-    return line
 
 
 def console_lock(runtime_dir: Path) -> int:

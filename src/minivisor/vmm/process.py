@@ -33,14 +33,14 @@ from .states import FAULTS, VmState
 
 if TYPE_CHECKING:  # subprocess, shutil, socket and the QMP session are imported where a VMM is started,
     #                 stopped or spoken to: observing VMs (`vm list`, every few seconds in scripts) needs none
+    import socket
     import subprocess
 
     from .qmp import QmpSession
 
 __all__ = ["VmLock", "RuntimeRecord", "Observed", "Vmm", "is_our_vmm", "launched_process", "SHORT_HOLD"]
 
-START_TIMEOUT = 15.0
-RELAY_TIMEOUT = 15.0
+RELAY_TIMEOUT = 15.0  # seconds from QEMU's spawn until its start is over and the relay attached
 STATUS_WAIT = 2.0  # seconds a pause or resume waits for the relay to see QEMU's new run state
 PROBE_TRIES = 5  # is_held_elsewhere: ~10 ms before a taken lock counts as held
 SHORT_HOLD = 5.0  # seconds a state probe or a dead VMM's cleanup may hold the VM lock, at the very most
@@ -223,47 +223,75 @@ class Vmm:
 
     # -- launching -------------------------------------------------------
     def launch(self, argv: list[str], accel: str, links_down: list[str], *, ready_text: str,
-               console: bool, run: bool = True) -> RuntimeRecord:
-        """Start QEMU paused, attach the console relay, take links down, then run it (unless not ``run``).
+               console: bool, paused: bool, run: bool = True) -> RuntimeRecord:
+        """Start QEMU and its console relay; returns once QEMU's start is over and the relay attached.
 
-        ``ready_text``: the guest's ready line, which the relay watches the console for; ``console``:
-        whether ``argv`` gives the VM a minivisor console. A VMM started with ``-incoming defer`` waits
-        for a saved state: its ``cont`` only arms the run. A live migration's destination is not run: it
-        stays paused after the state arrived, until its host owns the VM. The caller must hold ``self.lock``.
+        ``paused``: ``argv`` starts QEMU paused (``-S``, :attr:`~minivisor.vmm.argv.LaunchEnv.starts_paused`):
+        its links go down (``links_down``), then it runs (unless not ``run``: a live migration's destination
+        stays paused after the state arrived, until its host owns the VM; a VMM started with ``-incoming
+        defer`` waits for a saved state, its ``cont`` only arms the run). Otherwise the guest runs at once,
+        as under bare QEMU, and nothing here is on its way. ``ready_text``: the guest's ready line, which the
+        relay watches the console for; ``console``: whether ``argv`` gives the VM a minivisor console.
+        The caller must hold ``self.lock``.
         """
         assert self.lock.fd is not None, "launch() needs the VM lock"
+        assert paused or (run and not links_down), "links go down, and runs wait, only in a VMM started paused"
         self._prepare_runtime_dir()
-        process = self._spawn(argv)
-        relay: subprocess.Popen | None = None
+        # QEMU connects to these at its start (its console and event monitor): made first, handed to the relay,
+        # whose interpreter starts while QEMU does. What the guest prints until the relay reads waits in them.
+        listeners: list[socket.socket] = []
         try:
-            # The relay's interpreter starts while QEMU does (it connects once QEMU listens); the guest runs
-            # only after both are up (-S, then cont), so the relay misses nothing it prints.
-            relay = self._spawn_relay(ready_text, console)
-            self._wait_for_qmp(process)
+            for path in (self.paths.events_socket, *([self.paths.serial_socket] if console else [])):
+                listeners.append(self._listen(path))
+            process = self._spawn(argv)
+            try:
+                relay = self._spawn_relay(process.pid, listeners, ready_text)
+            except BaseException:
+                process.kill()
+                process.wait()
+                raise
+        finally:
+            for listener in listeners:
+                listener.close()  # the relay has its own
+        try:
             self._wait_for_relay(relay)
             record = RuntimeRecord(process.pid, procfs.start_ticks(process.pid) or 0, argv,
                                    str(self.paths.qmp_socket), str(self.paths.console_socket),
                                    str(self.paths.runtime_dir), accel)
             record.save(self.paths.runtime_record)
-            with _qmp(self.paths.qmp_socket) as qmp:
-                for nic in links_down:
-                    qmp.execute("set_link", {"name": nic, "up": False})
-                if run:
-                    qmp.execute("cont")
+            if paused:
+                with _qmp(self.paths.qmp_socket) as qmp:
+                    for nic in links_down:
+                        qmp.execute("set_link", {"name": nic, "up": False})
+                    if run:
+                        qmp.execute("cont")
         except BaseException as exc:
             exited = _exits_within(process, 1.0) if isinstance(exc, VmmError) else False
             process.kill()
             process.wait()
-            if relay is not None:  # attached, it has detached already: QEMU's end closes its sockets, it exits
-                relay.kill()
-                relay.wait()
+            relay.kill()  # attached, it has detached already: QEMU's end closes its sockets, it exits
+            relay.wait()
             self.paths.runtime_record.unlink(missing_ok=True)
-            if exited:  # QEMU opened its sockets, then gave up (its relay or QMP lost it): say why
+            if exited:  # QEMU gave up during its start (its relay saw it end): say why
                 raise VmmError(f"the VMM of {self.name!r} failed to start: {self.last_vmm_error()}",
                                hint=f"see {self.paths.vmm_log}") from exc
             raise
         _launched[process.pid] = process
         return record
+
+    def _listen(self, path: Path) -> socket.socket:
+        """A socket listening at ``path`` in the runtime folder (owner-only) for QEMU to connect to."""
+        import socket
+
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            listener.bind(str(path))
+            listener.listen(1)
+        except OSError as exc:
+            listener.close()
+            raise VmmError(f"cannot make the VMM's socket {path} for {self.name!r}: {exc.strerror}",
+                           hint="the runtime folder is under XDG_RUNTIME_DIR or /run/minivisor: check it") from exc
+        return listener
 
     def _prepare_runtime_dir(self) -> None:
         runtime = self.paths.runtime_dir
@@ -273,28 +301,29 @@ class Vmm:
         for stale in runtime.iterdir():
             stale.unlink()
 
-    def _spawn_relay(self, ready_text: str, console: bool) -> subprocess.Popen:
-        """Start the VM's console relay (:mod:`minivisor.vmm.relay`); :meth:`_wait_for_relay` waits for it.
+    def _spawn_relay(self, vmm_pid: int, listeners: list[socket.socket], ready_text: str) -> subprocess.Popen:
+        """Start the VM's console relay (:mod:`minivisor.vmm.relay`) with the sockets QEMU (``vmm_pid``) connects
+        to: its event monitor's, then its console's, if it has one; :meth:`_wait_for_relay` waits for it.
 
-        The relay detaches itself: its first process exits 0 once the relay holds QEMU's sockets and
-        serves the console. Its interpreter starts without ``site`` (-S: the relay needs only the standard
-        library and this minivisor, found through PYTHONPATH), without the current folder (-P), and from
-        ``-c`` rather than ``-m``, which would load runpy and importlib.util first.
+        The relay detaches itself: its first process exits 0 once the relay holds QEMU's sockets, QEMU greeted
+        (its start is over) and the console is served. Its interpreter starts without ``site`` (-S: the relay
+        needs only the standard library and this minivisor, found through PYTHONPATH), without the current
+        folder (-P), and from ``-c`` rather than ``-m``, which would load runpy and importlib.util first.
         """
         import subprocess
 
         paths = self.paths
         package_parent = str(Path(__file__).resolve().parents[2])  # this very minivisor
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (package_parent, os.environ.get("PYTHONPATH"))))}
+        fds = [listener.fileno() for listener in listeners]
         argv = [sys.executable, "-S", "-P", "-c", "from minivisor.vmm.relay import main; main()",
-                "--events", str(paths.events_socket),
+                "--vmm-pid", str(vmm_pid), "--events-fd", str(fds[0]),
                 "--status", str(paths.status_file), "--console", str(paths.console_socket),
                 "--log", str(paths.serial_log), "--ready", str(paths.ready_file), "--ready-text", ready_text]
-        if console:
-            argv += ["--serial", str(paths.serial_socket)]
+        argv += ["--serial-fd", str(fds[1])] if len(fds) > 1 else []
         try:
             return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                    env=env, start_new_session=True, umask=0o077)
+                                    env=env, start_new_session=True, umask=0o077, pass_fds=fds)
         except OSError as exc:
             raise VmmError(f"cannot start the console relay of {self.name!r}: {exc.strerror}",
                            hint="check the Python installation minivisor runs from") from exc
@@ -329,32 +358,6 @@ class Vmm:
                            hint="install QEMU: apt-get install qemu-system-x86") from exc
         finally:
             log.close()
-
-    def _wait_for_qmp(self, process: subprocess.Popen) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self._qmp_listening():
-            if process.poll() is not None:
-                raise VmmError(f"the VMM of {self.name!r} failed to start: {self.last_vmm_error()}",
-                               hint=f"see {self.paths.vmm_log}")
-            if time.monotonic() > deadline:
-                raise VmmError(f"the VMM of {self.name!r} did not open its control socket in {START_TIMEOUT:.0f} s",
-                               hint=f"see {self.paths.vmm_log}")
-            time.sleep(0.002)
-
-    def _qmp_listening(self) -> bool:
-        """The QMP socket accepts connections (QEMU binds it, which creates the file, before listening)."""
-        import socket
-
-        if not self.paths.qmp_socket.exists():
-            return False
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(self.paths.qmp_socket))
-            return True
-        except OSError:
-            return False  # ECONNREFUSED between bind() and listen()
-        finally:
-            probe.close()
 
     def last_vmm_error(self) -> str:
         """The last error QEMU wrote to the VMM log, without its program prefix."""

@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # the console relay imports this module with every power-on: 
     from pathlib import Path
     from typing import Any
 
-__all__ = ["QmpSession", "QmpStream", "negotiate", "execute", "TIMEOUT", "MAX_MESSAGE"]
+__all__ = ["QmpSession", "QmpStream", "negotiate", "greeted", "leave_negotiation", "execute", "TIMEOUT", "MAX_MESSAGE"]
 
 TIMEOUT = 10.0  # seconds for a turn, a connection, or one command's answer
 MAX_MESSAGE = 4 * 1024 * 1024  # bytes of one message: query-block of many disks is tens of KiB
@@ -208,20 +208,32 @@ class QmpSession:
 
 def negotiate(sock: socket.socket, where: str, timeout: float = TIMEOUT) -> QmpStream:
     """Check QEMU's greeting on a connected monitor socket and leave capabilities negotiation."""
-    stream = QmpStream(sock, where)
     deadline = time.monotonic() + timeout
+    stream = greeted(sock, where, deadline)
+    leave_negotiation(stream, deadline)
+    return stream
+
+
+def greeted(sock: socket.socket, where: str, deadline: float) -> QmpStream:
+    """The monitor on ``sock`` once QEMU greeted on it (its main loop runs: its start is over)."""
+    stream = QmpStream(sock, where)
     greeting = stream.receive(deadline)
     if greeting is None or not isinstance(greeting.get("QMP"), dict):
         raise QmpError(f"{where} did not greet as a QMP monitor: {_brief(greeting)}",
                        hint="is this socket a VMM's QMP monitor? see the VM's vmm.log")
+    return stream
+
+
+def leave_negotiation(stream: QmpStream, deadline: float) -> None:
+    """Leave capabilities negotiation: QEMU sends events and runs commands from then on."""
     stream.send({"execute": "qmp_capabilities", "id": "minivisor-0"})
     while True:
         answer = stream.receive(deadline)
         if answer is None or "error" in answer:
-            raise QmpError(f"{where} refused to leave capabilities negotiation: {_brief(answer)}",
+            raise QmpError(f"{stream.where} refused to leave capabilities negotiation: {_brief(answer)}",
                            hint="see the VM's vmm.log")
         if answer.get("id") == "minivisor-0":
-            return stream
+            return
 
 
 def execute(path: Path | str, command: str, arguments: dict[str, Any] | None = None, *,

@@ -1,8 +1,9 @@
 """The console relay: one small process per running VM, between its VMM and everyone else.
 
-QEMU serves the VM's serial console (COM1) on a private socket (``serial.sock``)
-and the relay is its only client, attached before the guest runs (QEMU starts
-with ``-S``), so nothing the guest prints is lost. The relay
+The launch makes two listening sockets before QEMU starts (``serial.sock``, ``events.sock``) and
+hands them to the relay; QEMU connects to both at its start, as a client, and the guest runs at once.
+What it prints waits in the console's socket until the relay reads it, so nothing is lost however late
+the relay comes. The relay
 
 - writes the console output to ``serial.log``, capped at :data:`LOG_CAP` bytes
   with one previous generation (``serial.log.1``): a guest flooding its console
@@ -17,8 +18,9 @@ with ``-S``), so nothing the guest prints is lost. The relay
   datastore full) by reading one small file instead of asking every VMM.
 
 It exits when the VMM closes the console (the VMM exited). It is started by
-:meth:`minivisor.vmm.process.Vmm.launch` and detaches (a double fork) once attached:
-it outlives the CLI that started it and is never left a zombie of the service.
+:meth:`minivisor.vmm.process.Vmm.launch` and detaches (a double fork) once attached, which is once
+QEMU greeted on the event monitor (QEMU's start is over): it outlives the CLI that started it and
+is never left a zombie of the service.
 
 Only the standard library and minivisor's QMP framing are imported, and its interpreter starts
 without ``site`` or ``runpy`` (see :meth:`minivisor.vmm.process.Vmm.launch`): this runs once per
@@ -28,6 +30,7 @@ power-on, and lives as long as the VM.
 from __future__ import annotations
 
 import os
+import select
 import selectors
 import socket
 import sys
@@ -35,14 +38,14 @@ import time
 from types import SimpleNamespace
 
 from ..errors import QmpError
-from .qmp import negotiate
+from .qmp import QmpStream, greeted, leave_negotiation
 
 LOG_CAP = 1024 * 1024  # bytes of serial.log (boot logs are tens of KiB); serial.log.1 keeps the previous generation
 CLIENT_BACKLOG = 1024 * 1024  # output queued for a slow console client before the oldest is dropped
 INPUT_BACKLOG = 64 * 1024  # typed input queued for a guest that does not read its serial port
 LINE_MAX = 4096  # the longest line scanned for the ready text
 MAX_CLIENTS = 8
-CONNECT_TIMEOUT = 30.0  # it starts with QEMU: as long as the launcher waits for QEMU's sockets, and more
+CONNECT_TIMEOUT = 30.0  # seconds for QEMU to connect and greet: longer than the launcher waits for the relay
 CHUNK = 65536
 
 
@@ -114,20 +117,47 @@ class Relay:
         self.selector = selectors.DefaultSelector()
         self.clients: dict[socket.socket, Outbox] = {}
         self.line = b""  # the console's unfinished last line, for the ready scan
-        self.events = negotiate(_connect(options.events), options.events, CONNECT_TIMEOUT)
-        self.selector.register(self.events.sock, selectors.EVENT_READ, self._on_event_data)
+        deadline = time.monotonic() + CONNECT_TIMEOUT
+        vmm_exit = os.pidfd_open(int(options.vmm_pid))  # readable once QEMU exited
+        try:
+            # QEMU connects to both at its start (its chardevs come before its machine), so both are waiting
+            events = _accept(int(options.events_fd), "its event monitor", vmm_exit, deadline)
+            serial = _accept(int(options.serial_fd), "its console", vmm_exit, deadline) if options.serial_fd else None
+            self.events: QmpStream | None = self._monitor(events, vmm_exit, deadline)
+        finally:
+            os.close(vmm_exit)
         self.vmm: Outbox | None = None
         self.listener: socket.socket | None = None
-        if options.serial:  # the VM has a minivisor console
-            self.vmm = Outbox(_connect(options.serial), INPUT_BACKLOG)
+        if serial is not None:  # the VM has a minivisor console
+            self.vmm = Outbox(serial, INPUT_BACKLOG)
             self.selector.register(self.vmm.sock, selectors.EVENT_READ, self._on_console_output)
             self.listener = _listen(options.console)
             self.selector.register(self.listener, selectors.EVENT_READ, self._on_client_connect)
         self.running = True
 
+    @staticmethod
+    def _monitor(sock: socket.socket, vmm_exit: int, deadline: float) -> QmpStream | None:
+        """QEMU's event monitor, out of negotiation and asked for the run state; None if QEMU greeted (it
+        started) and has exited since: its guest powered off at once. QmpError if QEMU never greeted."""
+        stream = greeted(sock, "the event monitor", deadline)  # QEMU's main loop runs: its start is over
+        try:
+            leave_negotiation(stream, deadline)
+            # The guest may have run for a while: the state now, then every change as an event.
+            stream.send({"execute": "query-status"})
+        except QmpError:
+            if not _exits(vmm_exit, within=1.0):  # its sockets close as it exits, just before it is gone
+                raise  # QEMU is there, but its monitor is not
+            sock.close()
+            return None
+        return stream
+
     def serve(self) -> None:
-        for message in self.events.drain():  # what came with the handshake
-            self._on_qmp_message(message)
+        if self.events is not None:
+            self.selector.register(self.events.sock, selectors.EVENT_READ, self._on_event_data)
+            for message in self.events.drain():  # what came with the handshake
+                self._on_qmp_message(message)
+        elif self.vmm is None:
+            return  # QEMU has exited already, and there is no console to log
         while self.running:
             for key, mask in self.selector.select():
                 key.data(key.fileobj, mask)
@@ -166,28 +196,39 @@ class Relay:
         self._publish(self.ready_name, text[start:stop].decode(errors="replace").strip())
 
     def _on_event_data(self, sock: socket.socket, mask: int) -> None:
+        assert self.events is not None
         try:
             data = sock.recv(CHUNK)
         except OSError:
             data = b""
         if not data:
-            self.running = False
+            self._events_ended()
             return
         try:
             messages = self.events.feed(data)
         except QmpError:
-            self.running = False  # the monitor speaks nonsense: nothing more to learn from it
+            self._events_ended()  # the monitor speaks nonsense: nothing more to learn from it
             return
         for message in messages:
             self._on_qmp_message(message)
 
+    def _events_ended(self) -> None:
+        """The event monitor closed (QEMU is going away): the console's last output is still to be logged."""
+        if self.events is None:
+            return
+        self.selector.unregister(self.events.sock)
+        self.events.sock.close()
+        self.events = None
+        if self.vmm is None:
+            self.running = False
+
     def _on_qmp_message(self, message: dict) -> None:
-        if message.get("event") in ("STOP", "RESUME"):
+        if message.get("event") in ("STOP", "RESUME") and self.events is not None:
             # The event does not say why the VM stopped; QEMU's run state does (io-error, paused...).
             try:
                 self.events.send({"execute": "query-status"})
             except QmpError:
-                self.running = False  # the VMM closed its monitor: it is going away
+                self._events_ended()  # the VMM closed its monitor: it is going away
         elif isinstance(message.get("return"), dict) and "status" in message["return"]:
             self._publish(self.status_name, message["return"]["status"])
 
@@ -257,19 +298,32 @@ class Relay:
         client.close()
 
 
-def _connect(path: str) -> socket.socket:
-    """Connect to a socket QEMU serves, waiting for it to listen."""
-    deadline = time.monotonic() + CONNECT_TIMEOUT
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.connect(path)
-            return sock
-        except OSError as exc:
-            sock.close()
-            if time.monotonic() > deadline:
-                raise OSError(exc.errno, f"cannot connect to {path}: {exc.strerror}") from exc
-            time.sleep(0.005)
+def _accept(listener_fd: int, what: str, vmm_exit: int, deadline: float) -> socket.socket:
+    """The connection QEMU makes at its start to the listening socket ``listener_fd`` (then closed);
+    OSError if QEMU exits or the deadline passes before it connects."""
+    listener = socket.socket(fileno=listener_fd)
+    try:
+        poller = select.poll()
+        poller.register(listener, select.POLLIN)
+        poller.register(vmm_exit, select.POLLIN)
+        while True:
+            remaining = deadline - time.monotonic()
+            ready = dict(poller.poll(max(remaining, 0) * 1000))
+            if listener.fileno() in ready:  # before the exit: a QEMU that connected, then ended, did start
+                return listener.accept()[0]
+            if vmm_exit in ready:
+                raise OSError(f"the VMM exited before it connected {what}")
+            if remaining <= 0:
+                raise OSError(f"the VMM did not connect {what} in {CONNECT_TIMEOUT:.0f} s")
+    finally:
+        listener.close()
+
+
+def _exits(vmm_exit: int, *, within: float) -> bool:
+    """Whether QEMU has exited, or does within ``within`` seconds (``vmm_exit``: its pidfd)."""
+    poller = select.poll()
+    poller.register(vmm_exit, select.POLLIN)
+    return bool(poller.poll(within * 1000))
 
 
 def _listen(path: str) -> socket.socket:
@@ -293,10 +347,11 @@ def _detach() -> None:
     os.close(devnull)
 
 
-OPTIONS = {  # the relay's command line: --NAME VALUE for each, in any order (only --serial may be left out)
-    "events": "QEMU's event monitor socket",
+OPTIONS = {  # the relay's command line: --NAME VALUE for each, in any order (only --serial-fd may be left out)
+    "vmm-pid": "QEMU's process id",
+    "events-fd": "the listening socket (a descriptor) QEMU's event monitor connects to",
     "status": "where QEMU's run state goes (in the runtime folder)",
-    "serial": "QEMU's console socket; absent: the VM has no minivisor console",
+    "serial-fd": "the listening socket (a descriptor) QEMU's console connects to; absent: no minivisor console",
     "console": "the console socket to serve",
     "log": "serial.log in the VM's folder",
     "ready": "where the ready line goes (beside --status)",
@@ -312,7 +367,7 @@ def parse_options(argv: list[str]) -> SimpleNamespace:
     """
     if len(argv) % 2:
         raise ValueError("options come in pairs: --NAME VALUE")
-    values = {"serial": None}
+    values = {"serial-fd": None}
     for name, value in zip(argv[::2], argv[1::2]):
         if not name.startswith("--") or name[2:] not in OPTIONS:
             raise ValueError(f"unknown option {name!r}; the options are " + ", ".join(f"--{o}" for o in OPTIONS))
@@ -330,8 +385,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"minivisor console relay: {exc}")
     try:
         relay = Relay(options)
-    except OSError as exc:
-        sys.stderr.write(f"{exc.strerror or exc}\n")
+    except (OSError, QmpError) as exc:
+        sys.stderr.write(f"{getattr(exc, 'strerror', None) or exc}\n")
         sys.exit(1)
     _detach()
     relay.serve()

@@ -1,0 +1,90 @@
+"""End to end: a guest runs from QEMU's first instant (no ``-S``) unless something must happen before it
+does, and its console loses nothing meanwhile: QEMU connects at its start to the relay's sockets, and what
+the guest prints waits there until the relay reads it, however late that is."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from guests import create_guest
+
+from minivisor.vmm.states import VmState
+from minivisor_appliance.first_line import LINE as FIRST_LINE, first_line_disk
+
+pytestmark = pytest.mark.qemu
+
+# A power-on whose console relay starts only once QEMU has exited (its guest printed and powered off with
+# nobody reading): QEMU is left unreaped, as a VMM the launch has not looked at again yet.
+LATE_RELAY = """
+import os, sys
+from minivisor import Hypervisor
+from minivisor.vmm import process
+original = process.Vmm._spawn_relay
+def late(self, vmm_pid, listeners, ready_text):
+    os.waitid(os.P_PID, vmm_pid, os.WEXITED | os.WNOWAIT)
+    return original(self, vmm_pid, listeners, ready_text)
+process.Vmm._spawn_relay = late
+Hypervisor(sys.argv[1]).start_vm(sys.argv[2])
+"""
+
+
+def relays_logging_to(log: Path) -> list[int]:
+    """The console relays writing ``log`` (their command line names it)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"minivisor.vmm.relay" in arg for arg in cmdline) and str(log).encode() in cmdline:
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.parametrize("relay", ["at-once", "after-the-vmm-exited"])
+def test_a_guest_that_prints_at_its_first_instant_then_powers_off_is_logged_and_seen_off(hv, tmp_path, relay):
+    create_guest(hv, "first", first_line_disk(tmp_path / "first-line.img"), memory_mib=16, network="none")
+    log = hv.vm_paths("first").serial_log
+    if relay == "at-once":
+        hv.start_vm("first")
+    else:
+        started = subprocess.run([sys.executable, "-c", LATE_RELAY, str(hv.datastore.root), "first"],
+                                 capture_output=True, text=True)
+        assert started.returncode == 0, started.stderr  # QEMU started (it greeted): not a failed start
+    deadline = time.monotonic() + 30
+    while relays_logging_to(log) or hv.get_vm("first").state is not VmState.POWERED_OFF:
+        assert time.monotonic() < deadline, "the VM is not seen off, or its relay did not end"
+        time.sleep(0.1)
+    assert log.read_bytes() == FIRST_LINE  # the very first thing the guest said, and all of it
+    assert not hv.vm_paths("first").runtime_record.exists()
+    hv.start_vm("first")  # nothing left in the way
+
+
+def test_a_nic_whose_link_starts_down_is_down_before_the_guest_runs(hv, appliance_image):
+    """The one power-on that still starts QEMU paused (``-S``): its link goes down, then the guest runs."""
+    create_guest(hv, "cable", appliance_image, memory_mib=192, network="none")
+    with open(hv.get_vm("cable").vmx, "a") as vmx:
+        vmx.write('ethernet0.present = "TRUE"\nethernet0.virtualDev = "e1000"\nethernet0.startConnected = "FALSE"\n')
+    assert "-S" in hv.explain_vm("cable").argv
+    hv.start_vm("cable", wait_ready=True, timeout=60)
+    assert hv.exec_in_vm("cable", "cat /sys/class/net/eth0/carrier").output.split() == ["0"]
+    assert hv.get_vm("cable").state is VmState.RUNNING
+    assert hv.vm_paths("cable").status_file.read_text().strip() == "running"  # seen by the relay: after cont
+
+
+def test_a_guest_that_runs_at_once_is_ready_and_its_run_state_is_known(hv, appliance_image):
+    create_guest(hv, "plain", appliance_image, memory_mib=192, network="none")
+    assert "-S" not in hv.explain_vm("plain").argv
+    hv.start_vm("plain", wait_ready=True, timeout=60)
+    paths = hv.vm_paths("plain")
+    assert paths.status_file.read_text().strip() == "running"  # asked by the relay once attached: no RESUME came
+    assert paths.serial_log.read_bytes().lstrip().startswith(b"SYSLINUX")  # the boot loader's first line
+    hv.pause_vm("plain")
+    assert hv.get_vm("plain").state is VmState.PAUSED
+    hv.resume_vm("plain")
+    assert hv.exec_in_vm("plain", "echo on").output.strip() == "on"
