@@ -41,6 +41,7 @@ __all__ = ["VmLock", "RuntimeRecord", "Observed", "Vmm", "is_our_vmm", "launched
 
 START_TIMEOUT = 15.0
 RELAY_TIMEOUT = 15.0
+RELAY_CHECK = 0.1  # seconds between looks at QEMU while the relay attaches
 STATUS_WAIT = 2.0  # seconds a pause or resume waits for the relay to see QEMU's new run state
 PROBE_TRIES = 5  # is_held_elsewhere: ~10 ms before a taken lock counts as held
 SHORT_HOLD = 5.0  # seconds a state probe or a dead VMM's cleanup may hold the VM lock, at the very most
@@ -240,7 +241,7 @@ class Vmm:
             # only after both are up (-S, then cont), so the relay misses nothing it prints.
             relay = self._spawn_relay(ready_text, console)
             self._wait_for_qmp(process)
-            self._wait_for_relay(relay)
+            self._wait_for_relay(relay, process)
             record = RuntimeRecord(process.pid, procfs.start_ticks(process.pid) or 0, argv,
                                    str(self.paths.qmp_socket), str(self.paths.console_socket),
                                    str(self.paths.runtime_dir), accel)
@@ -299,15 +300,24 @@ class Vmm:
             raise VmmError(f"cannot start the console relay of {self.name!r}: {exc.strerror}",
                            hint="check the Python installation minivisor runs from") from exc
 
-    def _wait_for_relay(self, relay: subprocess.Popen) -> None:
-        """Return once the relay has attached (its first process exited 0); VmmError if it failed."""
+    def _wait_for_relay(self, relay: subprocess.Popen, process: subprocess.Popen) -> None:
+        """Return once the relay has attached (its first process exited 0); VmmError if it failed, or if QEMU
+        ended first (it listened, then gave up: a disk it could not open), which the relay would otherwise wait
+        for in vain until its time ran out."""
         import subprocess
 
-        try:
-            _, stderr = relay.communicate(timeout=RELAY_TIMEOUT)
-        except subprocess.TimeoutExpired as exc:
-            raise VmmError(f"the console relay of {self.name!r} did not attach in {RELAY_TIMEOUT:.0f} s",
-                           hint=f"see {self.paths.vmm_log}") from exc
+        deadline = time.monotonic() + RELAY_TIMEOUT
+        while True:
+            try:
+                _, stderr = relay.communicate(timeout=RELAY_CHECK)  # returns as soon as the relay exits
+                break
+            except subprocess.TimeoutExpired as exc:
+                if process.poll() is not None:
+                    raise VmmError(f"the VMM of {self.name!r} ended before its console relay attached",
+                                   hint=f"see {self.paths.vmm_log}") from exc
+                if time.monotonic() > deadline:
+                    raise VmmError(f"the console relay of {self.name!r} did not attach in {RELAY_TIMEOUT:.0f} s",
+                                   hint=f"see {self.paths.vmm_log}") from exc
         if relay.returncode != 0:
             lines = stderr.decode(errors="replace").strip().splitlines()
             raise VmmError(f"the console relay of {self.name!r} failed: {lines[-1] if lines else relay.returncode}",
