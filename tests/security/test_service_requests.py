@@ -11,8 +11,7 @@ import json
 import socket
 
 import pytest
-from service.conftest import Running, datastore, service, small_vm  # noqa: F401 - the fixtures of tests/service
-from vmm_guard import power_off_all
+from service.conftest import datastore, service, small_vm, vm1_service  # noqa: F401 - tests/service's fixtures
 
 from minivisor import Hypervisor
 from minivisor.service.app import MAX_BODY
@@ -58,21 +57,11 @@ def snapshot_of(service) -> tuple:
 
 
 @pytest.fixture(scope="module")
-def vm1_service(tmp_path_factory):
-    """A service over a datastore with the VM ``vm1`` and, beside the datastore, a file ``host-secret``, shared by
-    the tests of refused requests: each asserts that its request changed nothing (``snapshot_of``), so each finds
-    it as the first did. Stopped, its VMs powered off, after the module, pass or fail."""
-    root = tmp_path_factory.mktemp("refusals") / "datastore"
-    small_vm(Hypervisor(root), "vm1")
-    (root.parent / "host-secret").write_text("the host's secret\n")
-    running = Running(root)
-    try:
-        yield running.start()
-    finally:
-        running.stop()
-        trouble = power_off_all(root)
-        if trouble:
-            pytest.fail("VMs left running that would not stop (killed): " + "; ".join(trouble))
+def refusing_service(vm1_service):
+    """The module's service over vm1's datastore, a file ``host-secret`` beside the datastore: shared by the tests
+    of refused requests, each of which asserts that its request changed nothing (``snapshot_of``)."""
+    (vm1_service.root.parent / "host-secret").write_text("the host's secret\n")
+    return vm1_service
 
 
 # -- Host: DNS rebinding ---------------------------------------------------------
@@ -220,8 +209,8 @@ def test_oversized_bodies_are_a_413_and_change_nothing(service):
     ("/v1/vms/" + "p" * 3000 + "/start", {}, 422, "spec-invalid"),
     ("/v1/vms/vm1/" + "q" * 3000, {}, 404, "route-not-found"),
 ])
-def test_long_values_are_refused_and_not_echoed_whole(vm1_service, path, body, status, code):
-    service = vm1_service
+def test_long_values_are_refused_and_not_echoed_whole(refusing_service, path, body, status, code):
+    service = refusing_service
     before = snapshot_of(service)
     got, data, _ = request(service, "POST", path, json.dumps(body).encode())
     error = json.loads(data)["error"]
@@ -292,8 +281,8 @@ HOSTILE = [
 
 @pytest.mark.parametrize("method, path, body, code", HOSTILE,
                          ids=[f"{i}-{m} {p.split('?')[0]}" for i, (m, p, _, _) in enumerate(HOSTILE)])
-def test_a_value_its_model_refuses_is_one_line_and_changes_nothing(vm1_service, method, path, body, code):
-    service = vm1_service
+def test_a_value_its_model_refuses_is_one_line_and_changes_nothing(refusing_service, method, path, body, code):
+    service = refusing_service
     before = snapshot_of(service)
     status, data, _ = request(service, method, path, None if body is None else json.dumps(body).encode())
     error = json.loads(data)["error"]
