@@ -147,8 +147,8 @@ def test_a_401_does_not_reveal_where_the_datastore_is(service, token):
     ("/v1/vms/vm1/exec", b'{"command": "true", "timeout": -0.5}'),
     ("/v1/vms", b'{"name": "vm2", "disk_size": "16M", "memory_mib": -64}'),
 ])
-def test_non_finite_or_negative_numbers_are_a_400_and_change_nothing(service, path, body):
-    small_vm(Hypervisor(service.root), "vm1")
+def test_non_finite_or_negative_numbers_are_a_400_and_change_nothing(refusing_service, path, body):
+    service = refusing_service
     before = snapshot_of(service)
     status, data, _ = request(service, "POST", path, body)
     error = json.loads(data)["error"]
@@ -157,9 +157,8 @@ def test_non_finite_or_negative_numbers_are_a_400_and_change_nothing(service, pa
 
 
 @pytest.mark.parametrize("query", ["limit=NaN", "limit=-1", "limit=Infinity"])
-def test_non_finite_or_negative_query_values_are_a_400(service, query):
-    small_vm(Hypervisor(service.root), "vm1")
-    status, data, _ = request(service, "GET", f"/v1/vms/vm1/events?{query}")
+def test_non_finite_or_negative_query_values_are_a_400(refusing_service, query):
+    status, data, _ = request(refusing_service, "GET", f"/v1/vms/vm1/events?{query}")
     assert (status, json.loads(data)["error"]["code"]) in ((400, "invalid-argument"), (400, "bad-request"))
 
 
