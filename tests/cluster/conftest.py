@@ -27,6 +27,19 @@ def etcd(tmp_path):
         shutil.rmtree(folder)
 
 
+@pytest.fixture(scope="module")
+def module_etcd(tmp_path_factory):
+    """Three etcd members on loopback for a module's fixture that several tests share (a host in a cluster that
+    each test leaves as it found it); killed and removed after the module, pass or fail."""
+    folder = tmp_path_factory.mktemp("etcd")
+    members = Etcd(folder)
+    try:
+        yield members.start()
+    finally:
+        members.close()
+        shutil.rmtree(folder)
+
+
 @pytest.fixture
 def hosts(tmp_path):
     """``hosts("a", "b")``: minivisor hosts with datastores of their own; services and VMs ended, folders removed
