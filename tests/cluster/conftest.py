@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from lab import Etcd, Fabric, Host
@@ -13,18 +16,34 @@ if shutil.which("etcd") is None:
                 allow_module_level=True)
 
 
+@contextmanager
+def running_etcd(folder: Path, **where: str) -> Iterator[Etcd]:
+    """Three etcd members (on loopback, or ``where``: see lab.Etcd), their data directories in ``folder``; killed
+    and ``folder`` removed at the end, pass or fail."""
+    members = Etcd(folder, **where)
+    try:
+        yield members.start()
+    finally:
+        members.close()
+        shutil.rmtree(folder)
+
+
 @pytest.fixture
 def etcd(tmp_path):
     """Three etcd members on loopback, each with its own data directory; killed and removed at the end, pass or
     fail."""
     folder = tmp_path / "etcd"
     folder.mkdir()
-    members = Etcd(folder)
-    try:
-        yield members.start()
-    finally:
-        members.close()
-        shutil.rmtree(folder)
+    with running_etcd(folder) as members:
+        yield members
+
+
+@pytest.fixture(scope="module")
+def module_etcd(tmp_path_factory):
+    """Three etcd members on loopback for a module's fixture that several tests share (a host in a cluster that
+    each test leaves as it found it); killed and removed after the module, pass or fail."""
+    with running_etcd(tmp_path_factory.mktemp("etcd")) as members:
+        yield members
 
 
 @pytest.fixture
@@ -69,9 +88,5 @@ def fabric_etcd(fabric, tmp_path):
     """Three etcd members inside the fabric's namespace, on its bridge's address."""
     folder = tmp_path / "etcd"
     folder.mkdir()
-    members = Etcd(folder, netns=fabric.fabric, address=f"{Fabric.SUBNET}.1")
-    try:
-        yield members.start()
-    finally:
-        members.close()
-        shutil.rmtree(folder)
+    with running_etcd(folder, netns=fabric.fabric, address=f"{Fabric.SUBNET}.1") as members:
+        yield members

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 import time
 
 import pytest
 from guests import create_guest
-from lab import in_netns, qemus_under, wait_for
+from lab import Host, in_netns, qemus_under, wait_for
 from test_ownership import cluster_of
 
 from minivisor import Hypervisor
@@ -255,8 +257,9 @@ SPECFILE = ('.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "19"
 
 
 def _request(name: str, specfile_disk: str, disk: str, size: int = 1 << 20) -> dict:
-    return {"id": "ab" * 16, "vm": name, "uuid": "0123abcd-0000-4000-8000-000000000001", "source": "elsewhere",
-            "source_id": "x", "specfile": SPECFILE.format(name=specfile_disk),
+    """A migration request, with an id of its own (a destination's answers to earlier ones stay in etcd)."""
+    return {"id": secrets.token_hex(16), "vm": name, "uuid": "0123abcd-0000-4000-8000-000000000001",
+            "source": "elsewhere", "source_id": "x", "specfile": SPECFILE.format(name=specfile_disk),
             "disks": [{"file": disk, "format": "qcow2", "size": size, "shared": False}], "key": "cd" * 32,
             "ready": "", "proof": ""}
 
@@ -293,6 +296,23 @@ def test_a_shared_disk_the_destination_sees_without_the_sources_note_is_refused(
     assert Hypervisor(b.root).list_vms() == [] and qemus_under(b.root) == [] and disk.read_bytes() == before
 
 
+@pytest.fixture(scope="module")
+def destination(module_etcd, tmp_path_factory):
+    """Host ``b``, alone in a cluster on the module's etcd, its service running: where the two tests below send
+    their requests. Each leaves it as it found it, and asserts so (no VM, no VMM, nothing in its datastore but
+    ``.minivisor``)."""
+    folder = tmp_path_factory.mktemp("host-b")
+    b = Host("b", folder)
+    try:
+        cluster_of(module_etcd, b)
+        yield b
+    finally:
+        trouble = b.close()
+        shutil.rmtree(folder)
+        if trouble:
+            pytest.fail("VMs left running that would not stop (killed): " + "; ".join(trouble))
+
+
 @pytest.mark.parametrize(("request_value", "answered"), [
     (_request("evil", "/etc/passwd", "evil.qcow2"), "names other disks"),  # the disk the specfile opens is not made
     (_request("evil", "..", ".."), "no disk file of a VM's folder"),
@@ -308,12 +328,12 @@ def test_a_shared_disk_the_destination_sees_without_the_sources_note_is_refused(
     ({**_request("evil", "evil.qcow2", "evil.qcow2"), "proof": "ef" * 16}, None),  # a proof without shared disks
 ], ids=["disk-elsewhere", "dot-dot", "specfile-as-disk", "protocol", "name", "huge", "slash", "key", "shared-host-file",
         "shared-dot-dot", "shared-no-proof", "proof-unshared"])
-def test_a_hostile_migration_request_is_refused_and_nothing_is_made(etcd, hosts, request_value, answered):
+def test_a_hostile_migration_request_is_refused_and_nothing_is_made(module_etcd, destination, request_value,
+                                                                    answered):
     from minivisor.cluster.store import Store
 
-    (b,) = hosts("b")
-    cluster_of(etcd, b)
-    store = Store(tuple(etcd.urls))
+    b = destination
+    store = Store(tuple(module_etcd.urls))
     key = "migrations/b/" + request_value["id"]
     store.put(key, request_value)
     if answered is None:  # malformed: dropped, with no answer
@@ -327,15 +347,14 @@ def test_a_hostile_migration_request_is_refused_and_nothing_is_made(etcd, hosts,
     assert not list((b.root / ".minivisor").glob("staging/*"))
 
 
-def test_the_destination_serves_the_disks_only_to_the_key_holder_and_removes_all_once_withdrawn(etcd, hosts,
-                                                                                                tmp_path):
+def test_the_destination_serves_the_disks_only_to_the_key_holder_and_removes_all_once_withdrawn(module_etcd,
+                                                                                                destination, tmp_path):
     """While the destination waits, its NBD server answers only a client with the request's key (TLS-PSK); the
     source withdrawing its request makes it kill its VMM and remove the VM."""
     from minivisor.cluster.store import Store
 
-    (b,) = hosts("b")
-    cluster_of(etcd, b)
-    store = Store(tuple(etcd.urls))
+    b = destination
+    store = Store(tuple(module_etcd.urls))
     request = _request("web", "web.qcow2", "web.qcow2")
     store.put("migrations/b/" + request["id"], request)
     answer = wait_for("the answer", lambda: store.get("answers/" + request["id"]), timeout=60).value

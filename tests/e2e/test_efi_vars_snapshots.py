@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from boot_media import shell_boot_disk
 from cli_runner import run_cli
-from test_uefi import efi_vm
+from test_uefi import efi_vm, start_through_shell
 
 from minivisor.images.qemu_img import internal_snapshots
 from minivisor.storage.journal import CRASH_ENV, JOURNAL_NAME
@@ -41,7 +41,7 @@ def killed_at(hv, crash_at: str, *args: str) -> None:
 
 
 def boot(hv, name: str) -> None:
-    hv.start_vm(name, wait_ready=True, timeout=120)
+    start_through_shell(hv, name)
     hv.stop_vm(name, hard=True)
 
 
@@ -69,7 +69,7 @@ def test_a_revert_restores_the_snapshots_efi_variables_and_clones_get_their_own(
 def test_a_running_vms_snapshot_keeps_its_efi_variables_through_the_vmm(hv, appliance_image, tmp_path):
     vmx = efi_vm(hv, "uefi", shell_boot_disk(appliance_image, tmp_path / "efi.img"))
     store = vmx.parent / "efivars.qcow2"
-    hv.start_vm("uefi", wait_ready=True, timeout=120)
+    start_through_shell(hv, "uefi")
     hv.snapshot_take("uefi", "running", memory=False)
     assert internal_snapshots(store) == {"minivisor-snapshot-1"}
     hv.snapshot_delete("uefi", "running")  # while it runs: the VMM drops it
@@ -99,7 +99,7 @@ def test_an_online_snapshot_killed_before_keeping_the_efi_variables_keeps_them_t
     state (QMP), then resumes the guest."""
     vmx = efi_vm(hv, "uefi", shell_boot_disk(appliance_image, tmp_path / "efi.img"))
     store = vmx.parent / "efivars.qcow2"
-    hv.start_vm("uefi", wait_ready=True, timeout=120)
+    start_through_shell(hv, "uefi")
     try:
         killed_at(hv, "take-online:switched", "snapshot", "take", "uefi", "hot")
         assert internal_snapshots(store) == {"minivisor-snapshot-1"}

@@ -10,6 +10,7 @@ import pytest
 from attacks import add_keys
 from boot_media import system_installer_iso
 from test_boot_order import CD, booted_from
+from test_uefi import start_through_shell
 
 pytestmark = pytest.mark.qemu
 
@@ -50,10 +51,10 @@ def test_under_uefi_too_an_os_installed_from_an_iso_boots_from_the_disk(hv, appl
     vmx = folder / "fresh.vmx"
     vmx.write_text(vmx.read_text().replace("scsi0:0.", "sata0:0.") + 'sata0.present = "TRUE"\nfirmware = "efi"\n'
                    + CD.replace("ide1:0", "sata0:1"))
-    hv.start_vm("fresh")
+    start_through_shell(hv, "fresh", wait_ready=False)
     wait_powered_off(hv, "fresh", timeout=300)
     log = hv.vm_paths("fresh").serial_log.read_text(errors="replace")
     assert "minivisor-installer: installed 262144 sectors" in log, log[-2000:]
-    hv.start_vm("fresh", wait_ready=True, timeout=180)  # the CD is still in: the disk's system starts
+    start_through_shell(hv, "fresh")  # the CD is still in: the disk's system starts
     assert "minivisor-installer" not in hv.vm_paths("fresh").serial_log.read_text(errors="replace")
     assert "systab" in hv.exec_in_vm("fresh", "ls /sys/firmware/efi").output  # booted by UEFI

@@ -11,7 +11,7 @@ import pytest
 from attacks import add_keys
 from boot_media import shell_boot_disk
 from guests import wait_for
-from test_uefi import efi_vm
+from test_uefi import efi_vm, start_through_shell
 
 from minivisor.errors import ConflictError
 
@@ -48,7 +48,7 @@ def test_a_vmware_efi_vms_nics_keep_the_slot_names_vmware_gave_them(hv, applianc
     assert "behind pciBridge4 (pciSlotNumber 160)" in hardware["ethernet0"]
     assert ("devices behind pciBridge4 at PCI 00:15.0, pciBridge4-1 at PCI 00:15.1, pciBridge5 at PCI 00:16.0; "
             "29 empty") in hardware["pci-bridges"]
-    hv.start_vm("esxi", wait_ready=True, timeout=180)
+    start_through_shell(hv, "esxi")
     names = net_names(hv, "esxi")
     assert {mac: names[mac]["ID_NET_NAME_SLOT"] for _, _, mac in NICS.values()} == {
         "00:50:56:a0:01:60": "ens160", "00:50:56:a0:01:92": "ens192", "00:50:56:a0:11:84": "ens1184"}
@@ -60,7 +60,7 @@ def test_a_vmware_efi_vms_nics_keep_the_slot_names_vmware_gave_them(hv, applianc
 def test_a_nic_hot_plugged_into_a_running_q35_vm_takes_an_empty_root_port_and_keeps_it(hv, appliance_image,
                                                                                         tmp_path):
     vmx = efi_vm(hv, "hot", shell_boot_disk(appliance_image, tmp_path / "efi.img"))
-    hv.start_vm("hot", wait_ready=True, timeout=180)
+    start_through_shell(hv, "hot")
     before = vmx.read_bytes()
     with pytest.raises(ConflictError, match="e1000 NIC needs I/O ports"):  # its driver would not start in the guest
         hv.add_nic("hot", "ethernet1", model="e1000", network="nat")
@@ -75,7 +75,7 @@ def test_a_nic_hot_plugged_into_a_running_q35_vm_takes_an_empty_root_port_and_ke
     wait_for(f"{ifname} got no address", lambda: re.search(r"inet 10\.0\.2\.\d+/", hv.exec_in_vm(
         "hot", f"ip -4 -o addr show dev {ifname}").output), timeout=60)  # from the user-mode NAT's DHCP server
     hv.stop_vm("hot", hard=True)
-    hv.start_vm("hot", wait_ready=True, timeout=180)
+    start_through_shell(hv, "hot")
     assert net_names(hv, "hot")[added["mac"]] == names[added["mac"]]  # the same slot name and device path
     removed = hv.remove_nic("hot", "ethernet1")  # the guest lets go of it through the same port
     assert removed["hotplugged"]

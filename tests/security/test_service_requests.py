@@ -11,7 +11,7 @@ import json
 import socket
 
 import pytest
-from service.conftest import datastore, service, small_vm  # noqa: F401 - the fixtures of tests/service
+from service.conftest import datastore, service, small_vm, vm1_service  # noqa: F401 - tests/service's fixtures
 
 from minivisor import Hypervisor
 from minivisor.service.app import MAX_BODY
@@ -54,6 +54,14 @@ def snapshot_of(service) -> tuple:
              for folder in (service.root, *(service.root / vm["name"] for vm in vms))
              for path in folder.iterdir() if path.is_file()}
     return vms, logs, specfiles, files, sorted(path.name for path in service.root.parent.iterdir())
+
+
+@pytest.fixture(scope="module")
+def refusing_service(vm1_service):
+    """The module's service over vm1's datastore, a file ``host-secret`` beside the datastore: shared by the tests
+    of refused requests, each of which asserts that its request changed nothing (``snapshot_of``)."""
+    (vm1_service.root.parent / "host-secret").write_text("the host's secret\n")
+    return vm1_service
 
 
 # -- Host: DNS rebinding ---------------------------------------------------------
@@ -139,8 +147,8 @@ def test_a_401_does_not_reveal_where_the_datastore_is(service, token):
     ("/v1/vms/vm1/exec", b'{"command": "true", "timeout": -0.5}'),
     ("/v1/vms", b'{"name": "vm2", "disk_size": "16M", "memory_mib": -64}'),
 ])
-def test_non_finite_or_negative_numbers_are_a_400_and_change_nothing(service, path, body):
-    small_vm(Hypervisor(service.root), "vm1")
+def test_non_finite_or_negative_numbers_are_a_400_and_change_nothing(refusing_service, path, body):
+    service = refusing_service
     before = snapshot_of(service)
     status, data, _ = request(service, "POST", path, body)
     error = json.loads(data)["error"]
@@ -149,9 +157,8 @@ def test_non_finite_or_negative_numbers_are_a_400_and_change_nothing(service, pa
 
 
 @pytest.mark.parametrize("query", ["limit=NaN", "limit=-1", "limit=Infinity"])
-def test_non_finite_or_negative_query_values_are_a_400(service, query):
-    small_vm(Hypervisor(service.root), "vm1")
-    status, data, _ = request(service, "GET", f"/v1/vms/vm1/events?{query}")
+def test_non_finite_or_negative_query_values_are_a_400(refusing_service, query):
+    status, data, _ = request(refusing_service, "GET", f"/v1/vms/vm1/events?{query}")
     assert (status, json.loads(data)["error"]["code"]) in ((400, "invalid-argument"), (400, "bad-request"))
 
 
@@ -201,8 +208,8 @@ def test_oversized_bodies_are_a_413_and_change_nothing(service):
     ("/v1/vms/" + "p" * 3000 + "/start", {}, 422, "spec-invalid"),
     ("/v1/vms/vm1/" + "q" * 3000, {}, 404, "route-not-found"),
 ])
-def test_long_values_are_refused_and_not_echoed_whole(service, path, body, status, code):
-    small_vm(Hypervisor(service.root), "vm1")
+def test_long_values_are_refused_and_not_echoed_whole(refusing_service, path, body, status, code):
+    service = refusing_service
     before = snapshot_of(service)
     got, data, _ = request(service, "POST", path, json.dumps(body).encode())
     error = json.loads(data)["error"]
@@ -273,9 +280,8 @@ HOSTILE = [
 
 @pytest.mark.parametrize("method, path, body, code", HOSTILE,
                          ids=[f"{i}-{m} {p.split('?')[0]}" for i, (m, p, _, _) in enumerate(HOSTILE)])
-def test_a_value_its_model_refuses_is_one_line_and_changes_nothing(service, method, path, body, code):
-    small_vm(Hypervisor(service.root), "vm1")
-    (service.root.parent / "host-secret").write_text("the host's secret\n")
+def test_a_value_its_model_refuses_is_one_line_and_changes_nothing(refusing_service, method, path, body, code):
+    service = refusing_service
     before = snapshot_of(service)
     status, data, _ = request(service, method, path, None if body is None else json.dumps(body).encode())
     error = json.loads(data)["error"]

@@ -85,6 +85,23 @@ def service(datastore):
         running.stop()  # the datastore fixture powers the VMs off after this
 
 
+@pytest.fixture(scope="module")
+def vm1_service(tmp_path_factory):
+    """A service over a datastore holding the powered-off VM ``vm1`` (``small_vm``), for a module's tests that each
+    leave it as they found it and assert so (refused requests); stopped, its VMs powered off, after the module,
+    pass or fail."""
+    root = tmp_path_factory.mktemp("vm1-service") / "datastore"
+    small_vm(Hypervisor(root), "vm1")
+    running = Running(root)
+    try:
+        yield running.start()
+    finally:
+        running.stop()
+        trouble = power_off_all(root)
+        if trouble:
+            pytest.fail("VMs left running that would not stop (killed): " + "; ".join(trouble))
+
+
 def small_vm(hv, name: str) -> str:
     """A VM with an empty 16 MiB disk: QEMU runs (SeaBIOS finds nothing to boot), cheap."""
     hv.create_vm(name, disk_size="16M", memory_mib=64, network="none")

@@ -89,9 +89,8 @@ def test_oversized_bodies_get_413(service):
     ("/v1/vms/nope/start", b"{}", 404, "not-found"),
     ("/v1/vms/vm1/fly", b"{}", 404, "route-not-found"),
 ])
-def test_bad_requests_are_rejected_and_change_nothing(service, path, body, status, code):
-    hv = Hypervisor(service.root)
-    small_vm(hv, "vm1")
+def test_bad_requests_are_rejected_and_change_nothing(vm1_service, path, body, status, code):
+    service, hv = vm1_service, Hypervisor(vm1_service.root)
     got, data = raw(service, "POST", path, body, auth(service))
     assert (got, data["error"]["code"]) == (status, code), data
     assert data["error"]["message"] and "\n" not in data["error"]["message"]
