@@ -30,7 +30,8 @@ from typing import Any
 from ..errors import ClusterError, HandoverUncertainError, HvError
 from ..text import excerpt
 from .config import ClusterConfig
-from .records import LiveRecord, Mailbox, OwnerRecord, alive_key, check_host_name, from_value, owner_key, to_value
+from .ownership import live_entry
+from .records import LiveRecord, Mailbox, OwnerRecord, check_host_name, from_value, owner_key, to_value
 from .store import Entry, Store
 
 __all__ = ["Request", "Disk", "Answer", "Source", "Destination", "requests_for", "read_request", "withdraw", "MIGRATIONS",
@@ -145,11 +146,6 @@ def _answer(entry: Entry) -> Answer:
     return answer
 
 
-def _live_entry(store: Store, host: str) -> Entry | None:
-    entry = store.get(alive_key(host))
-    return entry if entry is not None and entry.lease else None
-
-
 class Source:
     """The source's side of one migration: ask, wait for answers, hand the VM over, withdraw."""
 
@@ -163,10 +159,10 @@ class Source:
         """Post the request to a live destination (ClusterError if it is not, or this host is not live)."""
         if self.dest == self.config.host:
             raise ClusterError(f"VM {self.vm!r} already runs on host {self.dest!r}", hint="name another host")
-        if _live_entry(self.store, self.dest) is None:
+        if live_entry(self.store, self.dest) is None:
             raise ClusterError(f"host {self.dest!r} is not a live member of the cluster",
                                hint="see minivisor cluster status; its service (minivisor serve) must run")
-        own = _live_entry(self.store, self.config.host)
+        own = live_entry(self.store, self.config.host)
         if own is None:
             raise ClusterError(f"host {self.config.host!r} is not a live member of the cluster",
                                hint="start `minivisor serve` for this datastore")
@@ -191,7 +187,7 @@ class Source:
                 if answer.state == state:
                     self._answer = entry
                     return answer
-            elif seen or _live_entry(self.store, self.dest) is None:
+            elif seen or live_entry(self.store, self.dest) is None:
                 raise ClusterError(f"host {self.dest!r} gave up the migration of {self.vm!r} (or its service ended)")
             if time.monotonic() > deadline:
                 raise ClusterError(f"host {self.dest!r} did not answer the migration of {self.vm!r} within "
@@ -202,7 +198,7 @@ class Source:
         """Make the destination the VM's owner, if its ready answer still stands (ClusterError otherwise)."""
         assert self._answer is not None, "hand_over() after wait('ready')"
         owner = self.store.get(owner_key(self.uuid))
-        dest = _live_entry(self.store, self.dest)
+        dest = live_entry(self.store, self.dest)
         if owner is None or from_value(OwnerRecord, owner.value, owner.key).host_id != self.config.host_id \
                 or dest is None:
             raise ClusterError(f"the ownership of VM {self.vm!r} changed in the cluster store meanwhile")
@@ -250,7 +246,7 @@ class Destination:
         self.store, self.config, self.request = store, config, request
 
     def answer(self, answer: Answer) -> None:
-        own = _live_entry(self.store, self.config.host)
+        own = live_entry(self.store, self.config.host)
         if own is None:
             raise ClusterError(f"host {self.config.host!r} has no lease now")
         key = answer_key(self.request.id)

@@ -14,7 +14,7 @@ from .config import ClusterConfig
 from .records import OWNERS, LiveRecord, OwnerRecord, alive_key, from_value, owner_key, to_value
 from .store import Entry, Store
 
-__all__ = ["claim", "release", "owner_of", "owned_by", "owned_elsewhere", "running_where", "own_liveness"]
+__all__ = ["claim", "release", "owner_of", "owned_by", "owned_elsewhere", "running_where", "own_liveness", "live_entry"]
 
 
 def claim(store: Store, config: ClusterConfig, vm_uuid: str, vm_name: str) -> None:
@@ -73,6 +73,12 @@ def running_where(store: Store) -> dict[str, set[str]]:
 
 def _owner(entry: Entry) -> OwnerRecord:
     return from_value(OwnerRecord, entry.value, entry.key)
+
+
+def live_entry(store: Store, host: str) -> Entry | None:
+    """``host``'s liveness entry while its lease lives, else None."""
+    entry = store.get(alive_key(host))
+    return entry if entry is not None and entry.lease else None
 
 
 def own_liveness(store: Store, config: ClusterConfig) -> Entry:

@@ -22,7 +22,8 @@ from ..datastore.names import check_vm_name
 from ..errors import ClusterError, HvError
 from ..text import excerpt
 from .config import ClusterConfig
-from .records import Mailbox, alive_key, check_host_name
+from .ownership import live_entry
+from .records import Mailbox, check_host_name
 from .store import Entry, Store
 
 __all__ = ["StartRequest", "StartAnswer", "ask", "read_request", "requests_for", "Starter", "STARTS", "STARTED",
@@ -69,7 +70,7 @@ def requests_for(store: Store, config: ClusterConfig) -> list[Entry]:
 def ask(store: Store, config: ClusterConfig, host: str, vm: str, vm_uuid: str, *, wait_ready: bool,
         timeout: float) -> StartAnswer:
     """Have ``host`` power the VM on; its ``running`` answer, or ClusterError (it failed, or never answered)."""
-    own = _live(store, config.host)
+    own = live_entry(store, config.host)
     if own is None:
         raise ClusterError(f"host {config.host!r} is not a live member of the cluster",
                            hint="start `minivisor serve` for this datastore")
@@ -92,7 +93,7 @@ def _wait(store: Store, host: str, request: StartRequest, patience: float) -> St
             if answer.state == "failed":
                 raise ClusterError(f"host {host!r} did not power {request.vm!r} on: {answer.error}")
             return answer
-        if _live(store, host) is None:
+        if live_entry(store, host) is None:
             raise ClusterError(f"host {host!r} left the cluster (or its service ended) before powering "
                                f"{request.vm!r} on", hint="see minivisor cluster status, and start it again")
         if time.monotonic() > deadline:
@@ -139,11 +140,6 @@ def _answer(entry: Entry) -> StartAnswer:
     return answer
 
 
-def _live(store: Store, host: str) -> Entry | None:
-    entry = store.get(alive_key(host))
-    return entry if entry is not None and entry.lease else None
-
-
 class Starter:
     """The host asked: answers one checked :class:`StartRequest`."""
 
@@ -151,7 +147,7 @@ class Starter:
         self.store, self.config, self.request = store, config, request
 
     def answer(self, answer: StartAnswer) -> None:
-        own = _live(self.store, self.config.host)
+        own = live_entry(self.store, self.config.host)
         if own is None:
             raise ClusterError(f"host {self.config.host!r} has no lease now")
         value: dict[str, Any] = asdict(answer)
