@@ -57,6 +57,25 @@ def _pids_in(netns: str) -> list[int]:
     return [int(pid) for pid in listed.stdout.split()]
 
 
+def _goes_on_and_keeps_every_record(b, before: tuple[float, int], disk, tmp_path) -> None:
+    """After a move to ``b``: the same boot goes on (uptime and counter kept growing, the writer still runs); once
+    the writer is stopped and the VM powered off, every record the guest wrote, before, during and after the
+    move, is in ``disk``."""
+    on_b = Hypervisor(b.root)
+    uptime, count = before
+    later_uptime, later_count = _progress(on_b)
+    assert later_uptime > uptime and later_count > count
+    wait_for("the counter to go on at the destination", lambda: _progress(on_b)[1] > later_count)
+    _guest(on_b, "kill $(cat /tmp/writer.pid)")
+    written = int(_guest(on_b, "sleep 0.2; cat /tmp/count"))
+    b.ok("vm", "stop", "web", "--hard")
+    raw = tmp_path / "web.raw"
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(disk), str(raw)], check=True, timeout=120)
+    data = raw.read_bytes()
+    bad = [i for i in range(1, written + 1) if data[(BASE + i) * 512:(BASE + i) * 512 + 8] != b"%08d" % i]
+    assert written > later_count and bad == []
+
+
 def _running_guest(fabric, fabric_etcd, hosts, appliance_image):
     a, b = hosts("a", "b", fabric=fabric)
     vm = create_guest(Hypervisor(a.root), "web", appliance_image, memory_mib=64, network="none")
@@ -94,22 +113,8 @@ def test_a_running_guest_moves_with_its_disk_and_keeps_running(fabric, fabric_et
     assert on_b.wait_ready("web", timeout=1)  # the same boot: ready already
     assert not (on_b.vm_paths("web").runtime_dir / "keys.psk").exists()  # the one-time key is gone
 
-    # the same boot goes on: uptime and counter kept growing, and the writer still runs
-    later_uptime, later_count = _progress(on_b)
-    assert later_uptime > uptime and later_count > count
-    wait_for("the counter to go on at the destination", lambda: _progress(on_b)[1] > later_count)
-    _guest(on_b, "kill $(cat /tmp/writer.pid)")
-    written = int(_guest(on_b, "sleep 0.2; cat /tmp/count"))
-    b.ok("vm", "stop", "web", "--hard")
+    _goes_on_and_keeps_every_record(b, (uptime, count), b.root / "web" / "web.qcow2", tmp_path)
     assert _owner(fabric_etcd, vm.uuid) is None
-
-    # every record the guest wrote, before, during and after the move, is in the destination's disk file
-    raw = tmp_path / "web.raw"
-    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(b.root / "web" / "web.qcow2"), str(raw)],
-                   check=True, timeout=120)
-    data = raw.read_bytes()
-    bad = [i for i in range(1, written + 1) if data[(BASE + i) * 512:(BASE + i) * 512 + 8] != b"%08d" % i]
-    assert written > later_count and bad == []
 
 
 def test_a_guest_on_shared_storage_moves_without_its_disk_being_copied(fabric, fabric_etcd, hosts, appliance_image,
@@ -149,18 +154,7 @@ def test_a_guest_on_shared_storage_moves_without_its_disk_being_copied(fabric, f
     assert _owner(fabric_etcd, vm.uuid)["host"] == "b"
     assert not (b.root / "web" / "web.qcow2").exists()  # nothing was made for it at the destination
 
-    later_uptime, later_count = _progress(on_b)
-    assert later_uptime > uptime and later_count > count
-    wait_for("the counter to go on at the destination", lambda: _progress(on_b)[1] > later_count)
-    _guest(on_b, "kill $(cat /tmp/writer.pid)")
-    written = int(_guest(on_b, "sleep 0.2; cat /tmp/count"))
-    b.ok("vm", "stop", "web", "--hard")
-
-    raw = tmp_path / "web.raw"
-    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(disk), str(raw)], check=True, timeout=120)
-    data = raw.read_bytes()
-    bad = [i for i in range(1, written + 1) if data[(BASE + i) * 512:(BASE + i) * 512 + 8] != b"%08d" % i]
-    assert written > later_count and bad == []
+    _goes_on_and_keeps_every_record(b, (uptime, count), disk, tmp_path)
 
 
 @pytest.mark.parametrize("killed", ["vmm", "host", "migration"])
