@@ -146,9 +146,10 @@ def test_rules_keep_vms_apart_or_together(lab):
 
 
 def test_hostile_start_requests_start_nothing(lab):
-    """Anyone who can write etcd can ask b: a malformed request is deleted unanswered, one naming a VM b does not
-    have (or has under another UUID) is answered failed; nothing is started."""
-    from minivisor.cluster.store import Store
+    """Anyone who can write etcd can ask b: a malformed request (even a value that is not JSON, here or among the
+    migration requests) is deleted unanswered and hides no request after it; one naming a VM b does not have (or
+    has under another UUID) is answered failed; nothing is started."""
+    from minivisor.cluster.store import PREFIX, Store
 
     a, b, etcd = lab
     store = Store(tuple(etcd.urls))
@@ -156,10 +157,16 @@ def test_hostile_start_requests_start_nothing(lab):
     good = {"vm": "web1", "uuid": web1.uuid, "source": "a", "wait_ready": False, "timeout": 10}
     malformed = [{"id": "1" * 32}, {**good, "vm": "../web1"}, {**good, "vm": ["web1"]}, {**good, "uuid": "x;y"},
                  {**good, "timeout": 1e9}, {**good, "wait_ready": "yes"}, {**good, "source": "a/../b"}]
+    for mailbox in ("starts", "migrations"):
+        etcd.put_raw(f"{PREFIX}{mailbox}/b/{'0' * 31}-", "not json {")
     for index, value in enumerate(malformed):
         request_id = f"{index:032x}"
         store.put(f"starts/b/{request_id}", {"id": request_id, **value} if "vm" in value else value)
-    wait_for("b to drop the malformed requests", lambda: store.list("starts/b/") == [], timeout=30)
+
+    def left(prefix: str) -> list:
+        malformed: list[str] = []
+        return store.list(prefix, malformed=malformed) + malformed
+    wait_for("b to drop the malformed requests", lambda: left("starts/b/") == left("migrations/b/") == [], timeout=30)
     assert store.list("started/") == []
 
     errors = []

@@ -19,6 +19,7 @@ Another program can write into etcd: a value is checked field by field before it
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -35,6 +36,8 @@ __all__ = ["Mailbox", "ClusterRecord", "HostRecord", "LiveRecord", "OwnerRecord"
 
 CLUSTER_KEY, HOSTS, ALIVE, OWNERS, RULES = "cluster", "hosts/", "alive/", "owners/", "rules/"
 RULE_KINDS = ("apart", "together")
+
+log = logging.getLogger("minivisor.cluster")
 _HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _UUID = re.compile(r"[0-9a-fA-F-]{1,64}")
 MAX_TEXT = 256  # characters of any string field
@@ -156,5 +159,11 @@ class Mailbox(NamedTuple):
         return self.answers + request_id
 
     def addressed_to(self, store: Store, host: str) -> list[Entry]:
-        """The requests to ``host``."""
-        return store.list(f"{self.requests}{host}/")
+        """The requests to ``host``. A value no minivisor wrote (not a JSON object) is deleted: nobody waits for
+        an answer to it, and it must not hide the requests after it."""
+        malformed: list[str] = []
+        entries = store.list(f"{self.requests}{host}/", malformed=malformed)
+        for key in malformed:
+            log.warning("cluster: dropped a request that is not a JSON object at %s", excerpt(key, 80))
+            store.delete(key)
+        return entries

@@ -67,11 +67,20 @@ class Store:
         found = self._post("/kv/range", {"key": _b64(key)}).get("kvs") or []
         return self._entry(found[0]) if found else None
 
-    def list(self, prefix: str) -> list[Entry]:
-        """Every entry whose key starts with ``prefix``, in key order."""
+    def list(self, prefix: str, *, malformed: list[str] | None = None) -> list[Entry]:
+        """Every entry whose key starts with ``prefix``, in key order. A value that is not a bounded JSON object
+        is a ClusterError naming its key; given ``malformed``, its key is appended there instead."""
         start = PREFIX + prefix
         found = self._post("/kv/range", {"key": _b64(start, raw=True), "range_end": _b64(_after(start), raw=True)})
-        return [self._entry(kv) for kv in found.get("kvs") or []]
+        entries = []
+        for kv in found.get("kvs") or []:
+            try:
+                entries.append(self._entry(kv))
+            except _MalformedValueError as exc:
+                if malformed is None:
+                    raise
+                malformed.append(exc.key)
+        return entries
 
     def put(self, key: str, value: dict[str, Any], *, lease: int = 0) -> None:
         self._post("/kv/put", _put(key, value, lease))
@@ -205,10 +214,18 @@ class Store:
         except ValueError:
             value = None
         if not isinstance(value, dict):
-            raise ClusterError(f"the cluster store holds a malformed value at {excerpt(key)}",
-                               hint="it was not written by minivisor: delete it with etcdctl")
+            raise _MalformedValueError(key[len(PREFIX):])
         return Entry(key[len(PREFIX):], value, _integer(kv.get("create_revision", 0), "a revision"),
                      _integer(kv.get("mod_revision", 0), "a revision"), _integer(kv.get("lease", 0), "a lease id"))
+
+
+class _MalformedValueError(ClusterError):
+    """A value at ``key`` (without PREFIX) that is not a bounded JSON object: no minivisor wrote it."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"the cluster store holds a malformed value at {excerpt(PREFIX + key)}",
+                         hint="it was not written by minivisor: delete it with etcdctl")
+        self.key = key
 
 
 def _put(key: str, value: dict[str, Any], lease: int) -> dict[str, Any]:
