@@ -124,9 +124,13 @@ class Host:
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """``minivisor -d ROOT ARGS`` (through the service when it runs, as a user's CLI would)."""
-        env = {name: value for name, value in os.environ.items() if name != "MINIVISOR_DIRECT"}
         return subprocess.run([*in_netns(self.netns), sys.executable, "-m", "minivisor", "-d", str(self.root), *args],
-                              capture_output=True, text=True, timeout=timeout, env=env)
+                              capture_output=True, text=True, timeout=timeout, env=_cli_env())
+
+    def popen(self, *args: str) -> subprocess.Popen:
+        """``minivisor -d ROOT ARGS`` started, not waited for (its stderr a pipe, as text)."""
+        return subprocess.Popen([*in_netns(self.netns), sys.executable, "-m", "minivisor", "-d", str(self.root), *args],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_cli_env())
 
     def ok(self, *args: str) -> str:
         result = self.cli(*args)
@@ -172,6 +176,11 @@ class Host:
         finally:
             trouble = power_off_all(self.root)
         return trouble
+
+
+def _cli_env() -> dict[str, str]:
+    """The environment of a user's CLI: through the host's service when it runs."""
+    return {name: value for name, value in os.environ.items() if name != "MINIVISOR_DIRECT"}
 
 
 def in_netns(netns: str | None) -> list[str]:

@@ -118,6 +118,14 @@ def test_rules_keep_vms_apart_or_together(lab):
     for host, vm in ((a, "web1"), (b, "web2")):
         host.ok("vm", "stop", vm, "--hard")
 
+    both = [a.popen("vm", "start", vm, "--host", "a") for vm in VMS]  # at once: each placed before the other claims
+    said = [(proc.wait(timeout=120), proc.stderr.read()) for proc in both]
+    assert sorted(code for code, _ in said) == [0, 69], said
+    refusal = max(said)[1]  # placement's, or the claim's when the other VM's claim came between
+    assert refusal.count("\n") == 1 and f"which rule {added['id']} keeps apart from" in refusal, refusal
+    assert len(running(a, b)["a"]) == 1 and running(a, b)["b"] == []
+    a.ok("vm", "stop", running(a, b)["a"][0], "--hard")
+
     contradiction = a.cli("vm", "rule", "add", "web2", "web1", "--together")
     assert contradiction.returncode == 4 and contradiction.stderr == (
         f"error: rule {added['id']} keeps 'web1' and 'web2' apart; remove it first: minivisor vm rule remove "

@@ -61,11 +61,16 @@ def owned_by(store: Store, config: ClusterConfig) -> dict[str, Entry]:
             if _owner(entry).host_id == config.host_id}
 
 
-def running_where(store: Store) -> dict[str, set[str]]:
+def running_where(store: Store, *, claimed_before: str | None = None) -> dict[str, set[str]]:
     """What the owners say runs where (claimed before each power-on: sooner than the hosts' published lists):
-    host -> the names of the VMs it owns."""
+    host -> the names of the VMs it owns; ``claimed_before`` (a VM's UUID): only the claims etcd ordered before
+    that VM's."""
+    entries = store.list(OWNERS)
+    if claimed_before is not None:
+        mine = next((entry for entry in entries if entry.key == owner_key(claimed_before)), None)
+        entries = [entry for entry in entries if mine is not None and entry.create_revision < mine.create_revision]
     where: dict[str, set[str]] = {}
-    for entry in store.list(OWNERS):
+    for entry in entries:
         owner = _owner(entry)
         where.setdefault(owner.host, set()).add(owner.vm)
     return where

@@ -26,7 +26,7 @@ from ..host.admission import overhead_mib
 from ..records import Record
 from .records import LiveRecord, RuleRecord
 
-__all__ = ["Wanted", "choose", "needed_mib", "refusals", "MAX_SAID"]
+__all__ = ["Wanted", "choose", "needed_mib", "refusals", "ruled_out", "MAX_SAID"]
 
 MAX_SAID = 8  # hosts whose reasons a refusal names
 
@@ -76,7 +76,7 @@ def refusals(vm: Wanted, hosts: Mapping[str, LiveRecord], rules: list[RuleRecord
     running_on = {name: set(running.get(name, ())) for name in hosts}
     left_out = {}
     for name, record in hosts.items():
-        why = _unregistered(vm, record) or _no_room(vm, record) or _ruled_out(vm, name, running_on, rules)
+        why = _unregistered(vm, record) or _no_room(vm, record) or ruled_out(vm, name, running_on, rules)
         if why:
             left_out[name] = why
     return left_out
@@ -99,19 +99,20 @@ def _no_room(vm: Wanted, record: LiveRecord) -> str:
     return f"has room for {_room(record)} MiB of VMs, and {vm.name!r} needs {need} MiB"
 
 
-def _ruled_out(vm: Wanted, host: str, running_on: Mapping[str, set[str]], rules: list[RuleRecord]) -> str:
+def ruled_out(vm: Wanted, host: str, running_on: Mapping[str, set[str]], rules: list[RuleRecord]) -> str:
+    """Why a rule keeps ``vm`` off ``host`` given what runs where (host -> VM names), or ""."""
     for rule in rules:
         if vm.name not in rule.vms:
             continue
         others = set(rule.vms) - {vm.name}
         if rule.kind == "apart":
-            here = sorted(others & running_on[host])
+            here = sorted(others & running_on.get(host, set()))
             if here:
                 return f"runs {here[0]!r}, which rule {rule.id} keeps apart from {vm.name!r}"
         else:
             elsewhere = sorted((other, name) for name, vms in running_on.items() if name != host
                                for other in others & vms)
-            if elsewhere and not others & running_on[host]:
+            if elsewhere and not others & running_on.get(host, set()):
                 other, name = elsewhere[0]
                 return f"is not where {other!r} runs ({name}), which rule {rule.id} keeps together with {vm.name!r}"
     return ""

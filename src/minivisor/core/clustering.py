@@ -14,7 +14,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from ..cluster import config as cluster_config
-from ..errors import ClusterError, HvError, LockError, NotFoundError, StateError
+from ..errors import ClusterError, HvError, LockError, NoHostFitsError, NotFoundError, StateError
 from ..vmm.states import Action, VmState
 from .context import VmContext
 
@@ -55,10 +55,29 @@ def claimed(ctx: VmContext) -> Iterator[None]:
     store = Store(config.endpoints)
     ownership.claim(store, config, ctx.uuid, ctx.name)
     try:
+        _obey_rules(store, config, ctx)
         yield
     except BaseException:
         _release(ctx)
         raise
+
+
+def _obey_rules(store: Store, config: ClusterConfig, ctx: VmContext) -> None:
+    """NoHostFitsError if a placement rule forbids this VM here given the VMs claimed before it. Placement
+    checked the rules before the claim; another VM claimed in between (two power-ons at once) went unseen. Of
+    two such claims etcd ordered one first: the later one sees it here and gives way, so they never both hold."""
+    from ..cluster import ownership, rules
+    from ..cluster.placement import Wanted, ruled_out
+
+    about = [rule for rule in rules.listed(store) if ctx.name in rule.vms]
+    if not about:
+        return
+    before = ownership.running_where(store, claimed_before=ctx.uuid)
+    why = ruled_out(Wanted(ctx.name, ctx.uuid, 0), config.host, before, about)
+    if why:
+        raise NoHostFitsError(f"{ctx.name!r} cannot run on {config.host}: {config.host} {why} (the two were powered on "
+                              "at the same time)",
+                              hint="start it again: placement then sees where that VM runs")
 
 
 def disown(ctx: VmContext) -> None:
