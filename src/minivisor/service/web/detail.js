@@ -28,6 +28,11 @@ export async function openDetail(vm, tabIndex = 0) {
 // Refreshes run one after another: two at once (a click's and an event's) could paint the older answers last.
 let refreshing = Promise.resolve();
 
+// The open tab, whatever VM it shows (after events may have been missed).
+export function refreshOpenDetail() {
+  return current ? refreshDetail(current.vm) : refreshing;
+}
+
 export function refreshDetail(vm) {
   if (!(current && current.vm === vm && current.module.refresh)) return refreshing;
   const {module, box} = current;

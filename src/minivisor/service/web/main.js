@@ -3,7 +3,7 @@
 import {api, follow, vmPath, whenLoggedOut} from "./api.js";
 import {haControls, migrateControls, showCluster} from "./cluster.js";
 import {$, el} from "./dom.js";
-import {openDetail, refreshDetail} from "./detail.js";
+import {openDetail, refreshDetail, refreshOpenDetail} from "./detail.js";
 import {setUp as setUpDatastore, showDatastore} from "./datastore.js";
 import {showNetworks} from "./networks.js";
 import {showTask, showTasks} from "./tasks.js";
@@ -179,7 +179,11 @@ async function followEvents() {
     } catch { /* logged out, or the service went away */ }
     if ($("main").hidden) return;
     await new Promise((resolve) => setTimeout(resolve, 2000));
-    try { await refreshAll(); await showTasks(true); } catch { return; }  // the stream missed events meanwhile
+    try {  // the stream missed events meanwhile
+      await refreshAll();
+      await refreshOpenDetail();
+      await showTasks(true);
+    } catch { return; }
   }
 }
 
