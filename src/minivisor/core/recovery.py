@@ -92,6 +92,8 @@ def _recover_online_snapshot(ctx: VmContext, journal: Journal) -> None:
             # before the steps: a memory state saved left the VMM's images inactive until it continues, and
             # keeping the variable store is a write to one
             jobs.resume_if_paused(qmp)
+    if journal.data.get("resume"):
+        ctx.vmm.await_run_state(running=True)
     if switched:  # out of the session: a step may open its own (the VMM serves one at a time)
         journal.run(step_handlers(ctx))
 

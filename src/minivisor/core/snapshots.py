@@ -91,6 +91,8 @@ def _take_online(ctx: VmContext, files: VmFiles, name: str, description: str, me
             journal.commit(steps)
 
         jobs.take_snapshot(qmp, overlays, state_file=state_file, before_switch=before_switch, pause=running)
+    if running:
+        ctx.vmm.await_run_state(running=True)
     journal.run(step_handlers(ctx))  # out of the session: keeping the variable store opens its own
     return snap
 
@@ -139,6 +141,7 @@ def _resume_from(ctx: VmContext, snap: Snapshot, state_file: Path) -> None:
     except BaseException:
         ctx.vmm.stop(hard=True, timeout=0)
         raise
+    ctx.vmm.await_run_state(running=True)
     if snap.ready_line:
         ctx.vmm.remember_ready(snap.ready_line)
 

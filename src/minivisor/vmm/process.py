@@ -386,8 +386,14 @@ class Vmm:
         Resuming also retries the disk writes a fault stopped on; if they fail again, QEMU stops anew.
         """
         self.execute("stop" if paused else "cont")
+        self.await_run_state(running=not paused)
+
+    def await_run_state(self, *, running: bool) -> None:
+        """Return once the console relay has seen QEMU run (or not), or after STATUS_WAIT: after a ``cont`` or
+        ``stop`` of the caller's, so that the next command sees the VM as it now is (the relay writes the state
+        when QEMU's event reaches it, a moment later)."""
         deadline = time.monotonic() + STATUS_WAIT
-        while (self._run_status() == "running") == paused and time.monotonic() < deadline:
+        while (self._run_status() == "running") != running and time.monotonic() < deadline:
             time.sleep(0.005)
 
     def stop(self, *, hard: bool, timeout: float) -> str:
