@@ -594,6 +594,22 @@ def test_write_atomic_failure_leaves_target_alone(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["vm.vmx"]
 
 
+def test_write_atomic_never_writes_through_a_name_planted_where_its_temp_file_goes(tmp_path: Path, monkeypatch) -> None:
+    """A symlink (to a host file) at the temp name write_atomic draws first is neither followed nor replaced: it
+    draws another name, as tempfile.mkstemp would."""
+    host_file = tmp_path / "host-secret"
+    host_file.write_bytes(b"secret")
+    folder = tmp_path / "vm"
+    folder.mkdir()
+    draws = iter([b"\x01" * 6, b"\x02" * 6])
+    monkeypatch.setattr(os, "urandom", lambda count: next(draws))
+    planted = folder / f".vm.vmx.{'01' * 6}.tmp"
+    planted.symlink_to(host_file)
+    write_atomic(folder / "vm.vmx", b"new")
+    assert (folder / "vm.vmx").read_bytes() == b"new" and host_file.read_bytes() == b"secret"
+    assert planted.is_symlink() and sorted(os.listdir(folder)) == [planted.name, "vm.vmx"]
+
+
 def test_save_and_load(tmp_path: Path) -> None:
     doc = VmxDocument.parse(SEED.read_bytes())
     doc.set("memSize", "2048")
