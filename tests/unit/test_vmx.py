@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from minivisor.spec import vmx as vmx
@@ -210,6 +210,49 @@ def test_writer_escapes_like_vmware() -> None:
     doc = parse(b"")
     doc.set("a", 'q"p|d\x7fn\nt\tc#e=,\x00\xe9')
     assert doc.to_bytes() == 'a = "q|22p|7Cd|7Fn|0At\tc#e=,|00\xe9"\n'.encode("utf-8")
+
+
+def _escape_by_the_table(raw: bytes) -> bytes:
+    """DictLL_MarshalLine's table, one byte at a time: what vmx._escape must equal."""
+    return b"".join(b"|%02X" % byte if byte in b'"|\x7f' or (byte < 0x20 and byte != 0x09) else bytes((byte,))
+                    for byte in raw)
+
+
+def _unescape_by_the_state_machine(raw: bytes) -> tuple[bytes, bool]:
+    """Escape_Undo, one byte at a time: '|' and two hex digits is a byte; a bad escape is kept with what it
+    swallowed (a hex digit and the byte after it, or one other byte)."""
+    out, bad, i = bytearray(), False, 0
+    while i < len(raw):
+        if raw[i:i + 1] != b"|":
+            out += raw[i:i + 1]
+            i += 1
+            continue
+        hexdigit = raw[i + 1:i + 2] != b"" and raw[i + 1] in b"0123456789abcdefABCDEF"
+        pair = raw[i + 1:i + 3] if hexdigit else raw[i + 1:i + 2]
+        if len(pair) == 2 and pair[1] in b"0123456789abcdefABCDEF":
+            out.append(int(pair, 16))
+        else:
+            bad = True
+            out += raw[i:i + 1 + len(pair)]
+        i += 1 + len(pair)
+    return bytes(out), bad
+
+
+_ESCAPE_BYTES = st.binary(max_size=40) | st.lists(st.sampled_from([b"|", b"2", b"2A", b"g", b'"', b"\n", b"\t",
+                                                                    b"\x7f", b"\xe9", b"x"]),
+                                                   max_size=20).map(b"".join)
+
+
+@given(_ESCAPE_BYTES)
+@example(b"|g|41")
+@example(b"|2|41")
+@example(b"||41")
+@example(b"a|")
+@example(b"|4")
+def test_escapes_are_written_and_undone_as_vmware_does_byte_by_byte(raw: bytes) -> None:
+    assert vmx._escape(raw) == _escape_by_the_table(raw)
+    assert vmx._unescape(raw) == _unescape_by_the_state_machine(raw)
+    assert vmx._unescape(vmx._escape(raw)) == (raw, False)
 
 
 # -- encodings -----------------------------------------------------------------

@@ -60,7 +60,7 @@ _ESCAPE = re.compile(rb"\|(?:(?P<hex>[0-9A-Fa-f]{2})|[0-9A-Fa-f].?|.?)", re.S)
 _HEX_BYTE = {f"{a}{b}".encode(): bytes([int(a + b, 16)]) for a in "0123456789abcdefABCDEF"
              for b in "0123456789abcdefABCDEF"}
 # DictLL_MarshalLine's table: control bytes but TAB, '"', '|' and 0x7F.
-_TO_ESCAPE = re.compile(rb'[\x00-\x08\x0a-\x1f"|\x7f]')
+_TO_ESCAPE = frozenset(b'"|\x7f' + bytes(range(0x09)) + bytes(range(0x0A, 0x20)))
 
 _TOO_BIG_HINT = "this is not a file VMware writes: remove what does not belong in it"
 _EDIT_HINT = 'edit line {n} so it reads key = "value", or start it with # to make it a comment'
@@ -117,6 +117,14 @@ def _unescape(raw: bytes) -> tuple[bytes, bool]:
     """Undo ``|XX`` escapes like VMware's Escape_Undo; also say if a bad one was kept."""
     if b"|" not in raw:  # the common case, and fast for 1 MB values
         return raw, False
+    # Every '|' followed by two hex digits (a snapshot's specfile, with its quotes and line ends): then no
+    # escape swallows another's '|', and each piece after one starts with its two digits. Without a
+    # callback per escape: a .vmsd holds thousands.
+    pieces = raw.split(b"|")
+    try:
+        return pieces[0] + b"".join([_HEX_BYTE[piece[:2]] + piece[2:] for piece in pieces[1:]]), False
+    except KeyError:
+        pass  # a bad escape somewhere: Escape_Undo's state machine decides what is kept
     bad = False
 
     def replace(match: re.Match[bytes]) -> bytes:
@@ -131,7 +139,14 @@ def _unescape(raw: bytes) -> tuple[bytes, bool]:
 
 def _escape(raw: bytes) -> bytes:
     """Escape value bytes the way VMware's writer does (uppercase ``|XX``)."""
-    return _TO_ESCAPE.sub(lambda m: b"|%02X" % m[0][0], raw)
+    present = _TO_ESCAPE.intersection(raw)
+    if not present:
+        return raw
+    if ord("|") in present:  # first: the escapes written next start with one
+        raw = raw.replace(b"|", b"|7C")
+    for byte in present - {ord("|")}:
+        raw = raw.replace(bytes((byte,)), b"|%02X" % byte)
+    return raw
 
 
 def _encode(text: str, codec: str, what: str, key: str) -> bytes:
