@@ -14,8 +14,8 @@ TIMEOUT = "SECONDS"  # the metavar of every --timeout
          arg("--memory", "-m", type=int, default=512, metavar="MIB", help="Memory in MiB (memSize) [default: 512]."),
          arg("--cpus", "-c", type=int, default=1, metavar="N", help="Virtual CPUs (numvcpus) [default: 1]."),
          arg("--disk-size", metavar="SIZE", help="A new empty thin disk, e.g. 20G."),
-         arg("--boot-disk", type=HostPath, metavar="FILE", help="Copy this disk image in as the boot disk (from a folder "
-                                                             "allowed with datastore allow-path)."),
+         arg("--boot-disk", type=HostPath, metavar="FILE",
+             help="Copy this disk image in as the boot disk (from a folder allowed with datastore allow-path)."),
          arg("--network", default="nat", help="nat, none, or a network name [default: nat]."),
          arg("--nic", default="vmxnet3", help="NIC model: vmxnet3, e1000, e1000e, vlance, virtio [default: vmxnet3]."),
          arg("--scsi", default="lsilogic", help="SCSI controller: lsilogic, lsisas1068, pvscsi [default: lsilogic]."),
