@@ -677,3 +677,36 @@ def test_line_of_names_the_effective_line() -> None:
     doc = VmxDocument.parse(b'# c\nmemSize = "1"\n\nMEMSIZE = "2"\n')
     assert doc.line_of("memsize") == 4
     assert doc.line_of("numvcpus") is None
+
+
+def _set_each(doc: VmxDocument, pairs: list[tuple[str, object]]) -> tuple[bytes, str | None]:
+    try:
+        for key, value in pairs:
+            doc.set(key, value)  # type: ignore[arg-type]
+    except (SpecError, TypeError) as exc:
+        return doc.to_bytes(), f"{type(exc).__name__}: {exc}"
+    return doc.to_bytes(), None
+
+
+def _set_many(doc: VmxDocument, pairs: list[tuple[str, object]]) -> tuple[bytes, str | None]:
+    try:
+        doc.set_many(pairs)  # type: ignore[arg-type]
+    except (SpecError, TypeError) as exc:
+        return doc.to_bytes(), f"{type(exc).__name__}: {exc}"
+    return doc.to_bytes(), None
+
+
+_PAIR_KEYS = _KEYS | st.sampled_from([".encoding", "bad key", "", "x=y", "displayName", "DISPLAYNAME"])
+_PAIR_VALUES = _TEXT | st.sampled_from(["UTF-8", "Shift_JIS", "no such charset", "x" * 300]) | st.just(7)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(vmx_texts(), st.sampled_from([b"\n", b"\r\n", b""]),
+       st.lists(st.tuples(_PAIR_KEYS, _PAIR_VALUES), max_size=12), st.integers(1, 40))
+def test_set_many_writes_and_refuses_what_set_does_key_by_key(text, ending, pairs, max_lines) -> None:
+    """The same bytes (existing keys rewritten in place, new ones appended with the file's line ending, the
+    encoding changed midway) and the same refusal at the same pair (a bad key, a non-str, a full file)."""
+    data = text[0].replace(b"\n", ending) if ending else text[0].rstrip(b"\n")
+    limits = vmx.Limits(file_bytes=1 << 20, lines=max_lines, line_bytes=200)
+    one_by_one = _set_each(VmxDocument.parse(data, limits=limits), pairs)
+    assert _set_many(VmxDocument.parse(data, limits=limits), pairs) == one_by_one

@@ -18,6 +18,7 @@ checked before the work it bounds.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -371,24 +372,40 @@ class VmxDocument:
             raise SpecError(f"unknown encoding {excerpt(value)}", hint='use a charset such as "UTF-8"')
         codec = self.encoding
         raw = _encode(value, codec, "value of", key)  # the message is made only if it is needed
-        quoted = b'"' + _escape(raw) + b'"'
         if lines := self._index.get(lkey):
             line = lines[-1]
             match = _ENTRY.match(line.text)
             assert match is not None  # key lines always match
-            text = match["indent"] + match["key"] + b" = " + quoted + match["tail"]
+            text = match["indent"] + match["key"] + b' = "' + _escape(raw) + b'"' + match["tail"]
             self._check_room(key, len(text), new=False)
             line.text, line.raw = text, raw
             self._codec = None if lkey == ".encoding" else self._codec
             return
+        self._add(self._new_line(key, raw, codec), first=lkey == ".encoding")
+        self._codec = None if lkey == ".encoding" else self._codec
+
+    def set_many(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """:meth:`set` each (key, value) in order, with the same lines and refusals; a key the document does
+        not have yet is appended with the codec and the line end looked up once (a ``.vmsd`` written whole
+        is hundreds of new keys)."""
+        codec, end = self.encoding, self._line_end()
+        for key, value in pairs:
+            lkey = key.lower()
+            if lkey in self._index or lkey == ".encoding" or not isinstance(value, str):
+                self.set(key, value)  # an existing line, the encoding, or set's own refusal
+                codec, end = self.encoding, self._line_end()
+                continue
+            self._append(self._new_line(key, _encode(value, codec, "value of", key), codec), end)
+
+    def _new_line(self, key: str, raw: bytes, codec: str) -> _Line:
+        """The line ``key = "value"`` of a new key (``raw``: the value's bytes), or the SpecError set gives."""
         name = _encode(key, codec, "key", key)
         if not _VALID_KEY.match(name):
             raise SpecError(f"invalid key {excerpt(key)}",
                             hint="a key must be non-empty, without whitespace, '=', '#' or NUL")
-        text = name + b" = " + quoted
+        text = name + b' = "' + _escape(raw) + b'"'
         self._check_room(key, len(text), new=True)
-        self._add(_Line(text, b"", key, raw), first=lkey == ".encoding")
-        self._codec = None if lkey == ".encoding" else self._codec
+        return _Line(text, b"", key, raw)
 
     def _check_room(self, key: str, line_bytes: int, *, new: bool) -> None:
         """Refuse an edit that would make a file this document's limits refuse to read."""
@@ -399,15 +416,24 @@ class VmxDocument:
             raise SpecError(f"cannot add {excerpt(key)}: the file already has {len(self._lines)} lines",
                             hint=f"a file may have at most {self.limits.lines} lines")
 
+    def _line_end(self) -> bytes:
+        """The file's own line ending (for a line added to it)."""
+        return next((b"\r\n" if x.end == b"\r\n" else b"\n" for x in self._lines if x.end), b"\n")
+
     def _add(self, line: _Line, *, first: bool) -> None:
-        # Keep the file's own line ending; a missing final one is added.
-        line.end = next((b"\r\n" if x.end == b"\r\n" else b"\n" for x in self._lines if x.end), b"\n")
         if first:  # VMware writes .encoding first (after a #! line); readers may expect it there
+            line.end = self._line_end()
             self._lines.insert(int(bool(self._lines) and self._lines[0].text.startswith(b"#!")), line)
+            self._index[line.key.lower()] = [line]
         else:
-            if self._lines and not self._lines[-1].end:
-                self._lines[-1].end = line.end
-            self._lines.append(line)
+            self._append(line, self._line_end())
+
+    def _append(self, line: _Line, end: bytes) -> None:
+        """``line`` at the end, with the file's line ending ``end``; a missing final one is added."""
+        line.end = end
+        if self._lines and not self._lines[-1].end:
+            self._lines[-1].end = end
+        self._lines.append(line)
         self._index[line.key.lower()] = [line]
 
     def delete(self, key: str) -> bool:
