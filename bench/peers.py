@@ -55,7 +55,13 @@ The script makes itself the subreaper of what it starts and reaps exited QEMUs a
 where PID 1 reaps orphans late (this sandbox's, every ~1.6 s), libvirt's destroy would
 wait for that, since it polls until the killed QEMU's pid is gone.
 
-    python bench/peers.py [--rounds 5] [--vms 200] [--via-service]
+    python bench/peers.py [--rounds 5] [--vms 200] [--via-service] [--only offline,linked] [--base OTHER_SRC]
+
+``--only`` runs some rows (noop, define, list, start, live, revert, offline, linked, full). ``--base`` adds
+another minivisor source tree (e.g. ``git archive main src | tar -x -C /tmp/base``, then ``--base
+/tmp/base/src``) as more sides, interleaved with the others in the same rounds: its CLI (and, with
+``--via-service``, its service) on a datastore of its own with the same VMs; a before/after comparison in
+the same conditions.
 
 Needs root, QEMU, and libvirt, which setup.sh does not install (the script checks and
 prints the one line to run):
@@ -87,6 +93,7 @@ from minivisor import Hypervisor
 
 READY = b"minivisor-guest: ready"
 OURS, VIA_SERVICE, THEIRS = "minivisor", "via service", "libvirt"
+BASE, BASE_VIA_SERVICE = "base", "base via service"
 MEMORY_MIB = 128
 PR_SET_CHILD_SUBREAPER = 36
 LIBVIRT_PACKAGES = "libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients"
@@ -353,18 +360,30 @@ class Bench:
     minivisor's sides are :class:`Minivisor` CLIs on the one datastore (``ours``: direct, and through the
     service with ``--via-service``); each side's prefix keeps the names it makes apart."""
 
-    def __init__(self, mv: Minivisor, lv: PrivateLibvirt, work: Path, image: str) -> None:
+    def __init__(self, mv: Minivisor, lv: PrivateLibvirt, work: Path, image: str,
+                 base: Minivisor | None = None) -> None:
         self.mv, self.lv, self.work = mv, lv, work
         self.ours: dict[str, tuple[Minivisor, str]] = {OURS: (mv, "")}
+        self.datastores = [mv]  # the direct CLI of each datastore: this tree's, and --base's
         self.disks = work / "libvirt-disks"
         self.disks.mkdir()
         golden_disk = self.disks / "appliance.qcow2"  # the same conversion vm create --boot-disk makes
         run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", image, str(golden_disk)])
         for name in ("boot", "golden", "plain"):
-            mv("vm", "create", name, "--memory", str(MEMORY_MIB), "--boot-disk", image, "--network", "none")
             shutil.copyfile(golden_disk, self.disks / f"{name}.qcow2")
             serial = self.disks / f"{name}.serial.log" if name == "boot" else None
             self.define(name, self.disks / f"{name}.qcow2", serial)()
+        self.make_vms(mv, image)
+        if base is not None:
+            base("datastore", "allow-path", str(Path(image).parent))
+            self.make_vms(base, image)
+            self.datastores.append(base)
+            self.ours[BASE] = (base, "")
+
+    @staticmethod
+    def make_vms(mv: Minivisor, image: str) -> None:
+        for name in ("boot", "golden", "plain"):
+            mv("vm", "create", name, "--memory", str(MEMORY_MIB), "--boot-disk", image, "--network", "none")
         mv("snapshot", "take", "golden", "base")
 
     def row(self, what: str, rounds: int, ours: Callable[[Minivisor, str, int], float],
@@ -392,10 +411,12 @@ class Bench:
 
     def fill(self, count: int) -> tuple[list[str], list[str]]:
         """Define VMs up to ``count`` on each side (untimed); returns the names added on each side."""
-        hv = Hypervisor(self.mv.root)
-        ours = [f"fill{i}" for i in range(count - len(hv.list_vms()))]
-        for name in ours:
-            hv.register_vm(write_specfile(self.mv.root, name, str(uuidlib.uuid4())))
+        ours = []
+        for mv in self.datastores:
+            hv = Hypervisor(mv.root)
+            ours = [f"fill{i}" for i in range(count - len(hv.list_vms()))]
+            for name in ours:
+                hv.register_vm(write_specfile(mv.root, name, str(uuidlib.uuid4())))
         theirs = [f"fill{i}" for i in range(count - len(self.lv.domains()))]
         commands = []
         for name in theirs:
@@ -408,9 +429,10 @@ class Bench:
         return ours, theirs
 
     def unfill(self, ours: list[str], theirs: list[str]) -> None:
-        hv = Hypervisor(self.mv.root)
-        for name in ours:
-            hv.unregister_vm(name)
+        for mv in self.datastores:
+            hv = Hypervisor(mv.root)
+            for name in ours:
+                hv.unregister_vm(name)
         for start in range(0, len(theirs), 50):
             self.lv.virsh("; ".join(f"undefine {name}" for name in theirs[start:start + 50]))
 
@@ -429,13 +451,15 @@ class Bench:
         return seconds
 
     def boot_both(self) -> None:
-        self.mv("vm", "start", "boot", "--wait-ready")
+        for mv in self.datastores:
+            mv("vm", "start", "boot", "--wait-ready")
         (self.disks / "boot.serial.log").unlink(missing_ok=True)
         self.lv.virsh("start", "boot")
         wait_for_ready(self.disks / "boot.serial.log")
 
     def stop_both(self) -> None:
-        self.mv("vm", "stop", "boot", "--hard")
+        for mv in self.datastores:
+            mv("vm", "stop", "boot", "--hard")
         self.lv.virsh("destroy", "boot")
 
     # clones
@@ -460,29 +484,42 @@ class Bench:
                                   str(self.disks / "plain.qcow2"), str(disk)]), define)
 
 
-def run_rows(bench: Bench, rounds: int, vms: int) -> list[Row]:
+ROWS = ("noop", "define", "list", "start", "live", "revert", "offline", "linked", "full")
+
+
+def run_rows(bench: Bench, rounds: int, vms: int, only: tuple[str, ...] = ROWS) -> list[Row]:
     lv = bench.lv
-    rows = [bench.row("a no-op: the CLI's floor", rounds, lambda mv, _, i: timed(lambda: mv("--help")),
-                      lambda i: timed(lambda: lv.virsh("uri"))),
-            bench.row("define/register", rounds, bench.register_ours, bench.define_theirs)]
-    added = bench.fill(vms)
-    rows.append(bench.row(f"list, {vms} VMs defined", rounds, lambda mv, _, i: timed(lambda: mv("vm", "list")),
-                          lambda i: timed(lambda: lv.virsh("list", "--all"))))
-    bench.unfill(*added)
-    rows.append(bench.row("start -> guest ready", rounds, bench.start_ours, bench.start_theirs))
-    bench.boot_both()
-    rows.append(bench.row(f"live snapshot, {MEMORY_MIB} MiB", rounds,
-                          lambda mv, prefix, i: timed(lambda: mv("snapshot", "take", "boot", f"{prefix}live{i}")),
-                          lambda i: timed(lambda: lv.virsh("snapshot-create-as", "boot", f"live{i}"))))
-    rows.append(bench.row("revert to it (running)", rounds,
-                          lambda mv, _, i: timed(lambda: mv("snapshot", "revert", "boot", "live0")),
-                          lambda i: timed(lambda: lv.virsh("snapshot-revert", "boot", "live0"))))
-    bench.stop_both()
-    rows.append(bench.row("offline snapshot", rounds,
-                          lambda mv, prefix, i: timed(lambda: mv("snapshot", "take", "boot", f"{prefix}off{i}")),
-                          lambda i: timed(lambda: lv.virsh("snapshot-create-as", "boot", f"off{i}"))))
-    rows.append(bench.row("linked clone", rounds, bench.linked_ours, bench.linked_theirs))
-    rows.append(bench.row("full clone (20 MiB used)", rounds, bench.full_ours, bench.full_theirs))
+    rows = []
+    if "noop" in only:
+        rows.append(bench.row("a no-op: the CLI's floor", rounds, lambda mv, _, i: timed(lambda: mv("--help")),
+                              lambda i: timed(lambda: lv.virsh("uri"))))
+    if "define" in only:
+        rows.append(bench.row("define/register", rounds, bench.register_ours, bench.define_theirs))
+    if "list" in only:
+        added = bench.fill(vms)
+        rows.append(bench.row(f"list, {vms} VMs defined", rounds, lambda mv, _, i: timed(lambda: mv("vm", "list")),
+                              lambda i: timed(lambda: lv.virsh("list", "--all"))))
+        bench.unfill(*added)
+    if "start" in only:
+        rows.append(bench.row("start -> guest ready", rounds, bench.start_ours, bench.start_theirs))
+    if {"live", "revert"} & set(only):
+        bench.boot_both()
+        rows.append(bench.row(f"live snapshot, {MEMORY_MIB} MiB", rounds,
+                              lambda mv, prefix, i: timed(lambda: mv("snapshot", "take", "boot", f"{prefix}live{i}")),
+                              lambda i: timed(lambda: lv.virsh("snapshot-create-as", "boot", f"live{i}"))))
+        if "revert" in only:
+            rows.append(bench.row("revert to it (running)", rounds,
+                                  lambda mv, _, i: timed(lambda: mv("snapshot", "revert", "boot", "live0")),
+                                  lambda i: timed(lambda: lv.virsh("snapshot-revert", "boot", "live0"))))
+        bench.stop_both()
+    if "offline" in only:
+        rows.append(bench.row("offline snapshot", rounds,
+                              lambda mv, prefix, i: timed(lambda: mv("snapshot", "take", "boot", f"{prefix}off{i}")),
+                              lambda i: timed(lambda: lv.virsh("snapshot-create-as", "boot", f"off{i}"))))
+    if "linked" in only:
+        rows.append(bench.row("linked clone", rounds, bench.linked_ours, bench.linked_theirs))
+    if "full" in only:
+        rows.append(bench.row("full clone (20 MiB used)", rounds, bench.full_ours, bench.full_theirs))
     return rows
 
 
@@ -516,14 +553,23 @@ def main() -> None:
     parser.add_argument("--vms", type=int, default=200, help="VMs defined on each side for the list row [200]")
     parser.add_argument("--via-service", action="store_true",
                         help="a third side: minivisor's CLI through a minivisor serve on the same datastore")
+    parser.add_argument("--only", default=",".join(ROWS), help=f"the rows to run, comma-separated [{','.join(ROWS)}]")
+    parser.add_argument("--base", help="another minivisor source tree (the folder holding minivisor/) as more sides")
     options = parser.parse_args()
+    only = tuple(options.only.split(","))
+    if unknown := set(only) - set(ROWS):
+        sys.exit(f"no such row: {', '.join(sorted(unknown))} (the rows: {', '.join(ROWS)})")
     if problem := missing_tools():
         sys.exit(problem)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on a plain kill too
     work = Path(tempfile.mkdtemp(prefix="minivisor-bench-peers-"))
     mv = Minivisor(work / "datastore", direct=True)
     print(f"load average at start: {load_average()}", flush=True)
-    service = None
+    base = None
+    if options.base:
+        base = Minivisor(work / "base-datastore", direct=True)
+        base.env["PYTHONPATH"] = options.base
+    services = []
     try:
         reap_orphaned_qemus()
         image = mv.appliance()
@@ -531,15 +577,22 @@ def main() -> None:
         try:
             with lv:
                 try:
-                    bench = Bench(mv, lv, work, image)
+                    bench = Bench(mv, lv, work, image, base)
                     if options.via_service:
-                        through = Minivisor(mv.root)
-                        service = start_service(through, work / "service.log")
-                        bench.ours[VIA_SERVICE] = (through, "s")
-                    rows = run_rows(bench, options.rounds, options.vms)
+                        for side, direct in ((VIA_SERVICE, mv), (BASE_VIA_SERVICE, base)):
+                            if direct is None:
+                                continue
+                            through = Minivisor(direct.root)
+                            through.env.update({k: v for k, v in direct.env.items() if k == "PYTHONPATH"})
+                            services.append(start_service(through, work / f"{side.replace(' ', '-')}.log"))
+                            bench.ours[side] = (through, "s")
+                    rows = run_rows(bench, options.rounds, options.vms, only)
                 finally:
-                    stop_service(service)
+                    for service in services:
+                        stop_service(service)
                     mv.power_off_all()
+                    if base is not None:
+                        base.power_off_all()
         finally:
             print(lv.verdict())
         print_table(rows, options.rounds)

@@ -10,7 +10,9 @@ A record names its fields in one of two ways:
 
 - as class annotations, with defaults as class attributes (as a dataclass does; a mutable default
   is a :func:`default_factory`): it gets an ``__init__`` taking them by position or name;
-- in ``__slots__``, with its own ``__init__`` (the results a client rebuilds: smallest and fastest).
+- in ``__slots__``, with its own ``__init__`` (the results a client rebuilds: smallest and fastest); a
+  ``_fields`` of its own then names them where a field is a property over a slot of another name (made
+  on first use, such as a path the client should not import pathlib for).
 
 ``frozen=True`` in the class statement makes assigning a field afterwards an error, and makes the
 record hashable by value, as ``dataclass(frozen=True)`` does.
@@ -43,7 +45,7 @@ class Record:
     def __init_subclass__(cls, frozen: bool = False, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         if "__slots__" in cls.__dict__:
-            cls._fields = tuple(cls.__slots__)
+            cls._fields = cls.__dict__.get("_fields", tuple(cls.__slots__))
             return
         own = tuple(cls.__dict__.get("__annotations__", {}))
         cls._fields = cls._fields + tuple(name for name in own if name not in cls._fields)

@@ -3,10 +3,11 @@
 A real ``python -m minivisor`` run lists the modules it loaded: the help comes from the
 command table alone; ``vm list`` loads no other command group, no service stack (Starlette, uvicorn,
 asyncio), no QMP, no specfile parsing and no snapshot code, whether it reads the datastore or asks a
-running service, and then not even the core. A snapshot taken through a running service loads
-only the client: no dataclasses (inspect), pathlib, urllib.parse (ipaddress), typing, json or threading (the client
-speaks through their C modules), nor argparse (plain words are read without it), nor the specfile or ``.vmsd``
-reader, nor even re. A direct ``vm start`` of a VM without NICs loads, up to QEMU's spawn, neither
+running service, and then not even the core. A snapshot, a linked clone, a registration or a list
+through a running service loads only the client: no dataclasses (inspect), pathlib, urllib.parse
+(ipaddress), typing, json or threading (the client speaks through their C modules), nor argparse (plain
+words are read without it), nor the specfile or ``.vmsd`` reader, nor even re or enum (a VmInfo makes its
+Path and VmState on first use). A direct ``vm start`` of a VM without NICs loads, up to QEMU's spawn, neither
 dataclasses nor logging, shutil or secrets, nor the network modules or QMP.
 """
 
@@ -29,8 +30,8 @@ GONE = ("typer", "click", "rich")  # the CLI's libraries before issue 13
 NOT_FOR_A_CLIENT = ("dataclasses", "inspect", "pathlib", "ipaddress", "urllib.parse", "typing", "http.client", "socket",
                     "json", "threading", "argparse", "gettext", "locale", "minivisor.cli.argparser",
                     "minivisor.core.results", "minivisor.datastore.layout", "minivisor.dirs")
-# a VmInfo holds its specfile's path, and pathlib loads urllib.parse
-A_VM_ALONE_NEEDS_NONE_OF = set(NOT_FOR_A_CLIENT) - {"pathlib", "urllib.parse", "ipaddress"}
+# nor, since a VmInfo makes its Path and VmState on first use, what pathlib and enum load
+NOR_FOR_A_VM = ("re", "enum", "fnmatch", "minivisor.vmm.states")
 NOT_FOR_LISTING = ("minivisor.vmm.qmp", "minivisor.spec.vmspec", "minivisor.spec.vmx", "minivisor.spec.vmsd",
                    "minivisor.core.snapshots", "minivisor.core.clones", "minivisor.images.qemu_img")
 
@@ -117,13 +118,17 @@ def test_vm_list_on_the_datastore_loads_the_catalog_only(datastore):
     assert not modules & set(NOT_FOR_LISTING)
 
 
-def test_vm_list_through_the_service_loads_only_the_client(service):
-    modules = imported_by_cli("-d", str(service), "vm", "list", "--json", direct=False)
+@pytest.mark.parametrize("json_output", [False, True])
+def test_vm_list_through_the_service_loads_only_the_client(service, json_output):
+    modules = imported_by_cli("-d", str(service), "vm", "list", *(["--json"] * json_output), direct=False)
     assert "minivisor.client" in modules and "minivisor.core.vminfo" in modules
-    assert command_modules(modules) == {"minivisor.cli.vm", "minivisor.cli.parsing"}
+    assert command_modules(modules) == {"minivisor.cli.vm", "minivisor.cli.parsing",
+                                        *(() if json_output else ("minivisor.cli.output",))}
     assert not packages(modules, SERVICE_STACK + GONE)
-    assert not modules & {*NOT_FOR_LISTING, *A_VM_ALONE_NEEDS_NONE_OF - {"json"}, "minivisor.core.hypervisor",
-                          "minivisor.datastore.catalog", "sqlite3"}
+    printing = {"json", "re", "enum"} if json_output else set()  # --json prints with json, which loads re
+    assert not modules & {*NOT_FOR_LISTING, *NOT_FOR_A_CLIENT, *NOR_FOR_A_VM, "minivisor.core.hypervisor",
+                          "minivisor.datastore.catalog", "sqlite3"} - printing
+    assert "minivisor.vmm.states" not in modules
 
 
 def test_a_linked_clone_through_the_service_loads_only_the_client(service):
@@ -131,9 +136,24 @@ def test_a_linked_clone_through_the_service_loads_only_the_client(service):
     assert "minivisor.client" in modules and "minivisor.core.vminfo" in modules
     assert command_modules(modules) == {"minivisor.cli.vm", "minivisor.cli.parsing", "minivisor.cli.output"}
     assert not packages(modules, SERVICE_STACK + GONE)
-    assert not modules & {*NOT_FOR_LISTING, *A_VM_ALONE_NEEDS_NONE_OF, "minivisor.core.hypervisor",
+    assert not modules & {*NOT_FOR_LISTING, *NOT_FOR_A_CLIENT, *NOR_FOR_A_VM, "minivisor.core.hypervisor",
                           "minivisor.datastore.catalog", "sqlite3"}
     assert Hypervisor(service).get_vm("web-clone").disks
+
+
+def test_a_registration_through_the_service_loads_only_the_client(service, monkeypatch):
+    """The specfile is named relative to the CLI's folder: the client sends it made absolute, without pathlib."""
+    folder = service / "web-registered"
+    folder.mkdir()
+    (folder / "web-registered.vmx").write_text('displayName = "web-registered"\nmemSize = "64"\nguestOS = "other-64"\n')
+    monkeypatch.chdir(service)
+    modules = imported_by_cli("-d", str(service), "vm", "register", "web-registered/web-registered.vmx",
+                              "--name", "web-registered", direct=False)
+    assert "minivisor.client" in modules and "minivisor.core.vminfo" in modules
+    assert command_modules(modules) == {"minivisor.cli.vm", "minivisor.cli.parsing"}
+    assert not modules & {*NOT_FOR_LISTING, *NOT_FOR_A_CLIENT, *NOR_FOR_A_VM, "minivisor.core.hypervisor",
+                          "minivisor.datastore.catalog", "sqlite3"}
+    assert Hypervisor(service).get_vm("web-registered").vmx == folder / "web-registered.vmx"
 
 
 def test_a_snapshot_through_the_service_loads_only_the_client_and_the_snapshot_type(service):
@@ -142,7 +162,7 @@ def test_a_snapshot_through_the_service_loads_only_the_client_and_the_snapshot_t
     assert command_modules(modules) == {"minivisor.cli.snapshot", "minivisor.cli.parsing"}
     assert not packages(modules, SERVICE_STACK + GONE)
     assert not modules & {*NOT_FOR_LISTING, *NOT_FOR_A_CLIENT, "minivisor.core.hypervisor", "minivisor.datastore.catalog",
-                          "sqlite3", "re", "enum"}  # (a VmInfo's Path loads re: a clone or a list does)
+                          "sqlite3", *NOR_FOR_A_VM}
     assert "through-the-service" in [snap["name"] for snap in Hypervisor(service).snapshot_list("web")]
 
 

@@ -130,6 +130,17 @@ def test_a_rebuilt_result_has_the_core_types_inside(created):
     assert isinstance(spec, VmSpec) and all(type(d) is type(e) for d, e in zip(spec.disks, explanation().spec.disks))
 
 
+def test_a_rebuilt_vm_prints_and_compares_as_the_core_s_before_it_makes_a_path_or_a_state():
+    """The client keeps a VmInfo's specfile and state as the service's text until asked (no pathlib, no enum);
+    what the CLI prints, its JSON, equality, repr and replace read the same values as the core's VmInfo."""
+    core = running_vm()
+    vm = over_the_wire("vm", core)
+    assert (vm.specfile, vm.state_label, vm.state_hint) == ("/ds/web/web.vmx", "paused (io-error)", core.state_hint)
+    assert vm.to_dict() == core.to_dict() and repr(vm) == repr(core) and vm == core
+    assert vm.replace(cpus=4) == core.replace(cpus=4) and vm.replace(cpus=4).vmx == Path("/ds/web/web.vmx")
+    assert vm.state is VmState.PAUSED and vm.vmx == Path("/ds/web/web.vmx")
+
+
 @pytest.mark.parametrize("name", ["x/disks", "x/../y", "", "a" * 100])
 def test_a_name_that_is_no_vm_name_is_refused_before_it_is_sent(name):
     """Sent, "x/disks" would reach GET /v1/vms/x/disks (the service decodes %2F) and list x's disks."""

@@ -141,3 +141,27 @@ def test_publish_moves_the_folder_and_adds_the_row_together(store):
     with pytest.raises(ConflictError):
         store.publish(clash, "web", "uuid-other")
     assert clash.exists() and store.catalog.get("web").uuid == "uuid-web"
+
+
+def test_a_registration_caches_the_summary_its_written_specfile_gives(tmp_path):
+    """register_vm caches the summary from the spec it read before generating the UUID and the NICs' addresses:
+    it is the one the specfile it wrote gives (generated addresses included), and `vm show` reads it."""
+    import json
+
+    from minivisor import Hypervisor
+    from minivisor.datastore.inventory import file_stamp, summary_of
+
+    hv = Hypervisor(tmp_path / "ds")
+    folder = hv.datastore.root / "reg"
+    folder.mkdir()
+    (folder / "reg.vmx").write_text('displayName = "reg"\nmemSize = "64"\nguestOS = "other-64"\nnumvcpus = "2"\n'
+                                    'ethernet0.present = "TRUE"\nethernet0.virtualDev = "e1000"\n'
+                                    'ethernet0.connectionType = "hostonly"\nethernet1.present = "TRUE"\n'
+                                    'ethernet1.addressType = "static"\nethernet1.address = "00:50:56:00:00:01"\n')
+    vm = hv.register_vm(folder / "reg.vmx")
+    written = (folder / "reg.vmx").read_text()
+    assert "uuid.bios" in written and "ethernet0.generatedAddress" in written
+    ((uuid, stamp, cached),) = hv.datastore.catalog.summaries(["reg/reg.vmx"]).values()
+    assert uuid == vm.uuid and stamp == file_stamp(str(folder / "reg.vmx"))
+    assert json.loads(cached) == summary_of(folder / "reg.vmx", vm.uuid)
+    assert [nic["mac"] for nic in json.loads(cached)["nics"]] == [nic["mac"] for nic in vm.nics]

@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from minivisor.spec import vmx as vmx
@@ -210,6 +210,49 @@ def test_writer_escapes_like_vmware() -> None:
     doc = parse(b"")
     doc.set("a", 'q"p|d\x7fn\nt\tc#e=,\x00\xe9')
     assert doc.to_bytes() == 'a = "q|22p|7Cd|7Fn|0At\tc#e=,|00\xe9"\n'.encode("utf-8")
+
+
+def _escape_by_the_table(raw: bytes) -> bytes:
+    """DictLL_MarshalLine's table, one byte at a time: what vmx._escape must equal."""
+    return b"".join(b"|%02X" % byte if byte in b'"|\x7f' or (byte < 0x20 and byte != 0x09) else bytes((byte,))
+                    for byte in raw)
+
+
+def _unescape_by_the_state_machine(raw: bytes) -> tuple[bytes, bool]:
+    """Escape_Undo, one byte at a time: '|' and two hex digits is a byte; a bad escape is kept with what it
+    swallowed (a hex digit and the byte after it, or one other byte)."""
+    out, bad, i = bytearray(), False, 0
+    while i < len(raw):
+        if raw[i:i + 1] != b"|":
+            out += raw[i:i + 1]
+            i += 1
+            continue
+        hexdigit = raw[i + 1:i + 2] != b"" and raw[i + 1] in b"0123456789abcdefABCDEF"
+        pair = raw[i + 1:i + 3] if hexdigit else raw[i + 1:i + 2]
+        if len(pair) == 2 and pair[1] in b"0123456789abcdefABCDEF":
+            out.append(int(pair, 16))
+        else:
+            bad = True
+            out += raw[i:i + 1 + len(pair)]
+        i += 1 + len(pair)
+    return bytes(out), bad
+
+
+_ESCAPE_BYTES = st.binary(max_size=40) | st.lists(st.sampled_from([b"|", b"2", b"2A", b"g", b'"', b"\n", b"\t",
+                                                                    b"\x7f", b"\xe9", b"x"]),
+                                                   max_size=20).map(b"".join)
+
+
+@given(_ESCAPE_BYTES)
+@example(b"|g|41")
+@example(b"|2|41")
+@example(b"||41")
+@example(b"a|")
+@example(b"|4")
+def test_escapes_are_written_and_undone_as_vmware_does_byte_by_byte(raw: bytes) -> None:
+    assert vmx._escape(raw) == _escape_by_the_table(raw)
+    assert vmx._unescape(raw) == _unescape_by_the_state_machine(raw)
+    assert vmx._unescape(vmx._escape(raw)) == (raw, False)
 
 
 # -- encodings -----------------------------------------------------------------
@@ -594,6 +637,22 @@ def test_write_atomic_failure_leaves_target_alone(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["vm.vmx"]
 
 
+def test_write_atomic_never_writes_through_a_name_planted_where_its_temp_file_goes(tmp_path: Path, monkeypatch) -> None:
+    """A symlink (to a host file) at the temp name write_atomic draws first is neither followed nor replaced: it
+    draws another name, as tempfile.mkstemp would."""
+    host_file = tmp_path / "host-secret"
+    host_file.write_bytes(b"secret")
+    folder = tmp_path / "vm"
+    folder.mkdir()
+    draws = iter([b"\x01" * 6, b"\x02" * 6])
+    monkeypatch.setattr(os, "urandom", lambda count: next(draws))
+    planted = folder / f".vm.vmx.{'01' * 6}.tmp"
+    planted.symlink_to(host_file)
+    write_atomic(folder / "vm.vmx", b"new")
+    assert (folder / "vm.vmx").read_bytes() == b"new" and host_file.read_bytes() == b"secret"
+    assert planted.is_symlink() and sorted(os.listdir(folder)) == [planted.name, "vm.vmx"]
+
+
 def test_save_and_load(tmp_path: Path) -> None:
     doc = VmxDocument.parse(SEED.read_bytes())
     doc.set("memSize", "2048")
@@ -618,3 +677,36 @@ def test_line_of_names_the_effective_line() -> None:
     doc = VmxDocument.parse(b'# c\nmemSize = "1"\n\nMEMSIZE = "2"\n')
     assert doc.line_of("memsize") == 4
     assert doc.line_of("numvcpus") is None
+
+
+def _set_each(doc: VmxDocument, pairs: list[tuple[str, object]]) -> tuple[bytes, str | None]:
+    try:
+        for key, value in pairs:
+            doc.set(key, value)  # type: ignore[arg-type]
+    except (SpecError, TypeError) as exc:
+        return doc.to_bytes(), f"{type(exc).__name__}: {exc}"
+    return doc.to_bytes(), None
+
+
+def _set_many(doc: VmxDocument, pairs: list[tuple[str, object]]) -> tuple[bytes, str | None]:
+    try:
+        doc.set_many(pairs)  # type: ignore[arg-type]
+    except (SpecError, TypeError) as exc:
+        return doc.to_bytes(), f"{type(exc).__name__}: {exc}"
+    return doc.to_bytes(), None
+
+
+_PAIR_KEYS = _KEYS | st.sampled_from([".encoding", "bad key", "", "x=y", "displayName", "DISPLAYNAME"])
+_PAIR_VALUES = _TEXT | st.sampled_from(["UTF-8", "Shift_JIS", "no such charset", "x" * 300]) | st.just(7)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(vmx_texts(), st.sampled_from([b"\n", b"\r\n", b""]),
+       st.lists(st.tuples(_PAIR_KEYS, _PAIR_VALUES), max_size=12), st.integers(1, 40))
+def test_set_many_writes_and_refuses_what_set_does_key_by_key(text, ending, pairs, max_lines) -> None:
+    """The same bytes (existing keys rewritten in place, new ones appended with the file's line ending, the
+    encoding changed midway) and the same refusal at the same pair (a bad key, a non-str, a full file)."""
+    data = text[0].replace(b"\n", ending) if ending else text[0].rstrip(b"\n")
+    limits = vmx.Limits(file_bytes=1 << 20, lines=max_lines, line_bytes=200)
+    one_by_one = _set_each(VmxDocument.parse(data, limits=limits), pairs)
+    assert _set_many(VmxDocument.parse(data, limits=limits), pairs) == one_by_one

@@ -58,7 +58,7 @@ def vm_table(vms: list[VmInfo]) -> None:
 
 def vm_details(vm: VmInfo) -> None:
     rows: list[tuple[str, Any]] = [
-        ("name", vm.name), ("state", vm.state_label), ("uuid", vm.uuid), ("specfile", vm.vmx),
+        ("name", vm.name), ("state", vm.state_label), ("uuid", vm.uuid), ("specfile", vm.specfile),
         ("display name", vm.display_name), ("guest OS", vm.guest_os), ("cpus", vm.cpus),
         ("memory", f"{vm.memory_mib} MiB"), ("pid", vm.pid or "-"), ("accelerator", vm.accel or "-"),
         ("autostart", "yes" if vm.autostart else "no"),

@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
-from pathlib import Path
-
-from . import JSON, NAME, arg, command, datastore_root, hv, print_json, progress, say, warn
+from . import JSON, NAME, HostPath, arg, command, datastore_root, hv, print_json, progress, say, warn
 
 TIMEOUT = "SECONDS"  # the metavar of every --timeout
 
@@ -16,8 +14,8 @@ TIMEOUT = "SECONDS"  # the metavar of every --timeout
          arg("--memory", "-m", type=int, default=512, metavar="MIB", help="Memory in MiB (memSize) [default: 512]."),
          arg("--cpus", "-c", type=int, default=1, metavar="N", help="Virtual CPUs (numvcpus) [default: 1]."),
          arg("--disk-size", metavar="SIZE", help="A new empty thin disk, e.g. 20G."),
-         arg("--boot-disk", type=Path, metavar="FILE", help="Copy this disk image in as the boot disk (from a folder "
-                                                             "allowed with datastore allow-path)."),
+         arg("--boot-disk", type=HostPath, metavar="FILE",
+             help="Copy this disk image in as the boot disk (from a folder allowed with datastore allow-path)."),
          arg("--network", default="nat", help="nat, none, or a network name [default: nat]."),
          arg("--nic", default="vmxnet3", help="NIC model: vmxnet3, e1000, e1000e, vlance, virtio [default: vmxnet3]."),
          arg("--scsi", default="lsilogic", help="SCSI controller: lsilogic, lsisas1068, pvscsi [default: lsilogic]."),
@@ -26,19 +24,19 @@ TIMEOUT = "SECONDS"  # the metavar of every --timeout
          arg("--thick", action="store_true", help="Allocate the empty disk now (default: thin)."),
          arg("--cdrom", action="store_true", help="Add an empty CD-ROM drive (then: vm cdrom NAME insert ISO)."),
          JSON)
-def vm_create(name: str, memory: int, cpus: int, disk_size: str | None, boot_disk: Path | None, network: str,
+def vm_create(name: str, memory: int, cpus: int, disk_size: str | None, boot_disk: HostPath | None, network: str,
               nic: str, scsi: str, guest_os: str, firmware: str, thick: bool, cdrom: bool, as_json: bool) -> None:
     vm = hv().create_vm(name, memory_mib=memory, cpus=cpus, disk_size=disk_size, boot_disk=boot_disk,
                         network=network, nic_model=nic, scsi_model=scsi, guest_os=guest_os, firmware=firmware,
                         thick=thick, cdrom=cdrom, progress=progress)
-    print_json(vm) if as_json else say(f"created {vm.name}: {vm.vmx}")
+    print_json(vm) if as_json else say(f"created {vm.name}: {vm.specfile}")
 
 
-@command("vm register", arg("vmx", type=Path, metavar="VMX", help="The .vmx file, in its folder in the datastore."),
+@command("vm register", arg("vmx", type=HostPath, metavar="VMX", help="The .vmx file, in its folder in the datastore."),
          arg("--name", help="Name in the catalog [default: from displayName]."), JSON)
-def vm_register(vmx: Path, name: str | None, as_json: bool) -> None:
+def vm_register(vmx: HostPath, name: str | None, as_json: bool) -> None:
     vm = hv().register_vm(vmx, name)
-    print_json(vm) if as_json else say(f"registered {vm.name}: {vm.vmx}")
+    print_json(vm) if as_json else say(f"registered {vm.name}: {vm.specfile}")
 
 
 @command("vm unregister", NAME)
@@ -81,9 +79,9 @@ def vm_explain(name: str, as_json: bool) -> None:
     print_json(output.explanation_dict(explanation)) if as_json else output.explanation(explanation)
 
 
-@command("vm check", arg("vmx", type=Path, metavar="VMX", help="Any .vmx file; nothing is registered or written."),
+@command("vm check", arg("vmx", type=HostPath, metavar="VMX", help="Any .vmx file; nothing is registered or written."),
          JSON)
-def vm_check(vmx: Path, as_json: bool) -> int:
+def vm_check(vmx: HostPath, as_json: bool) -> int:
     """Exits 0 if the VM would power on, else with the exit code of a missing disk."""
     from ..core.check import check_vmx
     from ..datastore.store import META
@@ -186,18 +184,18 @@ def vm_migrate(name: str, host: str, as_json: bool) -> None:
         f"{human_size(moved['memory_bytes'])} of memory; the guest was paused for {moved['downtime_ms']} ms")
 
 
-@command("vm copy-to", NAME, arg("host_file", type=Path, metavar="HOSTFILE", help="The host file to copy."),
+@command("vm copy-to", NAME, arg("host_file", type=HostPath, metavar="HOSTFILE", help="The host file to copy."),
          arg("guest_path", metavar="GUESTPATH", help="The file to write in the guest (its full path)."), JSON)
-def vm_copy_to(name: str, host_file: Path, guest_path: str, as_json: bool) -> None:
+def vm_copy_to(name: str, host_file: HostPath, guest_path: str, as_json: bool) -> None:
     """Example: minivisor vm copy-to web ./app.tar /tmp/app.tar"""
-    with _copy_progress(f"copying {host_file.name} to {name}") as update:
+    with _copy_progress(f"copying {os.path.basename(host_file)} to {name}") as update:
         result = hv(direct=True).copy_to_guest(name, host_file, guest_path, progress=update)
     print_json(result) if as_json else say(f"copied {result['bytes']} bytes to {name}:{guest_path}")
 
 
 @command("vm copy-from", NAME, arg("guest_path", metavar="GUESTPATH", help="The guest file to copy (its full path)."),
-         arg("host_file", type=Path, metavar="HOSTFILE", help="The host file to write (replaced whole)."), JSON)
-def vm_copy_from(name: str, guest_path: str, host_file: Path, as_json: bool) -> None:
+         arg("host_file", type=HostPath, metavar="HOSTFILE", help="The host file to write (replaced whole)."), JSON)
+def vm_copy_from(name: str, guest_path: str, host_file: HostPath, as_json: bool) -> None:
     """Example: minivisor vm copy-from web /var/log/syslog ./syslog"""
     with _copy_progress(f"copying {guest_path} from {name}") as update:
         result = hv(direct=True).copy_from_guest(name, guest_path, host_file, progress=update)
@@ -224,10 +222,10 @@ def _copy_progress(what: str):
 
 
 @command("vm cdrom", NAME, arg("action", choices=("insert", "eject"), metavar="insert|eject", help="insert or eject."),
-         arg("image", nargs="?", type=Path, metavar="ISO", help="The image to insert (in the VM's folder or an "
+         arg("image", nargs="?", type=HostPath, metavar="ISO", help="The image to insert (in the VM's folder or an "
                                                                 "allowed folder)."),
          arg("--drive", metavar="NODE", help="The drive, e.g. sata0:1 [default: the first CD-ROM drive]."), JSON)
-def vm_cdrom(name: str, action: str, image: Path | None, drive: str | None, as_json: bool) -> None:
+def vm_cdrom(name: str, action: str, image: HostPath | None, drive: str | None, as_json: bool) -> None:
     """Example: minivisor vm cdrom web insert ~/isos/debian-12.iso"""
     from ..errors import ArgumentError
 
@@ -238,8 +236,8 @@ def vm_cdrom(name: str, action: str, image: Path | None, drive: str | None, as_j
                                                                              if result["image"] else "is empty"))
 
 
-@command("vm screenshot", NAME, arg("output", type=Path, metavar="FILE", help="Where to write the PNG."))
-def vm_screenshot(name: str, output: Path) -> None:
+@command("vm screenshot", NAME, arg("output", type=HostPath, metavar="FILE", help="Where to write the PNG."))
+def vm_screenshot(name: str, output: HostPath) -> None:
     from ..errors import PathError
     from ..files import write_atomic
 
@@ -359,12 +357,12 @@ def vm_clone(source: str, target: str, linked: bool, snapshot: str | None, as_js
 
     with ProgressBar(f"cloning {source}") as bar:
         vm = hv().clone_vm(source, target, linked=linked, snapshot=snapshot, progress=None if linked else bar)
-    print_json(vm) if as_json else say(f"created {'linked' if linked else 'full'} clone {vm.name}: {vm.vmx}")
+    print_json(vm) if as_json else say(f"created {'linked' if linked else 'full'} clone {vm.name}: {vm.specfile}")
 
 
-@command("vm import", arg("folder", type=Path, metavar="FOLDER", help="A VMware VM folder (.vmx and its disks)."),
+@command("vm import", arg("folder", type=HostPath, metavar="FOLDER", help="A VMware VM folder (.vmx and its disks)."),
          arg("--name", help="Name in the catalog [default: from displayName]."), JSON)
-def vm_import(folder: Path, name: str | None, as_json: bool) -> None:
+def vm_import(folder: HostPath, name: str | None, as_json: bool) -> None:
     from .output import ProgressBar
 
     bars: dict[str, ProgressBar] = {}
@@ -381,7 +379,7 @@ def vm_import(folder: Path, name: str | None, as_json: bool) -> None:
     finally:
         for bar in bars.values():
             bar.close()
-    print_json(vm) if as_json else say(f"imported {vm.name}: {vm.vmx}")
+    print_json(vm) if as_json else say(f"imported {vm.name}: {vm.specfile}")
 
 
 # -- networks ----------------------------------------------------------------------

@@ -295,7 +295,9 @@ class Hypervisor:
             self.datastore.catalog.add(db, name, vm_uuid, vmx)
             if doc.to_bytes() != path.read_bytes():
                 doc.save(path)
-            if row := summary_row(self.datastore.root, vmx, vm_uuid):  # what `vm show` reads, in the same commit
+            # what `vm show` reads, in the same commit: from the spec read above, whose summary keys
+            # fill_identity left as they were (a NIC's generated address is the one a summary gives it)
+            if row := summary_row(self.datastore.root, vmx, vm_uuid, spec):
                 self.datastore.catalog.put_summaries(db, [row])
         ctx = self.vms.context(name)
         ctx.emit("registered")

@@ -7,7 +7,8 @@ the VM lock (no power-on can begin meanwhile). A running VM's VMM holds the VM
 lock; its disks then change only through it (QMP). Before anything else, the
 operation finishes or undoes what an interrupted one left in the VM's intent
 journal (:mod:`minivisor.storage.journal`); so does a power-on. The VMM's jobs are
-imported where a running VM needs them: most disk operations do not.
+imported where a running VM needs them, and qemu-img (with subprocess) where a step merges or relinks
+layers: most disk operations need neither (a snapshot's overlays are written in-process).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Callable
 
 from ..errors import HvError
 from ..images.layers import format_for
-from ..images.qemu_img import commit_layer, rebase_disk, set_backing
 from ..images.vmdk import set_cid, set_parent
 from ..storage import nvram
 from ..storage.journal import Journal
@@ -156,6 +156,8 @@ def _commit(ctx: VmContext, dependent: str) -> None:
     A VMDK gets a new content ID when it is written: the merged file keeps the one its dependent
     recorded, so a re-run still finds an intact chain (what the dependent reads has not changed).
     """
+    from ..images.qemu_img import commit_layer
+
     chain = ctx.files().chain(dependent)
     commit_layer(chain)
     if chain[1].format == "vmdk" and chain[1].cid:
@@ -170,11 +172,15 @@ def _relink(ctx: VmContext, image: str, backing: str, backing_format: str) -> No
     if format_for(path) == "vmdk":
         set_parent(path, files.layer(backing), name)
     else:
+        from ..images.qemu_img import set_backing
+
         set_backing(path, name, backing_format)
 
 
 def _rebase(ctx: VmContext, dependent: str, frozen: str) -> None:
     """Copy ``frozen``'s data into ``dependent`` and give it ``frozen``'s backing file (idempotent)."""
+    from ..images.qemu_img import rebase_disk
+
     files = ctx.files()
     rebase_disk(files.chain(dependent), files.chain(frozen)[1:])
 

@@ -20,6 +20,7 @@ from .store import Datastore
 
 if TYPE_CHECKING:  # parsing a specfile is for a summary not cached yet: imported then
     from ..spec.vmx import VmxDocument
+    from ..spec.vmspec import VmSpec
 
 __all__ = ["Inventory", "flocked_files", "file_id", "file_stamp", "summary_of", "summary_row", "read_vmx"]
 
@@ -78,11 +79,12 @@ def file_stamp(path: str) -> str | None:
     return f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
 
 
-def summary_row(root: Path, vmx: str, vm_uuid: str) -> tuple[str, str, str, str] | None:
+def summary_row(root: Path, vmx: str, vm_uuid: str, spec: VmSpec | None = None) -> tuple[str, str, str, str] | None:
     """The summary cache's row for a specfile (``vmx`` relative to the datastore ``root``) as it is now,
-    or None if it has no summary to cache: for a VM being added, in the transaction that adds it."""
+    or None if it has no summary to cache: for a VM being added, in the transaction that adds it.
+    ``spec``: what the caller read of that file (its summary's keys as the file has them), not read again."""
     stamp = file_stamp(f"{root}/{vmx}")
-    summary = summary_of(root / vmx, vm_uuid)
+    summary = summary_of(root / vmx, vm_uuid) if spec is None else summary_of_spec(spec, vm_uuid)
     return (vmx, vm_uuid, stamp, json.dumps(summary)) if stamp and "problem" not in summary else None
 
 
@@ -112,13 +114,19 @@ def file_id(path: str) -> tuple[int, int] | None:
 
 def summary_of(vmx: Path, vm_uuid: str) -> dict[str, Any]:
     """The parts of a specfile `vm list` and `vm show` report (or the problem reading it)."""
-    from ..spec.identity import generated_mac
     from ..spec.vmspec import VmSpec
 
     try:
         spec = VmSpec.from_vmx(read_vmx(vmx))
     except (SpecError, PathError) as exc:
         return {"problem": exc.one_line()}
+    return summary_of_spec(spec, vm_uuid)
+
+
+def summary_of_spec(spec: VmSpec, vm_uuid: str) -> dict[str, Any]:
+    """The parts of a read specfile `vm list` and `vm show` report (a NIC without an address: its generated one)."""
+    from ..spec.identity import generated_mac
+
     return {"display_name": spec.display_name, "guest_os": spec.guest_os, "memory_mib": spec.memory_mib,
             "cpus": spec.num_cpus, "mem_min_mib": spec.sched.mem_min_mib,
             "disks": [{"node": d.node, "kind": d.kind, "file": d.file_name} for d in spec.disks],

@@ -188,13 +188,14 @@ def resolve_chain(top: Path, fmt: str, resolve: Callable[[Path, str], Path]) -> 
     layers: list[ImageLayer] = []
     seen: set[str] = set()
     path, layer_format = top, fmt
+    real = os.path.realpath(path)
     while True:
         layer = read_layer(path, layer_format)
         for extent in layer.extent_files:
             check_file_name(extent, f"an extent of {path.name}")
             resolve(path.parent, extent)
         layers.append(layer)
-        seen.add(os.path.realpath(path))
+        seen.add(real)
         if not layer.backing_name:
             return tuple(layers)
         if not layer.backing_format:
@@ -215,7 +216,8 @@ def resolve_chain(top: Path, fmt: str, resolve: Callable[[Path, str], Path]) -> 
                 raise DiskError(f"the parent {path.name} of {layer.path.name} was modified after the child was "
                                 f"created (its CID is {parent.cid}, the child expects {layer.parent_cid})",
                                 hint="restore the original parent disk; the chain would read corrupt data")
-        if os.path.realpath(path) in seen or len(layers) >= MAX_CHAIN:
+        real = os.path.realpath(path)  # once a layer: each costs an lstat per folder of its path
+        if real in seen or len(layers) >= MAX_CHAIN:
             raise DiskError(f"the backing chain of {top.name} loops or is deeper than {MAX_CHAIN}",
                             hint="rebuild the disk with qemu-img convert")
 

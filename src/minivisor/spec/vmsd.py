@@ -11,6 +11,7 @@ its number of snapshots and each snapshot's number of disks are bounded
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,33 +74,37 @@ class SnapshotTree(Record):
 
     def to_bytes(self) -> bytes:
         doc = VmxDocument.parse(b'.encoding = "UTF-8"\n', limits=VMSD_LIMITS)
-        doc.set("snapshot.lastUID", str(self.last_uid))
+        doc.set_many(self._entries())
+        return doc.to_bytes()
+
+    def _entries(self) -> Iterator[tuple[str, str]]:
+        """The tree's keys and values, in the order the file lists them."""
+        yield "snapshot.lastUID", str(self.last_uid)
         if self.current is not None:
-            doc.set("snapshot.current", str(self.current))
-        doc.set("snapshot.numSnapshots", str(len(self.snapshots)))
+            yield "snapshot.current", str(self.current)
+        yield "snapshot.numSnapshots", str(len(self.snapshots))
         for slot, snap in enumerate(self.snapshots.values()):
             p = f"snapshot{slot}."
-            doc.set(p + "uid", str(snap.uid))
+            yield p + "uid", str(snap.uid)
             if snap.parent is not None:
-                doc.set(p + "parent", str(snap.parent))
+                yield p + "parent", str(snap.parent)
             if snap.memory_file:
-                doc.set(p + "filename", snap.memory_file)
-            doc.set(p + "displayName", snap.name)
+                yield p + "filename", snap.memory_file
+            yield p + "displayName", snap.name
             if snap.description:
-                doc.set(p + "description", snap.description)
-            doc.set(p + "type", "1" if snap.memory_file else "0")
+                yield p + "description", snap.description
+            yield p + "type", "1" if snap.memory_file else "0"
             high, low = snap.created_us >> 32, snap.created_us & 0xFFFFFFFF
-            doc.set(p + "createTimeHigh", str(high))
-            doc.set(p + "createTimeLow", str(low - (1 << 32) if low >= 1 << 31 else low))  # signed, like VMware
-            doc.set(p + "numDisks", str(len(snap.disks)))
+            yield p + "createTimeHigh", str(high)
+            yield p + "createTimeLow", str(low - (1 << 32) if low >= 1 << 31 else low)  # signed, like VMware
+            yield p + "numDisks", str(len(snap.disks))
             for m, (node, name) in enumerate(snap.disks.items()):
-                doc.set(f"{p}disk{m}.fileName", name)
-                doc.set(f"{p}disk{m}.node", node)
+                yield f"{p}disk{m}.fileName", name
+                yield f"{p}disk{m}.node", node
             if snap.config:
-                doc.set(p + "minivisor.config", snap.config)  # escaped onto one line (|0A)
+                yield p + "minivisor.config", snap.config  # escaped onto one line (|0A)
             if snap.ready_line:
-                doc.set(p + "minivisor.readyLine", snap.ready_line)
-        return doc.to_bytes()
+                yield p + "minivisor.readyLine", snap.ready_line
 
     # -- queries -----------------------------------------------------------
     def find(self, name: str, vm: str) -> Snapshot:

@@ -18,6 +18,7 @@ checked before the work it bounds.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -60,7 +61,7 @@ _ESCAPE = re.compile(rb"\|(?:(?P<hex>[0-9A-Fa-f]{2})|[0-9A-Fa-f].?|.?)", re.S)
 _HEX_BYTE = {f"{a}{b}".encode(): bytes([int(a + b, 16)]) for a in "0123456789abcdefABCDEF"
              for b in "0123456789abcdefABCDEF"}
 # DictLL_MarshalLine's table: control bytes but TAB, '"', '|' and 0x7F.
-_TO_ESCAPE = re.compile(rb'[\x00-\x08\x0a-\x1f"|\x7f]')
+_TO_ESCAPE = frozenset(b'"|\x7f' + bytes(range(0x09)) + bytes(range(0x0A, 0x20)))
 
 _TOO_BIG_HINT = "this is not a file VMware writes: remove what does not belong in it"
 _EDIT_HINT = 'edit line {n} so it reads key = "value", or start it with # to make it a comment'
@@ -117,6 +118,14 @@ def _unescape(raw: bytes) -> tuple[bytes, bool]:
     """Undo ``|XX`` escapes like VMware's Escape_Undo; also say if a bad one was kept."""
     if b"|" not in raw:  # the common case, and fast for 1 MB values
         return raw, False
+    # Every '|' followed by two hex digits (a snapshot's specfile, with its quotes and line ends): then no
+    # escape swallows another's '|', and each piece after one starts with its two digits. Without a
+    # callback per escape: a .vmsd holds thousands.
+    pieces = raw.split(b"|")
+    try:
+        return pieces[0] + b"".join([_HEX_BYTE[piece[:2]] + piece[2:] for piece in pieces[1:]]), False
+    except KeyError:
+        pass  # a bad escape somewhere: Escape_Undo's state machine decides what is kept
     bad = False
 
     def replace(match: re.Match[bytes]) -> bytes:
@@ -131,7 +140,14 @@ def _unescape(raw: bytes) -> tuple[bytes, bool]:
 
 def _escape(raw: bytes) -> bytes:
     """Escape value bytes the way VMware's writer does (uppercase ``|XX``)."""
-    return _TO_ESCAPE.sub(lambda m: b"|%02X" % m[0][0], raw)
+    present = _TO_ESCAPE.intersection(raw)
+    if not present:
+        return raw
+    if ord("|") in present:  # first: the escapes written next start with one
+        raw = raw.replace(b"|", b"|7C")
+    for byte in present - {ord("|")}:
+        raw = raw.replace(bytes((byte,)), b"|%02X" % byte)
+    return raw
 
 
 def _encode(text: str, codec: str, what: str, key: str) -> bytes:
@@ -356,24 +372,40 @@ class VmxDocument:
             raise SpecError(f"unknown encoding {excerpt(value)}", hint='use a charset such as "UTF-8"')
         codec = self.encoding
         raw = _encode(value, codec, "value of", key)  # the message is made only if it is needed
-        quoted = b'"' + _escape(raw) + b'"'
         if lines := self._index.get(lkey):
             line = lines[-1]
             match = _ENTRY.match(line.text)
             assert match is not None  # key lines always match
-            text = match["indent"] + match["key"] + b" = " + quoted + match["tail"]
+            text = match["indent"] + match["key"] + b' = "' + _escape(raw) + b'"' + match["tail"]
             self._check_room(key, len(text), new=False)
             line.text, line.raw = text, raw
             self._codec = None if lkey == ".encoding" else self._codec
             return
+        self._add(self._new_line(key, raw, codec), first=lkey == ".encoding")
+        self._codec = None if lkey == ".encoding" else self._codec
+
+    def set_many(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """:meth:`set` each (key, value) in order, with the same lines and refusals; a key the document does
+        not have yet is appended with the codec and the line end looked up once (a ``.vmsd`` written whole
+        is hundreds of new keys)."""
+        codec, end = self.encoding, self._line_end()
+        for key, value in pairs:
+            lkey = key.lower()
+            if lkey in self._index or lkey == ".encoding" or not isinstance(value, str):
+                self.set(key, value)  # an existing line, the encoding, or set's own refusal
+                codec, end = self.encoding, self._line_end()
+                continue
+            self._append(self._new_line(key, _encode(value, codec, "value of", key), codec), end)
+
+    def _new_line(self, key: str, raw: bytes, codec: str) -> _Line:
+        """The line ``key = "value"`` of a new key (``raw``: the value's bytes), or the SpecError set gives."""
         name = _encode(key, codec, "key", key)
         if not _VALID_KEY.match(name):
             raise SpecError(f"invalid key {excerpt(key)}",
                             hint="a key must be non-empty, without whitespace, '=', '#' or NUL")
-        text = name + b" = " + quoted
+        text = name + b' = "' + _escape(raw) + b'"'
         self._check_room(key, len(text), new=True)
-        self._add(_Line(text, b"", key, raw), first=lkey == ".encoding")
-        self._codec = None if lkey == ".encoding" else self._codec
+        return _Line(text, b"", key, raw)
 
     def _check_room(self, key: str, line_bytes: int, *, new: bool) -> None:
         """Refuse an edit that would make a file this document's limits refuse to read."""
@@ -384,15 +416,24 @@ class VmxDocument:
             raise SpecError(f"cannot add {excerpt(key)}: the file already has {len(self._lines)} lines",
                             hint=f"a file may have at most {self.limits.lines} lines")
 
+    def _line_end(self) -> bytes:
+        """The file's own line ending (for a line added to it)."""
+        return next((b"\r\n" if x.end == b"\r\n" else b"\n" for x in self._lines if x.end), b"\n")
+
     def _add(self, line: _Line, *, first: bool) -> None:
-        # Keep the file's own line ending; a missing final one is added.
-        line.end = next((b"\r\n" if x.end == b"\r\n" else b"\n" for x in self._lines if x.end), b"\n")
         if first:  # VMware writes .encoding first (after a #! line); readers may expect it there
+            line.end = self._line_end()
             self._lines.insert(int(bool(self._lines) and self._lines[0].text.startswith(b"#!")), line)
+            self._index[line.key.lower()] = [line]
         else:
-            if self._lines and not self._lines[-1].end:
-                self._lines[-1].end = line.end
-            self._lines.append(line)
+            self._append(line, self._line_end())
+
+    def _append(self, line: _Line, end: bytes) -> None:
+        """``line`` at the end, with the file's line ending ``end``; a missing final one is added."""
+        line.end = end
+        if self._lines and not self._lines[-1].end:
+            self._lines[-1].end = end
+        self._lines.append(line)
         self._index[line.key.lower()] = [line]
 
     def delete(self, key: str) -> bool:

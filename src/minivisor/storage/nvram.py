@@ -17,7 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from ..images.qemu_img import copy_qcow2, internal_snapshot, internal_snapshots
+# qemu-img (images.qemu_img, with subprocess) is imported where a store exists: a BIOS VM has none, and every
+# snapshot plan loads this module.
 
 __all__ = ["snapshot_tag", "kept", "keep", "restore", "forget", "copy_for_clone", "KEEP", "RESTORE", "FORGET",
            "step", "handlers"]
@@ -43,24 +44,34 @@ def snapshot_tag(uid: int) -> str:
 
 def kept(store: Path, uid: int) -> bool:
     """The store exists and keeps snapshot ``uid``'s state (read even while a VMM has it open)."""
-    return store.exists() and snapshot_tag(uid) in internal_snapshots(store)
+    if not store.exists():
+        return False
+    from ..images.qemu_img import internal_snapshots
+
+    return snapshot_tag(uid) in internal_snapshots(store)
 
 
 def keep(store: Path, uid: int) -> None:
     """Keep the store of a powered-off VM as snapshot ``uid`` has it (once: a kept state is never replaced)."""
     if store.exists() and not kept(store, uid):
+        from ..images.qemu_img import internal_snapshot
+
         internal_snapshot(store, "create", snapshot_tag(uid))
 
 
 def restore(store: Path, uid: int) -> None:
     """Bring the store of a powered-off VM back to snapshot ``uid``'s, if it kept one."""
     if kept(store, uid):
+        from ..images.qemu_img import internal_snapshot
+
         internal_snapshot(store, "apply", snapshot_tag(uid))
 
 
 def forget(store: Path, uid: int) -> None:
     """Drop what snapshot ``uid`` kept of the store of a powered-off VM."""
     if kept(store, uid):
+        from ..images.qemu_img import internal_snapshot
+
         internal_snapshot(store, "delete", snapshot_tag(uid))
 
 
@@ -68,4 +79,6 @@ def copy_for_clone(store: Path, uid: int | None, target: Path) -> None:
     """A clone's own store: the source's as snapshot ``uid`` kept it, else as it is (a running source is
     cloned from a snapshot, which kept it)."""
     if store.exists():
+        from ..images.qemu_img import copy_qcow2
+
         copy_qcow2(store, target, snapshot_tag(uid) if uid is not None and kept(store, uid) else None)

@@ -23,7 +23,8 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ STATE_FD = "minivisor-state"
 # and a memory snapshot is a migration to a file. Of the formats minivisor runs, only VMDK.
 MIGRATION_BLOCKING_DRIVERS = ("vmdk",)
 HOLE_PREFIX = "hole-"  # the empty placeholder a gate points at while its chain is closed for a save
+WRITEBACK_EVERY = 0.005  # seconds between two nudges of the kernel to write a state file being saved
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,9 @@ def _save_state(qmp: QmpSession, final: Path) -> None:
             qmp.execute("migrate-set-parameters", {"max-bandwidth": 1 << 40})
             _report_migration(qmp)
             qmp.pass_fd(fd, STATE_FD)
-            qmp.execute("migrate", {"uri": f"fd:{STATE_FD}"})
-            _wait_migration(qmp, "save the memory state")
+            with _written_back_meanwhile(fd):
+                qmp.execute("migrate", {"uri": f"fd:{STATE_FD}"})
+                _wait_migration(qmp, "save the memory state")
         finally:
             _reopen_gated_chains(qmp, closed)
         os.fsync(fd)
@@ -114,6 +117,32 @@ def _save_state(qmp: QmpSession, final: Path) -> None:
         os.close(fd)
     os.replace(partial, final)
     fsync_dir(final.parent)
+
+
+@contextmanager
+def _written_back_meanwhile(fd: int) -> Iterator[None]:
+    """While the block runs (QEMU writing a memory state into ``fd``), have the kernel start writing what is
+    already there every few milliseconds (``POSIX_FADV_DONTNEED`` starts the writeback of dirty pages and
+    waits for none), so the fsync after the save, while the guest is still paused, waits for the state's
+    last pages rather than all of it (~10 ms less for a 128 MiB guest on this host's ext4)."""
+    import threading  # here: only a memory snapshot needs a thread
+
+    done = threading.Event()
+
+    def nudge() -> None:
+        while not done.wait(WRITEBACK_EVERY):
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                return  # the fsync after the save writes it all anyway
+
+    thread = threading.Thread(target=nudge, name="state-writeback", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 @dataclass(frozen=True)
