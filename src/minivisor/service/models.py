@@ -692,10 +692,28 @@ class HaVm(Answer):
     owner: str | None = Field(description="the host that runs it now (null: none)")
 
 
+class Replication(Answer):
+    """A VM's replication (vm replicate): its disks copied in rounds to a replica on another host."""
+
+    vm: str
+    uuid: str
+    source: str = Field(description="the host the VM runs on, which runs the rounds")
+    target: str = Field(description="the host that keeps the replica")
+    every: float = Field(description="seconds between two rounds")
+    created: float
+    last_copy: float = Field(description="when the last good copy was taken (Unix time; 0: none yet)")
+    generation: int = Field(description="the replica's generation after the last good copy")
+    last_bytes: int = Field(description="bytes the last good round copied")
+    bitmap: str = Field(description="the dirty bitmap of the writes since the last good copy")
+    failed_over_to: str = Field(description="the host HA powered the replica on (\"\": none)")
+    failed_over_at: float
+
+
 class ClusterStatus(ClusterMembership):
     etcd: str = Field(description="etcd's version")
     hosts: list[ClusterHost]
     ha: list[HaVm] = Field(description="the VMs marked HA (vm ha VM on)")
+    replicas: list[Replication] = Field(description="the replications (vm replicate VM --to HOST)")
 
 
 class ClusterLeft(Answer):
