@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import threading
 import time
+from pathlib import Path
 
 import pytest
 from guests import create_guest
@@ -113,3 +116,168 @@ def test_an_ha_vm_runs_again_from_its_replica_with_the_last_rounds_writes(fabric
     time.sleep(2 * HA_POLL)  # a's replicator runs no round of a VM that failed over
     assert _etcd_keys(fabric_etcd, "replications/") == [] and where((a, b), "web") == ["b"]
     b.ok("vm", "stop", "web", "--hard")
+
+
+def _replica_file(host, vm_uuid: str) -> Path:
+    return host.root / ".minivisor" / "replicas" / vm_uuid / "web.qcow2"
+
+
+def _replica_sector(host, vm_uuid: str, sector: int, length: int, tmp_path: Path) -> bytes:
+    """What the replica on ``host`` holds at ``sector`` (read from its file, not through any VM)."""
+    raw = tmp_path / "replica.raw"
+    subprocess.run(["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", str(_replica_file(host, vm_uuid)),
+                    str(raw)], check=True, timeout=120)
+    data = raw.read_bytes()[sector * 512:sector * 512 + length]
+    raw.unlink()
+    return data
+
+
+def _storage_daemons(host) -> list[int]:
+    """The pids of the qemu-storage-daemon processes serving a round of ``host``'s replicas."""
+    needle = os.fsencode(os.path.realpath(host.root)) + b"/"
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) == b"qemu-storage-daemon" and any(needle in arg for arg in argv):
+            found.append(int(entry))
+    return found
+
+
+def _kill_the_rounds_server(host, vm_uuid: str, stop: threading.Event) -> None:
+    """SIGKILL the NBD server of the next round on ``host`` once it serves (its pid noted beside the replica)."""
+    note = _replica_file(host, vm_uuid).parent / ".round" / "nbd.json"
+    while not stop.is_set():
+        try:
+            os.kill(json.loads(note.read_text())["pid"], signal.SIGKILL)
+            return
+        except (OSError, ValueError, KeyError):
+            time.sleep(0.005)
+
+
+@pytest.fixture
+def replicated(etcd, hosts, appliance_image):
+    """web running on a, replicated to b once (every hour: the test runs the rounds, `vm replicate` again); hosts
+    on loopback."""
+    a, b = hosts("a", "b")
+    vm = create_guest(Hypervisor(a.root), "web", appliance_image, memory_mib=64, network="none")
+    cluster_of(etcd, a, b, ttl=TTL)
+    a.ok("vm", "start", "web", "--wait-ready")
+    _write(Hypervisor(a.root), SECTOR_A, "record-A")
+    first = json.loads(a.ok("vm", "replicate", "web", "--to", "b", "--every", "1h", "--json"))
+    assert first["full"] is True and first["generation"] == 1
+    return a, b, vm
+
+
+def test_a_round_that_fails_halfway_leaves_the_previous_replica_and_the_next_one_copies_its_writes(replicated,
+                                                                                                  tmp_path):
+    a, b, vm = replicated
+    on_a = Hypervisor(a.root)
+    _write(on_a, SECTOR_B, "record-B-of-the-failed-round")
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_the_rounds_server, args=(b, vm.uuid, stop))
+    killer.start()
+    try:
+        failed = a.cli("vm", "replicate", "web", "--to", "b", "--every", "1h")
+    finally:
+        stop.set()
+        killer.join()
+    error = failed.stderr.splitlines()[-1]  # after the progress lines
+    assert failed.returncode == 69 and error.startswith("error: host 'b' could not replicate 'web': "), failed.stderr
+
+    # the replica is generation 1's: no new top left, no server, record A in it and not record B
+    folder = _replica_file(b, vm.uuid).parent
+    assert sorted(p.name for p in folder.iterdir()) == ["state.json", "web.qcow2", "web.vmx"]
+    assert json.loads((folder / "state.json").read_text())["generation"] == 1 and _storage_daemons(b) == []
+    assert _replica_sector(b, vm.uuid, SECTOR_A, 8, tmp_path) == b"record-A"
+    assert _replica_sector(b, vm.uuid, SECTOR_B, 8, tmp_path) == bytes(8)
+    assert _replication(a)["generation"] == 1
+
+    again = json.loads(a.ok("vm", "replicate", "web", "--to", "b", "--every", "1h", "--json"))
+    assert again["full"] is False and again["generation"] == 2 and 0 < again["bytes"] < 4 << 20
+    assert _replica_sector(b, vm.uuid, SECTOR_B, 28, tmp_path) == b"record-B-of-the-failed-round"
+    assert _replica_sector(b, vm.uuid, SECTOR_A, 8, tmp_path) == b"record-A"
+    assert sorted(p.name for p in folder.iterdir()) == ["state.json", "web.qcow2", "web.vmx"]
+
+    # --off: the record goes, and b's service removes the replica
+    assert a.ok("vm", "replicate", "web", "--off") == "web: replication to b ended\n"
+    assert a.status()["replicas"] == []
+    wait_for("b to remove the replica", lambda: not folder.exists(), timeout=30)
+    a.ok("vm", "stop", "web", "--hard")
+
+
+def test_hostile_round_requests_are_refused_and_leave_nothing_on_the_target(etcd, hosts):
+    a, b = hosts("a", "b")
+    Hypervisor(a.root).create_vm("web", network="none", disk_size="16M")
+    cluster_of(etcd, a, b, ttl=TTL)
+    specfile = (a.root / "web" / "web.vmx").read_text()
+    good = {"id": "0" * 32, "vm": "web", "uuid": "12345678-1234-1234-1234-123456789abc", "source": "a",
+            "specfile": specfile, "disks": [{"file": "web.qcow2", "size": 16 << 20}], "key": "ab" * 32,
+            "full": True, "copied": False}
+    malformed = {
+        "not JSON": "{not json",
+        "a path for a UUID": {**good, "uuid": "../../../../etc"},
+        "a disk out of the folder": {**good, "disks": [{"file": "../../escape.qcow2", "size": 1 << 20}]},
+        "an absolute disk": {**good, "disks": [{"file": "/etc/passwd", "size": 1 << 20}]},
+        "a raw disk": {**good, "disks": [{"file": "web.raw", "size": 1 << 20}]},
+        "a huge disk": {**good, "disks": [{"file": "web.qcow2", "size": 1 << 80}]},
+        "a size that is text": {**good, "disks": [{"file": "web.qcow2", "size": "16M"}]},
+        "a short key": {**good, "key": "ab"},
+        "no disk": {**good, "disks": []},
+    }
+    for number, (what, value) in enumerate(malformed.items(), start=1):
+        request_id = f"{number:032x}"
+        body = value if isinstance(value, str) else json.dumps({**value, "id": request_id})
+        etcd.put_raw(f"/minivisor/replications/b/{request_id}", body)
+    wait_for("b to delete every malformed request", lambda: _etcd_keys(etcd, "replications/") == [], timeout=30)
+
+    refused = {"a VM name that is a path": {**good, "vm": "../evil"},
+               "a specfile naming another disk": {**good, "specfile": specfile.replace("web.qcow2", "other.qcow2")}}
+    for number, (what, value) in enumerate(refused.items(), start=100):
+        request_id = f"{number:032x}"
+        etcd.put_raw(f"/minivisor/replications/b/{request_id}", json.dumps({**value, "id": request_id}))
+    answers = wait_for("b's answers", lambda: len(keys := _etcd_keys(etcd, "replicated/")) == 2 and keys,
+                       timeout=30)
+    assert len(answers) == 2
+    assert not (b.root / ".minivisor" / "replicas").exists() and _storage_daemons(b) == []
+    assert [v.name for v in Hypervisor(b.root).list_vms()] == [] and not (b.root / "evil").exists()
+    assert "malformed replication request" in b.log_path.read_text()
+
+
+def test_vm_replicate_refuses_bad_input_in_one_line(etcd, hosts, tmp_path):
+    a, b = hosts("a", "b")
+    hv = Hypervisor(a.root)
+    hv.create_vm("web", network="none", disk_size="16M")
+    alone = a.cli("vm", "replicate", "web", "--to", "b")
+    assert alone.returncode == 69 and alone.stderr.count("\n") == 1 and "not in a cluster" in alone.stderr
+    cluster_of(etcd, a, b, ttl=TTL)
+    hv.create_vm("flat", network="none")
+    raw = a.root / "flat" / "flat.raw"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(raw), "16M"], check=True)
+    vmx = a.root / "flat" / "flat.vmx"
+    vmx.write_text(vmx.read_text() + 'scsi0.present = "TRUE"\nscsi0.virtualDev = "lsilogic"\n'
+                   'scsi0:0.present = "TRUE"\nscsi0:0.fileName = "flat.raw"\n')
+    a.ok("vm", "start", "web")
+    a.ok("vm", "start", "flat")
+    cases = [
+        (("web", "--to", "b", "--every", "5x"), 2, "'5x' is not a usable replication interval"),
+        (("web", "--to", "b", "--every", "1s"), 2, "at least 2 s"),
+        (("web", "--to", "a"), 69, "host 'a' is this host"),
+        (("web", "--to", "nosuch"), 69, "host 'nosuch' is not a live member"),
+        (("web", "--to", "../b"), 2, "is not a usable host name"),
+        (("web",), 2, "--to HOST"),
+        (("web", "--to", "b", "--off"), 2, "not both"),
+        (("nosuch", "--to", "b"), 3, "nosuch"),
+        (("flat", "--to", "b"), 69, "persistent dirty bitmaps, which need qcow2"),
+        (("web", "--off"), 3, "not replicated"),
+    ]
+    for args, code, words in cases:
+        done = a.cli("vm", "replicate", *args)
+        assert done.returncode == code and done.stderr.count("\n") == 1 and words in done.stderr, (args, done.stderr)
+    assert a.status()["replicas"] == []
+    a.ok("vm", "stop", "web", "--hard")
+    a.ok("vm", "stop", "flat", "--hard")
+    off = a.cli("vm", "replicate", "web", "--to", "b")
+    assert off.returncode == 4 and off.stderr.count("\n") == 1 and "it is poweredOff" in off.stderr and "power it on first" in off.stderr, off.stderr

@@ -55,10 +55,11 @@ SERVER = "nbd.json"  # in a round's folder: its NBD server's pid and start time
 # -- the source ----------------------------------------------------------------------------
 def replicate(vms: Vms, name: str, target: str, every: float, progress: Callable[[str], None]) -> dict[str, Any]:
     """Start replicating the running VM ``name`` to host ``target`` every ``every`` seconds: the record, then the
-    first (full) copy at once. Returns the round's result; the record is removed again if the copy failed."""
+    first (full) copy at once. Returns the round's result; the record is removed again if the copy failed. A VM
+    replicated to ``target`` already gets a round now (and the new interval); its record stays whatever happens."""
     from ..cluster.ownership import live_entry
     from ..cluster.records import check_host_name
-    from ..cluster.replication import ReplicaRecord, put_record
+    from ..cluster.replication import ReplicaRecord, get_record, put_record
     from .clustering import cluster_of
 
     config, store = cluster_of(vms.datastore.meta)
@@ -71,6 +72,11 @@ def replicate(vms: Vms, name: str, target: str, every: float, progress: Callable
                            hint="see minivisor cluster status; its service (minivisor serve) must run")
     with vms.operate(name, Action.REPLICATE) as ctx:
         _what_is_replicated(ctx)  # refused before anything is recorded
+        found = get_record(store, ctx.uuid)
+        if found is not None and (found[0].source, found[0].target) == (config.host, target) \
+                and not found[0].failed_over_to:  # replicated there already: a round now, at the new interval
+            put_record(store, ctx.uuid, replace(found[0], every=every))
+            return _round(ctx, progress)
         put_record(store, ctx.uuid, ReplicaRecord(ctx.name, config.host, target, every, time.time()))
         try:
             return _round(ctx, progress)
@@ -128,7 +134,7 @@ def _round(ctx: VmContext, report: Callable[[str], None]) -> dict[str, Any]:
         full = record.generation == 0 or not has_bitmap(qmp, tops, record.bitmap)
         round_ = Round.new(store, config, record.target, ctx.name, ctx.uuid, specfile, disks, full)
         new_bitmap = BITMAP_PREFIX + round_.request.id[:12]
-        report(f"asked host {record.target} for a {'full' if full else 'incremental'} copy of {ctx.name} "
+        report(f"asked host {record.target} for {'a full' if full else 'an incremental'} copy of {ctx.name} "
                f"({len(disks)} disk(s), {human_size(sum(d.size for d in disks))})")
         confirmed = False
         round_.ask()
@@ -349,8 +355,9 @@ def receive_round(hv: Hypervisor, round_: Round) -> None:
     request = round_.request
     replica = Replica(hv.datastore.meta, request.uuid)
     try:
+        _check_round(hv, request)  # before anything is made here for it
         with replica.turn(timeout=10):
-            _take_round(hv, replica, round_)
+            _take_round(replica, round_)
     except Exception as exc:  # noqa: BLE001 - the source waits for an answer, whatever went wrong
         reason = exc.one_line() if isinstance(exc, HvError) else f"internal error: {exc!r}"
         log.warning("replication round of VM %s from host %s: %s", request.vm, request.source, reason)
@@ -361,7 +368,7 @@ def receive_round(hv: Hypervisor, round_: Round) -> None:
             pass
 
 
-def _take_round(hv: Hypervisor, replica: Replica, round_: Round) -> None:
+def _take_round(replica: Replica, round_: Round) -> None:
     """:func:`receive_round` with the replica's turn held; whatever fails, the previous replica stays."""
     from ..cluster.replication import RoundAnswer
     from ..vmm.replication import serve
@@ -369,7 +376,6 @@ def _take_round(hv: Hypervisor, replica: Replica, round_: Round) -> None:
 
     request = round_.request
     try:
-        _check_round(hv, request)
         replica.recover()
         exports = replica.prepare(request)
         address = cluster_address(round_.config.endpoints)
