@@ -22,7 +22,7 @@ from test_ownership import cluster_of
 from minivisor import Hypervisor
 from minivisor.cluster.ha import restart_after
 from minivisor.cluster.liveness import HA_POLL
-from minivisor.service.models import ClusterStatus
+from minivisor.service.models import ClusterStatus, Vm
 
 pytestmark = pytest.mark.qemu
 
@@ -195,6 +195,11 @@ def test_a_round_that_fails_halfway_leaves_the_previous_replica_and_the_next_one
     assert _replica_sector(b, vm.uuid, SECTOR_B, 8, tmp_path) == bytes(8)
     assert _replication(a)["generation"] == 1
 
+    shown = Vm.model_validate(json.loads(a.ok("vm", "show", "web", "--json")))  # through a's service
+    assert shown.replica.target == "b" and shown.replica.generation == 1 and shown.replica.every == 3600
+    (line,) = [line for line in a.ok("vm", "show", "web").splitlines() if line.startswith("Replica")]
+    assert line.split(None, 1)[1].startswith("on b, last good copy ") and "(generation 1, every 3600 s)" in line
+    assert "Replicated (vm replicate):\n" in a.ok("cluster", "status")
     again = json.loads(a.ok("vm", "replicate", "web", "--to", "b", "--every", "1h", "--json"))
     assert again["full"] is False and again["generation"] == 2 and 0 < again["bytes"] < 4 << 20
     assert _replica_sector(b, vm.uuid, SECTOR_B, 28, tmp_path) == b"record-B-of-the-failed-round"

@@ -92,17 +92,22 @@ def set_ha(ctx: VmContext, enabled: bool) -> None:
     ha.mark(store, config, ctx.uuid, ctx.name, enabled)
 
 
-def ha_of(ctx: VmContext) -> bool | None:
-    """Whether the VM is marked HA; None on a single host, or when etcd does not answer at once (a VM shown
-    while the host is cut off from the cluster is not held up for it)."""
+def ha_of(ctx: VmContext) -> tuple[bool | None, dict[str, Any] | None]:
+    """Whether the VM is marked HA, and its replication (``replicas/<uuid>``'s fields, None: not replicated); both
+    None on a single host, or when etcd does not answer at once (a VM shown while the host is cut off from the
+    cluster is not held up for it)."""
     if not cluster_config.exists(ctx.datastore.meta):
-        return None
-    from ..cluster import ha
+        return None, None
+    from ..cluster import ha, replication
+    from ..cluster.records import to_value
 
     try:
-        return ha.is_marked(cluster_of(ctx.datastore.meta, timeout=QUICK_LOOK, patience=0)[1], ctx.uuid)
+        store = cluster_of(ctx.datastore.meta, timeout=QUICK_LOOK, patience=0)[1]
+        marked = ha.is_marked(store, ctx.uuid)
+        found = replication.get_record(store, ctx.uuid)
     except ClusterError:
-        return None
+        return None, None
+    return marked, None if found is None else to_value(found[0])
 
 
 def ha_vms(meta: Path) -> list[dict[str, str | None]]:

@@ -109,7 +109,8 @@ class Hypervisor:
         from .clustering import ha_of
 
         ctx = self.vms.context(name)
-        return self._info(ctx).replace(ha=ha_of(ctx))
+        ha, replica = ha_of(ctx)
+        return self._info(ctx).replace(ha=ha, replica=replica)
 
     def explain_vm(self, name: str) -> Explanation:
         """The spec, the virtual hardware built from it and the exact VMM command line."""

@@ -356,6 +356,22 @@ class VmNic(Answer):
     network: str | None
 
 
+class ReplicaOfVm(Answer):
+    """A VM's replication (vm replicate): its disks copied in rounds to a replica on another host."""
+
+    vm: str
+    source: str = Field(description="the host the VM runs on, which runs the rounds")
+    target: str = Field(description="the host that keeps the replica")
+    every: float = Field(description="seconds between two rounds")
+    created: float
+    last_copy: float = Field(description="when the last good copy was taken (Unix time; 0: none yet)")
+    generation: int = Field(description="the replica's generation after the last good copy")
+    last_bytes: int = Field(description="bytes the last good round copied")
+    bitmap: str = Field(description="the dirty bitmap of the writes since the last good copy")
+    failed_over_to: str = Field(description="the host HA powered the replica on (\"\": none)")
+    failed_over_at: float
+
+
 class Vm(Answer):
     name: str
     uuid: str
@@ -376,6 +392,8 @@ class Vm(Answer):
                                          "runs on (null: a single host)")
     ha: bool | None = Field(None, description="restarted on another host of the cluster when its host dies (vm show "
                                               "only; null: not in a cluster, or the cluster store did not answer)")
+    replica: ReplicaOfVm | None = Field(None, description="its replication to another host (vm replicate; vm show "
+                                                         "only; null: none, or the cluster store did not answer)")
 
 
 class VmList(RootModel[list[Vm]]):
@@ -692,21 +710,8 @@ class HaVm(Answer):
     owner: str | None = Field(description="the host that runs it now (null: none)")
 
 
-class Replication(Answer):
-    """A VM's replication (vm replicate): its disks copied in rounds to a replica on another host."""
-
-    vm: str
+class Replication(ReplicaOfVm):
     uuid: str
-    source: str = Field(description="the host the VM runs on, which runs the rounds")
-    target: str = Field(description="the host that keeps the replica")
-    every: float = Field(description="seconds between two rounds")
-    created: float
-    last_copy: float = Field(description="when the last good copy was taken (Unix time; 0: none yet)")
-    generation: int = Field(description="the replica's generation after the last good copy")
-    last_bytes: int = Field(description="bytes the last good round copied")
-    bitmap: str = Field(description="the dirty bitmap of the writes since the last good copy")
-    failed_over_to: str = Field(description="the host HA powered the replica on (\"\": none)")
-    failed_over_at: float
 
 
 class ClusterStatus(ClusterMembership):
