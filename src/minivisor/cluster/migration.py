@@ -175,24 +175,16 @@ class Source:
 
     def wait(self, state: str, timeout: float) -> Answer:
         """The destination's answer once it is ``state``; ClusterError if it failed, vanished or took too long."""
-        deadline = time.monotonic() + timeout
-        seen = False
-        while True:
-            entry = self.store.get(answer_key(self.id))
-            if entry is not None:
-                seen = True
-                answer = _answer(entry)
-                if answer.state == "failed":
-                    raise ClusterError(f"host {self.dest!r} could not take VM {self.vm!r}: {answer.error}")
-                if answer.state == state:
-                    self._answer = entry
-                    return answer
-            elif seen or live_entry(self.store, self.dest) is None:
-                raise ClusterError(f"host {self.dest!r} gave up the migration of {self.vm!r} (or its service ended)")
-            if time.monotonic() > deadline:
-                raise ClusterError(f"host {self.dest!r} did not answer the migration of {self.vm!r} within "
-                                   f"{timeout:g} s")
-            time.sleep(POLL)
+        def ready(entry: Entry) -> bool:
+            answer = _answer(entry)
+            if answer.state == "failed":
+                raise ClusterError(f"host {self.dest!r} could not take VM {self.vm!r}: {answer.error}")
+            return answer.state == state
+
+        self._answer = MAILBOX.await_answer(self.store, self.id, self.dest, f"the migration of {self.vm!r}", ready,
+                                            peer_gone=lambda: live_entry(self.store, self.dest) is None,
+                                            timeout=timeout, poll=POLL)
+        return _answer(self._answer)
 
     def hand_over(self) -> None:
         """Make the destination the VM's owner, if its ready answer still stands (ClusterError otherwise)."""

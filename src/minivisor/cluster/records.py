@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
@@ -154,6 +156,25 @@ class Mailbox(NamedTuple):
 
     def answer_key(self, request_id: str) -> str:
         return self.answers + request_id
+
+    def await_answer(self, store: Store, request_id: str, peer: str, what: str, ready: Callable[[Entry], bool], *,
+                     peer_gone: Callable[[], bool], timeout: float, poll: float = 0.1) -> Entry:
+        """The answer to ``request_id`` once ``ready(entry)`` (which raises for an answer that says it failed);
+        ClusterError naming ``peer`` and ``what`` (``the migration of 'web'``) when the answer vanished after it
+        was seen, or none came and ``peer_gone()``, or after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        seen = False
+        while True:
+            entry = store.get(self.answer_key(request_id))
+            if entry is not None:
+                seen = True
+                if ready(entry):
+                    return entry
+            elif seen or peer_gone():
+                raise ClusterError(f"host {peer!r} gave up {what} (or its service ended)")
+            if time.monotonic() > deadline:
+                raise ClusterError(f"host {peer!r} did not answer {what} within {timeout:g} s")
+            time.sleep(poll)
 
     def addressed_to(self, store: Store, host: str) -> list[Entry]:
         """The requests to ``host`` (one that is not even JSON as ``{}``: its reader refuses it, and it alone)."""

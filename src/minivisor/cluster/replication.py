@@ -230,25 +230,16 @@ class Round:
 
     def wait(self, state: str, timeout: float) -> RoundAnswer:
         """The target's answer once it is ``state``; ClusterError if it failed, vanished or took too long."""
-        deadline = time.monotonic() + timeout
-        seen = False
-        while True:
-            entry = self.store.get(MAILBOX.answer_key(self.request.id))
-            if entry is not None:
-                seen = True
-                answer = _answer(entry)
-                if answer.state == "failed":
-                    raise ClusterError(f"host {self.target!r} could not replicate {self.request.vm!r}: "
-                                       f"{answer.error}")
-                if answer.state == state:
-                    return answer
-            elif seen or live_entry(self.store, self.target) is None:
-                raise ClusterError(f"host {self.target!r} gave up the replication round of {self.request.vm!r} "
-                                   "(or its service ended)")
-            if time.monotonic() > deadline:
-                raise ClusterError(f"host {self.target!r} did not answer the replication round of "
-                                   f"{self.request.vm!r} within {timeout:g} s")
-            time.sleep(POLL)
+        def ready(entry: Entry) -> bool:
+            answer = _answer(entry)
+            if answer.state == "failed":
+                raise ClusterError(f"host {self.target!r} could not replicate {self.request.vm!r}: {answer.error}")
+            return answer.state == state
+
+        return _answer(MAILBOX.await_answer(self.store, self.request.id, self.target,
+                                            f"the replication round of {self.request.vm!r}", ready,
+                                            peer_gone=lambda: live_entry(self.store, self.target) is None,
+                                            timeout=timeout, poll=POLL))
 
     def withdraw(self) -> None:
         self.store.delete(self.request_key)

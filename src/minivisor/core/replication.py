@@ -36,6 +36,8 @@ from ..vmm.states import Action
 
 if TYPE_CHECKING:
     from ..cluster.replication import Round, RoundDisk, RoundRequest
+    from ..images.layers import ImageLayer
+    from ..vmm.qmp import QmpSession
     from .context import VmContext, Vms
     from .hypervisor import Hypervisor
 
@@ -76,10 +78,10 @@ def replicate(vms: Vms, name: str, target: str, every: float, progress: Callable
         if found is not None and (found[0].source, found[0].target) == (config.host, target) \
                 and not found[0].failed_over_to:  # replicated there already: a round now, at the new interval
             put_record(store, ctx.uuid, replace(found[0], every=every))
-            return _round(ctx, progress)
+            return _round(vms, ctx, progress)
         put_record(store, ctx.uuid, ReplicaRecord(ctx.name, config.host, target, every, time.time()))
         try:
-            return _round(ctx, progress)
+            return _round(vms, ctx, progress)
         except BaseException:
             store.delete(_key(ctx.uuid))
             raise
@@ -104,7 +106,7 @@ def replication_off(vms: Vms, name: str) -> dict[str, Any]:
 def run_round(vms: Vms, name: str, progress: Callable[[str], None] | None = None, *, wait: float = 0) -> dict[str, Any]:
     """One round of the VM's replication (the periodic ones: its service's cluster member calls it when due)."""
     with vms.operate(name, Action.REPLICATE, wait=wait) as ctx:
-        return _round(ctx, progress or (lambda line: None))
+        return _round(vms, ctx, progress or (lambda line: None))
 
 
 def _key(vm_uuid: str) -> str:
@@ -113,10 +115,9 @@ def _key(vm_uuid: str) -> str:
     return replica_key(vm_uuid)
 
 
-def _round(ctx: VmContext, report: Callable[[str], None]) -> dict[str, Any]:
+def _round(vms: Vms, ctx: VmContext, report: Callable[[str], None]) -> dict[str, Any]:
     """One round, the VM's turn held: ask, copy, confirm, record."""
     from ..cluster.replication import Round, get_record, put_record
-    from ..vmm.jobs import device_tops
     from ..vmm.replication import BITMAP_PREFIX, backup, has_bitmap, settle_bitmaps
     from .clustering import cluster_of
 
@@ -129,8 +130,7 @@ def _round(ctx: VmContext, report: Callable[[str], None]) -> dict[str, Any]:
     specfile, disks, devices = _what_is_replicated(ctx)
     started = time.monotonic()
     taken = time.time()
-    with ctx.vmm.session() as qmp:
-        tops = {device: node for device, node in device_tops(qmp).items() if device in devices}
+    with _disks_of(vms, ctx, devices) as (qmp, tops):
         full = record.generation == 0 or not has_bitmap(qmp, tops, record.bitmap)
         round_ = Round.new(store, config, record.target, ctx.name, ctx.uuid, specfile, disks, full)
         new_bitmap = BITMAP_PREFIX + round_.request.id[:12]
@@ -156,6 +156,25 @@ def _round(ctx: VmContext, report: Callable[[str], None]) -> dict[str, Any]:
             "seconds": round(time.monotonic() - started, 3), "every": record.every}
 
 
+@contextmanager
+def _disks_of(vms: Vms, ctx: VmContext, chains: dict[str, tuple[ImageLayer, ...]]) -> Iterator[tuple[QmpSession,
+                                                                                                   dict[str, str]]]:
+    """A QMP session that has the VM's disks open, and each device's top node: its VMM's if it runs; else a storage
+    daemon's, the VM lock held meanwhile (it cannot be powered on during the round)."""
+    from ..images.qemu_img import chain_node
+    from ..vmm.jobs import device_tops
+    from ..vmm.qmp import QmpSession
+    from ..vmm.replication import open_disks
+
+    if ctx.running:
+        with ctx.vmm.session() as qmp:
+            yield qmp, {device: node for device, node in device_tops(qmp).items() if device in chains}
+        return
+    nodes = {device: chain_node(chain) for device, chain in chains.items()}
+    with vms.hold(ctx), open_disks(ctx.paths.runtime_dir, nodes) as (sock, tops), QmpSession(sock) as qmp:
+        yield qmp, tops
+
+
 def _quietly(action: Callable[[], None]) -> None:
     try:
         action()
@@ -163,9 +182,9 @@ def _quietly(action: Callable[[], None]) -> None:
         log.warning("replication: %s", exc.one_line())
 
 
-def _what_is_replicated(ctx: VmContext) -> tuple[str, list[RoundDisk], set[str]]:
-    """The specfile's text, the disks (each a qcow2 file of the VM's folder) and their devices; MigrationError-like
-    ClusterError naming what cannot be replicated otherwise."""
+def _what_is_replicated(ctx: VmContext) -> tuple[str, list[RoundDisk], dict[str, tuple[ImageLayer, ...]]]:
+    """The specfile's text, the disks (each a qcow2 file of the VM's folder) and their devices' chains; ClusterError
+    naming what cannot be replicated otherwise."""
     from ..cluster.replication import RoundDisk
     from ..datastore.inventory import read_vmx
     from ..spec.vmspec import VmSpec
@@ -179,7 +198,7 @@ def _what_is_replicated(ctx: VmContext) -> tuple[str, list[RoundDisk], set[str]]
     if files:
         raise _cannot(ctx.name, f"it uses files besides its disks ({', '.join(sorted(files))})",
                       "eject its CD-ROM and remove serial or floppy files first")
-    disks, devices = [], set()
+    disks, devices = [], {}
     for disk in spec.disks:
         chain = chains.get(disk.node)
         if chain is None:
@@ -193,7 +212,7 @@ def _what_is_replicated(ctx: VmContext) -> tuple[str, list[RoundDisk], set[str]]
             raise _cannot(ctx.name, f"its disk {disk.node} is not a file of its own folder",
                           "copy it into the VM's folder")
         disks.append(RoundDisk(top.path.name, top.virtual_size))
-        devices.add(device_id(disk.node))
+        devices[device_id(disk.node)] = chain
     if not disks:
         raise _cannot(ctx.name, "it has no hard disk")
     try:

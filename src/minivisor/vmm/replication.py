@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from .jobs import JOB_TIMEOUT
 from .migration import add_psk_object, inet, write_psk
 from .qmp import QmpSession
 
-__all__ = ["backup", "settle_bitmaps", "has_bitmap", "serve", "BITMAP_PREFIX", "Served"]
+__all__ = ["backup", "settle_bitmaps", "has_bitmap", "serve", "open_disks", "BITMAP_PREFIX", "Served"]
 
 BITMAP_PREFIX = "minivisor-replica-"
 TLS_ID = "replica-tls"
@@ -41,8 +43,8 @@ def has_bitmap(qmp: QmpSession, tops: dict[str, str], name: str) -> bool:
     if not name:
         return False
     nodes = {node["node-name"]: node for node in qmp.execute("query-named-block-nodes", {"flat": True})}
-    return all(any(bitmap["name"] == name for bitmap in nodes.get(node, {}).get("dirty-bitmaps", []))
-               for node in tops.values())
+    return all(any(bitmap["name"] == name and not bitmap.get("inconsistent")  # a VMM killed: its writes unknown
+                   for bitmap in nodes.get(node, {}).get("dirty-bitmaps", [])) for node in tops.values())
 
 
 def backup(qmp: QmpSession, folder: Path, key: str, target: tuple[str, int], tops: dict[str, str],
@@ -128,6 +130,54 @@ def _try(qmp: QmpSession, command: str, arguments: dict[str, Any]) -> None:
         qmp.execute(command, arguments)
     except QmpCommandError:
         pass
+
+
+@contextmanager
+def open_disks(folder: Path, nodes: dict[str, dict[str, Any]]) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A powered-off VM's disks opened by a ``qemu-storage-daemon`` with a QMP monitor in ``folder`` (its runtime
+    folder; the caller holds the VM lock): its socket, and each device's top node (``nodes``: device -> the chain's
+    node description). Ended (SIGTERM: it stores the persistent bitmaps and flushes) when the block ends."""
+    sock = folder / "replica-qmp.sock"
+    argv = ["qemu-storage-daemon"]
+    tops = {device: f"top-{device}" for device in nodes}
+    for device, node in sorted(nodes.items()):
+        argv += ["--blockdev", json.dumps({**node, "node-name": tops[device]})]
+    argv += ["--chardev", f"socket,id=qmp,path={sock},server=on,wait=off", "--monitor", "chardev=qmp"]
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except OSError as exc:
+        raise HostError(f"qemu-storage-daemon did not start: {exc.strerror}",
+                        hint="apt-get install qemu-system-common") from exc
+    try:
+        _await_monitor(proc, sock)
+        yield sock, tops
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=START_WAIT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+        sock.unlink(missing_ok=True)
+
+
+def _await_monitor(proc: subprocess.Popen, sock: Path) -> None:
+    """Until the daemon's monitor answers (its disks are open then); HostError with its words if it ended."""
+    deadline = time.monotonic() + START_WAIT
+    while True:
+        if proc.poll() is not None:
+            lines = proc.stderr.read().decode(errors="replace").strip().splitlines()
+            raise HostError(f"qemu-storage-daemon could not open the disks: {lines[-1] if lines else proc.returncode}")
+        try:
+            with QmpSession(sock, take_turn=False) as qmp:
+                qmp.execute("query-named-block-nodes", {"flat": True})
+            return
+        except QmpError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(POLL)
 
 
 @dataclass(frozen=True)
