@@ -476,8 +476,10 @@ def _is_uuid(text: str) -> bool:
 
 
 def drop_replicas(meta: Path, wanted: Callable[[str], bool]) -> None:
-    """Remove the replicas whose replication ended (``wanted(uuid)`` is False: ``vm replicate --off``)."""
-    for vm_uuid in replica_vms(meta):
+    """Remove the replicas whose replication ended (``wanted(uuid)`` is False: ``vm replicate --off``), and what a
+    first round that failed left."""
+    folder = meta / REPLICAS
+    for vm_uuid in sorted(e.name for e in folder.iterdir() if _is_uuid(e.name)) if folder.is_dir() else ():
         if not wanted(vm_uuid):
             log.warning("replication of VM %s ended; its replica here is removed", vm_uuid)
             replica = Replica(meta, vm_uuid)
