@@ -32,7 +32,7 @@ from .records import Mailbox, check_host_name, from_value, to_value
 from .store import Entry, Store
 
 __all__ = ["ReplicaRecord", "RoundRequest", "RoundDisk", "RoundAnswer", "Round", "read_request", "requests_for",
-           "replica_key", "check_uuid", "parse_every", "get_record", "put_record", "listing", "refuse_stale_copy",
+           "replica_key", "check_uuid", "parse_every", "check_every", "get_record", "put_record", "listing", "refuse_stale_copy",
            "REPLICAS", "MIN_EVERY"]
 
 REPLICAS = "replicas/"
@@ -104,9 +104,13 @@ def replica_key(vm_uuid: str) -> str:
 def parse_every(text: str) -> float:
     """``30s``, ``5m``, ``1h`` as seconds; ArgumentError naming the forms otherwise."""
     found = _EVERY.fullmatch(text.strip()) if isinstance(text, str) else None
-    seconds = int(found[1]) * _UNITS[found[2]] if found else 0
-    if not MIN_EVERY <= seconds <= MAX_EVERY:
-        raise ArgumentError(f"{excerpt(str(text))} is not a usable replication interval",
+    return check_every(int(found[1]) * _UNITS[found[2]] if found else 0, str(text))
+
+
+def check_every(seconds: Any, written: str | None = None) -> float:
+    """An interval between rounds in seconds, within bounds; ArgumentError otherwise."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not MIN_EVERY <= seconds <= MAX_EVERY:
+        raise ArgumentError(f"{excerpt(written or str(seconds))} is not a usable replication interval",
                             hint=f"write a number and s, m or h (30s, 5m, 1h), at least {MIN_EVERY:g} s and at "
                                  "most a week")
     return float(seconds)

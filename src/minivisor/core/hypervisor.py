@@ -589,7 +589,7 @@ class Hypervisor:
 
         return migrate(self.vms, name, host, progress)
 
-    def replicate_vm(self, name: str, host: str, every: float, *,
+    def replicate_vm(self, name: str, host: str, every: float = 300.0, *,
                      progress: Callable[[str], None] | None = None) -> dict[str, Any]:
         """Replicate the running VM to another host of the cluster every ``every`` seconds (incremental copies of
         its qcow2 disks, kept there as a replica HA powers on when this host dies); the first copy is made now.

@@ -61,11 +61,12 @@ def replicate(vms: Vms, name: str, target: str, every: float, progress: Callable
     replicated to ``target`` already gets a round now (and the new interval); its record stays whatever happens."""
     from ..cluster.ownership import live_entry
     from ..cluster.records import check_host_name
-    from ..cluster.replication import ReplicaRecord, get_record, put_record
+    from ..cluster.replication import ReplicaRecord, check_every, get_record, put_record
     from .clustering import cluster_of
 
     config, store = cluster_of(vms.datastore.meta)
     check_host_name(target)
+    check_every(every)
     if target == config.host:
         raise ClusterError(f"host {target!r} is this host: a replica must be on another host",
                            hint="name another host of the cluster (minivisor cluster status)")
@@ -146,6 +147,12 @@ def _round(vms: Vms, ctx: VmContext, report: Callable[[str], None]) -> dict[str,
             round_.ask(copied=True)
             done = round_.wait("done", PREPARE_TIMEOUT)
             confirmed = True
+        except HvError as exc:
+            if isinstance(exc, ClusterError):
+                raise
+            raise ClusterError(f"the replication round of VM {ctx.name!r} to host {record.target!r} failed: "
+                               f"{exc.message}", hint="the replica there is the last good round's; the next round "
+                                                      "copies these writes too") from exc
         finally:
             settle_bitmaps(qmp, tops, record.bitmap, new_bitmap, confirmed)
             _quietly(round_.withdraw)

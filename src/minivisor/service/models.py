@@ -315,6 +315,11 @@ class MigrateVm(Request):
     host: Annotated[_HOST, Field(description="the live host of the cluster to move the running VM to")]
 
 
+class ReplicateVm(Request):
+    host: Annotated[_HOST, Field(description="the live host of the cluster that keeps the replica")]
+    every: float = Field(300.0, ge=2, le=7 * 24 * 3600, description="seconds between two rounds [default: 300]")
+
+
 REQUESTS: dict[str, type[Request]] = {
     "list_vms": NoFields, "create_vm": CreateVm, "register_vm": RegisterVm, "get_vm": NoFields,
     "delete_vm": NoFields, "unregister_vm": NoFields, "explain_vm": NoFields, "get_specfile": NoFields,
@@ -331,7 +336,7 @@ REQUESTS: dict[str, type[Request]] = {
     "set_nic": SetNic, "add_nic": AddNic, "remove_nic": NoFields, "nic_traffic": NoFields,
     "port_forward_list": NoFields, "port_forward_add": PortForwardAdd, "port_forward_remove": PortForwardRemove,
     "cluster_status": NoFields, "cluster_init": ClusterInit, "cluster_join": ClusterJoin,
-    "cluster_leave": ClusterLeave, "migrate_vm": MigrateVm,
+    "cluster_leave": ClusterLeave, "migrate_vm": MigrateVm, "replicate_vm": ReplicateVm, "stop_replication": NoFields,
 }
 """Each route's request model, by its core method (the route table's ``name``)."""
 
@@ -354,6 +359,24 @@ class VmNic(Answer):
     model: str
     mac: str | None
     network: str | None
+
+
+class Replicated(Answer):
+    """A replication round done: the replica on ``target`` is the VM's disks as of its start (vm replicate --json)."""
+
+    vm: str
+    target: str
+    full: bool = Field(description="the whole disks were copied (else what the guest wrote since the last copy)")
+    bytes: int = Field(description="bytes copied")
+    generation: int = Field(description="the replica's generation now")
+    seconds: float
+    every: float = Field(description="seconds between two rounds")
+
+
+class ReplicationEnded(Answer):
+    vm: str
+    target: str = Field(description="the host that removes its replica")
+    replicated: bool
 
 
 class ReplicaOfVm(Answer):
@@ -773,7 +796,8 @@ ANSWERS_BY_OP: dict[str, type[BaseModel]] = {
     "set_nic": NicChanged, "add_nic": NicAdded, "remove_nic": NicRemoved, "put_specfile": SpecfileChange,
     "reset_nvram": NvramReset, "nic_traffic": NicTraffic, "cluster_init": ClusterMembership,
     "cluster_join": ClusterMembership, "cluster_leave": ClusterLeft, "copy_to_guest": Copied,
-    "copy_from_guest": Copied, "migrate_vm": Migrated,
+    "copy_from_guest": Copied, "migrate_vm": Migrated, "replicate_vm": Replicated,
+    "stop_replication": ReplicationEnded,
 }
 """The answers of routes whose ``returns`` is plain JSON, each of its own shape (every one has a model)."""
 
