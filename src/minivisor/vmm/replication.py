@@ -137,7 +137,7 @@ def open_disks(folder: Path, nodes: dict[str, dict[str, Any]]) -> Iterator[tuple
     """A powered-off VM's disks opened by a ``qemu-storage-daemon`` with a QMP monitor in ``folder`` (its runtime
     folder; the caller holds the VM lock): its socket, and each device's top node (``nodes``: device -> the chain's
     node description). Ended (SIGTERM: it stores the persistent bitmaps and flushes) when the block ends."""
-    sock = folder / "replica-qmp.sock"
+    sock = folder / "replica-qmp.sock"  # the runtime folder: /run/minivisor/<hex>, no comma (no JSON --chardev in 7.2)
     argv = ["qemu-storage-daemon"]
     tops = {device: f"top-{device}" for device in nodes}
     for device, node in sorted(nodes.items()):
@@ -192,15 +192,18 @@ def serve(folder: Path, key: str, address: str, port: int, exports: dict[str, tu
     only) holds its key file and pid file."""
     write_psk(folder, key)
     pidfile = folder / "nbd.pid"
+    # every option as JSON (QEMU's option syntax would read a comma in a path as the next option)
     argv = ["qemu-storage-daemon", "--daemonize", "--pidfile", str(pidfile),
-            "--object", f"tls-creds-psk,id={TLS_ID},endpoint=server,dir={folder}",
-            "--nbd-server", f"addr.type=inet,addr.host={address},addr.port={port},tls-creds={TLS_ID}"]
+            "--object", json.dumps({"qom-type": "tls-creds-psk", "id": TLS_ID, "endpoint": "server",
+                                    "dir": str(folder)}),
+            "--nbd-server", json.dumps({"addr": {"type": "inet", **inet(address, port)}, "tls-creds": TLS_ID})]
     for index, (device, (top, base)) in enumerate(sorted(exports.items())):
         node = {"driver": "qcow2", "node-name": f"disk{index}", "file": {"driver": "file", "filename": str(top)},
                 "backing": None if base is None else {"driver": "qcow2", "read-only": True,
                                                       "file": {"driver": "file", "filename": str(base)}}}
         argv += ["--blockdev", json.dumps(node),
-                 "--export", f"type=nbd,id=export{index},node-name=disk{index},name={device},writable=on"]
+                 "--export", json.dumps({"type": "nbd", "id": f"export{index}", "node-name": f"disk{index}",
+                                         "name": device, "writable": True})]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=START_WAIT)
     except (OSError, subprocess.TimeoutExpired) as exc:
