@@ -373,7 +373,8 @@ class Member:
         """Each new replication round asked of this host on a thread of its own; a malformed request is dropped."""
         from .replication import Round, read_request, requests_for
 
-        self._take(store, requests_for(store, config), lambda entry: Round(store, config, config.host, read_request(entry)),
+        self._take(store, requests_for(store, config),
+                   lambda entry: Round(store, config, config.host, read_request(entry)),
                    self.host.receive_round, self._rounds, "replica")
 
     def _take(self, store: Store, asked: list[Entry], read: Callable[[Entry], Any], handle: Callable[[Any], None],

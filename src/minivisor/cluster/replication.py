@@ -32,7 +32,8 @@ from .records import Mailbox, check_host_name, from_value, to_value
 from .store import Entry, Store
 
 __all__ = ["ReplicaRecord", "RoundRequest", "RoundDisk", "RoundAnswer", "Round", "read_request", "requests_for",
-           "replica_key", "check_uuid", "parse_every", "check_every", "get_record", "put_record", "listing", "refuse_stale_copy",
+           "replica_key", "check_uuid", "parse_every", "check_every", "get_record", "put_record", "listing",
+           "refuse_stale_copy",
            "REPLICAS", "MIN_EVERY"]
 
 REPLICAS = "replicas/"

@@ -50,8 +50,8 @@ if TYPE_CHECKING:
     from .context import VmContext, Vms
     from .hypervisor import Hypervisor
 
-__all__ = ["migrate", "receive", "abandon_incoming", "abandon_outgoing", "check_disks", "check_disk_name", "cluster_address",
-           "free_ports"]
+__all__ = ["migrate", "receive", "abandon_incoming", "abandon_outgoing", "check_disks", "check_disk_name",
+           "cluster_address", "free_ports"]
 
 log = logging.getLogger("minivisor.cluster")
 
@@ -454,7 +454,8 @@ def _check_shared(hv: Hypervisor, disk: Disk, request: Any) -> None:
 
 
 def check_disk_name(file: str) -> None:
-    """A disk a request names: a plain file of a VM's folder (not its metadata nor its specfile); PathError otherwise."""
+    """A disk a request names: a plain file of a VM's folder (not its metadata nor its specfile); PathError
+    otherwise."""
     from ..datastore.store import is_vm_metadata
     from ..images.layers import check_file_name
 

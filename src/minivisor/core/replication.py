@@ -98,7 +98,8 @@ def replication_off(vms: Vms, name: str) -> dict[str, Any]:
     ctx = vms.context(name)
     found = get_record(store, ctx.uuid)
     if found is None:
-        raise NotFoundError(f"VM {name!r} is not replicated", hint=f"start with: minivisor vm replicate {name} --to HOST")
+        raise NotFoundError(f"VM {name!r} is not replicated",
+                            hint=f"start with: minivisor vm replicate {name} --to HOST")
     store.delete(found[1].key)
     ctx.emit("replicationChanged", target=None)
     return {"vm": ctx.name, "target": found[0].target, "replicated": False}

@@ -84,7 +84,8 @@ def _wait_jobs(qmp: QmpSession) -> int:
             errors.append(f"{job['id'][len(JOB_PREFIX):]}: {job['error']}")
         qmp.execute("job-dismiss", {"id": job["id"]})
     if errors:
-        raise QmpError(f"the copy of the disks to the replica failed ({'; '.join(errors)})", hint="see the VM's vmm.log")
+        raise QmpError(f"the copy of the disks to the replica failed ({'; '.join(errors)})",
+                       hint="see the VM's vmm.log")
     return copied
 
 
