@@ -119,7 +119,8 @@ def _key(vm_uuid: str) -> str:
 
 def _round(vms: Vms, ctx: VmContext, report: Callable[[str], None]) -> dict[str, Any]:
     """One round, the VM's turn held: ask, copy, confirm, record."""
-    from ..cluster.replication import Round, get_record, put_record
+    from ..cluster.records import to_value
+    from ..cluster.replication import Round, get_record
     from ..vmm.replication import BITMAP_PREFIX, backup, has_bitmap, settle_bitmaps
     from .clustering import cluster_of
 
@@ -155,10 +156,11 @@ def _round(vms: Vms, ctx: VmContext, report: Callable[[str], None]) -> dict[str,
                                f"{exc.message}", hint="the replica there is the last good round's; the next round "
                                                       "copies these writes too") from exc
         finally:
-            settle_bitmaps(qmp, tops, record.bitmap, new_bitmap, confirmed)
+            _quietly(lambda: settle_bitmaps(qmp, tops, record.bitmap, new_bitmap, confirmed))
             _quietly(round_.withdraw)
     record = replace(record, last_copy=taken, generation=done.generation, last_bytes=copied, bitmap=new_bitmap)
-    put_record(store, ctx.uuid, record)
+    if not store.replace(found[1].key, to_value(record), found[1].mod_revision):  # --off, or a failover, meanwhile
+        log.warning("VM %s: its replication changed during the round; the round is not recorded", ctx.name)
     ctx.emit("replicated", target=record.target, generation=done.generation, bytes=copied, full=full)
     return {"vm": ctx.name, "target": record.target, "full": full, "bytes": copied, "generation": done.generation,
             "seconds": round(time.monotonic() - started, 3), "every": record.every}
@@ -184,9 +186,10 @@ def _disks_of(vms: Vms, ctx: VmContext, chains: dict[str, tuple[ImageLayer, ...]
 
 
 def _quietly(action: Callable[[], None]) -> None:
+    """A round's clean-up: what fails is logged, and the round's own error (if any) is the one raised."""
     try:
         action()
-    except ClusterError as exc:
+    except HvError as exc:
         log.warning("replication: %s", exc.one_line())
 
 
