@@ -294,7 +294,9 @@ class Replica:
         write_atomic(self.folder / STATE, json.dumps(state).encode(), mode=0o600)
 
     def recover(self) -> dict[str, Any]:
-        """Finish a commit a crash cut short; drop what a round that did not commit left. The state after."""
+        """Finish a commit a crash cut short; drop what a round that did not commit left (its NBD server too: a
+        daemon, it outlives a service that died). The state after."""
+        self.end_round()
         state = self.state()
         if state.get("pending"):
             state = self._finish(state)
