@@ -144,7 +144,7 @@ def _round(vms: Vms, ctx: VmContext, report: Callable[[str], None]) -> dict[str,
         try:
             ready = round_.wait("ready", PREPARE_TIMEOUT)
             copied = backup(qmp, ctx.paths.runtime_dir, round_.request.key, (ready.address, ready.port), tops,
-                            ("" if full else record.bitmap, new_bitmap))
+                            ("" if full else record.bitmap, new_bitmap), _going_on(round_))
             report(f"copied {human_size(copied)}; host {record.target} makes it the replica")
             round_.ask(copied=True)
             done = round_.wait("done", PREPARE_TIMEOUT)
@@ -164,6 +164,25 @@ def _round(vms: Vms, ctx: VmContext, report: Callable[[str], None]) -> dict[str,
     ctx.emit("replicated", target=record.target, generation=done.generation, bytes=copied, full=full)
     return {"vm": ctx.name, "target": record.target, "full": full, "bytes": copied, "generation": done.generation,
             "seconds": round(time.monotonic() - started, 3), "every": record.every}
+
+
+def _going_on(round_: Round) -> Callable[[], bool]:
+    """Whether a round's copy may go on: within :data:`COPY_TIMEOUT`, and its target still live (asked of etcd at
+    most once a second; an etcd that does not answer stops nothing)."""
+    from ..cluster.ownership import live_entry
+
+    deadline = time.monotonic() + COPY_TIMEOUT
+    looked = [time.monotonic(), True]
+
+    def going_on() -> bool:
+        if time.monotonic() - looked[0] >= 1:
+            try:
+                looked[:] = [time.monotonic(), live_entry(round_.store, round_.target) is not None]
+            except ClusterError:
+                looked[0] = time.monotonic()
+        return looked[1] and time.monotonic() < deadline
+
+    return going_on
 
 
 @contextmanager

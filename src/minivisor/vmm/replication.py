@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,10 +48,11 @@ def has_bitmap(qmp: QmpSession, tops: dict[str, str], name: str) -> bool:
 
 
 def backup(qmp: QmpSession, folder: Path, key: str, target: tuple[str, int], tops: dict[str, str],
-           bitmaps: tuple[str, str]) -> int:
+           bitmaps: tuple[str, str], going_on: Callable[[], bool]) -> int:
     """Copy each disk (``tops``: device -> its top node) into the target's export of the same device id; ``bitmaps``:
     the bitmap of the writes since the last copy ("" for a full copy) and the new one to add. Returns the bytes
-    copied; QmpError if a copy failed (the new bitmaps are left: :func:`settle_bitmaps` decides their fate)."""
+    copied; QmpError if a copy failed, or ``going_on()`` turned False (the target is gone: its copies are
+    cancelled); the new bitmaps are left: :func:`settle_bitmaps` decides their fate."""
     old, new = bitmaps
     add_psk_object(qmp, "client", folder, key, TLS_ID)
     try:
@@ -66,17 +67,19 @@ def backup(qmp: QmpSession, folder: Path, key: str, target: tuple[str, int], top
             actions += [{"type": "block-dirty-bitmap-add", "data": {"node": node, "name": new, "persistent": True}},
                         {"type": "blockdev-backup", "data": copy}]
         qmp.execute("transaction", {"actions": actions})
-        return _wait_jobs(qmp)
+        return _wait_jobs(qmp, going_on)
     finally:
         _drop_targets(qmp)
 
 
-def _wait_jobs(qmp: QmpSession) -> int:
+def _wait_jobs(qmp: QmpSession, going_on: Callable[[], bool]) -> int:
     copied, errors = 0, []
     while True:
         jobs = [job for job in qmp.execute("query-jobs") if job["id"].startswith(JOB_PREFIX)]
         if all(job["status"] == "concluded" for job in jobs):
             break
+        if not going_on():
+            raise QmpError("the copy of the disks to the replica was given up", hint="see the round's error")
         time.sleep(POLL)
     for job in jobs:
         copied += job.get("current-progress", 0)
