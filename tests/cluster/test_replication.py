@@ -23,6 +23,7 @@ from minivisor import Hypervisor
 from minivisor.cluster.ha import restart_after
 from minivisor.cluster.liveness import HA_POLL
 from minivisor.client import connect
+from minivisor.storage.journal import CRASH_ENV
 from minivisor.service.models import ClusterStatus, Replicated, Vm
 
 pytestmark = pytest.mark.qemu
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.qemu
 TTL = 6
 NETNS_PREFIX = "mvrp"  # the fabric fixture's namespaces
 DISK = "/dev/sda"  # the boot disk (lsilogic SCSI)
-SECTOR_A, SECTOR_B, SECTOR_C = 32768, 40960, 49152  # past what the guest boots from (16, 20, 24 MiB in)
+SECTOR_A, SECTOR_B, SECTOR_C, SECTOR_D = 32768, 40960, 49152, 57344  # past what the guest boots from (16 MiB on)
 
 
 def _guest(hv: Hypervisor, command: str) -> str:
@@ -172,8 +173,9 @@ def replicated(etcd, hosts, appliance_image):
     return a, b, vm
 
 
-def test_a_round_that_fails_halfway_leaves_the_previous_replica_and_the_next_one_copies_its_writes(replicated,
-                                                                                                  tmp_path):
+def test_rounds_that_fail_halfway_leave_the_previous_replica_and_the_next_one_copies_their_writes(replicated,
+                                                                                                  tmp_path,
+                                                                                                  monkeypatch):
     a, b, vm = replicated
     on_a = Hypervisor(a.root)
     _write(on_a, SECTOR_B, "record-B-of-the-failed-round")
@@ -210,12 +212,33 @@ def test_a_round_that_fails_halfway_leaves_the_previous_replica_and_the_next_one
     assert _replica_sector(b, vm.uuid, SECTOR_A, 8, tmp_path) == b"record-A"
     assert sorted(p.name for p in folder.iterdir()) == ["state.json", "web.qcow2", "web.vmx"]
 
+    # b's service killed in the middle of making a round the replica (the overlay committed into the replica file,
+    # neither deleted nor recorded): a's round fails; b's next service finishes that commit before the next round
+    _write(on_a, SECTOR_C, "record-C-of-the-cut-commit")
+    b.stop_service()
+    monkeypatch.setenv(CRASH_ENV, "replica-committed")
+    b.serve()
+    monkeypatch.delenv(CRASH_ENV)
+    a.status_when("b live again", lambda s: live_hosts(s) == {"a", "b"})
+    cut = a.cli("vm", "replicate", "web", "--to", "b", "--every", "1h")
+    assert cut.returncode == 69 and "error: host 'b' gave up the replication round of 'web'" in cut.stderr, cut.stderr
+    assert b.proc.wait(timeout=10) == -signal.SIGKILL
+    b.proc = None
+    state = json.loads((folder / "state.json").read_text())
+    assert state["generation"] == 2 and state["pending"]["files"] == ["web.qcow2"] and (folder / "web.qcow2.next").exists()
+    b.serve()
+    a.status_when("b live again", lambda s: live_hosts(s) == {"a", "b"})
+    recovered = json.loads(a.ok("vm", "replicate", "web", "--to", "b", "--every", "1h", "--json"))
+    assert recovered["full"] is False and recovered["generation"] == 4  # 3: the commit b's new service finished
+    assert _replica_sector(b, vm.uuid, SECTOR_C, 26, tmp_path) == b"record-C-of-the-cut-commit"
+    assert sorted(p.name for p in folder.iterdir()) == ["state.json", "web.qcow2", "web.vmx"]
+
     # powered off: the round opens its disks in a storage daemon (the VM cannot be powered on meanwhile)
-    _write(on_a, SECTOR_C, "record-C-before-the-power-off")
+    _write(on_a, SECTOR_D, "record-D-before-the-power-off")
     a.ok("vm", "stop", "web", "--hard")
     off = json.loads(a.ok("vm", "replicate", "web", "--to", "b", "--every", "1h", "--json"))
-    assert off["generation"] == 3 and off["bytes"] < 4 << 20  # the bitmap, stored by its VMM, still tracks
-    assert _replica_sector(b, vm.uuid, SECTOR_C, 29, tmp_path) == b"record-C-before-the-power-off"
+    assert off["generation"] == 5 and off["bytes"] < 4 << 20  # the bitmap, stored by its VMM, still tracks
+    assert _replica_sector(b, vm.uuid, SECTOR_D, 29, tmp_path) == b"record-D-before-the-power-off"
     assert _storage_daemons(a) == [] and _storage_daemons(b) == []
     a.ok("vm", "start", "web", "--wait-ready")  # its disk as the round left it: it boots
 

@@ -365,6 +365,7 @@ class Replica:
     def _finish(self, state: dict[str, Any]) -> dict[str, Any]:
         from ..images.layers import ImageLayer
         from ..images.qemu_img import commit_layer
+        from ..storage.journal import crashpoint
 
         pending = state["pending"]
         for file, size in zip(pending["files"], pending["sizes"]):
@@ -375,6 +376,7 @@ class Replica:
                 os.replace(top, base)
             else:
                 commit_layer((ImageLayer(top, "qcow2", size), ImageLayer(base, "qcow2", size)))
+                crashpoint("replica-committed")  # the base has the data; the overlay and the generation are old
                 top.unlink()
         spec = self.folder / (_specfile_name(state["vm"]) + NEXT)
         if spec.exists():
