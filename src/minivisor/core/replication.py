@@ -346,8 +346,9 @@ class Replica:
                 exports[devices[disk.file]] = (top, None)
                 continue
             if not base.is_file() or self.state().get("generation", 0) < 1:
-                raise ConflictError(f"host has no replica of disk {excerpt(disk.file)} to update",
-                                    hint="the next round copies it whole")
+                raise ConflictError(f"this host has no replica of disk {excerpt(disk.file)} to update",
+                                    hint=f"restart the replication on its host: minivisor vm replicate {request.vm} "
+                                         "--off, then vm replicate again")
             create_overlay(top, ImageLayer(base, "qcow2", disk.size))
             exports[devices[disk.file]] = (top, base)
         return exports
