@@ -299,6 +299,12 @@ class HandoverUncertainError(MigrationError):
     code = "handover-uncertain"
 
 
+class ReplicaMissingError(ClusterError):
+    """A replication round's target has no replica to update with what changed: the next round must copy whole."""
+
+    code = "replica-missing"
+
+
 class OwnedElsewhereError(ConflictError):
     """Another host of the cluster owns the VM (it runs there): it may not be powered on here."""
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -241,6 +242,14 @@ def test_rounds_that_fail_halfway_leave_the_previous_replica_and_the_next_one_co
     assert _replica_sector(b, vm.uuid, SECTOR_D, 29, tmp_path) == b"record-D-before-the-power-off"
     assert _storage_daemons(a) == [] and _storage_daemons(b) == []
     a.ok("vm", "start", "web", "--wait-ready")  # its disk as the round left it: it boots
+
+    # the replica lost on b: the round fails, and the next one copies the disk whole
+    shutil.rmtree(folder)
+    lost = a.cli("vm", "replicate", "web", "--to", "b", "--every", "1h")
+    assert lost.returncode == 69 and "this host has no replica of disk 'web.qcow2' to update" in lost.stderr
+    anew = json.loads(a.ok("vm", "replicate", "web", "--to", "b", "--every", "1h", "--json"))
+    assert anew["full"] is True and anew["generation"] == 1
+    assert _replica_sector(b, vm.uuid, SECTOR_D, 29, tmp_path) == b"record-D-before-the-power-off"
 
     # --off: the record goes, and b's service removes the replica
     assert a.ok("vm", "replicate", "web", "--off") == "web: replication to b ended\n"

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..errors import ArgumentError, ClusterError, ConflictError, HvError
+from ..errors import ArgumentError, ClusterError, ConflictError, HvError, ReplicaMissingError
 from ..text import excerpt
 from .config import ClusterConfig
 from .migration import MAX_DISK_BYTES, MAX_DISKS, MAX_SPECFILE, POLL
@@ -84,7 +84,7 @@ class RoundRequest:
 
 @dataclass(frozen=True)
 class RoundAnswer:
-    state: str  # ready, done, failed
+    state: str  # ready, done, failed, missing (no replica to update: the next round copies whole)
     address: str = ""
     port: int = 0
     generation: int = 0
@@ -192,7 +192,7 @@ def _answer(entry: Entry) -> RoundAnswer:
                                                                      "error")})
     except (KeyError, TypeError):
         answer = None
-    if answer is None or answer.state not in ("ready", "done", "failed") or not all(
+    if answer is None or answer.state not in ("ready", "done", "failed", "missing") or not all(
             isinstance(text, str) and len(text) <= 512 for text in (answer.address, answer.error)) or not all(
             isinstance(number, int) and 0 <= number < 2 ** 63 for number in (answer.port, answer.generation)):
         raise ClusterError(f"the cluster store holds a malformed replication answer at {excerpt(entry.key, 80)}")
@@ -237,8 +237,9 @@ class Round:
         """The target's answer once it is ``state``; ClusterError if it failed, vanished or took too long."""
         def ready(entry: Entry) -> bool:
             answer = _answer(entry)
-            if answer.state == "failed":
-                raise ClusterError(f"host {self.target!r} could not replicate {self.request.vm!r}: {answer.error}")
+            if answer.state in ("failed", "missing"):
+                kind = ReplicaMissingError if answer.state == "missing" else ClusterError
+                raise kind(f"host {self.target!r} could not replicate {self.request.vm!r}: {answer.error}")
             return answer.state == state
 
         return _answer(MAILBOX.await_answer(self.store, self.request.id, self.target,

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import procfs
-from ..errors import ClusterError, ConflictError, HvError, NotFoundError
+from ..errors import ClusterError, ConflictError, HvError, NotFoundError, ReplicaMissingError
 from ..files import write_atomic
 from ..text import clip, excerpt
 from ..units import human_size
@@ -36,6 +36,7 @@ from ..vmm.states import Action
 
 if TYPE_CHECKING:
     from ..cluster.replication import Round, RoundDisk, RoundRequest
+    from ..cluster.store import Entry, Store
     from ..images.layers import ImageLayer
     from ..vmm.qmp import QmpSession
     from .context import VmContext, Vms
@@ -149,6 +150,9 @@ def _round(vms: Vms, ctx: VmContext, report: Callable[[str], None]) -> dict[str,
             round_.ask(copied=True)
             done = round_.wait("done", PREPARE_TIMEOUT)
             confirmed = True
+        except ReplicaMissingError:
+            _quietly(lambda: _start_over(store, found[1]))
+            raise
         except HvError as exc:
             if isinstance(exc, ClusterError):
                 raise
@@ -164,6 +168,15 @@ def _round(vms: Vms, ctx: VmContext, report: Callable[[str], None]) -> dict[str,
     ctx.emit("replicated", target=record.target, generation=done.generation, bytes=copied, full=full)
     return {"vm": ctx.name, "target": record.target, "full": full, "bytes": copied, "generation": done.generation,
             "seconds": round(time.monotonic() - started, 3), "every": record.every}
+
+
+def _start_over(store: Store, entry: Entry) -> None:
+    """The target lost its replica: the record forgets the last copy, so that the next round copies whole."""
+    from ..cluster.records import from_value, to_value
+    from ..cluster.replication import ReplicaRecord
+
+    record = replace(from_value(ReplicaRecord, entry.value, entry.key), generation=0, bitmap="", last_copy=0.0)
+    store.replace(entry.key, to_value(record), entry.mod_revision)
 
 
 def _going_on(round_: Round) -> Callable[[], bool]:
@@ -346,9 +359,8 @@ class Replica:
                 exports[devices[disk.file]] = (top, None)
                 continue
             if not base.is_file() or self.state().get("generation", 0) < 1:
-                raise ConflictError(f"this host has no replica of disk {excerpt(disk.file)} to update",
-                                    hint=f"restart the replication on its host: minivisor vm replicate {request.vm} "
-                                         "--off, then vm replicate again")
+                raise ReplicaMissingError(f"this host has no replica of disk {excerpt(disk.file)} to update",
+                                          hint="the next round copies the disks whole")
             create_overlay(top, ImageLayer(base, "qcow2", disk.size))
             exports[devices[disk.file]] = (top, base)
         return exports
@@ -417,7 +429,8 @@ def receive_round(hv: Hypervisor, round_: Round) -> None:
         log.warning("replication round of VM %s from host %s: %s", request.vm, request.source, reason)
         try:
             if round_.current() is not None:
-                round_.answer(RoundAnswer("failed", error=clip(reason, 500)))
+                round_.answer(RoundAnswer("missing" if isinstance(exc, ReplicaMissingError) else "failed",
+                                          error=clip(reason, 500)))
         except HvError:
             pass
 
