@@ -42,6 +42,7 @@ __all__ = [
     "ClusterUnreachableError",
     "MigrationError",
     "HandoverUncertainError",
+    "ReplicaMissingError",
     "OwnedElsewhereError",
     "NoHostFitsError",
     "is_out_of_space",
