@@ -30,7 +30,7 @@ from typing import Any
 from ..errors import ClusterError, HandoverUncertainError, HvError
 from ..text import excerpt
 from .config import ClusterConfig
-from .ownership import live_entry
+from .ownership import lease_to_ask, live_entry
 from .records import LiveRecord, Mailbox, OwnerRecord, check_host_name, from_value, owner_key, to_value
 from .store import Entry, Store
 
@@ -159,13 +159,7 @@ class Source:
         """Post the request to a live destination (ClusterError if it is not, or this host is not live)."""
         if self.dest == self.config.host:
             raise ClusterError(f"VM {self.vm!r} already runs on host {self.dest!r}", hint="name another host")
-        if live_entry(self.store, self.dest) is None:
-            raise ClusterError(f"host {self.dest!r} is not a live member of the cluster",
-                               hint="see minivisor cluster status; its service (minivisor serve) must run")
-        own = live_entry(self.store, self.config.host)
-        if own is None:
-            raise ClusterError(f"host {self.config.host!r} is not a live member of the cluster",
-                               hint="start `minivisor serve` for this datastore")
+        own = lease_to_ask(self.store, self.config, self.dest)
         if len(specfile) > MAX_SPECFILE:
             raise ClusterError(f"the specfile of {self.vm!r} is too long to send ({len(specfile)} characters)")
         request = Request(self.id, self.vm, self.uuid, self.config.host, self.config.host_id, specfile, tuple(disks),

@@ -27,7 +27,7 @@ from ..errors import ArgumentError, ClusterError, ConflictError, HvError, Replic
 from ..text import excerpt
 from .config import ClusterConfig
 from .migration import MAX_DISK_BYTES, MAX_DISKS, MAX_SPECFILE, POLL
-from .ownership import live_entry
+from .ownership import lease_to_ask, live_entry
 from .records import Mailbox, check_host_name, from_value, to_value
 from .store import Entry, Store
 
@@ -222,13 +222,7 @@ class Round:
         if self.target == self.config.host:
             raise ClusterError(f"VM {self.request.vm!r} runs on host {self.target!r}: its replica must be on another "
                                "host", hint="name another host of the cluster")
-        if live_entry(self.store, self.target) is None:
-            raise ClusterError(f"host {self.target!r} is not a live member of the cluster",
-                               hint="see minivisor cluster status; its service (minivisor serve) must run")
-        own = live_entry(self.store, self.config.host)
-        if own is None:
-            raise ClusterError(f"host {self.config.host!r} is not a live member of the cluster",
-                               hint="start `minivisor serve` for this datastore")
+        own = lease_to_ask(self.store, self.config, self.target)
         if len(self.request.specfile) > MAX_SPECFILE:
             raise ClusterError(f"the specfile of {self.request.vm!r} is too long to send")
         self.store.put(self.request_key, to_value(replace(self.request, copied=copied)), lease=own.lease)

@@ -60,7 +60,7 @@ def replicate(vms: Vms, name: str, target: str, every: float, progress: Callable
     """Start replicating the running VM ``name`` to host ``target`` every ``every`` seconds: the record, then the
     first (full) copy at once. Returns the round's result; the record is removed again if the copy failed. A VM
     replicated to ``target`` already gets a round now (and the new interval); its record stays whatever happens."""
-    from ..cluster.ownership import live_entry
+    from ..cluster.ownership import lease_to_ask
     from ..cluster.records import check_host_name
     from ..cluster.replication import ReplicaRecord, check_every, get_record, put_record
     from .clustering import cluster_of
@@ -71,9 +71,7 @@ def replicate(vms: Vms, name: str, target: str, every: float, progress: Callable
     if target == config.host:
         raise ClusterError(f"host {target!r} is this host: a replica must be on another host",
                            hint="name another host of the cluster (minivisor cluster status)")
-    if live_entry(store, target) is None:
-        raise ClusterError(f"host {target!r} is not a live member of the cluster",
-                           hint="see minivisor cluster status; its service (minivisor serve) must run")
+    lease_to_ask(store, config, target)  # refused before anything is recorded
     with vms.operate(name, Action.REPLICATE) as ctx:
         _what_is_replicated(ctx)  # refused before anything is recorded
         found = get_record(store, ctx.uuid)

@@ -30,8 +30,9 @@ from ..errors import QmpCommandError, QmpError
 from .jobs import JOB_TIMEOUT, device_tops
 from .qmp import QmpSession
 
-__all__ = ["add_psk", "add_psk_object", "write_psk", "inet", "remove_psk_file", "drop_psk", "serve_disks", "stop_serving", "listen", "incoming_done", "mirror",
-           "mirror_progress", "start_migration", "migration_status", "end_mirrors", "abort", "MirrorProgress"]
+__all__ = ["add_psk", "add_psk_object", "write_psk", "inet", "remove_psk_file", "drop_psk", "serve_disks",
+           "stop_serving", "listen", "incoming_done", "mirror", "mirror_progress", "start_migration",
+           "migration_status", "end_mirrors", "abort", "MirrorProgress"]
 
 JOB_PREFIX = "migrate-"  # minivisor's mirror jobs of a migration
 TARGET_PREFIX = "migrate-target-"  # the NBD client nodes the mirrors write to
