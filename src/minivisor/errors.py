@@ -42,6 +42,7 @@ __all__ = [
     "ClusterUnreachableError",
     "MigrationError",
     "HandoverUncertainError",
+    "ReplicaMissingError",
     "OwnedElsewhereError",
     "NoHostFitsError",
     "is_out_of_space",
@@ -297,6 +298,12 @@ class HandoverUncertainError(MigrationError):
     resumed there (it may run on the destination) nor removed."""
 
     code = "handover-uncertain"
+
+
+class ReplicaMissingError(ClusterError):
+    """A replication round's target has no replica to update with what changed: the next round must copy whole."""
+
+    code = "replica-missing"
 
 
 class OwnedElsewhereError(ConflictError):

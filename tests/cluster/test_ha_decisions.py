@@ -29,7 +29,10 @@ class Recording:
     def registered(self) -> dict[str, str]:
         return {VM: "web"}
 
-    def restart(self, name: str, reason: str) -> None:
+    def replicas(self) -> dict[str, str]:
+        return {}
+
+    def restart(self, vm_uuid: str, name: str, reason: str) -> None:
         self.restarts.append(reason)
         if self.refusal is not None:
             raise self.refusal

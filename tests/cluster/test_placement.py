@@ -170,11 +170,8 @@ def test_hostile_start_requests_start_nothing(lab):
     for index, value in enumerate(malformed):
         request_id = f"{index:032x}"
         store.put(f"starts/b/{request_id}", {"id": request_id, **value} if "vm" in value else value)
-
-    def left(prefix: str) -> list:
-        malformed: list[str] = []
-        return store.list(prefix, malformed=malformed) + malformed
-    wait_for("b to drop the malformed requests", lambda: left("starts/b/") == left("migrations/b/") == [], timeout=30)
+    wait_for("b to drop the malformed requests", lambda: store.list("starts/b/", malformed_as_empty=True)
+             == store.list("migrations/b/", malformed_as_empty=True) == [], timeout=30)
     assert store.list("started/") == []
 
     errors = []

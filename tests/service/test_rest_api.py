@@ -110,7 +110,7 @@ def test_every_invalid_state_action_pair_gets_409_with_a_stable_code(service):
                                                       "delete a snapshot of", "clone", "resize a disk of",
                                                       "recover an interrupted operation on", "change a NIC of",
                                                       "reset the UEFI variables of", "change the CD-ROM medium of",
-                                                      "edit the specfile of"]}
+                                                      "replicate", "edit the specfile of"]}
     client.start_vm("vm1")
     for method, path, action in (("POST", "/v1/vms/vm1/start", "start"), ("POST", "/v1/vms/vm1/resume", "resume"),
                                  ("DELETE", "/v1/vms/vm1", "delete"), ("POST", "/v1/vms/vm1/unregister", "unregister")):

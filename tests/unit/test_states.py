@@ -31,6 +31,7 @@ EXPECTED = {
     Action.CDROM: {OFF, RUNNING, PAUSED},
     Action.EDIT_SPECFILE: {OFF},
     Action.MIGRATE: {RUNNING, PAUSED},
+    Action.REPLICATE: {OFF, RUNNING, PAUSED},
 }
 
 

@@ -77,6 +77,8 @@ COMMANDS = {
                       "defaults.",
     "vm autostart": "Power the VM on whenever the service starts (on), or not (off).",
     "vm ha": "Restart the VM on another host of the cluster when its host dies (on), or not (off).",
+    "vm replicate": "Copy the running VM's disks to a replica on another host of the cluster, again every interval "
+                    "(what changed); HA powers the replica on when this host dies. --off ends it.",
     "vm events": "What happened to the VM: power-ons, power-offs with their reasons, crashes...",
     "vm disk": "A VM's hard disks: list them, show one (sizes, chain), grow one, or add a new one.",
     "vm clone": "A new VM (new name, UUID and MACs) from SOURCE: a full copy, or --linked on a snapshot.",

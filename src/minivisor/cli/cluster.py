@@ -44,6 +44,12 @@ def cluster_status(as_json: bool) -> None:
     if status["ha"]:
         say("HA (restarted elsewhere when their host dies): " + ", ".join(
             f"{vm['vm']} ({'on ' + vm['owner'] if vm['owner'] else 'not running'})" for vm in status["ha"]))
+    if status["replicas"]:
+        from .output import replica_state
+
+        say("Replicated (vm replicate):")
+        table(("VM", "FROM", "REPLICA"), [(item["vm"], item["source"], replica_state(item))
+                                           for item in status["replicas"]])
 
 
 @command("cluster leave", arg("--force", action="store_true",

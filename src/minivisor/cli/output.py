@@ -67,12 +67,26 @@ def vm_details(vm: VmInfo) -> None:
         rows.append(("host", vm.host))
     if vm.ha is not None:  # in a cluster
         rows.append(("HA", "yes" if vm.ha else "no"))
+    if vm.replica:
+        rows.append(("Replica", replica_state(vm.replica)))
     rows += [(f"disk {d['node']}", f"{d['kind']}: {d['file'] or 'empty'}") for d in vm.disks]
     rows += [(n["name"], f"{n['model']} {n['mac']} on {n['network']}" + (f", {n['address']}" if n.get("address") else ""))
              for n in vm.nics]
     key_values(rows)
     if vm.state_hint:
         write([f"hint: {vm.state_hint}"])
+
+
+def replica_state(replica: dict[str, Any]) -> str:
+    """A replication in a few words: where the replica is and how old its last good copy is."""
+    if replica["failed_over_to"]:
+        return f"failed over to {replica['failed_over_to']} at {_utc(replica['failed_over_at'])}"
+    age = f"last good copy {time.time() - replica['last_copy']:.0f} s ago" if replica["last_copy"] else "no copy yet"
+    return f"on {replica['target']}, {age} (generation {replica['generation']}, every {replica['every']:g} s)"
+
+
+def _utc(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
 
 
 def host_info(info: HostInfo) -> None:

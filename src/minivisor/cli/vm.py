@@ -294,6 +294,30 @@ def vm_ha(name: str, setting: str, as_json: bool) -> None:
         if setting == "on" else ""))
 
 
+@command("vm replicate", NAME, arg("--to", metavar="HOST", help="The host of the cluster that keeps the replica."),
+         arg("--every", default="5m", metavar="INTERVAL", help="How often a round copies what changed: 30s, 5m, 1h "
+                                                                "[default: 5m]."),
+         arg("--off", action="store_true", help="End the replication (the other host removes its replica)."), JSON)
+def vm_replicate(name: str, to: str | None, every: str, off: bool, as_json: bool) -> None:
+    """Example: minivisor vm replicate web --to host2 --every 5m (run on the VM's host; its disks must be qcow2)"""
+    from ..errors import ArgumentError
+
+    if off == (to is not None):
+        raise ArgumentError("say where to replicate to (--to HOST) or --off, not both",
+                            hint=f"e.g. minivisor vm replicate {name} --to host2 --every 5m")
+    if off:
+        ended = hv(direct=True).stop_replication(name)
+        return print_json(ended) if as_json else say(f"{name}: replication to {ended['target']} ended")
+    from ..cluster.replication import parse_every
+    from ..units import human_size
+
+    done = hv(direct=True).replicate_vm(name, to, parse_every(every), progress=None if as_json else progress)
+    if as_json:
+        return print_json(done)
+    say(f"replicated {name} to {to} in {done['seconds']:.1f} s: {human_size(done['bytes'])} copied (generation "
+        f"{done['generation']}); again every {every}")
+
+
 @command("vm events", NAME, arg("--limit", type=int, default=20, metavar="N",
                                 help="How many of the last events (0: all) [default: 20]."), JSON)
 def vm_events(name: str, limit: int, as_json: bool) -> None:

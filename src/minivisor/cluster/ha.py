@@ -2,7 +2,8 @@
 
 The mark is ``ha/<vm uuid>`` in etcd (:class:`HaRecord`, attached to no lease: it outlives every host).
 The hosts that can run the VM are those that have it registered (a datastore the hosts share shows the same
-VM, same UUID, to each of them); each member's :class:`Restarter` (a thread of its service, see
+VM, same UUID, to each of them) or keep its replica (``vm replicate``: made a VM of the host first, see
+:func:`minivisor.core.replication.promote`); each member's :class:`Restarter` (a thread of its service, see
 :mod:`.liveness`) looks, once a second, at the HA VMs registered on its host:
 
 - while the VM has an owner (``owners/<uuid>``, attached to its host's lease), the member remembers that
@@ -64,8 +65,12 @@ class HaHost(Protocol):
     def registered(self) -> dict[str, str]:
         """The VMs in this host's catalog: uuid -> name."""
 
-    def restart(self, name: str, reason: str) -> None:
-        """Power the VM on here (claimed first, as every power-on); OwnedElsewhereError if another host won."""
+    def replicas(self) -> dict[str, str]:
+        """The VMs whose replica this host keeps (``vm replicate``): uuid -> name."""
+
+    def restart(self, vm_uuid: str, name: str, reason: str) -> None:
+        """Power the VM on here (claimed first, as every power-on; from its replica if it is not registered here);
+        OwnedElsewhereError if another host won."""
 
 
 def restart_after(ttl: int) -> float:
@@ -137,7 +142,7 @@ class Restarter:
         (ClusterError: etcd failed)."""
         started = time.monotonic()
         ha = marked(store)
-        registered = self.host.registered()
+        registered = {**self.host.replicas(), **self.host.registered()}
         watched = ha.keys() & registered.keys()
         owners = _owners(store)
         live = {entry.key[len(ALIVE):]: entry.lease for entry in store.list(ALIVE)}
@@ -169,7 +174,7 @@ class Restarter:
         reason = f"its host {last.host!r} is gone from the cluster (lease expired {now - since:.1f} s ago)"
         log.warning("HA: VM %s was running on host %s, whose lease is gone; powering it on here", name, last.host)
         try:
-            self.host.restart(name, reason)
+            self.host.restart(vm_uuid, name, reason)
         except OwnedElsewhereError as exc:
             log.info("HA: %s", exc.one_line())  # another member was first
         except HvError as exc:

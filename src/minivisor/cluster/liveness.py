@@ -20,6 +20,9 @@ Threads of their own, so that a hung request to etcd never delays a fence:
   host whose process (``vm migrate``) ended before it finished.
 - the **restarter** powers on here the HA VMs whose host died (:mod:`.ha`), once a second while this host
   has a lease.
+- the **replicator** runs a round of each replication this host is the source of when it is due
+  (:mod:`.replication`, one at a time), and removes the replicas kept here whose replication ended; the
+  receiver hands each round asked of this host to :meth:`Host.receive_round`.
 
 A restarted service takes over its predecessor's lease while it is alive, so the claims of the VMs
 that kept running stay valid. A service that stops (or is killed) while VMs run on its host leaves the
@@ -46,8 +49,9 @@ from .records import LiveRecord, OwnerRecord, alive_key, from_value, to_value
 
 if TYPE_CHECKING:  # etcd's client is loaded once the datastore is in a cluster, not before
     from .migration import Destination
+    from .replication import Round
     from .starting import Starter
-    from .store import Store
+    from .store import Entry, Store
 
 __all__ = ["Member", "Host"]
 
@@ -58,6 +62,7 @@ WATCH = 0.1  # seconds between the watchdog's looks at the last renewal
 SWEEP = 0.5  # seconds between a fenced host's looks for VMs that started after its fence
 RECEIVE_POLL = 0.5  # seconds between the receiver's looks for migration requests
 HA_POLL = 1.0  # seconds between the restarter's looks at the HA VMs' owners
+REPLICATE_POLL = 1.0  # seconds between the replicator's looks at the replications due
 
 
 class Host(Protocol):
@@ -96,8 +101,21 @@ class Host(Protocol):
     def registered(self) -> dict[str, str]:
         """The VMs in this host's catalog: uuid -> name (the HA VMs among them may be restarted here)."""
 
-    def restart(self, name: str, reason: str) -> None:
-        """Power an HA VM on here (claimed first); OwnedElsewhereError if another host was first."""
+    def replicas(self) -> dict[str, str]:
+        """The VMs whose replica this host keeps: uuid -> name."""
+
+    def restart(self, vm_uuid: str, name: str, reason: str) -> None:
+        """Power an HA VM on here (claimed first; from its replica if it is not registered here);
+        OwnedElsewhereError if another host was first."""
+
+    def receive_round(self, round_: Round) -> None:
+        """Take one replication round into this host's replica of its VM, or answer why not (never raises)."""
+
+    def replicate_round(self, name: str) -> None:
+        """Run one replication round of the VM ``name`` (LockError if another operation has its turn)."""
+
+    def drop_replicas(self, wanted: Callable[[str], bool]) -> None:
+        """Remove the replicas here whose replication ended (``wanted(uuid)`` False)."""
 
 
 class Member:
@@ -116,11 +134,13 @@ class Member:
         self._stopping = threading.Event()
         self._receiving: dict[str, threading.Thread] = {}  # request id -> its thread
         self._starting: dict[str, threading.Thread] = {}  # start request id -> its thread
+        self._rounds: dict[str, threading.Thread] = {}  # replication round id -> its thread
         self._incoming: set[str] = set()  # uuids of the VMs migrating in: not yet owned here, and not fenced for it
         self._threads = [threading.Thread(target=self._keep, name="cluster-keeper", daemon=True),
                          threading.Thread(target=self._watch, name="cluster-watchdog", daemon=True),
                          threading.Thread(target=self._receive, name="cluster-receiver", daemon=True),
-                         threading.Thread(target=self._restart_ha, name="cluster-ha", daemon=True)]
+                         threading.Thread(target=self._restart_ha, name="cluster-ha", daemon=True),
+                         threading.Thread(target=self._replicate, name="cluster-replication", daemon=True)]
         self._complaint = ""
 
     def start(self) -> None:
@@ -307,6 +327,7 @@ class Member:
                 self.host.abandon_outgoing(functools.partial(owner_of, store), functools.partial(withdraw, store))
                 self._take_requests(store, config)
                 self._take_starts(store, config)
+                self._take_rounds(store, config)
             except HvError as exc:
                 self._complain(exc.one_line())
             except Exception:  # noqa: BLE001 - the receiver must outlive any bug
@@ -345,24 +366,38 @@ class Member:
         """Each new power-on asked of this host on a thread of its own; a malformed request is dropped."""
         from .starting import Starter, read_request, requests_for
 
-        asked = requests_for(store, config)
+        self._take(store, requests_for(store, config), lambda entry: Starter(store, config, read_request(entry)),
+                   self.host.receive_start, self._starting, "start")
+
+    def _take_rounds(self, store: Store, config: ClusterConfig) -> None:
+        """Each new replication round asked of this host on a thread of its own; a malformed request is dropped."""
+        from .replication import Round, read_request, requests_for
+
+        self._take(store, requests_for(store, config),
+                   lambda entry: Round(store, config, config.host, read_request(entry)),
+                   self.host.receive_round, self._rounds, "replica")
+
+    def _take(self, store: Store, asked: list[Entry], read: Callable[[Entry], Any], handle: Callable[[Any], None],
+              threads: dict[str, threading.Thread], kind: str) -> None:
+        """``handle`` each new request of ``asked`` (checked by ``read``) on a thread of its own, remembered in
+        ``threads`` until it ended and its request is gone; a malformed request is deleted unanswered."""
         for entry in asked:
             request_id = entry.key.rsplit("/", 1)[-1]
-            if request_id in self._starting:
+            if request_id in threads:
                 continue
             try:
-                starter = Starter(store, config, read_request(entry))
+                message = read(entry)
             except ClusterError as exc:
                 log.warning("cluster: %s", exc.one_line())
-                store.delete(entry.key)
+                store.delete(entry.key)  # hostile or broken: nobody waits for an answer to it
                 continue
-            self._starting[request_id] = threading.Thread(target=self.host.receive_start, args=(starter,),
-                                                          name=f"start-{starter.request.vm}", daemon=True)
-            self._starting[request_id].start()
+            threads[request_id] = threading.Thread(target=handle, args=(message,), name=f"{kind}-{message.request.vm}",
+                                                   daemon=True)
+            threads[request_id].start()
         pending = {entry.key.rsplit("/", 1)[-1] for entry in asked}
-        for request_id, thread in list(self._starting.items()):
+        for request_id, thread in list(threads.items()):
             if not thread.is_alive() and request_id not in pending:
-                del self._starting[request_id]
+                del threads[request_id]
 
     def _take_in(self, destination: Destination) -> None:
         vm_uuid = destination.request.uuid
@@ -389,6 +424,43 @@ class Member:
                 self._complain(exc.one_line())
             except Exception:  # noqa: BLE001 - the restarter must outlive any bug
                 log.exception("cluster HA")
+
+    # -- the replicator -------------------------------------------------------------------
+    def _replicate(self) -> None:
+        """Each replication this host is the source of gets a round when due (one at a time); replicas kept here
+        whose replication ended are removed."""
+        from .replication import REPLICAS, ReplicaRecord
+
+        tried: dict[str, float] = {}  # uuid -> when its last round began (wall clock, as the record's last copy)
+        while not self._stopping.wait(REPLICATE_POLL):
+            config, lease = self._config, self._lease
+            if config is None or lease is None:
+                continue
+            try:
+                store = self._store(config)
+                records = {entry.key[len(REPLICAS):]: from_value(ReplicaRecord, entry.value, entry.key)
+                           for entry in store.list(REPLICAS)}
+                self.host.drop_replicas(lambda vm_uuid: records.get(vm_uuid) is not None
+                                        and records[vm_uuid].target == config.host
+                                        and not records[vm_uuid].failed_over_to)
+                registered = self.host.registered()
+                for vm_uuid, record in sorted(records.items()):
+                    due = max(record.last_copy, tried.get(vm_uuid, 0.0)) + record.every
+                    if record.source != config.host or record.failed_over_to or vm_uuid not in registered \
+                            or time.time() < due or self._stopping.is_set():
+                        continue
+                    tried[vm_uuid] = time.time()
+                    self._round(registered[vm_uuid])
+            except HvError as exc:
+                self._complain(exc.one_line())
+            except Exception:  # noqa: BLE001 - the replicator must outlive any bug
+                log.exception("cluster replication")
+
+    def _round(self, name: str) -> None:
+        try:
+            self.host.replicate_round(name)
+        except HvError as exc:  # the VM busy, powered off, its target gone...: the next round is due later
+            log.warning("replication of VM %s: %s", name, exc.one_line())
 
     # -- helpers ------------------------------------------------------------------------
     def _store(self, config: ClusterConfig) -> Store:

@@ -30,7 +30,7 @@ from typing import Any
 from ..errors import ClusterError, HandoverUncertainError, HvError
 from ..text import excerpt
 from .config import ClusterConfig
-from .ownership import live_entry
+from .ownership import lease_to_ask, live_entry
 from .records import LiveRecord, Mailbox, OwnerRecord, check_host_name, from_value, owner_key, to_value
 from .store import Entry, Store
 
@@ -159,13 +159,7 @@ class Source:
         """Post the request to a live destination (ClusterError if it is not, or this host is not live)."""
         if self.dest == self.config.host:
             raise ClusterError(f"VM {self.vm!r} already runs on host {self.dest!r}", hint="name another host")
-        if live_entry(self.store, self.dest) is None:
-            raise ClusterError(f"host {self.dest!r} is not a live member of the cluster",
-                               hint="see minivisor cluster status; its service (minivisor serve) must run")
-        own = live_entry(self.store, self.config.host)
-        if own is None:
-            raise ClusterError(f"host {self.config.host!r} is not a live member of the cluster",
-                               hint="start `minivisor serve` for this datastore")
+        own = lease_to_ask(self.store, self.config, self.dest)
         if len(specfile) > MAX_SPECFILE:
             raise ClusterError(f"the specfile of {self.vm!r} is too long to send ({len(specfile)} characters)")
         request = Request(self.id, self.vm, self.uuid, self.config.host, self.config.host_id, specfile, tuple(disks),
@@ -175,24 +169,16 @@ class Source:
 
     def wait(self, state: str, timeout: float) -> Answer:
         """The destination's answer once it is ``state``; ClusterError if it failed, vanished or took too long."""
-        deadline = time.monotonic() + timeout
-        seen = False
-        while True:
-            entry = self.store.get(answer_key(self.id))
-            if entry is not None:
-                seen = True
-                answer = _answer(entry)
-                if answer.state == "failed":
-                    raise ClusterError(f"host {self.dest!r} could not take VM {self.vm!r}: {answer.error}")
-                if answer.state == state:
-                    self._answer = entry
-                    return answer
-            elif seen or live_entry(self.store, self.dest) is None:
-                raise ClusterError(f"host {self.dest!r} gave up the migration of {self.vm!r} (or its service ended)")
-            if time.monotonic() > deadline:
-                raise ClusterError(f"host {self.dest!r} did not answer the migration of {self.vm!r} within "
-                                   f"{timeout:g} s")
-            time.sleep(POLL)
+        def ready(entry: Entry) -> bool:
+            answer = _answer(entry)
+            if answer.state == "failed":
+                raise ClusterError(f"host {self.dest!r} could not take VM {self.vm!r}: {answer.error}")
+            return answer.state == state
+
+        self._answer = MAILBOX.await_answer(self.store, self.id, self.dest, f"the migration of {self.vm!r}", ready,
+                                            peer_gone=lambda: live_entry(self.store, self.dest) is None,
+                                            timeout=timeout, poll=POLL)
+        return _answer(self._answer)
 
     def hand_over(self) -> None:
         """Make the destination the VM's owner, if its ready answer still stands (ClusterError otherwise)."""

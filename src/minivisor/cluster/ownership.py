@@ -14,7 +14,8 @@ from .config import ClusterConfig
 from .records import OWNERS, LiveRecord, OwnerRecord, alive_key, from_value, owner_key, to_value
 from .store import Entry, Store
 
-__all__ = ["claim", "release", "owner_of", "owned_by", "owned_elsewhere", "running_where", "own_liveness", "live_entry"]
+__all__ = ["claim", "release", "owner_of", "owned_by", "owned_elsewhere", "running_where", "own_liveness", "live_entry",
+           "lease_to_ask"]
 
 
 def claim(store: Store, config: ClusterConfig, vm_uuid: str, vm_name: str) -> None:
@@ -84,6 +85,19 @@ def live_entry(store: Store, host: str) -> Entry | None:
     """``host``'s liveness entry while its lease lives, else None."""
     entry = store.get(alive_key(host))
     return entry if entry is not None and entry.lease else None
+
+
+def lease_to_ask(store: Store, config: ClusterConfig, peer: str) -> Entry:
+    """This host's liveness entry, to attach a request to ``peer`` to; ClusterError if ``peer`` or this host is not
+    a live member."""
+    if live_entry(store, peer) is None:
+        raise ClusterError(f"host {peer!r} is not a live member of the cluster",
+                           hint="see minivisor cluster status; its service (minivisor serve) must run")
+    own = live_entry(store, config.host)
+    if own is None:
+        raise ClusterError(f"host {config.host!r} is not a live member of the cluster",
+                           hint="start `minivisor serve` for this datastore")
+    return own
 
 
 def own_liveness(store: Store, config: ClusterConfig) -> Entry:

@@ -19,8 +19,9 @@ Another program can write into etcd: a value is checked field by field before it
 from __future__ import annotations
 
 import dataclasses
-import logging
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
@@ -36,8 +37,6 @@ __all__ = ["Mailbox", "ClusterRecord", "HostRecord", "LiveRecord", "OwnerRecord"
 
 CLUSTER_KEY, HOSTS, ALIVE, OWNERS, RULES = "cluster", "hosts/", "alive/", "owners/", "rules/"
 RULE_KINDS = ("apart", "together")
-
-log = logging.getLogger("minivisor.cluster")
 _HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _UUID = re.compile(r"[0-9a-fA-F-]{1,64}")
 MAX_TEXT = 256  # characters of any string field
@@ -158,12 +157,25 @@ class Mailbox(NamedTuple):
     def answer_key(self, request_id: str) -> str:
         return self.answers + request_id
 
+    def await_answer(self, store: Store, request_id: str, peer: str, what: str, ready: Callable[[Entry], bool], *,
+                     peer_gone: Callable[[], bool], timeout: float, poll: float = 0.1) -> Entry:
+        """The answer to ``request_id`` once ``ready(entry)`` (which raises for an answer that says it failed);
+        ClusterError naming ``peer`` and ``what`` (``the migration of 'web'``) when the answer vanished after it
+        was seen, or none came and ``peer_gone()``, or after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        seen = False
+        while True:
+            entry = store.get(self.answer_key(request_id))
+            if entry is not None:
+                seen = True
+                if ready(entry):
+                    return entry
+            elif seen or peer_gone():
+                raise ClusterError(f"host {peer!r} gave up {what} (or its service ended)")
+            if time.monotonic() > deadline:
+                raise ClusterError(f"host {peer!r} did not answer {what} within {timeout:g} s")
+            time.sleep(poll)
+
     def addressed_to(self, store: Store, host: str) -> list[Entry]:
-        """The requests to ``host``. A value no minivisor wrote (not a JSON object) is deleted: nobody waits for
-        an answer to it, and it must not hide the requests after it."""
-        malformed: list[str] = []
-        entries = store.list(f"{self.requests}{host}/", malformed=malformed)
-        for key in malformed:
-            log.warning("cluster: dropped a request that is not a JSON object at %s", excerpt(key, 80))
-            store.delete(key)
-        return entries
+        """The requests to ``host`` (one that is not even JSON as ``{}``: its reader refuses it, and it alone)."""
+        return store.list(f"{self.requests}{host}/", malformed_as_empty=True)

@@ -67,20 +67,13 @@ class Store:
         found = self._post("/kv/range", {"key": _b64(key)}).get("kvs") or []
         return self._entry(found[0]) if found else None
 
-    def list(self, prefix: str, *, malformed: list[str] | None = None) -> list[Entry]:
-        """Every entry whose key starts with ``prefix``, in key order. A value that is not a bounded JSON object
-        is a ClusterError naming its key; given ``malformed``, its key is appended there instead."""
+    def list(self, prefix: str, *, malformed_as_empty: bool = False) -> list[Entry]:
+        """Every entry whose key starts with ``prefix``, in key order; ``malformed_as_empty``: a value that is not a
+        bounded JSON object is given as ``{}`` (a request another program wrote, to be refused alone) instead of
+        failing the whole list."""
         start = PREFIX + prefix
         found = self._post("/kv/range", {"key": _b64(start, raw=True), "range_end": _b64(_after(start), raw=True)})
-        entries = []
-        for kv in found.get("kvs") or []:
-            try:
-                entries.append(self._entry(kv))
-            except _MalformedValueError as exc:
-                if malformed is None:
-                    raise
-                malformed.append(exc.key)
-        return entries
+        return [self._entry(kv, malformed_as_empty) for kv in found.get("kvs") or []]
 
     def put(self, key: str, value: dict[str, Any], *, lease: int = 0) -> None:
         self._post("/kv/put", _put(key, value, lease))
@@ -201,7 +194,7 @@ class Store:
         return ClusterUnreachableError(f"the cluster store at {','.join(self.endpoints)} is unreachable: {reason}",
                                        hint="check `minivisor cluster status` and that etcd runs")
 
-    def _entry(self, kv: Any) -> Entry:
+    def _entry(self, kv: Any, malformed_as_empty: bool = False) -> Entry:
         """A key-value pair from etcd, checked: key under the prefix, value a bounded JSON object."""
         if not isinstance(kv, dict):
             raise ClusterError("the cluster store answered a malformed key-value pair")
@@ -213,19 +206,13 @@ class Store:
             value = json.loads(raw) if len(raw) <= MAX_VALUE else None
         except ValueError:
             value = None
+        if not isinstance(value, dict) and malformed_as_empty:
+            value = {}
         if not isinstance(value, dict):
-            raise _MalformedValueError(key[len(PREFIX):])
+            raise ClusterError(f"the cluster store holds a malformed value at {excerpt(key)}",
+                               hint="it was not written by minivisor: delete it with etcdctl")
         return Entry(key[len(PREFIX):], value, _integer(kv.get("create_revision", 0), "a revision"),
                      _integer(kv.get("mod_revision", 0), "a revision"), _integer(kv.get("lease", 0), "a lease id"))
-
-
-class _MalformedValueError(ClusterError):
-    """A value at ``key`` (without PREFIX) that is not a bounded JSON object: no minivisor wrote it."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(f"the cluster store holds a malformed value at {excerpt(PREFIX + key)}",
-                         hint="it was not written by minivisor: delete it with etcdctl")
-        self.key = key
 
 
 def _put(key: str, value: dict[str, Any], lease: int) -> dict[str, Any]:

@@ -25,11 +25,12 @@ if TYPE_CHECKING:
     from ..cluster.config import ClusterConfig
     from ..cluster.migration import Destination
     from ..cluster.records import OwnerRecord
+    from ..cluster.replication import Round
     from ..cluster.starting import Starter
     from ..cluster.store import Store
     from .hypervisor import Hypervisor
 
-__all__ = ["claimed", "disown", "running_vms", "set_ha", "ha_of", "ha_vms", "cluster_of", "ClusterHost"]
+__all__ = ["claimed", "disown", "running_vms", "set_ha", "ha_of", "ha_vms", "replications", "cluster_of", "ClusterHost"]
 
 QUICK_LOOK = 0.5  # seconds each etcd endpoint gets to say whether a VM shown is HA
 ON_HOST = (VmState.RUNNING, VmState.PAUSED, VmState.STARTING)  # a VMM runs or is being started
@@ -51,8 +52,11 @@ def claimed(ctx: VmContext) -> Iterator[None]:
     from ..cluster.membership import current
     from ..cluster.store import Store
 
+    from ..cluster.replication import refuse_stale_copy
+
     config = current(ctx.datastore.meta)
     store = Store(config.endpoints)
+    refuse_stale_copy(store, config, ctx.uuid, ctx.name)
     ownership.claim(store, config, ctx.uuid, ctx.name)
     try:
         _obey_rules(store, config, ctx)
@@ -107,17 +111,22 @@ def set_ha(ctx: VmContext, enabled: bool) -> None:
     ha.mark(store, config, ctx.uuid, ctx.name, enabled)
 
 
-def ha_of(ctx: VmContext) -> bool | None:
-    """Whether the VM is marked HA; None on a single host, or when etcd does not answer at once (a VM shown
-    while the host is cut off from the cluster is not held up for it)."""
+def ha_of(ctx: VmContext) -> tuple[bool | None, dict[str, Any] | None]:
+    """Whether the VM is marked HA, and its replication (``replicas/<uuid>``'s fields, None: not replicated); both
+    None on a single host, or when etcd does not answer at once (a VM shown while the host is cut off from the
+    cluster is not held up for it)."""
     if not cluster_config.exists(ctx.datastore.meta):
-        return None
-    from ..cluster import ha
+        return None, None
+    from ..cluster import ha, replication
+    from ..cluster.records import to_value
 
     try:
-        return ha.is_marked(cluster_of(ctx.datastore.meta, timeout=QUICK_LOOK, patience=0)[1], ctx.uuid)
+        store = cluster_of(ctx.datastore.meta, timeout=QUICK_LOOK, patience=0)[1]
+        marked = ha.is_marked(store, ctx.uuid)
+        found = replication.get_record(store, ctx.uuid)
     except ClusterError:
-        return None
+        return None, None
+    return marked, None if found is None else to_value(found[0])
 
 
 def ha_vms(meta: Path) -> list[dict[str, str | None]]:
@@ -125,6 +134,13 @@ def ha_vms(meta: Path) -> list[dict[str, str | None]]:
     from ..cluster import ha
 
     return ha.listing(cluster_of(meta)[1])
+
+
+def replications(meta: Path) -> list[dict[str, Any]]:
+    """The cluster's replications (``vm replicate``), by VM name."""
+    from ..cluster import replication
+
+    return replication.listing(cluster_of(meta)[1])
 
 
 def cluster_of(meta: Path, **store_options: float) -> tuple[ClusterConfig, Store]:
@@ -195,11 +211,21 @@ class ClusterHost:
     def registered(self) -> dict[str, str]:
         return {entry.uuid.lower(): entry.name for entry in self.hv.datastore.catalog.list()}
 
-    def restart(self, name: str, reason: str) -> None:
+    def replicas(self) -> dict[str, str]:
+        from .replication import replica_vms
+
+        return replica_vms(self.hv.datastore.meta)
+
+    def restart(self, vm_uuid: str, name: str, reason: str) -> None:
         """Power on here an HA VM whose host died (the power-on claims it, as any other does; placement's rules
-        and room hold for this host: if they refuse, another member may restart it)."""
+        and room hold for this host: if they refuse, another member may restart it); a VM not registered here is
+        its replica's, made a VM of this host first."""
         from ..cluster.membership import current
 
+        if vm_uuid not in self.registered():
+            from .replication import promote
+
+            name = promote(self.hv, vm_uuid)
         started = self.hv.start_vm(name, host=current(self.hv.datastore.meta).host)
         self.hv.vms.emit(name, "haRestarted", pid=started.vm.pid, reason=reason)
 
@@ -207,6 +233,21 @@ class ClusterHost:
         from .migration import receive
 
         receive(self.hv, destination)
+
+    def receive_round(self, round_: Round) -> None:
+        from .replication import receive_round
+
+        receive_round(self.hv, round_)
+
+    def replicate_round(self, name: str) -> None:
+        from .replication import run_round
+
+        run_round(self.hv.vms, name)
+
+    def drop_replicas(self, wanted: Callable[[str], bool]) -> None:
+        from .replication import drop_replicas
+
+        drop_replicas(self.hv.datastore.meta, wanted)
 
     def receive_start(self, starter: Starter) -> None:
         from .placing import receive_start

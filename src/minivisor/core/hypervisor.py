@@ -109,7 +109,8 @@ class Hypervisor:
         from .clustering import ha_of
 
         ctx = self.vms.context(name)
-        return self._info(ctx).replace(ha=ha_of(ctx))
+        ha, replica = ha_of(ctx)
+        return self._info(ctx).replace(ha=ha, replica=replica)
 
     def explain_vm(self, name: str) -> Explanation:
         """The spec, the virtual hardware built from it and the exact VMM command line."""
@@ -573,12 +574,12 @@ class Hypervisor:
 
     def cluster_status(self) -> dict[str, Any]:
         """Every member of this host's cluster: live or not, free memory, CPUs, running VMs, versions; and the
-        VMs marked HA (``ha``), each with the host that runs it."""
+        VMs marked HA (``ha``), each with the host that runs it; the replications (``replicas``)."""
         from ..cluster import membership
-        from .clustering import ha_vms
+        from .clustering import ha_vms, replications
 
         status = membership.status(self.datastore.meta)
-        return {**status, "ha": ha_vms(self.datastore.meta)}
+        return {**status, "ha": ha_vms(self.datastore.meta), "replicas": replications(self.datastore.meta)}
 
     def migrate_vm(self, name: str, host: str, *, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
         """Move the running VM to another host of the cluster with its local disks (live: the guest runs on).
@@ -589,6 +590,21 @@ class Hypervisor:
         from .migration import migrate
 
         return migrate(self.vms, name, host, progress)
+
+    def replicate_vm(self, name: str, host: str, every: float = 300.0, *,
+                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Replicate the running VM to another host of the cluster every ``every`` seconds (incremental copies of
+        its qcow2 disks, kept there as a replica HA powers on when this host dies); the first copy is made now.
+        Returns it: ``bytes`` copied, ``seconds``, the replica's ``generation``."""
+        from .replication import replicate
+
+        return replicate(self.vms, name, host, every, progress or (lambda line: None))
+
+    def stop_replication(self, name: str) -> dict[str, Any]:
+        """End the VM's replication; its target removes the replica."""
+        from .replication import replication_off
+
+        return replication_off(self.vms, name)
 
     def rule_add(self, vms: list[str], kind: str) -> dict[str, Any]:
         """A placement rule of the cluster: keep ``vms`` on different hosts (``kind`` apart) or on one

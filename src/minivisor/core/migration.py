@@ -50,7 +50,8 @@ if TYPE_CHECKING:
     from .context import VmContext, Vms
     from .hypervisor import Hypervisor
 
-__all__ = ["migrate", "receive", "abandon_incoming", "abandon_outgoing"]
+__all__ = ["migrate", "receive", "abandon_incoming", "abandon_outgoing", "check_disks", "check_disk_name",
+           "cluster_address", "free_ports"]
 
 log = logging.getLogger("minivisor.cluster")
 
@@ -397,8 +398,6 @@ def _make_vm(hv: Hypervisor, request: Any) -> tuple[Path, list[str]]:
     """The VM's folder, published: its specfile as sent, empty disks of the sizes and formats asked (a shared
     disk: the very file the source uses, checked); returns its marker (:func:`_mark_incoming`), made once the
     name and UUID are known to be free here, and the devices whose disks are copied in."""
-    from ..datastore.store import is_vm_metadata
-    from ..images.layers import check_file_name
     from ..images.qemu_img import create_disk
     from ..spec.vmspec import VmSpec
     from ..spec.vmx import VmxDocument
@@ -410,14 +409,12 @@ def _make_vm(hv: Hypervisor, request: Any) -> tuple[Path, list[str]]:
         raise ConflictError(f"a VM with the UUID of {request.vm!r} ({request.uuid}) is registered here already")
     doc = VmxDocument.parse(request.specfile.encode(), source=f"the specfile of {request.vm} from {request.source}")
     spec = VmSpec.from_vmx(doc)
-    _check_disks(spec, request.disks)
+    check_disks(spec, request.disks)
     for disk in request.disks:
         if disk.shared:
             _check_shared(hv, disk, request)
             continue
-        check_file_name(disk.file, "disk")
-        if disk.file in (".", "..") or is_vm_metadata(disk.file) or disk.file.lower().endswith(".vmx"):
-            raise PathError(f"the disk {excerpt(disk.file)} of the request is no disk file of a VM's folder")
+        check_disk_name(disk.file)
     copied = {disk.file for disk in request.disks if not disk.shared}
     devices = [device_id(disk.node) for disk in spec.disks if disk.kind == "disk" and disk.file_name in copied]
     marker = _mark_incoming(hv, request.vm, request.uuid)
@@ -456,7 +453,18 @@ def _check_shared(hv: Hypervisor, disk: Disk, request: Any) -> None:
                         hint="mount the storage that holds it at the same path on both hosts")
 
 
-def _check_disks(spec: VmSpec, disks: tuple[Disk, ...]) -> None:
+def check_disk_name(file: str) -> None:
+    """A disk a request names: a plain file of a VM's folder (not its metadata nor its specfile); PathError
+    otherwise."""
+    from ..datastore.store import is_vm_metadata
+    from ..images.layers import check_file_name
+
+    check_file_name(file, "disk")
+    if file in (".", "..") or "/" in file or is_vm_metadata(file) or file.lower().endswith(".vmx"):
+        raise PathError(f"the disk {excerpt(file)} of the request is no disk file of a VM's folder")
+
+
+def check_disks(spec: VmSpec, disks: tuple[Any, ...]) -> None:
     """The specfile's drives name exactly the disks asked for, each a plain file of the VM's folder."""
     named = [disk.file_name for disk in spec.disks if disk.kind == "disk" and disk.file_name]
     media = [disk.node for disk in spec.disks if disk.kind == "cdrom" and disk.file_name]
@@ -485,7 +493,7 @@ def _listen(ctx: VmContext, destination: Destination, devices: list[str]) -> Ans
     from ..vmm import migration as vmm_migration
 
     address = cluster_address(destination.config.endpoints)
-    nbd_port, migrate_port = _free_ports(address, 2)
+    nbd_port, migrate_port = free_ports(address, 2)
     with ctx.vmm.session() as qmp:
         vmm_migration.add_psk(qmp, "server", ctx.paths.runtime_dir, destination.request.key)
         vmm_migration.serve_disks(qmp, address, nbd_port, devices)
@@ -547,7 +555,7 @@ def cluster_address(endpoints: tuple[str, ...]) -> str:
         return probe.getsockname()[0]
 
 
-def _free_ports(address: str, count: int) -> list[int]:
+def free_ports(address: str, count: int) -> list[int]:
     """``count`` TCP ports free on ``address`` now (the VMM binds them right after)."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     socks = [socket.socket(family, socket.SOCK_STREAM) for _ in range(count)]

@@ -47,11 +47,13 @@ def place(hv: Hypervisor, name: str, host: str | None) -> Placed:
     from ..cluster import ownership, rules
     from ..cluster.placement import Wanted, choose
     from ..cluster.records import ALIVE, LiveRecord, check_host_name, from_value
+    from ..cluster.replication import refuse_stale_copy
 
     if host is not None:
         check_host_name(host)
     config, store = cluster_store(hv)
     vm = hv.get_vm(name)
+    refuse_stale_copy(store, config, vm.uuid, vm.name)  # before "runs on host b": the copy here is the news
     owner = ownership.owner_of(store, vm.uuid)
     if owner is not None and owner.host_id != config.host_id:
         raise ownership.owned_elsewhere(vm.name, owner)

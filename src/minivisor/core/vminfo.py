@@ -32,21 +32,24 @@ class VmInfo(Record):
 
     ``state_reason``: why QEMU paused it by itself (io-error: the datastore is full). ``host``: in a cluster,
     the host whose datastore holds it, the only one it runs on (None: a single host). ``ha``: whether it is
-    restarted elsewhere when its host dies (None: not in a cluster, or not known; only ``vm show`` asks).
+    restarted elsewhere when its host dies (None: not in a cluster, or not known; only ``vm show`` asks);
+    ``replica``: its replication's record (``vm replicate``; None: none, or not known).
     """
 
     __slots__ = ("name", "uuid", "_vmx", "_state", "display_name", "guest_os", "memory_mib", "cpus", "disks", "nics",
-                 "autostart", "pid", "accel", "state_reason", "host", "ha")
+                 "autostart", "pid", "accel", "state_reason", "host", "ha", "replica")
     _fields = ("name", "uuid", "vmx", "state", *__slots__[4:])
 
     def __init__(self, name: str, uuid: str, vmx: Path | str, state: VmState | str, display_name: str, guest_os: str,
                  memory_mib: int, cpus: int, disks: tuple[dict[str, Any], ...], nics: tuple[dict[str, Any], ...],
                  autostart: bool = False, pid: int | None = None, accel: str | None = None,
-                 state_reason: str | None = None, host: str | None = None, ha: bool | None = None) -> None:
+                 state_reason: str | None = None, host: str | None = None, ha: bool | None = None,
+                 replica: dict[str, Any] | None = None) -> None:
         self.name, self.uuid, self._vmx, self._state = name, uuid, vmx, state
         self.display_name, self.guest_os, self.memory_mib, self.cpus = display_name, guest_os, memory_mib, cpus
         self.disks, self.nics, self.autostart, self.pid = disks, nics, autostart, pid
         self.accel, self.state_reason, self.host, self.ha = accel, state_reason, host, ha
+        self.replica = replica
 
     @property
     def vmx(self) -> Path:
@@ -95,14 +98,15 @@ class VmInfo(Record):
                 "display_name": self.display_name, "guest_os": self.guest_os,
                 "memory_mib": self.memory_mib, "cpus": self.cpus, "disks": list(self.disks),
                 "nics": list(self.nics), "autostart": self.autostart, "pid": self.pid, "accel": self.accel,
-                "host": self.host, "ha": self.ha}
+                "host": self.host, "ha": self.ha, "replica": self.replica}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VmInfo:
         """The VmInfo whose :meth:`to_dict` gave ``data``."""
         return cls(data["name"], data["uuid"], data["vmx"], data["state"], data["display_name"],
                    data["guest_os"], data["memory_mib"], data["cpus"], tuple(data["disks"]), tuple(data["nics"]),
-                   data["autostart"], data["pid"], data["accel"], data["state_reason"], data["host"], data.get("ha"))
+                   data["autostart"], data["pid"], data["accel"], data["state_reason"], data["host"], data.get("ha"),
+                   data.get("replica"))
 
 
 class StartResult(Record):

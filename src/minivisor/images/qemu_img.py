@@ -20,7 +20,7 @@ from ..errors import DiskError, HostError
 from ..units import human_size
 from .layers import ImageLayer, format_for, read_layer
 
-__all__ = ["image_spec", "create_disk", "set_backing", "commit_layer", "rebase_disk",
+__all__ = ["image_spec", "chain_node", "create_disk", "set_backing", "commit_layer", "rebase_disk",
            "resize_disk", "check_resize", "check_disk", "convert_disk", "copy_sparse",
            "internal_snapshots", "internal_snapshot", "copy_qcow2"]
 
@@ -37,13 +37,20 @@ def image_spec(chain: tuple[ImageLayer, ...] | list[ImageLayer]) -> str:
     the next one and the bottom's is ``null``: qemu-img follows no name from a
     header and probes no format.
     """
+    return "json:" + json.dumps(chain_node(chain), separators=(",", ":"))
+
+
+def chain_node(chain: tuple[ImageLayer, ...] | list[ImageLayer]) -> dict:
+    """A checked chain as one QEMU node description (``--blockdev``'s JSON): every layer's driver and file spelled
+    out, the bottom's backing ``null``."""
     node: dict | None = None
     for layer in reversed(chain):
         spec: dict = {"driver": layer.format, "file": {"driver": "file", "filename": os.path.abspath(layer.path)}}
         if layer.format != "raw":
             spec["backing"] = node
         node = spec
-    return "json:" + json.dumps(node, separators=(",", ":"))
+    assert node is not None, "a chain has a layer"
+    return node
 
 
 def _qemu_img(*args: str) -> subprocess.CompletedProcess:

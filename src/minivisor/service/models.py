@@ -315,6 +315,11 @@ class MigrateVm(Request):
     host: Annotated[_HOST, Field(description="the live host of the cluster to move the running VM to")]
 
 
+class ReplicateVm(Request):
+    host: Annotated[_HOST, Field(description="the live host of the cluster that keeps the replica")]
+    every: float = Field(300.0, ge=2, le=7 * 24 * 3600, description="seconds between two rounds [default: 300]")
+
+
 REQUESTS: dict[str, type[Request]] = {
     "list_vms": NoFields, "create_vm": CreateVm, "register_vm": RegisterVm, "get_vm": NoFields,
     "delete_vm": NoFields, "unregister_vm": NoFields, "explain_vm": NoFields, "get_specfile": NoFields,
@@ -331,7 +336,7 @@ REQUESTS: dict[str, type[Request]] = {
     "set_nic": SetNic, "add_nic": AddNic, "remove_nic": NoFields, "nic_traffic": NoFields,
     "port_forward_list": NoFields, "port_forward_add": PortForwardAdd, "port_forward_remove": PortForwardRemove,
     "cluster_status": NoFields, "cluster_init": ClusterInit, "cluster_join": ClusterJoin,
-    "cluster_leave": ClusterLeave, "migrate_vm": MigrateVm,
+    "cluster_leave": ClusterLeave, "migrate_vm": MigrateVm, "replicate_vm": ReplicateVm, "stop_replication": NoFields,
 }
 """Each route's request model, by its core method (the route table's ``name``)."""
 
@@ -356,6 +361,40 @@ class VmNic(Answer):
     network: str | None
 
 
+class Replicated(Answer):
+    """A replication round done: the replica on ``target`` is the VM's disks as of its start (vm replicate --json)."""
+
+    vm: str
+    target: str
+    full: bool = Field(description="the whole disks were copied (else what the guest wrote since the last copy)")
+    bytes: int = Field(description="bytes copied")
+    generation: int = Field(description="the replica's generation now")
+    seconds: float
+    every: float = Field(description="seconds between two rounds")
+
+
+class ReplicationEnded(Answer):
+    vm: str
+    target: str = Field(description="the host that removes its replica")
+    replicated: bool
+
+
+class ReplicaOfVm(Answer):
+    """A VM's replication (vm replicate): its disks copied in rounds to a replica on another host."""
+
+    vm: str
+    source: str = Field(description="the host the VM runs on, which runs the rounds")
+    target: str = Field(description="the host that keeps the replica")
+    every: float = Field(description="seconds between two rounds")
+    created: float
+    last_copy: float = Field(description="when the last good copy was taken (Unix time; 0: none yet)")
+    generation: int = Field(description="the replica's generation after the last good copy")
+    last_bytes: int = Field(description="bytes the last good round copied")
+    bitmap: str = Field(description="the dirty bitmap of the writes since the last good copy")
+    failed_over_to: str = Field(description="the host HA powered the replica on (\"\": none)")
+    failed_over_at: float
+
+
 class Vm(Answer):
     name: str
     uuid: str
@@ -376,6 +415,8 @@ class Vm(Answer):
                                          "runs on (null: a single host)")
     ha: bool | None = Field(None, description="restarted on another host of the cluster when its host dies (vm show "
                                               "only; null: not in a cluster, or the cluster store did not answer)")
+    replica: ReplicaOfVm | None = Field(None, description="its replication to another host (vm replicate; vm show "
+                                                         "only; null: none, or the cluster store did not answer)")
 
 
 class VmList(RootModel[list[Vm]]):
@@ -692,10 +733,15 @@ class HaVm(Answer):
     owner: str | None = Field(description="the host that runs it now (null: none)")
 
 
+class Replication(ReplicaOfVm):
+    uuid: str
+
+
 class ClusterStatus(ClusterMembership):
     etcd: str = Field(description="etcd's version")
     hosts: list[ClusterHost]
     ha: list[HaVm] = Field(description="the VMs marked HA (vm ha VM on)")
+    replicas: list[Replication] = Field(description="the replications (vm replicate VM --to HOST)")
 
 
 class ClusterLeft(Answer):
@@ -750,7 +796,8 @@ ANSWERS_BY_OP: dict[str, type[BaseModel]] = {
     "set_nic": NicChanged, "add_nic": NicAdded, "remove_nic": NicRemoved, "put_specfile": SpecfileChange,
     "reset_nvram": NvramReset, "nic_traffic": NicTraffic, "cluster_init": ClusterMembership,
     "cluster_join": ClusterMembership, "cluster_leave": ClusterLeft, "copy_to_guest": Copied,
-    "copy_from_guest": Copied, "migrate_vm": Migrated,
+    "copy_from_guest": Copied, "migrate_vm": Migrated, "replicate_vm": Replicated,
+    "stop_replication": ReplicationEnded,
 }
 """The answers of routes whose ``returns`` is plain JSON, each of its own shape (every one has a model)."""
 

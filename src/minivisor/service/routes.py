@@ -106,6 +106,8 @@ OPERATIONS: tuple[Op, ...] = (
     Op("cluster_join", "POST", "/v1/cluster/join", "json", args=("etcd",), vm_param=None),
     Op("cluster_leave", "POST", "/v1/cluster/leave", "json", args=(), vm_param=None),
     Op("migrate_vm", "POST", "/v1/vms/{name}/migrate", "json", args=("name", "host")),
+    Op("replicate_vm", "POST", "/v1/vms/{name}/replicate", "json", args=("name", "host", "every")),
+    Op("stop_replication", "POST", "/v1/vms/{name}/replicate/off", "json"),
 )
 
 _BY_NAME = {op.name: op for op in OPERATIONS}

@@ -30,8 +30,9 @@ from ..errors import QmpCommandError, QmpError
 from .jobs import JOB_TIMEOUT, device_tops
 from .qmp import QmpSession
 
-__all__ = ["add_psk", "remove_psk_file", "drop_psk", "serve_disks", "stop_serving", "listen", "incoming_done", "mirror",
-           "mirror_progress", "start_migration", "migration_status", "end_mirrors", "abort", "MirrorProgress"]
+__all__ = ["add_psk", "add_psk_object", "write_psk", "inet", "remove_psk_file", "drop_psk", "serve_disks",
+           "stop_serving", "listen", "incoming_done", "mirror", "mirror_progress", "start_migration",
+           "migration_status", "end_mirrors", "abort", "MirrorProgress"]
 
 JOB_PREFIX = "migrate-"  # minivisor's mirror jobs of a migration
 TARGET_PREFIX = "migrate-target-"  # the NBD client nodes the mirrors write to
@@ -41,7 +42,7 @@ PSK_IDENTITY = "minivisor"
 PSK_FILE = "keys.psk"  # QEMU's name for it, in the folder its tls-creds-psk object is given
 
 
-def _inet(address: str, port: int) -> dict[str, str]:
+def inet(address: str, port: int) -> dict[str, str]:
     return {"host": address, "port": str(port)}
 
 
@@ -55,11 +56,14 @@ def add_psk(qmp: QmpSession, endpoint: str, folder: Path, key: str) -> None:
     uses them from now on. The key goes through a file in the VMM's owner-only runtime ``folder``: a client reads
     it at once, and it is removed here; a server reads it at each handshake, so it stays until
     :func:`remove_psk_file` (or the VMM's end, which removes the folder)."""
-    psk = folder / PSK_FILE
-    fd = os.open(psk, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(f"{PSK_IDENTITY}:{key}\n")
-    creds: dict[str, Any] = {"qom-type": "tls-creds-psk", "id": TLS_ID, "endpoint": endpoint, "dir": str(folder)}
+    add_psk_object(qmp, endpoint, folder, key, TLS_ID)
+    qmp.execute("migrate-set-parameters", {"tls-creds": TLS_ID})
+
+
+def add_psk_object(qmp: QmpSession, endpoint: str, folder: Path, key: str, object_id: str) -> None:
+    """The ``tls-creds-psk`` object ``object_id`` of :func:`add_psk` (also a replication round's NBD client's)."""
+    psk = write_psk(folder, key)
+    creds: dict[str, Any] = {"qom-type": "tls-creds-psk", "id": object_id, "endpoint": endpoint, "dir": str(folder)}
     if endpoint == "client":
         creds["username"] = PSK_IDENTITY
     try:
@@ -67,7 +71,15 @@ def add_psk(qmp: QmpSession, endpoint: str, folder: Path, key: str) -> None:
     finally:
         if endpoint == "client":
             psk.unlink(missing_ok=True)
-    qmp.execute("migrate-set-parameters", {"tls-creds": TLS_ID})
+
+
+def write_psk(folder: Path, key: str) -> Path:
+    """The key file QEMU's ``tls-creds-psk`` reads in ``folder`` (owner-only), for the identity both ends use."""
+    psk = folder / PSK_FILE
+    fd = os.open(psk, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(f"{PSK_IDENTITY}:{key}\n")
+    return psk
 
 
 def remove_psk_file(folder: Path) -> None:
@@ -88,7 +100,7 @@ def serve_disks(qmp: QmpSession, address: str, port: int, devices: list[str]) ->
     if not devices:
         return
     tops = device_tops(qmp)
-    qmp.execute("nbd-server-start", {"addr": {"type": "inet", "data": _inet(address, port)}, "tls-creds": TLS_ID})
+    qmp.execute("nbd-server-start", {"addr": {"type": "inet", "data": inet(address, port)}, "tls-creds": TLS_ID})
     for device in sorted(devices):
         qmp.execute("block-export-add", {"type": "nbd", "id": f"export-{device}", "node-name": tops[device],
                                          "name": device, "writable": True})
@@ -129,7 +141,7 @@ def mirror(qmp: QmpSession, address: str, port: int, devices: list[str]) -> None
     tops = device_tops(qmp)
     for device in sorted(devices):
         qmp.execute("blockdev-add", {"driver": "nbd", "node-name": TARGET_PREFIX + device,
-                                     "server": {"type": "inet", **_inet(address, port)}, "export": device,
+                                     "server": {"type": "inet", **inet(address, port)}, "export": device,
                                      "tls-creds": TLS_ID})
         qmp.execute("blockdev-mirror", {"job-id": JOB_PREFIX + device, "device": tops[device],
                                         "target": TARGET_PREFIX + device, "sync": "full",

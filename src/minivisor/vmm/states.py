@@ -56,6 +56,7 @@ class Action(str, Enum):
     CDROM = "change the CD-ROM medium of"
     EDIT_SPECFILE = "edit the specfile of"
     MIGRATE = "migrate"
+    REPLICATE = "replicate"
 
 
 _OFF = frozenset({VmState.POWERED_OFF})
@@ -82,6 +83,7 @@ LEGAL: dict[Action, frozenset[VmState]] = {
     Action.RESET_NVRAM: _OFF,  # the running firmware has its variable store open
     Action.CDROM: _ANY_SETTLED,  # running: the tray opens and closes (QMP); off: the next power-on's medium
     Action.MIGRATE: _ON,  # its memory and disks move while it runs (or stays paused)
+    Action.REPLICATE: _ANY_SETTLED,  # a round copies from its running VMM, or a storage daemon's if it is off
     Action.EDIT_SPECFILE: _OFF,  # as on VMware: a running VMM was built from the file and would not follow it
 }
 
