@@ -21,6 +21,7 @@ downloading packages (``apt-get download``).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.resources
 import lzma
@@ -33,7 +34,8 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from minivisor.errors import ImageBuildError
@@ -87,6 +89,7 @@ _KERNEL_IMAGE = "arch/x86/boot/bzImage"
 # A build works in cache_dir/.build-XXXX, holding the lock file in it for as long as it runs.
 _WORK_PREFIX = ".build-"
 _WORK_LOCK = ".lock"
+_BUILD_LOCK = ".build.lock"  # in cache_dir: held by the one process building the image
 _UNLOCKED_WORK_AGE = 24 * 3600  # seconds: a work folder without a lock is from a build older than the locks
 
 # The compile step says how far it is every this many files compiled (of ~1,100).
@@ -171,7 +174,10 @@ def build_appliance(cache_dir: Path, *, force: bool = False, progress: Progress 
         return target
     tools = _host_tools()
     try:
-        _build(cache_dir, target, tools, say)
+        with _one_build_at_a_time(cache_dir, say):
+            if target.exists() and not force:  # built by the process we waited for
+                return target
+            _build(cache_dir, target, tools, say)
     except OSError as err:
         raise ImageBuildError(
             f"cannot build the appliance image: {err}",
@@ -179,6 +185,23 @@ def build_appliance(cache_dir: Path, *, force: bool = False, progress: Progress 
         ) from err
     say(f"appliance image ready: {target}")
     return target
+
+
+@contextmanager
+def _one_build_at_a_time(cache_dir: Path, say: Progress) -> Iterator[None]:
+    """Hold the cache's build lock: two processes that need the image at once (two test workers, two users)
+    build it once, not twice side by side on the same CPUs."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / _BUILD_LOCK
+    fd = try_lock(path)
+    if fd is None:
+        say("waiting for another build of the appliance to finish")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 def _build(cache_dir: Path, target: Path, tools: dict[str, str], say: Progress) -> None:
