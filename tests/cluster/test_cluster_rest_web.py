@@ -233,7 +233,10 @@ def test_the_page_shows_the_cluster_and_its_migrate_action_moves_a_running_vm(cl
     ha.click()
     expect(page.locator("#cluster-ha")).to_have_text(f"HA (restarted on another host when theirs dies): web (on {here.name})")
     expect(ha).to_have_text("HA off")
-    assert [vm["vm"] for vm in json.loads(here.ok("cluster", "status", "--json"))["ha"]] == ["web"]
+    # registered on this host alone, with no replica: nothing could restart it, and the status says so
+    assert [(vm["vm"], vm["restarts_on"]) for vm in json.loads(here.ok("cluster", "status", "--json"))["ha"]] == [
+        ("web", [])]
+    assert "web (on " + here.name + "; no other live host can restart it" in here.ok("cluster", "status")
     ha.click()
     expect(page.locator("#cluster-ha")).to_have_text("HA (restarted on another host when theirs dies): none")
     expect(ha).to_have_text("HA on")

@@ -90,6 +90,7 @@ def test_an_ha_vm_runs_again_from_its_replica_with_the_last_rounds_writes(fabric
     print(f"first copy {report['bytes']} bytes; a later incremental round {later['last_bytes']} bytes")
 
     a.ok("vm", "ha", "web", "on")
+    assert [(vm["owner"], vm["restarts_on"]) for vm in a.status()["ha"]] == [("a", ["b"])]  # b holds its replica
     time.sleep(2 * HA_POLL)  # b's restarter has seen web owned by a (a release would not be a death)
     fabric.cut(1)
     cut = time.monotonic()

@@ -43,7 +43,10 @@ def cluster_status(as_json: bool) -> None:
             host.get("minivisor", "-"), host.get("qemu", "-")) for host in status["hosts"]])
     if status["ha"]:
         say("HA (restarted elsewhere when their host dies): " + ", ".join(
-            f"{vm['vm']} ({'on ' + vm['owner'] if vm['owner'] else 'not running'})" for vm in status["ha"]))
+            f"{vm['vm']} ({'on ' + vm['owner'] if vm['owner'] else 'not running'}; "
+            + (f"can restart on {', '.join(vm['restarts_on'])})" if vm["restarts_on"]
+               else "no other live host can restart it: register it on one, or vm replicate it)")
+            for vm in status["ha"]))
     if status["replicas"]:
         from .output import replica_state
 

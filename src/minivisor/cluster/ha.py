@@ -32,7 +32,7 @@ from typing import Protocol
 
 from ..errors import ClusterError, HvError, OwnedElsewhereError
 from .config import ClusterConfig
-from .records import ALIVE, OWNERS, OwnerRecord, from_value, owner_key, to_value
+from .records import ALIVE, OWNERS, LiveRecord, OwnerRecord, from_value, owner_key, to_value
 from .store import Store
 
 __all__ = ["HaRecord", "HaHost", "Restarter", "mark", "is_marked", "marked", "listing", "restart_after", "stale_after",
@@ -119,11 +119,23 @@ def marked(store: Store) -> dict[str, HaRecord]:
     return found
 
 
-def listing(store: Store) -> list[dict[str, str | None]]:
-    """The HA VMs, each with the host that runs it now (None: nobody)."""
+def listing(store: Store) -> list[dict[str, object]]:
+    """The HA VMs, each with the host that runs it now (None: nobody) and the live hosts that could restart it
+    were that host to die (``restarts_on``: those that have it registered, and the one holding its replica)."""
+    from .replication import listing as replications
+
     owners = _owners(store)
-    return [{"vm": record.vm, "uuid": vm_uuid, "owner": owners[vm_uuid].host if vm_uuid in owners else None}
-            for vm_uuid, record in sorted(marked(store).items(), key=lambda item: item[1].vm)]
+    live = {entry.key[len(ALIVE):]: from_value(LiveRecord, entry.value, entry.key)
+            for entry in store.list(ALIVE) if entry.lease}
+    replicas = {item["uuid"]: item["target"] for item in replications(store) if not item["failed_over_to"]}
+    found = []
+    for vm_uuid, record in sorted(marked(store).items(), key=lambda item: item[1].vm):
+        owner = owners[vm_uuid].host if vm_uuid in owners else None
+        able = {host for host, alive in live.items() if vm_uuid.lower() in {u.lower() for u in alive.registered}}
+        if replicas.get(vm_uuid) in live:
+            able.add(replicas[vm_uuid])
+        found.append({"vm": record.vm, "uuid": vm_uuid, "owner": owner, "restarts_on": sorted(able - {owner})})
+    return found
 
 
 class Restarter:

@@ -129,7 +129,7 @@ def ha_of(ctx: VmContext) -> tuple[bool | None, dict[str, Any] | None]:
     return marked, None if found is None else to_value(found[0])
 
 
-def ha_vms(meta: Path) -> list[dict[str, str | None]]:
+def ha_vms(meta: Path) -> list[dict[str, object]]:
     """The VMs marked HA in the cluster, each with the host that runs it now (None: none)."""
     from ..cluster import ha
 

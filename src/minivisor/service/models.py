@@ -731,6 +731,8 @@ class HaVm(Answer):
     vm: str = Field(description="its name where it was marked HA")
     uuid: str
     owner: str | None = Field(description="the host that runs it now (null: none)")
+    restarts_on: list[str] = Field(description="the live hosts, other than its owner, that could restart it were its "
+                                               "host to die: they have it registered, or hold its replica")
 
 
 class Replication(ReplicaOfVm):
