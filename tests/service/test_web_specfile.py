@@ -106,3 +106,23 @@ def test_a_crlf_specfile_keeps_its_line_breaks_through_the_editor(service, page)
     page.click("button[data-action=save-specfile]")
     expect(page.locator("tr[data-vm=vm1] td.memory")).to_have_text("80 MiB")
     assert vmx.read_bytes() == crlf.replace(b'memSize = "64"', b'memSize = "80"') + b'annotation = "new line"\r\n'
+
+
+def test_a_specfile_saved_while_the_event_stream_stalled_is_shown_once_the_page_reconnects(service, page):
+    """The network gone under the page (a laptop's sleep): its event stream stays open and silent, so the page
+    misses what changes. Silent past two of the service's keep-alives, it is given up; the page reconnects and
+    reads again what it shows: the open specfile too, not only the inventory."""
+    page.clock.install()  # the page's timers, run forward below instead of waited for
+    small_vm(Hypervisor(service.root), "vm1")
+    open_specfile(page, service, "vm1")
+    page.context.set_offline(True)
+    read = service.client.get_specfile("vm1")
+    changed = read["text"].replace('memSize = "64"', 'memSize = "80"')
+    service.client.put_specfile("vm1", changed, read["stamp"])
+    page.wait_for_timeout(300)
+    page.context.set_offline(False)
+    expect(page.locator("#specfile-text")).not_to_have_value(changed, timeout=2_000)  # unseen: the stream stalled
+    page.clock.run_for(45_000)  # the stalled stream given up
+    page.clock.run_for(3_000)  # the pause before reconnecting
+    expect(page.locator("#specfile-text")).to_have_value(changed)
+    expect(page.locator("tr[data-vm=vm1] td.memory")).to_have_text("80 MiB")

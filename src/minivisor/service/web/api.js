@@ -29,15 +29,32 @@ export async function api(method, path, body) {
 export const vmPath = (name, rest = "") => "/v1/vms/" + encodeURIComponent(name) + rest;
 
 // Server-sent events read with fetch (EventSource hands over only the event types it is told of).
+// The service writes a keep-alive every 15 s: a stream silent for longer than this has stalled (the network went
+// away under it: a laptop's sleep, a lost route), and is given up, so that the caller reconnects.
+const STALLED_MS = 40_000;
+
 export async function follow(onEvent) {
-  const response = await fetch("/v1/events", {credentials: "same-origin", cache: "no-store"});
-  if (!response.ok) throw new ApiError(response.status, {message: "the event stream was refused"});
-  const reader = response.body.getReader();
+  const stop = new AbortController();
+  let stalled = setTimeout(() => stop.abort(), STALLED_MS);
+  try {
+    const response = await fetch("/v1/events", {credentials: "same-origin", cache: "no-store", signal: stop.signal});
+    if (!response.ok) throw new ApiError(response.status, {message: "the event stream was refused"});
+    await readEvents(response.body.getReader(), onEvent, () => {
+      clearTimeout(stalled);
+      stalled = setTimeout(() => stop.abort(), STALLED_MS);
+    });
+  } finally {
+    clearTimeout(stalled);
+  }
+}
+
+async function readEvents(reader, onEvent, heard) {
   const decoder = new TextDecoder();
   let buffer = "";
   for (;;) {
     const {value, done} = await reader.read();
     if (done) return;
+    heard();
     buffer += decoder.decode(value, {stream: true});
     let end;
     while ((end = buffer.indexOf("\n\n")) >= 0) {
