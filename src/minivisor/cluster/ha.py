@@ -122,17 +122,18 @@ def marked(store: Store) -> dict[str, HaRecord]:
 def listing(store: Store) -> list[dict[str, object]]:
     """The HA VMs, each with the host that runs it now (None: nobody) and the live hosts that could restart it
     were that host to die (``restarts_on``: those that have it registered, and the one holding its replica)."""
-    from .replication import listing as replications
+    from .replication import records as replications
 
     owners = _owners(store)
-    live = {entry.key[len(ALIVE):]: from_value(LiveRecord, entry.value, entry.key)
-            for entry in store.list(ALIVE) if entry.lease}
-    replicas = {item["uuid"]: item["target"] for item in replications(store) if not item["failed_over_to"]}
+    registered = {entry.key[len(ALIVE):]: {vm_uuid.lower() for vm_uuid in
+                                           from_value(LiveRecord, entry.value, entry.key).registered}
+                  for entry in store.list(ALIVE) if entry.lease}  # the live hosts
+    replicas = {vm_uuid: record.target for vm_uuid, record in replications(store).items() if not record.failed_over_to}
     found = []
     for vm_uuid, record in sorted(marked(store).items(), key=lambda item: item[1].vm):
         owner = owners[vm_uuid].host if vm_uuid in owners else None
-        able = {host for host, alive in live.items() if vm_uuid.lower() in {u.lower() for u in alive.registered}}
-        if replicas.get(vm_uuid) in live:
+        able = {host for host, uuids in registered.items() if vm_uuid.lower() in uuids}
+        if replicas.get(vm_uuid) in registered:
             able.add(replicas[vm_uuid])
         found.append({"vm": record.vm, "uuid": vm_uuid, "owner": owner, "restarts_on": sorted(able - {owner})})
     return found

@@ -429,7 +429,7 @@ class Member:
     def _replicate(self) -> None:
         """Each replication this host is the source of gets a round when due (one at a time); replicas kept here
         whose replication ended are removed."""
-        from .replication import REPLICAS, ReplicaRecord
+        from .replication import records as replications
 
         tried: dict[str, float] = {}  # uuid -> when its last round began (wall clock, as the record's last copy)
         while not self._stopping.wait(REPLICATE_POLL):
@@ -438,8 +438,7 @@ class Member:
                 continue
             try:
                 store = self._store(config)
-                records = {entry.key[len(REPLICAS):]: from_value(ReplicaRecord, entry.value, entry.key)
-                           for entry in store.list(REPLICAS)}
+                records = replications(store)
                 self.host.drop_replicas(lambda vm_uuid: records.get(vm_uuid) is not None
                                         and records[vm_uuid].target == config.host
                                         and not records[vm_uuid].failed_over_to)

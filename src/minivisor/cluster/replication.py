@@ -126,16 +126,22 @@ def put_record(store: Store, vm_uuid: str, record: ReplicaRecord) -> None:
     store.put(replica_key(vm_uuid), to_value(record))
 
 
-def listing(store: Store) -> list[dict[str, Any]]:
-    """Every replication (malformed records left out), by VM name: its record's fields and the VM's UUID."""
-    found = []
+def records(store: Store) -> dict[str, ReplicaRecord]:
+    """Every replication: VM uuid -> its record. A malformed record (not minivisor's) is left out, so that it
+    stops no other VM's rounds."""
+    found = {}
     for entry in store.list(REPLICAS):
         try:
-            found.append({**to_value(from_value(ReplicaRecord, entry.value, entry.key)),
-                          "uuid": entry.key[len(REPLICAS):]})
+            found[entry.key[len(REPLICAS):]] = from_value(ReplicaRecord, entry.value, entry.key)
         except ClusterError:
             continue
-    return sorted(found, key=lambda item: item["vm"])
+    return found
+
+
+def listing(store: Store) -> list[dict[str, Any]]:
+    """Every replication, by VM name: its record's fields and the VM's UUID."""
+    return sorted(({**to_value(record), "uuid": vm_uuid} for vm_uuid, record in records(store).items()),
+                  key=lambda item: item["vm"])
 
 
 def refuse_stale_copy(store: Store, config: ClusterConfig, vm_uuid: str, name: str) -> None:

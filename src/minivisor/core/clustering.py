@@ -50,9 +50,8 @@ def claimed(ctx: VmContext) -> Iterator[None]:
         return
     from ..cluster import ownership
     from ..cluster.membership import current
-    from ..cluster.store import Store
-
     from ..cluster.replication import refuse_stale_copy
+    from ..cluster.store import Store
 
     config = current(ctx.datastore.meta)
     store = Store(config.endpoints)
