@@ -535,6 +535,13 @@ def drop_replicas(meta: Path, wanted: Callable[[str], bool]) -> None:
 
 
 # -- HA ------------------------------------------------------------------------------------
+def _move_files(source: Path, target: Path, keep: str = "") -> None:
+    """Every file of ``source`` but ``keep`` renamed into ``target`` (one file system: nothing is copied)."""
+    for item in source.iterdir():
+        if item.name != keep:
+            os.replace(item, target / item.name)
+
+
 def promote(hv: Hypervisor, vm_uuid: str) -> str:
     """Make the replica of ``vm_uuid`` a VM of this host (same UUID, registered under its name) and record in
     ``replicas/<uuid>`` that it failed over here; its name. The power-on is the caller's."""
@@ -550,10 +557,13 @@ def promote(hv: Hypervisor, vm_uuid: str) -> str:
             raise NotFoundError(f"no replica of VM {vm_uuid} on this host")
         hv.datastore.check_new_name(name)
         staging = hv.datastore.staging_dir(name)
-        for item in replica.folder.iterdir():
-            if item.name != STATE:
-                os.replace(item, staging / item.name)
-        hv.datastore.publish(staging, name, vm_uuid)
+        try:
+            _move_files(replica.folder, staging, keep=STATE)
+            hv.datastore.publish(staging, name, vm_uuid)
+        except BaseException:  # not published: the replica gets its files back, whole, for another try
+            _move_files(staging, replica.folder)
+            staging.rmdir()
+            raise
         replica.drop()
     config, store = cluster_of(hv.datastore.meta)
     found = get_record(store, vm_uuid)
