@@ -54,3 +54,23 @@ def test_a_refused_snapshot_says_why_next_to_its_button(service, page):
     page.click("button[data-action=take-snapshot]")
     expect(page.locator("#detail .take .error")).to_contain_text("Take snapshot: ")
     assert service.client.snapshot_list("vm1") == []
+
+
+def test_the_tab_clicked_last_is_the_one_kept_up_to_date(service, page):
+    """A tab whose code arrives after a later click's tab (a slow network) neither shows nor takes its updates."""
+    small_vm(Hypervisor(service.root), "vm1")
+    log_in(page, service)
+    page.click("button[data-action=open][data-vm=vm1]")  # a powered-off VM opens on its snapshots
+    expect(page.locator("#you-are-here")).to_be_visible()
+    held = []
+    page.route("**/graphs.js", lambda route: held.append(route))  # held back until released below
+    page.click("#detail button[data-tab=graphs]")
+    page.click("#detail button[data-tab=snapshots]")
+    expect(page.locator("#you-are-here")).to_be_visible()
+    page.wait_for_timeout(0)  # lets the route handler run
+    assert len(held) == 1
+    with page.expect_response("**/graphs.js"):
+        held[0].continue_()
+    page.fill("#snapshot-name", "base")
+    page.click("button[data-action=take-snapshot]")
+    expect(snapshot(page, "base").locator(":scope > ul > #you-are-here")).to_be_visible()

@@ -31,6 +31,7 @@ export async function showSerial(vm, box) {
   terminal.open(screen);
   let url;
   try { url = await consoleSocket(vm, "serial"); } catch (e) { fail("Serial console: " + e.message); return; }
+  if (!box.isConnected) { terminal.dispose(); return; }  // another tab was opened meanwhile
   const socket = new WebSocket(url);
   socket.binaryType = "arraybuffer";
   socket.onopen = () => { say("Connected to the serial console of " + vm + " (press Enter for a prompt)."); terminal.focus(); };
@@ -48,6 +49,7 @@ export async function showScreen(vm, box) {
   let url;
   try { url = await consoleSocket(vm, "vnc"); } catch (e) { fail("Screen: " + e.message); return; }
   const {default: RFB} = await import("/vendor/novnc/core/rfb.js");
+  if (!box.isConnected) return;  // another tab was opened meanwhile
   const rfb = new RFB(screen, url, {wsProtocols: ["binary"]});
   rfb.scaleViewport = true;
   rfb.addEventListener("connect", () => say("Connected to the screen of " + vm + "."));

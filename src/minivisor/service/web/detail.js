@@ -8,9 +8,12 @@ const TABS = [["Serial console", "./consoles.js", "showSerial"], ["Screen", "./c
               ["Network", "./networks.js", "show"], ["Hardware", "./hardware.js", "show"],
               ["Specfile", "./specfile.js", "show"]];
 let current = null;  // {vm, module, box}
+let opened = 0;  // how many times a tab was opened: a tab whose module came after a later click's is dropped
 
 export async function openDetail(vm, tabIndex = 0) {
+  const opening = ++opened;
   current?.module?.close?.();
+  current = null;
   const detail = $("detail");
   const box = el("div", {class: "tab-body"});
   const tabs = el("div", {class: "tabs"}, ...TABS.map(([label], i) =>
@@ -21,6 +24,7 @@ export async function openDetail(vm, tabIndex = 0) {
   detail.hidden = false;
   const [, path, show] = TABS[tabIndex];
   const module = await import(path);
+  if (opening !== opened) return;  // another tab was clicked while this one's code loaded: that one is shown
   current = {vm, module, box};
   await module[show](vm, box);
 }
