@@ -115,7 +115,8 @@ class Host(Protocol):
         """Run one replication round of the VM ``name`` (LockError if another operation has its turn)."""
 
     def drop_replicas(self, wanted: Callable[[str], bool]) -> None:
-        """Remove the replicas here whose replication ended (``wanted(uuid)`` False)."""
+        """Remove the replicas here whose replication ended (``wanted(uuid)`` False), and what a promotion cut
+        short left."""
 
 
 class Member:

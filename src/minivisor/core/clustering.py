@@ -246,7 +246,7 @@ class ClusterHost:
     def drop_replicas(self, wanted: Callable[[str], bool]) -> None:
         from .replication import drop_replicas
 
-        drop_replicas(self.hv.datastore.meta, wanted)
+        drop_replicas(self.hv.datastore.meta, wanted, registered=self.registered())
 
     def receive_start(self, starter: Starter) -> None:
         from .placing import receive_start

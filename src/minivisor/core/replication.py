@@ -21,7 +21,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from .. import procfs
 from ..errors import ClusterError, ConflictError, HvError, NotFoundError, ReplicaMissingError
 from ..files import write_atomic
+from ..storage.journal import crashpoint
 from ..text import clip, excerpt
 from ..units import human_size
 from ..vmm.states import Action
@@ -376,8 +377,6 @@ class Replica:
     def _finish(self, state: dict[str, Any]) -> dict[str, Any]:
         from ..images.layers import ImageLayer
         from ..images.qemu_img import commit_layer
-        from ..storage.journal import crashpoint
-
         pending = state["pending"]
         for file, size in zip(pending["files"], pending["sizes"]):
             top, base = self.folder / (file + NEXT), self.folder / file
@@ -398,6 +397,11 @@ class Replica:
         self._save(state)
         return state
 
+    def mark_promoting(self, state: dict[str, Any]) -> None:
+        """Record that the replica is being made a VM of this host: if this is cut short once the VM is published,
+        :func:`drop_replicas` removes what is left (links to the VM's own files, which no round may write)."""
+        self._save({**state, "promoting": True})
+
     def drop(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -413,8 +417,6 @@ def receive_round(hv: Hypervisor, round_: Round) -> None:
     """Take one round of ``round_.request`` into this host's replica, or answer why not; a failed round leaves the
     previous replica as it was."""
     from ..cluster.replication import RoundAnswer
-    from ..vmm.replication import serve
-    from .migration import cluster_address, free_ports
 
     request = round_.request
     replica = Replica(hv.datastore.meta, request.uuid)
@@ -521,25 +523,30 @@ def _is_uuid(text: str) -> bool:
     return bool(UUID_FORM.fullmatch(text))
 
 
-def drop_replicas(meta: Path, wanted: Callable[[str], bool]) -> None:
-    """Remove the replicas whose replication ended (``wanted(uuid)`` is False: ``vm replicate --off``), and what a
-    first round that failed left."""
+def drop_replicas(meta: Path, wanted: Callable[[str], bool], registered: Collection[str] = ()) -> None:
+    """Remove the replicas whose replication ended (``wanted(uuid)`` is False: ``vm replicate --off``), what a
+    first round that failed left, and what a promotion cut short after its VM was published left (``registered``:
+    the UUIDs of this host's VMs)."""
     folder = meta / REPLICAS
     for vm_uuid in sorted(e.name for e in folder.iterdir() if _is_uuid(e.name)) if folder.is_dir() else ():
-        if not wanted(vm_uuid):
+        replica = Replica(meta, vm_uuid)
+        if vm_uuid in registered and replica.state().get("promoting"):
+            log.warning("the replica of VM %s was made a VM of this host; what was left of it is removed", vm_uuid)
+        elif not wanted(vm_uuid):
             log.warning("replication of VM %s ended; its replica here is removed", vm_uuid)
-            replica = Replica(meta, vm_uuid)
-            replica.end_round()
-            with replica.turn(timeout=60):
-                replica.drop()
+        else:
+            continue
+        replica.end_round()
+        with replica.turn(timeout=60):
+            replica.drop()
 
 
 # -- HA ------------------------------------------------------------------------------------
-def _move_files(source: Path, target: Path, keep: str = "") -> None:
-    """Every file of ``source`` but ``keep`` renamed into ``target`` (one file system: nothing is copied)."""
+def _link_files(source: Path, target: Path, keep: str) -> None:
+    """Every file of ``source`` but ``keep`` hard-linked into ``target`` (one file system: nothing is copied)."""
     for item in source.iterdir():
-        if item.name != keep:
-            os.replace(item, target / item.name)
+        if item.name != keep and item.is_file():
+            os.link(item, target / item.name, follow_symlinks=False)
 
 
 def promote(hv: Hypervisor, vm_uuid: str) -> str:
@@ -556,14 +563,15 @@ def promote(hv: Hypervisor, vm_uuid: str) -> str:
         if state.get("generation", 0) < 1:
             raise NotFoundError(f"no replica of VM {vm_uuid} on this host")
         hv.datastore.check_new_name(name)
+        replica.mark_promoting(state)
         staging = hv.datastore.staging_dir(name)
-        try:
-            _move_files(replica.folder, staging, keep=STATE)
+        try:  # the VM's folder gets links to the replica's files: the replica stays whole until the VM is published
+            _link_files(replica.folder, staging, keep=STATE)
+            crashpoint("promote-linked")
             hv.datastore.publish(staging, name, vm_uuid)
-        except BaseException:  # not published: the replica gets its files back, whole, for another try
-            _move_files(staging, replica.folder)
-            staging.rmdir()
-            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone if published; links only otherwise
+        crashpoint("promote-published")
         replica.drop()
     config, store = cluster_of(hv.datastore.meta)
     found = get_record(store, vm_uuid)
