@@ -325,3 +325,32 @@ def _refuses_bad_input_in_one_line(a) -> None:
         done = a.cli("vm", "replicate", *args)
         assert done.returncode == code and done.stderr.count("\n") == 1 and words in done.stderr, (args, done.stderr)
     assert a.status()["replicas"] == []
+
+
+def test_a_replication_follows_its_vm_to_another_host_and_ends_on_its_replicas_host(etcd):
+    """What `vm migrate` does to the moved VM's replication record (in a real etcd): the rounds run from the new
+    host, the next one whole; moved onto the host of its replica, the replication ends; changed meanwhile, left."""
+    from dataclasses import replace
+
+    from minivisor.cluster.replication import ReplicaRecord, get_record, put_record
+    from minivisor.cluster.store import Store
+    from minivisor.core.replication import follow_migration
+
+    store = Store(tuple(etcd.urls))
+    vm_uuid = "564d1f0e-2b3c-4d5e-8f60-718293a4b5c6"
+    record = ReplicaRecord("web", "a", "b", 300.0, 1.0, last_copy=2.0, generation=7, last_bytes=65536,
+                           bitmap="minivisor-replica-0123456789ab")
+    put_record(store, vm_uuid, record)
+
+    follow_migration(store, vm_uuid, "a", "c")
+    assert get_record(store, vm_uuid)[0] == replace(record, source="c", bitmap="")  # no bitmap on c: a full round
+
+    follow_migration(store, vm_uuid, "a", "d")  # not its source: the record is someone else's news
+    assert get_record(store, vm_uuid)[0].source == "c"
+    put_record(store, vm_uuid, replace(record, source="c", failed_over_to="b"))
+    follow_migration(store, vm_uuid, "c", "d")  # failed over meanwhile: it stands
+    assert get_record(store, vm_uuid)[0].failed_over_to == "b"
+
+    put_record(store, vm_uuid, replace(record, source="c"))
+    follow_migration(store, vm_uuid, "c", "b")  # onto the replica's host
+    assert get_record(store, vm_uuid) is None

@@ -112,11 +112,24 @@ def _move(vms: Vms, ctx: VmContext, source: Source, what: tuple[str, list[Disk],
                                                     "here is left paused") from exc
     resumed = time.monotonic()
     _leave(vms, ctx, dest)
+    _replication_follows(source)
     source.withdraw()
     handover_ms = round((resumed - copied.pop("completed_at")) * 1000)
     return {"vm": ctx.name, "source": source.config.host, "destination": dest, **copied,
             "handover_ms": handover_ms, "downtime_ms": copied["qemu_downtime_ms"] + handover_ms,
             "total_seconds": round(resumed - started, 3)}
+
+
+def _replication_follows(source: Source) -> None:
+    """The moved VM's replication, if it has one, runs from its new host (an etcd that fails here fails no
+    migration: the VM has moved; its replication is then left as it was, its rounds stopped)."""
+    from .replication import follow_migration
+
+    try:
+        follow_migration(source.store, source.uuid, source.config.host, source.dest)
+    except ClusterError as exc:
+        log.warning("VM %s moved to host %s, but its replication could not follow it: %s", source.vm, source.dest,
+                    exc.one_line())
 
 
 def _what_is_copied(disks: list[Disk]) -> str:

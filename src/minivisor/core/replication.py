@@ -43,8 +43,8 @@ if TYPE_CHECKING:
     from .context import VmContext, Vms
     from .hypervisor import Hypervisor
 
-__all__ = ["replicate", "replication_off", "run_round", "receive_round", "promote", "replica_vms", "drop_replicas",
-           "Replica"]
+__all__ = ["replicate", "replication_off", "follow_migration", "run_round", "receive_round", "promote", "replica_vms",
+           "drop_replicas", "Replica"]
 
 log = logging.getLogger("minivisor.cluster")
 
@@ -103,6 +103,25 @@ def replication_off(vms: Vms, name: str) -> dict[str, Any]:
     store.delete(found[1].key)
     ctx.emit("replicationChanged", target=None)
     return {"vm": ctx.name, "target": found[0].target, "replicated": False}
+
+
+def follow_migration(store: Store, vm_uuid: str, source: str, dest: str) -> None:
+    """The VM moved from ``source`` to ``dest`` (``vm migrate``): its replication follows it. The rounds run from
+    ``dest`` now, the next one whole (the dirty bitmaps stayed behind); a VM moved onto its replica's host ends its
+    replication (a replica on the VM's own host is no copy), and that host removes the replica. A replication
+    changed meanwhile (``--off``, a failover) is left as it is."""
+    from ..cluster.records import to_value
+    from ..cluster.replication import get_record
+
+    found = get_record(store, vm_uuid)
+    if found is None or found[0].source != source or found[0].failed_over_to:
+        return
+    record, entry = found
+    if dest == record.target:
+        log.warning("VM %s moved to host %s, which kept its replica: its replication ended", record.vm, dest)
+        store.delete(entry.key, mod_revision=entry.mod_revision)
+        return
+    store.replace(entry.key, to_value(replace(record, source=dest, bitmap="")), entry.mod_revision)
 
 
 def run_round(vms: Vms, name: str, progress: Callable[[str], None] | None = None, *, wait: float = 0) -> dict[str, Any]:
