@@ -11,7 +11,8 @@ import pytest
 
 from minivisor.cluster.config import ClusterConfig
 from minivisor.cluster.ha import Restarter, ha_key, restart_after, stale_after
-from minivisor.cluster.records import alive_key, owner_key
+from minivisor.cluster import rules
+from minivisor.cluster.records import LiveRecord, alive_key, owner_key, to_value
 from minivisor.cluster.store import Store
 from minivisor.errors import OwnedElsewhereError
 
@@ -114,4 +115,43 @@ def test_a_vm_seen_orphaned_stays_so_and_one_another_host_restarted_is_forgotten
     time.sleep(restart_after(TTL) + 0.1)
     restarter.poll(store, config, 2)
     restarter.poll(store, config, 2)
+    assert len(host.restarts) == 1
+
+
+def alive(store: Store, host: str, room_mib: int, running: tuple[str, ...] = ()) -> int:
+    """Host ``host`` live with the VM registered, ``room_mib`` of memory room and ``running`` VMs; its lease."""
+    lease = store.grant(60)
+    record = LiveRecord(id=f"id-{host}", memory_free_mib=room_mib, memory_total_mib=4096, cpus=2, vms=running,
+                        minivisor="test", qemu="7.2", updated=time.time(), registered=(VM,), memory_room_mib=room_mib)
+    store.put(alive_key(host), to_value(record), lease=lease)
+    return lease
+
+
+@pytest.mark.parametrize("preferred", ["me", "y"])
+def test_the_member_placement_prefers_tries_first_and_the_others_after_a_lease(cluster, preferred):
+    """Two live members could restart the VM: the one with more memory room tries at the fencing delay, the other
+    a lease's time later (if the VM has no owner by then: its try failed)."""
+    store, config, restarter, host, lease = cluster
+    alive(store, "me", 2048 if preferred == "me" else 1024)
+    alive(store, "y", 2048 if preferred == "y" else 1024)
+    store.revoke(lease)
+    restarter.poll(store, config, 1)
+    time.sleep(restart_after(TTL) + 0.1)
+    restarter.poll(store, config, 1)
+    assert len(host.restarts) == (1 if preferred == "me" else 0)
+    if preferred == "y":
+        time.sleep(TTL)
+        restarter.poll(store, config, 1)
+        assert len(host.restarts) == 1  # y did not power it on: this member does
+
+
+def test_a_rule_makes_the_member_with_less_room_the_first_to_try(cluster):
+    store, config, restarter, host, lease = cluster
+    rules.add(store, "apart", ["web", "db"])
+    alive(store, "me", 1024)
+    alive(store, "y", 2048, running=("db",))  # more room, but db runs there
+    store.revoke(lease)
+    restarter.poll(store, config, 1)
+    time.sleep(restart_after(TTL) + 0.1)
+    restarter.poll(store, config, 1)
     assert len(host.restarts) == 1

@@ -15,9 +15,12 @@ VM, same UUID, to each of them) or keep its replica (``vm replicate``: made a VM
   look like a death alone;
 - when the owner is gone with its lease (the host died, or was cut off and fenced: its lease expired or was
   revoked), the member waits :func:`restart_after` more, so that the dead host, which fences at 0.6 TTL after
-  its last renewal, has certainly killed its VMMs; then it powers the VM on here. The power-on claims the VM
-  with the same compare-and-swap as any other (:func:`minivisor.cluster.ownership.claim`): when several
-  members try at once, exactly one runs it, the others are told who owns it and forget it.
+  its last renewal, has certainly killed its VMMs; then the member placement prefers among the live hosts that
+  could run it (:func:`minivisor.cluster.placement.first_restarter`: no rule against it, the most memory room,
+  the least load) powers it on; the others wait a lease's time more, and try if it still has no owner. The
+  power-on claims the VM with the same compare-and-swap as any other
+  (:func:`minivisor.cluster.ownership.claim`): when several members try at once, exactly one runs it, the
+  others are told who owns it and forget it.
 
 A member that never saw the VM owned (it started after the VM's host died) restarts nothing: powering a VM
 on when a whole cluster comes back is autostart's job. While etcd cannot be reached, nothing is restarted.
@@ -28,12 +31,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 from ..errors import ClusterError, HvError, OwnedElsewhereError
 from .config import ClusterConfig
 from .records import ALIVE, OWNERS, LiveRecord, OwnerRecord, from_value, owner_key, to_value
-from .store import Store
+from .store import Entry, Store
 
 __all__ = ["HaRecord", "HaHost", "Restarter", "mark", "is_marked", "marked", "listing", "restart_after", "stale_after",
            "HA"]
@@ -122,21 +125,42 @@ def marked(store: Store) -> dict[str, HaRecord]:
 def listing(store: Store) -> list[dict[str, object]]:
     """The HA VMs, each with the host that runs it now (None: nobody) and the live hosts that could restart it
     were that host to die (``restarts_on``: those that have it registered, and the one holding its replica)."""
-    from .replication import records as replications
-
     owners = _owners(store)
-    registered = {entry.key[len(ALIVE):]: {vm_uuid.lower() for vm_uuid in
-                                           from_value(LiveRecord, entry.value, entry.key).registered}
-                  for entry in store.list(ALIVE) if entry.lease}  # the live hosts
-    replicas = {vm_uuid: record.target for vm_uuid, record in replications(store).items() if not record.failed_over_to}
+    hosts = _live_hosts(store.list(ALIVE))
+    replicas = _replica_hosts(store)
     found = []
     for vm_uuid, record in sorted(marked(store).items(), key=lambda item: item[1].vm):
         owner = owners[vm_uuid].host if vm_uuid in owners else None
-        able = {host for host, uuids in registered.items() if vm_uuid.lower() in uuids}
-        if replicas.get(vm_uuid) in registered:
-            able.add(replicas[vm_uuid])
+        able = _able(vm_uuid, hosts, replicas)
         found.append({"vm": record.vm, "uuid": vm_uuid, "owner": owner, "restarts_on": sorted(able - {owner})})
     return found
+
+
+def _live_hosts(alive: list[Entry]) -> dict[str, LiveRecord]:
+    """The live hosts' records (attached to a lease), a malformed one (not minivisor's) left out."""
+    hosts = {}
+    for entry in alive:
+        try:
+            if entry.lease:
+                hosts[entry.key[len(ALIVE):]] = from_value(LiveRecord, entry.value, entry.key)
+        except ClusterError as exc:
+            log.warning("cluster: %s", exc.one_line())
+    return hosts
+
+
+def _replica_hosts(store: Store) -> dict[str, str]:
+    """VM uuid -> the host keeping its replica (replications that did not fail over)."""
+    from .replication import records as replications
+
+    return {vm_uuid: record.target for vm_uuid, record in replications(store).items() if not record.failed_over_to}
+
+
+def _able(vm_uuid: str, hosts: dict[str, LiveRecord], replicas: dict[str, str]) -> set[str]:
+    """The live hosts that could power the VM on: those that have it registered, and the one keeping its replica."""
+    able = {host for host, record in hosts.items() if vm_uuid.lower() in {uuid.lower() for uuid in record.registered}}
+    if replicas.get(vm_uuid) in hosts:
+        able.add(replicas[vm_uuid])
+    return able
 
 
 class Restarter:
@@ -158,7 +182,8 @@ class Restarter:
         registered = {**self.host.replicas(), **self.host.registered()}
         watched = ha.keys() & registered.keys()
         owners = _owners(store)
-        live = {entry.key[len(ALIVE):]: entry.lease for entry in store.list(ALIVE)}
+        alive = store.list(ALIVE)
+        live = {entry.key[len(ALIVE):]: entry.lease for entry in alive}
         now = time.monotonic()
         if now - self._looked > stale_after(config.ttl) or lease != self._lease:
             # Out of touch (etcd unreachable; this host fenced, with a new lease since): an owner seen before may
@@ -171,18 +196,24 @@ class Restarter:
                 self._seen[vm_uuid] = owners[vm_uuid]
                 self._orphaned.pop(vm_uuid, None)
             elif vm_uuid in self._seen:
-                self._judge(vm_uuid, registered[vm_uuid], live, now, config)
+                self._judge(vm_uuid, registered[vm_uuid], live, now, config,
+                            lambda vm_uuid, name: _first_restarter(store, alive, vm_uuid, name))
         for gone in set(self._seen) - watched:  # no longer HA, or not registered here
             self._forget(gone)
 
-    def _judge(self, vm_uuid: str, name: str, live: dict[str, int], now: float, config: ClusterConfig) -> None:
-        """The VM has no owner: released (its host lives), or orphaned by its host's death."""
+    def _judge(self, vm_uuid: str, name: str, live: dict[str, int], now: float, config: ClusterConfig,
+               first_restarter: Callable[[str, str], str | None]) -> None:
+        """The VM has no owner: released (its host lives), or orphaned by its host's death. Once the fencing delay
+        has passed, the member placement prefers tries first; the others a lease's time later, should it fail."""
         last = self._seen[vm_uuid]
         if live.get(last.host) == last.lease:  # its host released it: powered off, not dead
             self._forget(vm_uuid)
             return
         since = self._orphaned.setdefault(vm_uuid, now)
         if now - since < restart_after(config.ttl) or now < self._retry.get(vm_uuid, 0.0):
+            return
+        if now - since < restart_after(config.ttl) + config.ttl and \
+                first_restarter(vm_uuid, name) not in (None, config.host):
             return
         reason = f"its host {last.host!r} is gone from the cluster (lease expired {now - since:.1f} s ago)"
         log.warning("HA: VM %s was running on host %s, whose lease is gone; powering it on here", name, last.host)
@@ -200,6 +231,16 @@ class Restarter:
     def _forget(self, vm_uuid: str) -> None:
         for memory in (self._seen, self._orphaned, self._retry):
             memory.pop(vm_uuid, None)
+
+
+def _first_restarter(store: Store, alive: list[Entry], vm_uuid: str, name: str) -> str | None:
+    """The live host placement prefers to power the orphaned HA VM on (see placement.first_restarter)."""
+    from . import rules
+    from .placement import Wanted, first_restarter
+
+    hosts = _live_hosts(alive)
+    return first_restarter(Wanted(name, vm_uuid, 0), _able(vm_uuid, hosts, _replica_hosts(store)), hosts,
+                           rules.listed(store))
 
 
 def _owners(store: Store) -> dict[str, Owned]:

@@ -26,7 +26,7 @@ from ..host.admission import overhead_mib
 from ..records import Record
 from .records import LiveRecord, RuleRecord
 
-__all__ = ["Wanted", "choose", "needed_mib", "refusals", "ruled_out", "MAX_SAID"]
+__all__ = ["Wanted", "choose", "first_restarter", "needed_mib", "refusals", "ruled_out", "MAX_SAID"]
 
 MAX_SAID = 8  # hosts whose reasons a refusal names
 
@@ -66,8 +66,23 @@ def choose(vm: Wanted, hosts: Mapping[str, LiveRecord], rules: Iterable[RuleReco
         reasons = "; ".join(said) or "the cluster has no live host"
         raise NoHostFitsError(f"no host can power {vm.name!r} on: {reasons}",
                               hint="free memory on a host, register the VM there, or change the rules (vm rule list)")
-    return min(fitting, key=lambda name: (name != here, -_room(hosts[name]),
-                                          hosts[name].load / max(hosts[name].cpus, 1), name))
+    return min(fitting, key=lambda name: (name != here, *_preference(name, hosts[name])))
+
+
+def first_restarter(vm: Wanted, able: Iterable[str], hosts: Mapping[str, LiveRecord],
+                    rules: Iterable[RuleRecord]) -> str | None:
+    """Of the live hosts ``able`` to restart the HA VM ``vm`` (keys of ``hosts``), the one placement prefers: one no
+    rule keeps it off first, then as :func:`choose` ranks them; None if there is none. Each member computes the
+    same from the same records, so that the others give it the first try."""
+    running_on = {name: set(record.vms) for name, record in hosts.items()}
+    rules = list(rules)
+    return min((name for name in able if name in hosts), default=None,
+               key=lambda name: (bool(ruled_out(vm, name, running_on, rules)), *_preference(name, hosts[name])))
+
+
+def _preference(name: str, record: LiveRecord) -> tuple[int, float, str]:
+    """How placement ranks hosts that fit: the most memory room, then the least load per CPU, then by name."""
+    return -_room(record), record.load / max(record.cpus, 1), name
 
 
 def refusals(vm: Wanted, hosts: Mapping[str, LiveRecord], rules: list[RuleRecord],
