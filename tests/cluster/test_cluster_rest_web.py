@@ -242,6 +242,25 @@ def test_the_page_shows_the_cluster_and_its_migrate_action_moves_a_running_vm(cl
     expect(ha).to_have_text("HA on")
     assert json.loads(here.ok("cluster", "status", "--json"))["ha"] == []
 
+    # replication: a round copies web's disks to a replica on the other host; its end, and that host removes it
+    replicas = page.locator("#cluster-replicas")
+    expect(replicas).to_have_text("Replicated (disks copied to a replica on another host): none")
+    expect(page.locator("select.replicate-host[data-vm=web] option")).to_have_text([there.name])
+    page.select_option("select.replicate-every[data-vm=web]", "900")
+    page.click("button[data-action=replicate][data-vm=web]")
+    expect(replicas).to_contain_text(f"web → {there.name} (last good copy ")
+    expect(replicas).to_contain_text(", generation 1, every 15 min)")
+    expect(page.locator("span.replica[data-vm=web]")).to_have_text(f"replica on {there.name}")
+    vm_uuid = Hypervisor(here.root).get_vm("web").uuid
+    replica = there.root / ".minivisor" / "replicas" / vm_uuid.lower()
+    assert (replica / "state.json").exists()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("button[data-action=replicate-off][data-vm=web]")
+    expect(replicas).to_have_text("Replicated (disks copied to a replica on another host): none")
+    expect(page.locator("button[data-action=replicate][data-vm=web]")).to_be_visible()
+    assert json.loads(here.ok("cluster", "status", "--json"))["replicas"] == []
+    wait_for(f"{there.name} to remove the replica", lambda: not replica.exists(), timeout=30)
+
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("button[data-action=migrate][data-vm=web]")
     done = page.locator("#tasks tr[data-operation=migrate_vm][data-state=done]")

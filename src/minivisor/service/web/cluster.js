@@ -1,7 +1,8 @@
 // The cluster this host is in (GET /v1/cluster): every host, live or not, with its free memory, CPUs, running VMs
-// and versions, and the VMs marked HA; a running VM's Migrate action to a live other host (POST
+// and versions, the VMs marked HA and the replications; a running VM's Migrate action to a live other host (POST
 // /v1/vms/<name>/migrate: a task of the service, its progress in the task list); every VM's HA switch (PUT
-// /v1/vms/<name>/ha). On a single host none of it shows (the body has no data-cluster).
+// /v1/vms/<name>/ha); a running VM's Replicate action, and a replicated VM's end of it (POST
+// /v1/vms/<name>/replicate, /replicate/off). On a single host none of it shows (the body has no data-cluster).
 
 import {api, vmPath} from "./api.js";
 import {$, el} from "./dom.js";
@@ -41,9 +42,15 @@ export async function showCluster() {
     el("td", {class: "vms", text: (host.vms || []).join(", ")}),
     el("td", {class: "versions", text: host.live ? "minivisor " + host.minivisor + ", QEMU " + host.qemu : ""})));
   const ha = status.ha.map((vm) => vm.vm + " (" + (vm.owner ? "on " + vm.owner : "not running") + ")");
+  const replicas = status.replicas.map((r) => r.vm + " → " + r.target + (r.failed_over_to
+    ? " (failed over to " + r.failed_over_to + ")"
+    : " (" + (r.last_copy ? "last good copy " + new Date(r.last_copy * 1000).toLocaleString() + ", generation " +
+              r.generation : "no good copy yet") + ", every " + every(r.every) + ")"));
   box.replaceChildren(el("h2", {text: "Cluster"}),
     el("p", {text: "etcd " + status.etcd + " at " + status.endpoints.join(", ") + " · lease " + status.ttl + " s"}),
     el("p", {id: "cluster-ha", text: "HA (restarted on another host when theirs dies): " + (ha.join(", ") || "none")}),
+    el("p", {id: "cluster-replicas", text: "Replicated (disks copied to a replica on another host): " +
+                                           (replicas.join(", ") || "none")}),
     el("table", {id: "cluster-hosts"},
        el("thead", {}, el("tr", {}, ...["Host", "Live", "Free memory", "CPUs", "Running VMs", "Versions"]
          .map((h) => el("th", {text: h})))),
@@ -72,4 +79,35 @@ export function migrateControls(vm) {
   const go = actionButton("Migrate", "migrate", vm, () => api("POST", vmPath(vm, "/migrate"), {host: choice.value}),
                           {confirm});
   return [choice, go];
+}
+
+// How often a replication round runs: the choices offered, in seconds (vSphere Replication's RPOs start at 5 min).
+const EVERY = [[300, "every 5 min"], [900, "every 15 min"], [3600, "every hour"]];
+
+function every(seconds) {
+  return seconds % 3600 === 0 ? seconds / 3600 + " h" : seconds % 60 === 0 ? seconds / 60 + " min" : seconds + " s";
+}
+
+// A VM's replication (vm replicate): a running VM's disks copied in rounds to a replica on a live other host (HA
+// then powers the replica on if the VM's host dies), or, replicated already, where to and the button that ends it.
+export function replicateControls(vm) {
+  if (!status) return [];
+  const replica = status.replicas.find((r) => r.uuid === vm.uuid && !r.failed_over_to);
+  if (replica) {
+    return [el("span", {class: "replica", dataset: {vm: vm.name}, text: "replica on " + replica.target}),
+            actionButton("Stop replicating", "replicate-off", vm.name, async () => {
+              await api("POST", vmPath(vm.name, "/replicate/off"));
+              await showCluster();  // the replications, which the row reads
+            }, {confirm: "Stop replicating {vm}? Host " + replica.target + " removes its replica."})];
+  }
+  const targets = migrationTargets();
+  if (vm.state !== "running" || !targets.length) return [];
+  const host = el("select", {class: "replicate-host", dataset: {vm: vm.name}, "aria-label": "host to keep a replica of " + vm.name},
+                  ...targets.map((name) => el("option", {value: name, text: name})));
+  const often = el("select", {class: "replicate-every", dataset: {vm: vm.name}, "aria-label": "how often to copy " + vm.name},
+                   ...EVERY.map(([seconds, label]) => el("option", {value: String(seconds), text: label})));
+  return [host, often, actionButton("Replicate", "replicate", vm.name, async () => {
+    await api("POST", vmPath(vm.name, "/replicate"), {host: host.value, every: Number(often.value)});
+    await showCluster();
+  })];
 }

@@ -1,7 +1,7 @@
 // The page: log in once, then the inventory of every VM, kept current from the event stream, with its actions.
 
 import {api, follow, vmPath, whenLoggedOut} from "./api.js";
-import {haControls, migrateControls, showCluster} from "./cluster.js";
+import {haControls, migrateControls, replicateControls, showCluster} from "./cluster.js";
 import {$, el} from "./dom.js";
 import {openDetail, refreshDetail, refreshOpenDetail} from "./detail.js";
 import {setUp as setUpDatastore, showDatastore} from "./datastore.js";
@@ -79,6 +79,7 @@ function renderRow(vm) {
   }
   if (vm.state === "running") actions.append(...migrateControls(vm.name));
   actions.append(...haControls(vm));
+  actions.append(...replicateControls(vm));
   const firstTab = vm.state === "poweredOff" ? 2 : 0;  // a powered-off VM has no console: its snapshots
   actions.append(el("button", {text: "Open", dataset: {action: "open", vm: vm.name},
                                onclick: () => openDetail(vm.name, firstTab)}));
