@@ -82,7 +82,8 @@ def replica_state(replica: dict[str, Any]) -> str:
     if replica["failed_over_to"]:
         return f"failed over to {replica['failed_over_to']} at {_utc(replica['failed_over_at'])}"
     age = f"last good copy {time.time() - replica['last_copy']:.0f} s ago" if replica["last_copy"] else "no copy yet"
-    return f"on {replica['target']}, {age} (generation {replica['generation']}, every {replica['every']:g} s)"
+    behind = "; BEHIND: its rounds fail (see its source's service log)" if replica.get("behind") else ""
+    return f"on {replica['target']}, {age} (generation {replica['generation']}, every {replica['every']:g} s){behind}"
 
 
 def _utc(when: float) -> str:

@@ -32,14 +32,14 @@ from .records import Mailbox, check_host_name, from_value, to_value
 from .store import Entry, Store
 
 __all__ = ["ReplicaRecord", "RoundRequest", "RoundDisk", "RoundAnswer", "Round", "read_request", "requests_for",
-           "replica_key", "check_uuid", "parse_every", "check_every", "get_record", "put_record", "listing",
-           "refuse_stale_copy",
-           "REPLICAS", "MIN_EVERY"]
+           "replica_key", "check_uuid", "parse_every", "check_every", "get_record", "put_record", "listing", "shown",
+           "is_behind", "refuse_stale_copy", "REPLICAS", "MIN_EVERY"]
 
 REPLICAS = "replicas/"
 MAILBOX = Mailbox("replications/", "replicated/")
 MIN_EVERY = 2.0  # seconds: the shortest interval between two rounds (tests use a few seconds; people minutes)
 MAX_EVERY = 7 * 24 * 3600.0
+BEHIND_GRACE = 60.0  # seconds past two intervals before a replication without a good copy is said to be behind
 UUID_FORM = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _ID = re.compile(r"[0-9a-f]{32}")
 _KEY = re.compile(r"[0-9a-f]{64}")
@@ -139,9 +139,20 @@ def records(store: Store) -> dict[str, ReplicaRecord]:
 
 
 def listing(store: Store) -> list[dict[str, Any]]:
-    """Every replication, by VM name: its record's fields and the VM's UUID."""
-    return sorted(({**to_value(record), "uuid": vm_uuid} for vm_uuid, record in records(store).items()),
+    """Every replication, by VM name: as :func:`shown`, and the VM's UUID."""
+    return sorted(({**shown(record), "uuid": vm_uuid} for vm_uuid, record in records(store).items()),
                   key=lambda item: item["vm"])
+
+
+def shown(record: ReplicaRecord) -> dict[str, Any]:
+    """A replication as ``vm show`` and ``cluster status`` give it: its record's fields and whether it is behind."""
+    return {**to_value(record), "behind": is_behind(record, time.time())}
+
+
+def is_behind(record: ReplicaRecord, now: float) -> bool:
+    """Whether the replica is older than its rounds promise: no good copy for two intervals and a minute (its
+    rounds fail, or its source is down), so that HA would lose more than the user chose to."""
+    return not record.failed_over_to and now - (record.last_copy or record.created) > 2 * record.every + BEHIND_GRACE
 
 
 def refuse_stale_copy(store: Store, config: ClusterConfig, vm_uuid: str, name: str) -> None:

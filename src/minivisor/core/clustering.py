@@ -117,7 +117,6 @@ def ha_of(ctx: VmContext) -> tuple[bool | None, dict[str, Any] | None]:
     if not cluster_config.exists(ctx.datastore.meta):
         return None, None
     from ..cluster import ha, replication
-    from ..cluster.records import to_value
 
     try:
         store = cluster_of(ctx.datastore.meta, timeout=QUICK_LOOK, patience=0)[1]
@@ -125,7 +124,7 @@ def ha_of(ctx: VmContext) -> tuple[bool | None, dict[str, Any] | None]:
         found = replication.get_record(store, ctx.uuid)
     except ClusterError:
         return None, None
-    return marked, None if found is None else to_value(found[0])
+    return marked, None if found is None else replication.shown(found[0])
 
 
 def ha_vms(meta: Path) -> list[dict[str, object]]:

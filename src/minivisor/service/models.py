@@ -393,6 +393,8 @@ class ReplicaOfVm(Answer):
     bitmap: str = Field(description="the dirty bitmap of the writes since the last good copy")
     failed_over_to: str = Field(description="the host HA powered the replica on (\"\": none)")
     failed_over_at: float
+    behind: bool = Field(description="no good copy for two intervals and a minute: its rounds fail, or its source "
+                                     "is down (a failover would lose more than `every`)")
 
 
 class Vm(Answer):

@@ -45,7 +45,8 @@ export async function showCluster() {
   const replicas = status.replicas.map((r) => r.vm + " → " + r.target + (r.failed_over_to
     ? " (failed over to " + r.failed_over_to + ")"
     : " (" + (r.last_copy ? "last good copy " + new Date(r.last_copy * 1000).toLocaleString() + ", generation " +
-              r.generation : "no good copy yet") + ", every " + every(r.every) + ")"));
+              r.generation : "no good copy yet") + ", every " + every(r.every) + ")" +
+    (r.behind ? " BEHIND: its rounds fail" : "")));
   box.replaceChildren(el("h2", {text: "Cluster"}),
     el("p", {text: "etcd " + status.etcd + " at " + status.endpoints.join(", ") + " · lease " + status.ttl + " s"}),
     el("p", {id: "cluster-ha", text: "HA (restarted on another host when theirs dies): " + (ha.join(", ") || "none")}),
@@ -94,7 +95,8 @@ export function replicateControls(vm) {
   if (!status) return [];
   const replica = status.replicas.find((r) => r.uuid === vm.uuid && !r.failed_over_to);
   if (replica) {
-    return [el("span", {class: "replica", dataset: {vm: vm.name}, text: "replica on " + replica.target}),
+    return [el("span", {class: "replica", dataset: {vm: vm.name, behind: String(replica.behind)},
+                        text: "replica on " + replica.target + (replica.behind ? " (behind)" : "")}),
             actionButton("Stop replicating", "replicate-off", vm.name, async () => {
               await api("POST", vmPath(vm.name, "/replicate/off"));
               await showCluster();  // the replications, which the row reads
