@@ -260,6 +260,26 @@ def test_kill_during_a_convert_leaves_no_file(vm):
     assert holds(folder / "copy.vmdk", 1)
 
 
+@pytest.mark.parametrize(("crash_at", "completes"), [("add-disk:created", False), ("add-disk:step0", True)])
+def test_kill_while_adding_a_disk_leaves_it_added_or_no_file(vm, crash_at, completes):
+    hv, folder = vm
+    before = (folder / "w.vmx").read_bytes()
+    result = cli(hv.datastore.root, "vm", "disk", "w", "add", "8M", crash_at=crash_at)
+    assert result.returncode == -signal.SIGKILL
+    assert cli(hv.datastore.root, "snapshot", "list", "w").returncode == 0  # the next operation: recovers
+    assert not (folder / JOURNAL_NAME).exists()
+    nodes = [d["node"] for d in hv.vm_disks("w")]
+    if completes:  # the specfile naming the disk was committed: written
+        assert nodes == ["scsi0:0", "scsi0:1"]
+        assert check_disk(read_layer(folder / "w_scsi0-1.qcow2", "qcow2"))[0] == 0
+    else:  # not yet: the disk's file is gone, the specfile as it was
+        assert nodes == ["scsi0:0"] and (folder / "w.vmx").read_bytes() == before
+        assert_consistent(hv, folder)  # no layer but the one the specfile names
+    again = cli(hv.datastore.root, "vm", "disk", "w", "add", "8M", "--json")  # no orphan stands in the way
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["node"] == ("scsi0:2" if completes else "scsi0:1")
+
+
 @pytest.mark.qemu
 def test_kill_during_online_snapshots_of_a_running_vm(hv, appliance_image):
     create_guest(hv, "w", appliance_image, memory_mib=128, network="none")

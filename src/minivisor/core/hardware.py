@@ -18,6 +18,7 @@ from ..images.qemu_img import create_disk
 from ..spec.devices import CONTROLLER_COUNT, UNIT_COUNT
 from ..spec.vmspec import DiskController, VmSpec
 from ..spec.vmx import VmxDocument
+from ..storage.journal import Journal, crashpoint, write_step
 from ..units import parse_size
 from ..vmm.plan import check_host_fit
 from .context import VmContext
@@ -61,12 +62,16 @@ def add_disk(ctx: VmContext, size: str, *, thick: bool) -> dict[str, Any]:
         doc.delete(key)
     doc.set(f"{node}.present", "TRUE")
     doc.set(f"{node}.fileName", file_name)  # no deviceType: a hard disk, as VMware writes most
+    journal = Journal(vm_dir=ctx.vm_dir, op="add-disk")
+    journal.begin([target])  # killed from here until the specfile is committed: the next operation deletes it
     create_disk(target, size_bytes, "qcow2", thick=thick)
-    try:
-        saved = save_edit(ctx, doc, "diskAdded", node=node, file=file_name, size=size_bytes)
-    except BaseException:
-        target.unlink(missing_ok=True)
-        raise
+    crashpoint("add-disk:created")
+
+    def commit(data: bytes) -> None:  # the specfile naming the disk: written even if killed now (rolled forward)
+        journal.commit([write_step(ctx.vmx.name, data)])
+        journal.run()
+
+    saved = save_edit(ctx, doc, "diskAdded", write=commit, node=node, file=file_name, size=size_bytes)
     return {"node": node, "file": file_name, "size": size_bytes, "thick": thick, **saved}
 
 

@@ -209,9 +209,10 @@ class Hypervisor:
         """Add a new empty disk of ``size`` (thin unless ``thick``) to a powered-off VM: its file in the VM's
         folder, its lines in the specfile, on the first free unit of the first hard disk's controller."""
         from . import hardware
+        from .recovery import disk_operation
 
         check_args(size=size)
-        with self._powered_off(name, Action.EDIT_SPECFILE) as ctx:
+        with disk_operation(self.vms, name, Action.EDIT_SPECFILE) as ctx:  # a new disk undone if cut short
             return hardware.add_disk(ctx, size, thick=thick)
 
     # -- creating and removing -------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ArgumentError, ConflictError, SpecError
@@ -57,17 +58,23 @@ def replace(ctx: VmContext, text: str, stamp: str) -> dict[str, Any]:
     return _write_checked(ctx, VmxDocument.parse(data, source=ctx.vmx.name), data, "specfileChanged")
 
 
-def save_edit(ctx: VmContext, doc: VmxDocument, event: str, **details: Any) -> dict[str, Any]:
+def save_edit(ctx: VmContext, doc: VmxDocument, event: str, *, write: Callable[[bytes], None] | None = None,
+              **details: Any) -> dict[str, Any]:
     """Write ``doc``, the (powered-off) VM's specfile as read and then changed by the core (a structured edit:
     CPUs, memory, a disk), if power-on's checks pass, as :func:`replace` writes a user's text; ``event`` (with
-    ``details``) says what changed. Returns what :func:`replace` returns."""
-    return _write_checked(ctx, doc, doc.to_bytes(), event, **details)
+    ``details``) says what changed; ``write`` writes the bytes [default: atomically, in place]. Returns what
+    :func:`replace` returns."""
+    return _write_checked(ctx, doc, doc.to_bytes(), event, write=write, **details)
 
 
-def _write_checked(ctx: VmContext, doc: VmxDocument, data: bytes, event: str, **details: Any) -> dict[str, Any]:
+def _write_checked(ctx: VmContext, doc: VmxDocument, data: bytes, event: str, *,
+                   write: Callable[[bytes], None] | None = None, **details: Any) -> dict[str, Any]:
     """``data`` (the bytes of ``doc``) as the VM's specfile once ``doc`` checks out; nothing written otherwise."""
     notes = _checked(ctx, doc)
-    write_atomic(ctx.vmx, data, mode=0o600)
+    if write is None:
+        write_atomic(ctx.vmx, data, mode=0o600)
+    else:
+        write(data)
     ctx.inventory.summaries([ctx.entry])  # the cached summary (vm list, the inventory) is the new file's
     new_stamp = stamp_of(data)
     ctx.emit(event, stamp=new_stamp, **details)
