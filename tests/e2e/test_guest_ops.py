@@ -144,6 +144,9 @@ class TestOnOneRunningGuest:
         with pytest.raises(GuestTimeoutError, match="did not finish within 2 s: killed"):
             hv.exec_in_vm(agent_vm, ["sleep", "300"], timeout=2, via="agent")
         assert hv.exec_in_vm(agent_vm, "ps | grep -c 'sleep 30[0]'", via="agent").output == "0\n"
+        with pytest.raises(GuestTimeoutError, match="did not finish within 2 s: killed"):  # what it started ends too
+            hv.exec_in_vm(agent_vm, "sleep 303 & sleep 304 | cat; echo never", timeout=2, via="agent")
+        assert hv.exec_in_vm(agent_vm, "ps | grep -c 'sleep 30[34]'", via="agent").output == "0\n"
         with pytest.raises(GuestTimeoutError, match="did not finish within 3 s: killed"):
             hv.exec_in_vm(agent_vm, "echo started; exec sleep 301", timeout=3, via="serial")
         after = hv.exec_in_vm(agent_vm, "echo still here; ps | grep -c 'sleep 30[1]'", via="serial")

@@ -31,6 +31,10 @@ AGENT_ANSWER = 3.0  # seconds a listening agent has to answer the handshake (els
 CHUNK = MAX_CHUNK  # bytes per guest-file-read/-write: fewer round trips, each bounded
 POLL_FIRST, POLL_MAX = 0.002, 0.05  # seconds between guest-exec-status polls: short ones first, then longer
 SHELL = "/bin/sh"  # what the agent runs a command line with: the one shell POSIX promises
+# The command line ($1) in a process group of its own where the guest has setsid (util-linux, busybox), so that a
+# timeout ends what it started too (setsid in a process that leads no group keeps its pid: the agent's pid for it
+# is the group's id); else in the agent's group, where a timeout ends the shell alone.
+OWN_GROUP = 'command -v setsid >/dev/null 2>&1 && exec setsid "$0" -c "$1"; exec "$0" -c "$1"'
 
 Progress = Callable[[float], None]  # percent done, as every long operation of the core API reports it
 
@@ -136,7 +140,7 @@ def _required_agent(ctx: VmContext) -> Iterator[AgentSession]:
 
 def _exec_by_agent(agent: AgentSession, line: str, timeout: float) -> ExecResult:
     deadline = time.monotonic() + timeout
-    pid = agent.exec(SHELL, ["-c", line])
+    pid = agent.exec(SHELL, ["-c", OWN_GROUP, SHELL, line])
     pause = POLL_FIRST
     while not (status := agent.exec_status(pid)).exited:
         if time.monotonic() > deadline:
@@ -156,9 +160,10 @@ def _exec_by_agent(agent: AgentSession, line: str, timeout: float) -> ExecResult
 
 
 def _kill(agent: AgentSession, pid: int) -> None:
-    """End a command past its timeout (the shell the agent started, and what runs in its place)."""
+    """End a command past its timeout: its process group (what it started, in the background too), else the
+    shell the agent started and what runs in its place."""
     with contextlib.suppress(HvError):
-        agent.exec(SHELL, ["-c", f"kill -KILL {pid}"])
+        agent.exec(SHELL, ["-c", f"kill -KILL -- -{pid} 2>/dev/null || kill -KILL {pid}"])
         agent.exec_status(pid)  # the agent forgets a process once its end is read
 
 
