@@ -147,6 +147,17 @@ class TestOnOneRunningGuest:
         with pytest.raises(GuestTimeoutError, match="did not finish within 2 s: killed"):  # what it started ends too
             hv.exec_in_vm(agent_vm, "sleep 303 & sleep 304 | cat; echo never", timeout=2, via="agent")
         assert hv.exec_in_vm(agent_vm, "ps | grep -c 'sleep 30[34]'", via="agent").output == "0\n"
+
+    @pytest.mark.parametrize("via", ["agent", "serial"])
+    def test_a_command_not_waited_for_runs_on_in_the_background(self, hv, agent_vm, via):
+        started = hv.exec_in_vm(agent_vm, "echo $$ > /tmp/bg; exec sleep 305", via=via, wait=False)
+        assert (started.exit_code, started.output, started.via) == (0, "", via) and started.pid > 1
+        alive = hv.exec_in_vm(agent_vm, f"cat /tmp/bg; kill -0 {started.pid} && echo alive", via="agent")
+        assert alive.output == f"{started.pid}\nalive\n"  # the pid answered is the command's own
+        hv.exec_in_vm(agent_vm, f"kill {started.pid}", via="agent")
+        cli = run_cli("vm", "exec", agent_vm, "--no-wait", "--", "sleep", "306", datastore=hv.datastore.root)
+        pid = int(cli.stdout.removeprefix(f"{agent_vm}: started, pid ").strip())
+        assert hv.exec_in_vm(agent_vm, f"kill {pid} && echo ended").output == "ended\n"
         with pytest.raises(GuestTimeoutError, match="did not finish within 3 s: killed"):
             hv.exec_in_vm(agent_vm, "echo started; exec sleep 301", timeout=3, via="serial")
         after = hv.exec_in_vm(agent_vm, "echo still here; ps | grep -c 'sleep 30[1]'", via="serial")

@@ -69,7 +69,9 @@ def test_nics_port_forwards_and_traffic_over_rest_on_a_running_vm(served):
         {k: v for k, v in forward.items() if k != "spec"}]
 
     client.start_vm("w", wait_ready=True, timeout=120)
-    client.exec_in_vm("w", "mkdir -p /www && echo served-over-rest >/www/index.html && httpd -p 80 -h /www")
+    client.exec_in_vm("w", "mkdir -p /www && echo served-over-rest >/www/index.html")
+    server = client.exec_in_vm("w", "httpd -f -p 80 -h /www", wait=False)  # in the foreground, not waited for
+    assert server.pid > 1 and client.exec_in_vm("w", f"kill -0 {server.pid} && echo serving").output == "serving\n"
     deadline = time.monotonic() + 30
     while True:  # the guest asks for its address in the background after it is ready
         try:

@@ -158,14 +158,19 @@ def vm_console(name: str) -> None:
          arg("--timeout", type=float, default=60.0, metavar=TIMEOUT,
              help="Seconds to wait for the command [default: 60]."),
          arg("--via", choices=("auto", "agent", "serial"), default="auto", metavar="auto|agent|serial",
-             help="The guest agent, the serial shell, or the agent when one answers [default: auto]."), JSON)
-def vm_exec(name: str, command: list[str], timeout: float, via: str, as_json: bool) -> int:
+             help="The guest agent, the serial shell, or the agent when one answers [default: auto]."),
+         arg("--no-wait", dest="wait", action="store_false",
+             help="Start it in the background and print its pid at once; its output is discarded (vmrun's "
+                  "-noWait)."), JSON)
+def vm_exec(name: str, command: list[str], timeout: float, via: str, wait: bool, as_json: bool) -> int:
     """Each argument reaches the guest exactly as given (quoted for its shell); one argument holding
     spaces is one shell command line.  Example: minivisor vm exec web -- sh -c 'cd /tmp; ls'"""
     result = hv().exec_in_vm(name, command[0] if len(command) == 1 and " " in command[0] else command,
-                             timeout=timeout, via=via)
+                             timeout=timeout, via=via, wait=wait)
     if as_json:
         print_json(result)
+    elif not wait:
+        say(f"{name}: started, pid {result.pid}")
     else:
         sys.stdout.write(result.output)
         sys.stderr.write(result.stderr)

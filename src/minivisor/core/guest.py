@@ -16,6 +16,7 @@ import shlex
 import stat
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import AgentError, ArgumentError, GuestError, GuestTimeoutError, HvError
@@ -44,9 +45,12 @@ def shell_line(command: list[str] | str) -> str:
     return command if isinstance(command, str) else shlex.join(command)
 
 
-def exec_command(ctx: VmContext, command: list[str] | str, timeout: float, via: str) -> ExecResult:
+def exec_command(ctx: VmContext, command: list[str] | str, timeout: float, via: str, *,
+                 wait: bool = True) -> ExecResult:
     """Run ``command`` in the guest, through the agent or the serial shell as ``via`` says (auto: the agent
-    when one answers)."""
+    when one answers); ``wait=False``: started in the background, its pid returned."""
+    if not wait:
+        return _started(exec_command(ctx, _in_background(shell_line(command)), timeout, via), command)
     line = shell_line(command)
     if via != "serial":
         agent = _agent(ctx, timeout if via == "agent" else 0.0, required=via == "agent")
@@ -157,6 +161,24 @@ def _exec_by_agent(agent: AgentSession, line: str, timeout: float) -> ExecResult
     code = status.exit_code if status.exit_code is not None else 128 + (status.signal or 0)
     return ExecResult(status.stdout.decode(errors="replace"), code, status.stderr.decode(errors="replace"),
                       via="agent")
+
+
+def _in_background(line: str) -> str:
+    """A shell line that starts ``line`` in the background, holding none of the shell's output (so that nothing
+    waits for it), in a session of its own where the guest has setsid, and prints its pid."""
+    quoted = shlex.quote(line)
+    return (f"if command -v setsid >/dev/null 2>&1; then setsid {SHELL} -c {quoted} </dev/null >/dev/null 2>&1 & "
+            f"else {SHELL} -c {quoted} </dev/null >/dev/null 2>&1 & fi; echo $!")
+
+
+def _started(result: ExecResult, command: list[str] | str) -> ExecResult:
+    """The result of :func:`_in_background`'s line: the started command's pid."""
+    pid = result.output.strip()
+    if result.exit_code != 0 or not pid.isdigit():
+        raise GuestError(f"the guest could not start {excerpt(shell_line(command))} in the background: "
+                         f"{excerpt((result.output + result.stderr).strip() or f'exit {result.exit_code}')}",
+                         hint="run it waiting for it (without --no-wait) to see what it says")
+    return replace(result, output="", pid=int(pid))
 
 
 def _kill(agent: AgentSession, pid: int) -> None:

@@ -646,12 +646,13 @@ class Hypervisor:
 
     # -- guest access ----------------------------------------------------
     def exec_in_vm(self, name: str, command: list[str] | str, *, timeout: float = 60.0,
-                   via: str = "auto") -> ExecResult:
+                   via: str = "auto", wait: bool = True) -> ExecResult:
         """Run a command in the guest: through its guest agent when one answers (stdout and stderr apart),
         else its serial shell (any POSIX shell on COM1); ``via`` = agent or serial chooses.
 
         A list is an argv (each argument passed exactly, quoted for the shell); a string is one shell
-        command line. A command past ``timeout`` s is ended (GuestTimeoutError).
+        command line. A command past ``timeout`` s is ended (GuestTimeoutError). ``wait=False`` starts it in
+        the background, its output discarded, and returns at once with its ``pid`` (vmrun's ``-noWait``).
         """
         from .guest import VIAS, exec_command
 
@@ -659,7 +660,7 @@ class Hypervisor:
         _check_choice("via", via, VIAS)
         ctx = self.vms.context(name)
         require(ctx.name, ctx.vmm.state(), Action.EXEC)
-        return exec_command(ctx, command, timeout, via)
+        return exec_command(ctx, command, timeout, via, wait=wait)
 
     def copy_to_guest(self, name: str, host_path: Path | str, guest_path: str, *,
                       progress: Callable[[float], None] | None = None) -> dict:

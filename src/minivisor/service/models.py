@@ -167,6 +167,8 @@ class ExecInVm(Request):
         description="an argv (each word passed exactly) or one shell command line")
     timeout: Seconds = 60.0
     via: Literal[VIAS] = "auto"  # type: ignore[valid-type]
+    wait: bool = Field(True, description="false: start it and answer its pid at once, its output discarded (vmrun's "
+                                         "-noWait)")
 
 
 class CopyFile(Request):
@@ -497,6 +499,7 @@ class ExecResult(Answer):
     exit_code: int
     stderr: str
     via: str
+    pid: int | None = Field(description="the command's process in the guest, when not waited for (null otherwise)")
 
 
 class Event(BaseModel):

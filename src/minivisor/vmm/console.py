@@ -40,13 +40,15 @@ class ExecResult:
     """What a command run in the guest printed and returned.
 
     Through the guest agent, ``output`` is its stdout and ``stderr`` its stderr; through the serial
-    shell (``via``), ``output`` holds both, merged, and ``stderr`` is empty.
+    shell (``via``), ``output`` holds both, merged, and ``stderr`` is empty. A command not waited for printed
+    nothing here: ``pid`` is its process.
     """
 
     output: str
     exit_code: int
     stderr: str = ""
     via: str = "serial"
+    pid: int | None = None  # a command started and not waited for (``wait=False``): its process in the guest
 
 
 def wait_for_line(log: Path, needle: str, timeout: float, *, alive=lambda: True) -> str:
