@@ -40,7 +40,7 @@ from . import nvram
 from .journal import Journal, crashpoint, write_step
 
 __all__ = ["VmFiles", "snapshot_disks", "delta_name", "plan_take", "plan_revert", "plan_delete", "take_offline",
-           "new_tree_with", "refresh_parent_ids"]
+           "commit_offline", "new_tree_with", "refresh_parent_ids"]
 
 _DELTA_SUFFIX = re.compile(r"-\d{6}$")
 
@@ -159,6 +159,13 @@ def take_offline(files: VmFiles, name: str, description: str,
                  handlers: dict[str, Callable[..., None]]) -> Snapshot:
     """Freeze the disks of a powered-off VM (the caller holds the VM lock; ``handlers`` run the steps that
     need the datastore or the VMM: :func:`minivisor.core.recovery.step_handlers`)."""
+    snap, journal = commit_offline(files, name, description)
+    journal.run(handlers)
+    return snap
+
+
+def commit_offline(files: VmFiles, name: str, description: str) -> tuple[Snapshot, Journal]:
+    """:func:`take_offline` up to its journal's durable commit (the deltas made): its steps are the caller's to run."""
     snap, deltas, steps = plan_take(files, name, description, None)
     journal = Journal(files.vm_dir, "take")
     journal.begin([files.vm_dir / d for d in deltas.values()])
@@ -166,8 +173,7 @@ def take_offline(files: VmFiles, name: str, description: str,
         create_delta(files.vm_dir / delta, files.layer(snap.disks[node]))
     crashpoint("take:prepared")
     journal.commit(steps)
-    journal.run(handlers)
-    return snap
+    return snap, journal
 
 
 def plan_revert(files: VmFiles, snap: Snapshot, clone_files: set[str]) -> tuple[Journal, dict[str, str]]:
