@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
@@ -71,8 +72,12 @@ class VmFiles:
         self.scope = scope  # the VM's path policy
         self.vmsd = vmsd_path(vmx)
         self.doc = VmxDocument.load(vmx)
-        self.spec = VmSpec.from_vmx(self.doc)
         self.tree = SnapshotTree.load(self.vmsd)
+
+    @cached_property
+    def spec(self) -> VmSpec:
+        """The specfile's meaning, read when first asked for: a linked clone of a snapshot reads the snapshot's."""
+        return VmSpec.from_vmx(self.doc)
 
     def path(self, file_name: str) -> Path:
         return self.scope.path(self.vm_dir, file_name, "disk")
