@@ -41,7 +41,7 @@ from . import nvram
 from .journal import Journal, crashpoint, write_step
 
 __all__ = ["VmFiles", "snapshot_disks", "delta_name", "plan_take", "plan_revert", "plan_delete", "take_offline",
-           "commit_offline", "new_tree_with", "refresh_parent_ids"]
+           "commit_offline", "refresh_parent_ids"]
 
 _DELTA_SUFFIX = re.compile(r"-\d{6}$")
 
@@ -72,7 +72,7 @@ class VmFiles:
         self.scope = scope  # the VM's path policy
         self.vmsd = vmsd_path(vmx)
         self.doc = VmxDocument.load(vmx)
-        self.tree = SnapshotTree.load(self.vmsd)
+        self.tree, self.tree_doc = SnapshotTree.read(self.vmsd)  # the .vmsd as read: a new snapshot is added to it
 
     @cached_property
     def spec(self) -> VmSpec:
@@ -99,8 +99,8 @@ class VmFiles:
 
     def vmx_with(self, tops: dict[str, str], config: str | None = None) -> bytes:
         """The specfile (or a snapshot's saved one) with these disk files."""
-        base = config.encode("utf-8", "surrogateescape") if config else self.doc.to_bytes()
-        doc = VmxDocument.parse(base, source=str(self.vmx))
+        doc = VmxDocument.parse(config.encode("utf-8", "surrogateescape"), source=str(self.vmx)) if config else \
+            self.doc.copy()
         for node, name in tops.items():
             doc.set(f"{node}.fileName", name)
         return doc.to_bytes()
@@ -125,7 +125,7 @@ def plan_take(files: VmFiles, name: str, description: str, memory_file: str | No
     uid = files.tree.last_uid + 1
     snap = Snapshot(uid, name, files.tree.current, disks, description, int(time.time() * 1e6), memory_file,
                     files.doc.to_bytes().decode("utf-8", "surrogateescape"), ready_line)
-    tree = new_tree_with(files.tree, snap).to_bytes()
+    tree = files.tree.bytes_with(snap, files.tree_doc)
     if len(tree) > VMSD_LIMITS.file_bytes:
         raise ConflictError(f"the snapshot tree would be larger than the {VMSD_LIMITS.file_bytes >> 20} MiB "
                             "minivisor reads back", hint="delete a snapshot first")
@@ -152,12 +152,6 @@ def refresh_parent_ids(files: VmFiles, snap: Snapshot, deltas: dict[str, str]) -
         parent = files.layer(snap.disks[node])
         if read_layer(path, "vmdk").parent_cid != parent.cid:
             set_parent(path, parent, os.path.relpath(parent.path, path.parent))
-
-
-def new_tree_with(tree: SnapshotTree, snap: Snapshot) -> SnapshotTree:
-    snapshots = dict(tree.snapshots)
-    snapshots[snap.uid] = snap
-    return SnapshotTree(snapshots, snap.uid, max(tree.last_uid, snap.uid))
 
 
 def take_offline(files: VmFiles, name: str, description: str,
