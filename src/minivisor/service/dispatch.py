@@ -51,7 +51,7 @@ class Dispatcher:
         self._pool: queue.LifoQueue[Hypervisor] = queue.LifoQueue()
         self._pool.put(Hypervisor(root, on_event=on_event))
         self._vm_locks: dict[str, asyncio.Lock] = {}
-        self._pending: dict[str, list[asyncio.Event]] = {}  # VM -> operations answered, their rest still running
+        self._pending: dict[str, asyncio.Event] = {}  # VM -> set once the rest of the call answered early has run
         self._workers = asyncio.Semaphore(WORKERS)
 
     def hypervisor(self) -> _Lease:
@@ -115,9 +115,8 @@ class Dispatcher:
             lease.__exit__()
             lock.release()
             return result
-        settled = self._pending.setdefault(target.lower(), [])
-        done = asyncio.Event()
-        settled.append(done)
+        key = target.lower()
+        done = self._pending[key] = asyncio.Event()  # one at a time: the VM's lock is held until it is set
 
         async def finish() -> None:
             try:
@@ -127,20 +126,18 @@ class Dispatcher:
             finally:
                 lease.__exit__()
                 lock.release()
+                del self._pending[key]
                 done.set()
-                settled.remove(done)
-                if not settled:
-                    self._pending.pop(target.lower(), None)
 
         later.append(finish)
         return result
 
     async def _settled(self, name: str | None) -> None:
         """Until what is left of the operations answered early on VM ``name`` (on every VM if None) has run."""
-        pending = [done for key, events in self._pending.items() if name is None or key == name.lower()
-                   for done in events]
+        pending = list(self._pending.values()) if name is None else [self._pending.get(name.lower())]
         for done in pending:
-            await done.wait()
+            if done is not None:
+                await done.wait()
 
     async def call(self, func: Callable[..., Any], /, *args: Any) -> Any:
         """``func(hv, *args)`` on a worker thread, ``hv`` a Hypervisor from the pool."""
