@@ -314,3 +314,30 @@ def test_a_snapshot_cut_short_by_a_killed_service_before_its_commit_is_undone_at
         service.client.stop_vm("vm1", hard=True)
     finally:
         service.stop()
+
+
+@pytest.mark.qemu
+def test_a_snapshot_answered_before_its_last_steps_ran_is_finished_at_restart_when_the_service_was_killed(datastore):
+    """The service answers a snapshot once its journal's commit is durable and writes the tree and the
+    specfile after the answer: killed in between, the snapshot the client was told of is there at restart."""
+    hv = Hypervisor(datastore)
+    small_vm(hv, "vm1")
+    doomed = Running(datastore).start(env={"MINIVISOR_TEST_CRASH_AT": "take:answered"})
+    try:
+        snap = doomed.client.snapshot_take("vm1", "s1")  # answered: the crash comes after
+        doomed.proc.wait(timeout=10)
+        assert (datastore / "vm1" / JOURNAL_NAME).exists()  # its rest never ran
+        assert not (datastore / "vm1" / "vm1.vmsd").exists()
+    finally:
+        doomed.stop(signal.SIGKILL)
+    service = Running(datastore).start()
+    try:
+        assert service.client.vm_events("vm1")[-1]["type"] == "recovered"
+        assert not (datastore / "vm1" / JOURNAL_NAME).exists()
+        assert [(s["name"], s["uid"]) for s in service.client.snapshot_list("vm1")] == [("s1", snap.uid)]
+        top = service.client.get_vm("vm1").disks[0]["file"]
+        assert top == "vm1-000001.qcow2" and snap.disks == {"scsi0:0": "vm1.qcow2"}
+        service.client.start_vm("vm1")
+        service.client.stop_vm("vm1", hard=True)
+    finally:
+        service.stop()

@@ -150,8 +150,9 @@ def test_path_parameters_are_checked_by_what_they_name(op_name, params, refused)
 
 @pytest.mark.parametrize("op", OPERATIONS, ids=lambda op: op.name)
 def test_each_route_has_a_request_model_with_the_core_methods_parameters_and_defaults(op):
-    """A request model's fields are its core method's parameters (but the path's, and ``progress``: a
-    callback stays on the service's side), required where the method requires them, with its defaults."""
+    """A request model's fields are its core method's parameters (but the path's, and ``progress`` and
+    ``finish_later``: callbacks stay on the service's side), required where the method requires them, with its
+    defaults."""
     from pydantic_core import PydanticUndefined
 
     from minivisor.service.models import ANSWERS_BY_OP, REQUESTS, answer
@@ -159,7 +160,7 @@ def test_each_route_has_a_request_model_with_the_core_methods_parameters_and_def
     model = REQUESTS.get(op.name)
     assert model is not None, f"service/models.py: REQUESTS has no model for {op.name}"
     parameters = {name: p for name, p in inspect.signature(getattr(Hypervisor, op.name)).parameters.items()
-                  if name not in ("self", "progress", *op.path_params)}
+                  if name not in ("self", "progress", "finish_later", *op.path_params)}
     assert set(model.model_fields) == set(parameters), op.name
     for name, field in model.model_fields.items():
         default = parameters[name].default

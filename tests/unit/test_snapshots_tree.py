@@ -35,6 +35,42 @@ def test_a_workstation_vmsd_is_read(tmp_path):
     assert (after.parent, after.disks) == (11, {"scsi0:0": "vm-000001.vmdk"})
 
 
+def new_snapshot(uid: int, parent: int | None) -> Snapshot:
+    return Snapshot(uid, f"s{uid}", parent, {"scsi0:0": "vm-000002.vmdk"}, "taken\nhere", (1 << 50) + uid,
+                    config='.encoding = "UTF-8"\nmemSize = "512"\ndisplayName = "a|b"\n')
+
+
+def test_a_snapshot_is_added_to_a_workstation_vmsd_after_its_last_slot_and_nothing_else_changes(tmp_path):
+    path = tmp_path / "vm.vmsd"
+    path.write_bytes(WORKSTATION_VMSD + b'snapshot15.disk0.node = "scsi0:1"\r\nsnapshot.mru0.uid = "12"\r\n')
+    tree, doc = SnapshotTree.read(path)
+    snap = new_snapshot(13, 12)
+    written = tree.bytes_with(snap, doc)
+    assert doc.to_bytes() == path.read_bytes()  # added to a copy: the document read is as it was
+    # every line read stays as it was (a key of slot 15 without a uid included); the new keys follow in slot 16
+    old_lines = [line for line in path.read_bytes().split(b"\r\n") if line]
+    new_lines = written.split(b"\r\n")
+    counters = {b"snapshot.lastUID", b"snapshot.current", b"snapshot.numSnapshots"}
+    assert [line for line in new_lines[:len(old_lines)] if line.split(b" ")[0] not in counters] == \
+        [line for line in old_lines if line.split(b" ")[0] not in counters]
+    assert all(line.startswith(b"snapshot16.") for line in new_lines[len(old_lines):] if line)
+    path.write_bytes(written)
+    again = SnapshotTree.load(path)
+    assert again == SnapshotTree({**tree.snapshots, 13: snap}, 13, 13)
+    assert list(again.snapshots) == [11, 12, 13] and again.snapshots[13].config == snap.config
+
+
+def test_a_snapshot_added_to_a_tree_minivisor_wrote_gives_the_bytes_of_the_whole_tree_written_again(tmp_path):
+    path = tmp_path / "vm.vmsd"
+    tree = SnapshotTree()
+    for uid in range(1, 5):
+        snap = new_snapshot(uid, tree.current)
+        path.write_bytes(tree.bytes_with(snap, SnapshotTree.read(path)[1]))
+        tree = SnapshotTree({**tree.snapshots, uid: snap}, uid, uid)
+        assert path.read_bytes() == tree.to_bytes()
+        assert SnapshotTree.load(path) == tree
+
+
 def test_the_tree_round_trips_through_vmware_keys(tmp_path):
     config = '.encoding = "UTF-8"\nmemSize = "512"\ndisplayName = "a|b"\n'
     tree = SnapshotTree({1: Snapshot(1, "a", None, {"scsi0:0": "w.qcow2"}, "x\ny", (1 << 50) + (1 << 31),

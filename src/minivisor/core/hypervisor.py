@@ -752,13 +752,18 @@ class Hypervisor:
         return diskops.vm_disk_resize(self.vms, name, node, size)
 
     @_no_space_is_one_error
-    def snapshot_take(self, name: str, snapshot: str, *, description: str = "",
-                      memory: bool | None = None) -> Snapshot:
-        """Freeze a VM's disks (and, running, by default its memory and devices) as a named snapshot."""
+    def snapshot_take(self, name: str, snapshot: str, *, description: str = "", memory: bool | None = None,
+                      finish_later: Callable[[Callable[[], None]], None] | None = None) -> Snapshot:
+        """Freeze a VM's disks (and, running, by default its memory and devices) as a named snapshot.
+
+        ``finish_later`` (the service's): the snapshot is returned once it is durable, its remaining idempotent
+        steps handed over as a callable the caller must run soon (the VM's turn is held until then).
+        """
         from . import snapshots
 
         check_args(snapshot=snapshot, description=description)
-        return snapshots.take(self.vms, name, snapshot, description=description, memory=memory)
+        return snapshots.take(self.vms, name, snapshot, description=description, memory=memory,
+                              finish_later=finish_later)
 
     def snapshot_list(self, name: str) -> list[dict]:
         """The snapshot tree, depth first, with ``current`` marking where the VM is."""

@@ -9,7 +9,9 @@ snapshot loads none of it.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import ExitStack, nullcontext
+from functools import partial
 from pathlib import Path
 
 from ..errors import StateError
@@ -17,8 +19,8 @@ from ..images.deltas import create_delta
 from ..images.layers import format_for
 from ..storage.journal import Journal, crashpoint
 from ..spec.vmsd import Snapshot, SnapshotTree, vmsd_path
-from ..storage.snapshots import (VmFiles, plan_delete, plan_revert, plan_take, refresh_parent_ids, snapshot_disks,
-                                 take_offline)
+from ..storage.snapshots import (VmFiles, commit_offline, plan_delete, plan_revert, plan_take, refresh_parent_ids,
+                                 snapshot_disks)
 from ..vmm.states import Action
 from .context import VmContext, Vms
 from .recovery import disk_operation, step_handlers
@@ -38,26 +40,59 @@ def tree(vms: Vms, name: str) -> SnapshotTree:
     return SnapshotTree.load(vmsd_path(ctx.vmx))
 
 
-def take(vms: Vms, name: str, snapshot: str, *, description: str = "", memory: bool | None = None) -> Snapshot:
-    """Freeze the VM's disks (and, running, by default its memory and devices) as a named snapshot."""
-    with disk_operation(vms, name, Action.SNAPSHOT) as ctx:
-        snap = take_in(ctx, snapshot, description=description, memory=memory)
-        ctx.emit("snapshotTaken", snapshot=snap.name, memory=snap.memory_file is not None)
-        return snap
+def take(vms: Vms, name: str, snapshot: str, *, description: str = "", memory: bool | None = None,
+         finish_later: Callable[[Callable[[], None]], None] | None = None) -> Snapshot:
+    """Freeze the VM's disks (and, running, by default its memory and devices) as a named snapshot.
+
+    ``finish_later``: the snapshot is returned once its journal's commit is durable, and the rest (the journal's
+    idempotent steps: the tree, the specfile, the variable store; then the event) is handed to it as a callable
+    that the caller must call, soon: the VM's turn is held until it has run. A crash before it runs leaves a
+    committed journal, which the next operation on the VM (or the service's start) rolls forward.
+    """
+    with ExitStack() as turn:
+        ctx = turn.enter_context(disk_operation(vms, name, Action.SNAPSHOT))
+        snap, journal = _commit_take(ctx, snapshot, description, memory)
+        if finish_later is None:
+            _finish_take(ctx, snap, journal)
+            return snap
+        held = turn.pop_all()
+    finish_later(partial(_finish_held, held, ctx, snap, journal))
+    return snap
 
 
 def take_in(ctx: VmContext, snapshot: str, *, description: str = "", memory: bool | None = None) -> Snapshot:
     """Take a snapshot within an operation that already has the VM's turn."""
+    snap, journal = _commit_take(ctx, snapshot, description, memory)
+    journal.run(step_handlers(ctx))
+    return snap
+
+
+def _commit_take(ctx: VmContext, snapshot: str, description: str, memory: bool | None) -> tuple[Snapshot, Journal]:
+    """A snapshot up to its journal's durable commit: the journal's steps are left to run."""
     files = ctx.files()
     if not ctx.running:
         if memory:
             raise StateError(f"VM {ctx.name!r} is powered off: there is no memory state to save",
                              hint="take the snapshot without --memory, or start the VM first")
-        return take_offline(files, snapshot, description, step_handlers(ctx))
+        return commit_offline(files, snapshot, description)
     return _take_online(ctx, files, snapshot, description, memory is not False)
 
 
-def _take_online(ctx: VmContext, files: VmFiles, name: str, description: str, memory: bool) -> Snapshot:
+def _finish_take(ctx: VmContext, snap: Snapshot, journal: Journal) -> None:
+    journal.run(step_handlers(ctx))
+    ctx.emit("snapshotTaken", snapshot=snap.name, memory=snap.memory_file is not None)
+
+
+def _finish_held(turn: ExitStack, ctx: VmContext, snap: Snapshot, journal: Journal) -> None:
+    """The rest of a snapshot answered early, in the turn it kept (a failure is the operation's, as it would
+    have been before the answer: the committed journal stays for the next operation to roll forward)."""
+    with turn:
+        crashpoint("take:answered")
+        _finish_take(ctx, snap, journal)
+
+
+def _take_online(ctx: VmContext, files: VmFiles, name: str, description: str,
+                 memory: bool) -> tuple[Snapshot, Journal]:
     import secrets
 
     from ..vmm import jobs
@@ -93,8 +128,7 @@ def _take_online(ctx: VmContext, files: VmFiles, name: str, description: str, me
         jobs.take_snapshot(qmp, overlays, state_file=state_file, before_switch=before_switch, pause=running)
     if running:
         ctx.vmm.await_run_state(running=True)
-    journal.run(step_handlers(ctx))  # out of the session: keeping the variable store opens its own
-    return snap
+    return snap, journal  # its steps run out of the session: keeping the variable store opens its own
 
 
 def revert(vms: Vms, name: str, snapshot: str) -> tuple[Snapshot, bool]:

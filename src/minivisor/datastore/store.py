@@ -31,6 +31,7 @@ from .layout import VM_FILES, VM_NAME, check_vm_name
 from ..dirs import default_datastore
 from ..images.layers import ImageLayer, check_file_name, format_for, layer_files, resolve_chain
 from ..errors import ConflictError, DiskError, PathError, SpecError
+from ..realpaths import real_path
 from ..text import excerpt
 
 __all__ = ["Datastore", "Scope", "check_vm_name", "is_vm_metadata"]
@@ -327,7 +328,7 @@ class Scope(Record, frozen=True):
         """True if ``name`` resolves outside the datastore and every folder the user allowed: nothing the VM
         may open (a removable drive's image there stays unconnected, unopened)."""
         _check_name(name, what)
-        real = os.path.realpath(base / name)
+        real = real_path(base / name)
         return not (_inside(real, self.root) or self._is_home(real) or any(_inside(real, f) for f in self.allowed))
 
     def image(self, base: Path, name: str, what: str) -> Path:
@@ -352,7 +353,7 @@ class Scope(Record, frozen=True):
     def state_file(self, base: Path, name: str, what: str) -> Path:
         """A file minivisor keeps for the VM (a snapshot's memory state): in the VM's own folder, nowhere else."""
         _check_name(name, what)
-        real = os.path.realpath(base / name)
+        real = real_path(base / name)
         if not self._is_home(real) or _inside(real, os.path.join(self.root, META)):
             raise PathError(f"{what} {name!r} resolves to {real}, {self._outside_home()}",
                             hint="a VM's snapshot files stay in its own folder: restore them there")
@@ -373,7 +374,7 @@ class Scope(Record, frozen=True):
 
     def _place(self, base: Path, name: str, what: str, *, backing: bool) -> str:
         _check_name(name, what)
-        real = os.path.realpath(base / name)  # an absolute name replaces base
+        real = real_path(base / name)  # an absolute name replaces base
         if _inside(real, os.path.join(self.root, META)):
             raise PathError(f"{what} {name!r} resolves to {real}, inside the datastore's own metadata",
                             hint="name a file in the VM's folder")

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import DiskError, PathError
+from ..realpaths import real_path
 from ..records import Record
 
 __all__ = ["ImageLayer", "format_for", "read_layer", "resolve_chain", "check_file_name", "layer_files",
@@ -188,7 +189,7 @@ def resolve_chain(top: Path, fmt: str, resolve: Callable[[Path, str], Path]) -> 
     layers: list[ImageLayer] = []
     seen: set[str] = set()
     path, layer_format = top, fmt
-    real = os.path.realpath(path)
+    real = real_path(path)
     while True:
         layer = read_layer(path, layer_format)
         for extent in layer.extent_files:
@@ -216,7 +217,7 @@ def resolve_chain(top: Path, fmt: str, resolve: Callable[[Path, str], Path]) -> 
                 raise DiskError(f"the parent {path.name} of {layer.path.name} was modified after the child was "
                                 f"created (its CID is {parent.cid}, the child expects {layer.parent_cid})",
                                 hint="restore the original parent disk; the chain would read corrupt data")
-        real = os.path.realpath(path)  # once a layer: each costs an lstat per folder of its path
+        real = real_path(path)  # once a layer
         if real in seen or len(layers) >= MAX_CHAIN:
             raise DiskError(f"the backing chain of {top.name} loops or is deeper than {MAX_CHAIN}",
                             hint="rebuild the disk with qemu-img convert")

@@ -26,6 +26,7 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope as AsgiScope, Send
 
 from ..errors import HvError, MethodNotAllowedError, PayloadTooLargeError, RequestError, RouteNotFoundError
 from ..text import excerpt
@@ -163,16 +164,25 @@ def _operation(calls: Dispatcher, op: Op, tasks: Tasks | None) -> Endpoint:
     measured = tasks is not None and reports_progress(op)
 
     async def endpoint(request: Request) -> Response:
+        later: list[Callable[[], Awaitable[None]]] = []  # what the call left to run after its answer
+        try:
+            response = await answered(request, later)
+        except BaseException:
+            await _run_all(later)
+            raise
+        return _Then(response, later) if later else response
+
+    async def answered(request: Request, later: list[Callable[[], Awaitable[None]]]) -> Response:
         if op.method == "GET":
             body = {key: _query_value(value) for key, value in request.query_params.multi_items()}
         else:
             body = await _read_json_body(request)
         if tasks is None:
-            return answer(await calls.dispatch(op, dict(request.path_params), body))
+            return answer(await calls.dispatch(op, dict(request.path_params), body, later=later))
         task = tasks.begin(op, {**body, **request.path_params})
         try:
             result = await calls.dispatch(op, dict(request.path_params), body,
-                                          progress=tasks.reporter(task) if measured else None)
+                                          progress=tasks.reporter(task) if measured else None, later=later)
         except BaseException as exc:
             tasks.end(task, exc)
             raise
@@ -183,6 +193,24 @@ def _operation(calls: Dispatcher, op: Op, tasks: Tasks | None) -> Endpoint:
         return json_response(op.status, encode(result))
 
     return endpoint
+
+
+class _Then:
+    """An answer, then what its call left to run after it (whether the answer reached the client or not)."""
+
+    def __init__(self, response: Response, later: list[Callable[[], Awaitable[None]]]) -> None:
+        self.response, self.later = response, later
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        try:
+            await self.response(scope, receive, send)
+        finally:
+            await _run_all(self.later)
+
+
+async def _run_all(later: list[Callable[[], Awaitable[None]]]) -> None:
+    for finish in later:
+        await finish()
 
 
 def _answering(endpoint: Endpoint) -> Endpoint:

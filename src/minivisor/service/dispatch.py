@@ -6,15 +6,18 @@ call runs on a worker thread (:meth:`Dispatcher.run_blocking`, at most
 of its own from a pool. :meth:`Dispatcher.dispatch` turns a request into a call:
 its values checked first (by its request model: :func:`minivisor.service.models.arguments`), then, for a
 mutating route, the VM's in-process lock taken, so requests queue instead of
-polling the core's cross-process locks.
+polling the core's cross-process locks. A snapshot is answered once it is durable
+(its journal committed); its idempotent rest runs after the answer, in the VM's turn,
+and every call waits for it before it reads or changes that VM.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +28,12 @@ from ..errors import LockError
 from .models import arguments
 from .routes import Op
 
-__all__ = ["Dispatcher", "WORKERS", "OP_LOCK_TIMEOUT"]
+__all__ = ["Dispatcher", "WORKERS", "OP_LOCK_TIMEOUT", "FINISHED_LATER"]
 
+log = logging.getLogger("minivisor.service")
+
+# Core methods that can answer once their work is durable and finish its idempotent rest after the answer.
+FINISHED_LATER = frozenset({"snapshot_take"})
 WORKERS = 64  # blocking core calls at once: long ones (power-on + wait_ready) must not queue behind each other
 OP_LOCK_TIMEOUT = 120.0  # seconds a request waits for another operation on the same VM
 
@@ -44,6 +51,7 @@ class Dispatcher:
         self._pool: queue.LifoQueue[Hypervisor] = queue.LifoQueue()
         self._pool.put(Hypervisor(root, on_event=on_event))
         self._vm_locks: dict[str, asyncio.Lock] = {}
+        self._pending: dict[str, asyncio.Event] = {}  # VM -> set once the rest of the call answered early has run
         self._workers = asyncio.Semaphore(WORKERS)
 
     def hypervisor(self) -> _Lease:
@@ -60,13 +68,21 @@ class Dispatcher:
             hv.vms.emit(name, kind, **data)
 
     async def dispatch(self, op: Op, path_params: dict[str, str], body: dict[str, Any], *,
-                       progress: Callable[..., None] | None = None) -> Any:
+                       progress: Callable[..., None] | None = None,
+                       later: list[Callable[[], Awaitable[None]]] | None = None) -> Any:
         """Check a request's values with its model, then run the core method (mutations one at a time per VM);
-        ``progress``, if given, goes to the method's own ``progress`` parameter (the service's task list)."""
+        ``progress``, if given, goes to the method's own ``progress`` parameter (the service's task list).
+
+        Every call first waits for what is left of the operations already answered on its VM (on any VM, for a
+        call that names none), so what it reads is settled. ``later``: where a method that can answer before
+        its last steps (:data:`FINISHED_LATER`) leaves them, as a coroutine function the caller must await after
+        sending the answer; the VM stays busy until then. Without ``later``, every call finishes before it returns.
+        """
         kwargs = arguments(op, path_params, body)
         if progress is not None:
             kwargs["progress"] = progress
         target = kwargs.get(op.vm_param) if op.vm_param else None
+        await self._settled(target if isinstance(target, str) else None)
         if not (op.mutates and isinstance(target, str)):
             return await self.call(_invoke, op.name, kwargs)
         lock = self._vm_lock(target)
@@ -75,10 +91,53 @@ class Dispatcher:
         except TimeoutError:
             raise LockError(f"VM {target!r} is busy with another operation",
                             hint="retry when it has finished") from None
+        if later is None or op.name not in FINISHED_LATER:
+            try:
+                return await self.call(_invoke, op.name, kwargs)
+            finally:
+                lock.release()
+        return await self._answer_early(op, kwargs, target, lock, later)
+
+    async def _answer_early(self, op: Op, kwargs: dict[str, Any], target: str, lock: asyncio.Lock,
+                            later: list[Callable[[], Awaitable[None]]]) -> Any:
+        """Call a method of :data:`FINISHED_LATER` with its ``finish_later``; what it hands over goes to ``later``,
+        with the VM's lock and the Hypervisor kept until it has run."""
+        rest: list[Callable[[], None]] = []
+        kwargs["finish_later"] = rest.append
+        lease = self.hypervisor()
         try:
-            return await self.call(_invoke, op.name, kwargs)
-        finally:
+            result = await self.run_blocking(_invoke, lease.hv, op.name, kwargs)
+        except BaseException:
+            lease.__exit__()
             lock.release()
+            raise
+        if not rest:
+            lease.__exit__()
+            lock.release()
+            return result
+        key = target.lower()
+        done = self._pending[key] = asyncio.Event()  # one at a time: the VM's lock is held until it is set
+
+        async def finish() -> None:
+            try:
+                await self.run_blocking(rest[0])
+            except Exception:  # noqa: BLE001 - answered already: the next operation on the VM settles its journal
+                log.exception("the rest of %s on VM %r failed", op.name, target)
+            finally:
+                lease.__exit__()
+                lock.release()
+                del self._pending[key]
+                done.set()
+
+        later.append(finish)
+        return result
+
+    async def _settled(self, name: str | None) -> None:
+        """Until what is left of the operations answered early on VM ``name`` (on every VM if None) has run."""
+        pending = list(self._pending.values()) if name is None else [self._pending.get(name.lower())]
+        for done in pending:
+            if done is not None:
+                await done.wait()
 
     async def call(self, func: Callable[..., Any], /, *args: Any) -> Any:
         """``func(hv, *args)`` on a worker thread, ``hv`` a Hypervisor from the pool."""

@@ -25,6 +25,8 @@ from .vmx import VMX_LIMITS, Limits, VmxDocument
 __all__ = ["Snapshot", "SnapshotTree", "vmsd_path", "MAX_SNAPSHOTS", "VMSD_LIMITS"]
 
 _SLOT_UID = re.compile(r"snapshot(\d{1,9})\.uid$", re.IGNORECASE)
+_SLOT = re.compile(r"snapshot(\d+)\.", re.IGNORECASE)  # any key of a slot, read or not
+_MAX_SLOT = 10**9 - 1  # the largest slot number the reader takes
 MAX_SNAPSHOTS = 100  # per VM; VMware supports 32 in a chain
 MAX_DISKS = sum(CONTROLLER_COUNT[bus] * UNIT_COUNT[bus] for bus in CONTROLLER_COUNT)  # device slots of a VM
 # Each snapshot keeps its specfile on one line, |XX-escaped: up to 3 bytes for each of the specfile's.
@@ -41,11 +43,20 @@ class SnapshotTree(Record):
 
     @classmethod
     def load(cls, path: Path) -> SnapshotTree:
+        return cls.read(path)[0]
+
+    @classmethod
+    def read(cls, path: Path) -> tuple[SnapshotTree, VmxDocument | None]:
+        """The tree, and the file as read (None if there is none): :meth:`bytes_with` adds to it."""
         try:
             doc = VmxDocument.load(path, VMSD_LIMITS)
         except FileNotFoundError:
-            return cls()
+            return cls(), None
         doc.raise_for_errors()
+        return cls._from_document(doc, path), doc
+
+    @classmethod
+    def _from_document(cls, doc: VmxDocument, path: Path) -> SnapshotTree:
         tree = cls(last_uid=_int(doc.get("snapshot.lastUID")) or 0, current=_int(doc.get("snapshot.current")))
         slots = sorted({int(m.group(1)) for key in doc.keys_with_prefix("snapshot") if (m := _SLOT_UID.match(key))})
         if len(slots) > MAX_SNAPSHOTS:
@@ -77,6 +88,23 @@ class SnapshotTree(Record):
         doc.set_many(self._entries())
         return doc.to_bytes()
 
+    def bytes_with(self, snap: Snapshot, doc: VmxDocument | None) -> bytes:
+        """The file of this tree (read from ``doc``) with ``snap`` added as the current snapshot.
+
+        Only the new snapshot's keys and the tree's counters are written into the file as it was read, at a
+        slot after every slot it uses (VMware's files may number them sparsely; snapshots are listed in slot
+        order): not the whole tree again, whose keys grow with every snapshot. Without ``doc``, written whole.
+        """
+        tree = SnapshotTree({**self.snapshots, snap.uid: snap}, snap.uid, max(self.last_uid, snap.uid))
+        used = [int(m.group(1)) for key in doc.keys_with_prefix("snapshot") if (m := _SLOT.match(key))] if doc else []
+        slot = max(used, default=-1) + 1
+        if doc is None or slot > _MAX_SLOT:
+            return tree.to_bytes()
+        doc = doc.copy()
+        doc.set_many([("snapshot.lastUID", str(tree.last_uid)), ("snapshot.current", str(snap.uid)),
+                      ("snapshot.numSnapshots", str(len(tree.snapshots))), *_snapshot_entries(slot, snap)])
+        return doc.to_bytes()
+
     def _entries(self) -> Iterator[tuple[str, str]]:
         """The tree's keys and values, in the order the file lists them."""
         yield "snapshot.lastUID", str(self.last_uid)
@@ -84,27 +112,7 @@ class SnapshotTree(Record):
             yield "snapshot.current", str(self.current)
         yield "snapshot.numSnapshots", str(len(self.snapshots))
         for slot, snap in enumerate(self.snapshots.values()):
-            p = f"snapshot{slot}."
-            yield p + "uid", str(snap.uid)
-            if snap.parent is not None:
-                yield p + "parent", str(snap.parent)
-            if snap.memory_file:
-                yield p + "filename", snap.memory_file
-            yield p + "displayName", snap.name
-            if snap.description:
-                yield p + "description", snap.description
-            yield p + "type", "1" if snap.memory_file else "0"
-            high, low = snap.created_us >> 32, snap.created_us & 0xFFFFFFFF
-            yield p + "createTimeHigh", str(high)
-            yield p + "createTimeLow", str(low - (1 << 32) if low >= 1 << 31 else low)  # signed, like VMware
-            yield p + "numDisks", str(len(snap.disks))
-            for m, (node, name) in enumerate(snap.disks.items()):
-                yield f"{p}disk{m}.fileName", name
-                yield f"{p}disk{m}.node", node
-            if snap.config:
-                yield p + "minivisor.config", snap.config  # escaped onto one line (|0A)
-            if snap.ready_line:
-                yield p + "minivisor.readyLine", snap.ready_line
+            yield from _snapshot_entries(slot, snap)
 
     # -- queries -----------------------------------------------------------
     def find(self, name: str, vm: str) -> Snapshot:
@@ -147,6 +155,31 @@ class SnapshotTree(Record):
         for root in [s for s in self.snapshots.values() if s.parent not in self.snapshots]:
             visit(root, 0)
         return out
+
+
+def _snapshot_entries(slot: int, snap: Snapshot) -> Iterator[tuple[str, str]]:
+    """One snapshot's keys and values at ``slot``, in the order the file lists them."""
+    p = f"snapshot{slot}."
+    yield p + "uid", str(snap.uid)
+    if snap.parent is not None:
+        yield p + "parent", str(snap.parent)
+    if snap.memory_file:
+        yield p + "filename", snap.memory_file
+    yield p + "displayName", snap.name
+    if snap.description:
+        yield p + "description", snap.description
+    yield p + "type", "1" if snap.memory_file else "0"
+    high, low = snap.created_us >> 32, snap.created_us & 0xFFFFFFFF
+    yield p + "createTimeHigh", str(high)
+    yield p + "createTimeLow", str(low - (1 << 32) if low >= 1 << 31 else low)  # signed, like VMware
+    yield p + "numDisks", str(len(snap.disks))
+    for m, (node, name) in enumerate(snap.disks.items()):
+        yield f"{p}disk{m}.fileName", name
+        yield f"{p}disk{m}.node", node
+    if snap.config:
+        yield p + "minivisor.config", snap.config  # escaped onto one line (|0A)
+    if snap.ready_line:
+        yield p + "minivisor.readyLine", snap.ready_line
 
 
 def _int(value: str | None) -> int | None:

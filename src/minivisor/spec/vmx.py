@@ -446,6 +446,15 @@ class VmxDocument:
         self._lines = [line for line in self._lines if id(line) not in doomed]
         return True
 
+    def copy(self) -> VmxDocument:
+        """An independent copy (an edit of either leaves the other as it was), without parsing again."""
+        other = VmxDocument(source=self.source, limits=self.limits)
+        other.problems, other._bom, other._codec = list(self.problems), self._bom, self._codec
+        copies = {id(line): _Line(line.text, line.end, line.key, line.raw) for line in self._lines}
+        other._lines = [copies[id(line)] for line in self._lines]
+        other._index = {key: [copies[id(line)] for line in lines] for key, lines in self._index.items()}
+        return other
+
     def to_bytes(self) -> bytes:
         """The file's bytes: exactly the input if nothing was changed."""
         return self._bom + b"".join([part for line in self._lines for part in (line.text, line.end)])

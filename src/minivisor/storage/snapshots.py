@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,7 +41,7 @@ from . import nvram
 from .journal import Journal, crashpoint, write_step
 
 __all__ = ["VmFiles", "snapshot_disks", "delta_name", "plan_take", "plan_revert", "plan_delete", "take_offline",
-           "new_tree_with", "refresh_parent_ids"]
+           "commit_offline", "refresh_parent_ids"]
 
 _DELTA_SUFFIX = re.compile(r"-\d{6}$")
 
@@ -71,8 +72,12 @@ class VmFiles:
         self.scope = scope  # the VM's path policy
         self.vmsd = vmsd_path(vmx)
         self.doc = VmxDocument.load(vmx)
-        self.spec = VmSpec.from_vmx(self.doc)
-        self.tree = SnapshotTree.load(self.vmsd)
+        self.tree, self.tree_doc = SnapshotTree.read(self.vmsd)  # the .vmsd as read: a new snapshot is added to it
+
+    @cached_property
+    def spec(self) -> VmSpec:
+        """The specfile's meaning, read when first asked for: a linked clone of a snapshot reads the snapshot's."""
+        return VmSpec.from_vmx(self.doc)
 
     def path(self, file_name: str) -> Path:
         return self.scope.path(self.vm_dir, file_name, "disk")
@@ -94,8 +99,8 @@ class VmFiles:
 
     def vmx_with(self, tops: dict[str, str], config: str | None = None) -> bytes:
         """The specfile (or a snapshot's saved one) with these disk files."""
-        base = config.encode("utf-8", "surrogateescape") if config else self.doc.to_bytes()
-        doc = VmxDocument.parse(base, source=str(self.vmx))
+        doc = VmxDocument.parse(config.encode("utf-8", "surrogateescape"), source=str(self.vmx)) if config else \
+            self.doc.copy()
         for node, name in tops.items():
             doc.set(f"{node}.fileName", name)
         return doc.to_bytes()
@@ -120,7 +125,7 @@ def plan_take(files: VmFiles, name: str, description: str, memory_file: str | No
     uid = files.tree.last_uid + 1
     snap = Snapshot(uid, name, files.tree.current, disks, description, int(time.time() * 1e6), memory_file,
                     files.doc.to_bytes().decode("utf-8", "surrogateescape"), ready_line)
-    tree = new_tree_with(files.tree, snap).to_bytes()
+    tree = files.tree.bytes_with(snap, files.tree_doc)
     if len(tree) > VMSD_LIMITS.file_bytes:
         raise ConflictError(f"the snapshot tree would be larger than the {VMSD_LIMITS.file_bytes >> 20} MiB "
                             "minivisor reads back", hint="delete a snapshot first")
@@ -149,16 +154,17 @@ def refresh_parent_ids(files: VmFiles, snap: Snapshot, deltas: dict[str, str]) -
             set_parent(path, parent, os.path.relpath(parent.path, path.parent))
 
 
-def new_tree_with(tree: SnapshotTree, snap: Snapshot) -> SnapshotTree:
-    snapshots = dict(tree.snapshots)
-    snapshots[snap.uid] = snap
-    return SnapshotTree(snapshots, snap.uid, max(tree.last_uid, snap.uid))
-
-
 def take_offline(files: VmFiles, name: str, description: str,
                  handlers: dict[str, Callable[..., None]]) -> Snapshot:
     """Freeze the disks of a powered-off VM (the caller holds the VM lock; ``handlers`` run the steps that
     need the datastore or the VMM: :func:`minivisor.core.recovery.step_handlers`)."""
+    snap, journal = commit_offline(files, name, description)
+    journal.run(handlers)
+    return snap
+
+
+def commit_offline(files: VmFiles, name: str, description: str) -> tuple[Snapshot, Journal]:
+    """:func:`take_offline` up to its journal's durable commit (the deltas made): its steps are the caller's to run."""
     snap, deltas, steps = plan_take(files, name, description, None)
     journal = Journal(files.vm_dir, "take")
     journal.begin([files.vm_dir / d for d in deltas.values()])
@@ -166,8 +172,7 @@ def take_offline(files: VmFiles, name: str, description: str,
         create_delta(files.vm_dir / delta, files.layer(snap.disks[node]))
     crashpoint("take:prepared")
     journal.commit(steps)
-    journal.run(handlers)
-    return snap
+    return snap, journal
 
 
 def plan_revert(files: VmFiles, snap: Snapshot, clone_files: set[str]) -> tuple[Journal, dict[str, str]]:
