@@ -360,14 +360,21 @@ class Hypervisor:
             if placed.host != placed.here:
                 return start_elsewhere(placed, wait_ready=wait_ready, timeout=timeout)
         with self.vms.operate(name, Action.START) as ctx:
-            _write_missing_macs(ctx)
-            plan = ctx.plan()  # every check before anything is touched
-            with self.vms.hold(ctx):
-                if recover(ctx):  # a snapshot or clone cut short: finished or undone, so plan again
-                    plan = ctx.plan()
-                _, pinned = power_on(ctx, plan)
-        info = self._info(ctx)  # while the guest boots, not after it is ready
-        ready = self._wait_ready(ctx, timeout, plan.spec) if wait_ready else None
+            try:
+                _write_missing_macs(ctx)
+                plan = ctx.plan()  # every check before anything is touched
+                with self.vms.hold(ctx):
+                    if recover(ctx):  # a snapshot or clone cut short: finished or undone, so plan again
+                        plan = ctx.plan()
+                    _, pinned = power_on(ctx, plan, ready_signal=wait_ready)
+            except BaseException:
+                ctx.vmm.close_ready_signal()
+                raise
+        try:
+            info = self._info(ctx)  # while the guest boots, not after it is ready
+            ready = self._wait_ready(ctx, timeout, plan.spec) if wait_ready else None
+        finally:
+            ctx.vmm.close_ready_signal()
         return StartResult(info, plan.warnings + pinned, ready, placed.host if placed else None)
 
     def wait_ready(self, name: str, *, timeout: float = 120.0) -> str:
@@ -901,7 +908,8 @@ def _await_ready(ctx: VmContext, timeout: float, spec: VmSpec | None = None) -> 
     spec = spec or ctx.read_spec()
     record = ctx.vmm.record()
     return wait_for_ready(ctx.vmm.ready_line, spec.ready_line, timeout, alive=lambda: ctx.vmm.record() is not None,
-                          runtime_dir=ctx.paths.runtime_dir, vmm_pid=record.pid if record else None)
+                          runtime_dir=ctx.paths.runtime_dir, vmm_pid=record.pid if record else None,
+                          relay_signal=ctx.vmm.ready_signal)
 
 
 def _make_disk(target: Path, size: str | None, boot_chain: tuple[ImageLayer, ...] | None,
