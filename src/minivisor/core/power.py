@@ -18,9 +18,6 @@ from ..datastore.inventory import file_id, flocked_files
 from ..host import facts
 from ..host.admission import Commitment, admit, overhead_mib
 from ..host.placement import place
-from ..images.layers import read_layer
-from ..images.qcow2 import create_overlay
-from ..images.qemu_img import convert_disk
 from ..spec.vmspec import VmSpec
 from ..vmm.plan import LaunchPlan
 from ..vmm.process import RuntimeRecord, VmLock
@@ -133,6 +130,9 @@ def _make_efi_vars(ctx: VmContext, plan: LaunchPlan) -> None:
     target = ctx.paths.efi_vars
     if plan.env.uefi is None or os.path.lexists(target):
         return
+    from ..images.layers import read_layer
+    from ..images.qemu_img import convert_disk
+
     partial = target.with_name(target.name + ".part")  # a power-on killed while copying leaves no half store
     partial.unlink(missing_ok=True)
     convert_disk((read_layer(plan.env.uefi.vars_template, "raw"),), partial, "qcow2")
@@ -141,6 +141,10 @@ def _make_efi_vars(ctx: VmContext, plan: LaunchPlan) -> None:
 
 def _make_discard_overlays(plan: LaunchPlan) -> None:
     """A fresh overlay over each independent-nonpersistent disk: the guest's writes go there."""
+    if not plan.discard_overlays:
+        return
+    from ..images.qcow2 import create_overlay
+
     for overlay, disk in plan.discard_overlays:
         overlay.path.unlink(missing_ok=True)  # left by a power-on that died before it could drop the name
         create_overlay(overlay.path, disk)

@@ -33,8 +33,9 @@ from .states import FAULTS, VmState
 
 if TYPE_CHECKING:  # subprocess, shutil, socket and the QMP session are imported where a VMM is started,
     #                 stopped or spoken to: observing VMs (`vm list`, every few seconds in scripts) needs none
-    import socket
     import subprocess
+
+    from _socket import socket as Socket
 
     from .qmp import QmpSession
 
@@ -244,7 +245,7 @@ class Vmm:
         self._prepare_runtime_dir()
         # QEMU connects to these at its start (its console and event monitor): made first, handed to the relay,
         # whose interpreter starts while QEMU does. What the guest prints until the relay reads waits in them.
-        listeners: list[socket.socket] = []
+        listeners: list[Socket] = []
         try:
             for path in (self.paths.events_socket, *([self.paths.serial_socket] if console else [])):
                 listeners.append(self._listen(path))
@@ -298,11 +299,14 @@ class Vmm:
             os.close(self.ready_signal)
             self.ready_signal = None
 
-    def _listen(self, path: Path) -> socket.socket:
-        """A socket listening at ``path`` in the runtime folder (owner-only) for QEMU to connect to."""
-        import socket
+    def _listen(self, path: Path) -> Socket:
+        """A socket listening at ``path`` in the runtime folder (owner-only) for QEMU to connect to.
 
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        ``_socket``, the C module under ``socket``: a power-on needs none of socket.py's enums and wrappers
+        (~3 ms of its CPU before QEMU's spawn)."""
+        import _socket
+
+        listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         try:
             listener.bind(str(path))
             listener.listen(1)
@@ -320,7 +324,7 @@ class Vmm:
         for stale in runtime.iterdir():
             stale.unlink()
 
-    def _spawn_relay(self, vmm_pid: int, listeners: list[socket.socket], ready_text: str,
+    def _spawn_relay(self, vmm_pid: int, listeners: list[Socket], ready_text: str,
                      ready_signal: int | None) -> subprocess.Popen:
         """Start the VM's console relay (:mod:`minivisor.vmm.relay`) with the sockets QEMU (``vmm_pid``) connects
         to: its event monitor's, then its console's, if it has one, and the write end of the ready signal, if
