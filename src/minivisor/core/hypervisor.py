@@ -361,8 +361,7 @@ class Hypervisor:
                 return start_elsewhere(placed, wait_ready=wait_ready, timeout=timeout)
         with self.vms.operate(name, Action.START) as ctx:
             try:
-                _write_missing_macs(ctx)
-                plan = ctx.plan()  # every check before anything is touched
+                plan = ctx.plan(spec=_write_missing_macs(ctx))  # every check before anything is touched
                 with self.vms.hold(ctx):
                     if recover(ctx):  # a snapshot or clone cut short: finished or undone, so plan again
                         plan = ctx.plan()
@@ -850,15 +849,19 @@ class Hypervisor:
                       record.pid if record else None, record.accel if record else None, observed.fault, host)
 
 
-def _write_missing_macs(ctx: VmContext) -> None:
-    """A NIC added without an address gets its stable generated MAC, written into the specfile (as VMware does)."""
+def _write_missing_macs(ctx: VmContext) -> VmSpec:
+    """A NIC added without an address gets its stable generated MAC, written into the specfile (as VMware does);
+    returns the spec as written."""
     from ..datastore.inventory import read_vmx
     from ..spec.identity import fill_macs
     from ..spec.vmspec import VmSpec
 
     doc = read_vmx(ctx.vmx)
-    if fill_macs(doc, VmSpec.from_vmx(doc), ctx.uuid):
-        doc.save(ctx.vmx)
+    spec = VmSpec.from_vmx(doc)
+    if not fill_macs(doc, spec, ctx.uuid):
+        return spec
+    doc.save(ctx.vmx)
+    return VmSpec.from_vmx(doc)
 
 
 def _set_link(ctx: VmContext, nic: str, up: bool) -> str:
