@@ -59,7 +59,7 @@ START_AND_LIST = ("import os, sys, _posixsubprocess\n"
 NOT_BEFORE_QEMU = ("dataclasses", "inspect", "logging", "shutil", "secrets", "minivisor.core.networks", "minivisor.net.switch",
                    "minivisor.net.dhcp", "minivisor.net.firewall", "minivisor.vmm.hotplug", "minivisor.vmm.qmp",
                    "socket", "base64", "minivisor.images.vmdk", "minivisor.storage.nvram", "minivisor.images.qemu_img",
-                   "minivisor.images.qcow2")
+                   "minivisor.images.qcow2", "hashlib", "_hashlib")
 
 
 def imported_by_cli(*args: str, direct: bool = True, script: str = RUN_AND_LIST, **env_vars: str) -> set[str]:
