@@ -18,9 +18,9 @@ tens of percent):
     per-round ratios with a distribution-free 95 % confidence interval (order statistics of the
     ratios: where the median lies, whatever the noise's shape). Read the target against the interval.
   - For minivisor's sides, each boot is split in three: the command's start to QEMU's spawn (from
-    QEMU's start time in /proc, 10 ms ticks), QEMU's spawn to the relay's ready note (its mtime), and
-    that note to the command's exit. The middle part is the guest's boot itself, comparable to bare
-    QEMU's whole time; the other two are minivisor's own cost around it.
+    QEMU's start time in /proc, 10 ms ticks), QEMU's spawn to the relay's ready note (seen by inotify
+    from a thread of the script), and that note to the command's exit. The middle part is the guest's
+    boot itself, comparable to bare QEMU's whole time; the other two are minivisor's own cost around it.
 
 Sides: ``minivisor`` (this tree, ``vm start --wait-ready`` with MINIVISOR_DIRECT=1), ``--base SRC``
 (another source tree, e.g. ``git archive main src | tar -x -C /tmp/base`` then ``--base /tmp/base/src``,
@@ -41,10 +41,13 @@ import os
 import re
 import select
 import shutil
+import signal
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,7 +55,7 @@ from pathlib import Path
 from common import Minivisor, load_average, start_service, stop_service
 
 READY = b"minivisor-guest: ready"
-IN_MODIFY = 0x2  # <sys/inotify.h>
+IN_MODIFY, IN_MOVED_TO = 0x2, 0x80  # <sys/inotify.h>
 BARE = "bare QEMU"
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -79,16 +82,59 @@ class MinivisorSide:
         self.ready_note = Path(re.search(r"path=([^,]+)/serial\.sock", " ".join(argv)).group(1)) / "ready"
 
     def __call__(self) -> Boot:
-        boot_clock, wall = time.clock_gettime(time.CLOCK_BOOTTIME), time.time()
-        start = time.perf_counter()
-        out = self.mv("vm", "start", "bench", "--wait-ready").stdout
-        seconds = time.perf_counter() - start
-        try:
-            spawned = qemu_start(int(re.search(r"\(pid (\d+)", out).group(1))) - boot_clock
-            ready = self.ready_note.stat().st_mtime - wall
-        finally:
-            self.mv("vm", "stop", "bench", "--hard")
-        return Boot(seconds, (spawned, ready - spawned, seconds - ready))
+        with NoteWatch(self.ready_note) as note:
+            boot_clock, start = time.clock_gettime(time.CLOCK_BOOTTIME), time.perf_counter()
+            out = self.mv("vm", "start", "bench", "--wait-ready").stdout
+            end = time.perf_counter()
+            try:
+                spawned = qemu_start(int(re.search(r"\(pid (\d+)", out).group(1))) - boot_clock
+                ready = note.seen() - start
+            finally:
+                self.mv("vm", "stop", "bench", "--hard")
+        return Boot(end - start, (spawned, ready - spawned, end - start - ready))
+
+
+class NoteWatch:
+    """When the relay renames a note into the runtime folder (inotify, from a thread): the note's mtime would do
+    but for the file system's clock, which lags by up to tens of ms on an idle host (coarse, tickless)."""
+
+    def __init__(self, note: Path) -> None:
+        note.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # as the launch makes it (it empties it)
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.inotify_init1(os.O_CLOEXEC | os.O_NONBLOCK)
+        if self.fd < 0 or libc.inotify_add_watch(self.fd, os.fsencode(note.parent), IN_MOVED_TO) < 0:
+            raise OSError(ctypes.get_errno(), "inotify")
+        self.name, self.when = os.fsencode(note.name), None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.done.is_set() and self.when is None:
+            if not select.select([self.fd], [], [], 0.5)[0]:
+                continue
+            now, data = time.perf_counter(), os.read(self.fd, 65536)
+            offset = 0
+            while offset < len(data):
+                _, _, _, size = struct.unpack_from("iIII", data, offset)
+                if data[offset + 16:offset + 16 + size].rstrip(b"\0") == self.name:
+                    self.when = now
+                offset += 16 + size
+
+    def seen(self) -> float:
+        """perf_counter() when the note was renamed in (the launch has returned: it had been)."""
+        self.thread.join(5)
+        if self.when is None:
+            raise RuntimeError("the ready note was not seen")
+        return self.when
+
+    def __enter__(self) -> NoteWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+        os.close(self.fd)  # after the timing: closing an inotify descriptor waits for an RCU grace period
 
 
 class BareSide:
@@ -205,6 +251,7 @@ def main() -> None:
     parser.add_argument("--via-service", action="store_true",
                         help="a side: the same vm start through a minivisor serve of this tree on its datastore")
     options = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # power off what runs on a plain kill too
     workdir = Path(tempfile.mkdtemp(prefix="minivisor-bench-"))
     mv = Minivisor(workdir / "ds", direct=True)
     base = None
