@@ -359,21 +359,16 @@ class Hypervisor:
             placed = place(self, name, host)
             if placed.host != placed.here:
                 return start_elsewhere(placed, wait_ready=wait_ready, timeout=timeout)
-        with self.vms.operate(name, Action.START) as ctx:
-            try:
+        with ExitStack() as launched:
+            with self.vms.operate(name, Action.START) as ctx:
+                launched.callback(ctx.vmm.close_ready_signal)  # the relay's pipe, once waited on (or not)
                 plan = ctx.plan(spec=_write_missing_macs(ctx))  # every check before anything is touched
                 with self.vms.hold(ctx):
                     if recover(ctx):  # a snapshot or clone cut short: finished or undone, so plan again
                         plan = ctx.plan()
                     _, pinned = power_on(ctx, plan, ready_signal=wait_ready)
-            except BaseException:
-                ctx.vmm.close_ready_signal()
-                raise
-        try:
             info = self._info(ctx)  # while the guest boots, not after it is ready
             ready = self._wait_ready(ctx, timeout, plan.spec) if wait_ready else None
-        finally:
-            ctx.vmm.close_ready_signal()
         return StartResult(info, plan.warnings + pinned, ready, placed.host if placed else None)
 
     def wait_ready(self, name: str, *, timeout: float = 120.0) -> str:
