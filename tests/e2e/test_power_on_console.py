@@ -25,9 +25,9 @@ import os, sys
 from minivisor import Hypervisor
 from minivisor.vmm import process
 original = process.Vmm._spawn_relay
-def late(self, vmm_pid, listeners, ready_text):
+def late(self, vmm_pid, *rest):
     os.waitid(os.P_PID, vmm_pid, os.WEXITED | os.WNOWAIT)
-    return original(self, vmm_pid, listeners, ready_text)
+    return original(self, vmm_pid, *rest)
 process.Vmm._spawn_relay = late
 Hypervisor(sys.argv[1]).start_vm(sys.argv[2])
 """
@@ -88,3 +88,17 @@ def test_a_guest_that_runs_at_once_is_ready_and_its_run_state_is_known(hv, appli
     assert hv.get_vm("plain").state is VmState.PAUSED
     hv.resume_vm("plain")
     assert hv.exec_in_vm("plain", "echo on").output.strip() == "on"
+
+
+def test_a_wait_for_the_ready_line_sleeps_on_the_relays_pipe_and_leaves_no_descriptor(hv, appliance_image):
+    """``start_vm(wait_ready=True)`` hands the relay a pipe it closes once the ready line is noted (no inotify,
+    whose close waits for an RCU grace period): the wait ends, and the pipe's end is closed, boot after boot."""
+    create_guest(hv, "waits", appliance_image, memory_mib=192, network="none")
+    hv.start_vm("waits", wait_ready=True, timeout=60)  # the first: what the process keeps open for good
+    hv.stop_vm("waits", hard=True)
+    before = sorted(os.listdir("/proc/self/fd"))
+    for _ in range(2):
+        assert hv.start_vm("waits", wait_ready=True, timeout=60).ready_line == "minivisor-guest: ready"
+        assert hv.vm_paths("waits").ready_file.read_text().strip() == "minivisor-guest: ready"
+        hv.stop_vm("waits", hard=True)
+    assert sorted(os.listdir("/proc/self/fd")) == before

@@ -84,3 +84,29 @@ def test_a_vmm_gone_before_the_watch_began_leaves_it_looking(tmp_path):
     gone.wait()
     with FolderWatch(tmp_path, gone.pid) as watch:
         assert watch.polling and not watch.fds[1:]
+
+
+def test_a_wait_given_the_relays_pipe_sleeps_on_it_and_ends_when_the_relay_closes_it(tmp_path, vmm):
+    signal, relay_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        with FolderWatch(tmp_path, vmm.pid, signal) as watch:  # no inotify: the pipe is what wakes it
+            assert watch.waker == signal and signal not in watch.fds and not watch.polling
+        thread = after_the_wait_began(lambda: (publish(tmp_path, "ready", "noted"), os.close(relay_end)))
+        assert wait_for_ready(note(tmp_path), "ready", 60, alive=lambda: vmm.poll() is None,
+                              runtime_dir=tmp_path, vmm_pid=vmm.pid, relay_signal=signal) == "noted"
+        thread.join()
+        os.fstat(signal)  # still open: the caller's to close
+    finally:
+        os.close(signal)
+
+
+def test_a_relay_gone_without_a_note_leaves_the_wait_looking(tmp_path, vmm):
+    signal, relay_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    os.close(relay_end)  # the relay exited before the guest said it was ready
+    try:
+        thread = after_the_wait_began(lambda: publish(tmp_path, "ready", "late"))
+        assert wait_for_ready(note(tmp_path), "ready", 60, alive=lambda: vmm.poll() is None,
+                              runtime_dir=tmp_path, vmm_pid=vmm.pid, relay_signal=signal) == "late"
+        thread.join()
+    finally:
+        os.close(signal)

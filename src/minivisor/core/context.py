@@ -83,12 +83,13 @@ class VmContext(Record):
 
         return VmSpec.from_vmx(read_vmx(self.vmx))
 
-    def plan(self, *, incoming: bool = False) -> LaunchPlan:
-        """What a power-on would build now (every check made, nothing touched)."""
+    def plan(self, *, incoming: bool = False, spec: VmSpec | None = None) -> LaunchPlan:
+        """What a power-on would build now (every check made, nothing touched); ``spec``: the specfile as
+        the caller has just read it, in this turn."""
         from ..vmm.plan import make_plan
 
         return make_plan(self.name, self.uuid, self.paths, self.scope, incoming=incoming,
-                         networks=lambda: self.networks().for_plan(self.uuid))
+                         networks=lambda: self.networks().for_plan(self.uuid), spec=spec)
 
     def networks(self) -> Networks:
         """The datastore's virtual networks (which this VM's NICs join)."""

@@ -360,15 +360,16 @@ class Hypervisor:
             placed = place(self, name, host)
             if placed.host != placed.here:
                 return start_elsewhere(placed, wait_ready=wait_ready, timeout=timeout)
-        with self.vms.operate(name, Action.START) as ctx:
-            _write_missing_macs(ctx)
-            plan = ctx.plan()  # every check before anything is touched
-            with self.vms.hold(ctx):
-                if recover(ctx):  # a snapshot or clone cut short: finished or undone, so plan again
-                    plan = ctx.plan()
-                _, pinned = power_on(ctx, plan)
-        info = self._info(ctx)  # while the guest boots, not after it is ready
-        ready = self._wait_ready(ctx, timeout, plan.spec) if wait_ready else None
+        with ExitStack() as launched:
+            with self.vms.operate(name, Action.START) as ctx:
+                launched.callback(ctx.vmm.close_ready_signal)  # the relay's pipe, once waited on (or not)
+                plan = ctx.plan(spec=_write_missing_macs(ctx))  # every check before anything is touched
+                with self.vms.hold(ctx):
+                    if recover(ctx):  # a snapshot or clone cut short: finished or undone, so plan again
+                        plan = ctx.plan()
+                    _, pinned = power_on(ctx, plan, ready_signal=wait_ready)
+            info = self._info(ctx)  # while the guest boots, not after it is ready
+            ready = self._wait_ready(ctx, timeout, plan.spec) if wait_ready else None
         return StartResult(info, plan.warnings + pinned, ready, placed.host if placed else None)
 
     def wait_ready(self, name: str, *, timeout: float = 120.0) -> str:
@@ -850,15 +851,19 @@ class Hypervisor:
                       record.pid if record else None, record.accel if record else None, observed.fault, host)
 
 
-def _write_missing_macs(ctx: VmContext) -> None:
-    """A NIC added without an address gets its stable generated MAC, written into the specfile (as VMware does)."""
+def _write_missing_macs(ctx: VmContext) -> VmSpec:
+    """A NIC added without an address gets its stable generated MAC, written into the specfile (as VMware does);
+    returns the spec as written."""
     from ..datastore.inventory import read_vmx
     from ..spec.identity import fill_macs
     from ..spec.vmspec import VmSpec
 
     doc = read_vmx(ctx.vmx)
-    if fill_macs(doc, VmSpec.from_vmx(doc), ctx.uuid):
-        doc.save(ctx.vmx)
+    spec = VmSpec.from_vmx(doc)
+    if not fill_macs(doc, spec, ctx.uuid):
+        return spec
+    doc.save(ctx.vmx)
+    return VmSpec.from_vmx(doc)
 
 
 def _set_link(ctx: VmContext, nic: str, up: bool) -> str:
@@ -908,7 +913,8 @@ def _await_ready(ctx: VmContext, timeout: float, spec: VmSpec | None = None) -> 
     spec = spec or ctx.read_spec()
     record = ctx.vmm.record()
     return wait_for_ready(ctx.vmm.ready_line, spec.ready_line, timeout, alive=lambda: ctx.vmm.record() is not None,
-                          runtime_dir=ctx.paths.runtime_dir, vmm_pid=record.pid if record else None)
+                          runtime_dir=ctx.paths.runtime_dir, vmm_pid=record.pid if record else None,
+                          relay_signal=ctx.vmm.ready_signal)
 
 
 def _make_disk(target: Path, size: str | None, boot_chain: tuple[ImageLayer, ...] | None,

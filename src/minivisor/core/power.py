@@ -18,9 +18,6 @@ from ..datastore.inventory import file_id, flocked_files
 from ..host import facts
 from ..host.admission import Commitment, admit, overhead_mib
 from ..host.placement import place
-from ..images.layers import read_layer
-from ..images.qcow2 import create_overlay
-from ..images.qemu_img import convert_disk
 from ..spec.vmspec import VmSpec
 from ..vmm.plan import LaunchPlan
 from ..vmm.process import RuntimeRecord, VmLock
@@ -30,24 +27,26 @@ from .context import VmContext
 __all__ = ["power_on", "admit_memory"]
 
 
-def power_on(ctx: VmContext, plan: LaunchPlan, *, migrating_in: bool = False
+def power_on(ctx: VmContext, plan: LaunchPlan, *, migrating_in: bool = False, ready_signal: bool = False
              ) -> tuple[RuntimeRecord, tuple[str, ...]]:
     """Launch the VMM ``plan`` describes; returns its record and what could not be applied (placement).
 
     ``migrating_in``: the destination of a live migration (``plan`` is incoming). Its VMM stays paused and
     the VM is not claimed: the source owns it until the handover (:mod:`minivisor.core.migration`).
+    ``ready_signal``: the caller waits for the guest's ready line next (see ``Vmm.launch``).
     """
     _rotate(ctx.paths.serial_log)
     ctx.paths.bios_log.unlink(missing_ok=True)
-    with nullcontext() if migrating_in else claimed(ctx):  # in a cluster, this host owns the VM before its
-        record = _launch(ctx, plan, run=not migrating_in)  # VMM starts (given up if it does not start)
+    # in a cluster, this host owns the VM before its VMM starts (given up if it does not start)
+    with nullcontext() if migrating_in else claimed(ctx):
+        record = _launch(ctx, plan, run=not migrating_in, ready_signal=ready_signal)
     ctx.running = True
     warnings = place(record.pid, plan.spec, ctx.name)
     ctx.emit("poweredOn", pid=record.pid, accel=record.accel)
     return record, warnings
 
 
-def _launch(ctx: VmContext, plan: LaunchPlan, *, run: bool) -> RuntimeRecord:
+def _launch(ctx: VmContext, plan: LaunchPlan, *, run: bool, ready_signal: bool) -> RuntimeRecord:
     """Admit the VM's memory, make what its VMM opens (variables, overlays, taps), and start the VMM."""
     claim = admit_memory(ctx, plan.spec, plan.env.accel)  # under the VM lock, which keeps the claim valid
     # the network modules only for a VM with a NIC on a host network, or with port forwards of QEMU's user-mode
@@ -59,7 +58,8 @@ def _launch(ctx: VmContext, plan: LaunchPlan, *, run: bool) -> RuntimeRecord:
         if networks is not None:
             networks.plug(ctx, plan)  # its taps on their networks' bridges: QEMU opens them by name
         record = ctx.vmm.launch(plan.argv, plan.env.accel, plan.links_down, ready_text=plan.spec.ready_line,
-                                console=plan.env.console_index is not None, paused=plan.env.starts_paused, run=run)
+                                console=plan.env.console_index is not None, paused=plan.env.starts_paused, run=run,
+                                ready_signal=ready_signal)
     except BaseException:
         claim.unlink(missing_ok=True)
         if networks is not None and plan.taps:
@@ -130,6 +130,9 @@ def _make_efi_vars(ctx: VmContext, plan: LaunchPlan) -> None:
     target = ctx.paths.efi_vars
     if plan.env.uefi is None or os.path.lexists(target):
         return
+    from ..images.layers import read_layer
+    from ..images.qemu_img import convert_disk
+
     partial = target.with_name(target.name + ".part")  # a power-on killed while copying leaves no half store
     partial.unlink(missing_ok=True)
     convert_disk((read_layer(plan.env.uefi.vars_template, "raw"),), partial, "qcow2")
@@ -138,6 +141,10 @@ def _make_efi_vars(ctx: VmContext, plan: LaunchPlan) -> None:
 
 def _make_discard_overlays(plan: LaunchPlan) -> None:
     """A fresh overlay over each independent-nonpersistent disk: the guest's writes go there."""
+    if not plan.discard_overlays:
+        return
+    from ..images.qcow2 import create_overlay
+
     for overlay, disk in plan.discard_overlays:
         overlay.path.unlink(missing_ok=True)  # left by a power-on that died before it could drop the name
         create_overlay(overlay.path, disk)

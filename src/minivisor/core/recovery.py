@@ -7,8 +7,9 @@ the VM lock (no power-on can begin meanwhile). A running VM's VMM holds the VM
 lock; its disks then change only through it (QMP). Before anything else, the
 operation finishes or undoes what an interrupted one left in the VM's intent
 journal (:mod:`minivisor.storage.journal`); so does a power-on. The VMM's jobs are
-imported where a running VM needs them, and qemu-img (with subprocess) where a step merges or relinks
-layers: most disk operations need neither (a snapshot's overlays are written in-process).
+imported where a running VM needs them, and qemu-img (with subprocess), the VMDK and variable-store tools
+where a step merges, relinks or keeps a store: most disk operations need none of them (a snapshot's
+overlays are written in-process), and a power-on without a journal to finish loads none.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from typing import Callable
 
 from ..errors import HvError
 from ..images.layers import format_for
-from ..images.vmdk import set_cid, set_parent
-from ..storage import nvram
 from ..storage.journal import Journal
 from ..vmm.states import Action
 from .context import VmContext, Vms
@@ -122,6 +121,8 @@ def _reopenable_chains(ctx: VmContext) -> dict[str, list[tuple[Path, str]]]:
 
 def step_handlers(ctx: VmContext) -> dict[str, Callable[..., None]]:
     """The journal steps that need the datastore: each checks the chains it opens under the VM's path policy."""
+    from ..storage import nvram
+
     return {"publish-clone": lambda *args: _publish_clone(ctx, *args),
             "commit": lambda dependent: _commit(ctx, dependent),
             "relink": lambda image, backing, fmt: _relink(ctx, image, backing, fmt),
@@ -139,6 +140,8 @@ def _nvram(ctx: VmContext, kind: str, uid: int) -> None:
     An EFI VM's running VMM has the store open (and locked): it keeps and forgets the store's internal
     snapshots itself. A restore is a revert's, which powers the VM off first: always qemu-img.
     """
+    from ..storage import nvram
+
     store = ctx.paths.efi_vars
     through_vmm = (kind != nvram.RESTORE and store.exists() and ctx.vmm.record() is not None
                    and ctx.files().spec.firmware == "efi")
@@ -157,6 +160,7 @@ def _commit(ctx: VmContext, dependent: str) -> None:
     recorded, so a re-run still finds an intact chain (what the dependent reads has not changed).
     """
     from ..images.qemu_img import commit_layer
+    from ..images.vmdk import set_cid
 
     chain = ctx.files().chain(dependent)
     commit_layer(chain)
@@ -170,6 +174,8 @@ def _relink(ctx: VmContext, image: str, backing: str, backing_format: str) -> No
     path = files.path(image)
     name = os.path.relpath(files.path(backing), path.parent)
     if format_for(path) == "vmdk":
+        from ..images.vmdk import set_parent
+
         set_parent(path, files.layer(backing), name)
     else:
         from ..images.qemu_img import set_backing

@@ -11,11 +11,11 @@ rather than overwrite an edit someone else saved meanwhile.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable
 from typing import Any
 
+from ..digest import sha256
 from ..errors import ArgumentError, ConflictError, SpecError
 from ..files import write_atomic
 from ..spec.fidelity import KeyNote
@@ -28,7 +28,7 @@ __all__ = ["read", "replace", "save_edit", "stamp_of"]
 
 def stamp_of(data: bytes) -> str:
     """What tells two versions of a specfile apart (its content: an mtime may not change within a write)."""
-    return hashlib.sha256(data).hexdigest()
+    return sha256(data).hexdigest()
 
 
 def read(ctx: VmContext) -> dict[str, Any]:

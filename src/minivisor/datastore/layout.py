@@ -51,9 +51,9 @@ class VmPaths(Record, frozen=True):
     def runtime_dir(self) -> Path:
         """0700, a short path: UNIX sockets live here. Named by a hash of the VM's real folder, which takes
         resolving its path: done when first asked for (`vm list` asks only for the VMs that run)."""
-        import hashlib
+        from ..digest import sha256
 
-        digest = hashlib.sha256(os.path.realpath(self.vmx.parent).encode()).hexdigest()[:16]
+        digest = sha256(os.path.realpath(self.vmx.parent).encode()).hexdigest()[:16]
         return dirs.runtime_root() / digest
 
     @property

@@ -13,7 +13,6 @@ A dnsmasq is minivisor's if its command line names the network's config file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 import os
 import signal
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 from .. import dirs, procfs
+from ..digest import sha256
 from ..errors import NetworkError
 from ..files import write_atomic
 from ..records import Record
@@ -69,7 +69,7 @@ def datastore_dhcp_files(datastore_meta: Path) -> list[DhcpFiles]:
 
 
 def _datastore_tag(datastore_meta: Path) -> str:
-    return hashlib.sha256(os.path.realpath(datastore_meta).encode()).hexdigest()[:12]
+    return sha256(os.path.realpath(datastore_meta).encode()).hexdigest()[:12]
 
 
 def config_text(files: DhcpFiles, bridge: str, subnet: ipaddress.IPv4Network, *, router: bool) -> str:

@@ -7,9 +7,9 @@ interface a user made, whatever its name.
 
 from __future__ import annotations
 
-import hashlib
 import re
 
+from ..digest import sha256
 from ..errors import ArgumentError
 from ..spec.vmspec import Nic
 from ..text import excerpt
@@ -69,7 +69,7 @@ def wanted_network(nic: Nic) -> str | None:
 
 def tap_name(vm_uuid: str, index: int) -> str:
     """The tap of NIC ``index`` of a VM: stable, so a power-on replaces what a crash left."""
-    return f"{TAP_PREFIX}{hashlib.sha256(vm_uuid.encode()).hexdigest()[:10]}{index}"
+    return f"{TAP_PREFIX}{sha256(vm_uuid.encode()).hexdigest()[:10]}{index}"
 
 
 def bridge_name(taken: set[str]) -> str:

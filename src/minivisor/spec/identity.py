@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 
+from ..digest import sha256
 from .vmspec import VmSpec
 from .vmx import VmxDocument
 
@@ -20,7 +20,7 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 
 def generated_mac(uuid: str, index: int) -> str:
     """A stable MAC for NIC ``index`` of the VM with this UUID (VMware's 00:0c:29 prefix)."""
-    digest = hashlib.sha256(f"{uuid}/{index}".encode()).digest()
+    digest = sha256(f"{uuid}/{index}".encode()).digest()
     return VMWARE_GENERATED_OUI + "".join(f":{b:02x}" for b in digest[:3])
 
 

@@ -30,7 +30,6 @@ after one that is not recorded just runs it again.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -131,10 +130,14 @@ class Journal(Record):
 
 
 def write_step(name: str, data: bytes) -> list[Any]:
+    import base64  # only a journal's writer and reader: a power-on without a journal looks for the file alone
+
     return ["write", name, base64.b64encode(data).decode()]
 
 
 def _write(vm_dir: Path, name: str, data: str) -> None:
+    import base64
+
     write_atomic(vm_dir / name, base64.b64decode(data), mode=0o600, sync="data")  # the folder: in finish()
 
 

@@ -13,13 +13,13 @@ expects (``,`` doubled).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, Union
 
 from ..datastore.layout import VmPaths
+from ..digest import sha256
 from ..host.admission import tcg_cache_mib
 from ..host.facts import Ovmf
 from ..records import Record, default_factory
@@ -367,7 +367,7 @@ def _ide_on_q35(disk: Disk) -> dict[str, object]:
 
 def _wwn(vm_uuid: str, node: str) -> int:
     """A stable NAA-5 world wide name for one disk of one VM."""
-    digest = int.from_bytes(hashlib.sha256(f"{vm_uuid}/{node}".encode()).digest()[:8], "big")
+    digest = int.from_bytes(sha256(f"{vm_uuid}/{node}".encode()).digest()[:8], "big")
     return (0x5 << 60) | (digest & ((1 << 60) - 1))
 
 

@@ -90,12 +90,13 @@ class LaunchPlan(Record, frozen=True):
 
 
 def make_plan(name: str, uuid: str, paths: VmPaths, scope: Scope, *, incoming: bool = False,
-              networks: Callable[[], HostNetworks] | None = None) -> LaunchPlan:
+              networks: Callable[[], HostNetworks] | None = None, spec: VmSpec | None = None) -> LaunchPlan:
     """Read the specfile and check it against the host and the datastore; raises what is wrong.
 
     ``networks`` gives the networks NICs may join; it is asked only if the spec has NICs (it loads the
-    network modules and reads the catalog: a VM without NICs powers on without them)."""
-    spec = VmSpec.from_vmx(read_vmx(paths.vmx))
+    network modules and reads the catalog: a VM without NICs powers on without them). ``spec``: the
+    specfile as the caller has just read it, under the same turn (not read a second time)."""
+    spec = spec or VmSpec.from_vmx(read_vmx(paths.vmx))
     fit = _host_notes(spec)
     host = networks() if networks is not None and spec.nics else HostNetworks(None, "no networks given")
     resources = resolve_resources(spec, scope, paths.vmx, uuid, host)

@@ -33,8 +33,9 @@ from .states import FAULTS, VmState
 
 if TYPE_CHECKING:  # subprocess, shutil, socket and the QMP session are imported where a VMM is started,
     #                 stopped or spoken to: observing VMs (`vm list`, every few seconds in scripts) needs none
-    import socket
     import subprocess
+
+    from _socket import socket as Socket
 
     from .qmp import QmpSession
 
@@ -161,6 +162,9 @@ class Vmm:
         self.name = name
         self.paths = paths
         self.lock = VmLock(paths.lock)
+        # The read end of a pipe the relay this process launched closes once the guest said it is ready (a
+        # launch with ``ready_signal``): what a wait for the ready line sleeps on. Closed by close_ready_signal.
+        self.ready_signal: int | None = None
 
     # -- observing -------------------------------------------------------
     def record(self) -> RuntimeRecord | None:
@@ -223,7 +227,7 @@ class Vmm:
 
     # -- launching -------------------------------------------------------
     def launch(self, argv: list[str], accel: str, links_down: list[str], *, ready_text: str,
-               console: bool, paused: bool, run: bool = True) -> RuntimeRecord:
+               console: bool, paused: bool, run: bool = True, ready_signal: bool = False) -> RuntimeRecord:
         """Start QEMU and its console relay; returns once QEMU's start is over and the relay attached.
 
         ``paused``: ``argv`` starts QEMU paused (``-S``, :attr:`~minivisor.vmm.argv.LaunchEnv.starts_paused`):
@@ -232,6 +236,8 @@ class Vmm:
         defer`` waits for a saved state, its ``cont`` only arms the run). Otherwise the guest runs at once,
         as under bare QEMU, and nothing here is on its way. ``ready_text``: the guest's ready line, which the
         relay watches the console for; ``console``: whether ``argv`` gives the VM a minivisor console.
+        ``ready_signal``: the caller waits for the ready line next; the relay gets a pipe to close once it
+        noted it (:attr:`ready_signal`, which the caller closes with :meth:`close_ready_signal`).
         The caller must hold ``self.lock``.
         """
         assert self.lock.fd is not None, "launch() needs the VM lock"
@@ -239,20 +245,27 @@ class Vmm:
         self._prepare_runtime_dir()
         # QEMU connects to these at its start (its console and event monitor): made first, handed to the relay,
         # whose interpreter starts while QEMU does. What the guest prints until the relay reads waits in them.
-        listeners: list[socket.socket] = []
+        listeners: list[Socket] = []
         try:
             for path in (self.paths.events_socket, *([self.paths.serial_socket] if console else [])):
                 listeners.append(self._listen(path))
             process = self._spawn(argv)
+            signal = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK) if ready_signal else None  # (read, write)
             try:
-                relay = self._spawn_relay(process.pid, listeners, ready_text)
+                relay = self._spawn_relay(process.pid, listeners, ready_text, signal[1] if signal else None)
             except BaseException:
                 process.kill()
                 process.wait()
+                if signal:
+                    os.close(signal[0])
                 raise
+            finally:
+                if signal:
+                    os.close(signal[1])  # the relay's alone: its end closes when the relay noted the line, or exits
         finally:
             for listener in listeners:
                 listener.close()  # the relay has its own
+        self.ready_signal = signal[0] if signal else None
         try:
             self._wait_for_relay(relay)
             record = RuntimeRecord(process.pid, procfs.start_ticks(process.pid) or 0, argv,
@@ -272,6 +285,7 @@ class Vmm:
             relay.kill()  # attached, it has detached already: QEMU's end closes its sockets, it exits
             relay.wait()
             self.paths.runtime_record.unlink(missing_ok=True)
+            self.close_ready_signal()
             if exited:  # QEMU gave up during its start (its relay saw it end): say why
                 raise VmmError(f"the VMM of {self.name!r} failed to start: {self.last_vmm_error()}",
                                hint=f"see {self.paths.vmm_log}") from exc
@@ -279,11 +293,20 @@ class Vmm:
         _launched[process.pid] = process
         return record
 
-    def _listen(self, path: Path) -> socket.socket:
-        """A socket listening at ``path`` in the runtime folder (owner-only) for QEMU to connect to."""
-        import socket
+    def close_ready_signal(self) -> None:
+        """Close the read end of the ready signal of this process's launch, if it has one."""
+        if self.ready_signal is not None:
+            os.close(self.ready_signal)
+            self.ready_signal = None
 
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    def _listen(self, path: Path) -> Socket:
+        """A socket listening at ``path`` in the runtime folder (owner-only) for QEMU to connect to.
+
+        ``_socket``, the C module under ``socket``: a power-on needs none of socket.py's enums and wrappers
+        (~3 ms of its CPU before QEMU's spawn)."""
+        import _socket
+
+        listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         try:
             listener.bind(str(path))
             listener.listen(1)
@@ -301,9 +324,11 @@ class Vmm:
         for stale in runtime.iterdir():
             stale.unlink()
 
-    def _spawn_relay(self, vmm_pid: int, listeners: list[socket.socket], ready_text: str) -> subprocess.Popen:
+    def _spawn_relay(self, vmm_pid: int, listeners: list[Socket], ready_text: str,
+                     ready_signal: int | None) -> subprocess.Popen:
         """Start the VM's console relay (:mod:`minivisor.vmm.relay`) with the sockets QEMU (``vmm_pid``) connects
-        to: its event monitor's, then its console's, if it has one; :meth:`_wait_for_relay` waits for it.
+        to: its event monitor's, then its console's, if it has one, and the write end of the ready signal, if
+        the launch has one; :meth:`_wait_for_relay` waits for it.
 
         The relay detaches itself: its first process exits 0 once the relay holds QEMU's sockets, QEMU greeted
         (its start is over) and the console is served. Its interpreter starts without ``site`` (-S: the relay
@@ -321,9 +346,11 @@ class Vmm:
                 "--status", str(paths.status_file), "--console", str(paths.console_socket),
                 "--log", str(paths.serial_log), "--ready", str(paths.ready_file), "--ready-text", ready_text]
         argv += ["--serial-fd", str(fds[1])] if len(fds) > 1 else []
+        argv += ["--ready-fd", str(ready_signal)] if ready_signal is not None else []
+        passed = [*fds, *([ready_signal] if ready_signal is not None else [])]
         try:
             return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                    env=env, start_new_session=True, umask=0o077, pass_fds=fds)
+                                    env=env, start_new_session=True, umask=0o077, pass_fds=passed)
         except OSError as exc:
             raise VmmError(f"cannot start the console relay of {self.name!r}: {exc.strerror}",
                            hint="check the Python installation minivisor runs from") from exc

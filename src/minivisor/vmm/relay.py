@@ -11,7 +11,8 @@ the relay comes. The relay
 - serves ``console.sock`` to ``vm console`` and ``vm exec``: each client gets the
   output from the moment it connects, never the history;
 - remembers readiness: the line with the guest's ready text goes to ``ready`` in
-  the runtime folder, so ``exec`` never scans the log;
+  the runtime folder, so ``exec`` never scans the log; a power-on that waits for it
+  hands the relay a pipe (``--ready-fd``), closed once the line is noted;
 - watches QEMU's events on a second QMP monitor (``events.sock``) and writes
   QEMU's run state to ``status`` after every stop and resume, so ``vm list`` sees
   a VM that QEMU paused by itself (``io-error``: a disk write found the
@@ -113,6 +114,7 @@ class Relay:
         self.runtime = os.open(os.path.dirname(options.status), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.status_name, self.ready_name = os.path.basename(options.status), os.path.basename(options.ready)
         self.ready_text = options.ready_text.encode()
+        self.ready_signal = int(options.ready_fd) if options.ready_fd else None
         self.log = CappedLog(options.log, LOG_CAP)
         self.selector = selectors.DefaultSelector()
         self.clients: dict[socket.socket, Outbox] = {}
@@ -194,6 +196,9 @@ class Relay:
         start = text.rfind(b"\n", 0, found) + 1
         stop = text.find(b"\n", found)
         self._publish(self.ready_name, text[start:stop].decode(errors="replace").strip())
+        if self.ready_signal is not None:  # the power-on waiting for the line: it is noted
+            os.close(self.ready_signal)
+            self.ready_signal = None
 
     def _on_event_data(self, sock: socket.socket, mask: int) -> None:
         assert self.events is not None
@@ -347,7 +352,7 @@ def _detach() -> None:
     os.close(devnull)
 
 
-OPTIONS = {  # the relay's command line: --NAME VALUE for each, in any order (only --serial-fd may be left out)
+OPTIONS = {  # the relay's command line: --NAME VALUE for each, in any order (--serial-fd and --ready-fd may be left out)
     "vmm-pid": "QEMU's process id",
     "events-fd": "the listening socket (a descriptor) QEMU's event monitor connects to",
     "status": "where QEMU's run state goes (in the runtime folder)",
@@ -356,6 +361,7 @@ OPTIONS = {  # the relay's command line: --NAME VALUE for each, in any order (on
     "log": "serial.log in the VM's folder",
     "ready": "where the ready line goes (beside --status)",
     "ready-text": "the text of the guest's ready line",
+    "ready-fd": "a pipe's write end to close once the ready line is noted; absent: nobody waits for it",
 }
 
 
@@ -367,7 +373,7 @@ def parse_options(argv: list[str]) -> SimpleNamespace:
     """
     if len(argv) % 2:
         raise ValueError("options come in pairs: --NAME VALUE")
-    values = {"serial-fd": None}
+    values = {"serial-fd": None, "ready-fd": None}
     for name, value in zip(argv[::2], argv[1::2]):
         if not name.startswith("--") or name[2:] not in OPTIONS:
             raise ValueError(f"unknown option {name!r}; the options are " + ", ".join(f"--{o}" for o in OPTIONS))
