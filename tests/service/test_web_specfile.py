@@ -126,3 +126,30 @@ def test_a_specfile_saved_while_the_event_stream_stalled_is_shown_once_the_page_
     page.clock.run_for(3_000)  # the pause before reconnecting
     expect(page.locator("#specfile-text")).to_have_value(changed)
     expect(page.locator("tr[data-vm=vm1] td.memory")).to_have_text("80 MiB")
+
+
+def test_a_change_made_elsewhere_is_drawn_from_one_read_so_typing_meanwhile_is_not_lost(service, page):
+    """The file changed elsewhere: the open editor shows it from the one read that found it changed, with no second
+    read in between during which what the user types would be drawn over (a second read is held here, forever)."""
+    small_vm(Hypervisor(service.root), "vm1")
+    open_specfile(page, service, "vm1")
+    reads, held = [], []
+
+    def second_read_held(route) -> None:
+        if route.request.method == "GET":
+            reads.append(route)
+            if len(reads) >= 2:
+                held.append(route)
+                return
+        route.continue_()
+
+    page.route("**/v1/vms/vm1/specfile", second_read_held)
+    read = service.client.get_specfile("vm1")
+    changed = read["text"].replace('memSize = "64"', 'memSize = "80"')
+    service.client.put_specfile("vm1", changed, read["stamp"])  # elsewhere: its event makes the page read it
+    expect(page.locator("#specfile-text")).to_have_value(changed)
+    page.fill("#specfile-text", changed + 'annotation = "typed"\n')
+    for route in held:
+        route.continue_()
+    page.wait_for_timeout(500)
+    expect(page.locator("#specfile-text")).to_have_value(changed + 'annotation = "typed"\n')

@@ -4,7 +4,9 @@
 import {api, vmPath} from "./api.js";
 import {el} from "./dom.js";
 
-let editor = null;  // {vm, stamp, loaded (the text as read or saved), text, gutter, status, error}
+// {vm, stamp, loaded (the text as read or saved), saves and saved (how many began, ended), text, gutter, status,
+// error}
+let editor = null;
 
 export async function show(vm, box) {
   let read;
@@ -14,12 +16,17 @@ export async function show(vm, box) {
     box.replaceChildren(el("span", {class: "error", role: "alert", text: "Specfile: " + e.message}));
     return;
   }
+  draw(vm, box, read);
+}
+
+function draw(vm, box, read) {
   const text = el("textarea", {id: "specfile-text", spellcheck: "false", wrap: "off", "aria-label": "specfile"});
   text.value = read.text;  // a textarea's value has "\n" line breaks whatever the text had
   const gutter = el("pre", {id: "specfile-lines", "aria-hidden": "true"});
   const status = el("span", {id: "specfile-status", role: "status"});
   const error = el("span", {id: "specfile-error", class: "error", role: "alert"});
-  editor = {vm, stamp: read.stamp, loaded: text.value, newline: lineBreak(read.text), text, gutter, status, error};
+  editor = {vm, stamp: read.stamp, loaded: text.value, newline: lineBreak(read.text), saves: 0, saved: 0, text, gutter,
+            status, error};
   text.addEventListener("input", () => number(null));
   text.addEventListener("scroll", () => { gutter.scrollTop = text.scrollTop; });
   const save = el("button", {text: "Save", dataset: {action: "save-specfile", vm}, onclick: () => saveFrom(editor, save)});
@@ -27,11 +34,14 @@ export async function show(vm, box) {
   number(null);
 }
 
-// Something happened to the VM: a file changed elsewhere is shown, unless the user has typed into this one.
+// Something happened to the VM: a file changed elsewhere is shown, unless the user has typed into this one, or
+// saved it meanwhile (what was read before a save may be older than the save), checked when it is drawn.
 export async function refresh(vm, box) {
-  if (!editor || editor.vm !== vm || editor.text.value !== editor.loaded) return;
+  if (!editor || editor.vm !== vm || editor.text.value !== editor.loaded || editor.saves !== editor.saved) return;
+  const {saves} = editor;
   const read = await api("GET", vmPath(vm, "/specfile")).catch(() => null);
-  if (read && read.stamp !== editor.stamp && editor.text.value === editor.loaded) await show(vm, box);
+  if (read && editor.vm === vm && editor.saves === saves && read.stamp !== editor.stamp &&
+      editor.text.value === editor.loaded) draw(vm, box, read);
 }
 
 // The line break a file uses (its first one; VMware writes "\r\n" on Windows), which a save writes back.
@@ -49,6 +59,7 @@ function number(errorLine) {
 }
 
 async function saveFrom(state, button) {
+  state.saves += 1;
   state.error.textContent = "";
   delete state.error.dataset.line;
   state.status.textContent = "";
@@ -70,6 +81,7 @@ async function saveFrom(state, button) {
     number(line || null);
   } finally {
     button.disabled = false;
+    state.saved += 1;
   }
 }
 
