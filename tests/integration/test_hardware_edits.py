@@ -9,6 +9,7 @@ import pytest
 from cli_runner import run_cli
 
 from minivisor.errors import ArgumentError, SpecError
+from minivisor.storage.journal import JOURNAL_NAME
 
 
 def layer_info(path) -> dict:
@@ -85,3 +86,22 @@ def test_the_cli_sets_cpus_and_memory_and_adds_a_disk(hv):
         lines = refused.stderr.strip().splitlines()
         assert refused.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), refused.stderr
     assert [d["node"] for d in hv.vm_disks("web")] == ["scsi0:0", added["node"]]
+
+
+def test_a_disk_whose_specfile_cannot_be_written_is_undone_at_once(hv):
+    """The specfile naming the new disk fails to be written (here: an immutable file; a full datastore alike): the
+    add fails, and its disk and journal are gone at once, not rolled forward later as a disk nobody asked for."""
+    hv.create_vm("web", disk_size="16M", memory_mib=64, network="none")
+    vmx = hv.datastore.root / "web" / "web.vmx"
+    before = vmx.read_bytes()
+    subprocess.run(["chattr", "+i", str(vmx)], check=True)
+    try:
+        with pytest.raises(Exception) as refused:
+            hv.add_disk("web", "8M")
+    finally:
+        subprocess.run(["chattr", "-i", str(vmx)], check=True)
+    assert "Traceback" not in str(refused.value)
+    assert vmx.read_bytes() == before and not (vmx.parent / JOURNAL_NAME).exists()
+    assert sorted(p.name for p in vmx.parent.glob("*.qcow2")) == ["web.qcow2"]
+    assert hv.add_disk("web", "8M")["node"] == "scsi0:1"  # and the next add is the first one
+    assert [d["node"] for d in hv.vm_disks("web")] == ["scsi0:0", "scsi0:1"]

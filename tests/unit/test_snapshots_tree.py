@@ -127,3 +127,17 @@ def test_the_journal_rolls_back_a_prepare_and_rolls_forward_a_commit(tmp_path):
     Journal.load(tmp_path).run()
     assert (tmp_path / "spec.vmx").read_bytes() == b"new contents" and not (tmp_path / "old").exists()
     assert not (tmp_path / JOURNAL_NAME).exists()
+
+
+def test_a_snapshot_a_vmware_trees_charset_cannot_hold_is_added_with_the_tree_written_again_in_utf8(tmp_path):
+    path = tmp_path / "vm.vmsd"
+    path.write_bytes(b'.encoding = "windows-1252"\r\nsnapshot.lastUID = "1"\r\nsnapshot.current = "1"\r\n'
+                     b'snapshot.numSnapshots = "1"\r\nsnapshot0.uid = "1"\r\nsnapshot0.filename = "vm-Snapshot1.vmsn"\r\n'
+                     b'snapshot0.displayName = "caf\xe9"\r\nsnapshot0.numDisks = "0"\r\n')
+    tree, doc = SnapshotTree.read(path)
+    snap = Snapshot(2, "→ 新", 1, {}, config='.encoding = "UTF-8"\ndisplayName = "→"\n')
+    written = tree.bytes_with(snap, doc)
+    assert written.startswith(b'.encoding = "UTF-8"')
+    path.write_bytes(written)
+    again = SnapshotTree.load(path)
+    assert [s.name for s in again.snapshots.values()] == ["café", "→ 新"] and again.snapshots[2].config == snap.config

@@ -69,7 +69,12 @@ def add_disk(ctx: VmContext, size: str, *, thick: bool) -> dict[str, Any]:
 
     def commit(data: bytes) -> None:  # the specfile naming the disk: written even if killed now (rolled forward)
         journal.commit([write_step(ctx.vmx.name, data)])
-        journal.run()
+        try:
+            journal.run()
+        except BaseException:  # the write failed (a full datastore): the specfile is the old one, so undo it now
+            if ctx.vmx.read_bytes() != data:
+                journal.rollback()
+            raise
 
     saved = save_edit(ctx, doc, "diskAdded", write=commit, node=node, file=file_name, size=size_bytes)
     return {"node": node, "file": file_name, "size": size_bytes, "thick": thick, **saved}

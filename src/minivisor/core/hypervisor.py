@@ -807,9 +807,12 @@ class Hypervisor:
     @contextmanager
     def _powered_off(self, name: str, action: Action) -> Iterator[VmContext]:
         """The VM's turn for an action legal only when it is off, its VM lock held (if its folder is still there)."""
+        from .recovery import recover
+
         with self.vms.operate(name, action) as ctx, ExitStack() as held:
             if ctx.vm_dir.is_dir():  # its folder is gone: nothing is left to run it from, nor to lock
                 held.enter_context(self.vms.hold(ctx))
+                recover(ctx)  # an operation cut short is settled first: its roll-forward writes no edit over this one
             yield ctx
 
     def _wait_ready(self, ctx: VmContext, timeout: float, spec: VmSpec | None = None) -> str:

@@ -416,10 +416,11 @@ class Replica:
         self._save(state)
         return state
 
-    def mark_promoting(self, state: dict[str, Any]) -> None:
-        """Record that the replica is being made a VM of this host: if this is cut short once the VM is published,
-        :func:`drop_replicas` removes what is left (links to the VM's own files, which no round may write)."""
-        self._save({**state, "promoting": True})
+    def mark_promoting(self, state: dict[str, Any], promoting: bool = True) -> None:
+        """Record that the replica is being made a VM of this host (or no longer is: that failed before the VM was
+        published): if this is cut short once the VM is published, :func:`drop_replicas` removes what is left
+        (links to the VM's own files, which no round may write)."""
+        self._save({**state, "promoting": promoting})
 
     def drop(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -588,6 +589,9 @@ def promote(hv: Hypervisor, vm_uuid: str) -> str:
             _link_files(replica.folder, staging, keep=STATE)
             crashpoint("promote-linked")
             hv.datastore.publish(staging, name, vm_uuid)
+        except BaseException:
+            replica.mark_promoting(state, False)  # still a replica, for another try
+            raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)  # gone if published; links only otherwise
         crashpoint("promote-published")

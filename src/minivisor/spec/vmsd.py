@@ -101,8 +101,11 @@ class SnapshotTree(Record):
         if doc is None or slot > _MAX_SLOT:
             return tree.to_bytes()
         doc = doc.copy()
-        doc.set_many([("snapshot.lastUID", str(tree.last_uid)), ("snapshot.current", str(snap.uid)),
-                      ("snapshot.numSnapshots", str(len(tree.snapshots))), *_snapshot_entries(slot, snap)])
+        try:
+            doc.set_many([("snapshot.lastUID", str(tree.last_uid)), ("snapshot.current", str(snap.uid)),
+                          ("snapshot.numSnapshots", str(len(tree.snapshots))), *_snapshot_entries(slot, snap)])
+        except SpecError:  # a value the file's own charset cannot hold (a VMware tree in windows-1252): UTF-8
+            return tree.to_bytes()
         return doc.to_bytes()
 
     def _entries(self) -> Iterator[tuple[str, str]]:

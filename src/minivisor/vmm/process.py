@@ -249,8 +249,14 @@ class Vmm:
         try:
             for path in (self.paths.events_socket, *([self.paths.serial_socket] if console else [])):
                 listeners.append(self._listen(path))
-            process = self._spawn(argv)
             signal = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK) if ready_signal else None  # (read, write)
+            try:
+                process = self._spawn(argv)
+            except BaseException:
+                if signal:
+                    os.close(signal[0])
+                    os.close(signal[1])
+                raise
             try:
                 relay = self._spawn_relay(process.pid, listeners, ready_text, signal[1] if signal else None)
             except BaseException:
