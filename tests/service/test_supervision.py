@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -287,33 +289,45 @@ def test_an_adopted_vmm_killed_is_a_crash_and_a_guest_power_off_is_not(datastore
             hv.stop_vm("guest", hard=True)
 
 
-@pytest.mark.qemu
-def test_a_snapshot_cut_short_by_a_killed_service_before_its_commit_is_undone_at_restart(datastore):
-    hv = Hypervisor(datastore)
-    small_vm(hv, "vm1")
-    vmx_before = (datastore / "vm1" / "vm1.vmx").read_bytes()
-    doomed = Running(datastore).start(env={"MINIVISOR_TEST_CRASH_AT": "take:prepared"})
+@contextmanager
+def killed_at(datastore: Path, point: str, act: Callable[[Running], None],
+              left: Callable[[], bool] = lambda: True) -> Iterator[Running]:
+    """A service that kills itself at crash point ``point`` while ``act(service)`` runs, leaving vm1's journal (and
+    ``left()`` true); then a new service, which recovered vm1, for the block; stopped after, pass or fail."""
+    doomed = Running(datastore).start(env={"MINIVISOR_TEST_CRASH_AT": point})
     try:
-        from minivisor.errors import HostError
-
-        with pytest.raises(HostError):  # the service died under the request
-            doomed.client.snapshot_take("vm1", "s1")
+        act(doomed)
         doomed.proc.wait(timeout=10)
-        assert (datastore / "vm1" / JOURNAL_NAME).exists()  # half-done
+        assert (datastore / "vm1" / JOURNAL_NAME).exists() and left()  # half-done
     finally:
         doomed.stop(signal.SIGKILL)
     service = Running(datastore).start()
     try:
         assert service.client.vm_events("vm1")[-1]["type"] == "recovered"
         assert not (datastore / "vm1" / JOURNAL_NAME).exists()
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.mark.qemu
+def test_a_snapshot_cut_short_by_a_killed_service_before_its_commit_is_undone_at_restart(datastore):
+    hv = Hypervisor(datastore)
+    small_vm(hv, "vm1")
+    vmx_before = (datastore / "vm1" / "vm1.vmx").read_bytes()
+    from minivisor.errors import HostError
+
+    def take(doomed: Running) -> None:
+        with pytest.raises(HostError):  # the service died under the request
+            doomed.client.snapshot_take("vm1", "s1")
+
+    with killed_at(datastore, "take:prepared", take) as service:
         # cut short before its commit, the take is undone: no snapshot, the specfile as it was, no overlay
         assert service.client.snapshot_list("vm1") == []
         assert (datastore / "vm1" / "vm1.vmx").read_bytes() == vmx_before
         assert sorted(p.name for p in (datastore / "vm1").glob("*.qcow2")) == ["vm1.qcow2"]
         service.client.start_vm("vm1")
         service.client.stop_vm("vm1", hard=True)
-    finally:
-        service.stop()
 
 
 @pytest.mark.qemu
@@ -322,22 +336,16 @@ def test_a_snapshot_answered_before_its_last_steps_ran_is_finished_at_restart_wh
     specfile after the answer: killed in between, the snapshot the client was told of is there at restart."""
     hv = Hypervisor(datastore)
     small_vm(hv, "vm1")
-    doomed = Running(datastore).start(env={"MINIVISOR_TEST_CRASH_AT": "take:answered"})
-    try:
-        snap = doomed.client.snapshot_take("vm1", "s1")  # answered: the crash comes after
-        doomed.proc.wait(timeout=10)
-        assert (datastore / "vm1" / JOURNAL_NAME).exists()  # its rest never ran
-        assert not (datastore / "vm1" / "vm1.vmsd").exists()
-    finally:
-        doomed.stop(signal.SIGKILL)
-    service = Running(datastore).start()
-    try:
-        assert service.client.vm_events("vm1")[-1]["type"] == "recovered"
-        assert not (datastore / "vm1" / JOURNAL_NAME).exists()
+    answered = []
+
+    def take(doomed: Running) -> None:
+        answered.append(doomed.client.snapshot_take("vm1", "s1"))  # answered: the crash comes after
+
+    with killed_at(datastore, "take:answered", take, left=lambda: not (datastore / "vm1" / "vm1.vmsd").exists()) \
+            as service:
+        (snap,) = answered
         assert [(s["name"], s["uid"]) for s in service.client.snapshot_list("vm1")] == [("s1", snap.uid)]
         top = service.client.get_vm("vm1").disks[0]["file"]
         assert top == "vm1-000001.qcow2" and snap.disks == {"scsi0:0": "vm1.qcow2"}
         service.client.start_vm("vm1")
         service.client.stop_vm("vm1", hard=True)
-    finally:
-        service.stop()
