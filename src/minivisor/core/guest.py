@@ -166,9 +166,7 @@ def _exec_by_agent(agent: AgentSession, line: str, timeout: float) -> ExecResult
 def _in_background(line: str) -> str:
     """A shell line that starts ``line`` in the background, holding none of the shell's output (so that nothing
     waits for it), in a session of its own where the guest has setsid, and prints its pid."""
-    quoted = shlex.quote(line)
-    return (f"if command -v setsid >/dev/null 2>&1; then setsid {SHELL} -c {quoted} </dev/null >/dev/null 2>&1 & "
-            f"else {SHELL} -c {quoted} </dev/null >/dev/null 2>&1 & fi; echo $!")
+    return f"{SHELL} -c {shlex.quote(OWN_GROUP)} {SHELL} {shlex.quote(line)} </dev/null >/dev/null 2>&1 & echo $!"
 
 
 def _started(result: ExecResult, command: list[str] | str) -> ExecResult:
