@@ -68,6 +68,9 @@ case "$job" in
         ;;
     test)
         shift || true
+        # The test guest, built once into ~/.cache/minivisor before the tests start: on a fresh machine its kernel
+        # compiles for minutes, longer than any one test may take (pytest-timeout) while its fixture waits.
+        .venv/bin/minivisor image build appliance >/dev/null
         set +e
         # Two test files at a time, each in one worker (a module's shared fixtures stay in one process): most
         # tests wait on guests, timers and leases, so two side by side take about 3/4 of the time on 2 cores.
