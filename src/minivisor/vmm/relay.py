@@ -91,10 +91,7 @@ class CappedLog:
             if self.fd is None:
                 self._open()
             elif self.size + len(data) > self.cap:
-                os.replace(self.path, self.path + ".1")
-                os.close(self.fd)
-                self.fd = None
-                self._open()
+                self._rotate()
             assert self.fd is not None
             self.size += os.write(self.fd, data[-self.cap:])
         except OSError:
@@ -103,6 +100,27 @@ class CappedLog:
     def _open(self) -> None:
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self.size = os.fstat(self.fd).st_size
+
+    def _rotate(self) -> None:
+        """The log becomes ``.1`` and a new, empty one takes its name, which never goes missing meanwhile (a
+        reader that opens it finds a file: the old log, or the new one)."""
+        assert self.fd is not None
+        fresh = self.path + ".new"
+        try:
+            os.unlink(fresh)  # left by a relay killed halfway through a rotation
+        except FileNotFoundError:
+            pass
+        try:
+            os.link(self.path, fresh)
+        except OSError:  # no hard links on this file system: the log's name is missing for a moment
+            os.replace(self.path, self.path + ".1")
+            new_fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        else:
+            os.replace(fresh, self.path + ".1")  # both names on the old log for a moment
+            new_fd = os.open(fresh, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            os.replace(fresh, self.path)
+        os.close(self.fd)
+        self.fd, self.size = new_fd, 0
 
 
 class Relay:
