@@ -141,7 +141,10 @@ def _reap_qemu_zombies(*_: object) -> None:
                 continue
             end = stat.rindex(")")
             if stat[stat.index("(") + 1:end].startswith("qemu-system") and stat[end + 2] == "Z":
-                os.waitpid(int(pid), os.WNOHANG)
+                try:
+                    os.waitpid(int(pid), os.WNOHANG)
+                except ChildProcessError:  # reaped meanwhile (a handler run nested in this one)
+                    pass
 
 
 def wait_for_ready(serial_log: Path, timeout: float = 120.0) -> None:
