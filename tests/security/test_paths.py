@@ -44,6 +44,8 @@ TARGETS = {  # name in the specfile -> words of the refusal
     "web.vmx": "keeps for the VM itself",
     JOURNAL_NAME: "keeps for the VM itself",
     "runtime.json": "keeps for the VM itself",
+    "serial.log.1": "keeps for the VM itself",  # the console log's previous generation
+    "serial.log.new": "keeps for the VM itself",  # the relay unlinks it at a rotation
     "web.qcow2": "a disk of this VM",
 }
 

@@ -285,7 +285,7 @@ def _is_windows_path(name: str) -> bool:
 
 def is_vm_metadata(name: str) -> bool:
     """True for the files minivisor keeps in a VM folder for itself (see VM_FILES)."""
-    base = name[:-2] if name.endswith(".1") else name  # a rotated log
+    base = name.removesuffix(".1").removesuffix(".new")  # a rotated log, or the one replacing it (vmm/relay.py)
     return name.startswith(META) or base in VM_FILES or name.lower().endswith(VM_FILE_SUFFIXES)
 
 
