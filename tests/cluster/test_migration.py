@@ -143,6 +143,18 @@ def test_a_guest_on_shared_storage_moves_without_its_disk_being_copied(fabric, f
     assert on_a.get_vm("web").state == "running" and on_b.list_vms() == [] and qemus_under(b.root) == []
 
     on_b.allow_path(shared)
+    subprocess.run(["chattr", "+i", str(shared)], check=True)  # read-only even for root: no note can be written
+    try:
+        refused = a.cli("vm", "migrate", "web", "b")
+    finally:
+        subprocess.run(["chattr", "-i", str(shared)], check=True)
+    assert refused.returncode == 69 and refused.stderr.splitlines() == [
+        f"error: cannot write the migration's one-time note next to the shared disks in {shared}: Operation not "
+        "permitted; the destination reads it to prove it opens the same files: make the folder writable from this "
+        "host (or move the VM's disks into its folder)"], refused.stderr
+    assert on_a.get_vm("web").state == "running" and on_b.list_vms() == [] and qemus_under(b.root) == []
+    assert sorted(path.name for path in shared.iterdir()) == ["web.qcow2"]
+
     wait_for("the guest's counter", lambda: _progress(on_a)[1] > 5)
     uptime, count = _progress(on_a)
     moved = a.cli("vm", "migrate", "web", "b", "--json", timeout=600)

@@ -206,7 +206,14 @@ def _proofs(request_id: str, disks: list[Disk]) -> Iterator[str]:
     try:
         for folder in folders:
             note = Path(folder) / (PROOF_PREFIX + request_id)
-            write_atomic(note, proof.encode(), sync="file")
+            try:
+                write_atomic(note, proof.encode(), sync="file")
+            except OSError as exc:
+                raise MigrationError(f"cannot write the migration's one-time note next to the shared disks in "
+                                     f"{folder}: {exc.strerror or exc}",
+                                     hint="the destination reads it to prove it opens the same files: make the "
+                                          "folder writable from this host (or move the VM's disks into its folder)"
+                                     ) from None
             written.append(note)
         yield proof
     finally:
