@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from vmm_guard import power_off_all
@@ -176,6 +178,26 @@ class Host:
         finally:
             trouble = power_off_all(self.root)
         return trouble
+
+
+@contextmanager
+def two_hosts(folder: Path) -> Iterator[tuple[Etcd, Host, Host]]:
+    """Three etcd members on loopback and hosts ``a`` and ``b`` (not yet in a cluster) in ``folder``, for a module's
+    lab that its tests share; every process ended and ``folder`` removed at the end, pass or fail."""
+    (folder / "etcd").mkdir()
+    etcd = Etcd(folder / "etcd")
+    made: list[Host] = []
+    try:
+        etcd.start()
+        for name in ("a", "b"):
+            (folder / f"host-{name}").mkdir()
+            made.append(Host(name, folder / f"host-{name}"))
+        yield etcd, made[0], made[1]
+    finally:
+        trouble = [line for host in made for line in host.close()]
+        etcd.close()
+        shutil.rmtree(folder)
+        assert not trouble, trouble
 
 
 def _cli_env() -> dict[str, str]:

@@ -9,13 +9,12 @@ import json
 
 import os
 import re
-import shutil
 import subprocess
 import threading
 
 import pytest
 from guests import create_guest
-from lab import Etcd, Host, in_netns, qemus_under, wait_for
+from lab import Host, in_netns, qemus_under, two_hosts, wait_for
 from service.conftest import EventWatcher, chromium, page  # noqa: F401 - the browser's fixtures
 from service.test_web_browser import log_in
 from test_migration import WRITER, _guest, _owner, _progress
@@ -34,25 +33,11 @@ pytestmark = pytest.mark.qemu
 def cluster(tmp_path_factory, appliance_image):
     """Hosts ``a`` and ``b`` in a cluster, their services running; ``web`` (the test guest, 64 MiB) made on
     ``a``, powered off. Every process ended and every folder removed at the end, pass or fail."""
-    folder = tmp_path_factory.mktemp("cluster-web")
-    (folder / "etcd").mkdir()
-    etcd = Etcd(folder / "etcd")
-    made: list[Host] = []
-    try:
-        etcd.start()
-        for name in ("a", "b"):
-            (folder / f"host-{name}").mkdir()
-            made.append(Host(name, folder / f"host-{name}"))
-        a, b = made
+    with two_hosts(tmp_path_factory.mktemp("cluster-web")) as (etcd, a, b):
         create_guest(Hypervisor(a.root), "web", appliance_image, memory_mib=64, network="none")
         Hypervisor(a.root).create_vm("cold", memory_mib=64, network="none")  # powered off, no disk
         cluster_of(etcd, a, b)
         yield etcd, a, b
-    finally:
-        trouble = [line for host in made for line in host.close()]
-        etcd.close()
-        shutil.rmtree(folder)
-        assert not trouble, trouble
 
 
 def _running_here(host: Host) -> None:

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 from guests import create_guest
-from lab import Etcd, Host, live_hosts, qemus_under, wait_for
+from lab import Host, live_hosts, qemus_under, two_hosts, wait_for
 
 from minivisor import Hypervisor
 from minivisor.host.admission import overhead_mib
@@ -23,33 +23,17 @@ VMS = ("web1", "web2")
 def lab(tmp_path_factory, appliance_image):
     """Hosts a and b in one cluster (three etcd members), web1 and web2 registered on both, their services
     running; everything ended and removed at the end, pass or fail."""
-    if shutil.which("etcd") is None:
-        pytest.skip("etcd is not installed")
-    folder = tmp_path_factory.mktemp("placement")
-    (folder / "etcd").mkdir()
-    etcd = Etcd(folder / "etcd")
-    made: list[Host] = []
-    try:
-        etcd.start()
-        for name in ("a", "b"):
-            (folder / name).mkdir()
-            made.append(Host(name, folder / name))
-        a, b = made
+    with two_hosts(tmp_path_factory.mktemp("placement")) as (etcd, a, b):
         for vm in VMS:
             made_vm = create_guest(Hypervisor(a.root), vm, appliance_image, memory_mib=64, network="none")
             shutil.copytree(made_vm.vmx.parent, b.root / made_vm.vmx.parent.name)
             Hypervisor(b.root).register_vm(b.root / made_vm.vmx.parent.name / made_vm.vmx.name)
         a.ok("cluster", "init", "--etcd", etcd.endpoints, "--name", "a", "--ttl", "6")
         b.ok("cluster", "join", "--etcd", etcd.endpoints, "--name", "b")
-        for host in made:
+        for host in (a, b):
             host.serve()
         a.status_when("both hosts live", lambda s: live_hosts(s) == {"a", "b"})
         yield a, b, etcd
-    finally:
-        trouble = [line for host in made for line in host.close()]
-        etcd.close()
-        shutil.rmtree(folder)
-        assert not trouble, trouble
 
 
 def start(host: Host, *args: str) -> str:
