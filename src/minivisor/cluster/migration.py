@@ -30,7 +30,7 @@ from typing import Any
 from ..errors import ClusterError, HandoverUncertainError, HvError
 from ..text import excerpt
 from .config import ClusterConfig
-from .ownership import lease_to_ask, live_entry
+from .ownership import lease_to_ask, live_entry, put_under_own_lease
 from .records import LiveRecord, Mailbox, OwnerRecord, check_host_name, from_value, owner_key, to_value
 from .store import Entry, Store
 
@@ -232,11 +232,7 @@ class Destination:
         self.store, self.config, self.request = store, config, request
 
     def answer(self, answer: Answer) -> None:
-        own = live_entry(self.store, self.config.host)
-        if own is None:
-            raise ClusterError(f"host {self.config.host!r} has no lease now")
-        key = answer_key(self.request.id)
-        self.store.put(key, to_value(answer), lease=own.lease)
+        put_under_own_lease(self.store, self.config, answer_key(self.request.id), to_value(answer))
 
     def wanted(self) -> bool:
         """Whether the source still asks (its request is there: it did not withdraw it, nor die)."""

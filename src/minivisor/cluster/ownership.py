@@ -9,6 +9,8 @@ when the VM is powered off (:func:`release`) or with its host's lease (a dead or
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import ClusterError, OwnedElsewhereError
 from .config import ClusterConfig
 from .records import OWNERS, LiveRecord, OwnerRecord, alive_key, from_value, owner_key, to_value
@@ -85,6 +87,15 @@ def live_entry(store: Store, host: str) -> Entry | None:
     """``host``'s liveness entry while its lease lives, else None."""
     entry = store.get(alive_key(host))
     return entry if entry is not None and entry.lease else None
+
+
+def put_under_own_lease(store: Store, config: ClusterConfig, key: str, value: Any) -> None:
+    """Write ``value`` at ``key`` tied to this host's liveness lease, so that it goes if the host dies (an answer
+    to a peer's request); ClusterError if this host has no lease now."""
+    own = live_entry(store, config.host)
+    if own is None:
+        raise ClusterError(f"host {config.host!r} has no lease now")
+    store.put(key, value, lease=own.lease)
 
 
 def lease_to_ask(store: Store, config: ClusterConfig, peer: str) -> Entry:

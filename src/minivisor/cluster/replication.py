@@ -27,7 +27,7 @@ from ..errors import ArgumentError, ClusterError, ConflictError, HvError, Replic
 from ..text import excerpt
 from .config import ClusterConfig
 from .migration import MAX_DISK_BYTES, MAX_DISKS, MAX_SPECFILE, POLL
-from .ownership import lease_to_ask, live_entry
+from .ownership import lease_to_ask, live_entry, put_under_own_lease
 from .records import Mailbox, check_host_name, from_value, to_value
 from .store import Entry, Store
 
@@ -264,10 +264,7 @@ class Round:
 
     # -- the target
     def answer(self, answer: RoundAnswer) -> None:
-        own = live_entry(self.store, self.config.host)
-        if own is None:
-            raise ClusterError(f"host {self.config.host!r} has no lease now")
-        self.store.put(MAILBOX.answer_key(self.request.id), to_value(answer), lease=own.lease)
+        put_under_own_lease(self.store, self.config, MAILBOX.answer_key(self.request.id), to_value(answer))
 
     def current(self) -> RoundRequest | None:
         """The request as the source left it now (None: withdrawn, or its source died)."""

@@ -22,7 +22,7 @@ from ..datastore.names import check_vm_name
 from ..errors import ClusterError, HvError
 from ..text import excerpt
 from .config import ClusterConfig
-from .ownership import live_entry
+from .ownership import live_entry, put_under_own_lease
 from .records import Mailbox, check_host_name
 from .store import Entry, Store
 
@@ -147,10 +147,7 @@ class Starter:
         self.store, self.config, self.request = store, config, request
 
     def answer(self, answer: StartAnswer) -> None:
-        own = live_entry(self.store, self.config.host)
-        if own is None:
-            raise ClusterError(f"host {self.config.host!r} has no lease now")
         value: dict[str, Any] = asdict(answer)
         value["warnings"] = [text[:MAX_TEXT] for text in answer.warnings[:64]]
         value["error"], value["ready_line"] = answer.error[:MAX_TEXT], answer.ready_line[:MAX_TEXT]
-        self.store.put(answer_key(self.request.id), value, lease=own.lease)
+        put_under_own_lease(self.store, self.config, answer_key(self.request.id), value)
