@@ -342,26 +342,11 @@ class Member:
         return owner is not None and owner.host_id == config.host_id
 
     def _take_requests(self, store: Store, config: ClusterConfig) -> None:
+        """Each new migration asked of this host on a thread of its own; a malformed request is dropped."""
         from .migration import Destination, read_request, requests_for
 
-        for entry in requests_for(store, config):
-            request_id = entry.key.rsplit("/", 1)[-1]
-            if request_id in self._receiving:
-                continue
-            try:
-                request = read_request(entry)
-            except ClusterError as exc:
-                log.warning("cluster: %s", exc.one_line())
-                store.delete(entry.key)  # hostile or broken: nobody waits for an answer to it
-                continue
-            destination = Destination(store, config, request)
-            thread = threading.Thread(target=self._take_in, args=(destination,), name=f"migration-{request.vm}",
-                                      daemon=True)
-            self._receiving[request_id] = thread
-            thread.start()
-        for request_id, thread in list(self._receiving.items()):
-            if not thread.is_alive() and not any(e.key.endswith("/" + request_id) for e in requests_for(store, config)):
-                del self._receiving[request_id]
+        self._take(store, requests_for(store, config), lambda entry: Destination(store, config, read_request(entry)),
+                   self._take_in, self._receiving, "migration")
 
     def _take_starts(self, store: Store, config: ClusterConfig) -> None:
         """Each new power-on asked of this host on a thread of its own; a malformed request is dropped."""
