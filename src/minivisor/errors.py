@@ -46,6 +46,7 @@ __all__ = [
     "OwnedElsewhereError",
     "NoHostFitsError",
     "is_out_of_space",
+    "cannot_write",
 ]
 
 
@@ -328,6 +329,14 @@ def is_out_of_space(exc: BaseException) -> bool:
             return True
         error = error.__cause__
     return False
+
+
+def cannot_write(what: str, path: object, exc: OSError) -> HostError:
+    """The host's file system refused to write ``what`` at ``path`` (a folder that is missing, read-only, immutable,
+    on a read-only mount): one line naming it. Raise it ``from exc``: a full file system stays a NoSpaceError."""
+    return HostError(f"cannot write {what} {path}: {exc.strerror or exc}",
+                     hint="make sure the folder exists and this host may write there (its permissions, "
+                          "'lsattr -d' for the immutable flag, a read-only mount), then retry")
 
 
 # -- The service's own refusals: conditions of an HTTP request, not of the core API. Their HTTP statuses
