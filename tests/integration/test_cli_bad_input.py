@@ -149,3 +149,29 @@ def test_datastore_info_and_allow_path(datastore, tmp_path):
     assert run(datastore, "datastore", "allow-path", str(tmp_path)).returncode == 0
     info = json.loads(run(datastore, "datastore", "info", "--json").stdout)
     assert info["vms"] == 1 and info["allowed_paths"] == [os.path.realpath(tmp_path)]
+
+
+@pytest.mark.parametrize("args", [["vm", "create", "new", "--disk-size", "1M"], ["vm", "import", "{source}", "--name", "new"],
+                                  ["vm", "clone", "good", "new"]], ids=["create", "import", "clone"])
+def test_a_new_vm_in_a_datastore_folder_that_cannot_be_written_is_refused_in_one_line(datastore, tmp_path, args):
+    """The datastore's folder is immutable (chattr +i: read-only even for root; a read-only mount alike): the VM
+    assembled in .minivisor cannot move in. One clear line (it was an 'internal error: PermissionError'), nothing
+    in the catalog, no staging left."""
+    source = tmp_path / "vmware"
+    source.mkdir()
+    for name in ("good.vmx", "good.qcow2"):
+        (source / name).write_bytes((datastore / "good" / name).read_bytes())
+    before = snapshot(datastore)
+    subprocess.run(["chattr", "+i", str(datastore)], check=True)
+    try:
+        result = run(datastore, *[arg.format(source=source) for arg in args])
+    finally:
+        subprocess.run(["chattr", "-i", str(datastore)], check=True)
+    *progress, line = result.stderr.splitlines()
+    assert result.returncode == 69 and line == (
+        f"error: cannot write the folder of VM 'new' into {datastore}: Operation not permitted; make sure the folder "
+        "exists and this host may write there (its permissions, 'lsattr -d' for the immutable flag, a read-only "
+        "mount), then retry"), result.stderr
+    assert all(text.endswith("%") for text in progress), result.stderr  # the copy's progress, then the one line
+    assert snapshot(datastore) == before
+    assert [p.name for p in (datastore / ".minivisor").rglob("*") if p.parent.name in ("staging", "clones")] == []

@@ -30,7 +30,7 @@ from .catalog import Catalog, VmEntry
 from .layout import VM_FILES, VM_NAME, check_vm_name
 from ..dirs import default_datastore
 from ..images.layers import ImageLayer, check_file_name, format_for, layer_files, resolve_chain
-from ..errors import ConflictError, DiskError, PathError, SpecError
+from ..errors import ConflictError, DiskError, PathError, SpecError, cannot_write
 from ..realpaths import real_path
 from ..text import excerpt
 
@@ -107,13 +107,21 @@ class Datastore:
         try:
             with self.catalog.transaction() as db:
                 self.catalog.add(db, name, uuid, f"{name}/{name}.vmx")
-                staging.rename(self.vm_dir(name))
+                self.move_in(staging, name)
         except BaseException:
             if not staging.exists():  # moved, then the commit failed (a full datastore): move it back
                 self.vm_dir(name).rename(staging)
             raise
         finally:
             marker.unlink(missing_ok=True)
+
+    def move_in(self, staging: Path | str, name: str) -> None:
+        """Rename an assembled folder to VM ``name``'s; a datastore folder that may not be written (read-only,
+        immutable) is one HostError, and nothing has moved."""
+        try:
+            os.rename(staging, self.vm_dir(name))
+        except OSError as exc:
+            raise cannot_write(f"the folder of VM {name!r} into", self.root, exc) from exc
 
     # -- path policy -------------------------------------------------------
     def vm_scope(self, entry: VmEntry, _depth: int = 0) -> Scope:
