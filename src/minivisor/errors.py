@@ -335,8 +335,8 @@ def cannot_write(what: str, path: object, exc: OSError) -> HostError:
     """The host's file system refused to write ``what`` at ``path`` (a folder that is missing, read-only, immutable,
     on a read-only mount): one line naming it. Raise it ``from exc``: a full file system stays a NoSpaceError."""
     return HostError(f"cannot write {what} {path}: {exc.strerror or exc}",
-                     hint="make sure the folder exists and this host may write there (its permissions, "
-                          "'lsattr -d' for the immutable flag, a read-only mount), then retry")
+                     hint="check that the folder exists and that this host may write there (permissions, an "
+                          "immutable flag: see lsattr, a read-only mount), then retry")
 
 
 # -- The service's own refusals: conditions of an HTTP request, not of the core API. Their HTTP statuses

@@ -169,9 +169,9 @@ def test_a_new_vm_in_a_datastore_folder_that_cannot_be_written_is_refused_in_one
         subprocess.run(["chattr", "-i", str(datastore)], check=True)
     *progress, line = result.stderr.splitlines()
     assert result.returncode == 69 and line == (
-        f"error: cannot write the folder of VM 'new' into {datastore}: Operation not permitted; make sure the folder "
-        "exists and this host may write there (its permissions, 'lsattr -d' for the immutable flag, a read-only "
-        "mount), then retry"), result.stderr
+        f"error: cannot write the folder of VM 'new' into {datastore}: Operation not permitted; check that the folder "
+        "exists and that this host may write there (permissions, an immutable flag: see lsattr, a read-only mount), "
+        "then retry"), result.stderr
     assert all(text.endswith("%") for text in progress), result.stderr  # the copy's progress, then the one line
     assert snapshot(datastore) == before
     assert [p.name for p in (datastore / ".minivisor").rglob("*") if p.parent.name in ("staging", "clones")] == []

@@ -170,8 +170,8 @@ def test_a_disk_its_folder_cannot_take_is_refused_in_one_line_and_leaves_nothing
     finally:
         subprocess.run(["chattr", "-i", str(root / "frozen")], check=True)
     assert refused.returncode == HostError.exit_code and refused.stderr.splitlines()[-1:] == [
-        f"error: cannot write the disk {root / folder / 'new.vmdk'}: {reason}; make sure the folder exists and this "
-        "host may write there (its permissions, 'lsattr -d' for the immutable flag, a read-only mount), then retry"]
+        f"error: cannot write the disk {root / folder / 'new.vmdk'}: {reason}; check that the folder exists and that "
+        "this host may write there (permissions, an immutable flag: see lsattr, a read-only mount), then retry"]
     assert all(line.startswith("converting ") for line in refused.stderr.splitlines()[:-1]), refused.stderr
     assert sorted(os.listdir(root)) == [".minivisor", "frozen", "src.qcow2"] and not os.listdir(root / "frozen")
     assert not os.listdir(root / ".minivisor" / "staging")

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from ..errors import SpecError
+from ..errors import SpecError, cannot_write
 from ..files import write_atomic
 from ..records import Record
 from ..text import excerpt
@@ -460,5 +460,9 @@ class VmxDocument:
         return self._bom + b"".join([part for line in self._lines for part in (line.text, line.end)])
 
     def save(self, path: Path) -> None:
-        """Write the document to ``path`` atomically (see ``write_atomic``); a new specfile is owner-only."""
-        write_atomic(Path(path), self.to_bytes(), mode=0o600)
+        """Write the document to ``path`` atomically (see ``write_atomic``); a new specfile is owner-only. A file
+        or folder that may not be written (immutable, read-only) is one HostError; the old file stays."""
+        try:
+            write_atomic(Path(path), self.to_bytes(), mode=0o600)
+        except OSError as exc:
+            raise cannot_write("the specfile", path, exc) from exc
