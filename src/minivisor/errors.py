@@ -46,7 +46,7 @@ __all__ = [
     "OwnedElsewhereError",
     "NoHostFitsError",
     "is_out_of_space",
-    "cannot_write",
+    "host_refused",
 ]
 
 
@@ -331,10 +331,10 @@ def is_out_of_space(exc: BaseException) -> bool:
     return False
 
 
-def cannot_write(what: str, path: object, exc: OSError) -> HostError:
-    """The host's file system refused to write ``what`` at ``path`` (a folder that is missing, read-only, immutable,
-    on a read-only mount): one line naming it. Raise it ``from exc``: a full file system stays a NoSpaceError."""
-    return HostError(f"cannot write {what} {path}: {exc.strerror or exc}",
+def host_refused(action: str, exc: OSError) -> HostError:
+    """The host's file system refused ``action`` ("write the disk /x"): a folder missing, read-only, immutable, on a
+    read-only mount. One line saying so; raise it ``from exc``: a full file system stays a NoSpaceError."""
+    return HostError(f"cannot {action}: {exc.strerror or exc}",
                      hint="check that the folder exists and that this host may write there (permissions, an "
                           "immutable flag: see lsattr, a read-only mount), then retry")
 

@@ -169,9 +169,41 @@ def test_a_new_vm_in_a_datastore_folder_that_cannot_be_written_is_refused_in_one
         subprocess.run(["chattr", "-i", str(datastore)], check=True)
     *progress, line = result.stderr.splitlines()
     assert result.returncode == 69 and line == (
-        f"error: cannot write the folder of VM 'new' into {datastore}: Operation not permitted; check that the folder "
+        f"error: cannot move the folder of VM 'new' into {datastore}: Operation not permitted; check that the folder "
         "exists and that this host may write there (permissions, an immutable flag: see lsattr, a read-only mount), "
         "then retry"), result.stderr
     assert all(text.endswith("%") for text in progress), result.stderr  # the copy's progress, then the one line
     assert snapshot(datastore) == before
     assert [p.name for p in (datastore / ".minivisor").rglob("*") if p.parent.name in ("staging", "clones")] == []
+
+
+@pytest.mark.parametrize("args, action", [
+    (["snapshot", "take", "good", "s1"], "write into the folder {folder} of the VM"),
+    (["vm", "disk", "good", "add", "8M"], "write into the folder {folder} of the VM"),
+    (["vm", "clone", "good", "new"], "write into the folder {folder} of the VM"),
+    (["vm", "delete", "good"], "move the folder {folder} of VM 'good' out of the datastore to delete it"),
+], ids=["snapshot", "disk-add", "clone", "delete"])
+@pytest.mark.parametrize("locked_before", [False, True], ids=["first-lock", "lock-file-there"])
+def test_an_operation_on_a_vm_whose_folder_is_immutable_is_refused_in_one_line(datastore, args, action,
+                                                                               locked_before):
+    """The VM's folder is immutable (chattr +i; a read-only mount alike): its lock file, journal or move to the
+    trash cannot be written. One clear line naming the folder (each was an 'internal error: PermissionError'), and
+    nothing changed."""
+    folder = datastore / "good"
+    if locked_before:
+        assert run(datastore, "vm", "set", "good", "--cpus", "1").returncode == 0  # takes the VM lock: its file stays
+    else:
+        for lock in folder.glob("*.lck"):
+            lock.unlink()
+        action = "create the VM's lock file {folder}/good.vmx.lck"
+    before = snapshot(datastore)
+    subprocess.run(["chattr", "+i", str(folder)], check=True)
+    try:
+        result = run(datastore, *args)
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    assert result.returncode == 69 and result.stderr.splitlines() == [
+        f"error: cannot {action.format(folder=folder)}: Operation not permitted; check that the folder exists and "
+        "that this host may write there (permissions, an immutable flag: see lsattr, a read-only mount), then retry"
+    ], result.stderr
+    assert snapshot(datastore) == before

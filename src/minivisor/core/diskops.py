@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..datastore.store import Datastore
-from ..errors import ConflictError, DiskError, NoSuchDiskError, cannot_write
+from ..errors import ConflictError, DiskError, NoSuchDiskError, host_refused
 from ..images.layers import ImageLayer, disk_info, format_for
 from ..images.qemu_img import check_resize, convert_disk, create_disk, resize_disk
 from ..units import parse_size
@@ -141,6 +141,6 @@ def _build_then_move(datastore: Datastore, target: Path, build: Callable[[Path],
     except OSError as exc:  # its folder is missing, read-only or immutable: no part of the disk stays there
         for path in moved:
             path.unlink(missing_ok=True)
-        raise cannot_write("the disk", target, exc) from exc
+        raise host_refused(f"write the disk {target}", exc) from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -30,7 +30,7 @@ from .catalog import Catalog, VmEntry
 from .layout import VM_FILES, VM_NAME, check_vm_name
 from ..dirs import default_datastore
 from ..images.layers import ImageLayer, check_file_name, format_for, layer_files, resolve_chain
-from ..errors import ConflictError, DiskError, PathError, SpecError, cannot_write
+from ..errors import ConflictError, DiskError, PathError, SpecError, host_refused
 from ..realpaths import real_path
 from ..text import excerpt
 
@@ -121,7 +121,7 @@ class Datastore:
         try:
             os.rename(staging, self.vm_dir(name))
         except OSError as exc:
-            raise cannot_write(f"the folder of VM {name!r} into", self.root, exc) from exc
+            raise host_refused(f"move the folder of VM {name!r} into {self.root}", exc) from exc
 
     # -- path policy -------------------------------------------------------
     def vm_scope(self, entry: VmEntry, _depth: int = 0) -> Scope:
@@ -225,7 +225,11 @@ class Datastore:
         trashed = bin_dir / entry.uuid
         if trashed.exists():
             raise ConflictError(f"a deletion of {entry.uuid} is already in progress", hint="retry in a moment")
-        folder.rename(trashed)
+        try:
+            folder.rename(trashed)
+        except OSError as exc:  # it (or the datastore's folder) is immutable or read-only: nothing was deleted
+            raise host_refused(f"move the folder {folder} of VM {entry.name!r} out of the datastore to delete it",
+                               exc) from exc
         try:
             with self.catalog.transaction() as db:
                 self.catalog.remove(db, entry.name)

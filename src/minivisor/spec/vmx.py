@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from ..errors import SpecError, cannot_write
+from ..errors import SpecError, host_refused
 from ..files import write_atomic
 from ..records import Record
 from ..text import excerpt
@@ -465,4 +465,4 @@ class VmxDocument:
         try:
             write_atomic(Path(path), self.to_bytes(), mode=0o600)
         except OSError as exc:
-            raise cannot_write("the specfile", path, exc) from exc
+            raise host_refused(f"write the specfile {path}", exc) from exc
