@@ -331,10 +331,11 @@ def is_out_of_space(exc: BaseException) -> bool:
     return False
 
 
-def host_refused(action: str, exc: OSError) -> HostError:
+def host_refused(action: str, exc: Exception) -> HostError:
     """The host's file system refused ``action`` ("write the disk /x"): a folder missing, read-only, immutable, on a
-    read-only mount. One line saying so; raise it ``from exc``: a full file system stays a NoSpaceError."""
-    return HostError(f"cannot {action}: {exc.strerror or exc}",
+    read-only mount (``exc``: the OSError, or SQLite's error). One line saying so; raise it ``from exc``: a full
+    file system stays a NoSpaceError."""
+    return HostError(f"cannot {action}: {getattr(exc, 'strerror', None) or exc}",
                      hint="check that the folder exists and that this host may write there (permissions, an "
                           "immutable flag: see lsattr, a read-only mount), then retry")
 

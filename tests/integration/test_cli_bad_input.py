@@ -207,3 +207,30 @@ def test_an_operation_on_a_vm_whose_folder_is_immutable_is_refused_in_one_line(d
         "that this host may write there (permissions, an immutable flag: see lsattr, a read-only mount), then retry"
     ], result.stderr
     assert snapshot(datastore) == before
+
+
+@pytest.mark.parametrize("frozen, reason", [("catalog.sqlite", "attempt to write a readonly database"),
+                                            ("", "unable to open database file")], ids=["catalog", "meta-folder"])
+@pytest.mark.parametrize("args", [["vm", "unregister", "good"], ["vm", "autostart", "good", "on"],
+                                  ["datastore", "allow-path", "{tmp}"]], ids=["unregister", "autostart", "allow-path"])
+def test_a_change_to_a_catalog_that_cannot_be_written_is_refused_in_one_line(datastore, tmp_path, frozen, reason,
+                                                                             args):
+    """The catalog (or the .minivisor folder its journal and the operation locks go in) is immutable, as on a
+    read-only mount: SQLite refuses the write. One clear line naming the catalog, or the lock (each was an
+    'internal error: OperationalError' or 'PermissionError'); reading still works, and nothing changed."""
+    catalog = datastore / ".minivisor" / "catalog.sqlite"
+    before = snapshot(datastore)
+    subprocess.run(["chattr", "+i", str(datastore / ".minivisor" / frozen)], check=True)
+    try:
+        result = run(datastore, *[arg.format(tmp=tmp_path) for arg in args])
+        listed = run(datastore, "vm", "list")
+    finally:
+        subprocess.run(["chattr", "-i", str(datastore / ".minivisor" / frozen)], check=True)
+    action = f"write the catalog {catalog}: {reason}"
+    if args[1] == "unregister" and not frozen:  # its operation lock, first made in .minivisor/locks, comes first
+        action = f"create the operation lock of VM 'good' in {catalog.parent / 'locks'}: Operation not permitted"
+    assert result.returncode == 69 and result.stderr.splitlines() == [
+        f"error: cannot {action}; check that the folder exists and that this host may write there (permissions, an "
+        "immutable flag: see lsattr, a read-only mount), then retry"], result.stderr
+    assert listed.returncode == 0 and listed.stdout.splitlines()[1].startswith("good "), listed
+    assert snapshot(datastore) == before
