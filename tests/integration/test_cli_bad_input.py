@@ -234,3 +234,21 @@ def test_a_change_to_a_catalog_that_cannot_be_written_is_refused_in_one_line(dat
         "immutable flag: see lsattr, a read-only mount), then retry"], result.stderr
     assert listed.returncode == 0 and listed.stdout.splitlines()[1].startswith("good "), listed
     assert snapshot(datastore) == before
+
+
+def test_registering_an_immutable_specfile_that_needs_its_identity_written_is_refused_in_one_line(datastore):
+    """register writes a UUID and MACs into a specfile that has none; an immutable one (chattr +i; a read-only mount
+    alike) gets one clear line naming it (it was an 'internal error: PermissionError'), and no catalog row."""
+    vmx = write_vm(datastore, "frozen", 'memSize = "64"\nscsi0.present = "TRUE"\nscsi0:0.present = "TRUE"\n'
+                                        'scsi0:0.fileName = "d.qcow2"\n')
+    before = snapshot(datastore)
+    subprocess.run(["chattr", "+i", str(vmx)], check=True)
+    try:
+        result = run(datastore, "vm", "register", str(vmx))
+    finally:
+        subprocess.run(["chattr", "-i", str(vmx)], check=True)
+    assert result.returncode == 69 and result.stderr.splitlines() == [
+        f"error: cannot write the specfile {vmx}: Operation not permitted; check that the folder exists and that this "
+        "host may write there (permissions, an immutable flag: see lsattr, a read-only mount), then retry"
+    ], result.stderr
+    assert snapshot(datastore) == before
