@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -40,3 +42,21 @@ def assert_one_clear_line(result: subprocess.CompletedProcess, exit_code: int, *
     assert "; " in lines[0], "the line says how to fix it"
     for word in words:
         assert word in lines[0]
+
+
+@contextlib.contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """``path`` immutable (chattr +i: no write, rename or new entry, even for root; what a read-only mount does)
+    for the ``with`` block; made mutable again whatever happens."""
+    subprocess.run(["chattr", "+i", str(path)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def host_refused_line(action: str) -> str:
+    """The one line of an errors.host_refused: ``action`` with its reason ("write the disk /x: Operation not
+    permitted")."""
+    return (f"error: cannot {action}; check that the folder exists and that this host may write there (permissions, "
+            "an immutable flag: see lsattr, a read-only mount), then retry")

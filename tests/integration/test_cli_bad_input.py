@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from refusals import assert_one_clear_line
+from refusals import assert_one_clear_line, host_refused_line, immutable
 from refusals import datastore_state as snapshot
 
 from minivisor.core.hypervisor import Hypervisor
@@ -162,16 +162,11 @@ def test_a_new_vm_in_a_datastore_folder_that_cannot_be_written_is_refused_in_one
     for name in ("good.vmx", "good.qcow2"):
         (source / name).write_bytes((datastore / "good" / name).read_bytes())
     before = snapshot(datastore)
-    subprocess.run(["chattr", "+i", str(datastore)], check=True)
-    try:
+    with immutable(datastore):
         result = run(datastore, *[arg.format(source=source) for arg in args])
-    finally:
-        subprocess.run(["chattr", "-i", str(datastore)], check=True)
     *progress, line = result.stderr.splitlines()
-    assert result.returncode == 69 and line == (
-        f"error: cannot move the folder of VM 'new' into {datastore}: Operation not permitted; check that the folder "
-        "exists and that this host may write there (permissions, an immutable flag: see lsattr, a read-only mount), "
-        "then retry"), result.stderr
+    assert result.returncode == 69 and line == host_refused_line(
+        f"move the folder of VM 'new' into {datastore}: Operation not permitted"), result.stderr
     assert all(text.endswith("%") for text in progress), result.stderr  # the copy's progress, then the one line
     assert snapshot(datastore) == before
     assert [p.name for p in (datastore / ".minivisor").rglob("*") if p.parent.name in ("staging", "clones")] == []
@@ -197,15 +192,10 @@ def test_an_operation_on_a_vm_whose_folder_is_immutable_is_refused_in_one_line(d
             lock.unlink()
         action = "create the VM's lock file {folder}/good.vmx.lck"
     before = snapshot(datastore)
-    subprocess.run(["chattr", "+i", str(folder)], check=True)
-    try:
+    with immutable(folder):
         result = run(datastore, *args)
-    finally:
-        subprocess.run(["chattr", "-i", str(folder)], check=True)
     assert result.returncode == 69 and result.stderr.splitlines() == [
-        f"error: cannot {action.format(folder=folder)}: Operation not permitted; check that the folder exists and "
-        "that this host may write there (permissions, an immutable flag: see lsattr, a read-only mount), then retry"
-    ], result.stderr
+        host_refused_line(f"{action.format(folder=folder)}: Operation not permitted")], result.stderr
     assert snapshot(datastore) == before
 
 
@@ -220,18 +210,13 @@ def test_a_change_to_a_catalog_that_cannot_be_written_is_refused_in_one_line(dat
     'internal error: OperationalError' or 'PermissionError'); reading still works, and nothing changed."""
     catalog = datastore / ".minivisor" / "catalog.sqlite"
     before = snapshot(datastore)
-    subprocess.run(["chattr", "+i", str(datastore / ".minivisor" / frozen)], check=True)
-    try:
+    with immutable(datastore / ".minivisor" / frozen):
         result = run(datastore, *[arg.format(tmp=tmp_path) for arg in args])
         listed = run(datastore, "vm", "list")
-    finally:
-        subprocess.run(["chattr", "-i", str(datastore / ".minivisor" / frozen)], check=True)
     action = f"write the catalog {catalog}: {reason}"
     if args[1] == "unregister" and not frozen:  # its operation lock, first made in .minivisor/locks, comes first
         action = f"create the operation lock of VM 'good' in {catalog.parent / 'locks'}: Operation not permitted"
-    assert result.returncode == 69 and result.stderr.splitlines() == [
-        f"error: cannot {action}; check that the folder exists and that this host may write there (permissions, an "
-        "immutable flag: see lsattr, a read-only mount), then retry"], result.stderr
+    assert result.returncode == 69 and result.stderr.splitlines() == [host_refused_line(action)], result.stderr
     assert listed.returncode == 0 and listed.stdout.splitlines()[1].startswith("good "), listed
     assert snapshot(datastore) == before
 
@@ -242,13 +227,8 @@ def test_registering_an_immutable_specfile_that_needs_its_identity_written_is_re
     vmx = write_vm(datastore, "frozen", 'memSize = "64"\nscsi0.present = "TRUE"\nscsi0:0.present = "TRUE"\n'
                                         'scsi0:0.fileName = "d.qcow2"\n')
     before = snapshot(datastore)
-    subprocess.run(["chattr", "+i", str(vmx)], check=True)
-    try:
+    with immutable(vmx):
         result = run(datastore, "vm", "register", str(vmx))
-    finally:
-        subprocess.run(["chattr", "-i", str(vmx)], check=True)
     assert result.returncode == 69 and result.stderr.splitlines() == [
-        f"error: cannot write the specfile {vmx}: Operation not permitted; check that the folder exists and that this "
-        "host may write there (permissions, an immutable flag: see lsattr, a read-only mount), then retry"
-    ], result.stderr
+        host_refused_line(f"write the specfile {vmx}: Operation not permitted")], result.stderr
     assert snapshot(datastore) == before

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from cli_runner import run_cli
+from refusals import host_refused_line, immutable
 
 from minivisor import Hypervisor
 from minivisor.images.layers import allocated_bytes, read_layer, resolve_chain
@@ -164,14 +165,10 @@ def test_a_disk_its_folder_cannot_take_is_refused_in_one_line_and_leaves_nothing
     root = hv.datastore.root
     hv.disk_create(root / "src.qcow2", "1M")
     (root / "frozen").mkdir()
-    subprocess.run(["chattr", "+i", str(root / "frozen")], check=True)
-    try:
+    with immutable(root / "frozen"):
         refused = cli(hv, *args, f"{folder}/new.vmdk")
-    finally:
-        subprocess.run(["chattr", "-i", str(root / "frozen")], check=True)
     assert refused.returncode == HostError.exit_code and refused.stderr.splitlines()[-1:] == [
-        f"error: cannot write the disk {root / folder / 'new.vmdk'}: {reason}; check that the folder exists and that "
-        "this host may write there (permissions, an immutable flag: see lsattr, a read-only mount), then retry"]
+        host_refused_line(f"write the disk {root / folder / 'new.vmdk'}: {reason}")]
     assert all(line.startswith("converting ") for line in refused.stderr.splitlines()[:-1]), refused.stderr
     assert sorted(os.listdir(root)) == [".minivisor", "frozen", "src.qcow2"] and not os.listdir(root / "frozen")
     assert not os.listdir(root / ".minivisor" / "staging")

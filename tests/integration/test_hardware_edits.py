@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 from cli_runner import run_cli
-from refusals import datastore_state
+from refusals import datastore_state, host_refused_line, immutable
 
 from minivisor.errors import ArgumentError, HostError, SpecError
 from minivisor.storage.journal import JOURNAL_NAME
@@ -116,12 +116,8 @@ def test_an_edit_of_an_immutable_specfile_is_refused_in_one_line(hv, edit):
     hv.create_vm("web", disk_size="16M", memory_mib=64, network="nat")  # ethernet0
     vmx = hv.datastore.root / "web" / "web.vmx"
     before = datastore_state(hv.datastore.root)
-    subprocess.run(["chattr", "+i", str(vmx)], check=True)
-    try:
+    with immutable(vmx):
         refused = run_cli("vm", *edit, datastore=hv.datastore.root)
-    finally:
-        subprocess.run(["chattr", "-i", str(vmx)], check=True)
     assert refused.returncode == HostError.exit_code and refused.stderr.splitlines() == [
-        f"error: cannot write the specfile {vmx}: Operation not permitted; check that the folder exists and that this "
-        "host may write there (permissions, an immutable flag: see lsattr, a read-only mount), then retry"], refused
+        host_refused_line(f"write the specfile {vmx}: Operation not permitted")], refused
     assert datastore_state(hv.datastore.root) == before
