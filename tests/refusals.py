@@ -27,7 +27,7 @@ def datastore_state(folder: Path, *, contents: bool = True, running: bool = Fals
 
     files = {str(p.relative_to(folder)): fingerprint(p) for p in sorted(folder.rglob("*"))
              if p.is_file() and not p.name.startswith("catalog.sqlite") and "locks" not in p.relative_to(folder).parts
-             and not p.name.endswith(".lck") and not (running and p.suffix == ".log")}
+             and not p.name.endswith((".lck", ".lock")) and not (running and p.suffix == ".log")}
     with sqlite3.connect(folder / ".minivisor" / "catalog.sqlite") as db:
         files["catalog rows"] = "\n".join(row for row in db.iterdump() if '"spec_cache"' not in row)
     return files

@@ -177,12 +177,13 @@ def test_a_new_vm_in_a_datastore_folder_that_cannot_be_written_is_refused_in_one
     (["vm", "disk", "good", "add", "8M"], "write into the folder {folder} of the VM"),
     (["vm", "clone", "good", "new"], "write into the folder {folder} of the VM"),
     (["vm", "delete", "good"], "move the folder {folder} of VM 'good' out of the datastore to delete it"),
-], ids=["snapshot", "disk-add", "clone", "delete"])
+    pytest.param(["vm", "start", "good"], "write the VMM's log {folder}/vmm.log", marks=pytest.mark.qemu),  # probes
+], ids=["snapshot", "disk-add", "clone", "delete", "start"])
 @pytest.mark.parametrize("locked_before", [False, True], ids=["first-lock", "lock-file-there"])
 def test_an_operation_on_a_vm_whose_folder_is_immutable_is_refused_in_one_line(datastore, args, action,
                                                                                locked_before):
-    """The VM's folder is immutable (chattr +i; a read-only mount alike): its lock file, journal or move to the
-    trash cannot be written. One clear line naming the folder (each was an 'internal error: PermissionError'), and
+    """The VM's folder is immutable (chattr +i; a read-only mount alike): its lock file, journal, move to the
+    trash or VMM log cannot be written. One clear line naming the folder (each was an 'internal error: PermissionError'), and
     nothing changed."""
     folder = datastore / "good"
     if locked_before:

@@ -384,7 +384,11 @@ class Vmm:
     def _spawn(self, argv: list[str]) -> subprocess.Popen:
         import subprocess
 
-        log = os.fdopen(os.open(self.paths.vmm_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600), "ab")
+        try:
+            log = os.fdopen(os.open(self.paths.vmm_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600),
+                            "ab")
+        except OSError as exc:  # the VM's folder (or an old log) is immutable or read-only
+            raise host_refused(f"write the VMM's log {self.paths.vmm_log}", exc) from exc
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} power on: {' '.join(argv)}\n".encode())
         log.flush()
         try:
