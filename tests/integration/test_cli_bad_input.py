@@ -233,3 +233,27 @@ def test_registering_an_immutable_specfile_that_needs_its_identity_written_is_re
     assert result.returncode == 69 and result.stderr.splitlines() == [
         host_refused_line(f"write the specfile {vmx}: Operation not permitted")], result.stderr
     assert snapshot(datastore) == before
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "socket"])
+def test_a_fifo_or_socket_named_as_a_disk_in_an_allowed_folder_is_refused_in_one_line(datastore, tmp_path, kind):
+    """An allowed host folder may hold block devices, not FIFOs or sockets: opening a FIFO to read its header hung
+    (vm create --boot-disk, disk info), opening a socket was an 'internal error: OSError'."""
+    host = tmp_path / "host"
+    host.mkdir()
+    image = host / "disk.raw"
+    if kind == "FIFO":
+        os.mkfifo(image)
+    else:
+        import socket
+
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(str(image))
+    assert run(datastore, "datastore", "allow-path", str(host)).returncode == 0
+    before = snapshot(datastore)
+    for args, what in ((["vm", "create", "new", "--boot-disk", str(image)], f"boot disk '{image}'"),
+                       (["disk", "info", str(image)], "disk 'disk.raw'")):
+        result = run(datastore, *args)
+        assert result.returncode == 65 and result.stderr.splitlines() == [
+            f"error: {what} names {image}, which is a {kind}; name an image file or a block device"], result.stderr
+    assert snapshot(datastore) == before

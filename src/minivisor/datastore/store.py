@@ -360,6 +360,9 @@ class Scope(Record, frozen=True):
                 raise PathError(f"{what} {name!r} names {real}, which is not a {'socket' if socket else 'file'}",
                                 hint="name a new file in the VM's folder")
             self._single_link(real, name, what)
+        elif stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):  # opening it would block, or fail: never an image
+            raise PathError(f"{what} {name!r} names {real}, which is a {'FIFO' if stat.S_ISFIFO(mode) else 'socket'}",
+                            hint="name an image file or a block device")
         return Path(real)
 
     def state_file(self, base: Path, name: str, what: str) -> Path:
@@ -432,6 +435,9 @@ class Scope(Record, frozen=True):
                 raise PathError(f"{what} {name!r} names {real}, which is not a regular file",
                                 hint="name an image file; devices are allowed only in allowed host folders")
             self._single_link(real, name, what)
+        elif stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):  # opening it would block, or fail: never an image
+            raise PathError(f"{what} {name!r} names {real}, which is a {'FIFO' if stat.S_ISFIFO(mode) else 'socket'}",
+                            hint="name an image file or a block device")
         return Path(real)
 
     def _single_link(self, real: str, name: str, what: str) -> None:
