@@ -257,3 +257,18 @@ def test_a_fifo_or_socket_named_as_a_disk_in_an_allowed_folder_is_refused_in_one
         assert result.returncode == 65 and result.stderr.splitlines() == [
             f"error: {what} names {image}, which is a {kind}; name an image file or a block device"], result.stderr
     assert snapshot(datastore) == before
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "folder"])
+def test_importing_a_folder_whose_vmx_is_not_a_file_is_refused_in_one_line(datastore, tmp_path, kind):
+    """vm import of a folder whose one .vmx is a FIFO (reading it hung for ever) or a folder (it was an
+    'internal error: IsADirectoryError')."""
+    source = tmp_path / "vmware"
+    source.mkdir()
+    vmx = source / "web.vmx"
+    os.mkfifo(vmx) if kind == "FIFO" else vmx.mkdir()
+    before = snapshot(datastore)
+    result = run(datastore, "vm", "import", str(source))
+    assert result.returncode == 65 and result.stderr.splitlines() == [
+        f"error: {vmx} is not a file; give the VMware VM's folder, with its .vmx file"], result.stderr
+    assert snapshot(datastore) == before
