@@ -272,3 +272,18 @@ def test_importing_a_folder_whose_vmx_is_not_a_file_is_refused_in_one_line(datas
     assert result.returncode == 65 and result.stderr.splitlines() == [
         f"error: {vmx} is not a file; give the VMware VM's folder, with its .vmx file"], result.stderr
     assert snapshot(datastore) == before
+
+
+def test_a_vm_whose_specfile_became_a_fifo_is_listed_and_refused_without_hanging(datastore):
+    """A registered VM's specfile replaced by a FIFO: reading it waited for a writer for ever (vm list, show, set,
+    start all hung). Now list and show go on, and an operation that needs the file says so in one line."""
+    vmx = datastore / "good" / "good.vmx"
+    vmx.unlink()
+    os.mkfifo(vmx)
+    assert run(datastore, "vm", "list").stdout.splitlines()[1].startswith("good ")
+    assert run(datastore, "vm", "show", "good").returncode == 0
+    before = snapshot(datastore)
+    result = run(datastore, "vm", "set", "good", "--memory", "96")
+    assert result.returncode == 65 and result.stderr.splitlines() == [
+        f"error: '{vmx}' is not a regular file; a specfile is one: restore it"], result.stderr
+    assert snapshot(datastore) == before
