@@ -231,7 +231,7 @@ def test_registering_an_immutable_specfile_that_needs_its_identity_written_is_re
     with immutable(vmx):
         result = run(datastore, "vm", "register", str(vmx))
     assert result.returncode == 69 and result.stderr.splitlines() == [
-        host_refused_line(f"write the specfile {vmx}: Operation not permitted")], result.stderr
+        host_refused_line(f"write {vmx}: Operation not permitted")], result.stderr
     assert snapshot(datastore) == before
 
 
@@ -287,3 +287,18 @@ def test_a_vm_whose_specfile_became_a_fifo_is_listed_and_refused_without_hanging
     assert result.returncode == 65 and result.stderr.splitlines() == [
         f"error: '{vmx}' is not a regular file; a specfile is one: restore it"], result.stderr
     assert snapshot(datastore) == before
+
+
+def test_a_snapshot_whose_tree_file_is_immutable_says_so_in_one_line_and_finishes_once_it_can(datastore):
+    """The snapshot tree (.vmsd) is immutable while the folder is not: the take is committed (its new layer made)
+    when writing the tree fails. One clear line naming the file (it was an 'internal error: PermissionError'); the
+    journal finishes the take at the VM's next operation once the file can be written, as after a crash."""
+    assert run(datastore, "snapshot", "take", "good", "s1").returncode == 0
+    vmsd = datastore / "good" / "good.vmsd"
+    with immutable(vmsd):
+        result = run(datastore, "snapshot", "take", "good", "s2")
+    assert result.returncode == 69 and result.stderr.splitlines() == [
+        host_refused_line(f"write {vmsd}: Operation not permitted")], result.stderr
+    listed = run(datastore, "snapshot", "list", "good")
+    assert listed.returncode == 0 and "s2 (uid 2" in listed.stdout, listed
+    assert not (datastore / "good" / ".minivisor-journal.json").exists()

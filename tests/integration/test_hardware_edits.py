@@ -97,7 +97,7 @@ def test_a_disk_whose_specfile_cannot_be_written_is_undone_at_once(hv):
     before = vmx.read_bytes()
     subprocess.run(["chattr", "+i", str(vmx)], check=True)
     try:
-        with pytest.raises(HostError, match=f"cannot write the specfile {vmx}: Operation not permitted"):
+        with pytest.raises(HostError, match=f"cannot write {vmx}: Operation not permitted"):
             hv.add_disk("web", "8M")
     finally:
         subprocess.run(["chattr", "-i", str(vmx)], check=True)
@@ -119,5 +119,5 @@ def test_an_edit_of_an_immutable_specfile_is_refused_in_one_line(hv, edit):
     with immutable(vmx):
         refused = run_cli("vm", *edit, datastore=hv.datastore.root)
     assert refused.returncode == HostError.exit_code and refused.stderr.splitlines() == [
-        host_refused_line(f"write the specfile {vmx}: Operation not permitted")], refused
+        host_refused_line(f"write {vmx}: Operation not permitted")], refused
     assert datastore_state(hv.datastore.root) == before

@@ -77,7 +77,7 @@ def _write_checked(ctx: VmContext, doc: VmxDocument, data: bytes, event: str, *,
         else:
             write(data)
     except OSError as exc:  # the file or its folder is immutable or read-only: the old specfile stays
-        raise host_refused(f"write the specfile {ctx.vmx}", exc) from exc
+        raise host_refused(f"write {ctx.vmx}", exc) from exc
     ctx.inventory.summaries([ctx.entry])  # the cached summary (vm list, the inventory) is the new file's
     new_stamp = stamp_of(data)
     ctx.emit(event, stamp=new_stamp, **details)

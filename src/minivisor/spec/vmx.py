@@ -470,4 +470,4 @@ class VmxDocument:
         try:
             write_atomic(Path(path), self.to_bytes(), mode=0o600)
         except OSError as exc:
-            raise host_refused(f"write the specfile {path}", exc) from exc
+            raise host_refused(f"write {path}", exc) from exc

@@ -141,7 +141,10 @@ def write_step(name: str, data: bytes) -> list[Any]:
 def _write(vm_dir: Path, name: str, data: str) -> None:
     import base64
 
-    write_atomic(vm_dir / name, base64.b64decode(data), mode=0o600, sync="data")  # the folder: in finish()
+    try:
+        write_atomic(vm_dir / name, base64.b64decode(data), mode=0o600, sync="data")  # the folder: in finish()
+    except OSError as exc:  # the file is immutable or read-only: the journal stays, to finish once it can be written
+        raise host_refused(f"write {vm_dir / name}", exc) from exc
 
 
 def _unlink(vm_dir: Path, name: str) -> None:
