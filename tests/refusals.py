@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -25,7 +27,7 @@ def datastore_state(folder: Path, *, contents: bool = True, running: bool = Fals
 
     files = {str(p.relative_to(folder)): fingerprint(p) for p in sorted(folder.rglob("*"))
              if p.is_file() and not p.name.startswith("catalog.sqlite") and "locks" not in p.relative_to(folder).parts
-             and not p.name.endswith(".lck") and not (running and p.suffix == ".log")}
+             and not p.name.endswith((".lck", ".lock")) and not (running and p.suffix == ".log")}
     with sqlite3.connect(folder / ".minivisor" / "catalog.sqlite") as db:
         files["catalog rows"] = "\n".join(row for row in db.iterdump() if '"spec_cache"' not in row)
     return files
@@ -40,3 +42,21 @@ def assert_one_clear_line(result: subprocess.CompletedProcess, exit_code: int, *
     assert "; " in lines[0], "the line says how to fix it"
     for word in words:
         assert word in lines[0]
+
+
+@contextlib.contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """``path`` immutable (chattr +i: no write, rename or new entry, even for root; what a read-only mount does)
+    for the ``with`` block; made mutable again whatever happens."""
+    subprocess.run(["chattr", "+i", str(path)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def host_refused_line(action: str) -> str:
+    """The one line of an errors.host_refused: ``action`` with its reason ("write the disk /x: Operation not
+    permitted")."""
+    return (f"error: cannot {action}; check that the folder exists and that this host may write there (permissions, "
+            "an immutable flag: see lsattr, a read-only mount), then retry")

@@ -46,6 +46,7 @@ __all__ = [
     "OwnedElsewhereError",
     "NoHostFitsError",
     "is_out_of_space",
+    "host_refused",
 ]
 
 
@@ -328,6 +329,15 @@ def is_out_of_space(exc: BaseException) -> bool:
             return True
         error = error.__cause__
     return False
+
+
+def host_refused(action: str, exc: Exception) -> HostError:
+    """The host's file system refused ``action`` ("write the disk /x"): a folder missing, read-only, immutable, on a
+    read-only mount (``exc``: the OSError, or SQLite's error). One line saying so; raise it ``from exc``: a full
+    file system stays a NoSpaceError."""
+    return HostError(f"cannot {action}: {getattr(exc, 'strerror', None) or exc}",
+                     hint="check that the folder exists and that this host may write there (permissions, an "
+                          "immutable flag: see lsattr, a read-only mount), then retry")
 
 
 # -- The service's own refusals: conditions of an HTTP request, not of the core API. Their HTTP statuses

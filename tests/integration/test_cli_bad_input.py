@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from refusals import assert_one_clear_line
+from refusals import assert_one_clear_line, host_refused_line, immutable
 from refusals import datastore_state as snapshot
 
 from minivisor.core.hypervisor import Hypervisor
@@ -149,3 +149,156 @@ def test_datastore_info_and_allow_path(datastore, tmp_path):
     assert run(datastore, "datastore", "allow-path", str(tmp_path)).returncode == 0
     info = json.loads(run(datastore, "datastore", "info", "--json").stdout)
     assert info["vms"] == 1 and info["allowed_paths"] == [os.path.realpath(tmp_path)]
+
+
+@pytest.mark.parametrize("args", [["vm", "create", "new", "--disk-size", "1M"], ["vm", "import", "{source}", "--name", "new"],
+                                  ["vm", "clone", "good", "new"]], ids=["create", "import", "clone"])
+def test_a_new_vm_in_a_datastore_folder_that_cannot_be_written_is_refused_in_one_line(datastore, tmp_path, args):
+    """The datastore's folder is immutable (chattr +i: read-only even for root; a read-only mount alike): the VM
+    assembled in .minivisor cannot move in. One clear line (it was an 'internal error: PermissionError'), nothing
+    in the catalog, no staging left."""
+    source = tmp_path / "vmware"
+    source.mkdir()
+    for name in ("good.vmx", "good.qcow2"):
+        (source / name).write_bytes((datastore / "good" / name).read_bytes())
+    before = snapshot(datastore)
+    with immutable(datastore):
+        result = run(datastore, *[arg.format(source=source) for arg in args])
+    *progress, line = result.stderr.splitlines()
+    assert result.returncode == 69 and line == host_refused_line(
+        f"move the folder of VM 'new' into {datastore}: Operation not permitted"), result.stderr
+    assert all(text.endswith("%") for text in progress), result.stderr  # the copy's progress, then the one line
+    assert snapshot(datastore) == before
+    assert [p.name for p in (datastore / ".minivisor").rglob("*") if p.parent.name in ("staging", "clones")] == []
+
+
+@pytest.mark.parametrize("args, action", [
+    (["snapshot", "take", "good", "s1"], "write into the folder {folder} of the VM"),
+    (["vm", "disk", "good", "add", "8M"], "write into the folder {folder} of the VM"),
+    (["vm", "clone", "good", "new"], "write into the folder {folder} of the VM"),
+    (["vm", "delete", "good"], "move the folder {folder} of VM 'good' out of the datastore to delete it"),
+    pytest.param(["vm", "start", "good"], "write the VMM's log {folder}/vmm.log", marks=pytest.mark.qemu),  # probes
+], ids=["snapshot", "disk-add", "clone", "delete", "start"])
+@pytest.mark.parametrize("locked_before", [False, True], ids=["first-lock", "lock-file-there"])
+def test_an_operation_on_a_vm_whose_folder_is_immutable_is_refused_in_one_line(datastore, args, action,
+                                                                               locked_before):
+    """The VM's folder is immutable (chattr +i; a read-only mount alike): its lock file, journal, move to the
+    trash or VMM log cannot be written. One clear line naming the folder (each was an 'internal error: PermissionError'), and
+    nothing changed."""
+    folder = datastore / "good"
+    if locked_before:
+        assert run(datastore, "vm", "set", "good", "--cpus", "1").returncode == 0  # takes the VM lock: its file stays
+    else:
+        for lock in folder.glob("*.lck"):
+            lock.unlink()
+        action = "create the VM's lock file {folder}/good.vmx.lck"
+    before = snapshot(datastore)
+    with immutable(folder):
+        result = run(datastore, *args)
+    assert result.returncode == 69 and result.stderr.splitlines() == [
+        host_refused_line(f"{action.format(folder=folder)}: Operation not permitted")], result.stderr
+    assert snapshot(datastore) == before
+
+
+@pytest.mark.parametrize("frozen, reason", [("catalog.sqlite", "attempt to write a readonly database"),
+                                            ("", "unable to open database file")], ids=["catalog", "meta-folder"])
+@pytest.mark.parametrize("args", [["vm", "unregister", "good"], ["vm", "autostart", "good", "on"],
+                                  ["datastore", "allow-path", "{tmp}"]], ids=["unregister", "autostart", "allow-path"])
+def test_a_change_to_a_catalog_that_cannot_be_written_is_refused_in_one_line(datastore, tmp_path, frozen, reason,
+                                                                             args):
+    """The catalog (or the .minivisor folder its journal and the operation locks go in) is immutable, as on a
+    read-only mount: SQLite refuses the write. One clear line naming the catalog, or the lock (each was an
+    'internal error: OperationalError' or 'PermissionError'); reading still works, and nothing changed."""
+    catalog = datastore / ".minivisor" / "catalog.sqlite"
+    before = snapshot(datastore)
+    with immutable(datastore / ".minivisor" / frozen):
+        result = run(datastore, *[arg.format(tmp=tmp_path) for arg in args])
+        listed = run(datastore, "vm", "list")
+    action = f"write the catalog {catalog}: {reason}"
+    if args[1] == "unregister" and not frozen:  # its operation lock, first made in .minivisor/locks, comes first
+        action = f"create the operation lock of VM 'good' in {catalog.parent / 'locks'}: Operation not permitted"
+    assert result.returncode == 69 and result.stderr.splitlines() == [host_refused_line(action)], result.stderr
+    assert listed.returncode == 0 and listed.stdout.splitlines()[1].startswith("good "), listed
+    assert snapshot(datastore) == before
+
+
+def test_registering_an_immutable_specfile_that_needs_its_identity_written_is_refused_in_one_line(datastore):
+    """register writes a UUID and MACs into a specfile that has none; an immutable one (chattr +i; a read-only mount
+    alike) gets one clear line naming it (it was an 'internal error: PermissionError'), and no catalog row."""
+    vmx = write_vm(datastore, "frozen", 'memSize = "64"\nscsi0.present = "TRUE"\nscsi0:0.present = "TRUE"\n'
+                                        'scsi0:0.fileName = "d.qcow2"\n')
+    before = snapshot(datastore)
+    with immutable(vmx):
+        result = run(datastore, "vm", "register", str(vmx))
+    assert result.returncode == 69 and result.stderr.splitlines() == [
+        host_refused_line(f"write {vmx}: Operation not permitted")], result.stderr
+    assert snapshot(datastore) == before
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "socket"])
+def test_a_fifo_or_socket_named_as_a_disk_in_an_allowed_folder_is_refused_in_one_line(datastore, tmp_path, kind):
+    """An allowed host folder may hold block devices, not FIFOs or sockets: opening a FIFO to read its header hung
+    (vm create --boot-disk, disk info), opening a socket was an 'internal error: OSError'."""
+    host = tmp_path / "host"
+    host.mkdir()
+    image = host / "disk.raw"
+    if kind == "FIFO":
+        os.mkfifo(image)
+    else:
+        import socket
+
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(str(image))
+    assert run(datastore, "datastore", "allow-path", str(host)).returncode == 0
+    before = snapshot(datastore)
+    for args, what in ((["vm", "create", "new", "--boot-disk", str(image)], f"boot disk '{image}'"),
+                       (["disk", "info", str(image)], "disk 'disk.raw'")):
+        result = run(datastore, *args)
+        assert result.returncode == 65 and result.stderr.splitlines() == [
+            f"error: {what} names {image}, which is a {kind}; name an image file or a block device"], result.stderr
+    assert snapshot(datastore) == before
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "folder"])
+def test_importing_a_folder_whose_vmx_is_not_a_file_is_refused_in_one_line(datastore, tmp_path, kind):
+    """vm import of a folder whose one .vmx is a FIFO (reading it hung for ever) or a folder (it was an
+    'internal error: IsADirectoryError')."""
+    source = tmp_path / "vmware"
+    source.mkdir()
+    vmx = source / "web.vmx"
+    os.mkfifo(vmx) if kind == "FIFO" else vmx.mkdir()
+    before = snapshot(datastore)
+    result = run(datastore, "vm", "import", str(source))
+    assert result.returncode == 65 and result.stderr.splitlines() == [
+        f"error: {vmx} is not a file; give the VMware VM's folder, with its .vmx file"], result.stderr
+    assert snapshot(datastore) == before
+
+
+def test_a_vm_whose_specfile_became_a_fifo_is_listed_and_refused_without_hanging(datastore):
+    """A registered VM's specfile replaced by a FIFO: reading it waited for a writer for ever (vm list, show, set,
+    start all hung). Now list and show go on, and an operation that needs the file says so in one line."""
+    vmx = datastore / "good" / "good.vmx"
+    vmx.unlink()
+    os.mkfifo(vmx)
+    assert run(datastore, "vm", "list").stdout.splitlines()[1].startswith("good ")
+    assert run(datastore, "vm", "show", "good").returncode == 0
+    before = snapshot(datastore)
+    result = run(datastore, "vm", "set", "good", "--memory", "96")
+    assert result.returncode == 65 and result.stderr.splitlines() == [
+        f"error: '{vmx}' is not a regular file; a specfile is one: restore it"], result.stderr
+    assert snapshot(datastore) == before
+
+
+def test_a_snapshot_whose_tree_file_is_immutable_says_so_in_one_line_and_finishes_once_it_can(datastore):
+    """The snapshot tree (.vmsd) is immutable while the folder is not: the take is committed (its new layer made)
+    when writing the tree fails. One clear line naming the file (it was an 'internal error: PermissionError'); the
+    journal finishes the take at the VM's next operation once the file can be written, as after a crash."""
+    assert run(datastore, "snapshot", "take", "good", "s1").returncode == 0
+    vmsd = datastore / "good" / "good.vmsd"
+    with immutable(vmsd):
+        result = run(datastore, "snapshot", "take", "good", "s2")
+    assert result.returncode == 69 and result.stderr.splitlines() == [
+        host_refused_line(f"write {vmsd}: Operation not permitted")], result.stderr
+    listed = run(datastore, "snapshot", "list", "good")
+    assert listed.returncode == 0 and "s2 (uid 2" in listed.stdout, listed
+    assert not (datastore / "good" / ".minivisor-journal.json").exists()

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 from cli_runner import run_cli
+from refusals import host_refused_line, immutable
 
 from minivisor import Hypervisor
 from minivisor.images.layers import allocated_bytes, read_layer, resolve_chain
 from minivisor.images.qemu_img import check_disk
-from minivisor.errors import ArgumentError, DiskError, PathError
+from minivisor.errors import ArgumentError, DiskError, HostError, PathError
 
 TIB = 1024 ** 4
 
@@ -153,6 +154,24 @@ def test_bad_input_gives_one_line_and_writes_nothing(hv, args, code, words):
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and words in result.stderr
     assert sorted(os.listdir(hv.datastore.root)) == before
     assert not Path("/etc/minivisor-test.qcow2").exists()
+
+
+@pytest.mark.parametrize("folder, reason", [("gone", "No such file or directory"),
+                                            ("frozen", "Operation not permitted")])
+@pytest.mark.parametrize("args", [["disk", "create", "--size", "1M"], ["disk", "convert", "src.qcow2"]])
+def test_a_disk_its_folder_cannot_take_is_refused_in_one_line_and_leaves_nothing(hv, folder, reason, args):
+    """A new disk's folder is missing, or immutable (chattr +i: read-only even for root): one clear line, not an
+    'internal error: PermissionError' once the disk was built, and nothing left there or in staging."""
+    root = hv.datastore.root
+    hv.disk_create(root / "src.qcow2", "1M")
+    (root / "frozen").mkdir()
+    with immutable(root / "frozen"):
+        refused = cli(hv, *args, f"{folder}/new.vmdk")
+    assert refused.returncode == HostError.exit_code and refused.stderr.splitlines()[-1:] == [
+        host_refused_line(f"write the disk {root / folder / 'new.vmdk'}: {reason}")]
+    assert all(line.startswith("converting ") for line in refused.stderr.splitlines()[:-1]), refused.stderr
+    assert sorted(os.listdir(root)) == [".minivisor", "frozen", "src.qcow2"] and not os.listdir(root / "frozen")
+    assert not os.listdir(root / ".minivisor" / "staging")
 
 
 def test_a_vms_disks_are_listed_and_grown_through_the_vm(hv):

@@ -20,7 +20,7 @@ from ..datastore.catalog import VmEntry
 from ..datastore.inventory import Inventory, read_vmx
 from ..datastore.layout import VmPaths
 from ..datastore.store import Datastore, Scope
-from ..errors import HvError, LockError, NotFoundError
+from ..errors import HvError, LockError, NotFoundError, host_refused
 from ..locks import wait_lock
 from ..records import Record
 from ..vmm.process import SHORT_HOLD, Vmm
@@ -154,8 +154,11 @@ class Vms(Record):
         third process had just started on the same socket.
         """
         ctx = self.context(name)
-        self._locks.mkdir(mode=0o700, exist_ok=True)
-        fd = wait_lock(self._locks / f"{ctx.uuid}.lck", wait, poll=0.01)
+        try:
+            self._locks.mkdir(mode=0o700, exist_ok=True)
+            fd = wait_lock(self._locks / f"{ctx.uuid}.lck", wait, poll=0.01)
+        except OSError as exc:  # .minivisor is immutable, or the datastore on a read-only mount
+            raise host_refused(f"create the operation lock of VM {ctx.name!r} in {self._locks}", exc) from exc
         if fd is None:
             raise LockError(f"VM {ctx.name!r} is busy with another operation", hint="retry when it has finished")
         try:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..datastore.store import Datastore
-from ..errors import ConflictError, DiskError, NoSuchDiskError
+from ..errors import ConflictError, DiskError, NoSuchDiskError, host_refused
 from ..images.layers import ImageLayer, disk_info, format_for
 from ..images.qemu_img import check_resize, convert_disk, create_disk, resize_disk
 from ..units import parse_size
@@ -130,11 +130,17 @@ def _build_then_move(datastore: Datastore, target: Path, build: Callable[[Path],
     A VMDK's extent files move first and its descriptor last, so the disk appears whole or not at all.
     """
     work = datastore.staging_dir(f"disk-{target.name}")
+    moved: list[Path] = []
     try:
         build(work / target.name)
         for extra in sorted(work.iterdir()):
             if extra.name != target.name:
                 os.replace(extra, target.parent / extra.name)
+                moved.append(target.parent / extra.name)
         os.replace(work / target.name, target)
+    except OSError as exc:  # its folder is missing, read-only or immutable: no part of the disk stays there
+        for path in moved:
+            path.unlink(missing_ok=True)
+        raise host_refused(f"write the disk {target}", exc) from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)

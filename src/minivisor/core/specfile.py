@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..digest import sha256
-from ..errors import ArgumentError, ConflictError, SpecError
+from ..errors import ArgumentError, ConflictError, SpecError, host_refused
 from ..files import write_atomic
 from ..spec.fidelity import KeyNote
 from ..spec.vmx import VMX_LIMITS, VmxDocument, read_bounded
@@ -71,10 +71,13 @@ def _write_checked(ctx: VmContext, doc: VmxDocument, data: bytes, event: str, *,
                    write: Callable[[bytes], None] | None = None, **details: Any) -> dict[str, Any]:
     """``data`` (the bytes of ``doc``) as the VM's specfile once ``doc`` checks out; nothing written otherwise."""
     notes = _checked(ctx, doc)
-    if write is None:
-        write_atomic(ctx.vmx, data, mode=0o600)
-    else:
-        write(data)
+    try:
+        if write is None:
+            write_atomic(ctx.vmx, data, mode=0o600)
+        else:
+            write(data)
+    except OSError as exc:  # the file or its folder is immutable or read-only: the old specfile stays
+        raise host_refused(f"write {ctx.vmx}", exc) from exc
     ctx.inventory.summaries([ctx.entry])  # the cached summary (vm list, the inventory) is the new file's
     new_stamp = stamp_of(data)
     ctx.emit(event, stamp=new_stamp, **details)

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import ConflictError, HostError, NoSpaceError, NotFoundError
+from ..errors import ConflictError, HostError, NoSpaceError, NotFoundError, host_refused
 from ..records import Record
 from ..text import excerpt
 
@@ -199,6 +199,9 @@ class Catalog:
                     self._db.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN):
+                # the catalog or .minivisor is immutable, or the datastore on a read-only mount: nothing was written
+                raise host_refused(f"write the catalog {self.path}", exc) from exc
             if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
                 raise
             raise NoSpaceError(f"the catalog {self.path} cannot grow: its file system is full",
@@ -296,8 +299,8 @@ class Catalog:
         try:
             with self.transaction() as db:
                 self.put_summaries(db, rows)
-        except (sqlite3.OperationalError, NoSpaceError):
-            pass  # a cache (busy or on a full datastore): the next reader stores it
+        except (sqlite3.OperationalError, HostError):
+            pass  # a cache (busy, or a full or read-only datastore): the next reader stores it
 
     def put_summaries(self, db: sqlite3.Connection, rows: list[tuple[str, str, str, str]]) -> None:
         """Cache summary rows inside an open transaction (a VM being added: one commit, one set of fsyncs)."""

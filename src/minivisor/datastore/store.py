@@ -30,7 +30,7 @@ from .catalog import Catalog, VmEntry
 from .layout import VM_FILES, VM_NAME, check_vm_name
 from ..dirs import default_datastore
 from ..images.layers import ImageLayer, check_file_name, format_for, layer_files, resolve_chain
-from ..errors import ConflictError, DiskError, PathError, SpecError
+from ..errors import ConflictError, DiskError, PathError, SpecError, host_refused
 from ..realpaths import real_path
 from ..text import excerpt
 
@@ -107,13 +107,21 @@ class Datastore:
         try:
             with self.catalog.transaction() as db:
                 self.catalog.add(db, name, uuid, f"{name}/{name}.vmx")
-                staging.rename(self.vm_dir(name))
+                self.move_in(staging, name)
         except BaseException:
             if not staging.exists():  # moved, then the commit failed (a full datastore): move it back
                 self.vm_dir(name).rename(staging)
             raise
         finally:
             marker.unlink(missing_ok=True)
+
+    def move_in(self, staging: Path | str, name: str) -> None:
+        """Rename an assembled folder to VM ``name``'s; a datastore folder that may not be written (read-only,
+        immutable) is one HostError, and nothing has moved."""
+        try:
+            os.rename(staging, self.vm_dir(name))
+        except OSError as exc:
+            raise host_refused(f"move the folder of VM {name!r} into {self.root}", exc) from exc
 
     # -- path policy -------------------------------------------------------
     def vm_scope(self, entry: VmEntry, _depth: int = 0) -> Scope:
@@ -217,7 +225,11 @@ class Datastore:
         trashed = bin_dir / entry.uuid
         if trashed.exists():
             raise ConflictError(f"a deletion of {entry.uuid} is already in progress", hint="retry in a moment")
-        folder.rename(trashed)
+        try:
+            folder.rename(trashed)
+        except OSError as exc:  # it (or the datastore's folder) is immutable or read-only: nothing was deleted
+            raise host_refused(f"move the folder {folder} of VM {entry.name!r} out of the datastore to delete it",
+                               exc) from exc
         try:
             with self.catalog.transaction() as db:
                 self.catalog.remove(db, entry.name)
@@ -348,6 +360,9 @@ class Scope(Record, frozen=True):
                 raise PathError(f"{what} {name!r} names {real}, which is not a {'socket' if socket else 'file'}",
                                 hint="name a new file in the VM's folder")
             self._single_link(real, name, what)
+        elif stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):  # opening it would block, or fail: never an image
+            raise PathError(f"{what} {name!r} names {real}, which is a {'FIFO' if stat.S_ISFIFO(mode) else 'socket'}",
+                            hint="name an image file or a block device")
         return Path(real)
 
     def state_file(self, base: Path, name: str, what: str) -> Path:
@@ -420,6 +435,9 @@ class Scope(Record, frozen=True):
                 raise PathError(f"{what} {name!r} names {real}, which is not a regular file",
                                 hint="name an image file; devices are allowed only in allowed host folders")
             self._single_link(real, name, what)
+        elif stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):  # opening it would block, or fail: never an image
+            raise PathError(f"{what} {name!r} names {real}, which is a {'FIFO' if stat.S_ISFIFO(mode) else 'socket'}",
+                            hint="name an image file or a block device")
         return Path(real)
 
     def _single_link(self, real: str, name: str, what: str) -> None:

@@ -17,12 +17,14 @@ checked before the work it bounds.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from ..errors import SpecError
+from ..errors import SpecError, host_refused
 from ..files import write_atomic
 from ..records import Record
 from ..text import excerpt
@@ -104,9 +106,12 @@ def _show(raw: bytes) -> str:
 def read_bounded(path: Path, limit: int) -> bytes:
     """The bytes of ``path`` if it holds at most ``limit``; reads no more than ``limit`` + 1.
 
-    Raises ``OSError`` if it cannot be read, ``SpecError`` if it is larger.
+    Raises ``OSError`` if it cannot be read, ``SpecError`` if it is larger or no regular file (a FIFO would block
+    the read for ever: it is opened without waiting for a writer).
     """
-    with open(path, "rb") as handle:
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise SpecError(f"{excerpt(str(path), 200)} is not a regular file", hint="a specfile is one: restore it")
         data = handle.read(limit + 1)
     if len(data) > limit:
         raise SpecError(f"{excerpt(str(path), 200)} is larger than the {limit // 1024} KiB minivisor reads",
@@ -460,5 +465,9 @@ class VmxDocument:
         return self._bom + b"".join([part for line in self._lines for part in (line.text, line.end)])
 
     def save(self, path: Path) -> None:
-        """Write the document to ``path`` atomically (see ``write_atomic``); a new specfile is owner-only."""
-        write_atomic(Path(path), self.to_bytes(), mode=0o600)
+        """Write the document to ``path`` atomically (see ``write_atomic``); a new specfile is owner-only. A file
+        or folder that may not be written (immutable, read-only) is one HostError; the old file stays."""
+        try:
+            write_atomic(Path(path), self.to_bytes(), mode=0o600)
+        except OSError as exc:
+            raise host_refused(f"write {path}", exc) from exc

@@ -193,7 +193,7 @@ def publish_clone(datastore: Datastore, staging: str, name: str, new_uuid: str, 
     home = datastore.root / name
     moved = Path(staging).exists() and not home.exists()
     if moved:
-        os.rename(staging, home)
+        datastore.move_in(staging, name)
         fsync_dir(datastore.root)  # the folder is where the catalog will say before the journal is gone
     try:
         with datastore.catalog.transaction() as db:

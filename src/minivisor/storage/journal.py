@@ -36,7 +36,7 @@ import signal
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import DiskError
+from ..errors import DiskError, host_refused
 from ..files import fsync_dir, write_atomic
 from ..records import Record, as_dict, default_factory
 
@@ -85,8 +85,11 @@ class Journal(Record):
         """Write the journal atomically; ``durable``: fsynced too (see the module docstring for when not)."""
         record = as_dict(self)
         record.pop("vm_dir")
-        write_atomic(self.path, json.dumps(record, indent=1).encode(), mode=0o600,
-                     sync="durable" if durable else "none")
+        try:
+            write_atomic(self.path, json.dumps(record, indent=1).encode(), mode=0o600,
+                         sync="durable" if durable else "none")
+        except OSError as exc:  # the VM's folder is read-only or immutable: begun, nothing was done yet
+            raise host_refused(f"write into the folder {self.vm_dir} of the VM", exc) from exc
 
     # -- phases ----------------------------------------------------------
     def begin(self, undo: list[Path]) -> None:
@@ -138,7 +141,10 @@ def write_step(name: str, data: bytes) -> list[Any]:
 def _write(vm_dir: Path, name: str, data: str) -> None:
     import base64
 
-    write_atomic(vm_dir / name, base64.b64decode(data), mode=0o600, sync="data")  # the folder: in finish()
+    try:
+        write_atomic(vm_dir / name, base64.b64decode(data), mode=0o600, sync="data")  # the folder: in finish()
+    except OSError as exc:  # the file is immutable or read-only: the journal stays, to finish once it can be written
+        raise host_refused(f"write {vm_dir / name}", exc) from exc
 
 
 def _unlink(vm_dir: Path, name: str) -> None:

@@ -44,6 +44,8 @@ def inspect_folder(folder: Path, scope: Scope) -> tuple[Path, VmxDocument, VmSpe
     if len(specfiles) != 1:
         raise SpecError(f"{folder} holds {len(specfiles)} .vmx files", hint="give a folder with exactly one VM")
     vmx = specfiles[0]
+    if not vmx.is_file():  # a FIFO would block the read below for ever; a folder is no specfile either
+        raise PathError(f"{vmx} is not a file", hint="give the VMware VM's folder, with its .vmx file")
     doc = VmxDocument.load(vmx)
     doc.raise_for_errors()
     if "encryption.keySafe" in doc or "encryption.data" in doc:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import procfs
 from ..datastore.layout import VmPaths
-from ..errors import AgentError, LockError, QmpError, VmmError
+from ..errors import AgentError, LockError, QmpError, VmmError, host_refused
 from ..files import write_atomic
 from ..locks import try_lock, wait_lock
 from ..records import Record, as_dict, default_factory
@@ -58,7 +58,7 @@ class VmLock:
         self.fd: int | None = None
 
     def try_acquire(self) -> bool:
-        fd = try_lock(self.path)
+        fd = self._take(0.0)
         if fd is None:
             return False
         self.fd = fd
@@ -68,12 +68,18 @@ class VmLock:
         """Take the lock, or LockError. ``wait``: for callers that know only a short holder can be in
         the way (they hold the VM's operation lock, so no power-on can be): a state probe of another
         process, or its cleanup of the VMM that just exited."""
-        fd = wait_lock(self.path, wait) if wait else try_lock(self.path)
+        fd = self._take(wait)
         if fd is None:
             raise LockError(f"VM {name!r} is in use: it is running or another operation holds it",
                             hint=f"see its state with: minivisor vm show {name}")
         self.fd = fd
         return self
+
+    def _take(self, wait: float) -> int | None:
+        try:
+            return wait_lock(self.path, wait) if wait else try_lock(self.path)
+        except OSError as exc:  # a first lock file in a folder that is read-only or immutable
+            raise host_refused(f"create the VM's lock file {self.path}", exc) from exc
 
     def is_held_elsewhere(self) -> bool:
         """True if another process (or a VMM) holds the lock right now.
@@ -378,7 +384,11 @@ class Vmm:
     def _spawn(self, argv: list[str]) -> subprocess.Popen:
         import subprocess
 
-        log = os.fdopen(os.open(self.paths.vmm_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600), "ab")
+        try:
+            log = os.fdopen(os.open(self.paths.vmm_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600),
+                            "ab")
+        except OSError as exc:  # the VM's folder (or an old log) is immutable or read-only
+            raise host_refused(f"write the VMM's log {self.paths.vmm_log}", exc) from exc
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} power on: {' '.join(argv)}\n".encode())
         log.flush()
         try:
