@@ -35,7 +35,9 @@ def inventory(hv: Hypervisor, name: str) -> dict:
 
 @pytest.fixture
 def small_vm(hv, appliance_image):
-    create_guest(hv, "small", appliance_image, memory_mib=256, cpus=2, network="none")
+    # One vCPU: QEMU 7.2's multi-threaded TCG segfaults, rarely, while a 2-vCPU guest boots on a loaded host (seen in
+    # full runs; a QEMU bug). The guests that check SMP keep two (the boot test below, tests/integration/test_appliance).
+    create_guest(hv, "small", appliance_image, memory_mib=256, cpus=1, network="none")
     return "small"
 
 
@@ -120,7 +122,7 @@ def test_power_transitions(hv, small_vm):
 def test_exec_returns_output_and_exit_code(hv, small_vm):
     hv.start_vm(small_vm, wait_ready=True, timeout=60)
     result = hv.exec_in_vm(small_vm, ["grep", "-c", "^processor", "/proc/cpuinfo"])
-    assert (result.output.strip(), result.exit_code) == ("2", 0)
+    assert (result.output.strip(), result.exit_code) == ("1", 0)
     failing = hv.exec_in_vm(small_vm, "echo 'to stderr' >&2; exit 7")
     assert (failing.output + failing.stderr, failing.exit_code) == ("to stderr\n", 7)  # apart through the agent
     # a file written through one exec is there for the next one
