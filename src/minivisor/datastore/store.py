@@ -360,9 +360,6 @@ class Scope(Record, frozen=True):
                 raise PathError(f"{what} {name!r} names {real}, which is not a {'socket' if socket else 'file'}",
                                 hint="name a new file in the VM's folder")
             self._single_link(real, name, what)
-        elif stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):  # opening it would block, or fail: never an image
-            raise PathError(f"{what} {name!r} names {real}, which is a {'FIFO' if stat.S_ISFIFO(mode) else 'socket'}",
-                            hint="name an image file or a block device")
         return Path(real)
 
     def state_file(self, base: Path, name: str, what: str) -> Path:
