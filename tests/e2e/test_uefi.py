@@ -32,14 +32,23 @@ def efi_vm(hv, name: str, disk: Path, extra: str = "") -> Path:
 
 
 def console_shows(hv, name: str, text: str, timeout: float = 90) -> bool:
-    """Whether the firmware's console (serial.log) says ``text`` within ``timeout`` s."""
-    log = hv.vm_paths(name).serial_log
+    """Whether the firmware's console (serial.log) says ``text`` within ``timeout`` s; fails at once, with the
+    console's and vmm.log's last lines, if the VM stops running meanwhile (QEMU ended: waiting would only hide why)."""
+    paths = hv.vm_paths(name)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if log.exists() and text in log.read_text(errors="replace"):
+        if paths.serial_log.exists() and text in paths.serial_log.read_text(errors="replace"):
             return True
+        state = hv.get_vm(name).state_label
+        assert state == "running", f"{name} is {state}, {tail(paths.serial_log)=}, {tail(paths.vmm_log)=}"
         time.sleep(0.1)
+    print(f"{name}'s console never said {text!r}: {tail(paths.serial_log)=}, {tail(paths.vmm_log)=}")
     return False
+
+
+def tail(log: Path, size: int = 600) -> str:
+    """The last ``size`` characters of ``log``, for a failure's message."""
+    return log.read_text(errors="replace")[-size:] if log.exists() else "(missing)"
 
 
 def start_through_shell(hv, name: str, *, wait_ready: bool = True, timeout: float = 180) -> None:
