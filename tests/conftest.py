@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 from netlab import end_lab, make_lab
+from qemu_crashes import KernelLog
 from vmm_guard import end_qemus_under, power_off_all
 
 from minivisor import dirs
@@ -22,6 +23,28 @@ os.environ["MINIVISOR_NETWORKING"] = "user"
 # (too_slow health checks). max_examples stays as each test sets it.
 settings.register_profile("minivisor", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("minivisor")
+
+
+KERNEL_LOG = KernelLog()
+
+
+def pytest_collection_modifyitems(items):
+    """A ``qemu`` test that fails while the kernel logs a crash of QEMU runs once more (see tests/qemu_crashes.py)."""
+    for item in items:
+        if item.get_closest_marker("qemu"):
+            item.add_marker(pytest.mark.flaky(reruns=1, condition=_qemu_crashed))
+
+
+def _qemu_crashed() -> bool:
+    crashes = KERNEL_LOG.qemu_crashes()
+    for crash in crashes:
+        print(f"\nQEMU crashed while this test ran (it runs once more): {crash}")
+    return bool(crashes)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    KERNEL_LOG.mark()
 
 
 @pytest.fixture(scope="session")
