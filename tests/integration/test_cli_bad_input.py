@@ -235,24 +235,31 @@ def test_registering_an_immutable_specfile_that_needs_its_identity_written_is_re
     assert snapshot(datastore) == before
 
 
-@pytest.mark.parametrize("kind", ["FIFO", "socket"])
-def test_a_fifo_or_socket_named_as_a_disk_in_an_allowed_folder_is_refused_in_one_line(datastore, tmp_path, kind):
-    """An allowed host folder may hold block devices, not FIFOs or sockets: opening a FIFO to read its header hung
-    (vm create --boot-disk, disk info), opening a socket was an 'internal error: OSError'."""
+@pytest.mark.parametrize("kind", ["FIFO", "socket", "folder"])
+def test_a_fifo_socket_or_folder_named_as_a_disk_in_an_allowed_folder_is_refused_in_one_line(datastore, tmp_path, kind):
+    """An allowed host folder may hold block devices, not FIFOs, sockets or folders: opening a FIFO to read its
+    header hung (vm create --boot-disk, disk info), opening a socket was an 'internal error: OSError', and a
+    folder went into a CD-ROM drive (vm cdrom insert), for QEMU to refuse at the next power-on."""
     host = tmp_path / "host"
     host.mkdir()
     image = host / "disk.raw"
     if kind == "FIFO":
         os.mkfifo(image)
+    elif kind == "folder":
+        image.mkdir()
     else:
         import socket
 
         with socket.socket(socket.AF_UNIX) as listener:
             listener.bind(str(image))
     assert run(datastore, "datastore", "allow-path", str(host)).returncode == 0
+    write_vm(datastore, "cd", 'memSize = "64"\nide1:0.present = "TRUE"\nide1:0.deviceType = "cdrom-image"\n'
+                              'ide1:0.fileName = ""\n')
+    assert run(datastore, "vm", "register", str(datastore / "cd" / "cd.vmx")).returncode == 0
     before = snapshot(datastore)
     for args, what in ((["vm", "create", "new", "--boot-disk", str(image)], f"boot disk '{image}'"),
-                       (["disk", "info", str(image)], "disk 'disk.raw'")):
+                       (["disk", "info", str(image)], "disk 'disk.raw'"),
+                       (["vm", "cdrom", "cd", "insert", str(image)], f"the image for ide1:0 '{image}'")):
         result = run(datastore, *args)
         assert result.returncode == 65 and result.stderr.splitlines() == [
             f"error: {what} names {image}, which is a {kind}; name an image file or a block device"], result.stderr

@@ -311,6 +311,11 @@ def _check_name(name: str, what: str) -> None:
     check_file_name(name, what)
 
 
+def _kind(mode: int) -> str:
+    """What a file that is neither an image nor a device is, for a refusal's line."""
+    return "folder" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "socket"
+
+
 def _inside(real_path: str, folder: str) -> bool:
     return real_path == folder or real_path.startswith(folder.rstrip("/") + "/")
 
@@ -432,8 +437,8 @@ class Scope(Record, frozen=True):
                 raise PathError(f"{what} {name!r} names {real}, which is not a regular file",
                                 hint="name an image file; devices are allowed only in allowed host folders")
             self._single_link(real, name, what)
-        elif stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):  # opening it would block, or fail: never an image
-            raise PathError(f"{what} {name!r} names {real}, which is a {'FIFO' if stat.S_ISFIFO(mode) else 'socket'}",
+        elif not (stat.S_ISREG(mode) or stat.S_ISBLK(mode) or stat.S_ISCHR(mode)):  # a folder, FIFO or socket
+            raise PathError(f"{what} {name!r} names {real}, which is a {_kind(mode)}",
                             hint="name an image file or a block device")
         return Path(real)
 
