@@ -309,3 +309,26 @@ def test_a_snapshot_whose_tree_file_is_immutable_says_so_in_one_line_and_finishe
     listed = run(datastore, "snapshot", "list", "good")
     assert listed.returncode == 0 and "s2 (uid 2" in listed.stdout, listed
     assert not (datastore / "good" / ".minivisor-journal.json").exists()
+
+
+def test_a_vm_deleted_with_a_file_that_cannot_be_removed_says_so_and_the_trash_empties_once_it_can(datastore):
+    """vm delete of a VM whose folder holds an immutable file (chattr +i) said 'deleted' and left the file, unseen,
+    in the datastore's trash: now the VM is deleted and one line names the file and how to remove it; once it can
+    be removed, the next command empties the trash."""
+    vmx = write_vm(datastore, "old", 'memSize = "64"\n', disk=False)
+    assert run(datastore, "vm", "register", str(vmx)).returncode == 0
+    kept = vmx.parent / "notes.txt"
+    kept.write_text("the user's\n")
+    subprocess.run(["chattr", "+i", str(kept)], check=True)
+    try:
+        result = run(datastore, "vm", "delete", "old")
+    finally:
+        trashed = list((datastore / ".minivisor" / "trash").glob("*/notes.txt"))
+        for path in trashed or [kept]:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+    [left] = trashed
+    assert result.returncode == 69 and result.stdout == "" and result.stderr.splitlines() == [
+        f"error: VM 'old' is deleted, but not every file of its folder could be removed: {left}: Operation not "
+        f"permitted; remove them by hand (chattr -i first if one is immutable, see lsattr): rm -rf {left.parent}"]
+    assert not vmx.parent.exists() and '"old"' not in run(datastore, "vm", "list", "--json").stdout
+    assert not left.parent.exists()  # that `vm list` opened the datastore, which emptied its trash

@@ -321,8 +321,10 @@ class Hypervisor:
             raise NotFoundError(f"the folder of VM {ctx.name!r} ({ctx.vm_dir}) is gone: there is nothing to delete",
                                 hint=f"remove the VM from the catalog: minivisor vm unregister {ctx.name}")
         with self._powered_off(name, Action.DELETE) as ctx:
-            self.datastore.delete_vm(ctx.entry, ctx.vm_dir)
+            left_behind = self.datastore.delete_vm(ctx.entry, ctx.vm_dir)
         notify(self.vms.listener, make_event("deleted", ctx.name))
+        if left_behind:
+            raise left_behind
 
     @_no_space_is_one_error
     def set_autostart(self, name: str, enabled: bool) -> VmInfo:

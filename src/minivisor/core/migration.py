@@ -348,7 +348,7 @@ def _leave(vms: Vms, ctx: VmContext, dest: str) -> None:
     ctx.networks().unplug(ctx)
     ctx.running = False
     with vms.hold(ctx):
-        vms.datastore.delete_vm(ctx.entry, ctx.vm_dir)
+        vms.datastore.delete_vm(ctx.entry, ctx.vm_dir)  # a file it cannot remove waits in the trash: the guest is gone
 
 
 # -- the destination -----------------------------------------------------------------------

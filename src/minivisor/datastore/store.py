@@ -30,7 +30,7 @@ from .catalog import Catalog, VmEntry
 from .layout import VM_FILES, VM_NAME, check_vm_name
 from ..dirs import default_datastore
 from ..images.layers import ImageLayer, check_file_name, format_for, layer_files, resolve_chain
-from ..errors import ConflictError, DiskError, PathError, SpecError, host_refused
+from ..errors import ConflictError, DiskError, HostError, PathError, SpecError, host_refused
 from ..realpaths import real_path
 from ..text import excerpt
 
@@ -210,12 +210,14 @@ class Datastore:
         return frozenset(layers)
 
     # -- deletion, with crash recovery -----------------------------------
-    def delete_vm(self, entry: VmEntry, folder: Path) -> None:
+    def delete_vm(self, entry: VmEntry, folder: Path) -> HostError | None:
         """Remove a VM from the catalog and its folder from the datastore, as one step.
 
         The folder first moves to the trash under the VM's UUID: if we crash
         before the catalog row is gone, the next open moves it back; after, the
         next open empties the trash. Refused while linked clones sit on its snapshots.
+        Returns None, or the error to raise once the deletion is announced: a file of the folder that could not be
+        removed (immutable, say). The VM is deleted all the same; what is left waits in the trash.
         """
         if clones := self.catalog.clones_of(entry.uuid):
             raise ConflictError(f"cannot delete VM {entry.name!r}: linked clones depend on it "
@@ -237,7 +239,12 @@ class Datastore:
         except BaseException:
             trashed.rename(folder)
             raise
-        _rmtree(trashed, ignore_errors=True)
+        failures: list[str] = []
+        _rmtree(trashed, onerror=lambda _, path, exc_info: failures.append(f"{path}: {exc_info[1].strerror}"))
+        if not failures:
+            return None
+        return HostError(f"VM {entry.name!r} is deleted, but not every file of its folder could be removed: {failures[0]}",
+                         hint=f"remove them by hand (chattr -i first if one is immutable, see lsattr): rm -rf {trashed}")
 
     def _recover_trash(self) -> None:
         """Finish or undo deletions interrupted by a crash."""
@@ -276,7 +283,7 @@ class Datastore:
                 _rmtree(folder, ignore_errors=True)
 
 
-def _rmtree(path: Path, **options: bool) -> None:
+def _rmtree(path: Path, **options: object) -> None:
     """shutil.rmtree, imported when first needed: opening a datastore (every command does) mostly removes nothing."""
     import shutil
 
