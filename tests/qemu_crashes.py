@@ -2,7 +2,9 @@
 
 QEMU 7.2's multi-threaded TCG segfaults, rarely, in a vCPU thread while a guest boots (the kernel logs
 ``CPU 0/TCG[pid]: segfault at a0 ip ... in qemu-system-x86_64[...]``: a few times in this suite's full
-runs, each time a different test). A test whose guest died that way says nothing about
+runs, each time a different test). The logged address is the first instruction of QEMU's
+``memory_region_dispatch_write`` that reads its region (offset 0xa0: ``mr->alias``) with the region NULL:
+a vCPU's write to device memory through a stale entry of its TLB, a race in QEMU, not a guest's doing. A test whose guest died that way says nothing about
 minivisor, so conftest marks every ``qemu`` test to run once more when it fails *and* the kernel logged
 such a crash while it ran (any QEMU of the host's: the crashed process is gone before anyone could ask
 whose it was). A test that fails again, or fails without a crash, fails as always; a rerun shows as
