@@ -18,7 +18,6 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 # What reading the catalog needs; a method that needs more (specfiles, disks, QEMU, the host) imports it
 # itself, so `vm list` and `vm show` load a fraction of the core (issue 13: a CLI that answers like virsh).
@@ -36,7 +35,10 @@ from .context import EventListener, VmContext, Vms, notify
 from .events import make_event, read_log
 from .results import Explanation, NetworkInfo, StartResult, VmInfo
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
+    from typing import Any
+
     from ..host.info import HostInfo
     from ..images.layers import ImageLayer
     from ..spec.vmsd import Snapshot
