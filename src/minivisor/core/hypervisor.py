@@ -352,13 +352,13 @@ class Hypervisor:
                  host: str | None = None) -> StartResult:
         """Power on: one VMM process boots the VM from the disk its specfile names. In a cluster, on the host
         placement chooses (or ``host``), asked through etcd when it is not this one; the result names it."""
-        from ..cluster import config as cluster_config
+        from .clustering import in_cluster
         from .power import power_on
         from .recovery import recover
 
         check_args(timeout=timeout)
         placed = None
-        if host is not None or cluster_config.exists(self.datastore.meta):
+        if host is not None or in_cluster(self.datastore.meta):
             from .placing import place, start_elsewhere
 
             placed = place(self, name, host)
@@ -835,10 +835,12 @@ class Hypervisor:
     def _cluster_host(self) -> str | None:
         """This datastore's host name in its cluster, the host its VMs run on; None on a single host (one
         ``stat``), or when the configuration is unreadable (``cluster status`` says why; a list still works)."""
+        from .clustering import in_cluster
+
+        if not in_cluster(self.datastore.meta):
+            return None
         from ..cluster import config
 
-        if not config.exists(self.datastore.meta):
-            return None
         try:
             found = config.ClusterConfig.load(self.datastore.meta)
         except HvError:
