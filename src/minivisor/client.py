@@ -497,6 +497,8 @@ def _init_fields(tp: type) -> dict[str, Any]:
     import dataclasses
     import typing
 
-    hints = typing.get_type_hints(tp)
+    # The spec modules import Literal for type checkers only (a direct snapshot or power-on loads no typing): their
+    # annotations find it here
+    hints = typing.get_type_hints(tp, localns={"Literal": typing.Literal})
     names = tp._fields if issubclass(tp, Record) else [f.name for f in dataclasses.fields(tp) if f.init]
     return {name: hints.get(name, typing.Any) for name in names}

@@ -64,3 +64,15 @@ def test_a_live_record():
         from_value(LiveRecord, {**value, "vms": ["web", 1]}, "alive/a")
     with pytest.raises(ArgumentError):
         owner_key("../../cluster")
+
+
+def test_a_single_host_knows_itself_without_the_cluster_package(tmp_path):
+    """core.clustering names the configuration file too, so that a power-on or a clone on a single host need not
+    import minivisor.cluster to find it absent: both names agree, and either finds it present."""
+    from minivisor.cluster import config
+    from minivisor.core.clustering import CONFIG_FILE, in_cluster
+
+    assert CONFIG_FILE == config.CONFIG_FILE
+    assert not in_cluster(tmp_path) and not config.exists(tmp_path)
+    config.ClusterConfig.path(tmp_path).write_text("{}")
+    assert in_cluster(tmp_path) and config.exists(tmp_path)

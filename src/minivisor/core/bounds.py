@@ -10,11 +10,14 @@ refused the same way everywhere, as an :class:`~minivisor.errors.ArgumentError`
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from ..errors import ArgumentError, DiskError
 from ..text import excerpt
 from ..units import parse_size
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["check_args", "MAX_TIMEOUT", "MAX_EVENTS", "MAX_COMMAND", "MAX_SIZE_TEXT", "MAX_SNAPSHOT_NAME",
            "MAX_DESCRIPTION"]

@@ -7,20 +7,20 @@ then cost one ``stat`` and import nothing of the cluster (nor etcd's client).
 
 from __future__ import annotations
 
-import threading
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
-from typing import TYPE_CHECKING, Any
 
-from ..cluster import config as cluster_config
 from ..errors import ClusterError, HvError, LockError, NoHostFitsError, NotFoundError, StateError
 from ..vmm.states import Action, VmState
 from .context import VmContext
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
     import logging
     from pathlib import Path
+    from typing import Any
 
     from ..cluster.config import ClusterConfig
     from ..cluster.migration import Destination
@@ -32,8 +32,16 @@ if TYPE_CHECKING:
 
 __all__ = ["claimed", "disown", "running_vms", "set_ha", "ha_of", "ha_vms", "replications", "cluster_of", "ClusterHost"]
 
+# cluster.config.CONFIG_FILE, named here too: a single host finds it absent without importing the cluster package
+# (a power-on, a clone or a VM shown loads none of it); tests/unit/test_cluster_config.py checks they agree
+CONFIG_FILE = "cluster.json"
 QUICK_LOOK = 0.5  # seconds each etcd endpoint gets to say whether a VM shown is HA
 ON_HOST = (VmState.RUNNING, VmState.PAUSED, VmState.STARTING)  # a VMM runs or is being started
+
+
+def in_cluster(meta: Path | str) -> bool:
+    """Whether the datastore (its ``.minivisor`` folder) is a cluster member: one ``stat``."""
+    return os.path.exists(os.path.join(meta, CONFIG_FILE))
 
 
 def _log() -> logging.Logger:
@@ -45,7 +53,7 @@ def _log() -> logging.Logger:
 @contextmanager
 def claimed(ctx: VmContext) -> Iterator[None]:
     """This host owns the VM in the cluster for the power-on inside; given up again if the power-on fails."""
-    if not cluster_config.exists(ctx.datastore.meta):
+    if not in_cluster(ctx.datastore.meta):
         yield
         return
     from ..cluster import ownership
@@ -86,7 +94,7 @@ def _obey_rules(store: Store, config: ClusterConfig, ctx: VmContext) -> None:
 def disown(ctx: VmContext) -> None:
     """After a power-off: the VM's ownership goes. If etcd cannot be told now, the member does it later
     (it releases what this host owns and does not run); a power-off never fails for it."""
-    if cluster_config.exists(ctx.datastore.meta):
+    if in_cluster(ctx.datastore.meta):
         _release(ctx)
 
 
@@ -114,7 +122,7 @@ def ha_of(ctx: VmContext) -> tuple[bool | None, dict[str, Any] | None]:
     """Whether the VM is marked HA, and its replication (``replicas/<uuid>``'s fields, None: not replicated); both
     None on a single host, or when etcd does not answer at once (a VM shown while the host is cut off from the
     cluster is not held up for it)."""
-    if not cluster_config.exists(ctx.datastore.meta):
+    if not in_cluster(ctx.datastore.meta):
         return None, None
     from ..cluster import ha, replication
 
@@ -163,6 +171,8 @@ class ClusterHost:
     """
 
     def __init__(self, make_hv: Callable[[], Hypervisor]) -> None:
+        import threading  # here: only a service's cluster member makes one (a power-on needs no threading)
+
         self._make_hv = make_hv
         self._local = threading.local()
 

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from ..datastore.catalog import VmEntry
 from ..datastore.inventory import Inventory, read_vmx
@@ -27,7 +26,10 @@ from ..vmm.process import SHORT_HOLD, Vmm
 from ..vmm.states import Action, VmState, require
 from .events import Event, append_log, make_event
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:  # imported where used: reading the catalog (`vm list`) needs neither
+    from typing import Any
+
     from ..spec.vmspec import VmSpec
     from ..storage.snapshots import VmFiles
     from ..vmm.plan import LaunchPlan

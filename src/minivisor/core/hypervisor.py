@@ -18,7 +18,6 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 # What reading the catalog needs; a method that needs more (specfiles, disks, QEMU, the host) imports it
 # itself, so `vm list` and `vm show` load a fraction of the core (issue 13: a CLI that answers like virsh).
@@ -36,7 +35,10 @@ from .context import EventListener, VmContext, Vms, notify
 from .events import make_event, read_log
 from .results import Explanation, NetworkInfo, StartResult, VmInfo
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
+    from typing import Any
+
     from ..host.info import HostInfo
     from ..images.layers import ImageLayer
     from ..spec.vmsd import Snapshot
@@ -350,13 +352,13 @@ class Hypervisor:
                  host: str | None = None) -> StartResult:
         """Power on: one VMM process boots the VM from the disk its specfile names. In a cluster, on the host
         placement chooses (or ``host``), asked through etcd when it is not this one; the result names it."""
-        from ..cluster import config as cluster_config
+        from .clustering import in_cluster
         from .power import power_on
         from .recovery import recover
 
         check_args(timeout=timeout)
         placed = None
-        if host is not None or cluster_config.exists(self.datastore.meta):
+        if host is not None or in_cluster(self.datastore.meta):
             from .placing import place, start_elsewhere
 
             placed = place(self, name, host)
@@ -833,10 +835,12 @@ class Hypervisor:
     def _cluster_host(self) -> str | None:
         """This datastore's host name in its cluster, the host its VMs run on; None on a single host (one
         ``stat``), or when the configuration is unreadable (``cluster status`` says why; a list still works)."""
+        from .clustering import in_cluster
+
+        if not in_cluster(self.datastore.meta):
+            return None
         from ..cluster import config
 
-        if not config.exists(self.datastore.meta):
-            return None
         try:
             found = config.ClusterConfig.load(self.datastore.meta)
         except HvError:

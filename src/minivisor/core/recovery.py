@@ -15,10 +15,9 @@ overlays are written in-process), and a power-on without a journal to finish loa
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable
 
 from ..errors import HvError
 from ..images.layers import format_for

@@ -8,12 +8,13 @@ importing the core. The results of the commands that must answer fastest, :class
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from ..records import Record
 from .vminfo import StartResult, VmInfo
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:  # only `vm explain` needs them (the client imports them when it rebuilds an Explanation)
+    from typing import Any
+
     from ..spec.vmspec import VmSpec
     from ..vmm.argv import VirtualDevice
 

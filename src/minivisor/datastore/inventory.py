@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from ..errors import PathError, SpecError
 from .catalog import VmEntry
 from .layout import VmPaths, vm_paths
 from .store import Datastore
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:  # parsing a specfile is for a summary not cached yet: imported then
+    from typing import Any
+
     from ..spec.vmx import VmxDocument
     from ..spec.vmspec import VmSpec
 

@@ -17,12 +17,15 @@ import subprocess
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Literal
 
 from ..errors import HostError
 from ..files import write_atomic
 from ..records import Record
 from .facts import find_qemu
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from typing import Any, Literal
 
 __all__ = ["PROBE_IMAGE", "PROBE_STALL", "PROBE_TIMEOUT", "AccelChoice", "ProbeRun", "choose_accel", "probe_kvm", "run_probe"]
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from ..errors import ConflictError, NotFoundError, SpecError
 from ..records import Record, default_factory
@@ -21,6 +20,10 @@ from ..text import excerpt
 from .devices import CONTROLLER_COUNT, UNIT_COUNT
 from .snapshot import Snapshot
 from .vmx import VMX_LIMITS, Limits, VmxDocument
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Snapshot", "SnapshotTree", "vmsd_path", "MAX_SNAPSHOTS", "VMSD_LIMITS"]
 

@@ -22,12 +22,15 @@ import re
 import stat
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
 
 from ..errors import SpecError, host_refused
 from ..files import write_atomic
 from ..records import Record
 from ..text import excerpt
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from typing import Literal
 
 __all__ = ["Limits", "VMX_LIMITS", "VmxDocument", "VmxProblem", "lookup_charset", "read_bounded"]
 

@@ -23,8 +23,8 @@ on the source VM, so a crash leaves either no clone or a complete one.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..datastore.inventory import summary_row
 from ..datastore.layout import EFI_VARS

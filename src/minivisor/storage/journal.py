@@ -33,12 +33,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
 
 from ..errors import DiskError, host_refused
 from ..files import fsync_dir, write_atomic
 from ..records import Record, as_dict, default_factory
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Journal", "JOURNAL_NAME", "crashpoint"]
 

@@ -14,8 +14,8 @@ idempotent (a store kept once is not kept again, a restore applies the same stat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 # qemu-img (images.qemu_img, with subprocess) is imported where a store exists: a BIOS VM has none, and every
 # snapshot plan loads this module.

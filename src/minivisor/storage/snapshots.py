@@ -24,9 +24,9 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
 
 from ..datastore.store import Datastore, Scope
 from ..errors import ConflictError, DiskError, StateError
@@ -39,6 +39,10 @@ from ..spec.vmx import VmxDocument
 from ..text import excerpt
 from . import nvram
 from .journal import Journal, crashpoint, write_step
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["VmFiles", "snapshot_disks", "delta_name", "plan_take", "plan_revert", "plan_delete", "take_offline",
            "commit_offline", "refresh_parent_ids"]

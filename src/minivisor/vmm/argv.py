@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, Union
 
 from ..datastore.layout import VmPaths
 from ..digest import sha256
@@ -28,6 +27,10 @@ from ..spec.vmspec import Disk, DiskController, Nic, SerialPort, VmSpec
 from ..images.layers import ImageLayer
 from ..units import human_size
 from .pci import PciLayout, PciPlace, pci_layout
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (~2.5 ms of a direct power-on)
+if TYPE_CHECKING:
+    from typing import Literal, Union
 
 __all__ = ["LaunchEnv", "GATE_PREFIX", "gate_group", "device_id", "VirtualDevice", "virtual_hardware", "build_qemu_argv",
            "SANDBOX", "SHUTDOWN_TRACE", "qemu_opts", "Tap", "UserNat", "HostForward", "NetBackend",
@@ -62,7 +65,10 @@ class UserNat(Record, frozen=True):
 
 
 # What is behind a NIC: QEMU's user-mode NAT, nothing (link down), or a tap on a network's switch.
-NetBackend = Union[Literal["unconnected"], UserNat, Tap]
+if TYPE_CHECKING:
+    NetBackend = Union[Literal["unconnected"], UserNat, Tap]
+else:  # "unconnected" is a str at run time
+    NetBackend = UserNat | Tap | str
 
 # QEMU's seccomp filter: no spawning, no privilege changes, no obsolete syscalls.
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"

@@ -21,11 +21,14 @@ power-on would give it (:func:`slots_in_use`), and which place is free for one t
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from ..errors import SpecError
 from ..records import Record
 from ..spec.pci import ROOT_PORT_SLOTS, VmwareSlot, bridge_root_device, decode_slot, root_port_slot
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["PciPlace", "PciBridge", "PciLayout", "pci_layout", "root_bus", "slots_in_use", "free_slot"]
 

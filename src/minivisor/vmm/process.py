@@ -21,7 +21,6 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from .. import procfs
 from ..datastore.layout import VmPaths
@@ -31,11 +30,13 @@ from ..locks import try_lock, wait_lock
 from ..records import Record, as_dict, default_factory
 from .states import FAULTS, VmState
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:  # subprocess, shutil, socket and the QMP session are imported where a VMM is started,
     #                 stopped or spoken to: observing VMs (`vm list`, every few seconds in scripts) needs none
     import subprocess
 
     from _socket import socket as Socket
+    from typing import Any
 
     from .qmp import QmpSession
 
