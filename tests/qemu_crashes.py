@@ -43,6 +43,11 @@ class KernelLog:
                 break
             except BrokenPipeError:
                 continue  # records were overwritten before being read: the read goes on with the next one
-            if all(part in record for part in SIGNATURE):
+            if is_qemu_crash(record):
                 crashes.append(record.partition(";")[2].strip())
         return crashes
+
+
+def is_qemu_crash(record: str) -> bool:
+    """Whether a record of the kernel's log says a QEMU process (any of its threads) segfaulted."""
+    return all(part in record for part in SIGNATURE)
