@@ -182,6 +182,21 @@ def test_vm_import_reads_a_sparse_header_with_an_absurd_descriptor_place_as_qemu
     assert read_layer(hv.datastore.root / "vm" / "d.qcow2", "qcow2").virtual_size == 2048 * 512
 
 
+@pytest.mark.parametrize("field, value", [(slice(8, 16), struct.pack(">Q", 2 ** 63)),
+                                          (slice(16, 20), struct.pack(">I", 2 ** 32 - 1))],
+                         ids=["backing-offset-past-int64", "backing-name-of-4-gib"])
+def test_vm_import_of_a_qcow2_header_with_an_absurd_backing_name_is_one_line(hv, tmp_path, field, value):
+    folder = vmware_folder(tmp_path, "d.qcow2")
+    (folder / "base.raw").write_bytes(b"\0" * 1024 * 1024)
+    header = bytearray(qcow2_backed_by(folder / "d.qcow2", "base.raw").read_bytes())
+    header[field] = value
+    (folder / "d.qcow2").write_bytes(header)
+    before = datastore_state(hv.datastore.root)
+    result = run_cli("vm", "import", str(folder), datastore=hv.datastore.root)
+    assert_one_clear_line(result, DiskError.exit_code, "d.qcow2", "corrupt")
+    assert datastore_state(hv.datastore.root) == before and hv.list_vms() == []
+
+
 def test_disk_convert_and_info_refuse_a_json_backing_inside_the_datastore(hv, tmp_path):
     secret = plant_secret(tmp_path / "host")
     hv.create_vm("web", memory_mib=64, disk_size="16M", network="none")

@@ -31,6 +31,9 @@ MAX_CHAIN = 64
 QCOW2_MAGIC = b"QFI\xfb"
 QCOW2_EXT_BACKING_FORMAT = 0xE2792ACA
 QCOW2_INCOMPAT_DATA_FILE = 1 << 2
+# what QEMU opens (block/qcow2.c): the header and its backing file name fit in the first cluster, at most 2 MiB
+MAX_QCOW2_CLUSTER = 1 << 21
+MAX_QCOW2_BACKING_NAME = 1023
 # VMware's sparse extent header (VMDK technote, "KDMV")
 VMDK_MAGIC = b"KDMV"
 # QEMU reads at most this much of a descriptor (block/vmdk.c, vmdk_read_desc)
@@ -100,6 +103,10 @@ def _read_qcow2(path: Path, image) -> ImageLayer:
         raise DiskError(f"{path.name} keeps its data in an external data file",
                         hint="convert it to a self-contained image: qemu-img convert -f qcow2 -O qcow2")
     backing = backing_format = None
+    if backing_offset > MAX_QCOW2_CLUSTER or backing_size > MAX_QCOW2_BACKING_NAME:
+        raise DiskError(f"{path.name} has a corrupt qcow2 header: it puts a {backing_size}-byte backing file name "
+                        f"at offset {backing_offset}", hint="QEMU cannot open it either; restore the disk from a "
+                                                            "copy, or recreate it where it came from")
     if backing_offset:
         image.seek(backing_offset)
         backing = image.read(backing_size).decode("utf-8", "surrogateescape")
@@ -115,6 +122,8 @@ def _qcow2_extension(image, offset: int, wanted: int) -> str | None:
             return None
         kind, length = struct.unpack(">II", raw)
         if kind == 0:
+            return None
+        if length > MAX_QCOW2_CLUSTER:  # QEMU refuses the image; reading it would take up to 4 GiB of memory
             return None
         data = image.read((length + 7) & ~7)[:length]
         if kind == wanted:
