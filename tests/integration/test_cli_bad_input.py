@@ -281,6 +281,21 @@ def test_importing_a_folder_whose_vmx_is_not_a_file_is_refused_in_one_line(datas
     assert snapshot(datastore) == before
 
 
+def test_importing_a_folder_whose_vmx_is_a_symlink_out_of_it_is_refused_in_one_line(datastore, tmp_path):
+    """vm import read the host file a stranger's folder linked its .vmx to (and copied it into the datastore)."""
+    source = tmp_path / "vmware"
+    source.mkdir()
+    host = tmp_path / "host.vmx"
+    host.write_text('.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "14"\nmemSize = "64"\n')
+    (source / "web.vmx").symlink_to(host)
+    before = snapshot(datastore)
+    result = run(datastore, "vm", "import", str(source))
+    assert result.returncode == 65 and result.stderr.splitlines() == [
+        f"error: {source / 'web.vmx'} is a symlink to {host}, outside the VM folder; only files inside the VM's "
+        "folder are imported: copy the specfile in place of the link"], result.stderr
+    assert snapshot(datastore) == before
+
+
 def test_a_vm_whose_specfile_became_a_fifo_is_listed_and_refused_without_hanging(datastore):
     """A registered VM's specfile replaced by a FIFO: reading it waited for a writer for ever (vm list, show, set,
     start all hung). Now list and show go on, and an operation that needs the file says so in one line."""
