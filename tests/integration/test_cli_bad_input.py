@@ -347,3 +347,16 @@ def test_a_vm_deleted_with_a_file_that_cannot_be_removed_says_so_and_the_trash_e
         f"permitted; remove them by hand (chattr -i first if one is immutable, see lsattr): rm -rf {left.parent}"]
     assert not vmx.parent.exists() and '"old"' not in run(datastore, "vm", "list", "--json").stdout
     assert not left.parent.exists()  # that `vm list` opened the datastore, which emptied its trash
+
+
+def test_a_snapshot_tree_whose_parent_links_loop_is_refused_in_one_line_and_nothing_is_merged(datastore):
+    """With a .vmsd whose snapshot was its own parent, `snapshot delete` said 'deleted', merged its disk into the
+    VM's and left it in the tree, naming a disk file that no longer existed."""
+    run(datastore, "snapshot", "take", "good", "a")
+    vmsd = datastore / "good" / "good.vmsd"
+    vmsd.write_text(vmsd.read_text() + 'snapshot0.parent = "1"\n')
+    before = snapshot(datastore)
+    for args in (["snapshot", "delete", "good", "a"], ["snapshot", "revert", "good", "a"], ["snapshot", "list", "good"]):
+        result = run(datastore, *args)
+        assert_one_clear_line(result, 65, "its own ancestor", "restore the VM's .vmsd")
+    assert snapshot(datastore) == before

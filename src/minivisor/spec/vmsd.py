@@ -81,6 +81,7 @@ class SnapshotTree(Record):
             tree.last_uid = max(tree.last_uid, uid)
         if tree.current not in tree.snapshots:
             tree.current = None
+        _refuse_loops(tree, path)
         return tree
 
     def to_bytes(self) -> bytes:
@@ -183,6 +184,16 @@ def _snapshot_entries(slot: int, snap: Snapshot) -> Iterator[tuple[str, str]]:
         yield p + "minivisor.config", snap.config  # escaped onto one line (|0A)
     if snap.ready_line:
         yield p + "minivisor.readyLine", snap.ready_line
+
+
+def _refuse_loops(tree: SnapshotTree, path: Path) -> None:
+    """A snapshot that is its own ancestor is in no listing (none of its ancestors is a root), and deleting it
+    hands its children to itself: it was still there after 'deleted', and the disks of the loop merged away."""
+    for uid, snap in tree.snapshots.items():
+        if snap.parent is not None and snap.parent in tree.snapshots and uid in tree.ancestors(snap.parent):
+            raise SpecError(f"{path}: snapshot {excerpt(snap.name)} (uid {uid}) is its own ancestor: the tree's "
+                            "parent links loop", hint="this is not a tree minivisor wrote: restore the VM's .vmsd "
+                                                      "from a backup")
 
 
 def _int(value: str | None) -> int | None:
