@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 import subprocess
 from pathlib import Path
 
@@ -96,3 +97,20 @@ def test_a_delta_never_replaces_a_file_and_names_no_protocol(tmp_path):
     with pytest.raises(DiskError):
         create_delta(tmp_path / "q-000001.vmdk", read_layer(tmp_path / "q.qcow2", "qcow2"))
     assert not (tmp_path / "q-000001.vmdk").exists()
+
+
+@pytest.mark.parametrize("offset, size", [(1, 2 ** 40), (2 ** 60, 20), (1, 2 ** 62)],
+                         ids=["size-past-memory", "offset-past-int64", "size-past-index"])
+def test_relinking_a_vmdk_whose_header_puts_its_descriptor_absurdly_is_one_error_and_writes_nothing(tmp_path, offset,
+                                                                                                    size):
+    """set_cid and set_parent seeked and read where the header said: MemoryError, ValueError, OverflowError."""
+    qemu_img("create", "-q", "-f", "vmdk", str(tmp_path / "d.vmdk"), "1M")
+    data = bytearray((tmp_path / "d.vmdk").read_bytes())
+    data[28:44] = struct.pack("<QQ", offset, size)
+    (tmp_path / "d.vmdk").write_bytes(data)
+    parent = read_layer(tmp_path / "d.vmdk", "vmdk")
+    for relink in (lambda: set_cid(tmp_path / "d.vmdk", "abcdef12"),
+                   lambda: set_parent(tmp_path / "d.vmdk", parent, "other.vmdk")):
+        with pytest.raises(DiskError, match="corrupt VMDK header"):
+            relink()
+    assert (tmp_path / "d.vmdk").read_bytes() == data
