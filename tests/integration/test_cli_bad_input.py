@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -360,3 +361,15 @@ def test_a_snapshot_tree_whose_parent_links_loop_is_refused_in_one_line_and_noth
         result = run(datastore, *args)
         assert_one_clear_line(result, 65, "its own ancestor", "restore the VM's .vmsd")
     assert snapshot(datastore) == before
+
+
+def test_a_snapshot_taken_after_a_lastuid_at_the_32_bit_limit_is_in_the_tree(datastore):
+    """A .vmsd saying lastUID = 4294967295 gave the next snapshot uid 2**32, which the tree is not read with:
+    'took snapshot' said so, but it was in no listing and could not be reverted to."""
+    run(datastore, "snapshot", "take", "good", "first")
+    vmsd = datastore / "good" / "good.vmsd"
+    vmsd.write_text(vmsd.read_text().replace('snapshot.lastUID = "1"', 'snapshot.lastUID = "4294967295"'))
+    assert run(datastore, "snapshot", "take", "good", "second").returncode == 0
+    listing = json.loads(run(datastore, "snapshot", "list", "good", "--json").stdout)
+    assert [(s["name"], s["uid"]) for s in listing] == [("first", 1), ("second", 2)]
+    assert run(datastore, "snapshot", "revert", "good", "second").returncode == 0
