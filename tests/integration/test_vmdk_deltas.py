@@ -114,3 +114,12 @@ def test_relinking_a_vmdk_whose_header_puts_its_descriptor_absurdly_is_one_error
         with pytest.raises(DiskError, match="corrupt VMDK header"):
             relink()
     assert (tmp_path / "d.vmdk").read_bytes() == data
+
+
+def test_an_odd_extent_line_in_a_sparse_disks_own_descriptor_is_read_as_before(tmp_path):
+    """QEMU opens none of the extents a monolithicSparse disk's embedded descriptor lists: a line there that is
+    no plain extent is no reason to refuse the disk (a descriptor file's is: see tests/security/test_images.py)."""
+    qemu_img("create", "-q", "-f", "vmdk", str(tmp_path / "d.vmdk"), "1M")
+    data = (tmp_path / "d.vmdk").read_bytes()
+    (tmp_path / "d.vmdk").write_bytes(data.replace(b'RW 2048 SPARSE "d.vmdk"', b'RW +2048 SPARSE "d.vmdk"'))
+    assert read_layer(tmp_path / "d.vmdk", "vmdk").virtual_size == 1024 * 1024

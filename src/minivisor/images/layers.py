@@ -140,7 +140,7 @@ def _read_vmdk(path: Path, image) -> ImageLayer:
             fields, extents = _parse_descriptor(path, _read_at(image, desc_offset << 9, DESCRIPTOR_LIMIT))
             return _vmdk_layer(path, sum(sectors for sectors, _, _ in extents) * 512, fields, extents)
         descriptor = _read_at(image, desc_offset << 9, desc_size << 9) if desc_offset else b""
-        fields, extents = _parse_descriptor(path, descriptor)
+        fields, extents = _parse_descriptor(path, descriptor, opened=False)
         fields.setdefault("createtype", "monolithicSparse")
         # the size QEMU gives the disk: its descriptor's extent, not the header's capacity (rounded to a grain)
         sectors = sum(count for count, _, _ in extents) or capacity
@@ -195,28 +195,29 @@ _C_SPACE = " \t\v\f\r"
 _QEMU_EXTENT = re.compile(rf'RW[{_C_SPACE}]+([0-9]+)[{_C_SPACE}]+([A-Za-z]+)[{_C_SPACE}]+"([^"\r\n]*)"')
 
 
-def _parse_descriptor(path: Path, text: bytes) -> tuple[dict[str, str], list[tuple[int, str, str | None]]]:
+def _parse_descriptor(path: Path, text: bytes, *, opened: bool = True) -> tuple[dict[str, str],
+                                                                             list[tuple[int, str, str | None]]]:
     """Header fields (lower-cased keys) and extents (sectors, type, file) of a descriptor.
 
     QEMU opens the file of every extent it parses: every line it could read as one must be read so here
     (else a name it opens would escape the path policy). It reads the text up to its first NUL, and a line
     whose first word is ``RW`` may be an extent, spread over any number of lines, its sector count signed:
-    such a line must be one plain extent, or the descriptor is refused.
+    such a line must be one plain extent, or the descriptor is refused. ``opened=False``: QEMU opens none of
+    its extents (a sparse disk's own descriptor), so such a line is only read as before, for the size.
     """
     fields: dict[str, str] = {}
     extents: list[tuple[int, str, str | None]] = []
     for raw_line in text.split(b"\0", 1)[0].split(b"\n"):
-        line = raw_line.decode("utf-8", "surrogateescape")
-        words = re.split(f"[{_C_SPACE}]+", line.strip(_C_SPACE), maxsplit=1)
-        if words[0] == "RW":
-            match = _QEMU_EXTENT.match(line.strip(_C_SPACE))
-            if not match:
-                shown = line.strip() if len(line.strip()) <= 60 else line.strip()[:57] + "..."
-                raise DiskError(f"{path.name} has an extent line QEMU would read differently from minivisor: "
-                                f"{shown!r}", hint='write each extent on one line: RW <sectors> <type> "<file>" '
-                                                   '[<offset>]; or flatten the disk where it came from')
+        line = raw_line.decode("utf-8", "surrogateescape").strip(_C_SPACE)
+        match = _QEMU_EXTENT.match(line)
+        if match:
             extents.append((int(match.group(1)), match.group(2), match.group(3)))
             continue
+        if opened and re.split(f"[{_C_SPACE}]", line, maxsplit=1)[0] == "RW":
+            shown = line if len(line) <= 60 else line[:57] + "..."
+            raise DiskError(f"{path.name} has an extent line QEMU would read differently from minivisor: {shown!r}",
+                            hint='write each extent on one line: RW <sectors> <type> "<file>" [<offset>]; or '
+                                 "flatten the disk where it came from")
         line = line.strip()
         if not line or line.startswith("#"):
             continue
