@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -281,6 +282,21 @@ def test_importing_a_folder_whose_vmx_is_not_a_file_is_refused_in_one_line(datas
     assert snapshot(datastore) == before
 
 
+def test_importing_a_folder_whose_vmx_is_a_symlink_out_of_it_is_refused_in_one_line(datastore, tmp_path):
+    """vm import read the host file a stranger's folder linked its .vmx to (and copied it into the datastore)."""
+    source = tmp_path / "vmware"
+    source.mkdir()
+    host = tmp_path / "host.vmx"
+    host.write_text('.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "14"\nmemSize = "64"\n')
+    (source / "web.vmx").symlink_to(host)
+    before = snapshot(datastore)
+    result = run(datastore, "vm", "import", str(source))
+    assert result.returncode == 65 and result.stderr.splitlines() == [
+        f"error: {source / 'web.vmx'} is a symlink to {host}, outside the VM folder; only files inside the VM's "
+        "folder are imported: copy the specfile in place of the link"], result.stderr
+    assert snapshot(datastore) == before
+
+
 def test_a_vm_whose_specfile_became_a_fifo_is_listed_and_refused_without_hanging(datastore):
     """A registered VM's specfile replaced by a FIFO: reading it waited for a writer for ever (vm list, show, set,
     start all hung). Now list and show go on, and an operation that needs the file says so in one line."""
@@ -332,3 +348,28 @@ def test_a_vm_deleted_with_a_file_that_cannot_be_removed_says_so_and_the_trash_e
         f"permitted; remove them by hand (chattr -i first if one is immutable, see lsattr): rm -rf {left.parent}"]
     assert not vmx.parent.exists() and '"old"' not in run(datastore, "vm", "list", "--json").stdout
     assert not left.parent.exists()  # that `vm list` opened the datastore, which emptied its trash
+
+
+def test_a_snapshot_tree_whose_parent_links_loop_is_refused_in_one_line_and_nothing_is_merged(datastore):
+    """With a .vmsd whose snapshot was its own parent, `snapshot delete` said 'deleted', merged its disk into the
+    VM's and left it in the tree, naming a disk file that no longer existed."""
+    run(datastore, "snapshot", "take", "good", "a")
+    vmsd = datastore / "good" / "good.vmsd"
+    vmsd.write_text(vmsd.read_text() + 'snapshot0.parent = "1"\n')
+    before = snapshot(datastore)
+    for args in (["snapshot", "delete", "good", "a"], ["snapshot", "revert", "good", "a"], ["snapshot", "list", "good"]):
+        result = run(datastore, *args)
+        assert_one_clear_line(result, 65, "its own ancestor", "restore the VM's .vmsd")
+    assert snapshot(datastore) == before
+
+
+def test_a_snapshot_taken_after_a_lastuid_at_the_32_bit_limit_is_in_the_tree(datastore):
+    """A .vmsd saying lastUID = 4294967295 gave the next snapshot uid 2**32, which the tree is not read with:
+    'took snapshot' said so, but it was in no listing and could not be reverted to."""
+    run(datastore, "snapshot", "take", "good", "first")
+    vmsd = datastore / "good" / "good.vmsd"
+    vmsd.write_text(vmsd.read_text().replace('snapshot.lastUID = "1"', 'snapshot.lastUID = "4294967295"'))
+    assert run(datastore, "snapshot", "take", "good", "second").returncode == 0
+    listing = json.loads(run(datastore, "snapshot", "list", "good", "--json").stdout)
+    assert [(s["name"], s["uid"]) for s in listing] == [("first", 1), ("second", 2)]
+    assert run(datastore, "snapshot", "revert", "good", "second").returncode == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 import subprocess
 from pathlib import Path
 
@@ -96,3 +97,29 @@ def test_a_delta_never_replaces_a_file_and_names_no_protocol(tmp_path):
     with pytest.raises(DiskError):
         create_delta(tmp_path / "q-000001.vmdk", read_layer(tmp_path / "q.qcow2", "qcow2"))
     assert not (tmp_path / "q-000001.vmdk").exists()
+
+
+@pytest.mark.parametrize("offset, size", [(1, 2 ** 40), (2 ** 60, 20), (1, 2 ** 62)],
+                         ids=["size-past-memory", "offset-past-int64", "size-past-index"])
+def test_relinking_a_vmdk_whose_header_puts_its_descriptor_absurdly_is_one_error_and_writes_nothing(tmp_path, offset,
+                                                                                                    size):
+    """set_cid and set_parent seeked and read where the header said: MemoryError, ValueError, OverflowError."""
+    qemu_img("create", "-q", "-f", "vmdk", str(tmp_path / "d.vmdk"), "1M")
+    data = bytearray((tmp_path / "d.vmdk").read_bytes())
+    data[28:44] = struct.pack("<QQ", offset, size)
+    (tmp_path / "d.vmdk").write_bytes(data)
+    parent = read_layer(tmp_path / "d.vmdk", "vmdk")
+    for relink in (lambda: set_cid(tmp_path / "d.vmdk", "abcdef12"),
+                   lambda: set_parent(tmp_path / "d.vmdk", parent, "other.vmdk")):
+        with pytest.raises(DiskError, match="corrupt VMDK header"):
+            relink()
+    assert (tmp_path / "d.vmdk").read_bytes() == data
+
+
+def test_an_odd_extent_line_in_a_sparse_disks_own_descriptor_is_read_as_before(tmp_path):
+    """QEMU opens none of the extents a monolithicSparse disk's embedded descriptor lists: a line there that is
+    no plain extent is no reason to refuse the disk (a descriptor file's is: see tests/security/test_images.py)."""
+    qemu_img("create", "-q", "-f", "vmdk", str(tmp_path / "d.vmdk"), "1M")
+    data = (tmp_path / "d.vmdk").read_bytes()
+    (tmp_path / "d.vmdk").write_bytes(data.replace(b'RW 2048 SPARSE "d.vmdk"', b'RW +2048 SPARSE "d.vmdk"'))
+    assert read_layer(tmp_path / "d.vmdk", "vmdk").virtual_size == 1024 * 1024

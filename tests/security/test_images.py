@@ -9,6 +9,7 @@ afterwards nothing under the datastore holds the secret and nothing changed.
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from attacks import (
 )
 
 from minivisor.images.layers import read_layer
-from minivisor.errors import HvError, PathError
+from minivisor.errors import DiskError, HvError, PathError
 
 SPECFILE = ('.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "14"\nmemSize = "64"\n'
             'scsi0.present = "TRUE"\nscsi0:0.present = "TRUE"\nscsi0:0.fileName = "{disk}"\n')
@@ -82,9 +83,73 @@ def _vmdk_extent_protocol(folder: Path, secret) -> str:
     return "d.vmdk"
 
 
+# VMDK descriptors whose extent QEMU opens but a reader less literal than QEMU's (block/vmdk.c) would miss
+DESCRIPTOR = '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="{kind}"\n'
+
+
+def _descriptor(folder: Path, extents: str, kind: str = "monolithicFlat", *, padding: str = "") -> str:
+    (folder / "d.vmdk").write_text(DESCRIPTOR.format(kind=kind) + padding + extents)
+    return "d.vmdk"
+
+
+def _sparse_header(descriptor: bytes, capacity: int = 0, desc_offset: int = 1, desc_size: int = 20) -> bytes:
+    """A VMware sparse header (KDMV) with ``descriptor`` embedded at sector 1 and no grains."""
+    header = struct.pack("<4sIIQQQQIQQQx4sH", b"KDMV", 1, 3, capacity, 128, desc_offset, desc_size, 512, 21, 22,
+                         128, b"\n \r\n", 0)
+    return header.ljust(512, b"\0") + descriptor.ljust(20 * 512, b"\0")
+
+
+def _vmdk_extent_after_64k(folder: Path, secret) -> str:
+    # QEMU reads 1 MiB of a descriptor
+    return _descriptor(folder, f'RW 2048 FLAT "{secret.path}" 0\n', padding="#" + "x" * 70000 + "\n")
+
+
+def _vmdk_extent_signed_size(folder: Path, secret) -> str:
+    return _descriptor(folder, f'RW +2048 FLAT "{secret.path}" 0\n')
+
+
+def _vmdk_extent_size_touching_type(folder: Path, secret) -> str:
+    return _descriptor(folder, f'RW 2048FLAT "{secret.path}" 0\n')
+
+
+def _vmdk_extent_type_touching_name(folder: Path, secret) -> str:
+    return _descriptor(folder, f'RW 2048 VMFSSPARSE"{secret.path}"\n', "vmfsSparse")
+
+
+def _vmdk_extent_over_two_lines(folder: Path, secret) -> str:
+    return _descriptor(folder, f'RW 2048 FLAT\n"{secret.path}" 0\n')
+
+
+def _vmdk_extent_name_with_form_feed(folder: Path, secret) -> str:
+    # a line end to Python's splitlines, part of the name to QEMU
+    os.symlink(secret.path, folder / "a\fb")
+    return _descriptor(folder, 'RW 2048 FLAT "a\fb" 0\n')
+
+
+def _vmdk_sparse_header_with_descriptor(folder: Path, secret) -> str:
+    # capacity 0: QEMU opens the embedded descriptor as a descriptor file, extents and all
+    descriptor = DESCRIPTOR.format(kind="monolithicFlat") + f'RW 2048 FLAT "{secret.path}" 0\n'
+    (folder / "d.vmdk").write_bytes(_sparse_header(descriptor.encode()))
+    return "d.vmdk"
+
+
+def _vmdk_sparse_extent_with_descriptor(folder: Path, secret) -> str:
+    descriptor = DESCRIPTOR.format(kind="monolithicFlat") + f'RW 2048 FLAT "{secret.path}" 0\n'
+    (folder / "d-s001.vmdk").write_bytes(_sparse_header(descriptor.encode()))
+    return _descriptor(folder, 'RW 2048 SPARSE "d-s001.vmdk"\n', "twoGbMaxExtentSparse")
+
+
 ATTACKS = [(_json_backing, PathError, "protocol"), (_absolute_backing, PathError, "outside the VM folder"),
            (_relative_backing, PathError, "outside the VM folder"), (_symlinked_backing, PathError, "outside the VM folder"),
-           (_vmdk_parent_json, PathError, "protocol"), (_vmdk_extent_protocol, PathError, "protocol")]
+           (_vmdk_parent_json, PathError, "protocol"), (_vmdk_extent_protocol, PathError, "protocol"),
+           (_vmdk_extent_after_64k, PathError, "outside the VM folder"),
+           (_vmdk_extent_signed_size, DiskError, "extent line"),
+           (_vmdk_extent_size_touching_type, DiskError, "extent line"),
+           (_vmdk_extent_type_touching_name, DiskError, "extent line"),
+           (_vmdk_extent_over_two_lines, DiskError, "extent line"),
+           (_vmdk_extent_name_with_form_feed, PathError, "outside the VM folder"),
+           (_vmdk_sparse_header_with_descriptor, PathError, "outside the VM folder"),
+           (_vmdk_sparse_extent_with_descriptor, DiskError, "descriptor of its own")]
 
 
 @pytest.mark.parametrize("plant, error, words", ATTACKS, ids=[a[0].__name__.strip("_") for a in ATTACKS])
@@ -103,6 +168,35 @@ def test_vm_import_refuses_an_image_that_names_a_host_file(hv, tmp_path, plant, 
     assert_no_leak(hv, secret)
 
 
+@pytest.mark.parametrize("desc_offset, desc_size", [(1, 2 ** 62), (1, 2 ** 40), (2 ** 63, 20), (2 ** 55 + 1, 20)],
+                         ids=["size-past-index", "size-past-memory", "offset-past-int64", "offset-wrapping"])
+def test_vm_import_reads_a_sparse_header_with_an_absurd_descriptor_place_as_qemu_does(hv, tmp_path, desc_offset,
+                                                                                     desc_size):
+    # QEMU opens such a disk (it reads a sparse disk's descriptor at sector 1 whatever the header says): so does
+    # the import, instead of failing with an internal error
+    folder = vmware_folder(tmp_path, "d.vmdk")
+    descriptor = DESCRIPTOR.format(kind="monolithicSparse") + 'RW 2048 SPARSE "d.vmdk"\n'
+    (folder / "d.vmdk").write_bytes(_sparse_header(descriptor.encode(), 2048, desc_offset, desc_size).ljust(65536, b"\0"))
+    result = run_cli("vm", "import", str(folder), datastore=hv.datastore.root)
+    assert result.returncode == 0, result.stderr
+    assert read_layer(hv.datastore.root / "vm" / "d.qcow2", "qcow2").virtual_size == 2048 * 512
+
+
+@pytest.mark.parametrize("field, value", [(slice(8, 16), struct.pack(">Q", 2 ** 63)),
+                                          (slice(16, 20), struct.pack(">I", 2 ** 32 - 1))],
+                         ids=["backing-offset-past-int64", "backing-name-of-4-gib"])
+def test_vm_import_of_a_qcow2_header_with_an_absurd_backing_name_is_one_line(hv, tmp_path, field, value):
+    folder = vmware_folder(tmp_path, "d.qcow2")
+    (folder / "base.raw").write_bytes(b"\0" * 1024 * 1024)
+    header = bytearray(qcow2_backed_by(folder / "d.qcow2", "base.raw").read_bytes())
+    header[field] = value
+    (folder / "d.qcow2").write_bytes(header)
+    before = datastore_state(hv.datastore.root)
+    result = run_cli("vm", "import", str(folder), datastore=hv.datastore.root)
+    assert_one_clear_line(result, DiskError.exit_code, "d.qcow2", "corrupt")
+    assert datastore_state(hv.datastore.root) == before and hv.list_vms() == []
+
+
 def test_disk_convert_and_info_refuse_a_json_backing_inside_the_datastore(hv, tmp_path):
     secret = plant_secret(tmp_path / "host")
     hv.create_vm("web", memory_mib=64, disk_size="16M", network="none")
@@ -116,8 +210,9 @@ def test_disk_convert_and_info_refuse_a_json_backing_inside_the_datastore(hv, tm
     assert_no_leak(hv, secret)
 
 
-@pytest.mark.parametrize("plant", [_json_backing, _absolute_backing, _symlinked_backing],
-                         ids=["json", "absolute", "symlink"])
+@pytest.mark.parametrize("plant", [_json_backing, _absolute_backing, _symlinked_backing, _vmdk_extent_after_64k,
+                                   _vmdk_sparse_header_with_descriptor],
+                         ids=["json", "absolute", "symlink", "vmdk-extent-after-64k", "vmdk-sparse-header-descriptor"])
 def test_power_on_refuses_a_disk_chained_to_a_host_file_before_qemu_starts(hv, tmp_path, plant):
     secret = plant_secret(tmp_path / "host")
     hv.create_vm("web", memory_mib=64, disk_size="16M", network="none")

@@ -220,6 +220,34 @@ def test_long_values_are_refused_and_not_echoed_whole(refusing_service, path, bo
     assert snapshot_of(service) == before
 
 
+DEEP = b"[" * 30000 + b"]" * 30000  # under MAX_BODY, deeper than Python's JSON parser goes
+
+
+@pytest.mark.parametrize("method, path, body, token, words", [
+    ("POST", "/v1/vms", DEEP, "right", "too deeply"),
+    ("POST", "/v1/vms", b'{"name": "vm2", "disk_size": "16M", "cpus": ' + b"[" * 3000 + b"]" * 3000 + b"}", "right",
+     "too deeply"),
+    ("POST", "/v1/session", DEEP, None, "too deeply"),  # before any token
+    ("GET", "/v1/vms/vm1/events?limit=" + "[" * 3000 + "]" * 3000, None, "right", "too deeply"),
+    ("POST", "/v1/session", b'{"token": "\\ud800"}', None, "not Unicode"),
+    ("POST", "/v1/datastore/files/delete", b'{"folder": "vm1", "name": "\\ud800.iso"}', "right", "not Unicode"),
+    ("GET", "/v1/vms/vm1/events?limit=%22%5Cud800%22", None, "right", "not Unicode"),
+    ("POST", "/v1/vms", b'{"name": "vm2", "disk_size": "16M", "cpus": 1' + b"0" * 5000 + b"}", "right", "5001 digits"),
+], ids=["deep-body", "deep-field", "deep-login", "deep-query", "surrogate-login", "surrogate-file-name",
+        "surrogate-query", "long-integer"])
+def test_json_python_cannot_hand_on_is_a_400_not_a_500(refusing_service, method, path, body, token, words):
+    """Nesting deeper than Python's parser goes was a RecursionError, a lone surrogate escape (valid JSON) a
+    UnicodeEncodeError where a file name or the token was encoded: each a 500, the login's before any token."""
+    service = refusing_service
+    before = snapshot_of(service)
+    status, data, _ = request(service, method, path, body, token=token)
+    error = json.loads(data)["error"]
+    assert (status, error["code"]) == (400, "bad-request"), error
+    assert words in error["message"] and "\n" not in error["message"] and "sys." not in error["message"]
+    assert snapshot_of(service) == before
+    assert request(service, "GET", "/v1/vms")[0] == 200
+
+
 # -- the request models: each value of its type, shape and size, before anything runs -------------------------------
 HOSTILE = [
     # fields the route does not have, among them the path's own parameter sent again in the body

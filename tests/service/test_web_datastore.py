@@ -74,6 +74,24 @@ def test_uploads_cannot_leave_their_folder_or_overwrite_anything(service):
     assert status == 409 and (service.root / "iso" / "ok.iso").read_bytes() == b"payload"
 
 
+def test_an_upload_into_what_is_no_folder_or_leads_into_a_vms_folder_is_refused(service):
+    """A file, a FIFO or a link to nothing in the folder's place was a 500 (FileExistsError); a link to a VM's
+    folder let a disk image into it, where only a CD-ROM image may go (and none may be deleted from the page)."""
+    small_vm(Hypervisor(service.root), "vm1")
+    (service.root / "plain").write_bytes(b"x")
+    os.mkfifo(service.root / "pipe")
+    (service.root / "dangling").symlink_to(service.root / "nowhere")
+    (service.root / "isos").symlink_to(service.root / "vm1")
+    before = sorted(p.name for p in (service.root / "vm1").iterdir())
+    for folder, name, words in (("plain", "x.iso", "not a folder"), ("pipe", "x.iso", "not a folder"),
+                                ("dangling", "x.iso", "not a folder"), ("isos", "x.qcow2", "VM's folder")):
+        status, answer = upload(service, folder, name, b"payload")
+        assert status == 422 and words in answer["error"]["message"], (folder, status, answer)
+    assert sorted(p.name for p in (service.root / "vm1").iterdir()) == before
+    assert (service.root / "plain").read_bytes() == b"x" and not (service.root / "nowhere").exists()
+    assert upload(service, "isos", "cd.iso", b"payload")[0] == 201  # a CD-ROM image, as into vm1 itself
+
+
 def test_the_listing_stays_inside_the_datastore(service):
     headers = {"Authorization": f"Bearer {service.token}"}
     for folder in ("..", "../..", "/etc", ".minivisor", "vm1/../..", "iso/../../"):

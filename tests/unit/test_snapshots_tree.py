@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from minivisor.errors import ConflictError, NotFoundError
+from minivisor.errors import ConflictError, NotFoundError, SpecError
 from minivisor.storage.journal import JOURNAL_NAME, Journal, write_step
 from minivisor.spec.vmsd import Snapshot, SnapshotTree
 from minivisor.storage.snapshots import delta_name
@@ -33,6 +33,21 @@ def test_a_workstation_vmsd_is_read(tmp_path):
     assert base.description == "line one\nline two"
     assert base.created_us == (378434 << 32) | (-1183654966 & 0xFFFFFFFF)
     assert (after.parent, after.disks) == (11, {"scsi0:0": "vm-000001.vmdk"})
+
+
+@pytest.mark.parametrize("parents", [{1: 1}, {1: 2, 2: 1}, {1: None, 2: 3, 3: 4, 4: 2}],
+                         ids=["itself", "two", "below-a-root"])
+def test_a_vmsd_whose_parent_links_loop_is_refused(tmp_path, parents):
+    """A snapshot that was its own ancestor was in no listing, yet revert found it, and deleting it said
+    'deleted' while it stayed (its children, itself among them, went to its parent: itself)."""
+    lines = ['.encoding = "UTF-8"', f'snapshot.lastUID = "{max(parents)}"']
+    for slot, (uid, parent) in enumerate(parents.items()):
+        lines += [f'snapshot{slot}.uid = "{uid}"', f'snapshot{slot}.displayName = "s{uid}"']
+        lines += [f'snapshot{slot}.parent = "{parent}"'] if parent is not None else []
+    path = tmp_path / "vm.vmsd"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SpecError, match="its own ancestor"):
+        SnapshotTree.load(path)
 
 
 def new_snapshot(uid: int, parent: int | None) -> Snapshot:

@@ -70,11 +70,18 @@ def upload(datastore: Datastore, folder: str, name: str, chunks: Iterable[bytes]
     if not _NAME.match(name) or not name.lower().endswith(UPLOAD_SUFFIXES):
         raise PathError(f"{name[:60]!r} is not a name an upload may take",
                         hint=f"letters, digits, . _ + -, ending in {', '.join(UPLOAD_SUFFIXES)}")
-    if datastore.catalog.find(folder) is not None and not name.lower().endswith(".iso"):
+    target_dir = _inside(datastore, folder)
+    # the folder as resolved: a link in the datastore to a VM's folder leads into that VM's folder
+    real_dir = os.path.relpath(os.path.realpath(target_dir), os.path.realpath(datastore.root))
+    is_vm_folder = datastore.catalog.find(folder) is not None or bool(datastore.catalog.in_folder(real_dir))
+    if is_vm_folder and not name.lower().endswith(".iso"):
         raise PathError(f"{folder!r} is a VM's folder: only a CD-ROM image (.iso) may be uploaded into it",
                         hint="upload disk images into a folder of their own, e.g. images")
-    target_dir = _inside(datastore, folder)
-    target_dir.mkdir(exist_ok=True)
+    try:
+        target_dir.mkdir(exist_ok=True)
+    except FileExistsError:  # a file, a FIFO or a link to nothing has the name: it was a 500
+        raise PathError(f"{folder!r} is a file of the datastore, not a folder",
+                        hint="upload into a folder, e.g. iso or images") from None
     target = _inside(datastore, f"{folder}/{name}")
     if target.exists():
         raise ConflictError(f"{folder}/{name} already exists in the datastore",

@@ -101,7 +101,7 @@ def _take_online(ctx: VmContext, files: VmFiles, name: str, description: str,
     with ctx.vmm.session() as qmp:
         if memory:
             jobs.check_state_saveable(qmp, ctx.name)
-        memory_file = f"{ctx.vmx.stem}-Snapshot{files.tree.last_uid + 1}.vmsn" if memory else None
+        memory_file = f"{ctx.vmx.stem}-Snapshot{files.tree.next_uid}.vmsn" if memory else None
         # a revert restores a guest that has said it is ready already: what it said goes with the memory
         snap, deltas, steps = plan_take(files, name, description, memory_file,
                                         ctx.vmm.ready_line() if memory else None)

@@ -31,8 +31,15 @@ MAX_CHAIN = 64
 QCOW2_MAGIC = b"QFI\xfb"
 QCOW2_EXT_BACKING_FORMAT = 0xE2792ACA
 QCOW2_INCOMPAT_DATA_FILE = 1 << 2
+# what QEMU opens (block/qcow2.c): the header and its backing file name fit in the first cluster, at most 2 MiB
+MAX_QCOW2_CLUSTER = 1 << 21
+MAX_QCOW2_BACKING_NAME = 1023
 # VMware's sparse extent header (VMDK technote, "KDMV")
 VMDK_MAGIC = b"KDMV"
+# QEMU reads at most this much of a descriptor (block/vmdk.c, vmdk_read_desc)
+DESCRIPTOR_LIMIT = (1 << 20) - 1
+# extent types whose file QEMU opens as a sparse VMDK, whose header may hold a descriptor of its own
+SPARSE_EXTENT_TYPES = ("SPARSE", "VMFSSPARSE")
 # createTypes QEMU opens as they are (block/vmdk.c compares them case-sensitively)
 VMDK_CREATE_TYPES = ("monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat",
                      "streamOptimized", "vmfs", "vmfsSparse")
@@ -50,6 +57,7 @@ class ImageLayer(Record, frozen=True):
     create_type: str | None = None  # VMDK createType
     cid: str | None = None  # VMDK content ID (lower-case hex)
     parent_cid: str | None = None
+    sparse_extents: tuple[str, ...] = ()  # the extent files QEMU opens as sparse VMDKs
 
 
 def format_for(path: Path | str) -> str:
@@ -95,6 +103,10 @@ def _read_qcow2(path: Path, image) -> ImageLayer:
         raise DiskError(f"{path.name} keeps its data in an external data file",
                         hint="convert it to a self-contained image: qemu-img convert -f qcow2 -O qcow2")
     backing = backing_format = None
+    if backing_offset > MAX_QCOW2_CLUSTER or backing_size > MAX_QCOW2_BACKING_NAME:
+        raise DiskError(f"{path.name} has a corrupt qcow2 header: it puts a {backing_size}-byte backing file name "
+                        f"at offset {backing_offset}", hint="QEMU cannot open it either; restore the disk from a "
+                                                            "copy, or recreate it where it came from")
     if backing_offset:
         image.seek(backing_offset)
         backing = image.read(backing_size).decode("utf-8", "surrogateescape")
@@ -111,6 +123,8 @@ def _qcow2_extension(image, offset: int, wanted: int) -> str | None:
         kind, length = struct.unpack(">II", raw)
         if kind == 0:
             return None
+        if length > MAX_QCOW2_CLUSTER:  # QEMU refuses the image; reading it would take up to 4 GiB of memory
+            return None
         data = image.read((length + 7) & ~7)[:length]
         if kind == wanted:
             return data.decode("ascii", "replace")
@@ -121,26 +135,36 @@ def _read_vmdk(path: Path, image) -> ImageLayer:
     head = image.read(512)
     if head[:4] == VMDK_MAGIC:
         capacity, _grain, desc_offset, desc_size = struct.unpack("<QQQQ", head[12:44])
-        descriptor = b""
-        if desc_offset:
-            image.seek(desc_offset * 512)
-            descriptor = image.read(desc_size * 512).rstrip(b"\0")
-        fields, extents = _parse_descriptor(descriptor)
+        if capacity == 0 and desc_offset:
+            # QEMU opens such a header's descriptor as a descriptor file, extents and all (vmdk_open_vmdk4)
+            fields, extents = _parse_descriptor(path, _read_at(image, desc_offset << 9, DESCRIPTOR_LIMIT))
+            return _vmdk_layer(path, sum(sectors for sectors, _, _ in extents) * 512, fields, extents)
+        descriptor = _read_at(image, desc_offset << 9, desc_size << 9) if desc_offset else b""
+        fields, extents = _parse_descriptor(path, descriptor, opened=False)
         fields.setdefault("createtype", "monolithicSparse")
         # the size QEMU gives the disk: its descriptor's extent, not the header's capacity (rounded to a grain)
-        sectors = sum(count for count, _ in extents) or capacity
+        sectors = sum(count for count, _, _ in extents) or capacity
         return _vmdk_layer(path, sectors * 512, fields, [])
-    image.seek(0)
-    text = image.read(64 * 1024)
+    text = _read_at(image, 0, DESCRIPTOR_LIMIT)
     if b"disk descriptorfile" not in text[:4096].lower() and b"createtype" not in text.lower():
         raise DiskError(f"{path.name} is named .vmdk but is neither a VMware sparse disk nor a descriptor",
                         hint="rename it to match its real format (.raw, .qcow2)")
-    fields, extents = _parse_descriptor(text)
-    size = sum(sectors for sectors, _ in extents) * 512
-    return _vmdk_layer(path, size, fields, [name for _, name in extents if name])
+    fields, extents = _parse_descriptor(path, text)
+    return _vmdk_layer(path, sum(sectors for sectors, _, _ in extents) * 512, fields, extents)
 
 
-def _vmdk_layer(path: Path, size: int, fields: dict[str, str], extent_files: list[str]) -> ImageLayer:
+def _read_at(image, offset: int, length: int) -> bytes:
+    """Up to ``length`` bytes (at most DESCRIPTOR_LIMIT) at ``offset``, where a header's absurd offset or size
+    points: offsets wrap at 64 bits as QEMU's do, and one QEMU cannot read (from 2**63 up) gives nothing."""
+    offset &= (1 << 64) - 1
+    if offset >= 1 << 63:
+        return b""
+    image.seek(offset)
+    return image.read(min(length, DESCRIPTOR_LIMIT))
+
+
+def _vmdk_layer(path: Path, size: int, fields: dict[str, str],
+                extents: list[tuple[int, str, str | None]]) -> ImageLayer:
     parent = fields.get("parentfilenamehint") or None
     create_type = fields.get("createtype")
     if create_type is not None and create_type not in VMDK_CREATE_TYPES:
@@ -148,8 +172,10 @@ def _vmdk_layer(path: Path, size: int, fields: dict[str, str], extent_files: lis
                         hint="convert it on the VMware side to monolithicSparse, monolithicFlat or "
                              "twoGbMaxExtentSparse")
     cid, parent_cid = _cid(fields.get("cid")), _cid(fields.get("parentcid"))
-    return ImageLayer(path, "vmdk", size, parent, "vmdk" if parent else None, tuple(extent_files),
-                      create_type, cid, parent_cid)
+    named = [(kind, name) for _, kind, name in extents if name]
+    return ImageLayer(path, "vmdk", size, parent, "vmdk" if parent else None, tuple(name for _, name in named),
+                      create_type, cid, parent_cid,
+                      tuple(name for kind, name in named if kind.upper() in SPARSE_EXTENT_TYPES))
 
 
 def _cid(value: str | None) -> str | None:
@@ -161,19 +187,43 @@ def _cid(value: str | None) -> str | None:
 
 
 _EXTENT = re.compile(r'^(RW|RDONLY|NOACCESS)\s+(\d+)\s+(\w+)(?:\s+"([^"]*)")?', re.IGNORECASE)
+# An extent line as QEMU reads one (block/vmdk.c, vmdk_parse_extents): sscanf's "%10s %d %10s \"%511[^\n\r\"]\""
+# on the text from a line's start, its spaces C's (isspace), which also skip line ends. This is the one
+# form of its start minivisor accepts: access, size, type and the quoted file name on one line (what follows
+# the name names no file).
+_C_SPACE = " \t\v\f\r"
+_QEMU_EXTENT = re.compile(rf'RW[{_C_SPACE}]+([0-9]+)[{_C_SPACE}]+([A-Za-z]+)[{_C_SPACE}]+"([^"\r\n]*)"')
 
 
-def _parse_descriptor(text: bytes) -> tuple[dict[str, str], list[tuple[int, str | None]]]:
-    """Header fields (lower-cased keys) and extents (sectors, file) of a descriptor."""
+def _parse_descriptor(path: Path, text: bytes, *, opened: bool = True) -> tuple[dict[str, str],
+                                                                             list[tuple[int, str, str | None]]]:
+    """Header fields (lower-cased keys) and extents (sectors, type, file) of a descriptor.
+
+    QEMU opens the file of every extent it parses: every line it could read as one must be read so here
+    (else a name it opens would escape the path policy). It reads the text up to its first NUL, and a line
+    whose first word is ``RW`` may be an extent, spread over any number of lines, its sector count signed:
+    such a line must be one plain extent, or the descriptor is refused. ``opened=False``: QEMU opens none of
+    its extents (a sparse disk's own descriptor), so such a line is only read as before, for the size.
+    """
     fields: dict[str, str] = {}
-    extents: list[tuple[int, str | None]] = []
-    for raw_line in text.decode("utf-8", "surrogateescape").splitlines():
-        line = raw_line.strip()
+    extents: list[tuple[int, str, str | None]] = []
+    for raw_line in text.split(b"\0", 1)[0].split(b"\n"):
+        line = raw_line.decode("utf-8", "surrogateescape").strip(_C_SPACE)
+        match = _QEMU_EXTENT.match(line)
+        if match:
+            extents.append((int(match.group(1)), match.group(2), match.group(3)))
+            continue
+        if opened and re.split(f"[{_C_SPACE}]", line, maxsplit=1)[0] == "RW":
+            shown = line if len(line) <= 60 else line[:57] + "..."
+            raise DiskError(f"{path.name} has an extent line QEMU would read differently from minivisor: {shown!r}",
+                            hint='write each extent on one line: RW <sectors> <type> "<file>" [<offset>]; or '
+                                 "flatten the disk where it came from")
+        line = line.strip()
         if not line or line.startswith("#"):
             continue
         match = _EXTENT.match(line)
-        if match:
-            extents.append((int(match.group(2)), match.group(4)))
+        if match:  # an extent QEMU skips (RDONLY, NOACCESS): its file is checked all the same
+            extents.append((int(match.group(2)), match.group(3), match.group(4)))
         elif "=" in line:
             key, _, value = line.partition("=")
             fields[key.strip().lower()] = value.strip().strip('"')
@@ -194,7 +244,9 @@ def resolve_chain(top: Path, fmt: str, resolve: Callable[[Path, str], Path]) -> 
         layer = read_layer(path, layer_format)
         for extent in layer.extent_files:
             check_file_name(extent, f"an extent of {path.name}")
-            resolve(path.parent, extent)
+            real_extent = resolve(path.parent, extent)
+            if extent in layer.sparse_extents:
+                _check_sparse_extent(path, extent, real_extent)
         layers.append(layer)
         seen.add(real)
         if not layer.backing_name:
@@ -221,6 +273,18 @@ def resolve_chain(top: Path, fmt: str, resolve: Callable[[Path, str], Path]) -> 
         if real in seen or len(layers) >= MAX_CHAIN:
             raise DiskError(f"the backing chain of {top.name} loops or is deeper than {MAX_CHAIN}",
                             hint="rebuild the disk with qemu-img convert")
+
+
+def _check_sparse_extent(path: Path, name: str, real: Path) -> None:
+    """Refuse a sparse extent whose header holds a descriptor: QEMU would open the extents it names too, each
+    relative to the top descriptor's folder, and one that names itself would recurse until QEMU crashes."""
+    with open(real, "rb") as extent:
+        head = extent.read(44)
+    if head[:4] == VMDK_MAGIC and len(head) == 44:
+        capacity, _grain, desc_offset = struct.unpack("<QQQ", head[12:36])
+        if capacity == 0 and desc_offset:
+            raise DiskError(f"the extent {name[:60]!r} of {path.name} holds a descriptor of its own, naming more "
+                            "extents", hint="flatten the disk where it came from (qemu-img convert -O vmdk)")
 
 
 def check_file_name(name: str, what: str) -> None:

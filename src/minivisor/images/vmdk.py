@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import DiskError
 from ..files import write_atomic, write_new_sparse
-from .layers import VMDK_MAGIC, ImageLayer, check_file_name, read_layer
+from .layers import DESCRIPTOR_LIMIT, VMDK_MAGIC, ImageLayer, check_file_name, read_layer
 
 __all__ = ["create_delta", "delta_bytes", "set_parent", "set_cid"]
 
@@ -124,6 +124,10 @@ def _rewrite(path: Path, lines: dict[bytes, bytes]) -> None:
         embedded = head[:4] == VMDK_MAGIC
         if embedded:
             offset, size = (value * SECTOR for value in struct.unpack("<QQ", head[28:44]))
+            if not 0 < offset < os.fstat(image.fileno()).st_size or size > DESCRIPTOR_LIMIT:
+                # not a header QEMU or VMware wrote: seeking or reading there was an internal error
+                raise DiskError(f"{path.name} has a corrupt VMDK header: it puts a {size}-byte descriptor at "
+                                f"offset {offset}", hint="restore the disk from a copy")
             image.seek(offset)
             text = image.read(size)
         else:

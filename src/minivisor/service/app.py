@@ -46,6 +46,7 @@ __all__ = ["build_app", "operation_routes", "MAX_BODY", "HEARTBEAT"]
 
 log = logging.getLogger("minivisor.service")
 
+MAX_DIGITS = 4300  # digits of an integer in a request, as many as Python converts (sys.get_int_max_str_digits)
 MAX_BODY = 64 * 1024  # bytes; larger requests get 413 without being read (but uploads, streamed)
 UPLOAD_QUEUE = 16  # chunks of an upload between the event loop and the worker thread that writes them
 HEARTBEAT = 15.0  # seconds between SSE keep-alive comments
@@ -256,7 +257,7 @@ async def _read_json_body(request: Request) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        data = json.loads(raw)
+        data = _loads(raw)
     except ValueError as exc:
         raise RequestError(f"the request body is not JSON: {exc}", hint="send a JSON object") from None
     if not isinstance(data, dict):
@@ -270,9 +271,41 @@ def _too_large() -> PayloadTooLargeError:
 
 def _query_value(text: str) -> Any:
     try:
-        return json.loads(text)
+        return _loads(text)
     except ValueError:
         return text
+
+
+def _loads(text: str | bytes | bytearray) -> Any:
+    """JSON (ValueError if it is none), refused in one line (RequestError) where the service could not hand it
+    on: nested deeper than Python's parser goes (its RecursionError was a 500), an integer longer than Python
+    converts (its message said to call sys.set_int_max_str_digits), a string with a lone surrogate (``"\\ud800"``
+    is JSON, but no file name or token can be encoded from it: another 500, deep in the core)."""
+    try:
+        data = json.loads(text, parse_int=_integer)
+    except RecursionError:
+        raise RequestError("the request nests arrays or objects too deeply", hint="send a flat JSON object") from None
+    values = [data]
+    while values:  # not recursive: the data may be nested almost as deep as the recursion limit
+        value = values.pop()
+        if isinstance(value, dict):
+            values += [*value, *value.values()]
+        elif isinstance(value, list):
+            values += value
+        elif isinstance(value, str) and not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise RequestError(f"the request holds a string that is not Unicode: {excerpt(value)}",
+                                   hint="send each text as UTF-8, without lone surrogate escapes (\\ud800)") from None
+    return data
+
+
+def _integer(digits: str) -> int:
+    if len(digits) > MAX_DIGITS:
+        raise RequestError(f"the request holds a number of {len(digits)} digits",
+                           hint="send numbers within their fields' bounds (see /openapi.json)")
+    return int(digits)
 
 
 def _page() -> Endpoint:

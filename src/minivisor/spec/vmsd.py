@@ -31,6 +31,7 @@ _SLOT_UID = re.compile(r"snapshot(\d{1,9})\.uid$", re.IGNORECASE)
 _SLOT = re.compile(r"snapshot(\d+)\.", re.IGNORECASE)  # any key of a slot, read or not
 _MAX_SLOT = 10**9 - 1  # the largest slot number the reader takes
 MAX_SNAPSHOTS = 100  # per VM; VMware supports 32 in a chain
+MAX_UID = 1 << 32  # a snapshot's uid is read as VMware writes it: 32 bits (see _int)
 MAX_DISKS = sum(CONTROLLER_COUNT[bus] * UNIT_COUNT[bus] for bus in CONTROLLER_COUNT)  # device slots of a VM
 # Each snapshot keeps its specfile on one line, |XX-escaped: up to 3 bytes for each of the specfile's.
 VMSD_LIMITS = Limits(file_bytes=32 * 1024 * 1024, lines=MAX_SNAPSHOTS * (12 + 2 * MAX_DISKS),
@@ -84,6 +85,7 @@ class SnapshotTree(Record):
             tree.last_uid = max(tree.last_uid, uid)
         if tree.current not in tree.snapshots:
             tree.current = None
+        _refuse_loops(tree, path)
         return tree
 
     def to_bytes(self) -> bytes:
@@ -121,6 +123,15 @@ class SnapshotTree(Record):
             yield from _snapshot_entries(slot, snap)
 
     # -- queries -----------------------------------------------------------
+    @property
+    def next_uid(self) -> int:
+        """The uid of the next snapshot: past the last one, unless that is past the 32 bits the tree is read with
+        (a .vmsd may say lastUID = 4294967295): then the lowest free one, else the new snapshot, written, would
+        be dropped when the tree is read back."""
+        if self.last_uid + 1 < MAX_UID:
+            return self.last_uid + 1
+        return next(uid for uid in range(1, MAX_UID) if uid not in self.snapshots)
+
     def find(self, name: str, vm: str) -> Snapshot:
         """A snapshot by name (or uid), or NotFoundError."""
         matches = [s for s in self.snapshots.values() if s.name == name]
@@ -188,13 +199,23 @@ def _snapshot_entries(slot: int, snap: Snapshot) -> Iterator[tuple[str, str]]:
         yield p + "minivisor.readyLine", snap.ready_line
 
 
+def _refuse_loops(tree: SnapshotTree, path: Path) -> None:
+    """A snapshot that is its own ancestor is in no listing (none of its ancestors is a root), and deleting it
+    hands its children to itself: it was still there after 'deleted', and the disks of the loop merged away."""
+    for uid, snap in tree.snapshots.items():
+        if snap.parent is not None and snap.parent in tree.snapshots and uid in tree.ancestors(snap.parent):
+            raise SpecError(f"{path}: snapshot {excerpt(snap.name)} (uid {uid}) is its own ancestor: the tree's "
+                            "parent links loop", hint="this is not a tree minivisor wrote: restore the VM's .vmsd "
+                                                      "from a backup")
+
+
 def _int(value: str | None) -> int | None:
     """A number as VMware writes them in a .vmsd (32 bits, signed or not), else None."""
     try:
         number = int(value) if value and len(value) <= 12 else None
     except ValueError:
         return None
-    return number if number is not None and -(1 << 31) <= number < 1 << 32 else None
+    return number if number is not None and -(1 << 31) <= number < MAX_UID else None
 
 
 def _disk_count(doc: VmxDocument, prefix: str, path: Path) -> int:

@@ -126,7 +126,7 @@ def plan_take(files: VmFiles, name: str, description: str, memory_file: str | No
         raise DiskError("the VM has no hard disk to snapshot", hint="add a disk to its specfile first")
     for top in disks.values():
         files.chain(top)  # a delta is made only on a chain that passes the path policy, whole
-    uid = files.tree.last_uid + 1
+    uid = files.tree.next_uid
     snap = Snapshot(uid, name, files.tree.current, disks, description, int(time.time() * 1e6), memory_file,
                     files.doc.to_bytes().decode("utf-8", "surrogateescape"), ready_line)
     tree = files.tree.bytes_with(snap, files.tree_doc)

@@ -46,6 +46,10 @@ def inspect_folder(folder: Path, scope: Scope) -> tuple[Path, VmxDocument, VmSpe
     vmx = specfiles[0]
     if not vmx.is_file():  # a FIFO would block the read below for ever; a folder is no specfile either
         raise PathError(f"{vmx} is not a file", hint="give the VMware VM's folder, with its .vmx file")
+    real = os.path.realpath(vmx)
+    if not real.startswith(f"{folder}/"):  # a symlink would have the import read (and copy) a host file
+        raise PathError(f"{vmx} is a symlink to {real}, outside the VM folder",
+                        hint="only files inside the VM's folder are imported: copy the specfile in place of the link")
     doc = VmxDocument.load(vmx)
     doc.raise_for_errors()
     if "encryption.keySafe" in doc or "encryption.data" in doc:
