@@ -18,7 +18,7 @@ from minivisor.service.routes import OPERATIONS, by_name
 from minivisor.service.app import MAX_BODY
 from minivisor.service.connections import KEEP_ALIVE
 
-from .conftest import small_vm
+from .conftest import Running, small_vm
 
 
 def raw(service, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
@@ -166,6 +166,25 @@ def answered(service, op_name: str, path: str, body: dict | None = None):
     status, data = raw(service, op.method, path, None if body is None else json.dumps(body).encode(), auth(service))
     assert status == op.status, (op_name, data)
     return answer(op).model_validate(data)  # extra="forbid": a field the document does not name fails too
+
+
+def test_a_relative_host_path_names_a_file_of_the_datastore_not_of_the_services_working_folder(datastore, tmp_path,
+                                                                                              monkeypatch):
+    """A REST client's relative path is relative to the datastore's top, as the document says: it was the
+    service's working folder (wherever it was started), where the same name may be another file."""
+    workdir = tmp_path / "started-here"
+    (workdir / "vm1").mkdir(parents=True)
+    (workdir / "vm1" / "vm1.qcow2").write_bytes(b"not the VM's disk\n")
+    monkeypatch.chdir(workdir)  # the service's working folder
+    service = Running(datastore).start()
+    try:
+        answered(service, "create_vm", "/v1/vms", {"name": "vm1", "disk_size": "16M", "memory_mib": 64})
+        info = answered(service, "disk_info", "/v1/disks/info?path=vm1/vm1.qcow2")
+        assert (info.file, info.format, info.virtual_size) == (str(datastore / "vm1" / "vm1.qcow2"), "qcow2", 16 << 20)
+        answered(service, "disk_create", "/v1/disks", {"path": "spare.qcow2", "size": "8M"})
+        assert (datastore / "spare.qcow2").exists() and not (workdir / "spare.qcow2").exists()
+    finally:
+        service.stop()
 
 
 def test_real_answers_are_what_the_document_says(service):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import threading
 from collections.abc import Awaitable, Callable
@@ -78,7 +79,7 @@ class Dispatcher:
         its last steps (:data:`FINISHED_LATER`) leaves them, as a coroutine function the caller must await after
         sending the answer; the VM stays busy until then. Without ``later``, every call finishes before it returns.
         """
-        kwargs = arguments(op, path_params, body)
+        kwargs = arguments(op, path_params, body, os.path.abspath(self.root))
         if progress is not None:
             kwargs["progress"] = progress
         target = kwargs.get(op.vm_param) if op.vm_param else None

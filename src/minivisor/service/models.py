@@ -18,10 +18,11 @@ OpenAPI document (:mod:`minivisor.service.openapi`) is made from these models.
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Literal
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, RootModel, TypeAdapter, ValidationError,
-                      WithJsonSchema)
+                      ValidationInfo, WithJsonSchema)
 
 from ..cluster.config import MAX_TTL, MIN_TTL
 from ..core.bounds import (MAX_COMMAND, MAX_DESCRIPTION, MAX_EVENTS, MAX_GUEST_PATH, MAX_SIZE_TEXT,
@@ -60,6 +61,13 @@ def _no_parent_steps(path: str) -> str:
     return path
 
 
+def _in_the_datastore(path: str, info: ValidationInfo) -> str:
+    """A relative path names a file of the datastore (relative to its top): a service has no working folder a
+    client could mean, and its own is wherever it was started."""
+    root = (info.context or {}).get("datastore")
+    return path if root is None or path.startswith("/") else os.path.join(root, path)
+
+
 def _size(value: str) -> str:
     check_args(size=value)
     return value
@@ -84,7 +92,11 @@ Size = Annotated[str, Field(max_length=MAX_SIZE_TEXT, description="a size such a
 HostPath = Annotated[str, Field(min_length=1, max_length=MAX_STRING, pattern=_NO_CONTROLS,
                                 description="a file on the host: in the datastore (relative to it, or absolute) "
                                             "or in a folder allowed for specfiles; no '..'"),
-                     AfterValidator(_no_parent_steps)]
+                     AfterValidator(_no_parent_steps), AfterValidator(_in_the_datastore)]
+IsoPath = Annotated[str, Field(min_length=1, max_length=MAX_STRING, pattern=_NO_CONTROLS,
+                               description="an ISO file: in the VM's folder (relative to it, as in its specfile, or "
+                                           "absolute) or in a folder allowed for specfiles; no '..'"),
+                    AfterValidator(_no_parent_steps)]
 Folder = Annotated[str, Field(max_length=MAX_STRING, pattern=_NO_CONTROLS,
                               description="a folder of the datastore, relative to its top ('' the top); no '..'"),
                    AfterValidator(_no_parent_steps)]
@@ -185,7 +197,7 @@ class HaSetting(Request):
 
 
 class Cdrom(Request):
-    image: HostPath | None = Field(None, description="the ISO to insert; null ejects")
+    image: IsoPath | None = Field(None, description="the ISO to insert; null ejects")
     drive: Drive | None = None
 
 
@@ -818,14 +830,16 @@ def answer(op: Op) -> type[BaseModel]:
 _PATH_VALUES = {"vm": TypeAdapter(VmName), "segment": TypeAdapter(Segment)}
 
 
-def arguments(op: Op, path_params: dict[str, str], values: dict[str, Any]) -> dict[str, Any]:
+def arguments(op: Op, path_params: dict[str, str], values: dict[str, Any],
+              datastore: str | None = None) -> dict[str, Any]:
     """The keyword arguments for ``op``'s core method: its path parameters and the values its request model
-    accepts (only those sent: the core applies its own defaults), or the first fault as one HvError."""
+    accepts (only those sent: the core applies its own defaults), or the first fault as one HvError. A relative
+    host path is made relative to ``datastore``'s top."""
     for param, value in path_params.items():
         _PATH_VALUES["vm" if param == op.vm_param else "segment"].validate_python(value, strict=True)
     model = REQUESTS[op.name]
     try:
-        checked = model.model_validate(values)
+        checked = model.model_validate(values, context={"datastore": datastore})
     except ValidationError as exc:
         raise _refusal(op, model, exc) from None
     return {**path_params, **checked.model_dump(exclude_unset=True)}
