@@ -50,6 +50,16 @@ def test_a_vmsd_whose_parent_links_loop_is_refused(tmp_path, parents):
         SnapshotTree.load(path)
 
 
+def test_a_vmsd_where_two_snapshots_share_a_uid_is_refused(tmp_path):
+    """The second hid the first (the last one read won): in no listing, and gone from the .vmsd at its next
+    rewrite (the next snapshot taken), its disks then named by nothing."""
+    path = tmp_path / "vm.vmsd"
+    path.write_text('.encoding = "UTF-8"\nsnapshot.lastUID = "2"\nsnapshot0.uid = "2"\nsnapshot0.displayName = '
+                    '"first"\nsnapshot1.uid = "2"\nsnapshot1.displayName = "second"\n')
+    with pytest.raises(SpecError, match="two snapshots have the uid 2 .'first' and snapshot1."):
+        SnapshotTree.load(path)
+
+
 def new_snapshot(uid: int, parent: int | None) -> Snapshot:
     return Snapshot(uid, f"s{uid}", parent, {"scsi0:0": "vm-000002.vmdk"}, "taken\nhere", (1 << 50) + uid,
                     config='.encoding = "UTF-8"\nmemSize = "512"\ndisplayName = "a|b"\n')

@@ -71,6 +71,10 @@ class SnapshotTree(Record):
             uid = _int(doc.get(p + "uid"))
             if uid is None:
                 continue
+            if uid in tree.snapshots:  # one would hide the other, and the next rewrite of the tree drop it
+                raise SpecError(f"{path}: two snapshots have the uid {uid} ({excerpt(tree.snapshots[uid].name)} and "
+                                f"snapshot{slot})", hint="this is not a tree minivisor wrote: restore the VM's .vmsd "
+                                                         "from a backup")
             disks = {}
             for m in range(_disk_count(doc, p, path)):
                 node, name = doc.get(f"{p}disk{m}.node"), doc.get(f"{p}disk{m}.fileName")
