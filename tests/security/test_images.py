@@ -29,7 +29,7 @@ from attacks import (
 )
 
 from minivisor.images.layers import read_layer
-from minivisor.errors import DiskError, HvError, PathError
+from minivisor.errors import DiskError, HvError, PathError, StateError
 
 SPECFILE = ('.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "14"\nmemSize = "64"\n'
             'scsi0.present = "TRUE"\nscsi0:0.present = "TRUE"\nscsi0:0.fileName = "{disk}"\n')
@@ -315,3 +315,35 @@ def test_allow_path_refuses_a_folder_inside_the_datastore(hv):
     with pytest.raises(HvError):
         hv.allow_path(hv.datastore.root / "other")
     assert datastore_state(hv.datastore.root) == before and hv.datastore_info()["allowed_paths"] == []
+
+
+@pytest.mark.parametrize("name", ["ABSOLUTE", "../../../host/saved.vmss"])
+def test_vm_import_does_not_learn_whether_a_host_file_named_as_the_suspended_state_exists(hv, tmp_path, name):
+    """checkpoint.vmState naming a file outside the folder: the import's refusal named the folder when that host
+    file existed and the specfile's line when it did not, telling whoever wrote the specfile whether a host path
+    exists. Only a state file in the folder is looked for now: the answer is the same either way."""
+    host_file = tmp_path / "host" / "saved.vmss"
+    host_file.parent.mkdir()
+    state = str(host_file) if name == "ABSOLUTE" else name
+    answers = []
+    for exists in (True, False):
+        host_file.write_bytes(b"a host file") if exists else host_file.unlink()
+        folder = vmware_folder(tmp_path / f"exists-{exists}", "d.raw")
+        (folder / "d.raw").write_bytes(b"\0" * 65536)
+        with open(folder / "vm.vmx", "a") as vmx:
+            vmx.write(f'checkpoint.vmState = "{state}"\n')
+        result = run_cli("vm", "import", str(folder), "--name", f"vm{exists}", datastore=hv.datastore.root)
+        answers.append((result.returncode, result.stderr.replace(str(folder), "FOLDER").replace(f"vm{exists}", "VM")))
+    assert answers[0] == answers[1] and answers[0][0] == StateError.exit_code, answers
+
+
+def test_vm_import_still_refuses_a_vm_suspended_in_its_own_folder(hv, tmp_path):
+    folder = vmware_folder(tmp_path, "d.raw")
+    (folder / "d.raw").write_bytes(b"\0" * 65536)
+    (folder / "vm-1.vmss").write_bytes(b"the suspended guest's memory")
+    with open(folder / "vm.vmx", "a") as vmx:
+        vmx.write('checkpoint.vmState = "vm-1.vmss"\n')
+    before = datastore_state(hv.datastore.root)
+    assert_one_clear_line(run_cli("vm", "import", str(folder), datastore=hv.datastore.root), StateError.exit_code,
+                          "suspended")
+    assert datastore_state(hv.datastore.root) == before

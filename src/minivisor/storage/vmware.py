@@ -55,7 +55,9 @@ def inspect_folder(folder: Path, scope: Scope) -> tuple[Path, VmxDocument, VmSpe
     if "encryption.keySafe" in doc or "encryption.data" in doc:
         raise SpecError(f"{vmx.name} is encrypted", hint="decrypt the VM in VMware first")
     state = doc.get("checkpoint.vmState") or ""
-    if state and (folder / state).exists():
+    saved = os.path.realpath(folder / state) if state else ""
+    # only a state file in the folder is looked for: whether a host file the specfile names exists is not its to learn
+    if saved.startswith(f"{folder}/") and os.path.exists(saved):
         raise StateError(f"the VM in {folder} is suspended ({state})",
                          hint="resume it in VMware and power it off, or discard its suspended state")
     spec = VmSpec.from_vmx(doc)
