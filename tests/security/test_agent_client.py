@@ -109,6 +109,9 @@ def test_an_exec_status_over_the_protocols_bound_is_refused(hostile):
     ({"exited": "yes"}, "no bool 'exited'"),
     ({"exited": True, "exitcode": True}, "exitcode"),  # a bool is no exit code
     ({"exited": True, "exitcode": "0"}, "exitcode"),
+    ({"exited": True, "exitcode": 256}, "exitcode 256, which no process has"),  # vm exec would exit 0
+    ({"exited": True, "exitcode": -1}, "exitcode -1"),
+    ({"exited": True, "signal": 10**30}, "signal 1000"),
     ({"exited": True, "exitcode": 0, "out-data": "not base64!"}, "not base64"),
     ({"exited": True, "exitcode": 0, "out-data": 5}, "out-data"),
     ({"exited": True, "exitcode": 0, "out-data": "QUFB" * (MAX_OUTPUT // 3 + 1)}, "more than"),
