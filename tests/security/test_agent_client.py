@@ -175,3 +175,24 @@ def test_a_shutdown_the_guest_cannot_do_is_a_refusal_and_silence_is_obedience(ho
         session.shutdown(refusal_within=2)
     with hostile(lambda request: b"") as session:
         session.shutdown(refusal_within=0.2)  # qemu-ga answers nothing when it obeys
+
+
+@pytest.mark.timeout(30)  # without the bound, this copy never ends
+def test_a_file_that_gives_nothing_and_never_ends_fails_the_copy_and_writes_nothing(hostile, tmp_path, monkeypatch):
+    """Empty reads that are not the end come back at once, so no answer's timeout ends them: the copy waits
+    IDLE_READS seconds for a byte, then fails (it went on forever)."""
+    from minivisor.core import guest
+    from minivisor.errors import GuestError
+
+    def reply(request: dict) -> bytes:
+        if request["execute"] == "guest-file-read":
+            return answer(request, {"count": 0, "buf-b64": "", "eof": False})
+        return answer(request, 1 if request["execute"] == "guest-file-open" else {})
+    session = hostile(reply)
+    monkeypatch.setattr(guest, "_required_agent", lambda ctx: session.open())
+    monkeypatch.setattr(guest, "_guest_size", lambda agent, path: 0)
+    monkeypatch.setattr(guest, "IDLE_READS", 0.5, raising=False)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(GuestError, match="gave no data for 0 s and did not end"):
+        guest.copy_from(None, "/run/fifo", tmp_path / "out" / "copy", None)
+    assert list((tmp_path / "out").iterdir()) == []

@@ -30,6 +30,7 @@ __all__ = ["VIAS", "shell_line", "exec_command", "copy_to", "copy_from", "guest_
 VIAS = ("auto", "agent", "serial")
 AGENT_ANSWER = 3.0  # seconds a listening agent has to answer the handshake (else: the serial shell, the lease)
 CHUNK = MAX_CHUNK  # bytes per guest-file-read/-write: fewer round trips, each bounded
+IDLE_READS = 10.0  # seconds of reads of a guest file that give nothing without ending it, before a copy fails
 POLL_FIRST, POLL_MAX = 0.002, 0.05  # seconds between guest-exec-status polls: short ones first, then longer
 SHELL = "/bin/sh"  # what the agent runs a command line with: the one shell POSIX promises
 # The command line ($1) in a process group of its own where the guest has setsid (util-linux, busybox), so that a
@@ -91,15 +92,37 @@ def copy_from(ctx: VmContext, guest_path: str, host_path: Path, progress: Progre
         handle = agent.file_open(guest_path, "rb")
         try:
             with _host_target(host_path) as target:
-                done, eof = 0, False
+                done, eof, idle = 0, False, _Idle(guest_path)
                 while not eof:
                     chunk, eof = agent.file_read(handle, CHUNK)
+                    idle.check(bool(chunk) or eof)
                     target.write(chunk)
                     done += len(chunk)
                     _report(progress, done, max(size, done))
         finally:
             agent.file_close(handle)
     return {"host_path": str(host_path), "guest_path": guest_path, "bytes": done}
+
+
+class _Idle:
+    """Reads of a guest file that give no bytes and do not end it: a pause, then the next read. Each answer
+    comes at once, so no timeout ends them: an agent that answered so forever held ``vm copy-from`` (and a
+    service's worker) forever. After IDLE_READS seconds without a byte, the copy fails."""
+
+    def __init__(self, guest_path: str) -> None:
+        self.guest_path, self.since = guest_path, None
+
+    def check(self, progressed: bool) -> None:
+        if progressed:
+            self.since = None
+            return
+        now = time.monotonic()
+        self.since = self.since if self.since is not None else now
+        if now - self.since > IDLE_READS:
+            raise GuestError(f"the guest's {excerpt(self.guest_path)} gave no data for {IDLE_READS:.0f} s "
+                             "and did not end", hint="copy a regular file (not a pipe or a device); "
+                                                     "nothing was written on the host")
+        time.sleep(POLL_MAX)
 
 
 def guest_interfaces(ctx: VmContext) -> list[GuestInterface] | None:
