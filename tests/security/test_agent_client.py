@@ -196,3 +196,34 @@ def test_a_file_that_gives_nothing_and_never_ends_fails_the_copy_and_writes_noth
     with pytest.raises(GuestError, match="gave no data for 0 s and did not end"):
         guest.copy_from(None, "/run/fifo", tmp_path / "out" / "copy", None)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_guest_file_larger_than_the_host_takes_is_one_error_and_leaves_nothing(hostile, tmp_path, monkeypatch):
+    """The guest decides how much a copy writes: a host file-size limit (RLIMIT_FSIZE: EFBIG; a full file system
+    goes the same way) ended `vm copy-from` in an internal error (OSError)."""
+    import signal
+
+    from minivisor.core import guest
+    from minivisor.errors import HostError
+
+    data = base64.b64encode(b"z" * MAX_CHUNK).decode()
+
+    def reply(request: dict) -> bytes:  # a file that never ends
+        if request["execute"] == "guest-file-read":
+            return answer(request, {"count": MAX_CHUNK, "buf-b64": data, "eof": False})
+        return answer(request, 1 if request["execute"] == "guest-file-open" else {})
+    session = hostile(reply)
+    monkeypatch.setattr(guest, "_required_agent", lambda ctx: session.open())
+    monkeypatch.setattr(guest, "_guest_size", lambda agent, path: 0)
+    (tmp_path / "out").mkdir()
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (3 * MAX_CHUNK, limits[1]))
+    try:
+        with pytest.raises(HostError) as caught:
+            guest.copy_from(None, "/dev/zero", tmp_path / "out" / "copy", None)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)
+    assert "cannot write" in caught.value.one_line() and "File too large" in caught.value.one_line()
+    assert list((tmp_path / "out").iterdir()) == []

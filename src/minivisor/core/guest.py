@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import AgentError, ArgumentError, GuestError, GuestTimeoutError, HvError
+from ..errors import (AgentError, ArgumentError, GuestError, GuestTimeoutError, HostError, HvError, NoSpaceError,
+                      host_refused, is_out_of_space)
 from ..text import excerpt
 from ..vmm.agent import MAX_CHUNK, MAX_OUTPUT, AgentSession, GuestInterface
 from ..vmm.console import ExecResult, console_lock, run_command
@@ -260,12 +261,23 @@ def _host_target(path: Path) -> Iterator:
                 os.fsync(out.fileno())
             os.replace(temp, path.name, src_dir_fd=folder, dst_dir_fd=folder)
             os.fsync(folder)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp, dir_fd=folder)
+            if isinstance(exc, OSError):  # the guest sends what it likes, as much as it likes
+                raise _write_failed(path, exc) from exc
             raise
     finally:
         os.close(folder)
+
+
+def _write_failed(path: Path, exc: OSError) -> HostError:
+    """The host file system refused the copy (full, a quota, a file-size limit, an I/O error): one line, not an
+    internal error; nothing of the copy is left."""
+    if is_out_of_space(exc):
+        return NoSpaceError(f"no space left to write {excerpt(str(path), 200)}: nothing was written",
+                            hint="free space on its file system, or copy a smaller file, then retry")
+    return host_refused(f"write {excerpt(str(path), 200)} (nothing was written)", exc)
 
 
 def _refuse_folder(folder: int, path: Path) -> None:
