@@ -83,7 +83,8 @@ SECRET = "GUEST-SECRET-" + "x" * 200
 
 
 @pytest.mark.parametrize("garbage", [b"this is not json\n", b"[1, 2, 3]\n", b'"' + SECRET.encode() + b'"\n',
-                                     b"\x00\x01\x02\xfe\n"])
+                                     b"\x00\x01\x02\xfe\n",
+                                     b"[" * 100_000 + b"\n", b'{"a":' * 50_000 + b"\n"])  # deeper than json goes
 def test_garbage_is_one_clear_error_with_a_short_excerpt(hostile, garbage):
     message = fails_cleanly(hostile(lambda request: garbage), AgentSession.ping, "not a message")
     assert SECRET not in message

@@ -259,7 +259,7 @@ class AgentSession:
             raise AgentError(f"the guest agent answered {command} with over {limit} bytes", hint=_HINT)
         try:
             message = json.loads(line.lstrip(_DELIMITER))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nested deeper than Python's parser goes
             message = None
         if not isinstance(message, dict):
             raise AgentError(f"the guest agent answered {command} with something that is not a message: "
