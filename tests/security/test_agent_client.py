@@ -228,3 +228,21 @@ def test_a_guest_file_larger_than_the_host_takes_is_one_error_and_leaves_nothing
         signal.signal(signal.SIGXFSZ, previous)
     assert "cannot write" in caught.value.one_line() and "File too large" in caught.value.one_line()
     assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("printed", ["\u00b2", "9" * 5000, "12 34", "0x10"])
+def test_a_background_pid_that_is_no_number_is_one_clear_error(hostile, monkeypatch, printed):
+    """`vm exec --no-wait` reads the pid the guest's shell prints: "²" passed str.isdigit() and 5,000 digits
+    Python's int(), both internal errors."""
+    from minivisor.core import guest
+    from minivisor.errors import GuestError
+
+    def reply(request: dict) -> bytes:
+        if request["execute"] == "guest-exec":
+            return answer(request, {"pid": 7})
+        out = base64.b64encode(printed.encode() + b"\n").decode()
+        return answer(request, {"exited": True, "exitcode": 0, "out-data": out})
+    session = hostile(reply)
+    monkeypatch.setattr(guest, "_agent", lambda ctx, wait, required: session.open())
+    with pytest.raises(GuestError, match="could not start 'sleep 60' in the background"):
+        guest.exec_command(None, "sleep 60", 10, "agent", wait=False)
