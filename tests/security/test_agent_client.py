@@ -246,3 +246,18 @@ def test_a_background_pid_that_is_no_number_is_one_clear_error(hostile, monkeypa
     monkeypatch.setattr(guest, "_agent", lambda ctx, wait, required: session.open())
     with pytest.raises(GuestError, match="could not start 'sleep 60' in the background"):
         guest.exec_command(None, "sleep 60", 10, "agent", wait=False)
+
+
+@pytest.mark.parametrize("reply", [
+    lambda request: answer(request, [{"name": "eth0", "ip-addresses": [{"ip-address": "10.0.0.2", "prefix": 99}]}]),
+    lambda request: json.dumps({"error": {"class": "CommandNotFound", "desc": "blocked"}, "id": request["id"]}).encode()
+    + b"\n",
+], ids=["nonsense", "refused"])
+def test_vm_ip_keeps_what_the_host_knows_when_the_agent_answers_nonsense_or_refuses(hostile, monkeypatch, reply):
+    """An agent that synchronises, then answers guest-network-get-interfaces with nonsense (or refuses it) left
+    `vm ip` with one error and none of the host's reservations and leases: the guest hid them."""
+    from minivisor.core import guest
+
+    session = hostile(reply)
+    monkeypatch.setattr(guest, "_agent", lambda ctx, wait, required: session.open())
+    assert guest.guest_interfaces(None) is None

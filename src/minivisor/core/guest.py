@@ -127,12 +127,17 @@ class _Idle:
 
 
 def guest_interfaces(ctx: VmContext) -> list[GuestInterface] | None:
-    """The guest's interfaces and addresses as its agent reports them; None without an agent answering."""
+    """The guest's interfaces and addresses as its agent reports them; None without an agent answering, or
+    with one that refuses the command (a qemu-ga with it blocked) or answers it with nonsense: ``vm ip`` still
+    says what the host knows (its reservations, its leases), which a guest cannot take away."""
     agent = _agent(ctx, 0.0, required=False)
     if agent is None:
         return None
     with agent:
-        return agent.network_interfaces()
+        try:
+            return agent.network_interfaces()
+        except AgentError:
+            return None
 
 
 # -- through the agent ----------------------------------------------------------------
