@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from minivisor.errors import GuestError
+from minivisor.core.guest import exec_command
+from minivisor.errors import ArgumentError, GuestError
 from minivisor.vmm.console import run_command
 
 Answer = Callable[[str], bytes]  # what the hostile shell prints for a command script, given its tag
@@ -69,3 +70,13 @@ def test_an_exit_status_no_shell_gives_is_one_clear_error(shell, status):
         run_command(console, "true", 10)
     message = caught.value.one_line()
     assert "exit status" in message and len(message) < 300 and "\n" not in message, message
+
+
+@pytest.mark.parametrize("command", ["echo one\x15echo two", "echo A\x03echo B", "printf 'x\ty'", "a\x7fb", "a\x1b[2Jb"])
+def test_a_control_character_the_guests_terminal_acts_on_is_refused_before_typing(command):
+    """Typed on the serial console, Ctrl-U erased the start of the script around the command and Ctrl-C
+    discarded it: the exec waited out its timeout ("nor could it be killed") and the guest's shell stayed
+    wedged for the next exec. Refused before the console is touched (no VM here: ctx is None)."""
+    with pytest.raises(ArgumentError, match="contains the control character") as caught:
+        exec_command(None, command, 10, "serial")
+    assert "\n" not in caught.value.one_line()

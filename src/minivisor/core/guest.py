@@ -59,14 +59,28 @@ def exec_command(ctx: VmContext, command: list[str] | str, timeout: float, via: 
         if agent is not None:
             with agent:
                 return _exec_by_agent(agent, line, timeout)
-    if "\n" in line:
-        raise ArgumentError("the command contains a newline, which the serial shell cannot take",
-                            hint="pass one command line (use ';' between commands), or use a guest with the agent")
+    _check_for_serial(line)
     fd = console_lock(ctx.paths.runtime_dir)
     try:
         return run_command(ctx.paths.console_socket, line, timeout)
     finally:
         os.close(fd)
+
+
+def _check_for_serial(line: str) -> None:
+    """A command line the serial shell takes as typed. The guest's terminal acts on control characters before
+    its shell reads them (Ctrl-U erases the line typed so far, Ctrl-C discards it, Tab may complete): the script
+    around the command lost its start, the exec waited out its timeout, and the shell stayed wedged for the
+    next one."""
+    if "\n" in line:
+        raise ArgumentError("the command contains a newline, which the serial shell cannot take",
+                            hint="pass one command line (use ';' between commands), or use a guest with the agent")
+    control = next((c for c in line if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if control is not None:
+        raise ArgumentError(f"the command contains the control character {control!r}, which the guest's terminal "
+                            "would act on before its serial shell reads it",
+                            hint="write it with printf escapes (printf '\\025'), or use a guest with the agent "
+                                 "(--via agent)")
 
 
 def copy_to(ctx: VmContext, host_path: Path, guest_path: str, progress: Progress | None) -> dict:
