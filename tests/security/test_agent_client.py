@@ -110,7 +110,7 @@ def test_an_exec_status_over_the_protocols_bound_is_refused(hostile):
     ({"exited": "yes"}, "no bool 'exited'"),
     ({"exited": True, "exitcode": True}, "exitcode"),  # a bool is no exit code
     ({"exited": True, "exitcode": "0"}, "exitcode"),
-    ({"exited": True, "exitcode": 256}, "exitcode 256, which no process has"),  # vm exec would exit 0
+    ({"exited": True, "exitcode": 2**32}, "exitcode 4294967296, which no process has"),  # a DWORD at most
     ({"exited": True, "exitcode": -1}, "exitcode -1"),
     ({"exited": True, "signal": 10**30}, "signal 1000"),
     ({"exited": True, "exitcode": 0, "out-data": "not base64!"}, "not base64"),
@@ -261,3 +261,24 @@ def test_vm_ip_keeps_what_the_host_knows_when_the_agent_answers_nonsense_or_refu
     session = hostile(reply)
     monkeypatch.setattr(guest, "_agent", lambda ctx, wait, required: session.open())
     assert guest.guest_interfaces(None) is None
+
+
+def test_a_windows_exit_code_is_taken_and_vm_exec_exits_nonzero_with_it(hostile, monkeypatch):
+    """qemu-ga on Windows reports GetExitCodeProcess's DWORD (0xC0000005: an access violation); `vm exec` exits
+    with at most 255, as an exit status holds 8 bits: 256 and 0xC0000100 were an exit 0, success."""
+    from minivisor.cli import vm as cli_vm
+    from minivisor.core.guest import _exec_by_agent
+
+    def reply(request: dict) -> bytes:
+        if request["execute"] == "guest-exec":
+            return answer(request, {"pid": 7})
+        return answer(request, {"exited": True, "exitcode": 0xC0000100})
+    with hostile(reply) as session:
+        result = _exec_by_agent(session, "crash.exe", 10)
+    assert result.exit_code == 0xC0000100
+
+    class Stub:
+        def exec_in_vm(self, *args, **kwargs):
+            return result
+    monkeypatch.setattr(cli_vm, "hv", lambda: Stub())
+    assert cli_vm.vm_exec("win", ["crash.exe"], 10.0, "agent", True, False) == 255

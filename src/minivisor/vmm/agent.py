@@ -165,7 +165,7 @@ class AgentSession:
             return ExecStatus(exited=False)
         return ExecStatus(
             exited=True,
-            exit_code=_bounded(answer, "exitcode", 255, what),
+            exit_code=_bounded(answer, "exitcode", 0xFFFFFFFF, what),
             signal=_bounded(answer, "signal", 127, what),
             stdout=_base64(_optional(answer, "out-data", str, what) or "", MAX_OUTPUT, what),
             stderr=_base64(_optional(answer, "err-data", str, what) or "", MAX_OUTPUT, what),
@@ -320,8 +320,8 @@ def _optional(answer: dict[str, Any], key: str, kind: type, what: str) -> Any:
 
 
 def _bounded(answer: dict[str, Any], key: str, high: int, what: str) -> int | None:
-    """An exit code (0-255) or signal number (0-127), as qemu-ga takes them from waitpid(), or None: a
-    command's status becomes ``vm exec``'s own, and 256 would have been an exit 0."""
+    """An exit code (0-255 from a POSIX guest's waitpid(); a Windows guest's is a DWORD, as 0xC0000005) or a
+    signal number (0-127), or None: a hostile agent's -1 or 10**30 is no process's."""
     value = _optional(answer, key, int, what)
     if value is not None and not 0 <= value <= high:
         raise AgentError(f"the guest agent's {what} gives the {key} {value}, which no process has (0-{high})",
