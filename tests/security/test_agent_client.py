@@ -83,7 +83,8 @@ SECRET = "GUEST-SECRET-" + "x" * 200
 
 
 @pytest.mark.parametrize("garbage", [b"this is not json\n", b"[1, 2, 3]\n", b'"' + SECRET.encode() + b'"\n',
-                                     b"\x00\x01\x02\xfe\n"])
+                                     b"\x00\x01\x02\xfe\n",
+                                     b"[" * 100_000 + b"\n", b'{"a":' * 50_000 + b"\n"])  # deeper than json goes
 def test_garbage_is_one_clear_error_with_a_short_excerpt(hostile, garbage):
     message = fails_cleanly(hostile(lambda request: garbage), AgentSession.ping, "not a message")
     assert SECRET not in message
@@ -109,6 +110,9 @@ def test_an_exec_status_over_the_protocols_bound_is_refused(hostile):
     ({"exited": "yes"}, "no bool 'exited'"),
     ({"exited": True, "exitcode": True}, "exitcode"),  # a bool is no exit code
     ({"exited": True, "exitcode": "0"}, "exitcode"),
+    ({"exited": True, "exitcode": 2**32}, "exitcode 4294967296, which no process has"),  # a DWORD at most
+    ({"exited": True, "exitcode": -1}, "exitcode -1"),
+    ({"exited": True, "signal": 10**30}, "signal 1000"),
     ({"exited": True, "exitcode": 0, "out-data": "not base64!"}, "not base64"),
     ({"exited": True, "exitcode": 0, "out-data": 5}, "out-data"),
     ({"exited": True, "exitcode": 0, "out-data": "QUFB" * (MAX_OUTPUT // 3 + 1)}, "more than"),
@@ -172,3 +176,109 @@ def test_a_shutdown_the_guest_cannot_do_is_a_refusal_and_silence_is_obedience(ho
         session.shutdown(refusal_within=2)
     with hostile(lambda request: b"") as session:
         session.shutdown(refusal_within=0.2)  # qemu-ga answers nothing when it obeys
+
+
+@pytest.mark.timeout(30)  # without the bound, this copy never ends
+def test_a_file_that_gives_nothing_and_never_ends_fails_the_copy_and_writes_nothing(hostile, tmp_path, monkeypatch):
+    """Empty reads that are not the end come back at once, so no answer's timeout ends them: the copy waits
+    IDLE_READS seconds for a byte, then fails (it went on forever)."""
+    from minivisor.core import guest
+    from minivisor.errors import GuestError
+
+    def reply(request: dict) -> bytes:
+        if request["execute"] == "guest-file-read":
+            return answer(request, {"count": 0, "buf-b64": "", "eof": False})
+        return answer(request, 1 if request["execute"] == "guest-file-open" else {})
+    session = hostile(reply)
+    monkeypatch.setattr(guest, "_required_agent", lambda ctx: session.open())
+    monkeypatch.setattr(guest, "_guest_size", lambda agent, path: 0)
+    monkeypatch.setattr(guest, "IDLE_READS", 0.5, raising=False)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(GuestError, match="gave no data for 0 s and did not end"):
+        guest.copy_from(None, "/run/fifo", tmp_path / "out" / "copy", None)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_guest_file_larger_than_the_host_takes_is_one_error_and_leaves_nothing(hostile, tmp_path, monkeypatch):
+    """The guest decides how much a copy writes: a host file-size limit (RLIMIT_FSIZE: EFBIG; a full file system
+    goes the same way) ended `vm copy-from` in an internal error (OSError)."""
+    import signal
+
+    from minivisor.core import guest
+    from minivisor.errors import HostError
+
+    data = base64.b64encode(b"z" * MAX_CHUNK).decode()
+
+    def reply(request: dict) -> bytes:  # a file that never ends
+        if request["execute"] == "guest-file-read":
+            return answer(request, {"count": MAX_CHUNK, "buf-b64": data, "eof": False})
+        return answer(request, 1 if request["execute"] == "guest-file-open" else {})
+    session = hostile(reply)
+    monkeypatch.setattr(guest, "_required_agent", lambda ctx: session.open())
+    monkeypatch.setattr(guest, "_guest_size", lambda agent, path: 0)
+    (tmp_path / "out").mkdir()
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (3 * MAX_CHUNK, limits[1]))
+    try:
+        with pytest.raises(HostError) as caught:
+            guest.copy_from(None, "/dev/zero", tmp_path / "out" / "copy", None)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)
+    assert "cannot write" in caught.value.one_line() and "File too large" in caught.value.one_line()
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("printed", ["\u00b2", "9" * 5000, "12 34", "0x10"])
+def test_a_background_pid_that_is_no_number_is_one_clear_error(hostile, monkeypatch, printed):
+    """`vm exec --no-wait` reads the pid the guest's shell prints: "²" passed str.isdigit() and 5,000 digits
+    Python's int(), both internal errors."""
+    from minivisor.core import guest
+    from minivisor.errors import GuestError
+
+    def reply(request: dict) -> bytes:
+        if request["execute"] == "guest-exec":
+            return answer(request, {"pid": 7})
+        out = base64.b64encode(printed.encode() + b"\n").decode()
+        return answer(request, {"exited": True, "exitcode": 0, "out-data": out})
+    session = hostile(reply)
+    monkeypatch.setattr(guest, "_agent", lambda ctx, wait, required: session.open())
+    with pytest.raises(GuestError, match="could not start 'sleep 60' in the background"):
+        guest.exec_command(None, "sleep 60", 10, "agent", wait=False)
+
+
+@pytest.mark.parametrize("reply", [
+    lambda request: answer(request, [{"name": "eth0", "ip-addresses": [{"ip-address": "10.0.0.2", "prefix": 99}]}]),
+    lambda request: json.dumps({"error": {"class": "CommandNotFound", "desc": "blocked"}, "id": request["id"]}).encode()
+    + b"\n",
+], ids=["nonsense", "refused"])
+def test_vm_ip_keeps_what_the_host_knows_when_the_agent_answers_nonsense_or_refuses(hostile, monkeypatch, reply):
+    """An agent that synchronises, then answers guest-network-get-interfaces with nonsense (or refuses it) left
+    `vm ip` with one error and none of the host's reservations and leases: the guest hid them."""
+    from minivisor.core import guest
+
+    session = hostile(reply)
+    monkeypatch.setattr(guest, "_agent", lambda ctx, wait, required: session.open())
+    assert guest.guest_interfaces(None) is None
+
+
+def test_a_windows_exit_code_is_taken_and_vm_exec_exits_nonzero_with_it(hostile, monkeypatch):
+    """qemu-ga on Windows reports GetExitCodeProcess's DWORD (0xC0000005: an access violation); `vm exec` exits
+    with at most 255, as an exit status holds 8 bits: 256 and 0xC0000100 were an exit 0, success."""
+    from minivisor.cli import vm as cli_vm
+    from minivisor.core.guest import _exec_by_agent
+
+    def reply(request: dict) -> bytes:
+        if request["execute"] == "guest-exec":
+            return answer(request, {"pid": 7})
+        return answer(request, {"exited": True, "exitcode": 0xC0000100})
+    with hostile(reply) as session:
+        result = _exec_by_agent(session, "crash.exe", 10)
+    assert result.exit_code == 0xC0000100
+
+    class Stub:
+        def exec_in_vm(self, *args, **kwargs):
+            return result
+    monkeypatch.setattr(cli_vm, "hv", lambda: Stub())
+    assert cli_vm.vm_exec("win", ["crash.exe"], 10.0, "agent", True, False) == 255

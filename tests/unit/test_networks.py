@@ -122,6 +122,20 @@ def test_reservations_and_dynamic_addresses_share_the_subnet_without_overlap():
     assert "interface=mvbr0\nbind-interfaces" in config and "dhcp-option=option:router\n" in config
 
 
+@pytest.mark.parametrize("subnet", ["0.0.0.0/24", "0.1.0.0/16", "240.0.0.0/24", "255.255.255.0/28", "192.0.2.0/24",
+                                    "198.18.0.0/24", "100.64.0.0/24", "169.254.0.0/16", "127.0.0.0/24", "8.8.8.0/24"])
+def test_a_subnet_outside_the_private_blocks_the_refusal_names_is_refused(subnet):
+    # Python's is_private took 0.0.0.0/8, 240.0.0.0/4 and the documentation blocks: networks were made there
+    with pytest.raises(ArgumentError, match="is not a private network"):
+        addressing.parse_subnet(subnet)
+
+
+@pytest.mark.parametrize("subnet", ["10.0.0.0/16", "10.255.255.240/28", "172.16.0.0/16", "172.31.255.0/24",
+                                    "192.168.0.0/16", "192.168.254.0/24"])
+def test_a_subnet_in_a_private_block_is_taken(subnet):
+    assert str(addressing.parse_subnet(subnet)) == subnet
+
+
 @pytest.mark.parametrize("text, parsed", [
     ("8080:80", ("tcp", "127.0.0.1", 8080, 80)), ("0.0.0.0:2222:22", ("tcp", "0.0.0.0", 2222, 22)),
     ("5353:53/udp", ("udp", "127.0.0.1", 5353, 53))])

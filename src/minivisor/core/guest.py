@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import AgentError, ArgumentError, GuestError, GuestTimeoutError, HvError
+from ..errors import (AgentError, ArgumentError, GuestError, GuestTimeoutError, HostError, HvError, NoSpaceError,
+                      host_refused, is_out_of_space)
 from ..text import excerpt
 from ..vmm.agent import MAX_CHUNK, MAX_OUTPUT, AgentSession, GuestInterface
 from ..vmm.console import ExecResult, console_lock, run_command
@@ -30,6 +31,7 @@ __all__ = ["VIAS", "shell_line", "exec_command", "copy_to", "copy_from", "guest_
 VIAS = ("auto", "agent", "serial")
 AGENT_ANSWER = 3.0  # seconds a listening agent has to answer the handshake (else: the serial shell, the lease)
 CHUNK = MAX_CHUNK  # bytes per guest-file-read/-write: fewer round trips, each bounded
+IDLE_READS = 10.0  # seconds of reads of a guest file that give nothing without ending it, before a copy fails
 POLL_FIRST, POLL_MAX = 0.002, 0.05  # seconds between guest-exec-status polls: short ones first, then longer
 SHELL = "/bin/sh"  # what the agent runs a command line with: the one shell POSIX promises
 # The command line ($1) in a process group of its own where the guest has setsid (util-linux, busybox), so that a
@@ -57,14 +59,28 @@ def exec_command(ctx: VmContext, command: list[str] | str, timeout: float, via: 
         if agent is not None:
             with agent:
                 return _exec_by_agent(agent, line, timeout)
-    if "\n" in line:
-        raise ArgumentError("the command contains a newline, which the serial shell cannot take",
-                            hint="pass one command line (use ';' between commands), or use a guest with the agent")
+    _check_for_serial(line)
     fd = console_lock(ctx.paths.runtime_dir)
     try:
         return run_command(ctx.paths.console_socket, line, timeout)
     finally:
         os.close(fd)
+
+
+def _check_for_serial(line: str) -> None:
+    """A command line the serial shell takes as typed. The guest's terminal acts on control characters before
+    its shell reads them (Ctrl-U erases the line typed so far, Ctrl-C discards it, Tab may complete): the script
+    around the command lost its start, the exec waited out its timeout, and the shell stayed wedged for the
+    next one."""
+    if "\n" in line:
+        raise ArgumentError("the command contains a newline, which the serial shell cannot take",
+                            hint="pass one command line (use ';' between commands), or use a guest with the agent")
+    control = next((c for c in line if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if control is not None:
+        raise ArgumentError(f"the command contains the control character {control!r}, which the guest's terminal "
+                            "would act on before its serial shell reads it",
+                            hint="write it with printf escapes (printf '\\025'), or use a guest with the agent "
+                                 "(--via agent)")
 
 
 def copy_to(ctx: VmContext, host_path: Path, guest_path: str, progress: Progress | None) -> dict:
@@ -91,9 +107,10 @@ def copy_from(ctx: VmContext, guest_path: str, host_path: Path, progress: Progre
         handle = agent.file_open(guest_path, "rb")
         try:
             with _host_target(host_path) as target:
-                done, eof = 0, False
+                done, eof, idle = 0, False, _Idle(guest_path)
                 while not eof:
                     chunk, eof = agent.file_read(handle, CHUNK)
+                    idle.check(bool(chunk) or eof)
                     target.write(chunk)
                     done += len(chunk)
                     _report(progress, done, max(size, done))
@@ -102,13 +119,39 @@ def copy_from(ctx: VmContext, guest_path: str, host_path: Path, progress: Progre
     return {"host_path": str(host_path), "guest_path": guest_path, "bytes": done}
 
 
+class _Idle:
+    """Reads of a guest file that give no bytes and do not end it: a pause, then the next read. Each answer
+    comes at once, so no timeout ends them: an agent that answered so forever held ``vm copy-from`` (and a
+    service's worker) forever. After IDLE_READS seconds without a byte, the copy fails."""
+
+    def __init__(self, guest_path: str) -> None:
+        self.guest_path, self.since = guest_path, None
+
+    def check(self, progressed: bool) -> None:
+        if progressed:
+            self.since = None
+            return
+        now = time.monotonic()
+        self.since = self.since if self.since is not None else now
+        if now - self.since > IDLE_READS:
+            raise GuestError(f"the guest's {excerpt(self.guest_path)} gave no data for {IDLE_READS:.0f} s "
+                             "and did not end", hint="copy a regular file (not a pipe or a device); "
+                                                     "nothing was written on the host")
+        time.sleep(POLL_MAX)
+
+
 def guest_interfaces(ctx: VmContext) -> list[GuestInterface] | None:
-    """The guest's interfaces and addresses as its agent reports them; None without an agent answering."""
+    """The guest's interfaces and addresses as its agent reports them; None without an agent answering, or
+    with one that refuses the command (a qemu-ga with it blocked) or answers it with nonsense: ``vm ip`` still
+    says what the host knows (its reservations, its leases), which a guest cannot take away."""
     agent = _agent(ctx, 0.0, required=False)
     if agent is None:
         return None
     with agent:
-        return agent.network_interfaces()
+        try:
+            return agent.network_interfaces()
+        except AgentError:
+            return None
 
 
 # -- through the agent ----------------------------------------------------------------
@@ -172,7 +215,9 @@ def _in_background(line: str) -> str:
 def _started(result: ExecResult, command: list[str] | str) -> ExecResult:
     """The result of :func:`_in_background`'s line: the started command's pid."""
     pid = result.output.strip()
-    if result.exit_code != 0 or not pid.isdigit():
+    # ASCII digits, as many as a pid has: str.isdigit() takes "²" and int() no more than 4,300 digits (the guest
+    # prints what it likes here; either was an internal error)
+    if result.exit_code != 0 or not (pid.isascii() and pid.isdigit() and len(pid) <= 10):
         raise GuestError(f"the guest could not start {excerpt(shell_line(command))} in the background: "
                          f"{excerpt((result.output + result.stderr).strip() or f'exit {result.exit_code}')}",
                          hint="run it waiting for it (without --no-wait) to see what it says")
@@ -237,12 +282,23 @@ def _host_target(path: Path) -> Iterator:
                 os.fsync(out.fileno())
             os.replace(temp, path.name, src_dir_fd=folder, dst_dir_fd=folder)
             os.fsync(folder)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp, dir_fd=folder)
+            if isinstance(exc, OSError):  # the guest sends what it likes, as much as it likes
+                raise _write_failed(path, exc) from exc
             raise
     finally:
         os.close(folder)
+
+
+def _write_failed(path: Path, exc: OSError) -> HostError:
+    """The host file system refused the copy (full, a quota, a file-size limit, an I/O error): one line, not an
+    internal error; nothing of the copy is left."""
+    if is_out_of_space(exc):
+        return NoSpaceError(f"no space left to write {excerpt(str(path), 200)}: nothing was written",
+                            hint="free space on its file system, or copy a smaller file, then retry")
+    return host_refused(f"write {excerpt(str(path), 200)} (nothing was written)", exc)
 
 
 def _refuse_folder(folder: int, path: Path) -> None:

@@ -16,6 +16,10 @@ from ..text import excerpt
 __all__ = ["parse_subnet", "host_interface", "free_subnet", "dynamic_range", "next_reserved", "check_reservable",
            "MIN_PREFIX", "MAX_PREFIX"]
 
+# RFC 1918's blocks, as the refusal's hint names them. Not ``is_private``: Python counts 0.0.0.0/8 ("this
+# network": no source a kernel routes), 240.0.0.0/4 (reserved), 255.255.255.255 and the documentation and
+# benchmarking blocks as private, and a network there was made, its guests unreachable or colliding.
+_PRIVATE_BLOCKS = tuple(ipaddress.IPv4Network(block) for block in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 MIN_PREFIX, MAX_PREFIX = 16, 28  # a /16 holds every VM a host runs; a /28 still has 6 reservations
 # Where `net create` looks for a free /24 when no --subnet is given (VMware picks in 192.168.0.0/16 too).
 _CANDIDATES = [ipaddress.IPv4Network(f"192.168.{third}.0/24") for third in range(100, 255)]
@@ -31,7 +35,7 @@ def parse_subnet(text: str) -> ipaddress.IPv4Network:
     if not MIN_PREFIX <= network.prefixlen <= MAX_PREFIX:
         raise ArgumentError(f"subnet {network} is a /{network.prefixlen}",
                             hint=f"give a /{MIN_PREFIX} to a /{MAX_PREFIX}")
-    if not network.is_private or network.is_loopback or network.is_link_local:
+    if not any(network.subnet_of(block) for block in _PRIVATE_BLOCKS):
         raise ArgumentError(f"subnet {network} is not a private network",
                             hint="use one of 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16")
     return network

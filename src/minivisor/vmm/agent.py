@@ -165,8 +165,8 @@ class AgentSession:
             return ExecStatus(exited=False)
         return ExecStatus(
             exited=True,
-            exit_code=_optional(answer, "exitcode", int, what),
-            signal=_optional(answer, "signal", int, what),
+            exit_code=_bounded(answer, "exitcode", 0xFFFFFFFF, what),
+            signal=_bounded(answer, "signal", 127, what),
             stdout=_base64(_optional(answer, "out-data", str, what) or "", MAX_OUTPUT, what),
             stderr=_base64(_optional(answer, "err-data", str, what) or "", MAX_OUTPUT, what),
             truncated=bool(_optional(answer, "out-truncated", bool, what) or
@@ -259,7 +259,7 @@ class AgentSession:
             raise AgentError(f"the guest agent answered {command} with over {limit} bytes", hint=_HINT)
         try:
             message = json.loads(line.lstrip(_DELIMITER))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nested deeper than Python's parser goes
             message = None
         if not isinstance(message, dict):
             raise AgentError(f"the guest agent answered {command} with something that is not a message: "
@@ -317,6 +317,16 @@ def _field(answer: dict[str, Any], key: str, kind: type, what: str) -> Any:
 
 def _optional(answer: dict[str, Any], key: str, kind: type, what: str) -> Any:
     return _field(answer, key, kind, what) if key in answer else None
+
+
+def _bounded(answer: dict[str, Any], key: str, high: int, what: str) -> int | None:
+    """An exit code (0-255 from a POSIX guest's waitpid(); a Windows guest's is a DWORD, as 0xC0000005) or a
+    signal number (0-127), or None: a hostile agent's -1 or 10**30 is no process's."""
+    value = _optional(answer, key, int, what)
+    if value is not None and not 0 <= value <= high:
+        raise AgentError(f"the guest agent's {what} gives the {key} {value}, which no process has (0-{high})",
+                         hint=_HINT)
+    return value
 
 
 def _base64(text: str, limit: int, what: str) -> bytes:

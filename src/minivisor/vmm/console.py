@@ -203,11 +203,23 @@ def _read_output(sock: socket.socket, tag: bytes, deadline: float) -> tuple[byte
             begun = True
         match = end.search(data, max(0, searched - overlap))
         if match:
-            return bytes(data[:match.start()]), int(match.group(1))
+            return bytes(data[:match.start()]), _exit_status(match.group(1))
         if len(data) > MAX_OUTPUT:
             raise GuestError(f"the command printed more than {MAX_OUTPUT // (1024 * 1024)} MiB on the console",
                              hint="redirect its output to a file in the guest, and copy it: minivisor vm copy-from")
         searched = len(data)
+
+
+def _exit_status(digits: bytes) -> int:
+    """The status the guest's shell printed after the end marker, 0-255 as a shell's ``$?`` is. The guest
+    sees the marker it is to print, so it may print any digits there: more than Python makes an int of
+    (4,300) were an internal error, and 256 would have left ``vm exec`` exiting 0."""
+    if len(digits) > 3 or int(digits) > 255:
+        raise GuestError(f"the guest's serial shell gave the exit status {excerpt(digits.decode(), 40)}, "
+                         "which no shell gives (0-255)",
+                         hint="the guest's shell is not a POSIX shell, or something in the guest answers in its "
+                              "place; use a guest with the QEMU guest agent (--via agent)")
+    return int(digits)
 
 
 def attach(console: Path, name: str) -> None:

@@ -45,6 +45,9 @@ LOG_CAP = 1024 * 1024  # bytes of serial.log (boot logs are tens of KiB); serial
 CLIENT_BACKLOG = 1024 * 1024  # output queued for a slow console client before the oldest is dropped
 INPUT_BACKLOG = 64 * 1024  # typed input queued for a guest that does not read its serial port
 LINE_MAX = 4096  # the longest line scanned for the ready text
+# Characters of the ready line noted: the guest chooses its length, and a migration request carries it
+# (minivisor.cluster.migration refuses one over 512), as does every snapshot with memory.
+READY_MAX = 512
 MAX_CLIENTS = 8
 CONNECT_TIMEOUT = 30.0  # seconds for QEMU to connect and greet: longer than the launcher waits for the relay
 CHUNK = 65536
@@ -213,7 +216,7 @@ class Relay:
             return
         start = text.rfind(b"\n", 0, found) + 1
         stop = text.find(b"\n", found)
-        self._publish(self.ready_name, text[start:stop].decode(errors="replace").strip())
+        self._publish(self.ready_name, text[start:stop].decode(errors="replace").strip()[:READY_MAX])
         if self.ready_signal is not None:  # the power-on waiting for the line: it is noted
             os.close(self.ready_signal)
             self.ready_signal = None
