@@ -1,7 +1,7 @@
 """Untrusted text made safe to show: short excerpts in messages, escaped control characters on terminals.
 
 Specfiles, disk headers, guests and API callers supply names and values that
-end up in messages and tables. :func:`excerpt` keeps an echoed value short (a
+end up in messages and tables, and numbers: :func:`is_number` says which text int() takes as one. :func:`excerpt` keeps an echoed value short (a
 1 MB value must not become a 1 MB error line); :func:`printable` is the one
 escaping every human-readable output path applies, so an ESC sequence in a
 ``displayName`` cannot retitle, recolour or rewrite the user's terminal. JSON
@@ -10,7 +10,7 @@ output needs neither: JSON escapes control characters itself.
 
 from __future__ import annotations
 
-__all__ = ["EXCERPT_CHARS", "MESSAGE_CHARS", "excerpt", "printable", "clip"]
+__all__ = ["EXCERPT_CHARS", "MESSAGE_CHARS", "excerpt", "printable", "clip", "is_number"]
 
 EXCERPT_CHARS = 40  # of a user value echoed in a message
 MESSAGE_CHARS = 1000  # of a whole error message or hint: the backstop for an echo that forgot excerpt()
@@ -47,3 +47,9 @@ def printable(value: object) -> str:
     if text.isprintable():  # the common case, one C-level scan
         return text
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def is_number(text: str, digits: int = 19) -> bool:
+    """Whether ``text`` is 1 to ``digits`` ASCII digits: str.isdigit() also takes "²", which int() refuses, and
+    int() refuses more than 4,300 digits; either was an internal error where outside text was read as a number."""
+    return 0 < len(text) <= digits and text.isascii() and text.isdigit()

@@ -81,6 +81,7 @@ def test_vm_explain_shows_where_each_device_sits():
 
 
 @pytest.mark.parametrize("slot, words", [("17", "names no PCI slot"), ("banana", "names no PCI slot"),
+                                         ("²", "names no PCI slot"),  # a digit to str.isdigit(), not to int()
                                          ("192", "is ethernet0's already")])
 def test_a_slot_that_cannot_be_honoured_is_approximated_and_the_device_placed_after_the_others(slot, words):
     spec = spec_of('ethernet0.present = "TRUE"\nethernet0.pciSlotNumber = "192"\n'

@@ -166,3 +166,13 @@ def test_a_snapshot_a_vmware_trees_charset_cannot_hold_is_added_with_the_tree_wr
     path.write_bytes(written)
     again = SnapshotTree.load(path)
     assert [s.name for s in again.snapshots.values()] == ["café", "→ 新"] and again.snapshots[2].config == snap.config
+
+
+@pytest.mark.parametrize("name", ["²", "1" * 5000])
+def test_a_snapshot_asked_for_by_a_name_that_is_no_uid_is_not_found(tmp_path, name):
+    """A name made of what str.isdigit() calls digits was tried as a uid: '²' and 5,000 digits, which int()
+    refuses, were internal errors (ValueError) of revert, delete and show."""
+    path = tmp_path / "vm.vmsd"
+    path.write_bytes(WORKSTATION_VMSD)
+    with pytest.raises(NotFoundError, match="has no snapshot named"):
+        SnapshotTree.load(path).find(name, "vm")

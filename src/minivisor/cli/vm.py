@@ -6,6 +6,7 @@ import os
 import sys
 from contextlib import contextmanager
 from . import JSON, NAME, HostPath, arg, command, datastore_root, hv, print_json, progress, say, warn
+from ..text import is_number
 
 TIMEOUT = "SECONDS"  # the metavar of every --timeout
 
@@ -505,7 +506,7 @@ def vm_rule(action: str, items: list[str], apart: bool, together: bool, as_json:
         rule = hv(direct=True).rule_add(items, "apart" if apart else "together")
         return print_json(rule) if as_json else say(f"rule {rule['id']}: {', '.join(rule['vms'])} {rule['kind']}")
     if action == "remove":
-        if len(items) != 1 or not items[0].isdigit():
+        if len(items) != 1 or not is_number(items[0]):
             raise ArgumentError("remove takes one rule id", hint="see the ids: minivisor vm rule list")
         rule = hv(direct=True).rule_remove(int(items[0]))
         return print_json(rule) if as_json else say(f"rule {rule['id']} removed")

@@ -25,7 +25,7 @@ from ..errors import NetworkError
 from ..files import write_atomic
 from ..records import Record
 from ..spec.vmspec import normalize_mac
-from ..text import excerpt
+from ..text import excerpt, is_number
 from .addressing import dynamic_range, host_interface
 from .host import run
 from .names import check_interface_name
@@ -185,6 +185,6 @@ def leases(files: DhcpFiles) -> dict[str, str]:
         return found
     for line in lines:
         fields = line.split()
-        if len(fields) >= 3 and fields[0].isdigit() and (int(fields[0]) == 0 or int(fields[0]) > now):
+        if len(fields) >= 3 and is_number(fields[0]) and (int(fields[0]) == 0 or int(fields[0]) > now):
             found[fields[1].lower()] = fields[2]
     return found

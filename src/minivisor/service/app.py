@@ -29,7 +29,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope as AsgiScope, Send
 
 from ..errors import HvError, MethodNotAllowedError, PayloadTooLargeError, RequestError, RouteNotFoundError
-from ..text import excerpt
+from ..text import excerpt, is_number
 from .auth import LOGIN_PATH, Access, Gate
 from .bus import EventBus
 from .consoles import console_routes
@@ -99,7 +99,7 @@ def build_app(calls: Dispatcher, bus: EventBus, access: Access, supervisor: Supe
     async def upload(request: Request) -> Response:
         folder, name = request.path_params["folder"], request.path_params["name"]
         declared = request.headers.get("content-length", "")
-        task = tasks.start("upload", None, f"{folder}/{name}", measured=declared.isdigit())
+        task = tasks.start("upload", None, f"{folder}/{name}", measured=is_number(declared))
         report = tasks.reporter(task)
         try:
             entry = await _upload(calls, folder, name, _counted(request.stream(), int(declared or 0), report))
@@ -247,7 +247,7 @@ async def _no_route(request: Request, exc: Exception) -> Response:
 async def _read_json_body(request: Request) -> dict[str, Any]:
     """The request's JSON object; more than MAX_BODY bytes is refused before it is read (or as it arrives)."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
+    if is_number(declared) and int(declared) > MAX_BODY:
         raise _too_large()
     raw = bytearray()
     async for chunk in request.stream():

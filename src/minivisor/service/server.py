@@ -28,6 +28,7 @@ from ..errors import ConflictError, HostError, RequestError
 from ..locks import try_lock
 from ..spec.vmx import write_atomic
 from ..procfs import start_ticks
+from ..text import is_number
 from .app import build_app
 from .auth import Access, HostCheck, ensure_token
 from .bus import EventBus
@@ -52,7 +53,7 @@ class Service:
         token = ensure_token(self.root)
         self.bus = EventBus()
         host, _, port = listen.rpartition(":")
-        if not host or not port.isdigit() or int(port) > 65535:
+        if not host or not is_number(port, 5) or int(port) > 65535:
             raise RequestError(f"--listen {listen!r} is not HOST:PORT", hint="e.g. --listen 127.0.0.1:8700")
         self.sock = _listen(listen, host.strip("[]"), int(port))
         bound = self.sock.getsockname()[1]

@@ -33,6 +33,7 @@ from typing import Any
 
 from ..errors import HvError, StateError
 from ..procfs import holders_of, mentioning, read_stat, wait_gone
+from ..text import is_number
 from ..vmm import qmp
 from ..vmm.argv import SHUTDOWN_TRACE
 from ..vmm.process import RuntimeRecord, is_our_vmm, launched_process
@@ -128,7 +129,7 @@ class _LastRun:
     def shutdown_cause(self) -> tuple[str, bool] | None:
         for line in reversed(self.lines):
             _, found, cause = line.partition(f":{SHUTDOWN_TRACE} reason=")
-            if found and cause.strip().isdigit():
+            if found and is_number(cause.strip(), 3):
                 return SHUTDOWN_CAUSES.get(int(cause), (f"shutdown cause {cause.strip()}", False))
         return None
 

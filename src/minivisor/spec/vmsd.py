@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import ConflictError, NotFoundError, SpecError
 from ..records import Record, default_factory
-from ..text import excerpt
+from ..text import excerpt, is_number
 from .devices import CONTROLLER_COUNT, UNIT_COUNT
 from .snapshot import Snapshot
 from .vmx import VMX_LIMITS, Limits, VmxDocument
@@ -139,7 +139,7 @@ class SnapshotTree(Record):
     def find(self, name: str, vm: str) -> Snapshot:
         """A snapshot by name (or uid), or NotFoundError."""
         matches = [s for s in self.snapshots.values() if s.name == name]
-        if not matches and name.isdigit() and int(name) in self.snapshots:
+        if not matches and is_number(name, 10) and int(name) in self.snapshots:
             matches = [self.snapshots[int(name)]]
         if not matches:
             names = ", ".join(s.name for s in self.snapshots.values()) or "none"

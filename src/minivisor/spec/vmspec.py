@@ -17,7 +17,7 @@ import re
 
 from ..errors import SpecError, StateError
 from ..records import Record
-from ..text import clip, excerpt
+from ..text import clip, excerpt, is_number
 from .devices import CONTROLLER_COUNT, NIC_MODELS, SCSI_MODELS, SOUND_MODELS, UNIT_COUNT, USB_MODELS
 from .fidelity import KeyNote, Verdict, foreign_path
 from .pci import decode_slot
@@ -668,7 +668,7 @@ class _SpecReader:
         raw = (self.get(key) or "").strip()
         if raw in ("", "-1"):
             return None
-        slot = decode_slot(int(raw)) if raw.isdigit() and len(raw) < 6 else None
+        slot = decode_slot(int(raw)) if is_number(raw, 5) else None
         if slot is None:
             self.note(key, "approximated", f"{quoted(raw)} names no PCI slot minivisor can place a device at; "
                                            "the device is placed after the others (vm explain shows where)")
