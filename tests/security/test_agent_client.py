@@ -169,6 +169,20 @@ def test_a_refusal_carries_the_agents_reason_cut_short(hostile):
     assert caught.value.command == "guest-file-open" and SECRET not in caught.value.message
 
 
+@pytest.mark.parametrize("command, call, words", [
+    ("guest-exec", lambda session: session.exec("/bin/true", []), "--via serial"),
+    ("guest-file-open", lambda session: session.file_open("/etc/hostname", "rb"), "allow it there")])
+def test_a_command_the_guests_agent_does_not_offer_says_how_to_allow_it(hostile, command, call, words):
+    """qemu-ga started with --block-rpcs (RHEL blocks guest-exec by default) answers CommandNotFound; the hint
+    was to check the guest path and its permissions."""
+    def reply(request: dict) -> bytes:
+        error = {"class": "CommandNotFound", "desc": f"Command {request['execute']} has been disabled"}
+        return json.dumps({"error": error, "id": request["id"]}).encode() + b"\n"
+    message = fails_cleanly(hostile(reply), call, f"refused {command}: 'Command {command} has been disable",
+                            "qemu-ga does not offer", words)
+    assert "permissions" not in message
+
+
 def test_a_shutdown_the_guest_cannot_do_is_a_refusal_and_silence_is_obedience(hostile):
     def refuse(request: dict) -> bytes:
         return json.dumps({"error": {"class": "GenericError", "desc": "child process has failed"}}).encode() + b"\n"

@@ -294,9 +294,14 @@ class AgentSession:
 
 # -- checking what the guest sent ----------------------------------------------------
 def _refusal(command: str, error: Any, hint: str) -> AgentCommandError:
-    """The agent's error answer to ``command``, its class and text cut short."""
+    """The agent's error answer to ``command``, its class and text cut short; ``hint`` unless the agent does not
+    offer the command at all (qemu-ga's --block-rpcs: RHEL's blocks guest-exec and the file commands)."""
     fields = error if isinstance(error, dict) else {}
     desc = excerpt(fields.get("desc", error))
+    if fields.get("class") == "CommandNotFound":
+        hint = (f"the guest's qemu-ga does not offer {command}: allow it there (its --allow-rpcs or --block-rpcs, "
+                "in /etc/sysconfig/qemu-ga on RHEL)" + (", or run it through the serial console: --via serial"
+                                                         if command == "guest-exec" else ""))
     return AgentCommandError(f"the guest agent refused {command}: {desc}", hint=hint, command=command,
                              error_class=excerpt(fields.get("class", "?")), desc=desc)
 
