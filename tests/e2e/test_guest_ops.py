@@ -4,6 +4,7 @@ and commands through a guest that is only a POSIX shell on its serial console. C
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from boot_media import shell_only_disk
 from cli_runner import run_cli
-from guests import create_guest, guest_address
+from guests import create_guest, guest_address, wait_for
 from vmm_guard import power_off_all
 
 from minivisor.errors import AgentCommandError, GuestTimeoutError
@@ -95,6 +96,25 @@ def test_a_guest_whose_agent_speaks_garbage_gets_one_line_errors_and_no_host_fil
         assert "not a message" in cli.stderr and "Traceback" not in cli.stderr
     assert list(out.iterdir()) == []
     assert hv.vm_addresses(agent_vm)[0]["guest"] is None  # vm ip: what the host knows, nothing from the guest
+
+
+def test_an_agent_that_runs_no_commands_leaves_exec_to_the_serial_shell(hv, agent_vm):
+    """qemu-ga with guest-exec blocked (--block-rpcs, RHEL's default) answers CommandNotFound: --via auto went no
+    further and failed; it now runs the command through the serial shell, as when no agent answers (nothing ran
+    through the agent), and --via agent says how to allow it."""
+    port = hv.exec_in_vm(agent_vm, "grep -l org.qemu.guest_agent.0 /sys/class/virtio-ports/*/name", via="serial")
+    device = "/dev/" + port.output.strip().split("/")[-2]
+    hv.exec_in_vm(agent_vm, "killall qemu-ga; while pidof qemu-ga; do sleep 0.1; done; "
+                            f"qemu-ga -m virtio-serial -p {device} -t /run -b guest-exec </dev/null >/dev/null 2>&1 &",
+                  via="serial")
+    wait_for("the restarted agent never answered", lambda: hv.vm_addresses(agent_vm)[0]["guest"] is not None)
+    result = run_cli("vm", "exec", agent_vm, "--json", "--", "echo", "through the shell", datastore=hv.datastore.root)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert (answer["output"], answer["via"]) == ("through the shell\n", "serial")
+    refused = run_cli("vm", "exec", "--via", "agent", agent_vm, "--", "true", datastore=hv.datastore.root)
+    assert refused.returncode != 0 and refused.stderr.count("\n") == 1 and "--via serial" in refused.stderr, \
+        refused.stderr
 
 
 @pytest.fixture(scope="module")

@@ -167,6 +167,16 @@ def test_a_refusal_carries_the_agents_reason_cut_short(hostile):
     with pytest.raises(AgentCommandError) as caught, hostile(reply) as session:
         session.file_open("/etc/shadow", "rb")
     assert caught.value.command == "guest-file-open" and SECRET not in caught.value.message
+    assert caught.value.error_class == "GenericError"  # as sent: callers compare it (an excerpt was quoted)
+
+
+@pytest.mark.parametrize("error_class", ["\x1b]0;owned\x07", "A" * 5000, 7, None])
+def test_an_error_class_that_is_no_short_name_is_not_kept(hostile, error_class):
+    def reply(request: dict) -> bytes:
+        return json.dumps({"error": {"class": error_class, "desc": "no"}, "id": request["id"]}).encode() + b"\n"
+    with pytest.raises(AgentCommandError) as caught, hostile(reply) as session:
+        session.file_open("/etc/hostname", "rb")
+    assert caught.value.error_class == "?"
 
 
 @pytest.mark.parametrize("command, call, words", [

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import (AgentError, ArgumentError, GuestError, GuestTimeoutError, HostError, HvError, NoSpaceError,
-                      host_refused, is_out_of_space)
+from ..errors import (AgentCommandError, AgentError, ArgumentError, GuestError, GuestTimeoutError, HostError,
+                      HvError, NoSpaceError, host_refused, is_out_of_space)
 from ..text import excerpt, is_number
 from ..vmm.agent import MAX_CHUNK, MAX_OUTPUT, AgentSession, GuestInterface
 from ..vmm.console import ExecResult, console_lock, run_command
@@ -58,7 +58,13 @@ def exec_command(ctx: VmContext, command: list[str] | str, timeout: float, via: 
         agent = _agent(ctx, timeout if via == "agent" else 0.0, required=via == "agent")
         if agent is not None:
             with agent:
-                return _exec_by_agent(agent, line, timeout)
+                try:
+                    return _exec_by_agent(agent, line, timeout)
+                except AgentCommandError as exc:
+                    # an agent that starts no commands (qemu-ga --block-rpcs, RHEL's default): nothing ran, so
+                    # auto goes on to the serial shell, as it does when no agent answers
+                    if via == "agent" or (exc.command, exc.error_class) != ("guest-exec", "CommandNotFound"):
+                        raise
     _check_for_serial(line)
     fd = console_lock(ctx.paths.runtime_dir)
     try:

@@ -298,12 +298,16 @@ def _refusal(command: str, error: Any, hint: str) -> AgentCommandError:
     offer the command at all (qemu-ga's --block-rpcs: RHEL's blocks guest-exec and the file commands)."""
     fields = error if isinstance(error, dict) else {}
     desc = excerpt(fields.get("desc", error))
-    if fields.get("class") == "CommandNotFound":
+    # a QAPI error class is a short name: kept as it is (callers compare it), anything else the guest sent is "?"
+    error_class = fields.get("class")
+    if not (isinstance(error_class, str) and error_class.isidentifier() and len(error_class) <= 40):
+        error_class = "?"
+    if error_class == "CommandNotFound":
         hint = (f"the guest's qemu-ga does not offer {command}: allow it there (its --allow-rpcs or --block-rpcs, "
                 "in /etc/sysconfig/qemu-ga on RHEL)" + (", or run it through the serial console: --via serial"
                                                          if command == "guest-exec" else ""))
     return AgentCommandError(f"the guest agent refused {command}: {desc}", hint=hint, command=command,
-                             error_class=excerpt(fields.get("class", "?")), desc=desc)
+                             error_class=error_class, desc=desc)
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
