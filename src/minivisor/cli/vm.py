@@ -159,7 +159,8 @@ def vm_console(name: str) -> None:
          arg("--timeout", type=float, default=60.0, metavar=TIMEOUT,
              help="Seconds to wait for the command [default: 60]."),
          arg("--via", choices=("auto", "agent", "serial"), default="auto", metavar="auto|agent|serial",
-             help="The guest agent, the serial shell, or the agent when one answers [default: auto]."),
+             help="The guest agent, the serial shell, or the agent when one answers and runs commands, else the serial "
+                  "shell [default: auto]."),
          arg("--no-wait", dest="wait", action="store_false",
              help="Start it in the background and print its pid at once; its output is discarded (vmrun's "
                   "-noWait)."), JSON)

@@ -50,7 +50,7 @@ def shell_line(command: list[str] | str) -> str:
 def exec_command(ctx: VmContext, command: list[str] | str, timeout: float, via: str, *,
                  wait: bool = True) -> ExecResult:
     """Run ``command`` in the guest, through the agent or the serial shell as ``via`` says (auto: the agent
-    when one answers); ``wait=False``: started in the background, its pid returned."""
+    when one answers and runs commands); ``wait=False``: started in the background, its pid returned."""
     if not wait:
         return _started(exec_command(ctx, _in_background(shell_line(command)), timeout, via), command)
     line = shell_line(command)
