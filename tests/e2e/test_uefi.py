@@ -13,12 +13,15 @@ from pathlib import Path
 import pytest
 from boot_media import shell_boot_disk, unsigned_efi_disk
 from guests import create_guest
+from qemu_crashes import SHELL_GAVE_UP
 
 from minivisor.errors import StateError
 
 pytestmark = pytest.mark.qemu
 
 NVRAM = b"VMware's own NVRAM: never touched\n"
+# What OVMF's boot manager says when the shell it started returned before its countdown (see tests/qemu_crashes.py)
+NO_BOOTABLE_OPTION = "BdsDxe: No bootable option or device was found."
 
 
 def efi_vm(hv, name: str, disk: Path, extra: str = "") -> Path:
@@ -34,16 +37,22 @@ def efi_vm(hv, name: str, disk: Path, extra: str = "") -> Path:
 def console_shows(hv, name: str, text: str, timeout: float = 90) -> bool:
     """Whether the firmware's console (serial.log) says ``text`` within ``timeout`` s; fails at once, with the
     console's and vmm.log's last lines, if the VM stops running meanwhile (QEMU ended: waiting would only hide why)."""
+    return first_said(hv, name, (text,), timeout) == text
+
+
+def first_said(hv, name: str, texts: tuple[str, ...], timeout: float) -> str | None:
+    """The first of ``texts`` the VM's console (serial.log) says within ``timeout`` s, or None."""
     paths = hv.vm_paths(name)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if paths.serial_log.exists() and text in paths.serial_log.read_text(errors="replace"):
-            return True
+        said = paths.serial_log.read_text(errors="replace") if paths.serial_log.exists() else ""
+        if found := next((text for text in texts if text in said), None):
+            return found
         state = hv.get_vm(name).state_label
         assert state == "running", f"{name} is {state}, {tail(paths.serial_log)=}, {tail(paths.vmm_log)=}"
         time.sleep(0.1)
-    print(f"{name}'s console never said {text!r}: {tail(paths.serial_log)=}, {tail(paths.vmm_log)=}")
-    return False
+    print(f"{name}'s console said none of {texts!r}: {tail(paths.serial_log)=}, {tail(paths.vmm_log)=}")
+    return None
 
 
 def tail(log: Path, size: int = 600) -> str:
@@ -57,7 +66,9 @@ def start_through_shell(hv, name: str, *, wait_ready: bool = True, timeout: floa
     wait, so one is typed on the serial console as soon as the countdown shows. Then, if ``wait_ready``, waits
     for the guest's ready line."""
     hv.start_vm(name)
-    assert console_shows(hv, name, " seconds to skip ", timeout), "OVMF's shell never counted down to startup.nsh"
+    said = first_said(hv, name, (" seconds to skip ", NO_BOOTABLE_OPTION), timeout)
+    assert said != NO_BOOTABLE_OPTION, f"{SHELL_GAVE_UP}: {tail(hv.vm_paths(name).serial_log)!r}"
+    assert said, "OVMF's shell never counted down to startup.nsh"
     with socket.socket(socket.AF_UNIX) as console:
         console.connect(str(hv.vm_paths(name).console_socket))
         console.sendall(b"\r")
