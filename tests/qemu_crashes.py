@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import os
 
-# OVMF's shell returned before its countdown: under host load, its serial console's write timed out (OVMF's
-# PciSioSerialDxe gives a byte ~1 s of polls; QEMU's UART holds it while its console socket, one skb per byte,
-# is full: ~280 bytes that the console relay has not read yet), the shell's output failed and it exited, and
-# the boot manager had nothing else to start. A minivisor defect, not yet fixed (the closing note says how):
+# OVMF's shell returned before its countdown, most likely because its console's writes timed out under host
+# load (OVMF's PciSioSerialDxe gives a byte ~1 s of polls; QEMU's UART holds it while its console socket, one
+# skb per byte, is full: ~280 bytes that the console relay has not read yet), the shell's output failed and it
+# exited, and the boot manager had nothing else to start. A minivisor defect, not yet fixed (the closing note says how):
 # tests/e2e/test_uefi.py's start_through_shell fails with these words, and conftest runs such a test once more.
 SHELL_GAVE_UP = "OVMF's shell returned before its countdown (its console's writes timed out)"
 
