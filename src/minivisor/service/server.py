@@ -68,15 +68,13 @@ class Service:
 
     def serve_forever(self) -> None:
         """Serve until SIGTERM or SIGINT, then stop (running VMs keep running)."""
+        stop = _StopRequest()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, stop.request)
         self.start()
         try:
             app = build_app(self.calls, self.bus, self.access, self.supervisor, autostart=self.autostart)
-            server = _Server(app, self.bus)
-            # uvicorn handles SIGTERM and SIGINT while it serves, then raises the signal again
-            # under the handlers it found: these, which let the service finish stopping.
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: None)
-            asyncio.run(server.serve(sockets=[self.sock]))
+            stop.serve(_Server(app, self.bus), [self.sock])
         finally:
             self.close()
 
@@ -128,6 +126,27 @@ def _listen(listen: str, host: str, port: int) -> socket.socket:
         raise HostError(f"cannot listen on {listen}: {exc.strerror}",
                         hint="choose another port with --listen HOST:PORT") from exc
     return sock
+
+
+class _StopRequest:
+    """SIGTERM or SIGINT, from the moment the service starts. uvicorn handles them while it serves, then raises them
+    again under these handlers, which let the service finish stopping; one that came before it served (the service
+    file written, the app still being built: a client may already have asked it to stop) stops the server as soon
+    as it has started, instead of being lost."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.server: _Server | None = None
+
+    def serve(self, server: _Server, sockets: list[socket.socket]) -> None:
+        self.server = server
+        server.should_exit = self.requested  # a request before this line; one after it, the handler passes on
+        asyncio.run(server.serve(sockets=sockets))
+
+    def request(self, signum: int, frame: object) -> None:
+        self.requested = True
+        if self.server is not None:
+            self.server.should_exit = True
 
 
 class _Server(uvicorn.Server):
