@@ -50,7 +50,12 @@ class Running:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(timeout=20)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()  # a service that outlived its test would serve on after the run
+                self.proc.wait()
+                raise AssertionError(f"the service did not stop within 20 s of signal {sig} (killed)") from None
         self.proc = None
 
     def cli(self, *args: str, direct: bool = False, check: bool = False) -> subprocess.CompletedProcess:
