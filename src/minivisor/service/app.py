@@ -99,10 +99,11 @@ def build_app(calls: Dispatcher, bus: EventBus, access: Access, supervisor: Supe
     async def upload(request: Request) -> Response:
         folder, name = request.path_params["folder"], request.path_params["name"]
         declared = request.headers.get("content-length", "")
-        task = tasks.start("upload", None, f"{folder}/{name}", measured=is_number(declared))
+        length = int(declared) if is_number(declared) else None  # h11 checks the header; this keeps int() safe
+        task = tasks.start("upload", None, f"{folder}/{name}", measured=length is not None)
         report = tasks.reporter(task)
         try:
-            entry = await _upload(calls, folder, name, _counted(request.stream(), int(declared or 0), report))
+            entry = await _upload(calls, folder, name, _counted(request.stream(), length or 0, report))
         except BaseException as exc:
             tasks.end(task, exc)
             raise
