@@ -46,7 +46,7 @@ CLIENT_BACKLOG = 1024 * 1024  # output queued for a slow console client before t
 INPUT_BACKLOG = 64 * 1024  # typed input queued for a guest that does not read its serial port
 LINE_MAX = 4096  # the longest line scanned for the ready text
 # Characters of the ready line noted: the guest chooses its length, and a migration request carries it
-# (minivisor.cluster.migration refuses a longer one), as does every snapshot with memory.
+# (minivisor.cluster.migration refuses one over 512), as does every snapshot with memory.
 READY_MAX = 512
 MAX_CLIENTS = 8
 CONNECT_TIMEOUT = 30.0  # seconds for QEMU to connect and greet: longer than the launcher waits for the relay
