@@ -6,7 +6,7 @@ tens of percent):
 
   - Every side boots the same appliance with minivisor's own QEMU command line (``vm explain``). Bare
     QEMU gets it with two changes only, since nobody else is there to serve them: its console writes
-    to a file (minivisor's goes through a socket to its console relay, which writes ``serial.log``)
+    to a file (minivisor's goes through a pipe to its console relay, which writes ``serial.log``)
     and its event monitor listens instead of connecting to the relay. Same devices, same options,
     same firmware, same ``-sandbox``; not paused either way.
   - Bare QEMU's guest is ready when its console file shows the ready line: the script sleeps on
@@ -79,7 +79,7 @@ class MinivisorSide:
     def __init__(self, mv: Minivisor) -> None:
         self.mv = mv
         argv = json.loads(mv("vm", "explain", "bench", "--json").stdout)["argv"]
-        self.ready_note = Path(re.search(r"path=([^,]+)/serial\.sock", " ".join(argv)).group(1)) / "ready"
+        self.ready_note = Path(re.search(r"pipe,id=console,path=([^,]+)/serial", " ".join(argv)).group(1)) / "ready"
 
     def __call__(self) -> Boot:
         with NoteWatch(self.ready_note) as note:
@@ -142,7 +142,7 @@ class BareSide:
 
     def __init__(self, argv: list[str], serial_log: Path) -> None:
         self.serial_log = serial_log
-        self.argv = [f"file,id=console,path={serial_log}" if arg.startswith("socket,id=console,")
+        self.argv = [f"file,id=console,path={serial_log}" if arg.startswith("pipe,id=console,")
                      else arg.replace(",server=off", ",server=on,wait=off") for arg in argv if arg != "-S"]
         self.libc = ctypes.CDLL(None, use_errno=True)
 

@@ -94,10 +94,12 @@ class HandVmm:
     def __init__(self, argv: list[str], vm_dir: Path, runtime_dir: str, folder: Path, *, incoming: bool) -> None:
         """``folder`` holds the VM's disk already (the VM folder's files are named from it)."""
         self.folder = folder
-        # No relay here: QEMU serves its console and event sockets itself, and starts paused (run by cont once
-        # the console is read, or once the state arrived).
+        # No relay here: QEMU serves its console (a socket, not the relay's FIFOs) and event sockets itself, and
+        # starts paused (run by cont once the console is read, or once the state arrived).
         swapped = [arg.replace(runtime_dir, str(folder)).replace(str(vm_dir), str(folder))
                    .replace(",server=off", ",server=on,wait=off") for arg in argv if arg != "-S"]
+        swapped = [f"socket,id=console,path={folder / 'serial.sock'},server=on,wait=off"
+                   if arg.startswith("pipe,id=console,") else arg for arg in swapped]
         self.process = subprocess.Popen(swapped + ["-S"] + (["-incoming", "defer"] if incoming else []),
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=open(folder / "qemu.log", "wb"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 from netlab import end_lab, make_lab
-from qemu_crashes import KernelLog, is_shell_gave_up
+from qemu_crashes import KernelLog
 from vmm_guard import end_qemus_under, power_off_all
 
 from minivisor import dirs
@@ -29,8 +29,7 @@ KERNEL_LOG = KernelLog()
 
 
 def pytest_collection_modifyitems(items):
-    """A ``qemu`` test that fails while the kernel logs a crash of QEMU, or because OVMF's shell gave up on its
-    console, runs once more (see tests/qemu_crashes.py)."""
+    """A ``qemu`` test that fails while the kernel logs a crash of QEMU runs once more (see tests/qemu_crashes.py)."""
     for item in items:
         if item.get_closest_marker("qemu"):
             item.add_marker(pytest.mark.flaky(reruns=1, condition=_run_again))
@@ -40,9 +39,7 @@ def _run_again(error: BaseException | None) -> bool:
     crashes = KERNEL_LOG.qemu_crashes()
     for crash in crashes:
         print(f"\nQEMU crashed while this test ran (it runs once more): {crash}")
-    if is_shell_gave_up(error):
-        print("\nOVMF's shell gave up on its console while this test ran (it runs once more)")
-    return bool(crashes) or is_shell_gave_up(error)
+    return bool(crashes)
 
 
 @pytest.hookimpl(tryfirst=True)

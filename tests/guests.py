@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
 from typing import Any
+
+from vmm_guard import processes
 
 
 def create_guest(hv: Any, name: str, image: Path, **options: Any) -> Any:
@@ -33,3 +36,9 @@ def wait_for(what: str, check: Any, timeout: float = 30.0) -> Any:
         assert time.monotonic() < deadline, what
         time.sleep(0.5)
     return found
+
+
+def console_relays(named: Path) -> list[int]:
+    """The console relays whose command line names ``named`` (a VM's serial.log, or its console socket)."""
+    return list(processes(lambda argv: any(b"minivisor.vmm.relay" in arg for arg in argv)
+                          and os.fsencode(named) in argv))

@@ -1,4 +1,4 @@
-"""QEMU crashes the kernel saw, and OVMF's shell giving up on its console: why a guest test runs once more.
+"""QEMU crashes the kernel saw: why a guest test runs once more.
 
 QEMU 7.2's multi-threaded TCG segfaults, rarely, in a vCPU thread while a guest boots (the kernel logs
 ``CPU 0/TCG[pid]: segfault at a0 ip ... in qemu-system-x86_64[...]``: a few times in this suite's full
@@ -14,13 +14,6 @@ whose it was). A test that fails again, or fails without a crash, fails as alway
 from __future__ import annotations
 
 import os
-
-# OVMF's shell returned before its countdown, most likely because its console's writes timed out under host
-# load (OVMF's PciSioSerialDxe gives a byte ~1 s of polls; QEMU's UART holds it while its console socket, one
-# skb per byte, is full: ~280 bytes that the console relay has not read yet), the shell's output failed and it
-# exited, and the boot manager had nothing else to start. A minivisor defect, not yet fixed (the closing note says how):
-# tests/e2e/test_uefi.py's start_through_shell fails with these words, and conftest runs such a test once more.
-SHELL_GAVE_UP = "OVMF's shell returned before its countdown (its console's writes timed out)"
 
 SIGNATURE = ("segfault at", "in qemu-system-x86_64[")
 
@@ -59,7 +52,3 @@ def is_qemu_crash(record: str) -> bool:
     """Whether a record of the kernel's log says a QEMU process (any of its threads) segfaulted."""
     return all(part in record for part in SIGNATURE)
 
-
-def is_shell_gave_up(error: BaseException | None) -> bool:
-    """Whether a test failed because OVMF's shell gave up on its console (:data:`SHELL_GAVE_UP`)."""
-    return error is not None and SHELL_GAVE_UP in str(error)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -35,21 +36,30 @@ def power_off_all(root: Path) -> list[str]:
     return trouble
 
 
-def end_qemus_under(folder: Path) -> list[str]:
-    """Kill the QEMU processes whose command line names a file under ``folder``; returns what they were."""
-    needle = os.fsencode(os.path.realpath(folder)) + b"/"
-    found: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+def processes(matching: Callable[[list[bytes]], bool]) -> dict[int, list[bytes]]:
+    """The host's processes whose command line (its arguments) ``matching`` accepts: pid -> arguments."""
+    found = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
-            continue  # gone already
-        if os.path.basename(argv[0]).startswith(b"qemu") and any(needle in arg for arg in argv):
-            found[int(entry)] = b" ".join(argv[:6]).decode(errors="replace")
+            continue  # gone meanwhile
+        if matching(argv):
+            found[int(entry)] = argv
+    return found
+
+
+def runs_under(folder: Path, program: bytes) -> Callable[[list[bytes]], bool]:
+    """Whether a command line runs ``program`` (its name starts so) on a file under ``folder``."""
+    needle = os.fsencode(os.path.realpath(folder)) + b"/"
+    return lambda argv: os.path.basename(argv[0]).startswith(program) and any(needle in arg for arg in argv)
+
+
+def end_qemus_under(folder: Path) -> list[str]:
+    """Kill the QEMU processes whose command line names a file under ``folder``; returns what they were."""
+    found = processes(runs_under(folder, b"qemu"))
     _kill(list(found))
-    return [f"pid {pid}: {command} ..." for pid, command in found.items()]
+    return [f"pid {pid}: {b' '.join(argv[:6]).decode(errors='replace')} ..." for pid, argv in found.items()]
 
 
 def _kill(pids: list[int], wait: float = 10.0) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from vmm_guard import power_off_all
+from vmm_guard import power_off_all, processes, runs_under
 
 from minivisor.client import connect
 
@@ -283,16 +283,7 @@ def wait_for(what: str, check, timeout: float = 60.0, every: float = 0.2):
 
 def qemus_under(folder: Path) -> list[int]:
     """The pids of the QEMU processes whose command line names a file under ``folder`` (a host's VMMs)."""
-    needle = os.fsencode(os.path.realpath(folder)) + b"/"
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0") if entry.isdigit() else []
-        except OSError:
-            continue  # gone already
-        if argv and os.path.basename(argv[0]).startswith(b"qemu-system") and any(needle in arg for arg in argv):
-            found.append(int(entry))
-    return found
+    return list(processes(runs_under(folder, b"qemu-system")))
 
 
 def live_hosts(status: dict) -> set[str]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 import pytest
 from lab import live_hosts, qemus_under, wait_for
 from test_ownership import cluster_of, same_vm_on
+from vmm_guard import processes
 
 from minivisor import Hypervisor
 from minivisor.cluster.ha import restart_after
@@ -31,16 +31,9 @@ def where(members, name: str) -> list[str]:
 
 def watchdogs(host) -> list[int]:
     """The pids of the watchdog processes guarding ``host``'s datastore."""
-    root = os.path.realpath(host.root)
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue  # gone already
-        if argv[1:3] == ["-m", "minivisor.core.watchdog"] and os.path.realpath(argv[3]) == root:
-            found.append(int(entry))
-    return found
+    root = os.fsencode(os.path.realpath(host.root))
+    return list(processes(lambda argv: argv[1:3] == [b"-m", b"minivisor.core.watchdog"] and len(argv) > 3
+                          and os.path.realpath(argv[3]) == root))
 
 
 def ha_events(host, name: str) -> list[dict]:

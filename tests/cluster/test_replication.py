@@ -19,6 +19,7 @@ from guests import create_guest
 from lab import in_netns, live_hosts, qemus_under, wait_for
 from test_ha import where
 from test_ownership import cluster_of
+from vmm_guard import processes, runs_under
 
 from minivisor import Hypervisor
 from minivisor.cluster.ha import restart_after
@@ -138,16 +139,7 @@ def _replica_sector(host, vm_uuid: str, sector: int, length: int, tmp_path: Path
 
 def _storage_daemons(host) -> list[int]:
     """The pids of the qemu-storage-daemon processes serving a round of ``host``'s replicas."""
-    needle = os.fsencode(os.path.realpath(host.root)) + b"/"
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and os.path.basename(argv[0]) == b"qemu-storage-daemon" and any(needle in arg for arg in argv):
-            found.append(int(entry))
-    return found
+    return list(processes(runs_under(host.root, b"qemu-storage-daemon")))
 
 
 def _kill_the_rounds_server(host, vm_uuid: str, stop: threading.Event) -> None:

@@ -3,12 +3,11 @@ relay caps serial.log (one previous generation kept), and exec reads only what i
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import pytest
-from guests import create_guest
+from guests import console_relays, create_guest
 
 from minivisor.vmm.relay import LOG_CAP
 
@@ -16,18 +15,6 @@ pytestmark = pytest.mark.qemu
 
 FLOOD = 3 * LOG_CAP  # bytes the guest prints (it runs at ~100 KiB/s under TCG: keep it a few caps)
 END = b"FLOOD-END"
-
-
-def relay_pid(console_socket: Path) -> int:
-    """The console relay serving this socket (its command line names it)."""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(b"minivisor.vmm.relay" in arg for arg in cmdline) and str(console_socket).encode() in cmdline:
-            return int(pid)
-    raise AssertionError(f"no console relay serves {console_socket}")
 
 
 def rss_kib(pid: int) -> int:
@@ -39,7 +26,7 @@ def test_a_flooded_console_keeps_its_log_capped_and_exec_answering(hv, appliance
     create_guest(hv, "noisy", appliance_image, memory_mib=128, network="none")
     hv.start_vm("noisy", wait_ready=True, timeout=90)
     paths = hv.vm_paths("noisy")
-    relay = relay_pid(paths.console_socket)
+    [relay] = console_relays(paths.console_socket)
     rss_before = rss_kib(relay)
     # in the background, straight to the serial port: 64 KiB lines of x, then an end mark (printf builds
     # it, so the echo of this command line cannot be mistaken for it)

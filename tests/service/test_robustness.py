@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import random
 import socket
 import threading
@@ -12,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from vmm_guard import processes
 
 from minivisor import Hypervisor
 from minivisor.core.events import LOG_CAP, LOG_NAME
@@ -23,15 +23,7 @@ ANSWERS = {200, 201, 409}  # 409: the VM was not in a state for that operation, 
 
 
 def vmm_count(uuid: str) -> int:
-    count = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if uuid.encode() in cmdline and b"qemu-system" in cmdline:
-            count += 1
-    return count
+    return len(processes(lambda argv: b"qemu-system" in argv[0] and any(uuid.encode() in arg for arg in argv)))
 
 
 def power_sequence_is_sane(events: list[dict]) -> None:

@@ -77,11 +77,12 @@ def test_a_vmm_starts_paused_only_when_something_must_happen_before_its_guest_ru
     assert ("-S" in build_qemu_argv(spec, env)) is paused
 
 
-def test_the_console_and_event_monitor_connect_to_the_relay_and_qmp_listens():
-    """QEMU is the client of the relay's sockets (made before QEMU starts: no output is lost while the
-    guest runs before the relay reads), and the server of the QMP socket minivisor's commands connect to."""
+def test_the_console_and_event_monitor_lead_to_the_relay_and_qmp_listens():
+    """QEMU opens the console's FIFOs and connects to the relay's event socket (both made before QEMU starts:
+    no output is lost while the guest runs before the relay reads), and serves the QMP socket minivisor's
+    commands connect to."""
     chardevs = option_values(build_qemu_argv(seed_spec(), env_for(seed_spec())), "-chardev")
-    assert f"socket,id=console,path={PATHS.serial_socket},server=off" in chardevs
+    assert f"pipe,id=console,path={PATHS.serial_pipes}" in chardevs
     assert f"socket,id=events,path={PATHS.events_socket},server=off" in chardevs
     assert f"socket,id=qmp,path={PATHS.qmp_socket},server=on,wait=off" in chardevs
 
@@ -138,7 +139,7 @@ def test_comma_in_the_datastore_or_runtime_path_is_escaped_in_chardev_options():
     argv = build_qemu_argv(seed_spec(), env_for(seed_spec(), paths=paths))
     chardevs = option_values(argv, "-chardev")
     assert "file,id=bioslog,path=/data,,server=on/vm/bios.log" in chardevs
-    assert "socket,id=console,path=/run/a,,logfile=x/abc/serial.sock,server=off" in chardevs
+    assert "pipe,id=console,path=/run/a,,logfile=x/abc/serial" in chardevs
     assert not any("logfile=" in c.replace(",,logfile=", "") for c in chardevs)
 
 

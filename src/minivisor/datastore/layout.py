@@ -10,8 +10,8 @@
     <datastore>/<vm>/bios.log          SeaBIOS's debug port
     <datastore>/<vm>/events.jsonl      what happened to the VM (capped; events.jsonl.1 before)
     <datastore>/<vm>/efivars.qcow2     the UEFI variables of a firmware = "efi" VM
-    <runtime>/<hash>/                  qmp.sock, events.sock, serial.sock, console.sock, agent.sock, vnc.sock,
-                                       status, ready
+    <runtime>/<hash>/                  qmp.sock, events.sock, serial.in, serial.out, console.sock, agent.sock,
+                                       vnc.sock, status, ready
 """
 
 from __future__ import annotations
@@ -100,9 +100,11 @@ class VmPaths(Record, frozen=True):
         return self.runtime_dir / "console.sock"
 
     @property
-    def serial_socket(self) -> Path:
-        """Where QEMU's console connects at its start: the console relay listens there (made by the launch)."""
-        return self.runtime_dir / "serial.sock"
+    def serial_pipes(self) -> Path:
+        """The console's two FIFOs without their suffix (QEMU's ``-chardev pipe`` names them so): QEMU writes
+        the guest's output into ``serial.out`` and reads its input from ``serial.in`` (made by the launch,
+        read and written by the console relay)."""
+        return self.runtime_dir / "serial"
 
     @property
     def events_socket(self) -> Path:

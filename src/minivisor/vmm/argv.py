@@ -421,12 +421,15 @@ def _nic(nic: Nic, env: LaunchEnv, place: PciPlace) -> VirtualDevice:
 def _serial_ports(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
     devices = []
     if env.console_index is not None:
-        # QEMU connects at its start to the socket the console relay listens on (made before QEMU starts): what
-        # the guest prints waits there until the relay reads it, which writes serial.log (capped) and serves console.sock.
-        chardev = qemu_opts(("id", "console"), ("path", env.paths.serial_socket), ("server", "off"))
+        # QEMU opens at its start the two FIFOs the launch made (serial.in, serial.out): what the guest prints
+        # waits in serial.out until the console relay reads it, which writes serial.log (capped) and serves
+        # console.sock. A pipe, not a socket: QEMU's UART writes one byte at a time, and a pipe packs them into
+        # pages (the launch makes it 1 MiB) where a socket spends a buffer on each: ~280 bytes filled one, and
+        # under host load OVMF's serial driver timed out behind a late relay and its shell gave up.
+        chardev = qemu_opts(("id", "console"), ("path", env.paths.serial_pipes))
         devices.append(VirtualDevice(
             f"serial{env.console_index}", "16550A serial port: minivisor console (serial.log)",
-            ("-chardev", f"socket,{chardev}",
+            ("-chardev", f"pipe,{chardev}",
              "-device", _json(driver="isa-serial", chardev="console", index=env.console_index))))
     for port in spec.serial_ports:
         chardev_id = f"serial{port.index}"

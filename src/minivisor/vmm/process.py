@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # subprocess, shutil, socket and the QMP session are imported
 __all__ = ["VmLock", "RuntimeRecord", "Observed", "Vmm", "is_our_vmm", "launched_process", "SHORT_HOLD"]
 
 RELAY_TIMEOUT = 15.0  # seconds from QEMU's spawn until its start is over and the relay attached
+CONSOLE_PIPE_SIZE = 1024 * 1024  # bytes serial.out holds for a late console relay (pipe-max-size, unprivileged)
 STATUS_WAIT = 2.0  # seconds a pause or resume waits for the relay to see QEMU's new run state
 PROBE_TRIES = 5  # is_held_elsewhere: ~10 ms before a taken lock counts as held
 SHORT_HOLD = 5.0  # seconds a state probe or a dead VMM's cleanup may hold the VM lock, at the very most
@@ -250,12 +251,15 @@ class Vmm:
         assert self.lock.fd is not None, "launch() needs the VM lock"
         assert paused or (run and not links_down), "links go down, and runs wait, only in a VMM started paused"
         self._prepare_runtime_dir()
-        # QEMU connects to these at its start (its console and event monitor): made first, handed to the relay,
-        # whose interpreter starts while QEMU does. What the guest prints until the relay reads waits in them.
-        listeners: list[Socket] = []
+        # QEMU connects to the event monitor's socket and opens the console's FIFOs at its start: made first,
+        # handed to the relay, whose interpreter starts while QEMU does. What the guest prints until the relay
+        # reads waits in them.
+        handed: list[int] = []  # the relay's descriptors: the event listener's, then serial.out's and serial.in's
         try:
-            for path in (self.paths.events_socket, *([self.paths.serial_socket] if console else [])):
-                listeners.append(self._listen(path))
+            events = self._listen(self.paths.events_socket)
+            handed.append(events.detach())
+            if console:
+                handed += self._console_pipes()
             signal = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK) if ready_signal else None  # (read, write)
             try:
                 process = self._spawn(argv)
@@ -265,7 +269,7 @@ class Vmm:
                     os.close(signal[1])
                 raise
             try:
-                relay = self._spawn_relay(process.pid, listeners, ready_text, signal[1] if signal else None)
+                relay = self._spawn_relay(process.pid, handed, ready_text, signal[1] if signal else None)
             except BaseException:
                 process.kill()
                 process.wait()
@@ -276,8 +280,8 @@ class Vmm:
                 if signal:
                     os.close(signal[1])  # the relay's alone: its end closes when the relay noted the line, or exits
         finally:
-            for listener in listeners:
-                listener.close()  # the relay has its own
+            for fd in handed:
+                os.close(fd)  # the relay has its own
         self.ready_signal = signal[0] if signal else None
         try:
             self._wait_for_relay(relay)
@@ -329,6 +333,30 @@ class Vmm:
                            hint="the runtime folder is under XDG_RUNTIME_DIR or /run/minivisor: check it") from exc
         return listener
 
+    def _console_pipes(self) -> list[int]:
+        """The console's FIFOs, made in the runtime folder for QEMU to open (``-chardev pipe``): descriptors of
+        ``serial.out`` (the guest's output, read; a FIFO's reader opens at once) and ``serial.in`` (its input,
+        read-write, as QEMU opens both: a write-only open would wait for QEMU)."""
+        import fcntl
+
+        base = self.paths.serial_pipes
+        fds: list[int] = []
+        try:
+            for suffix, mode in ((".out", os.O_RDONLY), (".in", os.O_RDWR)):
+                os.mkfifo(f"{base}{suffix}", 0o600)
+                fds.append(os.open(f"{base}{suffix}", mode | os.O_NONBLOCK | os.O_CLOEXEC))
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            raise VmmError(f"cannot make the VMM's console pipe {exc.filename} for {self.name!r}: {exc.strerror}",
+                           hint="the runtime folder is under XDG_RUNTIME_DIR or /run/minivisor: check it") from exc
+        try:
+            # What a late relay leaves unread waits here, packed: 1 MiB holds a boot log many times over.
+            fcntl.fcntl(fds[0], fcntl.F_SETPIPE_SZ, CONSOLE_PIPE_SIZE)
+        except OSError:
+            pass  # the user's pipes passed pipe-user-pages-soft: the default 64 KiB, still 230 times a socket's
+        return fds
+
     def _prepare_runtime_dir(self) -> None:
         runtime = self.paths.runtime_dir
         runtime.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -337,14 +365,14 @@ class Vmm:
         for stale in runtime.iterdir():
             stale.unlink()
 
-    def _spawn_relay(self, vmm_pid: int, listeners: list[Socket], ready_text: str,
+    def _spawn_relay(self, vmm_pid: int, handed: list[int], ready_text: str,
                      ready_signal: int | None) -> subprocess.Popen:
-        """Start the VM's console relay (:mod:`minivisor.vmm.relay`) with the sockets QEMU (``vmm_pid``) connects
-        to: its event monitor's, then its console's, if it has one, and the write end of the ready signal, if
-        the launch has one; :meth:`_wait_for_relay` waits for it.
+        """Start the VM's console relay (:mod:`minivisor.vmm.relay`) with what QEMU (``vmm_pid``) opens at its
+        start: the socket its event monitor connects to, then its console's FIFOs (out, in), if it has one, and
+        the write end of the ready signal, if the launch has one; :meth:`_wait_for_relay` waits for it.
 
-        The relay detaches itself: its first process exits 0 once the relay holds QEMU's sockets, QEMU greeted
-        (its start is over) and the console is served. Its interpreter starts without ``site`` (-S: the relay
+        The relay detaches itself: its first process exits 0 once QEMU connected its event monitor and
+        greeted (its start is over) and the console is served. Its interpreter starts without ``site`` (-S: the relay
         needs only the standard library and this minivisor, found through PYTHONPATH), without the current
         folder (-P), and from ``-c`` rather than ``-m``, which would load runpy and importlib.util first.
         """
@@ -353,14 +381,13 @@ class Vmm:
         paths = self.paths
         package_parent = str(Path(__file__).resolve().parents[2])  # this very minivisor
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (package_parent, os.environ.get("PYTHONPATH"))))}
-        fds = [listener.fileno() for listener in listeners]
         argv = [sys.executable, "-S", "-P", "-c", "from minivisor.vmm.relay import main; main()",
-                "--vmm-pid", str(vmm_pid), "--events-fd", str(fds[0]),
+                "--vmm-pid", str(vmm_pid), "--events-fd", str(handed[0]),
                 "--status", str(paths.status_file), "--console", str(paths.console_socket),
                 "--log", str(paths.serial_log), "--ready", str(paths.ready_file), "--ready-text", ready_text]
-        argv += ["--serial-fd", str(fds[1])] if len(fds) > 1 else []
+        argv += ["--serial-out-fd", str(handed[1]), "--serial-in-fd", str(handed[2])] if len(handed) > 1 else []
         argv += ["--ready-fd", str(ready_signal)] if ready_signal is not None else []
-        passed = [*fds, *([ready_signal] if ready_signal is not None else [])]
+        passed = [*handed, *([ready_signal] if ready_signal is not None else [])]
         try:
             return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                     env=env, start_new_session=True, umask=0o077, pass_fds=passed)

@@ -1,8 +1,9 @@
 """The console relay: one small process per running VM, between its VMM and everyone else.
 
-The launch makes two listening sockets before QEMU starts (``serial.sock``, ``events.sock``) and
-hands them to the relay; QEMU connects to both at its start, as a client, and the guest runs at once.
-What it prints waits in the console's socket until the relay reads it, so nothing is lost however late
+The launch makes the console's FIFOs (``serial.out``, ``serial.in``) and a listening socket
+(``events.sock``) before QEMU starts, and hands them to the relay; QEMU opens the FIFOs and connects to
+the socket at its start, and the guest runs at once. What it prints waits in ``serial.out`` (1 MiB,
+packed: QEMU's UART writes a byte at a time) until the relay reads it, so nothing is lost however late
 the relay comes. The relay
 
 - writes the console output to ``serial.log``, capped at :data:`LOG_CAP` bytes
@@ -18,7 +19,7 @@ the relay comes. The relay
   a VM that QEMU paused by itself (``io-error``: a disk write found the
   datastore full) by reading one small file instead of asking every VMM.
 
-It exits when the VMM closes the console (the VMM exited). It is started by
+It exits when the console's last writer is gone (the VMM exited) and its output is logged. It is started by
 :meth:`minivisor.vmm.process.Vmm.launch` and detaches (a double fork) once attached, which is once
 QEMU greeted on the event monitor (QEMU's start is over): it outlives the CLI that started it and
 is never left a zombie of the service.
@@ -30,6 +31,7 @@ power-on, and lives as long as the VM.
 
 from __future__ import annotations
 
+import functools
 import os
 import select
 import selectors
@@ -54,11 +56,16 @@ CHUNK = 65536
 
 
 class Outbox:
-    """A non-blocking socket and the bytes waiting to be sent on it (bounded: the oldest are dropped)."""
+    """A non-blocking socket or pipe and the bytes waiting to be sent on it (bounded: the oldest are dropped)."""
 
-    def __init__(self, sock: socket.socket, limit: int) -> None:
-        sock.setblocking(False)
-        self.sock = sock
+    def __init__(self, target: socket.socket | int, limit: int) -> None:
+        if isinstance(target, socket.socket):
+            target.setblocking(False)
+            self.send = target.send
+        else:
+            os.set_blocking(target, False)
+            self.send = functools.partial(os.write, target)
+        self.target = target
         self.limit = limit
         self.pending = bytearray()
 
@@ -71,7 +78,7 @@ class Outbox:
         """Send what the socket takes now; raises OSError if the peer is gone."""
         while self.pending:
             try:
-                sent = self.sock.send(self.pending)
+                sent = self.send(self.pending)
             except BlockingIOError:
                 return
             del self.pending[:sent]
@@ -143,17 +150,18 @@ class Relay:
         deadline = time.monotonic() + CONNECT_TIMEOUT
         vmm_exit = os.pidfd_open(int(options.vmm_pid))  # readable once QEMU exited
         try:
-            # QEMU connects to both at its start (its chardevs come before its machine), so both are waiting
+            # QEMU connects at its start (its chardevs, the console's FIFOs opened too, come before its machine)
             events = _accept(int(options.events_fd), "its event monitor", vmm_exit, deadline)
-            serial = _accept(int(options.serial_fd), "its console", vmm_exit, deadline) if options.serial_fd else None
             self.events: QmpStream | None = self._monitor(events, vmm_exit, deadline)
         finally:
             os.close(vmm_exit)
-        self.vmm: Outbox | None = None
+        self.vmm: Outbox | None = None  # the guest's input, to serial.in
         self.listener: socket.socket | None = None
-        if serial is not None:  # the VM has a minivisor console
-            self.vmm = Outbox(serial, INPUT_BACKLOG)
-            self.selector.register(self.vmm.sock, selectors.EVENT_READ, self._on_console_output)
+        if options.serial_out_fd:  # the VM has a minivisor console
+            output = int(options.serial_out_fd)
+            os.set_blocking(output, False)
+            self.selector.register(output, selectors.EVENT_READ, self._on_console_output)
+            self.vmm = Outbox(int(options.serial_in_fd), INPUT_BACKLOG)
             self.listener = _listen(options.console)
             self.selector.register(self.listener, selectors.EVENT_READ, self._on_client_connect)
         self.running = True
@@ -186,20 +194,15 @@ class Relay:
                 key.data(key.fileobj, mask)
 
     # -- the VMM's side ---------------------------------------------------------
-    def _on_console_output(self, sock: socket.socket, mask: int) -> None:
-        assert self.vmm is not None
-        if mask & selectors.EVENT_WRITE:
-            self._flush(self.vmm)
-        if not mask & selectors.EVENT_READ:
-            return
+    def _on_console_output(self, output: int, mask: int) -> None:
         try:
-            data = sock.recv(CHUNK)
+            data = os.read(output, CHUNK)
         except BlockingIOError:
             return
         except OSError:
             data = b""
         if not data:
-            self.running = False  # the VMM closed the console: it exited
+            self.running = False  # serial.out has no writer left: the VMM exited, and all it wrote is read
             return
         self.log.write(data)  # before the ready scan: once `ready` exists, what came before it is logged
         self._scan_for_ready(data)
@@ -302,21 +305,29 @@ class Relay:
             return
         assert self.vmm is not None
         self.vmm.queue(data)
-        self._flush(self.vmm)
+        self._flush_input()
 
-    def _flush(self, box: Outbox, client: socket.socket | None = None) -> None:
-        """Send what ``box`` holds; watch for writability while some is left."""
+    def _flush_input(self, _fd: int | None = None, _mask: int = 0) -> None:
+        """Write the clients' input into serial.in as far as it takes it; watch it for room while some is left.
+        (Never for reading: QEMU reads it, and it is open for reading here only so that this open never waited.)"""
+        assert self.vmm is not None
+        self.vmm.flush()  # QEMU holds serial.in open for reading until it exits: no EPIPE
+        watched = self.selector.get_map().get(self.vmm.target) is not None
+        if self.vmm.pending and not watched:
+            self.selector.register(self.vmm.target, selectors.EVENT_WRITE, self._flush_input)
+        elif watched and not self.vmm.pending:
+            self.selector.unregister(self.vmm.target)
+
+    def _flush(self, box: Outbox, client: socket.socket) -> None:
+        """Send what a client's ``box`` holds; watch for writability while some is left."""
         try:
             box.flush()
         except OSError:
-            if client is not None:
-                self._drop(client)
-                return
-            self.running = False  # the VMM's console is gone
+            self._drop(client)
             return
         wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if box.pending else 0)
-        if self.selector.get_key(box.sock).events != wanted:
-            self.selector.modify(box.sock, wanted, self.selector.get_key(box.sock).data)
+        if self.selector.get_key(client).events != wanted:
+            self.selector.modify(client, wanted, self.selector.get_key(client).data)
 
     def _drop(self, client: socket.socket) -> None:
         self.clients.pop(client, None)
@@ -373,11 +384,13 @@ def _detach() -> None:
     os.close(devnull)
 
 
-OPTIONS = {  # the relay's command line: --NAME VALUE for each, in any order (--serial-fd and --ready-fd may be left out)
+# The relay's command line: --NAME VALUE for each, in any order (--serial-*-fd and --ready-fd may be left out)
+OPTIONS = {
     "vmm-pid": "QEMU's process id",
     "events-fd": "the listening socket (a descriptor) QEMU's event monitor connects to",
     "status": "where QEMU's run state goes (in the runtime folder)",
-    "serial-fd": "the listening socket (a descriptor) QEMU's console connects to; absent: no minivisor console",
+    "serial-out-fd": "serial.out (a descriptor, read), where QEMU writes the console; absent: no minivisor console",
+    "serial-in-fd": "serial.in (a descriptor), where QEMU reads the console's input; only with --serial-out-fd",
     "console": "the console socket to serve",
     "log": "serial.log in the VM's folder",
     "ready": "where the ready line goes (beside --status)",
@@ -394,7 +407,7 @@ def parse_options(argv: list[str]) -> SimpleNamespace:
     """
     if len(argv) % 2:
         raise ValueError("options come in pairs: --NAME VALUE")
-    values = {"serial-fd": None, "ready-fd": None}
+    values = {"serial-out-fd": None, "serial-in-fd": None, "ready-fd": None}
     for name, value in zip(argv[::2], argv[1::2]):
         if not name.startswith("--") or name[2:] not in OPTIONS:
             raise ValueError(f"unknown option {name!r}; the options are " + ", ".join(f"--{o}" for o in OPTIONS))
@@ -402,6 +415,8 @@ def parse_options(argv: list[str]) -> SimpleNamespace:
     missing = [f"--{name}" for name in OPTIONS if name not in values]
     if missing:
         raise ValueError(f"missing {', '.join(missing)}")
+    if (values["serial-out-fd"] is None) != (values["serial-in-fd"] is None):
+        raise ValueError("--serial-out-fd and --serial-in-fd come together")
     return SimpleNamespace(**{name.replace("-", "_"): value for name, value in values.items()})
 
 
