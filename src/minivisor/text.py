@@ -10,10 +10,13 @@ output needs neither: JSON escapes control characters itself.
 
 from __future__ import annotations
 
-__all__ = ["EXCERPT_CHARS", "MESSAGE_CHARS", "excerpt", "printable", "clip", "is_number"]
+__all__ = ["EXCERPT_CHARS", "MESSAGE_CHARS", "excerpt", "printable", "clip", "is_number", "READY_MAX"]
 
 EXCERPT_CHARS = 40  # of a user value echoed in a message
 MESSAGE_CHARS = 1000  # of a whole error message or hint: the backstop for an echo that forgot excerpt()
+# Characters of a guest's ready line kept: the guest chooses its length, and the line travels on (the console
+# relay notes it; every snapshot with memory and every migration request carries it, which the destination checks).
+READY_MAX = 512
 ELLIPSIS = "..."
 
 

@@ -20,6 +20,7 @@ from test_ownership import cluster_of
 
 from minivisor import Hypervisor
 from minivisor.service.models import Migrated
+from minivisor.text import READY_MAX
 
 pytestmark = pytest.mark.qemu
 
@@ -335,8 +336,9 @@ def destination(module_etcd, tmp_path_factory):
     (_shared_request("/etc/../etc/passwd"), None),
     ({**_shared_request("/etc/passwd"), "proof": ""}, None),
     ({**_request("evil", "evil.qcow2", "evil.qcow2"), "proof": "ef" * 16}, None),  # a proof without shared disks
+    ({**_request("evil", "evil.qcow2", "evil.qcow2"), "ready": "r" * (READY_MAX + 1)}, None),  # more than a relay notes
 ], ids=["disk-elsewhere", "dot-dot", "specfile-as-disk", "protocol", "name", "huge", "slash", "key", "shared-host-file",
-        "shared-dot-dot", "shared-no-proof", "proof-unshared"])
+        "shared-dot-dot", "shared-no-proof", "proof-unshared", "ready-line"])
 def test_a_hostile_migration_request_is_refused_and_nothing_is_made(module_etcd, destination, request_value,
                                                                     answered):
     from minivisor.cluster.store import Store

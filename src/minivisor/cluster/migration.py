@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import ClusterError, HandoverUncertainError, HvError
-from ..text import excerpt
+from ..text import READY_MAX, excerpt
 from .config import ClusterConfig
 from .ownership import lease_to_ask, live_entry, put_under_own_lease
 from .records import LiveRecord, Mailbox, OwnerRecord, check_host_name, from_value, owner_key, to_value
@@ -104,7 +104,7 @@ def read_request(entry: Entry) -> Request:
                 and isinstance(request.uuid, str) and _UUID.fullmatch(request.uuid) and len(request.vm) <= 64
                 and len(request.source_id) <= 64 and len(request.specfile) <= MAX_SPECFILE
                 and isinstance(request.key, str) and _KEY.fullmatch(request.key)
-                and isinstance(request.ready, str) and len(request.ready) <= 512
+                and isinstance(request.ready, str) and len(request.ready) <= READY_MAX
                 and 0 < len(request.disks) <= MAX_DISKS and len({d.file for d in request.disks}) == len(request.disks)
                 and isinstance(request.proof, str)
                 and (_ID.fullmatch(request.proof) if any(d.shared for d in request.disks) else request.proof == ""))

@@ -41,15 +41,13 @@ import time
 from types import SimpleNamespace
 
 from ..errors import QmpError
+from ..text import READY_MAX
 from .qmp import QmpStream, greeted, leave_negotiation
 
 LOG_CAP = 1024 * 1024  # bytes of serial.log (boot logs are tens of KiB); serial.log.1 keeps the previous generation
 CLIENT_BACKLOG = 1024 * 1024  # output queued for a slow console client before the oldest is dropped
 INPUT_BACKLOG = 64 * 1024  # typed input queued for a guest that does not read its serial port
 LINE_MAX = 4096  # the longest line scanned for the ready text
-# Characters of the ready line noted: the guest chooses its length, and a migration request carries it
-# (minivisor.cluster.migration refuses one over 512), as does every snapshot with memory.
-READY_MAX = 512
 MAX_CLIENTS = 8
 CONNECT_TIMEOUT = 30.0  # seconds for QEMU to connect and greet: longer than the launcher waits for the relay
 CHUNK = 65536
