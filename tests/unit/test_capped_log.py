@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
 
+from minivisor.vmm.console import wait_for_line
 from minivisor.vmm.relay import CappedLog
 
 
@@ -50,3 +52,21 @@ def test_a_rotation_left_halfway_by_a_killed_relay_does_not_stop_the_next(tmp_pa
     log.write(b"abcdefgh")
     assert path.read_bytes() == b"abcdefgh" and (tmp_path / "serial.log.1").read_bytes() == b"12345678"
     assert not (tmp_path / "serial.log.new").exists()
+
+
+def test_a_line_waited_for_is_found_across_rotations_of_the_log(tmp_path):
+    """The demo and the tests wait for a guest's line in serial.log: said just before a rotation (then in
+    serial.log.1) or after it (in a new, shorter serial.log), it is found all the same."""
+    path = tmp_path / "serial.log"
+    log = CappedLog(str(path), cap=4096)
+    log.write(b"booting\n")
+    for needle, said in (("ONE", b"ONE said before the rotation\n" + b"x" * 4090),
+                         ("TWO", b"y" * 4090 + b"TWO said after it\n")):
+        found: list[str] = []
+        waiter = threading.Thread(target=lambda: found.append(wait_for_line(path, needle, timeout=10)))
+        waiter.start()
+        time.sleep(0.1)  # the waiter has read the log as it was
+        for start in range(0, len(said), 1000):
+            log.write(said[start:start + 1000])  # rotates once on the way
+        waiter.join()
+        assert found and found[0].endswith(said.split(b"\n")[0][-20:].decode())

@@ -25,6 +25,7 @@ import time
 import tty
 from dataclasses import dataclass
 from pathlib import Path
+from io import BufferedReader
 
 from ..errors import GuestError, GuestTimeoutError, LockError
 from ..text import excerpt
@@ -57,28 +58,59 @@ def wait_for_line(log: Path, needle: str, timeout: float, *, alive=lambda: True)
     ``alive()`` is polled too, so a VM that dies while booting fails fast.
     """
     deadline = time.monotonic() + timeout
-    offset, pending = 0, b""
+    pending = b""
     wanted = needle.encode()
-    while True:
+    with _FollowedLog(log) as followed:
+        while True:
+            lines = (pending + followed.read()).split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                if wanted in line:
+                    return line.decode(errors="replace").strip()
+            if not alive():
+                raise GuestError(f"the VM powered off before its guest said {needle!r}",
+                                 hint=f"see {log} and the VM's vmm.log")
+            if time.monotonic() > deadline:
+                raise GuestError(f"the guest did not say {needle!r} within {timeout:.0f} s",
+                                 hint=f"see what it printed in {log}")
+            time.sleep(0.01)
+
+
+class _FollowedLog:
+    """What is written to a log from now on, across its rotations, as ``tail -F`` follows it: the relay
+    renames a full ``serial.log`` to ``serial.log.1`` and starts a new one under the name."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handle: BufferedReader | None = None
+
+    def read(self) -> bytes:
+        """The bytes written since the last read (none while there is no log yet)."""
+        if self.handle is None:
+            try:
+                self.handle = open(self.path, "rb")
+            except FileNotFoundError:
+                return b""
+        data = self.handle.read()
         try:
-            with open(log, "rb") as handle:
-                handle.seek(offset)
-                chunk = handle.read()
+            rotated = os.stat(self.path).st_ino != os.fstat(self.handle.fileno()).st_ino
         except FileNotFoundError:
-            chunk = b""
-        offset += len(chunk)
-        lines = (pending + chunk).split(b"\n")
-        pending = lines.pop()
-        for line in lines:
-            if wanted in line:
-                return line.decode(errors="replace").strip()
-        if not alive():
-            raise GuestError(f"the VM powered off before its guest said {needle!r}",
-                             hint=f"see {log} and the VM's vmm.log")
-        if time.monotonic() > deadline:
-            raise GuestError(f"the guest did not say {needle!r} within {timeout:.0f} s",
-                             hint=f"see what it printed in {log}")
-        time.sleep(0.01)
+            rotated = True
+        if rotated:  # the open file is the old generation now: its end, then the new one from its start
+            data += self.handle.read()
+            self.close()
+        return data
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+    def __enter__(self) -> _FollowedLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def console_lock(runtime_dir: Path) -> int:
