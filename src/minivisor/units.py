@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from .errors import ArgumentError
 
-__all__ = ["parse_size", "human_size"]
+__all__ = ["parse_size", "human_size", "ProgressMeter"]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?B)?\s*$", re.IGNORECASE)
 
@@ -33,3 +34,18 @@ def human_size(size: int) -> str:
     else:
         unit = "PiB"
     return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+
+
+class ProgressMeter:
+    """Bytes done -> percent of ``total`` for a progress callback (a long copy's, say)."""
+
+    def __init__(self, total: int, progress: Callable[[float], None] | None) -> None:
+        self.total, self.done, self.progress = max(total, 1), 0.0, progress
+
+    def add(self, count: int) -> None:
+        self.reach(self.done + count)
+
+    def reach(self, done: float) -> None:
+        self.done = done
+        if self.progress:
+            self.progress(min(100.0, 100.0 * self.done / self.total))

@@ -212,6 +212,35 @@ def test_operations_that_run_out_of_space_fail_in_one_line_and_leave_nothing(sma
     nothing_left()
 
 
+@needs_root
+@pytest.mark.parametrize("small_datastore", [-48], indirect=True)
+def test_a_vmware_folder_on_another_file_system_imports_its_iso_with_progress_or_says_it_does_not_fit(
+        small_datastore, tmp_path):
+    """The datastore is a tmpfs, the VMware folder on the test's own file system (ext4): the kernel copies
+    nothing between two file systems of different types (copy_file_range: EXDEV), as from a USB disk."""
+    hv = small_datastore
+    vmware = tmp_path / "vmware"
+    vmware.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", str(vmware / "a.vmdk"), "100M"], check=True)
+    iso = os.urandom(20 * 1024 * 1024)
+    (vmware / "install.iso").write_bytes(iso)
+    (vmware / "a.vmx").write_text('config.version = "8"\nvirtualHW.version = "14"\nmemSize = "128"\n'
+                                  'scsi0.present = "TRUE"\nscsi0:0.present = "TRUE"\nscsi0:0.fileName = "a.vmdk"\n'
+                                  'ide1:0.present = "TRUE"\nide1:0.deviceType = "cdrom-image"\n'
+                                  'ide1:0.fileName = "install.iso"\n')
+    result = cli(hv, "vm", "import", str(vmware), "--name", "a")
+    assert result.returncode == 0, result.stderr
+    assert "importing install.iso: 100%" in result.stderr
+    assert (hv.datastore.root / "a" / "install.iso").read_bytes() == iso
+
+    (vmware / "install.iso").write_bytes(iso * 2)  # 40 MiB: more than the datastore has left
+    result = cli(hv, "vm", "import", str(vmware), "--name", "b")
+    assert result.returncode == NoSpaceError.exit_code, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: no space left in the datastore")
+    assert [vm.name for vm in hv.list_vms()] == ["a"] and not (hv.datastore.root / "b").exists()
+    assert not any((hv.datastore.root / ".minivisor" / "staging").iterdir())
+
+
 @pytest.mark.qemu  # the power-on runs the KVM probe before it finds no room for its records
 @needs_root
 @pytest.mark.parametrize("small_datastore", [-24], indirect=True)

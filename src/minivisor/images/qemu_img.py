@@ -185,10 +185,11 @@ COPY_STEP = 8 * 1024 * 1024  # bytes one copy_file_range call is asked for: the 
 
 
 def copy_sparse(source: Path, target: Path, progress: Callable[[int], None] | None = None) -> None:
-    """Copy a file's data extents only (holes stay holes), in the kernel (copy_file_range); ``progress`` gets the
-    bytes of each step."""
+    """Copy a file's data extents only (holes stay holes), in the kernel (copy_file_range) where the two file
+    systems allow it, else through memory; ``progress`` gets the bytes of each step."""
     with open(source, "rb") as src, _private_file(target) as dst:
         size = os.fstat(src.fileno()).st_size
+        copy = _copier(src.fileno(), dst.fileno())
         offset = 0
         while offset < size:
             try:
@@ -198,8 +199,7 @@ def copy_sparse(source: Path, target: Path, progress: Callable[[int], None] | No
             end = os.lseek(src.fileno(), start, os.SEEK_HOLE)
             position = start
             while position < end:
-                copied = os.copy_file_range(src.fileno(), dst.fileno(), min(end - position, COPY_STEP), position,
-                                             position)
+                copied = copy(position, min(end - position, COPY_STEP))
                 if copied == 0:
                     break
                 position += copied
@@ -208,6 +208,26 @@ def copy_sparse(source: Path, target: Path, progress: Callable[[int], None] | No
             offset = end
         os.ftruncate(dst.fileno(), size)
         os.fsync(dst.fileno())
+
+
+def _copier(src: int, dst: int) -> Callable[[int, int], int]:
+    """A function copying ``length`` bytes at ``position`` from ``src`` to the same place in ``dst``; returns
+    how many it copied. copy_file_range, until the kernel refuses it for these two files (Linux 5.19+ refuses
+    two file systems of different types: a VMware folder on a USB disk, say), then pread and pwrite."""
+    in_kernel = True
+
+    def copy(position: int, length: int) -> int:
+        nonlocal in_kernel
+        if in_kernel:
+            try:
+                return os.copy_file_range(src, dst, length, position, position)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise
+                in_kernel = False
+        return os.pwrite(dst, os.pread(src, length, position), position)
+
+    return copy
 
 
 def _private_file(path: Path):

@@ -38,6 +38,7 @@ from ..images.layers import ImageLayer, allocated_bytes
 from ..images.deltas import create_delta, delta_format
 from .journal import Journal, crashpoint
 from ..spec.vmsd import Snapshot
+from ..units import ProgressMeter
 from .nvram import copy_for_clone
 from .snapshots import VmFiles, snapshot_disks
 
@@ -75,7 +76,7 @@ def build_clone(files: VmFiles, source_uuid: str, target: str, snap: Snapshot | 
             create_delta(staging / names[node], backing, relative_to=home)
     else:
         chains = {node: files.chain(name) for node, name in sources.items()}
-        meter = _Meter(sum(allocated_bytes(layer) for chain in chains.values() for layer in chain), progress)
+        meter = ProgressMeter(sum(allocated_bytes(layer) for chain in chains.values() for layer in chain), progress)
         for node, chain in chains.items():
             names[node] = _copy_chain(chain, staging, stems[node], meter)
         if progress:
@@ -100,22 +101,7 @@ def abandon_clone(files: VmFiles, target: str) -> None:
         journal.rollback()
 
 
-class _Meter:
-    """Bytes copied -> percent for the progress callback."""
-
-    def __init__(self, total: int, progress: Callable[[float], None] | None) -> None:
-        self.total, self.done, self.progress = max(total, 1), 0, progress
-
-    def add(self, count: int) -> None:
-        self.reach(self.done + count)
-
-    def reach(self, done: float) -> None:
-        self.done = done
-        if self.progress:
-            self.progress(min(100.0, 100.0 * self.done / self.total))
-
-
-def _copy_chain(chain: tuple[ImageLayer, ...], staging: Path, stem: str, meter: _Meter) -> str:
+def _copy_chain(chain: tuple[ImageLayer, ...], staging: Path, stem: str, meter: ProgressMeter) -> str:
     """One consolidated disk in the clone (no backing file) with what the chain's top reads.
 
     A single qcow2 or raw layer is copied (data extents only, in the kernel); a chain is flattened by
@@ -176,7 +162,7 @@ def _carry_files(files: VmFiles, spec: VmSpec, doc: VmxDocument, staging: Path, 
             continue
         if kind == "disk":  # an independent disk: snapshots (and so linked clones) leave it out
             stem = f"{staging.name}_{key.replace(':', '-')}"  # staging is named after the clone
-            doc.set(f"{key}.fileName", _copy_chain(files.chain(name), staging, stem, _Meter(1, None)))
+            doc.set(f"{key}.fileName", _copy_chain(files.chain(name), staging, stem, ProgressMeter(1, None)))
         else:
             from ..images.qemu_img import copy_sparse
 

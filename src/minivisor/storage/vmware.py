@@ -28,7 +28,7 @@ from ..spec.vmspec import VmSpec
 from ..spec.vmx import VmxDocument
 from ..images.layers import ImageLayer, QCOW2_MAGIC, VMDK_MAGIC
 from ..images.qemu_img import convert_disk, copy_sparse
-from ..units import human_size
+from ..units import ProgressMeter, human_size
 
 __all__ = ["import_vm", "inspect_folder", "MAX_VIRTUAL_SIZE"]
 
@@ -76,9 +76,10 @@ def inspect_folder(folder: Path, scope: Scope) -> tuple[Path, VmxDocument, VmSpe
     return vmx, doc, spec, chains
 
 
-def _copy_media(spec: VmSpec, doc: VmxDocument, scope: Scope, folder: Path, staging: Path, taken: set[str]) -> None:
+def _copy_media(spec: VmSpec, doc: VmxDocument, scope: Scope, folder: Path, staging: Path, taken: set[str],
+                progress: Callable[[str, float], None] | None) -> None:
     """CD-ROM and floppy images inside the folder come along (``taken``: names already used in the new
-    folder); any other is left empty, like unplugged media."""
+    folder), with progress as the disks have it; any other is left empty, like unplugged media."""
     media = [(d.node, d.file_name) for d in spec.disks if d.kind == "cdrom" and d.file_name]
     media += [(f"floppy{f.index}", f.file_name) for f in spec.floppies if f.file_name]
     copies: dict[Path, str] = {}  # source -> its copy's name
@@ -91,7 +92,10 @@ def _copy_media(spec: VmSpec, doc: VmxDocument, scope: Scope, folder: Path, stag
         if source not in copies:
             copies[source] = source.name if source.name not in taken else f"{key.replace(':', '-')}-{source.name}"
             taken.add(copies[source])
-            copy_sparse(source, staging / copies[source])
+            meter = ProgressMeter(os.stat(source).st_size,
+                                  (lambda percent, copy=copies[source]: progress(copy, percent)) if progress else None)
+            copy_sparse(source, staging / copies[source], meter.add)
+            meter.reach(meter.total)
         doc.set(f"{key}.fileName", copies[source])
 
 
@@ -129,7 +133,7 @@ def import_vm(datastore: Datastore, folder: Path, name: str | None = None, *,
             convert_disk(chain, staging / target, "qcow2",
                          progress=(lambda p, t=target: progress(t, p)) if progress else None)
             doc.set(f"{node}.fileName", target)
-        _copy_media(spec, doc, scope, vmx.parent, staging, taken)
+        _copy_media(spec, doc, scope, vmx.parent, staging, taken, progress)
         for key in ("nvram", "checkpoint.vmState", "extendedConfigFile"):
             doc.delete(key)
         vm_uuid = fill_identity(doc, spec)
