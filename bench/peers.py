@@ -7,6 +7,9 @@ Method
     ``virsh -c qemu:///system``. With ``--via-service``, a third side: the same CLI
     commands through a ``minivisor serve`` the script runs on the same datastore (the
     CLI finds it and sends its calls there; the direct side sets MINIVISOR_DIRECT=1).
+    With ``--on-demand`` instead, the third side is the CLI as a user runs it: its first
+    command (in the warm-up) works by itself and starts the on-demand service, which
+    answers the commands after it (minivisor.service.on_demand).
     Each timed figure is the wall time (``time.monotonic``) of the whole command(s),
     process start-up included.
   - Every row runs one untimed warm-up round, then ``--rounds`` rounds, interleaved:
@@ -74,6 +77,7 @@ import argparse
 import ctypes
 import functools
 import glob
+import json
 import os
 import shutil
 import signal
@@ -89,10 +93,10 @@ from pathlib import Path
 
 from common import BenchError, Minivisor, load_average, run, start_service, stop_service, timed
 
-from minivisor import Hypervisor
+from minivisor import Hypervisor, procfs
 
 READY = b"minivisor-guest: ready"
-OURS, VIA_SERVICE, THEIRS = "minivisor", "via service", "libvirt"
+OURS, VIA_SERVICE, ON_DEMAND, THEIRS = "minivisor", "via service", "on demand", "libvirt"
 BASE, BASE_VIA_SERVICE = "base", "base via service"
 MEMORY_MIB = 128
 PR_SET_CHILD_SUBREAPER = 36
@@ -550,12 +554,27 @@ def missing_tools() -> str | None:
     return None
 
 
+def stop_on_demand_service(root: Path) -> None:
+    """Stop the on-demand service the CLI started on ``root``, if one runs (its datastore is removed next)."""
+    try:
+        record = json.loads((root / ".minivisor" / "service.json").read_text())
+    except (OSError, ValueError):
+        return
+    if record.get("on_demand") is True and procfs.is_same_process(record["pid"], record["start_ticks"]):
+        os.kill(record["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while procfs.is_same_process(record["pid"], record["start_ticks"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per row, after one warm-up [5]")
     parser.add_argument("--vms", type=int, default=200, help="VMs defined on each side for the list row [200]")
     parser.add_argument("--via-service", action="store_true",
                         help="a third side: minivisor's CLI through a minivisor serve on the same datastore")
+    parser.add_argument("--on-demand", action="store_true",
+                        help="instead: a third side, the CLI as users run it (it starts the on-demand service)")
     parser.add_argument("--only", default=",".join(ROWS), help=f"the rows to run, comma-separated [{','.join(ROWS)}]")
     parser.add_argument("--base", help="another minivisor source tree (the folder holding minivisor/) as more sides")
     options = parser.parse_args()
@@ -589,10 +608,13 @@ def main() -> None:
                             through.env.update({k: v for k, v in direct.env.items() if k == "PYTHONPATH"})
                             services.append(start_service(through, work / f"{side.replace(' ', '-')}.log"))
                             bench.ours[side] = (through, "s")
+                    elif options.on_demand:
+                        bench.ours[ON_DEMAND] = (Minivisor(mv.root), "o")
                     rows = run_rows(bench, options.rounds, options.vms, only)
                 finally:
                     for service in services:
                         stop_service(service)
+                    stop_on_demand_service(mv.root)
                     mv.power_off_all()
                     if base is not None:
                         base.power_off_all()

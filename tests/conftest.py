@@ -17,6 +17,9 @@ from minivisor_appliance.build import build_appliance
 # Tests build no networks on the host: NAT is QEMU's user-mode networking, other NICs have their links down.
 # Network tests (tests/net) run minivisor inside network namespaces they create, with this set otherwise there.
 os.environ["MINIVISOR_NETWORKING"] = "user"
+# A command that finds no service starts one for the commands after it (minivisor.service.on_demand). Tests run each
+# command as they mean it, by itself or through a service they start; tests/service/test_on_demand.py tests that one.
+os.environ["MINIVISOR_ON_DEMAND"] = "off"
 
 # Property tests prove what they prove by their examples, not by their speed: on a loaded
 # 2-core machine a slow example must be neither a failure (deadline) nor a reason to give up

@@ -23,6 +23,8 @@ import time
 
 import pytest
 
+from cli_runner import RUN_AND_LIST, modules_loaded_by_cli
+
 from minivisor import Hypervisor
 from minivisor.client import connect
 
@@ -38,11 +40,6 @@ NOT_FOR_LISTING = ("minivisor.vmm.qmp", "minivisor.spec.vmspec", "minivisor.spec
                    "minivisor.core.snapshots", "minivisor.core.clones", "minivisor.images.qemu_img")
 
 
-# `python -m minivisor ARGS`, then the names of every module loaded, on stderr after a marker line
-RUN_AND_LIST = ("import atexit, runpy, sys\n"
-                "atexit.register(lambda: sys.stderr.write('\\nmodules:\\n' + '\\n'.join(sorted(sys.modules))))\n"
-                "sys.argv[0] = 'minivisor'\n"
-                "runpy.run_module('minivisor', run_name='__main__', alter_sys=True)\n")
 # `python -m minivisor vm start ...` up to QEMU's spawn, which is refused (no guest boots) once the names of every
 # module loaded are on stderr after the marker line: what a power-on loads before QEMU starts
 START_AND_LIST = ("import os, sys, _posixsubprocess\n"
@@ -71,10 +68,7 @@ def imported_by_cli(*args: str, direct: bool = True, script: str = RUN_AND_LIST,
     env = {name: value for name, value in os.environ.items() if name != "MINIVISOR_DIRECT"} | env_vars
     if direct:
         env["MINIVISOR_DIRECT"] = "1"
-    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
-                            timeout=60, env=env)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return set(result.stderr.rpartition("\nmodules:\n")[2].split())
+    return modules_loaded_by_cli(*args, env=env, script=script)
 
 
 def packages(modules: set[str], names: tuple[str, ...]) -> list[str]:

@@ -175,7 +175,8 @@ def _datastore_folder() -> str:
 
 
 def hv(*, direct: bool = False):
-    """The core API: the running service's client when there is one, else the datastore itself.
+    """The core API: the running service's client when there is one, else the datastore itself, and then a
+    service is started on demand for the commands after this one (:mod:`minivisor.service.on_demand`).
 
     Both give the same results, errors and exit codes. MINIVISOR_DIRECT=1 (or
     ``direct``) bypasses the service; the VM locks keep the two from racing.
@@ -190,6 +191,11 @@ def hv(*, direct: bool = False):
                 from ..client import connect
 
                 client = connect(root)
+            if client is None:
+                from ..service import on_demand
+
+                if on_demand.wanted(root):
+                    on_demand.start(root)
             _state["client"] = client
         if _state["client"] is not None:
             return _state["client"]

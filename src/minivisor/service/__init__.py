@@ -13,6 +13,7 @@ The modules, each one concept:
 
 - :mod:`routes`: the REST mapping, one row per core method (stdlib; the client reads it too);
 - :mod:`discovery`: the files by which clients find a running service (stdlib; the client reads them);
+- :mod:`on_demand`: the service a command starts for the commands after it when none runs (stdlib);
 - :mod:`server`: the service process (:class:`server.Service`): lock, token, socket, ``service.json``,
   uvicorn, start and stop;
 - :mod:`connections`: the limits uvicorn lacks (a deadline per request, a cap on connections);

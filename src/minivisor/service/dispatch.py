@@ -54,6 +54,12 @@ class Dispatcher:
         self._vm_locks: dict[str, asyncio.Lock] = {}
         self._pending: dict[str, asyncio.Event] = {}  # VM -> set once the rest of the call answered early has run
         self._workers = asyncio.Semaphore(WORKERS)
+        self._running = 0  # calls of the core on worker threads now
+
+    @property
+    def busy(self) -> bool:
+        """Whether a call of the core runs, or the rest of one answered early is still to run."""
+        return bool(self._running or self._pending)
 
     def hypervisor(self) -> _Lease:
         """A Hypervisor for this thread's use: ``with dispatcher.hypervisor() as hv:`` (back to the pool after)."""
@@ -174,8 +180,12 @@ class Dispatcher:
                 except RuntimeError:
                     pass  # the loop has closed: the service stopped while this call ran
 
-            threading.Thread(target=work, name=f"core {getattr(func, '__name__', 'call')}", daemon=True).start()
-            return await done
+            self._running += 1
+            try:
+                threading.Thread(target=work, name=f"core {getattr(func, '__name__', 'call')}", daemon=True).start()
+                return await done
+            finally:
+                self._running -= 1
 
 
 def _invoke(hv: Hypervisor, method: str, kwargs: dict[str, Any]) -> Any:

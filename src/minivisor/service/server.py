@@ -6,7 +6,8 @@ idle in single-host mode) and writes ``service.json``
 (:mod:`minivisor.service.discovery`); :meth:`Service.serve_forever` runs the
 application (:mod:`minivisor.service.app`) on uvicorn with the guarded
 connection protocol (:mod:`minivisor.service.connections`) until SIGTERM or
-SIGINT. Running VMs keep running when it stops.
+SIGINT, or, started on demand (:mod:`minivisor.service.on_demand`), until it
+has been idle long enough. Running VMs keep running when it stops.
 """
 
 from __future__ import annotations
@@ -16,18 +17,19 @@ import json
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 import uvicorn
 
 from ..cluster.liveness import Member
-from ..core.clustering import ClusterHost
+from ..core.clustering import ClusterHost, in_cluster
 from ..core.events import Event
 from ..core.hypervisor import Hypervisor
 from ..errors import ConflictError, HostError, RequestError
 from ..locks import try_lock
 from ..spec.vmx import write_atomic
-from ..procfs import start_ticks
+from ..procfs import is_same_process, start_ticks
 from ..text import is_number
 from .app import build_app
 from .auth import Access, HostCheck, ensure_token
@@ -35,6 +37,7 @@ from .bus import EventBus
 from .connections import KEEP_ALIVE, GuardedH11Protocol, connection_cap
 from .discovery import LOCK_FILE, SERVICE_FILE
 from .dispatch import Dispatcher
+from .on_demand import idle_exit
 from .supervisor import Supervisor
 
 __all__ = ["Service"]
@@ -46,10 +49,17 @@ BACKLOG = 1024  # connections the kernel queues before the service accepts them
 class Service:
     """One datastore served over HTTP, with its VMMs supervised."""
 
-    def __init__(self, root: Path | str, listen: str = "127.0.0.1:8700", *, autostart: bool = True) -> None:
+    def __init__(self, root: Path | str, listen: str = "127.0.0.1:8700", *, autostart: bool = True,
+                 on_demand: bool = False, lock: int | None = None) -> None:
+        """``on_demand``: started by a command for the ones after it (:mod:`minivisor.service.on_demand`):
+        no autostart, never a cluster member, gone once idle. Otherwise an on-demand service running on the
+        datastore is replaced. ``lock``: the datastore's service lock, taken already."""
         self.root = Path(root).absolute()
+        if on_demand and in_cluster(self.root / ".minivisor"):
+            raise ConflictError(f"the datastore {self.root} is a cluster member: its service is started by hand",
+                                hint="run `minivisor serve` on this host (a systemd unit, say)")
         self.calls = Dispatcher(self.root, on_event=self._on_event)  # opens (creates) the datastore
-        self._lock_fd = _take_service_lock(self.root)
+        self._lock_fd = lock if lock is not None else _take_service_lock(self.root, replace_on_demand=not on_demand)
         token = ensure_token(self.root)
         self.bus = EventBus()
         host, _, port = listen.rpartition(":")
@@ -64,7 +74,8 @@ class Service:
         with self.calls.hypervisor() as hv:
             meta = hv.datastore.meta
         self.member = Member(meta, ClusterHost(lambda: Hypervisor(self.root, on_event=self._on_event)))
-        self.autostart = autostart
+        self.autostart = autostart and not on_demand
+        self.on_demand = on_demand
 
     def serve_forever(self) -> None:
         """Serve until SIGTERM or SIGINT, then stop (running VMs keep running)."""
@@ -74,15 +85,18 @@ class Service:
         self.start()
         try:
             app = build_app(self.calls, self.bus, self.access, self.supervisor, autostart=self.autostart)
-            stop.serve(_Server(app, self.bus), [self.sock])
+            idle = _IdleExit(idle_exit(), self.calls) if self.on_demand else None
+            stop.serve(_Server(app, self.bus, idle), [self.sock])
         finally:
             self.close()
 
     def start(self) -> None:
         """Reattach to running VMMs and write the service file (autostart follows once it serves)."""
         self.supervisor.start()
-        self.member.start()
-        record = {"url": self.url, "pid": os.getpid(), "start_ticks": start_ticks(os.getpid())}
+        if not self.on_demand:
+            self.member.start()
+        record = {"url": self.url, "pid": os.getpid(), "start_ticks": start_ticks(os.getpid()),
+                  "on_demand": self.on_demand}
         path = self.root / SERVICE_FILE
         path.unlink(missing_ok=True)  # a stale one would keep its mode
         write_atomic(path, json.dumps(record).encode(), mode=0o600)
@@ -103,12 +117,53 @@ class Service:
         self.bus.publish(event)
 
 
-def _take_service_lock(root: Path) -> int:
+def _take_service_lock(root: Path, *, replace_on_demand: bool) -> int:
+    """The datastore's service lock; one held by an on-demand service is taken over if ``replace_on_demand``
+    (that service is asked to stop, and given its grace to finish what it was answering)."""
     fd = try_lock(root / LOCK_FILE)
+    if fd is None and replace_on_demand and _stop_on_demand(root):
+        deadline = time.monotonic() + GRACE + 5
+        while fd is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            fd = try_lock(root / LOCK_FILE)
     if fd is None:
         raise ConflictError(f"a minivisor service already runs for the datastore {root}",
                             hint=f"see {root / SERVICE_FILE}, or stop that service first")
     return fd
+
+
+def _stop_on_demand(root: Path) -> bool:
+    """Ask the on-demand service running on the datastore to stop; False if the service there is another."""
+    try:
+        record = json.loads((root / SERVICE_FILE).read_text())
+        pid, ticks = record["pid"], record["start_ticks"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # none written yet (a service starting), or not one of ours
+    if record.get("on_demand") is not True or not is_same_process(pid, ticks):
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except OSError:
+        return False
+    return True
+
+
+class _IdleExit:
+    """When an on-demand service has been idle long enough: no connection open and no call of the core
+    running (the rest of one answered early included) for ``seconds``. At once once the datastore joined a
+    cluster (through this service: `cluster init`): a member's service is started by hand."""
+
+    def __init__(self, seconds: float, calls: Dispatcher) -> None:
+        self.seconds, self.calls = seconds, calls
+        self.meta = calls.root / ".minivisor"
+        self.last_busy = time.monotonic()
+
+    def due(self, connections: int) -> bool:
+        now = time.monotonic()
+        if connections or self.calls.busy:
+            self.last_busy = now
+            return False
+        return now - self.last_busy >= self.seconds or in_cluster(self.meta)
 
 
 def _listen(listen: str, host: str, port: int) -> socket.socket:
@@ -152,13 +207,20 @@ class _StopRequest:
 class _Server(uvicorn.Server):
     """uvicorn for the service's app: the guarded protocol, its limits and timeouts."""
 
-    def __init__(self, app, bus: EventBus) -> None:
+    def __init__(self, app, bus: EventBus, idle: _IdleExit | None = None) -> None:
         super().__init__(uvicorn.Config(
             app, http=GuardedH11Protocol, ws="wsproto", lifespan="on", loop="asyncio",
             log_config=None, log_level="warning", access_log=False, proxy_headers=False, server_header=False,
             timeout_keep_alive=int(KEEP_ALIVE), timeout_graceful_shutdown=int(GRACE),
             limit_concurrency=connection_cap(), backlog=BACKLOG))
         self.bus = bus
+        self.idle = idle
+
+    async def on_tick(self, counter: int) -> bool:
+        """uvicorn's tick (every 0.1 s): also the end of an idle on-demand service."""
+        if self.idle is not None and self.idle.due(len(self.server_state.connections)):
+            self.should_exit = True
+        return await super().on_tick(counter)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.bus.close()  # event streams end, so their connections close instead of holding the stop
