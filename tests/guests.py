@@ -29,6 +29,17 @@ def guest_address(hv: Any, vm: str, ifname: str = "eth0", timeout: float = 30) -
         time.sleep(0.5)
 
 
+def guest(hv: Any, vm: str, command: str, timeout: float = 30) -> tuple[str, int]:
+    """A shell command's output and exit status in the guest."""
+    result = hv.exec_in_vm(vm, command, timeout=timeout)
+    return result.output, result.exit_code
+
+
+def reaches(hv: Any, vm: str, address: str, count: int = 1) -> bool:
+    """Whether the guest's ping of ``address`` gets an answer (``count`` tries, 2 s each)."""
+    return guest(hv, vm, f"ping -c {count} -W 2 {address} >/dev/null")[1] == 0
+
+
 def wait_for(what: str, check: Any, timeout: float = 30.0) -> Any:
     """What ``check()`` returns once it is true; fails saying ``what`` if it is not within ``timeout`` s."""
     deadline = time.monotonic() + timeout

@@ -126,10 +126,9 @@ class Lab:
         return [item["ifname"] for item in json.loads(self.sh("ip -j link show"))]
 
     def minivisor_leftovers(self) -> list[str]:
-        """Bridges, taps, the nftables table and dnsmasq processes of minivisor's in the host namespace."""
+        """Bridges, taps, the nftables tables and dnsmasq processes of minivisor's in the host namespace."""
         found = [name for name in self.links() if name.startswith(("mvbr", "mvt"))]
-        if "minivisor" in self.sh("nft list tables"):
-            found.append("nft table inet minivisor")
+        found += [f"nft {line}" for line in self.sh("nft list tables").splitlines() if "minivisor" in line]
         found += [f"dnsmasq (pid {pid})" for pid in _pids(self.host) if _comm(pid) == "dnsmasq"]
         return found
 

@@ -14,7 +14,7 @@ import subprocess
 import time
 
 import pytest
-from guests import guest_address
+from guests import guest, guest_address, reaches
 from netlab import HOST_ADDR, UP_ADDR
 
 from minivisor import Hypervisor
@@ -47,16 +47,6 @@ def _add_nics(vmx):
             for key, value in (("present", "TRUE"), ("virtualDev", model), ("connectionType", "hostonly")):
                 doc.set(f"{nic}.{key}", value)
     doc.save(vmx)
-
-
-def guest(hv, vm: str, command: str, timeout: float = 30) -> tuple[str, int]:
-    result = hv.exec_in_vm(vm, command, timeout=timeout)
-    return result.output, result.exit_code
-
-
-def reaches(hv, vm: str, address: str) -> bool:
-    _, status = guest(hv, vm, f"ping -c 1 -W 2 {address} >/dev/null")
-    return status == 0
 
 
 def test_guests_on_a_network_get_the_addresses_reserved_for_them(net_lab):

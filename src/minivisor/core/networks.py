@@ -5,9 +5,10 @@ VM's port forwards; :mod:`minivisor.net` builds them on the host. What runs is
 read back from the host itself: a VM is on a network while its tap (whose alias
 names the VM, the NIC, its MAC and the network) is on the bridge and the VM's
 lock is held. So a crash leaves nothing that can disagree: :meth:`Networks.sync`
-deletes the taps of VMs that no longer run and loads the firewall table again
-from what is left. Every change to the host happens under one lock per
-datastore (``.minivisor/net.lock``), so two processes never build one network twice.
+deletes the taps of VMs that no longer run and loads the firewall table and the
+taps' guard (one transaction) again from what is left. Every change to the host
+happens under one lock per datastore (``.minivisor/net.lock``), so two processes
+never build one network twice.
 
 ``nat`` (VMware's VMnet8) and ``hostonly`` (VMnet1) exist by default: they enter
 the catalog, with a free subnet, the first time they are used.
@@ -29,7 +30,7 @@ from ..datastore.inventory import Inventory, file_id, flocked_files
 from ..datastore.store import META, Datastore
 from ..errors import ArgumentError, ConflictError, HostError, HvError, LockError, NotFoundError
 from ..locks import wait_lock
-from ..net import addressing, dhcp, firewall, switch
+from ..net import addressing, antispoof, dhcp, firewall, switch
 from ..net.forwards import PortSpec, parse_forward, parse_host_side, port_user
 from ..net.host import Support, support
 from ..net.names import DEFAULT_NETWORKS, bridge_name, check_interface_name, check_network_name, tap_name
@@ -387,7 +388,8 @@ class Networks:
             switch.delete_link(entry.bridge)
 
     def _sync(self) -> None:
-        """Delete the taps of VMs that no longer run, then load the firewall table for what is left."""
+        """Delete the taps of VMs that no longer run, then load the firewall table and the taps' guard (in one
+        transaction) for what is left."""
         host_links = switch.links()
         live = self._live_taps(host_links)
         switches, bridges = [], {}
@@ -404,7 +406,11 @@ class Networks:
                 if forward.nic == owner.index and address and owner.network.lower() in bridges:
                     forwards.append(firewall.Forward(forward.protocol, forward.host_addr, forward.host_port,
                                                      address, forward.guest_port, bridges[owner.network.lower()]))
-        firewall.load(firewall.ruleset(switches, forwards, str(self.datastore.root)))
+        guarded = {s.bridge for s in switches if s.mode != "bridged"}  # a bridged network's taps: the LAN's rules
+        ports = [antispoof.Port(name, owner.mac) for name, link in host_links.items()
+                 if (owner := switch.TapOwner.of(link)) in live and bridges.get(owner.network.lower()) in guarded]
+        root = str(self.datastore.root)
+        firewall.load(firewall.ruleset(switches, forwards, root) + antispoof.ruleset(ports, root))
 
     def _live_taps(self, host_links: dict[str, switch.Link], *, prune: bool = True) -> list[switch.TapOwner]:
         """The taps among ``host_links`` of running VMs (whose lock is held); ``prune`` (during a change): those

@@ -24,11 +24,10 @@ from ..digest import sha256
 from ..errors import NetworkError
 from ..files import write_atomic
 from ..records import Record
-from ..spec.vmspec import normalize_mac
-from ..text import excerpt, is_number
+from ..text import is_number
 from .addressing import dynamic_range, host_interface
 from .host import run
-from .names import check_interface_name
+from .names import check_interface_name, checked_mac
 
 __all__ = ["DhcpFiles", "dhcp_files", "config_text", "hosts_text", "start", "stop", "reload", "running_pid",
            "leases", "LEASE_TIME"]
@@ -100,11 +99,8 @@ def hosts_text(reservations: list[tuple[str, str]]) -> str:
 
 
 def _checked_mac(text: str) -> str:
-    mac = normalize_mac(text)
-    if mac is None:
-        raise NetworkError(f"the catalog reserves an address for {excerpt(text)}, which is not a MAC",
-                           hint="remove that NIC's reservation: minivisor vm nic VM NIC --ip ADDRESS sets a new one")
-    return mac
+    return checked_mac(text, "the catalog reserves an address for",
+                       hint="remove that NIC's reservation: minivisor vm nic VM NIC --ip ADDRESS sets a new one")
 
 
 def running_pid(files: DhcpFiles) -> int | None:

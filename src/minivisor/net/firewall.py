@@ -28,7 +28,7 @@ import ipaddress
 from ..records import Record
 from .host import run
 
-__all__ = ["TABLE", "Switch", "Forward", "ruleset", "load", "owner"]
+__all__ = ["TABLE", "Switch", "Forward", "ruleset", "load", "owner", "quote"]
 
 TABLE = "inet minivisor"
 
@@ -66,7 +66,7 @@ def ruleset(switches: list[Switch], forwards: list[Forward], owner: str) -> str:
         "postrouting": ("type nat hook postrouting priority srcnat; policy accept;", _source_nat(routed, forwards)),
         "forward": ("type filter hook forward priority filter; policy accept;", _forwarding(routed)),
     }
-    body = [f"table {TABLE} {{", f"\tcomment {_quote(f'minivisor: {owner}')}"]
+    body = [f"table {TABLE} {{", f"\tcomment {quote(f'minivisor: {owner}')}"]
     for name, (hook, rules) in chains.items():
         body += [f"\tchain {name} {{", f"\t\t{hook}", *(f"\t\t{rule}" for rule in rules), "\t}"]
     return head + "\n".join(body) + "\n}\n"
@@ -74,7 +74,7 @@ def ruleset(switches: list[Switch], forwards: list[Forward], owner: str) -> str:
 
 def _loopback_guard(routed: list[Switch]) -> list[str]:
     """No packet from a guest to or from 127.0.0.0/8: the bridges' ``route_localnet`` is for the host's own."""
-    return [f"iifname {_quote(s.bridge)} ip {side} 127.0.0.0/8 drop" for s in routed for side in ("daddr", "saddr")]
+    return [f"iifname {quote(s.bridge)} ip {side} 127.0.0.0/8 drop" for s in routed for side in ("daddr", "saddr")]
 
 
 def _dnat(forward: Forward) -> str:
@@ -86,14 +86,14 @@ def _dnat(forward: Forward) -> str:
 def _source_nat(routed: list[Switch], forwards: list[Forward]) -> list[str]:
     rules = [f"ip saddr {s.subnet} ip daddr != {s.subnet} masquerade" for s in routed if s.mode == "nat"]
     for bridge in sorted({f.bridge for f in forwards}):
-        rules.append(f"oifname {_quote(bridge)} ip saddr 127.0.0.0/8 masquerade")
+        rules.append(f"oifname {quote(bridge)} ip saddr 127.0.0.0/8 masquerade")
     return rules
 
 
 def _forwarding(routed: list[Switch]) -> list[str]:
     rules = []
     for switch in routed:
-        bridge = _quote(switch.bridge)
+        bridge = quote(switch.bridge)
         rules += [f"iifname {bridge} oifname {bridge} accept", f"oifname {bridge} ct status dnat accept"]
         if switch.mode == "nat":
             rules.append(f"oifname {bridge} ct state established,related accept")
@@ -103,14 +103,14 @@ def _forwarding(routed: list[Switch]) -> list[str]:
     return rules
 
 
-def _quote(text: str) -> str:
+def quote(text: str) -> str:
     """A string for nft: our own names and paths; quotes and backslashes cannot be escaped, so they are dropped."""
     return '"' + "".join(c for c in text if c not in '"\\\n') + '"'
 
 
 def load(text: str) -> None:
-    """Replace the table in one transaction."""
-    run(["nft", "-f", "-"], "load minivisor's nftables table", stdin=text.encode())
+    """Replace the table in one transaction (with :mod:`.antispoof`'s table too, when ``text`` holds both)."""
+    run(["nft", "-f", "-"], "load minivisor's nftables tables", stdin=text.encode())
 
 
 def owner() -> str | None:

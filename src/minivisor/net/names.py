@@ -1,5 +1,8 @@
 """Names: which network a NIC's specfile keys ask for, and what minivisor calls things on the host.
 
+A MAC written into a file or rule a root-run program reads (dnsmasq's hosts
+file, the taps' guard) is checked here first (:func:`checked_mac`).
+
 Every interface minivisor makes carries its prefix (``mvbr``, ``mvt``) *and* an
 alias starting with :data:`ALIAS_PREFIX`, so a clean-up never touches an
 interface a user made, whatever its name.
@@ -10,12 +13,12 @@ from __future__ import annotations
 import re
 
 from ..digest import sha256
-from ..errors import ArgumentError
-from ..spec.vmspec import Nic
+from ..errors import ArgumentError, NetworkError
+from ..spec.vmspec import Nic, normalize_mac
 from ..text import excerpt
 
 __all__ = ["NAT", "HOSTONLY", "DEFAULT_NETWORKS", "is_network_name", "check_network_name", "check_interface_name", "wanted_network",
-           "tap_name", "bridge_name", "ALIAS_PREFIX", "BRIDGE_PREFIX", "TAP_PREFIX", "BRIDGED"]
+           "tap_name", "bridge_name", "checked_mac", "ALIAS_PREFIX", "BRIDGE_PREFIX", "TAP_PREFIX", "BRIDGED"]
 
 NAT = "nat"  # VMware's VMnet8
 HOSTONLY = "hostonly"  # VMware's VMnet1
@@ -48,6 +51,15 @@ def check_interface_name(name: str) -> str:
         raise ArgumentError(f"{excerpt(name)} is not a network interface name",
                             hint="name an interface of this host as `ip link` shows it, e.g. eth0")
     return name
+
+
+def checked_mac(text: str, whose: str, hint: str) -> str:
+    """The MAC in lower-case colon form, or NetworkError saying ``whose`` it is (it came from the catalog or a
+    tap's alias, and goes where a stray character would be syntax)."""
+    mac = normalize_mac(text)
+    if mac is None:
+        raise NetworkError(f"{whose} {excerpt(text)}, which is not a MAC", hint=hint)
+    return mac
 
 
 def wanted_network(nic: Nic) -> str | None:
