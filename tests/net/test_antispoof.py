@@ -18,7 +18,6 @@ import ipaddress
 import json
 import os
 import secrets
-import shutil
 import signal
 import struct
 import subprocess
@@ -42,11 +41,10 @@ BROADCAST = "ff:ff:ff:ff:ff:ff"
 
 @pytest.fixture(scope="module")
 def rawframe(tmp_path_factory) -> bytes:
-    """The guest's frame sender, compiled for the guest (static, no libc: the guest has busybox only)."""
-    if not shutil.which("gcc"):
-        pytest.skip("building the guest's frame sender needs gcc")
+    """The guest's frame sender, compiled for the guest (static, no libc: the guest has busybox only) with the
+    compiler setup.sh installs for the test guest's kernel (gcc-12: Debian's plain `gcc` may not be there)."""
     out = tmp_path_factory.mktemp("rawframe") / "rawframe"
-    subprocess.run(["gcc", "-Os", "-static", "-nostdlib", "-ffreestanding", "-fno-stack-protector",
+    subprocess.run(["gcc-12", "-Os", "-static", "-nostdlib", "-ffreestanding", "-fno-stack-protector",
                     "-fno-asynchronous-unwind-tables", "-no-pie", "-fno-pie", "-s", "-Wl,--build-id=none",
                     "-Wl,-z,noseparate-code", "-o", str(out), str(Path(__file__).with_name("rawframe.c"))],
                    check=True, capture_output=True)
