@@ -9,6 +9,8 @@ one powers everything off and deletes the networks, and checks nothing is left.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import subprocess
 import time
@@ -115,31 +117,61 @@ def test_a_guest_cannot_reach_the_hosts_loopback_through_its_gateway(net_lab, tm
     sysctls, and a guest needs ``route_localnet`` on its own side to send to 127.0.0.1): it routes 127.0.0.0/8
     to its gateway and asks a server of the host's that listens on every address, the REST service's way."""
     lab, hv = net_lab
-    (tmp_path / "secret.txt").write_text("host-only secret\n")
-    bridge = lab.mv_json("net", "show", "A")["bridge"]
+    with attacker_on(lab, "A", tmp_path, "ip route add 127.0.0.0/8 via {gateway} dev atk1") as (attacker, gateway):
+        leaked = lab.sh(FETCH.format("127.0.0.1", 8799) + " 2>&1", ns=attacker, check=False)
+    assert "secret" not in leaked and "timed out" in leaked
+
+
+def test_a_guest_on_an_isolated_network_cannot_reach_a_port_forward_through_its_gateway(net_lab, tmp_path):
+    """A port forward on 0.0.0.0 answers on every address of the host, the host's address on an isolated (host-only)
+    network too: the DNAT must not carry that network's guests to the forwarded guest on another network. The
+    attacker is a namespace plugged into hostonly's switch like a guest; the host itself still forwards."""
+    lab, hv = net_lab
+    guest(hv, "a1", "mkdir -p /www && echo served-by-a1 >/www/index.html && (pidof httpd || httpd -p 80 -h /www)")
+    lab.mv("vm", "port-forward", "a1", "add", "0.0.0.0:8081:80")
+    try:
+        assert lab.sh(FETCH.format("127.0.0.1", 8081)).strip() == "served-by-a1"  # the forward works
+        with attacker_on(lab, "hostonly", tmp_path) as (attacker, gateway):
+            reached = lab.sh(FETCH.format(gateway, 8081) + " 2>&1", ns=attacker, check=False)
+    finally:
+        lab.mv("vm", "port-forward", "a1", "remove", "0.0.0.0:8081")
+    assert "served-by-a1" not in reached and "timed out" in reached
+
+
+# Fetch http://ADDRESS:PORT/ from a namespace, 3 s at most: a server's answer, or an exception's words
+FETCH = "python3 -c \"import urllib.request as u; print(u.urlopen('http://{}:{}/', timeout=3).read().decode())\""
+
+
+@contextlib.contextmanager
+def attacker_on(lab, network: str, folder, route: str = ""):
+    """A namespace plugged into ``network``'s switch like a guest (veth atk0/atk1, the subnet's address .120),
+    ``route`` (its ``{gateway}`` filled in) set up in it; yields its name and its gateway, once a server of the
+    host's that listens on every address (on port 8799, serving ``folder``) answers it there: host-only
+    reachability, as a guest has it."""
+    facts = lab.mv_json("net", "show", network)
+    subnet = ipaddress.ip_network(facts["subnet"])
+    gateway, address = facts["gateway"], f"{subnet.network_address + 120}/{subnet.prefixlen}"
     attacker = f"{lab.host}-atk"
-    gateway = "192.168.61.1"
+    (folder / "index.html").write_text("host-only secret\n")
     server = subprocess.Popen(["ip", "netns", "exec", lab.host, "python3", "-m", "http.server", "8799"],
-                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    fetch = "python3 -c \"import urllib.request as u; print(u.urlopen('http://{}:8799/secret.txt', timeout=3)" \
-            ".read().decode())\""
+                              cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         subprocess.run(["ip", "netns", "add", attacker], check=True)
-        lab.sh(f"ip link add atk0 type veth peer name atk1 netns {attacker} && ip link set atk0 master {bridge} up")
-        lab.sh("ip addr add 192.168.61.120/24 dev atk1 && ip link set atk1 up && "
-               "echo 1 >/proc/sys/net/ipv4/conf/atk1/route_localnet && "
-               f"ip route add 127.0.0.0/8 via {gateway} dev atk1", ns=attacker)
+        lab.sh(f"ip link add atk0 type veth peer name atk1 netns {attacker} && "
+               f"ip link set atk0 master {facts['bridge']} up")
+        lab.sh(f"ip addr add {address} dev atk1 && ip link set atk1 up && "
+               "echo 1 >/proc/sys/net/ipv4/conf/atk1/route_localnet"
+               + (" && " + route.format(gateway=gateway) if route else ""), ns=attacker)
         deadline = time.monotonic() + 15
-        while "host-only secret" not in lab.sh(fetch.format(gateway), ns=attacker, check=False):  # it works
+        while "host-only secret" not in lab.sh(FETCH.format(gateway, 8799), ns=attacker, check=False):
             assert time.monotonic() < deadline, "the host's server is not reachable on the gateway"
             time.sleep(0.3)
-        leaked = lab.sh(fetch.format("127.0.0.1") + " 2>&1", ns=attacker, check=False)
+        yield attacker, gateway
     finally:
         server.terminate()
         server.wait()
         subprocess.run(["ip", "netns", "del", attacker], capture_output=True)
         subprocess.run(["ip", "netns", "exec", lab.host, "ip", "link", "del", "atk0"], capture_output=True)
-    assert "secret" not in leaked and "timed out" in leaked
 
 
 def test_link_down_stops_traffic_and_link_up_restores_it(net_lab):

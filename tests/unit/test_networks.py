@@ -91,7 +91,9 @@ def test_the_firewall_table_masquerades_nat_isolates_switches_and_forwards_ports
     assert 'comment "minivisor: /ds"' in text
     assert "ip saddr 192.168.61.0/24 ip daddr != 192.168.61.0/24 masquerade" in text
     assert "192.168.62.0/24 ip daddr" not in text  # an isolated network is not masqueraded...
-    assert 'iifname "mvbr1" drop' in text and 'oifname "mvbr1" drop' in text  # ...nor routed
+    assert 'oifname "mvbr1" drop' in text  # ...nor routed: in, nor out, first of all (before DNATed traffic's accept)
+    forwarding = text[text.index("chain forward"):].splitlines()
+    assert forwarding[2].strip() == 'iifname "mvbr1" oifname != "mvbr1" drop'
     assert text.count("ip daddr 127.0.0.1 fib daddr type local tcp dport 8080 dnat ip to 192.168.61.2:80") == 2
     for bridge in ("mvbr0", "mvbr1"):  # route_localnet is for the host's own packets, not the guests'
         assert f'iifname "{bridge}" ip daddr 127.0.0.0/8 drop' in text

@@ -8,7 +8,9 @@ they were. The table's comment names the datastore it belongs to.
 
 - NAT networks: their guests' traffic leaving the host is masqueraded; from
   outside only replies and port forwards get in.
-- Isolated networks: nothing is routed in or out (the host itself is reachable, host-only).
+- Isolated networks: nothing is routed in or out (the host itself is reachable, host-only), port
+  forwards to other networks' guests included (the host's address on the isolated bridge is one of
+  its addresses, where a ``0.0.0.0`` forward answers).
 - No network reaches another through the host.
 - Port forwards: DNAT of ``ADDR:PORT`` (``0.0.0.0``: any address of the host) to
   the guest, for traffic arriving and traffic from the host itself, and only for
@@ -91,15 +93,15 @@ def _source_nat(routed: list[Switch], forwards: list[Forward]) -> list[str]:
 
 
 def _forwarding(routed: list[Switch]) -> list[str]:
-    rules = []
+    # An isolated network routes nowhere, first: a port forward's DNAT must not carry its guests to another
+    # network (the accept of DNATed traffic below would, were this rule after it).
+    rules = [f"iifname {quote(s.bridge)} oifname != {quote(s.bridge)} drop" for s in routed if s.mode != "nat"]
     for switch in routed:
         bridge = quote(switch.bridge)
         rules += [f"iifname {bridge} oifname {bridge} accept", f"oifname {bridge} ct status dnat accept"]
         if switch.mode == "nat":
             rules.append(f"oifname {bridge} ct state established,related accept")
         rules.append(f"oifname {bridge} drop")  # nothing else in: not from outside, not from another network
-        if switch.mode != "nat":
-            rules.append(f"iifname {bridge} drop")  # an isolated network routes nowhere
     return rules
 
 
