@@ -13,7 +13,8 @@ keep running, as when any service stops. ``minivisor serve`` by hand replaces it
 Not started where ``MINIVISOR_ON_DEMAND=off`` (or ``MINIVISOR_DIRECT``), for a datastore not yet made
 (the command making it must not race a second process making it), or for a cluster member.
 
-Stdlib only: every command that runs on its own may look here.
+Light: every command that runs on its own looks here (the core's cluster check is loaded only then, when the
+command loads the core anyway).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ IDLE_EXIT = 120.0  # seconds without a request before an on-demand service exits
 IDLE_ENV = "MINIVISOR_ON_DEMAND_IDLE"  # another idle time, in seconds (tests)
 ENABLED_ENV = "MINIVISOR_ON_DEMAND"  # "off": commands never start a service
 CATALOG = ".minivisor/catalog.sqlite"  # the datastore exists once its catalog does
-CLUSTER_CONFIG = ".minivisor/cluster.json"  # minivisor.cluster.config.CONFIG_FILE: a member's datastore
 
 
 def wanted(root: str) -> bool:
@@ -38,7 +38,9 @@ def wanted(root: str) -> bool:
     starting already (it holds the service lock before it has written its file)."""
     if os.environ.get(ENABLED_ENV, "").lower() in ("off", "0", "no", "false") or os.environ.get("MINIVISOR_DIRECT"):
         return False
-    if not os.path.exists(os.path.join(root, CATALOG)) or os.path.exists(os.path.join(root, CLUSTER_CONFIG)):
+    from ..core.clustering import in_cluster  # here: asked only by a command that loads the core anyway
+
+    if not os.path.exists(os.path.join(root, CATALOG)) or in_cluster(os.path.join(root, ".minivisor")):
         return False
     fd = try_lock(os.path.join(root, LOCK_FILE))
     if fd is None:
