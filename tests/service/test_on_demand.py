@@ -11,8 +11,9 @@ import subprocess
 import sys
 import time
 
+import pytest
 from cli_runner import modules_loaded_by_cli
-from guests import wait_for
+from guests import create_guest, wait_for
 
 from minivisor import Hypervisor
 from minivisor.client import connect
@@ -20,6 +21,7 @@ from minivisor.locks import try_lock
 from minivisor.procfs import is_same_process
 from minivisor.service import on_demand
 from minivisor.service.discovery import LOCK_FILE, SERVICE_FILE
+from minivisor.service.server import GRACE
 
 from .conftest import small_vm
 
@@ -117,3 +119,58 @@ def test_no_service_is_started_for_a_new_datastore_a_cluster_member_or_when_turn
         f"error: the datastore {root} is a cluster member: its service is started by hand; "
         "run `minivisor serve` on this host (a systemd unit, say)"]
     assert lock_is_free(root) and not (root / SERVICE_FILE).exists()
+
+
+def test_a_service_started_by_hand_while_an_on_demand_one_starts_waits_for_it_and_takes_its_place(tmp_path,
+                                                                                                   monkeypatch):
+    """The on-demand service holds the lock before it has written its file: a plain serve started then waits."""
+    monkeypatch.delenv(on_demand.ENABLED_ENV)
+    root = tmp_path / "datastore"
+    small_vm(Hypervisor(root), "vm1")
+    env = environment(root)
+    first = subprocess.Popen([sys.executable, "-m", "minivisor", "serve", "--on-demand"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_for("the on-demand service to hold the lock", lambda: not lock_is_free(root), timeout=30)
+    by_hand = subprocess.Popen([sys.executable, "-m", "minivisor", "serve", "--listen", "127.0.0.1:0"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        assert serving(root, on_demand_one=False)["pid"] == by_hand.pid
+        assert first.wait(timeout=30) == 0  # it left, asked to
+    finally:
+        by_hand.terminate()
+        by_hand.wait(timeout=30)
+        first.kill()
+        first.wait()
+
+
+@pytest.mark.qemu
+def test_a_call_the_on_demand_service_answers_is_not_cut_short_by_a_service_started_by_hand(tmp_path, monkeypatch,
+                                                                                            appliance_image):
+    """Replaced, the on-demand service leaves once its calls are done, however long (longer than a stopping
+    service's grace): the command it answers gets its answer."""
+    monkeypatch.delenv(on_demand.ENABLED_ENV)
+    root = tmp_path / "datastore"
+    hv = Hypervisor(root)
+    create_guest(hv, "ga", appliance_image, memory_mib=128, network="none")
+    hv.start_vm("ga", wait_ready=True, timeout=90)
+    hv.exec_in_vm("ga", "true", via="agent")
+    env = environment(root)
+    try:
+        subprocess.run([sys.executable, "-m", "minivisor", "vm", "list"], env=env, check=True, capture_output=True)
+        serving(root, on_demand_one=True)
+        long_call = subprocess.Popen([sys.executable, "-m", "minivisor", "vm", "exec", "ga", "--",
+                                      "sh", "-c", f"sleep {GRACE + 3:.0f}; echo finished"],
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1)  # the call runs in the on-demand service
+        by_hand = subprocess.Popen([sys.executable, "-m", "minivisor", "serve", "--listen", "127.0.0.1:0"],
+                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
+        try:
+            output, errors = long_call.communicate(timeout=60)
+            assert long_call.returncode == 0 and output == "finished\n", errors
+            assert serving(root, on_demand_one=False)["pid"] == by_hand.pid
+        finally:
+            by_hand.terminate()
+            by_hand.wait(timeout=30)
+    finally:
+        hv.stop_vm("ga", hard=True)

@@ -55,6 +55,7 @@ class Dispatcher:
         self._pending: dict[str, asyncio.Event] = {}  # VM -> set once the rest of the call answered early has run
         self._workers = asyncio.Semaphore(WORKERS)
         self._running = 0  # calls of the core on worker threads now
+        self._count = threading.Lock()
 
     @property
     def busy(self) -> bool:
@@ -169,23 +170,24 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         async with self._workers:
             done: asyncio.Future[Any] = loop.create_future()
+            with self._count:
+                self._running += 1  # until the thread ends, even if the request awaiting it is cancelled
 
             def work() -> None:
                 try:
                     outcome = (func(*args, **kwargs), None)
                 except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request
                     outcome = (None, exc)
+                finally:
+                    with self._count:
+                        self._running -= 1
                 try:
                     loop.call_soon_threadsafe(_settle, done, *outcome)
                 except RuntimeError:
                     pass  # the loop has closed: the service stopped while this call ran
 
-            self._running += 1
-            try:
-                threading.Thread(target=work, name=f"core {getattr(func, '__name__', 'call')}", daemon=True).start()
-                return await done
-            finally:
-                self._running -= 1
+            threading.Thread(target=work, name=f"core {getattr(func, '__name__', 'call')}", daemon=True).start()
+            return await done
 
 
 def _invoke(hv: Hypervisor, method: str, kwargs: dict[str, Any]) -> Any:

@@ -34,31 +34,38 @@ CATALOG = ".minivisor/catalog.sqlite"  # the datastore exists once its catalog d
 
 
 def wanted(root: str) -> bool:
-    """Whether a command on the datastore at ``root``, finding no service, should start one: not if one is
-    starting already (it holds the service lock before it has written its file)."""
+    """Whether a command on the datastore at ``root``, finding no service, should start one: only the
+    datastore's owner's command (root's command on a user's datastore would leave root's files and process
+    there), and not if one is starting already (it holds the service lock before it has written its file)."""
     if os.environ.get(ENABLED_ENV, "").lower() in ("off", "0", "no", "false") or os.environ.get("MINIVISOR_DIRECT"):
         return False
     from ..core.clustering import in_cluster  # here: asked only by a command that loads the core anyway
 
-    if not os.path.exists(os.path.join(root, CATALOG)) or in_cluster(os.path.join(root, ".minivisor")):
+    meta = os.path.join(root, ".minivisor")
+    try:
+        if os.stat(meta).st_uid != os.geteuid() or not os.path.exists(os.path.join(root, CATALOG)):
+            return False
+        fd = try_lock(os.path.join(root, LOCK_FILE))
+    except OSError:  # no datastore yet, or one this user may only read: the command says what it can do
         return False
-    fd = try_lock(os.path.join(root, LOCK_FILE))
     if fd is None:
         return False
     os.close(fd)
-    return True
+    return not in_cluster(meta)
 
 
 def start(root: str) -> None:
     """Start the on-demand service of ``root`` in the background and return at once; its output goes nowhere
-    (a second one started meanwhile finds the service lock taken and exits)."""
+    (a second one started meanwhile finds the service lock taken and exits). It runs in the datastore, not in
+    the command's folder, which Python would otherwise search first for modules (``-P``: a ``uvicorn.py`` left
+    in a shared folder must not be what the service imports) and which it would keep busy."""
     import subprocess  # here: a command through a service never starts one
 
+    folder = os.path.abspath(root)
     try:
-        subprocess.Popen([sys.executable, "-m", "minivisor", "--datastore", os.path.abspath(root), "serve",
-                          "--on-demand"],
+        subprocess.Popen([sys.executable, "-P", "-m", "minivisor", "--datastore", folder, "serve", "--on-demand"],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True, close_fds=True)
+                         start_new_session=True, close_fds=True, cwd=folder)
     except OSError:
         pass  # this command is done by itself anyway; the next one tries again
 

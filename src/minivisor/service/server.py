@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
@@ -43,6 +44,8 @@ from .supervisor import Supervisor
 __all__ = ["Service"]
 
 GRACE = 5.0  # seconds a stopping service gives requests in flight to finish
+REPLACE_WAIT = 30.0  # seconds a plain service waits for the on-demand one it replaces to finish its calls
+WITHDRAWN_GRACE = 1.0  # seconds an on-demand service serves on once its file is gone (a command that read it)
 BACKLOG = 1024  # connections the kernel queues before the service accepts them
 
 
@@ -85,7 +88,10 @@ class Service:
         self.start()
         try:
             app = build_app(self.calls, self.bus, self.access, self.supervisor, autostart=self.autostart)
-            idle = _IdleExit(idle_exit(), self.calls) if self.on_demand else None
+            idle = None
+            if self.on_demand:
+                idle = _IdleExit(idle_exit(), self.calls, lambda: (self.root / SERVICE_FILE).unlink(missing_ok=True))
+                signal.signal(signal.SIGUSR1, idle.leave_when_idle)
             stop.serve(_Server(app, self.bus, idle), [self.sock])
         finally:
             self.close()
@@ -118,52 +124,67 @@ class Service:
 
 
 def _take_service_lock(root: Path, *, replace_on_demand: bool) -> int:
-    """The datastore's service lock; one held by an on-demand service is taken over if ``replace_on_demand``
-    (that service is asked to stop, and given its grace to finish what it was answering)."""
+    """The datastore's service lock. If ``replace_on_demand``, one held by an on-demand service is taken over:
+    that service is asked to leave once the calls it runs are done (SIGUSR1: a power-on or an import it answers
+    is not cut short), and waited for, as is one still starting (it takes the lock before it writes its file)."""
     fd = try_lock(root / LOCK_FILE)
-    if fd is None and replace_on_demand and _stop_on_demand(root):
-        deadline = time.monotonic() + GRACE + 5
-        while fd is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-            fd = try_lock(root / LOCK_FILE)
+    deadline, asked = time.monotonic() + REPLACE_WAIT, False
+    while fd is None and replace_on_demand and time.monotonic() < deadline:
+        record = _running_service(root)
+        if record is not None and record.get("on_demand") is not True:
+            break  # a service of its own runs there
+        if record is not None and not asked:
+            try:
+                os.kill(record["pid"], signal.SIGUSR1)
+            except OSError:
+                pass  # gone meanwhile: its lock is free
+            asked = True
+        time.sleep(0.05)
+        fd = try_lock(root / LOCK_FILE)
     if fd is None:
-        raise ConflictError(f"a minivisor service already runs for the datastore {root}",
+        raise ConflictError(f"a minivisor service already runs for the datastore {root}"
+                            + (", started on demand and still answering a call" if asked else ""),
                             hint=f"see {root / SERVICE_FILE}, or stop that service first")
     return fd
 
 
-def _stop_on_demand(root: Path) -> bool:
-    """Ask the on-demand service running on the datastore to stop; False if the service there is another."""
+def _running_service(root: Path) -> dict | None:
+    """The service file of the datastore, if the process it names runs."""
     try:
         record = json.loads((root / SERVICE_FILE).read_text())
-        pid, ticks = record["pid"], record["start_ticks"]
+        running = is_same_process(record["pid"], record["start_ticks"])
     except (OSError, ValueError, KeyError, TypeError):
-        return False  # none written yet (a service starting), or not one of ours
-    if record.get("on_demand") is not True or not is_same_process(pid, ticks):
-        return False
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except OSError:
-        return False
-    return True
+        return None  # none written yet (a service starting), or not one of ours
+    return record if running else None
 
 
 class _IdleExit:
-    """When an on-demand service has been idle long enough: no connection open and no call of the core
-    running (the rest of one answered early included) for ``seconds``. At once once the datastore joined a
-    cluster (through this service: `cluster init`): a member's service is started by hand."""
+    """When an on-demand service leaves: idle (no connection open and no call of the core running, the rest of
+    one answered early included) for ``seconds``, or at once when idle if asked to (:meth:`leave_when_idle`:
+    a plain service takes over) or once the datastore joined a cluster (through this service: `cluster init`;
+    a member's service is started by hand). It first withdraws (its service file goes: new commands stop
+    finding it), then leaves :data:`WITHDRAWN_GRACE` seconds later, once what came meanwhile is answered."""
 
-    def __init__(self, seconds: float, calls: Dispatcher) -> None:
-        self.seconds, self.calls = seconds, calls
+    def __init__(self, seconds: float, calls: Dispatcher, withdraw: Callable[[], None]) -> None:
+        self.seconds, self.calls, self.withdraw = seconds, calls, withdraw
         self.meta = calls.root / ".minivisor"
         self.last_busy = time.monotonic()
+        self.withdrawn_at: float | None = None
+
+    def leave_when_idle(self, *_signal: object) -> None:
+        self.seconds = 0.0
 
     def due(self, connections: int) -> bool:
         now = time.monotonic()
         if connections or self.calls.busy:
             self.last_busy = now
             return False
-        return now - self.last_busy >= self.seconds or in_cluster(self.meta)
+        if self.withdrawn_at is None:
+            if now - self.last_busy >= self.seconds or in_cluster(self.meta):
+                self.withdraw()
+                self.withdrawn_at = now
+            return False
+        return now - self.withdrawn_at >= WITHDRAWN_GRACE
 
 
 def _listen(listen: str, host: str, port: int) -> socket.socket:

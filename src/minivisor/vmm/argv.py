@@ -424,7 +424,7 @@ def _serial_ports(spec: VmSpec, env: LaunchEnv) -> list[VirtualDevice]:
         # QEMU opens at its start the two FIFOs the launch made (serial.in, serial.out): what the guest prints
         # waits in serial.out until the console relay reads it, which writes serial.log (capped) and serves
         # console.sock. A pipe, not a socket: QEMU's UART writes one byte at a time, and a pipe packs them into
-        # pages (the launch makes it 1 MiB) where a socket spends a buffer on each: ~280 bytes filled one, and
+        # pages (the launch makes it 256 KiB) where a socket spends a buffer on each: ~280 bytes filled one, and
         # under host load OVMF's serial driver timed out behind a late relay and its shell gave up.
         chardev = qemu_opts(("id", "console"), ("path", env.paths.serial_pipes))
         devices.append(VirtualDevice(

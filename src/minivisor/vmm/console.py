@@ -77,8 +77,8 @@ def wait_for_line(log: Path, needle: str, timeout: float, *, alive=lambda: True)
 
 
 class _FollowedLog:
-    """What is written to a log from now on, across its rotations, as ``tail -F`` follows it: the relay
-    renames a full ``serial.log`` to ``serial.log.1`` and starts a new one under the name."""
+    """A log read from its start and on as it grows, across its rotations, as ``tail -F`` follows it: the
+    relay renames a full ``serial.log`` to ``serial.log.1`` and starts a new one under the name."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

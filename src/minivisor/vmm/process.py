@@ -43,7 +43,9 @@ if TYPE_CHECKING:  # subprocess, shutil, socket and the QMP session are imported
 __all__ = ["VmLock", "RuntimeRecord", "Observed", "Vmm", "is_our_vmm", "launched_process", "SHORT_HOLD"]
 
 RELAY_TIMEOUT = 15.0  # seconds from QEMU's spawn until its start is over and the relay attached
-CONSOLE_PIPE_SIZE = 1024 * 1024  # bytes serial.out holds for a late console relay (pipe-max-size, unprivileged)
+# Bytes serial.out holds for a late console relay: a boot log several times over, and 64 pages, so that a user's
+# 256 running VMs stay under pipe-user-pages-soft (16384 pages; past it, new pipes get 2 pages).
+CONSOLE_PIPE_SIZE = 256 * 1024
 STATUS_WAIT = 2.0  # seconds a pause or resume waits for the relay to see QEMU's new run state
 PROBE_TRIES = 5  # is_held_elsewhere: ~10 ms before a taken lock counts as held
 SHORT_HOLD = 5.0  # seconds a state probe or a dead VMM's cleanup may hold the VM lock, at the very most
@@ -336,7 +338,11 @@ class Vmm:
     def _console_pipes(self) -> list[int]:
         """The console's FIFOs, made in the runtime folder for QEMU to open (``-chardev pipe``): descriptors of
         ``serial.out`` (the guest's output, read; a FIFO's reader opens at once) and ``serial.in`` (its input,
-        read-write, as QEMU opens both: a write-only open would wait for QEMU)."""
+        read-write, as QEMU opens both: a write-only open would fail, ENXIO, with no reader yet).
+
+        QEMU opens both read-write too, so it never sees the relay go (no EPIPE): a relay that died leaves the
+        guest's console output waiting in the pipe, and the UART held once it is full. The relay reads only once
+        QEMU has greeted, after QEMU opened serial.out: a FIFO that never had a writer reads as its end."""
         import fcntl
 
         base = self.paths.serial_pipes
@@ -351,10 +357,9 @@ class Vmm:
             raise VmmError(f"cannot make the VMM's console pipe {exc.filename} for {self.name!r}: {exc.strerror}",
                            hint="the runtime folder is under XDG_RUNTIME_DIR or /run/minivisor: check it") from exc
         try:
-            # What a late relay leaves unread waits here, packed: 1 MiB holds a boot log many times over.
-            fcntl.fcntl(fds[0], fcntl.F_SETPIPE_SZ, CONSOLE_PIPE_SIZE)
+            fcntl.fcntl(fds[0], fcntl.F_SETPIPE_SZ, CONSOLE_PIPE_SIZE)  # what a late relay leaves unread, packed
         except OSError:
-            pass  # the user's pipes passed pipe-user-pages-soft: the default 64 KiB, still 230 times a socket's
+            pass  # the user's pipes passed pipe-user-pages-soft: the pipe keeps what it has (2 pages at least)
         return fds
 
     def _prepare_runtime_dir(self) -> None:

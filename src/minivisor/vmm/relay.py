@@ -2,9 +2,9 @@
 
 The launch makes the console's FIFOs (``serial.out``, ``serial.in``) and a listening socket
 (``events.sock``) before QEMU starts, and hands them to the relay; QEMU opens the FIFOs and connects to
-the socket at its start, and the guest runs at once. What it prints waits in ``serial.out`` (1 MiB,
+the socket at its start, and the guest runs at once. What it prints waits in ``serial.out`` (256 KiB,
 packed: QEMU's UART writes a byte at a time) until the relay reads it, so nothing is lost however late
-the relay comes. The relay
+the relay comes (a guest printing more meanwhile waits for it). The relay
 
 - writes the console output to ``serial.log``, capped at :data:`LOG_CAP` bytes
   with one previous generation (``serial.log.1``): a guest flooding its console
