@@ -14,6 +14,7 @@ import time
 import pytest
 from cli_runner import modules_loaded_by_cli
 from guests import create_guest, wait_for
+from vmm_guard import processes
 
 from minivisor import Hypervisor
 from minivisor.client import connect
@@ -45,6 +46,10 @@ def serving(root, *, on_demand_one: bool) -> dict:
     return wait_for("the service to serve", record, timeout=30)
 
 
+def on_demand_processes(root) -> list[int]:
+    return list(processes(lambda argv: b"--on-demand" in argv and os.fsencode(root) in argv))
+
+
 def lock_is_free(root) -> bool:
     fd = try_lock(root / LOCK_FILE)
     if fd is not None:
@@ -57,6 +62,7 @@ def test_a_command_without_a_service_starts_one_that_answers_the_next_and_leaves
     small_vm(Hypervisor(root), "vm1")
     env = environment(root, **{on_demand.IDLE_ENV: "3"})
     assert THE_CORE in modules_loaded_by_cli("snapshot", "take", "vm1", "first", env=env)  # by itself
+    assert on_demand_processes(root)  # and started one
     record = serving(root, on_demand_one=True)
     try:
         listed = modules_loaded_by_cli("snapshot", "take", "vm1", "second", env=env)
@@ -108,7 +114,7 @@ def test_no_service_is_started_for_a_new_datastore_a_cluster_member_or_when_turn
     assert made.returncode == 0, made.stderr
     off = environment(root, **{on_demand.ENABLED_ENV: "off"})
     subprocess.run([sys.executable, "-m", "minivisor", "vm", "list"], env=off, check=True, capture_output=True)
-    time.sleep(1)  # a service would have taken its lock by now
+    assert not on_demand_processes(root)  # one started would be there, a child of nobody, before the command ends
     assert lock_is_free(root) and not (root / SERVICE_FILE).exists()
     assert on_demand.wanted(str(root))
     (root / ".minivisor" / "cluster.json").write_text("{}")  # a member's datastore: its service runs by hand
