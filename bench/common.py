@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from minivisor import Hypervisor
+from minivisor import Hypervisor, procfs
 
 
 class BenchError(Exception):
@@ -98,3 +100,24 @@ def stop_service(service: subprocess.Popen | None) -> None:
     if service is not None and service.poll() is None:
         service.terminate()
         service.wait(30)
+
+
+def on_demand_service(root: Path) -> int | None:
+    """The pid of the on-demand service a command started on ``root`` (minivisor.service.on_demand), if one runs."""
+    try:
+        record = json.loads((root / ".minivisor" / "service.json").read_text())
+    except (OSError, ValueError):
+        return None
+    running = record.get("on_demand") is True and procfs.is_same_process(record["pid"], record["start_ticks"])
+    return record["pid"] if running else None
+
+
+def stop_on_demand_service(root: Path) -> None:
+    """Stop the on-demand service the CLI started on ``root``, if one runs (its datastore is removed next)."""
+    pid = on_demand_service(root)
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while on_demand_service(root) == pid and time.monotonic() < deadline:
+        time.sleep(0.1)

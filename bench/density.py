@@ -47,7 +47,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import BenchError, Minivisor, load_average, start_service, stop_service
+from common import BenchError, Minivisor, load_average, on_demand_service, start_service, stop_on_demand_service, \
+    stop_service
 
 from minivisor import Hypervisor
 from minivisor.vmm import relay
@@ -263,7 +264,7 @@ def report_memory(hv: Hypervisor, names: list[str], root: Path, service_pid: int
         print(f"{'minivisor serve':<34} PSS {pss / 1024:6.1f} MiB  RSS {rss / 1024:6.1f} MiB")
         own += pss
     print(f"minivisor's own memory per guest (PSS of relays{' + service' if service_pid else ''}) / guests: "
-          f"{own / 1024 / len(names):.1f} MiB   (the CLI exits after each command)")
+          f"{own / 1024 / len(names):.1f} MiB   (the CLI exits after each command; a service is counted whole)")
 
 
 def report_ksm(ksm: Ksm, hv: Hypervisor, names: list[str], wait: float) -> None:
@@ -327,13 +328,15 @@ def measure(mv: Minivisor, options: argparse.Namespace, ksm: Ksm) -> None:
               f"{statistics.median(exec_seconds):.2f} s, max {max(exec_seconds):.2f} s")
         for line in failed:
             print(f"  no answer: {line}")
-        report_memory(hv, names, mv.root, service.pid if service else None, options.memory)
+        # the service the CLI's commands go through: one started here, or the one they started on demand
+        report_memory(hv, names, mv.root, service.pid if service else on_demand_service(mv.root), options.memory)
         print(f"host MemAvailable: {available_before} MiB before the first power-on, {mem_available_mib()} MiB "
               f"now: {(available_before - mem_available_mib()) / len(names):.1f} MiB per guest, everything included")
         report_balloon(mv, names[0])
         report_ksm(ksm, hv, names, options.ksm_wait)
     finally:
         stop_service(service)  # the VMs keep running without it; main() powers them off
+        stop_on_demand_service(mv.root)
 
 
 def main() -> None:

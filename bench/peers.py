@@ -77,7 +77,6 @@ import argparse
 import ctypes
 import functools
 import glob
-import json
 import os
 import shutil
 import signal
@@ -91,9 +90,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import BenchError, Minivisor, load_average, run, start_service, stop_service, timed
+from common import BenchError, Minivisor, load_average, run, start_service, stop_on_demand_service, stop_service, timed
 
-from minivisor import Hypervisor, procfs
+from minivisor import Hypervisor
 
 READY = b"minivisor-guest: ready"
 OURS, VIA_SERVICE, ON_DEMAND, THEIRS = "minivisor", "via service", "on demand", "libvirt"
@@ -552,19 +551,6 @@ def missing_tools() -> str | None:
         if not shutil.which(tool):
             return f"{tool} is missing; run ./setup.sh (QEMU) or apt-get install util-linux"
     return None
-
-
-def stop_on_demand_service(root: Path) -> None:
-    """Stop the on-demand service the CLI started on ``root``, if one runs (its datastore is removed next)."""
-    try:
-        record = json.loads((root / ".minivisor" / "service.json").read_text())
-    except (OSError, ValueError):
-        return
-    if record.get("on_demand") is True and procfs.is_same_process(record["pid"], record["start_ticks"]):
-        os.kill(record["pid"], signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while procfs.is_same_process(record["pid"], record["start_ticks"]) and time.monotonic() < deadline:
-            time.sleep(0.1)
 
 
 def main() -> None:
