@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 from guests import create_guest
 
 from minivisor import Hypervisor
@@ -216,3 +217,24 @@ def test_console_attaches_types_into_the_guest_and_detaches(hv, small_vm):
     assert b"Detached" in console.stderr.read()
     # the console is free again, and the guest still runs
     assert hv.exec_in_vm(small_vm, "echo again").output.strip() == "again"
+
+
+def test_the_power_on_that_probed_kvm_says_why_it_runs_without_and_each_names_its_accelerator(tmp_path,
+                                                                                              appliance_image):
+    """A host without usable KVM hears why once per boot (the probe's answer is cached), not at every power-on."""
+    env = {**os.environ, "MINIVISOR_CACHE": str(tmp_path / "cache")}  # a cache of its own: this first start probes
+    datastore = tmp_path / "datastore"
+    for args in (("datastore", "allow-path", str(appliance_image.parent)),
+                 ("vm", "create", "g", "--boot-disk", str(appliance_image), "--memory", "64", "--network", "none")):
+        assert run_cli(*args, datastore=datastore, env=env).returncode == 0
+    starts = []
+    for _ in range(2):
+        started = run_cli("vm", "start", "g", datastore=datastore, env=env)
+        assert started.returncode == 0, started.stderr
+        starts.append(started)
+        assert run_cli("vm", "stop", "g", "--hard", datastore=datastore, env=env).returncode == 0
+    chosen = json.loads(run_cli("host", "info", "--json", datastore=datastore, env=env).stdout)["accel"]
+    without_kvm = chosen["accel"] == "tcg" and chosen["reason"].startswith("KVM probe")
+    assert ("warning: KVM probe" in starts[0].stderr) is without_kvm
+    assert "KVM probe" not in starts[1].stderr
+    assert all(f", {chosen['accel']})" in started.stdout for started in starts)

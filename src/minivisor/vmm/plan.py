@@ -107,8 +107,10 @@ def make_plan(name: str, uuid: str, paths: VmPaths, scope: Scope, *, incoming: b
                     disk_chains=resources.disk_chains, files=resources.files, macs=resources.macs,
                     networks=resources.networks, console_index=resources.console_index, incoming=incoming)
     found = fit + resources.notes
+    # Why there is no KVM is said by the power-on that probed (once per boot: the answer is cached), not by every
+    # one: each names its accelerator, and `host info` gives the reason.
     warnings = (resources.warnings + tuple(n.warning for n in found if n.warns)
-                + ((accel.warning,) if accel.warning else ()) + notes(spec))
+                + ((accel.warning,) if accel.warning and accel.probed else ()) + notes(spec))
     return LaunchPlan(spec, env, warnings, spec.notes + found)
 
 
