@@ -167,6 +167,12 @@ class TestOnOneRunningGuest:
         with pytest.raises(GuestTimeoutError, match="did not finish within 2 s: killed"):  # what it started ends too
             hv.exec_in_vm(agent_vm, "sleep 303 & sleep 304 | cat; echo never", timeout=2, via="agent")
         assert hv.exec_in_vm(agent_vm, "ps | grep -c 'sleep 30[34]'", via="agent").output == "0\n"
+        # a job left in the background with the command's output holds the answer: the error says what to do
+        with pytest.raises(GuestTimeoutError) as ended:
+            hv.exec_in_vm(agent_vm, "sleep 306 & echo started", timeout=2, via="agent")
+        assert "(job >/dev/null 2>&1 &), or use --no-wait" in ended.value.hint
+        assert hv.exec_in_vm(agent_vm, "sleep 307 >/dev/null 2>&1 & echo started", via="agent").output == "started\n"
+        hv.exec_in_vm(agent_vm, "pkill -f 'sleep 307' || true", via="agent")
 
     @pytest.mark.parametrize("via", ["agent", "serial"])
     def test_a_command_not_waited_for_runs_on_in_the_background(self, hv, agent_vm, via):

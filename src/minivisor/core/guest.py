@@ -198,8 +198,11 @@ def _exec_by_agent(agent: AgentSession, line: str, timeout: float) -> ExecResult
     while not (status := agent.exec_status(pid)).exited:
         if time.monotonic() > deadline:
             _kill(agent, pid)
+            # the agent answers once the command's output is closed: a job it left in the background still holds it
             raise GuestTimeoutError(f"the command {excerpt(line)} did not finish within {timeout:.0f} s: "
-                                    "killed", hint="raise --timeout for a command that takes longer")
+                                    "killed", hint="raise --timeout for a command that takes longer; a job it "
+                                    "starts in the background keeps it running unless its output goes elsewhere "
+                                    "(job >/dev/null 2>&1 &), or use --no-wait")
         time.sleep(pause)
         pause = min(pause * 1.5, POLL_MAX)
     if status.truncated:
