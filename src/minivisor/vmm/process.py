@@ -46,7 +46,9 @@ RELAY_TIMEOUT = 15.0  # seconds from QEMU's spawn until its start is over and th
 # Bytes serial.out holds for a late console relay: a boot log several times over, and 64 pages, so that a user's
 # 256 running VMs stay under pipe-user-pages-soft (16384 pages; past it, new pipes get 2 pages).
 CONSOLE_PIPE_SIZE = 256 * 1024
-STATUS_WAIT = 2.0  # seconds a pause or resume waits for the relay to see QEMU's new run state
+# Seconds a pause or resume waits for the relay to see QEMU's new run state (it does in milliseconds; a loaded host,
+# the end of a full test run, left one unscheduled past 2 s: a snapshot's next command found the VM "paused")
+STATUS_WAIT = 5.0
 PROBE_TRIES = 5  # is_held_elsewhere: ~10 ms before a taken lock counts as held
 SHORT_HOLD = 5.0  # seconds a state probe or a dead VMM's cleanup may hold the VM lock, at the very most
 
