@@ -70,9 +70,11 @@ class Minivisor:
         return image
 
     def power_off_all(self) -> None:
-        """Pull the plug of every VM of the datastore that runs."""
+        """Pull the plug of every VM of the datastore that runs, and stop the service its commands started on
+        demand (the datastore is removed next)."""
         if not self.root.is_dir():
             return
+        stop_on_demand_service(self.root)
         hv = Hypervisor(self.root)
         for vm in hv.list_vms():
             if vm.pid is not None:

@@ -90,7 +90,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import BenchError, Minivisor, load_average, run, start_service, stop_on_demand_service, stop_service, timed
+from common import BenchError, Minivisor, load_average, run, start_service, stop_service, timed
 
 from minivisor import Hypervisor
 
@@ -600,7 +600,6 @@ def main() -> None:
                 finally:
                     for service in services:
                         stop_service(service)
-                    stop_on_demand_service(mv.root)
                     mv.power_off_all()
                     if base is not None:
                         base.power_off_all()
