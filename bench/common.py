@@ -105,7 +105,7 @@ def stop_service(service: subprocess.Popen | None) -> None:
 
 
 def on_demand_service(root: Path) -> int | None:
-    """The pid of the on-demand service a command started on ``root`` (minivisor.service.on_demand), if one runs."""
+    """The pid of the on-demand service a command started on ``root`` (minivisor.service.on_demand), if one serves."""
     try:
         record = json.loads((root / ".minivisor" / "service.json").read_text())
     except (OSError, ValueError):
@@ -115,11 +115,26 @@ def on_demand_service(root: Path) -> int | None:
 
 
 def stop_on_demand_service(root: Path) -> None:
-    """Stop the on-demand service the CLI started on ``root``, if one runs (its datastore is removed next)."""
-    pid = on_demand_service(root)
-    if pid is None:
-        return
-    os.kill(pid, signal.SIGTERM)
+    """Stop the on-demand services the CLI started on ``root``, serving or still starting (its datastore is
+    removed next)."""
+    needle = os.fsencode(root)
+    for pid in _on_demand_processes(needle):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
     deadline = time.monotonic() + 30
-    while on_demand_service(root) == pid and time.monotonic() < deadline:
+    while _on_demand_processes(needle) and time.monotonic() < deadline:
         time.sleep(0.1)
+
+
+def _on_demand_processes(root: bytes) -> list[int]:
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--on-demand" in argv and root in argv:
+            found.append(int(entry))
+    return found
