@@ -77,4 +77,3 @@ def _port_rules(mac: str) -> list[str]:
         f"udp dport {_DHCP_SERVER_PORT} @th,{_CHADDR_BITS},48 != 0x{mac.replace(':', '')} drop",
         "accept",
     ]
-

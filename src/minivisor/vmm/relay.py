@@ -309,7 +309,10 @@ class Relay:
         """Write the clients' input into serial.in as far as it takes it; watch it for room while some is left.
         (Never for reading: QEMU reads it, and it is open for reading here only so that this open never waited.)"""
         assert self.vmm is not None
-        self.vmm.flush()  # QEMU holds serial.in open for reading until it exits: no EPIPE
+        try:
+            self.vmm.flush()  # QEMU holds serial.in open for reading until it exits: no EPIPE
+        except OSError:
+            self.vmm.pending.clear()  # input the guest can never get is dropped; its console output goes on
         watched = self.selector.get_map().get(self.vmm.target) is not None
         if self.vmm.pending and not watched:
             self.selector.register(self.vmm.target, selectors.EVENT_WRITE, self._flush_input)
