@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,17 @@ def test_exec_through_a_guest_that_is_only_a_serial_shell(hv, shell_vm):
     # no job control on /dev/console, so no Ctrl-C: the guest-side watchdog ends the command
     with pytest.raises(GuestTimeoutError, match="did not finish within 3 s: killed"):
         hv.exec_in_vm(shell_vm, "echo started; sleep 302", timeout=3)
+    assert hv.exec_in_vm(shell_vm, "echo again").output == "again\n"
+
+
+def test_a_command_whose_vm_is_paused_while_it_runs_fails_saying_so(hv, shell_vm):
+    # as QEMU pauses a VM whose disk write finds the datastore full: the guest cannot answer, nor end the command
+    hv.exec_in_vm(shell_vm, "true", timeout=60)  # its shell is up
+    threading.Timer(1, hv.pause_vm, (shell_vm,)).start()
+    with pytest.raises(GuestTimeoutError, match=r"did not finish within 2 s.*: the VM is paused \(paused\)") as ended:
+        hv.exec_in_vm(shell_vm, "sleep 305", timeout=2)
+    assert f"minivisor vm resume {shell_vm}" in ended.value.hint
+    hv.resume_vm(shell_vm)
     assert hv.exec_in_vm(shell_vm, "echo again").output == "again\n"
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from minivisor.images.layers import read_layer
 from minivisor.images.qemu_img import convert_disk
 from minivisor.errors import NoSpaceError
 from minivisor.storage.journal import JOURNAL_NAME
+from minivisor.vmm.console import console_lock
 from minivisor.vmm.states import VmState
 from minivisor.procfs import start_ticks
 
@@ -109,10 +111,30 @@ def wait_for_state(hv: Hypervisor, name: str, state: str, reason: str | None, ti
         time.sleep(0.2)
 
 
-def guest_writes(hv: Hypervisor, name: str, mib: int, seek_mib: int, done: str) -> None:
-    """In the background in the guest: write ``mib`` MiB to the data disk, then note dd's exit status."""
-    hv.exec_in_vm(name, f"(dd if=/dev/zero of={DATA_DISK} bs=1M count={mib} seek={seek_mib} conv=fsync; "
+def guest_writes(hv: Hypervisor, name: str, mib: int, seek_mib: int, done: str) -> Callable[[], None]:
+    """In the background in the guest, once the returned function is called: write ``mib`` MiB to the data
+    disk, then note dd's exit status.
+
+    The write waits for a go typed on the console, not for the exec that sets it up to answer: a write
+    started at once could fill the datastore, and so pause the guest, before the guest's shell had printed
+    the exec's answer (seen on a loaded host)."""
+    go = f"{done}.go"
+    hv.exec_in_vm(name, f"(while [ ! -e {go} ]; do sleep 0.05; done; "
+                        f"dd if=/dev/zero of={DATA_DISK} bs=1M count={mib} seek={seek_mib} conv=fsync; "
                         f"echo $? > {done}) >/dev/null 2>&1 &")
+    return lambda: type_on_console(hv, name, f"touch {go}")
+
+
+def type_on_console(hv: Hypervisor, name: str, line: str) -> None:
+    """Type ``line`` into the guest's serial shell without waiting for anything back."""
+    paths = hv.vm_paths(name)
+    lock = console_lock(paths.runtime_dir)
+    try:
+        with socket.socket(socket.AF_UNIX) as console:
+            console.connect(str(paths.console_socket))
+            console.sendall(line.encode() + b"\n")
+    finally:
+        os.close(lock)
 
 
 @pytest.mark.qemu
@@ -128,8 +150,9 @@ def test_a_guest_filling_the_datastore_is_paused_listed_resumed_and_powered_off(
     hv.start_vm("filler", wait_ready=True, timeout=90)
     pid = hv.get_vm("filler").pid
 
+    start_writing = guest_writes(hv, "filler", 16, 0, "/tmp/first")
     filler = fill(hv.datastore.root, leave=4 * MiB)
-    guest_writes(hv, "filler", 16, 0, "/tmp/first")  # 16 MiB into 4: the datastore fills up
+    start_writing()  # 16 MiB into 4: the datastore fills up
     vm = wait_for_state(hv, "filler", "paused", "io-error")
     assert shutil.disk_usage(hv.datastore.root).free < MiB  # really full
     assert "vm resume filler" in vm["state_hint"] and "vm stop filler --hard" in vm["state_hint"]
@@ -144,8 +167,9 @@ def test_a_guest_filling_the_datastore_is_paused_listed_resumed_and_powered_off(
     assert answer.output.strip() == "0"
     assert listed(hv)["filler"]["state"] == "running"
 
+    start_writing = guest_writes(hv, "filler", 8, 16, "/tmp/second")
     fill(hv.datastore.root)  # full again, and the guest writes on: a hard power-off still works
-    guest_writes(hv, "filler", 8, 16, "/tmp/second")
+    start_writing()
     wait_for_state(hv, "filler", "paused", "io-error")
     stopped = cli(hv, "vm", "stop", "filler", "--hard")
     assert stopped.returncode == 0, stopped.stderr

@@ -24,6 +24,7 @@ from ..errors import (AgentCommandError, AgentError, ArgumentError, GuestError, 
 from ..text import excerpt, is_number
 from ..vmm.agent import MAX_CHUNK, MAX_OUTPUT, AgentSession, GuestInterface
 from ..vmm.console import ExecResult, console_lock, run_command
+from ..vmm.states import FAULTS, VmState
 from .context import VmContext
 
 __all__ = ["VIAS", "shell_line", "exec_command", "copy_to", "copy_from", "guest_interfaces"]
@@ -51,9 +52,27 @@ def exec_command(ctx: VmContext, command: list[str] | str, timeout: float, via: 
                  wait: bool = True) -> ExecResult:
     """Run ``command`` in the guest, through the agent or the serial shell as ``via`` says (auto: the agent
     when one answers and runs commands); ``wait=False``: started in the background, its pid returned."""
-    if not wait:
-        return _started(exec_command(ctx, _in_background(shell_line(command)), timeout, via), command)
-    line = shell_line(command)
+    try:
+        if not wait:
+            return _started(_exec_waiting(ctx, _in_background(shell_line(command)), timeout, via), command)
+        return _exec_waiting(ctx, shell_line(command), timeout, via)
+    except GuestError as exc:
+        raise _paused_meanwhile(ctx, exc) from exc.__cause__
+
+
+def _paused_meanwhile(ctx: VmContext, exc: GuestError) -> GuestError:
+    """``exc``, or why the guest did not answer when the VM was paused while its command ran (QEMU pauses it
+    by itself when a disk write finds the datastore full: a command writing there would wait out its timeout)."""
+    observed = ctx.vmm.observe()
+    if observed.state is not VmState.PAUSED:
+        return exc
+    hint = (FAULTS[observed.fault].format(name=ctx.name) if observed.fault
+            else f"resume it (minivisor vm resume {ctx.name}) and run the command again")
+    return GuestTimeoutError(f"{exc.message}: the VM is paused ({observed.fault or 'paused'}), so its guest "
+                             "cannot answer", hint=hint)
+
+
+def _exec_waiting(ctx: VmContext, line: str, timeout: float, via: str) -> ExecResult:
     if via != "serial":
         agent = _agent(ctx, timeout if via == "agent" else 0.0, required=via == "agent")
         if agent is not None:
