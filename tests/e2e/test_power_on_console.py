@@ -123,3 +123,33 @@ def test_a_relay_that_does_not_read_holds_back_neither_the_guest_nor_its_output(
     assert printed.exit_code == 0
     wait_for("the held output in serial.log", lambda: b"HELD-END" in log.read_bytes())
     assert log.read_bytes().count(b"y" * HELD) == 1  # every byte, in order
+
+
+def test_a_killed_relay_is_replaced_at_the_next_look_and_the_guest_never_waits_for_its_console(hv, appliance_image):
+    """A relay killed (``pkill -f minivisor``) leaves the console unread: once serial.out is full, the guest's
+    console output would wait. The next look at the VM starts another relay, which reads the FIFOs and serves the
+    console, and takes QEMU's event monitor when QEMU reconnects it (pause and resume are seen again)."""
+    create_guest(hv, "orphan", appliance_image, memory_mib=128, network="none")
+    hv.start_vm("orphan", wait_ready=True, timeout=90)
+    hv.exec_in_vm("orphan", "true", via="agent")
+    log = hv.vm_paths("orphan").serial_log
+    [relay] = console_relays(log)
+    os.kill(relay, signal.SIGKILL)
+    wait_for("the relay gone", lambda: relay not in console_relays(log))
+    # more than serial.out holds: without a relay, the guest's write would wait out the timeout
+    printed = hv.exec_in_vm("orphan", f"head -c {2 * HELD} /dev/zero | tr '\\0' z > /dev/ttyS0; "
+                                      "printf 'AFTER%sKILL\\n' - > /dev/ttyS0", timeout=60, via="agent")
+    assert printed.exit_code == 0
+    [successor] = console_relays(log)
+    assert successor != relay
+    wait_for("the output in serial.log", lambda: b"AFTER-KILL" in log.read_bytes())
+    assert hv.exec_in_vm("orphan", "echo served", via="serial").output == "served\n"  # its console socket
+    hv.pause_vm("orphan")  # seen through QEMU's event monitor, reconnected to the new relay
+    assert hv.get_vm("orphan").state is VmState.PAUSED
+    hv.resume_vm("orphan")
+    assert hv.get_vm("orphan").state is VmState.RUNNING
+    assert console_relays(log) == [successor]  # one relay, however often the VM was looked at
+    vmm_log = hv.vm_paths("orphan").vmm_log.read_text()
+    assert "the console relay was gone: another was started" in vmm_log  # what QEMU's complaint was about
+    hv.stop_vm("orphan", hard=True)
+    wait_for("the new relay ended with its VMM", lambda: not console_relays(log))

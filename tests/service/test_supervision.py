@@ -12,9 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from guests import create_guest
+from guests import console_relays, create_guest, wait_for
 
 from minivisor import Hypervisor
+from minivisor.locks import try_lock
+from minivisor.service.supervisor import exit_reason
 from minivisor.storage.journal import JOURNAL_NAME
 from minivisor.vmm.states import VmState
 from minivisor.procfs import start_ticks
@@ -226,6 +228,27 @@ def test_a_vm_started_by_the_cli_directly_is_watched_too(service):
     event = watcher.wait_for(lambda e: e["type"] in ("crashed", "poweredOff") and e.get("pid") == pid)
     assert event["vm"] == "vm1"
     assert service.client.get_vm("vm1").state is VmState.POWERED_OFF
+
+
+@pytest.mark.qemu
+def test_a_killed_console_relay_is_replaced_by_the_service_before_anyone_looks(service):
+    small_vm(Hypervisor(service.root), "vm1")
+    service.client.start_vm("vm1")
+    log = Hypervisor(service.root).vm_paths("vm1").serial_log
+    [relay] = console_relays(log)
+    os.kill(relay, signal.SIGKILL)
+    # no command looks at the VM: the supervisor's scan finds its relay gone and starts another
+    [successor] = wait_for("a new relay", lambda: [pid for pid in console_relays(log) if pid != relay])
+    assert b"--reattach" in Path(f"/proc/{successor}/cmdline").read_bytes()
+    paths = Hypervisor(service.root).vm_paths("vm1")
+    assert try_lock(paths.relay_lock) is None  # it holds it: no other starts
+    assert console_relays(log) == [successor]
+    # the log's note of it leaves the power-on's part of the log as it was: a kill is still told from it
+    pid = service.client.get_vm("vm1").pid
+    os.kill(pid, signal.SIGKILL)
+    wait_gone(pid)
+    assert exit_reason(None, paths.vmm_log) == ("killed: the VMM ended without a shutdown request (SIGKILL, or it "
+                                                "crashed)", True)
 
 
 @pytest.mark.qemu

@@ -83,7 +83,8 @@ def test_the_console_and_event_monitor_lead_to_the_relay_and_qmp_listens():
     commands connect to."""
     chardevs = option_values(build_qemu_argv(seed_spec(), env_for(seed_spec())), "-chardev")
     assert f"pipe,id=console,path={PATHS.serial_pipes}" in chardevs
-    assert f"socket,id=events,path={PATHS.events_socket},server=off" in chardevs
+    # and reconnects to it every second: a relay started after the first was killed gets QEMU's events
+    assert f"socket,id=events,path={PATHS.events_socket},server=off,reconnect=1" in chardevs
     assert f"socket,id=qmp,path={PATHS.qmp_socket},server=on,wait=off" in chardevs
 
 

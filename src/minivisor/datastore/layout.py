@@ -112,6 +112,12 @@ class VmPaths(Record, frozen=True):
         return self.runtime_dir / "events.sock"
 
     @property
+    def relay_lock(self) -> Path:
+        """Locked by the VM's console relay while it runs: free while QEMU runs, the relay is gone (killed),
+        and the first to take it starts another (:meth:`minivisor.vmm.process.Vmm.ensure_relay`)."""
+        return self.runtime_dir / "relay.lock"
+
+    @property
     def agent_socket(self) -> Path:
         """The QEMU guest agent's channel (virtio-serial ``org.qemu.guest_agent.0``): :mod:`minivisor.vmm.agent`."""
         return self.runtime_dir / "agent.sock"

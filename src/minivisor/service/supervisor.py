@@ -36,7 +36,7 @@ from ..procfs import holders_of, mentioning, read_stat, wait_gone
 from ..text import is_number
 from ..vmm import qmp
 from ..vmm.argv import SHUTDOWN_TRACE
-from ..vmm.process import RuntimeRecord, is_our_vmm, launched_process
+from ..vmm.process import RuntimeRecord, Vmm, is_our_vmm, launched_process
 from ..vmm.states import Action, VmState
 from . import routes
 from .dispatch import Dispatcher
@@ -47,6 +47,7 @@ log = logging.getLogger("minivisor.supervisor")
 
 POLL = 0.2  # seconds the watcher sleeps at most
 SCAN = 0.5  # seconds between looks for VMMs started outside the service (the CLI working directly)
+#            and for running VMs whose console relay is gone
 
 
 @dataclass
@@ -293,7 +294,7 @@ class Supervisor:
                     self._safely(self._exited, watch)
             if time.monotonic() - last_scan >= SCAN:
                 last_scan = time.monotonic()
-                self._safely(self._scan_outside)
+                self._safely(self._scan)
 
     def _safely(self, func: Any, *args: Any) -> None:
         try:
@@ -301,20 +302,23 @@ class Supervisor:
         except Exception:  # noqa: BLE001 - the watcher must survive anything one VM does
             log.exception("supervisor: %s failed", getattr(func, "__name__", func))
 
-    def _scan_outside(self) -> None:
-        """Watch VMMs started without the service (the CLI working directly on the datastore)."""
+    def _scan(self) -> None:
+        """Watch VMMs started without the service (the CLI working directly on the datastore); start a console
+        relay for a running VM whose relay was killed (its guest's console output would wait once its pipe is
+        full, were nobody to look at the VM)."""
         with self._lock:
             watched = {w.vm_dir for w in self._watches.values()}
-        root = self.calls.root
         with self.calls.hypervisor() as hv:
-            entries = hv.datastore.catalog.list()
-        for entry in entries:
-            vm_dir = (root / entry.vmx).parent
-            if vm_dir in watched or not os.path.exists(vm_dir / "runtime.json"):
+            entries = [(entry.name, hv.vms.inventory.paths_of(entry)) for entry in hv.datastore.catalog.list()]
+        for name, paths in entries:
+            if not os.path.exists(paths.runtime_record):
                 continue
-            record = RuntimeRecord.load(vm_dir / "runtime.json")
-            if record is not None and is_our_vmm(record):
-                self.watch(entry.name, record.pid, vm_dir)
+            record = RuntimeRecord.load(paths.runtime_record)
+            if record is None or not is_our_vmm(record):
+                continue
+            if paths.vm_dir not in watched:
+                self.watch(name, record.pid, paths.vm_dir)
+            Vmm(name, paths).ensure_relay(record)
 
     def _exited(self, watch: _Watch) -> None:
         returncode = None

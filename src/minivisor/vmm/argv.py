@@ -75,6 +75,7 @@ SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=de
 # QEMU logs every shutdown request (guest power-off, QMP quit...) with its cause into vmm.log, so a
 # supervisor that did not launch the VMM (no exit status) can tell a power-off from a kill.
 SHUTDOWN_TRACE = "qemu_system_shutdown_request"
+EVENTS_RECONNECT = 1  # seconds between QEMU's tries to connect its event monitor to a console relay
 GATE_PREFIX = "gate-"  # the filter node a disk with VMDK layers is attached through
 
 class LaunchEnv(Record, frozen=True):
@@ -538,8 +539,10 @@ def _guest_agent(env: LaunchEnv) -> VirtualDevice:
 
 def _control(env: LaunchEnv) -> VirtualDevice:
     qmp = qemu_opts(("id", "qmp"), ("path", env.paths.qmp_socket), ("server", "on"), ("wait", "off"))
-    # QEMU connects to the relay's socket, as its console does: the relay's monitor exists before the guest runs
-    events = qemu_opts(("id", "events"), ("path", env.paths.events_socket), ("server", "off"))
+    # QEMU connects to the relay's socket, as its console does: the relay's monitor exists before the guest runs.
+    # Every second while it is not connected: a relay started for a running VM whose relay was killed gets it.
+    events = qemu_opts(("id", "events"), ("path", env.paths.events_socket), ("server", "off"),
+                       ("reconnect", EVENTS_RECONNECT))
     return VirtualDevice("qmp", "QMP control sockets (owner-only): commands, and events for the console relay",
                          ("-chardev", f"socket,{qmp}", "-mon", "chardev=qmp,mode=control",
                           "-chardev", f"socket,{events}", "-mon", "chardev=events,mode=control"))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .. import procfs
 from ..datastore.layout import VmPaths
-from ..errors import AgentError, LockError, QmpError, VmmError, host_refused
+from ..errors import AgentError, HvError, LockError, QmpError, VmmError, host_refused
 from ..files import write_atomic
 from ..locks import try_lock, wait_lock
 from ..records import Record, as_dict, default_factory
@@ -125,6 +125,7 @@ class RuntimeRecord(Record):
     console_socket: str | None
     runtime_dir: str
     accel: str
+    ready_text: str = ""  # what the relay watches the console for (a relay started later watches for it too)
     started_at: float = default_factory(time.time)
 
     @classmethod
@@ -198,6 +199,7 @@ class Vmm:
         record = self.record()
         if record is None:
             return Observed(VmState.STARTING if self.lock.is_held_elsewhere() else VmState.POWERED_OFF)
+        self.ensure_relay(record)  # its run state comes from the relay
         status = self._run_status()
         fault = status if status in FAULTS else None
         return Observed(VmState.PAUSED if status == "paused" or fault else VmState.RUNNING, record, fault)
@@ -259,6 +261,8 @@ class Vmm:
         # handed to the relay, whose interpreter starts while QEMU does. What the guest prints until the relay
         # reads waits in them.
         handed: list[int] = []  # the relay's descriptors: the event listener's, then serial.out's and serial.in's
+        relay_lock = try_lock(self.paths.relay_lock)  # a fresh runtime folder: nobody else has it
+        assert relay_lock is not None
         try:
             events = self._listen(self.paths.events_socket)
             handed.append(events.detach())
@@ -273,7 +277,7 @@ class Vmm:
                     os.close(signal[1])
                 raise
             try:
-                relay = self._spawn_relay(process.pid, handed, ready_text, signal[1] if signal else None)
+                relay = self._spawn_relay(process.pid, handed, relay_lock, ready_text, signal[1] if signal else None)
             except BaseException:
                 process.kill()
                 process.wait()
@@ -284,14 +288,14 @@ class Vmm:
                 if signal:
                     os.close(signal[1])  # the relay's alone: its end closes when the relay noted the line, or exits
         finally:
-            for fd in handed:
+            for fd in (*handed, relay_lock):
                 os.close(fd)  # the relay has its own
         self.ready_signal = signal[0] if signal else None
         try:
             self._wait_for_relay(relay)
             record = RuntimeRecord(process.pid, procfs.start_ticks(process.pid) or 0, argv,
                                    str(self.paths.qmp_socket), str(self.paths.console_socket),
-                                   str(self.paths.runtime_dir), accel)
+                                   str(self.paths.runtime_dir), accel, ready_text)
             record.save(self.paths.runtime_record)
             if paused:
                 with _qmp(self.paths.qmp_socket) as qmp:
@@ -313,6 +317,54 @@ class Vmm:
             raise
         _launched[process.pid] = process
         return record
+
+    def ensure_relay(self, record: RuntimeRecord) -> None:
+        """Start a console relay for the running VM of ``record`` if its own is gone.
+
+        A relay ends with its VMM, unless it is killed (``pkill -f minivisor``, the OOM killer): then nothing
+        logs or serves the console, nobody sees QEMU pause the VM, and once serial.out is full the guest's
+        console output waits (Linux's serial console then waits for each character). Whoever takes the free
+        relay lock first starts the next relay, which keeps the lock; costs one open when the relay runs.
+        A relay that cannot be started now is tried again at the next look.
+        """
+        import fcntl
+
+        try:
+            lock = os.open(self.paths.relay_lock, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return  # not ours to open, or launched by a minivisor whose relays held no lock
+        handed: list[int] = []
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(lock).st_uid != os.geteuid():
+                return  # root looking at a user's VM: its relay is the user's to run
+            self.paths.events_socket.unlink(missing_ok=True)  # the dead relay's: QEMU reconnects to a new one
+            handed.append(self._listen(self.paths.events_socket).detach())
+            if os.path.exists(f"{self.paths.serial_pipes}.out"):
+                handed += self._console_pipes(make=False)
+            self._wait_for_relay(self._spawn_relay(record.pid, handed, lock, record.ready_text, None, reattach=True))
+            # Not a "---" line: those start a power-on's part of the log. Says what QEMU's complaint before it
+            # ("Unable to connect character device events") was about.
+            self._note(f"minivisor: {time.strftime('%Y-%m-%d %H:%M:%S')} the console relay was gone: another "
+                       "was started\n")
+        except (BlockingIOError, HvError):
+            pass  # its relay runs (the lock is held), or a new one cannot start now
+        finally:
+            for fd in (*handed, lock):
+                os.close(fd)
+
+    def _note(self, line: str) -> None:
+        """Add ``line`` to the VMM's log, if it can be written."""
+        try:
+            fd = os.open(self.paths.vmm_log, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            os.write(fd, line.encode())
+        except OSError:
+            pass  # a full datastore costs the line
+        finally:
+            os.close(fd)
 
     def close_ready_signal(self) -> None:
         """Close the read end of the ready signal of this process's launch, if it has one."""
@@ -337,10 +389,11 @@ class Vmm:
                            hint="the runtime folder is under XDG_RUNTIME_DIR or /run/minivisor: check it") from exc
         return listener
 
-    def _console_pipes(self) -> list[int]:
+    def _console_pipes(self, *, make: bool = True) -> list[int]:
         """The console's FIFOs, made in the runtime folder for QEMU to open (``-chardev pipe``): descriptors of
         ``serial.out`` (the guest's output, read; a FIFO's reader opens at once) and ``serial.in`` (its input,
-        read-write, as QEMU opens both: a write-only open would fail, ENXIO, with no reader yet).
+        read-write, as QEMU opens both: a write-only open would fail, ENXIO, with no reader yet). Not ``make``:
+        those of a running VM, for a relay started after its own was gone.
 
         QEMU opens both read-write too, so it never sees the relay go (no EPIPE): a relay that died leaves the
         guest's console output waiting in the pipe, and the UART held once it is full. The relay reads only once
@@ -351,7 +404,8 @@ class Vmm:
         fds: list[int] = []
         try:
             for suffix, mode in ((".out", os.O_RDONLY), (".in", os.O_RDWR)):
-                os.mkfifo(f"{base}{suffix}", 0o600)
+                if make:
+                    os.mkfifo(f"{base}{suffix}", 0o600)
                 fds.append(os.open(f"{base}{suffix}", mode | os.O_NONBLOCK | os.O_CLOEXEC))
         except OSError as exc:
             for fd in fds:
@@ -359,7 +413,8 @@ class Vmm:
             raise VmmError(f"cannot make the VMM's console pipe {exc.filename} for {self.name!r}: {exc.strerror}",
                            hint="the runtime folder is under XDG_RUNTIME_DIR or /run/minivisor: check it") from exc
         try:
-            fcntl.fcntl(fds[0], fcntl.F_SETPIPE_SZ, CONSOLE_PIPE_SIZE)  # what a late relay leaves unread, packed
+            if make:
+                fcntl.fcntl(fds[0], fcntl.F_SETPIPE_SZ, CONSOLE_PIPE_SIZE)  # what a late relay leaves unread, packed
         except OSError:
             pass  # the user's pipes passed pipe-user-pages-soft: the pipe keeps what it has (2 pages at least)
         return fds
@@ -372,11 +427,13 @@ class Vmm:
         for stale in runtime.iterdir():
             stale.unlink()
 
-    def _spawn_relay(self, vmm_pid: int, handed: list[int], ready_text: str,
-                     ready_signal: int | None) -> subprocess.Popen:
+    def _spawn_relay(self, vmm_pid: int, handed: list[int], lock: int, ready_text: str,
+                     ready_signal: int | None, *, reattach: bool = False) -> subprocess.Popen:
         """Start the VM's console relay (:mod:`minivisor.vmm.relay`) with what QEMU (``vmm_pid``) opens at its
         start: the socket its event monitor connects to, then its console's FIFOs (out, in), if it has one, and
-        the write end of the ready signal, if the launch has one; :meth:`_wait_for_relay` waits for it.
+        the write end of the ready signal, if the launch has one; :meth:`_wait_for_relay` waits for it. ``lock``:
+        the relay lock, held by the relay for as long as it runs (a descriptor it inherits and never closes).
+        ``reattach``: QEMU runs already, its relay is gone.
 
         The relay detaches itself: its first process exits 0 once QEMU connected its event monitor and
         greeted (its start is over) and the console is served. Its interpreter starts without ``site`` (-S: the relay
@@ -394,7 +451,8 @@ class Vmm:
                 "--log", str(paths.serial_log), "--ready", str(paths.ready_file), "--ready-text", ready_text]
         argv += ["--serial-out-fd", str(handed[1]), "--serial-in-fd", str(handed[2])] if len(handed) > 1 else []
         argv += ["--ready-fd", str(ready_signal)] if ready_signal is not None else []
-        passed = [*handed, *([ready_signal] if ready_signal is not None else [])]
+        argv += ["--reattach", "yes"] if reattach else []
+        passed = [*handed, lock, *([ready_signal] if ready_signal is not None else [])]
         try:
             return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                     env=env, start_new_session=True, umask=0o077, pass_fds=passed)

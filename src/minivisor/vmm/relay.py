@@ -22,7 +22,10 @@ the relay comes (a guest printing more meanwhile waits for it). The relay
 It exits when the console's last writer is gone (the VMM exited) and its output is logged. It is started by
 :meth:`minivisor.vmm.process.Vmm.launch` and detaches (a double fork) once attached, which is once
 QEMU greeted on the event monitor (QEMU's start is over): it outlives the CLI that started it and
-is never left a zombie of the service.
+is never left a zombie of the service. It holds ``relay.lock`` in the runtime folder as long as it runs: a
+relay that was killed leaves it free, and whoever next observes the VM starts another
+(:meth:`minivisor.vmm.process.Vmm.ensure_relay`, ``--reattach``), which reopens the FIFOs and takes QEMU's
+event monitor when QEMU reconnects it (every second while it has no relay).
 
 Only the standard library and minivisor's QMP framing are imported, and its interpreter starts
 without ``site`` or ``runpy`` (see :meth:`minivisor.vmm.process.Vmm.launch`): this runs once per
@@ -145,14 +148,24 @@ class Relay:
         self.selector = selectors.DefaultSelector()
         self.clients: dict[socket.socket, Outbox] = {}
         self.line = b""  # the console's unfinished last line, for the ready scan
-        deadline = time.monotonic() + CONNECT_TIMEOUT
-        vmm_exit = os.pidfd_open(int(options.vmm_pid))  # readable once QEMU exited
+        self.vmm_exit = os.pidfd_open(int(options.vmm_pid))  # readable once QEMU exited
+        self.events: QmpStream | None = None
+        self.events_listener: socket.socket | None = None  # until QEMU reconnects, for a relay started later
         try:
-            # QEMU connects at its start (its chardevs, the console's FIFOs opened too, come before its machine)
-            events = _accept(int(options.events_fd), "its event monitor", vmm_exit, deadline)
-            self.events: QmpStream | None = self._monitor(events, vmm_exit, deadline)
-        finally:
-            os.close(vmm_exit)
+            if options.reattach:
+                # QEMU runs; its event monitor tries to connect every second (argv.EVENTS_RECONNECT)
+                self.events_listener = socket.socket(fileno=int(options.events_fd))
+                self.events_listener.setblocking(False)
+                self.selector.register(self.events_listener, selectors.EVENT_READ, self._on_events_connect)
+            else:
+                # QEMU connects at its start (its chardevs, the console's FIFOs opened too, come before its machine)
+                deadline = time.monotonic() + CONNECT_TIMEOUT
+                events = _accept(int(options.events_fd), "its event monitor", self.vmm_exit, deadline)
+                self.events = self._monitor(events, self.vmm_exit, deadline)
+        except BaseException:
+            os.close(self.vmm_exit)
+            raise
+        self.selector.register(self.vmm_exit, selectors.EVENT_READ, self._on_vmm_exit)
         self.vmm: Outbox | None = None  # the guest's input, to serial.in
         self.listener: socket.socket | None = None
         if options.serial_out_fd:  # the VM has a minivisor console
@@ -185,7 +198,7 @@ class Relay:
             self.selector.register(self.events.sock, selectors.EVENT_READ, self._on_event_data)
             for message in self.events.drain():  # what came with the handshake
                 self._on_qmp_message(message)
-        elif self.vmm is None:
+        elif self.vmm is None and self.events_listener is None:
             return  # QEMU has exited already, and there is no console to log
         while self.running:
             for key, mask in self.selector.select():
@@ -221,6 +234,37 @@ class Relay:
         if self.ready_signal is not None:  # the power-on waiting for the line: it is noted
             os.close(self.ready_signal)
             self.ready_signal = None
+
+    def _on_vmm_exit(self, vmm_exit: int, mask: int) -> None:
+        """QEMU exited: a console's end is its last output, read to its end; without one, nothing is left to do."""
+        self.selector.unregister(vmm_exit)
+        os.close(vmm_exit)
+        self._close_events_listener()
+        if self.vmm is None:
+            self.running = False
+
+    def _on_events_connect(self, listener: socket.socket, mask: int) -> None:
+        """QEMU connected its event monitor to a relay started for a running VM (``--reattach``)."""
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:
+            return
+        self._close_events_listener()
+        try:
+            self.events = self._monitor(sock, self.vmm_exit, time.monotonic() + CONNECT_TIMEOUT)
+        except (OSError, QmpError):
+            sock.close()  # no run states from this QEMU; its console goes on
+            return
+        if self.events is not None:
+            self.selector.register(self.events.sock, selectors.EVENT_READ, self._on_event_data)
+            for message in self.events.drain():
+                self._on_qmp_message(message)
+
+    def _close_events_listener(self) -> None:
+        if self.events_listener is not None:
+            self.selector.unregister(self.events_listener)
+            self.events_listener.close()
+            self.events_listener = None
 
     def _on_event_data(self, sock: socket.socket, mask: int) -> None:
         assert self.events is not None
@@ -385,7 +429,8 @@ def _detach() -> None:
     os.close(devnull)
 
 
-# The relay's command line: --NAME VALUE for each, in any order (--serial-*-fd and --ready-fd may be left out)
+# The relay's command line: --NAME VALUE for each, in any order (--serial-*-fd, --ready-fd and --reattach may be
+# left out)
 OPTIONS = {
     "vmm-pid": "QEMU's process id",
     "events-fd": "the listening socket (a descriptor) QEMU's event monitor connects to",
@@ -397,6 +442,8 @@ OPTIONS = {
     "ready": "where the ready line goes (beside --status)",
     "ready-text": "the text of the guest's ready line",
     "ready-fd": "a pipe's write end to close once the ready line is noted; absent: nobody waits for it",
+    "reattach": "yes: QEMU runs already and its relay is gone (killed): attached once the console is served, "
+                "QEMU's event monitor taken when it reconnects",
 }
 
 
@@ -408,7 +455,7 @@ def parse_options(argv: list[str]) -> SimpleNamespace:
     """
     if len(argv) % 2:
         raise ValueError("options come in pairs: --NAME VALUE")
-    values = {"serial-out-fd": None, "serial-in-fd": None, "ready-fd": None}
+    values = {"serial-out-fd": None, "serial-in-fd": None, "ready-fd": None, "reattach": None}
     for name, value in zip(argv[::2], argv[1::2]):
         if not name.startswith("--") or name[2:] not in OPTIONS:
             raise ValueError(f"unknown option {name!r}; the options are " + ", ".join(f"--{o}" for o in OPTIONS))
@@ -418,6 +465,8 @@ def parse_options(argv: list[str]) -> SimpleNamespace:
         raise ValueError(f"missing {', '.join(missing)}")
     if (values["serial-out-fd"] is None) != (values["serial-in-fd"] is None):
         raise ValueError("--serial-out-fd and --serial-in-fd come together")
+    if values["reattach"] not in (None, "yes"):
+        raise ValueError("--reattach takes yes")
     return SimpleNamespace(**{name.replace("-", "_"): value for name, value in values.items()})
 
 
