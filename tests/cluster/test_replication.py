@@ -186,9 +186,11 @@ def test_rounds_that_fail_halfway_leave_the_previous_replica_and_the_next_one_co
                                                          "error: the replication round of VM 'web' to host 'b' "
                                                          "failed: ")), failed.stderr  # the source saw it first
 
-    # the replica is generation 1's: no new top left, no server, record A in it and not record B
+    # the replica is generation 1's: no new top left, no server, record A in it and not record B (b drops the round
+    # once it sees its NBD server gone: a source that saw the failure first has answered by then)
     folder = _replica_file(b, vm.uuid).parent
-    assert sorted(p.name for p in folder.iterdir()) == ["state.json", "web.qcow2", "web.vmx"]
+    wait_for("b dropped the failed round",
+             lambda: sorted(p.name for p in folder.iterdir()) == ["state.json", "web.qcow2", "web.vmx"], 10)
     assert json.loads((folder / "state.json").read_text())["generation"] == 1 and _storage_daemons(b) == []
     assert _replica_sector(b, vm.uuid, SECTOR_A, 8, tmp_path) == b"record-A"
     assert _replica_sector(b, vm.uuid, SECTOR_B, 8, tmp_path) == bytes(8)

@@ -52,12 +52,12 @@ def exec_command(ctx: VmContext, command: list[str] | str, timeout: float, via: 
                  wait: bool = True) -> ExecResult:
     """Run ``command`` in the guest, through the agent or the serial shell as ``via`` says (auto: the agent
     when one answers and runs commands); ``wait=False``: started in the background, its pid returned."""
+    line = shell_line(command)
     try:
-        if not wait:
-            return _started(_exec_waiting(ctx, _in_background(shell_line(command)), timeout, via), command)
-        return _exec_waiting(ctx, shell_line(command), timeout, via)
-    except GuestError as exc:
+        result = _exec_waiting(ctx, line if wait else _in_background(line), timeout, via)
+    except (GuestTimeoutError, AgentError) as exc:  # no answer, or not in time
         raise _paused_meanwhile(ctx, exc) from exc.__cause__
+    return result if wait else _started(result, command)
 
 
 def _paused_meanwhile(ctx: VmContext, exc: GuestError) -> GuestError:
