@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import struct
 import subprocess
 import time
@@ -37,6 +38,8 @@ SUBNET = "192.168.65.0/24"  # network A
 GATEWAY = "192.168.65.1"
 AWAY_ADDRESS = "192.168.65.50"
 BROADCAST = "ff:ff:ff:ff:ff:ff"
+ALL_NODES = "33:33:00:00:00:01"  # ff02::1's multicast MAC
+ETH_P_ALL = 0x0003
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +200,71 @@ def test_a_guest_cannot_announce_another_vms_mac_in_arp(spoof_lab):
     send(hv, arp_request(own, away, AWAY_ADDRESS, GATEWAY))
     time.sleep(1)
     assert away not in lab.sh(f"ip neigh show dev {bridge}")
+
+
+def test_a_guest_cannot_answer_as_the_networks_dhcp_server_or_router(spoof_lab):
+    """On a NAT network the host serves DHCP and routes: a guest's DHCP offer, router advertisement or DHCPv6
+    answer would give the other guests its own gateway and DNS. Each is dropped; the same frame but for the
+    port or ICMPv6 type (the control) passes. Seen on the bridge, where every broadcast and unclaimed multicast
+    frame on the switch comes up to the host."""
+    lab, hv = spoof_lab
+    own, bridge = mac_of(lab, "atk"), lab.mv_json("net", "show", "A")["bridge"]
+    tag = secrets.token_hex(4)
+    frames = {
+        "dhcp-offer": udp4_frame(own, 67, 68, f"{tag}-dhcp-offer"),
+        "udp4-control": udp4_frame(own, 1067, 68, f"{tag}-udp4-control"),
+        "router-advert": icmpv6_frame(own, 134, f"{tag}-router-advert"),
+        "icmpv6-control": icmpv6_frame(own, 128, f"{tag}-icmpv6-control"),  # an echo request
+        "dhcpv6-reply": udp6_frame(own, 547, 546, f"{tag}-dhcpv6-reply"),
+        "udp6-control": udp6_frame(own, 1547, 546, f"{tag}-udp6-control"),
+    }
+    with lab.inside():
+        capture = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    with capture:
+        capture.bind((bridge, 0))
+        send(hv, *frames.values())
+        seen: set[str] = set()
+        # each control is sent after the frame it controls: once all controls came, a dropped frame would have too
+        wait_for("the controls on the bridge", lambda: CONTROLS <= _read_kinds(capture, tag, seen), 10)
+    assert not seen - CONTROLS, f"passed the guard: {sorted(seen - CONTROLS)}"
+
+
+CONTROLS = {"udp4-control", "icmpv6-control", "udp6-control"}
+
+
+def _read_kinds(capture: socket.socket, tag: str, seen: set[str]) -> set[str]:
+    """``seen``, with the kinds of the test's frames (``<tag>-<kind>``) ``capture`` holds now."""
+    while True:
+        try:
+            frame = capture.recv(2048, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return seen
+        if (found := frame.find(tag.encode())) >= 0:
+            seen.add(frame[found + len(tag) + 1:].decode(errors="replace"))
+
+
+def udp4_frame(source: str, sport: int, dport: int, payload: str) -> bytes:
+    data = payload.encode()
+    (packet,) = _ip_packets(struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data)
+    return ethernet(source, BROADCAST, 0x0800, packet)
+
+
+def icmpv6_frame(source: str, icmp_type: int, payload: str) -> bytes:
+    """An ICMPv6 message of ``icmp_type`` to all nodes (a router advertisement's fixed part, then ``payload``)."""
+    return _ipv6_frame(source, 58, struct.pack("!BBHBBHII", icmp_type, 0, 0, 64, 0, 1800, 0, 0) + payload.encode())
+
+
+def udp6_frame(source: str, sport: int, dport: int, payload: str) -> bytes:
+    data = payload.encode()
+    return _ipv6_frame(source, 17, struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data)
+
+
+def _ipv6_frame(source: str, next_header: int, body: bytes) -> bytes:
+    """From a link-local address to all nodes (ff02::1), as routers and servers announce themselves. Checksums are
+    left 0: the guard drops by header fields alone, and the capture reads anything."""
+    header = struct.pack("!IHBB16s16s", 6 << 28, len(body), next_header, 255,
+                         ipaddress.IPv6Address("fe80::1").packed, ipaddress.IPv6Address("ff02::1").packed)
+    return ethernet(source, ALL_NODES, 0x86DD, header + body)
 
 
 def test_the_guard_follows_the_taps_and_nothing_of_minivisor_is_left(spoof_lab):

@@ -39,6 +39,17 @@ def test_each_tap_sends_frames_arp_and_dhcp_requests_only_as_its_own_mac():
         ]
 
 
+@pytest.mark.parametrize("dhcp_by_host, routed_by_host, extra", [
+    (True, True, ["udp sport 67 drop", "icmpv6 type nd-router-advert drop", "udp sport 547 drop"]),  # nat
+    (True, False, ["udp sport 67 drop"]),  # isolated with the host's DHCP
+    (False, False, []),  # isolated without it: a router VM of the user's serves there
+])
+def test_a_tap_answers_as_no_server_the_host_runs_for_its_network(dhcp_by_host, routed_by_host, extra):
+    port = A.replace(dhcp_by_host=dhcp_by_host, routed_by_host=routed_by_host)
+    rules = chain_of(antispoof.ruleset([port], "/ds"), A.tap)
+    assert rules[4:] == [*extra, "accept"]  # after the MAC rules, before the rest is accepted
+
+
 def test_the_hook_sends_each_tap_to_its_own_chain_and_names_no_other_interface():
     assert hook_rules(antispoof.ruleset([B, A], "/ds")) == [f'iifname "{A.tap}" jump port0',
                                                             f'iifname "{B.tap}" jump port1']

@@ -392,9 +392,10 @@ class Networks:
         transaction) for what is left."""
         host_links = switch.links()
         live = self._live_taps(host_links)
-        switches, bridges = [], {}
+        switches, bridges, networks = [], {}, {}
         for entry in self.catalog.networks():
             bridges[entry.name.lower()] = entry.bridge
+            networks[entry.name.lower()] = entry
             if entry.bridge in host_links:
                 switches.append(firewall.Switch(entry.bridge, entry.mode,
                                                 ipaddress.IPv4Network(entry.subnet) if entry.subnet else None))
@@ -407,7 +408,7 @@ class Networks:
                     forwards.append(firewall.Forward(forward.protocol, forward.host_addr, forward.host_port,
                                                      address, forward.guest_port, bridges[owner.network.lower()]))
         guarded = {s.bridge for s in switches if s.mode != "bridged"}  # a bridged network's taps: the LAN's rules
-        ports = [antispoof.Port(name, owner.mac) for name, link in host_links.items()
+        ports = [_guarded_port(name, owner, networks[owner.network.lower()]) for name, link in host_links.items()
                  if (owner := switch.TapOwner.of(link)) in live and bridges.get(owner.network.lower()) in guarded]
         root = str(self.datastore.root)
         firewall.load(firewall.ruleset(switches, forwards, root) + antispoof.ruleset(ports, root))
@@ -578,6 +579,12 @@ class Networks:
 def _undefined(name: str) -> NetworkEntry:
     """A default network before its first use: in no catalog yet, so without subnet and bridge."""
     return NetworkEntry(name, DEFAULT_NETWORKS[name], None, True, "")
+
+
+def _guarded_port(tap: str, owner: switch.TapOwner, network: NetworkEntry) -> antispoof.Port:
+    """The guard's view of a VM's tap on ``network``: which of the network's servers are the host's."""
+    return antispoof.Port(tap, owner.mac, dhcp_by_host=network.dhcp and bool(network.subnet),
+                          routed_by_host=network.mode == "nat")
 
 
 def _mac(ctx: VmContext, nic: Nic) -> str:

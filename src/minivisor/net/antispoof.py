@@ -12,6 +12,12 @@ dnsmasq or the host's stack see anything):
   takes the address dnsmasq reserves for another VM's MAC), and is not fragmented
   (the first fragment could end before ``chaddr``, and the host reassembles).
 
+And a guest does not answer as the network's servers, as OpenStack's port security drops it from
+instances: no DHCP server messages (UDP from port 67) where the host's dnsmasq serves DHCP, and no
+IPv6 router advertisement or DHCPv6 server message (UDP from port 547) where the host is the router
+(``nat``): a rogue server or router would give the other guests its own gateway and DNS. A router
+VM of the user's belongs on an ``isolated`` network without minivisor's DHCP, where both pass.
+
 Addresses are not checked (no IPv4 or ARP sender-address rule): the address a
 guest holds is its reservation in the usual case, but not always (a reservation
 changed while the guest runs is taken at its next renewal; a network without
@@ -38,6 +44,7 @@ __all__ = ["TABLE", "Port", "ruleset"]
 
 TABLE = "bridge minivisor"
 _DHCP_SERVER_PORT = 67
+_DHCPV6_SERVER_PORT = 547
 _CHADDR_BITS = (8 + 28) * 8  # chaddr: 28 bytes into the DHCP message, after the 8-byte UDP header
 
 
@@ -46,6 +53,8 @@ class Port(Record, frozen=True):
 
     tap: str
     mac: str  # the NIC's, from its specfile (read back from the tap's alias)
+    dhcp_by_host: bool = False  # the network's DHCP is the host's dnsmasq: the guest answers none
+    routed_by_host: bool = False  # the host is the network's router (nat): the guest advertises no route
 
 
 def ruleset(ports: list[Port], owner: str) -> str:
@@ -59,7 +68,7 @@ def ruleset(ports: list[Port], owner: str) -> str:
         dispatch.append(f"iifname {quote(check_interface_name(port.tap))} jump {chain}")
         mac = checked_mac(port.mac, f"the tap {port.tap} is minivisor's for the MAC",
                           hint="power its VM off and on again: its tap is made anew")
-        chains.append((chain, _port_rules(mac)))
+        chains.append((chain, _port_rules(mac, port)))
     body = [f"table {TABLE} {{", f"\tcomment {quote(f'minivisor: {owner}')}",
             "\tchain prerouting {", "\t\ttype filter hook prerouting priority filter; policy accept;",
             *(f"\t\t{rule}" for rule in dispatch), "\t}"]
@@ -68,12 +77,17 @@ def ruleset(ports: list[Port], owner: str) -> str:
     return head + "\n".join(body) + "\n}\n"
 
 
-def _port_rules(mac: str) -> list[str]:
-    """What one guarded tap may send: frames, ARP and DHCP requests as ``mac`` only; then the rest is accepted."""
-    return [
+def _port_rules(mac: str, port: Port) -> list[str]:
+    """What one guarded tap may send: frames, ARP and DHCP requests as ``mac`` only, nothing as the network's DHCP
+    server or router where the host is; then the rest is accepted."""
+    rules = [
         f"ether saddr != {mac} drop",
         f"arp saddr ether != {mac} drop",
         f"udp dport {_DHCP_SERVER_PORT} ip frag-off & 0x3fff != 0 drop",
         f"udp dport {_DHCP_SERVER_PORT} @th,{_CHADDR_BITS},48 != 0x{mac.replace(':', '')} drop",
-        "accept",
     ]
+    if port.dhcp_by_host:
+        rules.append(f"udp sport {_DHCP_SERVER_PORT} drop")
+    if port.routed_by_host:
+        rules += ["icmpv6 type nd-router-advert drop", f"udp sport {_DHCPV6_SERVER_PORT} drop"]
+    return [*rules, "accept"]
