@@ -32,7 +32,8 @@ def test_each_tap_sends_frames_arp_and_dhcp_requests_only_as_its_own_mac():
     for port, hex_mac in ((A, "0x000c29aabb01"), (B, "0x000c29aabb02")):
         assert chain_of(text, port.tap) == [
             f"ether saddr != {port.mac} drop",
-            f"arp saddr ether != {port.mac} drop",
+            "meta protocol { vlan, 8021ad } drop",  # two VLAN tags: the kernel takes one off, the rules see past it
+            f"meta protocol arp arp saddr ether != {port.mac} drop",  # its protocol: tagged or not
             "udp dport 67 ip frag-off & 0x3fff != 0 drop",  # a first fragment may end before chaddr
             f"udp dport 67 @th,288,48 != {hex_mac} drop",  # chaddr: bit 288 = 8 (UDP header) + 28 bytes in
             "accept",
@@ -47,7 +48,7 @@ def test_each_tap_sends_frames_arp_and_dhcp_requests_only_as_its_own_mac():
 def test_a_tap_answers_as_no_server_the_host_runs_for_its_network(dhcp_by_host, routed_by_host, extra):
     port = A.replace(dhcp_by_host=dhcp_by_host, routed_by_host=routed_by_host)
     rules = chain_of(antispoof.ruleset([port], "/ds"), A.tap)
-    assert rules[4:] == [*extra, "accept"]  # after the MAC rules, before the rest is accepted
+    assert rules[5:] == [*extra, "accept"]  # after the MAC rules, before the rest is accepted
 
 
 def test_the_hook_sends_each_tap_to_its_own_chain_and_names_no_other_interface():

@@ -8,6 +8,7 @@ dnsmasq or the host's stack see anything):
 - the Ethernet source is the NIC's MAC (else a guest takes another VM's traffic:
   the bridge would learn the victim's MAC on the attacker's port);
 - an ARP sender hardware address is the NIC's MAC;
+- a VLAN-tagged frame is held to the same rules (one tag; a frame with two is dropped);
 - a DHCP request (UDP to port 67) has the NIC's MAC as ``chaddr`` (else a guest
   takes the address dnsmasq reserves for another VM's MAC), and is not fragmented
   (the first fragment could end before ``chaddr``, and the host reassembles).
@@ -82,7 +83,12 @@ def _port_rules(mac: str, port: Port) -> list[str]:
     server or router where the host is; then the rest is accepted."""
     rules = [
         f"ether saddr != {mac} drop",
-        f"arp saddr ether != {mac} drop",
+        # The kernel takes a frame's (outer) VLAN tag off before the bridge: the rules below see into a tagged
+        # frame as into an untagged one if they ask the packet's protocol (meta protocol), not the Ethernet
+        # header (which nft shows as sent, tag and all). A frame still tagged after that (802.1ad + 802.1Q)
+        # would hide its ARP and DHCP from them.
+        "meta protocol { vlan, 8021ad } drop",
+        f"meta protocol arp arp saddr ether != {mac} drop",
         f"udp dport {_DHCP_SERVER_PORT} ip frag-off & 0x3fff != 0 drop",
         f"udp dport {_DHCP_SERVER_PORT} @th,{_CHADDR_BITS},48 != 0x{mac.replace(':', '')} drop",
     ]
