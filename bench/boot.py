@@ -52,7 +52,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common import Minivisor, load_average, start_service, stop_service
+from common import Minivisor, load_average, serving_itself, start_service, stop_service
 
 READY = b"minivisor-guest: ready"
 IN_MODIFY, IN_MOVED_TO = 0x2, 0x80  # <sys/inotify.h>
@@ -143,7 +143,7 @@ class BareSide:
     def __init__(self, argv: list[str], serial_log: Path) -> None:
         self.serial_log = serial_log
         self.argv = [f"file,id=console,path={serial_log}" if arg.startswith("pipe,id=console,")
-                     else arg.replace(",server=off", ",server=on,wait=off") for arg in argv if arg != "-S"]
+                     else serving_itself(arg) for arg in argv if arg != "-S"]
         self.libc = ctypes.CDLL(None, use_errno=True)
 
     def __call__(self) -> Boot:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,6 +37,12 @@ def timed(*steps: Callable[[], object]) -> float:
 
 def load_average() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def serving_itself(arg: str) -> str:
+    """An argument of minivisor's QEMU command line for a QEMU run without a console relay: a socket QEMU
+    connects to (the relay's event monitor, reconnecting) becomes one QEMU serves."""
+    return re.sub(r",server=off(,reconnect=\d+)?", ",server=on,wait=off", arg)
 
 
 class Minivisor:

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Minivisor, load_average
+from common import Minivisor, load_average, serving_itself
 
 from minivisor_appliance.first_line import first_line_disk
 
@@ -63,7 +63,7 @@ def time_minivisor(mv: Minivisor, src: str, vm_dir: Path) -> float:
 def time_bare(argv: list[str], workdir: Path) -> float:
     """The same command line run by hand: not paused, console to a file, QEMU serving its event monitor."""
     bare = [f"file,id=console,path={workdir / 'bare-serial.log'}" if arg.startswith("pipe,id=console,")
-            else arg.replace(",server=off", ",server=on,wait=off") for arg in argv if arg != "-S"]
+            else serving_itself(arg) for arg in argv if arg != "-S"]
     for arg in bare:  # the socket folder minivisor makes (and removes) for each power-on
         for match in re.finditer(r"path=([^,]+)", arg):
             Path(match.group(1)).parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import BenchError, load_average
+from common import BenchError, load_average, serving_itself
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path[:0] = [str(TESTS), str(TESTS / "cluster")]  # the cluster test lab: etcd and hosts on loopback
@@ -96,8 +96,8 @@ class HandVmm:
         self.folder = folder
         # No relay here: QEMU serves its console (a socket, not the relay's FIFOs) and event sockets itself, and
         # starts paused (run by cont once the console is read, or once the state arrived).
-        swapped = [arg.replace(runtime_dir, str(folder)).replace(str(vm_dir), str(folder))
-                   .replace(",server=off", ",server=on,wait=off") for arg in argv if arg != "-S"]
+        swapped = [serving_itself(arg.replace(runtime_dir, str(folder)).replace(str(vm_dir), str(folder)))
+                   for arg in argv if arg != "-S"]
         swapped = [f"socket,id=console,path={folder / 'serial.sock'},server=on,wait=off"
                    if arg.startswith("pipe,id=console,") else arg for arg in swapped]
         self.process = subprocess.Popen(swapped + ["-S"] + (["-incoming", "defer"] if incoming else []),

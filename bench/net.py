@@ -48,6 +48,8 @@ from minivisor import Hypervisor  # noqa: E402
 from minivisor.net.dhcp import dhcp_files, leases  # noqa: E402
 from minivisor.vmm.console import run_command  # noqa: E402
 
+from common import serving_itself  # noqa: E402
+
 MODELS = ("virtio", "vmxnet3", "e1000")
 PORT = 5001  # the receiving guest's nc
 FORWARD, HAND_FORWARD = 18100, 18101  # the host's ports forwarded to it, by minivisor and by hand
@@ -333,7 +335,7 @@ def _by_hand(argv: list[str], tap: str, disk: Path, own: Path) -> list[str]:
             arg = json.dumps({**json.loads(arg), "filename": str(disk)}, separators=(",", ":"))
         else:
             arg = re.sub(r"(path=|^unix:)(/[^,]+)", lambda m: f"{m[1]}{own / Path(m[2]).name}", arg)
-            arg = arg.replace(",server=off", ",server=on,wait=off")  # no relay: QEMU serves its console and events
+            arg = serving_itself(arg)  # no relay: QEMU serves its console and events
         out.append(arg)
     return out
 
