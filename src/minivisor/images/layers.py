@@ -21,7 +21,7 @@ from ..errors import DiskError, PathError
 from ..realpaths import real_path
 from ..records import Record
 
-__all__ = ["ImageLayer", "format_for", "read_layer", "resolve_chain", "check_file_name", "layer_files",
+__all__ = ["ImageLayer", "Pin", "format_for", "read_layer", "resolve_chain", "check_file_name", "layer_files",
            "allocated_bytes", "disk_info", "QCOW2_MAGIC", "VMDK_MAGIC"]
 
 FORMATS_BY_SUFFIX = {".qcow2": "qcow2", ".vmdk": "vmdk", ".raw": "raw", ".img": "raw", ".iso": "raw",
@@ -58,6 +58,21 @@ class ImageLayer(Record, frozen=True):
     cid: str | None = None  # VMDK content ID (lower-case hex)
     parent_cid: str | None = None
     sparse_extents: tuple[str, ...] = ()  # the extent files QEMU opens as sparse VMDKs
+    # The files of the layer as they were read and checked (the image, then each extent), by identity: qemu-img
+    # may open these very files and no other (:mod:`minivisor.images.confine`), whatever their names point at by then.
+    pinned: tuple[Pin, ...] = ()
+
+
+class Pin(Record, frozen=True):
+    """A file by its name and its identity (device, inode) when it was checked."""
+
+    path: str
+    device: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: Path | str, stat: os.stat_result) -> Pin:
+        return cls(str(path), stat.st_dev, stat.st_ino)
 
 
 def format_for(path: Path | str) -> str:
@@ -75,10 +90,12 @@ def read_layer(path: Path, fmt: str) -> ImageLayer:
     try:
         with open(path, "rb") as image:
             if fmt == "qcow2":
-                return _read_qcow2(path, image)
-            if fmt == "vmdk":
-                return _read_vmdk(path, image)
-            return ImageLayer(path, "raw", os.fstat(image.fileno()).st_size)
+                layer = _read_qcow2(path, image)
+            elif fmt == "vmdk":
+                layer = _read_vmdk(path, image)
+            else:
+                layer = ImageLayer(path, "raw", os.fstat(image.fileno()).st_size)
+            return layer.replace(pinned=(Pin.of(path, os.fstat(image.fileno())),))
     except FileNotFoundError:
         raise DiskError(f"disk {path} does not exist",
                         hint="fix the fileName in the specfile, or restore the disk file") from None
@@ -242,12 +259,14 @@ def resolve_chain(top: Path, fmt: str, resolve: Callable[[Path, str], Path]) -> 
     real = real_path(path)
     while True:
         layer = read_layer(path, layer_format)
+        extents = []
         for extent in layer.extent_files:
             check_file_name(extent, f"an extent of {path.name}")
             real_extent = resolve(path.parent, extent)
             if extent in layer.sparse_extents:
                 _check_sparse_extent(path, extent, real_extent)
-        layers.append(layer)
+            extents.append(Pin.of(path.parent / extent, os.stat(real_extent)))
+        layers.append(layer.replace(pinned=layer.pinned + tuple(extents)))
         seen.add(real)
         if not layer.backing_name:
             return tuple(layers)

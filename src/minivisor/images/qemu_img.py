@@ -2,8 +2,9 @@
 
 Every call names each image's format and hands a checked chain over as one
 explicit node description (:func:`image_spec`), so qemu-img follows no name
-from a header and probes no format. qemu-img runs with umask 077: what it
-creates is owner-only.
+from a header and probes no format. A copy or check runs confined to the files
+that were checked (:mod:`minivisor.images.confine`): nothing swapped in meanwhile is
+read. qemu-img runs with umask 077: what it creates is owner-only.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 
 from ..errors import DiskError, HostError
 from ..units import human_size
-from .layers import ImageLayer, format_for, read_layer
+from .confine import confined_argv
+from .layers import ImageLayer, Pin, format_for, read_layer
 
 __all__ = ["image_spec", "chain_node", "create_disk", "set_backing", "commit_layer", "rebase_disk",
            "resize_disk", "check_resize", "check_disk", "convert_disk", "copy_sparse",
@@ -51,6 +53,11 @@ def chain_node(chain: tuple[ImageLayer, ...] | list[ImageLayer]) -> dict:
         node = spec
     assert node is not None, "a chain has a layer"
     return node
+
+
+def _checked_files(chain: tuple[ImageLayer, ...] | list[ImageLayer]) -> list[Pin | str]:
+    """Every file of the chain qemu-img may open: as checked (pinned), or by name for a layer minivisor made."""
+    return [pin for layer in chain for pin in (layer.pinned or (str(layer.path),))]
 
 
 def _qemu_img(*args: str) -> subprocess.CompletedProcess:
@@ -122,7 +129,7 @@ def check_disk(layer: ImageLayer) -> tuple[int, str]:
     """``qemu-img check``: (exit code, output). 0 clean, 3 leaked clusters only, 2 corrupt."""
     if layer.format not in ("qcow2", "vmdk"):
         return 0, "raw images have no metadata to check"
-    argv = ["qemu-img", "check", image_spec((layer,))]
+    argv = confined_argv(["qemu-img", "check", image_spec((layer,))], read=_checked_files((layer,)), write=[])
     done = subprocess.run(argv, capture_output=True, text=True, umask=PRIVATE_UMASK)
     return done.returncode, (done.stdout + done.stderr).strip()
 
@@ -147,6 +154,7 @@ def convert_disk(chain: tuple[ImageLayer, ...], target: Path, target_format: str
     argv = ["qemu-img", "convert", "-p", "-W", "-m", "8"]
     argv += [image_spec(chain), "-O", target_format] + (["-o", ",".join(options)] if options else [])
     argv += (["-S", "0"] if thick else []) + [str(target)]
+    argv = confined_argv(argv, read=_checked_files(chain), write=[str(target.parent)])
     try:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, umask=PRIVATE_UMASK)
     except FileNotFoundError as exc:
@@ -186,8 +194,9 @@ COPY_STEP = 8 * 1024 * 1024  # bytes one copy_file_range call is asked for: the 
 
 def copy_sparse(source: Path, target: Path, progress: Callable[[int], None] | None = None) -> None:
     """Copy a file's data extents only (holes stay holes), in the kernel (copy_file_range) where the two file
-    systems allow it, else through memory; ``progress`` gets the bytes of each step."""
-    with open(source, "rb") as src, _private_file(target) as dst:
+    systems allow it, else through memory; ``progress`` gets the bytes of each step. ``source`` is the real path
+    the caller checked: a file found elsewhere by then (a link swapped in on the way) is not read."""
+    with _checked_source(source) as src, _private_file(target) as dst:
         size = os.fstat(src.fileno()).st_size
         copy = _copier(src.fileno(), dst.fileno())
         offset = 0
@@ -208,6 +217,22 @@ def copy_sparse(source: Path, target: Path, progress: Callable[[int], None] | No
             offset = end
         os.ftruncate(dst.fileno(), size)
         os.fsync(dst.fileno())
+
+
+def _checked_source(source: Path):
+    """``source`` open for reading, if it is still the file at that real path (not a link, nor reached through
+    one)."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise DiskError(f"cannot read {source}: {exc.strerror}",
+                        hint="it changed since minivisor checked it (a link?): check the folder and try again") from exc
+    handle = os.fdopen(fd, "rb")
+    if os.readlink(f"/proc/self/fd/{fd}") != str(source):
+        handle.close()
+        raise DiskError(f"{source} is no longer the file minivisor checked (a folder on its way was replaced since)",
+                        hint="check the folder and try again")
+    return handle
 
 
 def _copier(src: int, dst: int) -> Callable[[int, int], int]:
