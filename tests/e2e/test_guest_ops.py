@@ -3,11 +3,12 @@ and commands through a guest that is only a POSIX shell on its serial console. C
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
 import re
-import threading
+import secrets
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from vmm_guard import power_off_all
 
 from minivisor.errors import AgentCommandError, GuestTimeoutError
 from minivisor.service.models import Copied
+from minivisor.vmm.console import wait_for_line
 from minivisor.vmm.argv import SHUTDOWN_TRACE
 
 pytestmark = pytest.mark.qemu
@@ -76,9 +78,13 @@ def test_exec_through_a_guest_that_is_only_a_serial_shell(hv, shell_vm):
 def test_a_command_whose_vm_is_paused_while_it_runs_fails_saying_so(hv, shell_vm):
     # as QEMU pauses a VM whose disk write finds the datastore full: the guest cannot answer, nor end the command
     hv.exec_in_vm(shell_vm, "true", timeout=60)  # its shell is up
-    threading.Timer(1, hv.pause_vm, (shell_vm,)).start()
-    with pytest.raises(GuestTimeoutError, match=r"did not finish within 2 s.*: the VM is paused \(paused\)") as ended:
-        hv.exec_in_vm(shell_vm, "sleep 305", timeout=2)
+    tag = secrets.token_hex(4)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # pauses once the command runs: its output in the log
+        pausing = pool.submit(lambda: (wait_for_line(hv.vm_paths(shell_vm).serial_log, f"started-{tag}", 60),
+                                       hv.pause_vm(shell_vm)))
+        with pytest.raises(GuestTimeoutError, match=r"within 5 s.*: the VM is paused \(paused\)") as ended:
+            hv.exec_in_vm(shell_vm, f"echo started-''{tag}; sleep 305", timeout=5)  # '': the typed line differs
+        pausing.result(timeout=10)
     assert f"minivisor vm resume {shell_vm}" in ended.value.hint
     hv.resume_vm(shell_vm)
     assert hv.exec_in_vm(shell_vm, "echo again").output == "again\n"

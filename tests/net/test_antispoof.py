@@ -235,8 +235,13 @@ def test_a_vlan_tag_hides_nothing_from_the_guard(spoof_lab):
         "tagged-honest": tagged(own, [(0x8100, 5)], 0x0806, honest + f"{tag}-tagged-honest".encode()),
         "double-tagged": tagged(own, [(0x88A8, 7), (0x8100, 5)], 0x0806, honest + f"{tag}-double-tagged".encode()),
         "tagged-control": tagged(own, [(0x8100, 5)], 0x0806, honest + f"{tag}-tagged-control".encode()),
+        # the servers' rules too (Ethernet header and all, past the tag)
+        "tagged-offer": tagged(own, [(0x8100, 5)], 0x0800, udp4_frame(own, 67, 68, f"{tag}-tagged-offer")[14:]),
+        "tagged-advert": tagged(own, [(0x8100, 5)], 0x86DD, icmpv6_frame(own, 134, f"{tag}-tagged-advert")[14:]),
+        "tagged-echo": tagged(own, [(0x8100, 5)], 0x86DD, icmpv6_frame(own, 128, f"{tag}-tagged-echo")[14:]),
     }
-    assert passing(lab, hv, tag, frames, {"tagged-control"}) == {"tagged-honest", "tagged-control"}
+    assert passing(lab, hv, tag, frames, {"tagged-control", "tagged-echo"}) == {"tagged-honest", "tagged-control",
+                                                                                "tagged-echo"}
 
 
 def tagged(source: str, tags: list[tuple[int, int]], ethertype: int, payload: bytes) -> bytes:

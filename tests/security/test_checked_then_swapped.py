@@ -11,7 +11,9 @@ the same import, left alone, succeeds and carries the folder's data.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,3 +125,16 @@ def test_a_confined_program_reads_only_what_it_is_given_and_only_as_it_was(tmp_p
     given.symlink_to(other)  # the name now leads elsewhere: refused before the program runs
     refused = cat(given, [pin])
     assert refused.returncode != 0 and "no longer the file minivisor checked" in refused.stderr
+
+
+@pytest.mark.skipif(landlock_abi() < 4, reason="Landlock handles TCP from ABI 4 (Linux 6.7)")
+def test_a_confined_program_connects_to_no_tcp_port(tmp_path):
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5)"
+        assert subprocess.run([sys.executable, "-c", probe]).returncode == 0  # the check itself works
+        refused = subprocess.run(confined_argv([sys.executable, "-S", "-c", probe], read=[], write=[]),
+                                 capture_output=True, text=True)
+    assert refused.returncode != 0 and "PermissionError" in refused.stderr

@@ -41,7 +41,7 @@ def test_each_tap_sends_frames_arp_and_dhcp_requests_only_as_its_own_mac():
 
 
 @pytest.mark.parametrize("dhcp_by_host, routed_by_host, extra", [
-    (True, True, ["udp sport 67 drop", "icmpv6 type nd-router-advert drop", "udp sport 547 drop"]),  # nat
+    (True, True, ["udp sport 67 drop", "meta protocol ip6 icmpv6 type nd-router-advert drop", "udp sport 547 drop"]),  # nat
     (True, False, ["udp sport 67 drop"]),  # isolated with the host's DHCP
     (False, False, []),  # isolated without it: a router VM of the user's serves there
 ])

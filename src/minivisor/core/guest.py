@@ -63,7 +63,10 @@ def exec_command(ctx: VmContext, command: list[str] | str, timeout: float, via: 
 def _paused_meanwhile(ctx: VmContext, exc: GuestError) -> GuestError:
     """``exc``, or why the guest did not answer when the VM was paused while its command ran (QEMU pauses it
     by itself when a disk write finds the datastore full: a command writing there would wait out its timeout)."""
-    observed = ctx.vmm.observe()
+    try:
+        observed = ctx.vmm.observe()
+    except HvError:
+        return exc  # the question's own failure is not the answer's
     if observed.state is not VmState.PAUSED:
         return exc
     hint = (FAULTS[observed.fault].format(name=ctx.name) if observed.fault

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import sys
+
+from ..dirs import helper_command
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
@@ -42,7 +45,14 @@ _FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE  # the rights a rule 
 # What any program needs to start and run (merged /usr: /lib, /bin are links into it); ld.so's cache; /dev/null.
 SYSTEM_READ = ("/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc/ld.so.cache", "/etc/localtime")
 SYSTEM_WRITE = ("/dev/null",)
+_NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1  # ABI 4
+_SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
 _PR_SET_NO_NEW_PRIVS = 38
+
+
+class _Ruleset(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
 
 
 class _PathBeneath(ctypes.Structure):
@@ -66,49 +76,60 @@ def confined_argv(argv: list[str], *, read: list[Pin | str], write: list[str]) -
     """``argv`` run so that it may read only the files ``read`` pins (each still the file that was checked) or
     names (a file minivisor made itself), and the system's, and create, write and remove files only in the
     folders ``write`` names; ``argv`` as it is where the kernel has no Landlock."""
-    if landlock_abi() < 1:
-        return argv
-    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    launcher = "import sys; sys.path.insert(0, sys.argv.pop(1)); from minivisor.images.confine import main; main()"
+    program = shutil.which(argv[0])
+    if program is None or landlock_abi() < 1:
+        return argv  # a missing program fails to start as it is, and says so
     options = [item for pin in read
                for item in ("--read", f"::{pin}" if isinstance(pin, str) else f"{pin.device}:{pin.inode}:{pin.path}")]
     options += [item for path in write for item in ("--write", path)]
-    return [sys.executable, "-S", "-P", "-c", launcher, package_parent, *options, "--", *argv]
+    return [*helper_command("minivisor.images.confine"), *options, "--", program, *argv[1:]]
 
 
 def main(argv: list[str] | None = None) -> None:
     """Apply the rules the command line gives, then exec the program after ``--``."""
     args = sys.argv[1:] if argv is None else argv
     try:
-        split = args.index("--")
+        read, write, program = _parse(args)
+        _restrict(read, write)
+        os.execv(program[0], program)
     except ValueError:
-        sys.exit("minivisor confine: usage: --read FILE... --write FOLDER... -- PROGRAM [ARGS]")
+        sys.exit("minivisor confine: usage: --read DEVICE:INODE:FILE... --write FOLDER... -- PROGRAM [ARGS]")
+    except OSError as exc:
+        sys.exit(f"minivisor confine: {exc.strerror or exc}")
+
+
+def _parse(args: list[str]) -> tuple[list[tuple[str, tuple[int, int] | None]], list[str], list[str]]:
+    """The files to read (each with its identity, or None), the folders to write in, and the program; ValueError
+    for anything else."""
+    split = args.index("--")
     read: list[tuple[str, tuple[int, int] | None]] = []
     write: list[str] = []
-    pairs = args[:split]
-    for option, value in zip(pairs[::2], pairs[1::2]):
+    options = args[:split]
+    if len(options) % 2 or split + 1 >= len(args):
+        raise ValueError("options come in pairs, and a program follows --")
+    for option, value in zip(options[::2], options[1::2]):
         if option == "--read":
             device, inode, path = value.split(":", 2)
             read.append((path, (int(device), int(inode)) if device else None))
-        else:
+        elif option == "--write":
             write.append(value)
-    program = args[split + 1:]
-    try:
-        _restrict(read, write)
-    except OSError as exc:
-        sys.exit(f"minivisor confine: {exc.strerror or exc}")
-    os.execvp(program[0], program)
+        else:
+            raise ValueError(option)
+    return read, write, args[split + 1:]
 
 
 def _restrict(read: list[tuple[str, tuple[int, int] | None]], write: list[str]) -> None:
     abi = landlock_abi()
     handled = _ABI1 | (TRUNCATE if abi >= 3 else 0)
+    # ABI 4 handles TCP (no rule: no bind, no connect), ABI 6 scopes abstract UNIX sockets and signals to the sandbox
+    attr = _Ruleset(handled, _NET_BIND_TCP | _NET_CONNECT_TCP if abi >= 4 else 0,
+                    _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL if abi >= 6 else 0)
+    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
     libc = _libc()
     libc.syscall.restype = ctypes.c_long
-    attr = ctypes.c_uint64(handled)
-    ruleset = libc.syscall(_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(8), ctypes.c_uint32(0))
+    ruleset = libc.syscall(_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
     if ruleset < 0:
-        raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
+        raise _failed("landlock_create_ruleset")
     try:
         for path in SYSTEM_READ:
             _allow(libc, ruleset, path, EXECUTE | READ_FILE | READ_DIR, handled, missing_ok=True)
@@ -119,11 +140,16 @@ def _restrict(read: list[tuple[str, tuple[int, int] | None]], write: list[str]) 
         for path in write:
             _allow(libc, ruleset, path, READ_FILE | WRITE_FILE | MAKE_REG | REMOVE_FILE | TRUNCATE, handled)
         if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+            raise _failed("prctl(PR_SET_NO_NEW_PRIVS)")
         if libc.syscall(_RESTRICT_SELF, ruleset, ctypes.c_uint32(0)) != 0:
-            raise OSError(ctypes.get_errno(), "landlock_restrict_self")
+            raise _failed("landlock_restrict_self")
     finally:
         os.close(ruleset)
+
+
+def _failed(call: str) -> OSError:
+    error = ctypes.get_errno()
+    return OSError(error, f"{call} failed: {os.strerror(error)}")
 
 
 def _allow(libc: ctypes.CDLL, ruleset: int, path: str, rights: int, handled: int, *, missing_ok: bool = False,
@@ -135,7 +161,7 @@ def _allow(libc: ctypes.CDLL, ruleset: int, path: str, rights: int, handled: int
     except FileNotFoundError:
         if missing_ok:
             return
-        raise
+        raise OSError(f"{path} is gone since minivisor checked it: nothing was read from it") from None
     try:
         found = os.fstat(fd)
         if identity is not None and (found.st_dev, found.st_ino) != identity:
@@ -145,6 +171,6 @@ def _allow(libc: ctypes.CDLL, ruleset: int, path: str, rights: int, handled: int
             rights &= _FILE_RIGHTS
         rule = _PathBeneath(rights & handled, fd)
         if libc.syscall(_ADD_RULE, ruleset, _RULE_PATH_BENEATH, ctypes.byref(rule), ctypes.c_uint32(0)) != 0:
-            raise OSError(ctypes.get_errno(), f"landlock_add_rule for {path}")
+            raise _failed(f"landlock_add_rule for {path}")
     finally:
         os.close(fd)

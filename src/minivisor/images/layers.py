@@ -95,7 +95,7 @@ def read_layer(path: Path, fmt: str) -> ImageLayer:
                 layer = _read_vmdk(path, image)
             else:
                 layer = ImageLayer(path, "raw", os.fstat(image.fileno()).st_size)
-            return layer.replace(pinned=(Pin.of(path, os.fstat(image.fileno())),))
+            return layer.replace(pinned=(Pin.of(path, os.fstat(image.fileno())), *_extent_pins(layer)))
     except FileNotFoundError:
         raise DiskError(f"disk {path} does not exist",
                         hint="fix the fileName in the specfile, or restore the disk file") from None
@@ -103,6 +103,17 @@ def read_layer(path: Path, fmt: str) -> ImageLayer:
         raise DiskError(f"disk {path} is a folder, not an image file", hint="fix the fileName in the specfile") from None
     except PermissionError as exc:
         raise DiskError(f"disk {path} cannot be read: {exc.strerror}", hint="fix its permissions") from exc
+
+
+def _extent_pins(layer: ImageLayer) -> list[Pin]:
+    """The extent files a VMDK descriptor names as they are now (:func:`resolve_chain` pins them as checked)."""
+    pins = []
+    for name in layer.extent_files:
+        try:
+            pins.append(Pin.of(layer.path.parent / name, os.stat(layer.path.parent / name)))
+        except OSError:
+            pass  # missing: qemu-img says so
+    return pins
 
 
 def _read_qcow2(path: Path, image) -> ImageLayer:
@@ -266,7 +277,7 @@ def resolve_chain(top: Path, fmt: str, resolve: Callable[[Path, str], Path]) -> 
             if extent in layer.sparse_extents:
                 _check_sparse_extent(path, extent, real_extent)
             extents.append(Pin.of(path.parent / extent, os.stat(real_extent)))
-        layers.append(layer.replace(pinned=layer.pinned + tuple(extents)))
+        layers.append(layer.replace(pinned=(layer.pinned[0], *extents)))  # the extents as checked
         seen.add(real)
         if not layer.backing_name:
             return tuple(layers)

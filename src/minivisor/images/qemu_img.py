@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import re
+import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -222,16 +223,21 @@ def copy_sparse(source: Path, target: Path, progress: Callable[[int], None] | No
 def _checked_source(source: Path):
     """``source`` open for reading, if it is still the file at that real path (not a link, nor reached through
     one)."""
-    try:
-        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:  # not blocking: a FIFO swapped in opens at once, and is refused below
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise DiskError(f"cannot read {source}: {exc.strerror}",
                         hint="it changed since minivisor checked it (a link?): check the folder and try again") from exc
     handle = os.fdopen(fd, "rb")
-    if os.readlink(f"/proc/self/fd/{fd}") != str(source):
+    try:
+        same = stat.S_ISREG(os.fstat(fd).st_mode) and os.readlink(f"/proc/self/fd/{fd}") == str(source)
+    except OSError:
+        same = False
+    if not same:
         handle.close()
-        raise DiskError(f"{source} is no longer the file minivisor checked (a folder on its way was replaced since)",
+        raise DiskError(f"{source} is no longer the file minivisor checked (replaced, or a folder on its way was)",
                         hint="check the folder and try again")
+    os.set_blocking(fd, True)
     return handle
 
 

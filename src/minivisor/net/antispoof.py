@@ -95,5 +95,5 @@ def _port_rules(mac: str, port: Port) -> list[str]:
     if port.dhcp_by_host:
         rules.append(f"udp sport {_DHCP_SERVER_PORT} drop")
     if port.routed_by_host:
-        rules += ["icmpv6 type nd-router-advert drop", f"udp sport {_DHCPV6_SERVER_PORT} drop"]
+        rules += ["meta protocol ip6 icmpv6 type nd-router-advert drop", f"udp sport {_DHCPV6_SERVER_PORT} drop"]
     return [*rules, "accept"]

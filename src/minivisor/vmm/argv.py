@@ -539,8 +539,9 @@ def _guest_agent(env: LaunchEnv) -> VirtualDevice:
 
 def _control(env: LaunchEnv) -> VirtualDevice:
     qmp = qemu_opts(("id", "qmp"), ("path", env.paths.qmp_socket), ("server", "on"), ("wait", "off"))
-    # QEMU connects to the relay's socket, as its console does: the relay's monitor exists before the guest runs.
-    # Every second while it is not connected: a relay started for a running VM whose relay was killed gets it.
+    # QEMU connects to the relay's socket, made before QEMU starts (with reconnect, the connect happens in QEMU's
+    # main loop: the relay asks the run state once connected), and again every second while it is not connected:
+    # a relay started for a running VM whose relay was killed gets it. (QEMU 9.2 renames it reconnect-ms.)
     events = qemu_opts(("id", "events"), ("path", env.paths.events_socket), ("server", "off"),
                        ("reconnect", EVENTS_RECONNECT))
     return VirtualDevice("qmp", "QMP control sockets (owner-only): commands, and events for the console relay",

@@ -18,12 +18,12 @@ import json
 import os
 import select
 import signal
-import sys
 import time
 from pathlib import Path
 
 from .. import procfs
 from ..datastore.layout import VmPaths
+from ..dirs import helper_command
 from ..errors import AgentError, HvError, LockError, QmpError, VmmError, host_refused
 from ..files import write_atomic
 from ..locks import try_lock, wait_lock
@@ -261,8 +261,7 @@ class Vmm:
         # handed to the relay, whose interpreter starts while QEMU does. What the guest prints until the relay
         # reads waits in them.
         handed: list[int] = []  # the relay's descriptors: the event listener's, then serial.out's and serial.in's
-        relay_lock = try_lock(self.paths.relay_lock)  # a fresh runtime folder: nobody else has it
-        assert relay_lock is not None
+        relay_lock = self._take_relay_lock()
         try:
             events = self._listen(self.paths.events_socket)
             handed.append(events.detach())
@@ -336,13 +335,19 @@ class Vmm:
         handed: list[int] = []
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.fstat(lock).st_uid != os.geteuid():
-                return  # root looking at a user's VM: its relay is the user's to run
+            if not self._relay_gone(lock, record):
+                return
             self.paths.events_socket.unlink(missing_ok=True)  # the dead relay's: QEMU reconnects to a new one
             handed.append(self._listen(self.paths.events_socket).detach())
             if os.path.exists(f"{self.paths.serial_pipes}.out"):
                 handed += self._console_pipes(make=False)
-            self._wait_for_relay(self._spawn_relay(record.pid, handed, lock, record.ready_text, None, reattach=True))
+            relay = self._spawn_relay(record.pid, handed, lock, record.ready_text, None, reattach=True)
+            try:
+                self._wait_for_relay(relay)
+            except VmmError:
+                relay.kill()  # not attached: it would hold the lock with nothing served
+                relay.wait()
+                raise
             # Not a "---" line: those start a power-on's part of the log. Says what QEMU's complaint before it
             # ("Unable to connect character device events") was about.
             self._note(f"minivisor: {time.strftime('%Y-%m-%d %H:%M:%S')} the console relay was gone: another "
@@ -352,6 +357,18 @@ class Vmm:
         finally:
             for fd in (*handed, lock):
                 os.close(fd)
+
+    def _relay_gone(self, lock: int, record: RuntimeRecord) -> bool:
+        """Whether the relay lock just taken (``lock``) says the running VM's relay was killed: not another user's
+        (root looking at a user's VM), still the runtime folder's (a relay that ends with its VMM removes it
+        first), and the VMM still runs (its relay ends when QEMU closes the console, before QEMU is gone)."""
+        held = os.fstat(lock)
+        try:
+            named = os.stat(self.paths.relay_lock)
+        except FileNotFoundError:
+            return False
+        return (held.st_uid == os.geteuid() and (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+                and is_our_vmm(record))
 
     def _note(self, line: str) -> None:
         """Add ``line`` to the VMM's log, if it can be written."""
@@ -419,6 +436,19 @@ class Vmm:
             pass  # the user's pipes passed pipe-user-pages-soft: the pipe keeps what it has (2 pages at least)
         return fds
 
+    def _take_relay_lock(self) -> int:
+        """The new relay's lock, in the fresh runtime folder (nobody else can hold it)."""
+        try:
+            fd = try_lock(self.paths.relay_lock)
+        except OSError as exc:
+            fd, error = None, exc.strerror
+        else:
+            error = "held by another process"
+        if fd is None:
+            raise VmmError(f"cannot take the console relay's lock {self.paths.relay_lock} for {self.name!r}: {error}",
+                           hint="the runtime folder is under XDG_RUNTIME_DIR or /run/minivisor: check it")
+        return fd
+
     def _prepare_runtime_dir(self) -> None:
         runtime = self.paths.runtime_dir
         runtime.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -436,26 +466,24 @@ class Vmm:
         ``reattach``: QEMU runs already, its relay is gone.
 
         The relay detaches itself: its first process exits 0 once QEMU connected its event monitor and
-        greeted (its start is over) and the console is served. Its interpreter starts without ``site`` (-S: the relay
-        needs only the standard library and this minivisor, found through PYTHONPATH), without the current
-        folder (-P), and from ``-c`` rather than ``-m``, which would load runpy and importlib.util first.
+        greeted (its start is over) and the console is served (at once, reattached). It needs only the standard
+        library and this minivisor (:func:`minivisor.dirs.helper_command`).
         """
         import subprocess
 
         paths = self.paths
-        package_parent = str(Path(__file__).resolve().parents[2])  # this very minivisor
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (package_parent, os.environ.get("PYTHONPATH"))))}
-        argv = [sys.executable, "-S", "-P", "-c", "from minivisor.vmm.relay import main; main()",
+        argv = [*helper_command("minivisor.vmm.relay"),
                 "--vmm-pid", str(vmm_pid), "--events-fd", str(handed[0]),
                 "--status", str(paths.status_file), "--console", str(paths.console_socket),
                 "--log", str(paths.serial_log), "--ready", str(paths.ready_file), "--ready-text", ready_text]
         argv += ["--serial-out-fd", str(handed[1]), "--serial-in-fd", str(handed[2])] if len(handed) > 1 else []
         argv += ["--ready-fd", str(ready_signal)] if ready_signal is not None else []
         argv += ["--reattach", "yes"] if reattach else []
+        argv += ["--lock-fd", str(lock)]
         passed = [*handed, lock, *([ready_signal] if ready_signal is not None else [])]
         try:
             return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                    env=env, start_new_session=True, umask=0o077, pass_fds=passed)
+                                    start_new_session=True, umask=0o077, pass_fds=passed)
         except OSError as exc:
             raise VmmError(f"cannot start the console relay of {self.name!r}: {exc.strerror}",
                            hint="check the Python installation minivisor runs from") from exc

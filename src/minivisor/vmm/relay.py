@@ -245,9 +245,11 @@ class Relay:
 
     def _on_events_connect(self, listener: socket.socket, mask: int) -> None:
         """QEMU connected its event monitor to a relay started for a running VM (``--reattach``)."""
+        if listener is not self.events_listener:
+            return  # closed by QEMU's exit, seen in the same round
         try:
             sock, _ = listener.accept()
-        except BlockingIOError:
+        except OSError:
             return
         self._close_events_listener()
         try:
@@ -442,6 +444,7 @@ OPTIONS = {
     "ready": "where the ready line goes (beside --status)",
     "ready-text": "the text of the guest's ready line",
     "ready-fd": "a pipe's write end to close once the ready line is noted; absent: nobody waits for it",
+    "lock-fd": "the relay lock (a descriptor), held as long as the relay runs; its file removed when it ends",
     "reattach": "yes: QEMU runs already and its relay is gone (killed): attached once the console is served, "
                 "QEMU's event monitor taken when it reconnects",
 }
@@ -482,6 +485,19 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     _detach()
     relay.serve()
+    _remove_lock_file(int(options.lock_fd))
+
+
+def _remove_lock_file(lock: int) -> None:
+    """Remove the relay lock's file, if it is still the runtime folder's: a relay that ends with its VMM is not
+    one that was killed (:meth:`minivisor.vmm.process.Vmm.ensure_relay` would start another)."""
+    try:
+        path = os.readlink(f"/proc/self/fd/{lock}")
+        held, named = os.fstat(lock), os.stat(path)
+        if (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino):
+            os.unlink(path)
+    except OSError:
+        pass  # gone already (the VM's clean-up removed the runtime folder)
 
 
 if __name__ == "__main__":
