@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     try:
         read, write, program = _parse(args)
-        _restrict(read, write)
+        _restrict(read, write, program[0])
         os.execv(program[0], program)
     except ValueError:
         sys.exit("minivisor confine: usage: --read DEVICE:INODE:FILE... --write FOLDER... -- PROGRAM [ARGS]")
@@ -118,7 +118,7 @@ def _parse(args: list[str]) -> tuple[list[tuple[str, tuple[int, int] | None]], l
     return read, write, args[split + 1:]
 
 
-def _restrict(read: list[tuple[str, tuple[int, int] | None]], write: list[str]) -> None:
+def _restrict(read: list[tuple[str, tuple[int, int] | None]], write: list[str], program: str) -> None:
     abi = landlock_abi()
     handled = _ABI1 | (TRUNCATE if abi >= 3 else 0)
     # ABI 4 handles TCP (no rule: no bind, no connect), ABI 6 scopes abstract UNIX sockets and signals to the sandbox
@@ -133,6 +133,7 @@ def _restrict(read: list[tuple[str, tuple[int, int] | None]], write: list[str]) 
     try:
         for path in SYSTEM_READ:
             _allow(libc, ruleset, path, EXECUTE | READ_FILE | READ_DIR, handled, missing_ok=True)
+        _allow(libc, ruleset, program, EXECUTE | READ_FILE, handled)  # a qemu-img outside /usr (/opt...) too
         for path in SYSTEM_WRITE:
             _allow(libc, ruleset, path, READ_FILE | WRITE_FILE, handled, missing_ok=True)
         for path, identity in read:
