@@ -113,8 +113,13 @@ def test_json_output_is_machine_readable(datastore):
 def test_host_info_names_qemu_and_the_accelerator_in_json(datastore):
     import json
 
+    from minivisor.images.confine import landlock_abi
+
     info = json.loads(run(datastore, "host", "info", "--json").stdout)  # runs QEMU --version and the KVM probe
     assert info["accel"]["accel"] in ("kvm", "tcg") and info["qemu_version"][0].isdigit()
+    abi = landlock_abi()  # whether qemu-img's copies are confined, and how
+    assert info["image_copies"].startswith(f"confined to the files minivisor checked (Landlock ABI {abi}" if abi
+                                           else "unconfined: the kernel has no Landlock")
 
 
 @pytest.mark.parametrize("keys, code, words", [

@@ -189,11 +189,13 @@ class Hypervisor:
         """Facts about this host, including which accelerator VMs get and why."""
         from .. import dirs
         from ..host.info import host_info
+        from ..images.confine import confinement
         from ..net.host import support
 
         networking = support()
         how = "bridges and taps" if networking.available else "user-mode NAT only"
-        return host_info(dirs.cache_dir()).replace(networking=f"{how}: {networking.reason}")
+        return host_info(dirs.cache_dir()).replace(networking=f"{how}: {networking.reason}",
+                                                   image_copies=confinement())
 
     # -- a powered-off VM's hardware ------------------------------------------
     @_no_space_is_one_error

@@ -25,6 +25,7 @@ class HostInfo(Record, frozen=True):
     qemu_img: str
     accel: AccelChoice
     networking: str = ""  # how NICs reach networks here (bridges and taps, or QEMU's user-mode NAT), and why
+    image_copies: str = ""  # whether qemu-img's copies are confined to the files minivisor checked, and why
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json`` (the accel entry includes its warning)."""

@@ -29,7 +29,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
     from .layers import Pin
 
-__all__ = ["confined_argv", "landlock_abi", "main"]
+__all__ = ["confined_argv", "confinement", "landlock_abi", "main"]
 
 # linux/landlock.h
 _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446  # x86-64 and every other architecture's number
@@ -70,6 +70,15 @@ def landlock_abi() -> int:
     libc.syscall.restype = ctypes.c_long
     version = libc.syscall(_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION))
     return max(int(version), 0)
+
+
+def confinement() -> str:
+    """Whether programs run through :func:`confined_argv` are confined here, for ``host info``."""
+    abi = landlock_abi()
+    if abi < 1:
+        return ("unconfined: the kernel has no Landlock (built without it, or not in its lsm= list); qemu-img opens "
+                "the checked files by name, as it always did")
+    return f"confined to the files minivisor checked (Landlock ABI {abi}{', no TCP' if abi >= 4 else ''})"
 
 
 def confined_argv(argv: list[str], *, read: list[Pin | str], write: list[str]) -> list[str]:

@@ -504,6 +504,8 @@ class HostInfo(Answer):
     qemu_img: str
     accel: Accel
     networking: str
+    image_copies: str = Field("", description="whether qemu-img's copies are confined to the files minivisor "
+                                              "checked (Landlock), and why")
 
 
 class ExecResult(Answer):
