@@ -392,24 +392,20 @@ class Networks:
         transaction) for what is left."""
         host_links = switch.links()
         live = self._live_taps(host_links)
-        switches, bridges, networks = [], {}, {}
-        for entry in self.catalog.networks():
-            bridges[entry.name.lower()] = entry.bridge
-            networks[entry.name.lower()] = entry
-            if entry.bridge in host_links:
-                switches.append(firewall.Switch(entry.bridge, entry.mode,
-                                                ipaddress.IPv4Network(entry.subnet) if entry.subnet else None))
+        networks = {entry.name.lower(): entry for entry in self.catalog.networks()}
+        switches = [firewall.Switch(entry.bridge, entry.mode,
+                                    ipaddress.IPv4Network(entry.subnet) if entry.subnet else None)
+                    for entry in networks.values() if entry.bridge in host_links]
         forwards = []
         for owner in live:
             reservations = {r.mac: r.address for r in self.catalog.reservations(owner.network)}
             for forward in self.catalog.forwards(owner.vm_uuid):
                 address = reservations.get(owner.mac)
-                if forward.nic == owner.index and address and owner.network.lower() in bridges:
+                network = networks.get(owner.network.lower())
+                if forward.nic == owner.index and address and network:
                     forwards.append(firewall.Forward(forward.protocol, forward.host_addr, forward.host_port,
-                                                     address, forward.guest_port, bridges[owner.network.lower()]))
-        guarded = {s.bridge for s in switches if s.mode != "bridged"}  # a bridged network's taps: the LAN's rules
-        ports = [_guarded_port(name, owner, networks[owner.network.lower()]) for name, link in host_links.items()
-                 if (owner := switch.TapOwner.of(link)) in live and bridges.get(owner.network.lower()) in guarded]
+                                                     address, forward.guest_port, network.bridge))
+        ports = _guarded_ports(host_links, live, networks)
         root = str(self.datastore.root)
         firewall.load(firewall.ruleset(switches, forwards, root) + antispoof.ruleset(ports, root))
 
@@ -581,10 +577,18 @@ def _undefined(name: str) -> NetworkEntry:
     return NetworkEntry(name, DEFAULT_NETWORKS[name], None, True, "")
 
 
-def _guarded_port(tap: str, owner: switch.TapOwner, network: NetworkEntry) -> antispoof.Port:
-    """The guard's view of a VM's tap on ``network``: which of the network's servers are the host's."""
-    return antispoof.Port(tap, owner.mac, dhcp_by_host=network.dhcp and bool(network.subnet),
-                          routed_by_host=network.mode == "nat")
+def _guarded_ports(host_links: dict[str, switch.Link], live: list[switch.TapOwner],
+                   networks: dict[str, NetworkEntry]) -> list[antispoof.Port]:
+    """The guard's view of the running VMs' taps on ``nat`` and isolated networks (a bridged network's taps are
+    left to the LAN's rules): each tap's MAC, and which of its network's servers are the host's."""
+    ports = []
+    for tap, link in host_links.items():
+        owner = switch.TapOwner.of(link)
+        network = networks.get(owner.network.lower()) if owner in live else None
+        if network is not None and network.mode != "bridged" and network.bridge in host_links:
+            ports.append(antispoof.Port(tap, owner.mac, dhcp_by_host=network.dhcp and bool(network.subnet),
+                                        routed_by_host=network.mode == "nat"))
+    return ports
 
 
 def _mac(ctx: VmContext, nic: Nic) -> str:

@@ -19,6 +19,7 @@ inode, when given), applies the rules to itself and execs the program, which inh
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import shutil
 import sys
@@ -64,6 +65,7 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
+@functools.cache
 def landlock_abi() -> int:
     """The kernel's Landlock ABI version; 0 if it has none (not built in, or not among its LSMs)."""
     libc = _libc()

@@ -311,14 +311,16 @@ class Supervisor:
         with self.calls.hypervisor() as hv:
             entries = [(entry.name, hv.vms.inventory.paths_of(entry)) for entry in hv.datastore.catalog.list()]
         for name, paths in entries:
+            vmm = Vmm(name, paths)
+            if paths.vm_dir in watched:
+                vmm.ensure_relay()  # one open and a lock try while its relay runs
+                continue
             if not os.path.exists(paths.runtime_record):
                 continue
             record = RuntimeRecord.load(paths.runtime_record)
-            if record is None or not is_our_vmm(record):
-                continue
-            if paths.vm_dir not in watched:
+            if record is not None and is_our_vmm(record):
                 self.watch(name, record.pid, paths.vm_dir)
-            Vmm(name, paths).ensure_relay(record)
+                vmm.ensure_relay(record)
 
     def _exited(self, watch: _Watch) -> None:
         returncode = None

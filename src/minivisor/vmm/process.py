@@ -317,8 +317,9 @@ class Vmm:
         _launched[process.pid] = process
         return record
 
-    def ensure_relay(self, record: RuntimeRecord) -> None:
-        """Start a console relay for the running VM of ``record`` if its own is gone.
+    def ensure_relay(self, record: RuntimeRecord | None = None) -> None:
+        """Start a console relay for the running VM (of ``record``, else read once the relay lock is free) if its
+        own is gone.
 
         A relay ends with its VMM, unless it is killed (``pkill -f minivisor``, the OOM killer): then nothing
         logs or serves the console, nobody sees QEMU pause the VM, and once serial.out is full the guest's
@@ -335,7 +336,8 @@ class Vmm:
         handed: list[int] = []
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if not self._relay_gone(lock, record):
+            record = record or RuntimeRecord.load(self.paths.runtime_record)
+            if record is None or not self._relay_gone(lock, record):
                 return
             self.paths.events_socket.unlink(missing_ok=True)  # the dead relay's: QEMU reconnects to a new one
             handed.append(self._listen(self.paths.events_socket).detach())
@@ -352,8 +354,8 @@ class Vmm:
             # ("Unable to connect character device events") was about.
             self._note(f"minivisor: {time.strftime('%Y-%m-%d %H:%M:%S')} the console relay was gone: another "
                        "was started\n")
-        except (BlockingIOError, HvError):
-            pass  # its relay runs (the lock is held), or a new one cannot start now
+        except (OSError, HvError):
+            pass  # its relay runs (the lock is held), or a new one cannot start now (the VM went meanwhile...)
         finally:
             for fd in (*handed, lock):
                 os.close(fd)
