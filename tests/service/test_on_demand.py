@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 from cli_runner import modules_loaded_by_cli
@@ -23,6 +22,7 @@ from minivisor.procfs import is_same_process
 from minivisor.service import on_demand
 from minivisor.service.discovery import LOCK_FILE, SERVICE_FILE
 from minivisor.service.server import GRACE
+from minivisor.vmm.console import wait_for_line
 
 from .conftest import small_vm
 
@@ -165,9 +165,10 @@ def test_a_call_the_on_demand_service_answers_is_not_cut_short_by_a_service_star
         subprocess.run([sys.executable, "-m", "minivisor", "vm", "list"], env=env, check=True, capture_output=True)
         serving(root, on_demand_one=True)
         long_call = subprocess.Popen([sys.executable, "-m", "minivisor", "vm", "exec", "ga", "--",
-                                      "sh", "-c", f"sleep {GRACE + 3:.0f}; echo finished"],
+                                      "sh", "-c", f"printf 'long-call-%s\\n' runs >/dev/ttyS0; "
+                                      f"sleep {GRACE + 3:.0f}; echo finished"],
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1)  # the call runs in the on-demand service
+        wait_for_line(hv.vm_paths("ga").serial_log, "long-call-runs", 60)  # the call runs in the on-demand service
         by_hand = subprocess.Popen([sys.executable, "-m", "minivisor", "serve", "--listen", "127.0.0.1:0"],
                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                    start_new_session=True)
